@@ -1,0 +1,1 @@
+"""Typed settings: TOML file + environment + CLI flags -> frozen dataclasses."""

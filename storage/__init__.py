@@ -1,0 +1,1 @@
+"""Persistence: one sqlite database per node (single writer thread) and a content-addressed blob store."""
