@@ -1,0 +1,169 @@
+"""Loads settings: defaults < ``idlegrid.toml`` < ``IDLEGRID_*`` environment < command-line flags.
+
+Every value remembers where it came from, so ``idlegrid config show`` can answer "why is the
+port 9000?" and an error can say which file, variable or flag to fix. Anything unknown or
+ill-typed is refused with :class:`ConfigError` rather than ignored: a typo in a money-handling
+daemon's config must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.schema import SECTIONS, Settings
+
+ENV_PREFIX = "IDLEGRID_"
+# Variables that choose *how* to load, not what to load; they are not config keys.
+RESERVED_ENV = frozenset({"IDLEGRID_HOME", "IDLEGRID_PASSPHRASE"})
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used: names the key, the value, what was expected and the source."""
+
+    def __init__(self, key: str, value: Any, expected: str, source: str) -> None:
+        self.key, self.value, self.expected, self.source = key, value, expected, source
+        super().__init__(f"{key} = {value!r} (from {source}): expected {expected}")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The effective settings plus, for each ``section.key``, where its value came from."""
+
+    settings: Settings
+    sources: Mapping[str, str]
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def field_types(section_cls: type[Any]) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def load(
+    path: Path | None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, tuple[Any, str]] | None = None,
+) -> Loaded:
+    """Builds the effective settings.
+
+    Args:
+        path: the TOML file; a missing file means "all defaults".
+        env: environment to read ``IDLEGRID_*`` variables from (defaults to ``os.environ``).
+        flags: ``{"section.key": (value, "--flag-name")}`` from the command line; ``None``
+            values are skipped so that unset options do not override anything.
+
+    Raises:
+        ConfigError: unknown key, wrong type, or a value outside its range.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[Any, str]] = {}
+    if path is not None and path.exists():
+        raw.update(_read_file(path))
+    raw.update(_read_env(env))
+    for key, (value, flag) in (flags or {}).items():
+        if value is not None:
+            _require_known(key, value, f"flag {flag}")
+            raw[key] = (value, f"flag {flag}")
+    return _build(raw)
+
+
+def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
+    source = f"file {path}"
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(file)", str(path), f"valid TOML ({exc})", source) from exc
+    out: dict[str, tuple[Any, str]] = {}
+    for section, table in doc.items():
+        if section not in SECTIONS:
+            raise ConfigError(section, table, f"a table among {', '.join(SECTIONS)}", source)
+        if not isinstance(table, dict):
+            raise ConfigError(section, table, "a table, e.g. [" + section + "]", source)
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            _require_known(key, value, source)
+            out[key] = (value, source)
+    return out
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    by_env = {env_name(k): k for k in all_keys()}
+    out: dict[str, tuple[Any, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+            continue
+        if name not in by_env:
+            known = ", ".join(sorted(by_env)[:6])
+            raise ConfigError(name, value, f"a known variable (e.g. {known}, ...)", "environment")
+        out[by_env[name]] = (value, f"env {name}")
+    return out
+
+
+def _require_known(key: str, value: Any, source: str) -> None:
+    if key not in all_keys():
+        raise ConfigError(key, value, f"a known key ({', '.join(all_keys())})", source)
+
+
+def _build(raw: Mapping[str, tuple[Any, str]]) -> Loaded:
+    sections: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for section, cls in SECTIONS.items():
+        types = field_types(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            if key not in raw:
+                sources[key] = "default"
+                continue
+            value, source = raw[key]
+            values[f.name] = _coerce(key, value, types[f.name], source)
+            _check(key, values[f.name], f.metadata.get("check"), source)
+            sources[key] = source
+        sections[section] = cls(**values)
+    return Loaded(Settings(**sections), sources)
+
+
+def _check(key: str, value: Any, check: Any, source: str) -> None:
+    if check is not None and (expected := check(value)) is not None:
+        raise ConfigError(key, value, expected, source)
+
+
+def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
+    """Converts a TOML value or an environment/flag string to the field's type, or refuses."""
+    from_text = isinstance(value, str) and not source.startswith("file")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return value.lower() in {"1", "true", "yes", "on"}
+        raise ConfigError(key, value, "true or false", source)
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ConfigError(key, value, "an integer", source)
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(key, value, "a string", source)
+    if typing.get_origin(typ) is tuple:
+        if from_text:
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(key, value, "a list of strings", source)
+    raise TypeError(f"config field {key} has unsupported type {typ!r}")  # our bug, not the user's
