@@ -1,0 +1,122 @@
+"""Numbered schema migrations, tracked in ``PRAGMA user_version``.
+
+A migration is applied at most once, in order, each in its own transaction that also bumps
+``user_version``. ``user_version`` lives in the database header, which sqlite writes inside
+the transaction like any other page, so a crash mid-migration leaves both the schema and
+the version exactly as they were before it. Migrations are append-only: never edit one that
+has shipped, add a new one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from storage.errors import SchemaTooNew
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step.
+
+    Attributes:
+        version: the ``user_version`` the database has once this step is applied; versions
+            run 1..N without gaps.
+        description: why the step exists, for people reading the history.
+        sql: one or more statements; executed as a script inside the migration's transaction.
+    """
+
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        version=1,
+        description="node metadata (created_at, peer id, ...) and the append-only event journal",
+        sql="""
+            CREATE TABLE node_meta (
+                key   TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            );
+            CREATE TABLE events (
+                id    INTEGER PRIMARY KEY,
+                at_ms INTEGER NOT NULL,
+                kind  TEXT NOT NULL,
+                body  BLOB NOT NULL
+            );
+        """,
+    ),
+)
+
+
+def validate_migrations(migrations: Sequence[Migration]) -> None:
+    """Reject a migration list whose versions are not exactly 1..N in order.
+
+    A gap or a duplicate would make ``user_version`` ambiguous (which steps has a database
+    at version 3 seen?), so this is checked before anything touches a database.
+
+    Raises:
+        ValueError: naming the first out-of-place version.
+    """
+    for expected, migration in enumerate(migrations, start=1):
+        if migration.version != expected:
+            raise ValueError(
+                f"migrations must be numbered 1..N without gaps: expected version {expected}, "
+                f"found {migration.version} ({migration.description!r})"
+            )
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """Return the schema version recorded in the database header."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
+    """Bring the database up to the newest of ``migrations``; return the resulting version.
+
+    Args:
+        conn: a connection in autocommit mode (``isolation_level=None``) with no transaction
+            open, since each step opens its own.
+        migrations: the full history, versions 1..N.
+
+    Raises:
+        SchemaTooNew: the database is already past version N.
+        ValueError: ``migrations`` is not numbered 1..N.
+        sqlite3.Error: a step failed; it was rolled back and the database is left at the
+            version before it. This is also what the loser sees if two processes migrate
+            the same fresh file at once; reopening then finds the winner's version.
+    """
+    validate_migrations(migrations)
+    supported = len(migrations)
+    current = user_version(conn)
+    if current > supported:
+        raise SchemaTooNew(current, supported)
+    for migration in migrations[current:]:
+        _apply_one(conn, migration)
+    return user_version(conn)
+
+
+def _apply_one(conn: sqlite3.Connection, migration: Migration) -> None:
+    # executescript() first COMMITs any transaction already open on the connection (Python
+    # 3.11 does this even with isolation_level=None), so BEGIN has to be part of the script
+    # itself. The version is a validated int: PRAGMA values cannot be bound as parameters.
+    script = (
+        "BEGIN IMMEDIATE;\n"
+        f"{migration.sql}\n;\n"
+        f"PRAGMA user_version = {int(migration.version)};\n"
+        "COMMIT;\n"
+    )
+    try:
+        conn.executescript(script)
+    except BaseException:
+        # A failed script stops at the failing statement with our transaction still open.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+validate_migrations(MIGRATIONS)
