@@ -1,1 +1,1 @@
-"""Device discovery, benchmarks, workload runtimes and the sandbox (built out by the runtime issue)."""
+"""Device discovery, benchmarks, workload runtimes and the sandbox (the runtime issue)."""
