@@ -1,0 +1,258 @@
+"""The ``idlegrid`` command.
+
+Exit codes: 0 success, 1 failure (not running, locked, bad key file, daemon error), 2 usage or
+bad input (unknown flag, bad config). Read commands print for people by default and JSON with
+``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+import click
+
+from config import ROLES, ConfigError, Loaded, load
+from config.render import commented_toml, flat, show_rows
+from node import __version__, identity
+from node.client import ApiClient, NotRunning
+from node.home import Home, HomeError, resolve_home, running_pid
+
+
+class Failure(click.ClickException):
+    exit_code = 1
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+
+class Cli(click.Group):
+    """Turns our errors into clean messages and the right exit codes, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise BadInput(f"config error: {exc}") from None
+        except HomeError as exc:
+            raise Failure(str(exc)) from None
+
+
+home_option = click.option(
+    "--home",
+    "home_dir",
+    type=click.Path(file_okay=False),
+    help="data dir (default: $IDLEGRID_HOME, else the platform's user data dir)",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+role_option = click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="role to play (repeat to combine)",
+)
+api_port_option = click.option(
+    "--api-port", type=click.IntRange(0, 65535), help="local API port (0: pick a free one)"
+)
+
+
+def emit(as_json: bool, payload: Any, human: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(payload, indent=2) if as_json else human(payload))
+
+
+def load_settings(home: Home, flags: dict[str, tuple[Any, str]] | None = None) -> Loaded:
+    return load(home.config, flags=flags)
+
+
+def passphrase_source() -> str | None:
+    if os.environ.get("IDLEGRID_PASSPHRASE"):
+        return os.environ["IDLEGRID_PASSPHRASE"]
+    if sys.stdin.isatty():
+        return str(click.prompt("key passphrase", hide_input=True))
+    return None
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="idlegrid")
+def cli() -> None:
+    """idlegrid: an open market for idle GPU compute."""
+
+
+@cli.command()
+@home_option
+@role_option
+@api_port_option
+@click.option("--encrypt", is_flag=True, help="encrypt the keys with a passphrase")
+def init(home_dir: str | None, roles: tuple[str, ...], api_port: int | None, encrypt: bool) -> None:
+    """Create a data dir: keys, identity, API token and a commented idlegrid.toml."""
+    home = Home(resolve_home(home_dir))
+    if home.is_initialised():
+        click.echo(
+            f"{home.root} is already initialised (peer {identity.read_identity(home)['peer_id']})"
+        )
+        return
+    flags = {"node.roles": (roles or None, "--role"), "api.port": (api_port, "--api-port")}
+    loaded = load_settings(home, flags)
+    passphrase = None
+    if encrypt:
+        passphrase = os.environ.get("IDLEGRID_PASSPHRASE") or click.prompt(
+            "new key passphrase", hide_input=True, confirmation_prompt=True
+        )
+    keys = identity.NodeKeys.generate()
+    identity.save(home, keys, passphrase)
+    home.ensure_token()
+    if not home.config.exists():
+        home.config.write_text(commented_toml(loaded.settings), encoding="utf-8")
+    click.echo(f"initialised {home.root}")
+    click.echo(f"  peer id  {keys.peer_id}")
+    click.echo(f"  address  {keys.address}")
+    click.echo(f"  roles    {', '.join(loaded.settings.node.roles)}")
+    click.echo("back up keys/ now: a lost wallet key cannot be recovered")
+
+
+@cli.group()
+def node() -> None:
+    """Run or stop the daemon."""
+
+
+@node.command("start")
+@home_option
+@role_option
+@api_port_option
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def node_start(
+    home_dir: str | None, roles: tuple[str, ...], api_port: int | None, log_level: str | None
+) -> None:
+    """Run the daemon in the foreground until SIGINT or SIGTERM."""
+    from node import daemon, logs  # noqa: PLC0415 - other commands need not load trio and services
+
+    home = Home(resolve_home(home_dir))
+    home.require_initialised()
+    flags = {
+        "node.roles": (roles or None, "--role"),
+        "api.port": (api_port, "--api-port"),
+        "node.log_level": (log_level, "--log-level"),
+    }
+    settings = load_settings(home, flags).settings
+    keys = identity.load(home, passphrase_source)
+    home.read_token()  # refuse a world-readable token before the API is up
+    logs.setup(home.logs, settings.node.log_level)
+    daemon.start(home, settings, keys)
+
+
+@node.command("stop")
+@home_option
+@click.option("--timeout", default=10.0, show_default=True, help="seconds to wait")
+def node_stop(home_dir: str | None, timeout: float) -> None:
+    """Ask the daemon to stop (SIGTERM) and wait until it has."""
+    home = Home(resolve_home(home_dir))
+    pid = running_pid(home)
+    if pid is None:
+        click.echo(f"no daemon is running in {home.root}")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running_pid(home) is not None:
+        if time.monotonic() > deadline:
+            raise Failure(f"daemon pid {pid} did not stop within {timeout:g} s (kill -9 {pid})")
+        time.sleep(0.05)  # polling a process we do not own; there is nothing to wait on
+    click.echo(f"stopped pid {pid}")
+
+
+@cli.command()
+@home_option
+@json_option
+def status(home_dir: str | None, as_json: bool) -> None:
+    """Show the running node: peer id, roles, data dir, uptime."""
+    home = Home(resolve_home(home_dir))
+    try:
+        payload = ApiClient(home).get("/v1/status")
+    except NotRunning:
+        payload = {"running": False, "home": str(home.root)}
+        if home.is_initialised():
+            payload["peer_id"] = identity.read_identity(home)["peer_id"]
+        emit(as_json, payload, lambda p: f"not running ({p['home']})")
+        sys.exit(1)
+    emit(as_json, payload, _human_status)
+
+
+def _human_status(p: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"running   pid {p['pid']}, up {p['uptime_s']:.0f} s, idlegrid {p['version']}",
+            f"peer id   {p['peer_id']}",
+            f"address   {p['address']}",
+            f"roles     {', '.join(p['roles'])}",
+            f"home      {p['home']}",
+            f"api       {p['api']}",
+        ]
+    )
+
+
+@cli.command()
+@json_option
+def version(as_json: bool) -> None:
+    """Print versions of idlegrid and the parts it is built on."""
+    payload = {
+        "idlegrid": __version__,
+        "python": platform.python_version(),
+        "libp2p": metadata.version("libp2p"),
+        "trio": metadata.version("trio"),
+        "web3": metadata.version("web3"),
+    }
+    emit(as_json, payload, lambda p: "  ".join(f"{k} {v}" for k, v in p.items()))
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect settings."""
+
+
+@config_group.command("show")
+@home_option
+@json_option
+def config_show(home_dir: str | None, as_json: bool) -> None:
+    """Print the effective settings and where each value came from."""
+    home = Home(resolve_home(home_dir))
+    loaded = load_settings(home)
+    payload = {
+        "file": str(home.config),
+        "values": flat(loaded.settings),
+        "sources": dict(loaded.sources),
+    }
+    rows = show_rows(loaded)
+    width = max(len(k) for k, _, _ in rows)
+    emit(as_json, payload, lambda _: "\n".join(f"{k:<{width}}  {v}  ({s})" for k, v, s in rows))
+
+
+@cli.group()
+def wallet() -> None:
+    """The node's chain account."""
+
+
+@wallet.command("address")
+@home_option
+@json_option
+def wallet_address(home_dir: str | None, as_json: bool) -> None:
+    """Print the chain address and check its binding to the peer id."""
+    home = Home(resolve_home(home_dir))
+    doc = identity.read_identity(home)
+    try:
+        identity.verify_binding(doc)
+    except (ValueError, KeyError) as exc:
+        raise Failure(f"{home.identity}: binding does not verify: {exc}") from None
+    payload = {"address": doc["address"], "peer_id": doc["peer_id"], "binding_valid": True}
+    emit(as_json, payload, lambda p: f"{p['address']}  (bound to peer {p['peer_id']})")
+
+
+def main() -> None:
+    cli(prog_name="idlegrid")

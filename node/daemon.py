@@ -1,0 +1,146 @@
+"""The daemon: one trio main that owns the database, the local API and a nursery per role.
+
+Start-up order matters for what a crash can leave behind: the data dir lock is taken before
+anything is written (a second daemon on the same home fails without touching it), the database
+opens before any service that could record state, and ``api.json`` is written last, so a CLI
+that finds it can talk to a node that is fully up. Shutdown runs the same steps backwards, from
+``finally`` blocks, so SIGINT, SIGTERM and errors all leave the home clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    # libp2p depends on trio-typing, whose stubs shadow trio's own annotations for mypy;
+    # they export TaskStatus from trio_typing only.
+    from trio_typing import TaskStatus
+
+from config import Settings
+from node import __version__
+from node.api import Request, Routes, serve
+from node.home import Home, NodeLock, write_private
+from node.identity import NodeKeys
+from node.roles import run_role, services_of
+from storage.blobs import BlobStore
+from storage.db import Database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeContext:
+    """What every service of a running node shares. Created once per daemon."""
+
+    home: Home
+    settings: Settings
+    keys: NodeKeys
+    db: Database
+    blobs: BlobStore
+    started_monotonic: float = field(default_factory=time.monotonic)
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    api_port: int = 0
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "running": True,
+            "peer_id": self.keys.peer_id,
+            "address": self.keys.address,
+            "roles": list(self.settings.node.roles),
+            "services": {role: services_of(role) for role in self.settings.node.roles},
+            "name": self.settings.node.name,
+            "home": str(self.home.root),
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_ms": self.started_ms,
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "api": f"http://{self.settings.api.host}:{self.api_port}",
+        }
+
+
+def routes(ctx: NodeContext) -> Routes:
+    async def status(_: Request) -> Any:
+        return ctx.status()
+
+    return {("GET", "/v1/status"): status}
+
+
+async def run_node(
+    home: Home,
+    settings: Settings,
+    keys: NodeKeys,
+    *,
+    handle_signals: bool = True,
+    task_status: TaskStatus[NodeContext] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Runs a node until cancelled or signalled; the caller holds the data dir lock."""
+    db = await Database.open(home.db)
+    try:
+        ctx = NodeContext(home, settings, keys, db, BlobStore(home.blobs))
+        await _record_start(ctx)
+        async with trio.open_nursery() as nursery:
+            if handle_signals:
+                await nursery.start(_cancel_on_signal, nursery.cancel_scope)
+            api = settings.api
+            ctx.api_port = await nursery.start(
+                serve, api.host, api.port, home.read_token(), routes(ctx)
+            )
+            for role in settings.node.roles:
+                await nursery.start(run_role, role, ctx)
+            _write_api_info(ctx)
+            log.info("node started", extra={"peer_id": keys.peer_id, "port": ctx.api_port})
+            task_status.started(ctx)
+    finally:
+        with trio.CancelScope(shield=True):
+            with contextlib.suppress(FileNotFoundError):
+                home.api.unlink()
+            await db.close()
+            log.info("node stopped")
+
+
+async def _cancel_on_signal(
+    scope: trio.CancelScope, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("stopping on signal", extra={"signal": signal.Signals(signum).name})
+            scope.cancel()
+            return
+
+
+async def _record_start(ctx: NodeContext) -> None:
+    await ctx.db.execute(
+        "INSERT INTO node_meta(key, value) VALUES ('peer_id', ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (ctx.keys.peer_id,),
+    )
+    body = json.dumps({"pid": os.getpid(), "roles": list(ctx.settings.node.roles)}).encode()
+    await ctx.db.execute(
+        "INSERT INTO events(at_ms, kind, body) VALUES (?, 'node.started', ?)",
+        (ctx.started_ms, body),
+    )
+
+
+def _write_api_info(ctx: NodeContext) -> None:
+    info = {"host": ctx.settings.api.host, "port": ctx.api_port, "pid": os.getpid()}
+    write_private(ctx.home.api, json.dumps(info).encode())
+
+
+def start(home: Home, settings: Settings, keys: NodeKeys) -> None:
+    """Blocks running the daemon in this process (``idlegrid node start``)."""
+    lock = NodeLock(home)
+    lock.acquire()
+    try:
+        trio.run(run_node, home, settings, keys)
+    finally:
+        lock.release()

@@ -1,0 +1,102 @@
+"""Real daemons in child processes, as an operator runs them, for integration tests.
+
+Synchronisation is on what the daemon prints (its "node started" log line) and on process exit,
+never on sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 30.0
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEGRID_")}
+    return env | {"PYTHONUNBUFFERED": "1"} | extra
+
+
+def idlegrid(
+    home: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Runs one CLI command to completion (stdin closed, as in CI)."""
+    return subprocess.run(
+        [sys.executable, "-m", "node", *args, "--home", str(home)],
+        cwd=REPO,
+        env=env or cli_env(),
+        text=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class Daemon:
+    """``idlegrid node start`` in a child process, its output collected line by line."""
+
+    home: Path
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=cli_env)
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "node", "start", "--home", str(self.home), *self.args],
+            cwd=REPO,
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_for(self, text: str, timeout: float = START_TIMEOUT_S) -> str:
+        """Returns the first output line containing ``text``; fails on exit or timeout."""
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no {text!r} within {timeout} s: {self.output()}") from None
+            if line is None:
+                raise AssertionError(f"daemon exited before {text!r}: {self.output()}")
+            self.lines.append(line)
+            if text in line:
+                return line
+
+    def wait_started(self) -> Daemon:
+        self.wait_for("node started")
+        return self
+
+    def output(self) -> str:
+        while not self._queue.empty():
+            line = self._queue.get_nowait()
+            if line is not None:
+                self.lines.append(line)
+        return "".join(self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
