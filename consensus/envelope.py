@@ -33,7 +33,7 @@ import nacl.signing
 import nacl.utils
 
 from consensus.codec import DEFAULT_LIMITS, Limits, decode, encode, type_name
-from consensus.errors import Invalid, Overloaded, Replayed
+from consensus.errors import Expired, Invalid, Overloaded, Replayed
 from consensus.kinds import NONCE_LEN, Body, Registry, to_wire
 from consensus.peer_id import peer_id_from_public_key
 
@@ -148,10 +148,11 @@ def check_expiry(expires_ms: int, now_ms: int, max_ttl_ms: int = MAX_TTL_MS) -> 
     """Refuses a message that has expired or claims to live longer than we remember nonces.
 
     Raises:
-        Invalid: ``what="body.expires_ms"``.
+        Expired: the message is past ``expires_ms`` (not a peer fault).
+        Invalid: it claims to live longer than ``max_ttl_ms``.
     """
     if expires_ms <= now_ms:
-        raise Invalid("body.expires_ms", "expired")
+        raise Expired("body.expires_ms", "expired")
     if expires_ms > now_ms + max_ttl_ms:
         raise Invalid("body.expires_ms", "too far in the future")
 
@@ -233,7 +234,7 @@ class ReplayGuard:
 
         Raises:
             Replayed: ``("nonce", "replayed")``: seen before and not yet expired.
-            Invalid: ``("body.expires_ms", "expired")``: too old to tell.
+            Expired: ``("body.expires_ms", "expired")``: too old to tell (not a peer fault).
             Overloaded: ``what="nonce"``: the cache or this signer's share of it is full.
             ValueError: ``signer`` is not 32 bytes (our bug: envelopes check it first).
         """
@@ -245,7 +246,7 @@ class ReplayGuard:
         if key in self._expiry:
             raise Replayed("nonce", "replayed")
         if expires_ms <= now:
-            raise Invalid("body.expires_ms", "expired")
+            raise Expired("body.expires_ms", "expired")
         if len(self._expiry) >= self.max_entries:
             raise Overloaded("nonce", "replay cache full")
         count = self._per_signer.get(signer, 0)

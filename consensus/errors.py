@@ -59,3 +59,15 @@ class Overloaded(Invalid):
     """
 
     peer_fault: ClassVar[bool] = False
+
+
+class Expired(Invalid):
+    """A message past its expiry.
+
+    Refused, but not the relaying peer's fault: gossip hands recently seen messages to a peer
+    that just joined, and honest relays forward what was fresh when they got it. Ethereum's
+    gossip rules IGNORE messages from the past for the same reason. (A message that claims to
+    live too long *is* a fault: only its signer could have chosen that expiry.)
+    """
+
+    peer_fault: ClassVar[bool] = False

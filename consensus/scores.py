@@ -64,6 +64,10 @@ class PeerScores:
         entry = self._peers.get(peer_id)
         return entry is not None and now_ms < entry.banned_until_ms
 
+    def peers(self) -> list[str]:
+        """Every peer with a penalty on record (recovered ones may be forgotten)."""
+        return list(self._peers)
+
     def last_reason(self, peer_id: str) -> str:
         entry = self._peers.get(peer_id)
         return "" if entry is None else entry.last_reason

@@ -1,0 +1,80 @@
+"""Gossip validation: every message is a signed envelope, checked before anyone else sees it.
+
+Outcomes follow the Ethereum gossip specs' labels: ACCEPT (deliver and forward), IGNORE (drop,
+no blame: duplicates, replays, topics we do not serve) and REJECT (drop and cost the forwarder
+peer score: forged, malformed, expired, wrong kind for the topic, sender not allowed).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from consensus.envelope import Opened, ReplayGuard, open_envelope
+from consensus.errors import Invalid
+from consensus.kinds import Registry
+
+# (origin peer id, kind) -> None when allowed, else why not. Later layers plug in rules such as
+# "verdicts only from staked sentries".
+SenderPolicy = Callable[[str, str], str | None]
+
+
+class Verdict(enum.Enum):
+    ACCEPT = "accept"
+    IGNORE = "ignore"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True)
+class Validation:
+    verdict: Verdict
+    reason: str = ""
+    opened: Opened | None = None
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class EnvelopeValidator:
+    """Checks one gossip message; one instance per node, shared by all its topics.
+
+    Args:
+        registry: the message kinds this node understands.
+        topic_kinds: which kinds each topic carries; anything else on that topic is REJECT.
+        policy: optional rule on who may send which kind.
+        clock: Unix milliseconds; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        topic_kinds: Mapping[str, frozenset[str]],
+        policy: SenderPolicy | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.registry = registry
+        self.topic_kinds = dict(topic_kinds)
+        self.policy = policy
+        self.clock = clock
+        self.replay = ReplayGuard()
+
+    def __call__(self, topic: str, origin: str, data: bytes) -> Validation:
+        kinds = self.topic_kinds.get(topic)
+        if kinds is None:
+            return Validation(Verdict.IGNORE, f"not a topic we serve: {topic}")
+        now_ms = self.clock()
+        self.replay.prune(now_ms)
+        try:
+            opened = open_envelope(data, now_ms, self.registry, replay=self.replay)
+        except Invalid as exc:
+            return Validation(Verdict.REJECT if exc.peer_fault else Verdict.IGNORE, str(exc))
+        if opened.kind not in kinds:
+            return Validation(Verdict.REJECT, f"kind {opened.kind} is not carried on {topic}")
+        if opened.signer_peer_id != origin:
+            return Validation(Verdict.REJECT, "envelope signer is not the gossip origin")
+        if self.policy is not None and (why := self.policy(origin, opened.kind)) is not None:
+            return Validation(Verdict.REJECT, f"sender not allowed: {why}")
+        return Validation(Verdict.ACCEPT, opened=opened)
