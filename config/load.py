@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.schema import SECTIONS, Settings
+from config.schema import CROSS_CHECKS, SECTIONS, Settings
 
 ENV_PREFIX = "IDLEGRID_"
 # Variables that choose *how* to load, not what to load; they are not config keys.
@@ -133,7 +133,14 @@ def _build(raw: Mapping[str, tuple[Any, str]]) -> Loaded:
             _check(key, values[f.name], f.metadata.get("check"), source)
             sources[key] = source
         sections[section] = cls(**values)
-    return Loaded(Settings(**sections), sources)
+    settings = Settings(**sections)
+    for key, rule in CROSS_CHECKS:
+        if (expected := rule(settings)) is not None:
+            section, name = key.split(".")
+            raise ConfigError(
+                key, getattr(getattr(settings, section), name), expected, sources[key]
+            )
+    return Loaded(settings, sources)
 
 
 def _check(key: str, value: Any, check: Any, source: str) -> None:

@@ -89,10 +89,74 @@ class ApiSettings:
     )
 
 
+def multiaddrs_check(value: Any) -> str | None:
+    bad = [v for v in value if not (v.startswith("/ip4/") or v.startswith("/ip6/"))]
+    return f"multiaddrs like /ip4/1.2.3.4/tcp/4001 (bad: {', '.join(bad)})" if bad else None
+
+
+def peer_multiaddrs_check(value: Any) -> str | None:
+    bad = [v for v in value if multiaddrs_check([v]) or "/p2p/" not in v]
+    return f"multiaddrs ending in /p2p/<peer id> (bad: {', '.join(bad)})" if bad else None
+
+
+@dataclass(frozen=True)
+class P2pSettings:
+    listen: tuple[str, ...] = setting(
+        ("/ip4/0.0.0.0/tcp/4001",),
+        "addresses to listen on (TCP); port 0 picks a free one",
+        multiaddrs_check,
+    )
+    bootstrap: tuple[str, ...] = setting(
+        (),
+        "peers to join the network through (multiaddrs with /p2p/<peer id>)",
+        peer_multiaddrs_check,
+    )
+    announce_interval_s: int = setting(
+        10,
+        "seconds between announcements of this node (and of a worker's presence)",
+        int_range(1, 3600),
+    )
+    offline_after_s: int = setting(
+        30, "silence after which a peer or worker counts as offline", int_range(2, 86400)
+    )
+    max_connections: int = setting(128, "most open connections", int_range(1, 10000))
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    price_wei_per_s: int = setting(
+        10**12,
+        "price per second per GPU, in wei; workers set their own prices",
+        int_range(0, 2**63 - 1),
+    )
+    region: str = setting("", "region label shown in the order book, e.g. eu-west (optional)")
+
+
 @dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    p2p: P2pSettings = field(default_factory=P2pSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
 
 
-SECTIONS: dict[str, type[Any]] = {"node": NodeSettings, "api": ApiSettings}
+SECTIONS: dict[str, type[Any]] = {
+    "node": NodeSettings,
+    "api": ApiSettings,
+    "p2p": P2pSettings,
+    "worker": WorkerSettings,
+}
+
+
+def _offline_after_heartbeats(settings: Settings) -> str | None:
+    p2p = settings.p2p
+    if p2p.offline_after_s < 2 * p2p.announce_interval_s:
+        # One lost announcement (gossip is lossy) must not mark a live peer offline.
+        return f"at least twice p2p.announce_interval_s, i.e. >= {2 * p2p.announce_interval_s}"
+    return None
+
+
+# Rules that relate several keys: (key blamed, check over the whole settings).
+CROSS_CHECKS: tuple[tuple[str, Callable[[Settings], str | None]], ...] = (
+    ("p2p.offline_after_s", _offline_after_heartbeats),
+)

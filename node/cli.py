@@ -13,7 +13,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -129,8 +129,15 @@ def node() -> None:
 @role_option
 @api_port_option
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
-def node_start(
-    home_dir: str | None, roles: tuple[str, ...], api_port: int | None, log_level: str | None
+@click.option("--listen", multiple=True, help="multiaddr to listen on (repeatable)")
+@click.option("--bootstrap", multiple=True, help="peer multiaddr with /p2p/<id> (repeatable)")
+def node_start(  # noqa: PLR0917 - one parameter per click option
+    home_dir: str | None,
+    roles: tuple[str, ...],
+    api_port: int | None,
+    log_level: str | None,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
 ) -> None:
     """Run the daemon in the foreground until SIGINT or SIGTERM."""
     from node import daemon, logs  # noqa: PLC0415 - other commands need not load trio and services
@@ -141,6 +148,8 @@ def node_start(
         "node.roles": (roles or None, "--role"),
         "api.port": (api_port, "--api-port"),
         "node.log_level": (log_level, "--log-level"),
+        "p2p.listen": (listen or None, "--listen"),
+        "p2p.bootstrap": (bootstrap or None, "--bootstrap"),
     }
     settings = load_settings(home, flags).settings
     keys = identity.load(home, passphrase_source)
@@ -186,6 +195,7 @@ def status(home_dir: str | None, as_json: bool) -> None:
 
 
 def _human_status(p: dict[str, Any]) -> str:
+    p2p = p.get("p2p") or {}
     return "\n".join(
         [
             f"running   pid {p['pid']}, up {p['uptime_s']:.0f} s, idlegrid {p['version']}",
@@ -194,7 +204,56 @@ def _human_status(p: dict[str, Any]) -> str:
             f"roles     {', '.join(p['roles'])}",
             f"home      {p['home']}",
             f"api       {p['api']}",
+            f"p2p       {', '.join(p2p.get('addrs', []))}",
+            f"peers     {p2p.get('connected_peers', 0)} connected, "
+            f"{p2p.get('known_peers', 0)} known",
         ]
+    )
+
+
+@cli.command()
+@home_option
+@json_option
+def peers(home_dir: str | None, as_json: bool) -> None:
+    """Peers this node knows: id, addresses, latency, score, roles."""
+    payload = ApiClient(Home(resolve_home(home_dir))).get("/v1/peers")
+    emit(as_json, payload, _human_peers)
+
+
+def _human_peers(p: dict[str, Any]) -> str:
+    rows = [("PEER", "STATE", "RTT", "SCORE", "ROLES", "ADDRESS")]
+    for peer in p["peers"]:
+        state = "connected" if peer["connected"] else ("online" if peer["online"] else "offline")
+        rtt = "-" if peer["rtt_ms"] is None else f"{peer['rtt_ms']} ms"
+        addr = peer["addrs"][0].split("/p2p/")[0] if peer["addrs"] else "-"
+        roles = ",".join(peer["roles"]) or "-"
+        rows.append((peer["peer_id"], state, rtt, str(peer["score"]), roles, addr))
+    return _table(rows) + f"\n{len(p['peers'])} peers"
+
+
+@cli.command()
+@home_option
+@json_option
+def market(home_dir: str | None, as_json: bool) -> None:
+    """The order book: workers, their GPUs, prices per second and status."""
+    payload = ApiClient(Home(resolve_home(home_dir))).get("/v1/market")
+    emit(as_json, payload, _human_market)
+
+
+def _human_market(p: dict[str, Any]) -> str:
+    rows = [("WORKER", "STATUS", "GPU CLASS", "COUNT", "VRAM", "WEI/S PER GPU", "REGION")]
+    for w in p["workers"]:
+        for o in w["offers"]:
+            vram = f"{o['vram_mb'] // 1024} GB" if o["vram_mb"] else "-"
+            rows.append((w["peer_id"], w["status"], o["gpu_class"], str(o["count"]), vram,
+                         o["price_wei_per_s"], w["region"] or "-"))  # fmt: skip
+    return _table(rows) + f"\n{len(p['workers'])} workers"
+
+
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
 
 

@@ -30,6 +30,7 @@ from node import __version__
 from node.api import Request, Routes, serve
 from node.home import Home, NodeLock, write_private
 from node.identity import NodeKeys
+from node.network import Network, run_network
 from node.roles import run_role, services_of
 from storage.blobs import BlobStore
 from storage.db import Database
@@ -49,6 +50,7 @@ class NodeContext:
     started_monotonic: float = field(default_factory=time.monotonic)
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     api_port: int = 0
+    network: Network | None = None
 
     def status(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,14 @@ class NodeContext:
             "started_ms": self.started_ms,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "api": f"http://{self.settings.api.host}:{self.api_port}",
+            "p2p": None
+            if self.network is None
+            else {
+                "addrs": self.network.host.addrs,
+                "connected_peers": len(self.network.host.connected_peers()),
+                "known_peers": len(self.network.book.peers),
+                "gossip": vars(self.network.gossip.stats),
+            },
         }
 
 
@@ -71,7 +81,17 @@ def routes(ctx: NodeContext) -> Routes:
     async def status(_: Request) -> Any:
         return ctx.status()
 
-    return {("GET", "/v1/status"): status}
+    async def peers(_: Request) -> Any:
+        return {"peers": ctx.network.peers_view() if ctx.network else []}
+
+    async def market(_: Request) -> Any:
+        return {"workers": ctx.network.market_view() if ctx.network else []}
+
+    return {
+        ("GET", "/v1/status"): status,
+        ("GET", "/v1/peers"): peers,
+        ("GET", "/v1/market"): market,
+    }
 
 
 async def run_node(
@@ -90,6 +110,7 @@ async def run_node(
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 await nursery.start(_cancel_on_signal, nursery.cancel_scope)
+            ctx.network = await nursery.start(run_network, ctx)
             api = settings.api
             ctx.api_port = await nursery.start(
                 serve, api.host, api.port, home.read_token(), routes(ctx)
@@ -142,5 +163,8 @@ def start(home: Home, settings: Settings, keys: NodeKeys) -> None:
     lock.acquire()
     try:
         trio.run(run_node, home, settings, keys)
+    except Exception:
+        log.exception("daemon crashed")  # into node.log too, not only the terminal
+        raise
     finally:
         lock.release()

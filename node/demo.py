@@ -29,6 +29,7 @@ def idlegrid(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
 
 def main() -> None:
     idlegrid("init", "--role", "requester", "--role", "worker", "--role", "sentry")
+    os.environ.setdefault("IDLEGRID_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0")  # a demo stays local
     print("$ idlegrid node start  (in the background)", flush=True)
     log = open(HOME / "demo-daemon.out", "w")  # noqa: SIM115 - lives as long as the daemon
     daemon = subprocess.Popen(

@@ -49,6 +49,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             );
         """,
     ),
+    Migration(
+        version=2,
+        description="peers met on the network, redialled after a restart",
+        sql="""
+            CREATE TABLE peers (
+                peer_id      TEXT PRIMARY KEY,
+                addrs        TEXT NOT NULL,   -- JSON list of multiaddrs with /p2p/<peer id>
+                roles        TEXT NOT NULL,   -- JSON list
+                last_seen_ms INTEGER NOT NULL
+            );
+        """,
+    ),
 )
 
 

@@ -19,9 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 30.0
 
 
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
 def cli_env(**extra: str) -> dict[str, str]:
+    """The test's environment for the CLI: nothing inherited, p2p on loopback only."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEGRID_")}
-    return env | {"PYTHONUNBUFFERED": "1"} | extra
+    return env | {"PYTHONUNBUFFERED": "1", "IDLEGRID_P2P_LISTEN": LOOPBACK} | extra
 
 
 def idlegrid(

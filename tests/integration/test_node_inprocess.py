@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from config import Settings
-from config.schema import NodeSettings
+from config.schema import NodeSettings, P2pSettings
 from node import identity
 from node.daemon import NodeContext, run_node
 from node.home import Home, NodeLock
@@ -28,7 +28,10 @@ def home(tmp_path: Path) -> Home:
 
 
 def settings(*roles: str) -> Settings:
-    return Settings(node=NodeSettings(roles=roles or ("requester",)))
+    return Settings(
+        node=NodeSettings(roles=roles or ("requester",)),
+        p2p=P2pSettings(listen=("/ip4/127.0.0.1/tcp/0",)),
+    )
 
 
 @pytest.fixture

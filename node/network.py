@@ -1,0 +1,265 @@
+"""The node's network: one libp2p host, gossip, peer discovery and the worker pool.
+
+Every node, whatever its roles, runs this service: it announces itself (``node.hello`` on the
+``nodes`` topic), keeps the peer book and the pool (``pool.presence`` on ``presence``: the
+order book), and dials bootstrap, remembered and announced peers with backoff. A worker also
+publishes its presence. Announcements repeat every ``p2p.announce_interval_s`` because gossip
+is lossy; a peer silent for ``p2p.offline_after_s`` counts as offline.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import trio
+
+from consensus.envelope import new_nonce, seal_body
+from consensus.kinds import Hello, Ping, Registry, Wei
+from consensus.pool import GpuOffer, Pool, Presence, PresenceSeen, WorkerChanged
+from consensus.scores import PeerScores
+from node import __version__
+from node.peerbook import Peer, PeerBook, load_remembered, remember
+from p2p.gossip import Gossip, Message, open_gossip, topic_name
+from p2p.host import DialError, Host, open_host
+from p2p.validation import EnvelopeValidator
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.daemon import NodeContext
+
+log = logging.getLogger(__name__)
+
+NODES, PRESENCE = topic_name("nodes"), topic_name("presence")
+REGISTRY = Registry([Hello, Ping, Presence])
+TOPICS = {NODES: frozenset({Hello.KIND}), PRESENCE: frozenset({Presence.KIND})}
+DIAL_TIMEOUT_S = 10
+TARGET_CONNECTIONS = 8  # enough for a healthy gossip mesh (degree 6) without dialing everyone
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Network:
+    """What the rest of the node (API, roles) uses of the network."""
+
+    ctx: NodeContext
+    host: Host
+    gossip: Gossip
+    scores: PeerScores
+    book: PeerBook
+    pool: Pool
+    run_id: bytes = field(default_factory=lambda: os.urandom(8))
+    seq: int = 0
+    _dial_now: trio.Event = field(default_factory=trio.Event)
+    _connected: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def p2p(self) -> Any:
+        return self.ctx.settings.p2p
+
+    def peers_view(self) -> list[dict[str, Any]]:
+        """Every peer we know, are connected to, or have penalised (banned ones included)."""
+        now, connected = now_ms(), set(self.host.connected_peers())
+        offline_after = self.p2p.offline_after_s * 1000
+        known = dict(self.book.peers)
+        for peer_id in (connected | set(self.scores.peers())) - known.keys():
+            known[peer_id] = Peer(peer_id, [])
+        return [
+            {
+                "peer_id": p.peer_id,
+                "addrs": p.addrs,
+                "roles": p.roles,
+                "version": p.version,
+                "connected": p.peer_id in connected,
+                "online": self.book.online(p, now, offline_after) or p.peer_id in connected,
+                "last_seen_ms": p.last_seen_ms,
+                "rtt_ms": p.rtt_ms,
+                "score": self.scores.score(p.peer_id, now),
+                "banned": self.scores.banned(p.peer_id, now),
+                "last_fault": self.scores.last_reason(p.peer_id),
+            }
+            for p in sorted(known.values(), key=lambda p: p.peer_id)
+        ]
+
+    def market_view(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "peer_id": w.peer_id,
+                "status": w.status,
+                "online": w.online,
+                "region": w.presence.region,
+                "name": w.presence.name,
+                "capacity": w.presence.capacity,
+                "offers": [
+                    {
+                        "gpu_class": o.gpu_class,
+                        "count": o.count,
+                        "vram_mb": o.vram_mb,
+                        "price_wei_per_s": str(o.price_wei_per_s),
+                    }
+                    for o in w.presence.offers
+                ],
+                "last_seen_ms": w.last_seen_ms,
+                "rtt_ms": self.book.peers[w.peer_id].rtt_ms
+                if w.peer_id in self.book.peers
+                else None,
+            }
+            for w in self.pool.workers()
+        ]
+
+    def announced_addrs(self) -> list[str]:
+        """Our listen addresses as others can dial them (0.0.0.0 expanded to interface IPs)."""
+        out = []
+        for addr in self.host.addrs:
+            if "/ip4/0.0.0.0/" not in addr:
+                out.append(addr)
+                continue
+            for ip in _interface_ipv4s():
+                out.append(addr.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/"))
+        return out
+
+    async def announce(self) -> None:
+        """Publishes our hello and, on a worker, our presence."""
+        expires = now_ms() + 3 * self.p2p.announce_interval_s * 1000
+        roles = list(self.ctx.settings.node.roles)
+        hello = Hello(expires_ms=expires, nonce=new_nonce(), roles=roles, version=__version__,
+                      listen=self.announced_addrs())  # fmt: skip
+        await self.gossip.publish(NODES, seal_body(self.ctx.keys.signing_key, hello))
+        if "worker" in roles:
+            self.seq += 1
+            await self.gossip.publish(
+                PRESENCE, seal_body(self.ctx.keys.signing_key, self._presence(expires))
+            )
+
+    def _presence(self, expires_ms: int) -> Presence:
+        worker = self.ctx.settings.worker
+        # Until GPU discovery lands (runtime issue) a worker offers its CPU as one "cpu" unit.
+        offer = GpuOffer(
+            gpu_class="cpu", count=1, vram_mb=0, price_wei_per_s=Wei(worker.price_wei_per_s)
+        )
+        return Presence(
+            expires_ms=expires_ms, nonce=new_nonce(), run_id=self.run_id, seq=self.seq,
+            status="available", offers=[offer], capacity=1, region=worker.region,
+            name=self.ctx.settings.node.name, listen=self.announced_addrs(),
+        )  # fmt: skip
+
+    async def announce_loop(self) -> None:
+        while True:
+            await self.announce()
+            with trio.move_on_after(self.p2p.announce_interval_s):
+                await self._connected.wait()  # a new connection: be known sooner
+            await trio.sleep(1.0)  # pacing: at most one announcement a second
+
+    async def follow_nodes(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        async for msg in inbox:
+            body = msg.opened.body
+            if msg.origin == self.host.peer_id or not isinstance(body, Hello):
+                continue
+            known = msg.origin in self.book.peers and self.book.peers[msg.origin].last_seen_ms > 0
+            peer = self.book.heard(msg.origin, body.listen, body.roles, body.version, now_ms())
+            await remember(self.ctx.db, peer)
+            if not known:
+                log.info("peer discovered", extra={"peer": msg.origin, "roles": body.roles})
+                self._wake_dialer()
+
+    async def follow_pool(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
+        """Feeds the pool machine: presence messages in, deadlines for offline marking."""
+        while True:
+            deadline = self.pool.next_deadline()
+            timeout = 3600.0 if deadline is None else max(0.0, (deadline - now_ms()) / 1000)
+            with trio.move_on_after(timeout):
+                msg = await inbox.receive()
+                if isinstance(msg.opened.body, Presence):
+                    self._log(self.pool.handle(PresenceSeen(msg.origin, msg.opened.body), now_ms()))
+            self._log(self.pool.on_tick(now_ms()))
+
+    def _log(self, effects: list[Any]) -> None:
+        for effect in effects:
+            if isinstance(effect, WorkerChanged):
+                log.info(
+                    "worker status",
+                    extra={"peer": effect.peer_id, "old": effect.old, "new": effect.new},
+                )
+
+    def _wake_dialer(self) -> None:
+        self._dial_now.set()
+        self._dial_now = trio.Event()
+
+    async def dial_loop(self) -> None:
+        """Keeps up to TARGET_CONNECTIONS connections, dialing due peers with backoff."""
+        while True:
+            connected = set(self.host.connected_peers())
+            now = now_ms()
+            banned = {p for p in self.book.peers if self.scores.banned(p, now)}
+            for peer in self.book.due(now, connected, banned)[
+                : max(0, TARGET_CONNECTIONS - len(connected))
+            ]:
+                await self._dial(peer)
+            with trio.move_on_after(1.0):
+                await self._dial_now.wait()
+
+    async def _dial(self, peer: Any) -> None:
+        started = time.monotonic()
+        for addr in peer.addrs:
+            try:
+                with trio.fail_after(DIAL_TIMEOUT_S):
+                    await self.host.connect(addr)
+            except (DialError, ValueError, trio.TooSlowError) as exc:
+                log.debug(
+                    "dial failed", extra={"peer": peer.peer_id, "addr": addr, "error": str(exc)}
+                )
+                continue
+            rtt = int((time.monotonic() - started) * 1000)
+            self.book.dialed(peer, True, now_ms(), rtt)
+            log.info("connected", extra={"peer": peer.peer_id, "addr": addr})
+            self._connected.set()
+            self._connected = trio.Event()
+            return
+        self.book.dialed(peer, False, now_ms())
+
+
+def _interface_ipv4s() -> list[str]:
+    ips = []
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family.name == "AF_INET" and not ipaddress.ip_address(a.address).is_link_local:
+                ips.append(a.address)
+    return ips or ["127.0.0.1"]
+
+
+async def run_network(
+    ctx: NodeContext, *, task_status: TaskStatus[Network] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Runs the network service until cancelled; reports the Network once it listens."""
+    p2p = ctx.settings.p2p
+    seed = bytes(ctx.keys.signing_key)
+    async with open_host(seed, p2p.listen, max_connections=p2p.max_connections) as host:
+        scores = PeerScores()
+        validator = EnvelopeValidator(REGISTRY, TOPICS)
+        async with open_gossip(host, validator, scores) as gossip:
+            offline_ms = p2p.offline_after_s * 1000
+            book = PeerBook(host.peer_id)
+            net = Network(ctx, host, gossip, scores, book, Pool(offline_ms, 10 * offline_ms))
+            for addr in p2p.bootstrap:
+                book.add_addr(addr)
+            remembered = await load_remembered(ctx.db, book)
+            nodes_inbox = await gossip.subscribe(NODES)
+            presence_inbox = await gossip.subscribe(PRESENCE)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(net.follow_nodes, nodes_inbox)
+                nursery.start_soon(net.follow_pool, presence_inbox)
+                nursery.start_soon(net.dial_loop)
+                nursery.start_soon(net.announce_loop)
+                log.info(
+                    "p2p listening", extra={"addrs": host.addrs, "remembered_peers": remembered}
+                )
+                task_status.started(net)

@@ -1,0 +1,103 @@
+"""The peers a node knows: what they announced, when they were last heard, and when to redial.
+
+Peers are learned from the configured bootstrap list, from ``node.hello`` announcements on
+gossip, and from sqlite (every peer heard is remembered, so a restarted node redials the
+network it knew rather than only its bootstrap peers). Dialing backs off exponentially per
+peer, so a dead peer costs one failed dial a minute at most.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from storage.db import Database
+
+BACKOFF_START_MS = 1_000
+BACKOFF_MAX_MS = 60_000
+REMEMBER_MAX = 1_000
+
+
+@dataclass
+class Peer:
+    peer_id: str
+    addrs: list[str]
+    roles: list[str] = field(default_factory=list)
+    version: str = ""
+    name: str = ""
+    last_seen_ms: int = 0  # last announcement heard (0: never, e.g. a bootstrap entry)
+    rtt_ms: int | None = None
+    next_dial_ms: int = 0
+    backoff_ms: int = BACKOFF_START_MS
+
+
+def peer_id_of(addr: str) -> str:
+    return addr.rsplit("/p2p/", 1)[1]
+
+
+class PeerBook:
+    def __init__(self, own_peer_id: str) -> None:
+        self.own = own_peer_id
+        self.peers: dict[str, Peer] = {}
+
+    def add_addr(self, addr: str) -> Peer | None:
+        """Adds a dialable address (bootstrap or remembered); None for our own."""
+        peer_id = peer_id_of(addr)
+        if peer_id == self.own:
+            return None
+        peer = self.peers.setdefault(peer_id, Peer(peer_id, []))
+        if addr not in peer.addrs:
+            peer.addrs.append(addr)
+        return peer
+
+    def heard(
+        self, peer_id: str, addrs: list[str], roles: list[str], version: str, now_ms: int
+    ) -> Peer:
+        """Records an announcement (a verified ``node.hello``) from ``peer_id``."""
+        peer = self.peers.setdefault(peer_id, Peer(peer_id, []))
+        mine = [a for a in addrs if a.endswith(f"/p2p/{peer_id}")]  # a peer speaks for itself only
+        peer.addrs = mine or peer.addrs
+        peer.roles, peer.version, peer.last_seen_ms = roles, version, now_ms
+        return peer
+
+    def due(self, now_ms: int, connected: set[str], banned: set[str]) -> list[Peer]:
+        """Peers to dial now: not connected, not banned, with an address, past their backoff."""
+        return [
+            p
+            for p in self.peers.values()
+            if p.peer_id not in connected
+            and p.peer_id not in banned
+            and p.peer_id != self.own
+            and p.addrs
+            and p.next_dial_ms <= now_ms
+        ]
+
+    def dialed(self, peer: Peer, ok: bool, now_ms: int, rtt_ms: int | None = None) -> None:
+        if ok:
+            peer.backoff_ms, peer.rtt_ms = BACKOFF_START_MS, rtt_ms
+        else:
+            peer.next_dial_ms = now_ms + peer.backoff_ms
+            peer.backoff_ms = min(2 * peer.backoff_ms, BACKOFF_MAX_MS)
+
+    def online(self, peer: Peer, now_ms: int, offline_after_ms: int) -> bool:
+        return peer.last_seen_ms > 0 and now_ms - peer.last_seen_ms < offline_after_ms
+
+
+async def load_remembered(db: Database, book: PeerBook) -> int:
+    rows = await db.query(
+        "SELECT peer_id, addrs, roles, last_seen_ms FROM peers ORDER BY last_seen_ms DESC LIMIT ?",
+        (REMEMBER_MAX,),
+    )
+    for row in rows:
+        for addr in json.loads(row["addrs"]):
+            book.add_addr(addr)
+    return len(rows)
+
+
+async def remember(db: Database, peer: Peer) -> None:
+    await db.execute(
+        "INSERT INTO peers(peer_id, addrs, roles, last_seen_ms) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(peer_id) DO UPDATE SET addrs = excluded.addrs, roles = excluded.roles, "
+        "last_seen_ms = excluded.last_seen_ms",
+        (peer.peer_id, json.dumps(peer.addrs), json.dumps(peer.roles), peer.last_seen_ms),
+    )

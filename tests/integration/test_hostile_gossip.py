@@ -1,0 +1,105 @@
+"""A hostile peer floods three real daemons with bad gossip: each refuses it and blames it.
+
+The attacker runs in this process on py-libp2p's raw pubsub (no validation of its own); the
+daemons are separate processes. Synchronised on the daemons' "rejected gossip" log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nacl.signing
+import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from consensus.envelope import new_nonce, seal, seal_body
+from consensus.kinds import Ping
+from consensus.pool import GpuOffer, Presence
+from p2p.gossip import topic_name
+from p2p.host import open_host
+from p2p.validation import wall_clock_ms
+from tests.daemons import Daemon, cli_env, idlegrid
+
+ENV = cli_env(IDLEGRID_NODE_ROLES="worker")
+PRESENCE, NODES = topic_name("presence"), topic_name("nodes")
+
+
+def presence(expires_in_ms: int = 60_000) -> Presence:
+    offer = GpuOffer(gpu_class="cpu", count=1, vram_mb=0, price_wei_per_s=1)
+    return Presence(
+        expires_ms=wall_clock_ms() + expires_in_ms, nonce=new_nonce(), run_id=b"evil-run",
+        seq=1, status="available", offers=[offer], capacity=1,
+    )  # fmt: skip
+
+
+def bad_messages() -> dict[str, tuple[str, bytes]]:
+    stranger = nacl.signing.SigningKey.generate()
+    ping = {"expires_ms": wall_clock_ms() + 60_000, "nonce": new_nonce(), "seq": 1}
+    return {
+        "malformed": (PRESENCE, b"\x95\x01garbage"),
+        "forged signer": (PRESENCE, seal_body(stranger, presence())),
+        "wrong kind for topic": (NODES, seal(stranger, Ping.KIND, ping)),
+        "oversized": (PRESENCE, seal_body(stranger, presence()) + bytes(520 * 1024)),
+        "too far in the future": (PRESENCE, seal_body(stranger, presence(10 * 3_600_000))),
+    }
+
+
+def addr_of(home: Path) -> str:
+    return str(json.loads(idlegrid(home, "status", "--json", env=ENV).stdout)["p2p"]["addrs"][0])
+
+
+async def test_every_daemon_rejects_and_blames_a_hostile_peer(tmp_path: Path) -> None:
+    daemons: list[Daemon] = []
+    try:
+        for i in range(3):
+            home = tmp_path / f"n{i}"
+            assert idlegrid(home, "init", env=ENV).returncode == 0
+            args = ("--bootstrap", addr_of(daemons[-1].home)) if daemons else ()
+            daemons.append(Daemon(home, args, ENV).wait_started())
+        await attack([addr_of(d.home) for d in daemons], daemons)
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+
+
+async def attack(addrs: list[str], daemons: list[Daemon]) -> None:
+    seed = os.urandom(32)
+    cases = bad_messages()
+    async with open_host(seed) as evil:
+        router = GossipSub(protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
+                           heartbeat_interval=1, adaptive_gossip_enabled=False)  # fmt: skip
+        pubsub = Pubsub(evil.libp2p, router, strict_signing=True)
+        try:
+            async with background_trio_service(pubsub), background_trio_service(router):
+                await pubsub.wait_until_ready()
+                for topic in (PRESENCE, NODES):
+                    await pubsub.subscribe(topic)
+                for addr in addrs:
+                    peer = await evil.connect(addr)
+                    for topic in (PRESENCE, NODES):
+                        await pubsub.wait_for_subscription(ID.from_base58(peer), topic, 15)
+                        # publishing reaches mesh peers only; the mesh forms on a heartbeat
+                        await pubsub.wait_for_mesh(ID.from_base58(peer), topic, 15)
+                for topic, data in cases.values():
+                    await pubsub.publish(topic, data)
+                await expect_blame(daemons, evil.peer_id, len(cases))
+        finally:
+            pubsub.seen_messages.stop()
+
+
+async def expect_blame(daemons: list[Daemon], evil_id: str, count: int) -> None:
+    for daemon in daemons:
+        for _ in range(count):
+            line = await trio.to_thread.run_sync(daemon.wait_for, "rejected gossip", 30)
+            assert f"peer={evil_id}" in line  # only the attacker is blamed, never a relay
+        peers = json.loads(idlegrid(daemon.home, "peers", "--json", env=ENV).stdout)["peers"]
+        evil = next(p for p in peers if p["peer_id"] == evil_id)
+        assert evil["score"] < 0
+        assert evil["banned"] is True  # five faults reach the default ban threshold
+        assert daemon.proc.poll() is None, "a daemon died"
+        assert "Traceback" not in daemon.output()
