@@ -7,23 +7,19 @@ daemons are separate processes. Synchronised on the daemons' "rejected gossip" l
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import nacl.signing
 import trio
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
-from libp2p.pubsub.pubsub import Pubsub
-from libp2p.tools.anyio_service import background_trio_service
 
 from consensus.envelope import new_nonce, seal, seal_body
 from consensus.kinds import Ping
 from consensus.pool import GpuOffer, Presence
 from p2p.gossip import topic_name
-from p2p.host import open_host
 from p2p.validation import wall_clock_ms
 from tests.daemons import Daemon, cli_env, idlegrid
+from tests.hostile import hostile_peer
 
 ENV = cli_env(IDLEGRID_NODE_ROLES="worker")
 PRESENCE, NODES = topic_name("presence"), topic_name("nodes")
@@ -68,28 +64,17 @@ async def test_every_daemon_rejects_and_blames_a_hostile_peer(tmp_path: Path) ->
 
 
 async def attack(addrs: list[str], daemons: list[Daemon]) -> None:
-    seed = os.urandom(32)
     cases = bad_messages()
-    async with open_host(seed) as evil:
-        router = GossipSub(protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
-                           heartbeat_interval=1, adaptive_gossip_enabled=False)  # fmt: skip
-        pubsub = Pubsub(evil.libp2p, router, strict_signing=True)
-        try:
-            async with background_trio_service(pubsub), background_trio_service(router):
-                await pubsub.wait_until_ready()
-                for topic in (PRESENCE, NODES):
-                    await pubsub.subscribe(topic)
-                for addr in addrs:
-                    peer = await evil.connect(addr)
-                    for topic in (PRESENCE, NODES):
-                        await pubsub.wait_for_subscription(ID.from_base58(peer), topic, 15)
-                        # publishing reaches mesh peers only; the mesh forms on a heartbeat
-                        await pubsub.wait_for_mesh(ID.from_base58(peer), topic, 15)
-                for topic, data in cases.values():
-                    await pubsub.publish(topic, data)
-                await expect_blame(daemons, evil.peer_id, len(cases))
-        finally:
-            pubsub.seen_messages.stop()
+    async with hostile_peer([PRESENCE, NODES]) as (evil, pubsub, _):
+        for addr in addrs:
+            peer = ID.from_base58(await evil.connect(addr))
+            for topic in (PRESENCE, NODES):
+                await pubsub.wait_for_subscription(peer, topic, 15)
+                # publishing reaches mesh peers only; the mesh forms on a heartbeat
+                await pubsub.wait_for_mesh(peer, topic, 15)
+        for topic, data in cases.values():
+            await pubsub.publish(topic, data)
+        await expect_blame(daemons, evil.peer_id, len(cases))
 
 
 async def expect_blame(daemons: list[Daemon], evil_id: str, count: int) -> None:

@@ -17,6 +17,7 @@ from config.schema import NodeSettings, P2pSettings
 from node import identity
 from node.daemon import NodeContext, run_node
 from node.home import Home, NodeLock
+from tests.resources import all_tasks, open_fds
 
 
 @pytest.fixture
@@ -85,16 +86,6 @@ async def test_api_json_written_when_up_and_removed_after(home: Home) -> None:
         assert info == {"host": "127.0.0.1", "port": ctx.api_port, "pid": os.getpid()}
         nursery.cancel_scope.cancel()
     assert not home.api.exists()
-
-
-def all_tasks(task: trio.lowlevel.Task | None = None) -> int:
-    task = task or trio.lowlevel.current_root_task()
-    assert task is not None
-    return 1 + sum(all_tasks(t) for n in task.child_nurseries for t in n.child_tasks)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 async def test_start_stop_cycles_leak_nothing(home: Home) -> None:

@@ -16,9 +16,8 @@ import nacl.signing
 import pytest
 import trio
 from libp2p.peer.id import ID
-from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.tools.anyio_service import background_trio_service
 
 from consensus.envelope import new_nonce, seal, seal_body
 from consensus.kinds import Ping, Registry
@@ -27,6 +26,7 @@ from consensus.scores import PeerScores, ScoreParams
 from p2p.gossip import Gossip, GossipParams, Message, open_gossip, topic_name
 from p2p.host import Host, open_host
 from p2p.validation import EnvelopeValidator, wall_clock_ms
+from tests.hostile import hostile_peer
 
 PRESENCE = topic_name("presence")
 REGISTRY = Registry([Presence, Ping])
@@ -53,23 +53,6 @@ async def honest_node(scores: ScoreParams | None = None) -> AsyncIterator[Node]:
         async with open_gossip(host, validator, PeerScores(scores or ScoreParams())) as gossip:
             inbox = await gossip.subscribe(PRESENCE)
             yield Node(seed, host, gossip, inbox)
-
-
-@asynccontextmanager
-async def evil_node() -> AsyncIterator[tuple[Host, Pubsub, nacl.signing.SigningKey]]:
-    """Raw py-libp2p pubsub: no validator, library defaults aside from a fast heartbeat."""
-    seed = os.urandom(32)
-    async with open_host(seed) as host:
-        router = GossipSub(protocols=[PROTOCOL_ID_V11], degree=6, degree_low=4, degree_high=12,
-                           heartbeat_interval=1, adaptive_gossip_enabled=False)  # fmt: skip
-        pubsub = Pubsub(host.libp2p, router, strict_signing=True)
-        try:
-            async with background_trio_service(pubsub), background_trio_service(router):
-                await pubsub.wait_until_ready()
-                await pubsub.subscribe(PRESENCE)
-                yield host, pubsub, nacl.signing.SigningKey(seed)
-        finally:
-            pubsub.seen_messages.stop()
 
 
 def presence(seq: int = 1, expires_in_ms: int = 60_000) -> Presence:
@@ -125,7 +108,7 @@ BAD_CASES = {
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 async def test_bad_messages_are_rejected_and_blamed(case: str) -> None:
-    async with honest_node() as good, evil_node() as (evil, evil_pubsub, _):
+    async with honest_node() as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, _):
         await link(evil, evil_pubsub, good.host)
         # "forged" is a valid envelope signed by someone else: its signer is not the origin
         await evil_pubsub.publish(
@@ -139,7 +122,7 @@ async def test_bad_messages_are_rejected_and_blamed(case: str) -> None:
 
 
 async def test_replay_is_ignored_without_blame() -> None:
-    async with honest_node() as good, evil_node() as (evil, evil_pubsub, evil_key):
+    async with honest_node() as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, evil_key):
         await link(evil, evil_pubsub, good.host)
         envelope = seal_body(evil_key, presence())
         await evil_pubsub.publish(PRESENCE, envelope)
@@ -154,7 +137,7 @@ async def test_replay_is_ignored_without_blame() -> None:
 
 async def test_expired_is_ignored_without_blame() -> None:
     """Gossip hands recent messages to peers that just joined: old is not malicious."""
-    async with honest_node() as good, evil_node() as (evil, evil_pubsub, evil_key):
+    async with honest_node() as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, evil_key):
         await link(evil, evil_pubsub, good.host)
         await evil_pubsub.publish(PRESENCE, seal_body(evil_key, presence(expires_in_ms=-1)))
         with trio.fail_after(10):
@@ -165,7 +148,7 @@ async def test_expired_is_ignored_without_blame() -> None:
 
 async def test_repeated_rejects_ban_and_disconnect() -> None:
     params = ScoreParams(reject_penalty=10, ban_threshold=-30)
-    async with honest_node(params) as good, evil_node() as (evil, evil_pubsub, _):
+    async with honest_node(params) as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, _):
         await link(evil, evil_pubsub, good.host)
         # back to back: after its first fault the attacker is pruned from the mesh, and later
         # messages it publishes to the topic reach no one (good for us, but not for this test)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from nacl.signing import SigningKey
 import p2p.host
 from consensus.peer_id import peer_id_from_public_key
 from p2p.host import DialError, Host, ListenError, open_host
+from tests.resources import all_tasks, open_fds
 
 SEED_A = bytes(range(32))
 SEED_B = bytes(range(100, 132))
@@ -48,16 +48,6 @@ async def port_accepts(port: int) -> bool:
         return False
     await stream.aclose()
     return True
-
-
-def all_tasks(task: trio.lowlevel.Task | None = None) -> int:
-    task = task or trio.lowlevel.current_root_task()
-    assert task is not None
-    return 1 + sum(all_tasks(t) for n in task.child_nurseries for t in n.child_tasks)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 @contextlib.contextmanager
