@@ -13,7 +13,9 @@ answers one of them, and each has a regression test in ``tests/p2p/test_gossip.p
 * libp2p drops messages when a subscription's 32-slot channel is full, so one task per topic
   drains it at once into our own, larger inbox;
 * gossip is lossy: :meth:`Gossip.announce` re-broadcasts until the caller confirms receipt;
-* the seen-cache thread each Pubsub starts is stopped on exit.
+* the seen-cache thread each Pubsub starts is stopped on exit;
+* Pubsub's stream handler lets a protobuf ``DecodeError`` (one corrupt frame) escape, which
+  kills the host and the node: it is re-registered behind a guard that drops only that stream.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pb import rpc_pb2
@@ -256,6 +259,30 @@ def _router(params: GossipParams) -> GossipSub:
     )
 
 
+def _guard_pubsub_streams(host: Host, pubsub: Pubsub) -> None:
+    """Re-registers Pubsub's stream handler so that no frame from a peer can crash the node.
+
+    ``Host.set_stream_handler`` already contains any exception to its stream; here we also
+    tell Pubsub the peer's stream is gone, as it does itself for the errors it does catch. No
+    blame: the corrupt frame may come from an honest peer's library.
+    """
+
+    async def handler(stream: INetStream) -> None:
+        try:
+            await pubsub.stream_handler(stream)
+        except Exception as exc:
+            peer = stream.muxed_conn.peer_id
+            log.warning(
+                "dropping a corrupt pubsub stream", extra={"peer": str(peer), "error": repr(exc)}
+            )
+            with trio.CancelScope(shield=True):
+                await stream.reset()
+            pubsub._handle_dead_peer(peer)
+
+    for protocol in pubsub.protocols:
+        host.set_stream_handler(str(protocol), handler)
+
+
 @asynccontextmanager
 async def open_gossip(
     host: Host,
@@ -272,6 +299,7 @@ async def open_gossip(
         seen_ttl=params.seen_ttl_s,
         max_inbound_rpc_size=params.max_rpc_bytes,
     )
+    _guard_pubsub_streams(host, pubsub)
     try:
         async with background_trio_service(pubsub), background_trio_service(router):
             await pubsub.wait_until_ready()

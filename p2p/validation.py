@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from consensus.codec import DEFAULT_LIMITS
 from consensus.envelope import Opened, ReplayGuard, open_envelope
 from consensus.errors import Invalid
 from consensus.kinds import Registry
@@ -46,6 +47,9 @@ class EnvelopeValidator:
         topic_kinds: which kinds each topic carries; anything else on that topic is REJECT.
         policy: optional rule on who may send which kind.
         clock: Unix milliseconds; injectable for tests.
+        max_bytes: largest envelope accepted on gossip. Gossip carries small announcements and
+            bulk data goes over streams; py-libp2p corrupted a ~520 KiB message on the wire
+            under concurrent writes, so envelopes stay small.
     """
 
     def __init__(
@@ -54,12 +58,14 @@ class EnvelopeValidator:
         topic_kinds: Mapping[str, frozenset[str]],
         policy: SenderPolicy | None = None,
         clock: Callable[[], int] = wall_clock_ms,
+        max_bytes: int = 64 * 1024,
     ) -> None:
         self.registry = registry
         self.topic_kinds = dict(topic_kinds)
         self.policy = policy
         self.clock = clock
         self.replay = ReplayGuard()
+        self.limits = replace(DEFAULT_LIMITS, max_bytes=max_bytes)
 
     def __call__(self, topic: str, origin: str, data: bytes) -> Validation:
         kinds = self.topic_kinds.get(topic)
@@ -68,7 +74,9 @@ class EnvelopeValidator:
         now_ms = self.clock()
         self.replay.prune(now_ms)
         try:
-            opened = open_envelope(data, now_ms, self.registry, replay=self.replay)
+            opened = open_envelope(
+                data, now_ms, self.registry, replay=self.replay, limits=self.limits
+            )
         except Invalid as exc:
             return Validation(Verdict.REJECT if exc.peer_fault else Verdict.IGNORE, str(exc))
         if opened.kind not in kinds:

@@ -40,7 +40,7 @@ def bad_messages() -> dict[str, tuple[str, bytes]]:
         "malformed": (PRESENCE, b"\x95\x01garbage"),
         "forged signer": (PRESENCE, seal_body(stranger, presence())),
         "wrong kind for topic": (NODES, seal(stranger, Ping.KIND, ping)),
-        "oversized": (PRESENCE, seal_body(stranger, presence()) + bytes(520 * 1024)),
+        "oversized": (PRESENCE, seal_body(stranger, presence()) + bytes(70 * 1024)),
         "too far in the future": (PRESENCE, seal_body(stranger, presence(10 * 3_600_000))),
     }
 

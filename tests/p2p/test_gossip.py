@@ -6,6 +6,7 @@ anything; every honest node must refuse it, blame it, and stay up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -101,7 +102,7 @@ BAD_CASES = {
         key, Ping.KIND, {"expires_ms": wall_clock_ms() + 60_000, "nonce": new_nonce(), "seq": 1}
     ),
     "too far in the future": lambda key: seal_body(key, presence(expires_in_ms=2 * 3_600_000)),
-    "oversized": lambda key: seal_body(key, presence()) + bytes(520 * 1024),
+    "oversized": lambda key: seal_body(key, presence()) + bytes(70 * 1024),
     "forged": lambda key: seal_body(nacl.signing.SigningKey.generate(), presence()),
 }  # fmt: skip
 
@@ -198,3 +199,19 @@ async def test_open_close_cycles_leave_no_threads() -> None:
         async with honest_node():
             pass
     assert threading.active_count() == threads
+
+
+async def test_a_corrupt_pubsub_frame_does_not_crash_the_node() -> None:
+    """py-libp2p lets a protobuf DecodeError escape Pubsub's handler and kill the host."""
+    async with honest_node() as good, honest_node() as other:
+        await link(other.host, other.gossip.pubsub, good.host)
+        async with open_host(os.urandom(32)) as attacker:
+            await attacker.connect(good.host.addrs[0])
+            stream = await attacker.new_stream(good.host.peer_id, str(PROTOCOL_ID_V11))
+            await stream.write(b"\x05\xff\xff\xff\xff\xff")  # a 5-byte frame of invalid protobuf
+            with trio.fail_after(10), contextlib.suppress(Exception):
+                await stream.read(1)  # the guard resets the stream
+        # the node is alive and still gossips
+        await other.gossip.publish(PRESENCE, seal_body(other.key, presence()))
+        got = await next_message(good)
+        assert got.origin == other.host.peer_id
