@@ -107,6 +107,7 @@ async def test_start_stop_cycles_leak_nothing(home: Home) -> None:
     tasks = all_tasks()
     for _ in range(20):
         await cycle()
-    assert threading.active_count() == threads
-    assert open_fds() == fds
+    # at most as many: an idle worker thread from an earlier test may retire meanwhile
+    assert threading.active_count() <= threads
+    assert open_fds() <= fds
     assert all_tasks() == tasks

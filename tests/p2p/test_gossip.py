@@ -198,7 +198,7 @@ async def test_open_close_cycles_leave_no_threads() -> None:
     for _ in range(5):
         async with honest_node():
             pass
-    assert threading.active_count() == threads
+    assert threading.active_count() <= threads  # an idle worker from earlier may retire
 
 
 async def test_a_corrupt_pubsub_frame_does_not_crash_the_node() -> None:

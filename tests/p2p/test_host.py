@@ -146,7 +146,10 @@ async def test_twenty_cycles_leak_no_fds_threads_or_tasks() -> None:
             fds, threads, tasks = open_fds(), threading.active_count(), all_tasks()
             for _ in range(20):
                 await cycle()
-            assert (open_fds(), threading.active_count(), all_tasks()) == (fds, threads, tasks)
+            # at most as many: an idle worker thread from an earlier test may retire meanwhile
+            assert open_fds() <= fds
+            assert threading.active_count() <= threads
+            assert all_tasks() == tasks
 
 
 async def test_cancellation_closes_everything() -> None:
