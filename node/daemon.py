@@ -72,7 +72,7 @@ class NodeContext:
                 "addrs": self.network.host.addrs,
                 "connected_peers": len(self.network.host.connected_peers()),
                 "known_peers": len(self.network.book.peers),
-                "gossip": vars(self.network.gossip.stats),
+                "gossip": self.network.gossip.stats.as_dict(),
             },
         }
 

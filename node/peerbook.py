@@ -24,7 +24,6 @@ class Peer:
     addrs: list[str]
     roles: list[str] = field(default_factory=list)
     version: str = ""
-    name: str = ""
     last_seen_ms: int = 0  # last announcement heard (0: never, e.g. a bootstrap entry)
     rtt_ms: int | None = None
     next_dial_ms: int = 0

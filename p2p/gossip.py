@@ -15,16 +15,21 @@ answers one of them, and each has a regression test in ``tests/p2p/test_gossip.p
 * gossip is lossy: :meth:`Gossip.announce` re-broadcasts until the caller confirms receipt;
 * the seen-cache thread each Pubsub starts is stopped on exit;
 * Pubsub's stream handler lets a protobuf ``DecodeError`` (one corrupt frame) escape, which
-  kills the host and the node: it is re-registered behind a guard that drops only that stream.
+  kills the host and the node: it is re-registered behind a guard that drops only that stream;
+* Pubsub writes to a peer's stream from several tasks (publish, forward, heartbeat), and Yamux
+  sends a write over 64 KiB as several frames without holding its lock between them, so two
+  concurrent RPCs interleave and corrupt the stream: :class:`SerialPubsub` writes one RPC at a
+  time per stream.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import trio
@@ -83,6 +88,8 @@ class Message:
 
 @dataclass
 class GossipStats:
+    """Counters a test or benchmark can wait on: every change wakes :meth:`wait_until`."""
+
     accepted: int = 0
     ignored: int = 0
     rejected: int = 0
@@ -90,6 +97,21 @@ class GossipStats:
     published: int = 0
     bans: int = 0
     disconnected: int = 0
+    corrupt_streams: int = 0
+    _changed: trio.Event = field(default_factory=trio.Event, repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+    def count(self, counter: str) -> None:
+        setattr(self, counter, getattr(self, counter) + 1)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[GossipStats], bool]) -> None:
+        """Waits until ``predicate(self)`` holds; woken by every change, never by polling."""
+        while not predicate(self):
+            await self._changed.wait()
 
 
 class Gossip:
@@ -104,10 +126,11 @@ class Gossip:
         scores: PeerScores,
         params: GossipParams,
         nursery: trio.Nursery,
+        stats: GossipStats | None = None,
         clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.host, self.pubsub, self.validator, self.scores = host, pubsub, validator, scores
-        self.params, self.stats, self.clock = params, GossipStats(), clock
+        self.params, self.stats, self.clock = params, stats or GossipStats(), clock
         self._nursery = nursery
         self._outbox, self._outbox_recv = trio.open_memory_channel[tuple[str, bytes]](
             params.outbox_size
@@ -115,7 +138,6 @@ class Gossip:
         self._bans, self._bans_recv = trio.open_memory_channel[str](256)
         # Validated envelopes waiting for delivery, keyed like libp2p's message ids.
         self._validated: OrderedDict[tuple[bytes, bytes], Opened] = OrderedDict()
-        self._stats_changed = trio.Event()
 
     async def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[Message]:
         """Joins ``topic``; validated messages arrive on the returned channel, ours included."""
@@ -148,25 +170,12 @@ class Gossip:
         return False
 
     async def wait_until(self, predicate: Callable[[GossipStats], bool]) -> None:
-        """Waits until ``predicate(stats)`` holds; woken by every verdict, never by polling."""
-        while not predicate(self.stats):
-            await self._stats_changed.wait()
+        """Waits until ``predicate(stats)`` holds; woken by every change, never by polling."""
+        await self.stats.wait_until(predicate)
 
     def _count(self, verdict: Verdict) -> None:
-        if verdict is Verdict.ACCEPT:
-            self.stats.accepted += 1
-        elif verdict is Verdict.REJECT:
-            self.stats.rejected += 1
-        else:
-            self.stats.ignored += 1
-        self._notify()
-
-    def _notify(self) -> None:
-        self._stats_changed.set()
-        self._stats_changed = trio.Event()
-
-    def mesh_peers(self, topic: str) -> list[str]:
-        return [peer.to_base58() for peer in self.pubsub.router.mesh.get(topic, ())]
+        counters = {Verdict.ACCEPT: "accepted", Verdict.REJECT: "rejected"}
+        self.stats.count(counters.get(verdict, "ignored"))
 
     def _validator_for(self, topic: str) -> Callable[[ID, rpc_pb2.Message], bool]:
         own = self.host.peer_id
@@ -198,7 +207,7 @@ class Gossip:
             "rejected gossip", extra={"peer": peer_id, "reason": reason, "score": outcome.score}
         )
         if outcome.banned:
-            self.stats.bans += 1
+            self.stats.count("bans")
             self.pubsub.add_to_blacklist(ID.from_base58(peer_id))
             self._bans.send_nowait(peer_id)
 
@@ -212,14 +221,14 @@ class Gossip:
             try:
                 inbox.send_nowait(Message(topic, opened))
             except trio.WouldBlock:
-                self.stats.inbox_dropped += 1
+                self.stats.count("inbox_dropped")
                 log.warning("gossip inbox full, message dropped", extra={"topic": topic})
 
     async def _publish_loop(self) -> None:
         interval = 1.0 / self.params.publish_per_s
         async for topic, data in self._outbox_recv:
             await self.pubsub.publish(topic, data)
-            self.stats.published += 1
+            self.stats.count("published")
             await trio.sleep(interval)  # pacing, not synchronisation
 
     async def _ban_loop(self) -> None:
@@ -234,12 +243,26 @@ class Gossip:
                         await self.host.disconnect(peer_id)
                 except Exception:  # the library's teardown can raise; a ban must not kill us
                     log.exception("disconnecting banned peer failed", extra={"peer": peer_id})
-                self.stats.disconnected += 1
-                self._notify()
+                self.stats.count("disconnected")
             now = self.clock()
             for peer_id in [p for p in banned if not self.scores.banned(p, now)]:
                 banned.discard(peer_id)
                 self.pubsub.remove_from_blacklist(ID.from_base58(peer_id))
+
+
+class SerialPubsub(Pubsub):
+    """py-libp2p's Pubsub, writing one RPC at a time to each stream (see the module doc)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        lock = self._write_locks.setdefault(stream, trio.Lock())
+        async with lock:
+            return await super().write_msg(stream, rpc_msg)
 
 
 def _router(params: GossipParams) -> GossipSub:
@@ -259,7 +282,7 @@ def _router(params: GossipParams) -> GossipSub:
     )
 
 
-def _guard_pubsub_streams(host: Host, pubsub: Pubsub) -> None:
+def _guard_pubsub_streams(host: Host, pubsub: Pubsub, stats: GossipStats) -> None:
     """Re-registers Pubsub's stream handler so that no frame from a peer can crash the node.
 
     ``Host.set_stream_handler`` already contains any exception to its stream; here we also
@@ -275,6 +298,7 @@ def _guard_pubsub_streams(host: Host, pubsub: Pubsub) -> None:
             log.warning(
                 "dropping a corrupt pubsub stream", extra={"peer": str(peer), "error": repr(exc)}
             )
+            stats.count("corrupt_streams")
             with trio.CancelScope(shield=True):
                 await stream.reset()
             pubsub._handle_dead_peer(peer)
@@ -292,21 +316,23 @@ async def open_gossip(
 ) -> AsyncIterator[Gossip]:
     """Runs GossipSub on ``host`` for the duration of the block; stops everything it started."""
     router = _router(params)
-    pubsub = Pubsub(
+    pubsub = SerialPubsub(
         host.libp2p,
         router,
         strict_signing=True,
         seen_ttl=params.seen_ttl_s,
         max_inbound_rpc_size=params.max_rpc_bytes,
     )
-    _guard_pubsub_streams(host, pubsub)
+    stats = GossipStats()
+    _guard_pubsub_streams(host, pubsub, stats)
     try:
         async with background_trio_service(pubsub), background_trio_service(router):
             await pubsub.wait_until_ready()
             async with trio.open_nursery() as nursery:
                 gossip = Gossip(
-                    host, pubsub, validator=validator, scores=scores, params=params, nursery=nursery
-                )
+                    host, pubsub, validator=validator, scores=scores, params=params,
+                    nursery=nursery, stats=stats,
+                )  # fmt: skip
                 nursery.start_soon(gossip._publish_loop)
                 nursery.start_soon(gossip._ban_loop)
                 try:

@@ -18,13 +18,14 @@ import pytest
 import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
+from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
 
 from consensus.envelope import new_nonce, seal, seal_body
 from consensus.kinds import Ping, Registry
 from consensus.pool import GpuOffer, Presence
 from consensus.scores import PeerScores, ScoreParams
-from p2p.gossip import Gossip, GossipParams, Message, open_gossip, topic_name
+from p2p.gossip import Gossip, GossipParams, Message, SerialPubsub, open_gossip, topic_name
 from p2p.host import Host, open_host
 from p2p.validation import EnvelopeValidator, wall_clock_ms
 from tests.hostile import hostile_peer
@@ -215,3 +216,53 @@ async def test_a_corrupt_pubsub_frame_does_not_crash_the_node() -> None:
         await other.gossip.publish(PRESENCE, seal_body(other.key, presence()))
         got = await next_message(good)
         assert got.origin == other.host.peer_id
+
+
+async def test_announce_repeats_until_confirmed() -> None:
+    """Gossip is lossy: an important announcement repeats until its receiver confirms."""
+    async with honest_node() as a, honest_node() as b:
+        await link(a.host, a.gossip.pubsub, b.host)
+        confirmed = trio.Event()
+        envelope = seal_body(a.key, presence())
+
+        async def confirm_on_receipt() -> None:
+            msg = await next_message(b)
+            assert msg.opened.raw == envelope
+            confirmed.set()  # in the protocol this is a reply over a direct stream
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(confirm_on_receipt)
+            with trio.fail_after(15):
+                assert await a.gossip.announce(PRESENCE, envelope, confirmed, 0.2, 50)
+        # never confirmed: gives up after max_times publishes, which receivers IGNORE as replays
+        before = a.gossip.stats.published
+        with trio.fail_after(15):
+            assert not await a.gossip.announce(PRESENCE, envelope, trio.Event(), 0.05, 3)
+            await a.gossip.wait_until(lambda stats: stats.published >= before + 3)
+        assert a.gossip.stats.published == before + 3  # and no more
+
+
+@pytest.mark.parametrize(("pubsub_class", "intact"), [(SerialPubsub, True), (Pubsub, False)])
+async def test_concurrent_writes_over_64_kib_arrive_intact(
+    pubsub_class: type[Pubsub], intact: bool
+) -> None:
+    """Yamux splits a write over 64 KiB into frames and interleaves concurrent writers.
+
+    py-libp2p's Pubsub writes to one stream from its send queue and, on a graft, from the
+    router directly; here four tasks write large RPCs at once. Through SerialPubsub the stream
+    stays intact; through plain Pubsub (the regression guard) the receiver sees a garbled frame.
+    """
+    async with honest_node() as good, hostile_peer([PRESENCE], pubsub_class) as (evil, ps, key):
+        await link(evil, ps, good.host)
+        stream = ps.peers[ID.from_base58(good.host.peer_id)]
+        big = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=bytes(100 * 1024), topicIDs=[PRESENCE])])
+        async with trio.open_nursery() as nursery:
+            for _ in range(4):
+                nursery.start_soon(ps.write_msg, stream, big)
+        if intact:  # the same stream still carries a valid message
+            await ps.publish(PRESENCE, seal_body(key, presence()))
+            await next_message(good)
+        else:
+            with trio.fail_after(10):
+                await good.gossip.wait_until(lambda stats: stats.corrupt_streams > 0)
+        assert (good.gossip.stats.corrupt_streams == 0) is intact
