@@ -1,0 +1,200 @@
+"""The requester's auction for one task attempt: collect bids, rank them, confirm a winner.
+
+Transitions::
+
+    from         event                                        to           effects
+    -----------  -------------------------------------------  -----------  ------------------
+    open         bid that fails a check                       open         RefuseBid(reason)
+    open         bid that passes                              open         (kept)
+    open         every expected bidder has bid, or the        confirming   SendOrder(best)
+                 window closed with at least one bid
+    open         window closed, no bid                        closed       NoBids
+    confirming   the asked bidder accepts                     won          Won(bid)
+    confirming   the asked bidder declines, or is silent      confirming   SendOrder(next)
+                 past the confirm deadline
+    confirming   ... and no bid is left                       closed       Unconfirmed(why)
+    won/closed   anything                                     (same)       none
+
+"Expected bidders" are the workers the requester's own pool says could qualify: once each has
+bid, waiting longer cannot improve the result, so the auction closes early. Ranking is by
+effective cost (price x GPUs x the bidder's estimated seconds), raised for measured latency and
+lowered for reputation, with integer arithmetic only (money never goes through a float).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from consensus.market.messages import Bid, Demand
+
+State = Literal["open", "confirming", "won", "closed"]
+NEUTRAL_REPUTATION = 500  # of 0..1000; a newcomer is neither favoured nor penalised
+
+
+@dataclass(frozen=True)
+class BidArrived:
+    bid: Bid
+    bidder: str
+    rtt_ms: int | None = None
+    reputation: int = NEUTRAL_REPUTATION
+
+
+@dataclass(frozen=True)
+class OrderAnswered:
+    bidder: str
+    accepted: bool
+    reason: str = ""
+
+
+Event = BidArrived | OrderAnswered
+
+
+@dataclass(frozen=True)
+class RefuseBid:
+    bidder: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SendOrder:
+    bidder: str
+    bid: Bid
+
+
+@dataclass(frozen=True)
+class Won:
+    bidder: str
+    bid: Bid
+
+
+@dataclass(frozen=True)
+class NoBids:
+    pass
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    reasons: tuple[str, ...]
+
+
+Effect = RefuseBid | SendOrder | Won | NoBids | Unconfirmed
+
+
+@dataclass(frozen=True)
+class Ranked:
+    weighted_cost: int
+    arrived: int  # arrival order breaks ties: the earlier bid wins
+    bidder: str
+    bid: Bid
+
+
+def weighted_cost(bid: Bid, rtt_ms: int | None, reputation: int) -> int:
+    """Effective cost: +1 % per 100 ms of latency; reputation 1000 is a third cheaper, 0 a
+    third dearer than a neutral 500."""
+    cost = bid.price_wei_per_s * bid.gpus * bid.est_seconds
+    latency = min(max(rtt_ms or 0, 0), 10_000)
+    reputation = min(max(reputation, 0), 1000)
+    return cost * (10_000 + latency) * (2000 - reputation) // (10_000 * 1500)
+
+
+@dataclass
+class Auction:
+    """One task attempt's auction. Time is passed in; nothing here does I/O.
+
+    Args:
+        demand: what was gossiped; bids are checked against it.
+        expected_bidders: how many workers could qualify (from the pool); 0 if unknown.
+        confirm_timeout_ms: how long the asked bidder has to accept the order.
+    """
+
+    demand: Demand
+    expected_bidders: int = 0
+    confirm_timeout_ms: int = 3_000
+    state: State = "open"
+    _ranked: list[Ranked] = field(default_factory=list)
+    _bidders: set[str] = field(default_factory=set)
+    _asked: Ranked | None = None
+    _confirm_by_ms: int = 0
+    _declines: list[str] = field(default_factory=list)
+
+    def handle(self, event: Event, now_ms: int) -> list[Effect]:
+        if isinstance(event, BidArrived):
+            return self._on_bid(event, now_ms)
+        return self._on_answer(event, now_ms)
+
+    def on_tick(self, now_ms: int) -> list[Effect]:
+        if self.state == "open" and now_ms >= self.demand.bid_until_ms:
+            return self._close_bidding(now_ms)
+        if self.state == "confirming" and now_ms >= self._confirm_by_ms:
+            assert self._asked is not None
+            self._declines.append(f"{self._asked.bidder[-8:]}: no answer in time")
+            return self._ask_next(now_ms)
+        return []
+
+    def next_deadline(self) -> int | None:
+        if self.state == "open":
+            return self.demand.bid_until_ms
+        if self.state == "confirming":
+            return self._confirm_by_ms
+        return None
+
+    def bids(self) -> list[Ranked]:
+        """Valid bids not yet tried, best first."""
+        return sorted(self._ranked, key=lambda r: (r.weighted_cost, r.arrived))
+
+    def _on_bid(self, event: BidArrived, now_ms: int) -> list[Effect]:
+        if self.state != "open":
+            return [RefuseBid(event.bidder, f"auction is {self.state}")]
+        why = self._refusal(event, now_ms)
+        if why is not None:
+            return [RefuseBid(event.bidder, why)]
+        self._bidders.add(event.bidder)
+        cost = weighted_cost(event.bid, event.rtt_ms, event.reputation)
+        self._ranked.append(Ranked(cost, len(self._bidders), event.bidder, event.bid))
+        if self.expected_bidders and len(self._bidders) >= self.expected_bidders:
+            return self._close_bidding(now_ms)
+        return []
+
+    def _refusal(self, event: BidArrived, now_ms: int) -> str | None:
+        bid, demand, req = event.bid, self.demand, self.demand.requirements
+        cost = bid.price_wei_per_s * bid.gpus * bid.est_seconds
+        latency_limit = req.max_latency_ms and (event.rtt_ms or 0) > req.max_latency_ms
+        checks = (
+            (bid.ref != demand.ref, "bid names another task"),
+            (now_ms >= demand.bid_until_ms, "bid arrived after the window"),
+            (event.bidder in self._bidders, "already bid"),
+            (bid.price_wei_per_s > demand.max_price_wei_per_s, "price above the maximum"),
+            (bid.gpus < req.gpu_count, f"offers {bid.gpus} GPUs, {req.gpu_count} needed"),
+            (req.gpu_class not in ("", bid.gpu_class), f"class {bid.gpu_class} not asked for"),
+            (cost > demand.budget_wei, "estimated cost above the task budget"),
+            (bool(latency_limit), f"latency {event.rtt_ms} ms above {req.max_latency_ms}"),
+        )
+        return next((why for failed, why in checks if failed), None)
+
+    def _close_bidding(self, now_ms: int) -> list[Effect]:
+        if not self._ranked:
+            self.state = "closed"
+            return [NoBids()]
+        self.state = "confirming"
+        return self._ask_next(now_ms)
+
+    def _ask_next(self, now_ms: int) -> list[Effect]:
+        remaining = self.bids()
+        if not remaining:
+            self.state, self._asked = "closed", None
+            return [Unconfirmed(tuple(self._declines))]
+        self._asked = remaining[0]
+        self._ranked.remove(self._asked)
+        self._confirm_by_ms = now_ms + self.confirm_timeout_ms
+        return [SendOrder(self._asked.bidder, self._asked.bid)]
+
+    def _on_answer(self, event: OrderAnswered, now_ms: int) -> list[Effect]:
+        asked = self._asked
+        if self.state != "confirming" or asked is None or event.bidder != asked.bidder:
+            return []  # a late or unsolicited answer changes nothing
+        if event.accepted:
+            self.state = "won"
+            return [Won(asked.bidder, asked.bid)]
+        self._declines.append(f"{asked.bidder[-8:]}: {event.reason or 'declined'}")
+        return self._ask_next(now_ms)

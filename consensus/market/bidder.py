@@ -1,0 +1,262 @@
+"""The worker's bidder: for each demand, bid at our own price or say why not; hold capacity.
+
+Decision table for a demand (the first row that applies decides; every "no bid" carries its
+reason, so an operator can see why a worker sat idle)::
+
+    check                                             outcome
+    ------------------------------------------------  -------------------------------------
+    bid window already closed                         no bid: "bid window closed"
+    we already bid on, or run, this task attempt      no bid: "already bid"
+    kind not in policy.kinds                          no bid: "kind exec not allowed"
+    job wants network, policy forbids it              no bid: "network not allowed"
+    idle-only mode and the owner uses the GPU         no bid: "owner is using the machine"
+    a requirement we do not meet (class, count,       no bid: "needs vram_mb >= 48000,
+      VRAM, score, cores, RAM, region)                         have 24000"
+    our price above the demand's maximum              no bid: "our price ... above max ..."
+    estimated cost above the task's budget            no bid: "estimated cost ... above ..."
+    not enough free GPUs after reservations           no bid: "busy: 0 of 1 GPUs free"
+    otherwise                                         SendBid, and reserve the GPUs
+
+Reservations (one per task attempt we bid on)::
+
+    from        event                                  to         effect
+    ----------  -------------------------------------  ---------  --------------------------
+    (none)      demand, all checks pass                reserved   SendBid
+    reserved    order at our price, before expiry      running    Accept
+    reserved    award to another worker                (none)     Released("lost the award")
+    reserved    tick past hold_until                   (none)     Released("no award in time")
+    (none)      order (e.g. after our restart)         running    Accept if price and capacity
+                                                                  allow, else Decline(reason)
+    running     task ended                             (none)     Released("task ended")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from consensus.market.messages import Award, Demand, TaskOrder, TaskRef
+from consensus.market.spec import REFERENCE_SCORE, Requirements
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this worker has, from GPU discovery and its benchmark."""
+
+    gpu_class: str
+    gpus: int
+    vram_mb: int = 0
+    score: int = REFERENCE_SCORE
+    cpu_cores: int = 0
+    ram_mb: int = 0
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The owner's rules: price per GPU-second, what to accept, how long to hold a bid."""
+
+    price_wei_per_s: int
+    kinds: frozenset[str] = frozenset({"train", "render", "exec"})
+    allow_network: bool = False
+    idle_only: bool = False
+    hold_ms: int = 5_000  # how long after a bid window closes a reservation waits for an order
+
+
+@dataclass(frozen=True)
+class DemandSeen:
+    demand: Demand
+    requester: str
+
+
+@dataclass(frozen=True)
+class OrderReceived:
+    order: TaskOrder
+    requester: str
+
+
+@dataclass(frozen=True)
+class AwardSeen:
+    award: Award
+
+
+@dataclass(frozen=True)
+class TaskEnded:
+    ref: TaskRef
+
+
+@dataclass(frozen=True)
+class OwnerActivity:
+    busy: bool
+
+
+Event = DemandSeen | OrderReceived | AwardSeen | TaskEnded | OwnerActivity
+
+
+@dataclass(frozen=True)
+class SendBid:
+    """Bid terms; the driver seals them into a signed :class:`Bid` and sends it direct."""
+
+    requester: str
+    reply_to: tuple[str, ...]
+    ref: TaskRef
+    price_wei_per_s: int
+    gpus: int
+    est_seconds: int
+
+
+@dataclass(frozen=True)
+class NoBid:
+    ref: TaskRef
+    reason: str
+
+
+@dataclass(frozen=True)
+class Accept:
+    order: TaskOrder
+    requester: str
+
+
+@dataclass(frozen=True)
+class Decline:
+    ref: TaskRef
+    reason: str
+
+
+@dataclass(frozen=True)
+class Released:
+    ref: TaskRef
+    reason: str
+
+
+Effect = SendBid | NoBid | Accept | Decline | Released
+
+
+@dataclass
+class _Hold:
+    gpus: int
+    price_wei_per_s: int
+    until_ms: int  # for a reservation; ignored once running
+    running: bool = False
+
+
+@dataclass
+class Bidder:
+    """One worker's bidding state. Time is passed in; nothing here does I/O."""
+
+    caps: Capabilities
+    policy: Policy
+    owner_busy: bool = False
+    _holds: dict[TaskRef, _Hold] = field(default_factory=dict)
+
+    def handle(self, event: Event, now_ms: int) -> list[Effect]:
+        if isinstance(event, DemandSeen):
+            return [self._on_demand(event.demand, event.requester, now_ms)]
+        if isinstance(event, OrderReceived):
+            return [self._on_order(event.order, event.requester, now_ms)]
+        if isinstance(event, AwardSeen):
+            return self._on_award(event.award)
+        if isinstance(event, TaskEnded):
+            return self._release(event.ref, "task ended")
+        self.owner_busy = event.busy
+        return []
+
+    def on_tick(self, now_ms: int) -> list[Effect]:
+        expired = [r for r, h in self._holds.items() if not h.running and now_ms >= h.until_ms]
+        return [e for ref in expired for e in self._release(ref, "no award in time")]
+
+    def next_deadline(self) -> int | None:
+        return min((h.until_ms for h in self._holds.values() if not h.running), default=None)
+
+    def free_gpus(self) -> int:
+        return self.caps.gpus - sum(h.gpus for h in self._holds.values())
+
+    def running(self) -> list[TaskRef]:
+        return [ref for ref, hold in self._holds.items() if hold.running]
+
+    def status(self) -> str:
+        """What presence reports: available, busy (no free GPU) or unavailable (owner)."""
+        if self.policy.idle_only and self.owner_busy:
+            return "unavailable"
+        return "available" if self.free_gpus() > 0 else "busy"
+
+    def estimate_s(self, demand: Demand) -> int:
+        """Seconds we expect the task to take, scaled from the reference worker by score."""
+        return max(1, demand.estimate_s * REFERENCE_SCORE // max(1, self.caps.score))
+
+    def _on_demand(self, demand: Demand, requester: str, now_ms: int) -> Effect:
+        why = self._why_not(demand, now_ms)
+        if why is not None:
+            return NoBid(demand.ref, why)
+        gpus = demand.requirements.gpu_count
+        until = demand.bid_until_ms + self.policy.hold_ms
+        self._holds[demand.ref] = _Hold(gpus, self.policy.price_wei_per_s, until)
+        return SendBid(requester, tuple(demand.reply_to), demand.ref,
+                       self.policy.price_wei_per_s, gpus, self.estimate_s(demand))  # fmt: skip
+
+    def _why_not(self, demand: Demand, now_ms: int) -> str | None:
+        """The first row of the decision table (module doc) that refuses ``demand``, if any."""
+        price, gpus = self.policy.price_wei_per_s, demand.requirements.gpu_count
+        cost, free = price * gpus * self.estimate_s(demand), self.free_gpus()
+        checks = (
+            (now_ms >= demand.bid_until_ms, "bid window closed"),
+            (demand.ref in self._holds, "already bid"),
+            (demand.kind not in self.policy.kinds, f"kind {demand.kind} not allowed"),
+            (demand.network and not self.policy.allow_network, "network not allowed"),
+            (self.policy.idle_only and self.owner_busy, "owner is using the machine (idle-only)"),
+        )
+        refused = next((why for failed, why in checks if failed), None)
+        refused = refused or unmet_requirement(demand.requirements, self.caps)
+        terms = (
+            (price > demand.max_price_wei_per_s,
+             f"our price {price} wei/s above max {demand.max_price_wei_per_s}"),
+            (cost > demand.budget_wei,
+             f"estimated cost {cost} wei above the task budget {demand.budget_wei}"),
+            (free < gpus, f"busy: {max(0, free)} of {gpus} GPUs free"),
+        )  # fmt: skip
+        return refused or next((why for failed, why in terms if failed), None)
+
+    def _on_order(self, order: TaskOrder, requester: str, now_ms: int) -> Effect:
+        hold = self._holds.get(order.ref)
+        if hold is not None and hold.running:
+            return Accept(order, requester)  # a repeated order: idempotent
+        if hold is not None and now_ms < hold.until_ms:
+            if order.price_wei_per_s < hold.price_wei_per_s:
+                return Decline(order.ref, "price below our bid")
+            hold.running = True
+            return Accept(order, requester)
+        if hold is not None:
+            del self._holds[order.ref]  # expired: judge it afresh below
+        if order.price_wei_per_s < self.policy.price_wei_per_s:
+            return Decline(order.ref, "price below our current rate")
+        if self.free_gpus() < order.gpus:
+            return Decline(order.ref, f"busy: {max(0, self.free_gpus())} of {order.gpus} free")
+        self._holds[order.ref] = _Hold(order.gpus, order.price_wei_per_s, now_ms, running=True)
+        return Accept(order, requester)
+
+    def _on_award(self, award: Award) -> list[Effect]:
+        hold = self._holds.get(award.ref)
+        if hold is None or hold.running:  # running: the award is ours (orders come first)
+            return []
+        return self._release(award.ref, "lost the award")
+
+    def _release(self, ref: TaskRef, reason: str) -> list[Effect]:
+        if self._holds.pop(ref, None) is None:
+            return []
+        return [Released(ref, reason)]
+
+
+def unmet_requirement(req: Requirements, caps: Capabilities) -> str | None:
+    """The first requirement ``caps`` does not meet, worded for people; None if all are met."""
+    checks = (
+        (req.gpu_class not in ("", caps.gpu_class),
+         f"needs class {req.gpu_class}, have {caps.gpu_class}"),
+        (caps.gpus < req.gpu_count, f"needs {req.gpu_count} GPUs, have {caps.gpus}"),
+        (caps.vram_mb < req.vram_mb, f"needs vram_mb >= {req.vram_mb}, have {caps.vram_mb}"),
+        (caps.score < req.min_score, f"needs score >= {req.min_score}, have {caps.score}"),
+        (caps.cpu_cores < req.cpu_cores,
+         f"needs {req.cpu_cores} CPU cores, have {caps.cpu_cores}"),
+        (caps.ram_mb < req.ram_mb, f"needs ram_mb >= {req.ram_mb}, have {caps.ram_mb}"),
+        (req.region not in ("", caps.region),
+         f"needs region {req.region}, in {caps.region or 'none'}"),
+    )  # fmt: skip
+    return next((why for failed, why in checks if failed), None)

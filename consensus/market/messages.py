@@ -1,0 +1,197 @@
+"""The market's messages: demands and awards on gossip, bids, orders and vouchers direct.
+
+Flow of one task (``attempt`` counts re-auctions of the same task after a failover)::
+
+    requester                                   workers
+    Demand     --gossip jobs/<gpu-class>-->     each bidder decides (bid or a reason not to)
+               <--direct market/bid--           Bid (signed: the price is a commitment)
+    TaskOrder  --direct market/confirm-->       the winner re-checks capacity, accepts/declines
+    Award      --gossip awards-->               losers release their reservations
+    Voucher    --direct control/meter-->        every few seconds while the task runs;
+               <--TaskReport--                  progress, checkpoints, logs, result
+
+Signed commitments (Demand, Bid, TaskOrder, Award, Voucher) are envelopes; a TaskReport is a
+plain typed map over an authenticated stream, since it commits the worker to nothing that
+the attestation (proof-of-compute) does not later sign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from consensus.kinds import Body, Registry, Wei, exact_size
+from consensus.market.spec import Requirements
+
+JOB_ID_LEN = 16
+HASH_LEN = 32
+ANY_CLASS = "any"  # the shard of demands that accept any GPU class
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskRef:
+    """One attempt at one task of one job: the key of every market record."""
+
+    job_id: bytes = field(metadata=exact_size(JOB_ID_LEN))
+    task: int
+    attempt: int
+
+    def __post_init__(self) -> None:
+        if self.task < 0 or self.attempt < 0:
+            raise ValueError("task and attempt must not be negative")
+
+    def text(self) -> str:
+        return f"{self.job_id.hex()}/{self.task}#{self.attempt}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Demand(Body):
+    """A task looking for a worker; gossiped on ``jobs/<gpu_class or any>``.
+
+    Attributes:
+        max_price_wei_per_s: the most the requester pays per GPU-second.
+        budget_wei: this task's share of the job's budget cap.
+        estimate_s: expected seconds on a reference worker (benchmark score 1000).
+        bid_until_ms: bids arriving later are ignored.
+        reply_to: the requester's dialable addresses, for direct bids.
+    """
+
+    KIND: ClassVar[str] = "market.demand/1"
+    ref: TaskRef
+    kind: str
+    requirements: Requirements
+    max_price_wei_per_s: Wei
+    budget_wei: Wei
+    estimate_s: int
+    deadline_ms: int
+    bid_until_ms: int
+    verification: str
+    network: bool = False
+    reply_to: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bid(Body):
+    """A worker's offer for one demand, at its own price per GPU-second."""
+
+    KIND: ClassVar[str] = "market.bid/1"
+    ref: TaskRef
+    price_wei_per_s: Wei
+    gpus: int
+    gpu_class: str
+    est_seconds: int
+    score: int = 0
+    region: str = ""
+
+    def __post_init__(self) -> None:
+        if self.gpus < 1 or self.est_seconds < 1:
+            raise ValueError("gpus and est_seconds must be at least 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """What the winner runs: the job spec's runtime, narrowed to this task."""
+
+    kind: str
+    entry: str = ""
+    command: list[str] = field(default_factory=list)
+    segments: int = 1
+    steps: int = 0
+    frames: str = ""
+    shard: int = 0
+    shards: int = 1
+    seed: int = 0
+    params: dict[str, str] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    network: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlobRef:
+    """Content-addressed data held by ``holders`` (peer ids), fetched and checked by hash."""
+
+    hash: bytes = field(metadata=exact_size(HASH_LEN))
+    size: int
+    holders: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """A finished segment: the state hash after it and the work seconds it took in all."""
+
+    index: int
+    hash: bytes = field(metadata=exact_size(HASH_LEN))
+    chained: bytes = field(metadata=exact_size(HASH_LEN))
+    seconds: int
+    blob: BlobRef | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOrder(Body):
+    """The award, sent to the winner for confirmation; everything needed to run the task."""
+
+    KIND: ClassVar[str] = "market.order/1"
+    ref: TaskRef
+    worker: str
+    price_wei_per_s: Wei
+    gpus: int
+    budget_wei: Wei
+    deadline_ms: int
+    workload: Workload
+    inputs: BlobRef | None = None
+    resume: Checkpoint | None = None
+    voucher_interval_ms: int = 2000
+    voucher_grace_ms: int = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Award(Body):
+    """Public record that ``worker`` won the task; other bidders release their reservations."""
+
+    KIND: ClassVar[str] = "market.award/1"
+    ref: TaskRef
+    worker: str
+    price_wei_per_s: Wei
+
+
+@dataclass(frozen=True, kw_only=True)
+class Voucher(Body):
+    """The requester's signed promise: ``amount_wei`` in all for this attempt so far.
+
+    Cumulative, so only the latest one counts and a lost voucher costs nothing.
+    """
+
+    KIND: ClassVar[str] = "market.voucher/1"
+    ref: TaskRef
+    worker: str
+    amount_wei: Wei
+    seconds: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskReport:
+    """The worker's answer to each voucher: where the task stands.
+
+    Attributes:
+        state: running | done | failed | lost (the worker does not know the task, e.g. after
+            its own restart) | stopped (it stopped: vouchers ceased, or cancelled).
+        checkpoints: the finished segments newer than ``since`` in the request.
+        log: log lines after the offset the requester asked for.
+    """
+
+    ref: TaskRef
+    state: str
+    segments: int
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    log_offset: int = 0
+    result: BlobRef | None = None
+    result_hash: bytes | None = field(default=None, metadata=exact_size(HASH_LEN))
+    error: str = ""
+
+
+MARKET_KINDS: tuple[type[Body], ...] = (Demand, Bid, TaskOrder, Award, Voucher)
+
+
+def market_registry() -> Registry:
+    return Registry(MARKET_KINDS)

@@ -1,0 +1,127 @@
+"""The requester's auction: ranking, early close, fallback to the next bid, and properties."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consensus.market.auction import (
+    Auction,
+    BidArrived,
+    NoBids,
+    OrderAnswered,
+    RefuseBid,
+    SendOrder,
+    Unconfirmed,
+    Won,
+    weighted_cost,
+)
+from consensus.market.messages import TaskRef
+from consensus.market.spec import Requirements
+from tests.unit.market.factories import NOW, bid, demand
+
+
+def test_the_cheapest_bid_wins_after_the_window() -> None:
+    a = Auction(demand())
+    assert a.handle(BidArrived(bid(price=60), "w1"), NOW) == []
+    assert a.handle(BidArrived(bid(price=40), "w2"), NOW + 1) == []
+    assert a.handle(BidArrived(bid(price=40, est_s=90), "w3"), NOW + 2) == []
+    assert a.next_deadline() == NOW + 2000
+    [order] = a.on_tick(NOW + 2000)
+    assert order == SendOrder("w2", bid(price=40))
+    [won] = a.handle(OrderAnswered("w2", True), NOW + 2010)
+    assert won == Won("w2", bid(price=40))
+    assert a.state == "won" and a.next_deadline() is None
+
+
+def test_it_closes_as_soon_as_every_expected_bidder_has_bid() -> None:
+    a = Auction(demand(), expected_bidders=2)
+    assert a.handle(BidArrived(bid(price=70), "w1"), NOW) == []
+    assert a.handle(BidArrived(bid(price=80), "w2"), NOW + 5) == [SendOrder("w1", bid(price=70))]
+
+
+def test_a_decline_or_silence_falls_back_to_the_next_bid() -> None:
+    a = Auction(demand(), confirm_timeout_ms=500)
+    for i, price in enumerate((10, 20, 30)):
+        a.handle(BidArrived(bid(price=price), f"w{i}"), NOW)
+    a.on_tick(NOW + 2000)
+    assert a.handle(OrderAnswered("w0", False, "busy"), NOW + 2001) == [
+        SendOrder("w1", bid(price=20))
+    ]
+    assert a.handle(OrderAnswered("w0", True), NOW + 2002) == []  # late, not the one asked
+    assert a.on_tick(NOW + 2501) == [SendOrder("w2", bid(price=30))]
+    [effect] = a.on_tick(NOW + 3001)
+    assert isinstance(effect, Unconfirmed) and len(effect.reasons) == 3
+    assert "busy" in effect.reasons[0] and "no answer" in effect.reasons[1]
+
+
+def test_no_bids_closes_empty() -> None:
+    a = Auction(demand())
+    assert a.on_tick(NOW + 1999) == []
+    assert a.on_tick(NOW + 2000) == [NoBids()]
+
+
+def test_bids_that_break_the_demand_are_refused_with_reasons() -> None:
+    d = demand(requirements=Requirements(gpu_class="cpu", gpu_count=2, max_latency_ms=50),
+               max_price=100, budget=100 * 2 * 60)  # fmt: skip
+    a = Auction(d)
+    other = TaskRef(job_id=bytes(16), task=1, attempt=0)
+    cases = [
+        (BidArrived(bid(other, gpus=2), "a"), "another task"),
+        (BidArrived(bid(price=101, gpus=2), "b"), "price above"),
+        (BidArrived(bid(gpus=1), "c"), "offers 1 GPUs, 2 needed"),
+        (BidArrived(bid(gpus=2, gpu_class="gpu"), "d"), "class gpu"),
+        (BidArrived(bid(price=100, gpus=2, est_s=61), "e"), "above the task budget"),
+        (BidArrived(bid(gpus=2), "f", rtt_ms=51), "latency 51 ms"),
+    ]
+    for event, reason in cases:
+        [effect] = a.handle(event, NOW)
+        assert isinstance(effect, RefuseBid) and reason in effect.reason
+    assert a.handle(BidArrived(bid(gpus=2), "g"), NOW) == []
+    [effect] = a.handle(BidArrived(bid(gpus=2), "g"), NOW)
+    assert effect == RefuseBid("g", "already bid")
+    [late] = a.handle(BidArrived(bid(gpus=2), "h"), NOW + 2000)
+    assert isinstance(late, RefuseBid) and "after the window" in late.reason
+
+
+def test_latency_and_reputation_weigh_but_only_as_integers() -> None:
+    b = bid(price=10**18, est_s=3600)
+    neutral = weighted_cost(b, 0, 500)
+    assert neutral == 10**18 * 3600
+    assert weighted_cost(b, 100, 500) == neutral * 101 // 100
+    assert weighted_cost(b, 0, 1000) < neutral < weighted_cost(b, 0, 0)
+
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("bid"), st.integers(0, 5), st.integers(1, 120)),
+        st.tuples(st.just("answer"), st.integers(0, 5), st.booleans()),
+        st.tuples(st.just("tick"), st.integers(0, 1500), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(actions)
+def test_at_most_one_winner_and_every_run_ends_won_or_closed(script: list) -> None:
+    a, now, wins, asked = Auction(demand(), confirm_timeout_ms=300), NOW, 0, set()
+    for what, x, y in script:
+        if what == "bid":
+            effects = a.handle(BidArrived(bid(price=y), f"w{x}"), now)
+        elif what == "answer":
+            effects = a.handle(OrderAnswered(f"w{x}", y), now)
+        else:
+            now += x
+            effects = a.on_tick(now)
+        for e in effects:
+            wins += isinstance(e, Won)
+            if isinstance(e, SendOrder):
+                assert e.bidder not in asked, "asked the same bidder twice"
+                asked.add(e.bidder)
+    while (deadline := a.next_deadline()) is not None:  # drive to the end with silence
+        for e in a.on_tick(deadline):
+            assert not isinstance(e, Won)
+    assert wins <= 1
+    assert a.state in ("won", "closed")
+    assert (a.state == "won") == (wins == 1)

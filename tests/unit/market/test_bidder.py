@@ -1,0 +1,169 @@
+"""The worker's bidder: each row of its decision table, reservations, and a property run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consensus.kinds import Wei
+from consensus.market.bidder import (
+    Accept,
+    AwardSeen,
+    Bidder,
+    Capabilities,
+    Decline,
+    DemandSeen,
+    NoBid,
+    OrderReceived,
+    OwnerActivity,
+    Policy,
+    Released,
+    SendBid,
+    TaskEnded,
+)
+from consensus.market.messages import Award, TaskRef
+from consensus.market.spec import Requirements
+from tests.unit.market.factories import NOW, REF, demand, order
+
+CAPS = Capabilities(gpu_class="cpu", gpus=2, vram_mb=8000, score=2000, cpu_cores=8,
+                    ram_mb=16000, region="eu")  # fmt: skip
+POLICY = Policy(price_wei_per_s=50, kinds=frozenset({"exec", "train"}), hold_ms=1000)
+
+
+def bidder(**policy: object) -> Bidder:
+    return Bidder(CAPS, replace(POLICY, **policy))  # type: ignore[arg-type]
+
+
+def award(ref: TaskRef, worker: str = "other") -> Award:
+    return Award(expires_ms=NOW + 1, nonce=bytes(16), ref=ref, worker=worker,
+                 price_wei_per_s=Wei(1))  # fmt: skip
+
+
+def test_a_fitting_demand_gets_a_bid_at_our_price_scaled_by_our_score() -> None:
+    b = bidder()
+    [effect] = b.handle(DemandSeen(demand(), "req"), NOW)
+    assert effect == SendBid("req", ("/ip4/127.0.0.1/tcp/1/p2p/x",), REF, 50, 1, 30)
+    assert b.free_gpus() == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "policy", "reason"),
+    [
+        ({"kind": "render"}, {}, "kind render not allowed"),
+        ({"network": True}, {}, "network not allowed"),
+        ({"requirements": Requirements(gpu_class="a100-80g")}, {}, "needs class a100-80g"),
+        ({"requirements": Requirements(gpu_count=3)}, {}, "needs 3 GPUs, have 2"),
+        ({"requirements": Requirements(vram_mb=48000)}, {}, "needs vram_mb >= 48000, have 8000"),
+        ({"requirements": Requirements(min_score=5000)}, {}, "needs score >= 5000"),
+        ({"requirements": Requirements(region="us")}, {}, "needs region us, in eu"),
+        ({"requirements": Requirements(ram_mb=10**6)}, {}, "needs ram_mb"),
+        ({"max_price": 49}, {}, "our price 50 wei/s above max 49"),
+        ({"budget": 50 * 29}, {}, "estimated cost 1500 wei above the task budget 1450"),
+        ({"window_ms": 0}, {}, "bid window closed"),
+    ],
+)
+def test_every_refusal_has_its_reason(kwargs: dict, policy: dict, reason: str) -> None:
+    [effect] = bidder(**policy).handle(DemandSeen(demand(**kwargs), "req"), NOW)
+    assert isinstance(effect, NoBid)
+    assert reason in effect.reason
+
+
+def test_idle_only_declines_while_the_owner_works_and_reports_unavailable() -> None:
+    b = bidder(idle_only=True)
+    b.handle(OwnerActivity(busy=True), NOW)
+    assert b.status() == "unavailable"
+    [effect] = b.handle(DemandSeen(demand(), "req"), NOW)
+    assert isinstance(effect, NoBid) and "owner" in effect.reason
+    b.handle(OwnerActivity(busy=False), NOW)
+    assert isinstance(b.handle(DemandSeen(demand(), "req"), NOW)[0], SendBid)
+
+
+def test_capacity_runs_out_and_comes_back_when_reservations_go() -> None:
+    b = bidder()
+    refs = [TaskRef(job_id=bytes(16), task=i, attempt=0) for i in range(3)]
+    effects = [b.handle(DemandSeen(demand(r), "req"), NOW)[0] for r in refs]
+    assert [type(e) for e in effects] == [SendBid, SendBid, NoBid]
+    assert "busy: 0 of 1 GPUs free" in effects[2].reason  # type: ignore[union-attr]
+    assert b.status() == "busy"
+    assert b.handle(AwardSeen(award(refs[0])), NOW) == [Released(refs[0], "lost the award")]
+    assert b.status() == "available"
+    assert b.on_tick(NOW + 2999) == []
+    assert b.on_tick(NOW + 3000) == [Released(refs[1], "no award in time")]
+    assert b.free_gpus() == 2 and b.next_deadline() is None
+
+
+def test_already_bid_is_not_bid_again() -> None:
+    b = bidder()
+    b.handle(DemandSeen(demand(), "req"), NOW)
+    [effect] = b.handle(DemandSeen(demand(), "req"), NOW)
+    assert effect == NoBid(REF, "already bid")
+
+
+def test_an_order_at_our_price_is_accepted_and_holds_until_the_task_ends() -> None:
+    b = bidder()
+    b.handle(DemandSeen(demand(), "req"), NOW)
+    [effect] = b.handle(OrderReceived(order(), "req"), NOW + 100)
+    assert isinstance(effect, Accept)
+    assert b.handle(OrderReceived(order(), "req"), NOW + 200)[0] == effect  # idempotent
+    assert b.on_tick(NOW + 10**6) == []  # a running task is not a reservation to expire
+    assert b.handle(AwardSeen(award(REF, "someone")), NOW) == []
+    assert b.running() == [REF]
+    assert b.handle(TaskEnded(REF), NOW) == [Released(REF, "task ended")]
+
+
+def test_orders_below_our_price_or_beyond_capacity_are_declined() -> None:
+    b = bidder()
+    b.handle(DemandSeen(demand(), "req"), NOW)
+    assert b.handle(OrderReceived(order(price=49), "req"), NOW)[0] == Decline(
+        REF, "price below our bid"
+    )
+    other = TaskRef(job_id=bytes(16), task=9, attempt=0)
+    assert isinstance(b.handle(OrderReceived(order(other, gpus=1), "req"), NOW)[0], Accept)
+    third = TaskRef(job_id=bytes(16), task=10, attempt=0)
+    [effect] = b.handle(OrderReceived(order(third, gpus=1), "req"), NOW)
+    assert isinstance(effect, Decline) and "busy" in effect.reason
+
+
+events = st.one_of(
+    st.builds(lambda t: ("demand", t), st.integers(0, 4)),
+    st.builds(lambda t: ("order", t), st.integers(0, 4)),
+    st.builds(lambda t: ("award", t), st.integers(0, 4)),
+    st.builds(lambda t: ("end", t), st.integers(0, 4)),
+    st.builds(lambda d: ("tick", d), st.integers(0, 5000)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(events, max_size=40))
+def test_capacity_is_never_overcommitted_and_every_hold_is_released(script: list) -> None:
+    b, now = bidder(), NOW
+    held: set[TaskRef] = set()
+    for what, arg in script:
+        ref = TaskRef(job_id=bytes(16), task=arg if what != "tick" else 0, attempt=0)
+        if what == "tick":
+            now += arg
+            effects = b.on_tick(now)
+        elif what == "demand":
+            effects = b.handle(DemandSeen(demand(ref), "req"), now)
+        elif what == "order":
+            effects = b.handle(OrderReceived(order(ref), "req"), now)
+        elif what == "award":
+            effects = b.handle(AwardSeen(award(ref)), now)
+        else:
+            effects = b.handle(TaskEnded(ref), now)
+        for e in effects:
+            if isinstance(e, SendBid | Accept):
+                held.add(e.ref if isinstance(e, SendBid) else e.order.ref)
+            if isinstance(e, Released):
+                held.discard(e.ref)
+        assert 0 <= b.free_gpus() <= CAPS.gpus
+    # every reservation ends: awards, timeouts or task ends release all of them
+    for ref in b.running():
+        assert b.handle(TaskEnded(ref), now) == [Released(ref, "task ended")]
+        held.discard(ref)
+    released = b.on_tick(now + 10**9)
+    held -= {e.ref for e in released if isinstance(e, Released)}
+    assert b.free_gpus() == CAPS.gpus and not held

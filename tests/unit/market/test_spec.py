@@ -1,0 +1,116 @@
+"""Job specs: every example parses, and every bad field is named with its reason."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consensus.market.spec import SpecError, frame_range, parse_amount, parse_spec
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+def base(**changes: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "kind": "exec",
+        "runtime": {"command": ["python3", "run.py"]},
+        "budget": {"max_total": "0.001 eth", "max_price_per_s": "1 gwei"},
+    }
+    for key, value in changes.items():
+        table, _, field = key.partition("__")
+        if field:
+            doc.setdefault(table, {})[field] = value
+        else:
+            doc[table] = value
+    return doc
+
+
+def test_a_minimal_exec_spec_gets_defaults() -> None:
+    spec = parse_spec(base())
+    assert spec.tasks == 1 and spec.split == "none" and spec.verification == "standard"
+    assert spec.max_total_wei == 10**15 and spec.max_price_wei_per_s == 10**9
+    assert spec.deadline_s == 3600 and spec.requirements.gpu_count == 1
+    assert spec.network is False
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*/job.toml")), ids=lambda p: p.parent.name)
+def test_every_example_parses(path: Path) -> None:
+    parse_spec(tomllib.loads(path.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "reason"),
+    [
+        ({"kind": "mine"}, "kind", "expected one of train, render, exec"),
+        ({"colour": "red"}, "colour", "unknown key"),
+        ({"requirements__vram": 4}, "requirements.vram", "unknown key"),
+        ({"requirements__vram_mb": -1}, "requirements.vram_mb", "expected an integer"),
+        ({"requirements__gpu_count": True}, "requirements.gpu_count", "expected an integer"),
+        ({"budget__max_total": 1.5}, "budget.max_total", "expected wei"),
+        ({"budget__max_total": "1.5 btc"}, "budget.max_total", "expected wei"),
+        ({"budget__max_price_per_s": "0.5 wei"}, "budget.max_price_per_s", "whole number of wei"),
+        ({"budget__deadline": "soon"}, "budget.deadline", "expected seconds"),
+        ({"budget__deadline": 0}, "budget.deadline", "expected seconds"),
+        ({"tasks": 4}, "split", "needs a split"),
+        ({"runtime__command": "ls"}, "runtime.command", "list of strings"),
+        ({"runtime__command": []}, "runtime.command", "needs a command"),
+        ({"io__inputs": ["../etc"]}, "io.inputs", "inside the job folder"),
+        ({"io__inputs": ["/etc/passwd"]}, "io.inputs", "inside the job folder"),
+        ({"runtime__params": {"lr": 0.1}}, "runtime.params.lr", "string or integer"),
+        ({"network": "yes"}, "network", "true or false"),
+        ({"requirements": 3}, "requirements", "expected a table"),
+    ],
+)
+def test_a_bad_field_is_named_with_its_reason(
+    changes: dict[str, Any], key: str, reason: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        parse_spec(base(**changes))
+    assert caught.value.key == key
+    assert reason in caught.value.reason
+
+
+def test_a_missing_budget_is_named() -> None:
+    doc = base()
+    del doc["budget"]["max_total"]
+    with pytest.raises(SpecError, match=r"budget\.max_total: missing"):
+        parse_spec(doc)
+
+
+def test_kind_specific_runtime_checks() -> None:
+    with pytest.raises(SpecError, match=r"runtime\.entry"):
+        parse_spec(base(kind="train", runtime={"entry": "x.sh", "steps": 4, "segments": 2}))
+    with pytest.raises(SpecError, match=r"runtime\.steps"):
+        parse_spec(base(kind="train", runtime={"entry": "t.py", "steps": 1, "segments": 2}))
+    with pytest.raises(SpecError, match="tasks"):
+        parse_spec(base(kind="render", tasks=5, split="frames",
+                        runtime={"entry": "s.blend", "frames": "1-4"}))  # fmt: skip
+    spec = parse_spec(base(kind="render", tasks=4, split="frames",
+                           runtime={"entry": "s.blend", "frames": "1-4"}))  # fmt: skip
+    assert spec.task_budget_wei() == 10**15 // 4
+
+
+@pytest.mark.parametrize(
+    ("text", "wei"),
+    [(0, 0), (7, 7), ("7 wei", 7), ("1 gwei", 10**9), ("1.5 gwei", 1_500_000_000),
+     ("0.000000000000000001 eth", 1), ("2 ETH", 2 * 10**18),
+     ("1.50000000000000000000 eth", 15 * 10**17)],
+)  # fmt: skip
+def test_amounts_convert_exactly(text: Any, wei: int) -> None:
+    assert parse_amount(text, "k") == wei
+
+
+def test_amounts_refuse_fractions_of_a_wei_and_negatives() -> None:
+    for bad in ("0.0000000000000000001 eth", -1, "1e18", "", "1.2.3 eth"):
+        with pytest.raises(SpecError):
+            parse_amount(bad, "k")
+
+
+def test_frame_ranges() -> None:
+    assert frame_range("1-16") == (1, 16)
+    assert frame_range("7") == (7, 7)
+    with pytest.raises(SpecError):
+        frame_range("9-2")
