@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("requester", "worker", "sentry")
+JOB_KINDS = ("train", "render", "exec")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 Check = Callable[[Any], str | None]
@@ -52,6 +53,11 @@ def roles_check(value: Any) -> str | None:
     if len(set(value)) != len(value):
         return "each role at most once"
     return None
+
+
+def kinds_check(value: Any) -> str | None:
+    unknown = [k for k in value if k not in JOB_KINDS]
+    return f"kinds from {', '.join(JOB_KINDS)}" if unknown or not value else None
 
 
 def loopback_check(value: Any) -> str | None:
@@ -130,6 +136,29 @@ class WorkerSettings:
         int_range(0, 2**63 - 1),
     )
     region: str = setting("", "region label shown in the order book, e.g. eu-west (optional)")
+    kinds: tuple[str, ...] = setting(
+        JOB_KINDS, "job kinds this worker takes: train, render, exec", kinds_check
+    )
+    allow_network: bool = setting(False, "take jobs that ask for network access")
+    idle_only: bool = setting(False, "take work only while the machine's owner is not using it")
+
+
+@dataclass(frozen=True)
+class MarketSettings:
+    bid_window_ms: int = setting(
+        2000, "longest a job's demand collects bids, in ms", int_range(100, 600_000)
+    )
+    voucher_interval_ms: int = setting(
+        2000, "how often a requester pays (and hears progress), in ms", int_range(100, 60_000)
+    )
+    voucher_grace_ms: int = setting(
+        10_000, "a worker stops this long after the last payment, in ms", int_range(500, 600_000)
+    )
+    lost_after_ms: int = setting(
+        8000,
+        "a worker silent this long has its task moved elsewhere, in ms",
+        int_range(500, 600_000),
+    )
 
 
 @dataclass(frozen=True)
@@ -138,6 +167,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     p2p: P2pSettings = field(default_factory=P2pSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    market: MarketSettings = field(default_factory=MarketSettings)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -145,6 +175,7 @@ SECTIONS: dict[str, type[Any]] = {
     "api": ApiSettings,
     "p2p": P2pSettings,
     "worker": WorkerSettings,
+    "market": MarketSettings,
 }
 
 

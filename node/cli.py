@@ -7,66 +7,32 @@ bad input (unknown flag, bad config). Read commands print for people by default 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
 import click
 
-from config import ROLES, ConfigError, Loaded, load
+from config import Loaded, load
 from config.render import commented_toml, flat, show_rows
 from node import __version__, identity
+from node.cli_base import (
+    Cli,
+    Failure,
+    api_port_option,
+    emit,
+    home_option,
+    json_option,
+    role_option,
+    table,
+)
+from node.cli_job import bids, job
 from node.client import ApiClient, NotRunning
-from node.home import Home, HomeError, resolve_home, running_pid
-
-
-class Failure(click.ClickException):
-    exit_code = 1
-
-
-class BadInput(click.ClickException):
-    exit_code = 2
-
-
-class Cli(click.Group):
-    """Turns our errors into clean messages and the right exit codes, never a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ConfigError as exc:
-            raise BadInput(f"config error: {exc}") from None
-        except HomeError as exc:
-            raise Failure(str(exc)) from None
-
-
-home_option = click.option(
-    "--home",
-    "home_dir",
-    type=click.Path(file_okay=False),
-    help="data dir (default: $IDLEGRID_HOME, else the platform's user data dir)",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
-role_option = click.option(
-    "--role",
-    "roles",
-    multiple=True,
-    type=click.Choice(ROLES),
-    help="role to play (repeat to combine)",
-)
-api_port_option = click.option(
-    "--api-port", type=click.IntRange(0, 65535), help="local API port (0: pick a free one)"
-)
-
-
-def emit(as_json: bool, payload: Any, human: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(payload, indent=2) if as_json else human(payload))
+from node.home import Home, resolve_home, running_pid
 
 
 def load_settings(home: Home, flags: dict[str, tuple[Any, str]] | None = None) -> Loaded:
@@ -228,7 +194,7 @@ def _human_peers(p: dict[str, Any]) -> str:
         addr = peer["addrs"][0].split("/p2p/")[0] if peer["addrs"] else "-"
         roles = ",".join(peer["roles"]) or "-"
         rows.append((peer["peer_id"], state, rtt, str(peer["score"]), roles, addr))
-    return _table(rows) + f"\n{len(p['peers'])} peers"
+    return table(rows) + f"\n{len(p['peers'])} peers"
 
 
 @cli.command()
@@ -247,14 +213,7 @@ def _human_market(p: dict[str, Any]) -> str:
             vram = f"{o['vram_mb'] // 1024} GB" if o["vram_mb"] else "-"
             rows.append((w["peer_id"], w["status"], o["gpu_class"], str(o["count"]), vram,
                          o["price_wei_per_s"], w["region"] or "-"))  # fmt: skip
-    return _table(rows) + f"\n{len(p['workers'])} workers"
-
-
-def _table(rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    return table(rows) + f"\n{len(p['workers'])} workers"
 
 
 @cli.command()
@@ -311,6 +270,10 @@ def wallet_address(home_dir: str | None, as_json: bool) -> None:
         raise Failure(f"{home.identity}: binding does not verify: {exc}") from None
     payload = {"address": doc["address"], "peer_id": doc["peer_id"], "binding_valid": True}
     emit(as_json, payload, lambda p: f"{p['address']}  (bound to peer {p['peer_id']})")
+
+
+cli.add_command(job)
+cli.add_command(bids)
 
 
 def main() -> None:

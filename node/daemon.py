@@ -25,11 +25,14 @@ if TYPE_CHECKING:
     # they export TaskStatus from trio_typing only.
     from trio_typing import TaskStatus
 
+    from node.market.service import Market
+
 from config import Settings
 from node import __version__
-from node.api import Request, Routes, serve
+from node.api import Handler, Request, Routes, serve
 from node.home import Home, NodeLock, write_private
 from node.identity import NodeKeys
+from node.market.api import market_routes
 from node.network import Network, run_network
 from node.roles import run_role, services_of
 from storage.blobs import BlobStore
@@ -51,6 +54,7 @@ class NodeContext:
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     api_port: int = 0
     network: Network | None = None
+    market: Market | None = None  # made when a role first needs it
 
     def status(self) -> dict[str, Any]:
         return {
@@ -87,11 +91,13 @@ def routes(ctx: NodeContext) -> Routes:
     async def market(_: Request) -> Any:
         return {"workers": ctx.network.market_view() if ctx.network else []}
 
-    return {
+    table: dict[tuple[str, str], Handler] = {
         ("GET", "/v1/status"): status,
         ("GET", "/v1/peers"): peers,
         ("GET", "/v1/market"): market,
     }
+    table.update(market_routes(ctx))
+    return table
 
 
 async def run_node(

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import trio
 
 from consensus.envelope import new_nonce, seal_body
 from consensus.kinds import Hello, Ping, Registry, Wei
+from consensus.market.messages import MARKET_KINDS
 from consensus.pool import GpuOffer, Pool, Presence, PresenceSeen, WorkerChanged
 from consensus.scores import PeerScores
 from node import __version__
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NODES, PRESENCE = topic_name("nodes"), topic_name("presence")
-REGISTRY = Registry([Hello, Ping, Presence])
+REGISTRY = Registry([Hello, Ping, Presence, *MARKET_KINDS])
 TOPICS = {NODES: frozenset({Hello.KIND}), PRESENCE: frozenset({Presence.KIND})}
 DIAL_TIMEOUT_S = 10
 TARGET_CONNECTIONS = 8  # enough for a healthy gossip mesh (degree 6) without dialing everyone
@@ -57,8 +59,11 @@ class Network:
     scores: PeerScores
     book: PeerBook
     pool: Pool
+    validator: EnvelopeValidator
     run_id: bytes = field(default_factory=lambda: os.urandom(8))
     seq: int = 0
+    # (status, free GPUs) for presence; set by the worker's market service.
+    presence_source: Callable[[], tuple[str, int]] | None = None
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
 
@@ -146,9 +151,12 @@ class Network:
         offer = GpuOffer(
             gpu_class="cpu", count=1, vram_mb=0, price_wei_per_s=Wei(worker.price_wei_per_s)
         )
+        status, capacity = (
+            ("available", 1) if self.presence_source is None else self.presence_source()
+        )
         return Presence(
             expires_ms=expires_ms, nonce=new_nonce(), run_id=self.run_id, seq=self.seq,
-            status="available", offers=[offer], capacity=1, region=worker.region,
+            status=status, offers=[offer], capacity=capacity, region=worker.region,
             name=self.ctx.settings.node.name, listen=self.announced_addrs(),
         )  # fmt: skip
 
@@ -189,6 +197,11 @@ class Network:
                     "worker status",
                     extra={"peer": effect.peer_id, "old": effect.old, "new": effect.new},
                 )
+
+    def presence_changed(self) -> None:
+        """Announces now rather than at the next interval (a worker became busy or free)."""
+        self._connected.set()
+        self._connected = trio.Event()
 
     def _wake_dialer(self) -> None:
         self._dial_now.set()
@@ -248,7 +261,8 @@ async def run_network(
         async with open_gossip(host, validator, scores) as gossip:
             offline_ms = p2p.offline_after_s * 1000
             book = PeerBook(host.peer_id)
-            net = Network(ctx, host, gossip, scores, book, Pool(offline_ms, 10 * offline_ms))
+            pool = Pool(offline_ms, 10 * offline_ms)
+            net = Network(ctx, host, gossip, scores, book, pool, validator)
             for addr in p2p.bootstrap:
                 book.add_addr(addr)
             remembered = await load_remembered(ctx.db, book)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.market.service import requester_market, worker_market
+
 if TYPE_CHECKING:
     # libp2p depends on trio-typing, whose stubs shadow trio's own annotations for mypy;
     # they export TaskStatus from trio_typing only.
@@ -25,9 +27,12 @@ log = logging.getLogger(__name__)
 
 Service = Callable[..., Awaitable[None]]
 
-# role -> the services it runs, in start order. Empty until the network, market, runtime,
-# proof-of-compute and settlement pieces land; each appends its own.
-SERVICES: dict[str, list[tuple[str, Service]]] = {"requester": [], "worker": [], "sentry": []}
+# role -> the services it runs, in start order; proof-of-compute and settlement add theirs.
+SERVICES: dict[str, list[tuple[str, Service]]] = {
+    "requester": [("market", requester_market)],
+    "worker": [("market", worker_market)],
+    "sentry": [],
+}
 
 
 def services_of(role: str) -> list[str]:

@@ -61,6 +61,104 @@ MIGRATIONS: tuple[Migration, ...] = (
             );
         """,
     ),
+    Migration(
+        version=3,
+        description="the market: jobs, tasks, attempts, bids, logs; a worker's work",
+        sql="""
+            -- Money is TEXT holding decimal wei: sqlite integers stop at 2**63.
+            -- state + revision make every move compare-and-set.
+            CREATE TABLE jobs (
+                job_id      BLOB PRIMARY KEY,
+                name        TEXT NOT NULL,
+                spec        TEXT NOT NULL,   -- the parsed job spec, JSON
+                state       TEXT NOT NULL,
+                revision    INTEGER NOT NULL,
+                inputs      BLOB,            -- blob hash of the packed inputs
+                inputs_size INTEGER NOT NULL,
+                created_ms  INTEGER NOT NULL,
+                deadline_ms INTEGER NOT NULL,
+                updated_ms  INTEGER NOT NULL,
+                reason      TEXT NOT NULL DEFAULT ''
+            );
+            CREATE TABLE tasks (
+                job_id      BLOB NOT NULL REFERENCES jobs(job_id),
+                idx         INTEGER NOT NULL,
+                state       TEXT NOT NULL,
+                revision    INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                worker      TEXT NOT NULL DEFAULT '',
+                resume      BLOB,            -- msgpack Checkpoint held to resume from
+                result      BLOB,            -- msgpack BlobRef of the outputs
+                result_hash BLOB,
+                reason      TEXT NOT NULL DEFAULT '',
+                updated_ms  INTEGER NOT NULL,
+                PRIMARY KEY (job_id, idx)
+            );
+            CREATE TABLE attempts (
+                job_id      BLOB NOT NULL,
+                idx         INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                worker      TEXT NOT NULL,
+                addrs       TEXT NOT NULL,   -- JSON list
+                price_wei   TEXT NOT NULL,   -- per GPU-second
+                gpus        INTEGER NOT NULL,
+                started_ms  INTEGER NOT NULL,
+                ended_ms    INTEGER,
+                vouched_wei TEXT NOT NULL DEFAULT '0',
+                payable_wei TEXT,            -- set when the attempt ends
+                voucher     BLOB,            -- the latest signed voucher sent
+                outcome     TEXT NOT NULL DEFAULT '',
+                PRIMARY KEY (job_id, idx, attempt)
+            );
+            CREATE TABLE bids (
+                job_id      BLOB NOT NULL,
+                idx         INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                worker      TEXT NOT NULL,
+                price_wei   TEXT NOT NULL,
+                gpus        INTEGER NOT NULL,
+                est_s       INTEGER NOT NULL,
+                received_ms INTEGER NOT NULL,
+                outcome     TEXT NOT NULL DEFAULT '',
+                PRIMARY KEY (job_id, idx, attempt, worker)
+            );
+            CREATE TABLE checkpoints (
+                job_id      BLOB NOT NULL,
+                idx         INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                segment     INTEGER NOT NULL,
+                hash        BLOB NOT NULL,
+                chained     BLOB NOT NULL,
+                seconds     INTEGER NOT NULL,
+                held        INTEGER NOT NULL,  -- 1 once its blob is in our store
+                PRIMARY KEY (job_id, idx, attempt, segment)
+            );
+            CREATE TABLE task_logs (
+                job_id      BLOB NOT NULL,
+                idx         INTEGER NOT NULL,
+                seq         INTEGER NOT NULL,
+                line        TEXT NOT NULL,
+                PRIMARY KEY (job_id, idx, seq)
+            );
+            CREATE TABLE work (
+                job_id      BLOB NOT NULL,
+                idx         INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                requester   TEXT NOT NULL,
+                ord         BLOB NOT NULL,   -- the signed TaskOrder as received
+                state       TEXT NOT NULL,
+                revision    INTEGER NOT NULL,
+                started_ms  INTEGER NOT NULL,
+                voucher     BLOB,            -- the latest signed voucher received
+                vouched_wei TEXT NOT NULL DEFAULT '0',
+                result      BLOB,
+                result_hash BLOB,
+                error       TEXT NOT NULL DEFAULT '',
+                updated_ms  INTEGER NOT NULL,
+                PRIMARY KEY (job_id, idx, attempt)
+            );
+        """,
+    ),
 )
 
 

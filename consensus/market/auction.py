@@ -6,9 +6,10 @@ Transitions::
     -----------  -------------------------------------------  -----------  ------------------
     open         bid that fails a check                       open         RefuseBid(reason)
     open         bid that passes                              open         (kept)
-    open         every expected bidder has bid, or the        confirming   SendOrder(best)
-                 window closed with at least one bid
-    open         window closed, no bid                        closed       NoBids
+    open         a worker passes (says why it will not bid)   open         (reason kept)
+    open         every expected bidder has bid or passed,     confirming   SendOrder(best)
+                 or the window closed, with at least one bid
+    open         the same, without a bid                      closed       NoBids(passes)
     confirming   the asked bidder accepts                     won          Won(bid)
     confirming   the asked bidder declines, or is silent      confirming   SendOrder(next)
                  past the confirm deadline
@@ -16,7 +17,7 @@ Transitions::
     won/closed   anything                                     (same)       none
 
 "Expected bidders" are the workers the requester's own pool says could qualify: once each has
-bid, waiting longer cannot improve the result, so the auction closes early. Ranking is by
+bid or passed, waiting longer cannot improve the result, so the auction closes early. Ranking is by
 effective cost (price x GPUs x the bidder's estimated seconds), raised for measured latency and
 lowered for reputation, with integer arithmetic only (money never goes through a float).
 """
@@ -41,13 +42,19 @@ class BidArrived:
 
 
 @dataclass(frozen=True)
+class Passed:
+    bidder: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class OrderAnswered:
     bidder: str
     accepted: bool
     reason: str = ""
 
 
-Event = BidArrived | OrderAnswered
+Event = BidArrived | Passed | OrderAnswered
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class Won:
 
 @dataclass(frozen=True)
 class NoBids:
-    pass
+    passes: tuple[str, ...] = ()  # "<peer>: <reason>" of each worker that passed
 
 
 @dataclass(frozen=True)
@@ -104,16 +111,17 @@ class Auction:
 
     Args:
         demand: what was gossiped; bids are checked against it.
-        expected_bidders: how many workers could qualify (from the pool); 0 if unknown.
+        expected: the workers that could qualify (from the pool); empty if unknown.
         confirm_timeout_ms: how long the asked bidder has to accept the order.
     """
 
     demand: Demand
-    expected_bidders: int = 0
+    expected: frozenset[str] = frozenset()
     confirm_timeout_ms: int = 3_000
     state: State = "open"
     _ranked: list[Ranked] = field(default_factory=list)
     _bidders: set[str] = field(default_factory=set)
+    _passes: dict[str, str] = field(default_factory=dict)
     _asked: Ranked | None = None
     _confirm_by_ms: int = 0
     _declines: list[str] = field(default_factory=list)
@@ -121,6 +129,8 @@ class Auction:
     def handle(self, event: Event, now_ms: int) -> list[Effect]:
         if isinstance(event, BidArrived):
             return self._on_bid(event, now_ms)
+        if isinstance(event, Passed):
+            return self._on_pass(event, now_ms)
         return self._on_answer(event, now_ms)
 
     def on_tick(self, now_ms: int) -> list[Effect]:
@@ -152,7 +162,17 @@ class Auction:
         self._bidders.add(event.bidder)
         cost = weighted_cost(event.bid, event.rtt_ms, event.reputation)
         self._ranked.append(Ranked(cost, len(self._bidders), event.bidder, event.bid))
-        if self.expected_bidders and len(self._bidders) >= self.expected_bidders:
+        return self._close_if_all_answered(now_ms)
+
+    def _on_pass(self, event: Passed, now_ms: int) -> list[Effect]:
+        if self.state != "open" or event.bidder in self._bidders:
+            return []
+        self._passes[event.bidder] = event.reason
+        return self._close_if_all_answered(now_ms)
+
+    def _close_if_all_answered(self, now_ms: int) -> list[Effect]:
+        answered = self._bidders | self._passes.keys()
+        if self.expected and self.expected <= answered:
             return self._close_bidding(now_ms)
         return []
 
@@ -175,7 +195,7 @@ class Auction:
     def _close_bidding(self, now_ms: int) -> list[Effect]:
         if not self._ranked:
             self.state = "closed"
-            return [NoBids()]
+            return [NoBids(tuple(f"{p[-8:]}: {why}" for p, why in sorted(self._passes.items())))]
         self.state = "confirming"
         return self._ask_next(now_ms)
 

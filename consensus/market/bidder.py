@@ -14,16 +14,26 @@ reason, so an operator can see why a worker sat idle)::
       VRAM, score, cores, RAM, region)                         have 24000"
     our price above the demand's maximum              no bid: "our price ... above max ..."
     estimated cost above the task's budget            no bid: "estimated cost ... above ..."
-    not enough free GPUs after reservations           no bid: "busy: 0 of 1 GPUs free"
+    no GPU free (running tasks hold them all)         no bid: "busy: 0 of 1 GPUs free"
+    open bids already cover overbook x free GPUs      no bid: "enough open bids: 4 GPUs"
     otherwise                                         SendBid, and reserve the GPUs
+
+A bid reserves nothing exclusively: a worker may have open bids for up to ``overbook`` times
+its free GPUs, since most bids lose. Only an accepted order holds GPUs; an order that finds
+them taken is declined and the requester's auction falls back to its next bid. Without this,
+two tasks of one job announced together would each find every worker "busy" bidding on the
+other.
 
 Reservations (one per task attempt we bid on)::
 
     from        event                                  to         effect
     ----------  -------------------------------------  ---------  --------------------------
     (none)      demand, all checks pass                reserved   SendBid
-    reserved    order at our price, before expiry      running    Accept
+    reserved    order at our price, before expiry,     running    Accept
+                  GPUs free
+    reserved    order below our price, or GPUs taken   (none)     Decline(reason)
     reserved    award to another worker                (none)     Released("lost the award")
+    reserved    the requester refused our bid          (none)     Released("bid refused")
     reserved    tick past hold_until                   (none)     Released("no award in time")
     (none)      order (e.g. after our restart)         running    Accept if price and capacity
                                                                   allow, else Decline(reason)
@@ -60,6 +70,7 @@ class Policy:
     allow_network: bool = False
     idle_only: bool = False
     hold_ms: int = 5_000  # how long after a bid window closes a reservation waits for an order
+    overbook: int = 4  # open bids allowed per free GPU
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,11 @@ class AwardSeen:
 
 
 @dataclass(frozen=True)
+class BidRefused:
+    ref: TaskRef
+
+
+@dataclass(frozen=True)
 class TaskEnded:
     ref: TaskRef
 
@@ -89,7 +105,7 @@ class OwnerActivity:
     busy: bool
 
 
-Event = DemandSeen | OrderReceived | AwardSeen | TaskEnded | OwnerActivity
+Event = DemandSeen | OrderReceived | AwardSeen | BidRefused | TaskEnded | OwnerActivity
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,7 @@ class SendBid:
 class NoBid:
     ref: TaskRef
     reason: str
+    tell: bool = False  # whether to tell the requester (a Pass), see Bidder._why_not
 
 
 @dataclass(frozen=True)
@@ -155,6 +172,9 @@ class Bidder:
             return [self._on_order(event.order, event.requester, now_ms)]
         if isinstance(event, AwardSeen):
             return self._on_award(event.award)
+        if isinstance(event, BidRefused):
+            hold = self._holds.get(event.ref)
+            return [] if hold is None or hold.running else self._release(event.ref, "bid refused")
         if isinstance(event, TaskEnded):
             return self._release(event.ref, "task ended")
         self.owner_busy = event.busy
@@ -167,8 +187,12 @@ class Bidder:
     def next_deadline(self) -> int | None:
         return min((h.until_ms for h in self._holds.values() if not h.running), default=None)
 
+    def open_bid_gpus(self) -> int:
+        return sum(h.gpus for h in self._holds.values() if not h.running)
+
     def free_gpus(self) -> int:
-        return self.caps.gpus - sum(h.gpus for h in self._holds.values())
+        """GPUs not held by a running task."""
+        return self.caps.gpus - sum(h.gpus for h in self._holds.values() if h.running)
 
     def running(self) -> list[TaskRef]:
         return [ref for ref, hold in self._holds.items() if hold.running]
@@ -184,44 +208,56 @@ class Bidder:
         return max(1, demand.estimate_s * REFERENCE_SCORE // max(1, self.caps.score))
 
     def _on_demand(self, demand: Demand, requester: str, now_ms: int) -> Effect:
-        why = self._why_not(demand, now_ms)
-        if why is not None:
-            return NoBid(demand.ref, why)
+        refused = self._why_not(demand, now_ms)
+        if refused is not None:
+            return refused
         gpus = demand.requirements.gpu_count
         until = demand.bid_until_ms + self.policy.hold_ms
         self._holds[demand.ref] = _Hold(gpus, self.policy.price_wei_per_s, until)
         return SendBid(requester, tuple(demand.reply_to), demand.ref,
                        self.policy.price_wei_per_s, gpus, self.estimate_s(demand))  # fmt: skip
 
-    def _why_not(self, demand: Demand, now_ms: int) -> str | None:
-        """The first row of the decision table (module doc) that refuses ``demand``, if any."""
+    def _why_not(self, demand: Demand, now_ms: int) -> NoBid | None:
+        """The first row of the decision table (module doc) that refuses ``demand``, if any.
+
+        The requester is told (``tell``) when the reason is ours alone (policy, load, cost):
+        its pool counted us as a candidate and would otherwise wait out the window for us.
+        A requirement or price we miss it can see for itself in the order book.
+        """
         price, gpus = self.policy.price_wei_per_s, demand.requirements.gpu_count
         cost, free = price * gpus * self.estimate_s(demand), self.free_gpus()
-        checks = (
-            (now_ms >= demand.bid_until_ms, "bid window closed"),
-            (demand.ref in self._holds, "already bid"),
-            (demand.kind not in self.policy.kinds, f"kind {demand.kind} not allowed"),
-            (demand.network and not self.policy.allow_network, "network not allowed"),
-            (self.policy.idle_only and self.owner_busy, "owner is using the machine (idle-only)"),
-        )
-        refused = next((why for failed, why in checks if failed), None)
-        refused = refused or unmet_requirement(demand.requirements, self.caps)
-        terms = (
+        unmet = unmet_requirement(demand.requirements, self.caps)
+        rows = (
+            (now_ms >= demand.bid_until_ms, "bid window closed", False),
+            (demand.ref in self._holds, "already bid", False),
+            (demand.kind not in self.policy.kinds, f"kind {demand.kind} not allowed", True),
+            (demand.network and not self.policy.allow_network, "network not allowed", True),
+            (self.policy.idle_only and self.owner_busy,
+             "owner is using the machine (idle-only)", True),
+            (unmet is not None, unmet or "", False),
             (price > demand.max_price_wei_per_s,
-             f"our price {price} wei/s above max {demand.max_price_wei_per_s}"),
+             f"our price {price} wei/s above max {demand.max_price_wei_per_s}", False),
             (cost > demand.budget_wei,
-             f"estimated cost {cost} wei above the task budget {demand.budget_wei}"),
-            (free < gpus, f"busy: {max(0, free)} of {gpus} GPUs free"),
+             f"estimated cost {cost} wei above the task budget {demand.budget_wei}", True),
+            (free < gpus, f"busy: {max(0, free)} of {gpus} GPUs free", True),
+            (self.open_bid_gpus() + gpus > free * self.policy.overbook,
+             f"enough open bids: {self.open_bid_gpus()} GPUs", True),
         )  # fmt: skip
-        return refused or next((why for failed, why in terms if failed), None)
+        return next((NoBid(demand.ref, why, tell) for hit, why, tell in rows if hit), None)
 
     def _on_order(self, order: TaskOrder, requester: str, now_ms: int) -> Effect:
         hold = self._holds.get(order.ref)
         if hold is not None and hold.running:
             return Accept(order, requester)  # a repeated order: idempotent
         if hold is not None and now_ms < hold.until_ms:
+            refusal = None
             if order.price_wei_per_s < hold.price_wei_per_s:
-                return Decline(order.ref, "price below our bid")
+                refusal = "price below our bid"
+            elif self.free_gpus() < order.gpus:
+                refusal = f"busy: {max(0, self.free_gpus())} of {order.gpus} free"
+            if refusal is not None:
+                del self._holds[order.ref]  # the requester moves to its next bid
+                return Decline(order.ref, refusal)
             hold.running = True
             return Accept(order, requester)
         if hold is not None:

@@ -82,6 +82,7 @@ class Bid(Body):
     est_seconds: int
     score: int = 0
     region: str = ""
+    listen: list[str] = field(default_factory=list)  # where the requester reaches us later
 
     def __post_init__(self) -> None:
         if self.gpus < 1 or self.est_seconds < 1:

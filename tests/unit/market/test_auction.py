@@ -10,6 +10,7 @@ from consensus.market.auction import (
     BidArrived,
     NoBids,
     OrderAnswered,
+    Passed,
     RefuseBid,
     SendOrder,
     Unconfirmed,
@@ -34,10 +35,21 @@ def test_the_cheapest_bid_wins_after_the_window() -> None:
     assert a.state == "won" and a.next_deadline() is None
 
 
-def test_it_closes_as_soon_as_every_expected_bidder_has_bid() -> None:
-    a = Auction(demand(), expected_bidders=2)
+def test_it_closes_as_soon_as_every_expected_bidder_has_bid_or_passed() -> None:
+    a = Auction(demand(), expected=frozenset({"w1", "w2", "w3"}))
     assert a.handle(BidArrived(bid(price=70), "w1"), NOW) == []
-    assert a.handle(BidArrived(bid(price=80), "w2"), NOW + 5) == [SendOrder("w1", bid(price=70))]
+    assert a.handle(Passed("stranger", "busy"), NOW + 1) == []  # not expected: no early close
+    assert a.handle(BidArrived(bid(price=60), "w4"), NOW + 2) == []
+    assert a.handle(Passed("w3", "busy"), NOW + 3) == []
+    assert a.handle(BidArrived(bid(price=80), "w2"), NOW + 5) == [SendOrder("w4", bid(price=60))]
+
+
+def test_when_everyone_passes_it_says_why_at_once() -> None:
+    a = Auction(demand(), expected=frozenset({"peer-aaaaaaaa", "peer-bbbbbbbb"}))
+    assert a.handle(Passed("peer-aaaaaaaa", "busy: 0 of 1 GPUs free"), NOW) == []
+    assert a.handle(Passed("peer-bbbbbbbb", "our price 9 above max 5"), NOW) == [
+        NoBids(("aaaaaaaa: busy: 0 of 1 GPUs free", "bbbbbbbb: our price 9 above max 5"))
+    ]
 
 
 def test_a_decline_or_silence_falls_back_to_the_next_bid() -> None:

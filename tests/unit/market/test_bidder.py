@@ -13,6 +13,7 @@ from consensus.market.bidder import (
     Accept,
     AwardSeen,
     Bidder,
+    BidRefused,
     Capabilities,
     Decline,
     DemandSeen,
@@ -46,7 +47,7 @@ def test_a_fitting_demand_gets_a_bid_at_our_price_scaled_by_our_score() -> None:
     b = bidder()
     [effect] = b.handle(DemandSeen(demand(), "req"), NOW)
     assert effect == SendBid("req", ("/ip4/127.0.0.1/tcp/1/p2p/x",), REF, 50, 1, 30)
-    assert b.free_gpus() == 1
+    assert b.open_bid_gpus() == 1 and b.free_gpus() == 2
 
 
 @pytest.mark.parametrize(
@@ -71,6 +72,13 @@ def test_every_refusal_has_its_reason(kwargs: dict, policy: dict, reason: str) -
     assert reason in effect.reason
 
 
+def test_only_reasons_of_our_own_are_told_to_the_requester() -> None:
+    told = bidder().handle(DemandSeen(demand(kind="render"), "req"), NOW)[0]
+    silent = bidder().handle(DemandSeen(demand(max_price=1), "req"), NOW)[0]
+    assert isinstance(told, NoBid) and told.tell
+    assert isinstance(silent, NoBid) and not silent.tell
+
+
 def test_idle_only_declines_while_the_owner_works_and_reports_unavailable() -> None:
     b = bidder(idle_only=True)
     b.handle(OwnerActivity(busy=True), NOW)
@@ -81,18 +89,42 @@ def test_idle_only_declines_while_the_owner_works_and_reports_unavailable() -> N
     assert isinstance(b.handle(DemandSeen(demand(), "req"), NOW)[0], SendBid)
 
 
-def test_capacity_runs_out_and_comes_back_when_reservations_go() -> None:
-    b = bidder()
+def test_open_bids_are_capped_by_overbooking_and_released_by_awards_and_time() -> None:
+    b = bidder(overbook=1)
     refs = [TaskRef(job_id=bytes(16), task=i, attempt=0) for i in range(3)]
     effects = [b.handle(DemandSeen(demand(r), "req"), NOW)[0] for r in refs]
     assert [type(e) for e in effects] == [SendBid, SendBid, NoBid]
-    assert "busy: 0 of 1 GPUs free" in effects[2].reason  # type: ignore[union-attr]
-    assert b.status() == "busy"
+    assert "enough open bids: 2 GPUs" in effects[2].reason  # type: ignore[union-attr]
+    assert b.status() == "available"  # bids hold no GPU
     assert b.handle(AwardSeen(award(refs[0])), NOW) == [Released(refs[0], "lost the award")]
-    assert b.status() == "available"
+    assert b.open_bid_gpus() == 1
     assert b.on_tick(NOW + 2999) == []
     assert b.on_tick(NOW + 3000) == [Released(refs[1], "no award in time")]
     assert b.free_gpus() == 2 and b.next_deadline() is None
+
+
+def test_running_tasks_make_the_worker_busy() -> None:
+    b = bidder()
+    for i in range(2):
+        ref = TaskRef(job_id=bytes(16), task=i, attempt=0)
+        b.handle(DemandSeen(demand(ref), "req"), NOW)
+        assert isinstance(b.handle(OrderReceived(order(ref), "req"), NOW)[0], Accept)
+    assert b.status() == "busy"
+    [effect] = b.handle(DemandSeen(demand(TaskRef(job_id=bytes(16), task=7, attempt=0)), "r"), NOW)
+    assert effect == NoBid(TaskRef(job_id=bytes(16), task=7, attempt=0), "busy: 0 of 1 GPUs free",
+                           tell=True)  # fmt: skip
+
+
+def test_an_order_that_finds_the_gpus_taken_is_declined_and_its_bid_dropped() -> None:
+    b = bidder()
+    refs = [TaskRef(job_id=bytes(16), task=i, attempt=0) for i in range(3)]
+    for ref in refs:
+        assert isinstance(b.handle(DemandSeen(demand(ref), "req"), NOW)[0], SendBid)
+    assert isinstance(b.handle(OrderReceived(order(refs[0]), "req"), NOW)[0], Accept)
+    assert isinstance(b.handle(OrderReceived(order(refs[1]), "req"), NOW)[0], Accept)
+    [effect] = b.handle(OrderReceived(order(refs[2]), "req"), NOW)
+    assert effect == Decline(refs[2], "busy: 0 of 1 free")
+    assert b.open_bid_gpus() == 0
 
 
 def test_already_bid_is_not_bid_again() -> None:
@@ -123,7 +155,9 @@ def test_orders_below_our_price_or_beyond_capacity_are_declined() -> None:
     other = TaskRef(job_id=bytes(16), task=9, attempt=0)
     assert isinstance(b.handle(OrderReceived(order(other, gpus=1), "req"), NOW)[0], Accept)
     third = TaskRef(job_id=bytes(16), task=10, attempt=0)
-    [effect] = b.handle(OrderReceived(order(third, gpus=1), "req"), NOW)
+    assert isinstance(b.handle(OrderReceived(order(third, gpus=1), "req"), NOW)[0], Accept)
+    fourth = TaskRef(job_id=bytes(16), task=11, attempt=0)
+    [effect] = b.handle(OrderReceived(order(fourth, gpus=1), "req"), NOW)
     assert isinstance(effect, Decline) and "busy" in effect.reason
 
 
@@ -157,8 +191,8 @@ def test_capacity_is_never_overcommitted_and_every_hold_is_released(script: list
         for e in effects:
             if isinstance(e, SendBid | Accept):
                 held.add(e.ref if isinstance(e, SendBid) else e.order.ref)
-            if isinstance(e, Released):
-                held.discard(e.ref)
+            if isinstance(e, Released | Decline):
+                held.discard(e.ref)  # a declined order drops its bid's reservation
         assert 0 <= b.free_gpus() <= CAPS.gpus
     # every reservation ends: awards, timeouts or task ends release all of them
     for ref in b.running():
@@ -167,3 +201,11 @@ def test_capacity_is_never_overcommitted_and_every_hold_is_released(script: list
     released = b.on_tick(now + 10**9)
     held -= {e.ref for e in released if isinstance(e, Released)}
     assert b.free_gpus() == CAPS.gpus and not held
+
+
+def test_a_refused_bid_releases_its_reservation_but_not_a_running_task() -> None:
+    b = bidder()
+    b.handle(DemandSeen(demand(), "req"), NOW)
+    assert b.handle(BidRefused(REF), NOW) == [Released(REF, "bid refused")]
+    b.handle(OrderReceived(order(), "req"), NOW)
+    assert b.handle(BidRefused(REF), NOW) == []

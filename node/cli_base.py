@@ -1,0 +1,66 @@
+"""What every ``idlegrid`` command shares: errors with exit codes, options, output helpers.
+
+Command modules (``node/cli.py``, ``node/cli_job.py``, ...) import from here, so none of them
+imports another; ``node/cli.py`` assembles the command tree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from config import ROLES, ConfigError
+from node.home import HomeError
+
+
+class Failure(click.ClickException):
+    exit_code = 1
+
+
+class BadInput(click.ClickException):
+    exit_code = 2
+
+
+class Cli(click.Group):
+    """Turns our errors into clean messages and the right exit codes, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise BadInput(f"config error: {exc}") from None
+        except HomeError as exc:
+            raise Failure(str(exc)) from None
+
+
+home_option = click.option(
+    "--home",
+    "home_dir",
+    type=click.Path(file_okay=False),
+    help="data dir (default: $IDLEGRID_HOME, else the platform's user data dir)",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+role_option = click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="role to play (repeat to combine)",
+)
+api_port_option = click.option(
+    "--api-port", type=click.IntRange(0, 65535), help="local API port (0: pick a free one)"
+)
+
+
+def emit(as_json: bool, payload: Any, human: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(payload, indent=2) if as_json else human(payload))
+
+
+def table(rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )

@@ -1,0 +1,209 @@
+"""``idlegrid job ...`` and ``idlegrid bids``: submit work and follow it to its result."""
+
+from __future__ import annotations
+
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from consensus.market.spec import SpecError, parse_spec
+from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
+from node.client import ApiClient
+from node.home import Home, HomeError, resolve_home
+from node.market.packing import PackError, unpack
+
+FINISHED = ("verified", "settled", "failed", "cancelled")
+POLL_S = 0.5  # how often --wait and --follow ask the daemon
+
+
+def _client(home_dir: str | None) -> ApiClient:
+    return ApiClient(Home(resolve_home(home_dir)))
+
+
+def _read_spec(path: str) -> tuple[str, Any]:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+        return text, parse_spec(tomllib.loads(text))
+    except OSError as exc:
+        raise BadInput(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{path}: not valid TOML: {exc}") from None
+    except SpecError as exc:
+        raise BadInput(f"{path}: {exc}") from None
+
+
+@click.group()
+def job() -> None:
+    """Submit jobs and follow them: validate, submit, status, list, logs, fetch, cancel."""
+
+
+@job.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+def job_validate(file: str, as_json: bool) -> None:
+    """Check a job spec without submitting it."""
+    _, spec = _read_spec(file)
+    missing = [p for p in spec.inputs if not (Path(file).parent / p).exists()]
+    if missing:
+        raise BadInput(f"{file}: io.inputs: {', '.join(missing)} not found next to the spec")
+    payload = {"valid": True, "kind": spec.kind, "tasks": spec.tasks,
+               "max_total_wei": str(spec.max_total_wei),
+               "max_price_wei_per_s": str(spec.max_price_wei_per_s)}  # fmt: skip
+    emit(as_json, payload, lambda p: f"ok: a {p['kind']} job of {p['tasks']} task(s), "
+                                     f"at most {p['max_total_wei']} wei")  # fmt: skip
+
+
+@job.command("submit")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--wait", is_flag=True, help="follow the job until it finishes")
+@home_option
+@json_option
+def job_submit(file: str, wait: bool, home_dir: str | None, as_json: bool) -> None:
+    """Submit a job spec; its inputs are read relative to the spec's folder."""
+    text, _ = _read_spec(file)
+    client = _client(home_dir)
+    base = str(Path(file).resolve().parent)
+    try:
+        job_id = client.post("/v1/jobs", {"spec": text, "base_dir": base})["job_id"]
+    except HomeError as exc:
+        raise Failure(str(exc)) from None
+    if not wait:
+        emit(as_json, {"job_id": job_id}, lambda p: p["job_id"])
+        return
+    click.echo(f"submitted {job_id}", err=as_json)
+    final = _follow(client, job_id, quiet=as_json)
+    emit(as_json, final, _human_job)
+    if final["state"] in ("failed", "cancelled"):
+        sys.exit(1)
+
+
+def _follow(client: ApiClient, job_id: str, quiet: bool) -> dict[str, Any]:
+    """Prints each task's moves and the job's log lines until the job finishes."""
+    seen: dict[int, str] = {}
+    cursor = 0
+    while True:
+        view = client.get(f"/v1/job?id={job_id}")
+        logs = client.get(f"/v1/job/logs?id={job_id}&after={cursor}")
+        cursor = logs["cursor"]
+        if not quiet:
+            for line in logs["lines"]:
+                click.echo(f"  [task {line['task']}] {line['line']}")
+            for task in view["task_states"]:
+                shown = f"{task['state']} {task['worker'][-8:]} {task['reason']}".strip()
+                if seen.get(task["task"]) != shown:
+                    seen[task["task"]] = shown
+                    click.echo(f"task {task['task']}: {shown}")
+        if view["state"] in FINISHED:
+            return dict(view)
+        time.sleep(POLL_S)
+
+
+@job.command("status")
+@click.argument("job_id", required=False)
+@home_option
+@json_option
+def job_status(job_id: str | None, home_dir: str | None, as_json: bool) -> None:
+    """One job's tasks, workers, attempts and cost (the latest job if no ID)."""
+    client = _client(home_dir)
+    if job_id is None:
+        jobs = client.get("/v1/jobs")["jobs"]
+        if not jobs:
+            raise Failure("no jobs yet")
+        job_id = jobs[0]["job_id"]
+    emit(as_json, client.get(f"/v1/job?id={job_id}"), _human_job)
+
+
+def _human_job(view: dict[str, Any]) -> str:
+    head = f"job {view['job_id']}  {view['kind']}  {view['state']}"
+    if view.get("reason"):
+        head += f"  ({view['reason']})"
+    rows = [("TASK", "STATE", "ATTEMPT", "WORKER", "CHECKPOINTS", "NOTE")]
+    for t in view["task_states"]:
+        rows.append((str(t["task"]), t["state"], str(t["attempt"]), t["worker"][-12:] or "-",
+                     str(t["checkpoints"]), t["reason"][:60]))  # fmt: skip
+    return f"{head}\n{table(rows)}\ncost so far: {view['cost_wei']} wei"
+
+
+@job.command("list")
+@home_option
+@json_option
+def job_list(home_dir: str | None, as_json: bool) -> None:
+    """The latest jobs, newest first."""
+    payload = _client(home_dir).get("/v1/jobs")
+    rows = [("JOB", "KIND", "TASKS", "STATE", "NAME")]
+    rows += [(j["job_id"][:12], j["kind"], str(j["tasks"]), j["state"], j["name"])
+             for j in payload["jobs"]]  # fmt: skip
+    emit(as_json, payload, lambda _: table(rows))
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@home_option
+@json_option
+def job_cancel(job_id: str, home_dir: str | None, as_json: bool) -> None:
+    """Cancel a job's unfinished tasks (their workers are paid for the seconds vouched)."""
+    payload = _client(home_dir).post(f"/v1/job/cancel?id={job_id}")
+    emit(as_json, payload, lambda p: f"cancelled {p['cancelled']} task(s)")
+
+
+@job.command("logs")
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="keep printing until the job finishes")
+@home_option
+def job_logs(job_id: str, follow: bool, home_dir: str | None) -> None:
+    """The workload's output, streamed from the workers."""
+    client, cursor = _client(home_dir), 0
+    while True:
+        logs = client.get(f"/v1/job/logs?id={job_id}&after={cursor}")
+        for line in logs["lines"]:
+            click.echo(f"[task {line['task']}] {line['line']}")
+        cursor = logs["cursor"]
+        if not follow or (not logs["lines"] and _finished(client, job_id)):
+            return
+        if not logs["lines"]:
+            time.sleep(POLL_S)
+
+
+def _finished(client: ApiClient, job_id: str) -> bool:
+    return bool(client.get(f"/v1/job?id={job_id}")["state"] in FINISHED)
+
+
+@job.command("fetch")
+@click.argument("job_id")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@home_option
+@json_option
+def job_fetch(job_id: str, out_dir: str, home_dir: str | None, as_json: bool) -> None:
+    """Unpack the finished tasks' outputs into DIR (task-N/ per task when there are several)."""
+    results = _client(home_dir).get(f"/v1/job/results?id={job_id}")["results"]
+    if not results:
+        raise Failure(f"job {job_id} has no results yet")
+    out, written = Path(out_dir), []
+    for result in results:
+        target = out if len(results) == 1 else out / f"task-{result['task']}"
+        if not result["present"]:
+            raise Failure(f"task {result['task']}: its result is not in the data dir yet")
+        try:
+            names = unpack(Path(result["path"]), target)
+        except PackError as exc:
+            raise Failure(f"task {result['task']}: {exc}") from None
+        written += [str(target / n) for n in names]
+    emit(as_json, {"files": written}, lambda p: "\n".join(p["files"]) or "(no files)")
+
+
+@click.command()
+@click.argument("job_id")
+@home_option
+@json_option
+def bids(job_id: str, home_dir: str | None, as_json: bool) -> None:
+    """Every bid a job received, with its price and what became of it."""
+    payload = _client(home_dir).get(f"/v1/job/bids?id={job_id}")
+    rows = [("TASK", "ATTEMPT", "WORKER", "WEI/S PER GPU", "GPUS", "EST S", "OUTCOME")]
+    rows += [(str(b["task"]), str(b["attempt"]), b["worker"][-12:], b["price_wei_per_s"],
+              str(b["gpus"]), str(b["est_s"]), b["outcome"]) for b in payload["bids"]]  # fmt: skip
+    emit(as_json, payload, lambda _: table(rows))

@@ -1,0 +1,177 @@
+"""What the market needs of the network, as one small interface, and its libp2p implementation.
+
+The market's drivers (requester and worker) talk only to :class:`MarketNet`: publish and
+subscribe signed bodies on gossip topics, seal and open signed envelopes sent direct, make and
+serve requests, and read the pool. :class:`LiveNet` implements it on the node's libp2p host;
+the services tests implement it in memory (``tests/services/memnet.py``), so that a hundred
+jobs over ten workers run in one process under trio's mock clock.
+
+Every inbound envelope, gossiped or direct, is opened with the same checks (signature, kind,
+schema, expiry, replay); a direct envelope whose signer is not the stream's authenticated peer
+is refused, so nobody can forward another's bid or voucher as their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import nacl.signing
+import trio
+
+from consensus.envelope import Opened, ReplayGuard, open_envelope, seal_body
+from consensus.errors import Invalid
+from consensus.kinds import Body, Registry
+from consensus.pool import Worker
+from node.network import Network, now_ms
+from p2p.gossip import Message, topic_name
+from p2p.host import DialError
+from p2p.reqresp import RequestRejected, StreamFailed, request, serve
+
+log = logging.getLogger(__name__)
+
+RequestHandler = Callable[[str, Any], Awaitable[Any]]
+BLOB_MAX_BYTES = 2 << 20  # frames carrying blob pieces (1 MiB of data and the framing)
+
+
+class MarketNet(Protocol):
+    """The network as the market's drivers see it."""
+
+    peer_id: str
+
+    def addrs(self) -> list[str]: ...
+
+    def now_ms(self) -> int: ...
+
+    def seal(self, body: Body) -> bytes: ...
+
+    def open(self, raw: Any, sender: str) -> Opened:
+        """Opens a direct envelope from ``sender``; raises Invalid if it is not theirs or bad."""
+        ...
+
+    async def publish(self, topic: str, body: Body) -> None: ...
+
+    async def subscribe(
+        self, topic: str, kinds: frozenset[str]
+    ) -> trio.MemoryReceiveChannel[Message]: ...
+
+    async def request(
+        self,
+        peer: str,
+        addrs: Sequence[str],
+        protocol: str,
+        payload: Any,
+        *,
+        timeout_s: float,
+        max_bytes: int = ...,
+    ) -> Any:
+        """Raises p2p.reqresp's RequestError family (RemoteError, RequestTimeout, ...)."""
+        ...
+
+    def serve(self, protocol: str, handler: RequestHandler, max_bytes: int = ...) -> None: ...
+
+    def workers(self) -> list[Worker]: ...
+
+    def rtt_ms(self, peer: str) -> int | None: ...
+
+
+class DirectEnvelopes:
+    """Seals our direct messages and opens others': one replay guard per node."""
+
+    def __init__(self, key: nacl.signing.SigningKey, registry: Registry) -> None:
+        self.key, self.registry, self.replay = key, registry, ReplayGuard()
+
+    def seal(self, body: Body) -> bytes:
+        return seal_body(self.key, body)
+
+    def open(self, raw: Any, sender: str, now_ms: int) -> Opened:
+        if not isinstance(raw, bytes):
+            raise Invalid("envelope", "expected bytes")
+        self.replay.prune(now_ms)
+        opened = open_envelope(raw, now_ms, self.registry, replay=self.replay)
+        if opened.signer_peer_id != sender:
+            raise Invalid("envelope.signer", "not the peer that sent it")
+        return opened
+
+
+class LiveNet:
+    """:class:`MarketNet` on the node's libp2p host, gossip and pool."""
+
+    def __init__(self, network: Network, envelopes: DirectEnvelopes) -> None:
+        self.network, self.host, self.envelopes = network, network.host, envelopes
+        self.peer_id = network.host.peer_id
+        self._dial_lock = trio.Lock()
+
+    def addrs(self) -> list[str]:
+        return self.network.announced_addrs()
+
+    def now_ms(self) -> int:
+        return now_ms()
+
+    def seal(self, body: Body) -> bytes:
+        return self.envelopes.seal(body)
+
+    def open(self, raw: Any, sender: str) -> Opened:
+        return self.envelopes.open(raw, sender, now_ms())
+
+    async def publish(self, topic: str, body: Body) -> None:
+        await self.network.gossip.publish(topic, self.envelopes.seal(body))
+
+    async def subscribe(
+        self, topic: str, kinds: frozenset[str]
+    ) -> trio.MemoryReceiveChannel[Message]:
+        self.network.validator.topic_kinds[topic] = kinds  # sharded topics join at run time
+        return await self.network.gossip.subscribe(topic)
+
+    async def request(
+        self,
+        peer: str,
+        addrs: Sequence[str],
+        protocol: str,
+        payload: Any,
+        *,
+        timeout_s: float,
+        max_bytes: int = BLOB_MAX_BYTES,
+    ) -> Any:
+        with trio.fail_after(timeout_s):
+            await self._ensure_connected(peer, addrs)
+        return await request(
+            self.host, peer, protocol, payload, timeout_s=timeout_s, max_bytes=max_bytes
+        )
+
+    def serve(
+        self, protocol: str, handler: RequestHandler, max_bytes: int = BLOB_MAX_BYTES
+    ) -> None:
+        serve(self.host, protocol, handler, max_bytes=max_bytes, timeout_s=30.0)
+
+    def workers(self) -> list[Worker]:
+        return self.network.pool.workers()
+
+    def rtt_ms(self, peer: str) -> int | None:
+        known = self.network.book.peers.get(peer)
+        return None if known is None else known.rtt_ms
+
+    async def _ensure_connected(self, peer: str, addrs: Sequence[str]) -> None:
+        if peer in self.host.connected_peers():
+            return
+        async with self._dial_lock:  # concurrent dials to one peer would race the library
+            if peer in self.host.connected_peers():
+                return
+            for addr in (a for a in addrs if a.endswith(f"/p2p/{peer}")):
+                try:
+                    await self.host.connect(addr)
+                except (DialError, ValueError) as exc:
+                    log.debug("dial failed", extra={"peer": peer, "addr": addr, "error": str(exc)})
+                else:
+                    return
+        raise StreamFailed(f"cannot reach {peer} at {list(addrs)}")
+
+
+def jobs_topic(gpu_class: str) -> str:
+    return topic_name("jobs", gpu_class)
+
+
+AWARDS = topic_name("awards")
+
+__all__ = ["AWARDS", "DirectEnvelopes", "LiveNet", "MarketNet", "RequestRejected", "jobs_topic"]

@@ -1,0 +1,227 @@
+"""The requester's job manager: submit jobs, run one task runner per live task, answer bids.
+
+Started as the ``market`` service of the requester role. A submitted job is packed (inputs),
+written to sqlite with its tasks, and each task gets a :class:`TaskRunner`; after a restart,
+every task not yet finished gets one again, so nothing submitted is lost or done twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from consensus.errors import Invalid
+from consensus.kinds import from_wire, to_wire
+from consensus.market import auction as au
+from consensus.market.lifecycle import TERMINAL, job_state
+from consensus.market.messages import JOB_ID_LEN, Bid, BlobRef, TaskRef
+from consensus.market.spec import JobSpec
+from node.market.blobshare import BlobShare
+from node.market.net import MarketNet
+from node.market.packing import pack
+from node.market.params import MarketParams
+from node.market.store import MarketStore, TaskRow
+from node.market.task_runner import Job, LiveAuction, TaskRunner
+from p2p.reqresp import RequestRejected
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger(__name__)
+
+BID = "/idlegrid/market/bid/1"
+
+
+class JobManager:
+    def __init__(
+        self,
+        net: MarketNet,
+        store: MarketStore,
+        share: BlobShare,
+        scratch: Path,
+        params: MarketParams | None = None,
+    ) -> None:
+        self.net, self.store, self.share, self.scratch = net, store, share, scratch
+        self.params = params or MarketParams()
+        self.auctions: dict[TaskRef, LiveAuction] = {}
+        self._peer_addrs: dict[str, list[str]] = {}
+        self._runners: dict[tuple[bytes, int], trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serves bids and runs task runners until cancelled; resumes unfinished tasks first."""
+        self.net.serve(BID, self._on_bid)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for task in await self.store.live_tasks(sorted(TERMINAL | {"verified"})):
+                await self._start_runner(task.job_id, task.idx)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def submit(self, spec: JobSpec, base_dir: Path) -> bytes:
+        """Packs the inputs, records the job and starts its tasks; returns the job id."""
+        job_id = os.urandom(JOB_ID_LEN)
+        inputs = await self._pack_inputs(spec, base_dir) if spec.inputs else None
+        now = self.net.now_ms()
+        row = {
+            "job_id": job_id,
+            "name": spec.name,
+            "spec": json.dumps(to_wire(spec)),
+            "inputs": None if inputs is None else msgpack.packb(to_wire(inputs)),
+            "inputs_size": 0 if inputs is None else inputs.size,
+            "deadline_ms": now + spec.deadline_s * 1000,
+        }
+        await self.store.insert_job(row, spec.tasks, now)
+        log.info(
+            "job submitted", extra={"job": job_id.hex(), "kind": spec.kind, "tasks": spec.tasks}
+        )
+        for idx in range(spec.tasks):
+            await self._start_runner(job_id, idx)
+        return job_id
+
+    async def cancel(self, job_id: bytes) -> int:
+        """Cancels every unfinished task; returns how many were cancelled."""
+        cancelled = 0
+        for task in await self.store.tasks(job_id):
+            scope = self._runners.get((job_id, task.idx))
+            if scope is not None:
+                scope.cancel()
+            if task.state in TERMINAL or task.state == "verified":
+                continue
+            runner = TaskRunner(self, await self._job(job_id), task.idx)
+            if task.state in ("awarded", "transferring", "running"):
+                await runner._end_attempt(task, "cancelled by the requester")
+            if await runner._move(task, "cancel", reason="cancelled by the requester"):
+                cancelled += 1
+        return cancelled
+
+    async def task_moved(self, job_id: bytes, task: TaskRow) -> None:
+        """Keeps the job's state in step with its tasks (and fails the rest if one fails)."""
+        tasks = await self.store.tasks(job_id)
+        state = job_state([t.state for t in tasks])
+        reason = next((t.reason for t in tasks if t.state in ("failed", "cancelled")), "")
+        await self.store.set_job_state(job_id, state, reason, self.net.now_ms())
+        log.info(
+            "task moved",
+            extra={
+                "task": task.ref.text(),
+                "state": task.state,
+                "job_state": state,
+                "reason": task.reason,
+            },
+        )
+        if task.state == "failed" and state == "failed":
+            for other in tasks:
+                if other.idx != task.idx and other.state not in TERMINAL | {"verified"}:
+                    await self.cancel_task(job_id, other.idx)
+
+    async def cancel_task(self, job_id: bytes, idx: int) -> None:
+        scope = self._runners.get((job_id, idx))
+        if scope is not None:
+            scope.cancel()
+        task = await self.store.task(job_id, idx)
+        runner = TaskRunner(self, await self._job(job_id), idx)
+        if task.state in ("awarded", "transferring", "running"):
+            await runner._end_attempt(task, "another task failed")
+        await runner._move(task, "cancel", reason="another task of the job failed")
+
+    def addrs_of(self, peer: str) -> list[str]:
+        return self._peer_addrs.get(peer, [])
+
+    def remember_addrs(self, peer: str, addrs: list[str]) -> None:
+        if addrs:
+            self._peer_addrs[peer] = list(addrs)
+
+    async def job_by_prefix(self, prefix: str) -> bytes:
+        """The job whose hex id starts with ``prefix``; KeyError if none or ambiguous."""
+        rows = await self.store.find_job(prefix.lower())
+        if len(rows) != 1:
+            raise KeyError(f"{'no' if not rows else 'more than one'} job matches {prefix!r}")
+        return bytes(rows[0]["job_id"])
+
+    # --- internals -----------------------------------------------------------------------
+
+    async def _job(self, job_id: bytes) -> Job:
+        row = await self.store.job(job_id)
+        if row is None:
+            raise KeyError(f"no job {job_id.hex()}")
+        spec = from_wire(JobSpec, json.loads(row["spec"]), "spec")
+        inputs = (
+            None if row["inputs"] is None else from_wire(BlobRef, msgpack.unpackb(row["inputs"]))
+        )
+        return Job(job_id, spec, inputs, row["deadline_ms"])
+
+    async def _start_runner(self, job_id: bytes, idx: int) -> None:
+        assert self._nursery is not None, "the job manager is not running"
+        job = await self._job(job_id)
+        scope = trio.CancelScope()
+        self._runners[(job_id, idx)] = scope
+        self._nursery.start_soon(self._run_runner, TaskRunner(self, job, idx), scope)
+
+    async def _run_runner(self, runner: TaskRunner, scope: trio.CancelScope) -> None:
+        with scope:
+            await runner.run()
+        self._runners.pop((runner.job.job_id, runner.idx), None)
+
+    async def _pack_inputs(self, spec: JobSpec, base_dir: Path) -> BlobRef:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.scratch, suffix=".tar")
+        os.close(fd)
+        try:
+            await trio.to_thread.run_sync(pack, base_dir, spec.inputs, Path(name))
+            return await self.share.put(Path(name))
+        finally:
+            Path(name).unlink(missing_ok=True)
+
+    async def _on_bid(self, peer: str, payload: Any) -> Any:
+        if isinstance(payload, dict) and "pass" in payload:
+            return self._on_pass(peer, payload)
+        try:
+            opened = self.net.open(payload.get("bid") if isinstance(payload, dict) else None, peer)
+        except Invalid as exc:
+            raise RequestRejected("invalid", str(exc)) from None
+        bid = opened.body
+        if not isinstance(bid, Bid):
+            raise RequestRejected("invalid", f"expected a bid, got {opened.kind}")
+        live = self.auctions.get(bid.ref)
+        if live is None:
+            raise RequestRejected("closed", "no open auction for that task")
+        effects = live.machine.handle(
+            au.BidArrived(bid, peer, self.net.rtt_ms(peer)), self.net.now_ms()
+        )
+        refused = next(
+            (e for e in effects if isinstance(e, au.RefuseBid) and e.bidder == peer), None
+        )
+        outcome = f"refused: {refused.reason}" if refused else ""
+        await self.store.record_bid(
+            bid.ref,
+            peer,
+            price_wei=bid.price_wei_per_s,
+            gpus=bid.gpus,
+            est_s=bid.est_seconds,
+            outcome=outcome,
+            now_ms=self.net.now_ms(),
+        )
+        live.feed([e for e in effects if not isinstance(e, au.RefuseBid)])
+        if refused is not None:
+            raise RequestRejected("refused", refused.reason)
+        self.remember_addrs(peer, bid.listen)
+        return {"ok": True}
+
+    def _on_pass(self, peer: str, payload: dict[str, Any]) -> Any:
+        try:
+            ref = from_wire(TaskRef, payload["pass"], "pass")
+        except Invalid as exc:
+            raise RequestRejected("invalid", str(exc)) from None
+        live = self.auctions.get(ref)
+        if live is not None:
+            reason = str(payload.get("reason", ""))[:200]
+            live.feed(live.machine.handle(au.Passed(peer, reason), self.net.now_ms()))
+        return {"ok": True}

@@ -1,0 +1,91 @@
+"""The market inside the daemon: the requester's job manager and the worker's service.
+
+Both roles share one :class:`Market` per node (one network view, one store, one blob share);
+each role starts its own half as its ``market`` service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from consensus.market.bidder import Bidder, Capabilities, Policy
+from consensus.market.messages import market_registry
+from node.market.blobshare import BlobShare
+from node.market.executor import Executor, ProcessExecutor
+from node.market.net import DirectEnvelopes, LiveNet
+from node.market.params import MarketParams
+from node.market.requester import JobManager
+from node.market.store import MarketStore
+from node.market.worker import WorkerService
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.daemon import NodeContext
+
+
+@dataclass
+class Market:
+    net: LiveNet
+    store: MarketStore
+    share: BlobShare
+    params: MarketParams
+    jobs: JobManager | None = None
+    worker: WorkerService | None = None
+
+
+def market_of(ctx: NodeContext) -> Market:
+    """The node's market, made on first use (after the network service has started)."""
+    if ctx.market is None:
+        assert ctx.network is not None, "the market needs the network service"
+        envelopes = DirectEnvelopes(ctx.keys.signing_key, market_registry())
+        net = LiveNet(ctx.network, envelopes)
+        share = BlobShare(net, ctx.blobs, ctx.home.root / "work" / "scratch")
+        share.register()
+        m = ctx.settings.market
+        params = MarketParams(
+            bid_window_ms=m.bid_window_ms,
+            voucher_interval_ms=m.voucher_interval_ms,
+            voucher_grace_ms=m.voucher_grace_ms,
+            lost_after_ms=m.lost_after_ms,
+        )
+        ctx.market = Market(net, MarketStore(ctx.db), share, params)
+    market: Market = ctx.market
+    return market
+
+
+async def requester_market(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    market = market_of(ctx)
+    scratch = ctx.home.root / "work" / "scratch"
+    market.jobs = JobManager(market.net, market.store, market.share, scratch, market.params)
+    await market.jobs.run(task_status=task_status)
+
+
+async def worker_market(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    market = market_of(ctx)
+    executor: Executor = ProcessExecutor()
+    worker = ctx.settings.worker
+    kinds = frozenset(worker.kinds) & executor.kinds
+    policy = Policy(
+        price_wei_per_s=worker.price_wei_per_s,
+        kinds=kinds,
+        allow_network=worker.allow_network,
+        idle_only=worker.idle_only,
+    )
+    # Until GPU discovery lands (runtime issue) a worker offers its CPU as one "cpu" unit.
+    caps = Capabilities(gpu_class="cpu", gpus=1, region=worker.region)
+    market.worker = WorkerService(
+        market.net, market.store, market.share, bidder=Bidder(caps, policy),
+        executor=executor, work_root=ctx.home.root / "work", params=market.params,
+    )  # fmt: skip
+    assert ctx.network is not None
+    ctx.network.presence_source = market.worker.presence
+    market.worker.presence_changed = ctx.network.presence_changed
+    await market.worker.run(task_status=task_status)

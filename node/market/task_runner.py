@@ -1,0 +1,463 @@
+"""The requester's driver for one task: auction, supervise, fail over, collect the result.
+
+One :class:`TaskRunner` per live task, started by the job manager. Its loop reads the task's
+row, does the step its state calls for, and moves the row with compare-and-set, so a kill -9
+at any point resumes from sqlite: a task found ``bidding`` auctions again (a new attempt),
+one found ``running`` is supervised again (vouchers resume from the attempt's start), one
+found ``attested`` fetches its result again.
+
+    state                       step
+    --------------------------  ---------------------------------------------------------
+    queued / reassigned         open an auction (a reassigned task resumes from the last
+                                checkpoint we hold)
+    bidding                     publish the demand, rank bids, order the winner; no bids:
+                                record why, wait, auction again until the deadline
+    awarded/transferring/       every voucher interval: send a voucher, read the report
+      running                   (progress, checkpoints, logs, result); silent for
+                                lost_after_ms or stopped: fail over
+    attested                    fetch the result and check its hash; then verified
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from consensus.envelope import new_nonce
+from consensus.errors import Invalid
+from consensus.kinds import Wei, from_wire, to_wire
+from consensus.market import auction as au
+from consensus.market.lifecycle import TERMINAL, TaskEvent, advance
+from consensus.market.matching import candidates, explain
+from consensus.market.messages import (
+    ANY_CLASS,
+    Award,
+    BlobRef,
+    Checkpoint,
+    Demand,
+    TaskOrder,
+    TaskRef,
+    TaskReport,
+    Voucher,
+)
+from consensus.market.meter import owed_wei, payable_after_failover
+from consensus.market.spec import JobSpec
+from node.market.blobshare import FetchFailed
+from node.market.net import AWARDS, jobs_topic
+from node.market.store import TaskRow
+from node.market.tasks import task_estimate_s, workload_for
+from p2p.reqresp import RequestError
+
+if TYPE_CHECKING:
+    from node.market.requester import JobManager
+
+log = logging.getLogger(__name__)
+
+CONFIRM = "/idlegrid/market/confirm/1"
+METER = "/idlegrid/control/meter/1"
+CANCEL = "/idlegrid/control/cancel/1"
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: bytes
+    spec: JobSpec
+    inputs: BlobRef | None
+    deadline_ms: int
+
+
+@dataclass
+class LiveAuction:
+    """An auction machine and the effects waiting for the runner to perform."""
+
+    machine: au.Auction
+    effects: list[au.Effect] = field(default_factory=list)
+    wake: trio.Event = field(default_factory=trio.Event)
+
+    def feed(self, effects: list[au.Effect]) -> None:
+        self.effects += effects
+        self.wake.set()
+
+
+class TaskRunner:
+    def __init__(self, mgr: JobManager, job: Job, idx: int) -> None:
+        self.mgr, self.job, self.idx = mgr, job, idx
+        self.net, self.store, self.params = mgr.net, mgr.store, mgr.params
+
+    async def run(self) -> None:
+        steps = {
+            "queued": self._open,
+            "reassigned": self._reopen,
+            "bidding": self._auction,
+            "awarded": self._supervise,
+            "transferring": self._supervise,
+            "running": self._supervise,
+            "attested": self._collect,
+        }
+        while True:
+            task = await self.store.task(self.job.job_id, self.idx)
+            if task.state in TERMINAL or task.state == "verified":
+                return
+            if self.net.now_ms() >= self.job.deadline_ms and task.state != "attested":
+                await self._expire(task)
+                continue
+            await steps[task.state](task)
+
+    # --- steps ---------------------------------------------------------------------------
+
+    async def _open(self, task: TaskRow) -> None:
+        await self._move(task, "open")
+
+    async def _reopen(self, task: TaskRow) -> None:
+        if task.attempt + 1 >= self.params.max_attempts:
+            await self._move(task, "expire", reason=f"gave up after {task.attempt + 1} attempts")
+            return
+        await self._move(task, "reopen", attempt=task.attempt + 1)
+
+    async def _auction(self, task: TaskRow) -> None:
+        spec, now = self.job.spec, self.net.now_ms()
+        demand = self._demand(task.ref, now)
+        pool = candidates(self.net.workers(), spec.requirements, spec.max_price_wei_per_s)
+        expected = frozenset(w.peer_id for w in pool if w.status == "available")
+        live = LiveAuction(au.Auction(demand, expected, self.params.confirm_timeout_ms))
+        self.mgr.auctions[task.ref] = live
+        try:
+            shard = spec.requirements.gpu_class or ANY_CLASS
+            await self.net.publish(jobs_topic(shard), demand)
+            outcome = await self._drive(live, task)
+        finally:
+            del self.mgr.auctions[task.ref]
+        if isinstance(outcome, au.Won):
+            await self._won(task, outcome)
+            return
+        why = explain(self.net.workers(), spec.requirements, spec.max_price_wei_per_s)
+        if isinstance(outcome, au.NoBids) and outcome.passes:
+            why = "every worker passed: " + "; ".join(outcome.passes)
+        if isinstance(outcome, au.Unconfirmed):
+            why = "no bidder confirmed: " + "; ".join(outcome.reasons)
+        log.info("no award", extra={"task": task.ref.text(), "reason": why})
+        moved = await self.store.move_task(task, now, attempt=task.attempt + 1, reason=why)
+        if moved is not None:
+            await self._sleep_ms(
+                min(self.params.no_bids_retry_ms, max(0, self.job.deadline_ms - self.net.now_ms()))
+            )
+
+    async def _drive(self, live: LiveAuction, task: TaskRow) -> au.Won | au.NoBids | au.Unconfirmed:
+        while True:
+            while live.effects:
+                effect = live.effects.pop(0)
+                if isinstance(effect, au.SendOrder):
+                    live.feed(
+                        live.machine.handle(await self._order(task, effect), self.net.now_ms())
+                    )
+                elif isinstance(effect, au.Won | au.NoBids | au.Unconfirmed):
+                    return effect
+            deadline = live.machine.next_deadline()
+            with trio.move_on_after(self._seconds_until(deadline)):
+                await live.wake.wait()
+            live.wake = trio.Event()
+            live.feed(live.machine.on_tick(self.net.now_ms()))
+
+    async def _order(self, task: TaskRow, send: au.SendOrder) -> au.OrderAnswered:
+        order = self._task_order(task, send)
+        if order.inputs is not None:
+            self.mgr.share.grant(send.bidder, order.inputs.hash)
+        if order.resume is not None and order.resume.blob is not None:
+            self.mgr.share.grant(send.bidder, order.resume.blob.hash)
+        try:
+            reply = await self.net.request(
+                send.bidder,
+                send.bid.listen,
+                CONFIRM,
+                {"order": self.net.seal(order)},
+                timeout_s=self.params.confirm_timeout_ms / 1000,
+            )
+        except RequestError as exc:
+            return au.OrderAnswered(send.bidder, False, str(exc)[:120])
+        accepted = isinstance(reply, dict) and reply.get("accepted") is True
+        reason = str(reply.get("reason", ""))[:120] if isinstance(reply, dict) else "bad reply"
+        await self.store.bid_outcome(task.ref, send.bidder, "won" if accepted else reason)
+        return au.OrderAnswered(send.bidder, accepted, reason)
+
+    async def _won(self, task: TaskRow, won: au.Won) -> None:
+        now, bid = self.net.now_ms(), won.bid
+        addrs = json.dumps(list(bid.listen))
+        await self.store.open_attempt(
+            task.ref,
+            won.bidder,
+            addrs=addrs,
+            price_wei=bid.price_wei_per_s,
+            gpus=bid.gpus,
+            now_ms=now,
+        )
+        if await self._move(task, "award", worker=won.bidder, reason="") is None:
+            return
+        log.info(
+            "task awarded",
+            extra={
+                "task": task.ref.text(),
+                "worker": won.bidder,
+                "price_wei_per_s": str(bid.price_wei_per_s),
+            },
+        )
+        award = Award(
+            expires_ms=now + self.params.demand_ttl_ms,
+            nonce=new_nonce(),
+            ref=task.ref,
+            worker=won.bidder,
+            price_wei_per_s=bid.price_wei_per_s,
+        )
+        await self.net.publish(AWARDS, award)
+
+    async def _supervise(self, task: TaskRow) -> None:
+        attempt = await self.store.attempt(task.ref)
+        if attempt is None:  # awarded but the attempt row was lost in a crash: re-auction
+            await self._move(task, "lost", reason="attempt record missing")
+            return
+        sup = Supervision(self, task, attempt, await self.store.log_count(task.job_id, task.idx))
+        await sup.run()
+
+    async def _collect(self, task: TaskRow) -> None:
+        if task.result is None or task.result_hash is None:
+            await self._move(task, "reject", reason="attested without a result")
+            return
+        ref = from_wire(BlobRef, msgpack.unpackb(task.result))
+        attempt = await self.store.attempt(task.ref)
+        if attempt is not None:
+            self.mgr.remember_addrs(attempt["worker"], json.loads(attempt["addrs"]))
+        try:
+            await self.mgr.share.fetch(ref, self._addrs_of)
+        except FetchFailed as exc:
+            if self.net.now_ms() >= self.job.deadline_ms:
+                await self._move(task, "fail", reason=f"result never fetched: {exc}")
+            await self._sleep_ms(self.params.voucher_interval_ms)
+            return
+        # Proof-of-compute (sentry challenges) plugs in here; until then the result's hash
+        # and the worker's signed vouchers are what the requester holds.
+        vouched = int(attempt["vouched_wei"]) if attempt else 0
+        await self.store.close_attempt(task.ref, vouched, "done", self.net.now_ms())
+        await self._move(task, "verify")
+
+    async def _expire(self, task: TaskRow) -> None:
+        event: TaskEvent = "expire" if task.state in ("bidding", "reassigned") else "fail"
+        if task.state in ("awarded", "transferring", "running"):
+            await self._end_attempt(task, "deadline passed")
+        await self._move(task, event, reason=task.reason or "deadline passed")
+
+    # --- helpers -------------------------------------------------------------------------
+
+    async def _move(self, task: TaskRow, event: TaskEvent, **values: Any) -> TaskRow | None:
+        moved = await self.store.move_task(
+            task,
+            self.net.now_ms(),
+            state=advance(task.state, event),
+            **values,
+        )
+        if moved is not None:
+            await self.mgr.task_moved(task.job_id, moved)
+        return moved
+
+    async def _end_attempt(self, task: TaskRow, why: str, checkpoint_s: int | None = None) -> None:
+        """Closes the attempt: paid in full, or up to ``checkpoint_s`` after a failover."""
+        attempt = await self.store.attempt(task.ref)
+        if attempt is None:
+            return
+        vouched = int(attempt["vouched_wei"])
+        rate = int(attempt["price_wei"]) * attempt["gpus"]
+        payable = (
+            vouched if checkpoint_s is None else payable_after_failover(rate, checkpoint_s, vouched)
+        )
+        await self.store.close_attempt(task.ref, payable, why, self.net.now_ms())
+        # Best effort: a worker that is gone stops by itself once vouchers stop.
+        with trio.move_on_after(2), contextlib.suppress(RequestError):
+            await self.net.request(
+                attempt["worker"],
+                json.loads(attempt["addrs"]),
+                CANCEL,
+                {"ref": to_wire(task.ref)},
+                timeout_s=2,
+            )
+
+    def _demand(self, ref: TaskRef, now: int) -> Demand:
+        spec = self.job.spec
+        return Demand(
+            expires_ms=now + self.params.demand_ttl_ms,
+            nonce=new_nonce(),
+            ref=ref,
+            kind=spec.kind,
+            requirements=spec.requirements,
+            max_price_wei_per_s=Wei(spec.max_price_wei_per_s),
+            budget_wei=Wei(spec.task_budget_wei()),
+            estimate_s=task_estimate_s(spec),
+            deadline_ms=self.job.deadline_ms,
+            bid_until_ms=now + self.params.bid_window_ms,
+            verification=spec.verification,
+            network=spec.network,
+            reply_to=self.net.addrs(),
+        )
+
+    def _task_order(self, task: TaskRow, send: au.SendOrder) -> TaskOrder:
+        resume = None
+        if task.resume is not None:
+            resume = from_wire(Checkpoint, msgpack.unpackb(task.resume))
+        now, spec = self.net.now_ms(), self.job.spec
+        return TaskOrder(
+            expires_ms=now + self.params.demand_ttl_ms,
+            nonce=new_nonce(),
+            ref=task.ref,
+            worker=send.bidder,
+            price_wei_per_s=send.bid.price_wei_per_s,
+            gpus=send.bid.gpus,
+            budget_wei=Wei(spec.task_budget_wei()),
+            deadline_ms=self.job.deadline_ms,
+            workload=workload_for(spec, task.idx),
+            inputs=self.job.inputs,
+            resume=resume,
+            voucher_interval_ms=self.params.voucher_interval_ms,
+            voucher_grace_ms=self.params.voucher_grace_ms,
+        )
+
+    def _addrs_of(self, peer: str) -> list[str]:
+        return self.mgr.addrs_of(peer)
+
+    def _seconds_until(self, deadline_ms: int | None) -> float:
+        return 3600.0 if deadline_ms is None else max(0.0, (deadline_ms - self.net.now_ms()) / 1000)
+
+    async def _sleep_ms(self, ms: int) -> None:
+        await trio.sleep(max(0, ms) / 1000)
+
+
+class Supervision:
+    """One attempt's run, seen from the requester: vouchers out, reports in."""
+
+    def __init__(self, runner: TaskRunner, task: TaskRow, attempt: Any, logs: int) -> None:
+        self.runner, self.task, self.net = runner, task, runner.net
+        self.params, self.store = runner.params, runner.store
+        self.worker, self.addrs = attempt["worker"], json.loads(attempt["addrs"])
+        runner.mgr.remember_addrs(self.worker, self.addrs)
+        self.rate = int(attempt["price_wei"]) * attempt["gpus"]
+        self.started_ms = attempt["started_ms"]
+        self.budget = runner.job.spec.task_budget_wei()
+        self.log_offset, self.since = logs, 0
+        self.checkpoint_s: int | None = None  # seconds at the last checkpoint of ours we hold
+
+    async def run(self) -> None:
+        last_ok = self.net.now_ms()
+        while True:
+            now = self.net.now_ms()
+            if now >= self.runner.job.deadline_ms:
+                return  # the runner's loop expires the task
+            try:
+                report = await self._exchange(now)
+            except (RequestError, Invalid) as exc:
+                if now - last_ok >= self.params.lost_after_ms:
+                    await self._lost(f"unreachable for {now - last_ok} ms: {exc}")
+                    return
+            else:
+                last_ok = now
+                if await self._absorb(report):
+                    return
+            await self.runner._sleep_ms(self.params.voucher_interval_ms)
+
+    async def _exchange(self, now: int) -> TaskReport:
+        owed = owed_wei(self.rate, self.started_ms, now, self.budget)
+        voucher = Voucher(
+            expires_ms=now + self.params.demand_ttl_ms,
+            nonce=new_nonce(),
+            ref=self.task.ref,
+            worker=self.worker,
+            amount_wei=Wei(owed),
+            seconds=max(0, now - self.started_ms) // 1000,
+        )
+        raw = self.net.seal(voucher)
+        payload = {"voucher": raw, "since": self.since, "log_offset": self.log_offset}
+        reply = await self.net.request(
+            self.worker,
+            self.addrs,
+            METER,
+            payload,
+            timeout_s=self.params.voucher_interval_ms / 1000 + 3,
+        )
+        await self.store.vouched(self.task.ref, owed, raw)
+        report = from_wire(TaskReport, reply, "report")
+        if report.ref != self.task.ref:
+            raise Invalid("report.ref", "names another task")
+        return report
+
+    async def _absorb(self, report: TaskReport) -> bool:
+        """Takes in a report; True once this attempt is over (done, failed or lost)."""
+        if report.log:
+            await self.store.append_logs(
+                self.task.job_id, self.task.idx, report.log_offset, report.log
+            )
+            self.log_offset = report.log_offset + len(report.log)
+        for checkpoint in report.checkpoints:
+            await self._checkpoint(checkpoint)
+        if report.state == "fetching" and self.task.state == "awarded":
+            await self._move("fetching")
+        elif report.state == "running" and self.task.state in ("awarded", "transferring"):
+            await self._move("running")
+        elif report.state == "done" and report.result is not None:
+            result = msgpack.packb(to_wire(report.result))
+            await self._move("done", result=result, result_hash=report.result_hash)
+            return True
+        elif report.state == "failed":
+            await self.runner._end_attempt(self.task, report.error or "failed")
+            await self._move("fail", reason=f"the workload failed: {report.error}"[:300])
+            return True
+        elif report.state in ("lost", "stopped"):
+            await self._lost(f"worker reports {report.state}: {report.error}")
+            return True
+        return False
+
+    async def _checkpoint(self, checkpoint: Checkpoint) -> None:
+        held = False
+        if checkpoint.blob is not None:
+            try:
+                await self.runner.mgr.share.fetch(checkpoint.blob, self.runner._addrs_of)
+                held = True
+            except FetchFailed as exc:
+                log.warning(
+                    "checkpoint not fetched",
+                    extra={"task": self.task.ref.text(), "error": str(exc)},
+                )
+        await self.store.add_checkpoint(
+            self.task.ref,
+            checkpoint.index,
+            hash_=checkpoint.hash,
+            chained=checkpoint.chained,
+            seconds=checkpoint.seconds,
+            held=held,
+        )
+        self.since = max(self.since, checkpoint.index + 1)
+        if held and checkpoint.blob is not None:
+            mine = Checkpoint(
+                index=checkpoint.index,
+                hash=checkpoint.hash,
+                chained=checkpoint.chained,
+                seconds=checkpoint.seconds,
+                blob=BlobRef(
+                    hash=checkpoint.blob.hash, size=checkpoint.blob.size, holders=[self.net.peer_id]
+                ),
+            )
+            packed = msgpack.packb(to_wire(mine))
+            moved = await self.store.move_task(self.task, self.net.now_ms(), resume=packed)
+            if moved is not None:
+                self.task = moved
+            self.checkpoint_s = checkpoint.seconds
+
+    async def _lost(self, why: str) -> None:
+        log.info("worker lost, failing over", extra={"task": self.task.ref.text(), "reason": why})
+        await self.runner._end_attempt(self.task, why, checkpoint_s=self.checkpoint_s or 0)
+        await self._move("lost", reason=why[:300])
+
+    async def _move(self, event: TaskEvent, **values: Any) -> None:
+        moved = await self.runner._move(self.task, event, **values)
+        if moved is not None:
+            self.task = moved

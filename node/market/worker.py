@@ -1,0 +1,434 @@
+"""The worker's market service: bid on demands, accept orders, run tasks, report, get paid.
+
+Started as the ``market`` service of the worker role. Demands arrive on ``jobs/<our class>``
+and ``jobs/any``; the :class:`~consensus.market.bidder.Bidder` decides, and a bid goes
+straight to the requester. An accepted order becomes a row in ``work`` and a run of the
+executor; every voucher the requester sends is checked by the task's
+:class:`~consensus.market.meter.MeterGuard` and answered with a :class:`TaskReport`. When
+vouchers stop, so does the work: the worker's unpaid exposure is a few seconds.
+
+After a restart, work that was running in the previous process is reported ``lost`` (its
+process died with the daemon), so the requester moves it elsewhere at once; finished work
+keeps serving its result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from consensus.envelope import new_nonce
+from consensus.errors import Invalid
+from consensus.kinds import Wei, from_wire, to_wire
+from consensus.market import bidder as bd
+from consensus.market.messages import (
+    ANY_CLASS,
+    Award,
+    Bid,
+    BlobRef,
+    Checkpoint,
+    Demand,
+    TaskOrder,
+    TaskRef,
+    TaskReport,
+    Voucher,
+)
+from consensus.market.meter import MeterGuard
+from node.market.blobshare import BlobShare, FetchFailed
+from node.market.executor import Executor, RunSpec, SegmentDone
+from node.market.net import AWARDS, MarketNet, jobs_topic
+from node.market.packing import PackError, pack_outputs, unpack
+from node.market.params import MarketParams
+from node.market.requester import BID
+from node.market.store import MarketStore
+from node.market.task_runner import CANCEL, CONFIRM, METER
+from p2p.reqresp import RemoteError, RequestError, RequestRejected
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+log = logging.getLogger(__name__)
+
+MAX_LOG_LINES = 2000  # kept per task for the requester to read; older lines are dropped
+DECISIONS_KEPT = 50
+_ENDED = ("done", "failed", "stopped", "cancelled", "lost")
+
+
+@dataclass
+class Work:
+    """A task this worker runs, in memory while this process lives."""
+
+    order: TaskOrder
+    requester: str
+    guard: MeterGuard
+    state: str = "fetching"
+    persisted: str = "fetching"  # the state in sqlite
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    logs: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_LOG_LINES))
+    logs_dropped: int = 0
+    result: BlobRef | None = None
+    result_hash: bytes | None = None
+    error: str = ""
+
+    def log(self, line: str) -> None:
+        if len(self.logs) == self.logs.maxlen:
+            self.logs_dropped += 1
+        self.logs.append(line)
+
+    def report(self, since: int, log_offset: int) -> TaskReport:
+        start = max(0, log_offset - self.logs_dropped)
+        return TaskReport(
+            ref=self.order.ref,
+            state=self.state,
+            segments=self.order.workload.segments,
+            checkpoints=[c for c in self.checkpoints if c.index >= since],
+            log=list(self.logs)[start:],
+            log_offset=self.logs_dropped + start,
+            result=self.result,
+            result_hash=self.result_hash,
+            error=self.error,
+        )
+
+
+class WorkerService:
+    def __init__(
+        self,
+        net: MarketNet,
+        store: MarketStore,
+        share: BlobShare,
+        *,
+        bidder: bd.Bidder,
+        executor: Executor,
+        work_root: Path,
+        params: MarketParams | None = None,
+    ) -> None:
+        self.net, self.store, self.share, self.bidder = net, store, share, bidder
+        self.executor, self.work_root, self.params = executor, work_root, params or MarketParams()
+        self.works: dict[TaskRef, Work] = {}
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
+        self._addrs: dict[str, list[str]] = {}
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._last_presence = self.presence()
+        self.presence_changed: Callable[[], None] = lambda: None
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._after_restart()
+        self.net.serve(CONFIRM, self._on_order)
+        self.net.serve(METER, self._on_meter)
+        self.net.serve(CANCEL, self._on_cancel)
+        kinds = frozenset({Demand.KIND})
+        classes = {self.bidder.caps.gpu_class, ANY_CLASS}
+        inboxes = [await self.net.subscribe(jobs_topic(c), kinds) for c in sorted(classes)]
+        awards = await self.net.subscribe(AWARDS, frozenset({Award.KIND}))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for inbox in inboxes:
+                nursery.start_soon(self._follow_demands, inbox)
+            nursery.start_soon(self._follow_awards, awards)
+            nursery.start_soon(self._tick_loop)
+            task_status.started()
+
+    def presence(self) -> tuple[str, int]:
+        """What our presence says: available, busy or unavailable, and the free GPUs."""
+        return self.bidder.status(), max(0, self.bidder.free_gpus())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "status": self.bidder.status(),
+            "free_gpus": self.bidder.free_gpus(),
+            "running": [r.text() for r in self.bidder.running()],
+            "decisions": list(self.decisions),
+        }
+
+    # --- bidding -------------------------------------------------------------------------
+
+    async def _follow_demands(self, inbox: Any) -> None:
+        async for msg in inbox:
+            demand = msg.opened.body
+            if not isinstance(demand, Demand) or msg.origin == self.net.peer_id:
+                continue
+            self._addrs[msg.origin] = list(demand.reply_to)
+            for effect in self.bidder.handle(bd.DemandSeen(demand, msg.origin), self.net.now_ms()):
+                self._decided(demand.ref, effect)
+                assert self._nursery is not None
+                if isinstance(effect, bd.SendBid):
+                    self._nursery.start_soon(self._send_bid, effect)
+                elif isinstance(effect, bd.NoBid) and effect.tell:
+                    self._nursery.start_soon(self._send_pass, msg.origin, demand, effect.reason)
+            self._wake()
+
+    def _decided(self, ref: TaskRef, effect: bd.Effect) -> None:
+        why = effect.reason if isinstance(effect, bd.NoBid) else "bid"
+        self.decisions.append({"task": ref.text(), "at_ms": self.net.now_ms(), "decision": why})
+        log.debug("demand", extra={"task": ref.text(), "decision": why})
+
+    async def _send_bid(self, send: bd.SendBid) -> None:
+        caps, now = self.bidder.caps, self.net.now_ms()
+        bid = Bid(
+            expires_ms=now + self.params.demand_ttl_ms,
+            nonce=new_nonce(),
+            ref=send.ref,
+            price_wei_per_s=Wei(send.price_wei_per_s),
+            gpus=send.gpus,
+            gpu_class=caps.gpu_class,
+            est_seconds=send.est_seconds,
+            score=caps.score,
+            region=caps.region,
+            listen=self.net.addrs(),
+        )
+        try:
+            await self.net.request(
+                send.requester,
+                send.reply_to,
+                BID,
+                {"bid": self.net.seal(bid)},
+                timeout_s=self.params.bid_window_ms / 1000 + 2,
+            )
+        except RemoteError as exc:
+            log.debug("bid refused", extra={"task": send.ref.text(), "reason": exc.message})
+            self.bidder.handle(bd.BidRefused(send.ref), self.net.now_ms())
+        except RequestError as exc:
+            log.debug("bid not delivered", extra={"task": send.ref.text(), "error": str(exc)})
+            self.bidder.handle(bd.BidRefused(send.ref), self.net.now_ms())
+        self._wake()
+
+    async def _send_pass(self, requester: str, demand: Demand, reason: str) -> None:
+        """Tells the requester we will not bid, so its auction need not wait for us."""
+        payload = {"pass": to_wire(demand.ref), "reason": reason[:200]}
+        with contextlib.suppress(RequestError):
+            await self.net.request(requester, demand.reply_to, BID, payload, timeout_s=2)
+
+    async def _follow_awards(self, inbox: Any) -> None:
+        async for msg in inbox:
+            if isinstance(msg.opened.body, Award):
+                self.bidder.handle(bd.AwardSeen(msg.opened.body), self.net.now_ms())
+                self._wake()
+
+    # --- orders and runs -----------------------------------------------------------------
+
+    async def _on_order(self, peer: str, payload: Any) -> Any:
+        order = self._open(payload, "order", peer, TaskOrder)
+        if order.worker != self.net.peer_id:
+            raise RequestRejected("invalid", "the order names another worker")
+        [effect] = self.bidder.handle(bd.OrderReceived(order, peer), self.net.now_ms())
+        self._wake()
+        if isinstance(effect, bd.Decline):
+            return {"accepted": False, "reason": effect.reason}
+        raw = payload["order"]
+        if await self.store.insert_work(order.ref, peer, raw, self.net.now_ms()):
+            self._start(order, peer)
+        return {"accepted": True}
+
+    def _start(self, order: TaskOrder, requester: str) -> None:
+        rate = order.price_wei_per_s * order.gpus
+        guard = MeterGuard(
+            rate,
+            order.budget_wei,
+            self.net.now_ms(),
+            order.voucher_interval_ms,
+            order.voucher_grace_ms,
+        )
+        work = Work(order, requester, guard)
+        self.works[order.ref] = work
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_work, work)
+        log.info("task accepted", extra={"task": order.ref.text(), "requester": requester})
+
+    async def _run_work(self, work: Work) -> None:
+        ref = work.order.ref
+        workdir = self.work_root / f"{ref.job_id.hex()}-{ref.task}-{ref.attempt}"
+        try:
+            with work.scope:  # cancelled by _stop, which sets the state and the reason
+                await self._execute(work, workdir)
+        except FetchFailed as exc:  # not the workload's fault: the requester moves the task
+            work.state, work.error = "stopped", str(exc)
+        except PackError as exc:
+            work.state, work.error = "failed", f"bad inputs: {exc}"
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish(work, workdir)
+
+    async def _execute(self, work: Work, workdir: Path) -> None:
+        order = work.order
+        workdir.mkdir(parents=True, exist_ok=True)
+        resume_path = None
+        if order.inputs is not None:
+            unpack(await self.share.fetch(order.inputs, self._addrs_of), workdir)
+        if order.resume is not None and order.resume.blob is not None:
+            resume_path = await self.share.fetch(order.resume.blob, self._addrs_of)
+        await self._set_state(work, "running")
+        spec = RunSpec(
+            order.ref.text(),
+            order.workload,
+            workdir,
+            resume_path,
+            order.resume.index if order.resume else -1,
+        )
+
+        async def on_segment(done: SegmentDone) -> None:
+            blob = await self.share.put(done.checkpoint)
+            self.share.grant(work.requester, blob.hash)
+            work.checkpoints.append(
+                Checkpoint(
+                    index=done.index,
+                    hash=done.hash,
+                    chained=done.chained,
+                    seconds=done.seconds,
+                    blob=blob,
+                )
+            )
+
+        result = await self.executor.run(spec, on_segment, work.log)
+        if not result.ok:
+            work.state, work.error = "failed", result.error
+            return
+        archive = workdir.parent / f"{workdir.name}.out.tar"
+        await trio.to_thread.run_sync(pack_outputs, workdir, order.workload.outputs, archive)
+        work.result = await self.share.put(archive)
+        archive.unlink(missing_ok=True)
+        self.share.grant(work.requester, work.result.hash)
+        work.result_hash = result.result_hash
+        work.state = "done"
+
+    async def _finish(self, work: Work, workdir: Path) -> None:
+        ref = work.order.ref
+        result = None if work.result is None else msgpack.packb(to_wire(work.result))
+        await self.store.move_work(
+            ref,
+            work.persisted,
+            self.net.now_ms(),
+            state=work.state,
+            result=result,
+            result_hash=work.result_hash,
+            error=work.error,
+        )
+        work.persisted = work.state
+        self.bidder.handle(bd.TaskEnded(ref), self.net.now_ms())
+        self._wake()
+        shutil.rmtree(workdir, ignore_errors=True)
+        log.info("task ended", extra={"task": ref.text(), "state": work.state, "error": work.error})
+
+    async def _set_state(self, work: Work, state: str) -> None:
+        await self.store.move_work(work.order.ref, work.persisted, self.net.now_ms(), state=state)
+        work.state = work.persisted = state
+
+    # --- metering and control ------------------------------------------------------------
+
+    async def _on_meter(self, peer: str, payload: Any) -> Any:
+        voucher = self._open(payload, "voucher", peer, Voucher)
+        since, offset = payload.get("since", 0), payload.get("log_offset", 0)
+        if not (isinstance(since, int) and isinstance(offset, int)):
+            raise RequestRejected("malformed", "since and log_offset must be integers")
+        work = self.works.get(voucher.ref)
+        if work is None or work.requester != peer:
+            return to_wire(await self._report_from_db(voucher.ref, peer))
+        if voucher.worker != self.net.peer_id:
+            raise RequestRejected("invalid", "the voucher names another worker")
+        if work.state not in _ENDED:
+            stop = work.guard.on_voucher(voucher.amount_wei, self.net.now_ms())
+            if stop is not None:
+                self._stop(work, stop.reason)
+            self._wake()
+        await self.store.move_work(
+            voucher.ref,
+            work.persisted,
+            self.net.now_ms(),
+            voucher=payload["voucher"],
+            vouched_wei=str(voucher.amount_wei),
+        )
+        return to_wire(work.report(since, offset))
+
+    async def _on_cancel(self, peer: str, payload: Any) -> Any:
+        try:
+            ref = from_wire(TaskRef, payload.get("ref") if isinstance(payload, dict) else None)
+        except Invalid as exc:
+            raise RequestRejected("malformed", str(exc)) from None
+        work = self.works.get(ref)
+        if work is None or work.requester != peer:
+            raise RequestRejected("not_found", "no such task of yours")
+        if work.state not in _ENDED:
+            self._stop(work, "cancelled by the requester", state="cancelled")
+        return {"ok": True}
+
+    def _stop(self, work: Work, reason: str, state: str = "stopped") -> None:
+        log.info("stopping task", extra={"task": work.order.ref.text(), "reason": reason})
+        work.state, work.error = state, reason
+        work.scope.cancel()
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now = self.net.now_ms()
+            self.bidder.on_tick(now)
+            deadlines = [d for d in [self.bidder.next_deadline()] if d is not None]
+            for work in self.works.values():
+                if work.state in _ENDED:
+                    continue
+                stop = work.guard.on_tick(now)
+                if stop is not None:
+                    self._stop(work, stop.reason)
+                else:
+                    deadlines.append(work.guard.next_deadline())
+            wait = (min(deadlines) - now) / 1000 if deadlines else 3600.0
+            with trio.move_on_after(max(0.0, wait)):
+                await self._changed.wait()
+            self._changed = trio.Event()
+
+    # --- restart and helpers -------------------------------------------------------------
+
+    async def _after_restart(self) -> None:
+        now = self.net.now_ms()
+        for row in await self.store.works(["fetching", "running"]):
+            ref = TaskRef(job_id=row["job_id"], task=row["idx"], attempt=row["attempt"])
+            await self.store.move_work(
+                ref, row["state"], now, state="lost", error="the worker restarted mid-task"
+            )
+        for row in await self.store.works(["done"]):
+            if row["result"] is not None:
+                result = from_wire(BlobRef, msgpack.unpackb(row["result"]))
+                self.share.grant(row["requester"], result.hash)
+
+    async def _report_from_db(self, ref: TaskRef, peer: str) -> TaskReport:
+        row = await self.store.work(ref)
+        if row is None or row["requester"] != peer:
+            return TaskReport(ref=ref, state="lost", segments=0, error="no such task here")
+        result = (
+            None if row["result"] is None else from_wire(BlobRef, msgpack.unpackb(row["result"]))
+        )
+        return TaskReport(
+            ref=ref,
+            state=row["state"],
+            segments=0,
+            result=result,
+            result_hash=row["result_hash"],
+            error=row["error"],
+        )
+
+    def _open(self, payload: Any, key: str, peer: str, kind: type[Any]) -> Any:
+        raw = payload.get(key) if isinstance(payload, dict) else None
+        try:
+            opened = self.net.open(raw, peer)
+        except Invalid as exc:
+            raise RequestRejected("invalid", str(exc)) from None
+        if not isinstance(opened.body, kind):
+            raise RequestRejected("invalid", f"expected {kind.__name__}, got {opened.kind}")
+        return opened.body
+
+    def _addrs_of(self, peer: str) -> list[str]:
+        return self._addrs.get(peer, [])
+
+    def _wake(self) -> None:
+        self._changed.set()
+        if (now := self.presence()) != self._last_presence:
+            self._last_presence = now
+            self.presence_changed()
