@@ -136,9 +136,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             CREATE TABLE task_logs (
                 job_id      BLOB NOT NULL,
                 idx         INTEGER NOT NULL,
-                seq         INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                seq         INTEGER NOT NULL,  -- line number within the attempt
                 line        TEXT NOT NULL,
-                PRIMARY KEY (job_id, idx, seq)
+                PRIMARY KEY (job_id, idx, attempt, seq)
             );
             CREATE TABLE work (
                 job_id      BLOB NOT NULL,

@@ -107,10 +107,11 @@ _PROGRESS: tuple[TaskState, ...] = (
 
 
 def job_state(tasks: list[TaskState]) -> TaskState:
-    """A job's state from its tasks: cancelled or failed if any is, else its slowest task."""
+    """A job's state from its tasks: failed if any failed (the rest are then cancelled),
+    cancelled if any was, else the state of its slowest task."""
     if not tasks:
         return "queued"
-    for terminal in ("cancelled", "failed"):
+    for terminal in ("failed", "cancelled"):
         if terminal in tasks:
             return terminal
     return min(tasks, key=_PROGRESS.index)

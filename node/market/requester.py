@@ -54,12 +54,18 @@ class JobManager:
         self._peer_addrs: dict[str, list[str]] = {}
         self._runners: dict[tuple[bytes, int], trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
+        self._changed = trio.Event()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serves bids and runs task runners until cancelled; resumes unfinished tasks first."""
         self.net.serve(BID, self._on_bid)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            # A kill between a task's move and its job's update leaves the job row behind.
+            for job_id in await self.store.open_jobs(sorted(TERMINAL | {"verified"})):
+                tasks, state = await self._sync_job(job_id)
+                if state == "failed":
+                    await self._cancel_rest(job_id, tasks)
             for task in await self.store.live_tasks(sorted(TERMINAL | {"verified"})):
                 await self._start_runner(task.job_id, task.idx)
             task_status.started()
@@ -104,10 +110,7 @@ class JobManager:
 
     async def task_moved(self, job_id: bytes, task: TaskRow) -> None:
         """Keeps the job's state in step with its tasks (and fails the rest if one fails)."""
-        tasks = await self.store.tasks(job_id)
-        state = job_state([t.state for t in tasks])
-        reason = next((t.reason for t in tasks if t.state in ("failed", "cancelled")), "")
-        await self.store.set_job_state(job_id, state, reason, self.net.now_ms())
+        tasks, state = await self._sync_job(job_id)
         log.info(
             "task moved",
             extra={
@@ -118,9 +121,21 @@ class JobManager:
             },
         )
         if task.state == "failed" and state == "failed":
-            for other in tasks:
-                if other.idx != task.idx and other.state not in TERMINAL | {"verified"}:
-                    await self.cancel_task(job_id, other.idx)
+            await self._cancel_rest(job_id, tasks)
+
+    async def _sync_job(self, job_id: bytes) -> tuple[list[TaskRow], str]:
+        tasks = await self.store.tasks(job_id)
+        state = job_state([t.state for t in tasks])
+        reason = next((t.reason for t in tasks if t.state in ("failed", "cancelled")), "")
+        await self.store.set_job_state(job_id, state, reason, self.net.now_ms())
+        self._changed.set()
+        self._changed = trio.Event()
+        return tasks, state
+
+    async def _cancel_rest(self, job_id: bytes, tasks: list[TaskRow]) -> None:
+        for other in tasks:
+            if other.state not in TERMINAL | {"verified"}:
+                await self.cancel_task(job_id, other.idx)
 
     async def cancel_task(self, job_id: bytes, idx: int) -> None:
         scope = self._runners.get((job_id, idx))
@@ -131,6 +146,10 @@ class JobManager:
         if task.state in ("awarded", "transferring", "running"):
             await runner._end_attempt(task, "another task failed")
         await runner._move(task, "cancel", reason="another task of the job failed")
+
+    async def wait_for_change(self) -> None:
+        """Returns after the next task move (for followers and tests; no polling)."""
+        await self._changed.wait()
 
     def addrs_of(self, peer: str) -> list[str]:
         return self._peer_addrs.get(peer, [])

@@ -88,6 +88,15 @@ class MarketStore:
             (state, reason, now_ms, job_id),
         )
 
+    async def open_jobs(self, final: Sequence[str]) -> list[bytes]:
+        """Ids of jobs whose row is not in a final state (their tasks may all be)."""
+        marks = ",".join("?" * len(final))
+        rows = await self.db.query(
+            f"SELECT job_id FROM jobs WHERE state NOT IN ({marks})",  # noqa: S608
+            tuple(final),
+        )
+        return [bytes(r["job_id"]) for r in rows]
+
     async def tasks(self, job_id: bytes) -> list[TaskRow]:
         rows = await self.db.query("SELECT * FROM tasks WHERE job_id = ? ORDER BY idx", (job_id,))
         return [_task_row(r) for r in rows]
@@ -201,17 +210,25 @@ class MarketStore:
             "SELECT * FROM checkpoints WHERE job_id = ? ORDER BY idx, attempt, segment", (job_id,)
         )
 
-    async def append_logs(self, job_id: bytes, idx: int, first_seq: int, lines: list[str]) -> None:
-        await self.db.transaction(
-            lambda conn: conn.executemany(
-                "INSERT OR IGNORE INTO task_logs(job_id, idx, seq, line) VALUES (?, ?, ?, ?)",
-                [(job_id, idx, first_seq + i, line) for i, line in enumerate(lines)],
-            )
-        )
+    async def append_logs(self, ref: TaskRef, first_seq: int, lines: list[str]) -> None:
+        """Stores an attempt's log lines ``first_seq``, ``first_seq + 1``... (idempotent)."""
 
-    async def log_count(self, job_id: bytes, idx: int) -> int:
+        def insert(conn: sqlite3.Connection) -> None:
+            # Return nothing: a cursor kept alive past the transaction pins its cached
+            # statement, and the next executemany of the same SQL fails with SQLITE_MISUSE.
+            conn.executemany(
+                "INSERT OR IGNORE INTO task_logs(job_id, idx, attempt, seq, line) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(*_key(ref), first_seq + i, line) for i, line in enumerate(lines)],
+            )
+
+        await self.db.transaction(insert)
+
+    async def log_count(self, ref: TaskRef) -> int:
+        """How many lines of this attempt we hold: where its worker's log resumes."""
         row = await self.db.query_one(
-            "SELECT COUNT(*) AS n FROM task_logs WHERE job_id = ? AND idx = ?", (job_id, idx)
+            "SELECT COUNT(*) AS n FROM task_logs WHERE job_id = ? AND idx = ? AND attempt = ?",
+            _key(ref),
         )
         return int(row["n"]) if row else 0
 

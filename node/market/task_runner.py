@@ -115,8 +115,11 @@ class TaskRunner:
         await self._move(task, "open")
 
     async def _reopen(self, task: TaskRow) -> None:
-        if task.attempt + 1 >= self.params.max_attempts:
-            await self._move(task, "expire", reason=f"gave up after {task.attempt + 1} attempts")
+        runs = [a for a in await self.store.attempts(task.job_id) if a["idx"] == task.idx]
+        if len(runs) >= self.params.max_attempts:
+            await self._move(
+                task, "expire", reason=f"gave up after {len(runs)} workers: {task.reason}"
+            )
             return
         await self._move(task, "reopen", attempt=task.attempt + 1)
 
@@ -220,7 +223,7 @@ class TaskRunner:
         if attempt is None:  # awarded but the attempt row was lost in a crash: re-auction
             await self._move(task, "lost", reason="attempt record missing")
             return
-        sup = Supervision(self, task, attempt, await self.store.log_count(task.job_id, task.idx))
+        sup = Supervision(self, task, attempt, await self.store.log_count(task.ref))
         await sup.run()
 
     async def _collect(self, task: TaskRow) -> None:
@@ -393,9 +396,7 @@ class Supervision:
     async def _absorb(self, report: TaskReport) -> bool:
         """Takes in a report; True once this attempt is over (done, failed or lost)."""
         if report.log:
-            await self.store.append_logs(
-                self.task.job_id, self.task.idx, report.log_offset, report.log
-            )
+            await self.store.append_logs(self.task.ref, report.log_offset, report.log)
             self.log_offset = report.log_offset + len(report.log)
         for checkpoint in report.checkpoints:
             await self._checkpoint(checkpoint)

@@ -58,4 +58,5 @@ def test_job_state_follows_the_slowest_task_unless_one_failed() -> None:
     assert job_state([]) == "queued"
     assert job_state(["verified", "running", "settled"]) == "running"
     assert job_state(["verified", "failed"]) == "failed"
-    assert job_state(["cancelled", "failed"]) == "cancelled"
+    assert job_state(["cancelled", "failed"]) == "failed"
+    assert job_state(["cancelled", "verified"]) == "cancelled"
