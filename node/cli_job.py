@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import tomllib
@@ -155,13 +156,14 @@ def job_cancel(job_id: str, home_dir: str | None, as_json: bool) -> None:
 @click.argument("job_id")
 @click.option("--follow", "-f", is_flag=True, help="keep printing until the job finishes")
 @home_option
-def job_logs(job_id: str, follow: bool, home_dir: str | None) -> None:
-    """The workload's output, streamed from the workers."""
+@json_option
+def job_logs(job_id: str, follow: bool, home_dir: str | None, as_json: bool) -> None:
+    """The workload's output, streamed from the workers (--json: one object per line)."""
     client, cursor = _client(home_dir), 0
     while True:
         logs = client.get(f"/v1/job/logs?id={job_id}&after={cursor}")
         for line in logs["lines"]:
-            click.echo(f"[task {line['task']}] {line['line']}")
+            click.echo(json.dumps(line) if as_json else f"[task {line['task']}] {line['line']}")
         cursor = logs["cursor"]
         if not follow or (not logs["lines"] and _finished(client, job_id)):
             return
@@ -207,3 +209,19 @@ def bids(job_id: str, home_dir: str | None, as_json: bool) -> None:
     rows += [(str(b["task"]), str(b["attempt"]), b["worker"][-12:], b["price_wei_per_s"],
               str(b["gpus"]), str(b["est_s"]), b["outcome"]) for b in payload["bids"]]  # fmt: skip
     emit(as_json, payload, lambda _: table(rows))
+
+
+@click.command()
+@home_option
+@json_option
+def worker(home_dir: str | None, as_json: bool) -> None:
+    """This worker's state and its latest decisions on demands (bid, or why not)."""
+    payload = _client(home_dir).get("/v1/worker")
+    rows = [("TASK", "DECISION")]
+    rows += [(d["task"], d["decision"]) for d in payload["decisions"][-20:]]
+    running = ", ".join(payload["running"]) or "nothing"
+
+    def human(p: dict[str, Any]) -> str:
+        return f"{p['status']}, {p['free_gpus']} GPU(s) free, running {running}\n{table(rows)}"
+
+    emit(as_json, payload, human)

@@ -10,6 +10,7 @@ text in wei):
     GET  /v1/job/logs?id=ID&after=CURSOR   log lines after a cursor
     GET  /v1/job/bids?id=ID       every bid, with why it won or lost
     GET  /v1/job/results?id=ID    the result archive of each finished task
+    GET  /v1/market/stats         market messages this requester sent and received, by kind
     GET  /v1/worker               a worker's status and its latest bid decisions
 """
 
@@ -97,6 +98,9 @@ def market_routes(ctx: NodeContext) -> Routes:
                         "size": ref.size, "state": task.state})  # fmt: skip
         return {"results": out}
 
+    async def stats(_: Request) -> Any:
+        return {"messages": dict(jobs().messages)}
+
     async def worker(_: Request) -> Any:
         service = ctx.market.worker if ctx.market is not None else None
         if service is None:
@@ -111,6 +115,7 @@ def market_routes(ctx: NodeContext) -> Routes:
         ("GET", "/v1/job/logs"): logs,
         ("GET", "/v1/job/bids"): bids,
         ("GET", "/v1/job/results"): results,
+        ("GET", "/v1/market/stats"): stats,
         ("GET", "/v1/worker"): worker,
     }
 

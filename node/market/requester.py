@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ from node.market.blobshare import BlobShare
 from node.market.net import MarketNet
 from node.market.packing import pack
 from node.market.params import MarketParams
-from node.market.store import MarketStore, TaskRow
+from node.market.store import BidRecord, MarketStore, TaskRow
 from node.market.task_runner import Job, LiveAuction, TaskRunner
 from p2p.reqresp import RequestRejected
 
@@ -55,6 +56,8 @@ class JobManager:
         self._runners: dict[tuple[bytes, int], trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
+        # Market messages by kind, sent and received: what an auction costs the network.
+        self.messages: Counter[str] = Counter()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serves bids and runs task runners until cancelled; resumes unfinished tasks first."""
@@ -201,7 +204,9 @@ class JobManager:
 
     async def _on_bid(self, peer: str, payload: Any) -> Any:
         if isinstance(payload, dict) and "pass" in payload:
+            self.messages["pass"] += 1
             return self._on_pass(peer, payload)
+        self.messages["bid"] += 1
         try:
             opened = self.net.open(payload.get("bid") if isinstance(payload, dict) else None, peer)
         except Invalid as exc:
@@ -219,15 +224,10 @@ class JobManager:
             (e for e in effects if isinstance(e, au.RefuseBid) and e.bidder == peer), None
         )
         outcome = f"refused: {refused.reason}" if refused else ""
-        await self.store.record_bid(
-            bid.ref,
-            peer,
-            price_wei=bid.price_wei_per_s,
-            gpus=bid.gpus,
-            est_s=bid.est_seconds,
-            outcome=outcome,
-            now_ms=self.net.now_ms(),
-        )
+        # Kept in memory and written when the auction closes: a bid is worth one fsync per
+        # auction, not one per bidder (an auction cut short by a crash starts over anyway).
+        live.bids[peer] = BidRecord(peer, bid.price_wei_per_s, bid.gpus, bid.est_seconds,
+                                    self.net.now_ms(), outcome)  # fmt: skip
         live.feed([e for e in effects if not isinstance(e, au.RefuseBid)])
         if refused is not None:
             raise RequestRejected("refused", refused.reason)

@@ -39,6 +39,18 @@ class TaskRow:
         return TaskRef(job_id=self.job_id, task=self.idx, attempt=self.attempt)
 
 
+@dataclass
+class BidRecord:
+    """A bid as the requester saw it, kept in memory until its auction closes."""
+
+    worker: str
+    price_wei: int
+    gpus: int
+    est_s: int
+    received_ms: int
+    outcome: str = ""
+
+
 class MarketStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -167,29 +179,19 @@ class MarketStore:
             (str(payable_wei), outcome, now_ms, *_key(ref)),
         )
 
-    async def record_bid(
-        self,
-        ref: TaskRef,
-        worker: str,
-        *,
-        price_wei: int,
-        gpus: int,
-        est_s: int,
-        outcome: str,
-        now_ms: int,
-    ) -> None:
-        await self.db.execute(
-            "INSERT OR REPLACE INTO bids(job_id, idx, attempt, worker, price_wei, gpus, est_s, "
-            "received_ms, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (*_key(ref), worker, str(price_wei), gpus, est_s, now_ms, outcome),
-        )
+    async def record_bids(self, ref: TaskRef, bids: Sequence[BidRecord]) -> None:
+        """Writes one auction's bids in one transaction (one fsync, not one per bidder)."""
 
-    async def bid_outcome(self, ref: TaskRef, worker: str, outcome: str) -> None:
-        await self.db.execute(
-            "UPDATE bids SET outcome = ? WHERE job_id = ? AND idx = ? AND attempt = ? "
-            "AND worker = ?",
-            (outcome, *_key(ref), worker),
-        )
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO bids(job_id, idx, attempt, worker, price_wei, gpus, "
+                "est_s, received_ms, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*_key(ref), b.worker, str(b.price_wei), b.gpus, b.est_s, b.received_ms,
+                  b.outcome) for b in bids],
+            )  # fmt: skip
+
+        if bids:
+            await self.db.transaction(insert)
 
     async def bids(self, job_id: bytes) -> list[sqlite3.Row]:
         return await self.db.query(

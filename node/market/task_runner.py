@@ -50,7 +50,7 @@ from consensus.market.meter import owed_wei, payable_after_failover
 from consensus.market.spec import JobSpec
 from node.market.blobshare import FetchFailed
 from node.market.net import AWARDS, jobs_topic
-from node.market.store import TaskRow
+from node.market.store import BidRecord, TaskRow
 from node.market.tasks import task_estimate_s, workload_for
 from p2p.reqresp import RequestError
 
@@ -78,11 +78,15 @@ class LiveAuction:
 
     machine: au.Auction
     effects: list[au.Effect] = field(default_factory=list)
+    bids: dict[str, BidRecord] = field(default_factory=dict)  # by bidder
     wake: trio.Event = field(default_factory=trio.Event)
 
     def feed(self, effects: list[au.Effect]) -> None:
-        self.effects += effects
-        self.wake.set()
+        # Only a real effect wakes the runner: waking it for nothing would make it spin
+        # (on_tick, feed, wake, on_tick ...) until the window closes.
+        if effects:
+            self.effects += effects
+            self.wake.set()
 
 
 class TaskRunner:
@@ -133,9 +137,11 @@ class TaskRunner:
         try:
             shard = spec.requirements.gpu_class or ANY_CLASS
             await self.net.publish(jobs_topic(shard), demand)
+            self.mgr.messages["demand"] += 1
             outcome = await self._drive(live, task)
         finally:
             del self.mgr.auctions[task.ref]
+        await self.store.record_bids(task.ref, list(live.bids.values()))
         if isinstance(outcome, au.Won):
             await self._won(task, outcome)
             return
@@ -156,9 +162,8 @@ class TaskRunner:
             while live.effects:
                 effect = live.effects.pop(0)
                 if isinstance(effect, au.SendOrder):
-                    live.feed(
-                        live.machine.handle(await self._order(task, effect), self.net.now_ms())
-                    )
+                    answer = await self._order(task, effect, live)
+                    live.feed(live.machine.handle(answer, self.net.now_ms()))
                 elif isinstance(effect, au.Won | au.NoBids | au.Unconfirmed):
                     return effect
             deadline = live.machine.next_deadline()
@@ -167,12 +172,15 @@ class TaskRunner:
             live.wake = trio.Event()
             live.feed(live.machine.on_tick(self.net.now_ms()))
 
-    async def _order(self, task: TaskRow, send: au.SendOrder) -> au.OrderAnswered:
+    async def _order(
+        self, task: TaskRow, send: au.SendOrder, live: LiveAuction
+    ) -> au.OrderAnswered:
         order = self._task_order(task, send)
         if order.inputs is not None:
             self.mgr.share.grant(send.bidder, order.inputs.hash)
         if order.resume is not None and order.resume.blob is not None:
             self.mgr.share.grant(send.bidder, order.resume.blob.hash)
+        self.mgr.messages["order"] += 1
         try:
             reply = await self.net.request(
                 send.bidder,
@@ -185,7 +193,9 @@ class TaskRunner:
             return au.OrderAnswered(send.bidder, False, str(exc)[:120])
         accepted = isinstance(reply, dict) and reply.get("accepted") is True
         reason = str(reply.get("reason", ""))[:120] if isinstance(reply, dict) else "bad reply"
-        await self.store.bid_outcome(task.ref, send.bidder, "won" if accepted else reason)
+        record = live.bids.get(send.bidder)
+        if record is not None:
+            record.outcome = "won" if accepted else reason
         return au.OrderAnswered(send.bidder, accepted, reason)
 
     async def _won(self, task: TaskRow, won: au.Won) -> None:
@@ -217,6 +227,7 @@ class TaskRunner:
             price_wei_per_s=bid.price_wei_per_s,
         )
         await self.net.publish(AWARDS, award)
+        self.mgr.messages["award"] += 1
 
     async def _supervise(self, task: TaskRow) -> None:
         attempt = await self.store.attempt(task.ref)

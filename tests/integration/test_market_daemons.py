@@ -130,5 +130,43 @@ def test_cheapest_worker_wins_and_a_killed_worker_fails_over(
     fetched = idlegrid(requester.home, "job", "fetch", job_id, "--out", str(out), env=ENV)
     assert fetched.returncode == 0, fetched.stderr
     assert (out / "out" / "answer.txt").read_text() == "42\n"
+    check_views(market, ids, job_id)
+    check_no_bids_then_cancel(requester, spec_dir)
     for daemon in market.values():
         assert "Traceback" not in daemon.output()
+
+
+def cli_json(daemon: Daemon, *args: str) -> dict:
+    done = idlegrid(daemon.home, *args, "--json", env=ENV)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def check_views(market: dict[str, Daemon], ids: dict[str, str], job_id: str) -> None:
+    """bids, job logs, job list and worker show what happened, to a person and to scripts."""
+    requester = market["requester"]
+    bids = cli_json(requester, "bids", job_id[:8])["bids"]
+    won = {b["worker"] for b in bids if b["outcome"] == "won"}
+    assert won == {ids["w-cheap"], ids["w-mid"]}
+    assert ids["w-dear"] not in {b["worker"] for b in bids}, "a worker above the cap bids not"
+    logs = idlegrid(requester.home, "job", "logs", job_id, "--json", env=ENV).stdout
+    lines = [json.loads(line)["line"] for line in logs.splitlines()]
+    assert lines[0] == "working"
+    assert lines[-1] == "done"
+    listed = cli_json(requester, "job", "list")["jobs"]
+    assert [j["job_id"] for j in listed] == [job_id]
+    dear = cli_json(market["w-dear"], "worker")
+    assert dear["status"] == "available"
+    assert any("price" in d["decision"] for d in dear["decisions"]), dear["decisions"]
+
+
+def check_no_bids_then_cancel(requester: Daemon, spec_dir: Path) -> None:
+    """A job nobody can take says why, and cancelling it ends it."""
+    (spec_dir / "big.toml").write_text(JOB.replace("gpu_count = 1", "vram_mb = 48000"))
+    job_id = cli_json(requester, "job", "submit", str(spec_dir / "big.toml"))["job_id"]
+    requester.wait_for("no award", timeout=30)
+    reason = cli_json(requester, "job", "status", job_id)["task_states"][0]["reason"]
+    assert reason.startswith("0 of "), reason
+    assert "have vram_mb >= 48000" in reason, reason
+    assert cli_json(requester, "job", "cancel", job_id)["cancelled"] == 1
+    assert cli_json(requester, "job", "status", job_id)["state"] == "cancelled"
