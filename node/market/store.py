@@ -131,10 +131,7 @@ class MarketStore:
 
     async def move_task(self, task: TaskRow, now_ms: int, **values: Any) -> TaskRow | None:
         """Applies ``values`` if the task is still as ``task`` saw it; None if it moved."""
-        unknown = set(values) - _TASK_COLUMNS
-        if unknown:
-            raise ValueError(f"not task columns: {unknown}")
-        sets = ", ".join(f"{column} = ?" for column in values)
+        sets = _assignments(values, _TASK_COLUMNS)
         changed = await self.db.execute(
             f"UPDATE tasks SET {sets}, revision = revision + 1, updated_ms = ? "  # noqa: S608
             "WHERE job_id = ? AND idx = ? AND state = ? AND revision = ?",
@@ -262,16 +259,21 @@ class MarketStore:
         return await self.db.query(sql, tuple(states))
 
     async def move_work(self, ref: TaskRef, expect: str, now_ms: int, **values: Any) -> bool:
-        unknown = set(values) - _WORK_COLUMNS
-        if unknown:
-            raise ValueError(f"not work columns: {unknown}")
-        sets = ", ".join(f"{column} = ?" for column in values)
+        sets = _assignments(values, _WORK_COLUMNS)
         changed = await self.db.execute(
             f"UPDATE work SET {sets}, revision = revision + 1, updated_ms = ? "  # noqa: S608
             "WHERE job_id = ? AND idx = ? AND attempt = ? AND state = ?",
             (*values.values(), now_ms, *_key(ref), expect),
         )
         return changed == 1
+
+
+def _assignments(values: Mapping[str, Any], columns: set[str]) -> str:
+    """``a = ?, b = ?`` for an UPDATE; only our own column names ever reach the SQL."""
+    unknown = set(values) - columns
+    if unknown:
+        raise ValueError(f"not columns of this table: {sorted(unknown)}")
+    return ", ".join(f"{column} = ?" for column in values)
 
 
 def _key(ref: TaskRef) -> tuple[bytes, int, int]:
