@@ -30,6 +30,7 @@ from node.cli_base import (
     role_option,
     table,
 )
+from node.cli_gpu import gpu
 from node.cli_job import bids, job
 from node.client import ApiClient, NotRunning
 from node.home import Home, resolve_home, running_pid
@@ -274,6 +275,7 @@ def wallet_address(home_dir: str | None, as_json: bool) -> None:
 
 cli.add_command(job)
 cli.add_command(bids)
+cli.add_command(gpu)
 
 
 def main() -> None:

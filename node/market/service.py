@@ -6,6 +6,7 @@ each role starts its own half as its ``market`` service.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ import trio
 
 from consensus.market.bidder import Bidder, Capabilities, Policy
 from consensus.market.messages import market_registry
+from gpu.devices import discover
 from node.market.blobshare import BlobShare
 from node.market.executor import Executor, ProcessExecutor
 from node.market.net import DirectEnvelopes, LiveNet
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
     from node.daemon import NodeContext
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,13 +83,19 @@ async def worker_market(
         allow_network=worker.allow_network,
         idle_only=worker.idle_only,
     )
-    # Until GPU discovery lands (runtime issue) a worker offers its CPU as one "cpu" unit.
-    caps = Capabilities(gpu_class="cpu", gpus=1, region=worker.region)
+    profile = await trio.to_thread.run_sync(discover)  # NVML blocks
+    gpu_class, count, vram_mb = profile.offer()
+    caps = Capabilities(
+        gpu_class=gpu_class, gpus=count, vram_mb=vram_mb,
+        cpu_cores=profile.cpu_cores, ram_mb=profile.ram_mb, region=worker.region,
+    )  # fmt: skip
+    log.info("worker hardware", extra={"offer": profile.to_json()["offer"], "note": profile.note})
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
         executor=executor, work_root=ctx.home.root / "work", params=market.params,
     )  # fmt: skip
     assert ctx.network is not None
     ctx.network.presence_source = market.worker.presence
+    ctx.network.offer = (gpu_class, count, vram_mb)
     market.worker.presence_changed = ctx.network.presence_changed
     await market.worker.run(task_status=task_status)
