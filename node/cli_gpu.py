@@ -6,18 +6,38 @@ from typing import Any
 
 import click
 
+from config import load
+from config.schema import WorkerSettings
 from gpu.devices import discover
-from node.cli_base import emit, json_option, table
+from gpu.sandbox import SandboxUnavailable
+from node.cli_base import Failure, emit, home_option, json_option, table
+from node.home import Home, resolve_home
+from node.market.service import worker_sandbox
+
+
+def check_sandbox(worker: WorkerSettings) -> str:
+    """The sandbox's description, or a clean failure naming what to install or set."""
+    try:
+        return worker_sandbox(worker).describe()
+    except SandboxUnavailable as exc:
+        raise Failure(str(exc)) from None
 
 
 @click.group("gpu", invoke_without_command=True)
+@home_option
 @json_option
 @click.pass_context
-def gpu(ctx: click.Context, as_json: bool) -> None:
-    """This machine's GPUs (NVML) or CPU-only profile, and the class a worker offers."""
+def gpu(ctx: click.Context, home_dir: str | None, as_json: bool) -> None:
+    """This machine's GPUs (NVML) or CPU-only profile, the class a worker offers, its sandbox."""
     if ctx.invoked_subcommand is not None:
         return
+    worker = load(Home(resolve_home(home_dir)).config).settings.worker
     payload = discover().to_json()
+    try:
+        payload["sandbox"] = {"ok": True, "mode": worker.sandbox,
+                              "detail": worker_sandbox(worker).describe()}  # fmt: skip
+    except SandboxUnavailable as exc:
+        payload["sandbox"] = {"ok": False, "mode": worker.sandbox, "detail": str(exc)}
     emit(as_json, payload, _human)
 
 
@@ -40,6 +60,9 @@ def _human(p: dict[str, Any]) -> str:
         lines.append(p["note"])
     lines.append(f"cpu       {p['cpu_model']}, {p['cpu_cores']} cores, {p['ram_mb']} MB RAM")
     lines += [f"also      {other}" for other in p["others"]]
+    sandbox = p["sandbox"]
+    state = "" if sandbox["ok"] else "UNAVAILABLE: "
+    lines.append(f"sandbox   {state}{sandbox['detail']}")
     return "\n".join(lines)
 
 

@@ -15,8 +15,10 @@ import trio
 from consensus.market.bidder import Bidder, Capabilities, Policy
 from consensus.market.messages import market_registry
 from gpu.devices import discover
+from gpu.exec_runtime import ExecRuntime
+from gpu.runtimes import Runtimes, python_paths
+from gpu.sandbox import Limits, Sandbox
 from node.market.blobshare import BlobShare
-from node.market.executor import Executor, ProcessExecutor
 from node.market.net import DirectEnvelopes, LiveNet
 from node.market.params import MarketParams
 from node.market.requester import JobManager
@@ -26,6 +28,7 @@ from node.market.worker import WorkerService
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from config.schema import WorkerSettings
     from node.daemon import NodeContext
 
 log = logging.getLogger(__name__)
@@ -74,8 +77,11 @@ async def worker_market(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     market = market_of(ctx)
-    executor: Executor = ProcessExecutor()
     worker = ctx.settings.worker
+    profile = await trio.to_thread.run_sync(discover)  # NVML blocks
+    sandbox = await trio.to_thread.run_sync(worker_sandbox, worker)  # probes bwrap
+    log.info("worker sandbox", extra={"sandbox": sandbox.describe()})
+    executor = Runtimes([ExecRuntime(sandbox)], [g.index for g in profile.offered_gpus()])
     kinds = frozenset(worker.kinds) & executor.kinds
     policy = Policy(
         price_wei_per_s=worker.price_wei_per_s,
@@ -83,7 +89,6 @@ async def worker_market(
         allow_network=worker.allow_network,
         idle_only=worker.idle_only,
     )
-    profile = await trio.to_thread.run_sync(discover)  # NVML blocks
     gpu_class, count, vram_mb = profile.offer()
     caps = Capabilities(
         gpu_class=gpu_class, gpus=count, vram_mb=vram_mb,
@@ -99,3 +104,18 @@ async def worker_market(
     ctx.network.offer = (gpu_class, count, vram_mb)
     market.worker.presence_changed = ctx.network.presence_changed
     await market.worker.run(task_status=task_status)
+
+
+def worker_sandbox(worker: WorkerSettings) -> Sandbox:
+    """The jail this worker's workloads run in (see ``worker.sandbox``).
+
+    Raises:
+        SandboxUnavailable: the configured sandbox cannot run here; the message says why.
+    """
+    limits = Limits(
+        memory_mb=worker.sandbox_memory_mb,
+        cpu_s=worker.sandbox_cpu_s,
+        file_mb=worker.sandbox_file_mb,
+        procs=worker.sandbox_procs,
+    )
+    return Sandbox.create(worker.sandbox, limits, readonly=python_paths())

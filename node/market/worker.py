@@ -44,7 +44,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard
 from node.market.blobshare import BlobShare, FetchFailed
-from node.market.executor import Executor, RunSpec, SegmentDone
+from node.market.executor import GENESIS, Executor, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
 from node.market.params import MarketParams
@@ -274,6 +274,8 @@ class WorkerService:
             workdir,
             resume_path,
             order.resume.index if order.resume else -1,
+            order.resume.chained if order.resume else GENESIS,
+            gpus=order.gpus,
         )
 
         async def on_segment(done: SegmentDone) -> None:
