@@ -152,9 +152,16 @@ class Sandbox:
                 args += ["--symlink", os.readlink(system), system]
             elif os.path.isdir(system):
                 args += ["--ro-bind", system, system]
+        made: set[Path] = set()
         for path in self.readonly:
-            if not any(path.is_relative_to(d) for d in SYSTEM_DIRS):
-                args += ["--ro-bind", str(path), str(path)]
+            if any(path.is_relative_to(d) for d in SYSTEM_DIRS):
+                continue
+            # bwrap would make the parents 0700 (as /root is): the workload's uid needs a way in
+            for parent in reversed(path.parents[:-1]):
+                if parent not in made:
+                    made.add(parent)
+                    args += ["--perms", "0755", "--dir", str(parent)]
+            args += ["--ro-bind", str(path), str(path)]
         args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108
         for device in [*(f"/dev/nvidia{i}" for i in gpus), *(NVIDIA_SHARED if gpus else ())]:
             if os.path.exists(device):

@@ -6,9 +6,10 @@ each role starts its own half as its ``market`` service.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -18,6 +19,7 @@ from gpu.devices import discover
 from gpu.exec_runtime import ExecRuntime
 from gpu.runtimes import Runtimes, python_paths
 from gpu.sandbox import Limits, Sandbox
+from gpu.train import TrainRuntime
 from node.market.blobshare import BlobShare
 from node.market.net import DirectEnvelopes, LiveNet
 from node.market.params import MarketParams
@@ -81,7 +83,12 @@ async def worker_market(
     profile = await trio.to_thread.run_sync(discover)  # NVML blocks
     sandbox = await trio.to_thread.run_sync(worker_sandbox, worker)  # probes bwrap
     log.info("worker sandbox", extra={"sandbox": sandbox.describe()})
-    executor = Runtimes([ExecRuntime(sandbox)], [g.index for g in profile.offered_gpus()])
+    runtimes: list[Any] = [ExecRuntime(sandbox)]
+    if importlib.util.find_spec("torch") is not None:
+        runtimes.append(TrainRuntime(sandbox))
+    else:
+        log.warning("no train runtime: torch is not installed (pip install 'idlegrid[torch]')")
+    executor = Runtimes(runtimes, [g.index for g in profile.offered_gpus()])
     kinds = frozenset(worker.kinds) & executor.kinds
     policy = Policy(
         price_wei_per_s=worker.price_wei_per_s,
