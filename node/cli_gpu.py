@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
 
 from config import load
 from config.schema import WorkerSettings
+from gpu import bench
 from gpu.devices import discover
 from gpu.sandbox import SandboxUnavailable
 from node.cli_base import Failure, emit, home_option, json_option, table
 from node.home import Home, resolve_home
-from node.market.service import worker_sandbox
+from node.market.service import BENCH_FILE, worker_sandbox
 
 
 def check_sandbox(worker: WorkerSettings) -> str:
@@ -72,3 +74,41 @@ def _pct(value: int | None) -> str:
 
 def _unit(value: int | None, unit: str) -> str:
     return "-" if value is None else f"{value}{unit}"
+
+
+@gpu.command("bench")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
+              help="the challenge: fixes the benchmark's inputs")  # fmt: skip
+@click.option(
+    "--size", type=click.IntRange(64, 32768), help="matrix side (default 4096 on GPU, 1024 on CPU)"
+)
+@home_option
+@json_option
+def gpu_bench(seed: int, size: int | None, home_dir: str | None, as_json: bool) -> None:
+    """Measure matmul throughput, memory bandwidth and host-to-device copies; keep the score."""
+    try:
+        result = bench.run(seed, size or 0)
+    except bench.BenchUnavailable as exc:
+        raise Failure(str(exc)) from None
+    payload = result.to_json()
+    home = Home(resolve_home(home_dir))
+    if home.is_initialised():
+        path = home.root / BENCH_FILE
+        path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        payload["saved"] = str(path)
+    emit(as_json, payload, _human_bench)
+
+
+def _human_bench(p: dict[str, Any]) -> str:
+    flops = ", ".join(f"{k} {v} GFLOPS" for k, v in p["matmul_gflops"].items())
+    lines = [
+        f"device    {p['device']} ({p['backend']}), matmul {p['size']}x{p['size']}",
+        f"matmul    {flops}",
+        f"memory    {p['memory_gbps']} GB/s copy"
+        + ("" if p["h2d_gbps"] is None else f", host to device {p['h2d_gbps']} GB/s"),
+        f"score     {p['score']} (reference worker: {bench.REFERENCE_GFLOPS} GFLOPS fp32 = 1000)",
+        f"proof     {p['proof']} (seed {p['seed']})",
+    ]
+    lines.append(f"saved     {p['saved']}: a worker bids with this score" if "saved" in p
+                 else "not saved: no initialised data dir (idlegrid init)")  # fmt: skip
+    return "\n".join(lines)

@@ -15,6 +15,8 @@ import trio
 
 from consensus.market.bidder import Bidder, Capabilities, Policy
 from consensus.market.messages import market_registry
+from consensus.market.spec import REFERENCE_SCORE
+from gpu.bench import saved_score
 from gpu.devices import discover
 from gpu.exec_runtime import ExecRuntime
 from gpu.runtimes import Runtimes, python_paths
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from node.daemon import NodeContext
 
 log = logging.getLogger(__name__)
+BENCH_FILE = "bench.json"  # in the data dir, written by ``idlegrid gpu bench``
 
 
 @dataclass
@@ -97,8 +100,9 @@ async def worker_market(
         idle_only=worker.idle_only,
     )
     gpu_class, count, vram_mb = profile.offer()
+    score = saved_score(ctx.home.root / BENCH_FILE) or REFERENCE_SCORE  # idlegrid gpu bench
     caps = Capabilities(
-        gpu_class=gpu_class, gpus=count, vram_mb=vram_mb,
+        gpu_class=gpu_class, gpus=count, vram_mb=vram_mb, score=score,
         cpu_cores=profile.cpu_cores, ram_mb=profile.ram_mb, region=worker.region,
     )  # fmt: skip
     log.info("worker hardware", extra={"offer": profile.to_json()["offer"], "note": profile.note})

@@ -116,6 +116,7 @@ async def test_worker_presence_offers_what_discovery_found(
     home = Home(tmp_path / "home")
     identity.save(home, identity.NodeKeys.generate(), passphrase=None)
     home.ensure_token()
+    (home.root / "bench.json").write_text('{"score": 777}')  # as idlegrid gpu bench saves it
     keys = identity.load(home, lambda: None)
     settings = Settings(node=NodeSettings(roles=("worker",)),
                         p2p=P2pSettings(listen=("/ip4/127.0.0.1/tcp/0",)))  # fmt: skip
@@ -125,6 +126,7 @@ async def test_worker_presence_offers_what_discovery_found(
             assert ctx.market is not None and ctx.market.worker is not None
             caps = ctx.market.worker.bidder.caps
             assert (caps.gpu_class, caps.gpus, caps.vram_mb) == ("rtx4090-24g", 2, 24564)
+            assert caps.score == 777
             offer = ctx.network._presence(expires_ms=2**40).offers[0]
             assert (offer.gpu_class, offer.count, offer.vram_mb) == ("rtx4090-24g", 2, 24564)
             nursery.cancel_scope.cancel()
