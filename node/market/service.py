@@ -19,6 +19,8 @@ from consensus.market.spec import REFERENCE_SCORE
 from gpu.bench import saved_score
 from gpu.devices import discover
 from gpu.exec_runtime import ExecRuntime
+from gpu.nvml import NvmlFailed
+from gpu.owner import foreign_gpu_processes, our_pids
 from gpu.runtimes import Runtimes, python_paths
 from gpu.sandbox import Limits, Sandbox
 from gpu.train import TrainRuntime
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from node.daemon import NodeContext
 
 log = logging.getLogger(__name__)
+OWNER_POLL_S = 5.0
 BENCH_FILE = "bench.json"  # in the data dir, written by ``idlegrid gpu bench``
 
 
@@ -114,7 +117,33 @@ async def worker_market(
     ctx.network.presence_source = market.worker.presence
     ctx.network.offer = (gpu_class, count, vram_mb)
     market.worker.presence_changed = ctx.network.presence_changed
-    await market.worker.run(task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        if worker.idle_only:
+            indices = [g.index for g in profile.offered_gpus()]
+            nursery.start_soon(watch_owner, market.worker, indices)
+        await nursery.start(market.worker.run)
+        task_status.started()
+
+
+async def watch_owner(service: WorkerService, indices: list[int]) -> None:
+    """Idle-only: polls NVML for the owner's GPU processes and tells the worker service."""
+    if not indices:
+        log.warning("idle-only: a CPU-only worker cannot see its owner's use; it always bids")
+        return
+    busy = False
+    while True:
+        try:
+            pids = await trio.to_thread.run_sync(
+                foreign_gpu_processes, None, indices, await trio.to_thread.run_sync(our_pids)
+            )
+        except NvmlFailed as exc:
+            log.warning("idle-only: cannot watch the GPUs", extra={"error": str(exc)})
+            return
+        if bool(pids) != busy:
+            busy = bool(pids)
+            log.info("owner activity", extra={"busy": busy, "pids": pids})
+            service.owner_activity(busy)
+        await trio.sleep(OWNER_POLL_S)  # polling NVML: it has no change notification
 
 
 def worker_sandbox(worker: WorkerSettings) -> Sandbox:

@@ -143,6 +143,11 @@ class WorkerService:
         """What our presence says: available, busy or unavailable, and the free GPUs."""
         return self.bidder.status(), max(0, self.bidder.free_gpus())
 
+    def owner_activity(self, busy: bool) -> None:
+        """The owner started (or stopped) using the GPUs: idle-only workers stop bidding."""
+        self.bidder.handle(bd.OwnerActivity(busy), self.net.now_ms())
+        self._wake()
+
     def status(self) -> dict[str, Any]:
         return {
             "status": self.bidder.status(),

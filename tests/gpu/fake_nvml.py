@@ -41,6 +41,7 @@ class FakeGpu:
     pcie: tuple[int, int] | None = (4, 16)
     bus: bytes = b"00000000:01:00.0"
     processes: list[Any] = field(default_factory=list)
+    graphics: list[Any] = field(default_factory=list)
 
 
 class FakeNvml:
@@ -117,3 +118,6 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeRunningProcesses(self, h: FakeGpu) -> list[Any]:
         return h.processes
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, h: FakeGpu) -> list[Any]:
+        return h.graphics

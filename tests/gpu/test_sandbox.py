@@ -181,3 +181,37 @@ def _tagged(tag: str) -> list[str]:
 
 
 assert sys.platform.startswith("linux"), "the sandbox is Linux-only"
+
+
+@needs_bwrap
+@pytest.mark.parametrize("mode", ["bwrap", "limits"])
+async def test_cancel_stops_a_workload_that_ignores_sigterm(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    import gpu.runtime  # noqa: PLC0415
+
+    monkeypatch.setattr(gpu.runtime, "KILL_GRACE_S", 0.5)
+    tag = os.urandom(8).hex()
+    stubborn = ("import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "print('started', flush=True)\nwhile True: time.sleep(1)")  # fmt: skip
+    workload = Workload(kind="exec", command=[PY, "-c", stubborn], params={"tag": tag})
+    logs: list[str] = []
+    started = trio.Event()
+
+    def on_log(line: str) -> None:
+        logs.append(line)
+        if line == "started":
+            started.set()
+
+    async def on_segment(done: SegmentDone) -> None:
+        raise AssertionError("a cancelled run reports no segment")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ExecRuntime(sandbox(mode)).run, RunSpec("t", workload, workdir),
+                               on_segment, on_log)  # fmt: skip
+            await started.wait()
+            assert _tagged(tag)
+            nursery.cancel_scope.cancel()
+    assert not _tagged(tag), "the workload outlived its cancellation"
+    await still_healthy(sandbox(mode), workdir)
