@@ -19,6 +19,7 @@ from gpu.runtime import (
     RunResult,
     RunSpec,
     SegmentDone,
+    UnsafeOutput,
     chain,
     run_logged,
     tree_hash,
@@ -60,7 +61,10 @@ class ExecRuntime:
             return RunResult(False, f"cannot start {jail.argv[0]!r}: {exc.strerror}")
         if code != 0:
             return RunResult(False, exit_reason(code, workload.command[0]))
-        state = await trio.to_thread.run_sync(tree_hash, spec.workdir, workload.outputs)
+        try:
+            state = await trio.to_thread.run_sync(tree_hash, spec.workdir, workload.outputs)
+        except UnsafeOutput as exc:
+            return RunResult(False, f"unsafe output: {exc}")
         checkpoint = spec.workdir.parent / f"{spec.workdir.name}.exec-state"
         checkpoint.write_bytes(state)
         seconds = int(trio.current_time() - started)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -70,15 +71,47 @@ def chain(previous: bytes, state_hash: bytes) -> bytes:
     return blake3(previous + state_hash).digest()
 
 
+class UnsafeOutput(Exception):
+    """A workload left a link or a special file where the node reads its results."""
+
+
+def regular_file(root: Path, rel: str) -> Path:
+    """``root / rel`` if it and every folder on the way are real, not links (which the node,
+    reading as itself, would follow out of the jail).
+
+    Raises:
+        UnsafeOutput: a component is a symbolic link, or the file is not a regular file.
+    """
+    path = root
+    for part in Path(rel).parts:
+        path = path / part
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            raise UnsafeOutput(f"{rel}: {path.relative_to(root)} is a symbolic link")
+    if not stat.S_ISREG(mode):
+        raise UnsafeOutput(f"{rel}: not a regular file")
+    return path
+
+
 def tree_hash(root: Path, names: list[str]) -> bytes:
-    """BLAKE3 over the sorted (name, content hash) of the files under ``names``."""
+    """BLAKE3 over the sorted (name, content hash) of the files under ``names``.
+
+    Raises:
+        UnsafeOutput: a link or a special file among them.
+    """
     hasher = blake3()
-    files = []
+    files: list[Path] = []
     for name in names:
         path = root / name
-        files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        if path.is_symlink():
+            raise UnsafeOutput(f"{name}: a symbolic link")
+        files += [path] if path.is_file() else sorted(path.rglob("*"))
     for path in sorted(files):
-        hasher.update(path.relative_to(root).as_posix().encode() + b"\0")
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        regular_file(root, rel)
+        hasher.update(rel.encode() + b"\0")
         hasher.update(blake3(path.read_bytes()).digest())
     return hasher.digest()
 

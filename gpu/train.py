@@ -23,7 +23,17 @@ import trio
 from blake3 import blake3
 
 from gpu.exec_runtime import exit_reason, workload_env
-from gpu.runtime import OnLog, OnSegment, RunResult, RunSpec, SegmentDone, chain, run_logged
+from gpu.runtime import (
+    OnLog,
+    OnSegment,
+    RunResult,
+    RunSpec,
+    SegmentDone,
+    UnsafeOutput,
+    chain,
+    regular_file,
+    run_logged,
+)
 from gpu.sandbox import Sandbox
 
 CHILD = Path(__file__).resolve().parent / "train_child.py"
@@ -148,10 +158,13 @@ class _Progress:
         if index != self.next or report.get("file") != f"{CONTROL_DIR}/seg-{index}.ckpt":
             raise BadSegment(f"the child reported {report!r}, expected segment {self.next}")
         kept = self.private / f"seg-{index}.ckpt"
-        try:
-            (self.spec.workdir / report["file"]).replace(kept)  # out of the workload's reach
+        try:  # a link would make us read (and publish) whatever it points to, as ourselves
+            regular_file(self.spec.workdir, report["file"]).replace(kept)  # out of reach first
+            regular_file(self.private, kept.name)
         except OSError as exc:
             raise BadSegment(f"checkpoint of segment {index} missing: {exc.strerror}") from None
+        except UnsafeOutput as exc:
+            raise BadSegment(f"checkpoint of segment {index} refused: {exc}") from None
         digest = await trio.to_thread.run_sync(file_hash, kept)
         self.chained = chain(self.chained, digest)
         self.next, self.last_hash = index + 1, digest

@@ -20,6 +20,7 @@ from gpu.exec_runtime import ExecRuntime
 from gpu.runtime import RunResult, RunSpec, SegmentDone
 from gpu.sandbox import Sandbox, SandboxUnavailable
 from node.cli import cli
+from node.market.packing import PackError, pack_outputs
 from tests.gpu.conftest import SECRET, is_root, needs_bwrap, sandbox
 
 PY = "python3"
@@ -215,3 +216,17 @@ async def test_cancel_stops_a_workload_that_ignores_sigterm(
             nursery.cancel_scope.cancel()
     assert not _tagged(tag), "the workload outlived its cancellation"
     await still_healthy(sandbox(mode), workdir)
+
+
+@needs_bwrap
+async def test_a_link_to_the_key_in_the_outputs_is_refused(
+    node_home: Path, workdir: Path, tmp_path: Path
+) -> None:
+    """The node reads outputs as itself: a link planted by the workload must not be followed."""
+    key = node_home / "keys" / "node.key"
+    code = f"import os; os.makedirs('out'); os.symlink({str(key)!r}, 'out/key')"
+    result, _, segments = await run(sandbox(), workdir, code, outputs=("out/",))
+    assert not result.ok and segments == []
+    assert result.error == "unsafe output: out/key: out/key is a symbolic link"
+    with pytest.raises(PackError, match="out/key: a symbolic link, not packed"):
+        pack_outputs(workdir, ["out/"], tmp_path / "out.tar")

@@ -15,7 +15,7 @@ import trio
 
 from consensus.market.messages import Workload
 from gpu.runtime import GENESIS, RunResult, RunSpec, SegmentDone, chain
-from gpu.train import TrainRuntime, file_hash
+from gpu.train import BadSegment, TrainRuntime, _Progress, file_hash
 from tests.gpu.conftest import needs_bwrap, sandbox
 
 pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
@@ -124,3 +124,14 @@ async def test_a_bad_script_fails_with_the_reason(tmp_path: Path) -> None:
         result = await TrainRuntime(sandbox()).run(spec, run.on_segment, run.logs.append)
     assert not result.ok and run.segments == []
     assert any("train.py must define dataset, step" in line for line in run.logs), run.logs
+
+
+async def test_a_checkpoint_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
+    """The workload could swap its checkpoint for a link to the node key before we hash it."""
+    run = Run(tmp_path, "linked")
+    (run.dir / ".idlegrid").mkdir()
+    (tmp_path / "secret").write_bytes(b"key")
+    (run.dir / ".idlegrid" / "seg-0.ckpt").symlink_to(tmp_path / "secret")
+    progress = _Progress(RunSpec("t", WORKLOAD, run.dir), run.kept)
+    with pytest.raises(BadSegment, match=r"refused: \.idlegrid/seg-0\.ckpt: .* is a symbolic link"):
+        await progress.collect({"segment": 0, "file": ".idlegrid/seg-0.ckpt"})
