@@ -11,6 +11,7 @@ Every segment's state hash is chained: ``chained_i = BLAKE3(chained_{i-1} || has
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
 import trio
 from blake3 import blake3
 
@@ -121,7 +123,7 @@ async def run_logged(
 ) -> int:
     """Runs ``command`` in its own session, feeding each output line to ``on_log``.
 
-    Cancelled, it stops the whole process group: SIGTERM, then SIGKILL after
+    Cancelled, it stops the process and everything it started: SIGTERM, then SIGKILL after
     :data:`KILL_GRACE_S`. ``popen`` passes extra ``subprocess.Popen`` options (``pass_fds``,
     ``user``...).
     """
@@ -151,16 +153,30 @@ async def run_logged(
 
 
 async def _stop_group(process: trio.Process) -> None:
-    """Ends the process and whatever it left in its process group (a fork bomb's children)."""
+    """Ends the process and all it started: SIGTERM, then SIGKILL after the grace period.
+
+    Descendants are signalled one by one as well as by process group, since a jail's processes
+    run in their own session; they are listed before the leader goes (its orphans could no
+    longer be found).
+    """
+    family = _descendants(process.pid) if process.returncode is None else []
     if process.returncode is None:
-        _signal_group(process, signal.SIGTERM)
+        _signal_all(process, family, signal.SIGTERM)
         with trio.move_on_after(KILL_GRACE_S):
             await process.wait()
-    _signal_group(process, signal.SIGKILL)
+    _signal_all(process, family, signal.SIGKILL)
     await process.wait()
 
 
-def _signal_group(process: trio.Process, sig: signal.Signals) -> None:
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        family: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    return family
+
+
+def _signal_all(process: trio.Process, family: list[psutil.Process], sig: signal.Signals) -> None:
     try:
         os.killpg(process.pid, sig)
     except ProcessLookupError:
@@ -168,3 +184,6 @@ def _signal_group(process: trio.Process, sig: signal.Signals) -> None:
     except PermissionError:
         if process.returncode is None:
             process.send_signal(sig)
+    for member in family:
+        with contextlib.suppress(psutil.Error):  # gone already; psutil refuses a reused pid
+            member.send_signal(sig)

@@ -144,7 +144,10 @@ class Sandbox:
         self, workdir: Path, network: bool, gpus: tuple[int, ...], root: bool
     ) -> list[str]:
         # As root, no user namespace: the uid drop inside must be a real one (see above).
-        args = ["--die-with-parent", "--new-session", *(_UNSHARE if root else ["--unshare-all"])]
+        # No --die-with-parent: its signal follows the *thread* that forked bwrap, and trio
+        # forks from worker threads that retire when idle, killing long jobs (the runtime
+        # stops the jail itself, see gpu.runtime.run_logged).
+        args = ["--new-session", *(_UNSHARE if root else ["--unshare-all"])]
         args += ["--share-net"] if network and not root else []
         args += ["--unshare-net"] if root and not network else []
         for system in SYSTEM_DIRS:

@@ -24,13 +24,17 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import msgpack
-import torch
+
+# torch.cuda imports pynvml, which warns that it is deprecated: noise in every job's log
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.cuda")
+import torch  # noqa: E402 - after the filter above
 
 FORMAT = "idlegrid.train/1"
 FINAL = "model.ckpt"

@@ -230,3 +230,17 @@ async def test_a_link_to_the_key_in_the_outputs_is_refused(
     assert result.error == "unsafe output: out/key: out/key is a symbolic link"
     with pytest.raises(PackError, match="out/key: a symbolic link, not packed"):
         pack_outputs(workdir, ["out/"], tmp_path / "out.tar")
+
+
+@needs_bwrap
+async def test_a_run_outlives_the_thread_that_started_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trio starts processes from worker threads that retire after IDLE_TIMEOUT; nothing tied
+    to that thread (bwrap's --die-with-parent is) may end the run."""
+    from trio._core import _thread_cache  # noqa: PLC0415
+
+    monkeypatch.setattr(_thread_cache, "IDLE_TIMEOUT", 0.05)
+    result, logs, _ = await run(sandbox(), workdir, "import time; time.sleep(1.5); print('done')")
+    assert result.ok, (result.error, logs)
+    assert logs == ["done"]
