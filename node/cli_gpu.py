@@ -14,11 +14,12 @@ from gpu.devices import discover
 from gpu.sandbox import SandboxUnavailable
 from node.cli_base import Failure, emit, home_option, json_option, table
 from node.home import Home, resolve_home
-from node.market.service import BENCH_FILE, worker_sandbox
 
 
 def check_sandbox(worker: WorkerSettings) -> str:
     """The sandbox's description, or a clean failure naming what to install or set."""
+    from node.market.service import worker_sandbox  # noqa: PLC0415 - keeps the CLI quick
+
     try:
         return worker_sandbox(worker).describe()
     except SandboxUnavailable as exc:
@@ -33,6 +34,8 @@ def gpu(ctx: click.Context, home_dir: str | None, as_json: bool) -> None:
     """This machine's GPUs (NVML) or CPU-only profile, the class a worker offers, its sandbox."""
     if ctx.invoked_subcommand is not None:
         return
+    from node.market.service import worker_sandbox  # noqa: PLC0415 - keeps the CLI quick
+
     worker = load(Home(resolve_home(home_dir)).config).settings.worker
     payload = discover().to_json()
     try:
@@ -93,7 +96,7 @@ def gpu_bench(seed: int, size: int | None, home_dir: str | None, as_json: bool) 
     payload = result.to_json()
     home = Home(resolve_home(home_dir))
     if home.is_initialised():
-        path = home.root / BENCH_FILE
+        path = home.root / bench.BENCH_FILE
         path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         payload["saved"] = str(path)
     emit(as_json, payload, _human_bench)

@@ -16,7 +16,7 @@ import trio
 from consensus.market.bidder import Bidder, Capabilities, Policy
 from consensus.market.messages import market_registry
 from consensus.market.spec import REFERENCE_SCORE
-from gpu.bench import saved_score
+from gpu.bench import BENCH_FILE, saved_score
 from gpu.devices import discover
 from gpu.exec_runtime import ExecRuntime
 from gpu.nvml import NvmlFailed
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OWNER_POLL_S = 5.0
-BENCH_FILE = "bench.json"  # in the data dir, written by ``idlegrid gpu bench``
 
 
 @dataclass
