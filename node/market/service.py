@@ -21,6 +21,7 @@ from gpu.devices import discover
 from gpu.exec_runtime import ExecRuntime
 from gpu.nvml import NvmlFailed
 from gpu.owner import foreign_gpu_processes, our_pids
+from gpu.render import RenderRuntime
 from gpu.runtimes import Runtimes, python_paths
 from gpu.sandbox import Limits, Sandbox
 from gpu.train import TrainRuntime
@@ -93,6 +94,10 @@ async def worker_market(
         runtimes.append(TrainRuntime(sandbox))
     else:
         log.warning("no train runtime: torch is not installed (pip install 'idlegrid[torch]')")
+    if importlib.util.find_spec("bpy") is not None:
+        runtimes.append(RenderRuntime(sandbox))
+    else:
+        log.warning("no render runtime: bpy is not installed (pip install 'idlegrid[render]')")
     executor = Runtimes(runtimes, [g.index for g in profile.offered_gpus()])
     kinds = frozenset(worker.kinds) & executor.kinds
     policy = Policy(

@@ -17,6 +17,7 @@ from blake3 import blake3
 from consensus.market.bidder import Bidder, Capabilities, Policy
 from consensus.market.spec import parse_spec
 from gpu.exec_runtime import ExecRuntime
+from gpu.render import RenderRuntime
 from gpu.runtime import GENESIS, chain, tree_hash
 from gpu.runtimes import Runtimes
 from gpu.train import TrainRuntime
@@ -55,7 +56,7 @@ async def run_job(tmp_path: Path, doc: dict[str, Any]) -> tuple[SimNode, bytes]:
     bidder = Bidder(Capabilities(gpu_class="cpu", gpus=1), Policy(price_wei_per_s=100))
     service = WorkerService(
         worker.net, worker.store, worker.share, bidder=bidder,
-        executor=Runtimes([ExecRuntime(box), TrainRuntime(box)], []),
+        executor=Runtimes([ExecRuntime(box), TrainRuntime(box), RenderRuntime(box)], []),
         work_root=worker.root / "work", params=PARAMS,
     )  # fmt: skip
     jobs = JobManager(requester.net, requester.store, requester.share, tmp_path / "s", PARAMS)
@@ -108,4 +109,18 @@ async def test_train_job_through_the_market_returns_a_chain_of_checkpoints(
             assert blake3(held.read_bytes()).digest() == row["hash"]
     assert task.result_hash == rows[-1]["hash"]
     assert any(r["held"] for r in rows), "the requester fetched no checkpoint"
+    await requester.db.close()
+
+
+async def test_render_job_through_the_market_returns_its_tiles(tmp_path: Path) -> None:
+    pytest.importorskip("bpy", reason="Blender's bpy is not installed (pip install '.[render]')")
+    shutil.copy(EXAMPLE.parents[1] / "render-scene" / "scene.py", tmp_path / "scene.py")
+    doc = {"kind": "render", "io": {"inputs": ["scene.py"], "outputs": ["out/"]},
+           "runtime": {"entry": "scene.py", "frames": "2", "seed": 1, "estimate_s": 5,
+                       "params": {"samples": "4", "tiles": "2x1"}}}  # fmt: skip
+    requester, job_id = await run_job(tmp_path, doc)
+    [task] = await requester.store.tasks(job_id)
+    rows = await requester.store.checkpoints(job_id)
+    assert [r["segment"] for r in rows] == [0, 1]
+    assert task.result_hash == rows[-1]["hash"]
     await requester.db.close()
