@@ -166,6 +166,9 @@ async def _stop_group(process: trio.Process) -> None:
             await process.wait()
     _signal_all(process, family, signal.SIGKILL)
     await process.wait()
+    if family:  # not our children, so no wait(): psutil watches them go (a killed jail's
+        # processes may still be on their way out when bwrap has gone)
+        await trio.to_thread.run_sync(psutil.wait_procs, family, KILL_GRACE_S)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -20,11 +20,13 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_same_seed_same_proof_other_seed_other_proof() -> None:
-    first, again = bench.run(11, size=128, copy_mb=4), bench.run(11, size=128, copy_mb=4)
-    other = bench.run(12, size=128, copy_mb=4)
+    first, again = bench.run(11, size=256, copy_mb=4), bench.run(11, size=256, copy_mb=4)
+    other = bench.run(12, size=256, copy_mb=4)
     assert first.proof == again.proof != other.proof
-    assert (first.backend, first.device, first.size) == ("torch", "cpu", 128)
-    assert first.matmul_gflops["fp32"] > 0 and first.memory_gbps >= 0 and first.h2d_gbps is None
+    assert (first.backend, first.device, first.size) == ("torch", "cpu", 256)
+    assert (
+        first.matmul_gflops["fp32"] >= 0 and first.h2d_gbps is None
+    )  # whole GFLOPS: may round to 0
     assert first.score == bench.score_of(first.matmul_gflops["fp32"]) >= 1
 
 
