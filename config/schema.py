@@ -16,6 +16,7 @@ from typing import Any
 ROLES = ("requester", "worker", "sentry")
 JOB_KINDS = ("train", "render", "exec")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SANDBOX_MODES = ("bwrap", "auto", "limits")
 
 Check = Callable[[Any], str | None]
 """Returns None when the value is acceptable, else what was expected (shown to the user)."""
@@ -141,6 +142,24 @@ class WorkerSettings:
     )
     allow_network: bool = setting(False, "take jobs that ask for network access")
     idle_only: bool = setting(False, "take work only while the machine's owner is not using it")
+    sandbox: str = setting(
+        "bwrap",
+        "how workloads are jailed: bwrap (required), auto (bwrap if it works, else limits), "
+        "limits (resource limits only: workloads can read what their uid can)",
+        one_of(SANDBOX_MODES),
+    )
+    sandbox_memory_mb: int = setting(
+        8192, "address space a workload may use, in MB", int_range(256, 2**24)
+    )
+    sandbox_cpu_s: int = setting(
+        86_400, "CPU seconds a workload process may use", int_range(10, 30 * 86_400)
+    )
+    sandbox_file_mb: int = setting(
+        10_240, "largest file a workload may write, in MB", int_range(1, 2**24)
+    )
+    sandbox_procs: int = setting(
+        256, "processes and threads a workload may run at once", int_range(8, 65_536)
+    )
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from node.cli_base import (
     role_option,
     table,
 )
+from node.cli_gpu import check_sandbox, gpu
 from node.cli_job import bids, job, worker
 from node.client import ApiClient, NotRunning
 from node.home import Home, resolve_home, running_pid
@@ -118,6 +119,8 @@ def node_start(  # noqa: PLR0917 - one parameter per click option
         "p2p.bootstrap": (bootstrap or None, "--bootstrap"),
     }
     settings = load_settings(home, flags).settings
+    if "worker" in settings.node.roles:
+        check_sandbox(settings.worker)  # a worker that cannot jail its workloads does not start
     keys = identity.load(home, passphrase_source)
     home.read_token()  # refuse a world-readable token before the API is up
     logs.setup(home.logs, settings.node.log_level)
@@ -275,6 +278,7 @@ def wallet_address(home_dir: str | None, as_json: bool) -> None:
 cli.add_command(job)
 cli.add_command(bids)
 cli.add_command(worker)
+cli.add_command(gpu)
 
 
 def main() -> None:

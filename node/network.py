@@ -64,6 +64,8 @@ class Network:
     seq: int = 0
     # (status, free GPUs) for presence; set by the worker's market service.
     presence_source: Callable[[], tuple[str, int]] | None = None
+    # (GPU class, count, VRAM MB) from GPU discovery; set by the worker's market service.
+    offer: tuple[str, int, int] = ("cpu", 1, 0)
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
 
@@ -147,10 +149,9 @@ class Network:
 
     def _presence(self, expires_ms: int) -> Presence:
         worker = self.ctx.settings.worker
-        # Until GPU discovery lands (runtime issue) a worker offers its CPU as one "cpu" unit.
-        offer = GpuOffer(
-            gpu_class="cpu", count=1, vram_mb=0, price_wei_per_s=Wei(worker.price_wei_per_s)
-        )
+        gpu_class, count, vram_mb = self.offer
+        offer = GpuOffer(gpu_class=gpu_class, count=count, vram_mb=vram_mb,
+                         price_wei_per_s=Wei(worker.price_wei_per_s))  # fmt: skip
         status, capacity = (
             ("available", 1) if self.presence_source is None else self.presence_source()
         )

@@ -32,6 +32,9 @@ def pack(base: Path, paths: Iterable[str], out: Path) -> None:
         if not source.exists():
             raise PackError(f"{rel}: no such file or folder under {base}")
         candidates = [source] if source.is_file() else sorted(source.rglob("*"))
+        links = [p for p in candidates if p.is_symlink()]
+        if links:  # a workload's link would have the node read, as itself, outside the task
+            raise PackError(f"{links[0].relative_to(base)}: a symbolic link, not packed")
         files += [(p.relative_to(base).as_posix(), p) for p in candidates if p.is_file()]
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, path in sorted(set(files)):

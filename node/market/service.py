@@ -6,15 +6,26 @@ each role starts its own half as its ``market`` service.
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from consensus.market.bidder import Bidder, Capabilities, Policy
 from consensus.market.messages import market_registry
+from consensus.market.spec import REFERENCE_SCORE
+from gpu.bench import BENCH_FILE, saved_score
+from gpu.devices import discover
+from gpu.exec_runtime import ExecRuntime
+from gpu.nvml import NvmlFailed
+from gpu.owner import foreign_gpu_processes, our_pids
+from gpu.render import RenderRuntime
+from gpu.runtimes import Runtimes, python_paths
+from gpu.sandbox import Limits, Sandbox
+from gpu.train import TrainRuntime
 from node.market.blobshare import BlobShare
-from node.market.executor import Executor, ProcessExecutor
 from node.market.net import DirectEnvelopes, LiveNet
 from node.market.params import MarketParams
 from node.market.requester import JobManager
@@ -24,7 +35,11 @@ from node.market.worker import WorkerService
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from config.schema import WorkerSettings
     from node.daemon import NodeContext
+
+log = logging.getLogger(__name__)
+OWNER_POLL_S = 5.0
 
 
 @dataclass
@@ -70,8 +85,20 @@ async def worker_market(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     market = market_of(ctx)
-    executor: Executor = ProcessExecutor()
     worker = ctx.settings.worker
+    profile = await trio.to_thread.run_sync(discover)  # NVML blocks
+    sandbox = await trio.to_thread.run_sync(worker_sandbox, worker)  # probes bwrap
+    log.info("worker sandbox", extra={"sandbox": sandbox.describe()})
+    runtimes: list[Any] = [ExecRuntime(sandbox)]
+    if importlib.util.find_spec("torch") is not None:
+        runtimes.append(TrainRuntime(sandbox))
+    else:
+        log.warning("no train runtime: torch is not installed (pip install 'idlegrid[torch]')")
+    if importlib.util.find_spec("bpy") is not None:
+        runtimes.append(RenderRuntime(sandbox))
+    else:
+        log.warning("no render runtime: bpy is not installed (pip install 'idlegrid[render]')")
+    executor = Runtimes(runtimes, [g.index for g in profile.offered_gpus()])
     kinds = frozenset(worker.kinds) & executor.kinds
     policy = Policy(
         price_wei_per_s=worker.price_wei_per_s,
@@ -79,13 +106,60 @@ async def worker_market(
         allow_network=worker.allow_network,
         idle_only=worker.idle_only,
     )
-    # Until GPU discovery lands (runtime issue) a worker offers its CPU as one "cpu" unit.
-    caps = Capabilities(gpu_class="cpu", gpus=1, region=worker.region)
+    gpu_class, count, vram_mb = profile.offer()
+    score = saved_score(ctx.home.root / BENCH_FILE) or REFERENCE_SCORE  # idlegrid gpu bench
+    caps = Capabilities(
+        gpu_class=gpu_class, gpus=count, vram_mb=vram_mb, score=score,
+        cpu_cores=profile.cpu_cores, ram_mb=profile.ram_mb, region=worker.region,
+    )  # fmt: skip
+    log.info("worker hardware", extra={"offer": profile.to_json()["offer"], "note": profile.note})
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
         executor=executor, work_root=ctx.home.root / "work", params=market.params,
     )  # fmt: skip
     assert ctx.network is not None
     ctx.network.presence_source = market.worker.presence
+    ctx.network.offer = (gpu_class, count, vram_mb)
     market.worker.presence_changed = ctx.network.presence_changed
-    await market.worker.run(task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        if worker.idle_only:
+            indices = [g.index for g in profile.offered_gpus()]
+            nursery.start_soon(watch_owner, market.worker, indices)
+        await nursery.start(market.worker.run)
+        task_status.started()
+
+
+async def watch_owner(service: WorkerService, indices: list[int]) -> None:
+    """Idle-only: polls NVML for the owner's GPU processes and tells the worker service."""
+    if not indices:
+        log.warning("idle-only: a CPU-only worker cannot see its owner's use; it always bids")
+        return
+    busy = False
+    while True:
+        try:
+            pids = await trio.to_thread.run_sync(
+                foreign_gpu_processes, None, indices, await trio.to_thread.run_sync(our_pids)
+            )
+        except NvmlFailed as exc:
+            log.warning("idle-only: cannot watch the GPUs", extra={"error": str(exc)})
+            return
+        if bool(pids) != busy:
+            busy = bool(pids)
+            log.info("owner activity", extra={"busy": busy, "pids": pids})
+            service.owner_activity(busy)
+        await trio.sleep(OWNER_POLL_S)  # polling NVML: it has no change notification
+
+
+def worker_sandbox(worker: WorkerSettings) -> Sandbox:
+    """The jail this worker's workloads run in (see ``worker.sandbox``).
+
+    Raises:
+        SandboxUnavailable: the configured sandbox cannot run here; the message says why.
+    """
+    limits = Limits(
+        memory_mb=worker.sandbox_memory_mb,
+        cpu_s=worker.sandbox_cpu_s,
+        file_mb=worker.sandbox_file_mb,
+        procs=worker.sandbox_procs,
+    )
+    return Sandbox.create(worker.sandbox, limits, readonly=python_paths())

@@ -44,7 +44,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard
 from node.market.blobshare import BlobShare, FetchFailed
-from node.market.executor import Executor, RunSpec, SegmentDone
+from node.market.executor import GENESIS, Executor, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
 from node.market.params import MarketParams
@@ -142,6 +142,11 @@ class WorkerService:
     def presence(self) -> tuple[str, int]:
         """What our presence says: available, busy or unavailable, and the free GPUs."""
         return self.bidder.status(), max(0, self.bidder.free_gpus())
+
+    def owner_activity(self, busy: bool) -> None:
+        """The owner started (or stopped) using the GPUs: idle-only workers stop bidding."""
+        self.bidder.handle(bd.OwnerActivity(busy), self.net.now_ms())
+        self._wake()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -274,6 +279,8 @@ class WorkerService:
             workdir,
             resume_path,
             order.resume.index if order.resume else -1,
+            order.resume.chained if order.resume else GENESIS,
+            gpus=order.gpus,
         )
 
         async def on_segment(done: SegmentDone) -> None:

@@ -1,0 +1,192 @@
+"""The interface between the market and the runtimes that run its tasks.
+
+The worker service hands an :class:`Executor` a :class:`RunSpec` (the workload, a directory
+holding the unpacked inputs, and optionally a checkpoint to resume from) and gets back, as they
+happen, finished segments (:class:`SegmentDone`, each with its checkpoint file) and log lines,
+then a :class:`RunResult`. Cancelling the call stops the work.
+
+Every segment's state hash is chained: ``chained_i = BLAKE3(chained_{i-1} || hash_i)`` from
+:data:`GENESIS`, so one value commits to the whole history of a task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+import trio
+from blake3 import blake3
+
+from consensus.market.messages import Workload
+
+LOG_LINE_CHARS = 1000
+GENESIS = bytes(32)
+KILL_GRACE_S = 5.0  # a cancelled workload gets SIGTERM, then SIGKILL after this long
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    task: str  # a label for logs
+    workload: Workload
+    workdir: Path  # inputs unpacked here; the workload writes its outputs here too
+    resume: Path | None = None  # a checkpoint file to start from
+    resume_index: int = -1  # the segment that checkpoint closed
+    resume_chained: bytes = GENESIS  # the chained hash up to and including that segment
+    gpus: int = 1  # how many of the worker's GPUs the task was given
+
+
+@dataclass(frozen=True)
+class SegmentDone:
+    index: int
+    hash: bytes  # BLAKE3 of the canonical state after the segment
+    chained: bytes  # BLAKE3(previous chained || hash): commits to the whole history
+    seconds: int  # work seconds of this run so far
+    checkpoint: Path  # the state, to keep for challenges and failover
+
+
+@dataclass(frozen=True)
+class RunResult:
+    ok: bool
+    error: str = ""
+    result_hash: bytes = b""
+
+
+OnSegment = Callable[[SegmentDone], Awaitable[None]]
+OnLog = Callable[[str], None]
+
+
+class Executor(Protocol):
+    kinds: frozenset[str]
+
+    async def run(self, spec: RunSpec, on_segment: OnSegment, on_log: OnLog) -> RunResult: ...
+
+
+def chain(previous: bytes, state_hash: bytes) -> bytes:
+    return blake3(previous + state_hash).digest()
+
+
+class UnsafeOutput(Exception):
+    """A workload left a link or a special file where the node reads its results."""
+
+
+def regular_file(root: Path, rel: str) -> Path:
+    """``root / rel`` if it and every folder on the way are real, not links (which the node,
+    reading as itself, would follow out of the jail).
+
+    Raises:
+        UnsafeOutput: a component is a symbolic link, or the file is not a regular file.
+    """
+    path = root
+    for part in Path(rel).parts:
+        path = path / part
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode):
+            raise UnsafeOutput(f"{rel}: {path.relative_to(root)} is a symbolic link")
+    if not stat.S_ISREG(mode):
+        raise UnsafeOutput(f"{rel}: not a regular file")
+    return path
+
+
+def tree_hash(root: Path, names: list[str]) -> bytes:
+    """BLAKE3 over the sorted (name, content hash) of the files under ``names``.
+
+    Raises:
+        UnsafeOutput: a link or a special file among them.
+    """
+    hasher = blake3()
+    files: list[Path] = []
+    for name in names:
+        path = root / name
+        if path.is_symlink():
+            raise UnsafeOutput(f"{name}: a symbolic link")
+        files += [path] if path.is_file() else sorted(path.rglob("*"))
+    for path in sorted(files):
+        rel = path.relative_to(root).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        regular_file(root, rel)
+        hasher.update(rel.encode() + b"\0")
+        hasher.update(blake3(path.read_bytes()).digest())
+    return hasher.digest()
+
+
+async def run_logged(
+    command: list[str], cwd: Path, env: dict[str, str], on_log: OnLog, **popen: Any
+) -> int:
+    """Runs ``command`` in its own session, feeding each output line to ``on_log``.
+
+    Cancelled, it stops the process and everything it started: SIGTERM, then SIGKILL after
+    :data:`KILL_GRACE_S`. ``popen`` passes extra ``subprocess.Popen`` options (``pass_fds``,
+    ``user``...).
+    """
+    process = await trio.lowlevel.open_process(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **popen,
+    )
+    try:
+        assert process.stdout is not None
+        buffer = b""
+        async for data in process.stdout:
+            *lines, buffer = (buffer + data).split(b"\n")
+            for line in lines:
+                on_log(line.decode(errors="replace")[:LOG_LINE_CHARS])
+        if buffer:
+            on_log(buffer.decode(errors="replace")[:LOG_LINE_CHARS])
+        return await process.wait()
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop_group(process)
+
+
+async def _stop_group(process: trio.Process) -> None:
+    """Ends the process and all it started: SIGTERM, then SIGKILL after the grace period.
+
+    Descendants are signalled one by one as well as by process group, since a jail's processes
+    run in their own session; they are listed before the leader goes (its orphans could no
+    longer be found).
+    """
+    family = _descendants(process.pid) if process.returncode is None else []
+    if process.returncode is None:
+        _signal_all(process, family, signal.SIGTERM)
+        with trio.move_on_after(KILL_GRACE_S):
+            await process.wait()
+    _signal_all(process, family, signal.SIGKILL)
+    await process.wait()
+    if family:  # not our children, so no wait(): psutil watches them go (a killed jail's
+        # processes may still be on their way out when bwrap has gone)
+        await trio.to_thread.run_sync(psutil.wait_procs, family, KILL_GRACE_S)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        family: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    return family
+
+
+def _signal_all(process: trio.Process, family: list[psutil.Process], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass  # the group is gone
+    except PermissionError:
+        if process.returncode is None:
+            process.send_signal(sig)
+    for member in family:
+        with contextlib.suppress(psutil.Error):  # gone already; psutil refuses a reused pid
+            member.send_signal(sig)

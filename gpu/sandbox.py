@@ -1,0 +1,194 @@
+"""Where workloads run: bubblewrap jails with resource limits, away from the node's data and keys.
+
+In ``bwrap`` mode a workload sees a fresh root: the system directories (``/usr``, ``/etc``) and
+the paths it needs (the Python environment, the runtime's own files) read-only, its task
+directory read-write at ``/task``, a private ``/tmp``, ``/proc`` and a minimal ``/dev`` (plus the
+GPUs it was given), and nothing else: not the node's data dir, not its keys. It has its own
+user, PID, IPC, UTS and network namespaces, so no network (only its own loopback) unless the job
+asked for it and the owner allows it. ``prlimit`` inside the jail caps address space, CPU
+seconds, file size, processes and open files.
+
+A daemon running as root builds the jail as root (so the task directory may sit in its 0700
+data dir) and drops the workload to an unprivileged uid (:data:`NOBODY`) inside it with
+``setpriv``: root ignores the process limit, and that uid could not read root's 0600 key files
+even if they were visible. A daemon running as a user jails through a user namespace; the
+process limit then counts only the jail's processes.
+
+``limits`` mode (no bubblewrap) keeps the limits, the clean environment, the own directory and
+the uid drop, but the workload sees the filesystem as that uid does and has the network: the
+node says so wherever it reports the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODES = ("bwrap", "auto", "limits")  # as config.schema.SANDBOX_MODES
+NOBODY = 65534
+TASK_DIR = "/task"
+SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32")
+_UNSHARE = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
+NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+
+
+class SandboxUnavailable(Exception):
+    """The configured sandbox cannot run here; the message says what to install or set."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_mb: int = 8192
+    cpu_s: int = 86_400
+    file_mb: int = 10_240
+    procs: int = 256
+    open_files: int = 1024
+
+    def prlimit_args(self) -> list[str]:
+        return [
+            f"--as={self.memory_mb * 2**20}",
+            f"--cpu={self.cpu_s}",
+            f"--fsize={self.file_mb * 2**20}",
+            f"--nproc={self.procs}",
+            f"--nofile={self.open_files}",
+            "--core=0",
+        ]
+
+
+@dataclass(frozen=True)
+class Jail:
+    """One prepared run: the argv, its environment, and extra ``Popen`` options."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    popen: dict[str, Any] = field(default_factory=dict)
+    task_dir: str = TASK_DIR  # where the workload sees its directory
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How this worker jails workloads. Build with :meth:`create`."""
+
+    mode: str  # "bwrap" or "limits", resolved
+    limits: Limits = field(default_factory=Limits)
+    readonly: tuple[Path, ...] = ()  # extra paths every workload may read
+    reason: str = ""  # why limits only, when that is what we have
+    bwrap: str = "bwrap"
+    prlimit: str = "prlimit"
+    setpriv: str = "setpriv"
+
+    @classmethod
+    def create(cls, setting: str, limits: Limits, readonly: tuple[Path, ...] = ()) -> Sandbox:
+        """Resolves ``worker.sandbox`` (bwrap | limits | auto) on this machine.
+
+        Raises:
+            SandboxUnavailable: bwrap is required but missing or broken, or prlimit is missing.
+        """
+        prlimit, setpriv = shutil.which("prlimit"), shutil.which("setpriv")
+        if prlimit is None or setpriv is None:
+            raise SandboxUnavailable("prlimit and setpriv (util-linux) are needed for limits")
+        bwrap = shutil.which("bwrap")
+        ro = tuple(sorted({p.resolve() for p in readonly}))
+        if setting == "limits":
+            return cls("limits", limits, ro, "worker.sandbox = limits", prlimit=prlimit)
+        problem = "bwrap is not installed" if bwrap is None else _probe(bwrap)
+        if problem is None:
+            assert bwrap is not None
+            return cls("bwrap", limits, ro, bwrap=bwrap, prlimit=prlimit, setpriv=setpriv)
+        if setting == "auto":
+            return cls("limits", limits, ro, problem, prlimit=prlimit)
+        raise SandboxUnavailable(
+            f"worker.sandbox = bwrap but {problem}: install bubblewrap (apt-get install "
+            "bubblewrap), or set worker.sandbox = limits to run workloads with resource limits "
+            "only (they can then read what their uid can and reach the network)"
+        )
+
+    def describe(self) -> str:
+        lim = self.limits
+        caps = (f"{lim.memory_mb} MB memory, {lim.cpu_s} CPU s, {lim.file_mb} MB files, "
+                f"{lim.procs} processes")  # fmt: skip
+        if self.mode == "bwrap":
+            return f"bubblewrap: own root, no data dir or keys, no network unless allowed; {caps}"
+        return (f"limits only ({self.reason}): workloads see the filesystem as their uid does "
+                f"and have the network; {caps}")  # fmt: skip
+
+    def prepare(
+        self,
+        command: list[str],
+        workdir: Path,
+        env: dict[str, str],
+        *,
+        network: bool = False,
+        gpus: tuple[int, ...] = (),
+    ) -> Jail:
+        """The jail for ``command`` over ``workdir`` (given to the workload's uid)."""
+        root = os.geteuid() == 0
+        if root:
+            _give_tree(workdir, NOBODY)
+        inner = [self.prlimit, *self.limits.prlimit_args(), "--", *command]
+        if self.mode == "limits":
+            popen = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if root else {}
+            return Jail(inner, {**env, "HOME": str(workdir)}, workdir, popen, str(workdir))
+        if root:
+            inner = [self.setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                     "--", *inner]  # fmt: skip
+        args = self._bwrap_args(workdir, network, gpus, root)
+        return Jail([self.bwrap, *args, "--", *inner], {**env, "HOME": TASK_DIR}, workdir)
+
+    def _bwrap_args(
+        self, workdir: Path, network: bool, gpus: tuple[int, ...], root: bool
+    ) -> list[str]:
+        # As root, no user namespace: the uid drop inside must be a real one (see above).
+        # No --die-with-parent: its signal follows the *thread* that forked bwrap, and trio
+        # forks from worker threads that retire when idle, killing long jobs (the runtime
+        # stops the jail itself, see gpu.runtime.run_logged).
+        args = ["--new-session", *(_UNSHARE if root else ["--unshare-all"])]
+        args += ["--share-net"] if network and not root else []
+        args += ["--unshare-net"] if root and not network else []
+        for system in SYSTEM_DIRS:
+            if os.path.islink(system):
+                args += ["--symlink", os.readlink(system), system]
+            elif os.path.isdir(system):
+                args += ["--ro-bind", system, system]
+        made: set[Path] = set()
+        for path in self.readonly:
+            if any(path.is_relative_to(d) for d in SYSTEM_DIRS):
+                continue
+            # bwrap would make the parents 0700 (as /root is): the workload's uid needs a way in
+            for parent in reversed(path.parents[:-1]):
+                if parent not in made:
+                    made.add(parent)
+                    args += ["--perms", "0755", "--dir", str(parent)]
+            args += ["--ro-bind", str(path), str(path)]
+        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108
+        for device in [*(f"/dev/nvidia{i}" for i in gpus), *(NVIDIA_SHARED if gpus else ())]:
+            if os.path.exists(device):
+                args += ["--dev-bind", device, device]
+        args += ["--bind", str(workdir), TASK_DIR, "--chdir", TASK_DIR]
+        return args
+
+
+def _give_tree(root: Path, uid: int) -> None:
+    """Makes the task directory the workload's own (its inputs were unpacked by the node)."""
+    os.chown(root, uid, uid)
+    for base, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chown(os.path.join(base, name), uid, uid, follow_symlinks=False)
+
+
+def _probe(bwrap: str) -> str | None:
+    """None when bwrap can build a jail here (user namespaces allowed), else why not."""
+    unshare = _UNSHARE if os.geteuid() == 0 else ["--unshare-all"]
+    argv = [bwrap, *unshare, "--ro-bind", "/", "/", "--", "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap does not run ({exc})"
+    if done.returncode != 0:
+        return f"bwrap cannot build a jail here ({done.stderr.decode(errors='replace').strip()})"
+    return None

@@ -1,0 +1,215 @@
+"""Runtimes that drive a child process through segments, each closed by a hashed checkpoint.
+
+The child (one per runtime: :mod:`gpu.train_child`, :mod:`gpu.render_child`) runs in the
+sandbox, writes each segment's canonical state to ``.idlegrid/seg-<i>.ckpt`` in its task
+directory and reports it on a private pipe. This side moves each checkpoint out of the jail
+before hashing it (BLAKE3), so the workload cannot rewrite history, chains the hash to the
+previous one, and hands it to the market. :meth:`SegmentedRuntime.replay` re-runs one segment
+from a checkpoint and returns the resulting hash: what a verifier calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from blake3 import blake3
+
+from gpu.exec_runtime import exit_reason, workload_env
+from gpu.runtime import (
+    OnLog,
+    OnSegment,
+    RunResult,
+    RunSpec,
+    SegmentDone,
+    UnsafeOutput,
+    chain,
+    regular_file,
+    run_logged,
+)
+from gpu.sandbox import Sandbox
+
+CONTROL_DIR = ".idlegrid"  # in the task dir: where the child writes checkpoints
+MAX_CONTROL_LINE = 4096
+
+
+class BadSegment(Exception):
+    """The child reported a segment out of order or a checkpoint that is not where it says."""
+
+
+def file_hash(path: Path) -> bytes:
+    return blake3(path.read_bytes(), max_threads=blake3.AUTO).digest()
+
+
+class SegmentedRuntime:
+    """The common driver; a subclass names its child program and the arguments it takes."""
+
+    kinds: frozenset[str] = frozenset()
+    child: Path
+
+    def check(self, spec: RunSpec) -> str:
+        """Why ``spec`` cannot run, or ``""``."""
+        raise NotImplementedError
+
+    def child_args(self, spec: RunSpec) -> dict[str, Any]:
+        """The child's own arguments (the driver adds segments, resume and the pipe)."""
+        raise NotImplementedError
+
+    def child_env(self, spec: RunSpec) -> dict[str, str]:
+        return {}
+
+    def __init__(self, sandbox: Sandbox, python: str = sys.executable) -> None:
+        self.sandbox, self.python = sandbox, python
+
+    async def run(
+        self, spec: RunSpec, on_segment: OnSegment, on_log: OnLog, gpus: tuple[int, ...] = ()
+    ) -> RunResult:
+        return await self._run(spec, on_segment, on_log, gpus, None)
+
+    async def replay(self, spec: RunSpec, on_log: OnLog, gpus: tuple[int, ...] = ()) -> bytes:
+        """The state hash after segment ``spec.resume_index + 1``, run from ``spec.resume``.
+
+        Raises:
+            BadSegment: the replay failed (the log says why).
+        """
+        got: list[SegmentDone] = []
+
+        async def keep(done: SegmentDone) -> None:
+            got.append(done)
+
+        result = await self._run(spec, keep, on_log, gpus, spec.resume_index + 1)
+        if not result.ok or len(got) != 1:
+            raise BadSegment(f"replay of segment {spec.resume_index + 1} failed: {result.error}")
+        return got[0].hash
+
+    async def _run(self, spec: RunSpec, on_segment: OnSegment, on_log: OnLog,
+                   gpus: tuple[int, ...], stop_after: int | None) -> RunResult:  # fmt: skip
+        problem = self.check(spec)
+        if problem:
+            return RunResult(False, problem)
+        control = spec.workdir / CONTROL_DIR
+        shutil.rmtree(control, ignore_errors=True)
+        control.mkdir()
+        private = spec.workdir.parent / f"{spec.workdir.name}.checkpoints"
+        private.mkdir(mode=0o700, exist_ok=True)
+        if spec.resume is not None:
+            shutil.copyfile(spec.resume, control / "resume.ckpt")
+        pipe = _Pipe()
+        try:
+            jail = self._jail(spec, gpus, stop_after, pipe.write_fd)
+            return await self._drive(jail, pipe, _Progress(spec, private), on_segment, on_log)
+        finally:
+            pipe.close()
+            shutil.rmtree(private, ignore_errors=True)
+
+    def _jail(self, spec: RunSpec, gpus: tuple[int, ...], stop_after: int | None,
+              write_fd: int) -> Any:  # fmt: skip
+        args = {
+            **self.child_args(spec), "ckpt_dir": CONTROL_DIR,
+            "resume": f"{CONTROL_DIR}/resume.ckpt" if spec.resume is not None else None,
+            "resume_index": spec.resume_index, "stop_after": stop_after, "control_fd": write_fd,
+        }  # fmt: skip
+        env = {**workload_env(spec, gpus), "PYTHONHASHSEED": "0", **self.child_env(spec)}
+        command = [self.python, "-I", str(self.child), json.dumps(args)]
+        jail = self.sandbox.prepare(command, spec.workdir, env, network=spec.workload.network,
+                                    gpus=gpus)  # fmt: skip
+        jail.popen["pass_fds"] = (write_fd,)
+        return jail
+
+    async def _drive(self, jail: Any, pipe: _Pipe, progress: _Progress,
+                     on_segment: OnSegment, on_log: OnLog) -> RunResult:  # fmt: skip
+        errors: list[str] = []
+        async with trio.open_nursery() as nursery:
+
+            async def follow() -> None:
+                try:
+                    async for report in _lines(pipe.read_fd):
+                        await on_segment(await progress.collect(report))
+                except BadSegment as exc:
+                    errors.append(str(exc))
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(follow)
+            try:
+                code = await run_logged(jail.argv, jail.cwd, jail.env, on_log, **jail.popen)
+            finally:
+                pipe.close_write()  # our copy: the child's exit then reaches follow() as EOF
+        if errors:
+            return RunResult(False, errors[0])
+        if code != 0:
+            return RunResult(False, exit_reason(code, "python"))
+        return RunResult(True, result_hash=progress.last_hash)
+
+
+@dataclass
+class _Progress:
+    """The chain so far, and where the checkpoints are kept out of the jail's reach."""
+
+    spec: RunSpec
+    private: Path
+    started: float = field(default_factory=trio.current_time)
+    chained: bytes = b""
+    next: int = 0
+    last_hash: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.chained, self.next = self.spec.resume_chained, self.spec.resume_index + 1
+
+    async def collect(self, report: dict[str, Any]) -> SegmentDone:
+        index = report.get("segment")
+        if index != self.next or report.get("file") != f"{CONTROL_DIR}/seg-{index}.ckpt":
+            raise BadSegment(f"the child reported {report!r}, expected segment {self.next}")
+        kept = self.private / f"seg-{index}.ckpt"
+        try:  # a link would make us read (and publish) whatever it points to, as ourselves
+            regular_file(self.spec.workdir, report["file"]).replace(kept)  # out of reach first
+            regular_file(self.private, kept.name)
+        except OSError as exc:
+            raise BadSegment(f"checkpoint of segment {index} missing: {exc.strerror}") from None
+        except UnsafeOutput as exc:
+            raise BadSegment(f"checkpoint of segment {index} refused: {exc}") from None
+        digest = await trio.to_thread.run_sync(file_hash, kept)
+        self.chained = chain(self.chained, digest)
+        self.next, self.last_hash = index + 1, digest
+        seconds = int(trio.current_time() - self.started)
+        return SegmentDone(index, digest, self.chained, seconds, kept)
+
+
+async def _lines(fd: int) -> Any:
+    """JSON reports from the control pipe, one per line."""
+    stream = trio.lowlevel.FdStream(os.dup(fd))
+    buffer = b""
+    async with stream:
+        while data := await stream.receive_some():
+            *lines, buffer = (buffer + data).split(b"\n")
+            if len(buffer) > MAX_CONTROL_LINE:
+                raise BadSegment("the child's control line is too long")
+            for line in lines:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise BadSegment(f"unreadable control line {line[:80]!r}") from None
+
+
+class _Pipe:
+    """The control pipe: the child writes reports, we read them; each end closed once."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        self._open = {self.read_fd, self.write_fd}
+
+    def close_write(self) -> None:
+        if self.write_fd in self._open:
+            self._open.discard(self.write_fd)
+            os.close(self.write_fd)
+
+    def close(self) -> None:
+        self.close_write()
+        if self.read_fd in self._open:
+            self._open.discard(self.read_fd)
+            os.close(self.read_fd)

@@ -1,0 +1,226 @@
+"""The ``train`` runtime's child process: drives a job's PyTorch script in segments.
+
+Run by :mod:`gpu.train` inside the sandbox as ``python -I train_child.py '<json args>'``; it
+imports only the standard library, torch, numpy and msgpack (the idlegrid packages are not in
+the jail). The job's script provides::
+
+    def dataset(ctx) -> (inputs, targets)          # tensors; the runtime batches them
+    def init(ctx) -> (model, optimizer)            # the runtime seeds torch first
+    def step(ctx, model, optimizer, batch) -> loss # one optimiser step on (inputs, targets)
+
+``ctx`` has ``params`` (strings from the job spec), ``seed``, ``device``, ``dtype`` and ``step``
+(the global step about to run). The runtime owns everything that decides the result: seeds,
+deterministic algorithms, thread count, precision, batch order (a permutation per epoch from
+the job's seed) and the segment boundaries. After each segment it writes the canonical state
+(:func:`encode_state`) to ``<ckpt_dir>/seg-<i>.ckpt`` and reports it on the control pipe; the
+parent moves the file out of the jail and hashes it, so the workload cannot rewrite history.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import msgpack
+
+# torch.cuda imports pynvml, which warns that it is deprecated: noise in every job's log
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.cuda")
+import torch  # noqa: E402 - after the filter above
+
+FORMAT = "idlegrid.train/1"
+FINAL = "model.ckpt"
+TENSOR = 1  # msgpack extension code of a tensor: [dtype, shape, little-endian bytes]
+PRECISIONS = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
+              "fp16": torch.float16}  # fmt: skip
+
+
+@dataclass
+class Cursor:
+    """Where the data stream stands: the epoch and the position in its permutation."""
+
+    epoch: int = 0
+    position: int = 0
+    order: Any = field(default=None, repr=False)  # the epoch's permutation, rebuilt from the seed
+
+
+# --- canonical state -----------------------------------------------------------------------
+
+
+def _canon(value: Any) -> Any:
+    """Plain msgpack-able values in a fixed order: dict keys sorted, tuples as lists."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict):
+        return {k: _canon(value[k]) for k in sorted(value, key=lambda k: (str(type(k)), k))}
+    if isinstance(value, list | tuple):
+        return [_canon(v) for v in value]
+    return value
+
+
+def _pack_tensor(value: Any) -> Any:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"cannot checkpoint a {type(value).__name__}")
+    flat = value.detach().cpu().contiguous().reshape(-1)
+    raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+    header = [str(flat.dtype).removeprefix("torch."), list(value.shape), raw]
+    return msgpack.ExtType(TENSOR, msgpack.packb(header, use_bin_type=True))
+
+
+def _unpack_tensor(code: int, data: bytes) -> Any:
+    if code != TENSOR:
+        raise ValueError(f"unknown extension {code} in a checkpoint")
+    dtype_name, shape, raw = msgpack.unpackb(data, raw=False)
+    dtype = getattr(torch, dtype_name)
+    if not raw:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(shape)
+
+
+def encode_state(model: Any, optimizer: Any, cursor: Cursor, step: int) -> bytes:
+    """Weights, optimiser, RNG and data cursor, in a fixed order and byte layout."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "python": list(_py_rng())}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {
+        "format": FORMAT,
+        "step": step,
+        "cursor": [cursor.epoch, cursor.position],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng,
+    }
+    packed: bytes = msgpack.packb(_canon(state), default=_pack_tensor, use_bin_type=True)
+    return packed
+
+
+def decode_state(data: bytes) -> dict[str, Any]:
+    state: dict[str, Any] = msgpack.unpackb(
+        data, ext_hook=_unpack_tensor, raw=False, strict_map_key=False
+    )
+    if state.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} checkpoint")
+    return state
+
+
+def _py_rng() -> tuple[Any, ...]:
+    version, internal, gauss = random.getstate()
+    return version, list(internal), gauss
+
+
+def _restore(state: dict[str, Any], model: Any, optimizer: Any, cursor: Cursor) -> int:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    version, internal, gauss = state["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    cursor.epoch, cursor.position = state["cursor"]
+    step: int = state["step"]
+    return step
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def deterministic(seed: int, threads: int) -> None:
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
+def load_job(entry: str) -> Any:
+    spec = importlib.util.spec_from_file_location("job", Path(entry).resolve())
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot load {entry}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    missing = [f for f in ("dataset", "init", "step") if not callable(getattr(module, f, None))]
+    if missing:
+        raise ValueError(f"{entry} must define {', '.join(missing)}")
+    return module
+
+
+def next_batch(data: tuple[Any, Any], cursor: Cursor, batch: int, seed: int) -> Any:
+    """The next ``batch`` examples; a new epoch (a new permutation) when one runs out."""
+    count = len(data[0])
+    if cursor.order is None or cursor.position + batch > count:
+        if cursor.order is not None:
+            cursor.epoch, cursor.position = cursor.epoch + 1, 0
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + cursor.epoch)
+        cursor.order = torch.randperm(count, generator=generator)
+    index = cursor.order[cursor.position : cursor.position + batch]
+    cursor.position += batch
+    return data[0][index], data[1][index]
+
+
+def make_context(args: dict[str, Any]) -> SimpleNamespace:
+    params = args["params"]
+    precision = params.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"params.precision: one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return SimpleNamespace(params=params, seed=args["seed"], device=device,
+                           dtype=PRECISIONS[precision], step=0)  # fmt: skip
+
+
+def prepare(args: dict[str, Any]) -> tuple[Any, ...]:
+    """The job, its context, data, model and optimiser, at the resume point if there is one."""
+    ctx = make_context(args)
+    threads = int(ctx.params.get("threads", "1"))
+    deterministic(args["seed"], threads)
+    job = load_job(args["entry"])
+    inputs, targets = job.dataset(ctx)
+    if inputs.is_floating_point():
+        inputs = inputs.to(ctx.dtype)
+    data = (inputs.to(ctx.device), targets.to(ctx.device))
+    model, optimizer = job.init(ctx)
+    model.to(device=ctx.device, dtype=ctx.dtype)  # keeps the Parameter objects the optimiser holds
+    cursor, step = Cursor(), 0
+    if args["resume"]:
+        step = _restore(decode_state(Path(args["resume"]).read_bytes()), model, optimizer, cursor)
+        generator = torch.Generator().manual_seed(args["seed"] * 1_000_003 + cursor.epoch)
+        cursor.order = torch.randperm(len(data[0]), generator=generator)
+    return job, ctx, data, model, optimizer, cursor, step
+
+
+def main(args: dict[str, Any]) -> int:
+    job, ctx, data, model, optimizer, cursor, step = prepare(args)
+    segments = args["segments"]
+    last = segments - 1 if args.get("stop_after") is None else args["stop_after"]
+    with os.fdopen(args["control_fd"], "w", buffering=1) as control:
+        for index in range(args["resume_index"] + 1, last + 1):
+            started = time.monotonic()
+            end = (index + 1) * args["steps"] // segments
+            loss, done = None, end - step
+            batch = int(ctx.params.get("batch_size", 32))
+            while step < end:
+                ctx.step = step
+                loss = job.step(ctx, model, optimizer, next_batch(data, cursor, batch, ctx.seed))
+                step += 1
+            blob = encode_state(model, optimizer, cursor, step)
+            path = Path(args["ckpt_dir"]) / f"seg-{index}.ckpt"
+            path.write_bytes(blob)
+            rate = done / max(time.monotonic() - started, 1e-9)
+            print(f"segment {index + 1}/{segments}: step {step}, "
+                  f"loss {float(loss or 0):.6f}, {rate:.1f} steps/s")  # fmt: skip
+            control.write(json.dumps({"segment": index, "file": str(path), "step": step}) + "\n")
+            if index == segments - 1:
+                Path(FINAL).write_bytes(blob)  # the trained state, for the job's outputs
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(json.loads(sys.argv[1])))

@@ -1,0 +1,245 @@
+"""Workloads in the sandbox: what they must not reach, and the limits that stop them.
+
+Real bubblewrap, real child processes. Each hostile workload must be stopped and reported as a
+failed run, and the next run on the same worker must still succeed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from click.testing import CliRunner
+
+from consensus.market.messages import Workload
+from gpu.exec_runtime import ExecRuntime
+from gpu.runtime import RunResult, RunSpec, SegmentDone, run_logged
+from gpu.sandbox import Sandbox, SandboxUnavailable
+from node.cli import cli
+from node.market.packing import PackError, pack_outputs
+from tests.gpu.conftest import SECRET, is_root, needs_bwrap, sandbox
+
+PY = "python3"
+
+
+Outcome = tuple[RunResult, list[str], list[SegmentDone]]
+
+
+async def run(box: Sandbox, workdir: Path, code: str, *, network: bool = False,
+              outputs: tuple[str, ...] = (), tag: str = "") -> Outcome:  # fmt: skip
+    logs: list[str] = []
+    segments: list[SegmentDone] = []
+
+    async def on_segment(done: SegmentDone) -> None:
+        segments.append(done)
+
+    workload = Workload(kind="exec", command=[PY, "-c", code], outputs=list(outputs),
+                        network=network, params={"tag": tag})  # fmt: skip
+    with trio.fail_after(60):
+        result = await ExecRuntime(box).run(
+            RunSpec("t", workload, workdir), on_segment, logs.append
+        )
+    return result, logs, segments
+
+
+async def still_healthy(box: Sandbox, workdir: Path) -> None:
+    """After a hostile run, the same sandbox runs an ordinary task."""
+    result, logs, segments = await run(box, workdir, "open('ok.txt','w').write('fine')",
+                                       outputs=("ok.txt",))  # fmt: skip
+    assert result.ok, logs
+    assert len(segments) == 1 and segments[0].hash == result.result_hash
+
+
+@needs_bwrap
+async def test_workload_cannot_read_the_node_key(node_home: Path, workdir: Path) -> None:
+    key = node_home / "keys" / "node.key"
+    code = f"import sys; sys.stdout.buffer.write(open({str(key)!r}, 'rb').read())"
+    result, logs, _ = await run(sandbox(), workdir, code)
+    assert not result.ok and result.error == "exit code 1"
+    assert any("No such file or directory" in line for line in logs), logs
+    assert not any(SECRET.decode() in line for line in logs)
+    probe = f"import os; print(os.path.exists({str(node_home)!r}), os.getcwd(), os.getuid())"
+    seen, logs, _ = await run(sandbox(), workdir, probe)
+    assert seen.ok and logs[0].startswith("False /task "), logs
+    if is_root():
+        assert logs[0] == "False /task 65534", "a root daemon's workload runs as nobody"
+    await still_healthy(sandbox(), workdir)
+
+
+@needs_bwrap
+async def test_workload_cannot_write_outside_its_directory(node_home: Path, workdir: Path) -> None:
+    for target in [node_home / "planted", Path("/usr/planted"), Path("/etc/planted")]:
+        result, _, _ = await run(sandbox(), workdir, f"open({str(target)!r}, 'w')")
+        assert not result.ok, f"wrote {target}"
+        assert not target.exists()
+    result, _, _ = await run(sandbox(), workdir, "open('/tmp/scratch', 'w').write('x')")
+    assert result.ok, "its own /tmp is writable (and private)"
+    assert not Path("/tmp/scratch").exists()
+
+
+@needs_bwrap
+async def test_fork_bomb_is_stopped_and_reported(workdir: Path) -> None:
+    if not is_root():
+        pytest.skip("the uid running the test counts its own processes against the limit")
+    bomb = "import os\nwhile True:\n    os.fork()"
+    tag = os.urandom(8).hex()
+    result, logs, _ = await run(sandbox(procs=32), workdir, bomb, tag=tag)
+    assert not result.ok
+    assert any("Resource temporarily unavailable" in line for line in logs), logs[-5:]
+    assert not _tagged(tag), "processes of the bomb outlived its run"
+    await still_healthy(sandbox(procs=32), workdir)
+
+
+@needs_bwrap
+async def test_unbounded_allocation_is_stopped(workdir: Path) -> None:
+    hog = "x = []\nwhile True:\n    x.append(bytearray(50 * 2**20))"
+    result, logs, _ = await run(sandbox(memory_mb=512), workdir, hog)
+    assert not result.ok
+    assert any("MemoryError" in line for line in logs), logs[-5:]
+    await still_healthy(sandbox(memory_mb=512), workdir)
+
+
+@needs_bwrap
+async def test_cpu_time_limit_kills(workdir: Path) -> None:
+    result, _, _ = await run(sandbox(cpu_s=1), workdir, "while True: pass")
+    assert not result.ok and "(killed by SIGKILL: a resource limit" in result.error, result.error
+
+
+@needs_bwrap
+async def test_network_only_when_the_job_asks(workdir: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        code = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5)"
+        closed, logs, _ = await run(sandbox(), workdir, code)
+        assert not closed.ok and any("Connection refused" in line for line in logs), logs
+        opened, logs, _ = await run(sandbox(), workdir, code, network=True)
+        assert opened.ok, logs
+
+
+@needs_bwrap
+async def test_environment_is_clean(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDLEGRID_PASSPHRASE", "hunter2")
+    result, logs, _ = await run(sandbox(), workdir, "import os; print(sorted(os.environ))")
+    assert result.ok
+    assert "IDLEGRID_PASSPHRASE" not in logs[0] and "CUDA_VISIBLE_DEVICES" in logs[0]
+
+
+def _bin_without_bwrap(tmp_path: Path) -> str:
+    only = tmp_path / "bin"
+    only.mkdir()
+    for tool in ("prlimit", "true", "setpriv"):
+        (only / tool).symlink_to(f"/usr/bin/{tool}")
+    return str(only)
+
+
+def test_missing_bwrap_is_a_clear_error_or_a_stated_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", _bin_without_bwrap(tmp_path))
+    with pytest.raises(SandboxUnavailable, match="bwrap is not installed: install bubblewrap"):
+        sandbox("bwrap")
+    fallback = sandbox("auto")
+    assert fallback.mode == "limits"
+    assert fallback.describe().startswith("limits only (bwrap is not installed)")
+
+
+def test_worker_does_not_start_without_its_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = str(tmp_path / "node")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init", "--home", home, "--role", "worker"]).exit_code == 0
+    monkeypatch.setenv("PATH", _bin_without_bwrap(tmp_path))
+    result = runner.invoke(cli, ["node", "start", "--home", home])
+    assert result.exit_code == 1
+    assert "worker.sandbox = bwrap but bwrap is not installed" in result.output
+
+
+async def test_limits_mode_still_limits(workdir: Path) -> None:
+    hog = "x = []\nwhile True:\n    x.append(bytearray(50 * 2**20))"
+    result, logs, _ = await run(sandbox("limits", memory_mb=512), workdir, hog)
+    assert not result.ok and any("MemoryError" in line for line in logs)
+    if is_root():  # the workload runs as nobody: root's 0600 key stays unreadable
+        key = workdir.parents[1] / "keys" / "node.key"
+        result, logs, _ = await run(sandbox("limits"), workdir, f"open({str(key)!r}).read()")
+        assert not result.ok and any("Permission denied" in line for line in logs)
+
+
+def _tagged(tag: str) -> list[str]:
+    """Live processes whose environment carries ``tag`` (a zombie's environment is empty)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if f"IDLEGRID_PARAM_TAG={tag}".encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+assert sys.platform.startswith("linux"), "the sandbox is Linux-only"
+
+
+@needs_bwrap
+@pytest.mark.parametrize("mode", ["bwrap", "limits"])
+async def test_cancel_stops_a_workload_that_ignores_sigterm(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # the grace period run_logged reads, wherever the module lives
+    monkeypatch.setitem(run_logged.__globals__, "KILL_GRACE_S", 0.5)
+    tag = os.urandom(8).hex()
+    stubborn = ("import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "print('started', flush=True)\nwhile True: time.sleep(1)")  # fmt: skip
+    workload = Workload(kind="exec", command=[PY, "-c", stubborn], params={"tag": tag})
+    logs: list[str] = []
+    started = trio.Event()
+
+    def on_log(line: str) -> None:
+        logs.append(line)
+        if line == "started":
+            started.set()
+
+    async def on_segment(done: SegmentDone) -> None:
+        raise AssertionError("a cancelled run reports no segment")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ExecRuntime(sandbox(mode)).run, RunSpec("t", workload, workdir),
+                               on_segment, on_log)  # fmt: skip
+            await started.wait()
+            assert _tagged(tag)
+            nursery.cancel_scope.cancel()
+    assert not _tagged(tag), "the workload outlived its cancellation"
+    await still_healthy(sandbox(mode), workdir)
+
+
+@needs_bwrap
+async def test_a_link_to_the_key_in_the_outputs_is_refused(
+    node_home: Path, workdir: Path, tmp_path: Path
+) -> None:
+    """The node reads outputs as itself: a link planted by the workload must not be followed."""
+    key = node_home / "keys" / "node.key"
+    code = f"import os; os.makedirs('out'); os.symlink({str(key)!r}, 'out/key')"
+    result, _, segments = await run(sandbox(), workdir, code, outputs=("out/",))
+    assert not result.ok and segments == []
+    assert result.error == "unsafe output: out/key: out/key is a symbolic link"
+    with pytest.raises(PackError, match="out/key: a symbolic link, not packed"):
+        pack_outputs(workdir, ["out/"], tmp_path / "out.tar")
+
+
+@needs_bwrap
+async def test_a_run_outlives_the_thread_that_started_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trio starts processes from worker threads that retire after IDLE_TIMEOUT; nothing tied
+    to that thread (bwrap's --die-with-parent is) may end the run."""
+    from trio._core import _thread_cache  # noqa: PLC0415
+
+    monkeypatch.setattr(_thread_cache, "IDLE_TIMEOUT", 0.05)
+    result, logs, _ = await run(sandbox(), workdir, "import time; time.sleep(1.5); print('done')")
+    assert result.ok, (result.error, logs)
+    assert logs == ["done"]

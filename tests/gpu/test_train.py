@@ -1,0 +1,138 @@
+"""The train runtime: hashed, chained checkpoints that resumes and replays reproduce exactly.
+
+Real PyTorch on the CPU in real child processes, in the sandbox; the example job in
+``examples/train-tiny`` with few steps so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+
+from consensus.market.messages import Workload
+from gpu.runtime import GENESIS, RunResult, RunSpec, SegmentDone, chain
+from gpu.train import BadSegment, TrainRuntime, _Progress, file_hash
+from tests.gpu.conftest import needs_bwrap, sandbox
+
+pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
+pytestmark = needs_bwrap
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train-tiny" / "train.py"
+PARAMS = {"lr": "0.01", "hidden": "16", "batch_size": "32", "precision": "fp32"}
+WORKLOAD = Workload(kind="train", entry="train.py", steps=12, segments=4, seed=7, params=PARAMS)
+
+
+class Run:
+    """One run of the runtime in a fresh task dir, keeping copies of its checkpoints."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.dir, self.kept = root / name, root / f"{name}.kept"
+        self.dir.mkdir(parents=True)
+        self.kept.mkdir()
+        shutil.copy(EXAMPLE, self.dir / "train.py")
+        self.segments: list[SegmentDone] = []
+        self.logs: list[str] = []
+
+    async def on_segment(self, done: SegmentDone) -> None:
+        shutil.copy(done.checkpoint, self.kept / f"seg-{done.index}.ckpt")
+        self.segments.append(done)
+
+    def checkpoint(self, index: int) -> Path:
+        return self.kept / f"seg-{index}.ckpt"
+
+    async def go(self, workload: Workload = WORKLOAD, **spec: object) -> RunResult:
+        run_spec = RunSpec("t", workload, self.dir, **spec)  # type: ignore[arg-type]
+        with trio.fail_after(120):
+            result = await TrainRuntime(sandbox()).run(run_spec, self.on_segment, self.logs.append)
+        assert result.ok, (result.error, self.logs[-10:])
+        return result
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One uninterrupted run, shared by the tests that compare against it."""
+    run = Run(tmp_path_factory.mktemp("train"), "baseline")
+    trio.run(run.go)
+    return run
+
+
+async def test_two_processes_produce_the_same_chain(tmp_path: Path, baseline: Run) -> None:
+    again = Run(tmp_path, "again")
+    result = await again.go()
+    assert [s.hash for s in again.segments] == [s.hash for s in baseline.segments]
+    assert [s.index for s in baseline.segments] == [0, 1, 2, 3]
+    chained = GENESIS
+    for done in baseline.segments:
+        assert done.hash == file_hash(baseline.checkpoint(done.index))
+        chained = chain(chained, done.hash)
+        assert done.chained == chained
+    assert result.result_hash == baseline.segments[-1].hash
+    assert file_hash(again.dir / "model.ckpt") == result.result_hash
+    assert any(line.startswith("segment 4/4: step 12, loss ") for line in again.logs)
+
+
+async def test_resume_from_a_checkpoint_continues_the_same_chain(
+    tmp_path: Path, baseline: Run
+) -> None:
+    resumed = Run(tmp_path, "resumed")
+    one = baseline.segments[1]
+    await resumed.go(resume=baseline.checkpoint(1), resume_index=1, resume_chained=one.chained)
+    assert [(s.index, s.hash, s.chained) for s in resumed.segments] == [
+        (s.index, s.hash, s.chained) for s in baseline.segments[2:]
+    ]
+
+
+async def test_replay_of_one_segment_reproduces_the_next_checkpoint(
+    tmp_path: Path, baseline: Run
+) -> None:
+    verifier = Run(tmp_path, "verifier")
+    spec = RunSpec("t", WORKLOAD, verifier.dir, baseline.checkpoint(0), 0)
+    with trio.fail_after(60):
+        replayed = await TrainRuntime(sandbox()).replay(spec, verifier.logs.append)
+    assert replayed == baseline.segments[1].hash
+    assert [line for line in verifier.logs if line.startswith("segment ")] == [
+        line for line in verifier.logs if line.startswith("segment 2/4")
+    ], "a replay runs that one segment only"
+
+
+CHANGES = {
+    "lr": {"params": {**PARAMS, "lr": "0.011"}},
+    "precision": {"params": {**PARAMS, "precision": "fp64"}},
+    "skipped-step": {"steps": 11},  # every segment boundary moves
+}
+
+
+async def test_any_change_changes_the_hashes(tmp_path: Path, baseline: Run) -> None:
+    runs = {name: Run(tmp_path, name) for name in CHANGES}
+    async with trio.open_nursery() as nursery:  # side by side: each run is mostly torch's import
+        for name, change in CHANGES.items():
+            nursery.start_soon(runs[name].go, replace(WORKLOAD, **change))  # type: ignore[arg-type]
+    theirs = {s.hash for s in baseline.segments}
+    for name, run in runs.items():
+        assert len(run.segments) == 4
+        assert not {s.hash for s in run.segments} & theirs, f"{name} left a hash unchanged"
+
+
+async def test_a_bad_script_fails_with_the_reason(tmp_path: Path) -> None:
+    run = Run(tmp_path, "bad")
+    (run.dir / "train.py").write_text("def init(ctx):\n    pass\n")
+    spec = RunSpec("t", WORKLOAD, run.dir)
+    with trio.fail_after(60):
+        result = await TrainRuntime(sandbox()).run(spec, run.on_segment, run.logs.append)
+    assert not result.ok and run.segments == []
+    assert any("train.py must define dataset, step" in line for line in run.logs), run.logs
+
+
+async def test_a_checkpoint_replaced_by_a_link_is_refused(tmp_path: Path) -> None:
+    """The workload could swap its checkpoint for a link to the node key before we hash it."""
+    run = Run(tmp_path, "linked")
+    (run.dir / ".idlegrid").mkdir()
+    (tmp_path / "secret").write_bytes(b"key")
+    (run.dir / ".idlegrid" / "seg-0.ckpt").symlink_to(tmp_path / "secret")
+    progress = _Progress(RunSpec("t", WORKLOAD, run.dir), run.kept)
+    with pytest.raises(BadSegment, match=r"refused: \.idlegrid/seg-0\.ckpt: .* is a symbolic link"):
+        await progress.collect({"segment": 0, "file": ".idlegrid/seg-0.ckpt"})
