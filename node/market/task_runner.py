@@ -219,8 +219,8 @@ class TaskRunner:
                 "price_wei_per_s": str(bid.price_wei_per_s),
             },
         )
-        award = Award(
-            expires_ms=now + self.params.demand_ttl_ms,
+        award = Award(  # stamped now: the writes above may have taken a while
+            expires_ms=self.net.now_ms() + self.params.demand_ttl_ms,
             nonce=new_nonce(),
             ref=task.ref,
             worker=won.bidder,

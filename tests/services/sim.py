@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import nacl.signing
+import outcome
 import trio
 from blake3 import blake3
 
@@ -20,8 +24,35 @@ from node.market.requester import JobManager
 from node.market.store import MarketStore
 from node.market.worker import WorkerService
 from storage.blobs import BlobStore
-from storage.db import Database
+from storage.db import Database, _Job
 from tests.services.memnet import Hub, MemNet
+
+T = TypeVar("T")
+
+
+class InlineDatabase(Database):
+    """The real database, but each statement holds the event loop until it is done.
+
+    trio's mock clock jumps as soon as the loop looks idle, and a loop waiting on the
+    sqlite thread looks idle: under load a query then "took" minutes of market time, and
+    envelopes stamped before it expired. Blocking the loop (only in this simulation) keeps
+    virtual time still while sqlite works.
+    """
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        await trio.lowlevel.checkpoint()
+        finished, box = threading.Event(), []
+
+        def run() -> None:
+            try:
+                box.append(outcome.capture(fn))
+            finally:
+                finished.set()
+
+        self._jobs.put(_Job(run))
+        finished.wait()
+        return box[0].unwrap()  # type: ignore[no-any-return]
+
 
 PARAMS = MarketParams(bid_window_ms=1000, confirm_timeout_ms=2000, voucher_interval_ms=1000,
                       voucher_grace_ms=5000, lost_after_ms=4000, no_bids_retry_ms=2000)  # fmt: skip
@@ -82,7 +113,7 @@ async def make_node(hub: Hub, root: Path, name: str) -> SimNode:
     root.mkdir(parents=True, exist_ok=True)
     key = nacl.signing.SigningKey(blake3(name.encode()).digest())
     net = MemNet(hub, key)
-    db = await Database.open(root / "node.db")
+    db = await InlineDatabase.open(root / "node.db")
     share = BlobShare(net, BlobStore(root / "blobs"), root / "scratch")
     share.register()
     return SimNode(name, net, MarketStore(db), db, share, root)
