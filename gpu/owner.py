@@ -1,9 +1,11 @@
 """Is the machine's owner using the GPUs? For idle-only workers (``worker.idle_only``).
 
 The owner is busy when a process that is not ours (the daemon and everything it started,
-workloads included) runs compute or graphics work on one of the GPUs we offer, as NVML lists
-them. A CPU-only worker, or one whose NVML fails, cannot tell and reports "not busy"; the
-worker's log says so once.
+workloads included) runs compute work (CUDA, OpenCL) on one of the GPUs we offer, as NVML lists
+them. Graphics processes do not count: a desktop's display server is one at all times, and it
+would keep an idle-only worker from ever working (so a game is not noticed either). A CPU-only
+worker, or one whose NVML fails, cannot tell and reports "not busy"; the worker's log says so
+once.
 """
 
 from __future__ import annotations
@@ -39,9 +41,7 @@ def foreign_gpu_processes(nvml: Any | None, indices: list[int], ours: set[int]) 
         foreign: set[int] = set()
         for index in indices:
             handle = lib.nvmlDeviceGetHandleByIndex(index)
-            for query in (lib.nvmlDeviceGetComputeRunningProcesses,
-                          lib.nvmlDeviceGetGraphicsRunningProcesses):  # fmt: skip
-                foreign |= {p.pid for p in query(handle)} - ours
+            foreign |= {p.pid for p in lib.nvmlDeviceGetComputeRunningProcesses(handle)} - ours
         return sorted(foreign)
     except lib.NVMLError as exc:
         raise NvmlFailed(f"NVML failed listing GPU processes: {exc}") from None

@@ -20,8 +20,8 @@ def test_only_processes_that_are_not_ours_count() -> None:
                   graphics=[SimpleNamespace(pid=12)])  # fmt: skip
     other = FakeGpu(processes=[SimpleNamespace(pid=13)])
     fake = FakeNvml([gpu, other])
-    assert foreign_gpu_processes(fake, [0], ours={10}) == [11, 12]
-    assert foreign_gpu_processes(fake, [0, 1], ours={10, 11, 12}) == [13]
+    assert foreign_gpu_processes(fake, [0], ours={10}) == [11], "graphics (pid 12) not counted"
+    assert foreign_gpu_processes(fake, [0, 1], ours={10, 11}) == [13]
     assert fake.initialised == 0
     with pytest.raises(NvmlFailed):
         foreign_gpu_processes(FakeNvml([], missing=True), [0], ours=set())
