@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from web3 import Web3
 
@@ -34,7 +36,7 @@ def deposit(net: Net, value: int = 10 * ETH, cap: int = 20 * ETH, ttl: int = 864
     return req
 
 
-def reverts(error: str) -> pytest.RaisesContext[ChainReverted]:
+def reverts(error: str) -> Any:
     return pytest.raises(ChainReverted, match=rf"reverted: {error}\(")
 
 
