@@ -93,8 +93,10 @@ class ChainService:
         factory: Callable[[], Settlement],
         retry_base_s: float = 1.0,
         retry_max_s: float = 60.0,
+        on_unavailable: Callable[[ChainUnavailable], None] | None = None,
     ) -> None:
         self._factory = factory
+        self._on_unavailable = on_unavailable or (lambda exc: None)
         self._limiter = trio.CapacityLimiter(1)
         self._client: Settlement | None = None
         self.retry_base_s = retry_base_s
@@ -127,6 +129,7 @@ class ChainService:
             return await self.call(lambda c: c.send(op, args, value))
         except ChainUnavailable as exc:
             log.warning("chain unavailable, will retry: %s", exc)
+            self._on_unavailable(exc)
             await self._reconcile_until_done(exc.journal_id)
             return None
 
@@ -138,6 +141,7 @@ class ChainService:
                 open_rows = await self.call(lambda c: c.reconcile())
             except ChainUnavailable as exc:
                 log.warning("chain still unavailable: %s", exc)
+                self._on_unavailable(exc)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
             if row is None or all(r.id != row for r in open_rows):
