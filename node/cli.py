@@ -31,6 +31,7 @@ from node.cli_base import (
     table,
 )
 from node.cli_job import bids, job
+from node.cli_wallet import WALLET_COMMANDS, settlement
 from node.client import ApiClient, NotRunning
 from node.home import Home, resolve_home, running_pid
 
@@ -274,6 +275,9 @@ def wallet_address(home_dir: str | None, as_json: bool) -> None:
 
 cli.add_command(job)
 cli.add_command(bids)
+for command in WALLET_COMMANDS:
+    wallet.add_command(command)
+cli.add_command(settlement)
 
 
 def main() -> None:
