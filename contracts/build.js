@@ -47,6 +47,7 @@ function build() {
   const artifacts = {};
   for (const file of Object.keys(sources)) {
     for (const [name, c] of Object.entries(out.contracts[file] || {})) {
+      if (!c.evm.bytecode.object) continue; // abstract: part of another contract
       artifacts[name] = {
         contract: name,
         source: file,

@@ -3,7 +3,7 @@ pragma solidity ^0.8.24;
 
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {Epochs} from "./Epochs.sol";
 
 /// @title idlegrid settlement: per-job escrow, worker stake, EIP-712 voucher claims, slashing.
 /// @notice Money is native coin in wei. A requester escrows a job's budget; it signs cumulative
@@ -11,7 +11,11 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 /// what it already claimed, minus the protocol fee. Unspent escrow returns to the requester once
 /// the claim window after the job's end or deadline has closed. Stake unbonds after a delay and
 /// can be slashed with evidence signed by a quorum of staked sentries.
-contract IdlegridSettlement is EIP712, ReentrancyGuard {
+/// Epoch settlement (Epochs.sol) is the cheap path: requesters fund a pool,
+/// a bonded anchorer posts one Merkle root of cumulative per-worker earnings per epoch with
+/// per-requester debits, requesters may dispute an entry during a window, and workers claim
+/// rarely with a Merkle proof.
+contract IdlegridSettlement is EIP712, Epochs {
     bytes32 public constant VOUCHER_TYPEHASH =
         keccak256("Voucher(bytes32 job,bytes32 task,address worker,uint256 cumulative)");
     bytes32 public constant SLASH_TYPEHASH =
@@ -42,6 +46,8 @@ contract IdlegridSettlement is EIP712, ReentrancyGuard {
     uint256 public immutable sentryMinStake;
     uint256 public immutable slashQuorum;
     uint256 public immutable slashBurnBps;
+    uint256 public immutable anchorBond;
+    uint64 public immutable disputeWindow;
 
     mapping(bytes32 => Job) public jobs;
     /// keccak256(job, task, worker) => cumulative amount already claimed (gross, fee included)
@@ -84,27 +90,34 @@ contract IdlegridSettlement is EIP712, ReentrancyGuard {
     error NotTreasury(address caller);
     error TransferFailed(address to, uint256 amount);
 
-    constructor(
-        address treasury_,
-        uint256 feeBps_,
-        uint64 claimGrace_,
-        uint64 unbondingDelay_,
-        uint256 sentryMinStake_,
-        uint256 slashQuorum_,
-        uint256 slashBurnBps_
-    ) EIP712("idlegrid", "1") {
-        if (treasury_ == address(0)) revert BadParameter("treasury");
-        if (feeBps_ > 1_000) revert BadParameter("feeBps"); // at most 10 %
-        if (slashQuorum_ == 0) revert BadParameter("slashQuorum");
-        if (slashBurnBps_ > BPS) revert BadParameter("slashBurnBps");
-        if (sentryMinStake_ == 0) revert BadParameter("sentryMinStake");
-        treasury = treasury_;
-        feeBps = feeBps_;
-        claimGrace = claimGrace_;
-        unbondingDelay = unbondingDelay_;
-        sentryMinStake = sentryMinStake_;
-        slashQuorum = slashQuorum_;
-        slashBurnBps = slashBurnBps_;
+    struct Params {
+        address treasury;
+        uint256 feeBps;
+        uint64 claimGrace;
+        uint64 unbondingDelay;
+        uint256 sentryMinStake;
+        uint256 slashQuorum;
+        uint256 slashBurnBps;
+        uint256 anchorBond;
+        uint64 disputeWindow;
+    }
+
+    constructor(Params memory p) EIP712("idlegrid", "1") {
+        if (p.treasury == address(0)) revert BadParameter("treasury");
+        if (p.feeBps > 1_000) revert BadParameter("feeBps"); // at most 10 %
+        if (p.slashQuorum == 0) revert BadParameter("slashQuorum");
+        if (p.slashBurnBps > BPS) revert BadParameter("slashBurnBps");
+        if (p.sentryMinStake == 0) revert BadParameter("sentryMinStake");
+        if (p.anchorBond == 0) revert BadParameter("anchorBond");
+        treasury = p.treasury;
+        feeBps = p.feeBps;
+        claimGrace = p.claimGrace;
+        unbondingDelay = p.unbondingDelay;
+        sentryMinStake = p.sentryMinStake;
+        slashQuorum = p.slashQuorum;
+        slashBurnBps = p.slashBurnBps;
+        anchorBond = p.anchorBond;
+        disputeWindow = p.disputeWindow;
     }
 
     // ---------------------------------------------------------------- escrow
@@ -254,6 +267,7 @@ contract IdlegridSettlement is EIP712, ReentrancyGuard {
         address[] memory signers = _sentries(slashDigest(worker, amount, evidence), sigs);
         evidenceUsed[evidence] = true;
         uint256 taken = _take(stakes[worker], amount);
+        if (taken == 0) revert InsufficientStake(0, amount);
         uint256 share = (taken - (taken * slashBurnBps) / BPS) / signers.length;
         uint256 burned = taken - share * signers.length;
         emit Slashed(worker, evidence, taken, burned);
@@ -284,7 +298,46 @@ contract IdlegridSettlement is EIP712, ReentrancyGuard {
         uint256 fromUnbonding = rest < s.unbonding ? rest : s.unbonding;
         s.unbonding -= fromUnbonding;
         taken = fromBonded + fromUnbonding;
-        if (taken == 0) revert InsufficientStake(0, amount);
+    }
+
+    // ---------------------------------------------------------------- epoch hooks
+
+    function _bondOf(address who) internal view override returns (uint256) {
+        return stakes[who].bonded;
+    }
+
+    /// Half of the bond to the requester who caught the bad anchor, the rest burned.
+    function _slashBond(address anchorer, address disputer) internal override returns (uint256 taken) {
+        taken = _take(stakes[anchorer], anchorBond);
+        uint256 reward = taken / 2;
+        _send(disputer, reward);
+        _send(BURN, taken - reward);
+    }
+
+    function _payWorker(address worker, uint256 delta) internal override returns (uint256 fee) {
+        fee = (delta * feeBps) / BPS;
+        feesAccrued += fee;
+        _send(worker, delta - fee);
+    }
+
+    function _voucherSigner(Entry calldata e, bytes calldata sig) internal view override returns (address) {
+        return ECDSA.recover(voucherDigest(e.job, e.task, e.worker, e.amount), sig);
+    }
+
+    function _unbondingDelay() internal view override returns (uint64) {
+        return unbondingDelay;
+    }
+
+    function _anchorBond() internal view override returns (uint256) {
+        return anchorBond;
+    }
+
+    function _disputeWindow() internal view override returns (uint64) {
+        return disputeWindow;
+    }
+
+    function _sendCoin(address to, uint256 amount) internal override {
+        _send(to, amount);
     }
 
     // ---------------------------------------------------------------- helpers

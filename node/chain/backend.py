@@ -31,6 +31,8 @@ class DeployParams:
     sentry_min_stake_wei: int = 10**18
     slash_quorum: int = 2
     slash_burn_bps: int = 5000
+    anchor_bond_wei: int = 10**18  # stake an anchorer must have bonded (slashed on a void)
+    dispute_window_s: int = 3600  # to dispute an anchored entry, and then to answer
 
 
 class Chain:
@@ -99,13 +101,17 @@ class Chain:
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         treasury = params.treasury or self.w3.eth.accounts[0]
         ctor = factory.constructor(
-            Web3.to_checksum_address(treasury),
-            params.fee_bps,
-            params.claim_grace_s,
-            params.unbonding_delay_s,
-            params.sentry_min_stake_wei,
-            params.slash_quorum,
-            params.slash_burn_bps,
+            (
+                Web3.to_checksum_address(treasury),
+                params.fee_bps,
+                params.claim_grace_s,
+                params.unbonding_delay_s,
+                params.sentry_min_stake_wei,
+                params.slash_quorum,
+                params.slash_burn_bps,
+                params.anchor_bond_wei,
+                params.dispute_window_s,
+            )
         )
         if key is None:
             tx_hash = ctor.transact({"from": self.w3.eth.accounts[0]})

@@ -18,6 +18,7 @@ from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound
 
 from consensus.settlement.eip712 import Domain
+from consensus.settlement.epoch import Entry, Epoch
 from node.chain.artifacts import Artifact
 from node.chain.backend import Chain
 from node.chain.errors import ChainReverted, ChainUnavailable
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 GAS_MARGIN_PCT = 25  # over the estimate: a claim's transfer may cost more than estimated
 WRITES = (
     "deposit", "endJob", "withdraw", "claim", "stake", "requestUnstake", "withdrawStake",
-    "withdrawFees", "slash",
+    "withdrawFees", "slash", "fund", "leavePool", "withdrawPool", "postAnchor", "finalize",
+    "dispute", "answer", "voidAnchor", "claimEarnings",
 )  # fmt: skip
 
 
@@ -181,6 +183,59 @@ class Settlement:
     def slash(self, worker: str, amount: int, evidence: bytes, sigs: list[bytes]) -> TxResult:
         return self.send("slash", [Web3.to_checksum_address(worker), amount, evidence, sigs])
 
+    # ------------------------------------------------------------------ epochs
+
+    def fund(self, value: int) -> TxResult:
+        return self.send("fund", [], value)
+
+    def leave_pool(self, amount: int) -> TxResult:
+        return self.send("leavePool", [amount])
+
+    def withdraw_pool(self) -> TxResult:
+        return self.send("withdrawPool", [])
+
+    def post_anchor(self, epoch: Epoch) -> TxResult:
+        requesters = [Web3.to_checksum_address(r) for r in epoch.debits]
+        amounts = list(epoch.debits.values())
+        args = [epoch.earnings_tree.root, epoch.entries_tree.root, requesters, amounts]
+        return self.send("postAnchor", args)
+
+    def finalize(self, index: int) -> TxResult:
+        return self.send("finalize", [index])
+
+    def dispute(self, index: int, entry: Entry, proof: list[bytes]) -> TxResult:
+        return self.send("dispute", [index, _entry(entry), proof])
+
+    def answer(self, index: int, entry: Entry, sig: bytes) -> TxResult:
+        return self.send("answer", [index, _entry(entry), sig])
+
+    def void_anchor(self, index: int, entry: Entry, debits: dict[bytes, int]) -> TxResult:
+        requesters = [Web3.to_checksum_address(r) for r in debits]
+        return self.send("voidAnchor", [index, _entry(entry), requesters, list(debits.values())])
+
+    def claim_earnings(self, cumulative: int, proof: list[bytes]) -> TxResult:
+        return self.send("claimEarnings", [cumulative, proof])
+
+    def pool_of(self, address: str | None = None) -> dict[str, int]:
+        who = Web3.to_checksum_address(address or self.address)
+        balance, leaving, leave_at = self.contract.functions.pools(who).call()
+        return {"balance": balance, "leaving": leaving, "leave_at": leave_at}
+
+    def anchor(self, index: int) -> dict[str, Any]:
+        f = self.contract.functions.anchors(index).call()
+        states = ("none", "pending", "final", "void")
+        return {
+            "earnings_root": bytes(f[0]), "entries_root": bytes(f[1]), "anchorer": f[3],
+            "dispute_deadline": f[4], "open_disputes": f[5], "state": states[f[6]], "total": f[7],
+        }  # fmt: skip
+
+    def earned_of(self, address: str | None = None) -> int:
+        who = Web3.to_checksum_address(address or self.address)
+        return int(self.contract.functions.earned(who).call())
+
+    def epoch_count(self) -> int:
+        return int(self.contract.functions.epochCount().call())
+
     # ------------------------------------------------------------------ reads
 
     def balance(self, address: str | None = None) -> int:
@@ -277,3 +332,13 @@ class Settlement:
         return self.journal.rows(
             *states, chain_id=self.chain.chain_id, contract=self.contract_address
         )
+
+
+def _entry(e: Entry) -> tuple[str, str, bytes, bytes, int]:
+    return (
+        Web3.to_checksum_address(e.requester),
+        Web3.to_checksum_address(e.worker),
+        e.job,
+        e.task,
+        e.amount,
+    )
