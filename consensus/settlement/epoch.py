@@ -3,7 +3,11 @@ the per-requester debits that one anchor posts.
 
 Pure and deterministic: every sentry assembling the same verified vouchers gets the same roots.
 Entries carry cumulative voucher amounts; an epoch debits each requester the increase of its
-lines over the previous anchor, and credits each worker's cumulative earnings leaf with it.
+lines over the previous anchor (gross), and credits each worker's cumulative earnings leaf with
+its share of that, net of the protocol fee. The contract takes ``floor(total * fee_bps / 10000)``
+when the epoch becomes final, so the net credits are made to add up to exactly the rest: each
+worker gets ``floor(gross_w * net / total)`` and the few wei of rounding go one each to the
+workers first by address.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from consensus.errors import Invalid
+from consensus.settlement.eip712 import BPS
 from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree, leaf_hash
 
 Line = tuple[bytes, bytes, bytes]  # (job, task, worker)
@@ -41,8 +46,8 @@ class Entry:
 @dataclass(frozen=True)
 class Epoch:
     entries: tuple[Entry, ...]
-    earnings: dict[bytes, int]  # worker -> cumulative earnings over all epochs (gross, wei)
-    debits: dict[bytes, int]  # requester -> paid by its pool this epoch
+    earnings: dict[bytes, int]  # worker -> cumulative earnings over all epochs (net of fees)
+    debits: dict[bytes, int]  # requester -> paid by its pool this epoch (gross)
     entries_tree: MerkleTree
     earnings_tree: MerkleTree
     lines: dict[Line, int] = field(default_factory=dict)  # cumulative per line after this epoch
@@ -62,6 +67,7 @@ def assemble(
     entries: Iterable[Entry],
     prev_lines: Mapping[Line, int],
     prev_earnings: Mapping[bytes, int],
+    fee_bps: int,
 ) -> Epoch:
     """The next epoch over ``entries`` (verified tasks' latest vouchers), after the last final one.
 
@@ -69,8 +75,10 @@ def assemble(
         Invalid: two entries for one line, an amount below what was already anchored, or an
             epoch with nothing new in it.
     """
+    if not 0 <= fee_bps <= BPS:
+        raise Invalid("epoch.fee_bps", f"must be in 0..{BPS}, got {fee_bps}")
     lines = dict(prev_lines)
-    earnings = dict(prev_earnings)
+    gross: dict[bytes, int] = {}
     debits: dict[bytes, int] = {}
     kept: list[Entry] = []
     seen: set[Line] = set()
@@ -86,11 +94,14 @@ def assemble(
         if e.amount == before:
             continue
         lines[e.line] = e.amount
-        earnings[e.worker] = earnings.get(e.worker, 0) + e.amount - before
+        gross[e.worker] = gross.get(e.worker, 0) + e.amount - before
         debits[e.requester] = debits.get(e.requester, 0) + e.amount - before
         kept.append(e)
     if not kept:
         raise Invalid("epoch.entries", "nothing new to anchor")
+    earnings = dict(prev_earnings)
+    for worker, net in net_shares(gross, fee_bps).items():
+        earnings[worker] = earnings.get(worker, 0) + net
     return Epoch(
         entries=tuple(kept),
         earnings=earnings,
@@ -99,3 +110,13 @@ def assemble(
         earnings_tree=MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(earnings.items())]),
         lines=lines,
     )
+
+
+def net_shares(gross: Mapping[bytes, int], fee_bps: int) -> dict[bytes, int]:
+    """Split the total less ``floor(total * fee_bps / BPS)`` in proportion to ``gross``, exactly."""
+    total = sum(gross.values())
+    net = total - total * fee_bps // BPS
+    shares = {w: g * net // total for w, g in sorted(gross.items())}
+    for w in list(shares)[: net - sum(shares.values())]:
+        shares[w] += 1
+    return shares

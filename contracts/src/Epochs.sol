@@ -2,7 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 /// @title Epoch settlement: pools, anchors, disputes and Merkle claims.
 /// @notice The cheap path for many small jobs. A requester funds a pool. Once per epoch a bonded
@@ -14,8 +14,12 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 /// with that requester's EIP-712 voucher for exactly that amount, or the anchor is void, the
 /// debits go back to the pools and the anchorer's bond is slashed. Once final, a worker claims
 /// the increase of its cumulative leaf over what it claimed before, as rarely as it likes.
-/// One anchor is pending at a time; a voided epoch is re-anchored by the next one.
-abstract contract Epochs is ReentrancyGuard {
+/// The protocol fee is taken once per epoch when it becomes final: the earnings leaves are net
+/// of it, and together never exceed what the final anchors debited less their fees.
+/// One anchor is pending at a time, held in one reused storage record (a fresh record per epoch
+/// would cost 5 new storage slots, about 110k gas); history is in the events. A voided epoch is
+/// re-anchored by the next one. A new anchor finalizes the previous one when its window is over.
+abstract contract Epochs is ReentrancyGuardTransient {
     enum AnchorState {
         None,
         Pending,
@@ -49,14 +53,16 @@ abstract contract Epochs is ReentrancyGuard {
     }
 
     mapping(address => Pool) public pools;
-    mapping(uint64 => Anchor) public anchors;
+    Anchor public pending; // the latest anchor: epoch `epochCount - 1`
     /// keccak256(epoch, entry leaf) => time by which the anchorer must answer (0: no dispute)
     mapping(bytes32 => uint64) public disputes;
     mapping(address => uint256) public earned; // cumulative claimed from anchors, per worker
     uint64 public epochCount;
     bytes32 public claimRoot;
-    uint256 public anchoredFinal; // total of final anchors
-    uint256 public anchoredClaimed;
+    // One slot for both, so a claim reads and writes one cold slot, not two (about 2k gas).
+    // 2**128 wei is far beyond any coin supply.
+    uint128 public anchoredFinal; // what final anchors made claimable (debits less fees)
+    uint128 public anchoredClaimed;
 
     event PoolFunded(address indexed requester, uint256 amount, uint256 balance);
     event PoolLeaving(address indexed requester, uint256 amount, uint64 leaveAt);
@@ -67,13 +73,14 @@ abstract contract Epochs is ReentrancyGuard {
     event Disputed(uint64 indexed epoch, bytes32 indexed leaf, address requester, uint64 answerBy);
     event Answered(uint64 indexed epoch, bytes32 indexed leaf);
     event Voided(uint64 indexed epoch, bytes32 indexed leaf, address anchorer, uint256 slashed);
-    event EarningsClaimed(address indexed worker, uint256 cumulative, uint256 paid, uint256 fee);
+    event EarningsClaimed(address indexed worker, uint256 cumulative, uint256 paid);
 
     error NotAnchorer(address caller, uint256 bonded);
     error PreviousPending(uint64 epoch);
     error LengthMismatch();
     error PoolShort(address requester, uint256 available, uint256 wanted);
     error NotPending(uint64 epoch);
+    error NotLatest(uint64 epoch, uint64 latest);
     error WindowClosed(uint64 epoch, uint64 deadline);
     error WindowOpen(uint64 epoch, uint64 deadline);
     error DisputesOpen(uint64 epoch, uint32 open);
@@ -91,7 +98,7 @@ abstract contract Epochs is ReentrancyGuard {
     // ------------------------------------------------------------ hooks of the main contract
     function _bondOf(address who) internal view virtual returns (uint256);
     function _slashBond(address anchorer, address disputer) internal virtual returns (uint256);
-    function _payWorker(address worker, uint256 delta) internal virtual returns (uint256 fee);
+    function _accrueFee(uint256 total) internal virtual returns (uint256 fee);
     function _voucherSigner(Entry calldata e, bytes calldata sig) internal view virtual returns (address);
     function _unbondingDelay() internal view virtual returns (uint64);
     function _anchorBond() internal view virtual returns (uint256);
@@ -142,14 +149,14 @@ abstract contract Epochs is ReentrancyGuard {
             total += amounts[i];
         }
         uint64 deadline = uint64(block.timestamp) + _disputeWindow();
-        anchors[epoch] = Anchor(earningsRoot, entriesRoot, keccak256(abi.encode(requesters, amounts)),
+        pending = Anchor(earningsRoot, entriesRoot, keccak256(abi.encode(requesters, amounts)),
             msg.sender, deadline, 0, AnchorState.Pending, total);
         epochCount = epoch + 1;
         emit Anchored(epoch, msg.sender, earningsRoot, entriesRoot, total);
     }
 
     function _settlePrevious(uint64 epoch) private {
-        Anchor storage a = anchors[epoch];
+        Anchor storage a = pending;
         if (a.state == AnchorState.Pending) {
             if (block.timestamp < a.disputeDeadline || a.openDisputes > 0) revert PreviousPending(epoch);
             _finalize(epoch, a);
@@ -170,7 +177,7 @@ abstract contract Epochs is ReentrancyGuard {
 
     /// @notice Make a pending anchor final once its window is over with no open dispute.
     function finalize(uint64 epoch) external {
-        Anchor storage a = anchors[epoch];
+        Anchor storage a = _latest(epoch);
         if (a.state != AnchorState.Pending) revert NotPending(epoch);
         if (block.timestamp < a.disputeDeadline) revert WindowOpen(epoch, a.disputeDeadline);
         if (a.openDisputes > 0) revert DisputesOpen(epoch, a.openDisputes);
@@ -180,8 +187,13 @@ abstract contract Epochs is ReentrancyGuard {
     function _finalize(uint64 epoch, Anchor storage a) private {
         a.state = AnchorState.Final;
         claimRoot = a.earningsRoot;
-        anchoredFinal += a.total;
+        anchoredFinal += uint128(a.total - _accrueFee(a.total));
         emit Finalized(epoch, a.earningsRoot);
+    }
+
+    function _latest(uint64 epoch) private view returns (Anchor storage a) {
+        if (epoch + 1 != epochCount) revert NotLatest(epoch, epochCount == 0 ? 0 : epochCount - 1);
+        a = pending;
     }
 
     // ------------------------------------------------------------ disputes
@@ -193,7 +205,7 @@ abstract contract Epochs is ReentrancyGuard {
     /// @notice The requester says it never signed `e`; the anchorer has `disputeWindow` to show
     /// the voucher.
     function dispute(uint64 epoch, Entry calldata e, bytes32[] calldata proof) external {
-        Anchor storage a = anchors[epoch];
+        Anchor storage a = _latest(epoch);
         if (a.state != AnchorState.Pending) revert NotPending(epoch);
         if (block.timestamp >= a.disputeDeadline) revert WindowClosed(epoch, a.disputeDeadline);
         if (e.requester != msg.sender) revert NotYourEntry(e.requester, msg.sender);
@@ -209,7 +221,7 @@ abstract contract Epochs is ReentrancyGuard {
 
     /// @notice Show the requester's voucher for exactly the disputed amount.
     function answer(uint64 epoch, Entry calldata e, bytes calldata sig) external {
-        Anchor storage a = anchors[epoch];
+        Anchor storage a = _latest(epoch);
         if (a.state != AnchorState.Pending) revert NotPending(epoch);
         bytes32 leaf = entryLeaf(e);
         bytes32 key = keccak256(abi.encode(epoch, leaf));
@@ -227,7 +239,7 @@ abstract contract Epochs is ReentrancyGuard {
     /// here, checked against the anchor), and the anchorer's bond is slashed.
     function voidAnchor(uint64 epoch, Entry calldata e, address[] calldata requesters,
         uint256[] calldata amounts) external nonReentrant {
-        Anchor storage a = anchors[epoch];
+        Anchor storage a = _latest(epoch);
         if (a.state != AnchorState.Pending) revert NotPending(epoch);
         bytes32 leaf = entryLeaf(e);
         uint64 answerBy = disputes[keccak256(abi.encode(epoch, leaf))];
@@ -244,7 +256,8 @@ abstract contract Epochs is ReentrancyGuard {
 
     // ------------------------------------------------------------ claims
 
-    /// @notice Claim the increase of the caller's cumulative earnings in the latest final root.
+    /// @notice Claim the increase of the caller's cumulative (net) earnings in the latest final
+    /// root; the fee was taken when the epochs became final.
     function claimEarnings(uint256 cumulative, bytes32[] calldata proof) external nonReentrant {
         bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(msg.sender, cumulative))));
         if (!MerkleProof.verifyCalldata(proof, claimRoot, leaf)) revert NotInTree();
@@ -252,9 +265,10 @@ abstract contract Epochs is ReentrancyGuard {
         if (cumulative <= before) revert NothingToClaimYet(cumulative, before);
         uint256 delta = cumulative - before;
         if (anchoredClaimed + delta > anchoredFinal) revert PoolOverdrawn(anchoredFinal, anchoredClaimed, delta);
+        // the check above bounds delta by a uint128, so the cast below cannot truncate
         earned[msg.sender] = cumulative;
-        anchoredClaimed += delta;
-        uint256 fee = _payWorker(msg.sender, delta);
-        emit EarningsClaimed(msg.sender, cumulative, delta - fee, fee);
+        anchoredClaimed += uint128(delta);
+        emit EarningsClaimed(msg.sender, cumulative, delta);
+        _sendCoin(msg.sender, delta);
     }
 }

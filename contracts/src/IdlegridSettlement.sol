@@ -314,10 +314,9 @@ contract IdlegridSettlement is EIP712, Epochs {
         _send(BURN, taken - reward);
     }
 
-    function _payWorker(address worker, uint256 delta) internal override returns (uint256 fee) {
-        fee = (delta * feeBps) / BPS;
+    function _accrueFee(uint256 total) internal override returns (uint256 fee) {
+        fee = (total * feeBps) / BPS;
         feesAccrued += fee;
-        _send(worker, delta - fee);
     }
 
     function _voucherSigner(Entry calldata e, bytes calldata sig) internal view override returns (address) {

@@ -221,12 +221,14 @@ class Settlement:
         balance, leaving, leave_at = self.contract.functions.pools(who).call()
         return {"balance": balance, "leaving": leaving, "leave_at": leave_at}
 
-    def anchor(self, index: int) -> dict[str, Any]:
-        f = self.contract.functions.anchors(index).call()
+    def anchor(self) -> dict[str, Any]:
+        """The latest anchor (epoch ``epoch_count() - 1``); older ones are in the events."""
+        f = self.contract.functions.pending().call()
         states = ("none", "pending", "final", "void")
         return {
-            "earnings_root": bytes(f[0]), "entries_root": bytes(f[1]), "anchorer": f[3],
-            "dispute_deadline": f[4], "open_disputes": f[5], "state": states[f[6]], "total": f[7],
+            "epoch": self.epoch_count() - 1, "earnings_root": bytes(f[0]),
+            "entries_root": bytes(f[1]), "anchorer": f[3], "dispute_deadline": f[4],
+            "open_disputes": f[5], "state": states[f[6]], "total": f[7],
         }  # fmt: skip
 
     def earned_of(self, address: str | None = None) -> int:

@@ -16,6 +16,7 @@ from node.chain.signing import sign_voucher
 from tests.chain.conftest import ETH, Net
 
 WINDOW = 3600
+FEE = 100  # bps, as deployed by the fixture
 BURN = "0x000000000000000000000000000000000000dEaD"
 J1, J2, J3 = (bytes([i]) * 32 for i in (1, 2, 3))
 T0, T1 = chain_task_id(0, 0), chain_task_id(1, 0)
@@ -62,7 +63,7 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     true = entries(net, signed)
     # The cheat anchors worker2's J3 line at 3 ETH instead of the 1.5 ETH signed.
     forged_lines = entries(net, {**signed, (J3, T0, "worker2"): 3 * ETH})
-    forged = assemble(forged_lines, {}, {})
+    forged = assemble(forged_lines, {}, {}, FEE)
     cheat.post_anchor(forged)
     assert req.pool_of()["balance"] == 10 * ETH - forged.total
     bad = forged_lines[-1]
@@ -70,7 +71,7 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     with reverts("NotYourEntry"):  # the voucher it has is for 1.5 ETH, not 3
         cheat.answer(0, bad, voucher_sig(net, true[-1]))
     with reverts("PreviousPending"):
-        honest.post_anchor(assemble(true, {}, {}))
+        honest.post_anchor(assemble(true, {}, {}, FEE))
     net.chain.advance(2 * WINDOW)
     with reverts("DisputesOpen"):
         honest.finalize(0)
@@ -78,33 +79,33 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     with reverts("DebitsMismatch"):
         honest.void_anchor(0, bad, {b(net, "requester"): 1})
     honest.void_anchor(0, bad, forged.debits)
-    assert req.anchor(0)["state"] == "void"
+    assert req.anchor()["state"] == "void"
     assert req.pool_of()["balance"] == 10 * ETH  # every debit back
     assert cheat.stake_of()["bonded"] == 0
     assert (
         req.balance() - req_before == ETH // 2 and net.chain.balance(BURN) - burn_before == ETH // 2
     )
 
-    good = assemble(true, {}, {})
+    good = assemble(true, {}, {}, FEE)
     honest.post_anchor(good)
     with reverts("WindowOpen"):
         honest.finalize(1)
     net.chain.advance(WINDOW)
     honest.finalize(1)
-    assert claim(net, "worker", good) == split_fee(3 * ETH, 100)[0]
-    assert claim(net, "worker2", good) == split_fee(2 * ETH, 100)[0]
+    assert claim(net, "worker", good) == split_fee(3 * ETH, FEE)[0]  # the fee came off at finalize
+    assert claim(net, "worker2", good) == split_fee(2 * ETH, FEE)[0]
     with reverts("NothingToClaimYet"):
         claim(net, "worker", good)
 
     # A second epoch: only the increases are debited, claimed and paid.
     more = entries(net, {(J2, T0, "worker"): 3 * ETH, (J3, T1, "worker2"): ETH})
-    second = assemble(more, good.lines, good.earnings)
+    second = assemble(more, good.lines, good.earnings, FEE)
     assert second.debits == {b(net, "requester"): 2 * ETH}
     honest.post_anchor(second)
     net.chain.advance(WINDOW)
     honest.finalize(2)
-    assert claim(net, "worker", second) == split_fee(ETH, 100)[0]
-    assert claim(net, "worker2", second) == split_fee(ETH, 100)[0]
+    assert claim(net, "worker", second) == split_fee(ETH, FEE)[0]
+    assert claim(net, "worker2", second) == split_fee(ETH, FEE)[0]
 
     req.leave_pool(3 * ETH)  # 10 funded - 5 - 2 anchored
     with reverts("PoolShort"):
@@ -122,7 +123,7 @@ def test_an_answered_dispute_lets_the_epoch_pass(net: Net) -> None:
     req, anchorer = net.client("requester"), net.client("sentry1")
     req.fund(5 * ETH)
     anchorer.stake(ETH)
-    epoch = assemble(entries(net, {(J1, T0, "worker"): ETH, (J2, T0, "worker2"): ETH}), {}, {})
+    epoch = assemble(entries(net, {(J1, T0, "worker"): ETH, (J2, T0, "worker2"): ETH}), {}, {}, FEE)
     anchorer.post_anchor(epoch)
     e = epoch.entries[0]
     with reverts("NotInTree"):
@@ -141,13 +142,13 @@ def test_an_answered_dispute_lets_the_epoch_pass(net: Net) -> None:
     with reverts("WindowClosed"):
         req.dispute(0, epoch.entries[1], epoch.entry_proof(epoch.entries[1]))
     anchorer.finalize(0)
-    assert req.anchor(0)["state"] == "final"
-    assert claim(net, "worker", epoch) == split_fee(ETH, 100)[0]
+    assert req.anchor()["state"] == "final"
+    assert claim(net, "worker", epoch) == split_fee(ETH, FEE)[0]
 
 
 def test_anchors_the_pools_do_not_cover_are_refused(net: Net) -> None:
     req, anchorer = net.client("requester"), net.client("sentry1")
-    epoch = assemble(entries(net, {(J1, T0, "worker"): 2 * ETH}), {}, {})
+    epoch = assemble(entries(net, {(J1, T0, "worker"): 2 * ETH}), {}, {}, FEE)
     with reverts("NotAnchorer"):
         anchorer.post_anchor(epoch)
     anchorer.stake(ETH)
@@ -155,7 +156,7 @@ def test_anchors_the_pools_do_not_cover_are_refused(net: Net) -> None:
     with reverts("PoolShort"):
         anchorer.post_anchor(epoch)
     # A root whose leaves promise more than the debits: claims stop at what was debited.
-    liar = assemble(entries(net, {(J1, T0, "worker"): ETH}), {}, {b(net, "worker"): 5 * ETH})
+    liar = assemble(entries(net, {(J1, T0, "worker"): ETH}), {}, {b(net, "worker"): 5 * ETH}, FEE)
     anchorer.post_anchor(liar)
     net.chain.advance(WINDOW)
     anchorer.finalize(0)
@@ -165,9 +166,11 @@ def test_anchors_the_pools_do_not_cover_are_refused(net: Net) -> None:
         net.client("worker2").claim_earnings(ETH, liar.earnings_proof(b(net, "worker")))
     with reverts("NotPending"):
         anchorer.finalize(0)
+    with reverts("NotLatest"):
+        anchorer.finalize(1)
 
 
 def test_reads_of_a_fresh_contract(net: Net) -> None:
     c: Settlement = net.client("requester")
     assert c.epoch_count() == 0 and c.earned_of() == 0
-    assert c.anchor(0)["state"] == "none"
+    assert c.anchor()["state"] == "none" and c.anchor()["epoch"] == -1
