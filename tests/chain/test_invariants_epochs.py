@@ -161,8 +161,8 @@ class Epochs(RuleBasedStateMachine):
 
 
 Epochs.TestCase.settings = settings(
-    max_examples=6,
-    stateful_step_count=25,
+    max_examples=5,
+    stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
