@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,13 +23,14 @@ from consensus.settlement.eip712 import ChainVoucher, chain_job_id, chain_task_i
 from consensus.settlement.units import format_wei, parse_wei
 from node import identity
 from node.chain.artifacts import StaleArtifact
-from node.chain.client import Settlement, TxResult
 from node.chain.errors import ChainError
 from node.chain.journal import Journal
-from node.chain.service import open_settlement
 from node.chain.signing import sign_voucher, voucher_signer
 from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
 from node.home import Home, resolve_home
+
+if TYPE_CHECKING:
+    from node.chain.client import Settlement, TxResult
 
 dry_run_option = click.option(
     "--dry-run", is_flag=True, help="estimate and show what would be sent; send nothing"
@@ -48,6 +49,9 @@ def connect(home_dir: str | None, dry_run: bool = False) -> Settlement:
     flags = {"chain.dry_run": (True if dry_run else None, "--dry-run")}
     settings = load(home.config, flags=flags).settings.chain
     keys = identity.load(home, _passphrase)
+    # web3 and eth-tester take about a second to import: only the wallet commands pay for it.
+    from node.chain.service import open_settlement  # noqa: PLC0415
+
     try:
         return open_settlement(settings, keys.wallet_key, home.db)
     except (ChainError, StaleArtifact) as exc:
@@ -104,18 +108,21 @@ def show_tx(as_json: bool, r: TxResult) -> None:
 def balance(home_dir: str | None, as_json: bool) -> None:
     """Coin balance and stake of this node's chain account."""
     c = connect(home_dir)
-    stake = run(c.stake_of)
+    stake, pool = run(c.stake_of), run(c.pool_of)
     payload = {
         "address": c.address, "chain_id": c.chain.chain_id, "backend": c.chain.kind,
         "contract": c.contract_address, "balance_wei": str(run(c.balance)),
         "stake_bonded_wei": str(stake["bonded"]), "stake_unbonding_wei": str(stake["unbonding"]),
-        "unbond_at": stake["unbond_at"],
+        "unbond_at": stake["unbond_at"], "pool_wei": str(pool["balance"]),
+        "pool_leaving_wei": str(pool["leaving"]),
     }  # fmt: skip
     emit(as_json, payload, lambda p: table([
         ("address", p["address"]), ("chain", f"{p['chain_id']} ({p['backend']})"),
         ("balance", format_wei(int(p["balance_wei"]))),
         ("staked", format_wei(int(p["stake_bonded_wei"]))),
         ("unbonding", f"{format_wei(int(p['stake_unbonding_wei']))} until {p['unbond_at']}"),
+        ("pool", f"{format_wei(int(p['pool_wei']))}, "
+                 f"leaving {format_wei(int(p['pool_leaving_wei']))}"),
     ]))  # fmt: skip
 
 
@@ -187,6 +194,30 @@ def unstake(amount: str | None, take: bool, dry_run: bool, home_dir: str | None,
     value = wei_arg(amount, "AMOUNT") if amount else 0
     c = connect(home_dir, dry_run)
     show_tx(as_json, run(c.withdraw_stake if take else lambda: c.request_unstake(value)))
+
+
+@click.command("fund")
+@click.argument("amount")
+@click.option("--leave", is_flag=True, help="ask AMOUNT back instead (after the unbonding delay)")
+@click.option("--withdraw", "take", is_flag=True, help="take back what has finished leaving")
+@dry_run_option
+@home_option
+@json_option
+def fund(amount: str, leave: bool, take: bool, dry_run: bool, home_dir: str | None,  # noqa: PLR0917
+         as_json: bool) -> None:  # fmt: skip
+    """Add AMOUNT to this requester's pool for epoch settlement (or --leave / --withdraw it)."""
+    if leave and take:
+        raise BadInput("--leave and --withdraw exclude each other")
+    value = wei_arg(amount, "AMOUNT")
+    c = connect(home_dir, dry_run)
+    act = (
+        c.withdraw_pool
+        if take
+        else (lambda: c.leave_pool(value))
+        if leave
+        else (lambda: c.fund(value))
+    )
+    show_tx(as_json, run(act))
 
 
 @click.command("voucher")
@@ -269,7 +300,9 @@ def job_escrow(job: str, home_dir: str | None, as_json: bool) -> None:
     emit(as_json, payload, lambda p: table([(k, str(v)) for k, v in p.items()]))
 
 
-WALLET_COMMANDS = (balance, deposit, end, withdraw, stake, unstake, voucher, claim, job_escrow)
+WALLET_COMMANDS = (
+    balance, deposit, end, withdraw, stake, unstake, fund, voucher, claim, job_escrow,
+)  # fmt: skip
 
 
 @click.group("settlement")
@@ -297,3 +330,41 @@ def txs(home_dir: str | None, as_json: bool) -> None:
         (str(r["id"]), r["op"], r["state"], str(r["gas"] or ""), str(r["block"] or ""),
          r["tx"] or r["error"]) for r in rs
     ]) if rs else "no chain transactions yet")  # fmt: skip
+
+
+@settlement.command("epochs")
+@home_option
+@json_option
+def epochs(home_dir: str | None, as_json: bool) -> None:
+    """Anchored epochs, from the contract's events: roots, tx, total, dispute window state."""
+    c = connect(home_dir)
+    rows = run(lambda: epoch_rows(c))
+    header = ("EPOCH", "STATE", "TOTAL", "DISPUTES", "WINDOW ENDS", "EARNINGS ROOT", "TX")
+    emit(as_json, rows, lambda rs: table([header] + [
+        (str(r["epoch"]), r["state"], format_wei(int(r["total_wei"])), str(r["disputes"]),
+         str(r["dispute_deadline"]), r["earnings_root"][:18] + "...", r["tx"][:18] + "...")
+        for r in rs
+    ]) if rs else "no epochs anchored yet")  # fmt: skip
+
+
+def epoch_rows(c: Settlement) -> list[dict[str, Any]]:
+    ev = c.contract.events
+    rows: dict[int, dict[str, Any]] = {}
+    for log in ev.Anchored().get_logs(from_block=0):
+        a = log["args"]
+        rows[a["epoch"]] = {
+            "epoch": a["epoch"], "state": "pending", "anchorer": a["anchorer"],
+            "earnings_root": "0x" + bytes(a["earningsRoot"]).hex(),
+            "entries_root": "0x" + bytes(a["entriesRoot"]).hex(), "total_wei": str(a["total"]),
+            "tx": "0x" + bytes(log["transactionHash"]).hex(), "block": log["blockNumber"],
+            "disputes": 0, "dispute_deadline": None,
+        }  # fmt: skip
+    for name, state in (("Finalized", "final"), ("Voided", "void")):
+        for log in getattr(ev, name)().get_logs(from_block=0):
+            rows[log["args"]["epoch"]]["state"] = state
+    for log in ev.Disputed().get_logs(from_block=0):
+        rows[log["args"]["epoch"]]["disputes"] += 1
+    latest = c.anchor()
+    if latest["epoch"] in rows:
+        rows[latest["epoch"]]["dispute_deadline"] = latest["dispute_deadline"]
+    return [rows[k] for k in sorted(rows)]

@@ -13,6 +13,7 @@ from consensus.settlement.epoch import Entry, Epoch, assemble
 from node.chain.client import Settlement
 from node.chain.errors import ChainReverted
 from node.chain.signing import sign_voucher
+from node.cli_wallet import epoch_rows
 from tests.chain.conftest import ETH, Net
 
 WINDOW = 3600
@@ -117,6 +118,12 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     fees = 7 * ETH // 100
     assert req.fees_accrued() == fees
     assert net.chain.balance(net.address) == fees + ETH  # the fees and the honest bond
+    rows = epoch_rows(req)  # what `idlegrid settlement epochs` shows
+    assert [(r["epoch"], r["state"], r["disputes"]) for r in rows] == [
+        (0, "void", 1), (1, "final", 0), (2, "final", 0),
+    ]  # fmt: skip
+    assert rows[1]["earnings_root"] == "0x" + good.earnings_tree.root.hex()
+    assert rows[2]["total_wei"] == str(2 * ETH)
 
 
 def test_an_answered_dispute_lets_the_epoch_pass(net: Net) -> None:
