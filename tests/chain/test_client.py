@@ -10,6 +10,7 @@ import trio
 from eth_account import Account
 
 from config.schema import ChainSettings
+from consensus.settlement.epoch import Entry, assemble
 from node.chain import artifacts
 from node.chain.backend import Chain
 from node.chain.client import Settlement
@@ -69,6 +70,23 @@ def test_the_embedded_chain_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
     assert second.stake_of()["bonded"] == stake["bonded"] == ETH
     assert second.stake_of()["unbonding"] == ETH
     assert [r.state for r in Journal(db).rows()] == ["mined"] * 3  # replay adds no rows
+
+
+def test_replay_restores_epochs_pools_and_disputes(tmp_path: Path) -> None:
+    key = bytes(Account.create().key)
+    db = tmp_path / "node.db"
+    me = bytes.fromhex(Account.from_key(key).address[2:])
+    first = open_settlement(ChainSettings(), key, db)
+    first.fund(3 * ETH)
+    first.stake(ETH)  # this node is requester and anchorer at once
+    entry = Entry(me, b"\x05" * 20, JOB, b"\x00" * 32, ETH)
+    epoch = assemble([entry], {}, {}, 100)
+    first.post_anchor(epoch)
+    first.dispute(0, entry, epoch.entry_proof(entry))  # tuples and lists of bytes in the journal
+    second = open_settlement(ChainSettings(), key, db)
+    assert second.pool_of() == first.pool_of() and second.pool_of()["balance"] == 2 * ETH
+    assert second.anchor()["open_disputes"] == 1
+    assert second.anchor()["earnings_root"] == epoch.earnings_tree.root
 
 
 def test_rpc_start_up_checks_chain_id_and_contract(anvil: Anvil) -> None:
