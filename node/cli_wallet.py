@@ -91,9 +91,13 @@ def task_arg(text: str) -> bytes:
 
 
 def show_tx(as_json: bool, r: TxResult) -> None:
-    payload = {"op": r.op, "tx": r.tx_hash, "gas": r.gas, "block": r.block, "dry_run": r.dry_run}
+    payload: dict[str, Any] = {
+        "op": r.op, "tx": r.tx_hash, "gas": r.gas, "block": r.block, "dry_run": r.dry_run,
+    }  # fmt: skip
     if r.dry_run:
-        emit(as_json, payload, lambda p: f"{p['op']}: dry run, would use about {p['gas']} gas")
+        payload["would_send"] = r.would_send
+        emit(as_json, payload, lambda p: "dry run, nothing sent; would send:\n" + table(
+            [(k, str(v)) for k, v in (p["would_send"] or {}).items()]))  # fmt: skip
     else:
         emit(
             as_json,

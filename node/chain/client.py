@@ -42,6 +42,7 @@ class TxResult:
     block: int | None
     journal_id: int | None
     dry_run: bool = False
+    would_send: dict[str, Any] | None = None  # dry run: the transaction, unsigned
 
 
 def _transport(exc: BaseException) -> bool:
@@ -89,7 +90,13 @@ class Settlement:
         if op not in WRITES:
             raise ValueError(f"unknown contract write {op!r}")
         if self.dry_run:
-            return TxResult(op, None, self._estimate(op, args, value), None, None, dry_run=True)
+            gas = self._estimate(op, args, value)
+            tx = {
+                "from": self.address, "to": self.contract_address, "chain_id": self.chain.chain_id,
+                "value_wei": str(value), "function": op,
+                "data": self.contract.encode_abi(op, args=args), "gas_estimate": gas,
+            }  # fmt: skip
+            return TxResult(op, None, gas, None, None, dry_run=True, would_send=tx)
         row = None
         if self.journal is not None:
             row = self.journal.begin(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 from eth_account import Account
+from web3 import Web3
 
 from config.schema import ChainSettings
 from consensus.settlement.epoch import Entry, assemble
@@ -50,6 +51,10 @@ def test_dry_run_estimates_and_sends_nothing(tmp_path: Path) -> None:
     before = c.balance()
     r = c.deposit(JOB, ETH, 2 * ETH, net.chain.now() + 600)
     assert r.dry_run and r.tx_hash is None and 50_000 < r.gas < 150_000
+    assert r.would_send is not None and r.would_send["to"] == net.address
+    assert r.would_send["value_wei"] == str(ETH) and r.would_send["function"] == "deposit"
+    selector = Web3.keccak(text="deposit(bytes32,uint256,uint64)")[:4].hex()
+    assert r.would_send["data"].removeprefix("0x").startswith(selector.removeprefix("0x"))
     assert c.balance() == before and journal.rows() == []
     with pytest.raises(ChainReverted, match="ZeroAmount"):  # a dry run still says what fails
         c.deposit(JOB, 0, 2 * ETH, net.chain.now() + 600)
