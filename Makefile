@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit install clean
+.PHONY: demo test lint typecheck unit install clean contracts
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "idlegrid needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -31,8 +31,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) contracts
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## make contracts: the pinned solc-js and anvil from npm (package-lock.json), when npm exists;
+## the tests then rebuild and byte-compare the artifacts and run the chain tests on anvil too.
+contracts:
+	@if command -v npm >/dev/null; then \
+		test -d contracts/node_modules || (cd contracts && npm ci --no-audit --no-fund); \
+	else echo "npm not found: contract rebuild check and anvil tests will be skipped"; fi
+
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis contracts/node_modules

@@ -180,6 +180,35 @@ class MarketSettings:
     )
 
 
+CHAIN_BACKENDS = ("embedded", "rpc")
+
+
+def rpc_url_check(value: Any) -> str | None:
+    ok = value == "" or value.startswith(("http://", "https://"))
+    return None if ok else "an http:// or https:// JSON-RPC URL, or empty for the embedded chain"
+
+
+def address_check(value: Any) -> str | None:
+    hexpart = value[2:] if value.startswith("0x") else ""
+    ok = value == "" or (len(hexpart) == 40 and all(c in "0123456789abcdefABCDEF" for c in hexpart))
+    return None if ok else "a 0x-prefixed 20-byte hex address, or empty"
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    backend: str = setting(
+        "embedded",
+        "embedded (an in-process EVM, deployed on start, rebuilt from the journal) or rpc",
+        one_of(CHAIN_BACKENDS),
+    )
+    rpc_url: str = setting("", "JSON-RPC endpoint when backend = rpc", rpc_url_check)
+    chain_id: int = setting(
+        0, "chain id the endpoint must report (backend = rpc)", int_range(0, 2**63 - 1)
+    )
+    contract: str = setting("", "settlement contract address (backend = rpc)", address_check)
+    dry_run: bool = setting(False, "print what would be sent instead of sending it")
+
+
 @dataclass(frozen=True)
 class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
@@ -187,6 +216,7 @@ class Settings:
     p2p: P2pSettings = field(default_factory=P2pSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     market: MarketSettings = field(default_factory=MarketSettings)
+    chain: ChainSettings = field(default_factory=ChainSettings)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -195,6 +225,7 @@ SECTIONS: dict[str, type[Any]] = {
     "p2p": P2pSettings,
     "worker": WorkerSettings,
     "market": MarketSettings,
+    "chain": ChainSettings,
 }
 
 
@@ -206,7 +237,15 @@ def _offline_after_heartbeats(settings: Settings) -> str | None:
     return None
 
 
+def _rpc_complete(settings: Settings) -> str | None:
+    chain = settings.chain
+    if chain.backend == "rpc" and not (chain.rpc_url and chain.chain_id and chain.contract):
+        return "chain.rpc_url, chain.chain_id and chain.contract all set when backend = rpc"
+    return None
+
+
 # Rules that relate several keys: (key blamed, check over the whole settings).
 CROSS_CHECKS: tuple[tuple[str, Callable[[Settings], str | None]], ...] = (
     ("p2p.offline_after_s", _offline_after_heartbeats),
+    ("chain.backend", _rpc_complete),
 )

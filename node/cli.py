@@ -32,6 +32,7 @@ from node.cli_base import (
 )
 from node.cli_gpu import check_sandbox, gpu
 from node.cli_job import bids, job, worker
+from node.cli_wallet import WALLET_COMMANDS, settlement
 from node.client import ApiClient, NotRunning
 from node.home import Home, resolve_home, running_pid
 
@@ -279,6 +280,9 @@ cli.add_command(job)
 cli.add_command(bids)
 cli.add_command(worker)
 cli.add_command(gpu)
+for command in WALLET_COMMANDS:
+    wallet.add_command(command)
+cli.add_command(settlement)
 
 
 def main() -> None:

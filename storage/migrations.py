@@ -160,6 +160,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             );
         """,
     ),
+    Migration(
+        version=4,
+        description="settlement: every chain transaction journaled, receipts reconciled",
+        sql="""
+            -- One row per transaction this node asked for, written BEFORE it is sent, so a
+            -- crash or a chain outage loses nothing: pending rows are retried, sent ones
+            -- reconciled against their receipt, and an embedded chain is rebuilt by replay.
+            CREATE TABLE chain_txs (
+                id          INTEGER PRIMARY KEY AUTOINCREMENT,
+                chain_id    INTEGER NOT NULL,
+                contract    TEXT NOT NULL,
+                op          TEXT NOT NULL,   -- contract function, e.g. deposit, claim
+                args        TEXT NOT NULL,   -- JSON; ints as decimal strings, bytes as 0x hex
+                value_wei   TEXT NOT NULL,   -- coin sent along, decimal wei
+                sender      TEXT NOT NULL,
+                state       TEXT NOT NULL,   -- pending | sent | mined | reverted | failed
+                tx_hash     TEXT,
+                raw_tx      BLOB,            -- the signed transaction, to rebroadcast
+                gas_used    INTEGER,
+                block       INTEGER,
+                error       TEXT NOT NULL DEFAULT '',
+                attempts    INTEGER NOT NULL DEFAULT 0,
+                created_ms  INTEGER NOT NULL,
+                updated_ms  INTEGER NOT NULL
+            );
+            CREATE INDEX chain_txs_state ON chain_txs (state, id);
+        """,
+    ),
 )
 
 

@@ -1,0 +1,179 @@
+"""Settlement gas benchmark on the embedded EVM (gas is the same on anvil or any EVM chain).
+
+Measures every operation of the settlement contract, then the amortised gas per settled job on
+the epoch path: 1000 jobs per epoch from 10 requesters to 10 workers, each worker earning 100
+jobs per epoch and claiming once per epoch (every 100 jobs), in an earnings tree of 1000 workers
+(10-deep proofs); each anchor finalizes the previous epoch. Next to it, a plain coin transfer
+per job measured in the same run, and the direct path (deposit, one voucher claim, end,
+withdraw per job).
+
+Usage: python bench/settlement.py [--epochs 3] [--workers-in-tree 1000] [--requesters 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from eth_account import Account
+
+from consensus.settlement.eip712 import ChainVoucher, chain_task_id
+from consensus.settlement.epoch import Entry, Epoch, assemble
+from node.chain import artifacts
+from node.chain.backend import Chain, DeployParams
+from node.chain.client import Settlement
+from node.chain.signing import sign_slash, sign_voucher
+
+ETH = 10**18
+JOBS_PER_EPOCH, WORKERS, FEE_BPS = 1000, 10, 100
+TASK = chain_task_id(0, 0)
+
+
+class Bench:
+    def __init__(self, requesters: int) -> None:
+        self.chain = Chain.embedded()
+        self.art = artifacts.load()
+        deployer = self.wallets(1)[0]
+        params = DeployParams(treasury=self.chain.w3.eth.accounts[0], fee_bps=FEE_BPS)
+        self.address = self.chain.deploy(self.art, params, deployer)
+        latest = self.chain.w3.eth.get_block("latest")["transactions"][0]
+        self.gas = {"deploy": int(self.chain.w3.eth.get_transaction_receipt(latest)["gasUsed"])}
+        self.req, self.work, self.sentries = (self.wallets(n) for n in (requesters, WORKERS, 3))
+        self.c = {k: self.client(k) for k in self.req + self.work + self.sentries}
+
+    def wallets(self, n: int) -> list[bytes]:
+        keys = [bytes(Account.create().key) for _ in range(n)]
+        for k in keys:
+            self.chain.fund(Account.from_key(k).address, 10_000 * ETH)
+        return keys
+
+    def client(self, key: bytes) -> Settlement:
+        return Settlement(self.chain, self.art, self.address, key)
+
+    def transfer(self) -> None:
+        a, b = self.work[0], self.work[1]
+        tx = Account.sign_transaction({
+            "to": Account.from_key(b).address, "value": 1, "gas": 21000,
+            "chainId": self.chain.chain_id, "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 1,
+            "nonce": self.chain.w3.eth.get_transaction_count(Account.from_key(a).address),
+        }, a)  # fmt: skip
+        h = self.chain.w3.eth.send_raw_transaction(tx.raw_transaction)
+        self.gas["transfer"] = int(self.chain.w3.eth.wait_for_transaction_receipt(h)["gasUsed"])
+
+    def direct(self) -> None:
+        r, w, g = self.c[self.req[0]], self.c[self.work[0]], self.gas
+        job = b"\x01" * 32
+        g["deposit"] = r.deposit(job, ETH, ETH, self.chain.now() + 600).gas
+        for name, amount in (("claim_voucher_first", ETH // 4), ("claim_voucher_more", ETH // 2)):
+            v = ChainVoucher(job, TASK, addr(self.work[0]), amount)
+            sig = sign_voucher(self.req[0], r.domain, v)
+            g[name] = w.claim(job, TASK, w.address, amount, sig).gas
+        g["end_job"] = r.end_job(job).gas
+        self.chain.advance(3601)
+        g["withdraw"] = r.withdraw(job).gas
+        g["direct_per_job"] = sum(
+            g[k] for k in ("deposit", "claim_voucher_first", "end_job", "withdraw")
+        )
+
+    def stake_and_slash(self) -> None:
+        w, g = self.c[self.work[0]], self.gas
+        g["stake"] = w.stake(3 * ETH).gas
+        g["request_unstake"] = w.request_unstake(ETH).gas
+        for k in self.sentries:
+            self.c[k].stake(ETH)
+        ev = b"\x09" * 32
+        signers = sorted(self.sentries[:2], key=lambda k: int.from_bytes(addr(k), "big"))
+        sigs = [sign_slash(k, w.domain, addr(self.work[0]), ETH, ev) for k in signers]
+        g["slash"] = self.c[self.req[0]].slash(w.address, ETH, ev, sigs).gas
+
+    def epochs(self, count: int, workers_in_tree: int) -> tuple[int, int, Epoch]:
+        """Returns (gas of the last epoch, proof depth, last epoch)."""
+        rng, g = random.Random(7), self.gas
+        for k in self.req:
+            g["fund"] = self.c[k].fund(1000 * ETH).gas
+        anchorer = self.c[self.sentries[2]]
+        lines: dict[tuple[bytes, bytes, bytes], int] = {}
+        idle = range(1, workers_in_tree - WORKERS + 1)  # earned before, not claiming now
+        earnings = {i.to_bytes(20, "big"): rng.randrange(1, ETH) for i in idle}
+        prev: Epoch | None = None
+        last = 0
+        for e in range(count):
+            entries = [
+                Entry(addr(self.req[j % len(self.req)]), addr(self.work[j % WORKERS]),
+                      (e * JOBS_PER_EPOCH + j).to_bytes(32, "big"), TASK,
+                      rng.randrange(10**12, 10**15))
+                for j in range(JOBS_PER_EPOCH)
+            ]  # fmt: skip
+            epoch = assemble(entries, lines, earnings, FEE_BPS)
+            lines, earnings = epoch.lines, epoch.earnings
+            self.chain.advance(3601)  # the previous epoch's window is over ...
+            g["anchor"] = anchorer.post_anchor(epoch).gas  # ... so this anchor finalizes it
+            claims = [] if prev is None else [
+                self.c[k].claim_earnings(prev.earnings[addr(k)], prev.earnings_proof(addr(k))).gas
+                for k in self.work
+            ]  # fmt: skip
+            g["claim_earnings"] = max(claims, default=0)
+            last, prev = g["anchor"] + sum(claims), epoch
+        self.chain.advance(3601)
+        g["finalize"] = anchorer.finalize(count - 1).gas
+        assert prev is not None
+        return last, len(prev.earnings_proof(addr(self.work[0]))), prev
+
+    def disputes(self, index: int, after: Epoch) -> None:
+        r, anchorer, g = self.c[self.req[0]], self.c[self.sentries[2]], self.gas
+        requester = addr(self.req[0])
+        entries = [Entry(requester, addr(self.work[i]), bytes([0xE0 + i]) * 32, TASK, ETH // 10)
+                   for i in range(2)]  # fmt: skip
+        epoch = assemble(entries, after.lines, after.earnings, FEE_BPS)
+        g["anchor_one_requester"] = anchorer.post_anchor(epoch).gas  # nothing to finalize
+        ent = epoch.entries[0]
+        g["dispute"] = r.dispute(index, ent, epoch.entry_proof(ent)).gas
+        v = ChainVoucher(ent.job, ent.task, ent.worker, ent.amount)
+        g["answer"] = anchorer.answer(index, ent, sign_voucher(self.req[0], r.domain, v)).gas
+        r.dispute(index, epoch.entries[1], epoch.entry_proof(epoch.entries[1]))
+        self.chain.advance(3601)
+        g["void"] = r.void_anchor(index, epoch.entries[1], epoch.debits).gas
+
+
+def addr(key: bytes) -> bytes:
+    return bytes.fromhex(Account.from_key(key).address[2:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3, help="at least 2: claims start after one")
+    ap.add_argument("--workers-in-tree", type=int, default=1000)
+    ap.add_argument("--requesters", type=int, default=10)
+    args = ap.parse_args()
+    b = Bench(args.requesters)
+    b.transfer()
+    b.direct()
+    b.stake_and_slash()
+    last, depth, epoch = b.epochs(max(2, args.epochs), args.workers_in_tree)
+    b.disputes(max(2, args.epochs), epoch)
+    report(b.gas, last / JOBS_PER_EPOCH, depth, args)
+
+
+def report(g: dict[str, int], per_job: float, depth: int, args: argparse.Namespace) -> None:
+    width = max(len(k) for k in g)
+    for k, v in g.items():
+        print(f"{k:<{width}}  {v:>9,} gas")
+    funding = args.requesters * g["fund"] / JOBS_PER_EPOCH
+    print(f"epoch path: {JOBS_PER_EPOCH} jobs/epoch, {args.requesters} requesters, {WORKERS} "
+          f"workers claiming every {JOBS_PER_EPOCH // WORKERS} jobs, {args.workers_in_tree} "
+          f"workers in the earnings tree ({depth}-deep proofs)")  # fmt: skip
+    print(f"per settled job: {per_job:,.0f} gas (one anchor, finalizing the previous epoch, "
+          f"and the claims), {per_job + funding:,.0f} with each requester funding "
+          "each epoch")  # fmt: skip
+    print(f"plain transfer per job (baseline): {g['transfer']:,} gas; epoch path = "
+          f"{per_job / g['transfer']:.3f}x of it; direct path = {g['direct_per_job']:,} gas "
+          f"= {g['direct_per_job'] / g['transfer']:.2f}x")  # fmt: skip
+    keys = ("anchor", "claim_earnings", "dispute", "slash", "deploy", "deposit", "stake",
+            "claim_voucher_first", "direct_per_job", "transfer")  # fmt: skip
+    names = {"claim_earnings": "claim", "claim_voucher_first": "claim_voucher"}
+    fields = " ".join(f"gas_{names.get(k, k)}={g[k]}" for k in keys)
+    print(f"RESULT gas_per_job={per_job:.0f} {fields}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The anchorer's decisions as a pure machine: when to post an epoch, which dispute to answer,
+when an epoch counts as final. Inputs are verified vouchers, chain events and chain time (ms);
+outputs are effects for the driver (``node/chain/anchoring.py``) to carry out.
+
+    state    input                                   next     effect
+    idle     tick: due, and entries beyond the base  posting  Post(epoch)
+    idle     tick: nothing new, last epoch unfinal   idle     Finalize(index)
+    posting  posted(index, window end)               pending  -
+    posting  post_failed                             idle     - (retried when due)
+    pending  disputed(leaf), voucher known           pending  Answer(index, entry, signature)
+    pending  disputed(leaf), voucher unknown         pending  - (the anchor will be voided)
+    pending  answered(leaf)                          pending  -
+    pending  tick: window over, no open dispute      idle     base := epoch; then as idle
+    pending  voided                                  idle     base unchanged; entries re-anchored
+
+Anything else is a bug and raises. Entries are the latest voucher per (job, task, worker) line;
+an epoch holds every line whose amount grew since the base (the last epoch that became final).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from consensus.errors import Invalid
+from consensus.settlement.epoch import Entry, Epoch, Line, assemble
+
+TRANSITIONS = {
+    ("idle", "tick"): {"idle", "posting"},
+    ("posting", "posted"): {"pending"},
+    ("posting", "post_failed"): {"idle"},
+    ("pending", "disputed"): {"pending"},
+    ("pending", "answered"): {"pending"},
+    ("pending", "tick"): {"idle"},
+    ("pending", "voided"): {"idle"},
+}
+
+
+@dataclass(frozen=True)
+class Post:
+    epoch: Epoch
+
+
+@dataclass(frozen=True)
+class Answer:
+    index: int
+    entry: Entry
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class Finalize:
+    index: int
+
+
+Effect = Post | Answer | Finalize
+
+
+@dataclass
+class Anchoring:
+    """One anchorer's view. ``epoch_ms``: how often to post; ``fee_bps``: the contract's fee."""
+
+    epoch_ms: int
+    fee_bps: int
+    state: str = "idle"
+    latest: dict[Line, tuple[Entry, bytes]] = field(default_factory=dict)
+    base_lines: dict[Line, int] = field(default_factory=dict)
+    base_earnings: dict[bytes, int] = field(default_factory=dict)
+    pending: Epoch | None = None
+    index: int = -1  # of the pending or latest anchor
+    unfinal: bool = False  # the latest epoch is final in our eyes, not yet on chain
+    window_end_ms: int = 0
+    last_post_ms: int | None = None
+    open_disputes: set[bytes] = field(default_factory=set)
+    signatures: dict[bytes, bytes] = field(default_factory=dict)  # entry leaf -> its voucher
+
+    def on_voucher(self, entry: Entry, signature: bytes) -> None:
+        """A verified task's voucher (checked by the caller); only a larger amount replaces."""
+        known = self.latest.get(entry.line)
+        if known is not None and known[0].requester != entry.requester:
+            raise Invalid("voucher.requester", "a line cannot change requester")
+        if known is None or entry.amount > known[0].amount:
+            self.latest[entry.line] = (entry, signature)
+
+    def on_tick(self, now_ms: int) -> list[Effect]:
+        if self.state == "posting":
+            return []
+        if self.state == "pending":
+            if now_ms < self.window_end_ms or self.open_disputes:
+                return []
+            self._go("tick", "idle")
+            assert self.pending is not None
+            self.base_lines, self.base_earnings = self.pending.lines, self.pending.earnings
+            self.pending, self.unfinal = None, True
+        fresh = self._fresh()
+        due = self.last_post_ms is None or now_ms >= self.last_post_ms + self.epoch_ms
+        if fresh and (due or self.unfinal):
+            self._go("tick", "posting")
+            self.last_post_ms = now_ms
+            self.pending = assemble(fresh, self.base_lines, self.base_earnings, self.fee_bps)
+            # Kept apart: a newer voucher for a line may arrive while this epoch is disputed.
+            self.signatures = {e.leaf(): self.latest[e.line][1] for e in self.pending.entries}
+            return [Post(self.pending)]
+        if self.unfinal:
+            self.unfinal = False
+            return [Finalize(self.index)]
+        return []
+
+    def on_posted(self, index: int, window_end_ms: int) -> None:
+        self._go("posted", "pending")
+        self.index, self.window_end_ms, self.unfinal = index, window_end_ms, False
+        self.open_disputes = set()
+
+    def on_post_failed(self) -> None:
+        self._go("post_failed", "idle")
+        self.pending = None
+
+    def on_disputed(self, index: int, leaf: bytes) -> list[Effect]:
+        self._go("disputed", "pending")
+        if index != self.index or self.pending is None:
+            return []
+        self.open_disputes.add(leaf)
+        for entry in self.pending.entries:
+            if entry.leaf() == leaf and leaf in self.signatures:
+                return [Answer(index, entry, self.signatures[leaf])]
+        return []
+
+    def on_answered(self, leaf: bytes) -> None:
+        self._go("answered", "pending")
+        self.open_disputes.discard(leaf)
+
+    def on_voided(self, index: int) -> None:
+        if index != self.index:
+            return
+        self._go("voided", "idle")
+        self.pending, self.open_disputes = None, set()
+
+    def _fresh(self) -> list[Entry]:
+        return [e for e, _ in self.latest.values() if e.amount > self.base_lines.get(e.line, 0)]
+
+    def _go(self, event: str, to: str) -> None:
+        allowed = TRANSITIONS.get((self.state, event))
+        if allowed is None or to not in allowed:
+            raise RuntimeError(f"anchoring: {event} in state {self.state} (to {to}) is a bug")
+        self.state = to
+
+
+def claim_due(final_cumulative: int, claimed: int, threshold_wei: int) -> bool:
+    """A worker's claim policy: claim once what it may claim reaches ``threshold_wei``."""
+    return final_cumulative - claimed >= max(threshold_wei, 1)

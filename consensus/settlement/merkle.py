@@ -1,0 +1,82 @@
+"""OpenZeppelin-compatible keccak Merkle trees (``StandardMerkleTree``), for epoch anchors.
+
+Leaves are ``keccak256(keccak256(abi.encode(values)))`` (double-hashed, so a leaf can never be
+mistaken for an inner node), pairs are hashed sorted, the leaves are sorted by hash and laid out
+as ``@openzeppelin/merkle-tree`` does, so roots and proofs match its output byte for byte
+(checked against vectors it produced) and verify with ``MerkleProof`` on chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi.abi import encode
+from eth_hash.auto import keccak
+
+from consensus.errors import Invalid
+
+EARNINGS_TYPES = ("address", "uint256")  # (worker, cumulative earnings)
+ENTRY_TYPES = (
+    "address",
+    "address",
+    "bytes32",
+    "bytes32",
+    "uint256",
+)  # requester, worker, job, task, amount
+
+
+def leaf_hash(types: Sequence[str], values: Sequence[Any]) -> bytes:
+    return keccak(keccak(encode(list(types), list(values))))
+
+
+def hash_pair(a: bytes, b: bytes) -> bytes:
+    return keccak(a + b if a < b else b + a)
+
+
+@dataclass(frozen=True)
+class MerkleTree:
+    """A built tree: ``nodes`` in OpenZeppelin's array layout, ``index`` from leaf to node."""
+
+    nodes: tuple[bytes, ...]
+    index: dict[bytes, int]
+
+    @classmethod
+    def of(cls, types: Sequence[str], values: Sequence[Sequence[Any]]) -> MerkleTree:
+        """Build over ``values`` (each a row of ``types``); duplicate rows are refused."""
+        if not values:
+            raise Invalid("merkle", "a tree needs at least one leaf")
+        leaves = sorted(leaf_hash(types, v) for v in values)
+        if len(set(leaves)) != len(leaves):
+            raise Invalid("merkle", "duplicate leaves")
+        size = 2 * len(leaves) - 1
+        nodes: list[bytes] = [b""] * size
+        for i, leaf in enumerate(leaves):
+            nodes[size - 1 - i] = leaf
+        for i in range(size - 1 - len(leaves), -1, -1):
+            nodes[i] = hash_pair(nodes[2 * i + 1], nodes[2 * i + 2])
+        return cls(tuple(nodes), {leaf: size - 1 - i for i, leaf in enumerate(leaves)})
+
+    @property
+    def root(self) -> bytes:
+        return self.nodes[0]
+
+    def proof(self, leaf: bytes) -> list[bytes]:
+        """Sibling hashes from ``leaf`` up to the root, as ``MerkleProof.verify`` takes them."""
+        at = self.index.get(leaf)
+        if at is None:
+            raise Invalid("merkle", f"leaf 0x{leaf.hex()} is not in the tree")
+        path = []
+        while at > 0:
+            sibling = at - 1 if at % 2 == 0 else at + 1
+            path.append(self.nodes[sibling])
+            at = (at - 1) // 2
+        return path
+
+
+def verify(root: bytes, leaf: bytes, proof: Sequence[bytes]) -> bool:
+    node = leaf
+    for sibling in proof:
+        node = hash_pair(node, sibling)
+    return node == root

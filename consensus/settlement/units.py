@@ -1,0 +1,34 @@
+"""Amounts typed by people, to integer wei, exactly (no floats anywhere near money)."""
+
+from __future__ import annotations
+
+from consensus.errors import Invalid
+
+UNITS = {"wei": 0, "gwei": 9, "eth": 18}
+
+
+def parse_wei(text: str, what: str = "amount") -> int:
+    """``"1500"``, ``"1500wei"``, ``"2.5gwei"``, ``"0.01eth"`` -> wei.
+
+    Raises:
+        Invalid: not a non-negative decimal with a known unit, or finer than one wei.
+    """
+    raw = text.strip().lower().replace("_", "")
+    unit = next((u for u in sorted(UNITS, key=len, reverse=True) if raw.endswith(u)), "wei")
+    number = raw[: len(raw) - len(unit)] if raw.endswith(unit) else raw
+    whole, _, frac = number.partition(".")
+    if not whole.isdigit() or (frac and not frac.isdigit()):
+        raise Invalid(what, f"{text!r} is not an amount such as 1500, 2.5gwei or 0.01eth")
+    decimals = UNITS[unit]
+    if len(frac.rstrip("0")) > decimals:
+        raise Invalid(what, f"{text!r} is finer than one wei")
+    fraction = int(frac.ljust(decimals, "0")[:decimals] or "0")
+    return int(whole) * int(10**decimals) + fraction
+
+
+def format_wei(wei: int) -> str:
+    """``1500000000000000000`` -> ``"1.5 ETH"``; exact, trailing zeros dropped."""
+    whole, frac = divmod(abs(wei), 10**18)
+    sign = "-" if wei < 0 else ""
+    tail = f".{frac:018d}".rstrip("0") if frac else ""
+    return f"{sign}{whole}{tail} ETH"

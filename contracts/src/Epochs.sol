@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
+/// @title Epoch settlement: pools, anchors, disputes and Merkle claims.
+/// @notice The cheap path for many small jobs. A requester funds a pool. Once per epoch a bonded
+/// anchorer posts two Merkle roots (OpenZeppelin standard trees, double-hashed leaves):
+/// `earningsRoot` over (worker, cumulative earnings over all epochs) and `entriesRoot` over the
+/// epoch's entries (requester, worker, job, task, cumulative voucher amount), together with
+/// what each requester's pool pays this epoch; the contract refuses an anchor that its pools do
+/// not cover. For `disputeWindow` a requester can challenge an entry; the anchorer must answer
+/// with that requester's EIP-712 voucher for exactly that amount, or the anchor is void, the
+/// debits go back to the pools and the anchorer's bond is slashed. Once final, a worker claims
+/// the increase of its cumulative leaf over what it claimed before, as rarely as it likes.
+/// The protocol fee is taken once per epoch when it becomes final: the earnings leaves are net
+/// of it, and together never exceed what the final anchors debited less their fees.
+/// One anchor is pending at a time, held in one reused storage record (a fresh record per epoch
+/// would cost 5 new storage slots, about 110k gas); history is in the events. A voided epoch is
+/// re-anchored by the next one. A new anchor finalizes the previous one when its window is over.
+abstract contract Epochs is ReentrancyGuardTransient {
+    enum AnchorState {
+        None,
+        Pending,
+        Final,
+        Void
+    }
+
+    struct Anchor {
+        bytes32 earningsRoot;
+        bytes32 entriesRoot;
+        bytes32 debitsHash; // keccak256(abi.encode(requesters, amounts)), to refund on void
+        address anchorer;
+        uint64 disputeDeadline;
+        uint32 openDisputes;
+        AnchorState state;
+        uint256 total;
+    }
+
+    struct Pool {
+        uint256 balance;
+        uint256 leaving; // asked back: still debitable until withdrawn
+        uint64 leaveAt;
+    }
+
+    struct Entry {
+        address requester;
+        address worker;
+        bytes32 job;
+        bytes32 task;
+        uint256 amount;
+    }
+
+    mapping(address => Pool) public pools;
+    Anchor public pending; // the latest anchor: epoch `epochCount - 1`
+    /// keccak256(epoch, entry leaf) => time by which the anchorer must answer (0: no dispute)
+    mapping(bytes32 => uint64) public disputes;
+    mapping(address => uint256) public earned; // cumulative claimed from anchors, per worker
+    uint64 public epochCount;
+    bytes32 public claimRoot;
+    // One slot for both, so a claim reads and writes one cold slot, not two (about 2k gas).
+    // 2**128 wei is far beyond any coin supply.
+    uint128 public anchoredFinal; // what final anchors made claimable (debits less fees)
+    uint128 public anchoredClaimed;
+
+    event PoolFunded(address indexed requester, uint256 amount, uint256 balance);
+    event PoolLeaving(address indexed requester, uint256 amount, uint64 leaveAt);
+    event PoolWithdrawn(address indexed requester, uint256 amount);
+    event Anchored(uint64 indexed epoch, address indexed anchorer, bytes32 earningsRoot,
+        bytes32 entriesRoot, uint256 total);
+    event Finalized(uint64 indexed epoch, bytes32 earningsRoot);
+    event Disputed(uint64 indexed epoch, bytes32 indexed leaf, address requester, uint64 answerBy);
+    event Answered(uint64 indexed epoch, bytes32 indexed leaf);
+    event Voided(uint64 indexed epoch, bytes32 indexed leaf, address anchorer, uint256 slashed);
+    event EarningsClaimed(address indexed worker, uint256 cumulative, uint256 paid);
+
+    error NotAnchorer(address caller, uint256 bonded);
+    error PreviousPending(uint64 epoch);
+    error LengthMismatch();
+    error PoolShort(address requester, uint256 available, uint256 wanted);
+    error NotPending(uint64 epoch);
+    error NotLatest(uint64 epoch, uint64 latest);
+    error WindowClosed(uint64 epoch, uint64 deadline);
+    error WindowOpen(uint64 epoch, uint64 deadline);
+    error DisputesOpen(uint64 epoch, uint32 open);
+    error NotInTree();
+    error NotYourEntry(address requester, address caller);
+    error AlreadyDisputed(bytes32 leaf);
+    error NoDispute(bytes32 leaf);
+    error AnswerTimeNotOver(uint64 answerBy);
+    error AnswerTimeOver(uint64 answerBy);
+    error DebitsMismatch();
+    error PoolOverdrawn(uint256 finalTotal, uint256 claimedTotal, uint256 wanted);
+    error NotLeaving();
+    error NothingToClaimYet(uint256 cumulative, uint256 alreadyClaimed);
+
+    // ------------------------------------------------------------ hooks of the main contract
+    function _bondOf(address who) internal view virtual returns (uint256);
+    function _slashBond(address anchorer, address disputer) internal virtual returns (uint256);
+    function _accrueFee(uint256 total) internal virtual returns (uint256 fee);
+    function _voucherSigner(Entry calldata e, bytes calldata sig) internal view virtual returns (address);
+    function _unbondingDelay() internal view virtual returns (uint64);
+    function _anchorBond() internal view virtual returns (uint256);
+    function _disputeWindow() internal view virtual returns (uint64);
+    function _sendCoin(address to, uint256 amount) internal virtual;
+
+    // ------------------------------------------------------------ pools
+
+    function fund() external payable {
+        Pool storage p = pools[msg.sender];
+        p.balance += msg.value;
+        emit PoolFunded(msg.sender, msg.value, p.balance);
+    }
+
+    /// @notice Ask `amount` back; it can be withdrawn after the unbonding delay and can still
+    /// pay for work anchored meanwhile (the delay is what lets anchors catch up).
+    function leavePool(uint256 amount) external {
+        Pool storage p = pools[msg.sender];
+        if (amount > p.balance) revert PoolShort(msg.sender, p.balance, amount);
+        p.balance -= amount;
+        p.leaving += amount;
+        p.leaveAt = uint64(block.timestamp) + _unbondingDelay();
+        emit PoolLeaving(msg.sender, amount, p.leaveAt);
+    }
+
+    function withdrawPool() external nonReentrant {
+        Pool storage p = pools[msg.sender];
+        if (p.leaving == 0) revert NotLeaving();
+        if (block.timestamp < p.leaveAt) revert WindowOpen(0, p.leaveAt);
+        uint256 amount = p.leaving;
+        p.leaving = 0;
+        emit PoolWithdrawn(msg.sender, amount);
+        _sendCoin(msg.sender, amount);
+    }
+
+    // ------------------------------------------------------------ anchors
+
+    function postAnchor(bytes32 earningsRoot, bytes32 entriesRoot, address[] calldata requesters,
+        uint256[] calldata amounts) external returns (uint64 epoch) {
+        uint256 bond = _bondOf(msg.sender);
+        if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
+        if (requesters.length != amounts.length) revert LengthMismatch();
+        epoch = epochCount;
+        if (epoch > 0) _settlePrevious(epoch - 1);
+        uint256 total = 0;
+        for (uint256 i = 0; i < requesters.length; i++) {
+            _debit(requesters[i], amounts[i]);
+            total += amounts[i];
+        }
+        uint64 deadline = uint64(block.timestamp) + _disputeWindow();
+        pending = Anchor(earningsRoot, entriesRoot, keccak256(abi.encode(requesters, amounts)),
+            msg.sender, deadline, 0, AnchorState.Pending, total);
+        epochCount = epoch + 1;
+        emit Anchored(epoch, msg.sender, earningsRoot, entriesRoot, total);
+    }
+
+    function _settlePrevious(uint64 epoch) private {
+        Anchor storage a = pending;
+        if (a.state == AnchorState.Pending) {
+            if (block.timestamp < a.disputeDeadline || a.openDisputes > 0) revert PreviousPending(epoch);
+            _finalize(epoch, a);
+        }
+    }
+
+    function _debit(address requester, uint256 amount) private {
+        Pool storage p = pools[requester];
+        if (amount <= p.balance) {
+            p.balance -= amount;
+            return;
+        }
+        uint256 rest = amount - p.balance;
+        if (rest > p.leaving) revert PoolShort(requester, p.balance + p.leaving, amount);
+        p.balance = 0;
+        p.leaving -= rest;
+    }
+
+    /// @notice Make a pending anchor final once its window is over with no open dispute.
+    function finalize(uint64 epoch) external {
+        Anchor storage a = _latest(epoch);
+        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+        if (block.timestamp < a.disputeDeadline) revert WindowOpen(epoch, a.disputeDeadline);
+        if (a.openDisputes > 0) revert DisputesOpen(epoch, a.openDisputes);
+        _finalize(epoch, a);
+    }
+
+    function _finalize(uint64 epoch, Anchor storage a) private {
+        a.state = AnchorState.Final;
+        claimRoot = a.earningsRoot;
+        anchoredFinal += uint128(a.total - _accrueFee(a.total));
+        emit Finalized(epoch, a.earningsRoot);
+    }
+
+    function _latest(uint64 epoch) private view returns (Anchor storage a) {
+        if (epoch + 1 != epochCount) revert NotLatest(epoch, epochCount == 0 ? 0 : epochCount - 1);
+        a = pending;
+    }
+
+    // ------------------------------------------------------------ disputes
+
+    function entryLeaf(Entry calldata e) public pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(e.requester, e.worker, e.job, e.task, e.amount))));
+    }
+
+    /// @notice The requester says it never signed `e`; the anchorer has `disputeWindow` to show
+    /// the voucher.
+    function dispute(uint64 epoch, Entry calldata e, bytes32[] calldata proof) external {
+        Anchor storage a = _latest(epoch);
+        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+        if (block.timestamp >= a.disputeDeadline) revert WindowClosed(epoch, a.disputeDeadline);
+        if (e.requester != msg.sender) revert NotYourEntry(e.requester, msg.sender);
+        bytes32 leaf = entryLeaf(e);
+        if (!MerkleProof.verifyCalldata(proof, a.entriesRoot, leaf)) revert NotInTree();
+        bytes32 key = keccak256(abi.encode(epoch, leaf));
+        if (disputes[key] != 0) revert AlreadyDisputed(leaf);
+        uint64 answerBy = uint64(block.timestamp) + _disputeWindow();
+        disputes[key] = answerBy;
+        a.openDisputes += 1;
+        emit Disputed(epoch, leaf, msg.sender, answerBy);
+    }
+
+    /// @notice Show the requester's voucher for exactly the disputed amount.
+    function answer(uint64 epoch, Entry calldata e, bytes calldata sig) external {
+        Anchor storage a = _latest(epoch);
+        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+        bytes32 leaf = entryLeaf(e);
+        bytes32 key = keccak256(abi.encode(epoch, leaf));
+        uint64 answerBy = disputes[key];
+        if (answerBy == 0) revert NoDispute(leaf);
+        if (block.timestamp >= answerBy) revert AnswerTimeOver(answerBy);
+        address signer = _voucherSigner(e, sig);
+        if (signer != e.requester) revert NotYourEntry(e.requester, signer);
+        delete disputes[key];
+        a.openDisputes -= 1;
+        emit Answered(epoch, leaf);
+    }
+
+    /// @notice An unanswered dispute voids the anchor: debits return to the pools (given again
+    /// here, checked against the anchor), and the anchorer's bond is slashed.
+    function voidAnchor(uint64 epoch, Entry calldata e, address[] calldata requesters,
+        uint256[] calldata amounts) external nonReentrant {
+        Anchor storage a = _latest(epoch);
+        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+        bytes32 leaf = entryLeaf(e);
+        uint64 answerBy = disputes[keccak256(abi.encode(epoch, leaf))];
+        if (answerBy == 0) revert NoDispute(leaf);
+        if (block.timestamp < answerBy) revert AnswerTimeNotOver(answerBy);
+        if (keccak256(abi.encode(requesters, amounts)) != a.debitsHash) revert DebitsMismatch();
+        a.state = AnchorState.Void;
+        for (uint256 i = 0; i < requesters.length; i++) {
+            pools[requesters[i]].balance += amounts[i];
+        }
+        uint256 slashed = _slashBond(a.anchorer, e.requester);
+        emit Voided(epoch, leaf, a.anchorer, slashed);
+    }
+
+    // ------------------------------------------------------------ claims
+
+    /// @notice Claim the increase of the caller's cumulative (net) earnings in the latest final
+    /// root; the fee was taken when the epochs became final.
+    function claimEarnings(uint256 cumulative, bytes32[] calldata proof) external nonReentrant {
+        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(msg.sender, cumulative))));
+        if (!MerkleProof.verifyCalldata(proof, claimRoot, leaf)) revert NotInTree();
+        uint256 before = earned[msg.sender];
+        if (cumulative <= before) revert NothingToClaimYet(cumulative, before);
+        uint256 delta = cumulative - before;
+        if (anchoredClaimed + delta > anchoredFinal) revert PoolOverdrawn(anchoredFinal, anchoredClaimed, delta);
+        // the check above bounds delta by a uint128, so the cast below cannot truncate
+        earned[msg.sender] = cumulative;
+        anchoredClaimed += uint128(delta);
+        emit EarningsClaimed(msg.sender, cumulative, delta);
+        _sendCoin(msg.sender, delta);
+    }
+}

@@ -1,0 +1,353 @@
+"""The settlement contract from one wallet: journaled transactions, reads, replay, reconcile.
+
+Synchronous on purpose (web3's HTTP provider and eth-tester both are): call it from one thread,
+:class:`node.chain.service.ChainService` does that under trio. Every write goes
+``journal.begin`` -> estimate (a revert stops here, decoded, nothing sent) -> sign locally ->
+``journal sent`` -> broadcast -> receipt -> ``journal mined|reverted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from eth_account import Account
+from web3 import Web3
+from web3.exceptions import TimeExhausted, TransactionNotFound
+
+from consensus.settlement.eip712 import Domain
+from consensus.settlement.epoch import Entry, Epoch
+from node.chain.artifacts import Artifact
+from node.chain.backend import Chain
+from node.chain.errors import ChainReverted, ChainUnavailable
+from node.chain.journal import Journal, TxRow
+from node.chain.reverts import decode_revert, is_revert, revert_data
+
+log = logging.getLogger(__name__)
+GAS_MARGIN_PCT = 25  # over the estimate: a claim's transfer may cost more than estimated
+WRITES = (
+    "deposit", "endJob", "withdraw", "claim", "stake", "requestUnstake", "withdrawStake",
+    "withdrawFees", "slash", "fund", "leavePool", "withdrawPool", "postAnchor", "finalize",
+    "dispute", "answer", "voidAnchor", "claimEarnings",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TxResult:
+    op: str
+    tx_hash: str | None  # None in dry-run mode
+    gas: int  # used (mined) or estimated (dry run)
+    block: int | None
+    journal_id: int | None
+    dry_run: bool = False
+    would_send: dict[str, Any] | None = None  # dry run: the transaction, unsigned
+
+
+def _transport(exc: BaseException) -> bool:
+    return isinstance(exc, requests.RequestException | OSError | TimeExhausted)
+
+
+class Settlement:
+    """One wallet's view of one deployment of ``IdlegridSettlement``."""
+
+    def __init__(
+        self,
+        chain: Chain,
+        artifact: Artifact,
+        contract: str,
+        key: bytes,
+        *,
+        journal: Journal | None = None,
+        dry_run: bool = False,
+        receipt_timeout_s: float = 120.0,
+    ) -> None:
+        self.chain = chain
+        self.w3 = chain.w3
+        self.artifact = artifact
+        self.address = Web3.to_checksum_address(Account.from_key(key).address)
+        self.contract = self.w3.eth.contract(
+            address=Web3.to_checksum_address(contract), abi=artifact.abi
+        )
+        self.contract_address = str(self.contract.address)
+        self.domain = Domain(chain.chain_id, bytes.fromhex(self.contract_address[2:]))
+        self._key = key
+        self.journal = journal
+        self.dry_run = dry_run
+        self.receipt_timeout_s = receipt_timeout_s
+
+    # ------------------------------------------------------------------ writes
+
+    def send(self, op: str, args: list[Any], value: int = 0) -> TxResult:
+        """Journal, estimate, sign and send ``op(*args)``; wait for its receipt.
+
+        Raises:
+            ChainReverted: the contract refuses it (found before anything is sent).
+            ChainUnavailable: the endpoint did not answer; the journal row stays ``pending``
+                (or ``sent``) and :meth:`reconcile` finishes it later.
+        """
+        if op not in WRITES:
+            raise ValueError(f"unknown contract write {op!r}")
+        if self.dry_run:
+            gas = self._estimate(op, args, value)
+            tx = {
+                "from": self.address, "to": self.contract_address, "chain_id": self.chain.chain_id,
+                "value_wei": str(value), "function": op,
+                "data": self.contract.encode_abi(op, args=args), "gas_estimate": gas,
+            }  # fmt: skip
+            return TxResult(op, None, gas, None, None, dry_run=True, would_send=tx)
+        row = None
+        if self.journal is not None:
+            row = self.journal.begin(
+                self.chain.chain_id, self.contract_address, op, args, value, self.address
+            )
+        return self._execute(op, args, value, row)
+
+    def _execute(self, op: str, args: list[Any], value: int, row: int | None) -> TxResult:
+        try:
+            gas = self._estimate(op, args, value)
+            tx = getattr(self.contract.functions, op)(*args).build_transaction(
+                {
+                    "from": self.address,
+                    "value": value,
+                    "gas": gas * (100 + GAS_MARGIN_PCT) // 100,
+                    "nonce": self.w3.eth.get_transaction_count(self.address, "pending"),
+                    "chainId": self.chain.chain_id,
+                }
+            )
+        except ChainReverted as exc:
+            self._mark(row, "reverted", error=str(exc))
+            raise
+        except Exception as exc:
+            if _transport(exc):
+                raise ChainUnavailable(f"{op}: chain unreachable ({exc})", row) from None
+            raise
+        signed = Account.sign_transaction(tx, self._key)
+        tx_hash = "0x" + bytes(signed.hash).hex()
+        self._mark(row, "sent", tx_hash=tx_hash, raw_tx=bytes(signed.raw_transaction))
+        try:
+            self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        except Exception as exc:
+            if _transport(exc):
+                raise ChainUnavailable(f"{op}: chain unreachable ({exc})", row) from None
+            self._mark(row, "failed", error=str(exc))
+            raise
+        return self._await_receipt(op, tx_hash, row)
+
+    def _await_receipt(self, op: str, tx_hash: str, row: int | None) -> TxResult:
+        try:
+            receipt = self.w3.eth.wait_for_transaction_receipt(
+                tx_hash,  # type: ignore[arg-type]
+                timeout=self.receipt_timeout_s,
+            )
+        except Exception as exc:
+            if _transport(exc):
+                raise ChainUnavailable(f"{op}: no receipt yet for {tx_hash} ({exc})", row) from None
+            raise
+        gas, block = int(receipt["gasUsed"]), int(receipt["blockNumber"])
+        if receipt["status"] != 1:
+            self._mark(row, "reverted", gas_used=gas, block=block, error="reverted when mined")
+            raise ChainReverted(op, "RevertedWhenMined", {"tx": tx_hash})
+        self._mark(row, "mined", gas_used=gas, block=block)
+        return TxResult(op, tx_hash, gas, block, row)
+
+    def _estimate(self, op: str, args: list[Any], value: int) -> int:
+        fn = getattr(self.contract.functions, op)(*args)
+        try:
+            return int(fn.estimate_gas({"from": self.address, "value": value}))
+        except Exception as exc:
+            if not is_revert(exc):
+                raise
+            name, fields = decode_revert(self.artifact.abi, revert_data(exc))
+            raise ChainReverted(op, name, fields) from None
+
+    def _mark(self, row: int | None, state: str, **fields: Any) -> None:
+        if row is not None and self.journal is not None:
+            self.journal.update(row, state, **fields)
+
+    def deposit(self, job: bytes, value: int, cap: int, deadline: int) -> TxResult:
+        return self.send("deposit", [job, cap, deadline], value)
+
+    def end_job(self, job: bytes) -> TxResult:
+        return self.send("endJob", [job])
+
+    def withdraw(self, job: bytes) -> TxResult:
+        return self.send("withdraw", [job])
+
+    def claim(self, job: bytes, task: bytes, worker: str, cumulative: int, sig: bytes) -> TxResult:
+        return self.send("claim", [job, task, Web3.to_checksum_address(worker), cumulative, sig])
+
+    def stake(self, value: int) -> TxResult:
+        return self.send("stake", [], value)
+
+    def request_unstake(self, amount: int) -> TxResult:
+        return self.send("requestUnstake", [amount])
+
+    def withdraw_stake(self) -> TxResult:
+        return self.send("withdrawStake", [])
+
+    def slash(self, worker: str, amount: int, evidence: bytes, sigs: list[bytes]) -> TxResult:
+        return self.send("slash", [Web3.to_checksum_address(worker), amount, evidence, sigs])
+
+    # ------------------------------------------------------------------ epochs
+
+    def fund(self, value: int) -> TxResult:
+        return self.send("fund", [], value)
+
+    def leave_pool(self, amount: int) -> TxResult:
+        return self.send("leavePool", [amount])
+
+    def withdraw_pool(self) -> TxResult:
+        return self.send("withdrawPool", [])
+
+    def post_anchor(self, epoch: Epoch) -> TxResult:
+        requesters = [Web3.to_checksum_address(r) for r in epoch.debits]
+        amounts = list(epoch.debits.values())
+        args = [epoch.earnings_tree.root, epoch.entries_tree.root, requesters, amounts]
+        return self.send("postAnchor", args)
+
+    def finalize(self, index: int) -> TxResult:
+        return self.send("finalize", [index])
+
+    def dispute(self, index: int, entry: Entry, proof: list[bytes]) -> TxResult:
+        return self.send("dispute", [index, _entry(entry), proof])
+
+    def answer(self, index: int, entry: Entry, sig: bytes) -> TxResult:
+        return self.send("answer", [index, _entry(entry), sig])
+
+    def void_anchor(self, index: int, entry: Entry, debits: dict[bytes, int]) -> TxResult:
+        requesters = [Web3.to_checksum_address(r) for r in debits]
+        return self.send("voidAnchor", [index, _entry(entry), requesters, list(debits.values())])
+
+    def claim_earnings(self, cumulative: int, proof: list[bytes]) -> TxResult:
+        return self.send("claimEarnings", [cumulative, proof])
+
+    def pool_of(self, address: str | None = None) -> dict[str, int]:
+        who = Web3.to_checksum_address(address or self.address)
+        balance, leaving, leave_at = self.contract.functions.pools(who).call()
+        return {"balance": balance, "leaving": leaving, "leave_at": leave_at}
+
+    def anchor(self) -> dict[str, Any]:
+        """The latest anchor (epoch ``epoch_count() - 1``); older ones are in the events."""
+        f = self.contract.functions.pending().call()
+        states = ("none", "pending", "final", "void")
+        return {
+            "epoch": self.epoch_count() - 1, "earnings_root": bytes(f[0]),
+            "entries_root": bytes(f[1]), "anchorer": f[3], "dispute_deadline": f[4],
+            "open_disputes": f[5], "state": states[f[6]], "total": f[7],
+        }  # fmt: skip
+
+    def earned_of(self, address: str | None = None) -> int:
+        who = Web3.to_checksum_address(address or self.address)
+        return int(self.contract.functions.earned(who).call())
+
+    def epoch_count(self) -> int:
+        return int(self.contract.functions.epochCount().call())
+
+    # ------------------------------------------------------------------ reads
+
+    def balance(self, address: str | None = None) -> int:
+        return self.chain.balance(address or self.address)
+
+    def job(self, job: bytes) -> dict[str, Any]:
+        requester, deadline, unlock_at, closed, cap, deposited, balance = (
+            self.contract.functions.jobs(job).call()
+        )
+        return {
+            "requester": requester, "deadline": deadline, "unlock_at": unlock_at,
+            "closed": closed, "cap": cap, "deposited": deposited, "balance": balance,
+        }  # fmt: skip
+
+    def stake_of(self, address: str | None = None) -> dict[str, int]:
+        who = Web3.to_checksum_address(address or self.address)
+        bonded, unbonding, unbond_at = self.contract.functions.stakes(who).call()
+        return {"bonded": bonded, "unbonding": unbonding, "unbond_at": unbond_at}
+
+    def claimed_of(self, job: bytes, task: bytes, worker: str) -> int:
+        fn = self.contract.functions.claimedOf(job, task, Web3.to_checksum_address(worker))
+        return int(fn.call())
+
+    def fees_accrued(self) -> int:
+        return int(self.contract.functions.feesAccrued().call())
+
+    def params(self) -> dict[str, Any]:
+        f = self.contract.functions
+        return {
+            "treasury": f.treasury().call(),
+            "fee_bps": f.feeBps().call(),
+            "claim_grace_s": f.claimGrace().call(),
+            "unbonding_delay_s": f.unbondingDelay().call(),
+            "sentry_min_stake_wei": f.sentryMinStake().call(),
+            "slash_quorum": f.slashQuorum().call(),
+            "slash_burn_bps": f.slashBurnBps().call(),
+        }
+
+    # ------------------------------------------------------------------ recovery
+
+    def reconcile(self) -> list[TxRow]:
+        """Finish what a crash or an outage left: receipts for sent rows (rebroadcast when the
+        chain never saw them), a fresh attempt for pending ones. Returns the rows still open.
+
+        Raises:
+            ChainUnavailable: still unreachable; try again later.
+        """
+        if self.journal is None:
+            return []
+        for row in self._rows("sent", "pending"):
+            try:
+                if row.state == "sent" and row.tx_hash:
+                    self._finish_sent(row)
+                else:
+                    self._execute(row.op, row.args, row.value_wei, row.id)
+            except ChainReverted as exc:
+                log.warning("journal row %d (%s) reverted: %s", row.id, row.op, exc)
+        return self._rows("sent", "pending")
+
+    def _finish_sent(self, row: TxRow) -> None:
+        assert row.tx_hash is not None
+        try:
+            self.w3.eth.get_transaction_receipt(row.tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            if row.raw_tx:
+                self.w3.eth.send_raw_transaction(row.raw_tx)
+        except Exception as exc:
+            if _transport(exc):
+                raise ChainUnavailable(f"reconcile: chain unreachable ({exc})") from None
+            raise
+        self._await_receipt(row.op, row.tx_hash, row.id)
+
+    def replay(self) -> tuple[int, int]:
+        """Re-run this wallet's mined transactions on a fresh embedded chain, in order.
+
+        Returns:
+            (replayed, failed): a row can fail when its outcome depended on chain time.
+        """
+        if self.journal is None:
+            return 0, 0
+        done = failed = 0
+        for row in self._rows("mined"):
+            try:
+                self._execute(row.op, row.args, row.value_wei, None)
+                done += 1
+            except ChainReverted as exc:
+                log.warning("replay of journal row %d (%s) failed: %s", row.id, row.op, exc)
+                failed += 1
+        return done, failed
+
+    def _rows(self, *states: str) -> list[TxRow]:
+        if self.journal is None:
+            return []
+        return self.journal.rows(
+            *states, chain_id=self.chain.chain_id, contract=self.contract_address
+        )
+
+
+def _entry(e: Entry) -> tuple[str, str, bytes, bytes, int]:
+    return (
+        Web3.to_checksum_address(e.requester),
+        Web3.to_checksum_address(e.worker),
+        e.job,
+        e.task,
+        e.amount,
+    )

@@ -1,0 +1,39 @@
+"""What can go wrong on the chain: the contract said no, or the chain could not be reached."""
+
+from __future__ import annotations
+
+
+class ChainError(Exception):
+    """Base of settlement errors."""
+
+
+class ChainReverted(ChainError):
+    """The contract refused the call; ``error`` is its custom error, decoded."""
+
+    def __init__(self, op: str, error: str, args: dict[str, object] | None = None) -> None:
+        self.op = op
+        self.error = error
+        self.args_ = dict(args or {})
+        shown = ", ".join(f"{k}={_show(v)}" for k, v in self.args_.items())
+        super().__init__(f"{op} reverted: {error}({shown})")
+
+
+class ChainUnavailable(ChainError):
+    """The endpoint did not answer (retryable: nothing was lost, the journal keeps the intent).
+
+    ``journal_id`` names the journal row left open, when there is one.
+    """
+
+    def __init__(self, message: str, journal_id: int | None = None) -> None:
+        super().__init__(message)
+        self.journal_id = journal_id
+
+
+class ChainMisconfigured(ChainError):
+    """The endpoint is not the chain or the contract the config names."""
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    return str(value)

@@ -1,0 +1,53 @@
+"""The hook for the market: an EIP-712 signature next to every market voucher, checked by the
+worker before it keeps working.
+
+Requester side (``node/market/task_runner.py``, where it builds each ``Voucher``)::
+
+    sig = settlement_hook.sign(ref, worker_address, amount_wei)   # 65 bytes, send with it
+
+Worker side (``node/market/worker.py``, where it accepts a voucher, before ``store.vouched``)::
+
+    settlement_hook.check(ref, my_address, amount_wei, sig, requester_address)  # Invalid if not
+
+and keep ``sig`` with the voucher: ``idlegrid wallet claim`` (or an anchor) turns it into coin.
+Both sides need the other's chain address; ``identity.json`` binds it to the peer id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consensus.errors import Invalid
+from consensus.market.messages import TaskRef
+from consensus.settlement.eip712 import Domain
+from consensus.settlement.market import chain_voucher_for
+from node.chain.signing import sign_voucher, voucher_signer
+
+
+@dataclass(frozen=True)
+class SettlementHook:
+    """Signs and checks the chain twin of market vouchers for one deployment (``domain``)."""
+
+    domain: Domain
+    wallet_key: bytes | None = None  # the requester's; None on a node that only checks
+
+    def sign(self, ref: TaskRef, worker_address: str, amount_wei: int) -> bytes:
+        if self.wallet_key is None:
+            raise RuntimeError("SettlementHook.sign needs the wallet key")
+        voucher = chain_voucher_for(ref, _address(worker_address), amount_wei)
+        return sign_voucher(self.wallet_key, self.domain, voucher)
+
+    def check(
+        self, ref: TaskRef, worker_address: str, amount_wei: int, sig: bytes, requester: str
+    ) -> None:
+        """Raises ``Invalid("voucher.signature", ...)`` unless ``requester`` signed exactly this."""
+        voucher = chain_voucher_for(ref, _address(worker_address), amount_wei)
+        signer = voucher_signer(self.domain, voucher, sig)
+        if signer.lower() != requester.lower():
+            raise Invalid("voucher.signature", f"signed by {signer}, not the requester {requester}")
+
+
+def _address(text: str) -> bytes:
+    if not (text.startswith("0x") and len(text) == 42):
+        raise Invalid("voucher.worker", f"{text!r} is not a 0x address")
+    return bytes.fromhex(text[2:])

@@ -1,0 +1,154 @@
+"""Settlement under trio: one chain thread, start-up checks, retries with backoff.
+
+web3's asynchronous provider is asyncio-only, so the synchronous client runs in a worker thread;
+a capacity limiter of one keeps every chain call (and eth-tester, which is not thread-safe) in
+order. A chain outage makes :meth:`ChainService.submit` wait and retry; the journal row it left
+open is finished by ``reconcile``, so nothing is sent twice and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+from eth_account import Account
+from web3 import Web3
+
+from config.schema import ChainSettings
+from node.chain import artifacts
+from node.chain.backend import Chain, DeployParams
+from node.chain.client import Settlement, TxResult
+from node.chain.errors import ChainMisconfigured, ChainReverted, ChainUnavailable
+from node.chain.journal import Journal
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+FAUCET_WEI = 10_000 * 10**18  # what the embedded chain gives a node's wallet on every start
+
+
+def open_settlement(
+    settings: ChainSettings,
+    key: bytes,
+    db_path: Path | None,
+    params: DeployParams | None = None,
+) -> Settlement:
+    """Connect as ``settings`` say; synchronous (run it in the chain thread).
+
+    Embedded: a fresh in-process EVM, the contract deployed at its fixed address, the wallet
+    funded, then this node's journal replayed. RPC: the chain id and the contract checked, then
+    whatever the journal left open reconciled.
+
+    Raises:
+        ChainUnavailable: the endpoint does not answer.
+        ChainMisconfigured: wrong chain id, or no settlement contract at ``settings.contract``.
+    """
+    artifact = artifacts.load()
+    journal = Journal(db_path) if db_path is not None else None
+    if settings.backend == "embedded":
+        chain = Chain.embedded()
+        address = chain.deploy(artifact, params or DeployParams())
+        chain.fund(Account.from_key(key).address, FAUCET_WEI)
+        client = Settlement(
+            chain, artifact, address, key, journal=journal, dry_run=settings.dry_run
+        )
+        done, failed = client.replay()
+        log.info("embedded chain rebuilt: %d transactions replayed, %d failed", done, failed)
+        return client
+    chain = Chain.rpc(settings.rpc_url, settings.chain_id)
+    check_contract(chain, artifact, settings.contract)
+    client = Settlement(
+        chain, artifact, settings.contract, key, journal=journal, dry_run=settings.dry_run
+    )
+    if not settings.dry_run:
+        client.reconcile()
+    return client
+
+
+def check_contract(chain: Chain, artifact: artifacts.Artifact, address: str) -> None:
+    """Refuse an address that holds no settlement contract (typo, wrong network)."""
+    where = Web3.to_checksum_address(address)
+    if not chain.w3.eth.get_code(where):
+        raise ChainMisconfigured(f"chain.contract {address}: no contract on chain {chain.chain_id}")
+    contract = chain.w3.eth.contract(address=where, abi=artifact.abi)
+    try:
+        typehash = bytes(contract.functions.VOUCHER_TYPEHASH().call())
+    except Exception as exc:
+        raise ChainMisconfigured(f"chain.contract {address}: not a settlement contract") from exc
+    expected = Web3.keccak(
+        text="Voucher(bytes32 job,bytes32 task,address worker,uint256 cumulative)"
+    )
+    if typehash != bytes(expected):
+        raise ChainMisconfigured(f"chain.contract {address}: another version of the contract")
+
+
+class ChainService:
+    """Owns the chain thread. ``await service.call(lambda s: s.balance())`` runs in it."""
+
+    def __init__(
+        self,
+        factory: Callable[[], Settlement],
+        retry_base_s: float = 1.0,
+        retry_max_s: float = 60.0,
+        on_unavailable: Callable[[ChainUnavailable], None] | None = None,
+    ) -> None:
+        self._factory = factory
+        self._on_unavailable = on_unavailable or (lambda exc: None)
+        self._limiter = trio.CapacityLimiter(1)
+        self._client: Settlement | None = None
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+
+    async def start(self) -> Settlement:
+        self._client = await self._thread(self._factory)
+        return self._client
+
+    @property
+    def client(self) -> Settlement:
+        if self._client is None:
+            raise RuntimeError("ChainService.start() has not run")
+        return self._client
+
+    async def call(self, fn: Callable[[Settlement], T]) -> T:
+        client = self.client
+        return await self._thread(lambda: fn(client))
+
+    async def submit(self, op: str, args: list[Any], value: int = 0) -> TxResult | None:
+        """Send ``op`` and wait until it is mined, however long the chain is away.
+
+        Returns the result, or None when an outage interrupted it and ``reconcile`` finished it
+        (its receipt is in the journal).
+
+        Raises:
+            ChainReverted: the contract refused it.
+        """
+        try:
+            return await self.call(lambda c: c.send(op, args, value))
+        except ChainUnavailable as exc:
+            log.warning("chain unavailable, will retry: %s", exc)
+            self._on_unavailable(exc)
+            await self._reconcile_until_done(exc.journal_id)
+            return None
+
+    async def _reconcile_until_done(self, row: int | None) -> None:
+        delay = self.retry_base_s
+        while True:
+            await trio.sleep(delay)
+            try:
+                open_rows = await self.call(lambda c: c.reconcile())
+            except ChainUnavailable as exc:
+                log.warning("chain still unavailable: %s", exc)
+                self._on_unavailable(exc)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            if row is None or all(r.id != row for r in open_rows):
+                return
+
+    async def _thread(self, fn: Callable[[], T]) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn), limiter=self._limiter)
+
+
+__all__ = ["ChainReverted", "ChainService", "ChainUnavailable", "open_settlement"]

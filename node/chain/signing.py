@@ -1,0 +1,47 @@
+"""EIP-712 signatures with the node's secp256k1 wallet key, and their recovery.
+
+The digests come from :mod:`consensus.settlement.eip712`; this module only adds the key.
+"""
+
+from __future__ import annotations
+
+from eth_account import Account
+from eth_keys.datatypes import Signature
+
+from consensus.errors import Invalid
+from consensus.settlement.eip712 import ChainVoucher, Domain, slash_digest, voucher_digest
+
+
+def sign_digest(key: bytes, digest: bytes) -> bytes:
+    """65-byte ``r || s || v`` (v = 27/28), as OpenZeppelin's ECDSA.recover expects."""
+    return bytes(Account.unsafe_sign_hash(digest, key).signature)
+
+
+def recover(digest: bytes, signature: bytes) -> str:
+    """The checksummed address that signed ``digest``.
+
+    Raises:
+        Invalid: the signature is not 65 bytes or does not recover.
+    """
+    if len(signature) != 65:
+        raise Invalid("signature", f"must be 65 bytes, got {len(signature)}")
+    v = signature[64]
+    if v not in (27, 28):
+        raise Invalid("signature", f"v must be 27 or 28, got {v}")
+    try:
+        sig = Signature(signature[:64] + bytes([v - 27]))
+        return str(sig.recover_public_key_from_msg_hash(digest).to_checksum_address())
+    except Exception as exc:
+        raise Invalid("signature", f"does not recover: {exc}") from None
+
+
+def sign_voucher(key: bytes, domain: Domain, voucher: ChainVoucher) -> bytes:
+    return sign_digest(key, voucher_digest(domain, voucher))
+
+
+def voucher_signer(domain: Domain, voucher: ChainVoucher, signature: bytes) -> str:
+    return recover(voucher_digest(domain, voucher), signature)
+
+
+def sign_slash(key: bytes, domain: Domain, worker: bytes, amount: int, evidence: bytes) -> bytes:
+    return sign_digest(key, slash_digest(domain, worker, amount, evidence))

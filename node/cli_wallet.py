@@ -1,0 +1,374 @@
+"""``idlegrid wallet balance|deposit|end|withdraw|stake|unstake|voucher|claim|job`` and
+``idlegrid settlement txs``: the settlement contract from the command line.
+
+Each command connects as ``[chain]`` says (the embedded chain is rebuilt from this node's
+journal first), does one thing, and prints it; ``--json`` for scripts. Amounts are integer wei,
+or exact decimals with a unit (``2.5gwei``, ``0.01eth``). Writes take ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from config import load
+from consensus.errors import Invalid
+from consensus.settlement.eip712 import ChainVoucher, chain_job_id, chain_task_id
+from consensus.settlement.units import format_wei, parse_wei
+from node import identity
+from node.chain.artifacts import StaleArtifact
+from node.chain.errors import ChainError
+from node.chain.journal import Journal
+from node.chain.signing import sign_voucher, voucher_signer
+from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
+from node.home import Home, resolve_home
+
+if TYPE_CHECKING:
+    from node.chain.client import Settlement, TxResult
+
+dry_run_option = click.option(
+    "--dry-run", is_flag=True, help="estimate and show what would be sent; send nothing"
+)
+
+
+def _passphrase() -> str | None:
+    if os.environ.get("IDLEGRID_PASSPHRASE"):
+        return os.environ["IDLEGRID_PASSPHRASE"]
+    return str(click.prompt("key passphrase", hide_input=True)) if sys.stdin.isatty() else None
+
+
+def connect(home_dir: str | None, dry_run: bool = False) -> Settlement:
+    home = Home(resolve_home(home_dir))
+    home.require_initialised()
+    flags = {"chain.dry_run": (True if dry_run else None, "--dry-run")}
+    settings = load(home.config, flags=flags).settings.chain
+    keys = identity.load(home, _passphrase)
+    # web3 and eth-tester take about a second to import: only the wallet commands pay for it.
+    from node.chain.service import open_settlement  # noqa: PLC0415
+
+    try:
+        return open_settlement(settings, keys.wallet_key, home.db)
+    except (ChainError, StaleArtifact) as exc:
+        raise Failure(str(exc)) from None
+
+
+def run(fn: Callable[[], Any]) -> Any:
+    """Bad input exits 2, a refusal by the contract or an unreachable chain exits 1."""
+    try:
+        return fn()
+    except Invalid as exc:
+        raise BadInput(str(exc)) from None
+    except ChainError as exc:
+        raise Failure(str(exc)) from None
+
+
+def wei_arg(text: str, what: str) -> int:
+    return int(run(lambda: parse_wei(text, what)))
+
+
+def job_arg(text: str) -> bytes:
+    raw = text.removeprefix("0x")
+    try:
+        data = bytes.fromhex(raw)
+    except ValueError:
+        raise BadInput(
+            f"JOB: {text!r} is not hex (a job id as `idlegrid job list` shows)"
+        ) from None
+    return bytes(run(lambda: chain_job_id(data)))
+
+
+def task_arg(text: str) -> bytes:
+    task, _, attempt = text.partition("#")
+    if not task.isdigit() or (attempt and not attempt.isdigit()):
+        raise BadInput(f"TASK: {text!r} is not TASK or TASK#ATTEMPT, e.g. 0#1")
+    return bytes(run(lambda: chain_task_id(int(task), int(attempt or 0))))
+
+
+def show_tx(as_json: bool, r: TxResult) -> None:
+    payload: dict[str, Any] = {
+        "op": r.op, "tx": r.tx_hash, "gas": r.gas, "block": r.block, "dry_run": r.dry_run,
+    }  # fmt: skip
+    if r.dry_run:
+        payload["would_send"] = r.would_send
+        emit(as_json, payload, lambda p: "dry run, nothing sent; would send:\n" + table(
+            [(k, str(v)) for k, v in (p["would_send"] or {}).items()]))  # fmt: skip
+    else:
+        emit(
+            as_json,
+            payload,
+            lambda p: f"{p['op']}: mined in block {p['block']}, gas {p['gas']}, tx {p['tx']}",
+        )
+
+
+@click.command("balance")
+@home_option
+@json_option
+def balance(home_dir: str | None, as_json: bool) -> None:
+    """Coin balance and stake of this node's chain account."""
+    c = connect(home_dir)
+    stake, pool = run(c.stake_of), run(c.pool_of)
+    payload = {
+        "address": c.address, "chain_id": c.chain.chain_id, "backend": c.chain.kind,
+        "contract": c.contract_address, "balance_wei": str(run(c.balance)),
+        "stake_bonded_wei": str(stake["bonded"]), "stake_unbonding_wei": str(stake["unbonding"]),
+        "unbond_at": stake["unbond_at"], "pool_wei": str(pool["balance"]),
+        "pool_leaving_wei": str(pool["leaving"]),
+    }  # fmt: skip
+    emit(as_json, payload, lambda p: table([
+        ("address", p["address"]), ("chain", f"{p['chain_id']} ({p['backend']})"),
+        ("balance", format_wei(int(p["balance_wei"]))),
+        ("staked", format_wei(int(p["stake_bonded_wei"]))),
+        ("unbonding", f"{format_wei(int(p['stake_unbonding_wei']))} until {p['unbond_at']}"),
+        ("pool", f"{format_wei(int(p['pool_wei']))}, "
+                 f"leaving {format_wei(int(p['pool_leaving_wei']))}"),
+    ]))  # fmt: skip
+
+
+@click.command("deposit")
+@click.argument("job")
+@click.argument("amount")
+@click.option("--cap", help="most ever escrowed for the job (default: AMOUNT); first deposit only")
+@click.option("--deadline-s", type=click.IntRange(1), default=86400, show_default=True,
+              help="seconds from now until the job's deadline; first deposit only")  # fmt: skip
+@dry_run_option
+@home_option
+@json_option
+def deposit(job: str, amount: str, cap: str | None, deadline_s: int, dry_run: bool,  # noqa: PLR0917
+            home_dir: str | None, as_json: bool) -> None:  # fmt: skip
+    """Escrow AMOUNT for JOB (creates it, or tops it up to its cap)."""
+    job_id, value = job_arg(job), wei_arg(amount, "AMOUNT")
+    cap_wei = wei_arg(cap, "--cap") if cap else value
+    c = connect(home_dir, dry_run)
+    show_tx(as_json, run(lambda: c.deposit(job_id, value, cap_wei, c.chain.now() + deadline_s)))
+
+
+@click.command("end")
+@click.argument("job")
+@dry_run_option
+@home_option
+@json_option
+def end(job: str, dry_run: bool, home_dir: str | None, as_json: bool) -> None:
+    """JOB is over: workers may claim for the grace period from now, then `withdraw`."""
+    job_id = job_arg(job)
+    c = connect(home_dir, dry_run)
+    show_tx(as_json, run(lambda: c.end_job(job_id)))
+
+
+@click.command("withdraw")
+@click.argument("job")
+@dry_run_option
+@home_option
+@json_option
+def withdraw(job: str, dry_run: bool, home_dir: str | None, as_json: bool) -> None:
+    """Take back what JOB did not spend, once its claim window has closed."""
+    job_id = job_arg(job)
+    c = connect(home_dir, dry_run)
+    show_tx(as_json, run(lambda: c.withdraw(job_id)))
+
+
+@click.command("stake")
+@click.argument("amount")
+@dry_run_option
+@home_option
+@json_option
+def stake(amount: str, dry_run: bool, home_dir: str | None, as_json: bool) -> None:
+    """Bond AMOUNT as stake (workers and sentries)."""
+    value = wei_arg(amount, "AMOUNT")
+    c = connect(home_dir, dry_run)
+    show_tx(as_json, run(lambda: c.stake(value)))
+
+
+@click.command("unstake")
+@click.argument("amount", required=False)
+@click.option("--withdraw", "take", is_flag=True, help="take back stake whose unbonding is over")
+@dry_run_option
+@home_option
+@json_option
+def unstake(amount: str | None, take: bool, dry_run: bool, home_dir: str | None,
+            as_json: bool) -> None:  # fmt: skip
+    """Start unbonding AMOUNT (slashable until withdrawn), or --withdraw what has unbonded."""
+    if bool(amount) == take:
+        raise BadInput("give either AMOUNT (start unbonding) or --withdraw, not both or neither")
+    value = wei_arg(amount, "AMOUNT") if amount else 0
+    c = connect(home_dir, dry_run)
+    show_tx(as_json, run(c.withdraw_stake if take else lambda: c.request_unstake(value)))
+
+
+@click.command("fund")
+@click.argument("amount")
+@click.option("--leave", is_flag=True, help="ask AMOUNT back instead (after the unbonding delay)")
+@click.option("--withdraw", "take", is_flag=True, help="take back what has finished leaving")
+@dry_run_option
+@home_option
+@json_option
+def fund(amount: str, leave: bool, take: bool, dry_run: bool, home_dir: str | None,  # noqa: PLR0917
+         as_json: bool) -> None:  # fmt: skip
+    """Add AMOUNT to this requester's pool for epoch settlement (or --leave / --withdraw it)."""
+    if leave and take:
+        raise BadInput("--leave and --withdraw exclude each other")
+    value = wei_arg(amount, "AMOUNT")
+    c = connect(home_dir, dry_run)
+    act = (
+        c.withdraw_pool
+        if take
+        else (lambda: c.leave_pool(value))
+        if leave
+        else (lambda: c.fund(value))
+    )
+    show_tx(as_json, run(act))
+
+
+@click.command("voucher")
+@click.argument("job")
+@click.argument("task")
+@click.argument("worker")
+@click.argument("cumulative")
+@home_option
+def voucher(job: str, task: str, worker: str, cumulative: str, home_dir: str | None) -> None:
+    """Sign an EIP-712 voucher: CUMULATIVE in all for JOB's TASK (N or N#ATTEMPT) to WORKER.
+
+    Prints the voucher as JSON, which `idlegrid wallet claim` takes.
+    """
+    job_id, task_id, amount = job_arg(job), task_arg(task), wei_arg(cumulative, "CUMULATIVE")
+    if not (worker.startswith("0x") and len(worker) == 42):
+        raise BadInput(f"WORKER: {worker!r} is not a 0x address")
+    c = connect(home_dir)
+    home = Home(resolve_home(home_dir))
+    v = run(lambda: ChainVoucher(job_id, task_id, bytes.fromhex(worker[2:]), amount))
+    sig = sign_voucher(identity.load(home, _passphrase).wallet_key, c.domain, v)
+    click.echo(json.dumps({
+        "job": "0x" + job_id.hex(), "task": "0x" + task_id.hex(), "worker": worker,
+        "cumulative": str(amount), "signature": "0x" + sig.hex(), "chain_id": c.chain.chain_id,
+        "contract": c.contract_address,
+    }, indent=2))  # fmt: skip
+
+
+@click.command("claim")
+@click.argument("voucher_json")
+@dry_run_option
+@home_option
+@json_option
+def claim(voucher_json: str, dry_run: bool, home_dir: str | None, as_json: bool) -> None:
+    """Claim what a voucher adds over earlier claims. VOUCHER_JSON: the JSON text, @FILE or -."""
+    doc = _read_voucher(voucher_json)
+    c = connect(home_dir, dry_run)
+    v = run(lambda: ChainVoucher(doc["job"], doc["task"], doc["worker"], doc["cumulative"]))
+    signer = run(lambda: voucher_signer(c.domain, v, doc["signature"]))
+    requester = run(lambda: c.job(v.job))["requester"]
+    if signer != requester:
+        raise Failure(f"voucher: signed by {signer}, but job 0x{v.job.hex()} is {requester}'s")
+    worker = "0x" + v.worker.hex()
+    show_tx(as_json, run(lambda: c.claim(v.job, v.task, worker, v.cumulative, doc["signature"])))
+
+
+def _read_voucher(arg: str) -> dict[str, Any]:
+    text = sys.stdin.read() if arg == "-" else arg
+    if arg.startswith("@"):
+        try:
+            text = Path(arg[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BadInput(f"VOUCHER_JSON: cannot read {arg[1:]}: {exc.strerror}") from None
+    try:
+        raw = json.loads(text)
+        return {
+            "job": bytes.fromhex(raw["job"].removeprefix("0x")),
+            "task": bytes.fromhex(raw["task"].removeprefix("0x")),
+            "worker": bytes.fromhex(raw["worker"].removeprefix("0x")),
+            "cumulative": int(raw["cumulative"]),
+            "signature": bytes.fromhex(raw["signature"].removeprefix("0x")),
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadInput(
+            f"VOUCHER_JSON: not a voucher from `idlegrid wallet voucher` ({exc!r})"
+        ) from None
+
+
+@click.command("job")
+@click.argument("job")
+@home_option
+@json_option
+def job_escrow(job: str, home_dir: str | None, as_json: bool) -> None:
+    """The escrow of JOB on chain: requester, cap, deposited, balance, deadlines."""
+    job_id = job_arg(job)
+    c = connect(home_dir)
+    j = run(lambda: c.job(job_id))
+    payload = {
+        k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in j.items()
+    }
+    emit(as_json, payload, lambda p: table([(k, str(v)) for k, v in p.items()]))
+
+
+WALLET_COMMANDS = (
+    balance, deposit, end, withdraw, stake, unstake, fund, voucher, claim, job_escrow,
+)  # fmt: skip
+
+
+@click.group("settlement")
+def settlement() -> None:
+    """Settlement on chain: this node's transactions."""
+
+
+@settlement.command("txs")
+@home_option
+@json_option
+def txs(home_dir: str | None, as_json: bool) -> None:
+    """Every chain transaction this node asked for, from its journal, oldest first."""
+    home = Home(resolve_home(home_dir))
+    home.require_initialised()
+    journal = Journal(home.db)
+    rows = [
+        {"id": r.id, "op": r.op, "state": r.state, "tx": r.tx_hash, "gas": r.gas_used,
+         "block": r.block, "value_wei": str(r.value_wei), "error": r.error,
+         "chain_id": r.chain_id}
+        for r in journal.rows()
+    ]  # fmt: skip
+    journal.close()
+    header = ("ID", "OP", "STATE", "GAS", "BLOCK", "TX / ERROR")
+    emit(as_json, rows, lambda rs: table([header] + [
+        (str(r["id"]), r["op"], r["state"], str(r["gas"] or ""), str(r["block"] or ""),
+         r["tx"] or r["error"]) for r in rs
+    ]) if rs else "no chain transactions yet")  # fmt: skip
+
+
+@settlement.command("epochs")
+@home_option
+@json_option
+def epochs(home_dir: str | None, as_json: bool) -> None:
+    """Anchored epochs, from the contract's events: roots, tx, total, dispute window state."""
+    c = connect(home_dir)
+    rows = run(lambda: epoch_rows(c))
+    header = ("EPOCH", "STATE", "TOTAL", "DISPUTES", "WINDOW ENDS", "EARNINGS ROOT", "TX")
+    emit(as_json, rows, lambda rs: table([header] + [
+        (str(r["epoch"]), r["state"], format_wei(int(r["total_wei"])), str(r["disputes"]),
+         str(r["dispute_deadline"]), r["earnings_root"][:18] + "...", r["tx"][:18] + "...")
+        for r in rs
+    ]) if rs else "no epochs anchored yet")  # fmt: skip
+
+
+def epoch_rows(c: Settlement) -> list[dict[str, Any]]:
+    ev = c.contract.events
+    rows: dict[int, dict[str, Any]] = {}
+    for log in ev.Anchored().get_logs(from_block=0):
+        a = log["args"]
+        rows[a["epoch"]] = {
+            "epoch": a["epoch"], "state": "pending", "anchorer": a["anchorer"],
+            "earnings_root": "0x" + bytes(a["earningsRoot"]).hex(),
+            "entries_root": "0x" + bytes(a["entriesRoot"]).hex(), "total_wei": str(a["total"]),
+            "tx": "0x" + bytes(log["transactionHash"]).hex(), "block": log["blockNumber"],
+            "disputes": 0, "dispute_deadline": None,
+        }  # fmt: skip
+    for name, state in (("Finalized", "final"), ("Voided", "void")):
+        for log in getattr(ev, name)().get_logs(from_block=0):
+            rows[log["args"]["epoch"]]["state"] = state
+    for log in ev.Disputed().get_logs(from_block=0):
+        rows[log["args"]["epoch"]]["disputes"] += 1
+    latest = c.anchor()
+    if latest["epoch"] in rows:
+        rows[latest["epoch"]]["dispute_deadline"] = latest["dispute_deadline"]
+    return [rows[k] for k in sorted(rows)]

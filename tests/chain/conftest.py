@@ -1,0 +1,132 @@
+"""A real EVM for every chain test: the embedded one (eth-tester + py-evm), and anvil when the
+npm package is installed in contracts/ (else those cases skip, saying why)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from node.chain import artifacts
+from node.chain.backend import Chain, DeployParams
+from node.chain.client import Settlement
+
+REPO = Path(__file__).resolve().parents[2]
+ANVIL_NPM = REPO / "contracts" / "node_modules" / "@foundry-rs"
+ETH = 10**18
+PARAMS = DeployParams(
+    fee_bps=100,
+    claim_grace_s=3600,
+    unbonding_delay_s=7 * 86400,
+    sentry_min_stake_wei=ETH,
+    slash_quorum=2,
+    slash_burn_bps=5000,
+)
+
+
+def anvil_binary() -> str | None:
+    if os.environ.get("IDLEGRID_ANVIL"):
+        return os.environ["IDLEGRID_ANVIL"]
+    found = sorted(ANVIL_NPM.glob("anvil-*/bin/anvil"))
+    return str(found[0]) if found else shutil.which("anvil")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Anvil:
+    """anvil as a child process on a free port; ``state`` persists it across restarts."""
+
+    def __init__(self, binary: str, state: Path | None = None) -> None:
+        self.binary = binary
+        self.state = state
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [self.binary, "--port", str(self.port), "--silent", "--chain-id", "31337"]
+        if self.state is not None:
+            cmd += ["--state", str(self.state)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # polling a child's port is not test synchronisation
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("anvil did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@dataclass
+class Net:
+    """A deployed settlement contract and a few funded wallets on one chain."""
+
+    chain: Chain
+    address: str
+    keys: dict[str, bytes]
+
+    def client(self, who: str) -> Settlement:
+        return Settlement(self.chain, artifacts.load(), self.address, self.keys[who])
+
+    def addr(self, who: str) -> str:
+        return str(Account.from_key(self.keys[who]).address)
+
+
+WALLETS = ("requester", "worker", "worker2", "sentry1", "sentry2", "sentry3", "other")
+
+
+def make_net(chain: Chain) -> Net:
+    keys = {name: Account.create().key for name in (*WALLETS, "treasury", "deployer")}
+    keys = {k: bytes(v) for k, v in keys.items()}
+    for key in keys.values():
+        chain.fund(Account.from_key(key).address, 1000 * ETH)
+    params = DeployParams(
+        **{**PARAMS.__dict__, "treasury": Account.from_key(keys["treasury"]).address}
+    )
+    key = None if chain.kind == "embedded" else keys["deployer"]
+    address = chain.deploy(artifacts.load(), params, key)
+    return Net(chain, Web3.to_checksum_address(address), keys)
+
+
+@pytest.fixture(scope="session")
+def anvil_bin() -> str:
+    binary = anvil_binary()
+    if binary is None:
+        pytest.skip("anvil not installed: run `npm install` in contracts/ (@foundry-rs/anvil)")
+    return binary
+
+
+@pytest.fixture
+def anvil(anvil_bin: str) -> Iterator[Anvil]:
+    node = Anvil(anvil_bin)
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(params=["embedded", "anvil"])
+def net(request: pytest.FixtureRequest) -> Net:
+    if request.param == "embedded":
+        return make_net(Chain.embedded())
+    node: Anvil = request.getfixturevalue("anvil")
+    return make_net(Chain.rpc(node.url, 31337))

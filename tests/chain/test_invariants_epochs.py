@@ -1,0 +1,169 @@
+"""Invariants of epoch settlement over random sequences on the embedded EVM (Hypothesis).
+
+Pools funded and left, anchors honest or forged (a forged one is disputed by its requester at
+once and, unanswered, voided with the anchorer's bond slashed), windows passing, epochs
+finalized, workers claiming at random moments. After every step: the contract holds exactly
+pools + stakes + fees - claims - withdrawals - slashes, and no worker has been paid more than the
+vouchers its requesters signed (net of the fee).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from consensus.settlement.eip712 import chain_task_id
+from consensus.settlement.epoch import Entry, Epoch, assemble
+from node.chain.backend import Chain
+from node.chain.errors import ChainReverted
+from tests.chain.conftest import ETH, Net, make_net
+
+FEE, WINDOW, BOND = 100, 3600, ETH
+REQUESTERS, WORKERS = ("requester", "other"), ("worker", "worker2")
+JOBS = [bytes([i + 1]) * 32 for i in range(3)]
+TASK = chain_task_id(0, 0)
+
+
+class Epochs(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.net: Net = make_net(Chain.embedded())
+        self.c = {name: self.net.client(name) for name in self.net.keys}
+        self.anchorer = self.c["sentry1"]
+        self.anchorer.stake(3 * BOND)
+        self.held = 3 * BOND
+        self.bond = 3 * BOND
+        self.pool: dict[str, int] = defaultdict(int)
+        self.lines: dict[tuple[bytes, bytes, bytes], int] = {}  # final, per line
+        self.earnings: dict[bytes, int] = {}  # final, per worker, net
+        self.paid: dict[str, int] = defaultdict(int)
+        self.pending: tuple[Epoch, bool] | None = None  # (epoch, forged)
+        self.final: Epoch | None = None
+        self.index = -1
+        for who in REQUESTERS:
+            self.fund(who, 4 * ETH)
+
+    def b(self, who: str) -> bytes:
+        return bytes.fromhex(self.net.addr(who)[2:])
+
+    @rule(who=st.sampled_from(REQUESTERS), value=st.integers(1, 5 * ETH))
+    def fund(self, who: str, value: int) -> None:
+        self.c[who].fund(value)
+        self.pool[who] += value
+        self.held += value
+
+    @precondition(lambda self: self.pending is None)
+    @rule(job=st.sampled_from(JOBS), worker=st.sampled_from(WORKERS),
+          more=st.integers(1, 2 * ETH), forged=st.booleans(), settle=st.booleans())  # fmt: skip
+    def anchor(self, job: bytes, worker: str, more: int, forged: bool, settle: bool) -> None:
+        if self.pending is not None:
+            return
+        owner = REQUESTERS[JOBS.index(job) % 2]
+        line = (job, TASK, self.b(worker))
+        amount = self.lines.get(line, 0) + more  # what the requester signed for this line
+        e = Entry(self.b(owner), self.b(worker), job, TASK, amount + (ETH if forged else 0))
+        epoch = assemble([e], self.lines, self.earnings, FEE)
+        ok = self.pool[owner] >= epoch.total and self.bond >= BOND
+        if not self._try(ok, lambda: self.anchorer.post_anchor(epoch)):
+            return
+        self.index += 1
+        self.pool[owner] -= epoch.total
+        self.pending = (epoch, forged)
+        if forged:  # the requester never signed this amount: it disputes at once
+            self.c[owner].dispute(self.index, e, epoch.entry_proof(e))
+        if settle:
+            self.settle()
+
+    @precondition(lambda self: self.pending is not None)
+    @rule()
+    def settle(self) -> None:
+        if self.pending is None:
+            return
+        epoch, forged = self.pending
+        self.net.chain.advance(2 * WINDOW + 1)
+        if forged:  # unanswered: void, the debits back, the bond slashed (half burned)
+            e = epoch.entries[0]
+            self.c["other"].void_anchor(self.index, e, epoch.debits)
+            owner = next(r for r in REQUESTERS if self.b(r) == e.requester)
+            self.pool[owner] += epoch.total
+            event("voided")
+            taken = min(BOND, self.bond)
+            self.bond -= taken
+            self.held -= taken
+        else:
+            self.anchorer.finalize(self.index)
+            event("finalized")
+            self.lines, self.earnings, self.final = epoch.lines, epoch.earnings, epoch
+        self.pending = None
+
+    @precondition(lambda self: self.final is not None)
+    @rule(worker=st.sampled_from(WORKERS))
+    def claim(self, worker: str) -> None:
+        me = self.b(worker)
+        if self.final is None or me not in self.final.earnings:
+            return
+        owed = self.final.earnings[me] - self.paid[worker]
+        proof = self.final.earnings_proof(me)
+        cumulative = self.final.earnings[me]
+        if self._try(owed > 0, lambda: self.c[worker].claim_earnings(cumulative, proof)):
+            event("claimed")
+            self.paid[worker] += owed
+            self.held -= owed
+
+    @rule(who=st.sampled_from(REQUESTERS), amount=st.integers(1, 5 * ETH))
+    def leave_pool(self, who: str, amount: int) -> None:
+        if self._try(amount <= self.pool[who], lambda: self.c[who].leave_pool(amount)):
+            self.pool[who] -= amount
+            self.net.chain.advance(7 * 86400)
+            self.c[who].withdraw_pool()
+            self.held -= amount
+
+    @precondition(lambda self: self.bond < BOND)
+    @rule()
+    def restake(self) -> None:
+        if self.bond < BOND:
+            self.anchorer.stake(BOND)
+            self.bond += BOND
+            self.held += BOND
+
+    @invariant()
+    def contract_holds_exactly_what_it_owes(self) -> None:
+        if not hasattr(self, "net"):
+            return
+        # anchoring and finalizing move no coin: debits and fees stay in the contract
+        assert self.net.chain.balance(self.net.address) == self.held
+        for who in REQUESTERS:
+            assert self.c[who].pool_of()["balance"] == self.pool[who]
+
+    @invariant()
+    def no_worker_is_paid_more_than_was_signed(self) -> None:
+        if not hasattr(self, "net"):
+            return
+        for worker in WORKERS:
+            me = self.b(worker)
+            signed = sum(a for (_, _, w), a in self.lines.items() if w == me)  # final, genuine
+            assert self.c[worker].earned_of() == self.paid[worker]
+            assert self.paid[worker] <= signed
+
+    def _try(self, expect_ok: bool, call: object) -> bool:
+        try:
+            call()  # type: ignore[operator]
+        except ChainReverted as exc:
+            assert not expect_ok, f"model expected success: {exc}"
+            event(f"reverted: {exc.error}")
+            return False
+        assert expect_ok, "model expected a revert, the contract accepted"
+        event("succeeded")
+        return True
+
+
+Epochs.TestCase.settings = settings(
+    max_examples=5,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestEpochInvariants = Epochs.TestCase

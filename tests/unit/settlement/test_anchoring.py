@@ -1,0 +1,86 @@
+"""The anchorer's machine: inputs in, effects out; no chain, no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from consensus.settlement.anchoring import Anchoring, Answer, Finalize, Post, claim_due
+from consensus.settlement.epoch import Entry
+
+R, W1, W2 = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
+J1, J2 = b"\x11" * 32, b"\x12" * 32
+T = b"\x00" * 32
+EPOCH_MS, WINDOW_MS = 60_000, 3_600_000
+
+
+def entry(job: bytes, worker: bytes, amount: int) -> Entry:
+    return Entry(R, worker, job, T, amount)
+
+
+def post(m: Anchoring, now: int) -> Post:
+    (effect,) = m.on_tick(now)
+    assert isinstance(effect, Post) and m.state == "posting"
+    return effect
+
+
+def test_posts_when_due_then_builds_on_the_final_epoch() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=100)
+    assert m.on_tick(0) == []  # nothing to anchor
+    m.on_voucher(entry(J1, W1, 100), b"s1")
+    m.on_voucher(entry(J1, W1, 50), b"old")  # an older voucher changes nothing
+    first = post(m, 1000).epoch
+    assert first.debits == {R: 100} and m.on_tick(2000) == []  # posting: wait for the chain
+    m.on_posted(0, window_end_ms=1000 + WINDOW_MS)
+    m.on_voucher(entry(J1, W1, 300), b"s2")
+    m.on_voucher(entry(J2, W2, 40), b"s3")
+    assert m.on_tick(WINDOW_MS) == []  # window still open
+    second = post(m, 1000 + WINDOW_MS).epoch  # final now; the next anchor finalizes it on chain
+    assert second.debits == {R: 240}  # only the increases over the final epoch
+    # net of the 1 % fee, cumulative: 240 - 2 = 238 split 200:40 -> 198 + 39, the last wei to W1
+    assert (second.earnings[W1], second.earnings[W2]) == (99 + 199, 39)
+    m.on_posted(1, window_end_ms=2 * WINDOW_MS)
+    assert m.on_tick(3 * WINDOW_MS) == [Finalize(1)]  # nothing new: finalize explicitly
+    assert m.state == "idle" and m.on_tick(4 * WINDOW_MS) == []
+
+
+def test_disputes_are_answered_with_the_voucher_of_that_epoch() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=0)
+    e = entry(J1, W1, 100)
+    m.on_voucher(e, b"sig-100")
+    post(m, 0)
+    m.on_posted(0, window_end_ms=WINDOW_MS)
+    m.on_voucher(entry(J1, W1, 200), b"sig-200")  # newer, arrives during the window
+    assert m.on_disputed(0, e.leaf()) == [Answer(0, e, b"sig-100")]
+    assert m.on_tick(WINDOW_MS + 1) == []  # an open dispute holds the epoch
+    m.on_answered(e.leaf())
+    (effect,) = m.on_tick(WINDOW_MS + 2)
+    assert isinstance(effect, Post) and effect.epoch.debits == {R: 100}  # 200 over 100
+
+
+def test_a_voided_epoch_is_anchored_again() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m.on_voucher(entry(J1, W1, 100), b"s")
+    first = post(m, 0).epoch
+    m.on_posted(0, window_end_ms=WINDOW_MS)
+    assert m.on_disputed(0, b"\xff" * 32) == []  # not an entry we know: cannot answer
+    m.on_voided(0)
+    again = post(m, EPOCH_MS).epoch
+    assert again.entries_tree.root == first.entries_tree.root  # built on the same base
+
+
+def test_post_failure_and_bugs() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m.on_voucher(entry(J1, W1, 1), b"s")
+    post(m, 0)
+    m.on_post_failed()
+    assert m.state == "idle"
+    with pytest.raises(RuntimeError, match="bug"):
+        m.on_posted(0, 1)
+    with pytest.raises(RuntimeError, match="bug"):
+        m.on_answered(b"")
+
+
+def test_claim_policy() -> None:
+    assert claim_due(final_cumulative=150, claimed=50, threshold_wei=100)
+    assert not claim_due(final_cumulative=149, claimed=50, threshold_wei=100)
+    assert not claim_due(final_cumulative=50, claimed=50, threshold_wei=0)

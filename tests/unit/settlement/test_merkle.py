@@ -1,0 +1,43 @@
+"""The Python Merkle tree against fixed vectors from @openzeppelin/merkle-tree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consensus.errors import Invalid
+from consensus.settlement.merkle import MerkleTree, leaf_hash, verify
+
+VECTORS = json.loads((Path(__file__).parent / "merkle_vectors.json").read_text())
+
+
+def _row(types: list[str], values: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for t, v in zip(types, values, strict=True):
+        out.append(int(v) if t == "uint256" else bytes.fromhex(v[2:]) if t == "bytes32" else v)
+    return out
+
+
+@pytest.mark.parametrize("case", VECTORS, ids=lambda c: f"{c['kind']}-{len(c['values'])}")
+def test_matches_openzeppelin_merkle_tree(case: dict[str, Any]) -> None:
+    rows = [_row(case["types"], v) for v in case["values"]]
+    tree = MerkleTree.of(case["types"], rows)
+    assert "0x" + tree.root.hex() == case["root"]
+    for row, expected in zip(rows, case["proofs"], strict=True):
+        leaf = leaf_hash(case["types"], row)
+        proof = tree.proof(leaf)
+        assert ["0x" + p.hex() for p in proof] == expected
+        assert verify(tree.root, leaf, proof)
+        assert not verify(tree.root, leaf_hash(case["types"], [*row[:-1], row[-1] + 1]), proof)
+
+
+def test_bad_trees_are_refused() -> None:
+    with pytest.raises(Invalid, match="at least one leaf"):
+        MerkleTree.of(["uint256"], [])
+    with pytest.raises(Invalid, match="duplicate"):
+        MerkleTree.of(["uint256"], [[1], [1]])
+    with pytest.raises(Invalid, match="not in the tree"):
+        MerkleTree.of(["uint256"], [[1]]).proof(b"\0" * 32)
