@@ -126,6 +126,9 @@ class P2pSettings:
         30, "silence after which a peer or worker counts as offline", int_range(2, 86400)
     )
     max_connections: int = setting(128, "most open connections", int_range(1, 10000))
+    quic: bool = setting(
+        False, "also listen and dial over QUIC (UDP); slow in py-libp2p: 1-3 MB/s, not for bulk"
+    )
 
 
 @dataclass(frozen=True)

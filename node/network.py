@@ -255,7 +255,9 @@ async def run_network(
     """Runs the network service until cancelled; reports the Network once it listens."""
     p2p = ctx.settings.p2p
     seed = bytes(ctx.keys.signing_key)
-    async with open_host(seed, p2p.listen, max_connections=p2p.max_connections) as host:
+    async with open_host(
+        seed, p2p.listen, max_connections=p2p.max_connections, quic=p2p.quic
+    ) as host:
         scores = PeerScores()
         validator = EnvelopeValidator(REGISTRY, TOPICS)
         async with open_gossip(host, validator, scores) as gossip:
