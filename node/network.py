@@ -26,6 +26,7 @@ from consensus.market.messages import MARKET_KINDS
 from consensus.pool import GpuOffer, Pool, Presence, PresenceSeen, WorkerChanged
 from consensus.scores import PeerScores
 from node import __version__
+from node.discovery import run_discovery
 from node.peerbook import Peer, PeerBook, load_remembered, remember
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
 from p2p.host import DialError, Host, open_host
@@ -203,6 +204,21 @@ class Network:
         self._connected.set()
         self._connected = trio.Event()
 
+    def learn(self, addrs: list[str], source: str) -> None:
+        """Takes dialable addresses found by mDNS, the DHT or a relay into the peer book.
+
+        They are dialled like bootstrap peers (with backoff); the peer is remembered once it
+        has announced itself over gossip.
+        """
+        new = False
+        for addr in addrs:
+            known = self.book.peers.get(addr.rsplit("/p2p/", 1)[-1])
+            new |= known is None or addr not in known.addrs
+            self.book.add_addr(addr)
+        if new:
+            log.info("peer addresses learned", extra={"source": source, "addrs": addrs})
+            self._wake_dialer()
+
     def _wake_dialer(self) -> None:
         self._dial_now.set()
         self._dial_now = trio.Event()
@@ -275,6 +291,7 @@ async def run_network(
                 nursery.start_soon(net.follow_pool, presence_inbox)
                 nursery.start_soon(net.dial_loop)
                 nursery.start_soon(net.announce_loop)
+                await nursery.start(run_discovery, net)
                 log.info(
                     "p2p listening", extra={"addrs": host.addrs, "remembered_peers": remembered}
                 )

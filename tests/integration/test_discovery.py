@@ -1,0 +1,67 @@
+"""Discovery without bootstrap peers, between real daemons on 127.0.0.1.
+
+Synchronised on what the daemons log, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemons import Daemon, cli_env, idlegrid
+
+MDNS_ENV = cli_env(
+    IDLEGRID_P2P_ANNOUNCE_INTERVAL_S="1",
+    IDLEGRID_P2P_OFFLINE_AFTER_S="4",
+    IDLEGRID_P2P_MDNS="true",
+    IDLEGRID_P2P_MDNS_INTERFACE="lo",
+)
+
+
+def peer_id(home: Path) -> str:
+    return str(json.loads((home / "identity.json").read_text())["peer_id"])
+
+
+def logged(daemon: Daemon, text: str, timeout: float = 20) -> None:
+    """Returns once ``text`` was logged (before now, or within ``timeout``)."""
+    if not any(text in line for line in daemon.lines):
+        daemon.wait_for(text, timeout)
+
+
+@pytest.fixture
+def two_mdns_daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+    daemons: list[Daemon] = []
+    try:
+        for name in ("a", "b"):
+            home = tmp_path / name
+            assert idlegrid(home, "init", env=MDNS_ENV).returncode == 0
+            daemons.append(Daemon(home, (), MDNS_ENV).wait_started())
+        yield daemons
+    finally:
+        for daemon in daemons:
+            daemon.kill()
+
+
+def test_two_daemons_find_each_other_by_mdns_without_bootstrap(
+    two_mdns_daemons: list[Daemon],
+) -> None:
+    a, b = two_mdns_daemons
+    for daemon in (a, b):
+        logged(daemon, "peer discovered")  # the other's node.hello, over gossip
+    # Whichever heard the other first dialled it; the other then knew it from its hello.
+    learned = [line for d in (a, b) for line in d.output().splitlines() if "learned" in line]
+    assert learned and all("source=mdns" in line for line in learned), learned
+    for me, other in ((a, b), (b, a)):
+        peers = json.loads(idlegrid(me.home, "peers", "--json", env=MDNS_ENV).stdout)["peers"]
+        assert [p["peer_id"] for p in peers if p["connected"]] == [peer_id(other.home)]
+
+
+def test_mdns_without_an_interface_is_refused_naming_the_key(tmp_path: Path) -> None:
+    env = cli_env(IDLEGRID_P2P_MDNS="true")
+    assert idlegrid(tmp_path / "c", "init").returncode == 0
+    done = idlegrid(tmp_path / "c", "node", "start", env=env)
+    assert done.returncode == 2
+    assert "p2p.mdns_interface" in done.stderr + done.stdout
