@@ -142,6 +142,11 @@ class P2pSettings:
     quic: bool = setting(
         False, "also listen and dial over QUIC (UDP); slow in py-libp2p: 1-3 MB/s, not for bulk"
     )
+    dht: str = setting(
+        "server",
+        "Kademlia DHT: server (answers queries), client (only asks; behind NAT) or off",
+        one_of(("server", "client", "off")),
+    )
     mdns: bool = setting(False, "find peers on the LAN by mDNS (needs p2p.mdns_interface)")
     mdns_interface: str = setting(
         "", "interface (name or IPv4 address) mDNS announces and listens on", interface_check

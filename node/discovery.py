@@ -1,4 +1,4 @@
-"""Discovery beyond bootstrap peers and gossip: mDNS on the LAN (``p2p.mdns``).
+"""Discovery beyond bootstrap peers and gossip: mDNS on the LAN, the Kademlia DHT, relays.
 
 Each mechanism only finds addresses; :meth:`node.network.Network.learn` takes them into the
 peer book, so a peer found here is dialled with backoff, scored, banned and remembered exactly
@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
+import urllib.parse
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from config.schema import ROLES
+from node.api import ApiError, Request, Routes
+from p2p.dht import open_dht
 from p2p.mdns import interface_ipv4, open_mdns
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from node.daemon import NodeContext
     from node.network import Network
 
 log = logging.getLogger(__name__)
+
+DHT_INTERVAL_S: Final = 30.0  # routing table upkeep when no connection changes wake it sooner
+REPROVIDE_S: Final = 3600.0  # provider records live 24 h in the library; renew well before
+LOOKUP_TIMEOUT_S: Final = 20.0
+
+
+def role_key(role: str) -> str:
+    """The DHT name a node of ``role`` provides, so others can find one without gossip."""
+    return f"/idlegrid/1/role/{role}"
 
 
 async def run_discovery(
@@ -31,6 +45,8 @@ async def run_discovery(
     async with trio.open_nursery() as nursery:
         if p2p.mdns:
             await nursery.start(run_mdns, net, p2p.mdns_interface)
+        if p2p.dht != "off":
+            await nursery.start(run_dht, net, p2p.dht)
         task_status.started()
 
 
@@ -59,3 +75,105 @@ async def run_mdns(
         task_status.started()
         async for peer in found:
             net.learn(peer.addrs, "mdns")
+
+
+async def run_dht(
+    net: Network, mode: str, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Keeps the DHT's routing table fed with our connections and our roles provided.
+
+    When the node has fewer connections than it wants, it also asks the DHT for providers of
+    every role and learns them (how a node finds the network beyond its bootstrap peers).
+    """
+    async with open_dht(net.host, mode) as dht:
+        net.dht = dht
+        task_status.started()
+        provided_at: float | None = None
+        while True:
+            await dht.add_connected()
+            now = trio.current_time()
+            if dht.size and (provided_at is None or now - provided_at > REPROVIDE_S):
+                provided_at = now if await _provide_roles(net) else None
+            if dht.size and len(net.host.connected_peers()) < net.target_connections:
+                await _learn_providers(net)
+            with trio.move_on_after(DHT_INTERVAL_S):
+                await net.connections_changed()
+
+
+async def _provide_roles(net: Network) -> bool:
+    ok = True
+    for role in net.ctx.settings.node.roles:
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            ok &= await net.dht.provide(role_key(role)) if net.dht else False
+    log.info("dht provided roles", extra={"roles": list(net.ctx.settings.node.roles), "ok": ok})
+    return ok
+
+
+async def _learn_providers(net: Network) -> None:
+    for role in ROLES:
+        if net.dht is None:
+            return
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            for addrs in (await net.dht.find_providers(role_key(role))).values():
+                net.learn(addrs, "dht")
+
+
+async def locate(net: Network, peer_id: str) -> list[str]:
+    """Addresses of ``peer_id``: from the peer book, else looked up in the DHT and learned."""
+    known = net.book.peers.get(peer_id)
+    if known is not None and known.addrs:
+        return list(known.addrs)
+    if net.dht is None:
+        return []
+    with trio.move_on_after(LOOKUP_TIMEOUT_S):
+        addrs = await net.dht.find_peer(peer_id)
+        net.learn(addrs, "dht")
+        return addrs
+    return []
+
+
+def discovery_routes(ctx: NodeContext) -> Routes:
+    """``GET /v1/dht/find?peer_id=``, ``GET /v1/dht/providers?role=``, ``GET /v1/dht``."""
+
+    def network() -> Network:
+        if ctx.network is None or ctx.network.dht is None:
+            raise ApiError(409, 'the DHT is off on this node (p2p.dht = "off")')
+        return ctx.network
+
+    async def find(request: Request) -> Any:
+        peer_id = _query(request, "peer_id")
+        if not peer_id.startswith(("12D3Koo", "Qm")):
+            raise ApiError(400, f"?peer_id= is not a peer id: {peer_id!r}")
+        return {"peer_id": peer_id, "addrs": await locate(network(), peer_id)}
+
+    async def providers(request: Request) -> Any:
+        role = _query(request, "role")
+        if role not in ROLES:
+            raise ApiError(400, f"?role= must be one of {', '.join(ROLES)}, got {role!r}")
+        dht = network().dht
+        assert dht is not None
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):
+            found = await dht.find_providers(role_key(role))
+            return {
+                "role": role,
+                "providers": [{"peer_id": p, "addrs": a} for p, a in found.items()],
+            }
+        raise ApiError(504, f"no answer from the DHT within {LOOKUP_TIMEOUT_S:.0f} s")
+
+    async def status(_: Request) -> Any:
+        dht = network().dht
+        assert dht is not None
+        return {"mode": dht.mode, "routing_table": dht.size}
+
+    return {
+        ("GET", "/v1/dht"): status,
+        ("GET", "/v1/dht/find"): find,
+        ("GET", "/v1/dht/providers"): providers,
+    }
+
+
+def _query(request: Request, name: str) -> str:
+    values = urllib.parse.parse_qs(request.query).get(name)
+    if not values or not values[0]:
+        raise ApiError(400, f"missing ?{name}=")
+    return values[0]

@@ -28,6 +28,7 @@ from consensus.scores import PeerScores
 from node import __version__
 from node.discovery import run_discovery
 from node.peerbook import Peer, PeerBook, load_remembered, remember
+from p2p.dht import Dht
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
 from p2p.host import DialError, Host, open_host
 from p2p.validation import EnvelopeValidator
@@ -65,6 +66,8 @@ class Network:
     seq: int = 0
     # (status, free GPUs) for presence; set by the worker's market service.
     presence_source: Callable[[], tuple[str, int]] | None = None
+    dht: Dht | None = None  # set by node.discovery when p2p.dht is on
+    target_connections: int = TARGET_CONNECTIONS
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
 
@@ -203,6 +206,10 @@ class Network:
         """Announces now rather than at the next interval (a worker became busy or free)."""
         self._connected.set()
         self._connected = trio.Event()
+
+    async def connections_changed(self) -> None:
+        """Returns when this node next gains a connection (or a worker's presence changes)."""
+        await self._connected.wait()
 
     def learn(self, addrs: list[str], source: str) -> None:
         """Takes dialable addresses found by mDNS, the DHT or a relay into the peer book.

@@ -65,3 +65,19 @@ def test_mdns_without_an_interface_is_refused_naming_the_key(tmp_path: Path) -> 
     done = idlegrid(tmp_path / "c", "node", "start", env=env)
     assert done.returncode == 2
     assert "p2p.mdns_interface" in done.stderr + done.stdout
+
+
+def test_dht_cli_on_daemons_found_by_mdns(two_mdns_daemons: list[Daemon]) -> None:
+    a, b = two_mdns_daemons
+    logged(a, "dht provided roles")
+    logged(b, "dht provided roles")
+    status = json.loads(idlegrid(a.home, "dht", "status", "--json", env=MDNS_ENV).stdout)
+    assert status == {"mode": "server", "routing_table": 1}
+    found = idlegrid(a.home, "dht", "providers", "requester", "--json", env=MDNS_ENV)
+    providers = json.loads(found.stdout)["providers"]
+    assert [p["peer_id"] for p in providers] == [peer_id(b.home)]
+    where = json.loads(
+        idlegrid(a.home, "dht", "find", peer_id(b.home), "--json", env=MDNS_ENV).stdout
+    )
+    assert where["addrs"] and where["addrs"][0].endswith(peer_id(b.home))
+    assert idlegrid(a.home, "dht", "find", "nonsense", env=MDNS_ENV).returncode == 2

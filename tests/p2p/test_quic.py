@@ -78,4 +78,4 @@ async def test_cycles_with_quic_leak_no_fds_threads_or_tasks() -> None:
             gc.enable()
         assert leaked_fds <= 0
         assert threading.active_count() <= threads
-        assert all_tasks() == tasks
+        assert all_tasks() <= tasks
