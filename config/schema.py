@@ -147,6 +147,12 @@ class P2pSettings:
         "Kademlia DHT: server (answers queries), client (only asks; behind NAT) or off",
         one_of(("server", "client", "off")),
     )
+    relay_hop: bool = setting(
+        False, "serve as a circuit relay v2 for nodes behind NAT (needs a reachable address)"
+    )
+    relay_reserve: bool = setting(
+        False, "behind NAT: reserve a slot on relays among connected peers and announce it"
+    )
     mdns: bool = setting(False, "find peers on the LAN by mDNS (needs p2p.mdns_interface)")
     mdns_interface: str = setting(
         "", "interface (name or IPv4 address) mDNS announces and listens on", interface_check

@@ -18,6 +18,7 @@ from config.schema import ROLES
 from node.api import ApiError, Request, Routes
 from p2p.dht import open_dht
 from p2p.mdns import interface_ipv4, open_mdns
+from p2p.relay import open_relay
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -47,6 +48,7 @@ async def run_discovery(
             await nursery.start(run_mdns, net, p2p.mdns_interface)
         if p2p.dht != "off":
             await nursery.start(run_dht, net, p2p.dht)
+        await nursery.start(run_relay, net, p2p.relay_hop, p2p.relay_reserve)
         task_status.started()
 
 
@@ -98,6 +100,31 @@ async def run_dht(
                 await _learn_providers(net)
             with trio.move_on_after(DHT_INTERVAL_S):
                 await net.connections_changed()
+
+
+async def run_relay(
+    net: Network,
+    hop: bool,
+    reserve: bool,
+    *,
+    task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Circuit relay v2: every node can dial through relays and accept relayed connections;
+    with ``hop`` it relays for others; with ``reserve`` it keeps a slot on the relays among
+    its connections and announces the circuit addresses (each time its connections change).
+    """
+    async with open_relay(net.host, hop=hop, reserve=reserve) as relay:
+        net.relay = relay
+        task_status.started()
+        while reserve:
+            circuits = await relay.find_relays()
+            if circuits != net.circuit_addrs:
+                net.circuit_addrs = circuits
+                log.info("relay reservations", extra={"circuit_addrs": circuits})
+                net.presence_changed()  # announce the new addresses now
+            with trio.move_on_after(DHT_INTERVAL_S):
+                await net.connections_changed()
+        await trio.sleep_forever()
 
 
 async def _provide_roles(net: Network) -> bool:

@@ -31,6 +31,7 @@ from node.peerbook import Peer, PeerBook, load_remembered, remember
 from p2p.dht import Dht
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
 from p2p.host import DialError, Host, open_host
+from p2p.relay import Relay, is_circuit
 from p2p.validation import EnvelopeValidator
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class Network:
     # (status, free GPUs) for presence; set by the worker's market service.
     presence_source: Callable[[], tuple[str, int]] | None = None
     dht: Dht | None = None  # set by node.discovery when p2p.dht is on
+    relay: Relay | None = None  # set by node.discovery
+    circuit_addrs: list[str] = field(default_factory=list)  # through relays that reserved us
     target_connections: int = TARGET_CONNECTIONS
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
@@ -134,7 +137,7 @@ class Network:
                 continue
             for ip in _interface_ipv4s():
                 out.append(addr.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/"))
-        return out
+        return out + self.circuit_addrs  # relayed last: direct paths are tried first
 
     async def announce(self) -> None:
         """Publishes our hello and, on a worker, our presence."""
@@ -248,7 +251,10 @@ class Network:
         for addr in peer.addrs:
             try:
                 with trio.fail_after(DIAL_TIMEOUT_S):
-                    await self.host.connect(addr)
+                    if is_circuit(addr) and self.relay is not None:
+                        await self.relay.dial(addr)  # libp2p's own dial drops circuits
+                    else:
+                        await self.host.connect(addr)
             except (DialError, ValueError, trio.TooSlowError) as exc:
                 log.debug(
                     "dial failed", extra={"peer": peer.peer_id, "addr": addr, "error": str(exc)}
