@@ -128,10 +128,12 @@ async def run_relay(
 
 
 async def _provide_roles(net: Network) -> bool:
-    ok = True
+    ok = net.dht is not None
     for role in net.ctx.settings.node.roles:
+        stored = False  # stays False if the lookup times out
         with trio.move_on_after(LOOKUP_TIMEOUT_S):
-            ok &= await net.dht.provide(role_key(role)) if net.dht else False
+            stored = net.dht is not None and await net.dht.provide(role_key(role))
+        ok &= stored
     log.info("dht provided roles", extra={"roles": list(net.ctx.settings.node.roles), "ok": ok})
     return ok
 
