@@ -91,12 +91,16 @@ async def run_dht(
         net.dht = dht
         task_status.started()
         provided_at: float | None = None
+        looked_up_at = -DHT_INTERVAL_S
         while True:
             await dht.add_connected()
             now = trio.current_time()
             if dht.size and (provided_at is None or now - provided_at > REPROVIDE_S):
                 provided_at = now if await _provide_roles(net) else None
-            if dht.size and len(net.host.connected_peers()) < net.target_connections:
+            short = len(net.host.connected_peers()) < net.target_connections
+            # At most one round of lookups per interval, however often connections change.
+            if dht.size and short and now - looked_up_at >= DHT_INTERVAL_S:
+                looked_up_at = now
                 await _learn_providers(net)
             with trio.move_on_after(DHT_INTERVAL_S):
                 await net.connections_changed()
