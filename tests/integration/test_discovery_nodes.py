@@ -1,5 +1,6 @@
-"""The DHT inside real nodes (in this test's trio loop): routing tables fed by connections,
-roles provided, and a peer the node has no address for found through the DHT."""
+"""Discovery inside real nodes (in this test's trio loop): the DHT's routing tables fed by
+connections, roles provided, a peer the node has no address for found through the DHT; and
+nodes joined over QUIC."""
 
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ async def until(check: Callable[[], bool]) -> None:
         await trio.sleep(0.05)
 
 
-def settings(roles: tuple[str, ...], bootstrap: tuple[str, ...] = ()) -> Settings:
+def settings(roles: tuple[str, ...], bootstrap: tuple[str, ...], quic: bool) -> Settings:
     return Settings(
         node=NodeSettings(roles=roles),
-        p2p=P2pSettings(listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=bootstrap),
+        p2p=P2pSettings(listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=bootstrap, quic=quic),
     )
 
 
@@ -39,12 +40,14 @@ def settings(roles: tuple[str, ...], bootstrap: tuple[str, ...] = ()) -> Setting
 async def start(tmp_path: Path) -> AsyncIterator[Start]:
     async with trio.open_nursery() as nursery:
 
-        async def start_node(name: str, *roles: str, bootstrap: tuple[str, ...] = ()) -> Network:
+        async def start_node(
+            name: str, *roles: str, bootstrap: tuple[str, ...] = (), quic: bool = False
+        ) -> Network:
             home = Home(tmp_path / name)
             identity.save(home, identity.NodeKeys.generate(), passphrase=None)
             home.ensure_token()
             keys = identity.load(home, lambda: None)
-            conf = settings(roles or ("requester",), bootstrap)
+            conf = settings(roles or ("requester",), bootstrap, quic)
             ctx: NodeContext = await nursery.start(
                 lambda task_status: run_node(
                     home, conf, keys, handle_signals=False, task_status=task_status
@@ -88,3 +91,17 @@ async def test_workers_are_found_as_providers_of_their_role(start: Start) -> Non
 
         while worker.host.peer_id not in await providers():
             await trio.sleep(0.2)  # the worker provides once its routing table is fed
+
+
+async def test_nodes_with_quic_join_over_quic(start: Start) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        first = await start("q1", quic=True)
+        quic_addr = next(a for a in first.host.addrs if "/quic-v1/" in a)
+        assert quic_addr in first.announced_addrs()
+        second = await start("q2", quic=True, bootstrap=(quic_addr,))
+        await until(lambda: first.host.peer_id in second.host.connected_peers())
+        conns = second.host.libp2p.get_network().connections
+        (conn,) = [
+            c for peer, cs in conns.items() if peer.to_base58() == first.host.peer_id for c in cs
+        ]
+        assert all("/quic-v1" in str(a) for a in conn.get_transport_addresses())
