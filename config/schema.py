@@ -106,6 +106,19 @@ def peer_multiaddrs_check(value: Any) -> str | None:
     return f"multiaddrs ending in /p2p/<peer id> (bad: {', '.join(bad)})" if bad else None
 
 
+def interface_check(value: Any) -> str | None:
+    # Checked when the settings load, so a typo stops `node start` with the key named.
+    if value == "":
+        return None
+    import psutil  # noqa: PLC0415 - only needed when an interface is set
+
+    ifaces = psutil.net_if_addrs()
+    ipv4 = {a.address for addrs in ifaces.values() for a in addrs if a.family.name == "AF_INET"}
+    if value in ipv4 or any(a.family.name == "AF_INET" for a in ifaces.get(value, [])):
+        return None
+    return f"an IPv4 interface name or address of this machine (have: {', '.join(sorted(ifaces))})"
+
+
 @dataclass(frozen=True)
 class P2pSettings:
     listen: tuple[str, ...] = setting(
@@ -127,6 +140,24 @@ class P2pSettings:
         30, "silence after which a peer or worker counts as offline", int_range(2, 86400)
     )
     max_connections: int = setting(128, "most open connections", int_range(1, 10000))
+    quic: bool = setting(
+        False, "also listen and dial over QUIC (UDP); slow in py-libp2p: 1-3 MB/s, not for bulk"
+    )
+    dht: str = setting(
+        "server",
+        "Kademlia DHT: server (answers queries), client (only asks; behind NAT) or off",
+        one_of(("server", "client", "off")),
+    )
+    relay_hop: bool = setting(
+        False, "serve as a circuit relay v2 for nodes behind NAT (needs a reachable address)"
+    )
+    relay_reserve: bool = setting(
+        False, "behind NAT: reserve a slot on relays among connected peers and announce it"
+    )
+    mdns: bool = setting(False, "find peers on the LAN by mDNS (needs p2p.mdns_interface)")
+    mdns_interface: str = setting(
+        "", "interface (name or IPv4 address) mDNS announces and listens on", interface_check
+    )
 
 
 @dataclass(frozen=True)
@@ -244,8 +275,16 @@ def _rpc_complete(settings: Settings) -> str | None:
     return None
 
 
+def _mdns_needs_interface(settings: Settings) -> str | None:
+    # zeroconf would otherwise bind every interface: the LAN to trust must be chosen.
+    if settings.p2p.mdns and not settings.p2p.mdns_interface:
+        return "an interface (e.g. eth0 or 192.168.1.10) when p2p.mdns is on"
+    return None
+
+
 # Rules that relate several keys: (key blamed, check over the whole settings).
 CROSS_CHECKS: tuple[tuple[str, Callable[[Settings], str | None]], ...] = (
     ("p2p.offline_after_s", _offline_after_heartbeats),
     ("chain.backend", _rpc_complete),
+    ("p2p.mdns_interface", _mdns_needs_interface),
 )

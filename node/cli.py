@@ -30,6 +30,7 @@ from node.cli_base import (
     role_option,
     table,
 )
+from node.cli_discovery import dht
 from node.cli_gpu import check_sandbox, gpu
 from node.cli_job import bids, job, worker
 from node.cli_wallet import WALLET_COMMANDS, settlement
@@ -283,6 +284,7 @@ cli.add_command(gpu)
 for command in WALLET_COMMANDS:
     wallet.add_command(command)
 cli.add_command(settlement)
+cli.add_command(dht)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 from config import Settings
 from node import __version__
 from node.api import Handler, Request, Routes, serve
+from node.discovery import discovery_routes
 from node.home import Home, NodeLock, write_private
 from node.identity import NodeKeys
 from node.market.api import market_routes
@@ -97,6 +98,7 @@ def routes(ctx: NodeContext) -> Routes:
         ("GET", "/v1/market"): market,
     }
     table.update(market_routes(ctx))
+    table.update(discovery_routes(ctx))
     return table
 
 

@@ -26,9 +26,12 @@ from consensus.market.messages import MARKET_KINDS
 from consensus.pool import GpuOffer, Pool, Presence, PresenceSeen, WorkerChanged
 from consensus.scores import PeerScores
 from node import __version__
+from node.discovery import run_discovery
 from node.peerbook import Peer, PeerBook, load_remembered, remember
+from p2p.dht import Dht
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
 from p2p.host import DialError, Host, open_host
+from p2p.relay import Relay, is_circuit
 from p2p.validation import EnvelopeValidator
 
 if TYPE_CHECKING:
@@ -66,6 +69,10 @@ class Network:
     presence_source: Callable[[], tuple[str, int]] | None = None
     # (GPU class, count, VRAM MB) from GPU discovery; set by the worker's market service.
     offer: tuple[str, int, int] = ("cpu", 1, 0)
+    dht: Dht | None = None  # set by node.discovery when p2p.dht is on
+    relay: Relay | None = None  # set by node.discovery
+    circuit_addrs: list[str] = field(default_factory=list)  # through relays that reserved us
+    target_connections: int = TARGET_CONNECTIONS
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
 
@@ -132,7 +139,7 @@ class Network:
                 continue
             for ip in _interface_ipv4s():
                 out.append(addr.replace("/ip4/0.0.0.0/", f"/ip4/{ip}/"))
-        return out
+        return out + self.circuit_addrs  # relayed last: direct paths are tried first
 
     async def announce(self) -> None:
         """Publishes our hello and, on a worker, our presence."""
@@ -204,6 +211,25 @@ class Network:
         self._connected.set()
         self._connected = trio.Event()
 
+    async def connections_changed(self) -> None:
+        """Returns when this node next gains a connection (or a worker's presence changes)."""
+        await self._connected.wait()
+
+    def learn(self, addrs: list[str], source: str) -> None:
+        """Takes dialable addresses found by mDNS, the DHT or a relay into the peer book.
+
+        They are dialled like bootstrap peers (with backoff); the peer is remembered once it
+        has announced itself over gossip.
+        """
+        new = False
+        for addr in addrs:
+            known = self.book.peers.get(addr.rsplit("/p2p/", 1)[-1])
+            new |= known is None or addr not in known.addrs
+            self.book.add_addr(addr)
+        if new:
+            log.info("peer addresses learned", extra={"source": source, "addrs": addrs})
+            self._wake_dialer()
+
     def _wake_dialer(self) -> None:
         self._dial_now.set()
         self._dial_now = trio.Event()
@@ -226,7 +252,10 @@ class Network:
         for addr in peer.addrs:
             try:
                 with trio.fail_after(DIAL_TIMEOUT_S):
-                    await self.host.connect(addr)
+                    if is_circuit(addr) and self.relay is not None:
+                        await self.relay.dial(addr)  # libp2p's own dial drops circuits
+                    else:
+                        await self.host.connect(addr)
             except (DialError, ValueError, trio.TooSlowError) as exc:
                 log.debug(
                     "dial failed", extra={"peer": peer.peer_id, "addr": addr, "error": str(exc)}
@@ -256,7 +285,9 @@ async def run_network(
     """Runs the network service until cancelled; reports the Network once it listens."""
     p2p = ctx.settings.p2p
     seed = bytes(ctx.keys.signing_key)
-    async with open_host(seed, p2p.listen, max_connections=p2p.max_connections) as host:
+    async with open_host(
+        seed, p2p.listen, max_connections=p2p.max_connections, quic=p2p.quic
+    ) as host:
         scores = PeerScores()
         validator = EnvelopeValidator(REGISTRY, TOPICS)
         async with open_gossip(host, validator, scores) as gossip:
@@ -274,6 +305,7 @@ async def run_network(
                 nursery.start_soon(net.follow_pool, presence_inbox)
                 nursery.start_soon(net.dial_loop)
                 nursery.start_soon(net.announce_loop)
+                await nursery.start(run_discovery, net)
                 log.info(
                     "p2p listening", extra={"addrs": host.addrs, "remembered_peers": remembered}
                 )

@@ -20,6 +20,7 @@ below has a regression test in ``tests/p2p/test_host.py``:
 * The TCP listener sets SO_REUSEPORT, so a second node on a used port would start and share
   it; a failed listen is only logged. We probe fixed ports first and check every address got
   a listener, raising :class:`ListenError` otherwise.
+* QUIC is off unless ``quic=True`` (slow in this library; see :mod:`p2p.quic`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Final
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetConn, INetStream
+from libp2p.abc import IHost, INetConn, INetStream, ITransport
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
@@ -47,6 +48,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from p2p.quic import is_quic, quic_transport, quic_twins
 from p2p.transport import TrackedTCP
 
 logger = logging.getLogger(__name__)
@@ -207,6 +209,7 @@ async def open_host(
     listen: Sequence[str] = DEFAULT_LISTEN,
     *,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    quic: bool = False,
 ) -> AsyncIterator[Host]:
     """Run a TCP + Noise + Yamux libp2p host for the duration of the ``async with`` block.
 
@@ -218,14 +221,20 @@ async def open_host(
         seed: The 32-byte Ed25519 seed of the node's identity.
         listen: Multiaddrs to listen on; port 0 picks a free port (see :attr:`Host.addrs`).
         max_connections: Total connection cap (inbound and outbound together).
+        quic: Also run QUIC: on the ``/udp/<port>/quic-v1`` addresses in ``listen``, or, if
+            there are none, beside each TCP address (see :func:`p2p.quic.quic_twins`).
 
     Raises:
         ValueError: A bad seed, listen address or ``max_connections``.
         ListenError: An address could not be bound.
     """
-    listen_addrs = _parse_listen(listen)
+    listen_addrs = _parse_listen(listen, quic)
     transport = TrackedTCP()
-    raw = _build_host(key_pair_from_seed(seed), listen_addrs, max_connections, transport)
+    key_pair = key_pair_from_seed(seed)
+    transports: list[ITransport] = [transport]
+    if quic:
+        transports.append(quic_transport(key_pair, max_connections))
+    raw = _build_host(key_pair, listen_addrs, max_connections, transports)
     unwrapped: BaseException | None = None
     try:
         async with raw.run(listen_addrs=listen_addrs):
@@ -272,21 +281,27 @@ async def _close_connection(conn: INetConn) -> None:
         logger.warning("error closing a libp2p connection", exc_info=True)
 
 
-def _parse_listen(listen: Sequence[str]) -> list[multiaddr.Multiaddr]:
+def _parse_listen(listen: Sequence[str], quic: bool = False) -> list[multiaddr.Multiaddr]:
     if isinstance(listen, str):
         raise TypeError("listen is a sequence of multiaddrs, not one string")
-    addrs = []
+    tcp, udp = [], []
     for text in listen:
         try:
             addr = multiaddr.Multiaddr(text)
         except Exception as error:
             raise ValueError(f"bad listen multiaddr {text!r}: {error}") from error
         names = [proto.name for proto in addr.protocols()]
+        if quic and is_quic(addr):
+            udp.append(addr)
+            continue
         if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
-            raise ValueError(f"listen address must be /ip4|ip6/<ip>/tcp/<port>: {text!r}")
+            also = " or /udp/<port>/quic-v1 with QUIC on" if not quic else ""
+            raise ValueError(f"listen address must be /ip4|ip6/<ip>/tcp/<port>{also}: {text!r}")
         _refuse_port_in_use(addr)
-        addrs.append(addr)
-    return addrs
+        tcp.append(addr)
+    if quic and not udp:
+        udp = quic_twins(tcp)
+    return tcp + udp
 
 
 def _refuse_port_in_use(addr: multiaddr.Multiaddr) -> None:
@@ -316,7 +331,7 @@ def _build_host(
     key_pair: KeyPair,
     listen_addrs: Sequence[multiaddr.Multiaddr],
     max_connections: int,
-    transport: TrackedTCP,
+    transports: Sequence[ITransport],
 ) -> IHost:
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, got {max_connections}")
@@ -335,7 +350,7 @@ def _build_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
-        transports=[transport],
+        transports=list(transports),
         listen_addrs=listen_addrs,
         connection_config=config,
     )

@@ -1,0 +1,89 @@
+"""p2p.relay with three real hosts on 127.0.0.1: a relay, a target that listens on nothing (as
+behind NAT) and reserves a slot on the relay, and a source that reaches it through the relay."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from p2p import reqresp
+from p2p.host import DialError, Host, open_host
+from p2p.relay import Relay, open_relay
+
+TIMEOUT_S = 30
+PROTO = "/idlegrid/test-relay/1"
+
+
+@dataclass
+class Trio:
+    relay: Host
+    target: Host
+    source: Host
+    target_relay: Relay
+    source_relay: Relay
+
+
+@pytest.fixture
+async def three() -> AsyncIterator[Trio]:
+    async with AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(open_host(b"r" * 32))
+        target = await stack.enter_async_context(open_host(b"t" * 32, []))  # no listener at all
+        source = await stack.enter_async_context(open_host(b"s" * 32))
+        await stack.enter_async_context(open_relay(relay, hop=True, reserve=False))
+        t = await stack.enter_async_context(open_relay(target, hop=False, reserve=True))
+        s = await stack.enter_async_context(open_relay(source, hop=False, reserve=False))
+        yield Trio(relay, target, source, t, s)
+
+
+async def echo(peer_id: str, payload: object) -> object:
+    return {"from": peer_id, "payload": payload}
+
+
+async def test_target_behind_nat_is_reached_through_the_relay(
+    three: Trio, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    assert three.target.addrs == []
+    with trio.fail_after(TIMEOUT_S):
+        await three.target.connect(three.relay.addrs[0])
+        circuits = await three.target_relay.find_relays()
+        assert circuits == [f"{three.relay.addrs[0]}/p2p-circuit/p2p/{three.target.peer_id}"]
+        assert await three.source_relay.dial(circuits[0]) == three.target.peer_id
+        reqresp.serve(three.target, PROTO, echo)
+        reply = await reqresp.request(three.source, three.target.peer_id, PROTO, b"x" * 50_000)
+        assert reply == {"from": three.source.peer_id, "payload": b"x" * 50_000}
+    assert not [r for r in caplog.records if r.name.startswith("libp2p.relay")]
+
+
+async def test_no_reservation_without_discover_relays(three: Trio) -> None:
+    """Quirk: connecting to a relay reserves nothing; a dial through it fails with 204."""
+    circuit = f"{three.relay.addrs[0]}/p2p-circuit/p2p/{three.target.peer_id}"
+    with trio.fail_after(TIMEOUT_S):
+        await three.target.connect(three.relay.addrs[0])
+        with pytest.raises(DialError, match="204"):
+            await three.source_relay.dial(circuit)
+
+
+async def test_a_peer_that_is_no_relay_gives_no_circuit(three: Trio) -> None:
+    with trio.fail_after(TIMEOUT_S):
+        await three.target.connect(three.source.addrs[0])  # source does not relay
+        assert await three.target_relay.find_relays() == []
+
+
+async def test_library_swarm_drops_circuit_addresses(three: Trio) -> None:
+    """Quirk: the host's own connect cannot use a /p2p-circuit address."""
+    with trio.fail_after(TIMEOUT_S):
+        await three.target.connect(three.relay.addrs[0])
+        circuits = await three.target_relay.find_relays()
+        with pytest.raises(DialError):
+            await three.source.connect(circuits[0])
+
+
+async def test_dial_refuses_a_plain_address(three: Trio) -> None:
+    with pytest.raises(ValueError, match="not a circuit address"):
+        await three.source_relay.dial(three.relay.addrs[0])
