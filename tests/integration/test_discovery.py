@@ -104,7 +104,7 @@ def test_daemon_behind_nat_is_reached_through_a_relay(tmp_path: Path) -> None:
         source = Daemon(tmp_path / "source", boot, source_env).wait_started()
         daemons += [target, source]
         logged(target, "relay reservations")
-        line = source.wait_for("p2p-circuit/p2p/" + peer_id(target.home), timeout=30)
+        line = source.wait_for("p2p-circuit/p2p/" + peer_id(target.home), timeout=60)
         assert "connected" in line
         peers = json.loads(idlegrid(source.home, "peers", "--json", env=source_env).stdout)
         by_id = {p["peer_id"]: p for p in peers["peers"]}
