@@ -158,7 +158,13 @@ async def open_relay(host: Host, *, hop: bool, reserve: bool) -> AsyncIterator[R
             so this node is reachable through them: for a node behind NAT.
     """
     quiet_relay_logs()
-    roles = RelayRole.STOP | RelayRole.CLIENT | (RelayRole.HOP if hop else RelayRole(0))
+    # CLIENT makes the transport reserve a slot on every relay it dials through; a node that
+    # only dials out has no use for one (and would use up the relay's per-IP slots).
+    roles = RelayRole.STOP
+    if reserve:
+        roles |= RelayRole.CLIENT
+    if hop:
+        roles |= RelayRole.HOP
     config = RelayConfig(roles=roles)
     protocol = CircuitV2Protocol(host.libp2p, allow_hop=hop)
     async with AsyncExitStack() as stack:
