@@ -30,6 +30,7 @@ from node.cli_base import (
     role_option,
     table,
 )
+from node.cli_data import data
 from node.cli_job import bids, job, worker
 from node.client import ApiClient, NotRunning
 from node.home import Home, resolve_home, running_pid
@@ -275,6 +276,7 @@ def wallet_address(home_dir: str | None, as_json: bool) -> None:
 cli.add_command(job)
 cli.add_command(bids)
 cli.add_command(worker)
+cli.add_command(data)
 
 
 def main() -> None:
