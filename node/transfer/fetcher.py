@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 8
 CHUNK_TIMEOUT_S = 30.0
-FLUSH_EVERY = 16  # chunks per journal transaction
+FLUSH_EVERY = 16  # chunks per journal transaction, or
+FLUSH_AFTER_S = 0.5  # whichever comes first
 
 
 class FetchFailed(Exception):
@@ -172,6 +173,7 @@ class _Run:
         self.changed = trio.Event()
         self.batch: list[int] = []
         self.batch_bytes = 0
+        self.flushed_at = trio.current_time()
         self.moved = self.moved_bytes = 0
         self.error: str | None = None
         self.limits = frame_limits(MAX_CHUNK_FRAME)
@@ -250,7 +252,8 @@ class _Run:
         self.batch_bytes += len(payload)
         if self.on_chunk is not None:
             self.on_chunk(index)
-        if len(self.batch) >= FLUSH_EVERY or self.sched.finished:
+        due = trio.current_time() - self.flushed_at >= FLUSH_AFTER_S
+        if len(self.batch) >= FLUSH_EVERY or due or self.sched.finished:
             await self.flush()
         if self.sched.finished:
             self._signal()
@@ -263,6 +266,7 @@ class _Run:
     async def flush(self) -> None:
         batch, moved = self.batch, self.batch_bytes
         self.batch, self.batch_bytes = [], 0
+        self.flushed_at = trio.current_time()
         if batch:
             await self.db.transaction(
                 lambda c: journal.mark_have(c, self.dataset_id, batch, moved, _now_ms())
