@@ -7,8 +7,9 @@ On 127.0.0.1, with every sender in its own child process and the receiver in thi
 * ``tcp``: the same bytes over one plain trio TCP connection (the baseline);
 * ``stream``: the same bytes written on one bare py-libp2p stream (TCP + Noise + Yamux);
 * ``transfer``: ``idlegrid data serve`` in a child, the dataset fetched by
-  :func:`node.transfer.fetcher.fetch` (hash-checked, journalled, stored);
-* ``multi``: the same from ``--sources`` holders at once.
+  :func:`node.transfer.fetcher.fetch` (hash-checked, journalled, stored), once with chunks on
+  the libp2p stream and once on the sealed bulk channel (the RESULT figure);
+* ``multi``: the bulk transfer from ``--sources`` holders at once.
 
 The dataset is random bytes (incompressible: zstd is tried and declined for every chunk).
 Ends with ``RESULT mb_per_s=... ratio_tcp=... ratio_libp2p_stream=... multi_source_mb_per_s=...``.
@@ -119,12 +120,14 @@ async def measure_stream(size: int) -> float:
     return got / elapsed / 1e6
 
 
-async def measure_transfer(work: Path, dataset_id: bytes, addrs: list[str], tag: str) -> float:
+async def measure_transfer(
+    work: Path, dataset_id: bytes, addrs: list[str], tag: str, *, bulk: bool
+) -> float:
     async with open_host(os.urandom(32)) as host, await Database.open(work / f"{tag}.db") as db:
         peers = [await host.connect(a) for a in addrs]
         store = BlobStore(work / f"{tag}-chunks")
         start = time.perf_counter()
-        result = await fetch(host, db, store, dataset_id, peers)
+        result = await fetch(host, db, store, dataset_id, peers, bulk=bulk)
         elapsed = time.perf_counter() - start
     used = {p[-6:]: s.chunks for p, s in result.sources.items()}
     print(f"  {tag}: {result.chunks_moved} chunks in {elapsed:.2f} s from {used}")
@@ -159,18 +162,20 @@ async def main(size: int, sources: int) -> None:
         dataset_id, servers = prepare(work, size, max(sources, 1))
         try:
             addrs = [first_line(s).split()[-1] for s in servers]
-            one = await measure_transfer(work, dataset_id, addrs[:1], "single")
-            multi = await measure_transfer(work, dataset_id, addrs, "multi")
+            p2p = await measure_transfer(work, dataset_id, addrs[:1], "libp2p", bulk=False)
+            one = await measure_transfer(work, dataset_id, addrs[:1], "bulk", bulk=True)
+            multi = await measure_transfer(work, dataset_id, addrs, "multi", bulk=True)
         finally:
             for s in servers:
                 s.terminate()
                 s.wait()
     mib = size >> 20
     print(f"{mib} MiB on 127.0.0.1, senders in child processes")
-    print(f"  plain TCP          {tcp:8.1f} MB/s   1.00")
-    print(f"  bare libp2p stream {bare:8.1f} MB/s   {bare / tcp:.3f}")
-    print(f"  transfer, 1 source {one:8.1f} MB/s   {one / tcp:.3f}  ({one / bare:.2f} x stream)")
-    print(f"  transfer, {sources} sources {multi:7.1f} MB/s   {multi / tcp:.3f}")
+    print(f"  plain TCP                   {tcp:8.1f} MB/s   1.00")
+    print(f"  bare libp2p stream          {bare:8.1f} MB/s   {bare / tcp:.3f}")
+    print(f"  transfer over libp2p stream {p2p:8.1f} MB/s   {p2p / tcp:.3f}")
+    print(f"  transfer, bulk, 1 source    {one:8.1f} MB/s   {one / tcp:.3f}")
+    print(f"  transfer, bulk, {sources} sources   {multi:8.1f} MB/s   {multi / tcp:.3f}")
     print(
         f"RESULT mb_per_s={one:.1f} ratio_tcp={one / tcp:.3f} "
         f"ratio_libp2p_stream={one / bare:.3f} multi_source_mb_per_s={multi:.1f}"

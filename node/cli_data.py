@@ -7,6 +7,7 @@ short-lived libp2p host (the daemon does not serve datasets yet; see README, "Da
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from pathlib import Path
@@ -76,6 +77,9 @@ def add(path: Path, chunk_kib: int, home_dir: str | None, as_json: bool) -> None
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--from", "sources", multiple=True, required=True, help="holder multiaddr (repeat)")
 @click.option("--window", type=click.IntRange(1, 256), default=DEFAULT_WINDOW, show_default=True)
+@click.option(
+    "--bulk/--no-bulk", default=True, show_default=True, help="sealed TCP channel beside libp2p"
+)
 @home_option
 @json_option
 def get(
@@ -84,6 +88,7 @@ def get(
     out: Path,
     sources: tuple[str, ...],
     window: int,
+    bulk: bool,
     home_dir: str | None,
     as_json: bool,
 ) -> None:
@@ -91,7 +96,10 @@ def get(
     dataset_id = _dataset_id(dataset)
     home = _home(home_dir)
     try:
-        result = trio.run(_get, home, dataset_id, out, list(sources), window)
+        run = functools.partial(
+            _get, home, dataset_id, out, list(sources), window=window, bulk=bulk
+        )
+        result = trio.run(run)
     except (FetchFailed, DialError) as exc:
         raise Failure(str(exc)) from None
     except (Invalid, UnsafeTarget) as exc:
@@ -100,12 +108,12 @@ def get(
 
 
 async def _get(
-    home: Home, dataset_id: bytes, out: Path, sources: list[str], window: int
+    home: Home, dataset_id: bytes, out: Path, sources: list[str], *, window: int, bulk: bool
 ) -> dict[str, Any]:
     store = local.chunk_store(home.root)
     async with open_host(os.urandom(32)) as host, await Database.open(home.db) as db:
         peers = await _connect(host, sources)
-        result = await fetch(host, db, store, dataset_id, peers, window=window)
+        result = await fetch(host, db, store, dataset_id, peers, window=window, bulk=bulk)
     await trio.to_thread.run_sync(materialize, result.manifest, store, out)
     return {
         "dataset_id": dataset_id.hex(),
@@ -179,10 +187,10 @@ def serve(listen: str, public: bool, home_dir: str | None) -> None:
 async def _serve(home: Home, listen: str, public: bool) -> None:
     store = local.chunk_store(home.root)
     datasets = local.complete_datasets(home.db, store)
-    async with open_host(os.urandom(32), [listen]) as host:
+    async with open_host(os.urandom(32), [listen]) as host, trio.open_nursery() as nursery:
         server = TransferServer(host, store, public=public)
         for dataset_id, manifest in datasets.items():
             server.offer(dataset_id, manifest)
         server.register()
+        await nursery.start(server.run_bulk)
         print(f"serving {len(datasets)} datasets at {host.addrs[0]}", flush=True)
-        await trio.sleep_forever()

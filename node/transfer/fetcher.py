@@ -17,13 +17,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from libp2p.abc import INetStream
 from libp2p.network.stream.exceptions import StreamError
 
 from consensus.errors import Invalid
 from consensus.transfer.manifest import DEFAULT_LIMITS, Manifest, ManifestLimits, decode_manifest
 from consensus.transfer.schedule import MAX_FAILURES, NoSourceLeft, Schedule, SourceStats
+from node.transfer.channel import (
+    KEY_BYTES,
+    TOKEN_BYTES,
+    ChunkChannel,
+    SealedChannel,
+    StreamChannel,
+    ticket_frame,
+)
 from node.transfer.wire import (
+    BULK_PROTOCOL,
     CHUNKS_PROTOCOL,
     MANIFEST_PROTOCOL,
     MAX_CHUNK_FRAME,
@@ -31,7 +39,7 @@ from node.transfer.wire import (
     unpack_chunk,
 )
 from p2p import reqresp
-from p2p.framing import RequestError, decode_body, encode_frame, frame_limits, read_frame_body
+from p2p.framing import RequestError, decode_body, encode_frame, frame_limits
 from p2p.host import DialError, Host
 from storage import transfer_journal as journal
 from storage.blobs import BlobStore
@@ -41,8 +49,41 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 8
 CHUNK_TIMEOUT_S = 30.0
+CHECKERS = 4  # chunks verified and stored at once, per source
 FLUSH_EVERY = 16  # chunks per journal transaction, or
 FLUSH_AFTER_S = 0.5  # whichever comes first
+
+
+async def open_bulk(host: Host, peer: str, dataset_id: bytes) -> ChunkChannel:
+    """A sealed bulk channel to ``peer``, from a ticket asked for over libp2p.
+
+    Raises:
+        RequestError: no ticket (refused, or the holder has no bulk channel).
+        DialError: no libp2p stream to ask on.
+        OSError: the TCP connection failed.
+    """
+    stream = await host.new_stream(peer, BULK_PROTOCOL)
+    channel = StreamChannel(stream)
+    try:
+        with trio.fail_after(CHUNK_TIMEOUT_S):
+            await channel.send(ticket_frame({"d": dataset_id}))
+            reply = decode_body(await channel.receive(4096), frame_limits(4096))
+        remote = stream.get_remote_address()
+    except trio.TooSlowError:
+        raise RequestError("no bulk ticket in time") from None
+    finally:
+        await channel.aclose()
+    ticket = reply.get("ok") if isinstance(reply, dict) else None
+    if not isinstance(ticket, dict) or remote is None:
+        raise RequestError(f"no bulk ticket: {reply!r:.100}")
+    port, token, key = ticket.get("port"), ticket.get("token"), ticket.get("key")
+    if not (isinstance(port, int) and isinstance(token, bytes) and isinstance(key, bytes)):
+        raise RequestError("malformed bulk ticket")
+    if len(token) != TOKEN_BYTES or len(key) != KEY_BYTES:
+        raise RequestError("malformed bulk ticket")
+    sock = await trio.open_tcp_stream(remote[0], port)
+    await sock.send_all(token)
+    return SealedChannel(sock, key, client=True)
 
 
 class FetchFailed(Exception):
@@ -98,10 +139,14 @@ async def fetch(
     sources: Sequence[str],
     *,
     window: int = DEFAULT_WINDOW,
+    bulk: bool = False,
     limits: ManifestLimits = DEFAULT_LIMITS,
     on_chunk: Callable[[int], None] | None = None,
 ) -> FetchResult:
     """Make every chunk of ``dataset_id`` present and verified in ``store``.
+
+    With ``bulk``, chunks move over a sealed TCP channel beside libp2p where a holder offers
+    one (:mod:`node.transfer.channel`), else over the libp2p stream.
 
     Raises:
         FetchFailed: the manifest could not be had, or some chunk from no source.
@@ -115,6 +160,7 @@ async def fetch(
     todo = await db.transaction(lambda c: journal.missing(c, dataset_id))
     sched = Schedule.of(todo, sources)
     run = _Run(host, db, store, dataset_id, manifest, sched=sched, window=window, on_chunk=on_chunk)
+    run.bulk = bulk
     try:
         async with trio.open_nursery() as nursery:
             for peer in sources:
@@ -177,14 +223,23 @@ class _Run:
         self.moved = self.moved_bytes = 0
         self.error: str | None = None
         self.limits = frame_limits(MAX_CHUNK_FRAME)
+        self.bulk = False
 
     def _signal(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
+    async def _open(self, peer: str) -> ChunkChannel:
+        if self.bulk:
+            try:
+                return await open_bulk(self.host, peer, self.dataset_id)
+            except (RequestError, DialError, OSError) as exc:
+                log.info("no bulk channel from %s (%r): using the libp2p stream", peer[-8:], exc)
+        return StreamChannel(await self.host.new_stream(peer, CHUNKS_PROTOCOL))
+
     async def source(self, peer: str) -> None:
         try:
-            stream = await self.host.new_stream(peer, CHUNKS_PROTOCOL)
+            channel = await self._open(peer)
         except DialError as exc:
             log.info("source %s unreachable: %s", peer[-8:], exc)
             self.sched.sources[peer].failures = MAX_FAILURES
@@ -193,8 +248,8 @@ class _Run:
         try:
             send, receive = trio.open_memory_channel[tuple[int, float]](self.window)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._requests, stream, peer, send)
-                await self._responses(stream, peer, receive)
+                nursery.start_soon(self._requests, channel, peer, send)
+                await self._responses(channel, peer, receive)
                 nursery.cancel_scope.cancel()
         except (RequestError, StreamError, EOFError, trio.TooSlowError) as exc:
             log.info("source %s dropped: %r", peer[-8:], exc)
@@ -202,11 +257,10 @@ class _Run:
         finally:
             self.sched.release(peer)
             self._signal()
-            with trio.CancelScope(shield=True):
-                await stream.reset()
+            await channel.aclose()
 
     async def _requests(
-        self, stream: INetStream, peer: str, send: trio.MemorySendChannel[tuple[int, float]]
+        self, channel: ChunkChannel, peer: str, send: trio.MemorySendChannel[tuple[int, float]]
     ) -> None:
         async with send:
             while True:
@@ -218,21 +272,32 @@ class _Run:
                     await changed.wait()
                     continue
                 await send.send((index, trio.current_time()))
-                frame = encode_frame({"d": self.dataset_id, "i": index}, 4096)
-                try:
-                    await stream.write(frame)
-                except StreamError as exc:
-                    raise RequestError(f"write failed: {exc!r}") from exc
+                await channel.send(encode_frame({"d": self.dataset_id, "i": index}, 4096))
 
     async def _responses(
-        self, stream: INetStream, peer: str, receive: trio.MemoryReceiveChannel[tuple[int, float]]
+        self,
+        channel: ChunkChannel,
+        peer: str,
+        receive: trio.MemoryReceiveChannel[tuple[int, float]],
     ) -> None:
-        async for index, sent_at in receive:
-            with trio.fail_after(CHUNK_TIMEOUT_S):
-                reply = decode_body(await read_frame_body(stream, MAX_CHUNK_FRAME), self.limits)
-            ok = await self._accept(peer, index, reply, sent_at)
-            if not ok and self.sched.sources[peer].banned:
-                return
+        # Verifying and storing (hash, write, fsync) overlap with reading the next replies.
+        checkers = trio.Semaphore(CHECKERS)
+        async with trio.open_nursery() as nursery:
+            async for index, sent_at in receive:
+                with trio.fail_after(CHUNK_TIMEOUT_S):
+                    reply = decode_body(await channel.receive(MAX_CHUNK_FRAME), self.limits)
+                if self.sched.sources[peer].banned:
+                    break
+                await checkers.acquire()
+                nursery.start_soon(self._check, checkers, peer, index, reply, sent_at)
+
+    async def _check(
+        self, checkers: trio.Semaphore, peer: str, index: int, reply: Any, sent_at: float
+    ) -> None:
+        try:
+            await self._accept(peer, index, reply, sent_at)
+        finally:
+            checkers.release()
 
     async def _accept(self, peer: str, index: int, reply: Any, sent_at: float) -> bool:
         chunk = self.manifest.chunks[index]

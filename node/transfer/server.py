@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from libp2p.abc import INetStream
@@ -20,7 +21,9 @@ from libp2p.network.stream.exceptions import StreamError
 from consensus.codec import DEFAULT_LIMITS
 from consensus.errors import Invalid
 from consensus.transfer.manifest import Manifest
+from node.transfer.channel import KEY_BYTES, TOKEN_BYTES, ChunkChannel, SealedChannel, StreamChannel
 from node.transfer.wire import (
+    BULK_PROTOCOL,
     CHUNKS_PROTOCOL,
     MANIFEST_PROTOCOL,
     MAX_CHUNK_FRAME,
@@ -28,16 +31,20 @@ from node.transfer.wire import (
     pack_chunk,
 )
 from p2p import reqresp
-from p2p.framing import RequestError, decode_body, encode_frame, read_frame_body
+from p2p.framing import RequestError, decode_body, encode_frame
 from p2p.host import Host
 from p2p.reqresp import RequestRejected
 from storage.blobs import BlobStore
 from storage.errors import CorruptBlob
 
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # see node/daemon.py
+
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 60.0
 NOT_FOUND = "not_found"
+TICKET_TTL_S = 30.0
 
 
 class TransferServer:
@@ -47,11 +54,14 @@ class TransferServer:
         self.host, self.store, self.public = host, store, public
         self._offered: dict[bytes, Manifest] = {}
         self._grants: set[tuple[str, bytes]] = set()
+        self._tickets: dict[bytes, tuple[str, bytes, float]] = {}
+        self.bulk_port: int | None = None
         self.served: Counter[bytes] = Counter()  # chunks sent per dataset, for status and tests
 
     def register(self) -> None:
         reqresp.serve(self.host, MANIFEST_PROTOCOL, self._manifest, max_bytes=MAX_MANIFEST_FRAME)
         self.host.set_stream_handler(CHUNKS_PROTOCOL, self._chunks)
+        reqresp.serve(self.host, BULK_PROTOCOL, self._ticket)
 
     def offer(self, dataset_id: bytes, manifest: Manifest) -> None:
         """Serve this dataset (its chunks that the store holds) to granted peers."""
@@ -76,19 +86,57 @@ class TransferServer:
 
     async def _chunks(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id.to_base58()
-        limits = DEFAULT_LIMITS
+        await self._serve_channel(peer, StreamChannel(stream))
+
+    async def _serve_channel(self, peer: str, channel: ChunkChannel) -> None:
         try:
             while True:
                 with trio.move_on_after(IDLE_TIMEOUT_S):
-                    body = await read_frame_body(stream, 4096)
-                    reply = await self._answer(peer, decode_body(body, limits))
-                    await stream.write(encode_frame(reply, MAX_CHUNK_FRAME))
+                    body = await channel.receive(4096)
+                    reply = await self._answer(peer, decode_body(body, DEFAULT_LIMITS))
+                    await channel.send(encode_frame(reply, MAX_CHUNK_FRAME))
                     continue
                 break  # idle
         except (RequestError, Invalid, StreamError, EOFError) as exc:
-            log.debug("chunk stream from %s ended: %r", peer, exc)
-        with trio.CancelScope(shield=True), contextlib.suppress(StreamError, OSError):
-            await stream.close()
+            log.debug("chunk channel from %s ended: %r", peer, exc)
+        await channel.aclose()
+
+    async def run_bulk(self, *, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept bulk connections (see :mod:`node.transfer.channel`) until cancelled.
+
+        Listens on the IP of the host's first address; ``task_status`` gets the port.
+        """
+        ip = self.host.addrs[0].split("/")[2]
+        listeners = await trio.open_tcp_listeners(0, host=ip)
+        self.bulk_port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.bulk_port)
+        await trio.serve_listeners(self._bulk_connection, listeners)
+
+    async def _ticket(self, peer: str, payload: Any) -> Any:
+        dataset_id = payload.get("d") if isinstance(payload, dict) else None
+        if self._manifest_for(peer, dataset_id) is None:
+            raise RequestRejected(NOT_FOUND, "no such dataset for you")
+        if self.bulk_port is None:
+            raise RequestRejected("no_bulk", "this holder has no bulk channel")
+        now = trio.current_time()
+        self._tickets = {t: v for t, v in self._tickets.items() if v[2] > now}
+        token, key = secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES)
+        self._tickets[token] = (peer, key, now + TICKET_TTL_S)
+        return {"port": self.bulk_port, "token": token, "key": key}
+
+    async def _bulk_connection(self, sock: trio.SocketStream) -> None:
+        token = b""
+        with trio.move_on_after(TICKET_TTL_S), contextlib.suppress(trio.BrokenResourceError):
+            while len(token) < TOKEN_BYTES and (
+                data := await sock.receive_some(TOKEN_BYTES - len(token))
+            ):
+                token += data
+        ticket = self._tickets.pop(token, None)
+        if ticket is None or ticket[2] < trio.current_time():
+            await sock.aclose()
+            return
+        peer, key, _ = ticket
+        await self._serve_channel(peer, SealedChannel(sock, key, client=False))
 
     async def _answer(self, peer: str, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict) or not isinstance(request.get("i"), int):

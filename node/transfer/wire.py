@@ -21,6 +21,7 @@ from blake3 import blake3
 from consensus.errors import Invalid
 
 CHUNKS_PROTOCOL: Final = "/idlegrid/chunks/1"
+BULK_PROTOCOL: Final = "/idlegrid/bulk/1"  # a ticket for the bulk channel (node.transfer.channel)
 MANIFEST_PROTOCOL: Final = "/idlegrid/manifest/1"
 MAX_CHUNK_FRAME: Final = (8 << 20) + 4096
 MAX_MANIFEST_FRAME: Final = (64 << 20) + 4096
