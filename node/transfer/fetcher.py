@@ -165,8 +165,8 @@ async def fetch(
         async with trio.open_nursery() as nursery:
             for peer in sources:
                 nursery.start_soon(run.source, peer)
-    except NoSourceLeft as exc:
-        run.error = str(exc)
+    except* NoSourceLeft as group:
+        run.error = str(group.exceptions[0])
     finally:
         with trio.CancelScope(shield=True):
             await run.flush()
@@ -251,8 +251,8 @@ class _Run:
                 nursery.start_soon(self._requests, channel, peer, send)
                 await self._responses(channel, peer, receive)
                 nursery.cancel_scope.cancel()
-        except (RequestError, StreamError, EOFError, trio.TooSlowError) as exc:
-            log.info("source %s dropped: %r", peer[-8:], exc)
+        except* (RequestError, StreamError, EOFError, trio.TooSlowError) as group:
+            log.info("source %s dropped: %r", peer[-8:], group.exceptions[0])
             self.sched.sources[peer].failures = MAX_FAILURES
         finally:
             self.sched.release(peer)

@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 IDLE_TIMEOUT_S = 60.0
 NOT_FOUND = "not_found"
 TICKET_TTL_S = 30.0
+SERVE_AHEAD = 4  # replies prepared at once per channel
+
+
+class _Reply:
+    def __init__(self) -> None:
+        self.ready = trio.Event()
+        self.value: dict[str, Any] = {}
 
 
 class TransferServer:
@@ -89,17 +96,39 @@ class TransferServer:
         await self._serve_channel(peer, StreamChannel(stream))
 
     async def _serve_channel(self, peer: str, channel: ChunkChannel) -> None:
+        """Answer requests in order, preparing up to SERVE_AHEAD replies at once (reading and
+        compressing chunks in threads), so the channel never waits on our disk."""
+        send, receive = trio.open_memory_channel[_Reply](SERVE_AHEAD)
         try:
-            while True:
-                with trio.move_on_after(IDLE_TIMEOUT_S):
-                    body = await channel.receive(4096)
-                    reply = await self._answer(peer, decode_body(body, DEFAULT_LIMITS))
-                    await channel.send(encode_frame(reply, MAX_CHUNK_FRAME))
-                    continue
-                break  # idle
-        except (RequestError, Invalid, StreamError, EOFError) as exc:
-            log.debug("chunk channel from %s ended: %r", peer, exc)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_replies, channel, receive)
+                async with send:
+                    while True:
+                        body = None
+                        with trio.move_on_after(IDLE_TIMEOUT_S):
+                            body = await channel.receive(4096)
+                        if body is None:
+                            break  # idle: finish what was asked, then close
+                        reply = _Reply()
+                        await send.send(reply)
+                        nursery.start_soon(self._prepare, reply, peer, body)
+        except* (RequestError, StreamError, EOFError) as group:
+            log.debug("chunk channel from %s ended: %r", peer, group.exceptions[0])
         await channel.aclose()
+
+    async def _send_replies(
+        self, channel: ChunkChannel, receive: trio.MemoryReceiveChannel[_Reply]
+    ) -> None:
+        async for reply in receive:
+            await reply.ready.wait()
+            await channel.send(encode_frame(reply.value, MAX_CHUNK_FRAME))
+
+    async def _prepare(self, reply: _Reply, peer: str, body: bytes) -> None:
+        try:
+            reply.value = await self._answer(peer, decode_body(body, DEFAULT_LIMITS))
+        except (Invalid, RequestError) as exc:
+            reply.value = {"i": -1, "e": f"malformed: {exc}"[:100]}
+        reply.ready.set()
 
     async def run_bulk(self, *, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept bulk connections (see :mod:`node.transfer.channel`) until cancelled.

@@ -212,3 +212,33 @@ async def test_kill_9_mid_transfer_then_resume_moves_only_missing_chunks(tmp_pat
         assert subprocess.run([sys.executable, "-m", "node", "data", "status", "--home",
                                str(home)], capture_output=True, text=True, env=cli_env(),
                               cwd=REPO, check=True).stdout.count("complete") == 1  # fmt: skip
+
+
+class Dying(TransferServer):
+    """Serves two chunks, then its stream handler crashes (the stream is reset)."""
+
+    async def read_chunk(self, digest: str) -> bytes:
+        if sum(self.served.values()) >= 2:
+            raise RuntimeError("holder crashed")
+        return await super().read_chunk(digest)
+
+
+async def test_a_source_that_vanishes_mid_transfer_is_dropped(
+    tmp_path: Path, receiver: tuple[Host, Database, BlobStore]
+) -> None:
+    host, db, store = receiver
+    src = tmp_path / "src"
+    make_tree(src, big_files=6, small_files=10)
+    async with open_host(os.urandom(32)) as h1, open_host(os.urandom(32)) as h2:
+        dying, honest = Holder(h1, tmp_path / "dying", Dying), Holder(h2, tmp_path / "honest")
+        for h in (h1, h2):
+            await host.connect(h.addrs[0])
+        dataset_id, manifest = dying.add(src, host.peer_id)
+        honest.add(src, host.peer_id)
+        with trio.fail_after(TIMEOUT_S):
+            result = await fetch(host, db, store, dataset_id, [h1.peer_id, h2.peer_id])
+        assert result.sources[h1.peer_id].banned and result.sources[h1.peer_id].corrupt == 0
+        assert result.sources[h1.peer_id].chunks <= 2
+        assert sum(s.chunks for s in result.sources.values()) == len(manifest.chunks)
+        materialize(result.manifest, store, tmp_path / "out")
+        assert tree(tmp_path / "out") == tree(src)
