@@ -68,14 +68,16 @@ class SealedChannel:
         self.sock, self.aead = sock, AESGCM(key)
         self._out_dir, self._in_dir = (0, 1) if client else (1, 0)
         self._sent = self._received = 0
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []
+        self._buffered = 0
 
     async def send(self, frame: bytes) -> None:
         nonce = _NONCE.pack(self._out_dir, self._sent)
         self._sent += 1
-        sealed = self.aead.encrypt(nonce, frame[HEADER.size :], None)
+        sealed = self.aead.encrypt(nonce, memoryview(frame)[HEADER.size :], None)
         try:
-            await self.sock.send_all(HEADER.pack(len(sealed)) + sealed)
+            await self.sock.send_all(HEADER.pack(len(sealed)))  # two sends beat a 1 MiB copy
+            await self.sock.send_all(sealed)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise StreamFailed(f"bulk write failed: {exc!r}") from exc
 
@@ -92,17 +94,19 @@ class SealedChannel:
             raise RequestError("bulk frame does not open with the ticket's key") from None
 
     async def _exactly(self, n: int) -> bytes:
-        while len(self._buffer) < n:
+        while self._buffered < n:
             try:
-                data = await self.sock.receive_some(max(1 << 20, n - len(self._buffer)))
+                data = await self.sock.receive_some(max(1 << 20, n - self._buffered))
             except trio.BrokenResourceError as exc:
                 raise StreamFailed(f"bulk read failed: {exc!r}") from exc
             if not data:
                 raise StreamFailed("bulk connection closed")
-            self._buffer += data
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return out
+            self._pieces.append(data)
+            self._buffered += len(data)
+        joined = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        rest = joined[n:]
+        self._pieces, self._buffered = ([rest] if rest else []), len(rest)
+        return joined[:n]
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):

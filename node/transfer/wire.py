@@ -26,15 +26,29 @@ MANIFEST_PROTOCOL: Final = "/idlegrid/manifest/1"
 MAX_CHUNK_FRAME: Final = (8 << 20) + 4096
 MAX_MANIFEST_FRAME: Final = (64 << 20) + 4096
 ZSTD_LEVEL: Final = 1  # fast: the link, not the ratio, is what we save for
+SAMPLE_BYTES: Final = 64 << 10
 MIN_SAVING: Final = 8  # compress only if it saves >= 1/MIN_SAVING of the chunk
 
 
 def pack_chunk(data: bytes) -> tuple[bool, bytes]:
-    """(compressed?, bytes to send) for one chunk."""
-    packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
-    if len(packed) <= len(data) - len(data) // MIN_SAVING:
+    """(compressed?, bytes to send) for one chunk.
+
+    A 64 KiB sample is tried first, so incompressible chunks (most model weights, archives)
+    cost a sixteenth of a full attempt.
+    """
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    if len(data) > 4 * SAMPLE_BYTES and not _saves(
+        compressor.compress(data[:SAMPLE_BYTES]), SAMPLE_BYTES
+    ):
+        return False, data
+    packed = compressor.compress(data)
+    if _saves(packed, len(data)):
         return True, packed
     return False, data
+
+
+def _saves(packed: bytes, size: int) -> bool:
+    return len(packed) <= size - size // MIN_SAVING
 
 
 def unpack_chunk(compressed: bool, payload: bytes, size: int, digest: bytes) -> bytes:
