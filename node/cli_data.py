@@ -20,7 +20,7 @@ from consensus.errors import Invalid
 from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
 from node.home import Home, resolve_home
 from node.transfer import local
-from node.transfer.fetcher import DEFAULT_WINDOW, FetchFailed, fetch
+from node.transfer.fetcher import DEFAULT_WINDOW, FetchFailed, Progress, fetch
 from node.transfer.server import TransferServer
 from p2p.host import DialError, Host, open_host
 from storage import transfer_journal as journal
@@ -113,7 +113,9 @@ async def _get(
     store = local.chunk_store(home.root)
     async with open_host(os.urandom(32)) as host, await Database.open(home.db) as db:
         peers = await _connect(host, sources)
-        result = await fetch(host, db, store, dataset_id, peers, window=window, bulk=bulk)
+        result = await fetch(
+            host, db, store, dataset_id, peers, window=window, bulk=bulk, on_chunk=_Bar()
+        )
     await trio.to_thread.run_sync(materialize, result.manifest, store, out)
     return {
         "dataset_id": dataset_id.hex(),
@@ -122,6 +124,31 @@ async def _get(
         "bytes_moved": result.bytes_moved,
         "sources": {p: vars(s) for p, s in result.sources.items()},
     }
+
+
+class _Bar:
+    """A one-line progress bar on stderr (only on a terminal): bytes, rate, ETA, sources."""
+
+    def __init__(self) -> None:
+        self.shown_at = 0.0
+
+    def __call__(self, p: Progress) -> None:
+        now = trio.current_time()
+        if not sys.stderr.isatty() or (now - self.shown_at < 0.25 and p.bytes_have < p.bytes_total):
+            return
+        self.shown_at = now
+        rate = (p.bytes_have - p.bytes_at_start) / max(now - p.started_at, 1e-3)
+        eta = (p.bytes_total - p.bytes_have) / rate if rate else 0.0
+        used = sum(1 for s in p.schedule.sources.values() if s.chunks and not s.banned)
+        pct = 100 * p.bytes_have // max(p.bytes_total, 1)
+        bar = "#" * (pct // 5) + "." * (20 - pct // 5)
+        print(
+            f"\r[{bar}] {pct:3}% {p.bytes_have >> 20}/{p.bytes_total >> 20} MiB"
+            f" {rate / 1e6:6.1f} MB/s ETA {eta:4.0f} s from {used} sources",
+            end="\n" if p.bytes_have >= p.bytes_total else "",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def _connect(host: Host, addrs: list[str]) -> list[str]:

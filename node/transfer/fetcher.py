@@ -86,6 +86,17 @@ async def open_bulk(host: Host, peer: str, dataset_id: bytes) -> ChunkChannel:
     return SealedChannel(sock, key, client=True)
 
 
+@dataclass
+class Progress:
+    """Handed to ``on_chunk`` after each verified chunk (for progress bars)."""
+
+    bytes_total: int
+    bytes_have: int
+    bytes_at_start: int  # held before this run (earlier runs, other datasets)
+    started_at: float  # trio.current_time() when chunks began to move
+    schedule: Schedule
+
+
 class FetchFailed(Exception):
     """The dataset could not be fetched whole (the journal keeps what arrived)."""
 
@@ -141,7 +152,7 @@ async def fetch(
     window: int = DEFAULT_WINDOW,
     bulk: bool = False,
     limits: ManifestLimits = DEFAULT_LIMITS,
-    on_chunk: Callable[[int], None] | None = None,
+    on_chunk: Callable[[Progress], None] | None = None,
 ) -> FetchResult:
     """Make every chunk of ``dataset_id`` present and verified in ``store``.
 
@@ -159,8 +170,11 @@ async def fetch(
     await db.transaction(lambda c: journal.reconcile(c, dataset_id, manifest, store.has))
     todo = await db.transaction(lambda c: journal.missing(c, dataset_id))
     sched = Schedule.of(todo, sources)
+    missing_bytes = sum(manifest.chunks[i].size for i in todo)
     run = _Run(host, db, store, dataset_id, manifest, sched=sched, window=window, on_chunk=on_chunk)
     run.bulk = bulk
+    held = manifest.total_bytes - missing_bytes
+    run.progress = Progress(manifest.total_bytes, held, held, trio.current_time(), sched)
     try:
         async with trio.open_nursery() as nursery:
             for peer in sources:
@@ -211,7 +225,7 @@ class _Run:
         *,
         sched: Schedule,
         window: int,
-        on_chunk: Callable[[int], None] | None,
+        on_chunk: Callable[[Progress], None] | None,
     ) -> None:
         self.host, self.db, self.store = host, db, store
         self.dataset_id, self.manifest, self.sched = dataset_id, manifest, sched
@@ -224,6 +238,7 @@ class _Run:
         self.error: str | None = None
         self.limits = frame_limits(MAX_CHUNK_FRAME)
         self.bulk = False
+        self.progress = Progress(0, 0, 0, 0.0, sched)
 
     def _signal(self) -> None:
         self.changed.set()
@@ -315,8 +330,9 @@ class _Run:
         self.moved_bytes += len(payload)
         self.batch.append(index)
         self.batch_bytes += len(payload)
+        self.progress.bytes_have += chunk.size
         if self.on_chunk is not None:
-            self.on_chunk(index)
+            self.on_chunk(self.progress)
         due = trio.current_time() - self.flushed_at >= FLUSH_AFTER_S
         if len(self.batch) >= FLUSH_EVERY or due or self.sched.finished:
             await self.flush()
