@@ -177,7 +177,7 @@ async def fetch(
     run.progress = Progress(manifest.total_bytes, held, held, trio.current_time(), sched)
     try:
         async with trio.open_nursery() as nursery:
-            for peer in sources:
+            for peer in sources if todo else ():  # nothing missing: no channel to open
                 nursery.start_soon(run.source, peer)
     except* NoSourceLeft as group:
         run.error = str(group.exceptions[0])

@@ -4,6 +4,7 @@ send, so "only the missing chunks moved" is measured, not assumed."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from consensus.transfer.manifest import Manifest
-from node.transfer.fetcher import DEFAULT_WINDOW, FetchFailed, fetch
+from consensus.transfer.manifest import Chunk, File, Manifest
+from node.transfer.fetcher import DEFAULT_WINDOW, FetchFailed, Progress, fetch
 from node.transfer.local import add, chunk_store
 from node.transfer.server import TransferServer
 from p2p.host import Host, open_host
@@ -240,5 +241,68 @@ async def test_a_source_that_vanishes_mid_transfer_is_dropped(
         assert result.sources[h1.peer_id].banned and result.sources[h1.peer_id].corrupt == 0
         assert result.sources[h1.peer_id].chunks <= 2
         assert sum(s.chunks for s in result.sources.values()) == len(manifest.chunks)
+        materialize(result.manifest, store, tmp_path / "out")
+        assert tree(tmp_path / "out") == tree(src)
+
+
+async def test_a_hostile_manifest_from_the_network_is_refused_and_writes_nothing(
+    tmp_path: Path, receiver: tuple[Host, Database, BlobStore]
+) -> None:
+    host, db, store = receiver
+    async with open_host(os.urandom(32)) as h:
+        holder = Holder(h, tmp_path / "holder")
+        await host.connect(h.addrs[0])
+        chunk = holder.store.put(b"owned")
+        hostile = {
+            "traversal": Manifest((Chunk(bytes.fromhex(chunk), 5),), (File("../x", 0o644, 5, 0),)),
+            "huge": Manifest((Chunk(bytes.fromhex(chunk), 1 << 40),), (File("x", 0o644, 5, 0),)),
+            "setuid": Manifest((Chunk(bytes.fromhex(chunk), 5),), (File("x", 0o4755, 5, 0),)),
+        }
+        for name, manifest in hostile.items():
+            dataset_id = bytes.fromhex(holder.store.put(manifest.encode()))
+            holder.server.offer(dataset_id, manifest)
+            holder.server.grant(host.peer_id, dataset_id)
+            with trio.fail_after(TIMEOUT_S), pytest.raises(FetchFailed, match="invalid") as info:
+                await fetch(host, db, store, dataset_id, [h.peer_id])
+            print(name, info.value)
+            assert not store.has(dataset_id.hex()) and not store.has(chunk)
+        assert sum(holder.server.served.values()) == 0
+
+
+async def test_a_cancelled_fetch_resumes_with_only_the_missing_chunks(
+    tmp_path: Path, receiver: tuple[Host, Database, BlobStore]
+) -> None:
+    host, db, store = receiver
+    src = tmp_path / "src"
+    make_tree(src, big_files=6, small_files=10)
+    Stalling.reached, Stalling.resume = trio.Event(), trio.Event()
+    async with open_host(os.urandom(32)) as h:
+        holder = Holder(h, tmp_path / "holder", Stalling)
+        await host.connect(h.addrs[0])
+        dataset_id, manifest = holder.add(src, host.peer_id)
+        total = len(manifest.chunks)
+        half = Stalling.limit = total // 2
+        arrived = trio.Event()
+
+        def on_chunk(progress: Progress) -> None:
+            if progress.schedule.sources[h.peer_id].chunks == half:
+                arrived.set()
+
+        with trio.fail_after(TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(
+                        fetch, host, db, store, dataset_id, [h.peer_id], on_chunk=on_chunk
+                    )
+                )
+                await arrived.wait()
+                nursery.cancel_scope.cancel()  # a pause: the journal is flushed, shielded
+        (row,) = await db.transaction(lambda c: journal.transfers(c, dataset_id))
+        assert row.chunks_have == half  # everything that arrived was journalled
+        Stalling.limit = 10**9
+        Stalling.resume.set()
+        with trio.fail_after(TIMEOUT_S):
+            result = await fetch(host, db, store, dataset_id, [h.peer_id])
+        assert result.chunks_moved == total - half  # only the missing ones moved
         materialize(result.manifest, store, tmp_path / "out")
         assert tree(tmp_path / "out") == tree(src)
