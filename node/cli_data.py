@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +18,12 @@ from consensus.errors import Invalid
 from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
 from node.home import Home, resolve_home
 from node.transfer import local
-from node.transfer.fetcher import DEFAULT_WINDOW, FetchFailed, Progress, fetch
-from node.transfer.server import TransferServer
-from p2p.host import DialError, Host, open_host
 from storage import transfer_journal as journal
-from storage.db import Database, open_sync
-from storage.transfer_files import UnsafeTarget, UnsupportedEntry, materialize
+from storage.db import open_sync
+from storage.errors import CorruptBlob
+from storage.transfer_files import UnsafeTarget, UnsupportedEntry
+
+DEFAULT_WINDOW = 8  # node.transfer.fetcher.DEFAULT_WINDOW, not imported: it pulls in libp2p
 
 
 def _home(home_dir: str | None) -> Home:
@@ -93,76 +91,29 @@ def get(
     as_json: bool,
 ) -> None:
     """Fetch DATASET from the holders given with --from and write it under --out."""
+    # libp2p is imported only here: it costs every other command a second of start-up.
+    from node.transfer.commands import get_dataset  # noqa: PLC0415
+    from node.transfer.fetcher import FetchFailed  # noqa: PLC0415
+    from p2p.host import DialError  # noqa: PLC0415
+
     dataset_id = _dataset_id(dataset)
     home = _home(home_dir)
+    run = functools.partial(
+        get_dataset, home, dataset_id, out, list(sources), window=window, bulk=bulk
+    )
     try:
-        run = functools.partial(
-            _get, home, dataset_id, out, list(sources), window=window, bulk=bulk
-        )
         result = trio.run(run)
+    except Invalid as exc:
+        raise Failure(f"refused: {exc}") from None
+    except ValueError as exc:  # a --from that is not a multiaddr with /p2p/
+        raise BadInput(str(exc)) from None
     except (FetchFailed, DialError) as exc:
         raise Failure(str(exc)) from None
-    except (Invalid, UnsafeTarget) as exc:
+    except UnsafeTarget as exc:
         raise Failure(f"refused: {exc}") from None
+    except CorruptBlob as exc:
+        raise Failure(f"{exc}: it was set aside; run the same get again") from None
     emit(as_json, result, lambda r: f"{r['dataset_id']} -> {r['out']}")
-
-
-async def _get(
-    home: Home, dataset_id: bytes, out: Path, sources: list[str], *, window: int, bulk: bool
-) -> dict[str, Any]:
-    store = local.chunk_store(home.root)
-    async with open_host(os.urandom(32)) as host, await Database.open(home.db) as db:
-        peers = await _connect(host, sources)
-        result = await fetch(
-            host, db, store, dataset_id, peers, window=window, bulk=bulk, on_chunk=_Bar()
-        )
-    await trio.to_thread.run_sync(materialize, result.manifest, store, out)
-    return {
-        "dataset_id": dataset_id.hex(),
-        "out": str(out),
-        "chunks_moved": result.chunks_moved,
-        "bytes_moved": result.bytes_moved,
-        "sources": {p: vars(s) for p, s in result.sources.items()},
-    }
-
-
-class _Bar:
-    """A one-line progress bar on stderr (only on a terminal): bytes, rate, ETA, sources."""
-
-    def __init__(self) -> None:
-        self.shown_at = 0.0
-
-    def __call__(self, p: Progress) -> None:
-        now = trio.current_time()
-        if not sys.stderr.isatty() or (now - self.shown_at < 0.25 and p.bytes_have < p.bytes_total):
-            return
-        self.shown_at = now
-        rate = (p.bytes_have - p.bytes_at_start) / max(now - p.started_at, 1e-3)
-        eta = (p.bytes_total - p.bytes_have) / rate if rate else 0.0
-        used = sum(1 for s in p.schedule.sources.values() if s.chunks and not s.banned)
-        pct = 100 * p.bytes_have // max(p.bytes_total, 1)
-        bar = "#" * (pct // 5) + "." * (20 - pct // 5)
-        print(
-            f"\r[{bar}] {pct:3}% {p.bytes_have >> 20}/{p.bytes_total >> 20} MiB"
-            f" {rate / 1e6:6.1f} MB/s ETA {eta:4.0f} s from {used} sources",
-            end="\n" if p.bytes_have >= p.bytes_total else "",
-            file=sys.stderr,
-            flush=True,
-        )
-
-
-async def _connect(host: Host, addrs: list[str]) -> list[str]:
-    peers = []
-    for addr in addrs:
-        try:
-            peers.append(await host.connect(addr))
-        except ValueError as exc:
-            raise BadInput(f"--from: {exc}") from None
-        except DialError as exc:
-            print(f"warning: {exc}", file=sys.stderr)
-    if not peers:
-        raise DialError("no holder reachable")
-    return peers
 
 
 @data.command()
@@ -206,18 +157,8 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
 @home_option
 def serve(listen: str, public: bool, home_dir: str | None) -> None:
     """Serve every complete dataset here to any peer until interrupted (prints the address)."""
+    from node.transfer.commands import serve_datasets  # noqa: PLC0415 (libp2p: only when used)
+
     home = _home(home_dir)
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(_serve, home, listen, public)
-
-
-async def _serve(home: Home, listen: str, public: bool) -> None:
-    store = local.chunk_store(home.root)
-    datasets = local.complete_datasets(home.db, store)
-    async with open_host(os.urandom(32), [listen]) as host, trio.open_nursery() as nursery:
-        server = TransferServer(host, store, public=public)
-        for dataset_id, manifest in datasets.items():
-            server.offer(dataset_id, manifest)
-        server.register()
-        await nursery.start(server.run_bulk)
-        print(f"serving {len(datasets)} datasets at {host.addrs[0]}", flush=True)
+        trio.run(serve_datasets, home, listen, public)
