@@ -61,9 +61,20 @@ def missing(conn: sqlite3.Connection, dataset_id: bytes) -> list[int]:
 def reconcile(
     conn: sqlite3.Connection, dataset_id: bytes, manifest: Manifest, held: Callable[[str], bool]
 ) -> int:
-    """Mark missing chunks that the store already holds (another dataset's, or verified just
-    before a crash) as held; returns how many."""
-    found = [i for i in missing(conn, dataset_id) if held(manifest.chunks[i].hash.hex())]
+    """Make the journal agree with the store; returns how many chunks were found there.
+
+    Missing chunks the store holds (another dataset's, or verified just before a crash) become
+    held; held chunks the store lost (deleted, or quarantined when found corrupt) become
+    missing again, so the next fetch moves them.
+    """
+    absent = set(missing(conn, dataset_id))
+    found = [i for i in sorted(absent) if held(manifest.chunks[i].hash.hex())]
+    lost = [
+        (dataset_id, i)
+        for i, c in enumerate(manifest.chunks)
+        if i not in absent and not held(c.hash.hex())
+    ]
+    conn.executemany("UPDATE transfer_chunks SET have = 0 WHERE dataset_id = ? AND idx = ?", lost)
     mark_have(conn, dataset_id, found, moved_bytes=0, now_ms=None)
     return len(found)
 

@@ -163,6 +163,7 @@ async def fetch(
         FetchFailed: the manifest could not be had, or some chunk from no source.
         Invalid: the manifest held in the store is refused (see ``decode_manifest``).
     """
+    sources = list(dict.fromkeys(sources))  # each holder once
     manifest = await fetch_manifest(host, store, dataset_id, sources, limits)
     await db.transaction(
         lambda c: journal.open_transfer(c, dataset_id, manifest, journal.FETCHED, _now_ms())

@@ -133,3 +133,6 @@ def test_journal_reconcile_and_status(tmp_path: Path) -> None:
     assert journal.missing(conn, did) == [2]
     (row,) = journal.transfers(conn)
     assert (row.chunks_have, row.bytes_have, row.state) == (4, 5000 - 1024, journal.FETCHING)
+    store.delete(built.manifest.chunks[0].hash.hex())  # lost after it was journalled
+    assert journal.reconcile(conn, did, built.manifest, store.has) == 0
+    assert journal.missing(conn, did) == [0, 2]
