@@ -32,6 +32,7 @@ from node.cli_base import (
 )
 from node.cli_discovery import dht
 from node.cli_gpu import check_sandbox, gpu
+from node.cli_data import data
 from node.cli_job import bids, job, worker
 from node.cli_wallet import WALLET_COMMANDS, settlement
 from node.client import ApiClient, NotRunning
@@ -285,6 +286,7 @@ for command in WALLET_COMMANDS:
     wallet.add_command(command)
 cli.add_command(settlement)
 cli.add_command(dht)
+cli.add_command(data)
 
 
 def main() -> None:

@@ -188,6 +188,43 @@ MIGRATIONS: tuple[Migration, ...] = (
             CREATE INDEX chain_txs_state ON chain_txs (state, id);
         """,
     ),
+    Migration(
+        version=5,
+        description="dataset transfers: which chunks are held and verified, what each source did",
+        sql="""
+            -- A row per dataset added here or fetched; chunks live in the chunk store by hash.
+            CREATE TABLE transfers (
+                dataset_id   BLOB PRIMARY KEY,
+                origin       TEXT NOT NULL,      -- 'added' (from a local path) or 'fetched'
+                state        TEXT NOT NULL,      -- 'fetching', 'complete', 'failed'
+                chunks_total INTEGER NOT NULL,
+                bytes_total  INTEGER NOT NULL,
+                bytes_moved  INTEGER NOT NULL DEFAULT 0,  -- over the wire, re-sends included
+                chunks_moved INTEGER NOT NULL DEFAULT 0,
+                error        TEXT,
+                created_ms   INTEGER NOT NULL,
+                updated_ms   INTEGER NOT NULL
+            );
+            -- have = 1 once the chunk is in the chunk store, verified against its hash.
+            CREATE TABLE transfer_chunks (
+                dataset_id BLOB NOT NULL REFERENCES transfers(dataset_id) ON DELETE CASCADE,
+                idx        INTEGER NOT NULL,
+                size       INTEGER NOT NULL,
+                have       INTEGER NOT NULL,
+                PRIMARY KEY (dataset_id, idx)
+            ) WITHOUT ROWID;
+            CREATE TABLE transfer_sources (
+                dataset_id BLOB NOT NULL REFERENCES transfers(dataset_id) ON DELETE CASCADE,
+                peer_id    TEXT NOT NULL,
+                chunks     INTEGER NOT NULL,
+                bytes      INTEGER NOT NULL,
+                busy_ms    INTEGER NOT NULL,
+                failures   INTEGER NOT NULL,
+                corrupt    INTEGER NOT NULL,
+                PRIMARY KEY (dataset_id, peer_id)
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

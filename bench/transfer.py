@@ -1,0 +1,222 @@
+"""Dataset transfer throughput against plain TCP and a bare libp2p stream, in one run.
+
+Run: ``.venv/bin/python bench/transfer.py [--mib 128] [--sources 3]``
+
+On 127.0.0.1, with every sender in its own child process and the receiver in this one:
+
+* ``tcp``: the same bytes over one plain trio TCP connection (the baseline);
+* ``stream``: the same bytes written on one bare py-libp2p stream (TCP + Noise + Yamux);
+* ``transfer``: ``idlegrid data serve`` in a child, the dataset fetched by
+  :func:`node.transfer.fetcher.fetch` (hash-checked, journalled, stored), once with chunks on
+  the libp2p stream and once on the sealed bulk channel (the RESULT figure);
+* ``multi``: the bulk transfer from ``--sources`` holders at once.
+
+The dataset is a folder of random bytes (incompressible: zstd declines every chunk), 90 % in
+four big files and 10 % in small ones; the multi-source copy is written out and compared.
+Ends with ``RESULT mb_per_s=... ratio_tcp=... ratio_libp2p_stream=... multi_source_mb_per_s=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from consensus.transfer.manifest import Manifest
+from node.transfer.fetcher import fetch
+from p2p.host import open_host
+from storage.blobs import BlobStore
+from storage.db import Database
+from storage.transfer_files import materialize
+
+REPO = Path(__file__).resolve().parents[1]
+PROTOCOL = "/idlegrid/bench/bulk/1"
+BLOCK = 256 << 10
+WINDOW = [8]
+
+
+def child(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, __file__, *args], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+
+
+def cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "node", *args], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+
+
+def first_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip()
+
+
+# --- senders, run as children -------------------------------------------------------------
+
+
+async def tcp_sender(size: int) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    print(listeners[0].socket.getsockname()[1], flush=True)
+    stream = await listeners[0].accept()
+    block = os.urandom(BLOCK)
+    for _ in range(size // BLOCK):
+        await stream.send_all(block)
+    await stream.aclose()
+
+
+async def stream_sender(size: int) -> None:
+    done = trio.Event()
+    block = os.urandom(BLOCK)
+
+    async def handler(stream: object) -> None:
+        for _ in range(size // BLOCK):
+            await stream.write(block)  # type: ignore[attr-defined]
+        await stream.close()  # type: ignore[attr-defined]
+        done.set()
+
+    async with open_host(os.urandom(32)) as host:
+        host.set_stream_handler(PROTOCOL, handler)
+        print(host.addrs[0], flush=True)
+        await done.wait()
+
+
+# --- the measurements ---------------------------------------------------------------------
+
+
+async def measure_tcp(size: int) -> float:
+    proc = child("--tcp-sender", str(size))
+    port = int(first_line(proc))
+    start = time.perf_counter()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    got = 0
+    while chunk := await stream.receive_some(1 << 20):
+        got += len(chunk)
+    elapsed = time.perf_counter() - start
+    proc.wait()
+    assert got == size // BLOCK * BLOCK, got
+    return got / elapsed / 1e6
+
+
+async def measure_stream(size: int) -> float:
+    proc = child("--stream-sender", str(size))
+    addr = first_line(proc)
+    async with open_host(os.urandom(32)) as host:
+        peer = await host.connect(addr)
+        start = time.perf_counter()
+        stream = await host.new_stream(peer, PROTOCOL)
+        got = 0
+        try:
+            while chunk := await stream.read(1 << 20):
+                got += len(chunk)
+        except EOFError:
+            pass
+        elapsed = time.perf_counter() - start
+    proc.wait()
+    assert got == size // BLOCK * BLOCK, got
+    return got / elapsed / 1e6
+
+
+async def measure_transfer(
+    work: Path, dataset_id: bytes, addrs: list[str], tag: str, *, bulk: bool
+) -> tuple[float, Manifest, BlobStore]:
+    async with open_host(os.urandom(32)) as host, await Database.open(work / f"{tag}.db") as db:
+        peers = [await host.connect(a) for a in addrs]
+        store = BlobStore(work / f"{tag}-chunks")
+        start = time.perf_counter()
+        result = await fetch(host, db, store, dataset_id, peers, bulk=bulk, window=WINDOW[0])
+        elapsed = time.perf_counter() - start
+    used = {p[-6:]: s.chunks for p, s in result.sources.items()}
+    print(f"  {tag}: {result.chunks_moved} chunks in {elapsed:.2f} s from {used}")
+    return result.manifest.total_bytes / elapsed / 1e6, result.manifest, store
+
+
+def identical(a: Path, b: Path) -> bool:
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    theirs = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files == theirs and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def prepare(work: Path, size: int, holders: int) -> tuple[bytes, list[subprocess.Popen[str]]]:
+    """A folder of ``size`` bytes: 90 % in four big files, the rest in 4 KiB-60 KiB files."""
+    data = work / "dataset"
+    (data / "small").mkdir(parents=True)
+    for i in range(4):
+        with (data / f"big{i}.bin").open("wb") as f:
+            for _ in range(size * 9 // 10 // 4 // BLOCK):
+                f.write(os.urandom(BLOCK))
+    left, i = size // 10, 0
+    while left > 0:
+        n = min(left, 4096 + (i * 7919) % (56 << 10))
+        (data / "small" / f"{i:05}.dat").write_bytes(os.urandom(n))
+        left, i = left - n, i + 1
+    dataset_id = b""
+    servers = []
+    for i in range(holders):
+        home = work / f"holder{i}"
+        out = subprocess.run(
+            [sys.executable, "-m", "node", "data", "add", str(data), "--home", str(home)],
+            cwd=REPO, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        dataset_id = bytes.fromhex(out.stdout.strip())
+        servers.append(cli("data", "serve", "--public", "--home", str(home)))
+    return dataset_id, servers
+
+
+async def main(size: int, sources: int) -> None:
+    logging.disable(logging.WARNING)
+    tcp = await measure_tcp(size)
+    bare = await measure_stream(size)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        dataset_id, servers = prepare(work, size, max(sources, 1))
+        try:
+            addrs = [first_line(s).split()[-1] for s in servers]
+            p2p, _, _ = await measure_transfer(work, dataset_id, addrs[:1], "libp2p", bulk=False)
+            one, _, _ = await measure_transfer(work, dataset_id, addrs[:1], "bulk", bulk=True)
+            multi, manifest, store = await measure_transfer(
+                work, dataset_id, addrs, "multi", bulk=True
+            )
+            materialize(manifest, store, work / "out")
+            same = identical(work / "dataset", work / "out")
+            files = len(manifest.files)
+        finally:
+            for s in servers:
+                s.terminate()
+                s.wait()
+    mib = size >> 20
+    print(f"{mib} MiB in {files} files on 127.0.0.1, senders in child processes")
+    print(f"  arrived byte-identical: {same}")
+    print(f"  plain TCP                   {tcp:8.1f} MB/s   1.00")
+    print(f"  bare libp2p stream          {bare:8.1f} MB/s   {bare / tcp:.3f}")
+    print(f"  transfer over libp2p stream {p2p:8.1f} MB/s   {p2p / tcp:.3f}")
+    print(f"  transfer, bulk, 1 source    {one:8.1f} MB/s   {one / tcp:.3f}")
+    print(f"  transfer, bulk, {sources} sources   {multi:8.1f} MB/s   {multi / tcp:.3f}")
+    print(
+        f"RESULT mb_per_s={one:.1f} ratio_tcp={one / tcp:.3f} "
+        f"ratio_libp2p_stream={one / bare:.3f} multi_source_mb_per_s={multi:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=128, help="dataset size (default 128)")
+    parser.add_argument("--sources", type=int, default=3, help="holders for the multi run")
+    parser.add_argument("--window", type=int, default=8, help="requests in flight per source")
+    parser.add_argument("--tcp-sender", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--stream-sender", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.tcp_sender:
+        trio.run(tcp_sender, args.tcp_sender)
+    elif args.stream_sender:
+        trio.run(stream_sender, args.stream_sender)
+    else:
+        WINDOW[0] = args.window
+        trio.run(main, args.mib << 20, args.sources)

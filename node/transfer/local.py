@@ -1,0 +1,62 @@
+"""A node's datasets on disk: the chunk store and journal under its data dir, and helpers
+that both the CLI and a daemon use."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+from consensus.transfer.manifest import Manifest, decode_manifest
+from consensus.transfer.plan import DEFAULT_CHUNK_BYTES
+from storage import transfer_journal as journal
+from storage.blobs import BlobStore
+from storage.db import open_sync, run_transaction
+from storage.transfer_files import build
+
+
+def chunk_store(root: Path) -> BlobStore:
+    """The chunk store of the node whose data dir is ``root`` (apart from the market's blobs,
+    whose store deletes other writers' temp files when it opens)."""
+    return BlobStore(root / "chunks")
+
+
+def add(
+    db_path: Path, store: BlobStore, path: Path, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> tuple[bytes, Manifest]:
+    """Chunk ``path`` into ``store``, record it as complete; returns (dataset id, manifest).
+
+    Raises:
+        storage.transfer_files.UnsupportedEntry: a link, device or fifo under ``path``.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    built = build(path, store, chunk_bytes)
+    now = time.time_ns() // 1_000_000
+    conn = open_sync(db_path)
+    try:
+        run_transaction(conn, lambda c: _record_added(c, built.dataset_id, built.manifest, now))
+    finally:
+        conn.close()
+    return built.dataset_id, built.manifest
+
+
+def _record_added(
+    conn: sqlite3.Connection, dataset_id: bytes, manifest: Manifest, now: int
+) -> None:
+    journal.open_transfer(conn, dataset_id, manifest, journal.ADDED, now)
+    journal.mark_have(conn, dataset_id, range(len(manifest.chunks)), 0, now)
+    journal.finish(conn, dataset_id, journal.COMPLETE, None, now)
+
+
+def complete_datasets(db_path: Path, store: BlobStore) -> dict[bytes, Manifest]:
+    """Every dataset held whole here (added or fetched), to offer to others."""
+    conn = open_sync(db_path)
+    try:
+        rows = [r for r in journal.transfers(conn) if r.state == journal.COMPLETE]
+    finally:
+        conn.close()
+    return {
+        r.dataset_id: decode_manifest(store.get(r.dataset_id.hex()), r.dataset_id)
+        for r in rows
+        if store.has(r.dataset_id.hex())
+    }

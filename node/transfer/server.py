@@ -1,0 +1,187 @@
+"""The holder's side: serves manifests and chunks of the datasets it offers, to whom it granted.
+
+Knowing a dataset id is not enough to read it: a peer gets a dataset's manifest and chunks
+only after :meth:`TransferServer.grant` (or from a server made with ``public=True``, as
+``idlegrid data serve --public`` is). A chunk is read from the store verified against its
+hash, so our own disk going bad is caught here rather than blamed on us by the receiver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.network.stream.exceptions import StreamError
+
+from consensus.codec import DEFAULT_LIMITS
+from consensus.errors import Invalid
+from consensus.transfer.manifest import Manifest
+from node.transfer.channel import KEY_BYTES, TOKEN_BYTES, ChunkChannel, SealedChannel, StreamChannel
+from node.transfer.wire import (
+    BULK_PROTOCOL,
+    CHUNKS_PROTOCOL,
+    MANIFEST_PROTOCOL,
+    MAX_CHUNK_FRAME,
+    MAX_MANIFEST_FRAME,
+    pack_chunk,
+)
+from p2p import reqresp
+from p2p.framing import RequestError, decode_body, encode_frame
+from p2p.host import Host
+from p2p.reqresp import RequestRejected
+from storage.blobs import BlobStore
+from storage.errors import CorruptBlob
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # see node/daemon.py
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_S = 60.0
+NOT_FOUND = "not_found"
+TICKET_TTL_S = 30.0
+SERVE_AHEAD = 4  # replies prepared at once per channel
+
+
+class _Reply:
+    def __init__(self) -> None:
+        self.ready = trio.Event()
+        self.value: dict[str, Any] = {}
+
+
+class TransferServer:
+    """Offers datasets held in ``store`` over ``host``."""
+
+    def __init__(self, host: Host, store: BlobStore, *, public: bool = False) -> None:
+        self.host, self.store, self.public = host, store, public
+        self._offered: dict[bytes, Manifest] = {}
+        self._grants: set[tuple[str, bytes]] = set()
+        self._tickets: dict[bytes, tuple[str, bytes, float]] = {}
+        self.bulk_port: int | None = None
+        self.served: Counter[bytes] = Counter()  # chunks sent per dataset, for status and tests
+
+    def register(self) -> None:
+        reqresp.serve(self.host, MANIFEST_PROTOCOL, self._manifest, max_bytes=MAX_MANIFEST_FRAME)
+        self.host.set_stream_handler(CHUNKS_PROTOCOL, self._chunks)
+        reqresp.serve(self.host, BULK_PROTOCOL, self._ticket)
+
+    def offer(self, dataset_id: bytes, manifest: Manifest) -> None:
+        """Serve this dataset (its chunks that the store holds) to granted peers."""
+        self._offered[dataset_id] = manifest
+
+    def grant(self, peer: str, dataset_id: bytes) -> None:
+        self._grants.add((peer, dataset_id))
+
+    def _manifest_for(self, peer: str, dataset_id: Any) -> Manifest | None:
+        if not isinstance(dataset_id, bytes):
+            return None
+        if not self.public and (peer, dataset_id) not in self._grants:
+            return None
+        return self._offered.get(dataset_id)
+
+    async def _manifest(self, peer: str, payload: Any) -> Any:
+        dataset_id = payload.get("d") if isinstance(payload, dict) else None
+        manifest = self._manifest_for(peer, dataset_id)
+        if manifest is None or not isinstance(dataset_id, bytes):
+            raise RequestRejected(NOT_FOUND, "no such dataset for you")
+        return {"m": await trio.to_thread.run_sync(self.store.get, dataset_id.hex())}
+
+    async def _chunks(self, stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id.to_base58()
+        await self._serve_channel(peer, StreamChannel(stream))
+
+    async def _serve_channel(self, peer: str, channel: ChunkChannel) -> None:
+        """Answer requests in order, preparing up to SERVE_AHEAD replies at once (reading and
+        compressing chunks in threads), so the channel never waits on our disk."""
+        send, receive = trio.open_memory_channel[_Reply](SERVE_AHEAD)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_replies, channel, receive)
+                async with send:
+                    while True:
+                        body = None
+                        with trio.move_on_after(IDLE_TIMEOUT_S):
+                            body = await channel.receive(4096)
+                        if body is None:
+                            break  # idle: finish what was asked, then close
+                        reply = _Reply()
+                        await send.send(reply)
+                        nursery.start_soon(self._prepare, reply, peer, body)
+        except* (RequestError, StreamError, EOFError) as group:
+            log.debug("chunk channel from %s ended: %r", peer, group.exceptions[0])
+        await channel.aclose()
+
+    async def _send_replies(
+        self, channel: ChunkChannel, receive: trio.MemoryReceiveChannel[_Reply]
+    ) -> None:
+        async for reply in receive:
+            await reply.ready.wait()
+            await channel.send(encode_frame(reply.value, MAX_CHUNK_FRAME))
+
+    async def _prepare(self, reply: _Reply, peer: str, body: bytes) -> None:
+        try:
+            reply.value = await self._answer(peer, decode_body(body, DEFAULT_LIMITS))
+        except (Invalid, RequestError) as exc:
+            reply.value = {"i": -1, "e": f"malformed: {exc}"[:100]}
+        reply.ready.set()
+
+    async def run_bulk(self, *, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept bulk connections (see :mod:`node.transfer.channel`) until cancelled.
+
+        Listens on the IP of the host's first address; ``task_status`` gets the port.
+        """
+        ip = self.host.addrs[0].split("/")[2]
+        listeners = await trio.open_tcp_listeners(0, host=ip)
+        self.bulk_port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.bulk_port)
+        await trio.serve_listeners(self._bulk_connection, listeners)
+
+    async def _ticket(self, peer: str, payload: Any) -> Any:
+        dataset_id = payload.get("d") if isinstance(payload, dict) else None
+        if self._manifest_for(peer, dataset_id) is None:
+            raise RequestRejected(NOT_FOUND, "no such dataset for you")
+        if self.bulk_port is None:
+            raise RequestRejected("no_bulk", "this holder has no bulk channel")
+        now = trio.current_time()
+        self._tickets = {t: v for t, v in self._tickets.items() if v[2] > now}
+        token, key = secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES)
+        self._tickets[token] = (peer, key, now + TICKET_TTL_S)
+        return {"port": self.bulk_port, "token": token, "key": key}
+
+    async def _bulk_connection(self, sock: trio.SocketStream) -> None:
+        token = b""
+        with trio.move_on_after(TICKET_TTL_S), contextlib.suppress(trio.BrokenResourceError):
+            while len(token) < TOKEN_BYTES and (
+                data := await sock.receive_some(TOKEN_BYTES - len(token))
+            ):
+                token += data
+        ticket = self._tickets.pop(token, None)
+        if ticket is None or ticket[2] < trio.current_time():
+            await sock.aclose()
+            return
+        peer, key, _ = ticket
+        await self._serve_channel(peer, SealedChannel(sock, key, client=False))
+
+    async def _answer(self, peer: str, request: Any) -> dict[str, Any]:
+        if not isinstance(request, dict) or not isinstance(request.get("i"), int):
+            raise Invalid("chunk request", "expected {d: bytes, i: int}")
+        index = request["i"]
+        manifest = self._manifest_for(peer, request.get("d"))
+        if manifest is None or not 0 <= index < len(manifest.chunks):
+            return {"i": index, "e": NOT_FOUND}
+        try:
+            data = await self.read_chunk(manifest.chunks[index].hash.hex())
+        except (FileNotFoundError, CorruptBlob):
+            return {"i": index, "e": NOT_FOUND}
+        compressed, payload = await trio.to_thread.run_sync(pack_chunk, data)
+        self.served[request["d"]] += 1
+        return {"i": index, "z": compressed, "b": payload}
+
+    async def read_chunk(self, digest: str) -> bytes:
+        """The chunk's bytes from the store, verified (a test overrides this to lie)."""
+        return await trio.to_thread.run_sync(self.store.get, digest)
