@@ -30,9 +30,9 @@ from node.cli_base import (
     role_option,
     table,
 )
+from node.cli_data import data
 from node.cli_discovery import dht
 from node.cli_gpu import check_sandbox, gpu
-from node.cli_data import data
 from node.cli_job import bids, job, worker
 from node.cli_wallet import WALLET_COMMANDS, settlement
 from node.client import ApiClient, NotRunning
