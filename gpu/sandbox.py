@@ -155,7 +155,10 @@ class Sandbox:
                 args += ["--symlink", os.readlink(system), system]
             elif os.path.isdir(system):
                 args += ["--ro-bind", system, system]
-        made: set[Path] = set()
+        # The private /tmp first: a Python environment under /tmp (a checkout there) is bound
+        # over it below rather than hidden by it.
+        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108
+        made: set[Path] = {Path("/tmp")}  # noqa: S108
         for path in self.readonly:
             if any(path.is_relative_to(d) for d in SYSTEM_DIRS):
                 continue
@@ -165,7 +168,6 @@ class Sandbox:
                     made.add(parent)
                     args += ["--perms", "0755", "--dir", str(parent)]
             args += ["--ro-bind", str(path), str(path)]
-        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108
         for device in [*(f"/dev/nvidia{i}" for i in gpus), *(NVIDIA_SHARED if gpus else ())]:
             if os.path.exists(device):
                 args += ["--dev-bind", device, device]

@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from consensus.market.messages import Workload
 from gpu.exec_runtime import ExecRuntime
 from gpu.runtime import RunResult, RunSpec, SegmentDone, run_logged
-from gpu.sandbox import Sandbox, SandboxUnavailable
+from gpu.sandbox import Limits, Sandbox, SandboxUnavailable
 from node.cli import cli
 from node.market.packing import PackError, pack_outputs
-from tests.gpu.conftest import SECRET, is_root, needs_bwrap, sandbox
+from tests.gpu.conftest import SECRET, is_root, needs_bwrap, python_paths, sandbox
 
 PY = "python3"
 
@@ -243,3 +243,20 @@ async def test_a_run_outlives_the_thread_that_started_it(
     result, logs, _ = await run(sandbox(), workdir, "import time; time.sleep(1.5); print('done')")
     assert result.ok, (result.error, logs)
     assert logs == ["done"]
+
+
+@needs_bwrap
+async def test_a_readable_path_under_tmp_is_not_hidden_by_the_private_tmp(
+    tmp_path: Path, workdir: Path
+) -> None:
+    # A checkout (and its .venv) under /tmp must stay readable: CI may clone there.
+    shared = tmp_path / "env"
+    shared.mkdir()
+    (shared / "lib.txt").write_text("from the environment")
+    (shared.parent / "beside.txt").write_text("not shared")
+    box = Sandbox.create("bwrap", Limits(), readonly=(*python_paths(), shared))
+    code = (f"print(open('{shared}/lib.txt').read()); import os; "
+            f"print(os.path.exists('{shared.parent}/beside.txt'))")  # fmt: skip
+    result, logs, _ = await run(box, workdir, code)
+    assert result.ok, logs
+    assert logs == ["from the environment", "False"]
