@@ -99,16 +99,7 @@ class JobManager:
         """Cancels every unfinished task; returns how many were cancelled."""
         cancelled = 0
         for task in await self.store.tasks(job_id):
-            scope = self._runners.get((job_id, task.idx))
-            if scope is not None:
-                scope.cancel()
-            if task.state in TERMINAL or task.state == "verified":
-                continue
-            runner = TaskRunner(self, await self._job(job_id), task.idx)
-            if task.state in ("awarded", "transferring", "running"):
-                await runner._end_attempt(task, "cancelled by the requester")
-            if await runner._move(task, "cancel", reason="cancelled by the requester"):
-                cancelled += 1
+            cancelled += await self.cancel_task(job_id, task.idx, "cancelled by the requester")
         return cancelled
 
     async def task_moved(self, job_id: bytes, task: TaskRow) -> None:
@@ -137,18 +128,21 @@ class JobManager:
 
     async def _cancel_rest(self, job_id: bytes, tasks: list[TaskRow]) -> None:
         for other in tasks:
-            if other.state not in TERMINAL | {"verified"}:
-                await self.cancel_task(job_id, other.idx)
+            await self.cancel_task(job_id, other.idx, "another task of the job failed")
 
-    async def cancel_task(self, job_id: bytes, idx: int) -> None:
+    async def cancel_task(self, job_id: bytes, idx: int, why: str) -> bool:
+        """Stops the task's runner and, unless it already ended, closes its attempt (the
+        worker keeps what was vouched) and cancels it; True if this call cancelled it."""
         scope = self._runners.get((job_id, idx))
         if scope is not None:
             scope.cancel()
         task = await self.store.task(job_id, idx)
+        if task.state in TERMINAL or task.state == "verified":
+            return False
         runner = TaskRunner(self, await self._job(job_id), idx)
         if task.state in ("awarded", "transferring", "running"):
-            await runner._end_attempt(task, "another task failed")
-        await runner._move(task, "cancel", reason="another task of the job failed")
+            await runner._end_attempt(task, why)
+        return await runner._move(task, "cancel", reason=why) is not None
 
     async def wait_for_change(self) -> None:
         """Returns after the next task move (for followers and tests; no polling)."""
