@@ -343,13 +343,14 @@ class _Run:
 
     def _verify_and_store(self, compressed: bool, payload: bytes, chunk: Any) -> None:
         data = unpack_chunk(compressed, payload, chunk.size, chunk.hash)
-        self.store.put(data)
+        self.store.put(data, sync=False)  # made durable by flush(), before the journal says so
 
     async def flush(self) -> None:
         batch, moved = self.batch, self.batch_bytes
         self.batch, self.batch_bytes = [], 0
         self.flushed_at = trio.current_time()
         if batch:
+            await trio.to_thread.run_sync(self.store.sync)
             await self.db.transaction(
                 lambda c: journal.mark_have(c, self.dataset_id, batch, moved, _now_ms())
             )

@@ -197,3 +197,42 @@ def test_delete(store: BlobStore) -> None:
     assert store.delete(digest)
     assert not store.has(digest)
     assert list(store.iter_digests()) == []
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def test_unsynced_puts_are_readable_and_made_durable_by_one_sync(
+    store: BlobStore, fsyncs: list[int]
+) -> None:
+    blobs = [os.urandom(1000 + i) for i in range(20)]
+    digests = [store.put(b, sync=False) for b in blobs]
+    assert fsyncs == []  # the point: no fsync per chunk while a fetch streams in
+    assert [store.get(d) for d in digests] == blobs
+    store.sync()
+    assert fsyncs == []  # one syncfs for the whole filesystem, not a fsync per blob
+    assert store._unsynced == set()
+
+
+def test_sync_without_syncfs_fsyncs_each_pending_blob_and_directory(
+    store: BlobStore, fsyncs: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("storage.blobs._syncfs", lambda root: False)
+    digests = {store.put(os.urandom(100), sync=False) for _ in range(5)}
+    store.put(os.urandom(100))  # a synced put is not pending
+    before = len(fsyncs)
+    store.sync()
+    shards = {d[:2] for d in digests}
+    assert len(fsyncs) - before == len(digests) + len(shards) + 1  # blobs, shards, root
+    store.sync()
+    assert len(fsyncs) - before == len(digests) + len(shards) + 1  # nothing left to do
