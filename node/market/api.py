@@ -93,9 +93,10 @@ def market_routes(ctx: NodeContext) -> Routes:
             if task.result is None:
                 continue
             ref = from_wire(BlobRef, msgpack.unpackb(task.result))
-            path = manager.share.store.path(ref.hash.hex())
-            out.append({"task": task.idx, "path": str(path), "present": path.is_file(),
-                        "size": ref.size, "state": task.state})  # fmt: skip
+            path = manager.share.local_path(ref)  # the plaintext, once fetched and opened
+            out.append({"task": task.idx, "path": str(path) if path else None,
+                        "present": path is not None, "size": ref.size,
+                        "state": task.state})  # fmt: skip
         return {"results": out}
 
     async def stats(_: Request) -> Any:

@@ -1,10 +1,19 @@
-"""Blobs between the parties of a task: served only to whom they were granted, checked by hash.
+"""Blobs between the parties of a task: encrypted end to end, served only to whom they were
+granted, checked by hash.
 
-A stand-in for the transfer layer until it lands (see the transfer issue): one holder at a
-time, 1 MiB pieces over request/response, the whole blob verified against its BLAKE3 name
-before it enters the store. A holder serves a blob only to peers it granted it to (the
-worker its task's inputs, the requester the outputs and checkpoints), so knowing a hash is
-not enough to read someone's data.
+Every blob (a task's inputs, a checkpoint, a result) is encrypted under its own fresh key
+(:mod:`node.market.sealing`) and named by the BLAKE3 hash of the ciphertext. A holder serves
+the ciphertext, in 1 MiB pieces over request/response, and the key, sealed to the asking
+peer's X25519 key, only to peers it granted the blob to (the worker its task's inputs, the
+requester the outputs and checkpoints): knowing a hash is not enough to read someone's data,
+and a peer that carries a blob onwards (the requester re-sharing a checkpoint after a
+failover) re-seals the key it was given. The whole ciphertext is verified against its name
+before it enters the store; the plaintext is stored beside it, and a small keyring (one 0600
+file per blob: key and plaintext hash) maps one to the other across restarts.
+
+Job data takes this path rather than the chunked transfer layer (``node/transfer``), which
+moves big datasets between daemons: this one also runs over the in-memory network that the
+market's simulation uses.
 """
 
 from __future__ import annotations
@@ -15,13 +24,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import nacl.signing
 import trio
 from blake3 import blake3
 
+from consensus.errors import Invalid
 from consensus.market.messages import BlobRef
+from node.home import write_private
 from node.market.net import MarketNet
+from node.market.sealing import (
+    KEY_BYTES,
+    SealError,
+    decrypt_file,
+    encrypt_file,
+    new_key,
+    open_key,
+    seal_key,
+)
 from p2p.reqresp import RequestError, RequestRejected
-from storage.blobs import BlobStore
+from storage.blobs import BlobStore, check_digest
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +55,11 @@ class FetchFailed(Exception):
 
 
 class BlobShare:
-    def __init__(self, net: MarketNet, store: BlobStore, scratch: Path) -> None:
-        self.net, self.store, self.scratch = net, store, scratch
+    def __init__(
+        self, net: MarketNet, store: BlobStore, scratch: Path, key: nacl.signing.SigningKey
+    ) -> None:
+        self.net, self.store, self.scratch, self._node_key = net, store, scratch, key
+        self.keyring = Keyring(scratch.parent / "keys")
         self._grants: set[tuple[str, str]] = set()
 
     def register(self) -> None:
@@ -44,32 +68,67 @@ class BlobShare:
     def grant(self, peer: str, digest: bytes) -> None:
         self._grants.add((peer, digest.hex()))
 
+    def local_path(self, ref: BlobRef) -> Path | None:
+        """Where the plaintext of ``ref`` is, if we hold it."""
+        entry = self.keyring.get(ref.hash.hex())
+        if entry is None or not self.store.has(entry[1]):
+            return None
+        return self.store.path(entry[1])
+
     async def put(self, path: Path) -> BlobRef:
-        """Stores the file at ``path`` and returns a reference naming us as its holder."""
-        digest = await trio.to_thread.run_sync(self.store.put_file, path)
+        """Encrypts and stores the file at ``path``; returns a reference naming us as holder."""
+        key = new_key()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".sealed") as sealed:
+            await trio.to_thread.run_sync(encrypt_file, key, path, Path(sealed.name))
+            digest = await trio.to_thread.run_sync(self.store.put_file, Path(sealed.name))
+        plain = await trio.to_thread.run_sync(self.store.put_file, path)
+        await trio.to_thread.run_sync(self.keyring.save, digest, key, plain)
         size = self.store.path(digest).stat().st_size
         return BlobRef(hash=bytes.fromhex(digest), size=size, holders=[self.net.peer_id])
 
     async def fetch(self, ref: BlobRef, addrs_of: Callable[[str], list[str]]) -> Path:
-        """The blob's path in our store, fetched from its holders if we lack it.
+        """The plaintext of the blob in our store, fetched from its holders if we lack it.
 
         Raises:
-            FetchFailed: every holder failed or served bytes that do not match the hash.
+            FetchFailed: every holder failed, served bytes that do not match the hash, or
+                gave no key that opens them.
         """
-        digest = ref.hash.hex()
-        if self.store.has(digest):
-            return self.store.path(digest)
+        local = self.local_path(ref)
+        if local is not None:
+            return local
         errors = []
         for holder in ref.holders:
             try:
-                await self._fetch_from(holder, addrs_of(holder), ref)
+                return await self._fetch_from(holder, addrs_of(holder), ref)
             except (RequestError, FetchFailed) as exc:
                 errors.append(f"{holder[-8:]}: {exc}")
-                continue
-            return self.store.path(digest)
+        digest = ref.hash.hex()
         raise FetchFailed(f"blob {digest[:12]} not fetched: {'; '.join(errors) or 'no holder'}")
 
-    async def _fetch_from(self, holder: str, addrs: list[str], ref: BlobRef) -> None:
+    async def _fetch_from(self, holder: str, addrs: list[str], ref: BlobRef) -> Path:
+        if not self.store.has(ref.hash.hex()):
+            await self._fetch_ciphertext(holder, addrs, ref)
+        reply = await self.net.request(holder, addrs, PROTOCOL, {"key": ref.hash}, timeout_s=30)
+        box = reply.get("box") if isinstance(reply, dict) else None
+        if not isinstance(box, bytes):
+            raise FetchFailed("no key for the blob")
+        try:
+            key = open_key(box, self._node_key)
+            return await self._open(ref.hash.hex(), key)
+        except SealError as exc:
+            raise FetchFailed(str(exc)) from None  # a lying holder: the next one is tried
+
+    async def _open(self, digest: str, key: bytes) -> Path:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".plain") as plain:
+            sealed = self.store.path(digest)
+            await trio.to_thread.run_sync(decrypt_file, key, sealed, Path(plain.name))
+            plain_digest = await trio.to_thread.run_sync(self.store.put_file, Path(plain.name))
+        await trio.to_thread.run_sync(self.keyring.save, digest, key, plain_digest)
+        return self.store.path(plain_digest)
+
+    async def _fetch_ciphertext(self, holder: str, addrs: list[str], ref: BlobRef) -> None:
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".part") as part:
             hasher, offset = blake3(), 0
@@ -93,6 +152,8 @@ class BlobShare:
     async def _serve(self, peer: str, payload: Any) -> Any:
         if not isinstance(payload, dict):
             raise RequestRejected("malformed", "expected a map")
+        if "key" in payload:
+            return self._serve_key(peer, payload["key"])
         digest, offset, length = payload.get("hash"), payload.get("offset"), payload.get("length")
         if not (isinstance(digest, bytes) and isinstance(offset, int) and isinstance(length, int)):
             raise RequestRejected("malformed", "hash, offset and length are required")
@@ -102,6 +163,37 @@ class BlobShare:
             raise RequestRejected("malformed", "offset or length out of range")
         path = self.store.path(digest.hex())
         return {"data": await trio.to_thread.run_sync(_read_piece, path, offset, length)}
+
+    def _serve_key(self, peer: str, digest: Any) -> Any:
+        if not isinstance(digest, bytes):
+            raise RequestRejected("malformed", "key wants a blob hash")
+        entry = self.keyring.get(digest.hex())
+        if (peer, digest.hex()) not in self._grants or entry is None:
+            raise RequestRejected("not_found", "no such blob for you")
+        try:
+            return {"box": seal_key(entry[0], peer)}
+        except Invalid:
+            raise RequestRejected("malformed", "peer id has no X25519 twin") from None
+
+
+class Keyring:
+    """Blob keys on disk: ``<root>/<ciphertext hash>`` holds the key and the plaintext hash."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def save(self, digest: str, key: bytes, plain_digest: str) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(self.root / check_digest(digest), key + bytes.fromhex(plain_digest))
+
+    def get(self, digest: str) -> tuple[bytes, str] | None:
+        try:
+            raw = (self.root / check_digest(digest)).read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(raw) != KEY_BYTES + 32:
+            return None  # a torn write cannot happen (atomic rename); anything else: refetch
+        return raw[:KEY_BYTES], raw[KEY_BYTES:].hex()
 
 
 def _read_piece(path: Path, offset: int, length: int) -> bytes:

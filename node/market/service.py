@@ -58,7 +58,7 @@ def market_of(ctx: NodeContext) -> Market:
         assert ctx.network is not None, "the market needs the network service"
         envelopes = DirectEnvelopes(ctx.keys.signing_key, market_registry())
         net = LiveNet(ctx.network, envelopes)
-        share = BlobShare(net, ctx.blobs, ctx.home.root / "work" / "scratch")
+        share = BlobShare(net, ctx.blobs, ctx.home.root / "work" / "scratch", ctx.keys.signing_key)
         share.register()
         m = ctx.settings.market
         params = MarketParams(

@@ -114,7 +114,7 @@ async def make_node(hub: Hub, root: Path, name: str) -> SimNode:
     key = nacl.signing.SigningKey(blake3(name.encode()).digest())
     net = MemNet(hub, key)
     db = await InlineDatabase.open(root / "node.db")
-    share = BlobShare(net, BlobStore(root / "blobs"), root / "scratch")
+    share = BlobShare(net, BlobStore(root / "blobs"), root / "scratch", key)
     share.register()
     return SimNode(name, net, MarketStore(db), db, share, root)
 
