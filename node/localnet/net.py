@@ -80,14 +80,11 @@ def start(root: Path, requesters: int, workers: int, sentries: int, chain_mode: 
 
 
 def _start_daemons(state: State) -> None:
-    first, rest = state.nodes[0], state.nodes[1:]
-    nodes.start_daemon(first)
-    state.save()
-    nodes.wait_ready(first)  # the others dial it as soon as they are up
-    for node in rest:
+    # All at once: a node up before the bootstrap peer dials it again after a short backoff.
+    for node in state.nodes:
         nodes.start_daemon(node)
         state.save()
-    for node in rest:
+    for node in state.nodes:
         nodes.wait_ready(node)
     state.save()
 

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import psutil
-
 from node.localnet.state import Proc
 
 T = TypeVar("T")
@@ -87,17 +85,35 @@ def stop_all(procs: list[tuple[str, Proc]], timeout_s: float = STOP_TIMEOUT_S) -
     Returns each process's name mapped to how it ended: "stopped", "killed" or "not running".
     """
     outcome = {name: "not running" for name, _ in procs}
-    live = {name: psutil.Process(p.pid) for name, p in procs if p.alive()}
+    live = {name: p for name, p in procs if p.alive()}
     for name, proc in live.items():
-        with contextlib.suppress(psutil.Error):
-            proc.terminate()
+        _signal(proc, signal.SIGTERM)
         outcome[name] = "stopped"
-    _, stragglers = psutil.wait_procs(list(live.values()), timeout=timeout_s)
+    stragglers = _wait_gone(list(live.values()), timeout_s)
     for name, proc in live.items():
         if proc in stragglers:
             outcome[name] = "killed"
         # The group takes down what the process started (a worker's workloads) with it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-    psutil.wait_procs(stragglers, timeout=5)
+    _wait_gone(stragglers, 5.0)
     return outcome
+
+
+def _signal(proc: Proc, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+
+
+def _wait_gone(procs: list[Proc], timeout_s: float) -> list[Proc]:
+    """Waits until each process has exited; returns those still alive at the deadline.
+
+    A dead process counts as gone once it is a zombie: these are not our children, and the
+    init process that inherited them reaps them in its own time (seconds, in some containers).
+    """
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in procs if p.alive()]
+    while alive and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        alive = [p for p in alive if p.alive()]
+    return alive
