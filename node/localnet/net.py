@@ -1,7 +1,8 @@
 """Start, inspect and stop a whole localnet: the chain, then the nodes, recorded as they come.
 
 Start order: the chain (and the contract on it), every node's data dir (funded and, for workers
-and sentries, staked), the first node's daemon (the bootstrap peer), then the others at once.
+and sentries, staked), then every daemon at once; ``start`` returns when each API answers and
+each requester sees every worker in its order book, so a job submitted next finds bidders.
 The state file is saved after every process started, so a start that fails half-way is undone
 by stopping what the file lists.
 """
@@ -87,6 +88,9 @@ def _start_daemons(state: State) -> None:
     for node in state.nodes:
         nodes.wait_ready(node)
     state.save()
+    workers = [n for n in state.nodes if n.role == "worker"]
+    for requester in (n for n in state.nodes if n.role == "requester"):
+        nodes.wait_market(requester, workers, nodes.MARKET_TIMEOUT_S)
 
 
 def require(root: Path) -> State:

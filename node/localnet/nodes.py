@@ -27,6 +27,7 @@ from node.localnet.state import ChainInfo, NodeInfo
 GWEI = 10**9
 BASE_PRICE_WEI_PER_S = 100 * GWEI  # worker-1 asks 100 gwei/s, worker-2 200, ...: a choice to make
 NODE_START_TIMEOUT_S = 60.0
+MARKET_TIMEOUT_S = 30.0  # presence every 2 s; dials back off 1, 2, 4 s while peers start
 SOURCE = "localnet"
 # Quicker than a real network's defaults, so a newcomer sees the market move in seconds.
 TUNING: dict[str, Any] = {
@@ -102,6 +103,23 @@ def api_status(node: NodeInfo) -> dict[str, Any] | None:
         return dict(ApiClient(Home(Path(node.home)), timeout_s=3.0).get("/v1/status"))
     except HomeError:
         return None
+
+
+def wait_market(requester: NodeInfo, workers: list[NodeInfo], timeout_s: float) -> None:
+    """Waits until ``requester`` sees every worker available in its order book, so that a job
+    submitted the moment ``localnet start`` returns finds bidders."""
+    wanted = {w.peer_id for w in workers}
+
+    def ready() -> bool | None:
+        try:
+            book = ApiClient(Home(Path(requester.home)), timeout_s=3.0).get("/v1/market")
+        except HomeError:
+            return None
+        seen = {w["peer_id"] for w in book["workers"] if w["status"] == "available"}
+        return True if wanted <= seen else None
+
+    what = f"{requester.name}'s order book with all {len(workers)} workers"
+    wait_until(ready, requester.proc, requester.log, timeout_s, what)
 
 
 def connected_names(node: NodeInfo, by_peer: dict[str, str]) -> list[str] | None:
