@@ -25,7 +25,7 @@ from node.chain.backend import Chain
 from node.chain.client import Settlement
 from node.localnet import net
 from node.localnet.chain import anvil_binary, start_chain
-from node.localnet.procs import stop_all
+from node.localnet.procs import spawn, stop_all, wait_until
 from node.localnet.state import ChainInfo, NodeInfo, Proc, State
 from tests.daemons import REPO, cli_env
 
@@ -204,3 +204,24 @@ def test_embedded_chain_server_speaks_json_rpc(tmp_path: Path) -> None:
     finally:
         assert stop_all([("chain", info.proc)]) == {"chain": "stopped"}
     assert not info.proc.alive()
+
+
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_stop_kills_a_straggler_and_what_it_started(tmp_path: Path) -> None:
+    log = tmp_path / "stubborn.log"
+    proc = spawn([sys.executable, "-c", STUBBORN], log, dict(os.environ))
+    child_pid = wait_until(lambda: log.read_text().strip() or None, proc, log, 30, "stubborn")
+    child = Proc.of(int(child_pid))
+    assert stop_all([("stubborn", proc)], timeout_s=0.5) == {"stubborn": "killed"}
+    assert not proc.alive()
+    deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously: bounded poll
+    while child.alive():
+        assert time.monotonic() < deadline, "the straggler's child survived its group's SIGKILL"
