@@ -27,7 +27,10 @@ from web3 import EthereumTesterProvider, Web3
 from web3.middleware import combine_middleware
 from web3.types import Wei
 
+from node.chain.reverts import is_revert, revert_data
+
 log = logging.getLogger(__name__)
+REVERT_CODE = 3  # JSON-RPC error code for a revert carrying data (geth, anvil)
 MAX_BODY = 8 * 2**20  # a contract deployment is ~30 KB; anything near this is not ours
 
 
@@ -66,10 +69,15 @@ class TesterRpc:
             try:
                 result = self._call(method, params)
             except Exception as exc:  # one bad request must not stop the chain
+                if is_revert(exc):  # as anvil and geth say it, so web3 raises the same error
+                    data = HexBytes(revert_data(exc)).to_0x_hex()
+                    error = {"code": REVERT_CODE, "message": "execution reverted", "data": data}
+                    return {"jsonrpc": "2.0", "id": rid, "error": error}
                 log.warning("rpc %s failed: %s", method, exc)
                 return _error(rid, -32000, f"{method}: {exc}")
         if "error" in result:
-            return {"jsonrpc": "2.0", "id": rid, "error": _plain(result["error"])}
+            error = result["error"]
+            return _error(rid, int(error.get("code", -32000)), str(error.get("message", error)))
         return {"jsonrpc": "2.0", "id": rid, "result": _plain(result.get("result"))}
 
     def _call(self, method: str, params: list[Any]) -> dict[str, Any]:

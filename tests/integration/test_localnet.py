@@ -23,8 +23,9 @@ from web3 import HTTPProvider, Web3
 from node.chain import artifacts
 from node.chain.backend import Chain
 from node.chain.client import Settlement
+from node.chain.errors import ChainReverted
 from node.localnet import net
-from node.localnet.chain import anvil_binary, start_chain
+from node.localnet.chain import anvil_binary, deploy, start_chain
 from node.localnet.procs import spawn, stop_all, wait_until
 from node.localnet.state import ChainInfo, NodeInfo, Proc, State
 from tests.daemons import REPO, cli_env
@@ -201,6 +202,12 @@ def test_embedded_chain_server_speaks_json_rpc(tmp_path: Path) -> None:
         bad = w3.provider.make_request("eth_noSuchMethod", [])  # type: ignore[arg-type]
         assert "error" in bad
         assert w3.eth.block_number >= 1, "the server still answers after a bad request"
+        info.contract = deploy(info)
+        chain, key = Chain.rpc(info.url, info.chain_id), bytes(Account.create().key)
+        chain.fund(Account.from_key(key).address, ETH)
+        client = Settlement(chain, artifacts.load(), info.contract, key)
+        with pytest.raises(ChainReverted, match=r"InsufficientStake\(bonded=0"):
+            client.request_unstake(ETH)  # reverts as on anvil: code 3 with the revert data
     finally:
         assert stop_all([("chain", info.proc)]) == {"chain": "stopped"}
     assert not info.proc.alive()
