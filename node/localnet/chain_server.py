@@ -88,7 +88,8 @@ class TesterRpc:
             return {"result": self._time_offset}
         if method == "evm_mine":
             now = int(self.w3.eth.get_block("latest")["timestamp"])
-            self.tester.time_travel(now + max(1, self._time_offset))
+            # py-evm mines the travelled-to block one second early; ask one more to land on it.
+            self.tester.time_travel(now + max(1, self._time_offset) + 1)
             self._time_offset = 0
             return {"result": "0x0"}
         return dict(self._request(method, params))

@@ -208,6 +208,9 @@ def test_embedded_chain_server_speaks_json_rpc(tmp_path: Path) -> None:
         client = Settlement(chain, artifacts.load(), info.contract, key)
         with pytest.raises(ChainReverted, match=r"InsufficientStake\(bonded=0"):
             client.request_unstake(ETH)  # reverts as on anvil: code 3 with the revert data
+        before = chain.now()
+        chain.advance(3600)  # evm_increaseTime + evm_mine, as on anvil
+        assert chain.now() - before == 3600
     finally:
         assert stop_all([("chain", info.proc)]) == {"chain": "stopped"}
     assert not info.proc.alive()
