@@ -49,7 +49,10 @@ def plan(root: Path, requesters: int, workers: int, sentries: int) -> list[NodeI
             name = f"{role}-{i}"
             price = BASE_PRICE_WEI_PER_S * i if role == "worker" else None
             home = root / "nodes" / name
-            nodes.append(NodeInfo(name, role, str(home), free_port(), "", "", price))
+            nodes.append(NodeInfo(name, role, str(home), 0, "", "", price))
+    # Only the bootstrap peer's port must be known before it starts; the others take a free
+    # one when they bind (no race with other programs for it) and report it in their status.
+    nodes[0].p2p_port = free_port()
     return nodes
 
 
@@ -95,6 +98,7 @@ def wait_ready(node: NodeInfo, timeout_s: float = NODE_START_TIMEOUT_S) -> None:
         lambda: api_status(node), node.proc, node.log, timeout_s, f"{node.name}'s daemon"
     )
     node.api_port = int(status["api"].rsplit(":", 1)[-1])
+    node.p2p_port = int(status["p2p"]["addrs"][0].split("/tcp/")[1].split("/")[0])
 
 
 def api_status(node: NodeInfo) -> dict[str, Any] | None:

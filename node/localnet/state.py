@@ -57,7 +57,7 @@ class NodeInfo:
     name: str  # requester-1, worker-2, sentry-1
     role: str
     home: str
-    p2p_port: int
+    p2p_port: int  # chosen for the first node (the bootstrap peer); others report theirs
     peer_id: str
     address: str  # the node's chain account
     price_wei_per_s: int | None = None  # workers only
