@@ -21,7 +21,7 @@ from config.schema import CROSS_CHECKS, SECTIONS, Settings
 
 ENV_PREFIX = "IDLEGRID_"
 # Variables that choose *how* to load, not what to load; they are not config keys.
-RESERVED_ENV = frozenset({"IDLEGRID_HOME", "IDLEGRID_PASSPHRASE"})
+RESERVED_ENV = frozenset({"IDLEGRID_HOME", "IDLEGRID_PASSPHRASE", "IDLEGRID_ANVIL"})
 
 
 class ConfigError(Exception):

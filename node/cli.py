@@ -34,6 +34,7 @@ from node.cli_data import data
 from node.cli_discovery import dht
 from node.cli_gpu import check_sandbox, gpu
 from node.cli_job import bids, job, worker
+from node.cli_localnet import localnet
 from node.cli_wallet import WALLET_COMMANDS, settlement
 from node.client import ApiClient, NotRunning
 from node.home import Home, resolve_home, running_pid
@@ -287,6 +288,7 @@ for command in WALLET_COMMANDS:
 cli.add_command(settlement)
 cli.add_command(dht)
 cli.add_command(data)
+cli.add_command(localnet)
 
 
 def main() -> None:

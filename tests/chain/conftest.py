@@ -3,8 +3,6 @@ npm package is installed in contracts/ (else those cases skip, saying why)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -19,9 +17,9 @@ from web3 import Web3
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
+from node.localnet.chain import anvil_binary
 
 REPO = Path(__file__).resolve().parents[2]
-ANVIL_NPM = REPO / "contracts" / "node_modules" / "@foundry-rs"
 ETH = 10**18
 PARAMS = DeployParams(
     fee_bps=100,
@@ -31,13 +29,6 @@ PARAMS = DeployParams(
     slash_quorum=2,
     slash_burn_bps=5000,
 )
-
-
-def anvil_binary() -> str | None:
-    if os.environ.get("IDLEGRID_ANVIL"):
-        return os.environ["IDLEGRID_ANVIL"]
-    found = sorted(ANVIL_NPM.glob("anvil-*/bin/anvil"))
-    return str(found[0]) if found else shutil.which("anvil")
 
 
 def free_port() -> int:

@@ -41,7 +41,8 @@ def test_precedence_file_env_flag(tmp_path: Path) -> None:
 
 
 def test_reserved_env_is_not_a_key() -> None:
-    loaded = load(None, env={"IDLEGRID_HOME": "/x", "IDLEGRID_PASSPHRASE": "p", "PATH": "/bin"})
+    env = {"IDLEGRID_HOME": "/x", "IDLEGRID_PASSPHRASE": "p", "IDLEGRID_ANVIL": "/a", "PATH": "/b"}
+    loaded = load(None, env=env)
     assert loaded.settings == Settings()
 
 

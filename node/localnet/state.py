@@ -1,0 +1,121 @@
+"""What a running localnet is: its processes and ports, in ``DIR/localnet.json``.
+
+The file is written by ``localnet start`` as each process comes up (so a start that fails
+half-way can still be stopped) and read by ``status``, ``stop`` and ``logs`` from any shell.
+A process is identified by its pid *and* its start time, so a pid the kernel has reused for
+something else never counts as a live node, and ``stop`` never signals a stranger.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from node.home import write_atomic
+
+STATE_FILE = "localnet.json"
+STATE_VERSION = 1
+
+
+@dataclass
+class Proc:
+    """One process the localnet started (a daemon or the chain)."""
+
+    pid: int = 0
+    create_time: float = 0.0  # psutil's start time: tells our pid from a reused one
+
+    @classmethod
+    def of(cls, pid: int) -> Proc:
+        return cls(pid, psutil.Process(pid).create_time())
+
+    def alive(self) -> bool:
+        if not self.pid:
+            return False
+        try:
+            p = psutil.Process(self.pid)
+            return bool(p.create_time() == self.create_time and p.status() != psutil.STATUS_ZOMBIE)
+        except psutil.Error:
+            return False
+
+
+@dataclass
+class ChainInfo:
+    kind: str  # "anvil" | "embedded"
+    url: str
+    chain_id: int = 0
+    contract: str = ""
+    log: str = ""
+    proc: Proc = field(default_factory=Proc)
+
+
+@dataclass
+class NodeInfo:
+    name: str  # requester-1, worker-2, sentry-1
+    role: str
+    home: str
+    p2p_port: int  # chosen for the first node (the bootstrap peer); others report theirs
+    peer_id: str
+    address: str  # the node's chain account
+    price_wei_per_s: int | None = None  # workers only
+    api_port: int | None = None  # known once its API answers
+    proc: Proc = field(default_factory=Proc)
+
+    @property
+    def log(self) -> Path:
+        return Path(self.home) / "logs" / "daemon.out"
+
+
+@dataclass
+class State:
+    dir: str
+    chain: ChainInfo
+    nodes: list[NodeInfo] = field(default_factory=list)
+    version: int = STATE_VERSION
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir) / STATE_FILE
+
+    def procs(self) -> list[tuple[str, Proc]]:
+        """Every process, nodes first: stop takes the daemons down before their chain."""
+        return [(n.name, n.proc) for n in self.nodes] + [("chain", self.chain.proc)]
+
+    def alive(self) -> list[str]:
+        return [name for name, proc in self.procs() if proc.alive()]
+
+    def node(self, name: str) -> NodeInfo:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        known = ", ".join(n.name for n in self.nodes)
+        raise KeyError(f"no node {name!r} in this localnet (nodes: {known})")
+
+    def save(self) -> None:
+        write_atomic(self.path, (json.dumps(asdict(self), indent=2) + "\n").encode())
+
+
+def load_state(root: Path) -> State | None:
+    """The state in ``root``, or None when no localnet was started there.
+
+    Raises:
+        ValueError: the file exists but is not a localnet state this version can read.
+    """
+    path = root / STATE_FILE
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable localnet state ({exc})") from None
+    if doc.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: state version {doc.get('version')!r}, expected {STATE_VERSION}")
+    try:
+        chain = doc["chain"]
+        nodes = [NodeInfo(**{**n, "proc": Proc(**n["proc"])}) for n in doc["nodes"]]
+        return State(doc["dir"], ChainInfo(**{**chain, "proc": Proc(**chain["proc"])}), nodes)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: malformed localnet state ({exc!r})") from None
