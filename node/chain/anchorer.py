@@ -175,14 +175,15 @@ class Anchorer:
             and latest["earnings_root"] == m.pending.earnings_tree.root
             and latest["entries_root"] == m.pending.entries_tree.root
         )
-        if ours:
-            m.on_posted(latest["epoch"], latest["dispute_deadline"] * 1000)
-            self.posted += 1
-            log.info("epoch anchored", extra={"epoch": latest["epoch"],
-                                              "entries": len(m.pending.entries)})  # fmt: skip
-        else:
+        if not ours:
             m.on_post_failed()
+            await self._save()
+            return
+        m.on_posted(latest["epoch"], latest["dispute_deadline"] * 1000)
         await self._save()
+        self.posted += 1
+        log.info("epoch anchored", extra={"epoch": latest["epoch"],
+                                          "entries": len(m.pending.entries)})  # fmt: skip
 
     async def _publish_leaves(self) -> None:
         if self.final is None or not self.final[1]:

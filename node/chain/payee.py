@@ -90,7 +90,10 @@ class Payee:
             async for message in inbox:
                 body = message.opened.body if message.opened else None
                 if isinstance(body, EpochLeaves):
-                    await self._on_leaves(body)
+                    try:
+                        await self._on_leaves(body)
+                    except ChainError as exc:  # an outage: the anchorer sends them again
+                        log.warning("epoch leaves not checked: %s", exc)
 
     async def _resubmit_loop(self) -> None:
         epoch_ms = self.chain.settings.epoch_s * 1000

@@ -118,7 +118,7 @@ def test_a_job_is_paid_through_an_anchored_epoch(
         boot = ("--bootstrap", str(status["p2p"]["addrs"][0]))
         for role in ("requester", "worker"):
             daemons[role] = Daemon(homes[role], boot, env).wait_started()
-        run_job(daemons, tmp_path, env)
+        run_job(daemons, tmp_path, env, boot_requester(daemons["requester"], env))
         for d in daemons.values():
             assert "Traceback" not in d.output()
     finally:
@@ -127,7 +127,14 @@ def test_a_job_is_paid_through_an_anchored_epoch(
     check_balances(c, contract, homes, address, before)
 
 
-def run_job(daemons: dict[str, Daemon], tmp_path: Path, env: dict[str, str]) -> None:
+def boot_requester(requester: Daemon, env: dict[str, str]) -> tuple[str, str]:
+    status = json.loads(idlegrid(requester.home, "status", "--json", env=env).stdout)
+    return ("--bootstrap", str(status["p2p"]["addrs"][0]))
+
+
+def run_job(
+    daemons: dict[str, Daemon], tmp_path: Path, env: dict[str, str], boot: tuple[str, str]
+) -> None:
     requester, worker, sentry = daemons["requester"], daemons["worker"], daemons["sentry"]
     worker_peer = json.loads((worker.home / "identity.json").read_text())["peer_id"]
     wait_for_fields(requester, "worker status", peer=worker_peer, new="available")
@@ -139,6 +146,9 @@ def run_job(daemons: dict[str, Daemon], tmp_path: Path, env: dict[str, str]) -> 
     assert done.returncode == 0, done.stderr
     requester.wait_for("escrow funded", timeout=30)
     sentry.wait_for("epoch anchored", timeout=60)
+    sentry.kill()  # kill -9 while the epoch is pending: the restart must not anchor it again
+    daemons["sentry"] = sentry = Daemon(sentry.home, boot, env).wait_started()
+    assert "anchoring resumed" in sentry.output()  # state=pending, or posting if killed early
     worker.wait_for("earnings claimed", timeout=60)
     requester.wait_for("escrow returned", timeout=60)
     chain_view = json.loads(idlegrid(worker.home, "settlement", "status", "--json", env=env).stdout)
@@ -162,3 +172,4 @@ def check_balances(
     assert c.balance(address["sentry"]) == before["sentry"] - ETH - gas["sentry"]
     assert reader.fees_accrued() == fee
     assert c.balance(contract) == fee + ETH  # the protocol fee and the sentry's stake remain
+    assert len(reader.contract.events.Anchored().get_logs(from_block=0)) == 1, "anchored once"
