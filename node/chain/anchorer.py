@@ -56,11 +56,15 @@ class Anchorer:
         self.seen_disputes: set[bytes] = set()
         self.posted = 0  # anchors this process posted (tests count them)
 
-    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def resume(self) -> None:
+        """Loads the saved machine; a post that a crash interrupted is settled with the chain."""
         fee_bps = int(await self.service.call(lambda c: c.params()["fee_bps"]))
         self.machine = await self._load(fee_bps)
         if self.machine.state == "posting":
             await self._resolve_post()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.resume()
         inbox = await self.net.subscribe(ANCHORS, ANCHOR_KINDS)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow, inbox)
