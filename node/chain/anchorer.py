@@ -74,6 +74,8 @@ class Anchorer:
                     await self.step()
                 except ChainError as exc:
                     log.warning("anchoring: %s", exc)
+                except Exception as exc:  # e.g. an unexpected answer: retried, never fatal
+                    log.warning("anchoring step failed: %r", exc)
                 await trio.sleep(self.chain.settings.poll_s)
 
     async def _follow(self, inbox: Any) -> None:

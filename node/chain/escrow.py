@@ -79,6 +79,8 @@ class Escrow:
                 await self.step()
             except ChainError as exc:
                 log.warning("escrow: %s", exc)
+            except Exception as exc:  # e.g. a wallet short of coin: retried, never fatal
+                log.warning("escrow step failed: %r", exc)
             with trio.move_on_after(self.poll_s):
                 await self._wake.wait()
             self._wake = trio.Event()
@@ -136,9 +138,11 @@ class Escrow:
         )
 
     async def status(self) -> dict[str, Any]:
-        rows = await self.db.query(
-            "SELECT state, COUNT(*) AS n, SUM(CAST(funded_wei AS INTEGER)) AS wei "
-            "FROM settle_escrow GROUP BY state"
-        )
-        return {"jobs": {r["state"]: {"count": r["n"], "funded_wei": str(r["wei"] or 0)}
-                         for r in rows}}  # fmt: skip
+        jobs: dict[str, dict[str, Any]] = {}
+        for r in await self.db.query("SELECT state, funded_wei, returned_wei FROM settle_escrow"):
+            seen = jobs.setdefault(r["state"], {"count": 0, "funded_wei": 0, "returned_wei": 0})
+            seen["count"] += 1
+            seen["funded_wei"] += int(r["funded_wei"])
+            seen["returned_wei"] += int(r["returned_wei"])
+        return {"jobs": {state: {k: v if k == "count" else str(v) for k, v in seen.items()}
+                         for state, seen in jobs.items()}}  # fmt: skip

@@ -18,6 +18,7 @@ import trio
 
 from consensus.market.messages import TaskRef
 from consensus.settlement.eip712 import Domain
+from node.chain.errors import ChainError
 from node.chain.hook import SettlementHook
 from node.chain.service import ChainService, open_settlement
 
@@ -94,7 +95,11 @@ async def run_chain(
     """Connects (raising ChainError with the key named if it cannot), then holds the service."""
     settings, key = ctx.settings.chain, ctx.keys.wallet_key
     service = ChainService(lambda: open_settlement(settings, key, ctx.home.db))
-    client = await service.start()
+    try:
+        client = await service.start()
+    except ChainError as exc:  # a wrong chain.* key or an endpoint that is down: say which
+        log.error("chain settlement cannot start: %s", exc)  # noqa: TRY400 - no traceback
+        raise
     ctx.chain = ChainNode(
         service, settings, client.address, client.domain, SettlementHook(client.domain, key)
     )

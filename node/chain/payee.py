@@ -92,8 +92,8 @@ class Payee:
                 if isinstance(body, EpochLeaves):
                     try:
                         await self._on_leaves(body)
-                    except ChainError as exc:  # an outage: the anchorer sends them again
-                        log.warning("epoch leaves not checked: %s", exc)
+                    except Exception as exc:  # an outage: the anchorer sends them again
+                        log.warning("epoch leaves not checked: %r", exc)
 
     async def _resubmit_loop(self) -> None:
         epoch_ms = self.chain.settings.epoch_s * 1000
