@@ -20,7 +20,7 @@ from consensus.settlement.eip712 import BPS
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
-from tests.chain.conftest import ETH, Anvil, anvil_binary
+from tests.chain.conftest import ETH, Anvil, anvil_binary, free_port
 from tests.daemons import Daemon, cli_env, idlegrid
 from tests.integration.test_market_daemons import wait_for_fields
 
@@ -112,12 +112,15 @@ def test_a_job_is_paid_through_an_anchored_epoch(
     staked = idlegrid(homes["sentry"], "wallet", "stake", "1eth", env=env)  # the anchor bond
     assert staked.returncode == 0, staked.stderr
     daemons: dict[str, Daemon] = {}
-    try:
-        daemons["sentry"] = Daemon(homes["sentry"], (), env).wait_started()
-        status = json.loads(idlegrid(homes["sentry"], "status", "--json", env=env).stdout)
-        boot = ("--bootstrap", str(status["p2p"]["addrs"][0]))
+    sentry_id = json.loads((homes["sentry"] / "identity.json").read_text())["peer_id"]
+    listen = f"/ip4/127.0.0.1/tcp/{free_port()}"
+    boot = ("--bootstrap", f"{listen}/p2p/{sentry_id}")
+    try:  # all three start at once: the others find the sentry at its fixed port
+        daemons["sentry"] = Daemon(homes["sentry"], ("--listen", listen), env)
         for role in ("requester", "worker"):
-            daemons[role] = Daemon(homes[role], boot, env).wait_started()
+            daemons[role] = Daemon(homes[role], boot, env)
+        for d in daemons.values():
+            d.wait_started()
         run_job(daemons, tmp_path, env, boot_requester(daemons["requester"], env))
         for d in daemons.values():
             assert "Traceback" not in d.output()
