@@ -26,6 +26,7 @@ from storage.db import Database
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from node.chain.client import TxResult
     from node.chain.node import ChainNode
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,8 @@ class Escrow:
             await self._withdraw()
 
     async def _fund(self, job_id: bytes, amount: int) -> None:
-        if amount > 0:
-            await self.chain.service.submit("fund", [], amount)
+        if amount > 0 and await self._dry(await self.chain.service.submit("fund", [], amount)):
+            return
         await self._set(job_id, "funded")
         log.info("escrow funded", extra={"job": job_id.hex(), "wei": str(amount)})
 
@@ -111,7 +112,8 @@ class Escrow:
         if unspent <= 0:
             await self._set(job_id, "returned")
             return
-        await self.chain.service.submit("leavePool", [unspent])
+        if await self._dry(await self.chain.service.submit("leavePool", [unspent])):
+            return
         await self.db.execute(
             "UPDATE settle_escrow SET state = 'leaving', returned_wei = ? WHERE job_id = ?",
             (str(unspent), job_id),
@@ -125,12 +127,17 @@ class Escrow:
             return
         if pool["leaving"]:
             try:
-                await self.chain.service.submit("withdrawPool", [])
+                if await self._dry(await self.chain.service.submit("withdrawPool", [])):
+                    return
             except ChainReverted as exc:
                 log.warning("escrow: withdrawPool refused: %s", exc)
                 return
         await self.db.execute("UPDATE settle_escrow SET state = 'returned' WHERE state = 'leaving'")
         log.info("escrow returned", extra={"wei": str(pool["leaving"])})
+
+    async def _dry(self, result: TxResult | None) -> bool:
+        """chain.dry_run: the transaction was only shown (logged); the row stays where it is."""
+        return result is not None and result.dry_run
 
     async def _set(self, job_id: bytes, state: str) -> None:
         await self.db.execute(

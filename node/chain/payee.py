@@ -146,9 +146,11 @@ class Payee:
             tree = leaves.tree()
             proof = tree.proof(leaf_hash(EARNINGS_TYPES, [self.me, cumulative]))
             try:
-                await self.chain.service.submit("claimEarnings", [cumulative, proof])
+                sent = await self.chain.service.submit("claimEarnings", [cumulative, proof])
             except ChainError as exc:
                 return {"claimed": False, "reason": str(exc)}
+            if sent is not None and sent.dry_run:
+                return {"claimed": False, "reason": "dry run", "would_send": sent.would_send}
             self.last_claim = {"claimed": True, "epoch": leaves.index,
                                "cumulative_wei": str(cumulative),
                                "paid_wei": str(cumulative - earned)}  # fmt: skip

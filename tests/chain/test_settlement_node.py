@@ -158,3 +158,19 @@ async def test_escrow_waits_out_a_chain_outage_and_funds_once(
         assert [r.op for r in journal.rows("mined")] == ["fund"]
     finally:
         node.stop()
+
+
+async def test_a_dry_run_shows_the_escrow_and_moves_nothing(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    real = net.client("requester")
+    client = Settlement(net.chain, real.artifact, net.address, net.keys["requester"],
+                        dry_run=True)  # fmt: skip
+    chain = node_of(net, "requester", client)
+    await chain.service.start()
+    async with await Database.open(tmp_path / "node.db") as db:
+        escrow = Escrow(chain, db, poll_s=1)
+        await escrow.job_submitted(REF.job_id, ETH // 10, 0)
+        await escrow.step()
+        row = await db.query_one("SELECT state FROM settle_escrow")
+    assert row is not None and row["state"] == "new", "nothing was sent, so nothing moved"
+    assert real.pool_of()["balance"] == 0
