@@ -11,6 +11,7 @@ import trio
 
 from config.schema import ChainSettings
 from consensus.envelope import new_nonce
+from consensus.errors import Invalid
 from consensus.kinds import Body, Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.market import chain_voucher_for
@@ -22,6 +23,7 @@ from node.chain.escrow import Escrow
 from node.chain.hook import SettlementHook
 from node.chain.journal import Journal
 from node.chain.node import ChainNode
+from node.chain.payee import Payee
 from node.chain.service import ChainService
 from node.chain.signing import sign_voucher
 from storage.db import Database
@@ -174,3 +176,23 @@ async def test_a_dry_run_shows_the_escrow_and_moves_nothing(tmp_path: Path) -> N
         row = await db.query_one("SELECT state FROM settle_escrow")
     assert row is not None and row["state"] == "new", "nothing was sent, so nothing moved"
     assert real.pool_of()["balance"] == 0
+
+
+async def test_the_worker_keeps_only_genuine_twins_and_the_largest(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    worker = net.client("worker")
+    chain = node_of(net, "worker", worker)
+    await chain.service.start()
+    requester = net.addr("requester")
+    async with await Database.open(tmp_path / "node.db") as db:
+        payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
+        good = voucher(net, worker.domain, ETH)
+        payee.check(REF, requester, ETH, good.signature)
+        for sig, why in ((None, "missing"), (good.signature, "signed by")):
+            with pytest.raises(Invalid, match=why):
+                payee.check(REF, requester, 2 * ETH, sig)  # no twin, or a twin of another amount
+        await payee.keep(REF, requester, ETH, good.signature)
+        await payee.keep(REF, requester, ETH // 2, b"older")  # an older voucher arriving late
+        await payee.ended(REF)
+        sent = [b for b in payee.net.sent if isinstance(b, SettledVoucher)]  # type: ignore[attr-defined]
+    assert [(v.amount_wei, v.signature) for v in sent] == [(ETH, good.signature)]
