@@ -78,7 +78,7 @@ class Payee:
             "WHERE job_id = ? AND idx = ? AND attempt = ? AND ended_ms IS NULL",
             (now, ref.job_id, ref.task, ref.attempt),
         )
-        await self._submit(now, [ref])
+        await self._submit(0, [ref])
 
     # --- the service ----------------------------------------------------------------------
 

@@ -377,6 +377,8 @@ class WorkerService:
             return False
         assert voucher.chain_sig is not None
         await self.payee.keep(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig)
+        if work.state in _ENDED:  # the last voucher comes with the final report: pass it on
+            await self.payee.ended(voucher.ref)
         return True
 
     async def _on_cancel(self, peer: str, payload: Any) -> Any:
