@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from node.market.net import MarketNet
 
 log = logging.getLogger(__name__)
+LEAVES_EVERY_S = 60.0
 
 
 class Anchorer:
@@ -55,6 +56,8 @@ class Anchorer:
         self.refs: dict[Line, TaskRef] = {}
         self.seen_disputes: set[bytes] = set()
         self.posted = 0  # anchors this process posted (tests count them)
+        self._leaves_sent = -1  # the epoch whose leaves went out last, and when to send again
+        self._leaves_due = 0.0
 
     async def resume(self) -> None:
         """Loads the saved machine; a post that a crash interrupted is settled with the chain."""
@@ -82,7 +85,10 @@ class Anchorer:
         async for message in inbox:
             body = message.opened.body
             if isinstance(body, SettledVoucher):
-                await self.on_voucher(body)
+                try:
+                    await self.on_voucher(body)
+                except Exception as exc:  # e.g. the exclusion hook failed: the worker resends
+                    log.warning("anchoring: voucher not taken: %r", exc)
 
     async def on_voucher(self, v: SettledVoucher) -> bool:
         """Takes a worker's voucher if it is genuine, not excluded and larger than known."""
@@ -192,8 +198,16 @@ class Anchorer:
                                           "entries": len(m.pending.entries)})  # fmt: skip
 
     async def _publish_leaves(self) -> None:
+        """The last final epoch's leaves: when it changes, and again every epoch (at most
+        every LEAVES_EVERY_S) for workers that missed them (gossip is lossy) or joined since."""
         if self.final is None or not self.final[1]:
             return
+        now = trio.current_time()
+        if self.final[0] == self._leaves_sent and now < self._leaves_due:
+            return
+        s = self.chain.settings
+        every = min(LEAVES_EVERY_S, max(s.poll_s, s.epoch_s))  # short epochs: sooner
+        self._leaves_sent, self._leaves_due = self.final[0], now + every
         index, earnings = self.final
         workers = sorted(earnings)
         from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree  # noqa: PLC0415
