@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LEAVES_EVERY_S = 60.0
+HOLD_EPOCHS = 4  # how long a voucher the exclusion hook refuses is asked about again
 
 
 class Anchorer:
@@ -54,6 +55,7 @@ class Anchorer:
         self.machine: Anchoring | None = None
         self.final: tuple[int, dict[bytes, int]] | None = None  # last final epoch's leaves
         self.refs: dict[Line, TaskRef] = {}
+        self.held: dict[Line, tuple[SettledVoucher, int]] = {}  # excluded for now, and since
         self.seen_disputes: set[bytes] = set()
         self.posted = 0  # anchors this process posted (tests count them)
         self._leaves_sent = -1  # the epoch whose leaves went out last, and when to send again
@@ -106,7 +108,10 @@ class Anchorer:
         if signer.lower() != "0x" + v.requester.hex():
             log.info("anchoring: voucher not signed by its requester", extra={"task": v.ref.text()})
             return False
-        if await self.chain.excluded(v.ref):
+        if await self.chain.excluded(v.ref):  # failed, or not verified yet: asked again later
+            held = self.held.get(entry.line)
+            if held is None or held[0].amount_wei < v.amount_wei:
+                self.held[entry.line] = (v, self.net.now_ms())
             return False
         try:
             self.machine.on_voucher(entry, v.signature)
@@ -124,6 +129,7 @@ class Anchorer:
         for line, ref in list(self.refs.items()):
             if line in m.latest and await self.chain.excluded(ref):
                 m.forget(line)
+        await self._recheck_held()
         effects = await self._observe()
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
         was = (m.state, m.index, m.pending)
@@ -135,6 +141,16 @@ class Anchorer:
             await self._perform(effect)
         await self._save()
         await self._publish_leaves()
+
+    async def _recheck_held(self) -> None:
+        """Vouchers the hook excluded are asked about again each step, for HOLD_EPOCHS."""
+        oldest = self.net.now_ms() - HOLD_EPOCHS * self.chain.settings.epoch_s * 1000
+        for line, (v, since) in list(self.held.items()):
+            if since < oldest:
+                del self.held[line]
+            elif not await self.chain.excluded(v.ref):
+                del self.held[line]
+                await self.on_voucher(v)
 
     async def _observe(self) -> list[Effect]:
         m = self.machine

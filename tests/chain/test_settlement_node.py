@@ -115,18 +115,27 @@ async def test_a_crash_around_the_post_anchors_the_epoch_exactly_once(
         assert leaves[-1].amounts == [ETH - ETH // 100]
 
 
-async def test_excluded_tasks_are_not_anchored(tmp_path: Path) -> None:
+async def test_excluded_tasks_are_held_until_the_hook_lets_them_through(tmp_path: Path) -> None:
     net = make_net(Chain.embedded())
+    net.client("requester").fund(ETH)
     sentry = net.client("sentry1")
+    sentry.stake(ETH)
     async with await Database.open(tmp_path / "node.db") as db:
         anchorer = await fresh_anchorer(net, db, sentry)
 
-        async def failed_verification(ref: TaskRef) -> bool:
-            return ref == REF
+        verified: set[TaskRef] = set()
 
-        anchorer.chain.excluded = failed_verification
+        async def not_verified(ref: TaskRef) -> bool:
+            return ref not in verified
+
+        anchorer.chain.excluded = not_verified
         assert not await anchorer.on_voucher(voucher(net, sentry.domain, ETH))
         assert anchorer.machine is not None and not anchorer.machine.latest
+        await anchorer.step()
+        assert not anchorer.machine.latest and sentry.epoch_count() == 0, "held, not anchored"
+        verified.add(REF)
+        await anchorer.step()  # asked again: verified now, so taken and anchored
+        assert sentry.epoch_count() == 1 and not anchorer.held
 
 
 @pytest.mark.slow
