@@ -238,6 +238,22 @@ class ChainSettings:
     )
     contract: str = setting("", "settlement contract address (backend = rpc)", address_check)
     dry_run: bool = setting(False, "print what would be sent instead of sending it")
+    settle: bool = setting(
+        False,
+        "the daemon settles market jobs on this chain: requesters fund escrow and sign "
+        "vouchers, workers check and submit them, sentries anchor epochs",
+    )
+    epoch_s: int = setting(
+        3600, "sentries: seconds between epoch anchors (chain.settle)", int_range(1, 30 * 86400)
+    )
+    poll_s: int = setting(
+        5, "seconds between looks at the chain (anchors, claims, escrow)", int_range(1, 3600)
+    )
+    claim_threshold_wei: int = setting(
+        10**15,
+        "workers: claim anchored earnings once this much is claimable, in wei",
+        int_range(1, 2**63 - 1),
+    )
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from node.chain.errors import ChainError
 from node.chain.journal import Journal
 from node.chain.signing import sign_voucher, voucher_signer
 from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
+from node.client import ApiClient
 from node.home import Home, resolve_home
 
 if TYPE_CHECKING:
@@ -250,12 +251,23 @@ def voucher(job: str, task: str, worker: str, cumulative: str, home_dir: str | N
 
 
 @click.command("claim")
-@click.argument("voucher_json")
+@click.argument("voucher_json", required=False)
 @dry_run_option
 @home_option
 @json_option
-def claim(voucher_json: str, dry_run: bool, home_dir: str | None, as_json: bool) -> None:
-    """Claim what a voucher adds over earlier claims. VOUCHER_JSON: the JSON text, @FILE or -."""
+def claim(voucher_json: str | None, dry_run: bool, home_dir: str | None, as_json: bool) -> None:
+    """Claim what a voucher adds over earlier claims. VOUCHER_JSON: the JSON text, @FILE or -.
+
+    Without VOUCHER_JSON: the running worker claims its anchored earnings now (Merkle proof
+    from the latest final epoch), whatever chain.claim_threshold_wei says.
+    """
+    if voucher_json is None:
+        done = ApiClient(Home(resolve_home(home_dir)), timeout_s=120).post("/v1/chain/claim")
+        emit(as_json, done, lambda d: (
+            f"claimed {format_wei(int(d['paid_wei']))} (epoch {d['epoch']})" if d["claimed"]
+            else f"nothing claimed: {d['reason']}"
+        ))  # fmt: skip
+        return
     doc = _read_voucher(voucher_json)
     c = connect(home_dir, dry_run)
     v = run(lambda: ChainVoucher(doc["job"], doc["task"], doc["worker"], doc["cumulative"]))
@@ -312,6 +324,17 @@ WALLET_COMMANDS = (
 @click.group("settlement")
 def settlement() -> None:
     """Settlement on chain: this node's transactions."""
+
+
+@settlement.command("status")
+@home_option
+@json_option
+def settlement_status(home_dir: str | None, as_json: bool) -> None:
+    """The running node's settlement: chain, account, pool, stake, escrow, anchoring, claims."""
+    view = ApiClient(Home(resolve_home(home_dir))).get("/v1/chain")
+    emit(as_json, view, lambda v: "\n".join(
+        f"{k}: {json.dumps(val) if isinstance(val, dict) else val}" for k, val in v.items()
+    ))  # fmt: skip
 
 
 @settlement.command("txs")

@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     # they export TaskStatus from trio_typing only.
     from trio_typing import TaskStatus
 
+    from node.chain.node import ChainNode
     from node.market.service import Market
 
 from config import Settings
 from node import __version__
 from node.api import Handler, Request, Routes, serve
+from node.chain.api import chain_routes
 from node.discovery import discovery_routes
 from node.home import Home, NodeLock, write_private
 from node.identity import NodeKeys
@@ -56,6 +58,7 @@ class NodeContext:
     api_port: int = 0
     network: Network | None = None
     market: Market | None = None  # made when a role first needs it
+    chain: ChainNode | None = None  # with chain.settle: started before the roles
 
     def status(self) -> dict[str, Any]:
         return {
@@ -98,6 +101,7 @@ def routes(ctx: NodeContext) -> Routes:
         ("GET", "/v1/market"): market,
     }
     table.update(market_routes(ctx))
+    table.update(chain_routes(ctx))
     table.update(discovery_routes(ctx))
     return table
 
@@ -119,6 +123,10 @@ async def run_node(
             if handle_signals:
                 await nursery.start(_cancel_on_signal, nursery.cancel_scope)
             ctx.network = await nursery.start(run_network, ctx)
+            if settings.chain.settle:
+                from node.chain.node import run_chain  # noqa: PLC0415 - web3 only when settling
+
+                await nursery.start(run_chain, ctx)
             api = settings.api
             ctx.api_port = await nursery.start(
                 serve, api.host, api.port, home.read_token(), routes(ctx)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.chain.services import anchoring_service, requester_settlement, worker_settlement
 from node.market.service import requester_market, worker_market
 
 if TYPE_CHECKING:
@@ -29,9 +30,9 @@ Service = Callable[..., Awaitable[None]]
 
 # role -> the services it runs, in start order; proof-of-compute and settlement add theirs.
 SERVICES: dict[str, list[tuple[str, Service]]] = {
-    "requester": [("market", requester_market)],
-    "worker": [("market", worker_market)],
-    "sentry": [],
+    "requester": [("settlement", requester_settlement), ("market", requester_market)],
+    "worker": [("settlement", worker_settlement), ("market", worker_market)],
+    "sentry": [("anchoring", anchoring_service)],
 }
 
 

@@ -225,6 +225,49 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=6,
+        description="reserved for proof-of-compute (issue 7); replaced by its migration at merge",
+        sql="-- nothing",
+    ),
+    Migration(
+        version=7,
+        description="settlement in the daemon: job escrow, chain vouchers kept, anchoring state",
+        sql="""
+            -- Requester: the chain address each worker bid with (signs vouchers to it).
+            CREATE TABLE settle_peers (
+                peer_id TEXT PRIMARY KEY,
+                address TEXT NOT NULL
+            ) WITHOUT ROWID;
+            -- Requester: a job's escrow in its pool: 'new' -> 'funded' -> 'leaving' -> 'returned'.
+            CREATE TABLE settle_escrow (
+                job_id       BLOB PRIMARY KEY,
+                funded_wei   TEXT NOT NULL,
+                returned_wei TEXT NOT NULL DEFAULT '0',
+                state        TEXT NOT NULL,
+                error        TEXT NOT NULL DEFAULT '',
+                updated_ms   INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            -- Worker: the latest requester-signed chain voucher per task attempt.
+            CREATE TABLE settle_vouchers (
+                job_id     BLOB NOT NULL,
+                idx        INTEGER NOT NULL,
+                attempt    INTEGER NOT NULL,
+                requester  TEXT NOT NULL,
+                amount_wei TEXT NOT NULL,
+                sig        BLOB NOT NULL,
+                ended_ms   INTEGER,              -- set when the task ended: ready to anchor
+                updated_ms INTEGER NOT NULL,
+                PRIMARY KEY (job_id, idx, attempt)
+            ) WITHOUT ROWID;
+            -- Sentry: the anchoring machine, saved whole after every step (one row).
+            CREATE TABLE settle_anchoring (
+                id         INTEGER PRIMARY KEY CHECK (id = 1),
+                state      BLOB NOT NULL,
+                updated_ms INTEGER NOT NULL
+            );
+        """,
+    ),
 )
 
 

@@ -83,6 +83,7 @@ class Bid(Body):
     score: int = 0
     region: str = ""
     listen: list[str] = field(default_factory=list)  # where the requester reaches us later
+    chain_address: str = ""  # where the worker is paid on chain ("" when it does not settle)
 
     def __post_init__(self) -> None:
         if self.gpus < 1 or self.est_seconds < 1:
@@ -143,6 +144,7 @@ class TaskOrder(Body):
     resume: Checkpoint | None = None
     voucher_interval_ms: int = 2000
     voucher_grace_ms: int = 10_000
+    requester_address: str = ""  # the chain account signing vouchers ("": no chain settlement)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,6 +169,7 @@ class Voucher(Body):
     worker: str
     amount_wei: Wei
     seconds: int
+    chain_sig: bytes | None = None  # the requester's EIP-712 twin of this voucher (65 bytes)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,7 +19,7 @@ an epoch holds every line whose amount grew since the base (the last epoch that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from consensus.errors import Invalid
 from consensus.settlement.epoch import Entry, Epoch, Line, assemble
@@ -80,6 +80,16 @@ class Anchoring:
             raise Invalid("voucher.requester", "a line cannot change requester")
         if known is None or entry.amount > known[0].amount:
             self.latest[entry.line] = (entry, signature)
+
+    def forget(self, line: Line) -> None:
+        """Drops a line that failed verification; what an epoch already anchored stays."""
+        known = self.latest.get(line)
+        if known is not None and known[0].amount > self.base_lines.get(line, 0):
+            if line in self.base_lines:
+                entry, sig = known
+                self.latest[line] = (replace(entry, amount=self.base_lines[line]), sig)
+            else:
+                del self.latest[line]
 
     def on_tick(self, now_ms: int) -> list[Effect]:
         if self.state == "posting":

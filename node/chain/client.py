@@ -96,6 +96,7 @@ class Settlement:
                 "value_wei": str(value), "function": op,
                 "data": self.contract.encode_abi(op, args=args), "gas_estimate": gas,
             }  # fmt: skip
+            log.info("dry run: would send %s", op, extra={"tx": tx})
             return TxResult(op, None, gas, None, None, dry_run=True, would_send=tx)
         row = None
         if self.journal is not None:

@@ -133,6 +133,10 @@ class ChainService:
             await self._reconcile_until_done(exc.journal_id)
             return None
 
+    async def reconcile_until_done(self) -> None:
+        """Waits, retrying with backoff, until the journal has nothing open."""
+        await self._reconcile_until_done(None)
+
     async def _reconcile_until_done(self, row: int | None) -> None:
         delay = self.retry_base_s
         while True:
@@ -144,7 +148,9 @@ class ChainService:
                 self._on_unavailable(exc)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
-            if row is None or all(r.id != row for r in open_rows):
+            if (row is None and not open_rows) or (
+                row is not None and all(r.id != row for r in open_rows)
+            ):
                 return
 
     async def _thread(self, fn: Callable[[], T]) -> T:

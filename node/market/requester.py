@@ -35,6 +35,8 @@ from p2p.reqresp import RequestRejected
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from node.chain.escrow import Escrow
+
 log = logging.getLogger(__name__)
 
 BID = "/idlegrid/market/bid/1"
@@ -56,6 +58,7 @@ class JobManager:
         self._runners: dict[tuple[bytes, int], trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
+        self.escrow: Escrow | None = None  # with chain.settle: escrow per job, signed vouchers
         # Market messages by kind, sent and received: what an auction costs the network.
         self.messages: Counter[str] = Counter()
 
@@ -88,6 +91,8 @@ class JobManager:
             "deadline_ms": now + spec.deadline_s * 1000,
         }
         await self.store.insert_job(row, spec.tasks, now)
+        if self.escrow is not None:
+            await self.escrow.job_submitted(job_id, spec.max_total_wei, now)
         log.info(
             "job submitted", extra={"job": job_id.hex(), "kind": spec.kind, "tasks": spec.tasks}
         )
@@ -116,6 +121,8 @@ class JobManager:
         )
         if task.state == "failed" and state == "failed":
             await self._cancel_rest(job_id, tasks)
+        if self.escrow is not None:
+            self.escrow.job_changed()
 
     async def _sync_job(self, job_id: bytes) -> tuple[list[TaskRow], str]:
         tasks = await self.store.tasks(job_id)
@@ -226,6 +233,8 @@ class JobManager:
         if refused is not None:
             raise RequestRejected("refused", refused.reason)
         self.remember_addrs(peer, bid.listen)
+        if self.escrow is not None:
+            await self.escrow.remember_worker(peer, bid.chain_address)
         return {"ok": True}
 
     def _on_pass(self, peer: str, payload: dict[str, Any]) -> Any:

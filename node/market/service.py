@@ -78,6 +78,7 @@ async def requester_market(
     market = market_of(ctx)
     scratch = ctx.home.root / "work" / "scratch"
     market.jobs = JobManager(market.net, market.store, market.share, scratch, market.params)
+    market.jobs.escrow = None if ctx.chain is None else ctx.chain.escrow
     await market.jobs.run(task_status=task_status)
 
 
@@ -117,6 +118,7 @@ async def worker_market(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
         executor=executor, work_root=ctx.home.root / "work", params=market.params,
     )  # fmt: skip
+    market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     assert ctx.network is not None
     ctx.network.presence_source = market.worker.presence
     ctx.network.offer = (gpu_class, count, vram_mb)

@@ -335,6 +335,7 @@ class TaskRunner:
             resume=resume,
             voucher_interval_ms=self.params.voucher_interval_ms,
             voucher_grace_ms=self.params.voucher_grace_ms,
+            requester_address="" if self.mgr.escrow is None else self.mgr.escrow.chain.address,
         )
 
     def _addrs_of(self, peer: str) -> list[str]:
@@ -388,6 +389,7 @@ class Supervision:
             worker=self.worker,
             amount_wei=Wei(owed),
             seconds=max(0, now - self.started_ms) // 1000,
+            chain_sig=self._chain_sig(owed),
         )
         raw = self.net.seal(voucher)
         payload = {"voucher": raw, "since": self.since, "log_offset": self.log_offset}
@@ -403,6 +405,10 @@ class Supervision:
         if report.ref != self.task.ref:
             raise Invalid("report.ref", "names another task")
         return report
+
+    def _chain_sig(self, owed: int) -> bytes | None:
+        escrow = self.runner.mgr.escrow
+        return None if escrow is None else escrow.sign(self.task.ref, self.worker, owed)
 
     async def _absorb(self, report: TaskReport) -> bool:
         """Takes in a report; True once this attempt is over (done, failed or lost)."""

@@ -56,6 +56,8 @@ from p2p.reqresp import RemoteError, RequestError, RequestRejected
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from node.chain.payee import Payee
+
 log = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 2000  # kept per task for the requester to read; older lines are dropped
@@ -121,6 +123,7 @@ class WorkerService:
         self._nursery: trio.Nursery | None = None
         self._last_presence = self.presence()
         self.presence_changed: Callable[[], None] = lambda: None
+        self.payee: Payee | None = None  # with chain.settle: checks and keeps chain vouchers
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._after_restart()
@@ -191,6 +194,7 @@ class WorkerService:
             score=caps.score,
             region=caps.region,
             listen=self.net.addrs(),
+            chain_address="" if self.payee is None else self.payee.chain.address,
         )
         try:
             await self.net.request(
@@ -321,6 +325,8 @@ class WorkerService:
             error=work.error,
         )
         work.persisted = work.state
+        if self.payee is not None and work.order.requester_address:
+            await self.payee.ended(ref)  # hands the latest chain voucher to the anchorers
         self.bidder.handle(bd.TaskEnded(ref), self.net.now_ms())
         self._wake()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -342,6 +348,8 @@ class WorkerService:
             return to_wire(await self._report_from_db(voucher.ref, peer))
         if voucher.worker != self.net.peer_id:
             raise RequestRejected("invalid", "the voucher names another worker")
+        if not await self._chain_voucher_ok(work, voucher):
+            return to_wire(work.report(since, offset))  # as if it never came: the grace runs
         if work.state not in _ENDED:
             stop = work.guard.on_voucher(voucher.amount_wei, self.net.now_ms())
             if stop is not None:
@@ -355,6 +363,23 @@ class WorkerService:
             vouched_wei=str(voucher.amount_wei),
         )
         return to_wire(work.report(since, offset))
+
+    async def _chain_voucher_ok(self, work: Work, voucher: Voucher) -> bool:
+        """With chain settlement, a voucher counts only with its valid EIP-712 twin (kept)."""
+        requester = work.order.requester_address
+        if self.payee is None or not requester:
+            return True
+        try:
+            self.payee.check(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig)
+        except Invalid as exc:
+            log.warning("voucher without a valid chain signature",
+                        extra={"task": voucher.ref.text(), "error": str(exc)})  # fmt: skip
+            return False
+        assert voucher.chain_sig is not None
+        await self.payee.keep(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig)
+        if work.state in _ENDED:  # the last voucher comes with the final report: pass it on
+            await self.payee.ended(voucher.ref)
+        return True
 
     async def _on_cancel(self, peer: str, payload: Any) -> Any:
         try:

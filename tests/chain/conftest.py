@@ -40,9 +40,10 @@ def free_port() -> int:
 class Anvil:
     """anvil as a child process on a free port; ``state`` persists it across restarts."""
 
-    def __init__(self, binary: str, state: Path | None = None) -> None:
+    def __init__(self, binary: str, state: Path | None = None, args: tuple[str, ...] = ()) -> None:
         self.binary = binary
         self.state = state
+        self.args = args  # e.g. ("--block-time", "1"): chain time moves without transactions
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -51,6 +52,7 @@ class Anvil:
         cmd = [self.binary, "--port", str(self.port), "--silent", "--chain-id", "31337"]
         if self.state is not None:
             cmd += ["--state", str(self.state)]
+        cmd += list(self.args)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # polling a child's port is not test synchronisation

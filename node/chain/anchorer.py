@@ -1,0 +1,274 @@
+"""The anchoring service on sentries (``sentry/anchoring``): vouchers in, one anchor per epoch.
+
+How the anchorer learns entries: workers gossip a :class:`SettledVoucher` on ``anchors`` for
+every task that ended (see :mod:`node.chain.payee`). Each is checked here: the requester's
+EIP-712 signature must recover to the requester it names, and ``ChainNode.excluded(ref)`` (fed
+by proof-of-compute) must not reject the task; the machine then keeps the largest amount per
+(job, task, worker). Every ``chain.epoch_s`` the machine posts an anchor of what grew; it
+answers disputes with the signed vouchers, and finalizes after the window. Each final epoch's
+earnings leaves are gossiped back on ``anchors`` so workers can build their Merkle proofs.
+
+Exactly once: the machine is saved in ``settle_anchoring`` after every step and BEFORE a post
+is sent, in state ``posting``. The post itself is a journaled transaction. A restart (even
+after kill -9) that finds ``posting`` lets the journal finish the transaction, then asks the
+chain whether the latest anchor is this epoch: if so it is pending, else it is posted again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from consensus.envelope import new_nonce
+from consensus.errors import Invalid
+from consensus.kinds import Wei
+from consensus.market.messages import TaskRef
+from consensus.settlement import anchoring_state
+from consensus.settlement.anchoring import Anchoring, Answer, Effect, Finalize, Post
+from consensus.settlement.epoch import Line
+from consensus.settlement.market import chain_voucher_for
+from consensus.settlement.messages import EpochLeaves, SettledVoucher
+from node.chain.anchoring import _events as anchor_events
+from node.chain.errors import ChainError, ChainReverted
+from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
+from node.chain.signing import voucher_signer
+from storage.db import Database
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.chain.node import ChainNode
+    from node.market.net import MarketNet
+
+log = logging.getLogger(__name__)
+LEAVES_EVERY_S = 60.0
+HOLD_EPOCHS = 4  # how long a voucher the exclusion hook refuses is asked about again
+
+
+class Anchorer:
+    def __init__(self, chain: ChainNode, db: Database, net: MarketNet) -> None:
+        self.chain, self.db, self.net = chain, db, net
+        self.service = chain.service
+        self.machine: Anchoring | None = None
+        self.final: tuple[int, dict[bytes, int]] | None = None  # last final epoch's leaves
+        self.refs: dict[Line, TaskRef] = {}
+        self.held: dict[Line, tuple[SettledVoucher, int]] = {}  # excluded for now, and since
+        self.seen_disputes: set[bytes] = set()
+        self.posted = 0  # anchors this process posted (tests count them)
+        self._leaves_sent = -1  # the epoch whose leaves went out last, and when to send again
+        self._leaves_due = 0.0
+
+    async def resume(self) -> None:
+        """Loads the saved machine; a post that a crash interrupted is settled with the chain."""
+        fee_bps = int(await self.service.call(lambda c: c.params()["fee_bps"]))
+        self.machine = await self._load(fee_bps)
+        if self.machine.state == "posting":
+            await self._resolve_post()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.resume()
+        inbox = await self.net.subscribe(ANCHORS, ANCHOR_KINDS)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow, inbox)
+            task_status.started()
+            while True:
+                try:
+                    await self.step()
+                except ChainError as exc:
+                    log.warning("anchoring: %s", exc)
+                except Exception as exc:  # e.g. an unexpected answer: retried, never fatal
+                    log.warning("anchoring step failed: %r", exc)
+                await trio.sleep(self.chain.settings.poll_s)
+
+    async def _follow(self, inbox: Any) -> None:
+        async for message in inbox:
+            body = message.opened.body
+            if isinstance(body, SettledVoucher):
+                try:
+                    await self.on_voucher(body)
+                except Exception as exc:  # e.g. the exclusion hook failed: the worker resends
+                    log.warning("anchoring: voucher not taken: %r", exc)
+
+    async def on_voucher(self, v: SettledVoucher) -> bool:
+        """Takes a worker's voucher if it is genuine, not excluded and larger than known."""
+        assert self.machine is not None
+        entry = v.entry()
+        known = self.machine.latest.get(entry.line)
+        if known is not None and known[0].amount >= entry.amount:
+            return False
+        voucher = chain_voucher_for(v.ref, v.worker, v.amount_wei)
+        try:
+            signer = voucher_signer(self.chain.domain, voucher, v.signature)
+        except Exception as exc:  # a malformed signature is the sender's fault, not ours
+            log.info("anchoring: voucher refused", extra={"task": v.ref.text(), "error": str(exc)})
+            return False
+        if signer.lower() != "0x" + v.requester.hex():
+            log.info("anchoring: voucher not signed by its requester", extra={"task": v.ref.text()})
+            return False
+        if await self.chain.excluded(v.ref):  # failed, or not verified yet: asked again later
+            held = self.held.get(entry.line)
+            if held is None or held[0].amount_wei < v.amount_wei:
+                self.held[entry.line] = (v, self.net.now_ms())
+            return False
+        try:
+            self.machine.on_voucher(entry, v.signature)
+        except Invalid as exc:
+            log.info("anchoring: voucher refused", extra={"task": v.ref.text(), "error": str(exc)})
+            return False
+        self.refs[entry.line] = v.ref
+        await self._save()
+        return True
+
+    async def step(self) -> None:
+        """One look at the chain: disputes, the window, the epoch timer; then save."""
+        m = self.machine
+        assert m is not None
+        for line, ref in list(self.refs.items()):
+            if line in m.latest and await self.chain.excluded(ref):
+                m.forget(line)
+        await self._recheck_held()
+        effects = await self._observe()
+        now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
+        was = (m.state, m.index, m.pending)
+        ticked = m.on_tick(now_ms)
+        if was[0] == "pending" and was[2] is not None and m.pending is not was[2]:
+            self.final = (was[1], dict(m.base_earnings))
+        await self._save()
+        for effect in [*effects, *ticked]:
+            await self._perform(effect)
+        await self._save()
+        await self._publish_leaves()
+
+    async def _recheck_held(self) -> None:
+        """Vouchers the hook excluded are asked about again each step, for HOLD_EPOCHS."""
+        oldest = self.net.now_ms() - HOLD_EPOCHS * self.chain.settings.epoch_s * 1000
+        for line, (v, since) in list(self.held.items()):
+            if since < oldest:
+                del self.held[line]
+            elif not await self.chain.excluded(v.ref):
+                del self.held[line]
+                await self.on_voucher(v)
+
+    async def _observe(self) -> list[Effect]:
+        m = self.machine
+        assert m is not None
+        if m.state != "pending":
+            return []
+        index = m.index
+        disputed, answered, voided = await self.service.call(lambda c: anchor_events(c, index))
+        if voided:
+            m.on_voided(index)
+            return []
+        effects: list[Effect] = []
+        for leaf in disputed - self.seen_disputes:
+            self.seen_disputes.add(leaf)
+            effects += m.on_disputed(index, leaf)
+        for leaf in answered & m.open_disputes:
+            m.on_answered(leaf)
+        return effects
+
+    async def _perform(self, effect: Effect) -> None:
+        m = self.machine
+        assert m is not None
+        if isinstance(effect, Post):
+            try:  # waits through outages: the journal row is finished by reconcile
+                await self.service.call(lambda c: c.post_anchor(effect.epoch))
+            except ChainReverted as exc:
+                log.warning("anchoring: post refused: %s", exc)
+            except ChainError as exc:
+                log.warning("anchoring: post interrupted, reconciling: %s", exc)
+                await self.service.reconcile_until_done()
+            await self._resolve_post()
+            return
+        try:
+            if isinstance(effect, Answer):
+                await self.service.call(lambda c: c.answer(effect.index, effect.entry,
+                                                           effect.signature))  # fmt: skip
+            elif isinstance(effect, Finalize):
+                await self.service.call(lambda c: c.finalize(effect.index))
+                self.final = (effect.index, dict(m.base_earnings))
+        except ChainError as exc:
+            log.warning("anchoring: %s failed: %s", type(effect).__name__, exc)
+
+    async def _resolve_post(self) -> None:
+        """After a post (or a crash during one): is the chain's latest anchor our epoch?"""
+        m = self.machine
+        assert m is not None and m.pending is not None
+        latest = await self.service.call(lambda c: c.anchor())
+        ours = (
+            latest["state"] == "pending"
+            and latest["earnings_root"] == m.pending.earnings_tree.root
+            and latest["entries_root"] == m.pending.entries_tree.root
+        )
+        if not ours:
+            m.on_post_failed()
+            await self._save()
+            return
+        m.on_posted(latest["epoch"], latest["dispute_deadline"] * 1000)
+        await self._save()
+        self.posted += 1
+        log.info("epoch anchored", extra={"epoch": latest["epoch"],
+                                          "entries": len(m.pending.entries)})  # fmt: skip
+
+    async def _publish_leaves(self) -> None:
+        """The last final epoch's leaves: when it changes, and again every epoch (at most
+        every LEAVES_EVERY_S) for workers that missed them (gossip is lossy) or joined since."""
+        if self.final is None or not self.final[1]:
+            return
+        now = trio.current_time()
+        if self.final[0] == self._leaves_sent and now < self._leaves_due:
+            return
+        s = self.chain.settings
+        every = min(LEAVES_EVERY_S, max(s.poll_s, s.epoch_s))  # short epochs: sooner
+        self._leaves_sent, self._leaves_due = self.final[0], now + every
+        index, earnings = self.final
+        workers = sorted(earnings)
+        from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree  # noqa: PLC0415
+
+        root = MerkleTree.of(EARNINGS_TYPES, [[w, earnings[w]] for w in workers]).root
+        await self.net.publish(ANCHORS, EpochLeaves(
+            expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), index=index,
+            earnings_root=root, workers=workers, amounts=[Wei(earnings[w]) for w in workers],
+        ))  # fmt: skip
+
+    async def _load(self, fee_bps: int) -> Anchoring:
+        row = await self.db.query_one("SELECT state FROM settle_anchoring WHERE id = 1")
+        if row is None:
+            return Anchoring(epoch_ms=self.chain.settings.epoch_s * 1000, fee_bps=fee_bps)
+        doc = msgpack.unpackb(row["state"])
+        machine = anchoring_state.load(doc["machine"])
+        machine.epoch_ms = self.chain.settings.epoch_s * 1000  # the setting may have changed
+        if doc.get("final") is not None:
+            index, leaves = doc["final"]
+            self.final = (int(index), {bytes(w): int(a) for w, a in leaves})
+        log.info("anchoring resumed", extra={"state": machine.state, "index": machine.index})
+        return machine
+
+    async def _save(self) -> None:
+        assert self.machine is not None
+        final = None if self.final is None else [
+            self.final[0], [[w, str(a)] for w, a in self.final[1].items()]
+        ]  # fmt: skip
+        blob = msgpack.packb({"machine": anchoring_state.dump(self.machine), "final": final})
+        await self.db.execute(
+            "INSERT INTO settle_anchoring (id, state, updated_ms) VALUES (1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
+            "updated_ms = excluded.updated_ms",
+            (blob, self.net.now_ms()),
+        )
+
+    async def status(self) -> dict[str, Any]:
+        m = self.machine
+        if m is None:
+            return {"state": "starting"}
+        return {
+            "state": m.state,
+            "index": m.index,
+            "lines": len(m.latest),
+            "pending_entries": 0 if m.pending is None else len(m.pending.entries),
+            "final_epoch": None if self.final is None else self.final[0],
+            "posted_here": self.posted,
+        }

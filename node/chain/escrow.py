@@ -1,0 +1,155 @@
+"""The requester's side of settlement: escrow per job, and the chain twin of every voucher.
+
+Escrow lives in the requester's pool on the contract (``fund``): the pool is what epoch anchors
+debit, so it is the escrow the cheap path pays from. When a job is submitted its budget cap is
+recorded here (``new``) and funded into the pool (``funded``); once the job has ended, what its
+vouchers did not spend is asked back (``leavePool``, state ``leaving``) and taken out after the
+contract's unbonding delay (``withdrawPool``, ``returned``). What was vouched stays in the pool
+for the anchors to debit. Every step is a row in ``settle_escrow`` and a journaled transaction,
+so a restart or a chain outage resumes it.
+
+Limit: the unspent rest is the budget less the vouchers this node SENT; a voucher no worker ever
+anchors stays in the pool (not lost: ``idlegrid wallet fund --leave`` takes it back).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from consensus.market.messages import TaskRef
+from node.chain.errors import ChainError, ChainReverted
+from storage.db import Database
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.chain.client import TxResult
+    from node.chain.node import ChainNode
+
+log = logging.getLogger(__name__)
+ENDED = ("done", "attested", "verified", "settled", "failed", "cancelled")
+
+
+class Escrow:
+    def __init__(self, chain: ChainNode, db: Database, poll_s: float) -> None:
+        self.chain, self.db, self.poll_s = chain, db, poll_s
+        self._workers: dict[str, str] = {}  # peer id -> chain address (from bids)
+        self._wake = trio.Event()
+
+    # --- the market's hooks ---------------------------------------------------------------
+
+    async def job_submitted(self, job_id: bytes, budget_wei: int, now_ms: int) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO settle_escrow (job_id, funded_wei, state, updated_ms) "
+            "VALUES (?, ?, 'new', ?)",
+            (job_id, str(budget_wei), now_ms),
+        )
+        self._wake.set()
+
+    async def remember_worker(self, peer: str, address: str) -> None:
+        if not address or self._workers.get(peer) == address:
+            return
+        self._workers[peer] = address
+        await self.db.execute(
+            "INSERT INTO settle_peers (peer_id, address) VALUES (?, ?) "
+            "ON CONFLICT(peer_id) DO UPDATE SET address = excluded.address",
+            (peer, address),
+        )
+
+    def sign(self, ref: TaskRef, worker_peer: str, amount_wei: int) -> bytes | None:
+        """The EIP-712 twin of a voucher to ``worker_peer``; None if it gave no address."""
+        address = self._workers.get(worker_peer)
+        if address is None:
+            return None
+        return self.chain.hook.sign(ref, address, amount_wei)
+
+    def job_changed(self) -> None:
+        self._wake.set()
+
+    # --- the service ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for row in await self.db.query("SELECT peer_id, address FROM settle_peers"):
+            self._workers[row["peer_id"]] = row["address"]
+        task_status.started()
+        while True:
+            try:
+                await self.step()
+            except ChainError as exc:
+                log.warning("escrow: %s", exc)
+            except Exception as exc:  # e.g. a wallet short of coin: retried, never fatal
+                log.warning("escrow step failed: %r", exc)
+            with trio.move_on_after(self.poll_s):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    async def step(self) -> None:
+        """Moves every escrow row one step where it can."""
+        for row in await self.db.query("SELECT * FROM settle_escrow WHERE state = 'new'"):
+            await self._fund(row["job_id"], int(row["funded_wei"]))
+        ended = await self.db.query(
+            "SELECT e.job_id, e.funded_wei FROM settle_escrow e JOIN jobs j USING (job_id) "
+            "WHERE e.state = 'funded' AND j.state IN (?, ?, ?, ?, ?, ?)",
+            ENDED,
+        )
+        for row in ended:
+            await self._give_back(row["job_id"], int(row["funded_wei"]))
+        if await self.db.query("SELECT 1 FROM settle_escrow WHERE state = 'leaving' LIMIT 1"):
+            await self._withdraw()
+
+    async def _fund(self, job_id: bytes, amount: int) -> None:
+        if amount > 0 and await self._dry(await self.chain.service.submit("fund", [], amount)):
+            return
+        await self._set(job_id, "funded")
+        log.info("escrow funded", extra={"job": job_id.hex(), "wei": str(amount)})
+
+    async def _give_back(self, job_id: bytes, funded: int) -> None:
+        rows = await self.db.query("SELECT vouched_wei FROM attempts WHERE job_id = ?", (job_id,))
+        unspent = funded - sum(int(r["vouched_wei"]) for r in rows)
+        if unspent <= 0:
+            await self._set(job_id, "returned")
+            return
+        if await self._dry(await self.chain.service.submit("leavePool", [unspent])):
+            return
+        await self.db.execute(
+            "UPDATE settle_escrow SET state = 'leaving', returned_wei = ? WHERE job_id = ?",
+            (str(unspent), job_id),
+        )
+        log.info("escrow leaving", extra={"job": job_id.hex(), "wei": str(unspent)})
+
+    async def _withdraw(self) -> None:
+        pool = await self.chain.service.call(lambda c: c.pool_of())
+        now = await self.chain.service.call(lambda c: c.chain.now())
+        if pool["leaving"] and now < pool["leave_at"]:
+            return
+        if pool["leaving"]:
+            try:
+                if await self._dry(await self.chain.service.submit("withdrawPool", [])):
+                    return
+            except ChainReverted as exc:
+                log.warning("escrow: withdrawPool refused: %s", exc)
+                return
+        await self.db.execute("UPDATE settle_escrow SET state = 'returned' WHERE state = 'leaving'")
+        log.info("escrow returned", extra={"wei": str(pool["leaving"])})
+
+    async def _dry(self, result: TxResult | None) -> bool:
+        """chain.dry_run: the transaction was only shown (logged); the row stays where it is."""
+        return result is not None and result.dry_run
+
+    async def _set(self, job_id: bytes, state: str) -> None:
+        await self.db.execute(
+            "UPDATE settle_escrow SET state = ? WHERE job_id = ?", (state, job_id)
+        )
+
+    async def status(self) -> dict[str, Any]:
+        jobs: dict[str, dict[str, Any]] = {}
+        for r in await self.db.query("SELECT state, funded_wei, returned_wei FROM settle_escrow"):
+            seen = jobs.setdefault(r["state"], {"count": 0, "funded_wei": 0, "returned_wei": 0})
+            seen["count"] += 1
+            seen["funded_wei"] += int(r["funded_wei"])
+            seen["returned_wei"] += int(r["returned_wei"])
+        return {"jobs": {state: {k: v if k == "count" else str(v) for k, v in seen.items()}
+                         for state, seen in jobs.items()}}  # fmt: skip

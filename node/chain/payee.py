@@ -1,0 +1,167 @@
+"""The worker's side of settlement: check each voucher's chain twin, keep the latest per task,
+hand it to the anchorers when the task ends, and claim anchored earnings.
+
+- Check: a voucher whose requester settles on chain (its order named a ``requester_address``)
+  must carry that account's EIP-712 signature for exactly the voucher's amount; one that does
+  not is treated as no voucher at all, so the worker stops after the grace period as it does
+  when vouchers stop.
+- Keep: the latest signed voucher per task attempt, in ``settle_vouchers``.
+- Submit: when a task ends, its voucher is gossiped on ``anchors`` as a
+  :class:`SettledVoucher`; it is gossiped again every ``chain.epoch_s`` for two epochs (gossip
+  is lossy; anchorers keep the largest per line, so repeats cost nothing).
+- Claim: anchorers gossip each final epoch's earnings leaves; the worker rebuilds the tree,
+  uses it only if its root is the contract's ``claimRoot``, and claims with a Merkle proof once
+  ``chain.claim_threshold_wei`` is claimable (or at once on ``idlegrid wallet claim``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from consensus.envelope import new_nonce
+from consensus.errors import Invalid
+from consensus.kinds import Wei
+from consensus.market.messages import TaskRef
+from consensus.settlement.merkle import EARNINGS_TYPES, leaf_hash
+from consensus.settlement.messages import EpochLeaves, SettledVoucher
+from node.chain.errors import ChainError
+from p2p.gossip import topic_name
+from storage.db import Database
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.chain.node import ChainNode
+    from node.market.net import MarketNet
+
+log = logging.getLogger(__name__)
+ANCHORS = topic_name("anchors")
+RESUBMIT_EPOCHS = 2
+TTL_MS = 10 * 60 * 1000
+ANCHOR_KINDS = frozenset({SettledVoucher.KIND, EpochLeaves.KIND})
+
+
+class Payee:
+    def __init__(self, chain: ChainNode, db: Database, net: MarketNet) -> None:
+        self.chain, self.db, self.net = chain, db, net
+        self.me = bytes.fromhex(chain.address[2:])
+        self.leaves: EpochLeaves | None = None  # the latest that matched the contract's root
+        self.last_claim: dict[str, Any] | None = None
+        self._claiming = trio.Lock()
+
+    # --- the market's hooks ---------------------------------------------------------------
+
+    def check(self, ref: TaskRef, requester: str, amount_wei: int, sig: bytes | None) -> None:
+        """Raises Invalid unless ``requester`` signed the chain twin of this voucher."""
+        if sig is None:
+            raise Invalid("voucher.chain_sig", "missing: the requester settles on chain")
+        self.chain.hook.check(ref, self.chain.address, amount_wei, sig, requester)
+
+    async def keep(self, ref: TaskRef, requester: str, amount_wei: int, sig: bytes) -> None:
+        await self.db.execute(
+            "INSERT INTO settle_vouchers (job_id, idx, attempt, requester, amount_wei, sig, "
+            "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id, idx, attempt) DO "
+            "UPDATE SET amount_wei = excluded.amount_wei, sig = excluded.sig, "
+            "updated_ms = excluded.updated_ms "
+            "WHERE CAST(excluded.amount_wei AS INTEGER) > CAST(amount_wei AS INTEGER)",
+            (ref.job_id, ref.task, ref.attempt, requester, str(amount_wei), sig,
+             self.net.now_ms()),
+        )  # fmt: skip
+
+    async def ended(self, ref: TaskRef) -> None:
+        now = self.net.now_ms()
+        await self.db.execute(
+            "UPDATE settle_vouchers SET ended_ms = ? "
+            "WHERE job_id = ? AND idx = ? AND attempt = ? AND ended_ms IS NULL",
+            (now, ref.job_id, ref.task, ref.attempt),
+        )
+        await self._submit(0, [ref])
+
+    # --- the service ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        inbox = await self.net.subscribe(ANCHORS, ANCHOR_KINDS)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._resubmit_loop)
+            task_status.started()
+            async for message in inbox:
+                body = message.opened.body if message.opened else None
+                if isinstance(body, EpochLeaves):
+                    try:
+                        await self._on_leaves(body)
+                    except Exception as exc:  # an outage: the anchorer sends them again
+                        log.warning("epoch leaves not checked: %r", exc)
+
+    async def _resubmit_loop(self) -> None:
+        epoch_ms = self.chain.settings.epoch_s * 1000
+        while True:
+            await self._submit(self.net.now_ms() - RESUBMIT_EPOCHS * epoch_ms, None)
+            await trio.sleep(max(self.chain.settings.epoch_s / 2, self.chain.settings.poll_s))
+
+    async def _submit(self, since_ms: int, only: list[TaskRef] | None) -> None:
+        rows = await self.db.query(
+            "SELECT * FROM settle_vouchers WHERE ended_ms IS NOT NULL AND ended_ms >= ?",
+            (since_ms,),
+        )
+        for row in rows:
+            ref = TaskRef(job_id=row["job_id"], task=row["idx"], attempt=row["attempt"])
+            if only is not None and ref not in only:
+                continue
+            await self.net.publish(ANCHORS, SettledVoucher(
+                expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), ref=ref,
+                requester=bytes.fromhex(row["requester"][2:]), worker=self.me,
+                amount_wei=Wei(int(row["amount_wei"])), signature=bytes(row["sig"]),
+            ))  # fmt: skip
+
+    async def _on_leaves(self, leaves: EpochLeaves) -> None:
+        if self.leaves is not None and leaves.index <= self.leaves.index:
+            return
+        try:
+            leaves.tree()
+        except Invalid as exc:
+            log.warning("epoch leaves refused: %s", exc)
+            return
+        root = await self.chain.service.call(
+            lambda c: bytes(c.contract.functions.claimRoot().call())
+        )
+        if root != leaves.earnings_root:
+            return  # not final on chain yet (or not ours to trust): the anchorer sends it again
+        self.leaves = leaves
+        await self.claim(self.chain.settings.claim_threshold_wei)
+
+    async def claim(self, threshold_wei: int = 1) -> dict[str, Any]:
+        """Claims what the latest final epoch owes us, if at least ``threshold_wei``."""
+        async with self._claiming:
+            leaves = self.leaves
+            if leaves is None or self.me not in leaves.workers:
+                return {"claimed": False, "reason": "no final epoch names this worker yet"}
+            cumulative = int(leaves.amounts[leaves.workers.index(self.me)])
+            earned = await self.chain.service.call(lambda c: c.earned_of())
+            if cumulative - earned < max(threshold_wei, 1):
+                return {"claimed": False, "reason": f"claimable {cumulative - earned} wei",
+                        "claimable_wei": str(cumulative - earned)}  # fmt: skip
+            tree = leaves.tree()
+            proof = tree.proof(leaf_hash(EARNINGS_TYPES, [self.me, cumulative]))
+            try:
+                sent = await self.chain.service.submit("claimEarnings", [cumulative, proof])
+            except ChainError as exc:
+                return {"claimed": False, "reason": str(exc)}
+            if sent is not None and sent.dry_run:
+                return {"claimed": False, "reason": "dry run", "would_send": sent.would_send}
+            self.last_claim = {"claimed": True, "epoch": leaves.index,
+                               "cumulative_wei": str(cumulative),
+                               "paid_wei": str(cumulative - earned)}  # fmt: skip
+            log.info("earnings claimed", extra=self.last_claim)
+            return self.last_claim
+
+    async def status(self) -> dict[str, Any]:
+        rows = await self.db.query("SELECT amount_wei, ended_ms FROM settle_vouchers")
+        return {
+            "tasks": len(rows),
+            "vouched_wei": str(sum(int(r["amount_wei"]) for r in rows)),
+            "final_epoch": None if self.leaves is None else self.leaves.index,
+            "last_claim": self.last_claim,
+        }

@@ -1,0 +1,61 @@
+"""The settlement services each role runs (registered in ``node/roles.py``).
+
+Each one is idle on a node without ``chain.settle`` (so roles need not change with the config),
+and imports web3 only when it does run: a node that does not settle never pays for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.daemon import NodeContext
+
+log = logging.getLogger(__name__)
+
+
+async def requester_settlement(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Escrow per job and signed vouchers; started before the market, which uses it."""
+    if ctx.chain is None:
+        task_status.started()
+        return
+    from node.chain.escrow import Escrow  # noqa: PLC0415
+
+    ctx.chain.escrow = Escrow(ctx.chain, ctx.db, ctx.settings.chain.poll_s)
+    await ctx.chain.escrow.run(task_status=task_status)
+
+
+async def worker_settlement(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Checks and keeps chain vouchers, submits them to anchorers, claims earnings."""
+    if ctx.chain is None:
+        task_status.started()
+        return
+    from node.chain.payee import Payee  # noqa: PLC0415
+    from node.market.service import market_of  # noqa: PLC0415
+
+    ctx.chain.payee = Payee(ctx.chain, ctx.db, market_of(ctx).net)
+    await ctx.chain.payee.run(task_status=task_status)
+
+
+async def anchoring_service(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Anchors epochs of verified tasks' vouchers; needs a stake of the contract's anchor bond."""
+    if ctx.chain is None:
+        log.info("sentry without chain.settle: no anchoring")
+        task_status.started()
+        return
+    from node.chain.anchorer import Anchorer  # noqa: PLC0415
+    from node.market.service import market_of  # noqa: PLC0415
+
+    ctx.chain.anchorer = Anchorer(ctx.chain, ctx.db, market_of(ctx).net)
+    await ctx.chain.anchorer.run(task_status=task_status)

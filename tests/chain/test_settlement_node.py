@@ -1,0 +1,207 @@
+"""The daemon's settlement parts on a real EVM with a real sqlite file: the anchorer survives a
+crash at either side of its post exactly once, and escrow waits out a chain outage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from config.schema import ChainSettings
+from consensus.envelope import new_nonce
+from consensus.errors import Invalid
+from consensus.kinds import Body, Wei
+from consensus.market.messages import TaskRef
+from consensus.settlement.market import chain_voucher_for
+from consensus.settlement.messages import EpochLeaves, SettledVoucher
+from node.chain.anchorer import Anchorer
+from node.chain.backend import Chain
+from node.chain.client import Settlement
+from node.chain.escrow import Escrow
+from node.chain.hook import SettlementHook
+from node.chain.journal import Journal
+from node.chain.node import ChainNode
+from node.chain.payee import Payee
+from node.chain.service import ChainService
+from node.chain.signing import sign_voucher
+from storage.db import Database
+from tests.chain.conftest import ETH, Anvil, Net, make_net
+
+REF = TaskRef(job_id=b"\x07" * 16, task=0, attempt=0)
+
+
+class Crash(Exception):
+    """Stands for kill -9 at that line: nothing after it runs."""
+
+
+class StubNet:
+    """The anchorer's network: gossip it sends is recorded; time is the wall clock."""
+
+    peer_id = "sentry"
+
+    def __init__(self) -> None:
+        self.sent: list[Body] = []
+
+    def now_ms(self) -> int:
+        return int(trio.current_time() * 1000)
+
+    async def publish(self, topic: str, body: Body) -> None:
+        self.sent.append(body)
+
+
+def node_of(net: Net, who: str, client: Settlement, **settings: Any) -> ChainNode:
+    service = ChainService(lambda: client, retry_base_s=0.05)
+    s = ChainSettings(backend="rpc", settle=True, epoch_s=1, poll_s=1, **settings)
+    return ChainNode(service, s, client.address, client.domain,
+                     SettlementHook(client.domain, net.keys[who]))  # fmt: skip
+
+
+def voucher(net: Net, domain: Any, amount: int, signed: int | None = None) -> SettledVoucher:
+    worker = bytes.fromhex(net.addr("worker")[2:])
+    twin = chain_voucher_for(REF, worker, amount if signed is None else signed)
+    sig = sign_voucher(net.keys["requester"], domain, twin)
+    return SettledVoucher(
+        expires_ms=2**40, nonce=new_nonce(), ref=REF, worker=worker, amount_wei=Wei(amount),
+        requester=bytes.fromhex(net.addr("requester")[2:]), signature=sig,
+    )  # fmt: skip
+
+
+async def fresh_anchorer(net: Net, db: Database, client: Settlement) -> Anchorer:
+    anchorer = Anchorer(node_of(net, "sentry1", client), db, StubNet())  # type: ignore[arg-type]
+    await anchorer.chain.service.start()
+    await anchorer.resume()
+    return anchorer
+
+
+@pytest.mark.parametrize("crash_at", ["before_send", "after_mined"])
+async def test_a_crash_around_the_post_anchors_the_epoch_exactly_once(
+    crash_at: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(ETH)
+    sentry = net.client("sentry1")
+    sentry.stake(ETH)
+    async with await Database.open(tmp_path / "node.db") as db:
+        first = await fresh_anchorer(net, db, sentry)
+        forged = voucher(net, sentry.domain, 3 * ETH, signed=ETH)
+        assert not await first.on_voucher(forged), "the requester signed less than that"
+        assert await first.on_voucher(voucher(net, sentry.domain, ETH))
+        real_post = Settlement.post_anchor
+
+        def crashing_post(self: Settlement, epoch: Any) -> Any:
+            if crash_at == "after_mined":
+                real_post(self, epoch)
+            raise Crash
+
+        monkeypatch.setattr(Settlement, "post_anchor", crashing_post)
+        with pytest.raises(Crash):
+            await first.step()
+        monkeypatch.setattr(Settlement, "post_anchor", real_post)
+        second = await fresh_anchorer(net, db, sentry)  # the restart
+        assert second.machine is not None
+        net.chain.advance(2)  # a post that never left is posted again the next epoch
+        await second.step()
+        assert second.machine.state == "pending"
+        net.chain.advance(3601)  # the dispute window
+        await second.step()
+        assert sentry.anchor()["state"] == "final"
+        assert len(sentry.contract.events.Anchored().get_logs(from_block=0)) == 1
+        leaves = [b for b in second.net.sent if isinstance(b, EpochLeaves)]  # type: ignore[attr-defined]
+        assert leaves and leaves[-1].tree().root == bytes(
+            sentry.contract.functions.claimRoot().call()
+        )
+        assert leaves[-1].amounts == [ETH - ETH // 100]
+
+
+async def test_excluded_tasks_are_held_until_the_hook_lets_them_through(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(ETH)
+    sentry = net.client("sentry1")
+    sentry.stake(ETH)
+    async with await Database.open(tmp_path / "node.db") as db:
+        anchorer = await fresh_anchorer(net, db, sentry)
+
+        verified: set[TaskRef] = set()
+
+        async def not_verified(ref: TaskRef) -> bool:
+            return ref not in verified
+
+        anchorer.chain.excluded = not_verified
+        assert not await anchorer.on_voucher(voucher(net, sentry.domain, ETH))
+        assert anchorer.machine is not None and not anchorer.machine.latest
+        await anchorer.step()
+        assert not anchorer.machine.latest and sentry.epoch_count() == 0, "held, not anchored"
+        verified.add(REF)
+        await anchorer.step()  # asked again: verified now, so taken and anchored
+        assert sentry.epoch_count() == 1 and not anchorer.held
+
+
+@pytest.mark.slow
+async def test_escrow_waits_out_a_chain_outage_and_funds_once(
+    anvil_bin: str, tmp_path: Path
+) -> None:
+    node = Anvil(anvil_bin, state=tmp_path / "anvil.json")
+    node.start()
+    try:
+        net = make_net(Chain.rpc(node.url, 31337))
+        journal = Journal(tmp_path / "node.db")
+        client = Settlement(net.chain, net.client("requester").artifact, net.address,
+                            net.keys["requester"], journal=journal)  # fmt: skip
+        chain = node_of(net, "requester", client)
+        away = trio.Event()
+        chain.service = ChainService(lambda: client, retry_base_s=0.05,
+                                     on_unavailable=lambda exc: away.set())  # fmt: skip
+        await chain.service.start()
+        async with await Database.open(tmp_path / "node.db") as db:
+            escrow = Escrow(chain, db, poll_s=1)
+            await escrow.job_submitted(REF.job_id, ETH // 10, 0)
+            node.stop()
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(escrow.step)
+                    await away.wait()  # the fund is journaled and waiting
+                    await trio.to_thread.run_sync(node.start)
+            row = await db.query_one("SELECT state FROM settle_escrow")
+        assert row is not None and row["state"] == "funded"
+        assert net.client("other").pool_of(net.addr("requester"))["balance"] == ETH // 10
+        assert [r.op for r in journal.rows("mined")] == ["fund"]
+    finally:
+        node.stop()
+
+
+async def test_a_dry_run_shows_the_escrow_and_moves_nothing(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    real = net.client("requester")
+    client = Settlement(net.chain, real.artifact, net.address, net.keys["requester"],
+                        dry_run=True)  # fmt: skip
+    chain = node_of(net, "requester", client)
+    await chain.service.start()
+    async with await Database.open(tmp_path / "node.db") as db:
+        escrow = Escrow(chain, db, poll_s=1)
+        await escrow.job_submitted(REF.job_id, ETH // 10, 0)
+        await escrow.step()
+        row = await db.query_one("SELECT state FROM settle_escrow")
+    assert row is not None and row["state"] == "new", "nothing was sent, so nothing moved"
+    assert real.pool_of()["balance"] == 0
+
+
+async def test_the_worker_keeps_only_genuine_twins_and_the_largest(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    worker = net.client("worker")
+    chain = node_of(net, "worker", worker)
+    await chain.service.start()
+    requester = net.addr("requester")
+    async with await Database.open(tmp_path / "node.db") as db:
+        payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
+        good = voucher(net, worker.domain, ETH)
+        payee.check(REF, requester, ETH, good.signature)
+        for sig, why in ((None, "missing"), (good.signature, "signed by")):
+            with pytest.raises(Invalid, match=why):
+                payee.check(REF, requester, 2 * ETH, sig)  # no twin, or a twin of another amount
+        await payee.keep(REF, requester, ETH, good.signature)
+        await payee.keep(REF, requester, ETH // 2, b"older")  # an older voucher arriving late
+        await payee.ended(REF)
+        sent = [b for b in payee.net.sent if isinstance(b, SettledVoucher)]  # type: ignore[attr-defined]
+    assert [(v.amount_wei, v.signature) for v in sent] == [(ETH, good.signature)]

@@ -1,0 +1,44 @@
+"""Settlement gossip: sealed, opened, and leaves trusted only when they hash to their root."""
+
+from __future__ import annotations
+
+import nacl.signing
+import pytest
+
+from consensus.envelope import new_nonce, open_envelope, seal_body
+from consensus.errors import Invalid
+from consensus.kinds import Registry, Wei
+from consensus.market.messages import TaskRef
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
+from consensus.settlement.messages import SETTLEMENT_KINDS, EpochLeaves, SettledVoucher
+
+NOW = 1_800_000_000_000
+W1, W2 = b"\x02" * 20, b"\x03" * 20
+
+
+def leaves(amounts: list[int], root: bytes | None = None) -> EpochLeaves:
+    tree = MerkleTree.of(EARNINGS_TYPES, [[W1, amounts[0]], [W2, amounts[1]]])
+    return EpochLeaves(
+        expires_ms=NOW + 1000, nonce=new_nonce(), index=4, earnings_root=root or tree.root,
+        workers=[W1, W2], amounts=[Wei(a) for a in amounts],
+    )  # fmt: skip
+
+
+def test_a_settled_voucher_travels_with_amounts_beyond_64_bits() -> None:
+    ref = TaskRef(job_id=b"\x01" * 16, task=3, attempt=1)
+    v = SettledVoucher(expires_ms=NOW + 1000, nonce=new_nonce(), ref=ref, requester=b"\x01" * 20,
+                       worker=W1, amount_wei=Wei(5 * 10**30), signature=b"\x09" * 65)  # fmt: skip
+    raw = seal_body(nacl.signing.SigningKey.generate(), v)
+    opened = open_envelope(raw, NOW, Registry(SETTLEMENT_KINDS))
+    assert opened.body == v
+    assert v.entry().amount == 5 * 10**30 and v.entry().job == b"\x01" * 16 + b"\0" * 16
+
+
+def test_leaves_are_used_only_when_they_hash_to_their_root() -> None:
+    good = leaves([10, 20])
+    assert good.tree().root == good.earnings_root
+    with pytest.raises(Invalid, match="do not hash"):
+        leaves([10, 21], root=good.earnings_root).tree()  # a leaf inflated on the way
+    with pytest.raises(Invalid, match="one amount per worker"):
+        EpochLeaves(expires_ms=NOW, nonce=new_nonce(), index=0, earnings_root=good.earnings_root,
+                    workers=[W1], amounts=[])  # fmt: skip
