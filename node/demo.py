@@ -1,74 +1,152 @@
-"""``make demo``: what a newcomer runs first.
+"""``make demo``: the whole flow on a local network, told step by step as it happens.
 
-For now it shows one node's life: initialise a data dir in ``./.demo``, start the daemon as a
-separate process, query it through the CLI as an operator would, and stop it with SIGTERM. The
-local network issue grows this into a full requester / worker / sentry run.
+It starts a localnet (a requester, three workers and a sentry, each its own daemon, on one
+shared chain), submits a real training job and a real render job (a batch job where Blender
+is not installed) through the requester's API, prints every bid, award and task step as the
+requester records them, fetches the results, and ends with a summary: what ran where, for how
+long, at what price, with which verification guarantee, and each party's balance. Everything
+it shows comes from the daemons' own APIs and the chain, as an operator's script would see it.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
+import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-HOME = Path(".demo").resolve()
-START_TIMEOUT_S = 30.0
+from consensus.settlement.units import format_wei
+from node.client import ApiClient
+from node.demo_watch import follow, follow_settlement
+from node.home import Home
+
+ROOT = Path(".demo").resolve()
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+JOB_TIMEOUT_S = 300.0
+POOL_TIMEOUT_S = 90.0
+SETTLE_TIMEOUT_S = 180.0
 
 
-def idlegrid(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "node", *args, "--home", str(HOME)]
-    print("$ idlegrid " + " ".join(args), flush=True)
-    result = subprocess.run(cmd, text=True, capture_output=True, check=False)
-    print((result.stdout + result.stderr).rstrip(), flush=True)
-    if check and result.returncode != 0:
-        raise SystemExit(f"demo: `idlegrid {' '.join(args)}` exited {result.returncode}")
-    return result
+@dataclass
+class Ran:
+    kind: str
+    job_id: str
+    view: dict[str, Any]
+    results: Path
+
+
+def idlegrid(*args: str, quiet: bool = False, check: bool = True) -> str:
+    """Runs the CLI as a user would; exits the demo with its output when it fails."""
+    cmd = [sys.executable, "-m", "node", *args]
+    if not quiet:
+        print("$ idlegrid " + " ".join(args), flush=True)
+    done = subprocess.run(cmd, text=True, capture_output=True, check=False)
+    if not quiet:
+        print(done.stdout.rstrip(), flush=True)
+    if check and done.returncode != 0:
+        print((done.stdout + done.stderr).rstrip(), flush=True)
+        raise SystemExit(f"demo: `idlegrid {' '.join(args)}` exited {done.returncode}")
+    return done.stdout
+
+
+def heading(text: str) -> None:
+    print(f"\n== {text}", flush=True)
 
 
 def main() -> None:
-    idlegrid("init", "--role", "requester", "--role", "worker", "--role", "sentry")
-    os.environ.setdefault("IDLEGRID_P2P_LISTEN", "/ip4/127.0.0.1/tcp/0")  # a demo stays local
-    print("$ idlegrid node start  (in the background)", flush=True)
-    log = open(HOME / "demo-daemon.out", "w")  # noqa: SIM115 - lives as long as the daemon
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "node", "node", "start", "--home", str(HOME)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
+    heading("a local network: 1 requester, 3 workers, 1 sentry, one chain")
+    if (ROOT / "localnet.json").exists():  # a previous run's daemons, if any are left
+        idlegrid("localnet", "stop", "--dir", str(ROOT), quiet=True, check=False)
+    idlegrid("localnet", "start", "--dir", str(ROOT))
     try:
-        wait_until_up(daemon)
-        idlegrid("status")
-        idlegrid("wallet", "address")
-        idlegrid("config", "show")
+        state = json.loads(idlegrid("localnet", "status", "--dir", str(ROOT), "--json", quiet=True))
+        nodes = {n["name"]: n for n in state["nodes"]}
+        names = {n["peer_id"]: n["name"] for n in state["nodes"]}
+        requester = ApiClient(Home(Path(nodes["requester-1"]["home"])))
+        wait_for_workers(requester, sum(1 for n in nodes.values() if n["role"] == "worker"))
+        before = balances(nodes)
+        ran = [run_job(requester, kind, spec, names) for kind, spec in jobs()]
+        heading("settlement: the sentry anchors an epoch, the window passes, workers claim")
+        apis = {name: ApiClient(Home(Path(n["home"]))) for name, n in nodes.items()}
+        follow_settlement(apis, SETTLE_TIMEOUT_S)
+        summary(ran, names, before, balances(nodes))
     finally:
-        started = time.monotonic()
-        daemon.terminate()
-        code = daemon.wait(timeout=10)
-        log.close()
-        print(f"daemon stopped on SIGTERM in {time.monotonic() - started:.2f} s (exit {code})")
-    print(f"\ndemo done; the node's data dir is {HOME} (logs in {HOME / 'logs'})")
+        heading("stopping the local network")
+        idlegrid("localnet", "stop", "--dir", str(ROOT))
+    print(f"\ndemo done; data dirs and logs stay in {ROOT}", flush=True)
 
 
-def wait_until_up(daemon: subprocess.Popen[bytes]) -> None:
-    """Polls the CLI, as an operator's script would, until the daemon answers."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            raise SystemExit(
-                f"demo: the daemon exited {daemon.returncode}; see {HOME}/demo-daemon.out"
-            )
-        probe = subprocess.run(
-            [sys.executable, "-m", "node", "status", "--home", str(HOME)],
-            capture_output=True,
-            check=False,
-        )
-        if probe.returncode == 0:
+def jobs() -> list[tuple[str, Path]]:
+    """The train example, and the render example where Blender (bpy) is installed."""
+    second = ("render", EXAMPLES / "render-scene" / "job.toml")
+    if importlib.util.find_spec("bpy") is None:
+        print("(bpy is not installed: the batch example runs instead of the render)")
+        second = ("exec", EXAMPLES / "exec-wordcount" / "job.toml")
+    return [("train", EXAMPLES / "train-tiny" / "job.toml"), second]
+
+
+def wait_for_workers(requester: ApiClient, count: int) -> None:
+    heading(f"waiting until the requester's order book shows {count} workers")
+    deadline = time.monotonic() + POOL_TIMEOUT_S
+    while True:
+        pool = requester.get("/v1/market")["workers"]
+        available = [w for w in pool if w["status"] == "available"]
+        if len(available) >= count:
+            for w in available:
+                print(f"  {w.get('name') or w['peer_id'][-8:]}: {w['status']}", flush=True)
             return
-        time.sleep(0.2)
-    raise SystemExit(f"demo: the daemon did not answer within {START_TIMEOUT_S:g} s")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: only {len(available)} of {count} workers joined in time")
+        time.sleep(0.5)
+
+
+def run_job(requester: ApiClient, kind: str, spec: Path, names: dict[str, str]) -> Ran:
+    heading(f"a {kind} job: {spec.relative_to(EXAMPLES.parent)}")
+    body = {"spec": spec.read_text(), "base_dir": str(spec.parent)}
+    job_id = requester.post("/v1/jobs", body)["job_id"]
+    print(f"  submitted job {job_id[:16]}", flush=True)
+    view = follow(requester, job_id, lambda peer: names.get(peer, peer[-8:]), JOB_TIMEOUT_S)
+    if view["state"] not in ("verified", "settled"):
+        raise SystemExit(f"demo: the {kind} job ended {view['state']}: {view['reason']}")
+    out = ROOT / "results" / kind
+    idlegrid("job", "fetch", job_id, "--out", str(out), "--home", str(requester.home.root))
+    return Ran(kind, job_id, view, out)
+
+
+def balances(nodes: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Each node's wallet balance on the shared chain, in wei."""
+    out = {}
+    for name, node in nodes.items():
+        shown = idlegrid("wallet", "balance", "--json", "--home", node["home"], quiet=True)
+        out[name] = int(json.loads(shown)["balance_wei"])
+    return out
+
+
+def summary(
+    ran: list[Ran], names: dict[str, str], before: dict[str, int], after: dict[str, int]
+) -> None:
+    heading("summary")
+    for r in ran:
+        cost = format_wei(int(r.view["cost_wei"]))
+        print(f"  {r.kind} job {r.job_id[:12]}: {r.view['state']}, cost {cost}")
+        for a in r.view["attempts"]:
+            seconds = max(0, ((a["ended_ms"] or a["started_ms"]) - a["started_ms"]) // 1000)
+            paid = format_wei(int(a["payable_wei"] or a["vouched_wei"]))
+            print(
+                f"    task {a['task']} on {names.get(a['worker'], a['worker'][-8:])}: "
+                f"{seconds} s at {format_wei(int(a['price_wei_per_s']))}/s, "
+                f"{a['outcome'] or 'running'}, paid {paid}"
+            )
+        print(f"    results in {r.results}")
+    print("  balances (wallet, on chain):")
+    for name in sorted(after):
+        delta = after[name] - before.get(name, after[name])
+        sign = "+" if delta >= 0 else "-"
+        print(f"    {name:12} {format_wei(after[name]):>24}  ({sign}{format_wei(abs(delta))})")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def start_chain(root: Path, mode: str) -> ChainInfo:
     log = root / "chain.log"
     if binary is not None:
         kind = "anvil"
+        # A block every second, so contract windows (disputes, unbonding) pass on their own.
         cmd = [binary, "--host", "127.0.0.1", "--port", str(port),
-               "--chain-id", str(ANVIL_CHAIN_ID)]  # fmt: skip
+               "--chain-id", str(ANVIL_CHAIN_ID), "--block-time", "1"]  # fmt: skip
     else:
         kind = "embedded"
         cmd = [sys.executable, "-m", "node.localnet.chain_server", "--port", str(port)]
@@ -92,7 +93,10 @@ def deploy(info: ChainInfo) -> str:
     from node.chain.backend import Chain, DeployParams  # noqa: PLC0415
 
     chain = Chain.rpc(info.url, info.chain_id)
-    return chain.deploy(artifacts.load(), DeployParams())
+    # Windows of seconds, not the hour a real network uses: an epoch anchored, disputable,
+    # final and claimed while the newcomer watches.
+    params = DeployParams(dispute_window_s=10, unbonding_delay_s=10)
+    return chain.deploy(artifacts.load(), params)
 
 
 def settings(info: ChainInfo) -> ChainSettings:

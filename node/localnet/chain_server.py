@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -54,6 +55,15 @@ class TesterRpc:
         )
         self._lock = threading.Lock()
         self._time_offset = 0
+        self._skew = 0  # seconds the chain runs ahead of the wall clock after time travel
+
+    def tick(self) -> None:
+        """Mines a block at the wall clock's time (plus any travel), as anvil's --block-time
+        does: contract windows (disputes, unbonding) pass with no transactions sent."""
+        with self._lock:
+            latest = int(self.w3.eth.get_block("latest")["timestamp"])
+            target = max(latest + 1, int(time.time()) + self._skew)
+            self.tester.time_travel(target + 1)  # py-evm lands one second before the target
 
     def handle(self, request: Any) -> Any:
         """One request object, or a batch (a list); returns the response in the same shape."""
@@ -91,6 +101,8 @@ class TesterRpc:
             # py-evm mines the travelled-to block one second early; ask one more to land on it.
             self.tester.time_travel(now + max(1, self._time_offset) + 1)
             self._time_offset = 0
+            landed = int(self.w3.eth.get_block("latest")["timestamp"])
+            self._skew = max(0, landed - int(time.time()))
             return {"result": "0x0"}
         return dict(self._request(method, params))
 
@@ -154,13 +166,18 @@ def make_handler(rpc: TesterRpc) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(host: str, port: int) -> None:
-    """Serves until SIGTERM or SIGINT."""
+def serve(host: str, port: int, block_time_s: float) -> None:
+    """Serves until SIGTERM or SIGINT, mining a block every ``block_time_s`` (0: only with
+    transactions)."""
     rpc = TesterRpc()
     server = ThreadingHTTPServer((host, port), make_handler(rpc))
     server.daemon_threads = True
+    stopped = threading.Event()
+    if block_time_s > 0:
+        threading.Thread(target=_mine, args=(rpc, block_time_s, stopped), daemon=True).start()
 
     def stop(signum: int, frame: Any) -> None:
+        stopped.set()
         threading.Thread(target=server.shutdown).start()  # shutdown() blocks until serve ends
 
     signal.signal(signal.SIGTERM, stop)
@@ -171,17 +188,26 @@ def serve(host: str, port: int) -> None:
     log.info("embedded chain stopped")
 
 
+def _mine(rpc: TesterRpc, every_s: float, stopped: threading.Event) -> None:
+    while not stopped.wait(every_s):
+        try:
+            rpc.tick()
+        except Exception:  # a failed tick must not stop the chain; the next one retries
+            log.exception("mining a block failed")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--block-time", type=float, default=1.0, help="seconds between blocks")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost"):
         sys.exit(
             "chain_server: --host must be 127.0.0.1 or localhost (a dev chain is never exposed)"
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    serve(args.host, args.port)
+    serve(args.host, args.port, args.block_time)
 
 
 if __name__ == "__main__":
