@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from node.market.service import requester_market, worker_market
+from node.verify.service import requester_verify, sentry_verify, worker_verify
 
 if TYPE_CHECKING:
     # libp2p depends on trio-typing, whose stubs shadow trio's own annotations for mypy;
@@ -29,9 +30,9 @@ Service = Callable[..., Awaitable[None]]
 
 # role -> the services it runs, in start order; proof-of-compute and settlement add theirs.
 SERVICES: dict[str, list[tuple[str, Service]]] = {
-    "requester": [("market", requester_market)],
-    "worker": [("market", worker_market)],
-    "sentry": [],
+    "requester": [("market", requester_market), ("verify", requester_verify)],
+    "worker": [("market", worker_market), ("verify", worker_verify)],
+    "sentry": [("verify", sentry_verify)],
 }
 
 

@@ -23,7 +23,7 @@ from blake3 import blake3
 
 from consensus.codec import encode
 from consensus.kinds import Body, Registry, exact_size, to_wire
-from consensus.market.messages import HASH_LEN, TaskRef
+from consensus.market.messages import HASH_LEN, BlobRef, TaskRef, Workload
 
 MAX_SEGMENTS = 1 << 20
 MAX_CHECKPOINT_BYTES = 256 << 20  # a challenge answer carries one checkpoint file inline
@@ -42,6 +42,8 @@ class Attestation(Body):
         runtime: train | render | exec.
         det_class: the determinism class (device model, driver/CUDA, library versions,
             threads): replays in the same class must match bit for bit.
+        workload, inputs, listen: what a sentry needs to replay (the task's runtime spec, its
+            inputs, held by the worker) and where to send challenges.
     """
 
     KIND: ClassVar[str] = "verify.attestation/1"
@@ -53,6 +55,9 @@ class Attestation(Body):
     seconds: int
     runtime: str
     det_class: str
+    workload: Workload | None = None
+    inputs: BlobRef | None = None
+    listen: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 1 <= self.segments <= MAX_SEGMENTS:

@@ -80,3 +80,14 @@ def test_messages_round_trip_and_are_registered() -> None:
 def test_attestation_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="segments"):
         honest(2).attestation(segments=0).__post_init__()
+
+
+@pytest.mark.parametrize(
+    ("claimed", "measured", "proof", "flagged"),
+    [(1000, 1000, True, False), (1400, 1000, True, False), (1600, 1000, True, True),
+     (1000, 1000, False, True), (500, 1000, True, False)],
+)  # fmt: skip
+def test_benchmark_claims(claimed: int, measured: int, proof: bool, flagged: bool) -> None:
+    from consensus.verify.qos import benchmark_problem  # noqa: PLC0415 - one test's import
+
+    assert bool(benchmark_problem(claimed, measured, proof)) == flagged
