@@ -191,6 +191,11 @@ class WorkerSettings:
     sandbox_procs: int = setting(
         256, "processes and threads a workload may run at once", int_range(8, 65_536)
     )
+    executor_wrapper: str = setting(
+        "",
+        "a module whose wrap(executor) wraps the runtimes: for tests and experiments (e.g. a "
+        "deliberately cheating worker); empty in production",
+    )
 
 
 @dataclass(frozen=True)
