@@ -8,7 +8,7 @@ noisy, so only a claim well above the measurement is flagged; a flagged worker i
 
 from __future__ import annotations
 
-BENCH_TOLERANCE_PCT = 50  # claims up to 1.5x the measurement pass: CPU timing noise measured
+BENCH_TOLERANCE_PCT = 100  # claims up to 2x the measurement pass: timing on a busy machine
 
 
 def benchmark_problem(claimed: int, measured: int, proof_ok: bool,

@@ -44,4 +44,4 @@ def segments_per_task(spec: dict[str, Any], tasks: list[dict[str, Any]]) -> int:
         return 1
     if kind == "train":
         return max(1, int(runtime.get("segments", 1)))
-    return max([t["checkpoints"] for t in tasks] + [1])
+    return max([int(t["checkpoints"]) for t in tasks] + [1])

@@ -84,7 +84,7 @@ def test_attestation_refuses_nonsense() -> None:
 
 @pytest.mark.parametrize(
     ("claimed", "measured", "proof", "flagged"),
-    [(1000, 1000, True, False), (1400, 1000, True, False), (1600, 1000, True, True),
+    [(1000, 1000, True, False), (1900, 1000, True, False), (2100, 1000, True, True),
      (1000, 1000, False, True), (500, 1000, True, False)],
 )  # fmt: skip
 def test_benchmark_claims(claimed: int, measured: int, proof: bool, flagged: bool) -> None:
