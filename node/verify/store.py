@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import msgpack
@@ -108,11 +109,19 @@ class VerifyStore:
         return {r["peer_id"]: int(r["score"]) for r in rows}
 
     async def _reputation(self, peer: str, event: str, now_ms: int) -> None:
-        score = reputation_after(await self.reputation(peer), event)  # type: ignore[arg-type]
-        passed, failed = int(event == "pass"), int(event != "pass")
-        await self.db.execute(
-            "INSERT INTO verify_reputation VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer_id) DO "
-            "UPDATE SET score = excluded.score, passes = passes + excluded.passes, "
-            "fails = fails + excluded.fails, updated_ms = excluded.updated_ms",
-            (peer, score, passed, failed, now_ms),
-        )
+        """Moves ``peer``'s score by one event, read and written in one transaction."""
+
+        def move(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT score FROM verify_reputation WHERE peer_id = ?", (peer,)
+            ).fetchone()
+            score = reputation_after(REP_START if row is None else int(row[0]), event)  # type: ignore[arg-type]
+            passed, failed = int(event == "pass"), int(event != "pass")
+            conn.execute(
+                "INSERT INTO verify_reputation VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer_id) DO "
+                "UPDATE SET score = excluded.score, passes = passes + excluded.passes, "
+                "fails = fails + excluded.fails, updated_ms = excluded.updated_ms",
+                (peer, score, passed, failed, now_ms),
+            )
+
+        await self.db.transaction(move)
