@@ -267,14 +267,14 @@ def state_hash(task: Task, file: bytes) -> bytes:
 
 async def benchmark_trials(trials: int) -> tuple[int, int, int]:
     """(cheaters flagged, honest flagged, trials): the worker claims the score its own
-    ``gpu bench`` saved (the best of three runs), or three times that if it lies; the
+    ``gpu bench`` saved (the best of five runs), or three times that if it lies; the
     sentry's seeded challenge re-measures (the best of two, real matmuls on this CPU)."""
 
     async def measure(seed: int, runs: int) -> gpubench.BenchResult:
-        results = [await trio.to_thread.run_sync(gpubench.run, seed, 384, 8) for _ in range(runs)]
+        results = [await trio.to_thread.run_sync(gpubench.run, seed, 512, 8) for _ in range(runs)]
         return max(results, key=lambda r: r.score)
 
-    claimed = (await measure(1, 3)).score
+    claimed = (await measure(1, 5)).score
     flagged_cheat = flagged_honest = 0
     for trial in range(trials):
         seed = 1000 + trial
@@ -416,15 +416,20 @@ def overhead(
     false_positives: int,
 ) -> None:
     train = job["train"]
-    per_job, per_seg = sum(train), sum(train) / len(train)
+    # The job's compute: the mean of the two honest runs (the redundancy run is the second), so
+    # the baseline is a measured figure around 100 %, not 100 % by definition.
+    per_job = (sum(train) + sum(redo)) / 2
+    per_seg = per_job / len(train)
     verify = spent["honest_train"]
     measured = 100 * sum(verify) / len(verify) / per_job
     replay_seg = sum(verify) / len(verify) / (min(size, len(train) - 1) + 1)
     redundancy = 100 * sum(redo) / per_job
+    starts = sum(lab.starts) / max(len(lab.starts), 1)
     print(
         f"\ntrain compute per segment: job {per_seg * 1000:.1f} ms, replay "
-        f"{replay_seg * 1000:.1f} ms; process start per replay (fixed, not compute): "
-        f"{sum(lab.starts) / max(len(lab.starts), 1):.2f} s over {len(lab.starts)} replays"
+        f"{replay_seg * 1000:.1f} ms (a replay's first steps warm up a fresh process); "
+        f"process start per replay (fixed, not compute): {starts:.2f} s over "
+        f"{len(lab.starts)} replays"
     )
     print(
         f"verification of a {len(train)}-segment train job: {measured:.1f} % of its compute; "
@@ -455,7 +460,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--segments", type=int, default=32, help="train job segments (real)")
     parser.add_argument("--steps-per-segment", type=int, default=100)
     parser.add_argument("--tiles", type=int, default=2, help="render tiles per side (real)")
-    parser.add_argument("--trials", type=int, default=4, help="seeds per cheat")
+    parser.add_argument("--trials", type=int, default=3, help="seeds per cheat")
     parser.add_argument("--honest-trials", type=int, default=1)
     parser.add_argument("--bench-trials", type=int, default=3)
     parser.add_argument("--deadline-ms", type=int, default=2000)

@@ -251,7 +251,7 @@ class VerifySettings:
     )
     verdict_timeout_ms: int = setting(
         120_000,
-        "longest a requester waits for a verdict before re-running the task, in ms",
+        "longest a requester waits for a verdict; after it the task is accepted unverified, in ms",
         int_range(1000, 86_400_000),
     )
 

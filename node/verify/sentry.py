@@ -68,6 +68,7 @@ class Sentry:
     det_class: str
     scratch: Path
     rounds: dict[bytes, sd.SeedRound] = field(default_factory=dict)
+    judged: set[bytes] = field(default_factory=set)  # attestation ids taken up, once each
     changed: trio.Event = field(default_factory=trio.Event)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -82,7 +83,7 @@ class Sentry:
                 async for msg in atts:
                     body = msg.opened.body
                     if isinstance(body, Attestation) and body.worker == msg.origin:
-                        nursery.start_soon(self.judge, body)
+                        nursery.start_soon(self._judge_safely, body)
 
             nursery.start_soon(follow)
             task_status.started()
@@ -115,10 +116,24 @@ class Sentry:
                     now_ms=self.net.now_ms(),
                 )
 
+    async def _judge_safely(self, att: Attestation) -> None:
+        """One judgement; its failure (a runtime that breaks, a bug) is logged, and the other
+        judgements and the node go on."""
+        att_id = attestation_id(att)
+        if att_id in self.judged:
+            return
+        self.judged.add(att_id)
+        try:
+            await self.judge(att)
+        except Exception:
+            log.exception("judging failed", extra={"task": att.ref.text()})
+        finally:
+            self.rounds.pop(att_id, None)
+
     async def judge(self, att: Attestation) -> None:
         att_id, me = attestation_id(att), self.net.peer_id
         assigned = sd.assigned(task_key(att.ref), self.sentries(), self.settings.sentries_per_task)
-        if me not in assigned or att_id in self.rounds or att.workload is None:
+        if me not in assigned or att.workload is None:
             return
         runtime = self.runtimes.get(att.runtime)
         if runtime is None:
