@@ -143,6 +143,7 @@ class TaskOrder(Body):
     resume: Checkpoint | None = None
     voucher_interval_ms: int = 2000
     voucher_grace_ms: int = 10_000
+    verification: str = "standard"  # the job's level; "none": the worker need not attest
 
 
 @dataclass(frozen=True, kw_only=True)

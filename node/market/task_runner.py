@@ -341,6 +341,7 @@ class TaskRunner:
             resume=resume,
             voucher_interval_ms=self.params.voucher_interval_ms,
             voucher_grace_ms=self.params.voucher_grace_ms,
+            verification=spec.verification,
         )
 
     def _addrs_of(self, peer: str) -> list[str]:

@@ -57,6 +57,8 @@ class VerifyWorker:
     async def attest(self, work: Work) -> None:
         """Signs, keeps and gossips the attestation of a task that ended ``done``."""
         order, points = work.order, work.checkpoints
+        if order.verification == "none":
+            return  # nobody will check it: no attestation, no sentry's compute spent
         if not points or points[0].index != 0 or work.result_hash is None:
             log.info(
                 "not attested: resumed or without checkpoints", extra={"task": order.ref.text()}
