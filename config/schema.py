@@ -191,6 +191,11 @@ class WorkerSettings:
     sandbox_procs: int = setting(
         256, "processes and threads a workload may run at once", int_range(8, 65_536)
     )
+    executor_wrapper: str = setting(
+        "",
+        "a module whose wrap(executor) wraps the runtimes: for tests and experiments (e.g. a "
+        "deliberately cheating worker); empty in production",
+    )
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,46 @@ class MarketSettings:
         8000,
         "a worker silent this long has its task moved elsewhere, in ms",
         int_range(500, 600_000),
+    )
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """Proof-of-compute; defaults from bench/cheaters.py (see the README's Proof-of-compute)."""
+
+    sample_size: int = setting(
+        16,
+        "segments each sentry re-executes besides the final one (16: P(detect 25 % faked) >= 99 %)",
+        int_range(0, 4096),
+    )
+    sentries_per_task: int = setting(
+        1, "sentries assigned to each task (rendezvous hashing on the task)", int_range(1, 16)
+    )
+    quorum: int = setting(
+        1,
+        "failing verdicts needed for slashing evidence (one fail already stops payment)",
+        int_range(1, 16),
+    )
+    commit_window_ms: int = setting(
+        1500,
+        "how long assigned sentries have to commit to their seed share, in ms",
+        int_range(0, 600_000),
+    )
+    reveal_window_ms: int = setting(
+        1500, "how long after that to reveal it, in ms", int_range(0, 600_000)
+    )
+    challenge_deadline_ms: int = setting(
+        10_000, "a worker silent this long on a challenge fails it, in ms", int_range(100, 600_000)
+    )
+    tolerance_ppm: int = setting(
+        1000,
+        "cross-class replay distance (ppm) under which a segment passes; over it escalates",
+        int_range(0, 1_000_000),
+    )
+    verdict_timeout_ms: int = setting(
+        120_000,
+        "longest a requester waits for a verdict; after it the task is accepted unverified, in ms",
+        int_range(1000, 86_400_000),
     )
 
 
@@ -264,6 +309,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     market: MarketSettings = field(default_factory=MarketSettings)
     chain: ChainSettings = field(default_factory=ChainSettings)
+    verify: VerifySettings = field(default_factory=VerifySettings)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -273,6 +319,7 @@ SECTIONS: dict[str, type[Any]] = {
     "worker": WorkerSettings,
     "market": MarketSettings,
     "chain": ChainSettings,
+    "verify": VerifySettings,
 }
 
 
@@ -303,4 +350,12 @@ CROSS_CHECKS: tuple[tuple[str, Callable[[Settings], str | None]], ...] = (
     ("p2p.offline_after_s", _offline_after_heartbeats),
     ("chain.backend", _rpc_complete),
     ("p2p.mdns_interface", _mdns_needs_interface),
+    (
+        "verify.quorum",
+        lambda s: (
+            None
+            if s.verify.quorum <= s.verify.sentries_per_task
+            else "at most verify.sentries_per_task"
+        ),
+    ),
 )

@@ -127,7 +127,16 @@ def _human_job(view: dict[str, Any]) -> str:
     for t in view["task_states"]:
         rows.append((str(t["task"]), t["state"], str(t["attempt"]), t["worker"][-12:] or "-",
                      str(t["checkpoints"]), t["reason"][:60]))  # fmt: skip
-    return f"{head}\n{table(rows)}\ncost so far: {view['cost_wei']} wei"
+    checked = view.get("verification", {})
+    verdicts = "".join(
+        f"\n  task {v['task']}#{v['attempt']} {'pass' if v['passed'] else 'FAIL'}"
+        f" {v['worker'][-12:]} {v['reason'][:60]}"
+        for v in checked.get("verdicts", [])
+    )
+    return (
+        f"{head}\n{table(rows)}\ncost so far: {view['cost_wei']} wei\n"
+        f"verification: {checked.get('guarantee', '-')}{verdicts}"
+    )
 
 
 @job.command("list")

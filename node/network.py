@@ -26,6 +26,7 @@ from consensus.market.messages import MARKET_KINDS
 from consensus.pool import GpuOffer, Pool, Presence, PresenceSeen, WorkerChanged
 from consensus.scores import PeerScores
 from consensus.settlement.messages import SETTLEMENT_KINDS
+from consensus.verify.messages import VERIFY_KINDS
 from node import __version__
 from node.discovery import run_discovery
 from node.peerbook import Peer, PeerBook, load_remembered, remember
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NODES, PRESENCE = topic_name("nodes"), topic_name("presence")
-REGISTRY = Registry([Hello, Ping, Presence, *MARKET_KINDS, *SETTLEMENT_KINDS])
+REGISTRY = Registry([Hello, Ping, Presence, *MARKET_KINDS, *SETTLEMENT_KINDS, *VERIFY_KINDS])
 TOPICS = {NODES: frozenset({Hello.KIND}), PRESENCE: frozenset({Presence.KIND})}
 DIAL_TIMEOUT_S = 10
 TARGET_CONNECTIONS = 8  # enough for a healthy gossip mesh (degree 6) without dialing everyone

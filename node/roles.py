@@ -16,6 +16,7 @@ import trio
 
 from node.chain.services import anchoring_service, requester_settlement, worker_settlement
 from node.market.service import requester_market, worker_market
+from node.verify.service import requester_verify, sentry_verify, worker_verify
 
 if TYPE_CHECKING:
     # libp2p depends on trio-typing, whose stubs shadow trio's own annotations for mypy;
@@ -30,9 +31,17 @@ Service = Callable[..., Awaitable[None]]
 
 # role -> the services it runs, in start order; proof-of-compute and settlement add theirs.
 SERVICES: dict[str, list[tuple[str, Service]]] = {
-    "requester": [("settlement", requester_settlement), ("market", requester_market)],
-    "worker": [("settlement", worker_settlement), ("market", worker_market)],
-    "sentry": [("anchoring", anchoring_service)],
+    "requester": [
+        ("settlement", requester_settlement),
+        ("market", requester_market),
+        ("verify", requester_verify),
+    ],
+    "worker": [
+        ("settlement", worker_settlement),
+        ("market", worker_market),
+        ("verify", worker_verify),
+    ],
+    "sentry": [("verify", sentry_verify), ("anchoring", anchoring_service)],
 }
 
 

@@ -227,8 +227,43 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         version=6,
-        description="reserved for proof-of-compute (issue 7); replaced by its migration at merge",
-        sql="-- nothing",
+        description="proof-of-compute: attestations kept for challenges, verdicts, reputation",
+        sql="""
+            -- The worker's own attestations, and where each segment's checkpoint is kept.
+            CREATE TABLE verify_attested (
+                job_id      BLOB NOT NULL,
+                idx         INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                attestation BLOB NOT NULL,   -- the signed envelope as gossiped
+                segments    BLOB NOT NULL,   -- msgpack [[state hash, checkpoint blob hash]]
+                created_ms  INTEGER NOT NULL,
+                PRIMARY KEY (job_id, idx, attempt)
+            ) WITHOUT ROWID;
+            -- Every verdict seen (a sentry's own carry their evidence record).
+            CREATE TABLE verify_verdicts (
+                attestation BLOB NOT NULL,   -- attestation id
+                sentry      TEXT NOT NULL,
+                job_id      BLOB NOT NULL,
+                idx         INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                worker      TEXT NOT NULL,
+                passed      INTEGER NOT NULL,
+                reason      TEXT NOT NULL,
+                evidence    BLOB,
+                verdict     BLOB NOT NULL,   -- the signed envelope
+                received_ms INTEGER NOT NULL,
+                PRIMARY KEY (attestation, sentry)
+            ) WITHOUT ROWID;
+            CREATE INDEX verify_verdicts_task ON verify_verdicts(job_id, idx, attempt);
+            -- Reputation in parts per million (consensus.verify.verdicts), slow up, fast down.
+            CREATE TABLE verify_reputation (
+                peer_id    TEXT PRIMARY KEY,
+                score      INTEGER NOT NULL,
+                passes     INTEGER NOT NULL DEFAULT 0,
+                fails      INTEGER NOT NULL DEFAULT 0,
+                updated_ms INTEGER NOT NULL
+            ) WITHOUT ROWID;
+        """,
     ),
     Migration(
         version=7,

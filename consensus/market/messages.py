@@ -145,6 +145,7 @@ class TaskOrder(Body):
     voucher_interval_ms: int = 2000
     voucher_grace_ms: int = 10_000
     requester_address: str = ""  # the chain account signing vouchers ("": no chain settlement)
+    verification: str = "standard"  # the job's level; "none": the worker need not attest
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,6 +28,7 @@ from consensus.kinds import from_wire
 from consensus.market.messages import BlobRef
 from consensus.market.spec import SpecError, parse_spec
 from node.api import ApiError, Request, Routes
+from node.verify.view import verification_view
 
 if TYPE_CHECKING:
     from node.daemon import NodeContext
@@ -71,7 +72,7 @@ def market_routes(ctx: NodeContext) -> Routes:
         return {"jobs": [_job_summary(row) for row in await jobs().store.jobs()]}
 
     async def job_view(request: Request) -> Any:
-        return await _job_detail(jobs(), await job_id(request))
+        return await _job_detail(jobs(), await job_id(request), ctx.settings.verify.sample_size)
 
     async def cancel(request: Request) -> Any:
         return {"cancelled": await jobs().cancel(await job_id(request))}
@@ -145,7 +146,7 @@ def _job_summary(row: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def _job_detail(manager: JobManager, job_id: bytes) -> dict[str, Any]:
+async def _job_detail(manager: JobManager, job_id: bytes, sample_size: int) -> dict[str, Any]:
     store = manager.store
     row = await store.job(job_id)
     assert row is not None
@@ -164,6 +165,14 @@ async def _job_detail(manager: JobManager, job_id: bytes) -> dict[str, Any]:
         "task_states": tasks,
         "attempts": [_attempt_view(a) for a in attempts],
         "cost_wei": str(spent),
+        "verification": await verification_view(
+            manager.store.db,
+            job_id,
+            json.loads(row["spec"]),
+            tasks,
+            attempts,
+            sample_size=sample_size,
+        ),
     }
 
 

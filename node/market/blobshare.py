@@ -75,6 +75,17 @@ class BlobShare:
             return None
         return self.store.path(entry[1])
 
+    def read_plain(self, digest: bytes) -> bytes:
+        """The plaintext of a blob we hold (synchronous; a checkpoint for a challenge).
+
+        Raises:
+            FileNotFoundError: we hold no such blob, or not its key.
+        """
+        entry = self.keyring.get(digest.hex())
+        if entry is None or not self.store.has(entry[1]):
+            raise FileNotFoundError(f"no plaintext of blob {digest.hex()[:12]} here")
+        return self.store.get(entry[1])
+
     async def put(self, path: Path) -> BlobRef:
         """Encrypts and stores the file at ``path``; returns a reference naming us as holder."""
         key = new_key()

@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,11 @@ class JobManager:
         self.escrow: Escrow | None = None  # with chain.settle: escrow per job, signed vouchers
         # Market messages by kind, sent and received: what an auction costs the network.
         self.messages: Counter[str] = Counter()
+        # Proof-of-compute (node.verify.service sets these): verdicts awaited in _collect.
+        self.verdicts: Any = None
+        self.verdict_timeout_ms = 120_000
+        self.reputation_of: Callable[[str], int] = lambda _peer: au.NEUTRAL_REPUTATION
+        self.excluded: Callable[[TaskRef, str], bool] = lambda _ref, _peer: False
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serves bids and runs task runners until cancelled; resumes unfinished tasks first."""
@@ -218,8 +224,11 @@ class JobManager:
         live = self.auctions.get(bid.ref)
         if live is None:
             raise RequestRejected("closed", "no open auction for that task")
+        if self.excluded(bid.ref, peer):  # it failed verification of this task already
+            raise RequestRejected("refused", "failed verification of this task before")
         effects = live.machine.handle(
-            au.BidArrived(bid, peer, self.net.rtt_ms(peer)), self.net.now_ms()
+            au.BidArrived(bid, peer, self.net.rtt_ms(peer), self.reputation_of(peer)),
+            self.net.now_ms(),
         )
         refused = next(
             (e for e in effects if isinstance(e, au.RefuseBid) and e.bidder == peer), None

@@ -6,6 +6,7 @@ each role starts its own half as its ``market`` service.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -99,7 +100,10 @@ async def worker_market(
         runtimes.append(RenderRuntime(sandbox))
     else:
         log.warning("no render runtime: bpy is not installed (pip install 'idlegrid[render]')")
-    executor = Runtimes(runtimes, [g.index for g in profile.offered_gpus()])
+    executor: Any = Runtimes(runtimes, [g.index for g in profile.offered_gpus()])
+    if worker.executor_wrapper:  # tests: e.g. a worker that fakes its work on purpose
+        executor = importlib.import_module(worker.executor_wrapper).wrap(executor)
+        log.warning("executor wrapped", extra={"wrapper": worker.executor_wrapper})
     kinds = frozenset(worker.kinds) & executor.kinds
     policy = Policy(
         price_wei_per_s=worker.price_wei_per_s,

@@ -252,8 +252,14 @@ class TaskRunner:
                 await self._move(task, "fail", reason=f"result never fetched: {exc}")
             await self._sleep_ms(self.params.voucher_interval_ms)
             return
-        # Proof-of-compute (sentry challenges) plugs in here; until then the result's hash
-        # and the worker's signed vouchers are what the requester holds.
+        outcome, why = "unverified", "the job asked for none"
+        if self.job.spec.verification != "none" and self.mgr.verdicts is not None:
+            outcome, why = await self.mgr.verdicts.outcome(task.ref, self.mgr.verdict_timeout_ms)
+        log.info("verification", extra={"task": task.ref.text(), "outcome": outcome, "reason": why})
+        if outcome == "rejected":  # not paid; the task runs again elsewhere
+            await self.store.close_attempt(task.ref, 0, why[:300], self.net.now_ms())
+            await self._move(task, "reject", reason=why[:300], resume=None)  # its checkpoints too
+            return
         vouched = int(attempt["vouched_wei"]) if attempt else 0
         await self.store.close_attempt(task.ref, vouched, "done", self.net.now_ms())
         await self._move(task, "verify")
@@ -336,6 +342,7 @@ class TaskRunner:
             voucher_interval_ms=self.params.voucher_interval_ms,
             voucher_grace_ms=self.params.voucher_grace_ms,
             requester_address="" if self.mgr.escrow is None else self.mgr.escrow.chain.address,
+            verification=spec.verification,
         )
 
     def _addrs_of(self, peer: str) -> list[str]:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import shutil
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,8 @@ class WorkerService:
         self._last_presence = self.presence()
         self.presence_changed: Callable[[], None] = lambda: None
         self.payee: Payee | None = None  # with chain.settle: checks and keeps chain vouchers
+        # Proof-of-compute attests a finished task here (node.verify.service wires it).
+        self.on_done: Callable[[Work], Awaitable[None]] | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._after_restart()
@@ -310,6 +312,8 @@ class WorkerService:
         archive.unlink(missing_ok=True)
         self.share.grant(work.requester, work.result.hash)
         work.result_hash = result.result_hash
+        if self.on_done is not None:
+            await self.on_done(work)
         work.state = "done"
 
     async def _finish(self, work: Work, workdir: Path) -> None:

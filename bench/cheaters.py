@@ -1,0 +1,474 @@
+"""Cheating workers against the sentry: detection rate, false positives, overhead vs redundancy.
+
+Run: ``.venv/bin/python bench/cheaters.py [--segments 32] [--trials 12] [--honest-trials 2]``
+
+Every run and every replay goes through the real runtimes in the sandbox: PyTorch on the CPU
+(``examples/train-tiny``), Blender Cycles (``examples/render-scene``, when ``bpy`` is installed),
+``exec`` (``examples/exec-wordcount``). An honest worker runs each task once; each cheater
+produces its attested checkpoints the way that cheat would (running the faked segments at lower
+precision or a smaller batch with the real runtime, repeating a state instead of computing it,
+writing random checkpoints, reordering them, copying another task's run, garbage render tiles,
+refusing challenges). For each trial a fresh seed samples the segments by the public rule
+(:func:`consensus.verify.sampling.sample`), and the sentry's real game
+(:mod:`consensus.verify.game`, driven by :func:`node.verify.play.play`) asks, checks the Merkle
+proofs and replays with the runtime. Replays are cached by (task, segment, start state): a
+replay is a pure function of those, so trials of one cheat share them.
+
+Overhead is compute: the seconds the runtime's child reports per segment (process start-up,
+mostly ``import torch``, is printed apart; it is fixed per replay and vanishes next to real
+segments of minutes). The redundancy baseline re-runs the whole honest task in the same run.
+Job lengths of 256..1024 segments are modelled from the measured per-segment costs and the
+sample size the config ships with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from math import ceil
+from pathlib import Path
+from typing import Any
+
+import trio
+from blake3 import blake3
+
+from config.schema import VerifySettings
+from consensus.market.messages import TaskRef, Workload
+from consensus.verify import game as g
+from consensus.verify import tree
+from consensus.verify.messages import Attestation, ChallengeResponse, attestation_id
+from consensus.verify.qos import benchmark_problem
+from consensus.verify.sampling import detection_probability, sample
+from gpu import bench as gpubench
+from gpu.exec_runtime import ExecRuntime
+from gpu.render import RenderRuntime
+from gpu.runtime import GENESIS, RunSpec, SegmentDone
+from gpu.runtimes import python_paths
+from gpu.sandbox import Limits, Sandbox
+from gpu.train import TrainRuntime
+from node.verify.play import answer_from, play, replay_segment
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+_TRAIN_RATE = re.compile(r"segment \d+/\d+: step \d+, loss [-0-9.e]+, ([0-9.]+) steps/s")
+_RENDER_TIME = re.compile(r"segment \d+/\d+: frame .*, ([0-9.]+) s$")
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    runtime: Any
+    workload: Workload
+    inputs: tuple[Path, ...]
+    steps_per_segment: int = 0
+
+
+@dataclass
+class Variant:
+    """What one worker attests for one task: its checkpoint files, and how much it faked."""
+
+    task: Task
+    kind: str
+    files: list[bytes]
+    faked: int
+    refuses: bool = False
+    caught: int = 0
+    trials: int = 0
+    replays: int = 0
+
+
+@dataclass
+class Lab:
+    root: Path
+    limiter: trio.CapacityLimiter
+    cache: dict[tuple[str, int, bytes], tuple[bytes, float]] = field(default_factory=dict)
+    busy: dict[tuple[str, int, bytes], trio.Event] = field(default_factory=dict)
+    starts: list[float] = field(default_factory=list)  # replay wall minus segment compute
+    made: int = 0
+
+    def workdir(self, task: Task) -> Path:
+        self.made += 1
+        path = self.root / f"{task.name}-{self.made}"
+        path.mkdir()
+        for source in task.inputs:
+            target = path / source.name
+            (shutil.copytree if source.is_dir() else shutil.copy)(source, target)
+        return path
+
+    async def run(
+        self,
+        task: Task,
+        workload: Workload | None = None,
+        start: bytes | None = None,
+        start_index: int = -1,
+    ) -> tuple[list[bytes], list[float]]:
+        """Files and compute seconds of segments ``start_index + 1 ..`` of a real run."""
+        workdir, files, logs = self.workdir(task), [], []
+        resume = None
+        if start is not None:
+            resume = workdir.parent / f"{workdir.name}.resume"
+            resume.write_bytes(start)
+
+        async def keep(done: SegmentDone) -> None:
+            files.append(done.checkpoint.read_bytes())
+
+        spec = RunSpec(task.name, workload or task.workload, workdir, resume, start_index, GENESIS)
+        async with self.limiter:
+            started = time.perf_counter()
+            result = await task.runtime.run(spec, keep, logs.append)
+            wall = time.perf_counter() - started
+        if not result.ok:
+            raise RuntimeError(f"{task.name} run failed: {result.error}: {logs[-5:]}")
+        return files, compute_seconds(task, logs, wall, len(files))
+
+    async def replay(self, task: Task, index: int, start: bytes) -> tuple[bytes, float]:
+        """(state hash, compute seconds) of a real replay; each distinct one runs once."""
+        key = (task.name, index, blake3(start).digest())
+        while key in self.busy:
+            await self.busy[key].wait()
+        if key in self.cache:
+            return self.cache[key]
+        self.busy[key] = trio.Event()
+        try:
+            logs: list[str] = []
+            spec = RunSpec(task.name, task.workload, self.workdir(task))
+            async with self.limiter:
+                started = time.perf_counter()
+                state = await replay_segment(task.runtime, spec, index, start, logs.append)
+                wall = time.perf_counter() - started
+            seconds = compute_seconds(task, logs, wall, 1)[0] if state != bytes(32) else 0.0
+            self.starts.append(wall - seconds)
+            self.cache[key] = (state, seconds)
+            return self.cache[key]
+        finally:
+            self.busy.pop(key).set()
+
+
+def compute_seconds(task: Task, logs: list[str], wall: float, count: int) -> list[float]:
+    """Per-segment compute from the child's own timing lines; an exec run's wall time."""
+    if task.name == "train":
+        rates = [float(m.group(1)) for line in logs if (m := _TRAIN_RATE.search(line))]
+        return [task.steps_per_segment / r if r else 0.0 for r in rates] or [0.0] * count
+    if task.name == "render":
+        return [float(m.group(1)) for line in logs if (m := _RENDER_TIME.search(line))]
+    return [wall] * count
+
+
+def attest(variant: Variant, trial: int) -> Attestation:
+    hashes = [state_hash(variant.task, f) for f in variant.files]
+    ref = TaskRef(job_id=blake3(variant.kind.encode()).digest()[:16], task=0, attempt=trial)
+    return Attestation(
+        expires_ms=2**62,
+        nonce=trial.to_bytes(16, "big"),
+        ref=ref,
+        worker=variant.kind,
+        root=tree.root(tree.chain_leaves(hashes)),
+        segments=len(hashes),
+        result_hash=hashes[-1],
+        seconds=0,
+        runtime=variant.task.name,
+        det_class="cpu",
+    )
+
+
+async def judge(lab: Lab, variant: Variant, trial: int, size: int, deadline_ms: int) -> float:
+    """One sentry game over a fresh seed; returns the replay compute it cost."""
+    att = attest(variant, trial)
+    att_id = attestation_id(att)
+    seed = blake3(b"bench-seed" + att_id).digest()
+    now = lambda: int(trio.current_time() * 1000)  # noqa: E731
+    game = g.Game(att, att_id, sample(seed, att.segments, size), now() + deadline_ms, True, 0)
+    hashes = [state_hash(variant.task, f) for f in variant.files]
+    spent = [0.0]
+
+    async def ask(index: int) -> ChallengeResponse | None:
+        if variant.refuses:
+            await trio.sleep_forever()
+        return answer_from(att, hashes, lambda i: variant.files[i], index)
+
+    async def replay(index: int, start: bytes) -> bytes:
+        state, seconds = await lab.replay(variant.task, index, start)
+        spent[0] += seconds
+        variant.replays += 1
+        return state
+
+    decision = await play(game, ask, replay, now)
+    variant.trials += 1
+    honest = variant.kind.startswith("honest")
+    if honest and not (isinstance(decision, g.Decide) and decision.passed):
+        print(f"  FALSE POSITIVE {variant.kind} trial {trial}: {decision.reason}")
+    variant.caught += isinstance(decision, g.Decide) and not decision.passed
+    return spent[0]
+
+
+# --- the cheats ------------------------------------------------------------------------------
+
+
+async def train_variants(lab: Lab, task: Task, honest: list[bytes]) -> list[Variant]:
+    n = len(honest)
+    faked = ceil(n / 4)
+    a, b = n // 4, n // 4 + faked  # a contiguous quarter, the final segment left honest
+
+    async def continue_from(state: bytes, index: int) -> list[bytes]:
+        return (await lab.run(task, start=state, start_index=index))[0]
+
+    async def region(**params: str) -> list[bytes]:
+        cheat = replace(task.workload, params={**task.workload.params, **params})
+        files, _ = await lab.run(task, cheat, honest[a - 1], a - 1)
+        return files[:faked]
+
+    out: list[Variant] = []
+    skipped = [honest[a - 1]] * faked  # the state is repeated, the steps never run
+    out.append(
+        Variant(
+            task,
+            "skip_steps",
+            honest[:a] + skipped + await continue_from(skipped[-1], b - 1),
+            faked,
+        )
+    )
+    for kind, params in (
+        ("lower_precision", {"precision": "bf16"}),
+        ("smaller_batch", {"batch_size": "8"}),
+    ):
+        cheat = await region(**params)
+        out.append(
+            Variant(task, kind, honest[:a] + cheat + await continue_from(cheat[-1], b - 1), faked)
+        )
+    noise = [os.urandom(len(honest[i])) for i in range(a, b)]
+    out.append(Variant(task, "fake_checkpoints", honest[:a] + noise + honest[b:], faked))
+    r = max(b, a + 2)  # at least two to reorder
+    out.append(
+        Variant(task, "reorder_checkpoints", honest[:a] + honest[a:r][::-1] + honest[r:], r - a)
+    )
+    other = replace(task, workload=replace(task.workload, seed=task.workload.seed + 1))
+    out.append(Variant(task, "copy_result", (await lab.run(other))[0], n))
+    out.append(Variant(task, "refuse_challenges", list(honest), n, refuses=True))
+    return out
+
+
+def render_garbage(task: Task, honest: list[bytes]) -> Variant:
+    faked = ceil(len(honest) / 4)
+    files = list(honest)
+    for i in range(len(honest) // 4, len(honest) // 4 + faked):
+        files[i] = honest[i][:64] + os.urandom(len(honest[i]) - 64)  # header kept, pixels garbage
+    return Variant(task, "garbage_render_tiles", files, faked)
+
+
+def state_hash(task: Task, file: bytes) -> bytes:
+    """An exec task's checkpoint *is* its output tree hash; the others' are files to hash."""
+    return file if task.name == "exec" else blake3(file).digest()
+
+
+async def benchmark_trials(trials: int) -> tuple[int, int, int]:
+    """(cheaters flagged, honest flagged, trials): the worker claims the score its own
+    ``gpu bench`` saved (the best of five runs), or three times that if it lies; the
+    sentry's seeded challenge re-measures (the best of two, real matmuls on this CPU)."""
+
+    async def measure(seed: int, runs: int) -> gpubench.BenchResult:
+        results = [await trio.to_thread.run_sync(gpubench.run, seed, 512, 8) for _ in range(runs)]
+        return max(results, key=lambda r: r.score)
+
+    claimed = (await measure(1, 5)).score
+    flagged_cheat = flagged_honest = 0
+    for trial in range(trials):
+        seed = 1000 + trial
+        worker = await measure(seed, 2)  # the worker answers the challenge
+        proof_ok = worker.proof == (await measure(seed, 1)).proof  # the sentry recomputes
+        flagged_honest += bool(benchmark_problem(claimed, worker.score, proof_ok))
+        flagged_cheat += bool(benchmark_problem(3 * claimed, worker.score, proof_ok))
+    return flagged_cheat, flagged_honest, trials
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def tasks(args: argparse.Namespace, box: Sandbox) -> dict[str, Task]:
+    n, k = args.segments, args.steps_per_segment
+    params = {"hidden": "16", "batch_size": "32", "lr": "0.01", "precision": "fp32"}
+    found = {
+        "train": Task(
+            "train",
+            TrainRuntime(box),
+            Workload(
+                kind="train", entry="train.py", steps=n * k, segments=n, seed=7, params=params
+            ),
+            (EXAMPLES / "train-tiny" / "train.py",),
+            k,
+        )
+    }
+    found["exec"] = Task(
+        "exec",
+        ExecRuntime(box),
+        Workload(kind="exec", command=["python3", "count.py"], outputs=["out/"]),
+        (EXAMPLES / "exec-wordcount" / "count.py", EXAMPLES / "exec-wordcount" / "text"),
+    )
+    try:
+        import bpy  # noqa: F401, PLC0415 - optional: the render runtime's module
+    except ImportError:
+        print("render: bpy is not installed, render cheats skipped (pip install '.[render]')")
+    else:
+        tiles = {"samples": "4", "tiles": f"{args.tiles}x{args.tiles}", "threads": "1"}
+        found["render"] = Task(
+            "render",
+            RenderRuntime(box),
+            Workload(kind="render", entry="scene.py", frames="1", seed=1, params=tiles),
+            (EXAMPLES / "render-scene" / "scene.py",),
+        )
+    return found
+
+
+async def trials_of(
+    lab: Lab, variant: Variant, args: argparse.Namespace, size: int, count: int
+) -> list[float]:
+    return [await judge(lab, variant, t, size, args.deadline_ms) for t in range(count)]
+
+
+async def main(args: argparse.Namespace) -> None:
+    size = VerifySettings().sample_size
+    box = Sandbox.create(args.sandbox, Limits(), readonly=python_paths())
+    with tempfile.TemporaryDirectory() as tmp:
+        lab = Lab(Path(tmp), trio.CapacityLimiter(args.parallel))
+        found = tasks(args, box)
+        honest: dict[str, Variant] = {}
+        job_compute: dict[str, list[float]] = {}
+        for name, task in found.items():
+            files, seconds = await lab.run(task)
+            hashes = [state_hash(task, f) for f in files]
+            honest[name] = Variant(task, f"honest_{name}", files, 0)
+            job_compute[name] = seconds
+            print(
+                f"{name}: {len(files)} segments, {sum(seconds):.2f} s compute, "
+                f"final 0x{hashes[-1].hex()[:12]}"
+            )
+        redo, redo_compute = await lab.run(found["train"])  # redundancy: everything twice
+        assert redo == honest["train"].files, "two honest runs differ: not deterministic"
+        cheats = await train_variants(lab, found["train"], honest["train"].files)
+        if "render" in found:
+            cheats.append(render_garbage(found["render"], honest["render"].files))
+        cheats.append(Variant(found["exec"], "garbage_exec_output", [os.urandom(32)], 1))
+        spent: dict[str, list[float]] = {}
+        async with trio.open_nursery() as nursery:
+
+            async def go(v: Variant, count: int) -> None:
+                spent[v.kind] = await trials_of(lab, v, args, size, count)
+
+            for v in cheats:
+                nursery.start_soon(go, v, args.trials)
+            for v in honest.values():
+                nursery.start_soon(go, v, args.honest_trials)
+        bench = await benchmark_trials(args.bench_trials)
+    report(args, size, cheats, honest, job_compute, redo_compute, spent, lab, bench)
+
+
+def report(
+    args: argparse.Namespace,
+    size: int,
+    cheats: list[Variant],
+    honest: dict[str, Variant],
+    job: dict[str, list[float]],
+    redo: list[float],
+    spent: dict[str, list[float]],
+    lab: Lab,
+    bench: tuple[int, int, int],
+) -> None:
+    print(f"\nsentry: sample_size {size} + the final segment, same determinism class (bitwise)")
+    print(
+        f"{'cheat':<22} {'runtime':<7} {'faked':>9} {'trials':>6} {'caught':>6} {'rate':>7} "
+        f"{'P(rule)':>8} {'replays':>7}"
+    )
+    rates = []
+    for v in cheats:
+        n = len(v.files)
+        p = detection_probability(n, Fraction(v.faked, n), size) if not v.refuses else Fraction(1)
+        rate = 100 * v.caught / max(v.trials, 1)
+        if v.faked * 4 >= n:
+            rates.append(rate)
+        print(
+            f"{v.kind:<22} {v.task.name:<7} {v.faked:>3}/{n:<5} {v.trials:>6} {v.caught:>6} "
+            f"{rate:>6.1f}% {float(p) * 100:>7.2f}% {v.replays:>7}"
+        )
+    caught_b, honest_b, trials_b = bench
+    print(
+        f"{'misstated_benchmark':<22} {'bench':<7} {'3x':>9} {trials_b:>6} {caught_b:>6} "
+        f"{100 * caught_b / trials_b:>6.1f}%"
+    )
+    rates.append(100 * caught_b / trials_b)
+    false_positives = sum(v.caught for v in honest.values()) + honest_b
+    honest_trials = sum(v.trials for v in honest.values()) + trials_b
+    print(f"honest workers failed: {false_positives} of {honest_trials} verdicts")
+    overhead(args, size, job, redo, spent, lab, rates, false_positives)
+
+
+def overhead(
+    args: argparse.Namespace,
+    size: int,
+    job: dict[str, list[float]],
+    redo: list[float],
+    spent: dict[str, list[float]],
+    lab: Lab,
+    rates: list[float],
+    false_positives: int,
+) -> None:
+    train = job["train"]
+    # The job's compute: the mean of the two honest runs (the redundancy run is the second), so
+    # the baseline is a measured figure around 100 %, not 100 % by definition.
+    per_job = (sum(train) + sum(redo)) / 2
+    per_seg = per_job / len(train)
+    verify = spent["honest_train"]
+    measured = 100 * sum(verify) / len(verify) / per_job
+    replay_seg = sum(verify) / len(verify) / (min(size, len(train) - 1) + 1)
+    redundancy = 100 * sum(redo) / per_job
+    starts = sum(lab.starts) / max(len(lab.starts), 1)
+    print(
+        f"\ntrain compute per segment: job {per_seg * 1000:.1f} ms, replay "
+        f"{replay_seg * 1000:.1f} ms (a replay's first steps warm up a fresh process); "
+        f"process start per replay (fixed, not compute): {starts:.2f} s over "
+        f"{len(lab.starts)} replays"
+    )
+    print(
+        f"verification of a {len(train)}-segment train job: {measured:.1f} % of its compute; "
+        f"redundancy (run twice, measured): {redundancy:.1f} %"
+    )
+    modelled = {}
+    for n in (256, 512, 1024):
+        modelled[n] = 100 * (min(size, n - 1) + 1) * replay_seg / (n * per_seg)
+        print(
+            f"  modelled {n}-segment job: {min(size, n - 1) + 1} segments replayed = "
+            f"{modelled[n]:.1f} % (ratio {modelled[n] / redundancy:.3f} of redundancy)"
+        )
+    for name in ("render", "exec"):
+        if name in spent and name in job:
+            cost = (
+                100 * sum(spent[f"honest_{name}"]) / len(spent[f"honest_{name}"]) / sum(job[name])
+            )
+            print(f"{name}: verification {cost:.0f} % of a {len(job[name])}-segment job")
+    print(
+        f"RESULT detect_min_pct={min(rates):.1f} false_positives={false_positives} "
+        f"overhead_pct={modelled[args.model_segments]:.2f} "
+        f"redundancy_overhead_pct={redundancy:.1f}"
+    )
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--segments", type=int, default=32, help="train job segments (real)")
+    parser.add_argument("--steps-per-segment", type=int, default=100)
+    parser.add_argument("--tiles", type=int, default=2, help="render tiles per side (real)")
+    parser.add_argument("--trials", type=int, default=3, help="seeds per cheat")
+    parser.add_argument("--honest-trials", type=int, default=1)
+    parser.add_argument("--bench-trials", type=int, default=3)
+    parser.add_argument("--deadline-ms", type=int, default=2000)
+    parser.add_argument("--parallel", type=int, default=2, help="runtime processes at once")
+    parser.add_argument("--model-segments", type=int, default=512, choices=(256, 512, 1024))
+    parser.add_argument("--sandbox", default="bwrap", choices=("bwrap", "limits"))
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    trio.run(main, parse())

@@ -1,0 +1,231 @@
+"""The sentry's challenge game for one attestation: a sans-I/O machine.
+
+    state        event                      next state                effects
+    -----------  -------------------------  ------------------------  --------------------------
+    challenging  start                      challenging               Challenge per sampled seg.
+    challenging  Answered, checks pass      challenging               Replay(segment)
+    challenging  Answered, a check fails    failed                    Decide(fail, evidence)
+    challenging  Refused / deadline passed  failed                    Decide(fail): silence fails
+    challenging  Replayed, equal            challenging | passed      Decide(pass) after the last
+    challenging  Replayed, differs (same    failed                    Decide(fail, evidence)
+                 determinism class)
+    challenging  Replayed, cross-class,     challenging | passed      (as equal)
+                 distance <= tolerance
+    challenging  Replayed, cross-class,     escalated                 Escalate: a second sentry
+                 distance > tolerance                                  in the worker's class decides
+    passed | failed | escalated  anything   unchanged                 none (late answers)
+
+Checks on an answer for segment ``i``: both leaves under the attested root at their index,
+``chained_i == H(chained_{i-1} || hash_i)`` (one history, in order), the checkpoint file hashes to
+``hash_{i-1}``, and for the final segment ``hash_i`` equals the attested result hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from blake3 import blake3
+
+from consensus.codec import encode
+from consensus.kinds import to_wire
+from consensus.verify import tree
+from consensus.verify.messages import Attestation, ChallengeResponse
+
+State = Literal["challenging", "passed", "failed", "escalated"]
+TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
+    ("challenging", "answered"): frozenset({"challenging", "failed"}),
+    ("challenging", "refused"): frozenset({"failed"}),
+    ("challenging", "timeout"): frozenset({"failed"}),
+    ("challenging", "replayed"): frozenset({"challenging", "passed", "failed", "escalated"}),
+}
+TERMINAL: frozenset[State] = frozenset({"passed", "failed", "escalated"})
+
+
+@dataclass(frozen=True)
+class Answered:
+    response: ChallengeResponse
+
+
+@dataclass(frozen=True)
+class Refused:
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """The runtime's replay of ``index``: its state hash, and for a replay in another
+    determinism class the normalised distance to the claimed state, in parts per million."""
+
+    index: int
+    hash: bytes
+    distance_ppm: int | None = None
+
+
+Event = Answered | Refused | Replayed
+
+
+@dataclass(frozen=True)
+class Challenge:
+    index: int
+    deadline_ms: int
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Re-run segment ``index`` from ``checkpoint`` (empty: from the task's inputs)."""
+
+    index: int
+    checkpoint: bytes
+    expected: bytes
+
+
+@dataclass(frozen=True)
+class Decide:
+    passed: bool
+    reason: str
+    evidence: bytes  # the canonical evidence record; its BLAKE3 goes into the verdict
+
+
+@dataclass(frozen=True)
+class Escalate:
+    index: int
+    reason: str
+
+
+Effect = Challenge | Replay | Decide | Escalate
+
+
+def evidence_hash(evidence: bytes) -> bytes:
+    return blake3(b"idlegrid.verify.evidence/1" + evidence).digest()
+
+
+@dataclass
+class Game:
+    """One sentry judging one attestation over the sampled segments.
+
+    Attributes:
+        same_class: the sentry replays in the worker's determinism class (bitwise compare).
+        tolerance_ppm: the calibrated cross-class distance below which a segment passes.
+    """
+
+    att: Attestation
+    att_id: bytes
+    sampled: list[int]
+    deadline_ms: int
+    same_class: bool
+    tolerance_ppm: int
+    state: State = "challenging"
+    pending: set[int] = field(default_factory=set)  # challenged, not yet answered
+    replaying: dict[int, ChallengeResponse] = field(default_factory=dict)
+    done: set[int] = field(default_factory=set)
+
+    def start(self) -> list[Effect]:
+        self.pending = set(self.sampled)
+        return [Challenge(i, self.deadline_ms) for i in self.sampled]
+
+    def handle(self, event: Event, now_ms: int) -> list[Effect]:
+        if self.state in TERMINAL:
+            return []
+        if isinstance(event, Answered):
+            return self._answered(event.response, now_ms)
+        if isinstance(event, Refused):
+            return self._fail("refused", f"segment {event.index}: refused: {event.reason}", b"")
+        return self._replayed(event)
+
+    def on_tick(self, now_ms: int) -> list[Effect]:
+        if self.state == "challenging" and self.pending and now_ms >= self.deadline_ms:
+            late = sorted(self.pending)
+            return self._fail("timeout", f"segments {late}: no answer before the deadline", b"")
+        return []
+
+    def next_deadline(self) -> int | None:
+        return self.deadline_ms if self.state == "challenging" and self.pending else None
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def _answered(self, answer: ChallengeResponse, now_ms: int) -> list[Effect]:
+        index = answer.index
+        if index not in self.pending:
+            return []  # unasked or a duplicate: nothing to learn from it
+        if now_ms > self.deadline_ms:
+            return self.on_tick(now_ms)
+        problem = check_answer(self.att, answer)
+        if problem:
+            return self._fail("answered", f"segment {index}: {problem}", _record(answer))
+        self.pending.discard(index)
+        self.replaying[index] = answer
+        self._move("answered", "challenging")
+        return [Replay(index, answer.checkpoint, answer.after.hash)]
+
+    def _replayed(self, event: Replayed) -> list[Effect]:
+        answer = self.replaying.pop(event.index, None)
+        if answer is None:
+            return []
+        equal = event.hash == answer.after.hash
+        if not equal and self.same_class:
+            reason = f"segment {event.index}: replay gives 0x{event.hash.hex()[:16]}..."
+            return self._fail("replayed", reason, _record(answer, event.hash))
+        if not equal and (event.distance_ppm is None or event.distance_ppm > self.tolerance_ppm):
+            self._move("replayed", "escalated")
+            distance = event.distance_ppm
+            return [Escalate(event.index, f"cross-class distance {distance} ppm over tolerance")]
+        self.done.add(event.index)
+        if self.done == set(self.sampled):
+            self._move("replayed", "passed")
+            return [Decide(True, "", encode({"att": self.att_id, "sampled": self.sampled}))]
+        self._move("replayed", "challenging")
+        return []
+
+    def _fail(self, event: str, reason: str, record: bytes) -> list[Effect]:
+        self._move(event, "failed")
+        self.pending.clear()
+        self.replaying.clear()
+        evidence = encode({"att": self.att_id, "reason": reason, "record": record})
+        return [Decide(False, reason, evidence)]
+
+    def _move(self, event: str, to: State) -> None:
+        allowed = TRANSITIONS.get((self.state, event), frozenset())
+        if to not in allowed:
+            raise AssertionError(f"no transition {self.state} --{event}--> {to}")
+        self.state = to
+
+
+def check_answer(att: Attestation, answer: ChallengeResponse) -> str:
+    """The first reason ``answer`` is inconsistent with the attestation, or ``""``."""
+    index, after = answer.index, answer.after
+    if answer.ref != att.ref:
+        return "answers for another task"
+    if after.index != index or not tree.verify(att.root, after, att.segments, answer.after_proof):
+        return "checkpoint leaf not under the attested root"
+    previous, problem = _start_of(att, answer)
+    if problem:
+        return problem
+    if tree.chain(previous, after.hash) != after.chained:
+        return "checkpoints out of order (the chain breaks)"
+    if index == att.segments - 1 and after.hash != att.result_hash:
+        return "the final state is not the attested result"
+    return ""
+
+
+def _start_of(att: Attestation, answer: ChallengeResponse) -> tuple[bytes, str]:
+    """The chained hash the segment starts from, or why the starting checkpoint is refused."""
+    before = answer.before
+    if answer.index == 0:
+        return tree.GENESIS, ""
+    if before is None or before.index != answer.index - 1:
+        return b"", "the starting checkpoint's leaf is missing"
+    if not tree.verify(att.root, before, att.segments, answer.before_proof):
+        return b"", "starting leaf not under the attested root"
+    if blake3(answer.checkpoint).digest() != before.hash:
+        return b"", "the checkpoint file does not match its attested hash"
+    return before.chained, ""
+
+
+def _record(answer: ChallengeResponse, replayed: bytes = b"") -> bytes:
+    """What anyone needs to re-check a failure: the answer (minus the bulky file, named by its
+    hash) and what the replay gave."""
+    wire = to_wire(answer)
+    wire["checkpoint"] = blake3(answer.checkpoint).digest()
+    return encode({"answer": wire, "replayed": replayed})

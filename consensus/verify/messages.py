@@ -1,0 +1,152 @@
+"""Proof-of-compute messages: attestation, seed commit/reveal and verdict on gossip; challenges
+direct.
+
+Flow for one finished task::
+
+    worker      Attestation  --gossip verify/attest-->   sentries assigned to the task
+    sentries    SeedCommit   --gossip verify/seed-->     (each commits to a secret)
+    sentries    SeedReveal   --gossip verify/seed-->     seed = H(attestation, reveals)
+    sentry      ChallengeRequest  --direct verify/challenge-->  worker (per sampled segment)
+                <--ChallengeResponse--                   checkpoints i-1, i + Merkle proofs
+    sentry      Verdict      --gossip verify/verdicts--> requester, other sentries, anchorer
+
+Signed commitments are envelopes; a challenge response is a plain map whose every claim is
+checked against the signed attestation's root, so it needs no signature of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from blake3 import blake3
+
+from consensus.codec import encode
+from consensus.kinds import Body, Registry, exact_size, to_wire
+from consensus.market.messages import HASH_LEN, BlobRef, TaskRef, Workload
+
+MAX_SEGMENTS = 1 << 20
+MAX_CHECKPOINT_BYTES = 256 << 20  # a challenge answer carries one checkpoint file inline
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attestation(Body):
+    """The worker's signed claim about a finished task, made before the seed exists.
+
+    Attributes:
+        root: Merkle root (:mod:`consensus.verify.tree`) over (index, hash, chained) of every
+            segment.
+        segments: how many segments the run had (the tree's leaf count).
+        result_hash: the state hash of the last segment (the result the requester fetched).
+        seconds: metered work seconds.
+        runtime: train | render | exec.
+        det_class: the determinism class (device model, driver/CUDA, library versions,
+            threads): replays in the same class must match bit for bit.
+        workload, inputs, listen: what a sentry needs to replay (the task's runtime spec, its
+            inputs, held by the worker) and where to send challenges.
+    """
+
+    KIND: ClassVar[str] = "verify.attestation/1"
+    ref: TaskRef
+    worker: str
+    root: bytes = field(metadata=exact_size(HASH_LEN))
+    segments: int
+    result_hash: bytes = field(metadata=exact_size(HASH_LEN))
+    seconds: int
+    runtime: str
+    det_class: str
+    workload: Workload | None = None
+    inputs: BlobRef | None = None
+    listen: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.segments <= MAX_SEGMENTS:
+            raise ValueError(f"segments must be in 1..{MAX_SEGMENTS}")
+        if self.seconds < 0:
+            raise ValueError("seconds must not be negative")
+
+
+def attestation_id(att: Attestation) -> bytes:
+    """What seeds, verdicts and evidence name: BLAKE3 of the attestation's canonical body."""
+    return blake3(b"idlegrid.verify.att/1" + encode(to_wire(att))).digest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeedCommit(Body):
+    """A sentry's commitment to its secret share of the challenge seed."""
+
+    KIND: ClassVar[str] = "verify.seed-commit/1"
+    attestation: bytes = field(metadata=exact_size(HASH_LEN))
+    commitment: bytes = field(metadata=exact_size(HASH_LEN))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeedReveal(Body):
+    """The secret behind a :class:`SeedCommit`; published once the commit window closed."""
+
+    KIND: ClassVar[str] = "verify.seed-reveal/1"
+    attestation: bytes = field(metadata=exact_size(HASH_LEN))
+    secret: bytes = field(metadata=exact_size(HASH_LEN))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict(Body):
+    """A sentry's signed judgement of one attestation.
+
+    Attributes:
+        passed: every sampled segment replayed to the attested hash (or within tolerance).
+        sampled: the segments checked, as the public rule derives them from ``seed``.
+        seed: the challenge seed (anyone recomputes it from the reveals and the rule).
+        evidence: BLAKE3 of the kept evidence (:func:`consensus.verify.game.evidence_hash`):
+            the failing segment's checkpoints, proofs, the replayed hash.
+        reason: the first failing check in words, or "".
+    """
+
+    KIND: ClassVar[str] = "verify.verdict/1"
+    ref: TaskRef
+    worker: str
+    attestation: bytes = field(metadata=exact_size(HASH_LEN))
+    passed: bool
+    sampled: list[int]
+    seed: bytes = field(metadata=exact_size(HASH_LEN))
+    evidence: bytes = field(metadata=exact_size(HASH_LEN))
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChallengeRequest:
+    """A sentry asks the worker for what it needs to replay segment ``index``."""
+
+    ref: TaskRef
+    attestation: bytes = field(metadata=exact_size(HASH_LEN))
+    index: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Leaf:
+    """One segment's leaf: its state hash and the chained hash up to it."""
+
+    index: int
+    hash: bytes = field(metadata=exact_size(HASH_LEN))
+    chained: bytes = field(metadata=exact_size(HASH_LEN))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChallengeResponse:
+    """Checkpoint ``index - 1`` (the replay's start; none for segment 0, which starts from the
+    inputs) and the leaves of ``index - 1`` and ``index`` with their Merkle proofs."""
+
+    ref: TaskRef
+    index: int
+    before: Leaf | None = None
+    before_proof: list[bytes] = field(default_factory=list)
+    after: Leaf
+    after_proof: list[bytes] = field(default_factory=list)
+    checkpoint: bytes = b""  # the file whose BLAKE3 is before.hash
+
+
+VERIFY_KINDS: tuple[type[Body], ...] = (Attestation, SeedCommit, SeedReveal, Verdict)
+
+
+def verify_registry() -> Registry:
+    return Registry(VERIFY_KINDS)

@@ -1,0 +1,1 @@
+"""Proof-of-compute in the daemon: the worker's attestation and challenge answers, the sentry."""

@@ -1,0 +1,137 @@
+"""Driving one :class:`~consensus.verify.game.Game`: ask the worker, replay, decide.
+
+Shared by the sentry service and ``bench/cheaters.py``: the caller supplies how to ask the
+worker for segment ``i`` (over the network, or from a cheater's files in the bench) and how to
+replay a segment (the real runtime). Challenges are answered one at a time in a seed-shuffled
+order and the game stops at the first failure, so a cheat is usually caught after a few
+replays while an honest run is replayed on every sampled segment.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+from blake3 import blake3
+
+from consensus.verify import game as g
+from consensus.verify import tree
+from consensus.verify.messages import Attestation, ChallengeResponse, Leaf
+from gpu.runtime import RunSpec
+from gpu.segmented import BadSegment
+
+Ask = Callable[[int], Awaitable[ChallengeResponse | None]]  # None: refused or silent
+ReplayFn = Callable[[int, bytes], Awaitable[bytes]]  # (segment, start checkpoint) -> state hash
+Clock = Callable[[], int]
+
+NO_STATE = bytes(32)  # what a replay that cannot even start "produces": never a real hash
+
+
+async def play(game: g.Game, ask: Ask, replay: ReplayFn, now_ms: Clock) -> g.Decide | g.Escalate:
+    """Runs the game to its decision; the worker's silence past the deadline fails it.
+
+    Every sampled segment is asked for at once (answering is cheap for an honest worker), each
+    answer stamped with its arrival time; the replays follow, in a public seed-shuffled order,
+    so the sentry's own slowness never makes a worker miss its deadline.
+    """
+    order = [e.index for e in game.start() if isinstance(e, g.Challenge)]
+    random.Random(game.att_id).shuffle(order)  # noqa: S311 - a public order, not a secret
+    answers: dict[int, tuple[ChallengeResponse | None, int]] = {}
+
+    async def fetch(index: int) -> None:
+        answer = await ask(index)
+        answers[index] = (answer, now_ms())
+
+    with trio.move_on_after(max(0, game.deadline_ms - now_ms()) / 1000):
+        async with trio.open_nursery() as nursery:
+            for index in order:
+                nursery.start_soon(fetch, index)
+    for index in order:
+        decided = await _judge(game, index, answers.get(index), replay, now_ms)
+        if decided is not None:
+            return decided
+    raise AssertionError(f"the game ended in {game.state} without a decision")
+
+
+async def _judge(
+    game: g.Game,
+    index: int,
+    got: tuple[ChallengeResponse | None, int] | None,
+    replay: ReplayFn,
+    now_ms: Clock,
+) -> g.Decide | g.Escalate | None:
+    if got is None:  # nothing before the deadline: silence
+        effects = game.on_tick(max(now_ms(), game.deadline_ms))
+    elif got[0] is None:
+        effects = game.handle(g.Refused(index, "no answer"), got[1])
+    else:
+        effects = game.handle(g.Answered(got[0]), got[1])
+    for effect in list(effects):
+        if isinstance(effect, g.Replay):
+            state = await replay(effect.index, effect.checkpoint)
+            effects += game.handle(g.Replayed(effect.index, state), now_ms())
+    decided = [e for e in effects if isinstance(e, g.Decide | g.Escalate)]
+    return decided[0] if decided else None
+
+
+def answer_from_files(att: Attestation, files: list[Path], index: int) -> ChallengeResponse:
+    """The worker's honest answer from its kept checkpoint files (one per segment)."""
+    hashes = [blake3(f.read_bytes()).digest() for f in files]
+    return answer_from(att, hashes, lambda i: files[i].read_bytes(), index)
+
+
+def answer_from(
+    att: Attestation, hashes: list[bytes], read: Callable[[int], bytes], index: int
+) -> ChallengeResponse:
+    leaves = tree.chain_leaves(hashes)
+    levels = tree.levels(leaves)
+    before: Leaf | None = leaves[index - 1] if index else None
+    return ChallengeResponse(
+        ref=att.ref,
+        index=index,
+        before=before,
+        before_proof=tree.proof(levels, index - 1) if index else [],
+        after=leaves[index],
+        after_proof=tree.proof(levels, index),
+        checkpoint=read(index - 1) if index else b"",
+    )
+
+
+async def replay_segment(
+    runtime: object, spec: RunSpec, index: int, start: bytes, on_log: Callable[[str], None]
+) -> bytes:
+    """Replays ``index`` with ``runtime`` (a SegmentedRuntime or ExecRuntime) in ``spec.workdir``.
+
+    A segment runtime resumes from ``start`` (written next to the work dir); an exec task is one
+    segment, re-run whole. A replay that fails (a checkpoint that does not load) yields
+    :data:`NO_STATE`, which matches no attested hash.
+    """
+    replay = getattr(runtime, "replay", None)
+    if replay is None:
+        return await _rerun_exec(runtime, spec, on_log)
+    resume = None
+    if index > 0:
+        resume = spec.workdir.parent / f"{spec.workdir.name}.start.ckpt"
+        resume.write_bytes(start)
+    got: bytes = NO_STATE
+    from_start = RunSpec(spec.task, spec.workload, spec.workdir, resume, index - 1)
+    try:
+        got = await replay(from_start, on_log)
+    except BadSegment:
+        pass  # NO_STATE
+    finally:
+        if resume is not None:
+            resume.unlink(missing_ok=True)
+    return got
+
+
+async def _rerun_exec(runtime: object, spec: RunSpec, on_log: Callable[[str], None]) -> bytes:
+    got: list[bytes] = []
+
+    async def keep(done: object) -> None:
+        got.append(done.hash)  # type: ignore[attr-defined]
+
+    result = await runtime.run(spec, keep, on_log)  # type: ignore[attr-defined]
+    return got[0] if result.ok and got else NO_STATE

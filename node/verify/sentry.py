@@ -1,0 +1,290 @@
+"""The sentry service: follow attestations, draw the seed with the other assigned sentries,
+challenge the worker, replay with the runtimes (sandboxed as a worker runs them), gossip a
+signed verdict and keep its evidence.
+
+Per attestation, one trio task: commit, reveal, play the game (:mod:`node.verify.play`),
+publish. Verdicts from other sentries are recorded too, moving the worker's reputation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from config.schema import VerifySettings
+from consensus.envelope import new_nonce
+from consensus.errors import Invalid
+from consensus.kinds import from_wire, to_wire
+from consensus.market.messages import TaskRef
+from consensus.verify import game as g
+from consensus.verify import seed as sd
+from consensus.verify.messages import (
+    Attestation,
+    ChallengeRequest,
+    ChallengeResponse,
+    SeedCommit,
+    SeedReveal,
+    Verdict,
+    attestation_id,
+)
+from consensus.verify.sampling import sample
+from gpu.runtime import RunSpec
+from node.market.blobshare import FetchFailed
+from node.market.packing import unpack
+from node.verify.play import NO_STATE, play, replay_segment
+from node.verify.topics import ATTESTS, CHALLENGE, CHALLENGE_MAX_BYTES, SEEDS, VERDICTS
+from p2p.reqresp import RequestError
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.market.blobshare import BlobShare
+    from node.market.net import MarketNet
+    from node.verify.store import VerifyStore
+
+log = logging.getLogger(__name__)
+VERDICT_TTL_MS = 30 * 60_000
+
+
+def task_key(ref: TaskRef) -> bytes:
+    return ref.job_id + ref.task.to_bytes(4, "big") + ref.attempt.to_bytes(4, "big")
+
+
+@dataclass
+class Sentry:
+    net: MarketNet
+    store: VerifyStore
+    share: BlobShare
+    settings: VerifySettings
+    runtimes: dict[str, Any]  # kind -> runtime
+    sentries: Callable[[], list[str]]  # the sentries this node knows (itself included)
+    det_class: str
+    scratch: Path
+    rounds: dict[bytes, sd.SeedRound] = field(default_factory=dict)
+    judged: set[bytes] = field(default_factory=set)  # attestation ids taken up, once each
+    # task key -> when its attestation arrived, until a verdict on it does: settlement holds
+    # such a task's payment (see holds()).
+    awaiting: dict[bytes, int] = field(default_factory=dict)
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
+        seeds = await self.net.subscribe(SEEDS, frozenset({SeedCommit.KIND, SeedReveal.KIND}))
+        verdicts = await self.net.subscribe(VERDICTS, frozenset({Verdict.KIND}))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_seeds, seeds)
+            nursery.start_soon(self._follow_verdicts, verdicts)
+
+            async def follow() -> None:
+                async for msg in atts:
+                    body = msg.opened.body
+                    if isinstance(body, Attestation) and body.worker == msg.origin:
+                        self.awaiting.setdefault(task_key(body.ref), self.net.now_ms())
+                        nursery.start_soon(self._judge_safely, body)
+
+            nursery.start_soon(follow)
+            task_status.started()
+
+    async def holds(self, ref: TaskRef) -> bool:
+        """Whether settlement must not pay this task attempt (yet): a sentry failed it, or it
+        was attested and no verdict has come within the requester's verdict timeout (after
+        which the requester accepts it unverified, and so does settlement)."""
+        if await self.store.failed(ref):
+            return True
+        seen = self.awaiting.get(task_key(ref))
+        return seen is not None and self.net.now_ms() - seen < self.settings.verdict_timeout_ms
+
+    async def _follow_seeds(self, inbox: Any) -> None:
+        async for msg in inbox:
+            body, now = msg.opened.body, self.net.now_ms()
+            live = self.rounds.get(body.attestation)
+            if live is None:
+                continue
+            try:
+                if isinstance(body, SeedCommit):
+                    live.commit(msg.origin, body.commitment, now)
+                elif isinstance(body, SeedReveal):
+                    live.reveal(msg.origin, body.secret, now)
+            except Invalid as exc:
+                log.info("seed share refused", extra={"from": msg.origin, "error": str(exc)})
+            self.changed.set()
+
+    async def _follow_verdicts(self, inbox: Any) -> None:
+        async for msg in inbox:
+            verdict = msg.opened.body
+            if isinstance(verdict, Verdict):
+                self.awaiting.pop(task_key(verdict.ref), None)
+                await self.store.add_verdict(
+                    verdict.attestation,
+                    msg.origin,
+                    verdict,
+                    msg.opened.raw,
+                    evidence=None,
+                    now_ms=self.net.now_ms(),
+                )
+
+    async def _judge_safely(self, att: Attestation) -> None:
+        """One judgement; its failure (a runtime that breaks, a bug) is logged, and the other
+        judgements and the node go on."""
+        att_id = attestation_id(att)
+        if att_id in self.judged:
+            return
+        self.judged.add(att_id)
+        try:
+            await self.judge(att)
+        except Exception:
+            log.exception("judging failed", extra={"task": att.ref.text()})
+        finally:
+            self.rounds.pop(att_id, None)
+
+    async def judge(self, att: Attestation) -> None:
+        att_id, me = attestation_id(att), self.net.peer_id
+        assigned = sd.assigned(task_key(att.ref), self.sentries(), self.settings.sentries_per_task)
+        if me not in assigned or att.workload is None:
+            return
+        runtime = self.runtimes.get(att.runtime)
+        if runtime is None:
+            log.warning("cannot judge: no runtime", extra={"runtime": att.runtime})
+            return
+        seed = await self._seed(att_id, assigned)
+        sampled = sample(seed, att.segments, self.settings.sample_size)
+        game = g.Game(
+            att,
+            att_id,
+            sampled,
+            self.net.now_ms() + self.settings.challenge_deadline_ms,
+            att.det_class == self.det_class,
+            self.settings.tolerance_ppm,
+        )
+        log.info(
+            "judging",
+            extra={
+                "task": att.ref.text(),
+                "worker": att.worker,
+                "sampled": ",".join(map(str, sampled)),
+            },
+        )
+        work = self.scratch / att_id.hex()[:16]
+        try:
+            decision = await play(
+                game,
+                lambda i: self._ask(att, att_id, i),
+                lambda i, start: self._replay(att, runtime, work, i, start),
+                self.net.now_ms,
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if isinstance(decision, g.Escalate):
+            log.warning("escalated", extra={"task": att.ref.text(), "reason": decision.reason})
+            return
+        await self._publish(att, att_id, sampled, seed, decision)
+
+    async def _seed(self, att_id: bytes, assigned: list[str]) -> bytes:
+        now, me = self.net.now_ms(), self.net.peer_id
+        commit_until = now + self.settings.commit_window_ms
+        live = sd.SeedRound(
+            att_id, assigned, commit_until, commit_until + self.settings.reveal_window_ms
+        )
+        self.rounds[att_id] = live
+        secret = os.urandom(32)
+        commitment = sd.commitment(att_id, me, secret)
+        live.commit(me, commitment, now)
+        await self.net.publish(
+            SEEDS,
+            SeedCommit(
+                expires_ms=now + VERDICT_TTL_MS,
+                nonce=new_nonce(),
+                attestation=att_id,
+                commitment=commitment,
+            ),
+        )
+        await trio.sleep((commit_until + 1 - self.net.now_ms()) / 1000)
+        live.reveal(me, secret, self.net.now_ms())
+        await self.net.publish(
+            SEEDS,
+            SeedReveal(
+                expires_ms=self.net.now_ms() + VERDICT_TTL_MS,
+                nonce=new_nonce(),
+                attestation=att_id,
+                secret=secret,
+            ),
+        )
+        while not live.ready(self.net.now_ms()):
+            with trio.move_on_after((live.reveal_until_ms + 1 - self.net.now_ms()) / 1000):
+                await self.changed.wait()
+            self.changed = trio.Event()
+        return live.seed()
+
+    async def _ask(self, att: Attestation, att_id: bytes, index: int) -> ChallengeResponse | None:
+        request = ChallengeRequest(ref=att.ref, attestation=att_id, index=index)
+        try:
+            reply = await self.net.request(
+                att.worker,
+                att.listen,
+                CHALLENGE,
+                {"request": to_wire(request)},
+                timeout_s=self.settings.challenge_deadline_ms / 1000,
+                max_bytes=CHALLENGE_MAX_BYTES,
+            )
+            return from_wire(ChallengeResponse, reply, "response")
+        except (RequestError, Invalid) as exc:
+            log.info("challenge unanswered", extra={"task": att.ref.text(), "error": str(exc)})
+            return None
+
+    async def _replay(
+        self, att: Attestation, runtime: Any, work: Path, index: int, start: bytes
+    ) -> bytes:
+        assert att.workload is not None
+        workdir = work / f"seg-{index}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        if att.inputs is not None:
+            try:
+                archive = await self.share.fetch(att.inputs, lambda _peer: list(att.listen))
+            except FetchFailed as exc:
+                log.info("inputs not fetched", extra={"task": att.ref.text(), "error": str(exc)})
+                return NO_STATE
+            unpack(archive, workdir)
+        spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
+        return await replay_segment(runtime, spec, index, start, lambda _line: None)
+
+    async def _publish(
+        self, att: Attestation, att_id: bytes, sampled: list[int], seed: bytes, decision: g.Decide
+    ) -> None:
+        verdict = Verdict(
+            expires_ms=self.net.now_ms() + VERDICT_TTL_MS,
+            nonce=new_nonce(),
+            ref=att.ref,
+            worker=att.worker,
+            attestation=att_id,
+            passed=decision.passed,
+            sampled=sampled,
+            seed=seed,
+            evidence=g.evidence_hash(decision.evidence),
+            reason=decision.reason[:200],
+        )
+        await self.store.add_verdict(
+            att_id,
+            self.net.peer_id,
+            verdict,
+            self.net.seal(verdict),
+            evidence=decision.evidence,
+            now_ms=self.net.now_ms(),
+        )
+        await self.net.publish(VERDICTS, verdict)
+        log.info(
+            "verdict",
+            extra={
+                "task": att.ref.text(),
+                "worker": att.worker,
+                "passed": decision.passed,
+                "reason": decision.reason,
+            },
+        )

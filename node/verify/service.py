@@ -1,0 +1,87 @@
+"""Proof-of-compute's services, one per role: worker (attest, answer), sentry, requester."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from gpu.exec_runtime import ExecRuntime
+from gpu.render import RenderRuntime
+from gpu.train import TrainRuntime
+from node.market.service import market_of, worker_sandbox
+from node.verify.requester import Verdicts
+from node.verify.sentry import Sentry
+from node.verify.store import VerifyStore
+from node.verify.worker import VerifyWorker, determinism_class
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.daemon import NodeContext
+
+
+def known_sentries(ctx: NodeContext) -> list[str]:
+    assert ctx.network is not None
+    found = [p.peer_id for p in ctx.network.book.peers.values() if "sentry" in p.roles]
+    if "sentry" in ctx.settings.node.roles:
+        found.append(ctx.keys.peer_id)
+    return sorted(set(found))
+
+
+async def worker_verify(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    market = market_of(ctx)
+    assert market.worker is not None, "starts after the worker's market service"
+    det = determinism_class(market.worker.bidder.caps.gpu_class)
+    verifier = VerifyWorker(market.net, VerifyStore(ctx.db), market.share, det)
+    verifier.register()
+    market.worker.on_done = verifier.attest
+    task_status.started()
+    await trio.sleep_forever()
+
+
+async def sentry_verify(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    market = market_of(ctx)
+    sandbox = await trio.to_thread.run_sync(worker_sandbox, ctx.settings.worker)
+    runtimes: dict[str, Any] = {"exec": ExecRuntime(sandbox)}
+    if importlib.util.find_spec("torch") is not None:
+        runtimes["train"] = TrainRuntime(sandbox)
+    if importlib.util.find_spec("bpy") is not None:
+        runtimes["render"] = RenderRuntime(sandbox)
+    scratch = ctx.home.root / "work" / "verify"
+    scratch.mkdir(parents=True, exist_ok=True)
+    sentry = Sentry(
+        market.net,
+        VerifyStore(ctx.db),
+        market.share,
+        ctx.settings.verify,
+        runtimes,
+        lambda: known_sentries(ctx),
+        determinism_class("cpu"),
+        scratch,
+    )
+    if ctx.chain is not None:  # the anchorer asks before it pays a task
+        ctx.chain.excluded = sentry.holds
+    await sentry.run(task_status=task_status)
+
+
+async def requester_verify(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    market = market_of(ctx)
+    assert market.jobs is not None, "starts after the requester's market service"
+    verdicts = Verdicts(
+        market.net,
+        VerifyStore(ctx.db),
+        ctx.settings.verify.quorum,
+        lambda: bool(known_sentries(ctx)),
+    )
+    market.jobs.verdicts = verdicts
+    market.jobs.verdict_timeout_ms = ctx.settings.verify.verdict_timeout_ms
+    market.jobs.reputation_of, market.jobs.excluded = verdicts.reputation_of, verdicts.excluded
+    await verdicts.run(task_status=task_status)

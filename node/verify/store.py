@@ -1,0 +1,127 @@
+"""Proof-of-compute tables (migration 6): kept attestations, verdicts seen, reputation.
+
+:meth:`VerifyStore.failed` answers "did this task attempt fail verification?" for settlement
+(a failed attempt is never paid).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgpack
+
+from consensus.market.messages import TaskRef
+from consensus.verify.messages import Verdict
+from consensus.verify.verdicts import REP_START, reputation_after
+from storage.db import Database
+
+
+class VerifyStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- worker --------------------------------------------------------------------------
+
+    async def keep_attestation(
+        self, ref: TaskRef, sealed: bytes, segments: list[tuple[bytes, bytes]], now_ms: int
+    ) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO verify_attested VALUES (?, ?, ?, ?, ?, ?)",
+            (ref.job_id, ref.task, ref.attempt, sealed, msgpack.packb(segments), now_ms),
+        )
+
+    async def attested(self, ref: TaskRef) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """The sealed attestation and [(state hash, checkpoint blob hash)] of a task we ran."""
+        row = await self.db.query_one(
+            "SELECT attestation, segments FROM verify_attested "
+            "WHERE job_id = ? AND idx = ? AND attempt = ?",
+            (ref.job_id, ref.task, ref.attempt),
+        )
+        if row is None:
+            return None
+        return row["attestation"], [(h, b) for h, b in msgpack.unpackb(row["segments"])]
+
+    # --- verdicts ------------------------------------------------------------------------
+
+    async def add_verdict(
+        self,
+        att_id: bytes,
+        sentry: str,
+        verdict: Verdict,
+        sealed: bytes,
+        *,
+        evidence: bytes | None,
+        now_ms: int,
+    ) -> bool:
+        """Records a verdict (the first per sentry and attestation); True if it was new, in
+        which case the worker's reputation moves."""
+        ref = verdict.ref
+        added = await self.db.execute(
+            "INSERT OR IGNORE INTO verify_verdicts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                att_id,
+                sentry,
+                ref.job_id,
+                ref.task,
+                ref.attempt,
+                verdict.worker,
+                int(verdict.passed),
+                verdict.reason,
+                evidence,
+                sealed,
+                now_ms,
+            ),
+        )
+        if added:
+            missed = "no answer" in verdict.reason or "refused" in verdict.reason
+            event = "pass" if verdict.passed else "missed" if missed else "fail"
+            await self._reputation(verdict.worker, event, now_ms)
+        return bool(added)
+
+    async def verdicts(self, ref: TaskRef) -> list[dict[str, Any]]:
+        rows = await self.db.query(
+            "SELECT sentry, worker, passed, reason, received_ms FROM verify_verdicts "
+            "WHERE job_id = ? AND idx = ? AND attempt = ? ORDER BY received_ms",
+            (ref.job_id, ref.task, ref.attempt),
+        )
+        return [dict(r) for r in rows]
+
+    async def failed(self, ref: TaskRef) -> bool:
+        """Whether any sentry's verdict on this attempt is a fail: settlement pays it not."""
+        row = await self.db.query_one(
+            "SELECT 1 FROM verify_verdicts WHERE job_id = ? AND idx = ? AND attempt = ? "
+            "AND passed = 0 LIMIT 1",
+            (ref.job_id, ref.task, ref.attempt),
+        )
+        return row is not None
+
+    # --- reputation ----------------------------------------------------------------------
+
+    async def reputation(self, peer: str) -> int:
+        row = await self.db.query_one(
+            "SELECT score FROM verify_reputation WHERE peer_id = ?", (peer,)
+        )
+        return REP_START if row is None else int(row["score"])
+
+    async def reputations(self) -> dict[str, int]:
+        rows = await self.db.query("SELECT peer_id, score FROM verify_reputation")
+        return {r["peer_id"]: int(r["score"]) for r in rows}
+
+    async def _reputation(self, peer: str, event: str, now_ms: int) -> None:
+        """Moves ``peer``'s score by one event, read and written in one transaction."""
+
+        def move(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT score FROM verify_reputation WHERE peer_id = ?", (peer,)
+            ).fetchone()
+            score = reputation_after(REP_START if row is None else int(row[0]), event)  # type: ignore[arg-type]
+            passed, failed = int(event == "pass"), int(event != "pass")
+            conn.execute(
+                "INSERT INTO verify_reputation VALUES (?, ?, ?, ?, ?) ON CONFLICT(peer_id) DO "
+                "UPDATE SET score = excluded.score, passes = passes + excluded.passes, "
+                "fails = fails + excluded.fails, updated_ms = excluded.updated_ms",
+                (peer, score, passed, failed, now_ms),
+            )
+
+        await self.db.transaction(move)

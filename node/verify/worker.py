@@ -1,0 +1,121 @@
+"""The worker's side of proof-of-compute: attest a finished task, answer challenges.
+
+The attestation is signed and gossiped as soon as the result is packed, before any seed
+exists. Checkpoints stay in the node's blob store (the market put them there for failover);
+a challenge for segment ``i`` is answered from them with Merkle proofs against the attested
+root. A sentry that challenges is granted the task's inputs, so it can replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from consensus.envelope import new_nonce
+from consensus.errors import Invalid
+from consensus.kinds import from_wire, to_wire
+from consensus.market.messages import BlobRef
+from consensus.verify import tree
+from consensus.verify.messages import Attestation, ChallengeRequest, attestation_id
+from node.verify.play import answer_from
+from node.verify.topics import ATTESTATION_TTL_MS, ATTESTS, CHALLENGE, CHALLENGE_MAX_BYTES
+from p2p.reqresp import RequestRejected
+
+if TYPE_CHECKING:
+    from node.market.blobshare import BlobShare
+    from node.market.net import MarketNet
+    from node.market.worker import Work
+    from node.verify.store import VerifyStore
+
+log = logging.getLogger(__name__)
+
+
+def determinism_class(gpu_class: str) -> str:
+    """Device class, Python and the numeric libraries: what must match for bitwise replays."""
+    libs = []
+    for name in ("torch", "bpy", "numpy"):
+        try:
+            libs.append(f"{name}-{metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return "|".join([gpu_class, f"py{platform.python_version()}", *libs])
+
+
+class VerifyWorker:
+    def __init__(
+        self, net: MarketNet, store: VerifyStore, share: BlobShare, det_class: str
+    ) -> None:
+        self.net, self.store, self.share, self.det_class = net, store, share, det_class
+
+    def register(self) -> None:
+        self.net.serve(CHALLENGE, self._on_challenge, max_bytes=CHALLENGE_MAX_BYTES)
+
+    async def attest(self, work: Work) -> None:
+        """Signs, keeps and gossips the attestation of a task that ended ``done``."""
+        order, points = work.order, work.checkpoints
+        if order.verification == "none":
+            return  # nobody will check it: no attestation, no sentry's compute spent
+        if not points or points[0].index != 0 or work.result_hash is None:
+            log.info(
+                "not attested: resumed or without checkpoints", extra={"task": order.ref.text()}
+            )
+            return
+        hashes = [c.hash for c in points]
+        inputs = None
+        if order.inputs is not None:
+            inputs = BlobRef(
+                hash=order.inputs.hash, size=order.inputs.size, holders=[self.net.peer_id]
+            )
+        att = Attestation(
+            expires_ms=self.net.now_ms() + ATTESTATION_TTL_MS,
+            nonce=new_nonce(),
+            ref=order.ref,
+            worker=self.net.peer_id,
+            root=tree.root(tree.chain_leaves(hashes)),
+            segments=len(hashes),
+            result_hash=work.result_hash,
+            seconds=points[-1].seconds,
+            runtime=order.workload.kind,
+            det_class=self.det_class,
+            workload=order.workload,
+            inputs=inputs,
+            listen=self.net.addrs(),
+        )
+        kept = [(c.hash, c.blob.hash if c.blob else b"") for c in points]
+        await self.store.keep_attestation(
+            order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms()
+        )
+        await self.net.publish(ATTESTS, att)
+        log.info("task attested", extra={"task": order.ref.text(), "segments": len(hashes)})
+
+    async def _on_challenge(self, peer: str, payload: Any) -> Any:
+        try:
+            req = from_wire(
+                ChallengeRequest,
+                payload.get("request") if isinstance(payload, dict) else None,
+                "request",
+            )
+        except Invalid as exc:
+            raise RequestRejected("malformed", str(exc)) from None
+        kept = await self.store.attested(req.ref)
+        if kept is None:
+            raise RequestRejected("not_found", "no attestation of ours for that task")
+        att = from_wire(Attestation, msgpack.unpackb(kept[0]))
+        if attestation_id(att) != req.attestation or not 0 <= req.index < att.segments:
+            raise RequestRejected("invalid", "another attestation, or no such segment")
+        segments = kept[1]
+        if att.inputs is not None:
+            self.share.grant(peer, att.inputs.hash)
+
+        def read(i: int) -> bytes:
+            return self.share.read_plain(segments[i][1])  # blobs are kept encrypted
+
+        log.info(
+            "challenge answered",
+            extra={"task": req.ref.text(), "segment": req.index, "sentry": peer},
+        )
+        return to_wire(answer_from(att, [h for h, _ in segments], read, req.index))

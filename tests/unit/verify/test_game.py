@@ -1,0 +1,178 @@
+"""The sentry's game, driven by events: honest runs pass, each kind of cheat fails."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from blake3 import blake3
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consensus.verify import game as g
+from consensus.verify import tree
+from consensus.verify.messages import Leaf
+from tests.unit.verify.factories import Run, att_id, honest
+
+DEADLINE = 1000
+
+
+def new_game(run: Run, sampled: list[int], same_class: bool = True, att: object = None) -> g.Game:
+    attestation = att or run.attestation()
+    return g.Game(attestation, att_id(run), sampled, DEADLINE, same_class, tolerance_ppm=500)  # type: ignore[arg-type]
+
+
+def play(game: g.Game, run: Run, replay_hashes: dict[int, bytes] | None = None) -> list[g.Effect]:
+    """Answers every challenge from ``run`` and replays honestly unless told otherwise."""
+    out: list[g.Effect] = []
+    for effect in game.start():
+        assert isinstance(effect, g.Challenge) and effect.deadline_ms == DEADLINE
+        for e in game.handle(g.Answered(run.answer(effect.index)), 10):
+            out.append(e)
+            if isinstance(e, g.Replay):
+                got = (replay_hashes or {}).get(e.index, e.expected)
+                out += game.handle(g.Replayed(e.index, got), 20)
+    return out
+
+
+def decision(effects: list[g.Effect]) -> g.Decide:
+    [d] = [e for e in effects if isinstance(e, g.Decide)]
+    return d
+
+
+@given(st.integers(1, 40), st.data())
+def test_honest_runs_always_pass(n: int, data: st.DataObject) -> None:
+    run = honest(n)
+    sampled = sorted(set(data.draw(st.lists(st.integers(0, n - 1), max_size=6))) | {n - 1})
+    game = new_game(run, sampled)
+    d = decision(play(game, run))
+    assert d.passed and game.state == "passed"
+    assert game.next_deadline() is None
+
+
+def test_replay_from_checkpoint_is_given_the_start_file() -> None:
+    run = honest(4)
+    game = new_game(run, [2, 3])
+    game.start()
+    [replay] = game.handle(g.Answered(run.answer(2)), 5)
+    assert replay == g.Replay(2, run.files[1], run.hashes[2])
+
+
+def test_a_skipped_segment_fails_on_replay_in_the_same_class() -> None:
+    run = honest(8)
+    game = new_game(run, [3, 7])
+    d = decision(play(game, run, {3: b"x" * 32}))
+    assert not d.passed and "segment 3: replay gives" in d.reason
+    assert game.state == "failed"
+
+
+def test_a_cross_class_miss_escalates_rather_than_fails() -> None:
+    run = honest(8)
+    game = new_game(run, [3, 7], same_class=False)
+    game.start()
+    [_first] = game.handle(g.Answered(run.answer(3)), 5)
+    assert game.handle(g.Replayed(3, b"y" * 32, distance_ppm=100), 6) == []  # within tolerance
+    [_replay] = game.handle(g.Answered(run.answer(7)), 7)
+    [esc] = game.handle(g.Replayed(7, b"z" * 32, distance_ppm=9000), 8)
+    assert isinstance(esc, g.Escalate) and game.state == "escalated"
+    assert game.handle(g.Answered(run.answer(7)), 9) == []  # terminal: late input ignored
+
+
+def test_silence_fails_at_the_deadline() -> None:
+    run = honest(4)
+    game = new_game(run, [1, 3])
+    game.start()
+    game.handle(g.Answered(run.answer(1)), 5)
+    assert game.on_tick(DEADLINE - 1) == []
+    assert game.next_deadline() == DEADLINE
+    [d] = game.on_tick(DEADLINE)
+    assert isinstance(d, g.Decide) and not d.passed and "[3]" in d.reason
+    assert game.handle(g.Answered(run.answer(3)), DEADLINE + 1) == []
+
+
+def test_refusal_fails() -> None:
+    run = honest(4)
+    game = new_game(run, [3])
+    game.start()
+    [d] = game.handle(g.Refused(3, "busy"), 5)
+    assert isinstance(d, g.Decide) and not d.passed and "refused" in d.reason
+
+
+def test_a_late_answer_counts_as_silence() -> None:
+    run = honest(4)
+    game = new_game(run, [3])
+    game.start()
+    [d] = game.handle(g.Answered(run.answer(3)), DEADLINE + 1)
+    assert isinstance(d, g.Decide) and not d.passed
+
+
+def cheat(run: Run, index: int, **changes: object) -> g.Decide:
+    game = new_game(run, [index])
+    game.start()
+    answer = replace(run.answer(index), **changes)  # type: ignore[arg-type]
+    [d] = game.handle(g.Answered(answer), 5)
+    assert isinstance(d, g.Decide) and not d.passed
+    return d
+
+
+def test_answers_that_do_not_match_the_attestation_fail() -> None:
+    run = honest(6)
+    leaves = run.leaves()
+    wrong_file = cheat(run, 3, checkpoint=b"another state")
+    assert "does not match its attested hash" in wrong_file.reason
+    forged = Leaf(index=3, hash=b"f" * 32, chained=leaves[3].chained)
+    assert "not under the attested root" in cheat(run, 3, after=forged).reason
+    moved = Leaf(index=3, hash=leaves[4].hash, chained=leaves[4].chained)
+    assert "not under the attested root" in cheat(run, 3, after=moved).reason
+    assert "leaf is missing" in cheat(run, 3, before=None).reason
+
+
+def test_reordered_checkpoints_break_the_chain() -> None:
+    run = honest(6)
+    files = list(run.files)
+    files[2], files[3] = files[3], files[2]
+    # The worker attests the reordered files honestly hashed: a consistent tree of a history
+    # no replay reproduces. The chain holds, so the replay is what catches it.
+    reordered = Run(files)
+    game = new_game(reordered, [3])
+    game.start()
+    [_replay] = game.handle(g.Answered(reordered.answer(3)), 5)
+    real = blake3(files[3]).digest()  # not what segment 3 from files[2] gives honestly
+    [d] = game.handle(g.Replayed(3, run.hashes[3] if real != run.hashes[3] else b"q" * 32), 6)
+    assert isinstance(d, g.Decide) and not d.passed
+
+
+def test_a_chain_that_breaks_between_leaves_fails() -> None:
+    run = honest(6)
+    leaves = run.leaves()
+    # A tree over leaves whose chained hashes were not computed from their state hashes.
+    bad = [leaves[0], leaves[1], Leaf(index=2, hash=b"h" * 32, chained=leaves[2].chained)]
+    levels = tree.levels(bad)
+    att = run.attestation(root=levels[-1][0], segments=3, result_hash=bad[2].hash)
+    game = new_game(run, [2], att=att)
+    game.start()
+    answer = replace(
+        run.answer(2), before_proof=tree.proof(levels, 1), after=bad[2],
+        after_proof=tree.proof(levels, 2),
+    )  # fmt: skip
+    [d] = game.handle(g.Answered(answer), 5)
+    assert isinstance(d, g.Decide) and "chain breaks" in d.reason
+
+
+def test_a_result_other_than_the_final_state_fails() -> None:
+    run = honest(4)
+    game = new_game(run, [3], att=run.attestation(result_hash=b"r" * 32))
+    game.start()
+    [d] = game.handle(g.Answered(run.answer(3)), 5)
+    assert isinstance(d, g.Decide) and "not the attested result" in d.reason
+
+
+def test_evidence_is_kept_and_hashed() -> None:
+    run = honest(8)
+    d = decision(play(new_game(run, [3, 7]), run, {3: b"x" * 32}))
+    assert len(g.evidence_hash(d.evidence)) == 32
+    assert b"replayed" in d.evidence and b"x" * 32 in d.evidence
+
+
+def test_transition_table_covers_every_move() -> None:
+    for (state, _event), targets in g.TRANSITIONS.items():
+        assert state not in g.TERMINAL and targets
