@@ -72,8 +72,8 @@ def main() -> None:
         ran = [run_job(requester, kind, spec, names) for kind, spec in jobs()]
         heading("settlement: the sentry anchors an epoch, the window passes, workers claim")
         apis = {name: ApiClient(Home(Path(n["home"]))) for name, n in nodes.items()}
-        follow_settlement(apis, SETTLE_TIMEOUT_S)
-        summary(ran, names, before, balances(nodes))
+        chain = follow_settlement(apis, SETTLE_TIMEOUT_S)
+        summary(ran, names, before, balances(nodes), chain, gas_used(nodes))
     finally:
         heading("stopping the local network")
         idlegrid("localnet", "stop", "--dir", str(ROOT))
@@ -126,13 +126,28 @@ def balances(nodes: dict[str, dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def summary(
-    ran: list[Ran], names: dict[str, str], before: dict[str, int], after: dict[str, int]
+def gas_used(nodes: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Gas units of every mined transaction in each node's own journal."""
+    out = {}
+    for name, node in nodes.items():
+        shown = idlegrid("settlement", "txs", "--json", "--home", node["home"], quiet=True)
+        out[name] = sum(int(t["gas"] or 0) for t in json.loads(shown) if t["state"] == "mined")
+    return out
+
+
+def summary(  # noqa: PLR0917 - one argument per column of the table
+    ran: list[Ran],
+    names: dict[str, str],
+    before: dict[str, int],
+    after: dict[str, int],
+    chain: dict[str, dict[str, Any]],
+    gas: dict[str, int],
 ) -> None:
     heading("summary")
     for r in ran:
         cost = format_wei(int(r.view["cost_wei"]))
         print(f"  {r.kind} job {r.job_id[:12]}: {r.view['state']}, cost {cost}")
+        print(f"    verification: {r.view.get('verification', {}).get('guarantee', '-')}")
         for a in r.view["attempts"]:
             seconds = max(0, ((a["ended_ms"] or a["started_ms"]) - a["started_ms"]) // 1000)
             paid = format_wei(int(a["payable_wei"] or a["vouched_wei"]))
@@ -142,11 +157,27 @@ def summary(
                 f"{a['outcome'] or 'running'}, paid {paid}"
             )
         print(f"    results in {r.results}")
-    print("  balances (wallet, on chain):")
+    print("  on chain (each balance change includes gas at the dev chain's price; on a real")
+    print("  network workers claim rarely, once earnings pass chain.claim_threshold_wei):")
     for name in sorted(after):
         delta = after[name] - before.get(name, after[name])
         sign = "+" if delta >= 0 else "-"
-        print(f"    {name:12} {format_wei(after[name]):>24}  ({sign}{format_wei(abs(delta))})")
+        print(
+            f"    {name:12} balance {format_wei(after[name]):>24} ({sign}{format_wei(abs(delta))})"
+            f"  {_role_money(chain.get(name, {}))}gas {gas.get(name, 0):,} units"
+        )
+
+
+def _role_money(view: dict[str, Any]) -> str:
+    if escrow := view.get("escrow"):
+        funded = sum(int(j["funded_wei"]) for j in escrow["jobs"].values())
+        returned = sum(int(j["returned_wei"]) for j in escrow["jobs"].values())
+        return f"escrowed {format_wei(funded)}, {format_wei(returned)} back; "
+    if view.get("payee"):
+        return f"claimed {format_wei(int(view.get('earned_wei', 0)))} of earnings; "
+    if anchorer := view.get("anchorer"):
+        return f"anchored {anchorer.get('posted_here', 0)} epoch(s); "
+    return ""
 
 
 if __name__ == "__main__":

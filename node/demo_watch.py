@@ -36,6 +36,7 @@ class JobWatch:
     bids: set[tuple[int, int, str]] = field(default_factory=set)
     task_states: dict[int, tuple[str, int, int]] = field(default_factory=dict)
     attempts: set[tuple[int, int]] = field(default_factory=set)
+    verdicts: set[tuple[int, int, str]] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
 
     def stamp(self) -> str:
@@ -52,7 +53,20 @@ class JobWatch:
             self._attempt(attempt)
         for task in view["task_states"]:
             self._task(task)
+        for verdict in view.get("verification", {}).get("verdicts", []):
+            self._verdict(verdict)
         return view
+
+    def _verdict(self, v: dict[str, Any]) -> None:
+        key = (v["task"], v["attempt"], v["sentry"])
+        if key in self.verdicts:
+            return
+        self.verdicts.add(key)
+        outcome = ("PASS" if v["passed"] else "FAIL") + (f" ({v['reason']})" if v["reason"] else "")
+        self.say(
+            f"verdict task {v['task']}: {self.names(v['sentry'])} challenged "
+            f"{self.names(v['worker'])} and re-ran its sampled segments: {outcome}"
+        )
 
     def _bid(self, bid: dict[str, Any]) -> None:
         key = (bid["task"], bid["attempt"], bid["worker"])
