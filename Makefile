@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make demo: start a node with default settings in ./.demo, show its status, stop it.
+## make demo: the whole flow on a local network in ./.demo (about 2 minutes).
 demo: $(STAMP)
 	$(BIN)/python -m node.demo
 
