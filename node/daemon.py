@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
     from node.market.service import Market
+    from node.transfer.service import DataService
 
 from config import Settings
 from node import __version__
@@ -36,6 +37,8 @@ from node.identity import NodeKeys
 from node.market.api import market_routes
 from node.network import Network, run_network
 from node.roles import run_role, services_of
+from node.transfer.api import data_routes
+from node.transfer.service import run_data
 from storage.blobs import BlobStore
 from storage.db import Database
 
@@ -56,6 +59,7 @@ class NodeContext:
     api_port: int = 0
     network: Network | None = None
     market: Market | None = None  # made when a role first needs it
+    data: DataService | None = None  # datasets served and fetched (node.transfer.service)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -99,6 +103,7 @@ def routes(ctx: NodeContext) -> Routes:
     }
     table.update(market_routes(ctx))
     table.update(discovery_routes(ctx))
+    table.update(data_routes(ctx))
     return table
 
 
@@ -119,6 +124,7 @@ async def run_node(
             if handle_signals:
                 await nursery.start(_cancel_on_signal, nursery.cancel_scope)
             ctx.network = await nursery.start(run_network, ctx)
+            ctx.data = await nursery.start(run_data, ctx)
             api = settings.api
             ctx.api_port = await nursery.start(
                 serve, api.host, api.port, home.read_token(), routes(ctx)
