@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from node.cli_base import BadInput, Failure, emit, home_option, json_option, tab
 from node.client import ApiClient, NotRunning
 from node.home import Home, HomeError, resolve_home
 from node.transfer import local
+from node.transfer.sealed import seal_tree
 from storage import transfer_access as access
 from storage import transfer_journal as journal
 from storage.db import open_sync, run_transaction
@@ -59,6 +62,7 @@ def data() -> None:
 @click.option("--chunk-kib", type=click.IntRange(64, 8192), default=1024, show_default=True)
 @click.option("--public", is_flag=True, help="serve it to any peer that asks")
 @click.option("--grant", "grants", multiple=True, help="peer id to serve it to (repeat)")
+@click.option("--for", "for_peer", help="seal it end to end to this peer id (and grant it)")
 @home_option
 @json_option
 def add(
@@ -67,24 +71,35 @@ def add(
     chunk_kib: int,
     public: bool,
     grants: tuple[str, ...],
+    for_peer: str | None,
     home_dir: str | None,
     as_json: bool,
 ) -> None:
     """Chunk PATH (a file or folder) into the data dir; prints the dataset id."""
     home = _home(home_dir)
-    peers = [_peer(p) for p in grants] + ([ANYONE] if public else [])
+    peers = [_peer(p) for p in (*grants, *([for_peer] if for_peer else []))]
+    peers += [ANYONE] if public else []
+    staging = Path(tempfile.mkdtemp(dir=home.root, prefix="sealing-")) if for_peer else None
     try:
+        if for_peer and staging:
+            path = seal_tree(path, for_peer, staging)
         dataset_id, manifest = local.add(
             home.db, local.chunk_store(home.root), path, chunk_kib << 10
         )
     except UnsupportedEntry as exc:
         raise BadInput(f"PATH: {exc}") from None
+    except Invalid as exc:
+        raise BadInput(f"--for: {exc}") from None
+    finally:
+        if staging:
+            shutil.rmtree(staging)
     info = {
         "dataset_id": dataset_id.hex(),
         "files": len(manifest.files),
         "chunks": len(manifest.chunks),
         "bytes": manifest.total_bytes,
         "grants": peers,
+        "sealed_for": for_peer,
         "served_by_daemon": _grant_and_offer(home, dataset_id, peers),
     }
     emit(as_json, info, lambda i: i["dataset_id"])
@@ -105,7 +120,7 @@ def grant(dataset: str, peer: str, home_dir: str | None, as_json: bool) -> None:
 
 def _peer(text: str) -> str:
     if not text.startswith(("12D3Koo", "Qm")) or not text.isalnum():
-        raise BadInput(f"--grant/PEER: {text!r} is not a peer id (12D3Koo... or Qm...)")
+        raise BadInput(f"--grant/--for/PEER: {text!r} is not a peer id (12D3Koo... or Qm...)")
     return text
 
 

@@ -11,6 +11,7 @@ of this service: the CLI starts it over the local API and follows it in the jour
 from __future__ import annotations
 
 import logging
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,10 @@ import trio
 from consensus.errors import Invalid
 from consensus.transfer.manifest import Manifest, decode_manifest
 from node.discovery import LOOKUP_TIMEOUT_S, REPROVIDE_S, locate
+from node.market.sealing import SealError
 from node.transfer import local
 from node.transfer.fetcher import FetchFailed, fetch
+from node.transfer.sealed import is_sealed, open_tree
 from node.transfer.server import TransferServer
 from p2p.host import DialError
 from storage import transfer_access as access
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # a dataset id no DHT peer took yet is provided again this soon
 MAX_ASKED = 32  # connected peers probed for a dataset nobody named
+FETCH_ERRORS = (FetchFailed, DialError, Invalid, UnsafeTarget, CorruptBlob, ValueError)
 
 
 def dataset_key(dataset_id: bytes) -> str:
@@ -102,13 +106,18 @@ class DataService:
             result = await fetch(net.host, net.ctx.db, self.store, dataset_id, peers, **opts)
             await trio.to_thread.run_sync(materialize, result.manifest, self.store, out)
             await self.offer(dataset_id)
-        except (FetchFailed, DialError, Invalid, UnsafeTarget, CorruptBlob, ValueError) as exc:
+            sealed = is_sealed(result.manifest)
+            if sealed:
+                key = net.ctx.keys.signing_key
+                await trio.to_thread.run_sync(open_tree, out, key)
+        except (*FETCH_ERRORS, SealError, tarfile.TarError) as exc:  # FilterError: a TarError
             job.state, job.error = "failed", str(exc)
             log.info("data get failed", extra={"dataset": dataset_id.hex()[:16], "error": str(exc)})
             return
         job.result = {
             "dataset_id": dataset_id.hex(), "out": str(out),
             "chunks_moved": result.chunks_moved, "bytes_moved": result.bytes_moved,
+            "sealed": sealed,
             "sources": {p: vars(s) for p, s in result.sources.items()},
         }  # fmt: skip
         job.state = "complete"

@@ -110,3 +110,26 @@ def test_public_dataset_then_two_holders(nodes: tuple[Daemon, Daemon], tmp_path:
     assert bad.returncode == 2 and "PEER" in bad.stderr
     missing = idlegrid(b.home, "data", "grant", "00" * 32, "*", env=ENV)
     assert missing.returncode == 1 and "not held whole here" in missing.stderr
+
+
+def test_a_dataset_sealed_for_a_peer_is_ciphertext_on_the_holder(
+    nodes: tuple[Daemon, Daemon], tmp_path: Path
+) -> None:
+    a, b = nodes
+    src = tmp_path / "src"
+    make_tree(src, big_files=2, small_files=5)
+    (src / "secret.txt").write_bytes(b"a plaintext marker line\n" * 2000)
+    done = idlegrid(a.home, "data", "add", str(src), "--for", peer_id(b.home), "--json", env=ENV)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["sealed_for"] == peer_id(b.home) and info["grants"] == [peer_id(b.home)]
+    chunks = [p.read_bytes() for p in (a.home / "chunks").rglob("*") if p.is_file()]
+    assert chunks and not any(b"plaintext marker" in c for c in chunks)
+
+    out = tmp_path / "b"
+    by_id = ("--from", peer_id(a.home))
+    got = idlegrid(b.home, "data", "get", info["dataset_id"], "--out", str(out), *by_id, "--json",
+                   env=ENV)  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["sealed"] is True
+    assert tree(out) == tree(src)  # opened with b's node key; the sealed files are gone
