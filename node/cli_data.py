@@ -169,6 +169,9 @@ def get(
     --from, else found in the DHT and among its peers), else with a host of its own."""
     dataset_id = _dataset_id(dataset)
     home = _home(home_dir)
+    for source in sources:
+        if "/p2p/" not in source and not source.startswith(("12D3Koo", "Qm")):
+            raise BadInput(f"--from: {source!r} is neither a multiaddr with /p2p/ nor a peer id")
     body = {
         "dataset_id": dataset_id.hex(), "out": str(out.absolute()), "from": list(sources),
         "window": window, "bulk": bulk,

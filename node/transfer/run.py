@@ -243,7 +243,7 @@ class Run:
         link, stats = self.links[peer], self.sched.sources[peer]
         async with send:
             while True:
-                while link.inflight >= link.window and not stats.banned:
+                while link.inflight >= link.window and not (stats.banned or stats.slow):
                     link.room = trio.Event()
                     await link.room.wait()
                 changed = self.changed
