@@ -142,12 +142,20 @@ class TransferServer:
             reply.value = {"i": -1, "e": f"malformed: {exc}"[:100]}
         reply.ready.set()
 
-    async def run_bulk(self, *, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_bulk(
+        self, *, task_status: TaskStatus[int | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Accept bulk connections (see :mod:`node.transfer.channel`) until cancelled.
 
-        Listens on the IP of the host's first address; ``task_status`` gets the port.
+        Listens on the IP of the host's first address; ``task_status`` gets the port, or None
+        when the host listens nowhere (a node reached only through relays: no bulk channel,
+        chunks go over the libp2p stream).
         """
-        ip = self.host.addrs[0].split("/")[2]
+        tcp = [a for a in self.host.addrs if a.startswith(("/ip4/", "/ip6/")) and "/tcp/" in a]
+        if not tcp:
+            task_status.started(None)
+            await trio.sleep_forever()
+        ip = tcp[0].split("/")[2]
         listeners = await trio.open_tcp_listeners(0, host=ip)
         self.bulk_port = listeners[0].socket.getsockname()[1]
         task_status.started(self.bulk_port)
