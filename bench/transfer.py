@@ -39,7 +39,7 @@ from storage.transfer_files import materialize
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = "/idlegrid/bench/bulk/1"
 BLOCK = 256 << 10
-WINDOW = [8]
+WINDOW: list[int | None] = [None]  # None: each link's window adapts (consensus.transfer.links)
 
 
 def child(*args: str) -> subprocess.Popen[str]:
@@ -172,6 +172,7 @@ def prepare(work: Path, size: int, holders: int) -> tuple[bytes, list[subprocess
 
 async def main(size: int, sources: int) -> None:
     logging.disable(logging.WARNING)
+    load_before = os.getloadavg()[0]
     tcp = await measure_tcp(size)
     bare = await measure_stream(size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -191,8 +192,12 @@ async def main(size: int, sources: int) -> None:
             for s in servers:
                 s.terminate()
                 s.wait()
-    mib = size >> 20
+    mib, load = size >> 20, (load_before + os.getloadavg()[0]) / 2
     print(f"{mib} MiB in {files} files on 127.0.0.1, senders in child processes")
+    print(
+        f"  load average (1 min) {load:.1f} on {os.cpu_count()} CPUs;"
+        f" window {WINDOW[0] or 'adaptive'}"
+    )
     print(f"  arrived byte-identical: {same}")
     print(f"  plain TCP                   {tcp:8.1f} MB/s   1.00")
     print(f"  bare libp2p stream          {bare:8.1f} MB/s   {bare / tcp:.3f}")
@@ -201,7 +206,7 @@ async def main(size: int, sources: int) -> None:
     print(f"  transfer, bulk, {sources} sources   {multi:8.1f} MB/s   {multi / tcp:.3f}")
     print(
         f"RESULT mb_per_s={one:.1f} ratio_tcp={one / tcp:.3f} "
-        f"ratio_libp2p_stream={one / bare:.3f} multi_source_mb_per_s={multi:.1f}"
+        f"ratio_libp2p_stream={one / bare:.3f} multi_source_mb_per_s={multi:.1f} load={load:.1f}"
     )
 
 
@@ -209,7 +214,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=128, help="dataset size (default 128)")
     parser.add_argument("--sources", type=int, default=3, help="holders for the multi run")
-    parser.add_argument("--window", type=int, default=8, help="requests in flight per source")
+    parser.add_argument(
+        "--window", type=int, default=0, help="requests in flight per source (0: adapt)"
+    )
     parser.add_argument("--tcp-sender", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--stream-sender", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,5 +225,5 @@ if __name__ == "__main__":
     elif args.stream_sender:
         trio.run(stream_sender, args.stream_sender)
     else:
-        WINDOW[0] = args.window
+        WINDOW[0] = args.window or None
         trio.run(main, args.mib << 20, args.sources)

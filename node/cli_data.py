@@ -1,13 +1,19 @@
 """``idlegrid data``: add a file or folder as a dataset, get one from peers, see transfers.
 
-``add`` and ``status`` work on the data dir alone; ``get`` and ``serve`` run their own
-short-lived libp2p host (the daemon does not serve datasets yet; see README, "Data").
+``add``, ``grant`` and ``status`` work on the data dir (and tell a running daemon to serve
+what was added or granted); ``get`` asks the running daemon to fetch (it finds holders through
+the DHT when no ``--from`` is given) and follows it in the journal; with no daemon running,
+``get`` and ``serve`` run their own short-lived libp2p host with a throwaway key.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +22,18 @@ import trio
 
 from consensus.errors import Invalid
 from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
-from node.home import Home, resolve_home
+from node.client import ApiClient, NotRunning
+from node.home import Home, HomeError, resolve_home
 from node.transfer import local
+from node.transfer.sealed import seal_tree
+from storage import transfer_access as access
 from storage import transfer_journal as journal
-from storage.db import open_sync
+from storage.db import open_sync, run_transaction
 from storage.errors import CorruptBlob
 from storage.transfer_files import UnsafeTarget, UnsupportedEntry
 
-DEFAULT_WINDOW = 8  # node.transfer.fetcher.DEFAULT_WINDOW, not imported: it pulls in libp2p
+ANYONE = "*"  # node.transfer.server.ANYONE, not imported: it pulls in libp2p
+POLL_S = 0.25  # how often a get run by the daemon is looked at
 
 
 def _home(home_dir: str | None) -> Home:
@@ -50,31 +60,96 @@ def data() -> None:
 @data.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--chunk-kib", type=click.IntRange(64, 8192), default=1024, show_default=True)
+@click.option("--public", is_flag=True, help="serve it to any peer that asks")
+@click.option("--grant", "grants", multiple=True, help="peer id to serve it to (repeat)")
+@click.option("--for", "for_peer", help="seal it end to end to this peer id (and grant it)")
 @home_option
 @json_option
-def add(path: Path, chunk_kib: int, home_dir: str | None, as_json: bool) -> None:
+def add(
+    *,
+    path: Path,
+    chunk_kib: int,
+    public: bool,
+    grants: tuple[str, ...],
+    for_peer: str | None,
+    home_dir: str | None,
+    as_json: bool,
+) -> None:
     """Chunk PATH (a file or folder) into the data dir; prints the dataset id."""
     home = _home(home_dir)
+    peers = [_peer(p) for p in (*grants, *([for_peer] if for_peer else []))]
+    peers += [ANYONE] if public else []
+    staging = Path(tempfile.mkdtemp(dir=home.root, prefix="sealing-")) if for_peer else None
     try:
+        if for_peer and staging:
+            path = seal_tree(path, for_peer, staging)
         dataset_id, manifest = local.add(
             home.db, local.chunk_store(home.root), path, chunk_kib << 10
         )
     except UnsupportedEntry as exc:
         raise BadInput(f"PATH: {exc}") from None
+    except Invalid as exc:
+        raise BadInput(f"--for: {exc}") from None
+    finally:
+        if staging:
+            shutil.rmtree(staging)
     info = {
         "dataset_id": dataset_id.hex(),
         "files": len(manifest.files),
         "chunks": len(manifest.chunks),
         "bytes": manifest.total_bytes,
+        "grants": peers,
+        "sealed_for": for_peer,
+        "served_by_daemon": _grant_and_offer(home, dataset_id, peers),
     }
     emit(as_json, info, lambda i: i["dataset_id"])
 
 
 @data.command()
 @click.argument("dataset")
+@click.argument("peer")
+@home_option
+@json_option
+def grant(dataset: str, peer: str, home_dir: str | None, as_json: bool) -> None:
+    """Let PEER (a peer id, or * for anyone) fetch DATASET from this node."""
+    dataset_id, home = _dataset_id(dataset), _home(home_dir)
+    served = _grant_and_offer(home, dataset_id, [peer if peer == ANYONE else _peer(peer)])
+    emit(as_json, {"dataset_id": dataset_id.hex(), "peer": peer, "served_by_daemon": served},
+         lambda i: f"granted {i['dataset_id'][:16]} to {i['peer']}")  # fmt: skip
+
+
+def _peer(text: str) -> str:
+    if not text.startswith(("12D3Koo", "Qm")) or not text.isalnum():
+        raise BadInput(f"--grant/--for/PEER: {text!r} is not a peer id (12D3Koo... or Qm...)")
+    return text
+
+
+def _grant_and_offer(home: Home, dataset_id: bytes, peers: list[str]) -> bool:
+    """Records the grants; tells a running daemon to serve the dataset (False: none runs)."""
+    now = time.time_ns() // 1_000_000
+    conn = open_sync(home.db)
+    try:
+        run_transaction(conn, lambda c: access.grant(c, dataset_id, peers, now))
+    finally:
+        conn.close()
+    try:
+        ApiClient(home).post("/v1/data/offer", {"dataset_id": dataset_id.hex()})
+    except NotRunning:
+        return False
+    except HomeError as exc:
+        raise Failure(str(exc)) from None
+    return True
+
+
+@data.command()
+@click.argument("dataset")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--from", "sources", multiple=True, required=True, help="holder multiaddr (repeat)")
-@click.option("--window", type=click.IntRange(1, 256), default=DEFAULT_WINDOW, show_default=True)
+@click.option(
+    "--from", "sources", multiple=True, help="holder multiaddr or peer id (repeat); default: DHT"
+)
+@click.option(
+    "--window", type=click.IntRange(1, 256), help="requests in flight per holder [default: adapts]"
+)
 @click.option(
     "--bulk/--no-bulk", default=True, show_default=True, help="sealed TCP channel beside libp2p"
 )
@@ -85,24 +160,70 @@ def get(
     dataset: str,
     out: Path,
     sources: tuple[str, ...],
-    window: int,
+    window: int | None,
     bulk: bool,
     home_dir: str | None,
     as_json: bool,
 ) -> None:
-    """Fetch DATASET from the holders given with --from and write it under --out."""
+    """Fetch DATASET and write it under --out: through the running daemon (holders from
+    --from, else found in the DHT and among its peers), else with a host of its own."""
+    dataset_id = _dataset_id(dataset)
+    home = _home(home_dir)
+    for source in sources:
+        if "/p2p/" not in source and not source.startswith(("12D3Koo", "Qm")):
+            raise BadInput(f"--from: {source!r} is neither a multiaddr with /p2p/ nor a peer id")
+    body = {
+        "dataset_id": dataset_id.hex(), "out": str(out.absolute()), "from": list(sources),
+        "window": window, "bulk": bulk,
+    }  # fmt: skip
+    try:
+        ApiClient(home).post("/v1/data/get", body)
+    except NotRunning:
+        result = _get_standalone(home, dataset_id, out, list(sources), window=window, bulk=bulk)
+    except HomeError as exc:
+        raise Failure(str(exc)) from None
+    else:
+        result = _follow(home, dataset_id)
+    emit(as_json, result, lambda r: f"{r['dataset_id']} -> {r['out']}")
+
+
+def _follow(home: Home, dataset_id: bytes) -> dict[str, Any]:
+    """Waits for the daemon's fetch to end, with a progress line (on a terminal)."""
+    client, path = ApiClient(home), f"/v1/data/get?dataset_id={dataset_id.hex()}"
+    while True:
+        try:
+            state = client.get(path)
+        except HomeError as exc:
+            raise Failure(f"lost the daemon: {exc}") from None
+        if state["state"] == "failed":
+            raise Failure(state["error"])
+        if state["state"] == "complete":
+            return dict(state["result"])
+        if sys.stderr.isatty():
+            conn = open_sync(home.db)
+            try:
+                rows = journal.transfers(conn, dataset_id)
+            finally:
+                conn.close()
+            if rows:
+                r = rows[0]
+                print(f"\r{r.bytes_have >> 20}/{r.bytes_total >> 20} MiB", end="", file=sys.stderr)
+        time.sleep(POLL_S)  # a person watching, not synchronisation
+
+
+def _get_standalone(
+    home: Home, dataset_id: bytes, out: Path, sources: list[str], *, window: int | None, bulk: bool
+) -> dict[str, Any]:
     # libp2p is imported only here: it costs every other command a second of start-up.
     from node.transfer.commands import get_dataset  # noqa: PLC0415
     from node.transfer.fetcher import FetchFailed  # noqa: PLC0415
     from p2p.host import DialError  # noqa: PLC0415
 
-    dataset_id = _dataset_id(dataset)
-    home = _home(home_dir)
-    run = functools.partial(
-        get_dataset, home, dataset_id, out, list(sources), window=window, bulk=bulk
-    )
+    if not sources:
+        raise BadInput("--from: needed when no daemon runs here (a daemon finds holders itself)")
+    run = functools.partial(get_dataset, home, dataset_id, out, sources, window=window, bulk=bulk)
     try:
-        result = trio.run(run)
+        return dict(trio.run(run))
     except Invalid as exc:
         raise Failure(f"refused: {exc}") from None
     except ValueError as exc:  # a --from that is not a multiaddr with /p2p/
@@ -113,7 +234,6 @@ def get(
         raise Failure(f"refused: {exc}") from None
     except CorruptBlob as exc:
         raise Failure(f"{exc}: it was set aside; run the same get again") from None
-    emit(as_json, result, lambda r: f"{r['dataset_id']} -> {r['out']}")
 
 
 @data.command()
@@ -121,14 +241,17 @@ def get(
 @home_option
 @json_option
 def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
-    """Transfers recorded here: state, progress, bytes moved, sources."""
+    """Transfers recorded here: state, progress, bytes moved, sources, and each route's
+    probe (round trip, rate, requests in flight chosen for it)."""
     home = _home(home_dir)
     wanted = _dataset_id(dataset) if dataset else None
     conn = open_sync(home.db)
     try:
         rows = [
-            {**vars(r), "dataset_id": r.dataset_id.hex(), "sources": {
-                p: vars(s) for p, s in journal.sources(conn, r.dataset_id).items()}}
+            {**vars(r), "dataset_id": r.dataset_id.hex(),
+             "chunk_kib": r.bytes_total // max(r.chunks_total, 1) >> 10,
+             "sources": {p: vars(s) for p, s in journal.sources(conn, r.dataset_id).items()},
+             "routes": [vars(x) for x in access.probes(conn, r.dataset_id)]}
             for r in journal.transfers(conn, wanted)
         ]  # fmt: skip
     finally:
@@ -139,24 +262,34 @@ def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
 def _status_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no transfers"
-    lines = [("DATASET", "ORIGIN", "STATE", "PROGRESS", "MOVED", "SOURCES")]
+    lines = [("DATASET", "ORIGIN", "STATE", "PROGRESS", "MOVED", "CHUNK", "SOURCES")]
     for r in rows:
         pct = 100 * r["bytes_have"] // max(r["bytes_total"], 1)
         bar = "#" * (pct // 10) + "." * (10 - pct // 10)
         lines.append((
             r["dataset_id"][:16], r["origin"], r["state"],
             f"[{bar}] {pct}% of {r['bytes_total']} B", f"{r['bytes_moved']} B",
-            str(len(r["sources"])),
+            f"~{r['chunk_kib']} KiB", str(len(r["sources"])),
         ))  # fmt: skip
-    return table(lines)
+    routes = [("  ROUTE OF", "PEER", "STATE", "RTT", "RATE", "WINDOW", "VIA")]
+    for r in rows:
+        for x in r["routes"]:
+            rtt = "-" if x["rtt_us"] is None else f"{x['rtt_us'] / 1000:.1f} ms"
+            routes.append((
+                f"  {r['dataset_id'][:16]}", x["peer_id"][-8:], x["state"], rtt,
+                f"{x['rate_bps'] / 1e6:.1f} MB/s", str(x["window"]), x["route"],
+            ))  # fmt: skip
+    return table(lines) + ("\n" + table(routes) if len(routes) > 1 else "")
 
 
 @data.command()
 @click.option("--listen", default="/ip4/127.0.0.1/tcp/0", show_default=True)
-@click.option("--public", is_flag=True, required=True, help="serve to any peer (required for now)")
+@click.option("--public", is_flag=True, help="serve every dataset to any peer, granted or not")
 @home_option
 def serve(listen: str, public: bool, home_dir: str | None) -> None:
-    """Serve every complete dataset here to any peer until interrupted (prints the address)."""
+    """Serve the complete datasets here (to the peers granted each, or with --public to any
+    peer) until interrupted, with a throwaway key; prints the address. A running daemon
+    serves them itself, with the node's key."""
     from node.transfer.commands import serve_datasets  # noqa: PLC0415 (libp2p: only when used)
 
     home = _home(home_dir)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from node.chain.node import ChainNode
     from node.market.service import Market
+    from node.transfer.service import DataService
 
 from config import Settings
 from node import __version__
@@ -38,6 +39,8 @@ from node.identity import NodeKeys
 from node.market.api import market_routes
 from node.network import Network, run_network
 from node.roles import run_role, services_of
+from node.transfer.api import data_routes
+from node.transfer.service import run_data
 from storage.blobs import BlobStore
 from storage.db import Database
 
@@ -59,6 +62,7 @@ class NodeContext:
     network: Network | None = None
     market: Market | None = None  # made when a role first needs it
     chain: ChainNode | None = None  # with chain.settle: started before the roles
+    data: DataService | None = None  # datasets served and fetched (node.transfer.service)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -103,6 +107,7 @@ def routes(ctx: NodeContext) -> Routes:
     table.update(market_routes(ctx))
     table.update(chain_routes(ctx))
     table.update(discovery_routes(ctx))
+    table.update(data_routes(ctx))
     return table
 
 
@@ -127,6 +132,7 @@ async def run_node(
                 from node.chain.node import run_chain  # noqa: PLC0415 - web3 only when settling
 
                 await nursery.start(run_chain, ctx)
+            ctx.data = await nursery.start(run_data, ctx)
             api = settings.api
             ctx.api_port = await nursery.start(
                 serve, api.host, api.port, home.read_token(), routes(ctx)

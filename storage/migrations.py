@@ -303,6 +303,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             );
         """,
     ),
+    Migration(
+        version=8,
+        description="dataset grants (who may fetch what) and route probes (what each link did)",
+        sql="""
+            -- peer '*' = anyone; a daemon serves a dataset only to the peers granted it.
+            CREATE TABLE transfer_grants (
+                dataset_id BLOB NOT NULL,
+                peer       TEXT NOT NULL,
+                created_ms INTEGER NOT NULL,
+                PRIMARY KEY (dataset_id, peer)
+            ) WITHOUT ROWID;
+            -- The latest probe of each candidate source and the window chosen for it.
+            CREATE TABLE transfer_probes (
+                dataset_id BLOB NOT NULL,
+                peer_id    TEXT NOT NULL,
+                route      TEXT NOT NULL,     -- the address the connection uses
+                state      TEXT NOT NULL,     -- used, standby, slow, lacks, unreachable
+                rtt_us     INTEGER,           -- ~1 KB each way over libp2p; NULL: no answer
+                rate_bps   INTEGER NOT NULL,  -- chunk bytes per second measured from it
+                win        INTEGER NOT NULL,  -- requests in flight chosen from rtt and rate
+                updated_ms INTEGER NOT NULL,
+                PRIMARY KEY (dataset_id, peer_id)
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

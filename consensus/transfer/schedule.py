@@ -32,6 +32,7 @@ class SourceStats:
     busy_ms: int = 0
     failures: int = 0
     corrupt: int = 0
+    slow: bool = False  # left for a faster source; asked again only if the others cannot serve
 
     @property
     def banned(self) -> bool:
@@ -63,13 +64,16 @@ class Schedule:
     def pending(self) -> int:
         return len(self._queue) + len(self._assigned)
 
+    def queued(self) -> int:
+        return len(self._queue)
+
     def assign(self, source: str) -> int | None:
         """The next chunk for ``source``, or None if it has nothing (more) to do now.
 
         Raises:
             NoSourceLeft: a queued chunk has no usable source that has not failed it.
         """
-        if self.sources[source].banned:
+        if self.sources[source].banned or self.sources[source].slow:
             return None
         for _ in range(len(self._queue)):
             index = self._queue.popleft()

@@ -15,12 +15,19 @@ from node.transfer import local
 from node.transfer.fetcher import Progress, fetch
 from node.transfer.server import TransferServer
 from p2p.host import DialError, Host, open_host
-from storage.db import Database
+from storage import transfer_access as access
+from storage.db import Database, open_sync
 from storage.transfer_files import materialize
 
 
 async def get_dataset(
-    home: Home, dataset_id: bytes, out: Path, sources: list[str], *, window: int, bulk: bool
+    home: Home,
+    dataset_id: bytes,
+    out: Path,
+    sources: list[str],
+    *,
+    window: int | None,
+    bulk: bool,
 ) -> dict[str, Any]:
     store = local.chunk_store(home.root)
     async with open_host(os.urandom(32)) as host, await Database.open(home.db) as db:
@@ -84,6 +91,16 @@ async def serve_datasets(home: Home, listen: str, public: bool) -> None:
         server = TransferServer(host, store, public=public)
         for dataset_id, manifest in datasets.items():
             server.offer(dataset_id, manifest)
+            for peer in await trio.to_thread.run_sync(_grants, home, dataset_id):
+                server.grant(peer, dataset_id)
         server.register()
         await nursery.start(server.run_bulk)
         print(f"serving {len(datasets)} datasets at {host.addrs[0]}", flush=True)
+
+
+def _grants(home: Home, dataset_id: bytes) -> list[str]:
+    conn = open_sync(home.db)
+    try:
+        return access.grants(conn, dataset_id)
+    finally:
+        conn.close()

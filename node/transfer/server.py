@@ -22,6 +22,7 @@ from consensus.codec import DEFAULT_LIMITS
 from consensus.errors import Invalid
 from consensus.transfer.manifest import Manifest
 from node.transfer.channel import KEY_BYTES, TOKEN_BYTES, ChunkChannel, SealedChannel, StreamChannel
+from node.transfer.probe import PROBE_BYTES, PROBE_PROTOCOL, probe_reply
 from node.transfer.wire import (
     BULK_PROTOCOL,
     CHUNKS_PROTOCOL,
@@ -46,6 +47,7 @@ IDLE_TIMEOUT_S = 60.0
 NOT_FOUND = "not_found"
 TICKET_TTL_S = 30.0
 SERVE_AHEAD = 4  # replies prepared at once per channel
+ANYONE = "*"  # a grant to every peer
 
 
 class _Reply:
@@ -69,20 +71,30 @@ class TransferServer:
         reqresp.serve(self.host, MANIFEST_PROTOCOL, self._manifest, max_bytes=MAX_MANIFEST_FRAME)
         self.host.set_stream_handler(CHUNKS_PROTOCOL, self._chunks)
         reqresp.serve(self.host, BULK_PROTOCOL, self._ticket)
+        reqresp.serve(self.host, PROBE_PROTOCOL, self._probe, max_bytes=4 * PROBE_BYTES)
 
     def offer(self, dataset_id: bytes, manifest: Manifest) -> None:
         """Serve this dataset (its chunks that the store holds) to granted peers."""
         self._offered[dataset_id] = manifest
 
     def grant(self, peer: str, dataset_id: bytes) -> None:
+        """Serve ``dataset_id`` to ``peer`` (``ANYONE``: to every peer)."""
         self._grants.add((peer, dataset_id))
+
+    def offers(self, dataset_id: bytes) -> bool:
+        return dataset_id in self._offered
 
     def _manifest_for(self, peer: str, dataset_id: Any) -> Manifest | None:
         if not isinstance(dataset_id, bytes):
             return None
-        if not self.public and (peer, dataset_id) not in self._grants:
+        granted = (peer, dataset_id) in self._grants or (ANYONE, dataset_id) in self._grants
+        if not self.public and not granted:
             return None
         return self._offered.get(dataset_id)
+
+    async def _probe(self, peer: str, payload: Any) -> Any:
+        dataset_id = payload.get("d") if isinstance(payload, dict) else None
+        return probe_reply(self._manifest_for(peer, dataset_id) is not None)
 
     async def _manifest(self, peer: str, payload: Any) -> Any:
         dataset_id = payload.get("d") if isinstance(payload, dict) else None
@@ -130,12 +142,20 @@ class TransferServer:
             reply.value = {"i": -1, "e": f"malformed: {exc}"[:100]}
         reply.ready.set()
 
-    async def run_bulk(self, *, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run_bulk(
+        self, *, task_status: TaskStatus[int | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Accept bulk connections (see :mod:`node.transfer.channel`) until cancelled.
 
-        Listens on the IP of the host's first address; ``task_status`` gets the port.
+        Listens on the IP of the host's first address; ``task_status`` gets the port, or None
+        when the host listens nowhere (a node reached only through relays: no bulk channel,
+        chunks go over the libp2p stream).
         """
-        ip = self.host.addrs[0].split("/")[2]
+        tcp = [a for a in self.host.addrs if a.startswith(("/ip4/", "/ip6/")) and "/tcp/" in a]
+        if not tcp:
+            task_status.started(None)
+            await trio.sleep_forever()
+        ip = tcp[0].split("/")[2]
         listeners = await trio.open_tcp_listeners(0, host=ip)
         self.bulk_port = listeners[0].socket.getsockname()[1]
         task_status.started(self.bulk_port)

@@ -145,7 +145,7 @@ async def test_only_granted_peers_get_a_dataset(
         holder = Holder(h, tmp_path / "holder")
         await host.connect(h.addrs[0])
         dataset_id, _ = holder.add(tmp_path / "f", "someone-else")
-        with trio.fail_after(TIMEOUT_S), pytest.raises(FetchFailed, match="not_found"):
+        with trio.fail_after(TIMEOUT_S), pytest.raises(FetchFailed, match="not serve it"):
             await fetch(host, db, store, dataset_id, [h.peer_id])
         assert holder.server.served[dataset_id] == 0
 

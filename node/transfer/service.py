@@ -1,0 +1,192 @@
+"""The daemon's datasets: serve those held here with the node's own key, fetch others.
+
+One service for every node, whatever its roles: a :class:`~node.transfer.server.TransferServer`
+on the node's libp2p host (with the bulk channel) offers every complete dataset to the peers
+granted it (``transfer_grants``), and the node provides each such dataset's id in the DHT
+(:func:`dataset_key`), so ``data get`` without ``--from`` finds holders there and among the
+peers it is connected to (a probe says which of them serve it to us). A fetch runs as a task
+of this service: the CLI starts it over the local API and follows it in the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from consensus.errors import Invalid
+from consensus.transfer.manifest import Manifest, decode_manifest
+from node.discovery import LOOKUP_TIMEOUT_S, REPROVIDE_S, locate
+from node.market.sealing import SealError
+from node.transfer import local
+from node.transfer.fetcher import FetchFailed, fetch
+from node.transfer.sealed import is_sealed, open_tree
+from node.transfer.server import TransferServer
+from p2p.host import DialError
+from storage import transfer_access as access
+from storage import transfer_journal as journal
+from storage.blobs import BlobStore
+from storage.errors import CorruptBlob
+from storage.transfer_files import UnsafeTarget, materialize
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.daemon import NodeContext
+    from node.network import Network
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 5.0  # a dataset id no DHT peer took yet is provided again this soon
+MAX_ASKED = 32  # connected peers probed for a dataset nobody named
+FETCH_ERRORS = (FetchFailed, DialError, Invalid, UnsafeTarget, CorruptBlob, ValueError)
+
+
+def dataset_key(dataset_id: bytes) -> str:
+    """The DHT name a holder of ``dataset_id`` provides."""
+    return f"/idlegrid/1/data/{dataset_id.hex()}"
+
+
+@dataclass
+class Job:
+    """One ``data get`` running in the daemon."""
+
+    state: str = "fetching"  # fetching, complete, failed
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataService:
+    net: Network
+    store: BlobStore
+    server: TransferServer
+    nursery: trio.Nursery
+    jobs: dict[bytes, Job] = field(default_factory=dict)
+    _to_provide: trio.MemorySendChannel[bytes] | None = None
+
+    async def offer(self, dataset_id: bytes, manifest: Manifest | None = None) -> int:
+        """Serve ``dataset_id`` (complete here) to the peers granted it; returns the grants.
+
+        Raises:
+            KeyError: the dataset is not held whole here.
+        """
+        db = self.net.ctx.db
+        if manifest is None:
+            rows = await db.transaction(lambda c: journal.transfers(c, dataset_id))
+            if not rows or rows[0].state != journal.COMPLETE:
+                raise KeyError(dataset_id.hex())
+            raw = await trio.to_thread.run_sync(self.store.get, dataset_id.hex())
+            manifest = decode_manifest(raw, dataset_id)
+        self.server.offer(dataset_id, manifest)
+        mine = await db.transaction(lambda c: access.grants(c, dataset_id))
+        for peer in mine:
+            self.server.grant(peer, dataset_id)
+        if self._to_provide is not None:
+            self._to_provide.send_nowait(dataset_id)
+        return len(mine)
+
+    def start_get(
+        self, dataset_id: bytes, out: Path, sources: list[str], opts: dict[str, Any]
+    ) -> Job:
+        job = self.jobs[dataset_id] = Job()
+        self.nursery.start_soon(self._get, job, dataset_id, out, sources, opts)
+        return job
+
+    async def _get(
+        self, job: Job, dataset_id: bytes, out: Path, sources: list[str], opts: dict[str, Any]
+    ) -> None:
+        try:
+            peers = await self._candidates(dataset_id, sources)
+            net = self.net
+            result = await fetch(net.host, net.ctx.db, self.store, dataset_id, peers, **opts)
+            await trio.to_thread.run_sync(materialize, result.manifest, self.store, out)
+            await self.offer(dataset_id)
+            sealed = is_sealed(result.manifest)
+            if sealed:
+                key = net.ctx.keys.signing_key
+                await trio.to_thread.run_sync(open_tree, out, key)
+        except (*FETCH_ERRORS, SealError, tarfile.TarError) as exc:  # FilterError: a TarError
+            job.state, job.error = "failed", str(exc)
+            log.info("data get failed", extra={"dataset": dataset_id.hex()[:16], "error": str(exc)})
+            return
+        job.result = {
+            "dataset_id": dataset_id.hex(), "out": str(out),
+            "chunks_moved": result.chunks_moved, "bytes_moved": result.bytes_moved,
+            "sealed": sealed,
+            "sources": {p: vars(s) for p, s in result.sources.items()},
+        }  # fmt: skip
+        job.state = "complete"
+
+    async def _candidates(self, dataset_id: bytes, sources: list[str]) -> list[str]:
+        """Peer ids to probe: those named (multiaddrs dialled, peer ids located), else the
+        dataset's providers in the DHT and the peers we are connected to."""
+        host, peers = self.net.host, []
+        for source in sources:
+            if source.startswith("/"):
+                peers.append(await host.connect(source))
+            else:
+                addrs = await locate(self.net, source)
+                peers.append(await host.connect(addrs[0]) if addrs else source)
+        if sources:
+            return peers
+        if self.net.dht is not None:
+            with trio.move_on_after(LOOKUP_TIMEOUT_S):
+                found = await self.net.dht.find_providers(dataset_key(dataset_id))
+                for peer, addrs in found.items():
+                    self.net.learn(addrs, "dht")
+                    peers.append(peer)
+        dht_found = len(peers)
+        peers += host.connected_peers()[:MAX_ASKED]
+        log.info("holders to probe", extra={"dht": dht_found, "connected": len(peers) - dht_found})
+        if not peers:
+            raise FetchFailed("no holder named (--from) and none found in the DHT or connected")
+        return list(dict.fromkeys(peers))
+
+    async def provide_loop(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Provides each offered dataset's id in the DHT (again every ``REPROVIDE_S``); one
+        that no peer took yet (a fresh node's routing table is empty) is retried sooner."""
+        pending: set[bytes] = set()
+        provided_at: dict[bytes, float] = {}
+        while True:
+            with trio.move_on_after(RETRY_S if pending else REPROVIDE_S):
+                pending.add(await receive.receive())
+            if self.net.dht is None:
+                pending.clear()  # p2p.dht = "off": holders are found by --from only
+                continue
+            now = trio.current_time()
+            due = pending | {d for d, at in provided_at.items() if now - at >= REPROVIDE_S}
+            for dataset_id in due:
+                ok = False
+                with trio.move_on_after(LOOKUP_TIMEOUT_S):
+                    ok = await self.net.dht.provide(dataset_key(dataset_id))
+                if ok:
+                    provided_at[dataset_id] = now
+                    pending.discard(dataset_id)
+                else:
+                    pending.add(dataset_id)
+                log.info("dht provided dataset", extra={"dataset": dataset_id.hex()[:16], "ok": ok})
+
+
+async def run_data(
+    ctx: NodeContext, *, task_status: TaskStatus[DataService] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Runs the node's dataset service until cancelled (needs ``ctx.network``)."""
+    assert ctx.network is not None
+    store = local.chunk_store(ctx.home.root)
+    server = TransferServer(ctx.network.host, store)
+    server.register()
+    send, receive = trio.open_memory_channel[bytes](1024)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run_bulk)
+        service = DataService(ctx.network, store, server, nursery, _to_provide=send)
+        held = await trio.to_thread.run_sync(local.complete_datasets, ctx.home.db, store)
+        for dataset_id, manifest in held.items():
+            await service.offer(dataset_id, manifest)
+        nursery.start_soon(service.provide_loop, receive)
+        log.info("datasets served", extra={"datasets": len(held), "bulk_port": server.bulk_port})
+        task_status.started(service)
