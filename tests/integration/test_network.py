@@ -51,7 +51,7 @@ def peer_id(home: Path) -> str:
 def test_ten_daemons_find_each_other_and_notice_a_death(network: list[Daemon]) -> None:
     for daemon in network:
         for _ in range(NODES - 1):
-            daemon.wait_for("peer discovered", timeout=30)
+            daemon.wait_for("peer discovered", timeout=60)  # 2 shared cores, 10 daemons
     ids = {peer_id(d.home) for d in network}
     for daemon in network:
         peers = json.loads(idlegrid(daemon.home, "peers", "--json", env=ENV).stdout)["peers"]
