@@ -17,7 +17,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ScoreParams:
     reject_penalty: int = 10
-    ban_threshold: int = -50  # at or below: ban
+    ban_threshold: int = -45  # at or below: ban (five faults, with 5 s of recovery as headroom)
     recovery_per_s: int = 1  # points regained per second of good behaviour
     ban_ms: int = 10 * 60 * 1000
     max_peers: int = 10_000
