@@ -16,6 +16,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from consensus.market.messages import Workload
 LOG_LINE_CHARS = 1000
 GENESIS = bytes(32)
 KILL_GRACE_S = 5.0  # a cancelled workload gets SIGTERM, then SIGKILL after this long
+LIFELINE = Path(__file__).with_name("lifeline.py")
 
 
 @dataclass(frozen=True)
@@ -124,19 +126,28 @@ async def run_logged(
     """Runs ``command`` in its own session, feeding each output line to ``on_log``.
 
     Cancelled, it stops the process and everything it started: SIGTERM, then SIGKILL after
-    :data:`KILL_GRACE_S`. ``popen`` passes extra ``subprocess.Popen`` options (``pass_fds``,
-    ``user``...).
+    :data:`KILL_GRACE_S`. If this process dies instead (kill -9), the command's lifeline
+    (:mod:`gpu.lifeline`) kills it. ``popen`` passes extra ``subprocess.Popen`` options
+    (``pass_fds``, ``user``...).
     """
-    process = await trio.lowlevel.open_process(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        **popen,
-    )
+    read_end, write_end = os.pipe()  # the write end never leaves this process
+    try:
+        argv, options = with_lifeline(command, read_end, popen)
+        process = await trio.lowlevel.open_process(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **options,
+        )
+    except BaseException:
+        os.close(write_end)
+        raise
+    finally:
+        os.close(read_end)
     try:
         assert process.stdout is not None
         buffer = b""
@@ -150,6 +161,20 @@ async def run_logged(
     finally:
         with trio.CancelScope(shield=True):
             await _stop_group(process)
+        os.close(write_end)
+
+
+def with_lifeline(
+    command: list[str], fd: int, popen: dict[str, Any]
+) -> tuple[list[str], dict[str, Any]]:
+    """``command`` under :mod:`gpu.lifeline` watching ``fd``; a uid drop moves into it."""
+    drop = ["--user", str(popen["user"]), "--group", str(popen["group"])] if "user" in popen else []
+    rest = {k: v for k, v in popen.items() if k not in ("user", "group", "extra_groups")}
+    passed = tuple(rest.get("pass_fds", ()))  # the command's own (a runtime's control pipe)
+    rest["pass_fds"] = (*passed, fd)
+    if passed:
+        drop += ["--pass-fds", ",".join(map(str, passed))]
+    return [sys.executable, "-P", str(LIFELINE), str(fd), *drop, "--", *command], rest
 
 
 async def _stop_group(process: trio.Process) -> None:
