@@ -429,6 +429,8 @@ class WorkerService:
             await self.store.move_work(
                 ref, row["state"], now, state="lost", error="the worker restarted mid-task"
             )
+            if self.payee is not None:  # the seconds it was vouched before the crash count
+                await self.payee.ended(ref)
         for row in await self.store.works(["done"]):
             if row["result"] is not None:
                 result = from_wire(BlobRef, msgpack.unpackb(row["result"]))
