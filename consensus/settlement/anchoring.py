@@ -15,6 +15,8 @@ outputs are effects for the driver (``node/chain/anchoring.py``) to carry out.
 
 Anything else is a bug and raises. Entries are the latest voucher per (job, task, worker) line;
 an epoch holds every line whose amount grew since the base (the last epoch that became final).
+In any state a requester's cap (its worker was lost; see ``VoucherCap``) lowers a line to the
+cap and keeps it there, but never below what an epoch already anchored.
 """
 
 from __future__ import annotations
@@ -72,13 +74,32 @@ class Anchoring:
     last_post_ms: int | None = None
     open_disputes: set[bytes] = field(default_factory=set)
     signatures: dict[bytes, bytes] = field(default_factory=dict)  # entry leaf -> its voucher
+    caps: dict[Line, int] = field(default_factory=dict)  # lines the requester closed
 
     def on_voucher(self, entry: Entry, signature: bytes) -> None:
         """A verified task's voucher (checked by the caller); only a larger amount replaces."""
         known = self.latest.get(entry.line)
         if known is not None and known[0].requester != entry.requester:
             raise Invalid("voucher.requester", "a line cannot change requester")
+        if entry.amount > self.caps.get(entry.line, entry.amount):
+            raise Invalid("voucher.amount", f"the requester capped this line at "
+                          f"{self.caps[entry.line]} wei")  # fmt: skip
         if known is None or entry.amount > known[0].amount:
+            self.latest[entry.line] = (entry, signature)
+
+    def cap(self, entry: Entry, signature: bytes) -> None:
+        """The requester closed ``entry.line`` at ``entry.amount`` (checked by the caller, with
+        ``signature`` its voucher for exactly that amount, empty for 0)."""
+        known = self.latest.get(entry.line)
+        if known is not None and known[0].requester != entry.requester:
+            raise Invalid("cap.requester", "a line cannot change requester")
+        floor = self.base_lines.get(entry.line, 0)  # anchored already: too late to lower
+        self.caps[entry.line] = max(entry.amount, floor)
+        if entry.amount <= floor:
+            if known is not None and known[0].amount > floor:
+                self.latest[entry.line] = (replace(known[0], amount=floor), known[1])
+            return
+        if known is None or known[0].amount != entry.amount:
             self.latest[entry.line] = (entry, signature)
 
     def forget(self, line: Line) -> None:

@@ -43,6 +43,7 @@ def dump(m: Anchoring) -> dict[str, Any]:
         "last_post_ms": m.last_post_ms,
         "open_disputes": sorted(m.open_disputes),
         "signatures": [[leaf, sig] for leaf, sig in m.signatures.items()],
+        "caps": [[*line, str(a)] for line, a in m.caps.items()],
     }
 
 
@@ -67,6 +68,7 @@ def load(doc: dict[str, Any]) -> Anchoring:
     m.window_end_ms, m.last_post_ms = int(doc["window_end_ms"]), doc["last_post_ms"]
     m.open_disputes = {bytes(x) for x in doc["open_disputes"]}
     m.signatures = {bytes(leaf): bytes(sig) for leaf, sig in doc["signatures"]}
+    m.caps = {(bytes(j), bytes(t), bytes(w)): int(a) for j, t, w, a in doc.get("caps", [])}
     if m.state in ("posting", "pending") and m.pending is None:
         raise Invalid("anchoring.state", f"state {m.state} without a pending epoch")
     return m

@@ -20,6 +20,9 @@ DOMAIN_TYPEHASH = keccak(
 )
 VOUCHER_TYPEHASH = keccak(b"Voucher(bytes32 job,bytes32 task,address worker,uint256 cumulative)")
 SLASH_TYPEHASH = keccak(b"Slash(address worker,uint256 amount,bytes32 evidence)")
+# Off-chain only (anchorers check it, the contract never sees it): its own type, so no voucher
+# signature can pass for a cap, and no cap for a voucher.
+CAP_TYPEHASH = keccak(b"VoucherCap(bytes32 job,bytes32 task,address worker,uint256 cumulative)")
 UINT256_MAX = 2**256 - 1
 BPS = 10_000
 
@@ -102,6 +105,23 @@ def slash_digest(domain: Domain, worker: bytes, amount: int, evidence: bytes) ->
             encode(
                 ["bytes32", "address", "uint256", "bytes32"],
                 [SLASH_TYPEHASH, worker, amount, evidence],
+            )
+        ),
+    )
+
+
+def cap_digest(domain: Domain, job: bytes, task: bytes, worker: bytes, amount: int) -> bytes:
+    """What a requester signs to close a line at ``amount`` wei (0 allowed: nothing is owed)."""
+    if len(job) != 32 or len(task) != 32 or len(worker) != 20:
+        raise Invalid("cap", "job and task must be 32 bytes, worker 20")
+    if not 0 <= amount <= UINT256_MAX:
+        raise Invalid("cap.amount", f"must be a uint256 in wei, got {amount}")
+    return typed_digest(
+        domain,
+        keccak(
+            encode(
+                ["bytes32", "bytes32", "bytes32", "address", "uint256"],
+                [CAP_TYPEHASH, job, task, worker, amount],
             )
         ),
     )

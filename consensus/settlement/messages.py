@@ -4,9 +4,11 @@
                                                    EIP-712 signature and keep the largest per line
     sentry    EpochLeaves     --gossip anchors-->  workers rebuild the earnings tree, check its
                                                    root against the contract, claim with a proof
+    requester VoucherCap      --gossip anchors-->  sentries pay that lost attempt no more than
+                                                   its seconds up to the checkpoint kept
 
-Neither message needs trust: a voucher carries the requester's chain signature, and the leaves
-are only used when they hash to the root the contract holds.
+No message needs trust: a voucher and a cap carry the requester's chain signatures, and the
+leaves are only used when they hash to the root the contract holds.
 """
 
 from __future__ import annotations
@@ -36,6 +38,34 @@ class SettledVoucher(Body):
     worker: bytes = field(metadata=exact_size(ADDRESS_LEN))
     amount_wei: Wei
     signature: bytes = field(metadata=exact_size(SIGNATURE_LEN))
+
+    def entry(self) -> Entry:
+        return entry_of(self.ref, self.requester, self.worker, self.amount_wei)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoucherCap(Body):
+    """The requester closes one task attempt at ``amount_wei``: its worker was lost, and only
+    the seconds up to the checkpoint the task resumed from are owed (the market's
+    ``payable_after_failover``). Anchorers never anchor more for that line.
+
+    ``cap_sig`` is the requester's EIP-712 ``VoucherCap`` signature; ``voucher_sig`` its
+    ordinary voucher signature for exactly ``amount_wei`` (what answers a dispute of the capped
+    entry), empty when nothing is owed.
+    """
+
+    KIND: ClassVar[str] = "settlement.cap/1"
+    ref: TaskRef
+    requester: bytes = field(metadata=exact_size(ADDRESS_LEN))
+    worker: bytes = field(metadata=exact_size(ADDRESS_LEN))
+    amount_wei: Wei
+    cap_sig: bytes = field(metadata=exact_size(SIGNATURE_LEN))
+    voucher_sig: bytes
+
+    def __post_init__(self) -> None:
+        wanted = SIGNATURE_LEN if self.amount_wei > 0 else 0
+        if len(self.voucher_sig) != wanted:
+            raise Invalid("cap.voucher_sig", f"{wanted} bytes for {self.amount_wei} wei")
 
     def entry(self) -> Entry:
         return entry_of(self.ref, self.requester, self.worker, self.amount_wei)
@@ -80,4 +110,4 @@ def entry_of(ref: TaskRef, requester: bytes, worker: bytes, amount_wei: int) -> 
     )
 
 
-SETTLEMENT_KINDS: tuple[type[Body], ...] = (SettledVoucher, EpochLeaves)
+SETTLEMENT_KINDS: tuple[type[Body], ...] = (SettledVoucher, VoucherCap, EpochLeaves)

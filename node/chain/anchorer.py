@@ -28,13 +28,14 @@ from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement import anchoring_state
 from consensus.settlement.anchoring import Anchoring, Answer, Effect, Finalize, Post
+from consensus.settlement.eip712 import Domain
 from consensus.settlement.epoch import Line
 from consensus.settlement.market import chain_voucher_for
-from consensus.settlement.messages import EpochLeaves, SettledVoucher
+from consensus.settlement.messages import EpochLeaves, SettledVoucher, VoucherCap
 from node.chain.anchoring import _events as anchor_events
 from node.chain.errors import ChainError, ChainReverted
 from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
-from node.chain.signing import voucher_signer
+from node.chain.signing import cap_signer, voucher_signer
 from storage.db import Database
 
 if TYPE_CHECKING:
@@ -86,11 +87,13 @@ class Anchorer:
     async def _follow(self, inbox: Any) -> None:
         async for message in inbox:
             body = message.opened.body
-            if isinstance(body, SettledVoucher):
-                try:
+            try:
+                if isinstance(body, SettledVoucher):
                     await self.on_voucher(body)
-                except Exception as exc:  # e.g. the exclusion hook failed: the worker resends
-                    log.warning("anchoring: voucher not taken: %r", exc)
+                elif isinstance(body, VoucherCap):
+                    await self.on_cap(body)
+            except Exception as exc:  # e.g. the exclusion hook failed: the sender resends
+                log.warning("anchoring: %s not taken: %r", type(body).__name__, exc)
 
     async def on_voucher(self, v: SettledVoucher) -> bool:
         """Takes a worker's voucher if it is genuine, not excluded and larger than known."""
@@ -120,6 +123,24 @@ class Anchorer:
             return False
         self.refs[entry.line] = v.ref
         await self._save()
+        return True
+
+    async def on_cap(self, c: VoucherCap) -> bool:
+        """Takes a requester's cap on a lost attempt if both its signatures are the
+        requester's; the line is anchored at the cap, however much its worker was vouched."""
+        assert self.machine is not None
+        entry = c.entry()
+        if self.machine.caps.get(entry.line) == entry.amount:
+            return False  # a repeat
+        try:
+            check_cap(self.chain.domain, c)
+            self.machine.cap(entry, c.voucher_sig)
+        except Invalid as exc:
+            log.info("anchoring: cap refused", extra={"task": c.ref.text(), "error": str(exc)})
+            return False
+        self.refs[entry.line] = c.ref
+        await self._save()
+        log.info("line capped", extra={"task": c.ref.text(), "wei": str(c.amount_wei)})
         return True
 
     async def step(self) -> None:
@@ -272,3 +293,14 @@ class Anchorer:
             "final_epoch": None if self.final is None else self.final[0],
             "posted_here": self.posted,
         }
+
+
+def check_cap(domain: Domain, c: VoucherCap) -> None:
+    """Raises Invalid unless the cap and its voucher (if any) are both the requester's."""
+    requester = "0x" + c.requester.hex()
+    signers = {cap_signer(domain, c.entry(), c.cap_sig).lower()}
+    if c.amount_wei > 0:
+        voucher = chain_voucher_for(c.ref, c.worker, c.amount_wei)
+        signers.add(voucher_signer(domain, voucher, c.voucher_sig).lower())
+    if signers != {requester}:
+        raise Invalid("cap.signature", f"signed by {sorted(signers)}, not {requester}")

@@ -21,7 +21,8 @@ from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
 from consensus.settlement.eip712 import Domain
 from consensus.settlement.market import chain_voucher_for
-from node.chain.signing import sign_voucher, voucher_signer
+from consensus.settlement.messages import entry_of
+from node.chain.signing import sign_cap, sign_voucher, voucher_signer
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,17 @@ class SettlementHook:
             raise RuntimeError("SettlementHook.sign needs the wallet key")
         voucher = chain_voucher_for(ref, _address(worker_address), amount_wei)
         return sign_voucher(self.wallet_key, self.domain, voucher)
+
+    def cap(self, ref: TaskRef, worker_address: str, amount_wei: int) -> tuple[bytes, bytes]:
+        """``(cap_sig, voucher_sig)`` closing ``ref``'s line at ``amount_wei`` (see
+        ``VoucherCap``); the voucher signature is empty for 0."""
+        if self.wallet_key is None:
+            raise RuntimeError("SettlementHook.cap needs the wallet key")
+        worker = _address(worker_address)
+        entry = entry_of(ref, b"\0" * 20, worker, amount_wei)  # the requester is not signed
+        cap_sig = sign_cap(self.wallet_key, self.domain, entry)
+        voucher_sig = self.sign(ref, worker_address, amount_wei) if amount_wei > 0 else b""
+        return cap_sig, voucher_sig
 
     def check(
         self, ref: TaskRef, worker_address: str, amount_wei: int, sig: bytes, requester: str

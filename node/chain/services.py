@@ -22,14 +22,20 @@ log = logging.getLogger(__name__)
 async def requester_settlement(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Escrow per job and signed vouchers; started before the market, which uses it."""
+    """Escrow per job, signed vouchers, and caps on lost attempts (``node.chain.caps``);
+    started before the market, which uses it."""
     if ctx.chain is None:
         task_status.started()
         return
+    from node.chain.caps import Caps  # noqa: PLC0415
     from node.chain.escrow import Escrow  # noqa: PLC0415
+    from node.market.service import market_of  # noqa: PLC0415
 
     ctx.chain.escrow = Escrow(ctx.chain, ctx.db, ctx.settings.chain.poll_s)
-    await ctx.chain.escrow.run(task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ctx.chain.escrow.run)
+        await nursery.start(Caps(ctx.chain, ctx.db, market_of(ctx).net).run)
+        task_status.started()
 
 
 async def worker_settlement(

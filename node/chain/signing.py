@@ -9,7 +9,14 @@ from eth_account import Account
 from eth_keys.datatypes import Signature
 
 from consensus.errors import Invalid
-from consensus.settlement.eip712 import ChainVoucher, Domain, slash_digest, voucher_digest
+from consensus.settlement.eip712 import (
+    ChainVoucher,
+    Domain,
+    cap_digest,
+    slash_digest,
+    voucher_digest,
+)
+from consensus.settlement.epoch import Entry
 
 
 def sign_digest(key: bytes, digest: bytes) -> bytes:
@@ -45,3 +52,16 @@ def voucher_signer(domain: Domain, voucher: ChainVoucher, signature: bytes) -> s
 
 def sign_slash(key: bytes, domain: Domain, worker: bytes, amount: int, evidence: bytes) -> bytes:
     return sign_digest(key, slash_digest(domain, worker, amount, evidence))
+
+
+def sign_cap(key: bytes, domain: Domain, entry: Entry) -> bytes:
+    """Closes ``entry``'s line at its amount (see ``VoucherCap``)."""
+    return sign_digest(key, _cap_digest(domain, entry))
+
+
+def cap_signer(domain: Domain, entry: Entry, signature: bytes) -> str:
+    return recover(_cap_digest(domain, entry), signature)
+
+
+def _cap_digest(domain: Domain, e: Entry) -> bytes:
+    return cap_digest(domain, e.job, e.task, e.worker, e.amount)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from consensus.errors import Invalid
+from consensus.settlement import anchoring_state
 from consensus.settlement.anchoring import Anchoring, Answer, Finalize, Post, claim_due
 from consensus.settlement.epoch import Entry
 
@@ -84,3 +86,36 @@ def test_claim_policy() -> None:
     assert claim_due(final_cumulative=150, claimed=50, threshold_wei=100)
     assert not claim_due(final_cumulative=149, claimed=50, threshold_wei=100)
     assert not claim_due(final_cumulative=50, claimed=50, threshold_wei=0)
+
+
+def test_a_cap_lowers_a_line_and_keeps_it_down() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m.on_voucher(entry(J1, W1, 900), b"sig-900")  # the lost worker's last voucher
+    m.cap(entry(J1, W1, 600), b"sig-600")  # the requester: owed to its checkpoint only
+    with pytest.raises(Invalid, match="capped"):
+        m.on_voucher(entry(J1, W1, 950), b"sig-950")
+    m.on_voucher(entry(J1, W1, 500), b"sig-500")  # a smaller one changes nothing
+    epoch = post(m, 0).epoch
+    assert epoch.debits == {R: 600}
+    assert m.signatures[entry(J1, W1, 600).leaf()] == b"sig-600"  # answers a dispute
+
+
+def test_a_cap_alone_pays_the_line_and_a_zero_cap_pays_nothing() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m.cap(entry(J1, W1, 300), b"sig-300")  # the lost worker never handed in its voucher
+    m.cap(entry(J2, W2, 0), b"")
+    with pytest.raises(Invalid):
+        m.on_voucher(entry(J2, W2, 10), b"sig-10")
+    assert post(m, 0).epoch.debits == {R: 300}
+
+
+def test_a_cap_never_lowers_what_an_epoch_anchored() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m.on_voucher(entry(J1, W1, 900), b"sig-900")
+    post(m, 0)
+    m.on_posted(0, window_end_ms=WINDOW_MS)
+    m.on_tick(WINDOW_MS)  # final: 900 is paid
+    m.cap(entry(J1, W1, 600), b"sig-600")  # too late
+    assert m.caps[entry(J1, W1, 600).line] == 900
+    assert not [e for e in m.on_tick(WINDOW_MS + EPOCH_MS) if isinstance(e, Post)]
+    assert anchoring_state.load(anchoring_state.dump(m)).caps == m.caps  # survives a restart

@@ -6,9 +6,12 @@ import pytest
 from eth_account import Account
 
 from consensus.errors import Invalid
+from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.eip712 import Domain, chain_task_id
 from consensus.settlement.market import chain_voucher_for
+from consensus.settlement.messages import VoucherCap
+from node.chain.anchorer import check_cap
 from node.chain.hook import SettlementHook
 
 DOMAIN = Domain(31337, b"\x22" * 20)
@@ -38,3 +41,33 @@ def test_market_ref_maps_onto_contract_ids() -> None:
     v = chain_voucher_for(REF, b"\x01" * 20, 7)
     assert v.job == b"\x07" * 16 + b"\0" * 16
     assert v.task == chain_task_id(3, 1)
+
+
+def test_a_cap_carries_the_requesters_two_signatures_and_nothing_else_passes() -> None:
+    req, worker = Account.create(), Account.create()
+    hook = SettlementHook(DOMAIN, bytes(req.key))
+    cap_sig, voucher_sig = hook.cap(REF, worker.address, 600)
+
+    def cap(amount: int, cap_sig: bytes, voucher_sig: bytes) -> VoucherCap:
+        return VoucherCap(
+            expires_ms=1, nonce=b"\x00" * 16, ref=REF, requester=bytes.fromhex(req.address[2:]),
+            worker=bytes.fromhex(worker.address[2:]), amount_wei=Wei(amount), cap_sig=cap_sig,
+            voucher_sig=voucher_sig,
+        )  # fmt: skip
+
+    check_cap(DOMAIN, cap(600, cap_sig, voucher_sig))
+    zero_sig, none = hook.cap(REF, worker.address, 0)
+    assert none == b""
+    check_cap(DOMAIN, cap(0, zero_sig, b""))
+    old_voucher = hook.sign(REF, worker.address, 600)  # gossiped in the open: not a cap
+    by_worker = SettlementHook(DOMAIN, bytes(worker.key)).cap(REF, worker.address, 600)[0]
+    for forged in (
+        cap(600, old_voucher, voucher_sig),
+        cap(500, cap_sig, voucher_sig),  # another amount
+        cap(600, by_worker, voucher_sig),
+    ):
+        with pytest.raises(Invalid) as err:
+            check_cap(DOMAIN, forged)
+        assert err.value.what in ("cap.signature", "signature")
+    with pytest.raises(Invalid, match=r"cap\.voucher_sig"):
+        cap(600, cap_sig, b"")
