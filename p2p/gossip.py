@@ -42,6 +42,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from consensus.envelope import Opened
 from consensus.scores import PeerScores
+from p2p import records
 from p2p.host import Host
 from p2p.validation import EnvelopeValidator, Verdict, wall_clock_ms
 
@@ -315,6 +316,7 @@ async def open_gossip(
     params: GossipParams = GossipParams(),
 ) -> AsyncIterator[Gossip]:
     """Runs GossipSub on ``host`` for the duration of the block; stops everything it started."""
+    records.install()
     router = _router(params)
     pubsub = SerialPubsub(
         host.libp2p,
