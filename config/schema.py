@@ -254,6 +254,12 @@ class VerifySettings:
         "longest a requester waits for a verdict; after it the task is accepted unverified, in ms",
         int_range(1000, 86_400_000),
     )
+    slash_wei: int = setting(
+        10**17,
+        "sentries: the stake a failing verdict asks the contract to slash, in wei (every sentry "
+        "of a network must use the same amount, or their signatures never make a quorum)",
+        int_range(1, 2**255),
+    )
 
 
 CHAIN_BACKENDS = ("embedded", "rpc")

@@ -22,6 +22,7 @@ from typing import ClassVar
 from blake3 import blake3
 
 from consensus.codec import encode
+from consensus.errors import Invalid
 from consensus.kinds import Body, Registry, exact_size, to_wire
 from consensus.market.messages import HASH_LEN, BlobRef, TaskRef, Workload
 
@@ -100,6 +101,9 @@ class Verdict(Body):
         evidence: BLAKE3 of the kept evidence (:func:`consensus.verify.game.evidence_hash`):
             the failing segment's checkpoints, proofs, the replayed hash.
         reason: the first failing check in words, or "".
+        worker_address, slash_wei, slash_sig: on a fail, when the worker's attestation bound
+            its chain account: the sentry's EIP-712 ``Slash(worker_address, slash_wei,
+            attestation)`` signature, for the settlement contract (``node/chain/slasher.py``).
     """
 
     KIND: ClassVar[str] = "verify.verdict/1"
@@ -111,6 +115,17 @@ class Verdict(Body):
     seed: bytes = field(metadata=exact_size(HASH_LEN))
     evidence: bytes = field(metadata=exact_size(HASH_LEN))
     reason: str = ""
+    worker_address: bytes = b""
+    slash_wei: int = 0
+    slash_sig: bytes = b""
+
+    def __post_init__(self) -> None:
+        if not self.slash_sig:
+            return
+        if self.passed or len(self.slash_sig) != 65 or len(self.worker_address) != 20:
+            raise Invalid("verdict.slash_sig", "65 bytes, on a fail, with a 20-byte worker address")
+        if self.slash_wei <= 0:
+            raise Invalid("verdict.slash_wei", f"must be positive, got {self.slash_wei}")
 
 
 @dataclass(frozen=True, kw_only=True)

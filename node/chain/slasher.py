@@ -1,0 +1,108 @@
+"""Slashing on sentries (``sentry/slashing``): failing verdicts in, one ``slash`` per cheat.
+
+A sentry that fails a task signs the contract's ``Slash(worker, amount, evidence)`` digest with
+its wallet key and sends the signature inside its gossiped :class:`Verdict` (``slash_sig``),
+where ``evidence`` is the attestation's id (the same for every sentry judging it, so their
+signatures combine, and the contract's ``evidenceUsed`` stops a second slash for it) and
+``amount`` is ``verify.slash_wei`` (a network agrees on it, or the signatures never meet).
+
+Every sentry collects those signatures per (worker, amount, evidence). Once the contract's
+``slashQuorum`` of distinct signers is reached, the signer with the lowest address sends the
+``slash`` (signatures ordered by address, as the contract wants); the others leave it, so the
+gas is paid once. The contract itself checks each signer's stake, burns part of the slashed
+amount and pays the rest to the signers: sentries earn from catching cheats.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+from web3 import Web3
+
+from consensus.errors import Invalid
+from consensus.settlement.eip712 import slash_digest
+from consensus.verify.messages import Verdict
+from node.chain.errors import ChainError, ChainReverted
+from node.chain.signing import recover
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus
+
+    from node.chain.node import ChainNode
+    from node.market.net import MarketNet
+
+log = logging.getLogger(__name__)
+Case = tuple[bytes, int, bytes]  # (worker address, amount, evidence)
+
+
+class Slasher:
+    def __init__(self, chain: ChainNode, net: MarketNet, topic: str) -> None:
+        self.chain, self.net, self.topic = chain, net, topic
+        self.quorum = self.min_stake = 0  # the contract's, read at start
+        self.cases: dict[Case, dict[str, bytes]] = {}  # signer -> signature
+        self.sent: set[Case] = set()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        params = await self.chain.service.call(lambda c: c.params())
+        self.quorum = int(params["slash_quorum"])
+        self.min_stake = int(params["sentry_min_stake_wei"])
+        inbox = await self.net.subscribe(self.topic, frozenset({Verdict.KIND}))
+        task_status.started()
+        async for message in inbox:
+            verdict = message.opened.body
+            if isinstance(verdict, Verdict) and not verdict.passed and verdict.slash_sig:
+                try:
+                    await self.on_failing(verdict)
+                except ChainError as exc:  # the next failing verdict of the case retries
+                    log.warning("slashing: %s", exc)
+
+    async def _staked(self, signer: str) -> bool:
+        stake = await self.chain.service.call(lambda c: c.stake_of(signer))
+        return int(stake["bonded"]) >= self.min_stake
+
+    async def on_failing(self, v: Verdict) -> bool:
+        """Adds ``v``'s signature to its case; sends the slash when it is this node's turn."""
+        case = (v.worker_address, int(v.slash_wei), v.attestation)
+        if not await self._collect(case, v):
+            return False
+        signers = self.cases[case]
+        chosen = sorted(signers)[: self.quorum]
+        if case in self.sent or len(chosen) < self.quorum:
+            return False
+        if chosen[0] != self.chain.address.lower():
+            return False  # the lowest signer sends it
+        self.sent.add(case)
+        return await self._send(case, [signers[s] for s in chosen], v.ref.text())
+
+    async def _collect(self, case: Case, v: Verdict) -> bool:
+        """Keeps the verdict's signature if it is a staked sentry's over exactly ``case``."""
+        try:
+            signer = recover(slash_digest(self.chain.domain, *case), v.slash_sig).lower()
+        except Invalid as exc:
+            log.info("slashing: signature refused", extra={"task": v.ref.text(), "error": str(exc)})
+            return False
+        signers = self.cases.setdefault(case, {})
+        if signer not in signers and not await self._staked(signer):
+            log.info("slashing: signer is no staked sentry", extra={"signer": signer})
+            return False  # or a stranger's signature could take a quorum seat and spoil it
+        signers[signer] = v.slash_sig
+        return True
+
+    async def _send(self, case: Case, sigs: list[bytes], task: str) -> bool:
+        used = await self.chain.service.call(
+            lambda c: bool(c.contract.functions.evidenceUsed(case[2]).call())
+        )
+        if used:
+            return False
+        worker = Web3.to_checksum_address(case[0])
+        try:
+            await self.chain.service.submit("slash", [worker, case[1], case[2], sigs])
+        except ChainReverted as exc:  # e.g. a stake withdrawn meanwhile: the contract decides
+            log.warning("slashing refused by the contract: %s", exc)
+            return False
+        log.info("worker slashed", extra={
+            "worker": worker, "wei": str(case[1]), "task": task, "signers": len(sigs),
+        })  # fmt: skip
+        return True
