@@ -1,0 +1,155 @@
+"""A resumed task attempt is attested and judged on real daemons.
+
+A requester, a sentry and two workers on 127.0.0.1. A three-segment train task (real PyTorch on
+the CPU, each step slowed so there is a task to kill) starts on the cheaper worker, which is
+killed (-9) once the requester holds its first checkpoint. The task resumes on the other worker
+from that checkpoint; that worker attests segments ``first..2`` from it, the sentry challenges
+and replays them (the first one from the resume checkpoint, which the resumed worker serves),
+and the requester gets a pass verdict, long before its verdict timeout. Synchronised on what the
+daemons log, never on sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemons import Daemon, cli_env, idlegrid
+from tests.integration.test_market_daemons import field, peer_id, wait_for_fields
+from tests.integration.test_verify_daemons import wait_all
+
+pytest.importorskip("torch")
+
+ENV = cli_env(
+    IDLEGRID_P2P_ANNOUNCE_INTERVAL_S="1",
+    IDLEGRID_P2P_OFFLINE_AFTER_S="4",
+    IDLEGRID_MARKET_BID_WINDOW_MS="1000",
+    IDLEGRID_MARKET_VOUCHER_INTERVAL_MS="500",
+    IDLEGRID_MARKET_LOST_AFTER_MS="3000",
+    IDLEGRID_VERIFY_COMMIT_WINDOW_MS="300",
+    IDLEGRID_VERIFY_REVEAL_WINDOW_MS="300",
+    IDLEGRID_VERIFY_VERDICT_TIMEOUT_MS="600000",  # a verdict, not the timeout, ends the wait
+)
+WORKERS = {"w-first": 100, "w-resumed": 200}  # gwei per second: w-first wins the first award
+JOB = """
+name = "train-resumed"
+kind = "train"
+verification = "standard"
+
+[runtime]
+entry = "train.py"
+steps = 9
+segments = 3
+seed = 7
+estimate_s = 10
+params = { lr = "0.01", hidden = "16", batch_size = "16", precision = "fp32" }
+
+[io]
+inputs = ["train.py"]
+outputs = ["model.ckpt"]
+
+[budget]
+max_total = "0.001 eth"
+max_price_per_s = "250 gwei"
+deadline = "5m"
+"""
+TRAIN = """
+import time
+
+import torch
+from torch import nn
+
+
+def dataset(ctx):
+    generator = torch.Generator().manual_seed(ctx.seed)
+    inputs = torch.randn(96, 4, generator=generator)
+    return inputs, (inputs.sum(dim=1) > 0).long()
+
+
+def init(ctx):
+    model = nn.Sequential(nn.Linear(4, int(ctx.params["hidden"])), nn.ReLU(),
+                          nn.Linear(int(ctx.params["hidden"]), 2))
+    return model, torch.optim.Adam(model.parameters(), lr=float(ctx.params["lr"]))
+
+
+def step(ctx, model, optimizer, batch):
+    time.sleep(0.5)  # three steps a segment: the first worker is killed mid-task
+    inputs, targets = batch
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+"""
+
+
+@pytest.fixture
+def network(tmp_path: Path) -> Iterator[dict[str, Daemon]]:
+    daemons: dict[str, Daemon] = {}
+    try:
+        home = tmp_path / "requester"
+        assert idlegrid(home, "init", env=ENV).returncode == 0
+        daemons["requester"] = Daemon(home, (), ENV).wait_started()
+        status = json.loads(idlegrid(home, "status", "--json", env=ENV).stdout)
+        boot = ("--bootstrap", str(status["p2p"]["addrs"][0]))
+        assert idlegrid(tmp_path / "sentry", "init", "--role", "sentry", env=ENV).returncode == 0
+        daemons["sentry"] = Daemon(tmp_path / "sentry", boot, ENV).wait_started()
+        for name, gwei in WORKERS.items():
+            env = ENV | {"IDLEGRID_WORKER_PRICE_WEI_PER_S": str(gwei * 10**9)}
+            assert idlegrid(tmp_path / name, "init", "--role", "worker", env=env).returncode == 0
+            daemons[name] = Daemon(tmp_path / name, boot, env).wait_started()
+        yield daemons
+    finally:
+        for daemon in daemons.values():
+            daemon.kill()
+
+
+def test_a_resumed_attempt_is_attested_challenged_and_passes(
+    network: dict[str, Daemon], tmp_path: Path
+) -> None:
+    requester, sentry = network["requester"], network["sentry"]
+    ids = {name: peer_id(d.home) for name, d in network.items()}
+    wait_all(requester, [("worker status", ids[w], "new=available") for w in WORKERS]
+             + [("peer discovered", ids["sentry"])])  # fmt: skip
+    spec_dir = tmp_path / "job"
+    spec_dir.mkdir()
+    (spec_dir / "job.toml").write_text(JOB)
+    (spec_dir / "train.py").write_text(TRAIN)
+    done = idlegrid(requester.home, "job", "submit", str(spec_dir / "job.toml"), "--json", env=ENV)
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(done.stdout)["job_id"]
+
+    first = requester.wait_for("task awarded", timeout=60)
+    assert field(first, "worker") == ids["w-first"]
+    held = requester.wait_for("checkpoint held", timeout=60)
+    network["w-first"].proc.send_signal(signal.SIGKILL)
+    network["w-first"].proc.wait(timeout=10)
+    resume_at = int(field(held, "segment")) + 1  # later checkpoints may be held too, not fewer
+
+    requester.wait_for("worker lost, failing over", timeout=30)
+    again = requester.wait_for("task awarded", timeout=60)
+    assert field(again, "worker") == ids["w-resumed"]
+    attested = wait_for_fields(network["w-resumed"], "task attested", timeout=90)
+    start = int(field(attested, "first"))
+    assert resume_at <= start <= 2, attested
+    judging = wait_for_fields(sentry, "judging", timeout=60, worker=ids["w-resumed"])
+    assert field(judging, "first") == str(start)
+    assert field(judging, "sampled").split(",") == [str(i) for i in range(start, 3)]
+    verdict = sentry.wait_for("verdict", timeout=90)
+    assert f"worker={ids['w-resumed']}" in verdict and "passed=True" in verdict, verdict
+    outcome = requester.wait_for("verification", timeout=30)
+    assert "outcome=verified" in outcome, outcome
+    wait_all(requester, [("task moved", "job_state=verified")], timeout=30)
+
+    view = json.loads(idlegrid(requester.home, "job", "status", job_id, "--json", env=ENV).stdout)
+    assert view["state"] == "verified"
+    lost, resumed = view["attempts"]
+    assert (lost["worker"], resumed["worker"]) == (ids["w-first"], ids["w-resumed"])
+    assert [v["passed"] for v in view["verification"]["verdicts"]] == [True]
+    assert view["verification"]["reputation"][ids["w-resumed"]] > 500_000
+    for daemon in network.values():
+        assert "Traceback" not in daemon.output()
