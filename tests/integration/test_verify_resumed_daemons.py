@@ -5,8 +5,9 @@ the CPU, each step slowed so there is a task to kill) starts on the cheaper work
 killed (-9) once the requester holds its first checkpoint. The task resumes on the other worker
 from that checkpoint; that worker attests segments ``first..2`` from it, the sentry challenges
 and replays them (the first one from the resume checkpoint, which the resumed worker serves),
-and the requester gets a pass verdict, long before its verdict timeout. Synchronised on what the
-daemons log, never on sleeps.
+and the requester gets a verdict, long before its verdict timeout: a pass when the resumed
+worker trains honestly, a fail when it fakes its segments (``cheating_executor``). Synchronised
+on what the daemons log, never on sleeps.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ verification = "standard"
 
 [runtime]
 entry = "train.py"
-steps = 9
+steps = 6
 segments = 3
 seed = 7
 estimate_s = 10
@@ -77,7 +78,7 @@ def init(ctx):
 
 
 def step(ctx, model, optimizer, batch):
-    time.sleep(0.5)  # three steps a segment: the first worker is killed mid-task
+    time.sleep(0.5)  # two steps a segment: the first worker is killed mid-task
     inputs, targets = batch
     optimizer.zero_grad()
     loss = nn.functional.cross_entropy(model(inputs), targets)
@@ -88,7 +89,10 @@ def step(ctx, model, optimizer, batch):
 
 
 @pytest.fixture
-def network(tmp_path: Path) -> Iterator[dict[str, Daemon]]:
+def network(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Daemon]]:
+    """The daemons; ``request.param`` says whether the resuming worker cheats."""
+    cheat = {"IDLEGRID_WORKER_EXECUTOR_WRAPPER": "tests.integration.cheating_executor"}
+    extra = {"w-first": {}, "w-resumed": cheat if request.param == "cheating" else {}}
     daemons: dict[str, Daemon] = {}
     try:
         home = tmp_path / "requester"
@@ -96,23 +100,62 @@ def network(tmp_path: Path) -> Iterator[dict[str, Daemon]]:
         daemons["requester"] = Daemon(home, (), ENV).wait_started()
         status = json.loads(idlegrid(home, "status", "--json", env=ENV).stdout)
         boot = ("--bootstrap", str(status["p2p"]["addrs"][0]))
-        assert idlegrid(tmp_path / "sentry", "init", "--role", "sentry", env=ENV).returncode == 0
-        daemons["sentry"] = Daemon(tmp_path / "sentry", boot, ENV).wait_started()
-        for name, gwei in WORKERS.items():
-            env = ENV | {"IDLEGRID_WORKER_PRICE_WEI_PER_S": str(gwei * 10**9)}
-            assert idlegrid(tmp_path / name, "init", "--role", "worker", env=env).returncode == 0
-            daemons[name] = Daemon(tmp_path / name, boot, env).wait_started()
+        envs = {"sentry": ENV} | {
+            name: ENV | {"IDLEGRID_WORKER_PRICE_WEI_PER_S": str(gwei * 10**9)} | extra[name]
+            for name, gwei in WORKERS.items()
+        }
+        for name, env in envs.items():
+            role = "sentry" if name == "sentry" else "worker"
+            assert idlegrid(tmp_path / name, "init", "--role", role, env=env).returncode == 0
+            daemons[name] = Daemon(tmp_path / name, boot, env)  # they start side by side
+        for name in envs:
+            daemons[name].wait_started()
         yield daemons
     finally:
         for daemon in daemons.values():
             daemon.kill()
 
 
-def test_a_resumed_attempt_is_attested_challenged_and_passes(
-    network: dict[str, Daemon], tmp_path: Path
+@pytest.mark.slow
+@pytest.mark.parametrize("network", ["honest", "cheating"], indirect=True)
+def test_a_resumed_attempt_is_attested_challenged_and_judged(
+    network: dict[str, Daemon], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    honest = "[honest]" in request.node.name
     requester, sentry = network["requester"], network["sentry"]
     ids = {name: peer_id(d.home) for name, d in network.items()}
+    job_id, start = resume_after_a_kill(network, ids, tmp_path)
+    judging = wait_for_fields(sentry, "judging", timeout=60, worker=ids["w-resumed"])
+    assert field(judging, "first") == str(start)
+    sampled = [int(i) for i in field(judging, "sampled").split(",")]
+    assert sampled[-1] == 2 and all(start <= i for i in sampled), judging
+    assert honest or sampled == list(range(start, 3)), "every segment it faked is sampled"
+    verdict = sentry.wait_for("verdict", timeout=90)
+    assert f"worker={ids['w-resumed']}" in verdict and f"passed={honest}" in verdict, verdict
+    outcome = requester.wait_for("verification", timeout=30)
+    assert f"outcome={'verified' if honest else 'rejected'}" in outcome, outcome
+
+    view = json.loads(idlegrid(requester.home, "job", "status", job_id, "--json", env=ENV).stdout)
+    lost, resumed = view["attempts"][:2]
+    assert (lost["worker"], resumed["worker"]) == (ids["w-first"], ids["w-resumed"])
+    assert [v["passed"] for v in view["verification"]["verdicts"]] == [honest]
+    reputation = view["verification"]["reputation"][ids["w-resumed"]]
+    if honest:
+        wait_all(requester, [("task moved", "job_state=verified")], timeout=30)
+        assert reputation > 500_000
+    else:
+        assert resumed["outcome"].startswith("failed verification"), resumed
+        assert resumed["payable_wei"] == "0" and reputation < 500_000
+    for daemon in network.values():
+        assert "Traceback" not in daemon.output()
+
+
+def resume_after_a_kill(
+    network: dict[str, Daemon], ids: dict[str, str], tmp_path: Path
+) -> tuple[str, int]:
+    """Submits the job, kills its first worker once a checkpoint is held, and waits for the
+    resumed attempt's attestation; returns the job id and the first attested segment."""
+    requester = network["requester"]
     wait_all(requester, [("worker status", ids[w], "new=available") for w in WORKERS]
              + [("peer discovered", ids["sentry"])])  # fmt: skip
     spec_dir = tmp_path / "job"
@@ -121,35 +164,16 @@ def test_a_resumed_attempt_is_attested_challenged_and_passes(
     (spec_dir / "train.py").write_text(TRAIN)
     done = idlegrid(requester.home, "job", "submit", str(spec_dir / "job.toml"), "--json", env=ENV)
     assert done.returncode == 0, done.stderr
-    job_id = json.loads(done.stdout)["job_id"]
-
     first = requester.wait_for("task awarded", timeout=60)
     assert field(first, "worker") == ids["w-first"]
     held = requester.wait_for("checkpoint held", timeout=60)
     network["w-first"].proc.send_signal(signal.SIGKILL)
     network["w-first"].proc.wait(timeout=10)
     resume_at = int(field(held, "segment")) + 1  # later checkpoints may be held too, not fewer
-
     requester.wait_for("worker lost, failing over", timeout=30)
     again = requester.wait_for("task awarded", timeout=60)
     assert field(again, "worker") == ids["w-resumed"]
     attested = wait_for_fields(network["w-resumed"], "task attested", timeout=90)
     start = int(field(attested, "first"))
     assert resume_at <= start <= 2, attested
-    judging = wait_for_fields(sentry, "judging", timeout=60, worker=ids["w-resumed"])
-    assert field(judging, "first") == str(start)
-    assert field(judging, "sampled").split(",") == [str(i) for i in range(start, 3)]
-    verdict = sentry.wait_for("verdict", timeout=90)
-    assert f"worker={ids['w-resumed']}" in verdict and "passed=True" in verdict, verdict
-    outcome = requester.wait_for("verification", timeout=30)
-    assert "outcome=verified" in outcome, outcome
-    wait_all(requester, [("task moved", "job_state=verified")], timeout=30)
-
-    view = json.loads(idlegrid(requester.home, "job", "status", job_id, "--json", env=ENV).stdout)
-    assert view["state"] == "verified"
-    lost, resumed = view["attempts"]
-    assert (lost["worker"], resumed["worker"]) == (ids["w-first"], ids["w-resumed"])
-    assert [v["passed"] for v in view["verification"]["verdicts"]] == [True]
-    assert view["verification"]["reputation"][ids["w-resumed"]] > 500_000
-    for daemon in network.values():
-        assert "Traceback" not in daemon.output()
+    return str(json.loads(done.stdout)["job_id"]), start
