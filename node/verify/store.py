@@ -101,6 +101,15 @@ class VerifyStore:
             index=segment, hash=row["hash"], chained=row["chained"], seconds=row["seconds"]
         )
 
+    async def first_segment(self, ref: TaskRef) -> int | None:
+        """The first segment an attempt reported (above 0: it resumed), or None."""
+        row = await self.db.query_one(
+            "SELECT MIN(segment) AS first FROM checkpoints WHERE job_id = ? AND idx = ? "
+            "AND attempt = ?",
+            (ref.job_id, ref.task, ref.attempt),
+        )
+        return None if row is None or row["first"] is None else int(row["first"])
+
     async def failed(self, ref: TaskRef) -> bool:
         """Whether any sentry's verdict on this attempt is a fail: settlement pays it not."""
         row = await self.db.query_one(

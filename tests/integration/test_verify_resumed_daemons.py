@@ -140,6 +140,9 @@ def test_a_resumed_attempt_is_attested_challenged_and_judged(
     assert (lost["worker"], resumed["worker"]) == (ids["w-first"], ids["w-resumed"])
     assert [v["passed"] for v in view["verification"]["verdicts"]] == [honest]
     reputation = view["verification"]["reputation"][ids["w-resumed"]]
+    [stated] = view["verification"]["resumed"]
+    assert (stated["attempt"], stated["first"]) == (1, start)
+    assert stated["guarantee"].startswith(f"train: {3 - start} of segments {start}..2 re-executed")
     if honest:
         wait_all(requester, [("task moved", "job_state=verified")], timeout=30)
         assert reputation > 500_000
