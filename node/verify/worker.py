@@ -69,6 +69,20 @@ class VerifyWorker:
         if kept is None or work.result_hash is None:
             log.info("not attested: checkpoints missing", extra={"task": order.ref.text()})
             return
+        att = self._attestation(order, points, work.result_hash)
+        await self.store.keep_attestation(
+            order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms()
+        )
+        await self.net.publish(ATTESTS, att)
+        log.info(
+            "task attested",
+            extra={"task": order.ref.text(), "segments": att.segments, "first": att.first},
+        )
+
+    def _attestation(
+        self, order: TaskOrder, points: list[Checkpoint], result_hash: bytes
+    ) -> Attestation:
+        """The claim over segments ``first..`` (0, or the one after the resume checkpoint)."""
         resume = order.resume
         start = None
         if resume is not None:
@@ -81,14 +95,14 @@ class VerifyWorker:
             inputs = BlobRef(
                 hash=order.inputs.hash, size=order.inputs.size, holders=[self.net.peer_id]
             )
-        att = Attestation(
+        return Attestation(
             expires_ms=self.net.now_ms() + ATTESTATION_TTL_MS,
             nonce=new_nonce(),
             ref=order.ref,
             worker=self.net.peer_id,
             root=tree.root(tree.chain_leaves(hashes, chained, first), first),
             segments=first + len(hashes),
-            result_hash=work.result_hash,
+            result_hash=result_hash,
             seconds=points[-1].seconds,
             runtime=order.workload.kind,
             det_class=self.det_class,
@@ -97,14 +111,6 @@ class VerifyWorker:
             listen=self.net.addrs(),
             first=first,
             start=start,
-        )
-        await self.store.keep_attestation(
-            order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms()
-        )
-        await self.net.publish(ATTESTS, att)
-        log.info(
-            "task attested",
-            extra={"task": order.ref.text(), "segments": att.segments, "first": first},
         )
 
     async def _on_challenge(self, peer: str, payload: Any) -> Any:

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from consensus.codec import encode
 from consensus.errors import Invalid
 from consensus.kinds import from_wire, to_wire
-from consensus.market.messages import Checkpoint
+from consensus.market.messages import BlobRef, Checkpoint, TaskOrder, Workload
 from consensus.verify import game as g
 from consensus.verify import tree
 from consensus.verify.messages import (
@@ -30,6 +30,7 @@ from consensus.verify.messages import (
 )
 from consensus.verify.sampling import guarantee, sample
 from node.verify.play import answer_from
+from node.verify.worker import _kept
 from tests.unit.verify.factories import Run, honest
 
 DEADLINE = 1000
@@ -236,3 +237,27 @@ def test_a_continuation_of_a_made_up_checkpoint_fails_against_the_real_start() -
     att = resumed(run, 3)
     forged = Run([*run.files[:2], b"made up state", *run.files[3:]])
     assert "does not match its attested hash" in g.check_answer(att, answer(forged, att, 3))
+
+
+# --- what the resumed worker keeps to answer challenges ------------------------------------
+
+
+def test_the_worker_keeps_the_resume_checkpoint_first_and_refuses_gaps() -> None:
+    run = honest(5)
+
+    def point(i: int) -> Checkpoint:
+        blob = BlobRef(hash=bytes([i]) * 32, size=1)
+        leaf = run.leaves()[i]
+        return Checkpoint(index=i, hash=leaf.hash, chained=leaf.chained, seconds=i, blob=blob)
+
+    order = TaskOrder(
+        expires_ms=1, nonce=b"n" * 16, ref=run.attestation().ref, worker="w",
+        price_wei_per_s=1, gpus=1, budget_wei=1, deadline_ms=1,  # type: ignore[arg-type]
+        workload=Workload(kind="train", entry="t.py", steps=5, segments=5), resume=point(1),
+    )  # fmt: skip
+    kept = _kept(order, [point(2), point(3), point(4)])
+    assert kept == [(run.hashes[i], bytes([i]) * 32) for i in (1, 2, 3, 4)]
+    assert _kept(order, [point(2), point(4)]) is None, "a gap"
+    assert _kept(order, [point(3), point(4)]) is None, "not from the resume point"
+    assert _kept(replace(order, resume=replace(point(1), blob=None)), [point(2)]) is None
+    assert _kept(replace(order, resume=None), [point(0), point(1)]) is not None
