@@ -101,7 +101,8 @@ class Verdicts:
             heard = self.attested.get(task_key(ref))
             if heard is not None:  # judge by verdicts on the attestation we checked, only
                 problem = await self._resume_problem(ref, heard[1])
-                if problem:
+                if problem:  # the task is not offered to that worker again
+                    self.failed_on.setdefault((ref.job_id, ref.task), set()).add(heard[1].worker)
                     return "rejected", problem
                 rows = [r for r in rows if r["attestation"] == heard[0]]
             fails = [r for r in rows if not r["passed"]]
