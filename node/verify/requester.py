@@ -98,16 +98,16 @@ class Verdicts:
         deadline = self.net.now_ms() + timeout_ms
         while True:
             rows = await self.store.verdicts(ref)
+            fails = [r for r in rows if not r["passed"]]
+            if fails:  # on any attestation of this attempt
+                return "rejected", f"failed verification: {fails[0]['reason']}"
             heard = self.attested.get(task_key(ref))
-            if heard is not None:  # judge by verdicts on the attestation we checked, only
+            if heard is not None:  # passes count on the attestation we checked, only
                 problem = await self._resume_problem(ref, heard[1])
                 if problem:  # the task is not offered to that worker again
                     self.failed_on.setdefault((ref.job_id, ref.task), set()).add(heard[1].worker)
                     return "rejected", problem
                 rows = [r for r in rows if r["attestation"] == heard[0]]
-            fails = [r for r in rows if not r["passed"]]
-            if fails:
-                return "rejected", f"failed verification: {fails[0]['reason']}"
             if len(rows) >= self.quorum:
                 return "verified", f"verified by {len(rows)} sentries"
             left = deadline - self.net.now_ms()

@@ -28,11 +28,13 @@ def resumed_attestation(first: int) -> Attestation:
     return run.attestation(ref=RESUMED, root=tree.root(leaves, first), first=first, start=start)
 
 
-async def judged(db: Database, att: Attestation, verdict_on: bytes) -> tuple[str, str, bool]:
-    """The requester's outcome with one passing verdict on ``verdict_on`` recorded."""
+async def judged(
+    db: Database, att: Attestation, verdict_on: bytes, passed: bool = True
+) -> tuple[str, str, bool]:
+    """The requester's outcome with one verdict on ``verdict_on`` recorded."""
     store = VerifyStore(db)
     verdict = Verdict(expires_ms=10**13, nonce=b"n" * 16, ref=RESUMED, worker="w",
-                      attestation=verdict_on, passed=True, sampled=[3], seed=b"s" * 32,
+                      attestation=verdict_on, passed=passed, sampled=[3], seed=b"s" * 32,
                       evidence=b"e" * 32)  # fmt: skip
     await store.add_verdict(verdict_on, "sentry", verdict, b"raw", evidence=None, now_ms=1)
     clock = SimpleNamespace(now_ms=lambda: 0)  # outcome() reads only the time from its net
@@ -70,6 +72,13 @@ async def test_a_verdict_on_another_attestation_does_not_count(tmp_path: Path) -
         await hold(db, 1)
         outcome, why, _ = await judged(db, resumed_attestation(2), b"x" * 32)
         assert (outcome, why) == ("unverified", "no verdict within 0 ms")
+
+
+async def test_a_fail_on_any_attestation_of_the_attempt_rejects_it(tmp_path: Path) -> None:
+    async with await Database.open(tmp_path / "node.sqlite") as db:
+        await hold(db, 1)
+        outcome, _, _ = await judged(db, resumed_attestation(2), b"x" * 32, passed=False)
+        assert outcome == "rejected"
 
 
 async def test_another_start_than_the_handed_over_checkpoint_is_rejected(tmp_path: Path) -> None:
