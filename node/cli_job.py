@@ -132,6 +132,9 @@ def _human_job(view: dict[str, Any]) -> str:
         f"\n  task {v['task']}#{v['attempt']} {'pass' if v['passed'] else 'FAIL'}"
         f" {v['worker'][-12:]} {v['reason'][:60]}"
         for v in checked.get("verdicts", [])
+    ) + "".join(
+        f"\n  task {r['task']}#{r['attempt']} resumed: {r['guarantee']}"
+        for r in checked.get("resumed", [])
     )
     return (
         f"{head}\n{table(rows)}\ncost so far: {view['cost_wei']} wei\n"

@@ -18,6 +18,12 @@
 Checks on an answer for segment ``i``: both leaves under the attested root at their index,
 ``chained_i == H(chained_{i-1} || hash_i)`` (one history, in order), the checkpoint file hashes to
 ``hash_{i-1}``, and for the final segment ``hash_i`` equals the attested result hash.
+
+A resumed attestation covers segments ``first..N-1`` only. Its segment ``first`` starts from the
+resume checkpoint named in the attestation itself (``start``): the answer's starting leaf must
+be exactly that one (no proof: it is signed in the attestation), its file must hash to it, and
+the replay runs from it. So the continuity from the earlier worker's checkpoint is checked;
+that worker's own segments are not.
 """
 
 from __future__ import annotations
@@ -197,7 +203,8 @@ def check_answer(att: Attestation, answer: ChallengeResponse) -> str:
     index, after = answer.index, answer.after
     if answer.ref != att.ref:
         return "answers for another task"
-    if after.index != index or not tree.verify(att.root, after, att.segments, answer.after_proof):
+    under = tree.verify(att.root, after, att.segments, answer.after_proof, att.first)
+    if after.index != index or not under:  # an index outside first..segments-1 is not
         return "checkpoint leaf not under the attested root"
     previous, problem = _start_of(att, answer)
     if problem:
@@ -216,7 +223,10 @@ def _start_of(att: Attestation, answer: ChallengeResponse) -> tuple[bytes, str]:
         return tree.GENESIS, ""
     if before is None or before.index != answer.index - 1:
         return b"", "the starting checkpoint's leaf is missing"
-    if not tree.verify(att.root, before, att.segments, answer.before_proof):
+    if answer.index == att.first:  # a resumed run's first segment: from the attested start
+        if before != att.start:
+            return b"", "the starting checkpoint is not the attested resume point"
+    elif not tree.verify(att.root, before, att.segments, answer.before_proof, att.first):
         return b"", "starting leaf not under the attested root"
     if blake3(answer.checkpoint).digest() != before.hash:
         return b"", "the checkpoint file does not match its attested hash"

@@ -24,10 +24,19 @@ from blake3 import blake3
 from consensus.codec import encode
 from consensus.errors import Invalid
 from consensus.kinds import Body, Registry, exact_size, to_wire
-from consensus.market.messages import HASH_LEN, BlobRef, TaskRef, Workload
+from consensus.market.messages import HASH_LEN, BlobRef, Checkpoint, TaskRef, Workload
 
 MAX_SEGMENTS = 1 << 20
 MAX_CHECKPOINT_BYTES = 256 << 20  # a challenge answer carries one checkpoint file inline
+
+
+@dataclass(frozen=True, kw_only=True)
+class Leaf:
+    """One segment's leaf: its state hash and the chained hash up to it."""
+
+    index: int
+    hash: bytes = field(metadata=exact_size(HASH_LEN))
+    chained: bytes = field(metadata=exact_size(HASH_LEN))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,8 +45,8 @@ class Attestation(Body):
 
     Attributes:
         root: Merkle root (:mod:`consensus.verify.tree`) over (index, hash, chained) of every
-            segment.
-        segments: how many segments the run had (the tree's leaf count).
+            attested segment, ``first`` to ``segments - 1``.
+        segments: how many segments the task has; the last one closes the run.
         result_hash: the state hash of the last segment (the result the requester fetched).
         seconds: metered work seconds.
         runtime: train | render | exec.
@@ -45,6 +54,10 @@ class Attestation(Body):
             threads): replays in the same class must match bit for bit.
         workload, inputs, listen: what a sentry needs to replay (the task's runtime spec, its
             inputs, held by the worker) and where to send challenges.
+        first: the first attested segment: 0, or for an attempt resumed from another worker's
+            checkpoint, the segment after it (the earlier ones are that worker's, not attested).
+        start: for ``first`` > 0, the resume checkpoint (segment ``first - 1``): the chain of
+            the attested leaves starts from its chained hash, and the worker serves its file.
     """
 
     KIND: ClassVar[str] = "verify.attestation/1"
@@ -59,17 +72,66 @@ class Attestation(Body):
     workload: Workload | None = None
     inputs: BlobRef | None = None
     listen: list[str] = field(default_factory=list)
+    first: int = 0
+    start: Leaf | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.segments <= MAX_SEGMENTS:
             raise ValueError(f"segments must be in 1..{MAX_SEGMENTS}")
         if self.seconds < 0:
             raise ValueError("seconds must not be negative")
+        _check_range(self)
+
+
+def _check_range(att: Attestation) -> None:
+    """A resumed attestation's range and start point agree with each other.
+
+    Raises:
+        Invalid: ``first`` outside ``0..segments-1``, a start point missing, superfluous, or
+            not closing segment ``first - 1``.
+    """
+    if not 0 <= att.first < att.segments:
+        raise Invalid("attestation.first", f"{att.first}: must be in 0..{att.segments - 1}")
+    if att.first == 0 and att.start is not None:
+        raise Invalid("attestation.start", "only a resumed attestation (first > 0) has one")
+    if att.first > 0 and att.start is None:
+        raise Invalid("attestation.start", "missing: a resumed attestation names its start")
+    if att.start is not None and att.start.index != att.first - 1:
+        raise Invalid(
+            "attestation.start.index", f"{att.start.index}: must be first - 1 = {att.first - 1}"
+        )
+
+
+def check_resume(att: Attestation, resume: Checkpoint | None) -> None:
+    """That ``att`` starts where the task's order said: from the inputs, or from ``resume``.
+
+    The requester runs this against the checkpoint it handed over, so a resumed worker cannot
+    attest a continuation of a history of its own making.
+
+    Raises:
+        Invalid: the first segment or the start point differs from the order's.
+    """
+    want = 0 if resume is None else resume.index + 1
+    if att.first != want:
+        raise Invalid("attestation.first", f"{att.first}: the order resumed at {want}")
+    if resume is None or att.start is None:
+        return
+    if att.start.hash != resume.hash:
+        raise Invalid("attestation.start.hash", "is not the order's resume checkpoint's")
+    if att.start.chained != resume.chained:
+        raise Invalid("attestation.start.chained", "is not the order's resume checkpoint's")
 
 
 def attestation_id(att: Attestation) -> bytes:
-    """What seeds, verdicts and evidence name: BLAKE3 of the attestation's canonical body."""
-    return blake3(b"idlegrid.verify.att/1" + encode(to_wire(att))).digest()
+    """What seeds, verdicts and evidence name: BLAKE3 of the attestation's canonical body.
+
+    An unresumed attestation is hashed without ``first`` and ``start``, so its id is the
+    same as before those fields existed (nodes of either version agree on it).
+    """
+    wire = to_wire(att)
+    if att.first == 0:
+        del wire["first"], wire["start"]
+    return blake3(b"idlegrid.verify.att/1" + encode(wire)).digest()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,18 +200,12 @@ class ChallengeRequest:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Leaf:
-    """One segment's leaf: its state hash and the chained hash up to it."""
-
-    index: int
-    hash: bytes = field(metadata=exact_size(HASH_LEN))
-    chained: bytes = field(metadata=exact_size(HASH_LEN))
-
-
-@dataclass(frozen=True, kw_only=True)
 class ChallengeResponse:
     """Checkpoint ``index - 1`` (the replay's start; none for segment 0, which starts from the
-    inputs) and the leaves of ``index - 1`` and ``index`` with their Merkle proofs."""
+    inputs) and the leaves of ``index - 1`` and ``index`` with their Merkle proofs.
+
+    For the first segment of a resumed attestation, ``before`` is the attestation's ``start``
+    (signed in it, so without a proof) and ``checkpoint`` the resume checkpoint's file."""
 
     ref: TaskRef
     index: int

@@ -5,6 +5,10 @@ A leaf is ``H(0x00 || index || hash || chained)`` and an inner node ``H(0x01 || 
 node is carried up unchanged, so a proof is the list of siblings with the index telling left
 from right: a worker cannot swap two segments' checkpoints and keep the root.
 
+A tree may cover a range ``first..count-1`` (an attempt resumed from another worker's
+checkpoint ``first - 1``): its leaves keep their segment indices, sit at positions
+``index - first``, and their chain starts from the resume checkpoint's chained hash.
+
 The chained hash in every leaf lets a sentry check that two adjacent leaves belong to one
 history: ``chained_i == H(chained_{i-1} || hash_i)`` (the runtime's
 :func:`gpu.runtime.chain`, repeated here so ``consensus`` stays pure).
@@ -34,8 +38,8 @@ def chain(previous: bytes, state_hash: bytes) -> bytes:
     return blake3(previous + state_hash).digest()
 
 
-def levels(leaves: Sequence[Leaf]) -> list[list[bytes]]:
-    """Every level of the tree, leaves first, root last.
+def levels(leaves: Sequence[Leaf], first: int = 0) -> list[list[bytes]]:
+    """Every level of the tree over segments ``first``.., leaves first, root last.
 
     Raises:
         Invalid: no leaves, or a leaf out of position.
@@ -43,8 +47,10 @@ def levels(leaves: Sequence[Leaf]) -> list[list[bytes]]:
     if not leaves:
         raise Invalid("tree", "a tree needs at least one leaf")
     for position, leaf in enumerate(leaves):
-        if leaf.index != position:
-            raise Invalid(f"tree.leaves[{position}]", f"has index {leaf.index}")
+        if leaf.index != first + position:
+            raise Invalid(
+                f"tree.leaves[{position}]", f"has index {leaf.index}, not {first + position}"
+            )
     level = [leaf_hash(leaf) for leaf in leaves]
     out = [level]
     while len(level) > 1:
@@ -54,13 +60,14 @@ def levels(leaves: Sequence[Leaf]) -> list[list[bytes]]:
     return out
 
 
-def root(leaves: Sequence[Leaf]) -> bytes:
-    return levels(leaves)[-1][0]
+def root(leaves: Sequence[Leaf], first: int = 0) -> bytes:
+    return levels(leaves, first)[-1][0]
 
 
-def proof(tree: list[list[bytes]], index: int) -> list[bytes]:
-    """Siblings from leaf ``index`` to the root (a level where it has none adds nothing)."""
-    path = []
+def proof(tree: list[list[bytes]], index: int, first: int = 0) -> list[bytes]:
+    """Siblings from segment ``index``'s leaf to the root (a level where it has none adds
+    nothing), in a tree over segments ``first``.."""
+    path, index = [], index - first
     for level in tree[:-1]:
         sibling = index ^ 1
         if sibling < len(level):
@@ -69,11 +76,12 @@ def proof(tree: list[list[bytes]], index: int) -> list[bytes]:
     return path
 
 
-def verify(root_hash: bytes, leaf: Leaf, count: int, path: Sequence[bytes]) -> bool:
-    """Whether ``leaf`` is at its index in a tree of ``count`` leaves with ``root_hash``."""
-    if not 0 <= leaf.index < count:
+def verify(root_hash: bytes, leaf: Leaf, count: int, path: Sequence[bytes], first: int = 0) -> bool:
+    """Whether ``leaf`` is at its index in a tree over segments ``first..count-1`` with
+    ``root_hash``."""
+    if not 0 <= first <= leaf.index < count:
         return False
-    node, index, width, used = leaf_hash(leaf), leaf.index, count, 0
+    node, index, width, used = leaf_hash(leaf), leaf.index - first, count - first, 0
     while width > 1:
         sibling = index ^ 1
         if sibling < width:
@@ -86,10 +94,11 @@ def verify(root_hash: bytes, leaf: Leaf, count: int, path: Sequence[bytes]) -> b
     return used == len(path) and node == root_hash
 
 
-def chain_leaves(hashes: Sequence[bytes], start: bytes = GENESIS) -> list[Leaf]:
-    """The leaves of a run whose segments' state hashes are ``hashes``."""
+def chain_leaves(hashes: Sequence[bytes], start: bytes = GENESIS, first: int = 0) -> list[Leaf]:
+    """The leaves of a run whose segments ``first``.. have the state hashes ``hashes``, the
+    chain continuing from ``start`` (the chained hash of segment ``first - 1``)."""
     leaves, chained = [], start
-    for index, state in enumerate(hashes):
+    for index, state in enumerate(hashes, start=first):
         chained = chain(chained, state)
         leaves.append(Leaf(index=index, hash=state, chained=chained))
     return leaves

@@ -476,6 +476,10 @@ class Supervision:
             if moved is not None:
                 self.task = moved
             self.checkpoint_s = checkpoint.seconds
+            log.info(  # a failover from here on resumes after this segment
+                "checkpoint held",
+                extra={"task": self.task.ref.text(), "segment": checkpoint.index},
+            )
 
     async def _lost(self, why: str) -> None:
         log.info("worker lost, failing over", extra={"task": self.task.ref.text(), "reason": why})

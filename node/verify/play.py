@@ -85,16 +85,26 @@ def answer_from_files(att: Attestation, files: list[Path], index: int) -> Challe
 def answer_from(
     att: Attestation, hashes: list[bytes], read: Callable[[int], bytes], index: int
 ) -> ChallengeResponse:
-    leaves = tree.chain_leaves(hashes)
-    levels = tree.levels(leaves)
-    before: Leaf | None = leaves[index - 1] if index else None
+    """The answer for segment ``index`` from the attested segments' state ``hashes``
+    (``att.first`` onwards) and ``read``, which gives segment ``i``'s checkpoint file (for a
+    resumed attestation, ``att.first - 1`` is the resume checkpoint the worker fetched)."""
+    first, start = att.first, att.start
+    leaves = tree.chain_leaves(hashes, tree.GENESIS if start is None else start.chained, first)
+    levels = tree.levels(leaves, first)
+    before: Leaf | None = None
+    before_proof: list[bytes] = []
+    if index == first:
+        before = start  # None from the inputs; else signed in the attestation, no proof
+    else:
+        before = leaves[index - 1 - first]
+        before_proof = tree.proof(levels, index - 1, first)
     return ChallengeResponse(
         ref=att.ref,
         index=index,
         before=before,
-        before_proof=tree.proof(levels, index - 1) if index else [],
-        after=leaves[index],
-        after_proof=tree.proof(levels, index),
+        before_proof=before_proof,
+        after=leaves[index - first],
+        after_proof=tree.proof(levels, index, first),
         checkpoint=read(index - 1) if index else b"",
     )
 

@@ -1,18 +1,26 @@
-"""The requester's side: hear verdicts, and tell the task runner how its task was judged."""
+"""The requester's side: hear verdicts, and tell the task runner how its task was judged.
+
+It also hears attestations, for one check only it can make: an attempt resumed from an earlier
+worker's checkpoint must attest a continuation of the checkpoint this requester handed over
+(:func:`~consensus.verify.messages.check_resume`), not of a history of the worker's making.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
+from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
-from consensus.verify.messages import Verdict
+from consensus.verify.messages import Attestation, Verdict, attestation_id, check_resume
 from consensus.verify.verdicts import REP_START
-from node.verify.topics import VERDICTS
+from node.verify.sentry import task_key
+from node.verify.topics import ATTESTS, VERDICTS
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -22,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Outcome = Literal["verified", "rejected", "unverified"]
+ATTESTATIONS_KEPT = 4096  # the latest heard, any task's: ours are judged within minutes
 
 
 @dataclass
@@ -33,6 +42,8 @@ class Verdicts:
     changed: trio.Event = field(default_factory=trio.Event)
     failed_on: dict[tuple[bytes, int], set[str]] = field(default_factory=dict)  # task -> workers
     scores: dict[str, int] = field(default_factory=dict)  # reputation, ppm
+    # task key -> (id, attestation) of the latest attestation heard for that task attempt
+    attested: OrderedDict[bytes, tuple[bytes, Attestation]] = field(default_factory=OrderedDict)
 
     def excluded(self, ref: TaskRef, worker: str) -> bool:
         """Whether ``worker`` failed verification of an earlier attempt at this task."""
@@ -44,25 +55,40 @@ class Verdicts:
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         inbox = await self.net.subscribe(VERDICTS, frozenset({Verdict.KIND}))
+        atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
         self.scores = await self.store.reputations()
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._follow_attestations, atts)
+            task_status.started()
+            async for msg in inbox:
+                verdict = msg.opened.body
+                if isinstance(verdict, Verdict):
+                    await self._heard(verdict, msg.origin, msg.opened.raw)
+
+    async def _heard(self, verdict: Verdict, sentry: str, raw: bytes) -> None:
+        await self.store.add_verdict(
+            verdict.attestation, sentry, verdict, raw, evidence=None, now_ms=self.net.now_ms()
+        )
+        if not verdict.passed:
+            key = (verdict.ref.job_id, verdict.ref.task)
+            self.failed_on.setdefault(key, set()).add(verdict.worker)
+        self.scores[verdict.worker] = await self.store.reputation(verdict.worker)
+        self._wake()
+
+    async def _follow_attestations(self, inbox: Any) -> None:
         async for msg in inbox:
-            verdict = msg.opened.body
-            if isinstance(verdict, Verdict):
-                await self.store.add_verdict(
-                    verdict.attestation,
-                    msg.origin,
-                    verdict,
-                    msg.opened.raw,
-                    evidence=None,
-                    now_ms=self.net.now_ms(),
-                )
-                if not verdict.passed:
-                    key = (verdict.ref.job_id, verdict.ref.task)
-                    self.failed_on.setdefault(key, set()).add(verdict.worker)
-                self.scores[verdict.worker] = await self.store.reputation(verdict.worker)
-                self.changed.set()
-                self.changed = trio.Event()
+            att = msg.opened.body
+            if isinstance(att, Attestation) and att.worker == msg.origin:
+                key = task_key(att.ref)
+                self.attested[key] = (attestation_id(att), att)
+                self.attested.move_to_end(key)
+                while len(self.attested) > ATTESTATIONS_KEPT:
+                    self.attested.popitem(last=False)
+                self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
 
     async def outcome(self, ref: TaskRef, timeout_ms: int) -> tuple[Outcome, str]:
         """Waits for the sentries' judgement of ``ref``: any fail rejects, ``quorum`` passes
@@ -73,8 +99,15 @@ class Verdicts:
         while True:
             rows = await self.store.verdicts(ref)
             fails = [r for r in rows if not r["passed"]]
-            if fails:
+            if fails:  # on any attestation of this attempt
                 return "rejected", f"failed verification: {fails[0]['reason']}"
+            heard = self.attested.get(task_key(ref))
+            if heard is not None:  # passes count on the attestation we checked, only
+                problem = await self._resume_problem(ref, heard[1])
+                if problem:  # the task is not offered to that worker again
+                    self.failed_on.setdefault((ref.job_id, ref.task), set()).add(heard[1].worker)
+                    return "rejected", problem
+                rows = [r for r in rows if r["attestation"] == heard[0]]
             if len(rows) >= self.quorum:
                 return "verified", f"verified by {len(rows)} sentries"
             left = deadline - self.net.now_ms()
@@ -82,3 +115,16 @@ class Verdicts:
                 return "unverified", f"no verdict within {timeout_ms} ms"
             with trio.move_on_after(left / 1000):
                 await self.changed.wait()
+
+    async def _resume_problem(self, ref: TaskRef, att: Attestation) -> str:
+        """Why a resumed attestation does not continue what we handed over, or ``""``."""
+        if att.first == 0:
+            return ""
+        handed = await self.store.handed_over(ref, att.first - 1)
+        if handed is None:
+            return f"resumed after segment {att.first - 1}, a checkpoint we never handed over"
+        try:
+            check_resume(att, handed)
+        except Invalid as exc:
+            return f"resumed from another checkpoint than ours: {exc}"
+        return ""

@@ -154,7 +154,7 @@ class Sentry:
             log.warning("cannot judge: no runtime", extra={"runtime": att.runtime})
             return
         seed = await self._seed(att_id, assigned)
-        sampled = sample(seed, att.segments, self.settings.sample_size)
+        sampled = sample(seed, att.segments, self.settings.sample_size, att.first)
         game = g.Game(
             att,
             att_id,
@@ -168,6 +168,7 @@ class Sentry:
             extra={
                 "task": att.ref.text(),
                 "worker": att.worker,
+                "first": att.first,
                 "sampled": ",".join(map(str, sampled)),
             },
         )

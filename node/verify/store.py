@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-from consensus.market.messages import TaskRef
+from consensus.market.messages import Checkpoint, TaskRef
 from consensus.verify.messages import Verdict
 from consensus.verify.verdicts import REP_START, reputation_after
 from storage.db import Database
@@ -81,11 +81,34 @@ class VerifyStore:
 
     async def verdicts(self, ref: TaskRef) -> list[dict[str, Any]]:
         rows = await self.db.query(
-            "SELECT sentry, worker, passed, reason, received_ms FROM verify_verdicts "
+            "SELECT attestation, sentry, worker, passed, reason, received_ms FROM verify_verdicts "
             "WHERE job_id = ? AND idx = ? AND attempt = ? ORDER BY received_ms",
             (ref.job_id, ref.task, ref.attempt),
         )
         return [dict(r) for r in rows]
+
+    async def handed_over(self, ref: TaskRef, segment: int) -> Checkpoint | None:
+        """The checkpoint closing ``segment`` that this requester held from an earlier attempt
+        at the task: what a resumed attempt's order named as its start (market's table)."""
+        row = await self.db.query_one(
+            "SELECT hash, chained, seconds FROM checkpoints WHERE job_id = ? AND idx = ? "
+            "AND attempt < ? AND segment = ? AND held = 1 ORDER BY attempt DESC LIMIT 1",
+            (ref.job_id, ref.task, ref.attempt, segment),
+        )
+        if row is None:
+            return None
+        return Checkpoint(
+            index=segment, hash=row["hash"], chained=row["chained"], seconds=row["seconds"]
+        )
+
+    async def first_segment(self, ref: TaskRef) -> int | None:
+        """The first segment an attempt reported (above 0: it resumed), or None."""
+        row = await self.db.query_one(
+            "SELECT MIN(segment) AS first FROM checkpoints WHERE job_id = ? AND idx = ? "
+            "AND attempt = ?",
+            (ref.job_id, ref.task, ref.attempt),
+        )
+        return None if row is None or row["first"] is None else int(row["first"])
 
     async def failed(self, ref: TaskRef) -> bool:
         """Whether any sentry's verdict on this attempt is a fail: settlement pays it not."""

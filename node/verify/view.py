@@ -13,15 +13,20 @@ from storage.db import Database
 async def verification_view(db: Database, job_id: bytes, spec: dict[str, Any],
                             tasks: list[dict[str, Any]], attempts: list[Any],
                             *, sample_size: int) -> dict[str, Any]:  # fmt: skip
-    """The job's stated guarantee (per its largest task), each attempt's verdicts, and the
-    reputation of the workers involved."""
+    """The job's stated guarantee (per its largest task), each attempt's verdicts, what a
+    resumed attempt's guarantee covers, and the reputation of the workers involved."""
     store = VerifyStore(db)
     level = spec.get("verification", "standard")
     segments = segments_per_task(spec, tasks)
-    verdicts, workers = [], set()
+    verdicts, workers, resumed = [], set(), []
     for a in attempts:
         ref = TaskRef(job_id=job_id, task=a["idx"], attempt=a["attempt"])
         workers.add(a["worker"])
+        first = await store.first_segment(ref)
+        if level != "none" and first is not None and 0 < first < segments:
+            text = guarantee(spec.get("kind", "?"), segments, sample_size, first=first)
+            resumed.append({"task": a["idx"], "attempt": a["attempt"], "first": first,
+                            "guarantee": text})  # fmt: skip
         for v in await store.verdicts(ref):
             verdicts.append({"task": a["idx"], "attempt": a["attempt"], "sentry": v["sentry"],
                              "worker": v["worker"], "passed": bool(v["passed"]),
@@ -32,6 +37,7 @@ async def verification_view(db: Database, job_id: bytes, spec: dict[str, Any],
         if level == "none"
         else guarantee(spec.get("kind", "?"), segments, sample_size),
         "verdicts": verdicts,
+        "resumed": resumed,
         "reputation": {w: await store.reputation(w) for w in sorted(workers) if w},
     }
 

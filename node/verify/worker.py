@@ -1,9 +1,11 @@
 """The worker's side of proof-of-compute: attest a finished task, answer challenges.
 
 The attestation is signed and gossiped as soon as the result is packed, before any seed
-exists. Checkpoints stay in the node's blob store (the market put them there for failover);
-a challenge for segment ``i`` is answered from them with Merkle proofs against the attested
-root. A sentry that challenges is granted the task's inputs, so it can replay.
+exists; an attempt resumed from another worker's checkpoint attests the segments after it.
+Checkpoints stay in the node's blob store (the market put them there for failover; the resume
+checkpoint is there because we fetched it); a challenge for segment ``i`` is answered from them
+with Merkle proofs against the attested root. A sentry that challenges is granted the task's
+inputs, so it can replay.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import msgpack
 from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import from_wire, to_wire
-from consensus.market.messages import BlobRef
+from consensus.market.messages import BlobRef, Checkpoint, TaskOrder
 from consensus.verify import tree
-from consensus.verify.messages import Attestation, ChallengeRequest, attestation_id
+from consensus.verify.messages import Attestation, ChallengeRequest, Leaf, attestation_id
 from node.verify.play import answer_from
 from node.verify.topics import ATTESTATION_TTL_MS, ATTESTS, CHALLENGE, CHALLENGE_MAX_BYTES
 from p2p.reqresp import RequestRejected
@@ -55,42 +57,61 @@ class VerifyWorker:
         self.net.serve(CHALLENGE, self._on_challenge, max_bytes=CHALLENGE_MAX_BYTES)
 
     async def attest(self, work: Work) -> None:
-        """Signs, keeps and gossips the attestation of a task that ended ``done``."""
+        """Signs, keeps and gossips the attestation of a task that ended ``done``.
+
+        A task resumed from another worker's checkpoint is attested from the segment after it,
+        the chain continuing from that checkpoint (which we fetched, and serve on challenges).
+        """
         order, points = work.order, work.checkpoints
         if order.verification == "none":
             return  # nobody will check it: no attestation, no sentry's compute spent
-        if not points or points[0].index != 0 or work.result_hash is None:
-            log.info(
-                "not attested: resumed or without checkpoints", extra={"task": order.ref.text()}
-            )
+        kept = _kept(order, points)
+        if kept is None or work.result_hash is None:
+            log.info("not attested: checkpoints missing", extra={"task": order.ref.text()})
             return
+        att = self._attestation(order, points, work.result_hash)
+        await self.store.keep_attestation(
+            order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms()
+        )
+        await self.net.publish(ATTESTS, att)
+        log.info(
+            "task attested",
+            extra={"task": order.ref.text(), "segments": att.segments, "first": att.first},
+        )
+
+    def _attestation(
+        self, order: TaskOrder, points: list[Checkpoint], result_hash: bytes
+    ) -> Attestation:
+        """The claim over segments ``first..`` (0, or the one after the resume checkpoint)."""
+        resume = order.resume
+        start = None
+        if resume is not None:
+            start = Leaf(index=resume.index, hash=resume.hash, chained=resume.chained)
+        first = 0 if resume is None else resume.index + 1
         hashes = [c.hash for c in points]
+        chained = tree.GENESIS if start is None else start.chained
         inputs = None
         if order.inputs is not None:
             inputs = BlobRef(
                 hash=order.inputs.hash, size=order.inputs.size, holders=[self.net.peer_id]
             )
-        att = Attestation(
+        return Attestation(
             expires_ms=self.net.now_ms() + ATTESTATION_TTL_MS,
             nonce=new_nonce(),
             ref=order.ref,
             worker=self.net.peer_id,
-            root=tree.root(tree.chain_leaves(hashes)),
-            segments=len(hashes),
-            result_hash=work.result_hash,
+            root=tree.root(tree.chain_leaves(hashes, chained, first), first),
+            segments=first + len(hashes),
+            result_hash=result_hash,
             seconds=points[-1].seconds,
             runtime=order.workload.kind,
             det_class=self.det_class,
             workload=order.workload,
             inputs=inputs,
             listen=self.net.addrs(),
+            first=first,
+            start=start,
         )
-        kept = [(c.hash, c.blob.hash if c.blob else b"") for c in points]
-        await self.store.keep_attestation(
-            order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms()
-        )
-        await self.net.publish(ATTESTS, att)
-        log.info("task attested", extra={"task": order.ref.text(), "segments": len(hashes)})
 
     async def _on_challenge(self, peer: str, payload: Any) -> Any:
         try:
@@ -105,17 +126,34 @@ class VerifyWorker:
         if kept is None:
             raise RequestRejected("not_found", "no attestation of ours for that task")
         att = from_wire(Attestation, msgpack.unpackb(kept[0]))
-        if attestation_id(att) != req.attestation or not 0 <= req.index < att.segments:
+        if attestation_id(att) != req.attestation or not att.first <= req.index < att.segments:
             raise RequestRejected("invalid", "another attestation, or no such segment")
-        segments = kept[1]
+        # Kept from segment first - 1 (the resume checkpoint) for a resumed attestation.
+        segments, offset = kept[1], max(0, att.first - 1)
         if att.inputs is not None:
             self.share.grant(peer, att.inputs.hash)
 
         def read(i: int) -> bytes:
-            return self.share.read_plain(segments[i][1])  # blobs are kept encrypted
+            return self.share.read_plain(segments[i - offset][1])  # blobs are kept encrypted
 
         log.info(
             "challenge answered",
             extra={"task": req.ref.text(), "segment": req.index, "sentry": peer},
         )
-        return to_wire(answer_from(att, [h for h, _ in segments], read, req.index))
+        hashes = [h for h, _ in segments[1 if att.first else 0 :]]
+        return to_wire(answer_from(att, hashes, read, req.index))
+
+
+def _kept(order: TaskOrder, points: list[Checkpoint]) -> list[tuple[bytes, bytes]] | None:
+    """[(state hash, checkpoint blob hash)] to keep for challenges, from the resume checkpoint
+    (if any) to the last segment; None if the run's checkpoints do not cover that range."""
+    resume = order.resume
+    first = 0 if resume is None else resume.index + 1
+    if not points or [c.index for c in points] != list(range(first, first + len(points))):
+        return None
+    kept = [(c.hash, c.blob.hash if c.blob else b"") for c in points]
+    if resume is None:
+        return kept
+    if resume.blob is None:
+        return None  # nothing to serve a sentry replaying segment first from
+    return [(resume.hash, resume.blob.hash), *kept]
