@@ -137,15 +137,26 @@ class Gossip:
             params.outbox_size
         )
         self._bans, self._bans_recv = trio.open_memory_channel[str](256)
+        self._inboxes: dict[str, list[trio.MemorySendChannel[Message]]] = {}  # per topic
         # Validated envelopes waiting for delivery, keyed like libp2p's message ids.
         self._validated: OrderedDict[tuple[bytes, bytes], Opened] = OrderedDict()
 
     async def subscribe(self, topic: str) -> trio.MemoryReceiveChannel[Message]:
-        """Joins ``topic``; validated messages arrive on the returned channel, ours included."""
+        """Joins ``topic``; validated messages arrive on the returned channel, ours included.
+
+        Every subscriber of a topic gets every message: py-libp2p hands a second subscriber
+        the first one's channel, so two services of one node on the same topic (a sentry's
+        verifier and its slasher) would each see only part of it.
+        """
+        send, receive = trio.open_memory_channel[Message](self.params.inbox_size)
+        inboxes = self._inboxes.get(topic)
+        if inboxes is not None:
+            inboxes.append(send)
+            return receive
+        self._inboxes[topic] = [send]
         self.pubsub.set_topic_validator(topic, self._validator_for(topic), False)
         subscription = await self.pubsub.subscribe(topic)
-        send, receive = trio.open_memory_channel[Message](self.params.inbox_size)
-        self._nursery.start_soon(self._drain, topic, subscription, send)
+        self._nursery.start_soon(self._drain, topic, subscription)
         return receive
 
     async def publish(self, topic: str, data: bytes) -> None:
@@ -212,18 +223,19 @@ class Gossip:
             self.pubsub.add_to_blacklist(ID.from_base58(peer_id))
             self._bans.send_nowait(peer_id)
 
-    async def _drain(
-        self, topic: str, subscription: Any, inbox: trio.MemorySendChannel[Message]
-    ) -> None:
+    async def _drain(self, topic: str, subscription: Any) -> None:
         async for msg in subscription:
             opened = self._validated.pop((msg.from_id, msg.seqno), None)
             if opened is None:
                 continue  # validated so long ago that we forgot it: treat as lost gossip
-            try:
-                inbox.send_nowait(Message(topic, opened))
-            except trio.WouldBlock:
-                self.stats.count("inbox_dropped")
-                log.warning("gossip inbox full, message dropped", extra={"topic": topic})
+            for inbox in list(self._inboxes[topic]):
+                try:
+                    inbox.send_nowait(Message(topic, opened))
+                except trio.WouldBlock:
+                    self.stats.count("inbox_dropped")
+                    log.warning("gossip inbox full, message dropped", extra={"topic": topic})
+                except trio.BrokenResourceError:  # that subscriber has gone: the others stay
+                    self._inboxes[topic].remove(inbox)
 
     async def _publish_loop(self) -> None:
         interval = 1.0 / self.params.publish_per_s

@@ -266,3 +266,18 @@ async def test_concurrent_writes_over_64_kib_arrive_intact(
             with trio.fail_after(10):
                 await good.gossip.wait_until(lambda stats: stats.corrupt_streams > 0)
         assert (good.gossip.stats.corrupt_streams == 0) is intact
+
+
+async def test_two_subscribers_of_one_topic_each_get_every_message() -> None:
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(honest_node()) for _ in range(2)]
+        second = await b.gossip.subscribe(PRESENCE)  # a second service of b on the topic
+        await link(a.host, a.gossip.pubsub, b.host)
+        await b.gossip.pubsub.wait_for_mesh(ID.from_base58(a.host.peer_id), PRESENCE, 10)
+        bodies = [presence(seq) for seq in (1, 2, 3)]
+        for body in bodies:
+            await a.gossip.publish(PRESENCE, seal_body(a.key, body))
+        with trio.fail_after(10):
+            first_got = [(await next_message(b)).opened.body for _ in bodies]
+            second_got = [(await second.receive()).opened.body for _ in bodies]
+        assert first_got == second_got == bodies
