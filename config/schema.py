@@ -294,6 +294,11 @@ class ChainSettings:
         "the daemon settles market jobs on this chain: requesters fund escrow and sign "
         "vouchers, workers check and submit them, sentries anchor epochs",
     )
+    anchor: bool = setting(
+        True,
+        "sentries: post epoch anchors (chain.settle); one anchoring sentry per network for now, "
+        "the others still verify and slash",
+    )
     epoch_s: int = setting(
         3600, "sentries: seconds between epoch anchors (chain.settle)", int_range(1, 30 * 86400)
     )

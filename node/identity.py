@@ -25,6 +25,7 @@ import nacl.signing
 import nacl.utils
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from eth_utils.address import to_checksum_address
 
 from consensus.peer_id import peer_id_from_public_key, public_key_from_peer_id
 from node.home import Home, HomeError, check_private, write_atomic, write_private
@@ -68,11 +69,29 @@ def binding_statement(peer_id: str, address: str) -> str:
     return f"idlegrid binding v1: peer {peer_id} controls chain account {address}"
 
 
+def wallet_binding(keys: NodeKeys) -> bytes:
+    """The wallet's signature (EIP-191) of the binding statement: proof to anyone who trusts
+    the peer id (a message it signed carries this) that the chain account is the node's."""
+    statement = binding_statement(keys.peer_id, keys.address)
+    return bytes(Account.sign_message(encode_defunct(text=statement), keys.wallet_key).signature)
+
+
+def wallet_binding_ok(peer_id: str, address: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``address``'s wallet binding to ``peer_id``."""
+    claimed = to_checksum_address(address)
+    statement = binding_statement(peer_id, claimed)
+    try:
+        signer = Account.recover_message(encode_defunct(text=statement), signature=signature)
+    except Exception:  # malformed: not a binding at all
+        return False
+    return bool(signer == claimed)
+
+
 def public_identity(keys: NodeKeys) -> dict[str, Any]:
     """The shareable identity document, with both signatures over the binding statement."""
     statement = binding_statement(keys.peer_id, keys.address)
     node_sig = keys.signing_key.sign(BINDING_TAG + statement.encode()).signature
-    wallet_sig = Account.sign_message(encode_defunct(text=statement), keys.wallet_key).signature
+    wallet_sig = wallet_binding(keys)
     return {
         "peer_id": keys.peer_id,
         "x25519_public": keys.x25519_public.hex(),

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from node.chain.services import anchoring_service, requester_settlement, worker_settlement
+from node.chain.services import (
+    anchoring_service,
+    requester_settlement,
+    slashing_service,
+    worker_settlement,
+)
 from node.market.service import requester_market, worker_market
 from node.verify.service import requester_verify, sentry_verify, worker_verify
 
@@ -41,7 +46,11 @@ SERVICES: dict[str, list[tuple[str, Service]]] = {
         ("market", worker_market),
         ("verify", worker_verify),
     ],
-    "sentry": [("verify", sentry_verify), ("anchoring", anchoring_service)],
+    "sentry": [
+        ("verify", sentry_verify),
+        ("anchoring", anchoring_service),
+        ("slashing", slashing_service),
+    ],
 }
 
 

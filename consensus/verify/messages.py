@@ -58,6 +58,9 @@ class Attestation(Body):
             checkpoint, the segment after it (the earlier ones are that worker's, not attested).
         start: for ``first`` > 0, the resume checkpoint (segment ``first - 1``): the chain of
             the attested leaves starts from its chained hash, and the worker serves its file.
+        chain_address, binding_sig: the worker's chain account and its wallet's signature of
+            the identity binding (``node.identity.wallet_binding``), so sentries that fail
+            the task know whose stake to slash; empty where the worker does not settle.
     """
 
     KIND: ClassVar[str] = "verify.attestation/1"
@@ -74,6 +77,8 @@ class Attestation(Body):
     listen: list[str] = field(default_factory=list)
     first: int = 0
     start: Leaf | None = None
+    chain_address: bytes = b""
+    binding_sig: bytes = b""
 
     def __post_init__(self) -> None:
         if not 1 <= self.segments <= MAX_SEGMENTS:
@@ -81,6 +86,8 @@ class Attestation(Body):
         if self.seconds < 0:
             raise ValueError("seconds must not be negative")
         _check_range(self)
+        if (len(self.chain_address), len(self.binding_sig)) not in ((0, 0), (20, 65)):
+            raise Invalid("attestation.chain_address", "a 20-byte address with its 65-byte binding")
 
 
 def _check_range(att: Attestation) -> None:
@@ -125,12 +132,15 @@ def check_resume(att: Attestation, resume: Checkpoint | None) -> None:
 def attestation_id(att: Attestation) -> bytes:
     """What seeds, verdicts and evidence name: BLAKE3 of the attestation's canonical body.
 
-    An unresumed attestation is hashed without ``first`` and ``start``, so its id is the
-    same as before those fields existed (nodes of either version agree on it).
+    An unresumed attestation is hashed without ``first`` and ``start``, one without a chain
+    account without ``chain_address`` and ``binding_sig``, so its id is the same as before
+    those fields existed (nodes of either version agree on it).
     """
     wire = to_wire(att)
     if att.first == 0:
         del wire["first"], wire["start"]
+    if not att.chain_address:
+        del wire["chain_address"], wire["binding_sig"]
     return blake3(b"idlegrid.verify.att/1" + encode(wire)).digest()
 
 

@@ -56,8 +56,8 @@ async def anchoring_service(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Anchors epochs of verified tasks' vouchers; needs a stake of the contract's anchor bond."""
-    if ctx.chain is None:
-        log.info("sentry without chain.settle: no anchoring")
+    if ctx.chain is None or not ctx.settings.chain.anchor:
+        log.info("sentry without chain.settle or chain.anchor: no anchoring")
         task_status.started()
         return
     from node.chain.anchorer import Anchorer  # noqa: PLC0415
@@ -65,3 +65,17 @@ async def anchoring_service(
 
     ctx.chain.anchorer = Anchorer(ctx.chain, ctx.db, market_of(ctx).net)
     await ctx.chain.anchorer.run(task_status=task_status)
+
+
+async def slashing_service(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Turns a quorum of sentries' failing verdicts into one slash of the cheat's stake."""
+    if ctx.chain is None:
+        task_status.started()
+        return
+    from node.chain.slasher import Slasher  # noqa: PLC0415
+    from node.market.service import market_of  # noqa: PLC0415
+    from node.verify.topics import VERDICTS  # noqa: PLC0415
+
+    await Slasher(ctx.chain, market_of(ctx).net, VERDICTS).run(task_status=task_status)

@@ -53,8 +53,19 @@ def clear(root: Path) -> None:
         (root / name).unlink(missing_ok=True)
 
 
-def start(root: Path, requesters: int, workers: int, sentries: int, chain_mode: str) -> State:
+def start(
+    root: Path,
+    requesters: int,
+    workers: int,
+    sentries: int,
+    chain_mode: str,
+    *,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> State:
     """Starts a localnet in ``root``; on any failure stops what it had started.
+
+    ``overrides`` maps a node name (or ``"*"`` for every node) to config keys set on top of
+    the localnet's own (``nodes.TUNING``): how tests make one worker a cheat, say.
 
     Raises:
         LocalnetError: already running, or something did not start (the message says what).
@@ -68,7 +79,9 @@ def start(root: Path, requesters: int, workers: int, sentries: int, chain_mode: 
         state.nodes = nodes.plan(root, requesters, workers, sentries)
         for node in state.nodes:
             boot = None if node is state.nodes[0] else nodes.bootstrap_addr(state.nodes[0])
-            nodes.init_home(node, boot, state.chain)
+            extra = _own_tuning(node) | (overrides or {}).get("*", {})
+            extra |= (overrides or {}).get(node.name, {})
+            nodes.init_home(node, boot, state.chain, extra)
             nodes.fund(state.chain, node)
         _start_daemons(state)
     except BaseException as exc:
@@ -78,6 +91,11 @@ def start(root: Path, requesters: int, workers: int, sentries: int, chain_mode: 
             raise LocalnetError(f"localnet did not start: {exc}") from exc
         raise
     return state
+
+
+def _own_tuning(node: NodeInfo) -> dict[str, Any]:
+    """One anchoring sentry per network (two would anchor the same vouchers twice)."""
+    return {"chain.anchor": False} if node.role == "sentry" and node.name != "sentry-1" else {}
 
 
 def _start_daemons(state: State) -> None:

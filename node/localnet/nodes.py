@@ -62,7 +62,9 @@ def plan(root: Path, requesters: int, workers: int, sentries: int) -> list[NodeI
     return nodes
 
 
-def init_home(node: NodeInfo, bootstrap: str | None, chain: ChainInfo) -> None:
+def init_home(
+    node: NodeInfo, bootstrap: str | None, chain: ChainInfo, extra: dict[str, Any] | None = None
+) -> None:
     """Creates the node's keys and writes its config; fills in its peer id and address."""
     home = Home(Path(node.home))
     keys = identity.NodeKeys.generate()
@@ -79,7 +81,7 @@ def init_home(node: NodeInfo, bootstrap: str | None, chain: ChainInfo) -> None:
         "chain.rpc_url": (chain.url, SOURCE),
         "chain.chain_id": (chain.chain_id, SOURCE),
         "chain.contract": (chain.contract, SOURCE),
-    } | {key: (value, SOURCE) for key, value in TUNING.items()}
+    } | {key: (value, SOURCE) for key, value in (TUNING | (extra or {})).items()}
     settings = load(None, env={}, flags=flags).settings
     home.config.write_text(commented_toml(settings), encoding="utf-8")
 

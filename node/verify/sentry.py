@@ -73,6 +73,8 @@ class Sentry:
     # such a task's payment (see holds()).
     awaiting: dict[bytes, int] = field(default_factory=dict)
     changed: trio.Event = field(default_factory=trio.Event)
+    # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
+    slash_signer: Callable[[Attestation, bytes], dict[str, Any] | None] | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
@@ -256,6 +258,11 @@ class Sentry:
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         return await replay_segment(runtime, spec, index, start, lambda _line: None)
 
+    def _slash_fields(self, att: Attestation, att_id: bytes, passed: bool) -> dict[str, Any]:
+        if passed or self.slash_signer is None:
+            return {}
+        return self.slash_signer(att, att_id) or {}
+
     async def _publish(
         self, att: Attestation, att_id: bytes, sampled: list[int], seed: bytes, decision: g.Decide
     ) -> None:
@@ -270,6 +277,7 @@ class Sentry:
             seed=seed,
             evidence=g.evidence_hash(decision.evidence),
             reason=decision.reason[:200],
+            **self._slash_fields(att, att_id, decision.passed),
         )
         await self.store.add_verdict(
             att_id,

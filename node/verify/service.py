@@ -10,9 +10,11 @@ import trio
 from gpu.exec_runtime import ExecRuntime
 from gpu.render import RenderRuntime
 from gpu.train import TrainRuntime
+from node.identity import wallet_binding
 from node.market.service import market_of, worker_sandbox
 from node.verify.requester import Verdicts
 from node.verify.sentry import Sentry
+from node.verify.slashing import SlashSigner
 from node.verify.store import VerifyStore
 from node.verify.worker import VerifyWorker, determinism_class
 
@@ -37,6 +39,8 @@ async def worker_verify(
     assert market.worker is not None, "starts after the worker's market service"
     det = determinism_class(market.worker.bidder.caps.gpu_class)
     verifier = VerifyWorker(market.net, VerifyStore(ctx.db), market.share, det)
+    if ctx.chain is not None:
+        verifier.binding = (bytes.fromhex(ctx.keys.address[2:]), wallet_binding(ctx.keys))
     verifier.register()
     market.worker.on_done = verifier.attest
     task_status.started()
@@ -67,6 +71,9 @@ async def sentry_verify(
     )
     if ctx.chain is not None:  # the anchorer asks before it pays a task
         ctx.chain.excluded = sentry.holds
+        sentry.slash_signer = SlashSigner(
+            ctx.keys.wallet_key, ctx.chain.domain, ctx.settings.verify.slash_wei
+        )
     await sentry.run(task_status=task_status)
 
 

@@ -52,6 +52,9 @@ class VerifyWorker:
         self, net: MarketNet, store: VerifyStore, share: BlobShare, det_class: str
     ) -> None:
         self.net, self.store, self.share, self.det_class = net, store, share, det_class
+        # (chain address, wallet binding) when the node settles on chain: lets sentries that
+        # fail a task of ours slash our stake (and no one else's)
+        self.binding: tuple[bytes, bytes] | None = None
 
     def register(self) -> None:
         self.net.serve(CHALLENGE, self._on_challenge, max_bytes=CHALLENGE_MAX_BYTES)
@@ -111,6 +114,8 @@ class VerifyWorker:
             listen=self.net.addrs(),
             first=first,
             start=start,
+            chain_address=self.binding[0] if self.binding else b"",
+            binding_sig=self.binding[1] if self.binding else b"",
         )
 
     async def _on_challenge(self, peer: str, payload: Any) -> Any:
