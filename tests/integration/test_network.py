@@ -8,10 +8,14 @@ from __future__ import annotations
 import json
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from node.client import ApiClient
+from node.home import Home
+from tests.chain.conftest import free_port
 from tests.daemons import Daemon, cli_env, idlegrid
 
 NODES = 10
@@ -23,29 +27,35 @@ ENV = cli_env(
 )
 
 
-def first_addr(home: Path) -> str:
-    status = json.loads(idlegrid(home, "status", "--json", env=ENV).stdout)
-    return str(status["p2p"]["addrs"][0])
+def peer_id(home: Path) -> str:
+    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[list[Daemon]]:
-    """A chain: node i bootstraps from node i-1 only."""
+    """A chain: node i bootstraps from node i-1 only. Homes are made and daemons started all
+    at once (ports chosen up front), so the test waits for the slowest, not for the sum."""
+    homes = [tmp_path / f"n{i}" for i in range(NODES)]
+    with ThreadPoolExecutor(max_workers=NODES) as pool:
+        inits = list(pool.map(lambda home: idlegrid(home, "init", env=ENV), homes))
+    assert all(done.returncode == 0 for done in inits), [d.stderr for d in inits]
+    ports = [free_port() for _ in homes]
     daemons: list[Daemon] = []
     try:
-        for i in range(NODES):
-            home = tmp_path / f"n{i}"
-            assert idlegrid(home, "init", env=ENV).returncode == 0
-            args = ("--bootstrap", first_addr(daemons[-1].home)) if daemons else ()
-            daemons.append(Daemon(home, args, ENV).wait_started())
+        for i, home in enumerate(homes):
+            env = ENV | {"IDLEGRID_P2P_LISTEN": f"/ip4/127.0.0.1/tcp/{ports[i]}"}
+            boot = f"/ip4/127.0.0.1/tcp/{ports[i - 1]}/p2p/{peer_id(homes[i - 1])}"
+            daemons.append(Daemon(home, ("--bootstrap", boot) if i else (), env))
+        for daemon in daemons:
+            daemon.wait_started()
         yield daemons
     finally:
         for daemon in daemons:
             daemon.kill()
 
 
-def peer_id(home: Path) -> str:
-    return str(json.loads((home / "identity.json").read_text())["peer_id"])
+def api(daemon: Daemon) -> ApiClient:
+    return ApiClient(Home(daemon.home), timeout_s=10.0)
 
 
 def test_ten_daemons_find_each_other_and_notice_a_death(network: list[Daemon]) -> None:
@@ -53,10 +63,10 @@ def test_ten_daemons_find_each_other_and_notice_a_death(network: list[Daemon]) -
         for _ in range(NODES - 1):
             daemon.wait_for("peer discovered", timeout=60)  # 2 shared cores, 10 daemons
     ids = {peer_id(d.home) for d in network}
-    for daemon in network:
-        peers = json.loads(idlegrid(daemon.home, "peers", "--json", env=ENV).stdout)["peers"]
+    for daemon in network:  # what `idlegrid peers` and `idlegrid market` show, from the API
+        peers = api(daemon).get("/v1/peers")["peers"]
         assert {p["peer_id"] for p in peers} == ids - {peer_id(daemon.home)}
-        market = json.loads(idlegrid(daemon.home, "market", "--json", env=ENV).stdout)
+        market = api(daemon).get("/v1/market")
         assert {w["peer_id"] for w in market["workers"]} <= ids
 
     victim = network[NODES // 2]
@@ -67,7 +77,7 @@ def test_ten_daemons_find_each_other_and_notice_a_death(network: list[Daemon]) -
     for daemon in others:
         daemon.wait_for(f"peer={victim_id} old=available new=offline", timeout=OFFLINE_S + 10)
 
-    revived = Daemon(victim.home, (), ENV).wait_started()  # no --bootstrap: peers from sqlite
+    revived = Daemon(victim.home, (), victim.env).wait_started()  # no --bootstrap: from sqlite
     network.append(revived)
     for daemon in others:
         daemon.wait_for(f"peer={victim_id} old=offline new=available", timeout=30)
