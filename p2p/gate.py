@@ -120,7 +120,7 @@ class _GateNotifee(INotifee):
         peer = conn.muxed_conn.peer_id
         if not self.gate.blocked(peer.to_base58()):
             return
-        log.info("closing a connection from a blocked peer", extra={"peer": str(peer)})
+        log.info("closing a connection from a blocked peer", extra={"peer": peer.to_base58()})
         with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
             scope.shield = True
             await conn.close()
