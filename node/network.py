@@ -247,6 +247,7 @@ class Network:
         while True:
             connected = set(self.host.connected_peers())
             now = now_ms()
+            self.book.lasting(connected, now)
             banned = {p for p in self.book.peers if self.host.gate.blocked(p)}  # bans too
             for peer in self.book.due(now, connected, banned)[
                 : max(0, TARGET_CONNECTIONS - len(connected))
