@@ -32,12 +32,13 @@ MAX_REASON_CHARS: Final = 200
 
 
 async def restore_blocks(db: Database, host: Host) -> int:
-    """Puts the operator's unexpired blocks back into ``host``'s gate; returns how many."""
+    """Puts the operator's unexpired blocks back into ``host``'s gate (closing any connection
+    the peer made in the meantime); returns how many."""
     now = host.gate.clock()
     await db.execute("DELETE FROM peer_blocks WHERE until_ms IS NOT NULL AND until_ms <= ?", (now,))
     rows = await db.query("SELECT peer_id, since_ms, until_ms, reason FROM peer_blocks")
     for row in rows:
-        host.gate.block(
+        await host.block(
             Block(row["peer_id"], OPERATOR, row["since_ms"], row["until_ms"], row["reason"])
         )
     return len(rows)

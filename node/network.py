@@ -297,6 +297,7 @@ async def run_network(
     async with open_host(
         seed, p2p.listen, max_connections=p2p.max_connections, quic=p2p.quic
     ) as host:
+        blocked = await restore_blocks(ctx.db, host)  # first: we already listen
         scores = PeerScores()
         validator = EnvelopeValidator(REGISTRY, TOPICS)
         async with open_gossip(host, validator, scores) as gossip:
@@ -307,7 +308,6 @@ async def run_network(
             for addr in p2p.bootstrap:
                 book.add_addr(addr)
             remembered = await load_remembered(ctx.db, book)
-            blocked = await restore_blocks(ctx.db, host)
             nodes_inbox = await gossip.subscribe(NODES)
             presence_inbox = await gossip.subscribe(PRESENCE)
             async with trio.open_nursery() as nursery:

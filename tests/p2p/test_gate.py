@@ -18,10 +18,12 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
 from consensus.envelope import seal_body
+from consensus.scores import ScoreParams
 from p2p import reqresp
 from p2p.gate import OPERATOR, SCORE, Block, PeerGate
 from p2p.host import DialError, Host, open_host
 from p2p.validation import wall_clock_ms
+from tests.hostile import hostile_peer
 from tests.p2p.test_gossip import PRESENCE, honest_node, link, presence
 
 ECHO = "/idlegrid-test/echo/1"
@@ -169,3 +171,24 @@ async def test_gossip_follows_the_gate_both_ways() -> None:
             raise AssertionError(f"gossip from a blocked peer delivered: {msg}")
         a.host.unblock(b.host.peer_id, OPERATOR)
         await eventually(lambda: not a.gossip.pubsub.is_peer_blacklisted(b_id))
+
+
+async def test_a_score_ban_is_a_block_the_operator_cannot_lift_by_mistake() -> None:
+    params = ScoreParams(reject_penalty=10, ban_threshold=-30)
+    async with honest_node(params) as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, _):
+        watch = Watch()
+        good.host.libp2p.get_network().register_notifee(watch)
+        await link(evil, evil_pubsub, good.host)
+        for i in range(3):
+            await evil_pubsub.publish(PRESENCE, b"garbage %d" % i)
+        with trio.fail_after(10):
+            await good.gossip.wait_until(lambda stats: stats.disconnected >= 1)
+        assert [b.source for b in good.host.gate.blocks()] == [SCORE]
+        assert not good.host.unblock(evil.peer_id, OPERATOR)
+        with pytest.raises(DialError, match="blocked"):
+            await good.host.connect(evil.addrs[0])
+        closed = watch.closed
+        with contextlib.suppress(DialError):
+            await evil.connect(good.host.addrs[0])  # the banned peer comes back: refused
+        await watch.until(lambda: watch.closed > closed)
+        assert evil.peer_id not in good.host.connected_peers()
