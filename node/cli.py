@@ -35,6 +35,7 @@ from node.cli_discovery import dht
 from node.cli_gpu import check_sandbox, gpu
 from node.cli_job import bids, job, worker
 from node.cli_localnet import localnet
+from node.cli_peers import peers
 from node.cli_wallet import WALLET_COMMANDS, settlement
 from node.client import ApiClient, NotRunning
 from node.home import Home, resolve_home, running_pid
@@ -187,26 +188,6 @@ def _human_status(p: dict[str, Any]) -> str:
 @cli.command()
 @home_option
 @json_option
-def peers(home_dir: str | None, as_json: bool) -> None:
-    """Peers this node knows: id, addresses, latency, score, roles."""
-    payload = ApiClient(Home(resolve_home(home_dir))).get("/v1/peers")
-    emit(as_json, payload, _human_peers)
-
-
-def _human_peers(p: dict[str, Any]) -> str:
-    rows = [("PEER", "STATE", "RTT", "SCORE", "ROLES", "ADDRESS")]
-    for peer in p["peers"]:
-        state = "connected" if peer["connected"] else ("online" if peer["online"] else "offline")
-        rtt = "-" if peer["rtt_ms"] is None else f"{peer['rtt_ms']} ms"
-        addr = peer["addrs"][0].split("/p2p/")[0] if peer["addrs"] else "-"
-        roles = ",".join(peer["roles"]) or "-"
-        rows.append((peer["peer_id"], state, rtt, str(peer["score"]), roles, addr))
-    return table(rows) + f"\n{len(p['peers'])} peers"
-
-
-@cli.command()
-@home_option
-@json_option
 def market(home_dir: str | None, as_json: bool) -> None:
     """The order book: workers, their GPUs, prices per second and status."""
     payload = ApiClient(Home(resolve_home(home_dir))).get("/v1/market")
@@ -289,6 +270,7 @@ cli.add_command(settlement)
 cli.add_command(dht)
 cli.add_command(data)
 cli.add_command(localnet)
+cli.add_command(peers)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 from config import Settings
 from node import __version__
 from node.api import Handler, Request, Routes, serve
+from node.blocks import block_routes, block_view
 from node.chain.api import chain_routes
 from node.discovery import discovery_routes
 from node.home import Home, NodeLock, write_private
@@ -94,7 +95,10 @@ def routes(ctx: NodeContext) -> Routes:
         return ctx.status()
 
     async def peers(_: Request) -> Any:
-        return {"peers": ctx.network.peers_view() if ctx.network else []}
+        if ctx.network is None:
+            return {"peers": [], "blocked": []}
+        blocks = ctx.network.host.gate.blocks()
+        return {"peers": ctx.network.peers_view(), "blocked": [block_view(b) for b in blocks]}
 
     async def market(_: Request) -> Any:
         return {"workers": ctx.network.market_view() if ctx.network else []}
@@ -108,6 +112,7 @@ def routes(ctx: NodeContext) -> Routes:
     table.update(chain_routes(ctx))
     table.update(discovery_routes(ctx))
     table.update(data_routes(ctx))
+    table.update(block_routes(ctx))
     return table
 
 

@@ -28,9 +28,11 @@ from consensus.scores import PeerScores
 from consensus.settlement.messages import SETTLEMENT_KINDS
 from consensus.verify.messages import VERIFY_KINDS
 from node import __version__
+from node.blocks import restore_blocks
 from node.discovery import run_discovery
 from node.peerbook import Peer, PeerBook, load_remembered, remember
 from p2p.dht import Dht
+from p2p.gate import OPERATOR
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
 from p2p.host import DialError, Host, open_host
 from p2p.relay import Relay, is_circuit
@@ -87,7 +89,8 @@ class Network:
         now, connected = now_ms(), set(self.host.connected_peers())
         offline_after = self.p2p.offline_after_s * 1000
         known = dict(self.book.peers)
-        for peer_id in (connected | set(self.scores.peers())) - known.keys():
+        blocked = {b.peer_id: b for b in self.host.gate.blocks() if b.source == OPERATOR}
+        for peer_id in (connected | set(self.scores.peers()) | set(blocked)) - known.keys():
             known[peer_id] = Peer(peer_id, [])
         return [
             {
@@ -102,6 +105,8 @@ class Network:
                 "score": self.scores.score(p.peer_id, now),
                 "banned": self.scores.banned(p.peer_id, now),
                 "last_fault": self.scores.last_reason(p.peer_id),
+                "blocked": p.peer_id in blocked,
+                "blocked_until_ms": blocked[p.peer_id].until_ms if p.peer_id in blocked else None,
             }
             for p in sorted(known.values(), key=lambda p: p.peer_id)
         ]
@@ -112,6 +117,7 @@ class Network:
                 "peer_id": w.peer_id,
                 "status": w.status,
                 "online": w.online,
+                "blocked": self.host.gate.blocked(w.peer_id),
                 "region": w.presence.region,
                 "name": w.presence.name,
                 "capacity": w.presence.capacity,
@@ -241,7 +247,8 @@ class Network:
         while True:
             connected = set(self.host.connected_peers())
             now = now_ms()
-            banned = {p for p in self.book.peers if self.scores.banned(p, now)}
+            self.book.lasting(connected, now)
+            banned = {p for p in self.book.peers if self.host.gate.blocked(p)}  # bans too
             for peer in self.book.due(now, connected, banned)[
                 : max(0, TARGET_CONNECTIONS - len(connected))
             ]:
@@ -290,6 +297,7 @@ async def run_network(
     async with open_host(
         seed, p2p.listen, max_connections=p2p.max_connections, quic=p2p.quic
     ) as host:
+        blocked = await restore_blocks(ctx.db, host)  # first: we already listen
         scores = PeerScores()
         validator = EnvelopeValidator(REGISTRY, TOPICS)
         async with open_gossip(host, validator, scores) as gossip:
@@ -309,6 +317,7 @@ async def run_network(
                 nursery.start_soon(net.announce_loop)
                 await nursery.start(run_discovery, net)
                 log.info(
-                    "p2p listening", extra={"addrs": host.addrs, "remembered_peers": remembered}
+                    "p2p listening",
+                    extra={"addrs": host.addrs, "remembered_peers": remembered, "blocked": blocked},
                 )
                 task_status.started(net)

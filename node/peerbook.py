@@ -15,6 +15,10 @@ from storage.db import Database
 
 BACKOFF_START_MS = 1_000
 BACKOFF_MAX_MS = 60_000
+# A dial "works" once its connection has lasted this long. A peer that blocks or bans us (or is
+# full) accepts the dial and closes it at once: its backoff keeps growing instead of a
+# handshake every second.
+FLAP_MS = 5_000
 REMEMBER_MAX = 1_000
 
 
@@ -28,6 +32,7 @@ class Peer:
     rtt_ms: int | None = None
     next_dial_ms: int = 0
     backoff_ms: int = BACKOFF_START_MS
+    connected_ms: int = 0  # when our last dial of it succeeded
 
 
 def peer_id_of(addr: str) -> str:
@@ -72,11 +77,18 @@ class PeerBook:
         ]
 
     def dialed(self, peer: Peer, ok: bool, now_ms: int, rtt_ms: int | None = None) -> None:
+        """Records a dial; even a success backs off until :meth:`lasting` confirms it."""
         if ok:
-            peer.backoff_ms, peer.rtt_ms = BACKOFF_START_MS, rtt_ms
-        else:
-            peer.next_dial_ms = now_ms + peer.backoff_ms
-            peer.backoff_ms = min(2 * peer.backoff_ms, BACKOFF_MAX_MS)
+            peer.connected_ms, peer.rtt_ms = now_ms, rtt_ms
+        peer.next_dial_ms = now_ms + peer.backoff_ms
+        peer.backoff_ms = min(2 * peer.backoff_ms, BACKOFF_MAX_MS)
+
+    def lasting(self, connected: set[str], now_ms: int) -> None:
+        """Resets the backoff of peers whose connection has lasted :data:`FLAP_MS`."""
+        for peer_id in connected:
+            peer = self.peers.get(peer_id)
+            if peer is not None and now_ms - peer.connected_ms >= FLAP_MS:
+                peer.backoff_ms, peer.next_dial_ms = BACKOFF_START_MS, 0
 
     def online(self, peer: Peer, now_ms: int, offline_after_ms: int) -> bool:
         return peer.last_seen_ms > 0 and now_ms - peer.last_seen_ms < offline_after_ms

@@ -9,7 +9,9 @@ answers one of them, and each has a regression test in ``tests/p2p/test_gossip.p
   purpose, and our own publishes are paced below it through one outbox;
 * a topic validator returns only a bool, so Accept / Ignore / Reject and the reason live in
   :class:`p2p.validation.EnvelopeValidator`; only Reject costs the forwarder score, and a peer
-  that falls below the ban threshold is blacklisted and disconnected;
+  that falls below the ban threshold is blocked at the host for the ban (:mod:`p2p.gate`);
+* the pubsub blacklist follows the host's blocked peers (operator blocks and bans alike), so
+  gossip forwarded by or originating from a blocked peer is dropped;
 * libp2p drops messages when a subscription's 32-slot channel is full, so one task per topic
   drains it at once into our own, larger inbox;
 * gossip is lossy: :meth:`Gossip.announce` re-broadcasts until the caller confirms receipt;
@@ -43,6 +45,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from consensus.envelope import Opened
 from consensus.scores import PeerScores
 from p2p import records
+from p2p.gate import SCORE, Block
 from p2p.host import Host
 from p2p.validation import EnvelopeValidator, Verdict, wall_clock_ms
 
@@ -220,7 +223,10 @@ class Gossip:
         )
         if outcome.banned:
             self.stats.count("bans")
-            self.pubsub.add_to_blacklist(ID.from_base58(peer_id))
+            now = self.host.gate.clock()
+            until = now + self.scores.params.ban_ms
+            self.host.gate.block(Block(peer_id, SCORE, now, until, f"peer score: {reason}"))
+            self.pubsub.add_to_blacklist(ID.from_base58(peer_id))  # now, not on the next sync
             self._bans.send_nowait(peer_id)
 
     async def _drain(self, topic: str, subscription: Any) -> None:
@@ -245,22 +251,31 @@ class Gossip:
             await trio.sleep(interval)  # pacing, not synchronisation
 
     async def _ban_loop(self) -> None:
-        """Disconnects banned peers; lifts the pubsub blacklist when their ban expires."""
-        banned: set[str] = set()
+        """Disconnects banned peers (the gate already refuses them: see ``_penalise``)."""
+        async for peer_id in self._bans_recv:
+            try:
+                with trio.move_on_after(5):
+                    await self.host.disconnect(peer_id)
+            except Exception:  # the library's teardown can raise; a ban must not kill us
+                log.exception("disconnecting banned peer failed", extra={"peer": peer_id})
+            self.stats.count("disconnected")
+
+    async def _blacklist_loop(self) -> None:
+        """Keeps the pubsub blacklist equal to the host's blocked peers, bans included."""
+        gate = self.host.gate
         while True:
-            with trio.move_on_after(1.0):
-                peer_id = await self._bans_recv.receive()
-                banned.add(peer_id)
-                try:
-                    with trio.move_on_after(5):
-                        await self.host.disconnect(peer_id)
-                except Exception:  # the library's teardown can raise; a ban must not kill us
-                    log.exception("disconnecting banned peer failed", extra={"peer": peer_id})
-                self.stats.count("disconnected")
-            now = self.clock()
-            for peer_id in [p for p in banned if not self.scores.banned(p, now)]:
-                banned.discard(peer_id)
-                self.pubsub.remove_from_blacklist(ID.from_base58(peer_id))
+            changed = gate.changed
+            gate.expire()
+            blocked = {ID.from_base58(p) for p in gate.blocked_peers()}
+            listed = self.pubsub.get_blacklisted_peers()
+            for peer in blocked - listed:
+                self.pubsub.add_to_blacklist(peer)
+            for peer in listed - blocked:
+                self.pubsub.remove_from_blacklist(peer)
+            next_ms = gate.next_expiry_ms()
+            wait_s = 60.0 if next_ms is None else max(0.0, (next_ms - gate.clock()) / 1000)
+            with trio.move_on_after(min(wait_s, 60.0) + 0.01):
+                await changed.wait()
 
 
 class SerialPubsub(Pubsub):
@@ -349,6 +364,7 @@ async def open_gossip(
                 )  # fmt: skip
                 nursery.start_soon(gossip._publish_loop)
                 nursery.start_soon(gossip._ban_loop)
+                nursery.start_soon(gossip._blacklist_loop)
                 try:
                     yield gossip
                 finally:

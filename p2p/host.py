@@ -21,6 +21,8 @@ below has a regression test in ``tests/p2p/test_host.py``:
   it; a failed listen is only logged. We probe fixed ports first and check every address got
   a listener, raising :class:`ListenError` otherwise.
 * QUIC is off unless ``quic=True`` (slow in this library; see :mod:`p2p.quic`).
+* The library has no per-peer block list (its connection gate filters IP addresses only):
+  :mod:`p2p.gate` adds one, enforced on every dial, connection and stream.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
@@ -48,6 +51,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from p2p.gate import Block, PeerGate, install_gate
 from p2p.quic import is_quic, quic_transport, quic_twins
 from p2p.transport import TrackedTCP
 
@@ -92,9 +96,10 @@ class Host:
     library host for layers (gossip, DHT) that need the library's own API.
     """
 
-    def __init__(self, raw: IHost) -> None:
+    def __init__(self, raw: IHost, gate: PeerGate) -> None:
         self._raw = raw
         self.peer_id: Final[str] = raw.get_id().to_base58()
+        self.gate: Final = gate
 
     @property
     def libp2p(self) -> IHost:
@@ -127,6 +132,8 @@ class Host:
             raise ValueError(f"not a multiaddr with /p2p/<peer id>: {addr!r}") from error
         if info.peer_id == self._raw.get_id():
             raise ValueError("refusing to dial ourselves")
+        if self.gate.blocked(info.peer_id.to_base58()):
+            raise DialError(f"not dialling {addr}: the peer is blocked")
         # The library refuses to redial a peer for 60 s after a failed dial; an explicit
         # connect is a deliberate retry (the peer may have just come up).
         negative_cache = getattr(self._raw.get_network(), "_negative_peer_cache", None)
@@ -154,13 +161,30 @@ class Host:
         await self._raw.disconnect(peer)
         self._raw.get_peerstore().clear_addrs(peer)
 
+    async def block(self, block: Block) -> None:
+        """Blocks ``block.peer_id`` (see :mod:`p2p.gate`) and closes its connections now."""
+        self.gate.block(block)
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                await self.disconnect(block.peer_id)
+            except Exception:  # the library's teardown can raise; the gate holds regardless
+                logger.warning("disconnecting a blocked peer failed", exc_info=True)
+
+    def unblock(self, peer_id: str, source: str) -> bool:
+        """Lifts ``source``'s block on ``peer_id`` (False if none); it is dialled as usual."""
+        negative_cache = getattr(self._raw.get_network(), "_negative_peer_cache", None)
+        if negative_cache is not None:
+            negative_cache.evict(peer_id)
+        return self.gate.unblock(peer_id, source)
+
     def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
         """Serve ``protocol`` with ``handler``, one call per inbound stream.
 
         An exception escaping a raw libp2p handler cancels the whole swarm, so the handler
-        runs inside a guard that logs the exception and resets the stream instead.
+        runs inside a guard that logs the exception and resets the stream instead. A stream
+        from a blocked peer is reset before the handler sees it.
         """
-        self._raw.set_stream_handler(TProtocol(protocol), _guarded(protocol, handler))
+        self._raw.set_stream_handler(TProtocol(protocol), _guarded(protocol, handler, self.gate))
 
     def remove_stream_handler(self, protocol: str) -> None:
         """Stop serving ``protocol``; new streams for it are refused during negotiation."""
@@ -190,8 +214,12 @@ def _shielded(timeout_s: float) -> trio.CancelScope:
     return trio.CancelScope(deadline=trio.current_time() + timeout_s, shield=True)
 
 
-def _guarded(protocol: str, handler: StreamHandler) -> StreamHandler:
+def _guarded(protocol: str, handler: StreamHandler, gate: PeerGate) -> StreamHandler:
     async def guarded(stream: INetStream) -> None:
+        if gate.blocked(stream.muxed_conn.peer_id.to_base58()):
+            with _shielded(CLOSE_TIMEOUT_S):
+                await stream.reset()
+            return
         try:
             await handler(stream)
         except Exception:
@@ -235,12 +263,14 @@ async def open_host(
     if quic:
         transports.append(quic_transport(key_pair, max_connections))
     raw = _build_host(key_pair, listen_addrs, max_connections, transports)
+    gate = PeerGate(lambda: int(time.time() * 1000))
+    install_gate(raw.get_network(), gate)
     unwrapped: BaseException | None = None
     try:
         async with raw.run(listen_addrs=listen_addrs):
             try:
                 _check_listening(raw, listen_addrs)
-                yield Host(raw)
+                yield Host(raw, gate)
             finally:
                 # Close while run() is still running: its own exit cancels the connection
                 # tasks mid-close, and a connection whose close was interrupted is marked

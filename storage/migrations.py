@@ -328,6 +328,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=9,
+        description="peers the operator blocked (idlegrid peers block), kept across restarts",
+        sql="""
+            CREATE TABLE peer_blocks (
+                peer_id  TEXT PRIMARY KEY,
+                since_ms INTEGER NOT NULL,
+                until_ms INTEGER,              -- NULL: until unblocked
+                reason   TEXT NOT NULL DEFAULT ''
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

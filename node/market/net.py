@@ -146,7 +146,8 @@ class LiveNet:
         serve(self.host, protocol, handler, max_bytes=max_bytes, timeout_s=30.0)
 
     def workers(self) -> list[Worker]:
-        return self.network.pool.workers()
+        gate = self.host.gate  # a blocked worker is out of the market, whatever it announced
+        return [w for w in self.network.pool.workers() if not gate.blocked(w.peer_id)]
 
     def rtt_ms(self, peer: str) -> int | None:
         known = self.network.book.peers.get(peer)

@@ -27,15 +27,16 @@ def api(node: NodeInfo) -> ApiClient:
 def poll(what: str, probe: Callable[[], T | None], timeout_s: float) -> T:
     """The first non-None ``probe()``; a daemon still restarting counts as not yet."""
     deadline = time.monotonic() + timeout_s
-    last: Any = None
+    last: object = None
     while time.monotonic() < deadline:
         try:
-            last = probe()
+            got = probe()
         except HomeError as exc:
             last = exc
         else:
-            if last is not None:
-                return last
+            if got is not None:
+                return got
+            last = got
         time.sleep(0.3)
     raise AssertionError(f"{what}: not within {timeout_s} s (last: {last!r})")
 

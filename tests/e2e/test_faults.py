@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -124,7 +126,7 @@ def localnet(tmp_path: Path) -> Iterator[State]:
         stop_all(state.procs())
 
 
-def running(requester: NodeInfo, job_id: str, checkpoints: int = 0) -> dict | None:
+def running(requester: NodeInfo, job_id: str, checkpoints: int = 0) -> dict[str, Any] | None:
     task = job_view(requester, job_id)["task_states"][0]
     return task if task["state"] == "running" and task["checkpoints"] >= checkpoints else None
 
@@ -261,8 +263,7 @@ def test_chain_stopped_for_a_minute_work_goes_on_and_settlement_catches_up(
     finally:
         chain.resume()
 
-    for worker in {by_peer(localnet, v["attempts"][0]["worker"]).name for v in views}:
-        node = localnet.node(worker)
-        poll(f"{worker} paid after the outage", lambda n=node: paid_in_full(n), 180)
+    for worker in {by_peer(localnet, v["attempts"][0]["worker"]) for v in views}:
+        poll(f"{worker.name} paid after the outage", partial(paid_in_full, worker), 180)
     poll("escrow returned", lambda: escrow_returned(requester), 90)
     assert_escrow_invariant(localnet)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ pathlib.Path("out/answer.txt").write_text(str(sum(range(1000))) + "\\n")
 
 @pytest.fixture
 def localnet(tmp_path: Path) -> Iterator[State]:
-    overrides = {"*": {"verify.sentries_per_task": 2}, "worker-1": CHEAT}
+    overrides: dict[str, dict[str, Any]] = {"*": {"verify.sentries_per_task": 2}, "worker-1": CHEAT}
     state = net.start(tmp_path / "ln", requesters=1, workers=2, sentries=2, chain_mode="auto",
                       overrides=overrides)  # fmt: skip
     try:

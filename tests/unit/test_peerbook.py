@@ -1,0 +1,43 @@
+"""The peer book's redial backoff: failures and connections that do not last both slow it."""
+
+from __future__ import annotations
+
+from node.peerbook import BACKOFF_MAX_MS, BACKOFF_START_MS, FLAP_MS, PeerBook
+
+ADDR = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWPeer"
+
+
+def book_with_peer() -> tuple[PeerBook, str]:
+    book = PeerBook("12D3KooWMe")
+    peer = book.add_addr(ADDR)
+    assert peer is not None
+    return book, peer.peer_id
+
+
+def test_failures_back_off_and_a_lasting_connection_resets() -> None:
+    book, peer_id = book_with_peer()
+    peer = book.peers[peer_id]
+    book.dialed(peer, False, 0)
+    book.dialed(peer, False, 1_000)
+    assert peer.backoff_ms == 4 * BACKOFF_START_MS and peer.next_dial_ms == 3_000
+    book.dialed(peer, True, 3_000, rtt_ms=7)
+    book.lasting({peer_id}, 3_000 + FLAP_MS - 1)
+    assert peer.backoff_ms == 8 * BACKOFF_START_MS, "not yet: it may still be closed at once"
+    book.lasting({peer_id}, 3_000 + FLAP_MS)
+    assert peer.backoff_ms == BACKOFF_START_MS and peer.next_dial_ms == 0 and peer.rtt_ms == 7
+
+
+def test_a_peer_that_closes_every_connection_is_dialled_less_and_less() -> None:
+    """A peer that blocks us accepts the dial and closes it: redialled every second, that
+    would be a handshake a second for nothing."""
+    book, peer_id = book_with_peer()
+    peer = book.peers[peer_id]
+    now, gaps = 0, []
+    for _ in range(9):
+        book.dialed(peer, True, now)
+        book.lasting(set(), now + 500)  # closed at once: never seen connected
+        assert book.due(peer.next_dial_ms - 1, set(), set()) == []
+        gaps.append(peer.next_dial_ms - now)
+        now = peer.next_dial_ms
+    assert gaps == [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000]
+    assert peer.backoff_ms == BACKOFF_MAX_MS
