@@ -263,7 +263,8 @@ def test_chain_stopped_for_a_minute_work_goes_on_and_settlement_catches_up(
     finally:
         chain.resume()
 
-    for worker in {by_peer(localnet, v["attempts"][0]["worker"]) for v in views}:
+    for peer in {v["attempts"][0]["worker"] for v in views}:
+        worker = by_peer(localnet, peer)
         poll(f"{worker.name} paid after the outage", partial(paid_in_full, worker), 180)
     poll("escrow returned", lambda: escrow_returned(requester), 90)
     assert_escrow_invariant(localnet)
