@@ -110,20 +110,11 @@ class PeerGate:
         self.changed = trio.Event()
 
 
-class _GateNotifee(INotifee):
-    """Closes every connection to a blocked peer as soon as the swarm registers it."""
-
-    def __init__(self, gate: PeerGate) -> None:
-        self.gate = gate
+class QuietNotifee(INotifee):
+    """An INotifee that ignores every event: subclasses override the ones they watch."""
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
-        peer = conn.muxed_conn.peer_id
-        if not self.gate.blocked(peer.to_base58()):
-            return
-        log.info("closing a connection from a blocked peer", extra={"peer": peer.to_base58()})
-        with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
-            scope.shield = True
-            await conn.close()
+        return None
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         return None
@@ -139,6 +130,22 @@ class _GateNotifee(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
         return None
+
+
+class _GateNotifee(QuietNotifee):
+    """Closes every connection to a blocked peer as soon as the swarm registers it."""
+
+    def __init__(self, gate: PeerGate) -> None:
+        self.gate = gate
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        if not self.gate.blocked(peer.to_base58()):
+            return
+        log.info("closing a connection from a blocked peer", extra={"peer": peer.to_base58()})
+        with trio.move_on_after(CLOSE_TIMEOUT_S) as scope:
+            scope.shield = True
+            await conn.close()
 
 
 def install_gate(network: Any, gate: PeerGate) -> None:

@@ -13,14 +13,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetConn, INetwork
 from libp2p.peer.id import ID
-from multiaddr import Multiaddr
 
 from consensus.envelope import seal_body
 from consensus.scores import ScoreParams
 from p2p import reqresp
-from p2p.gate import OPERATOR, SCORE, Block, PeerGate
+from p2p.gate import OPERATOR, SCORE, Block, PeerGate, QuietNotifee
 from p2p.host import DialError, Host, open_host
 from p2p.validation import wall_clock_ms
 from tests.hostile import hostile_peer
@@ -29,7 +28,7 @@ from tests.p2p.test_gossip import PRESENCE, honest_node, link, presence
 ECHO = "/idlegrid-test/echo/1"
 
 
-class Watch(INotifee):
+class Watch(QuietNotifee):
     """Counts a host's connections opened and closed, with an event on every change."""
 
     def __init__(self) -> None:
@@ -47,18 +46,6 @@ class Watch(INotifee):
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self.closed += 1
         self._bump()
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
-        return None
 
     async def until(self, predicate: Callable[[], bool], timeout_s: float = 10) -> None:
         with trio.fail_after(timeout_s):
