@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,15 @@ LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """The test's environment for the CLI: nothing inherited, p2p on loopback only."""
+    """The test's environment for the CLI: nothing inherited, p2p on loopback only.
+
+    Workers jail with bubblewrap where it is installed and fall back to resource limits where
+    not (``auto``), as a localnet does: the README makes bubblewrap optional, so the daemon
+    tests must pass without it; the jail itself is tested in ``tests/gpu/``.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEGRID_")}
-    return env | {"PYTHONUNBUFFERED": "1", "IDLEGRID_P2P_LISTEN": LOOPBACK} | extra
+    base = {"PYTHONUNBUFFERED": "1", "IDLEGRID_P2P_LISTEN": LOOPBACK}
+    return env | base | {"IDLEGRID_WORKER_SANDBOX": "auto"} | extra
 
 
 def idlegrid(
@@ -84,6 +91,16 @@ class Daemon:
             self.lines.append(line)
             if text in line:
                 return line
+
+    def wait_count(self, text: str, count: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Waits until ``count`` output lines, seen so far or to come, contain ``text``.
+
+        Counts lines an earlier ``wait_for`` already consumed: a peer discovered before the
+        daemon logged "node started" still counts.
+        """
+        deadline = time.monotonic() + timeout
+        while sum(text in line for line in self.lines) < count:
+            self.wait_for(text, timeout=max(0.0, deadline - time.monotonic()))
 
     def wait_started(self) -> Daemon:
         self.wait_for("node started")

@@ -60,8 +60,7 @@ def api(daemon: Daemon) -> ApiClient:
 
 def test_ten_daemons_find_each_other_and_notice_a_death(network: list[Daemon]) -> None:
     for daemon in network:
-        for _ in range(NODES - 1):
-            daemon.wait_for("peer discovered", timeout=60)  # 2 shared cores, 10 daemons
+        daemon.wait_count("peer discovered", NODES - 1, timeout=60)  # 2 shared cores, 10 daemons
     ids = {peer_id(d.home) for d in network}
     for daemon in network:  # what `idlegrid peers` and `idlegrid market` show, from the API
         peers = api(daemon).get("/v1/peers")["peers"]
