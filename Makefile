@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit install clean contracts
+.PHONY: demo test lint typecheck unit install clean contracts sandbox
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "idlegrid needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## make demo: the whole flow on a local network in ./.demo (about 2 minutes).
-demo: $(STAMP)
+demo: $(STAMP) sandbox
 	$(BIN)/python -m node.demo
 
 ## make test: lint, type-check, then the whole test suite.
@@ -31,7 +31,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) contracts
+unit: $(STAMP) contracts sandbox
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make contracts: the pinned solc-js and anvil from npm (package-lock.json), when npm exists;
@@ -40,6 +40,18 @@ contracts:
 	@if command -v npm >/dev/null; then \
 		test -d contracts/node_modules || (cd contracts && npm ci --no-audit --no-fund); \
 	else echo "npm not found: contract rebuild check and anvil tests will be skipped"; fi
+
+## make sandbox: bubblewrap, the workers' jail. Installed with apt-get when it is missing and
+## we are root on a Debian-like system (SANDBOX_INSTALL=0 skips that); without it workers fall
+## back to resource limits only (README: Sandbox).
+sandbox:
+	@command -v bwrap >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$(SANDBOX_INSTALL)" != 0 ]; then \
+			echo "installing bubblewrap (the workload sandbox) with apt-get"; \
+			apt-get install -y -qq bubblewrap >/dev/null 2>&1 \
+			|| { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; } \
+			|| echo "bubblewrap not installed: workers fall back to resource limits only"; \
+		else echo "bwrap not found: workers fall back to resource limits only (README: Sandbox)"; fi; }
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache .hypothesis contracts/node_modules

@@ -108,6 +108,18 @@ class Sandbox:
             "only (they can then read what their uid can and reach the network)"
         )
 
+    def unreadable(self) -> Path | None:
+        """A directory on the way to the read-only paths that workloads cannot enter.
+
+        Only limits mode as root has one: the workload drops to :data:`NOBODY`, which cannot
+        start a Python living under a private home (``/root/.pyenv``), so runtimes that need
+        this environment's Python (train, render) would fail every task with exit code 126.
+        bwrap mode opens the way itself (see ``_bwrap_args``).
+        """
+        if self.mode != "limits" or os.geteuid() != 0:
+            return None
+        return _hidden_from_others(self.readonly)
+
     def describe(self) -> str:
         lim = self.limits
         caps = (f"{lim.memory_mb} MB memory, {lim.cpu_s} CPU s, {lim.file_mb} MB files, "
@@ -181,6 +193,19 @@ def _give_tree(root: Path, uid: int) -> None:
     for base, dirs, files in os.walk(root):
         for name in dirs + files:
             os.chown(os.path.join(base, name), uid, uid, follow_symlinks=False)
+
+
+def _hidden_from_others(paths: tuple[Path, ...]) -> Path | None:
+    """The first directory on the way to ``paths`` that other users may not enter, if any."""
+    for path in paths:
+        for directory in [*reversed(path.parents), path]:
+            try:
+                mode = directory.stat().st_mode
+            except OSError:
+                continue  # a path that is not there is the runtime's problem, not the uid's
+            if directory.is_dir() and not mode & 0o001:
+                return directory
+    return None
 
 
 def _probe(bwrap: str) -> str | None:

@@ -91,16 +91,7 @@ async def worker_market(
     profile = await trio.to_thread.run_sync(discover)  # NVML blocks
     sandbox = await trio.to_thread.run_sync(worker_sandbox, worker)  # probes bwrap
     log.info("worker sandbox", extra={"sandbox": sandbox.describe()})
-    runtimes: list[Any] = [ExecRuntime(sandbox)]
-    if importlib.util.find_spec("torch") is not None:
-        runtimes.append(TrainRuntime(sandbox))
-    else:
-        log.warning("no train runtime: torch is not installed (pip install 'idlegrid[torch]')")
-    if importlib.util.find_spec("bpy") is not None:
-        runtimes.append(RenderRuntime(sandbox))
-    else:
-        log.warning("no render runtime: bpy is not installed (pip install 'idlegrid[render]')")
-    executor: Any = Runtimes(runtimes, [g.index for g in profile.offered_gpus()])
+    executor: Any = Runtimes(python_runtimes(sandbox), [g.index for g in profile.offered_gpus()])
     if worker.executor_wrapper:  # tests: e.g. a worker that fakes its work on purpose
         executor = importlib.import_module(worker.executor_wrapper).wrap(executor)
         log.warning("executor wrapped", extra={"wrapper": worker.executor_wrapper})
@@ -154,6 +145,28 @@ async def watch_owner(service: WorkerService, indices: list[int]) -> None:
             log.info("owner activity", extra={"busy": busy, "pids": pids})
             service.owner_activity(busy)
         await trio.sleep(OWNER_POLL_S)  # polling NVML: it has no change notification
+
+
+def python_runtimes(sandbox: Sandbox) -> list[Any]:
+    """The runtimes this worker can offer: exec always; train and render where their library
+    is installed and the sandbox lets workloads start this environment's Python."""
+    runtimes: list[Any] = [ExecRuntime(sandbox)]
+    hidden = sandbox.unreadable()
+    if hidden is not None:
+        log.warning(
+            "no train or render runtime: workloads run as nobody and cannot enter "
+            f"{hidden} to start Python; install bubblewrap (apt-get install bubblewrap)"
+        )
+        return runtimes
+    if importlib.util.find_spec("torch") is not None:
+        runtimes.append(TrainRuntime(sandbox))
+    else:
+        log.warning("no train runtime: torch is not installed (pip install 'idlegrid[torch]')")
+    if importlib.util.find_spec("bpy") is not None:
+        runtimes.append(RenderRuntime(sandbox))
+    else:
+        log.warning("no render runtime: bpy is not installed (pip install 'idlegrid[render]')")
+    return runtimes
 
 
 def worker_sandbox(worker: WorkerSettings) -> Sandbox:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 from consensus.market.messages import Workload
 from gpu.exec_runtime import ExecRuntime
 from gpu.runtime import RunResult, RunSpec, SegmentDone, run_logged
-from gpu.sandbox import Limits, Sandbox, SandboxUnavailable
+from gpu.sandbox import Limits, Sandbox, SandboxUnavailable, _hidden_from_others
 from node.cli import cli
 from node.market.packing import PackError, pack_outputs
 from tests.gpu.conftest import SECRET, is_root, needs_bwrap, python_paths, sandbox
@@ -260,3 +261,18 @@ async def test_a_readable_path_under_tmp_is_not_hidden_by_the_private_tmp(
     result, logs, _ = await run(box, workdir, code)
     assert result.ok, logs
     assert logs == ["from the environment", "False"]
+
+
+def test_limits_as_root_names_a_directory_its_workloads_cannot_enter() -> None:
+    with tempfile.TemporaryDirectory() as tmp:  # pytest's own tmp root is private
+        base = Path(tmp)
+        base.chmod(0o755)
+        env = base / "private" / "venv"
+        env.mkdir(parents=True)
+        (base / "private").chmod(0o700)  # as /root is
+        assert _hidden_from_others((env,)) == base / "private"
+        jailed, limited = Sandbox("bwrap", readonly=(env,)), Sandbox("limits", readonly=(env,))
+        assert jailed.unreadable() is None  # bwrap opens the way itself
+        assert limited.unreadable() == (base / "private" if is_root() else None)
+        (base / "private").chmod(0o755)
+        assert _hidden_from_others((env,)) is None
