@@ -204,7 +204,7 @@ class Gossip:
                 return True
             sender = forwarder.to_base58()
             if result.verdict is Verdict.REJECT and sender != own:
-                self._penalise(sender, result.reason)
+                self.penalise(sender, result.reason)
             self._count(result.verdict)
             log.debug("gossip %s from %s: %s", result.verdict.value, sender, result.reason)
             return False
@@ -216,11 +216,14 @@ class Gossip:
         while len(self._validated) > 4 * self.params.inbox_size:
             self._validated.popitem(last=False)
 
-    def _penalise(self, peer_id: str, reason: str) -> None:
+    def penalise(self, peer_id: str, reason: str, what: str = "rejected gossip") -> None:
+        """Costs ``peer_id`` score for a fault of its own; bans it below the threshold.
+
+        Also the way other protocols (a blob holder that served other bytes) blame a peer, so
+        that one score, one ban and one gate cover every way a peer can misbehave.
+        """
         outcome = self.scores.penalise(peer_id, reason, self.clock())
-        log.info(
-            "rejected gossip", extra={"peer": peer_id, "reason": reason, "score": outcome.score}
-        )
+        log.info(what, extra={"peer": peer_id, "reason": reason, "score": outcome.score})
         if outcome.banned:
             self.stats.count("bans")
             now = self.host.gate.clock()
@@ -251,7 +254,7 @@ class Gossip:
             await trio.sleep(interval)  # pacing, not synchronisation
 
     async def _ban_loop(self) -> None:
-        """Disconnects banned peers (the gate already refuses them: see ``_penalise``)."""
+        """Disconnects banned peers (the gate already refuses them: see ``penalise``)."""
         async for peer_id in self._bans_recv:
             try:
                 with trio.move_on_after(5):

@@ -51,7 +51,21 @@ PIECE_BYTES = 1 << 20
 
 
 class FetchFailed(Exception):
-    """No holder gave us the blob intact."""
+    """No holder gave us the blob intact.
+
+    Attributes:
+        liars: the holders that answered with bytes that are not the blob (or a key that does
+            not open it): their fault, not the network's, since every stream is authenticated
+            and integrity-checked. A holder that was merely unreachable is not among them.
+    """
+
+    def __init__(self, message: str, liars: frozenset[str] = frozenset()) -> None:
+        super().__init__(message)
+        self.liars = liars
+
+
+class HolderLied(FetchFailed):
+    """One holder served what is not the blob it names."""
 
 
 class BlobShare:
@@ -108,14 +122,18 @@ class BlobShare:
         local = self.local_path(ref)
         if local is not None:
             return local
-        errors = []
+        errors, liars = [], set()
         for holder in ref.holders:
             try:
                 return await self._fetch_from(holder, addrs_of(holder), ref)
             except (RequestError, FetchFailed) as exc:
                 errors.append(f"{holder[-8:]}: {exc}")
+                if isinstance(exc, HolderLied):
+                    liars.add(holder)
+                    self.net.blame(holder, f"blob {ref.hash.hex()[:12]}: {exc}")
         digest = ref.hash.hex()
-        raise FetchFailed(f"blob {digest[:12]} not fetched: {'; '.join(errors) or 'no holder'}")
+        why = "; ".join(errors) or "no holder"
+        raise FetchFailed(f"blob {digest[:12]} not fetched: {why}", frozenset(liars))
 
     async def _fetch_from(self, holder: str, addrs: list[str], ref: BlobRef) -> Path:
         if not self.store.has(ref.hash.hex()):
@@ -123,12 +141,12 @@ class BlobShare:
         reply = await self.net.request(holder, addrs, PROTOCOL, {"key": ref.hash}, timeout_s=30)
         box = reply.get("box") if isinstance(reply, dict) else None
         if not isinstance(box, bytes):
-            raise FetchFailed("no key for the blob")
+            raise HolderLied("no key for the blob")
         try:
             key = open_key(box, self._node_key)
             return await self._open(ref.hash.hex(), key)
         except SealError as exc:
-            raise FetchFailed(str(exc)) from None  # a lying holder: the next one is tried
+            raise HolderLied(str(exc)) from None  # the next holder is tried
 
     async def _open(self, digest: str, key: bytes) -> Path:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -149,12 +167,12 @@ class BlobShare:
                 reply = await self.net.request(holder, addrs, PROTOCOL, payload, timeout_s=30)
                 data = reply.get("data") if isinstance(reply, dict) else None
                 if not isinstance(data, bytes) or len(data) != length:
-                    raise FetchFailed("a piece of the wrong size")
+                    raise HolderLied("a piece of the wrong size")
                 hasher.update(data)
                 part.write(data)
                 offset += length
             if hasher.digest() != ref.hash:
-                raise FetchFailed("bytes do not match the hash")  # the next holder is tried
+                raise HolderLied("bytes do not match the hash")  # the next holder is tried
             part.flush()
             digest = await trio.to_thread.run_sync(self.store.put_file, Path(part.name))
         if digest != ref.hash.hex():  # the file changed under us: our bug or our disk

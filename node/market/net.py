@@ -75,6 +75,10 @@ class MarketNet(Protocol):
 
     def rtt_ms(self, peer: str) -> int | None: ...
 
+    def blame(self, peer: str, reason: str) -> None:
+        """Costs ``peer`` score for a provable fault outside gossip (served corrupt bytes)."""
+        ...
+
 
 class DirectEnvelopes:
     """Seals our direct messages and opens others': one replay guard per node."""
@@ -152,6 +156,9 @@ class LiveNet:
     def rtt_ms(self, peer: str) -> int | None:
         known = self.network.book.peers.get(peer)
         return None if known is None else known.rtt_ms
+
+    def blame(self, peer: str, reason: str) -> None:
+        self.network.gossip.penalise(peer, reason, what="peer at fault")
 
     async def _ensure_connected(self, peer: str, addrs: Sequence[str]) -> None:
         if peer in self.host.connected_peers():

@@ -67,6 +67,13 @@ class JobManager:
         self.verdict_timeout_ms = 120_000
         self.reputation_of: Callable[[str], int] = lambda _peer: au.NEUTRAL_REPUTATION
         self.excluded: Callable[[TaskRef, str], bool] = lambda _ref, _peer: False
+        # Workers that served a corrupt result of a task, kept from bidding on it again (in
+        # memory: after a restart such a worker may win once more and be caught once more).
+        self._refused: dict[tuple[bytes, int], set[str]] = {}
+
+    def refuse(self, ref: TaskRef, worker: str) -> None:
+        """Keeps ``worker`` from bidding on ``ref`` again (it served a corrupt result)."""
+        self._refused.setdefault((ref.job_id, ref.task), set()).add(worker)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serves bids and runs task runners until cancelled; resumes unfinished tasks first."""
@@ -226,6 +233,8 @@ class JobManager:
             raise RequestRejected("closed", "no open auction for that task")
         if self.excluded(bid.ref, peer):  # it failed verification of this task already
             raise RequestRejected("refused", "failed verification of this task before")
+        if peer in self._refused.get((bid.ref.job_id, bid.ref.task), ()):
+            raise RequestRejected("refused", "served a corrupt result of this task before")
         effects = live.machine.handle(
             au.BidArrived(bid, peer, self.net.rtt_ms(peer), self.reputation_of(peer)),
             self.net.now_ms(),

@@ -248,6 +248,9 @@ class TaskRunner:
         try:
             await self.mgr.share.fetch(ref, self._addrs_of)
         except FetchFailed as exc:
+            if attempt is not None and attempt["worker"] in exc.liars:
+                await self._refuse_result(task, attempt["worker"], str(exc))
+                return
             if self.net.now_ms() >= self.job.deadline_ms:
                 await self._move(task, "fail", reason=f"result never fetched: {exc}")
             await self._sleep_ms(self.params.voucher_interval_ms)
@@ -263,6 +266,19 @@ class TaskRunner:
         vouched = int(attempt["vouched_wei"]) if attempt else 0
         await self.store.close_attempt(task.ref, vouched, "done", self.net.now_ms())
         await self._move(task, "verify")
+
+    async def _refuse_result(self, task: TaskRow, worker: str, error: str) -> None:
+        """The worker served bytes that are not the result it attested: nothing usable was
+        delivered, so it is not paid (the anchorers hear a cap of 0), it may not bid on this
+        task again, and the task runs elsewhere from scratch (its checkpoints came from the
+        same liar)."""
+        why = f"served a corrupt result: {error}"[:300]
+        log.warning(
+            "result refused", extra={"task": task.ref.text(), "worker": worker, "error": error}
+        )
+        self.mgr.refuse(task.ref, worker)
+        await self.store.close_attempt(task.ref, 0, why, self.net.now_ms())
+        await self._move(task, "reject", reason=why, resume=None)
 
     async def _expire(self, task: TaskRow) -> None:
         event: TaskEvent = "expire" if task.state in ("bidding", "reassigned") else "fail"

@@ -43,6 +43,7 @@ class Hub:
     pool: list[Worker] = field(default_factory=list)
     requests: int = 0
     gossip: int = 0
+    blamed: list[tuple[str, str, str]] = field(default_factory=list)  # (by, whom, why)
 
     def kill(self, peer: str) -> None:
         self.dead.add(peer)
@@ -127,3 +128,6 @@ class MemNet:
 
     def rtt_ms(self, peer: str) -> int | None:
         return int(2 * LATENCY_S * 1000)
+
+    def blame(self, peer: str, reason: str) -> None:
+        self.hub.blamed.append((self.peer_id, peer, reason))
