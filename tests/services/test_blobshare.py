@@ -81,3 +81,24 @@ async def test_a_holder_serving_other_bytes_is_skipped_for_the_next(tmp_path: Pa
         got = await worker.share.fetch(two, addrs)
     assert asked == [worker.net.peer_id]
     assert got.read_bytes() == (tmp_path / "in").read_bytes()
+    by, whom, why = worker.net.hub.blamed[0]
+    assert (by, whom) == (worker.net.peer_id, liar.net.peer_id)
+    assert "bytes do not match the hash" in why
+
+
+async def test_a_liar_is_named_when_no_holder_serves_the_blob(tmp_path: Path) -> None:
+    liar, gone, worker = await nodes(tmp_path, "liar", "gone", "worker")
+    (tmp_path / "in").write_bytes(os.urandom(5000))
+    ref = await liar.share.put(tmp_path / "in")
+    liar.share.grant(worker.net.peer_id, ref.hash)
+
+    async def lie(peer: str, payload: Any) -> Any:
+        return {"data": os.urandom(payload["length"])}
+
+    liar.net.serve(PROTOCOL, lie)
+    gone.net.hub.kill(gone.net.peer_id)  # unreachable: no fault of its own
+    two = BlobRef(hash=ref.hash, size=ref.size, holders=[gone.net.peer_id, liar.net.peer_id])
+    with trio.fail_after(10), pytest.raises(FetchFailed) as failed:
+        await worker.share.fetch(two, addrs)
+    assert failed.value.liars == {liar.net.peer_id}
+    assert [whom for _, whom, _ in worker.net.hub.blamed] == [liar.net.peer_id]
