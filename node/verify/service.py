@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from gpu.exec_runtime import ExecRuntime
-from gpu.render import RenderRuntime
-from gpu.train import TrainRuntime
 from node.identity import wallet_binding
-from node.market.service import market_of, worker_sandbox
+from node.market.service import market_of, python_runtimes, worker_sandbox
+from node.verify.announcer import AttestationAnnouncer
 from node.verify.requester import Verdicts
 from node.verify.sentry import Sentry
 from node.verify.slashing import SlashSigner
@@ -38,13 +35,17 @@ async def worker_verify(
     market = market_of(ctx)
     assert market.worker is not None, "starts after the worker's market service"
     det = determinism_class(market.worker.bidder.caps.gpu_class)
-    verifier = VerifyWorker(market.net, VerifyStore(ctx.db), market.share, det)
+    settings = ctx.settings.verify
+    announcer = AttestationAnnouncer(
+        market.net, lambda peer: peer in known_sentries(ctx), settings.quorum,
+        for_ms=settings.verdict_timeout_ms,
+    )  # fmt: skip
+    verifier = VerifyWorker(market.net, VerifyStore(ctx.db), market.share, det, announcer)
     if ctx.chain is not None:
         verifier.binding = (bytes.fromhex(ctx.keys.address[2:]), wallet_binding(ctx.keys))
     verifier.register()
     market.worker.on_done = verifier.attest
-    task_status.started()
-    await trio.sleep_forever()
+    await announcer.run(task_status=task_status)
 
 
 async def sentry_verify(
@@ -52,11 +53,7 @@ async def sentry_verify(
 ) -> None:
     market = market_of(ctx)
     sandbox = await trio.to_thread.run_sync(worker_sandbox, ctx.settings.worker)
-    runtimes: dict[str, Any] = {"exec": ExecRuntime(sandbox)}
-    if importlib.util.find_spec("torch") is not None:
-        runtimes["train"] = TrainRuntime(sandbox)
-    if importlib.util.find_spec("bpy") is not None:
-        runtimes["render"] = RenderRuntime(sandbox)
+    runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
     scratch = ctx.home.root / "work" / "verify"
     scratch.mkdir(parents=True, exist_ok=True)
     sentry = Sentry(

@@ -1,11 +1,12 @@
 """The worker's side of proof-of-compute: attest a finished task, answer challenges.
 
 The attestation is signed and gossiped as soon as the result is packed, before any seed
-exists; an attempt resumed from another worker's checkpoint attests the segments after it.
-Checkpoints stay in the node's blob store (the market put them there for failover; the resume
-checkpoint is there because we fetched it); a challenge for segment ``i`` is answered from them
-with Merkle proofs against the attested root. A sentry that challenges is granted the task's
-inputs, so it can replay.
+exists, and said again until sentries judge it (:mod:`node.verify.announcer`); an attempt
+resumed from another worker's checkpoint attests the segments after it. Checkpoints stay in
+the node's blob store (the market put them there for failover; the resume checkpoint is there
+because we fetched it); a challenge for segment ``i`` is answered from them with Merkle proofs
+against the attested root. A sentry that challenges is granted the task's inputs, so it can
+replay.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ from consensus.market.messages import BlobRef, Checkpoint, TaskOrder
 from consensus.verify import tree
 from consensus.verify.messages import Attestation, ChallengeRequest, Leaf, attestation_id
 from node.verify.play import answer_from
-from node.verify.topics import ATTESTATION_TTL_MS, ATTESTS, CHALLENGE, CHALLENGE_MAX_BYTES
+from node.verify.topics import ATTESTATION_TTL_MS, CHALLENGE, CHALLENGE_MAX_BYTES
 from p2p.reqresp import RequestRejected
 
 if TYPE_CHECKING:
     from node.market.blobshare import BlobShare
     from node.market.net import MarketNet
     from node.market.worker import Work
+    from node.verify.announcer import AttestationAnnouncer
     from node.verify.store import VerifyStore
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,15 @@ def determinism_class(gpu_class: str) -> str:
 
 class VerifyWorker:
     def __init__(
-        self, net: MarketNet, store: VerifyStore, share: BlobShare, det_class: str
+        self,
+        net: MarketNet,
+        store: VerifyStore,
+        share: BlobShare,
+        det_class: str,
+        announcer: AttestationAnnouncer,
     ) -> None:
         self.net, self.store, self.share, self.det_class = net, store, share, det_class
+        self.announcer = announcer
         # (chain address, wallet binding) when the node settles on chain: lets sentries that
         # fail a task of ours slash our stake (and no one else's)
         self.binding: tuple[bytes, bytes] | None = None
@@ -76,7 +84,7 @@ class VerifyWorker:
         await self.store.keep_attestation(
             order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms()
         )
-        await self.net.publish(ATTESTS, att)
+        await self.announcer.announce(attestation_id(att), att)
         log.info(
             "task attested",
             extra={"task": order.ref.text(), "segments": att.segments, "first": att.first},

@@ -22,9 +22,10 @@ import trio
 
 from consensus.envelope import Opened, open_envelope
 from consensus.kinds import Body, Registry
-from consensus.market.messages import market_registry
+from consensus.market.messages import MARKET_KINDS, market_registry
 from consensus.peer_id import peer_id_from_public_key
 from consensus.pool import Worker
+from consensus.verify.messages import VERIFY_KINDS
 from node.market.net import DirectEnvelopes, RequestHandler
 from p2p.gossip import Message
 from p2p.reqresp import RemoteError, RequestRejected, RequestTimeout, StreamFailed
@@ -59,7 +60,7 @@ class MemNet:
         self.hub = hub
         self.envelopes = DirectEnvelopes(key, market_registry())
         self.peer_id = peer_id_from_public_key(bytes(key.verify_key))
-        self.registry: Registry = market_registry()
+        self.registry: Registry = Registry((*MARKET_KINDS, *VERIFY_KINDS))  # what gossip carries
 
     def addrs(self) -> list[str]:
         return [f"/memory/p2p/{self.peer_id}"]
