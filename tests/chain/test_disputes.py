@@ -10,8 +10,10 @@ twice nor forgets to void; a dispute by hand of a correct entry is answered.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,7 +26,9 @@ from consensus.market.messages import TaskRef
 from consensus.settlement.epoch import Entry
 from consensus.settlement.market import chain_voucher_for
 from consensus.settlement.messages import EntryRow, EpochEntries, SettledVoucher, entry_of
+from node.api import ApiError, Request
 from node.chain.anchorer import Anchorer
+from node.chain.api import chain_routes
 from node.chain.backend import Chain
 from node.chain.client import Settlement
 from node.chain.disputer import Disputer
@@ -270,6 +274,7 @@ async def test_a_dispute_by_hand_of_a_correct_entry_is_answered(tmp_path: Path) 
         anchorer = await anchorer_of(net, sentry_db, hub)
         req = Requester(net, req_db, tmp_path / "requester.db")
         disputer = await req.start(hub)
+        disputer.chain.disputer = disputer
         assert await anchorer.on_voucher(await req.vouched(A, "worker", ETH))
         await anchorer.step()
         me = bytes.fromhex(net.addr("requester")[2:])
@@ -286,10 +291,15 @@ async def test_a_dispute_by_hand_of_a_correct_entry_is_answered(tmp_path: Path) 
             await disputer.by_hand(3, job, worker, None)
         with pytest.raises(DisputeRefused, match="no entry of ours"):
             await disputer.by_hand(0, job, b"\x05" * 20, None)
-        dry = await disputer.by_hand(0, job, worker, None, dry_run=True)
+        route = chain_routes(SimpleNamespace(chain=disputer.chain))[("POST", "/v1/chain/dispute")]  # type: ignore[arg-type]
+        ask = {"epoch": 0, "job": "0x" + job.hex(), "worker": net.addr("worker"), "dry_run": True}
+        with pytest.raises(ApiError, match="job: 0x and 32 bytes"):
+            await route(Request("POST", "/", "", json.dumps({**ask, "job": "0x12"}).encode()))
+        dry = await route(Request("POST", "/", "", json.dumps(ask).encode()))
         assert [(d["reason"], d["answerable"], d["state"]) for d in dry["disputes"]] == [
             ("by hand", True, "dry run")
         ]
+        assert await req.rows() == [], "a dry run writes nothing"
         done = await disputer.by_hand(0, job, worker, None)
         assert [d["state"] for d in done["disputes"]] == ["disputed"]
         await anchorer.step()  # answers with the requester's own voucher
