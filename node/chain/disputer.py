@@ -136,8 +136,11 @@ class Disputer:
         for entry, proof, sig in msg.entries():
             leaf = entry.leaf()
             if leaf not in self.heard or (not self.heard[leaf].shown and sig):
+                new += leaf not in self.heard
                 self.heard[leaf] = Heard(entry, proof, self._ours(entry, sig))
-                new += 1
+        if new:
+            log.info("epoch entries heard", extra={"epoch": msg.index, "new": new,
+                                                   "entries": len(self.heard)})  # fmt: skip
         return new
 
     def _ours(self, entry: Entry, sig: bytes) -> bool:
