@@ -101,7 +101,7 @@ class Disputer:
 
     async def _follow(self, inbox: Any) -> None:
         async for message in inbox:
-            body = message.opened.body
+            body = message.opened.body if message.opened else None
             if isinstance(body, EpochEntries) and body.requester == self.me:
                 try:
                     if await self.hear(body):
@@ -160,7 +160,8 @@ class Disputer:
         latest = await self.chain.service.call(lambda c: c.anchor())
         key = (int(latest["epoch"]), bytes(latest["entries_root"]))
         if key != self._anchor_key():
-            self.heard = {}  # compared after the read: entries heard meanwhile are kept
+            self.heard, self._warned = {}, set()  # compared after the read: entries heard
+            # meanwhile, for this very anchor, are kept
         self.latest = latest
         for msg in self.waiting.pop(key, {}).values():
             self._take(msg)
