@@ -82,6 +82,7 @@ class Disputer:
         self.waiting: dict[tuple[int, bytes], dict[int, EpochEntries]] = {}
         self._warned: set[bytes] = set()  # answerable findings already logged
         self._wake = trio.Event()
+        self._lock = trio.Lock()  # one step at a time: the service's, or one asked by hand
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         inbox = await self.net.subscribe(ANCHORS, ANCHOR_KINDS)
@@ -172,6 +173,10 @@ class Disputer:
 
     async def step(self) -> None:
         """Checks the heard entries of a pending anchor, then moves every open dispute."""
+        async with self._lock:
+            await self._step()
+
+    async def _step(self) -> None:
         anchor = await self._read_anchor()
         now = await self.chain.service.call(lambda c: c.chain.now())
         if anchor["state"] == "pending" and now < anchor["dispute_deadline"] and self.heard:
@@ -310,6 +315,21 @@ class Disputer:
         Raises:
             DisputeRefused: the epoch is not the pending anchor, or no such entry was heard.
         """
+        async with self._lock:
+            out = await self._by_hand(epoch, job, worker, task, dry_run)
+        rows = {bytes(r["leaf"]): r for r in await self.db.query(
+            "SELECT leaf, state, answer_by, error FROM settle_disputes WHERE epoch = ?", (epoch,)
+        )}  # fmt: skip
+        for item in out:
+            r = rows.get(item.pop("leaf"))
+            item.update(state="dry run" if r is None else r["state"],
+                        answer_by=None if r is None else r["answer_by"],
+                        error="" if r is None else r["error"])  # fmt: skip
+        return {"epoch": epoch, "dry_run": dry_run, "disputes": out}
+
+    async def _by_hand(
+        self, epoch: int, job: bytes, worker: bytes, task: bytes | None, dry_run: bool
+    ) -> list[dict[str, Any]]:
         anchor = await self._read_anchor()
         now = await self.chain.service.call(lambda c: c.chain.now())
         if anchor["epoch"] != epoch or anchor["state"] != "pending":
@@ -332,21 +352,13 @@ class Disputer:
             f = reasons.get(e) or Finding(e, BY_HAND, f"{e.amount} wei, disputed by hand", shown)
             if not dry_run:
                 await self._record(epoch, f, "found")
-            out.append({"job": "0x" + e.job.hex(), "task": "0x" + e.task.hex(),
+            out.append({"leaf": e.leaf(), "job": "0x" + e.job.hex(), "task": "0x" + e.task.hex(),
                         "worker": "0x" + e.worker.hex(), "amount_wei": str(e.amount),
                         "reason": f.reason, "detail": f.detail,
                         "answerable": f.answerable})  # fmt: skip
         if not dry_run:
-            await self.step()
-        rows = {bytes(r["leaf"]): r for r in await self.db.query(
-            "SELECT leaf, state, answer_by, error FROM settle_disputes WHERE epoch = ?", (epoch,)
-        )}  # fmt: skip
-        for item, e in zip(out, chosen, strict=True):
-            r = rows.get(e.leaf())
-            item.update(state="dry run" if r is None else r["state"],
-                        answer_by=None if r is None else r["answer_by"],
-                        error="" if r is None else r["error"])  # fmt: skip
-        return {"epoch": epoch, "dry_run": dry_run, "disputes": out}
+            await self._step()  # sends them now
+        return out
 
     async def status(self) -> dict[str, Any]:
         rows = await self.db.query(
