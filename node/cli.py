@@ -32,6 +32,7 @@ from node.cli_base import (
 )
 from node.cli_data import data
 from node.cli_discovery import dht
+from node.cli_dispute import dispute
 from node.cli_gpu import check_sandbox, gpu
 from node.cli_job import bids, job, worker
 from node.cli_localnet import localnet
@@ -264,7 +265,7 @@ cli.add_command(job)
 cli.add_command(bids)
 cli.add_command(worker)
 cli.add_command(gpu)
-for command in WALLET_COMMANDS:
+for command in (*WALLET_COMMANDS, dispute):
     wallet.add_command(command)
 cli.add_command(settlement)
 cli.add_command(dht)

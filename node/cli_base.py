@@ -13,6 +13,8 @@ from typing import Any
 import click
 
 from config import ROLES, ConfigError
+from consensus.errors import Invalid
+from consensus.settlement.eip712 import chain_job_id, chain_task_id
 from node.home import HomeError
 
 
@@ -64,3 +66,28 @@ def table(rows: Sequence[tuple[str, ...]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
     )
+
+
+def job_arg(text: str) -> bytes:
+    """A market job id in hex, as the contract's bytes32."""
+    try:
+        data = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        raise BadInput(
+            f"JOB: {text!r} is not hex (a job id as `idlegrid job list` shows)"
+        ) from None
+    try:
+        return chain_job_id(data)
+    except Invalid as exc:
+        raise BadInput(str(exc)) from None
+
+
+def task_arg(text: str) -> bytes:
+    """``N`` or ``N#ATTEMPT`` as the contract's bytes32 task id."""
+    task, _, attempt = text.partition("#")
+    if not task.isdigit() or (attempt and not attempt.isdigit()):
+        raise BadInput(f"TASK: {text!r} is not TASK or TASK#ATTEMPT, e.g. 0#1")
+    try:
+        return chain_task_id(int(task), int(attempt or 0))
+    except Invalid as exc:
+        raise BadInput(str(exc)) from None

@@ -19,14 +19,23 @@ import click
 
 from config import load
 from consensus.errors import Invalid
-from consensus.settlement.eip712 import ChainVoucher, chain_job_id, chain_task_id
+from consensus.settlement.eip712 import ChainVoucher
 from consensus.settlement.units import format_wei, parse_wei
 from node import identity
 from node.chain.artifacts import StaleArtifact
 from node.chain.errors import ChainError
 from node.chain.journal import Journal
 from node.chain.signing import sign_voucher, voucher_signer
-from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
+from node.cli_base import (
+    BadInput,
+    Failure,
+    emit,
+    home_option,
+    job_arg,
+    json_option,
+    table,
+    task_arg,
+)
 from node.client import ApiClient
 from node.home import Home, resolve_home
 
@@ -71,24 +80,6 @@ def run(fn: Callable[[], Any]) -> Any:
 
 def wei_arg(text: str, what: str) -> int:
     return int(run(lambda: parse_wei(text, what)))
-
-
-def job_arg(text: str) -> bytes:
-    raw = text.removeprefix("0x")
-    try:
-        data = bytes.fromhex(raw)
-    except ValueError:
-        raise BadInput(
-            f"JOB: {text!r} is not hex (a job id as `idlegrid job list` shows)"
-        ) from None
-    return bytes(run(lambda: chain_job_id(data)))
-
-
-def task_arg(text: str) -> bytes:
-    task, _, attempt = text.partition("#")
-    if not task.isdigit() or (attempt and not attempt.isdigit()):
-        raise BadInput(f"TASK: {text!r} is not TASK or TASK#ATTEMPT, e.g. 0#1")
-    return bytes(run(lambda: chain_task_id(int(task), int(attempt or 0))))
 
 
 def show_tx(as_json: bool, r: TxResult) -> None:

@@ -340,6 +340,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=10,
+        description="requester: the anchored entries it disputes, kept across restarts",
+        sql="""
+            -- 'found' (written before the dispute is sent) -> 'disputed' -> 'answered' or
+            -- 'voided'; 'missed' when the window closed first. One row per (epoch, leaf), so a
+            -- restart never disputes twice nor forgets a dispute it must void.
+            CREATE TABLE settle_disputes (
+                epoch      INTEGER NOT NULL,
+                leaf       BLOB NOT NULL,
+                worker     TEXT NOT NULL,
+                job        BLOB NOT NULL,     -- bytes32, as anchored
+                task       BLOB NOT NULL,     -- bytes32: task << 32 | attempt
+                amount_wei TEXT NOT NULL,
+                proof      BLOB NOT NULL,     -- the sibling hashes, 32 bytes each
+                reason     TEXT NOT NULL,     -- never signed | above signed | above cap | by hand
+                detail     TEXT NOT NULL,
+                state      TEXT NOT NULL,
+                answer_by  INTEGER,           -- chain seconds by which the anchorer must answer
+                error      TEXT NOT NULL DEFAULT '',
+                created_ms INTEGER NOT NULL,
+                updated_ms INTEGER NOT NULL,
+                PRIMARY KEY (epoch, leaf)
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

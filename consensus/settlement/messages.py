@@ -4,15 +4,20 @@
                                                    EIP-712 signature and keep the largest per line
     sentry    EpochLeaves     --gossip anchors-->  workers rebuild the earnings tree, check its
                                                    root against the contract, claim with a proof
+    sentry    EpochEntries    --gossip anchors-->  each requester sees its entries of the pending
+                                                   epoch with their proofs, disputes what it
+                                                   never signed (``disputes.py``)
     requester VoucherCap      --gossip anchors-->  sentries pay that lost attempt no more than
                                                    its seconds up to the checkpoint kept
 
-No message needs trust: a voucher and a cap carry the requester's chain signatures, and the
-leaves are only used when they hash to the root the contract holds.
+No message needs trust: a voucher and a cap carry the requester's chain signatures, the
+leaves are only used when they hash to the root the contract holds, and every entry carries
+its Merkle proof to the entries root, which a requester compares with the contract's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -20,12 +25,18 @@ from consensus.errors import Invalid
 from consensus.kinds import Body, Wei, exact_size
 from consensus.market.messages import HASH_LEN, TaskRef
 from consensus.settlement.eip712 import chain_job_id, chain_task_id
-from consensus.settlement.epoch import Entry
-from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
+from consensus.settlement.epoch import Entry, Epoch
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, verify
 
 ADDRESS_LEN = 20
 SIGNATURE_LEN = 65
 MAX_LEAVES = 1200  # about 45 bytes each: an EpochLeaves envelope stays under gossip's 64 KiB
+# One EpochEntries message: rows of at most MAX_PROOF_LEN hashes (a tree of 16M entries) take
+# about 1.1 KiB each at worst, so 48 of them stay under gossip's 64 KiB envelope limit
+# (tests/unit/settlement/test_disputes.py seals the worst case).
+MAX_ENTRY_ROWS = 48
+MAX_PROOF_LEN = 24
+MAX_PARTS = 1 << 16
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +110,85 @@ class EpochLeaves(Body):
         return tree
 
 
+@dataclass(frozen=True, kw_only=True)
+class EntryRow:
+    """One anchored entry of the message's requester, its proof, and the voucher the anchorer
+    holds for it (what it would answer a dispute with; empty if it holds none)."""
+
+    worker: bytes = field(metadata=exact_size(ADDRESS_LEN))
+    job: bytes = field(metadata=exact_size(HASH_LEN))
+    task: bytes = field(metadata=exact_size(HASH_LEN))
+    amount_wei: Wei
+    signature: bytes
+    proof: list[bytes]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochEntries(Body):
+    """Part ``part`` of ``parts`` of one requester's entries in anchored epoch ``index``.
+
+    Every row must prove its way to ``entries_root`` (checked here, so a bad message is
+    refused at the gossip validator); whether that root is the one on chain is the receiver's
+    question. One message per MAX_ENTRY_ROWS entries, split per requester, so each requester
+    reads only its own and each envelope stays under 64 KiB.
+    """
+
+    KIND: ClassVar[str] = "settlement.entries/1"
+    index: int
+    entries_root: bytes = field(metadata=exact_size(HASH_LEN))
+    requester: bytes = field(metadata=exact_size(ADDRESS_LEN))
+    part: int
+    parts: int
+    rows: list[EntryRow]
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise Invalid("entries.index", f"must not be negative, got {self.index}")
+        if not 0 <= self.part < self.parts <= MAX_PARTS:
+            raise Invalid("entries.part", f"part {self.part} of {self.parts} (at most {MAX_PARTS})")
+        if not 0 < len(self.rows) <= MAX_ENTRY_ROWS:
+            raise Invalid("entries.rows", f"1 to {MAX_ENTRY_ROWS} rows, got {len(self.rows)}")
+        for i, row in enumerate(self.rows):
+            _check_row(i, row)
+            if not verify(self.entries_root, self.entry(row).leaf(), row.proof):
+                raise Invalid("entries.rows", f"row {i} does not prove to entries_root")
+
+    def entry(self, row: EntryRow) -> Entry:
+        return Entry(self.requester, row.worker, row.job, row.task, int(row.amount_wei))
+
+    def entries(self) -> list[tuple[Entry, list[bytes], bytes]]:
+        """(entry, proof, signature) per row."""
+        return [(self.entry(r), r.proof, r.signature) for r in self.rows]
+
+
+def _check_row(i: int, row: EntryRow) -> None:
+    if row.amount_wei <= 0:
+        raise Invalid(f"entries.rows[{i}].amount_wei", "must be positive")
+    if len(row.signature) not in (0, SIGNATURE_LEN):
+        raise Invalid(f"entries.rows[{i}].signature", f"0 or {SIGNATURE_LEN} bytes")
+    if len(row.proof) > MAX_PROOF_LEN or any(len(h) != HASH_LEN for h in row.proof):
+        raise Invalid(f"entries.rows[{i}].proof", f"at most {MAX_PROOF_LEN} hashes of 32 bytes")
+
+
+def entries_parts(
+    epoch: Epoch, signatures: Mapping[bytes, bytes]
+) -> list[tuple[bytes, int, int, list[EntryRow]]]:
+    """An anchored epoch's entries as message contents: ``(requester, part, parts, rows)``,
+    per requester in chunks of MAX_ENTRY_ROWS; ``signatures`` maps an entry leaf to the
+    voucher the anchorer holds for it."""
+    mine: dict[bytes, list[EntryRow]] = {}
+    for e in epoch.entries:
+        mine.setdefault(e.requester, []).append(EntryRow(
+            worker=e.worker, job=e.job, task=e.task, amount_wei=Wei(e.amount),
+            signature=signatures.get(e.leaf(), b""), proof=epoch.entry_proof(e),
+        ))  # fmt: skip
+    out = []
+    for requester, rows in sorted(mine.items()):
+        chunks = [rows[i : i + MAX_ENTRY_ROWS] for i in range(0, len(rows), MAX_ENTRY_ROWS)]
+        out += [(requester, i, len(chunks), chunk) for i, chunk in enumerate(chunks)]
+    return out
+
+
 def entry_of(ref: TaskRef, requester: bytes, worker: bytes, amount_wei: int) -> Entry:
     """The anchored entry for the chain voucher twin of a market voucher for ``ref``."""
     return Entry(
@@ -110,4 +200,4 @@ def entry_of(ref: TaskRef, requester: bytes, worker: bytes, amount_wei: int) -> 
     )
 
 
-SETTLEMENT_KINDS: tuple[type[Body], ...] = (SettledVoucher, VoucherCap, EpochLeaves)
+SETTLEMENT_KINDS: tuple[type[Body], ...] = (SettledVoucher, VoucherCap, EpochLeaves, EpochEntries)

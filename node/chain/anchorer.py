@@ -5,8 +5,11 @@ every task that ended (see :mod:`node.chain.payee`). Each is checked here: the r
 EIP-712 signature must recover to the requester it names, and ``ChainNode.excluded(ref)`` (fed
 by proof-of-compute) must not reject the task; the machine then keeps the largest amount per
 (job, task, worker). Every ``chain.epoch_s`` the machine posts an anchor of what grew; it
-answers disputes with the signed vouchers, and finalizes after the window. Each final epoch's
-earnings leaves are gossiped back on ``anchors`` so workers can build their Merkle proofs.
+answers disputes with the signed vouchers, and finalizes after the window. While an epoch is
+pending its entries are gossiped on ``anchors`` (:class:`EpochEntries`: per requester, with
+their proofs and the vouchers held) so each requester can dispute what it never signed
+(:mod:`node.chain.disputer`); each final epoch's earnings leaves are gossiped back so workers
+can build their Merkle proofs.
 
 Exactly once: the machine is saved in ``settle_anchoring`` after every step and BEFORE a post
 is sent, in state ``posting``. The post itself is a journaled transaction. A restart (even
@@ -31,7 +34,13 @@ from consensus.settlement.anchoring import Anchoring, Answer, Effect, Finalize, 
 from consensus.settlement.eip712 import Domain
 from consensus.settlement.epoch import Line
 from consensus.settlement.market import chain_voucher_for
-from consensus.settlement.messages import EpochLeaves, SettledVoucher, VoucherCap
+from consensus.settlement.messages import (
+    EpochEntries,
+    EpochLeaves,
+    SettledVoucher,
+    VoucherCap,
+    entries_parts,
+)
 from node.chain.anchoring import _events as anchor_events
 from node.chain.errors import ChainError, ChainReverted
 from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
@@ -47,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LEAVES_EVERY_S = 60.0
 HOLD_EPOCHS = 4  # how long a voucher the exclusion hook refuses is asked about again
+ENTRIES_TIMES = 4  # a pending epoch's entries go out about this many times in its window
 
 
 class Anchorer:
@@ -61,6 +71,7 @@ class Anchorer:
         self.posted = 0  # anchors this process posted (tests count them)
         self._leaves_sent = -1  # the epoch whose leaves went out last, and when to send again
         self._leaves_due = 0.0
+        self._entries_sent, self._entries_due = -1, 0.0  # likewise for a pending epoch's entries
 
     async def resume(self) -> None:
         """Loads the saved machine; a post that a crash interrupted is settled with the chain."""
@@ -162,6 +173,7 @@ class Anchorer:
             await self._perform(effect)
         await self._save()
         await self._publish_leaves()
+        await self._publish_entries()
 
     async def _recheck_held(self) -> None:
         """Vouchers the hook excluded are asked about again each step, for HOLD_EPOCHS."""
@@ -254,6 +266,27 @@ class Anchorer:
             expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), index=index,
             earnings_root=root, workers=workers, amounts=[Wei(earnings[w]) for w in workers],
         ))  # fmt: skip
+
+    async def _publish_entries(self) -> None:
+        """The pending epoch's entries, for its requesters to check: once posted, then about
+        ENTRIES_TIMES times in its window (gossip is lossy; each round is every entry with a
+        proof, so not every poll)."""
+        m = self.machine
+        assert m is not None
+        if m.state != "pending" or m.pending is None:
+            return
+        now = trio.current_time()
+        if m.index == self._entries_sent and now < self._entries_due:
+            return
+        window_s = max(0, m.window_end_ms - (m.last_post_ms or m.window_end_ms)) / 1000
+        self._entries_sent = m.index
+        self._entries_due = now + max(self.chain.settings.poll_s, window_s / ENTRIES_TIMES)
+        root, expires = m.pending.entries_tree.root, self.net.now_ms() + TTL_MS
+        for requester, part, parts, rows in entries_parts(m.pending, m.signatures):
+            await self.net.publish(ANCHORS, EpochEntries(
+                expires_ms=expires, nonce=new_nonce(), index=m.index, entries_root=root,
+                requester=requester, part=part, parts=parts, rows=rows,
+            ))  # fmt: skip
 
     async def _load(self, fee_bps: int) -> Anchoring:
         row = await self.db.query_one("SELECT state FROM settle_anchoring WHERE id = 1")

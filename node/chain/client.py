@@ -9,6 +9,7 @@ Synchronous on purpose (web3's HTTP provider and eth-tester both are): call it f
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from eth_account import Account
 from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound
 
+from consensus.settlement.disputes import dispute_key
 from consensus.settlement.eip712 import Domain
 from consensus.settlement.epoch import Entry, Epoch
 from node.chain.artifacts import Artifact
@@ -212,14 +214,19 @@ class Settlement:
         return self.send("finalize", [index])
 
     def dispute(self, index: int, entry: Entry, proof: list[bytes]) -> TxResult:
-        return self.send("dispute", [index, _entry(entry), proof])
+        return self.send("dispute", [index, entry_args(entry), proof])
 
     def answer(self, index: int, entry: Entry, sig: bytes) -> TxResult:
-        return self.send("answer", [index, _entry(entry), sig])
+        return self.send("answer", [index, entry_args(entry), sig])
 
-    def void_anchor(self, index: int, entry: Entry, debits: dict[bytes, int]) -> TxResult:
-        requesters = [Web3.to_checksum_address(r) for r in debits]
-        return self.send("voidAnchor", [index, _entry(entry), requesters, list(debits.values())])
+    def void_anchor(
+        self, index: int, entry: Entry, debits: Mapping[bytes, int] | Sequence[tuple[str, int]]
+    ) -> TxResult:
+        """Void with ``debits`` exactly as posted (a mapping, or the posted pairs in order)."""
+        pairs = list(debits.items()) if isinstance(debits, Mapping) else list(debits)
+        requesters = [Web3.to_checksum_address(r) for r, _ in pairs]
+        amounts = [a for _, a in pairs]
+        return self.send("voidAnchor", [index, entry_args(entry), requesters, amounts])
 
     def claim_earnings(self, cumulative: int, proof: list[bytes]) -> TxResult:
         return self.send("claimEarnings", [cumulative, proof])
@@ -238,6 +245,34 @@ class Settlement:
             "entries_root": bytes(f[1]), "anchorer": f[3], "dispute_deadline": f[4],
             "open_disputes": f[5], "state": states[f[6]], "total": f[7],
         }  # fmt: skip
+
+    def answer_by(self, index: int, leaf: bytes) -> int:
+        """When the anchorer must answer our dispute of ``leaf`` (0: none open, or answered)."""
+        return int(self.contract.functions.disputes(dispute_key(index, leaf)).call())
+
+    def voided(self, index: int) -> bool:
+        where = {"epoch": index}
+        return bool(self.contract.events.Voided().get_logs(from_block=0, argument_filters=where))
+
+    def anchor_debits(self, index: int) -> list[tuple[str, int]]:
+        """The (requester, amount) pairs anchor ``index`` debited, in posted order, read from
+        its ``postAnchor`` call (the contract keeps only their hash, which a void must match).
+
+        Raises:
+            LookupError: no such anchor, or it was not posted by a direct call.
+        """
+        where = {"epoch": index}
+        logs = self.contract.events.Anchored().get_logs(from_block=0, argument_filters=where)
+        if not logs:
+            raise LookupError(f"no anchor {index} on chain")
+        tx = self.w3.eth.get_transaction(logs[-1]["transactionHash"])
+        try:
+            fn, args = self.contract.decode_function_input(tx["input"])
+        except ValueError as exc:
+            raise LookupError(f"anchor {index}: not a direct postAnchor call ({exc})") from None
+        if fn.fn_name != "postAnchor":
+            raise LookupError(f"anchor {index}: posted by {fn.fn_name}, not postAnchor")
+        return [(str(r), int(a)) for r, a in zip(args["requesters"], args["amounts"], strict=True)]
 
     def earned_of(self, address: str | None = None) -> int:
         who = Web3.to_checksum_address(address or self.address)
@@ -344,7 +379,7 @@ class Settlement:
         )
 
 
-def _entry(e: Entry) -> tuple[str, str, bytes, bytes, int]:
+def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int]:
     return (
         Web3.to_checksum_address(e.requester),
         Web3.to_checksum_address(e.worker),

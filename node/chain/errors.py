@@ -33,6 +33,11 @@ class ChainMisconfigured(ChainError):
     """The endpoint is not the chain or the contract the config names."""
 
 
+class DisputeRefused(Exception):
+    """A dispute asked for by hand that cannot be made: the epoch is not pending, its window
+    has closed, or no such entry of ours was heard."""
+
+
 def _show(value: object) -> str:
     if isinstance(value, bytes):
         return "0x" + value.hex()

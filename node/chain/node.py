@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from config.schema import ChainSettings
     from node.chain.anchorer import Anchorer
+    from node.chain.disputer import Disputer
     from node.chain.escrow import Escrow
     from node.chain.payee import Payee
     from node.daemon import NodeContext
@@ -49,6 +50,7 @@ class ChainNode:
     domain: Domain
     hook: SettlementHook
     escrow: Escrow | None = None  # requester role
+    disputer: Disputer | None = None  # requester role
     payee: Payee | None = None  # worker role
     anchorer: Anchorer | None = None  # sentry role
     # Sentries ask this before anchoring a task's voucher: True drops it (failed verification).
@@ -82,8 +84,8 @@ class ChainNode:
             out = await self.service.call(read)
         except Exception as exc:  # an outage must not break the status page
             out = {"backend": self.settings.backend, "address": self.address, "error": str(exc)}
-        for name, part in (("escrow", self.escrow), ("payee", self.payee),
-                           ("anchorer", self.anchorer)):  # fmt: skip
+        for name, part in (("escrow", self.escrow), ("disputes", self.disputer),
+                           ("payee", self.payee), ("anchorer", self.anchorer)):  # fmt: skip
             if part is not None:
                 out[name] = await part.status()
         return out

@@ -26,7 +26,7 @@ from consensus.errors import Invalid
 from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.merkle import EARNINGS_TYPES, leaf_hash
-from consensus.settlement.messages import EpochLeaves, SettledVoucher, VoucherCap
+from consensus.settlement.messages import EpochEntries, EpochLeaves, SettledVoucher, VoucherCap
 from node.chain.errors import ChainError
 from p2p.gossip import topic_name
 from storage.db import Database
@@ -41,7 +41,11 @@ log = logging.getLogger(__name__)
 ANCHORS = topic_name("anchors")
 RESUBMIT_EPOCHS = 2
 TTL_MS = 10 * 60 * 1000
-ANCHOR_KINDS = frozenset({SettledVoucher.KIND, VoucherCap.KIND, EpochLeaves.KIND})
+# Every service on ``anchors`` subscribes with all of them: the last subscription sets what
+# the topic's validator accepts, and a kind missing there would be refused from honest peers.
+ANCHOR_KINDS = frozenset(
+    {SettledVoucher.KIND, VoucherCap.KIND, EpochLeaves.KIND, EpochEntries.KIND}
+)
 
 
 class Payee:

@@ -22,19 +22,24 @@ log = logging.getLogger(__name__)
 async def requester_settlement(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Escrow per job, signed vouchers, and caps on lost attempts (``node.chain.caps``);
-    started before the market, which uses it."""
+    """Escrow per job, signed vouchers, caps on lost attempts (``node.chain.caps``) and
+    disputes of anchored entries it never signed (``node.chain.disputer``); started before the
+    market, which uses it."""
     if ctx.chain is None:
         task_status.started()
         return
     from node.chain.caps import Caps  # noqa: PLC0415
+    from node.chain.disputer import Disputer  # noqa: PLC0415
     from node.chain.escrow import Escrow  # noqa: PLC0415
     from node.market.service import market_of  # noqa: PLC0415
 
+    net = market_of(ctx).net
     ctx.chain.escrow = Escrow(ctx.chain, ctx.db, ctx.settings.chain.poll_s)
+    ctx.chain.disputer = Disputer(ctx.chain, ctx.db, net)
     async with trio.open_nursery() as nursery:
         await nursery.start(ctx.chain.escrow.run)
-        await nursery.start(Caps(ctx.chain, ctx.db, market_of(ctx).net).run)
+        await nursery.start(Caps(ctx.chain, ctx.db, net).run)
+        await nursery.start(ctx.chain.disputer.run)
         task_status.started()
 
 
