@@ -19,7 +19,10 @@ Transitions::
 "Expected bidders" are the workers the requester's own pool says could qualify: once each has
 bid or passed, waiting longer cannot improve the result, so the auction closes early. Ranking is by
 effective cost (price x GPUs x the bidder's estimated seconds), raised for measured latency and
-lowered for reputation, with integer arithmetic only (money never goes through a float).
+lowered for reputation, with integer arithmetic only (money never goes through a float). A
+bidder that sentries flagged for claiming more speed than their probes measured
+(:mod:`consensus.verify.qos`) is ranked as its measured score would bid (its estimate scaled
+up by claimed / measured) and with the lowest reputation, while the flag lasts.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class BidArrived:
     bidder: str
     rtt_ms: int | None = None
     reputation: int = NEUTRAL_REPUTATION
+    flagged: int | None = None  # flagged by sentries: the score they measured (0: none)
 
 
 @dataclass(frozen=True)
@@ -96,10 +100,16 @@ class Ranked:
     bid: Bid
 
 
-def weighted_cost(bid: Bid, rtt_ms: int | None, reputation: int) -> int:
+def weighted_cost(bid: Bid, rtt_ms: int | None, reputation: int, flagged: int | None = None) -> int:
     """Effective cost: +1 % per 100 ms of latency; reputation 1000 is a third cheaper, 0 a
-    third dearer than a neutral 500."""
-    cost = bid.price_wei_per_s * bid.gpus * bid.est_seconds
+    third dearer than a neutral 500. A flagged bidder (``flagged`` = the score sentries
+    measured) has reputation 0 and its seconds estimated at the measured score."""
+    seconds = bid.est_seconds
+    if flagged is not None:
+        reputation = 0
+        if 0 < flagged < bid.score:  # the bid's estimate assumed its claimed score
+            seconds = -(-seconds * bid.score // flagged)
+    cost = bid.price_wei_per_s * bid.gpus * seconds
     latency = min(max(rtt_ms or 0, 0), 10_000)
     reputation = min(max(reputation, 0), 1000)
     return cost * (10_000 + latency) * (2000 - reputation) // (10_000 * 1500)
@@ -160,7 +170,7 @@ class Auction:
         if why is not None:
             return [RefuseBid(event.bidder, why)]
         self._bidders.add(event.bidder)
-        cost = weighted_cost(event.bid, event.rtt_ms, event.reputation)
+        cost = weighted_cost(event.bid, event.rtt_ms, event.reputation, event.flagged)
         self._ranked.append(Ranked(cost, len(self._bidders), event.bidder, event.bid))
         return self._close_if_all_answered(now_ms)
 
