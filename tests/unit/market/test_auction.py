@@ -106,23 +106,26 @@ def test_latency_and_reputation_weigh_but_only_as_integers() -> None:
     assert weighted_cost(b, 0, 1000) < neutral < weighted_cost(b, 0, 0)
 
 
-def test_a_flagged_bidder_is_ranked_at_its_measured_score_and_lowest_reputation() -> None:
+def test_a_flagged_bidder_ranks_after_every_unflagged_bid() -> None:
     honest = replace(bid(est_s=90), score=10)  # the same task, same price, the true speed
     cheat = replace(bid(est_s=30), score=30)  # claims 3x: a third of the seconds
+    slow = replace(bid(price=80, est_s=90), score=10)  # dearer, but not flagged
     assert weighted_cost(cheat, 0, 500) < weighted_cost(honest, 0, 500)  # unflagged, it wins
-    assert weighted_cost(cheat, 0, 500, flagged=10) == weighted_cost(honest, 0, 0)
-    assert weighted_cost(cheat, 0, 500, flagged=0) == weighted_cost(cheat, 0, 0)  # no measure
-    assert weighted_cost(honest, 0, 500, flagged=20) == weighted_cost(honest, 0, 0)  # not slower
-    assert weighted_cost(replace(cheat, score=0), 0, 500, flagged=10) == weighted_cost(
-        cheat, 0, 0
-    )  # a bid that names no score keeps its seconds
-    a = Auction(demand())
-    a.handle(BidArrived(cheat, "cheat", flagged=10), NOW)
-    a.handle(BidArrived(honest, "honest"), NOW + 1)
-    assert [r.bidder for r in a.bids()] == ["honest", "cheat"]
-    assert weighted_cost(replace(cheat, est_seconds=31), 0, 500, flagged=7) == (
-        50 * -(-31 * 30 // 7) * 2000 // 1500
+    assert weighted_cost(cheat, 0, 500, flagged=10) == weighted_cost(honest, 0, 500)
+    assert weighted_cost(cheat, 0, 500, flagged=0) == weighted_cost(cheat, 0, 500)  # no measure
+    assert weighted_cost(honest, 0, 500, flagged=20) == weighted_cost(honest, 0, 500)
+    assert weighted_cost(replace(cheat, est_seconds=31), 0, 500, flagged=7) == 50 * -(
+        -31 * 30 // 7
     )  # rounded up, integers only
+    a = Auction(demand())
+    a.handle(BidArrived(cheat, "cheat", flagged=60), NOW)  # measured faster than it claims
+    a.handle(BidArrived(cheat, "liar", flagged=10), NOW)
+    a.handle(BidArrived(slow, "slow"), NOW + 1)
+    a.handle(BidArrived(honest, "honest"), NOW + 2)
+    assert [r.bidder for r in a.bids()] == ["honest", "slow", "cheat", "liar"]
+    lone = Auction(demand())
+    lone.handle(BidArrived(cheat, "liar", flagged=10), NOW)
+    assert lone.on_tick(NOW + 2000) == [SendOrder("liar", cheat)]  # nobody else: still chosen
 
 
 actions = st.lists(
