@@ -49,6 +49,13 @@ POOL_POLL_S = 5.0  # MarketNet has no pool events: new workers are seen this oft
 RECORDS_KEPT = 10_000  # workers remembered (one that leaves and comes back keeps its record)
 
 
+def idle(worker: Worker) -> bool:
+    """Whether the worker's presence said it was available with every GPU free (so running
+    nothing, and with no reason to refuse a probe)."""
+    total = sum(offer.count for offer in worker.presence.offers)
+    return worker.status == "available" and worker.presence.capacity >= total > 0
+
+
 @dataclass
 class QosProber:
     """Probes the workers of the pool.
@@ -113,8 +120,7 @@ class QosProber:
         except RemoteError as exc:
             if exc.code != "busy":
                 return qos.Silent(f"{exc.code}: {exc.message}")
-            said_available = worker.status == "available" and worker.presence.capacity > 0
-            return qos.Busy(dodged=said_available, reason=exc.message)
+            return qos.Busy(dodged=idle(worker), reason=exc.message)
         except RequestError as exc:
             return qos.Silent(str(exc))
         try:

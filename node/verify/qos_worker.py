@@ -5,10 +5,10 @@ device in a thread, untimed), ``ping``s us to learn the network's round trip, th
 ``go`` with a second seed: we multiply (in a thread, off the trio loop) and answer each row's
 sum of squares, which the sentry checks on sampled rows and times (``gpu/probe.py``).
 
-One probe at a time, and only while we could take work: a worker with no free GPU (or whose
-owner is using it) refuses with ``busy`` and the reason, which is no fault (a sentry does
-count it when our presence said we were available). The prepared inputs are dropped after
-``go`` or :data:`PREPARED_TTL_S`, whichever comes first.
+One probe at a time, and only while we run no task (a probe would share its device) and our
+owner is not using the GPUs: otherwise we refuse with ``busy`` and the reason, which is no
+fault (a sentry does count it when our presence said we were idle). The prepared inputs are
+dropped after ``go`` or :data:`PREPARED_TTL_S`, whichever comes first.
 """
 
 from __future__ import annotations

@@ -49,11 +49,11 @@ async def qos_view(
 
 
 def busy_reason(bidder: Bidder) -> str:
-    """Why a worker refuses a QoS probe now, or "" (it could take work, so it takes it)."""
-    status = bidder.status()
-    if status == "available":
-        return ""
-    return "no free GPU: running tasks" if status == "busy" else "its owner is using the GPUs"
+    """Why a worker refuses a QoS probe now, or "": while it runs a task, a probe would share
+    that task's device (and be measured slow); while its owner uses the GPUs, it is away."""
+    if running := bidder.running():
+        return f"running {len(running)} task(s): a probe would share their devices"
+    return "its owner is using the GPUs" if bidder.status() == "unavailable" else ""
 
 
 async def worker_verify(

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from random import Random
 from typing import Any
 
+import pytest
 import trio
+import trio.testing
 
 from consensus.kinds import Wei
 from consensus.market.auction import weighted_cost
@@ -35,6 +38,11 @@ from tests.services.sim import PARAMS, SimExecutor, SimNode, make_node
 PRICE, MEAN_MS = 100, 150
 
 
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0.001)  # sqlite runs on a thread
+
+
 def saved_claim(home: Path, factor: int) -> int:
     """What ``idlegrid gpu bench`` saves here, times ``factor`` (a cheat edits the file)."""
     result = bench.run(int.from_bytes(os.urandom(4)), 1024, 8)
@@ -45,12 +53,12 @@ def saved_claim(home: Path, factor: int) -> int:
     return claim
 
 
-def pool_entry(node: SimNode, score: int) -> Worker:
+def pool_entry(node: SimNode, score: int, status: str = "available") -> Worker:
     offer = GpuOffer(gpu_class="cpu", count=1, vram_mb=0, price_wei_per_s=Wei(PRICE))
     presence = Presence(expires_ms=2**62, nonce=os.urandom(16), run_id=b"q", seq=1,
-                        status="available", offers=[offer], capacity=1,
+                        status=status, offers=[offer], capacity=int(status == "available"),
                         listen=node.net.addrs(), score=score)  # fmt: skip
-    return Worker(node.net.peer_id, presence, "available", 0, 0)
+    return Worker(node.net.peer_id, presence, status, 0, 0)  # type: ignore[arg-type]
 
 
 async def run_worker(node: SimNode, score: int, sentry: str) -> None:
@@ -119,8 +127,9 @@ async def test_a_worker_that_triples_its_benchmark_is_flagged_and_ranked_down(
         await nursery.start(jobs.run)
         job_id = await jobs.submit(spec(), tmp_path)
         with trio.fail_after(30):
-            while (await requester.store.job(job_id))["state"] != "verified":
-                await jobs.wait_for_change()
+            while (job := await requester.store.job(job_id)) is None or job["state"] != "verified":
+                with trio.move_on_after(0.5):  # a change may land between the look and the wait
+                    await jobs.wait_for_change()
         [attempt] = await requester.store.attempts(job_id)
         assert attempt["worker"] == ids[0], "the flagged worker won the auction"
         nursery.cancel_scope.cancel()
@@ -135,3 +144,31 @@ def test_unflagged_the_cheat_would_have_won() -> None:
     honest = bid(price=PRICE, est_s=600 * 1000 // 10)
     cheat = bid(price=PRICE, est_s=600 * 1000 // 30)
     assert weighted_cost(cheat, 0, 500) < weighted_cost(honest, 0, 500)
+
+
+async def test_busy_refusals_are_no_fault_unless_the_worker_says_it_is_idle(
+    tmp_path: Path, autojump_clock: object
+) -> None:
+    """Workers that refuse every probe as busy: one whose presence says busy is never flagged
+    (and is asked again sooner); one whose presence says idle is, after three refusals."""
+    hub = Hub()
+    sentry = await make_node(hub, tmp_path / "sentry", "sentry")
+    busy, dodger = [await make_node(hub, tmp_path / n, n) for n in ("busy", "dodger")]
+    hub.pool = [pool_entry(busy, 10, status="busy"), pool_entry(dodger, 10)]
+    for node in (busy, dodger):
+        ProbeResponder(node.net, lambda: "running 1 task(s)", lambda _peer: True).register()
+    view = QosView(sentry.net, VerifyStore(sentry.db), lambda: [sentry.net.peer_id])
+    me = sentry.net.peer_id
+    prober = QosProber(sentry.net, 60_000, keep=lambda r: view.record(r, me), rng=Random(5))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(prober.run)
+        with trio.fail_after(3600):  # mock time: about 12 probes at a mean of 60 s
+            while True:
+                d, b = view.view(dodger.net.peer_id), view.view(busy.net.peer_id)
+                if d and b and d["flagged"] and b["probes"] >= 3:
+                    break
+                await view.changed.wait()
+        nursery.cancel_scope.cancel()
+    assert d["busy"] == d["probes"] >= 3 and "refused 3 probes" in d["reason"]
+    assert not b["flagged"] and b["busy"] == b["probes"] >= 3
+    await sentry.db.close()
