@@ -6,8 +6,9 @@ answers a ping (the network round trip), then computes the product for a second 
 the round trip less the ping's). Its answer commits to the whole product; the sentry checks
 sampled rows. Timing on a busy machine is noisy and only ever understates a worker, so only a
 claim well above the best of recent measurements is flagged, and only once two probes were
-long enough to time (``CONCLUSIVE_MS``); a flagged worker is down-ranked (its bids scored at
-the measured value), never slashed, since speed is not bitwise evidence. A wrong answer is.
+long enough to time (``CONCLUSIVE_MS``); a flagged worker is down-ranked (its bids rank after
+unflagged ones, :mod:`consensus.market.auction`), never slashed, since speed is not bitwise
+evidence (a wrong answer is, but it costs only the same flag here).
 
 Per worker, the sentry's record turns outcomes into a flag::
 
