@@ -260,6 +260,11 @@ class VerifySettings:
         "of a network must use the same amount, or their signatures never make a quorum)",
         int_range(1, 2**255),
     )
+    qos_interval_s: int = setting(
+        300,
+        "sentries: mean seconds between two QoS probes of one worker (random times); 0 = off",
+        int_range(0, 600),
+    )
 
 
 CHAIN_BACKENDS = ("embedded", "rpc")

@@ -58,6 +58,8 @@ class Presence(Body):
         status: available (takes work), busy (full), unavailable (paused by its owner).
         offers: the GPU classes, counts and prices per second per GPU.
         capacity: GPUs free for new work now.
+        score: the worker's benchmark score (``idlegrid gpu bench``; 1000 = the reference
+            worker), the speed its bids assume and sentries' QoS probes check; 0: not said.
     """
 
     KIND: ClassVar[str] = "pool.presence/1"
@@ -69,12 +71,13 @@ class Presence(Body):
     region: str = ""
     name: str = ""
     listen: list[str] = field(default_factory=list)
+    score: int = 0
 
     def __post_init__(self) -> None:
         if self.status not in REPORTED:
             raise ValueError(f"status must be one of {', '.join(REPORTED)}")
-        if self.seq < 0 or self.capacity < 0:
-            raise ValueError("seq and capacity must not be negative")
+        if self.seq < 0 or self.capacity < 0 or self.score < 0:
+            raise ValueError("seq, capacity and score must not be negative")
 
 
 @dataclass(frozen=True)

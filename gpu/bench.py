@@ -23,9 +23,8 @@ from typing import Any
 
 from blake3 import blake3
 
-from consensus.market.spec import REFERENCE_SCORE
+from consensus.market.spec import REFERENCE_GFLOPS, REFERENCE_SCORE
 
-REFERENCE_GFLOPS = 10_000  # fp32 dense matmul of the reference worker (about an RTX 3060)
 BENCH_FILE = "bench.json"  # in the node's data dir, written by ``idlegrid gpu bench``
 MIN_SECONDS = 0.3  # each measurement repeats until it has run this long
 

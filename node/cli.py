@@ -196,13 +196,30 @@ def market(home_dir: str | None, as_json: bool) -> None:
 
 
 def _human_market(p: dict[str, Any]) -> str:
-    rows = [("WORKER", "STATUS", "GPU CLASS", "COUNT", "VRAM", "WEI/S PER GPU", "REGION")]
+    rows = [("WORKER", "STATUS", "GPU CLASS", "COUNT", "VRAM", "WEI/S PER GPU", "REGION",
+             "SCORE", "QOS")]  # fmt: skip
+    flags = []
     for w in p["workers"]:
+        qos = w.get("qos")
+        if qos and qos["flagged"]:
+            flags.append(f"  {w['peer_id']}: flagged: {qos['reason']}")
         for o in w["offers"]:
             vram = f"{o['vram_mb'] // 1024} GB" if o["vram_mb"] else "-"
             rows.append((w["peer_id"], w["status"], o["gpu_class"], str(o["count"]), vram,
-                         o["price_wei_per_s"], w["region"] or "-"))  # fmt: skip
-    return table(rows) + f"\n{len(p['workers'])} workers"
+                         o["price_wei_per_s"], w["region"] or "-", str(w.get("score") or "-"),
+                         _qos_cell(qos)))  # fmt: skip
+    return "\n".join([table(rows), *flags, f"{len(p['workers'])} workers"])
+
+
+def _qos_cell(qos: dict[str, Any] | None) -> str:
+    """Sentries' word on a worker: measured score, or why it is flagged, or no answer."""
+    if not qos:
+        return "-"
+    if qos["flagged"]:
+        return f"FLAGGED (measured {qos['measured']})"
+    if not qos["answered"]:
+        return f"no answer ({qos['probes']} probes)" if not qos["busy"] else "busy"
+    return f"ok (measured {qos['measured']}, {qos['latency_ms']} ms)"
 
 
 @cli.command()

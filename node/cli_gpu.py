@@ -9,6 +9,7 @@ import click
 
 from config import load
 from config.schema import WorkerSettings
+from consensus.market.spec import REFERENCE_GFLOPS
 from gpu import bench
 from gpu.devices import discover
 from gpu.sandbox import SandboxUnavailable
@@ -109,7 +110,7 @@ def _human_bench(p: dict[str, Any]) -> str:
         f"matmul    {flops}",
         f"memory    {p['memory_gbps']} GB/s copy"
         + ("" if p["h2d_gbps"] is None else f", host to device {p['h2d_gbps']} GB/s"),
-        f"score     {p['score']} (reference worker: {bench.REFERENCE_GFLOPS} GFLOPS fp32 = 1000)",
+        f"score     {p['score']} (reference worker: {REFERENCE_GFLOPS} GFLOPS fp32 = 1000)",
         f"proof     {p['proof']} (seed {p['seed']})",
     ]
     lines.append(f"saved     {p['saved']}: a worker bids with this score" if "saved" in p

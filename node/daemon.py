@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from node.chain.node import ChainNode
     from node.market.service import Market
     from node.transfer.service import DataService
+    from node.verify.qos_view import QosView
 
 from config import Settings
 from node import __version__
@@ -64,6 +65,7 @@ class NodeContext:
     market: Market | None = None  # made when a role first needs it
     chain: ChainNode | None = None  # with chain.settle: started before the roles
     data: DataService | None = None  # datasets served and fetched (node.transfer.service)
+    qos: QosView | None = None  # sentries' QoS reports on workers (node.verify.qos_view)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -101,7 +103,10 @@ def routes(ctx: NodeContext) -> Routes:
         return {"peers": ctx.network.peers_view(), "blocked": [block_view(b) for b in blocks]}
 
     async def market(_: Request) -> Any:
-        return {"workers": ctx.network.market_view() if ctx.network else []}
+        workers = ctx.network.market_view() if ctx.network else []
+        for worker in workers:  # the sentries' word on each, where this node heard it
+            worker["qos"] = None if ctx.qos is None else ctx.qos.view(worker["peer_id"])
+        return {"workers": workers}
 
     table: dict[tuple[str, str], Handler] = {
         ("GET", "/v1/status"): status,

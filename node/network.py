@@ -73,6 +73,7 @@ class Network:
     presence_source: Callable[[], tuple[str, int]] | None = None
     # (GPU class, count, VRAM MB) from GPU discovery; set by the worker's market service.
     offer: tuple[str, int, int] = ("cpu", 1, 0)
+    score: int = 0  # the benchmark score the worker bids with; set by its market service
     dht: Dht | None = None  # set by node.discovery when p2p.dht is on
     relay: Relay | None = None  # set by node.discovery
     circuit_addrs: list[str] = field(default_factory=list)  # through relays that reserved us
@@ -121,6 +122,7 @@ class Network:
                 "region": w.presence.region,
                 "name": w.presence.name,
                 "capacity": w.presence.capacity,
+                "score": w.presence.score,
                 "offers": [
                     {
                         "gpu_class": o.gpu_class,
@@ -173,7 +175,7 @@ class Network:
         return Presence(
             expires_ms=expires_ms, nonce=new_nonce(), run_id=self.run_id, seq=self.seq,
             status=status, offers=[offer], capacity=capacity, region=worker.region,
-            name=self.ctx.settings.node.name, listen=self.announced_addrs(),
+            name=self.ctx.settings.node.name, listen=self.announced_addrs(), score=self.score,
         )  # fmt: skip
 
     async def announce_loop(self) -> None:

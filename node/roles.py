@@ -21,7 +21,7 @@ from node.chain.services import (
     worker_settlement,
 )
 from node.market.service import requester_market, worker_market
-from node.verify.service import requester_verify, sentry_verify, worker_verify
+from node.verify.service import qos_view, requester_verify, sentry_verify, worker_verify
 
 if TYPE_CHECKING:
     # libp2p depends on trio-typing, whose stubs shadow trio's own annotations for mypy;
@@ -39,14 +39,17 @@ SERVICES: dict[str, list[tuple[str, Service]]] = {
     "requester": [
         ("settlement", requester_settlement),
         ("market", requester_market),
+        ("qos", qos_view),
         ("verify", requester_verify),
     ],
     "worker": [
         ("settlement", worker_settlement),
         ("market", worker_market),
+        ("qos", qos_view),
         ("verify", worker_verify),
     ],
     "sentry": [
+        ("qos", qos_view),
         ("verify", sentry_verify),
         ("anchoring", anchoring_service),
         ("slashing", slashing_service),

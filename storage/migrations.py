@@ -366,6 +366,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=11,
+        description="sentries' QoS reports on workers (a flag outlives a restart until it expires)",
+        sql="""
+            -- The latest report of each sentry on each worker (consensus.verify.qos.QosReport).
+            CREATE TABLE verify_qos (
+                worker      TEXT NOT NULL,
+                sentry      TEXT NOT NULL,
+                flagged     INTEGER NOT NULL,
+                measured    INTEGER NOT NULL,
+                report      BLOB NOT NULL,      -- the body's wire map (msgpack)
+                expires_ms  INTEGER NOT NULL,
+                received_ms INTEGER NOT NULL,
+                PRIMARY KEY (worker, sentry)
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

@@ -19,7 +19,11 @@ Transitions::
 "Expected bidders" are the workers the requester's own pool says could qualify: once each has
 bid or passed, waiting longer cannot improve the result, so the auction closes early. Ranking is by
 effective cost (price x GPUs x the bidder's estimated seconds), raised for measured latency and
-lowered for reputation, with integer arithmetic only (money never goes through a float).
+lowered for reputation, with integer arithmetic only (money never goes through a float). A
+bidder that sentries flagged for claiming more speed than their probes measured
+(:mod:`consensus.verify.qos`) ranks after every unflagged bid while the flag lasts, and among
+flagged bids as its measured score would have bid (its estimate scaled up by claimed /
+measured): it is still chosen when nobody else bids.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class BidArrived:
     bidder: str
     rtt_ms: int | None = None
     reputation: int = NEUTRAL_REPUTATION
+    flagged: int | None = None  # flagged by sentries: the score they measured (0: none)
 
 
 @dataclass(frozen=True)
@@ -90,16 +95,21 @@ Effect = RefuseBid | SendOrder | Won | NoBids | Unconfirmed
 
 @dataclass(frozen=True)
 class Ranked:
+    flagged: bool  # by sentries' QoS probes: after every unflagged bid
     weighted_cost: int
     arrived: int  # arrival order breaks ties: the earlier bid wins
     bidder: str
     bid: Bid
 
 
-def weighted_cost(bid: Bid, rtt_ms: int | None, reputation: int) -> int:
+def weighted_cost(bid: Bid, rtt_ms: int | None, reputation: int, flagged: int | None = None) -> int:
     """Effective cost: +1 % per 100 ms of latency; reputation 1000 is a third cheaper, 0 a
-    third dearer than a neutral 500."""
-    cost = bid.price_wei_per_s * bid.gpus * bid.est_seconds
+    third dearer than a neutral 500. A flagged bidder (``flagged`` = the score sentries
+    measured) has its seconds estimated at the measured score."""
+    seconds = bid.est_seconds
+    if flagged is not None and 0 < flagged < bid.score:  # the estimate assumed the claim
+        seconds = -(-seconds * bid.score // flagged)
+    cost = bid.price_wei_per_s * bid.gpus * seconds
     latency = min(max(rtt_ms or 0, 0), 10_000)
     reputation = min(max(reputation, 0), 1000)
     return cost * (10_000 + latency) * (2000 - reputation) // (10_000 * 1500)
@@ -151,7 +161,7 @@ class Auction:
 
     def bids(self) -> list[Ranked]:
         """Valid bids not yet tried, best first."""
-        return sorted(self._ranked, key=lambda r: (r.weighted_cost, r.arrived))
+        return sorted(self._ranked, key=lambda r: (r.flagged, r.weighted_cost, r.arrived))
 
     def _on_bid(self, event: BidArrived, now_ms: int) -> list[Effect]:
         if self.state != "open":
@@ -160,8 +170,9 @@ class Auction:
         if why is not None:
             return [RefuseBid(event.bidder, why)]
         self._bidders.add(event.bidder)
-        cost = weighted_cost(event.bid, event.rtt_ms, event.reputation)
-        self._ranked.append(Ranked(cost, len(self._bidders), event.bidder, event.bid))
+        cost = weighted_cost(event.bid, event.rtt_ms, event.reputation, event.flagged)
+        flagged = event.flagged is not None
+        self._ranked.append(Ranked(flagged, cost, len(self._bidders), event.bidder, event.bid))
         return self._close_if_all_answered(now_ms)
 
     def _on_pass(self, event: Passed, now_ms: int) -> list[Effect]:

@@ -48,6 +48,7 @@ KINDS = ("train", "render", "exec")
 SPLITS = ("none", "frames", "tiles", "shards")
 VERIFICATION_LEVELS = ("none", "sampled", "standard", "strict")
 REFERENCE_SCORE = 1000  # a worker with this benchmark score takes ``estimate_s`` seconds
+REFERENCE_GFLOPS = 10_000  # fp32 dense matmul of that reference worker (about an RTX 3060)
 MAX_TASKS = 10_000
 MAX_DEADLINE_S = 30 * 24 * 3600
 _UNITS = {"wei": (0, 1), "gwei": (9, 10**9), "eth": (18, 10**18)}  # (decimals, wei)

@@ -25,6 +25,7 @@ from consensus.codec import encode
 from consensus.errors import Invalid
 from consensus.kinds import Body, Registry, exact_size, to_wire
 from consensus.market.messages import HASH_LEN, BlobRef, Checkpoint, TaskRef, Workload
+from consensus.verify.qos import QosReport
 
 MAX_SEGMENTS = 1 << 20
 MAX_CHECKPOINT_BYTES = 256 << 20  # a challenge answer carries one checkpoint file inline
@@ -226,7 +227,7 @@ class ChallengeResponse:
     checkpoint: bytes = b""  # the file whose BLAKE3 is before.hash
 
 
-VERIFY_KINDS: tuple[type[Body], ...] = (Attestation, SeedCommit, SeedReveal, Verdict)
+VERIFY_KINDS: tuple[type[Body], ...] = (Attestation, SeedCommit, SeedReveal, Verdict, QosReport)
 
 
 def verify_registry() -> Registry:

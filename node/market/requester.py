@@ -67,6 +67,8 @@ class JobManager:
         self.verdict_timeout_ms = 120_000
         self.reputation_of: Callable[[str], int] = lambda _peer: au.NEUTRAL_REPUTATION
         self.excluded: Callable[[TaskRef, str], bool] = lambda _ref, _peer: False
+        # Sentries' QoS flags (node.verify.qos_view): the measured score of a flagged worker.
+        self.flagged_of: Callable[[str], int | None] = lambda _peer: None
         # Workers that served a corrupt result of a task, kept from bidding on it again (in
         # memory: after a restart such a worker may win once more and be caught once more).
         self._refused: dict[tuple[bytes, int], set[str]] = {}
@@ -236,7 +238,9 @@ class JobManager:
         if peer in self._refused.get((bid.ref.job_id, bid.ref.task), ()):
             raise RequestRejected("refused", "served a corrupt result of this task before")
         effects = live.machine.handle(
-            au.BidArrived(bid, peer, self.net.rtt_ms(peer), self.reputation_of(peer)),
+            au.BidArrived(
+                bid, peer, self.net.rtt_ms(peer), self.reputation_of(peer), self.flagged_of(peer)
+            ),
             self.net.now_ms(),
         )
         refused = next(

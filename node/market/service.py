@@ -116,7 +116,7 @@ async def worker_market(
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     assert ctx.network is not None
     ctx.network.presence_source = market.worker.presence
-    ctx.network.offer = (gpu_class, count, vram_mb)
+    ctx.network.offer, ctx.network.score = (gpu_class, count, vram_mb), score
     market.worker.presence_changed = ctx.network.presence_changed
     async with trio.open_nursery() as nursery:
         if worker.idle_only:

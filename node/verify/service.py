@@ -1,4 +1,6 @@
-"""Proof-of-compute's services, one per role: worker (attest, answer), sentry, requester."""
+"""Proof-of-compute's services, one per role: worker (attest, answer challenges and QoS
+probes), sentry (judge, probe), requester (verdicts, QoS flags in the auction); and every
+role's ``qos`` view of sentries' reports."""
 
 from __future__ import annotations
 
@@ -6,9 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from consensus.market.bidder import Bidder
 from node.identity import wallet_binding
 from node.market.service import market_of, python_runtimes, worker_sandbox
 from node.verify.announcer import AttestationAnnouncer
+from node.verify.qos_sentry import QosProber
+from node.verify.qos_view import QosView
+from node.verify.qos_worker import ProbeResponder
 from node.verify.requester import Verdicts
 from node.verify.sentry import Sentry
 from node.verify.slashing import SlashSigner
@@ -29,6 +35,27 @@ def known_sentries(ctx: NodeContext) -> list[str]:
     return sorted(set(found))
 
 
+async def qos_view(
+    ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The node's view of sentries' QoS reports: one per node, whichever role starts it."""
+    if ctx.qos is not None:
+        task_status.started()
+        await trio.sleep_forever()
+    view = QosView(market_of(ctx).net, VerifyStore(ctx.db), lambda: known_sentries(ctx),
+                   ctx.settings.verify.quorum)  # fmt: skip
+    ctx.qos = view
+    await view.run(task_status=task_status)
+
+
+def busy_reason(bidder: Bidder) -> str:
+    """Why a worker refuses a QoS probe now, or "": while it runs a task, a probe would share
+    that task's device (and be measured slow); while its owner uses the GPUs, it is away."""
+    if running := bidder.running():
+        return f"running {len(running)} task(s): a probe would share their devices"
+    return "its owner is using the GPUs" if bidder.status() == "unavailable" else ""
+
+
 async def worker_verify(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -44,6 +71,11 @@ async def worker_verify(
     if ctx.chain is not None:
         verifier.binding = (bytes.fromhex(ctx.keys.address[2:]), wallet_binding(ctx.keys))
     verifier.register()
+    bidder = market.worker.bidder
+    responder = ProbeResponder(
+        market.net, lambda: busy_reason(bidder), lambda peer: peer in known_sentries(ctx)
+    )
+    responder.register()
     market.worker.on_done = verifier.attest
     await announcer.run(task_status=task_status)
 
@@ -71,7 +103,15 @@ async def sentry_verify(
         sentry.slash_signer = SlashSigner(
             ctx.keys.wallet_key, ctx.chain.domain, ctx.settings.verify.slash_wei
         )
-    await sentry.run(task_status=task_status)
+    interval_s = ctx.settings.verify.qos_interval_s
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sentry.run)
+        if interval_s > 0:
+            view, me = ctx.qos, ctx.keys.peer_id
+            assert view is not None, "starts after the qos view"
+            prober = QosProber(market.net, interval_s * 1000, lambda r: view.record(r, me))
+            await nursery.start(prober.run)
+        task_status.started()
 
 
 async def requester_verify(
@@ -88,4 +128,6 @@ async def requester_verify(
     market.jobs.verdicts = verdicts
     market.jobs.verdict_timeout_ms = ctx.settings.verify.verdict_timeout_ms
     market.jobs.reputation_of, market.jobs.excluded = verdicts.reputation_of, verdicts.excluded
+    if ctx.qos is not None:
+        market.jobs.flagged_of = ctx.qos.flag_of
     await verdicts.run(task_status=task_status)

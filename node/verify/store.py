@@ -1,4 +1,5 @@
-"""Proof-of-compute tables (migration 6): kept attestations, verdicts seen, reputation.
+"""Proof-of-compute tables (migration 6): kept attestations, verdicts seen, reputation; and
+sentries' QoS reports on workers (migration 11).
 
 :meth:`VerifyStore.failed` answers "did this task attempt fail verification?" for settlement
 (a failed attempt is never paid).
@@ -11,8 +12,10 @@ from typing import Any
 
 import msgpack
 
+from consensus.kinds import from_wire, to_wire
 from consensus.market.messages import Checkpoint, TaskRef
 from consensus.verify.messages import Verdict
+from consensus.verify.qos import QosReport
 from consensus.verify.verdicts import REP_START, reputation_after
 from storage.db import Database
 
@@ -148,3 +151,28 @@ class VerifyStore:
             )
 
         await self.db.transaction(move)
+
+    # --- QoS reports ---------------------------------------------------------------------
+
+    async def keep_qos(self, sentry: str, report: QosReport, now_ms: int) -> None:
+        """Keeps ``sentry``'s latest report on its worker; drops expired ones."""
+
+        def keep(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM verify_qos WHERE expires_ms <= ?", (now_ms,))
+            conn.execute(
+                "INSERT INTO verify_qos VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(worker, sentry) "
+                "DO UPDATE SET flagged = excluded.flagged, measured = excluded.measured, "
+                "report = excluded.report, expires_ms = excluded.expires_ms, "
+                "received_ms = excluded.received_ms WHERE excluded.expires_ms >= expires_ms",
+                (report.worker, sentry, int(report.flagged), report.measured,
+                 msgpack.packb(to_wire(report)), report.expires_ms, now_ms),
+            )  # fmt: skip
+
+        await self.db.transaction(keep)
+
+    async def qos_reports(self, now_ms: int) -> list[tuple[str, QosReport]]:
+        """(sentry, report) of every report not yet expired."""
+        rows = await self.db.query(
+            "SELECT sentry, report FROM verify_qos WHERE expires_ms > ?", (now_ms,)
+        )
+        return [(r["sentry"], from_wire(QosReport, msgpack.unpackb(r["report"]))) for r in rows]

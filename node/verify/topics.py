@@ -10,3 +10,6 @@ VERDICTS = topic_name("verdicts")
 CHALLENGE = "/idlegrid/verify/challenge/1"
 CHALLENGE_MAX_BYTES = 64 << 20  # an answer carries one checkpoint file
 ATTESTATION_TTL_MS = 10 * 60_000  # gossip refuses longer-lived envelopes; kept in sqlite anyway
+QOS = topic_name("qos")  # sentries' QoS reports on workers
+QOS_PROBE = "/idlegrid/qos/1"  # a sentry's benchmark probe of a worker (direct)
+QOS_MAX_BYTES = 64 << 10  # an answer carries at most 8192 row sums (32 KiB)

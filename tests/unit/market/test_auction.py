@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,6 +104,28 @@ def test_latency_and_reputation_weigh_but_only_as_integers() -> None:
     assert neutral == 10**18 * 3600
     assert weighted_cost(b, 100, 500) == neutral * 101 // 100
     assert weighted_cost(b, 0, 1000) < neutral < weighted_cost(b, 0, 0)
+
+
+def test_a_flagged_bidder_ranks_after_every_unflagged_bid() -> None:
+    honest = replace(bid(est_s=90), score=10)  # the same task, same price, the true speed
+    cheat = replace(bid(est_s=30), score=30)  # claims 3x: a third of the seconds
+    slow = replace(bid(price=80, est_s=90), score=10)  # dearer, but not flagged
+    assert weighted_cost(cheat, 0, 500) < weighted_cost(honest, 0, 500)  # unflagged, it wins
+    assert weighted_cost(cheat, 0, 500, flagged=10) == weighted_cost(honest, 0, 500)
+    assert weighted_cost(cheat, 0, 500, flagged=0) == weighted_cost(cheat, 0, 500)  # no measure
+    assert weighted_cost(honest, 0, 500, flagged=20) == weighted_cost(honest, 0, 500)
+    assert weighted_cost(replace(cheat, est_seconds=31), 0, 500, flagged=7) == 50 * -(
+        -31 * 30 // 7
+    )  # rounded up, integers only
+    a = Auction(demand())
+    a.handle(BidArrived(cheat, "cheat", flagged=60), NOW)  # measured faster than it claims
+    a.handle(BidArrived(cheat, "liar", flagged=10), NOW)
+    a.handle(BidArrived(slow, "slow"), NOW + 1)
+    a.handle(BidArrived(honest, "honest"), NOW + 2)
+    assert [r.bidder for r in a.bids()] == ["honest", "slow", "cheat", "liar"]
+    lone = Auction(demand())
+    lone.handle(BidArrived(cheat, "liar", flagged=10), NOW)
+    assert lone.on_tick(NOW + 2000) == [SendOrder("liar", cheat)]  # nobody else: still chosen
 
 
 actions = st.lists(

@@ -1,0 +1,36 @@
+"""``idlegrid market``'s table: the benchmark score and the sentries' QoS word per worker."""
+
+from __future__ import annotations
+
+from node.cli import _human_market
+
+
+def worker(peer: str, qos: dict | None, score: int = 12) -> dict:
+    offer = {"gpu_class": "cpu", "count": 1, "vram_mb": 0, "price_wei_per_s": "100"}
+    return {"peer_id": peer, "status": "available", "region": "", "offers": [offer],
+            "score": score, "qos": qos}  # fmt: skip
+
+
+def qos(**over: object) -> dict:
+    return {"flagged": False, "reason": "", "claimed": 12, "measured": 11, "latency_ms": 4,
+            "probes": 3, "answered": 3, "busy": 0, "sentries": 1} | over  # fmt: skip
+
+
+def test_the_table_says_who_is_flagged_and_why() -> None:
+    text = _human_market({"workers": [
+        worker("honest", qos()),
+        worker("cheat", qos(flagged=True, reason="claims score 36, measured 11", measured=11)),
+        worker("gone", qos(answered=0, measured=0)),
+        worker("busy", qos(answered=0, busy=3, measured=0)),
+        worker("new", None, score=0),
+    ]})  # fmt: skip
+    lines = text.splitlines()
+    assert "SCORE" in lines[0] and "QOS" in lines[0]
+    row = {line.split()[0]: line for line in lines[1:6]}
+    assert row["honest"].endswith("ok (measured 11, 4 ms)")
+    assert row["cheat"].endswith("FLAGGED (measured 11)")
+    assert row["gone"].endswith("no answer (3 probes)")
+    assert row["busy"].endswith("busy")
+    assert row["new"].split()[-2:] == ["-", "-"]
+    assert "  cheat: flagged: claims score 36, measured 11" in lines
+    assert lines[-1] == "5 workers"
