@@ -30,7 +30,7 @@ from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, verify
 
 ADDRESS_LEN = 20
 SIGNATURE_LEN = 65
-MAX_LEAVES = 1200  # about 45 bytes each: an EpochLeaves envelope stays under gossip's 64 KiB
+MAX_LEAVES = 1000  # under the decoder's 1024-item arrays; ~50 bytes each, so under 64 KiB too
 # One EpochEntries message: rows of at most MAX_PROOF_LEN hashes (a tree of 16M entries) take
 # about 1.1 KiB each at worst, so 48 of them stay under gossip's 64 KiB envelope limit
 # (tests/unit/settlement/test_disputes.py seals the worst case).

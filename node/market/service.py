@@ -103,7 +103,8 @@ async def worker_market(
         idle_only=worker.idle_only,
     )
     gpu_class, count, vram_mb = profile.offer()
-    score = saved_score(ctx.home.root / BENCH_FILE) or REFERENCE_SCORE  # idlegrid gpu bench
+    measured = saved_score(ctx.home.root / BENCH_FILE)  # idlegrid gpu bench
+    score = measured or REFERENCE_SCORE  # what its bids' time estimates scale by
     caps = Capabilities(
         gpu_class=gpu_class, gpus=count, vram_mb=vram_mb, score=score,
         cpu_cores=profile.cpu_cores, ram_mb=profile.ram_mb, region=worker.region,
@@ -116,7 +117,9 @@ async def worker_market(
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     assert ctx.network is not None
     ctx.network.presence_source = market.worker.presence
-    ctx.network.offer, ctx.network.score = (gpu_class, count, vram_mb), score
+    # Presence claims only a measured score: sentries' probes flag a claim well above what
+    # they measure, and a worker that never ran `gpu bench` has claimed nothing.
+    ctx.network.offer, ctx.network.score = (gpu_class, count, vram_mb), measured or 0
     market.worker.presence_changed = ctx.network.presence_changed
     async with trio.open_nursery() as nursery:
         if worker.idle_only:

@@ -10,7 +10,7 @@ from consensus.errors import Invalid
 from consensus.kinds import Registry, Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
-from consensus.settlement.messages import SETTLEMENT_KINDS, EpochLeaves, SettledVoucher
+from consensus.settlement.messages import MAX_LEAVES, SETTLEMENT_KINDS, EpochLeaves, SettledVoucher
 
 NOW = 1_800_000_000_000
 W1, W2 = b"\x02" * 20, b"\x03" * 20
@@ -42,3 +42,14 @@ def test_leaves_are_used_only_when_they_hash_to_their_root() -> None:
     with pytest.raises(Invalid, match="one amount per worker"):
         EpochLeaves(expires_ms=NOW, nonce=new_nonce(), index=0, earnings_root=good.earnings_root,
                     workers=[W1], amounts=[])  # fmt: skip
+
+
+def test_an_epoch_of_max_leaves_passes_the_decoder_and_the_size_limit() -> None:
+    workers = [i.to_bytes(20, "big") for i in range(1, MAX_LEAVES + 1)]
+    amounts = [Wei(10**30 + i) for i in range(MAX_LEAVES)]  # amounts as large as they come
+    tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in zip(workers, amounts, strict=True)])
+    full = EpochLeaves(expires_ms=NOW + 1000, nonce=new_nonce(), index=9,
+                       earnings_root=tree.root, workers=workers, amounts=amounts)  # fmt: skip
+    raw = seal_body(nacl.signing.SigningKey.generate(), full)
+    assert len(raw) < 64 * 1024
+    assert open_envelope(raw, NOW, Registry(SETTLEMENT_KINDS)).body == full
