@@ -7,8 +7,11 @@ hand it to the anchorers when the task ends, and claim anchored earnings.
   when vouchers stop.
 - Keep: the latest signed voucher per task attempt, in ``settle_vouchers``.
 - Submit: when a task ends, its voucher is gossiped on ``anchors`` as a
-  :class:`SettledVoucher`; it is gossiped again every ``chain.epoch_s`` for two epochs (gossip
-  is lossy; anchorers keep the largest per line, so repeats cost nothing).
+  :class:`SettledVoucher`; it is gossiped again every half epoch until an anchor on chain shows
+  its line at that amount (the anchorer's :class:`EpochEntries`, whose root must be the
+  chain's), for up to a day (gossip is lossy, anchorers can be cut off for a while;
+  anchorers keep the largest per line, so repeats cost nothing). A capped line (a failover)
+  is shown below our voucher, so it is resent for the whole day.
 - Claim: anchorers gossip each final epoch's earnings leaves; the worker rebuilds the tree,
   uses it only if its root is the contract's ``claimRoot``, and claims with a Merkle proof once
   ``chain.claim_threshold_wei`` is claimable (or at once on ``idlegrid wallet claim``).
@@ -25,6 +28,7 @@ from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
+from consensus.settlement.eip712 import chain_job_id, chain_task_id
 from consensus.settlement.merkle import EARNINGS_TYPES, leaf_hash
 from consensus.settlement.messages import EpochEntries, EpochLeaves, SettledVoucher, VoucherCap
 from node.chain.errors import ChainError
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ANCHORS = topic_name("anchors")
-RESUBMIT_EPOCHS = 2
+RESUBMIT_MAX_MS = 24 * 3600 * 1000  # a voucher no anchor has shown is resent this long
 TTL_MS = 10 * 60 * 1000
 # Every service on ``anchors`` subscribes with all of them: the last subscription sets what
 # the topic's validator accepts, and a kind missing there would be refused from honest peers.
@@ -55,6 +59,11 @@ class Payee:
         self.leaves: EpochLeaves | None = None  # the latest that matched the contract's root
         self.last_claim: dict[str, Any] | None = None
         self._claiming = trio.Lock()
+        # (bytes32 job, bytes32 task) -> the largest amount an anchor on chain showed for our
+        # line: a voucher covered there need not be resent (in memory: after a restart it is
+        # resent until the next anchor's entries show it again)
+        self.anchored: dict[tuple[bytes, bytes], int] = {}
+        self._roots_on_chain: set[bytes] = set()
 
     # --- the market's hooks ---------------------------------------------------------------
 
@@ -93,19 +102,37 @@ class Payee:
             task_status.started()
             async for message in inbox:
                 body = message.opened.body if message.opened else None
-                if isinstance(body, EpochLeaves):
-                    try:
+                try:
+                    if isinstance(body, EpochLeaves):
                         await self._on_leaves(body)
-                    except Exception as exc:  # an outage: the anchorer sends them again
-                        log.warning("epoch leaves not checked: %r", exc)
+                    elif isinstance(body, EpochEntries):
+                        await self._on_entries(body)
+                except Exception as exc:  # an outage: the anchorer sends them again
+                    log.warning("anchor message not checked: %r", exc)
 
     async def _resubmit_loop(self) -> None:
-        epoch_ms = self.chain.settings.epoch_s * 1000
+        """Gossip is lossy and anchorers can be cut off for a while: every half epoch, resend
+        each ended voucher that no anchor on chain has shown yet, for up to a day."""
         while True:
-            await self._submit(self.net.now_ms() - RESUBMIT_EPOCHS * epoch_ms, None)
+            await self._submit(self.net.now_ms() - RESUBMIT_MAX_MS, None, unanchored=True)
             await trio.sleep(max(self.chain.settings.epoch_s / 2, self.chain.settings.poll_s))
 
-    async def _submit(self, since_ms: int, only: list[TaskRef] | None) -> None:
+    async def _on_entries(self, entries: EpochEntries) -> None:
+        """Notes which of our lines an anchor shows, if its entries root is the chain's."""
+        mine = [(e.job, e.task, e.amount) for e, _, _ in entries.entries() if e.worker == self.me]
+        if not mine:
+            return
+        if entries.entries_root not in self._roots_on_chain:
+            anchor = await self.chain.service.call(lambda c: c.anchor())
+            if anchor["entries_root"] != entries.entries_root:
+                return  # not the anchor on chain (stale, or not an anchorer's): no proof
+            self._roots_on_chain.add(entries.entries_root)
+        for job, task, amount in mine:
+            self.anchored[(job, task)] = max(amount, self.anchored.get((job, task), 0))
+
+    async def _submit(
+        self, since_ms: int, only: list[TaskRef] | None, *, unanchored: bool = False
+    ) -> None:
         rows = await self.db.query(
             "SELECT * FROM settle_vouchers WHERE ended_ms IS NOT NULL AND ended_ms >= ?",
             (since_ms,),
@@ -114,11 +141,17 @@ class Payee:
             ref = TaskRef(job_id=row["job_id"], task=row["idx"], attempt=row["attempt"])
             if only is not None and ref not in only:
                 continue
+            if unanchored and self._shown(ref, int(row["amount_wei"])):
+                continue
             await self.net.publish(ANCHORS, SettledVoucher(
                 expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), ref=ref,
                 requester=bytes.fromhex(row["requester"][2:]), worker=self.me,
                 amount_wei=Wei(int(row["amount_wei"])), signature=bytes(row["sig"]),
             ))  # fmt: skip
+
+    def _shown(self, ref: TaskRef, amount_wei: int) -> bool:
+        line = (chain_job_id(ref.job_id), chain_task_id(ref.task, ref.attempt))
+        return self.anchored.get(line, 0) >= amount_wei
 
     async def _on_leaves(self, leaves: EpochLeaves) -> None:
         if self.leaves is not None and leaves.index <= self.leaves.index:

@@ -15,7 +15,13 @@ from consensus.errors import Invalid
 from consensus.kinds import Body, Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.market import chain_voucher_for
-from consensus.settlement.messages import EpochLeaves, SettledVoucher
+from consensus.settlement.messages import (
+    EntryRow,
+    EpochEntries,
+    EpochLeaves,
+    SettledVoucher,
+    entry_of,
+)
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
 from node.chain.client import Settlement
@@ -205,3 +211,47 @@ async def test_the_worker_keeps_only_genuine_twins_and_the_largest(tmp_path: Pat
         await payee.ended(REF)
         sent = [b for b in payee.net.sent if isinstance(b, SettledVoucher)]  # type: ignore[attr-defined]
     assert [(v.amount_wei, v.signature) for v in sent] == [(ETH, good.signature)]
+
+
+async def test_the_worker_resends_its_voucher_until_an_anchor_on_chain_shows_it(
+    tmp_path: Path,
+) -> None:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    net.client("sentry1").stake(ETH)
+    worker = net.client("worker")
+    chain = node_of(net, "worker", worker)
+    await chain.service.start()
+    async with (
+        await Database.open(tmp_path / "worker.db") as db,
+        await Database.open(tmp_path / "sentry.db") as sentry_db,
+    ):
+        payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
+        mine = voucher(net, worker.domain, ETH)
+        await payee.keep(REF, net.addr("requester"), ETH, mine.signature)
+        await payee.ended(REF)
+
+        async def resent() -> int:
+            before = len(payee.net.sent)  # type: ignore[attr-defined]
+            await payee._submit(0, None, unanchored=True)
+            return len(payee.net.sent) - before  # type: ignore[attr-defined]
+
+        assert await resent() == 1, "no anchor shows it: resent, however long ago it ended"
+        # An entries message proving our line to a root that is not the chain's shows nothing.
+        line = entry_of(REF, mine.requester, mine.worker, ETH)
+        row = EntryRow(worker=line.worker, job=line.job, task=line.task, amount_wei=Wei(ETH),
+                       signature=b"", proof=[])  # fmt: skip
+        forged = EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=0, part=0, parts=1,
+                              entries_root=line.leaf(), requester=mine.requester,
+                              rows=[row])  # fmt: skip
+        await payee._on_entries(forged)
+        assert await resent() == 1
+
+        anchorer = await fresh_anchorer(net, sentry_db, net.client("sentry1"))
+        assert await anchorer.on_voucher(mine)
+        await anchorer.step()
+        posted = [b for b in anchorer.net.sent if isinstance(b, EpochEntries)]  # type: ignore[attr-defined]
+        assert posted, "the anchorer gossips the entries of the epoch it posted"
+        for entries in posted:
+            await payee._on_entries(entries)
+        assert await resent() == 0, "shown on chain at our amount: no more resends"
