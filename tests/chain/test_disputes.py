@@ -17,11 +17,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import trio
 
 from config.schema import ChainSettings
 from consensus.envelope import new_nonce
-from consensus.kinds import Body, Wei
+from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.epoch import Entry
 from consensus.settlement.market import chain_voucher_for
@@ -40,6 +39,7 @@ from node.chain.service import ChainService
 from node.chain.signing import sign_voucher
 from storage.db import Database
 from tests.chain.conftest import ETH, Net, make_net
+from tests.chain.test_settlement_node import StubNet
 
 WINDOW = 3600  # the fixture's dispute (and answer) window
 BURN = "0x000000000000000000000000000000000000dEaD"
@@ -52,19 +52,10 @@ class Crash(Exception):
     """Stands for kill -9 at that line: nothing after it runs."""
 
 
-class Hub:
+class Hub(StubNet):
     """Gossip between the anchorer and the requester: what is published is kept in order."""
 
     peer_id = "hub"
-
-    def __init__(self) -> None:
-        self.sent: list[Body] = []
-
-    def now_ms(self) -> int:
-        return int(trio.current_time() * 1000)
-
-    async def publish(self, topic: str, body: Body) -> None:
-        self.sent.append(body)
 
     async def deliver(self, disputer: Disputer) -> int:
         """Hands the requester every entries message sent so far; how many entries were new."""

@@ -19,6 +19,32 @@ T = TypeVar("T")
 BPS, FEE_BPS = 10_000, DeployParams().fee_bps  # the localnet deploys with the defaults' fee
 FINAL = ("verified", "failed", "cancelled")
 
+# A small exec job whose answer anyone can check: 2 s of "work", one output file.
+ANSWER_JOB = """
+name = "answer"
+kind = "exec"
+verification = "standard"
+
+[runtime]
+command = ["python3", "work.py"]
+estimate_s = 2
+
+[io]
+inputs = ["work.py"]
+outputs = ["out/"]
+
+[budget]
+max_total = "0.001 eth"
+max_price_per_s = "1000 gwei"
+deadline = "5m"
+"""
+ANSWER_WORK = """
+import pathlib, time
+time.sleep(2)
+pathlib.Path("out").mkdir(exist_ok=True)
+pathlib.Path("out/answer.txt").write_text(str(sum(range(1000))) + "\\n")
+"""
+
 
 def api(node: NodeInfo) -> ApiClient:
     return ApiClient(Home(Path(node.home)), timeout_s=5.0)

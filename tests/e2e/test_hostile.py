@@ -24,36 +24,14 @@ from node.localnet.procs import stop_all
 from node.localnet.state import NodeInfo, State
 from node.market.packing import unpack
 from p2p.gossip import topic_name
+from tests.e2e.helpers import ANSWER_JOB as JOB
+from tests.e2e.helpers import ANSWER_WORK as WORK
 from tests.e2e.helpers import api, escrow_returned, poll, submit, wait_final
 from tests.e2e.invariant import assert_escrow_invariant
 from tests.hostile import hostile_peer
 from tests.integration.test_hostile_gossip import bad_messages
 
 CORRUPT = {"worker.executor_wrapper": "tests.integration.corrupt_server"}
-JOB = """
-name = "answer"
-kind = "exec"
-verification = "standard"
-
-[runtime]
-command = ["python3", "work.py"]
-estimate_s = 2
-
-[io]
-inputs = ["work.py"]
-outputs = ["out/"]
-
-[budget]
-max_total = "0.001 eth"
-max_price_per_s = "1000 gwei"
-deadline = "5m"
-"""
-WORK = """
-import pathlib, time
-time.sleep(2)
-pathlib.Path("out").mkdir(exist_ok=True)
-pathlib.Path("out/answer.txt").write_text(str(sum(range(1000))) + "\\n")
-"""
 FLOOD_MESSAGES = 200  # to every node at once, far past the five a ban takes
 
 

@@ -19,34 +19,12 @@ from config.schema import VerifySettings
 from node.localnet import net
 from node.localnet.procs import stop_all
 from node.localnet.state import State
+from tests.e2e.helpers import ANSWER_JOB as JOB
+from tests.e2e.helpers import ANSWER_WORK as WORK
 from tests.e2e.helpers import escrow_returned, poll, submit, wait_final
 from tests.e2e.invariant import assert_escrow_invariant, chain_contract
 
 CHEAT = {"worker.executor_wrapper": "tests.integration.cheating_executor"}
-JOB = """
-name = "answer"
-kind = "exec"
-verification = "standard"
-
-[runtime]
-command = ["python3", "work.py"]
-estimate_s = 2
-
-[io]
-inputs = ["work.py"]
-outputs = ["out/"]
-
-[budget]
-max_total = "0.001 eth"
-max_price_per_s = "1000 gwei"
-deadline = "5m"
-"""
-WORK = """
-import pathlib, time
-time.sleep(2)
-pathlib.Path("out").mkdir(exist_ok=True)
-pathlib.Path("out/answer.txt").write_text(str(sum(range(1000))) + "\\n")
-"""
 
 
 @pytest.fixture
