@@ -42,7 +42,7 @@ from consensus.settlement.messages import (
     entries_parts,
 )
 from node.chain.anchoring import _events as anchor_events
-from node.chain.errors import ChainError, ChainReverted
+from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
 from node.chain.signing import cap_signer, voucher_signer
 from storage.db import Database
@@ -87,12 +87,7 @@ class Anchorer:
             nursery.start_soon(self._follow, inbox)
             task_status.started()
             while True:
-                try:
-                    await self.step()
-                except ChainError as exc:
-                    log.warning("anchoring: %s", exc)
-                except Exception as exc:  # e.g. an unexpected answer: retried, never fatal
-                    log.warning("anchoring step failed: %r", exc)
+                await survive(self.step, "anchoring", log)
                 await trio.sleep(self.chain.settings.poll_s)
 
     async def _follow(self, inbox: Any) -> None:

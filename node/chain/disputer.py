@@ -41,7 +41,7 @@ from consensus.settlement.eip712 import ChainVoucher, chain_job_id, chain_task_i
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.messages import EpochEntries
 from node.chain.client import entry_args
-from node.chain.errors import ChainError, ChainReverted, DisputeRefused
+from node.chain.errors import ChainError, ChainReverted, DisputeRefused, survive
 from node.chain.payee import ANCHOR_KINDS, ANCHORS
 from node.chain.signing import voucher_signer
 from storage.db import Database
@@ -90,12 +90,7 @@ class Disputer:
             nursery.start_soon(self._follow, inbox)
             task_status.started()
             while True:
-                try:
-                    await self.step()
-                except ChainError as exc:
-                    log.warning("disputes: %s", exc)
-                except Exception as exc:  # e.g. an odd anchor: retried next poll, never fatal
-                    log.warning("disputes step failed: %r", exc)
+                await survive(self.step, "disputes", log)
                 with trio.move_on_after(self.chain.settings.poll_s):
                     await self._wake.wait()
                 self._wake = trio.Event()

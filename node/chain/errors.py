@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+
 
 class ChainError(Exception):
     """Base of settlement errors."""
@@ -42,3 +45,18 @@ def _show(value: object) -> str:
     if isinstance(value, bytes):
         return "0x" + value.hex()
     return str(value)
+
+
+async def survive(step: Callable[[], Awaitable[object]], what: str, log: logging.Logger) -> None:
+    """Runs one step of a settlement service's poll loop; a failure is logged, never fatal.
+
+    The services keep their state in sqlite and on chain, so the next poll retries from there:
+    a chain error (an outage, a revert) or anything unexpected (an odd anchor, a wallet short
+    of coin) must not stop the node's settlement.
+    """
+    try:
+        await step()
+    except ChainError as exc:
+        log.warning("%s: %s", what, exc)
+    except Exception as exc:
+        log.warning("%s step failed: %r", what, exc)

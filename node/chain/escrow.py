@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.market.messages import TaskRef
-from node.chain.errors import ChainError, ChainReverted
+from node.chain.errors import ChainReverted, survive
 from storage.db import Database
 
 if TYPE_CHECKING:
@@ -76,12 +76,7 @@ class Escrow:
             self._workers[row["peer_id"]] = row["address"]
         task_status.started()
         while True:
-            try:
-                await self.step()
-            except ChainError as exc:
-                log.warning("escrow: %s", exc)
-            except Exception as exc:  # e.g. a wallet short of coin: retried, never fatal
-                log.warning("escrow step failed: %r", exc)
+            await survive(self.step, "escrow", log)
             with trio.move_on_after(self.poll_s):
                 await self._wake.wait()
             self._wake = trio.Event()
