@@ -21,7 +21,10 @@ answers one of them, and each has a regression test in ``tests/p2p/test_gossip.p
 * Pubsub writes to a peer's stream from several tasks (publish, forward, heartbeat), and Yamux
   sends a write over 64 KiB as several frames without holding its lock between them, so two
   concurrent RPCs interleave and corrupt the stream: :class:`SerialPubsub` writes one RPC at a
-  time per stream.
+  time per stream;
+* blacklisting a connected peer resets its stream and then deletes it from ``peers``, but the
+  reset wakes the reader, which deletes it first: the ``KeyError`` killed the node whenever a
+  banned peer's connection closed at that moment (:class:`SerialPubsub` tolerates it).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import logging
 import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -282,7 +285,11 @@ class Gossip:
 
 
 class SerialPubsub(Pubsub):
-    """py-libp2p's Pubsub, writing one RPC at a time to each stream (see the module doc)."""
+    """py-libp2p's Pubsub, made safe for concurrent writes and for banning (see the module doc).
+
+    It writes one RPC at a time to each stream, and survives a blacklisted peer's teardown
+    racing that peer's stream dying.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -294,6 +301,17 @@ class SerialPubsub(Pubsub):
         lock = self._write_locks.setdefault(stream, trio.Lock())
         async with lock:
             return await super().write_msg(stream, rpc_msg)
+
+    async def _teardown_if_connected(self, peer_id: ID) -> None:
+        # Upstream runs this as a pubsub service task, so an exception here stops pubsub, the
+        # host and the node. While ``reset`` runs, the stream's reader notices and calls
+        # ``_handle_dead_peer``, which removes the peer: whoever gets there second must not mind.
+        stream = self.peers.get(peer_id)
+        if stream is not None:
+            with suppress(Exception):  # already gone is the outcome we want
+                await stream.reset()
+            self.peers.pop(peer_id, None)
+        self._forget_all_subscriptions(peer_id)
 
 
 def _router(params: GossipParams) -> GossipSub:

@@ -268,6 +268,33 @@ async def test_concurrent_writes_over_64_kib_arrive_intact(
         assert (good.gossip.stats.corrupt_streams == 0) is intact
 
 
+@pytest.mark.parametrize(("pubsub_class", "survives"), [(SerialPubsub, True), (Pubsub, False)])
+async def test_blacklisting_a_peer_whose_stream_dies_meanwhile(
+    pubsub_class: type[Pubsub], survives: bool
+) -> None:
+    """A ban resets the peer's stream; the reset wakes the stream's reader, which forgets the
+    peer before the teardown does. Upstream's teardown then raised KeyError, which stopped
+    pubsub and crashed a requester daemon in CI. The reader's turn is forced here, not raced.
+    """
+    async with honest_node() as good, hostile_peer([PRESENCE], pubsub_class) as (evil, ps, _):
+        await link(evil, ps, good.host)
+        peer = ID.from_base58(good.host.peer_id)
+        stream = ps.peers[peer]
+        reset = stream.reset
+
+        async def reset_and_lose_the_race() -> None:
+            ps._handle_dead_peer(peer)
+            await reset()
+
+        stream.reset = reset_and_lose_the_race  # type: ignore[method-assign]
+        if survives:
+            await ps._teardown_if_connected(peer)
+        else:
+            with pytest.raises(KeyError):
+                await ps._teardown_if_connected(peer)
+        assert peer not in ps.peers
+
+
 async def test_two_subscribers_of_one_topic_each_get_every_message() -> None:
     async with AsyncExitStack() as stack:
         a, b = [await stack.enter_async_context(honest_node()) for _ in range(2)]
