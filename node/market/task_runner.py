@@ -356,7 +356,9 @@ class TaskRunner:
             inputs=self.job.inputs,
             resume=resume,
             voucher_interval_ms=self.params.voucher_interval_ms,
-            voucher_grace_ms=self.params.voucher_grace_ms,
+            # A worker we stop hearing is replaced after lost_after_ms; its copy must stop by
+            # then too, or two workers compute the task and one of them is never paid.
+            voucher_grace_ms=min(self.params.voucher_grace_ms, self.params.lost_after_ms),
             requester_address="" if self.mgr.escrow is None else self.mgr.escrow.chain.address,
             verification=spec.verification,
         )

@@ -14,10 +14,9 @@ to the requester's side. Then the partition heals.
 
 What the APIs show, and so what is asserted: the requester's ledger (``/v1/job``) has, per
 task, one attempt that ran to the end ("done"), and each attempt closed before the next was
-awarded; no voucher reached a worker beyond that ledger. What they cannot forbid: the cut-off
-worker does not know it was replaced and runs its copy until its vouchers stop
-(``market.voucher_grace_ms``, 10 s, longer than the localnet's 4 s ``lost_after_ms``), so for
-a few seconds two workers may compute the same task; the second copy is unpaid.
+awarded; no voucher reached a worker beyond that ledger. The cut-off worker does not know it
+was replaced; it stops when its vouchers stop, after a grace no longer than the requester's
+``lost_after_ms`` (tests/services/test_cut_off_worker.py checks the timing on a mock clock).
 
 Verification is ``none`` on purpose: exec jobs are checked by sampled re-execution, and an
 attestation gossiped while its sentry is cut off is not re-broadcast, so the requester would

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import nacl.signing
-import pytest
 import trio
 import trio.testing
 
@@ -18,11 +17,6 @@ from tests.services.memnet import Hub, MemNet
 from tests.unit.verify.factories import honest
 
 EVERY_MS, FOR_MS = 5_000, 60_000
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.001)
 
 
 def net(hub: Hub) -> MemNet:

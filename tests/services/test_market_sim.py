@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 
@@ -22,13 +21,6 @@ from tests.services.sim import PARAMS, SimNode, final_state, make_node, pool_ent
 
 WORKERS, JOBS, SEGMENTS, SEGMENT_S = 10, 100, 4, 3.0
 FINAL = ("verified", "failed", "cancelled")
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    # Jump only once the loop has been idle for 1 ms of real time: sqlite runs on a thread,
-    # and a jump while a query is in flight would look like a very slow disk.
-    return trio.testing.MockClock(autojump_threshold=0.001)
 
 
 def spec(tasks: int) -> dict:

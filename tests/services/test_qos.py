@@ -15,7 +15,6 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
@@ -36,11 +35,6 @@ from tests.services.memnet import Hub
 from tests.services.sim import PARAMS, SimExecutor, SimNode, make_node
 
 PRICE, MEAN_MS = 100, 150
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.001)  # sqlite runs on a thread
 
 
 def saved_claim(home: Path, factor: int) -> int:

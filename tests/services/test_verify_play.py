@@ -4,7 +4,6 @@ stops the replays at the first failing segment."""
 
 from __future__ import annotations
 
-import pytest
 import trio
 import trio.testing
 
@@ -14,11 +13,6 @@ from node.verify.play import play
 from tests.unit.verify.factories import Run, att_id, honest
 
 DEADLINE_MS = 5000
-
-
-@pytest.fixture
-def autojump_clock() -> trio.testing.MockClock:
-    return trio.testing.MockClock(autojump_threshold=0.001)
 
 
 def now() -> int:
