@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import ClassVar
 
 from consensus.errors import Invalid
@@ -26,7 +27,7 @@ from consensus.kinds import Body, Wei, exact_size
 from consensus.market.messages import HASH_LEN, TaskRef
 from consensus.settlement.eip712 import chain_job_id, chain_task_id
 from consensus.settlement.epoch import Entry, Epoch
-from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, verify
+from consensus.settlement.merkle import verify
 
 ADDRESS_LEN = 20
 SIGNATURE_LEN = 65
@@ -84,30 +85,35 @@ class VoucherCap(Body):
 
 @dataclass(frozen=True, kw_only=True)
 class EpochLeaves(Body):
-    """The earnings leaves of anchored epoch ``index``: (worker, cumulative net earnings)."""
+    """Part ``part`` of ``parts`` of the earnings leaves of anchored epoch ``index``: (worker,
+    cumulative net earnings), workers ascending within and across the parts.
+
+    Cumulative earnings name every worker ever paid, so a network outgrows one message
+    (MAX_LEAVES): a worker collects every part (:class:`consensus.settlement.leaves.
+    LeavesAssembly`) and trusts them only once they hash to the root the contract holds.
+    """
 
     KIND: ClassVar[str] = "settlement.leaves/1"
     index: int
     earnings_root: bytes = field(metadata=exact_size(HASH_LEN))
+    part: int
+    parts: int
     workers: list[bytes]
     amounts: list[Wei]
 
     def __post_init__(self) -> None:
+        if self.index < 0:
+            raise Invalid("leaves.index", f"must not be negative, got {self.index}")
+        if not 0 <= self.part < self.parts <= MAX_PARTS:
+            raise Invalid("leaves.part", f"part {self.part} of {self.parts} (at most {MAX_PARTS})")
         if len(self.workers) != len(self.amounts):
             raise Invalid("leaves.amounts", "one amount per worker")
         if not self.workers or len(self.workers) > MAX_LEAVES:
             raise Invalid("leaves.workers", f"1 to {MAX_LEAVES} leaves")
         if any(len(w) != ADDRESS_LEN for w in self.workers):
             raise Invalid("leaves.workers", "20-byte addresses")
-
-    def tree(self) -> MerkleTree:
-        """The earnings tree; raises Invalid unless it hashes to ``earnings_root``."""
-        tree = MerkleTree.of(
-            EARNINGS_TYPES, [[w, a] for w, a in zip(self.workers, self.amounts, strict=True)]
-        )
-        if tree.root != self.earnings_root:
-            raise Invalid("leaves.earnings_root", "the leaves do not hash to it")
-        return tree
+        if any(a >= b for a, b in pairwise(self.workers)):
+            raise Invalid("leaves.workers", "must be strictly ascending")
 
 
 @dataclass(frozen=True, kw_only=True)

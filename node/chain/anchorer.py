@@ -27,14 +27,15 @@ import trio
 
 from consensus.envelope import new_nonce
 from consensus.errors import Invalid
-from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement import anchoring_state
 from consensus.settlement.anchoring import Anchoring, Answer, Effect, Finalize, Post
 from consensus.settlement.eip712 import Domain
 from consensus.settlement.epoch import Line
+from consensus.settlement.leaves import FinalLeaves, leaves_parts
 from consensus.settlement.market import chain_voucher_for
 from consensus.settlement.messages import (
+    MAX_LEAVES,
     EpochEntries,
     EpochLeaves,
     SettledVoucher,
@@ -60,6 +61,8 @@ ENTRIES_TIMES = 4  # a pending epoch's entries go out about this many times in i
 
 
 class Anchorer:
+    leaves_per_message = MAX_LEAVES  # tests split small epochs into several messages
+
     def __init__(self, chain: ChainNode, db: Database, net: MarketNet) -> None:
         self.chain, self.db, self.net = chain, db, net
         self.service = chain.service
@@ -253,14 +256,13 @@ class Anchorer:
         every = min(LEAVES_EVERY_S, max(s.poll_s, s.epoch_s))  # short epochs: sooner
         self._leaves_sent, self._leaves_due = self.final[0], now + every
         index, earnings = self.final
-        workers = sorted(earnings)
-        from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree  # noqa: PLC0415
-
-        root = MerkleTree.of(EARNINGS_TYPES, [[w, earnings[w]] for w in workers]).root
-        await self.net.publish(ANCHORS, EpochLeaves(
-            expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), index=index,
-            earnings_root=root, workers=workers, amounts=[Wei(earnings[w]) for w in workers],
-        ))  # fmt: skip
+        root = FinalLeaves(index, b"", earnings).tree().root
+        expires = self.net.now_ms() + TTL_MS
+        for part, parts, workers, amounts in leaves_parts(earnings, self.leaves_per_message):
+            await self.net.publish(ANCHORS, EpochLeaves(
+                expires_ms=expires, nonce=new_nonce(), index=index, earnings_root=root,
+                part=part, parts=parts, workers=workers, amounts=amounts,
+            ))  # fmt: skip
 
     async def _publish_entries(self) -> None:
         """The pending epoch's entries, for its requesters to check: once posted, then about

@@ -29,6 +29,7 @@ from consensus.errors import Invalid
 from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.eip712 import chain_job_id, chain_task_id
+from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import EARNINGS_TYPES, leaf_hash
 from consensus.settlement.messages import EpochEntries, EpochLeaves, SettledVoucher, VoucherCap
 from node.chain.errors import ChainError
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 ANCHORS = topic_name("anchors")
 RESUBMIT_MAX_MS = 24 * 3600 * 1000  # a voucher no anchor has shown is resent this long
 TTL_MS = 10 * 60 * 1000
+MAX_SENDERS = 8  # of epoch leaves being collected at once
 # Every service on ``anchors`` subscribes with all of them: the last subscription sets what
 # the topic's validator accepts, and a kind missing there would be refused from honest peers.
 ANCHOR_KINDS = frozenset(
@@ -56,7 +58,10 @@ class Payee:
     def __init__(self, chain: ChainNode, db: Database, net: MarketNet) -> None:
         self.chain, self.db, self.net = chain, db, net
         self.me = bytes.fromhex(chain.address[2:])
-        self.leaves: EpochLeaves | None = None  # the latest that matched the contract's root
+        self.leaves: FinalLeaves | None = None  # the latest that matched the contract's root
+        # parts of a newer one whose root the chain holds, per signer: a forged part from
+        # one peer cannot spoil the set another peer sends
+        self._assembling: dict[str, LeavesAssembly] = {}
         self.last_claim: dict[str, Any] | None = None
         self._claiming = trio.Lock()
         # (bytes32 job, bytes32 task) -> the largest amount an anchor on chain showed for our
@@ -104,7 +109,8 @@ class Payee:
                 body = message.opened.body if message.opened else None
                 try:
                     if isinstance(body, EpochLeaves):
-                        await self._on_leaves(body)
+                        assert message.opened is not None
+                        await self._on_leaves(body, message.opened.signer_peer_id)
                     elif isinstance(body, EpochEntries):
                         await self._on_entries(body)
                 except Exception as exc:  # an outage: the anchorer sends them again
@@ -153,29 +159,42 @@ class Payee:
         line = (chain_job_id(ref.job_id), chain_task_id(ref.task, ref.attempt))
         return self.anchored.get(line, 0) >= amount_wei
 
-    async def _on_leaves(self, leaves: EpochLeaves) -> None:
-        if self.leaves is not None and leaves.index <= self.leaves.index:
+    async def _on_leaves(self, part: EpochLeaves, sender: str) -> None:
+        """Collects the parts of a newer final epoch, per sender; claims once one set is whole.
+
+        Only parts whose root the contract holds are kept, and each sender's apart, so parts
+        of a forged set (anyone may gossip some) never mix with an honest anchorer's.
+        """
+        if self.leaves is not None and part.index <= self.leaves.index:
             return
+        building = self._assembling.get(sender)
+        if building is None or not building.matches(part):
+            root = await self.chain.service.call(
+                lambda c: bytes(c.contract.functions.claimRoot().call())
+            )
+            if root != part.earnings_root:
+                return  # not final on chain yet (or not ours to trust): the anchorer resends
+            building = self._assembling[sender] = LeavesAssembly.first(part)
+            while len(self._assembling) > MAX_SENDERS:
+                del self._assembling[next(iter(self._assembling))]
         try:
-            leaves.tree()
+            whole = building.add(part)
         except Invalid as exc:
-            log.warning("epoch leaves refused: %s", exc)
+            log.warning("epoch leaves refused: %s", exc, extra={"peer": sender})
+            del self._assembling[sender]
             return
-        root = await self.chain.service.call(
-            lambda c: bytes(c.contract.functions.claimRoot().call())
-        )
-        if root != leaves.earnings_root:
-            return  # not final on chain yet (or not ours to trust): the anchorer sends it again
-        self.leaves = leaves
-        await self.claim(self.chain.settings.claim_threshold_wei)
+        if whole is not None:
+            self.leaves = whole
+            self._assembling.clear()
+            await self.claim(self.chain.settings.claim_threshold_wei)
 
     async def claim(self, threshold_wei: int = 1) -> dict[str, Any]:
         """Claims what the latest final epoch owes us, if at least ``threshold_wei``."""
         async with self._claiming:
             leaves = self.leaves
-            if leaves is None or self.me not in leaves.workers:
+            if leaves is None or self.me not in leaves.amounts:
                 return {"claimed": False, "reason": "no final epoch names this worker yet"}
-            cumulative = int(leaves.amounts[leaves.workers.index(self.me)])
+            cumulative = leaves.amounts[self.me]
             earned = await self.chain.service.call(lambda c: c.earned_of())
             if cumulative - earned < max(threshold_wei, 1):
                 return {"claimed": False, "reason": f"claimable {cumulative - earned} wei",

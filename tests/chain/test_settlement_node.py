@@ -3,6 +3,7 @@ crash at either side of its post exactly once, and escrow waits out a chain outa
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import Body, Wei
 from consensus.market.messages import TaskRef
+from consensus.settlement.leaves import LeavesAssembly
 from consensus.settlement.market import chain_voucher_for
 from consensus.settlement.messages import (
     EntryRow,
@@ -64,12 +66,15 @@ def node_of(net: Net, who: str, client: Settlement, **settings: Any) -> ChainNod
                      SettlementHook(client.domain, net.keys[who]))  # fmt: skip
 
 
-def voucher(net: Net, domain: Any, amount: int, signed: int | None = None) -> SettledVoucher:
-    worker = bytes.fromhex(net.addr("worker")[2:])
-    twin = chain_voucher_for(REF, worker, amount if signed is None else signed)
+def voucher(
+    net: Net, domain: Any, amount: int, signed: int | None = None, *, ref: TaskRef = REF,
+    worker: str = "worker",
+) -> SettledVoucher:  # fmt: skip
+    payee = bytes.fromhex(net.addr(worker)[2:])
+    twin = chain_voucher_for(ref, payee, amount if signed is None else signed)
     sig = sign_voucher(net.keys["requester"], domain, twin)
     return SettledVoucher(
-        expires_ms=2**40, nonce=new_nonce(), ref=REF, worker=worker, amount_wei=Wei(amount),
+        expires_ms=2**40, nonce=new_nonce(), ref=ref, worker=payee, amount_wei=Wei(amount),
         requester=bytes.fromhex(net.addr("requester")[2:]), signature=sig,
     )  # fmt: skip
 
@@ -115,10 +120,45 @@ async def test_a_crash_around_the_post_anchors_the_epoch_exactly_once(
         assert sentry.anchor()["state"] == "final"
         assert len(sentry.contract.events.Anchored().get_logs(from_block=0)) == 1
         leaves = [b for b in second.net.sent if isinstance(b, EpochLeaves)]  # type: ignore[attr-defined]
-        assert leaves and leaves[-1].tree().root == bytes(
-            sentry.contract.functions.claimRoot().call()
-        )
-        assert leaves[-1].amounts == [ETH - ETH // 100]
+        whole = LeavesAssembly.first(leaves[-1]).add(leaves[-1])
+        assert whole is not None
+        assert whole.earnings_root == bytes(sentry.contract.functions.claimRoot().call())
+        assert list(whole.amounts.values()) == [ETH - ETH // 100]
+
+
+async def test_a_worker_claims_from_leaves_in_parts_despite_a_forged_part(
+    tmp_path: Path,
+) -> None:
+    """Earnings name every worker ever paid, so leaves go out in parts (one per worker here);
+    a part forged by another peer under the real root spoils only that peer's set."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    sentry = net.client("sentry1")
+    sentry.stake(ETH)
+    worker = net.client("worker")
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        anchorer = await fresh_anchorer(net, db, sentry)
+        anchorer.leaves_per_message = 1
+        assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH))
+        other = TaskRef(job_id=b"\x08" * 16, task=0, attempt=0)
+        assert await anchorer.on_voucher(voucher(net, sentry.domain, 2 * ETH, ref=other,
+                                                 worker="worker2"))  # fmt: skip
+        await anchorer.step()
+        net.chain.advance(3601)
+        await anchorer.step()
+    parts = [b for b in anchorer.net.sent if isinstance(b, EpochLeaves)]  # type: ignore[attr-defined]
+    assert [p.parts for p in parts] == [2, 2]
+    forged = dataclasses.replace(parts[0], amounts=[Wei(5 * ETH)])
+    chain = node_of(net, "worker", worker)
+    await chain.service.start()
+    async with await Database.open(tmp_path / "worker.db") as db:
+        payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
+        await payee._on_leaves(forged, "mallory")
+        for part in reversed(parts):
+            await payee._on_leaves(part, "sentry")
+        await payee._on_leaves(parts[1], "mallory")  # too late: that epoch is final here
+    assert payee.leaves is not None and len(payee.leaves.amounts) == 2
+    assert worker.earned_of() == ETH - ETH // 100, "claimed its own leaf, not the forged one"
 
 
 async def test_excluded_tasks_are_held_until_the_hook_lets_them_through(tmp_path: Path) -> None:
