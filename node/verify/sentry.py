@@ -4,6 +4,10 @@ signed verdict and keep its evidence.
 
 Per attestation, one trio task: commit, reveal, play the game (:mod:`node.verify.play`),
 publish. Verdicts from other sentries are recorded too, moving the worker's reputation.
+
+A game that ends escalated (a cross-class miss) publishes an :class:`Escalation` instead of a
+verdict. A sentry in the worker's determinism class that hears one replays the missed segments
+bitwise and publishes a normal verdict (:mod:`consensus.verify.escalation` says who answers).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -23,12 +28,14 @@ from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import from_wire, to_wire
 from consensus.market.messages import TaskRef
+from consensus.verify import escalation as esc
 from consensus.verify import game as g
 from consensus.verify import seed as sd
 from consensus.verify.messages import (
     Attestation,
     ChallengeRequest,
     ChallengeResponse,
+    Escalation,
     SeedCommit,
     SeedReveal,
     Verdict,
@@ -39,7 +46,14 @@ from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
 from node.market.packing import unpack
 from node.verify.play import NO_STATE, play, replay_segment
-from node.verify.topics import ATTESTS, CHALLENGE, CHALLENGE_MAX_BYTES, SEEDS, VERDICTS
+from node.verify.topics import (
+    ATTESTS,
+    CHALLENGE,
+    CHALLENGE_MAX_BYTES,
+    ESCALATIONS,
+    SEEDS,
+    VERDICTS,
+)
 from p2p.reqresp import RequestError
 
 if TYPE_CHECKING:
@@ -51,6 +65,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VERDICT_TTL_MS = 30 * 60_000
+HEARD_KEPT = 4096  # attestations remembered for escalations (answered within minutes)
+
+
+class SlashFields(Protocol):
+    """A failing verdict's slash fields (``node/verify/slashing.py``), or None."""
+
+    def __call__(
+        self, att: Attestation, att_id: bytes, *, bitwise: bool
+    ) -> dict[str, Any] | None: ...
 
 
 def task_key(ref: TaskRef) -> bytes:
@@ -69,26 +92,33 @@ class Sentry:
     scratch: Path
     rounds: dict[bytes, sd.SeedRound] = field(default_factory=dict)
     judged: set[bytes] = field(default_factory=set)  # attestation ids taken up, once each
+    mine: set[bytes] = field(default_factory=set)  # attestation ids assigned to this sentry
+    answered: set[bytes] = field(default_factory=set)  # attestation ids whose escalation we took
+    # attestation id -> (attestation, when heard): what an escalation is checked against
+    heard: OrderedDict[bytes, tuple[Attestation, int]] = field(default_factory=OrderedDict)
     # task key -> when its attestation arrived, until a verdict on it does: settlement holds
     # such a task's payment (see holds()).
     awaiting: dict[bytes, int] = field(default_factory=dict)
     changed: trio.Event = field(default_factory=trio.Event)
     # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
-    slash_signer: Callable[[Attestation, bytes], dict[str, Any] | None] | None = None
+    slash_signer: SlashFields | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
         seeds = await self.net.subscribe(SEEDS, frozenset({SeedCommit.KIND, SeedReveal.KIND}))
         verdicts = await self.net.subscribe(VERDICTS, frozenset({Verdict.KIND}))
+        escalations = await self.net.subscribe(ESCALATIONS, frozenset({Escalation.KIND}))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_seeds, seeds)
             nursery.start_soon(self._follow_verdicts, verdicts)
+            nursery.start_soon(self._follow_escalations, escalations, nursery)
 
             async def follow() -> None:
                 async for msg in atts:
                     body = msg.opened.body
                     if isinstance(body, Attestation) and body.worker == msg.origin:
                         self.awaiting.setdefault(task_key(body.ref), self.net.now_ms())
+                        self._remember(body)
                         nursery.start_soon(self._judge_safely, body)
 
             nursery.start_soon(follow)
@@ -151,6 +181,7 @@ class Sentry:
         assigned = sd.assigned(task_key(att.ref), self.sentries(), self.settings.sentries_per_task)
         if me not in assigned or att.workload is None:
             return
+        self.mine.add(att_id)
         runtime = self.runtimes.get(att.runtime)
         if runtime is None:
             log.warning("cannot judge: no runtime", extra={"runtime": att.runtime})
@@ -174,9 +205,18 @@ class Sentry:
                 "sampled": ",".join(map(str, sampled)),
             },
         )
-        work = self.scratch / att_id.hex()[:16]
+        decision = await self._play(att, att_id, runtime, game, att_id.hex()[:16])
+        if isinstance(decision, g.Escalate):
+            await self._escalate(att, att_id, sampled, seed, decision)
+            return
+        await self._publish(att, att_id, sampled, seed, decision)
+
+    async def _play(
+        self, att: Attestation, att_id: bytes, runtime: Any, game: g.Game, workname: str
+    ) -> g.Decide | g.Escalate:
+        work = self.scratch / workname
         try:
-            decision = await play(
+            return await play(
                 game,
                 lambda i: self._ask(att, att_id, i),
                 lambda i, start: self._replay(att, runtime, work, i, start),
@@ -184,10 +224,82 @@ class Sentry:
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        if isinstance(decision, g.Escalate):
-            log.warning("escalated", extra={"task": att.ref.text(), "reason": decision.reason})
+
+    # --- escalation of a cross-class miss --------------------------------------------------
+
+    def _remember(self, att: Attestation) -> None:
+        att_id = attestation_id(att)
+        if att_id not in self.heard:
+            self.heard[att_id] = (att, self.net.now_ms())
+        while len(self.heard) > HEARD_KEPT:
+            self.heard.popitem(last=False)
+
+    async def _escalate(
+        self, att: Attestation, att_id: bytes, sampled: list[int], seed: bytes, up: g.Escalate
+    ) -> None:
+        """Says the cross-class misses, signed, for a sentry of the worker's class to replay;
+        publishes no verdict (a cross-class miss alone fails nobody)."""
+        now = self.net.now_ms()
+        escalation = esc.escalation_of(
+            att, att_id, up, det_class=self.det_class, seed=seed, sampled=sampled,
+            tolerance_ppm=self.settings.tolerance_ppm, expires_ms=now + VERDICT_TTL_MS,
+            nonce=new_nonce(),
+        )  # fmt: skip
+        await self.store.add_escalation(self.net.peer_id, escalation, self.net.seal(escalation),
+                                        evidence=up.evidence, now_ms=self.net.now_ms())  # fmt: skip
+        await self.net.publish(ESCALATIONS, escalation)
+        log.warning("escalated", extra={"task": att.ref.text(), "worker": att.worker,
+                                        "reason": up.reason})  # fmt: skip
+
+    async def _follow_escalations(self, inbox: Any, nursery: trio.Nursery) -> None:
+        async for msg in inbox:
+            body = msg.opened.body
+            if not isinstance(body, Escalation) or msg.origin == self.net.peer_id:
+                continue
+            heard = self.heard.get(body.attestation)
+            att = None if heard is None else heard[0]
+            check = esc.check_escalation(body, att, msg.origin in self.sentries())
+            if check.action == "reject":
+                self.net.blame(msg.origin, f"escalation: {check.reason}")
+            if heard is None or check.action != "accept":
+                log.info("escalation not taken", extra={"from": msg.origin, "why": check.reason})
+                continue
+            await self.store.add_escalation(msg.origin, body, msg.opened.raw, evidence=None,
+                                            now_ms=self.net.now_ms())  # fmt: skip
+            why = esc.answer_refusal(
+                heard[0], self.det_class, assigned=body.attestation in self.mine,
+                answered=body.attestation in self.answered, heard_ms=heard[1],
+                now_ms=self.net.now_ms(), timeout_ms=self.settings.verdict_timeout_ms,
+            )  # fmt: skip
+            if why:
+                log.info("escalation not answered", extra={"task": body.ref.text(), "why": why})
+                continue
+            self.answered.add(body.attestation)
+            nursery.start_soon(self._answer_safely, heard[0], body)
+
+    async def _answer_safely(self, att: Attestation, up: Escalation) -> None:
+        try:
+            await self._answer(att, up)
+        except Exception:
+            log.exception("answering an escalation failed", extra={"task": att.ref.text()})
+
+    async def _answer(self, att: Attestation, up: Escalation) -> None:
+        """Replays the escalated segments bitwise, as a sentry of the worker's class, and
+        publishes a normal verdict on them (seed and sampled as the escalation says)."""
+        runtime = self.runtimes.get(att.runtime)
+        if runtime is None or att.workload is None:
+            log.warning("cannot answer: no runtime", extra={"runtime": att.runtime})
             return
-        await self._publish(att, att_id, sampled, seed, decision)
+        att_id = up.attestation
+        deadline = self.net.now_ms() + self.settings.challenge_deadline_ms
+        game = esc.second_game(att, att_id, up, deadline, self.settings.tolerance_ppm)
+        shown = ",".join(map(str, game.sampled))
+        log.info("answering escalation", extra={"task": att.ref.text(), "sampled": shown})
+        decision = await self._play(att, att_id, runtime, game, f"{att_id.hex()[:16]}-second")
+        assert isinstance(decision, g.Decide), "a same-class game never escalates"
+        reason = esc.answer_reason(up, decision)
+        decision = g.Decide(decision.passed, reason, decision.evidence, decision.grounds)
+        await self._publish(att, att_id, game.sampled, up.seed, decision)
 
     async def _seed(self, att_id: bytes, assigned: list[str]) -> bytes:
         now, me = self.net.now_ms(), self.net.peer_id
@@ -258,10 +370,11 @@ class Sentry:
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         return await replay_segment(runtime, spec, index, start, lambda _line: None)
 
-    def _slash_fields(self, att: Attestation, att_id: bytes, passed: bool) -> dict[str, Any]:
-        if passed or self.slash_signer is None:
+    def _slash_fields(self, att: Attestation, att_id: bytes, decision: g.Decide) -> dict[str, Any]:
+        if decision.passed or self.slash_signer is None:
             return {}
-        return self.slash_signer(att, att_id) or {}
+        bitwise = esc.slashable(decision, att.det_class == self.det_class)
+        return self.slash_signer(att, att_id, bitwise=bitwise) or {}
 
     async def _publish(
         self, att: Attestation, att_id: bytes, sampled: list[int], seed: bytes, decision: g.Decide
@@ -277,7 +390,7 @@ class Sentry:
             seed=seed,
             evidence=g.evidence_hash(decision.evidence),
             reason=decision.reason[:200],
-            **self._slash_fields(att, att_id, decision.passed),
+            **self._slash_fields(att, att_id, decision),
         )
         await self.store.add_verdict(
             att_id,
