@@ -137,7 +137,7 @@ def _human_job(view: dict[str, Any]) -> str:
         + "".join(
             f"\n  task {e['task']}#{e['attempt']} ESCALATED {e['worker'][-12:]} cross-class miss on"
             f" segments {e['segments']} by {e['sentry'][-12:]}"
-            + (f"; {e['outcome'][:60]}" if e["outcome"] else "")
+            + (f"; {e['outcome'][:90]}" if e["outcome"] else "")
             for e in checked.get("escalations", [])
         )
         + "".join(
