@@ -7,7 +7,8 @@ publish. Verdicts from other sentries are recorded too, moving the worker's repu
 
 A game that ends escalated (a cross-class miss) publishes an :class:`Escalation` instead of a
 verdict. A sentry in the worker's determinism class that hears one replays the missed segments
-bitwise and publishes a normal verdict (:mod:`consensus.verify.escalation` says who answers).
+bitwise and publishes a normal verdict (:mod:`node.verify.escalations`; who answers is
+:mod:`consensus.verify.escalation`'s rule).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +45,7 @@ from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
 from node.market.packing import unpack
+from node.verify.escalations import EscalationDesk
 from node.verify.play import NO_STATE, play, replay_segment
 from node.verify.topics import (
     ATTESTS,
@@ -65,7 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VERDICT_TTL_MS = 30 * 60_000
-HEARD_KEPT = 4096  # attestations remembered for escalations (answered within minutes)
 
 
 class SlashFields(Protocol):
@@ -92,16 +92,17 @@ class Sentry:
     scratch: Path
     rounds: dict[bytes, sd.SeedRound] = field(default_factory=dict)
     judged: set[bytes] = field(default_factory=set)  # attestation ids taken up, once each
-    mine: set[bytes] = field(default_factory=set)  # attestation ids assigned to this sentry
-    answered: set[bytes] = field(default_factory=set)  # attestation ids whose escalation we took
-    # attestation id -> (attestation, when heard): what an escalation is checked against
-    heard: OrderedDict[bytes, tuple[Attestation, int]] = field(default_factory=OrderedDict)
     # task key -> when its attestation arrived, until a verdict on it does: settlement holds
     # such a task's payment (see holds()).
     awaiting: dict[bytes, int] = field(default_factory=dict)
     changed: trio.Event = field(default_factory=trio.Event)
     # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
     slash_signer: SlashFields | None = None
+    desk: EscalationDesk = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.desk = EscalationDesk(self.net, self.store, self.settings, self.det_class,
+                                   self.sentries, self._answer)  # fmt: skip
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
@@ -111,15 +112,15 @@ class Sentry:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_seeds, seeds)
             nursery.start_soon(self._follow_verdicts, verdicts)
-            nursery.start_soon(self._follow_escalations, escalations, nursery)
+            nursery.start_soon(self.desk.run, escalations, nursery)
 
             async def follow() -> None:
                 async for msg in atts:
                     body = msg.opened.body
                     if isinstance(body, Attestation) and body.worker == msg.origin:
                         self.awaiting.setdefault(task_key(body.ref), self.net.now_ms())
-                        self._remember(body)
                         nursery.start_soon(self._judge_safely, body)
+                        await self.desk.heard_attestation(body, nursery)
 
             nursery.start_soon(follow)
             task_status.started()
@@ -153,6 +154,7 @@ class Sentry:
             verdict = msg.opened.body
             if isinstance(verdict, Verdict):
                 self.awaiting.pop(task_key(verdict.ref), None)
+                self.desk.verdict_heard(verdict.attestation)
                 await self.store.add_verdict(
                     verdict.attestation,
                     msg.origin,
@@ -181,33 +183,21 @@ class Sentry:
         assigned = sd.assigned(task_key(att.ref), self.sentries(), self.settings.sentries_per_task)
         if me not in assigned or att.workload is None:
             return
-        self.mine.add(att_id)
+        self.desk.mine.add(att_id)
         runtime = self.runtimes.get(att.runtime)
         if runtime is None:
             log.warning("cannot judge: no runtime", extra={"runtime": att.runtime})
             return
         seed = await self._seed(att_id, assigned)
         sampled = sample(seed, att.segments, self.settings.sample_size, att.first)
-        game = g.Game(
-            att,
-            att_id,
-            sampled,
-            self.net.now_ms() + self.settings.challenge_deadline_ms,
-            att.det_class == self.det_class,
-            self.settings.tolerance_ppm,
-        )
-        log.info(
-            "judging",
-            extra={
-                "task": att.ref.text(),
-                "worker": att.worker,
-                "first": att.first,
-                "sampled": ",".join(map(str, sampled)),
-            },
-        )
+        deadline = self.net.now_ms() + self.settings.challenge_deadline_ms
+        same_class = att.det_class == self.det_class
+        game = g.Game(att, att_id, sampled, deadline, same_class, self.settings.tolerance_ppm)
+        log.info("judging", extra={"task": att.ref.text(), "worker": att.worker, "first": att.first,
+                                   "sampled": ",".join(map(str, sampled))})  # fmt: skip
         decision = await self._play(att, att_id, runtime, game, att_id.hex()[:16])
         if isinstance(decision, g.Escalate):
-            await self._escalate(att, att_id, sampled, seed, decision)
+            await self.desk.escalate(att, att_id, sampled, seed, decision)
             return
         await self._publish(att, att_id, sampled, seed, decision)
 
@@ -224,64 +214,6 @@ class Sentry:
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
-
-    # --- escalation of a cross-class miss --------------------------------------------------
-
-    def _remember(self, att: Attestation) -> None:
-        att_id = attestation_id(att)
-        if att_id not in self.heard:
-            self.heard[att_id] = (att, self.net.now_ms())
-        while len(self.heard) > HEARD_KEPT:
-            self.heard.popitem(last=False)
-
-    async def _escalate(
-        self, att: Attestation, att_id: bytes, sampled: list[int], seed: bytes, up: g.Escalate
-    ) -> None:
-        """Says the cross-class misses, signed, for a sentry of the worker's class to replay;
-        publishes no verdict (a cross-class miss alone fails nobody)."""
-        now = self.net.now_ms()
-        escalation = esc.escalation_of(
-            att, att_id, up, det_class=self.det_class, seed=seed, sampled=sampled,
-            tolerance_ppm=self.settings.tolerance_ppm, expires_ms=now + VERDICT_TTL_MS,
-            nonce=new_nonce(),
-        )  # fmt: skip
-        await self.store.add_escalation(self.net.peer_id, escalation, self.net.seal(escalation),
-                                        evidence=up.evidence, now_ms=self.net.now_ms())  # fmt: skip
-        await self.net.publish(ESCALATIONS, escalation)
-        log.warning("escalated", extra={"task": att.ref.text(), "worker": att.worker,
-                                        "reason": up.reason})  # fmt: skip
-
-    async def _follow_escalations(self, inbox: Any, nursery: trio.Nursery) -> None:
-        async for msg in inbox:
-            body = msg.opened.body
-            if not isinstance(body, Escalation) or msg.origin == self.net.peer_id:
-                continue
-            heard = self.heard.get(body.attestation)
-            att = None if heard is None else heard[0]
-            check = esc.check_escalation(body, att, msg.origin in self.sentries())
-            if check.action == "reject":
-                self.net.blame(msg.origin, f"escalation: {check.reason}")
-            if heard is None or check.action != "accept":
-                log.info("escalation not taken", extra={"from": msg.origin, "why": check.reason})
-                continue
-            await self.store.add_escalation(msg.origin, body, msg.opened.raw, evidence=None,
-                                            now_ms=self.net.now_ms())  # fmt: skip
-            why = esc.answer_refusal(
-                heard[0], self.det_class, assigned=body.attestation in self.mine,
-                answered=body.attestation in self.answered, heard_ms=heard[1],
-                now_ms=self.net.now_ms(), timeout_ms=self.settings.verdict_timeout_ms,
-            )  # fmt: skip
-            if why:
-                log.info("escalation not answered", extra={"task": body.ref.text(), "why": why})
-                continue
-            self.answered.add(body.attestation)
-            nursery.start_soon(self._answer_safely, heard[0], body)
-
-    async def _answer_safely(self, att: Attestation, up: Escalation) -> None:
-        try:
-            await self._answer(att, up)
-        except Exception:
-            log.exception("answering an escalation failed", extra={"task": att.ref.text()})
 
     async def _answer(self, att: Attestation, up: Escalation) -> None:
         """Replays the escalated segments bitwise, as a sentry of the worker's class, and

@@ -33,11 +33,12 @@ from consensus.verify.messages import Attestation, ChallengeRequest
 from consensus.verify.verdicts import REP_START
 from gpu.runtime import RunSpec
 from node.cli_job import _human_job
+from node.verify.escalations import EVERY_MS
 from node.verify.play import answer_from
 from node.verify.requester import Verdicts
 from node.verify.sentry import Sentry, task_key
 from node.verify.store import VerifyStore
-from node.verify.topics import ATTESTS, CHALLENGE
+from node.verify.topics import ATTESTS, CHALLENGE, ESCALATIONS
 from node.verify.view import verification_view
 from tests.services.memnet import Hub, MemNet
 from tests.services.sim import InlineDatabase
@@ -123,10 +124,11 @@ class Net:
 
 @asynccontextmanager
 async def network(
-    tmp_path: Path, classes: list[str], fake: int | None = None
+    tmp_path: Path, classes: list[str], fake: int | None = None, repeat_ms: int = EVERY_MS
 ) -> AsyncIterator[Net]:
     """The worker, the requester and one sentry per entry of ``classes``; the first is the
-    one assigned to the task (sentries_per_task = 1)."""
+    one assigned to the task (sentries_per_task = 1). Escalations are said again every
+    ``repeat_ms``."""
     hub = Hub()
     worker = Worker.make(hub, fake)
     nets = [MemNet(hub, nacl.signing.SigningKey.generate()) for _ in classes]
@@ -143,6 +145,7 @@ async def network(
             runtime = Runtime(b"" if label == WORKER_CLASS else label.encode())
             sentry = Sentry(net, VerifyStore(db), None, SETTINGS, {"train": runtime},  # type: ignore[arg-type]
                             lambda: ids, label, tmp_path / f"scratch-{label}")  # fmt: skip
+            sentry.desk.every_ms = repeat_ms
             await nursery.start(sentry.run)
             sentries[label], runtimes[label] = sentry, runtime
         try:
@@ -209,3 +212,48 @@ async def test_without_a_same_class_sentry_even_a_faked_run_is_accepted_saying_w
         text = _human_job({"job_id": "j", "kind": "train", "state": "verified", "task_states": [],
                            "cost_wei": "0", "verification": view})  # fmt: skip
         assert f"ESCALATED {net.worker.net.peer_id[-12:]}" in text and NO_SAME_CLASS in text
+
+
+async def escalated_at(store: VerifyStore) -> None:
+    """Polls the requester's store until an escalation of the task is kept."""
+    with trio.fail_after(TIMEOUT_MS / 1000):
+        while not await store.escalations(REF):
+            await trio.sleep(0.1)
+
+
+async def test_an_escalation_heard_before_its_attestation_waits_for_it(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    async with network(tmp_path, [OTHER_CLASS, WORKER_CLASS], repeat_ms=10**9) as net:
+        same = net.sentries[WORKER_CLASS]
+        att = net.worker.attestation()
+        cut = net.hub.subscribers[ATTESTS].pop(same.net.peer_id)  # its gossip is lost
+        await net.worker.net.publish(ATTESTS, att)
+        await escalated_at(net.requester.store)
+        with trio.fail_after(1):
+            while not same.desk.early:  # heard, waiting for the attestation
+                await trio.sleep(0.01)
+        net.hub.subscribers[ATTESTS][same.net.peer_id] = cut
+        await net.worker.net.publish(ATTESTS, att)  # the worker says it again (its announcer)
+        assert await net.requester.outcome(REF, TIMEOUT_MS) == (
+            "verified",
+            "verified by 1 sentries",
+        )
+
+
+async def test_an_escalation_is_said_again_until_a_verdict_answers_it(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    async with network(tmp_path, [OTHER_CLASS, WORKER_CLASS]) as net:
+        same = net.sentries[WORKER_CLASS]
+        cut = net.hub.subscribers[ESCALATIONS].pop(same.net.peer_id)
+        await net.worker.net.publish(ATTESTS, net.worker.attestation())
+        await escalated_at(net.requester.store)
+        net.hub.subscribers[ESCALATIONS][same.net.peer_id] = cut  # back, the first one lost
+        started = trio.current_time()
+        assert await net.requester.outcome(REF, TIMEOUT_MS) == (
+            "verified",
+            "verified by 1 sentries",
+        )
+        assert trio.current_time() - started <= EVERY_MS / 1000 + 5, "the next repeat did it"
+        assert net.sentries[OTHER_CLASS].desk.ours == {}, "answered: no more repeats"
