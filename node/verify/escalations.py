@@ -46,8 +46,8 @@ class EscalationDesk:
     det_class: str
     sentries: Callable[[], list[str]]  # the sentries this node knows
     answer: Callable[[Attestation, Escalation], Awaitable[None]]  # replays and publishes
+    assigned: Callable[[Attestation], bool]  # this sentry judges it itself (bitwise if it can)
     every_ms: int = EVERY_MS
-    mine: set[bytes] = field(default_factory=set)  # attestation ids assigned to this sentry
     answered: set[bytes] = field(default_factory=set)  # attestation ids we answered
     # attestation id -> (attestation, when heard): what an escalation is checked against
     heard: OrderedDict[bytes, tuple[Attestation, int]] = field(default_factory=OrderedDict)
@@ -116,7 +116,7 @@ class EscalationDesk:
             return
         await self.store.add_escalation(origin, up, raw, evidence=None, now_ms=self.net.now_ms())
         why = esc.answer_refusal(
-            heard[0], self.det_class, assigned=up.attestation in self.mine,
+            heard[0], self.det_class, assigned=self.assigned(heard[0]),
             answered=up.attestation in self.answered, heard_ms=heard[1],
             now_ms=self.net.now_ms(), timeout_ms=self.settings.verdict_timeout_ms,
         )  # fmt: skip

@@ -102,7 +102,12 @@ class Sentry:
 
     def __post_init__(self) -> None:
         self.desk = EscalationDesk(self.net, self.store, self.settings, self.det_class,
-                                   self.sentries, self._answer)  # fmt: skip
+                                   self.sentries, self._answer, self._assigned)  # fmt: skip
+
+    def _assigned(self, att: Attestation) -> bool:
+        """Whether this sentry judges ``att`` (the public rule: rendezvous over the task)."""
+        count = self.settings.sentries_per_task
+        return self.net.peer_id in sd.assigned(task_key(att.ref), self.sentries(), count)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
@@ -183,7 +188,6 @@ class Sentry:
         assigned = sd.assigned(task_key(att.ref), self.sentries(), self.settings.sentries_per_task)
         if me not in assigned or att.workload is None:
             return
-        self.desk.mine.add(att_id)
         runtime = self.runtimes.get(att.runtime)
         if runtime is None:
             log.warning("cannot judge: no runtime", extra={"runtime": att.runtime})
