@@ -36,6 +36,7 @@ TTL_MS = 30 * 60_000  # as verdicts
 EVERY_MS = 5_000
 HEARD_KEPT = 4096  # attestations remembered (escalations come within minutes of them)
 EARLY_KEPT = 256  # attestations with escalations waiting for them
+EARLY_PER_ATTESTATION = 8  # escalations kept waiting for one attestation
 
 
 @dataclass
@@ -97,9 +98,9 @@ class EscalationDesk:
             if not isinstance(body, Escalation) or msg.origin == self.net.peer_id:
                 continue
             if body.attestation not in self.heard and msg.origin in self.sentries():
-                self.early.setdefault(body.attestation, []).append(
-                    (msg.origin, body, msg.opened.raw)
-                )
+                waiting = self.early.setdefault(body.attestation, [])
+                if len(waiting) < EARLY_PER_ATTESTATION:
+                    waiting.append((msg.origin, body, msg.opened.raw))
                 while len(self.early) > EARLY_KEPT:
                     self.early.popitem(last=False)
                 continue
