@@ -265,6 +265,11 @@ class VerifySettings:
         "sentries: mean seconds between two QoS probes of one worker (random times); 0 = off",
         int_range(0, 600),
     )
+    det_class: str = setting(
+        "",
+        "tests and bench only: the determinism class this node attests (worker) and replays in "
+        "(sentry) instead of the measured one; empty in production",
+    )
 
 
 CHAIN_BACKENDS = ("embedded", "rpc")

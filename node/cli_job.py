@@ -128,13 +128,22 @@ def _human_job(view: dict[str, Any]) -> str:
         rows.append((str(t["task"]), t["state"], str(t["attempt"]), t["worker"][-12:] or "-",
                      str(t["checkpoints"]), t["reason"][:60]))  # fmt: skip
     checked = view.get("verification", {})
-    verdicts = "".join(
-        f"\n  task {v['task']}#{v['attempt']} {'pass' if v['passed'] else 'FAIL'}"
-        f" {v['worker'][-12:]} {v['reason'][:60]}"
-        for v in checked.get("verdicts", [])
-    ) + "".join(
-        f"\n  task {r['task']}#{r['attempt']} resumed: {r['guarantee']}"
-        for r in checked.get("resumed", [])
+    verdicts = (
+        "".join(
+            f"\n  task {v['task']}#{v['attempt']} {'pass' if v['passed'] else 'FAIL'}"
+            f" {v['worker'][-12:]} {v['reason'][:60]}"
+            for v in checked.get("verdicts", [])
+        )
+        + "".join(
+            f"\n  task {e['task']}#{e['attempt']} ESCALATED {e['worker'][-12:]} cross-class miss on"
+            f" segments {e['segments']} by {e['sentry'][-12:]}"
+            + (f"; {e['outcome'][:90]}" if e["outcome"] else "")
+            for e in checked.get("escalations", [])
+        )
+        + "".join(
+            f"\n  task {r['task']}#{r['attempt']} resumed: {r['guarantee']}"
+            for r in checked.get("resumed", [])
+        )
     )
     return (
         f"{head}\n{table(rows)}\ncost so far: {view['cost_wei']} wei\n"

@@ -383,6 +383,28 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=12,
+        description="proof-of-compute: escalations of cross-class misses, as every node heard them",
+        sql="""
+            -- One row per (attestation, escalating sentry): a cross-class miss, never a fail.
+            CREATE TABLE verify_escalations (
+                attestation BLOB NOT NULL,   -- attestation id
+                sentry      TEXT NOT NULL,
+                job_id      BLOB NOT NULL,
+                idx         INTEGER NOT NULL,
+                attempt     INTEGER NOT NULL,
+                worker      TEXT NOT NULL,
+                segments    TEXT NOT NULL,   -- the missed segments, JSON
+                reason      TEXT NOT NULL,
+                evidence    BLOB,            -- the escalating sentry's own record
+                escalation  BLOB NOT NULL,   -- the signed envelope
+                received_ms INTEGER NOT NULL,
+                PRIMARY KEY (attestation, sentry)
+            ) WITHOUT ROWID;
+            CREATE INDEX verify_escalations_task ON verify_escalations(job_id, idx, attempt);
+        """,
+    ),
 )
 
 

@@ -11,9 +11,17 @@
                  determinism class)
     challenging  Replayed, cross-class,     challenging | passed      (as equal)
                  distance <= tolerance
-    challenging  Replayed, cross-class,     escalated                 Escalate: a second sentry
-                 distance > tolerance                                  in the worker's class decides
+    challenging  Replayed, cross-class,     challenging | escalated   the miss is noted; the other
+                 distance > tolerance                                  segments still replay
+    challenging  the last replay, with      escalated                 Escalate(misses): a sentry
+                 misses noted                                          in the worker's class decides
     passed | failed | escalated  anything   unchanged                 none (late answers)
+
+A cross-class miss is never a fail: the replays go on (a cheat on another segment is still
+caught by the checks that hold in every class), and if nothing fails, the game ends escalated
+with every missed segment, for a sentry of the worker's class to replay bitwise
+(:mod:`consensus.verify.escalation`). Each :class:`Decide` names its grounds, so that only
+class-independent grounds or a same-class replay ever back a slash.
 
 Checks on an answer for segment ``i``: both leaves under the attested root at their index,
 ``chained_i == H(chained_{i-1} || hash_i)`` (one history, in order), the checkpoint file hashes to
@@ -87,17 +95,40 @@ class Replay:
     expected: bytes
 
 
+Grounds = Literal["replays", "answer", "silence", "replay"]
+
+
 @dataclass(frozen=True)
 class Decide:
+    """The game's verdict.
+
+    Attributes:
+        grounds: ``replays`` (a pass), ``answer`` (an answer inconsistent with the signed
+            attestation), ``silence`` (refused or late) or ``replay`` (a replay differs; only a
+            same-class game fails on it).
+    """
+
     passed: bool
     reason: str
     evidence: bytes  # the canonical evidence record; its BLAKE3 goes into the verdict
+    grounds: Grounds = "replays"
+
+
+@dataclass(frozen=True)
+class Missed:
+    """A cross-class replay over tolerance: what the sentry got against what was claimed."""
+
+    index: int
+    distance_ppm: int | None  # None: the runtime gives no distance (a hash only)
+    replayed: bytes
+    claimed: bytes
 
 
 @dataclass(frozen=True)
 class Escalate:
-    index: int
+    misses: tuple[Missed, ...]
     reason: str
+    evidence: bytes  # the canonical evidence record (every miss's answer and replayed hash)
 
 
 Effect = Challenge | Replay | Decide | Escalate
@@ -126,6 +157,7 @@ class Game:
     pending: set[int] = field(default_factory=set)  # challenged, not yet answered
     replaying: dict[int, ChallengeResponse] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
+    missed: dict[int, tuple[Missed, bytes]] = field(default_factory=dict)  # with its record
 
     def start(self) -> list[Effect]:
         self.pending = set(self.sampled)
@@ -137,13 +169,15 @@ class Game:
         if isinstance(event, Answered):
             return self._answered(event.response, now_ms)
         if isinstance(event, Refused):
-            return self._fail("refused", f"segment {event.index}: refused: {event.reason}", b"")
+            reason = f"segment {event.index}: refused: {event.reason}"
+            return self._fail("refused", reason, b"", "silence")
         return self._replayed(event)
 
     def on_tick(self, now_ms: int) -> list[Effect]:
         if self.state == "challenging" and self.pending and now_ms >= self.deadline_ms:
             late = sorted(self.pending)
-            return self._fail("timeout", f"segments {late}: no answer before the deadline", b"")
+            reason = f"segments {late}: no answer before the deadline"
+            return self._fail("timeout", reason, b"", "silence")
         return []
 
     def next_deadline(self) -> int | None:
@@ -159,7 +193,7 @@ class Game:
             return self.on_tick(now_ms)
         problem = check_answer(self.att, answer)
         if problem:
-            return self._fail("answered", f"segment {index}: {problem}", _record(answer))
+            return self._fail("answered", f"segment {index}: {problem}", _record(answer), "answer")
         self.pending.discard(index)
         self.replaying[index] = answer
         self._move("answered", "challenging")
@@ -172,30 +206,44 @@ class Game:
         equal = event.hash == answer.after.hash
         if not equal and self.same_class:
             reason = f"segment {event.index}: replay gives 0x{event.hash.hex()[:16]}..."
-            return self._fail("replayed", reason, _record(answer, event.hash))
+            return self._fail("replayed", reason, _record(answer, event.hash), "replay")
         if not equal and (event.distance_ppm is None or event.distance_ppm > self.tolerance_ppm):
-            self._move("replayed", "escalated")
-            distance = event.distance_ppm
-            return [Escalate(event.index, f"cross-class distance {distance} ppm over tolerance")]
+            miss = Missed(event.index, event.distance_ppm, event.hash, answer.after.hash)
+            self.missed[event.index] = (miss, _record(answer, event.hash))
         self.done.add(event.index)
-        if self.done == set(self.sampled):
-            self._move("replayed", "passed")
-            return [Decide(True, "", encode({"att": self.att_id, "sampled": self.sampled}))]
-        self._move("replayed", "challenging")
-        return []
+        if self.done != set(self.sampled):
+            self._move("replayed", "challenging")
+            return []
+        if self.missed:
+            self._move("replayed", "escalated")
+            return [self._escalate()]
+        self._move("replayed", "passed")
+        return [Decide(True, "", encode({"att": self.att_id, "sampled": self.sampled}))]
 
-    def _fail(self, event: str, reason: str, record: bytes) -> list[Effect]:
+    def _escalate(self) -> Escalate:
+        misses = tuple(self.missed[i][0] for i in sorted(self.missed))
+        shown = ", ".join(f"{m.index} ({_ppm(m.distance_ppm)})" for m in misses)
+        reason = f"cross-class replay over {self.tolerance_ppm} ppm on segments {shown}"
+        records = [self.missed[m.index][1] for m in misses]
+        evidence = encode({"att": self.att_id, "reason": reason, "records": records})
+        return Escalate(misses, reason, evidence)
+
+    def _fail(self, event: str, reason: str, record: bytes, grounds: Grounds) -> list[Effect]:
         self._move(event, "failed")
         self.pending.clear()
         self.replaying.clear()
         evidence = encode({"att": self.att_id, "reason": reason, "record": record})
-        return [Decide(False, reason, evidence)]
+        return [Decide(False, reason, evidence, grounds)]
 
     def _move(self, event: str, to: State) -> None:
         allowed = TRANSITIONS.get((self.state, event), frozenset())
         if to not in allowed:
             raise AssertionError(f"no transition {self.state} --{event}--> {to}")
         self.state = to
+
+
+def _ppm(distance: int | None) -> str:
+    return "no distance" if distance is None else f"{distance} ppm"
 
 
 def check_answer(att: Attestation, answer: ChallengeResponse) -> str:

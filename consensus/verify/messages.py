@@ -9,6 +9,9 @@ Flow for one finished task::
     sentry      ChallengeRequest  --direct verify/challenge-->  worker (per sampled segment)
                 <--ChallengeResponse--                   checkpoints i-1, i + Merkle proofs
     sentry      Verdict      --gossip verify/verdicts--> requester, other sentries, anchorer
+    sentry      Escalation   --gossip verify/escalations--> instead of a verdict, when its
+                replays in another determinism class missed: a sentry of the worker's class
+                replays those segments bitwise and gossips a Verdict
 
 Signed commitments are envelopes; a challenge response is a plain map whose every claim is
 checked against the signed attestation's root, so it needs no signature of its own.
@@ -201,6 +204,72 @@ class Verdict(Body):
             raise Invalid("verdict.slash_wei", f"must be positive, got {self.slash_wei}")
 
 
+MAX_DET_CLASS = 200
+
+
+@dataclass(frozen=True, kw_only=True)
+class Miss:
+    """One segment a cross-class replay missed: the sentry's distance (None: its runtime gives
+    none), its replayed state hash and the hash the worker claimed."""
+
+    index: int
+    distance_ppm: int | None = None
+    replayed: bytes = field(metadata=exact_size(HASH_LEN))
+    claimed: bytes = field(metadata=exact_size(HASH_LEN))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Escalation(Body):
+    """A sentry's signed word that its replays, in another determinism class than the
+    worker's, missed on ``misses`` (every other sampled segment passed within tolerance).
+
+    It is not a fail and never counts toward one: a sentry of the worker's class replays the
+    missed segments bitwise and gossips a normal :class:`Verdict`
+    (:mod:`consensus.verify.escalation`).
+
+    Attributes:
+        det_class: the escalating sentry's determinism class (differs from the attestation's).
+        seed, sampled: the challenge seed and the segments it sampled, as in a verdict.
+        tolerance_ppm: the tolerance the sentry judged against; every known distance exceeds it.
+        evidence: BLAKE3 of the kept evidence record (each miss's answer, the replayed hash).
+    """
+
+    KIND: ClassVar[str] = "verify.escalation/1"
+    ref: TaskRef
+    worker: str
+    attestation: bytes = field(metadata=exact_size(HASH_LEN))
+    det_class: str
+    seed: bytes = field(metadata=exact_size(HASH_LEN))
+    sampled: list[int]
+    misses: list[Miss]
+    tolerance_ppm: int
+    evidence: bytes = field(metadata=exact_size(HASH_LEN))
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.det_class) <= MAX_DET_CLASS:
+            raise Invalid("escalation.det_class", f"1 to {MAX_DET_CLASS} characters")
+        if not 0 <= self.tolerance_ppm <= 1_000_000:
+            raise Invalid("escalation.tolerance_ppm", f"{self.tolerance_ppm}: not in 0..1000000")
+        indices = [m.index for m in self.misses]
+        if not indices or len(set(indices)) != len(indices):
+            raise Invalid("escalation.misses", "at least one, each segment once")
+        if not set(indices) <= set(self.sampled):
+            raise Invalid("escalation.misses", f"{indices}: not all among sampled")
+        for i, miss in enumerate(self.misses):
+            _check_miss(miss, self.tolerance_ppm, f"escalation.misses[{i}]")
+
+
+def _check_miss(miss: Miss, tolerance_ppm: int, path: str) -> None:
+    """A miss is a real one: hashes differ, and a stated distance is over the tolerance."""
+    if miss.replayed == miss.claimed:
+        raise Invalid(f"{path}.replayed", "equals the claimed hash: that is no miss")
+    if miss.distance_ppm is not None and not tolerance_ppm < miss.distance_ppm <= 1_000_000:
+        raise Invalid(
+            f"{path}.distance_ppm", f"{miss.distance_ppm}: must be over {tolerance_ppm}, <= 1000000"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChallengeRequest:
     """A sentry asks the worker for what it needs to replay segment ``index``."""
@@ -227,7 +296,14 @@ class ChallengeResponse:
     checkpoint: bytes = b""  # the file whose BLAKE3 is before.hash
 
 
-VERIFY_KINDS: tuple[type[Body], ...] = (Attestation, SeedCommit, SeedReveal, Verdict, QosReport)
+VERIFY_KINDS: tuple[type[Body], ...] = (
+    Attestation,
+    SeedCommit,
+    SeedReveal,
+    Verdict,
+    QosReport,
+    Escalation,
+)
 
 
 def verify_registry() -> Registry:

@@ -264,6 +264,10 @@ class TaskRunner:
             await self._move(task, "reject", reason=why[:300], resume=None)  # its checkpoints too
             return
         vouched = int(attempt["vouched_wei"]) if attempt else 0
+        if outcome == "accepted":  # a cross-class miss no same-class sentry answered: paid
+            await self.store.close_attempt(task.ref, vouched, why[:300], self.net.now_ms())
+            await self._move(task, "verify", reason=why[:300])
+            return
         await self.store.close_attempt(task.ref, vouched, "done", self.net.now_ms())
         await self._move(task, "verify")
 

@@ -3,6 +3,10 @@
 It also hears attestations, for one check only it can make: an attempt resumed from an earlier
 worker's checkpoint must attest a continuation of the checkpoint this requester handed over
 (:func:`~consensus.verify.messages.check_resume`), not of a history of the worker's making.
+
+And it hears escalations (a sentry's cross-class miss, :mod:`consensus.verify.escalation`):
+they never reject; a same-class sentry's verdict that answers one counts like any verdict, and
+if none comes within the verdict timeout the attempt is accepted, saying so.
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ import trio
 
 from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
-from consensus.verify.messages import Attestation, Verdict, attestation_id, check_resume
+from consensus.verify.escalation import check_escalation, on_timeout
+from consensus.verify.messages import (
+    Attestation,
+    Escalation,
+    Verdict,
+    attestation_id,
+    check_resume,
+)
 from consensus.verify.verdicts import REP_START
 from node.verify.sentry import task_key
-from node.verify.topics import ATTESTS, VERDICTS
+from node.verify.topics import ATTESTS, ESCALATIONS, VERDICTS
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -29,7 +40,8 @@ if TYPE_CHECKING:
     from node.verify.store import VerifyStore
 
 log = logging.getLogger(__name__)
-Outcome = Literal["verified", "rejected", "unverified"]
+# accepted: paid unverified because a sentry's cross-class miss found no same-class sentry
+Outcome = Literal["verified", "rejected", "unverified", "accepted"]
 ATTESTATIONS_KEPT = 4096  # the latest heard, any task's: ours are judged within minutes
 
 
@@ -39,6 +51,7 @@ class Verdicts:
     store: VerifyStore
     quorum: int
     sentries_known: Callable[[], bool]
+    is_sentry: Callable[[str], bool] = lambda _peer: True
     changed: trio.Event = field(default_factory=trio.Event)
     failed_on: dict[tuple[bytes, int], set[str]] = field(default_factory=dict)  # task -> workers
     scores: dict[str, int] = field(default_factory=dict)  # reputation, ppm
@@ -56,9 +69,11 @@ class Verdicts:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         inbox = await self.net.subscribe(VERDICTS, frozenset({Verdict.KIND}))
         atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
+        escalations = await self.net.subscribe(ESCALATIONS, frozenset({Escalation.KIND}))
         self.scores = await self.store.reputations()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_attestations, atts)
+            nursery.start_soon(self._follow_escalations, escalations)
             task_status.started()
             async for msg in inbox:
                 verdict = msg.opened.body
@@ -86,13 +101,33 @@ class Verdicts:
                     self.attested.popitem(last=False)
                 self._wake()
 
+    async def _follow_escalations(self, inbox: Any) -> None:
+        """Keeps escalations of attestations we heard (ours are the tasks we wait on)."""
+        async for msg in inbox:
+            esc = msg.opened.body
+            if not isinstance(esc, Escalation):
+                continue
+            heard = self.attested.get(task_key(esc.ref))
+            att = heard[1] if heard is not None and heard[0] == esc.attestation else None
+            check = check_escalation(esc, att, self.is_sentry(msg.origin))
+            if check.action == "reject":
+                self.net.blame(msg.origin, f"escalation: {check.reason}")
+            if check.action != "accept":
+                log.debug("escalation not kept", extra={"from": msg.origin, "why": check.reason})
+                continue
+            await self.store.add_escalation(
+                msg.origin, esc, msg.opened.raw, evidence=None, now_ms=self.net.now_ms()
+            )
+            self._wake()
+
     def _wake(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
     async def outcome(self, ref: TaskRef, timeout_ms: int) -> tuple[Outcome, str]:
         """Waits for the sentries' judgement of ``ref``: any fail rejects, ``quorum`` passes
-        verify; none within ``timeout_ms`` (or no sentry known at all) leaves it unverified."""
+        verify; none within ``timeout_ms`` (or no sentry known at all) leaves it unverified,
+        or accepted with the reason when a sentry escalated a cross-class miss."""
         if not self.sentries_known():
             return "unverified", "no sentry in the network"
         deadline = self.net.now_ms() + timeout_ms
@@ -112,9 +147,17 @@ class Verdicts:
                 return "verified", f"verified by {len(rows)} sentries"
             left = deadline - self.net.now_ms()
             if left <= 0:
-                return "unverified", f"no verdict within {timeout_ms} ms"
+                return await self._timed_out(ref, heard, timeout_ms)
             with trio.move_on_after(left / 1000):
                 await self.changed.wait()
+
+    async def _timed_out(
+        self, ref: TaskRef, heard: tuple[bytes, Attestation] | None, timeout_ms: int
+    ) -> tuple[Outcome, str]:
+        rows = await self.store.escalations(ref)
+        if heard is not None:
+            rows = [r for r in rows if r["attestation"] == heard[0]]
+        return on_timeout([(r["sentry"], r["reason"]) for r in rows], timeout_ms)
 
     async def _resume_problem(self, ref: TaskRef, att: Attestation) -> str:
         """Why a resumed attestation does not continue what we handed over, or ``""``."""

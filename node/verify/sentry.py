@@ -4,6 +4,11 @@ signed verdict and keep its evidence.
 
 Per attestation, one trio task: commit, reveal, play the game (:mod:`node.verify.play`),
 publish. Verdicts from other sentries are recorded too, moving the worker's reputation.
+
+A game that ends escalated (a cross-class miss) publishes an :class:`Escalation` instead of a
+verdict. A sentry in the worker's determinism class that hears one replays the missed segments
+bitwise and publishes a normal verdict (:mod:`node.verify.escalations`; who answers is
+:mod:`consensus.verify.escalation`'s rule).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -23,12 +28,14 @@ from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import from_wire, to_wire
 from consensus.market.messages import TaskRef
+from consensus.verify import escalation as esc
 from consensus.verify import game as g
 from consensus.verify import seed as sd
 from consensus.verify.messages import (
     Attestation,
     ChallengeRequest,
     ChallengeResponse,
+    Escalation,
     SeedCommit,
     SeedReveal,
     Verdict,
@@ -38,8 +45,16 @@ from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
 from node.market.packing import unpack
+from node.verify.escalations import EscalationDesk
 from node.verify.play import NO_STATE, play, replay_segment
-from node.verify.topics import ATTESTS, CHALLENGE, CHALLENGE_MAX_BYTES, SEEDS, VERDICTS
+from node.verify.topics import (
+    ATTESTS,
+    CHALLENGE,
+    CHALLENGE_MAX_BYTES,
+    ESCALATIONS,
+    SEEDS,
+    VERDICTS,
+)
 from p2p.reqresp import RequestError
 
 if TYPE_CHECKING:
@@ -51,6 +66,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VERDICT_TTL_MS = 30 * 60_000
+
+
+class SlashFields(Protocol):
+    """A failing verdict's slash fields (``node/verify/slashing.py``), or None."""
+
+    def __call__(
+        self, att: Attestation, att_id: bytes, *, bitwise: bool
+    ) -> dict[str, Any] | None: ...
 
 
 def task_key(ref: TaskRef) -> bytes:
@@ -74,15 +97,27 @@ class Sentry:
     awaiting: dict[bytes, int] = field(default_factory=dict)
     changed: trio.Event = field(default_factory=trio.Event)
     # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
-    slash_signer: Callable[[Attestation, bytes], dict[str, Any] | None] | None = None
+    slash_signer: SlashFields | None = None
+    desk: EscalationDesk = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.desk = EscalationDesk(self.net, self.store, self.settings, self.det_class,
+                                   self.sentries, self._answer, self._assigned)  # fmt: skip
+
+    def _assigned(self, att: Attestation) -> bool:
+        """Whether this sentry judges ``att`` (the public rule: rendezvous over the task)."""
+        count = self.settings.sentries_per_task
+        return self.net.peer_id in sd.assigned(task_key(att.ref), self.sentries(), count)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
         seeds = await self.net.subscribe(SEEDS, frozenset({SeedCommit.KIND, SeedReveal.KIND}))
         verdicts = await self.net.subscribe(VERDICTS, frozenset({Verdict.KIND}))
+        escalations = await self.net.subscribe(ESCALATIONS, frozenset({Escalation.KIND}))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_seeds, seeds)
             nursery.start_soon(self._follow_verdicts, verdicts)
+            nursery.start_soon(self.desk.run, escalations, nursery)
 
             async def follow() -> None:
                 async for msg in atts:
@@ -90,6 +125,7 @@ class Sentry:
                     if isinstance(body, Attestation) and body.worker == msg.origin:
                         self.awaiting.setdefault(task_key(body.ref), self.net.now_ms())
                         nursery.start_soon(self._judge_safely, body)
+                        await self.desk.heard_attestation(body, nursery)
 
             nursery.start_soon(follow)
             task_status.started()
@@ -123,6 +159,7 @@ class Sentry:
             verdict = msg.opened.body
             if isinstance(verdict, Verdict):
                 self.awaiting.pop(task_key(verdict.ref), None)
+                self.desk.verdict_heard(verdict.attestation)
                 await self.store.add_verdict(
                     verdict.attestation,
                     msg.origin,
@@ -157,26 +194,23 @@ class Sentry:
             return
         seed = await self._seed(att_id, assigned)
         sampled = sample(seed, att.segments, self.settings.sample_size, att.first)
-        game = g.Game(
-            att,
-            att_id,
-            sampled,
-            self.net.now_ms() + self.settings.challenge_deadline_ms,
-            att.det_class == self.det_class,
-            self.settings.tolerance_ppm,
-        )
-        log.info(
-            "judging",
-            extra={
-                "task": att.ref.text(),
-                "worker": att.worker,
-                "first": att.first,
-                "sampled": ",".join(map(str, sampled)),
-            },
-        )
-        work = self.scratch / att_id.hex()[:16]
+        deadline = self.net.now_ms() + self.settings.challenge_deadline_ms
+        same_class = att.det_class == self.det_class
+        game = g.Game(att, att_id, sampled, deadline, same_class, self.settings.tolerance_ppm)
+        log.info("judging", extra={"task": att.ref.text(), "worker": att.worker, "first": att.first,
+                                   "sampled": ",".join(map(str, sampled))})  # fmt: skip
+        decision = await self._play(att, att_id, runtime, game, att_id.hex()[:16])
+        if isinstance(decision, g.Escalate):
+            await self.desk.escalate(att, att_id, sampled, seed, decision)
+            return
+        await self._publish(att, att_id, sampled, seed, decision)
+
+    async def _play(
+        self, att: Attestation, att_id: bytes, runtime: Any, game: g.Game, workname: str
+    ) -> g.Decide | g.Escalate:
+        work = self.scratch / workname
         try:
-            decision = await play(
+            return await play(
                 game,
                 lambda i: self._ask(att, att_id, i),
                 lambda i, start: self._replay(att, runtime, work, i, start),
@@ -184,10 +218,24 @@ class Sentry:
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        if isinstance(decision, g.Escalate):
-            log.warning("escalated", extra={"task": att.ref.text(), "reason": decision.reason})
+
+    async def _answer(self, att: Attestation, up: Escalation) -> None:
+        """Replays the escalated segments bitwise, as a sentry of the worker's class, and
+        publishes a normal verdict on them (seed and sampled as the escalation says)."""
+        runtime = self.runtimes.get(att.runtime)
+        if runtime is None or att.workload is None:
+            log.warning("cannot answer: no runtime", extra={"runtime": att.runtime})
             return
-        await self._publish(att, att_id, sampled, seed, decision)
+        att_id = up.attestation
+        deadline = self.net.now_ms() + self.settings.challenge_deadline_ms
+        game = esc.second_game(att, att_id, up, deadline, self.settings.tolerance_ppm)
+        shown = ",".join(map(str, game.sampled))
+        log.info("answering escalation", extra={"task": att.ref.text(), "sampled": shown})
+        decision = await self._play(att, att_id, runtime, game, f"{att_id.hex()[:16]}-second")
+        assert isinstance(decision, g.Decide), "a same-class game never escalates"
+        reason = esc.answer_reason(up, decision)
+        decision = g.Decide(decision.passed, reason, decision.evidence, decision.grounds)
+        await self._publish(att, att_id, game.sampled, up.seed, decision)
 
     async def _seed(self, att_id: bytes, assigned: list[str]) -> bytes:
         now, me = self.net.now_ms(), self.net.peer_id
@@ -258,10 +306,11 @@ class Sentry:
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         return await replay_segment(runtime, spec, index, start, lambda _line: None)
 
-    def _slash_fields(self, att: Attestation, att_id: bytes, passed: bool) -> dict[str, Any]:
-        if passed or self.slash_signer is None:
+    def _slash_fields(self, att: Attestation, att_id: bytes, decision: g.Decide) -> dict[str, Any]:
+        if decision.passed or self.slash_signer is None:
             return {}
-        return self.slash_signer(att, att_id) or {}
+        bitwise = esc.slashable(decision, att.det_class == self.det_class)
+        return self.slash_signer(att, att_id, bitwise=bitwise) or {}
 
     async def _publish(
         self, att: Attestation, att_id: bytes, sampled: list[int], seed: bytes, decision: g.Decide
@@ -277,7 +326,7 @@ class Sentry:
             seed=seed,
             evidence=g.evidence_hash(decision.evidence),
             reason=decision.reason[:200],
-            **self._slash_fields(att, att_id, decision.passed),
+            **self._slash_fields(att, att_id, decision),
         )
         await self.store.add_verdict(
             att_id,

@@ -61,7 +61,7 @@ async def worker_verify(
 ) -> None:
     market = market_of(ctx)
     assert market.worker is not None, "starts after the worker's market service"
-    det = determinism_class(market.worker.bidder.caps.gpu_class)
+    det = ctx.settings.verify.det_class or determinism_class(market.worker.bidder.caps.gpu_class)
     settings = ctx.settings.verify
     announcer = AttestationAnnouncer(
         market.net, lambda peer: peer in known_sentries(ctx), settings.quorum,
@@ -95,7 +95,7 @@ async def sentry_verify(
         ctx.settings.verify,
         runtimes,
         lambda: known_sentries(ctx),
-        determinism_class("cpu"),
+        ctx.settings.verify.det_class or determinism_class("cpu"),
         scratch,
     )
     if ctx.chain is not None:  # the anchorer asks before it pays a task
@@ -124,6 +124,7 @@ async def requester_verify(
         VerifyStore(ctx.db),
         ctx.settings.verify.quorum,
         lambda: bool(known_sentries(ctx)),
+        lambda peer: peer in known_sentries(ctx),
     )
     market.jobs.verdicts = verdicts
     market.jobs.verdict_timeout_ms = ctx.settings.verify.verdict_timeout_ms

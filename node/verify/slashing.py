@@ -4,6 +4,11 @@ The worker's attestation names its chain account with the wallet's binding to it
 (``node.identity.wallet_binding``); without a valid binding nothing is signed, so a worker can
 never point a slash at someone else's stake. The signature travels in the verdict; the
 sentries' slashers (``node/chain/slasher.py``) combine a quorum of them into one ``slash``.
+
+Only a fail on bitwise grounds is signed (:func:`consensus.verify.escalation.slashable`): an
+answer inconsistent with the signed attestation, silence, or a replay in the worker's own
+determinism class. A fail resting on a replay in another class is never signed, so a
+cross-class miss can cost no stake (it escalates instead; see ``node/verify/sentry.py``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ class SlashSigner:
     domain: Domain
     amount_wei: int  # verify.slash_wei: the same on every sentry, or signatures never combine
 
-    def __call__(self, att: Attestation, att_id: bytes) -> dict[str, Any] | None:
-        """The verdict's slash fields for a failed ``att``, or None (no bound chain account)."""
+    def __call__(self, att: Attestation, att_id: bytes, *, bitwise: bool) -> dict[str, Any] | None:
+        """The verdict's slash fields for a failed ``att``, or None: no bound chain account,
+        or the fail is not ``bitwise`` (it rests on a cross-class replay)."""
+        if not bitwise:
+            return None
         if not att.chain_address or not wallet_binding_ok(
             att.worker, att.chain_address, att.binding_sig
         ):

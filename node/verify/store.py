@@ -1,5 +1,6 @@
-"""Proof-of-compute tables (migration 6): kept attestations, verdicts seen, reputation; and
-sentries' QoS reports on workers (migration 11).
+"""Proof-of-compute tables (migration 6): kept attestations, verdicts seen, reputation;
+sentries' QoS reports on workers (migration 11); escalations of cross-class misses
+(migration 12, never counted as fails).
 
 :meth:`VerifyStore.failed` answers "did this task attempt fail verification?" for settlement
 (a failed attempt is never paid).
@@ -7,6 +8,7 @@ sentries' QoS reports on workers (migration 11).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
@@ -14,7 +16,7 @@ import msgpack
 
 from consensus.kinds import from_wire, to_wire
 from consensus.market.messages import Checkpoint, TaskRef
-from consensus.verify.messages import Verdict
+from consensus.verify.messages import Escalation, Verdict
 from consensus.verify.qos import QosReport
 from consensus.verify.verdicts import REP_START, reputation_after
 from storage.db import Database
@@ -89,6 +91,29 @@ class VerifyStore:
             (ref.job_id, ref.task, ref.attempt),
         )
         return [dict(r) for r in rows]
+
+    async def add_escalation(
+        self, sentry: str, esc: Escalation, sealed: bytes, *, evidence: bytes | None, now_ms: int
+    ) -> bool:
+        """Records an escalation (the first per sentry and attestation); True if it was new.
+        Reputation does not move: a cross-class miss is no fail."""
+        ref = esc.ref
+        segments = json.dumps(sorted(m.index for m in esc.misses))
+        added = await self.db.execute(
+            "INSERT OR IGNORE INTO verify_escalations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (esc.attestation, sentry, ref.job_id, ref.task, ref.attempt, esc.worker, segments,
+             esc.reason, evidence, sealed, now_ms),
+        )  # fmt: skip
+        return bool(added)
+
+    async def escalations(self, ref: TaskRef) -> list[dict[str, Any]]:
+        rows = await self.db.query(
+            "SELECT attestation, sentry, worker, segments, reason, received_ms "
+            "FROM verify_escalations WHERE job_id = ? AND idx = ? AND attempt = ? "
+            "ORDER BY received_ms",
+            (ref.job_id, ref.task, ref.attempt),
+        )
+        return [dict(r) | {"segments": json.loads(r["segments"])} for r in rows]
 
     async def handed_over(self, ref: TaskRef, segment: int) -> Checkpoint | None:
         """The checkpoint closing ``segment`` that this requester held from an earlier attempt

@@ -7,6 +7,9 @@ from p2p.gossip import topic_name
 ATTESTS = topic_name("attestations")
 SEEDS = topic_name("seeds")
 VERDICTS = topic_name("verdicts")
+# Sentries' escalations of cross-class misses: a topic of its own, so that nodes that predate
+# the kind never see it (on the verdicts topic they would reject it and blame the forwarder).
+ESCALATIONS = topic_name("escalations")
 CHALLENGE = "/idlegrid/verify/challenge/1"
 CHALLENGE_MAX_BYTES = 64 << 20  # an answer carries one checkpoint file
 ATTESTATION_TTL_MS = 10 * 60_000  # gossip refuses longer-lived envelopes; kept in sqlite anyway

@@ -13,12 +13,13 @@ from storage.db import Database
 async def verification_view(db: Database, job_id: bytes, spec: dict[str, Any],
                             tasks: list[dict[str, Any]], attempts: list[Any],
                             *, sample_size: int) -> dict[str, Any]:  # fmt: skip
-    """The job's stated guarantee (per its largest task), each attempt's verdicts, what a
-    resumed attempt's guarantee covers, and the reputation of the workers involved."""
+    """The job's stated guarantee (per its largest task), each attempt's verdicts and
+    escalations (cross-class misses), what a resumed attempt's guarantee covers, and the
+    reputation of the workers involved."""
     store = VerifyStore(db)
     level = spec.get("verification", "standard")
     segments = segments_per_task(spec, tasks)
-    verdicts, workers, resumed = [], set(), []
+    verdicts, workers, resumed, escalated = [], set(), [], []
     for a in attempts:
         ref = TaskRef(job_id=job_id, task=a["idx"], attempt=a["attempt"])
         workers.add(a["worker"])
@@ -31,12 +32,17 @@ async def verification_view(db: Database, job_id: bytes, spec: dict[str, Any],
             verdicts.append({"task": a["idx"], "attempt": a["attempt"], "sentry": v["sentry"],
                              "worker": v["worker"], "passed": bool(v["passed"]),
                              "reason": v["reason"]})  # fmt: skip
+        for e in await store.escalations(ref):
+            escalated.append({"task": a["idx"], "attempt": a["attempt"], "sentry": e["sentry"],
+                              "worker": e["worker"], "segments": e["segments"],
+                              "reason": e["reason"], "outcome": a["outcome"] or ""})  # fmt: skip
     return {
         "level": level,
         "guarantee": "none requested"
         if level == "none"
         else guarantee(spec.get("kind", "?"), segments, sample_size),
         "verdicts": verdicts,
+        "escalations": escalated,
         "resumed": resumed,
         "reputation": {w: await store.reputation(w) for w in sorted(workers) if w},
     }

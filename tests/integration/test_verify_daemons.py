@@ -131,3 +131,63 @@ def test_a_faking_worker_is_caught_unpaid_and_the_task_reruns_honestly(
     assert (out / "out" / "answer.txt").read_text() == "499500\n"
     for daemon in network.values():
         assert "Traceback" not in daemon.output()
+
+
+@pytest.fixture
+def cross_class(tmp_path: Path) -> Iterator[dict[str, Daemon]]:
+    """A requester, a faking worker and one sentry whose determinism class differs from the
+    worker's (``verify.det_class``, the tests' seam): no sentry of the worker's class exists."""
+    env = ENV | {"IDLEGRID_VERIFY_VERDICT_TIMEOUT_MS": str(CROSS_TIMEOUT_MS)}
+    daemons: dict[str, Daemon] = {}
+    try:
+        assert idlegrid(tmp_path / "requester", "init", env=env).returncode == 0
+        daemons["requester"] = Daemon(tmp_path / "requester", (), env).wait_started()
+        status = json.loads(idlegrid(tmp_path / "requester", "status", "--json", env=env).stdout)
+        boot = ("--bootstrap", str(status["p2p"]["addrs"][0]))
+        for name, role, extra in (
+            ("sentry", "sentry", {"IDLEGRID_VERIFY_DET_CLASS": "another-device|py3|libs"}),
+            ("w-cheat", "worker", WORKERS["w-cheat"][1] | {"IDLEGRID_WORKER_PRICE_WEI_PER_S": "1"}),
+        ):
+            assert idlegrid(tmp_path / name, "init", "--role", role, env=env).returncode == 0
+            daemons[name] = Daemon(tmp_path / name, boot, env | extra).wait_started()
+        yield daemons
+    finally:
+        for daemon in daemons.values():
+            daemon.kill()
+
+
+CROSS_TIMEOUT_MS = 8_000  # the sentry escalates in about 2 s (commit, reveal, an exec replay)
+
+
+def test_a_cross_class_miss_without_a_same_class_sentry_is_accepted_saying_why(
+    cross_class: dict[str, Daemon], tmp_path: Path
+) -> None:
+    requester, sentry = cross_class["requester"], cross_class["sentry"]
+    ids = {name: peer_id(d.home) for name, d in cross_class.items()}
+    wait_all(requester, [("worker status", ids["w-cheat"], "new=available"),
+                         ("peer discovered", ids["sentry"])])  # fmt: skip
+    spec_dir = tmp_path / "job"
+    spec_dir.mkdir()
+    (spec_dir / "job.toml").write_text(JOB)
+    (spec_dir / "work.py").write_text(WORK.replace("time.sleep(2)", "pass"))  # a quick replay
+    done = idlegrid(requester.home, "job", "submit", str(spec_dir / "job.toml"), "--json", env=ENV)
+    assert done.returncode == 0, done.stderr
+    job_id = json.loads(done.stdout)["job_id"]
+
+    escalated = sentry.wait_for("escalated", timeout=60)
+    assert f"worker={ids['w-cheat']}" in escalated, escalated
+    accepted = requester.wait_for("verification", timeout=60)
+    assert "outcome=accepted" in accepted and "cross-class miss" in accepted, accepted
+    wait_all(requester, [("task moved", "job_state=verified")], timeout=30)
+    assert "node.verify.sentry: verdict " not in sentry.output(), "no verdict of its own"
+
+    shown = idlegrid(requester.home, "job", "status", job_id, env=ENV)
+    assert "cross-class miss, no same-class sentry" in shown.stdout, shown.stdout
+    assert f"ESCALATED {ids['w-cheat'][-12:]}" in shown.stdout, shown.stdout
+    view = json.loads(idlegrid(requester.home, "job", "status", job_id, "--json", env=ENV).stdout)
+    [attempt] = view["attempts"]
+    assert attempt["outcome"].startswith("cross-class miss, no same-class sentry")
+    assert view["verification"]["verdicts"] == []
+    assert view["verification"]["reputation"][ids["w-cheat"]] == 500_000, "no fail counted"
+    for daemon in cross_class.values():
+        assert "Traceback" not in daemon.output()

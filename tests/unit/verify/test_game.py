@@ -67,14 +67,44 @@ def test_a_skipped_segment_fails_on_replay_in_the_same_class() -> None:
 
 def test_a_cross_class_miss_escalates_rather_than_fails() -> None:
     run = honest(8)
-    game = new_game(run, [3, 7], same_class=False)
+    game = new_game(run, [3, 5, 7], same_class=False)
     game.start()
     [_first] = game.handle(g.Answered(run.answer(3)), 5)
     assert game.handle(g.Replayed(3, b"y" * 32, distance_ppm=100), 6) == []  # within tolerance
-    [_replay] = game.handle(g.Answered(run.answer(7)), 7)
-    [esc] = game.handle(g.Replayed(7, b"z" * 32, distance_ppm=9000), 8)
-    assert isinstance(esc, g.Escalate) and game.state == "escalated"
-    assert game.handle(g.Answered(run.answer(7)), 9) == []  # terminal: late input ignored
+    [_replay] = game.handle(g.Answered(run.answer(5)), 7)
+    assert game.handle(g.Replayed(5, b"z" * 32, distance_ppm=9000), 8) == [], "replays go on"
+    assert game.state == "challenging"
+    [_replay] = game.handle(g.Answered(run.answer(7)), 9)
+    [up] = game.handle(g.Replayed(7, b"w" * 32), 10)  # no distance from the runtime: a miss
+    assert isinstance(up, g.Escalate) and game.state == "escalated"
+    assert up.misses == (
+        g.Missed(5, 9000, b"z" * 32, run.hashes[5]),
+        g.Missed(7, None, b"w" * 32, run.hashes[7]),
+    )
+    assert "segments 5 (9000 ppm), 7 (no distance)" in up.reason
+    assert game.handle(g.Answered(run.answer(7)), 11) == []  # terminal: late input ignored
+
+
+def test_a_cross_class_game_still_fails_on_class_independent_grounds() -> None:
+    run = honest(8)
+    game = new_game(run, [3, 5], same_class=False)
+    game.start()
+    game.handle(g.Answered(run.answer(3)), 5)
+    assert game.handle(g.Replayed(3, b"y" * 32), 6) == []  # a miss, noted
+    forged = replace(run.answer(5), checkpoint=b"not the file")
+    [d] = game.handle(g.Answered(forged), 7)
+    assert isinstance(d, g.Decide) and not d.passed and d.grounds == "answer"
+    assert game.state == "failed"
+
+
+def test_each_decision_names_its_grounds() -> None:
+    run = honest(4)
+    assert decision(play(new_game(run, [3]), run)).grounds == "replays"
+    assert decision(play(new_game(run, [3]), run, {3: b"x" * 32})).grounds == "replay"
+    game = new_game(run, [3])
+    game.start()
+    [silent] = game.on_tick(DEADLINE)
+    assert isinstance(silent, g.Decide) and silent.grounds == "silence"
 
 
 def test_silence_fails_at_the_deadline() -> None:

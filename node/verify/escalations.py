@@ -1,0 +1,145 @@
+"""A sentry's escalations of cross-class misses: its own said again until answered, others'
+checked, kept, and answered when it is of the worker's determinism class.
+
+Gossip is lossy, so as the worker does with its attestation (``node/verify/announcer.py``),
+a sentry says its escalation again every ``every_ms`` (the same signed envelope: receivers
+that have it drop it as a replay) until a verdict on that attestation is heard or the verdict
+timeout has passed. An escalation that arrives before its attestation (a same-class sentry
+that missed the attestation's gossip: the worker repeats it, no verdict having named it) waits
+for it, so it is answered once the attestation comes. Who answers, and the checks, are
+:mod:`consensus.verify.escalation`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from consensus.envelope import new_nonce
+from consensus.verify import escalation as esc
+from consensus.verify import game as g
+from consensus.verify.messages import Attestation, Escalation, attestation_id
+from node.verify.topics import ESCALATIONS
+
+if TYPE_CHECKING:
+    from config.schema import VerifySettings
+    from node.market.net import MarketNet
+    from node.verify.store import VerifyStore
+
+log = logging.getLogger(__name__)
+TTL_MS = 30 * 60_000  # as verdicts
+EVERY_MS = 5_000
+HEARD_KEPT = 4096  # attestations remembered (escalations come within minutes of them)
+EARLY_KEPT = 256  # attestations with escalations waiting for them
+EARLY_PER_ATTESTATION = 8  # escalations kept waiting for one attestation
+
+
+@dataclass
+class EscalationDesk:
+    net: MarketNet
+    store: VerifyStore
+    settings: VerifySettings
+    det_class: str
+    sentries: Callable[[], list[str]]  # the sentries this node knows
+    answer: Callable[[Attestation, Escalation], Awaitable[None]]  # replays and publishes
+    assigned: Callable[[Attestation], bool]  # this sentry judges it itself (bitwise if it can)
+    every_ms: int = EVERY_MS
+    answered: set[bytes] = field(default_factory=set)  # attestation ids we answered
+    # attestation id -> (attestation, when heard): what an escalation is checked against
+    heard: OrderedDict[bytes, tuple[Attestation, int]] = field(default_factory=OrderedDict)
+    # attestation id -> escalations (origin, message, envelope) that came before it
+    early: OrderedDict[bytes, list[tuple[str, Escalation, bytes]]] = field(
+        default_factory=OrderedDict
+    )
+    ours: dict[bytes, tuple[Escalation, int]] = field(default_factory=dict)  # -> said until
+
+    async def heard_attestation(self, att: Attestation, nursery: trio.Nursery) -> None:
+        att_id = attestation_id(att)
+        if att_id in self.heard:
+            return
+        self.heard[att_id] = (att, self.net.now_ms())
+        while len(self.heard) > HEARD_KEPT:
+            self.heard.popitem(last=False)
+        for origin, up, raw in self.early.pop(att_id, []):
+            await self._take(origin, up, raw, nursery)
+
+    def verdict_heard(self, att_id: bytes) -> None:
+        """A verdict names the attestation: our escalation of it has been answered."""
+        self.ours.pop(att_id, None)
+
+    async def escalate(
+        self, att: Attestation, att_id: bytes, sampled: list[int], seed: bytes, up: g.Escalate
+    ) -> None:
+        """Says the cross-class misses, signed, for a sentry of the worker's class to replay
+        (a cross-class miss alone fails nobody: no verdict of ours)."""
+        now = self.net.now_ms()
+        escalation = esc.escalation_of(
+            att, att_id, up, det_class=self.det_class, seed=seed, sampled=sampled,
+            tolerance_ppm=self.settings.tolerance_ppm, expires_ms=now + TTL_MS,
+            nonce=new_nonce(),
+        )  # fmt: skip
+        await self.store.add_escalation(self.net.peer_id, escalation, self.net.seal(escalation),
+                                        evidence=up.evidence, now_ms=now)  # fmt: skip
+        self.ours[att_id] = (escalation, now + self.settings.verdict_timeout_ms)
+        await self.net.publish(ESCALATIONS, escalation)
+        log.warning("escalated", extra={"task": att.ref.text(), "worker": att.worker,
+                                        "reason": up.reason})  # fmt: skip
+
+    async def run(self, inbox: Any, nursery: trio.Nursery) -> None:
+        """Follows others' escalations, and says ours again until answered."""
+        nursery.start_soon(self._repeat)
+        async for msg in inbox:
+            body = msg.opened.body
+            if not isinstance(body, Escalation) or msg.origin == self.net.peer_id:
+                continue
+            if body.attestation not in self.heard and msg.origin in self.sentries():
+                waiting = self.early.setdefault(body.attestation, [])
+                if len(waiting) < EARLY_PER_ATTESTATION:
+                    waiting.append((msg.origin, body, msg.opened.raw))
+                while len(self.early) > EARLY_KEPT:
+                    self.early.popitem(last=False)
+                continue
+            await self._take(msg.origin, body, msg.opened.raw, nursery)
+
+    async def _take(self, origin: str, up: Escalation, raw: bytes, nursery: trio.Nursery) -> None:
+        heard = self.heard.get(up.attestation)
+        att = None if heard is None else heard[0]
+        check = esc.check_escalation(up, att, origin in self.sentries())
+        if check.action == "reject":
+            self.net.blame(origin, f"escalation: {check.reason}")
+        if heard is None or check.action != "accept":
+            log.info("escalation not taken", extra={"from": origin, "why": check.reason})
+            return
+        await self.store.add_escalation(origin, up, raw, evidence=None, now_ms=self.net.now_ms())
+        why = esc.answer_refusal(
+            heard[0], self.det_class, assigned=self.assigned(heard[0]),
+            answered=up.attestation in self.answered, heard_ms=heard[1],
+            now_ms=self.net.now_ms(), timeout_ms=self.settings.verdict_timeout_ms,
+        )  # fmt: skip
+        if why:
+            log.info("escalation not answered", extra={"task": up.ref.text(), "why": why})
+            return
+        self.answered.add(up.attestation)
+        nursery.start_soon(self._answer_safely, heard[0], up)
+
+    async def _answer_safely(self, att: Attestation, up: Escalation) -> None:
+        try:
+            await self.answer(att, up)
+        except Exception:
+            log.exception("answering an escalation failed", extra={"task": att.ref.text()})
+
+    async def _repeat(self) -> None:
+        while True:
+            await trio.sleep(self.every_ms / 1000)
+            now = self.net.now_ms()
+            for att_id, (up, until) in list(self.ours.items()):
+                if now >= until:
+                    del self.ours[att_id]
+                    log.info("escalation unanswered", extra={"task": up.ref.text()})
+                    continue
+                await self.net.publish(ESCALATIONS, up)
