@@ -96,8 +96,16 @@ class Escrow:
             await self._withdraw()
 
     async def _fund(self, job_id: bytes, amount: int) -> None:
-        if amount > 0 and await self._dry(await self.chain.service.submit("fund", [], amount)):
-            return
+        if amount > 0:
+            held = await self.chain.service.call(lambda c: c.balance())
+            if held < amount:  # a transaction that must fail; the next poll looks again
+                log.warning(
+                    "escrow: job %s needs %d, the wallet holds %d (of chain.token's asset)",
+                    job_id.hex(), amount, held,
+                )  # fmt: skip
+                return
+            if await self._dry(await self.chain.service.pay("fund", [], amount)):
+                return
         await self._set(job_id, "funded")
         log.info("escrow funded", extra={"job": job_id.hex(), "wei": str(amount)})
 
