@@ -57,7 +57,7 @@ class TxResult:
     would_send: dict[str, Any] | None = None  # dry run: the transaction, unsigned
 
 
-def _transport(exc: BaseException) -> bool:
+def is_transport(exc: BaseException) -> bool:
     return isinstance(exc, requests.RequestException | OSError | TimeExhausted)
 
 
@@ -138,7 +138,7 @@ class Settlement:
             self._mark(row, "reverted", error=str(exc))
             raise
         except Exception as exc:
-            if _transport(exc):
+            if is_transport(exc):
                 raise ChainUnavailable(f"{op}: chain unreachable ({exc})", row) from None
             raise
         signed = Account.sign_transaction(tx, self._key)
@@ -147,7 +147,7 @@ class Settlement:
         try:
             self.w3.eth.send_raw_transaction(signed.raw_transaction)
         except Exception as exc:
-            if _transport(exc):
+            if is_transport(exc):
                 raise ChainUnavailable(f"{op}: chain unreachable ({exc})", row) from None
             self._mark(row, "failed", error=str(exc))
             raise
@@ -160,7 +160,7 @@ class Settlement:
                 timeout=self.receipt_timeout_s,
             )
         except Exception as exc:
-            if _transport(exc):
+            if is_transport(exc):
                 raise ChainUnavailable(f"{op}: no receipt yet for {tx_hash} ({exc})", row) from None
             raise
         gas, block = int(receipt["gasUsed"]), int(receipt["blockNumber"])
@@ -410,7 +410,7 @@ class Settlement:
             if row.raw_tx:
                 self.w3.eth.send_raw_transaction(row.raw_tx)
         except Exception as exc:
-            if _transport(exc):
+            if is_transport(exc):
                 raise ChainUnavailable(f"reconcile: chain unreachable ({exc})") from None
             raise
         self._await_receipt(row.op, row.tx_hash, row.id)
