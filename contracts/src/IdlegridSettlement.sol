@@ -120,6 +120,7 @@ contract IdlegridSettlement is EIP712, Epochs {
         if (p.slashBurnBps > BPS) revert BadParameter("slashBurnBps");
         if (p.sentryMinStake == 0) revert BadParameter("sentryMinStake");
         if (p.anchorBond == 0) revert BadParameter("anchorBond");
+        if (p.token != address(0) && p.token.code.length == 0) revert BadParameter("token");
         treasury = p.treasury;
         feeBps = p.feeBps;
         claimGrace = p.claimGrace;

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from eth_tester.exceptions import TransactionFailed
 from web3 import Web3
 
 from consensus.settlement.eip712 import (
@@ -14,7 +15,8 @@ from consensus.settlement.eip712 import (
     split_fee,
     voucher_digest,
 )
-from node.chain.backend import Chain
+from node.chain import artifacts
+from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
 from node.chain.errors import ChainReverted
 from node.chain.signing import sign_slash, sign_voucher
@@ -281,6 +283,8 @@ def test_a_token_deployment_pulls_the_amount_and_refuses_coin() -> None:
     assert req.allowance() == 0 and net.balance(net.address) == ETH
     assert req.gas_balance() < coin and r.op == "deposit"  # gas, in coin; the escrow, in token
     assert req.balance() == 1000 * ETH - ETH
+    with pytest.raises(TransactionFailed, match="token"):  # no contract at that address
+        net.chain.deploy(artifacts.load(), DeployParams(token="0x" + "11" * 20))
 
 
 def test_a_token_deposit_and_claim_on_anvil(anvil: Anvil) -> None:
