@@ -7,7 +7,10 @@ jobs per epoch and claiming once per epoch (every 100 jobs), in an earnings tree
 per job measured in the same run, and the direct path (deposit, one voucher claim, end,
 withdraw per job).
 
-Usage: python bench/settlement.py [--epochs 3] [--workers-in-tree 1000] [--requesters 10]
+With --token the contract pays in the test ERC-20 (every deposit, fund and stake then also
+needs an approve, counted apart as `approve`; every payout is a token transfer).
+
+Usage: python bench/settlement.py [--epochs 3] [--workers-in-tree 1000] [--requesters 10] [--token]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
 from node.chain.signing import sign_slash, sign_voucher
+from node.chain.token import deploy_test_token, mint
 
 ETH = 10**18
 JOBS_PER_EPOCH, WORKERS, FEE_BPS = 1000, 10, 100
@@ -30,11 +34,14 @@ TASK = chain_task_id(0, 0)
 
 
 class Bench:
-    def __init__(self, requesters: int) -> None:
+    def __init__(self, requesters: int, token: bool = False) -> None:
         self.chain = Chain.embedded()
         self.art = artifacts.load()
+        self.token = deploy_test_token(self.chain) if token else None
         deployer = self.wallets(1)[0]
-        params = DeployParams(treasury=self.chain.w3.eth.accounts[0], fee_bps=FEE_BPS)
+        params = DeployParams(
+            treasury=self.chain.w3.eth.accounts[0], fee_bps=FEE_BPS, token=self.token
+        )
         self.address = self.chain.deploy(self.art, params, deployer)
         latest = self.chain.w3.eth.get_block("latest")["transactions"][0]
         self.gas = {"deploy": int(self.chain.w3.eth.get_transaction_receipt(latest)["gasUsed"])}
@@ -45,7 +52,15 @@ class Bench:
         keys = [bytes(Account.create().key) for _ in range(n)]
         for k in keys:
             self.chain.fund(Account.from_key(k).address, 10_000 * ETH)
+            if self.token is not None:
+                mint(self.chain, self.token, Account.from_key(k).address, 10_000 * ETH)
         return keys
+
+    def paid_in(self, c: Settlement, amount: int) -> None:
+        """Approve ``amount`` ahead (timed as ``approve``), so the next call's gas is its own."""
+        approval = c.approve(amount)
+        if approval is not None:
+            self.gas["approve"] = approval.gas
 
     def client(self, key: bytes) -> Settlement:
         return Settlement(self.chain, self.art, self.address, key)
@@ -63,6 +78,7 @@ class Bench:
     def direct(self) -> None:
         r, w, g = self.c[self.req[0]], self.c[self.work[0]], self.gas
         job = b"\x01" * 32
+        self.paid_in(r, ETH)
         g["deposit"] = r.deposit(job, ETH, ETH, self.chain.now() + 600).gas
         for name, amount in (("claim_voucher_first", ETH // 4), ("claim_voucher_more", ETH // 2)):
             v = ChainVoucher(job, TASK, addr(self.work[0]), amount)
@@ -77,6 +93,7 @@ class Bench:
 
     def stake_and_slash(self) -> None:
         w, g = self.c[self.work[0]], self.gas
+        self.paid_in(w, 3 * ETH)
         g["stake"] = w.stake(3 * ETH).gas
         g["request_unstake"] = w.request_unstake(ETH).gas
         for k in self.sentries:
@@ -90,6 +107,7 @@ class Bench:
         """Returns (gas of the last epoch, proof depth, last epoch)."""
         rng, g = random.Random(7), self.gas
         for k in self.req:
+            self.paid_in(self.c[k], 1000 * ETH)
             g["fund"] = self.c[k].fund(1000 * ETH).gas
         anchorer = self.c[self.sentries[2]]
         lines: dict[tuple[bytes, bytes, bytes], int] = {}
@@ -144,8 +162,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="at least 2: claims start after one")
     ap.add_argument("--workers-in-tree", type=int, default=1000)
     ap.add_argument("--requesters", type=int, default=10)
+    ap.add_argument("--token", action="store_true", help="the contract pays in a test ERC-20")
     args = ap.parse_args()
-    b = Bench(args.requesters)
+    b = Bench(args.requesters, args.token)
     b.transfer()
     b.direct()
     b.stake_and_slash()

@@ -286,6 +286,15 @@ def address_check(value: Any) -> str | None:
     return None if ok else "a 0x-prefixed 20-byte hex address, or empty"
 
 
+TEST_TOKEN = "test"  # noqa: S105 - chain.token's value for the embedded chain's test token
+
+
+def token_check(value: Any) -> str | None:
+    if value == TEST_TOKEN or address_check(value) is None:
+        return None
+    return 'a 0x-prefixed 20-byte ERC-20 address, "test" (embedded chain), or empty (native coin)'
+
+
 @dataclass(frozen=True)
 class ChainSettings:
     backend: str = setting(
@@ -298,6 +307,13 @@ class ChainSettings:
         0, "chain id the endpoint must report (backend = rpc)", int_range(0, 2**63 - 1)
     )
     contract: str = setting("", "settlement contract address (backend = rpc)", address_check)
+    token: str = setting(
+        "",
+        "payment asset: empty = native coin; an ERC-20 address (backend = rpc), which must be "
+        'the token chain.contract was deployed with; "test" (embedded): a test token, minted '
+        "to this wallet",
+        token_check,
+    )
     dry_run: bool = setting(False, "print what would be sent instead of sending it")
     settle: bool = setting(
         False,
@@ -359,6 +375,15 @@ def _rpc_complete(settings: Settings) -> str | None:
     return None
 
 
+def _token_fits_backend(settings: Settings) -> str | None:
+    chain = settings.chain
+    if chain.token == TEST_TOKEN and chain.backend != "embedded":
+        return '"test" only on the embedded chain; on rpc the address of the contract\'s token'
+    if chain.token not in {"", TEST_TOKEN} and chain.backend != "rpc":
+        return 'empty or "test" on the embedded chain (an address needs backend = rpc)'
+    return None
+
+
 def _mdns_needs_interface(settings: Settings) -> str | None:
     # zeroconf would otherwise bind every interface: the LAN to trust must be chosen.
     if settings.p2p.mdns and not settings.p2p.mdns_interface:
@@ -370,6 +395,7 @@ def _mdns_needs_interface(settings: Settings) -> str | None:
 CROSS_CHECKS: tuple[tuple[str, Callable[[Settings], str | None]], ...] = (
     ("p2p.offline_after_s", _offline_after_heartbeats),
     ("chain.backend", _rpc_complete),
+    ("chain.token", _token_fits_backend),
     ("p2p.mdns_interface", _mdns_needs_interface),
     (
         "verify.quorum",

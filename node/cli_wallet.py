@@ -102,24 +102,34 @@ def show_tx(as_json: bool, r: TxResult) -> None:
 @home_option
 @json_option
 def balance(home_dir: str | None, as_json: bool) -> None:
-    """Coin balance and stake of this node's chain account."""
+    """Balance (of the payment token, when the contract has one), stake and pool of this
+    node's chain account; amounts in wei, or the token's base units."""
     c = connect(home_dir)
     stake, pool = run(c.stake_of), run(c.pool_of)
     payload = {
         "address": c.address, "chain_id": c.chain.chain_id, "backend": c.chain.kind,
-        "contract": c.contract_address, "balance_wei": str(run(c.balance)),
+        "contract": c.contract_address, "token": c.token, "balance_wei": str(run(c.balance)),
+        "gas_balance_wei": str(run(c.gas_balance)),
         "stake_bonded_wei": str(stake["bonded"]), "stake_unbonding_wei": str(stake["unbonding"]),
         "unbond_at": stake["unbond_at"], "pool_wei": str(pool["balance"]),
         "pool_leaving_wei": str(pool["leaving"]),
     }  # fmt: skip
     emit(as_json, payload, lambda p: table([
         ("address", p["address"]), ("chain", f"{p['chain_id']} ({p['backend']})"),
-        ("balance", format_wei(int(p["balance_wei"]))),
-        ("staked", format_wei(int(p["stake_bonded_wei"]))),
-        ("unbonding", f"{format_wei(int(p['stake_unbonding_wei']))} until {p['unbond_at']}"),
-        ("pool", f"{format_wei(int(p['pool_wei']))}, "
-                 f"leaving {format_wei(int(p['pool_leaving_wei']))}"),
+        ("balance", _amount(int(p["balance_wei"]), p["token"])),
+        *([("token", p["token"]), ("gas coin", format_wei(int(p["gas_balance_wei"])))]
+          if p["token"] else []),
+        ("staked", _amount(int(p["stake_bonded_wei"]), p["token"])),
+        ("unbonding", f"{_amount(int(p['stake_unbonding_wei']), p['token'])} "
+                      f"until {p['unbond_at']}"),
+        ("pool", f"{_amount(int(p['pool_wei']), p['token'])}, "
+                 f"leaving {_amount(int(p['pool_leaving_wei']), p['token'])}"),
     ]))  # fmt: skip
+
+
+def _amount(units: int, token: str | None) -> str:
+    """Coin in its units (eth, gwei); a token in its integer base units (its decimals vary)."""
+    return format_wei(units) if token is None else f"{units} base units"
 
 
 @click.command("deposit")

@@ -104,13 +104,16 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function _anchorBond() internal view virtual returns (uint256);
     function _disputeWindow() internal view virtual returns (uint64);
     function _sendCoin(address to, uint256 amount) internal virtual;
+    function _receiveCoin(uint256 amount) internal virtual;
 
     // ------------------------------------------------------------ pools
 
-    function fund() external payable {
+    /// @notice Add `amount` to the caller's pool (msg.value on coin, transferFrom on a token).
+    function fund(uint256 amount) external payable {
         Pool storage p = pools[msg.sender];
-        p.balance += msg.value;
-        emit PoolFunded(msg.sender, msg.value, p.balance);
+        p.balance += amount;
+        emit PoolFunded(msg.sender, amount, p.balance);
+        _receiveCoin(amount);
     }
 
     /// @notice Ask `amount` back; it can be withdrawn after the unbonding delay and can still

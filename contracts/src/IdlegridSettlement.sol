@@ -3,10 +3,15 @@ pragma solidity ^0.8.24;
 
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Epochs} from "./Epochs.sol";
 
 /// @title idlegrid settlement: per-job escrow, worker stake, EIP-712 voucher claims, slashing.
-/// @notice Money is native coin in wei. A requester escrows a job's budget; it signs cumulative
+/// @notice Money is one asset per deployment, fixed at construction: native coin in wei
+/// (`token` = address(0)), or an ERC-20 token in its base units. Every call that brings money in
+/// (deposit, fund, stake) names its `amount`: on coin it must equal msg.value, on a token it is
+/// pulled with transferFrom (approve it first) and msg.value must be 0. A requester escrows a job's budget; it signs cumulative
 /// vouchers per task attempt (job, task, worker, cumulative); a worker claims the increase over
 /// what it already claimed, minus the protocol fee. Unspent escrow returns to the requester once
 /// the claim window after the job's end or deadline has closed. Stake unbonds after a delay and
@@ -16,6 +21,8 @@ import {Epochs} from "./Epochs.sol";
 /// per-requester debits, requesters may dispute an entry during a window, and workers claim
 /// rarely with a Merkle proof.
 contract IdlegridSettlement is EIP712, Epochs {
+    using SafeERC20 for IERC20;
+
     bytes32 public constant VOUCHER_TYPEHASH =
         keccak256("Voucher(bytes32 job,bytes32 task,address worker,uint256 cumulative)");
     bytes32 public constant SLASH_TYPEHASH =
@@ -39,6 +46,7 @@ contract IdlegridSettlement is EIP712, Epochs {
         uint64 unbondAt;
     }
 
+    IERC20 public immutable token; // address(0): native coin
     address public immutable treasury;
     uint256 public immutable feeBps;
     uint64 public immutable claimGrace;
@@ -89,6 +97,8 @@ contract IdlegridSettlement is EIP712, Epochs {
     error NotSentry(address signer, uint256 bonded);
     error NotTreasury(address caller);
     error TransferFailed(address to, uint256 amount);
+    error ValueMismatch(uint256 value, uint256 amount); // coin: msg.value must equal amount
+    error CoinNotAccepted(uint256 value); // token deployment: no msg.value
 
     struct Params {
         address treasury;
@@ -100,6 +110,7 @@ contract IdlegridSettlement is EIP712, Epochs {
         uint256 slashBurnBps;
         uint256 anchorBond;
         uint64 disputeWindow;
+        address token; // address(0): native coin; else an ERC-20 (no fee-on-transfer, no rebasing)
     }
 
     constructor(Params memory p) EIP712("idlegrid", "1") {
@@ -109,6 +120,7 @@ contract IdlegridSettlement is EIP712, Epochs {
         if (p.slashBurnBps > BPS) revert BadParameter("slashBurnBps");
         if (p.sentryMinStake == 0) revert BadParameter("sentryMinStake");
         if (p.anchorBond == 0) revert BadParameter("anchorBond");
+        if (p.token != address(0) && p.token.code.length == 0) revert BadParameter("token");
         treasury = p.treasury;
         feeBps = p.feeBps;
         claimGrace = p.claimGrace;
@@ -118,14 +130,15 @@ contract IdlegridSettlement is EIP712, Epochs {
         slashBurnBps = p.slashBurnBps;
         anchorBond = p.anchorBond;
         disputeWindow = p.disputeWindow;
+        token = IERC20(p.token);
     }
 
     // ---------------------------------------------------------------- escrow
 
-    /// @notice Escrow `msg.value` for `job`. The first deposit creates the job and fixes its
+    /// @notice Escrow `amount` for `job`. The first deposit creates the job and fixes its
     /// requester, cap and deadline; later ones top it up to at most the cap.
-    function deposit(bytes32 job, uint256 cap, uint64 deadline) external payable {
-        if (msg.value == 0) revert ZeroAmount();
+    function deposit(bytes32 job, uint256 cap, uint64 deadline, uint256 amount) external payable {
+        if (amount == 0) revert ZeroAmount();
         Job storage j = jobs[job];
         if (j.requester == address(0)) {
             if (deadline <= block.timestamp) revert DeadlineInPast(deadline);
@@ -137,11 +150,12 @@ contract IdlegridSettlement is EIP712, Epochs {
             if (j.requester != msg.sender) revert NotRequester(job, msg.sender);
             if (j.closed) revert JobClosed(job);
         }
-        uint256 wouldBe = j.deposited + msg.value;
+        uint256 wouldBe = j.deposited + amount;
         if (wouldBe > j.cap) revert OverCap(job, j.cap, wouldBe);
         j.deposited = wouldBe;
-        j.balance += msg.value;
-        emit Deposited(job, msg.sender, msg.value, j.balance);
+        j.balance += amount;
+        emit Deposited(job, msg.sender, amount, j.balance);
+        _receive(amount);
     }
 
     /// @notice The job is over: workers have `claimGrace` seconds from now to claim.
@@ -214,11 +228,12 @@ contract IdlegridSettlement is EIP712, Epochs {
 
     // ---------------------------------------------------------------- stake
 
-    function stake() external payable {
-        if (msg.value == 0) revert ZeroAmount();
+    function stake(uint256 amount) external payable {
+        if (amount == 0) revert ZeroAmount();
         Stake storage s = stakes[msg.sender];
-        s.bonded += msg.value;
-        emit Staked(msg.sender, msg.value, s.bonded);
+        s.bonded += amount;
+        emit Staked(msg.sender, amount, s.bonded);
+        _receive(amount);
     }
 
     /// @notice Start unbonding `amount`; it stays slashable until withdrawn. A new request
@@ -339,6 +354,10 @@ contract IdlegridSettlement is EIP712, Epochs {
         _send(to, amount);
     }
 
+    function _receiveCoin(uint256 amount) internal override {
+        _receive(amount);
+    }
+
     // ---------------------------------------------------------------- helpers
 
     function _requesterJob(bytes32 job) private view returns (Job storage j) {
@@ -347,8 +366,25 @@ contract IdlegridSettlement is EIP712, Epochs {
         if (j.requester != msg.sender) revert NotRequester(job, msg.sender);
     }
 
+    /// Take `amount` in: checked against msg.value on coin, pulled from the caller on a token.
+    /// Called last, once the books are written: a token that calls back into this contract
+    /// finds them consistent, and if the pull fails the whole call reverts. So no reentrancy
+    /// guard here (it would cost every native deposit too).
+    function _receive(uint256 amount) private {
+        if (address(token) == address(0)) {
+            if (msg.value != amount) revert ValueMismatch(msg.value, amount);
+        } else {
+            if (msg.value != 0) revert CoinNotAccepted(msg.value);
+            if (amount != 0) token.safeTransferFrom(msg.sender, address(this), amount);
+        }
+    }
+
     function _send(address to, uint256 amount) private {
         if (amount == 0) return;
+        if (address(token) != address(0)) {
+            token.safeTransfer(to, amount);
+            return;
+        }
         (bool ok,) = to.call{value: amount}("");
         if (!ok) revert TransferFailed(to, amount);
     }

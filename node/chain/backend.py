@@ -19,6 +19,8 @@ from web3.types import Wei
 from node.chain.artifacts import Artifact
 from node.chain.errors import ChainMisconfigured, ChainUnavailable
 
+NATIVE = "0x0000000000000000000000000000000000000000"  # the token address that means native coin
+
 
 @dataclass(frozen=True)
 class DeployParams:
@@ -33,6 +35,7 @@ class DeployParams:
     slash_burn_bps: int = 5000
     anchor_bond_wei: int = 10**18  # stake an anchorer must have bonded (slashed on a void)
     dispute_window_s: int = 3600  # to dispute an anchored entry, and then to answer
+    token: str | None = None  # the ERC-20 every amount is in; None: native coin
 
 
 class Chain:
@@ -95,34 +98,44 @@ class Chain:
         """Deploy the contract; return its address.
 
         The embedded chain deploys from its first (unlocked) account as its very first
-        transaction, so the address, and with it every EIP-712 domain, is the same on every
-        machine. Elsewhere the deployer signs with ``key``.
+        transaction (its second, after the test token, when it pays in one), so the address,
+        and with it every EIP-712 domain, is the same on every machine. Elsewhere the deployer
+        signs with ``key``. ``params.token`` must already be deployed.
         """
-        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         treasury = params.treasury or self.w3.eth.accounts[0]
-        ctor = factory.constructor(
-            (
-                Web3.to_checksum_address(treasury),
-                params.fee_bps,
-                params.claim_grace_s,
-                params.unbonding_delay_s,
-                params.sentry_min_stake_wei,
-                params.slash_quorum,
-                params.slash_burn_bps,
-                params.anchor_bond_wei,
-                params.dispute_window_s,
-            )
+        args = (
+            Web3.to_checksum_address(treasury),
+            params.fee_bps,
+            params.claim_grace_s,
+            params.unbonding_delay_s,
+            params.sentry_min_stake_wei,
+            params.slash_quorum,
+            params.slash_burn_bps,
+            params.anchor_bond_wei,
+            params.dispute_window_s,
+            Web3.to_checksum_address(params.token or NATIVE),
         )
+        return self.deploy_contract(artifact, [args], key)
+
+    def deploy_contract(self, artifact: Artifact, args: list[Any], key: bytes | None) -> str:
+        """Deploy ``artifact`` with constructor ``args``; return its address (see deploy)."""
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        receipt = self.transact(factory.constructor(*args), key)
+        if receipt["status"] != 1:
+            raise ChainMisconfigured(f"deployment of {artifact.name} reverted")
+        return str(receipt["contractAddress"])
+
+    def transact(self, call: Any, key: bytes | None) -> Any:
+        """Send a contract call (or constructor) from the embedded chain's unlocked first
+        account (``key`` None), or signed with ``key``; return its receipt. For set-up only
+        (deploying, minting test tokens): node transactions go through the journal."""
         if key is None:
-            tx_hash = ctor.transact({"from": self.w3.eth.accounts[0]})
+            tx_hash = call.transact({"from": self.w3.eth.accounts[0]})
         else:
             sender = Account.from_key(key).address
-            tx: dict[str, Any] = ctor.build_transaction(
+            tx: dict[str, Any] = call.build_transaction(
                 {"from": sender, "nonce": self.w3.eth.get_transaction_count(sender)}
             )
             signed = Account.sign_transaction(tx, key)
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash)
-        if receipt["status"] != 1:
-            raise ChainMisconfigured("contract deployment reverted")
-        return str(receipt["contractAddress"])
+        return self.w3.eth.wait_for_transaction_receipt(tx_hash)

@@ -4,6 +4,11 @@ Synchronous on purpose (web3's HTTP provider and eth-tester both are): call it f
 :class:`node.chain.service.ChainService` does that under trio. Every write goes
 ``journal.begin`` -> estimate (a revert stops here, decoded, nothing sent) -> sign locally ->
 ``journal sent`` -> broadcast -> receipt -> ``journal mined|reverted``.
+
+Money goes in (deposit, fund, stake) with an explicit amount: as the value on native coin, or,
+when the deployment has a payment token, by an ``approve`` of exactly that amount (its own
+journal row, sent to the token) and the contract's ``transferFrom``. A crash between the two
+leaves a mined approve; the retried call finds the allowance already set and sends no second one.
 """
 
 from __future__ import annotations
@@ -26,14 +31,19 @@ from node.chain.backend import Chain
 from node.chain.errors import ChainReverted, ChainUnavailable
 from node.chain.journal import Journal, TxRow
 from node.chain.reverts import decode_revert, is_revert, revert_data
+from node.chain.token import erc20_abi, token_of
 
 log = logging.getLogger(__name__)
 GAS_MARGIN_PCT = 25  # over the estimate: a claim's transfer may cost more than estimated
 WRITES = (
     "deposit", "endJob", "withdraw", "claim", "stake", "requestUnstake", "withdrawStake",
     "withdrawFees", "slash", "fund", "leavePool", "withdrawPool", "postAnchor", "finalize",
-    "dispute", "answer", "voidAnchor", "claimEarnings",
+    "dispute", "answer", "voidAnchor", "claimEarnings", "approve",
 )  # fmt: skip
+TOKEN_WRITES = ("approve",)  # sent to the payment token, journaled with the settlement's rows
+# Writes that bring money in: their last argument is the amount. Journal rows written before
+# the amount argument existed (native coin only) lack it; it was the value.
+PAYING = {"deposit": 3, "fund": 0, "stake": 0}  # op -> arguments before the amount
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,7 @@ class TxResult:
     would_send: dict[str, Any] | None = None  # dry run: the transaction, unsigned
 
 
-def _transport(exc: BaseException) -> bool:
+def is_transport(exc: BaseException) -> bool:
     return isinstance(exc, requests.RequestException | OSError | TimeExhausted)
 
 
@@ -73,6 +83,11 @@ class Settlement:
             address=Web3.to_checksum_address(contract), abi=artifact.abi
         )
         self.contract_address = str(self.contract.address)
+        self.token = token_of(self.contract)  # None: native coin
+        self.token_contract = None
+        if self.token is not None:
+            self.token_contract = self.w3.eth.contract(address=self.token, abi=erc20_abi())
+        self._errors = artifact.abi + [e for e in erc20_abi() if e["type"] == "error"]
         self.domain = Domain(chain.chain_id, bytes.fromhex(self.contract_address[2:]))
         self._key = key
         self.journal = journal
@@ -94,9 +109,9 @@ class Settlement:
         if self.dry_run:
             gas = self._estimate(op, args, value)
             tx = {
-                "from": self.address, "to": self.contract_address, "chain_id": self.chain.chain_id,
-                "value_wei": str(value), "function": op,
-                "data": self.contract.encode_abi(op, args=args), "gas_estimate": gas,
+                "from": self.address, "to": self._target(op).address,
+                "chain_id": self.chain.chain_id, "value_wei": str(value), "function": op,
+                "data": self._target(op).encode_abi(op, args=args), "gas_estimate": gas,
             }  # fmt: skip
             log.info("dry run: would send %s", op, extra={"tx": tx})
             return TxResult(op, None, gas, None, None, dry_run=True, would_send=tx)
@@ -110,7 +125,7 @@ class Settlement:
     def _execute(self, op: str, args: list[Any], value: int, row: int | None) -> TxResult:
         try:
             gas = self._estimate(op, args, value)
-            tx = getattr(self.contract.functions, op)(*args).build_transaction(
+            tx = getattr(self._target(op).functions, op)(*args).build_transaction(
                 {
                     "from": self.address,
                     "value": value,
@@ -123,7 +138,7 @@ class Settlement:
             self._mark(row, "reverted", error=str(exc))
             raise
         except Exception as exc:
-            if _transport(exc):
+            if is_transport(exc):
                 raise ChainUnavailable(f"{op}: chain unreachable ({exc})", row) from None
             raise
         signed = Account.sign_transaction(tx, self._key)
@@ -132,7 +147,7 @@ class Settlement:
         try:
             self.w3.eth.send_raw_transaction(signed.raw_transaction)
         except Exception as exc:
-            if _transport(exc):
+            if is_transport(exc):
                 raise ChainUnavailable(f"{op}: chain unreachable ({exc})", row) from None
             self._mark(row, "failed", error=str(exc))
             raise
@@ -145,7 +160,7 @@ class Settlement:
                 timeout=self.receipt_timeout_s,
             )
         except Exception as exc:
-            if _transport(exc):
+            if is_transport(exc):
                 raise ChainUnavailable(f"{op}: no receipt yet for {tx_hash} ({exc})", row) from None
             raise
         gas, block = int(receipt["gasUsed"]), int(receipt["blockNumber"])
@@ -156,21 +171,58 @@ class Settlement:
         return TxResult(op, tx_hash, gas, block, row)
 
     def _estimate(self, op: str, args: list[Any], value: int) -> int:
-        fn = getattr(self.contract.functions, op)(*args)
+        fn = getattr(self._target(op).functions, op)(*args)
         try:
             return int(fn.estimate_gas({"from": self.address, "value": value}))
         except Exception as exc:
             if not is_revert(exc):
                 raise
-            name, fields = decode_revert(self.artifact.abi, revert_data(exc))
+            name, fields = decode_revert(self._errors, revert_data(exc))
             raise ChainReverted(op, name, fields) from None
+
+    def _target(self, op: str) -> Any:
+        if op not in TOKEN_WRITES:
+            return self.contract
+        if self.token_contract is None:
+            raise ValueError(f"{op}: this deployment pays in native coin, it has no token")
+        return self.token_contract
 
     def _mark(self, row: int | None, state: str, **fields: Any) -> None:
         if row is not None and self.journal is not None:
             self.journal.update(row, state, **fields)
 
+    def pay(self, op: str, args: list[Any], amount: int) -> TxResult:
+        """Send ``op(*args, amount)`` that brings ``amount`` into the contract: as the value on
+        native coin; on a token after an ``approve`` of exactly ``amount`` (skipped when the
+        allowance already is that, e.g. left by a crash between the two).
+
+        In dry-run mode on a token the approve is what is shown (``would_send['then']`` names
+        the call after it): the call itself cannot be estimated before the allowance exists.
+        """
+        if op not in PAYING:
+            raise ValueError(f"{op!r} brings no money in")
+        approval = self.approve(amount)
+        if approval is not None and approval.dry_run:
+            then = {"function": op, "data": self.contract.encode_abi(op, args=[*args, amount])}
+            assert approval.would_send is not None
+            approval.would_send["then"] = then
+            return approval
+        return self.send(op, [*args, amount], amount if self.token is None else 0)
+
+    def approve(self, amount: int) -> TxResult | None:
+        """Let the contract pull exactly ``amount`` of the token; None when nothing to send."""
+        if self.token_contract is None or self.allowance() == amount:
+            return None
+        return self.send("approve", [self.contract_address, amount])
+
+    def allowance(self) -> int:
+        if self.token_contract is None:
+            return 0
+        fn = self.token_contract.functions.allowance(self.address, self.contract_address)
+        return int(fn.call())
+
     def deposit(self, job: bytes, value: int, cap: int, deadline: int) -> TxResult:
-        return self.send("deposit", [job, cap, deadline], value)
+        return self.pay("deposit", [job, cap, deadline], value)
 
     def end_job(self, job: bytes) -> TxResult:
         return self.send("endJob", [job])
@@ -182,7 +234,7 @@ class Settlement:
         return self.send("claim", [job, task, Web3.to_checksum_address(worker), cumulative, sig])
 
     def stake(self, value: int) -> TxResult:
-        return self.send("stake", [], value)
+        return self.pay("stake", [], value)
 
     def request_unstake(self, amount: int) -> TxResult:
         return self.send("requestUnstake", [amount])
@@ -196,7 +248,7 @@ class Settlement:
     # ------------------------------------------------------------------ epochs
 
     def fund(self, value: int) -> TxResult:
-        return self.send("fund", [], value)
+        return self.pay("fund", [], value)
 
     def leave_pool(self, amount: int) -> TxResult:
         return self.send("leavePool", [amount])
@@ -284,6 +336,15 @@ class Settlement:
     # ------------------------------------------------------------------ reads
 
     def balance(self, address: str | None = None) -> int:
+        """What ``address`` (default: this wallet) holds of the payment asset: the token's
+        balance when the deployment has one, else native coin."""
+        who = Web3.to_checksum_address(address or self.address)
+        if self.token_contract is None:
+            return self.chain.balance(who)
+        return int(self.token_contract.functions.balanceOf(who).call())
+
+    def gas_balance(self, address: str | None = None) -> int:
+        """Native coin of ``address``: what pays for gas (the same as balance() without a token)."""
         return self.chain.balance(address or self.address)
 
     def job(self, job: bytes) -> dict[str, Any]:
@@ -317,6 +378,7 @@ class Settlement:
             "sentry_min_stake_wei": f.sentryMinStake().call(),
             "slash_quorum": f.slashQuorum().call(),
             "slash_burn_bps": f.slashBurnBps().call(),
+            "token": self.token,
         }
 
     # ------------------------------------------------------------------ recovery
@@ -335,7 +397,7 @@ class Settlement:
                 if row.state == "sent" and row.tx_hash:
                     self._finish_sent(row)
                 else:
-                    self._execute(row.op, row.args, row.value_wei, row.id)
+                    self._execute(row.op, _args(row), row.value_wei, row.id)
             except ChainReverted as exc:
                 log.warning("journal row %d (%s) reverted: %s", row.id, row.op, exc)
         return self._rows("sent", "pending")
@@ -348,7 +410,7 @@ class Settlement:
             if row.raw_tx:
                 self.w3.eth.send_raw_transaction(row.raw_tx)
         except Exception as exc:
-            if _transport(exc):
+            if is_transport(exc):
                 raise ChainUnavailable(f"reconcile: chain unreachable ({exc})") from None
             raise
         self._await_receipt(row.op, row.tx_hash, row.id)
@@ -364,7 +426,7 @@ class Settlement:
         done = failed = 0
         for row in self._rows("mined"):
             try:
-                self._execute(row.op, row.args, row.value_wei, None)
+                self._execute(row.op, _args(row), row.value_wei, None)
                 done += 1
             except ChainReverted as exc:
                 log.warning("replay of journal row %d (%s) failed: %s", row.id, row.op, exc)
@@ -377,6 +439,13 @@ class Settlement:
         return self.journal.rows(
             *states, chain_id=self.chain.chain_id, contract=self.contract_address
         )
+
+
+def _args(row: TxRow) -> list[Any]:
+    """A row's arguments for today's ABI: an old paying row gets its value as the amount."""
+    if PAYING.get(row.op) == len(row.args):
+        return [*row.args, row.value_wei]
+    return row.args
 
 
 def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.market.messages import TaskRef
+from node.chain.client import is_transport
 from node.chain.errors import ChainReverted, survive
 from storage.db import Database
 
@@ -96,10 +97,30 @@ class Escrow:
             await self._withdraw()
 
     async def _fund(self, job_id: bytes, amount: int) -> None:
-        if amount > 0 and await self._dry(await self.chain.service.submit("fund", [], amount)):
-            return
+        if amount > 0:
+            if await self._short(job_id, amount):
+                return
+            if await self._dry(await self.chain.service.pay("fund", [], amount)):
+                return
         await self._set(job_id, "funded")
         log.info("escrow funded", extra={"job": job_id.hex(), "wei": str(amount)})
+
+    async def _short(self, job_id: bytes, amount: int) -> bool:
+        """The wallet holds less than ``amount`` (of the token, on a token deployment): the
+        fund would fail, so it waits for the next poll. Unknown during an outage: the fund is
+        then journaled and waits the outage out like any write."""
+        try:
+            held = await self.chain.service.call(lambda c: c.balance())
+        except Exception as exc:
+            if not is_transport(exc):
+                raise
+            return False
+        if held < amount:
+            log.warning(
+                "escrow: job %s needs %d, the wallet holds %d (of chain.token's asset)",
+                job_id.hex(), amount, held,
+            )  # fmt: skip
+        return held < amount
 
     async def _give_back(self, job_id: bytes, funded: int) -> None:
         rows = await self.db.query("SELECT vouched_wei FROM attempts WHERE job_id = ?", (job_id,))

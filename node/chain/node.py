@@ -71,7 +71,9 @@ class ChainNode:
                 "chain_id": c.chain.chain_id,
                 "contract": c.contract_address,
                 "address": c.address,
-                "balance_wei": str(c.balance()),
+                "token": c.token,  # None: amounts are native coin
+                "balance_wei": str(c.balance()),  # of the token, when there is one
+                "gas_balance_wei": str(c.gas_balance()),
                 "pool": {k: str(v) for k, v in c.pool_of().items()},
                 "stake": {k: str(v) for k, v in c.stake_of().items()},
                 "earned_wei": str(c.earned_of()),

@@ -8,6 +8,7 @@ open is finished by ``reconcile``, so nothing is sent twice and nothing is lost.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -18,12 +19,13 @@ import trio
 from eth_account import Account
 from web3 import Web3
 
-from config.schema import ChainSettings
+from config.schema import TEST_TOKEN, ChainSettings
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement, TxResult
 from node.chain.errors import ChainMisconfigured, ChainReverted, ChainUnavailable
 from node.chain.journal import Journal
+from node.chain.token import deploy_test_token, mint, token_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,20 +40,28 @@ def open_settlement(
 ) -> Settlement:
     """Connect as ``settings`` say; synchronous (run it in the chain thread).
 
-    Embedded: a fresh in-process EVM, the contract deployed at its fixed address, the wallet
-    funded, then this node's journal replayed. RPC: the chain id and the contract checked, then
-    whatever the journal left open reconciled.
+    Embedded: a fresh in-process EVM, the contract deployed at its fixed address (with
+    ``chain.token = "test"`` the test token first, then a contract that pays in it), the wallet
+    funded (coin, and test tokens), then this node's journal replayed. RPC: the chain id, the
+    contract and its payment token checked, then whatever the journal left open reconciled.
 
     Raises:
         ChainUnavailable: the endpoint does not answer.
-        ChainMisconfigured: wrong chain id, or no settlement contract at ``settings.contract``.
+        ChainMisconfigured: wrong chain id, no settlement contract at ``settings.contract``, or
+            one that pays in another asset than ``settings.token``.
     """
     artifact = artifacts.load()
     journal = Journal(db_path) if db_path is not None else None
     if settings.backend == "embedded":
         chain = Chain.embedded()
-        address = chain.deploy(artifact, params or DeployParams())
-        chain.fund(Account.from_key(key).address, FAUCET_WEI)
+        wallet = Account.from_key(key).address
+        params = params or DeployParams()
+        if settings.token == TEST_TOKEN:
+            params = dataclasses.replace(params, token=deploy_test_token(chain))
+        address = chain.deploy(artifact, params)
+        chain.fund(wallet, FAUCET_WEI)
+        if params.token is not None:
+            mint(chain, params.token, wallet, FAUCET_WEI)
         client = Settlement(
             chain, artifact, address, key, journal=journal, dry_run=settings.dry_run
         )
@@ -59,7 +69,7 @@ def open_settlement(
         log.info("embedded chain rebuilt: %d transactions replayed, %d failed", done, failed)
         return client
     chain = Chain.rpc(settings.rpc_url, settings.chain_id)
-    check_contract(chain, artifact, settings.contract)
+    check_contract(chain, artifact, settings.contract, settings.token)
     client = Settlement(
         chain, artifact, settings.contract, key, journal=journal, dry_run=settings.dry_run
     )
@@ -68,8 +78,11 @@ def open_settlement(
     return client
 
 
-def check_contract(chain: Chain, artifact: artifacts.Artifact, address: str) -> None:
-    """Refuse an address that holds no settlement contract (typo, wrong network)."""
+def check_contract(
+    chain: Chain, artifact: artifacts.Artifact, address: str, token: str = ""
+) -> None:
+    """Refuse an address that holds no settlement contract (typo, wrong network), or one that
+    pays in another asset than ``token`` (chain.token: empty for native coin)."""
     where = Web3.to_checksum_address(address)
     if not chain.w3.eth.get_code(where):
         raise ChainMisconfigured(f"chain.contract {address}: no contract on chain {chain.chain_id}")
@@ -83,6 +96,17 @@ def check_contract(chain: Chain, artifact: artifacts.Artifact, address: str) -> 
     )
     if typehash != bytes(expected):
         raise ChainMisconfigured(f"chain.contract {address}: another version of the contract")
+    try:
+        actual = token_of(contract)
+    except Exception as exc:  # deployed before payment tokens: native coin only
+        old = f"chain.contract {address}: an older version of the contract (no payment token)"
+        raise ChainMisconfigured(old) from exc
+    wanted = Web3.to_checksum_address(token) if token else None
+    if actual != wanted:
+        raise ChainMisconfigured(
+            f"chain.token is {token or 'empty (native coin)'} but chain.contract {address} "
+            f"pays in {actual or 'native coin'}"
+        )
 
 
 class ChainService:
@@ -132,6 +156,20 @@ class ChainService:
             self._on_unavailable(exc)
             await self._reconcile_until_done(exc.journal_id)
             return None
+
+    async def pay(self, op: str, args: list[Any], amount: int) -> TxResult | None:
+        """:meth:`submit` for a write that brings ``amount`` in (``Settlement.pay``: on a token
+        an approve, then the call). After an outage the call is still made when only the
+        approve had gone through (the allowance is still ``amount``: no pull has used it)."""
+        try:
+            return await self.call(lambda c: c.pay(op, args, amount))
+        except ChainUnavailable as exc:
+            log.warning("chain unavailable, will retry: %s", exc)
+            self._on_unavailable(exc)
+            await self._reconcile_until_done(exc.journal_id)
+        if await self.call(lambda c: c.token is not None and c.allowance() == amount > 0):
+            return await self.pay(op, args, amount)
+        return None
 
     async def reconcile_until_done(self) -> None:
         """Waits, retrying with backoff, until the journal has nothing open."""

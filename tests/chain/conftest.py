@@ -1,5 +1,6 @@
 """A real EVM for every chain test: the embedded one (eth-tester + py-evm), and anvil when the
-npm package is installed in contracts/ (else those cases skip, saying why)."""
+npm package is installed in contracts/ (else those cases skip, saying why). A deployment pays in
+native coin, or (``token``) in the test ERC-20, minted to every wallet."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from web3 import Web3
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
+from node.chain.token import deploy_test_token, mint
 from node.localnet.chain import anvil_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,6 +79,7 @@ class Net:
     chain: Chain
     address: str
     keys: dict[str, bytes]
+    token: str | None = None  # the payment token; None: native coin
 
     def client(self, who: str) -> Settlement:
         return Settlement(self.chain, artifacts.load(), self.address, self.keys[who])
@@ -84,21 +87,38 @@ class Net:
     def addr(self, who: str) -> str:
         return str(Account.from_key(self.keys[who]).address)
 
+    def balance(self, address: str) -> int:
+        """What ``address`` holds of the payment asset (token or coin)."""
+        return self.client("other").balance(address)
+
+    def gas_cost(self, tx_hash: str | None) -> int:
+        """What a transaction took off its sender's payment-asset balance for gas: nothing on a
+        token deployment (gas is paid in coin)."""
+        if self.token is not None:
+            return 0
+        receipt = self.chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        return int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+
 
 WALLETS = ("requester", "worker", "worker2", "sentry1", "sentry2", "sentry3", "other")
 
 
-def make_net(chain: Chain) -> Net:
+def make_net(chain: Chain, token: bool = False) -> Net:
+    """Funded wallets and a deployment; ``token``: paying in a fresh test ERC-20, of which every
+    wallet gets as much as it has coin."""
     keys = {name: Account.create().key for name in (*WALLETS, "treasury", "deployer")}
     keys = {k: bytes(v) for k, v in keys.items()}
     for key in keys.values():
         chain.fund(Account.from_key(key).address, 1000 * ETH)
+    deployer = None if chain.kind == "embedded" else keys["deployer"]
+    coin = deploy_test_token(chain, deployer) if token else None
+    for key in keys.values() if coin else ():
+        mint(chain, coin, Account.from_key(key).address, 1000 * ETH, deployer)
     params = DeployParams(
-        **{**PARAMS.__dict__, "treasury": Account.from_key(keys["treasury"]).address}
+        **{**PARAMS.__dict__, "treasury": Account.from_key(keys["treasury"]).address, "token": coin}
     )
-    key = None if chain.kind == "embedded" else keys["deployer"]
-    address = chain.deploy(artifacts.load(), params, key)
-    return Net(chain, Web3.to_checksum_address(address), keys)
+    address = chain.deploy(artifacts.load(), params, deployer)
+    return Net(chain, Web3.to_checksum_address(address), keys, coin)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +139,14 @@ def anvil(anvil_bin: str) -> Iterator[Anvil]:
 
 @pytest.fixture(params=["embedded", "anvil"])
 def net(request: pytest.FixtureRequest) -> Net:
+    if request.param == "token":
+        return make_net(Chain.embedded(), token=True)
     if request.param == "embedded":
         return make_net(Chain.embedded())
     node: Anvil = request.getfixturevalue("anvil")
     return make_net(Chain.rpc(node.url, 31337))
+
+
+# ``net`` on a deployment that pays in a token (embedded chain) as well: for the tests that go
+# through the ways money moves in and out.
+ALSO_TOKEN = pytest.mark.parametrize("net", ["embedded", "anvil", "token"], indirect=True)

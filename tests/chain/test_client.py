@@ -17,7 +17,7 @@ from node.chain.backend import Chain
 from node.chain.client import Settlement
 from node.chain.errors import ChainMisconfigured, ChainReverted, ChainUnavailable
 from node.chain.journal import Journal
-from node.chain.service import ChainService, open_settlement
+from node.chain.service import FAUCET_WEI, ChainService, open_settlement
 from tests.chain.conftest import ETH, Anvil, make_net
 
 JOB = b"\x42" * 32
@@ -36,7 +36,7 @@ def test_every_write_is_journaled_with_its_receipt(tmp_path: Path) -> None:
     assert (mined.state, mined.op, mined.tx_hash, mined.gas_used) == (
         "mined", "deposit", r.tx_hash, r.gas,
     )  # fmt: skip
-    assert mined.args == [JOB, 2 * ETH, mined.args[2]] and mined.value_wei == ETH
+    assert mined.args == [JOB, 2 * ETH, mined.args[2], ETH] and mined.value_wei == ETH
     assert reverted.state == "reverted" and "OverCap(" in reverted.error
     assert reverted.tx_hash is None
 
@@ -53,17 +53,18 @@ def test_dry_run_estimates_and_sends_nothing(tmp_path: Path) -> None:
     assert r.dry_run and r.tx_hash is None and 50_000 < r.gas < 150_000
     assert r.would_send is not None and r.would_send["to"] == net.address
     assert r.would_send["value_wei"] == str(ETH) and r.would_send["function"] == "deposit"
-    selector = Web3.keccak(text="deposit(bytes32,uint256,uint64)")[:4].hex()
+    selector = Web3.keccak(text="deposit(bytes32,uint256,uint64,uint256)")[:4].hex()
     assert r.would_send["data"].removeprefix("0x").startswith(selector.removeprefix("0x"))
     assert c.balance() == before and journal.rows() == []
     with pytest.raises(ChainReverted, match="ZeroAmount"):  # a dry run still says what fails
         c.deposit(JOB, 0, 2 * ETH, net.chain.now() + 600)
 
 
-def test_the_embedded_chain_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("token", ["", "test"])
+def test_the_embedded_chain_is_rebuilt_from_the_journal(token: str, tmp_path: Path) -> None:
     key = bytes(Account.create().key)
     db = tmp_path / "node.db"
-    settings = ChainSettings()
+    settings = ChainSettings(token=token)
     first = open_settlement(settings, key, db)
     first.deposit(JOB, 3 * ETH, 5 * ETH, first.chain.now() + 3600)
     first.stake(2 * ETH)
@@ -74,7 +75,54 @@ def test_the_embedded_chain_is_rebuilt_from_the_journal(tmp_path: Path) -> None:
     assert second.job(JOB)["balance"] == job["balance"] == 3 * ETH
     assert second.stake_of()["bonded"] == stake["bonded"] == ETH
     assert second.stake_of()["unbonding"] == ETH
-    assert [r.state for r in Journal(db).rows()] == ["mined"] * 3  # replay adds no rows
+    if token:  # every token the wallet paid is in the contract, on the rebuilt chain too
+        assert second.balance() == first.balance() == FAUCET_WEI - 5 * ETH
+    ops = [r.op for r in Journal(db).rows("mined")]  # replay adds no rows
+    paid = ["approve", "deposit", "approve", "stake"] if token else ["deposit", "stake"]
+    assert ops == [*paid, "requestUnstake"] and len(Journal(db).rows()) == len(ops)
+    assert (second.token is not None) == bool(token)
+
+
+def test_a_crash_between_approve_and_deposit_resumes_with_one_approve(tmp_path: Path) -> None:
+    key, db = bytes(Account.create().key), tmp_path / "node.db"
+    first = open_settlement(ChainSettings(token="test"), key, db)
+    first.approve(3 * ETH)  # ... and the node dies before the deposit
+    second = open_settlement(ChainSettings(token="test"), key, db)  # replays the approve
+    assert second.allowance() == 3 * ETH
+    second.deposit(JOB, 3 * ETH, 5 * ETH, second.chain.now() + 3600)  # the retried deposit
+    assert [r.op for r in Journal(db).rows()] == ["approve", "deposit"]  # no second approve
+    assert second.allowance() == 0 and second.job(JOB)["balance"] == 3 * ETH
+    assert second.balance() == FAUCET_WEI - 3 * ETH
+
+
+def test_a_journal_row_from_before_the_amount_argument_replays(tmp_path: Path) -> None:
+    key, db = bytes(Account.create().key), tmp_path / "node.db"
+    c = open_settlement(ChainSettings(), key, db)
+    journal = Journal(db)
+    row = journal.begin(c.chain.chain_id, c.contract_address, "stake", [], ETH, c.address)
+    journal.update(row, "mined")  # stake() took msg.value alone
+    assert open_settlement(ChainSettings(), key, db).stake_of()["bonded"] == ETH
+
+
+async def test_an_outage_after_the_approve_still_sends_the_call(tmp_path: Path) -> None:
+    c = open_settlement(ChainSettings(token="test"), bytes(Account.create().key), tmp_path / "db")
+    real_send = Settlement.send
+
+    def receipt_lost(self: Settlement, op: str, args: list[object], value: int = 0) -> object:
+        result = real_send(self, op, args, value)
+        if op == "approve":  # mined, but the node never heard so
+            raise ChainUnavailable("approve: no receipt", result.journal_id)
+        return result
+
+    service = ChainService(lambda: c, retry_base_s=0.01)
+    await service.start()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Settlement, "send", receipt_lost)
+        result = await service.pay("fund", [], 2 * ETH)
+    assert result is not None and result.op == "fund"
+    assert c.pool_of()["balance"] == 2 * ETH and c.allowance() == 0
+    assert c.journal is not None
+    assert [r.op for r in c.journal.rows("mined")] == ["approve", "fund"]
 
 
 def test_replay_restores_epochs_pools_and_disputes(tmp_path: Path) -> None:
@@ -104,6 +152,8 @@ def test_rpc_start_up_checks_chain_id_and_contract(anvil: Anvil) -> None:
     empty = "0x" + "11" * 20
     with pytest.raises(ChainMisconfigured, match="no contract"):
         open_settlement(ChainSettings(**{**good.__dict__, "contract": empty}), key, None)
+    with pytest.raises(ChainMisconfigured, match=r"chain\.token is 0x2222.* pays in native coin"):
+        open_settlement(ChainSettings(**{**good.__dict__, "token": "0x" + "22" * 20}), key, None)
     with pytest.raises(ChainUnavailable, match="no answer"):
         open_settlement(
             ChainSettings(**{**good.__dict__, "rpc_url": "http://127.0.0.1:9"}), key, None
@@ -120,12 +170,12 @@ def _rpc_client(anvil: Anvil, tmp_path: Path) -> tuple[Settlement, Journal]:
 def test_a_signed_but_unsent_transaction_is_rebroadcast(anvil: Anvil, tmp_path: Path) -> None:
     c, journal = _rpc_client(anvil, tmp_path)
     # The state a crash between "journal sent" and the broadcast leaves behind.
-    fn = c.contract.functions.stake()
+    fn = c.contract.functions.stake(ETH)
     tx = fn.build_transaction(
         {"from": c.address, "value": ETH, "nonce": c.w3.eth.get_transaction_count(c.address)}
     )
     signed = Account.sign_transaction(tx, c._key)
-    row = journal.begin(c.chain.chain_id, c.contract_address, "stake", [], ETH, c.address)
+    row = journal.begin(c.chain.chain_id, c.contract_address, "stake", [ETH], ETH, c.address)
     journal.update(
         row, "sent", tx_hash="0x" + bytes(signed.hash).hex(), raw_tx=bytes(signed.raw_transaction)
     )
@@ -149,7 +199,7 @@ async def test_an_outage_delays_settlement_and_loses_nothing(
         result: list[object] = []
 
         async def deposit() -> None:
-            result.append(await service.submit("deposit", [JOB, 2 * ETH, 2**40], ETH))
+            result.append(await service.submit("deposit", [JOB, 2 * ETH, 2**40, ETH], ETH))
 
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:

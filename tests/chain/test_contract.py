@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from eth_tester.exceptions import TransactionFailed
 from web3 import Web3
 
 from consensus.settlement.eip712 import (
@@ -14,10 +15,12 @@ from consensus.settlement.eip712 import (
     split_fee,
     voucher_digest,
 )
+from node.chain import artifacts
+from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
 from node.chain.errors import ChainReverted
 from node.chain.signing import sign_slash, sign_voucher
-from tests.chain.conftest import ETH, Net
+from tests.chain.conftest import ALSO_TOKEN, ETH, Anvil, Net, make_net
 
 JOB = b"job-0001".ljust(32, b"\0")
 TASK = chain_task_id(0, 0)
@@ -40,6 +43,7 @@ def reverts(error: str) -> Any:
     return pytest.raises(ChainReverted, match=rf"reverted: {error}\(")
 
 
+@ALSO_TOKEN
 def test_deposit_creates_the_job_and_tops_up_to_the_cap(net: Net) -> None:
     req = deposit(net)
     job = req.job(JOB)
@@ -48,7 +52,7 @@ def test_deposit_creates_the_job_and_tops_up_to_the_cap(net: Net) -> None:
     assert job["unlock_at"] == job["deadline"] + 3600
     req.deposit(JOB, 10 * ETH, 0, 0)  # a top-up: cap and deadline already fixed
     assert req.job(JOB)["balance"] == 20 * ETH
-    assert net.chain.balance(net.address) == 20 * ETH
+    assert net.balance(net.address) == 20 * ETH
     with reverts("OverCap"):
         req.deposit(JOB, 1, 0, 0)
     with reverts("NotRequester"):
@@ -59,13 +63,14 @@ def test_deposit_creates_the_job_and_tops_up_to_the_cap(net: Net) -> None:
         req.deposit(b"\2" * 32, ETH, ETH, net.chain.now() - 1)
 
 
+@ALSO_TOKEN
 def test_claims_pay_only_the_increase_minus_the_fee(net: Net) -> None:
     deposit(net)
     worker = net.client("worker")
     before = worker.balance()
     r1 = worker.claim(JOB, TASK, net.addr("worker"), 3 * ETH, voucher(net, 3 * ETH))
     r2 = worker.claim(JOB, TASK, net.addr("worker"), 5 * ETH, voucher(net, 5 * ETH))
-    gas_cost = sum(_gas_cost(net, r.tx_hash) for r in (r1, r2))
+    gas_cost = sum(net.gas_cost(r.tx_hash) for r in (r1, r2))
     paid, fee = split_fee(5 * ETH, 100)
     assert worker.balance() == before + paid - gas_cost
     assert worker.fees_accrued() == fee == 5 * ETH // 100
@@ -75,11 +80,6 @@ def test_claims_pay_only_the_increase_minus_the_fee(net: Net) -> None:
     w_before = worker.balance()
     net.client("other").claim(JOB, TASK, net.addr("worker"), 6 * ETH, voucher(net, 6 * ETH))
     assert worker.balance() == w_before + split_fee(ETH, 100)[0]
-
-
-def _gas_cost(net: Net, tx_hash: str | None) -> int:
-    receipt = net.chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
-    return int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
 
 
 def test_forged_replayed_and_over_budget_vouchers_are_refused(net: Net) -> None:
@@ -113,6 +113,7 @@ def test_forged_replayed_and_over_budget_vouchers_are_refused(net: Net) -> None:
     assert worker.job(JOB)["balance"] == 7 * ETH
 
 
+@ALSO_TOKEN
 def test_stale_claims_and_the_requester_withdrawing_the_rest(net: Net) -> None:
     req = deposit(net, ttl=600)
     worker = net.client("worker")
@@ -130,7 +131,7 @@ def test_stale_claims_and_the_requester_withdrawing_the_rest(net: Net) -> None:
         worker.claim(JOB, TASK, me, 5 * ETH, voucher(net, 5 * ETH))
     before = req.balance()
     r = req.withdraw(JOB)
-    assert req.balance() == before + 6 * ETH - _gas_cost(net, r.tx_hash)
+    assert req.balance() == before + 6 * ETH - net.gas_cost(r.tx_hash)
     assert req.job(JOB)["closed"] and req.job(JOB)["balance"] == 0
     with reverts("JobClosed"):
         req.withdraw(JOB)
@@ -140,6 +141,7 @@ def test_stale_claims_and_the_requester_withdrawing_the_rest(net: Net) -> None:
         req.deposit(JOB, ETH, 0, 0)
 
 
+@ALSO_TOKEN
 def test_stake_unbonds_after_the_delay(net: Net) -> None:
     w = net.client("worker")
     w.stake(3 * ETH)
@@ -158,7 +160,7 @@ def test_stake_unbonds_after_the_delay(net: Net) -> None:
     net.chain.advance(7 * 86400)
     before = w.balance()
     r = w.withdraw_stake()
-    assert w.balance() == before + 2 * ETH - _gas_cost(net, r.tx_hash)
+    assert w.balance() == before + 2 * ETH - net.gas_cost(r.tx_hash)
     assert w.stake_of()["unbonding"] == 0
 
 
@@ -171,6 +173,7 @@ def _slash_sigs(
     return [sign_slash(net.keys[s], domain, worker, amount, evidence) for s in ordered]
 
 
+@ALSO_TOKEN
 def test_slashing_with_a_sentry_quorum_burns_and_pays_the_sentries(net: Net) -> None:
     w = net.client("worker")
     w.stake(4 * ETH)
@@ -181,10 +184,10 @@ def test_slashing_with_a_sentry_quorum_burns_and_pays_the_sentries(net: Net) -> 
     evidence = Web3.keccak(text="wrong result, task 0")
     sigs = _slash_sigs(net, ["sentry1", "sentry2"], 5 * ETH, evidence)
     s1, s2 = net.client("sentry1"), net.client("sentry2")
-    b1, b2, burn0 = s1.balance(), s2.balance(), net.chain.balance(BURN)
+    b1, b2, burn0 = s1.balance(), s2.balance(), net.balance(BURN)
     r = net.client("other").slash(net.addr("worker"), 5 * ETH, evidence, sigs)
     assert w.stake_of()["bonded"] == 0 and w.stake_of()["unbonding"] == 0  # 4 of 5 taken
-    assert net.chain.balance(BURN) - burn0 == 2 * ETH
+    assert net.balance(BURN) - burn0 == 2 * ETH
     assert (s1.balance() - b1, s2.balance() - b2) == (ETH, ETH)
     assert r.gas > 0
     with reverts("EvidenceUsed"):
@@ -221,6 +224,7 @@ def test_slashing_refuses_a_weak_quorum(net: Net) -> None:
         )
 
 
+@ALSO_TOKEN
 def test_fees_go_to_the_treasury_only(net: Net) -> None:
     deposit(net)
     net.client("worker").claim(JOB, TASK, net.addr("worker"), 10 * ETH, voucher(net, 10 * ETH))
@@ -229,7 +233,7 @@ def test_fees_go_to_the_treasury_only(net: Net) -> None:
     t = net.client("treasury")
     before = t.balance()
     r = t.send("withdrawFees", [])
-    assert t.balance() == before + ETH // 10 - _gas_cost(net, r.tx_hash)
+    assert t.balance() == before + ETH // 10 - net.gas_cost(r.tx_hash)
     assert t.fees_accrued() == 0
 
 
@@ -238,3 +242,57 @@ def test_python_digest_matches_the_contract(net: Net) -> None:
     v = ChainVoucher(JOB, TASK, bytes.fromhex(net.addr("worker")[2:]), 12345)
     on_chain = c.contract.functions.voucherDigest(JOB, TASK, net.addr("worker"), 12345).call()
     assert bytes(on_chain) == voucher_digest(c.domain, v)
+
+
+def test_coin_must_come_as_exactly_the_amount() -> None:
+    net = make_net(Chain.embedded())
+    req, deadline = net.client("requester"), net.chain.now() + 600
+    with reverts("ValueMismatch"):
+        req.send("deposit", [JOB, ETH, deadline, ETH], ETH - 1)
+    with reverts("ValueMismatch"):  # coin sent with no amount named
+        req.send("fund", [0], 1)
+    with reverts("ValueMismatch"):
+        req.send("stake", [ETH], 2 * ETH)
+    with pytest.raises(ValueError, match="no token"):
+        req.send("approve", [net.address, ETH])
+    assert req.params()["token"] is None and req.balance() == net.chain.balance(req.address)
+
+
+def test_a_token_deployment_pulls_the_amount_and_refuses_coin() -> None:
+    net = make_net(Chain.embedded(), token=True)
+    req, deadline = net.client("requester"), net.chain.now() + 600
+    assert req.params()["token"] == net.token
+    with reverts("CoinNotAccepted"):
+        req.send("deposit", [JOB, ETH, deadline, ETH], ETH)
+    with reverts("CoinNotAccepted"):
+        req.send("fund", [0], 1)
+    with reverts("ERC20InsufficientAllowance"):  # the contract may not pull without approve
+        req.send("deposit", [JOB, ETH, deadline, ETH])
+    with reverts("ERC20InsufficientAllowance"):
+        req.send("stake", [ETH])
+    req.send("approve", [net.address, 2 * ETH])
+    with reverts("ERC20InsufficientAllowance"):  # more than approved
+        req.send("fund", [3 * ETH])
+    poor = net.client("other")
+    held = poor.balance()
+    poor.send("approve", [net.address, held + 1])
+    with reverts("ERC20InsufficientBalance"):
+        poor.send("fund", [held + 1])
+    coin = req.gas_balance()
+    r = req.deposit(JOB, ETH, 2 * ETH, deadline)  # approves exactly ETH, then deposits
+    assert req.allowance() == 0 and net.balance(net.address) == ETH
+    assert req.gas_balance() < coin and r.op == "deposit"  # gas, in coin; the escrow, in token
+    assert req.balance() == 1000 * ETH - ETH
+    with pytest.raises(TransactionFailed, match="token"):  # no contract at that address
+        net.chain.deploy(artifacts.load(), DeployParams(token="0x" + "11" * 20))
+
+
+def test_a_token_deposit_and_claim_on_anvil(anvil: Anvil) -> None:
+    net = make_net(Chain.rpc(anvil.url, 31337), token=True)
+    deposit(net, value=3 * ETH)
+    worker = net.client("worker")
+    before, coin = worker.balance(), worker.gas_balance()
+    worker.claim(JOB, TASK, net.addr("worker"), 2 * ETH, voucher(net, 2 * ETH))
+    assert worker.balance() == before + split_fee(2 * ETH, 100)[0]  # to the wei, no gas in it
+    assert worker.gas_balance() < coin
+    assert net.balance(net.address) == ETH + split_fee(2 * ETH, 100)[1]

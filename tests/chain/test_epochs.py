@@ -14,7 +14,7 @@ from node.chain.client import Settlement
 from node.chain.errors import ChainReverted
 from node.chain.signing import sign_voucher
 from node.cli_wallet import epoch_rows
-from tests.chain.conftest import ETH, Net
+from tests.chain.conftest import ALSO_TOKEN, ETH, Net
 
 WINDOW = 3600
 FEE = 100  # bps, as deployed by the fixture
@@ -41,19 +41,15 @@ def voucher_sig(net: Net, e: Entry) -> bytes:
     return sign_voucher(net.keys["requester"], net.client("requester").domain, v)
 
 
-def gas_cost(net: Net, tx: str | None) -> int:
-    receipt = net.chain.w3.eth.get_transaction_receipt(tx)  # type: ignore[arg-type]
-    return int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
-
-
 def claim(net: Net, who: str, epoch: Epoch) -> int:
     """Claim ``who``'s earnings; return what its balance gained net of gas."""
     c = net.client(who)
     before = c.balance()
     r = c.claim_earnings(epoch.earnings[b(net, who)], epoch.earnings_proof(b(net, who)))
-    return c.balance() - before + gas_cost(net, r.tx_hash)
+    return c.balance() - before + net.gas_cost(r.tx_hash)
 
 
+@ALSO_TOKEN
 def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> None:
     req, honest, cheat = net.client("requester"), net.client("sentry2"), net.client("sentry1")
     req.fund(10 * ETH)
@@ -76,16 +72,14 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     net.chain.advance(2 * WINDOW)
     with reverts("DisputesOpen"):
         honest.finalize(0)
-    req_before, burn_before = req.balance(), net.chain.balance(BURN)
+    req_before, burn_before = req.balance(), net.balance(BURN)
     with reverts("DebitsMismatch"):
         honest.void_anchor(0, bad, {b(net, "requester"): 1})
     honest.void_anchor(0, bad, forged.debits)
     assert req.anchor()["state"] == "void"
     assert req.pool_of()["balance"] == 10 * ETH  # every debit back
     assert cheat.stake_of()["bonded"] == 0
-    assert (
-        req.balance() - req_before == ETH // 2 and net.chain.balance(BURN) - burn_before == ETH // 2
-    )
+    assert req.balance() - req_before == ETH // 2 and net.balance(BURN) - burn_before == ETH // 2
 
     good = assemble(true, {}, {}, FEE)
     honest.post_anchor(good)
@@ -114,10 +108,10 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     net.chain.advance(7 * 86400)
     before = req.balance()
     r = req.withdraw_pool()
-    assert req.balance() - before + gas_cost(net, r.tx_hash) == 3 * ETH
+    assert req.balance() - before + net.gas_cost(r.tx_hash) == 3 * ETH
     fees = 7 * ETH // 100
     assert req.fees_accrued() == fees
-    assert net.chain.balance(net.address) == fees + ETH  # the fees and the honest bond
+    assert net.balance(net.address) == fees + ETH  # the fees and the honest bond
     rows = epoch_rows(req)  # what `idlegrid settlement epochs` shows
     assert [(r["epoch"], r["state"], r["disputes"]) for r in rows] == [
         (0, "void", 1), (1, "final", 0), (2, "final", 0),

@@ -233,6 +233,29 @@ async def test_a_dry_run_shows_the_escrow_and_moves_nothing(tmp_path: Path) -> N
     assert real.pool_of()["balance"] == 0
 
 
+async def test_escrow_funds_in_the_token_and_waits_while_the_wallet_is_short(
+    tmp_path: Path,
+) -> None:
+    net = make_net(Chain.embedded(), token=True)
+    journal = Journal(tmp_path / "node.db")
+    client = Settlement(net.chain, net.client("requester").artifact, net.address,
+                        net.keys["requester"], journal=journal)  # fmt: skip
+    chain = node_of(net, "requester", client)
+    await chain.service.start()
+    held = client.balance()
+    async with await Database.open(tmp_path / "node.db") as db:
+        escrow = Escrow(chain, db, poll_s=1)
+        await escrow.job_submitted(REF.job_id, held + 1, 0)  # more than the wallet has
+        await escrow.step()
+        assert (await db.query_one("SELECT state FROM settle_escrow"))["state"] == "new"  # type: ignore[index]
+        assert journal.rows() == [], "nothing sent that had to fail"
+        await db.execute("UPDATE settle_escrow SET funded_wei = ?", (str(ETH),))
+        await escrow.step()
+        assert (await db.query_one("SELECT state FROM settle_escrow"))["state"] == "funded"  # type: ignore[index]
+    assert [r.op for r in journal.rows("mined")] == ["approve", "fund"]
+    assert client.pool_of()["balance"] == ETH and client.balance() == held - ETH
+
+
 async def test_the_worker_keeps_only_genuine_twins_and_the_largest(tmp_path: Path) -> None:
     net = make_net(Chain.embedded())
     worker = net.client("worker")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from node.chain.service import FAUCET_WEI
 from tests.chain.conftest import ETH
-from tests.daemons import idlegrid
+from tests.daemons import cli_env, idlegrid
 
 JOB = "00" * 15 + "2a"  # a 16-byte market job id
 
@@ -51,3 +52,10 @@ def test_one_node_on_its_embedded_chain(tmp_path: Path) -> None:
     ]  # fmt: skip
     # every command rebuilt the chain from the journal: the escrow is what was left
     assert as_json(home, "wallet", "job", JOB)["balance"] == str(ETH - ETH // 4)  # type: ignore[index]
+    # chain.token = "test": another deployment (its own address), paying in the test token
+    token = cli_env(IDLEGRID_CHAIN_TOKEN="test")
+    ok(home, "wallet", "fund", "2eth", env=token)  # approve, then fund
+    shown = as_json(home, "wallet", "balance", env=token)
+    assert shown["token"] and shown["pool_wei"] == str(2 * ETH)  # type: ignore[index]
+    assert shown["balance_wei"] == str(FAUCET_WEI - 2 * ETH)  # type: ignore[index]
+    assert int(shown["gas_balance_wei"]) < FAUCET_WEI  # type: ignore[index]

@@ -68,6 +68,15 @@ def test_reserved_env_is_not_a_key() -> None:
         ("[p2p]\noffline_after_s = 5\n", {}, "p2p.offline_after_s", "twice p2p.announce"),
         ("[worker]\nprice_wei_per_s = -1\n", {}, "worker.price_wei_per_s", "an integer in 0.."),
         ("[api\n", {}, "(file)", "valid TOML"),
+        ('[chain]\ntoken = "usdc"\n', {}, "chain.token", "ERC-20 address"),
+        ("", {"IDLEGRID_CHAIN_TOKEN": "0x" + "11" * 20}, "chain.token", "needs backend = rpc"),
+        (
+            '[chain]\ntoken = "test"\nbackend = "rpc"\nrpc_url = "http://x"\nchain_id = 1\n'
+            'contract = "0x' + "22" * 20 + '"\n',
+            {},
+            "chain.token",
+            "only on the embedded",
+        ),
     ],
 )
 def test_bad_input_names_key_and_expectation(
