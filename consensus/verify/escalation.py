@@ -27,6 +27,7 @@ publishes no verdict, and :func:`slashable` refuses a replay fail from another c
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -107,7 +108,7 @@ def check_escalation(esc: Escalation, att: Attestation | None, from_sentry: bool
 
 def answer_refusal(
     att: Attestation,
-    my_class: str,
+    my_classes: Collection[str],
     *,
     assigned: bool,
     answered: bool,
@@ -118,12 +119,12 @@ def answer_refusal(
     """Why this sentry does not answer an accepted escalation of ``att``, or ``""`` (answer).
 
     Args:
-        my_class: this sentry's determinism class.
+        my_classes: the determinism classes this sentry replays in.
         assigned: it was assigned ``att`` (and gives its own bitwise verdict).
         answered: it already answered an escalation of ``att``.
         heard_ms: when it heard ``att``; ``timeout_ms`` after it the requester has decided.
     """
-    if my_class != att.det_class:
+    if att.det_class not in my_classes:
         return "another determinism class than the worker's"
     if assigned:
         return "assigned: judges it bitwise anyway"

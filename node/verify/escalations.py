@@ -24,6 +24,7 @@ from consensus.envelope import new_nonce
 from consensus.verify import escalation as esc
 from consensus.verify import game as g
 from consensus.verify.messages import Attestation, Escalation, attestation_id
+from node.verify.devices import ReplayDevices
 from node.verify.topics import ESCALATIONS
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class EscalationDesk:
     net: MarketNet
     store: VerifyStore
     settings: VerifySettings
-    det_class: str
+    devices: ReplayDevices
     sentries: Callable[[], list[str]]  # the sentries this node knows
     answer: Callable[[Attestation, Escalation], Awaitable[None]]  # replays and publishes
     assigned: Callable[[Attestation], bool]  # this sentry judges it itself (bitwise if it can)
@@ -79,7 +80,8 @@ class EscalationDesk:
         (a cross-class miss alone fails nobody: no verdict of ours)."""
         now = self.net.now_ms()
         escalation = esc.escalation_of(
-            att, att_id, up, det_class=self.det_class, seed=seed, sampled=sampled,
+            att, att_id, up, det_class=self.devices.replay_class(att.det_class), seed=seed,
+            sampled=sampled,
             tolerance_ppm=self.settings.tolerance_ppm, expires_ms=now + TTL_MS,
             nonce=new_nonce(),
         )  # fmt: skip
@@ -117,7 +119,7 @@ class EscalationDesk:
             return
         await self.store.add_escalation(origin, up, raw, evidence=None, now_ms=self.net.now_ms())
         why = esc.answer_refusal(
-            heard[0], self.det_class, assigned=self.assigned(heard[0]),
+            heard[0], self.devices.classes, assigned=self.assigned(heard[0]),
             answered=up.attestation in self.answered, heard_ms=heard[1],
             now_ms=self.net.now_ms(), timeout_ms=self.settings.verdict_timeout_ms,
         )  # fmt: skip

@@ -110,7 +110,13 @@ def answer_from(
 
 
 async def replay_segment(
-    runtime: object, spec: RunSpec, index: int, start: bytes, on_log: Callable[[str], None]
+    runtime: object,
+    spec: RunSpec,
+    index: int,
+    start: bytes,
+    on_log: Callable[[str], None],
+    *,
+    gpus: tuple[int, ...] = (),
 ) -> bytes:
     """Replays ``index`` with ``runtime`` (a SegmentedRuntime or ExecRuntime) in ``spec.workdir``.
 
@@ -120,7 +126,7 @@ async def replay_segment(
     """
     replay = getattr(runtime, "replay", None)
     if replay is None:
-        return await _rerun_exec(runtime, spec, on_log)
+        return await _rerun_exec(runtime, spec, on_log, gpus)
     resume = None
     if index > 0:
         resume = spec.workdir.parent / f"{spec.workdir.name}.start.ckpt"
@@ -128,7 +134,7 @@ async def replay_segment(
     got: bytes = NO_STATE
     from_start = RunSpec(spec.task, spec.workload, spec.workdir, resume, index - 1)
     try:
-        got = await replay(from_start, on_log)
+        got = await replay(from_start, on_log, gpus)
     except BadSegment:
         pass  # NO_STATE
     finally:
@@ -137,11 +143,13 @@ async def replay_segment(
     return got
 
 
-async def _rerun_exec(runtime: object, spec: RunSpec, on_log: Callable[[str], None]) -> bytes:
+async def _rerun_exec(
+    runtime: object, spec: RunSpec, on_log: Callable[[str], None], gpus: tuple[int, ...]
+) -> bytes:
     got: list[bytes] = []
 
     async def keep(done: object) -> None:
         got.append(done.hash)  # type: ignore[attr-defined]
 
-    result = await runtime.run(spec, keep, on_log)  # type: ignore[attr-defined]
+    result = await runtime.run(spec, keep, on_log, gpus)  # type: ignore[attr-defined]
     return got[0] if result.ok and got else NO_STATE

@@ -45,6 +45,7 @@ from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
 from node.market.packing import unpack
+from node.verify.devices import ReplayDevices
 from node.verify.escalations import EscalationDesk
 from node.verify.play import NO_STATE, play, replay_segment
 from node.verify.topics import (
@@ -88,7 +89,7 @@ class Sentry:
     settings: VerifySettings
     runtimes: dict[str, Any]  # kind -> runtime
     sentries: Callable[[], list[str]]  # the sentries this node knows (itself included)
-    det_class: str
+    devices: ReplayDevices  # the classes it replays in, and on which GPUs
     scratch: Path
     rounds: dict[bytes, sd.SeedRound] = field(default_factory=dict)
     judged: set[bytes] = field(default_factory=set)  # attestation ids taken up, once each
@@ -101,7 +102,7 @@ class Sentry:
     desk: EscalationDesk = field(init=False)
 
     def __post_init__(self) -> None:
-        self.desk = EscalationDesk(self.net, self.store, self.settings, self.det_class,
+        self.desk = EscalationDesk(self.net, self.store, self.settings, self.devices,
                                    self.sentries, self._answer, self._assigned)  # fmt: skip
 
     def _assigned(self, att: Attestation) -> bool:
@@ -195,7 +196,7 @@ class Sentry:
         seed = await self._seed(att_id, assigned)
         sampled = sample(seed, att.segments, self.settings.sample_size, att.first)
         deadline = self.net.now_ms() + self.settings.challenge_deadline_ms
-        same_class = att.det_class == self.det_class
+        same_class = self.devices.same_class(att.det_class)
         game = g.Game(att, att_id, sampled, deadline, same_class, self.settings.tolerance_ppm)
         log.info("judging", extra={"task": att.ref.text(), "worker": att.worker, "first": att.first,
                                    "sampled": ",".join(map(str, sampled))})  # fmt: skip
@@ -304,12 +305,13 @@ class Sentry:
                 return NO_STATE
             unpack(archive, workdir)
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
-        return await replay_segment(runtime, spec, index, start, lambda _line: None)
+        gpus = self.devices.gpus(att.det_class)
+        return await replay_segment(runtime, spec, index, start, lambda _line: None, gpus=gpus)
 
     def _slash_fields(self, att: Attestation, att_id: bytes, decision: g.Decide) -> dict[str, Any]:
         if decision.passed or self.slash_signer is None:
             return {}
-        bitwise = esc.slashable(decision, att.det_class == self.det_class)
+        bitwise = esc.slashable(decision, self.devices.same_class(att.det_class))
         return self.slash_signer(att, att_id, bitwise=bitwise) or {}
 
     async def _publish(

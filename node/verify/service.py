@@ -4,14 +4,17 @@ role's ``qos`` view of sentries' reports."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from consensus.market.bidder import Bidder
+from gpu.devices import discover
 from node.identity import wallet_binding
 from node.market.service import market_of, python_runtimes, worker_sandbox
 from node.verify.announcer import AttestationAnnouncer
+from node.verify.devices import ReplayDevices
 from node.verify.qos_sentry import QosProber
 from node.verify.qos_view import QosView
 from node.verify.qos_worker import ProbeResponder
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
     from node.daemon import NodeContext
+
+
+log = logging.getLogger(__name__)
 
 
 def known_sentries(ctx: NodeContext) -> list[str]:
@@ -85,6 +91,9 @@ async def sentry_verify(
 ) -> None:
     market = market_of(ctx)
     sandbox = await trio.to_thread.run_sync(worker_sandbox, ctx.settings.worker)
+    profile = await trio.to_thread.run_sync(discover)  # NVML blocks
+    devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
+    log.info("sentry replays", extra={"classes": sorted(devices.classes)})
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
     scratch = ctx.home.root / "work" / "verify"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -95,7 +104,7 @@ async def sentry_verify(
         ctx.settings.verify,
         runtimes,
         lambda: known_sentries(ctx),
-        ctx.settings.verify.det_class or determinism_class("cpu"),
+        devices,
         scratch,
     )
     if ctx.chain is not None:  # the anchorer asks before it pays a task

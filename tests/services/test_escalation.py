@@ -33,6 +33,7 @@ from consensus.verify.messages import Attestation, ChallengeRequest
 from consensus.verify.verdicts import REP_START
 from gpu.runtime import RunSpec
 from node.cli_job import _human_job
+from node.verify.devices import ReplayDevices
 from node.verify.escalations import EVERY_MS
 from node.verify.play import answer_from
 from node.verify.requester import Verdicts
@@ -71,7 +72,7 @@ class Runtime:
     def __init__(self, device: bytes = b"") -> None:
         self.device, self.replays = device, 0
 
-    async def replay(self, spec: RunSpec, on_log: Any) -> bytes:
+    async def replay(self, spec: RunSpec, on_log: Any, gpus: tuple[int, ...] = ()) -> bytes:
         self.replays += 1
         start = b"genesis" if spec.resume is None else spec.resume.read_bytes()
         return blake3(step(start, spec.resume_index + 1) + self.device).digest()
@@ -144,7 +145,8 @@ async def network(
         for net, db, label in zip(nets, dbs[1:], classes, strict=True):
             runtime = Runtime(b"" if label == WORKER_CLASS else label.encode())
             sentry = Sentry(net, VerifyStore(db), None, SETTINGS, {"train": runtime},  # type: ignore[arg-type]
-                            lambda: ids, label, tmp_path / f"scratch-{label}")  # fmt: skip
+                            lambda: ids, ReplayDevices({label: ()}, label),
+                            tmp_path / f"scratch-{label}")  # fmt: skip
             sentry.desk.every_ms = repeat_ms
             await nursery.start(sentry.run)
             sentries[label], runtimes[label] = sentry, runtime

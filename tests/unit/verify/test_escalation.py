@@ -118,7 +118,7 @@ def test_a_node_checks_an_escalation_against_the_attestation_it_heard() -> None:
 def refusal(my_class: str = ATT.det_class, **changes: Any) -> str:
     args: dict[str, Any] = {"assigned": False, "answered": False, "heard_ms": 0,
                             "now_ms": 999, "timeout_ms": 1000} | changes  # fmt: skip
-    return esc.answer_refusal(ATT, my_class, **args)
+    return esc.answer_refusal(ATT, {my_class}, **args)
 
 
 def test_only_an_unassigned_same_class_sentry_answers_once_in_time() -> None:
