@@ -20,7 +20,7 @@ import click
 from config import load
 from consensus.errors import Invalid
 from consensus.settlement.eip712 import ChainVoucher
-from consensus.settlement.units import format_wei, parse_wei
+from consensus.settlement.units import format_wei, parse_units
 from node import identity
 from node.chain.artifacts import StaleArtifact
 from node.chain.errors import ChainError
@@ -78,8 +78,9 @@ def run(fn: Callable[[], Any]) -> Any:
         raise Failure(str(exc)) from None
 
 
-def wei_arg(text: str, what: str) -> int:
-    return int(run(lambda: parse_wei(text, what)))
+def amount_arg(c: Settlement, text: str, what: str) -> int:
+    """An amount of ``c``'s payment asset (a token takes integer base units only)."""
+    return int(run(lambda: parse_units(text, what, token=c.token is not None)))
 
 
 def show_tx(as_json: bool, r: TxResult) -> None:
@@ -144,9 +145,9 @@ def _amount(units: int, token: str | None) -> str:
 def deposit(job: str, amount: str, cap: str | None, deadline_s: int, dry_run: bool,  # noqa: PLR0917
             home_dir: str | None, as_json: bool) -> None:  # fmt: skip
     """Escrow AMOUNT for JOB (creates it, or tops it up to its cap)."""
-    job_id, value = job_arg(job), wei_arg(amount, "AMOUNT")
-    cap_wei = wei_arg(cap, "--cap") if cap else value
-    c = connect(home_dir, dry_run)
+    job_id, c = job_arg(job), connect(home_dir, dry_run)
+    value = amount_arg(c, amount, "AMOUNT")
+    cap_wei = amount_arg(c, cap, "--cap") if cap else value
     show_tx(as_json, run(lambda: c.deposit(job_id, value, cap_wei, c.chain.now() + deadline_s)))
 
 
@@ -181,8 +182,8 @@ def withdraw(job: str, dry_run: bool, home_dir: str | None, as_json: bool) -> No
 @json_option
 def stake(amount: str, dry_run: bool, home_dir: str | None, as_json: bool) -> None:
     """Bond AMOUNT as stake (workers and sentries)."""
-    value = wei_arg(amount, "AMOUNT")
     c = connect(home_dir, dry_run)
+    value = amount_arg(c, amount, "AMOUNT")
     show_tx(as_json, run(lambda: c.stake(value)))
 
 
@@ -197,8 +198,8 @@ def unstake(amount: str | None, take: bool, dry_run: bool, home_dir: str | None,
     """Start unbonding AMOUNT (slashable until withdrawn), or --withdraw what has unbonded."""
     if bool(amount) == take:
         raise BadInput("give either AMOUNT (start unbonding) or --withdraw, not both or neither")
-    value = wei_arg(amount, "AMOUNT") if amount else 0
     c = connect(home_dir, dry_run)
+    value = amount_arg(c, amount, "AMOUNT") if amount else 0
     show_tx(as_json, run(c.withdraw_stake if take else lambda: c.request_unstake(value)))
 
 
@@ -214,8 +215,8 @@ def fund(amount: str, leave: bool, take: bool, dry_run: bool, home_dir: str | No
     """Add AMOUNT to this requester's pool for epoch settlement (or --leave / --withdraw it)."""
     if leave and take:
         raise BadInput("--leave and --withdraw exclude each other")
-    value = wei_arg(amount, "AMOUNT")
     c = connect(home_dir, dry_run)
+    value = amount_arg(c, amount, "AMOUNT")
     act = (
         c.withdraw_pool
         if take
@@ -237,10 +238,11 @@ def voucher(job: str, task: str, worker: str, cumulative: str, home_dir: str | N
 
     Prints the voucher as JSON, which `idlegrid wallet claim` takes.
     """
-    job_id, task_id, amount = job_arg(job), task_arg(task), wei_arg(cumulative, "CUMULATIVE")
+    job_id, task_id = job_arg(job), task_arg(task)
     if not (worker.startswith("0x") and len(worker) == 42):
         raise BadInput(f"WORKER: {worker!r} is not a 0x address")
     c = connect(home_dir)
+    amount = amount_arg(c, cumulative, "CUMULATIVE")
     home = Home(resolve_home(home_dir))
     v = run(lambda: ChainVoucher(job_id, task_id, bytes.fromhex(worker[2:]), amount))
     sig = sign_voucher(identity.load(home, _passphrase).wallet_key, c.domain, v)

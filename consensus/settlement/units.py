@@ -26,6 +26,25 @@ def parse_wei(text: str, what: str = "amount") -> int:
     return int(whole) * int(10**decimals) + fraction
 
 
+def parse_units(text: str, what: str = "amount", *, token: bool) -> int:
+    """An amount of the deployment's payment asset: coin as :func:`parse_wei` reads it; a
+    token only as an integer of its base units.
+
+    Why: token decimals vary (USDC has 6), so ``1eth`` of a token would be 10**18 base units,
+    a trillion USDC; refusing the units is safer than guessing what was meant.
+
+    Raises:
+        Invalid: not an amount of that asset.
+    """
+    if not token:
+        return parse_wei(text, what)
+    raw = text.strip().replace("_", "")
+    if not raw.isdigit():
+        raise Invalid(what, f"{text!r}: this deployment pays in a token; give an integer of its "
+                            "base units (eth and gwei are native-coin units)")  # fmt: skip
+    return int(raw)
+
+
 def format_wei(wei: int) -> str:
     """``1500000000000000000`` -> ``"1.5 ETH"``; exact, trailing zeros dropped."""
     whole, frac = divmod(abs(wei), 10**18)

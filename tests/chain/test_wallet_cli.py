@@ -54,7 +54,10 @@ def test_one_node_on_its_embedded_chain(tmp_path: Path) -> None:
     assert as_json(home, "wallet", "job", JOB)["balance"] == str(ETH - ETH // 4)  # type: ignore[index]
     # chain.token = "test": another deployment (its own address), paying in the test token
     token = cli_env(IDLEGRID_CHAIN_TOKEN="test")
-    ok(home, "wallet", "fund", "2eth", env=token)  # approve, then fund
+    coin_units = idlegrid(home, "wallet", "fund", "2eth", env=token)
+    assert coin_units.returncode == 2 and "AMOUNT" in coin_units.stderr
+    assert "base units" in coin_units.stderr, "a token's decimals vary: no eth units"
+    ok(home, "wallet", "fund", str(2 * ETH), env=token)  # approve, then fund
     shown = as_json(home, "wallet", "balance", env=token)
     assert shown["token"] and shown["pool_wei"] == str(2 * ETH)  # type: ignore[index]
     assert shown["balance_wei"] == str(FAUCET_WEI - 2 * ETH)  # type: ignore[index]
