@@ -14,9 +14,11 @@ import trio
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from consensus.verify.messages import Verdict
     from node.daemon import NodeContext
 
 log = logging.getLogger(__name__)
+SLASH_CASES_KEPT_MS = 7 * 24 * 3600 * 1000  # failing verdicts a restarted slasher reads back
 
 
 async def requester_settlement(
@@ -81,6 +83,13 @@ async def slashing_service(
         return
     from node.chain.slasher import Slasher  # noqa: PLC0415
     from node.market.service import market_of  # noqa: PLC0415
+    from node.verify.store import VerifyStore  # noqa: PLC0415
     from node.verify.topics import VERDICTS  # noqa: PLC0415
 
-    await Slasher(ctx.chain, market_of(ctx).net, VERDICTS).run(task_status=task_status)
+    net = market_of(ctx).net
+    store = VerifyStore(ctx.db)
+
+    async def stored() -> list[Verdict]:  # the last week's: older cases had their chance
+        return await store.failing_verdicts(net.now_ms() - SLASH_CASES_KEPT_MS)
+
+    await Slasher(ctx.chain, net, VERDICTS, stored).run(task_status=task_status)

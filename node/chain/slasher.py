@@ -16,6 +16,7 @@ amount and pays the rest to the signers: sentries earn from catching cheats.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -38,8 +39,17 @@ Case = tuple[bytes, int, bytes]  # (worker address, amount, evidence)
 
 
 class Slasher:
-    def __init__(self, chain: ChainNode, net: MarketNet, topic: str) -> None:
-        self.chain, self.net, self.topic = chain, net, topic
+    def __init__(
+        self,
+        chain: ChainNode,
+        net: MarketNet,
+        topic: str,
+        stored: Callable[[], Awaitable[list[Verdict]]] | None = None,
+    ) -> None:
+        """``stored``: failing verdicts kept in sqlite, read once at start, so a sentry
+        restarted between two sentries' verdicts still completes the case (the cases
+        themselves are only in memory)."""
+        self.chain, self.net, self.topic, self.stored = chain, net, topic, stored
         self.quorum = self.min_stake = 0  # the contract's, read at start
         self.cases: dict[Case, dict[str, bytes]] = {}  # signer -> signature
         self.sent: set[Case] = set()
@@ -49,14 +59,22 @@ class Slasher:
         self.quorum = int(params["slash_quorum"])
         self.min_stake = int(params["sentry_min_stake_wei"])
         inbox = await self.net.subscribe(self.topic, frozenset({Verdict.KIND}))
+        await self.resume()
         task_status.started()
         async for message in inbox:
-            verdict = message.opened.body
-            if isinstance(verdict, Verdict) and not verdict.passed and verdict.slash_sig:
-                try:
-                    await self.on_failing(verdict)
-                except ChainError as exc:  # the next failing verdict of the case retries
-                    log.warning("slashing: %s", exc)
+            await self._on_verdict(message.opened.body)
+
+    async def resume(self) -> None:
+        """Collects the failing verdicts kept in sqlite (sending a slash now due)."""
+        for verdict in [] if self.stored is None else await self.stored():
+            await self._on_verdict(verdict)
+
+    async def _on_verdict(self, verdict: object) -> None:
+        if isinstance(verdict, Verdict) and not verdict.passed and verdict.slash_sig:
+            try:
+                await self.on_failing(verdict)
+            except ChainError as exc:  # the next failing verdict of the case retries
+                log.warning("slashing: %s", exc)
 
     async def _staked(self, signer: str) -> bool:
         stake = await self.chain.service.call(lambda c: c.stake_of(signer))

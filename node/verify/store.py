@@ -14,9 +14,10 @@ from typing import Any
 
 import msgpack
 
-from consensus.kinds import from_wire, to_wire
+from consensus.envelope import open_envelope
+from consensus.kinds import Registry, from_wire, to_wire
 from consensus.market.messages import Checkpoint, TaskRef
-from consensus.verify.messages import Escalation, Verdict
+from consensus.verify.messages import VERIFY_KINDS, Escalation, Verdict
 from consensus.verify.qos import QosReport
 from consensus.verify.verdicts import REP_START, reputation_after
 from storage.db import Database
@@ -91,6 +92,18 @@ class VerifyStore:
             (ref.job_id, ref.task, ref.attempt),
         )
         return [dict(r) for r in rows]
+
+    async def failing_verdicts(self, since_ms: int) -> list[Verdict]:
+        """Failing verdicts heard since ``since_ms``, as signed (each opened at the time it
+        arrived, when it was valid): what a restarted slasher collects its cases from."""
+        rows = await self.db.query(
+            "SELECT verdict, received_ms FROM verify_verdicts "
+            "WHERE passed = 0 AND received_ms >= ?",
+            (since_ms,),
+        )
+        registry = Registry(VERIFY_KINDS)
+        opened = [open_envelope(r["verdict"], r["received_ms"], registry) for r in rows]
+        return [o.body for o in opened if isinstance(o.body, Verdict)]
 
     async def add_escalation(
         self, sentry: str, esc: Escalation, sealed: bytes, *, evidence: bytes | None, now_ms: int

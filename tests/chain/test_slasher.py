@@ -3,14 +3,20 @@ lowest-addressed signer once the contract's quorum of sentries signed the same c
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import nacl.signing
 import trio
 
-from consensus.envelope import new_nonce
+from consensus.envelope import new_nonce, seal_body
 from consensus.market.messages import TaskRef
 from consensus.verify.messages import Verdict
 from node.chain.backend import Chain
 from node.chain.signing import sign_slash
 from node.chain.slasher import Slasher
+from node.verify.store import VerifyStore
+from storage.db import Database
 from tests.chain.conftest import ETH, Net, make_net
 from tests.chain.test_settlement_node import StubNet, node_of
 
@@ -73,3 +79,27 @@ async def test_a_signature_for_another_case_or_by_a_stranger_does_not_make_a_quo
         assert not await lowest.on_failing(failing(net, "other", domain, amount=AMOUNT + 1))
     assert [len(s) for s in lowest.cases.values()] == [1, 1], "a stranger takes no seat"
     assert net.client("worker").stake_of()["bonded"] == ETH
+
+
+async def test_a_sentry_restarted_between_two_verdicts_completes_the_case_from_sqlite(
+    tmp_path: Path,
+) -> None:
+    net = make_net(Chain.embedded())
+    worker = net.client("worker")
+    worker.stake(ETH)
+    (low, lowest), (high, _) = await slashers(net)
+    domain = lowest.chain.domain
+    now = lowest.net.now_ms()
+    mine = replace(failing(net, low, domain), expires_ms=now + 60_000)
+    async with await Database.open(tmp_path / "node.db") as db:
+        store = VerifyStore(db)
+        sealed = seal_body(nacl.signing.SigningKey.generate(), mine)
+        await store.add_verdict(ATTESTATION, "me", mine, sealed, evidence=None, now_ms=now)
+        await lowest.on_failing(mine)  # then kill -9: the case in memory is gone
+        restarted = Slasher(lowest.chain, StubNet(), "verdicts",  # type: ignore[arg-type]
+                            lambda: store.failing_verdicts(now - 1000))  # fmt: skip
+        restarted.quorum, restarted.min_stake = 2, ETH
+        with trio.fail_after(30):
+            await restarted.resume()
+            assert await restarted.on_failing(failing(net, high, domain)), "a quorum again"
+    assert worker.stake_of()["bonded"] == ETH - AMOUNT
