@@ -149,27 +149,28 @@ class ChainService:
         Raises:
             ChainReverted: the contract refused it.
         """
-        try:
-            return await self.call(lambda c: c.send(op, args, value))
-        except ChainUnavailable as exc:
-            log.warning("chain unavailable, will retry: %s", exc)
-            self._on_unavailable(exc)
-            await self._reconcile_until_done(exc.journal_id)
-            return None
+        return await self._ride_out(lambda c: c.send(op, args, value))
 
     async def pay(self, op: str, args: list[Any], amount: int) -> TxResult | None:
         """:meth:`submit` for a write that brings ``amount`` in (``Settlement.pay``: on a token
         an approve, then the call). After an outage the call is still made when only the
         approve had gone through (the allowance is still ``amount``: no pull has used it)."""
+        sent = await self._ride_out(lambda c: c.pay(op, args, amount))
+        if sent is not None:
+            return sent
+        if await self.call(lambda c: c.token is not None and c.allowance() == amount > 0):
+            return await self.pay(op, args, amount)
+        return None
+
+    async def _ride_out(self, send: Callable[[Settlement], TxResult]) -> TxResult | None:
+        """``send``'s result, or None once an outage that interrupted it has been reconciled."""
         try:
-            return await self.call(lambda c: c.pay(op, args, amount))
+            return await self.call(send)
         except ChainUnavailable as exc:
             log.warning("chain unavailable, will retry: %s", exc)
             self._on_unavailable(exc)
             await self._reconcile_until_done(exc.journal_id)
-        if await self.call(lambda c: c.token is not None and c.allowance() == amount > 0):
-            return await self.pay(op, args, amount)
-        return None
+            return None
 
     async def reconcile_until_done(self) -> None:
         """Waits, retrying with backoff, until the journal has nothing open."""
