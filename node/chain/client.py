@@ -14,7 +14,6 @@ leaves a mined approve; the retried call finds the allowance already set and sen
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +22,10 @@ from eth_account import Account
 from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound
 
-from consensus.settlement.disputes import dispute_key
 from consensus.settlement.eip712 import Domain
-from consensus.settlement.epoch import Entry, Epoch
 from node.chain.artifacts import Artifact
 from node.chain.backend import Chain
+from node.chain.epoch_calls import EpochCalls
 from node.chain.errors import ChainReverted, ChainUnavailable
 from node.chain.journal import Journal, TxRow
 from node.chain.reverts import decode_revert, is_revert, revert_data
@@ -61,7 +59,7 @@ def is_transport(exc: BaseException) -> bool:
     return isinstance(exc, requests.RequestException | OSError | TimeExhausted)
 
 
-class Settlement:
+class Settlement(EpochCalls):
     """One wallet's view of one deployment of ``IdlegridSettlement``."""
 
     def __init__(
@@ -245,94 +243,6 @@ class Settlement:
     def slash(self, worker: str, amount: int, evidence: bytes, sigs: list[bytes]) -> TxResult:
         return self.send("slash", [Web3.to_checksum_address(worker), amount, evidence, sigs])
 
-    # ------------------------------------------------------------------ epochs
-
-    def fund(self, value: int) -> TxResult:
-        return self.pay("fund", [], value)
-
-    def leave_pool(self, amount: int) -> TxResult:
-        return self.send("leavePool", [amount])
-
-    def withdraw_pool(self) -> TxResult:
-        return self.send("withdrawPool", [])
-
-    def post_anchor(self, epoch: Epoch) -> TxResult:
-        requesters = [Web3.to_checksum_address(r) for r in epoch.debits]
-        amounts = list(epoch.debits.values())
-        args = [epoch.earnings_tree.root, epoch.entries_tree.root, requesters, amounts]
-        return self.send("postAnchor", args)
-
-    def finalize(self, index: int) -> TxResult:
-        return self.send("finalize", [index])
-
-    def dispute(self, index: int, entry: Entry, proof: list[bytes]) -> TxResult:
-        return self.send("dispute", [index, entry_args(entry), proof])
-
-    def answer(self, index: int, entry: Entry, sig: bytes) -> TxResult:
-        return self.send("answer", [index, entry_args(entry), sig])
-
-    def void_anchor(
-        self, index: int, entry: Entry, debits: Mapping[bytes, int] | Sequence[tuple[str, int]]
-    ) -> TxResult:
-        """Void with ``debits`` exactly as posted (a mapping, or the posted pairs in order)."""
-        pairs = list(debits.items()) if isinstance(debits, Mapping) else list(debits)
-        requesters = [Web3.to_checksum_address(r) for r, _ in pairs]
-        amounts = [a for _, a in pairs]
-        return self.send("voidAnchor", [index, entry_args(entry), requesters, amounts])
-
-    def claim_earnings(self, cumulative: int, proof: list[bytes]) -> TxResult:
-        return self.send("claimEarnings", [cumulative, proof])
-
-    def pool_of(self, address: str | None = None) -> dict[str, int]:
-        who = Web3.to_checksum_address(address or self.address)
-        balance, leaving, leave_at = self.contract.functions.pools(who).call()
-        return {"balance": balance, "leaving": leaving, "leave_at": leave_at}
-
-    def anchor(self) -> dict[str, Any]:
-        """The latest anchor (epoch ``epoch_count() - 1``); older ones are in the events."""
-        f = self.contract.functions.pending().call()
-        states = ("none", "pending", "final", "void")
-        return {
-            "epoch": self.epoch_count() - 1, "earnings_root": bytes(f[0]),
-            "entries_root": bytes(f[1]), "anchorer": f[3], "dispute_deadline": f[4],
-            "open_disputes": f[5], "state": states[f[6]], "total": f[7],
-        }  # fmt: skip
-
-    def answer_by(self, index: int, leaf: bytes) -> int:
-        """When the anchorer must answer our dispute of ``leaf`` (0: none open, or answered)."""
-        return int(self.contract.functions.disputes(dispute_key(index, leaf)).call())
-
-    def voided(self, index: int) -> bool:
-        where = {"epoch": index}
-        return bool(self.contract.events.Voided().get_logs(from_block=0, argument_filters=where))
-
-    def anchor_debits(self, index: int) -> list[tuple[str, int]]:
-        """The (requester, amount) pairs anchor ``index`` debited, in posted order, read from
-        its ``postAnchor`` call (the contract keeps only their hash, which a void must match).
-
-        Raises:
-            LookupError: no such anchor, or it was not posted by a direct call.
-        """
-        where = {"epoch": index}
-        logs = self.contract.events.Anchored().get_logs(from_block=0, argument_filters=where)
-        if not logs:
-            raise LookupError(f"no anchor {index} on chain")
-        tx = self.w3.eth.get_transaction(logs[-1]["transactionHash"])
-        try:
-            fn, args = self.contract.decode_function_input(tx["input"])
-        except ValueError as exc:
-            raise LookupError(f"anchor {index}: not a direct postAnchor call ({exc})") from None
-        if fn.fn_name != "postAnchor":
-            raise LookupError(f"anchor {index}: posted by {fn.fn_name}, not postAnchor")
-        return [(str(r), int(a)) for r, a in zip(args["requesters"], args["amounts"], strict=True)]
-
-    def earned_of(self, address: str | None = None) -> int:
-        who = Web3.to_checksum_address(address or self.address)
-        return int(self.contract.functions.earned(who).call())
-
-    def epoch_count(self) -> int:
-        return int(self.contract.functions.epochCount().call())
-
     # ------------------------------------------------------------------ reads
 
     def balance(self, address: str | None = None) -> int:
@@ -446,13 +356,3 @@ def _args(row: TxRow) -> list[Any]:
     if PAYING.get(row.op) == len(row.args):
         return [*row.args, row.value_wei]
     return row.args
-
-
-def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int]:
-    return (
-        Web3.to_checksum_address(e.requester),
-        Web3.to_checksum_address(e.worker),
-        e.job,
-        e.task,
-        e.amount,
-    )

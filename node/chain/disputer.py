@@ -40,7 +40,7 @@ from consensus.settlement.disputes import (
 from consensus.settlement.eip712 import ChainVoucher, chain_job_id, chain_task_id
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.messages import EpochEntries
-from node.chain.client import entry_args
+from node.chain.epoch_calls import entry_args
 from node.chain.errors import ChainError, ChainReverted, DisputeRefused, survive
 from node.chain.payee import ANCHOR_KINDS, ANCHORS
 from node.chain.signing import voucher_signer

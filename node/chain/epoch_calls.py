@@ -1,0 +1,129 @@
+"""The epoch path's calls on the settlement contract: pools, anchors, disputes, claims.
+
+A mixin of :class:`node.chain.client.Settlement`, which supplies the journaled ``send`` and
+``pay`` and the contract; kept apart so the client's transaction machinery stays one idea.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from eth_typing import ChecksumAddress
+from web3 import Web3
+
+from consensus.settlement.disputes import dispute_key
+from consensus.settlement.epoch import Entry, Epoch
+
+if TYPE_CHECKING:
+    from node.chain.client import TxResult
+
+
+class EpochCalls:
+    """Needs ``send``, ``pay``, ``contract``, ``address`` and ``w3`` from its host class."""
+
+    contract: Any
+    address: ChecksumAddress
+    w3: Web3
+
+    def send(self, op: str, args: list[Any], value: int = 0) -> TxResult:
+        raise NotImplementedError
+
+    def pay(self, op: str, args: list[Any], amount: int) -> TxResult:
+        raise NotImplementedError
+
+    def fund(self, value: int) -> TxResult:
+        return self.pay("fund", [], value)
+
+    def leave_pool(self, amount: int) -> TxResult:
+        return self.send("leavePool", [amount])
+
+    def withdraw_pool(self) -> TxResult:
+        return self.send("withdrawPool", [])
+
+    def post_anchor(self, epoch: Epoch) -> TxResult:
+        requesters = [Web3.to_checksum_address(r) for r in epoch.debits]
+        amounts = list(epoch.debits.values())
+        args = [epoch.earnings_tree.root, epoch.entries_tree.root, requesters, amounts]
+        return self.send("postAnchor", args)
+
+    def finalize(self, index: int) -> TxResult:
+        return self.send("finalize", [index])
+
+    def dispute(self, index: int, entry: Entry, proof: list[bytes]) -> TxResult:
+        return self.send("dispute", [index, entry_args(entry), proof])
+
+    def answer(self, index: int, entry: Entry, sig: bytes) -> TxResult:
+        return self.send("answer", [index, entry_args(entry), sig])
+
+    def void_anchor(
+        self, index: int, entry: Entry, debits: Mapping[bytes, int] | Sequence[tuple[str, int]]
+    ) -> TxResult:
+        """Void with ``debits`` exactly as posted (a mapping, or the posted pairs in order)."""
+        pairs = list(debits.items()) if isinstance(debits, Mapping) else list(debits)
+        requesters = [Web3.to_checksum_address(r) for r, _ in pairs]
+        amounts = [a for _, a in pairs]
+        return self.send("voidAnchor", [index, entry_args(entry), requesters, amounts])
+
+    def claim_earnings(self, cumulative: int, proof: list[bytes]) -> TxResult:
+        return self.send("claimEarnings", [cumulative, proof])
+
+    def pool_of(self, address: str | None = None) -> dict[str, int]:
+        who = Web3.to_checksum_address(address or self.address)
+        balance, leaving, leave_at = self.contract.functions.pools(who).call()
+        return {"balance": balance, "leaving": leaving, "leave_at": leave_at}
+
+    def anchor(self) -> dict[str, Any]:
+        """The latest anchor (epoch ``epoch_count() - 1``); older ones are in the events."""
+        f = self.contract.functions.pending().call()
+        states = ("none", "pending", "final", "void")
+        return {
+            "epoch": self.epoch_count() - 1, "earnings_root": bytes(f[0]),
+            "entries_root": bytes(f[1]), "anchorer": f[3], "dispute_deadline": f[4],
+            "open_disputes": f[5], "state": states[f[6]], "total": f[7],
+        }  # fmt: skip
+
+    def answer_by(self, index: int, leaf: bytes) -> int:
+        """When the anchorer must answer our dispute of ``leaf`` (0: none open, or answered)."""
+        return int(self.contract.functions.disputes(dispute_key(index, leaf)).call())
+
+    def voided(self, index: int) -> bool:
+        where = {"epoch": index}
+        return bool(self.contract.events.Voided().get_logs(from_block=0, argument_filters=where))
+
+    def anchor_debits(self, index: int) -> list[tuple[str, int]]:
+        """The (requester, amount) pairs anchor ``index`` debited, in posted order, read from
+        its ``postAnchor`` call (the contract keeps only their hash, which a void must match).
+
+        Raises:
+            LookupError: no such anchor, or it was not posted by a direct call.
+        """
+        where = {"epoch": index}
+        logs = self.contract.events.Anchored().get_logs(from_block=0, argument_filters=where)
+        if not logs:
+            raise LookupError(f"no anchor {index} on chain")
+        tx = self.w3.eth.get_transaction(logs[-1]["transactionHash"])
+        try:
+            fn, args = self.contract.decode_function_input(tx["input"])
+        except ValueError as exc:
+            raise LookupError(f"anchor {index}: not a direct postAnchor call ({exc})") from None
+        if fn.fn_name != "postAnchor":
+            raise LookupError(f"anchor {index}: posted by {fn.fn_name}, not postAnchor")
+        return [(str(r), int(a)) for r, a in zip(args["requesters"], args["amounts"], strict=True)]
+
+    def earned_of(self, address: str | None = None) -> int:
+        who = Web3.to_checksum_address(address or self.address)
+        return int(self.contract.functions.earned(who).call())
+
+    def epoch_count(self) -> int:
+        return int(self.contract.functions.epochCount().call())
+
+
+def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int]:
+    return (
+        Web3.to_checksum_address(e.requester),
+        Web3.to_checksum_address(e.worker),
+        e.job,
+        e.task,
+        e.amount,
+    )
