@@ -2,8 +2,11 @@
 
 Measures every operation of the settlement contract, then the amortised gas per settled job on
 the epoch path: 1000 jobs per epoch from 10 requesters to 10 workers, each worker earning 100
-jobs per epoch and claiming once per epoch (every 100 jobs), in an earnings tree of 1000 workers
-(10-deep proofs); each anchor finalizes the previous epoch. Next to it, a plain coin transfer
+jobs per epoch and paid once per epoch (every 100 jobs), in an earnings tree of 1000 workers
+(10-deep proofs); each anchor finalizes the previous epoch. Workers are paid two ways, each
+on its own fresh chain: the anchoring sentry pays all ten with one `payout` per epoch (the
+headline `gas_per_job`, what a daemon does by default), or each worker sends its own
+`claimEarnings` (`gas_per_job_claims`). Next to it, a plain coin transfer
 per job measured in the same run, and the direct path (deposit, one voucher claim, end,
 withdraw per job).
 
@@ -22,6 +25,7 @@ from eth_account import Account
 
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
+from consensus.settlement.leaves import payout_batches
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
@@ -103,7 +107,7 @@ class Bench:
         sigs = [sign_slash(k, w.domain, addr(self.work[0]), ETH, ev) for k in signers]
         g["slash"] = self.c[self.req[0]].slash(w.address, ETH, ev, sigs).gas
 
-    def epochs(self, count: int, workers_in_tree: int) -> tuple[int, int, Epoch]:
+    def epochs(self, count: int, workers_in_tree: int, payout: bool) -> tuple[int, int, Epoch]:
         """Returns (gas of the last epoch, proof depth, last epoch)."""
         rng, g = random.Random(7), self.gas
         for k in self.req:
@@ -126,16 +130,27 @@ class Bench:
             lines, earnings = epoch.lines, epoch.earnings
             self.chain.advance(3601)  # the previous epoch's window is over ...
             g["anchor"] = anchorer.post_anchor(epoch).gas  # ... so this anchor finalizes it
-            claims = [] if prev is None else [
-                self.c[k].claim_earnings(prev.earnings[addr(k)], prev.earnings_proof(addr(k))).gas
-                for k in self.work
-            ]  # fmt: skip
-            g["claim_earnings"] = max(claims, default=0)
-            last, prev = g["anchor"] + sum(claims), epoch
+            paid = [] if prev is None else self.pay(anchorer, prev) if payout else self.claim(prev)
+            last, prev = g["anchor"] + sum(paid), epoch
         self.chain.advance(3601)
         g["finalize"] = anchorer.finalize(count - 1).gas
         assert prev is not None
         return last, len(prev.earnings_proof(addr(self.work[0]))), prev
+
+    def claim(self, epoch: Epoch) -> list[int]:
+        gas = [
+            self.c[k].claim_earnings(epoch.earnings[addr(k)], epoch.earnings_proof(addr(k))).gas
+            for k in self.work
+        ]
+        self.gas["claim_earnings"] = max(gas)
+        return gas
+
+    def pay(self, anchorer: Settlement, epoch: Epoch) -> list[int]:
+        workers = [addr(k) for k in self.work]
+        [batch] = payout_batches(epoch.earnings_tree, epoch.earnings, workers)
+        self.gas["payout"] = anchorer.payout(batch).gas
+        assert all(anchorer.earned_by(workers)[w] == epoch.earnings[w] for w in workers)
+        return [self.gas["payout"]]
 
     def disputes(self, index: int, after: Epoch) -> None:
         r, anchorer, g = self.c[self.req[0]], self.c[self.sentries[2]], self.gas
@@ -168,30 +183,37 @@ def main() -> None:
     b.transfer()
     b.direct()
     b.stake_and_slash()
-    last, depth, epoch = b.epochs(max(2, args.epochs), args.workers_in_tree)
+    last, depth, epoch = b.epochs(max(2, args.epochs), args.workers_in_tree, payout=False)
     b.disputes(max(2, args.epochs), epoch)
-    report(b.gas, last / JOBS_PER_EPOCH, depth, args)
+    b2 = Bench(args.requesters, args.token)
+    b2.stake_and_slash()  # the same state as the first chain's before its epochs
+    paid_out, _, _ = b2.epochs(max(2, args.epochs), args.workers_in_tree, payout=True)
+    b.gas["payout"] = b2.gas["payout"]
+    report(b.gas, paid_out / JOBS_PER_EPOCH, last / JOBS_PER_EPOCH, depth, args)
 
 
-def report(g: dict[str, int], per_job: float, depth: int, args: argparse.Namespace) -> None:
+def report(
+    g: dict[str, int], per_job: float, per_job_claims: float, depth: int, args: argparse.Namespace
+) -> None:
     width = max(len(k) for k in g)
     for k, v in g.items():
         print(f"{k:<{width}}  {v:>9,} gas")
     funding = args.requesters * g["fund"] / JOBS_PER_EPOCH
     print(f"epoch path: {JOBS_PER_EPOCH} jobs/epoch, {args.requesters} requesters, {WORKERS} "
-          f"workers claiming every {JOBS_PER_EPOCH // WORKERS} jobs, {args.workers_in_tree} "
+          f"workers paid every {JOBS_PER_EPOCH // WORKERS} jobs, {args.workers_in_tree} "
           f"workers in the earnings tree ({depth}-deep proofs)")  # fmt: skip
-    print(f"per settled job: {per_job:,.0f} gas (one anchor, finalizing the previous epoch, "
-          f"and the claims), {per_job + funding:,.0f} with each requester funding "
-          "each epoch")  # fmt: skip
+    print(f"per settled job: {per_job:,.0f} gas with one payout of all {WORKERS} workers per "
+          f"epoch (one anchor, finalizing the previous epoch, and the payout), "
+          f"{per_job + funding:,.0f} with each requester funding each epoch; "
+          f"{per_job_claims:,.0f} when each worker claims by itself")  # fmt: skip
     print(f"plain transfer per job (baseline): {g['transfer']:,} gas; epoch path = "
           f"{per_job / g['transfer']:.3f}x of it; direct path = {g['direct_per_job']:,} gas "
           f"= {g['direct_per_job'] / g['transfer']:.2f}x")  # fmt: skip
-    keys = ("anchor", "claim_earnings", "dispute", "slash", "deploy", "deposit", "stake",
+    keys = ("anchor", "payout", "claim_earnings", "dispute", "slash", "deploy", "deposit", "stake",
             "claim_voucher_first", "direct_per_job", "transfer")  # fmt: skip
     names = {"claim_earnings": "claim", "claim_voucher_first": "claim_voucher"}
     fields = " ".join(f"gas_{names.get(k, k)}={g[k]}" for k in keys)
-    print(f"RESULT gas_per_job={per_job:.0f} {fields}")
+    print(f"RESULT gas_per_job={per_job:.0f} gas_per_job_claims={per_job_claims:.0f} {fields}")
 
 
 if __name__ == "__main__":

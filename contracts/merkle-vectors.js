@@ -24,7 +24,10 @@ for (const n of [1, 2, 3, 5, 8, 13]) {
   ]) {
     const tree = StandardMerkleTree.of(values, types);
     const proofs = values.map((v) => tree.getProof(v));
-    cases.push({ kind, types, values, root: tree.root, proofs });
+    // every other value and the last: a multiproof over leaves spread across the tree
+    const some = values.map((_, i) => i).filter((i) => i % 2 === 0 || i === n - 1);
+    const multi = tree.getMultiProof(some);
+    cases.push({ kind, types, values, root: tree.root, proofs, multi });
   }
 }
 console.log(JSON.stringify(cases, null, 1));

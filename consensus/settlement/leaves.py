@@ -11,13 +11,13 @@ rebuilds the tree and so checks it against the contract's root itself, trusting 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 from consensus.errors import Invalid
 from consensus.kinds import Wei
-from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, leaf_hash
 from consensus.settlement.messages import MAX_LEAVES, MAX_PARTS, EpochLeaves
 
 
@@ -31,6 +31,41 @@ class FinalLeaves:
 
     def tree(self) -> MerkleTree:
         return MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(self.amounts.items())])
+
+
+MAX_PAYOUT = 64  # workers per payout transaction: about 1M gas at most, well under a block
+
+
+@dataclass(frozen=True)
+class PayoutBatch:
+    """The arguments of one ``payout``: leaves in the multiproof's order."""
+
+    workers: tuple[bytes, ...]
+    cumulatives: tuple[int, ...]
+    proof: tuple[bytes, ...]
+    flags: tuple[bool, ...]
+
+
+def payout_due(
+    amounts: Mapping[bytes, int], earned: Mapping[bytes, int], min_wei: int
+) -> list[bytes]:
+    """The workers, ascending, whose final leaf exceeds what they received by ``min_wei``."""
+    return [w for w in sorted(earned) if amounts.get(w, 0) - earned[w] >= max(min_wei, 1)]
+
+
+def payout_batches(
+    tree: MerkleTree, amounts: Mapping[bytes, int], workers: Sequence[bytes]
+) -> list[PayoutBatch]:
+    """``workers`` (each with a leaf in ``tree``) in batches of at most MAX_PAYOUT."""
+    batches = []
+    for i in range(0, len(workers), MAX_PAYOUT):
+        by_leaf = {
+            leaf_hash(EARNINGS_TYPES, [w, amounts[w]]): w for w in workers[i : i + MAX_PAYOUT]
+        }
+        mp = tree.multi_proof(list(by_leaf))
+        paid = tuple(by_leaf[leaf] for leaf in mp.leaves)
+        batches.append(PayoutBatch(paid, tuple(amounts[w] for w in paid), mp.proof, mp.flags))
+    return batches
 
 
 def leaves_parts(

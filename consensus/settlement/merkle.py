@@ -8,6 +8,7 @@ as ``@openzeppelin/merkle-tree`` does, so roots and proofs match its output byte
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,15 +65,65 @@ class MerkleTree:
 
     def proof(self, leaf: bytes) -> list[bytes]:
         """Sibling hashes from ``leaf`` up to the root, as ``MerkleProof.verify`` takes them."""
-        at = self.index.get(leaf)
-        if at is None:
-            raise Invalid("merkle", f"leaf 0x{leaf.hex()} is not in the tree")
+        at = self._at(leaf)
         path = []
         while at > 0:
             sibling = at - 1 if at % 2 == 0 else at + 1
             path.append(self.nodes[sibling])
             at = (at - 1) // 2
         return path
+
+
+    def multi_proof(self, leaves: Sequence[bytes]) -> MultiProof:
+        """One proof for several leaves, as ``@openzeppelin/merkle-tree``'s ``getMultiProof``
+        builds it and ``MerkleProof.multiProofVerify`` takes it: the leaves come back in the
+        order the proof consumes them (deepest first), which the caller must keep."""
+        at = sorted({self._at(leaf) for leaf in leaves}, reverse=True)
+        if len(at) != len(leaves):
+            raise Invalid("merkle", "a multiproof cannot prove a leaf twice")
+        queue, proof, flags = deque(at), [], []
+        while queue and queue[0] > 0:
+            j = queue.popleft()
+            sibling = j - 1 if j % 2 == 0 else j + 1
+            if queue and queue[0] == sibling:  # both children known: no proof hash needed
+                flags.append(True)
+                queue.popleft()
+            else:
+                flags.append(False)
+                proof.append(self.nodes[sibling])
+            queue.append((j - 1) // 2)
+        if not at:
+            proof.append(self.root)
+        return MultiProof(tuple(self.nodes[i] for i in at), tuple(proof), tuple(flags))
+
+    def _at(self, leaf: bytes) -> int:
+        at = self.index.get(leaf)
+        if at is None:
+            raise Invalid("merkle", f"leaf 0x{leaf.hex()} is not in the tree")
+        return at
+
+
+@dataclass(frozen=True)
+class MultiProof:
+    """Leaves (in proof order), sibling hashes and flags, for ``multiProofVerify``."""
+
+    leaves: tuple[bytes, ...]
+    proof: tuple[bytes, ...]
+    flags: tuple[bool, ...]
+
+    def root(self) -> bytes:
+        """The root these rebuild, as ``MerkleProof.processMultiProof`` computes it."""
+        if len(self.leaves) + len(self.proof) != len(self.flags) + 1:
+            raise Invalid("merkle", "multiproof sizes do not add up")
+        hashes = deque(self.leaves)
+        siblings = deque(self.proof)
+        for flag in self.flags:
+            a = hashes.popleft()
+            b = hashes.popleft() if flag else siblings.popleft()
+            hashes.append(hash_pair(a, b))
+        if not self.flags:
+            return (self.leaves or self.proof)[0]
+        return hashes[-1]
 
 
 def verify(root: bytes, leaf: bytes, proof: Sequence[bytes]) -> bool:

@@ -74,6 +74,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
     event Answered(uint64 indexed epoch, bytes32 indexed leaf);
     event Voided(uint64 indexed epoch, bytes32 indexed leaf, address anchorer, uint256 slashed);
     event EarningsClaimed(address indexed worker, uint256 cumulative, uint256 paid);
+    event PayoutSkipped(address indexed worker, uint256 amount);
 
     error NotAnchorer(address caller, uint256 bonded);
     error PreviousPending(uint64 epoch);
@@ -104,6 +105,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function _anchorBond() internal view virtual returns (uint256);
     function _disputeWindow() internal view virtual returns (uint64);
     function _sendCoin(address to, uint256 amount) internal virtual;
+    function _trySendCoin(address to, uint256 amount) internal virtual returns (bool);
     function _receiveCoin(uint256 amount) internal virtual;
 
     // ------------------------------------------------------------ pools
@@ -262,8 +264,9 @@ abstract contract Epochs is ReentrancyGuardTransient {
     /// @notice Claim the increase of the caller's cumulative (net) earnings in the latest final
     /// root; the fee was taken when the epochs became final.
     function claimEarnings(uint256 cumulative, bytes32[] calldata proof) external nonReentrant {
-        bytes32 leaf = keccak256(bytes.concat(keccak256(abi.encode(msg.sender, cumulative))));
-        if (!MerkleProof.verifyCalldata(proof, claimRoot, leaf)) revert NotInTree();
+        if (!MerkleProof.verifyCalldata(proof, claimRoot, _earningsLeaf(msg.sender, cumulative))) {
+            revert NotInTree();
+        }
         uint256 before = earned[msg.sender];
         if (cumulative <= before) revert NothingToClaimYet(cumulative, before);
         uint256 delta = cumulative - before;
@@ -273,5 +276,44 @@ abstract contract Epochs is ReentrancyGuardTransient {
         anchoredClaimed += uint128(delta);
         emit EarningsClaimed(msg.sender, cumulative, delta);
         _sendCoin(msg.sender, delta);
+    }
+
+    /// @notice Pay many workers at once what `claimEarnings` would pay each: the increase of its
+    /// cumulative leaf in the latest final root over what it received before. Anyone may send
+    /// it (the anchoring sentry does), so a worker needs no coin for gas to be paid, and one
+    /// transaction's overhead and one multiproof serve them all. The leaves come in the order of
+    /// OpenZeppelin's `getMultiProof`. A worker with nothing new is skipped, and so is one whose
+    /// transfer fails (a contract refusing coin, an address the token blocks), its record left
+    /// as it was: one worker cannot stop the others' pay, and can still claim by itself.
+    function payout(address[] calldata workers, uint256[] calldata cumulatives,
+        bytes32[] calldata proof, bool[] calldata proofFlags) external nonReentrant returns (uint256 paid) {
+        uint256 n = workers.length;
+        if (n == 0 || cumulatives.length != n) revert LengthMismatch();
+        bytes32[] memory leaves = new bytes32[](n);
+        for (uint256 i = 0; i < n; i++) leaves[i] = _earningsLeaf(workers[i], cumulatives[i]);
+        if (!MerkleProof.multiProofVerifyCalldata(proof, proofFlags, claimRoot, leaves)) revert NotInTree();
+        // one read and one write of the shared totals for the whole batch
+        uint256 claimedTotal = anchoredClaimed;
+        for (uint256 i = 0; i < n; i++) {
+            (address worker, uint256 cumulative) = (workers[i], cumulatives[i]);
+            uint256 before = earned[worker];
+            if (cumulative <= before) continue;
+            uint256 delta = cumulative - before;
+            if (claimedTotal + delta > anchoredFinal) revert PoolOverdrawn(anchoredFinal, claimedTotal, delta);
+            earned[worker] = cumulative; // written before the transfer, put back if it fails
+            if (!_trySendCoin(worker, delta)) {
+                earned[worker] = before;
+                emit PayoutSkipped(worker, delta);
+                continue;
+            }
+            claimedTotal += delta;
+            paid += delta;
+            emit EarningsClaimed(worker, cumulative, delta);
+        }
+        anchoredClaimed = uint128(claimedTotal);
+    }
+
+    function _earningsLeaf(address worker, uint256 cumulative) private pure returns (bytes32) {
+        return keccak256(bytes.concat(keccak256(abi.encode(worker, cumulative))));
     }
 }

@@ -29,6 +29,7 @@ contract IdlegridSettlement is EIP712, Epochs {
         keccak256("Slash(address worker,uint256 amount,bytes32 evidence)");
     uint256 public constant BPS = 10_000;
     address public constant BURN = address(0xdEaD);
+    uint256 public constant PAYOUT_GAS = 30_000; // per worker paid by `payout` on native coin
 
     struct Job {
         address requester;
@@ -352,6 +353,15 @@ contract IdlegridSettlement is EIP712, Epochs {
 
     function _sendCoin(address to, uint256 amount) internal override {
         _send(to, amount);
+    }
+
+    function _trySendCoin(address to, uint256 amount) internal override returns (bool ok) {
+        if (address(token) != address(0)) return token.trySafeTransfer(to, amount);
+        // Bounded gas and no return data copied: a receiver can neither burn the batch's gas
+        // nor bloat its memory (a "return bomb"); a smart wallet's receive fits in this.
+        assembly ("memory-safe") {
+            ok := call(PAYOUT_GAS, to, amount, 0, 0, 0, 0)
+        }
     }
 
     function _receiveCoin(uint256 amount) internal override {

@@ -36,7 +36,7 @@ GAS_MARGIN_PCT = 25  # over the estimate: a claim's transfer may cost more than 
 WRITES = (
     "deposit", "endJob", "withdraw", "claim", "stake", "requestUnstake", "withdrawStake",
     "withdrawFees", "slash", "fund", "leavePool", "withdrawPool", "postAnchor", "finalize",
-    "dispute", "answer", "voidAnchor", "claimEarnings", "approve",
+    "dispute", "answer", "voidAnchor", "claimEarnings", "payout", "approve",
 )  # fmt: skip
 TOKEN_WRITES = ("approve",)  # sent to the payment token, journaled with the settlement's rows
 # Writes that bring money in: their last argument is the amount. Journal rows written before

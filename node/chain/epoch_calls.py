@@ -14,6 +14,7 @@ from web3 import Web3
 
 from consensus.settlement.disputes import dispute_key
 from consensus.settlement.epoch import Entry, Epoch
+from consensus.settlement.leaves import PayoutBatch
 
 if TYPE_CHECKING:
     from node.chain.client import TxResult
@@ -67,6 +68,16 @@ class EpochCalls:
 
     def claim_earnings(self, cumulative: int, proof: list[bytes]) -> TxResult:
         return self.send("claimEarnings", [cumulative, proof])
+
+    def payout(self, batch: PayoutBatch) -> TxResult:
+        """Pay ``batch``'s workers their final earnings (anyone may; sentries do)."""
+        workers = [Web3.to_checksum_address(w) for w in batch.workers]
+        args = [workers, list(batch.cumulatives), list(batch.proof), list(batch.flags)]
+        return self.send("payout", args)
+
+    def earned_by(self, workers: Sequence[bytes]) -> dict[bytes, int]:
+        """What each of ``workers`` received from final epochs so far."""
+        return {w: self.earned_of("0x" + w.hex()) for w in workers}
 
     def pool_of(self, address: str | None = None) -> dict[str, int]:
         who = Web3.to_checksum_address(address or self.address)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from consensus.errors import Invalid
-from consensus.settlement.merkle import MerkleTree, leaf_hash, verify
+from consensus.settlement.merkle import MerkleTree, MultiProof, leaf_hash, verify
 
 VECTORS = json.loads((Path(__file__).parent / "merkle_vectors.json").read_text())
 
@@ -41,3 +41,35 @@ def test_bad_trees_are_refused() -> None:
         MerkleTree.of(["uint256"], [[1], [1]])
     with pytest.raises(Invalid, match="not in the tree"):
         MerkleTree.of(["uint256"], [[1]]).proof(b"\0" * 32)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in VECTORS if len(c["values"]) > 1],
+    ids=lambda c: f"{c['kind']}-{len(c['values'])}",
+)
+def test_multiproofs_match_openzeppelin_merkle_tree(case: dict[str, Any]) -> None:
+    rows = [_row(case["types"], v) for v in case["values"]]
+    tree = MerkleTree.of(case["types"], rows)
+    want = case["multi"]
+    leaves = [leaf_hash(case["types"], _row(case["types"], v)) for v in want["leaves"]]
+    mp = tree.multi_proof(list(reversed(leaves)))  # any order in, the proof's order out
+    assert list(mp.leaves) == leaves
+    assert ["0x" + p.hex() for p in mp.proof] == want["proof"]
+    assert list(mp.flags) == want["proofFlags"]
+    assert mp.root() == tree.root
+    forged = MultiProof(
+        (leaf_hash(case["types"], [*rows[0][:-1], 1]), *mp.leaves[1:]), mp.proof, mp.flags
+    )
+    assert forged.root() != tree.root
+
+
+def test_bad_multiproofs_are_refused() -> None:
+    tree = MerkleTree.of(["uint256"], [[1], [2], [3]])
+    leaf = leaf_hash(["uint256"], [1])
+    with pytest.raises(Invalid, match="twice"):
+        tree.multi_proof([leaf, leaf])
+    with pytest.raises(Invalid, match="not in the tree"):
+        tree.multi_proof([b"\0" * 32])
+    with pytest.raises(Invalid, match="do not add up"):
+        MultiProof((leaf,), (), (True,)).root()
