@@ -2,10 +2,10 @@
 
 Pools funded and left, anchors honest or forged (a forged one is disputed by its requester at
 once and, unanswered, voided with the anchorer's bond slashed), windows passing, epochs
-finalized, workers claiming at random moments. After every step: the contract holds exactly
-pools + stakes + fees - claims - withdrawals - slashes (in coin, or in the token on a token
-deployment), and no worker has been paid more than the
-vouchers its requesters signed (net of the fee).
+finalized, workers claiming at random moments or paid out all at once. After every step: the
+contract holds exactly pools + stakes + fees - claims - withdrawals - slashes (in coin, or in
+the token on a token deployment), and no worker has been paid more than the vouchers its
+requesters signed (net of the fee).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from consensus.settlement.eip712 import chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
+from consensus.settlement.leaves import payout_batches
 from node.chain.backend import Chain
 from node.chain.errors import ChainReverted
 from tests.chain.conftest import ETH, Net, make_net
@@ -114,6 +115,23 @@ class Epochs(RuleBasedStateMachine):
         if self._try(owed > 0, lambda: self.c[worker].claim_earnings(cumulative, proof)):
             event("claimed")
             self.paid[worker] += owed
+            self.held -= owed
+
+    @precondition(lambda self: self.final is not None)
+    @rule()
+    def payout(self) -> None:
+        """Anyone pays every worker of the final epoch at once: what each is owed, or nothing."""
+        epoch = self.final
+        assert epoch is not None
+        workers = [w for w in WORKERS if self.b(w) in epoch.earnings]
+        if not workers:
+            return
+        [batch] = payout_batches(epoch.earnings_tree, epoch.earnings, [self.b(w) for w in workers])
+        self.c["sentry2"].payout(batch)
+        event("paid out")
+        for w in workers:
+            owed = epoch.earnings[self.b(w)] - self.paid[w]
+            self.paid[w] += owed
             self.held -= owed
 
     @rule(who=st.sampled_from(REQUESTERS), amount=st.integers(1, 5 * ETH))
