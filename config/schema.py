@@ -336,6 +336,12 @@ class ChainSettings:
         "workers: claim anchored earnings once this much is claimable, in wei",
         int_range(1, 2**63 - 1),
     )
+    payout_min_wei: int = setting(
+        10**15,
+        "anchoring sentries: pay every worker owed at least this much (wei) its final earnings, "
+        "in one batched transaction per epoch; 0 turns payouts off (workers claim themselves)",
+        int_range(0, 2**63 - 1),
+    )
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def main() -> None:
         wait_for_workers(requester, sum(1 for n in nodes.values() if n["role"] == "worker"))
         before = balances(nodes)
         ran = [run_job(requester, kind, spec, names) for kind, spec in jobs()]
-        heading("settlement: the sentry anchors an epoch, the window passes, workers claim")
+        heading("settlement: the sentry anchors an epoch, the window passes, workers are paid")
         apis = {name: ApiClient(Home(Path(n["home"]))) for name, n in nodes.items()}
         chain = follow_settlement(apis, SETTLE_TIMEOUT_S)
         summary(ran, names, before, balances(nodes), chain, gas_used(nodes))
@@ -158,7 +158,7 @@ def summary(  # noqa: PLR0917 - one argument per column of the table
             )
         print(f"    results in {r.results}")
     print("  on chain (each balance change includes gas at the dev chain's price; on a real")
-    print("  network workers claim rarely, once earnings pass chain.claim_threshold_wei):")
+    print("  network the sentry pays workers out once earnings pass chain.payout_min_wei):")
     for name in sorted(after):
         delta = after[name] - before.get(name, after[name])
         sign = "+" if delta >= 0 else "-"
@@ -174,7 +174,7 @@ def _role_money(view: dict[str, Any]) -> str:
         returned = sum(int(j["returned_wei"]) for j in escrow["jobs"].values())
         return f"escrowed {format_wei(funded)}, {format_wei(returned)} back; "
     if view.get("payee"):
-        return f"claimed {format_wei(int(view.get('earned_wei', 0)))} of earnings; "
+        return f"received {format_wei(int(view.get('earned_wei', 0)))} of earnings; "
     if anchorer := view.get("anchorer"):
         return f"anchored {anchorer.get('posted_here', 0)} epoch(s); "
     return ""

@@ -121,8 +121,9 @@ def follow(api: ApiClient, job_id: str, names: Names, timeout_s: float) -> dict[
 
 
 def follow_settlement(apis: dict[str, ApiClient], timeout_s: float) -> dict[str, dict[str, Any]]:
-    """Prints anchors, finality and claims as the nodes report them, until every worker that
-    holds vouchers has claimed all of it on chain; returns each node's last ``/v1/chain``.
+    """Prints anchors, finality, payouts and claims as the nodes report them, until every
+    worker that holds vouchers has received all of it on chain; returns each node's last
+    ``/v1/chain``.
 
     Raises:
         SystemExit: not settled within ``timeout_s`` (the last state is printed first).
@@ -153,6 +154,9 @@ def _settlement_events(view: dict[str, Any]) -> list[str]:
             out.append(f"epoch {epoch} anchored on chain (Merkle root of earnings, bonded)")
         if anchorer.get("final_epoch") is not None:
             out.append(f"epoch {anchorer['final_epoch']} final: dispute window passed")
+        if anchorer.get("workers_paid_out_here"):
+            out.append(f"paid out {anchorer['workers_paid_out_here']} worker(s) in batches, "
+                       f"up to epoch {anchorer['paid_out_epoch']}")  # fmt: skip
     if (payee := view.get("payee")) and int(payee.get("vouched_wei", 0)):
         out.append(f"holds signed vouchers for {format_wei(int(payee['vouched_wei']))}")
         if claim := payee.get("last_claim"):
@@ -160,15 +164,16 @@ def _settlement_events(view: dict[str, Any]) -> list[str]:
                 f"claimed epoch {claim['epoch']}: {format_wei(int(claim['paid_wei']))} paid "
                 f"(cumulative {format_wei(int(claim['cumulative_wei']))})"
             )
+        if earned := int(view.get("earned_wei", 0)):
+            out.append(f"received {format_wei(earned)} of earnings on chain in all")
     return out
 
 
 def _paid(view: dict[str, Any]) -> bool:
-    """Whether a worker has claimed everything its vouchers are worth, less the network fee
-    (taken per epoch, rounded down, so the net is never below the exact share)."""
+    """Whether a worker has received (paid out or claimed) everything its vouchers are worth,
+    less the network fee (taken per epoch, rounded down, so the net is never below the exact
+    share)."""
     payee = view.get("payee")
     if not payee or not int(payee.get("vouched_wei", 0)):
         return True
-    claim = payee.get("last_claim")
-    net = int(claim["cumulative_wei"]) if claim else 0
-    return net * BPS >= int(payee["vouched_wei"]) * (BPS - FEE_BPS)
+    return int(view.get("earned_wei", 0)) * BPS >= int(payee["vouched_wei"]) * (BPS - FEE_BPS)

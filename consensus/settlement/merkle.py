@@ -73,7 +73,6 @@ class MerkleTree:
             at = (at - 1) // 2
         return path
 
-
     def multi_proof(self, leaves: Sequence[bytes]) -> MultiProof:
         """One proof for several leaves, as ``@openzeppelin/merkle-tree``'s ``getMultiProof``
         builds it and ``MerkleProof.multiProofVerify`` takes it: the leaves come back in the

@@ -45,6 +45,7 @@ from consensus.settlement.messages import (
 from node.chain.anchoring import _events as anchor_events
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
+from node.chain.payout import Payer
 from node.chain.signing import cap_signer, voucher_signer
 from storage.db import Database
 
@@ -75,6 +76,7 @@ class Anchorer:
         self._leaves_sent = -1  # the epoch whose leaves went out last, and when to send again
         self._leaves_due = 0.0
         self._entries_sent, self._entries_due = -1, 0.0  # likewise for a pending epoch's entries
+        self.payer = Payer(self.service, chain.settings.payout_min_wei)
 
     async def resume(self) -> None:
         """Loads the saved machine; a post that a crash interrupted is settled with the chain."""
@@ -170,6 +172,8 @@ class Anchorer:
         for effect in [*effects, *ticked]:
             await self._perform(effect)
         await self._save()
+        if self.final is not None:  # before the leaves go out: workers then find nothing to claim
+            await self.payer.pay(FinalLeaves(self.final[0], b"", self.final[1]))
         await self._publish_leaves()
         await self._publish_entries()
 
@@ -322,6 +326,8 @@ class Anchorer:
             "pending_entries": 0 if m.pending is None else len(m.pending.entries),
             "final_epoch": None if self.final is None else self.final[0],
             "posted_here": self.posted,
+            "paid_out_epoch": None if self.payer.done is None else self.payer.done.index,
+            "workers_paid_out_here": self.payer.paid,
         }
 
 

@@ -71,9 +71,7 @@ class EpochCalls:
 
     def payout(self, batch: PayoutBatch) -> TxResult:
         """Pay ``batch``'s workers their final earnings (anyone may; sentries do)."""
-        workers = [Web3.to_checksum_address(w) for w in batch.workers]
-        args = [workers, list(batch.cumulatives), list(batch.proof), list(batch.flags)]
-        return self.send("payout", args)
+        return self.send("payout", payout_args(batch))
 
     def earned_by(self, workers: Sequence[bytes]) -> dict[bytes, int]:
         """What each of ``workers`` received from final epochs so far."""
@@ -138,3 +136,8 @@ def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int]:
         e.task,
         e.amount,
     )
+
+
+def payout_args(batch: PayoutBatch) -> list[Any]:
+    workers = [Web3.to_checksum_address(w) for w in batch.workers]
+    return [workers, list(batch.cumulatives), list(batch.proof), list(batch.flags)]

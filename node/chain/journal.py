@@ -46,11 +46,12 @@ class TxRow:
 
 
 def encode_args(args: list[Any]) -> str:
-    """JSON with ints as decimal strings (beyond 2**53) and bytes as 0x hex, tagged."""
+    """JSON with ints as decimal strings (beyond 2**53) and bytes as 0x hex, tagged; booleans
+    (a multiproof's flags) as JSON's own, checked first since a bool is an int in Python."""
 
     def enc(v: Any) -> Any:
         if isinstance(v, bool):
-            raise TypeError("no booleans in contract arguments")
+            return v
         if isinstance(v, int):
             return {"int": str(v)}
         if isinstance(v, bytes):

@@ -38,12 +38,13 @@ TUNING: dict[str, Any] = {
     "market.voucher_interval_ms": 1000,
     "market.lost_after_ms": 4000,
     "worker.sandbox": "auto",  # bwrap where it works; the jobs are the operator's own
-    # Settlement on: a short epoch and a claim at the first wei, so a newcomer sees a job
-    # anchored and paid within a minute (see deploy() in node/localnet/chain.py).
+    # Settlement on: a short epoch and a payout (or claim) at the first wei, so a newcomer sees
+    # a job anchored and paid within a minute (see deploy() in node/localnet/chain.py).
     "chain.settle": True,
     "chain.epoch_s": 10,
     "chain.poll_s": 1,
     "chain.claim_threshold_wei": 1,
+    "chain.payout_min_wei": 1,
 }
 
 

@@ -214,7 +214,9 @@ async def test_an_inflated_entry_is_disputed_voided_and_the_anchorer_slashed(
     gas = req.paid_gas("dispute") + req.paid_gas("voidAnchor")
     assert c.balance(net.addr("requester")) - coin == ETH // 2 - gas  # half the bond, less gas
     assert net.chain.balance(BURN) - burned == ETH // 2
-    assert net.chain.balance(net.address) == 10 * ETH  # 9 in the pool, 1 debited by epoch 0
+    # 9 in the pool, 1 debited by epoch 0: its fee stays, the rest the sentry paid out
+    assert net.chain.balance(net.address) == 10 * ETH - (ETH - ETH // 100)
+    assert c.earned_of(net.addr("worker")) == ETH - ETH // 100
     assert [r.op for r in req.journal.rows()] == ["dispute", "voidAnchor"]
 
 

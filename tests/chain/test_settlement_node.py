@@ -24,6 +24,7 @@ from consensus.settlement.messages import (
     SettledVoucher,
     entry_of,
 )
+from node.chain import artifacts
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
 from node.chain.client import Settlement
@@ -79,8 +80,9 @@ def voucher(
     )  # fmt: skip
 
 
-async def fresh_anchorer(net: Net, db: Database, client: Settlement) -> Anchorer:
-    anchorer = Anchorer(node_of(net, "sentry1", client), db, StubNet())  # type: ignore[arg-type]
+async def fresh_anchorer(net: Net, db: Database, client: Settlement, **settings: Any) -> Anchorer:
+    node = node_of(net, "sentry1", client, **settings)
+    anchorer = Anchorer(node, db, StubNet())  # type: ignore[arg-type]
     await anchorer.chain.service.start()
     await anchorer.resume()
     return anchorer
@@ -137,7 +139,7 @@ async def test_a_worker_claims_from_leaves_in_parts_despite_a_forged_part(
     sentry.stake(ETH)
     worker = net.client("worker")
     async with await Database.open(tmp_path / "sentry.db") as db:
-        anchorer = await fresh_anchorer(net, db, sentry)
+        anchorer = await fresh_anchorer(net, db, sentry, payout_min_wei=0)  # workers claim
         anchorer.leaves_per_message = 1
         assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH))
         other = TaskRef(job_id=b"\x08" * 16, task=0, attempt=0)
@@ -159,6 +161,31 @@ async def test_a_worker_claims_from_leaves_in_parts_despite_a_forged_part(
         await payee._on_leaves(parts[1], "mallory")  # too late: that epoch is final here
     assert payee.leaves is not None and len(payee.leaves.amounts) == 2
     assert worker.earned_of() == ETH - ETH // 100, "claimed its own leaf, not the forged one"
+
+
+async def test_the_anchorer_pays_out_workers_owed_enough_once(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    journal = Journal(tmp_path / "journal.db")  # as in the daemon: the multiproof's flags too
+    sentry = Settlement(net.chain, artifacts.load(), net.address, net.keys["sentry1"],
+                        journal=journal)  # fmt: skip
+    sentry.stake(ETH)
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        anchorer = await fresh_anchorer(net, db, sentry, payout_min_wei=ETH // 2)
+        assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH))
+        other = TaskRef(job_id=b"\x08" * 16, task=0, attempt=0)
+        assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH // 4, ref=other,
+                                                 worker="worker2"))  # fmt: skip
+        await anchorer.step()
+        net.chain.advance(3601)
+        await anchorer.step()  # final: the worker owed 0.99 ETH is paid, worker2's 0.2475 waits
+        await anchorer.step()  # nothing new: no second payout
+    assert net.client("worker").earned_of() == ETH - ETH // 100
+    assert net.client("worker2").earned_of() == 0
+    assert len(sentry.contract.events.EarningsClaimed().get_logs(from_block=0)) == 1
+    assert (await anchorer.status())["workers_paid_out_here"] == 1
+    [row] = [r for r in journal.rows("mined") if r.op == "payout"]
+    assert row.args[3] == [False]  # one leaf and its sibling: a flag, kept as a boolean
 
 
 async def test_excluded_tasks_are_held_until_the_hook_lets_them_through(tmp_path: Path) -> None:

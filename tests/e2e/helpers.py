@@ -100,10 +100,11 @@ def restart(node: NodeInfo) -> None:
 
 
 def paid_in_full(worker: NodeInfo) -> dict[str, Any] | None:
-    """The worker's chain view once its claims cover every voucher it holds, less the fee."""
+    """The worker's chain view once what it received (paid out or claimed) covers every
+    voucher it holds, less the fee."""
     view: dict[str, Any] = api(worker).get("/v1/chain")
-    claim, vouched = view["payee"]["last_claim"], int(view["payee"]["vouched_wei"])
-    if vouched and claim and int(claim["cumulative_wei"]) * BPS >= vouched * (BPS - FEE_BPS):
+    earned, vouched = int(view["earned_wei"]), int(view["payee"]["vouched_wei"])
+    if vouched and earned * BPS >= vouched * (BPS - FEE_BPS):
         return view
     return None
 

@@ -36,7 +36,8 @@ def test_make_demo_runs_the_whole_flow_and_leaves_nothing_running(tmp_path: Path
         "task 0: attested",
         "re-ran its sampled segments: PASS",  # the sentry's verdict
         "anchored on chain",
-        "claimed epoch",  # a worker's Merkle claim
+        "worker(s) in batches",  # the sentry's batched payout
+        "received ",  # the worker holds its earnings on chain
         "verification: train:",  # the summary states the guarantee
         "demo done",
     ):

@@ -193,13 +193,13 @@ def check_money(
             return None
         for peer in paid_workers:
             payee = theirs[peer]["payee"]
-            claim, vouched = payee["last_claim"], int(payee["vouched_wei"])
+            earned, vouched = int(theirs[peer]["earned_wei"]), int(payee["vouched_wei"])
             # The last voucher comes with the final report: it may be anchored an epoch later.
-            if not claim or int(claim["cumulative_wei"]) * BPS < vouched * (BPS - FEE_BPS):
+            if earned * BPS < vouched * (BPS - FEE_BPS):
                 return None
         return mine, theirs
 
-    mine, theirs = poll("escrow returned and every worker's claim", settled, 180)
+    mine, theirs = poll("escrow returned and every worker paid", settled, 180)
     vouched_total = 0
     for peer in paid_workers:
         vouched, paid = int(theirs[peer]["payee"]["vouched_wei"]), int(theirs[peer]["earned_wei"])

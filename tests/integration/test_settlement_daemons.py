@@ -3,7 +3,8 @@
 The requester funds the job's budget into its pool and signs the EIP-712 twin of every voucher;
 the worker checks and keeps them and gossips the last one when the task ends; the sentry
 anchors an epoch, lets the (short) dispute window pass, finalizes it and gossips the leaves;
-the worker claims with a Merkle proof; the requester takes back what the job did not spend.
+pays the worker out (one batched `payout`, so the worker spends no gas on claims); the
+requester takes back what the job did not spend.
 Every balance is then checked to the wei, gas included. Synchronised on log lines.
 """
 
@@ -25,7 +26,7 @@ from node.client import ApiClient
 from node.home import Home
 from tests.chain.conftest import ETH, Anvil, anvil_binary, free_port
 from tests.daemons import Daemon, cli_env, idlegrid
-from tests.integration.test_market_daemons import field, wait_for_fields
+from tests.integration.test_market_daemons import wait_for_fields
 
 FEE_BPS = 100
 KEY = bytes(range(1, 33))  # reads only
@@ -111,7 +112,8 @@ def test_a_job_is_paid_through_an_anchored_epoch(
         IDLEGRID_CHAIN_BACKEND="rpc", IDLEGRID_CHAIN_RPC_URL=node.url,
         IDLEGRID_CHAIN_CHAIN_ID="31337", IDLEGRID_CHAIN_CONTRACT=contract,
         IDLEGRID_CHAIN_SETTLE="1", IDLEGRID_CHAIN_EPOCH_S="2", IDLEGRID_CHAIN_POLL_S="1",
-        IDLEGRID_CHAIN_CLAIM_THRESHOLD_WEI="1", IDLEGRID_WORKER_PRICE_WEI_PER_S=str(50 * 10**9),
+        IDLEGRID_CHAIN_CLAIM_THRESHOLD_WEI="1", IDLEGRID_CHAIN_PAYOUT_MIN_WEI="1",
+        IDLEGRID_WORKER_PRICE_WEI_PER_S=str(50 * 10**9),
     )  # fmt: skip
     homes = {role: tmp_path / role for role in ("sentry", "requester", "worker")}
     address = {}
@@ -170,13 +172,14 @@ def run_job(
     assert "anchoring resumed" in sentry.output()  # state=pending, or posting if killed early
     requester.wait_for("escrow returned", timeout=60)  # the job is over: no more vouchers
     gross = vouched(worker.home)
-    # The last voucher comes with the final report, so it may be anchored in a second epoch.
-    while int(field(worker.wait_for("earnings claimed", timeout=60), "cumulative_wei")) != (
-        gross - sum(t * FEE_BPS // BPS for t in anchored(reader))
-    ):
-        pass
+    paid_to = json.loads((worker.home / "identity.json").read_text())["address"]
+    # The sentry pays the worker out as each epoch goes final (the worker sends no claim); the
+    # last voucher comes with the final report, so it may be anchored in a second epoch.
+    while reader.earned_of(paid_to) != gross - sum(t * FEE_BPS // BPS for t in anchored(reader)):
+        sentry.wait_for("earnings paid out", timeout=60)
     chain_view = ApiClient(Home(worker.home)).get("/v1/chain")  # `idlegrid settlement status`
-    assert chain_view["settle"] is True and chain_view["payee"]["last_claim"]["claimed"] is True
+    assert chain_view["settle"] is True and int(chain_view["earned_wei"]) > 0
+    assert chain_view["payee"]["last_claim"] is None, "paid out before it heard the leaves"
     # Whatever entries the requester heard (the sentry is killed as it posts, and the window is
     # 3 s), it found them signed: nothing disputed.
     assert "to dispute" not in requester.output()
