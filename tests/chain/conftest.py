@@ -15,9 +15,9 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
+from consensus.settlement.epoch import Spend
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
-from consensus.settlement.epoch import Spend
 from node.chain.client import Settlement
 from node.chain.signing import sign_spend
 from node.chain.token import deploy_test_token, mint
