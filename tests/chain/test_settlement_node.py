@@ -33,7 +33,8 @@ from node.chain.journal import Journal
 from node.chain.node import ChainNode
 from node.chain.payee import Payee
 from node.chain.service import ChainService
-from node.chain.signing import sign_voucher
+from node.chain.signing import sign_voucher, spend_signer
+from node.chain.spending import SpendBook
 from storage.db import Database
 from tests.chain.conftest import ETH, Anvil, Net, make_net
 
@@ -198,6 +199,20 @@ async def test_a_second_anchorer_never_anchors_beyond_the_requesters_spend(
         await first.step()
     assert one.epoch_count() == 2 and one.anchor()["anchorer"] == net.addr("sentry1")
     assert one.pool_of("0x" + me.hex())["debited"] == 2 * ETH
+
+
+async def test_the_requesters_spend_only_grows_and_survives_a_restart(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    chain = node_of(net, "requester", net.client("requester"))
+    w1, w2, other = net.addr("worker"), net.addr("worker2"), dataclasses.replace(REF, attempt=1)
+    async with await Database.open(tmp_path / "node.db") as db:
+        book = SpendBook(chain, db)
+        assert (await book.sign(REF, w1, 100)).cumulative == 100
+        assert (await book.sign(other, w2, 40)).cumulative == 140  # lines add up
+        assert (await book.sign(REF, w1, 250)).cumulative == 290  # a line's largest counts
+    async with await Database.open(tmp_path / "node.db") as db:  # kill -9, restart
+        again = await SpendBook(chain, db).sign(REF, w1, 90)  # a cap lower: never less
+    assert again.cumulative == 290 and spend_signer(chain.domain, again) == net.addr("requester")
 
 
 async def test_excluded_tasks_are_held_until_the_hook_lets_them_through(tmp_path: Path) -> None:
