@@ -3,10 +3,12 @@
 Measures every operation of the settlement contract, then the amortised gas per settled job on
 the epoch path: 1000 jobs per epoch from 10 requesters to 10 workers, each worker earning 100
 jobs per epoch and paid once per epoch (every 100 jobs), in an earnings tree of 1000 workers
-(10-deep proofs); each anchor finalizes the previous epoch. Workers are paid two ways, each
-on its own fresh chain: the anchoring sentry pays all ten with one `payout` per epoch (the
-headline `gas_per_job`, what a daemon does by default), or each worker sends its own
-`claimEarnings` (`gas_per_job_claims`). Next to it, a plain coin transfer
+(10-deep proofs); each anchor finalizes the previous epoch and carries each requester's signed
+spend (its cumulative debits so far, checked on chain: an ecrecover and about 200 bytes of
+calldata per requester). Workers are paid two ways, each on its own fresh chain: the anchoring
+sentry pays all ten with one `payout` per epoch (the headline `gas_per_job`, what a daemon
+does by default), or each worker sends its own `claimEarnings` (`gas_per_job_claims`). Next to
+it, a plain coin transfer
 per job measured in the same run, and the direct path (deposit, one voucher claim, end,
 withdraw per job).
 
@@ -24,12 +26,12 @@ import random
 from eth_account import Account
 
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id
-from consensus.settlement.epoch import Entry, Epoch, assemble
+from consensus.settlement.epoch import Entry, Epoch, Spend, assemble
 from consensus.settlement.leaves import payout_batches
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
-from node.chain.signing import sign_slash, sign_voucher
+from node.chain.signing import sign_slash, sign_spend, sign_voucher
 from node.chain.token import deploy_test_token, mint
 
 ETH = 10**18
@@ -51,6 +53,15 @@ class Bench:
         self.gas = {"deploy": int(self.chain.w3.eth.get_transaction_receipt(latest)["gasUsed"])}
         self.req, self.work, self.sentries = (self.wallets(n) for n in (requesters, WORKERS, 3))
         self.c = {k: self.client(k) for k in self.req + self.work + self.sentries}
+        self.spent: dict[bytes, int] = {}  # per requester: every debit it authorised so far
+
+    def spends(self, epoch: Epoch) -> dict[bytes, Spend]:
+        """Each requester of ``epoch`` signs its spend up to and including this epoch."""
+        keys = {addr(k): k for k in self.req}
+        for r, amount in epoch.debits.items():
+            self.spent[r] = self.spent.get(r, 0) + amount
+        domain = self.c[self.req[0]].domain
+        return {r: sign_spend(keys[r], domain, r, self.spent[r]) for r in epoch.debits}
 
     def wallets(self, n: int) -> list[bytes]:
         keys = [bytes(Account.create().key) for _ in range(n)]
@@ -129,7 +140,8 @@ class Bench:
             epoch = assemble(entries, lines, earnings, FEE_BPS)
             lines, earnings = epoch.lines, epoch.earnings
             self.chain.advance(3601)  # the previous epoch's window is over ...
-            g["anchor"] = anchorer.post_anchor(epoch).gas  # ... so this anchor finalizes it
+            spends = self.spends(epoch)
+            g["anchor"] = anchorer.post_anchor(epoch, spends).gas  # ... and this finalizes it
             paid = [] if prev is None else self.pay(anchorer, prev) if payout else self.claim(prev)
             last, prev = g["anchor"] + sum(paid), epoch
         self.chain.advance(3601)
@@ -158,7 +170,8 @@ class Bench:
         entries = [Entry(requester, addr(self.work[i]), bytes([0xE0 + i]) * 32, TASK, ETH // 10)
                    for i in range(2)]  # fmt: skip
         epoch = assemble(entries, after.lines, after.earnings, FEE_BPS)
-        g["anchor_one_requester"] = anchorer.post_anchor(epoch).gas  # nothing to finalize
+        spends = self.spends(epoch)
+        g["anchor_one_requester"] = anchorer.post_anchor(epoch, spends).gas  # none to finalize
         ent = epoch.entries[0]
         g["dispute"] = r.dispute(index, ent, epoch.entry_proof(ent)).gas
         v = ChainVoucher(ent.job, ent.task, ent.worker, ent.amount)

@@ -405,6 +405,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             CREATE INDEX verify_escalations_task ON verify_escalations(job_id, idx, attempt);
         """,
     ),
+    Migration(
+        version=13,
+        description="settlement spends: what a requester signed per line, what a worker was given",
+        sql="""
+            -- Requester: the largest chain voucher it signed per line; its Spend is their sum,
+            -- so a restart never signs a smaller one. Written before each voucher leaves.
+            CREATE TABLE settle_spend (
+                job_id     BLOB NOT NULL,
+                idx        INTEGER NOT NULL,
+                attempt    INTEGER NOT NULL,
+                worker     TEXT NOT NULL,     -- chain address
+                amount_wei TEXT NOT NULL,
+                PRIMARY KEY (job_id, idx, attempt, worker)
+            ) WITHOUT ROWID;
+            -- Worker: the requester's Spend that came with the voucher kept (sent on to anchorers).
+            ALTER TABLE settle_vouchers ADD COLUMN spend_wei TEXT NOT NULL DEFAULT '0';
+            ALTER TABLE settle_vouchers ADD COLUMN spend_sig BLOB NOT NULL DEFAULT x'';
+        """,
+    ),
 )
 
 

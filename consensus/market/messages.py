@@ -171,6 +171,9 @@ class Voucher(Body):
     amount_wei: Wei
     seconds: int
     chain_sig: bytes | None = None  # the requester's EIP-712 twin of this voucher (65 bytes)
+    # with it, the requester's EIP-712 Spend: epoch anchors may debit its pool this much in all
+    spend_wei: Wei | None = None
+    spend_sig: bytes | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,14 +17,21 @@ Anything else is a bug and raises. Entries are the latest voucher per (job, task
 an epoch holds every line whose amount grew since the base (the last epoch that became final).
 In any state a requester's cap (its worker was lost; see ``VoucherCap``) lowers a line to the
 cap and keeps it there, but never below what an epoch already anchored.
+
+Spends: each requester's largest signed ``Spend`` (it travels with every voucher) bounds what
+anchors may debit its pool in all; the contract refuses more. An epoch takes a requester's
+lines only if its spend covers what its pool was debited before (the chain's ``debited``, given
+to ``on_tick``; by default what this machine anchored) plus this epoch's debit; a requester
+whose spend falls short waits for a later epoch (``short`` says who and how much is needed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from consensus.errors import Invalid
-from consensus.settlement.epoch import Entry, Epoch, Line, assemble
+from consensus.settlement.epoch import Entry, Epoch, Line, Spend, assemble
 
 TRANSITIONS = {
     ("idle", "tick"): {"idle", "posting"},
@@ -40,6 +47,7 @@ TRANSITIONS = {
 @dataclass(frozen=True)
 class Post:
     epoch: Epoch
+    spends: dict[bytes, Spend]  # the signed spend of each requester the epoch debits
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,14 @@ class Anchoring:
     open_disputes: set[bytes] = field(default_factory=set)
     signatures: dict[bytes, bytes] = field(default_factory=dict)  # entry leaf -> its voucher
     caps: dict[Line, int] = field(default_factory=dict)  # lines the requester closed
+    spends: dict[bytes, Spend] = field(default_factory=dict)  # the largest per requester
+    short: dict[bytes, int] = field(default_factory=dict)  # left out: the spend they need
+
+    def on_spend(self, spend: Spend) -> None:
+        """A requester's spend (its signature checked by the caller); only a larger replaces."""
+        known = self.spends.get(spend.requester)
+        if known is None or spend.cumulative > known.cumulative:
+            self.spends[spend.requester] = spend
 
     def on_voucher(self, entry: Entry, signature: bytes) -> None:
         """A verified task's voucher (checked by the caller); only a larger amount replaces."""
@@ -112,7 +128,9 @@ class Anchoring:
             else:
                 del self.latest[line]
 
-    def on_tick(self, now_ms: int) -> list[Effect]:
+    def on_tick(self, now_ms: int, debited: Mapping[bytes, int] | None = None) -> list[Effect]:
+        """``debited``: the chain's ``pools(r).debited`` of the requesters :meth:`to_post`
+        names (any missing: what this machine anchored for them)."""
         if self.state == "posting":
             return []
         if self.state == "pending":
@@ -122,15 +140,15 @@ class Anchoring:
             assert self.pending is not None
             self.base_lines, self.base_earnings = self.pending.lines, self.pending.earnings
             self.pending, self.unfinal = None, True
-        fresh = self._fresh()
         due = self.last_post_ms is None or now_ms >= self.last_post_ms + self.epoch_ms
-        if fresh and (due or self.unfinal):
+        fresh = self._covered(self._fresh(), debited or {}) if due or self.unfinal else []
+        if fresh:
             self._go("tick", "posting")
             self.last_post_ms = now_ms
             self.pending = assemble(fresh, self.base_lines, self.base_earnings, self.fee_bps)
             # Kept apart: a newer voucher for a line may arrive while this epoch is disputed.
             self.signatures = {e.leaf(): self.latest[e.line][1] for e in self.pending.entries}
-            return [Post(self.pending)]
+            return [Post(self.pending, {r: self.spends[r] for r in self.pending.debits})]
         if self.unfinal:
             self.unfinal = False
             return [Finalize(self.index)]
@@ -165,8 +183,44 @@ class Anchoring:
         self._go("voided", "idle")
         self.pending, self.open_disputes = None, set()
 
+    def to_post(self, now_ms: int) -> set[bytes]:
+        """The requesters whose lines ``on_tick(now_ms)`` would anchor if their spends cover
+        them: the driver reads their ``debited`` from the chain first."""
+        if self.state == "posting":
+            return set()
+        base, unfinal = self.base_lines, self.unfinal
+        if self.state == "pending":
+            if now_ms < self.window_end_ms or self.open_disputes or self.pending is None:
+                return set()
+            base, unfinal = self.pending.lines, True
+        if not (
+            unfinal or self.last_post_ms is None or now_ms >= self.last_post_ms + self.epoch_ms
+        ):
+            return set()
+        return {e.requester for e, _ in self.latest.values() if e.amount > base.get(e.line, 0)}
+
     def _fresh(self) -> list[Entry]:
         return [e for e, _ in self.latest.values() if e.amount > self.base_lines.get(e.line, 0)]
+
+    def _covered(self, fresh: list[Entry], debited: Mapping[bytes, int]) -> list[Entry]:
+        """``fresh`` less the lines of requesters whose spend does not cover their debit."""
+        debit: dict[bytes, int] = {}
+        for e in fresh:
+            debit[e.requester] = (
+                debit.get(e.requester, 0) + e.amount - self.base_lines.get(e.line, 0)
+            )
+        self.short = {}
+        for r, amount in debit.items():
+            before = debited[r] if r in debited else self._anchored(r)
+            held = self.spends.get(r)
+            if held is None or held.cumulative < before + amount:
+                self.short[r] = before + amount
+        return [e for e in fresh if e.requester not in self.short]
+
+    def _anchored(self, requester: bytes) -> int:
+        """What the epochs this machine made final debited ``requester`` in all."""
+        return sum(self.base_lines.get(line, 0) for line, (e, _) in self.latest.items()
+                   if e.requester == requester)  # fmt: skip
 
     def _go(self, event: str, to: str) -> None:
         allowed = TRANSITIONS.get((self.state, event))

@@ -13,7 +13,7 @@ from typing import Any
 
 from consensus.errors import Invalid
 from consensus.settlement.anchoring import Anchoring
-from consensus.settlement.epoch import Entry, assemble
+from consensus.settlement.epoch import Entry, Spend, assemble
 
 VERSION = 1
 
@@ -44,6 +44,7 @@ def dump(m: Anchoring) -> dict[str, Any]:
         "open_disputes": sorted(m.open_disputes),
         "signatures": [[leaf, sig] for leaf, sig in m.signatures.items()],
         "caps": [[*line, str(a)] for line, a in m.caps.items()],
+        "spends": [[s.requester, str(s.cumulative), s.signature] for s in m.spends.values()],
     }
 
 
@@ -69,6 +70,8 @@ def load(doc: dict[str, Any]) -> Anchoring:
     m.open_disputes = {bytes(x) for x in doc["open_disputes"]}
     m.signatures = {bytes(leaf): bytes(sig) for leaf, sig in doc["signatures"]}
     m.caps = {(bytes(j), bytes(t), bytes(w)): int(a) for j, t, w, a in doc.get("caps", [])}
+    for r, cumulative, sig in doc.get("spends", []):  # absent before spends: workers resend
+        m.spends[bytes(r)] = Spend(bytes(r), int(cumulative), bytes(sig))
     if m.state in ("posting", "pending") and m.pending is None:
         raise Invalid("anchoring.state", f"state {m.state} without a pending epoch")
     return m

@@ -20,6 +20,9 @@ DOMAIN_TYPEHASH = keccak(
 )
 VOUCHER_TYPEHASH = keccak(b"Voucher(bytes32 job,bytes32 task,address worker,uint256 cumulative)")
 SLASH_TYPEHASH = keccak(b"Slash(address worker,uint256 amount,bytes32 evidence)")
+# The requester's cap on all its epoch debits ever: anchors may take at most ``cumulative``
+# from its pool in total (the contract checks it; no dispute needed for a debit beyond it).
+SPEND_TYPEHASH = keccak(b"Spend(address requester,uint256 cumulative)")
 # Off-chain only (anchorers check it, the contract never sees it): its own type, so no voucher
 # signature can pass for a cap, and no cap for a voucher.
 CAP_TYPEHASH = keccak(b"VoucherCap(bytes32 job,bytes32 task,address worker,uint256 cumulative)")
@@ -108,6 +111,16 @@ def slash_digest(domain: Domain, worker: bytes, amount: int, evidence: bytes) ->
             )
         ),
     )
+
+
+def spend_digest(domain: Domain, requester: bytes, cumulative: int) -> bytes:
+    """What a requester signs to let anchors debit its pool ``cumulative`` in all, ever."""
+    if len(requester) != 20:
+        raise Invalid("spend.requester", f"must be 20 bytes, got {len(requester)}")
+    if not isinstance(cumulative, int) or not 0 <= cumulative <= UINT256_MAX:
+        raise Invalid("spend.cumulative", f"must be a uint256 in wei, got {cumulative!r}")
+    struct = encode(["bytes32", "address", "uint256"], [SPEND_TYPEHASH, requester, cumulative])
+    return typed_digest(domain, keccak(struct))
 
 
 def cap_digest(domain: Domain, job: bytes, task: bytes, worker: bytes, amount: int) -> bytes:

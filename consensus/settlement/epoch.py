@@ -44,6 +44,22 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Spend:
+    """A requester's signed ``Spend``: anchors may debit its pool ``cumulative`` in all, ever
+    (``signature``: EIP-712, checked by whoever receives it; the contract checks it again)."""
+
+    requester: bytes  # 20-byte address
+    cumulative: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.requester) != 20:
+            raise Invalid("spend.requester", f"must be 20 bytes, got {len(self.requester)}")
+        if not isinstance(self.cumulative, int) or self.cumulative < 0:
+            raise Invalid("spend.cumulative", f"must be a uint256 in wei, got {self.cumulative!r}")
+
+
+@dataclass(frozen=True)
 class Epoch:
     entries: tuple[Entry, ...]
     earnings: dict[bytes, int]  # worker -> cumulative earnings over all epochs (net of fees)

@@ -1,7 +1,8 @@
 """Settlement on gossip (topic ``anchors``): what workers tell anchorers and anchorers tell workers.
 
     worker    SettledVoucher  --gossip anchors-->  sentries (anchorers) check the requester's
-                                                   EIP-712 signature and keep the largest per line
+                                                   EIP-712 signatures (voucher and spend), keep
+                                                   the largest per line and per requester
     sentry    EpochLeaves     --gossip anchors-->  workers rebuild the earnings tree, check its
                                                    root against the contract, claim with a proof
     sentry    EpochEntries    --gossip anchors-->  each requester sees its entries of the pending
@@ -26,7 +27,7 @@ from consensus.errors import Invalid
 from consensus.kinds import Body, Wei, exact_size
 from consensus.market.messages import HASH_LEN, TaskRef
 from consensus.settlement.eip712 import chain_job_id, chain_task_id
-from consensus.settlement.epoch import Entry, Epoch
+from consensus.settlement.epoch import Entry, Epoch, Spend
 from consensus.settlement.merkle import verify
 
 ADDRESS_LEN = 20
@@ -42,17 +43,29 @@ MAX_PARTS = 1 << 16
 
 @dataclass(frozen=True, kw_only=True)
 class SettledVoucher(Body):
-    """A worker's latest requester-signed voucher for one task attempt, for anchoring."""
+    """A worker's latest requester-signed voucher for one task attempt, for anchoring, with
+    the requester's ``Spend`` signed alongside it (``spend_wei`` in all, at least this voucher),
+    which an anchor must carry to debit the requester's pool (v2: v1 had no spend)."""
 
-    KIND: ClassVar[str] = "settlement.voucher/1"
+    KIND: ClassVar[str] = "settlement.voucher/2"
     ref: TaskRef
     requester: bytes = field(metadata=exact_size(ADDRESS_LEN))
     worker: bytes = field(metadata=exact_size(ADDRESS_LEN))
     amount_wei: Wei
     signature: bytes = field(metadata=exact_size(SIGNATURE_LEN))
+    spend_wei: Wei
+    spend_sig: bytes = field(metadata=exact_size(SIGNATURE_LEN))
+
+    def __post_init__(self) -> None:
+        if self.spend_wei < self.amount_wei:
+            raise Invalid("voucher.spend_wei", f"{self.spend_wei} is below the voucher's "
+                          f"{self.amount_wei} wei")  # fmt: skip
 
     def entry(self) -> Entry:
         return entry_of(self.ref, self.requester, self.worker, self.amount_wei)
+
+    def spend(self) -> Spend:
+        return Spend(self.requester, int(self.spend_wei), self.spend_sig)
 
 
 @dataclass(frozen=True, kw_only=True)

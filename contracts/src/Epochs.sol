@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 /// @title Epoch settlement: pools, anchors, disputes and Merkle claims.
 /// @notice The cheap path for many small jobs. A requester funds a pool. Once per epoch a bonded
@@ -10,7 +11,9 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 /// `earningsRoot` over (worker, cumulative earnings over all epochs) and `entriesRoot` over the
 /// epoch's entries (requester, worker, job, task, cumulative voucher amount), together with
 /// what each requester's pool pays this epoch; the contract refuses an anchor that its pools do
-/// not cover. For `disputeWindow` a requester can challenge an entry; the anchorer must answer
+/// not cover, or that would take from a pool more in all (every anchor ever, less the voided
+/// ones) than its requester authorised with an EIP-712 `Spend(requester, cumulative)` it signed
+/// alongside its vouchers: a debit beyond what the vouchers add up to needs no dispute. For `disputeWindow` a requester can challenge an entry; the anchorer must answer
 /// with that requester's EIP-712 voucher for exactly that amount, or the anchor is void, the
 /// debits go back to the pools and the anchorer's bond is slashed. Once final, a worker claims
 /// the increase of its cumulative leaf over what it claimed before, as rarely as it likes.
@@ -38,9 +41,12 @@ abstract contract Epochs is ReentrancyGuardTransient {
         uint256 total;
     }
 
+    // balance and debited share one slot, so a debit writes one cold slot, not two; 2**128
+    // base units is far beyond any coin or token supply (SafeCast refuses more).
     struct Pool {
-        uint256 balance;
-        uint256 leaving; // asked back: still debitable until withdrawn
+        uint128 balance;
+        uint128 debited; // every anchor's debit ever, less the voided ones: at most the spend
+        uint128 leaving; // asked back: still debitable until withdrawn
         uint64 leaveAt;
     }
 
@@ -95,12 +101,17 @@ abstract contract Epochs is ReentrancyGuardTransient {
     error PoolOverdrawn(uint256 finalTotal, uint256 claimedTotal, uint256 wanted);
     error NotLeaving();
     error NothingToClaimYet(uint256 cumulative, uint256 alreadyClaimed);
+    error SpendExceeded(address requester, uint256 debitedAfter, uint256 authorised);
+    error BadSpendSignature(address requester, address signer);
 
     // ------------------------------------------------------------ hooks of the main contract
     function _bondOf(address who) internal view virtual returns (uint256);
     function _slashBond(address anchorer, address disputer) internal virtual returns (uint256);
     function _accrueFee(uint256 total) internal virtual returns (uint256 fee);
     function _voucherSigner(Entry calldata e, bytes calldata sig) internal view virtual returns (address);
+    /// The address that signed `Spend(requester, cumulative)`; address(0) for a bad signature.
+    function _spendSigner(address requester, uint256 cumulative, bytes calldata sig)
+        internal view virtual returns (address);
     function _unbondingDelay() internal view virtual returns (uint64);
     function _anchorBond() internal view virtual returns (uint256);
     function _disputeWindow() internal view virtual returns (uint64);
@@ -113,7 +124,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
     /// @notice Add `amount` to the caller's pool (msg.value on coin, transferFrom on a token).
     function fund(uint256 amount) external payable {
         Pool storage p = pools[msg.sender];
-        p.balance += amount;
+        p.balance = SafeCast.toUint128(p.balance + amount);
         emit PoolFunded(msg.sender, amount, p.balance);
         _receiveCoin(amount);
     }
@@ -123,8 +134,8 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function leavePool(uint256 amount) external {
         Pool storage p = pools[msg.sender];
         if (amount > p.balance) revert PoolShort(msg.sender, p.balance, amount);
-        p.balance -= amount;
-        p.leaving += amount;
+        p.balance -= uint128(amount); // amount <= balance, a uint128
+        p.leaving = SafeCast.toUint128(p.leaving + amount);
         p.leaveAt = uint64(block.timestamp) + _unbondingDelay();
         emit PoolLeaving(msg.sender, amount, p.leaveAt);
     }
@@ -141,21 +152,31 @@ abstract contract Epochs is ReentrancyGuardTransient {
 
     // ------------------------------------------------------------ anchors
 
+    /// @notice Post epoch `epochCount`: requester `requesters[i]`'s pool pays `amounts[i]`,
+    /// which with all it paid before (`pools[r].debited`) must stay within `spends[i]`, the
+    /// cumulative spend that requester signed (`spendSigs[i]`, EIP-712 `Spend`).
     function postAnchor(bytes32 earningsRoot, bytes32 entriesRoot, address[] calldata requesters,
-        uint256[] calldata amounts) external returns (uint64 epoch) {
+        uint256[] calldata amounts, uint256[] calldata spends, bytes[] calldata spendSigs)
+        external returns (uint64 epoch) {
         uint256 bond = _bondOf(msg.sender);
         if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
-        if (requesters.length != amounts.length) revert LengthMismatch();
+        if (requesters.length != amounts.length || requesters.length != spends.length
+            || requesters.length != spendSigs.length) revert LengthMismatch();
         epoch = epochCount;
         if (epoch > 0) _settlePrevious(epoch - 1);
         uint256 total = 0;
         for (uint256 i = 0; i < requesters.length; i++) {
-            _debit(requesters[i], amounts[i]);
+            _debit(requesters[i], amounts[i], spends[i], spendSigs[i]);
             total += amounts[i];
         }
+        _record(epoch, earningsRoot, entriesRoot, keccak256(abi.encode(requesters, amounts)), total);
+    }
+
+    function _record(uint64 epoch, bytes32 earningsRoot, bytes32 entriesRoot, bytes32 debitsHash,
+        uint256 total) private {
         uint64 deadline = uint64(block.timestamp) + _disputeWindow();
-        pending = Anchor(earningsRoot, entriesRoot, keccak256(abi.encode(requesters, amounts)),
-            msg.sender, deadline, 0, AnchorState.Pending, total);
+        pending = Anchor(earningsRoot, entriesRoot, debitsHash, msg.sender, deadline, 0,
+            AnchorState.Pending, total);
         epochCount = epoch + 1;
         emit Anchored(epoch, msg.sender, earningsRoot, entriesRoot, total);
     }
@@ -168,16 +189,21 @@ abstract contract Epochs is ReentrancyGuardTransient {
         }
     }
 
-    function _debit(address requester, uint256 amount) private {
+    function _debit(address requester, uint256 amount, uint256 spend, bytes calldata sig) private {
         Pool storage p = pools[requester];
-        if (amount <= p.balance) {
-            p.balance -= amount;
+        uint256 debitedAfter = uint256(p.debited) + amount;
+        if (debitedAfter > spend) revert SpendExceeded(requester, debitedAfter, spend);
+        address signer = _spendSigner(requester, spend, sig);
+        if (signer != requester) revert BadSpendSignature(requester, signer);
+        uint256 balance = p.balance;
+        if (amount <= balance) {
+            (p.balance, p.debited) = (uint128(balance - amount), SafeCast.toUint128(debitedAfter));
             return;
         }
-        uint256 rest = amount - p.balance;
-        if (rest > p.leaving) revert PoolShort(requester, p.balance + p.leaving, amount);
-        p.balance = 0;
-        p.leaving -= rest;
+        uint256 rest = amount - balance;
+        if (rest > p.leaving) revert PoolShort(requester, balance + p.leaving, amount);
+        (p.balance, p.debited) = (0, SafeCast.toUint128(debitedAfter));
+        p.leaving -= uint128(rest); // rest <= leaving, a uint128
     }
 
     /// @notice Make a pending anchor final once its window is over with no open dispute.
@@ -241,7 +267,8 @@ abstract contract Epochs is ReentrancyGuardTransient {
     }
 
     /// @notice An unanswered dispute voids the anchor: debits return to the pools (given again
-    /// here, checked against the anchor), and the anchorer's bond is slashed.
+    /// here, checked against the anchor) and count no more against their spends, and the
+    /// anchorer's bond is slashed.
     function voidAnchor(uint64 epoch, Entry calldata e, address[] calldata requesters,
         uint256[] calldata amounts) external nonReentrant {
         Anchor storage a = _latest(epoch);
@@ -253,7 +280,9 @@ abstract contract Epochs is ReentrancyGuardTransient {
         if (keccak256(abi.encode(requesters, amounts)) != a.debitsHash) revert DebitsMismatch();
         a.state = AnchorState.Void;
         for (uint256 i = 0; i < requesters.length; i++) {
-            pools[requesters[i]].balance += amounts[i];
+            Pool storage p = pools[requesters[i]];
+            uint128 amount = SafeCast.toUint128(amounts[i]); // debited once, so it fits
+            (p.balance, p.debited) = (SafeCast.toUint128(uint256(p.balance) + amount), p.debited - amount);
         }
         uint256 slashed = _slashBond(a.anchorer, e.requester);
         emit Voided(epoch, leaf, a.anchorer, slashed);

@@ -25,6 +25,8 @@ contract IdlegridSettlement is EIP712, Epochs {
 
     bytes32 public constant VOUCHER_TYPEHASH =
         keccak256("Voucher(bytes32 job,bytes32 task,address worker,uint256 cumulative)");
+    /// The requester authorises epoch anchors to take at most `cumulative` from its pool, ever.
+    bytes32 public constant SPEND_TYPEHASH = keccak256("Spend(address requester,uint256 cumulative)");
     bytes32 public constant SLASH_TYPEHASH =
         keccak256("Slash(address worker,uint256 amount,bytes32 evidence)");
     uint256 public constant BPS = 10_000;
@@ -215,6 +217,10 @@ contract IdlegridSettlement is EIP712, Epochs {
         return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, job, task, worker, cumulative)));
     }
 
+    function spendDigest(address requester, uint256 cumulative) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(SPEND_TYPEHASH, requester, cumulative)));
+    }
+
     function claimedOf(bytes32 job, bytes32 task, address worker) external view returns (uint256) {
         return claimed[keccak256(abi.encode(job, task, worker))];
     }
@@ -337,6 +343,12 @@ contract IdlegridSettlement is EIP712, Epochs {
 
     function _voucherSigner(Entry calldata e, bytes calldata sig) internal view override returns (address) {
         return ECDSA.recover(voucherDigest(e.job, e.task, e.worker, e.amount), sig);
+    }
+
+    function _spendSigner(address requester, uint256 cumulative, bytes calldata sig)
+        internal view override returns (address signer)
+    {
+        (signer,,) = ECDSA.tryRecover(spendDigest(requester, cumulative), sig);
     }
 
     function _unbondingDelay() internal view override returns (uint64) {

@@ -2,14 +2,16 @@
 
 How the anchorer learns entries: workers gossip a :class:`SettledVoucher` on ``anchors`` for
 every task that ended (see :mod:`node.chain.payee`). Each is checked here: the requester's
-EIP-712 signature must recover to the requester it names, and ``ChainNode.excluded(ref)`` (fed
-by proof-of-compute) must not reject the task; the machine then keeps the largest amount per
-(job, task, worker). Every ``chain.epoch_s`` the machine posts an anchor of what grew; it
-answers disputes with the signed vouchers, and finalizes after the window. While an epoch is
-pending its entries are gossiped on ``anchors`` (:class:`EpochEntries`: per requester, with
-their proofs and the vouchers held) so each requester can dispute what it never signed
-(:mod:`node.chain.disputer`); each final epoch's earnings leaves are gossiped back so workers
-can build their Merkle proofs.
+EIP-712 signatures (the voucher's and its spend's) must recover to the requester it names, and
+``ChainNode.excluded(ref)`` (fed by proof-of-compute) must not reject the task; the machine then
+keeps the largest amount per (job, task, worker) and the largest spend per requester. An epoch
+takes a requester's lines only while that spend covers the pool's ``debited`` on chain plus the
+new debit (the contract refuses more); a requester short of it waits (logged once). Every
+``chain.epoch_s`` the machine posts an anchor of what grew; it answers disputes with the signed
+vouchers, and finalizes after the window. While an epoch is pending its entries are gossiped on
+``anchors`` (:class:`EpochEntries`: per requester, with their proofs and the vouchers held) so
+each requester can dispute what it never signed (:mod:`node.chain.disputer`); each final epoch's
+earnings leaves are gossiped back so workers can build their Merkle proofs.
 
 Exactly once: the machine is saved in ``settle_anchoring`` after every step and BEFORE a post
 is sent, in state ``posting``. The post itself is a journaled transaction. A restart (even
@@ -46,7 +48,7 @@ from node.chain.anchoring import _events as anchor_events
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
 from node.chain.payout import Payer
-from node.chain.signing import cap_signer, voucher_signer
+from node.chain.signing import cap_signer, spend_signer, voucher_signer
 from storage.db import Database
 
 if TYPE_CHECKING:
@@ -77,6 +79,7 @@ class Anchorer:
         self._leaves_due = 0.0
         self._entries_sent, self._entries_due = -1, 0.0  # likewise for a pending epoch's entries
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
+        self._short_told: set[bytes] = set()  # requesters whose short spend was logged
 
     async def resume(self) -> None:
         """Loads the saved machine; a post that a crash interrupted is settled with the chain."""
@@ -107,20 +110,19 @@ class Anchorer:
                 log.warning("anchoring: %s not taken: %r", type(body).__name__, exc)
 
     async def on_voucher(self, v: SettledVoucher) -> bool:
-        """Takes a worker's voucher if it is genuine, not excluded and larger than known."""
+        """Takes a worker's voucher if it is genuine, not excluded and larger than known, and
+        its requester's spend if genuine and larger than held (even with an old voucher)."""
         assert self.machine is not None
         entry = v.entry()
-        known = self.machine.latest.get(entry.line)
-        if known is not None and known[0].amount >= entry.amount:
+        known, spend = self.machine.latest.get(entry.line), self.machine.spends.get(v.requester)
+        newer = known is None or known[0].amount < entry.amount
+        richer = spend is None or spend.cumulative < v.spend_wei
+        if not (newer or richer) or not self._genuine(v):  # a repeat costs no signature check
             return False
-        voucher = chain_voucher_for(v.ref, v.worker, v.amount_wei)
-        try:
-            signer = voucher_signer(self.chain.domain, voucher, v.signature)
-        except Exception as exc:  # a malformed signature is the sender's fault, not ours
-            log.info("anchoring: voucher refused", extra={"task": v.ref.text(), "error": str(exc)})
-            return False
-        if signer.lower() != "0x" + v.requester.hex():
-            log.info("anchoring: voucher not signed by its requester", extra={"task": v.ref.text()})
+        if richer:
+            self.machine.on_spend(v.spend())
+            await self._save()
+        if not newer:
             return False
         if await self.chain.excluded(v.ref):  # failed, or not verified yet: asked again later
             held = self.held.get(entry.line)
@@ -134,6 +136,23 @@ class Anchorer:
             return False
         self.refs[entry.line] = v.ref
         await self._save()
+        return True
+
+    def _genuine(self, v: SettledVoucher) -> bool:
+        """Both of the requester's signatures check (the spend covers the voucher: see the
+        message); a malformed signature is the sender's fault, not ours."""
+        voucher = chain_voucher_for(v.ref, v.worker, v.amount_wei)
+        domain, requester = self.chain.domain, "0x" + v.requester.hex()
+        try:
+            signers = {voucher_signer(domain, voucher, v.signature).lower(),
+                       spend_signer(domain, v.spend()).lower()}  # fmt: skip
+        except Exception as exc:
+            log.info("anchoring: voucher refused", extra={"task": v.ref.text(), "error": str(exc)})
+            return False
+        if signers != {requester}:
+            log.info("anchoring: voucher or spend not signed by its requester",
+                     extra={"task": v.ref.text()})  # fmt: skip
+            return False
         return True
 
     async def on_cap(self, c: VoucherCap) -> bool:
@@ -164,8 +183,10 @@ class Anchorer:
         await self._recheck_held()
         effects = await self._observe()
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
+        debited = await self._debited(m.to_post(now_ms))
         was = (m.state, m.index, m.pending)
-        ticked = m.on_tick(now_ms)
+        ticked = m.on_tick(now_ms, debited)
+        self._tell_short()
         if was[0] == "pending" and was[2] is not None and m.pending is not was[2]:
             self.final = (was[1], dict(m.base_earnings))
         await self._save()
@@ -176,6 +197,29 @@ class Anchorer:
             await self.payer.pay(FinalLeaves(self.final[0], b"", self.final[1]))
         await self._publish_leaves()
         await self._publish_entries()
+
+    async def _debited(self, requesters: set[bytes]) -> dict[bytes, int]:
+        """What the chain's anchors (ours or another anchorer's) debited each pool in all."""
+        out: dict[bytes, int] = {}
+        for r in sorted(requesters):
+            who = "0x" + r.hex()
+            # the lambda runs before the loop moves on (awaited here), so `who` is this one's
+            pool: dict[str, int] = await self.service.call(lambda c: c.pool_of(who))  # noqa: B023
+            out[r] = int(pool["debited"])
+        return out
+
+    def _tell_short(self) -> None:
+        """Logs once per requester that its lines wait for a larger spend."""
+        m = self.machine
+        assert m is not None
+        for r, needed in m.short.items():
+            if r not in self._short_told:
+                held = m.spends.get(r)
+                have = "none" if held is None else str(held.cumulative)
+                log.warning("anchoring: requester's spend does not cover its debit; its lines "
+                            "wait for a later epoch", extra={"requester": "0x" + r.hex(),
+                            "needed_wei": str(needed), "spend_wei": have})  # fmt: skip
+        self._short_told = set(m.short)
 
     async def _recheck_held(self) -> None:
         """Vouchers the hook excluded are asked about again each step, for HOLD_EPOCHS."""
@@ -210,7 +254,7 @@ class Anchorer:
         assert m is not None
         if isinstance(effect, Post):
             try:  # waits through outages: the journal row is finished by reconcile
-                await self.service.call(lambda c: c.post_anchor(effect.epoch))
+                await self.service.call(lambda c: c.post_anchor(effect.epoch, effect.spends))
             except ChainReverted as exc:
                 log.warning("anchoring: post refused: %s", exc)
             except ChainError as exc:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.settlement.anchoring import Anchoring, Answer, Effect, Finalize, Post
-from consensus.settlement.epoch import Entry
+from consensus.settlement.epoch import Entry, Spend
 from node.chain.client import Settlement
 from node.chain.errors import ChainError
 from node.chain.service import ChainService
@@ -31,7 +31,7 @@ Notify = Callable[[str, Any], None]
 async def run_anchoring(
     service: ChainService,
     machine: Anchoring,
-    vouchers: trio.MemoryReceiveChannel[tuple[Entry, bytes]],
+    vouchers: trio.MemoryReceiveChannel[tuple[Entry, bytes, Spend]],
     *,
     poll_s: float = 5.0,
     notify: Notify | None = None,
@@ -43,8 +43,9 @@ async def run_anchoring(
     task_status.started()
     while True:
         with trio.move_on_after(poll_s) as window:
-            async for entry, signature in vouchers:
+            async for entry, signature, spend in vouchers:
                 machine.on_voucher(entry, signature)
+                machine.on_spend(spend)
         if not window.cancelled_caught:  # every sender is gone: keep polling the chain
             await trio.sleep(poll_s)
         effects = await _observe(service, machine, seen, tell)
@@ -90,7 +91,7 @@ def _events(c: Settlement, index: int) -> tuple[set[bytes], set[bytes], bool]:
 async def _perform(service: ChainService, machine: Anchoring, effect: Effect, tell: Notify) -> None:
     try:
         if isinstance(effect, Post):
-            await service.call(lambda c: c.post_anchor(effect.epoch))
+            await service.call(lambda c: c.post_anchor(effect.epoch, effect.spends))
             latest = await service.call(lambda c: c.anchor())
             machine.on_posted(latest["epoch"], latest["dispute_deadline"] * 1000)
             tell("posted", effect.epoch)

@@ -13,7 +13,7 @@ from eth_typing import ChecksumAddress
 from web3 import Web3
 
 from consensus.settlement.disputes import dispute_key
-from consensus.settlement.epoch import Entry, Epoch
+from consensus.settlement.epoch import Entry, Epoch, Spend
 from consensus.settlement.leaves import PayoutBatch
 
 if TYPE_CHECKING:
@@ -42,10 +42,17 @@ class EpochCalls:
     def withdraw_pool(self) -> TxResult:
         return self.send("withdrawPool", [])
 
-    def post_anchor(self, epoch: Epoch) -> TxResult:
+    def post_anchor(self, epoch: Epoch, spends: Mapping[bytes, Spend]) -> TxResult:
+        """Posts ``epoch``; each requester it debits needs its signed spend in ``spends``.
+
+        Raises:
+            KeyError: a requester of the epoch without a spend (our bug: nothing is sent).
+        """
+        held = [spends[r] for r in epoch.debits]
         requesters = [Web3.to_checksum_address(r) for r in epoch.debits]
         amounts = list(epoch.debits.values())
-        args = [epoch.earnings_tree.root, epoch.entries_tree.root, requesters, amounts]
+        args = [epoch.earnings_tree.root, epoch.entries_tree.root, requesters, amounts,
+                [s.cumulative for s in held], [s.signature for s in held]]  # fmt: skip
         return self.send("postAnchor", args)
 
     def finalize(self, index: int) -> TxResult:
@@ -78,9 +85,11 @@ class EpochCalls:
         return {w: self.earned_of("0x" + w.hex()) for w in workers}
 
     def pool_of(self, address: str | None = None) -> dict[str, int]:
+        """``debited``: what anchors took from the pool in all (less voided ones), which the
+        requester's signed spend bounds."""
         who = Web3.to_checksum_address(address or self.address)
-        balance, leaving, leave_at = self.contract.functions.pools(who).call()
-        return {"balance": balance, "leaving": leaving, "leave_at": leave_at}
+        balance, debited, leaving, leave_at = self.contract.functions.pools(who).call()
+        return {"balance": balance, "debited": debited, "leaving": leaving, "leave_at": leave_at}
 
     def anchor(self) -> dict[str, Any]:
         """The latest anchor (epoch ``epoch_count() - 1``); older ones are in the events."""

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.market.messages import TaskRef
+from consensus.settlement.epoch import Spend
 from node.chain.client import is_transport
 from node.chain.errors import ChainReverted, survive
+from node.chain.spending import SpendBook
 from storage.db import Database
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ class Escrow:
     def __init__(self, chain: ChainNode, db: Database, poll_s: float) -> None:
         self.chain, self.db, self.poll_s = chain, db, poll_s
         self._workers: dict[str, str] = {}  # peer id -> chain address (from bids)
+        self.spending = SpendBook(chain, db)
         self._wake = trio.Event()
 
     # --- the market's hooks ---------------------------------------------------------------
@@ -60,12 +63,16 @@ class Escrow:
             (peer, address),
         )
 
-    def sign(self, ref: TaskRef, worker_peer: str, amount_wei: int) -> bytes | None:
-        """The EIP-712 twin of a voucher to ``worker_peer``; None if it gave no address."""
+    async def sign(
+        self, ref: TaskRef, worker_peer: str, amount_wei: int
+    ) -> tuple[bytes, Spend] | None:
+        """The EIP-712 twin of a voucher to ``worker_peer`` and the spend that goes with it
+        (recorded first: see :mod:`node.chain.spending`); None if it gave no address."""
         address = self._workers.get(worker_peer)
         if address is None:
             return None
-        return self.chain.hook.sign(ref, address, amount_wei)
+        spend = await self.spending.sign(ref, address, amount_wei)
+        return self.chain.hook.sign(ref, address, amount_wei), spend
 
     def job_changed(self) -> None:
         self._wake.set()

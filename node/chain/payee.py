@@ -2,10 +2,11 @@
 hand it to the anchorers when the task ends, and claim anchored earnings.
 
 - Check: a voucher whose requester settles on chain (its order named a ``requester_address``)
-  must carry that account's EIP-712 signature for exactly the voucher's amount; one that does
-  not is treated as no voucher at all, so the worker stops after the grace period as it does
-  when vouchers stop.
-- Keep: the latest signed voucher per task attempt, in ``settle_vouchers``.
+  must carry that account's EIP-712 signature for exactly the voucher's amount, and its
+  ``Spend`` of at least that amount (what lets an anchor debit its pool); one that does not is
+  treated as no voucher at all, so the worker stops after the grace period as it does when
+  vouchers stop.
+- Keep: the latest signed voucher per task attempt with its spend, in ``settle_vouchers``.
 - Submit: when a task ends, its voucher is gossiped on ``anchors`` as a
   :class:`SettledVoucher`; it is gossiped again every half epoch until an anchor on chain shows
   its line at that amount (the anchorer's :class:`EpochEntries`, whose root must be the
@@ -27,8 +28,9 @@ import trio
 from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import Wei
-from consensus.market.messages import TaskRef
+from consensus.market.messages import TaskRef, Voucher
 from consensus.settlement.eip712 import chain_job_id, chain_task_id
+from consensus.settlement.epoch import Spend
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import EARNINGS_TYPES, leaf_hash
 from consensus.settlement.messages import EpochEntries, EpochLeaves, SettledVoucher, VoucherCap
@@ -72,21 +74,32 @@ class Payee:
 
     # --- the market's hooks ---------------------------------------------------------------
 
-    def check(self, ref: TaskRef, requester: str, amount_wei: int, sig: bytes | None) -> None:
-        """Raises Invalid unless ``requester`` signed the chain twin of this voucher."""
-        if sig is None:
+    def check(self, voucher: Voucher, requester: str) -> Spend:
+        """The requester's spend that came with ``voucher``; raises Invalid unless
+        ``requester`` signed the chain twin of this voucher and a spend covering it."""
+        if voucher.chain_sig is None:
             raise Invalid("voucher.chain_sig", "missing: the requester settles on chain")
-        self.chain.hook.check(ref, self.chain.address, amount_wei, sig, requester)
+        if voucher.spend_wei is None or voucher.spend_sig is None:
+            raise Invalid("voucher.spend", "missing: the requester settles on chain")
+        hook, amount = self.chain.hook, voucher.amount_wei
+        hook.check(voucher.ref, self.chain.address, amount, voucher.chain_sig, requester)
+        spend = Spend(bytes.fromhex(requester[2:]), int(voucher.spend_wei), voucher.spend_sig)
+        hook.check_spend(spend, amount, requester)
+        return spend
 
-    async def keep(self, ref: TaskRef, requester: str, amount_wei: int, sig: bytes) -> None:
+    async def keep(
+        self, ref: TaskRef, requester: str, amount_wei: int, sig: bytes, spend: Spend
+    ) -> None:
+        """Keeps the largest voucher per task attempt, and the spend that came with it."""
         await self.db.execute(
             "INSERT INTO settle_vouchers (job_id, idx, attempt, requester, amount_wei, sig, "
-            "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id, idx, attempt) DO "
-            "UPDATE SET amount_wei = excluded.amount_wei, sig = excluded.sig, "
-            "updated_ms = excluded.updated_ms "
+            "updated_ms, spend_wei, spend_sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(job_id, idx, attempt) DO UPDATE SET amount_wei = excluded.amount_wei, "
+            "sig = excluded.sig, updated_ms = excluded.updated_ms, "
+            "spend_wei = excluded.spend_wei, spend_sig = excluded.spend_sig "
             "WHERE CAST(excluded.amount_wei AS INTEGER) > CAST(amount_wei AS INTEGER)",
             (ref.job_id, ref.task, ref.attempt, requester, str(amount_wei), sig,
-             self.net.now_ms()),
+             self.net.now_ms(), str(spend.cumulative), spend.signature),
         )  # fmt: skip
 
     async def ended(self, ref: TaskRef) -> None:
@@ -153,6 +166,7 @@ class Payee:
                 expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), ref=ref,
                 requester=bytes.fromhex(row["requester"][2:]), worker=self.me,
                 amount_wei=Wei(int(row["amount_wei"])), signature=bytes(row["sig"]),
+                spend_wei=Wei(int(row["spend_wei"])), spend_sig=bytes(row["spend_sig"]),
             ))  # fmt: skip
 
     def _shown(self, ref: TaskRef, amount_wei: int) -> bool:

@@ -14,9 +14,10 @@ from consensus.settlement.eip712 import (
     Domain,
     cap_digest,
     slash_digest,
+    spend_digest,
     voucher_digest,
 )
-from consensus.settlement.epoch import Entry
+from consensus.settlement.epoch import Entry, Spend
 
 
 def sign_digest(key: bytes, digest: bytes) -> bytes:
@@ -52,6 +53,16 @@ def voucher_signer(domain: Domain, voucher: ChainVoucher, signature: bytes) -> s
 
 def sign_slash(key: bytes, domain: Domain, worker: bytes, amount: int, evidence: bytes) -> bytes:
     return sign_digest(key, slash_digest(domain, worker, amount, evidence))
+
+
+def sign_spend(key: bytes, domain: Domain, requester: bytes, cumulative: int) -> Spend:
+    """The requester's ``Spend``: anchors may debit its pool at most ``cumulative`` in all."""
+    sig = sign_digest(key, spend_digest(domain, requester, cumulative))
+    return Spend(requester, cumulative, sig)
+
+
+def spend_signer(domain: Domain, spend: Spend) -> str:
+    return recover(spend_digest(domain, spend.requester, spend.cumulative), spend.signature)
 
 
 def sign_cap(key: bytes, domain: Domain, entry: Entry) -> bytes:

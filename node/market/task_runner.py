@@ -411,6 +411,8 @@ class Supervision:
 
     async def _exchange(self, now: int) -> TaskReport:
         owed = owed_wei(self.rate, self.started_ms, now, self.budget)
+        escrow = self.runner.mgr.escrow
+        signed = None if escrow is None else await escrow.sign(self.task.ref, self.worker, owed)
         voucher = Voucher(
             expires_ms=now + self.params.demand_ttl_ms,
             nonce=new_nonce(),
@@ -418,7 +420,9 @@ class Supervision:
             worker=self.worker,
             amount_wei=Wei(owed),
             seconds=max(0, now - self.started_ms) // 1000,
-            chain_sig=self._chain_sig(owed),
+            chain_sig=None if signed is None else signed[0],
+            spend_wei=None if signed is None else Wei(signed[1].cumulative),
+            spend_sig=None if signed is None else signed[1].signature,
         )
         raw = self.net.seal(voucher)
         payload = {"voucher": raw, "since": self.since, "log_offset": self.log_offset}
@@ -434,10 +438,6 @@ class Supervision:
         if report.ref != self.task.ref:
             raise Invalid("report.ref", "names another task")
         return report
-
-    def _chain_sig(self, owed: int) -> bytes | None:
-        escrow = self.runner.mgr.escrow
-        return None if escrow is None else escrow.sign(self.task.ref, self.worker, owed)
 
     async def _absorb(self, report: TaskReport) -> bool:
         """Takes in a report; True once this attempt is over (done, failed or lost)."""

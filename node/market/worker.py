@@ -369,18 +369,19 @@ class WorkerService:
         return to_wire(work.report(since, offset))
 
     async def _chain_voucher_ok(self, work: Work, voucher: Voucher) -> bool:
-        """With chain settlement, a voucher counts only with its valid EIP-712 twin (kept)."""
+        """With chain settlement, a voucher counts only with its valid EIP-712 twin and the
+        requester's spend covering it (both kept)."""
         requester = work.order.requester_address
         if self.payee is None or not requester:
             return True
         try:
-            self.payee.check(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig)
+            spend = self.payee.check(voucher, requester)
         except Invalid as exc:
             log.warning("voucher without a valid chain signature",
                         extra={"task": voucher.ref.text(), "error": str(exc)})  # fmt: skip
             return False
         assert voucher.chain_sig is not None
-        await self.payee.keep(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig)
+        await self.payee.keep(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig, spend)
         if work.state in _ENDED:  # the last voucher comes with the final report: pass it on
             await self.payee.ended(voucher.ref)
         return True

@@ -15,9 +15,11 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
+from consensus.settlement.epoch import Spend
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
+from node.chain.signing import sign_spend
 from node.chain.token import deploy_test_token, mint
 from node.localnet.chain import anvil_binary
 
@@ -86,6 +88,16 @@ class Net:
 
     def addr(self, who: str) -> str:
         return str(Account.from_key(self.keys[who]).address)
+
+    def spend(self, who: str, cumulative: int, signer: str | None = None) -> Spend:
+        """``who``'s signed spend of ``cumulative`` (signed by ``signer``'s key to forge one)."""
+        me = bytes.fromhex(self.addr(who)[2:])
+        return sign_spend(self.keys[signer or who], self.client(who).domain, me, cumulative)
+
+    def spends(self, cumulative: int, *who: str) -> dict[bytes, Spend]:
+        """Spends of ``cumulative`` by each of ``who`` (default: the requester), for an anchor."""
+        spends = [self.spend(w, cumulative) for w in who or ("requester",)]
+        return {s.requester: s for s in spends}
 
     def balance(self, address: str) -> int:
         """What ``address`` holds of the payment asset (token or coin)."""

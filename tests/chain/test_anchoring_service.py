@@ -9,7 +9,7 @@ import trio
 
 from consensus.settlement.anchoring import Anchoring
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id, split_fee
-from consensus.settlement.epoch import Entry, Epoch
+from consensus.settlement.epoch import Entry, Epoch, Spend
 from node.chain.anchoring import run_anchoring
 from node.chain.backend import Chain
 from node.chain.service import ChainService
@@ -33,13 +33,14 @@ async def test_posts_answers_finalizes_and_workers_claim() -> None:
 
     await service.call(lambda _: c["requester"].fund(10 * ETH))
     await service.call(lambda _: c["sentry1"].stake(ETH))
-    send, receive = trio.open_memory_channel[tuple[Entry, bytes]](16)
+    send, receive = trio.open_memory_channel[tuple[Entry, bytes, Spend]](16)
     req = bytes.fromhex(net.addr("requester")[2:])
     lines = [(b"\x01" * 32, "worker", 2 * ETH), (b"\x02" * 32, "worker2", ETH)]
     for job, worker, amount in lines:  # queued before the service starts: one epoch
         e = Entry(req, bytes.fromhex(net.addr(worker)[2:]), job, chain_task_id(0, 0), amount)
         v = ChainVoucher(e.job, e.task, e.worker, e.amount)
-        await send.send((e, sign_voucher(net.keys["requester"], c["requester"].domain, v)))
+        sig = sign_voucher(net.keys["requester"], c["requester"].domain, v)
+        await send.send((e, sig, net.spend("requester", 3 * ETH)))
     machine = Anchoring(epoch_ms=0, fee_bps=FEE)
 
     async def anchoring(task_status: Any) -> None:

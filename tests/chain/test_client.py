@@ -18,6 +18,7 @@ from node.chain.client import Settlement
 from node.chain.errors import ChainMisconfigured, ChainReverted, ChainUnavailable
 from node.chain.journal import Journal
 from node.chain.service import FAUCET_WEI, ChainService, open_settlement
+from node.chain.signing import sign_spend
 from tests.chain.conftest import ETH, Anvil, make_net
 
 JOB = b"\x42" * 32
@@ -134,7 +135,7 @@ def test_replay_restores_epochs_pools_and_disputes(tmp_path: Path) -> None:
     first.stake(ETH)  # this node is requester and anchorer at once
     entry = Entry(me, b"\x05" * 20, JOB, b"\x00" * 32, ETH)
     epoch = assemble([entry], {}, {}, 100)
-    first.post_anchor(epoch)
+    first.post_anchor(epoch, {me: sign_spend(key, first.domain, me, ETH)})
     first.dispute(0, entry, epoch.entry_proof(entry))  # tuples and lists of bytes in the journal
     second = open_settlement(ChainSettings(), key, db)
     assert second.pool_of() == first.pool_of() and second.pool_of()["balance"] == 2 * ETH

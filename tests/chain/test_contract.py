@@ -12,6 +12,7 @@ from consensus.settlement.eip712 import (
     ChainVoucher,
     Domain,
     chain_task_id,
+    spend_digest,
     split_fee,
     voucher_digest,
 )
@@ -242,6 +243,8 @@ def test_python_digest_matches_the_contract(net: Net) -> None:
     v = ChainVoucher(JOB, TASK, bytes.fromhex(net.addr("worker")[2:]), 12345)
     on_chain = c.contract.functions.voucherDigest(JOB, TASK, net.addr("worker"), 12345).call()
     assert bytes(on_chain) == voucher_digest(c.domain, v)
+    spend = c.contract.functions.spendDigest(net.addr("requester"), 10**30).call()
+    assert bytes(spend) == spend_digest(c.domain, bytes.fromhex(net.addr("requester")[2:]), 10**30)
 
 
 def test_coin_must_come_as_exactly_the_amount() -> None:

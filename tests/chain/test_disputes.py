@@ -108,11 +108,13 @@ class Requester:
             "ON CONFLICT DO UPDATE SET vouched_wei = excluded.vouched_wei",
             (ref.job_id, ref.task, ref.attempt, worker, str(recorded or amount)),
         )
+        spend = self.net.spend("requester", 50 * ETH)  # covers what the tests anchor
         return SettledVoucher(
             expires_ms=2**40, nonce=new_nonce(), ref=ref, amount_wei=Wei(amount),
-            requester=bytes.fromhex(self.net.addr("requester")[2:]),
+            requester=spend.requester,
             worker=bytes.fromhex(self.net.addr(worker)[2:]),
             signature=self.sig(ref, worker, amount),
+            spend_wei=Wei(spend.cumulative), spend_sig=spend.signature,
         )  # fmt: skip
 
     def paid_gas(self, op: str) -> int:

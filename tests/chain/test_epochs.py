@@ -4,6 +4,8 @@ one passes its window, workers claim, the requester takes back the rest; all to 
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,6 +27,11 @@ T0, T1 = chain_task_id(0, 0), chain_task_id(1, 0)
 
 def reverts(error: str) -> Any:
     return pytest.raises(ChainReverted, match=rf"reverted: {error}\(")
+
+
+def refused(text: str) -> Any:
+    """The revert, its error and every argument exactly (addresses in lower case)."""
+    return pytest.raises(ChainReverted, match=re.escape(f"reverted: {text}"))
 
 
 def b(net: Net, who: str) -> bytes:
@@ -58,17 +65,21 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     signed = {(J1, T0, "worker"): ETH, (J1, T1, "worker2"): ETH // 2,
               (J2, T0, "worker"): 2 * ETH, (J3, T0, "worker2"): 3 * ETH // 2}  # fmt: skip
     true = entries(net, signed)
-    # The cheat anchors worker2's J3 line at 3 ETH instead of the 1.5 ETH signed.
-    forged_lines = entries(net, {**signed, (J3, T0, "worker2"): 3 * ETH})
+    spend = net.spends(5 * ETH)  # what the requester signed in all
+    # The cheat moves 1.5 ETH from worker's J2 line to worker2's J3 line: within the spend, so
+    # only a dispute of the entry catches it.
+    forged_lines = entries(net, {**signed, (J2, T0, "worker"): ETH // 2,
+                                 (J3, T0, "worker2"): 3 * ETH})  # fmt: skip
     forged = assemble(forged_lines, {}, {}, FEE)
-    cheat.post_anchor(forged)
+    cheat.post_anchor(forged, spend)
     assert req.pool_of()["balance"] == 10 * ETH - forged.total
+    assert req.pool_of()["debited"] == 5 * ETH
     bad = forged_lines[-1]
     req.dispute(0, bad, forged.entry_proof(bad))
     with reverts("NotYourEntry"):  # the voucher it has is for 1.5 ETH, not 3
         cheat.answer(0, bad, voucher_sig(net, true[-1]))
     with reverts("PreviousPending"):
-        honest.post_anchor(assemble(true, {}, {}, FEE))
+        honest.post_anchor(assemble(true, {}, {}, FEE), spend)
     net.chain.advance(2 * WINDOW)
     with reverts("DisputesOpen"):
         honest.finalize(0)
@@ -78,11 +89,12 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     honest.void_anchor(0, bad, forged.debits)
     assert req.anchor()["state"] == "void"
     assert req.pool_of()["balance"] == 10 * ETH  # every debit back
+    assert req.pool_of()["debited"] == 0  # and no longer counted against the spend
     assert cheat.stake_of()["bonded"] == 0
     assert req.balance() - req_before == ETH // 2 and net.balance(BURN) - burn_before == ETH // 2
 
     good = assemble(true, {}, {}, FEE)
-    honest.post_anchor(good)
+    honest.post_anchor(good, spend)
     with reverts("WindowOpen"):
         honest.finalize(1)
     net.chain.advance(WINDOW)
@@ -96,7 +108,9 @@ def test_forged_epoch_voided_correct_epoch_claimed_rest_withdrawn(net: Net) -> N
     more = entries(net, {(J2, T0, "worker"): 3 * ETH, (J3, T1, "worker2"): ETH})
     second = assemble(more, good.lines, good.earnings, FEE)
     assert second.debits == {b(net, "requester"): 2 * ETH}
-    honest.post_anchor(second)
+    with reverts("SpendExceeded"):  # 5 + 2 ETH over the 5 ETH signed so far
+        honest.post_anchor(second, spend)
+    honest.post_anchor(second, net.spends(7 * ETH))
     net.chain.advance(WINDOW)
     honest.finalize(2)
     assert claim(net, "worker", second) == split_fee(ETH, FEE)[0]
@@ -125,7 +139,7 @@ def test_an_answered_dispute_lets_the_epoch_pass(net: Net) -> None:
     req.fund(5 * ETH)
     anchorer.stake(ETH)
     epoch = assemble(entries(net, {(J1, T0, "worker"): ETH, (J2, T0, "worker2"): ETH}), {}, {}, FEE)
-    anchorer.post_anchor(epoch)
+    anchorer.post_anchor(epoch, net.spends(2 * ETH))
     e = epoch.entries[0]
     with reverts("NotInTree"):
         req.dispute(0, e, epoch.entry_proof(epoch.entries[1]))
@@ -151,14 +165,14 @@ def test_anchors_the_pools_do_not_cover_are_refused(net: Net) -> None:
     req, anchorer = net.client("requester"), net.client("sentry1")
     epoch = assemble(entries(net, {(J1, T0, "worker"): 2 * ETH}), {}, {}, FEE)
     with reverts("NotAnchorer"):
-        anchorer.post_anchor(epoch)
+        anchorer.post_anchor(epoch, net.spends(2 * ETH))
     anchorer.stake(ETH)
     req.fund(ETH)
     with reverts("PoolShort"):
-        anchorer.post_anchor(epoch)
+        anchorer.post_anchor(epoch, net.spends(2 * ETH))
     # A root whose leaves promise more than the debits: claims stop at what was debited.
     liar = assemble(entries(net, {(J1, T0, "worker"): ETH}), {}, {b(net, "worker"): 5 * ETH}, FEE)
-    anchorer.post_anchor(liar)
+    anchorer.post_anchor(liar, net.spends(ETH))
     net.chain.advance(WINDOW)
     anchorer.finalize(0)
     with reverts("PoolOverdrawn"):
@@ -175,3 +189,32 @@ def test_reads_of_a_fresh_contract(net: Net) -> None:
     c: Settlement = net.client("requester")
     assert c.epoch_count() == 0 and c.earned_of() == 0
     assert c.anchor()["state"] == "none" and c.anchor()["epoch"] == -1
+
+
+def test_debits_beyond_the_signed_spend_are_refused(net: Net) -> None:
+    req, first, second = net.client("requester"), net.client("sentry1"), net.client("sentry2")
+    req.fund(10 * ETH)
+    first.stake(ETH)
+    second.stake(ETH)
+    epoch = assemble(entries(net, {(J1, T0, "worker"): 2 * ETH}), {}, {}, FEE)
+    me = net.addr("requester").lower()
+    with refused(f"SpendExceeded(requester={me}, debitedAfter={2 * ETH}, authorised={ETH})"):
+        first.post_anchor(epoch, net.spends(ETH))
+    forged = net.spend("requester", 2 * ETH, signer="other")  # not the requester's key
+    with refused(f"BadSpendSignature(requester={me}, signer={net.addr('other').lower()})"):
+        first.post_anchor(epoch, {forged.requester: forged})
+    garbage = replace(forged, signature=b"\x01" * 65)  # recovers to nobody
+    with refused(f"BadSpendSignature(requester={me}, signer=0x{'0' * 40})"):
+        first.post_anchor(epoch, {forged.requester: garbage})
+    roots = [epoch.earnings_tree.root, epoch.entries_tree.root, [net.addr("requester")], [2 * ETH]]
+    with reverts("LengthMismatch"):
+        first.send("postAnchor", [*roots, [2 * ETH], []])
+    spend = net.spends(2 * ETH)
+    first.post_anchor(epoch, spend)
+    assert req.pool_of()["debited"] == 2 * ETH
+    net.chain.advance(WINDOW)
+    # A second, uncoordinated anchorer anchors the same lines from its own (empty) base: the
+    # pools would cover it, the requester's spend does not.
+    with refused(f"SpendExceeded(requester={me}, debitedAfter={4 * ETH}, authorised={2 * ETH})"):
+        second.post_anchor(epoch, spend)
+    assert req.pool_of() == {"balance": 8 * ETH, "debited": 2 * ETH, "leaving": 0, "leave_at": 0}

@@ -2,10 +2,13 @@
 
 Pools funded and left, anchors honest or forged (a forged one is disputed by its requester at
 once and, unanswered, voided with the anchorer's bond slashed), windows passing, epochs
-finalized, workers claiming at random moments or paid out all at once. After every step: the
-contract holds exactly pools + stakes + fees - claims - withdrawals - slashes (in coin, or in
-the token on a token deployment), and no worker has been paid more than the vouchers its
-requesters signed (net of the fee).
+finalized, workers claiming at random moments or paid out all at once. Each requester signs,
+with every voucher, its spend: the sum of the largest voucher of each of its lines; a forged
+anchor that would debit beyond it is refused by the contract, one within it is disputed. After
+every step: the contract holds exactly pools + stakes + fees - claims - withdrawals - slashes
+(in coin, or in the token on a token deployment), no worker has been paid more than the
+vouchers its requesters signed (net of the fee), and no requester's final debits exceed the
+largest spend it signed.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class Epochs(RuleBasedStateMachine):
         self.earnings: dict[bytes, int] = {}  # final, per worker, net
         self.paid: dict[str, int] = defaultdict(int)
         self.pending: tuple[Epoch, bool] | None = None  # (epoch, forged)
+        self.signed: dict[tuple[bytes, bytes, bytes], int] = {}  # largest voucher per line
+        self.debited: dict[str, int] = defaultdict(int)  # all anchors not void, per requester
+        self.final_debits: dict[str, int] = defaultdict(int)
         self.final: Epoch | None = None
         self.index = -1
         for who in REQUESTERS:
@@ -61,20 +67,29 @@ class Epochs(RuleBasedStateMachine):
 
     @precondition(lambda self: self.pending is None)
     @rule(job=st.sampled_from(JOBS), worker=st.sampled_from(WORKERS),
-          more=st.integers(1, 2 * ETH), forged=st.booleans(), settle=st.booleans())  # fmt: skip
-    def anchor(self, job: bytes, worker: str, more: int, forged: bool, settle: bool) -> None:
+          more=st.integers(1, 2 * ETH), forge=st.sampled_from([0, 0, 1, ETH]),
+          settle=st.booleans())  # fmt: skip
+    def anchor(self, job: bytes, worker: str, more: int, forge: int, settle: bool) -> None:
+        """The requester signs ``more`` on a line (and its spend); the anchorer anchors the
+        line at that, or ``forge`` wei above it."""
         if self.pending is not None:
             return
         owner = REQUESTERS[JOBS.index(job) % 2]
         line = (job, TASK, self.b(worker))
         amount = self.lines.get(line, 0) + more  # what the requester signed for this line
-        e = Entry(self.b(owner), self.b(worker), job, TASK, amount + (ETH if forged else 0))
+        self.signed[line] = max(self.signed.get(line, 0), amount)
+        spend = self.net.spends(self.spend_of(owner), owner)
+        e = Entry(self.b(owner), self.b(worker), job, TASK, amount + forge)
         epoch = assemble([e], self.lines, self.earnings, FEE)
-        ok = self.pool[owner] >= epoch.total and self.bond >= BOND
-        if not self._try(ok, lambda: self.anchorer.post_anchor(epoch)):
+        within = self.debited[owner] + epoch.total <= self.spend_of(owner)
+        ok = self.pool[owner] >= epoch.total and self.bond >= BOND and within
+        if not self._try(ok, lambda: self.anchorer.post_anchor(epoch, spend)):
             return
+        forged = forge > 0
+        event("forged within the spend" if forged else "honest")
         self.index += 1
         self.pool[owner] -= epoch.total
+        self.debited[owner] += epoch.total
         self.pending = (epoch, forged)
         if forged:  # the requester never signed this amount: it disputes at once
             self.c[owner].dispute(self.index, e, epoch.entry_proof(e))
@@ -93,6 +108,7 @@ class Epochs(RuleBasedStateMachine):
             self.c["other"].void_anchor(self.index, e, epoch.debits)
             owner = next(r for r in REQUESTERS if self.b(r) == e.requester)
             self.pool[owner] += epoch.total
+            self.debited[owner] -= epoch.total
             event("voided")
             taken = min(BOND, self.bond)
             self.bond -= taken
@@ -100,6 +116,8 @@ class Epochs(RuleBasedStateMachine):
         else:
             self.anchorer.finalize(self.index)
             event("finalized")
+            for who in REQUESTERS:
+                self.final_debits[who] += epoch.debits.get(self.b(who), 0)
             self.lines, self.earnings, self.final = epoch.lines, epoch.earnings, epoch
         self.pending = None
 
@@ -158,6 +176,20 @@ class Epochs(RuleBasedStateMachine):
         assert self.net.balance(self.net.address) == self.held
         for who in REQUESTERS:
             assert self.c[who].pool_of()["balance"] == self.pool[who]
+
+    @invariant()
+    def no_requester_is_debited_beyond_its_spend(self) -> None:
+        if not hasattr(self, "net"):
+            return
+        for who in REQUESTERS:
+            assert self.c[who].pool_of()["debited"] == self.debited[who]
+            assert self.final_debits[who] <= self.debited[who] <= self.spend_of(who)
+
+    def spend_of(self, who: str) -> int:
+        """The largest spend ``who`` signed: the sum of its lines' largest vouchers."""
+        me = self.b(who)
+        owner = {job: self.b(REQUESTERS[i % 2]) for i, job in enumerate(JOBS)}
+        return sum(a for (job, _, _), a in self.signed.items() if owner[job] == me)
 
     @invariant()
     def no_worker_is_paid_more_than_was_signed(self) -> None:

@@ -24,7 +24,7 @@ def final_epoch(
     r, jobs = b(net, "requester"), (J1, J2, J3)
     lines = [Entry(r, w, jobs[i], T0, a) for i, (w, a) in enumerate(amounts.items())]
     epoch = assemble(lines, {}, prior or {}, FEE)
-    anchorer.post_anchor(epoch)
+    anchorer.post_anchor(epoch, net.spends(10 * ETH))
     net.chain.advance(WINDOW)
     anchorer.finalize(0)
     return epoch

@@ -14,7 +14,7 @@ from config.schema import ChainSettings
 from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import Body, Wei
-from consensus.market.messages import TaskRef
+from consensus.market.messages import TaskRef, Voucher
 from consensus.settlement.leaves import LeavesAssembly
 from consensus.settlement.market import chain_voucher_for
 from consensus.settlement.messages import (
@@ -34,7 +34,8 @@ from node.chain.journal import Journal
 from node.chain.node import ChainNode
 from node.chain.payee import Payee
 from node.chain.service import ChainService
-from node.chain.signing import sign_voucher
+from node.chain.signing import sign_voucher, spend_signer
+from node.chain.spending import SpendBook
 from storage.db import Database
 from tests.chain.conftest import ETH, Anvil, Net, make_net
 
@@ -69,14 +70,16 @@ def node_of(net: Net, who: str, client: Settlement, **settings: Any) -> ChainNod
 
 def voucher(
     net: Net, domain: Any, amount: int, signed: int | None = None, *, ref: TaskRef = REF,
-    worker: str = "worker",
+    worker: str = "worker", spend: int = 50 * ETH,
 ) -> SettledVoucher:  # fmt: skip
     payee = bytes.fromhex(net.addr(worker)[2:])
     twin = chain_voucher_for(ref, payee, amount if signed is None else signed)
     sig = sign_voucher(net.keys["requester"], domain, twin)
+    signed_spend = net.spend("requester", spend)  # all the requester vouched, anywhere
     return SettledVoucher(
         expires_ms=2**40, nonce=new_nonce(), ref=ref, worker=payee, amount_wei=Wei(amount),
-        requester=bytes.fromhex(net.addr("requester")[2:]), signature=sig,
+        requester=signed_spend.requester, signature=sig, spend_wei=Wei(spend),
+        spend_sig=signed_spend.signature,
     )  # fmt: skip
 
 
@@ -103,9 +106,9 @@ async def test_a_crash_around_the_post_anchors_the_epoch_exactly_once(
         assert await first.on_voucher(voucher(net, sentry.domain, ETH))
         real_post = Settlement.post_anchor
 
-        def crashing_post(self: Settlement, epoch: Any) -> Any:
+        def crashing_post(self: Settlement, epoch: Any, spends: Any) -> Any:
             if crash_at == "after_mined":
-                real_post(self, epoch)
+                real_post(self, epoch, spends)
             raise Crash
 
         monkeypatch.setattr(Settlement, "post_anchor", crashing_post)
@@ -113,7 +116,8 @@ async def test_a_crash_around_the_post_anchors_the_epoch_exactly_once(
             await first.step()
         monkeypatch.setattr(Settlement, "post_anchor", real_post)
         second = await fresh_anchorer(net, db, sentry)  # the restart
-        assert second.machine is not None
+        assert second.machine is not None and first.machine is not None
+        assert second.machine.spends == first.machine.spends != {}  # saved with the state
         net.chain.advance(2)  # a post that never left is posted again the next epoch
         await second.step()
         assert second.machine.state == "pending"
@@ -186,6 +190,56 @@ async def test_the_anchorer_pays_out_workers_owed_enough_once(tmp_path: Path) ->
     assert (await anchorer.status())["workers_paid_out_here"] == 1
     [row] = [r for r in journal.rows("mined") if r.op == "payout"]
     assert row.args[3] == [False]  # one leaf and its sibling: a flag, kept as a boolean
+
+
+async def test_a_second_anchorer_never_anchors_beyond_the_requesters_spend(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two uncoordinated anchorers: the second, from its own empty base, would anchor the
+    first's lines again; the chain's ``debited`` plus that is beyond the spend, so it waits
+    (logged once) while the first anchors what is new."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    one, two = net.client("sentry1"), net.client("sentry2")
+    one.stake(ETH)
+    two.stake(ETH)
+    other = TaskRef(job_id=b"\x08" * 16, task=0, attempt=0)
+    async with await Database.open(tmp_path / "1.db") as db1, \
+            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
+        first, second = await fresh_anchorer(net, db1, one), await fresh_anchorer(net, db2, two)
+        assert await first.on_voucher(voucher(net, one.domain, ETH, spend=ETH))
+        await first.step()
+        net.chain.advance(3601)
+        await first.step()  # final: the pool was debited 1 ETH
+        later = voucher(net, one.domain, ETH, ref=other, worker="worker2", spend=2 * ETH)
+        for anchorer in (first, second):
+            taken = await anchorer.on_voucher(voucher(net, one.domain, ETH, spend=ETH))
+            assert taken is (anchorer is second)  # the first has it already
+            assert await anchorer.on_voucher(later)
+        net.chain.advance(2)
+        for _ in range(2):
+            await second.step()
+        assert second.machine is not None and second.machine.state == "idle"
+        me = bytes.fromhex(net.addr("requester")[2:])
+        assert second.machine.short == {me: 3 * ETH}  # 1 debited + 2 more, over the 2 signed
+        assert caplog.text.count("spend does not cover") == 1
+        await first.step()
+    assert one.epoch_count() == 2 and one.anchor()["anchorer"] == net.addr("sentry1")
+    assert one.pool_of("0x" + me.hex())["debited"] == 2 * ETH
+
+
+async def test_the_requesters_spend_only_grows_and_survives_a_restart(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    chain = node_of(net, "requester", net.client("requester"))
+    w1, w2, other = net.addr("worker"), net.addr("worker2"), dataclasses.replace(REF, attempt=1)
+    async with await Database.open(tmp_path / "node.db") as db:
+        book = SpendBook(chain, db)
+        assert (await book.sign(REF, w1, 100)).cumulative == 100
+        assert (await book.sign(other, w2, 40)).cumulative == 140  # lines add up
+        assert (await book.sign(REF, w1, 250)).cumulative == 290  # a line's largest counts
+    async with await Database.open(tmp_path / "node.db") as db:  # kill -9, restart
+        again = await SpendBook(chain, db).sign(REF, w1, 90)  # a cap lower: never less
+    assert again.cumulative == 290 and spend_signer(chain.domain, again) == net.addr("requester")
 
 
 async def test_excluded_tasks_are_held_until_the_hook_lets_them_through(tmp_path: Path) -> None:
@@ -291,16 +345,28 @@ async def test_the_worker_keeps_only_genuine_twins_and_the_largest(tmp_path: Pat
     requester = net.addr("requester")
     async with await Database.open(tmp_path / "node.db") as db:
         payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
-        good = voucher(net, worker.domain, ETH)
-        payee.check(REF, requester, ETH, good.signature)
-        for sig, why in ((None, "missing"), (good.signature, "signed by")):
+        good = voucher(net, worker.domain, ETH, spend=3 * ETH)
+        market = Voucher(expires_ms=2**40, nonce=new_nonce(), ref=REF, worker="w",
+                         amount_wei=Wei(ETH), seconds=1, chain_sig=good.signature,
+                         spend_wei=Wei(3 * ETH), spend_sig=good.spend_sig)  # fmt: skip
+        spend = payee.check(market, requester)
+        assert spend == good.spend()
+        forged = net.spend("requester", 3 * ETH, signer="worker")
+        for bad, why in [
+            ({"chain_sig": None}, "chain_sig.*missing"),
+            ({"amount_wei": Wei(2 * ETH)}, "signed by"),  # a twin of another amount
+            ({"spend_sig": None}, "spend.*missing"),
+            ({"spend_wei": Wei(ETH // 2)}, "below this voucher"),
+            ({"spend_sig": forged.signature}, "not the requester"),
+        ]:
             with pytest.raises(Invalid, match=why):
-                payee.check(REF, requester, 2 * ETH, sig)  # no twin, or a twin of another amount
-        await payee.keep(REF, requester, ETH, good.signature)
-        await payee.keep(REF, requester, ETH // 2, b"older")  # an older voucher arriving late
+                payee.check(dataclasses.replace(market, **bad), requester)
+        await payee.keep(REF, requester, ETH, good.signature, spend)
+        older = dataclasses.replace(spend, cumulative=ETH)
+        await payee.keep(REF, requester, ETH // 2, b"older", older)  # arriving late
         await payee.ended(REF)
         sent = [b for b in payee.net.sent if isinstance(b, SettledVoucher)]  # type: ignore[attr-defined]
-    assert [(v.amount_wei, v.signature) for v in sent] == [(ETH, good.signature)]
+    assert [(v.amount_wei, v.signature, v.spend()) for v in sent] == [(ETH, good.signature, spend)]
 
 
 async def test_the_worker_resends_its_voucher_until_an_anchor_on_chain_shows_it(
@@ -318,7 +384,7 @@ async def test_the_worker_resends_its_voucher_until_an_anchor_on_chain_shows_it(
     ):
         payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
         mine = voucher(net, worker.domain, ETH)
-        await payee.keep(REF, net.addr("requester"), ETH, mine.signature)
+        await payee.keep(REF, net.addr("requester"), ETH, mine.signature, mine.spend())
         await payee.ended(REF)
 
         async def resent() -> int:

@@ -7,12 +7,19 @@ import pytest
 from consensus.errors import Invalid
 from consensus.settlement import anchoring_state
 from consensus.settlement.anchoring import Anchoring, Answer, Finalize, Post, claim_due
-from consensus.settlement.epoch import Entry
+from consensus.settlement.epoch import Entry, Spend
 
 R, W1, W2 = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20
 J1, J2 = b"\x11" * 32, b"\x12" * 32
 T = b"\x00" * 32
 EPOCH_MS, WINDOW_MS = 60_000, 3_600_000
+
+
+def machine(epoch_ms: int, fee_bps: int) -> Anchoring:
+    """A machine holding a spend of R's that covers any debit here."""
+    m = Anchoring(epoch_ms, fee_bps=fee_bps)
+    m.on_spend(Spend(R, 2**200, b"spend"))
+    return m
 
 
 def entry(job: bytes, worker: bytes, amount: int) -> Entry:
@@ -26,7 +33,7 @@ def post(m: Anchoring, now: int) -> Post:
 
 
 def test_posts_when_due_then_builds_on_the_final_epoch() -> None:
-    m = Anchoring(EPOCH_MS, fee_bps=100)
+    m = machine(EPOCH_MS, fee_bps=100)
     assert m.on_tick(0) == []  # nothing to anchor
     m.on_voucher(entry(J1, W1, 100), b"s1")
     m.on_voucher(entry(J1, W1, 50), b"old")  # an older voucher changes nothing
@@ -46,7 +53,7 @@ def test_posts_when_due_then_builds_on_the_final_epoch() -> None:
 
 
 def test_disputes_are_answered_with_the_voucher_of_that_epoch() -> None:
-    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m = machine(EPOCH_MS, fee_bps=0)
     e = entry(J1, W1, 100)
     m.on_voucher(e, b"sig-100")
     post(m, 0)
@@ -60,7 +67,7 @@ def test_disputes_are_answered_with_the_voucher_of_that_epoch() -> None:
 
 
 def test_a_voided_epoch_is_anchored_again() -> None:
-    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m = machine(EPOCH_MS, fee_bps=0)
     m.on_voucher(entry(J1, W1, 100), b"s")
     first = post(m, 0).epoch
     m.on_posted(0, window_end_ms=WINDOW_MS)
@@ -71,7 +78,7 @@ def test_a_voided_epoch_is_anchored_again() -> None:
 
 
 def test_post_failure_and_bugs() -> None:
-    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m = machine(EPOCH_MS, fee_bps=0)
     m.on_voucher(entry(J1, W1, 1), b"s")
     post(m, 0)
     m.on_post_failed()
@@ -89,7 +96,7 @@ def test_claim_policy() -> None:
 
 
 def test_a_cap_lowers_a_line_and_keeps_it_down() -> None:
-    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m = machine(EPOCH_MS, fee_bps=0)
     m.on_voucher(entry(J1, W1, 900), b"sig-900")  # the lost worker's last voucher
     m.cap(entry(J1, W1, 600), b"sig-600")  # the requester: owed to its checkpoint only
     with pytest.raises(Invalid, match="capped"):
@@ -101,7 +108,7 @@ def test_a_cap_lowers_a_line_and_keeps_it_down() -> None:
 
 
 def test_a_cap_alone_pays_the_line_and_a_zero_cap_pays_nothing() -> None:
-    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m = machine(EPOCH_MS, fee_bps=0)
     m.cap(entry(J1, W1, 300), b"sig-300")  # the lost worker never handed in its voucher
     m.cap(entry(J2, W2, 0), b"")
     with pytest.raises(Invalid):
@@ -110,7 +117,7 @@ def test_a_cap_alone_pays_the_line_and_a_zero_cap_pays_nothing() -> None:
 
 
 def test_a_cap_never_lowers_what_an_epoch_anchored() -> None:
-    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m = machine(EPOCH_MS, fee_bps=0)
     m.on_voucher(entry(J1, W1, 900), b"sig-900")
     post(m, 0)
     m.on_posted(0, window_end_ms=WINDOW_MS)
@@ -119,3 +126,24 @@ def test_a_cap_never_lowers_what_an_epoch_anchored() -> None:
     assert m.caps[entry(J1, W1, 600).line] == 900
     assert not [e for e in m.on_tick(WINDOW_MS + EPOCH_MS) if isinstance(e, Post)]
     assert anchoring_state.load(anchoring_state.dump(m)).caps == m.caps  # survives a restart
+
+
+def test_a_requester_whose_spend_falls_short_waits_for_a_later_epoch() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=0)
+    r2 = b"\x09" * 20
+    m.on_voucher(entry(J1, W1, 100), b"s1")
+    m.on_voucher(Entry(r2, W2, J2, T, 40), b"s2")
+    assert m.to_post(0) == {R, r2}
+    assert m.on_tick(0) == [] and m.short == {R: 100, r2: 40}  # no spend held: nothing
+    m.on_spend(Spend(R, 100, b"R100"))
+    m.on_spend(Spend(R, 90, b"R90"))  # a smaller one changes nothing
+    m.on_spend(Spend(r2, 40, b"r2-40"))
+    (effect,) = m.on_tick(1, debited={r2: 1})  # the chain shows r2 debited by another anchorer
+    assert isinstance(effect, Post) and effect.epoch.debits == {R: 100}
+    assert effect.spends == {R: Spend(R, 100, b"R100")} and m.short == {r2: 41}
+    m.on_posted(0, window_end_ms=WINDOW_MS)
+    assert m.to_post(WINDOW_MS - 1) == set()  # the window is open
+    m.on_voucher(entry(J1, W1, 150), b"s3")
+    assert m.to_post(WINDOW_MS) == {R, r2}
+    (effect,) = m.on_tick(WINDOW_MS)  # R: 100 anchored + 50 over the 100 signed; r2 covered
+    assert isinstance(effect, Post) and effect.epoch.debits == {r2: 40} and m.short == {R: 150}

@@ -8,7 +8,7 @@ import pytest
 from consensus.errors import Invalid
 from consensus.settlement import anchoring_state
 from consensus.settlement.anchoring import Anchoring, Finalize, Post
-from tests.unit.settlement.test_anchoring import J1, J2, W1, W2, WINDOW_MS, entry
+from tests.unit.settlement.test_anchoring import J1, J2, W1, W2, WINDOW_MS, entry, machine
 
 BIG = 3 * 10**30  # beyond msgpack's 64-bit integers
 
@@ -18,7 +18,7 @@ def saved(m: Anchoring) -> Anchoring:
 
 
 def test_a_machine_saved_mid_epoch_carries_on_identically() -> None:
-    m = Anchoring(1000, fee_bps=100)
+    m = machine(1000, fee_bps=100)
     m.on_voucher(entry(J1, W1, BIG), b"s1")
     (post,) = m.on_tick(0)
     assert isinstance(post, Post)
@@ -26,19 +26,20 @@ def test_a_machine_saved_mid_epoch_carries_on_identically() -> None:
     assert posting.state == "posting" and posting.pending is not None
     assert posting.pending.earnings_tree.root == post.epoch.earnings_tree.root
     assert posting.pending.entries_tree.root == post.epoch.entries_tree.root
-    for machine in (m, posting):
-        machine.on_posted(0, window_end_ms=WINDOW_MS)
-        machine.on_voucher(entry(J2, W2, 40), b"s2")
+    for each in (m, posting):
+        each.on_posted(0, window_end_ms=WINDOW_MS)
+        each.on_voucher(entry(J2, W2, 40), b"s2")
     pending = saved(posting)
     assert anchoring_state.dump(pending) == anchoring_state.dump(m)
-    for machine in (m, pending):
-        (effect,) = machine.on_tick(WINDOW_MS)  # final; the new voucher goes in the next epoch
+    for each in (m, pending):
+        (effect,) = each.on_tick(WINDOW_MS)  # final; the new voucher goes in the next epoch
         assert isinstance(effect, Post) and effect.epoch.debits == {entry(J2, W2, 40).requester: 40}
     assert pending.base_earnings == m.base_earnings and pending.base_earnings[W1] > 0
+    assert pending.spends == m.spends and len(m.spends) == 1  # the spends survive a restart
 
 
 def test_a_final_epoch_not_yet_finalized_on_chain_is_finalized_after_a_restart() -> None:
-    m = Anchoring(1000, fee_bps=0)
+    m = machine(1000, fee_bps=0)
     m.on_voucher(entry(J1, W1, 5), b"s")
     m.on_tick(0)
     m.on_posted(3, window_end_ms=10)
@@ -46,7 +47,7 @@ def test_a_final_epoch_not_yet_finalized_on_chain_is_finalized_after_a_restart()
 
 
 def test_forget_drops_what_verification_failed_but_keeps_what_is_anchored() -> None:
-    m = Anchoring(1000, fee_bps=0)
+    m = machine(1000, fee_bps=0)
     m.on_voucher(entry(J1, W1, 100), b"a")
     m.on_tick(0)
     m.on_posted(0, window_end_ms=10)

@@ -15,6 +15,7 @@ from consensus.settlement.eip712 import (
     chain_job_id,
     chain_task_id,
     slash_digest,
+    spend_digest,
     split_fee,
     voucher_digest,
 )
@@ -36,6 +37,12 @@ def test_golden_vectors() -> None:
     assert slash_digest(DOMAIN, WORKER, 5, b"\1" * 32).hex() == (
         "caea30e78e78853f96b05f0cbefb1c5739c760771156b4de1ad1078d3cdbe7d2"
     )
+    # Spend(requester, cumulative), also what eth-account's encode_typed_data gives
+    assert spend_digest(DOMAIN, WORKER, 3 * 10**18).hex() == (
+        "268dbe13f1c9dff708aa119ecbf3bc493413eaccb3a2f96f7d54d9709a296100"
+    )
+    with pytest.raises(Invalid, match=r"spend\.cumulative"):
+        spend_digest(DOMAIN, WORKER, -1)
     assert sign_voucher(KEY, DOMAIN, VOUCHER).hex() == (
         "8ca744a8ebeab9aae32b1ea76258c3884fa5b6773f7c75eafaf1caaf39fa80e1"
         "0543ee7c3ce671477fa950ae61a8612fe9ede83c81c046933432a5ce9e05de6d1c"

@@ -37,6 +37,22 @@ def test_requester_signs_worker_checks() -> None:
         checker.check(REF, "nope", 5000, sig, req.address)
 
 
+def test_a_spend_is_the_requesters_and_covers_its_voucher() -> None:
+    req, worker = Account.create(), Account.create()
+    spend = SettlementHook(DOMAIN, bytes(req.key)).spend(req.address, 9000)
+    checker = SettlementHook(DOMAIN)
+    checker.check_spend(spend, 9000, req.address)
+    forged = SettlementHook(DOMAIN, bytes(worker.key)).spend(req.address, 9000)
+    for bad, amount, requester, why in [
+        (spend, 9001, req.address, "below this voucher's 9001"),
+        (spend, 10, worker.address, "names 0x"),
+        (forged, 10, req.address, "not the requester"),
+    ]:
+        with pytest.raises(Invalid, match=why) as err:
+            checker.check_spend(bad, amount, requester)
+        assert err.value.what == "voucher.spend"
+
+
 def test_market_ref_maps_onto_contract_ids() -> None:
     v = chain_voucher_for(REF, b"\x01" * 20, 7)
     assert v.job == b"\x07" * 16 + b"\0" * 16
