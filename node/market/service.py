@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -18,7 +18,7 @@ from consensus.market.bidder import Bidder, Capabilities, Policy
 from consensus.market.messages import market_registry
 from consensus.market.spec import REFERENCE_SCORE
 from gpu.bench import BENCH_FILE, saved_score
-from gpu.devices import discover
+from gpu.devices import Profile, discover
 from gpu.exec_runtime import ExecRuntime
 from gpu.nvml import NvmlFailed
 from gpu.owner import foreign_gpu_processes, our_pids
@@ -51,6 +51,22 @@ class Market:
     params: MarketParams
     jobs: JobManager | None = None
     worker: WorkerService | None = None
+    _machine: tuple[Profile, Sandbox] | None = None
+    _probing: trio.Lock = field(default_factory=trio.Lock)
+
+    async def machine(self, worker: WorkerSettings) -> tuple[Profile, Sandbox]:
+        """This machine's GPUs and workload sandbox, probed once per node: NVML and the bwrap
+        probe block for a while, and a worker that is also a sentry needs both twice.
+
+        Raises:
+            SandboxUnavailable: the configured sandbox cannot run here; the message says why.
+        """
+        async with self._probing:
+            if self._machine is None:
+                profile = await trio.to_thread.run_sync(discover)  # NVML blocks
+                sandbox = await trio.to_thread.run_sync(worker_sandbox, worker)  # probes bwrap
+                self._machine = (profile, sandbox)
+            return self._machine
 
 
 def market_of(ctx: NodeContext) -> Market:
@@ -88,8 +104,7 @@ async def worker_market(
 ) -> None:
     market = market_of(ctx)
     worker = ctx.settings.worker
-    profile = await trio.to_thread.run_sync(discover)  # NVML blocks
-    sandbox = await trio.to_thread.run_sync(worker_sandbox, worker)  # probes bwrap
+    profile, sandbox = await market.machine(worker)
     log.info("worker sandbox", extra={"sandbox": sandbox.describe()})
     executor: Any = Runtimes(python_runtimes(sandbox), [g.index for g in profile.offered_gpus()])
     if worker.executor_wrapper:  # tests: e.g. a worker that fakes its work on purpose

@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.market.bidder import Bidder
-from gpu.devices import discover
 from node.identity import wallet_binding
-from node.market.service import market_of, python_runtimes, worker_sandbox
+from node.market.service import market_of, python_runtimes
 from node.verify.announcer import AttestationAnnouncer
 from node.verify.devices import ReplayDevices
 from node.verify.qos_sentry import QosProber
@@ -90,8 +89,7 @@ async def sentry_verify(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     market = market_of(ctx)
-    sandbox = await trio.to_thread.run_sync(worker_sandbox, ctx.settings.worker)
-    profile = await trio.to_thread.run_sync(discover)  # NVML blocks
+    profile, sandbox = await market.machine(ctx.settings.worker)
     devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
     log.info("sentry replays", extra={"classes": sorted(devices.classes)})
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
