@@ -193,10 +193,19 @@ class Anchorer:
         for effect in [*effects, *ticked]:
             await self._perform(effect)
         await self._save()
-        if self.final is not None:  # before the leaves go out: workers then find nothing to claim
-            await self.payer.pay(FinalLeaves(self.final[0], b"", self.final[1]))
-        await self._publish_leaves()
         await self._publish_entries()
+        await self._pay_out()  # before the leaves go out: workers then find nothing to claim
+        await self._publish_leaves()
+
+    async def _pay_out(self) -> None:
+        """A payout that fails (the sentry's wallet short of gas coin, an outage) is tried again
+        next step; it must not stop the gossip that lets workers claim by themselves."""
+        if self.final is None:
+            return
+        try:
+            await self.payer.pay(FinalLeaves(self.final[0], b"", self.final[1]))
+        except Exception as exc:
+            log.warning("payout failed, workers can still claim: %r", exc)
 
     async def _debited(self, requesters: set[bytes]) -> dict[bytes, int]:
         """What the chain's anchors (ours or another anchorer's) debited each pool in all."""

@@ -65,6 +65,7 @@ class Payee:
         # one peer cannot spoil the set another peer sends
         self._assembling: dict[str, LeavesAssembly] = {}
         self.last_claim: dict[str, Any] | None = None
+        self._unsendable: set[TaskRef] = set()  # rows without a spend, warned about once
         self._claiming = trio.Lock()
         # (bytes32 job, bytes32 task) -> the largest amount an anchor on chain showed for our
         # line: a voucher covered there need not be resent (in memory: after a restart it is
@@ -162,12 +163,20 @@ class Payee:
                 continue
             if unanchored and self._shown(ref, int(row["amount_wei"])):
                 continue
-            await self.net.publish(ANCHORS, SettledVoucher(
-                expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), ref=ref,
-                requester=bytes.fromhex(row["requester"][2:]), worker=self.me,
-                amount_wei=Wei(int(row["amount_wei"])), signature=bytes(row["sig"]),
-                spend_wei=Wei(int(row["spend_wei"])), spend_sig=bytes(row["spend_sig"]),
-            ))  # fmt: skip
+            try:
+                voucher = SettledVoucher(
+                    expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), ref=ref,
+                    requester=bytes.fromhex(row["requester"][2:]), worker=self.me,
+                    amount_wei=Wei(int(row["amount_wei"])), signature=bytes(row["sig"]),
+                    spend_wei=Wei(int(row["spend_wei"])), spend_sig=bytes(row["spend_sig"]),
+                )  # fmt: skip
+            except Invalid as exc:  # kept before spends existed (migration 13): no anchor takes it
+                if ref not in self._unsendable:
+                    self._unsendable.add(ref)
+                    log.warning("voucher not sent to anchorers: %s", exc,
+                                extra={"task": ref.text()})  # fmt: skip
+                continue
+            await self.net.publish(ANCHORS, voucher)
 
     def _shown(self, ref: TaskRef, amount_wei: int) -> bool:
         line = (chain_job_id(ref.job_id), chain_task_id(ref.task, ref.attempt))

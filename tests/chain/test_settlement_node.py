@@ -28,11 +28,13 @@ from node.chain import artifacts
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
 from node.chain.client import Settlement
+from node.chain.errors import ChainUnavailable
 from node.chain.escrow import Escrow
 from node.chain.hook import SettlementHook
 from node.chain.journal import Journal
 from node.chain.node import ChainNode
 from node.chain.payee import Payee
+from node.chain.payout import Payer
 from node.chain.service import ChainService
 from node.chain.signing import sign_voucher, spend_signer
 from node.chain.spending import SpendBook
@@ -190,6 +192,28 @@ async def test_the_anchorer_pays_out_workers_owed_enough_once(tmp_path: Path) ->
     assert (await anchorer.status())["workers_paid_out_here"] == 1
     [row] = [r for r in journal.rows("mined") if r.op == "payout"]
     assert row.args[3] == [False]  # one leaf and its sibling: a flag, kept as a boolean
+
+
+async def test_a_failing_payout_does_not_stop_the_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    sentry = net.client("sentry1")
+    sentry.stake(ETH)
+
+    async def broke(self: Payer, final: Any) -> None:
+        raise ChainUnavailable("payout: chain unreachable")
+
+    monkeypatch.setattr(Payer, "pay", broke)
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        anchorer = await fresh_anchorer(net, db, sentry)
+        assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH))
+        await anchorer.step()
+        net.chain.advance(3601)
+        await anchorer.step()  # final: the payout fails, the leaves still go out
+    assert any(isinstance(b, EpochLeaves) for b in anchorer.net.sent)  # type: ignore[attr-defined]
+    assert net.client("worker").earned_of() == 0
 
 
 async def test_a_second_anchorer_never_anchors_beyond_the_requesters_spend(
@@ -393,6 +417,13 @@ async def test_the_worker_resends_its_voucher_until_an_anchor_on_chain_shows_it(
             return len(payee.net.sent) - before  # type: ignore[attr-defined]
 
         assert await resent() == 1, "no anchor shows it: resent, however long ago it ended"
+        # A row kept before spends existed (migration 13 left it spend 0): skipped, not a crash.
+        old = dataclasses.replace(REF, task=9)
+        await payee.keep(old, net.addr("requester"), ETH, mine.signature, mine.spend())
+        await payee.ended(old)
+        await db.execute("UPDATE settle_vouchers SET spend_wei = '0', spend_sig = x'' "
+                         "WHERE idx = 9")  # fmt: skip
+        assert await resent() == 1 and await resent() == 1
         # An entries message proving our line to a root that is not the chain's shows nothing.
         line = entry_of(REF, mine.requester, mine.worker, ETH)
         row = EntryRow(worker=line.worker, job=line.job, task=line.task, amount_wei=Wei(ETH),
