@@ -30,26 +30,29 @@ class SpendBook:
         self.lines: dict[Line, int] | None = None  # read from sqlite at the first signature
         self.total = 0
         self._loading = trio.Lock()
+        self._writing = trio.Lock()
         self._signed: Spend | None = None  # the latest, reused while the total stays
 
     async def sign(self, ref: TaskRef, worker: str, amount_wei: int) -> Spend:
         """The ``Spend`` to send with a voucher of ``amount_wei`` for ``ref`` to ``worker``."""
         lines = await self._lines()
         line = (ref.job_id, ref.task, ref.attempt, worker.lower())
-        before = lines.get(line, 0)
-        if amount_wei > before:
-            # In memory first (no await in between): concurrent signers see the new total.
-            lines[line] = amount_wei
-            self.total += amount_wei - before
-            await self.db.execute(
-                "INSERT INTO settle_spend (job_id, idx, attempt, worker, amount_wei) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id, idx, attempt, worker) DO UPDATE "
-                "SET amount_wei = excluded.amount_wei",
-                (*line, str(lines[line])),
-            )
-        if self._signed is None or self._signed.cumulative != self.total:
-            self._signed = self.chain.hook.spend(self.chain.address, self.total)
-        return self._signed
+        # One signer at a time, and the row written before the total counts it: a spend never
+        # covers an increase that a kill -9 could still lose.
+        async with self._writing:
+            before = lines.get(line, 0)
+            if amount_wei > before:
+                await self.db.execute(
+                    "INSERT INTO settle_spend (job_id, idx, attempt, worker, amount_wei) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id, idx, attempt, worker) DO UPDATE "
+                    "SET amount_wei = excluded.amount_wei",
+                    (*line, str(amount_wei)),
+                )
+                lines[line] = amount_wei
+                self.total += amount_wei - before
+            if self._signed is None or self._signed.cumulative != self.total:
+                self._signed = self.chain.hook.spend(self.chain.address, self.total)
+            return self._signed
 
     async def _lines(self) -> dict[Line, int]:
         async with self._loading:
