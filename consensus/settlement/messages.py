@@ -86,14 +86,27 @@ class VoucherCap(Body):
     amount_wei: Wei
     cap_sig: bytes = field(metadata=exact_size(SIGNATURE_LEN))
     voucher_sig: bytes
+    # The requester's spend when it sent the cap: a capped line whose worker never handed in a
+    # voucher is otherwise anchored only once some later voucher's spend covers it.
+    spend_wei: Wei | None = None
+    spend_sig: bytes | None = None
 
     def __post_init__(self) -> None:
         wanted = SIGNATURE_LEN if self.amount_wei > 0 else 0
         if len(self.voucher_sig) != wanted:
             raise Invalid("cap.voucher_sig", f"{wanted} bytes for {self.amount_wei} wei")
+        if (self.spend_wei is None) != (self.spend_sig is None):
+            raise Invalid("cap.spend", "spend_wei and spend_sig come together")
+        if self.spend_sig is not None and len(self.spend_sig) != SIGNATURE_LEN:
+            raise Invalid("cap.spend_sig", f"{SIGNATURE_LEN} bytes, got {len(self.spend_sig)}")
 
     def entry(self) -> Entry:
         return entry_of(self.ref, self.requester, self.worker, self.amount_wei)
+
+    def spend(self) -> Spend | None:
+        if self.spend_wei is None or self.spend_sig is None:
+            return None
+        return Spend(self.requester, int(self.spend_wei), self.spend_sig)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -160,10 +160,14 @@ class Anchorer:
         requester's; the line is anchored at the cap, however much its worker was vouched."""
         assert self.machine is not None
         entry = c.entry()
-        if self.machine.caps.get(entry.line) == entry.amount:
+        spend, held = c.spend(), self.machine.spends.get(c.requester)
+        richer = spend is not None and (held is None or held.cumulative < spend.cumulative)
+        if self.machine.caps.get(entry.line) == entry.amount and not richer:
             return False  # a repeat
         try:
             check_cap(self.chain.domain, c)
+            if spend is not None and richer:
+                self.machine.on_spend(spend)
             self.machine.cap(entry, c.voucher_sig)
         except Invalid as exc:
             log.info("anchoring: cap refused", extra={"task": c.ref.text(), "error": str(exc)})
@@ -385,11 +389,14 @@ class Anchorer:
 
 
 def check_cap(domain: Domain, c: VoucherCap) -> None:
-    """Raises Invalid unless the cap and its voucher (if any) are both the requester's."""
+    """Raises Invalid unless the cap, its voucher and its spend (if any) are all the
+    requester's."""
     requester = "0x" + c.requester.hex()
     signers = {cap_signer(domain, c.entry(), c.cap_sig).lower()}
     if c.amount_wei > 0:
         voucher = chain_voucher_for(c.ref, c.worker, c.amount_wei)
         signers.add(voucher_signer(domain, voucher, c.voucher_sig).lower())
+    if (spend := c.spend()) is not None:
+        signers.add(spend_signer(domain, spend).lower())
     if signers != {requester}:
         raise Invalid("cap.signature", f"signed by {sorted(signers)}, not {requester}")

@@ -22,6 +22,7 @@ from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.messages import VoucherCap
 from node.chain.payee import ANCHORS, TTL_MS
+from node.chain.spending import SpendBook
 from storage.db import Database
 
 if TYPE_CHECKING:
@@ -35,8 +36,10 @@ RESEND_EPOCHS = 3
 
 
 class Caps:
-    def __init__(self, chain: ChainNode, db: Database, net: MarketNet) -> None:
-        self.chain, self.db, self.net = chain, db, net
+    def __init__(
+        self, chain: ChainNode, db: Database, net: MarketNet, spending: SpendBook | None = None
+    ) -> None:
+        self.chain, self.db, self.net, self.spending = chain, db, net, spending
         self.sent_ms: dict[TaskRef, int] = {}
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -63,13 +66,14 @@ class Caps:
             payable = int(row["payable_wei"])
             if payable >= int(row["vouched_wei"]) or now < self.sent_ms.get(ref, 0) + epoch_ms // 2:
                 continue  # paid as vouched (no failover), or sent a moment ago
-            await self.net.publish(ANCHORS, self._cap(ref, row["address"], payable))
+            await self.net.publish(ANCHORS, await self._cap(ref, row["address"], payable))
             self.sent_ms[ref] = now
             sent += 1
         return sent
 
-    def _cap(self, ref: TaskRef, worker: str, payable: int) -> VoucherCap:
+    async def _cap(self, ref: TaskRef, worker: str, payable: int) -> VoucherCap:
         cap_sig, voucher_sig = self.chain.hook.cap(ref, worker, payable)
+        spend = None if self.spending is None else await self.spending.current()
         return VoucherCap(
             expires_ms=self.net.now_ms() + TTL_MS,
             nonce=new_nonce(),
@@ -79,4 +83,6 @@ class Caps:
             amount_wei=Wei(payable),
             cap_sig=cap_sig,
             voucher_sig=voucher_sig,
+            spend_wei=None if spend is None else Wei(spend.cumulative),
+            spend_sig=None if spend is None else spend.signature,
         )

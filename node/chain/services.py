@@ -40,7 +40,7 @@ async def requester_settlement(
     ctx.chain.disputer = Disputer(ctx.chain, ctx.db, net)
     async with trio.open_nursery() as nursery:
         await nursery.start(ctx.chain.escrow.run)
-        await nursery.start(Caps(ctx.chain, ctx.db, net).run)
+        await nursery.start(Caps(ctx.chain, ctx.db, net, ctx.chain.escrow.spending).run)
         await nursery.start(ctx.chain.disputer.run)
         task_status.started()
 

@@ -54,6 +54,14 @@ class SpendBook:
                 self._signed = self.chain.hook.spend(self.chain.address, self.total)
             return self._signed
 
+    async def current(self) -> Spend:
+        """The spend of everything vouched so far (sent with a cap, which vouches nothing)."""
+        await self._lines()
+        async with self._writing:
+            if self._signed is None or self._signed.cumulative != self.total:
+                self._signed = self.chain.hook.spend(self.chain.address, self.total)
+            return self._signed
+
     async def _lines(self) -> dict[Line, int]:
         async with self._loading:
             if self.lines is None:

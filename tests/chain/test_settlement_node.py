@@ -22,11 +22,13 @@ from consensus.settlement.messages import (
     EpochEntries,
     EpochLeaves,
     SettledVoucher,
+    VoucherCap,
     entry_of,
 )
 from node.chain import artifacts
-from node.chain.anchorer import Anchorer
+from node.chain.anchorer import Anchorer, check_cap
 from node.chain.backend import Chain
+from node.chain.caps import Caps
 from node.chain.client import Settlement
 from node.chain.errors import ChainUnavailable
 from node.chain.escrow import Escrow
@@ -214,6 +216,46 @@ async def test_a_failing_payout_does_not_stop_the_leaves(
         await anchorer.step()  # final: the payout fails, the leaves still go out
     assert any(isinstance(b, EpochLeaves) for b in anchorer.net.sent)  # type: ignore[attr-defined]
     assert net.client("worker").earned_of() == 0
+
+
+async def test_a_caps_spend_lets_the_lost_workers_line_be_anchored(tmp_path: Path) -> None:
+    """The lost worker never handed in a voucher, and no later voucher brings a spend that
+    counts its line: only the cap's own spend covers it (without it, the requester is short
+    and neither line is anchored)."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    sentry = net.client("sentry1")
+    sentry.stake(ETH)
+    hook = SettlementHook(sentry.domain, net.keys["requester"])
+    lost = TaskRef(job_id=b"\x08" * 16, task=0, attempt=0)
+    cap_sig, voucher_sig = hook.cap(lost, net.addr("worker2"), ETH // 2)
+    spend = hook.spend(net.addr("requester"), ETH + ETH // 2)
+    cap = VoucherCap(
+        expires_ms=2**40, nonce=new_nonce(), ref=lost, amount_wei=Wei(ETH // 2),
+        requester=bytes.fromhex(net.addr("requester")[2:]), cap_sig=cap_sig,
+        worker=bytes.fromhex(net.addr("worker2")[2:]), voucher_sig=voucher_sig,
+        spend_wei=Wei(spend.cumulative), spend_sig=spend.signature,
+    )  # fmt: skip
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        anchorer = await fresh_anchorer(net, db, sentry, payout_min_wei=0)
+        assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH, spend=ETH))
+        assert await anchorer.on_cap(cap)
+        assert not await anchorer.on_cap(cap), "a repeat"
+        await anchorer.step()
+    assert sentry.pool_of(net.addr("requester"))["debited"] == ETH + ETH // 2
+
+
+async def test_the_requesters_cap_carries_its_current_spend(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    chain = node_of(net, "requester", net.client("requester"))
+    lost = dataclasses.replace(REF, attempt=1)
+    async with await Database.open(tmp_path / "node.db") as db:
+        book = SpendBook(chain, db)
+        await book.sign(REF, net.addr("worker"), 300)
+        await book.sign(lost, net.addr("worker2"), 200)
+        cap = await Caps(chain, db, StubNet(), book)._cap(lost, net.addr("worker2"), 120)  # type: ignore[arg-type]
+    assert cap.amount_wei == 120 and cap.spend_wei == 500  # the cap does not lower the spend
+    check_cap(chain.domain, cap)
 
 
 async def test_a_second_anchorer_never_anchors_beyond_the_requesters_spend(

@@ -87,3 +87,27 @@ def test_a_cap_carries_the_requesters_two_signatures_and_nothing_else_passes() -
         assert err.value.what in ("cap.signature", "signature")
     with pytest.raises(Invalid, match=r"cap\.voucher_sig"):
         cap(600, cap_sig, b"")
+
+
+def test_a_cap_may_carry_the_requesters_spend_and_only_its_own() -> None:
+    req, worker = Account.create(), Account.create()
+    hook = SettlementHook(DOMAIN, bytes(req.key))
+    cap_sig, voucher_sig = hook.cap(REF, worker.address, 600)
+
+    def cap(spend_wei: int | None, spend_sig: bytes | None) -> VoucherCap:
+        return VoucherCap(
+            expires_ms=1, nonce=b"\x00" * 16, ref=REF, requester=bytes.fromhex(req.address[2:]),
+            worker=bytes.fromhex(worker.address[2:]), amount_wei=Wei(600), cap_sig=cap_sig,
+            voucher_sig=voucher_sig,
+            spend_wei=None if spend_wei is None else Wei(spend_wei), spend_sig=spend_sig,
+        )  # fmt: skip
+
+    spend = hook.spend(req.address, 5000)
+    with_spend = cap(5000, spend.signature)
+    check_cap(DOMAIN, with_spend)
+    assert with_spend.spend() == spend and cap(None, None).spend() is None
+    forged = SettlementHook(DOMAIN, bytes(worker.key)).spend(req.address, 9000)
+    with pytest.raises(Invalid, match=r"cap\.signature"):
+        check_cap(DOMAIN, cap(9000, forged.signature))
+    with pytest.raises(Invalid, match="come together"):
+        cap(5000, None)
