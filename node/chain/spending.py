@@ -50,17 +50,19 @@ class SpendBook:
                 )
                 lines[line] = amount_wei
                 self.total += amount_wei - before
-            if self._signed is None or self._signed.cumulative != self.total:
-                self._signed = self.chain.hook.spend(self.chain.address, self.total)
-            return self._signed
+            return self._latest()
 
     async def current(self) -> Spend:
         """The spend of everything vouched so far (sent with a cap, which vouches nothing)."""
         await self._lines()
         async with self._writing:
-            if self._signed is None or self._signed.cumulative != self.total:
-                self._signed = self.chain.hook.spend(self.chain.address, self.total)
-            return self._signed
+            return self._latest()
+
+    def _latest(self) -> Spend:
+        """The signed spend of ``total``, signed again only when the total moved."""
+        if self._signed is None or self._signed.cumulative != self.total:
+            self._signed = self.chain.hook.spend(self.chain.address, self.total)
+        return self._signed
 
     async def _lines(self) -> dict[Line, int]:
         async with self._loading:
