@@ -52,8 +52,11 @@ async def test_a_cpu_claiming_a_reference_gpu_is_flagged_in_the_market(tmp_path:
                                  (sentry.network.host.addrs[0],))  # fmt: skip
             assert worker.qos is not None
             peer = worker.keys.peer_id
-            while sentry.qos.flag_of(peer) is None or worker.qos.view(peer) is None:
+            # Each side's own event: the worker's view can arrive after the sentry's last change.
+            while sentry.qos.flag_of(peer) is None:
                 await sentry.qos.changed.wait()
+            while worker.qos.view(peer) is None:
+                await worker.qos.changed.wait()
         market = await routes(sentry)[("GET", "/v1/market")](Request("GET", "/v1/market", "", b""))
         [row] = [w for w in market["workers"] if w["peer_id"] == peer]
         assert row["score"] == REFERENCE_SCORE
