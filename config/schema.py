@@ -336,6 +336,12 @@ class ChainSettings:
         "workers: claim anchored earnings once this much is claimable, in wei",
         int_range(1, 2**63 - 1),
     )
+    arrears_anchors: int = setting(
+        3,
+        "workers: take no new work from a requester while a line of ours waits unanchored "
+        "through this many anchors that did not debit its pool; 0 turns it off",
+        int_range(0, 10_000),
+    )
     payout_min_wei: int = setting(
         10**15,
         "anchoring sentries: pay every worker owed at least this much (wei) its final earnings, "

@@ -424,6 +424,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             ALTER TABLE settle_vouchers ADD COLUMN spend_sig BLOB NOT NULL DEFAULT x'';
         """,
     ),
+    Migration(
+        version=14,
+        description="worker: requesters in arrears (consensus/settlement/arrears.py)",
+        sql="""
+            ALTER TABLE settle_vouchers ADD COLUMN requester_peer TEXT NOT NULL DEFAULT '';
+            -- the largest amount an anchor on chain showed for the line (its entries)
+            ALTER TABLE settle_vouchers ADD COLUMN shown_wei TEXT NOT NULL DEFAULT '0';
+            -- the chain's anchor count and the requester pool's debited, read while the line
+            -- ran; the last read before it ended stays (NULL: never read, never judged)
+            ALTER TABLE settle_vouchers ADD COLUMN anchors_before INTEGER;
+            ALTER TABLE settle_vouchers ADD COLUMN debited_before TEXT;
+        """,
+    ),
 )
 
 

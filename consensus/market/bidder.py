@@ -7,6 +7,8 @@ reason, so an operator can see why a worker sat idle)::
     ------------------------------------------------  -------------------------------------
     bid window already closed                         no bid: "bid window closed"
     we already bid on, or run, this task attempt      no bid: "already bid"
+    the requester is in arrears to us (its lines      no bid: "requester 0x.. in arrears:
+      wait unanchored, consensus/settlement/arrears)           ..." (also: Decline an order)
     kind not in policy.kinds                          no bid: "kind exec not allowed"
     job wants network, policy forbids it              no bid: "network not allowed"
     idle-only mode and the owner uses the GPU         no bid: "owner is using the machine"
@@ -31,7 +33,8 @@ Reservations (one per task attempt we bid on)::
     (none)      demand, all checks pass                reserved   SendBid
     reserved    order at our price, before expiry,     running    Accept
                   GPUs free
-    reserved    order below our price, or GPUs taken   (none)     Decline(reason)
+    reserved    order below our price, or GPUs taken,  (none)     Decline(reason)
+                  or its requester now in arrears
     reserved    award to another worker                (none)     Released("lost the award")
     reserved    the requester refused our bid          (none)     Released("bid refused")
     reserved    tick past hold_until                   (none)     Released("no award in time")
@@ -105,7 +108,15 @@ class OwnerActivity:
     busy: bool
 
 
-Event = DemandSeen | OrderReceived | AwardSeen | BidRefused | TaskEnded | OwnerActivity
+@dataclass(frozen=True)
+class Blocked:
+    """Requesters whose work we decline (by peer id or lower-case chain address) and why;
+    replaces the earlier set."""
+
+    reasons: dict[str, str]
+
+
+Event = DemandSeen | OrderReceived | AwardSeen | BidRefused | TaskEnded | OwnerActivity | Blocked
 
 
 @dataclass(frozen=True)
@@ -163,6 +174,7 @@ class Bidder:
     caps: Capabilities
     policy: Policy
     owner_busy: bool = False
+    blocked: dict[str, str] = field(default_factory=dict)
     _holds: dict[TaskRef, _Hold] = field(default_factory=dict)
 
     def handle(self, event: Event, now_ms: int) -> list[Effect]:
@@ -177,8 +189,14 @@ class Bidder:
             return [] if hold is None or hold.running else self._release(event.ref, "bid refused")
         if isinstance(event, TaskEnded):
             return self._release(event.ref, "task ended")
-        self.owner_busy = event.busy
+        self._set(event)
         return []
+
+    def _set(self, event: OwnerActivity | Blocked) -> None:
+        if isinstance(event, Blocked):
+            self.blocked = dict(event.reasons)
+        else:
+            self.owner_busy = event.busy
 
     def on_tick(self, now_ms: int) -> list[Effect]:
         expired = [r for r, h in self._holds.items() if not h.running and now_ms >= h.until_ms]
@@ -208,7 +226,7 @@ class Bidder:
         return max(1, demand.estimate_s * REFERENCE_SCORE // max(1, self.caps.score))
 
     def _on_demand(self, demand: Demand, requester: str, now_ms: int) -> Effect:
-        refused = self._why_not(demand, now_ms)
+        refused = self._why_not(demand, requester, now_ms)
         if refused is not None:
             return refused
         gpus = demand.requirements.gpu_count
@@ -217,7 +235,7 @@ class Bidder:
         return SendBid(requester, tuple(demand.reply_to), demand.ref,
                        self.policy.price_wei_per_s, gpus, self.estimate_s(demand))  # fmt: skip
 
-    def _why_not(self, demand: Demand, now_ms: int) -> NoBid | None:
+    def _why_not(self, demand: Demand, requester: str, now_ms: int) -> NoBid | None:
         """The first row of the decision table (module doc) that refuses ``demand``, if any.
 
         The requester is told (``tell``) when the reason is ours alone (policy, load, cost):
@@ -230,6 +248,7 @@ class Bidder:
         rows = (
             (now_ms >= demand.bid_until_ms, "bid window closed", False),
             (demand.ref in self._holds, "already bid", False),
+            (requester in self.blocked, self.blocked.get(requester, ""), True),
             (demand.kind not in self.policy.kinds, f"kind {demand.kind} not allowed", True),
             (demand.network and not self.policy.allow_network, "network not allowed", True),
             (self.policy.idle_only and self.owner_busy,
@@ -249,25 +268,33 @@ class Bidder:
         hold = self._holds.get(order.ref)
         if hold is not None and hold.running:
             return Accept(order, requester)  # a repeated order: idempotent
-        if hold is not None and now_ms < hold.until_ms:
-            refusal = None
-            if order.price_wei_per_s < hold.price_wei_per_s:
-                refusal = "price below our bid"
-            elif self.free_gpus() < order.gpus:
-                refusal = f"busy: {max(0, self.free_gpus())} of {order.gpus} free"
-            if refusal is not None:
-                del self._holds[order.ref]  # the requester moves to its next bid
-                return Decline(order.ref, refusal)
+        live = hold is not None and now_ms < hold.until_ms
+        refusal = self._refusal(order, requester, hold if live else None)
+        if refusal:
+            self._holds.pop(order.ref, None)  # the requester moves to its next bid
+            return Decline(order.ref, refusal)
+        if hold is not None and live:
             hold.running = True
-            return Accept(order, requester)
-        if hold is not None:
-            del self._holds[order.ref]  # expired: judge it afresh below
-        if order.price_wei_per_s < self.policy.price_wei_per_s:
-            return Decline(order.ref, "price below our current rate")
-        if self.free_gpus() < order.gpus:
-            return Decline(order.ref, f"busy: {max(0, self.free_gpus())} of {order.gpus} free")
-        self._holds[order.ref] = _Hold(order.gpus, order.price_wei_per_s, now_ms, running=True)
+        else:  # no bid of ours, or it expired: judged afresh above
+            self._holds[order.ref] = _Hold(order.gpus, order.price_wei_per_s, now_ms, running=True)
         return Accept(order, requester)
+
+    def _refusal(self, order: TaskOrder, requester: str, bid: _Hold | None) -> str:
+        """Why ``order`` is declined ("" if it is not), against our live ``bid`` if any."""
+        blocked = self._blocked(order, requester)
+        if blocked:
+            return blocked
+        if bid is not None and order.price_wei_per_s < bid.price_wei_per_s:
+            return "price below our bid"
+        if bid is None and order.price_wei_per_s < self.policy.price_wei_per_s:
+            return "price below our current rate"
+        if self.free_gpus() < order.gpus:
+            return f"busy: {max(0, self.free_gpus())} of {order.gpus} free"
+        return ""
+
+    def _blocked(self, order: TaskOrder, requester: str) -> str:
+        by_address = self.blocked.get(order.requester_address.lower(), "")
+        return self.blocked.get(requester, "") or (by_address if order.requester_address else "")
 
     def _on_award(self, award: Award) -> list[Effect]:
         hold = self._holds.get(award.ref)

@@ -10,9 +10,11 @@ hand it to the anchorers when the task ends, and claim anchored earnings.
 - Submit: when a task ends, its voucher is gossiped on ``anchors`` as a
   :class:`SettledVoucher`; it is gossiped again every half epoch until an anchor on chain shows
   its line at that amount (the anchorer's :class:`EpochEntries`, whose root must be the
-  chain's), for up to a day (gossip is lossy, anchorers can be cut off for a while;
-  anchorers keep the largest per line, so repeats cost nothing). A capped line (a failover)
-  is shown below our voucher, so it is resent for the whole day.
+  chain's; the amount shown is kept in sqlite), for up to a day (gossip is lossy, anchorers
+  can be cut off for a while; anchorers keep the largest per line, so repeats cost nothing).
+  A capped line (a failover) is shown below our voucher, so it is resent for the whole day.
+- Arrears: :class:`~node.chain.arrears.ArrearsWatch` judges requesters whose lines no anchor
+  takes; the bidder declines their work (``chain.arrears_anchors``).
 - Claim: anchorers gossip each final epoch's earnings leaves; the worker rebuilds the tree,
   uses it only if its root is the contract's ``claimRoot``, and claims with a Merkle proof once
   ``chain.claim_threshold_wei`` is claimable (or at once on ``idlegrid wallet claim``).
@@ -34,6 +36,7 @@ from consensus.settlement.epoch import Spend
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import EARNINGS_TYPES, leaf_hash
 from consensus.settlement.messages import EpochEntries, EpochLeaves, SettledVoucher, VoucherCap
+from node.chain.arrears import ArrearsWatch
 from node.chain.errors import ChainError
 from p2p.gossip import topic_name
 from storage.db import Database
@@ -67,11 +70,8 @@ class Payee:
         self.last_claim: dict[str, Any] | None = None
         self._unsendable: set[TaskRef] = set()  # rows without a spend, warned about once
         self._claiming = trio.Lock()
-        # (bytes32 job, bytes32 task) -> the largest amount an anchor on chain showed for our
-        # line: a voucher covered there need not be resent (in memory: after a restart it is
-        # resent until the next anchor's entries show it again)
-        self.anchored: dict[tuple[bytes, bytes], int] = {}
         self._roots_on_chain: set[bytes] = set()
+        self.arrears = ArrearsWatch(chain, db, net.now_ms)
 
     # --- the market's hooks ---------------------------------------------------------------
 
@@ -89,18 +89,21 @@ class Payee:
         return spend
 
     async def keep(
-        self, ref: TaskRef, requester: str, amount_wei: int, sig: bytes, spend: Spend
-    ) -> None:
-        """Keeps the largest voucher per task attempt, and the spend that came with it."""
+        self, ref: TaskRef, requester: str, amount_wei: int, sig: bytes, spend: Spend,
+        *, peer: str = "",
+    ) -> None:  # fmt: skip
+        """Keeps the largest voucher per task attempt, and the spend that came with it
+        (``peer``: the requester's peer id, whom the bidder declines if it falls in arrears)."""
         await self.db.execute(
             "INSERT INTO settle_vouchers (job_id, idx, attempt, requester, amount_wei, sig, "
-            "updated_ms, spend_wei, spend_sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "updated_ms, spend_wei, spend_sig, requester_peer) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(job_id, idx, attempt) DO UPDATE SET amount_wei = excluded.amount_wei, "
             "sig = excluded.sig, updated_ms = excluded.updated_ms, "
             "spend_wei = excluded.spend_wei, spend_sig = excluded.spend_sig "
             "WHERE CAST(excluded.amount_wei AS INTEGER) > CAST(amount_wei AS INTEGER)",
             (ref.job_id, ref.task, ref.attempt, requester, str(amount_wei), sig,
-             self.net.now_ms(), str(spend.cumulative), spend.signature),
+             self.net.now_ms(), str(spend.cumulative), spend.signature, peer),
         )  # fmt: skip
 
     async def ended(self, ref: TaskRef) -> None:
@@ -118,6 +121,7 @@ class Payee:
         inbox = await self.net.subscribe(ANCHORS, ANCHOR_KINDS)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._resubmit_loop)
+            nursery.start_soon(self.arrears.run)
             task_status.started()
             async for message in inbox:
                 body = message.opened.body if message.opened else None
@@ -147,8 +151,21 @@ class Payee:
             if anchor["entries_root"] != entries.entries_root:
                 return  # not the anchor on chain (stale, or not an anchorer's): no proof
             self._roots_on_chain.add(entries.entries_root)
-        for job, task, amount in mine:
-            self.anchored[(job, task)] = max(amount, self.anchored.get((job, task), 0))
+        shown = {(job, task): amount for job, task, amount in mine}
+        requester = "0x" + entries.requester.hex()
+        rows = await self.db.query(
+            "SELECT job_id, idx, attempt, shown_wei FROM settle_vouchers "
+            "WHERE lower(requester) = ?",
+            (requester,),
+        )
+        for row in rows:  # the largest amount shown per line: a voucher covered is not resent
+            line = (chain_job_id(row["job_id"]), chain_task_id(row["idx"], row["attempt"]))
+            if shown.get(line, 0) > int(row["shown_wei"]):
+                await self.db.execute(
+                    "UPDATE settle_vouchers SET shown_wei = ? "
+                    "WHERE job_id = ? AND idx = ? AND attempt = ?",
+                    (str(shown[line]), row["job_id"], row["idx"], row["attempt"]),
+                )
 
     async def _submit(
         self, since_ms: int, only: list[TaskRef] | None, *, unanchored: bool = False
@@ -161,7 +178,7 @@ class Payee:
             ref = TaskRef(job_id=row["job_id"], task=row["idx"], attempt=row["attempt"])
             if only is not None and ref not in only:
                 continue
-            if unanchored and self._shown(ref, int(row["amount_wei"])):
+            if unanchored and int(row["shown_wei"]) >= int(row["amount_wei"]):
                 continue
             try:
                 voucher = SettledVoucher(
@@ -177,10 +194,6 @@ class Payee:
                                 extra={"task": ref.text()})  # fmt: skip
                 continue
             await self.net.publish(ANCHORS, voucher)
-
-    def _shown(self, ref: TaskRef, amount_wei: int) -> bool:
-        line = (chain_job_id(ref.job_id), chain_task_id(ref.task, ref.attempt))
-        return self.anchored.get(line, 0) >= amount_wei
 
     async def _on_leaves(self, part: EpochLeaves, sender: str) -> None:
         """Collects the parts of a newer final epoch, per sender; claims once one set is whole.
@@ -243,4 +256,5 @@ class Payee:
             "vouched_wei": str(sum(int(r["amount_wei"]) for r in rows)),
             "final_epoch": None if self.leaves is None else self.leaves.index,
             "last_claim": self.last_claim,
+            "arrears": self.arrears.status(),  # requesters whose work we decline, and why
         }

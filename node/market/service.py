@@ -130,6 +130,8 @@ async def worker_market(
         executor=executor, work_root=ctx.home.root / "work", params=market.params,
     )  # fmt: skip
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
+    if market.worker.payee is not None:
+        market.worker.payee.arrears.on_change = market.worker.block_requesters
     assert ctx.network is not None
     ctx.network.presence_source = market.worker.presence
     # Presence claims only a measured score: sentries' probes flag a claim well above what

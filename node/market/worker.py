@@ -381,10 +381,16 @@ class WorkerService:
                         extra={"task": voucher.ref.text(), "error": str(exc)})  # fmt: skip
             return False
         assert voucher.chain_sig is not None
-        await self.payee.keep(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig, spend)
+        await self.payee.keep(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig, spend,
+                              peer=work.requester)  # fmt: skip
         if work.state in _ENDED:  # the last voucher comes with the final report: pass it on
             await self.payee.ended(voucher.ref)
         return True
+
+    def block_requesters(self, reasons: dict[str, str]) -> None:
+        """Declines the work of these requesters (peer ids or chain addresses) from now on:
+        the payee found them in arrears (``node/chain/arrears.py``)."""
+        self.bidder.handle(bd.Blocked(reasons), self.net.now_ms())
 
     async def _on_cancel(self, peer: str, payload: Any) -> Any:
         try:

@@ -74,12 +74,12 @@ def node_of(net: Net, who: str, client: Settlement, **settings: Any) -> ChainNod
 
 def voucher(
     net: Net, domain: Any, amount: int, signed: int | None = None, *, ref: TaskRef = REF,
-    worker: str = "worker", spend: int = 50 * ETH,
+    worker: str = "worker", spend: int = 50 * ETH, requester: str = "requester",
 ) -> SettledVoucher:  # fmt: skip
     payee = bytes.fromhex(net.addr(worker)[2:])
     twin = chain_voucher_for(ref, payee, amount if signed is None else signed)
-    sig = sign_voucher(net.keys["requester"], domain, twin)
-    signed_spend = net.spend("requester", spend)  # all the requester vouched, anywhere
+    sig = sign_voucher(net.keys[requester], domain, twin)
+    signed_spend = net.spend(requester, spend)  # all the requester vouched, anywhere
     return SettledVoucher(
         expires_ms=2**40, nonce=new_nonce(), ref=ref, worker=payee, amount_wei=Wei(amount),
         requester=signed_spend.requester, signature=sig, spend_wei=Wei(spend),

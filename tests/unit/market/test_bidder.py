@@ -14,6 +14,7 @@ from consensus.market.bidder import (
     AwardSeen,
     Bidder,
     BidRefused,
+    Blocked,
     Capabilities,
     Decline,
     DemandSeen,
@@ -159,6 +160,24 @@ def test_orders_below_our_price_or_beyond_capacity_are_declined() -> None:
     fourth = TaskRef(job_id=bytes(16), task=11, attempt=0)
     [effect] = b.handle(OrderReceived(order(fourth, gpus=1), "req"), NOW)
     assert isinstance(effect, Decline) and "busy" in effect.reason
+
+
+def test_a_requester_in_arrears_gets_no_bid_and_its_orders_are_declined() -> None:
+    b = bidder()
+    b.handle(DemandSeen(demand(), "req"), NOW)  # bid before the requester fell behind
+    addr = "0x" + "ab" * 20
+    assert b.handle(Blocked({"req": "requester in arrears", addr: "by address"}), NOW) == []
+    other = TaskRef(job_id=bytes(16), task=7, attempt=0)
+    assert b.handle(DemandSeen(demand(other), "req"), NOW) == [
+        NoBid(other, "requester in arrears", tell=True)
+    ]
+    assert b.handle(OrderReceived(order(), "req"), NOW)[0] == Decline(REF, "requester in arrears")
+    assert b.open_bid_gpus() == 0, "the reservation went with the decline"
+    # the same account from another peer id is known by the address on its order
+    by_address = replace(order(other), requester_address="0x" + "AB" * 20)
+    assert b.handle(OrderReceived(by_address, "req2"), NOW)[0] == Decline(other, "by address")
+    b.handle(Blocked({}), NOW)
+    assert isinstance(b.handle(OrderReceived(order(other), "req"), NOW)[0], Accept)
 
 
 events = st.one_of(
