@@ -180,6 +180,8 @@ def run_job(
     chain_view = ApiClient(Home(worker.home)).get("/v1/chain")  # `idlegrid settlement status`
     assert chain_view["settle"] is True and int(chain_view["earned_wei"]) > 0
     assert chain_view["payee"]["last_claim"] is None, "paid out before it heard the leaves"
+    assert chain_view["payee"]["arrears"] == [], "the requester was anchored: not in arrears"
+    assert "anchoring not checked" not in worker.output()  # the arrears watch reads the chain
     # Whatever entries the requester heard (the sentry is killed as it posts, and the window is
     # 3 s), it found them signed: nothing disputed.
     assert "to dispute" not in requester.output()
