@@ -15,6 +15,7 @@ found ``attested`` fetches its result again.
     awarded/transferring/       every voucher interval: send a voucher, read the report
       running                   (progress, checkpoints, logs, result); silent for
                                 lost_after_ms or stopped: fail over
+                                (:mod:`node.market.supervision`)
     attested                    fetch the result and check its hash; then verified
 """
 
@@ -30,7 +31,6 @@ import msgpack
 import trio
 
 from consensus.envelope import new_nonce
-from consensus.errors import Invalid
 from consensus.kinds import Wei, from_wire, to_wire
 from consensus.market import auction as au
 from consensus.market.lifecycle import TERMINAL, TaskEvent, advance
@@ -43,14 +43,13 @@ from consensus.market.messages import (
     Demand,
     TaskOrder,
     TaskRef,
-    TaskReport,
-    Voucher,
 )
-from consensus.market.meter import owed_wei, payable_after_failover
+from consensus.market.meter import payable_after_failover
 from consensus.market.spec import JobSpec
 from node.market.blobshare import FetchFailed
 from node.market.net import AWARDS, jobs_topic
 from node.market.store import BidRecord, TaskRow
+from node.market.supervision import Supervision
 from node.market.tasks import task_estimate_s, workload_for
 from p2p.reqresp import RequestError
 
@@ -60,7 +59,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CONFIRM = "/idlegrid/market/confirm/1"
-METER = "/idlegrid/control/meter/1"
 CANCEL = "/idlegrid/control/cancel/1"
 
 
@@ -375,140 +373,3 @@ class TaskRunner:
 
     async def _sleep_ms(self, ms: int) -> None:
         await trio.sleep(max(0, ms) / 1000)
-
-
-class Supervision:
-    """One attempt's run, seen from the requester: vouchers out, reports in."""
-
-    def __init__(self, runner: TaskRunner, task: TaskRow, attempt: Any, logs: int) -> None:
-        self.runner, self.task, self.net = runner, task, runner.net
-        self.params, self.store = runner.params, runner.store
-        self.worker, self.addrs = attempt["worker"], json.loads(attempt["addrs"])
-        runner.mgr.remember_addrs(self.worker, self.addrs)
-        self.rate = int(attempt["price_wei"]) * attempt["gpus"]
-        self.started_ms = attempt["started_ms"]
-        self.budget = runner.job.spec.task_budget_wei()
-        self.log_offset, self.since = logs, 0
-        self.checkpoint_s: int | None = None  # seconds at the last checkpoint of ours we hold
-
-    async def run(self) -> None:
-        last_ok = self.net.now_ms()
-        while True:
-            now = self.net.now_ms()
-            if now >= self.runner.job.deadline_ms:
-                return  # the runner's loop expires the task
-            try:
-                report = await self._exchange(now)
-            except (RequestError, Invalid) as exc:
-                if now - last_ok >= self.params.lost_after_ms:
-                    await self._lost(f"unreachable for {now - last_ok} ms: {exc}")
-                    return
-            else:
-                last_ok = now
-                if await self._absorb(report):
-                    return
-            await self.runner._sleep_ms(self.params.voucher_interval_ms)
-
-    async def _exchange(self, now: int) -> TaskReport:
-        owed = owed_wei(self.rate, self.started_ms, now, self.budget)
-        escrow = self.runner.mgr.escrow
-        signed = None if escrow is None else await escrow.sign(self.task.ref, self.worker, owed)
-        voucher = Voucher(
-            expires_ms=now + self.params.demand_ttl_ms,
-            nonce=new_nonce(),
-            ref=self.task.ref,
-            worker=self.worker,
-            amount_wei=Wei(owed),
-            seconds=max(0, now - self.started_ms) // 1000,
-            chain_sig=None if signed is None else signed[0],
-            spend_wei=None if signed is None else Wei(signed[1].cumulative),
-            spend_sig=None if signed is None else signed[1].signature,
-        )
-        raw = self.net.seal(voucher)
-        payload = {"voucher": raw, "since": self.since, "log_offset": self.log_offset}
-        reply = await self.net.request(
-            self.worker,
-            self.addrs,
-            METER,
-            payload,
-            timeout_s=self.params.voucher_interval_ms / 1000 + 3,
-        )
-        await self.store.vouched(self.task.ref, owed, raw)
-        report = from_wire(TaskReport, reply, "report")
-        if report.ref != self.task.ref:
-            raise Invalid("report.ref", "names another task")
-        return report
-
-    async def _absorb(self, report: TaskReport) -> bool:
-        """Takes in a report; True once this attempt is over (done, failed or lost)."""
-        if report.log:
-            await self.store.append_logs(self.task.ref, report.log_offset, report.log)
-            self.log_offset = report.log_offset + len(report.log)
-        for checkpoint in report.checkpoints:
-            await self._checkpoint(checkpoint)
-        if report.state == "fetching" and self.task.state == "awarded":
-            await self._move("fetching")
-        elif report.state == "running" and self.task.state in ("awarded", "transferring"):
-            await self._move("running")
-        elif report.state == "done" and report.result is not None:
-            result = msgpack.packb(to_wire(report.result))
-            await self._move("done", result=result, result_hash=report.result_hash)
-            return True
-        elif report.state == "failed":
-            await self.runner._end_attempt(self.task, report.error or "failed")
-            await self._move("fail", reason=f"the workload failed: {report.error}"[:300])
-            return True
-        elif report.state in ("lost", "stopped"):
-            await self._lost(f"worker reports {report.state}: {report.error}")
-            return True
-        return False
-
-    async def _checkpoint(self, checkpoint: Checkpoint) -> None:
-        held = False
-        if checkpoint.blob is not None:
-            try:
-                await self.runner.mgr.share.fetch(checkpoint.blob, self.runner._addrs_of)
-                held = True
-            except FetchFailed as exc:
-                log.warning(
-                    "checkpoint not fetched",
-                    extra={"task": self.task.ref.text(), "error": str(exc)},
-                )
-        await self.store.add_checkpoint(
-            self.task.ref,
-            checkpoint.index,
-            hash_=checkpoint.hash,
-            chained=checkpoint.chained,
-            seconds=checkpoint.seconds,
-            held=held,
-        )
-        self.since = max(self.since, checkpoint.index + 1)
-        if held and checkpoint.blob is not None:
-            mine = Checkpoint(
-                index=checkpoint.index,
-                hash=checkpoint.hash,
-                chained=checkpoint.chained,
-                seconds=checkpoint.seconds,
-                blob=BlobRef(
-                    hash=checkpoint.blob.hash, size=checkpoint.blob.size, holders=[self.net.peer_id]
-                ),
-            )
-            packed = msgpack.packb(to_wire(mine))
-            moved = await self.store.move_task(self.task, self.net.now_ms(), resume=packed)
-            if moved is not None:
-                self.task = moved
-            self.checkpoint_s = checkpoint.seconds
-            log.info(  # a failover from here on resumes after this segment
-                "checkpoint held",
-                extra={"task": self.task.ref.text(), "segment": checkpoint.index},
-            )
-
-    async def _lost(self, why: str) -> None:
-        log.info("worker lost, failing over", extra={"task": self.task.ref.text(), "reason": why})
-        await self.runner._end_attempt(self.task, why, checkpoint_s=self.checkpoint_s or 0)
-        await self._move("lost", reason=why[:300])
-
-    async def _move(self, event: TaskEvent, **values: Any) -> None:
-        moved = await self.runner._move(self.task, event, **values)
-        if moved is not None:
-            self.task = moved

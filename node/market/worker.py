@@ -50,7 +50,8 @@ from node.market.packing import PackError, pack_outputs, unpack
 from node.market.params import MarketParams
 from node.market.requester import BID
 from node.market.store import MarketStore
-from node.market.task_runner import CANCEL, CONFIRM, METER
+from node.market.supervision import METER
+from node.market.task_runner import CANCEL, CONFIRM
 from p2p.reqresp import RemoteError, RequestError, RequestRejected
 
 if TYPE_CHECKING:
@@ -388,9 +389,16 @@ class WorkerService:
         return True
 
     def block_requesters(self, reasons: dict[str, str]) -> None:
-        """Declines the work of these requesters (peer ids or chain addresses) from now on:
-        the payee found them in arrears (``node/chain/arrears.py``)."""
+        """Declines the work of these requesters (peer ids or lower-case chain addresses) from
+        now on, and stops their running tasks: the payee found them in arrears
+        (``node/chain/arrears.py``), so more work for them would only add to what waits."""
         self.bidder.handle(bd.Blocked(reasons), self.net.now_ms())
+        for work in self.works.values():
+            address = work.order.requester_address.lower()
+            why = reasons.get(work.requester) or (reasons.get(address, "") if address else "")
+            if why and work.state not in _ENDED:
+                self._stop(work, why)
+        self._wake()
 
     async def _on_cancel(self, peer: str, payload: Any) -> Any:
         try:

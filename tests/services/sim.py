@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import nacl.signing
 import outcome
+import pytest
 import trio
 from blake3 import blake3
 
@@ -52,6 +53,18 @@ class InlineDatabase(Database):
         self._jobs.put(_Job(run))
         finished.wait()
         return box[0].unwrap()  # type: ignore[no-any-return]
+
+
+def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs ``trio.to_thread.run_sync`` calls (blob files, decryption) on the event loop, for
+    the same reason as :class:`InlineDatabase`: with no short timer pending (a market with one
+    task left), the mock clock would jump to the test's deadline while a thread works."""
+
+    async def run_sync(fn: Callable[..., T], *args: object, **_: object) -> T:
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
 
 
 PARAMS = MarketParams(bid_window_ms=1000, confirm_timeout_ms=2000, voucher_interval_ms=1000,
