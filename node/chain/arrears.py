@@ -3,7 +3,10 @@
 
 Every ``chain.poll_s`` it reads the chain's anchor count and, for each requester with a line
 running or waiting, its pool's ``debited``; running lines get that snapshot in sqlite (so a
-restart judges exactly as before), ended lines are judged by their last one. Requesters found
+restart judges exactly as before), ended lines are judged by their last one. A line that
+ended less than ``hold_ms`` ago counts as running: an anchoring sentry holds a task back
+until its verdict, for at most the verdict timeout, and anchors passed meanwhile say nothing
+about the requester. Requesters found
 in arrears are handed to ``on_change`` (the worker's bidder declines their work, naming the
 reason) and shown in ``idlegrid wallet balance``.
 """
@@ -29,8 +32,10 @@ Blocked = dict[str, str]  # requester peer id or lower-case address -> why we de
 
 
 class ArrearsWatch:
-    def __init__(self, chain: ChainNode, db: Database, now_ms: Callable[[], int]) -> None:
-        self.chain, self.db, self.now_ms = chain, db, now_ms
+    def __init__(
+        self, chain: ChainNode, db: Database, now_ms: Callable[[], int], hold_ms: int = 0
+    ) -> None:
+        self.chain, self.db, self.now_ms, self.hold_ms = chain, db, now_ms, hold_ms
         self.found: dict[str, Arrears] = {}
         self.on_change: Callable[[Blocked], None] | None = None
 
@@ -44,26 +49,30 @@ class ArrearsWatch:
 
     async def step(self) -> dict[str, Arrears]:
         """One look at the chain: refresh running lines' snapshots, judge the ended ones."""
+        now_ms = self.now_ms()
+        held_since = now_ms - self.hold_ms  # ended after this: may still wait for a verdict
         rows = await self.db.query(
             "SELECT requester, requester_peer, amount_wei, shown_wei, anchors_before, "
             "debited_before, ended_ms FROM settle_vouchers WHERE ended_ms IS NULL "
-            "OR (ended_ms >= ? AND anchors_before IS NOT NULL "
+            "OR ended_ms > ? OR (ended_ms >= ? AND anchors_before IS NOT NULL "
             "AND CAST(shown_wei AS INTEGER) < CAST(amount_wei AS INTEGER))",
-            (self.now_ms() - WINDOW_MS,),
+            (held_since, now_ms - WINDOW_MS),
         )
+        live = [r for r in rows if r["ended_ms"] is None or r["ended_ms"] > held_since]
         if not rows and not self.found:
             return self.found
         who = sorted({r["requester"] for r in rows})
         anchors, debited = await self.chain.service.call(
             lambda c: (c.epoch_count(), {r: c.pool_of(r)["debited"] for r in who})
         )
-        for requester in {r["requester"] for r in rows if r["ended_ms"] is None}:
+        for requester in {r["requester"] for r in live}:
             await self.db.execute(  # a line ending meanwhile keeps its earlier snapshot
                 "UPDATE settle_vouchers SET anchors_before = ?, debited_before = ? "
-                "WHERE ended_ms IS NULL AND requester = ?",
-                (anchors, str(debited[requester]), requester),
+                "WHERE (ended_ms IS NULL OR ended_ms > ?) AND requester = ?",
+                (anchors, str(debited[requester]), held_since, requester),
             )
-        lines = [_line(r) for r in rows if r["ended_ms"] is not None]
+        lines = [_line(r) for r in rows if r["ended_ms"] is not None
+                 and r["ended_ms"] <= held_since and r["anchors_before"] is not None]  # fmt: skip
         now = {r.lower(): d for r, d in debited.items()}
         found = in_arrears(lines, now, anchors, self.chain.settings.arrears_anchors)
         self._publish(found)

@@ -60,7 +60,11 @@ ANCHOR_KINDS = frozenset(
 
 
 class Payee:
-    def __init__(self, chain: ChainNode, db: Database, net: MarketNet) -> None:
+    def __init__(
+        self, chain: ChainNode, db: Database, net: MarketNet, verify_hold_ms: int = 0
+    ) -> None:
+        """``verify_hold_ms``: how long anchorers may hold an ended task back for its verdict
+        (``verify.verdict_timeout_ms``); the arrears watch waits it out."""
         self.chain, self.db, self.net = chain, db, net
         self.me = bytes.fromhex(chain.address[2:])
         self.leaves: FinalLeaves | None = None  # the latest that matched the contract's root
@@ -71,7 +75,7 @@ class Payee:
         self._unsendable: set[TaskRef] = set()  # rows without a spend, warned about once
         self._claiming = trio.Lock()
         self._roots_on_chain: set[bytes] = set()
-        self.arrears = ArrearsWatch(chain, db, net.now_ms)
+        self.arrears = ArrearsWatch(chain, db, net.now_ms, verify_hold_ms)
 
     # --- the market's hooks ---------------------------------------------------------------
 

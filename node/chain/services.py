@@ -55,7 +55,8 @@ async def worker_settlement(
     from node.chain.payee import Payee  # noqa: PLC0415
     from node.market.service import market_of  # noqa: PLC0415
 
-    ctx.chain.payee = Payee(ctx.chain, ctx.db, market_of(ctx).net)
+    hold_ms = ctx.settings.verify.verdict_timeout_ms  # sentries hold a task this long at most
+    ctx.chain.payee = Payee(ctx.chain, ctx.db, market_of(ctx).net, hold_ms)
     await ctx.chain.payee.run(task_status=task_status)
 
 
