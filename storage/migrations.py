@@ -426,7 +426,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         version=14,
-        description="worker: requesters in arrears (consensus/settlement/arrears.py)",
+        description="worker: requesters in arrears; requester: spends per deployment",
         sql="""
             ALTER TABLE settle_vouchers ADD COLUMN requester_peer TEXT NOT NULL DEFAULT '';
             -- the largest amount an anchor on chain showed for the line (its entries)
@@ -435,6 +435,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             -- ran; the last read before it ended stays (NULL: never read, never judged)
             ALTER TABLE settle_vouchers ADD COLUMN anchors_before INTEGER;
             ALTER TABLE settle_vouchers ADD COLUMN debited_before TEXT;
+            -- Requester: the deployment a line's spend counts for ("chain id:contract");
+            -- rows from before ('') count for every deployment, as they did
+            CREATE TABLE settle_spend_v14 (
+                job_id     BLOB NOT NULL,
+                idx        INTEGER NOT NULL,
+                attempt    INTEGER NOT NULL,
+                worker     TEXT NOT NULL,     -- chain address
+                amount_wei TEXT NOT NULL,
+                deployment TEXT NOT NULL DEFAULT '',
+                PRIMARY KEY (job_id, idx, attempt, worker, deployment)
+            ) WITHOUT ROWID;
+            INSERT INTO settle_spend_v14 (job_id, idx, attempt, worker, amount_wei)
+                SELECT job_id, idx, attempt, worker, amount_wei FROM settle_spend;
+            DROP TABLE settle_spend;
+            ALTER TABLE settle_spend_v14 RENAME TO settle_spend;
         """,
     ),
 )

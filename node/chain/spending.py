@@ -6,6 +6,8 @@ refuses more, so a lying or second anchorer cannot drain the pool beyond the vou
 signed. Each line's largest is written to ``settle_spend`` before the voucher that raises it
 leaves, so a restart (even after kill -9) adds them up again and never signs less. A cap that
 closes a line lower (``node/chain/caps.py``) does not lower it: the larger voucher was signed.
+Lines count per deployment (chain id and contract): a node moved to a new contract starts its
+spend from what it vouches there, rather than authorising the old contract's total again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ Line = tuple[bytes, int, int, str]  # job id, task, attempt, worker's chain addr
 class SpendBook:
     def __init__(self, chain: ChainNode, db: Database) -> None:
         self.chain, self.db = chain, db
+        self.deployment = f"{chain.domain.chain_id}:0x{chain.domain.contract.hex()}"
         self.lines: dict[Line, int] | None = None  # read from sqlite at the first signature
         self.total = 0
         self._loading = trio.Lock()
@@ -43,10 +46,11 @@ class SpendBook:
             before = lines.get(line, 0)
             if amount_wei > before:
                 await self.db.execute(
-                    "INSERT INTO settle_spend (job_id, idx, attempt, worker, amount_wei) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id, idx, attempt, worker) DO UPDATE "
+                    "INSERT INTO settle_spend (job_id, idx, attempt, worker, amount_wei, "
+                    "deployment) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(job_id, idx, attempt, worker, deployment) DO UPDATE "
                     "SET amount_wei = excluded.amount_wei",
-                    (*line, str(amount_wei)),
+                    (*line, str(amount_wei), self.deployment),
                 )
                 lines[line] = amount_wei
                 self.total += amount_wei - before
@@ -67,10 +71,12 @@ class SpendBook:
     async def _lines(self) -> dict[Line, int]:
         async with self._loading:
             if self.lines is None:
-                rows = await self.db.query("SELECT * FROM settle_spend")
-                self.lines = {
-                    (bytes(r["job_id"]), r["idx"], r["attempt"], r["worker"]): int(r["amount_wei"])
-                    for r in rows
-                }
+                rows = await self.db.query(
+                    "SELECT * FROM settle_spend WHERE deployment IN ('', ?)", (self.deployment,)
+                )
+                self.lines = {}
+                for r in rows:  # a line from before the upgrade may have a newer row too
+                    line = (bytes(r["job_id"]), r["idx"], r["attempt"], r["worker"])
+                    self.lines[line] = max(self.lines.get(line, 0), int(r["amount_wei"]))
                 self.total = sum(self.lines.values())
             return self.lines

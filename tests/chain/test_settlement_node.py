@@ -306,6 +306,13 @@ async def test_the_requesters_spend_only_grows_and_survives_a_restart(tmp_path: 
     async with await Database.open(tmp_path / "node.db") as db:  # kill -9, restart
         again = await SpendBook(chain, db).sign(REF, w1, 90)  # a cap lower: never less
     assert again.cumulative == 290 and spend_signer(chain.domain, again) == net.addr("requester")
+    moved = make_net(net.chain)  # the node now settles on another deployment (a new contract)
+    moved.keys["requester"] = net.keys["requester"]
+    elsewhere = node_of(moved, "requester", moved.client("requester"))
+    async with await Database.open(tmp_path / "node.db") as db:
+        fresh = await SpendBook(elsewhere, db).sign(REF, w1, 7)
+        assert fresh.cumulative == 7, "the old contract's lines are not authorised again here"
+        assert (await SpendBook(chain, db).current()).cumulative == 290, "nor lost there"
 
 
 async def test_excluded_tasks_are_held_until_the_hook_lets_them_through(tmp_path: Path) -> None:
