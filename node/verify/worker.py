@@ -154,7 +154,7 @@ class VerifyWorker:
             extra={"task": req.ref.text(), "segment": req.index, "sentry": peer},
         )
         hashes = [h for h, _ in segments[1 if att.first else 0 :]]
-        return to_wire(answer_from(att, hashes, read, req.index))
+        return to_wire(answer_from(att, hashes, read, req.index, with_end=req.with_end))
 
 
 def _kept(order: TaskOrder, points: list[Checkpoint]) -> list[tuple[bytes, bytes]] | None:
