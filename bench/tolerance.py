@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import torch
 import trio
 
 from consensus.market.messages import Workload
@@ -126,7 +127,7 @@ def forge(cheat: bytes, honest: bytes) -> bytes:
 
 
 def _cast_like(value: Any, like: Any) -> Any:
-    if isinstance(like, tc.torch.Tensor):
+    if isinstance(like, torch.Tensor):
         return value.to(like.dtype)
     if isinstance(like, dict):
         return {k: _cast_like(value[k], like[k]) for k in like}
@@ -138,11 +139,11 @@ def _cast_like(value: Any, like: Any) -> Any:
 def noisy(honest: bytes, relative: float, seed: int) -> bytes:
     """``honest`` with Gaussian noise of ``relative`` norm added to every float tensor."""
     state = tc.decode_state(honest)
-    generator = tc.torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
 
     def add(value: Any) -> Any:
-        if isinstance(value, tc.torch.Tensor) and value.is_floating_point() and value.numel():
-            noise = tc.torch.randn(value.shape, generator=generator, dtype=value.dtype)
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel():
+            noise = torch.randn(value.shape, generator=generator, dtype=value.dtype)
             scale = relative * value.norm() / max(float(noise.norm()), 1e-12)
             return value + noise * scale
         if isinstance(value, dict):
