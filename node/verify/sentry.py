@@ -210,10 +210,13 @@ class Sentry:
         self, att: Attestation, att_id: bytes, runtime: Any, game: g.Game, workname: str
     ) -> g.Decide | g.Escalate:
         work = self.scratch / workname
+        # the end files only where a distance is measured: across classes, by a runtime that
+        # has one (exec has none; its "checkpoint" is the state hash itself, not a file)
+        with_end = not game.same_class and hasattr(runtime, "distance")
         try:
             return await play(
                 game,
-                lambda i: self._ask(att, att_id, i, with_end=not game.same_class),
+                lambda i: self._ask(att, att_id, i, with_end=with_end),
                 lambda i, start, end: self._replay(att, runtime, work, i, start, end=end),
                 self.net.now_ms,
             )
