@@ -144,9 +144,9 @@ async def replay_segment(
     replay = getattr(runtime, "replay", None)
     if replay is None:
         return await _rerun_exec(runtime, spec, on_log, gpus), None
-    base = spec.workdir.parent / spec.workdir.name
-    resume = base.with_name(f"{base.name}.start.ckpt") if index > 0 else None
-    kept = base.with_name(f"{base.name}.end.ckpt")
+    name = spec.workdir.name  # the files go next to the work dir, out of the jail's reach
+    resume = spec.workdir.with_name(f"{name}.start.ckpt") if index > 0 else None
+    kept = spec.workdir.with_name(f"{name}.end.ckpt")
     measure = bool(end) and hasattr(runtime, "distance")
     if resume is not None:
         resume.write_bytes(start)
@@ -156,8 +156,8 @@ async def replay_segment(
         got: bytes = await replay(from_start, on_log, gpus, **keep)
         if not measure or got == blake3(end).digest():
             return got, None
-        workdir = base.with_name(f"{base.name}.distance")
-        return got, await runtime.distance(workdir, kept, end, on_log)  # type: ignore[attr-defined]
+        apart = spec.workdir.with_name(f"{name}.distance")  # a fresh jail, not the job's dir
+        return got, await runtime.distance(apart, kept, end, on_log)  # type: ignore[attr-defined]
     except BadSegment:
         return NO_STATE, None
     finally:
