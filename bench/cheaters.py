@@ -19,6 +19,12 @@ mostly ``import torch``, is printed apart; it is fixed per replay and vanishes n
 segments of minutes). The redundancy baseline re-runs the whole honest task in the same run.
 Job lengths of 256..1024 segments are modelled from the measured per-segment costs and the
 sample size the config ships with.
+
+``--cross-class``: the sentry replays train tasks in another determinism class (torch's
+kernels pinned to ``ATEN_CPU_CAPABILITY=default``, as on a CPU without AVX-512: not bitwise),
+asks for the end files and passes a segment whose distance is within ``verify.tolerance_ppm``;
+a miss is counted as caught (it escalates to a same-class sentry; an honest one that escalates
+is counted apart, it is a cost, not a false positive).
 """
 
 from __future__ import annotations
@@ -66,6 +72,14 @@ class Task:
     workload: Workload
     inputs: tuple[Path, ...]
     steps_per_segment: int = 0
+    sentry: Any = None  # the sentry's runtime when it differs from the worker's (--cross-class)
+
+
+class OtherClass(TrainRuntime):
+    """The train runtime with torch's kernels pinned to another instruction set."""
+
+    def child_env(self, spec: RunSpec) -> dict[str, str]:
+        return {**super().child_env(spec), "ATEN_CPU_CAPABILITY": "default"}
 
 
 @dataclass
@@ -78,6 +92,7 @@ class Variant:
     faked: int
     refuses: bool = False
     caught: int = 0
+    escalated: int = 0  # of the caught: cross-class misses (a same-class sentry decides)
     trials: int = 0
     replays: int = 0
 
@@ -86,9 +101,10 @@ class Variant:
 class Lab:
     root: Path
     limiter: trio.CapacityLimiter
-    cache: dict[tuple[str, int, bytes], tuple[bytes, float]] = field(default_factory=dict)
-    busy: dict[tuple[str, int, bytes], trio.Event] = field(default_factory=dict)
+    cache: dict[tuple[str, int, bytes, bytes], Replayed] = field(default_factory=dict)
+    busy: dict[tuple[str, int, bytes, bytes], trio.Event] = field(default_factory=dict)
     starts: list[float] = field(default_factory=list)  # replay wall minus segment compute
+    distances: dict[str, list[int | None]] = field(default_factory=dict)  # per variant kind
     made: int = 0
 
     def workdir(self, task: Task) -> Path:
@@ -126,9 +142,10 @@ class Lab:
             raise RuntimeError(f"{task.name} run failed: {result.error}: {logs[-5:]}")
         return files, compute_seconds(task, logs, wall, len(files))
 
-    async def replay(self, task: Task, index: int, start: bytes) -> tuple[bytes, float]:
-        """(state hash, compute seconds) of a real replay; each distinct one runs once."""
-        key = (task.name, index, blake3(start).digest())
+    async def replay(self, task: Task, index: int, start: bytes, end: bytes) -> Replayed:
+        """(state hash, compute seconds, distance to ``end``) of a real replay by the sentry's
+        runtime; each distinct one runs once."""
+        key = (task.name, index, blake3(start).digest(), blake3(end).digest())
         while key in self.busy:
             await self.busy[key].wait()
         if key in self.cache:
@@ -139,14 +156,23 @@ class Lab:
             spec = RunSpec(task.name, task.workload, self.workdir(task))
             async with self.limiter:
                 started = time.perf_counter()
-                state = await replay_segment(task.runtime, spec, index, start, logs.append)
+                state, distance = await replay_segment(
+                    task.sentry or task.runtime, spec, index, start, logs.append, end=end
+                )
                 wall = time.perf_counter() - started
             seconds = compute_seconds(task, logs, wall, 1)[0] if state != bytes(32) else 0.0
             self.starts.append(wall - seconds)
-            self.cache[key] = (state, seconds)
+            self.cache[key] = Replayed(state, seconds, distance)
             return self.cache[key]
         finally:
             self.busy.pop(key).set()
+
+
+@dataclass(frozen=True)
+class Replayed:
+    state: bytes
+    seconds: float
+    distance: int | None
 
 
 def compute_seconds(task: Task, logs: list[str], wall: float, count: int) -> list[float]:
@@ -182,27 +208,34 @@ async def judge(lab: Lab, variant: Variant, trial: int, size: int, deadline_ms: 
     att_id = attestation_id(att)
     seed = blake3(b"bench-seed" + att_id).digest()
     now = lambda: int(trio.current_time() * 1000)  # noqa: E731
-    game = g.Game(att, att_id, sample(seed, att.segments, size), now() + deadline_ms, True, 0)
+    same = variant.task.sentry is None
+    tolerance = VerifySettings().tolerance_ppm
+    sampled = sample(seed, att.segments, size)
+    game = g.Game(att, att_id, sampled, now() + deadline_ms, same, tolerance)
     hashes = [state_hash(variant.task, f) for f in variant.files]
     spent = [0.0]
 
     async def ask(index: int) -> ChallengeResponse | None:
         if variant.refuses:
             await trio.sleep_forever()
-        return answer_from(att, hashes, lambda i: variant.files[i], index)
+        return answer_from(att, hashes, lambda i: variant.files[i], index, with_end=not same)
 
-    async def replay(index: int, start: bytes) -> bytes:
-        state, seconds = await lab.replay(variant.task, index, start)
-        spent[0] += seconds
+    async def replay(index: int, start: bytes, end: bytes) -> tuple[bytes, int | None]:
+        got = await lab.replay(variant.task, index, start, end)
+        spent[0] += got.seconds
         variant.replays += 1
-        return state
+        lab.distances.setdefault(variant.kind, []).append(got.distance)
+        return got.state, got.distance
 
     decision = await play(game, ask, replay, now)
     variant.trials += 1
     honest = variant.kind.startswith("honest")
     if honest and not (isinstance(decision, g.Decide) and decision.passed):
-        print(f"  FALSE POSITIVE {variant.kind} trial {trial}: {decision.reason}")
-    variant.caught += isinstance(decision, g.Decide) and not decision.passed
+        what = "ESCALATED" if isinstance(decision, g.Escalate) else "FALSE POSITIVE"
+        print(f"  {what} {variant.kind} trial {trial}: {decision.reason}")
+    escalated = isinstance(decision, g.Escalate)
+    variant.caught += escalated or (isinstance(decision, g.Decide) and not decision.passed)
+    variant.escalated += escalated
     return spent[0]
 
 
@@ -300,6 +333,7 @@ def tasks(args: argparse.Namespace, box: Sandbox) -> dict[str, Task]:
             ),
             (EXAMPLES / "train-tiny" / "train.py",),
             k,
+            OtherClass(box) if args.cross_class else None,
         )
     }
     found["exec"] = Task(
@@ -377,7 +411,15 @@ def report(
     lab: Lab,
     bench: tuple[int, int, int],
 ) -> None:
-    print(f"\nsentry: sample_size {size} + the final segment, same determinism class (bitwise)")
+    if args.cross_class:
+        tolerance = VerifySettings().tolerance_ppm
+        print(
+            f"\nsentry: sample_size {size} + the final segment; train replayed in another "
+            f"class (ATEN_CPU_CAPABILITY=default), distance tolerance {tolerance} ppm"
+        )
+        show_distances(lab)
+    else:
+        print(f"\nsentry: sample_size {size} + the final segment, same class (bitwise)")
     print(
         f"{'cheat':<22} {'runtime':<7} {'faked':>9} {'trials':>6} {'caught':>6} {'rate':>7} "
         f"{'P(rule)':>8} {'replays':>7}"
@@ -399,10 +441,22 @@ def report(
         f"{100 * caught_b / trials_b:>6.1f}%"
     )
     rates.append(100 * caught_b / trials_b)
-    false_positives = sum(v.caught for v in honest.values()) + honest_b
+    escalated = sum(v.escalated for v in [*cheats, *honest.values()])
+    print(f"cross-class misses escalated (counted as caught for cheats): {escalated}")
+    false_positives = sum(v.caught - v.escalated for v in honest.values()) + honest_b
     honest_trials = sum(v.trials for v in honest.values()) + trials_b
     print(f"honest workers failed: {false_positives} of {honest_trials} verdicts")
     overhead(args, size, job, redo, spent, lab, rates, false_positives)
+
+
+def show_distances(lab: Lab) -> None:
+    """The cross-class distances the sentry measured, per worker (None: hashes equal, or none
+    measurable)."""
+    for kind, values in sorted(lab.distances.items()):
+        known = sorted(v for v in values if v is not None)
+        if known:
+            print(f"  distances {kind:<22} min {known[0]:>7} ppm, max {known[-1]:>7} ppm "
+                  f"over {len(known)} replays")  # fmt: skip
 
 
 def overhead(
@@ -467,6 +521,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=2, help="runtime processes at once")
     parser.add_argument("--model-segments", type=int, default=512, choices=(256, 512, 1024))
     parser.add_argument("--sandbox", default="bwrap", choices=("bwrap", "limits"))
+    parser.add_argument(
+        "--cross-class", action="store_true", help="sentry replays train in another class"
+    )
     return parser.parse_args()
 
 

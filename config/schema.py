@@ -246,8 +246,9 @@ class VerifySettings:
     )
     tolerance_ppm: int = setting(
         1000,
-        "cross-class replay distance (ppm) under which a segment passes; over it escalates",
-        int_range(0, 1_000_000),
+        "cross-class replay distance (ppm) at or under which a segment passes; over it "
+        "escalates (1000000 is an unmeasurable distance, so at most 999999)",
+        int_range(0, 999_999),
     )
     verdict_timeout_ms: int = setting(
         120_000,

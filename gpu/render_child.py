@@ -9,11 +9,16 @@ limits off, a fixed thread count (``params.threads``). Segment ``i`` is tile ``i
 frame ``first + i // tiles`` (``params.tiles = "2x2"``); its checkpoint is the tile's raw
 float32 RGBA pixels with frame, tile and size, in a fixed layout. Tiles also land as OpenEXR
 files in ``out/`` (``frame-0001-tile-0.exr``).
+
+With ``"mode": "distance"`` it renders nothing: it prints ``distance_ppm <n>``, the mean
+absolute pixel difference between a replayed tile and the worker's, relative to the mean
+absolute value of the worker's (:func:`distance_ppm`), measured here, in the sandbox.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import runpy
 import sys
@@ -26,6 +31,8 @@ import msgpack
 import numpy as np
 
 FORMAT = "idlegrid.render/1"
+FAR = 1_000_000  # ppm: "infinite", tiles that do not load or do not compare
+EPS = 1e-6  # the mean brightness under which a claimed tile counts as black
 
 
 def load_scene(entry: str) -> Any:
@@ -84,7 +91,28 @@ def render_tile(scene: Any, frame: int, tile: int, grid: tuple[int, int], path: 
     return packed
 
 
+def distance_ppm(replayed: bytes, claimed: bytes) -> int:
+    """``mean|r - c| / max(mean|c|, EPS)`` over the tiles' pixels, in parts per million (at
+    most :data:`FAR`); :data:`FAR` when a tile does not load or frame, tile, size differ."""
+    try:
+        a, b = msgpack.unpackb(replayed, raw=False), msgpack.unpackb(claimed, raw=False)
+        if a[0] != FORMAT or len(a) != 7 or len(b) != 7 or a[:6] != b[:6]:
+            return FAR
+        x = np.frombuffer(a[6], dtype="<f4").astype(np.float64)
+        y = np.frombuffer(b[6], dtype="<f4").astype(np.float64)
+        if x.size != y.size or x.size != a[3] * a[4] * a[5]:
+            return FAR
+        ppm = float(np.mean(np.abs(x - y))) / max(float(np.mean(np.abs(y))), EPS) * 1e6
+    except Exception:  # any bad file is "incomparable", not a crash
+        return FAR
+    return min(FAR, math.ceil(ppm)) if math.isfinite(ppm) else FAR
+
+
 def main(args: dict[str, Any]) -> int:
+    if args.get("mode") == "distance":
+        ppm = distance_ppm(Path(args["replayed"]).read_bytes(), Path(args["claimed"]).read_bytes())
+        print(f"distance_ppm {ppm}")
+        return 0
     scene = load_scene(args["entry"])
     params = args["params"]
     fix_settings(scene, args["seed"], params)

@@ -5,13 +5,17 @@ sandbox, writes each segment's canonical state to ``.idlegrid/seg-<i>.ckpt`` in 
 directory and reports it on a private pipe. This side moves each checkpoint out of the jail
 before hashing it (BLAKE3), so the workload cannot rewrite history, chains the hash to the
 previous one, and hands it to the market. :meth:`SegmentedRuntime.replay` re-runs one segment
-from a checkpoint and returns the resulting hash: what a verifier calls.
+from a checkpoint and returns the resulting hash (keeping the state file where asked): what a
+verifier calls. :meth:`SegmentedRuntime.distance` runs the child in the sandbox once more, in
+its ``distance`` mode, to measure how far a replayed state is from the worker's claimed one (a
+verifier in another determinism class compares that to a tolerance, not hashes).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -37,6 +41,8 @@ from gpu.sandbox import Sandbox
 
 CONTROL_DIR = ".idlegrid"  # in the task dir: where the child writes checkpoints
 MAX_CONTROL_LINE = 4096
+FAR = 1_000_000  # ppm: a distance that could not be measured (as the children's FAR)
+_DISTANCE = re.compile(r"distance_ppm (\d{1,7})")
 
 
 class BadSegment(Exception):
@@ -72,8 +78,11 @@ class SegmentedRuntime:
     ) -> RunResult:
         return await self._run(spec, on_segment, on_log, gpus, None)
 
-    async def replay(self, spec: RunSpec, on_log: OnLog, gpus: tuple[int, ...] = ()) -> bytes:
-        """The state hash after segment ``spec.resume_index + 1``, run from ``spec.resume``.
+    async def replay(
+        self, spec: RunSpec, on_log: OnLog, gpus: tuple[int, ...] = (), keep_as: Path | None = None
+    ) -> bytes:
+        """The state hash after segment ``spec.resume_index + 1``, run from ``spec.resume``;
+        its state file is copied to ``keep_as`` when given (to measure a distance against).
 
         Raises:
             BadSegment: the replay failed (the log says why).
@@ -82,11 +91,40 @@ class SegmentedRuntime:
 
         async def keep(done: SegmentDone) -> None:
             got.append(done)
+            if keep_as is not None:  # the private copy goes when the run ends
+                await trio.to_thread.run_sync(shutil.copyfile, done.checkpoint, keep_as)
 
         result = await self._run(spec, keep, on_log, gpus, spec.resume_index + 1)
         if not result.ok or len(got) != 1:
             raise BadSegment(f"replay of segment {spec.resume_index + 1} failed: {result.error}")
         return got[0].hash
+
+    async def distance(self, workdir: Path, replayed: Path, claimed: bytes, on_log: OnLog) -> int:
+        """How far the state in ``replayed`` is from the worker's ``claimed`` file, in parts
+        per million (the child's ``distance`` mode, in the sandbox, in a fresh ``workdir``):
+        :data:`FAR` when either does not load, they do not compare, or the child fails."""
+        shutil.rmtree(workdir, ignore_errors=True)
+        (workdir / CONTROL_DIR).mkdir(parents=True)
+        shutil.copyfile(replayed, workdir / CONTROL_DIR / "replayed.ckpt")
+        (workdir / CONTROL_DIR / "claimed.ckpt").write_bytes(claimed)
+        args = {"mode": "distance", "replayed": f"{CONTROL_DIR}/replayed.ckpt",
+                "claimed": f"{CONTROL_DIR}/claimed.ckpt"}  # fmt: skip
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+               "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+        jail = self.sandbox.prepare([self.python, "-I", str(self.child), json.dumps(args)],
+                                    workdir, env)  # fmt: skip
+        lines: list[str] = []
+
+        def log(line: str) -> None:
+            lines.append(line)
+            on_log(line)
+
+        try:
+            code = await run_logged(jail.argv, jail.cwd, jail.env, log, **jail.popen)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        found = [m for line in lines if (m := _DISTANCE.fullmatch(line.strip()))]
+        return min(FAR, int(found[-1].group(1))) if code == 0 and found else FAR
 
     async def _run(self, spec: RunSpec, on_segment: OnSegment, on_log: OnLog,
                    gpus: tuple[int, ...], stop_after: int | None) -> RunResult:  # fmt: skip

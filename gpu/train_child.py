@@ -14,12 +14,17 @@ deterministic algorithms, thread count, precision, batch order (a permutation pe
 the job's seed) and the segment boundaries. After each segment it writes the canonical state
 (:func:`encode_state`) to ``<ckpt_dir>/seg-<i>.ckpt`` and reports it on the control pipe; the
 parent moves the file out of the jail and hashes it, so the workload cannot rewrite history.
+
+With ``"mode": "distance"`` it loads no job: it measures how far a replayed state is from the
+worker's claimed one (:func:`distance_ppm`) and prints ``distance_ppm <n>``. Checkpoints are
+untrusted bytes, so this runs here, in the sandbox, never in the daemon.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import random
 import sys
@@ -39,6 +44,8 @@ import torch  # noqa: E402 - after the filter above
 FORMAT = "idlegrid.train/1"
 FINAL = "model.ckpt"
 TENSOR = 1  # msgpack extension code of a tensor: [dtype, shape, little-endian bytes]
+FAR = 1_000_000  # ppm: "infinite", states that do not load or do not compare
+EPS = 1e-6  # the norm under which a claimed tensor counts as zero (relative distance's floor)
 PRECISIONS = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16,
               "fp16": torch.float16}  # fmt: skip
 
@@ -129,6 +136,72 @@ def _restore(state: dict[str, Any], model: Any, optimizer: Any, cursor: Cursor) 
     return step
 
 
+# --- distance between two states -----------------------------------------------------------
+
+
+class Incomparable(Exception):
+    """The two states differ in structure: keys, lengths, shapes, dtypes or plain values."""
+
+
+def _tensor_pairs(a: Any, b: Any, path: str) -> Any:
+    """(path, replayed tensor, claimed tensor) for every tensor, the structures walked together.
+
+    Raises:
+        Incomparable: anything but the tensors' values differs.
+    """
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise Incomparable(f"{path}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}")
+        yield path, a, b
+    elif isinstance(a, dict) and isinstance(b, dict):
+        if sorted(map(str, a)) != sorted(map(str, b)):
+            raise Incomparable(f"{path}: other keys")
+        for key in a:
+            yield from _tensor_pairs(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            raise Incomparable(f"{path}: other lengths")
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            yield from _tensor_pairs(x, y, f"{path}[{i}]")
+    elif a != b or type(a) is not type(b):
+        raise Incomparable(f"{path}: {a!r} vs {b!r}")
+
+
+def distance_ppm(replayed: bytes, claimed: bytes) -> tuple[int, str]:
+    """The largest relative distance ``||r - c|| / max(||c||, EPS)`` over the tensors of the
+    weights and optimiser state, in parts per million (at most :data:`FAR`), and where.
+
+    Step, data cursor and every non-tensor value must be equal, shapes and dtypes too, else
+    :data:`FAR`. The RNG state is not compared (a GPU's generator state is not a CPU's).
+    """
+    try:
+        a, b = decode_state(replayed), decode_state(claimed)
+        if (a["step"], a["cursor"]) != (b["step"], b["cursor"]):
+            return FAR, f"step/cursor {a['step']}/{a['cursor']} vs {b['step']}/{b['cursor']}"
+        worst, where = 0.0, ""
+        pairs = _tensor_pairs([a["model"], a["optimizer"]], [b["model"], b["optimizer"]], "")
+        for path, x, y in pairs:
+            x64, y64 = x.to(torch.float64), y.to(torch.float64)
+            rel = float(torch.linalg.vector_norm(x64 - y64)) / max(
+                float(torch.linalg.vector_norm(y64)), EPS
+            )
+            if not math.isfinite(rel):
+                return FAR, f"{path}: not finite"
+            if rel > worst:
+                worst, where = rel, path
+    except Exception as exc:  # any bad file is "incomparable", not a crash
+        return FAR, f"{type(exc).__name__}: {str(exc)[:200]}"
+    return min(FAR, math.ceil(worst * 1e6)), where
+
+
+def report_distance(args: dict[str, Any]) -> int:
+    ppm, where = distance_ppm(Path(args["replayed"]).read_bytes(),
+                              Path(args["claimed"]).read_bytes())  # fmt: skip
+    print(f"largest at {where or '-'}")
+    print(f"distance_ppm {ppm}")
+    return 0
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -197,6 +270,8 @@ def prepare(args: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def main(args: dict[str, Any]) -> int:
+    if args.get("mode") == "distance":
+        return report_distance(args)
     job, ctx, data, model, optimizer, cursor, step = prepare(args)
     segments = args["segments"]
     last = segments - 1 if args.get("stop_after") is None else args["stop_after"]

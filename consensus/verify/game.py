@@ -25,7 +25,12 @@ class-independent grounds or a same-class replay ever back a slash.
 
 Checks on an answer for segment ``i``: both leaves under the attested root at their index,
 ``chained_i == H(chained_{i-1} || hash_i)`` (one history, in order), the checkpoint file hashes to
-``hash_{i-1}``, and for the final segment ``hash_i`` equals the attested result hash.
+``hash_{i-1}``, the end file (sent when a cross-class sentry asks for it) hashes to ``hash_i``,
+and for the final segment ``hash_i`` equals the attested result hash.
+
+A cross-class sentry asks for segment ``i``'s end file too: its runtime measures the distance
+between its replay's state and that file (:class:`Replayed`'s ``distance_ppm``). A worker that
+predates the field sends none; the replay then has no distance, a miss, as before.
 
 A resumed attestation covers segments ``first..N-1`` only. Its segment ``first`` starts from the
 resume checkpoint named in the attestation itself (``start``): the answer's starting leaf must
@@ -88,11 +93,14 @@ class Challenge:
 
 @dataclass(frozen=True)
 class Replay:
-    """Re-run segment ``index`` from ``checkpoint`` (empty: from the task's inputs)."""
+    """Re-run segment ``index`` from ``checkpoint`` (empty: from the task's inputs); ``end``
+    is the worker's checkpoint file of ``index`` (hashing to ``expected``) to measure a
+    cross-class replay's distance against, or empty (same class, or not sent)."""
 
     index: int
     checkpoint: bytes
     expected: bytes
+    end: bytes = b""
 
 
 Grounds = Literal["replays", "answer", "silence", "replay"]
@@ -197,7 +205,8 @@ class Game:
         self.pending.discard(index)
         self.replaying[index] = answer
         self._move("answered", "challenging")
-        return [Replay(index, answer.checkpoint, answer.after.hash)]
+        end = b"" if self.same_class else answer.end_checkpoint
+        return [Replay(index, answer.checkpoint, answer.after.hash, end)]
 
     def _replayed(self, event: Replayed) -> list[Effect]:
         answer = self.replaying.pop(event.index, None)
@@ -259,8 +268,17 @@ def check_answer(att: Attestation, answer: ChallengeResponse) -> str:
         return problem
     if tree.chain(previous, after.hash) != after.chained:
         return "checkpoints out of order (the chain breaks)"
-    if index == att.segments - 1 and after.hash != att.result_hash:
+    return _end_problem(att, answer)
+
+
+def _end_problem(att: Attestation, answer: ChallengeResponse) -> str:
+    """Why the segment's end state is refused: not the attested result, or a file sent for
+    it that is not that state."""
+    after = answer.after
+    if answer.index == att.segments - 1 and after.hash != att.result_hash:
         return "the final state is not the attested result"
+    if answer.end_checkpoint and blake3(answer.end_checkpoint).digest() != after.hash:
+        return "the end checkpoint file does not match its attested hash"
     return ""
 
 
@@ -282,8 +300,12 @@ def _start_of(att: Attestation, answer: ChallengeResponse) -> tuple[bytes, str]:
 
 
 def _record(answer: ChallengeResponse, replayed: bytes = b"") -> bytes:
-    """What anyone needs to re-check a failure: the answer (minus the bulky file, named by its
-    hash) and what the replay gave."""
+    """What anyone needs to re-check a failure: the answer (minus the bulky files, named by
+    their hashes) and what the replay gave."""
     wire = to_wire(answer)
     wire["checkpoint"] = blake3(answer.checkpoint).digest()
+    if answer.end_checkpoint:
+        wire["end_checkpoint"] = blake3(answer.end_checkpoint).digest()
+    else:
+        del wire["end_checkpoint"]  # as before the field existed: the same record, same hash
     return encode({"answer": wire, "replayed": replayed})

@@ -272,11 +272,17 @@ def _check_miss(miss: Miss, tolerance_ppm: int, path: str) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ChallengeRequest:
-    """A sentry asks the worker for what it needs to replay segment ``index``."""
+    """A sentry asks the worker for what it needs to replay segment ``index``.
+
+    ``with_end``: also send segment ``index``'s own checkpoint file, which a sentry replaying
+    in another determinism class measures its replay's distance against (a same-class sentry
+    compares hashes and does not ask for it; a worker that predates the field ignores it).
+    """
 
     ref: TaskRef
     attestation: bytes = field(metadata=exact_size(HASH_LEN))
     index: int
+    with_end: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,7 +291,10 @@ class ChallengeResponse:
     inputs) and the leaves of ``index - 1`` and ``index`` with their Merkle proofs.
 
     For the first segment of a resumed attestation, ``before`` is the attestation's ``start``
-    (signed in it, so without a proof) and ``checkpoint`` the resume checkpoint's file."""
+    (signed in it, so without a proof) and ``checkpoint`` the resume checkpoint's file.
+
+    ``end_checkpoint``: segment ``index``'s own file (its BLAKE3 is ``after.hash``), only when
+    the request asked ``with_end``; empty otherwise, and from workers that predate it."""
 
     ref: TaskRef
     index: int
@@ -294,6 +303,7 @@ class ChallengeResponse:
     after: Leaf
     after_proof: list[bytes] = field(default_factory=list)
     checkpoint: bytes = b""  # the file whose BLAKE3 is before.hash
+    end_checkpoint: bytes = b""  # the file whose BLAKE3 is after.hash, when asked
 
 
 VERIFY_KINDS: tuple[type[Body], ...] = (

@@ -5,6 +5,10 @@ worker for segment ``i`` (over the network, or from a cheater's files in the ben
 replay a segment (the real runtime). Challenges are answered one at a time in a seed-shuffled
 order and the game stops at the first failure, so a cheat is usually caught after a few
 replays while an honest run is replayed on every sampled segment.
+
+A replay in another determinism class than the worker's is given the worker's end file of the
+segment: where the hashes differ, the runtime measures the distance between its state and that
+file in the sandbox (a runtime without a distance, ``exec``, gives none: a miss).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from gpu.runtime import RunSpec
 from gpu.segmented import BadSegment
 
 Ask = Callable[[int], Awaitable[ChallengeResponse | None]]  # None: refused or silent
-ReplayFn = Callable[[int, bytes], Awaitable[bytes]]  # (segment, start checkpoint) -> state hash
+# (segment, start checkpoint, the worker's end file or b"") -> (state hash, distance in ppm)
+ReplayFn = Callable[[int, bytes, bytes], Awaitable[tuple[bytes, int | None]]]
 Clock = Callable[[], int]
 
 NO_STATE = bytes(32)  # what a replay that cannot even start "produces": never a real hash
@@ -70,24 +75,32 @@ async def _judge(
         effects = game.handle(g.Answered(got[0]), got[1])
     for effect in list(effects):
         if isinstance(effect, g.Replay):
-            state = await replay(effect.index, effect.checkpoint)
-            effects += game.handle(g.Replayed(effect.index, state), now_ms())
+            state, distance = await replay(effect.index, effect.checkpoint, effect.end)
+            effects += game.handle(g.Replayed(effect.index, state, distance), now_ms())
     decided = [e for e in effects if isinstance(e, g.Decide | g.Escalate)]
     return decided[0] if decided else None
 
 
-def answer_from_files(att: Attestation, files: list[Path], index: int) -> ChallengeResponse:
+def answer_from_files(
+    att: Attestation, files: list[Path], index: int, *, with_end: bool = False
+) -> ChallengeResponse:
     """The worker's honest answer from its kept checkpoint files (one per segment)."""
     hashes = [blake3(f.read_bytes()).digest() for f in files]
-    return answer_from(att, hashes, lambda i: files[i].read_bytes(), index)
+    return answer_from(att, hashes, lambda i: files[i].read_bytes(), index, with_end=with_end)
 
 
 def answer_from(
-    att: Attestation, hashes: list[bytes], read: Callable[[int], bytes], index: int
+    att: Attestation,
+    hashes: list[bytes],
+    read: Callable[[int], bytes],
+    index: int,
+    *,
+    with_end: bool = False,
 ) -> ChallengeResponse:
     """The answer for segment ``index`` from the attested segments' state ``hashes``
     (``att.first`` onwards) and ``read``, which gives segment ``i``'s checkpoint file (for a
-    resumed attestation, ``att.first - 1`` is the resume checkpoint the worker fetched)."""
+    resumed attestation, ``att.first - 1`` is the resume checkpoint the worker fetched);
+    ``with_end``: with segment ``index``'s own file, for a cross-class sentry."""
     first, start = att.first, att.start
     leaves = tree.chain_leaves(hashes, tree.GENESIS if start is None else start.chained, first)
     levels = tree.levels(leaves, first)
@@ -106,6 +119,7 @@ def answer_from(
         after=leaves[index - first],
         after_proof=tree.proof(levels, index, first),
         checkpoint=read(index - 1) if index else b"",
+        end_checkpoint=read(index) if with_end else b"",
     )
 
 
@@ -117,30 +131,39 @@ async def replay_segment(
     on_log: Callable[[str], None],
     *,
     gpus: tuple[int, ...] = (),
-) -> bytes:
-    """Replays ``index`` with ``runtime`` (a SegmentedRuntime or ExecRuntime) in ``spec.workdir``.
+    end: bytes = b"",
+) -> tuple[bytes, int | None]:
+    """Replays ``index`` with ``runtime`` (a SegmentedRuntime or ExecRuntime) in ``spec.workdir``:
+    the state hash, and its distance to ``end`` (the worker's end file) when one was given, the
+    hashes differ and the runtime measures distances (else None).
 
     A segment runtime resumes from ``start`` (written next to the work dir); an exec task is one
     segment, re-run whole. A replay that fails (a checkpoint that does not load) yields
-    :data:`NO_STATE`, which matches no attested hash.
+    :data:`NO_STATE`, which matches no attested hash, and no distance.
     """
     replay = getattr(runtime, "replay", None)
     if replay is None:
-        return await _rerun_exec(runtime, spec, on_log, gpus)
-    resume = None
-    if index > 0:
-        resume = spec.workdir.parent / f"{spec.workdir.name}.start.ckpt"
+        return await _rerun_exec(runtime, spec, on_log, gpus), None
+    name = spec.workdir.name  # the files go next to the work dir, out of the jail's reach
+    resume = spec.workdir.with_name(f"{name}.start.ckpt") if index > 0 else None
+    kept = spec.workdir.with_name(f"{name}.end.ckpt")
+    measure = bool(end) and hasattr(runtime, "distance")
+    if resume is not None:
         resume.write_bytes(start)
-    got: bytes = NO_STATE
     from_start = RunSpec(spec.task, spec.workload, spec.workdir, resume, index - 1)
+    keep = {"keep_as": kept} if measure else {}  # runtimes without distances need no file
     try:
-        got = await replay(from_start, on_log, gpus)
+        got: bytes = await replay(from_start, on_log, gpus, **keep)
+        if not measure or got == blake3(end).digest():
+            return got, None
+        apart = spec.workdir.with_name(f"{name}.distance")  # a fresh jail, not the job's dir
+        return got, await runtime.distance(apart, kept, end, on_log)  # type: ignore[attr-defined]
     except BadSegment:
-        pass  # NO_STATE
+        return NO_STATE, None
     finally:
-        if resume is not None:
-            resume.unlink(missing_ok=True)
-    return got
+        for path in (resume, kept):
+            if path is not None:
+                path.unlink(missing_ok=True)
 
 
 async def _rerun_exec(

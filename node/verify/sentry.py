@@ -210,11 +210,14 @@ class Sentry:
         self, att: Attestation, att_id: bytes, runtime: Any, game: g.Game, workname: str
     ) -> g.Decide | g.Escalate:
         work = self.scratch / workname
+        # the end files only where a distance is measured: across classes, by a runtime that
+        # has one (exec has none; its "checkpoint" is the state hash itself, not a file)
+        with_end = not game.same_class and hasattr(runtime, "distance")
         try:
             return await play(
                 game,
-                lambda i: self._ask(att, att_id, i),
-                lambda i, start: self._replay(att, runtime, work, i, start),
+                lambda i: self._ask(att, att_id, i, with_end=with_end),
+                lambda i, start, end: self._replay(att, runtime, work, i, start, end=end),
                 self.net.now_ms,
             )
         finally:
@@ -274,8 +277,12 @@ class Sentry:
             self.changed = trio.Event()
         return live.seed()
 
-    async def _ask(self, att: Attestation, att_id: bytes, index: int) -> ChallengeResponse | None:
-        request = ChallengeRequest(ref=att.ref, attestation=att_id, index=index)
+    async def _ask(
+        self, att: Attestation, att_id: bytes, index: int, *, with_end: bool
+    ) -> ChallengeResponse | None:
+        """The worker's answer for ``index`` (with its end file for a cross-class replay to
+        measure against), or None: refused, silent or malformed."""
+        request = ChallengeRequest(ref=att.ref, attestation=att_id, index=index, with_end=with_end)
         try:
             reply = await self.net.request(
                 att.worker,
@@ -291,8 +298,8 @@ class Sentry:
             return None
 
     async def _replay(
-        self, att: Attestation, runtime: Any, work: Path, index: int, start: bytes
-    ) -> bytes:
+        self, att: Attestation, runtime: Any, work: Path, index: int, start: bytes, *, end: bytes
+    ) -> tuple[bytes, int | None]:
         assert att.workload is not None
         workdir = work / f"seg-{index}"
         shutil.rmtree(workdir, ignore_errors=True)
@@ -302,11 +309,12 @@ class Sentry:
                 archive = await self.share.fetch(att.inputs, lambda _peer: list(att.listen))
             except FetchFailed as exc:
                 log.info("inputs not fetched", extra={"task": att.ref.text(), "error": str(exc)})
-                return NO_STATE
+                return NO_STATE, None
             unpack(archive, workdir)
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         gpus = self.devices.gpus(att.det_class)
-        return await replay_segment(runtime, spec, index, start, lambda _line: None, gpus=gpus)
+        return await replay_segment(runtime, spec, index, start, lambda _line: None, gpus=gpus,
+                                    end=end)  # fmt: skip
 
     def _slash_fields(self, att: Attestation, att_id: bytes, decision: g.Decide) -> dict[str, Any]:
         if decision.passed or self.slash_signer is None:

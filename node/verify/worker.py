@@ -154,7 +154,10 @@ class VerifyWorker:
             extra={"task": req.ref.text(), "segment": req.index, "sentry": peer},
         )
         hashes = [h for h, _ in segments[1 if att.first else 0 :]]
-        return to_wire(answer_from(att, hashes, read, req.index))
+        # An exec task's kept "checkpoint" is its state hash, not a file that hashes to it:
+        # no end file (no runtime measures an exec distance), or the sentry would refuse it.
+        with_end = req.with_end and att.runtime != "exec"
+        return to_wire(answer_from(att, hashes, read, req.index, with_end=with_end))
 
 
 def _kept(order: TaskOrder, points: list[Checkpoint]) -> list[tuple[bytes, bytes]] | None:

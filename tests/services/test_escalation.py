@@ -7,6 +7,10 @@ the worker's, as another device's would) and escalates; a sentry of the worker's
 was not assigned answers bitwise: an honest run is verified, a faked segment is rejected and
 its fail (only the same-class one) is offered for slashing. With no same-class sentry the
 attempt is accepted after the verdict timeout, saying why, and nobody's reputation moves.
+
+A sentry whose runtime measures distances (a stand-in: its rounding is a fixed number of ppm
+off the worker's state) asks for the segments' end files, passes an honest run within the
+tolerance without escalating, and still escalates a faked segment.
 """
 
 from __future__ import annotations
@@ -72,10 +76,38 @@ class Runtime:
     def __init__(self, device: bytes = b"") -> None:
         self.device, self.replays = device, 0
 
+    def state(self, spec: RunSpec) -> bytes:
+        start = b"genesis" if spec.resume is None else spec.resume.read_bytes()
+        return step(start, spec.resume_index + 1) + self.device
+
     async def replay(self, spec: RunSpec, on_log: Any, gpus: tuple[int, ...] = ()) -> bytes:
         self.replays += 1
-        start = b"genesis" if spec.resume is None else spec.resume.read_bytes()
-        return blake3(step(start, spec.resume_index + 1) + self.device).digest()
+        return blake3(self.state(spec)).digest()
+
+
+ROUNDING_PPM = 40  # the measuring stand-in's distance from the worker's honest state
+FAR = 1_000_000
+
+
+class Measuring(Runtime):
+    """A runtime that measures distances: its own rounding (``device``) of the worker's state
+    is :data:`ROUNDING_PPM` off it; any other state (another computation) is :data:`FAR`."""
+
+    def __init__(self, device: bytes = b"") -> None:
+        super().__init__(device)
+        self.measured: list[int] = []
+
+    async def replay(
+        self, spec: RunSpec, on_log: Any, gpus: tuple[int, ...] = (), keep_as: Path | None = None
+    ) -> bytes:
+        if keep_as is not None:
+            keep_as.write_bytes(self.state(spec))
+        return await super().replay(spec, on_log, gpus)
+
+    async def distance(self, workdir: Path, replayed: Path, claimed: bytes, on_log: Any) -> int:
+        ppm = ROUNDING_PPM if replayed.read_bytes() == claimed + self.device else FAR
+        self.measured.append(ppm)
+        return ppm
 
 
 @dataclass
@@ -110,7 +142,8 @@ class Worker:
 
     async def answer(self, peer: str, payload: Any) -> Any:
         req = from_wire(ChallengeRequest, payload["request"], "request")
-        reply = answer_from(self.attestation(), self.hashes, self.files.__getitem__, req.index)
+        reply = answer_from(self.attestation(), self.hashes, self.files.__getitem__, req.index,
+                            with_end=req.with_end)  # fmt: skip
         return to_wire(reply)
 
 
@@ -125,11 +158,15 @@ class Net:
 
 @asynccontextmanager
 async def network(
-    tmp_path: Path, classes: list[str], fake: int | None = None, repeat_ms: int = EVERY_MS
+    tmp_path: Path,
+    classes: list[str],
+    fake: int | None = None,
+    repeat_ms: int = EVERY_MS,
+    runtime: type[Runtime] = Runtime,
 ) -> AsyncIterator[Net]:
-    """The worker, the requester and one sentry per entry of ``classes``; the first is the
-    one assigned to the task (sentries_per_task = 1). Escalations are said again every
-    ``repeat_ms``."""
+    """The worker, the requester and one sentry per entry of ``classes``, each with a
+    ``runtime``; the first is the one assigned to the task (sentries_per_task = 1).
+    Escalations are said again every ``repeat_ms``."""
     hub = Hub()
     worker = Worker.make(hub, fake)
     nets = [MemNet(hub, nacl.signing.SigningKey.generate()) for _ in classes]
@@ -143,13 +180,13 @@ async def network(
         await nursery.start(requester.run)
         sentries, runtimes = {}, {}
         for net, db, label in zip(nets, dbs[1:], classes, strict=True):
-            runtime = Runtime(b"" if label == WORKER_CLASS else label.encode())
-            sentry = Sentry(net, VerifyStore(db), None, SETTINGS, {"train": runtime},  # type: ignore[arg-type]
+            replays = runtime(b"" if label == WORKER_CLASS else label.encode())
+            sentry = Sentry(net, VerifyStore(db), None, SETTINGS, {"train": replays},  # type: ignore[arg-type]
                             lambda: ids, ReplayDevices({label: ()}, label),
                             tmp_path / f"scratch-{label}")  # fmt: skip
             sentry.desk.every_ms = repeat_ms
             await nursery.start(sentry.run)
-            sentries[label], runtimes[label] = sentry, runtime
+            sentries[label], runtimes[label] = sentry, replays
         try:
             yield Net(hub, worker, requester, sentries, runtimes)
         finally:
@@ -259,3 +296,32 @@ async def test_an_escalation_is_said_again_until_a_verdict_answers_it(
         )
         assert trio.current_time() - started <= EVERY_MS / 1000 + 5, "the next repeat did it"
         assert net.sentries[OTHER_CLASS].desk.ours == {}, "answered: no more repeats"
+
+
+async def test_a_cross_class_replay_within_tolerance_passes_without_escalating(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    async with network(tmp_path, [OTHER_CLASS], runtime=Measuring) as net:
+        await net.worker.net.publish(ATTESTS, net.worker.attestation())
+        outcome = await net.requester.outcome(REF, TIMEOUT_MS)
+        assert outcome == ("verified", "verified by 1 sentries")
+        [verdict] = await net.requester.store.verdicts(REF)
+        assert verdict["sentry"] == net.sentries[OTHER_CLASS].net.peer_id and verdict["passed"]
+        assert await net.requester.store.escalations(REF) == []
+        measuring = net.runtimes[OTHER_CLASS]
+        assert isinstance(measuring, Measuring)
+        assert measuring.measured == [ROUNDING_PPM] * SEGMENTS < [SETTINGS.tolerance_ppm] * 4
+
+
+async def test_a_faked_segment_is_still_a_cross_class_miss_and_escalates_alone(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    async with network(tmp_path, [OTHER_CLASS, WORKER_CLASS], fake=2, runtime=Measuring) as net:
+        await net.worker.net.publish(ATTESTS, net.worker.attestation())
+        outcome, why = await net.requester.outcome(REF, TIMEOUT_MS)
+        assert outcome == "rejected" and "escalated segments [2]: segment 2" in why, why
+        [escalated] = await net.requester.store.escalations(REF)
+        assert escalated["sentry"] == net.sentries[OTHER_CLASS].net.peer_id
+        assert escalated["segments"] == [2], "the honest segments passed within tolerance"
+        measured = net.runtimes[OTHER_CLASS].measured  # type: ignore[attr-defined]
+        assert sorted(measured) == [ROUNDING_PPM] * 3 + [FAR], "3 continues from the fake"

@@ -33,7 +33,7 @@ class Run:
         )  # fmt: skip
         return replace(att, **changes)  # type: ignore[arg-type]
 
-    def answer(self, index: int) -> ChallengeResponse:
+    def answer(self, index: int, with_end: bool = False) -> ChallengeResponse:
         leaves, levels = self.leaves(), tree.levels(self.leaves())
         before = leaves[index - 1] if index else None
         return ChallengeResponse(
@@ -41,6 +41,7 @@ class Run:
             before_proof=tree.proof(levels, index - 1) if index else [],
             after=leaves[index], after_proof=tree.proof(levels, index),
             checkpoint=self.files[index - 1] if index else b"",
+            end_checkpoint=self.files[index] if with_end else b"",
         )  # fmt: skip
 
 

@@ -8,9 +8,10 @@ from blake3 import blake3
 from hypothesis import given
 from hypothesis import strategies as st
 
+from consensus.kinds import from_wire, to_wire
 from consensus.verify import game as g
 from consensus.verify import tree
-from consensus.verify.messages import Leaf
+from consensus.verify.messages import ChallengeRequest, ChallengeResponse, Leaf
 from tests.unit.verify.factories import Run, att_id, honest
 
 DEADLINE = 1000
@@ -206,3 +207,55 @@ def test_evidence_is_kept_and_hashed() -> None:
 def test_transition_table_covers_every_move() -> None:
     for (state, _event), targets in g.TRANSITIONS.items():
         assert state not in g.TERMINAL and targets
+
+
+def test_a_cross_class_replay_is_given_the_end_file_and_passes_within_tolerance() -> None:
+    run = honest(4)
+    game = new_game(run, [2, 3], same_class=False)
+    game.start()
+    [replay] = game.handle(g.Answered(run.answer(2, with_end=True)), 5)
+    assert replay == g.Replay(2, run.files[1], run.hashes[2], end=run.files[2])
+    assert game.handle(g.Replayed(2, b"y" * 32, distance_ppm=500), 6) == []  # at tolerance
+    game.handle(g.Answered(run.answer(3, with_end=True)), 7)
+    [d] = game.handle(g.Replayed(3, b"z" * 32, distance_ppm=0), 8)
+    assert isinstance(d, g.Decide) and d.passed and game.state == "passed"
+
+
+def test_a_same_class_replay_ignores_an_end_file_it_did_not_need() -> None:
+    run = honest(4)
+    game = new_game(run, [2])
+    game.start()
+    [replay] = game.handle(g.Answered(run.answer(2, with_end=True)), 5)
+    assert replay == g.Replay(2, run.files[1], run.hashes[2])
+
+
+def test_an_end_file_that_is_not_the_attested_state_fails_in_any_class() -> None:
+    run = honest(4)
+    for same_class in (True, False):
+        game = new_game(run, [2], same_class=same_class)
+        game.start()
+        forged = replace(run.answer(2), end_checkpoint=b"a state near the replay's")
+        [d] = game.handle(g.Answered(forged), 5)
+        assert isinstance(d, g.Decide) and not d.passed and d.grounds == "answer"
+        assert "end checkpoint file does not match" in d.reason
+
+
+def test_the_evidence_names_the_end_file_by_its_hash() -> None:
+    run = honest(4)
+    game = new_game(run, [2], same_class=False)
+    game.start()
+    forged = replace(run.answer(2), end_checkpoint=b"x" * 5000)
+    [d] = game.handle(g.Answered(forged), 5)
+    assert isinstance(d, g.Decide) and len(d.evidence) < 2000
+    assert blake3(b"x" * 5000).digest() in d.evidence
+
+
+def test_peers_that_predate_the_end_file_still_understand_each_other() -> None:
+    run = honest(4)
+    old_answer = to_wire(run.answer(2))
+    del old_answer["end_checkpoint"]
+    assert from_wire(ChallengeResponse, old_answer).end_checkpoint == b""
+    request = ChallengeRequest(ref=run.answer(2).ref, attestation=att_id(run), index=2)
+    old_request = to_wire(request)
+    del old_request["with_end"]
+    assert from_wire(ChallengeRequest, old_request) == request

@@ -199,6 +199,17 @@ def test_the_first_attested_segment_replays_from_the_resume_checkpoint() -> None
     assert replay == g.Replay(3, run.files[2], run.hashes[3])
 
 
+def test_a_cross_class_replay_of_a_resumed_run_gets_its_own_end_file() -> None:
+    run = honest(6)
+    att = resumed(run, 3)
+    game = g.Game(att, attestation_id(att), [3, 5], DEADLINE, False, 0)
+    game.start()
+    for index in (3, 5):
+        reply = answer_from(att, run.hashes[3:], lambda i: run.files[i], index, with_end=True)
+        [replay] = game.handle(g.Answered(reply), 5)
+        assert replay == g.Replay(index, run.files[index - 1], run.hashes[index], run.files[index])
+
+
 def test_a_wrong_replay_of_the_first_attested_segment_fails() -> None:
     run = honest(6)
     game = play(run, resumed(run, 3), [3, 5], wrong=3)
