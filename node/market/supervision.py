@@ -7,7 +7,8 @@ checkpoint files fetched beside them.
     checkpoints                       records each (not held yet) and queues its file; a
                                       fetcher beside the meter fetches them in order and
                                       makes the latest held one the task's resume point
-    done (with a result)              stops the fetcher; the task is attested
+    done (with a result)              lets the fetcher finish what was reported; the task
+                                      is attested
     failed                            stops the fetcher; the attempt ends, the task fails
     lost / stopped, or silent for     stops the fetcher; the attempt ends paid up to the
       lost_after_ms                   last checkpoint held; the task fails over
@@ -132,7 +133,7 @@ class Supervision:
         elif report.state == "running" and self.task.state in ("awarded", "transferring"):
             await self._move("running")
         elif report.state == "done" and report.result is not None:
-            await self._stop_fetching()
+            await self._finish_fetching()  # the files reported are kept with the result
             result = msgpack.packb(to_wire(report.result))
             await self._move("done", result=result, result_hash=report.result_hash)
             return True
@@ -165,6 +166,11 @@ class Supervision:
             async for checkpoint in receive:
                 await self._fetch(checkpoint)
         self._fetched.set()
+
+    async def _finish_fetching(self) -> None:
+        """Lets the fetcher take every file queued so far, then waits until it has."""
+        self._fetches.close()
+        await self._fetched.wait()
 
     async def _stop_fetching(self) -> None:
         """Stops the fetcher and waits until it has: the attempt's end then reads a resume
