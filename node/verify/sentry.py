@@ -275,6 +275,10 @@ class Sentry:
             with trio.move_on_after((live.reveal_until_ms + 1 - self.net.now_ms()) / 1000):
                 await self.changed.wait()
             self.changed = trio.Event()
+        for other in live.withheld():  # could choose between two seeds by staying silent
+            log.warning("seed reveal withheld",
+                        extra={"sentry": other, "attestation": att_id.hex()})  # fmt: skip
+            await self.store.missed(other, self.net.now_ms())
         return live.seed()
 
     async def _ask(

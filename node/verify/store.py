@@ -172,6 +172,12 @@ class VerifyStore:
         rows = await self.db.query("SELECT peer_id, score FROM verify_reputation")
         return {r["peer_id"]: int(r["score"]) for r in rows}
 
+    async def missed(self, peer: str, now_ms: int) -> None:
+        """A duty ``peer`` did not do (a sentry that committed to a seed share and never
+        revealed it): its reputation falls as for a missed challenge. Gossip can lose a
+        reveal too, so the step is the small one, not a fail's."""
+        await self._reputation(peer, "missed", now_ms)
+
     async def _reputation(self, peer: str, event: str, now_ms: int) -> None:
         """Moves ``peer``'s score by one event, read and written in one transaction."""
 

@@ -15,6 +15,7 @@ tolerance without escalating, and still escalates a faked segment.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -325,3 +326,47 @@ async def test_a_faked_segment_is_still_a_cross_class_miss_and_escalates_alone(
         assert escalated["segments"] == [2], "the honest segments passed within tolerance"
         measured = net.runtimes[OTHER_CLASS].measured  # type: ignore[attr-defined]
         assert sorted(measured) == [ROUNDING_PPM] * 3 + [FAR], "3 continues from the fake"
+
+
+async def test_a_sentry_that_withholds_its_seed_reveal_loses_reputation(
+    autojump_clock: object, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two sentries share the seed; one commits and stays silent at the reveal (it could pick
+    between two seeds that way): the seed forms without it, the task is verified, and the
+    honest sentry records the withholding against the silent one's reputation."""
+    hub = Hub()
+    worker = Worker.make(hub)
+    nets = [MemNet(hub, nacl.signing.SigningKey.generate()) for _ in range(2)]
+    ids = [n.peer_id for n in nets]
+    honest_net, silent_net = nets
+    real_publish = silent_net.publish
+
+    async def no_reveals(topic: str, body: Any) -> None:
+        if type(body).__name__ != "SeedReveal":
+            await real_publish(topic, body)
+
+    silent_net.publish = no_reveals  # type: ignore[method-assign]
+    two = dataclasses.replace(SETTINGS, sentries_per_task=2)
+    async with trio.open_nursery() as nursery:
+        dbs = [await InlineDatabase.open(tmp_path / f"{i}.db") for i in range(3)]
+        requester = Verdicts(MemNet(hub, nacl.signing.SigningKey.generate()), VerifyStore(dbs[0]),
+                             1, lambda: True, ids.__contains__)  # fmt: skip
+        await nursery.start(requester.run)
+        stores = [VerifyStore(db) for db in dbs[1:]]
+        for net, store in zip(nets, stores, strict=True):
+            sentry = Sentry(net, store, None, two, {"train": Runtime(b"")},  # type: ignore[arg-type]
+                            lambda: ids, ReplayDevices({WORKER_CLASS: ()}, WORKER_CLASS),
+                            tmp_path / f"scratch-{net.peer_id[-6:]}")  # fmt: skip
+            await nursery.start(sentry.run)
+        await worker.net.publish(ATTESTS, worker.attestation())
+        outcome = await requester.outcome(REF, TIMEOUT_MS)
+        assert outcome[0] == "verified", outcome
+        with trio.fail_after(TIMEOUT_MS / 1000):  # the honest one waits out the reveal window
+            while len(await requester.store.verdicts(REF)) < 2:
+                await requester.changed.wait()
+        assert await stores[0].reputation(silent_net.peer_id) < REP_START
+        assert await stores[0].reputation(honest_net.peer_id) == REP_START, "it did reveal"
+        assert "seed reveal withheld" in caplog.text
+        nursery.cancel_scope.cancel()
+    for db in dbs:
+        await db.close()
