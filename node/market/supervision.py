@@ -10,8 +10,9 @@ checkpoint files fetched beside them.
     done (with a result)              lets the fetcher finish what was reported; the task
                                       is attested
     failed                            stops the fetcher; the attempt ends, the task fails
-    lost / stopped, or silent for     stops the fetcher; the attempt ends paid up to the
-      lost_after_ms                   last checkpoint held; the task fails over
+    lost / stopped, or silent for     lets the fetcher finish for up to lost_after_ms; the
+      lost_after_ms                   attempt ends paid up to the last checkpoint held;
+                                      the task fails over
 """
 
 from __future__ import annotations
@@ -167,10 +168,13 @@ class Supervision:
                 await self._fetch(checkpoint)
         self._fetched.set()
 
-    async def _finish_fetching(self) -> None:
-        """Lets the fetcher take every file queued so far, then waits until it has."""
+    async def _finish_fetching(self, within_s: float = math.inf) -> None:
+        """Lets the fetcher take every file queued so far, for up to ``within_s``, then stops
+        it: the attempt's end then reads a resume point that no fetch changes afterwards."""
         self._fetches.close()
-        await self._fetched.wait()
+        with trio.move_on_after(within_s):
+            await self._fetched.wait()
+        await self._stop_fetching()
 
     async def _stop_fetching(self) -> None:
         """Stops the fetcher and waits until it has: the attempt's end then reads a resume
@@ -219,7 +223,9 @@ class Supervision:
         )
 
     async def _lost(self, why: str) -> None:
-        await self._stop_fetching()
+        # A worker that stopped is still there to serve what it reported (its pay and the
+        # resume point count on it); a vanished one fails those fetches fast or times out.
+        await self._finish_fetching(within_s=self.params.lost_after_ms / 1000)
         log.info("worker lost, failing over", extra={"task": self.task.ref.text(), "reason": why})
         await self.runner._end_attempt(self.task, why, checkpoint_s=self.checkpoint_s or 0)
         await self._move("lost", reason=why[:300])
