@@ -304,6 +304,8 @@ def _record(answer: ChallengeResponse, replayed: bytes = b"") -> bytes:
     their hashes) and what the replay gave."""
     wire = to_wire(answer)
     wire["checkpoint"] = blake3(answer.checkpoint).digest()
+    for by_reference in ("checkpoint_blob", "end_blob"):  # the sentry fetched them into it
+        wire.pop(by_reference, None)
     if answer.end_checkpoint:
         wire["end_checkpoint"] = blake3(answer.end_checkpoint).digest()
     else:

@@ -294,7 +294,11 @@ class ChallengeResponse:
     (signed in it, so without a proof) and ``checkpoint`` the resume checkpoint's file.
 
     ``end_checkpoint``: segment ``index``'s own file (its BLAKE3 is ``after.hash``), only when
-    the request asked ``with_end``; empty otherwise, and from workers that predate it."""
+    the request asked ``with_end``; empty otherwise, and from workers that predate it.
+
+    A file too big to travel in the answer goes by reference instead (``checkpoint_blob``,
+    ``end_blob``; its bytes field empty): the worker grants the sentry that blob, which it
+    fetches in pieces and puts in place of the reference before judging."""
 
     ref: TaskRef
     index: int
@@ -304,6 +308,8 @@ class ChallengeResponse:
     after_proof: list[bytes] = field(default_factory=list)
     checkpoint: bytes = b""  # the file whose BLAKE3 is before.hash
     end_checkpoint: bytes = b""  # the file whose BLAKE3 is after.hash, when asked
+    checkpoint_blob: BlobRef | None = None
+    end_blob: BlobRef | None = None
 
 
 VERIFY_KINDS: tuple[type[Body], ...] = (

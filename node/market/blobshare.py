@@ -89,6 +89,10 @@ class BlobShare:
             return None
         return self.store.path(entry[1])
 
+    def sealed_size(self, digest: bytes) -> int:
+        """The size of a blob we hold, as stored (encrypted): what a ``BlobRef`` names."""
+        return self.store.path(digest.hex()).stat().st_size
+
     def read_plain(self, digest: bytes) -> bytes:
         """The plaintext of a blob we hold (synchronous; a checkpoint for a challenge).
 

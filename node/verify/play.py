@@ -27,6 +27,8 @@ from gpu.runtime import RunSpec
 from gpu.segmented import BadSegment
 
 Ask = Callable[[int], Awaitable[ChallengeResponse | None]]  # None: refused or silent
+# Fetches the files an answer sent by reference; None: the worker did not serve them
+Complete = Callable[[ChallengeResponse], Awaitable[ChallengeResponse | None]]
 # (segment, start checkpoint, the worker's end file or b"") -> (state hash, distance in ppm)
 ReplayFn = Callable[[int, bytes, bytes], Awaitable[tuple[bytes, int | None]]]
 Clock = Callable[[], int]
@@ -34,12 +36,16 @@ Clock = Callable[[], int]
 NO_STATE = bytes(32)  # what a replay that cannot even start "produces": never a real hash
 
 
-async def play(game: g.Game, ask: Ask, replay: ReplayFn, now_ms: Clock) -> g.Decide | g.Escalate:
+async def play(
+    game: g.Game, ask: Ask, replay: ReplayFn, now_ms: Clock, complete: Complete | None = None
+) -> g.Decide | g.Escalate:
     """Runs the game to its decision; the worker's silence past the deadline fails it.
 
     Every sampled segment is asked for at once (answering is cheap for an honest worker), each
     answer stamped with its arrival time; the replays follow, in a public seed-shuffled order,
-    so the sentry's own slowness never makes a worker miss its deadline.
+    so the sentry's own slowness never makes a worker miss its deadline. A big checkpoint
+    file comes by reference in the answer and is fetched (``complete``) when its segment's
+    turn comes, outside the answer deadline: moving it takes as long as its size.
     """
     order = [e.index for e in game.start() if isinstance(e, g.Challenge)]
     random.Random(game.att_id).shuffle(order)  # noqa: S311 - a public order, not a secret
@@ -54,7 +60,10 @@ async def play(game: g.Game, ask: Ask, replay: ReplayFn, now_ms: Clock) -> g.Dec
             for index in order:
                 nursery.start_soon(fetch, index)
     for index in order:
-        decided = await _judge(game, index, answers.get(index), replay, now_ms)
+        got = answers.get(index)
+        if got is not None and got[0] is not None and complete is not None:
+            got = (await complete(got[0]), got[1])  # None: a file it referenced, not served
+        decided = await _judge(game, index, got, replay, now_ms)
         if decided is not None:
             return decided
     raise AssertionError(f"the game ended in {game.state} without a decision")

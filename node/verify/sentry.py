@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,7 +27,7 @@ from config.schema import VerifySettings
 from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import from_wire, to_wire
-from consensus.market.messages import TaskRef
+from consensus.market.messages import BlobRef, TaskRef
 from consensus.verify import escalation as esc
 from consensus.verify import game as g
 from consensus.verify import seed as sd
@@ -219,6 +219,7 @@ class Sentry:
                 lambda i: self._ask(att, att_id, i, with_end=with_end),
                 lambda i, start, end: self._replay(att, runtime, work, i, start, end=end),
                 self.net.now_ms,
+                lambda answer: self._complete(att, answer),
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -300,6 +301,26 @@ class Sentry:
         except (RequestError, Invalid) as exc:
             log.info("challenge unanswered", extra={"task": att.ref.text(), "error": str(exc)})
             return None
+
+    async def _complete(
+        self, att: Attestation, answer: ChallengeResponse
+    ) -> ChallengeResponse | None:
+        """``answer`` with the files it sent by reference fetched into it (from the worker
+        alone, whatever holders it named), or None: it did not serve them."""
+        files: dict[str, bytes] = {}
+        refs = {"checkpoint": answer.checkpoint_blob, "end_checkpoint": answer.end_blob}
+        for name, ref in refs.items():
+            if ref is None:
+                continue
+            mine = BlobRef(hash=ref.hash, size=ref.size, holders=[att.worker])
+            try:
+                path = await self.share.fetch(mine, lambda _peer: list(att.listen))
+            except FetchFailed as exc:
+                log.info("challenge file not fetched",
+                         extra={"task": att.ref.text(), "error": str(exc)})  # fmt: skip
+                return None
+            files[name] = await trio.to_thread.run_sync(path.read_bytes)
+        return replace(answer, checkpoint_blob=None, end_blob=None, **files)  # type: ignore[arg-type]
 
     async def _replay(
         self, att: Attestation, runtime: Any, work: Path, index: int, start: bytes, *, end: bytes

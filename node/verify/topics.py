@@ -11,7 +11,8 @@ VERDICTS = topic_name("verdicts")
 # the kind never see it (on the verdicts topic they would reject it and blame the forwarder).
 ESCALATIONS = topic_name("escalations")
 CHALLENGE = "/idlegrid/verify/challenge/1"
-CHALLENGE_MAX_BYTES = 64 << 20  # an answer carries one checkpoint file
+CHALLENGE_MAX_BYTES = 64 << 20  # an answer carries at most two files inline
+INLINE_MAX_BYTES = 16 << 20  # a bigger checkpoint file goes by reference (the blob protocol)
 ATTESTATION_TTL_MS = 10 * 60_000  # gossip refuses longer-lived envelopes; kept in sqlite anyway
 QOS = topic_name("qos")  # sentries' QoS reports on workers
 QOS_PROBE = "/idlegrid/qos/1"  # a sentry's benchmark probe of a worker (direct)

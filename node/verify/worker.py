@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import platform
+from dataclasses import replace
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,12 @@ from consensus.market.messages import BlobRef, Checkpoint, TaskOrder
 from consensus.verify import tree
 from consensus.verify.messages import Attestation, ChallengeRequest, Leaf, attestation_id
 from node.verify.play import answer_from
-from node.verify.topics import ATTESTATION_TTL_MS, CHALLENGE, CHALLENGE_MAX_BYTES
+from node.verify.topics import (
+    ATTESTATION_TTL_MS,
+    CHALLENGE,
+    CHALLENGE_MAX_BYTES,
+    INLINE_MAX_BYTES,
+)
 from p2p.reqresp import RequestRejected
 
 if TYPE_CHECKING:
@@ -146,8 +152,16 @@ class VerifyWorker:
         if att.inputs is not None:
             self.share.grant(peer, att.inputs.hash)
 
+        by_reference: dict[int, BlobRef] = {}
+
         def read(i: int) -> bytes:
-            return self.share.read_plain(segments[i - offset][1])  # blobs are kept encrypted
+            blob = segments[i - offset][1]
+            size = self.share.sealed_size(blob)
+            if size > INLINE_MAX_BYTES:  # too big for the answer: the sentry fetches it
+                self.share.grant(peer, blob)
+                by_reference[i] = BlobRef(hash=blob, size=size, holders=[self.net.peer_id])
+                return b""
+            return self.share.read_plain(blob)  # blobs are kept encrypted
 
         log.info(
             "challenge answered",
@@ -157,7 +171,10 @@ class VerifyWorker:
         # An exec task's kept "checkpoint" is its state hash, not a file that hashes to it:
         # no end file (no runtime measures an exec distance), or the sentry would refuse it.
         with_end = req.with_end and att.runtime != "exec"
-        return to_wire(answer_from(att, hashes, read, req.index, with_end=with_end))
+        answer = answer_from(att, hashes, read, req.index, with_end=with_end)
+        end = by_reference.get(req.index) if with_end else None
+        answer = replace(answer, checkpoint_blob=by_reference.get(req.index - 1), end_blob=end)
+        return to_wire(answer)
 
 
 def _kept(order: TaskOrder, points: list[Checkpoint]) -> list[tuple[bytes, bytes]] | None:

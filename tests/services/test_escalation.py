@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import nacl.signing
 import pytest
 import trio
@@ -38,6 +39,8 @@ from consensus.verify.messages import Attestation, ChallengeRequest
 from consensus.verify.verdicts import REP_START
 from gpu.runtime import RunSpec
 from node.cli_job import _human_job
+from node.market.blobshare import BlobShare
+from node.verify import worker as verify_worker
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import EVERY_MS
 from node.verify.play import answer_from
@@ -46,6 +49,8 @@ from node.verify.sentry import Sentry, task_key
 from node.verify.store import VerifyStore
 from node.verify.topics import ATTESTS, CHALLENGE, ESCALATIONS
 from node.verify.view import verification_view
+from node.verify.worker import VerifyWorker
+from storage.blobs import BlobStore
 from tests.services.memnet import Hub, MemNet
 from tests.services.sim import InlineDatabase
 from tests.unit.verify.factories import REF
@@ -367,6 +372,55 @@ async def test_a_sentry_that_withholds_its_seed_reveal_loses_reputation(
         assert await stores[0].reputation(silent_net.peer_id) < REP_START
         assert await stores[0].reputation(honest_net.peer_id) == REP_START, "it did reveal"
         assert "seed reveal withheld" in caplog.text
+        nursery.cancel_scope.cancel()
+    for db in dbs:
+        await db.close()
+
+
+@pytest.mark.parametrize("serves", [True, False])
+async def test_big_checkpoint_files_go_by_reference(
+    autojump_clock: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serves: bool
+) -> None:
+    """A real VerifyWorker answers with its checkpoint files by reference when they are over
+    the inline limit (0 here: every file); the sentry fetches them over the blob protocol and
+    verifies the task. A worker that names a file and then does not serve it fails."""
+    monkeypatch.setattr(verify_worker, "INLINE_MAX_BYTES", 0)
+    hub, key = Hub(), nacl.signing.SigningKey.generate()
+    files = Worker.make(hub).files
+    worker = Worker(MemNet(hub, key), files)
+    share = BlobShare(worker.net, BlobStore(tmp_path / "w" / "blobs"), tmp_path / "w" / "s", key)
+    share.register()
+    blobs = []
+    for i, data in enumerate(files):
+        (tmp_path / f"seg-{i}").write_bytes(data)
+        blobs.append((await share.put(tmp_path / f"seg-{i}")).hash)
+    if not serves:
+        share.grant = lambda _peer, _digest: None  # type: ignore[method-assign]
+    skey = nacl.signing.SigningKey.generate()
+    snet = MemNet(hub, skey)
+    sentry_share = BlobShare(snet, BlobStore(tmp_path / "s" / "blobs"), tmp_path / "s" / "s", skey)
+    sentry_share.register()
+    async with trio.open_nursery() as nursery:
+        dbs = [await InlineDatabase.open(tmp_path / f"{i}.db") for i in range(3)]
+        att = worker.attestation()
+        segments = list(zip(worker.hashes, blobs, strict=True))
+        await VerifyStore(dbs[2]).keep_attestation(REF, msgpack.packb(to_wire(att)), segments, 0)
+        VerifyWorker(worker.net, VerifyStore(dbs[2]), share, WORKER_CLASS, None).register()  # type: ignore[arg-type]
+        requester = Verdicts(MemNet(hub, nacl.signing.SigningKey.generate()), VerifyStore(dbs[0]),
+                             1, lambda: True, [snet.peer_id].__contains__)  # fmt: skip
+        await nursery.start(requester.run)
+        devices = ReplayDevices({WORKER_CLASS: ()}, WORKER_CLASS)
+        sentry = Sentry(snet, VerifyStore(dbs[1]), sentry_share, SETTINGS,  # type: ignore[arg-type]
+                        {"train": Runtime(b"")}, lambda: [snet.peer_id], devices,
+                        tmp_path / "scratch")  # fmt: skip
+        await nursery.start(sentry.run)
+        await worker.net.publish(ATTESTS, att)
+        outcome, why = await requester.outcome(REF, TIMEOUT_MS)
+        if serves:
+            assert outcome == "verified", why
+            assert any(sentry_share.store.has(b.hex()) for b in blobs), "fetched by reference"
+        else:
+            assert outcome == "rejected", why
         nursery.cancel_scope.cancel()
     for db in dbs:
         await db.close()
