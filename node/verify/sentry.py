@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from node.verify.store import VerifyStore
 
 log = logging.getLogger(__name__)
+MIN_FILE_RATE = 1_000_000  # bytes/s a worker must at least serve a challenged file at
 VERDICT_TTL_MS = 30 * 60_000
 
 
@@ -313,11 +314,18 @@ class Sentry:
             if ref is None:
                 continue
             mine = BlobRef(hash=ref.hash, size=ref.size, holders=[att.worker])
-            try:
-                path = await self.share.fetch(mine, lambda _peer: list(att.listen))
-            except FetchFailed as exc:
-                log.info("challenge file not fetched",
-                         extra={"task": att.ref.text(), "error": str(exc)})  # fmt: skip
+            # a worker that trickles its file must not hold the sentry: at least 1 MB/s
+            limit_s = self.settings.challenge_deadline_ms / 1000 + ref.size / MIN_FILE_RATE
+            path: Path | None = None
+            with trio.move_on_after(limit_s):
+                try:
+                    path = await self.share.fetch(mine, lambda _peer: list(att.listen))
+                except FetchFailed as exc:
+                    log.info("challenge file not fetched",
+                             extra={"task": att.ref.text(), "error": str(exc)})  # fmt: skip
+                    return None
+            if path is None:
+                log.info("challenge file too slow", extra={"task": att.ref.text()})
                 return None
             files[name] = await trio.to_thread.run_sync(path.read_bytes)
         return replace(answer, checkpoint_blob=None, end_blob=None, **files)  # type: ignore[arg-type]
