@@ -9,6 +9,7 @@ daemon's config must not silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import tomllib
 import typing
@@ -106,15 +107,27 @@ def _read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
             continue
         if name not in by_env:
-            known = ", ".join(sorted(by_env)[:6])
-            raise ConfigError(name, value, f"a known variable (e.g. {known}, ...)", "environment")
+            raise ConfigError(name, value, _known(name, sorted(by_env), "variable"), "environment")
         out[by_env[name]] = (value, f"env {name}")
     return out
 
 
 def _require_known(key: str, value: Any, source: str) -> None:
     if key not in all_keys():
-        raise ConfigError(key, value, f"a known key ({', '.join(all_keys())})", source)
+        raise ConfigError(key, value, _known(key, list(all_keys()), "key"), source)
+
+
+def _known(name: str, names: list[str], what: str) -> str:
+    """What an unknown ``name`` should have been: the closest known ones first, if any are
+    close (``worker.price`` -> ``worker.price_wei_per_s``), else where to find the list."""
+    cut = len(ENV_PREFIX) if name.startswith(ENV_PREFIX) else 0  # compare what differs
+    bare = {n[cut:]: n for n in names}
+    near = [n for n in names if n.startswith(name + "_")]  # a name cut short
+    close = difflib.get_close_matches(name[cut:], list(bare), n=3, cutoff=0.6)
+    near = (near + [bare[n] for n in close if bare[n] not in near])[:3]
+    if near:
+        return f"a known {what}; did you mean {' or '.join(near)}?"
+    return f"a known {what} (`idlegrid config show` lists them all)"
 
 
 def _build(raw: Mapping[str, tuple[Any, str]]) -> Loaded:

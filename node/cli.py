@@ -208,7 +208,8 @@ def _human_market(p: dict[str, Any]) -> str:
             rows.append((w["peer_id"], w["status"], o["gpu_class"], str(o["count"]), vram,
                          o["price_wei_per_s"], w["region"] or "-", str(w.get("score") or "-"),
                          _qos_cell(qos)))  # fmt: skip
-    return "\n".join([table(rows), *flags, f"{len(p['workers'])} workers"])
+    count = len(p["workers"])
+    return "\n".join([table(rows), *flags, f"{count} worker{'' if count == 1 else 's'}"])
 
 
 def _qos_cell(qos: dict[str, Any] | None) -> str:

@@ -113,6 +113,7 @@ def _human_bench(p: dict[str, Any]) -> str:
         f"score     {p['score']} (reference worker: {REFERENCE_GFLOPS} GFLOPS fp32 = 1000)",
         f"proof     {p['proof']} (seed {p['seed']})",
     ]
-    lines.append(f"saved     {p['saved']}: a worker bids with this score" if "saved" in p
+    saved = f"saved     {p.get('saved')}: a worker bids with this score (a running one from "
+    lines.append(saved + "its next start)" if "saved" in p
                  else "not saved: no initialised data dir (idlegrid init)")  # fmt: skip
     return "\n".join(lines)

@@ -55,7 +55,7 @@ def job_validate(file: str, as_json: bool) -> None:
     payload = {"valid": True, "kind": spec.kind, "tasks": spec.tasks,
                "max_total_wei": str(spec.max_total_wei),
                "max_price_wei_per_s": str(spec.max_price_wei_per_s)}  # fmt: skip
-    emit(as_json, payload, lambda p: f"ok: a {p['kind']} job of {p['tasks']} task(s), "
+    emit(as_json, payload, lambda p: f"ok: {_a(p['kind'])} job of {p['tasks']} task(s), "
                                      f"at most {p['max_total_wei']} wei")  # fmt: skip
 
 
@@ -246,3 +246,8 @@ def worker(home_dir: str | None, as_json: bool) -> None:
         return f"{p['status']}, {p['free_gpus']} GPU(s) free, running {running}\n{table(rows)}"
 
     emit(as_json, payload, human)
+
+
+def _a(word: str) -> str:
+    """The word with its indefinite article ("an exec", "a train")."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"

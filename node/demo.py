@@ -150,11 +150,13 @@ def summary(  # noqa: PLR0917 - one argument per column of the table
         print(f"    verification: {r.view.get('verification', {}).get('guarantee', '-')}")
         for a in r.view["attempts"]:
             seconds = max(0, ((a["ended_ms"] or a["started_ms"]) - a["started_ms"]) // 1000)
-            paid = format_wei(int(a["payable_wei"] or a["vouched_wei"]))
+            paid_wei = int(a["payable_wei"] or a["vouched_wei"])
+            rate = int(a["price_wei_per_s"]) * int(a.get("gpus") or 1)
             print(
                 f"    task {a['task']} on {names.get(a['worker'], a['worker'][-8:])}: "
-                f"{seconds} s at {format_wei(int(a['price_wei_per_s']))}/s, "
-                f"{a['outcome'] or 'running'}, paid {paid}"
+                f"{seconds} s from award to end, {paid_wei // max(1, rate)} s metered at "
+                f"{format_wei(int(a['price_wei_per_s']))}/s, {a['outcome'] or 'running'}, "
+                f"paid {format_wei(paid_wei)}"
             )
         print(f"    results in {r.results}")
     print("  on chain (each balance change includes gas at the dev chain's price; on a real")

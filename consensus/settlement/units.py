@@ -21,7 +21,8 @@ def parse_wei(text: str, what: str = "amount") -> int:
         raise Invalid(what, f"{text!r} is not an amount such as 1500, 2.5gwei or 0.01eth")
     decimals = UNITS[unit]
     if len(frac.rstrip("0")) > decimals:
-        raise Invalid(what, f"{text!r} is finer than one wei")
+        hint = f" (a number without a unit is wei: {text.strip()}eth?)" if unit == "wei" else ""
+        raise Invalid(what, f"{text!r} is finer than one wei{hint}")
     fraction = int(frac.ljust(decimals, "0")[:decimals] or "0")
     return int(whole) * int(10**decimals) + fraction
 

@@ -39,7 +39,11 @@ def market_routes(ctx: NodeContext) -> Routes:
     def jobs() -> JobManager:
         manager = ctx.market.jobs if ctx.market is not None else None
         if manager is None:
-            raise ApiError(409, "this node does not have the requester role")
+            raise ApiError(
+                409,
+                "this node does not have the requester role (add it to "
+                "node.roles in idlegrid.toml, or IDLEGRID_NODE_ROLES, and restart)",
+            )
         return manager
 
     async def job_id(request: Request) -> bytes:
@@ -106,7 +110,11 @@ def market_routes(ctx: NodeContext) -> Routes:
     async def worker(_: Request) -> Any:
         service = ctx.market.worker if ctx.market is not None else None
         if service is None:
-            raise ApiError(409, "this node does not have the worker role")
+            raise ApiError(
+                409,
+                "this node does not have the worker role (add it to "
+                "node.roles in idlegrid.toml, or IDLEGRID_NODE_ROLES, and restart)",
+            )
         return service.status()
 
     return {

@@ -103,3 +103,15 @@ def test_commented_toml_round_trips(tmp_path: Path) -> None:
     assert flat(reloaded.settings) == flat(custom.settings)
     # defaults stay commented out, so a later release's default still applies
     assert reloaded.sources["api.host"] == "default"
+
+
+def test_an_unknown_key_names_the_keys_it_is_close_to(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, "[worker]\nprice = 5\n"), env={})
+    assert "did you mean worker.price_wei_per_s or" in info.value.expected
+    with pytest.raises(ConfigError) as info:
+        load(None, env={"IDLEGRID_WORKER_PRICE": "5"})
+    assert "IDLEGRID_WORKER_PRICE_WEI_PER_S" in info.value.expected
+    with pytest.raises(ConfigError) as info:
+        load(None, env={"IDLEGRID_ZZZ": "5"})
+    assert "idlegrid config show" in info.value.expected
