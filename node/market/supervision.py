@@ -150,17 +150,20 @@ class Supervision:
 
     async def _note(self, checkpoint: Checkpoint) -> None:
         """Records a reported checkpoint (not held yet) and queues its file for fetching."""
+        await self._record(checkpoint, held=False)
+        self.since = max(self.since, checkpoint.index + 1)
+        if checkpoint.blob is not None:
+            self._fetches.send_nowait(checkpoint)
+
+    async def _record(self, checkpoint: Checkpoint, *, held: bool) -> None:
         await self.store.add_checkpoint(
             self.task.ref,
             checkpoint.index,
             hash_=checkpoint.hash,
             chained=checkpoint.chained,
             seconds=checkpoint.seconds,
-            held=False,
+            held=held,
         )
-        self.since = max(self.since, checkpoint.index + 1)
-        if checkpoint.blob is not None:
-            self._fetches.send_nowait(checkpoint)
 
     async def _fetch_all(self, receive: trio.MemoryReceiveChannel[Checkpoint]) -> None:
         with self._fetcher:
@@ -202,14 +205,7 @@ class Supervision:
             ),
         )
         with trio.CancelScope(shield=True):  # fetched: recorded whole, or a restart re-fetches
-            await self.store.add_checkpoint(
-                self.task.ref,
-                checkpoint.index,
-                hash_=checkpoint.hash,
-                chained=checkpoint.chained,
-                seconds=checkpoint.seconds,
-                held=True,
-            )
+            await self._record(checkpoint, held=True)
             async with self._row:
                 moved = await self.store.move_task(
                     self.task, self.net.now_ms(), resume=msgpack.packb(to_wire(mine))
