@@ -145,3 +145,25 @@ def pool_entry(node: SimNode, price: int) -> Worker:
     presence = Presence(expires_ms=2**62, nonce=os.urandom(16), run_id=b"sim", seq=1,
                         status="available", offers=[offer], capacity=1)  # fmt: skip
     return Worker(node.net.peer_id, presence, "available", 0, 0)
+
+
+@dataclass
+class SmallMarket:
+    requester: SimNode
+    workers: list[SimNode]  # in the order of their prices
+    jobs: JobManager
+
+
+async def small_market(
+    hub: Hub, root: Path, prices: list[int], segment_s: float, params: MarketParams = PARAMS
+) -> SmallMarket:
+    """A requester's job manager and one worker service per price, all in the pool, with the
+    input file the test jobs name written to ``root``. Nothing runs yet."""
+    (root / "input.txt").write_text("data\n")
+    requester = await make_node(hub, root / "requester", "requester")
+    workers = [await make_node(hub, root / f"w{i}", f"worker-{i}") for i in range(len(prices))]
+    hub.pool = [pool_entry(w, price) for w, price in zip(workers, prices, strict=True)]
+    for worker, price in zip(workers, prices, strict=True):
+        worker.worker = worker_service(worker, price, segment_s)
+    jobs = JobManager(requester.net, requester.store, requester.share, root / "s", params)
+    return SmallMarket(requester, workers, jobs)

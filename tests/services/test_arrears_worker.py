@@ -10,9 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from node.market.requester import JobManager
 from tests.services.memnet import Hub
-from tests.services.sim import PARAMS, inline_threads, make_node, pool_entry, worker_service
+from tests.services.sim import PARAMS, inline_threads, small_market
 from tests.services.test_cut_off_worker import attempts_of
 from tests.services.test_market_sim import spec
 
@@ -26,15 +25,8 @@ async def test_a_requester_in_arrears_loses_its_worker_and_the_task_moves_on(
 ) -> None:
     inline_threads(monkeypatch)
     hub = Hub()
-    (tmp_path / "input.txt").write_text("data\n")
-    requester = await make_node(hub, tmp_path / "requester", "requester")
-    cheap, dear = [await make_node(hub, tmp_path / f"w{i}", f"worker-{i}") for i in range(2)]
-    hub.pool = [pool_entry(cheap, 100), pool_entry(dear, 200)]
-    cheap.worker, dear.worker = (
-        worker_service(cheap, 100, SEGMENT_S),
-        worker_service(dear, 200, SEGMENT_S),
-    )
-    jobs = JobManager(requester.net, requester.store, requester.share, tmp_path / "s", PARAMS)
+    market = await small_market(hub, tmp_path, [100, 200], SEGMENT_S, PARAMS)
+    requester, (cheap, dear), jobs = market.requester, market.workers, market.jobs
     why = "requester 0xabc in arrears: 5 wei of ours unanchored through 3 anchors"
     async with trio.open_nursery() as nursery:
         for node in (cheap, dear):

@@ -16,7 +16,7 @@ import trio.testing
 
 from node.market.requester import JobManager
 from tests.services.memnet import Hub
-from tests.services.sim import PARAMS, make_node, pool_entry, worker_service
+from tests.services.sim import PARAMS, small_market
 from tests.services.test_market_sim import spec
 
 SEGMENT_S = 3.0
@@ -39,15 +39,8 @@ async def test_the_cut_off_worker_has_stopped_when_its_task_is_awarded_again(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     hub = Hub()
-    (tmp_path / "input.txt").write_text("data\n")
-    requester = await make_node(hub, tmp_path / "requester", "requester")
-    cheap, dear = [await make_node(hub, tmp_path / f"w{i}", f"worker-{i}") for i in range(2)]
-    hub.pool = [pool_entry(cheap, 100), pool_entry(dear, 200)]
-    cheap.worker, dear.worker = (
-        worker_service(cheap, 100, SEGMENT_S),
-        worker_service(dear, 200, SEGMENT_S),
-    )
-    jobs = JobManager(requester.net, requester.store, requester.share, tmp_path / "s", LONG_GRACE)
+    market = await small_market(hub, tmp_path, [100, 200], SEGMENT_S, LONG_GRACE)
+    requester, (cheap, dear), jobs = market.requester, market.workers, market.jobs
     async with trio.open_nursery() as nursery:
         for node in (cheap, dear):
             nursery.start_soon(node.worker.run)  # type: ignore[union-attr]

@@ -12,9 +12,8 @@ import pytest
 import trio
 import trio.testing
 
-from node.market.requester import JobManager
 from tests.services.memnet import Hub
-from tests.services.sim import PARAMS, inline_threads, make_node, pool_entry, worker_service
+from tests.services.sim import PARAMS, inline_threads, small_market
 from tests.services.test_market_sim import spec
 
 SEGMENT_S = 3.0
@@ -27,12 +26,8 @@ async def test_a_slow_checkpoint_fetch_does_not_starve_the_worker_of_vouchers(
 ) -> None:
     inline_threads(monkeypatch)
     hub = Hub()
-    (tmp_path / "input.txt").write_text("data\n")
-    requester = await make_node(hub, tmp_path / "requester", "requester")
-    worker = await make_node(hub, tmp_path / "w", "worker")
-    hub.pool = [pool_entry(worker, 100)]
-    worker.worker = worker_service(worker, 100, SEGMENT_S)
-    jobs = JobManager(requester.net, requester.store, requester.share, tmp_path / "s", PARAMS)
+    market = await small_market(hub, tmp_path, [100], SEGMENT_S)
+    requester, (worker,), jobs = market.requester, market.workers, market.jobs
     slow_s = 3 * PARAMS.voucher_grace_ms / 1000
     fetch = jobs.share.fetch
     fetching = 0
