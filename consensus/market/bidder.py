@@ -293,8 +293,7 @@ class Bidder:
         return ""
 
     def _blocked(self, order: TaskOrder, requester: str) -> str:
-        by_address = self.blocked.get(order.requester_address.lower(), "")
-        return self.blocked.get(requester, "") or (by_address if order.requester_address else "")
+        return self.blocked.get(requester) or self.blocked.get(order.requester_address.lower(), "")
 
     def _on_award(self, award: Award) -> list[Effect]:
         hold = self._holds.get(award.ref)

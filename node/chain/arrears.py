@@ -6,9 +6,9 @@ running or waiting, its pool's ``debited``; running lines get that snapshot in s
 restart judges exactly as before), ended lines are judged by their last one. A line that
 ended less than ``hold_ms`` ago counts as running: an anchoring sentry holds a task back
 until its verdict, for at most the verdict timeout, and anchors passed meanwhile say nothing
-about the requester. Requesters found
-in arrears are handed to ``on_change`` (the worker's bidder declines their work, naming the
-reason) and shown in ``idlegrid wallet balance``.
+about the requester. Requesters found in arrears are handed to ``on_change`` (the worker
+stops their tasks and its bidder declines their work, naming the reason) and shown in
+``idlegrid settlement status``. With ``chain.arrears_anchors = 0`` it does not run at all.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class ArrearsWatch:
         self.on_change: Callable[[Blocked], None] | None = None
 
     async def run(self) -> None:
+        if self.chain.settings.arrears_anchors <= 0:
+            return  # turned off: no chain reads every poll for nothing
         while True:
             try:
                 await self.step()
