@@ -133,8 +133,9 @@ class P2pSettings:
     )
     announce_interval_s: int = setting(
         10,
-        "seconds between announcements of this node (and of a worker's presence)",
-        int_range(1, 3600),
+        "seconds between announcements of this node (and of a worker's presence); each lives"
+        " three intervals and peers refuse one that claims to live over an hour",
+        int_range(1, 1200),
     )
     offline_after_s: int = setting(
         30, "silence after which a peer or worker counts as offline", int_range(2, 86400)

@@ -78,6 +78,7 @@ class Network:
     relay: Relay | None = None  # set by node.discovery
     circuit_addrs: list[str] = field(default_factory=list)  # through relays that reserved us
     target_connections: int = TARGET_CONNECTIONS
+    discovered: trio.Event = field(default_factory=trio.Event)  # set, then replaced, per new peer
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
 
@@ -179,11 +180,25 @@ class Network:
         )  # fmt: skip
 
     async def announce_loop(self) -> None:
+        """Announces every interval, and soon after a new peer can hear it: a hello sent
+        before a neighbour's subscription reached us went nowhere, and without a repeat that
+        neighbour would not know our roles (a worker would refuse its sentry) for an interval.
+        """
         while True:
+            heard_by = self.gossip.topic_peers(NODES)
             await self.announce()
             with trio.move_on_after(self.p2p.announce_interval_s):
-                await self._connected.wait()  # a new connection: be known sooner
+                await self._new_listener(heard_by)
             await trio.sleep(1.0)  # pacing: at most one announcement a second
+
+    async def _new_listener(self, heard_by: frozenset[str]) -> None:
+        """Returns when a peer not in ``heard_by`` subscribes to hellos, on a new connection,
+        or when a worker's presence changes. py-libp2p signals no new subscriptions, so they
+        are looked for each second (a set comparison)."""
+        while self.gossip.topic_peers(NODES) <= heard_by:
+            with trio.move_on_after(1.0):
+                await self._connected.wait()
+                return
 
     async def follow_nodes(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
         async for msg in inbox:
@@ -196,6 +211,8 @@ class Network:
             if not known:
                 log.info("peer discovered", extra={"peer": msg.origin, "roles": body.roles})
                 self._wake_dialer()
+                self.discovered.set()
+                self.discovered = trio.Event()
 
     async def follow_pool(self, inbox: trio.MemoryReceiveChannel[Message]) -> None:
         """Feeds the pool machine: presence messages in, deadlines for offline marking."""

@@ -169,6 +169,10 @@ class Gossip:
         """Queues a sealed envelope for paced publishing; waits only while the outbox is full."""
         await self._outbox.send((topic, data))
 
+    def topic_peers(self, topic: str) -> frozenset[str]:
+        """The peers whose subscription to ``topic`` we have heard (ours not included)."""
+        return frozenset(p.to_base58() for p in self.pubsub.peer_topics.get(topic, ()))
+
     async def announce(
         self, topic: str, data: bytes, confirmed: trio.Event, every_s: float, max_times: int
     ) -> bool:

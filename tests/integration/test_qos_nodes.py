@@ -19,7 +19,9 @@ from node.api import Request
 from node.daemon import NodeContext, routes, run_node
 from node.home import Home
 
-TIMEOUT_S = 60
+# Generous: no speed is asserted. Unloaded the flag takes ~12 s (the sentry looks at the pool
+# every 5 s, the worker's first probe imports torch, three probes); CI under load took over 60.
+TIMEOUT_S = 180
 
 
 async def start(nursery: trio.Nursery, tmp_path: Path, name: str, roles: tuple[str, ...],
