@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -81,12 +82,22 @@ def load(
     return _build(raw)
 
 
+def _toml_hint(exc: tomllib.TOMLDecodeError) -> str:
+    """What to do about the mistake a newcomer makes most: appending a table that ``idlegrid
+    init``'s file already has."""
+    twice = re.search(r"Cannot declare \('([^']+)',?\) twice", str(exc))
+    if twice is None:
+        return ""
+    return f": the file already has a [{twice.group(1)}] table; put the key under that one"
+
+
 def _read_file(path: Path) -> dict[str, tuple[Any, str]]:
     source = f"file {path}"
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("(file)", str(path), f"valid TOML ({exc})", source) from exc
+        expected = f"valid TOML ({exc}){_toml_hint(exc)}"
+        raise ConfigError("(file)", str(path), expected, source) from exc
     out: dict[str, tuple[Any, str]] = {}
     for section, table in doc.items():
         if section not in SECTIONS:

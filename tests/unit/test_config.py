@@ -68,6 +68,8 @@ def test_reserved_env_is_not_a_key() -> None:
         ("[p2p]\noffline_after_s = 5\n", {}, "p2p.offline_after_s", "twice p2p.announce"),
         ("[worker]\nprice_wei_per_s = -1\n", {}, "worker.price_wei_per_s", "an integer in 0.."),
         ("[api\n", {}, "(file)", "valid TOML"),
+        ("[p2p]\n[p2p]\n", {}, "(file)", "already has a [p2p] table; put the key under"),
+        ("[p2p]\nannounce_interval_s = 3600\n", {}, "p2p.announce_interval_s", "in 1..1200"),
         ('[chain]\ntoken = "usdc"\n', {}, "chain.token", "ERC-20 address"),
         ("", {"IDLEGRID_CHAIN_TOKEN": "0x" + "11" * 20}, "chain.token", "needs backend = rpc"),
         (
