@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from consensus.errors import Invalid
 from consensus.kinds import Body, Registry, Wei, exact_size
-from consensus.market.spec import Requirements
+from consensus.market.spec import DATASET_NAME, MAX_DATASETS, Requirements
 
 JOB_ID_LEN = 16
 HASH_LEN = 32
@@ -106,6 +107,14 @@ class Workload:
     params: dict[str, str] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
     network: bool = False
+    datasets: dict[str, bytes] = field(default_factory=dict)  # its folder's name -> dataset id
+
+    def __post_init__(self) -> None:
+        if len(self.datasets) > MAX_DATASETS:
+            raise Invalid("workload.datasets", f"at most {MAX_DATASETS}")
+        for name, dataset_id in self.datasets.items():
+            if not DATASET_NAME.fullmatch(name) or len(dataset_id) != HASH_LEN:
+                raise Invalid(f"workload.datasets.{name}", "a plain name and a 32-byte id")
 
 
 @dataclass(frozen=True, kw_only=True)

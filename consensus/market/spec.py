@@ -26,6 +26,7 @@ A spec file (see ``examples/``) has a few top-level keys and four tables::
     [io]
     inputs = ["data/", "train.py"]  # local paths, relative to the spec file
     outputs = ["out/"]              # paths the workload writes, relative to its directory
+    datasets = { images = "<64 hex>" }  # datasets held here (idlegrid data add), by name
 
     [budget]
     max_total = "0.01 eth"        # cap on everything this job may cost
@@ -50,6 +51,9 @@ VERIFICATION_LEVELS = ("none", "sampled", "standard", "strict")
 REFERENCE_SCORE = 1000  # a worker with this benchmark score takes ``estimate_s`` seconds
 REFERENCE_GFLOPS = 10_000  # fp32 dense matmul of that reference worker (about an RTX 3060)
 MAX_TASKS = 10_000
+MAX_DATASETS = 8
+# A dataset's directory in the task's folder: one plain path component, not hidden.
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_DEADLINE_S = 30 * 24 * 3600
 _UNITS = {"wei": (0, 1), "gwei": (9, 10**9), "eth": (18, 10**18)}  # (decimals, wei)
 _AMOUNT = re.compile(r"([0-9]+)(?:\.([0-9]+))?\s*(wei|gwei|eth)")
@@ -108,6 +112,7 @@ class JobSpec:
     max_total_wei: int
     max_price_wei_per_s: int
     deadline_s: int
+    datasets: dict[str, str] = field(default_factory=dict)  # name -> dataset id (hex)
 
     def task_budget_wei(self) -> int:
         """Each task's share of the budget (the remainder stays unspent in escrow)."""
@@ -123,7 +128,7 @@ def parse_spec(doc: Mapping[str, Any]) -> JobSpec:
     split = top.choice("split", SPLITS, "none")
     if tasks > 1 and split == "none":
         raise SpecError("split", f"tasks = {tasks} needs a split: one of {', '.join(SPLITS[1:])}")
-    io = top.table("io", {"inputs", "outputs"})
+    io = top.table("io", {"inputs", "outputs", "datasets"})
     budget = top.table("budget", {"max_total", "max_price_per_s", "deadline"})
     spec = JobSpec(
         name=top.text("name"),
@@ -139,8 +144,10 @@ def parse_spec(doc: Mapping[str, Any]) -> JobSpec:
         max_total_wei=budget.wei("max_total"),
         max_price_wei_per_s=budget.wei("max_price_per_s"),
         deadline_s=budget.duration("deadline", "1h"),
+        datasets=io.datasets("datasets"),
     )
     _check_split(spec)
+    _check_datasets(spec)
     if spec.max_total_wei < spec.tasks:
         raise SpecError("budget.max_total", f"must cover at least 1 wei per task ({spec.tasks})")
     return spec
@@ -231,6 +238,14 @@ _KIND_CHECKS: dict[str, Callable[[Runtime], None]] = {
 }
 
 
+def _check_datasets(spec: JobSpec) -> None:
+    """A dataset's directory would collide with an input of the same name in the task's folder."""
+    tops = {path.replace("\\", "/").strip("/").split("/")[-1] for path in spec.inputs}
+    for name in spec.datasets:
+        if name in tops:
+            raise SpecError(f"io.datasets.{name}", "an input has that name too: rename one")
+
+
 def _check_split(spec: JobSpec) -> None:
     if spec.split == "frames":
         first, last = frame_range(spec.runtime.frames or "1")
@@ -314,6 +329,26 @@ class _Table:
                     f"{self.key(name)}.{key}", f"expected a string or integer, got {item!r}"
                 )
             out[key] = str(item)
+        return out
+
+    def datasets(self, name: str) -> dict[str, str]:
+        value = self.data.get(name, {})
+        if not isinstance(value, dict):
+            raise SpecError(
+                self.key(name), f'expected a table like {{ images = "<64 hex>" }}, got {value!r}'
+            )
+        if len(value) > MAX_DATASETS:
+            raise SpecError(self.key(name), f"at most {MAX_DATASETS} datasets, got {len(value)}")
+        out = {}
+        for key, item in value.items():
+            where = f"{self.key(name)}.{key}"
+            if not DATASET_NAME.fullmatch(key):
+                raise SpecError(where, "a name of letters, digits, . _ - (not hidden, no /)")
+            if not (isinstance(item, str) and re.fullmatch(r"[0-9a-fA-F]{64}", item)):
+                raise SpecError(
+                    where, f"expected a dataset id (64 hex, from `idlegrid data add`), got {item!r}"
+                )
+            out[key] = item.lower()
         return out
 
     def wei(self, name: str) -> int:

@@ -68,8 +68,9 @@ def market_routes(ctx: NodeContext) -> Routes:
             raise ApiError(400, f"base_dir must be an existing absolute folder: {base}")
         try:
             new_id = await jobs().submit(spec, base)
-        except ValueError as exc:  # PackError: a missing input
-            raise ApiError(400, f"inputs: {exc}") from None
+        except ValueError as exc:  # PackError: a missing input; SpecError: a dataset not here
+            what = "job spec" if isinstance(exc, SpecError) else "inputs"
+            raise ApiError(400, f"{what}: {exc}") from None
         return {"job_id": new_id.hex()}
 
     async def job_list(_: Request) -> Any:

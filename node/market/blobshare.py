@@ -11,9 +11,9 @@ failover) re-seals the key it was given. The whole ciphertext is verified agains
 before it enters the store; the plaintext is stored beside it, and a small keyring (one 0600
 file per blob: key and plaintext hash) maps one to the other across restarts.
 
-Job data takes this path rather than the chunked transfer layer (``node/transfer``), which
-moves big datasets between daemons: this one also runs over the in-memory network that the
-market's simulation uses.
+A task's inputs take this path rather than the chunked transfer layer (``node/transfer``):
+this one also runs over the in-memory network that the market's simulation uses. Big data
+goes as datasets a job names (:mod:`node.market.datasets`), through the transfer layer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nacl.signing
 import trio
@@ -43,6 +43,9 @@ from node.market.sealing import (
 )
 from p2p.reqresp import RequestError, RequestRejected
 from storage.blobs import BlobStore, check_digest
+
+if TYPE_CHECKING:
+    from node.market.datasets import Datasets
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ class BlobShare:
         self.net, self.store, self.scratch, self._node_key = net, store, scratch, key
         self.keyring = Keyring(scratch.parent / "keys")
         self._grants: set[tuple[str, str]] = set()
+        # The node's dataset service, for the datasets a job names (set by the daemon).
+        self.datasets: Datasets | None = None
 
     def register(self) -> None:
         self.net.serve(PROTOCOL, self._serve)

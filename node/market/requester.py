@@ -26,6 +26,7 @@ from consensus.market.lifecycle import TERMINAL, job_state
 from consensus.market.messages import JOB_ID_LEN, Bid, BlobRef, TaskRef
 from consensus.market.spec import JobSpec
 from node.market.blobshare import BlobShare
+from node.market.datasets import check_spec
 from node.market.net import MarketNet
 from node.market.packing import pack
 from node.market.params import MarketParams
@@ -93,8 +94,14 @@ class JobManager:
             await trio.sleep_forever()
 
     async def submit(self, spec: JobSpec, base_dir: Path) -> bytes:
-        """Packs the inputs, records the job and starts its tasks; returns the job id."""
+        """Packs the inputs, records the job and starts its tasks; returns the job id.
+
+        Raises:
+            SpecError: a dataset it names is not held whole here.
+            PackError: an input is missing or unreadable.
+        """
         job_id = os.urandom(JOB_ID_LEN)
+        await check_spec(self.share.datasets, spec)
         inputs = await self._pack_inputs(spec, base_dir) if spec.inputs else None
         now = self.net.now_ms()
         row = {

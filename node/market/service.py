@@ -77,6 +77,7 @@ def market_of(ctx: NodeContext) -> Market:
         net = LiveNet(ctx.network, envelopes)
         share = BlobShare(net, ctx.blobs, ctx.home.root / "work" / "scratch", ctx.keys.signing_key)
         share.register()
+        share.datasets = ctx.data
         m = ctx.settings.market
         params = MarketParams(
             bid_window_ms=m.bid_window_ms,

@@ -47,6 +47,7 @@ from consensus.market.messages import (
 from consensus.market.meter import payable_after_failover
 from consensus.market.spec import JobSpec
 from node.market.blobshare import FetchFailed
+from node.market.datasets import grant_all
 from node.market.net import AWARDS, jobs_topic
 from node.market.store import BidRecord, TaskRow
 from node.market.supervision import Supervision
@@ -178,6 +179,7 @@ class TaskRunner:
             self.mgr.share.grant(send.bidder, order.inputs.hash)
         if order.resume is not None and order.resume.blob is not None:
             self.mgr.share.grant(send.bidder, order.resume.blob.hash)
+        await grant_all(self.mgr.share.datasets, order.workload, send.bidder)
         self.mgr.messages["order"] += 1
         try:
             reply = await self.net.request(

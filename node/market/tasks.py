@@ -29,6 +29,7 @@ def workload_for(spec: JobSpec, task: int) -> Workload:
         params=dict(runtime.params),
         outputs=list(spec.outputs),
         network=spec.network,
+        datasets={name: bytes.fromhex(d) for name, d in spec.datasets.items()},
     )
 
 

@@ -44,6 +44,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard
 from node.market.blobshare import BlobShare, FetchFailed
+from node.market.datasets import place_all
 from node.market.executor import GENESIS, Executor, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
@@ -277,6 +278,7 @@ class WorkerService:
         resume_path = None
         if order.inputs is not None:
             unpack(await self.share.fetch(order.inputs, self._addrs_of), workdir)
+        await place_all(self.share.datasets, order.workload, workdir, [work.requester])
         if order.resume is not None and order.resume.blob is not None:
             resume_path = await self.share.fetch(order.resume.blob, self._addrs_of)
         await self._set_state(work, "running")

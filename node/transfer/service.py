@@ -21,9 +21,11 @@ import trio
 from consensus.errors import Invalid
 from consensus.transfer.manifest import Manifest, decode_manifest
 from node.discovery import LOOKUP_TIMEOUT_S, REPROVIDE_S, locate
+from node.market.blobshare import FetchFailed as TaskFetchFailed
 from node.market.sealing import SealError
 from node.transfer import local
 from node.transfer.fetcher import FetchFailed, fetch
+from node.transfer.run import now_ms
 from node.transfer.sealed import is_sealed, open_tree
 from node.transfer.server import TransferServer
 from p2p.host import DialError
@@ -68,6 +70,7 @@ class DataService:
     nursery: trio.Nursery
     jobs: dict[bytes, Job] = field(default_factory=dict)
     _to_provide: trio.MemorySendChannel[bytes] | None = None
+    _placing: dict[bytes, trio.Lock] = field(default_factory=dict)  # one fetch per dataset
 
     async def offer(self, dataset_id: bytes, manifest: Manifest | None = None) -> int:
         """Serve ``dataset_id`` (complete here) to the peers granted it; returns the grants.
@@ -89,6 +92,56 @@ class DataService:
         if self._to_provide is not None:
             self._to_provide.send_nowait(dataset_id)
         return len(mine)
+
+    # --- what the market uses (node.market.datasets.Datasets) -----------------------------
+
+    async def unusable(self, dataset_id: bytes) -> str:
+        """Why a job cannot name ``dataset_id`` from this node, or ""."""
+        db = self.net.ctx.db
+        rows = await db.transaction(lambda c: journal.transfers(c, dataset_id))
+        if not rows or rows[0].state != journal.COMPLETE:
+            return f"dataset {dataset_id.hex()[:16]} is not held whole here: `idlegrid data add`"
+        raw = await trio.to_thread.run_sync(self.store.get, dataset_id.hex())
+        if is_sealed(decode_manifest(raw, dataset_id)):
+            return "a sealed dataset opens for one peer only: add it without --for"
+        return ""
+
+    async def grant(self, peer: str, dataset_id: bytes) -> None:
+        """Lets ``peer`` fetch ``dataset_id`` from us (kept in sqlite, like ``data grant``)."""
+        now = now_ms()
+        await self.net.ctx.db.transaction(lambda c: access.grant(c, dataset_id, [peer], now))
+        self.server.grant(peer, dataset_id)
+
+    async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
+        """Fetches what is missing of ``dataset_id`` from ``holders`` and writes it to ``out``;
+        afterwards this node serves it to whom it grants it (a sentry checking the task).
+
+        Raises:
+            node.market.blobshare.FetchFailed: not fetched whole, or sealed.
+        """
+        lock = self._placing.setdefault(dataset_id, trio.Lock())
+        async with lock:  # two tasks on one dataset: the second finds it all here
+            try:
+                manifest = await self._fetched(dataset_id, holders)
+                await trio.to_thread.run_sync(materialize, manifest, self.store, out)
+            except FETCH_ERRORS as exc:
+                raise TaskFetchFailed(str(exc)) from exc
+            await self.offer(dataset_id, manifest)
+
+    async def _fetched(self, dataset_id: bytes, holders: list[str]) -> Manifest:
+        connected = set(self.net.host.connected_peers())
+        elsewhere = [h for h in holders if h not in connected]
+        peers = [h for h in holders if h in connected]
+        if elsewhere:
+            peers += await self._candidates(dataset_id, elsewhere)
+        net = self.net
+        result = await fetch(net.host, net.ctx.db, self.store, dataset_id, peers, bulk=True)
+        if is_sealed(result.manifest):
+            raise FetchFailed("a sealed dataset: a job's datasets are added without --for")
+        log.info("dataset placed", extra={"dataset": dataset_id.hex()[:16],
+                                          "chunks_moved": result.chunks_moved,
+                                          "bytes_moved": result.bytes_moved})  # fmt: skip
+        return result.manifest
 
     def start_get(
         self, dataset_id: bytes, out: Path, sources: list[str], opts: dict[str, Any]

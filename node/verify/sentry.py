@@ -44,6 +44,7 @@ from consensus.verify.messages import (
 from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
+from node.market.datasets import place_all
 from node.market.packing import unpack
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import EscalationDesk
@@ -344,6 +345,11 @@ class Sentry:
                 log.info("inputs not fetched", extra={"task": att.ref.text(), "error": str(exc)})
                 return NO_STATE, None
             unpack(archive, workdir)
+        try:
+            await place_all(self.share.datasets, att.workload, workdir, [att.worker])
+        except FetchFailed as exc:
+            log.info("dataset not fetched", extra={"task": att.ref.text(), "error": str(exc)})
+            return NO_STATE, None
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         gpus = self.devices.gpus(att.det_class)
         return await replay_segment(runtime, spec, index, start, lambda _line: None, gpus=gpus,

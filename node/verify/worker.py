@@ -25,6 +25,7 @@ from consensus.kinds import from_wire, to_wire
 from consensus.market.messages import BlobRef, Checkpoint, TaskOrder
 from consensus.verify import tree
 from consensus.verify.messages import Attestation, ChallengeRequest, Leaf, attestation_id
+from node.market.datasets import grant_all
 from node.verify.play import answer_from
 from node.verify.topics import (
     ATTESTATION_TTL_MS,
@@ -151,6 +152,8 @@ class VerifyWorker:
         segments, offset = kept[1], max(0, att.first - 1)
         if att.inputs is not None:
             self.share.grant(peer, att.inputs.hash)
+        if att.workload is not None:
+            await grant_all(self.share.datasets, att.workload, peer)
 
         by_reference: dict[int, BlobRef] = {}
 

@@ -8,7 +8,11 @@ from typing import Any
 
 import pytest
 
+from consensus.errors import Invalid
+from consensus.kinds import from_wire, to_wire
+from consensus.market.messages import Workload
 from consensus.market.spec import SpecError, frame_range, parse_amount, parse_spec
+from node.market.tasks import workload_for
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -62,6 +66,16 @@ def test_every_example_parses(path: Path) -> None:
         ({"runtime__params": {"lr": 0.1}}, "runtime.params.lr", "string or integer"),
         ({"network": "yes"}, "network", "true or false"),
         ({"requirements": 3}, "requirements", "expected a table"),
+        ({"io__datasets": ["ab" * 32]}, "io.datasets", "expected a table like"),
+        ({"io__datasets": {".hidden": "ab" * 32}}, "io.datasets..hidden", "not hidden, no /"),
+        ({"io__datasets": {"a/b": "ab" * 32}}, "io.datasets.a/b", "not hidden, no /"),
+        ({"io__datasets": {"data": "ab" * 31}}, "io.datasets.data", "64 hex"),
+        ({"io__datasets": {f"d{i}": "ab" * 32 for i in range(9)}}, "io.datasets", "at most 8"),
+        (
+            {"io__inputs": ["data/"], "io__datasets": {"data": "ab" * 32}},
+            "io.datasets.data",
+            "an input has that name too",
+        ),
     ],
 )
 def test_a_bad_field_is_named_with_its_reason(
@@ -114,3 +128,17 @@ def test_frame_ranges() -> None:
     assert frame_range("7") == (7, 7)
     with pytest.raises(SpecError):
         frame_range("9-2")
+
+
+def test_datasets_are_named_folders_of_the_task() -> None:
+    spec = parse_spec(base(io__inputs=["run.py"], io__datasets={"images": "AB" * 32}))
+    assert spec.datasets == {"images": "ab" * 32}
+    assert workload_for(spec, 0).datasets == {"images": bytes.fromhex("ab" * 32)}
+
+
+def test_a_workload_from_the_wire_with_a_bad_dataset_is_refused() -> None:
+    wire = to_wire(Workload(kind="exec", command=["true"]))
+    with pytest.raises(Invalid, match=r"workload\.datasets\.\.\.: a plain name"):
+        from_wire(Workload, wire | {"datasets": {"..": b"x" * 32}})
+    with pytest.raises(Invalid, match=r"workload\.datasets\.data: a plain name"):
+        from_wire(Workload, wire | {"datasets": {"data": b"short"}})
