@@ -72,6 +72,7 @@ def init(home_dir: str | None, roles: tuple[str, ...], api_port: int | None, enc
         click.echo(
             f"{home.root} is already initialised (peer {identity.read_identity(home)['peer_id']})"
         )
+        _not_applied(home, roles, api_port)
         return
     flags = {"node.roles": (roles or None, "--role"), "api.port": (api_port, "--api-port")}
     loaded = load_settings(home, flags)
@@ -90,6 +91,18 @@ def init(home_dir: str | None, roles: tuple[str, ...], api_port: int | None, enc
     click.echo(f"  address  {keys.address}")
     click.echo(f"  roles    {', '.join(loaded.settings.node.roles)}")
     click.echo("back up keys/ now: a lost wallet key cannot be recovered")
+
+
+def _not_applied(home: Home, roles: tuple[str, ...], api_port: int | None) -> None:
+    """Says which of init's options an existing data dir did not take, and where they go."""
+    settings = load_settings(home, {}).settings
+    if roles and tuple(roles) != tuple(settings.node.roles):
+        click.echo(
+            f"  roles stay {', '.join(settings.node.roles)}: --role shapes a new data dir only; "
+            f"set node.roles in {home.config} or pass --role to `idlegrid node start`"
+        )
+    if api_port is not None and api_port != settings.api.port:
+        click.echo(f"  api.port stays {settings.api.port}: set api.port in {home.config}")
 
 
 @cli.group()

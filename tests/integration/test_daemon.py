@@ -68,6 +68,7 @@ def test_init_creates_private_keys_and_is_idempotent(home: Path) -> None:
     again = idlegrid(home, "init", "--role", "requester")
     assert again.returncode == 0
     assert "already initialised" in again.stdout
+    assert "roles stay worker, sentry: --role shapes a new data dir only" in again.stdout
     assert snapshot(home) == before
 
 
