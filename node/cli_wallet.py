@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -335,9 +336,59 @@ def settlement() -> None:
 def settlement_status(home_dir: str | None, as_json: bool) -> None:
     """The running node's settlement: chain, account, pool, stake, escrow, anchoring, claims."""
     view = ApiClient(Home(resolve_home(home_dir))).get("/v1/chain")
-    emit(as_json, view, lambda v: "\n".join(
-        f"{k}: {json.dumps(val) if isinstance(val, dict) else val}" for k, val in v.items()
-    ))  # fmt: skip
+    emit(as_json, view, _settlement_text)
+
+
+def _settlement_text(v: dict[str, Any]) -> str:
+    """The status as a reader wants it: amounts in their unit, times as dates, one line per
+    part; ``--json`` keeps every field as the API gives it."""
+    if not v.get("settle"):
+        return "this node does not settle on chain (chain.settle = false)"
+    token = v.get("token")
+
+    def money(wei: Any) -> str:
+        return _amount(int(wei or 0), token)
+
+    pool, stake, payee = v.get("pool") or {}, v.get("stake") or {}, v.get("payee")
+    rows = [
+        ("chain", f"{v['chain_id']} ({v['backend']}), contract {v['contract']}"),
+        ("account", v["address"]),
+        ("balance", money(v["balance_wei"]) + _coin_note(v)),
+        ("pool", f"{money(pool.get('balance'))}, debited {money(pool.get('debited'))}"
+                 + _leaving(money(pool.get("leaving")), pool.get("leave_at"))),
+        ("stake", f"{money(stake.get('bonded'))}"
+                  + _leaving(money(stake.get("unbonding")), stake.get("unbond_at"))),
+        ("earned", f"{money(v.get('earned_wei'))} over {v.get('epochs', 0)} epoch(s)"),
+        ("pending", f"{v.get('pending_txs', 0)} transaction(s)"
+                    + (" (dry run: nothing is sent)" if v.get("dry_run") else "")),
+    ]  # fmt: skip
+    if payee is not None:
+        last = payee.get("last_claim") or {}
+        claimed = (f"{money(last.get('paid_wei'))} at epoch {last.get('epoch')}"
+                   if last.get("claimed") else "none since the node started")  # fmt: skip
+        rows.append(("as worker", f"{payee.get('tasks', 0)} task(s), vouched "
+                     f"{money(payee.get('vouched_wei'))}, last claim {claimed}"))  # fmt: skip
+        for owed in payee.get("arrears") or []:  # their work is declined until they pay
+            unpaid = f"{money(owed['waiting_wei'])} unpaid over {owed['anchors']} anchors"
+            rows.append(("in arrears", f"requester {owed['requester']} owes {unpaid}"))
+    jobs = (v.get("escrow") or {}).get("jobs") or {}
+    disputes = (v.get("disputes") or {}).get("disputes") or {}
+    rows.append(("as requester", f"{len(jobs)} job(s) in escrow, {len(disputes)} dispute(s)"))
+    return table(rows)
+
+
+def _coin_note(v: dict[str, Any]) -> str:
+    if v.get("token"):
+        return f", gas coin {format_wei(int(v['gas_balance_wei']))}"
+    return " (test coin)" if v["backend"] == "embedded" else ""
+
+
+def _leaving(amount: str, at: Any) -> str:
+    """``, leaving X on DATE`` while something is on its way out, else nothing."""
+    if not at or int(at) == 0:
+        return ""
+    when = datetime.fromtimestamp(int(at), UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f", {amount} leaving on {when}"
 
 
 @settlement.command("txs")
