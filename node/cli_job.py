@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from consensus.market.spec import SpecError, parse_spec
-from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
+from node.cli_base import BadInput, Failure, emit, home_option, json_option, short_peer, table
 from node.client import ApiClient
 from node.home import Home, HomeError, resolve_home
 from node.market.packing import PackError, unpack
@@ -95,7 +95,7 @@ def _follow(client: ApiClient, job_id: str, quiet: bool) -> dict[str, Any]:
             for line in logs["lines"]:
                 click.echo(f"  [task {line['task']}] {line['line']}")
             for task in view["task_states"]:
-                shown = f"{task['state']} {task['worker'][-8:]} {task['reason']}".strip()
+                shown = f"{task['state']} {short_peer(task['worker'])} {task['reason']}".strip()
                 if seen.get(task["task"]) != shown:
                     seen[task["task"]] = shown
                     click.echo(f"task {task['task']}: {shown}")
@@ -125,18 +125,18 @@ def _human_job(view: dict[str, Any]) -> str:
         head += f"  ({view['reason']})"
     rows = [("TASK", "STATE", "ATTEMPT", "WORKER", "CHECKPOINTS", "NOTE")]
     for t in view["task_states"]:
-        rows.append((str(t["task"]), t["state"], str(t["attempt"]), t["worker"][-12:] or "-",
+        rows.append((str(t["task"]), t["state"], str(t["attempt"]), short_peer(t["worker"]),
                      str(t["checkpoints"]), t["reason"][:60]))  # fmt: skip
     checked = view.get("verification", {})
     verdicts = (
         "".join(
             f"\n  task {v['task']}#{v['attempt']} {'pass' if v['passed'] else 'FAIL'}"
-            f" {v['worker'][-12:]} {v['reason'][:60]}"
+            f" {short_peer(v['worker'])} {v['reason'][:60]}"
             for v in checked.get("verdicts", [])
         )
         + "".join(
-            f"\n  task {e['task']}#{e['attempt']} ESCALATED {e['worker'][-12:]} cross-class miss on"
-            f" segments {e['segments']} by {e['sentry'][-12:]}"
+            f"\n  task {e['task']}#{e['attempt']} ESCALATED {short_peer(e['worker'])}"
+            f" cross-class miss on segments {e['segments']} by {short_peer(e['sentry'])}"
             + (f"; {e['outcome'][:90]}" if e["outcome"] else "")
             for e in checked.get("escalations", [])
         )
@@ -227,7 +227,7 @@ def bids(job_id: str, home_dir: str | None, as_json: bool) -> None:
     """Every bid a job received, with its price and what became of it."""
     payload = _client(home_dir).get(f"/v1/job/bids?id={job_id}")
     rows = [("TASK", "ATTEMPT", "WORKER", "WEI/S PER GPU", "GPUS", "EST S", "OUTCOME")]
-    rows += [(str(b["task"]), str(b["attempt"]), b["worker"][-12:], b["price_wei_per_s"],
+    rows += [(str(b["task"]), str(b["attempt"]), short_peer(b["worker"]), b["price_wei_per_s"],
               str(b["gpus"]), str(b["est_s"]), b["outcome"]) for b in payload["bids"]]  # fmt: skip
     emit(as_json, payload, lambda _: table(rows))
 

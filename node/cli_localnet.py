@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from consensus.settlement.units import format_wei
-from node.cli_base import BadInput, Failure, emit, json_option, table
+from node.cli_base import BadInput, Failure, emit, json_option, short_peer, table
 from node.localnet import net
 from node.localnet.procs import POLL_S
 from node.localnet.state import State
@@ -142,7 +142,7 @@ def _human_status(p: dict[str, Any]) -> str:
         price = format_wei(int(n["price_wei_per_s"])) if n["price_wei_per_s"] else "-"
         balance = format_wei(int(n["balance_wei"])) if n["balance_wei"] else "-"
         rows.append((n["name"], n["role"], str(n["pid"]), "yes" if n["alive"] else "NO",
-                     str(n["api_port"] or "-"), n["peer_id"][:16] + "...", peers, price,
+                     str(n["api_port"] or "-"), short_peer(n["peer_id"]), peers, price,
                      balance))  # fmt: skip
     return "\n".join(lines) + table(rows)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.settlement.units import format_wei
+from node.cli_base import short_peer
 from node.client import ApiClient
 from node.demo_watch import follow, follow_settlement
 from node.home import Home
@@ -97,7 +98,7 @@ def wait_for_workers(requester: ApiClient, count: int) -> None:
         available = [w for w in pool if w["status"] == "available"]
         if len(available) >= count:
             for w in available:
-                print(f"  {w.get('name') or w['peer_id'][-8:]}: {w['status']}", flush=True)
+                print(f"  {w.get('name') or short_peer(w['peer_id'])}: {w['status']}", flush=True)
             return
         if time.monotonic() > deadline:
             raise SystemExit(f"demo: only {len(available)} of {count} workers joined in time")
@@ -153,7 +154,7 @@ def summary(  # noqa: PLR0917 - one argument per column of the table
             paid_wei = int(a["payable_wei"] or a["vouched_wei"])
             rate = int(a["price_wei_per_s"]) * int(a.get("gpus") or 1)
             print(
-                f"    task {a['task']} on {names.get(a['worker'], a['worker'][-8:])}: "
+                f"    task {a['task']} on {names.get(a['worker'], short_peer(a['worker']))}: "
                 f"{seconds} s from award to end, {paid_wei // max(1, rate)} s metered at "
                 f"{format_wei(int(a['price_wei_per_s']))}/s, {a['outcome'] or 'running'}, "
                 f"paid {format_wei(paid_wei)}"
