@@ -16,6 +16,7 @@ import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,22 @@ def _check(key: str, value: Any, check: Any, source: str) -> None:
         raise ConfigError(key, value, expected, source)
 
 
+_UNIT_DIGITS = {"wei": 0, "gwei": 9, "eth": 18}
+_AMOUNT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(wei|gwei|eth)\s*", re.IGNORECASE)
+
+
+def _wei_hint(key: str, value: Any) -> str:
+    """For an amount written with a unit where wei are wanted, the integer to write instead
+    (job specs take units; settings stay integers, which also suit a token's base units)."""
+    match = _AMOUNT.fullmatch(value) if isinstance(value, str) and "_wei" in key else None
+    if match is None:
+        return ""
+    wei = Decimal(match.group(1)).scaleb(_UNIT_DIGITS[match.group(2).lower()])
+    if wei != wei.to_integral_value():
+        return f" of wei ({value.strip()} is finer than one wei)"
+    return f" of wei: write {int(wei)} for {value.strip()}"
+
+
 def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
     """Converts a TOML value or an environment/flag string to the field's type, or refuses."""
     from_text = isinstance(value, str) and not source.startswith("file")
@@ -186,7 +203,7 @@ def _coerce(key: str, value: Any, typ: Any, source: str) -> Any:
             return value
         if from_text and value.strip().lstrip("-").isdigit():
             return int(value)
-        raise ConfigError(key, value, "an integer", source)
+        raise ConfigError(key, value, "an integer" + _wei_hint(key, value), source)
     if typ is str:
         if isinstance(value, str):
             return value

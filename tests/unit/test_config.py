@@ -70,6 +70,13 @@ def test_reserved_env_is_not_a_key() -> None:
         ("[api\n", {}, "(file)", "valid TOML"),
         ("[p2p]\n[p2p]\n", {}, "(file)", "already has a [p2p] table; put the key under"),
         ("[p2p]\nannounce_interval_s = 3600\n", {}, "p2p.announce_interval_s", "in 1..1200"),
+        (
+            '[worker]\nprice_wei_per_s = "100 gwei"\n',
+            {},
+            "worker.price_wei_per_s",
+            "write 100000000000 for 100 gwei",
+        ),
+        ("", {"IDLEGRID_VERIFY_SLASH_WEI": "0.5 wei"}, "verify.slash_wei", "finer than one wei"),
         ('[chain]\ntoken = "usdc"\n', {}, "chain.token", "ERC-20 address"),
         ("", {"IDLEGRID_CHAIN_TOKEN": "0x" + "11" * 20}, "chain.token", "needs backend = rpc"),
         (
