@@ -15,6 +15,7 @@ import click
 from config import ROLES, ConfigError
 from consensus.errors import Invalid
 from consensus.settlement.eip712 import chain_job_id, chain_task_id
+from node.client import ApiRefused
 from node.home import HomeError
 
 SHORT_PEER = 12  # a peer id's last characters: its first ones are the same for every key
@@ -33,6 +34,13 @@ class BadInput(click.ClickException):
     exit_code = 2
 
 
+def failure(exc: HomeError) -> click.ClickException:
+    """Exit 2 for what the user asked wrong (the daemon said 400 or 404), else 1."""
+    if isinstance(exc, ApiRefused) and exc.bad_input:
+        return BadInput(str(exc))
+    return Failure(str(exc))
+
+
 class Cli(click.Group):
     """Turns our errors into clean messages and the right exit codes, never a traceback."""
 
@@ -42,7 +50,7 @@ class Cli(click.Group):
         except ConfigError as exc:
             raise BadInput(f"config error: {exc}") from None
         except HomeError as exc:
-            raise Failure(str(exc)) from None
+            raise failure(exc) from None
 
 
 home_option = click.option(

@@ -21,7 +21,7 @@ import click
 import trio
 
 from consensus.errors import Invalid
-from node.cli_base import BadInput, Failure, emit, home_option, json_option, table
+from node.cli_base import BadInput, Failure, emit, failure, home_option, json_option, table
 from node.client import ApiClient, NotRunning
 from node.home import Home, HomeError, resolve_home
 from node.transfer import local
@@ -137,7 +137,7 @@ def _grant_and_offer(home: Home, dataset_id: bytes, peers: list[str]) -> bool:
     except NotRunning:
         return False
     except HomeError as exc:
-        raise Failure(str(exc)) from None
+        raise failure(exc) from None
     return True
 
 
@@ -181,7 +181,7 @@ def get(
     except NotRunning:
         result = _get_standalone(home, dataset_id, out, list(sources), window=window, bulk=bulk)
     except HomeError as exc:
-        raise Failure(str(exc)) from None
+        raise failure(exc) from None
     else:
         result = _follow(home, dataset_id)
     emit(as_json, result, lambda r: f"{r['dataset_id']} -> {r['out']}")

@@ -12,7 +12,16 @@ from typing import Any
 import click
 
 from consensus.market.spec import SpecError, parse_spec
-from node.cli_base import BadInput, Failure, emit, home_option, json_option, short_peer, table
+from node.cli_base import (
+    BadInput,
+    Failure,
+    emit,
+    failure,
+    home_option,
+    json_option,
+    short_peer,
+    table,
+)
 from node.client import ApiClient
 from node.home import Home, HomeError, resolve_home
 from node.market.packing import PackError, unpack
@@ -72,7 +81,7 @@ def job_submit(file: str, wait: bool, home_dir: str | None, as_json: bool) -> No
     try:
         job_id = client.post("/v1/jobs", {"spec": text, "base_dir": base})["job_id"]
     except HomeError as exc:
-        raise Failure(str(exc)) from None
+        raise failure(exc) from None
     if not wait:
         emit(as_json, {"job_id": job_id}, lambda p: p["job_id"])
         return

@@ -14,6 +14,20 @@ class NotRunning(HomeError):
         super().__init__(f"no idlegrid daemon is running in {home.root}")
 
 
+class ApiRefused(HomeError):
+    """The daemon answered, refusing the request: ``status`` says whose fault (4xx: what was
+    asked; 409: what the node is not running)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def bad_input(self) -> bool:
+        """The request named something wrong (a malformed or unknown id, a bad spec)."""
+        return self.status in (400, 404)
+
+
 class ApiClient:
     """Calls the daemon that owns ``home``; the port and token are read from the data dir."""
 
@@ -43,5 +57,7 @@ class ApiClient:
         finally:
             conn.close()
         if response.status != 200:
-            raise HomeError(f"API {method} {path}: {response.status} {payload.get('error')}")
+            error = payload.get("error") if isinstance(payload, dict) else payload
+            route = path.split("?", maxsplit=1)[0]
+            raise ApiRefused(response.status, f"{error} ({method} {route}: {response.status})")
         return payload

@@ -101,7 +101,9 @@ def test_a_job_runs_and_is_verified_on_a_dataset_fetched_once(
     (spec_dir / "work.py").write_text(WORK)
 
     code, _, err = submit(requester, spec_dir, "ab" * 32)
-    assert code != 0 and "io.datasets.corpus" in err and "not held whole here" in err, err
+    assert code == 2 and "io.datasets.corpus" in err and "not held whole here" in err, err
+    unknown = idlegrid(requester.home, "job", "status", "00ff", env=ENV)
+    assert unknown.returncode == 2 and "no job matches '00ff'" in unknown.stderr, unknown.stderr
 
     code, out, err = submit(requester, spec_dir, dataset)
     assert code == 0, err

@@ -109,7 +109,7 @@ def test_public_dataset_then_two_holders(nodes: tuple[Daemon, Daemon], tmp_path:
     bad = idlegrid(b.home, "data", "grant", dataset_id, "not-a-peer", env=ENV)
     assert bad.returncode == 2 and "PEER" in bad.stderr
     missing = idlegrid(b.home, "data", "grant", "00" * 32, "*", env=ENV)
-    assert missing.returncode == 1 and "not held whole here" in missing.stderr
+    assert missing.returncode == 2 and "not held whole here" in missing.stderr
 
 
 def test_a_dataset_sealed_for_a_peer_is_ciphertext_on_the_holder(
