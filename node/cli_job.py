@@ -132,6 +132,9 @@ def _human_job(view: dict[str, Any]) -> str:
     head = f"job {view['job_id']}  {view['kind']}  {view['state']}"
     if view.get("reason"):
         head += f"  ({view['reason']})"
+    datasets = (view.get("spec") or {}).get("datasets") or {}
+    if datasets:
+        head += "\ndatasets: " + ", ".join(f"{n} {d[:16]}" for n, d in sorted(datasets.items()))
     rows = [("TASK", "STATE", "ATTEMPT", "WORKER", "CHECKPOINTS", "NOTE")]
     for t in view["task_states"]:
         rows.append((str(t["task"]), t["state"], str(t["attempt"]), short_peer(t["worker"]),

@@ -115,6 +115,8 @@ def test_a_job_runs_and_is_verified_on_a_dataset_fetched_once(
     passed = sentry.wait_for("verdict", timeout=90)
     assert f"worker={ids['worker']}" in passed and "passed=True" in passed, passed
     wait_all(requester, [("task moved", "job_state=verified")], timeout=90)
+    shown = idlegrid(requester.home, "job", "status", job_id, env=ENV).stdout
+    assert f"datasets: corpus {dataset[:16]}" in shown, shown
     fetched = tmp_path / "fetched"
     got = idlegrid(requester.home, "job", "fetch", job_id, "--out", str(fetched), env=ENV)
     assert got.returncode == 0, got.stderr
