@@ -282,6 +282,30 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
     return table(lines) + ("\n" + table(routes) if len(routes) > 1 else "")
 
 
+@data.command("rm")
+@click.argument("dataset")
+@home_option
+@json_option
+def remove(dataset: str, home_dir: str | None, as_json: bool) -> None:
+    """Delete DATASET here (added, fetched, or placed for a job): its record, grants and the
+    chunks no other dataset here uses. A running daemon stops serving it first."""
+    dataset_id, home = _dataset_id(dataset), _home(home_dir)
+    try:
+        result = ApiClient(home).post("/v1/data/remove", {"dataset_id": dataset_id.hex()})
+    except NotRunning:
+        try:
+            removed = local.remove(home.db, local.chunk_store(home.root), dataset_id)
+        except KeyError:
+            raise BadInput(f"no dataset {dataset_id.hex()[:16]} here") from None
+        result = {"dataset_id": dataset_id.hex(), **vars(removed)}
+    except HomeError as exc:
+        raise failure(exc) from None
+    emit(as_json, result, lambda r: (
+        f"removed {r['dataset_id'][:16]}: {r['chunks_deleted']} chunks, "
+        f"{r['bytes_freed'] / 1e6:.1f} MB freed ({r['chunks_kept']} kept: other datasets use them)"
+    ))  # fmt: skip
+
+
 @data.command()
 @click.option("--listen", default="/ip4/127.0.0.1/tcp/0", show_default=True)
 @click.option("--public", is_flag=True, help="serve every dataset to any peer, granted or not")

@@ -146,3 +146,11 @@ def sources(conn: sqlite3.Connection, dataset_id: bytes) -> dict[str, SourceStat
         (dataset_id,),
     )
     return {r[0]: SourceStats(*tuple(r)[1:]) for r in rows}
+
+
+def forget(conn: sqlite3.Connection, dataset_id: bytes) -> bool:
+    """Drops everything recorded of ``dataset_id`` (its chunks and sources cascade, grants and
+    probes go too); returns whether there was a transfer row."""
+    conn.execute("DELETE FROM transfer_grants WHERE dataset_id = ?", (dataset_id,))
+    conn.execute("DELETE FROM transfer_probes WHERE dataset_id = ?", (dataset_id,))
+    return conn.execute("DELETE FROM transfers WHERE dataset_id = ?", (dataset_id,)).rowcount > 0

@@ -2,7 +2,8 @@
 
 ``POST /v1/data/offer {dataset_id}``: serve a dataset added (or granted) by the CLI;
 ``POST /v1/data/get {dataset_id, out, from, window, bulk}``: start a fetch, answered at once;
-``GET /v1/data/get?dataset_id=``: that fetch's state (progress is in the journal).
+``GET /v1/data/get?dataset_id=``: that fetch's state (progress is in the journal);
+``POST /v1/data/remove {dataset_id}``: stop serving it and delete it here.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def data_routes(ctx: NodeContext) -> Routes:
         )
         return {"dataset_id": dataset_id.hex(), "state": job.state}
 
+    async def remove(request: Request) -> Any:
+        body = request.json() or {}
+        dataset_id = _dataset_id(body.get("dataset_id"))
+        try:
+            removed = await service().remove(dataset_id)
+        except KeyError:
+            raise ApiError(404, f"no dataset {dataset_id.hex()[:16]} here") from None
+        except RuntimeError as exc:
+            raise ApiError(409, str(exc)) from None
+        return {"dataset_id": dataset_id.hex(), **vars(removed)}
+
     async def get_state(request: Request) -> Any:
         values = urllib.parse.parse_qs(request.query).get("dataset_id") or [""]
         dataset_id = _dataset_id(values[0])
@@ -71,4 +83,5 @@ def data_routes(ctx: NodeContext) -> Routes:
         ("POST", "/v1/data/offer"): offer,
         ("POST", "/v1/data/get"): start_get,
         ("GET", "/v1/data/get"): get_state,
+        ("POST", "/v1/data/remove"): remove,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from consensus.transfer.manifest import Manifest, decode_manifest
@@ -60,3 +61,50 @@ def complete_datasets(db_path: Path, store: BlobStore) -> dict[bytes, Manifest]:
         for r in rows
         if store.has(r.dataset_id.hex())
     }
+
+
+@dataclass(frozen=True)
+class Removed:
+    chunks_deleted: int
+    bytes_freed: int
+    chunks_kept: int  # shared with another dataset held here
+
+
+def remove(db_path: Path, store: BlobStore, dataset_id: bytes) -> Removed:
+    """Forgets ``dataset_id`` and deletes its manifest and the chunks no other dataset here
+    uses. The journal goes first: a crash in between leaves unused chunks (space), never a
+    dataset recorded whole whose chunks are gone.
+
+    Raises:
+        KeyError: nothing is recorded of ``dataset_id`` here.
+    """
+    conn = open_sync(db_path)
+    try:
+        if not run_transaction(conn, lambda c: journal.forget(c, dataset_id)):
+            raise KeyError(dataset_id.hex())
+        others = [r.dataset_id for r in journal.transfers(conn)]
+    finally:
+        conn.close()
+    mine = _chunk_hashes(store, dataset_id)
+    shared = set().union(*(_chunk_hashes(store, other) for other in others))
+    freed = deleted = 0
+    for digest in mine - shared:
+        size = _size(store, digest)
+        if store.delete(digest):
+            freed, deleted = freed + size, deleted + 1
+    store.delete(dataset_id.hex())
+    return Removed(deleted, freed, len(mine & shared))
+
+
+def _chunk_hashes(store: BlobStore, dataset_id: bytes) -> set[str]:
+    if not store.has(dataset_id.hex()):  # a fetch that never got its manifest
+        return set()
+    manifest = decode_manifest(store.get(dataset_id.hex()), dataset_id)
+    return {c.hash.hex() for c in manifest.chunks}
+
+
+def _size(store: BlobStore, digest: str) -> int:
+    try:
+        return store.path(digest).stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -81,6 +81,11 @@ class TransferServer:
         """Serve ``dataset_id`` to ``peer`` (``ANYONE``: to every peer)."""
         self._grants.add((peer, dataset_id))
 
+    def withdraw(self, dataset_id: bytes) -> None:
+        """Serve ``dataset_id`` no more, to anyone (it is being removed here)."""
+        self._offered.pop(dataset_id, None)
+        self._grants = {g for g in self._grants if g[1] != dataset_id}
+
     def offers(self, dataset_id: bytes) -> bool:
         return dataset_id in self._offered
 

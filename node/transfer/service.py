@@ -143,6 +143,24 @@ class DataService:
                                           "bytes_moved": result.bytes_moved})  # fmt: skip
         return result.manifest
 
+    async def remove(self, dataset_id: bytes) -> local.Removed:
+        """Stops serving ``dataset_id`` and deletes it here (chunks other datasets use stay).
+
+        Raises:
+            KeyError: nothing is recorded of it here.
+            RuntimeError: a fetch of it is running (a task placing it, or ``data get``).
+        """
+        job = self.jobs.get(dataset_id)
+        lock = self._placing.get(dataset_id)
+        if (job is not None and job.state == "fetching") or (lock is not None and lock.locked()):
+            raise RuntimeError(f"dataset {dataset_id.hex()[:16]} is being fetched: try later")
+        self.server.withdraw(dataset_id)
+        removed = await trio.to_thread.run_sync(
+            local.remove, self.net.ctx.home.db, self.store, dataset_id
+        )
+        log.info("dataset removed", extra={"dataset": dataset_id.hex()[:16], **vars(removed)})
+        return removed
+
     def start_get(
         self, dataset_id: bytes, out: Path, sources: list[str], opts: dict[str, Any]
     ) -> Job:

@@ -126,5 +126,10 @@ def test_a_job_runs_and_is_verified_on_a_dataset_fetched_once(
     assert code == 0, err
     again = worker.wait_for("dataset placed", timeout=90)
     assert int(field(again, "chunks_moved")) == 0, "the worker holds every chunk already"
+    wait_all(requester, [("task moved", "job_state=verified")], timeout=90)
+    gone = idlegrid(worker.home, "data", "rm", dataset, "--json", env=ENV)  # the operator's disk
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout)["chunks_deleted"] > 0
+    assert field(worker.wait_for("dataset removed"), "dataset") == dataset[:16]
     for daemon in network.values():
         assert "Traceback" not in daemon.output()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from node.cli import cli
+from node.transfer import local
+from storage.transfer_files import materialize
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -48,3 +51,27 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
         "get", "ab" * 32, "--out", str(tmp_path / "o"), "--from", "nope", "--home", home
     )
     assert code == 2 and "--from" in out
+
+
+def test_rm_frees_what_no_other_dataset_uses(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    shared = random.Random(1).randbytes(2 << 20)  # two 1 MiB chunks, both datasets hold them
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "shared.bin").write_bytes(shared)
+    (tmp_path / "b" / "own.bin").write_bytes(random.Random(2).randbytes(3_000_000))
+    ids = {n: json.loads(run("add", str(tmp_path / n), "--home", str(home), "--json")[1])
+           ["dataset_id"] for n in ("a", "b")}  # fmt: skip
+    code, out = run("rm", ids["b"], "--home", str(home), "--json")
+    assert code == 0, out
+    removed = json.loads(out)
+    assert removed["chunks_kept"] == 2, "a still uses the shared file's two chunks"
+    assert removed["chunks_deleted"] == 3 and removed["bytes_freed"] >= 3_000_000
+    code, out = run("status", "--home", str(home), "--json")
+    assert [r["dataset_id"] for r in json.loads(out)] == [ids["a"]]
+    store = local.chunk_store(home)
+    [(_, manifest)] = local.complete_datasets(home / "node.db", store).items()
+    materialize(manifest, store, tmp_path / "a-again")  # every chunk of a is still here
+    assert (tmp_path / "a-again" / "shared.bin").read_bytes() == shared
+    code, out = run("rm", ids["b"], "--home", str(home))
+    assert code == 2 and "no dataset" in out
