@@ -121,3 +121,8 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=10)
+
+
+def all_output(daemons: dict[str, Daemon], tail: int = 6000) -> str:
+    """The end of each daemon's output, named: for a failure that one daemon cannot explain."""
+    return "\n".join(f"--- {name}:\n{d.output()[-tail:]}" for name, d in daemons.items())
