@@ -345,11 +345,12 @@ class Sentry:
                 log.info("inputs not fetched", extra={"task": att.ref.text(), "error": str(exc)})
                 return NO_STATE, None
             unpack(archive, workdir)
-        try:
-            await place_all(self.share.datasets, att.workload, workdir, [att.worker])
-        except FetchFailed as exc:
-            log.info("dataset not fetched", extra={"task": att.ref.text(), "error": str(exc)})
-            return NO_STATE, None
+        if att.workload.datasets:
+            try:
+                await place_all(self.share.datasets, att.workload, workdir, [att.worker])
+            except FetchFailed as exc:
+                log.info("dataset not fetched", extra={"task": att.ref.text(), "error": str(exc)})
+                return NO_STATE, None
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         gpus = self.devices.gpus(att.det_class)
         return await replay_segment(runtime, spec, index, start, lambda _line: None, gpus=gpus,

@@ -152,7 +152,7 @@ class VerifyWorker:
         segments, offset = kept[1], max(0, att.first - 1)
         if att.inputs is not None:
             self.share.grant(peer, att.inputs.hash)
-        if att.workload is not None:
+        if att.workload is not None and att.workload.datasets:
             await grant_all(self.share.datasets, att.workload, peer)
 
         by_reference: dict[int, BlobRef] = {}
