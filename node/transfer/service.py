@@ -79,12 +79,9 @@ class DataService:
             KeyError: the dataset is not held whole here.
         """
         db = self.net.ctx.db
+        manifest = manifest or await self._complete(dataset_id)
         if manifest is None:
-            rows = await db.transaction(lambda c: journal.transfers(c, dataset_id))
-            if not rows or rows[0].state != journal.COMPLETE:
-                raise KeyError(dataset_id.hex())
-            raw = await trio.to_thread.run_sync(self.store.get, dataset_id.hex())
-            manifest = decode_manifest(raw, dataset_id)
+            raise KeyError(dataset_id.hex())
         self.server.offer(dataset_id, manifest)
         mine = await db.transaction(lambda c: access.grants(c, dataset_id))
         for peer in mine:
@@ -97,14 +94,20 @@ class DataService:
 
     async def unusable(self, dataset_id: bytes) -> str:
         """Why a job cannot name ``dataset_id`` from this node, or ""."""
-        db = self.net.ctx.db
-        rows = await db.transaction(lambda c: journal.transfers(c, dataset_id))
-        if not rows or rows[0].state != journal.COMPLETE:
+        manifest = await self._complete(dataset_id)
+        if manifest is None:
             return f"dataset {dataset_id.hex()[:16]} is not held whole here: `idlegrid data add`"
-        raw = await trio.to_thread.run_sync(self.store.get, dataset_id.hex())
-        if is_sealed(decode_manifest(raw, dataset_id)):
+        if is_sealed(manifest):
             return "a sealed dataset opens for one peer only: add it without --for"
         return ""
+
+    async def _complete(self, dataset_id: bytes) -> Manifest | None:
+        """The manifest of ``dataset_id`` if the journal has it whole here, else None."""
+        rows = await self.net.ctx.db.transaction(lambda c: journal.transfers(c, dataset_id))
+        if not rows or rows[0].state != journal.COMPLETE:
+            return None
+        raw = await trio.to_thread.run_sync(self.store.get, dataset_id.hex())
+        return decode_manifest(raw, dataset_id)
 
     async def grant(self, peer: str, dataset_id: bytes) -> None:
         """Lets ``peer`` fetch ``dataset_id`` from us (kept in sqlite, like ``data grant``)."""
