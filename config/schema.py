@@ -192,6 +192,12 @@ class WorkerSettings:
     sandbox_procs: int = setting(
         256, "processes and threads a workload may run at once", int_range(8, 65_536)
     )
+    disk_reserve_mb: int = setting(
+        2048,
+        "disk kept free for the machine's owner, in MB: the worker bids only on tasks whose "
+        "inputs and datasets fit beside it",
+        int_range(0, 2**30),
+    )
     executor_wrapper: str = setting(
         "",
         "a module whose wrap(executor) wraps the runtimes: for tests and experiments (e.g. a "

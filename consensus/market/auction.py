@@ -23,7 +23,11 @@ lowered for reputation, with integer arithmetic only (money never goes through a
 bidder that sentries flagged for claiming more speed than their probes measured
 (:mod:`consensus.verify.qos`) ranks after every unflagged bid while the flag lasts, and among
 flagged bids as its measured score would have bid (its estimate scaled up by claimed /
-measured): it is still chosen when nobody else bids.
+measured): it is still chosen when nobody else bids. A worker that already had this task
+and ended without its result (``earlier``: it stopped, its disk filled, its fetch failed, it
+died) ranks after every worker that did not, flagged or not: what stopped it is likely to
+stop it again, and the cheapest worker would otherwise win every re-auction until the task
+runs out of attempts. It too is still chosen when it is the only bidder.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ Effect = RefuseBid | SendOrder | Won | NoBids | Unconfirmed
 
 @dataclass(frozen=True)
 class Ranked:
+    earlier: bool  # had this task before and ended without its result: after every other bid
     flagged: bool  # by sentries' QoS probes: after every unflagged bid
     weighted_cost: int
     arrived: int  # arrival order breaks ties: the earlier bid wins
@@ -123,11 +128,13 @@ class Auction:
         demand: what was gossiped; bids are checked against it.
         expected: the workers that could qualify (from the pool); empty if unknown.
         confirm_timeout_ms: how long the asked bidder has to accept the order.
+        earlier: the workers of this task's earlier attempts (none of which ended in a result).
     """
 
     demand: Demand
     expected: frozenset[str] = frozenset()
     confirm_timeout_ms: int = 3_000
+    earlier: frozenset[str] = frozenset()
     state: State = "open"
     _ranked: list[Ranked] = field(default_factory=list)
     _bidders: set[str] = field(default_factory=set)
@@ -161,7 +168,9 @@ class Auction:
 
     def bids(self) -> list[Ranked]:
         """Valid bids not yet tried, best first."""
-        return sorted(self._ranked, key=lambda r: (r.flagged, r.weighted_cost, r.arrived))
+        return sorted(
+            self._ranked, key=lambda r: (r.earlier, r.flagged, r.weighted_cost, r.arrived)
+        )
 
     def _on_bid(self, event: BidArrived, now_ms: int) -> list[Effect]:
         if self.state != "open":
@@ -171,8 +180,10 @@ class Auction:
             return [RefuseBid(event.bidder, why)]
         self._bidders.add(event.bidder)
         cost = weighted_cost(event.bid, event.rtt_ms, event.reputation, event.flagged)
-        flagged = event.flagged is not None
-        self._ranked.append(Ranked(flagged, cost, len(self._bidders), event.bidder, event.bid))
+        flagged, earlier = event.flagged is not None, event.bidder in self.earlier
+        self._ranked.append(
+            Ranked(earlier, flagged, cost, len(self._bidders), event.bidder, event.bid)
+        )
         return self._close_if_all_answered(now_ms)
 
     def _on_pass(self, event: Passed, now_ms: int) -> list[Effect]:

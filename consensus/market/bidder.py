@@ -16,6 +16,8 @@ reason, so an operator can see why a worker sat idle)::
       VRAM, score, cores, RAM, region)                         have 24000"
     our price above the demand's maximum              no bid: "our price ... above max ..."
     estimated cost above the task's budget            no bid: "estimated cost ... above ..."
+    its inputs and datasets do not fit on our disk    no bid: "no room for its data: needs
+      (after the operator's reserve)                           900 MB, 120 MB free"
     no GPU free (running tasks hold them all)         no bid: "busy: 0 of 1 GPUs free"
     open bids already cover overbook x free GPUs      no bid: "enough open bids: 4 GPUs"
     otherwise                                         SendBid, and reserve the GPUs
@@ -50,6 +52,8 @@ from dataclasses import dataclass, field
 from consensus.market.messages import Award, Demand, TaskOrder, TaskRef
 from consensus.market.spec import REFERENCE_SCORE, Requirements
 
+MB = 1_000_000  # disk sizes in reasons: rounded up for a need, down for what is free
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -78,8 +82,16 @@ class Policy:
 
 @dataclass(frozen=True)
 class DemandSeen:
+    """A demand, with the disk its data would take here and the disk we can give it.
+
+    The driver measures both (a dataset held here already takes one copy, not two); a
+    demand that brings no data is not measured and both stay 0.
+    """
+
     demand: Demand
     requester: str
+    need_bytes: int = 0
+    free_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,7 @@ class Bidder:
 
     def handle(self, event: Event, now_ms: int) -> list[Effect]:
         if isinstance(event, DemandSeen):
-            return [self._on_demand(event.demand, event.requester, now_ms)]
+            return [self._on_demand(event, now_ms)]
         if isinstance(event, OrderReceived):
             return [self._on_order(event.order, event.requester, now_ms)]
         if isinstance(event, AwardSeen):
@@ -225,8 +237,9 @@ class Bidder:
         """Seconds we expect the task to take, scaled from the reference worker by score."""
         return max(1, demand.estimate_s * REFERENCE_SCORE // max(1, self.caps.score))
 
-    def _on_demand(self, demand: Demand, requester: str, now_ms: int) -> Effect:
-        refused = self._why_not(demand, requester, now_ms)
+    def _on_demand(self, seen: DemandSeen, now_ms: int) -> Effect:
+        demand, requester = seen.demand, seen.requester
+        refused = self._why_not(seen, now_ms)
         if refused is not None:
             return refused
         gpus = demand.requirements.gpu_count
@@ -235,13 +248,14 @@ class Bidder:
         return SendBid(requester, tuple(demand.reply_to), demand.ref,
                        self.policy.price_wei_per_s, gpus, self.estimate_s(demand))  # fmt: skip
 
-    def _why_not(self, demand: Demand, requester: str, now_ms: int) -> NoBid | None:
+    def _why_not(self, seen: DemandSeen, now_ms: int) -> NoBid | None:
         """The first row of the decision table (module doc) that refuses ``demand``, if any.
 
         The requester is told (``tell``) when the reason is ours alone (policy, load, cost):
         its pool counted us as a candidate and would otherwise wait out the window for us.
         A requirement or price we miss it can see for itself in the order book.
         """
+        demand, requester = seen.demand, seen.requester
         price, gpus = self.policy.price_wei_per_s, demand.requirements.gpu_count
         cost, free = price * gpus * self.estimate_s(demand), self.free_gpus()
         unmet = unmet_requirement(demand.requirements, self.caps)
@@ -258,6 +272,9 @@ class Bidder:
              f"our price {price} wei/s above max {demand.max_price_wei_per_s}", False),
             (cost > demand.budget_wei,
              f"estimated cost {cost} wei above the task budget {demand.budget_wei}", True),
+            (seen.need_bytes > seen.free_bytes,
+             f"no room for its data: needs {-(-seen.need_bytes // MB)} MB, "
+             f"{max(0, seen.free_bytes) // MB} MB free", True),
             (free < gpus, f"busy: {max(0, free)} of {gpus} GPUs free", True),
             (self.open_bid_gpus() + gpus > free * self.policy.overbook,
              f"enough open bids: {self.open_bid_gpus()} GPUs", True),

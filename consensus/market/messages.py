@@ -17,6 +17,7 @@ the attestation (proof-of-compute) does not later sign.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -27,6 +28,7 @@ from consensus.market.spec import DATASET_NAME, MAX_DATASETS, Requirements
 JOB_ID_LEN = 16
 HASH_LEN = 32
 ANY_CLASS = "any"  # the shard of demands that accept any GPU class
+DATASET_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +57,9 @@ class Demand(Body):
         estimate_s: expected seconds on a reference worker (benchmark score 1000).
         bid_until_ms: bids arriving later are ignored.
         reply_to: the requester's dialable addresses, for direct bids.
+        datasets: the datasets the task names, by hex id, and the bytes of each: a worker
+            bids only if they fit on its disk (one already held takes less).
+        inputs_bytes: the size of the task's inputs (packed).
     """
 
     KIND: ClassVar[str] = "market.demand/1"
@@ -69,6 +74,21 @@ class Demand(Body):
     verification: str
     network: bool = False
     reply_to: list[str] = field(default_factory=list)
+    datasets: dict[str, int] = field(default_factory=dict)
+    inputs_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.datasets) > MAX_DATASETS:
+            raise Invalid("demand.datasets", f"at most {MAX_DATASETS}")
+        for hex_id, size in self.datasets.items():
+            if not DATASET_HEX.fullmatch(hex_id) or size < 0:
+                raise Invalid(f"demand.datasets.{hex_id[:16]}", "a 64-hex id and a size >= 0")
+        if self.inputs_bytes < 0:
+            raise Invalid("demand.inputs_bytes", "must not be negative")
+
+    def data_bytes(self) -> int:
+        """The bytes of everything the task brings: its inputs and its datasets."""
+        return self.inputs_bytes + sum(self.datasets.values())
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,10 +16,13 @@ refuses specs that name datasets.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Protocol
 
-from consensus.market.messages import Workload
+import trio
+
+from consensus.market.messages import Demand, Workload
 from consensus.market.spec import JobSpec, SpecError
 from node.market.blobshare import FetchFailed
 
@@ -27,6 +30,10 @@ from node.market.blobshare import FetchFailed
 class Datasets(Protocol):
     async def unusable(self, dataset_id: bytes) -> str:
         """Why a job cannot name ``dataset_id`` from this node, or "" if it can."""
+        ...
+
+    async def size(self, dataset_id: bytes) -> int:
+        """The bytes of ``dataset_id``'s files if it is held whole here, else 0."""
         ...
 
     async def grant(self, peer: str, dataset_id: bytes) -> None:
@@ -54,6 +61,42 @@ async def check_spec(datasets: Datasets | None, spec: JobSpec) -> None:
         why = await datasets.unusable(bytes.fromhex(hex_id))
         if why:
             raise SpecError(f"io.datasets.{name}", why)
+
+
+async def dataset_sizes(datasets: Datasets | None, spec: JobSpec) -> dict[str, int]:
+    """The bytes of each dataset ``spec`` names, by hex id, for its demands: a worker bids
+    only if they fit on its disk. A dataset no longer held here (removed since the job began)
+    counts 0: the task's fetch then fails and says so."""
+    if datasets is None:
+        return {}
+    return {d: await datasets.size(bytes.fromhex(d)) for d in sorted(set(spec.datasets.values()))}
+
+
+async def disk_room(
+    datasets: Datasets | None, demand: Demand, where: Path, reserve_bytes: int
+) -> tuple[int, int]:
+    """The disk ``demand``'s task would take here, and the disk free for it beyond the
+    operator's reserve (negative when the reserve is already cut into); (0, 0) for a task
+    that brings no data.
+
+    Inputs take two copies (the fetched blob and its unpacked files), a dataset one in the
+    task's folder and one more in the chunk store unless it is held here already. What
+    running tasks are still fetching is not counted: their bytes are not on disk yet.
+    """
+    if demand.data_bytes() == 0:
+        return 0, 0
+    need = 2 * demand.inputs_bytes
+    for hex_id, size in sorted(demand.datasets.items()):
+        held = datasets is not None and await datasets.size(bytes.fromhex(hex_id)) > 0
+        need += size if held else 2 * size
+    free = await trio.to_thread.run_sync(_free_bytes, where)
+    return need, free - reserve_bytes
+
+
+def _free_bytes(where: Path) -> int:
+    while not where.exists() and where != where.parent:  # the work folder comes with work
+        where = where.parent
+    return shutil.disk_usage(where).free
 
 
 async def grant_all(datasets: Datasets | None, workload: Workload, peer: str) -> None:

@@ -26,7 +26,7 @@ from consensus.market.lifecycle import TERMINAL, job_state
 from consensus.market.messages import JOB_ID_LEN, Bid, BlobRef, TaskRef
 from consensus.market.spec import JobSpec
 from node.market.blobshare import BlobShare
-from node.market.datasets import check_spec
+from node.market.datasets import check_spec, dataset_sizes
 from node.market.net import MarketNet
 from node.market.packing import pack
 from node.market.params import MarketParams
@@ -201,7 +201,8 @@ class JobManager:
         inputs = (
             None if row["inputs"] is None else from_wire(BlobRef, msgpack.unpackb(row["inputs"]))
         )
-        return Job(job_id, spec, inputs, row["deadline_ms"])
+        sizes = await dataset_sizes(self.share.datasets, spec)
+        return Job(job_id, spec, inputs, row["deadline_ms"], sizes)
 
     async def _start_runner(self, job_id: bytes, idx: int) -> None:
         assert self._nursery is not None, "the job manager is not running"

@@ -129,6 +129,7 @@ async def worker_market(
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
         executor=executor, work_root=ctx.home.root / "work", params=market.params,
+        disk_reserve=worker.disk_reserve_mb * 1_000_000,
     )  # fmt: skip
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     if market.worker.payee is not None:

@@ -69,6 +69,7 @@ class Job:
     spec: JobSpec
     inputs: BlobRef | None
     deadline_ms: int
+    dataset_bytes: dict[str, int] = field(default_factory=dict)  # by hex id, for demands
 
 
 @dataclass
@@ -131,7 +132,10 @@ class TaskRunner:
         demand = self._demand(task.ref, now)
         pool = candidates(self.net.workers(), spec.requirements, spec.max_price_wei_per_s)
         expected = frozenset(w.peer_id for w in pool if w.status == "available")
-        live = LiveAuction(au.Auction(demand, expected, self.params.confirm_timeout_ms))
+        attempts = await self.store.attempts(task.job_id)
+        earlier = frozenset(a["worker"] for a in attempts if a["idx"] == task.idx)
+        auction = au.Auction(demand, expected, self.params.confirm_timeout_ms, earlier)
+        live = LiveAuction(auction)
         self.mgr.auctions[task.ref] = live
         try:
             shard = spec.requirements.gpu_class or ANY_CLASS
@@ -340,6 +344,8 @@ class TaskRunner:
             verification=spec.verification,
             network=spec.network,
             reply_to=self.net.addrs(),
+            datasets=self.job.dataset_bytes,
+            inputs_bytes=0 if self.job.inputs is None else self.job.inputs.size,
         )
 
     def _task_order(self, task: TaskRow, send: au.SendOrder) -> TaskOrder:

@@ -44,7 +44,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard
 from node.market.blobshare import BlobShare, FetchFailed
-from node.market.datasets import place_all
+from node.market.datasets import disk_room, place_all
 from node.market.executor import GENESIS, Executor, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
@@ -115,9 +115,11 @@ class WorkerService:
         executor: Executor,
         work_root: Path,
         params: MarketParams | None = None,
+        disk_reserve: int = 0,
     ) -> None:
         self.net, self.store, self.share, self.bidder = net, store, share, bidder
         self.executor, self.work_root, self.params = executor, work_root, params or MarketParams()
+        self.disk_reserve = disk_reserve  # bytes of disk no task's data may take
         self.works: dict[TaskRef, Work] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._addrs: dict[str, list[str]] = {}
@@ -171,7 +173,9 @@ class WorkerService:
             if not isinstance(demand, Demand) or msg.origin == self.net.peer_id:
                 continue
             self._addrs[msg.origin] = list(demand.reply_to)
-            for effect in self.bidder.handle(bd.DemandSeen(demand, msg.origin), self.net.now_ms()):
+            room = await disk_room(self.share.datasets, demand, self.work_root, self.disk_reserve)
+            seen = bd.DemandSeen(demand, msg.origin, *room)
+            for effect in self.bidder.handle(seen, self.net.now_ms()):
                 self._decided(demand.ref, effect)
                 assert self._nursery is not None
                 if isinstance(effect, bd.SendBid):
@@ -268,6 +272,9 @@ class WorkerService:
             work.state, work.error = "stopped", str(exc)
         except PackError as exc:
             work.state, work.error = "failed", f"bad inputs: {exc}"
+        except OSError as exc:  # our disk (full, unwritable): this task moves, we go on
+            work.state, work.error = "stopped", f"this worker's disk: {exc}"
+            log.warning("task stopped", extra={"task": ref.text(), "error": work.error})
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish(work, workdir)

@@ -101,6 +101,15 @@ class DataService:
             return "a sealed dataset opens for one peer only: add it without --for"
         return ""
 
+    async def size(self, dataset_id: bytes) -> int:
+        """The bytes of ``dataset_id``'s files if it is held whole here, else 0.
+
+        Its files, not its chunks: a task's folder holds each file in full, and the chunk
+        store never holds more than that.
+        """
+        manifest = await self._complete(dataset_id)
+        return 0 if manifest is None else sum(f.size for f in manifest.files)
+
     async def _complete(self, dataset_id: bytes) -> Manifest | None:
         """The manifest of ``dataset_id`` if the journal has it whole here, else None."""
         rows = await self.net.ctx.db.transaction(lambda c: journal.transfers(c, dataset_id))

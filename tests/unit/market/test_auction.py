@@ -128,6 +128,17 @@ def test_a_flagged_bidder_ranks_after_every_unflagged_bid() -> None:
     assert lone.on_tick(NOW + 2000) == [SendOrder("liar", cheat)]  # nobody else: still chosen
 
 
+def test_a_worker_that_already_had_the_task_ranks_after_every_other_bid() -> None:
+    a = Auction(demand(), earlier=frozenset({"cheap"}))
+    a.handle(BidArrived(bid(price=10), "cheap"), NOW)
+    a.handle(BidArrived(bid(price=90), "flagged", flagged=1), NOW)
+    a.handle(BidArrived(bid(price=80), "dear"), NOW)
+    assert [r.bidder for r in a.bids()] == ["dear", "flagged", "cheap"]
+    lone = Auction(demand(), earlier=frozenset({"cheap"}))
+    lone.handle(BidArrived(bid(price=10), "cheap"), NOW)
+    assert lone.on_tick(NOW + 2000) == [SendOrder("cheap", bid(price=10))]  # still chosen
+
+
 actions = st.lists(
     st.one_of(
         st.tuples(st.just("bid"), st.integers(0, 5), st.integers(1, 120)),

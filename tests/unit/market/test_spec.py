@@ -10,9 +10,10 @@ import pytest
 
 from consensus.errors import Invalid
 from consensus.kinds import from_wire, to_wire
-from consensus.market.messages import Workload
+from consensus.market.messages import Demand, Workload
 from consensus.market.spec import SpecError, frame_range, parse_amount, parse_spec
 from node.market.tasks import workload_for
+from tests.unit.market.factories import demand
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -142,3 +143,18 @@ def test_a_workload_from_the_wire_with_a_bad_dataset_is_refused() -> None:
         from_wire(Workload, wire | {"datasets": {"..": b"x" * 32}})
     with pytest.raises(Invalid, match=r"workload\.datasets\.data: a plain name"):
         from_wire(Workload, wire | {"datasets": {"data": b"short"}})
+
+
+def test_a_demand_from_the_wire_with_bad_data_sizes_is_refused() -> None:
+    wire = to_wire(demand())
+    assert from_wire(Demand, wire | {"datasets": {"ab" * 32: 5}}).data_bytes() == 5
+    with pytest.raises(Invalid, match=r"demand\.datasets\.AB.*a 64-hex id"):
+        from_wire(Demand, wire | {"datasets": {"AB" * 32: 5}})
+    with pytest.raises(Invalid, match=r"a 64-hex id and a size >= 0"):
+        from_wire(Demand, wire | {"datasets": {"ab" * 32: -1}})
+    with pytest.raises(Invalid, match=r"demand\.datasets: at most 8"):
+        from_wire(Demand, wire | {"datasets": {f"{i:064x}": 1 for i in range(9)}})
+    with pytest.raises(Invalid, match=r"demand\.inputs_bytes"):
+        from_wire(Demand, wire | {"inputs_bytes": -1})
+    old_peer = {k: v for k, v in wire.items() if k not in ("datasets", "inputs_bytes")}
+    assert from_wire(Demand, old_peer).data_bytes() == 0
