@@ -198,6 +198,13 @@ class WorkerSettings:
         "inputs and datasets fit beside it",
         int_range(0, 2**30),
     )
+    dataset_keep_s: int = setting(
+        86_400,
+        "a dataset fetched for a task stays at least this long after a task last used it (the "
+        "sentries checking that task fetch it here; never less than verify.verdict_timeout_ms)"
+        ", then goes when another task's data needs the room",
+        int_range(0, 30 * 86_400),
+    )
     executor_wrapper: str = setting(
         "",
         "a module whose wrap(executor) wraps the runtimes: for tests and experiments (e.g. a "

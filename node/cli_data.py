@@ -26,6 +26,7 @@ from node.client import ApiClient, NotRunning
 from node.home import Home, HomeError, resolve_home
 from node.transfer import local
 from node.transfer.sealed import seal_tree
+from storage import dataset_cache as cache
 from storage import transfer_access as access
 from storage import transfer_journal as journal
 from storage.db import open_sync, run_transaction
@@ -242,14 +243,17 @@ def _get_standalone(
 @json_option
 def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
     """Transfers recorded here: state, progress, bytes moved, sources, and each route's
-    probe (round trip, rate, requests in flight chosen for it)."""
+    probe (round trip, rate, requests in flight chosen for it). ORIGIN "for tasks": fetched
+    by this worker for a task, deleted when another task needs the room."""
     home = _home(home_dir)
     wanted = _dataset_id(dataset) if dataset else None
     conn = open_sync(home.db)
     try:
+        for_tasks = cache.cached(conn)
         rows = [
             {**vars(r), "dataset_id": r.dataset_id.hex(),
              "chunk_kib": r.bytes_total // max(r.chunks_total, 1) >> 10,
+             "for_tasks_used_ms": for_tasks.get(r.dataset_id),
              "sources": {p: vars(s) for p, s in journal.sources(conn, r.dataset_id).items()},
              "routes": [vars(x) for x in access.probes(conn, r.dataset_id)]}
             for r in journal.transfers(conn, wanted)
@@ -266,8 +270,9 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         pct = 100 * r["bytes_have"] // max(r["bytes_total"], 1)
         bar = "#" * (pct // 10) + "." * (10 - pct // 10)
+        origin = r["origin"] if r["for_tasks_used_ms"] is None else "for tasks"
         lines.append((
-            r["dataset_id"][:16], r["origin"], r["state"],
+            r["dataset_id"][:16], origin, r["state"],
             f"[{bar}] {pct}% of {r['bytes_total']} B", f"{r['bytes_moved']} B",
             f"~{r['chunk_kib']} KiB", str(len(r["sources"])),
         ))  # fmt: skip

@@ -452,6 +452,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             ALTER TABLE settle_spend_v14 RENAME TO settle_spend;
         """,
     ),
+    Migration(
+        version=15,
+        description="worker: datasets fetched for tasks, a cache deleted oldest use first",
+        sql="""
+            -- A dataset this node fetched for a task (not added or fetched by its operator),
+            -- and when a task last used it; gone with its transfer row.
+            CREATE TABLE dataset_cache (
+                dataset_id BLOB PRIMARY KEY
+                           REFERENCES transfers(dataset_id) ON DELETE CASCADE,
+                used_ms    INTEGER NOT NULL
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

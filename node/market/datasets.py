@@ -17,6 +17,7 @@ refuses specs that name datasets.
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -41,11 +42,21 @@ class Datasets(Protocol):
         ...
 
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
-        """Fetches ``dataset_id`` (what is not held here yet) from ``holders`` into ``out``.
+        """Fetches ``dataset_id`` (what is not held here yet) from ``holders`` into ``out``;
+        one fetched here joins the cache of datasets fetched for tasks.
 
         Raises:
             FetchFailed: no holder served it whole.
         """
+        ...
+
+    async def used(self, ids: list[bytes]) -> None:
+        """A task that read these ended now (they stay for the sentries checking it)."""
+        ...
+
+    async def make_room(self, needed: int, busy: frozenset[bytes], keep_ms: int) -> int:
+        """Deletes cached datasets not in ``busy`` and unused for ``keep_ms`` to free
+        ``needed`` bytes (none if that cannot be done); returns the bytes freed."""
         ...
 
 
@@ -72,12 +83,22 @@ async def dataset_sizes(datasets: Datasets | None, spec: JobSpec) -> dict[str, i
     return {d: await datasets.size(bytes.fromhex(d)) for d in sorted(set(spec.datasets.values()))}
 
 
+@dataclass(frozen=True)
+class Disk:
+    """Where a worker's tasks put their data, and what it keeps of that disk."""
+
+    where: Path
+    reserve_bytes: int = 0  # for the machine's owner
+    keep_ms: int = 0  # a dataset a task used stays this long (its sentries fetch it)
+
+
 async def disk_room(
-    datasets: Datasets | None, demand: Demand, where: Path, reserve_bytes: int
+    datasets: Datasets | None, demand: Demand, disk: Disk, busy: frozenset[bytes]
 ) -> tuple[int, int]:
     """The disk ``demand``'s task would take here, and the disk free for it beyond the
     operator's reserve (negative when the reserve is already cut into); (0, 0) for a task
-    that brings no data.
+    that brings no data. Short of room, cached datasets not in ``busy`` (running tasks'),
+    nor the demand's own, go first if that makes it fit.
 
     Inputs take two copies (the fetched blob and its unpacked files), a dataset one in the
     task's folder and one more in the chunk store unless it is held here already. What
@@ -85,12 +106,16 @@ async def disk_room(
     """
     if demand.data_bytes() == 0:
         return 0, 0
-    need = 2 * demand.inputs_bytes
+    need, own = 2 * demand.inputs_bytes, frozenset(bytes.fromhex(d) for d in demand.datasets)
     for hex_id, size in sorted(demand.datasets.items()):
         held = datasets is not None and await datasets.size(bytes.fromhex(hex_id)) > 0
         need += size if held else 2 * size
-    free = await trio.to_thread.run_sync(_free_bytes, where)
-    return need, free - reserve_bytes
+    free = await trio.to_thread.run_sync(_free_bytes, disk.where) - disk.reserve_bytes
+    if datasets is not None and need > free:
+        freed = await datasets.make_room(need - free, busy | own, disk.keep_ms)
+        if freed > 0:
+            free = await trio.to_thread.run_sync(_free_bytes, disk.where) - disk.reserve_bytes
+    return need, free
 
 
 def _free_bytes(where: Path) -> int:
@@ -104,6 +129,12 @@ async def grant_all(datasets: Datasets | None, workload: Workload, peer: str) ->
     if datasets is not None:
         for dataset_id in workload.datasets.values():
             await datasets.grant(peer, dataset_id)
+
+
+async def used_all(datasets: Datasets | None, workload: Workload) -> None:
+    """A task on ``workload`` ended: its datasets count as used now."""
+    if datasets is not None and workload.datasets:
+        await datasets.used(sorted(workload.datasets.values()))
 
 
 async def place_all(

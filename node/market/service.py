@@ -27,6 +27,7 @@ from gpu.runtimes import Runtimes, python_paths
 from gpu.sandbox import Limits, Sandbox
 from gpu.train import TrainRuntime
 from node.market.blobshare import BlobShare
+from node.market.datasets import Disk
 from node.market.net import DirectEnvelopes, LiveNet
 from node.market.params import MarketParams
 from node.market.requester import JobManager
@@ -126,10 +127,12 @@ async def worker_market(
         cpu_cores=profile.cpu_cores, ram_mb=profile.ram_mb, region=worker.region,
     )  # fmt: skip
     log.info("worker hardware", extra={"offer": profile.to_json()["offer"], "note": profile.note})
+    # The requester waits for verdicts this long: a sentry may fetch the task's data until then.
+    keep_ms = max(worker.dataset_keep_s * 1000, ctx.settings.verify.verdict_timeout_ms)
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
         executor=executor, work_root=ctx.home.root / "work", params=market.params,
-        disk_reserve=worker.disk_reserve_mb * 1_000_000,
+        disk=Disk(ctx.home.root / "work", worker.disk_reserve_mb * 1_000_000, keep_ms),
     )  # fmt: skip
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     if market.worker.payee is not None:

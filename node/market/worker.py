@@ -44,7 +44,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard
 from node.market.blobshare import BlobShare, FetchFailed
-from node.market.datasets import disk_room, place_all
+from node.market.datasets import Disk, disk_room, place_all, used_all
 from node.market.executor import GENESIS, Executor, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
@@ -115,11 +115,11 @@ class WorkerService:
         executor: Executor,
         work_root: Path,
         params: MarketParams | None = None,
-        disk_reserve: int = 0,
+        disk: Disk | None = None,
     ) -> None:
         self.net, self.store, self.share, self.bidder = net, store, share, bidder
         self.executor, self.work_root, self.params = executor, work_root, params or MarketParams()
-        self.disk_reserve = disk_reserve  # bytes of disk no task's data may take
+        self.disk = disk or Disk(work_root)
         self.works: dict[TaskRef, Work] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._addrs: dict[str, list[str]] = {}
@@ -173,7 +173,7 @@ class WorkerService:
             if not isinstance(demand, Demand) or msg.origin == self.net.peer_id:
                 continue
             self._addrs[msg.origin] = list(demand.reply_to)
-            room = await disk_room(self.share.datasets, demand, self.work_root, self.disk_reserve)
+            room = await disk_room(self.share.datasets, demand, self.disk, self._busy_datasets())
             seen = bd.DemandSeen(demand, msg.origin, *room)
             for effect in self.bidder.handle(seen, self.net.now_ms()):
                 self._decided(demand.ref, effect)
@@ -183,6 +183,15 @@ class WorkerService:
                 elif isinstance(effect, bd.NoBid) and effect.tell:
                     self._nursery.start_soon(self._send_pass, msg.origin, demand, effect.reason)
             self._wake()
+
+    def _busy_datasets(self) -> frozenset[bytes]:
+        """Datasets our unfinished tasks read (never evicted under them)."""
+        return frozenset(
+            dataset_id
+            for work in self.works.values()
+            if work.state not in _ENDED
+            for dataset_id in work.order.workload.datasets.values()
+        )
 
     def _decided(self, ref: TaskRef, effect: bd.Effect) -> None:
         why = effect.reason if isinstance(effect, bd.NoBid) else "bid"
@@ -344,6 +353,7 @@ class WorkerService:
         self.bidder.handle(bd.TaskEnded(ref), self.net.now_ms())
         self._wake()
         shutil.rmtree(workdir, ignore_errors=True)
+        await used_all(self.share.datasets, work.order.workload)  # kept for its sentries
         log.info("task ended", extra={"task": ref.text(), "state": work.state, "error": work.error})
 
     async def _set_state(self, work: Work, state: str) -> None:

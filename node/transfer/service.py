@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.errors import Invalid
+from consensus.transfer.eviction import Cached, to_evict
 from consensus.transfer.manifest import Manifest, decode_manifest
 from node.discovery import LOOKUP_TIMEOUT_S, REPROVIDE_S, locate
 from node.market.blobshare import FetchFailed as TaskFetchFailed
@@ -29,6 +30,7 @@ from node.transfer.run import now_ms
 from node.transfer.sealed import is_sealed, open_tree
 from node.transfer.server import TransferServer
 from p2p.host import DialError
+from storage import dataset_cache as cache
 from storage import transfer_access as access
 from storage import transfer_journal as journal
 from storage.blobs import BlobStore
@@ -133,12 +135,50 @@ class DataService:
         """
         lock = self._placing.setdefault(dataset_id, trio.Lock())
         async with lock:  # two tasks on one dataset: the second finds it all here
+            held = await self._complete(dataset_id) is not None
             try:
                 manifest = await self._fetched(dataset_id, holders)
                 await trio.to_thread.run_sync(materialize, manifest, self.store, out)
             except FETCH_ERRORS as exc:
                 raise TaskFetchFailed(str(exc)) from exc
+            now = now_ms()
+            if held:  # the operator's own stays out of the cache
+                await self.net.ctx.db.transaction(lambda c: cache.touch(c, [dataset_id], now))
+            else:
+                await self.net.ctx.db.transaction(lambda c: cache.use(c, dataset_id, now))
             await self.offer(dataset_id, manifest)
+
+    async def used(self, ids: list[bytes]) -> None:
+        """A task that read these datasets ended now: a sentry may still fetch them."""
+        now = now_ms()
+        await self.net.ctx.db.transaction(lambda c: cache.touch(c, ids, now))
+
+    async def make_room(self, needed: int, busy: frozenset[bytes], keep_ms: int) -> int:
+        """Deletes datasets fetched for tasks (:mod:`consensus.transfer.eviction`) to free
+        ``needed`` bytes; returns the bytes freed (0: nothing could go)."""
+        db, now = self.net.ctx.db, now_ms()
+        used, rows = await db.transaction(lambda c: (cache.cached(c), journal.transfers(c)))
+        entries = [
+            Cached(r.dataset_id, used[r.dataset_id], r.bytes_total)
+            for r in rows
+            if r.dataset_id in used and not self._fetching(r.dataset_id)
+        ]
+        freed = 0
+        for dataset_id in to_evict(entries, needed=needed, busy=busy, now_ms=now, keep_ms=keep_ms):
+            try:
+                removed = await self.remove(dataset_id)
+            except (KeyError, RuntimeError):  # removed or being fetched since we looked
+                continue
+            freed += removed.bytes_freed
+            idle_s = (now - used[dataset_id]) // 1000
+            log.info("dataset evicted", extra={"dataset": dataset_id.hex()[:16], "idle_s": idle_s,
+                                               "bytes_freed": removed.bytes_freed})  # fmt: skip
+        return freed
+
+    def _fetching(self, dataset_id: bytes) -> bool:
+        """Whether a task is placing ``dataset_id`` or ``data get`` is fetching it."""
+        job, lock = self.jobs.get(dataset_id), self._placing.get(dataset_id)
+        return (job is not None and job.state == "fetching") or (lock is not None and lock.locked())
 
     async def _fetched(self, dataset_id: bytes, holders: list[str]) -> Manifest:
         connected = set(self.net.host.connected_peers())
@@ -162,9 +202,7 @@ class DataService:
             KeyError: nothing is recorded of it here.
             RuntimeError: a fetch of it is running (a task placing it, or ``data get``).
         """
-        job = self.jobs.get(dataset_id)
-        lock = self._placing.get(dataset_id)
-        if (job is not None and job.state == "fetching") or (lock is not None and lock.locked()):
+        if self._fetching(dataset_id):
             raise RuntimeError(f"dataset {dataset_id.hex()[:16]} is being fetched: try later")
         self.server.withdraw(dataset_id)
         removed = await trio.to_thread.run_sync(
@@ -188,6 +226,7 @@ class DataService:
             net = self.net
             result = await fetch(net.host, net.ctx.db, self.store, dataset_id, peers, **opts)
             await trio.to_thread.run_sync(materialize, result.manifest, self.store, out)
+            await net.ctx.db.transaction(lambda c: cache.keep(c, dataset_id))  # the operator's
             await self.offer(dataset_id)
             sealed = is_sealed(result.manifest)
             if sealed:

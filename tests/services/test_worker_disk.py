@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from consensus.market.spec import parse_spec
+from node.market.datasets import Disk
 from node.market.requester import JobManager
 from tests.services.memnet import Hub
 from tests.services.sim import SmallMarket, inline_threads, small_market
@@ -41,6 +42,12 @@ class Shelf:
 
     async def grant(self, peer: str, dataset_id: bytes) -> None:
         pass
+
+    async def used(self, ids: list[bytes]) -> None:
+        pass
+
+    async def make_room(self, needed: int, busy: frozenset[bytes], keep_ms: int) -> int:
+        return 0  # nothing cached
 
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
         if self.full:
@@ -85,7 +92,7 @@ async def test_a_worker_without_room_for_the_data_says_so_and_another_takes_the_
     (cheap, dear) = market.workers
     market.requester.share.datasets = Shelf({DATASET: DATASET_BYTES})
     cheap.share.datasets = dear.share.datasets = Shelf({})
-    cheap.worker.disk_reserve = 2**62  # type: ignore[union-attr]  # more than any disk has
+    cheap.worker.disk = Disk(cheap.root, reserve_bytes=2**62)  # type: ignore[union-attr]
     attempts = await run_to_the_end(market, tmp_path)
     assert [a["worker"] for a in attempts] == [dear.net.peer_id]
     [refused] = [d["decision"] for d in cheap.worker.decisions]  # type: ignore[union-attr]

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 
 from node.cli import cli
 from node.transfer import local
+from storage import dataset_cache as cache
+from storage.db import open_sync, run_transaction
 from storage.transfer_files import materialize
 
 
@@ -34,7 +36,32 @@ def test_add_then_status(tmp_path: Path) -> None:
         added["dataset_id"], "complete", 600,
     )  # fmt: skip
     code, out = run("status", "--home", home)
-    assert "100%" in out and "complete" in out
+    assert "100%" in out and "complete" in out and "added" in out
+    assert row["for_tasks_used_ms"] is None  # the operator's: never evicted
+
+
+def test_a_dataset_fetched_for_tasks_shows_as_such(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.txt").write_text("hello\n")
+    home = tmp_path / "home"
+    code, out = run("add", str(tmp_path / "d"), "--home", str(home), "--json")
+    dataset_id = bytes.fromhex(json.loads(out)["dataset_id"])
+    conn = open_sync(home / "node.db")
+    try:
+        run_transaction(conn, lambda c: cache.use(c, dataset_id, 1234))
+        run_transaction(conn, lambda c: cache.touch(c, [dataset_id], 1000))  # never goes back
+    finally:
+        conn.close()
+    (row,) = json.loads(run("status", "--home", str(home), "--json")[1])
+    assert row["for_tasks_used_ms"] == 1234
+    assert "for tasks" in run("status", "--home", str(home))[1]
+    code, out = run("rm", dataset_id.hex(), "--home", str(home), "--json")
+    assert code == 0, out
+    conn = open_sync(home / "node.db")
+    try:
+        assert cache.cached(conn) == {}  # went with its transfer row
+    finally:
+        conn.close()
 
 
 def test_bad_input_exits_2(tmp_path: Path) -> None:
