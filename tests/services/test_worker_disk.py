@@ -66,6 +66,19 @@ def spec() -> dict:
     })  # fmt: skip
 
 
+async def two_workers(
+    root: Path, monkeypatch: pytest.MonkeyPatch, *, cheap_disk_full: bool
+) -> SmallMarket:
+    """A requester holding the dataset, and a cheap and a dear worker holding none."""
+    inline_threads(monkeypatch)
+    market = await small_market(Hub(), root, [100, 200], 3.0)
+    (cheap, dear) = market.workers
+    market.requester.share.datasets = Shelf({DATASET: DATASET_BYTES})
+    cheap.share.datasets = Shelf({}, full=cheap_disk_full)
+    dear.share.datasets = Shelf({})
+    return market
+
+
 async def run_to_the_end(market: SmallMarket, root: Path) -> list[dict[str, object]]:
     """Runs one job on the market until it is verified; returns its attempts."""
     jobs: JobManager = market.jobs
@@ -87,11 +100,8 @@ async def run_to_the_end(market: SmallMarket, root: Path) -> list[dict[str, obje
 async def test_a_worker_without_room_for_the_data_says_so_and_another_takes_the_task(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_threads(monkeypatch)
-    market = await small_market(Hub(), tmp_path, [100, 200], 3.0)
+    market = await two_workers(tmp_path, monkeypatch, cheap_disk_full=False)
     (cheap, dear) = market.workers
-    market.requester.share.datasets = Shelf({DATASET: DATASET_BYTES})
-    cheap.share.datasets = dear.share.datasets = Shelf({})
     cheap.worker.disk = Disk(cheap.root, reserve_bytes=2**62)  # type: ignore[union-attr]
     attempts = await run_to_the_end(market, tmp_path)
     assert [a["worker"] for a in attempts] == [dear.net.peer_id]
@@ -104,12 +114,8 @@ async def test_a_worker_without_room_for_the_data_says_so_and_another_takes_the_
 async def test_a_disk_that_fills_while_placing_data_stops_the_task_and_not_the_worker(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_threads(monkeypatch)
-    market = await small_market(Hub(), tmp_path, [100, 200], 3.0)
+    market = await two_workers(tmp_path, monkeypatch, cheap_disk_full=True)
     (cheap, dear) = market.workers
-    market.requester.share.datasets = Shelf({DATASET: DATASET_BYTES})
-    cheap.share.datasets = Shelf({}, full=True)
-    dear.share.datasets = Shelf({})
     attempts = await run_to_the_end(market, tmp_path)
     assert [a["worker"] for a in attempts] == [cheap.net.peer_id, dear.net.peer_id]
     (stopped,) = cheap.worker.works.values()  # type: ignore[union-attr]
