@@ -255,9 +255,22 @@ def worker(home_dir: str | None, as_json: bool) -> None:
     running = ", ".join(payload["running"]) or "nothing"
 
     def human(p: dict[str, Any]) -> str:
-        return f"{p['status']}, {p['free_gpus']} GPU(s) free, running {running}\n{table(rows)}"
+        head = f"{p['status']}, {p['free_gpus']} GPU(s) free, running {running}"
+        return f"{head}\n{_disk_text(p.get('disk'))}{table(rows)}"
 
     emit(as_json, payload, human)
+
+
+def _disk_text(disk: dict[str, int] | None) -> str:
+    """The worker's disk in one line (nothing from a worker too old to say)."""
+    if disk is None:
+        return ""
+    return (
+        f"disk: {max(0, disk['room_bytes']) / 1e6:.0f} MB free for tasks' data "
+        f"({disk['reserve_bytes'] / 1e6:.0f} MB kept for the owner); "
+        f"{disk['cached_datasets']} dataset(s) kept from earlier tasks, "
+        f"{disk['cached_bytes'] / 1e6:.0f} MB\n"
+    )
 
 
 def _a(word: str) -> str:

@@ -116,7 +116,7 @@ def market_routes(ctx: NodeContext) -> Routes:
                 "this node does not have the worker role (add it to "
                 "node.roles in idlegrid.toml, or IDLEGRID_NODE_ROLES, and restart)",
             )
-        return service.status()
+        return await service.status()
 
     return {
         ("POST", "/v1/jobs"): submit,

@@ -59,6 +59,10 @@ class Datasets(Protocol):
         ``needed`` bytes (none if that cannot be done); returns the bytes freed."""
         ...
 
+    async def cache_size(self) -> tuple[int, int]:
+        """How many datasets fetched for tasks are held here, and their bytes."""
+        ...
+
 
 async def check_spec(datasets: Datasets | None, spec: JobSpec) -> None:
     """Refuses a spec naming a dataset this node cannot serve.
@@ -116,6 +120,17 @@ async def disk_room(
         if freed > 0:
             free = await trio.to_thread.run_sync(_free_bytes, disk.where) - disk.reserve_bytes
     return need, free
+
+
+async def disk_status(datasets: Datasets | None, disk: Disk) -> dict[str, int]:
+    """What ``worker status`` shows of the disk: room for tasks' data, the owner's reserve,
+    and the datasets kept from earlier tasks (deleted first when room runs short)."""
+    free = await trio.to_thread.run_sync(_free_bytes, disk.where)
+    count, size = (0, 0) if datasets is None else await datasets.cache_size()
+    return {
+        "room_bytes": free - disk.reserve_bytes, "reserve_bytes": disk.reserve_bytes,
+        "cached_datasets": count, "cached_bytes": size, "keep_s": disk.keep_ms // 1000,
+    }  # fmt: skip
 
 
 def _free_bytes(where: Path) -> int:

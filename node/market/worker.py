@@ -44,7 +44,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard
 from node.market.blobshare import BlobShare, FetchFailed
-from node.market.datasets import Disk, disk_room, place_all, used_all
+from node.market.datasets import Disk, disk_room, disk_status, place_all, used_all
 from node.market.executor import GENESIS, Executor, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
@@ -157,12 +157,13 @@ class WorkerService:
         self.bidder.handle(bd.OwnerActivity(busy), self.net.now_ms())
         self._wake()
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         return {
             "status": self.bidder.status(),
             "free_gpus": self.bidder.free_gpus(),
             "running": [r.text() for r in self.bidder.running()],
             "decisions": list(self.decisions),
+            "disk": await disk_status(self.share.datasets, self.disk),
         }
 
     # --- bidding -------------------------------------------------------------------------

@@ -175,6 +175,14 @@ class DataService:
                                                "bytes_freed": removed.bytes_freed})  # fmt: skip
         return freed
 
+    async def cache_size(self) -> tuple[int, int]:
+        """How many datasets fetched for tasks are held here, and their bytes."""
+        used, rows = await self.net.ctx.db.transaction(
+            lambda c: (cache.cached(c), journal.transfers(c))
+        )
+        sizes = [r.bytes_total for r in rows if r.dataset_id in used]
+        return len(sizes), sum(sizes)
+
     def _fetching(self, dataset_id: bytes) -> bool:
         """Whether a task is placing ``dataset_id`` or ``data get`` is fetching it."""
         job, lock = self.jobs.get(dataset_id), self._placing.get(dataset_id)

@@ -5,6 +5,8 @@ Two daemons on 127.0.0.1 (requester, worker). The worker's reserve is set from t
 free space so that about 100 MB are left to tasks: a 40 MB dataset takes 80 MB while its
 task runs (chunk store and task folder) and 40 MB after, so the second one fits only once
 the first is gone. Synchronised on what the daemons log and on CLI exits, never on sleeps.
+Another program writing hundreds of MB to the same disk meanwhile (a pip install beside the
+test run) leaves the worker no room, and the test waits for it.
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ def test_a_worker_short_of_disk_deletes_an_idle_dataset_for_the_next_job(tmp_pat
         assert field(evicted, "dataset") == first[:16]
         assert int(field(evicted, "bytes_freed")) >= SIZE
         assert field(worker.wait_for("dataset placed", timeout=60), "dataset") == second[:16]
+        shown = json.loads(idlegrid(worker.home, "worker", "--json", env=env).stdout)
+        assert shown["disk"]["cached_datasets"] == 1  # the second, kept for the next task
+        assert shown["disk"]["cached_bytes"] >= SIZE
+        text = idlegrid(worker.home, "worker", env=env).stdout
+        assert "1 dataset(s) kept from earlier tasks" in text, text
         gone = idlegrid(worker.home, "data", "rm", first, env=env)
         assert gone.returncode == 2 and f"no dataset {first[:16]} here" in gone.stderr, gone.stderr
         for daemon in daemons:
