@@ -82,6 +82,12 @@ class NodeSettings:
     )
     log_level: str = setting("info", "console and log file level", one_of(LOG_LEVELS))
     name: str = setting("", "a human label shown to peers and in the explorer (optional)")
+    task_data_expire_s: int = setting(
+        7 * 86_400,
+        "datasets fetched for tasks (as a worker, or as a sentry replaying one) are deleted "
+        "after this long unused; 0 keeps them until room runs short",
+        int_range(0, 365 * 86_400),
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ when a task's data does not fit they go, by this rule::
 
 Candidates are taken until their bytes cover the shortfall. If all of them would not, none
 is taken: deleting data for a task that still would not fit only costs the next task a
-fetch. Datasets the operator added or fetched are never in the cache.
+fetch. Datasets the operator added or fetched are never in the cache. Apart from room, a
+dataset unused for longer than the node's expiry goes (:func:`idle` with that period): other
+people's data is not kept for ever.
 """
 
 from __future__ import annotations
@@ -36,14 +38,21 @@ def to_evict(
     every candidate together would not free that much."""
     if needed <= 0:
         return []
-    idle = sorted(
-        (c for c in cached if c.dataset_id not in busy and now_ms - c.used_ms >= keep_ms),
-        key=lambda c: (c.used_ms, c.dataset_id),
-    )
     chosen, freed = [], 0
-    for entry in idle:
+    for entry in idle(cached, busy=busy, now_ms=now_ms, keep_ms=keep_ms):
         chosen.append(entry.dataset_id)
         freed += entry.size
         if freed >= needed:
             return chosen
     return []
+
+
+def idle(
+    cached: Iterable[Cached], *, busy: frozenset[bytes], now_ms: int, keep_ms: int
+) -> list[Cached]:
+    """The cached datasets no running task reads and none used for ``keep_ms``, oldest use
+    first."""
+    return sorted(
+        (c for c in cached if c.dataset_id not in busy and now_ms - c.used_ms >= keep_ms),
+        key=lambda c: (c.used_ms, c.dataset_id),
+    )

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import trio
 
+from config.schema import Settings
 from consensus.market.messages import Demand, Workload
 from consensus.market.spec import JobSpec, SpecError
 from node.market.blobshare import FetchFailed
@@ -129,8 +130,16 @@ async def disk_status(datasets: Datasets | None, disk: Disk) -> dict[str, int]:
     count, size = (0, 0) if datasets is None else await datasets.cache_size()
     return {
         "room_bytes": free - disk.reserve_bytes, "reserve_bytes": disk.reserve_bytes,
-        "cached_datasets": count, "cached_bytes": size, "keep_s": disk.keep_ms // 1000,
+        "cached_datasets": count, "cached_bytes": size,
     }  # fmt: skip
+
+
+def task_data_keep_ms(settings: Settings) -> int:
+    """How long a worker keeps a dataset after a task used it, at the least: the requester
+    waits that long for verdicts, and a sentry fetches the data here to replay the task."""
+    if "worker" not in settings.node.roles:
+        return 0  # a sentry's copy serves nobody
+    return max(settings.worker.dataset_keep_s * 1000, settings.verify.verdict_timeout_ms)
 
 
 def _free_bytes(where: Path) -> int:

@@ -174,7 +174,7 @@ class WorkerService:
             if not isinstance(demand, Demand) or msg.origin == self.net.peer_id:
                 continue
             self._addrs[msg.origin] = list(demand.reply_to)
-            room = await disk_room(self.share.datasets, demand, self.disk, self._busy_datasets())
+            room = await disk_room(self.share.datasets, demand, self.disk, self.busy_datasets())
             seen = bd.DemandSeen(demand, msg.origin, *room)
             for effect in self.bidder.handle(seen, self.net.now_ms()):
                 self._decided(demand.ref, effect)
@@ -185,7 +185,7 @@ class WorkerService:
                     self._nursery.start_soon(self._send_pass, msg.origin, demand, effect.reason)
             self._wake()
 
-    def _busy_datasets(self) -> frozenset[bytes]:
+    def busy_datasets(self) -> frozenset[bytes]:
         """Datasets our unfinished tasks read (never evicted under them)."""
         return frozenset(
             dataset_id

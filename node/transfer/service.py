@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.errors import Invalid
-from consensus.transfer.eviction import Cached, to_evict
+from consensus.transfer.eviction import Cached, idle, to_evict
 from consensus.transfer.manifest import Manifest, decode_manifest
 from node.discovery import LOOKUP_TIMEOUT_S, REPROVIDE_S, locate
 from node.market.blobshare import FetchFailed as TaskFetchFailed
+from node.market.datasets import task_data_keep_ms
 from node.market.sealing import SealError
 from node.transfer import local
 from node.transfer.fetcher import FetchFailed, fetch
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # a dataset id no DHT peer took yet is provided again this soon
 MAX_ASKED = 32  # connected peers probed for a dataset nobody named
+EXPIRY_CHECK_S = 600.0  # the expiry sweep runs at least this often (sooner for short expiries)
 FETCH_ERRORS = (FetchFailed, DialError, Invalid, UnsafeTarget, CorruptBlob, ValueError)
 
 
@@ -73,6 +76,7 @@ class DataService:
     jobs: dict[bytes, Job] = field(default_factory=dict)
     _to_provide: trio.MemorySendChannel[bytes] | None = None
     _placing: dict[bytes, trio.Lock] = field(default_factory=dict)  # one fetch per dataset
+    busy: Callable[[], frozenset[bytes]] = frozenset  # datasets running tasks read (a worker's)
 
     async def offer(self, dataset_id: bytes, manifest: Manifest | None = None) -> int:
         """Serve ``dataset_id`` (complete here) to the peers granted it; returns the grants.
@@ -156,23 +160,40 @@ class DataService:
     async def make_room(self, needed: int, busy: frozenset[bytes], keep_ms: int) -> int:
         """Deletes datasets fetched for tasks (:mod:`consensus.transfer.eviction`) to free
         ``needed`` bytes; returns the bytes freed (0: nothing could go)."""
-        db, now = self.net.ctx.db, now_ms()
+        now, entries = now_ms(), await self._cached()
+        chosen = to_evict(entries, needed=needed, busy=busy | self.busy(), now_ms=now,
+                          keep_ms=keep_ms)  # fmt: skip
+        return await self._evict(chosen, entries, now, "dataset evicted")
+
+    async def expire_loop(self, after_ms: int) -> None:
+        """Deletes datasets fetched for tasks once unused for ``after_ms``, until cancelled."""
+        while True:
+            await trio.sleep(min(max(after_ms / 4000, 1.0), EXPIRY_CHECK_S))
+            now, entries = now_ms(), await self._cached()
+            stale = idle(entries, busy=self.busy(), now_ms=now, keep_ms=after_ms)
+            await self._evict([c.dataset_id for c in stale], entries, now, "dataset expired")
+
+    async def _cached(self) -> list[Cached]:
+        """The datasets fetched for tasks that no fetch is writing now."""
+        db = self.net.ctx.db
         used, rows = await db.transaction(lambda c: (cache.cached(c), journal.transfers(c)))
-        entries = [
+        return [
             Cached(r.dataset_id, used[r.dataset_id], r.bytes_total)
             for r in rows
             if r.dataset_id in used and not self._fetching(r.dataset_id)
         ]
-        freed = 0
-        for dataset_id in to_evict(entries, needed=needed, busy=busy, now_ms=now, keep_ms=keep_ms):
+
+    async def _evict(self, ids: list[bytes], entries: list[Cached], now: int, what: str) -> int:
+        used, freed = {c.dataset_id: c.used_ms for c in entries}, 0
+        for dataset_id in ids:
             try:
                 removed = await self.remove(dataset_id)
             except (KeyError, RuntimeError):  # removed or being fetched since we looked
                 continue
             freed += removed.bytes_freed
             idle_s = (now - used[dataset_id]) // 1000
-            log.info("dataset evicted", extra={"dataset": dataset_id.hex()[:16], "idle_s": idle_s,
-                                               "bytes_freed": removed.bytes_freed})  # fmt: skip
+            log.info(what, extra={"dataset": dataset_id.hex()[:16], "idle_s": idle_s,
+                                  "bytes_freed": removed.bytes_freed})  # fmt: skip
         return freed
 
     async def cache_size(self) -> tuple[int, int]:
@@ -318,5 +339,8 @@ async def run_data(
         for dataset_id, manifest in held.items():
             await service.offer(dataset_id, manifest)
         nursery.start_soon(service.provide_loop, receive)
+        if ctx.settings.node.task_data_expire_s:
+            expire_ms = ctx.settings.node.task_data_expire_s * 1000
+            nursery.start_soon(service.expire_loop, max(expire_ms, task_data_keep_ms(ctx.settings)))
         log.info("datasets served", extra={"datasets": len(held), "bulk_port": server.bulk_port})
         task_status.started(service)

@@ -44,7 +44,7 @@ from consensus.verify.messages import (
 from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
-from node.market.datasets import place_all
+from node.market.datasets import place_all, used_all
 from node.market.packing import unpack
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import EscalationDesk
@@ -225,6 +225,8 @@ class Sentry:
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            if att.workload is not None and att.workload.datasets:  # kept from now, then expire
+                await used_all(self.share.datasets, att.workload)
 
     async def _answer(self, att: Attestation, up: Escalation) -> None:
         """Replays the escalated segments bitwise, as a sentry of the worker's class, and
@@ -334,8 +336,16 @@ class Sentry:
     async def _replay(
         self, att: Attestation, runtime: Any, work: Path, index: int, start: bytes, *, end: bytes
     ) -> tuple[bytes, int | None]:
-        assert att.workload is not None
         workdir = work / f"seg-{index}"
+        try:
+            return await self._replay_in(att, runtime, workdir, index, start, end=end)
+        finally:  # one segment's copy of the task's data at a time, not one per sample
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _replay_in(
+        self, att: Attestation, runtime: Any, workdir: Path, index: int, start: bytes, *, end: bytes
+    ) -> tuple[bytes, int | None]:
+        assert att.workload is not None
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
         if att.inputs is not None:

@@ -1,6 +1,7 @@
 """A job that names a dataset, on real daemons: the requester adds a folder once, the worker
 fetches it through the transfer layer into the task's folder, a sentry that replays the task
-gets it from the worker, and a second job on the same data moves no chunk again.
+gets it from the worker (and deletes its copy once unused for its short expiry), and a
+second job on the same data moves no chunk again.
 
 Three daemons on 127.0.0.1 (requester, sentry, worker). Synchronised on what the daemons log
 and on CLI exits, never on sleeps.
@@ -70,6 +71,8 @@ def network(tmp_path: Path) -> Iterator[dict[str, Daemon]]:
         boot = ("--bootstrap", str(status["p2p"]["addrs"][0]))
         for name in ("sentry", "worker"):
             env = ENV | {"IDLEGRID_WORKER_PRICE_WEI_PER_S": str(100 * 10**9)}  # under the cap
+            if name == "sentry":  # its copy of a replayed task's data goes 1 s after the replay
+                env |= {"IDLEGRID_NODE_TASK_DATA_EXPIRE_S": "1"}
             assert idlegrid(tmp_path / name, "init", "--role", name, env=env).returncode == 0
             daemons[name] = Daemon(tmp_path / name, boot, env).wait_started()
         yield daemons
@@ -114,6 +117,9 @@ def test_a_job_runs_and_is_verified_on_a_dataset_fetched_once(
     assert field(replayed_on, "dataset") == dataset[:16]
     passed = sentry.wait_for("verdict", timeout=90)
     assert f"worker={ids['worker']}" in passed and "passed=True" in passed, passed
+    sentry.wait_count("dataset expired", 1, timeout=30)
+    [expired] = [line for line in sentry.lines if "dataset expired" in line]
+    assert field(expired, "dataset") == dataset[:16]
     wait_all(requester, [("task moved", "job_state=verified")], timeout=90)
     shown = idlegrid(requester.home, "job", "status", job_id, env=ENV).stdout
     assert f"datasets: corpus {dataset[:16]}" in shown, shown
