@@ -21,6 +21,7 @@ import click
 import trio
 
 from consensus.errors import Invalid
+from consensus.peer_id import public_key_from_peer_id
 from node.cli_base import BadInput, Failure, emit, failure, home_option, json_option, table
 from node.client import ApiClient, NotRunning
 from node.home import Home, HomeError, resolve_home
@@ -37,20 +38,40 @@ ANYONE = "*"  # node.transfer.server.ANYONE, not imported: it pulls in libp2p
 POLL_S = 0.25  # how often a get run by the daemon is looked at
 
 
-def _home(home_dir: str | None) -> Home:
+def _home(home_dir: str | None, *, create: bool = False) -> Home:
+    """The data dir; created only by the commands that store (``add``, ``get``, ``serve``
+    on a plain data dir), so a mistyped ``--home`` is named, not a new empty dir."""
     home = Home(resolve_home(home_dir))
+    if not create and not home.root.is_dir():
+        raise BadInput(f"--home: {home.root} does not exist (nothing was ever stored there)")
     home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     return home
 
 
-def _dataset_id(text: str) -> bytes:
+def _dataset_id(text: str, home: Home | None = None) -> bytes:
+    """A dataset id: 64 hex, or (given ``home``) a unique prefix of one recorded there, as
+    tables show them (16 hex)."""
+    hexed = text.lower()
+    if len(hexed) == 64 and _is_hex(hexed):
+        return bytes.fromhex(hexed)
+    if home is None or not (4 <= len(hexed) < 64 and _is_hex(hexed)):
+        raise BadInput(f"ID: {text!r} is not a dataset id (64 hex chars, or a prefix of one here)")
+    conn = open_sync(home.db)
     try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise BadInput(f"ID: {text!r} is not a dataset id (64 hex chars)")
-    return raw
+        known = [r.dataset_id for r in journal.transfers(conn)]
+    finally:
+        conn.close()
+    found = [d for d in known if d.hex().startswith(hexed)]
+    if len(found) != 1:
+        raise BadInput(
+            f"ID: {text!r} matches {len(found)} datasets here"
+            + (": give more of it" if found else "")
+        )
+    return found[0]
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 @click.group()
@@ -77,7 +98,7 @@ def add(
     as_json: bool,
 ) -> None:
     """Chunk PATH (a file or folder) into the data dir; prints the dataset id."""
-    home = _home(home_dir)
+    home = _home(home_dir, create=True)
     peers = [_peer(p) for p in (*grants, *([for_peer] if for_peer else []))]
     peers += [ANYONE] if public else []
     staging = Path(tempfile.mkdtemp(dir=home.root, prefix="sealing-")) if for_peer else None
@@ -103,7 +124,19 @@ def add(
         "sealed_for": for_peer,
         "served_by_daemon": _grant_and_offer(home, dataset_id, peers),
     }
+    if not info["served_by_daemon"] and not as_json:  # on stderr: stdout stays the bare id
+        click.echo(_unserved_note(home), err=True)
     emit(as_json, info, lambda i: i["dataset_id"])
+
+
+def _unserved_note(home: Home) -> str:
+    if home.is_initialised():
+        return f"note: no daemon runs in {home.root}: it serves the dataset once started"
+    return (
+        f"note: {home.root} is not a node's data dir (`idlegrid init`), so no daemon serves "
+        "the dataset from there; a job names only datasets its requester's node holds "
+        "(pass that node's --home)"
+    )
 
 
 @data.command()
@@ -113,15 +146,22 @@ def add(
 @json_option
 def grant(dataset: str, peer: str, home_dir: str | None, as_json: bool) -> None:
     """Let PEER (a peer id, or * for anyone) fetch DATASET from this node."""
-    dataset_id, home = _dataset_id(dataset), _home(home_dir)
-    served = _grant_and_offer(home, dataset_id, [peer if peer == ANYONE else _peer(peer)])
+    home, grantee = _home(home_dir), peer if peer == ANYONE else _peer(peer)
+    dataset_id = _dataset_id(dataset, home)
+    if not local.is_complete(home.db, dataset_id):
+        raise BadInput(f"DATASET: {dataset_id.hex()[:16]} is not held whole here")
+    served = _grant_and_offer(home, dataset_id, [grantee])
     emit(as_json, {"dataset_id": dataset_id.hex(), "peer": peer, "served_by_daemon": served},
          lambda i: f"granted {i['dataset_id'][:16]} to {i['peer']}")  # fmt: skip
 
 
 def _peer(text: str) -> str:
-    if not text.startswith(("12D3Koo", "Qm")) or not text.isalnum():
-        raise BadInput(f"--grant/--for/PEER: {text!r} is not a peer id (12D3Koo... or Qm...)")
+    try:
+        public_key_from_peer_id(text)
+    except Invalid:
+        raise BadInput(
+            f"--grant/--for/PEER: {text!r} is not a node's peer id (12D3KooW...)"
+        ) from None
     return text
 
 
@@ -168,8 +208,8 @@ def get(
 ) -> None:
     """Fetch DATASET and write it under --out: through the running daemon (holders from
     --from, else found in the DHT and among its peers), else with a host of its own."""
-    dataset_id = _dataset_id(dataset)
-    home = _home(home_dir)
+    home = _home(home_dir, create=True)
+    dataset_id = _dataset_id(dataset, home)
     for source in sources:
         if "/p2p/" not in source and not source.startswith(("12D3Koo", "Qm")):
             raise BadInput(f"--from: {source!r} is neither a multiaddr with /p2p/ nor a peer id")
@@ -246,7 +286,7 @@ def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
     probe (round trip, rate, requests in flight chosen for it). ORIGIN "for tasks": fetched
     by this worker for a task, deleted when another task needs the room."""
     home = _home(home_dir)
-    wanted = _dataset_id(dataset) if dataset else None
+    wanted = _dataset_id(dataset, home) if dataset else None
     conn = open_sync(home.db)
     try:
         for_tasks = cache.cached(conn)
@@ -260,6 +300,8 @@ def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
         ]  # fmt: skip
     finally:
         conn.close()
+    if wanted is not None and not rows:
+        raise BadInput(f"no dataset {wanted.hex()[:16]} here")
     emit(as_json, rows, _status_table)
 
 
@@ -294,7 +336,8 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
 def remove(dataset: str, home_dir: str | None, as_json: bool) -> None:
     """Delete DATASET here (added, fetched, or placed for a job): its record, grants and the
     chunks no other dataset here uses. A running daemon stops serving it first."""
-    dataset_id, home = _dataset_id(dataset), _home(home_dir)
+    home = _home(home_dir)
+    dataset_id = _dataset_id(dataset, home)
     try:
         result = ApiClient(home).post("/v1/data/remove", {"dataset_id": dataset_id.hex()})
     except NotRunning:
@@ -321,6 +364,6 @@ def serve(listen: str, public: bool, home_dir: str | None) -> None:
     serves them itself, with the node's key."""
     from node.transfer.commands import serve_datasets  # noqa: PLC0415 (libp2p: only when used)
 
-    home = _home(home_dir)
+    home = _home(home_dir, create=True)
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve_datasets, home, listen, public)

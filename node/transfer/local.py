@@ -49,6 +49,16 @@ def _record_added(
     journal.finish(conn, dataset_id, journal.COMPLETE, None, now)
 
 
+def is_complete(db_path: Path, dataset_id: bytes) -> bool:
+    """Whether the journal records ``dataset_id`` held whole here."""
+    conn = open_sync(db_path)
+    try:
+        rows = journal.transfers(conn, dataset_id)
+    finally:
+        conn.close()
+    return bool(rows) and rows[0].state == journal.COMPLETE
+
+
 def complete_datasets(db_path: Path, store: BlobStore) -> dict[bytes, Manifest]:
     """Every dataset held whole here (added or fetched), to offer to others."""
     conn = open_sync(db_path)

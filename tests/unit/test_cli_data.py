@@ -20,6 +20,11 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def run_split(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["data", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
 def test_add_then_status(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x.txt").write_text("hello\n" * 100)
@@ -28,8 +33,9 @@ def test_add_then_status(tmp_path: Path) -> None:
     assert code == 0, out
     added = json.loads(out)
     assert (added["files"], added["chunks"], added["bytes"]) == (1, 1, 600)
-    code, out = run("add", str(tmp_path / "d"), "--home", home)  # same content, same id
-    assert out.strip() == added["dataset_id"]
+    code, out, err = run_split("add", str(tmp_path / "d"), "--home", home)  # same content
+    assert out.strip() == added["dataset_id"]  # same id; stdout is the id alone, for scripts
+    assert "is not a node's data dir" in err and "no daemon serves" in err, err
     code, out = run("status", "--home", home, "--json")
     (row,) = json.loads(out)
     assert (row["dataset_id"], row["state"], row["bytes_have"]) == (
@@ -74,6 +80,15 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     assert code == 2 and "ID" in out
     code, out = run("status", "ab" * 31, "--home", home)
     assert code == 2 and "ID" in out
+    code, out = run("status", "ab" * 32, "--home", home)
+    assert code == 2 and "no dataset abababababababab here" in out
+    code, out = run("status", "--home", str(tmp_path / "typo"))
+    assert code == 2 and "typo does not exist" in out
+    assert not (tmp_path / "typo").exists()
+    code, out = run("grant", "ab" * 32, "12D3KooWnotreally", "--home", home)
+    assert code == 2 and "not a node's peer id" in out
+    code, out = run("grant", "ab" * 32, "*", "--home", home)  # no daemon: checked here too
+    assert code == 2 and "abababababababab is not held whole here" in out
     code, out = run(
         "get", "ab" * 32, "--out", str(tmp_path / "o"), "--from", "nope", "--home", home
     )
@@ -89,7 +104,9 @@ def test_rm_frees_what_no_other_dataset_uses(tmp_path: Path) -> None:
     (tmp_path / "b" / "own.bin").write_bytes(random.Random(2).randbytes(3_000_000))
     ids = {n: json.loads(run("add", str(tmp_path / n), "--home", str(home), "--json")[1])
            ["dataset_id"] for n in ("a", "b")}  # fmt: skip
-    code, out = run("rm", ids["b"], "--home", str(home), "--json")
+    code, out = run("rm", ids["b"][:3], "--home", str(home))
+    assert code == 2 and "not a dataset id" in out  # too short to be a prefix
+    code, out = run("rm", ids["b"][:16], "--home", str(home), "--json")  # as tables show it
     assert code == 0, out
     removed = json.loads(out)
     assert removed["chunks_kept"] == 2, "a still uses the shared file's two chunks"
