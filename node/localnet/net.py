@@ -156,11 +156,12 @@ def status(state: State) -> dict[str, Any]:
 
 
 def _node_row(node: NodeInfo, by_peer: dict[str, str], wallets: dict[str, int]) -> Any:
-    alive = node.proc.alive()
+    proc = node.live_proc()
+    alive = proc.alive()
     peers = nodes.connected_names(node, by_peer) if alive else None
     balance = wallets.get(node.address)
     return {
-        "name": node.name, "role": node.role, "pid": node.proc.pid, "alive": alive,
+        "name": node.name, "role": node.role, "pid": proc.pid, "alive": alive,
         "api_port": node.api_port, "p2p_port": node.p2p_port, "peer_id": node.peer_id,
         "home": node.home, "log": str(node.log), "address": node.address,
         "price_wei_per_s": None if node.price_wei_per_s is None else str(node.price_wei_per_s),

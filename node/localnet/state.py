@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-from node.home import write_atomic
+from node.home import Home, running_pid, write_atomic
 
 STATE_FILE = "localnet.json"
 STATE_VERSION = 1
@@ -68,6 +68,20 @@ class NodeInfo:
     def log(self) -> Path:
         return Path(self.home) / "logs" / "daemon.out"
 
+    def live_proc(self) -> Proc:
+        """The daemon running in this node's home: the one the localnet started, or one
+        started by hand there since (``node stop``, then ``node start --home``), found by
+        the home's lock."""
+        if self.proc.alive():
+            return self.proc
+        pid = running_pid(Home(Path(self.home)))
+        if pid is None:
+            return self.proc
+        try:
+            return Proc.of(pid)
+        except psutil.Error:  # it exited just now
+            return self.proc
+
 
 @dataclass
 class State:
@@ -82,7 +96,7 @@ class State:
 
     def procs(self) -> list[tuple[str, Proc]]:
         """Every process, nodes first: stop takes the daemons down before their chain."""
-        return [(n.name, n.proc) for n in self.nodes] + [("chain", self.chain.proc)]
+        return [(n.name, n.live_proc()) for n in self.nodes] + [("chain", self.chain.proc)]
 
     def alive(self) -> list[str]:
         return [name for name, proc in self.procs() if proc.alive()]

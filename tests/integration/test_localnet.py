@@ -28,7 +28,7 @@ from node.localnet import net
 from node.localnet.chain import anvil_binary, deploy, start_chain
 from node.localnet.procs import spawn, stop_all, wait_until
 from node.localnet.state import ChainInfo, NodeInfo, Proc, State
-from tests.daemons import REPO, cli_env
+from tests.daemons import REPO, Daemon, cli_env
 
 ETH = 10**18
 NAMES = {"requester-1", "worker-1", "worker-2", "sentry-1"}
@@ -101,7 +101,7 @@ def test_localnet_runs_a_job_and_stops_clean(tmp_path: Path, chain: str) -> None
         pytest.skip("anvil not installed: run `npm install` in contracts/ (@foundry-rs/anvil)")
     root = tmp_path / "ln"
     start = ("localnet", "start", "--dir", str(root), "--workers", "2", "--chain", chain)
-    started = idlegrid(*start, "--json")
+    started, by_hand = idlegrid(*start, "--json"), None
     try:
         assert started.returncode == 0, started.stderr
         assert json.loads(started.stdout)["chain"]["kind"] == chain
@@ -115,8 +115,11 @@ def test_localnet_runs_a_job_and_stops_clean(tmp_path: Path, chain: str) -> None
             assert "already running" in again.stderr
             logs = idlegrid("localnet", "logs", "worker-1", "--dir", str(root))
             assert "node started" in logs.stdout
+            by_hand = restart_by_hand(root, doc, "worker-2")
     finally:
         stopped = idlegrid("localnet", "stop", "--dir", str(root), "--json")
+        if by_hand is not None:  # stopped by localnet stop, above; reaped here
+            assert by_hand.proc.wait(timeout=10) is not None
     assert stopped.returncode == 0, stopped.stderr
     assert set(json.loads(stopped.stdout)["processes"].values()) == {"stopped"}
     assert left_behind(root) == []
@@ -124,6 +127,18 @@ def test_localnet_runs_a_job_and_stops_clean(tmp_path: Path, chain: str) -> None
     if chain == "anvil":
         after = idlegrid("localnet", "status", "--dir", str(root), "--json")
         assert after.returncode == 1, "status exits 1 when the localnet is not running"
+
+
+def restart_by_hand(root: Path, doc: dict[str, Any], name: str) -> Daemon:
+    """An operator restarts a node to change a setting: ``node stop``, then ``node start``
+    in its home. The localnet still counts it (it used to say DEGRADED, and leave it running
+    at ``localnet stop``)."""
+    home = Path(next(n for n in doc["nodes"] if n["name"] == name)["home"])
+    assert idlegrid("node", "stop", "--home", str(home)).returncode == 0
+    by_hand = Daemon(home).wait_started()
+    row = next(n for n in cli_status(root)["nodes"] if n["name"] == name)
+    assert (row["alive"], row["pid"]) == (True, by_hand.proc.pid)
+    return by_hand
 
 
 def check_chain(doc: dict[str, Any]) -> None:
