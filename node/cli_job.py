@@ -95,6 +95,7 @@ def job_submit(file: str, wait: bool, home_dir: str | None, as_json: bool) -> No
 def _follow(client: ApiClient, job_id: str, quiet: bool) -> dict[str, Any]:
     """Prints each task's moves and the job's log lines until the job finishes."""
     seen: dict[int, str] = {}
+    hinted = False
     cursor = 0
     while True:
         view = client.get(f"/v1/job?id={job_id}")
@@ -108,9 +109,25 @@ def _follow(client: ApiClient, job_id: str, quiet: bool) -> dict[str, Any]:
                 if seen.get(task["task"]) != shown:
                     seen[task["task"]] = shown
                     click.echo(f"task {task['task']}: {shown}")
+                    if not hinted and _unawarded(task):
+                        hinted = True
+                        click.echo(_retry_hint(view, job_id))
         if view["state"] in FINISHED:
             return dict(view)
         time.sleep(POLL_S)
+
+
+def _unawarded(task: dict[str, Any]) -> bool:
+    """A task waiting for a worker after an auction nobody won."""
+    return not task["worker"] and bool(task["reason"])
+
+
+def _retry_hint(view: dict[str, Any], job_id: str) -> str:
+    left_s = max(0, (int(view["deadline_ms"]) - time.time_ns() // 1_000_000) // 1000)
+    return (
+        f"  (auctioned again every few seconds until the job's deadline, in {left_s // 60} min "
+        f"{left_s % 60} s; Ctrl-C leaves it running, `idlegrid job cancel {job_id[:12]}` ends it)"
+    )
 
 
 @job.command("status")
@@ -138,7 +155,7 @@ def _human_job(view: dict[str, Any]) -> str:
     rows = [("TASK", "STATE", "ATTEMPT", "WORKER", "CHECKPOINTS", "NOTE")]
     for t in view["task_states"]:
         rows.append((str(t["task"]), t["state"], str(t["attempt"]), short_peer(t["worker"]),
-                     str(t["checkpoints"]), t["reason"][:60]))  # fmt: skip
+                     str(t["checkpoints"]), t["reason"][:110]))  # fmt: skip
     checked = view.get("verification", {})
     verdicts = (
         "".join(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from node import cli_job
 from node.cli import cli
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "exec-wordcount" / "job.toml"
@@ -64,3 +67,37 @@ def test_not_toml_exits_2(tmp_path: Path) -> None:
     code, out = validate(spec)
     assert code == 2
     assert "not valid TOML" in out
+
+
+class Scripted:
+    """The daemon's answers to ``job submit --wait``, one view per poll (the CLI's output is
+    what is tested here; the daemon side is tested with real daemons elsewhere)."""
+
+    def __init__(self, views: list[dict[str, Any]]) -> None:
+        self.views = views
+
+    def get(self, path: str) -> dict[str, Any]:
+        if path.startswith("/v1/job/logs"):
+            return {"cursor": 0, "lines": []}
+        return self.views.pop(0) if len(self.views) > 1 else self.views[0]
+
+
+def test_waiting_on_a_task_nobody_takes_says_how_long_and_how_to_stop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli_job.time, "sleep", lambda _s: None)
+    deadline = time.time_ns() // 1_000_000 + 600_000
+    passed = "every worker passed: ZXPBa5GV: no room for its data: needs 11 MB, 0 MB free"
+    view = {
+        "state": "open",
+        "deadline_ms": deadline,
+        "task_states": [{"task": 0, "state": "queued", "worker": "", "reason": passed}],
+    }
+    done = {**view, "state": "cancelled"}  # fmt: skip
+    final = cli_job._follow(Scripted([view, view, done]), "ab" * 16, quiet=False)  # type: ignore[arg-type]
+    out = capsys.readouterr().out
+    assert final["state"] == "cancelled"
+    assert f"task 0: queued - {passed}" in out
+    assert out.count("auctioned again every few seconds") == 1
+    assert "in 9 min" in out or "in 10 min" in out
+    assert "`idlegrid job cancel abababababab` ends it" in out
