@@ -32,7 +32,18 @@ class ConfigError(Exception):
 
     def __init__(self, key: str, value: Any, expected: str, source: str) -> None:
         self.key, self.value, self.expected, self.source = key, value, expected, source
-        super().__init__(f"{key} = {value!r} (from {source}): expected {expected}")
+        super().__init__(f"{key} = {_shown(value)} (from {source}): expected {expected}")
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it: a list as TOML would, not as a Python tuple."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 @dataclass(frozen=True)

@@ -283,10 +283,10 @@ def _disk_text(disk: dict[str, int] | None) -> str:
     if disk is None:
         return ""
     return (
-        f"disk: {max(0, disk['room_bytes']) / 1e6:.0f} MB free for tasks' data "
-        f"({disk['reserve_bytes'] / 1e6:.0f} MB kept for the owner); "
+        f"disk: {max(0, disk['room_bytes']) >> 20} MB free for tasks' data "
+        f"({disk['reserve_bytes'] >> 20} MB kept for the owner); "
         f"{disk['cached_datasets']} dataset(s) kept from earlier tasks, "
-        f"{disk['cached_bytes'] / 1e6:.0f} MB\n"
+        f"{disk['cached_bytes'] >> 20} MB\n"
     )
 
 

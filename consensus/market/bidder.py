@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from consensus.market.messages import Award, Demand, TaskOrder, TaskRef
 from consensus.market.spec import REFERENCE_SCORE, Requirements
 
-MB = 1_000_000  # disk sizes in reasons: rounded up for a need, down for what is free
+MB = 1 << 20  # disk sizes in reasons (MiB, as df -m and the sandbox's _mb settings): a need
+# rounds up, what is free down
 
 
 @dataclass(frozen=True)

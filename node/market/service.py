@@ -131,7 +131,7 @@ async def worker_market(
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
         executor=executor, work_root=ctx.home.root / "work", params=market.params,
-        disk=Disk(ctx.home.root / "work", worker.disk_reserve_mb * 1_000_000, keep_ms),
+        disk=Disk(ctx.home.root / "work", worker.disk_reserve_mb << 20, keep_ms),
     )  # fmt: skip
     if ctx.data is not None:  # its expiry sweep spares what running tasks read
         ctx.data.busy = market.worker.busy_datasets

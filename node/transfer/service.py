@@ -320,7 +320,10 @@ class DataService:
                     pending.discard(dataset_id)
                 else:
                     pending.add(dataset_id)
-                log.info("dht provided dataset", extra={"dataset": dataset_id.hex()[:16], "ok": ok})
+                # Not taken is normal on a node with no DHT peers yet: retried, said quietly.
+                log.log(logging.INFO if ok else logging.DEBUG,
+                        "dht provided dataset" if ok else "dht provide not taken yet",
+                        extra={"dataset": dataset_id.hex()[:16]})  # fmt: skip
 
 
 async def run_data(

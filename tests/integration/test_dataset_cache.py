@@ -69,7 +69,7 @@ def test_a_worker_short_of_disk_deletes_an_idle_dataset_for_the_next_job(tmp_pat
         daemons.append(requester)
         first, second = (add_dataset(requester, tmp_path / name) for name in ("a", "b"))
         status = json.loads(idlegrid(requester.home, "status", "--json", env=ENV).stdout)
-        reserve_mb = (shutil.disk_usage(tmp_path).free - ROOM) // 1_000_000
+        reserve_mb = (shutil.disk_usage(tmp_path).free - ROOM) >> 20  # MiB, as every _mb setting
         env = ENV | {
             "IDLEGRID_WORKER_PRICE_WEI_PER_S": str(100 * 10**9),
             "IDLEGRID_WORKER_DISK_RESERVE_MB": str(reserve_mb),

@@ -107,7 +107,7 @@ async def test_a_worker_without_room_for_the_data_says_so_and_another_takes_the_
     assert [a["worker"] for a in attempts] == [dear.net.peer_id]
     [refused] = [d["decision"] for d in cheap.worker.decisions]  # type: ignore[union-attr]
     # Not held there: a copy in the chunk store and one in the task's folder, and the inputs.
-    assert refused.startswith("no room for its data: needs 11 MB, 0 MB free"), refused
+    assert refused.startswith("no room for its data: needs 10 MB, 0 MB free"), refused
     assert [d["decision"] for d in dear.worker.decisions] == ["bid"]  # type: ignore[union-attr]
 
 

@@ -98,6 +98,12 @@ def test_bad_input_names_key_and_expectation(
     assert key in str(info.value)
 
 
+def test_a_bad_value_is_shown_as_it_was_written() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(None, env={"IDLEGRID_NODE_ROLES": "worker,sentr"})
+    assert str(info.value).startswith('node.roles = ["worker", "sentr"] (from env')
+
+
 def test_unknown_flag_key_is_refused() -> None:
     with pytest.raises(ConfigError, match="a known key"):
         load(None, env={}, flags={"api.nope": (1, "--nope")})

@@ -131,8 +131,8 @@ def test_an_order_that_finds_the_gpus_taken_is_declined_and_its_bid_dropped() ->
 def test_a_task_whose_data_does_not_fit_on_our_disk_gets_no_bid_and_the_requester_is_told() -> None:
     short = DemandSeen(demand(), "req", need_bytes=900_000_001, free_bytes=120_999_999)
     [effect] = bidder().handle(short, NOW)
-    assert effect == NoBid(REF, "no room for its data: needs 901 MB, 120 MB free", tell=True)
-    fits = DemandSeen(demand(), "req", need_bytes=120_000_000, free_bytes=120_000_000)
+    assert effect == NoBid(REF, "no room for its data: needs 859 MB, 115 MB free", tell=True)
+    fits = DemandSeen(demand(), "req", need_bytes=120 << 20, free_bytes=120 << 20)
     assert isinstance(bidder().handle(fits, NOW)[0], SendBid)
     below_reserve = DemandSeen(demand(), "req", need_bytes=1, free_bytes=-5)
     assert bidder().handle(below_reserve, NOW)[0] == NoBid(
