@@ -23,6 +23,7 @@ _ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _INDEX = {char: index for index, char in enumerate(_ALPHABET)}
 # An Ed25519 peer id is 52 characters; bounding the input bounds the big-int work on bad input.
 _MAX_PEER_ID_CHARS = 64
+SHORT_PEER = 12
 
 
 @lru_cache(maxsize=4096)
@@ -51,6 +52,12 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
     if len(raw) != len(_PREFIX) + ED25519_KEY_LEN or not raw.startswith(_PREFIX):
         raise Invalid("peer_id", "not an Ed25519 identity peer id")
     return raw[len(_PREFIX) :]
+
+
+def short(peer_id: str) -> str:
+    """How people see a peer id, in every table, reason and log: its last ``SHORT_PEER``
+    characters (the first ones are the same for every Ed25519 key); "-" for none."""
+    return peer_id[-SHORT_PEER:] or "-"
 
 
 def b58encode(data: bytes) -> str:

@@ -14,16 +14,12 @@ import click
 
 from config import ROLES, ConfigError
 from consensus.errors import Invalid
+from consensus.peer_id import short
 from consensus.settlement.eip712 import chain_job_id, chain_task_id
 from node.client import ApiRefused
 from node.home import HomeError
 
-SHORT_PEER = 12  # a peer id's last characters: its first ones are the same for every key
-
-
-def short_peer(peer_id: str) -> str:
-    """How every command abbreviates a peer id (the full one is in ``market`` and ``peers``)."""
-    return peer_id[-SHORT_PEER:] or "-"
+short_peer = short  # how every command abbreviates a peer id (whole in ``market``, ``peers``)
 
 
 class Failure(click.ClickException):

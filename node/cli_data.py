@@ -21,7 +21,7 @@ import click
 import trio
 
 from consensus.errors import Invalid
-from consensus.peer_id import public_key_from_peer_id
+from consensus.peer_id import public_key_from_peer_id, short
 from node.cli_base import BadInput, Failure, emit, failure, home_option, json_option, table
 from node.client import ApiClient, NotRunning
 from node.home import Home, HomeError, resolve_home
@@ -323,7 +323,7 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         for x in r["routes"]:
             rtt = "-" if x["rtt_us"] is None else f"{x['rtt_us'] / 1000:.1f} ms"
             routes.append((
-                f"  {r['dataset_id'][:16]}", x["peer_id"][-8:], x["state"], rtt,
+                f"  {r['dataset_id'][:16]}", short(x["peer_id"]), x["state"], rtt,
                 f"{x['rate_bps'] / 1e6:.1f} MB/s", str(x["window"]), x["route"],
             ))  # fmt: skip
     return table(lines) + ("\n" + table(routes) if len(routes) > 1 else "")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from consensus.peer_id import short
 from consensus.settlement.units import format_wei
 from node.cli_base import short_peer
 from node.client import ApiClient
@@ -110,7 +111,7 @@ def run_job(requester: ApiClient, kind: str, spec: Path, names: dict[str, str]) 
     body = {"spec": spec.read_text(), "base_dir": str(spec.parent)}
     job_id = requester.post("/v1/jobs", body)["job_id"]
     print(f"  submitted job {job_id[:16]}", flush=True)
-    view = follow(requester, job_id, lambda peer: names.get(peer, peer[-8:]), JOB_TIMEOUT_S)
+    view = follow(requester, job_id, lambda peer: names.get(peer, short(peer)), JOB_TIMEOUT_S)
     if view["state"] not in ("verified", "settled"):
         raise SystemExit(f"demo: the {kind} job ended {view['state']}: {view['reason']}")
     out = ROOT / "results" / kind

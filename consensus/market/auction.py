@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from consensus.market.messages import Bid, Demand
+from consensus.peer_id import short
 
 State = Literal["open", "confirming", "won", "closed"]
 NEUTRAL_REPUTATION = 500  # of 0..1000; a newcomer is neither favoured nor penalised
@@ -155,7 +156,7 @@ class Auction:
             return self._close_bidding(now_ms)
         if self.state == "confirming" and now_ms >= self._confirm_by_ms:
             assert self._asked is not None
-            self._declines.append(f"{self._asked.bidder[-8:]}: no answer in time")
+            self._declines.append(f"{short(self._asked.bidder)}: no answer in time")
             return self._ask_next(now_ms)
         return []
 
@@ -217,7 +218,7 @@ class Auction:
     def _close_bidding(self, now_ms: int) -> list[Effect]:
         if not self._ranked:
             self.state = "closed"
-            return [NoBids(tuple(f"{p[-8:]}: {why}" for p, why in sorted(self._passes.items())))]
+            return [NoBids(tuple(f"{short(p)}: {why}" for p, why in sorted(self._passes.items())))]
         self.state = "confirming"
         return self._ask_next(now_ms)
 
@@ -238,5 +239,5 @@ class Auction:
         if event.accepted:
             self.state = "won"
             return [Won(asked.bidder, asked.bid)]
-        self._declines.append(f"{asked.bidder[-8:]}: {event.reason or 'declined'}")
+        self._declines.append(f"{short(asked.bidder)}: {event.reason or 'declined'}")
         return self._ask_next(now_ms)

@@ -31,6 +31,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
+from consensus.peer_id import short
 from consensus.verify import game as g
 from consensus.verify.messages import MAX_DET_CLASS, Attestation, Escalation, Miss
 
@@ -176,4 +177,4 @@ def on_timeout(
     if not escalated:
         return "unverified", f"no verdict within {timeout_ms} ms"
     sentry, reason = escalated[0]
-    return "accepted", f"{NO_SAME_CLASS} within {timeout_ms} ms ({sentry[-8:]}: {reason})"
+    return "accepted", f"{NO_SAME_CLASS} within {timeout_ms} ms ({short(sentry)}: {reason})"

@@ -30,6 +30,7 @@ from blake3 import blake3
 
 from consensus.errors import Invalid
 from consensus.market.messages import BlobRef
+from consensus.peer_id import short
 from node.home import write_private
 from node.market.net import MarketNet
 from node.market.sealing import (
@@ -136,7 +137,7 @@ class BlobShare:
             try:
                 return await self._fetch_from(holder, addrs_of(holder), ref)
             except (RequestError, FetchFailed) as exc:
-                errors.append(f"{holder[-8:]}: {exc}")
+                errors.append(f"{short(holder)}: {exc}")
                 if isinstance(exc, HolderLied):
                     liars.add(holder)
                     self.net.blame(holder, f"blob {ref.hash.hex()[:12]}: {exc}")

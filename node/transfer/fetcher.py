@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from consensus.errors import Invalid
+from consensus.peer_id import short
 from consensus.transfer.links import MAX_SOURCES, Probe, rank
 from consensus.transfer.manifest import DEFAULT_LIMITS, Manifest, ManifestLimits, decode_manifest
 from consensus.transfer.schedule import NoSourceLeft, Schedule, SourceStats
@@ -69,7 +70,7 @@ async def fetch_manifest(
             encoded = raw if isinstance(raw, bytes) else b""
             manifest = decode_manifest(encoded, dataset_id, limits)
         except (RequestError, Invalid) as exc:
-            errors.append(f"{peer[-8:]}: {exc}")
+            errors.append(f"{short(peer)}: {exc}")
             continue
         await trio.to_thread.run_sync(store.put, encoded)
         return manifest
@@ -106,7 +107,7 @@ async def fetch(
     probes = await probe_all(host, list(dict.fromkeys(sources)), dataset_id)
     active, standby = rank(probes, max_sources)
     if not active and not store.has(dataset_id.hex()):
-        seen = ", ".join(f"{p.peer[-8:]}: {_verdict(p)}" for p in probes) or "no candidates"
+        seen = ", ".join(f"{short(p.peer)}: {_verdict(p)}" for p in probes) or "no candidates"
         raise FetchFailed(f"{dataset_id.hex()[:12]}: no source serves it to us ({seen})")
     manifest = await fetch_manifest(host, store, dataset_id, active + standby, limits)
     await db.transaction(

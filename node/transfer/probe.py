@@ -16,6 +16,7 @@ from typing import Any, Final
 
 import trio
 
+from consensus.peer_id import short
 from consensus.transfer.links import Probe
 from p2p import reqresp
 from p2p.framing import RequestError
@@ -63,7 +64,7 @@ async def probe(host: Host, peer: str, dataset_id: bytes) -> Probe:
                 max_bytes=4 * PROBE_BYTES,
             )
         except (RequestError, ConnectionError) as exc:
-            log.debug("probe of %s failed: %r", peer[-8:], exc)
+            log.debug("probe of %s failed: %r", short(peer), exc)
             continue
         rtt = trio.current_time() - started
         has = isinstance(reply, dict) and reply.get("has") is True

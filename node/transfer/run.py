@@ -20,6 +20,7 @@ import trio
 from libp2p.network.stream.exceptions import StreamError
 
 from consensus.errors import Invalid
+from consensus.peer_id import short
 from consensus.transfer import links
 from consensus.transfer.links import Probe
 from consensus.transfer.manifest import Manifest
@@ -201,14 +202,14 @@ class Run:
             try:
                 return await open_bulk(self.host, peer, self.dataset_id)
             except (RequestError, DialError, OSError) as exc:
-                log.info("no bulk channel from %s (%r): using the libp2p stream", peer[-8:], exc)
+                log.info("no bulk channel from %s (%r): using the libp2p stream", short(peer), exc)
         return StreamChannel(await self.host.new_stream(peer, CHUNKS_PROTOCOL))
 
     async def source(self, peer: str) -> None:
         try:
             channel = await self._open(peer)
         except DialError as exc:
-            log.info("source %s unreachable: %s", peer[-8:], exc)
+            log.info("source %s unreachable: %s", short(peer), exc)
             self.sched.sources[peer].failures = MAX_FAILURES
             self._end(peer)
             return
@@ -219,7 +220,7 @@ class Run:
                 await self._responses(channel, peer, receive)
                 nursery.cancel_scope.cancel()
         except* (RequestError, StreamError, EOFError, trio.TooSlowError) as group:
-            log.info("source %s dropped: %r", peer[-8:], group.exceptions[0])
+            log.info("source %s dropped: %r", short(peer), group.exceptions[0])
             self.sched.sources[peer].failures = MAX_FAILURES
         finally:
             self._end(peer)
@@ -295,7 +296,7 @@ class Run:
             compressed, payload = _payload_of(reply, index)
             await trio.to_thread.run_sync(self._verify_and_store, compressed, payload, chunk)
         except Invalid as exc:
-            log.info("source %s chunk %d: %s", peer[-8:], index, exc)
+            log.info("source %s chunk %d: %s", short(peer), index, exc)
             self.sched.failed(index, peer, corrupt=exc.peer_fault)
             self._signal()
             return False
@@ -326,7 +327,7 @@ class Run:
         best = max((x.rate_bps(now) for x in used.values() if x.samples), default=0)
         for other, x in used.items():
             if links.is_slow(x.rate_bps(now), x.samples, best) and not self.sched.finished:
-                log.info("source %s is slow: leaving it for another", other[-8:])
+                log.info("source %s is slow: leaving it for another", short(other))
                 self.sched.sources[other].slow = True
                 x.state = "slow"
                 x.room.set()

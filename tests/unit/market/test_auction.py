@@ -50,7 +50,7 @@ def test_when_everyone_passes_it_says_why_at_once() -> None:
     a = Auction(demand(), expected=frozenset({"peer-aaaaaaaa", "peer-bbbbbbbb"}))
     assert a.handle(Passed("peer-aaaaaaaa", "busy: 0 of 1 GPUs free"), NOW) == []
     assert a.handle(Passed("peer-bbbbbbbb", "our price 9 above max 5"), NOW) == [
-        NoBids(("aaaaaaaa: busy: 0 of 1 GPUs free", "bbbbbbbb: our price 9 above max 5"))
+        NoBids(("eer-aaaaaaaa: busy: 0 of 1 GPUs free", "eer-bbbbbbbb: our price 9 above max 5"))
     ]
 
 
