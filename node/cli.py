@@ -262,6 +262,8 @@ def config_show(home_dir: str | None, as_json: bool) -> None:
     """Print the effective settings and where each value came from."""
     home = Home(resolve_home(home_dir))
     loaded = load_settings(home)
+    if not home.config.exists():  # a mistyped --home reads like a node on defaults
+        click.echo(f"note: no {home.config}: these are the defaults (and IDLEGRID_*)", err=True)
     payload = {
         "file": str(home.config),
         "values": flat(loaded.settings),

@@ -207,6 +207,8 @@ def test_config_show_and_wallet_address(home: Path) -> None:
     assert shown["values"]["node.roles"] == ["worker", "sentry"]
     assert shown["sources"]["node.roles"].startswith("file ")
     assert shown["sources"]["api.port"] == "default"
+    typo = idlegrid(home.parent / "typo", "config", "show")
+    assert typo.returncode == 0 and "these are the defaults" in typo.stderr, typo.stderr
     wallet = json.loads(idlegrid(home, "wallet", "address", "--json").stdout)
     assert wallet["binding_valid"] is True
     assert wallet["address"] == json.loads((home / "identity.json").read_text())["address"]
