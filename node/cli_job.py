@@ -232,8 +232,13 @@ def _finished(client: ApiClient, job_id: str) -> bool:
 @json_option
 def job_fetch(job_id: str, out_dir: str, home_dir: str | None, as_json: bool) -> None:
     """Unpack the finished tasks' outputs into DIR (task-N/ per task when there are several)."""
-    results = _client(home_dir).get(f"/v1/job/results?id={job_id}")["results"]
+    client = _client(home_dir)
+    results = client.get(f"/v1/job/results?id={job_id}")["results"]
     if not results:
+        view = client.get(f"/v1/job?id={job_id}")
+        if view["state"] in FINISHED:  # it never will: say why
+            why = f" ({view['reason']})" if view.get("reason") else ""
+            raise Failure(f"job {job_id} has no results and will have none: {view['state']}{why}")
         raise Failure(f"job {job_id} has no results yet")
     out, written = Path(out_dir), []
     for result in results:

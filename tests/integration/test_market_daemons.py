@@ -170,3 +170,7 @@ def check_no_bids_then_cancel(requester: Daemon, spec_dir: Path) -> None:
     assert "have vram_mb >= 48000" in reason, reason
     assert cli_json(requester, "job", "cancel", job_id)["cancelled"] == 1
     assert cli_json(requester, "job", "status", job_id)["state"] == "cancelled"
+    fetched = idlegrid(
+        requester.home, "job", "fetch", job_id, "--out", str(spec_dir / "o"), env=ENV
+    )
+    assert fetched.returncode == 1 and "will have none: cancelled" in fetched.stderr, fetched.stderr
