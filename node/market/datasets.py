@@ -17,6 +17,7 @@ refuses specs that name datasets.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +27,20 @@ import trio
 from config.schema import Settings
 from consensus.market.messages import Demand, Workload
 from consensus.market.spec import JobSpec, SpecError
+from consensus.transfer.manifest import Manifest
 from node.market.blobshare import FetchFailed
+
+
+class NoRoom(OSError):
+    """Our disk has no room for a dataset (beyond the reserve), even after deleting what
+    could go: our limit, not a fault of the task or of its holder."""
+
+
+def room_needed(manifest: Manifest, held: Callable[[str], bool]) -> int:
+    """Bytes placing ``manifest`` takes here: its files in the task's folder, and the
+    chunks the store does not hold yet."""
+    files = sum(f.size for f in manifest.files)
+    return files + sum(c.size for c in manifest.chunks if not held(c.hash.hex()))
 
 
 class Datasets(Protocol):
@@ -115,18 +129,18 @@ async def disk_room(
     for hex_id, size in sorted(demand.datasets.items()):
         held = datasets is not None and await datasets.size(bytes.fromhex(hex_id)) > 0
         need += size if held else 2 * size
-    free = await trio.to_thread.run_sync(_free_bytes, disk.where) - disk.reserve_bytes
+    free = await trio.to_thread.run_sync(free_bytes, disk.where) - disk.reserve_bytes
     if datasets is not None and need > free:
         freed = await datasets.make_room(need - free, busy | own, disk.keep_ms)
         if freed > 0:
-            free = await trio.to_thread.run_sync(_free_bytes, disk.where) - disk.reserve_bytes
+            free = await trio.to_thread.run_sync(free_bytes, disk.where) - disk.reserve_bytes
     return need, free
 
 
 async def disk_status(datasets: Datasets | None, disk: Disk) -> dict[str, int]:
     """What ``worker status`` shows of the disk: room for tasks' data, the owner's reserve,
     and the datasets kept from earlier tasks (deleted first when room runs short)."""
-    free = await trio.to_thread.run_sync(_free_bytes, disk.where)
+    free = await trio.to_thread.run_sync(free_bytes, disk.where)
     count, size = (0, 0) if datasets is None else await datasets.cache_size()
     return {
         "room_bytes": free - disk.reserve_bytes, "reserve_bytes": disk.reserve_bytes,
@@ -142,7 +156,7 @@ def task_data_keep_ms(settings: Settings) -> int:
     return max(settings.worker.dataset_keep_s * 1000, settings.verify.verdict_timeout_ms)
 
 
-def _free_bytes(where: Path) -> int:
+def free_bytes(where: Path) -> int:
     while not where.exists() and where != where.parent:  # the work folder comes with work
         where = where.parent
     return shutil.disk_usage(where).free

@@ -21,13 +21,13 @@ import trio
 
 from consensus.errors import Invalid
 from consensus.transfer.eviction import Cached, idle, to_evict
-from consensus.transfer.manifest import Manifest, decode_manifest
+from consensus.transfer.manifest import DEFAULT_LIMITS, Manifest, decode_manifest
 from node.discovery import LOOKUP_TIMEOUT_S, REPROVIDE_S, locate
 from node.market.blobshare import FetchFailed as TaskFetchFailed
-from node.market.datasets import task_data_keep_ms
+from node.market.datasets import NoRoom, free_bytes, room_needed, task_data_keep_ms
 from node.market.sealing import SealError
 from node.transfer import local
-from node.transfer.fetcher import FetchFailed, fetch
+from node.transfer.fetcher import FetchFailed, fetch, fetch_manifest
 from node.transfer.run import now_ms
 from node.transfer.sealed import is_sealed, open_tree
 from node.transfer.server import TransferServer
@@ -77,6 +77,8 @@ class DataService:
     _to_provide: trio.MemorySendChannel[bytes] | None = None
     _placing: dict[bytes, trio.Lock] = field(default_factory=dict)  # one fetch per dataset
     busy: Callable[[], frozenset[bytes]] = frozenset  # datasets running tasks read (a worker's)
+    reserve_bytes: int = 0  # disk no dataset may take (worker.disk_reserve_mb)
+    keep_ms: int = 0  # a dataset a task used stays this long (task_data_keep_ms)
 
     async def offer(self, dataset_id: bytes, manifest: Manifest | None = None) -> int:
         """Serve ``dataset_id`` (complete here) to the peers granted it; returns the grants.
@@ -152,6 +154,25 @@ class DataService:
                 await self.net.ctx.db.transaction(lambda c: cache.use(c, dataset_id, now))
             await self.offer(dataset_id, manifest)
 
+    async def _room_for(self, dataset_id: bytes, manifest: Manifest) -> None:
+        """Makes room to place ``dataset_id`` (deleting idle cached datasets if need be).
+
+        Raises:
+            NoRoom: there is none beyond ``reserve_bytes``, even then.
+        """
+        need = await trio.to_thread.run_sync(room_needed, manifest, self.store.has)
+        free = await trio.to_thread.run_sync(free_bytes, self.store.root) - self.reserve_bytes
+        if need > free:
+            own = frozenset({dataset_id})
+            if await self.make_room(need - free, own, self.keep_ms) > 0:
+                free = await trio.to_thread.run_sync(free_bytes, self.store.root)
+                free -= self.reserve_bytes
+        if need > free:
+            raise NoRoom(
+                f"no room for dataset {dataset_id.hex()[:16]}: needs {-(-need >> 20)} MB, "
+                f"{max(0, free) >> 20} MB free beyond the {self.reserve_bytes >> 20} MB reserve"
+            )
+
     async def used(self, ids: list[bytes]) -> None:
         """A task that read these datasets ended now: a sentry may still fetch them."""
         now = now_ms()
@@ -216,6 +237,8 @@ class DataService:
         if elsewhere:
             peers += await self._candidates(dataset_id, elsewhere)
         net = self.net
+        manifest = await fetch_manifest(net.host, self.store, dataset_id, peers, DEFAULT_LIMITS)
+        await self._room_for(dataset_id, manifest)
         result = await fetch(net.host, net.ctx.db, self.store, dataset_id, peers, bulk=True)
         if is_sealed(result.manifest):
             raise FetchFailed("a sealed dataset: a job's datasets are added without --for")
@@ -338,12 +361,14 @@ async def run_data(
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run_bulk)
         service = DataService(ctx.network, store, server, nursery, _to_provide=send)
+        service.reserve_bytes = ctx.settings.worker.disk_reserve_mb << 20
+        service.keep_ms = task_data_keep_ms(ctx.settings)
         held = await trio.to_thread.run_sync(local.complete_datasets, ctx.home.db, store)
         for dataset_id, manifest in held.items():
             await service.offer(dataset_id, manifest)
         nursery.start_soon(service.provide_loop, receive)
         if ctx.settings.node.task_data_expire_s:
             expire_ms = ctx.settings.node.task_data_expire_s * 1000
-            nursery.start_soon(service.expire_loop, max(expire_ms, task_data_keep_ms(ctx.settings)))
+            nursery.start_soon(service.expire_loop, max(expire_ms, service.keep_ms))
         log.info("datasets served", extra={"datasets": len(held), "bulk_port": server.bulk_port})
         task_status.started(service)

@@ -44,7 +44,7 @@ from consensus.verify.messages import (
 from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
-from node.market.datasets import place_all, used_all
+from node.market.datasets import NoRoom, place_all, used_all
 from node.market.packing import unpack
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import EscalationDesk
@@ -181,6 +181,8 @@ class Sentry:
         self.judged.add(att_id)
         try:
             await self.judge(att)
+        except NoRoom as exc:  # ours, not the worker's: no verdict rather than a wrong one
+            log.warning("cannot judge", extra={"task": att.ref.text(), "error": str(exc)})
         except Exception:
             log.exception("judging failed", extra={"task": att.ref.text()})
         finally:

@@ -6,6 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consensus.transfer.eviction import Cached, to_evict
+from consensus.transfer.manifest import Chunk, File, Manifest
+from node.market.datasets import NoRoom, room_needed
 
 NOW, KEEP = 10_000_000, 3_600_000
 OLD, OLDER, RECENT = b"o" * 32, b"r" * 32, b"n" * 32
@@ -58,3 +60,11 @@ def test_what_goes_is_idle_and_covers_the_need_or_nothing_goes(
         assert all(c.used_ms >= by_id[chosen[-1]].used_ms for c in left)  # oldest first
     else:
         assert needed <= 0 or sum(c.size for c in idle) < needed
+
+
+def test_placing_takes_the_files_and_the_chunks_not_held_yet() -> None:
+    a, b = Chunk(b"a" * 32, 700), Chunk(b"b" * 32, 300)
+    manifest = Manifest((a, b), (File("x", 0o644, 600, 0), File("y", 0o644, 400, 600)))
+    assert room_needed(manifest, lambda _digest: False) == 1000 + 1000
+    assert room_needed(manifest, lambda digest: digest == a.hash.hex()) == 1000 + 300
+    assert issubclass(NoRoom, OSError)  # a worker stops the task (ours), a sentry abstains
