@@ -350,7 +350,8 @@ def remove(dataset: str, home_dir: str | None, as_json: bool) -> None:
         raise failure(exc) from None
     emit(as_json, result, lambda r: (
         f"removed {r['dataset_id'][:16]}: {r['chunks_deleted']} chunks, "
-        f"{r['bytes_freed'] / 1e6:.1f} MB freed ({r['chunks_kept']} kept: other datasets use them)"
+        f"{r['bytes_freed'] / (1 << 20):.1f} MB freed "
+        f"({r['chunks_kept']} kept: other datasets use them)"
     ))  # fmt: skip
 
 

@@ -12,11 +12,13 @@ from collections.abc import Iterable
 
 
 def use(conn: sqlite3.Connection, dataset_id: bytes, now_ms: int) -> None:
-    """Records that a task used ``dataset_id`` now; it is in the cache from here on."""
+    """Records that a task used ``dataset_id`` now; it is in the cache from here on (if the
+    journal has a transfer of it: a fetch that never got its manifest left nothing)."""
     conn.execute(
-        "INSERT INTO dataset_cache (dataset_id, used_ms) VALUES (?, ?)"
+        "INSERT INTO dataset_cache (dataset_id, used_ms)"
+        " SELECT dataset_id, ? FROM transfers WHERE dataset_id = ? AND true"
         " ON CONFLICT (dataset_id) DO UPDATE SET used_ms = max(used_ms, excluded.used_ms)",
-        (dataset_id, now_ms),
+        (now_ms, dataset_id),
     )
 
 
@@ -37,8 +39,3 @@ def cached(conn: sqlite3.Connection) -> dict[bytes, int]:
     """Every cached dataset and when a task last used it."""
     rows = conn.execute("SELECT dataset_id, used_ms FROM dataset_cache")
     return {bytes(r[0]): r[1] for r in rows}
-
-
-def is_cached(conn: sqlite3.Connection, dataset_id: bytes) -> bool:
-    row = conn.execute("SELECT 1 FROM dataset_cache WHERE dataset_id = ?", (dataset_id,))
-    return row.fetchone() is not None

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from consensus.transfer.manifest import MODE_BITS, Chunk, Dir, File, Manifest
 from consensus.transfer.plan import DEFAULT_CHUNK_BYTES, DEFAULT_PACK_BELOW, plan_layout
@@ -207,3 +209,19 @@ def _write_file(
     except IsADirectoryError as exc:
         os.unlink(part, dir_fd=parent)
         raise UnsafeTarget(f"{file.path}: a directory is in the way") from exc
+
+
+def remove_tree(path: Path) -> None:
+    """Deletes ``path`` and everything under it, also where :func:`materialize` (or a
+    workload) left folders without write permission, which ``shutil.rmtree`` skips."""
+
+    def writable_then_retry(func: Any, name: str, _exc: Any) -> None:
+        parent = os.path.dirname(name)
+        with contextlib.suppress(OSError):
+            os.chmod(parent, stat.S_IRWXU)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, stat.S_IRWXU)
+            func(name)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=writable_then_retry)

@@ -17,7 +17,8 @@ refuses specs that name datasets.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -57,21 +58,22 @@ class Datasets(Protocol):
         ...
 
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
-        """Fetches ``dataset_id`` (what is not held here yet) from ``holders`` into ``out``;
-        one fetched here joins the cache of datasets fetched for tasks.
+        """Fetches ``dataset_id`` (what is not held here yet) from ``holders`` into ``out``,
+        making room first; one fetched here joins the cache of datasets fetched for tasks.
 
         Raises:
             FetchFailed: no holder served it whole.
+            NoRoom: no room for it here.
         """
         ...
 
-    async def used(self, ids: list[bytes]) -> None:
-        """A task that read these ended now (they stay for the sentries checking it)."""
+    def using(self, ids: list[bytes]) -> AbstractAsyncContextManager[None]:
+        """Keeps ``ids`` from deletion while a task or a replay reads them; marks them used
+        when it ends (a worker's then stay for the sentries checking the task)."""
         ...
 
-    async def make_room(self, needed: int, busy: frozenset[bytes], keep_ms: int) -> int:
-        """Deletes cached datasets not in ``busy`` and unused for ``keep_ms`` to free
-        ``needed`` bytes (none if that cannot be done); returns the bytes freed."""
+    async def evictable(self) -> int:
+        """Bytes that deleting idle cached datasets could free (nothing is deleted)."""
         ...
 
     async def cache_size(self) -> tuple[int, int]:
@@ -108,16 +110,13 @@ class Disk:
 
     where: Path
     reserve_bytes: int = 0  # for the machine's owner
-    keep_ms: int = 0  # a dataset a task used stays this long (its sentries fetch it)
 
 
-async def disk_room(
-    datasets: Datasets | None, demand: Demand, disk: Disk, busy: frozenset[bytes]
-) -> tuple[int, int]:
+async def disk_room(datasets: Datasets | None, demand: Demand, disk: Disk) -> tuple[int, int]:
     """The disk ``demand``'s task would take here, and the disk free for it beyond the
-    operator's reserve (negative when the reserve is already cut into); (0, 0) for a task
-    that brings no data. Short of room, cached datasets not in ``busy`` (running tasks'),
-    nor the demand's own, go first if that makes it fit.
+    operator's reserve (negative when the reserve is already cut into), counting what
+    deleting idle cached datasets would free (they go only if the task comes: placing it
+    makes the room); (0, 0) for a task that brings no data.
 
     Inputs take two copies (the fetched blob and its unpacked files), a dataset one in the
     task's folder and one more in the chunk store unless it is held here already. What
@@ -125,15 +124,13 @@ async def disk_room(
     """
     if demand.data_bytes() == 0:
         return 0, 0
-    need, own = 2 * demand.inputs_bytes, frozenset(bytes.fromhex(d) for d in demand.datasets)
+    need = 2 * demand.inputs_bytes
     for hex_id, size in sorted(demand.datasets.items()):
         held = datasets is not None and await datasets.size(bytes.fromhex(hex_id)) > 0
         need += size if held else 2 * size
     free = await trio.to_thread.run_sync(free_bytes, disk.where) - disk.reserve_bytes
     if datasets is not None and need > free:
-        freed = await datasets.make_room(need - free, busy | own, disk.keep_ms)
-        if freed > 0:
-            free = await trio.to_thread.run_sync(free_bytes, disk.where) - disk.reserve_bytes
+        free += await datasets.evictable()
     return need, free
 
 
@@ -169,10 +166,14 @@ async def grant_all(datasets: Datasets | None, workload: Workload, peer: str) ->
             await datasets.grant(peer, dataset_id)
 
 
-async def used_all(datasets: Datasets | None, workload: Workload) -> None:
-    """A task on ``workload`` ended: its datasets count as used now."""
-    if datasets is not None and workload.datasets:
-        await datasets.used(sorted(workload.datasets.values()))
+@asynccontextmanager
+async def using_all(datasets: Datasets | None, workload: Workload) -> AsyncIterator[None]:
+    """Keeps ``workload``'s datasets here while the block (a task, a replay) runs."""
+    if datasets is None or not workload.datasets:
+        yield
+        return
+    async with datasets.using(sorted(workload.datasets.values())):
+        yield
 
 
 async def place_all(

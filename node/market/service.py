@@ -27,7 +27,7 @@ from gpu.runtimes import Runtimes, python_paths
 from gpu.sandbox import Limits, Sandbox
 from gpu.train import TrainRuntime
 from node.market.blobshare import BlobShare
-from node.market.datasets import Disk, task_data_keep_ms
+from node.market.datasets import Disk
 from node.market.net import DirectEnvelopes, LiveNet
 from node.market.params import MarketParams
 from node.market.requester import JobManager
@@ -127,14 +127,11 @@ async def worker_market(
         cpu_cores=profile.cpu_cores, ram_mb=profile.ram_mb, region=worker.region,
     )  # fmt: skip
     log.info("worker hardware", extra={"offer": profile.to_json()["offer"], "note": profile.note})
-    keep_ms = task_data_keep_ms(ctx.settings)
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
         executor=executor, work_root=ctx.home.root / "work", params=market.params,
-        disk=Disk(ctx.home.root / "work", worker.disk_reserve_mb << 20, keep_ms),
+        disk=Disk(ctx.home.root / "work", worker.disk_reserve_mb << 20),
     )  # fmt: skip
-    if ctx.data is not None:  # its expiry sweep spares what running tasks read
-        ctx.data.busy = market.worker.busy_datasets
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     if market.worker.payee is not None:
         market.worker.payee.arrears.on_change = market.worker.block_requesters

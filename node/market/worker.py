@@ -15,8 +15,8 @@ keeps serving its result.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
-import shutil
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -44,7 +44,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard
 from node.market.blobshare import BlobShare, FetchFailed
-from node.market.datasets import Disk, disk_room, disk_status, place_all, used_all
+from node.market.datasets import Disk, NoRoom, disk_room, disk_status, place_all, using_all
 from node.market.executor import GENESIS, Executor, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
@@ -54,6 +54,7 @@ from node.market.store import MarketStore
 from node.market.supervision import METER
 from node.market.task_runner import CANCEL, CONFIRM
 from p2p.reqresp import RemoteError, RequestError, RequestRejected
+from storage.transfer_files import remove_tree
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -174,7 +175,7 @@ class WorkerService:
             if not isinstance(demand, Demand) or msg.origin == self.net.peer_id:
                 continue
             self._addrs[msg.origin] = list(demand.reply_to)
-            room = await disk_room(self.share.datasets, demand, self.disk, self.busy_datasets())
+            room = await disk_room(self.share.datasets, demand, self.disk)
             seen = bd.DemandSeen(demand, msg.origin, *room)
             for effect in self.bidder.handle(seen, self.net.now_ms()):
                 self._decided(demand.ref, effect)
@@ -184,15 +185,6 @@ class WorkerService:
                 elif isinstance(effect, bd.NoBid) and effect.tell:
                     self._nursery.start_soon(self._send_pass, msg.origin, demand, effect.reason)
             self._wake()
-
-    def busy_datasets(self) -> frozenset[bytes]:
-        """Datasets our unfinished tasks read (never evicted under them)."""
-        return frozenset(
-            dataset_id
-            for work in self.works.values()
-            if work.state not in _ENDED
-            for dataset_id in work.order.workload.datasets.values()
-        )
 
     def _decided(self, ref: TaskRef, effect: bd.Effect) -> None:
         why = effect.reason if isinstance(effect, bd.NoBid) else "bid"
@@ -275,19 +267,21 @@ class WorkerService:
     async def _run_work(self, work: Work) -> None:
         ref = work.order.ref
         workdir = self.work_root / f"{ref.job_id.hex()}-{ref.task}-{ref.attempt}"
-        try:
-            with work.scope:  # cancelled by _stop, which sets the state and the reason
-                await self._execute(work, workdir)
-        except FetchFailed as exc:  # not the workload's fault: the requester moves the task
-            work.state, work.error = "stopped", str(exc)
-        except PackError as exc:
-            work.state, work.error = "failed", f"bad inputs: {exc}"
-        except OSError as exc:  # our disk (full, unwritable): this task moves, we go on
-            work.state, work.error = "stopped", f"this worker's disk: {exc}"
-            log.warning("task stopped", extra={"task": ref.text(), "error": work.error})
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._finish(work, workdir)
+        # Its datasets stay while it runs, then (marked used) for the sentries that check it.
+        async with using_all(self.share.datasets, work.order.workload):
+            try:
+                with work.scope:  # cancelled by _stop, which sets the state and the reason
+                    await self._execute(work, workdir)
+            except FetchFailed as exc:  # not the workload's fault: the requester moves the task
+                work.state, work.error = "stopped", str(exc)
+            except PackError as exc:
+                work.state, work.error = "failed", f"bad inputs: {exc}"
+            except OSError as exc:  # ours (a full disk, a missing tool): it moves, we go on
+                work.state, work.error = "stopped", _our_error(exc)
+                log.warning("task stopped", extra={"task": ref.text(), "error": work.error})
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._finish(work, workdir)
 
     async def _execute(self, work: Work, workdir: Path) -> None:
         order = work.order
@@ -353,8 +347,7 @@ class WorkerService:
             await self.payee.ended(ref)  # hands the latest chain voucher to the anchorers
         self.bidder.handle(bd.TaskEnded(ref), self.net.now_ms())
         self._wake()
-        shutil.rmtree(workdir, ignore_errors=True)
-        await used_all(self.share.datasets, work.order.workload)  # kept for its sentries
+        remove_tree(workdir)
         log.info("task ended", extra={"task": ref.text(), "state": work.state, "error": work.error})
 
     async def _set_state(self, work: Work, state: str) -> None:
@@ -505,3 +498,13 @@ class WorkerService:
         if (now := self.presence()) != self._last_presence:
             self._last_presence = now
             self.presence_changed()
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _our_error(exc: OSError) -> str:
+    """How a task stopped by our own OSError is reported: the disk, or just ours."""
+    if isinstance(exc, NoRoom) or exc.errno in DISK_FULL:
+        return f"this worker's disk: {exc}"
+    return f"this worker: {exc}"

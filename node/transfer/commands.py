@@ -15,6 +15,7 @@ from node.transfer import local
 from node.transfer.fetcher import Progress, fetch
 from node.transfer.server import TransferServer
 from p2p.host import DialError, Host, open_host
+from storage import dataset_cache as cache
 from storage import transfer_access as access
 from storage.db import Database, open_sync
 from storage.transfer_files import materialize
@@ -35,6 +36,7 @@ async def get_dataset(
         result = await fetch(
             host, db, store, dataset_id, peers, window=window, bulk=bulk, on_chunk=_Bar()
         )
+        await db.transaction(lambda c: cache.keep(c, dataset_id))  # the operator's now
     await trio.to_thread.run_sync(materialize, result.manifest, store, out)
     return {
         "dataset_id": dataset_id.hex(),

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from consensus.transfer.manifest import Manifest, decode_manifest
 from consensus.transfer.plan import DEFAULT_CHUNK_BYTES
+from storage import dataset_cache
 from storage import transfer_journal as journal
 from storage.blobs import BlobStore
 from storage.db import open_sync, run_transaction
@@ -47,6 +48,7 @@ def _record_added(
     journal.open_transfer(conn, dataset_id, manifest, journal.ADDED, now)
     journal.mark_have(conn, dataset_id, range(len(manifest.chunks)), 0, now)
     journal.finish(conn, dataset_id, journal.COMPLETE, None, now)
+    dataset_cache.keep(conn, dataset_id)  # added by the operator: never deleted for a task
 
 
 def is_complete(db_path: Path, dataset_id: bytes) -> bool:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import tarfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,17 +21,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.errors import Invalid
-from consensus.transfer.eviction import Cached, idle, to_evict
 from consensus.transfer.manifest import DEFAULT_LIMITS, Manifest, decode_manifest
 from node.discovery import LOOKUP_TIMEOUT_S, REPROVIDE_S, locate
 from node.market.blobshare import FetchFailed as TaskFetchFailed
-from node.market.datasets import NoRoom, free_bytes, room_needed, task_data_keep_ms
+from node.market.datasets import task_data_keep_ms
 from node.market.sealing import SealError
 from node.transfer import local
 from node.transfer.fetcher import FetchFailed, fetch, fetch_manifest
 from node.transfer.run import now_ms
 from node.transfer.sealed import is_sealed, open_tree
 from node.transfer.server import TransferServer
+from node.transfer.task_cache import TaskCache
 from p2p.host import DialError
 from storage import dataset_cache as cache
 from storage import transfer_access as access
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # a dataset id no DHT peer took yet is provided again this soon
 MAX_ASKED = 32  # connected peers probed for a dataset nobody named
-EXPIRY_CHECK_S = 600.0  # the expiry sweep runs at least this often (sooner for short expiries)
 FETCH_ERRORS = (FetchFailed, DialError, Invalid, UnsafeTarget, CorruptBlob, ValueError)
 
 
@@ -76,9 +76,7 @@ class DataService:
     jobs: dict[bytes, Job] = field(default_factory=dict)
     _to_provide: trio.MemorySendChannel[bytes] | None = None
     _placing: dict[bytes, trio.Lock] = field(default_factory=dict)  # one fetch per dataset
-    busy: Callable[[], frozenset[bytes]] = frozenset  # datasets running tasks read (a worker's)
-    reserve_bytes: int = 0  # disk no dataset may take (worker.disk_reserve_mb)
-    keep_ms: int = 0  # a dataset a task used stays this long (task_data_keep_ms)
+    cache: TaskCache | None = None  # datasets fetched for tasks (set by run_data)
 
     async def offer(self, dataset_id: bytes, manifest: Manifest | None = None) -> int:
         """Serve ``dataset_id`` (complete here) to the peers granted it; returns the grants.
@@ -138,114 +136,61 @@ class DataService:
 
         Raises:
             node.market.blobshare.FetchFailed: not fetched whole, or sealed.
+            NoRoom: no room for it here (ours: the task is not at fault).
         """
         lock = self._placing.setdefault(dataset_id, trio.Lock())
         async with lock:  # two tasks on one dataset: the second finds it all here
             held = await self._complete(dataset_id) is not None
             try:
-                manifest = await self._fetched(dataset_id, holders)
-                await trio.to_thread.run_sync(materialize, manifest, self.store, out)
+                manifest = await _flat_errors(self._place(dataset_id, out, holders))
             except FETCH_ERRORS as exc:
                 raise TaskFetchFailed(str(exc)) from exc
-            now = now_ms()
-            if held:  # the operator's own stays out of the cache
-                await self.net.ctx.db.transaction(lambda c: cache.touch(c, [dataset_id], now))
-            else:
-                await self.net.ctx.db.transaction(lambda c: cache.use(c, dataset_id, now))
+            finally:
+                if not held:  # fetched for a task, whole or not: the cache's, to go in time
+                    with trio.CancelScope(shield=True):
+                        await self._cached_now(dataset_id)
             await self.offer(dataset_id, manifest)
 
-    async def _room_for(self, dataset_id: bytes, manifest: Manifest) -> None:
-        """Makes room to place ``dataset_id`` (deleting idle cached datasets if need be).
-
-        Raises:
-            NoRoom: there is none beyond ``reserve_bytes``, even then.
-        """
-        need = await trio.to_thread.run_sync(room_needed, manifest, self.store.has)
-        free = await trio.to_thread.run_sync(free_bytes, self.store.root) - self.reserve_bytes
-        if need > free:
-            own = frozenset({dataset_id})
-            if await self.make_room(need - free, own, self.keep_ms) > 0:
-                free = await trio.to_thread.run_sync(free_bytes, self.store.root)
-                free -= self.reserve_bytes
-        if need > free:
-            raise NoRoom(
-                f"no room for dataset {dataset_id.hex()[:16]}: needs {-(-need >> 20)} MB, "
-                f"{max(0, free) >> 20} MB free beyond the {self.reserve_bytes >> 20} MB reserve"
-            )
-
-    async def used(self, ids: list[bytes]) -> None:
-        """A task that read these datasets ended now: a sentry may still fetch them."""
-        now = now_ms()
-        await self.net.ctx.db.transaction(lambda c: cache.touch(c, ids, now))
-
-    async def make_room(self, needed: int, busy: frozenset[bytes], keep_ms: int) -> int:
-        """Deletes datasets fetched for tasks (:mod:`consensus.transfer.eviction`) to free
-        ``needed`` bytes; returns the bytes freed (0: nothing could go)."""
-        now, entries = now_ms(), await self._cached()
-        chosen = to_evict(entries, needed=needed, busy=busy | self.busy(), now_ms=now,
-                          keep_ms=keep_ms)  # fmt: skip
-        return await self._evict(chosen, entries, now, "dataset evicted")
-
-    async def expire_loop(self, after_ms: int) -> None:
-        """Deletes datasets fetched for tasks once unused for ``after_ms``, until cancelled."""
-        while True:
-            await trio.sleep(min(max(after_ms / 4000, 1.0), EXPIRY_CHECK_S))
-            now, entries = now_ms(), await self._cached()
-            stale = idle(entries, busy=self.busy(), now_ms=now, keep_ms=after_ms)
-            await self._evict([c.dataset_id for c in stale], entries, now, "dataset expired")
-
-    async def _cached(self) -> list[Cached]:
-        """The datasets fetched for tasks that no fetch is writing now."""
-        db = self.net.ctx.db
-        used, rows = await db.transaction(lambda c: (cache.cached(c), journal.transfers(c)))
-        return [
-            Cached(r.dataset_id, used[r.dataset_id], r.bytes_total)
-            for r in rows
-            if r.dataset_id in used and not self._fetching(r.dataset_id)
-        ]
-
-    async def _evict(self, ids: list[bytes], entries: list[Cached], now: int, what: str) -> int:
-        used, freed = {c.dataset_id: c.used_ms for c in entries}, 0
-        for dataset_id in ids:
-            try:
-                removed = await self.remove(dataset_id)
-            except (KeyError, RuntimeError):  # removed or being fetched since we looked
-                continue
-            freed += removed.bytes_freed
-            idle_s = (now - used[dataset_id]) // 1000
-            log.info(what, extra={"dataset": dataset_id.hex()[:16], "idle_s": idle_s,
-                                  "bytes_freed": removed.bytes_freed})  # fmt: skip
-        return freed
-
-    async def cache_size(self) -> tuple[int, int]:
-        """How many datasets fetched for tasks are held here, and their bytes."""
-        used, rows = await self.net.ctx.db.transaction(
-            lambda c: (cache.cached(c), journal.transfers(c))
-        )
-        sizes = [r.bytes_total for r in rows if r.dataset_id in used]
-        return len(sizes), sum(sizes)
-
-    def _fetching(self, dataset_id: bytes) -> bool:
-        """Whether a task is placing ``dataset_id`` or ``data get`` is fetching it."""
-        job, lock = self.jobs.get(dataset_id), self._placing.get(dataset_id)
-        return (job is not None and job.state == "fetching") or (lock is not None and lock.locked())
-
-    async def _fetched(self, dataset_id: bytes, holders: list[str]) -> Manifest:
+    async def _place(self, dataset_id: bytes, out: Path, holders: list[str]) -> Manifest:
         connected = set(self.net.host.connected_peers())
         elsewhere = [h for h in holders if h not in connected]
         peers = [h for h in holders if h in connected]
         if elsewhere:
             peers += await self._candidates(dataset_id, elsewhere)
-        net = self.net
+        net, cache_ = self.net, self._cache()
         manifest = await fetch_manifest(net.host, self.store, dataset_id, peers, DEFAULT_LIMITS)
-        await self._room_for(dataset_id, manifest)
-        result = await fetch(net.host, net.ctx.db, self.store, dataset_id, peers, bulk=True)
-        if is_sealed(result.manifest):
-            raise FetchFailed("a sealed dataset: a job's datasets are added without --for")
-        log.info("dataset placed", extra={"dataset": dataset_id.hex()[:16],
-                                          "chunks_moved": result.chunks_moved,
-                                          "bytes_moved": result.bytes_moved})  # fmt: skip
+        async with cache_.room_for(dataset_id, manifest):
+            result = await fetch(net.host, net.ctx.db, self.store, dataset_id, peers, bulk=True)
+            if is_sealed(result.manifest):
+                raise FetchFailed("a sealed dataset: a job's datasets are added without --for")
+            log.info("dataset placed", extra={"dataset": dataset_id.hex()[:16],
+                                              "chunks_moved": result.chunks_moved,
+                                              "bytes_moved": result.bytes_moved})  # fmt: skip
+            await trio.to_thread.run_sync(materialize, result.manifest, self.store, out)
         return result.manifest
+
+    async def _cached_now(self, dataset_id: bytes) -> None:
+        now = now_ms()
+        await self.net.ctx.db.transaction(lambda c: cache.use(c, dataset_id, now))
+
+    def _cache(self) -> TaskCache:
+        assert self.cache is not None, "run_data sets the cache"
+        return self.cache
+
+    def using(self, ids: list[bytes]) -> AbstractAsyncContextManager[None]:
+        """Keeps ``ids`` while a task or a replay reads them (node.market.datasets)."""
+        return self._cache().using(ids)
+
+    async def evictable(self) -> int:
+        return await self._cache().evictable()
+
+    async def cache_size(self) -> tuple[int, int]:
+        return await self._cache().size()
+
+    def _fetching(self, dataset_id: bytes) -> bool:
+        """Whether a task is placing ``dataset_id`` or ``data get`` is fetching it."""
+        job, lock = self.jobs.get(dataset_id), self._placing.get(dataset_id)
+        return (job is not None and job.state == "fetching") or (lock is not None and lock.locked())
 
     async def remove(self, dataset_id: bytes) -> local.Removed:
         """Stops serving ``dataset_id`` and deletes it here (chunks other datasets use stay).
@@ -254,12 +199,23 @@ class DataService:
             KeyError: nothing is recorded of it here.
             RuntimeError: a fetch of it is running (a task placing it, or ``data get``).
         """
-        if self._fetching(dataset_id):
+        lock = self._placing.setdefault(dataset_id, trio.Lock())
+        job = self.jobs.get(dataset_id)
+        if job is not None and job.state == "fetching":
             raise RuntimeError(f"dataset {dataset_id.hex()[:16]} is being fetched: try later")
-        self.server.withdraw(dataset_id)
-        removed = await trio.to_thread.run_sync(
-            local.remove, self.net.ctx.home.db, self.store, dataset_id
-        )
+        try:
+            lock.acquire_nowait()  # no placement starts on it while it goes
+        except trio.WouldBlock:
+            raise RuntimeError(
+                f"dataset {dataset_id.hex()[:16]} is being fetched: try later"
+            ) from None
+        try:
+            self.server.withdraw(dataset_id)
+            removed = await trio.to_thread.run_sync(
+                local.remove, self.net.ctx.home.db, self.store, dataset_id
+            )
+        finally:
+            lock.release()
         log.info("dataset removed", extra={"dataset": dataset_id.hex()[:16], **vars(removed)})
         return removed
 
@@ -361,14 +317,38 @@ async def run_data(
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run_bulk)
         service = DataService(ctx.network, store, server, nursery, _to_provide=send)
-        service.reserve_bytes = ctx.settings.worker.disk_reserve_mb << 20
-        service.keep_ms = task_data_keep_ms(ctx.settings)
+        service.cache = TaskCache(
+            ctx.db, store, service.remove, service._fetching,
+            reserve_bytes=ctx.settings.worker.disk_reserve_mb << 20,
+            keep_ms=task_data_keep_ms(ctx.settings),
+        )  # fmt: skip
         held = await trio.to_thread.run_sync(local.complete_datasets, ctx.home.db, store)
         for dataset_id, manifest in held.items():
             await service.offer(dataset_id, manifest)
         nursery.start_soon(service.provide_loop, receive)
         if ctx.settings.node.task_data_expire_s:
             expire_ms = ctx.settings.node.task_data_expire_s * 1000
-            nursery.start_soon(service.expire_loop, max(expire_ms, service.keep_ms))
+            nursery.start_soon(service.cache.expire_loop, max(expire_ms, service.cache.keep_ms))
         log.info("datasets served", extra={"datasets": len(held), "bulk_port": server.bulk_port})
         task_status.started(service)
+
+
+async def _flat_errors(work: Awaitable[Manifest]) -> Manifest:
+    """``work``'s result; an error from deep in a fetch's nurseries comes out of its
+    exception groups: alone, or as the first of several disk errors (a full disk fails every
+    chunk being written at once), so callers can catch it by type."""
+    try:
+        return await work
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if len(leaves) == 1 or all(isinstance(e, OSError) for e in leaves):
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -24,6 +24,7 @@ from consensus.envelope import new_nonce
 from consensus.verify import escalation as esc
 from consensus.verify import game as g
 from consensus.verify.messages import Attestation, Escalation, attestation_id
+from node.market.datasets import NoRoom
 from node.verify.devices import ReplayDevices
 from node.verify.topics import ESCALATIONS
 
@@ -132,6 +133,8 @@ class EscalationDesk:
     async def _answer_safely(self, att: Attestation, up: Escalation) -> None:
         try:
             await self.answer(att, up)
+        except NoRoom as exc:  # ours: no verdict rather than a wrong one
+            log.warning("cannot answer", extra={"task": att.ref.text(), "error": str(exc)})
         except Exception:
             log.exception("answering an escalation failed", extra={"task": att.ref.text()})
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,7 +43,7 @@ from consensus.verify.messages import (
 from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
-from node.market.datasets import NoRoom, place_all, used_all
+from node.market.datasets import NoRoom, place_all, using_all
 from node.market.packing import unpack
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import EscalationDesk
@@ -58,6 +57,7 @@ from node.verify.topics import (
     VERDICTS,
 )
 from p2p.reqresp import RequestError
+from storage.transfer_files import remove_tree
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -217,18 +217,20 @@ class Sentry:
         # the end files only where a distance is measured: across classes, by a runtime that
         # has one (exec has none; its "checkpoint" is the state hash itself, not a file)
         with_end = not game.same_class and hasattr(runtime, "distance")
+        assert att.workload is not None
+        # One fetch of the task's datasets for the whole game; then they expire in time.
+        datasets = None if self.share is None else self.share.datasets
         try:
-            return await play(
-                game,
-                lambda i: self._ask(att, att_id, i, with_end=with_end),
-                lambda i, start, end: self._replay(att, runtime, work, i, start, end=end),
-                self.net.now_ms,
-                lambda answer: self._complete(att, answer),
-            )
+            async with using_all(datasets, att.workload):
+                return await play(
+                    game,
+                    lambda i: self._ask(att, att_id, i, with_end=with_end),
+                    lambda i, start, end: self._replay(att, runtime, work, i, start, end=end),
+                    self.net.now_ms,
+                    lambda answer: self._complete(att, answer),
+                )
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-            if att.workload is not None and att.workload.datasets:  # kept from now, then expire
-                await used_all(self.share.datasets, att.workload)
+            remove_tree(work)
 
     async def _answer(self, att: Attestation, up: Escalation) -> None:
         """Replays the escalated segments bitwise, as a sentry of the worker's class, and
@@ -342,13 +344,13 @@ class Sentry:
         try:
             return await self._replay_in(att, runtime, workdir, index, start, end=end)
         finally:  # one segment's copy of the task's data at a time, not one per sample
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_tree(workdir)
 
     async def _replay_in(
         self, att: Attestation, runtime: Any, workdir: Path, index: int, start: bytes, *, end: bytes
     ) -> tuple[bytes, int | None]:
         assert att.workload is not None
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)
         workdir.mkdir(parents=True)
         if att.inputs is not None:
             try:

@@ -11,6 +11,8 @@ be made on demand here.
 from __future__ import annotations
 
 import errno
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -43,10 +45,11 @@ class Shelf:
     async def grant(self, peer: str, dataset_id: bytes) -> None:
         pass
 
-    async def used(self, ids: list[bytes]) -> None:
-        pass
+    @asynccontextmanager
+    async def using(self, ids: list[bytes]) -> AsyncIterator[None]:
+        yield
 
-    async def make_room(self, needed: int, busy: frozenset[bytes], keep_ms: int) -> int:
+    async def evictable(self) -> int:
         return 0  # nothing cached
 
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:

@@ -61,6 +61,14 @@ def test_a_dataset_fetched_for_tasks_shows_as_such(tmp_path: Path) -> None:
     (row,) = json.loads(run("status", "--home", str(home), "--json")[1])
     assert row["for_tasks_used_ms"] == 1234
     assert "for tasks" in run("status", "--home", str(home))[1]
+    run("add", str(tmp_path / "d"), "--home", str(home), "--json")  # the operator wants it now
+    (row,) = json.loads(run("status", "--home", str(home), "--json")[1])
+    assert row["for_tasks_used_ms"] is None
+    conn = open_sync(home / "node.db")
+    try:
+        run_transaction(conn, lambda c: cache.use(c, dataset_id, 1234))
+    finally:
+        conn.close()
     code, out = run("rm", dataset_id.hex(), "--home", str(home), "--json")
     assert code == 0, out
     conn = open_sync(home / "node.db")
