@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import click
 import trio
 
 from consensus.errors import Invalid
+from consensus.market.messages import DATASET_HEX
 from consensus.peer_id import public_key_from_peer_id, short
 from node.cli_base import BadInput, Failure, emit, failure, home_option, json_option, table
 from node.client import ApiClient, NotRunning
@@ -52,9 +54,9 @@ def _dataset_id(text: str, home: Home | None = None) -> bytes:
     """A dataset id: 64 hex, or (given ``home``) a unique prefix of one recorded there, as
     tables show them (16 hex)."""
     hexed = text.lower()
-    if len(hexed) == 64 and _is_hex(hexed):
+    if DATASET_HEX.fullmatch(hexed):
         return bytes.fromhex(hexed)
-    if home is None or not (4 <= len(hexed) < 64 and _is_hex(hexed)):
+    if home is None or not re.fullmatch(r"[0-9a-f]{4,63}", hexed):
         raise BadInput(f"ID: {text!r} is not a dataset id (64 hex chars, or a prefix of one here)")
     conn = open_sync(home.db)
     try:
@@ -68,10 +70,6 @@ def _dataset_id(text: str, home: Home | None = None) -> bytes:
             + (": give more of it" if found else "")
         )
     return found[0]
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
 
 
 @click.group()
