@@ -167,7 +167,7 @@ def test_bad_config_and_flags_exit_2(
 def test_bad_env_var_exits_2(home: Path) -> None:
     result = idlegrid(home, "config", "show", env=cli_env(IDLEGRID_API_PORT="http"))
     assert result.returncode == 2
-    assert "api.port = 'http' (from env IDLEGRID_API_PORT): expected an integer" in result.stderr
+    assert 'api.port = "http" (from env IDLEGRID_API_PORT): expected an integer' in result.stderr
 
 
 def test_uninitialised_home_is_a_clear_failure(tmp_path: Path) -> None:
