@@ -139,6 +139,13 @@ def transfers(conn: sqlite3.Connection, dataset_id: bytes | None = None) -> list
     return [TransferRow(*tuple(r)) for r in rows]
 
 
+def is_complete(conn: sqlite3.Connection, dataset_id: bytes) -> bool:
+    """Whether ``dataset_id`` is recorded held whole here."""
+    row = conn.execute("SELECT state FROM transfers WHERE dataset_id = ?", (dataset_id,))
+    found = row.fetchone()
+    return found is not None and found[0] == COMPLETE
+
+
 def sources(conn: sqlite3.Connection, dataset_id: bytes) -> dict[str, SourceStats]:
     rows = conn.execute(
         "SELECT peer_id, chunks, bytes, busy_ms, failures, corrupt FROM transfer_sources"

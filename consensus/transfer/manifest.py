@@ -79,6 +79,11 @@ class Manifest:
         """Bytes of the chunk stream (files that share bytes count them once)."""
         return sum(c.size for c in self.chunks)
 
+    @property
+    def files_bytes(self) -> int:
+        """Bytes of its files written out (what a folder of it takes; shared bytes twice)."""
+        return sum(f.size for f in self.files)
+
     def encode(self) -> bytes:
         """The canonical encoding, whose BLAKE3 hash is the dataset id."""
         return encode(

@@ -40,8 +40,7 @@ class NoRoom(OSError):
 def room_needed(manifest: Manifest, held: Callable[[str], bool]) -> int:
     """Bytes placing ``manifest`` takes here: its files in the task's folder, and the
     chunks the store does not hold yet."""
-    files = sum(f.size for f in manifest.files)
-    return files + sum(c.size for c in manifest.chunks if not held(c.hash.hex()))
+    return manifest.files_bytes + sum(c.size for c in manifest.chunks if not held(c.hash.hex()))
 
 
 class Datasets(Protocol):

@@ -55,10 +55,9 @@ def is_complete(db_path: Path, dataset_id: bytes) -> bool:
     """Whether the journal records ``dataset_id`` held whole here."""
     conn = open_sync(db_path)
     try:
-        rows = journal.transfers(conn, dataset_id)
+        return journal.is_complete(conn, dataset_id)
     finally:
         conn.close()
-    return bool(rows) and rows[0].state == journal.COMPLETE
 
 
 def complete_datasets(db_path: Path, store: BlobStore) -> dict[bytes, Manifest]:

@@ -114,12 +114,11 @@ class DataService:
         store never holds more than that.
         """
         manifest = await self._complete(dataset_id)
-        return 0 if manifest is None else sum(f.size for f in manifest.files)
+        return 0 if manifest is None else manifest.files_bytes
 
     async def _complete(self, dataset_id: bytes) -> Manifest | None:
         """The manifest of ``dataset_id`` if the journal has it whole here, else None."""
-        rows = await self.net.ctx.db.transaction(lambda c: journal.transfers(c, dataset_id))
-        if not rows or rows[0].state != journal.COMPLETE:
+        if not await self.net.ctx.db.transaction(lambda c: journal.is_complete(c, dataset_id)):
             return None
         raw = await trio.to_thread.run_sync(self.store.get, dataset_id.hex())
         return decode_manifest(raw, dataset_id)
@@ -200,15 +199,14 @@ class DataService:
             RuntimeError: a fetch of it is running (a task placing it, or ``data get``).
         """
         lock = self._placing.setdefault(dataset_id, trio.Lock())
+        busy = RuntimeError(f"dataset {dataset_id.hex()[:16]} is being fetched: try later")
         job = self.jobs.get(dataset_id)
         if job is not None and job.state == "fetching":
-            raise RuntimeError(f"dataset {dataset_id.hex()[:16]} is being fetched: try later")
+            raise busy
         try:
             lock.acquire_nowait()  # no placement starts on it while it goes
         except trio.WouldBlock:
-            raise RuntimeError(
-                f"dataset {dataset_id.hex()[:16]} is being fetched: try later"
-            ) from None
+            raise busy from None
         try:
             self.server.withdraw(dataset_id)
             removed = await trio.to_thread.run_sync(
