@@ -31,8 +31,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## PYTEST_JOBS: test processes (pytest-xdist); most tests wait on daemons, so 2 halve the time
+## on 2 cores. PYTEST_JOBS=0 runs them all in this process.
+PYTEST_JOBS ?= 2
+
 unit: $(STAMP) contracts sandbox
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist worksteal $(PYTEST_ARGS)
 
 ## make contracts: the pinned solc-js and anvil from npm (package-lock.json), when npm exists;
 ## the tests then rebuild and byte-compare the artifacts and run the chain tests on anvil too.

@@ -53,8 +53,11 @@ async def test_providers_found_across_the_chain_once_each(chain: Chain) -> None:
     with trio.fail_after(TIMEOUT_S):
         assert await dhts[4].provide("/idlegrid/1/role/worker")
         assert await dhts[3].provide("/idlegrid/1/role/worker")
-        providers = await dhts[0].find_providers("/idlegrid/1/role/worker")
-        assert set(providers) == {hosts[4].peer_id, hosts[3].peer_id}
+        wanted = {hosts[4].peer_id, hosts[3].peer_id}
+        # A lookup returns what answered in time; on a loaded machine one provider's answer can
+        # come after it, so ask again (as a node would) until both are in, never anyone else.
+        while set(providers := await dhts[0].find_providers("/idlegrid/1/role/worker")) != wanted:
+            assert set(providers) < wanted, providers
         for peer_id, addrs in providers.items():
             assert len(addrs) == len(set(addrs)) >= 1  # merged: the library repeats providers
             assert all(a.endswith(f"/p2p/{peer_id}") for a in addrs)
