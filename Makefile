@@ -32,11 +32,14 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 ## PYTEST_JOBS: test processes (pytest-xdist); most tests wait on daemons, so 2 halve the time
-## on 2 cores. PYTEST_JOBS=0 runs them all in this process.
+## on 2 cores. PYTEST_JOBS=0 runs them all in this process. Tests marked `alone` (they measure
+## the free disk, which the others change) run afterwards, by themselves; exit 5 is "none
+## selected" (a PYTEST_ARGS that picks none of them).
 PYTEST_JOBS ?= 2
 
 unit: $(STAMP) contracts sandbox
-	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist worksteal -m "not alone" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m alone $(PYTEST_ARGS) || test $$? -eq 5
 
 ## make contracts: the pinned solc-js and anvil from npm (package-lock.json), when npm exists;
 ## the tests then rebuild and byte-compare the artifacts and run the chain tests on anvil too.

@@ -22,7 +22,8 @@ from tests.daemons import Daemon, idlegrid
 from tests.integration.test_market_daemons import field, peer_id
 from tests.integration.test_verify_daemons import ENV, wait_all
 
-pytestmark = pytest.mark.slow
+# alone: other tests writing or deleting files change the free space it is set from
+pytestmark = [pytest.mark.slow, pytest.mark.alone]
 
 SIZE = 40_000_000  # each dataset
 ROOM = 100_000_000  # the worker's disk beyond its reserve
