@@ -270,6 +270,12 @@ class VerifySettings:
         "escalates (1000000 is an unmeasurable distance, so at most 999999)",
         int_range(0, 999_999),
     )
+    step_tolerance_ppm: int = setting(
+        100,
+        "a bisection's one step from the worker's own state passes at or under this distance "
+        "(ppm); over it the worker failed that step",
+        int_range(0, 999_999),
+    )
     verdict_timeout_ms: int = setting(
         120_000,
         "longest a requester waits for a verdict; after it the task is accepted unverified, in ms",

@@ -25,6 +25,7 @@ from typing import Any
 import trio
 from blake3 import blake3
 
+from consensus.market.messages import Workload
 from gpu.exec_runtime import exit_reason, workload_env
 from gpu.runtime import (
     OnLog,
@@ -70,6 +71,16 @@ class SegmentedRuntime:
     def child_env(self, spec: RunSpec) -> dict[str, str]:
         return {}
 
+    def bisects(self, workload: Workload) -> bool:
+        """Whether a cross-class miss on this workload can be bisected to one step
+        (:mod:`consensus.verify.bisection`): a replay stops inside a segment (``replay``'s
+        ``stop_step``, :meth:`steps_of`) and one step's rounding is measured small."""
+        return False
+
+    def steps_of(self, workload: Workload, index: int) -> tuple[int, int]:
+        """The global steps segment ``index`` runs from and to (a runtime that bisects)."""
+        raise NotImplementedError
+
     def __init__(self, sandbox: Sandbox, python: str = sys.executable) -> None:
         self.sandbox, self.python = sandbox, python
 
@@ -79,10 +90,19 @@ class SegmentedRuntime:
         return await self._run(spec, on_segment, on_log, gpus, None)
 
     async def replay(
-        self, spec: RunSpec, on_log: OnLog, gpus: tuple[int, ...] = (), keep_as: Path | None = None
+        self,
+        spec: RunSpec,
+        on_log: OnLog,
+        gpus: tuple[int, ...] = (),
+        keep_as: Path | None = None,
+        stop_step: int | None = None,
     ) -> bytes:
         """The state hash after segment ``spec.resume_index + 1``, run from ``spec.resume``;
         its state file is copied to ``keep_as`` when given (to measure a distance against).
+
+        ``stop_step`` (a runtime that :meth:`bisects`): stop inside that segment, after that
+        global step, for a bisection's probe. ``spec.resume`` may then be a state from inside
+        the segment too (one step from the worker's state at a probe).
 
         Raises:
             BadSegment: the replay failed (the log says why).
@@ -94,7 +114,8 @@ class SegmentedRuntime:
             if keep_as is not None:  # the private copy goes when the run ends
                 await trio.to_thread.run_sync(shutil.copyfile, done.checkpoint, keep_as)
 
-        result = await self._run(spec, keep, on_log, gpus, spec.resume_index + 1)
+        result = await self._run(spec, keep, on_log, gpus, spec.resume_index + 1,
+                                 stop_step=stop_step)  # fmt: skip
         if not result.ok or len(got) != 1:
             raise BadSegment(f"replay of segment {spec.resume_index + 1} failed: {result.error}")
         return got[0].hash
@@ -127,7 +148,8 @@ class SegmentedRuntime:
         return min(FAR, int(found[-1].group(1))) if code == 0 and found else FAR
 
     async def _run(self, spec: RunSpec, on_segment: OnSegment, on_log: OnLog,
-                   gpus: tuple[int, ...], stop_after: int | None) -> RunResult:  # fmt: skip
+                   gpus: tuple[int, ...], stop_after: int | None, *,
+                   stop_step: int | None = None) -> RunResult:  # fmt: skip
         problem = self.check(spec)
         if problem:
             return RunResult(False, problem)
@@ -140,19 +162,21 @@ class SegmentedRuntime:
             shutil.copyfile(spec.resume, control / "resume.ckpt")
         pipe = _Pipe()
         try:
-            jail = self._jail(spec, gpus, stop_after, pipe.write_fd)
+            jail = self._jail(spec, gpus, stop_after, pipe.write_fd, stop_step)
             return await self._drive(jail, pipe, _Progress(spec, private), on_segment, on_log)
         finally:
             pipe.close()
             shutil.rmtree(private, ignore_errors=True)
 
     def _jail(self, spec: RunSpec, gpus: tuple[int, ...], stop_after: int | None,
-              write_fd: int) -> Any:  # fmt: skip
+              write_fd: int, stop_step: int | None) -> Any:  # fmt: skip
         args = {
             **self.child_args(spec), "ckpt_dir": CONTROL_DIR,
             "resume": f"{CONTROL_DIR}/resume.ckpt" if spec.resume is not None else None,
             "resume_index": spec.resume_index, "stop_after": stop_after, "control_fd": write_fd,
         }  # fmt: skip
+        if stop_step is not None:
+            args["stop_step"] = stop_step
         env = {**workload_env(spec, gpus), "PYTHONHASHSEED": "0", **self.child_env(spec)}
         command = [self.python, "-I", str(self.child), json.dumps(args)]
         jail = self.sandbox.prepare(command, spec.workdir, env, network=spec.workload.network,

@@ -275,10 +275,15 @@ def main(args: dict[str, Any]) -> int:
     job, ctx, data, model, optimizer, cursor, step = prepare(args)
     segments = args["segments"]
     last = segments - 1 if args.get("stop_after") is None else args["stop_after"]
+    stop_step = args.get("stop_step")  # a bisection's probe: the state after that global step
     with os.fdopen(args["control_fd"], "w", buffering=1) as control:
         for index in range(args["resume_index"] + 1, last + 1):
             started = time.monotonic()
             end = (index + 1) * args["steps"] // segments
+            if stop_step is not None:
+                if not step <= stop_step <= end:
+                    raise ValueError(f"stop_step {stop_step} outside steps {step}..{end}")
+                end = stop_step
             loss, done = None, end - step
             batch = int(ctx.params.get("batch_size", 32))
             while step < end:
@@ -292,7 +297,7 @@ def main(args: dict[str, Any]) -> int:
             print(f"segment {index + 1}/{segments}: step {step}, "
                   f"loss {float(loss or 0):.6f}, {rate:.1f} steps/s")  # fmt: skip
             control.write(json.dumps({"segment": index, "file": str(path), "step": step}) + "\n")
-            if index == segments - 1:
+            if index == segments - 1 and stop_step is None:
                 Path(FINAL).write_bytes(blob)  # the trained state, for the job's outputs
     return 0
 

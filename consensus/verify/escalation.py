@@ -153,11 +153,12 @@ def answer_reason(esc: Escalation, decision: g.Decide) -> str:
 
 def slashable(decision: g.Decide, same_class: bool) -> bool:
     """Whether a sentry's fail may back a slash: its grounds hold in every determinism class
-    (an answer inconsistent with the signed attestation, silence), or it is a bitwise replay
-    in the worker's class. A cross-class replay never is."""
+    (an answer inconsistent with the signed attestation, silence, a bisection's one step from
+    the worker's own state), or it is a bitwise replay in the worker's class. A cross-class
+    replay of a whole segment never is, nor a probe left unanswered."""
     if decision.passed:
         return False
-    return decision.grounds in ("answer", "silence") or (
+    return decision.grounds in ("answer", "silence", "step") or (
         decision.grounds == "replay" and same_class
     )
 

@@ -103,7 +103,7 @@ class Replay:
     end: bytes = b""
 
 
-Grounds = Literal["replays", "answer", "silence", "replay"]
+Grounds = Literal["replays", "answer", "silence", "replay", "step", "unprobed"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,9 @@ class Decide:
     Attributes:
         grounds: ``replays`` (a pass), ``answer`` (an answer inconsistent with the signed
             attestation), ``silence`` (refused or late) or ``replay`` (a replay differs; only a
-            same-class game fails on it).
+            same-class game fails on it); from a bisection (:mod:`consensus.verify.bisection`),
+            ``step`` (one step from the worker's own state differs) or ``unprobed`` (it did not
+            give a state a probe asked for).
     """
 
     passed: bool

@@ -12,6 +12,9 @@ Flow for one finished task::
     sentry      Escalation   --gossip verify/escalations--> instead of a verdict, when its
                 replays in another determinism class missed: a sentry of the worker's class
                 replays those segments bitwise and gossips a Verdict
+    sentry      ProbeRequest --direct verify/probe-->    worker (the escalating sentry, for a
+                <--ProbeState (signed)--                 runtime that bisects: its state inside
+                                                         a missed segment), then a Verdict
 
 Signed commitments are envelopes; a challenge response is a plain map whose every claim is
 checked against the signed attestation's root, so it needs no signature of its own.
@@ -312,6 +315,36 @@ class ChallengeResponse:
     end_blob: BlobRef | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class ProbeRequest:
+    """A bisecting sentry asks the worker for its state after global step ``step``, inside
+    segment ``index`` (:mod:`consensus.verify.bisection`)."""
+
+    ref: TaskRef
+    attestation: bytes = field(metadata=exact_size(HASH_LEN))
+    index: int
+    step: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeState(Body):
+    """The worker's signed answer to a probe: its state after ``step`` hashes to ``hash``.
+
+    Signed, unlike a challenge answer, because nothing attested covers a state inside a
+    segment: a bisection that fails the worker names two of these, and anyone re-running that
+    one step holds the worker to its own signed states. The file travels as ``blob`` (granted
+    to the asking sentry), whose plaintext must hash to ``hash``.
+    """
+
+    KIND: ClassVar[str] = "verify.probe-state/1"
+    ref: TaskRef
+    attestation: bytes = field(metadata=exact_size(HASH_LEN))
+    index: int
+    step: int
+    hash: bytes = field(metadata=exact_size(HASH_LEN))
+    blob: BlobRef
+
+
 VERIFY_KINDS: tuple[type[Body], ...] = (
     Attestation,
     SeedCommit,
@@ -320,6 +353,8 @@ VERIFY_KINDS: tuple[type[Body], ...] = (
     QosReport,
     Escalation,
 )
+# Signed, but sent direct (never gossiped): the market's direct envelopes open them too.
+VERIFY_DIRECT_KINDS: tuple[type[Body], ...] = (ProbeState,)
 
 
 def verify_registry() -> Registry:

@@ -69,7 +69,9 @@ class MarketNet(Protocol):
         """Raises p2p.reqresp's RequestError family (RemoteError, RequestTimeout, ...)."""
         ...
 
-    def serve(self, protocol: str, handler: RequestHandler, max_bytes: int = ...) -> None: ...
+    def serve(
+        self, protocol: str, handler: RequestHandler, max_bytes: int = ..., timeout_s: float = ...
+    ) -> None: ...
 
     def workers(self) -> list[Worker]: ...
 
@@ -145,9 +147,13 @@ class LiveNet:
         )
 
     def serve(
-        self, protocol: str, handler: RequestHandler, max_bytes: int = BLOB_MAX_BYTES
+        self,
+        protocol: str,
+        handler: RequestHandler,
+        max_bytes: int = BLOB_MAX_BYTES,
+        timeout_s: float = 30.0,
     ) -> None:
-        serve(self.host, protocol, handler, max_bytes=max_bytes, timeout_s=30.0)
+        serve(self.host, protocol, handler, max_bytes=max_bytes, timeout_s=timeout_s)
 
     def workers(self) -> list[Worker]:
         gate = self.host.gate  # a blocked worker is out of the market, whatever it announced

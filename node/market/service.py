@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from consensus.kinds import Registry
 from consensus.market.bidder import Bidder, Capabilities, Policy
-from consensus.market.messages import market_registry
+from consensus.market.messages import MARKET_KINDS
 from consensus.market.spec import REFERENCE_SCORE
+from consensus.verify.messages import VERIFY_DIRECT_KINDS
 from gpu.bench import BENCH_FILE, saved_score
 from gpu.devices import Profile, discover
 from gpu.exec_runtime import ExecRuntime
@@ -74,7 +76,8 @@ def market_of(ctx: NodeContext) -> Market:
     """The node's market, made on first use (after the network service has started)."""
     if ctx.market is None:
         assert ctx.network is not None, "the market needs the network service"
-        envelopes = DirectEnvelopes(ctx.keys.signing_key, market_registry())
+        direct = Registry([*MARKET_KINDS, *VERIFY_DIRECT_KINDS])
+        envelopes = DirectEnvelopes(ctx.keys.signing_key, direct)
         net = LiveNet(ctx.network, envelopes)
         share = BlobShare(net, ctx.blobs, ctx.home.root / "work" / "scratch", ctx.keys.signing_key)
         share.register()

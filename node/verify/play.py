@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 from blake3 import blake3
@@ -173,6 +174,37 @@ async def replay_segment(
         for path in (resume, kept):
             if path is not None:
                 path.unlink(missing_ok=True)
+
+
+async def replay_to(
+    runtime: Any,
+    spec: RunSpec,
+    index: int,
+    start: bytes,
+    stop_step: int,
+    *,
+    keep_as: Path,
+    on_log: Callable[[str], None],
+    gpus: tuple[int, ...] = (),
+) -> bool:
+    """Replays segment ``index`` from ``start`` (a state file's bytes: a checkpoint, or a
+    state from inside the segment; empty from the task's inputs) up to global step
+    ``stop_step``, with a runtime that :attr:`~gpu.segmented.SegmentedRuntime.bisects`; the
+    state file is copied to ``keep_as``. False when the replay fails (a state that does not
+    load, a step outside the segment): the log says why."""
+    resume = spec.workdir.with_name(f"{spec.workdir.name}.start.ckpt") if start else None
+    if resume is not None:
+        resume.write_bytes(start)
+    from_start = RunSpec(spec.task, spec.workload, spec.workdir, resume, index - 1)
+    try:
+        await runtime.replay(from_start, on_log, gpus, keep_as=keep_as, stop_step=stop_step)
+    except BadSegment:
+        return False
+    else:
+        return True
+    finally:
+        if resume is not None:
+            resume.unlink(missing_ok=True)
 
 
 async def _rerun_exec(

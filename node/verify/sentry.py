@@ -8,7 +8,9 @@ publish. Verdicts from other sentries are recorded too, moving the worker's repu
 A game that ends escalated (a cross-class miss) publishes an :class:`Escalation` instead of a
 verdict. A sentry in the worker's determinism class that hears one replays the missed segments
 bitwise and publishes a normal verdict (:mod:`node.verify.escalations`; who answers is
-:mod:`consensus.verify.escalation`'s rule).
+:mod:`consensus.verify.escalation`'s rule). Where the runtime can stop inside a segment, the
+escalating sentry also bisects each missed segment with the worker down to one step and
+publishes that verdict (:mod:`node.verify.bisector`).
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ from consensus.verify.messages import (
 from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.blobshare import FetchFailed
-from node.market.datasets import NoRoom, place_all, using_all
-from node.market.packing import unpack
+from node.market.datasets import NoRoom, using_all
+from node.verify.bisector import Bisector
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import EscalationDesk
 from node.verify.play import NO_STATE, play, replay_segment
+from node.verify.task_files import prepare
 from node.verify.topics import (
     ATTESTS,
     CHALLENGE,
@@ -102,10 +105,12 @@ class Sentry:
     # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
     slash_signer: SlashFields | None = None
     desk: EscalationDesk = field(init=False)
+    bisector: Bisector = field(init=False)
 
     def __post_init__(self) -> None:
         self.desk = EscalationDesk(self.net, self.store, self.settings, self.devices,
                                    self.sentries, self._answer, self._assigned)  # fmt: skip
+        self.bisector = Bisector(self.net, self.share, self.settings, self.devices, self._files)
 
     def _assigned(self, att: Attestation) -> bool:
         """Whether this sentry judges ``att`` (the public rule: rendezvous over the task)."""
@@ -207,8 +212,27 @@ class Sentry:
         decision = await self._play(att, att_id, runtime, game, att_id.hex()[:16])
         if isinstance(decision, g.Escalate):
             await self.desk.escalate(att, att_id, sampled, seed, decision)
+            settled = await self._bisect(att, att_id, runtime, decision)
+            if settled is not None:
+                await self._publish(att, att_id, sampled, seed, settled)
             return
         await self._publish(att, att_id, sampled, seed, decision)
+
+    async def _bisect(
+        self, att: Attestation, att_id: bytes, runtime: Any, up: g.Escalate
+    ) -> g.Decide | None:
+        """The bisection's verdict on an escalated game (:mod:`node.verify.bisector`), or
+        None (the runtime does not bisect; our own replay failed): the escalation decides."""
+        assert att.workload is not None
+        datasets = None if self.share is None else self.share.datasets
+        work = self.scratch / f"{att_id.hex()[:16]}-bisect"
+        async with using_all(datasets, att.workload):
+            return await self.bisector.settle(att, att_id, runtime, up, work)
+
+    async def _files(self, att: Attestation, att_id: bytes, index: int) -> ChallengeResponse | None:
+        """Segment ``index``'s answer with its start and end files in it, for a bisection."""
+        answer = await self._ask(att, att_id, index, with_end=True)
+        return None if answer is None else await self._complete(att, answer)
 
     async def _play(
         self, att: Attestation, att_id: bytes, runtime: Any, game: g.Game, workname: str
@@ -350,21 +374,8 @@ class Sentry:
         self, att: Attestation, runtime: Any, workdir: Path, index: int, start: bytes, *, end: bytes
     ) -> tuple[bytes, int | None]:
         assert att.workload is not None
-        remove_tree(workdir)
-        workdir.mkdir(parents=True)
-        if att.inputs is not None:
-            try:
-                archive = await self.share.fetch(att.inputs, lambda _peer: list(att.listen))
-            except FetchFailed as exc:
-                log.info("inputs not fetched", extra={"task": att.ref.text(), "error": str(exc)})
-                return NO_STATE, None
-            unpack(archive, workdir)
-        if att.workload.datasets:
-            try:
-                await place_all(self.share.datasets, att.workload, workdir, [att.worker])
-            except FetchFailed as exc:
-                log.info("dataset not fetched", extra={"task": att.ref.text(), "error": str(exc)})
-                return NO_STATE, None
+        if not await prepare(self.share, att, workdir, [att.worker]):
+            return NO_STATE, None
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         gpus = self.devices.gpus(att.det_class)
         return await replay_segment(runtime, spec, index, start, lambda _line: None, gpus=gpus,

@@ -14,6 +14,7 @@ from node.identity import wallet_binding
 from node.market.service import market_of, python_runtimes
 from node.verify.announcer import AttestationAnnouncer
 from node.verify.devices import ReplayDevices
+from node.verify.probe_worker import ProbeAnswerer
 from node.verify.qos_sentry import QosProber
 from node.verify.qos_view import QosView
 from node.verify.qos_worker import ProbeResponder
@@ -81,8 +82,22 @@ async def worker_verify(
         market.net, lambda: busy_reason(bidder), lambda peer: peer in known_sentries(ctx)
     )
     responder.register()
+    (await probe_answerer(ctx)).register()
     market.worker.on_done = verifier.attest
     await announcer.run(task_status=task_status)
+
+
+async def probe_answerer(ctx: NodeContext) -> ProbeAnswerer:
+    """The worker's answerer of bisection probes: replays on this machine, sandboxed, in the
+    determinism class it attests."""
+    market = market_of(ctx)
+    profile, sandbox = await market.machine(ctx.settings.worker)
+    devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
+    runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
+    scratch = ctx.home.root / "work" / "probes"
+    scratch.mkdir(parents=True, exist_ok=True)
+    return ProbeAnswerer(market.net, VerifyStore(ctx.db), market.share, runtimes, devices.gpus,
+                         scratch)  # fmt: skip
 
 
 async def sentry_verify(

@@ -6,9 +6,10 @@ never point a slash at someone else's stake. The signature travels in the verdic
 sentries' slashers (``node/chain/slasher.py``) combine a quorum of them into one ``slash``.
 
 Only a fail on bitwise grounds is signed (:func:`consensus.verify.escalation.slashable`): an
-answer inconsistent with the signed attestation, silence, or a replay in the worker's own
-determinism class. A fail resting on a replay in another class is never signed, so a
-cross-class miss can cost no stake (it escalates instead; see ``node/verify/sentry.py``).
+answer inconsistent with the signed attestation, silence, a replay in the worker's own
+determinism class, or a bisection's one step from the worker's own state. A fail resting on
+a whole segment replayed in another class is never signed, so a cross-class miss alone can
+cost no stake (it escalates, and is bisected; see ``node/verify/sentry.py``).
 """
 
 from __future__ import annotations

@@ -121,7 +121,13 @@ class MemNet:
             return msgpack.unpackb(msgpack.packb(reply))
         raise RequestTimeout(f"no answer from {peer} within {timeout_s} s")
 
-    def serve(self, protocol: str, handler: RequestHandler, max_bytes: int = 1 << 21) -> None:
+    def serve(
+        self,
+        protocol: str,
+        handler: RequestHandler,
+        max_bytes: int = 1 << 21,
+        timeout_s: float = 30.0,  # the in-memory net times nothing out
+    ) -> None:
         self.hub.servers.setdefault(self.peer_id, {})[protocol] = handler
 
     def workers(self) -> list[Worker]:

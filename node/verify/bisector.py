@@ -1,0 +1,227 @@
+"""The sentry's side of a bisection: a cross-class miss narrowed to one step, then judged.
+
+When a sentry's game ends escalated (its replays in another determinism class missed the
+tolerance on some segments) and the task's runtime can stop inside a segment, the sentry
+does not leave the outcome to chance (a sentry of the worker's class that may not exist): it
+plays :class:`consensus.verify.bisection.Bisection` on each missed segment. Each probe asks
+the worker for its signed state after a step (``verify/probe``, answered by
+:mod:`node.verify.probe_worker`) and replays to that step itself; at one step apart it runs
+that step from the worker's own state. The escalation still goes out: a same-class sentry's
+bitwise verdict is the stronger one, and counts as well.
+
+Our own trouble (a replay of ours that fails, the task's files not fetched) gives no verdict
+rather than a wrong one, as in the game.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+from blake3 import blake3
+
+from config.schema import VerifySettings
+from consensus.codec import encode
+from consensus.errors import Invalid
+from consensus.kinds import to_wire
+from consensus.market.messages import BlobRef
+from consensus.verify import bisection as b
+from consensus.verify import game as g
+from consensus.verify.messages import Attestation, ChallengeResponse, ProbeRequest, ProbeState
+from gpu.runtime import RunSpec
+from node.market.blobshare import FetchFailed
+from node.verify.devices import ReplayDevices
+from node.verify.play import replay_to
+from node.verify.task_files import prepare
+from node.verify.topics import PROBE, PROBE_TIMEOUT_S
+from p2p.reqresp import RequestError
+from storage.transfer_files import remove_tree
+
+if TYPE_CHECKING:
+    from node.market.blobshare import BlobShare
+    from node.market.net import MarketNet
+
+log = logging.getLogger(__name__)
+MIN_FILE_RATE = 1_000_000  # bytes/s a worker must at least serve a probed state at
+# The segment's files again, with its end file: (attestation, its id, segment) -> the answer
+Ask = Callable[[Attestation, bytes, int], Awaitable[ChallengeResponse | None]]
+
+
+@dataclass
+class _Segment:
+    """One missed segment being bisected, and the worker's state files by global step."""
+
+    att: Attestation
+    att_id: bytes
+    runtime: Any
+    index: int
+    work: Path
+    states: dict[int, bytes]
+
+
+@dataclass
+class Bisector:
+    net: MarketNet
+    share: BlobShare
+    settings: VerifySettings
+    devices: ReplayDevices
+    ask: Ask
+
+    async def settle(
+        self, att: Attestation, att_id: bytes, runtime: Any, up: g.Escalate, work: Path
+    ) -> g.Decide | None:
+        """The verdict on an escalated game, or None: the runtime does not bisect this
+        workload, or our own replay failed. A fail on the first missed segment that fails;
+        a pass when every missed segment's step check passed."""
+        bisects = getattr(runtime, "bisects", None)
+        if att.workload is None or bisects is None or not bisects(att.workload):
+            return None
+        passes: list[g.Decide] = []
+        try:
+            for miss in up.misses:
+                decision = await self._segment(att, att_id, runtime, miss.index, work)
+                if decision is None or not decision.passed:
+                    return decision
+                passes.append(decision)
+        finally:
+            remove_tree(work)
+        reason = "; ".join(d.reason for d in passes)
+        evidence = encode({"att": att_id, "bisections": [d.evidence for d in passes]})
+        return g.Decide(True, reason, evidence)
+
+    async def _segment(
+        self, att: Attestation, att_id: bytes, runtime: Any, index: int, work: Path
+    ) -> g.Decide | None:
+        assert att.workload is not None
+        answer = await self.ask(att, att_id, index)
+        if answer is None or (problem := g.check_answer(att, answer)):
+            why = "not given again" if answer is None else problem
+            reason = f"segment {index}: its checkpoints for bisection: {why}"
+            grounds: g.Grounds = "unprobed" if answer is None else "answer"
+            return g.Decide(False, reason, encode({"att": att_id, "reason": reason}), grounds)
+        first, last = runtime.steps_of(att.workload, index)
+        start_hash = answer.before.hash if answer.before is not None else bytes(32)
+        bis = b.Bisection(att_id, index, first, last, start_hash, answer.after.hash,
+                          self.settings.tolerance_ppm,
+                          self.settings.step_tolerance_ppm)  # fmt: skip
+        seg = _Segment(att, att_id, runtime, index, work,
+                       {first: answer.checkpoint, last: answer.end_checkpoint})  # fmt: skip
+        log.info("bisecting", extra={"task": att.ref.text(), "segment": index,
+                                     "steps": f"{first}..{last}"})  # fmt: skip
+        effects = bis.start()
+        while True:
+            [effect] = effects
+            if isinstance(effect, g.Decide):
+                return effect
+            if isinstance(effect, b.Probe):
+                event = await self._probe(seg, effect.step, first)
+            else:
+                event = await self._check(seg, effect)
+            if event is None:
+                return None
+            effects = bis.handle(event)
+
+    async def _probe(self, seg: _Segment, step: int, first: int) -> b.Event | None:
+        """The worker's state after ``step`` against ours, replayed from the segment's
+        (agreed) start."""
+        got = await self._worker_state(seg, step)
+        if isinstance(got, str):
+            return b.Unanswered(step, got)
+        claimed, data = got
+        seg.states[step] = data
+        mine = await self._replay(seg, seg.states[first], step)
+        if mine is None:
+            return None
+        return b.Probed(step, claimed.hash, await self._distance(seg, mine, data))
+
+    async def _check(self, seg: _Segment, check: b.CheckStep) -> b.Event | None:
+        """One step from the worker's own state at ``lo`` against its state at ``hi``."""
+        mine = await self._replay(seg, seg.states[check.lo], check.hi)
+        if mine is None:
+            return None
+        replayed = blake3(mine).digest()
+        return b.Stepped(replayed, await self._distance(seg, mine, seg.states[check.hi]))
+
+    async def _worker_state(self, seg: _Segment, step: int) -> tuple[ProbeState, bytes] | str:
+        """The worker's signed state after ``step`` and its file, or why not."""
+        att = seg.att
+        request = ProbeRequest(ref=att.ref, attestation=seg.att_id, index=seg.index, step=step)
+        try:
+            reply = await self.net.request(
+                att.worker,
+                att.listen,
+                PROBE,
+                {"request": to_wire(request)},
+                timeout_s=self._timeout_s(att),
+                max_bytes=1 << 16,
+            )
+            raw = reply.get("state") if isinstance(reply, dict) else None
+            body = self.net.open(raw, att.worker).body
+        except (RequestError, Invalid) as exc:
+            return str(exc)
+        if not isinstance(body, ProbeState) or (
+            body.ref,
+            body.attestation,
+            body.index,
+            body.step,
+        ) != (att.ref, seg.att_id, seg.index, step):
+            self.net.blame(att.worker, "a probe answered with another probe's state")
+            return "answered with another probe's state"
+        data = await self._fetch(att, body.blob)
+        if data is None:
+            return "its state file not served"
+        if blake3(data).digest() != body.hash:
+            return "its state file does not hash to its signed hash"
+        return body, data
+
+    async def _fetch(self, att: Attestation, ref: BlobRef) -> bytes | None:
+        mine = BlobRef(hash=ref.hash, size=ref.size, holders=[att.worker])
+        limit_s = self.settings.challenge_deadline_ms / 1000 + ref.size / MIN_FILE_RATE
+        with trio.move_on_after(limit_s):
+            try:
+                path = await self.share.fetch(mine, lambda _peer: list(att.listen))
+            except FetchFailed:
+                return None
+            return await trio.to_thread.run_sync(path.read_bytes)
+        return None
+
+    async def _replay(self, seg: _Segment, start: bytes, step: int) -> bytes | None:
+        """Our own state after ``step``, replayed from ``start`` in a fresh copy of the
+        task's files; None (logged) when it could not be made."""
+        att = seg.att
+        assert att.workload is not None
+        workdir, kept = seg.work / "task", seg.work / "state.ckpt"
+        try:
+            if not await prepare(self.share, att, workdir, [att.worker]):
+                return None
+            spec = RunSpec(f"bisect {att.ref.text()}", att.workload, workdir)
+            gpus = self.devices.gpus(att.det_class)
+            ok = await replay_to(seg.runtime, spec, seg.index, start, step, keep_as=kept,
+                                 on_log=lambda _line: None, gpus=gpus)  # fmt: skip
+            if not ok:
+                log.warning("bisection replay failed", extra={"task": att.ref.text(), "step": step})
+                return None
+            return await trio.to_thread.run_sync(kept.read_bytes)
+        finally:
+            remove_tree(workdir)
+            kept.unlink(missing_ok=True)
+
+    async def _distance(self, seg: _Segment, mine: bytes, claimed: bytes) -> int:
+        replayed = seg.work / "replayed.ckpt"
+        await trio.to_thread.run_sync(replayed.write_bytes, mine)
+        try:
+            on_log = lambda _line: None  # noqa: E731
+            ppm: int = await seg.runtime.distance(seg.work / "distance", replayed, claimed, on_log)
+        finally:
+            replayed.unlink(missing_ok=True)
+        return ppm
+
+    def _timeout_s(self, att: Attestation) -> float:
+        """How long a worker may take on one probe: its answer deadline, plus three times a
+        segment's metered time (it replays up to one segment), at most PROBE_TIMEOUT_S."""
+        per_segment_s = att.seconds / max(1, att.segments - att.first)
+        return min(PROBE_TIMEOUT_S, self.settings.challenge_deadline_ms / 1000 + 3 * per_segment_s)
