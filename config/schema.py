@@ -271,9 +271,9 @@ class VerifySettings:
         int_range(0, 999_999),
     )
     step_tolerance_ppm: int = setting(
-        100,
+        10,
         "a bisection's one step from the worker's own state passes at or under this distance "
-        "(ppm); over it the worker failed that step",
+        "(ppm), or a tenth of how far the step moved the state; over both it failed that step",
         int_range(0, 999_999),
     )
     verdict_timeout_ms: int = setting(

@@ -124,12 +124,21 @@ class SegmentedRuntime:
         """How far the state in ``replayed`` is from the worker's ``claimed`` file, in parts
         per million (the child's ``distance`` mode, in the sandbox, in a fresh ``workdir``):
         :data:`FAR` when either does not load, they do not compare, or the child fails."""
+        measured = await self.measure(workdir, replayed, claimed, on_log)
+        return FAR if measured is None else measured
+
+    async def measure(self, workdir: Path, replayed: Path, claimed: bytes, on_log: OnLog, *,
+                      rng: bool = False, moved: bool = False) -> int | None:  # fmt: skip
+        """:meth:`distance`, but None when the child itself fails (our trouble, not the
+        claimed file's, which the child measures as :data:`FAR`); ``rng``: the random states
+        must be equal too (a bisection's comparisons); ``moved``: how far one step moved a
+        state (the two are of different steps)."""
         shutil.rmtree(workdir, ignore_errors=True)
         (workdir / CONTROL_DIR).mkdir(parents=True)
         shutil.copyfile(replayed, workdir / CONTROL_DIR / "replayed.ckpt")
         (workdir / CONTROL_DIR / "claimed.ckpt").write_bytes(claimed)
         args = {"mode": "distance", "replayed": f"{CONTROL_DIR}/replayed.ckpt",
-                "claimed": f"{CONTROL_DIR}/claimed.ckpt"}  # fmt: skip
+                "claimed": f"{CONTROL_DIR}/claimed.ckpt", "rng": rng, "moved": moved}  # fmt: skip
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
                "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
         jail = self.sandbox.prepare([self.python, "-I", str(self.child), json.dumps(args)],
@@ -145,7 +154,7 @@ class SegmentedRuntime:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         found = [m for line in lines if (m := _DISTANCE.fullmatch(line.strip()))]
-        return min(FAR, int(found[-1].group(1))) if code == 0 and found else FAR
+        return min(FAR, int(found[-1].group(1))) if code == 0 and found else None
 
     async def _run(self, spec: RunSpec, on_segment: OnSegment, on_log: OnLog,
                    gpus: tuple[int, ...], stop_after: int | None, *,

@@ -167,17 +167,24 @@ def _tensor_pairs(a: Any, b: Any, path: str) -> Any:
         raise Incomparable(f"{path}: {a!r} vs {b!r}")
 
 
-def distance_ppm(replayed: bytes, claimed: bytes) -> tuple[int, str]:
+def distance_ppm(
+    replayed: bytes, claimed: bytes, rng: bool = False, moved: bool = False
+) -> tuple[int, str]:
     """The largest relative distance ``||r - c|| / max(||c||, EPS)`` over the tensors of the
     weights and optimiser state, in parts per million (at most :data:`FAR`), and where.
 
     Step, data cursor and every non-tensor value must be equal, shapes and dtypes too, else
-    :data:`FAR`. The RNG state is not compared (a GPU's generator state is not a CPU's).
+    :data:`FAR`. The RNG state is compared only with ``rng`` (a bisection, between classes
+    whose generators are the same: a GPU's generator state is not a CPU's); then it must be
+    equal, else :data:`FAR`: a state's randomness is not for its worker to choose. ``moved``:
+    how far a step moved a state (two states of different steps: step and cursor not compared).
     """
     try:
         a, b = decode_state(replayed), decode_state(claimed)
-        if (a["step"], a["cursor"]) != (b["step"], b["cursor"]):
+        if not moved and (a["step"], a["cursor"]) != (b["step"], b["cursor"]):
             return FAR, f"step/cursor {a['step']}/{a['cursor']} vs {b['step']}/{b['cursor']}"
+        if rng and _packed(a["rng"]) != _packed(b["rng"]):
+            return FAR, "rng: another random state"
         worst, where = 0.0, ""
         pairs = _tensor_pairs([a["model"], a["optimizer"]], [b["model"], b["optimizer"]], "")
         for path, x, y in pairs:
@@ -194,9 +201,15 @@ def distance_ppm(replayed: bytes, claimed: bytes) -> tuple[int, str]:
     return min(FAR, math.ceil(worst * 1e6)), where
 
 
+def _packed(value: Any) -> bytes:
+    packed: bytes = msgpack.packb(_canon(value), default=_pack_tensor, use_bin_type=True)
+    return packed
+
+
 def report_distance(args: dict[str, Any]) -> int:
     ppm, where = distance_ppm(Path(args["replayed"]).read_bytes(),
-                              Path(args["claimed"]).read_bytes())  # fmt: skip
+                              Path(args["claimed"]).read_bytes(), bool(args.get("rng")),
+                              bool(args.get("moved")))  # fmt: skip
     print(f"largest at {where or '-'}")
     print(f"distance_ppm {ppm}")
     return 0

@@ -2,14 +2,15 @@
 
     state     event                                   next      effects
     --------  --------------------------------------  --------  ----------------------------
-    probing   start                                   probing   Probe(the middle step)
+    probing   start                                   probing   Probe(the middle step) |
+                                                      stepping  CheckStep(lo, hi): one step
     probing   Probed, distance <= tolerance (agrees)  probing   Probe(the next middle) |
                                                       stepping  CheckStep(lo, hi) at hi = lo+1
     probing   Probed, distance > tolerance (differs)  probing   (as above)
                                                       stepping
     probing   Unanswered                              failed    Decide(fail, unprobed)
-    stepping  Stepped, distance <= step tolerance     passed    Decide(pass): drift, no cheat
-    stepping  Stepped, distance > step tolerance      failed    Decide(fail, step)
+    stepping  Stepped, within the step's tolerance    passed    Decide(pass): drift, no cheat
+    stepping  Stepped, over it                        failed    Decide(fail, step)
     stepping  Unanswered                              failed    Decide(fail, unprobed)
     passed | failed  anything                         unchanged none (late answers)
 
@@ -22,12 +23,18 @@ its last (the attested end state: the miss). Each probe asks the worker for its 
 tolerance moves ``lo`` up, differing moves ``hi`` down. At ``hi = lo + 1`` the sentry runs that
 one step from the worker's *own* state at ``lo`` and compares the worker's state at ``hi``.
 
-One step from the same state differs between classes by one step's rounding, far under
-``step_tolerance_ppm`` however much the segment drifted; a step the worker skipped, faked or
-ran at a lower precision differs by the whole step. A worker steering the search with chosen
-answers still ends at two adjacent states of its own, which the step check judges. A fail
-names that step and both state hashes, so anyone can re-run the one step to check it; only
-that is slashable (:func:`consensus.verify.escalation.slashable`). A worker that does not
+One step from the same state differs between classes by one step's rounding, however much
+the segment drifted: within ``step_tolerance_ppm`` of the state, or within a tenth of how far
+the step moved it (:data:`STEP_SHARE`; rounding grows with the step, a skipped step is the
+whole of it). A step the worker skipped, faked or ran at a lower precision differs by the
+whole step. Every comparison here also requires equal random states (the runtime's ``rng``
+check): randomness is not the worker's to choose, or it could answer a probe with the right
+weights and another random stream and drift away "honestly" from there. So a bisection runs
+only between classes whose generators are the same (the driver's rule). A worker steering
+the search with chosen answers still ends at two adjacent states of its own, which the step
+check judges. A fail names that step and carries both signed states' envelopes, so anyone
+can re-run the one step to check it; only that is slashable
+(:func:`consensus.verify.escalation.slashable`). A worker that does not
 answer a probe is failed (its task re-runs) but not slashed: answering costs it a replay,
 and slowness there proves no cheat.
 """
@@ -42,12 +49,14 @@ from consensus.verify.game import Decide
 
 State = Literal["probing", "stepping", "passed", "failed"]
 TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
+    ("probing", "start"): frozenset({"probing", "stepping"}),
     ("probing", "probed"): frozenset({"probing", "stepping"}),
     ("probing", "unanswered"): frozenset({"failed"}),
     ("stepping", "stepped"): frozenset({"passed", "failed"}),
     ("stepping", "unanswered"): frozenset({"failed"}),
 }
 TERMINAL: frozenset[State] = frozenset({"passed", "failed"})
+STEP_SHARE = 10  # a step's rounding may be up to 1/STEP_SHARE of how far the step moved
 
 
 @dataclass(frozen=True)
@@ -58,15 +67,17 @@ class Probed:
     step: int
     claimed: bytes
     distance_ppm: int
+    signed: bytes = b""  # the worker's sealed ProbeState: evidence that it claimed this
 
 
 @dataclass(frozen=True)
 class Stepped:
-    """One step replayed from the worker's state at ``lo``: its hash, and its distance to
-    the worker's state at ``lo + 1``."""
+    """One step replayed from the worker's state at ``lo``: its hash, its distance to the
+    worker's state at ``lo + 1``, and how far that step moved the state (from ``lo``)."""
 
     replayed: bytes
     distance_ppm: int
+    moved_ppm: int
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,7 @@ class Bisection:
     lo: int = field(init=False)
     hi: int = field(init=False)
     claims: dict[int, bytes] = field(default_factory=dict)  # step -> the worker's state hash
+    signed: dict[int, bytes] = field(default_factory=dict)  # step -> its sealed ProbeState
     probes: list[tuple[int, bytes, int]] = field(default_factory=list)  # (step, hash, ppm)
     asked: int | None = None  # the step of the probe in flight
 
@@ -131,7 +143,9 @@ class Bisection:
         self.claims = {self.first: self.claimed_first, self.last: self.claimed_last}
 
     def start(self) -> list[Effect]:
-        return [self._next()]
+        effect = self._next()  # a one-step segment goes straight to the step check
+        self._move("start", "stepping" if isinstance(effect, CheckStep) else "probing")
+        return [effect]
 
     def handle(self, event: Event) -> list[Effect]:
         if self.state in TERMINAL:
@@ -160,6 +174,7 @@ class Bisection:
         if self.state != "probing" or event.step != self.asked:
             return []  # unasked, or a duplicate: nothing to learn from it
         self.claims[event.step] = event.claimed
+        self.signed[event.step] = event.signed
         self.probes.append((event.step, event.claimed, event.distance_ppm))
         if event.distance_ppm <= self.tolerance_ppm:
             self.lo = event.step
@@ -170,23 +185,24 @@ class Bisection:
         return [effect]
 
     def _stepped(self, event: Stepped) -> list[Effect]:
-        within = event.distance_ppm <= self.step_tolerance_ppm
-        step = self.hi
+        off, step = event.distance_ppm, self.hi
+        allowed = max(self.step_tolerance_ppm, event.moved_ppm // STEP_SHARE)
+        within = off <= allowed
         if within:
             reason = (
                 f"segment {self.segment}: drift, not a cheat: bisected to step {step}, one step "
-                f"from the worker's state is {event.distance_ppm} ppm off (within "
-                f"{self.step_tolerance_ppm})"
+                f"from the worker's state is {off} ppm off (within {allowed})"
             )
         else:
             reason = (
                 f"segment {self.segment}, step {step}: one step from the worker's own state is "
-                f"{event.distance_ppm} ppm from its next (over {self.step_tolerance_ppm})"
+                f"{off} ppm from its next (over {allowed}; the step moved it {event.moved_ppm})"
             )
         self._move("stepped", "passed" if within else "failed")
         check = (self.lo, self.hi, self.claims[self.lo], self.claims[self.hi], event.replayed,
-                 event.distance_ppm)  # fmt: skip
-        evidence = self._evidence(reason, {"check": list(check)})
+                 off, event.moved_ppm)  # fmt: skip
+        signed = [self.signed.get(self.lo, b""), self.signed.get(self.hi, b"")]
+        evidence = self._evidence(reason, {"check": list(check), "signed": signed})
         return [Decide(within, reason, evidence, "replays" if within else "step")]
 
     def _unanswered(self, event: Unanswered) -> list[Effect]:
@@ -204,3 +220,18 @@ class Bisection:
         if to not in allowed:
             raise AssertionError(f"no transition {self.state} --{event}--> {to}")
         self.state = to
+
+
+def same_generators(worker_class: str, replay_class: str) -> bool:
+    """Whether a replay in ``replay_class`` draws the same random numbers as the worker's run
+    in ``worker_class`` (both determinism classes ``device|python|torch-V|...``): both on a
+    CPU or both on GPUs, and the same torch. Only then can a bisection require equal random
+    states; else an honest step would differ by its randomness (dropout on a GPU's generator
+    against a CPU's)."""
+    worker, replay = worker_class.split("|"), replay_class.split("|")
+    on_cpu = worker[0] == "cpu", replay[0] == "cpu"
+    torch = (
+        [f for f in worker if f.startswith("torch-")],
+        [f for f in replay if f.startswith("torch-")],
+    )
+    return on_cpu[0] == on_cpu[1] and bool(torch[0]) and torch[0] == torch[1]

@@ -80,6 +80,12 @@ class Bisector:
         bisects = getattr(runtime, "bisects", None)
         if att.workload is None or bisects is None or not bisects(att.workload):
             return None
+        mine = self.devices.replay_class(att.det_class)
+        if not b.same_generators(att.det_class, mine):
+            log.info("not bisected: other random generators",
+                     extra={"task": att.ref.text(), "worker_class": att.det_class,
+                            "replay_class": mine})  # fmt: skip
+            return None
         passes: list[g.Decide] = []
         try:
             for miss in up.misses:
@@ -104,6 +110,8 @@ class Bisector:
             grounds: g.Grounds = "unprobed" if answer is None else "answer"
             return g.Decide(False, reason, encode({"att": att_id, "reason": reason}), grounds)
         first, last = runtime.steps_of(att.workload, index)
+        if last - first < 1 or not answer.end_checkpoint:
+            return None  # no steps to bisect, or a worker that predates the end file
         start_hash = answer.before.hash if answer.before is not None else bytes(32)
         bis = b.Bisection(att_id, index, first, last, start_hash, answer.after.hash,
                           self.settings.tolerance_ppm,
@@ -131,23 +139,30 @@ class Bisector:
         got = await self._worker_state(seg, step)
         if isinstance(got, str):
             return b.Unanswered(step, got)
-        claimed, data = got
+        claimed, data, signed = got
         seg.states[step] = data
         mine = await self._replay(seg, seg.states[first], step)
         if mine is None:
             return None
-        return b.Probed(step, claimed.hash, await self._distance(seg, mine, data))
+        ppm = await self._distance(seg, mine, data)
+        return None if ppm is None else b.Probed(step, claimed.hash, ppm, signed)
 
     async def _check(self, seg: _Segment, check: b.CheckStep) -> b.Event | None:
         """One step from the worker's own state at ``lo`` against its state at ``hi``."""
         mine = await self._replay(seg, seg.states[check.lo], check.hi)
         if mine is None:
             return None
-        replayed = blake3(mine).digest()
-        return b.Stepped(replayed, await self._distance(seg, mine, seg.states[check.hi]))
+        off = await self._distance(seg, mine, seg.states[check.hi])
+        moved = await self._distance(seg, mine, seg.states[check.lo], moved=True)
+        if off is None or moved is None:
+            return None
+        return b.Stepped(blake3(mine).digest(), off, moved)
 
-    async def _worker_state(self, seg: _Segment, step: int) -> tuple[ProbeState, bytes] | str:
-        """The worker's signed state after ``step`` and its file, or why not."""
+    async def _worker_state(
+        self, seg: _Segment, step: int
+    ) -> tuple[ProbeState, bytes, bytes] | str:
+        """The worker's signed state after ``step``, its file and the sealed envelope, or
+        why not."""
         att = seg.att
         request = ProbeRequest(ref=att.ref, attestation=seg.att_id, index=seg.index, step=step)
         try:
@@ -161,6 +176,7 @@ class Bisector:
             )
             raw = reply.get("state") if isinstance(reply, dict) else None
             body = self.net.open(raw, att.worker).body
+            assert isinstance(raw, bytes), "opened: an envelope's bytes"
         except (RequestError, Invalid) as exc:
             return str(exc)
         if not isinstance(body, ProbeState) or (
@@ -176,7 +192,7 @@ class Bisector:
             return "its state file not served"
         if blake3(data).digest() != body.hash:
             return "its state file does not hash to its signed hash"
-        return body, data
+        return body, data, raw
 
     async def _fetch(self, att: Attestation, ref: BlobRef) -> bytes | None:
         mine = BlobRef(hash=ref.hash, size=ref.size, holders=[att.worker])
@@ -210,18 +226,28 @@ class Bisector:
             remove_tree(workdir)
             kept.unlink(missing_ok=True)
 
-    async def _distance(self, seg: _Segment, mine: bytes, claimed: bytes) -> int:
+    async def _distance(
+        self, seg: _Segment, mine: bytes, claimed: bytes, *, moved: bool = False
+    ) -> int | None:
+        """Ours against the worker's, random states included (``moved``: how far a step
+        moved a state: weights only); None when the measuring child failed (ours)."""
         replayed = seg.work / "replayed.ckpt"
         await trio.to_thread.run_sync(replayed.write_bytes, mine)
         try:
-            on_log = lambda _line: None  # noqa: E731
-            ppm: int = await seg.runtime.distance(seg.work / "distance", replayed, claimed, on_log)
+            ppm: int | None = await seg.runtime.measure(
+                seg.work / "distance", replayed, claimed, lambda _line: None,
+                rng=not moved, moved=moved,
+            )  # fmt: skip
         finally:
             replayed.unlink(missing_ok=True)
+        if ppm is None:
+            log.warning("bisection distance not measured", extra={"task": seg.att.ref.text()})
         return ppm
 
     def _timeout_s(self, att: Attestation) -> float:
-        """How long a worker may take on one probe: its answer deadline, plus three times a
+        """How long a worker may take on one probe: its answer deadline and a minute (its
+        sandbox, the runtime's start, another sentry's probe before ours), plus three times a
         segment's metered time (it replays up to one segment), at most PROBE_TIMEOUT_S."""
         per_segment_s = att.seconds / max(1, att.segments - att.first)
-        return min(PROBE_TIMEOUT_S, self.settings.challenge_deadline_ms / 1000 + 3 * per_segment_s)
+        deadline_s = self.settings.challenge_deadline_ms / 1000 + 60
+        return min(PROBE_TIMEOUT_S, deadline_s + 3 * per_segment_s)

@@ -5,14 +5,15 @@ inside it (:mod:`consensus.verify.bisection`). The worker replays the segment fr
 kept checkpoint with its runtime, sandboxed as the task ran, stops at that step, and answers
 with the state file (as a blob granted to that sentry) under a signed :class:`ProbeState`.
 
-Answering costs a replay of up to one segment, so: one probe replays at a time (the others
-wait their turn), and one sentry gets at most :data:`MAX_PROBES_PER_SENTRY` answers per
-attestation (a bisection needs log2 of the segment's steps per missed segment).
+Answering costs a replay of up to one segment, so: only a known sentry is answered, one
+probe replays at a time (the others wait their turn), and one sentry gets at most as many
+answers per segment as a bisection of it needs (log2 of its steps, and one more).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from node.verify.store import VerifyStore
 
 log = logging.getLogger(__name__)
-MAX_PROBES_PER_SENTRY = 64  # a bisection of 2^20 steps in each of three missed segments
 
 
 @dataclass
@@ -51,8 +51,9 @@ class ProbeAnswerer:
     runtimes: dict[str, Any]  # kind -> runtime
     gpus: Callable[[str], tuple[int, ...]]  # determinism class -> the GPUs to replay on
     scratch: Path
+    is_sentry: Callable[[str], bool]
     lock: trio.Lock = field(default_factory=trio.Lock)
-    answered: Counter[tuple[bytes, str]] = field(default_factory=Counter)
+    answered: Counter[tuple[bytes, str, int]] = field(default_factory=Counter)
 
     def register(self) -> None:
         self.net.serve(PROBE, self._on_probe, max_bytes=1 << 16, timeout_s=PROBE_TIMEOUT_S)
@@ -63,13 +64,21 @@ class ProbeAnswerer:
             req = from_wire(ProbeRequest, raw, "request")
         except Invalid as exc:
             raise RequestRejected("malformed", str(exc)) from None
-        att, start, runtime = await self._attested(req)
-        if self.answered[(req.attestation, peer)] >= MAX_PROBES_PER_SENTRY:
-            raise RequestRejected("limit", f"{MAX_PROBES_PER_SENTRY} probes of this task answered")
-        self.answered[(req.attestation, peer)] += 1
-        async with self.lock:
-            state = await self._replay(att, runtime, req, start)
-        blob = await self.share.put(state)
+        if not self.is_sentry(peer):
+            raise RequestRejected("unauthorized", "probes are answered to known sentries")
+        att, start, runtime, needed = await self._attested(req)
+        key = (req.attestation, peer, req.index)
+        if self.answered[key] > needed:
+            raise RequestRejected("limit", f"{needed + 1} probes of this segment answered")
+        self.answered[key] += 1
+        kept = self.scratch / f"probe-{os.urandom(8).hex()}.ckpt"  # two sentries, one step
+        try:
+            async with self.lock:
+                await self._replay(att, runtime, req, start, kept)
+            digest = blake3(await trio.to_thread.run_sync(kept.read_bytes)).digest()
+            blob = await self.share.put(kept)
+        finally:
+            kept.unlink(missing_ok=True)
         self.share.grant(peer, blob.hash)
         answer = ProbeState(
             expires_ms=self.net.now_ms() + ATTESTATION_TTL_MS,
@@ -78,18 +87,17 @@ class ProbeAnswerer:
             attestation=req.attestation,
             index=req.index,
             step=req.step,
-            hash=blake3(await trio.to_thread.run_sync(state.read_bytes)).digest(),
+            hash=digest,
             blob=blob,
         )
-        state.unlink(missing_ok=True)
         log.info("probe answered",
                  extra={"task": req.ref.text(), "segment": req.index, "step": req.step,
                         "sentry": peer})  # fmt: skip
         return {"state": self.net.seal(answer)}
 
-    async def _attested(self, req: ProbeRequest) -> tuple[Attestation, bytes, Any]:
-        """Our attestation the probe names, the segment's starting checkpoint file, and the
-        runtime; or the refusal."""
+    async def _attested(self, req: ProbeRequest) -> tuple[Attestation, bytes, Any, int]:
+        """Our attestation the probe names, the segment's starting checkpoint file, the
+        runtime and how many probes a bisection of the segment needs; or the refusal."""
         kept = await self.store.attested(req.ref)
         if kept is None:
             raise RequestRejected("not_found", "no attestation of ours for that task")
@@ -102,20 +110,28 @@ class ProbeAnswerer:
         first, last = runtime.steps_of(att.workload, req.index)
         if not first < req.step < last:
             raise RequestRejected("invalid", f"step {req.step} not inside {first}..{last}")
+        needed = (last - first - 1).bit_length()
         if req.index == 0:
-            return att, b"", runtime
+            return att, b"", runtime, needed
         segments, offset = kept[1], max(0, att.first - 1)
         blob = segments[req.index - 1 - offset][1]
-        return att, await trio.to_thread.run_sync(self.share.read_plain, blob), runtime
+        try:
+            start = await trio.to_thread.run_sync(self.share.read_plain, blob)
+        except FileNotFoundError:
+            raise RequestRejected("unavailable", "that segment's checkpoint is gone") from None
+        return att, start, runtime, needed
 
     async def _replay(
-        self, att: Attestation, runtime: Any, req: ProbeRequest, start: bytes
-    ) -> Path:
+        self, att: Attestation, runtime: Any, req: ProbeRequest, start: bytes, kept: Path
+    ) -> None:
         assert att.workload is not None
-        name = f"probe-{req.attestation.hex()[:16]}-{req.step}"
-        work, kept = self.scratch / name, self.scratch / f"{name}.ckpt"
+        work = kept.with_suffix("")
         try:
-            if not await prepare(self.share, att, work, []):
+            try:
+                ready = await prepare(self.share, att, work, [])
+            except OSError as exc:  # NoRoom among them: ours, said plainly, no traceback
+                raise RequestRejected("unavailable", f"this worker's disk: {exc}") from None
+            if not ready:
                 raise RequestRejected("unavailable", "the task's files are no longer here")
             spec = RunSpec(f"probe {att.ref.text()}", att.workload, work)
             gpus = self.gpus(att.det_class)
@@ -125,7 +141,6 @@ class ProbeAnswerer:
             remove_tree(work)
         if not ok:
             raise RequestRejected("unavailable", f"the replay to step {req.step} failed")
-        return kept
 
 
 def _bisects(runtime: Any, att: Attestation) -> bool:

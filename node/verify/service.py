@@ -97,7 +97,7 @@ async def probe_answerer(ctx: NodeContext) -> ProbeAnswerer:
     scratch = ctx.home.root / "work" / "probes"
     scratch.mkdir(parents=True, exist_ok=True)
     return ProbeAnswerer(market.net, VerifyStore(ctx.db), market.share, runtimes, devices.gpus,
-                         scratch)  # fmt: skip
+                         scratch, lambda peer: peer in known_sentries(ctx))  # fmt: skip
 
 
 async def sentry_verify(

@@ -72,11 +72,18 @@ async def state(runtime: SegmentedRuntime, root: Path, start: bytes, step: int) 
     return kept.read_bytes()
 
 
-async def distance(root: Path, replayed: bytes, claimed: bytes) -> int:
+async def distance(root: Path, replayed: bytes, claimed: bytes, *, moved: bool = False) -> int:
+    """As a bisection measures: random states compared, unless it is how far a step moved."""
     (root / "replayed.ckpt").write_bytes(replayed)
     with trio.fail_after(60):
-        return await TrainRuntime(sandbox()).distance(root / "d", root / "replayed.ckpt",
-                                                      claimed, print)  # fmt: skip
+        ppm = await TrainRuntime(sandbox()).measure(root / "d", root / "replayed.ckpt", claimed,
+                                                    print, rng=not moved, moved=moved)  # fmt: skip
+    assert ppm is not None, "the measuring child ran"
+    return ppm
+
+
+def packed(state: dict[str, object]) -> bytes:
+    return bytes(tc.msgpack.packb(tc._canon(state), default=tc._pack_tensor, use_bin_type=True))
 
 
 async def test_stopping_inside_a_segment_and_going_on_reproduces_it_bit_for_bit(
@@ -98,12 +105,15 @@ async def test_one_step_across_classes_is_near_and_a_skipped_step_is_not(
     at_28 = await state(ours, tmp_path, at_27, 28)
     one_step = await distance(tmp_path, await state(theirs, tmp_path, at_27, 28), at_28)
     skipped = tc.decode_state(at_27)
-    skipped["step"], skipped["cursor"] = 28, tc.decode_state(at_28)["cursor"]
-    forged = bytes(tc.msgpack.packb(tc._canon(skipped), default=tc._pack_tensor,
-                                    use_bin_type=True))  # fmt: skip
-    one_skipped = await distance(tmp_path, at_28, forged)
-    print(f"one step across classes: {one_step} ppm; one step skipped: {one_skipped} ppm")
+    honest = tc.decode_state(at_28)
+    skipped["step"], skipped["cursor"], skipped["rng"] = 28, honest["cursor"], honest["rng"]
+    one_skipped = await distance(tmp_path, at_28, packed(skipped))
+    moved = await distance(tmp_path, at_28, at_27, moved=True)
+    print(f"one step across classes: {one_step} ppm; skipped: {one_skipped}; moved: {moved}")
     assert one_step <= STEP_TOLERANCE < one_skipped
+    assert one_skipped == moved, "a skipped step is off by all of its move"
+    honest["rng"]["torch"] = torch.zeros_like(honest["rng"]["torch"])
+    assert await distance(tmp_path, at_28, packed(honest)) == tc.FAR, "another random state"
 
 
 async def test_a_step_outside_the_segment_fails_the_replay(

@@ -1,8 +1,9 @@
 """A cross-class miss bisected to one step on real daemons.
 
-A requester, a sentry whose determinism class differs from the worker's (``verify.det_class``)
-and a worker that skips one step of a train task (``skipping_executor``): real PyTorch on the
-CPU in the sandbox. The sentry's replay of the last segment misses its tolerance; there is no
+A requester, a sentry whose determinism class differs from the worker's (``verify.det_class``:
+another CPU build, the same torch, so the same random generators) and a worker that skips one
+step of a train task (``skipping_executor``): real PyTorch on the CPU in the sandbox. The
+sentry's replay of the last segment misses its tolerance; there is no
 sentry of the worker's class, so it bisects the segment with the worker's signed states
 (probes over ``verify/probe``) down to one step, runs that step from the worker's own state,
 and fails the worker on it, naming the step. Synchronised on what the daemons log.
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from gpu.devices import CPU_CLASS
+from node.verify.worker import determinism_class
 from tests.daemons import Daemon, all_output, cli_env, idlegrid
 from tests.integration.test_market_daemons import peer_id
 from tests.integration.test_verify_daemons import wait_all
@@ -33,6 +36,8 @@ ENV = cli_env(
     IDLEGRID_VERIFY_VERDICT_TIMEOUT_MS="600000",  # the bisection's verdict ends the wait
     IDLEGRID_VERIFY_SAMPLE_SIZE="2",
 )
+# Another class on the same generators (a CPU, the same torch): bisected, random states compared
+ANOTHER_CPU_CLASS = determinism_class(CPU_CLASS) + "|another-build"
 JOB = """
 name = "train-skipped"
 kind = "train"
@@ -68,7 +73,7 @@ def network(tmp_path: Path) -> Iterator[dict[str, Daemon]]:
         status = json.loads(idlegrid(tmp_path / "requester", "status", "--json", env=ENV).stdout)
         boot = ("--bootstrap", str(status["p2p"]["addrs"][0]))
         for name, role, extra in (
-            ("sentry", "sentry", {"IDLEGRID_VERIFY_DET_CLASS": "another-device|py3|libs"}),
+            ("sentry", "sentry", {"IDLEGRID_VERIFY_DET_CLASS": ANOTHER_CPU_CLASS}),
             ("w-skip", "worker", skipping),
         ):
             assert idlegrid(tmp_path / name, "init", "--role", role, env=ENV).returncode == 0

@@ -18,6 +18,7 @@ from consensus.verify.escalation import slashable
 from consensus.verify.game import Decide
 
 TOLERANCE, STEP_TOLERANCE = 50_000, 1_000
+MOVED = 2_000  # how far one step moves the modelled state
 FAR = 1_000_000
 
 
@@ -41,11 +42,13 @@ def run(bis: b.Bisection, faked_at: int | None, drift: int = 10) -> tuple[Decide
             probed.append(effect.step)
             off = faked_at is not None and effect.step >= faked_at
             ppm = FAR if off else drift * (effect.step - bis.first)
-            effects = bis.handle(b.Probed(effect.step, state(effect.step), ppm))
+            effects = bis.handle(
+                b.Probed(effect.step, state(effect.step), ppm, b"s%d" % effect.step)
+            )
         else:
             assert effect.hi == effect.lo + 1
-            ppm = FAR if effect.hi == faked_at else 10  # one step's rounding
-            effects = bis.handle(b.Stepped(b"r" * 32, ppm))
+            ppm = MOVED if effect.hi == faked_at else 10  # skipped: off by the whole step
+            effects = bis.handle(b.Stepped(b"r" * 32, ppm, MOVED))
 
 
 @given(st.integers(min_value=101, max_value=164))
@@ -71,9 +74,10 @@ def test_the_evidence_names_the_step_and_both_claimed_states() -> None:
     bis = bisection()
     decision, probed = run(bis, 130)
     record = decode(decision.evidence)
-    lo, hi, lo_claim, hi_claim, replayed, ppm = record["check"]
+    lo, hi, lo_claim, hi_claim, replayed, ppm, moved = record["check"]
     assert (lo, hi, lo_claim, hi_claim) == (129, 130, state(129), state(130))
-    assert (replayed, ppm) == (b"r" * 32, FAR)
+    assert (replayed, ppm, moved) == (b"r" * 32, MOVED, MOVED)
+    assert record["signed"] == [b"s129", b"s130"], "the worker's own signed claims"
     assert [p[0] for p in record["probes"]] == probed
     assert (record["first"], record["last"], record["segment"]) == (100, 164, 3)
 
@@ -93,7 +97,7 @@ def test_unasked_and_duplicate_probes_are_ignored() -> None:
     bis = bisection()
     bis.start()
     assert bis.handle(b.Probed(150, state(150), 0)) == [], "not the step asked for"
-    assert bis.handle(b.Stepped(b"r" * 32, 0)) == [], "no step check asked for yet"
+    assert bis.handle(b.Stepped(b"r" * 32, 0, 0)) == [], "no step check asked for yet"
     assert bis.handle(b.Probed(132, state(132), 0)) == [b.Probe(148)]
     assert bis.handle(b.Probed(132, state(132), FAR)) == [], "a duplicate moves nothing"
 
@@ -101,5 +105,27 @@ def test_unasked_and_duplicate_probes_are_ignored() -> None:
 def test_a_one_step_segment_goes_straight_to_the_step_check() -> None:
     bis = bisection(7, 8)
     assert bis.start() == [b.CheckStep(7, 8)] and bis.probes_needed == 0
+    [decision] = bis.handle(b.Stepped(b"r" * 32, 10, 2_000))
+    assert isinstance(decision, Decide) and decision.passed
     with pytest.raises(ValueError, match="no steps"):
         bisection(8, 8)
+
+
+def test_a_steps_rounding_may_grow_with_the_step_but_not_reach_it() -> None:
+    """Within the floor, or a tenth of how far the step moved the state: honest; a step
+    skipped is off by all of its move."""
+    for off, moved, passed in ((1_000, 0, True), (1_001, 0, False), (9_000, 100_000, True),
+                               (11_000, 100_000, False), (100_000, 100_000, False)):  # fmt: skip
+        bis = bisection(7, 8)
+        bis.start()
+        [decision] = bis.handle(b.Stepped(b"r" * 32, off, moved))
+        assert isinstance(decision, Decide) and decision.passed is passed, (off, moved)
+
+
+def test_only_classes_with_the_same_generators_are_bisected() -> None:
+    cpu, torch = "cpu|py3.11.7|torch-2.13.0", "|numpy-2.3.0"
+    assert b.same_generators(cpu + torch, cpu + "|numpy-2.4.0"), "numpy draws nothing here"
+    assert b.same_generators("A100|py3.11|torch-2.13.0", "RTX 4090|py3.12|torch-2.13.0")
+    assert not b.same_generators(cpu + torch, "A100|py3.11.7|torch-2.13.0" + torch), "GPU's RNG"
+    assert not b.same_generators(cpu, "cpu|py3.11.7|torch-2.12.0"), "another torch"
+    assert not b.same_generators("cpu|py3.11.7", "cpu|py3.11.7"), "no torch: not a train class"
