@@ -276,6 +276,12 @@ class VerifySettings:
         "(ppm), or a tenth of how far the step moved the state; over both it failed that step",
         int_range(0, 999_999),
     )
+    bisect_timeout_ms: int = setting(
+        1_800_000,
+        "how much longer than the verdict timeout a requester (and settlement) waits when a "
+        "sentry's cross-class miss will be bisected with the worker, in ms",
+        int_range(0, 86_400_000),
+    )
     verdict_timeout_ms: int = setting(
         120_000,
         "longest a requester waits for a verdict; after it the task is accepted unverified, in ms",

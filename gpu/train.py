@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from consensus.market.messages import Workload
+from consensus.verify.bisection import bisectable
 from gpu.runtime import RunSpec
 from gpu.segmented import BadSegment, SegmentedRuntime, _Progress, file_hash
 
@@ -37,10 +38,7 @@ class TrainRuntime(SegmentedRuntime):
                 "seed": workload.seed, "params": workload.params}  # fmt: skip
 
     def bisects(self, workload: Workload) -> bool:
-        # One step's rounding across classes measures ~1 ppm in fp32 (tests/gpu/
-        # test_train_steps.py); in bf16/fp16 it is unmeasured and may exceed the step
-        # tolerance, so those escalate only: no slash on an unmeasured tolerance.
-        return workload.params.get("precision", "fp32") in ("fp32", "fp64")
+        return bisectable(workload)  # one rule, which requesters and settlement read too
 
     def steps_of(self, workload: Workload, index: int) -> tuple[int, int]:
         return segment_steps(workload.steps, workload.segments, index)

@@ -45,7 +45,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from consensus.codec import encode
+from consensus.market.messages import Workload
 from consensus.verify.game import Decide
+from consensus.verify.messages import Attestation
 
 State = Literal["probing", "stepping", "passed", "failed"]
 TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
@@ -57,6 +59,8 @@ TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
 }
 TERMINAL: frozenset[State] = frozenset({"passed", "failed"})
 STEP_SHARE = 10  # a step's rounding may be up to 1/STEP_SHARE of how far the step moved
+# One step's rounding across classes is measured in these only (tests/gpu/test_train_steps.py)
+BISECTED_PRECISIONS = frozenset({"fp32", "fp64"})
 
 
 @dataclass(frozen=True)
@@ -235,3 +239,21 @@ def same_generators(worker_class: str, replay_class: str) -> bool:
         [f for f in replay if f.startswith("torch-")],
     )
     return on_cpu[0] == on_cpu[1] and bool(torch[0]) and torch[0] == torch[1]
+
+
+def bisectable(workload: Workload) -> bool:
+    """Whether a miss on ``workload`` can be bisected: a train task (states inside a segment)
+    in a precision whose one-step rounding is measured. Others escalate only."""
+    precision = workload.params.get("precision", "fp32")
+    return workload.kind == "train" and precision in BISECTED_PRECISIONS
+
+
+def will_bisect(att: Attestation, sentry_class: str) -> bool:
+    """Whether a sentry replaying in ``sentry_class`` bisects its cross-class miss on ``att``
+    (what a requester and settlement wait for, beyond the verdict timeout)."""
+    workload = att.workload
+    return (
+        workload is not None
+        and bisectable(workload)
+        and same_generators(att.det_class, sentry_class)
+    )

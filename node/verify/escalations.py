@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.envelope import new_nonce
+from consensus.market.messages import TaskRef
 from consensus.verify import escalation as esc
 from consensus.verify import game as g
+from consensus.verify.bisection import will_bisect
 from consensus.verify.messages import Attestation, Escalation, attestation_id
 from node.market.datasets import NoRoom
 from node.verify.devices import ReplayDevices
@@ -58,6 +60,8 @@ class EscalationDesk:
     early: OrderedDict[bytes, list[tuple[str, Escalation, bytes]]] = field(
         default_factory=OrderedDict
     )
+    # task attempt -> until when settlement holds it for a bisection (ours or another's)
+    bisect_until: dict[TaskRef, int] = field(default_factory=dict)
     ours: dict[bytes, tuple[Escalation, int]] = field(default_factory=dict)  # -> said until
 
     async def heard_attestation(self, att: Attestation, nursery: trio.Nursery) -> None:
@@ -89,6 +93,8 @@ class EscalationDesk:
         await self.store.add_escalation(self.net.peer_id, escalation, self.net.seal(escalation),
                                         evidence=up.evidence, now_ms=now)  # fmt: skip
         self.ours[att_id] = (escalation, now + self.settings.verdict_timeout_ms)
+        heard = self.heard.get(att_id)  # held from when the attestation came, as awaited
+        self._bisected(att, escalation, now if heard is None else heard[1])
         await self.net.publish(ESCALATIONS, escalation)
         log.warning("escalated", extra={"task": att.ref.text(), "worker": att.worker,
                                         "reason": up.reason})  # fmt: skip
@@ -119,6 +125,7 @@ class EscalationDesk:
             log.info("escalation not taken", extra={"from": origin, "why": check.reason})
             return
         await self.store.add_escalation(origin, up, raw, evidence=None, now_ms=self.net.now_ms())
+        self._bisected(heard[0], up, heard[1])
         why = esc.answer_refusal(
             heard[0], self.devices.classes, assigned=self.assigned(heard[0]),
             answered=up.attestation in self.answered, heard_ms=heard[1],
@@ -129,6 +136,15 @@ class EscalationDesk:
             return
         self.answered.add(up.attestation)
         nursery.start_soon(self._answer_safely, heard[0], up)
+
+    def _bisected(self, att: Attestation, up: Escalation, heard_ms: int) -> None:
+        """Holds the attempt's payment past the verdict timeout while its escalating sentry
+        bisects the miss (:func:`consensus.verify.bisection.will_bisect`)."""
+        if will_bisect(att, up.det_class):
+            wait = self.settings.verdict_timeout_ms + self.settings.bisect_timeout_ms
+            self.bisect_until[att.ref] = heard_ms + wait
+            while len(self.bisect_until) > HEARD_KEPT:
+                del self.bisect_until[next(iter(self.bisect_until))]
 
     async def _answer_safely(self, att: Attestation, up: Escalation) -> None:
         try:

@@ -6,7 +6,10 @@ worker's checkpoint must attest a continuation of the checkpoint this requester 
 
 And it hears escalations (a sentry's cross-class miss, :mod:`consensus.verify.escalation`):
 they never reject; a same-class sentry's verdict that answers one counts like any verdict, and
-if none comes within the verdict timeout the attempt is accepted, saying so.
+if none comes within the verdict timeout the attempt is accepted, saying so. When the
+escalating sentry will bisect its miss with the worker
+(:func:`consensus.verify.bisection.will_bisect`), the wait is ``bisect_timeout_ms`` longer:
+probes replay up to a segment each, and its verdict is the one that settles the miss.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import trio
 
 from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
+from consensus.verify.bisection import will_bisect
 from consensus.verify.escalation import check_escalation, on_timeout
 from consensus.verify.messages import (
     Attestation,
@@ -57,6 +61,8 @@ class Verdicts:
     scores: dict[str, int] = field(default_factory=dict)  # reputation, ppm
     # task key -> (id, attestation) of the latest attestation heard for that task attempt
     attested: OrderedDict[bytes, tuple[bytes, Attestation]] = field(default_factory=OrderedDict)
+    bisect_timeout_ms: int = 0  # verify.bisect_timeout_ms
+    bisecting: set[bytes] = field(default_factory=set)  # task keys a sentry will bisect
 
     def excluded(self, ref: TaskRef, worker: str) -> bool:
         """Whether ``worker`` failed verification of an earlier attempt at this task."""
@@ -118,6 +124,8 @@ class Verdicts:
             await self.store.add_escalation(
                 msg.origin, esc, msg.opened.raw, evidence=None, now_ms=self.net.now_ms()
             )
+            if att is not None and will_bisect(att, esc.det_class):
+                self.bisecting.add(task_key(esc.ref))
             self._wake()
 
     def _wake(self) -> None:
@@ -130,7 +138,7 @@ class Verdicts:
         or accepted with the reason when a sentry escalated a cross-class miss."""
         if not self.sentries_known():
             return "unverified", "no sentry in the network"
-        deadline = self.net.now_ms() + timeout_ms
+        deadline, waited_ms = self.net.now_ms() + timeout_ms, timeout_ms
         while True:
             rows = await self.store.verdicts(ref)
             fails = [r for r in rows if not r["passed"]]
@@ -146,8 +154,17 @@ class Verdicts:
             if len(rows) >= self.quorum:
                 return "verified", f"verified by {len(rows)} sentries"
             left = deadline - self.net.now_ms()
+            bisecting = self.bisect_timeout_ms > 0 and task_key(ref) in self.bisecting
+            if left <= 0 and waited_ms == timeout_ms and bisecting:
+                deadline, waited_ms = (
+                    deadline + self.bisect_timeout_ms,
+                    waited_ms + self.bisect_timeout_ms,
+                )
+                more = {"task": ref.text(), "more_ms": self.bisect_timeout_ms}
+                log.info("waiting for a bisection", extra=more)
+                continue
             if left <= 0:
-                return await self._timed_out(ref, heard, timeout_ms)
+                return await self._timed_out(ref, heard, waited_ms)
             with trio.move_on_after(left / 1000):
                 await self.changed.wait()
 

@@ -141,11 +141,16 @@ class Sentry:
     async def holds(self, ref: TaskRef) -> bool:
         """Whether settlement must not pay this task attempt (yet): a sentry failed it, or it
         was attested and no verdict has come within the requester's verdict timeout (after
-        which the requester accepts it unverified, and so does settlement)."""
+        which the requester accepts it unverified, and so does settlement), or the bisection
+        timeout after it when an escalation of it will be bisected."""
         if await self.store.failed(ref):
             return True
-        seen = self.awaiting.get(task_key(ref))
-        return seen is not None and self.net.now_ms() - seen < self.settings.verdict_timeout_ms
+        seen, now = self.awaiting.get(task_key(ref)), self.net.now_ms()
+        if seen is None:
+            return False
+        return now - seen < self.settings.verdict_timeout_ms or now < self.desk.bisect_until.get(
+            ref, 0
+        )
 
     async def _follow_seeds(self, inbox: Any) -> None:
         async for msg in inbox:

@@ -148,6 +148,7 @@ async def requester_verify(
         lambda: bool(known_sentries(ctx)),
         lambda peer: peer in known_sentries(ctx),
     )
+    verdicts.bisect_timeout_ms = ctx.settings.verify.bisect_timeout_ms
     market.jobs.verdicts = verdicts
     market.jobs.verdict_timeout_ms = ctx.settings.verify.verdict_timeout_ms
     market.jobs.reputation_of, market.jobs.excluded = verdicts.reputation_of, verdicts.excluded

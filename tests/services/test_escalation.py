@@ -60,7 +60,9 @@ WORKER_CLASS = "cpu|py3.11|torch-2"
 OTHER_CLASS = "h100|py3.11|torch-2"
 TIMEOUT_MS = 60_000
 SETTINGS = VerifySettings(sample_size=SEGMENTS, commit_window_ms=300, reveal_window_ms=300,
-                          challenge_deadline_ms=5_000, verdict_timeout_ms=TIMEOUT_MS)  # fmt: skip
+                          challenge_deadline_ms=5_000, verdict_timeout_ms=TIMEOUT_MS,
+                          bisect_timeout_ms=2 * TIMEOUT_MS)  # fmt: skip
+CPU_ELSEWHERE = "cpu|py3.12|torch-2"  # another CPU class, the same generators: bisected
 
 
 @pytest.fixture
@@ -259,6 +261,34 @@ async def test_without_a_same_class_sentry_even_a_faked_run_is_accepted_saying_w
         text = _human_job({"job_id": "j", "kind": "train", "state": "verified", "task_states": [],
                            "cost_wei": "0", "verification": view})  # fmt: skip
         assert f"ESCALATED {net.worker.net.peer_id[-12:]}" in text and NO_SAME_CLASS in text
+
+
+async def test_a_miss_that_will_be_bisected_is_waited_for_and_held_longer(
+    autojump_clock: object, tmp_path: Path
+) -> None:
+    """A CPU sentry of another class shares the worker's generators, so its miss will be
+    bisected: the requester waits the bisection timeout beyond the verdict timeout, and
+    settlement holds the payment as long. (This sentry's runtime does not bisect, so nothing
+    comes, and the attempt is then accepted as any unanswered escalation is.)"""
+    async with network(tmp_path, [CPU_ELSEWHERE], fake=2) as net:
+        net.requester.bisect_timeout_ms = SETTINGS.bisect_timeout_ms
+        sentry = net.sentries[CPU_ELSEWHERE]
+        await net.worker.net.publish(ATTESTS, net.worker.attestation())
+        started, got = trio.current_time(), []
+
+        async def wait() -> None:
+            got.append(await net.requester.outcome(REF, TIMEOUT_MS))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait)
+            await trio.sleep((TIMEOUT_MS + SETTINGS.bisect_timeout_ms / 2) / 1000)
+            assert not got, "still waiting past the verdict timeout"
+            assert await sentry.holds(REF), "settlement holds it meanwhile"
+        [(outcome, why)] = got
+        waited_ms = TIMEOUT_MS + SETTINGS.bisect_timeout_ms
+        assert outcome == "accepted" and f"within {waited_ms} ms" in why, why
+        assert trio.current_time() - started >= waited_ms / 1000
+        assert not await sentry.holds(REF), "then paid"
 
 
 async def escalated_at(store: VerifyStore) -> None:

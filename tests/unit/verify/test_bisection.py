@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consensus.codec import decode
+from consensus.market.messages import Workload
 from consensus.verify import bisection as b
 from consensus.verify.escalation import slashable
 from consensus.verify.game import Decide
@@ -129,3 +130,13 @@ def test_only_classes_with_the_same_generators_are_bisected() -> None:
     assert not b.same_generators(cpu + torch, "A100|py3.11.7|torch-2.13.0" + torch), "GPU's RNG"
     assert not b.same_generators(cpu, "cpu|py3.11.7|torch-2.12.0"), "another torch"
     assert not b.same_generators("cpu|py3.11.7", "cpu|py3.11.7"), "no torch: not a train class"
+
+
+def test_only_fp32_and_fp64_train_tasks_are_bisectable() -> None:
+    def train(precision: str) -> Workload:
+        return Workload(kind="train", segments=2, params={"precision": precision})
+
+    assert b.bisectable(train("fp32")) and b.bisectable(train("fp64"))
+    assert b.bisectable(Workload(kind="train", segments=2)), "fp32 unless said"
+    assert not b.bisectable(train("bf16")) and not b.bisectable(train("fp16"))
+    assert not b.bisectable(Workload(kind="exec", command=["true"]))
