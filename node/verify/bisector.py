@@ -33,10 +33,9 @@ from consensus.verify import bisection as b
 from consensus.verify import game as g
 from consensus.verify.messages import Attestation, ChallengeResponse, ProbeRequest, ProbeState
 from gpu.runtime import RunSpec
-from node.market.blobshare import FetchFailed
 from node.verify.devices import ReplayDevices
 from node.verify.play import replay_to
-from node.verify.task_files import prepare
+from node.verify.task_files import from_worker, prepare
 from node.verify.topics import PROBE, PROBE_TIMEOUT_S
 from p2p.reqresp import RequestError
 from storage.transfer_files import remove_tree
@@ -46,7 +45,6 @@ if TYPE_CHECKING:
     from node.market.net import MarketNet
 
 log = logging.getLogger(__name__)
-MIN_FILE_RATE = 1_000_000  # bytes/s a worker must at least serve a probed state at
 # The segment's files again, with its end file: (attestation, its id, segment) -> the answer
 Ask = Callable[[Attestation, bytes, int], Awaitable[ChallengeResponse | None]]
 
@@ -195,15 +193,8 @@ class Bisector:
         return body, data, raw
 
     async def _fetch(self, att: Attestation, ref: BlobRef) -> bytes | None:
-        mine = BlobRef(hash=ref.hash, size=ref.size, holders=[att.worker])
-        limit_s = self.settings.challenge_deadline_ms / 1000 + ref.size / MIN_FILE_RATE
-        with trio.move_on_after(limit_s):
-            try:
-                path = await self.share.fetch(mine, lambda _peer: list(att.listen))
-            except FetchFailed:
-                return None
-            return await trio.to_thread.run_sync(path.read_bytes)
-        return None
+        path = await from_worker(self.share, att, ref, self.settings.challenge_deadline_ms / 1000)
+        return None if path is None else await trio.to_thread.run_sync(path.read_bytes)
 
     async def _replay(self, seg: _Segment, start: bytes, step: int) -> bytes | None:
         """Our own state after ``step``, replayed from ``start`` in a fresh copy of the

@@ -28,7 +28,7 @@ from config.schema import VerifySettings
 from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.kinds import from_wire, to_wire
-from consensus.market.messages import BlobRef, TaskRef
+from consensus.market.messages import TaskRef
 from consensus.verify import escalation as esc
 from consensus.verify import game as g
 from consensus.verify import seed as sd
@@ -44,13 +44,12 @@ from consensus.verify.messages import (
 )
 from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
-from node.market.blobshare import FetchFailed
 from node.market.datasets import NoRoom, using_all
 from node.verify.bisector import Bisector
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import EscalationDesk
 from node.verify.play import NO_STATE, play, replay_segment
-from node.verify.task_files import prepare
+from node.verify.task_files import from_worker, prepare
 from node.verify.topics import (
     ATTESTS,
     CHALLENGE,
@@ -70,7 +69,6 @@ if TYPE_CHECKING:
     from node.verify.store import VerifyStore
 
 log = logging.getLogger(__name__)
-MIN_FILE_RATE = 1_000_000  # bytes/s a worker must at least serve a challenged file at
 VERDICT_TTL_MS = 30 * 60_000
 
 
@@ -346,22 +344,12 @@ class Sentry:
         alone, whatever holders it named), or None: it did not serve them."""
         files: dict[str, bytes] = {}
         refs = {"checkpoint": answer.checkpoint_blob, "end_checkpoint": answer.end_blob}
+        answer_s = self.settings.challenge_deadline_ms / 1000
         for name, ref in refs.items():
             if ref is None:
                 continue
-            mine = BlobRef(hash=ref.hash, size=ref.size, holders=[att.worker])
-            # a worker that trickles its file must not hold the sentry: at least 1 MB/s
-            limit_s = self.settings.challenge_deadline_ms / 1000 + ref.size / MIN_FILE_RATE
-            path: Path | None = None
-            with trio.move_on_after(limit_s):
-                try:
-                    path = await self.share.fetch(mine, lambda _peer: list(att.listen))
-                except FetchFailed as exc:
-                    log.info("challenge file not fetched",
-                             extra={"task": att.ref.text(), "error": str(exc)})  # fmt: skip
-                    return None
+            path = await from_worker(self.share, att, ref, answer_s)
             if path is None:
-                log.info("challenge file too slow", extra={"task": att.ref.text()})
                 return None
             files[name] = await trio.to_thread.run_sync(path.read_bytes)
         return replace(answer, checkpoint_blob=None, end_blob=None, **files)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""A task's inputs and datasets put in a fresh work dir, as its worker had them, for a replay.
+"""A task's files for a replay: its inputs and datasets put in a fresh work dir, as its worker
+had them, and a state file the worker serves by reference.
 
 Shared by the sentry (a challenged segment, a bisection's probes) and the worker (answering a
 probe): both re-run the task's runtime from a checkpoint, and the runtime reads the task's
@@ -11,6 +12,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import trio
+
+from consensus.market.messages import BlobRef
 from consensus.verify.messages import Attestation
 from node.market.blobshare import FetchFailed
 from node.market.datasets import place_all
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from node.market.blobshare import BlobShare
 
 log = logging.getLogger(__name__)
+MIN_FILE_RATE = 1_000_000  # bytes/s a worker must at least serve a state file at
 
 
 async def prepare(share: BlobShare, att: Attestation, workdir: Path, holders: list[str]) -> bool:
@@ -44,3 +49,20 @@ async def prepare(share: BlobShare, att: Attestation, workdir: Path, holders: li
             log.info("dataset not fetched", extra={"task": att.ref.text(), "error": str(exc)})
             return False
     return True
+
+
+async def from_worker(
+    share: BlobShare, att: Attestation, ref: BlobRef, answer_s: float
+) -> Path | None:
+    """The plaintext of ``ref``, fetched from the worker alone (whatever holders it named)
+    within ``answer_s`` plus the time its size takes at :data:`MIN_FILE_RATE`, so that a
+    worker trickling its file cannot hold the sentry; None (logged) when not served."""
+    mine = BlobRef(hash=ref.hash, size=ref.size, holders=[att.worker])
+    with trio.move_on_after(answer_s + ref.size / MIN_FILE_RATE):
+        try:
+            return await share.fetch(mine, lambda _peer: list(att.listen))
+        except FetchFailed as exc:
+            log.info("file not fetched", extra={"task": att.ref.text(), "error": str(exc)})
+            return None
+    log.info("file too slow", extra={"task": att.ref.text(), "bytes": ref.size})
+    return None
