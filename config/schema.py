@@ -207,7 +207,8 @@ class WorkerSettings:
     dataset_keep_s: int = setting(
         86_400,
         "a dataset fetched for a task stays at least this long after a task last used it (the "
-        "sentries checking that task fetch it here; never less than verify.verdict_timeout_ms)"
+        "sentries checking that task fetch it here; never less than verify.verdict_timeout_ms "
+        "plus verify.bisect_timeout_ms)"
         ", then goes when another task's data needs the room",
         int_range(0, 30 * 86_400),
     )

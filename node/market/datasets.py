@@ -146,10 +146,13 @@ async def disk_status(datasets: Datasets | None, disk: Disk) -> dict[str, int]:
 
 def task_data_keep_ms(settings: Settings) -> int:
     """How long a worker keeps a dataset after a task used it, at the least: the requester
-    waits that long for verdicts, and a sentry fetches the data here to replay the task."""
+    waits that long for verdicts (and a bisection's, beyond), and a sentry fetches the data
+    here to replay the task, as the worker needs it to answer a bisection's probes."""
     if "worker" not in settings.node.roles:
         return 0  # a sentry's copy serves nobody
-    return max(settings.worker.dataset_keep_s * 1000, settings.verify.verdict_timeout_ms)
+    verify = settings.verify
+    return max(settings.worker.dataset_keep_s * 1000,
+               verify.verdict_timeout_ms + verify.bisect_timeout_ms)  # fmt: skip
 
 
 def free_bytes(where: Path) -> int:

@@ -76,6 +76,7 @@ def test_a_worker_short_of_disk_deletes_an_idle_dataset_for_the_next_job(tmp_pat
             "IDLEGRID_WORKER_DISK_RESERVE_MB": str(reserve_mb),
             "IDLEGRID_WORKER_DATASET_KEEP_S": "0",
             "IDLEGRID_VERIFY_VERDICT_TIMEOUT_MS": "1000",  # so a dataset is kept 1 s
+            "IDLEGRID_VERIFY_BISECT_TIMEOUT_MS": "0",
         }
         assert idlegrid(tmp_path / "worker", "init", "--role", "worker", env=env).returncode == 0
         boot = ("--bootstrap", str(status["p2p"]["addrs"][0]))
