@@ -14,7 +14,8 @@ file in the sandbox (a runtime without a distance, ``exec``, gives none: a miss)
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,15 +156,12 @@ async def replay_segment(
     if replay is None:
         return await _rerun_exec(runtime, spec, on_log, gpus), None
     name = spec.workdir.name  # the files go next to the work dir, out of the jail's reach
-    resume = spec.workdir.with_name(f"{name}.start.ckpt") if index > 0 else None
     kept = spec.workdir.with_name(f"{name}.end.ckpt")
     measure = bool(end) and hasattr(runtime, "distance")
-    if resume is not None:
-        resume.write_bytes(start)
-    from_start = RunSpec(spec.task, spec.workload, spec.workdir, resume, index - 1)
     keep = {"keep_as": kept} if measure else {}  # runtimes without distances need no file
     try:
-        got: bytes = await replay(from_start, on_log, gpus, **keep)
+        with _resumed(spec, index, start) as from_start:
+            got: bytes = await replay(from_start, on_log, gpus, **keep)
         if not measure or got == blake3(end).digest():
             return got, None
         apart = spec.workdir.with_name(f"{name}.distance")  # a fresh jail, not the job's dir
@@ -171,9 +169,22 @@ async def replay_segment(
     except BadSegment:
         return NO_STATE, None
     finally:
-        for path in (resume, kept):
-            if path is not None:
-                path.unlink(missing_ok=True)
+        kept.unlink(missing_ok=True)
+
+
+@contextmanager
+def _resumed(spec: RunSpec, index: int, start: bytes) -> Iterator[RunSpec]:
+    """``spec`` resuming segment ``index`` from ``start``, written next to the work dir (out of
+    the jail's reach) for the replay's duration; from the task's inputs when segment 0 starts
+    with nothing."""
+    resume = spec.workdir.with_name(f"{spec.workdir.name}.start.ckpt") if start or index else None
+    if resume is not None:
+        resume.write_bytes(start)
+    try:
+        yield RunSpec(spec.task, spec.workload, spec.workdir, resume, index - 1)
+    finally:
+        if resume is not None:
+            resume.unlink(missing_ok=True)
 
 
 async def replay_to(
@@ -192,19 +203,12 @@ async def replay_to(
     ``stop_step``, with a runtime that :attr:`~gpu.segmented.SegmentedRuntime.bisects`; the
     state file is copied to ``keep_as``. False when the replay fails (a state that does not
     load, a step outside the segment): the log says why."""
-    resume = spec.workdir.with_name(f"{spec.workdir.name}.start.ckpt") if start else None
-    if resume is not None:
-        resume.write_bytes(start)
-    from_start = RunSpec(spec.task, spec.workload, spec.workdir, resume, index - 1)
     try:
-        await runtime.replay(from_start, on_log, gpus, keep_as=keep_as, stop_step=stop_step)
+        with _resumed(spec, index, start) as from_start:
+            await runtime.replay(from_start, on_log, gpus, keep_as=keep_as, stop_step=stop_step)
     except BadSegment:
         return False
-    else:
-        return True
-    finally:
-        if resume is not None:
-            resume.unlink(missing_ok=True)
+    return True
 
 
 async def _rerun_exec(

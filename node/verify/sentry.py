@@ -143,12 +143,11 @@ class Sentry:
         timeout after it when an escalation of it will be bisected."""
         if await self.store.failed(ref):
             return True
-        seen, now = self.awaiting.get(task_key(ref)), self.net.now_ms()
+        seen = self.awaiting.get(task_key(ref))
         if seen is None:
             return False
-        return now - seen < self.settings.verdict_timeout_ms or now < self.desk.bisect_until.get(
-            ref, 0
-        )
+        until = max(seen + self.settings.verdict_timeout_ms, self.desk.bisect_until.get(ref, 0))
+        return self.net.now_ms() < until
 
     async def _follow_seeds(self, inbox: Any) -> None:
         async for msg in inbox:
