@@ -8,6 +8,7 @@ Transitions::
     open         bid that passes                              open         (kept)
     open         a worker passes (says why it will not bid)   open         (reason kept)
     open         every expected bidder has bid or passed,     confirming   SendOrder(best)
+                 or none still silent could beat the best bid,
                  or the window closed, with at least one bid
     open         the same, without a bid                      closed       NoBids(passes)
     confirming   the asked bidder accepts                     won          Won(bid)
@@ -17,7 +18,13 @@ Transitions::
     won/closed   anything                                     (same)       none
 
 "Expected bidders" are the workers the requester's own pool says could qualify: once each has
-bid or passed, waiting longer cannot improve the result, so the auction closes early. Ranking is by
+bid or passed, waiting longer cannot improve the result, so the auction closes early. It closes
+earlier still once no expected bidder still silent could beat the best bid in hand: its
+presence says its price and benchmark score, so the least its bid could weigh (a
+``Prospect``: that price for the task's GPUs and the seconds its score implies, with no
+latency, at the reputation we hold of it) is known before it answers. A worker that bids
+below the price its presence announced may so lose an auction it would have won; one whose
+presence we lack (no ``Prospect``) is waited for. Ranking is by
 effective cost (price x GPUs x the bidder's estimated seconds), raised for measured latency and
 lowered for reputation, with integer arithmetic only (money never goes through a float). A
 bidder that sentries flagged for claiming more speed than their probes measured
@@ -32,10 +39,12 @@ runs out of attempts. It too is still chosen when it is the only bidder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from consensus.market.messages import Bid, Demand
+from consensus.market.spec import estimated_seconds
 from consensus.peer_id import short
 
 State = Literal["open", "confirming", "won", "closed"]
@@ -108,14 +117,50 @@ class Ranked:
     bid: Bid
 
 
+@dataclass(frozen=True)
+class Prospect:
+    """What an expected bidder's bid would weigh at best, known from its presence alone."""
+
+    flagged: bool  # by sentries: it would rank after every unflagged bid
+    floor: int  # the least weighted cost its bid could have
+
+
+def prospect(
+    demand: Demand,
+    price_wei_per_s: int,
+    score: int,
+    reputation: int = NEUTRAL_REPUTATION,
+    flagged: int | None = None,
+) -> Prospect | None:
+    """The best an expected bidder could bid for ``demand`` at the price and benchmark score
+    its presence announced: no latency, the reputation and flag we hold of it now. None when
+    its presence does not say its score (0): its estimate is then unknown."""
+    if score <= 0:
+        return None
+    per_s = price_wei_per_s * demand.requirements.gpu_count
+    seconds = estimated_seconds(demand.estimate_s, score)
+    return Prospect(
+        flagged is not None,
+        _weigh(per_s, seconds, score=score, rtt_ms=0, reputation=reputation, flagged=flagged),
+    )
+
+
 def weighted_cost(bid: Bid, rtt_ms: int | None, reputation: int, flagged: int | None = None) -> int:
     """Effective cost: +1 % per 100 ms of latency; reputation 1000 is a third cheaper, 0 a
     third dearer than a neutral 500. A flagged bidder (``flagged`` = the score sentries
     measured) has its seconds estimated at the measured score."""
-    seconds = bid.est_seconds
-    if flagged is not None and 0 < flagged < bid.score:  # the estimate assumed the claim
-        seconds = -(-seconds * bid.score // flagged)
-    cost = bid.price_wei_per_s * bid.gpus * seconds
+    per_s = bid.price_wei_per_s * bid.gpus
+    return _weigh(per_s, bid.est_seconds, score=bid.score, rtt_ms=rtt_ms, reputation=reputation,
+                  flagged=flagged)  # fmt: skip
+
+
+def _weigh(
+    per_s: int, seconds: int, *, score: int, rtt_ms: int | None, reputation: int,
+    flagged: int | None,
+) -> int:  # fmt: skip
+    if flagged is not None and 0 < flagged < score:  # the estimate assumed the claim
+        seconds = -(-seconds * score // flagged)
+    cost = per_s * seconds
     latency = min(max(rtt_ms or 0, 0), 10_000)
     reputation = min(max(reputation, 0), 1000)
     return cost * (10_000 + latency) * (2000 - reputation) // (10_000 * 1500)
@@ -130,12 +175,14 @@ class Auction:
         expected: the workers that could qualify (from the pool); empty if unknown.
         confirm_timeout_ms: how long the asked bidder has to accept the order.
         earlier: the workers of this task's earlier attempts (none of which ended in a result).
+        prospects: for expected bidders whose presence we hold, the best each could bid.
     """
 
     demand: Demand
     expected: frozenset[str] = frozenset()
     confirm_timeout_ms: int = 3_000
     earlier: frozenset[str] = frozenset()
+    prospects: Mapping[str, Prospect] = field(default_factory=dict)
     state: State = "open"
     _ranked: list[Ranked] = field(default_factory=list)
     _bidders: set[str] = field(default_factory=set)
@@ -185,19 +232,34 @@ class Auction:
         self._ranked.append(
             Ranked(earlier, flagged, cost, len(self._bidders), event.bidder, event.bid)
         )
-        return self._close_if_all_answered(now_ms)
+        return self._close_if_done_waiting(now_ms)
 
     def _on_pass(self, event: Passed, now_ms: int) -> list[Effect]:
         if self.state != "open" or event.bidder in self._bidders:
             return []
         self._passes[event.bidder] = event.reason
-        return self._close_if_all_answered(now_ms)
+        return self._close_if_done_waiting(now_ms)
 
-    def _close_if_all_answered(self, now_ms: int) -> list[Effect]:
-        answered = self._bidders | self._passes.keys()
-        if self.expected and self.expected <= answered:
+    def _close_if_done_waiting(self, now_ms: int) -> list[Effect]:
+        silent = self.expected - self._bidders - self._passes.keys()
+        if self.expected and (not silent or not self._could_beat_best(silent)):
             return self._close_bidding(now_ms)
         return []
+
+    def _could_beat_best(self, silent: frozenset[str]) -> bool:
+        """Whether any of ``silent`` might still bid better than the best bid in hand.
+
+        A tie does not beat: the bid in hand arrived first.
+        """
+        if not self._ranked:
+            return True
+        best = self.bids()[0]
+        bar = (best.earlier, best.flagged, best.weighted_cost)
+        for bidder in silent:
+            seen = self.prospects.get(bidder)
+            if seen is None or (bidder in self.earlier, seen.flagged, seen.floor) < bar:
+                return True
+        return False
 
     def _refusal(self, event: BidArrived, now_ms: int) -> str | None:
         bid, demand, req = event.bid, self.demand, self.demand.requirements

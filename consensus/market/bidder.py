@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from consensus.market.messages import Award, Demand, TaskOrder, TaskRef
-from consensus.market.spec import REFERENCE_SCORE, Requirements
+from consensus.market.spec import REFERENCE_SCORE, Requirements, estimated_seconds
 
 MB = 1 << 20  # disk sizes in reasons (MiB, as df -m and the sandbox's _mb settings): a need
 # rounds up, what is free down
@@ -236,7 +236,7 @@ class Bidder:
 
     def estimate_s(self, demand: Demand) -> int:
         """Seconds we expect the task to take, scaled from the reference worker by score."""
-        return max(1, demand.estimate_s * REFERENCE_SCORE // max(1, self.caps.score))
+        return estimated_seconds(demand.estimate_s, self.caps.score)
 
     def _on_demand(self, seen: DemandSeen, now_ms: int) -> Effect:
         demand, requester = seen.demand, seen.requester

@@ -62,6 +62,13 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _FRAMES = re.compile(r"([0-9]+)(?:-([0-9]+))?")
 
 
+def estimated_seconds(estimate_s: int, score: int) -> int:
+    """Seconds a worker of benchmark ``score`` should take for a task the requester expects to
+    take ``estimate_s`` on the reference worker: what its bid says, and what an auction may
+    assume of a worker that has not bid yet."""
+    return max(1, estimate_s * REFERENCE_SCORE // max(1, score))
+
+
 class SpecError(ValueError):
     """A job spec we refuse: ``key`` names the field (``budget.max_total``), ``reason`` why."""
 

@@ -34,7 +34,7 @@ from consensus.envelope import new_nonce
 from consensus.kinds import Wei, from_wire, to_wire
 from consensus.market import auction as au
 from consensus.market.lifecycle import TERMINAL, TaskEvent, advance
-from consensus.market.matching import candidates, explain
+from consensus.market.matching import candidates, explain, offers_for
 from consensus.market.messages import (
     ANY_CLASS,
     Award,
@@ -46,6 +46,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import payable_after_failover
 from consensus.market.spec import JobSpec
+from consensus.pool import Worker
 from node.market.blobshare import FetchFailed
 from node.market.datasets import grant_all
 from node.market.net import AWARDS, jobs_topic
@@ -131,10 +132,13 @@ class TaskRunner:
         spec, now = self.job.spec, self.net.now_ms()
         demand = self._demand(task.ref, now)
         pool = candidates(self.net.workers(), spec.requirements, spec.max_price_wei_per_s)
-        expected = frozenset(w.peer_id for w in pool if w.status == "available")
+        expected = [w for w in pool if w.status == "available"]
         attempts = await self.store.attempts(task.job_id)
         earlier = frozenset(a["worker"] for a in attempts if a["idx"] == task.idx)
-        auction = au.Auction(demand, expected, self.params.confirm_timeout_ms, earlier)
+        auction = au.Auction(
+            demand, frozenset(w.peer_id for w in expected), self.params.confirm_timeout_ms,
+            earlier, self._prospects(demand, expected),
+        )  # fmt: skip
         live = LiveAuction(auction)
         self.mgr.auctions[task.ref] = live
         try:
@@ -159,6 +163,19 @@ class TaskRunner:
             await self._sleep_ms(
                 min(self.params.no_bids_retry_ms, max(0, self.job.deadline_ms - self.net.now_ms()))
             )
+
+    def _prospects(self, demand: Demand, workers: list[Worker]) -> dict[str, au.Prospect]:
+        """The best each expected worker could bid, from its presence: the auction closes once
+        none still silent could beat the best bid in hand."""
+        found = {}
+        for w in workers:
+            price = min(o.price_wei_per_s for o in offers_for(w, self.job.spec.requirements))
+            peer = w.peer_id
+            seen = au.prospect(demand, price, w.presence.score, self.mgr.reputation_of(peer),
+                               self.mgr.flagged_of(peer))  # fmt: skip
+            if seen is not None:
+                found[peer] = seen
+        return found
 
     async def _drive(self, live: LiveAuction, task: TaskRow) -> au.Won | au.NoBids | au.Unconfirmed:
         while True:

@@ -13,10 +13,12 @@ from consensus.market.auction import (
     NoBids,
     OrderAnswered,
     Passed,
+    Prospect,
     RefuseBid,
     SendOrder,
     Unconfirmed,
     Won,
+    prospect,
     weighted_cost,
 )
 from consensus.market.messages import TaskRef
@@ -44,6 +46,61 @@ def test_it_closes_as_soon_as_every_expected_bidder_has_bid_or_passed() -> None:
     assert a.handle(BidArrived(bid(price=60), "w4"), NOW + 2) == []
     assert a.handle(Passed("w3", "busy"), NOW + 3) == []
     assert a.handle(BidArrived(bid(price=80), "w2"), NOW + 5) == [SendOrder("w4", bid(price=60))]
+
+
+def test_it_closes_once_no_silent_bidder_could_beat_the_best_bid() -> None:
+    d = demand()  # 60 s on the reference worker: every prospect below has score 1000
+    floors = {w: prospect(d, price, 1000) for w, price in (("w1", 40), ("w2", 70), ("w3", 60))}
+    a = Auction(d, expected=frozenset(floors), prospects=floors)
+    assert a.handle(BidArrived(bid(price=70), "w2"), NOW) == []  # w1 and w3 could still beat it
+    assert a.handle(BidArrived(bid(price=60), "w3"), NOW + 1) == []  # w1 still could
+    assert a.handle(BidArrived(bid(price=40), "w1"), NOW + 2) == [SendOrder("w1", bid(price=40))]
+    b = Auction(d, expected=frozenset(floors), prospects=floors)
+    assert b.handle(BidArrived(bid(price=40), "w1"), NOW) == [SendOrder("w1", bid(price=40))]
+    tie = Auction(d, expected=frozenset(floors), prospects=floors)
+    assert tie.handle(BidArrived(bid(price=60), "w3"), NOW) == []
+    assert tie.handle(Passed("w1", "busy"), NOW + 1) == [SendOrder("w3", bid(price=60))]
+
+
+def test_it_waits_for_a_silent_bidder_it_cannot_bound() -> None:
+    d = demand()
+    known = {"w1": prospect(d, 90, 1000)}
+    a = Auction(d, expected=frozenset({"w1", "w2"}), prospects=known)
+    assert prospect(d, 10, 0) is None  # a presence without a score bounds nothing
+    assert a.handle(BidArrived(bid(price=50), "w1"), NOW) == []  # w2 unknown: waited for
+    assert a.handle(Passed("w2", "busy"), NOW + 1) == [SendOrder("w1", bid(price=50))]
+    fast = {"w1": prospect(d, 90, 1000), "w2": prospect(d, 90, 3000)}  # a third of the seconds
+    b = Auction(d, expected=frozenset(fast), prospects=fast)
+    assert b.handle(BidArrived(bid(price=50), "w1"), NOW) == []  # 90 x 20 s < 50 x 60 s
+
+
+def test_a_prospect_weighs_reputation_flags_and_earlier_attempts() -> None:
+    d = demand()
+    trusted = prospect(d, 50, 1000, reputation=1000)  # a third cheaper than a neutral 50
+    a = Auction(d, expected=frozenset({"w1", "w2"}), prospects={"w2": trusted})
+    assert a.handle(BidArrived(bid(price=40), "w1"), NOW) == []
+    flagged = prospect(d, 1, 1000, flagged=1)
+    b = Auction(d, expected=frozenset({"w1", "w2"}), prospects={"w2": flagged})
+    assert b.handle(BidArrived(bid(price=90), "w1"), NOW) == [SendOrder("w1", bid(price=90))]
+    c = Auction(d, expected=frozenset({"w1", "w2"}), prospects={"w2": Prospect(False, 1)},
+                earlier=frozenset({"w2"}))  # fmt: skip
+    assert c.handle(BidArrived(bid(price=90), "w1"), NOW) == [SendOrder("w1", bid(price=90))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 9), st.integers(0, 900)), min_size=1, max_size=8))
+def test_closing_early_orders_the_same_winner_as_waiting_the_window(bidders: list) -> None:
+    """Prospects at each bidder's own price: the early close never picks a worse bid."""
+    d = demand()
+    floors = {f"w{i}": prospect(d, price, 1000) for i, (price, _) in enumerate(bidders)}
+    early = Auction(d, expected=frozenset(floors), prospects=floors)
+    patient = Auction(d)
+    first = []
+    for i, (price, rtt) in enumerate(bidders):
+        arrived = BidArrived(bid(price=price), f"w{i}", rtt_ms=rtt)
+        first += early.handle(arrived, NOW + i)
+        patient.handle(arrived, NOW + i)
+    assert first[:1] == patient.on_tick(NOW + 2000)
 
 
 def test_when_everyone_passes_it_says_why_at_once() -> None:
