@@ -24,7 +24,9 @@ answers one of them, and each has a regression test in ``tests/p2p/test_gossip.p
   time per stream;
 * blacklisting a connected peer resets its stream and then deletes it from ``peers``, but the
   reset wakes the reader, which deletes it first: the ``KeyError`` killed the node whenever a
-  banned peer's connection closed at that moment (:class:`SerialPubsub` tolerates it).
+  banned peer's connection closed at that moment (:class:`SerialPubsub` tolerates it);
+* a failed stream setup or a lost subscription leaves a connected peer deaf to us for good:
+  :func:`p2p.gossip_links.keep_links` relinks it and repeats our subscriptions.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from consensus.envelope import Opened
 from consensus.scores import PeerScores
 from p2p import records
 from p2p.gate import SCORE, Block
+from p2p.gossip_links import keep_links
 from p2p.host import Host
 from p2p.validation import EnvelopeValidator, Verdict, wall_clock_ms
 
@@ -79,6 +82,8 @@ class GossipParams:
     max_rpc_bytes: int = 1 << 20
     inbox_size: int = 1024
     outbox_size: int = 1024
+    # How often deaf peers are relinked and our subscriptions repeated (p2p.gossip_links).
+    relink_interval_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -390,6 +395,7 @@ async def open_gossip(
                 nursery.start_soon(gossip._publish_loop)
                 nursery.start_soon(gossip._ban_loop)
                 nursery.start_soon(gossip._blacklist_loop)
+                nursery.start_soon(keep_links, host, pubsub, params.relink_interval_s)
                 try:
                     yield gossip
                 finally:
