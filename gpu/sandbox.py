@@ -108,6 +108,18 @@ class Sandbox:
             "only (they can then read what their uid can and reach the network)"
         )
 
+    def unreachable(self, work_root: Path) -> Path | None:
+        """A directory on the way to the task folders under ``work_root`` that workloads cannot
+        enter, which would fail every task that opens its own files by path.
+
+        Only limits mode as root has one: the workload runs as :data:`NOBODY`, and a node's
+        home is private (0700). Python opens a script by its absolute path, so ``python3
+        train.py`` in the task folder fails ("can't open file ... Permission denied", exit 2).
+        """
+        if self.mode != "limits" or os.geteuid() != 0:
+            return None
+        return _hidden_from_others((work_root,))
+
     def unreadable(self) -> Path | None:
         """A directory on the way to the read-only paths that workloads cannot enter.
 

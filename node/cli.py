@@ -139,7 +139,7 @@ def node_start(  # noqa: PLR0917 - one parameter per click option
     }
     settings = load_settings(home, flags).settings
     if "worker" in settings.node.roles:
-        check_sandbox(settings.worker)  # a worker that cannot jail its workloads does not start
+        check_sandbox(settings.worker, home)  # a worker that cannot jail workloads does not start
     keys = identity.load(home, passphrase_source)
     home.read_token()  # refuse a world-readable token before the API is up
     logs.setup(home.logs, settings.node.log_level)

@@ -17,12 +17,12 @@ from node.cli_base import Failure, emit, home_option, json_option, table
 from node.home import Home, resolve_home
 
 
-def check_sandbox(worker: WorkerSettings) -> str:
+def check_sandbox(worker: WorkerSettings, home: Home) -> str:
     """The sandbox's description, or a clean failure naming what to install or set."""
     from node.market.service import worker_sandbox  # noqa: PLC0415 - keeps the CLI quick
 
     try:
-        return worker_sandbox(worker).describe()
+        return worker_sandbox(worker, home.work).describe()
     except SandboxUnavailable as exc:
         raise Failure(str(exc)) from None
 
@@ -37,11 +37,12 @@ def gpu(ctx: click.Context, home_dir: str | None, as_json: bool) -> None:
         return
     from node.market.service import worker_sandbox  # noqa: PLC0415 - keeps the CLI quick
 
-    worker = load(Home(resolve_home(home_dir)).config).settings.worker
+    home = Home(resolve_home(home_dir))
+    worker = load(home.config).settings.worker
     payload = discover().to_json()
     try:
         payload["sandbox"] = {"ok": True, "mode": worker.sandbox,
-                              "detail": worker_sandbox(worker).describe()}  # fmt: skip
+                              "detail": worker_sandbox(worker, home.work).describe()}  # fmt: skip
     except SandboxUnavailable as exc:
         payload["sandbox"] = {"ok": False, "mode": worker.sandbox, "detail": str(exc)}
     emit(as_json, payload, _human)

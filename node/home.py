@@ -92,6 +92,11 @@ class Home:
         return self.root / "blobs"
 
     @property
+    def work(self) -> Path:
+        """Task folders (a worker's), replays and probes (a sentry's)."""
+        return self.root / "work"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

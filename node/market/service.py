@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -26,7 +27,7 @@ from gpu.nvml import NvmlFailed
 from gpu.owner import foreign_gpu_processes, our_pids
 from gpu.render import RenderRuntime
 from gpu.runtimes import Runtimes, python_paths
-from gpu.sandbox import Limits, Sandbox
+from gpu.sandbox import Limits, Sandbox, SandboxUnavailable
 from gpu.train import TrainRuntime
 from node.market.blobshare import BlobShare
 from node.market.datasets import Disk
@@ -57,7 +58,7 @@ class Market:
     _machine: tuple[Profile, Sandbox] | None = None
     _probing: trio.Lock = field(default_factory=trio.Lock)
 
-    async def machine(self, worker: WorkerSettings) -> tuple[Profile, Sandbox]:
+    async def machine(self, worker: WorkerSettings, work_root: Path) -> tuple[Profile, Sandbox]:
         """This machine's GPUs and workload sandbox, probed once per node: NVML and the bwrap
         probe block for a while, and a worker that is also a sentry needs both twice.
 
@@ -67,7 +68,8 @@ class Market:
         async with self._probing:
             if self._machine is None:
                 profile = await trio.to_thread.run_sync(discover)  # NVML blocks
-                sandbox = await trio.to_thread.run_sync(worker_sandbox, worker)  # probes bwrap
+                # probes bwrap
+                sandbox = await trio.to_thread.run_sync(worker_sandbox, worker, work_root)
                 self._machine = (profile, sandbox)
             return self._machine
 
@@ -109,7 +111,7 @@ async def worker_market(
 ) -> None:
     market = market_of(ctx)
     worker = ctx.settings.worker
-    profile, sandbox = await market.machine(worker)
+    profile, sandbox = await market.machine(worker, ctx.home.work)
     log.info("worker sandbox", extra={"sandbox": sandbox.describe()})
     executor: Any = Runtimes(python_runtimes(sandbox), [g.index for g in profile.offered_gpus()])
     if worker.executor_wrapper:  # tests: e.g. a worker that fakes its work on purpose
@@ -195,8 +197,9 @@ def python_runtimes(sandbox: Sandbox) -> list[Any]:
     return runtimes
 
 
-def worker_sandbox(worker: WorkerSettings) -> Sandbox:
-    """The jail this worker's workloads run in (see ``worker.sandbox``).
+def worker_sandbox(worker: WorkerSettings, work_root: Path) -> Sandbox:
+    """The jail this worker's workloads run in (see ``worker.sandbox``), over task folders
+    under ``work_root``.
 
     Raises:
         SandboxUnavailable: the configured sandbox cannot run here; the message says why.
@@ -207,4 +210,13 @@ def worker_sandbox(worker: WorkerSettings) -> Sandbox:
         file_mb=worker.sandbox_file_mb,
         procs=worker.sandbox_procs,
     )
-    return Sandbox.create(worker.sandbox, limits, readonly=python_paths())
+    sandbox = Sandbox.create(worker.sandbox, limits, readonly=python_paths())
+    hidden = sandbox.unreachable(work_root)
+    if hidden is not None:
+        raise SandboxUnavailable(
+            f"workloads would run with limits only ({sandbox.reason}) as nobody, since this "
+            f"node runs as root, and nobody cannot enter {hidden} to reach their task folders "
+            f"under {work_root}: install bubblewrap (apt-get install bubblewrap), or run the "
+            "node as a user other than root"
+        )
+    return sandbox

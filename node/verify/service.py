@@ -91,7 +91,7 @@ async def probe_answerer(ctx: NodeContext) -> ProbeAnswerer:
     """The worker's answerer of bisection probes: replays on this machine, sandboxed, in the
     determinism class it attests."""
     market = market_of(ctx)
-    profile, sandbox = await market.machine(ctx.settings.worker)
+    profile, sandbox = await market.machine(ctx.settings.worker, ctx.home.work)
     devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
     scratch = ctx.home.root / "work" / "probes"
@@ -104,7 +104,7 @@ async def sentry_verify(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     market = market_of(ctx)
-    profile, sandbox = await market.machine(ctx.settings.worker)
+    profile, sandbox = await market.machine(ctx.settings.worker, ctx.home.work)
     devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
     log.info("sentry replays", extra={"classes": sorted(devices.classes)})
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -261,6 +262,28 @@ async def test_a_readable_path_under_tmp_is_not_hidden_by_the_private_tmp(
     result, logs, _ = await run(box, workdir, code)
     assert result.ok, logs
     assert logs == ["from the environment", "False"]
+
+
+def test_a_root_worker_with_limits_only_does_not_start_when_nobody_cannot_reach_its_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workloads as nobody in a private home failed every task that opens its own script
+    ("can't open file ... Permission denied", exit code 2): such a worker now says so at start.
+    """
+    if not is_root():
+        pytest.skip("as another user, workloads run as our own uid, which reaches its home")
+    base = Path(tempfile.mkdtemp())  # pytest's own tmp root is private: the home must be first
+    base.chmod(0o755)
+    home = base / "node"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init", "--home", str(home), "--role", "worker"]).exit_code == 0
+    monkeypatch.setenv("PATH", _bin_without_bwrap(tmp_path))
+    monkeypatch.setenv("IDLEGRID_WORKER_SANDBOX", "auto")
+    result = runner.invoke(cli, ["node", "start", "--home", str(home)])
+    shutil.rmtree(base)
+    assert result.exit_code == 1
+    assert f"nobody cannot enter {home} to reach their task folders" in result.output
+    assert "install bubblewrap" in result.output
 
 
 def test_limits_as_root_names_a_directory_its_workloads_cannot_enter() -> None:

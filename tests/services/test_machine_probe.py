@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ async def test_the_machine_is_probed_once_for_every_role(monkeypatch: pytest.Mon
         calls.append("nvml")
         return profile
 
-    def worker_sandbox(worker: WorkerSettings) -> Any:
+    def worker_sandbox(worker: WorkerSettings, work_root: Path) -> Any:
         calls.append("bwrap")
         return sandbox
 
@@ -30,7 +31,7 @@ async def test_the_machine_is_probed_once_for_every_role(monkeypatch: pytest.Mon
     seen: list[Any] = []
 
     async def role() -> None:  # the worker's market service and the sentry's replays
-        seen.append(await market.machine(WorkerSettings()))
+        seen.append(await market.machine(WorkerSettings(), Path("work")))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(role)
