@@ -7,9 +7,9 @@ failed run, and the next run on the same worker must still succeed.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
-import shutil
 import tempfile
 from pathlib import Path
 
