@@ -5,7 +5,8 @@ What the library leaves to us (see /work/shared/notes/libp2p.md):
 * Its routing table learns a peer only from that peer's inbound DHT streams or an explicit
   ``add_peer``; connections alone add nothing. :meth:`Dht.add_connected` feeds it every
   connected peer (the node calls it whenever its connections change).
-* ``find_providers`` returns the same provider several times; we merge by peer id.
+* ``find_providers`` returns the same provider several times; we merge by peer id. It also
+  answers only from the records a node holds once it holds any, so we ask the network too.
 * Keys: ``provide`` takes a CID or a hex multihash; a plain name is hashed here into a
   SHA-256 multihash, so names of any length and alphabet are safe.
 * A remote closing its DHT stream (``StreamEOF``, an exception in this library) is logged at
@@ -20,9 +21,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final
 
-from libp2p.kad_dht.common import PROTOCOL_ID
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+import trio
+from libp2p.kad_dht.common import PROTOCOL_ID, QUERY_TIMEOUT
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT, _encode_key
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2p.host import Host
@@ -86,11 +89,40 @@ class Dht:
         return bool(await self._kad.provide(key_of(name)))
 
     async def find_providers(self, name: str, count: int = 20) -> dict[str, list[str]]:
-        """Providers of ``name`` (ourselves excluded): peer id -> its addresses."""
+        """Providers of ``name`` (ourselves excluded): peer id -> its addresses.
+
+        The library answers from the records it holds whenever it holds any, and it keeps
+        every provider a lookup found: after one answer a node would never learn another
+        provider. So the peers closest to the key are asked every time, and what they say is
+        merged with what we hold.
+        """
+        key = _encode_key(key_of(name))
+        store = self._kad.provider_store
+        found = list(store.get_providers(key))
+
+        async def ask(peer: ID) -> None:
+            with trio.move_on_after(QUERY_TIMEOUT):
+                try:
+                    providers, _ = await store._get_providers_from_peer_with_closers(peer, key)
+                except Exception:  # a peer that went away meanwhile, or speaks no DHT
+                    logger.debug("dht get_providers failed", extra={"peer": str(peer)})
+                    return
+                for info in providers:
+                    store.add_provider(key, info)
+                found.extend(providers)
+
+        closest = await self._kad.peer_routing.find_closest_peers_network(key)
+        async with trio.open_nursery() as nursery:
+            for peer in closest:
+                if peer != self._kad.local_peer_id:
+                    nursery.start_soon(ask, peer)
+        return self._by_peer(found, count)
+
+    def _by_peer(self, found: list[PeerInfo], count: int) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for info in await self._kad.find_providers(key_of(name), count):
+        for info in found:
             peer_id = info.peer_id.to_base58()
-            if peer_id == self._host.peer_id:
+            if peer_id == self._host.peer_id or (len(out) >= count and peer_id not in out):
                 continue
             addrs = out.setdefault(peer_id, [])
             addrs.extend(a for a in _with_id(peer_id, info.addrs) if a not in addrs)

@@ -50,18 +50,39 @@ async def test_unknown_peer_is_not_found(chain: Chain) -> None:
 
 async def test_providers_found_across_the_chain_once_each(chain: Chain) -> None:
     hosts, dhts = chain
+    role = "/idlegrid/1/role/worker"
     with trio.fail_after(TIMEOUT_S):
-        assert await dhts[4].provide("/idlegrid/1/role/worker")
-        assert await dhts[3].provide("/idlegrid/1/role/worker")
+        assert await dhts[4].provide(role)
+        assert set(await dhts[0].find_providers(role)) == {hosts[4].peer_id}
+        # The library answers from the records it holds once it holds any (dhts[0] now keeps
+        # hosts[4]'s): a provider that comes later was never found.
+        assert await dhts[3].provide(role)
         wanted = {hosts[4].peer_id, hosts[3].peer_id}
-        # A lookup returns what answered in time; on a loaded machine one provider's answer can
-        # come after it, so ask again (as a node would) until both are in, never anyone else.
-        while set(providers := await dhts[0].find_providers("/idlegrid/1/role/worker")) != wanted:
-            assert set(providers) < wanted, providers
+        while set(providers := await dhts[0].find_providers(role)) != wanted:
+            assert set(providers) < wanted, providers  # a record still on its way: ask again
+            await trio.sleep(0.05)  # a retry's pace; fail_after bounds the wait
         for peer_id, addrs in providers.items():
             assert len(addrs) == len(set(addrs)) >= 1  # merged: the library repeats providers
             assert all(a.endswith(f"/p2p/{peer_id}") for a in addrs)
         assert await dhts[0].find_providers("/idlegrid/1/role/nobody") == {}
+
+
+async def test_a_client_that_found_a_provider_still_finds_the_next(chain: Chain) -> None:
+    """A client holds no one's records but keeps the providers its lookups found, and the
+    library then answered from those alone: a later provider was never found."""
+    hosts, dhts = chain
+    role = "/idlegrid/1/role/worker"
+    async with open_host(bytes([9]) * 32) as host, open_dht(host, "client") as client:
+        await host.connect(hosts[0].addrs[0])
+        await client.add_connected()
+        with trio.fail_after(TIMEOUT_S):
+            assert await dhts[4].provide(role)
+            assert set(await client.find_providers(role)) == {hosts[4].peer_id}
+            assert await dhts[3].provide(role)
+            wanted = {hosts[4].peer_id, hosts[3].peer_id}
+            while set(providers := await client.find_providers(role)) != wanted:
+                assert set(providers) < wanted, providers  # a record still on its way
+                await trio.sleep(0.05)  # a retry's pace; fail_after bounds the wait
 
 
 async def test_peers_closing_streams_log_no_warnings(
