@@ -21,10 +21,11 @@ Transitions::
 bid or passed, waiting longer cannot improve the result, so the auction closes early. It closes
 earlier still once no expected bidder still silent could beat the best bid in hand: its
 presence says its price and benchmark score, so the least its bid could weigh (a
-``Prospect``: that price for the task's GPUs and the seconds its score implies, with no
-latency, at the reputation we hold of it) is known before it answers. A worker that bids
-below the price its presence announced may so lose an auction it would have won; one whose
-presence we lack (no ``Prospect``) is waited for. Ranking is by
+``Prospect``: that price for the task's GPUs and the seconds its score implies, the
+reference worker's without one, with no latency, at the reputation we hold of it) is known
+before it answers. A worker that bids below the price or above the speed its presence
+announced may so lose an auction it would have won; one whose presence we lack (no
+``Prospect``) is waited for. Ranking is by
 effective cost (price x GPUs x the bidder's estimated seconds), raised for measured latency and
 lowered for reputation, with integer arithmetic only (money never goes through a float). A
 bidder that sentries flagged for claiming more speed than their probes measured
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from consensus.market.messages import Bid, Demand
-from consensus.market.spec import estimated_seconds
+from consensus.market.spec import REFERENCE_SCORE, estimated_seconds
 from consensus.peer_id import short
 
 State = Literal["open", "confirming", "won", "closed"]
@@ -131,12 +132,11 @@ def prospect(
     score: int,
     reputation: int = NEUTRAL_REPUTATION,
     flagged: int | None = None,
-) -> Prospect | None:
+) -> Prospect:
     """The best an expected bidder could bid for ``demand`` at the price and benchmark score
-    its presence announced: no latency, the reputation and flag we hold of it now. None when
-    its presence does not say its score (0): its estimate is then unknown."""
-    if score <= 0:
-        return None
+    its presence announced: no latency, the reputation and flag we hold of it now. A worker
+    whose presence says no score (0: it ran no ``gpu bench``) bids as the reference worker."""
+    score = score if score > 0 else REFERENCE_SCORE
     per_s = price_wei_per_s * demand.requirements.gpu_count
     seconds = estimated_seconds(demand.estimate_s, score)
     return Prospect(

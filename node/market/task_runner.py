@@ -167,15 +167,14 @@ class TaskRunner:
     def _prospects(self, demand: Demand, workers: list[Worker]) -> dict[str, au.Prospect]:
         """The best each expected worker could bid, from its presence: the auction closes once
         none still silent could beat the best bid in hand."""
-        found = {}
-        for w in workers:
-            price = min(o.price_wei_per_s for o in offers_for(w, self.job.spec.requirements))
-            peer = w.peer_id
-            seen = au.prospect(demand, price, w.presence.score, self.mgr.reputation_of(peer),
-                               self.mgr.flagged_of(peer))  # fmt: skip
-            if seen is not None:
-                found[peer] = seen
-        return found
+        req, mgr = self.job.spec.requirements, self.mgr
+        return {
+            w.peer_id: au.prospect(
+                demand, min(o.price_wei_per_s for o in offers_for(w, req)), w.presence.score,
+                mgr.reputation_of(w.peer_id), mgr.flagged_of(w.peer_id),
+            )
+            for w in workers
+        }  # fmt: skip
 
     async def _drive(self, live: LiveAuction, task: TaskRow) -> au.Won | au.NoBids | au.Unconfirmed:
         while True:

@@ -66,7 +66,7 @@ def test_it_waits_for_a_silent_bidder_it_cannot_bound() -> None:
     d = demand()
     known = {"w1": prospect(d, 90, 1000)}
     a = Auction(d, expected=frozenset({"w1", "w2"}), prospects=known)
-    assert prospect(d, 10, 0) is None  # a presence without a score bounds nothing
+    assert prospect(d, 10, 0) == prospect(d, 10, 1000)  # no score said: the reference's
     assert a.handle(BidArrived(bid(price=50), "w1"), NOW) == []  # w2 unknown: waited for
     assert a.handle(Passed("w2", "busy"), NOW + 1) == [SendOrder("w1", bid(price=50))]
     fast = {"w1": prospect(d, 90, 1000), "w2": prospect(d, 90, 3000)}  # a third of the seconds
