@@ -81,7 +81,7 @@ def market_of(ctx: NodeContext) -> Market:
         direct = Registry([*MARKET_KINDS, *VERIFY_DIRECT_KINDS])
         envelopes = DirectEnvelopes(ctx.keys.signing_key, direct)
         net = LiveNet(ctx.network, envelopes)
-        share = BlobShare(net, ctx.blobs, ctx.home.root / "work" / "scratch", ctx.keys.signing_key)
+        share = BlobShare(net, ctx.blobs, ctx.home.work / "scratch", ctx.keys.signing_key)
         share.register()
         share.datasets = ctx.data
         m = ctx.settings.market
@@ -100,7 +100,7 @@ async def requester_market(
     ctx: NodeContext, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     market = market_of(ctx)
-    scratch = ctx.home.root / "work" / "scratch"
+    scratch = ctx.home.work / "scratch"
     market.jobs = JobManager(market.net, market.store, market.share, scratch, market.params)
     market.jobs.escrow = None if ctx.chain is None else ctx.chain.escrow
     await market.jobs.run(task_status=task_status)
@@ -134,8 +134,8 @@ async def worker_market(
     log.info("worker hardware", extra={"offer": profile.to_json()["offer"], "note": profile.note})
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
-        executor=executor, work_root=ctx.home.root / "work", params=market.params,
-        disk=Disk(ctx.home.root / "work", worker.disk_reserve_mb << 20),
+        executor=executor, work_root=ctx.home.work, params=market.params,
+        disk=Disk(ctx.home.work, worker.disk_reserve_mb << 20),
     )  # fmt: skip
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     if market.worker.payee is not None:
