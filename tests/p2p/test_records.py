@@ -10,7 +10,7 @@ from libp2p.pubsub.pb import rpc_pb2
 
 from consensus.envelope import seal_body
 from p2p import records
-from p2p.records import REFRESH_S, RecordCache
+from p2p.records import OWN_RECORD_S, REFRESH_S, OwnRecord, RecordCache
 from tests.p2p.test_gossip import PRESENCE, honest_node, link, next_message, presence
 
 
@@ -50,6 +50,25 @@ def test_a_record_is_checked_once_per_peer_and_bytes_then_refreshed() -> None:
     assert cache(rpc(None), None, "peer-a") and len(checked) == 5  # nothing to check
     clock.now += REFRESH_S
     assert cache(rpc(b"rec-1"), None, "peer-a") and len(checked) == 6  # refreshed in time
+
+
+def test_our_own_record_is_rebuilt_per_host_at_most_every_few_seconds() -> None:
+    built: list[object] = []
+
+    def build(host: object) -> tuple[bytes, bool]:
+        built.append(host)
+        return b"rec-%d" % len(built), True
+
+    class FakeHost:
+        pass
+
+    clock = Clock()
+    own, a, b = OwnRecord(build, clock), FakeHost(), FakeHost()
+    assert own(a) == (b"rec-1", True)
+    assert own(a) == (b"rec-1", False) and own(b) == (b"rec-2", True)
+    clock.now += OWN_RECORD_S  # addresses may have changed since: asked again
+    assert own(a) == (b"rec-3", True)
+    assert built == [a, b, a] and own.hits == 1
 
 
 async def test_gossip_between_real_hosts_checks_each_record_once() -> None:
