@@ -48,11 +48,14 @@ class Node:
 
 
 @asynccontextmanager
-async def honest_node(scores: ScoreParams | None = None) -> AsyncIterator[Node]:
+async def honest_node(
+    scores: ScoreParams | None = None, params: GossipParams | None = None
+) -> AsyncIterator[Node]:
     seed = os.urandom(32)
     async with open_host(seed) as host:
         validator = EnvelopeValidator(REGISTRY, TOPICS)
-        async with open_gossip(host, validator, PeerScores(scores or ScoreParams())) as gossip:
+        scores_kept = PeerScores(scores or ScoreParams())
+        async with open_gossip(host, validator, scores_kept, params or GossipParams()) as gossip:
             inbox = await gossip.subscribe(PRESENCE)
             yield Node(seed, host, gossip, inbox)
 
