@@ -5,9 +5,12 @@ knows only a few peers). Messages are published from random nodes at a fixed rat
 records when each message arrives. Reported per setup: delivery rate, p50/p99
 publish-to-receive latency, and process CPU milliseconds per message per node.
 
-"ours" publishes signed envelopes through p2p.gossip (validation, scores, pacing); "defaults"
-publishes raw bytes through ``GossipSub(degree=6, degree_low=4, degree_high=12)`` with every
-other parameter left at the library's default and no validator.
+"ours" publishes signed envelopes through p2p.gossip (validation, scores, pacing) on our
+hosts; "defaults" is bare py-libp2p: a host from the library's ``new_host`` defaults (TCP,
+Noise, Yamux), raw bytes through ``GossipSub(degree=6, degree_low=4, degree_high=12)`` with
+every other parameter left at the library's default, and no validator. Each setup runs in a
+process of its own, so none of our process-wide fixes to the library (Yamux window updates,
+the signed-record caches) reaches the baseline.
 
 Usage: python bench/gossip.py [--nodes 10 30] [--messages 60] [--rate 3]
 """
@@ -15,18 +18,26 @@ Usage: python bench/gossip.py [--nodes 10 30] [--messages 60] [--rate 3]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
 import struct
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
+import multiaddr
 import nacl.signing
 import trio
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
@@ -35,7 +46,7 @@ from consensus.envelope import new_nonce, seal_body
 from consensus.kinds import Ping, Registry
 from consensus.scores import PeerScores
 from p2p.gossip import open_gossip, topic_name
-from p2p.host import Host, open_host
+from p2p.host import open_host
 from p2p.validation import EnvelopeValidator, wall_clock_ms
 
 TOPIC = topic_name("bench")
@@ -52,8 +63,9 @@ class Run:
 
 @dataclass
 class Node:
-    host: Host
-    publish: Callable[[int], object]  # seq -> awaitable
+    addr: str  # ends in /p2p/<peer id>
+    connect: Callable[[str], Awaitable[object]]
+    publish: Callable[[int], Awaitable[None]]
     pubsub: Pubsub
 
 
@@ -76,16 +88,24 @@ async def our_node(run: Run, nursery: trio.Nursery) -> AsyncIterator[Node]:
             body = Ping(expires_ms=wall_clock_ms() + 60_000, nonce=new_nonce(), seq=seq)
             await gossip.publish(TOPIC, seal_body(key, body))
 
-        yield Node(host, publish, gossip.pubsub)
+        yield Node(host.addrs[0], host.connect, publish, gossip.pubsub)
+
+
+@asynccontextmanager
+async def bare_host() -> AsyncIterator[IHost]:
+    listen = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
+    host = new_host(key_pair=create_new_key_pair(os.urandom(32)), listen_addrs=[listen])
+    async with host.run(listen_addrs=[listen]):
+        yield host
 
 
 @asynccontextmanager
 async def default_node(run: Run, nursery: trio.Nursery) -> AsyncIterator[Node]:
-    async with open_host(os.urandom(32)) as host:
+    async with bare_host() as host:
         # v1.2 preferred, as the library negotiates it; every other parameter its default
         protocols = [PROTOCOL_ID_V12, PROTOCOL_ID_V11]
         router = GossipSub(protocols=protocols, degree=6, degree_low=4, degree_high=12)
-        pubsub = Pubsub(host.libp2p, router)
+        pubsub = Pubsub(host, router)
         try:
             async with background_trio_service(pubsub), background_trio_service(router):
                 await pubsub.wait_until_ready()
@@ -93,7 +113,7 @@ async def default_node(run: Run, nursery: trio.Nursery) -> AsyncIterator[Node]:
 
                 async def consume() -> None:
                     async for msg in sub:
-                        if ID(msg.from_id) != host.libp2p.get_id():
+                        if ID(msg.from_id) != host.get_id():
                             run.arrived(struct.unpack(">I", msg.data[:4])[0])
 
                 nursery.start_soon(consume)
@@ -101,7 +121,13 @@ async def default_node(run: Run, nursery: trio.Nursery) -> AsyncIterator[Node]:
                 async def publish(seq: int) -> None:
                     await pubsub.publish(TOPIC, struct.pack(">I", seq) + bytes(200))
 
-                yield Node(host, publish, pubsub)
+                async def connect(addr: str) -> None:
+                    await host.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+
+                addr = f"{host.get_addrs()[0]}"
+                if "/p2p/" not in addr:
+                    addr += f"/p2p/{host.get_id()}"
+                yield Node(addr, connect, publish, pubsub)
         finally:
             pubsub.seen_messages.stop()
 
@@ -114,7 +140,7 @@ async def measure(kind: str, n: int, messages: int, rate: float) -> dict[str, fl
         nodes = [await stack.enter_async_context(factory(run, nursery)) for _ in range(n)]
         for i, node in enumerate(nodes[1:], start=1):
             for j in rng.sample(range(i), min(3, i)):
-                await node.host.connect(nodes[j].host.addrs[0])
+                await node.connect(nodes[j].addr)
         with trio.fail_after(60):  # every node must have someone in its mesh before we start
             for node in nodes:
                 while not node.pubsub.router.mesh.get(TOPIC):  # type: ignore[attr-defined]
@@ -122,7 +148,7 @@ async def measure(kind: str, n: int, messages: int, rate: float) -> dict[str, fl
         cpu0 = time.process_time()
         for seq in range(messages):
             run.sent[seq] = time.monotonic()
-            await nodes[rng.randrange(n)].publish(seq)  # type: ignore[misc]
+            await nodes[rng.randrange(n)].publish(seq)
             await trio.sleep(1 / rate)
         with trio.move_on_after(10):  # drain: stop early once everything arrived
             while sum(len(v) for v in run.received.values()) < messages * (n - 1):
@@ -140,13 +166,24 @@ async def measure(kind: str, n: int, messages: int, rate: float) -> dict[str, fl
     }
 
 
-async def main(sizes: list[int], messages: int, rate: float) -> None:
+def measure_apart(kind: str, n: int, messages: int, rate: float) -> dict[str, float]:
+    """Runs one setup in a fresh process (see the module doc) and returns its figures."""
+    argv = [sys.executable, __file__, "--one", kind, "--nodes", str(n)]
+    argv += ["--messages", str(messages), "--rate", str(rate)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} at {n} nodes failed:\n{done.stderr[-2000:]}")
+    figures: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    return figures
+
+
+def main(sizes: list[int], messages: int, rate: float) -> None:
     results = {}
     header = ("nodes", "setup", "delivery%", "p50 ms", "p99 ms", "cpu ms/msg/node")
     print("{:>5} {:<9} {:>9} {:>8} {:>8} {:>16}".format(*header))
     for n in sizes:
         for kind in ("ours", "defaults"):
-            r = await measure(kind, n, messages, rate)
+            r = measure_apart(kind, n, messages, rate)
             results[(n, kind)] = r
             row = (n, kind, r["delivery_pct"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_msg"])
             print("{:>5} {:<9} {:>9.1f} {:>8.1f} {:>8.1f} {:>16.2f}".format(*row), flush=True)
@@ -165,5 +202,9 @@ if __name__ == "__main__":
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--messages", type=int, default=60)
     parser.add_argument("--rate", type=float, default=3.0, help="messages per second, network-wide")
+    parser.add_argument("--one", choices=["ours", "defaults"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    trio.run(main, args.nodes, args.messages, args.rate)
+    if args.one:  # a child of measure_apart: one setup, one size, figures as JSON
+        print(json.dumps(trio.run(measure, args.one, args.nodes[0], args.messages, args.rate)))
+    else:
+        main(args.nodes, args.messages, args.rate)
