@@ -23,6 +23,8 @@ below has a regression test in ``tests/p2p/test_host.py``:
 * QUIC is off unless ``quic=True`` (slow in this library; see :mod:`p2p.quic`).
 * The library has no per-peer block list (its connection gate filters IP addresses only):
   :mod:`p2p.gate` adds one, enforced on every dial, connection and stream.
+* Opening a stream waits for the multistream header's echo before proposing the protocol:
+  :mod:`p2p.multiselect` sends both at once, one round trip less per stream (its own tests).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from p2p import yamux_window
+from p2p import multiselect, yamux_window
 from p2p.gate import Block, PeerGate, install_gate
 from p2p.quic import is_quic, quic_transport, quic_twins
 from p2p.transport import TrackedTCP
@@ -378,7 +380,7 @@ def _build_host(
         max_connections_per_peer=1,
     )
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(
+    raw = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
@@ -386,6 +388,8 @@ def _build_host(
         listen_addrs=listen_addrs,
         connection_config=config,
     )
+    multiselect.install(raw)
+    return raw
 
 
 def _check_listening(raw: IHost, listen_addrs: Sequence[multiaddr.Multiaddr]) -> None:
