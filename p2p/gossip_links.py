@@ -36,8 +36,13 @@ log = logging.getLogger(__name__)
 
 
 async def keep_links(host: Host, pubsub: Pubsub, interval_s: float) -> None:
-    """Runs until cancelled: relinks deaf peers and repeats our subscriptions."""
+    """Runs until cancelled: relinks deaf peers and repeats our subscriptions.
+
+    A peer that never speaks pubsub (a plain libp2p node) fails every relink: it is warned
+    about once while it stays unlinked, then only at info level, not every ``interval_s``.
+    """
     relinking: set[ID] = set()
+    warned: set[ID] = set()
 
     async def relink(peer: ID) -> None:
         try:
@@ -49,8 +54,12 @@ async def keep_links(host: Host, pubsub: Pubsub, interval_s: float) -> None:
     async with trio.open_nursery() as nursery:
         while True:
             await trio.sleep(interval_s)  # a period, not synchronisation
-            for peer in unlinked(host, pubsub) - relinking:
-                log.warning("connected peer without a pubsub stream", extra={"peer": str(peer)})
+            deaf = unlinked(host, pubsub)
+            warned &= deaf  # linked again (or gone): a later failure is news again
+            for peer in deaf - relinking:
+                level = logging.INFO if peer in warned else logging.WARNING
+                log.log(level, "connected peer without a pubsub stream", extra={"peer": str(peer)})
+                warned.add(peer)
                 relinking.add(peer)
                 nursery.start_soon(relink, peer)
             await repeat_subscriptions(pubsub)

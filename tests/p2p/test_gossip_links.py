@@ -7,6 +7,7 @@ again. Each fails without the repair loop: the link stays broken however long on
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -123,3 +124,38 @@ async def test_a_subscription_made_while_a_peer_registers_reaches_it() -> None:
             nursery.start_soon(market_service_starts)
             await worker.host.connect(requester.host.addrs[0])
         await heard(requester, worker, inboxes[0])
+
+
+class Records(logging.Handler):
+    """Keeps p2p.gossip_links' records and wakes a waiter on each (no polling)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.changed = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def wait_for(self, message: str, count: int) -> None:
+        while sum(r.getMessage() == message for r in self.records) < count:
+            await self.changed.wait()
+
+
+async def test_a_peer_that_never_speaks_pubsub_is_warned_about_once() -> None:
+    logger = logging.getLogger("p2p.gossip_links")
+    records, level = Records(), logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    try:
+        async with node() as gossiping, open_host(os.urandom(32)) as plain:
+            await gossiping.host.connect(plain.addrs[0])
+            with trio.fail_after(10):  # three relinks tried (and refused: no pubsub there)
+                await records.wait_for("pubsub stream reopened", 3)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    warnings = [r for r in records.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == ["connected peer without a pubsub stream"]
