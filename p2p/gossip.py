@@ -7,8 +7,8 @@ answers one of them, and each has a regression test in ``tests/p2p/test_gossip.p
   stretches the heartbeat to 30-60 s), meshsub/1.1 only (v1.2's IDONTWANT doubles CPU);
 * the library's own peer scorer is switched off: with its default parameters (every weight 0,
   every threshold -inf) it never gates anything, yet its "opportunistic grafting" finds every
-  peer at score 0 good enough and grafts it, so each mesh grows to ``degree_high`` and every
-  message arrives twice as often as it should (about a fifth of gossip CPU at 30 nodes);
+  peer at score 0 good enough and grafts it, so each mesh grows to ``degree_high`` and a
+  message arrives up to twice as often as it should (``tests/p2p/test_gossip_mesh.py``);
   :class:`consensus.scores.PeerScores` is the score that counts;
 * the per-forwarder spam limit (default 10 msg/s, also applied to our own publishes) is set on
   purpose, and our own publishes are paced below it through one outbox;

@@ -5,8 +5,8 @@ echo, then writes the protocol it wants and waits again: two round trips before 
 byte of a request, on every stream we open (bids, orders, vouchers, challenges, blob
 fetches). go-multistream's ``SelectProtoOrFail`` writes both lines at once and then reads
 both answers; the listener reads its input line by line either way, so nothing changes on
-its side. Measured on 21 daemons sharing two cores, opening the order stream to a worker took
-up to 1.8 s of a slow award, most of it waiting for the listener's first echo.
+its side. On 21 daemons sharing two cores, opening the order stream to a busy worker took up
+to 1.8 s of a slow award: each round trip waits on two loaded event loops.
 
 :func:`install` puts :class:`PipelinedClient` on a host; :func:`p2p.host.open_host` does.
 """
