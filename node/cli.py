@@ -19,6 +19,7 @@ import click
 
 from config import Loaded, load
 from config.render import commented_toml, flat, show_rows
+from consensus.settlement.units import format_rate
 from node import __version__, identity
 from node.cli_base import (
     Cli,
@@ -209,7 +210,7 @@ def market(home_dir: str | None, as_json: bool) -> None:
 
 
 def _human_market(p: dict[str, Any]) -> str:
-    rows = [("WORKER", "STATUS", "GPU CLASS", "COUNT", "VRAM", "WEI/S PER GPU", "REGION",
+    rows = [("WORKER", "STATUS", "GPU CLASS", "COUNT", "VRAM", "PRICE PER GPU", "REGION",
              "SCORE", "QOS")]  # fmt: skip
     flags = []
     for w in p["workers"]:
@@ -219,7 +220,8 @@ def _human_market(p: dict[str, Any]) -> str:
         for o in w["offers"]:
             vram = f"{o['vram_mb'] // 1024} GB" if o["vram_mb"] else "-"
             rows.append((w["peer_id"], w["status"], o["gpu_class"], str(o["count"]), vram,
-                         o["price_wei_per_s"], w["region"] or "-", str(w.get("score") or "-"),
+                         format_rate(int(o["price_wei_per_s"]), p.get("token")),
+                         w["region"] or "-", str(w.get("score") or "-"),
                          _qos_cell(qos)))  # fmt: skip
     count = len(p["workers"])
     return "\n".join([table(rows), *flags, f"{count} worker{'' if count == 1 else 's'}"])

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from consensus.market.spec import SpecError, parse_spec
+from consensus.settlement.units import format_rate
 from node.cli_base import (
     BadInput,
     Failure,
@@ -260,9 +261,11 @@ def job_fetch(job_id: str, out_dir: str, home_dir: str | None, as_json: bool) ->
 def bids(job_id: str, home_dir: str | None, as_json: bool) -> None:
     """Every bid a job received, with its price and what became of it."""
     payload = _client(home_dir).get(f"/v1/job/bids?id={job_id}")
-    rows = [("TASK", "ATTEMPT", "WORKER", "WEI/S PER GPU", "GPUS", "EST S", "OUTCOME")]
-    rows += [(str(b["task"]), str(b["attempt"]), short_peer(b["worker"]), b["price_wei_per_s"],
-              str(b["gpus"]), str(b["est_s"]), b["outcome"]) for b in payload["bids"]]  # fmt: skip
+    token = payload.get("token")
+    rows = [("TASK", "ATTEMPT", "WORKER", "PRICE PER GPU", "GPUS", "EST S", "OUTCOME")]
+    rows += [(str(b["task"]), str(b["attempt"]), short_peer(b["worker"]),
+              format_rate(int(b["price_wei_per_s"]), token), str(b["gpus"]), str(b["est_s"]),
+              b["outcome"]) for b in payload["bids"]]  # fmt: skip
     emit(as_json, payload, lambda _: table(rows))
 
 

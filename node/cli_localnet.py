@@ -139,7 +139,7 @@ def _human_status(p: dict[str, Any]) -> str:
     ]
     for n in p["nodes"]:
         peers = "-" if n["connected"] is None else str(len(n["connected"]))
-        price = format_wei(int(n["price_wei_per_s"])) if n["price_wei_per_s"] else "-"
+        price = format_wei(int(n["price_wei_per_s"]), "gwei") if n["price_wei_per_s"] else "-"
         balance = format_wei(int(n["balance_wei"])) if n["balance_wei"] else "-"
         rows.append((n["name"], n["role"], str(n["pid"]), "yes" if n["alive"] else "NO",
                      str(n["api_port"] or "-"), short_peer(n["peer_id"]), peers, price,

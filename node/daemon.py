@@ -106,7 +106,8 @@ def routes(ctx: NodeContext) -> Routes:
         workers = ctx.network.market_view() if ctx.network else []
         for worker in workers:  # the sentries' word on each, where this node heard it
             worker["qos"] = None if ctx.qos is None else ctx.qos.view(worker["peer_id"])
-        return {"workers": workers}
+        # prices are in wei of the coin, or base units of the deployment's token
+        return {"workers": workers, "token": ctx.settings.chain.token or None}
 
     table: dict[tuple[str, str], Handler] = {
         ("GET", "/v1/status"): status,

@@ -157,7 +157,7 @@ def summary(  # noqa: PLR0917 - one argument per column of the table
             print(
                 f"    task {a['task']} on {names.get(a['worker'], short_peer(a['worker']))}: "
                 f"{seconds} s from award to end, {paid_wei // max(1, rate)} s metered at "
-                f"{format_wei(int(a['price_wei_per_s']))}/s, {a['outcome'] or 'running'}, "
+                f"{format_wei(int(a['price_wei_per_s']), 'gwei')}/s, {a['outcome'] or 'running'}, "
                 f"paid {format_wei(paid_wei)}"
             )
         print(f"    results in {r.results}")

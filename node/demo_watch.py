@@ -73,7 +73,7 @@ class JobWatch:
         if key in self.bids:
             return
         self.bids.add(key)
-        price = format_wei(int(bid["price_wei_per_s"]))
+        price = format_wei(int(bid["price_wei_per_s"]), "gwei")
         self.say(
             f"bid   task {bid['task']}: {self.names(bid['worker'])} asks {price}/s "
             f"x {bid['gpus']} GPU, estimates {bid['est_s']} s"
@@ -84,7 +84,7 @@ class JobWatch:
         if key in self.attempts:
             return
         self.attempts.add(key)
-        price = format_wei(int(attempt["price_wei_per_s"]))
+        price = format_wei(int(attempt["price_wei_per_s"]), "gwei")
         self.say(
             f"award task {attempt['task']} -> {self.names(attempt['worker'])} at {price}/s "
             f"(attempt {attempt['attempt']})"

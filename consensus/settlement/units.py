@@ -46,9 +46,17 @@ def parse_units(text: str, what: str = "amount", *, token: bool) -> int:
     return int(raw)
 
 
-def format_wei(wei: int) -> str:
-    """``1500000000000000000`` -> ``"1.5 ETH"``; exact, trailing zeros dropped."""
-    whole, frac = divmod(abs(wei), 10**18)
+def format_wei(wei: int, unit: str = "eth") -> str:
+    """``1500000000000000000`` -> ``"1.5 ETH"``; with ``unit="gwei"``, ``2500000000`` ->
+    ``"2.5 gwei"``. Exact, trailing zeros dropped."""
+    decimals = UNITS[unit]
+    whole, frac = divmod(abs(wei), 10**decimals)
     sign = "-" if wei < 0 else ""
-    tail = f".{frac:018d}".rstrip("0") if frac else ""
-    return f"{sign}{whole}{tail} ETH"
+    tail = f".{frac:0{decimals}d}".rstrip("0") if frac else ""
+    return f"{sign}{whole}{tail} {'ETH' if unit == 'eth' else unit}"
+
+
+def format_rate(wei_per_s: int, token: str | None) -> str:
+    """A price per second as people read it: gwei of the native coin, or a token's base
+    units (whose decimals we do not know, so they are not scaled)."""
+    return f"{wei_per_s} units/s" if token else f"{format_wei(wei_per_s, 'gwei')}/s"

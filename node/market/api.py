@@ -90,7 +90,8 @@ def market_routes(ctx: NodeContext) -> Routes:
 
     async def bids(request: Request) -> Any:
         rows = await jobs().store.bids(await job_id(request))
-        return {"bids": [_bid_view(r) for r in rows]}
+        # prices are in wei of the coin, or base units of the deployment's token
+        return {"bids": [_bid_view(r) for r in rows], "token": ctx.settings.chain.token or None}
 
     async def results(request: Request) -> Any:
         manager, found = jobs(), await job_id(request)

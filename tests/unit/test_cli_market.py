@@ -6,7 +6,7 @@ from node.cli import _human_market
 
 
 def worker(peer: str, qos: dict | None, score: int = 12) -> dict:
-    offer = {"gpu_class": "cpu", "count": 1, "vram_mb": 0, "price_wei_per_s": "100"}
+    offer = {"gpu_class": "cpu", "count": 1, "vram_mb": 0, "price_wei_per_s": "150000000000"}
     return {"peer_id": peer, "status": "available", "region": "", "offers": [offer],
             "score": score, "qos": qos}  # fmt: skip
 
@@ -28,9 +28,15 @@ def test_the_table_says_who_is_flagged_and_why() -> None:
     assert "SCORE" in lines[0] and "QOS" in lines[0]
     row = {line.split()[0]: line for line in lines[1:6]}
     assert row["honest"].endswith("ok (measured 11, 4 ms)")
+    assert "150 gwei/s" in row["honest"]  # not 150000000000 wei
     assert row["cheat"].endswith("FLAGGED (measured 11)")
     assert row["gone"].endswith("no answer (3 probes)")
     assert row["busy"].endswith("busy")
     assert row["new"].split()[-2:] == ["-", "-"]
     assert "  cheat: flagged: claims score 36, measured 11" in lines
     assert lines[-1] == "5 workers"
+
+
+def test_a_token_deployment_shows_base_units_unscaled() -> None:
+    text = _human_market({"workers": [worker("w", qos())], "token": "0x" + "ab" * 20})
+    assert "150000000000 units/s" in text.splitlines()[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consensus.errors import Invalid
-from consensus.settlement.units import format_wei, parse_units, parse_wei
+from consensus.settlement.units import format_rate, format_wei, parse_units, parse_wei
 
 
 @pytest.mark.parametrize(
@@ -38,3 +38,11 @@ def test_a_token_takes_integer_base_units_only() -> None:
 def test_format_is_exact() -> None:
     assert format_wei(1_500_000_000_000_000_001) == "1.500000000000000001 ETH"
     assert format_wei(-(10**18)) == "-1 ETH"
+    assert format_wei(2_500_000_000, "gwei") == "2.5 gwei"
+    assert format_wei(100 * 10**9, "gwei") == "100 gwei"
+    assert format_wei(1, "gwei") == "0.000000001 gwei"
+
+
+def test_prices_per_second_read_in_gwei_or_token_units() -> None:
+    assert format_rate(150 * 10**9, None) == "150 gwei/s"
+    assert format_rate(1_000_001, "0xToken") == "1000001 units/s"
