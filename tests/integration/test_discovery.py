@@ -31,10 +31,10 @@ def logged(daemon: Daemon, text: str, timeout: float = 20) -> None:
         daemon.wait_for(text, timeout)
 
 
-@pytest.fixture(scope="module")
-def two_mdns_daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Daemon]]:
-    """Shared by the tests below (starting daemons is the slow part)."""
-    tmp_path = tmp_path_factory.mktemp("mdns")
+@pytest.fixture
+def two_mdns_daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+    """The run's only mDNS daemons, used by one test: a pair per test process (as a
+    module-scoped fixture gave under xdist) would hear the other pair on the loopback."""
     daemons: list[Daemon] = []
     try:
         for name in ("a", "b"):
@@ -47,7 +47,15 @@ def two_mdns_daemons(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[
             daemon.kill()
 
 
-def test_two_daemons_find_each_other_by_mdns_without_bootstrap(
+def test_mdns_without_an_interface_is_refused_naming_the_key(tmp_path: Path) -> None:
+    env = cli_env(IDLEGRID_P2P_MDNS="true")
+    assert idlegrid(tmp_path / "c", "init").returncode == 0
+    done = idlegrid(tmp_path / "c", "node", "start", env=env)
+    assert done.returncode == 2
+    assert "p2p.mdns_interface" in done.stderr + done.stdout
+
+
+def test_two_daemons_find_each_other_by_mdns_then_serve_the_dht(
     two_mdns_daemons: list[Daemon],
 ) -> None:
     a, b = two_mdns_daemons
@@ -59,18 +67,6 @@ def test_two_daemons_find_each_other_by_mdns_without_bootstrap(
     for me, other in ((a, b), (b, a)):
         peers = json.loads(idlegrid(me.home, "peers", "--json", env=MDNS_ENV).stdout)["peers"]
         assert [p["peer_id"] for p in peers if p["connected"]] == [peer_id(other.home)]
-
-
-def test_mdns_without_an_interface_is_refused_naming_the_key(tmp_path: Path) -> None:
-    env = cli_env(IDLEGRID_P2P_MDNS="true")
-    assert idlegrid(tmp_path / "c", "init").returncode == 0
-    done = idlegrid(tmp_path / "c", "node", "start", env=env)
-    assert done.returncode == 2
-    assert "p2p.mdns_interface" in done.stderr + done.stdout
-
-
-def test_dht_cli_on_daemons_found_by_mdns(two_mdns_daemons: list[Daemon]) -> None:
-    a, b = two_mdns_daemons
     logged(a, "dht provided roles")
     logged(b, "dht provided roles")
     status = json.loads(idlegrid(a.home, "dht", "status", "--json", env=MDNS_ENV).stdout)
