@@ -84,8 +84,9 @@ class NodeSettings:
     name: str = setting("", "a human label shown to peers and in the explorer (optional)")
     task_data_expire_s: int = setting(
         7 * 86_400,
-        "datasets fetched for tasks (as a worker, or as a sentry replaying one) are deleted "
-        "after this long unused; 0 keeps them until room runs short",
+        "datasets and task files (inputs, checkpoints, results) held for tasks are deleted "
+        "after this long unused (never before verdicts and bisections are due; the results "
+        "of this node's own jobs stay); 0 keeps them (datasets until room runs short)",
         int_range(0, 365 * 86_400),
     )
 

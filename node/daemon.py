@@ -39,6 +39,7 @@ from node.discovery import discovery_routes
 from node.home import Home, NodeLock, write_private
 from node.identity import NodeKeys
 from node.market.api import market_routes
+from node.market.file_expiry import run_file_expiry
 from node.network import Network, run_network
 from node.roles import run_role, services_of
 from node.transfer.api import data_routes
@@ -144,6 +145,8 @@ async def run_node(
 
                 await nursery.start(run_chain, ctx)
             ctx.data = await nursery.start(run_data, ctx)
+            if settings.node.task_data_expire_s:
+                await nursery.start(run_file_expiry, ctx)
             api = settings.api
             ctx.api_port = await nursery.start(
                 serve, api.host, api.port, home.read_token(), routes(ctx)

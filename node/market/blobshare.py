@@ -18,9 +18,11 @@ goes as datasets a job names (:mod:`node.market.datasets`), through the transfer
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ from blake3 import blake3
 
 from consensus.errors import Invalid
 from consensus.market.messages import BlobRef
+from consensus.market.retention import HeldFile
 from consensus.peer_id import short
 from node.home import write_private
 from node.market.net import MarketNet
@@ -77,7 +80,7 @@ class BlobShare:
         self, net: MarketNet, store: BlobStore, scratch: Path, key: nacl.signing.SigningKey
     ) -> None:
         self.net, self.store, self.scratch, self._node_key = net, store, scratch, key
-        self.keyring = Keyring(scratch.parent / "keys")
+        self.keyring = keyring_of(scratch)
         self._grants: set[tuple[str, str]] = set()
         # The node's dataset service, for the datasets a job names (set by the daemon).
         self.datasets: Datasets | None = None
@@ -93,6 +96,7 @@ class BlobShare:
         entry = self.keyring.get(ref.hash.hex())
         if entry is None or not self.store.has(entry[1]):
             return None
+        self.keyring.touch(ref.hash.hex())
         return self.store.path(entry[1])
 
     def sealed_size(self, digest: bytes) -> int:
@@ -108,7 +112,13 @@ class BlobShare:
         entry = self.keyring.get(digest.hex())
         if entry is None or not self.store.has(entry[1]):
             raise FileNotFoundError(f"no plaintext of blob {digest.hex()[:12]} here")
+        self.keyring.touch(digest.hex())
         return self.store.get(entry[1])
+
+    def touch(self, digests: Iterable[bytes]) -> None:
+        """Marks blobs used now: a worker's, when it attests the task they belong to."""
+        for digest in digests:
+            self.keyring.touch(digest.hex())
 
     async def put(self, path: Path) -> BlobRef:
         """Encrypts and stores the file at ``path``; returns a reference naming us as holder."""
@@ -209,6 +219,7 @@ class BlobShare:
         entry = self.keyring.get(digest.hex())
         if (peer, digest.hex()) not in self._grants or entry is None:
             raise RequestRejected("not_found", "no such blob for you")
+        self.keyring.touch(digest.hex())
         try:
             return {"box": seal_key(entry[0], peer)}
         except Invalid:
@@ -233,6 +244,34 @@ class Keyring:
         if len(raw) != KEY_BYTES + 32:
             return None  # a torn write cannot happen (atomic rename); anything else: refetch
         return raw[:KEY_BYTES], raw[KEY_BYTES:].hex()
+
+    def touch(self, digest: str) -> None:
+        """Marks the blob used now (the entry's mtime): the retention rule keeps it longer."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.root / check_digest(digest))
+
+    def used_ms(self, digest: str) -> int | None:
+        try:
+            return (self.root / check_digest(digest)).stat().st_mtime_ns // 1_000_000
+        except FileNotFoundError:
+            return None
+
+    def forget(self, digest: str) -> None:
+        (self.root / check_digest(digest)).unlink(missing_ok=True)
+
+    def entries(self) -> list[HeldFile]:
+        """Every blob we hold a key for (synchronous: it reads the whole keyring)."""
+        held = []
+        for path in self.root.glob("*") if self.root.is_dir() else ():
+            entry, used = self.get(path.name), self.used_ms(path.name)
+            if entry is not None and used is not None:
+                held.append(HeldFile(sealed=path.name, plain=entry[1], used_ms=used))
+        return held
+
+
+def keyring_of(scratch: Path) -> Keyring:
+    """The keyring of the blobs whose scratch folder is ``scratch``."""
+    return Keyring(scratch.parent / "keys")
 
 
 def _read_piece(path: Path, offset: int, length: int) -> bytes:

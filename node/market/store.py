@@ -12,8 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgpack
+
+from consensus.kinds import from_wire
 from consensus.market.lifecycle import TaskState
-from consensus.market.messages import TaskRef
+from consensus.market.messages import BlobRef, TaskRef
+from consensus.market.retention import InUse
 from storage.db import Database
 
 # Column names come from this module only, never from input: safe to format into SQL.
@@ -266,6 +270,30 @@ class MarketStore:
             (*values.values(), now_ms, *_key(ref), expect),
         )
         return changed == 1
+
+    # --- every role: what the task files held here are still needed for -------------------
+
+    async def files_in_use(self, final_jobs: Sequence[str], ended_work: Sequence[str]) -> InUse:
+        """Our jobs' results, our open jobs' inputs, and when the oldest open job or running
+        task began (for :func:`consensus.market.retention.expired`)."""
+
+        def read(conn: sqlite3.Connection) -> InUse:
+            jobs = _not_in("SELECT inputs, created_ms FROM jobs WHERE state", final_jobs)
+            work = _not_in("SELECT started_ms FROM work WHERE state", ended_work)
+            open_jobs = conn.execute(jobs, tuple(final_jobs)).fetchall()
+            starts = [r["created_ms"] for r in open_jobs]
+            starts += [r["started_ms"] for r in conn.execute(work, tuple(ended_work))]
+            refs = [r["inputs"] for r in open_jobs if r["inputs"] is not None]
+            refs += [r[0] for r in conn.execute("SELECT result FROM tasks WHERE result NOT NULL")]
+            kept = frozenset(from_wire(BlobRef, msgpack.unpackb(ref)).hash.hex() for ref in refs)
+            return InUse(kept=kept, since_ms=min(starts, default=None))
+
+        return await self.db.transaction(read)
+
+
+def _not_in(select: str, values: Sequence[str]) -> str:
+    """``<select> NOT IN (?, ...)``: the placeholders for ``values``."""
+    return f"{select} NOT IN ({','.join('?' * len(values))})"
 
 
 def _assignments(values: Mapping[str, Any], columns: set[str]) -> str:

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 MAX_LOG_LINES = 2000  # kept per task for the requester to read; older lines are dropped
 DECISIONS_KEPT = 50
-_ENDED = ("done", "failed", "stopped", "cancelled", "lost")
+ENDED = ("done", "failed", "stopped", "cancelled", "lost")
 
 
 @dataclass
@@ -368,7 +368,7 @@ class WorkerService:
             raise RequestRejected("invalid", "the voucher names another worker")
         if not await self._chain_voucher_ok(work, voucher):
             return to_wire(work.report(since, offset))  # as if it never came: the grace runs
-        if work.state not in _ENDED:
+        if work.state not in ENDED:
             stop = work.guard.on_voucher(voucher.amount_wei, self.net.now_ms())
             if stop is not None:
                 self._stop(work, stop.reason)
@@ -397,7 +397,7 @@ class WorkerService:
         assert voucher.chain_sig is not None
         await self.payee.keep(voucher.ref, requester, voucher.amount_wei, voucher.chain_sig, spend,
                               peer=work.requester)  # fmt: skip
-        if work.state in _ENDED:  # the last voucher comes with the final report: pass it on
+        if work.state in ENDED:  # the last voucher comes with the final report: pass it on
             await self.payee.ended(voucher.ref)
         return True
 
@@ -409,7 +409,7 @@ class WorkerService:
         for work in self.works.values():
             address = work.order.requester_address.lower()
             why = reasons.get(work.requester) or (reasons.get(address, "") if address else "")
-            if why and work.state not in _ENDED:
+            if why and work.state not in ENDED:
                 self._stop(work, why)
         self._wake()
 
@@ -421,7 +421,7 @@ class WorkerService:
         work = self.works.get(ref)
         if work is None or work.requester != peer:
             raise RequestRejected("not_found", "no such task of yours")
-        if work.state not in _ENDED:
+        if work.state not in ENDED:
             self._stop(work, "cancelled by the requester", state="cancelled")
         return {"ok": True}
 
@@ -436,7 +436,7 @@ class WorkerService:
             self.bidder.on_tick(now)
             deadlines = [d for d in [self.bidder.next_deadline()] if d is not None]
             for work in self.works.values():
-                if work.state in _ENDED:
+                if work.state in ENDED:
                     continue
                 stop = work.guard.on_tick(now)
                 if stop is not None:

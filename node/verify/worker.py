@@ -18,6 +18,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+import trio
 
 from consensus.envelope import new_nonce
 from consensus.errors import Invalid
@@ -91,6 +92,11 @@ class VerifyWorker:
         await self.store.keep_attestation(
             order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms()
         )
+        # Sentries fetch these from us until the verdicts are in: the retention rule
+        # (consensus.market.retention) keeps them from now, however long the task ran.
+        files = [order.inputs, work.result]
+        used = [blob for _, blob in kept] + [f.hash for f in files if f is not None]
+        await trio.to_thread.run_sync(self.share.touch, used)
         await self.announcer.announce(attestation_id(att), att)
         log.info(
             "task attested",
