@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -51,10 +52,12 @@ class TaskFiles:
         in_use = await self.market.files_in_use(FINAL_JOBS, ENDED)
         now = now_ms()
         stale = expired(held, in_use, now_ms=now, keep_ms=keep_ms)
-        gone = await trio.to_thread.run_sync(self._delete, stale, held, now - keep_ms)
-        return gone, len(held) - gone
+        keyed, unnamed = await trio.to_thread.run_sync(self._delete, stale, held, now - keep_ms)
+        return keyed + unnamed, len(held) - keyed
 
-    def _delete(self, stale: list[HeldFile], held: list[HeldFile], unused_since: int) -> int:
+    def _delete(
+        self, stale: list[HeldFile], held: list[HeldFile], unused_since: int
+    ) -> tuple[int, int]:
         gone = []
         for f in stale:
             used = self.keyring.used_ms(f.sealed)
@@ -64,7 +67,26 @@ class TaskFiles:
                 gone.append(f)
         for plain in orphaned_plaintexts(gone, held):
             self.blobs.delete(plain)
-        return len(gone)
+        gone_sealed = {f.sealed for f in gone}
+        named = {name for f in held if f.sealed not in gone_sealed for name in (f.sealed, f.plain)}
+        return len(gone), self._delete_unnamed(named, unused_since)
+
+    def _delete_unnamed(self, named: set[str], unused_since: int) -> int:
+        """Deletes stored files no key names, written before ``unused_since``: a ciphertext
+        whose key never came (a holder that lied, a crash mid-fetch). A fresh one may be a
+        fetch that has not saved its key yet."""
+        unnamed = 0
+        for digest in list(self.blobs.iter_digests()):
+            if digest not in named and _mtime_ms(self.blobs.path(digest)) < unused_since:
+                unnamed += self.blobs.delete(digest)
+        return unnamed
+
+
+def _mtime_ms(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns // 1_000_000
+    except FileNotFoundError:
+        return 2**62  # gone meanwhile: nothing to delete
 
 
 def keep_ms_of(settings: Settings) -> int:

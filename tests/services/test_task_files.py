@@ -99,5 +99,17 @@ async def test_a_file_used_during_the_sweep_stays_and_a_shared_plaintext_too(
     files = files_of(node)
     in_use_now = [f for f in node.share.keyring.entries() if f.sealed == twin.hash.hex()]
     # the rule saw it idle, but it was read since: the check just before deleting keeps it
-    assert files._delete(in_use_now, in_use_now, unused_since=0) == 0
+    assert files._delete(in_use_now, in_use_now, unused_since=0) == (0, 0)
     assert held(node, twin)
+
+
+async def test_a_stored_file_no_key_names_goes_once_old(tmp_path: Path) -> None:
+    node = await make_node(Hub(), tmp_path / "n", "n")
+    store = node.share.store
+    kept = await sealed(node, tmp_path, "kept", 0)
+    keyless_old, keyless_new = store.put(b"a holder lied about its key"), store.put(b"fetching")
+    then = now_ms() / 1000 - 2 * DAY_S
+    os.utime(store.path(keyless_old), (then, then))
+    assert await files_of(node).sweep(keep_ms=DAY_S * 1000) == (1, 1)
+    assert not store.has(keyless_old)
+    assert store.has(keyless_new) and held(node, kept)
