@@ -16,13 +16,17 @@ process limit then counts only the jail's processes.
 
 ``limits`` mode (no bubblewrap) keeps the limits, the clean environment, the own directory and
 the uid drop, but the workload sees the filesystem as that uid does and has the network: the
-node says so wherever it reports the sandbox.
+node says so wherever it reports the sandbox. As root its task folders then live outside the
+0700 data dir (:meth:`Sandbox.task_root`), which the workload's uid could not enter.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ TASK_DIR = "/task"
 SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32")
 _UNSHARE = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
 NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+SHARED_BASE = Path("/var/tmp")  # noqa: S108 - see shared_task_root: ours, checked, 0711
 
 
 class SandboxUnavailable(Exception):
@@ -120,6 +125,16 @@ class Sandbox:
             return None
         return _hidden_from_others((work_root,))
 
+    def task_root(self, private: Path) -> Path:
+        """Where task folders go: ``private`` (the node's work directory) when workloads can
+        reach it, else :func:`shared_task_root` (limits only, as root: workloads run as
+        nobody, who cannot pass the node's 0700 home).
+
+        Raises:
+            SandboxUnavailable: the shared directory is not ours (see there).
+        """
+        return private if self.unreachable(private) is None else shared_task_root(private)
+
     def unreadable(self) -> Path | None:
         """A directory on the way to the read-only paths that workloads cannot enter.
 
@@ -199,9 +214,35 @@ class Sandbox:
         return args
 
 
+def shared_task_root(private: Path, base: Path = SHARED_BASE) -> Path:
+    """The task folders' directory of the node whose work directory is ``private``, outside
+    it: ``/var/tmp/idlegrid-tasks-<hash of the path>`` (on disk, where /tmp may be memory),
+    ours and mode 0711, so a workload passes through to its own folder (0700, its uid's)
+    without listing the others'.
+
+    Raises:
+        SandboxUnavailable: the directory exists and is not ours (another user made it first
+            in the world-writable /var/tmp, perhaps to read our tasks): remove it.
+    """
+    digest = hashlib.blake2b(str(private.resolve()).encode(), digest_size=6).hexdigest()
+    root = base / f"idlegrid-tasks-{digest}"
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o711)
+    found = root.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.geteuid():
+        raise SandboxUnavailable(
+            f"{root} (where workloads' task folders go, since they cannot enter {private}) "
+            "exists but is not a directory of this user: remove it"
+        )
+    root.chmod(0o711)  # mkdir's mode went through the umask, or an old run left another
+    return root
+
+
 def _give_tree(root: Path, uid: int) -> None:
-    """Makes the task directory the workload's own (its inputs were unpacked by the node)."""
+    """Makes the task directory the workload's own (its inputs were unpacked by the node),
+    and only its own: other local users may pass its parent (see :func:`shared_task_root`)."""
     os.chown(root, uid, uid)
+    root.chmod(0o700)
     for base, dirs, files in os.walk(root):
         for name in dirs + files:
             os.chown(os.path.join(base, name), uid, uid, follow_symlinks=False)

@@ -112,7 +112,8 @@ async def worker_market(
     market = market_of(ctx)
     worker = ctx.settings.worker
     profile, sandbox = await market.machine(worker, ctx.home.work)
-    log.info("worker sandbox", extra={"sandbox": sandbox.describe()})
+    tasks = sandbox.task_root(ctx.home.work)
+    log.info("worker sandbox", extra={"sandbox": sandbox.describe(), "task_folders": str(tasks)})
     executor: Any = Runtimes(python_runtimes(sandbox), [g.index for g in profile.offered_gpus()])
     if worker.executor_wrapper:  # tests: e.g. a worker that fakes its work on purpose
         executor = importlib.import_module(worker.executor_wrapper).wrap(executor)
@@ -134,7 +135,7 @@ async def worker_market(
     log.info("worker hardware", extra={"offer": profile.to_json()["offer"], "note": profile.note})
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
-        executor=executor, work_root=ctx.home.work, params=market.params,
+        executor=executor, work_root=tasks, params=market.params,
         disk=Disk(ctx.home.work, worker.disk_reserve_mb << 20),
     )  # fmt: skip
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
@@ -211,12 +212,13 @@ def worker_sandbox(worker: WorkerSettings, work_root: Path) -> Sandbox:
         procs=worker.sandbox_procs,
     )
     sandbox = Sandbox.create(worker.sandbox, limits, readonly=python_paths())
-    hidden = sandbox.unreachable(work_root)
-    if hidden is not None:
+    tasks = sandbox.task_root(work_root)
+    hidden = sandbox.unreachable(tasks)
+    if hidden is not None:  # a machine whose /var/tmp is not open to all
         raise SandboxUnavailable(
             f"workloads would run with limits only ({sandbox.reason}) as nobody, since this "
             f"node runs as root, and nobody cannot enter {hidden} to reach their task folders "
-            f"under {work_root}: install bubblewrap (apt-get install bubblewrap), or run the "
+            f"under {tasks}: install bubblewrap (apt-get install bubblewrap), or run the "
             "node as a user other than root"
         )
     return sandbox

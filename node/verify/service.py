@@ -94,7 +94,7 @@ async def probe_answerer(ctx: NodeContext) -> ProbeAnswerer:
     profile, sandbox = await market.machine(ctx.settings.worker, ctx.home.work)
     devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
-    scratch = ctx.home.work / "probes"
+    scratch = sandbox.task_root(ctx.home.work) / "probes"
     scratch.mkdir(parents=True, exist_ok=True)
     return ProbeAnswerer(market.net, VerifyStore(ctx.db), market.share, runtimes, devices.gpus,
                          scratch, lambda peer: peer in known_sentries(ctx))  # fmt: skip
@@ -108,7 +108,7 @@ async def sentry_verify(
     devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
     log.info("sentry replays", extra={"classes": sorted(devices.classes)})
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
-    scratch = ctx.home.work / "verify"
+    scratch = sandbox.task_root(ctx.home.work) / "verify"
     scratch.mkdir(parents=True, exist_ok=True)
     sentry = Sentry(
         market.net,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -17,12 +18,20 @@ import pytest
 import trio
 from click.testing import CliRunner
 
+from config.schema import WorkerSettings
 from consensus.market.messages import Workload
 from gpu.exec_runtime import ExecRuntime
 from gpu.runtime import RunResult, RunSpec, SegmentDone, run_logged
-from gpu.sandbox import Limits, Sandbox, SandboxUnavailable, _hidden_from_others
+from gpu.sandbox import (
+    Limits,
+    Sandbox,
+    SandboxUnavailable,
+    _hidden_from_others,
+    shared_task_root,
+)
 from node.cli import cli
 from node.market.packing import PackError, pack_outputs
+from node.market.service import worker_sandbox
 from tests.gpu.conftest import SECRET, is_root, needs_bwrap, python_paths, sandbox
 
 PY = "python3"
@@ -264,26 +273,59 @@ async def test_a_readable_path_under_tmp_is_not_hidden_by_the_private_tmp(
     assert logs == ["from the environment", "False"]
 
 
-def test_a_root_worker_with_limits_only_does_not_start_when_nobody_cannot_reach_its_tasks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_a_root_worker_with_limits_only_runs_its_tasks_outside_its_private_home(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Workloads as nobody in a private home failed every task that opens its own script
-    ("can't open file ... Permission denied", exit code 2): such a worker now says so at start.
+    ("can't open file ... Permission denied", exit code 2): their folders now live outside it.
     """
     if not is_root():
         pytest.skip("as another user, workloads run as our own uid, which reaches its home")
-    base = Path(tempfile.mkdtemp())  # pytest's own tmp root is private: the home must be first
-    base.chmod(0o755)
-    home = base / "node"
-    runner = CliRunner()
-    assert runner.invoke(cli, ["init", "--home", str(home), "--role", "worker"]).exit_code == 0
-    monkeypatch.setenv("PATH", _bin_without_bwrap(tmp_path))
-    monkeypatch.setenv("IDLEGRID_WORKER_SANDBOX", "auto")
-    result = runner.invoke(cli, ["node", "start", "--home", str(home)])
-    shutil.rmtree(base)
-    assert result.exit_code == 1
-    assert f"nobody cannot enter {home} to reach their task folders" in result.output
-    assert "install bubblewrap" in result.output
+    with tempfile.TemporaryDirectory() as tmp:  # pytest's own tmp root is private
+        base = Path(tmp)
+        base.chmod(0o755)
+        monkeypatch.setenv("PATH", _bin_without_bwrap(base))  # where nobody can run prlimit
+        work = base / "home" / "work"
+        work.mkdir(parents=True)
+        (base / "home").chmod(0o700)  # as /root/.idlegrid is
+        box = worker_sandbox(WorkerSettings(sandbox="auto"), work)
+        tasks = box.task_root(work)
+        assert box.mode == "limits" and not tasks.is_relative_to(base)
+        assert box.unreachable(tasks) is None and box.task_root(work) == tasks
+        workdir = tasks / "job-0-0"
+        workdir.mkdir()
+        (workdir / "work.py").write_text("open('out.txt', 'w').write('ran')")
+        workload = Workload(kind="exec", command=[PY, "work.py"], outputs=["out.txt"])
+        logs: list[str] = []
+        with trio.fail_after(60):
+            result = await ExecRuntime(box).run(
+                RunSpec("t", workload, workdir), _ignore, logs.append
+            )
+        assert result.ok, "\n".join(logs)
+        assert stat.S_IMODE(workdir.stat().st_mode) == 0o700  # nobody's, and no one else's
+        shutil.rmtree(tasks)
+
+
+async def _ignore(_: SegmentDone) -> None:
+    pass
+
+
+def test_the_shared_task_root_is_ours_or_refused(tmp_path: Path) -> None:
+    private = tmp_path / "work"
+    root = shared_task_root(private, base=tmp_path)
+    assert root.parent == tmp_path and shared_task_root(private, base=tmp_path) == root
+    assert stat.S_IMODE(root.stat().st_mode) == 0o711
+    assert shared_task_root(tmp_path / "other", base=tmp_path) != root  # one per node
+    root.rmdir()
+    root.symlink_to(tmp_path)  # made first by someone else, pointing where they like
+    with pytest.raises(SandboxUnavailable, match="is not a directory of this user: remove it"):
+        shared_task_root(private, base=tmp_path)
+    if is_root():
+        root.unlink()
+        root.mkdir()
+        os.chown(root, 65534, 65534)
+        with pytest.raises(SandboxUnavailable, match=str(root)):
+            shared_task_root(private, base=tmp_path)
 
 
 def test_limits_as_root_names_a_directory_its_workloads_cannot_enter() -> None:
