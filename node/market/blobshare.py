@@ -45,7 +45,7 @@ from node.market.sealing import (
     open_key,
     seal_key,
 )
-from p2p.reqresp import RequestError, RequestRejected
+from p2p.reqresp import RemoteError, RequestError, RequestRejected
 from storage.blobs import BlobStore, check_digest
 
 if TYPE_CHECKING:
@@ -64,11 +64,17 @@ class FetchFailed(Exception):
         liars: the holders that answered with bytes that are not the blob (or a key that does
             not open it): their fault, not the network's, since every stream is authenticated
             and integrity-checked. A holder that was merely unreachable is not among them.
+        missing: the holders that answered that they hold no such blob for us.
     """
 
-    def __init__(self, message: str, liars: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        message: str,
+        liars: frozenset[str] = frozenset(),
+        missing: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(message)
-        self.liars = liars
+        self.liars, self.missing = liars, missing
 
 
 class HolderLied(FetchFailed):
@@ -142,7 +148,7 @@ class BlobShare:
         local = self.local_path(ref)
         if local is not None:
             return local
-        errors, liars = [], set()
+        errors, liars, missing = [], set(), set()
         for holder in ref.holders:
             try:
                 return await self._fetch_from(holder, addrs_of(holder), ref)
@@ -151,9 +157,13 @@ class BlobShare:
                 if isinstance(exc, HolderLied):
                     liars.add(holder)
                     self.net.blame(holder, f"blob {ref.hash.hex()[:12]}: {exc}")
+                elif isinstance(exc, RemoteError) and exc.code == "not_found":
+                    missing.add(holder)
         digest = ref.hash.hex()
         why = "; ".join(errors) or "no holder"
-        raise FetchFailed(f"blob {digest[:12]} not fetched: {why}", frozenset(liars))
+        raise FetchFailed(
+            f"blob {digest[:12]} not fetched: {why}", frozenset(liars), frozenset(missing)
+        )
 
     async def _fetch_from(self, holder: str, addrs: list[str], ref: BlobRef) -> Path:
         if not self.store.has(ref.hash.hex()):

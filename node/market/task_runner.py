@@ -16,7 +16,8 @@ found ``attested`` fetches its result again.
       running                   (progress, checkpoints, logs, result); silent for
                                 lost_after_ms or stopped: fail over
                                 (:mod:`node.market.supervision`)
-    attested                    fetch the result and check its hash; then verified
+    attested                    fetch the result and check its hash; then verified (a
+                                worker that no longer holds it for lost_after_ms: fail over)
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class TaskRunner:
     def __init__(self, mgr: JobManager, job: Job, idx: int) -> None:
         self.mgr, self.job, self.idx = mgr, job, idx
         self.net, self.store, self.params = mgr.net, mgr.store, mgr.params
+        self._missing_since: dict[int, int] = {}  # attempt -> when its worker first lacked
 
     async def run(self) -> None:
         steps = {
@@ -271,6 +273,9 @@ class TaskRunner:
             if attempt is not None and attempt["worker"] in exc.liars:
                 await self._refuse_result(task, attempt["worker"], str(exc))
                 return
+            gone = attempt is not None and attempt["worker"] in exc.missing
+            if gone and await self._result_gone(task, str(exc)):
+                return
             if self.net.now_ms() >= self.job.deadline_ms:
                 await self._move(task, "fail", reason=f"result never fetched: {exc}")
             await self._sleep_ms(self.params.voucher_interval_ms)
@@ -290,6 +295,23 @@ class TaskRunner:
             return
         await self.store.close_attempt(task.ref, vouched, "done", self.net.now_ms())
         await self._move(task, "verify")
+
+    async def _result_gone(self, task: TaskRow, error: str) -> bool:
+        """The worker says it holds no result it attested (its disk, or it deleted it): once
+        it has said so for ``lost_after_ms`` (not a restart that has not granted it yet), the
+        task runs elsewhere from the last checkpoint we hold, and the worker is paid up to
+        that checkpoint, as after a failover. True when the task moved."""
+        now = self.net.now_ms()
+        since = self._missing_since.setdefault(task.attempt, now)
+        if now - since < self.params.lost_after_ms:
+            return False
+        held = [c["seconds"] for c in await self.store.checkpoints(task.job_id)
+                if (c["idx"], c["attempt"], c["held"]) == (task.idx, task.attempt, 1)]  # fmt: skip
+        why = f"result gone: the worker no longer holds it ({error})"[:300]
+        log.warning("result gone, failing over", extra={"task": task.ref.text(), "error": error})
+        await self._end_attempt(task, why, checkpoint_s=max(held, default=0))
+        await self._move(task, "reject", reason=why)
+        return True
 
     async def _refuse_result(self, task: TaskRow, worker: str, error: str) -> None:
         """The worker served bytes that are not the result it attested: nothing usable was
