@@ -136,7 +136,7 @@ async def worker_market(
     market.worker = WorkerService(
         market.net, market.store, market.share, bidder=Bidder(caps, policy),
         executor=executor, work_root=tasks, params=market.params,
-        disk=Disk(ctx.home.work, worker.disk_reserve_mb << 20),
+        disk=Disk(tasks, worker.disk_reserve_mb << 20),  # where task folders are
     )  # fmt: skip
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     if market.worker.payee is not None:
