@@ -6,6 +6,7 @@ never on sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -33,6 +34,11 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDLEGRID_")}
     base = {"PYTHONUNBUFFERED": "1", "IDLEGRID_P2P_LISTEN": LOOPBACK}
     return env | base | {"IDLEGRID_WORKER_SANDBOX": "auto"} | extra
+
+
+def peer_id(home: Path) -> str:
+    """The peer id of the node whose data dir is ``home``."""
+    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 def idlegrid(

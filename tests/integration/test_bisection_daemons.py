@@ -19,8 +19,7 @@ import pytest
 
 from gpu.devices import CPU_CLASS
 from node.verify.worker import determinism_class
-from tests.daemons import Daemon, all_output, cli_env, idlegrid
-from tests.integration.test_market_daemons import peer_id
+from tests.daemons import Daemon, all_output, cli_env, idlegrid, peer_id
 from tests.integration.test_verify_daemons import wait_all
 from tests.integration.test_verify_resumed_daemons import TRAIN
 

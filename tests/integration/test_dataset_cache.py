@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, idlegrid
-from tests.integration.test_market_daemons import field, peer_id
+from tests.daemons import Daemon, idlegrid, peer_id
+from tests.integration.test_market_daemons import field
 from tests.integration.test_verify_daemons import ENV, wait_all
 
 # alone: other tests writing or deleting files change the free space it is set from

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, idlegrid
-from tests.integration.test_market_daemons import field, peer_id
+from tests.daemons import Daemon, idlegrid, peer_id
+from tests.integration.test_market_daemons import field
 from tests.integration.test_transfer import make_tree
 from tests.integration.test_verify_daemons import ENV, wait_all
 

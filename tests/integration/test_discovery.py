@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, cli_env, idlegrid
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
 
 MDNS_ENV = cli_env(
     IDLEGRID_P2P_ANNOUNCE_INTERVAL_S="1",
@@ -19,10 +19,6 @@ MDNS_ENV = cli_env(
     IDLEGRID_P2P_MDNS="true",
     IDLEGRID_P2P_MDNS_INTERFACE="lo",
 )
-
-
-def peer_id(home: Path) -> str:
-    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 def logged(daemon: Daemon, text: str, timeout: float = 20) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, cli_env, idlegrid
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
 
 PRICES = {"w-dear": 300, "w-cheap": 100, "w-mid": 200}  # gwei per second
 ENV = cli_env(
@@ -55,10 +55,6 @@ pathlib.Path("out").mkdir(exist_ok=True)
 pathlib.Path("out/answer.txt").write_text("42\\n")
 print("done", flush=True)
 """
-
-
-def peer_id(home: Path) -> str:
-    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 def wait_for_fields(daemon: Daemon, msg: str, timeout: float = 30, **fields: str) -> str:

@@ -5,7 +5,6 @@ Synchronised on what the daemons log ("peer discovered", "worker status ..."), n
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ import pytest
 from node.client import ApiClient
 from node.home import Home
 from tests.chain.conftest import free_port
-from tests.daemons import Daemon, cli_env, idlegrid
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
 
 NODES = 10
 INTERVAL_S, OFFLINE_S = 1, 4
@@ -25,10 +24,6 @@ ENV = cli_env(
     IDLEGRID_P2P_OFFLINE_AFTER_S=str(OFFLINE_S),
     IDLEGRID_NODE_ROLES="worker",
 )
-
-
-def peer_id(home: Path) -> str:
-    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Daemon, cli_env, idlegrid
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
 
 ENV = cli_env(IDLEGRID_P2P_ANNOUNCE_INTERVAL_S="1")
 REFUSED = "closing a connection from a blocked peer"
@@ -27,10 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def peer_id(home: Path) -> str:
-    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 def cli_json(home: Path, *args: str) -> Any:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.daemons import Daemon, cli_env, idlegrid
-from tests.integration.test_discovery import logged, peer_id
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
+from tests.integration.test_discovery import logged
 
 
 def status_addr(home: Path, env: dict[str, str]) -> str:

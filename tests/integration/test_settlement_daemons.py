@@ -25,7 +25,7 @@ from node.chain.client import Settlement
 from node.client import ApiClient
 from node.home import Home
 from tests.chain.conftest import ETH, Anvil, anvil_binary, free_port
-from tests.daemons import Daemon, cli_env, idlegrid
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
 from tests.integration.test_market_daemons import wait_for_fields
 
 FEE_BPS = 100
@@ -145,10 +145,6 @@ def test_a_job_is_paid_through_an_anchored_epoch(
         for d in daemons.values():
             d.kill()
     check_balances(c, contract, homes, address, before)
-
-
-def peer_id(home: Path) -> str:
-    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 def run_job(

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from tests.daemons import Daemon, cli_env, idlegrid
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
 
 ENV = cli_env(
     IDLEGRID_P2P_ANNOUNCE_INTERVAL_S="1",
@@ -47,10 +47,6 @@ import pathlib
 pathlib.Path("out").mkdir()
 pathlib.Path("out/answer.txt").write_text("42\\n")
 """
-
-
-def peer_id(home: Path) -> str:
-    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 def logged(daemon: Daemon, msg: str, field: str, timeout: float = 30) -> None:

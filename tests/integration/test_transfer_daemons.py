@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, cli_env, idlegrid
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
 from tests.integration.test_transfer import make_tree, tree
 
 pytestmark = pytest.mark.slow
 ENV = cli_env()
-
-
-def peer_id(home: Path) -> str:
-    return str(json.loads((home / "identity.json").read_text())["peer_id"])
 
 
 def addr(daemon: Daemon) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, all_output, cli_env, idlegrid
-from tests.integration.test_market_daemons import field, peer_id
+from tests.daemons import Daemon, all_output, cli_env, idlegrid, peer_id
+from tests.integration.test_market_daemons import field
 
 ENV = cli_env(
     IDLEGRID_P2P_ANNOUNCE_INTERVAL_S="1",

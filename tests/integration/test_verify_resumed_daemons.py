@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon, cli_env, idlegrid
-from tests.integration.test_market_daemons import field, peer_id, wait_for_fields
+from tests.daemons import Daemon, cli_env, idlegrid, peer_id
+from tests.integration.test_market_daemons import field, wait_for_fields
 from tests.integration.test_verify_daemons import wait_all
 
 pytest.importorskip("torch")
