@@ -67,6 +67,7 @@ class Node:
     connect: Callable[[str], Awaitable[object]]
     publish: Callable[[int], Awaitable[None]]
     pubsub: Pubsub
+    topic: str  # as pubsub knows it
 
 
 @asynccontextmanager
@@ -88,7 +89,7 @@ async def our_node(run: Run, nursery: trio.Nursery) -> AsyncIterator[Node]:
             body = Ping(expires_ms=wall_clock_ms() + 60_000, nonce=new_nonce(), seq=seq)
             await gossip.publish(TOPIC, seal_body(key, body))
 
-        yield Node(host.addrs[0], host.connect, publish, gossip.pubsub)
+        yield Node(host.addrs[0], host.connect, publish, gossip.pubsub, gossip.wire(TOPIC))
 
 
 @asynccontextmanager
@@ -127,7 +128,7 @@ async def default_node(run: Run, nursery: trio.Nursery) -> AsyncIterator[Node]:
                 addr = f"{host.get_addrs()[0]}"
                 if "/p2p/" not in addr:
                     addr += f"/p2p/{host.get_id()}"
-                yield Node(addr, connect, publish, pubsub)
+                yield Node(addr, connect, publish, pubsub, TOPIC)
         finally:
             pubsub.seen_messages.stop()
 
@@ -143,7 +144,7 @@ async def measure(kind: str, n: int, messages: int, rate: float) -> dict[str, fl
                 await node.connect(nodes[j].addr)
         with trio.fail_after(60):  # every node must have someone in its mesh before we start
             for node in nodes:
-                while not node.pubsub.router.mesh.get(TOPIC):  # type: ignore[attr-defined]
+                while not node.pubsub.router.mesh.get(node.topic):  # type: ignore[attr-defined]
                     await trio.sleep(0.1)
         cpu0 = time.process_time()
         for seq in range(messages):

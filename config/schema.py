@@ -9,6 +9,7 @@ needs to change.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,8 +127,23 @@ def interface_check(value: Any) -> str | None:
     return f"an IPv4 interface name or address of this machine (have: {', '.join(sorted(ifaces))})"
 
 
+NETWORK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def network_check(value: Any) -> str | None:
+    if isinstance(value, str) and NETWORK_NAME.fullmatch(value):
+        return None
+    return "1-32 lowercase letters, digits or dashes, starting with a letter or digit"
+
+
 @dataclass(frozen=True)
 class P2pSettings:
+    network: str = setting(
+        "main",
+        "name of the network to join: a node hears gossip, DHT roles and mDNS neighbours of its "
+        "own network only, so a test network can run beside another on one LAN or DHT",
+        network_check,
+    )
     listen: tuple[str, ...] = setting(
         ("/ip4/0.0.0.0/tcp/4001",),
         "addresses to listen on (TCP); port 0 picks a free one",

@@ -193,6 +193,7 @@ def _human_status(p: dict[str, Any]) -> str:
             f"roles     {', '.join(p['roles'])}",
             f"home      {p['home']}",
             f"api       {p['api']}",
+            f"network   {p2p.get('network', '-')}",
             f"p2p       {', '.join(p2p.get('addrs', []))}",
             f"peers     {p2p.get('connected_peers', 0)} connected, "
             f"{p2p.get('known_peers', 0)} known",

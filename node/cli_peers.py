@@ -94,6 +94,8 @@ def _human_peers(p: dict[str, Any]) -> str:
         state = "connected" if peer["connected"] else ("online" if peer["online"] else "offline")
         if peer.get("blocked") or peer.get("banned"):
             state = "blocked" if peer.get("blocked") else "banned"
+        if peer.get("other_network"):
+            state = f"network {peer['other_network']}"  # hung up on: not ours
         rtt = "-" if peer["rtt_ms"] is None else f"{peer['rtt_ms']} ms"
         addr = peer["addrs"][0].split("/p2p/")[0] if peer["addrs"] else "-"
         roles = ",".join(peer["roles"]) or "-"

@@ -85,6 +85,7 @@ class NodeContext:
             "p2p": None
             if self.network is None
             else {
+                "network": self.settings.p2p.network,
                 "addrs": self.network.host.addrs,
                 "connected_peers": len(self.network.host.connected_peers()),
                 "known_peers": len(self.network.book.peers),

@@ -33,9 +33,13 @@ REPROVIDE_S: Final = 3600.0  # provider records live 24 h in the library; renew 
 LOOKUP_TIMEOUT_S: Final = 20.0
 
 
-def role_key(role: str) -> str:
-    """The DHT name a node of ``role`` provides, so others can find one without gossip."""
-    return f"/idlegrid/1/role/{role}"
+def role_key(role: str, network: str) -> str:
+    """The DHT name a node of ``role`` on ``network`` provides, so others find one without gossip.
+
+    The network is in the name because one DHT can serve several networks (its routing is
+    shared by whoever connects); a node only wants peers of its own.
+    """
+    return f"/idlegrid/1/{network}/role/{role}"
 
 
 async def run_discovery(
@@ -73,7 +77,7 @@ async def run_mdns(
 ) -> None:
     """Announces this node on ``interface`` and feeds neighbours heard there to the peer book."""
     addrs = lan_addrs(net.announced_addrs(), interface_ipv4(interface))
-    async with open_mdns(net.host.peer_id, addrs, interface) as found:
+    async with open_mdns(net.host.peer_id, addrs, interface, net.p2p.network) as found:
         task_status.started()
         async for peer in found:
             net.learn(peer.addrs, "mdns")
@@ -136,7 +140,7 @@ async def _provide_roles(net: Network) -> bool:
     for role in net.ctx.settings.node.roles:
         stored = False  # stays False if the lookup times out
         with trio.move_on_after(LOOKUP_TIMEOUT_S):
-            stored = net.dht is not None and await net.dht.provide(role_key(role))
+            stored = net.dht is not None and await net.dht.provide(role_key(role, net.p2p.network))
         ok &= stored
     log.info("dht provided roles", extra={"roles": list(net.ctx.settings.node.roles), "ok": ok})
     return ok
@@ -147,7 +151,7 @@ async def _learn_providers(net: Network) -> None:
         if net.dht is None:
             return
         with trio.move_on_after(LOOKUP_TIMEOUT_S):
-            for addrs in (await net.dht.find_providers(role_key(role))).values():
+            for addrs in (await net.dht.find_providers(role_key(role, net.p2p.network))).values():
                 net.learn(addrs, "dht")
 
 
@@ -186,7 +190,7 @@ def discovery_routes(ctx: NodeContext) -> Routes:
         dht = network().dht
         assert dht is not None
         with trio.move_on_after(LOOKUP_TIMEOUT_S):
-            found = await dht.find_providers(role_key(role))
+            found = await dht.find_providers(role_key(role, ctx.settings.p2p.network))
             return {
                 "role": role,
                 "providers": [{"peer_id": p, "addrs": a} for p, a in found.items()],

@@ -30,7 +30,7 @@ from consensus.verify.messages import VERIFY_KINDS
 from node import __version__
 from node.blocks import restore_blocks
 from node.discovery import run_discovery
-from node.peerbook import Peer, PeerBook, load_remembered, remember
+from node.peerbook import Peer, PeerBook, forget, load_remembered, remember
 from p2p.dht import Dht
 from p2p.gate import OPERATOR
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
@@ -77,6 +77,7 @@ class Network:
     dht: Dht | None = None  # set by node.discovery when p2p.dht is on
     relay: Relay | None = None  # set by node.discovery
     circuit_addrs: list[str] = field(default_factory=list)  # through relays that reserved us
+    foreign: dict[str, str] = field(default_factory=dict)  # peers of other networks: their name
     target_connections: int = TARGET_CONNECTIONS
     discovered: trio.Event = field(default_factory=trio.Event)  # set, then replaced, per new peer
     _dial_now: trio.Event = field(default_factory=trio.Event)
@@ -92,7 +93,8 @@ class Network:
         offline_after = self.p2p.offline_after_s * 1000
         known = dict(self.book.peers)
         blocked = {b.peer_id: b for b in self.host.gate.blocks() if b.source == OPERATOR}
-        for peer_id in (connected | set(self.scores.peers()) | set(blocked)) - known.keys():
+        others = connected | set(self.scores.peers()) | set(blocked) | set(self.foreign)
+        for peer_id in others - known.keys():
             known[peer_id] = Peer(peer_id, [])
         return [
             {
@@ -109,6 +111,7 @@ class Network:
                 "last_fault": self.scores.last_reason(p.peer_id),
                 "blocked": p.peer_id in blocked,
                 "blocked_until_ms": blocked[p.peer_id].until_ms if p.peer_id in blocked else None,
+                "other_network": self.foreign.get(p.peer_id),
             }
             for p in sorted(known.values(), key=lambda p: p.peer_id)
         ]
@@ -268,12 +271,33 @@ class Network:
             now = now_ms()
             self.book.lasting(connected, now)
             banned = {p for p in self.book.peers if self.host.gate.blocked(p)}  # bans too
+            banned |= self.foreign.keys()
             for peer in self.book.due(now, connected, banned)[
                 : max(0, TARGET_CONNECTIONS - len(connected))
             ]:
                 await self._dial(peer)
             with trio.move_on_after(1.0):
                 await self._dial_now.wait()
+
+    async def refuse_other_networks(self) -> None:
+        """Hangs up on peers of other networks and forgets them, so they are not redialled
+        (until a restart re-reads a bootstrap list that names them, or they join ours). Their
+        subscriptions say which network they are on; py-libp2p signals no subscriptions, so
+        they are looked at each second (a scan of a dict)."""
+        while True:
+            for peer_id in self.foreign.keys() & self.gossip.topic_peers(NODES):
+                del self.foreign[peer_id]  # restarted on our network, and dialled us
+            for peer_id, network in self.gossip.foreign_peers().items():
+                if peer_id not in self.foreign:
+                    log.warning(
+                        "peer of another network, hanging up",
+                        extra={"peer": peer_id, "network": network, "ours": self.p2p.network},
+                    )
+                self.foreign[peer_id] = network
+                self.book.peers.pop(peer_id, None)
+                await forget(self.ctx.db, peer_id)
+                await self.host.disconnect(peer_id)
+            await trio.sleep(1.0)  # polling: nothing to wait on
 
     async def _dial(self, peer: Any) -> None:
         started = time.monotonic()
@@ -319,7 +343,7 @@ async def run_network(
         blocked = await restore_blocks(ctx.db, host)  # first: we already listen
         scores = PeerScores()
         validator = EnvelopeValidator(REGISTRY, TOPICS)
-        async with open_gossip(host, validator, scores) as gossip:
+        async with open_gossip(host, validator, scores, network=p2p.network) as gossip:
             offline_ms = p2p.offline_after_s * 1000
             book = PeerBook(host.peer_id)
             pool = Pool(offline_ms, 10 * offline_ms)
@@ -333,10 +357,16 @@ async def run_network(
                 nursery.start_soon(net.follow_nodes, nodes_inbox)
                 nursery.start_soon(net.follow_pool, presence_inbox)
                 nursery.start_soon(net.dial_loop)
+                nursery.start_soon(net.refuse_other_networks)
                 nursery.start_soon(net.announce_loop)
                 await nursery.start(run_discovery, net)
                 log.info(
                     "p2p listening",
-                    extra={"addrs": host.addrs, "remembered_peers": remembered, "blocked": blocked},
+                    extra={
+                        "network": p2p.network,
+                        "addrs": host.addrs,
+                        "remembered_peers": remembered,
+                        "blocked": blocked,
+                    },
                 )
                 task_status.started(net)

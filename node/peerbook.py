@@ -105,6 +105,10 @@ async def load_remembered(db: Database, book: PeerBook) -> int:
     return len(rows)
 
 
+async def forget(db: Database, peer_id: str) -> None:
+    await db.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
+
+
 async def remember(db: Database, peer: Peer) -> None:
     await db.execute(
         "INSERT INTO peers(peer_id, addrs, roles, last_seen_ms) VALUES (?, ?, ?, ?) "

@@ -63,11 +63,32 @@ from p2p.validation import EnvelopeValidator, Verdict, wall_clock_ms
 log = logging.getLogger(__name__)
 
 TOPIC_ROOT = "/idlegrid/1/"
+DEFAULT_NETWORK = "main"
 
 
 def topic_name(name: str, shard: str | None = None) -> str:
     """``presence`` -> ``/idlegrid/1/presence``; ``jobs``, ``a100-80g`` -> ``.../jobs/a100-80g``."""
     return TOPIC_ROOT + name + (f"/{shard}" if shard else "")
+
+
+def wire_topic(topic: str, network: str) -> str:
+    """On the wire: ``/idlegrid/1/presence`` -> ``/idlegrid/1/main/presence``.
+
+    Services name topics without the network; the network goes in here, at the one place
+    that talks to pubsub, so two networks whose nodes meet (one LAN, one DHT, a bootstrap
+    list copied from the wrong place) never see each other's jobs, bids or payments.
+    """
+    if not topic.startswith(TOPIC_ROOT):
+        raise ValueError(f"topic {topic!r} does not start with {TOPIC_ROOT!r}")
+    return f"{TOPIC_ROOT}{network}/{topic[len(TOPIC_ROOT) :]}"
+
+
+def network_of(wire: str) -> str | None:
+    """The network in a wire topic (``/idlegrid/1/<network>/...``); None for any other topic."""
+    if not wire.startswith(TOPIC_ROOT):
+        return None
+    network, sep, _ = wire[len(TOPIC_ROOT) :].partition("/")
+    return network if sep and network else None
 
 
 @dataclass(frozen=True)
@@ -145,8 +166,10 @@ class Gossip:
         nursery: trio.Nursery,
         stats: GossipStats | None = None,
         clock: Callable[[], int] = wall_clock_ms,
+        network: str = DEFAULT_NETWORK,
     ) -> None:
         self.host, self.pubsub, self.validator, self.scores = host, pubsub, validator, scores
+        self.network = network
         self.params, self.stats, self.clock = params, stats or GossipStats(), clock
         self._nursery = nursery
         self._outbox, self._outbox_recv = trio.open_memory_channel[tuple[str, bytes]](
@@ -170,8 +193,8 @@ class Gossip:
             inboxes.append(send)
             return receive
         self._inboxes[topic] = [send]
-        self.pubsub.set_topic_validator(topic, self._validator_for(topic), False)
-        subscription = await self.pubsub.subscribe(topic)
+        self.pubsub.set_topic_validator(self.wire(topic), self._validator_for(topic), False)
+        subscription = await self.pubsub.subscribe(self.wire(topic))
         self._nursery.start_soon(self._drain, topic, subscription)
         return receive
 
@@ -181,7 +204,31 @@ class Gossip:
 
     def topic_peers(self, topic: str) -> frozenset[str]:
         """The peers whose subscription to ``topic`` we have heard (ours not included)."""
-        return frozenset(p.to_base58() for p in self.pubsub.peer_topics.get(topic, ()))
+        peers = self.pubsub.peer_topics.get(self.wire(topic), ())
+        return frozenset(p.to_base58() for p in peers)
+
+    def foreign_peers(self) -> dict[str, str]:
+        """Peers whose idlegrid subscriptions are all on another network, with that network.
+
+        Such a peer shares no topic with us, so nothing it says can reach us, nor ours it:
+        the connection is useless (a bootstrap list copied from another network).
+        """
+        ours: set[ID] = set()
+        theirs: dict[ID, str] = {}
+        for wire, peers in self.pubsub.peer_topics.items():
+            network = network_of(wire)
+            if network is None:
+                continue
+            for peer in peers:
+                if network == self.network:
+                    ours.add(peer)
+                else:
+                    theirs[peer] = network
+        return {peer.to_base58(): net for peer, net in theirs.items() if peer not in ours}
+
+    def wire(self, topic: str) -> str:
+        """``topic`` as pubsub knows it on this node's network (see :func:`wire_topic`)."""
+        return wire_topic(topic, self.network)
 
     async def announce(
         self, topic: str, data: bytes, confirmed: trio.Event, every_s: float, max_times: int
@@ -266,7 +313,7 @@ class Gossip:
     async def _publish_loop(self) -> None:
         interval = 1.0 / self.params.publish_per_s
         async for topic, data in self._outbox_recv:
-            await self.pubsub.publish(topic, data)
+            await self.pubsub.publish(self.wire(topic), data)
             self.stats.count("published")
             await trio.sleep(interval)  # pacing, not synchronisation
 
@@ -378,8 +425,12 @@ async def open_gossip(
     validator: EnvelopeValidator,
     scores: PeerScores,
     params: GossipParams = GossipParams(),
+    network: str = DEFAULT_NETWORK,
 ) -> AsyncIterator[Gossip]:
-    """Runs GossipSub on ``host`` for the duration of the block; stops everything it started."""
+    """Runs GossipSub on ``host`` for the duration of the block; stops everything it started.
+
+    ``network`` goes into every topic on the wire (:func:`wire_topic`).
+    """
     records.install()
     router = _router(params)
     pubsub = SerialPubsub(
@@ -397,7 +448,7 @@ async def open_gossip(
             async with trio.open_nursery() as nursery:
                 gossip = Gossip(
                     host, pubsub, validator=validator, scores=scores, params=params,
-                    nursery=nursery, stats=stats,
+                    nursery=nursery, stats=stats, network=network,
                 )  # fmt: skip
                 nursery.start_soon(gossip._publish_loop)
                 nursery.start_soon(gossip._ban_loop)

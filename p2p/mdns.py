@@ -39,15 +39,18 @@ SERVICE_TYPE: Final = "_p2p._udp.local."
 RESOLVE_TIMEOUT_MS: Final = 3000
 FOUND_BUFFER: Final = 64  # finds beyond this while the node is busy are dropped (peers re-announce)
 TXT_MAX: Final = 255  # one TXT string's length limit
+NETWORK_KEY: Final = "idlegrid-network="
 CLOSE_TIMEOUT_S: Final = 5.0
 
 
 @dataclass(frozen=True)
 class Found:
-    """A peer heard on the LAN: its id and the addresses it gave (each ends in its id)."""
+    """A peer heard on the LAN: its id, the addresses it gave (each ends in its id), and the
+    idlegrid network it named (None: a libp2p node that is not ours)."""
 
     peer_id: str
     addrs: list[str]
+    network: str | None = None
 
 
 def interface_ipv4(interface: str) -> str:
@@ -71,11 +74,11 @@ def interface_ipv4(interface: str) -> str:
     return ip
 
 
-def txt_record(addrs: Sequence[str]) -> bytes:
-    """One length-prefixed ``dnsaddr=...`` string per address (too-long ones are left out)."""
+def txt_record(addrs: Sequence[str], network: str) -> bytes:
+    """One length-prefixed ``dnsaddr=...`` string per address (too-long ones are left out),
+    after an ``idlegrid-network=<name>`` string naming our network."""
     out = b""
-    for addr in addrs:
-        entry = f"dnsaddr={addr}".encode()
+    for entry in [f"{NETWORK_KEY}{network}".encode(), *(f"dnsaddr={a}".encode() for a in addrs)]:
         if len(entry) <= TXT_MAX:
             out += bytes([len(entry)]) + entry
     return out
@@ -83,17 +86,19 @@ def txt_record(addrs: Sequence[str]) -> bytes:
 
 def parse_txt(text: bytes) -> Found | None:
     """The peer in a TXT record, or None when it names no peer or several."""
-    addrs, i = [], 0
+    addrs, network, i = [], None, 0
     while i < len(text):
         size = text[i]
         entry = text[i + 1 : i + 1 + size]
         i += 1 + size
         if entry.startswith(b"dnsaddr=") and b"/p2p/" in entry:
             addrs.append(entry[len(b"dnsaddr=") :].decode(errors="replace"))
+        elif entry.startswith(NETWORK_KEY.encode()):
+            network = entry[len(NETWORK_KEY) :].decode(errors="replace")
     peers = {addr.rsplit("/p2p/", 1)[1] for addr in addrs}
     if len(peers) != 1:
         return None
-    return Found(peers.pop(), addrs)
+    return Found(peers.pop(), addrs, network)
 
 
 class _Listener(ServiceListener):
@@ -127,14 +132,18 @@ class _Listener(ServiceListener):
 
 @asynccontextmanager
 async def open_mdns(
-    peer_id: str, addrs: Sequence[str], interface: str
+    peer_id: str, addrs: Sequence[str], interface: str, network: str
 ) -> AsyncIterator[trio.MemoryReceiveChannel[Found]]:
     """Announce ``addrs`` on ``interface`` and yield a channel of peers found there.
+
+    Only peers naming ``network`` come out: a LAN can hold a second idlegrid network (a test
+    one beside a real one) or other libp2p software, and dialling those wastes connections.
 
     Args:
         peer_id: Our peer id (our own announcements are not reported back).
         addrs: Our dialable multiaddrs, each ending in ``/p2p/<peer_id>``.
         interface: An interface name (``eth0``) or one of its IPv4 addresses.
+        network: Our network's name (``p2p.network``), announced and required of peers.
 
     Raises:
         ValueError: If ``interface`` is not on this machine.
@@ -146,6 +155,10 @@ async def open_mdns(
     def deliver(found: Found) -> None:  # on trio's thread, via run_sync_soon
         if found.peer_id == peer_id:
             return
+        if found.network != network:
+            extra = {"peer": found.peer_id, "network": found.network}
+            logger.debug("mdns peer of another network", extra=extra)
+            return
         try:
             send.send_nowait(found)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
@@ -154,14 +167,14 @@ async def open_mdns(
     label = secrets.token_hex(16)
     name = f"{label}.{SERVICE_TYPE}"
     info = ServiceInfo(SERVICE_TYPE, name, addresses=[socket.inet_aton(ip)], port=0,
-                       properties=txt_record(addrs), server=f"{label}.local.")  # fmt: skip
+                       properties=txt_record(addrs, network), server=f"{label}.local.")  # fmt: skip
     zc = await trio.to_thread.run_sync(_zeroconf_on, ip)
     browser: ServiceBrowser | None = None
     try:
         await trio.to_thread.run_sync(zc.register_service, info)
         listener = _Listener(name, trio.lowlevel.current_trio_token(), deliver)
         browser = ServiceBrowser(zc, SERVICE_TYPE, listener=listener)
-        logger.info("mdns on", extra={"interface": interface, "ip": ip})
+        logger.info("mdns on", extra={"interface": interface, "ip": ip, "network": network})
         async with send, receive:
             yield receive
     finally:

@@ -23,7 +23,7 @@ from node.localnet import net
 from node.localnet.procs import stop_all
 from node.localnet.state import NodeInfo, State
 from node.market.packing import unpack
-from p2p.gossip import topic_name
+from p2p.gossip import DEFAULT_NETWORK, topic_name, wire_topic
 from tests.e2e.helpers import ANSWER_JOB as JOB
 from tests.e2e.helpers import ANSWER_WORK as WORK
 from tests.e2e.helpers import api, escrow_returned, poll, submit, wait_final
@@ -88,7 +88,7 @@ async def test_a_flood_of_malformed_gossip_is_banned_everywhere_and_the_job_comp
     plain_net: State, tmp_path: Path
 ) -> None:
     requester = plain_net.node("requester-1")
-    presence, nodes = topic_name("presence"), topic_name("nodes")
+    presence, nodes = (wire_topic(topic_name(n), DEFAULT_NETWORK) for n in ("presence", "nodes"))
     cases = list(bad_messages().values())
     async with hostile_peer([presence, nodes]) as (evil, pubsub, _):
         for node in plain_net.nodes:

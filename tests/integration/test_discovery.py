@@ -19,6 +19,7 @@ MDNS_ENV = cli_env(
     IDLEGRID_P2P_MDNS="true",
     IDLEGRID_P2P_MDNS_INTERFACE="lo",
 )
+OTHER_NETWORK_ENV = {**MDNS_ENV, "IDLEGRID_P2P_NETWORK": "other"}
 
 
 def logged(daemon: Daemon, text: str, timeout: float = 20) -> None:
@@ -28,15 +29,16 @@ def logged(daemon: Daemon, text: str, timeout: float = 20) -> None:
 
 
 @pytest.fixture
-def two_mdns_daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
+def mdns_daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
     """The run's only mDNS daemons, used by one test: a pair per test process (as a
-    module-scoped fixture gave under xdist) would hear the other pair on the loopback."""
+    module-scoped fixture gave under xdist) would hear the other pair on the loopback.
+    The third is on another network, on the same LAN."""
     daemons: list[Daemon] = []
     try:
-        for name in ("a", "b"):
+        for name, env in (("a", MDNS_ENV), ("b", MDNS_ENV), ("c", OTHER_NETWORK_ENV)):
             home = tmp_path / name
-            assert idlegrid(home, "init", env=MDNS_ENV).returncode == 0
-            daemons.append(Daemon(home, (), MDNS_ENV).wait_started())
+            assert idlegrid(home, "init", env=env).returncode == 0
+            daemons.append(Daemon(home, (), env).wait_started())
         yield daemons
     finally:
         for daemon in daemons:
@@ -52,9 +54,9 @@ def test_mdns_without_an_interface_is_refused_naming_the_key(tmp_path: Path) -> 
 
 
 def test_two_daemons_find_each_other_by_mdns_then_serve_the_dht(
-    two_mdns_daemons: list[Daemon],
+    mdns_daemons: list[Daemon],
 ) -> None:
-    a, b = two_mdns_daemons
+    a, b, c = mdns_daemons
     for daemon in (a, b):
         logged(daemon, "peer discovered")  # the other's node.hello, over gossip
     # Whichever heard the other first dialled it; the other then knew it from its hello.
@@ -75,3 +77,10 @@ def test_two_daemons_find_each_other_by_mdns_then_serve_the_dht(
     )
     assert where["addrs"] and where["addrs"][0].endswith(peer_id(b.home))
     assert idlegrid(a.home, "dht", "find", "nonsense", env=MDNS_ENV).returncode == 2
+    # c announced on the same loopback from the start, and is on another network: by now
+    # (a and b found each other and stored DHT records) it would have been dialled.
+    c_status = json.loads(idlegrid(c.home, "status", "--json", env=OTHER_NETWORK_ENV).stdout)
+    assert c_status["p2p"]["network"] == "other"
+    assert peer_id(c.home) not in a.output() + b.output()
+    peers = json.loads(idlegrid(c.home, "peers", "--json", env=OTHER_NETWORK_ENV).stdout)["peers"]
+    assert not [p for p in peers if p["connected"]]

@@ -21,13 +21,14 @@ LONG_S = 1200  # the longest interval: an announcement lives three, at most an h
 
 
 async def start(nursery: trio.Nursery, root: Path, roles: tuple[str, ...],
-                bootstrap: tuple[str, ...] = ()) -> NodeContext:  # fmt: skip
+                bootstrap: tuple[str, ...] = (), network: str = "main") -> NodeContext:  # fmt: skip
     home = Home(root)
     identity.save(home, identity.NodeKeys.generate(), passphrase=None)
     home.ensure_token()
     conf = Settings(
         node=NodeSettings(roles=roles),
         p2p=P2pSettings(
+            network=network,
             listen=("/ip4/127.0.0.1/tcp/0",),
             bootstrap=bootstrap,
             announce_interval_s=LONG_S,
@@ -46,7 +47,7 @@ async def start(nursery: trio.Nursery, root: Path, roles: tuple[str, ...],
 async def aged_out(net: Network, topic: str) -> None:
     """Returns once gossip's cache no longer offers our messages on ``topic`` to newcomers."""
     cache = net.gossip.pubsub.router.mcache
-    while cache.window(topic):
+    while cache.window(net.gossip.wire(topic)):
         await trio.sleep(0.2)  # a look per heartbeat's part: the cache signals nothing
 
 

@@ -16,13 +16,14 @@ from libp2p.peer.id import ID
 from consensus.envelope import new_nonce, seal, seal_body
 from consensus.kinds import Ping
 from consensus.pool import GpuOffer, Presence
-from p2p.gossip import topic_name
+from p2p.gossip import DEFAULT_NETWORK, topic_name, wire_topic
 from p2p.validation import wall_clock_ms
 from tests.daemons import Daemon, cli_env, idlegrid
 from tests.hostile import hostile_peer
 
 ENV = cli_env(IDLEGRID_NODE_ROLES="worker")
-PRESENCE, NODES = topic_name("presence"), topic_name("nodes")
+# As the daemons' pubsub knows them: a hostile peer speaks raw pubsub.
+PRESENCE, NODES = (wire_topic(topic_name(n), DEFAULT_NETWORK) for n in ("presence", "nodes"))
 
 
 def presence(expires_in_ms: int = 60_000) -> Presence:

@@ -23,7 +23,7 @@ from p2p.gate import OPERATOR, SCORE, Block, PeerGate, QuietNotifee
 from p2p.host import DialError, Host, open_host
 from p2p.validation import wall_clock_ms
 from tests.hostile import hostile_peer
-from tests.p2p.test_gossip import PRESENCE, honest_node, link, presence
+from tests.p2p.test_gossip import PRESENCE, WIRE_PRESENCE, honest_node, link, presence
 
 ECHO = "/idlegrid-test/echo/1"
 
@@ -162,12 +162,12 @@ async def test_gossip_follows_the_gate_both_ways() -> None:
 
 async def test_a_score_ban_is_a_block_the_operator_cannot_lift_by_mistake() -> None:
     params = ScoreParams(reject_penalty=10, ban_threshold=-30)
-    async with honest_node(params) as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, _):
+    async with honest_node(params) as good, hostile_peer([WIRE_PRESENCE]) as (evil, evil_pubsub, _):
         watch = Watch()
         good.host.libp2p.get_network().register_notifee(watch)
         await link(evil, evil_pubsub, good.host)
         for i in range(3):
-            await evil_pubsub.publish(PRESENCE, b"garbage %d" % i)
+            await evil_pubsub.publish(WIRE_PRESENCE, b"garbage %d" % i)
         with trio.fail_after(10):
             await good.gossip.wait_until(lambda stats: stats.disconnected >= 1)
         assert [b.source for b in good.host.gate.blocks()] == [SCORE]

@@ -25,12 +25,23 @@ from consensus.envelope import new_nonce, seal, seal_body
 from consensus.kinds import Ping, Registry
 from consensus.pool import GpuOffer, Presence
 from consensus.scores import PeerScores, ScoreParams
-from p2p.gossip import Gossip, GossipParams, Message, SerialPubsub, open_gossip, topic_name
+from p2p.gossip import (
+    DEFAULT_NETWORK,
+    Gossip,
+    GossipParams,
+    Message,
+    SerialPubsub,
+    network_of,
+    open_gossip,
+    topic_name,
+    wire_topic,
+)
 from p2p.host import Host, open_host
 from p2p.validation import EnvelopeValidator, wall_clock_ms
 from tests.hostile import hostile_peer
 
 PRESENCE = topic_name("presence")
+WIRE_PRESENCE = wire_topic(PRESENCE, DEFAULT_NETWORK)  # what raw pubsub (a hostile peer) uses
 REGISTRY = Registry([Presence, Ping])
 TOPICS = {PRESENCE: frozenset({Presence.KIND})}
 
@@ -75,8 +86,8 @@ async def link(a: Host, pubsub_a: Pubsub, b: Host) -> None:
     heartbeat: a message published before that reaches nobody.
     """
     await a.connect(b.addrs[0])
-    await pubsub_a.wait_for_subscription(ID.from_base58(b.peer_id), PRESENCE, timeout=10)
-    await pubsub_a.wait_for_mesh(ID.from_base58(b.peer_id), PRESENCE, timeout=10)
+    await pubsub_a.wait_for_subscription(ID.from_base58(b.peer_id), WIRE_PRESENCE, timeout=10)
+    await pubsub_a.wait_for_mesh(ID.from_base58(b.peer_id), WIRE_PRESENCE, timeout=10)
 
 
 async def next_message(node: Node, timeout: float = 10) -> Message:
@@ -84,13 +95,24 @@ async def next_message(node: Node, timeout: float = 10) -> Message:
         return await node.inbox.receive()
 
 
+def test_the_network_goes_into_topics_on_the_wire_only() -> None:
+    assert wire_topic(topic_name("jobs", "cpu"), "test-1") == "/idlegrid/1/test-1/jobs/cpu"
+    assert network_of(wire_topic(PRESENCE, "main")) == "main"
+    assert network_of(PRESENCE) is None  # no network segment: a bare name
+    assert network_of("/meshsub-other/x") is None
+    with pytest.raises(ValueError, match="does not start with '/idlegrid/1/'"):
+        wire_topic("/other/presence", "main")
+
+
 async def test_presence_crosses_a_line_of_three() -> None:
     async with AsyncExitStack() as stack:
         a, b, c = [await stack.enter_async_context(honest_node()) for _ in range(3)]
         await link(a.host, a.gossip.pubsub, b.host)
         await link(c.host, c.gossip.pubsub, b.host)
-        await b.gossip.pubsub.wait_for_subscription(ID.from_base58(c.host.peer_id), PRESENCE, 10)
-        await b.gossip.pubsub.wait_for_mesh(ID.from_base58(c.host.peer_id), PRESENCE, 10)
+        await b.gossip.pubsub.wait_for_subscription(
+            ID.from_base58(c.host.peer_id), WIRE_PRESENCE, 10
+        )
+        await b.gossip.pubsub.wait_for_mesh(ID.from_base58(c.host.peer_id), WIRE_PRESENCE, 10)
         body = presence()
         await a.gossip.publish(PRESENCE, seal_body(a.key, body))
         got = await next_message(c)
@@ -113,11 +135,11 @@ BAD_CASES = {
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 async def test_bad_messages_are_rejected_and_blamed(case: str) -> None:
-    async with honest_node() as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, _):
+    async with honest_node() as good, hostile_peer([WIRE_PRESENCE]) as (evil, evil_pubsub, _):
         await link(evil, evil_pubsub, good.host)
         # "forged" is a valid envelope signed by someone else: its signer is not the origin
         await evil_pubsub.publish(
-            PRESENCE, BAD_CASES[case](nacl.signing.SigningKey(os.urandom(32)))
+            WIRE_PRESENCE, BAD_CASES[case](nacl.signing.SigningKey(os.urandom(32)))
         )
         with trio.fail_after(10):
             await good.gossip.wait_until(lambda stats: stats.rejected >= 1)
@@ -127,13 +149,16 @@ async def test_bad_messages_are_rejected_and_blamed(case: str) -> None:
 
 
 async def test_replay_is_ignored_without_blame() -> None:
-    async with honest_node() as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, evil_key):
+    async with (
+        honest_node() as good,
+        hostile_peer([WIRE_PRESENCE]) as (evil, evil_pubsub, evil_key),
+    ):
         await link(evil, evil_pubsub, good.host)
         envelope = seal_body(evil_key, presence())
-        await evil_pubsub.publish(PRESENCE, envelope)
+        await evil_pubsub.publish(WIRE_PRESENCE, envelope)
         first = await next_message(good)
         assert first.origin == evil.peer_id
-        await evil_pubsub.publish(PRESENCE, envelope)  # the same envelope, a new gossip seqno
+        await evil_pubsub.publish(WIRE_PRESENCE, envelope)  # the same envelope, a new gossip seqno
         with trio.fail_after(10):
             await good.gossip.wait_until(lambda stats: stats.ignored >= 1)
         assert good.gossip.stats.rejected == 0
@@ -142,9 +167,12 @@ async def test_replay_is_ignored_without_blame() -> None:
 
 async def test_expired_is_ignored_without_blame() -> None:
     """Gossip hands recent messages to peers that just joined: old is not malicious."""
-    async with honest_node() as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, evil_key):
+    async with (
+        honest_node() as good,
+        hostile_peer([WIRE_PRESENCE]) as (evil, evil_pubsub, evil_key),
+    ):
         await link(evil, evil_pubsub, good.host)
-        await evil_pubsub.publish(PRESENCE, seal_body(evil_key, presence(expires_in_ms=-1)))
+        await evil_pubsub.publish(WIRE_PRESENCE, seal_body(evil_key, presence(expires_in_ms=-1)))
         with trio.fail_after(10):
             await good.gossip.wait_until(lambda stats: stats.ignored >= 1)
         assert good.gossip.stats.rejected == 0
@@ -153,12 +181,12 @@ async def test_expired_is_ignored_without_blame() -> None:
 
 async def test_repeated_rejects_ban_and_disconnect() -> None:
     params = ScoreParams(reject_penalty=10, ban_threshold=-30)
-    async with honest_node(params) as good, hostile_peer([PRESENCE]) as (evil, evil_pubsub, _):
+    async with honest_node(params) as good, hostile_peer([WIRE_PRESENCE]) as (evil, evil_pubsub, _):
         await link(evil, evil_pubsub, good.host)
         # back to back: after its first fault the attacker is pruned from the mesh, and later
         # messages it publishes to the topic reach no one (good for us, but not for this test)
         for i in range(3):
-            await evil_pubsub.publish(PRESENCE, b"garbage %d" % i)
+            await evil_pubsub.publish(WIRE_PRESENCE, b"garbage %d" % i)
         with trio.fail_after(10):
             await good.gossip.wait_until(lambda stats: stats.bans >= 1)
         assert good.gossip.scores.banned(evil.peer_id, wall_clock_ms())
@@ -172,7 +200,7 @@ async def test_own_bursts_above_the_library_spam_limit_all_arrive() -> None:
     """Sharp edge 2: a 10 msg/s spam limit silently dropped our own publishes."""
     async with honest_node() as a, honest_node() as b:
         await link(a.host, a.gossip.pubsub, b.host)
-        await a.gossip.pubsub.wait_for_mesh(ID.from_base58(b.host.peer_id), PRESENCE, 10)
+        await a.gossip.pubsub.wait_for_mesh(ID.from_base58(b.host.peer_id), WIRE_PRESENCE, 10)
         count = 40
         for seq in range(count):
             await a.gossip.publish(PRESENCE, seal_body(a.key, presence(seq)))
@@ -255,15 +283,20 @@ async def test_concurrent_writes_over_64_kib_arrive_intact(
     router directly; here four tasks write large RPCs at once. Through SerialPubsub the stream
     stays intact; through plain Pubsub (the regression guard) the receiver sees a garbled frame.
     """
-    async with honest_node() as good, hostile_peer([PRESENCE], pubsub_class) as (evil, ps, key):
+    async with (
+        honest_node() as good,
+        hostile_peer([WIRE_PRESENCE], pubsub_class) as (evil, ps, key),
+    ):
         await link(evil, ps, good.host)
         stream = ps.peers[ID.from_base58(good.host.peer_id)]
-        big = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=bytes(100 * 1024), topicIDs=[PRESENCE])])
+        big = rpc_pb2.RPC(
+            publish=[rpc_pb2.Message(data=bytes(100 * 1024), topicIDs=[WIRE_PRESENCE])]
+        )
         async with trio.open_nursery() as nursery:
             for _ in range(4):
                 nursery.start_soon(ps.write_msg, stream, big)
         if intact:  # the same stream still carries a valid message
-            await ps.publish(PRESENCE, seal_body(key, presence()))
+            await ps.publish(WIRE_PRESENCE, seal_body(key, presence()))
             await next_message(good)
         else:
             with trio.fail_after(10):
@@ -279,7 +312,7 @@ async def test_blacklisting_a_peer_whose_stream_dies_meanwhile(
     peer before the teardown does. Upstream's teardown then raised KeyError, which stopped
     pubsub and crashed a requester daemon in CI. The reader's turn is forced here, not raced.
     """
-    async with honest_node() as good, hostile_peer([PRESENCE], pubsub_class) as (evil, ps, _):
+    async with honest_node() as good, hostile_peer([WIRE_PRESENCE], pubsub_class) as (evil, ps, _):
         await link(evil, ps, good.host)
         peer = ID.from_base58(good.host.peer_id)
         stream = ps.peers[peer]
@@ -303,7 +336,7 @@ async def test_two_subscribers_of_one_topic_each_get_every_message() -> None:
         a, b = [await stack.enter_async_context(honest_node()) for _ in range(2)]
         second = await b.gossip.subscribe(PRESENCE)  # a second service of b on the topic
         await link(a.host, a.gossip.pubsub, b.host)
-        await b.gossip.pubsub.wait_for_mesh(ID.from_base58(a.host.peer_id), PRESENCE, 10)
+        await b.gossip.pubsub.wait_for_mesh(ID.from_base58(a.host.peer_id), WIRE_PRESENCE, 10)
         bodies = [presence(seq) for seq in (1, 2, 3)]
         for body in bodies:
             await a.gossip.publish(PRESENCE, seal_body(a.key, body))

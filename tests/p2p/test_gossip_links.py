@@ -23,11 +23,12 @@ from consensus.envelope import new_nonce, seal_body
 from consensus.kinds import Registry
 from consensus.pool import GpuOffer, Presence
 from consensus.scores import PeerScores, ScoreParams
-from p2p.gossip import Gossip, GossipParams, Message, open_gossip, topic_name
+from p2p.gossip import Gossip, GossipParams, Message, open_gossip, topic_name, wire_topic
 from p2p.host import Host, open_host
 from p2p.validation import EnvelopeValidator, wall_clock_ms
 
 PRESENCE, JOBS = topic_name("presence"), topic_name("jobs", "cpu")
+WIRE_JOBS = wire_topic(JOBS, "main")  # as pubsub knows it
 TOPICS = {PRESENCE: frozenset({Presence.KIND}), JOBS: frozenset({Presence.KIND})}
 FAST = GossipParams(relink_interval_s=0.2)
 
@@ -64,7 +65,7 @@ async def heard(requester: Node, worker: Node, inbox: trio.MemoryReceiveChannel[
     """The requester learns the worker listens on JOBS, and what it publishes there arrives."""
     with trio.fail_after(10):
         await requester.gossip.pubsub.wait_for_peer(worker.pid)
-        await requester.gossip.pubsub.wait_for_subscription(worker.pid, JOBS, timeout=10)
+        await requester.gossip.pubsub.wait_for_subscription(worker.pid, WIRE_JOBS, timeout=10)
         sent = requester.message()
         await requester.gossip.publish(JOBS, sent)
         while (await inbox.receive()).opened.raw != sent:
@@ -96,7 +97,7 @@ async def test_subscriptions_forgotten_with_a_dead_stream_are_repeated() -> None
         await worker.host.connect(requester.host.addrs[0])
         pubsub = requester.gossip.pubsub
         with trio.fail_after(10):
-            await pubsub.wait_for_subscription(worker.pid, JOBS, timeout=10)
+            await pubsub.wait_for_subscription(worker.pid, WIRE_JOBS, timeout=10)
         await pubsub.peers[worker.pid].reset()  # what a write error does to our stream
         await heard(requester, worker, inbox)
 

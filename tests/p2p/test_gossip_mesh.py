@@ -15,7 +15,7 @@ import trio
 from libp2p.peer.id import ID
 
 from p2p.gossip import GossipParams
-from tests.p2p.test_gossip import PRESENCE, honest_node
+from tests.p2p.test_gossip import WIRE_PRESENCE, honest_node
 
 
 class Heartbeats:
@@ -57,9 +57,9 @@ async def test_meshes_stay_near_the_degree_in_a_full_mesh_of_peers() -> None:
                 for other in nodes:
                     if other is not node:
                         peer = ID.from_base58(other.host.peer_id)
-                        await node.gossip.pubsub.wait_for_subscription(peer, PRESENCE, 10)
+                        await node.gossip.pubsub.wait_for_subscription(peer, WIRE_PRESENCE, 10)
             await heartbeats.each(3)
-        sizes = [len(router.mesh[PRESENCE]) for router in routers]
+        sizes = [len(router.mesh[WIRE_PRESENCE]) for router in routers]
         # A node grafts `degree` peers only while its mesh is below degree_low (empty here),
         # and every graft is one edge counted at both ends: at most 2 * degree per node.
         assert all(sizes) and sum(sizes) <= 2 * params.degree * len(nodes), sizes

@@ -11,7 +11,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from consensus.envelope import seal_body
 from p2p import records
 from p2p.records import OWN_RECORD_S, REFRESH_S, OwnRecord, RecordCache
-from tests.p2p.test_gossip import PRESENCE, honest_node, link, next_message, presence
+from tests.p2p.test_gossip import PRESENCE, WIRE_PRESENCE, honest_node, link, next_message, presence
 
 
 class Clock:
@@ -76,7 +76,7 @@ async def test_gossip_between_real_hosts_checks_each_record_once() -> None:
     async with AsyncExitStack() as stack:
         a, b = [await stack.enter_async_context(honest_node()) for _ in range(2)]
         await link(a.host, a.gossip.pubsub, b.host)
-        await b.gossip.pubsub.wait_for_mesh(ID.from_base58(a.host.peer_id), PRESENCE, 10)
+        await b.gossip.pubsub.wait_for_mesh(ID.from_base58(a.host.peer_id), WIRE_PRESENCE, 10)
         hits = cache.hits
         with trio.fail_after(10):
             for seq in range(1, 4):
