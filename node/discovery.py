@@ -119,7 +119,8 @@ async def run_relay(
 ) -> None:
     """Circuit relay v2: every node can dial through relays and accept relayed connections;
     with ``hop`` it relays for others; with ``reserve`` it keeps a slot on the relays among
-    its connections and announces the circuit addresses (each time its connections change).
+    its connections, renews them before they end, and announces the circuit addresses (each
+    time its connections or reservations change).
     """
     async with open_relay(net.host, hop=hop, reserve=reserve) as relay:
         net.relay = relay
@@ -130,7 +131,8 @@ async def run_relay(
                 net.circuit_addrs = circuits
                 log.info("relay reservations", extra={"circuit_addrs": circuits})
                 net.presence_changed()  # announce the new addresses now
-            with trio.move_on_after(DHT_INTERVAL_S):
+            renew_in = await relay.renew()
+            with trio.move_on_after(min(DHT_INTERVAL_S, renew_in or DHT_INTERVAL_S)):
                 await net.connections_changed()
         await trio.sleep_forever()
 

@@ -13,11 +13,16 @@ py-libp2p 0.8.1 has the pieces (``CircuitV2Protocol``, ``CircuitV2Transport``,
   good. :meth:`Relay.find_relays` asks each connected peer directly (one hop stream) and
   seeds that cache before calling ``discover_relays()``.
 * Normal stream ends are logged at error level; :class:`QuietRelayLogs` drops them.
+* A reservation is renewed only after it has ended, and only on the library's own 5-minute
+  sweep: until then the node still announces the circuit while the relay refuses every dial
+  to it (status 204), minutes of every hour. :meth:`Relay.renew` renews a third of the
+  reservation's life before its end (a relay extends a reservation it still holds).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Final
@@ -28,6 +33,7 @@ from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2 import CircuitV2Protocol, CircuitV2Transport, RelayDiscovery
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
+from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2p.host import DialError, Host
@@ -35,6 +41,8 @@ from p2p.host import DialError, Host
 logger = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S: Final = 5.0
+RENEW_AFTER: Final = 2 / 3  # of a reservation's life
+MIN_RENEW_WAIT_S: Final = 1.0  # a relay that does not extend a reservation is not asked in a loop
 CIRCUIT: Final = "/p2p-circuit"
 _BENIGN: Final = (
     "Error reading from hop stream",
@@ -73,6 +81,8 @@ class Relay:
     ) -> None:
         self._host, self._transport, self._discovery = host, transport, discovery
         self._not_relays: set[str] = set()
+        # relay -> (unix s we first saw its reservation's expiry, that expiry)
+        self._reservations: dict[ID, tuple[float, float]] = {}
 
     async def dial(self, addr: str) -> str:
         """Connect through a relay: ``<relay addr>/p2p/<relay>/p2p-circuit/p2p/<target>``.
@@ -114,6 +124,41 @@ class Relay:
         await self._discovery.discover_relays()
         return self.circuit_addrs()
 
+    async def renew(self) -> float | None:
+        """Renews each reservation two thirds into its life (see the module docstring).
+
+        Returns:
+            Seconds until the next renewal is due; None when no reservation is held.
+        """
+        if self._discovery is None:
+            return None
+        due: list[float] = []
+        for relay in self._discovery.get_relays():
+            info = self._discovery.get_relay_info(relay)
+            if info is None or not info.has_reservation or not info.reservation_expires_at:
+                self._reservations.pop(relay, None)
+                continue
+            renew_at = self._renew_at(relay, float(info.reservation_expires_at))
+            if time.time() >= renew_at:
+                ok = await self._discovery.make_reservation(relay)
+                logger.debug("relay reservation renewed", extra={"relay": str(relay), "ok": ok})
+                if not ok:  # refused or unreachable: ask again soon, other relays may serve
+                    due.append(PROBE_TIMEOUT_S)
+                    continue
+                renew_at = self._renew_at(relay, float(info.reservation_expires_at or 0))
+            due.append(max(MIN_RENEW_WAIT_S, renew_at - time.time()))
+        return min(due, default=None)
+
+    def _renew_at(self, relay: ID, expires: float) -> float:
+        """When to renew a reservation ending at ``expires``; its life counts from when we
+        first saw that expiry (the relay's clock and ours both in unix seconds)."""
+        now = time.time()
+        seen, known = self._reservations.get(relay, (now, expires))
+        if known != expires:  # renewed: a new life
+            seen = now
+        self._reservations[relay] = (seen, expires)
+        return seen + (expires - seen) * RENEW_AFTER
+
     def circuit_addrs(self) -> list[str]:
         """Where others can reach us through relays that hold a reservation for us."""
         if self._discovery is None:
@@ -124,6 +169,8 @@ class Relay:
             info = self._discovery.get_relay_info(relay)
             if info is None or not info.has_reservation:
                 continue
+            if info.reservation_expires_at and info.reservation_expires_at < time.time():
+                continue  # ended: the relay refuses dials to us (the library still says held)
             relay_id = relay.to_base58()
             for addr in store.addrs(relay):
                 text = str(addr).removesuffix(f"/p2p/{relay_id}")
@@ -146,7 +193,9 @@ class Relay:
 
 
 @asynccontextmanager
-async def open_relay(host: Host, *, hop: bool, reserve: bool) -> AsyncIterator[Relay]:
+async def open_relay(
+    host: Host, *, hop: bool, reserve: bool, limits: RelayLimits | None = None
+) -> AsyncIterator[Relay]:
     """Run relay v2 on ``host`` for the duration of the block.
 
     Every node can dial through relays and accept relayed connections (the STOP side).
@@ -156,6 +205,8 @@ async def open_relay(host: Host, *, hop: bool, reserve: bool) -> AsyncIterator[R
         hop: Relay for others (needs a reachable address; costs bandwidth).
         reserve: Reserve a slot on relays among connected peers (see :meth:`Relay.find_relays`)
             so this node is reachable through them: for a node behind NAT.
+        limits: A hop's limits on those it relays for (the library's defaults when None:
+            reservations live an hour).
     """
     quiet_relay_logs()
     # CLIENT makes the transport reserve a slot on every relay it dials through; a node that
@@ -166,7 +217,7 @@ async def open_relay(host: Host, *, hop: bool, reserve: bool) -> AsyncIterator[R
     if hop:
         roles |= RelayRole.HOP
     config = RelayConfig(roles=roles)
-    protocol = CircuitV2Protocol(host.libp2p, allow_hop=hop)
+    protocol = CircuitV2Protocol(host.libp2p, limits, allow_hop=hop)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(background_trio_service(protocol))
         await protocol.event_started.wait()
