@@ -30,7 +30,7 @@ from consensus.verify.messages import VERIFY_KINDS
 from node import __version__
 from node.blocks import restore_blocks
 from node.discovery import run_discovery
-from node.peerbook import Peer, PeerBook, forget, load_remembered, remember
+from node.peerbook import Peer, PeerBook, forget, load_remembered, remember, unsaved
 from p2p.dht import Dht
 from p2p.gate import OPERATOR
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
@@ -210,7 +210,8 @@ class Network:
                 continue
             known = msg.origin in self.book.peers and self.book.peers[msg.origin].last_seen_ms > 0
             peer = self.book.heard(msg.origin, body.listen, body.roles, body.version, now_ms())
-            await remember(self.ctx.db, peer)
+            if unsaved(peer):
+                await remember(self.ctx.db, peer)
             if not known:
                 log.info("peer discovered", extra={"peer": msg.origin, "roles": body.roles})
                 self._wake_dialer()

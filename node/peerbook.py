@@ -20,6 +20,9 @@ BACKOFF_MAX_MS = 60_000
 # handshake every second.
 FLAP_MS = 5_000
 REMEMBER_MAX = 1_000
+# A remembered peer's last-seen only orders redials after a restart: rewriting its row on every
+# hello (each peer's, every announce interval) was a steady sqlite write for nothing.
+RESAVE_MS = 600_000
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Peer:
     next_dial_ms: int = 0
     backoff_ms: int = BACKOFF_START_MS
     connected_ms: int = 0  # when our last dial of it succeeded
+    saved: tuple[tuple[str, ...], tuple[str, ...], int] | None = None  # addrs, roles, when
 
 
 def peer_id_of(addr: str) -> str:
@@ -109,7 +113,17 @@ async def forget(db: Database, peer_id: str) -> None:
     await db.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
 
 
+def unsaved(peer: Peer) -> bool:
+    """Whether ``peer``'s row in sqlite is missing, out of date, or last written long ago."""
+    if peer.saved is None:
+        return True
+    addrs, roles, saved_ms = peer.saved
+    changed = addrs != tuple(peer.addrs) or roles != tuple(peer.roles)
+    return changed or peer.last_seen_ms - saved_ms >= RESAVE_MS
+
+
 async def remember(db: Database, peer: Peer) -> None:
+    peer.saved = (tuple(peer.addrs), tuple(peer.roles), peer.last_seen_ms)
     await db.execute(
         "INSERT INTO peers(peer_id, addrs, roles, last_seen_ms) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(peer_id) DO UPDATE SET addrs = excluded.addrs, roles = excluded.roles, "

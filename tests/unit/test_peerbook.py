@@ -1,8 +1,21 @@
-"""The peer book's redial backoff: failures and connections that do not last both slow it."""
+"""The peer book's redial backoff (failures and connections that do not last both slow it),
+and how often it is written to sqlite."""
 
 from __future__ import annotations
 
-from node.peerbook import BACKOFF_MAX_MS, BACKOFF_START_MS, FLAP_MS, PeerBook
+from pathlib import Path
+
+from node.peerbook import (
+    BACKOFF_MAX_MS,
+    BACKOFF_START_MS,
+    FLAP_MS,
+    RESAVE_MS,
+    PeerBook,
+    load_remembered,
+    remember,
+    unsaved,
+)
+from storage.db import Database
 
 ADDR = "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWPeer"
 
@@ -41,3 +54,25 @@ def test_a_peer_that_closes_every_connection_is_dialled_less_and_less() -> None:
         now = peer.next_dial_ms
     assert gaps == [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000, 60_000]
     assert peer.backoff_ms == BACKOFF_MAX_MS
+
+
+async def test_a_hello_rewrites_the_peer_row_only_when_it_changed_or_long_ago(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(tmp_path / "node.db")
+    try:
+        book, peer_id = book_with_peer()
+        peer = book.heard(peer_id, [ADDR], ["worker"], "1", 1_000)
+        assert unsaved(peer)
+        await remember(db, peer)
+        assert not unsaved(book.heard(peer_id, [ADDR], ["worker"], "1", 11_000))  # a repeat
+        peer = book.heard(peer_id, [ADDR], ["worker", "sentry"], "1", 12_000)
+        assert unsaved(peer)  # its roles changed
+        await remember(db, peer)
+        assert not unsaved(book.heard(peer_id, [ADDR], ["worker", "sentry"], "1", 13_000))
+        assert unsaved(book.heard(peer_id, [ADDR], ["worker", "sentry"], "1", 12_000 + RESAVE_MS))
+        restarted = PeerBook("12D3KooWMe")
+        assert await load_remembered(db, restarted) == 1
+        assert restarted.peers[peer_id].addrs == [ADDR]
+    finally:
+        await db.close()
