@@ -10,6 +10,8 @@ that finds it can talk to a node that is fully up. Shutdown runs the same steps 
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import json
 import logging
 import os
@@ -130,9 +132,17 @@ async def run_node(
     keys: NodeKeys,
     *,
     handle_signals: bool = True,
+    freeze_gc: bool = False,
     task_status: TaskStatus[NodeContext] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Runs a node until cancelled or signalled; the caller holds the data dir lock."""
+    """Runs a node until cancelled or signalled; the caller holds the data dir lock.
+
+    ``freeze_gc`` (for a node alone in its process) moves everything alive once the node has
+    started out of the garbage collector's sight (``gc.freeze``): the libraries and services
+    are about 150,000 objects that live as long as the process, and every full collection
+    walked them all, 90-360 ms measured with 21 daemons on 2 cores, stalling auctions that
+    happened to be under way. Objects made later are collected as before.
+    """
     db = await Database.open(home.db)
     try:
         ctx = NodeContext(home, settings, keys, db, BlobStore(home.blobs))
@@ -156,6 +166,9 @@ async def run_node(
                 await nursery.start(run_role, role, ctx)
             _write_api_info(ctx)
             log.info("node started", extra={"peer_id": keys.peer_id, "port": ctx.api_port})
+            if freeze_gc:
+                gc.collect()  # what is garbage now is not frozen with the rest
+                gc.freeze()
             task_status.started(ctx)
     finally:
         with trio.CancelScope(shield=True):
@@ -199,7 +212,7 @@ def start(home: Home, settings: Settings, keys: NodeKeys) -> None:
     lock = NodeLock(home)
     lock.acquire()
     try:
-        trio.run(run_node, home, settings, keys)
+        trio.run(functools.partial(run_node, home, settings, keys, freeze_gc=True))
     except Exception:
         log.exception("daemon crashed")  # into node.log too, not only the terminal
         raise
