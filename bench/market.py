@@ -143,11 +143,18 @@ def run(workers: int, jobs: int, root: Path) -> dict[str, float]:
             proc.wait()
     per_job = sum(messages.values()) / jobs
     print(f"messages over {jobs} jobs: {json.dumps(messages, sort_keys=True)}")
-    first, last, award = (list(column) for column in zip(*timings, strict=True))
+    first, last, _, award = (list(column) for column in zip(*timings, strict=True))
     print(
         f"after submission, p50: first bid {percentile(first, 0.5):.0f} ms, "
         f"last bid {percentile(last, 0.5):.0f} ms, award {percentile(award, 0.5):.0f} ms"
     )
+    # Where the tail's time went: late bids everywhere (a starved machine), one late winner
+    # (the auction waits for a cheaper worker still silent), or a slow acceptance.
+    for t in sorted(timings, key=lambda t: t[3])[-3:]:
+        print(
+            f"slow award {t[3]:.0f} ms: first bid {t[0]:.0f}, winning bid {t[2]:.0f}, "
+            f"last bid {t[1]:.0f}, order accepted {t[3] - t[2]:.0f} ms after the winning bid"
+        )
     return {"p50": percentile(award, 0.5), "p99": percentile(award, 0.99),
             "msgs_per_job": per_job}  # fmt: skip
 
@@ -162,9 +169,9 @@ def wait_for_pool(requester: ApiClient, workers: int, deadline: float) -> None:
         time.sleep(0.5)
 
 
-def award_ms(requester: ApiClient, spec_dir: Path) -> tuple[float, float, float]:
+def award_ms(requester: ApiClient, spec_dir: Path) -> tuple[float, float, float, float]:
     """Submits one job and waits for it to finish; returns when, after submission, its first
-    and last bids arrived and when it was awarded (ms)."""
+    and last bids and the winning bid arrived and when it was awarded (ms)."""
     body = {"spec": (spec_dir / "job.toml").read_text(), "base_dir": str(spec_dir)}
     job_id = requester.post("/v1/jobs", body)["job_id"]
     deadline = time.monotonic() + 120
@@ -177,9 +184,11 @@ def award_ms(requester: ApiClient, spec_dir: Path) -> tuple[float, float, float]
         time.sleep(0.2)
     if view["state"] != "verified" or not view["attempts"]:
         raise SystemExit(f"job {job_id} ended {view['state']}: {view['reason']}")
-    received = [b["received_ms"] for b in requester.get(f"/v1/job/bids?id={job_id}")["bids"]]
+    bids = requester.get(f"/v1/job/bids?id={job_id}")["bids"]
+    received = [b["received_ms"] for b in bids]
+    won = next(b["received_ms"] for b in bids if b.get("outcome") == "won")
     created = view["created_ms"]
-    return (min(received) - created, max(received) - created,
+    return (min(received) - created, max(received) - created, won - created,
             view["attempts"][0]["started_ms"] - created)  # fmt: skip
 
 
