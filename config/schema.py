@@ -245,7 +245,15 @@ class MarketSettings:
         2000, "how often a requester pays (and hears progress), in ms", int_range(100, 60_000)
     )
     voucher_grace_ms: int = setting(
-        10_000, "a worker stops this long after the last payment, in ms", int_range(500, 600_000)
+        10_000,
+        "a worker pauses a task this long after the last payment, in ms (a requester's order)",
+        int_range(500, 600_000),
+    )
+    voucher_hold_ms: int = setting(
+        120_000,
+        "a worker keeps a task paused for lack of payment this long for its requester to come "
+        "back (a restart), then stops it, in ms; 0 stops it at once",
+        int_range(0, 3_600_000),
     )
     lost_after_ms: int = setting(
         8000,

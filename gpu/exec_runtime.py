@@ -56,7 +56,9 @@ class ExecRuntime:
         jail = self.sandbox.prepare(workload.command, spec.workdir, workload_env(spec, gpus),
                                     network=workload.network, gpus=gpus)  # fmt: skip
         try:
-            code = await run_logged(jail.argv, jail.cwd, jail.env, on_log, **jail.popen)
+            code = await run_logged(
+                jail.argv, jail.cwd, jail.env, on_log, freezer=spec.freezer, **jail.popen
+            )
         except OSError as exc:  # e.g. the sandbox's own program is gone
             return RunResult(False, f"cannot start {jail.argv[0]!r}: {exc.strerror}")
         if code != 0:

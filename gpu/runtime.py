@@ -27,6 +27,7 @@ import trio
 from blake3 import blake3
 
 from consensus.market.messages import Workload
+from gpu.freezer import Freezer, descendants
 
 LOG_LINE_CHARS = 1000
 GENESIS = bytes(32)
@@ -43,6 +44,7 @@ class RunSpec:
     resume_index: int = -1  # the segment that checkpoint closed
     resume_chained: bytes = GENESIS  # the chained hash up to and including that segment
     gpus: int = 1  # how many of the worker's GPUs the task was given
+    freezer: Freezer | None = None  # the worker pauses the task's processes through it
 
 
 @dataclass(frozen=True)
@@ -121,14 +123,20 @@ def tree_hash(root: Path, names: list[str]) -> bytes:
 
 
 async def run_logged(
-    command: list[str], cwd: Path, env: dict[str, str], on_log: OnLog, **popen: Any
+    command: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    on_log: OnLog,
+    *,
+    freezer: Freezer | None = None,
+    **popen: Any,
 ) -> int:
     """Runs ``command`` in its own session, feeding each output line to ``on_log``.
 
     Cancelled, it stops the process and everything it started: SIGTERM, then SIGKILL after
     :data:`KILL_GRACE_S`. If this process dies instead (kill -9), the command's lifeline
     (:mod:`gpu.lifeline`) kills it. ``popen`` passes extra ``subprocess.Popen`` options
-    (``pass_fds``, ``user``...).
+    (``pass_fds``, ``user``...). With a ``freezer``, the command can be paused and resumed.
     """
     read_end, write_end = os.pipe()  # the write end never leaves this process
     try:
@@ -149,19 +157,24 @@ async def run_logged(
     finally:
         os.close(read_end)
     try:
-        assert process.stdout is not None
-        buffer = b""
-        async for data in process.stdout:
-            *lines, buffer = (buffer + data).split(b"\n")
-            for line in lines:
-                on_log(line.decode(errors="replace")[:LOG_LINE_CHARS])
-        if buffer:
-            on_log(buffer.decode(errors="replace")[:LOG_LINE_CHARS])
-        return await process.wait()
+        async with (freezer or Freezer()).watching(process.pid):
+            return await _read_lines(process, on_log)
     finally:
         with trio.CancelScope(shield=True):
             await _stop_group(process)
         os.close(write_end)
+
+
+async def _read_lines(process: trio.Process, on_log: OnLog) -> int:
+    assert process.stdout is not None
+    buffer = b""
+    async for data in process.stdout:
+        *lines, buffer = (buffer + data).split(b"\n")
+        for line in lines:
+            on_log(line.decode(errors="replace")[:LOG_LINE_CHARS])
+    if buffer:
+        on_log(buffer.decode(errors="replace")[:LOG_LINE_CHARS])
+    return await process.wait()
 
 
 def with_lifeline(
@@ -184,9 +197,10 @@ async def _stop_group(process: trio.Process) -> None:
     run in their own session; they are listed before the leader goes (its orphans could no
     longer be found).
     """
-    family = _descendants(process.pid) if process.returncode is None else []
+    family = descendants(process.pid) if process.returncode is None else []
     if process.returncode is None:
         _signal_all(process, family, signal.SIGTERM)
+        _signal_all(process, family, signal.SIGCONT)  # a paused task must wake to hear it
         with trio.move_on_after(KILL_GRACE_S):
             await process.wait()
     _signal_all(process, family, signal.SIGKILL)
@@ -194,14 +208,6 @@ async def _stop_group(process: trio.Process) -> None:
     if family:  # not our children, so no wait(): psutil watches them go (a killed jail's
         # processes may still be on their way out when bwrap has gone)
         await trio.to_thread.run_sync(psutil.wait_procs, family, KILL_GRACE_S)
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        family: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-    return family
 
 
 def _signal_all(process: trio.Process, family: list[psutil.Process], sig: signal.Signals) -> None:

@@ -208,7 +208,8 @@ class SegmentedRuntime:
 
             nursery.start_soon(follow)
             try:
-                code = await run_logged(jail.argv, jail.cwd, jail.env, on_log, **jail.popen)
+                code = await run_logged(jail.argv, jail.cwd, jail.env, on_log,
+                                        freezer=progress.spec.freezer, **jail.popen)  # fmt: skip
             finally:
                 pipe.close_write()  # our copy: the child's exit then reaches follow() as EOF
         if errors:

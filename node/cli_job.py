@@ -278,6 +278,9 @@ def worker(home_dir: str | None, as_json: bool) -> None:
     rows = [("TASK", "DECISION")]
     rows += [(d["task"], d["decision"]) for d in payload["decisions"][-20:]]
     running = ", ".join(payload["running"]) or "nothing"
+    paused = payload.get("paused") or []  # absent from a worker too old to pause
+    if paused:
+        running += f" (paused, no payment: {', '.join(paused)})"
 
     def human(p: dict[str, Any]) -> str:
         head = f"{p['status']}, {p['free_gpus']} GPU(s) free, running {running}"

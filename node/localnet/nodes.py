@@ -37,6 +37,7 @@ TUNING: dict[str, Any] = {
     "market.bid_window_ms": 1000,
     "market.voucher_interval_ms": 1000,
     "market.lost_after_ms": 4000,
+    "market.voucher_hold_ms": 20_000,  # a requester restart takes seconds; a cut worker idles
     "worker.sandbox": "auto",  # bwrap where it works; the jobs are the operator's own
     # Settlement on: a short epoch and a payout (or claim) at the first wei, so a newcomer sees
     # a job anchored and paid within a minute (see deploy() in node/localnet/chain.py).

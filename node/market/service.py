@@ -89,6 +89,7 @@ def market_of(ctx: NodeContext) -> Market:
             bid_window_ms=m.bid_window_ms,
             voucher_interval_ms=m.voucher_interval_ms,
             voucher_grace_ms=m.voucher_grace_ms,
+            voucher_hold_ms=m.voucher_hold_ms,
             lost_after_ms=m.lost_after_ms,
         )
         ctx.market = Market(net, MarketStore(ctx.db), share, params)

@@ -5,7 +5,9 @@ and ``jobs/any``; the :class:`~consensus.market.bidder.Bidder` decides, and a bi
 straight to the requester. An accepted order becomes a row in ``work`` and a run of the
 executor; every voucher the requester sends is checked by the task's
 :class:`~consensus.market.meter.MeterGuard` and answered with a :class:`TaskReport`. When
-vouchers stop, so does the work: the worker's unpaid exposure is a few seconds.
+vouchers stop, the work pauses (its processes frozen), so the worker's unpaid exposure is a
+few seconds; vouchers back within ``voucher_hold_ms`` (a requester that restarted) resume it,
+else it stops.
 
 After a restart, work that was running in the previous process is reported ``lost`` (its
 process died with the daemon), so the requester moves it elsewhere at once; finished work
@@ -42,10 +44,10 @@ from consensus.market.messages import (
     TaskReport,
     Voucher,
 )
-from consensus.market.meter import MeterGuard
+from consensus.market.meter import MeterGuard, Pause, Resume, Stop
 from node.market.blobshare import BlobShare, FetchFailed
 from node.market.datasets import Disk, NoRoom, disk_room, disk_status, place_all, using_all
-from node.market.executor import GENESIS, Executor, RunSpec, SegmentDone
+from node.market.executor import GENESIS, Executor, Freezer, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
 from node.market.params import MarketParams
@@ -78,12 +80,16 @@ class Work:
     state: str = "fetching"
     persisted: str = "fetching"  # the state in sqlite
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    freezer: Freezer = field(default_factory=Freezer)  # paused while no voucher comes
     checkpoints: list[Checkpoint] = field(default_factory=list)
     logs: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_LOG_LINES))
     logs_dropped: int = 0
     result: BlobRef | None = None
     result_hash: bytes | None = None
     error: str = ""
+
+    def paused(self) -> bool:
+        return self.freezer.frozen and self.state not in ENDED
 
     def log(self, line: str) -> None:
         if len(self.logs) == self.logs.maxlen:
@@ -163,6 +169,7 @@ class WorkerService:
             "status": self.bidder.status(),
             "free_gpus": self.bidder.free_gpus(),
             "running": [r.text() for r in self.bidder.running()],
+            "paused": [ref.text() for ref, work in self.works.items() if work.paused()],
             "decisions": list(self.decisions),
             "disk": await disk_status(self.share.datasets, self.disk),
         }
@@ -257,6 +264,7 @@ class WorkerService:
             self.net.now_ms(),
             order.voucher_interval_ms,
             order.voucher_grace_ms,
+            hold_ms=self.params.voucher_hold_ms,
         )
         work = Work(order, requester, guard)
         self.works[order.ref] = work
@@ -301,6 +309,7 @@ class WorkerService:
             order.resume.index if order.resume else -1,
             order.resume.chained if order.resume else GENESIS,
             gpus=order.gpus,
+            freezer=work.freezer,
         )
 
         async def on_segment(done: SegmentDone) -> None:
@@ -369,9 +378,7 @@ class WorkerService:
         if not await self._chain_voucher_ok(work, voucher):
             return to_wire(work.report(since, offset))  # as if it never came: the grace runs
         if work.state not in ENDED:
-            stop = work.guard.on_voucher(voucher.amount_wei, self.net.now_ms())
-            if stop is not None:
-                self._stop(work, stop.reason)
+            self._follow(work, work.guard.on_voucher(voucher.amount_wei, self.net.now_ms()))
             self._wake()
         await self.store.move_work(
             voucher.ref,
@@ -425,6 +432,18 @@ class WorkerService:
             self._stop(work, "cancelled by the requester", state="cancelled")
         return {"ok": True}
 
+    def _follow(self, work: Work, effect: Stop | Pause | Resume | None) -> None:
+        """Does what the task's meter guard decided."""
+        if isinstance(effect, Stop):
+            self._stop(work, effect.reason)
+        elif isinstance(effect, Pause):  # its processes keep their work, computing nothing
+            why = effect.reason
+            log.warning("task paused", extra={"task": work.order.ref.text(), "reason": why})
+            work.freezer.freeze()
+        elif isinstance(effect, Resume):
+            log.info("task resumed", extra={"task": work.order.ref.text()})
+            work.freezer.thaw()
+
     def _stop(self, work: Work, reason: str, state: str = "stopped") -> None:
         log.info("stopping task", extra={"task": work.order.ref.text(), "reason": reason})
         work.state, work.error = state, reason
@@ -438,10 +457,8 @@ class WorkerService:
             for work in self.works.values():
                 if work.state in ENDED:
                     continue
-                stop = work.guard.on_tick(now)
-                if stop is not None:
-                    self._stop(work, stop.reason)
-                else:
+                self._follow(work, work.guard.on_tick(now))
+                if work.state not in ENDED:
                     deadlines.append(work.guard.next_deadline())
             wait = (min(deadlines) - now) / 1000 if deadlines else 3600.0
             with trio.move_on_after(max(0.0, wait)):

@@ -15,8 +15,9 @@ to the requester's side. Then the partition heals.
 What the APIs show, and so what is asserted: the requester's ledger (``/v1/job``) has, per
 task, one attempt that ran to the end ("done"), and each attempt closed before the next was
 awarded; no voucher reached a worker beyond that ledger. The cut-off worker does not know it
-was replaced; it stops when its vouchers stop, after a grace no longer than the requester's
-``lost_after_ms`` (tests/services/test_cut_off_worker.py checks the timing on a mock clock).
+was replaced; it pauses when its vouchers stop, after a grace no longer than the requester's
+``lost_after_ms``, and stops once its own ``voucher_hold_ms`` has passed
+(tests/services/test_cut_off_worker.py checks the timing on a mock clock).
 
 Verification is ``none`` on purpose: exec jobs are checked by sampled re-execution, and an
 attestation gossiped while its sentry is cut off is not re-broadcast, so the requester would
@@ -37,6 +38,7 @@ from typing import Any
 import pytest
 
 from node.localnet import net
+from node.localnet.nodes import TUNING
 from node.localnet.procs import stop_all
 from node.localnet.state import NodeInfo, State
 from tests.e2e.helpers import BPS, FEE_BPS, FINAL, api, poll
@@ -159,9 +161,13 @@ def test_partition_through_a_running_task_heals_and_every_job_completes_once(
     attempts_a = views[job_a]["attempts"]
     assert attempts_a[0]["worker"] == far.peer_id and attempts_a[0]["outcome"] != "done"
     assert views[job_b]["attempts"][0]["worker"] == near.peer_id, "b went across the cut"
-    # The cut-off worker's own copy stops by itself (it finishes, or its vouchers stop).
+    # The cut-off worker's own copy stops by itself (it finishes, or it was paused for want of
+    # vouchers and its hold ran out).
+    hold_s = TUNING["market.voucher_hold_ms"] / 1000
     poll(
-        f"{far.name} idle", lambda: True if not api(far).get("/v1/worker")["running"] else None, 30
+        f"{far.name} idle",
+        lambda: True if not api(far).get("/v1/worker")["running"] else None,
+        hold_s + 30,
     )
     check_money(requester, workers, [a for v in views.values() for a in v["attempts"]])
     assert_escrow_invariant(localnet)
@@ -183,34 +189,41 @@ def check_one_award_at_a_time(view: dict[str, Any]) -> None:
 def check_money(
     requester: NodeInfo, workers: list[NodeInfo], attempts: list[dict[str, Any]]
 ) -> None:
-    """Escrow returned; each worker paid its vouchers less the fee, never more than vouched."""
-    paid_workers = {a["worker"] for a in attempts if int(a["vouched_wei"]) > 0}
+    """Escrow returned; each worker paid its vouchers less the fee (a failed-over attempt only
+    up to its cap, the requester's ``payable_wei``), never more than vouched.
+
+    The cut-off worker's attempt is capped at its last held checkpoint: nothing here (exec
+    tasks have none). Its vouchers reach the anchorers when its copy stops, after the cap."""
+    payable: dict[str, int] = {}
+    for a in attempts:
+        payable[a["worker"]] = payable.get(a["worker"], 0) + int(a["payable_wei"] or 0)
+
+    def due(peer: str, theirs: dict[str, dict[str, Any]]) -> int:
+        return min(int(theirs[peer]["payee"]["vouched_wei"]), payable[peer])
 
     def settled() -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
         mine = api(requester).get("/v1/chain")
         theirs = {w.peer_id: api(w).get("/v1/chain") for w in workers}
         if set(mine["escrow"]["jobs"]) != {"returned"}:
             return None
-        for peer in paid_workers:
-            payee = theirs[peer]["payee"]
-            earned, vouched = int(theirs[peer]["earned_wei"]), int(payee["vouched_wei"])
+        for peer in payable:
             # The last voucher comes with the final report: it may be anchored an epoch later.
-            if earned * BPS < vouched * (BPS - FEE_BPS):
+            if int(theirs[peer]["earned_wei"]) * BPS < due(peer, theirs) * (BPS - FEE_BPS):
                 return None
         return mine, theirs
 
     mine, theirs = poll("escrow returned and every worker paid", settled, 180)
-    vouched_total = 0
-    for peer in paid_workers:
+    paid_total = 0
+    for peer, cap in payable.items():
         vouched, paid = int(theirs[peer]["payee"]["vouched_wei"]), int(theirs[peer]["earned_wei"])
-        assert paid * BPS >= vouched * (BPS - FEE_BPS), "the worker got its vouchers, less the fee"
-        assert paid <= vouched, "never more than the requester signed"
+        assert paid * BPS >= due(peer, theirs) * (BPS - FEE_BPS), "its vouchers (to the cap)"
+        assert paid <= min(vouched, cap), "never more than signed, or than the cap"
         signed = sum(int(a["vouched_wei"]) for a in attempts if a["worker"] == peer)
         assert vouched <= signed, "no voucher reached a worker beyond the requester's ledger"
-        vouched_total += vouched
+        paid_total += due(peer, theirs)
     escrow = mine["escrow"]["jobs"]["returned"]
     kept = int(escrow["funded_wei"]) - int(escrow["returned_wei"])
     # A voucher signed but never delivered (the cut) stays in the requester's pool, never with
     # a worker: at most one voucher interval (1 s at the attempt's price) per attempt.
     slack = sum(int(a["price_wei_per_s"]) for a in attempts)
-    assert vouched_total <= kept <= vouched_total + slack, (kept, vouched_total, slack)
+    assert paid_total <= kept <= paid_total + slack, (kept, paid_total, slack)

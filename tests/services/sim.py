@@ -88,6 +88,8 @@ class SimExecutor:
         started = trio.current_time()
         for index in range(spec.resume_index + 1, spec.workload.segments):
             await trio.sleep(self.segment_s)
+            if spec.freezer is not None:  # paused for want of vouchers: no segment ends
+                await spec.freezer.wait_thawed()
             state = expected_state(state, index)
             chained = chain(chained, state)
             checkpoint = spec.workdir / f"checkpoint-{index}"

@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus.market.meter import MeterGuard, Stop, owed_wei, payable_after_failover
+from consensus.market.meter import (
+    MeterGuard,
+    Pause,
+    Resume,
+    Stop,
+    owed_wei,
+    payable_after_failover,
+)
 
 START = 1_000_000
 
@@ -30,6 +37,35 @@ def test_a_worker_stops_when_vouchers_stop() -> None:
     assert g.next_deadline() == START + 7001
     stop = g.on_tick(START + 7001)
     assert isinstance(stop, Stop) and "vouchers stopped" in stop.reason
+
+
+def test_with_a_hold_a_worker_pauses_then_resumes_when_vouchers_come_back() -> None:
+    g = guard(hold_ms=60_000)
+    assert g.on_voucher(20, START + 2000) is None
+    assert g.on_tick(START + 7000) is None
+    pause = g.on_tick(START + 7001)
+    assert isinstance(pause, Pause) and "no voucher for 5001 ms" in pause.reason
+    assert g.paused and g.on_tick(START + 8000) is None, "paused once, not again every tick"
+    assert g.next_deadline() == START + 2000 + 5000 + 60_000 + 1
+    # The requester is back 20 s later and pays for every second since the start.
+    assert g.on_voucher(owed_wei(10, START, START + 22_000, 1000), START + 22_000) == Resume()
+    assert not g.paused and g.next_deadline() == START + 27_001
+    assert g.on_voucher(220, START + 24_000) is None, "resumed once"
+
+
+def test_a_paused_task_stops_when_its_hold_runs_out() -> None:
+    g = guard(hold_ms=60_000)
+    assert isinstance(g.on_tick(START + 5001), Pause)
+    assert g.on_tick(START + 65_000) is None
+    stop = g.on_tick(START + 65_001)
+    assert isinstance(stop, Stop) and "vouchers stopped 65001 ms ago" in stop.reason
+
+
+def test_a_requester_back_from_a_pause_must_still_pay_in_full() -> None:
+    g = guard(hold_ms=60_000)
+    assert isinstance(g.on_tick(START + 5001), Pause)
+    late = g.on_voucher(20, START + 30_000)  # vouches for 2 s of 30
+    assert isinstance(late, Stop) and "underpaid" in late.reason
 
 
 def test_underpaying_or_decreasing_vouchers_stop_the_work() -> None:

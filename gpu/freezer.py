@@ -1,0 +1,98 @@
+"""Pausing a task's processes in place, so that work nobody pays for stops without being lost.
+
+A worker whose requester stops paying must stop computing (its unpaid exposure is bounded),
+but the usual cause is a requester restarting, and killing the workload then throws away
+every second since its last checkpoint (all of an ``exec`` task). So the worker first
+freezes the task (SIGSTOP to everything the workload runs) and thaws it (SIGCONT) when the
+vouchers come back; only a requester gone for longer than the worker holds a paused task
+costs the work (:class:`consensus.market.meter.MeterGuard`).
+
+The lifeline between the daemon and the workload (:mod:`gpu.lifeline`) is never frozen: it
+must stay awake to kill a frozen workload if the daemon dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+
+import psutil
+import trio
+
+SWEEP_S = 0.5  # while frozen, what a task starts later (a process, a fork) is stopped this soon
+
+
+class Freezer:
+    """The processes of one task, frozen and thawed together.
+
+    Runtimes watch the process they start with :meth:`watching`; the worker calls
+    :meth:`freeze` and :meth:`thaw`. While frozen, a sweep stops what the task starts
+    afterwards, such as the workload a lifeline had not started yet when the freeze came.
+    """
+
+    def __init__(self) -> None:
+        self._roots: set[int] = set()
+        self._thawed = trio.Event()
+        self._thawed.set()
+        self._frozen = trio.Event()
+
+    @property
+    def frozen(self) -> bool:
+        return not self._thawed.is_set()
+
+    def freeze(self) -> None:
+        if self.frozen:
+            return
+        self._thawed = trio.Event()
+        self._frozen.set()
+        for pid in list(self._roots):
+            _signal_below(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if not self.frozen:
+            return
+        self._frozen = trio.Event()
+        for pid in list(self._roots):
+            _signal_below(pid, signal.SIGCONT)
+        self._thawed.set()
+
+    async def wait_thawed(self) -> None:
+        """Returns once not frozen: for runtimes that are not processes (the market's
+        simulated executor)."""
+        await self._thawed.wait()
+
+    @contextlib.asynccontextmanager
+    async def watching(self, pid: int) -> AsyncIterator[None]:
+        """Freezes and thaws what ``pid`` starts (not ``pid`` itself, the lifeline) while the
+        block runs."""
+        self._roots.add(pid)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sweep, pid)
+                yield
+                nursery.cancel_scope.cancel()
+        finally:
+            self._roots.discard(pid)
+
+    async def _sweep(self, pid: int) -> None:
+        while True:
+            await self._frozen.wait()
+            while self.frozen:
+                _signal_below(pid, signal.SIGSTOP)  # again to the stopped: harmless
+                await trio.sleep(SWEEP_S)
+
+
+def _signal_below(pid: int, sig: signal.Signals) -> None:
+    for proc in descendants(pid):
+        with contextlib.suppress(psutil.Error):  # gone already; psutil refuses a reused pid
+            proc.send_signal(sig)
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Everything ``pid`` started, however deep; empty once it has gone."""
+    try:
+        family: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    return family
