@@ -7,9 +7,11 @@ the ciphertext, in 1 MiB pieces over request/response, and the key, sealed to th
 peer's X25519 key, only to peers it granted the blob to (the worker its task's inputs, the
 requester the outputs and checkpoints): knowing a hash is not enough to read someone's data,
 and a peer that carries a blob onwards (the requester re-sharing a checkpoint after a
-failover) re-seals the key it was given. The whole ciphertext is verified against its name
-before it enters the store; the plaintext is stored beside it, and a small keyring (one 0600
-file per blob: key and plaintext hash) maps one to the other across restarts.
+failover) re-seals the key it was given. A fetch keeps its pieces in ``<hash>.part``, so one
+cut off (the holder gone, our daemon killed) resumes where it stopped: a big checkpoint is not
+moved twice. The whole ciphertext is verified against its name before it enters the store;
+the plaintext is stored beside it, and a small keyring (one 0600 file per blob: key and
+plaintext hash) maps one to the other across restarts.
 
 A task's inputs take this path rather than the chunked transfer layer (``node/transfer``):
 this one also runs over the in-memory network that the market's simulation uses. Big data
@@ -22,7 +24,8 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = "/idlegrid/blob/1"
 PIECE_BYTES = 1 << 20
+PART_SUFFIX = "part"  # a fetch's ciphertext so far, resumed by the next fetch of the blob
+LEFTOVER_KEEP_S = 86_400  # a part nobody resumed for a day (and a temp file kill -9 left) goes
 
 
 class FetchFailed(Exception):
@@ -88,11 +93,26 @@ class BlobShare:
         self.net, self.store, self.scratch, self._node_key = net, store, scratch, key
         self.keyring = keyring_of(scratch)
         self._grants: set[tuple[str, str]] = set()
+        self._fetching: dict[str, trio.Lock] = {}
         # The node's dataset service, for the datasets a job names (set by the daemon).
         self.datasets: Datasets | None = None
 
     def register(self) -> None:
         self.net.serve(PROTOCOL, self._serve)
+        self.sweep_scratch()
+
+    def sweep_scratch(self, now_s: float | None = None) -> int:
+        """Deletes parts of fetches nobody resumed for a day, and temporary files a killed
+        daemon left (decrypted or sealed copies); returns how many went."""
+        cutoff = (time.time() if now_s is None else now_s) - LEFTOVER_KEEP_S
+        gone = 0
+        for path in self.scratch.glob("*") if self.scratch.is_dir() else ():
+            if path.suffix in (f".{PART_SUFFIX}", ".plain", ".sealed"):
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        gone += 1
+        return gone
 
     def grant(self, peer: str, digest: bytes) -> None:
         self._grants.add((peer, digest.hex()))
@@ -188,25 +208,59 @@ class BlobShare:
         return self.store.path(plain_digest)
 
     async def _fetch_ciphertext(self, holder: str, addrs: list[str], ref: BlobRef) -> None:
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".part") as part:
-            hasher, offset = blake3(), 0
-            while offset < ref.size:
-                length = min(PIECE_BYTES, ref.size - offset)
-                payload = {"hash": ref.hash, "offset": offset, "length": length}
-                reply = await self.net.request(holder, addrs, PROTOCOL, payload, timeout_s=30)
-                data = reply.get("data") if isinstance(reply, dict) else None
-                if not isinstance(data, bytes) or len(data) != length:
-                    raise HolderLied("a piece of the wrong size")
-                hasher.update(data)
-                part.write(data)
-                offset += length
+        """Fetches the ciphertext into ``<hash>.part`` in the scratch folder, resuming what an
+        earlier fetch (cut off, or before a restart) left there, then stores it.
+
+        A holder is blamed only for bytes that all came from it: a mismatch over a resumed
+        prefix (another holder's, or another run's) discards the part and blames nobody.
+        """
+        digest = check_digest(ref.hash.hex())
+        async with self._fetch_lock(digest):
+            if self.store.has(digest):
+                return  # a fetch of the same blob finished while we waited
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            part = self.scratch / f"{digest}.{PART_SUFFIX}"
+            hasher = blake3()
+            resumed = offset = await trio.to_thread.run_sync(_resume, part, hasher, ref.size)
+            try:
+                with part.open("ab") as out:
+                    while offset < ref.size:
+                        data = await self._piece(holder, addrs, ref, offset)
+                        hasher.update(data)
+                        out.write(data)
+                        offset += len(data)
+            except HolderLied:
+                part.unlink(missing_ok=True)
+                raise
             if hasher.digest() != ref.hash:
+                part.unlink(missing_ok=True)
+                if resumed:
+                    raise FetchFailed("bytes do not match the hash (over a resumed part)")
                 raise HolderLied("bytes do not match the hash")  # the next holder is tried
-            part.flush()
-            digest = await trio.to_thread.run_sync(self.store.put_file, Path(part.name))
-        if digest != ref.hash.hex():  # the file changed under us: our bug or our disk
+            stored = await trio.to_thread.run_sync(self.store.put_file, part)
+            part.unlink(missing_ok=True)
+        if stored != digest:  # the file changed under us: our bug or our disk
             raise FetchFailed("stored bytes do not match the hash")
+
+    async def _piece(self, holder: str, addrs: list[str], ref: BlobRef, offset: int) -> bytes:
+        length = min(PIECE_BYTES, ref.size - offset)
+        payload = {"hash": ref.hash, "offset": offset, "length": length}
+        reply = await self.net.request(holder, addrs, PROTOCOL, payload, timeout_s=30)
+        data = reply.get("data") if isinstance(reply, dict) else None
+        if not isinstance(data, bytes) or len(data) != length:
+            raise HolderLied("a piece of the wrong size")
+        return data
+
+    @contextlib.asynccontextmanager
+    async def _fetch_lock(self, digest: str) -> AsyncIterator[None]:
+        """One fetch per blob at a time in this process: they would share its part file."""
+        lock = self._fetching.setdefault(digest, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._fetching.pop(digest, None)
 
     async def _serve(self, peer: str, payload: Any) -> Any:
         if not isinstance(payload, dict):
@@ -282,6 +336,22 @@ class Keyring:
 def keyring_of(scratch: Path) -> Keyring:
     """The keyring of the blobs whose scratch folder is ``scratch``."""
     return Keyring(scratch.parent / "keys")
+
+
+def _resume(part: Path, hasher: Any, size: int) -> int:
+    """Feeds what ``part`` holds to ``hasher``; its length, or 0 when it is not a prefix of a
+    blob of ``size`` bytes (then it is emptied)."""
+    try:
+        held = part.stat().st_size
+    except FileNotFoundError:
+        return 0
+    if held > size:
+        part.unlink()
+        return 0
+    with part.open("rb") as f:
+        for chunk in iter(lambda: f.read(PIECE_BYTES), b""):
+            hasher.update(chunk)
+    return held
 
 
 def _read_piece(path: Path, offset: int, length: int) -> bytes:

@@ -6,6 +6,7 @@ Real BlobShares, stores and keyrings on disk, over the in-memory network (real e
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import trio
 from blake3 import blake3
 
 from consensus.market.messages import BlobRef
-from node.market.blobshare import PROTOCOL, BlobShare, FetchFailed
+from node.market.blobshare import PIECE_BYTES, PROTOCOL, BlobShare, FetchFailed
+from p2p.reqresp import RequestError
 from tests.services.memnet import Hub
 from tests.services.sim import SimNode, make_node
 
@@ -102,3 +104,73 @@ async def test_a_liar_is_named_when_no_holder_serves_the_blob(tmp_path: Path) ->
         await worker.share.fetch(two, addrs)
     assert failed.value.liars == {liar.net.peer_id}
     assert [whom for _, whom, _ in worker.net.hub.blamed] == [liar.net.peer_id]
+
+
+async def test_a_fetch_cut_off_midway_resumes_after_a_restart_moving_only_the_rest(
+    tmp_path: Path,
+) -> None:
+    requester, worker = await nodes(tmp_path, "requester", "worker")
+    data = os.urandom((5 << 20) + 1234)  # six pieces
+    (tmp_path / "ckpt").write_bytes(data)
+    ref = await requester.share.put(tmp_path / "ckpt")
+    requester.share.grant(worker.net.peer_id, ref.hash)
+    pieces = -(-ref.size // PIECE_BYTES)
+    served: list[int] = []
+    cut = [True]
+
+    async def counting(peer: str, payload: Any) -> Any:
+        if "offset" in payload:
+            if cut[0] and len(served) == 2:  # the holder drops off the network after two pieces
+                cut[0] = False
+                requester.net.hub.kill(requester.net.peer_id)
+                raise RequestError("cut off")
+            served.append(payload["offset"])
+        return await requester.share._serve(peer, payload)
+
+    requester.net.serve(PROTOCOL, counting)
+    with trio.fail_after(30), pytest.raises(FetchFailed):
+        await worker.share.fetch(ref, addrs)
+    assert (worker.root / "scratch" / f"{ref.hash.hex()}.part").stat().st_size == 2 * PIECE_BYTES
+
+    requester.net.hub.revive(requester.net.peer_id)
+    served.clear()
+    restarted = BlobShare(worker.net, worker.share.store, worker.root / "scratch", node_key(worker))
+    with trio.fail_after(30):
+        got = await restarted.fetch(ref, addrs)
+    assert got.read_bytes() == data
+    assert served == [i * PIECE_BYTES for i in range(2, pieces)], "only the missing pieces"
+    assert not list((worker.root / "scratch").glob("*.part"))
+    assert worker.net.hub.blamed == []
+
+
+async def test_a_resumed_part_that_does_not_match_blames_nobody_and_is_fetched_anew(
+    tmp_path: Path,
+) -> None:
+    requester, worker = await nodes(tmp_path, "requester", "worker")
+    (tmp_path / "in").write_bytes(os.urandom(3 << 20))
+    ref = await requester.share.put(tmp_path / "in")
+    requester.share.grant(worker.net.peer_id, ref.hash)
+    scratch = worker.root / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / f"{ref.hash.hex()}.part").write_bytes(os.urandom(PIECE_BYTES))  # not its bytes
+    with trio.fail_after(30), pytest.raises(FetchFailed, match="resumed") as failed:
+        await worker.share.fetch(ref, addrs)
+    assert failed.value.liars == frozenset() and worker.net.hub.blamed == []
+    with trio.fail_after(30):
+        got = await worker.share.fetch(ref, addrs)  # from the start
+    assert got.read_bytes() == (tmp_path / "in").read_bytes()
+
+
+async def test_parts_nobody_resumed_for_a_day_are_swept(tmp_path: Path) -> None:
+    (worker,) = await nodes(tmp_path, "worker")
+    scratch = worker.root / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    old, fresh = scratch / f"{'a' * 64}.part", scratch / f"{'b' * 64}.part"
+    other = scratch / "x.tar"
+    for path in (old, fresh, other):
+        path.write_bytes(b"x")
+    day_ago = time.time() - 86_400 - 60
+    os.utime(old, (day_ago, day_ago))
+    os.utime(other, (day_ago, day_ago))
+    assert worker.share.sweep_scratch() == 1
+    assert not old.exists() and fresh.exists() and other.exists()
