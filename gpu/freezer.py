@@ -15,44 +15,47 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import psutil
 import trio
 
-SWEEP_S = 0.5  # while frozen, what a task starts later (a process, a fork) is stopped this soon
+SWEEP_MS = 500  # while frozen, what a task starts later (a process, a fork) is stopped this soon
 
 
 class Freezer:
     """The processes of one task, frozen and thawed together.
 
     Runtimes watch the process they start with :meth:`watching`; the worker calls
-    :meth:`freeze` and :meth:`thaw`. While frozen, a sweep stops what the task starts
-    afterwards, such as the workload a lifeline had not started yet when the freeze came.
+    :meth:`freeze` and :meth:`thaw`, and :meth:`sweep` every :data:`SWEEP_MS` while frozen to
+    stop what the task started since (the workload a lifeline had not started yet when the
+    freeze came, a fork).
     """
 
     def __init__(self) -> None:
         self._roots: set[int] = set()
         self._thawed = trio.Event()
         self._thawed.set()
-        self._frozen = trio.Event()
 
     @property
     def frozen(self) -> bool:
         return not self._thawed.is_set()
 
     def freeze(self) -> None:
+        if not self.frozen:
+            self._thawed = trio.Event()
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Stops everything below the watched processes, while frozen (again to the stopped
+        ones: harmless)."""
         if self.frozen:
-            return
-        self._thawed = trio.Event()
-        self._frozen.set()
-        for pid in list(self._roots):
-            _signal_below(pid, signal.SIGSTOP)
+            for pid in list(self._roots):
+                _signal_below(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
         if not self.frozen:
             return
-        self._frozen = trio.Event()
         for pid in list(self._roots):
             _signal_below(pid, signal.SIGCONT)
         self._thawed.set()
@@ -62,25 +65,16 @@ class Freezer:
         simulated executor)."""
         await self._thawed.wait()
 
-    @contextlib.asynccontextmanager
-    async def watching(self, pid: int) -> AsyncIterator[None]:
+    @contextlib.contextmanager
+    def watching(self, pid: int) -> Iterator[None]:
         """Freezes and thaws what ``pid`` starts (not ``pid`` itself, the lifeline) while the
         block runs."""
         self._roots.add(pid)
+        self.sweep()
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sweep, pid)
-                yield
-                nursery.cancel_scope.cancel()
+            yield
         finally:
             self._roots.discard(pid)
-
-    async def _sweep(self, pid: int) -> None:
-        while True:
-            await self._frozen.wait()
-            while self.frozen:
-                _signal_below(pid, signal.SIGSTOP)  # again to the stopped: harmless
-                await trio.sleep(SWEEP_S)
 
 
 def _signal_below(pid: int, sig: signal.Signals) -> None:

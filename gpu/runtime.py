@@ -157,7 +157,7 @@ async def run_logged(
     finally:
         os.close(read_end)
     try:
-        async with (freezer or Freezer()).watching(process.pid):
+        with (freezer or Freezer()).watching(process.pid):
             return await _read_lines(process, on_log)
     finally:
         with trio.CancelScope(shield=True):

@@ -5,7 +5,7 @@ log lines back, then a :class:`RunResult`. The node's executor is :class:`gpu.ru
 (exec and train in a sandbox); tests drive the market with simulated executors.
 """
 
-from gpu.freezer import Freezer
+from gpu.freezer import SWEEP_MS, Freezer
 from gpu.runtime import (
     GENESIS,
     Executor,
@@ -21,6 +21,7 @@ from gpu.runtime import (
 
 __all__ = [
     "GENESIS",
+    "SWEEP_MS",
     "Executor",
     "Freezer",
     "OnLog",

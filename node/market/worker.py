@@ -47,7 +47,7 @@ from consensus.market.messages import (
 from consensus.market.meter import MeterGuard, Pause, Resume, Stop
 from node.market.blobshare import BlobShare, FetchFailed
 from node.market.datasets import Disk, NoRoom, disk_room, disk_status, place_all, using_all
-from node.market.executor import GENESIS, Executor, Freezer, RunSpec, SegmentDone
+from node.market.executor import GENESIS, SWEEP_MS, Executor, Freezer, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
 from node.market.packing import PackError, pack_outputs, unpack
 from node.market.params import MarketParams
@@ -458,8 +458,12 @@ class WorkerService:
                 if work.state in ENDED:
                     continue
                 self._follow(work, work.guard.on_tick(now))
-                if work.state not in ENDED:
-                    deadlines.append(work.guard.next_deadline())
+                if work.state in ENDED:
+                    continue
+                deadlines.append(work.guard.next_deadline())
+                if work.freezer.frozen:  # what the paused task started since is stopped too
+                    work.freezer.sweep()
+                    deadlines.append(now + SWEEP_MS)
             wait = (min(deadlines) - now) / 1000 if deadlines else 3600.0
             with trio.move_on_after(max(0.0, wait)):
                 await self._changed.wait()

@@ -94,20 +94,22 @@ async def test_a_frozen_workload_stops_in_place_and_goes_on_when_thawed(
     assert lines[0] == "tick 0" and not results
 
 
-async def test_what_a_frozen_task_starts_later_is_frozen_too() -> None:
+async def test_a_sweep_stops_what_a_frozen_task_started_later() -> None:
     """A freeze that comes before the lifeline has started the workload (or before the
-    workload forks) must still stop it: the sweep finds it."""
+    workload forks) finds nothing to stop; the worker's sweeps while paused catch it."""
     freezer = Freezer()
     later = "import subprocess, time; time.sleep(0.3); subprocess.run(['sleep', '30'])"
     with trio.fail_after(30):
         process = await trio.lowlevel.open_process([sys.executable, "-c", later])
         try:
-            async with freezer.watching(process.pid):
+            with freezer.watching(process.pid):
                 freezer.freeze()  # nothing below it yet
                 while not psutil.Process(process.pid).children():
                     await trio.sleep(0.01)
                 (child,) = psutil.Process(process.pid).children()
+                assert child.status() != psutil.STATUS_STOPPED
                 while child.status() != psutil.STATUS_STOPPED:
+                    freezer.sweep()  # as the worker's tick loop does every SWEEP_MS
                     await trio.sleep(0.01)
                 assert psutil.Process(process.pid).status() != psutil.STATUS_STOPPED, (
                     "the watched process itself (the lifeline) stays awake"
