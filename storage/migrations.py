@@ -465,6 +465,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=16,
+        description="worker: the requester's cap on a line it failed over",
+        sql="""
+            -- the amount a genuine cap (signed by the line's requester) closed the line at;
+            -- NULL: none heard. The line's due is then the lower of it and the voucher.
+            ALTER TABLE settle_vouchers ADD COLUMN capped_wei TEXT;
+        """,
+    ),
 )
 
 

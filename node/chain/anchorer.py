@@ -32,7 +32,6 @@ from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
 from consensus.settlement import anchoring_state
 from consensus.settlement.anchoring import Anchoring, Answer, Effect, Finalize, Post
-from consensus.settlement.eip712 import Domain
 from consensus.settlement.epoch import Line
 from consensus.settlement.leaves import FinalLeaves, leaves_parts
 from consensus.settlement.market import chain_voucher_for
@@ -48,7 +47,7 @@ from node.chain.anchoring import _events as anchor_events
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
 from node.chain.payout import Payer
-from node.chain.signing import cap_signer, spend_signer, voucher_signer
+from node.chain.signing import check_cap, spend_signer, voucher_signer
 from storage.db import Database
 
 if TYPE_CHECKING:
@@ -386,17 +385,3 @@ class Anchorer:
             "paid_out_epoch": None if self.payer.done is None else self.payer.done.index,
             "workers_paid_out_here": self.payer.paid,
         }
-
-
-def check_cap(domain: Domain, c: VoucherCap) -> None:
-    """Raises Invalid unless the cap, its voucher and its spend (if any) are all the
-    requester's."""
-    requester = "0x" + c.requester.hex()
-    signers = {cap_signer(domain, c.entry(), c.cap_sig).lower()}
-    if c.amount_wei > 0:
-        voucher = chain_voucher_for(c.ref, c.worker, c.amount_wei)
-        signers.add(voucher_signer(domain, voucher, c.voucher_sig).lower())
-    if (spend := c.spend()) is not None:
-        signers.add(spend_signer(domain, spend).lower())
-    if signers != {requester}:
-        raise Invalid("cap.signature", f"signed by {sorted(signers)}, not {requester}")

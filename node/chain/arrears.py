@@ -54,10 +54,11 @@ class ArrearsWatch:
         now_ms = self.now_ms()
         held_since = now_ms - self.hold_ms  # ended after this: may still wait for a verdict
         rows = await self.db.query(
-            "SELECT requester, requester_peer, amount_wei, shown_wei, anchors_before, "
-            "debited_before, ended_ms FROM settle_vouchers WHERE ended_ms IS NULL "
-            "OR ended_ms > ? OR (ended_ms >= ? AND anchors_before IS NOT NULL "
-            "AND CAST(shown_wei AS INTEGER) < CAST(amount_wei AS INTEGER))",
+            "SELECT requester, requester_peer, amount_wei, capped_wei, shown_wei, "
+            "anchors_before, debited_before, ended_ms FROM settle_vouchers "
+            "WHERE ended_ms IS NULL OR ended_ms > ? OR (ended_ms >= ? "
+            "AND anchors_before IS NOT NULL AND CAST(shown_wei AS INTEGER) < "
+            "MIN(CAST(amount_wei AS INTEGER), CAST(COALESCE(capped_wei, amount_wei) AS INTEGER)))",
             (held_since, now_ms - WINDOW_MS),
         )
         live = [r for r in rows if r["ended_ms"] is None or r["ended_ms"] > held_since]
@@ -110,11 +111,18 @@ class ArrearsWatch:
             self.on_change(self.blocked())
 
 
+def due_wei(row: Any) -> int:
+    """What a line of ``settle_vouchers`` is owed: its voucher, or a lower cap of its
+    requester's."""
+    amount, capped = int(row["amount_wei"]), row["capped_wei"]
+    return amount if capped is None else min(amount, int(capped))
+
+
 def _line(row: Any) -> Line:
     return Line(
         requester=row["requester"].lower(),
         peer=row["requester_peer"],
-        amount_wei=int(row["amount_wei"]),
+        amount_wei=due_wei(row),  # a line its requester capped (a failover) is due the cap
         shown_wei=int(row["shown_wei"]),
         anchors_before=int(row["anchors_before"]),
         debited_before=int(row["debited_before"]),

@@ -12,7 +12,9 @@ hand it to the anchorers when the task ends, and claim anchored earnings.
   its line at that amount (the anchorer's :class:`EpochEntries`, whose root must be the
   chain's; the amount shown is kept in sqlite), for up to a day (gossip is lossy, anchorers
   can be cut off for a while; anchorers keep the largest per line, so repeats cost nothing).
-  A capped line (a failover) is shown below our voucher, so it is resent for the whole day.
+  A capped line (a failover: the requester signs that only the seconds up to the checkpoint
+  it holds are owed) is due only its cap: once the worker hears a cap that its requester
+  signed, it resends the line only while no anchor shows the cap, and judges arrears by it.
 - Arrears: :class:`~node.chain.arrears.ArrearsWatch` judges requesters whose lines no anchor
   takes; the bidder declines their work (``chain.arrears_anchors``).
 - Claim: anchorers gossip each final epoch's earnings leaves; the worker rebuilds the tree,
@@ -36,8 +38,9 @@ from consensus.settlement.epoch import Spend
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import EARNINGS_TYPES, leaf_hash
 from consensus.settlement.messages import EpochEntries, EpochLeaves, SettledVoucher, VoucherCap
-from node.chain.arrears import ArrearsWatch
+from node.chain.arrears import ArrearsWatch, due_wei
 from node.chain.errors import ChainError
+from node.chain.signing import check_cap
 from p2p.gossip import topic_name
 from storage.db import Database
 
@@ -135,6 +138,8 @@ class Payee:
                         await self._on_leaves(body, message.opened.signer_peer_id)
                     elif isinstance(body, EpochEntries):
                         await self._on_entries(body)
+                    elif isinstance(body, VoucherCap):
+                        await self.on_cap(body)
                 except Exception as exc:  # an outage: the anchorer sends them again
                     log.warning("anchor message not checked: %r", exc)
 
@@ -144,6 +149,27 @@ class Payee:
         while True:
             await self._submit(self.net.now_ms() - RESUBMIT_MAX_MS, None, unanchored=True)
             await trio.sleep(max(self.chain.settings.epoch_s / 2, self.chain.settings.poll_s))
+
+    async def on_cap(self, cap: VoucherCap) -> bool:
+        """Notes a requester's cap on one of our lines, if the requester signed it: the line is
+        then due only the cap (anchorers anchor no more). True when it was taken."""
+        if cap.worker != self.me:
+            return False
+        try:
+            check_cap(self.chain.domain, cap)
+        except Invalid as exc:
+            log.info("cap refused", extra={"task": cap.ref.text(), "error": str(exc)})
+            return False
+        changed = await self.db.execute(
+            "UPDATE settle_vouchers SET capped_wei = ? WHERE job_id = ? AND idx = ? "
+            "AND attempt = ? AND lower(requester) = ? AND capped_wei IS NOT ?",
+            (str(cap.amount_wei), cap.ref.job_id, cap.ref.task, cap.ref.attempt,
+             "0x" + cap.requester.hex(), str(cap.amount_wei)),
+        )  # fmt: skip
+        if changed:
+            log.info("line capped by its requester",
+                     extra={"task": cap.ref.text(), "wei": str(cap.amount_wei)})  # fmt: skip
+        return bool(changed)
 
     async def _on_entries(self, entries: EpochEntries) -> None:
         """Notes which of our lines an anchor shows, if its entries root is the chain's."""
@@ -182,8 +208,9 @@ class Payee:
             ref = TaskRef(job_id=row["job_id"], task=row["idx"], attempt=row["attempt"])
             if only is not None and ref not in only:
                 continue
-            if unanchored and int(row["shown_wei"]) >= int(row["amount_wei"]):
-                continue
+            shown, capped = int(row["shown_wei"]), row["capped_wei"]
+            if (unanchored or capped is not None) and shown >= due_wei(row):
+                continue  # shown at what is due (a capped line perhaps never: due 0)
             try:
                 voucher = SettledVoucher(
                     expires_ms=self.net.now_ms() + TTL_MS, nonce=new_nonce(), ref=ref,

@@ -18,6 +18,8 @@ from consensus.settlement.eip712 import (
     voucher_digest,
 )
 from consensus.settlement.epoch import Entry, Spend
+from consensus.settlement.market import chain_voucher_for
+from consensus.settlement.messages import VoucherCap
 
 
 def sign_digest(key: bytes, digest: bytes) -> bytes:
@@ -76,3 +78,17 @@ def cap_signer(domain: Domain, entry: Entry, signature: bytes) -> str:
 
 def _cap_digest(domain: Domain, e: Entry) -> bytes:
     return cap_digest(domain, e.job, e.task, e.worker, e.amount)
+
+
+def check_cap(domain: Domain, c: VoucherCap) -> None:
+    """Raises Invalid unless the cap, its voucher and its spend (if any) are all the
+    requester's."""
+    requester = "0x" + c.requester.hex()
+    signers = {cap_signer(domain, c.entry(), c.cap_sig).lower()}
+    if c.amount_wei > 0:
+        voucher = chain_voucher_for(c.ref, c.worker, c.amount_wei)
+        signers.add(voucher_signer(domain, voucher, c.voucher_sig).lower())
+    if (spend := c.spend()) is not None:
+        signers.add(spend_signer(domain, spend).lower())
+    if signers != {requester}:
+        raise Invalid("cap.signature", f"signed by {sorted(signers)}, not {requester}")

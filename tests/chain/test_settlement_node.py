@@ -26,7 +26,7 @@ from consensus.settlement.messages import (
     entry_of,
 )
 from node.chain import artifacts
-from node.chain.anchorer import Anchorer, check_cap
+from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
 from node.chain.caps import Caps
 from node.chain.client import Settlement
@@ -38,7 +38,7 @@ from node.chain.node import ChainNode
 from node.chain.payee import Payee
 from node.chain.payout import Payer
 from node.chain.service import ChainService
-from node.chain.signing import sign_voucher, spend_signer
+from node.chain.signing import check_cap, sign_voucher, spend_signer
 from node.chain.spending import SpendBook
 from storage.db import Database
 from tests.chain.conftest import ETH, Anvil, Net, make_net

@@ -11,8 +11,8 @@ from consensus.market.messages import TaskRef
 from consensus.settlement.eip712 import Domain, chain_task_id
 from consensus.settlement.market import chain_voucher_for
 from consensus.settlement.messages import VoucherCap
-from node.chain.anchorer import check_cap
 from node.chain.hook import SettlementHook
+from node.chain.signing import check_cap
 
 DOMAIN = Domain(31337, b"\x22" * 20)
 REF = TaskRef(job_id=b"\x07" * 16, task=3, attempt=1)
