@@ -153,6 +153,7 @@ def check_views(market: dict[str, Daemon], ids: dict[str, str], job_id: str) -> 
     assert [j["job_id"] for j in listed] == [job_id]
     dear = cli_json(market["w-dear"], "worker")
     assert dear["status"] == "available"
+    assert dear["paused"] == [], "nothing paused for want of payment"
     assert any("price" in d["decision"] for d in dear["decisions"]), dear["decisions"]
 
 
