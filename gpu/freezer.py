@@ -38,6 +38,11 @@ class Freezer:
         self._thawed.set()
 
     @property
+    def watched(self) -> frozenset[int]:
+        """The processes whose descendants a freeze stops (runs' lifelines)."""
+        return frozenset(self._roots)
+
+    @property
     def frozen(self) -> bool:
         return not self._thawed.is_set()
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
+import psutil
 import pytest
 import trio
 
 from consensus.market.messages import Workload
+from gpu.freezer import Freezer, descendants
 from gpu.runtime import GENESIS, RunResult, RunSpec, SegmentDone, chain
 from gpu.train import BadSegment, TrainRuntime, _Progress, file_hash
 from tests.gpu.conftest import needs_bwrap, sandbox
@@ -73,6 +76,45 @@ async def test_two_processes_produce_the_same_chain(tmp_path: Path, baseline: Ru
     assert result.result_hash == baseline.segments[-1].hash
     assert file_hash(again.dir / "model.ckpt") == result.result_hash
     assert any(line.startswith("segment 4/4: step 12, loss ") for line in again.logs)
+
+
+async def test_a_run_paused_and_resumed_produces_the_same_chain(
+    tmp_path: Path, baseline: Run
+) -> None:
+    """What a worker does when vouchers stop and come back: the training is frozen between
+    two segments and goes on, and nothing in its checkpoints tells."""
+    paused = Run(tmp_path, "paused")
+    freezer = Freezer()
+    first = trio.Event()
+    keep = paused.on_segment
+
+    async def on_segment(done: SegmentDone) -> None:
+        await keep(done)
+        if done.index == 0:
+            freezer.freeze()
+            first.set()
+
+    paused.on_segment = on_segment  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(paused.go, freezer=freezer))
+        with trio.fail_after(60):
+            await first.wait()
+            while not _all_stopped(freezer):
+                freezer.sweep()  # as the worker's tick loop does while paused
+                await trio.sleep(0.05)
+        freezer.thaw()
+    assert [(s.index, s.hash, s.chained) for s in paused.segments] == [
+        (s.index, s.hash, s.chained) for s in baseline.segments
+    ]
+
+
+def _all_stopped(freezer: Freezer) -> bool:
+    """Every process below the runs the freezer watches is stopped (and there is one)."""
+    family = [p for pid in freezer.watched for p in descendants(pid)]
+    try:
+        return bool(family) and all(p.status() == psutil.STATUS_STOPPED for p in family)
+    except psutil.Error:
+        return False
 
 
 async def test_resume_from_a_checkpoint_continues_the_same_chain(
