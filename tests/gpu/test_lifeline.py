@@ -12,11 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import trio
 
 from gpu.runtime import with_lifeline
 from tests.gpu.conftest import needs_bwrap
+from tests.gpu.test_freezer import states_of
 from tests.gpu.test_sandbox import _tagged
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,31 +27,41 @@ import sys, trio
 from pathlib import Path
 from consensus.market.messages import Workload
 from gpu.exec_runtime import ExecRuntime
+from gpu.freezer import Freezer
 from gpu.runtime import RunSpec
 from tests.gpu.conftest import sandbox
 
 QUIET = "import time\\nprint('started', flush=True)\\ntime.sleep(600)"  # then never a word
 
 
-async def main(mode, workdir, tag):
+async def main(mode, workdir, tag, freeze):
+    freezer = Freezer()
+
     def on_log(line):
+        if freeze == "frozen":  # paused for want of vouchers when the daemon dies
+            freezer.freeze()
         print(line, flush=True)
 
     async def on_segment(done):
         raise AssertionError("never finishes")
 
     workload = Workload(kind="exec", command=["python3", "-c", QUIET], params={"tag": tag})
-    await ExecRuntime(sandbox(mode)).run(RunSpec("t", workload, Path(workdir)), on_segment, on_log)
+    spec = RunSpec("t", workload, Path(workdir), freezer=freezer)
+    await ExecRuntime(sandbox(mode)).run(spec, on_segment, on_log)
 
 trio.run(main, *sys.argv[1:])
 """
 
 
+@pytest.mark.parametrize("freeze", ["running", "frozen"])
 @pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=needs_bwrap), "limits"])
-async def test_a_workload_dies_with_the_daemon_that_started_it(workdir: Path, mode: str) -> None:
+async def test_a_workload_dies_with_the_daemon_that_started_it(
+    workdir: Path, mode: str, freeze: str
+) -> None:
+    """Frozen too: the lifeline is never frozen, and SIGKILL ends a stopped process."""
     tag = os.urandom(8).hex()
     daemon = subprocess.Popen(
-        [sys.executable, "-c", DAEMON, mode, str(workdir), tag],
+        [sys.executable, "-c", DAEMON, mode, str(workdir), tag, freeze],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -59,6 +71,9 @@ async def test_a_workload_dies_with_the_daemon_that_started_it(workdir: Path, mo
         with trio.fail_after(30):
             line = await trio.to_thread.run_sync(daemon.stdout.readline)
         assert line.strip() == "started" and _tagged(tag), "the workload runs"
+        if freeze == "frozen":
+            with trio.fail_after(10):
+                await states_of(tag, {psutil.STATUS_STOPPED})
         daemon.send_signal(signal.SIGKILL)
         with trio.fail_after(10):
             while _tagged(tag):  # polled: the kernel gives no event for a stranger's exit
