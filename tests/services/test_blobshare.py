@@ -120,9 +120,7 @@ async def test_a_fetch_cut_off_midway_resumes_after_a_restart_moving_only_the_re
 
     async def counting(peer: str, payload: Any) -> Any:
         if "offset" in payload:
-            if cut[0] and len(served) == 2:  # the holder drops off the network after two pieces
-                cut[0] = False
-                requester.net.hub.kill(requester.net.peer_id)
+            if cut[0] and payload["offset"] >= 2 * PIECE_BYTES:  # the link fails after two
                 raise RequestError("cut off")
             served.append(payload["offset"])
         return await requester.share._serve(peer, payload)
@@ -132,13 +130,13 @@ async def test_a_fetch_cut_off_midway_resumes_after_a_restart_moving_only_the_re
         await worker.share.fetch(ref, addrs)
     assert (worker.root / "scratch" / f"{ref.hash.hex()}.part").stat().st_size == 2 * PIECE_BYTES
 
-    requester.net.hub.revive(requester.net.peer_id)
+    cut[0] = False
     served.clear()
     restarted = BlobShare(worker.net, worker.share.store, worker.root / "scratch", node_key(worker))
     with trio.fail_after(30):
         got = await restarted.fetch(ref, addrs)
     assert got.read_bytes() == data
-    assert served == [i * PIECE_BYTES for i in range(2, pieces)], "only the missing pieces"
+    assert sorted(served) == [i * PIECE_BYTES for i in range(2, pieces)], "only the missing ones"
     assert not list((worker.root / "scratch").glob("*.part"))
     assert worker.net.hub.blamed == []
 
