@@ -14,6 +14,7 @@ must stay awake to kill a frozen workload if the daemon dies.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Iterator
 
@@ -83,9 +84,21 @@ class Freezer:
 
 
 def _signal_below(pid: int, sig: signal.Signals) -> None:
-    for proc in descendants(pid):
+    for proc in _members(pid):
         with contextlib.suppress(psutil.Error):  # gone already; psutil refuses a reused pid
             proc.send_signal(sig)
+
+
+def _members(pid: int) -> list[psutil.Process]:
+    """What the run led by ``pid`` (a lifeline, leader of its own process group) started:
+    its descendants, and the rest of its process group, where a workload's background
+    processes go when their parent exits (no pid namespace in the ``limits`` sandbox)."""
+    found = {p.pid: p for p in descendants(pid)}
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if proc.pid != pid and proc.pid not in found and os.getpgid(proc.pid) == pid:
+                found[proc.pid] = proc
+    return list(found.values())
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -17,7 +17,7 @@ import trio
 
 from consensus.market.messages import Workload
 from gpu.exec_runtime import ExecRuntime
-from gpu.freezer import Freezer
+from gpu.freezer import Freezer, descendants
 from gpu.runtime import RunResult, RunSpec, SegmentDone
 from tests.gpu.conftest import needs_bwrap, sandbox
 from tests.gpu.test_sandbox import _tagged
@@ -123,3 +123,34 @@ async def test_a_sweep_stops_what_a_frozen_task_started_later() -> None:
             for proc in family:
                 proc.kill()
             await process.wait()
+
+
+async def test_a_background_process_whose_parent_exited_is_frozen_too(workdir: Path) -> None:
+    """In the ``limits`` sandbox (no pid namespace) a workload's background process outlives
+    its parent and leaves the lifeline's tree for init's; it stays in the lifeline's process
+    group, and a freeze must stop it there."""
+    tag = os.urandom(8).hex()
+    command = ["sh", "-c", f"python3 -c '{TICKING.strip()}' &"]
+    workload = Workload(kind="exec", command=command, params={"tag": tag})
+    freezer = Freezer()
+    ticked = trio.Event()
+
+    async def on_segment(done: SegmentDone) -> None:
+        raise AssertionError("a cancelled run reports no segment")
+
+    async def run() -> None:
+        spec = RunSpec("t", workload, workdir, freezer=freezer)
+        await ExecRuntime(sandbox("limits")).run(spec, on_segment, lambda _line: ticked.set())
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run)
+            await ticked.wait()
+            (lifeline,) = freezer.watched
+            tree = {lifeline} | {c.pid for c in descendants(lifeline)}
+            orphans = [pid for pid in map(int, _tagged(tag)) if pid not in tree]
+            assert orphans, "the background process left the lifeline's tree"
+            freezer.freeze()
+            await states_of(tag, {psutil.STATUS_STOPPED})
+            nursery.cancel_scope.cancel()
+    assert not _tagged(tag)
