@@ -103,7 +103,8 @@ class BlobShare:
 
     def sweep_scratch(self, now_s: float | None = None) -> int:
         """Deletes parts of fetches nobody resumed for a day, and temporary files a killed
-        daemon left (decrypted or sealed copies); returns how many went."""
+        daemon left (decrypted or sealed copies); returns how many went. Run at start-up and
+        before each fetch (a directory listing: cheap beside a fetch)."""
         cutoff = (time.time() if now_s is None else now_s) - LEFTOVER_KEEP_S
         gone = 0
         for path in self.scratch.glob("*") if self.scratch.is_dir() else ():
@@ -168,6 +169,9 @@ class BlobShare:
         local = self.local_path(ref)
         if local is not None:
             return local
+        # Parts of fetches that were cancelled (an attempt ended) and never resumed: gone a
+        # day later, while the daemon runs, not only at its next start.
+        await trio.to_thread.run_sync(self.sweep_scratch)
         errors, liars, missing = [], set(), set()
         for holder in ref.holders:
             try:
@@ -211,8 +215,9 @@ class BlobShare:
         """Fetches the ciphertext into ``<hash>.part`` in the scratch folder, resuming what an
         earlier fetch (cut off, or before a restart) left there, then stores it.
 
-        A holder is blamed only for bytes that all came from it: a mismatch over a resumed
-        prefix (another holder's, or another run's) discards the part and blames nobody.
+        A holder is blamed only for bytes that all came from it: when the whole does not
+        match over a resumed prefix (another holder's, or another run's), the part goes and
+        the same holder is asked for all of it once more.
         """
         digest = check_digest(ref.hash.hex())
         async with self._fetch_lock(digest):
@@ -220,27 +225,41 @@ class BlobShare:
                 return  # a fetch of the same blob finished while we waited
             self.scratch.mkdir(parents=True, exist_ok=True)
             part = self.scratch / f"{digest}.{PART_SUFFIX}"
-            hasher = blake3()
-            resumed = offset = await trio.to_thread.run_sync(_resume, part, hasher, ref.size)
-            try:
-                with part.open("ab") as out:
-                    while offset < ref.size:
-                        data = await self._piece(holder, addrs, ref, offset)
-                        hasher.update(data)
-                        out.write(data)
-                        offset += len(data)
-            except HolderLied:
-                part.unlink(missing_ok=True)
-                raise
-            if hasher.digest() != ref.hash:
-                part.unlink(missing_ok=True)
-                if resumed:
-                    raise FetchFailed("bytes do not match the hash (over a resumed part)")
-                raise HolderLied("bytes do not match the hash")  # the next holder is tried
+            if not await self._fetch_part(holder, addrs, ref, part):
+                log.info("resumed part did not match, fetching it whole",
+                         extra={"blob": digest[:12], "holder": short(holder)})  # fmt: skip
+                await self._fetch_part(holder, addrs, ref, part)  # from 0: all its bytes
             stored = await trio.to_thread.run_sync(self.store.put_file, part)
             part.unlink(missing_ok=True)
         if stored != digest:  # the file changed under us: our bug or our disk
             raise FetchFailed("stored bytes do not match the hash")
+
+    async def _fetch_part(self, holder: str, addrs: list[str], ref: BlobRef, part: Path) -> bool:
+        """Completes ``part`` from ``holder``. False when a part resumed from earlier bytes does
+        not match the blob's hash (it is gone: nobody is to blame).
+
+        Raises:
+            HolderLied: ``holder``'s own bytes are not the blob (the part is gone).
+            RequestError: ``holder`` did not answer (the part is kept for a resume).
+        """
+        hasher = blake3()
+        resumed = offset = await trio.to_thread.run_sync(_resume, part, hasher, ref.size)
+        try:
+            with part.open("ab") as out:
+                while offset < ref.size:
+                    data = await self._piece(holder, addrs, ref, offset)
+                    hasher.update(data)
+                    out.write(data)
+                    offset += len(data)
+        except HolderLied:
+            part.unlink(missing_ok=True)
+            raise
+        if hasher.digest() != ref.hash:
+            part.unlink(missing_ok=True)
+            if not resumed:
+                raise HolderLied("bytes do not match the hash")  # the next holder is tried
+            return False
+        return True
 
     async def _piece(self, holder: str, addrs: list[str], ref: BlobRef, offset: int) -> bytes:
         length = min(PIECE_BYTES, ref.size - offset)
