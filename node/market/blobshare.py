@@ -3,29 +3,31 @@ granted, checked by hash.
 
 Every blob (a task's inputs, a checkpoint, a result) is encrypted under its own fresh key
 (:mod:`node.market.sealing`) and named by the BLAKE3 hash of the ciphertext. A holder serves
-the ciphertext, in 1 MiB pieces over request/response, and the key, sealed to the asking
-peer's X25519 key, only to peers it granted the blob to (the worker its task's inputs, the
-requester the outputs and checkpoints): knowing a hash is not enough to read someone's data,
-and a peer that carries a blob onwards (the requester re-sharing a checkpoint after a
-failover) re-seals the key it was given. A fetch keeps its pieces in ``<hash>.part``, so one
-cut off (the holder gone, our daemon killed) resumes where it stopped: a big checkpoint is not
-moved twice. The whole ciphertext is verified against its name before it enters the store;
-the plaintext is stored beside it, and a small keyring (one 0600 file per blob: key and
-plaintext hash) maps one to the other across restarts.
+the ciphertext (over the transfer layer's bulk channel where it has one,
+:mod:`node.market.blob_bulk`, else in 1 MiB pieces over request/response) and the key, sealed
+to the asking peer's X25519 key, only to peers it granted the blob to (the worker its task's
+inputs, the requester the outputs and checkpoints): knowing a hash is not enough to read
+someone's data, and a peer that carries a blob onwards (the requester re-sharing a checkpoint
+after a failover) re-seals the key it was given. A fetch keeps what arrived in
+``<hash>.part``, so one cut off (the holder gone, our daemon killed) resumes where it stopped:
+a big checkpoint is not moved twice. The whole ciphertext is verified against its name before
+it enters the store; the plaintext is stored beside it, and a small keyring
+(:mod:`node.market.keyring`) maps one to the other across restarts.
 
-A task's inputs take this path rather than the chunked transfer layer (``node/transfer``):
-this one also runs over the in-memory network that the market's simulation uses. Big data
-goes as datasets a job names (:mod:`node.market.datasets`), through the transfer layer.
+A task's files are one blob each, from one holder at a time, rather than chunked datasets
+with manifests and many sources: this also runs over the in-memory network that the market's
+simulation uses. Big data goes as datasets a job names (:mod:`node.market.datasets`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +37,11 @@ from blake3 import blake3
 
 from consensus.errors import Invalid
 from consensus.market.messages import BlobRef
-from consensus.market.retention import HeldFile
 from consensus.peer_id import short
-from node.home import write_private
+from node.market.blob_bulk import BULK_PIECE_BYTES, BulkCarrier, send_blob
+from node.market.keyring import keyring_of
 from node.market.net import MarketNet
 from node.market.sealing import (
-    KEY_BYTES,
     SealError,
     decrypt_file,
     encrypt_file,
@@ -48,6 +49,7 @@ from node.market.sealing import (
     open_key,
     seal_key,
 )
+from p2p.host import DialError
 from p2p.reqresp import RemoteError, RequestError, RequestRejected
 from storage.blobs import BlobStore, check_digest
 
@@ -56,9 +58,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Take = Callable[[bytes], Awaitable[None]]
+
 PROTOCOL = "/idlegrid/blob/1"
 PIECE_BYTES = 1 << 20
 PART_SUFFIX = "part"  # a fetch's ciphertext so far, resumed by the next fetch of the blob
+PIECE_TIMEOUT_S = 30.0
 LEFTOVER_KEEP_S = 86_400  # a part nobody resumed for a day (and a temp file kill -9 left) goes
 
 
@@ -96,6 +101,9 @@ class BlobShare:
         self._fetching: dict[str, trio.Lock] = {}
         # The node's dataset service, for the datasets a job names (set by the daemon).
         self.datasets: Datasets | None = None
+        # The transfer layer's bulk channel, the fast path for ciphertext (set by the daemon).
+        self.bulk: BulkCarrier | None = None
+        self.served: Counter[str] = Counter()  # answers with bytes: "pieces", "bulk" channels
 
     def register(self) -> None:
         self.net.serve(PROTOCOL, self._serve)
@@ -246,11 +254,15 @@ class BlobShare:
         resumed = offset = await trio.to_thread.run_sync(_resume, part, hasher, ref.size)
         try:
             with part.open("ab") as out:
-                while offset < ref.size:
-                    data = await self._piece(holder, addrs, ref, offset)
+
+                def write(data: bytes) -> None:
                     hasher.update(data)
                     out.write(data)
-                    offset += len(data)
+
+                async def take(data: bytes) -> None:  # off the event loop: disks are slow
+                    await trio.to_thread.run_sync(write, data)
+
+                await self._fill(holder, addrs, ref, offset, take)
         except HolderLied:
             part.unlink(missing_ok=True)
             raise
@@ -261,10 +273,60 @@ class BlobShare:
             return False
         return True
 
+    async def _fill(
+        self, holder: str, addrs: list[str], ref: BlobRef, offset: int, take: Take
+    ) -> None:
+        """Hands ``take`` the blob's bytes from ``offset`` to its end: over a bulk channel
+        where the holder offers one (:mod:`node.market.blob_bulk`), else, or from where one
+        broke, in pieces over libp2p."""
+        if self.bulk is not None and offset < ref.size:
+            offset = await self._fill_bulk(holder, addrs, ref, offset, take)
+        while offset < ref.size:
+            data = await self._piece(holder, addrs, ref, offset)
+            await take(data)
+            offset += len(data)
+
+    async def _fill_bulk(
+        self,
+        holder: str,
+        addrs: list[str],
+        ref: BlobRef,
+        offset: int,
+        take: Take,
+    ) -> int:
+        """Takes what a bulk channel from ``holder`` brings; returns the offset reached.
+
+        Raises:
+            HolderLied: it sent more than the blob holds, or an empty frame.
+        """
+        assert self.bulk is not None
+        request = {"bulk": ref.hash, "offset": offset}
+        try:
+            with trio.fail_after(PIECE_TIMEOUT_S):
+                channel = await self.bulk.open(holder, addrs, PROTOCOL, request)
+        except (RequestError, DialError, OSError, trio.TooSlowError) as exc:
+            log.debug("no bulk channel for a blob, taking pieces",
+                      extra={"holder": short(holder), "error": repr(exc)})  # fmt: skip
+            return offset
+        try:
+            while offset < ref.size:
+                with trio.fail_after(PIECE_TIMEOUT_S):
+                    data = await channel.receive(BULK_PIECE_BYTES)
+                if not 0 < len(data) <= ref.size - offset:
+                    raise HolderLied(f"a bulk frame of {len(data)} bytes at {offset}")
+                await take(data)
+                offset += len(data)
+        except (RequestError, trio.TooSlowError) as exc:
+            log.info("bulk channel for a blob broke, taking the rest in pieces",
+                     extra={"holder": short(holder), "error": repr(exc)})  # fmt: skip
+        finally:
+            await channel.aclose()
+        return offset
+
     async def _piece(self, holder: str, addrs: list[str], ref: BlobRef, offset: int) -> bytes:
         length = min(PIECE_BYTES, ref.size - offset)
         payload = {"hash": ref.hash, "offset": offset, "length": length}
-        reply = await self.net.request(holder, addrs, PROTOCOL, payload, timeout_s=30)
+        reply = await self.net.request(holder, addrs, PROTOCOL, payload, timeout_s=PIECE_TIMEOUT_S)
         data = reply.get("data") if isinstance(reply, dict) else None
         if not isinstance(data, bytes) or len(data) != length:
             raise HolderLied("a piece of the wrong size")
@@ -286,15 +348,39 @@ class BlobShare:
             raise RequestRejected("malformed", "expected a map")
         if "key" in payload:
             return self._serve_key(peer, payload["key"])
+        if "bulk" in payload:
+            return self._serve_bulk(peer, payload["bulk"], payload.get("offset"))
         digest, offset, length = payload.get("hash"), payload.get("offset"), payload.get("length")
         if not (isinstance(digest, bytes) and isinstance(offset, int) and isinstance(length, int)):
             raise RequestRejected("malformed", "hash, offset and length are required")
-        if (peer, digest.hex()) not in self._grants or not self.store.has(digest.hex()):
-            raise RequestRejected("not_found", "no such blob for you")
+        path = self._granted(peer, digest)
         if offset < 0 or not 0 < length <= PIECE_BYTES:
             raise RequestRejected("malformed", "offset or length out of range")
-        path = self.store.path(digest.hex())
-        return {"data": await trio.to_thread.run_sync(_read_piece, path, offset, length)}
+        data = await trio.to_thread.run_sync(_read_piece, path, offset, length)
+        self.served["pieces"] += 1
+        return {"data": data}
+
+    def _serve_bulk(self, peer: str, digest: Any, offset: Any) -> Any:
+        if not (isinstance(digest, bytes) and isinstance(offset, int)):
+            raise RequestRejected("malformed", "bulk wants a blob hash and an offset")
+        path = self._granted(peer, digest)
+        if not 0 <= offset < path.stat().st_size:
+            raise RequestRejected("malformed", "offset out of range")
+        if self.bulk is None:
+            raise RequestRejected("no_bulk", "this holder has no bulk channel")
+        ticket = self.bulk.ticket(peer, functools.partial(send_blob, path, offset))
+        self.served["bulk"] += 1
+        return ticket
+
+    def _granted(self, peer: str, digest: bytes) -> Path:
+        """The ciphertext of ``digest`` if we hold it and granted it to ``peer``.
+
+        Raises:
+            RequestRejected: not_found, for either reason: a stranger learns nothing.
+        """
+        if (peer, digest.hex()) not in self._grants or not self.store.has(digest.hex()):
+            raise RequestRejected("not_found", "no such blob for you")
+        return self.store.path(digest.hex())
 
     def _serve_key(self, peer: str, digest: Any) -> Any:
         if not isinstance(digest, bytes):
@@ -307,54 +393,6 @@ class BlobShare:
             return {"box": seal_key(entry[0], peer)}
         except Invalid:
             raise RequestRejected("malformed", "peer id has no X25519 twin") from None
-
-
-class Keyring:
-    """Blob keys on disk: ``<root>/<ciphertext hash>`` holds the key and the plaintext hash."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def save(self, digest: str, key: bytes, plain_digest: str) -> None:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(self.root / check_digest(digest), key + bytes.fromhex(plain_digest))
-
-    def get(self, digest: str) -> tuple[bytes, str] | None:
-        try:
-            raw = (self.root / check_digest(digest)).read_bytes()
-        except FileNotFoundError:
-            return None
-        if len(raw) != KEY_BYTES + 32:
-            return None  # a torn write cannot happen (atomic rename); anything else: refetch
-        return raw[:KEY_BYTES], raw[KEY_BYTES:].hex()
-
-    def touch(self, digest: str) -> None:
-        """Marks the blob used now (the entry's mtime): the retention rule keeps it longer."""
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self.root / check_digest(digest))
-
-    def used_ms(self, digest: str) -> int | None:
-        try:
-            return (self.root / check_digest(digest)).stat().st_mtime_ns // 1_000_000
-        except FileNotFoundError:
-            return None
-
-    def forget(self, digest: str) -> None:
-        (self.root / check_digest(digest)).unlink(missing_ok=True)
-
-    def entries(self) -> list[HeldFile]:
-        """Every blob we hold a key for (synchronous: it reads the whole keyring)."""
-        held = []
-        for path in self.root.glob("*") if self.root.is_dir() else ():
-            entry, used = self.get(path.name), self.used_ms(path.name)
-            if entry is not None and used is not None:
-                held.append(HeldFile(sealed=path.name, plain=entry[1], used_ms=used))
-        return held
-
-
-def keyring_of(scratch: Path) -> Keyring:
-    """The keyring of the blobs whose scratch folder is ``scratch``."""
-    return Keyring(scratch.parent / "keys")
 
 
 def _resume(part: Path, hasher: Any, size: int) -> int:

@@ -19,7 +19,7 @@ import trio
 
 from consensus.market.lifecycle import TERMINAL
 from consensus.market.retention import HeldFile, expired, orphaned_plaintexts
-from node.market.blobshare import Keyring, keyring_of
+from node.market.keyring import Keyring, keyring_of
 from node.market.store import MarketStore
 from node.market.worker import ENDED
 from node.network import now_ms

@@ -141,7 +141,7 @@ class LiveNet:
         max_bytes: int = BLOB_MAX_BYTES,
     ) -> Any:
         with trio.fail_after(timeout_s):
-            await self._ensure_connected(peer, addrs)
+            await self.ensure_connected(peer, addrs)
         return await request(
             self.host, peer, protocol, payload, timeout_s=timeout_s, max_bytes=max_bytes
         )
@@ -166,7 +166,12 @@ class LiveNet:
     def blame(self, peer: str, reason: str) -> None:
         self.network.gossip.penalise(peer, reason, what="peer at fault")
 
-    async def _ensure_connected(self, peer: str, addrs: Sequence[str]) -> None:
+    async def ensure_connected(self, peer: str, addrs: Sequence[str]) -> None:
+        """Dials ``peer`` at one of ``addrs`` unless connected already.
+
+        Raises:
+            StreamFailed: none of them answered.
+        """
         if peer in self.host.connected_peers():
             return
         async with self._dial_lock:  # concurrent dials to one peer would race the library

@@ -29,6 +29,7 @@ from gpu.render import RenderRuntime
 from gpu.runtimes import Runtimes, python_paths
 from gpu.sandbox import Limits, Sandbox, SandboxUnavailable
 from gpu.train import TrainRuntime
+from node.market.blob_bulk import TransferBulk
 from node.market.blobshare import BlobShare
 from node.market.datasets import Disk
 from node.market.net import DirectEnvelopes, LiveNet
@@ -84,6 +85,8 @@ def market_of(ctx: NodeContext) -> Market:
         share = BlobShare(net, ctx.blobs, ctx.home.work / "scratch", ctx.keys.signing_key)
         share.register()
         share.datasets = ctx.data
+        if ctx.data is not None:
+            share.bulk = TransferBulk(ctx.network.host, ctx.data.server, net.ensure_connected)
         m = ctx.settings.market
         params = MarketParams(
             bid_window_ms=m.bid_window_ms,

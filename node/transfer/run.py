@@ -56,19 +56,25 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def open_bulk(host: Host, peer: str, dataset_id: bytes) -> ChunkChannel:
+async def open_bulk(
+    host: Host, peer: str, request: dict[str, Any], protocol: str = BULK_PROTOCOL
+) -> ChunkChannel:
     """A sealed bulk channel to ``peer``, from a ticket asked for over libp2p.
+
+    ``request`` goes to ``protocol``, a request/response protocol whose handler answers with
+    :meth:`~node.transfer.server.TransferServer.issue_ticket` (by default the one for a
+    dataset's chunks: ``{"d": dataset id}``).
 
     Raises:
         RequestError: no ticket (refused, or the holder has no bulk channel).
         DialError: no libp2p stream to ask on.
         OSError: the TCP connection failed.
     """
-    stream = await host.new_stream(peer, BULK_PROTOCOL)
+    stream = await host.new_stream(peer, protocol)
     channel = StreamChannel(stream)
     try:
         with trio.fail_after(CHUNK_TIMEOUT_S):
-            await channel.send(ticket_frame({"d": dataset_id}))
+            await channel.send(ticket_frame(request))
             reply = decode_body(await channel.receive(4096), frame_limits(4096))
         remote = stream.get_remote_address()
     except trio.TooSlowError:
@@ -200,7 +206,7 @@ class Run:
     async def _open(self, peer: str) -> ChunkChannel:
         if self.bulk:
             try:
-                return await open_bulk(self.host, peer, self.dataset_id)
+                return await open_bulk(self.host, peer, {"d": self.dataset_id})
             except (RequestError, DialError, OSError) as exc:
                 log.info("no bulk channel from %s (%r): using the libp2p stream", short(peer), exc)
         return StreamChannel(await self.host.new_stream(peer, CHUNKS_PROTOCOL))

@@ -9,9 +9,11 @@ hash, so our own disk going bad is caught here rather than blamed on us by the r
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -49,6 +51,8 @@ TICKET_TTL_S = 30.0
 SERVE_AHEAD = 4  # replies prepared at once per channel
 ANYONE = "*"  # a grant to every peer
 
+ServeChannel = Callable[[ChunkChannel], Awaitable[None]]
+
 
 class _Reply:
     def __init__(self) -> None:
@@ -63,7 +67,7 @@ class TransferServer:
         self.host, self.store, self.public = host, store, public
         self._offered: dict[bytes, Manifest] = {}
         self._grants: set[tuple[str, bytes]] = set()
-        self._tickets: dict[bytes, tuple[str, bytes, float]] = {}
+        self._tickets: dict[bytes, tuple[bytes, ServeChannel, float]] = {}
         self.bulk_port: int | None = None
         self.served: Counter[bytes] = Counter()  # chunks sent per dataset, for status and tests
 
@@ -170,12 +174,24 @@ class TransferServer:
         dataset_id = payload.get("d") if isinstance(payload, dict) else None
         if self._manifest_for(peer, dataset_id) is None:
             raise RequestRejected(NOT_FOUND, "no such dataset for you")
+        return self.issue_ticket(peer, functools.partial(self._serve_channel, peer))
+
+    def issue_ticket(self, peer: str, serve: ServeChannel) -> dict[str, Any]:
+        """A one-time ticket for ``peer`` to open a bulk channel, which ``serve`` then serves.
+
+        Other request/response protocols hand these out too (the market's task files): the
+        channel is ours, what travels on it is theirs.
+
+        Raises:
+            RequestRejected: ``no_bulk``, when this node has no bulk listener (say, one
+                reached only through relays): the asker falls back to its libp2p stream.
+        """
         if self.bulk_port is None:
             raise RequestRejected("no_bulk", "this holder has no bulk channel")
         now = trio.current_time()
         self._tickets = {t: v for t, v in self._tickets.items() if v[2] > now}
         token, key = secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES)
-        self._tickets[token] = (peer, key, now + TICKET_TTL_S)
+        self._tickets[token] = (key, serve, now + TICKET_TTL_S)
         return {"port": self.bulk_port, "token": token, "key": key}
 
     async def _bulk_connection(self, sock: trio.SocketStream) -> None:
@@ -189,8 +205,14 @@ class TransferServer:
         if ticket is None or ticket[2] < trio.current_time():
             await sock.aclose()
             return
-        peer, key, _ = ticket
-        await self._serve_channel(peer, SealedChannel(sock, key, client=False))
+        key, serve, _ = ticket
+        channel = SealedChannel(sock, key, client=False)
+        try:
+            await serve(channel)
+        except* (RequestError, StreamError, OSError) as group:  # the asker left, or our disk
+            log.debug("bulk channel ended: %r", group.exceptions[0])
+        finally:
+            await channel.aclose()
 
     async def _answer(self, peer: str, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict) or not isinstance(request.get("i"), int):

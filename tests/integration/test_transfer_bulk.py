@@ -61,14 +61,14 @@ async def test_tickets_are_granted_one_time_and_sealed(tmp_path: Path) -> None:
         secret_id, _ = holder.add(tmp_path / "f", "someone-else")
         with trio.fail_after(TIMEOUT_S):
             with pytest.raises(RequestError, match="not_found"):
-                await open_bulk(me, h.peer_id, secret_id)  # not granted: no ticket
+                await open_bulk(me, h.peer_id, {"d": secret_id})  # not granted: no ticket
             # a made-up token: the holder hangs up without a word
             sock = await trio.open_tcp_stream("127.0.0.1", port)
             await sock.send_all(os.urandom(32))
             assert await sock.receive_some(10) == b""
             # the right token with the wrong key: the first frame fails to open, nothing served
             holder.server.grant(me.peer_id, secret_id)
-            channel = await open_bulk(me, h.peer_id, secret_id)
+            channel = await open_bulk(me, h.peer_id, {"d": secret_id})
             assert isinstance(channel, SealedChannel)
             forged = SealedChannel(channel.sock, os.urandom(32), client=True)
             await forged.send(encode_frame({"d": secret_id, "i": 0}, 4096))
@@ -76,7 +76,7 @@ async def test_tickets_are_granted_one_time_and_sealed(tmp_path: Path) -> None:
                 await channel.receive(1 << 20)
             assert holder.server.served[secret_id] == 0
             # a proper channel is served, and the bytes on the wire are not the plaintext
-            channel = await open_bulk(me, h.peer_id, secret_id)
+            channel = await open_bulk(me, h.peer_id, {"d": secret_id})
             await channel.send(encode_frame({"d": secret_id, "i": 0}, 4096))
             assert len(await channel.receive(1 << 20)) > 3000
             assert holder.server.served[secret_id] == 1

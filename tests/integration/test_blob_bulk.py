@@ -1,0 +1,175 @@
+"""Task files over the bulk channel: real nodes (libp2p on 127.0.0.1, transfer servers, blob
+stores) in this process. The fast path carries the ciphertext, resumes from a part, falls back
+to pieces where it breaks or is not offered, and a holder lying over it is caught and skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from config.schema import NodeSettings, P2pSettings, Settings
+from consensus.market.messages import BlobRef
+from node import identity
+from node.daemon import NodeContext, run_node
+from node.home import Home
+from node.market import blob_bulk, blobshare
+from node.market.blob_bulk import BULK_PIECE_BYTES
+from node.market.blobshare import PART_SUFFIX, BlobShare
+from node.transfer.channel import ChunkChannel
+from p2p.framing import HEADER
+
+pytestmark = pytest.mark.slow
+TIMEOUT_S = 60
+BLOB_BYTES = 3 * BULK_PIECE_BYTES + 12345  # several bulk frames, several pieces
+
+
+Start = Callable[[str], Awaitable[NodeContext]]
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[Start]:
+    """Starts nodes by name in one nursery, each bootstrapped to the first."""
+    started: list[NodeContext] = []
+    async with trio.open_nursery() as nursery:
+
+        async def start(name: str) -> NodeContext:
+            home = Home(tmp_path / name)
+            identity.save(home, identity.NodeKeys.generate(), passphrase=None)
+            home.ensure_token()
+            boot = tuple(str(first.network.host.addrs[0]) for first in started[:1] if first.network)
+            conf = Settings(
+                node=NodeSettings(roles=("requester",)),
+                p2p=P2pSettings(listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=boot),
+            )
+            keys = identity.load(home, lambda: None)
+            ctx: NodeContext = await nursery.start(
+                functools.partial(run_node, home, conf, keys, handle_signals=False)
+            )
+            started.append(ctx)
+            return ctx
+
+        yield start
+        nursery.cancel_scope.cancel()
+
+
+def share(ctx: NodeContext) -> BlobShare:
+    assert ctx.market is not None
+    return ctx.market.share
+
+
+def addrs_of(*holders: NodeContext) -> Callable[[str], list[str]]:
+    known = {h.keys.peer_id: [str(a) for a in h.network.host.addrs] for h in holders if h.network}
+    return lambda peer: known.get(peer, [])
+
+
+async def put(holder: NodeContext, taker: NodeContext, path: Path) -> BlobRef:
+    ref = await share(holder).put(path)
+    share(holder).grant(taker.keys.peer_id, ref.hash)
+    return ref
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, int]]:
+    """Every bulk stream a holder starts: (the file, the offset asked for)."""
+    seen: list[tuple[Path, int]] = []
+    real = blob_bulk.send_blob
+
+    async def spy(path: Path, offset: int, channel: ChunkChannel) -> None:
+        seen.append((path, offset))
+        await real(path, offset, channel)
+
+    monkeypatch.setattr(blobshare, "send_blob", spy)
+    return seen
+
+
+async def test_a_blob_moves_over_the_bulk_channel_and_resumes_from_its_part(
+    tmp_path: Path, nodes: Start, sends: list[tuple[Path, int]]
+) -> None:
+    holder, taker = await nodes("holder"), await nodes("taker")
+    data = os.urandom(BLOB_BYTES)
+    (tmp_path / "f").write_bytes(data)
+    ref = await put(holder, taker, tmp_path / "f")
+    # half of the ciphertext already here, as a fetch cut off (or killed) would leave it
+    sealed = share(holder).store.get(ref.hash.hex())
+    half = len(sealed) // 2
+    share(taker).scratch.mkdir(parents=True, exist_ok=True)
+    (share(taker).scratch / f"{ref.hash.hex()}.{PART_SUFFIX}").write_bytes(sealed[:half])
+    with trio.fail_after(TIMEOUT_S):
+        got = await share(taker).fetch(ref, addrs_of(holder))
+    assert got.read_bytes() == data
+    assert [offset for _, offset in sends] == [half]  # one channel, for the rest only
+    assert share(holder).served == {"bulk": 1}  # no piece went over libp2p
+
+
+async def test_a_channel_that_breaks_midway_is_finished_in_pieces(
+    tmp_path: Path, nodes: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder, taker = await nodes("holder"), await nodes("taker")
+
+    async def one_frame_then_hang_up(path: Path, offset: int, channel: ChunkChannel) -> None:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read(BULK_PIECE_BYTES)
+        await channel.send(HEADER.pack(len(data)) + data)
+
+    monkeypatch.setattr(blobshare, "send_blob", one_frame_then_hang_up)
+    data = os.urandom(BLOB_BYTES)
+    (tmp_path / "f").write_bytes(data)
+    ref = await put(holder, taker, tmp_path / "f")
+    with trio.fail_after(TIMEOUT_S):
+        got = await share(taker).fetch(ref, addrs_of(holder))
+    assert got.read_bytes() == data
+    pieces = -(-(ref.size - BULK_PIECE_BYTES) // blobshare.PIECE_BYTES)
+    assert share(holder).served == {"bulk": 1, "pieces": pieces}  # only the rest
+
+
+async def test_a_holder_without_a_bulk_channel_serves_pieces(tmp_path: Path, nodes: Start) -> None:
+    holder, taker = await nodes("holder"), await nodes("taker")
+    share(holder).bulk = None  # a node reached only through relays has no bulk listener
+    data = os.urandom(2 * blobshare.PIECE_BYTES + 1)
+    (tmp_path / "f").write_bytes(data)
+    ref = await put(holder, taker, tmp_path / "f")
+    with trio.fail_after(TIMEOUT_S):
+        got = await share(taker).fetch(ref, addrs_of(holder))
+    assert got.read_bytes() == data
+    assert share(holder).served == {"pieces": 3}
+
+
+async def test_a_holder_lying_over_the_bulk_channel_is_blamed_and_the_next_one_serves(
+    tmp_path: Path,
+    nodes: Start,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    liar, honest, taker = [await nodes(n) for n in ("liar", "honest", "taker")]
+    real = blob_bulk.send_blob
+
+    async def lie_if_liar(path: Path, offset: int, channel: ChunkChannel) -> None:
+        if liar.home.root not in path.parents:
+            await real(path, offset, channel)
+            return
+        left = path.stat().st_size - offset  # the right size, the wrong bytes
+        while left:
+            junk = os.urandom(min(left, BULK_PIECE_BYTES))
+            await channel.send(HEADER.pack(len(junk)) + junk)
+            left -= len(junk)
+
+    monkeypatch.setattr(blobshare, "send_blob", lie_if_liar)
+    data = os.urandom(BLOB_BYTES)
+    (tmp_path / "f").write_bytes(data)
+    ref = await put(honest, taker, tmp_path / "f")
+    share(liar).store.put(share(honest).store.get(ref.hash.hex()))  # it holds the real thing
+    share(liar).grant(taker.keys.peer_id, ref.hash)
+    blamed: list[str] = []
+    monkeypatch.setattr(share(taker).net, "blame", lambda peer, reason: blamed.append(peer))
+    both = BlobRef(hash=ref.hash, size=ref.size, holders=[liar.keys.peer_id, honest.keys.peer_id])
+    with trio.fail_after(TIMEOUT_S):
+        got = await share(taker).fetch(both, addrs_of(liar, honest))
+    assert got.read_bytes() == data
+    assert blamed == [liar.keys.peer_id]
+    assert share(liar).served == {"bulk": 1} and share(honest).served == {"bulk": 1}
