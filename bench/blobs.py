@@ -94,9 +94,9 @@ async def tcp_s(data: bytes) -> float:
     return elapsed
 
 
-async def main(mib: int) -> None:
+async def main(mib: int, folder: str | None) -> None:
     data = os.urandom(mib << 20)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
         root = Path(tmp)
         (root / "file").write_bytes(data)
         async with trio.open_nursery() as nursery:
@@ -126,5 +126,7 @@ async def main(mib: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--dir", help="where the nodes live (/dev/shm: no disk in the way)")
     logging.basicConfig(level=logging.WARNING)
-    trio.run(main, parser.parse_args().mib)
+    args = parser.parse_args()
+    trio.run(main, args.mib, args.dir)

@@ -16,6 +16,7 @@ the temp files of any other writer.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import os
 import re
@@ -121,6 +122,31 @@ class BlobStore:
             tmp.unlink(missing_ok=True)
             raise
         return digest
+
+    def adopt(self, path: Path, digest: str) -> None:
+        """Moves the file at ``path`` into the store as ``digest``: a rename, not a copy.
+
+        For a file whose BLAKE3 digest the caller computed as it wrote it (a fetch that
+        hashes what arrives): a multi-gigabyte checkpoint is then written once, not twice.
+        The digest is trusted here; reads through :meth:`get` and :meth:`open` still verify.
+        On another filesystem the file is copied (and hashed again) instead.
+
+        Raises:
+            ValueError: ``digest`` is malformed, or the copy does not match it (nothing is
+                stored then).
+        """
+        check_digest(digest)
+        _fsync_path(path)  # the bytes are on disk before the name that promises them is
+        try:
+            self._install(path, digest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            stored = self.put_file(path)
+            if stored != digest:
+                self.delete(stored)
+                raise ValueError(f"{path} holds {stored}, not {digest}") from None
+            path.unlink()
 
     def get(self, digest: str) -> bytes:
         """Return the blob's bytes, verified against its name.

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -43,8 +42,8 @@ from node.market.keyring import keyring_of
 from node.market.net import MarketNet
 from node.market.sealing import (
     SealError,
-    decrypt_file,
-    encrypt_file,
+    decrypt_blocks,
+    encrypt_blocks,
     new_key,
     open_key,
     seal_key,
@@ -158,10 +157,7 @@ class BlobShare:
     async def put(self, path: Path) -> BlobRef:
         """Encrypts and stores the file at ``path``; returns a reference naming us as holder."""
         key = new_key()
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".sealed") as sealed:
-            await trio.to_thread.run_sync(encrypt_file, key, path, Path(sealed.name))
-            digest = await trio.to_thread.run_sync(self.store.put_file, Path(sealed.name))
+        digest = await trio.to_thread.run_sync(self.store.put_stream, encrypt_blocks(key, path))
         plain = await trio.to_thread.run_sync(self.store.put_file, path)
         await trio.to_thread.run_sync(self.keyring.save, digest, key, plain)
         size = self.store.path(digest).stat().st_size
@@ -211,11 +207,8 @@ class BlobShare:
             raise HolderLied(str(exc)) from None  # the next holder is tried
 
     async def _open(self, digest: str, key: bytes) -> Path:
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".plain") as plain:
-            sealed = self.store.path(digest)
-            await trio.to_thread.run_sync(decrypt_file, key, sealed, Path(plain.name))
-            plain_digest = await trio.to_thread.run_sync(self.store.put_file, Path(plain.name))
+        blocks = decrypt_blocks(key, self.store.path(digest))  # a bad block stores nothing
+        plain_digest = await trio.to_thread.run_sync(self.store.put_stream, blocks)
         await trio.to_thread.run_sync(self.keyring.save, digest, key, plain_digest)
         return self.store.path(plain_digest)
 
@@ -237,10 +230,11 @@ class BlobShare:
                 log.info("resumed part did not match, fetching it whole",
                          extra={"blob": digest[:12], "holder": short(holder)})  # fmt: skip
                 await self._fetch_part(holder, addrs, ref, part)  # from 0: all its bytes
-            stored = await trio.to_thread.run_sync(self.store.put_file, part)
-            part.unlink(missing_ok=True)
-        if stored != digest:  # the file changed under us: our bug or our disk
-            raise FetchFailed("stored bytes do not match the hash")
+            try:  # the part was hashed as it was written: moved, not copied
+                await trio.to_thread.run_sync(self.store.adopt, part, digest)
+            except ValueError:  # it changed under us: our bug or our disk
+                part.unlink(missing_ok=True)
+                raise FetchFailed("stored bytes do not match the hash") from None
 
     async def _fetch_part(self, holder: str, addrs: list[str], ref: BlobRef, part: Path) -> bool:
         """Completes ``part`` from ``holder``. False when a part resumed from earlier bytes does

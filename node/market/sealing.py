@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,14 +44,21 @@ def new_key() -> bytes:
 
 def encrypt_file(key: bytes, source: Path, target: Path) -> None:
     """Writes ``source`` encrypted under ``key`` to ``target``."""
+    with target.open("wb") as out:
+        out.writelines(encrypt_blocks(key, source))
+
+
+def encrypt_blocks(key: bytes, source: Path) -> Iterator[bytes]:
+    """``source`` encrypted under ``key``, a block at a time (for a store to hash as it
+    writes: no sealed copy on disk first)."""
     prefix = os.urandom(_PREFIX_BYTES)
-    with source.open("rb") as src, target.open("wb") as out:
-        out.write(MAGIC + prefix)
+    with source.open("rb") as src:
+        yield MAGIC + prefix
         block, index = src.read(BLOCK), 0
         while True:
             following = src.read(BLOCK)
             last = not following
-            out.write(_seal_block(key, prefix, index, last, block))
+            yield _seal_block(key, prefix, index, last, block)
             if last:
                 return
             block, index = following, index + 1
@@ -62,7 +70,18 @@ def decrypt_file(key: bytes, source: Path, target: Path) -> None:
     Raises:
         SealError: the file is not sealed data, was altered or cut short, or the key is wrong.
     """
-    with source.open("rb") as src, target.open("wb") as out:
+    with target.open("wb") as out:
+        out.writelines(decrypt_blocks(key, source))
+
+
+def decrypt_blocks(key: bytes, source: Path) -> Iterator[bytes]:
+    """The plaintext of ``source``, a block at a time, each checked before it is yielded.
+
+    Raises:
+        SealError: as :func:`decrypt_file`; blocks before the bad one were yielded already, so
+            a consumer must not keep a partial result (a store's ``put_stream`` does not).
+    """
+    with source.open("rb") as src:
         head = src.read(len(MAGIC) + _PREFIX_BYTES)
         if len(head) != len(MAGIC) + _PREFIX_BYTES or not head.startswith(MAGIC):
             raise SealError("not sealed job data")
@@ -70,7 +89,7 @@ def decrypt_file(key: bytes, source: Path, target: Path) -> None:
         while True:
             sealed = src.read(BLOCK + _TAG_BYTES)
             last = _at_end(src)
-            out.write(_open_block(key, prefix, index, last, sealed))
+            yield _open_block(key, prefix, index, last, sealed)
             if last:
                 return
             index += 1

@@ -105,6 +105,7 @@ async def test_a_blob_moves_over_the_bulk_channel_and_resumes_from_its_part(
     assert got.read_bytes() == data
     assert [offset for _, offset in sends] == [half]  # one channel, for the rest only
     assert share(holder).served == {"bulk": 1}  # no piece went over libp2p
+    assert list(share(taker).scratch.iterdir()) == []  # the part moved into the store
 
 
 async def test_a_channel_that_breaks_midway_is_finished_in_pieces(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tracemalloc
@@ -236,3 +237,39 @@ def test_sync_without_syncfs_fsyncs_each_pending_blob_and_directory(
     assert len(fsyncs) - before == len(digests) + len(shards) + 1  # blobs, shards, root
     store.sync()
     assert len(fsyncs) - before == len(digests) + len(shards) + 1  # nothing left to do
+
+
+def test_adopt_moves_a_hashed_file_in_without_copying_it(store: BlobStore, tmp_path: Path) -> None:
+    data = os.urandom(3 * MIB + 5)
+    part = tmp_path / "fetched.part"
+    part.write_bytes(data)
+    inode = part.stat().st_ino
+    store.adopt(part, blake3(data).hexdigest())
+    digest = blake3(data).hexdigest()
+    assert store.get(digest) == data
+    assert store.path(digest).stat().st_ino == inode  # renamed: written once
+    assert not part.exists()
+    part.write_bytes(data)  # the same blob again: the duplicate goes
+    store.adopt(part, digest)
+    assert not part.exists() and store.get(digest) == data
+
+
+def test_adopt_across_filesystems_copies_and_checks(
+    store: BlobStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(5000)
+    part = tmp_path / "fetched.part"
+    part.write_bytes(data)
+    real_replace = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        if Path(src) == part:  # the part is on another filesystem; the store's temp is not
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(ValueError, match="not"):
+        store.adopt(part, blake3(b"other bytes").hexdigest())  # a copy that does not match
+    assert list(store.iter_digests()) == [] and part.exists()
+    store.adopt(part, blake3(data).hexdigest())
+    assert store.get(blake3(data).hexdigest()) == data and not part.exists()
