@@ -1,18 +1,21 @@
 """Gossip benchmark: our gossip layer next to bare py-libp2p GossipSub with library defaults.
 
-N hosts in one process on 127.0.0.1, each connected to up to 3 random earlier hosts (so each
-knows only a few peers). Messages are published from random nodes at a fixed rate; every node
-records when each message arrives. Reported per setup: delivery rate, p50/p99
-publish-to-receive latency, and process CPU milliseconds per message per node.
+N hosts on 127.0.0.1, spread round-robin over ``--procs`` processes (default: one per CPU, so
+a node's work is not queued behind every other node's on one core, as it would not be in a
+real network; ``--procs 1`` puts them all in one), each connected to up to 3 random earlier
+hosts (so each knows only a few peers). Messages are published from random nodes at a fixed
+rate; every node records when each message arrives (``time.monotonic``, one clock for every
+process on a machine). Reported per setup: delivery rate, p50/p99 publish-to-receive latency,
+and CPU milliseconds per message per node (every process's CPU time, summed).
 
 "ours" publishes signed envelopes through p2p.gossip (validation, scores, pacing) on our
 hosts; "defaults" is bare py-libp2p: a host from the library's ``new_host`` defaults (TCP,
 Noise, Yamux), raw bytes through ``GossipSub(degree=6, degree_low=4, degree_high=12)`` with
-every other parameter left at the library's default, and no validator. Each setup runs in a
-process of its own, so none of our process-wide fixes to the library (Yamux window updates,
+every other parameter left at the library's default, and no validator. Each setup runs in
+processes of its own, so none of our process-wide fixes to the library (Yamux window updates,
 the signed-record caches) reaches the baseline.
 
-Usage: python bench/gossip.py [--nodes 10 30] [--messages 60] [--rate 3]
+Usage: python bench/gossip.py [--nodes 10 30] [--messages 60] [--rate 3] [--procs 2]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import multiaddr
 import nacl.signing
@@ -133,58 +137,135 @@ async def default_node(run: Run, nursery: trio.Nursery) -> AsyncIterator[Node]:
             pubsub.seen_messages.stop()
 
 
-async def measure(kind: str, n: int, messages: int, rate: float) -> dict[str, float]:
-    run = Run()
+async def line(stdin: trio.abc.ReceiveStream, buffer: bytearray) -> dict[str, Any]:
+    """The next JSON line from the parent."""
+    while b"\n" not in buffer:
+        data = await stdin.receive_some(1 << 16)
+        if not data:
+            raise SystemExit("the parent went away")
+        buffer += data
+    raw, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    answer: dict[str, Any] = json.loads(raw)
+    return answer
+
+
+def say(value: object) -> None:
+    print(json.dumps(value), flush=True)
+
+
+async def part(kind: str, count: int) -> None:
+    """One child's share of the network: ``count`` nodes, driven by the parent over stdin.
+
+    Steps (a JSON line each way): our addresses; whom to dial, then ready once every node has
+    someone in its mesh; when and what to publish, then what we sent and received.
+    """
+    run, buffer = Run(), bytearray()
+    stdin = trio.lowlevel.FdStream(os.dup(0))
     factory = our_node if kind == "ours" else default_node
-    rng = random.Random(n)
     async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
-        nodes = [await stack.enter_async_context(factory(run, nursery)) for _ in range(n)]
-        for i, node in enumerate(nodes[1:], start=1):
-            for j in rng.sample(range(i), min(3, i)):
-                await node.connect(nodes[j].addr)
+        nodes = [await stack.enter_async_context(factory(run, nursery)) for _ in range(count)]
+        say({"addrs": [node.addr for node in nodes]})
+        for local, addr in (await line(stdin, buffer))["connect"]:
+            await nodes[local].connect(addr)
         with trio.fail_after(60):  # every node must have someone in its mesh before we start
             for node in nodes:
-                while not node.pubsub.router.mesh.get(node.topic):  # type: ignore[attr-defined]
+                while not node.pubsub.router.mesh.get(node.topic):
                     await trio.sleep(0.1)
+        say({"ready": True})
+        plan = await line(stdin, buffer)
         cpu0 = time.process_time()
-        for seq in range(messages):
+        for seq, local in sorted((int(s), i) for s, i in plan["publish"].items()):
+            await trio.sleep(max(0.0, plan["t0"] + seq / plan["rate"] - time.monotonic()))
             run.sent[seq] = time.monotonic()
-            await nodes[rng.randrange(n)].publish(seq)
-            await trio.sleep(1 / rate)
-        with trio.move_on_after(10):  # drain: stop early once everything arrived
-            while sum(len(v) for v in run.received.values()) < messages * (n - 1):
-                await trio.sleep(0.1)
+            await nodes[local].publish(seq)
+        with trio.move_on_at(trio.current_time() + plan["t_drain"] - time.monotonic()):
+            while sum(len(v) for v in run.received.values()) < plan["expect"]:
+                await trio.sleep(0.1)  # drain: stop early once everything arrived
         cpu_ms = (time.process_time() - cpu0) * 1000
+        say({"sent": run.sent, "received": run.received, "cpu_ms": cpu_ms})
         nursery.cancel_scope.cancel()
-    latencies = [(t - run.sent[s]) * 1000 for s, ts in run.received.items() for t in ts]
-    delivered = sum(len(v) for v in run.received.values())
+
+
+def measure(kind: str, n: int, messages: int, rate: float, procs: int) -> dict[str, float]:
+    """Runs one setup over ``procs`` fresh processes (node i in process i mod procs) and
+    returns its figures."""
+    rng = random.Random(n)
+    owner = [(i % procs, i // procs) for i in range(n)]  # (process, index in it)
+    sizes = [sum(1 for o in owner if o[0] == p) for p in range(procs)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--part", kind, "--nodes", str(size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for size in sizes
+    ]  # fmt: skip
+    try:
+        addrs = [read(c)["addrs"] for c in children]
+        dials: list[list[tuple[int, str]]] = [[] for _ in children]
+        for i in range(1, n):
+            for j in rng.sample(range(i), min(3, i)):
+                dials[owner[i][0]].append((owner[i][1], addrs[owner[j][0]][owner[j][1]]))
+        for child, todo in zip(children, dials, strict=True):
+            write(child, {"connect": todo})
+        for child in children:
+            read(child)  # ready
+        t0 = time.monotonic() + 1.0
+        publishers = [owner[rng.randrange(n)] for _ in range(messages)]
+        t_drain = t0 + messages / rate + 10
+        for p, child in enumerate(children):
+            mine = {seq: local for seq, (q, local) in enumerate(publishers) if q == p}
+            expect = messages * sizes[p] - len(mine)
+            plan = {"t0": t0, "rate": rate, "publish": mine, "expect": expect, "t_drain": t_drain}
+            write(child, plan)
+        results = [read(c) for c in children]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    return figures(results, n, messages)
+
+
+def read(child: subprocess.Popen[str]) -> dict[str, Any]:
+    assert child.stdout is not None
+    raw = child.stdout.readline()
+    if not raw:
+        raise SystemExit(f"a bench child exited early (code {child.wait()})")
+    answer: dict[str, Any] = json.loads(raw)
+    return answer
+
+
+def write(child: subprocess.Popen[str], value: object) -> None:
+    assert child.stdin is not None
+    child.stdin.write(json.dumps(value) + "\n")
+    child.stdin.flush()
+
+
+def figures(results: list[dict[str, Any]], n: int, messages: int) -> dict[str, float]:
+    sent = {int(seq): t for r in results for seq, t in r["sent"].items()}
+    latencies = [
+        (t - sent[int(seq)]) * 1000
+        for r in results
+        for seq, ts in r["received"].items()
+        for t in ts
+    ]
     qs = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {
-        "delivery_pct": 100 * delivered / (messages * (n - 1)),
+        "delivery_pct": 100 * len(latencies) / (messages * (n - 1)),
         "p50_ms": qs[49],
         "p99_ms": qs[98],
-        "cpu_ms_per_msg": cpu_ms / (messages * n),
+        "cpu_ms_per_msg": sum(r["cpu_ms"] for r in results) / (messages * n),
     }
 
 
-def measure_apart(kind: str, n: int, messages: int, rate: float) -> dict[str, float]:
-    """Runs one setup in a fresh process (see the module doc) and returns its figures."""
-    argv = [sys.executable, __file__, "--one", kind, "--nodes", str(n)]
-    argv += ["--messages", str(messages), "--rate", str(rate)]
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} at {n} nodes failed:\n{done.stderr[-2000:]}")
-    figures: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
-    return figures
-
-
-def main(sizes: list[int], messages: int, rate: float) -> None:
+def main(sizes: list[int], messages: int, rate: float, procs: int) -> None:
     results = {}
+    print(f"{procs} processes per setup, nodes spread round-robin; {rate} messages/s")
     header = ("nodes", "setup", "delivery%", "p50 ms", "p99 ms", "cpu ms/msg/node")
     print("{:>5} {:<9} {:>9} {:>8} {:>8} {:>16}".format(*header))
     for n in sizes:
         for kind in ("ours", "defaults"):
-            r = measure_apart(kind, n, messages, rate)
+            r = measure(kind, n, messages, rate, procs)
             results[(n, kind)] = r
             row = (n, kind, r["delivery_pct"], r["p50_ms"], r["p99_ms"], r["cpu_ms_per_msg"])
             print("{:>5} {:<9} {:>9.1f} {:>8.1f} {:>8.1f} {:>16.2f}".format(*row), flush=True)
@@ -194,7 +275,7 @@ def main(sizes: list[int], messages: int, rate: float) -> None:
         f"RESULT nodes={n} delivery_pct={ours['delivery_pct']:.1f} p50_ms={ours['p50_ms']:.1f} "
         f"p99_ms={ours['p99_ms']:.1f} cpu_ms_per_msg={ours['cpu_ms_per_msg']:.2f} "
         f"baseline_cpu_ms_per_msg={base['cpu_ms_per_msg']:.2f} "
-        f"baseline_delivery_pct={base['delivery_pct']:.1f}"
+        f"baseline_delivery_pct={base['delivery_pct']:.1f} procs={procs}"
     )
 
 
@@ -203,9 +284,13 @@ if __name__ == "__main__":
     parser.add_argument("--nodes", type=int, nargs="+", default=[10, 30])
     parser.add_argument("--messages", type=int, default=60)
     parser.add_argument("--rate", type=float, default=3.0, help="messages per second, network-wide")
-    parser.add_argument("--one", choices=["ours", "defaults"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--procs", type=int, default=os.cpu_count() or 1,
+        help="processes the nodes are spread over (default: one per CPU; 1: all in one)",
+    )  # fmt: skip
+    parser.add_argument("--part", choices=["ours", "defaults"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:  # a child of measure_apart: one setup, one size, figures as JSON
-        print(json.dumps(trio.run(measure, args.one, args.nodes[0], args.messages, args.rate)))
+    if args.part:  # a child of measure: some of one setup's nodes
+        trio.run(part, args.part, args.nodes[0])
     else:
-        main(args.nodes, args.messages, args.rate)
+        main(args.nodes, args.messages, args.rate, args.procs)
