@@ -110,8 +110,9 @@ class BlobShare:
 
     def sweep_scratch(self, now_s: float | None = None) -> int:
         """Deletes parts of fetches nobody resumed for a day, and the decrypted or sealed
-        temporary copies that daemons before 2026-12 left when killed; returns how many went. Run at start-up and
-        before each fetch (a directory listing: cheap beside a fetch)."""
+        temporary copies that daemons before 2026-12 left when killed; returns how many
+        went. Run at start-up and before each fetch (a directory listing: cheap beside a
+        fetch)."""
         cutoff = (time.time() if now_s is None else now_s) - LEFTOVER_KEEP_S
         gone = 0
         for path in self.scratch.glob("*") if self.scratch.is_dir() else ():
