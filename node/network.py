@@ -31,6 +31,7 @@ from node import __version__
 from node.blocks import restore_blocks
 from node.discovery import run_discovery
 from node.peerbook import Peer, PeerBook, forget, load_remembered, remember, unsaved
+from node.senders import DeclaredRoles
 from p2p.dht import Dht
 from p2p.gate import OPERATOR
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
@@ -343,7 +344,7 @@ async def run_network(
     ) as host:
         blocked = await restore_blocks(ctx.db, host)  # first: we already listen
         scores = PeerScores()
-        validator = EnvelopeValidator(REGISTRY, TOPICS)
+        validator = EnvelopeValidator(REGISTRY, TOPICS, policy=DeclaredRoles())
         async with open_gossip(host, validator, scores, network=p2p.network) as gossip:
             offline_ms = p2p.offline_after_s * 1000
             book = PeerBook(host.peer_id)

@@ -1,8 +1,9 @@
 """Gossip validation: every message is a signed envelope, checked before anyone else sees it.
 
 Outcomes follow the Ethereum gossip specs' labels: ACCEPT (deliver and forward), IGNORE (drop,
-no blame: duplicates, replays, topics we do not serve) and REJECT (drop and cost the forwarder
-peer score: forged, malformed, expired, wrong kind for the topic, sender not allowed).
+no blame: duplicates, replays, just expired, topics we do not serve) and REJECT (drop and cost
+the forwarder peer score: forged, malformed, expired over an hour ago, wrong kind for the
+topic, sender not allowed).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from consensus.envelope import Opened, ReplayGuard, open_envelope
 from consensus.errors import Invalid
 from consensus.kinds import Registry
 
-# (origin peer id, kind) -> None when allowed, else why not. Later layers plug in rules such as
-# "verdicts only from staked sentries".
-SenderPolicy = Callable[[str, str], str | None]
+# (origin peer id, the opened envelope) -> None when that peer may gossip it, else why not
+# (node/senders.py: by the roles its hello declared).
+SenderPolicy = Callable[[str, Opened], str | None]
 
 
 class Verdict(enum.Enum):
@@ -83,6 +84,6 @@ class EnvelopeValidator:
             return Validation(Verdict.REJECT, f"kind {opened.kind} is not carried on {topic}")
         if opened.signer_peer_id != origin:
             return Validation(Verdict.REJECT, "envelope signer is not the gossip origin")
-        if self.policy is not None and (why := self.policy(origin, opened.kind)) is not None:
+        if self.policy is not None and (why := self.policy(origin, opened)) is not None:
             return Validation(Verdict.REJECT, f"sender not allowed: {why}")
         return Validation(Verdict.ACCEPT, opened=opened)

@@ -12,11 +12,13 @@ from pathlib import Path
 import nacl.signing
 import trio
 from libp2p.peer.id import ID
+from libp2p.pubsub.pubsub import Pubsub
 
 from consensus.envelope import new_nonce, seal, seal_body
-from consensus.kinds import Ping
+from consensus.kinds import Hello, Ping
 from consensus.pool import GpuOffer, Presence
 from p2p.gossip import DEFAULT_NETWORK, topic_name, wire_topic
+from p2p.host import Host
 from p2p.validation import wall_clock_ms
 from tests.daemons import Daemon, cli_env, idlegrid
 from tests.hostile import hostile_peer
@@ -46,6 +48,19 @@ def bad_messages() -> dict[str, tuple[str, bytes]]:
     }
 
 
+def own_faults(evil: nacl.signing.SigningKey) -> dict[str, tuple[str, bytes, str]]:
+    """Messages the attacker signs itself (origin and signer agree), each bad in its own way:
+    (topic, bytes, the reason the daemons give). Sent after a hello declaring it a requester.
+    """
+    good = seal_body(evil, presence())
+    flipped = good[:-1] + bytes([good[-1] ^ 1])  # the envelope ends with the signature
+    return {
+        "bad signature": (PRESENCE, flipped, "signature"),
+        "expired long ago": (PRESENCE, seal_body(evil, presence(-2 * 3_600_000)), "s ago"),
+        "sender not allowed": (PRESENCE, seal_body(evil, presence()), "comes from a worker"),
+    }
+
+
 def addr_of(home: Path) -> str:
     return str(json.loads(idlegrid(home, "status", "--json", env=ENV).stdout)["p2p"]["addrs"][0])
 
@@ -58,7 +73,9 @@ async def test_every_daemon_rejects_and_blames_a_hostile_peer(tmp_path: Path) ->
             assert idlegrid(home, "init", env=ENV).returncode == 0
             args = ("--bootstrap", addr_of(daemons[-1].home)) if daemons else ()
             daemons.append(Daemon(home, args, ENV).wait_started())
-        await attack([addr_of(d.home) for d in daemons], daemons)
+        addrs = [addr_of(d.home) for d in daemons]
+        await attack(addrs, daemons)
+        await attack_as_a_requester(addrs, daemons)  # another attacker: the first is banned
     finally:
         for daemon in daemons:
             daemon.kill()
@@ -67,25 +84,56 @@ async def test_every_daemon_rejects_and_blames_a_hostile_peer(tmp_path: Path) ->
 async def attack(addrs: list[str], daemons: list[Daemon]) -> None:
     cases = bad_messages()
     async with hostile_peer([PRESENCE, NODES]) as (evil, pubsub, _):
-        for addr in addrs:
-            peer = ID.from_base58(await evil.connect(addr))
-            for topic in (PRESENCE, NODES):
-                await pubsub.wait_for_subscription(peer, topic, 15)
-                # publishing reaches mesh peers only; the mesh forms on a heartbeat
-                await pubsub.wait_for_mesh(peer, topic, 15)
+        await join(pubsub, evil, addrs)
         for topic, data in cases.values():
             await pubsub.publish(topic, data)
         await expect_blame(daemons, evil.peer_id, len(cases))
 
 
-async def expect_blame(daemons: list[Daemon], evil_id: str, count: int) -> None:
+async def attack_as_a_requester(addrs: list[str], daemons: list[Daemon]) -> None:
+    async with hostile_peer([PRESENCE, NODES]) as (evil, pubsub, key):
+        await join(pubsub, evil, addrs)
+        hello = Hello(expires_ms=wall_clock_ms() + 60_000, nonce=new_nonce(),
+                      roles=["requester"], version="0", listen=[])  # fmt: skip
+        await pubsub.publish(NODES, seal_body(key, hello))
+        for daemon in daemons:  # the roles are taken before this line is logged
+            line = await trio.to_thread.run_sync(daemon.wait_for, "peer discovered", 30)
+            while f"peer={evil.peer_id}" not in line:
+                line = await trio.to_thread.run_sync(daemon.wait_for, "peer discovered", 30)
+        cases = own_faults(key)
+        for topic, data, _ in cases.values():
+            await pubsub.publish(topic, data)
+        reasons = await expect_blame(daemons, evil.peer_id, len(cases))
+        for daemon_reasons in reasons:
+            for name, (_, _, why) in cases.items():
+                assert any(why in r for r in daemon_reasons), (name, daemon_reasons)
+        for peer in evil.connected_peers():  # not banned: hang up before the library stops,
+            await evil.disconnect(peer)  # or gossip arriving as it stops breaks its shutdown
+
+
+async def join(pubsub: Pubsub, evil: Host, addrs: list[str]) -> None:
+    for addr in addrs:
+        peer = ID.from_base58(await evil.connect(addr))
+        for topic in (PRESENCE, NODES):
+            await pubsub.wait_for_subscription(peer, topic, 15)
+            # publishing reaches mesh peers only; the mesh forms on a heartbeat
+            await pubsub.wait_for_mesh(peer, topic, 15)
+
+
+async def expect_blame(daemons: list[Daemon], evil_id: str, count: int) -> list[list[str]]:
+    """Waits for ``count`` blames of ``evil_id`` on every daemon; returns each one's lines."""
+    seen = []
     for daemon in daemons:
+        lines = []
         for _ in range(count):
             line = await trio.to_thread.run_sync(daemon.wait_for, "rejected gossip", 30)
             assert f"peer={evil_id}" in line  # only the attacker is blamed, never a relay
+            lines.append(line)
+        seen.append(lines)
         peers = json.loads(idlegrid(daemon.home, "peers", "--json", env=ENV).stdout)["peers"]
         evil = next(p for p in peers if p["peer_id"] == evil_id)
         assert evil["score"] < 0
-        assert evil["banned"] is True  # five faults reach the default ban threshold
+        assert evil["banned"] is (count >= 5)  # five faults reach the default ban threshold
         assert daemon.proc.poll() is None, "a daemon died"
         assert "Traceback" not in daemon.output()
+    return seen

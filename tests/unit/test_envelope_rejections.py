@@ -222,6 +222,12 @@ TABLE = [
         id="expired",
     ),
     pytest.param(
+        lambda: signed(encode(ping_wire(expires_ms=NOW - MAX_TTL_MS))),
+        "body.expires_ms",
+        "expired 3600 s ago",
+        id="expired long ago",
+    ),
+    pytest.param(
         lambda: signed(encode(ping_wire(expires_ms=NOW + MAX_TTL_MS + 1))),
         "body.expires_ms",
         "too far in the future",
@@ -248,3 +254,17 @@ def test_each_rejection_reason(build: Callable[[], bytes], what: str, reason: st
     assert caught.value.what == what
     assert caught.value.reason.startswith(reason), caught.value.reason
     assert str(caught.value) == f"invalid {what}: {caught.value.reason}"
+
+
+@pytest.mark.parametrize(
+    ("expires_ms", "fault"),
+    [(NOW, False), (NOW - MAX_TTL_MS + 1, False), (NOW - MAX_TTL_MS, True)],
+    ids=["just expired", "expired within the bound", "expired beyond it"],
+)
+def test_only_a_message_expired_beyond_the_ttl_bound_is_its_relay_s_fault(
+    expires_ms: int, fault: bool
+) -> None:
+    # Relays hand on what was fresh when they got it; nobody honest holds it over an hour.
+    with pytest.raises(Invalid) as caught:
+        open_at(signed(encode(ping_wire(expires_ms=expires_ms))))
+    assert caught.value.peer_fault is fault
