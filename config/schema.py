@@ -163,6 +163,12 @@ class P2pSettings:
     offline_after_s: int = setting(
         30, "silence after which a peer or worker counts as offline", int_range(2, 86400)
     )
+    rtt_interval_s: int = setting(
+        30,
+        "seconds between pings of every connected peer, for the round-trip times that"
+        " `idlegrid peers` and `idlegrid market` show and the auction weighs",
+        int_range(1, 3600),
+    )
     max_connections: int = setting(128, "most open connections", int_range(1, 10000))
     quic: bool = setting(
         False, "also listen and dial over QUIC (UDP); slow in py-libp2p: 1-3 MB/s, not for bulk"

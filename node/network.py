@@ -27,7 +27,7 @@ from consensus.pool import GpuOffer, Pool, Presence, PresenceSeen, WorkerChanged
 from consensus.scores import PeerScores
 from consensus.settlement.messages import SETTLEMENT_KINDS
 from consensus.verify.messages import VERIFY_KINDS
-from node import __version__
+from node import __version__, rtt
 from node.blocks import restore_blocks
 from node.discovery import run_discovery
 from node.peerbook import Peer, PeerBook, forget, load_remembered, remember, unsaved
@@ -81,6 +81,7 @@ class Network:
     foreign: dict[str, str] = field(default_factory=dict)  # peers of other networks: their name
     target_connections: int = TARGET_CONNECTIONS
     discovered: trio.Event = field(default_factory=trio.Event)  # set, then replaced, per new peer
+    rtt_measured: trio.Event = field(default_factory=trio.Event)  # the same, per ping round
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
 
@@ -357,6 +358,8 @@ async def run_network(
             presence_inbox = await gossip.subscribe(PRESENCE)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(net.follow_nodes, nodes_inbox)
+                rtt.serve_pings(net)
+                nursery.start_soon(rtt.measure_loop, net)
                 nursery.start_soon(net.follow_pool, presence_inbox)
                 nursery.start_soon(net.dial_loop)
                 nursery.start_soon(net.refuse_other_networks)

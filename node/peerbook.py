@@ -32,7 +32,8 @@ class Peer:
     roles: list[str] = field(default_factory=list)
     version: str = ""
     last_seen_ms: int = 0  # last announcement heard (0: never, e.g. a bootstrap entry)
-    rtt_ms: int | None = None
+    rtt_ms: int | None = None  # a dial's duration, until pings measure it (node/rtt.py)
+    pinged: bool = False
     next_dial_ms: int = 0
     backoff_ms: int = BACKOFF_START_MS
     connected_ms: int = 0  # when our last dial of it succeeded
@@ -83,7 +84,9 @@ class PeerBook:
     def dialed(self, peer: Peer, ok: bool, now_ms: int, rtt_ms: int | None = None) -> None:
         """Records a dial; even a success backs off until :meth:`lasting` confirms it."""
         if ok:
-            peer.connected_ms, peer.rtt_ms = now_ms, rtt_ms
+            peer.connected_ms = now_ms
+            if not peer.pinged:  # a ping's round trip is the better figure
+                peer.rtt_ms = rtt_ms
         peer.next_dial_ms = now_ms + peer.backoff_ms
         peer.backoff_ms = min(2 * peer.backoff_ms, BACKOFF_MAX_MS)
 

@@ -5,7 +5,6 @@ to pieces where it breaks or is not offered, and a holder lying over it is caugh
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -13,16 +12,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from config.schema import NodeSettings, P2pSettings, Settings
 from consensus.market.messages import BlobRef
-from node import identity
-from node.daemon import NodeContext, run_node
-from node.home import Home
+from node.daemon import NodeContext
 from node.market import blob_bulk, blobshare
 from node.market.blob_bulk import BULK_PIECE_BYTES
 from node.market.blobshare import PART_SUFFIX, BlobShare
 from node.transfer.channel import ChunkChannel
 from p2p.framing import HEADER
+from tests.inprocess import start_node
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 60
@@ -39,20 +36,9 @@ async def nodes(tmp_path: Path) -> AsyncIterator[Start]:
     async with trio.open_nursery() as nursery:
 
         async def start(name: str) -> NodeContext:
-            home = Home(tmp_path / name)
-            identity.save(home, identity.NodeKeys.generate(), passphrase=None)
-            home.ensure_token()
-            boot = tuple(str(first.network.host.addrs[0]) for first in started[:1] if first.network)
-            conf = Settings(
-                node=NodeSettings(roles=("requester",)),
-                p2p=P2pSettings(listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=boot),
-            )
-            keys = identity.load(home, lambda: None)
-            ctx: NodeContext = await nursery.start(
-                functools.partial(run_node, home, conf, keys, handle_signals=False)
-            )
-            started.append(ctx)
-            return ctx
+            first = started[0] if started else None
+            started.append(await start_node(nursery, tmp_path / name, bootstrap=first))
+            return started[-1]
 
         yield start
         nursery.cancel_scope.cancel()
