@@ -109,6 +109,15 @@ def multiaddrs_check(value: Any) -> str | None:
     return f"multiaddrs like /ip4/1.2.3.4/tcp/4001 (bad: {', '.join(bad)})" if bad else None
 
 
+def announce_check(value: Any) -> str | None:
+    bad = [v for v in value if multiaddrs_check([v]) or "/tcp/" not in v or "/p2p/" in v]
+    if bad:
+        return (
+            f"TCP multiaddrs without /p2p/, like /ip4/203.0.113.7/tcp/4001 (bad: {', '.join(bad)})"
+        )
+    return None
+
+
 def peer_multiaddrs_check(value: Any) -> str | None:
     bad = [v for v in value if multiaddrs_check([v]) or "/p2p/" not in v]
     return f"multiaddrs ending in /p2p/<peer id> (bad: {', '.join(bad)})" if bad else None
@@ -148,6 +157,12 @@ class P2pSettings:
         ("/ip4/0.0.0.0/tcp/4001",),
         "addresses to listen on (TCP); port 0 picks a free one",
         multiaddrs_check,
+    )
+    announce: tuple[str, ...] = setting(
+        (),
+        "addresses to announce before the listen ones, e.g. a router's public address with a"
+        " forwarded port (/ip4/203.0.113.7/tcp/4001); /p2p/<peer id> is added",
+        announce_check,
     )
     bootstrap: tuple[str, ...] = setting(
         (),

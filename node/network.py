@@ -147,8 +147,10 @@ class Network:
         ]
 
     def announced_addrs(self) -> list[str]:
-        """Our listen addresses as others can dial them (0.0.0.0 expanded to interface IPs)."""
-        out = []
+        """Where others can dial us: ``p2p.announce`` first (an address the operator knows is
+        reachable from outside), then our listen addresses (0.0.0.0 expanded to interface
+        IPs), then circuits through relays."""
+        out = [f"{addr}/p2p/{self.host.peer_id}" for addr in self.p2p.announce]
         for addr in self.host.addrs:
             if "/ip4/0.0.0.0/" not in addr:
                 out.append(addr)

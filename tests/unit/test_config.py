@@ -65,6 +65,8 @@ def test_reserved_env_is_not_a_key() -> None:
         ("api = 3\n", {}, "api", "a table"),
         ('[p2p]\nlisten = ["localhost:4001"]\n', {}, "p2p.listen", "multiaddrs like"),
         ('[p2p]\nbootstrap = ["/ip4/1.2.3.4/tcp/1"]\n', {}, "p2p.bootstrap", "/p2p/<peer id>"),
+        ('[p2p]\nannounce = ["/ip4/1.2.3.4/udp/1"]\n', {}, "p2p.announce", "TCP multiaddrs"),
+        ('[p2p]\nannounce = ["/ip4/1.2.3.4/tcp/1/p2p/x"]\n', {}, "p2p.announce", "without /p2p/"),
         ("[p2p]\noffline_after_s = 5\n", {}, "p2p.offline_after_s", "twice p2p.announce"),
         ("[worker]\nprice_wei_per_s = -1\n", {}, "worker.price_wei_per_s", "an integer in 0.."),
         ("[api\n", {}, "(file)", "valid TOML"),
