@@ -72,6 +72,12 @@ def test_ten_daemons_find_each_other_and_notice_a_death(network: list[Daemon]) -
         assert {p["peer_id"] for p in peers} == others
         market = api(daemon).get("/v1/market")
         assert others <= {w["peer_id"] for w in market["workers"]} <= ids
+    first, others = network[0], ids - {peer_id(network[0].home)}
+    shown = idlegrid(first.home, "peers", env=ENV).stdout  # the tables an operator reads
+    assert f"\n{NODES - 1} peers" in shown and all(other in shown for other in others)
+    book = idlegrid(first.home, "market", env=ENV).stdout.splitlines()
+    assert all(any(o in row and " available " in row and " cpu " in row for row in book)
+               for o in others)  # fmt: skip
 
     victim = network[NODES // 2]
     victim_id = peer_id(victim.home)
