@@ -75,15 +75,33 @@ class EnvelopeValidator:
         now_ms = self.clock()
         self.replay.prune(now_ms)
         try:
-            opened = open_envelope(
-                data, now_ms, self.registry, replay=self.replay, limits=self.limits
-            )
+            opened = open_envelope(data, now_ms, self.registry, limits=self.limits)
         except Invalid as exc:
-            return Validation(Verdict.REJECT if exc.peer_fault else Verdict.IGNORE, str(exc))
-        if opened.kind not in kinds:
-            return Validation(Verdict.REJECT, f"kind {opened.kind} is not carried on {topic}")
-        if opened.signer_peer_id != origin:
-            return Validation(Verdict.REJECT, "envelope signer is not the gossip origin")
-        if self.policy is not None and (why := self.policy(origin, opened)) is not None:
-            return Validation(Verdict.REJECT, f"sender not allowed: {why}")
+            return _refused(exc)
+        # Before the replay check: someone else's message passed off as one's own is a
+        # forgery even when we have seen it (a replay by a third party is caught here).
+        if (why := self._wrong_sender(kinds, topic, origin, opened)) is not None:
+            return Validation(Verdict.REJECT, why)
+        body = opened.body
+        try:  # last, so that a refused message burns no nonce
+            self.replay.check_and_remember(opened.signer, body.nonce, body.expires_ms, now_ms)
+        except Invalid as exc:
+            return _refused(exc)
         return Validation(Verdict.ACCEPT, opened=opened)
+
+    def _wrong_sender(
+        self, kinds: frozenset[str], topic: str, origin: str, opened: Opened
+    ) -> str | None:
+        """Why ``origin`` may not send ``opened`` on ``topic``, or None."""
+        if opened.kind not in kinds:
+            return f"kind {opened.kind} is not carried on {topic}"
+        if opened.signer_peer_id != origin:
+            return "envelope signer is not the gossip origin"
+        if self.policy is not None and (why := self.policy(origin, opened)) is not None:
+            return f"sender not allowed: {why}"
+        return None
+
+
+def _refused(exc: Invalid) -> Validation:
+    """REJECT for the sender's fault, IGNORE for what honest relays also produce."""
+    return Validation(Verdict.REJECT if exc.peer_fault else Verdict.IGNORE, str(exc))

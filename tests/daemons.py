@@ -86,10 +86,12 @@ class Daemon:
         self._queue.put(None)
 
     def wait_for(self, text: str, timeout: float = START_TIMEOUT_S) -> str:
-        """Returns the first output line containing ``text``; fails on exit or timeout."""
+        """Returns the first output line containing ``text``; fails on exit, or when
+        ``timeout`` seconds pass in all (not per line: a chatty daemon would never time out)."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self._queue.get(timeout=timeout)
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"no {text!r} within {timeout} s: {self.output()}") from None
             if line is None:

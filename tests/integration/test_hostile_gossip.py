@@ -14,8 +14,8 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.pubsub import Pubsub
 
-from consensus.envelope import new_nonce, seal, seal_body
-from consensus.kinds import Hello, Ping
+from consensus.envelope import new_nonce, open_envelope, seal, seal_body
+from consensus.kinds import Hello, Ping, Registry
 from consensus.pool import GpuOffer, Presence
 from p2p.gossip import DEFAULT_NETWORK, topic_name, wire_topic
 from p2p.host import Host
@@ -50,7 +50,8 @@ def bad_messages() -> dict[str, tuple[str, bytes]]:
 
 def own_faults(evil: nacl.signing.SigningKey) -> dict[str, tuple[str, bytes, str]]:
     """Messages the attacker signs itself (origin and signer agree), each bad in its own way:
-    (topic, bytes, the reason the daemons give). Sent after a hello declaring it a requester.
+    (topic, bytes, the reason the daemons give). Sent after a hello declaring it a requester,
+    with a daemon's genuine message replayed (an honest author re-sends its own: ignored).
     """
     good = seal_body(evil, presence())
     flipped = good[:-1] + bytes([good[-1] ^ 1])  # the envelope ends with the signature
@@ -101,6 +102,8 @@ async def attack_as_a_requester(addrs: list[str], daemons: list[Daemon]) -> None
             while f"peer={evil.peer_id}" not in line:
                 line = await trio.to_thread.run_sync(daemon.wait_for, "peer discovered", 30)
         cases = own_faults(key)
+        with trio.fail_after(30):
+            cases["replayed"] = (NODES, await fresh_hello(pubsub, evil), "not the gossip origin")
         for topic, data, _ in cases.values():
             await pubsub.publish(topic, data)
         reasons = await expect_blame(daemons, evil.peer_id, len(cases))
@@ -109,6 +112,20 @@ async def attack_as_a_requester(addrs: list[str], daemons: list[Daemon]) -> None
                 assert any(why in r for r in daemon_reasons), (name, daemon_reasons)
         for peer in evil.connected_peers():  # not banned: hang up before the library stops,
             await evil.disconnect(peer)  # or gossip arriving as it stops breaks its shutdown
+
+
+async def fresh_hello(pubsub: Pubsub, evil: Host) -> bytes:
+    """A daemon's hello as gossip brought it to us, with 10 s or more left to live: the
+    subscription holds every hello since we joined, the early ones near their expiry."""
+    hellos = await pubsub.subscribe(NODES)  # the one hostile_peer made: libp2p keeps one
+    while True:
+        data = (await hellos.get()).data
+        opened = open_envelope(data, wall_clock_ms(), Registry([Hello]))
+        if (
+            opened.signer_peer_id != evil.peer_id
+            and opened.body.expires_ms > wall_clock_ms() + 10_000
+        ):
+            return data
 
 
 async def join(pubsub: Pubsub, evil: Host, addrs: list[str]) -> None:

@@ -90,3 +90,16 @@ def test_hellos_are_remembered_up_to_a_bound_oldest_first(
 
 def test_every_role_named_is_a_role_a_node_can_have() -> None:
     assert set(SENDER_ROLES.values()) <= set(ROLES)
+
+
+def test_a_seen_message_is_a_forgery_from_another_peer_and_a_duplicate_from_its_author(
+    validator: EnvelopeValidator,
+) -> None:
+    author, replayer = Peer(), Peer()
+    raw = seal_body(author.key, presence())
+    assert validator("presence", author.id, raw).verdict is Verdict.ACCEPT
+    again = validator("presence", author.id, raw)  # the author re-announcing: no blame
+    assert (again.verdict, again.reason) == (Verdict.IGNORE, "invalid nonce: replayed")
+    stolen = validator("presence", replayer.id, raw)  # checked before the replay guard
+    assert stolen.verdict is Verdict.REJECT
+    assert stolen.reason == "envelope signer is not the gossip origin"
