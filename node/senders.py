@@ -10,8 +10,10 @@ a task, the contract only staked ones).
 
 A peer whose hello we have not heard since we started is let through: gossip is lossy and
 a hello may arrive after the first messages of a peer that just started, so refusing (and
-blaming) would punish honest peers. The hello is read inside the validator, in the order
-messages arrive, so a peer's later messages are judged by the roles it declared first.
+blaming) would punish honest peers. A hello counts once it passed every check (the replay
+guard too), and only the newest: a late or replayed older hello does not undo it. A refusal
+costs the message's origin score, not the peer that relayed it: nodes may have heard
+different hellos (or, before this rule, none), so an honest relay cannot know.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from config.schema import ROLES
 from consensus.envelope import Opened
 from consensus.kinds import Hello
 from consensus.market.messages import Award, Demand
@@ -48,21 +51,30 @@ MAX_PEERS: Final = 10_000  # hellos remembered; the oldest goes first
 
 
 class DeclaredRoles:
-    """A sender policy: the roles each peer's latest hello declared, and the rule above."""
+    """A sender policy: the roles each peer's newest hello declared, and the rule above."""
 
     def __init__(self) -> None:
-        self._roles: dict[str, frozenset[str]] = {}
+        self._roles: dict[str, tuple[int, frozenset[str]]] = {}  # peer -> (expiry, roles)
 
-    def __call__(self, origin: str, opened: Opened) -> str | None:
+    def refuse(self, origin: str, opened: Opened) -> str | None:
         """None when ``origin`` may gossip ``opened``, else why not."""
-        if isinstance(opened.body, Hello):
-            self._roles.pop(origin, None)  # re-inserted last: the newest is kept longest
-            self._roles[origin] = frozenset(opened.body.roles)
-            while len(self._roles) > MAX_PEERS:
-                del self._roles[next(iter(self._roles))]
+        role, known = SENDER_ROLES.get(opened.kind), self._roles.get(origin)
+        if role is None or known is None or role in known[1]:
             return None
-        role, declared = SENDER_ROLES.get(opened.kind), self._roles.get(origin)
-        if role is None or declared is None or role in declared:
-            return None
-        said = ", ".join(sorted(declared)) or "no roles"
+        said = ", ".join(sorted(known[1])) or "no roles"
         return f"{opened.kind} comes from a {role}; {short(origin)} declared {said}"
+
+    def accepted(self, origin: str, opened: Opened) -> None:
+        """Takes the roles of a hello that passed every check, replay included, unless a
+        newer one (later expiry) is kept already: a hello replayed late, or delivered out
+        of order, does not undo the newer one."""
+        body = opened.body
+        if not isinstance(body, Hello):
+            return
+        kept = self._roles.pop(origin, None)  # re-inserted last: the newest is kept longest
+        if kept is not None and kept[0] > body.expires_ms:
+            self._roles[origin] = kept
+            return
+        self._roles[origin] = (body.expires_ms, frozenset(body.roles) & frozenset(ROLES))
+        while len(self._roles) > MAX_PEERS:
+            del self._roles[next(iter(self._roles))]

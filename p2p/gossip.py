@@ -267,8 +267,9 @@ class Gossip:
                 self._count(Verdict.ACCEPT)
                 return True
             sender = forwarder.to_base58()
-            if result.verdict is Verdict.REJECT and sender != own:
-                self.penalise(sender, result.reason)
+            at_fault = origin if result.blame_origin else sender
+            if result.verdict is Verdict.REJECT and at_fault != own:
+                self.penalise(at_fault, result.reason)
             self._count(result.verdict)
             log.debug("gossip %s from %s: %s", result.verdict.value, sender, result.reason)
             return False

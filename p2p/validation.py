@@ -1,9 +1,9 @@
 """Gossip validation: every message is a signed envelope, checked before anyone else sees it.
 
 Outcomes follow the Ethereum gossip specs' labels: ACCEPT (deliver and forward), IGNORE (drop,
-no blame: duplicates, replays, just expired, topics we do not serve) and REJECT (drop and cost
-the forwarder peer score: forged, malformed, expired over an hour ago, wrong kind for the
-topic, sender not allowed).
+no blame: duplicates, replays, expired, topics we do not serve) and REJECT (drop and cost the
+forwarder peer score: forged, malformed, wrong kind for the topic; a sender not allowed the
+kind costs the message's origin instead).
 """
 
 from __future__ import annotations
@@ -12,15 +12,24 @@ import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from consensus.codec import DEFAULT_LIMITS
 from consensus.envelope import Opened, ReplayGuard, open_envelope
 from consensus.errors import Invalid
 from consensus.kinds import Registry
 
-# (origin peer id, the opened envelope) -> None when that peer may gossip it, else why not
-# (node/senders.py: by the roles its hello declared).
-SenderPolicy = Callable[[str, Opened], str | None]
+
+class SenderPolicy(Protocol):
+    """Who may gossip what (``node/senders.py``: by the roles a peer's hello declared)."""
+
+    def refuse(self, origin: str, opened: Opened) -> str | None:
+        """None when ``origin`` may gossip ``opened``, else why not (the origin's fault)."""
+        ...
+
+    def accepted(self, origin: str, opened: Opened) -> None:
+        """Told of every message that passed every check (to learn from hellos)."""
+        ...
 
 
 class Verdict(enum.Enum):
@@ -31,9 +40,13 @@ class Verdict(enum.Enum):
 
 @dataclass(frozen=True)
 class Validation:
+    """A verdict and why. ``blame_origin``: the fault is the signed origin's own, not the
+    relaying peer's (which the gossip layer blames otherwise)."""
+
     verdict: Verdict
     reason: str = ""
     opened: Opened | None = None
+    blame_origin: bool = False
 
 
 def wall_clock_ms() -> int:
@@ -82,11 +95,15 @@ class EnvelopeValidator:
         # forgery even when we have seen it (a replay by a third party is caught here).
         if (why := self._wrong_sender(kinds, topic, origin, opened)) is not None:
             return Validation(Verdict.REJECT, why)
+        if self.policy is not None and (why := self.policy.refuse(origin, opened)) is not None:
+            return Validation(Verdict.REJECT, f"sender not allowed: {why}", blame_origin=True)
         body = opened.body
         try:  # last, so that a refused message burns no nonce
             self.replay.check_and_remember(opened.signer, body.nonce, body.expires_ms, now_ms)
         except Invalid as exc:
             return _refused(exc)
+        if self.policy is not None:
+            self.policy.accepted(origin, opened)
         return Validation(Verdict.ACCEPT, opened=opened)
 
     def _wrong_sender(
@@ -97,8 +114,6 @@ class EnvelopeValidator:
             return f"kind {opened.kind} is not carried on {topic}"
         if opened.signer_peer_id != origin:
             return "envelope signer is not the gossip origin"
-        if self.policy is not None and (why := self.policy(origin, opened)) is not None:
-            return f"sender not allowed: {why}"
         return None
 
 

@@ -18,8 +18,8 @@ NOW = 1_700_000_000_000
 TOPICS = {"nodes": frozenset({Hello.KIND}), "presence": frozenset({Presence.KIND, Ping.KIND})}
 
 
-def hello(*roles: str) -> Hello:
-    return Hello(expires_ms=NOW + 60_000, nonce=new_nonce(), roles=list(roles), version="1",
+def hello(*roles: str, expires_ms: int = NOW + 60_000) -> Hello:
+    return Hello(expires_ms=expires_ms, nonce=new_nonce(), roles=list(roles), version="1",
                  listen=[])  # fmt: skip
 
 
@@ -51,8 +51,10 @@ def test_a_peer_that_declared_another_role_is_refused_with_the_reason(
 ) -> None:
     peer = Peer()
     assert send(validator, peer, "nodes", hello("requester")) == (Verdict.ACCEPT, "")
-    verdict, reason = send(validator, peer, "presence", presence())
+    outcome = validator("presence", peer.id, seal_body(peer.key, presence()))
+    verdict, reason = outcome.verdict, outcome.reason
     assert verdict is Verdict.REJECT
+    assert outcome.blame_origin  # its own doing: not the relay's, which may not know its hello
     assert reason.startswith("sender not allowed: pool.presence/1 comes from a worker; ")
     assert reason.endswith(" declared requester")
 
@@ -103,3 +105,19 @@ def test_a_seen_message_is_a_forgery_from_another_peer_and_a_duplicate_from_its_
     stolen = validator("presence", replayer.id, raw)  # checked before the replay guard
     assert stolen.verdict is Verdict.REJECT
     assert stolen.reason == "envelope signer is not the gossip origin"
+
+
+def test_an_older_hello_arriving_late_does_not_undo_a_newer_one(
+    validator: EnvelopeValidator,
+) -> None:
+    peer = Peer()
+    send(validator, peer, "nodes", hello("worker", expires_ms=NOW + 50_000))
+    send(validator, peer, "nodes", hello(expires_ms=NOW + 40_000))  # sent before, came after
+    assert send(validator, peer, "presence", presence())[0] is Verdict.ACCEPT
+
+
+def test_roles_no_node_has_are_not_kept(validator: EnvelopeValidator) -> None:
+    peer = Peer()
+    send(validator, peer, "nodes", hello("root", "w" * 500))
+    verdict, reason = send(validator, peer, "presence", presence())
+    assert verdict is Verdict.REJECT and reason.endswith("declared no roles")
