@@ -142,10 +142,10 @@ class BlobStore:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-            stored = self.put_file(path)
-            if stored != digest:
-                self.delete(stored)
-                raise ValueError(f"{path} holds {stored}, not {digest}") from None
+            held = _digest_of(path)  # checked first: storing it could meet a good blob
+            if held != digest:
+                raise ValueError(f"{path} holds {held}, not {digest}") from None
+            self.put_file(path)
             path.unlink()
 
     def get(self, digest: str) -> bytes:
@@ -177,13 +177,10 @@ class BlobStore:
         """Return True if the blob is present and intact; quarantine it if it is corrupt."""
         path = self.path(digest)
         try:
-            with path.open("rb") as src:
-                hasher = blake3()
-                for chunk in iter(functools.partial(src.read, CHUNK_SIZE), b""):
-                    hasher.update(chunk)
+            held = _digest_of(path)
         except FileNotFoundError:
             return False
-        if hasher.hexdigest() != digest:
+        if held != digest:
             self._quarantine_corrupt(digest, path)
             return False
         return True
@@ -319,6 +316,14 @@ def _syncfs(root: Path) -> bool:
         return bool(syncfs(fd) == 0)
     finally:
         os.close(fd)
+
+
+def _digest_of(path: Path) -> str:
+    hasher = blake3()
+    with path.open("rb") as src:
+        for chunk in iter(functools.partial(src.read, CHUNK_SIZE), b""):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _fsync_path(path: Path) -> None:

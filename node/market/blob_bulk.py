@@ -26,10 +26,11 @@ import trio
 from node.transfer.channel import ChunkChannel
 from node.transfer.run import open_bulk
 from node.transfer.server import ServeChannel, TransferServer
-from p2p.framing import HEADER
+from p2p.framing import HEADER, StreamFailed
 from p2p.host import Host
 
 BULK_PIECE_BYTES = 4 << 20  # per sealed frame: big enough that framing costs nothing
+SEND_TIMEOUT_S = 120.0  # a 4 MiB frame at 35 KB/s: a fetcher slower than that takes pieces
 
 
 class BulkCarrier(Protocol):
@@ -79,10 +80,14 @@ async def send_blob(path: Path, offset: int, channel: ChunkChannel) -> None:
     """The holder's side: ``path``'s bytes from ``offset`` to its end, then nothing more.
 
     Raises:
-        StreamFailed: the fetcher went away (it resumes from its part, maybe elsewhere).
+        StreamFailed: the fetcher went away, or stopped reading for
+            :data:`SEND_TIMEOUT_S` (it resumes from its part, maybe elsewhere).
         OSError: the file went meanwhile (retention deleted it).
     """
     with path.open("rb") as f:
         f.seek(offset)
         while data := await trio.to_thread.run_sync(f.read, BULK_PIECE_BYTES):
-            await channel.send(HEADER.pack(len(data)) + data)
+            with trio.move_on_after(SEND_TIMEOUT_S):
+                await channel.send(HEADER.pack(len(data)) + data)
+                continue
+            raise StreamFailed(f"the fetcher took no frame for {SEND_TIMEOUT_S:.0f} s")

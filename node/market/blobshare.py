@@ -63,6 +63,8 @@ PROTOCOL = "/idlegrid/blob/1"
 PIECE_BYTES = 1 << 20
 PART_SUFFIX = "part"  # a fetch's ciphertext so far, resumed by the next fetch of the blob
 PIECE_TIMEOUT_S = 30.0
+BULK_FRAME_TIMEOUT_S = 120.0  # a 4 MiB frame at 35 KB/s; slower links take pieces
+NO_BULK_RETRY_S = 600.0  # a holder whose bulk channel failed is asked in pieces this long
 LEFTOVER_KEEP_S = 86_400  # a part nobody resumed for a day (and a temp file kill -9 left) goes
 
 
@@ -102,7 +104,8 @@ class BlobShare:
         self.datasets: Datasets | None = None
         # The transfer layer's bulk channel, the fast path for ciphertext (set by the daemon).
         self.bulk: BulkCarrier | None = None
-        self.served: Counter[str] = Counter()  # answers with bytes: "pieces", "bulk" channels
+        self.served: Counter[str] = Counter()  # pieces sent, bulk tickets given ("pieces", "bulk")
+        self._no_bulk: dict[str, float] = {}  # holder -> until when we take pieces from it
 
     def register(self) -> None:
         self.net.serve(PROTOCOL, self._serve)
@@ -295,17 +298,22 @@ class BlobShare:
             HolderLied: it sent more than the blob holds, or an empty frame.
         """
         assert self.bulk is not None
+        now = trio.current_time()
+        if self._no_bulk.get(holder, now) > now:
+            return offset  # it failed lately: pieces, without waiting on it again
         request = {"bulk": ref.hash, "offset": offset}
         try:
             with trio.fail_after(PIECE_TIMEOUT_S):
                 channel = await self.bulk.open(holder, addrs, PROTOCOL, request)
         except (RequestError, DialError, OSError, trio.TooSlowError) as exc:
-            log.debug("no bulk channel for a blob, taking pieces",
-                      extra={"holder": short(holder), "error": repr(exc)})  # fmt: skip
+            self._no_bulk = {h: t for h, t in self._no_bulk.items() if t > now}
+            self._no_bulk[holder] = now + NO_BULK_RETRY_S
+            log.info("no bulk channel from a blob holder, taking pieces",
+                     extra={"holder": short(holder), "error": repr(exc)})  # fmt: skip
             return offset
         try:
             while offset < ref.size:
-                with trio.fail_after(PIECE_TIMEOUT_S):
+                with trio.fail_after(BULK_FRAME_TIMEOUT_S):
                     data = await channel.receive(BULK_PIECE_BYTES)
                 if not 0 < len(data) <= ref.size - offset:
                     raise HolderLied(f"a bulk frame of {len(data)} bytes at {offset}")

@@ -35,7 +35,7 @@ from node.transfer.channel import (
 )
 from node.transfer.probe import probe_all
 from node.transfer.wire import BULK_PROTOCOL, CHUNKS_PROTOCOL, MAX_CHUNK_FRAME, unpack_chunk
-from p2p.framing import RequestError, decode_body, encode_frame, frame_limits
+from p2p.framing import RequestError, StreamFailed, decode_body, encode_frame, frame_limits
 from p2p.host import DialError, Host
 from storage import transfer_access as access
 from storage import transfer_journal as journal
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 8
 CHUNK_TIMEOUT_S = links.BASE_TIMEOUT_S
+BULK_CONNECT_TIMEOUT_S = 3.0  # a connect on a LAN or the internet takes well under that
 CHECKERS = 4  # chunks verified and stored at once, per source
 FLUSH_EVERY = 16  # chunks per journal transaction, or
 FLUSH_AFTER_S = 0.5  # whichever comes first
@@ -89,9 +90,30 @@ async def open_bulk(
         raise RequestError("malformed bulk ticket")
     if len(token) != TOKEN_BYTES or len(key) != KEY_BYTES:
         raise RequestError("malformed bulk ticket")
-    sock = await trio.open_tcp_stream(remote[0], port)
-    await sock.send_all(token)
-    return SealedChannel(sock, key, client=True)
+    return await _connect_bulk(remote[0], port, token, key)
+
+
+async def _connect_bulk(ip: str, port: int, token: bytes, key: bytes) -> ChunkChannel:
+    """Connects to a holder's bulk port and presents the ticket's token.
+
+    A port behind NAT is usually not forwarded, and a firewall that drops the connection
+    leaves it hanging: after :data:`BULK_CONNECT_TIMEOUT_S` the caller takes the libp2p path.
+
+    Raises:
+        StreamFailed: no connection in time, or it broke at once.
+        OSError: the connection was refused.
+    """
+    with trio.move_on_after(BULK_CONNECT_TIMEOUT_S):
+        sock = await trio.open_tcp_stream(ip, port)
+        try:
+            await sock.send_all(token)
+        except BaseException as exc:  # broken, or cancelled: the socket goes either way
+            await trio.aclose_forcefully(sock)
+            if isinstance(exc, trio.BrokenResourceError):
+                raise StreamFailed(f"bulk connection broke: {exc!r}") from exc
+            raise
+        return SealedChannel(sock, key, client=True)
+    raise StreamFailed(f"bulk port {port} did not answer in {BULK_CONNECT_TIMEOUT_S:.0f} s")
 
 
 @dataclass

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 IDLE_TIMEOUT_S = 60.0
 NOT_FOUND = "not_found"
 TICKET_TTL_S = 30.0
+MAX_BULK_PER_PEER = 8  # bulk channels open or promised to one peer at once
 SERVE_AHEAD = 4  # replies prepared at once per channel
 ANYONE = "*"  # a grant to every peer
 
@@ -67,7 +68,9 @@ class TransferServer:
         self.host, self.store, self.public = host, store, public
         self._offered: dict[bytes, Manifest] = {}
         self._grants: set[tuple[str, bytes]] = set()
-        self._tickets: dict[bytes, tuple[bytes, ServeChannel, float]] = {}
+        # token -> (peer, key, what serves the channel, expiry)
+        self._tickets: dict[bytes, tuple[str, bytes, ServeChannel, float]] = {}
+        self._channels: Counter[str] = Counter()  # bulk channels open, per peer
         self.bulk_port: int | None = None
         self.served: Counter[bytes] = Counter()  # chunks sent per dataset, for status and tests
 
@@ -184,14 +187,19 @@ class TransferServer:
 
         Raises:
             RequestRejected: ``no_bulk``, when this node has no bulk listener (say, one
-                reached only through relays): the asker falls back to its libp2p stream.
+                reached only through relays), or ``busy``, when ``peer`` holds
+                :data:`MAX_BULK_PER_PEER` channels and tickets already: the asker falls back
+                to its libp2p stream.
         """
         if self.bulk_port is None:
             raise RequestRejected("no_bulk", "this holder has no bulk channel")
         now = trio.current_time()
-        self._tickets = {t: v for t, v in self._tickets.items() if v[2] > now}
+        self._tickets = {t: v for t, v in self._tickets.items() if v[3] > now}
+        held = sum(v[0] == peer for v in self._tickets.values()) + self._channels[peer]
+        if held >= MAX_BULK_PER_PEER:  # each holds a socket and a task (and a file) here
+            raise RequestRejected("busy", f"{held} bulk channels open or promised to you")
         token, key = secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES)
-        self._tickets[token] = (key, serve, now + TICKET_TTL_S)
+        self._tickets[token] = (peer, key, serve, now + TICKET_TTL_S)
         return {"port": self.bulk_port, "token": token, "key": key}
 
     async def _bulk_connection(self, sock: trio.SocketStream) -> None:
@@ -202,16 +210,20 @@ class TransferServer:
             ):
                 token += data
         ticket = self._tickets.pop(token, None)
-        if ticket is None or ticket[2] < trio.current_time():
+        if ticket is None or ticket[3] < trio.current_time():
             await sock.aclose()
             return
-        key, serve, _ = ticket
+        peer, key, serve, _ = ticket
         channel = SealedChannel(sock, key, client=False)
+        self._channels[peer] += 1
         try:
             await serve(channel)
         except* (RequestError, StreamError, OSError) as group:  # the asker left, or our disk
             log.debug("bulk channel ended: %r", group.exceptions[0])
         finally:
+            self._channels[peer] -= 1
+            if not self._channels[peer]:
+                del self._channels[peer]
             await channel.aclose()
 
     async def _answer(self, peer: str, request: Any) -> dict[str, Any]:
