@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import trio
@@ -17,8 +18,12 @@ from node.daemon import NodeContext
 from node.market import blob_bulk, blobshare
 from node.market.blob_bulk import BULK_PIECE_BYTES
 from node.market.blobshare import PART_SUFFIX, BlobShare
+from node.transfer import run as transfer_run
 from node.transfer.channel import ChunkChannel
+from node.transfer.server import MAX_BULK_PER_PEER, TransferServer
 from p2p.framing import HEADER
+from p2p.reqresp import RequestRejected
+from storage.blobs import BlobStore
 from tests.inprocess import start_node
 
 pytestmark = pytest.mark.slow
@@ -160,3 +165,37 @@ async def test_a_holder_lying_over_the_bulk_channel_is_blamed_and_the_next_one_s
     assert got.read_bytes() == data
     assert blamed == [liar.keys.peer_id]
     assert share(liar).served == {"bulk": 1} and share(honest).served == {"bulk": 1}
+
+
+async def test_a_bulk_port_that_does_not_answer_costs_one_short_wait_then_pieces(
+    tmp_path: Path, nodes: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder, taker = await nodes("holder"), await nodes("taker")
+
+    async def dropped(*_: object) -> trio.SocketStream:  # a firewall that drops the SYN
+        await trio.sleep_forever()
+        raise AssertionError
+
+    monkeypatch.setattr(transfer_run, "BULK_CONNECT_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(transfer_run.trio, "open_tcp_stream", dropped)
+    for name in ("one", "two"):
+        data = os.urandom(blobshare.PIECE_BYTES + 1)
+        (tmp_path / name).write_bytes(data)
+        ref = await put(holder, taker, tmp_path / name)
+        with trio.fail_after(TIMEOUT_S):
+            assert (await share(taker).fetch(ref, addrs_of(holder))).read_bytes() == data
+    assert share(holder).served == {"bulk": 1, "pieces": 4}  # no second ticket asked for
+
+
+async def test_a_peer_gets_a_bounded_number_of_bulk_channels(tmp_path: Path) -> None:
+    server = TransferServer(cast(Any, None), BlobStore(tmp_path / "store"))
+    server.bulk_port = 1  # tickets only: nothing listens
+
+    async def serve(channel: ChunkChannel) -> None:
+        raise AssertionError("never connected")
+
+    for _ in range(MAX_BULK_PER_PEER):
+        server.issue_ticket("peer-a", serve)
+    with pytest.raises(RequestRejected, match="busy"):
+        server.issue_ticket("peer-a", serve)
+    assert server.issue_ticket("peer-b", serve)["port"] == 1  # others are not held up
