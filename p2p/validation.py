@@ -95,14 +95,20 @@ class EnvelopeValidator:
         # forgery even when we have seen it (a replay by a third party is caught here).
         if (why := self._wrong_sender(kinds, topic, origin, opened)) is not None:
             return Validation(Verdict.REJECT, why)
-        if self.policy is not None and (why := self.policy.refuse(origin, opened)) is not None:
-            return Validation(Verdict.REJECT, f"sender not allowed: {why}", blame_origin=True)
         body = opened.body
-        try:  # last, so that a refused message burns no nonce
+        try:  # after the checks above, so that a forgery burns no nonce
             self.replay.check_and_remember(opened.signer, body.nonce, body.expires_ms, now_ms)
         except Invalid as exc:
             return _refused(exc)
+        return self._by_policy(origin, opened)
+
+    def _by_policy(self, origin: str, opened: Opened) -> Validation:
+        """The sender policy's word, after the replay guard: an old message of a peer that
+        changed its roles since, replayed by someone, is a duplicate, not that peer's fault."""
         if self.policy is not None:
+            if (why := self.policy.refuse(origin, opened)) is not None:
+                why = f"sender not allowed: {why}"
+                return Validation(Verdict.REJECT, why, blame_origin=True)
             self.policy.accepted(origin, opened)
         return Validation(Verdict.ACCEPT, opened=opened)
 

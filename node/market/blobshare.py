@@ -306,8 +306,9 @@ class BlobShare:
             with trio.fail_after(PIECE_TIMEOUT_S):
                 channel = await self.bulk.open(holder, addrs, PROTOCOL, request)
         except (RequestError, DialError, OSError, trio.TooSlowError) as exc:
-            self._no_bulk = {h: t for h, t in self._no_bulk.items() if t > now}
-            self._no_bulk[holder] = now + NO_BULK_RETRY_S
+            if not (isinstance(exc, RemoteError) and exc.code == "not_found"):  # not its fault
+                self._no_bulk = {h: t for h, t in self._no_bulk.items() if t > now}
+                self._no_bulk[holder] = now + NO_BULK_RETRY_S
             log.info("no bulk channel from a blob holder, taking pieces",
                      extra={"holder": short(holder), "error": repr(exc)})  # fmt: skip
             return offset

@@ -121,3 +121,15 @@ def test_roles_no_node_has_are_not_kept(validator: EnvelopeValidator) -> None:
     send(validator, peer, "nodes", hello("root", "w" * 500))
     verdict, reason = send(validator, peer, "presence", presence())
     assert verdict is Verdict.REJECT and reason.endswith("declared no roles")
+
+
+def test_a_replay_of_a_message_sent_before_a_role_change_is_only_a_duplicate(
+    validator: EnvelopeValidator,
+) -> None:
+    peer = Peer()
+    send(validator, peer, "nodes", hello("worker", expires_ms=NOW + 10_000))
+    old = seal_body(peer.key, presence())
+    assert validator("presence", peer.id, old).verdict is Verdict.ACCEPT
+    send(validator, peer, "nodes", hello("requester", expires_ms=NOW + 50_000))  # restarted
+    again = validator("presence", peer.id, old)  # someone re-injects its earlier presence
+    assert (again.verdict, again.blame_origin) == (Verdict.IGNORE, False)
