@@ -60,6 +60,8 @@ async def measure_loop(net: Network) -> None:
 async def _ping(net: Network, peer_id: str) -> None:
     """Two pings on one stream, the second timed: opening the stream and negotiating its
     protocol cost round trips of their own, which are not the link's latency."""
+    if peer_id not in net.host.connected_peers():
+        return  # gone since the round began: a ping must not redial it
     try:
         async with reqresp.open_channel(
             net.host, peer_id, PING_PROTOCOL, timeout_s=PING_TIMEOUT_S, max_bytes=64

@@ -197,9 +197,12 @@ class Host:
         """Open a stream to ``peer_id`` speaking ``protocol`` (dialing if not connected).
 
         Raises:
-            DialError: If there is no connection and none can be made, or the peer does not
-                speak ``protocol``.
+            DialError: If there is no connection and none can be made, the peer is blocked
+                (it is never dialled, as by :meth:`connect`), or it does not speak
+                ``protocol``.
         """
+        if self.gate.blocked(peer_id):
+            raise DialError(f"not opening {protocol} to {peer_id}: the peer is blocked")
         try:
             return await self._raw.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
         except trio.Cancelled:
