@@ -25,6 +25,7 @@ from consensus.errors import Invalid
 from consensus.kinds import Body, Registry
 from consensus.pool import Worker
 from node.network import Network, now_ms
+from p2p.channel_pool import ChannelPool
 from p2p.gossip import Message, topic_name
 from p2p.host import DialError
 from p2p.reqresp import RequestRejected, StreamFailed, request, serve
@@ -65,8 +66,14 @@ class MarketNet(Protocol):
         *,
         timeout_s: float,
         max_bytes: int = ...,
+        keep: bool = ...,
     ) -> Any:
-        """Raises p2p.reqresp's RequestError family (RemoteError, RequestTimeout, ...)."""
+        """Raises p2p.reqresp's RequestError family (RemoteError, RequestTimeout, ...).
+
+        ``keep``: send on a stream kept open for the next request to ``peer`` on
+        ``protocol`` (:class:`p2p.channel_pool.ChannelPool`): one round trip instead of three,
+        for exchanges someone waits on. Never resent, either way.
+        """
         ...
 
     def serve(
@@ -108,6 +115,7 @@ class LiveNet:
         self.network, self.host, self.envelopes = network, network.host, envelopes
         self.peer_id = network.host.peer_id
         self._dial_lock = trio.Lock()
+        self.channels = ChannelPool(self.host)
 
     def addrs(self) -> list[str]:
         return self.network.announced_addrs()
@@ -139,9 +147,14 @@ class LiveNet:
         *,
         timeout_s: float,
         max_bytes: int = BLOB_MAX_BYTES,
+        keep: bool = False,
     ) -> Any:
         with trio.fail_after(timeout_s):
             await self.ensure_connected(peer, addrs)
+        if keep:
+            return await self.channels.request(
+                peer, protocol, payload, timeout_s=timeout_s, max_bytes=max_bytes
+            )
         return await request(
             self.host, peer, protocol, payload, timeout_s=timeout_s, max_bytes=max_bytes
         )

@@ -210,6 +210,7 @@ class TaskRunner:
                 CONFIRM,
                 {"order": self.net.seal(order)},
                 timeout_s=self.params.confirm_timeout_ms / 1000,
+                keep=True,  # a winner is often ordered again soon: skip the stream's setup
             )
         except RequestError as exc:
             return au.OrderAnswered(send.bidder, False, str(exc)[:120])

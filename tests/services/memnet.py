@@ -102,6 +102,7 @@ class MemNet:
         *,
         timeout_s: float,
         max_bytes: int = 1 << 21,
+        keep: bool = False,  # no streams here: every request is one exchange
     ) -> Any:
         self.hub.requests += 1
         handler = self.hub.servers.get(peer, {}).get(protocol)
