@@ -115,6 +115,7 @@ class Supervision:
             METER,
             payload,
             timeout_s=self.params.voucher_interval_ms / 1000 + 3,
+            keep=True,  # one every few seconds while the task runs: one stream for them all
         )
         await self.store.vouched(self.task.ref, owed, raw)
         report = from_wire(TaskReport, reply, "report")

@@ -220,6 +220,7 @@ class WorkerService:
                 BID,
                 {"bid": self.net.seal(bid)},
                 timeout_s=self.params.bid_window_ms / 1000 + 2,
+                keep=True,  # the auction may close on this bid: skip the stream's setup
             )
         except RemoteError as exc:
             log.debug("bid refused", extra={"task": send.ref.text(), "reason": exc.message})
@@ -233,7 +234,9 @@ class WorkerService:
         """Tells the requester we will not bid, so its auction need not wait for us."""
         payload = {"pass": to_wire(demand.ref), "reason": reason[:200]}
         with contextlib.suppress(RequestError):
-            await self.net.request(requester, demand.reply_to, BID, payload, timeout_s=2)
+            await self.net.request(
+                requester, demand.reply_to, BID, payload, timeout_s=2, keep=True
+            )
 
     async def _follow_awards(self, inbox: Any) -> None:
         async for msg in inbox:
