@@ -16,6 +16,10 @@ from dataclasses import dataclass
 MIN_WINDOW = 2
 MAX_WINDOW = 64
 SLACK = 4  # the holder prepares this many replies ahead (node.transfer.server.SERVE_AHEAD)
+# A holder's disk or our own store sync can stall a link for tens of milliseconds; requests in
+# flight to cover that keep a fast link busy meanwhile (on loopback, where the round trip is
+# well under a millisecond, the round trip alone left 5 in flight and the link half idle).
+STALL_S = 0.05
 MAX_SOURCES = 3  # fetched from at once; more only add contention on the receiver's CPU
 SLOW_FACTOR = 4.0  # a source delivering this many times slower than the best is left
 MIN_SAMPLES = 4  # chunks from a source before it can be judged slow
@@ -34,11 +38,12 @@ class Probe:
 
 
 def window(rtt_s: float | None, rate_bps: int, chunk_bytes: int) -> int:
-    """Requests to keep in flight to one source: its bandwidth-delay product in chunks, plus
-    the holder's read-ahead; ``MAX_WINDOW`` while nothing is measured (fill the pipe first)."""
+    """Requests to keep in flight to one source: its bandwidth-delay product in chunks (the
+    delay being the round trip plus a stall of ``STALL_S``), plus the holder's read-ahead;
+    8 while nothing is measured."""
     if rtt_s is None or rate_bps <= 0:
         return 8
-    bdp_chunks = math.ceil(rtt_s * rate_bps / max(chunk_bytes, 1))
+    bdp_chunks = math.ceil((rtt_s + STALL_S) * rate_bps / max(chunk_bytes, 1))
     return max(MIN_WINDOW, min(MAX_WINDOW, bdp_chunks + SLACK))
 
 

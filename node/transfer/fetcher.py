@@ -127,6 +127,7 @@ async def fetch(
     try:
         async with trio.open_nursery() as outer:
             outer.start_soon(run.reprobe)
+            outer.start_soon(run.journal_writer)
             async with trio.open_nursery() as nursery:
                 run.nursery = nursery
                 for peer in active if todo else ():  # nothing missing: no channel to open

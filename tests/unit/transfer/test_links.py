@@ -19,9 +19,10 @@ MIB = 1 << 20
 
 def test_window_covers_the_bandwidth_delay_product_within_bounds() -> None:
     assert window(None, 0, MIB) == 8  # nothing measured yet
-    assert window(0.0005, 150_000_000, MIB) == 1 + SLACK  # loopback: the holder's read-ahead
-    assert window(0.1, 100_000_000, MIB) == 10 + SLACK  # 100 ms at 100 MB/s: 10 MB in flight
-    assert window(0.1, 100_000_000, 256 << 10) == 39 + SLACK  # smaller chunks: more of them
+    # loopback at 150 MB/s: a stall's worth (50 ms, 7.5 MB) and the holder's read-ahead
+    assert window(0.0005, 150_000_000, MIB) == 8 + SLACK
+    assert window(0.1, 100_000_000, MIB) == 15 + SLACK  # 150 ms at 100 MB/s: 15 MB in flight
+    assert window(0.1, 100_000_000, 256 << 10) == 58 + SLACK  # smaller chunks: more of them
     assert window(1.0, 10**10, MIB) == MAX_WINDOW
     assert window(0.0001, 1000, MIB) >= MIN_WINDOW
 
