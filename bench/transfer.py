@@ -130,6 +130,9 @@ async def measure_transfer(
     async with open_host(os.urandom(32)) as host, await Database.open(work / f"{tag}.db") as db:
         peers = [await host.connect(a) for a in addrs]
         store = BlobStore(work / f"{tag}-chunks")
+        # The receiver syncs its store's filesystem as chunks land: without this, its first
+        # sync would also write out the holders' copies and the earlier runs' files.
+        await trio.to_thread.run_sync(os.sync)
         start = time.perf_counter()
         result = await fetch(host, db, store, dataset_id, peers, bulk=bulk, window=WINDOW[0])
         elapsed = time.perf_counter() - start
