@@ -32,6 +32,7 @@ from node.blocks import restore_blocks
 from node.discovery import run_discovery
 from node.peerbook import Peer, PeerBook, forget, load_remembered, remember, unsaved
 from node.senders import DeclaredRoles
+from p2p.channel_pool import ChannelPool
 from p2p.dht import Dht
 from p2p.gate import OPERATOR
 from p2p.gossip import Gossip, Message, open_gossip, topic_name
@@ -80,10 +81,15 @@ class Network:
     circuit_addrs: list[str] = field(default_factory=list)  # through relays that reserved us
     foreign: dict[str, str] = field(default_factory=dict)  # peers of other networks: their name
     target_connections: int = TARGET_CONNECTIONS
+    # Request streams kept open per peer and protocol (LiveNet's ``keep``): run_network runs it.
+    channels: ChannelPool = field(init=False)
     discovered: trio.Event = field(default_factory=trio.Event)  # set, then replaced, per new peer
     rtt_measured: trio.Event = field(default_factory=trio.Event)  # the same, per ping round
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
+
+    def __post_init__(self) -> None:
+        self.channels = ChannelPool(self.host)
 
     @property
     def p2p(self) -> Any:
@@ -359,6 +365,7 @@ async def run_network(
             nodes_inbox = await gossip.subscribe(NODES)
             presence_inbox = await gossip.subscribe(PRESENCE)
             async with trio.open_nursery() as nursery:
+                await nursery.start(net.channels.run)
                 nursery.start_soon(net.follow_nodes, nodes_inbox)
                 rtt.serve_pings(net)
                 nursery.start_soon(rtt.measure_loop, net)

@@ -25,7 +25,6 @@ from consensus.errors import Invalid
 from consensus.kinds import Body, Registry
 from consensus.pool import Worker
 from node.network import Network, now_ms
-from p2p.channel_pool import ChannelPool
 from p2p.gossip import Message, topic_name
 from p2p.host import DialError
 from p2p.reqresp import RequestRejected, StreamFailed, request, serve
@@ -115,7 +114,6 @@ class LiveNet:
         self.network, self.host, self.envelopes = network, network.host, envelopes
         self.peer_id = network.host.peer_id
         self._dial_lock = trio.Lock()
-        self.channels = ChannelPool(self.host)
 
     def addrs(self) -> list[str]:
         return self.network.announced_addrs()
@@ -152,7 +150,7 @@ class LiveNet:
         with trio.fail_after(timeout_s):
             await self.ensure_connected(peer, addrs)
         if keep:
-            return await self.channels.request(
+            return await self.network.channels.request(
                 peer, protocol, payload, timeout_s=timeout_s, max_bytes=max_bytes
             )
         return await request(

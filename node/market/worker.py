@@ -234,9 +234,7 @@ class WorkerService:
         """Tells the requester we will not bid, so its auction need not wait for us."""
         payload = {"pass": to_wire(demand.ref), "reason": reason[:200]}
         with contextlib.suppress(RequestError):
-            await self.net.request(
-                requester, demand.reply_to, BID, payload, timeout_s=2, keep=True
-            )
+            await self.net.request(requester, demand.reply_to, BID, payload, timeout_s=2, keep=True)
 
     async def _follow_awards(self, inbox: Any) -> None:
         async for msg in inbox:
