@@ -200,14 +200,8 @@ class Payee:
     async def _submit(
         self, since_ms: int, only: list[TaskRef] | None, *, unanchored: bool = False
     ) -> None:
-        rows = await self.db.query(
-            "SELECT * FROM settle_vouchers WHERE ended_ms IS NOT NULL AND ended_ms >= ?",
-            (since_ms,),
-        )
-        for row in rows:
+        for row in await self._ended_rows(since_ms, only):
             ref = TaskRef(job_id=row["job_id"], task=row["idx"], attempt=row["attempt"])
-            if only is not None and ref not in only:
-                continue
             shown, capped = int(row["shown_wei"]), row["capped_wei"]
             if (unanchored or capped is not None) and shown >= due_wei(row):
                 continue  # shown at what is due (a capped line perhaps never: due 0)
@@ -225,6 +219,23 @@ class Payee:
                                 extra={"task": ref.text()})  # fmt: skip
                 continue
             await self.net.publish(ANCHORS, voucher)
+
+    async def _ended_rows(self, since_ms: int, only: list[TaskRef] | None) -> list[Any]:
+        """The lines of ended tasks since ``since_ms`` (of ``only`` these, by key: a task's end
+        is answered at once, so it must not read the worker's whole history)."""
+        if only is None:
+            return await self.db.query(
+                "SELECT * FROM settle_vouchers WHERE ended_ms IS NOT NULL AND ended_ms >= ?",
+                (since_ms,),
+            )
+        rows: list[Any] = []
+        for ref in only:
+            rows += await self.db.query(
+                "SELECT * FROM settle_vouchers WHERE job_id = ? AND idx = ? AND attempt = ? "
+                "AND ended_ms IS NOT NULL AND ended_ms >= ?",
+                (ref.job_id, ref.task, ref.attempt, since_ms),
+            )
+        return rows
 
     async def _on_leaves(self, part: EpochLeaves, sender: str) -> None:
         """Collects the parts of a newer final epoch, per sender; claims once one set is whole.

@@ -442,6 +442,23 @@ async def test_the_worker_keeps_only_genuine_twins_and_the_largest(tmp_path: Pat
     assert [(v.amount_wei, v.signature, v.spend()) for v in sent] == [(ETH, good.signature, spend)]
 
 
+async def test_a_task_that_ends_sends_its_own_voucher_only(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    worker = net.client("worker")
+    chain = node_of(net, "worker", worker)
+    await chain.service.start()
+    async with await Database.open(tmp_path / "worker.db") as db:
+        payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
+        other = dataclasses.replace(REF, task=7)
+        for ref, amount in [(REF, ETH), (other, 2 * ETH)]:
+            signed = voucher(net, worker.domain, amount)
+            await payee.keep(ref, net.addr("requester"), amount, signed.signature, signed.spend())
+        await payee.ended(REF)
+        await payee.ended(other)
+        sent = [b for b in payee.net.sent if isinstance(b, SettledVoucher)]  # type: ignore[attr-defined]
+    assert [(v.ref, v.amount_wei) for v in sent] == [(REF, ETH), (other, 2 * ETH)]
+
+
 async def test_the_worker_resends_its_voucher_until_an_anchor_on_chain_shows_it(
     tmp_path: Path,
 ) -> None:
