@@ -367,7 +367,8 @@ class Run:
 
     def _verify_and_store(self, compressed: bool, payload: bytes, chunk: Any) -> None:
         data = unpack_chunk(compressed, payload, chunk.size, chunk.hash)
-        self.store.put(data, sync=False)  # made durable by flush(), before the journal says so
+        # Made durable by flush(), before the journal says so.
+        self.store.put_hashed(data, chunk.hash.hex(), sync=False)
 
     def probe_rows(self) -> list[access.ProbeRow]:
         now, at = trio.current_time(), now_ms()

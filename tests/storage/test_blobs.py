@@ -89,6 +89,20 @@ def test_put_stream_of_many_chunks(store: BlobStore) -> None:
     assert store.get(digest) == b"".join(chunks)
 
 
+def test_put_hashed_stores_under_the_given_digest_and_reads_verify_it(
+    store: BlobStore,
+) -> None:
+    data, other = b"chunk" * 1000, b"other" * 1000
+    digest = blake3(data).hexdigest()
+    store.put_hashed(data, digest, sync=False)
+    assert store.get(digest) == data
+    wrong = blake3(b"not these bytes").hexdigest()
+    store.put_hashed(other, wrong)  # a caller's bug: not trusted when read
+    with pytest.raises(CorruptBlob):
+        store.get(wrong)
+    assert not store.has(wrong)  # quarantined
+
+
 def test_failing_stream_stores_nothing(store: BlobStore) -> None:
     def chunks() -> Iterator[bytes]:
         yield b"partial"
