@@ -35,7 +35,7 @@ from consensus.verify.messages import Attestation, ChallengeResponse, ProbeReque
 from gpu.runtime import RunSpec
 from node.verify.devices import ReplayDevices
 from node.verify.play import replay_to
-from node.verify.task_files import from_worker, prepare
+from node.verify.task_files import ReplayFiles, from_worker
 from node.verify.topics import PROBE, PROBE_TIMEOUT_S
 from p2p.reqresp import RequestError
 from storage.transfer_files import remove_tree
@@ -59,6 +59,7 @@ class _Segment:
     index: int
     work: Path
     states: dict[int, bytes]
+    files: ReplayFiles  # the task's files, its datasets written once for every probe
 
 
 @dataclass
@@ -85,9 +86,10 @@ class Bisector:
                             "replay_class": mine})  # fmt: skip
             return None
         passes: list[g.Decide] = []
+        files = ReplayFiles(self.share, att, work / "base", [att.worker])
         try:
             for miss in up.misses:
-                decision = await self._segment(att, att_id, runtime, miss.index, work)
+                decision = await self._segment(att_id, runtime, miss.index, files)
                 if decision is None or not decision.passed:
                     return decision
                 passes.append(decision)
@@ -98,8 +100,9 @@ class Bisector:
         return g.Decide(True, reason, evidence)
 
     async def _segment(
-        self, att: Attestation, att_id: bytes, runtime: Any, index: int, work: Path
+        self, att_id: bytes, runtime: Any, index: int, files: ReplayFiles
     ) -> g.Decide | None:
+        att, work = files.att, files.base.parent
         assert att.workload is not None
         answer = await self.ask(att, att_id, index)
         if answer is None or (problem := g.check_answer(att, answer)):
@@ -115,7 +118,7 @@ class Bisector:
                           self.settings.tolerance_ppm,
                           self.settings.step_tolerance_ppm)  # fmt: skip
         seg = _Segment(att, att_id, runtime, index, work,
-                       {first: answer.checkpoint, last: answer.end_checkpoint})  # fmt: skip
+                       {first: answer.checkpoint, last: answer.end_checkpoint}, files)  # fmt: skip
         log.info("bisecting", extra={"task": att.ref.text(), "segment": index,
                                      "steps": f"{first}..{last}"})  # fmt: skip
         effects = bis.start()
@@ -203,7 +206,7 @@ class Bisector:
         assert att.workload is not None
         workdir, kept = seg.work / "task", seg.work / "state.ckpt"
         try:
-            if not await prepare(self.share, att, workdir, [att.worker]):
+            if not await seg.files.put(workdir):
                 return None
             spec = RunSpec(f"bisect {att.ref.text()}", att.workload, workdir)
             gpus = self.devices.gpus(att.det_class)

@@ -49,7 +49,7 @@ from node.verify.bisector import Bisector
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import EscalationDesk
 from node.verify.play import NO_STATE, play, replay_segment
-from node.verify.task_files import from_worker, prepare
+from node.verify.task_files import ReplayFiles, from_worker
 from node.verify.topics import (
     ATTESTS,
     CHALLENGE,
@@ -246,12 +246,13 @@ class Sentry:
         assert att.workload is not None
         # One fetch of the task's datasets for the whole game; then they expire in time.
         datasets = None if self.share is None else self.share.datasets
+        files = ReplayFiles(self.share, att, work / "base", [att.worker])
         try:
             async with using_all(datasets, att.workload):
                 return await play(
                     game,
                     lambda i: self._ask(att, att_id, i, with_end=with_end),
-                    lambda i, start, end: self._replay(att, runtime, work, i, start, end=end),
+                    lambda i, start, end: self._replay(att, runtime, files, i, start, end=end),
                     self.net.now_ms,
                     lambda answer: self._complete(att, answer),
                 )
@@ -354,19 +355,34 @@ class Sentry:
         return replace(answer, checkpoint_blob=None, end_blob=None, **files)  # type: ignore[arg-type]
 
     async def _replay(
-        self, att: Attestation, runtime: Any, work: Path, index: int, start: bytes, *, end: bytes
+        self,
+        att: Attestation,
+        runtime: Any,
+        files: ReplayFiles,
+        index: int,
+        start: bytes,
+        *,
+        end: bytes,
     ) -> tuple[bytes, int | None]:
-        workdir = work / f"seg-{index}"
+        workdir = files.base.parent / f"seg-{index}"
         try:
-            return await self._replay_in(att, runtime, workdir, index, start, end=end)
-        finally:  # one segment's copy of the task's data at a time, not one per sample
+            return await self._replay_in(runtime, files, workdir, index, start, end=end)
+        finally:  # one segment's tree at a time, not one per sample
             remove_tree(workdir)
 
     async def _replay_in(
-        self, att: Attestation, runtime: Any, workdir: Path, index: int, start: bytes, *, end: bytes
+        self,
+        runtime: Any,
+        files: ReplayFiles,
+        workdir: Path,
+        index: int,
+        start: bytes,
+        *,
+        end: bytes,
     ) -> tuple[bytes, int | None]:
+        att = files.att
         assert att.workload is not None
-        if not await prepare(self.share, att, workdir, [att.worker]):
+        if not await files.put(workdir):
             return NO_STATE, None
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         gpus = self.devices.gpus(att.det_class)

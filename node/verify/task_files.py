@@ -19,7 +19,7 @@ from consensus.verify.messages import Attestation
 from node.market.blobshare import FetchFailed
 from node.market.datasets import place_all
 from node.market.packing import unpack
-from storage.transfer_files import remove_tree
+from storage.transfer_files import link_tree, remove_tree
 
 if TYPE_CHECKING:
     from node.market.blobshare import BlobShare
@@ -28,11 +28,50 @@ log = logging.getLogger(__name__)
 MIN_FILE_RATE = 1_000_000  # bytes/s a worker must at least serve a state file at
 
 
+class ReplayFiles:
+    """The task's files for each replay of one check, its datasets written out once.
+
+    A replay needs the work dir as the worker had it: inputs unpacked, datasets written out.
+    Writing a dataset of gigabytes again for each sampled segment and each bisection probe
+    was most of a check's I/O; now the first replay writes the datasets into a base folder
+    and each replay gets trees of hard links to them (copies where links are refused). The
+    inputs, small and perhaps overwritten by the workload, are unpacked afresh each time. A
+    workload that writes into a dataset file in place changes it for the later replays; such
+    a workload cannot be replayed from a checkpoint anyway (its dataset at that point is not
+    a fresh copy's).
+    """
+
+    def __init__(self, share: BlobShare, att: Attestation, base: Path, holders: list[str]) -> None:
+        self.share, self.att, self.base, self.holders = share, att, base, holders
+        self.placed = 0  # times the datasets were fetched and written out (for tests)
+        self._ready = False
+
+    async def put(self, workdir: Path) -> bool:
+        """Fills ``workdir`` (emptied first) with the task's files; False (logged) when they
+        could not be fetched (asked again at the next replay)."""
+        assert self.att.workload is not None
+        if not await _inputs(self.share, self.att, workdir):
+            return False
+        if not self._ready:
+            self.placed += 1
+            remove_tree(self.base)
+            self.base.mkdir(parents=True)
+            if not await _datasets(self.share, self.att, self.base, self.holders):
+                return False
+            self._ready = True
+        for name in self.att.workload.datasets:
+            await trio.to_thread.run_sync(link_tree, self.base / name, workdir / name)
+        return True
+
+
 async def prepare(share: BlobShare, att: Attestation, workdir: Path, holders: list[str]) -> bool:
     """Empties ``workdir`` and puts the task's inputs (fetched from the worker, or our own
     copy) and datasets (from ``holders``, or what this node holds) in it; False (logged)
     when one could not be fetched."""
-    assert att.workload is not None
+    return await _inputs(share, att, workdir) and await _datasets(share, att, workdir, holders)
+
+
+async def _inputs(share: BlobShare, att: Attestation, workdir: Path) -> bool:
     remove_tree(workdir)
     workdir.mkdir(parents=True)
     if att.inputs is not None:
@@ -42,6 +81,11 @@ async def prepare(share: BlobShare, att: Attestation, workdir: Path, holders: li
             log.info("inputs not fetched", extra={"task": att.ref.text(), "error": str(exc)})
             return False
         unpack(archive, workdir)
+    return True
+
+
+async def _datasets(share: BlobShare, att: Attestation, workdir: Path, holders: list[str]) -> bool:
+    assert att.workload is not None
     if att.workload.datasets:
         try:
             await place_all(share.datasets, att.workload, workdir, holders)
