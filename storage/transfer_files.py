@@ -211,16 +211,18 @@ def _write_file(
         raise UnsafeTarget(f"{file.path}: a directory is in the way") from exc
 
 
-def link_tree(source: Path, target: Path) -> None:
-    """Makes ``target`` (emptied first) a copy of the tree at ``source`` whose files are hard
-    links to ``source``'s: a copy of a dataset of gigabytes in the time of a listing. A file
-    the filesystem refuses to link (``target`` on another one) is copied; symlinks stay
-    symlinks, folders keep their modes."""
-    remove_tree(target)
-    shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+def link_into(source: Path, target: Path) -> None:
+    """Puts the tree at ``source`` into ``target`` (created if missing) as hard links to its
+    files, replacing files of the same name, as :func:`materialize` writes over what is
+    there: a copy of a dataset of gigabytes in the time of a listing. A file the filesystem
+    refuses to link (``target`` on another one) is copied; symlinks stay symlinks, folders
+    take ``source``'s modes."""
+    shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy, dirs_exist_ok=True)
 
 
 def _link_or_copy(source: str, target: str) -> str:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target)  # a link would fail on it; a copy would write through its links
     try:
         os.link(source, target)
     except OSError:

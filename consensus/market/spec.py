@@ -247,7 +247,7 @@ _KIND_CHECKS: dict[str, Callable[[Runtime], None]] = {
 
 def _check_datasets(spec: JobSpec) -> None:
     """A dataset's directory would collide with an input of the same name in the task's folder."""
-    tops = {path.replace("\\", "/").strip("/").split("/")[-1] for path in spec.inputs}
+    tops = {path.replace("\\", "/").strip("/").split("/")[0] for path in spec.inputs}
     for name in spec.datasets:
         if name in tops:
             raise SpecError(f"io.datasets.{name}", "an input has that name too: rename one")

@@ -77,6 +77,11 @@ def test_every_example_parses(path: Path) -> None:
             "io.datasets.data",
             "an input has that name too",
         ),
+        (  # packed as data/config.json: inside the dataset's folder
+            {"io__inputs": ["data/config.json"], "io__datasets": {"data": "ab" * 32}},
+            "io.datasets.data",
+            "an input has that name too",
+        ),
     ],
 )
 def test_a_bad_field_is_named_with_its_reason(
