@@ -226,7 +226,7 @@ class WorkerService:
             log.debug("bid refused", extra={"task": send.ref.text(), "reason": exc.message})
             self.bidder.handle(bd.BidRefused(send.ref), self.net.now_ms())
         except RequestError as exc:
-            log.debug("bid not delivered", extra={"task": send.ref.text(), "error": str(exc)})
+            log.info("bid not delivered", extra={"task": send.ref.text(), "error": str(exc)})
             self.bidder.handle(bd.BidRefused(send.ref), self.net.now_ms())
         self._wake()
 
