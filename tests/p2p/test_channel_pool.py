@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,19 +10,12 @@ import trio.testing
 
 from p2p import channel_pool
 from p2p.channel_pool import ChannelPool
-from p2p.host import Host, open_host
+from p2p.host import Host
 from p2p.reqresp import RequestTimeout, serve
 
 PROTO = "/idlegrid/test-pool/1"
 LIMIT = 1 << 16
 TIMEOUT_S = 20
-
-
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[Host, Host]]:
-    async with open_host(bytes(range(32))) as client, open_host(bytes(range(1, 33))) as server:
-        await client.connect(server.addrs[0])
-        yield client, server
 
 
 class Counting:

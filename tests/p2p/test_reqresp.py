@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -14,7 +13,7 @@ from libp2p.network.stream.exceptions import StreamEOF
 
 from p2p import reqresp
 from p2p.framing import HEADER, IncompleteFrame, read_exactly
-from p2p.host import Host, open_host
+from p2p.host import Host
 from p2p.reqresp import (
     FrameTooLarge,
     ProtocolViolation,
@@ -29,13 +28,6 @@ from p2p.reqresp import (
 
 PROTO = "/idlegrid/test/1"
 TIMEOUT_S = 20
-
-
-@pytest.fixture
-async def pair() -> AsyncIterator[tuple[Host, Host]]:
-    async with open_host(bytes(range(32))) as client, open_host(bytes(range(1, 33))) as server:
-        await client.connect(server.addrs[0])
-        yield client, server
 
 
 async def echo(peer_id: str, payload: Any) -> Any:

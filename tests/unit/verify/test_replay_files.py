@@ -41,13 +41,20 @@ def attestation() -> Any:
     return SimpleNamespace(workload=workload, inputs=object(), listen=[], ref=ref)
 
 
-async def test_datasets_are_written_once_and_inputs_each_time(tmp_path: Path) -> None:
+def replay_files(tmp_path: Path, inputs: dict[str, str]) -> tuple[ReplayFiles, FakeShare]:
+    """ReplayFiles for a task with these input files and one dataset, ``data``."""
     source = tmp_path / "src"
-    source.mkdir()
-    (source / "train.py").write_text("print('hi')\n")
-    pack(source, ["train.py"], tmp_path / "inputs.tar")
+    for name, text in inputs.items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(text)
+    pack(source, list(inputs), tmp_path / "inputs.tar")
     share = FakeShare(tmp_path / "inputs.tar")
-    files = ReplayFiles(share, attestation(), tmp_path / "check" / "base", [])  # type: ignore[arg-type]
+    base = tmp_path / "check" / "base"
+    return ReplayFiles(share, attestation(), base, []), share  # type: ignore[arg-type]
+
+
+async def test_datasets_are_written_once_and_inputs_each_time(tmp_path: Path) -> None:
+    files, share = replay_files(tmp_path, {"train.py": "print('hi')\n"})
     first, second = tmp_path / "check" / "seg-1", tmp_path / "check" / "seg-2"
     assert await files.put(first)
     (first / "train.py").write_text("overwritten by the workload\n")
@@ -63,12 +70,7 @@ async def test_datasets_are_written_once_and_inputs_each_time(tmp_path: Path) ->
 async def test_a_replay_that_writes_into_a_dataset_file_does_not_pass_it_on(
     tmp_path: Path,
 ) -> None:
-    pack_dir = tmp_path / "src"
-    pack_dir.mkdir()
-    (pack_dir / "train.py").write_text("")
-    pack(pack_dir, ["train.py"], tmp_path / "inputs.tar")
-    share = FakeShare(tmp_path / "inputs.tar")
-    files = ReplayFiles(share, attestation(), tmp_path / "check" / "base", [])  # type: ignore[arg-type]
+    files, share = replay_files(tmp_path, {"train.py": ""})
     first, second = tmp_path / "check" / "seg-1", tmp_path / "check" / "seg-2"
     assert await files.put(first)
     with (first / "data" / "shard" / "0.bin").open("r+b") as f:  # as a memmap "r+" would
@@ -85,12 +87,7 @@ async def test_a_replay_that_writes_into_a_dataset_file_does_not_pass_it_on(
 async def test_inputs_inside_a_dataset_folder_stay_as_the_worker_had_them(
     tmp_path: Path,
 ) -> None:
-    source = tmp_path / "src"
-    (source / "data").mkdir(parents=True)
-    (source / "data" / "config.json").write_text("{}")
-    pack(source, ["data/config.json"], tmp_path / "inputs.tar")
-    share = FakeShare(tmp_path / "inputs.tar")
-    files = ReplayFiles(share, attestation(), tmp_path / "check" / "base", [])  # type: ignore[arg-type]
+    files, _share = replay_files(tmp_path, {"data/config.json": "{}"})
     for seg in ("seg-1", "seg-2"):
         workdir = tmp_path / "check" / seg
         assert await files.put(workdir)
