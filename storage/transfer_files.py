@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import trio
+
 from consensus.transfer.manifest import MODE_BITS, Chunk, Dir, File, Manifest
 from consensus.transfer.plan import DEFAULT_CHUNK_BYTES, DEFAULT_PACK_BELOW, plan_layout
 from storage.blobs import BlobStore
@@ -228,6 +230,15 @@ def _link_or_copy(source: str, target: str) -> str:
     except OSError:
         shutil.copy2(source, target)
     return target
+
+
+async def discard_tree(path: Path) -> None:
+    """:func:`remove_tree` in a worker thread, carried through even when the caller is being
+    cancelled: a task folder holding a dataset of gigabytes takes seconds to delete, which the
+    event loop (pings, bids, vouchers) must not wait through, and a cleanup in a ``finally``
+    must still happen."""
+    with trio.CancelScope(shield=True):
+        await trio.to_thread.run_sync(remove_tree, path)
 
 
 def remove_tree(path: Path) -> None:

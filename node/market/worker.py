@@ -56,7 +56,7 @@ from node.market.store import MarketStore
 from node.market.supervision import METER
 from node.market.task_runner import CANCEL, CONFIRM
 from p2p.reqresp import RemoteError, RequestError, RequestRejected
-from storage.transfer_files import remove_tree
+from storage.transfer_files import discard_tree
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -297,7 +297,8 @@ class WorkerService:
         workdir.mkdir(parents=True, exist_ok=True)
         resume_path = None
         if order.inputs is not None:
-            unpack(await self.share.fetch(order.inputs, self._addrs_of), workdir)
+            archive = await self.share.fetch(order.inputs, self._addrs_of)
+            await trio.to_thread.run_sync(unpack, archive, workdir)
         await place_all(self.share.datasets, order.workload, workdir, [work.requester])
         if order.resume is not None and order.resume.blob is not None:
             resume_path = await self.share.fetch(order.resume.blob, self._addrs_of)
@@ -357,7 +358,7 @@ class WorkerService:
             await self.payee.ended(ref)  # hands the latest chain voucher to the anchorers
         self.bidder.handle(bd.TaskEnded(ref), self.net.now_ms())
         self._wake()
-        remove_tree(workdir)
+        await discard_tree(workdir)
         log.info("task ended", extra={"task": ref.text(), "state": work.state, "error": work.error})
 
     async def _set_state(self, work: Work, state: str) -> None:

@@ -38,7 +38,7 @@ from node.verify.play import replay_to
 from node.verify.task_files import ReplayFiles, from_worker
 from node.verify.topics import PROBE, PROBE_TIMEOUT_S
 from p2p.reqresp import RequestError
-from storage.transfer_files import remove_tree
+from storage.transfer_files import discard_tree
 
 if TYPE_CHECKING:
     from node.market.blobshare import BlobShare
@@ -94,7 +94,7 @@ class Bisector:
                     return decision
                 passes.append(decision)
         finally:
-            remove_tree(work)
+            await discard_tree(work)
         reason = "; ".join(d.reason for d in passes)
         evidence = encode({"att": att_id, "bisections": [d.evidence for d in passes]})
         return g.Decide(True, reason, evidence)
@@ -217,7 +217,7 @@ class Bisector:
                 return None
             return await trio.to_thread.run_sync(kept.read_bytes)
         finally:
-            remove_tree(workdir)
+            await discard_tree(workdir)
             kept.unlink(missing_ok=True)
 
     async def _distance(

@@ -33,7 +33,7 @@ from node.verify.play import replay_to
 from node.verify.task_files import prepare
 from node.verify.topics import ATTESTATION_TTL_MS, PROBE, PROBE_TIMEOUT_S
 from p2p.reqresp import RequestRejected
-from storage.transfer_files import remove_tree
+from storage.transfer_files import discard_tree
 
 if TYPE_CHECKING:
     from node.market.blobshare import BlobShare
@@ -138,7 +138,7 @@ class ProbeAnswerer:
             ok = await replay_to(runtime, spec, req.index, start, req.step, keep_as=kept,
                                  on_log=lambda _line: None, gpus=gpus)  # fmt: skip
         finally:
-            remove_tree(work)
+            await discard_tree(work)
         if not ok:
             raise RequestRejected("unavailable", f"the replay to step {req.step} failed")
 

@@ -59,7 +59,7 @@ from node.verify.topics import (
     VERDICTS,
 )
 from p2p.reqresp import RequestError
-from storage.transfer_files import remove_tree
+from storage.transfer_files import discard_tree
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -257,7 +257,7 @@ class Sentry:
                     lambda answer: self._complete(att, answer),
                 )
         finally:
-            remove_tree(work)
+            await discard_tree(work)
 
     async def _answer(self, att: Attestation, up: Escalation) -> None:
         """Replays the escalated segments bitwise, as a sentry of the worker's class, and
@@ -368,7 +368,7 @@ class Sentry:
         try:
             return await self._replay_in(runtime, files, workdir, index, start, end=end)
         finally:  # one segment's tree at a time, not one per sample
-            remove_tree(workdir)
+            await discard_tree(workdir)
 
     async def _replay_in(
         self,

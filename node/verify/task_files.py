@@ -20,7 +20,7 @@ from consensus.verify.messages import Attestation
 from node.market.blobshare import FetchFailed
 from node.market.datasets import place_all
 from node.market.packing import unpack
-from storage.transfer_files import link_into, remove_tree
+from storage.transfer_files import discard_tree, link_into
 
 if TYPE_CHECKING:
     from node.market.blobshare import BlobShare
@@ -71,7 +71,7 @@ class ReplayFiles:
                      extra={"task": self.att.ref.text()})  # fmt: skip
             self._stamps = None
         self.placed += 1
-        remove_tree(self.base)
+        await discard_tree(self.base)
         self.base.mkdir(parents=True, mode=0o700)  # a requester's data: ours alone
         if not await _datasets(self.share, self.att, self.base, self.holders):
             return False
@@ -98,7 +98,7 @@ async def prepare(share: BlobShare, att: Attestation, workdir: Path, holders: li
 
 
 async def _inputs(share: BlobShare, att: Attestation, workdir: Path) -> bool:
-    remove_tree(workdir)
+    await discard_tree(workdir)
     workdir.mkdir(parents=True)
     if att.inputs is not None:
         try:
@@ -106,7 +106,7 @@ async def _inputs(share: BlobShare, att: Attestation, workdir: Path) -> bool:
         except FetchFailed as exc:
             log.info("inputs not fetched", extra={"task": att.ref.text(), "error": str(exc)})
             return False
-        unpack(archive, workdir)
+        await trio.to_thread.run_sync(unpack, archive, workdir)
     return True
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,14 @@ from consensus.transfer.manifest import Chunk, Dir, File, Manifest, decode_manif
 from storage import transfer_journal as journal
 from storage.blobs import BlobStore
 from storage.db import open_sync
-from storage.transfer_files import UnsafeTarget, UnsupportedEntry, build, materialize, scan
+from storage.transfer_files import (
+    UnsafeTarget,
+    UnsupportedEntry,
+    build,
+    discard_tree,
+    materialize,
+    scan,
+)
 
 
 def make_tree(root: Path) -> None:
@@ -136,3 +144,14 @@ def test_journal_reconcile_and_status(tmp_path: Path) -> None:
     store.delete(built.manifest.chunks[0].hash.hex())  # lost after it was journalled
     assert journal.reconcile(conn, did, built.manifest, store.has) == 0
     assert journal.missing(conn, did) == [0, 2]
+
+
+async def test_discard_tree_deletes_in_a_thread_even_when_cancelled(tmp_path: Path) -> None:
+    tree = tmp_path / "task"
+    (tree / "data" / "sub").mkdir(parents=True)
+    (tree / "data" / "sub" / "f").write_bytes(b"x")
+    os.chmod(tree / "data", 0o500)  # as a dataset's folder may be
+    with trio.CancelScope() as scope:
+        scope.cancel()  # a cleanup in a finally, as the task is being cancelled
+        await discard_tree(tree)
+    assert not tree.exists()
