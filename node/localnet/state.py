@@ -19,6 +19,10 @@ from node.home import Home, running_pid, write_atomic
 
 STATE_FILE = "localnet.json"
 STATE_VERSION = 1
+# psutil's start time is the kernel's boot time plus the process's age; the boot time it reads
+# (/proc/stat btime) is a whole second derived from the wall clock, so a clock adjustment can
+# move it by a second. Our pid is one started within this of the recorded time.
+START_TIME_SLACK_S = 1.5
 
 
 @dataclass
@@ -37,7 +41,8 @@ class Proc:
             return False
         try:
             p = psutil.Process(self.pid)
-            return bool(p.create_time() == self.create_time and p.status() != psutil.STATUS_ZOMBIE)
+            ours = abs(p.create_time() - self.create_time) <= START_TIME_SLACK_S
+            return bool(ours and p.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
 
