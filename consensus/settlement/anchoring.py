@@ -12,6 +12,7 @@ outputs are effects for the driver (``node/chain/anchoring.py``) to carry out.
     pending  answered(leaf)                          pending  -
     pending  tick: window over, no open dispute      idle     base := epoch; then as idle
     pending  voided                                  idle     base unchanged; entries re-anchored
+    idle     adopt(index, epoch | none)              idle     base := another anchorer's epoch
 
 Anything else is a bug and raises. Entries are the latest voucher per (job, task, worker) line;
 an epoch holds every line whose amount grew since the base (the last epoch that became final).
@@ -41,6 +42,7 @@ TRANSITIONS = {
     ("pending", "answered"): {"pending"},
     ("pending", "tick"): {"idle"},
     ("pending", "voided"): {"idle"},
+    ("idle", "adopt"): {"idle"},
 }
 
 
@@ -128,9 +130,13 @@ class Anchoring:
             else:
                 del self.latest[line]
 
-    def on_tick(self, now_ms: int, debited: Mapping[bytes, int] | None = None) -> list[Effect]:
+    def on_tick(
+        self, now_ms: int, debited: Mapping[bytes, int] | None = None, *, may_post: bool = True
+    ) -> list[Effect]:
         """``debited``: the chain's ``pools(r).debited`` of the requesters :meth:`to_post`
-        names (any missing: what this machine anchored for them)."""
+        names (any missing: what this machine anchored for them). ``may_post`` False: another
+        anchorer holds the chain (``consensus.settlement.following``); a pending epoch of ours
+        still becomes final here, but nothing is posted or finalized."""
         if self.state == "posting":
             return []
         if self.state == "pending":
@@ -140,6 +146,8 @@ class Anchoring:
             assert self.pending is not None
             self.base_lines, self.base_earnings = self.pending.lines, self.pending.earnings
             self.pending, self.unfinal = None, True
+        if not may_post:
+            return []
         due = self.last_post_ms is None or now_ms >= self.last_post_ms + self.epoch_ms
         fresh = self._covered(self._fresh(), debited or {}) if due or self.unfinal else []
         if fresh:
@@ -182,6 +190,17 @@ class Anchoring:
             return
         self._go("voided", "idle")
         self.pending, self.open_disputes = None, set()
+
+    def adopt(self, index: int, epoch: Epoch | None) -> None:
+        """Another anchorer's epoch ``index`` is final on chain, and ``epoch`` is it rebuilt
+        (its roots checked by the caller): it becomes our base; None: that epoch was voided,
+        and the base stays. Either way the chain has moved past our own latest epoch."""
+        if index <= self.index:
+            raise RuntimeError(f"anchoring: adopt epoch {index} after {self.index} is a bug")
+        self._go("adopt", "idle")
+        if epoch is not None:
+            self.base_lines, self.base_earnings = dict(epoch.lines), dict(epoch.earnings)
+        self.index, self.unfinal = index, False
 
     def to_post(self, now_ms: int) -> set[bytes]:
         """The requesters whose lines ``on_tick(now_ms)`` would anchor if their spends cover

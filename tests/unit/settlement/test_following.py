@@ -1,0 +1,113 @@
+"""Following another anchorer's epochs: rebuilding them, adopting them, and whose turn it is."""
+
+from __future__ import annotations
+
+import pytest
+
+from consensus.envelope import new_nonce
+from consensus.errors import Invalid
+from consensus.settlement.anchoring import Anchoring, Post
+from consensus.settlement.epoch import Entry, Spend, assemble
+from consensus.settlement.following import TAKEOVER_EPOCHS, ChainAnchor, may_post, rebuild
+from consensus.settlement.messages import EpochEntries, entries_parts
+from node.chain.follower import MAX_ROOTS, Follower
+
+R, W1, W2, ME, THEM = (bytes([i]) * 20 for i in range(1, 6))
+J1, J2, T = b"\x11" * 32, b"\x12" * 32, b"\x00" * 32
+EPOCH_MS, WINDOW_MS, FEE = 60_000, 3_600_000, 100
+
+
+def anchor_of(entries: list[Entry], index: int = 0, state: str = "final",
+              by: bytes = THEM, posted_ms: int = 0) -> ChainAnchor:  # fmt: skip
+    epoch = assemble(entries, {}, {}, FEE)
+    roots = (epoch.earnings_tree.root, epoch.entries_tree.root)
+    return ChainAnchor(index, by, *roots, state, posted_ms)
+
+
+def test_an_epoch_is_rebuilt_only_from_all_of_its_entries_over_the_same_base() -> None:
+    entries = [Entry(R, W1, J1, T, 100), Entry(R, W2, J2, T, 40)]
+    anchor = anchor_of(entries)
+    epoch = rebuild(anchor, reversed(entries), {}, {}, FEE)  # the order heard does not matter
+    assert epoch is not None and epoch.debits == {R: 140}
+    assert rebuild(anchor, entries[:1], {}, {}, FEE) is None  # one not heard yet
+    assert rebuild(anchor, [], {}, {}, FEE) is None
+    assert rebuild(anchor, entries, {(J1, T, W1): 50}, {}, FEE) is None  # another base
+    assert rebuild(anchor, entries, {}, {}, fee_bps=0) is None  # leaves net of another fee
+
+
+@pytest.mark.parametrize(
+    ("latest", "now_ms", "allowed"),
+    [
+        (None, 0, True),  # nothing anchored yet
+        (ChainAnchor(3, ME, b"", b"", "pending", 0), 0, True),  # ours: the machine decides
+        (ChainAnchor(3, THEM, b"", b"", "pending", 0), 10**12, False),  # theirs, in its window
+        (ChainAnchor(3, THEM, b"", b"", "final", 0), TAKEOVER_EPOCHS * EPOCH_MS + WINDOW_MS - 1,
+         False),  # recent: it is anchoring
+        (ChainAnchor(3, THEM, b"", b"", "final", 0), TAKEOVER_EPOCHS * EPOCH_MS + WINDOW_MS, True),
+        (ChainAnchor(3, THEM, b"", b"", "void", 0), TAKEOVER_EPOCHS * EPOCH_MS + WINDOW_MS, True),
+    ],
+)  # fmt: skip
+def test_whose_turn(latest: ChainAnchor | None, now_ms: int, allowed: bool) -> None:
+    assert may_post(latest, ME, now_ms, EPOCH_MS, WINDOW_MS) is allowed
+
+
+def test_an_anchor_state_is_checked() -> None:
+    with pytest.raises(Invalid, match=r"anchor\.state"):
+        ChainAnchor(0, THEM, b"", b"", "gone", 0)
+
+
+def test_the_machine_adopts_another_epoch_and_anchors_only_what_grew_after_it() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=FEE)
+    m.on_spend(Spend(R, 2**200, b"spend"))
+    theirs = [Entry(R, W1, J1, T, 100)]
+    m.on_voucher(theirs[0], b"s1")
+    epoch = rebuild(anchor_of(theirs), theirs, m.base_lines, m.base_earnings, FEE)
+    assert epoch is not None
+    assert m.on_tick(0, may_post=False) == []  # standing by: nothing posted
+    m.adopt(0, epoch)
+    assert (m.index, m.base_lines, m.base_earnings) == (0, {(J1, T, W1): 100}, {W1: 99})
+    assert m.on_tick(1) == []  # all anchored already
+    m.adopt(1, None)  # a voided epoch of theirs: the base stays
+    m.on_voucher(Entry(R, W1, J1, T, 300), b"s2")
+    (effect,) = m.on_tick(2)
+    assert isinstance(effect, Post) and effect.epoch.debits == {R: 200}
+    assert effect.epoch.earnings == {W1: 99 + 198}
+    with pytest.raises(RuntimeError, match="bug"):
+        m.adopt(2, None)  # only while idle
+    m.on_post_failed()
+    with pytest.raises(RuntimeError, match="bug"):
+        m.adopt(1, None)  # never backwards
+
+
+def test_a_pending_epoch_of_ours_still_becomes_final_while_standing_by() -> None:
+    m = Anchoring(EPOCH_MS, fee_bps=0)
+    m.on_spend(Spend(R, 2**200, b"spend"))
+    m.on_voucher(Entry(R, W1, J1, T, 100), b"s")
+    (post,) = m.on_tick(0)
+    assert isinstance(post, Post)
+    m.on_posted(0, window_end_ms=WINDOW_MS)
+    assert m.on_tick(WINDOW_MS, may_post=False) == []  # no Finalize: another holds the chain
+    assert m.state == "idle" and m.base_lines == {(J1, T, W1): 100} and m.unfinal
+    m.adopt(1, None)
+    assert not m.unfinal  # the chain moved past our epoch: it is final there
+
+
+def entries_message(amount: int) -> EpochEntries:
+    epoch = assemble([Entry(R, W1, J1, T, amount)], {}, {}, FEE)
+    ((requester, part, parts, rows),) = entries_parts(epoch, {})
+    return EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=0,
+                        entries_root=epoch.entries_tree.root, requester=requester, part=part,
+                        parts=parts, rows=rows)  # fmt: skip
+
+
+def test_made_up_roots_cannot_push_out_the_one_the_chain_shows() -> None:
+    follower = Follower(ME)
+    real = entries_message(100)
+    follower.on_chain = {real.entries_root}
+    assert follower.hear(real) == 1 and follower.hear(real) == 0  # heard again: nothing new
+    for amount in range(1, 3 * MAX_ROOTS):  # a bonded sentry's made-up epochs
+        follower.hear(entries_message(100 + amount))
+    assert len(follower.heard) == MAX_ROOTS and real.entries_root in follower.heard
+    restored = Follower(ME)
+    restored.load(follower.dump())  # saved with the anchoring state
+    assert restored.heard == follower.heard
