@@ -374,7 +374,17 @@ def _settlement_text(v: dict[str, Any]) -> str:
     jobs = (v.get("escrow") or {}).get("jobs") or {}
     disputes = (v.get("disputes") or {}).get("disputes") or {}
     rows.append(("as requester", f"{len(jobs)} job(s) in escrow, {len(disputes)} dispute(s)"))
+    if anchorer := v.get("anchorer"):
+        rows.append(("as anchorer", _anchoring(anchorer)))
     return table(rows)
+
+
+def _anchoring(a: dict[str, Any]) -> str:
+    line = f"{a.get('posted_here', 0)} epoch(s) posted here, {a.get('state')}"
+    if a.get("stopped_at_epoch") is not None:
+        line += (f"; STOPPED: another anchorer's epoch {a['stopped_at_epoch']} could not be "
+                 "rebuilt here, so this sentry anchors no more")  # fmt: skip
+    return line
 
 
 def _coin_note(v: dict[str, Any]) -> str:

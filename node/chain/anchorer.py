@@ -13,6 +13,12 @@ vouchers, and finalizes after the window. While an epoch is pending its entries 
 each requester can dispute what it never signed (:mod:`node.chain.disputer`); each final epoch's
 earnings leaves are gossiped back so workers can build their Merkle proofs.
 
+More than one sentry may anchor (:mod:`consensus.settlement.following`): each keeps the
+entries other anchorers gossip for their pending epochs (:class:`node.chain.follower.Follower`)
+and, every step, reads the anchors after its own latest epoch from the chain. It posts only
+when it has followed them all and it is its turn (the latest anchor is its own, or its
+anchorer went silent); an epoch of another's it cannot rebuild stops it for good, logged.
+
 Exactly once: the machine is saved in ``settle_anchoring`` after every step and BEFORE a post
 is sent, in state ``posting``. The post itself is a journaled transaction. A restart (even
 after kill -9) that finds ``posting`` lets the journal finish the transaction, then asks the
@@ -45,6 +51,7 @@ from consensus.settlement.messages import (
 )
 from node.chain.anchoring import _events as anchor_events
 from node.chain.errors import ChainError, ChainReverted, survive
+from node.chain.follower import Follower
 from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
 from node.chain.payout import Payer
 from node.chain.signing import check_cap, spend_signer, voucher_signer
@@ -78,11 +85,14 @@ class Anchorer:
         self._leaves_due = 0.0
         self._entries_sent, self._entries_due = -1, 0.0  # likewise for a pending epoch's entries
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
+        self.follower = Follower(bytes.fromhex(chain.address[2:]))
+        self.window_ms = 0  # the contract's dispute window (read at start)
         self._short_told: set[bytes] = set()  # requesters whose short spend was logged
 
     async def resume(self) -> None:
         """Loads the saved machine; a post that a crash interrupted is settled with the chain."""
         fee_bps = int(await self.service.call(lambda c: c.params()["fee_bps"]))
+        self.window_ms = 1000 * await self.service.call(lambda c: c.dispute_window_s())
         self.machine = await self._load(fee_bps)
         if self.machine.state == "posting":
             await self._resolve_post()
@@ -105,6 +115,8 @@ class Anchorer:
                     await self.on_voucher(body)
                 elif isinstance(body, VoucherCap):
                     await self.on_cap(body)
+                elif isinstance(body, EpochEntries):
+                    self.follower.hear(body)  # another anchorer's epoch, to follow
             except Exception as exc:  # e.g. the exclusion hook failed: the sender resends
                 log.warning("anchoring: %s not taken: %r", type(body).__name__, exc)
 
@@ -186,12 +198,17 @@ class Anchorer:
         await self._recheck_held()
         effects = await self._observe()
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
-        debited = await self._debited(m.to_post(now_ms))
+        first, window_s = m.index, self.window_ms // 1000
+        anchors = await self.service.call(lambda c: c.anchors_from(first, now_ms // 1000, window_s))
+        may_post = self.follower.may_post(m, anchors, now_ms, self.window_ms)
+        debited = await self._debited(m.to_post(now_ms)) if may_post else {}
         was = (m.state, m.index, m.pending)
-        ticked = m.on_tick(now_ms, debited)
+        ticked = m.on_tick(now_ms, debited, may_post=may_post)
         self._tell_short()
         if was[0] == "pending" and was[2] is not None and m.pending is not was[2]:
             self.final = (was[1], dict(m.base_earnings))
+        if self.follower.catch_up(m, anchors):
+            self.final = None  # another's epoch is the claim root: its anchorer pays it out
         await self._save()
         for effect in [*effects, *ticked]:
             await self._perform(effect)
@@ -355,6 +372,7 @@ class Anchorer:
         if doc.get("final") is not None:
             index, leaves = doc["final"]
             self.final = (int(index), {bytes(w): int(a) for w, a in leaves})
+        self.follower.load(doc.get("heard", []))
         log.info("anchoring resumed", extra={"state": machine.state, "index": machine.index})
         return machine
 
@@ -363,7 +381,8 @@ class Anchorer:
         final = None if self.final is None else [
             self.final[0], [[w, str(a)] for w, a in self.final[1].items()]
         ]  # fmt: skip
-        blob = msgpack.packb({"machine": anchoring_state.dump(self.machine), "final": final})
+        blob = msgpack.packb({"machine": anchoring_state.dump(self.machine), "final": final,
+                              "heard": self.follower.dump()})  # fmt: skip
         await self.db.execute(
             "INSERT INTO settle_anchoring (id, state, updated_ms) VALUES (1, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET state = excluded.state, "
@@ -384,4 +403,5 @@ class Anchorer:
             "posted_here": self.posted,
             "paid_out_epoch": None if self.payer.done is None else self.payer.done.index,
             "workers_paid_out_here": self.payer.paid,
+            "stopped_at_epoch": self.follower.stuck,  # another's epoch we could not rebuild
         }

@@ -14,6 +14,7 @@ from web3 import Web3
 
 from consensus.settlement.disputes import dispute_key
 from consensus.settlement.epoch import Entry, Epoch, Spend
+from consensus.settlement.following import ChainAnchor
 from consensus.settlement.leaves import PayoutBatch
 
 if TYPE_CHECKING:
@@ -135,6 +136,46 @@ class EpochCalls:
 
     def epoch_count(self) -> int:
         return int(self.contract.functions.epochCount().call())
+
+    def anchors_from(self, first: int, now_s: int, window_s: int) -> list[ChainAnchor]:
+        """The anchors from epoch ``first`` on, oldest first, as the chain shows them now. One
+        before the latest that was not voided is final (the next post finalized it); so is the
+        latest once its window is over with no dispute open (the next post will finalize it,
+        and nothing can void it any more). ``now_s``: the chain's time; ``window_s``: the
+        contract's dispute window. The latest alone costs no event query."""
+        latest = self.epoch_count() - 1
+        if latest < max(first, 0):
+            return []
+        last = self.anchor()
+        state = last["state"]
+        if state == "pending" and now_s >= last["dispute_deadline"] and not last["open_disputes"]:
+            state = "final"
+        tail = ChainAnchor(
+            index=latest, anchorer=bytes.fromhex(last["anchorer"][2:]),
+            earnings_root=last["earnings_root"], entries_root=last["entries_root"], state=state,
+            posted_ms=(last["dispute_deadline"] - window_s) * 1000,
+        )  # fmt: skip
+        if first >= latest:
+            return [tail]
+        events = self.contract.events
+        voided = {int(v["args"]["epoch"]) for v in events.Voided().get_logs(from_block=0)}
+        out = [tail]
+        for log in events.Anchored().get_logs(from_block=0):
+            epoch = int(log["args"]["epoch"])
+            if not first <= epoch < latest:
+                continue
+            block = self.w3.eth.get_block(log["blockNumber"])
+            out.append(ChainAnchor(
+                index=epoch, anchorer=bytes.fromhex(log["args"]["anchorer"][2:]),
+                earnings_root=bytes(log["args"]["earningsRoot"]),
+                entries_root=bytes(log["args"]["entriesRoot"]),
+                state="void" if epoch in voided else "final",
+                posted_ms=int(block["timestamp"]) * 1000,
+            ))  # fmt: skip
+        return sorted(out, key=lambda a: a.index)
+
+    def dispute_window_s(self) -> int:
+        return int(self.contract.functions.disputeWindow().call())
 
 
 def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int]:

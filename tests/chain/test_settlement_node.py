@@ -258,42 +258,6 @@ async def test_the_requesters_cap_carries_its_current_spend(tmp_path: Path) -> N
     check_cap(chain.domain, cap)
 
 
-async def test_a_second_anchorer_never_anchors_beyond_the_requesters_spend(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Two uncoordinated anchorers: the second, from its own empty base, would anchor the
-    first's lines again; the chain's ``debited`` plus that is beyond the spend, so it waits
-    (logged once) while the first anchors what is new."""
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
-    one, two = net.client("sentry1"), net.client("sentry2")
-    one.stake(ETH)
-    two.stake(ETH)
-    other = TaskRef(job_id=b"\x08" * 16, task=0, attempt=0)
-    async with await Database.open(tmp_path / "1.db") as db1, \
-            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
-        first, second = await fresh_anchorer(net, db1, one), await fresh_anchorer(net, db2, two)
-        assert await first.on_voucher(voucher(net, one.domain, ETH, spend=ETH))
-        await first.step()
-        net.chain.advance(3601)
-        await first.step()  # final: the pool was debited 1 ETH
-        later = voucher(net, one.domain, ETH, ref=other, worker="worker2", spend=2 * ETH)
-        for anchorer in (first, second):
-            taken = await anchorer.on_voucher(voucher(net, one.domain, ETH, spend=ETH))
-            assert taken is (anchorer is second)  # the first has it already
-            assert await anchorer.on_voucher(later)
-        net.chain.advance(2)
-        for _ in range(2):
-            await second.step()
-        assert second.machine is not None and second.machine.state == "idle"
-        me = bytes.fromhex(net.addr("requester")[2:])
-        assert second.machine.short == {me: 3 * ETH}  # 1 debited + 2 more, over the 2 signed
-        assert caplog.text.count("spend does not cover") == 1
-        await first.step()
-    assert one.epoch_count() == 2 and one.anchor()["anchorer"] == net.addr("sentry1")
-    assert one.pool_of("0x" + me.hex())["debited"] == 2 * ETH
-
-
 async def test_the_requesters_spend_only_grows_and_survives_a_restart(tmp_path: Path) -> None:
     net = make_net(Chain.embedded())
     chain = node_of(net, "requester", net.client("requester"))
