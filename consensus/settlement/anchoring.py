@@ -191,16 +191,18 @@ class Anchoring:
         self._go("voided", "idle")
         self.pending, self.open_disputes = None, set()
 
-    def adopt(self, index: int, epoch: Epoch | None) -> None:
+    def adopt(self, index: int, epoch: Epoch | None, *, finalized: bool = True) -> None:
         """Another anchorer's epoch ``index`` is final on chain, and ``epoch`` is it rebuilt
         (its roots checked by the caller): it becomes our base; None: that epoch was voided,
-        and the base stays. Either way the chain has moved past our own latest epoch."""
+        and the base stays. ``finalized`` False: its window is over but the chain still says
+        pending, so when it is our turn and nothing is new we finalize it (a silent anchorer's
+        last epoch must become claimable)."""
         if index <= self.index:
             raise RuntimeError(f"anchoring: adopt epoch {index} after {self.index} is a bug")
         self._go("adopt", "idle")
         if epoch is not None:
             self.base_lines, self.base_earnings = dict(epoch.lines), dict(epoch.earnings)
-        self.index, self.unfinal = index, False
+        self.index, self.unfinal = index, not finalized
 
     def to_post(self, now_ms: int) -> set[bytes]:
         """The requesters whose lines ``on_tick(now_ms)`` would anchor if their spends cover

@@ -44,8 +44,9 @@ class ChainAnchor:
     anchorer: bytes  # its 20-byte address
     earnings_root: bytes
     entries_root: bytes
-    state: str  # pending, final or void
+    state: str  # pending, final or void (final: also once nothing can void it any more)
     posted_ms: int  # the block time of its post
+    finalized: bool = True  # False: final in all but name, the chain still says pending
 
     def __post_init__(self) -> None:
         if self.state not in STATES:

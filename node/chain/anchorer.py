@@ -39,6 +39,7 @@ from consensus.market.messages import TaskRef
 from consensus.settlement import anchoring_state
 from consensus.settlement.anchoring import Anchoring, Answer, Effect, Finalize, Post
 from consensus.settlement.epoch import Line
+from consensus.settlement.following import ChainAnchor
 from consensus.settlement.leaves import FinalLeaves, leaves_parts
 from consensus.settlement.market import chain_voucher_for
 from consensus.settlement.messages import (
@@ -87,6 +88,7 @@ class Anchorer:
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
         self.follower = Follower(bytes.fromhex(chain.address[2:]))
         self.window_ms = 0  # the contract's dispute window (read at start)
+        self.active = True  # our turn to anchor (consensus.settlement.following.may_post)
         self._short_told: set[bytes] = set()  # requesters whose short spend was logged
 
     async def resume(self) -> None:
@@ -196,19 +198,19 @@ class Anchorer:
             if line in m.latest and await self.chain.excluded(ref):
                 m.forget(line)
         await self._recheck_held()
+        await self._publish_entries()  # a pending epoch's, before it may become final below
         effects = await self._observe()
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
-        first, window_s = m.index, self.window_ms // 1000
-        anchors = await self.service.call(lambda c: c.anchors_from(first, now_ms // 1000, window_s))
-        may_post = self.follower.may_post(m, anchors, now_ms, self.window_ms)
+        anchors = [] if self.follower.stuck is not None else await self._anchors(now_ms)
+        may_post = self.active = self.follower.may_post(m, anchors, now_ms, self.window_ms)
         debited = await self._debited(m.to_post(now_ms)) if may_post else {}
         was = (m.state, m.index, m.pending)
         ticked = m.on_tick(now_ms, debited, may_post=may_post)
         self._tell_short()
         if was[0] == "pending" and was[2] is not None and m.pending is not was[2]:
             self.final = (was[1], dict(m.base_earnings))
-        if self.follower.catch_up(m, anchors):
-            self.final = None  # another's epoch is the claim root: its anchorer pays it out
+        for index, epoch in self.follower.catch_up(m, anchors):
+            self.final = (index, dict(epoch.earnings))  # paid out and sent once it is our turn
         await self._save()
         for effect in [*effects, *ticked]:
             await self._perform(effect)
@@ -217,10 +219,20 @@ class Anchorer:
         await self._pay_out()  # before the leaves go out: workers then find nothing to claim
         await self._publish_leaves()
 
+    async def _anchors(self, now_ms: int) -> list[ChainAnchor]:
+        """The chain's anchors after our latest epoch, and its latest (see ``anchors_after``)."""
+        assert self.machine is not None
+        first, now_s, window_s = self.machine.index, now_ms // 1000, self.window_ms // 1000
+        found: list[ChainAnchor] = await self.service.call(
+            lambda c: c.anchors_after(first, now_s, window_s)
+        )
+        return found
+
     async def _pay_out(self) -> None:
         """A payout that fails (the sentry's wallet short of gas coin, an outage) is tried again
-        next step; it must not stop the gossip that lets workers claim by themselves."""
-        if self.final is None:
+        next step; it must not stop the gossip that lets workers claim by themselves. Only the
+        anchorer whose turn it is pays out (and sends leaves): the others would race it."""
+        if self.final is None or not self.active:
             return
         try:
             await self.payer.pay(FinalLeaves(self.final[0], b"", self.final[1]))
@@ -302,29 +314,31 @@ class Anchorer:
             log.warning("anchoring: %s failed: %s", type(effect).__name__, exc)
 
     async def _resolve_post(self) -> None:
-        """After a post (or a crash during one): is the chain's latest anchor our epoch?"""
+        """After a post (or a crash during one): is one of the chain's anchors after our last
+        our epoch? Usually the latest, pending; after a crash it may be final already (anyone
+        may finalize it) or voided, or others may have posted since."""
         m = self.machine
         assert m is not None and m.pending is not None
-        latest = await self.service.call(lambda c: c.anchor())
-        ours = (
-            latest["state"] == "pending"
-            and latest["earnings_root"] == m.pending.earnings_tree.root
-            and latest["entries_root"] == m.pending.entries_tree.root
-        )
-        if not ours:
+        now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
+        roots = (m.pending.earnings_tree.root, m.pending.entries_tree.root)
+        found = [a for a in await self._anchors(now_ms)
+                 if a.index > m.index and (a.earnings_root, a.entries_root) == roots]  # fmt: skip
+        if not found:
             m.on_post_failed()
             await self._save()
             return
-        m.on_posted(latest["epoch"], latest["dispute_deadline"] * 1000)
+        ours, entries = found[0], len(m.pending.entries)
+        m.on_posted(ours.index, ours.posted_ms + self.window_ms)
+        if ours.state == "void":
+            m.on_voided(ours.index)
         await self._save()
         self.posted += 1
-        log.info("epoch anchored", extra={"epoch": latest["epoch"],
-                                          "entries": len(m.pending.entries)})  # fmt: skip
+        log.info("epoch anchored", extra={"epoch": ours.index, "entries": entries})
 
     async def _publish_leaves(self) -> None:
         """The last final epoch's leaves: when it changes, and again every epoch (at most
         every LEAVES_EVERY_S) for workers that missed them (gossip is lossy) or joined since."""
-        if self.final is None or not self.final[1]:
+        if self.final is None or not self.final[1] or not self.active:
             return
         now = trio.current_time()
         if self.final[0] == self._leaves_sent and now < self._leaves_due:

@@ -137,32 +137,33 @@ class EpochCalls:
     def epoch_count(self) -> int:
         return int(self.contract.functions.epochCount().call())
 
-    def anchors_from(self, first: int, now_s: int, window_s: int) -> list[ChainAnchor]:
-        """The anchors from epoch ``first`` on, oldest first, as the chain shows them now. One
-        before the latest that was not voided is final (the next post finalized it); so is the
-        latest once its window is over with no dispute open (the next post will finalize it,
-        and nothing can void it any more). ``now_s``: the chain's time; ``window_s``: the
-        contract's dispute window. The latest alone costs no event query."""
-        latest = self.epoch_count() - 1
-        if latest < max(first, 0):
-            return []
+    def anchors_after(self, index: int, now_s: int, window_s: int) -> list[ChainAnchor]:
+        """The latest anchor, and before it every one after epoch ``index``, oldest first, as
+        the chain shows them now. One before the latest that was not voided is final (the next
+        post finalized it); so is the latest once its window is over with no dispute open (the
+        next post will finalize it, and nothing can void it any more). ``now_s``: the chain's
+        time; ``window_s``: the contract's dispute window. Events are read only when there is
+        an anchor between ``index`` and the latest."""
         last = self.anchor()
+        latest = int(last["epoch"])
+        if latest < 0:
+            return []
         state = last["state"]
         if state == "pending" and now_s >= last["dispute_deadline"] and not last["open_disputes"]:
             state = "final"
-        tail = ChainAnchor(
+        out = [ChainAnchor(
             index=latest, anchorer=bytes.fromhex(last["anchorer"][2:]),
             earnings_root=last["earnings_root"], entries_root=last["entries_root"], state=state,
             posted_ms=(last["dispute_deadline"] - window_s) * 1000,
-        )  # fmt: skip
-        if first >= latest:
-            return [tail]
+            finalized=last["state"] != "pending",
+        )]  # fmt: skip
+        if latest <= index + 1:
+            return out
         events = self.contract.events
         voided = {int(v["args"]["epoch"]) for v in events.Voided().get_logs(from_block=0)}
-        out = [tail]
         for log in events.Anchored().get_logs(from_block=0):
             epoch = int(log["args"]["epoch"])
-            if not first <= epoch < latest:
+            if not index < epoch < latest:
                 continue
             block = self.w3.eth.get_block(log["blockNumber"])
             out.append(ChainAnchor(

@@ -2,7 +2,7 @@
 
 The rules are in :mod:`consensus.settlement.following`; this keeps the entries heard on gossip
 for each anchor (by entries root: a root names one epoch's content), takes the chain's anchors
-as :meth:`Settlement.anchors_from` reads them, and adopts into the anchoring machine, in order,
+as :meth:`Settlement.anchors_after` reads them, and adopts into the anchoring machine, in order,
 every final or void epoch after its own. It is saved with the machine (``dump``/``load``), so a
 sentry restarted while another's epoch is pending still has the entries heard before.
 """
@@ -13,12 +13,13 @@ import logging
 from typing import Any
 
 from consensus.settlement.anchoring import Anchoring
-from consensus.settlement.epoch import Entry, Line
+from consensus.settlement.epoch import Entry, Epoch, Line
 from consensus.settlement.following import ChainAnchor, may_post, rebuild
 from consensus.settlement.messages import EpochEntries
 
 log = logging.getLogger(__name__)
-MAX_ROOTS = 16  # epochs whose entries are kept at once: pending ones are one or two
+MAX_ROOTS = 4  # epochs whose entries are kept at once: pending ones are one or two
+MAX_LINES = 100_000  # entries kept per epoch (a thousand jobs per epoch is the design point)
 
 
 class Follower:
@@ -29,19 +30,27 @@ class Follower:
         self.heard: dict[bytes, dict[Line, Entry]] = {}  # entries root -> its entries heard
         self.stuck: int | None = None  # an epoch we could not rebuild: we anchor no more
         self.on_chain: set[bytes] = set()  # entries roots of the anchors we still follow
+        self.followed = -1  # the machine's latest epoch, as of our last look
+        self.index_of: dict[bytes, int] = {}  # entries root -> the epoch its messages named
 
     def hear(self, body: EpochEntries) -> int:
         """Keeps the entries of another anchorer's epoch (each proven to ``entries_root`` by
-        the message's own check); how many were new. A root the chain does not show (yet: an
-        epoch posted since our last look) is the first to go when too many are kept, so made-up
-        roots cannot push out a real one."""
+        the message's own check); how many were new. Ours (gossip hands our own messages back)
+        and epochs we followed already are dropped. A root the chain does not show (yet: an
+        epoch posted since our last look) is the first to go when too many are kept, and is
+        not saved, so made-up roots cannot push out a real one nor fill the saved state."""
+        if body.index <= self.followed:
+            return 0
         rows = self.heard.pop(body.entries_root, {})
         self.heard[body.entries_root] = rows  # the latest root heard goes last
+        self.index_of.setdefault(body.entries_root, body.index)
         while len(self.heard) > MAX_ROOTS:
             spare = [r for r in self.heard if r not in self.on_chain] or list(self.heard)
-            del self.heard[spare[0]]
+            self._drop(spare[0])
         new = 0
         for entry, _proof, _sig in body.entries():
+            if entry.line not in rows and len(rows) >= MAX_LINES:
+                break
             new += entry.line not in rows
             rows[entry.line] = entry
         return new
@@ -58,21 +67,19 @@ class Follower:
         latest = anchors[-1] if anchors else None
         return may_post(latest, self.me, now_ms, m.epoch_ms, window_ms)
 
-    def catch_up(self, m: Anchoring, anchors: list[ChainAnchor]) -> list[int]:
+    def catch_up(self, m: Anchoring, anchors: list[ChainAnchor]) -> list[tuple[int, Epoch]]:
         """Adopts, in order, every final or void anchor after the machine's latest epoch; stops
-        at a pending one (its entries are still coming) or one it cannot rebuild (stuck). The
-        indices adopted as final."""
-        self.on_chain = {a.entries_root for a in anchors if a.index > m.index}
-        adopted: list[int] = []
-        if m.state != "idle":
-            return adopted
+        at a pending one (its entries are still coming) or one it cannot rebuild (stuck: one
+        of ours the machine does not know is that too, its state was lost). The epochs adopted
+        (not the void ones)."""
+        adopted: list[tuple[int, Epoch]] = []
         for a in anchors:
-            if a.index <= m.index:
+            if a.index <= m.index or m.state != "idle":
                 continue
-            if a.state == "pending" or self.stuck is not None:
-                break
+            if a.index != m.index + 1 or a.state == "pending" or self.stuck is not None:
+                break  # one missing from the chain's answer: asked again next step
             if a.state == "void":
-                m.adopt(a.index, None)
+                m.adopt(a.index, None, finalized=True)
                 continue
             heard = self.heard.get(a.entries_root, {})
             epoch = rebuild(a, heard.values(), m.base_lines, m.base_earnings, m.fee_bps)
@@ -85,21 +92,32 @@ class Follower:
                            "entries_heard": len(heard)},
                 )  # fmt: skip
                 break
-            m.adopt(a.index, epoch)
-            self.heard.pop(a.entries_root, None)
-            adopted.append(a.index)
+            m.adopt(a.index, epoch, finalized=a.finalized)
+            adopted.append((a.index, epoch))
             log.info("followed another anchorer's epoch", extra={"epoch": a.index,
                      "anchorer": "0x" + a.anchorer.hex(), "entries": len(heard)})  # fmt: skip
+        self.followed = m.index
+        self.on_chain = {a.entries_root for a in anchors if a.index > m.index}
+        for root in [r for r in self.heard if self.index_of.get(r, -1) <= m.index]:
+            self._drop(root)  # followed already, voided, or ours
         return adopted
 
+    def _drop(self, root: bytes) -> None:
+        self.heard.pop(root, None)
+        self.index_of.pop(root, None)
+
     def dump(self) -> list[Any]:
+        """The entries of the anchors the chain showed at our last look (not made-up roots)."""
         return [
-            [root, [[e.requester, e.worker, e.job, e.task, str(e.amount)] for e in rows.values()]]
-            for root, rows in self.heard.items()
-        ]
+            [root, self.index_of[root],
+             [[e.requester, e.worker, e.job, e.task, str(e.amount)] for e in rows.values()]]
+            for root, rows in self.heard.items() if root in self.on_chain
+        ]  # fmt: skip
 
     def load(self, doc: list[Any]) -> None:
-        for root, rows in doc:
+        for root, index, rows in doc:
+            self.index_of[bytes(root)] = int(index)
+            self.on_chain.add(bytes(root))
             entries = (Entry(bytes(r), bytes(w), bytes(j), bytes(t), int(a))
                        for r, w, j, t, a in rows)  # fmt: skip
             self.heard[bytes(root)] = {e.line: e for e in entries}

@@ -111,3 +111,30 @@ async def test_an_anchorer_that_missed_an_epochs_entries_never_anchors_again(
     assert (c.epoch_count(), c.anchor()["anchorer"]) == (2, net.addr("sentry1"))
     assert c.pool_of(net.addr("requester"))["debited"] == 2 * ETH
     assert REF != OTHER
+
+
+async def test_the_silent_anchorers_last_epoch_is_finalized_and_paid_by_the_one_taking_over(
+    tmp_path: Path,
+) -> None:
+    """Nothing new after the first's epoch: the second still finalizes it (so workers can
+    claim) and pays it out, once it is its turn."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    for who in ("sentry1", "sentry2"):
+        net.client(who).stake(ETH)
+    c = net.client("other")
+    async with await Database.open(tmp_path / "1.db") as db1, \
+            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
+        first = await fresh_anchorer(net, db1, net.client("sentry1"))
+        second = await fresh_anchorer(net, db2, net.client("sentry2"))
+        await first_epoch(net, first, second)
+        gossip(first, second)
+        net.chain.advance(WINDOW_S + 1)
+        await second.step()  # adopted; not its turn yet
+        assert c.anchor()["state"] == "pending" and c.earned_of(net.addr("worker")) == 0
+        net.chain.advance(10)
+        await second.step()
+        await second.step()
+        assert c.anchor()["state"] == "final" and c.epoch_count() == 1
+    fee = c.params()["fee_bps"]
+    assert c.earned_of(net.addr("worker")) == net_shares({b"w": ETH}, fee)[b"w"]
