@@ -5,6 +5,8 @@ entries never anchors again."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,21 @@ def addr(net: Net, who: str) -> bytes:
     return bytes.fromhex(net.addr(who)[2:])
 
 
+@asynccontextmanager
+async def two_anchorers(tmp: Path) -> AsyncIterator[tuple[Net, Anchorer, Anchorer, Database]]:
+    """A funded pool, two staked sentries, each anchorer with its own sqlite file (the second's
+    database too, to restart it from)."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    for who in ("sentry1", "sentry2"):
+        net.client(who).stake(ETH)
+    async with await Database.open(tmp / "1.db") as db1, \
+            await Database.open(tmp / "2.db") as db2:  # fmt: skip
+        first = await fresh_anchorer(net, db1, net.client("sentry1"))
+        second = await fresh_anchorer(net, db2, net.client("sentry2"))
+        yield net, first, second, db2
+
+
 async def first_epoch(net: Net, first: Anchorer, second: Anchorer) -> None:
     """Both hear a 1 ETH voucher; the first anchors it, the second stands by."""
     for anchorer in (first, second):
@@ -44,18 +61,11 @@ async def first_epoch(net: Net, first: Anchorer, second: Anchorer) -> None:
 async def test_a_second_anchorer_follows_the_first_and_takes_over_when_it_goes_silent(
     tmp_path: Path,
 ) -> None:
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
-    for who in ("sentry1", "sentry2"):
-        net.client(who).stake(ETH)
-    c = net.client("other")
-    async with await Database.open(tmp_path / "1.db") as db1, \
-            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
-        first = await fresh_anchorer(net, db1, net.client("sentry1"))
-        second = await fresh_anchorer(net, db2, net.client("sentry2"))
-        await first_epoch(net, first, second)
-        assert gossip(first, second) == 1
-        await second.step()  # still standing by (the epoch is pending); saved
+    async with two_anchorers(tmp_path) as (net, first, standby, db2):
+        c = net.client("other")
+        await first_epoch(net, first, standby)
+        assert gossip(first, standby) == 1
+        await standby.step()  # still standing by (the epoch is pending); saved
         second = await fresh_anchorer(net, db2, net.client("sentry2"))  # kill -9: heard is kept
         net.chain.advance(WINDOW_S + 1)
         await second.step()  # the first's epoch is final in all but name: adopted
@@ -88,15 +98,8 @@ async def test_an_anchorer_that_missed_an_epochs_entries_never_anchors_again(
 ) -> None:
     """Without the first epoch's entries the second cannot know which lines it anchored: from
     its own empty base it would anchor them again and post leaves below what workers claimed."""
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
-    for who in ("sentry1", "sentry2"):
-        net.client(who).stake(ETH)
-    c = net.client("other")
-    async with await Database.open(tmp_path / "1.db") as db1, \
-            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
-        first = await fresh_anchorer(net, db1, net.client("sentry1"))
-        second = await fresh_anchorer(net, db2, net.client("sentry2"))
+    async with two_anchorers(tmp_path) as (net, first, second, _):
+        c = net.client("other")
         await first_epoch(net, first, second)  # its entries never reach the second
         net.chain.advance(WINDOW_S + 10)
         await second.step()
@@ -118,15 +121,8 @@ async def test_the_silent_anchorers_last_epoch_is_finalized_and_paid_by_the_one_
 ) -> None:
     """Nothing new after the first's epoch: the second still finalizes it (so workers can
     claim) and pays it out, once it is its turn."""
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
-    for who in ("sentry1", "sentry2"):
-        net.client(who).stake(ETH)
-    c = net.client("other")
-    async with await Database.open(tmp_path / "1.db") as db1, \
-            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
-        first = await fresh_anchorer(net, db1, net.client("sentry1"))
-        second = await fresh_anchorer(net, db2, net.client("sentry2"))
+    async with two_anchorers(tmp_path) as (net, first, second, _):
+        c = net.client("other")
         await first_epoch(net, first, second)
         gossip(first, second)
         net.chain.advance(WINDOW_S + 1)
