@@ -382,8 +382,8 @@ def _settlement_text(v: dict[str, Any]) -> str:
 def _anchoring(a: dict[str, Any]) -> str:
     line = f"{a.get('posted_here', 0)} epoch(s) posted here, {a.get('state')}"
     if a.get("stopped_at_epoch") is not None:
-        line += (f"; STOPPED: another anchorer's epoch {a['stopped_at_epoch']} could not be "
-                 "rebuilt here, so this sentry anchors no more")  # fmt: skip
+        line += (f"; HALTED: epoch {a['stopped_at_epoch']} on chain could not be rebuilt here "
+                 "(asking the other anchorers for its entries)")  # fmt: skip
     return line
 
 

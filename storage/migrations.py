@@ -474,6 +474,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             ALTER TABLE settle_vouchers ADD COLUMN capped_wei TEXT;
         """,
     ),
+    Migration(
+        version=17,
+        description="sentry: each final epoch's entries, for anchorers that follow later",
+        sql="""
+            -- One row per final epoch an anchoring sentry built on (its own, or another's it
+            -- followed): served on /idlegrid/settle/epochs/1 to sentries catching up, which
+            -- check every epoch against the roots on chain. entries: msgpack rows.
+            CREATE TABLE settle_epochs (
+                idx          INTEGER PRIMARY KEY,
+                entries_root BLOB NOT NULL,
+                entries      BLOB NOT NULL
+            );
+        """,
+    ),
 )
 
 

@@ -6,9 +6,10 @@ build each epoch on the one before it on chain, whoever posted that one. It *fol
 epochs others post: it rebuilds each from the entries gossiped while it was pending
 (``EpochEntries``) over its own base (:func:`rebuild`), and once that epoch is final takes it
 as its base, but only when both rebuilt roots equal the chain's. An epoch it cannot rebuild
-(its entries were missed, or our base was never the chain's) stops it from anchoring: it must
-say so rather than post leaves that would fall below what workers already claimed, or anchor
-again lines the other anchorer took.
+(its entries were missed, or our base was never the chain's) halts its anchoring until it
+can (the driver then asks other anchorers for their history): it must post nothing rather
+than leaves that would fall below what workers already claimed, or anchor again lines the
+other anchorer took.
 
 Who posts (:func:`may_post`): the anchorer of the latest anchor keeps posting; another takes
 over once that anchor is final or void and nothing was posted for ``TAKEOVER_EPOCHS`` epochs

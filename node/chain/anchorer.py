@@ -17,7 +17,8 @@ More than one sentry may anchor (:mod:`consensus.settlement.following`): each ke
 entries other anchorers gossip for their pending epochs (:class:`node.chain.follower.Follower`)
 and, every step, reads the anchors after its own latest epoch from the chain. It posts only
 when it has followed them all and it is its turn (the latest anchor is its own, or its
-anchorer went silent); an epoch of another's it cannot rebuild stops it for good, logged.
+anchorer went silent); an epoch it cannot rebuild halts it until another anchorer's history
+(:mod:`node.chain.history`) fills the gap.
 
 Exactly once: the machine is saved in ``settle_anchoring`` after every step and BEFORE a post
 is sent, in state ``posting``. The post itself is a journaled transaction. A restart (even
@@ -53,6 +54,7 @@ from consensus.settlement.messages import (
 from node.chain.anchoring import _events as anchor_events
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.follower import Follower
+from node.chain.history import EpochHistory
 from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
 from node.chain.payout import Payer
 from node.chain.signing import check_cap, spend_signer, voucher_signer
@@ -87,6 +89,7 @@ class Anchorer:
         self._entries_sent, self._entries_due = -1, 0.0  # likewise for a pending epoch's entries
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
         self.follower = Follower(bytes.fromhex(chain.address[2:]))
+        self.history = EpochHistory(db, net)
         self.window_ms = 0  # the contract's dispute window (read at start)
         self.active = True  # our turn to anchor (consensus.settlement.following.may_post)
         self._short_told: set[bytes] = set()  # requesters whose short spend was logged
@@ -101,6 +104,7 @@ class Anchorer:
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.resume()
+        self.history.register()
         inbox = await self.net.subscribe(ANCHORS, ANCHOR_KINDS)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow, inbox)
@@ -117,8 +121,10 @@ class Anchorer:
                     await self.on_voucher(body)
                 elif isinstance(body, VoucherCap):
                     await self.on_cap(body)
-                elif isinstance(body, EpochEntries):
-                    self.follower.hear(body)  # another anchorer's epoch, to follow
+                elif isinstance(body, EpochEntries | EpochLeaves):  # another anchorer's
+                    self.follower.heard_from(message.origin, self.net.now_ms())
+                    if isinstance(body, EpochEntries):
+                        self.follower.hear(body)
             except Exception as exc:  # e.g. the exclusion hook failed: the sender resends
                 log.warning("anchoring: %s not taken: %r", type(body).__name__, exc)
 
@@ -201,7 +207,7 @@ class Anchorer:
         await self._publish_entries()  # a pending epoch's, before it may become final below
         effects = await self._observe()
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
-        anchors = [] if self.follower.stuck is not None else await self._anchors(now_ms)
+        anchors = await self._anchors(now_ms)
         may_post = self.active = self.follower.may_post(m, anchors, now_ms, self.window_ms)
         debited = await self._debited(m.to_post(now_ms)) if may_post else {}
         was = (m.state, m.index, m.pending)
@@ -209,7 +215,8 @@ class Anchorer:
         self._tell_short()
         if was[0] == "pending" and was[2] is not None and m.pending is not was[2]:
             self.final = (was[1], dict(m.base_earnings))
-        for index, epoch in self.follower.catch_up(m, anchors):
+            await self.history.record(was[1], was[2])
+        for index, epoch in await self.history.catch_up(self.follower, m, anchors):
             self.final = (index, dict(epoch.earnings))  # paid out and sent once it is our turn
         await self._save()
         for effect in [*effects, *ticked]:
@@ -417,5 +424,5 @@ class Anchorer:
             "posted_here": self.posted,
             "paid_out_epoch": None if self.payer.done is None else self.payer.done.index,
             "workers_paid_out_here": self.payer.paid,
-            "stopped_at_epoch": self.follower.stuck,  # another's epoch we could not rebuild
+            "stopped_at_epoch": self.follower.stuck,  # an epoch not rebuilt (yet): no posting
         }

@@ -28,10 +28,28 @@ class Follower:
     def __init__(self, me: bytes) -> None:
         self.me = me
         self.heard: dict[bytes, dict[Line, Entry]] = {}  # entries root -> its entries heard
-        self.stuck: int | None = None  # an epoch we could not rebuild: we anchor no more
+        self.stuck: int | None = None  # a final epoch we cannot rebuild (yet): no posting
+        self.sources: dict[str, int] = {}  # anchorers heard (peer -> when, ms): asked for history
         self.on_chain: set[bytes] = set()  # entries roots of the anchors we still follow
         self.followed = -1  # the machine's latest epoch, as of our last look
         self.index_of: dict[bytes, int] = {}  # entries root -> the epoch its messages named
+
+    def heard_from(self, peer: str, now_ms: int) -> None:
+        """``peer`` gossiped as an anchorer (entries or leaves): one to ask for history."""
+        self.sources[peer] = now_ms
+        while len(self.sources) > MAX_ROOTS:
+            del self.sources[min(self.sources, key=self.sources.__getitem__)]
+
+    def by_recency(self) -> list[str]:
+        return sorted(self.sources, key=self.sources.__getitem__, reverse=True)
+
+    def hear_epoch(self, index: int, root: bytes, entries: list[Entry]) -> None:
+        """Entries an anchorer served for final epoch ``index`` (history: see
+        :mod:`node.chain.history`); taken as heard, and checked the same way."""
+        if index > self.followed:
+            self.heard[root] = {e.line: e for e in entries[:MAX_LINES]}
+            self.index_of[root] = index
+            self.on_chain.add(root)  # asked for because the chain shows it
 
     def hear(self, body: EpochEntries) -> int:
         """Keeps the entries of another anchorer's epoch (each proven to ``entries_root`` by
@@ -69,14 +87,16 @@ class Follower:
 
     def catch_up(self, m: Anchoring, anchors: list[ChainAnchor]) -> list[tuple[int, Epoch]]:
         """Adopts, in order, every final or void anchor after the machine's latest epoch; stops
-        at a pending one (its entries are still coming) or one it cannot rebuild (stuck: one
-        of ours the machine does not know is that too, its state was lost). The epochs adopted
-        (not the void ones)."""
+        at a pending one (its entries are still coming) or one it cannot rebuild (``stuck``
+        until its entries come: from another anchorer's history, see
+        :mod:`node.chain.history`; one of ours the machine does not know is that too, its state
+        was lost). The epochs adopted (not the void ones)."""
+        self.stuck = None
         adopted: list[tuple[int, Epoch]] = []
         for a in anchors:
             if a.index <= m.index or m.state != "idle":
                 continue
-            if a.index != m.index + 1 or a.state == "pending" or self.stuck is not None:
+            if a.index != m.index + 1 or a.state == "pending":
                 break  # one missing from the chain's answer: asked again next step
             if a.state == "void":
                 m.adopt(a.index, None, finalized=True)
@@ -85,12 +105,6 @@ class Follower:
             epoch = rebuild(a, heard.values(), m.base_lines, m.base_earnings, m.fee_bps)
             if epoch is None:
                 self.stuck = a.index
-                log.error(
-                    "anchoring stopped: another anchorer's epoch cannot be rebuilt from the "
-                    "entries heard here; this sentry will not anchor again",
-                    extra={"epoch": a.index, "anchorer": "0x" + a.anchorer.hex(),
-                           "entries_heard": len(heard)},
-                )  # fmt: skip
                 break
             m.adopt(a.index, epoch, finalized=a.finalized)
             adopted.append((a.index, epoch))

@@ -93,11 +93,12 @@ async def test_a_second_anchorer_follows_the_first_and_takes_over_when_it_goes_s
     assert c.earned_of(net.addr("worker2")) == net_shares({b"w": ETH}, fee)[b"w"]
 
 
-async def test_an_anchorer_that_missed_an_epochs_entries_never_anchors_again(
+async def test_an_anchorer_that_missed_an_epochs_entries_does_not_anchor(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Without the first epoch's entries the second cannot know which lines it anchored: from
-    its own empty base it would anchor them again and post leaves below what workers claimed."""
+    """Without the first epoch's entries (and no anchorer to ask for them) the second cannot
+    know which lines it anchored: from its own empty base it would anchor them again and post
+    leaves below what workers claimed."""
     async with two_anchorers(tmp_path) as (net, first, second, _):
         c = net.client("other")
         await first_epoch(net, first, second)  # its entries never reach the second

@@ -42,11 +42,11 @@ def test_the_embedded_chain_says_its_coin_is_a_test_coin() -> None:
     assert _settlement_text({"settle": False}).startswith("this node does not settle")
 
 
-def test_an_anchorer_that_stopped_says_so() -> None:
+def test_an_anchorer_that_halted_says_so() -> None:
     running = {"state": "idle", "posted_here": 4, "stopped_at_epoch": None}
     assert (
         "as anchorer   4 epoch(s) posted here, idle\n"
         in _settlement_text(VIEW | {"anchorer": running}) + "\n"
     )
     stopped = _settlement_text(VIEW | {"anchorer": running | {"stopped_at_epoch": 7}})
-    assert "STOPPED: another anchorer's epoch 7 could not be rebuilt" in stopped
+    assert "HALTED: epoch 7 on chain could not be rebuilt here" in stopped

@@ -1,0 +1,176 @@
+"""Epoch history between anchoring sentries (``/idlegrid/settle/epochs/1``).
+
+A sentry follows other anchorers' epochs from the entries gossiped while each was pending
+(:mod:`node.chain.follower`). One that was down for a whole window, lost every copy on
+gossip, or starts after the network's first anchor asks an anchorer it has heard from for the
+entries of every final epoch from the one it misses on. Nothing in an answer is trusted: the
+follower rebuilds each epoch over its own base and takes it only when both roots equal the
+chain's (:func:`consensus.settlement.following.rebuild`), so a peer that serves wrong or
+partial entries only wastes a request (and costs score). Each anchoring sentry keeps the
+entries of every final epoch it built on in ``settle_epochs``: about the size of the state it
+keeps anyway (every line ever anchored).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+import trio
+
+from consensus.errors import Invalid
+from consensus.settlement.anchoring import Anchoring
+from consensus.settlement.epoch import Entry, Epoch
+from consensus.settlement.following import ChainAnchor
+from p2p.reqresp import RequestError, RequestRejected
+from storage.db import Database
+
+if TYPE_CHECKING:
+    from node.chain.follower import Follower
+    from node.market.net import MarketNet
+
+log = logging.getLogger(__name__)
+PROTOCOL = "/idlegrid/settle/epochs/1"
+MAX_BYTES = 2 << 20  # an answer; an epoch of more entries than fit (about 15000) is not served
+MAX_ROWS = 100_000
+TIMEOUT_S = 20.0
+RETRY_S = 30.0  # how often a sentry that cannot rebuild an epoch asks again
+SIZES = (20, 20, 32, 32)  # requester, worker, job, task
+
+Epochs = list[tuple[int, bytes, list[Entry]]]  # (index, entries root, entries)
+
+
+def pack(entries: tuple[Entry, ...] | list[Entry]) -> bytes:
+    rows = [[e.requester, e.worker, e.job, e.task, str(e.amount)] for e in entries]
+    return msgpack.packb(rows)  # type: ignore[no-any-return]
+
+
+def unpack(blob: Any, what: str) -> list[Entry]:
+    """Entries from a peer's packed rows.
+
+    Raises:
+        Invalid: not rows of four hashes of the right sizes and a decimal amount.
+    """
+    if not isinstance(blob, bytes) or len(blob) > MAX_BYTES:
+        raise Invalid(what, "expected packed rows")
+    try:
+        rows = msgpack.unpackb(blob, max_bin_len=64, max_str_len=80, max_array_len=MAX_ROWS)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise Invalid(what, f"malformed rows: {exc}") from None
+    out = []
+    for i, row in enumerate(rows if isinstance(rows, list) else [None]):
+        ok = isinstance(row, list) and len(row) == 5 and isinstance(row[4], str)
+        ok = ok and all(
+            isinstance(x, bytes) and len(x) == n for x, n in zip(row[:4], SIZES, strict=True)
+        )
+        if not ok or not row[4].isdigit():
+            raise Invalid(f"{what}[{i}]", "expected [requester, worker, job, task, amount]")
+        out.append(Entry(row[0], row[1], row[2], row[3], int(row[4])))
+    return out
+
+
+class EpochHistory:
+    """The final epochs this sentry built on: kept, served, and asked for."""
+
+    def __init__(self, db: Database, net: MarketNet) -> None:
+        self.db, self.net = db, net
+        self._asked_at = -RETRY_S  # trio time of the last fruitless round
+        self._told: int | None = None  # the missing epoch logged last
+
+    def register(self) -> None:
+        self.net.serve(PROTOCOL, self._serve, max_bytes=MAX_BYTES)
+
+    async def record(self, index: int, epoch: Epoch) -> None:
+        await self.db.execute(
+            "INSERT OR IGNORE INTO settle_epochs (idx, entries_root, entries) VALUES (?, ?, ?)",
+            (index, epoch.entries_tree.root, pack(epoch.entries)),
+        )
+
+    async def catch_up(
+        self, follower: Follower, m: Anchoring, anchors: list[ChainAnchor]
+    ) -> list[tuple[int, Epoch]]:
+        """:meth:`Follower.catch_up`, and when an epoch cannot be rebuilt from the entries
+        heard, the entries asked for from the anchorers heard (every ``RETRY_S`` while none
+        has them). Every epoch adopted is recorded, to serve in turn."""
+        adopted = follower.catch_up(m, anchors)
+        roots = {a.index: a.entries_root for a in anchors}
+        while follower.stuck is not None and trio.current_time() >= self._asked_at + RETRY_S:
+            missing = follower.stuck
+            peer, epochs = await self.fetch(follower.by_recency(), missing)
+            for index, root, entries in epochs:
+                follower.hear_epoch(index, root, entries)
+            more = follower.catch_up(m, anchors)
+            adopted += more
+            if not more:
+                self._asked_at = trio.current_time()
+            served = {i: root for i, root, _ in epochs}
+            if follower.stuck == missing and served.get(missing, b"") == roots.get(missing):
+                # the chain's epoch, with entries that are not its own: a lie
+                self.net.blame(peer, f"epoch history: epoch {missing} does not rebuild")
+        for index, epoch in adopted:
+            await self.record(index, epoch)
+        self._tell(follower)
+        return adopted
+
+    def _tell(self, follower: Follower) -> None:
+        if follower.stuck == self._told:
+            return
+        if follower.stuck is None:
+            log.info("anchoring: caught up with the chain's epochs", extra={"epoch": self._told})
+        else:
+            log.error("anchoring halted: an epoch on chain cannot be rebuilt from the entries "
+                      "heard here, nor from the anchorers asked; asking again every "
+                      f"{RETRY_S:.0f} s", extra={"epoch": follower.stuck,
+                                                 "asked": len(follower.sources)})  # fmt: skip
+        self._told = follower.stuck
+
+    async def _serve(self, peer: str, payload: Any) -> Any:
+        first = payload.get("from") if isinstance(payload, dict) else None
+        if type(first) is not int or first < 0:
+            raise RequestRejected("malformed", "expected {from: epoch index}")
+        rows = await self.db.query(
+            "SELECT idx, entries_root, entries FROM settle_epochs WHERE idx >= ? "
+            "ORDER BY idx LIMIT 256",
+            (first,),
+        )
+        out: list[list[Any]] = []
+        size = 0
+        for r in rows:
+            size += len(r["entries"])
+            if out and size > MAX_BYTES // 2:
+                break  # the rest next time: the asker goes on from where this ends
+            out.append([r["idx"], r["entries_root"], r["entries"]])
+        return {"epochs": out}
+
+    async def fetch(self, peers: list[str], first: int) -> tuple[str, Epochs]:
+        """The epochs from ``first`` on that the first of ``peers`` to answer holds (its first
+        answer only: the caller asks again from where it ends), and that peer. A peer that
+        fails or sends malformed rows is passed over; one that sends rows that do not rebuild
+        is the caller's to blame."""
+        for peer in peers:
+            try:
+                ask = {"from": first}
+                answer = await self.net.request(
+                    peer, [], PROTOCOL, ask, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES
+                )
+                return peer, _parse(answer, first)
+            except (RequestError, trio.TooSlowError) as exc:
+                log.info("epoch history not fetched", extra={"peer": peer, "error": str(exc)})
+            except Invalid as exc:
+                self.net.blame(peer, f"epoch history: {exc}")
+        return "", []
+
+
+def _parse(answer: Any, first: int) -> Epochs:
+    epochs = answer.get("epochs") if isinstance(answer, dict) else None
+    if not isinstance(epochs, list):
+        raise Invalid("epochs", "expected a list")
+    out: Epochs = []
+    for i, item in enumerate(epochs):
+        if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int):
+            raise Invalid(f"epochs[{i}]", "expected [index, entries root, rows]")
+        if item[0] < first or not (isinstance(item[1], bytes) and len(item[1]) == 32):
+            raise Invalid(f"epochs[{i}]", "index before the one asked for, or a bad root")
+        out.append((item[0], item[1], unpack(item[2], f"epochs[{i}].rows")))
+    return out

@@ -1,0 +1,145 @@
+"""An anchoring sentry that starts after the network's first anchors catches up from another
+anchorer's epoch history (``/idlegrid/settle/epochs/1``), checks every epoch against the roots
+on chain, and can then take over; a peer serving altered history is blamed and not followed.
+Real EVM (embedded), one sqlite file per sentry; the request goes straight to the other
+anchorer's handler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from consensus.errors import Invalid
+from consensus.market.messages import TaskRef
+from node.chain.anchorer import Anchorer
+from node.chain.backend import Chain
+from node.chain.history import PROTOCOL, EpochHistory, unpack
+from p2p.reqresp import RequestRejected
+from storage.db import Database
+from tests.chain.conftest import ETH, Net, make_net
+from tests.chain.test_settlement_node import StubNet, fresh_anchorer, node_of, voucher
+
+WINDOW_S = 3600
+OTHER = TaskRef(job_id=b"\x08" * 16, task=0, attempt=0)
+
+
+class Linked(StubNet):
+    """Requests go to another anchorer's handler; ``tamper`` alters what it answers."""
+
+    def __init__(self, served: Anchorer, tamper: bool = False) -> None:
+        super().__init__()
+        self.served, self.tamper = served, tamper
+        self.blamed: list[str] = []
+
+    async def request(self, peer: str, addrs: Any, protocol: str, payload: Any,
+                      **_: Any) -> Any:  # fmt: skip
+        assert protocol == PROTOCOL
+        answer = await self.served.history._serve(peer, payload)
+        if self.tamper:  # one wei more on the first entry of the first epoch
+            rows = msgpack.unpackb(answer["epochs"][0][2])
+            rows[0][4] = str(int(rows[0][4]) + 1)
+            answer["epochs"][0][2] = msgpack.packb(rows)
+        return answer
+
+    def blame(self, peer: str, reason: str) -> None:
+        self.blamed.append(reason)
+
+
+async def two_final_epochs(net: Net, first: Anchorer) -> None:
+    """The first anchorer alone: epoch 0 (line A 1 ETH), epoch 1 (A to 2 ETH, B 1 ETH)."""
+    assert await first.on_voucher(voucher(net, first.chain.domain, ETH))
+    await first.step()
+    net.chain.advance(WINDOW_S + 1)
+    assert await first.on_voucher(voucher(net, first.chain.domain, 2 * ETH))
+    assert await first.on_voucher(voucher(net, first.chain.domain, ETH, ref=OTHER,
+                                          worker="worker2"))  # fmt: skip
+    await first.step()
+    net.chain.advance(WINDOW_S + 1)
+    await first.step()  # epoch 1 final (finalized: nothing new)
+    assert net.client("other").anchor()["state"] == "final"
+
+
+async def late(net: Net, db: Database, served: Anchorer, tamper: bool = False) -> Anchorer:
+    client = net.client("sentry2")
+    anchorer = Anchorer(node_of(net, "sentry2", client), db, Linked(served, tamper))  # type: ignore[arg-type]
+    await anchorer.chain.service.start()
+    await anchorer.resume()
+    anchorer.follower.heard_from("first", 0)  # its leaves came on gossip
+    return anchorer
+
+
+def funded() -> Net:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    for who in ("sentry1", "sentry2"):
+        net.client(who).stake(ETH)
+    return net
+
+
+async def test_a_late_anchorer_catches_up_from_history_and_takes_over(tmp_path: Path) -> None:
+    net = funded()
+    c = net.client("other")
+    async with await Database.open(tmp_path / "1.db") as db1, \
+            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
+        first = await fresh_anchorer(net, db1, net.client("sentry1"))
+        await two_final_epochs(net, first)
+        second = await late(net, db2, first)
+        await second.step()
+        assert second.machine is not None and first.machine is not None
+        assert second.machine.index == 1 and second.follower.stuck is None
+        assert second.machine.base_lines == first.machine.base_lines
+        assert second.machine.base_earnings == first.machine.base_earnings
+        rows = await db2.query("SELECT idx FROM settle_epochs ORDER BY idx")
+        assert [r["idx"] for r in rows] == [0, 1], "kept, to serve in turn"
+        # The first goes silent; the second anchors what grew after it, once it is its turn.
+        assert await second.on_voucher(voucher(net, second.chain.domain, 3 * ETH))
+        net.chain.advance(10)
+        await second.step()
+    assert (c.epoch_count(), c.anchor()["anchorer"]) == (3, net.addr("sentry2"))
+    assert c.anchor()["total"] == ETH and c.pool_of(net.addr("requester"))["debited"] == 4 * ETH
+
+
+async def test_altered_history_is_not_followed_and_its_server_is_blamed(tmp_path: Path) -> None:
+    net = funded()
+    async with await Database.open(tmp_path / "1.db") as db1, \
+            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
+        first = await fresh_anchorer(net, db1, net.client("sentry1"))
+        await two_final_epochs(net, first)
+        second = await late(net, db2, first, tamper=True)
+        await second.step()
+        assert second.machine is not None
+        assert second.machine.index == -1 and second.follower.stuck == 0
+        assert (await second.status())["stopped_at_epoch"] == 0
+        assert second.net.blamed == ["epoch history: epoch 0 does not rebuild"]  # type: ignore[attr-defined]
+        assert await second.on_voucher(voucher(net, second.chain.domain, 3 * ETH))
+        net.chain.advance(10)
+        await second.step()
+    assert net.client("other").epoch_count() == 2, "it posted without following"
+
+
+@pytest.mark.parametrize(
+    ("rows", "why"),
+    [
+        (b"\xc1", "malformed rows"),
+        ([[b"r" * 20, b"w" * 20, b"j" * 32, b"t" * 31, "1"]], r"\[0\]"),  # a task of 31 bytes
+        ([[b"r" * 20, b"w" * 20, b"j" * 32, b"t" * 32, "-1"]], r"\[0\]"),  # not a wei amount
+        ([[b"r" * 20, b"w" * 20, b"j" * 32, b"t" * 32]], r"\[0\]"),  # no amount
+        ({"rows": []}, r"\[0\]"),
+    ],
+)  # fmt: skip
+def test_served_rows_are_checked_before_use(rows: Any, why: str) -> None:
+    blob = rows if isinstance(rows, bytes) else msgpack.packb(rows)
+    with pytest.raises(Invalid, match=why):
+        unpack(blob, "epochs[0].rows")
+
+
+async def test_a_history_request_must_name_an_epoch(tmp_path: Path) -> None:
+    async with await Database.open(tmp_path / "1.db") as db:
+        history = EpochHistory(db, StubNet())  # type: ignore[arg-type]
+        for bad in ({}, {"from": -1}, {"from": "0"}, [0]):
+            with pytest.raises(RequestRejected, match="from"):
+                await history._serve("peer", bad)
+        assert await history._serve("peer", {"from": 0}) == {"epochs": []}
