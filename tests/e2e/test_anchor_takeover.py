@@ -15,10 +15,12 @@ from node.localnet.state import State
 from tests.e2e.helpers import (
     ANSWER_JOB,
     ANSWER_WORK,
+    api,
     escrow_returned,
     kill9,
     paid_in_full,
     poll,
+    restart,
     submit,
     wait_final,
 )
@@ -61,3 +63,39 @@ def run(state: State, tmp_path: Path) -> None:
     assert who[-1] == standby, f"the last anchor is not the standby's: {who}"
     poll("escrow returned", lambda: escrow_returned(requester), 60)
     assert_escrow_invariant(state)
+
+
+def test_an_anchoring_sentry_started_late_catches_up_from_history_and_takes_over(
+    tmp_path: Path,
+) -> None:
+    """sentry-2 is down while sentry-1 anchors the first job; restarted, it cannot rebuild
+    that epoch from gossip, asks sentry-1 for its history over libp2p, catches up, and takes
+    over when sentry-1 is killed for good."""
+    state = net.start(tmp_path / "ln", requesters=1, workers=1, sentries=2, chain_mode="auto",
+                      overrides={"sentry-2": {"chain.anchor": True}})  # fmt: skip
+    try:
+        requester, worker = state.node("requester-1"), state.node("worker-1")
+        first, second = state.node("sentry-1"), state.node("sentry-2")
+        kill9(second)
+        job_id = submit(requester, tmp_path / "job1", UNCHECKED, {"work.py": ANSWER_WORK})
+        assert wait_final(requester, job_id, 90)["state"] == "verified"
+        poll("the worker paid for job 1", lambda: paid_in_full(worker), 60)
+        restart(second)
+
+        def caught_up() -> bool | None:
+            anchoring = api(second).get("/v1/chain").get("anchorer") or {}
+            return (
+                anchoring.get("index", -1) >= 0 and anchoring["stopped_at_epoch"] is None
+            ) or None
+
+        poll("sentry-2 caught up from sentry-1's history", caught_up, 120)
+        kill9(first)
+        job_id = submit(requester, tmp_path / "job2", UNCHECKED, {"work.py": ANSWER_WORK})
+        assert wait_final(requester, job_id, 90)["state"] == "verified"
+        poll("the worker paid for both jobs", lambda: paid_in_full(worker), 180)
+        who = anchorers(state)
+        assert who[0] == first.address.lower() and who[-1] == second.address.lower(), who
+        poll("escrow returned", lambda: escrow_returned(requester), 60)
+        assert_escrow_invariant(state)
+    finally:
+        stop_all(state.procs())
