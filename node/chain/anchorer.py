@@ -34,14 +34,13 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
-from consensus.envelope import new_nonce
 from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
 from consensus.settlement import anchoring_state
 from consensus.settlement.anchoring import Anchoring, Answer, Effect, Finalize, Post
 from consensus.settlement.epoch import Line
 from consensus.settlement.following import ChainAnchor
-from consensus.settlement.leaves import FinalLeaves, leaves_parts
+from consensus.settlement.leaves import FinalLeaves
 from consensus.settlement.market import chain_voucher_for
 from consensus.settlement.messages import (
     MAX_LEAVES,
@@ -49,13 +48,13 @@ from consensus.settlement.messages import (
     EpochLeaves,
     SettledVoucher,
     VoucherCap,
-    entries_parts,
 )
+from node.chain.anchor_gossip import AnchorGossip
 from node.chain.anchoring import _events as anchor_events
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.follower import Follower
 from node.chain.history import EpochHistory
-from node.chain.payee import ANCHOR_KINDS, ANCHORS, TTL_MS
+from node.chain.payee import ANCHOR_KINDS, ANCHORS
 from node.chain.payout import Payer
 from node.chain.signing import check_cap, spend_signer, voucher_signer
 from storage.db import Database
@@ -67,9 +66,7 @@ if TYPE_CHECKING:
     from node.market.net import MarketNet
 
 log = logging.getLogger(__name__)
-LEAVES_EVERY_S = 60.0
 HOLD_EPOCHS = 4  # how long a voucher the exclusion hook refuses is asked about again
-ENTRIES_TIMES = 4  # a pending epoch's entries go out about this many times in its window
 
 
 class Anchorer:
@@ -84,9 +81,7 @@ class Anchorer:
         self.held: dict[Line, tuple[SettledVoucher, int]] = {}  # excluded for now, and since
         self.seen_disputes: set[bytes] = set()
         self.posted = 0  # anchors this process posted (tests count them)
-        self._leaves_sent = -1  # the epoch whose leaves went out last, and when to send again
-        self._leaves_due = 0.0
-        self._entries_sent, self._entries_due = -1, 0.0  # likewise for a pending epoch's entries
+        self.gossip = AnchorGossip(net, chain.settings)
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
         self.follower = Follower(bytes.fromhex(chain.address[2:]))
         self.history = EpochHistory(db, net)
@@ -204,7 +199,7 @@ class Anchorer:
             if line in m.latest and await self.chain.excluded(ref):
                 m.forget(line)
         await self._recheck_held()
-        await self._publish_entries()  # a pending epoch's, before it may become final below
+        await self.gossip.entries(m)  # a pending epoch's, before it may become final below
         effects = await self._observe()
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
         anchors = await self._anchors(now_ms)
@@ -222,9 +217,10 @@ class Anchorer:
         for effect in [*effects, *ticked]:
             await self._perform(effect)
         await self._save()
-        await self._publish_entries()
+        await self.gossip.entries(m)
         await self._pay_out()  # before the leaves go out: workers then find nothing to claim
-        await self._publish_leaves()
+        if self.active:
+            await self.gossip.leaves(self.final, self.leaves_per_message)
 
     async def _anchors(self, now_ms: int) -> list[ChainAnchor]:
         """The chain's anchors after our latest epoch, and its latest (see ``anchors_after``)."""
@@ -341,47 +337,6 @@ class Anchorer:
         await self._save()
         self.posted += 1
         log.info("epoch anchored", extra={"epoch": ours.index, "entries": entries})
-
-    async def _publish_leaves(self) -> None:
-        """The last final epoch's leaves: when it changes, and again every epoch (at most
-        every LEAVES_EVERY_S) for workers that missed them (gossip is lossy) or joined since."""
-        if self.final is None or not self.final[1] or not self.active:
-            return
-        now = trio.current_time()
-        if self.final[0] == self._leaves_sent and now < self._leaves_due:
-            return
-        s = self.chain.settings
-        every = min(LEAVES_EVERY_S, max(s.poll_s, s.epoch_s))  # short epochs: sooner
-        self._leaves_sent, self._leaves_due = self.final[0], now + every
-        index, earnings = self.final
-        root = FinalLeaves(index, b"", earnings).tree().root
-        expires = self.net.now_ms() + TTL_MS
-        for part, parts, workers, amounts in leaves_parts(earnings, self.leaves_per_message):
-            await self.net.publish(ANCHORS, EpochLeaves(
-                expires_ms=expires, nonce=new_nonce(), index=index, earnings_root=root,
-                part=part, parts=parts, workers=workers, amounts=amounts,
-            ))  # fmt: skip
-
-    async def _publish_entries(self) -> None:
-        """The pending epoch's entries, for its requesters to check: once posted, then about
-        ENTRIES_TIMES times in its window (gossip is lossy; each round is every entry with a
-        proof, so not every poll)."""
-        m = self.machine
-        assert m is not None
-        if m.state != "pending" or m.pending is None:
-            return
-        now = trio.current_time()
-        if m.index == self._entries_sent and now < self._entries_due:
-            return
-        window_s = max(0, m.window_end_ms - (m.last_post_ms or m.window_end_ms)) / 1000
-        self._entries_sent = m.index
-        self._entries_due = now + max(self.chain.settings.poll_s, window_s / ENTRIES_TIMES)
-        root, expires = m.pending.entries_tree.root, self.net.now_ms() + TTL_MS
-        for requester, part, parts, rows in entries_parts(m.pending, m.signatures):
-            await self.net.publish(ANCHORS, EpochEntries(
-                expires_ms=expires, nonce=new_nonce(), index=m.index, entries_root=root,
-                requester=requester, part=part, parts=parts, rows=rows,
-            ))  # fmt: skip
 
     async def _load(self, fee_bps: int) -> Anchoring:
         row = await self.db.query_one("SELECT state FROM settle_anchoring WHERE id = 1")
