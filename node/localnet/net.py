@@ -79,7 +79,7 @@ def start(
         state.nodes = nodes.plan(root, requesters, workers, sentries)
         for node in state.nodes:
             boot = None if node is state.nodes[0] else nodes.bootstrap_addr(state.nodes[0])
-            extra = _own_tuning(node) | (overrides or {}).get("*", {})
+            extra = dict((overrides or {}).get("*", {}))
             extra |= (overrides or {}).get(node.name, {})
             nodes.init_home(node, boot, state.chain, extra)
             nodes.fund(state.chain, node)
@@ -91,11 +91,6 @@ def start(
             raise LocalnetError(f"localnet did not start: {exc}") from exc
         raise
     return state
-
-
-def _own_tuning(node: NodeInfo) -> dict[str, Any]:
-    """One anchoring sentry per network (two would anchor the same vouchers twice)."""
-    return {"chain.anchor": False} if node.role == "sentry" and node.name != "sentry-1" else {}
 
 
 def _start_daemons(state: State) -> None:

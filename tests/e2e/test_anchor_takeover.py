@@ -1,8 +1,8 @@
-"""Anchoring outlives its sentry, on a whole localnet: two anchoring sentries; the one that
-anchors (whichever posted first; the other stands by) is killed for good (kill -9, never
-restarted). The other has followed its epochs from the entries gossiped for them; once the
-first has been silent for 3 epochs and a window it takes over, anchors the next job's line,
-and the worker is paid for both jobs in full. The escrow invariant holds after it.
+"""Anchoring outlives its sentry, on a whole localnet, where every sentry anchors: of two
+sentries, the one anchoring (whichever posted first; the other stands by) is killed for good
+(kill -9, never restarted). The other has followed its epochs from the entries gossiped for
+them; once the first has been silent for 3 epochs and a window it takes over, anchors the
+next job's line, and the worker is paid for both jobs in full. The escrow invariant holds.
 """
 
 from __future__ import annotations
@@ -39,8 +39,7 @@ def anchorers(state: State) -> list[str]:
 def test_the_anchoring_sentry_killed_for_good_the_other_takes_over_and_the_worker_is_paid(
     tmp_path: Path,
 ) -> None:
-    state = net.start(tmp_path / "ln", requesters=1, workers=1, sentries=2, chain_mode="auto",
-                      overrides={"sentry-2": {"chain.anchor": True}})  # fmt: skip
+    state = net.start(tmp_path / "ln", requesters=1, workers=1, sentries=2, chain_mode="auto")
     try:
         run(state, tmp_path)
     finally:
@@ -71,8 +70,7 @@ def test_an_anchoring_sentry_started_late_catches_up_from_history_and_takes_over
     """sentry-2 is down while sentry-1 anchors the first job; restarted, it cannot rebuild
     that epoch from gossip, asks sentry-1 for its history over libp2p, catches up, and takes
     over when sentry-1 is killed for good."""
-    state = net.start(tmp_path / "ln", requesters=1, workers=1, sentries=2, chain_mode="auto",
-                      overrides={"sentry-2": {"chain.anchor": True}})  # fmt: skip
+    state = net.start(tmp_path / "ln", requesters=1, workers=1, sentries=2, chain_mode="auto")
     try:
         requester, worker = state.node("requester-1"), state.node("worker-1")
         first, second = state.node("sentry-1"), state.node("sentry-2")
