@@ -65,8 +65,8 @@ def rebuild(
     None while they do not give both of its roots (some not heard yet, or another base)."""
     try:
         epoch = assemble(entries, base_lines, base_earnings, fee_bps)
-    except Invalid:  # nothing heard, or two entries for one line: not the chain's epoch
-        return None
+    except (Invalid, ValueError, OverflowError):  # nothing heard, two entries for one line,
+        return None  # an amount no tree holds: not the chain's epoch
     if (epoch.entries_tree.root, epoch.earnings_tree.root) != (
         anchor.entries_root,
         anchor.earnings_root,

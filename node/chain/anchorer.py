@@ -117,9 +117,10 @@ class Anchorer:
                 elif isinstance(body, VoucherCap):
                     await self.on_cap(body)
                 elif isinstance(body, EpochEntries | EpochLeaves):  # another anchorer's
-                    self.follower.heard_from(message.origin, self.net.now_ms())
+                    if message.origin != getattr(self.net, "peer_id", None):  # not our echo
+                        self.follower.heard_from(message.origin, self.net.now_ms())
                     if isinstance(body, EpochEntries):
-                        self.follower.hear(body)
+                        self.follower.hear(body, message.origin)
             except Exception as exc:  # e.g. the exclusion hook failed: the sender resends
                 log.warning("anchoring: %s not taken: %r", type(body).__name__, exc)
 
@@ -202,8 +203,11 @@ class Anchorer:
         await self.gossip.entries(m)  # a pending epoch's, before it may become final below
         effects = await self._observe()
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
-        anchors = await self._anchors(now_ms)
-        may_post = self.active = self.follower.may_post(m, anchors, now_ms, self.window_ms)
+        halted = self.follower.stuck is not None and not self.history.due()  # asked lately
+        anchors = [] if halted else await self._anchors(now_ms)
+        may_post = self.active = not halted and self.follower.may_post(
+            m, anchors, now_ms, self.window_ms
+        )
         debited = await self._debited(m.to_post(now_ms)) if may_post else {}
         was = (m.state, m.index, m.pending)
         ticked = m.on_tick(now_ms, debited, may_post=may_post)
@@ -211,7 +215,9 @@ class Anchorer:
         if was[0] == "pending" and was[2] is not None and m.pending is not was[2]:
             self.final = (was[1], dict(m.base_earnings))
             await self.history.record(was[1], was[2])
-        for index, epoch in await self.history.catch_up(self.follower, m, anchors):
+        for index, epoch in (
+            [] if halted else await self.history.catch_up(self.follower, m, anchors)
+        ):
             self.final = (index, dict(epoch.earnings))  # paid out and sent once it is our turn
         await self._save()
         for effect in [*effects, *ticked]:

@@ -20,6 +20,7 @@ from consensus.settlement.messages import EpochEntries
 log = logging.getLogger(__name__)
 MAX_ROOTS = 4  # epochs whose entries are kept at once: pending ones are one or two
 MAX_LINES = 100_000  # entries kept per epoch (a thousand jobs per epoch is the design point)
+MAX_SOURCES = 8  # anchorers kept to ask for history
 
 
 class Follower:
@@ -30,28 +31,35 @@ class Follower:
         self.heard: dict[bytes, dict[Line, Entry]] = {}  # entries root -> its entries heard
         self.stuck: int | None = None  # a final epoch we cannot rebuild (yet): no posting
         self.sources: dict[str, int] = {}  # anchorers heard (peer -> when, ms): asked for history
+        self.proven: set[str] = set()  # sources whose entries were an epoch on chain
+        self.sender_of: dict[bytes, str] = {}  # entries root -> who gossiped it first
         self.on_chain: set[bytes] = set()  # entries roots of the anchors we still follow
         self.followed = -1  # the machine's latest epoch, as of our last look
         self.index_of: dict[bytes, int] = {}  # entries root -> the epoch its messages named
 
     def heard_from(self, peer: str, now_ms: int) -> None:
-        """``peer`` gossiped as an anchorer (entries or leaves): one to ask for history."""
+        """``peer`` gossiped as an anchorer (entries or leaves): one to ask for history. When
+        too many are known, one not proven (see :meth:`catch_up`) goes first, so peers that
+        merely say they anchor cannot push out one whose epochs were on chain."""
         self.sources[peer] = now_ms
-        while len(self.sources) > MAX_ROOTS:
-            del self.sources[min(self.sources, key=self.sources.__getitem__)]
+        while len(self.sources) > MAX_SOURCES:
+            unproven = [p for p in self.sources if p not in self.proven] or list(self.sources)
+            del self.sources[min(unproven, key=self.sources.__getitem__)]
 
     def by_recency(self) -> list[str]:
-        return sorted(self.sources, key=self.sources.__getitem__, reverse=True)
+        """Sources to ask for history: proven ones first, then the latest heard."""
+        return sorted(self.sources, key=lambda p: (p in self.proven, self.sources[p]), reverse=True)
 
     def hear_epoch(self, index: int, root: bytes, entries: list[Entry]) -> None:
-        """Entries an anchorer served for final epoch ``index`` (history: see
-        :mod:`node.chain.history`); taken as heard, and checked the same way."""
+        """The entries of the chain's epoch ``index``, served as history and checked by the
+        caller to give its entries root exactly (:mod:`node.chain.history`): they replace
+        what gossip brought of it."""
         if index > self.followed:
-            self.heard[root] = {e.line: e for e in entries[:MAX_LINES]}
+            self.heard[root] = {e.line: e for e in entries}
             self.index_of[root] = index
-            self.on_chain.add(root)  # asked for because the chain shows it
+            self.on_chain.add(root)
 
-    def hear(self, body: EpochEntries) -> int:
+    def hear(self, body: EpochEntries, peer: str = "") -> int:
         """Keeps the entries of another anchorer's epoch (each proven to ``entries_root`` by
         the message's own check); how many were new. Ours (gossip hands our own messages back)
         and epochs we followed already are dropped. A root the chain does not show (yet: an
@@ -61,6 +69,7 @@ class Follower:
             return 0
         rows = self.heard.pop(body.entries_root, {})
         self.heard[body.entries_root] = rows  # the latest root heard goes last
+        self.sender_of.setdefault(body.entries_root, peer)
         self.index_of.setdefault(body.entries_root, body.index)
         while len(self.heard) > MAX_ROOTS:
             spare = [r for r in self.heard if r not in self.on_chain] or list(self.heard)
@@ -107,6 +116,8 @@ class Follower:
                 self.stuck = a.index
                 break
             m.adopt(a.index, epoch, finalized=a.finalized)
+            if sender := self.sender_of.get(a.entries_root):
+                self.proven.add(sender)
             adopted.append((a.index, epoch))
             log.info("followed another anchorer's epoch", extra={"epoch": a.index,
                      "anchorer": "0x" + a.anchorer.hex(), "entries": len(heard)})  # fmt: skip
@@ -119,6 +130,7 @@ class Follower:
     def _drop(self, root: bytes) -> None:
         self.heard.pop(root, None)
         self.index_of.pop(root, None)
+        self.sender_of.pop(root, None)
 
     def dump(self) -> list[Any]:
         """The entries of the anchors the chain showed at our last look (not made-up roots)."""

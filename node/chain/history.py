@@ -14,6 +14,7 @@ keeps anyway (every line ever anchored).
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -23,6 +24,7 @@ from consensus.errors import Invalid
 from consensus.settlement.anchoring import Anchoring
 from consensus.settlement.epoch import Entry, Epoch
 from consensus.settlement.following import ChainAnchor
+from consensus.settlement.merkle import ENTRY_TYPES, MerkleTree
 from p2p.reqresp import RequestError, RequestRejected
 from storage.db import Database
 
@@ -34,9 +36,10 @@ log = logging.getLogger(__name__)
 PROTOCOL = "/idlegrid/settle/epochs/1"
 MAX_BYTES = 2 << 20  # an answer; an epoch of more entries than fit (about 15000) is not served
 MAX_ROWS = 100_000
-TIMEOUT_S = 20.0
+TIMEOUT_S = 10.0
 RETRY_S = 30.0  # how often a sentry that cannot rebuild an epoch asks again
 SIZES = (20, 20, 32, 32)  # requester, worker, job, task
+AMOUNT = re.compile(r"[0-9]{1,78}")
 
 Epochs = list[tuple[int, bytes, list[Entry]]]  # (index, entries root, entries)
 
@@ -61,10 +64,11 @@ def unpack(blob: Any, what: str) -> list[Entry]:
     out = []
     for i, row in enumerate(rows if isinstance(rows, list) else [None]):
         ok = isinstance(row, list) and len(row) == 5 and isinstance(row[4], str)
+        ok = ok and AMOUNT.fullmatch(row[4]) is not None and int(row[4]) < 2**256
         ok = ok and all(
             isinstance(x, bytes) and len(x) == n for x, n in zip(row[:4], SIZES, strict=True)
         )
-        if not ok or not row[4].isdigit():
+        if not ok:
             raise Invalid(f"{what}[{i}]", "expected [requester, worker, job, task, amount]")
         out.append(Entry(row[0], row[1], row[2], row[3], int(row[4])))
     return out
@@ -87,6 +91,10 @@ class EpochHistory:
             (index, epoch.entries_tree.root, pack(epoch.entries)),
         )
 
+    def due(self) -> bool:
+        """Whether a sentry that cannot rebuild an epoch asks again now (every ``RETRY_S``)."""
+        return trio.current_time() >= self._asked_at + RETRY_S
+
     async def catch_up(
         self, follower: Follower, m: Anchoring, anchors: list[ChainAnchor]
     ) -> list[tuple[int, Epoch]]:
@@ -95,21 +103,18 @@ class EpochHistory:
         has them). Every epoch adopted is recorded, to serve in turn."""
         adopted = follower.catch_up(m, anchors)
         roots = {a.index: a.entries_root for a in anchors}
-        while follower.stuck is not None and trio.current_time() >= self._asked_at + RETRY_S:
-            missing = follower.stuck
-            peer, epochs = await self.fetch(follower.by_recency(), missing)
-            for index, root, entries in epochs:
-                follower.hear_epoch(index, root, entries)
-            more = follower.catch_up(m, anchors)
-            adopted += more
-            if not more:
-                self._asked_at = trio.current_time()
-            served = {i: root for i, root, _ in epochs}
-            if follower.stuck == missing and served.get(missing, b"") == roots.get(missing):
-                # the chain's epoch, with entries that are not its own: a lie
-                self.net.blame(peer, f"epoch history: epoch {missing} does not rebuild")
-        for index, epoch in adopted:
-            await self.record(index, epoch)
+        try:
+            while follower.stuck is not None and self.due():
+                missing = follower.stuck
+                for index, entries in await self.fetch(follower.by_recency(), missing, roots):
+                    follower.hear_epoch(index, roots[index], entries)
+                more = follower.catch_up(m, anchors)
+                adopted += more
+                if not more:
+                    self._asked_at = trio.current_time()
+        finally:  # whatever went wrong after, an epoch adopted is recorded
+            for index, epoch in adopted:
+                await self.record(index, epoch)
         self._tell(follower)
         return adopted
 
@@ -127,39 +132,66 @@ class EpochHistory:
 
     async def _serve(self, peer: str, payload: Any) -> Any:
         first = payload.get("from") if isinstance(payload, dict) else None
-        if type(first) is not int or first < 0:
+        if type(first) is not int or not 0 <= first < 2**62:
             raise RequestRejected("malformed", "expected {from: epoch index}")
-        rows = await self.db.query(
-            "SELECT idx, entries_root, entries FROM settle_epochs WHERE idx >= ? "
+        sizes = await self.db.query(
+            "SELECT idx, length(entries) AS size FROM settle_epochs WHERE idx >= ? "
             "ORDER BY idx LIMIT 256",
             (first,),
         )
-        out: list[list[Any]] = []
-        size = 0
-        for r in rows:
-            size += len(r["entries"])
-            if out and size > MAX_BYTES // 2:
+        last, total = -1, 0
+        for r in sizes:
+            total += int(r["size"])
+            if total > MAX_BYTES // 2:
                 break  # the rest next time: the asker goes on from where this ends
-            out.append([r["idx"], r["entries_root"], r["entries"]])
-        return {"epochs": out}
+            last = r["idx"]
+        if sizes and last < 0:
+            raise RequestRejected("too_large", f"epoch {sizes[0]['idx']} is too large to serve")
+        rows = await self.db.query(
+            "SELECT idx, entries_root, entries FROM settle_epochs WHERE idx >= ? AND idx <= ? "
+            "ORDER BY idx",
+            (first, last),
+        )
+        return {"epochs": [[r["idx"], r["entries_root"], r["entries"]] for r in rows]}
 
-    async def fetch(self, peers: list[str], first: int) -> tuple[str, Epochs]:
-        """The epochs from ``first`` on that the first of ``peers`` to answer holds (its first
-        answer only: the caller asks again from where it ends), and that peer. A peer that
-        fails or sends malformed rows is passed over; one that sends rows that do not rebuild
-        is the caller's to blame."""
+    async def fetch(
+        self, peers: list[str], missing: int, roots: dict[int, bytes]
+    ) -> list[tuple[int, list[Entry]]]:
+        """The epochs from ``missing`` on, each exactly as on chain (its entries give the
+        chain's entries root), from the first of ``peers`` whose answer holds ``missing``.
+        A peer that serves the chain's epoch with other entries, or malformed rows, is blamed;
+        one that fails, or does not have it, is passed over."""
         for peer in peers:
             try:
-                ask = {"from": first}
                 answer = await self.net.request(
-                    peer, [], PROTOCOL, ask, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES
+                    peer, [], PROTOCOL, {"from": missing}, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES
                 )
-                return peer, _parse(answer, first)
+                exact = _exact(_parse(answer, missing), roots)
             except (RequestError, trio.TooSlowError) as exc:
                 log.info("epoch history not fetched", extra={"peer": peer, "error": str(exc)})
+                continue
             except Invalid as exc:
                 self.net.blame(peer, f"epoch history: {exc}")
-        return "", []
+                continue
+            if any(index == missing for index, _ in exact):
+                return exact
+        return []
+
+
+def _exact(epochs: Epochs, roots: dict[int, bytes]) -> list[tuple[int, list[Entry]]]:
+    """The served epochs the chain shows, each checked to give the chain's entries root.
+
+    Raises:
+        Invalid: one names the chain's root but its entries give another (a lie).
+    """
+    out = []
+    for index, root, entries in epochs:
+        if roots.get(index) != root:
+            continue  # not one we follow (voided, or before our look)
+        if MerkleTree.of(ENTRY_TYPES, [e.row() for e in entries]).root != root:
+            raise Invalid(f"epochs[{index}]", "its entries do not give the chain's entries root")
+        out.append((index, entries))
+    return out
 
 
 def _parse(answer: Any, first: int) -> Epochs:

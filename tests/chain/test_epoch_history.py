@@ -27,25 +27,30 @@ OTHER = TaskRef(job_id=b"\x08" * 16, task=0, attempt=0)
 
 
 class Linked(StubNet):
-    """Requests go to another anchorer's handler; ``tamper`` alters what it answers."""
+    """Requests go to another anchorer's handler; a peer ``"tamper"`` adds a wei to the first
+    entry of the first epoch it serves, one ``"empty"`` has nothing to serve."""
 
-    def __init__(self, served: Anchorer, tamper: bool = False) -> None:
+    def __init__(self, served: Anchorer) -> None:
         super().__init__()
-        self.served, self.tamper = served, tamper
+        self.served = served
         self.blamed: list[str] = []
+        self.asked: list[str] = []
 
     async def request(self, peer: str, addrs: Any, protocol: str, payload: Any,
                       **_: Any) -> Any:  # fmt: skip
         assert protocol == PROTOCOL
+        self.asked.append(peer)
         answer = await self.served.history._serve(peer, payload)
-        if self.tamper:  # one wei more on the first entry of the first epoch
+        if peer == "empty":
+            return {"epochs": []}
+        if peer == "tamper":
             rows = msgpack.unpackb(answer["epochs"][0][2])
             rows[0][4] = str(int(rows[0][4]) + 1)
             answer["epochs"][0][2] = msgpack.packb(rows)
         return answer
 
     def blame(self, peer: str, reason: str) -> None:
-        self.blamed.append(reason)
+        self.blamed.append(f"{peer}: {reason}")
 
 
 async def two_final_epochs(net: Net, first: Anchorer) -> None:
@@ -62,12 +67,14 @@ async def two_final_epochs(net: Net, first: Anchorer) -> None:
     assert net.client("other").anchor()["state"] == "final"
 
 
-async def late(net: Net, db: Database, served: Anchorer, tamper: bool = False) -> Anchorer:
+async def late(net: Net, db: Database, served: Anchorer, *sources: str) -> Anchorer:
+    """A second anchorer starting now, that heard ``sources`` on gossip (the last latest)."""
     client = net.client("sentry2")
-    anchorer = Anchorer(node_of(net, "sentry2", client), db, Linked(served, tamper))  # type: ignore[arg-type]
+    anchorer = Anchorer(node_of(net, "sentry2", client), db, Linked(served))  # type: ignore[arg-type]
     await anchorer.chain.service.start()
     await anchorer.resume()
-    anchorer.follower.heard_from("first", 0)  # its leaves came on gossip
+    for at, peer in enumerate(sources or ("first",)):  # their leaves came on gossip
+        anchorer.follower.heard_from(peer, at)
     return anchorer
 
 
@@ -86,8 +93,9 @@ async def test_a_late_anchorer_catches_up_from_history_and_takes_over(tmp_path: 
             await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
         first = await fresh_anchorer(net, db1, net.client("sentry1"))
         await two_final_epochs(net, first)
-        second = await late(net, db2, first)
+        second = await late(net, db2, first, "first", "tamper", "empty")  # "empty" heard last
         await second.step()
+        assert second.net.asked == ["empty", "tamper", "first"]  # type: ignore[attr-defined]
         assert second.machine is not None and first.machine is not None
         assert second.machine.index == 1 and second.follower.stuck is None
         assert second.machine.base_lines == first.machine.base_lines
@@ -108,12 +116,15 @@ async def test_altered_history_is_not_followed_and_its_server_is_blamed(tmp_path
             await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
         first = await fresh_anchorer(net, db1, net.client("sentry1"))
         await two_final_epochs(net, first)
-        second = await late(net, db2, first, tamper=True)
+        second = await late(net, db2, first, "tamper")
         await second.step()
         assert second.machine is not None
         assert second.machine.index == -1 and second.follower.stuck == 0
         assert (await second.status())["stopped_at_epoch"] == 0
-        assert second.net.blamed == ["epoch history: epoch 0 does not rebuild"]  # type: ignore[attr-defined]
+        assert second.net.blamed == [  # type: ignore[attr-defined]
+            "tamper: epoch history: invalid epochs[0]: its entries do not give the chain's "
+            "entries root"
+        ]
         assert await second.on_voucher(voucher(net, second.chain.domain, 3 * ETH))
         net.chain.advance(10)
         await second.step()
@@ -126,6 +137,8 @@ async def test_altered_history_is_not_followed_and_its_server_is_blamed(tmp_path
         (b"\xc1", "malformed rows"),
         ([[b"r" * 20, b"w" * 20, b"j" * 32, b"t" * 31, "1"]], r"\[0\]"),  # a task of 31 bytes
         ([[b"r" * 20, b"w" * 20, b"j" * 32, b"t" * 32, "-1"]], r"\[0\]"),  # not a wei amount
+        ([[b"r" * 20, b"w" * 20, b"j" * 32, b"t" * 32, "\u00b2"]], r"\[0\]"),  # a digit to isdigit
+        ([[b"r" * 20, b"w" * 20, b"j" * 32, b"t" * 32, "9" * 78]], r"\[0\]"),  # over 2**256
         ([[b"r" * 20, b"w" * 20, b"j" * 32, b"t" * 32]], r"\[0\]"),  # no amount
         ({"rows": []}, r"\[0\]"),
     ],
