@@ -34,7 +34,7 @@ class JobWatch:
     job_id: str
     names: Names
     bids: set[tuple[int, int, str]] = field(default_factory=set)
-    task_states: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    task_states: dict[int, tuple[str, int, int, str]] = field(default_factory=dict)
     attempts: set[tuple[int, int]] = field(default_factory=set)
     verdicts: set[tuple[int, int, str]] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
@@ -91,15 +91,17 @@ class JobWatch:
         )
 
     def _task(self, task: dict[str, Any]) -> None:
-        now = (task["state"], task["attempt"], task["checkpoints"])
+        now = (task["state"], task["attempt"], task["checkpoints"], task.get("reason") or "")
         before = self.task_states.get(task["task"])
         if before == now:
             return
         self.task_states[task["task"]] = now
         if before is not None and before[2] != now[2]:
             self.say(f"task {task['task']}: {now[2]} checkpoint(s) hashed and chained")
-        if before is None or before[0] != now[0]:
-            why = f" ({task['reason']})" if task.get("reason") else ""
+        # A new reason in the same state is news too: a task auctioned again because every
+        # worker passed says why (e.g. no worker offers its kind), instead of "bidding" alone.
+        if before is None or before[0] != now[0] or before[3] != now[3]:
+            why = f" ({now[3]})" if now[3] else ""
             self.say(f"task {task['task']}: {now[0]}{why}")
 
 
