@@ -18,11 +18,13 @@ from consensus.settlement.epoch import Entry, Spend, assemble
 VERSION = 1
 
 
-def _entry(e: Entry) -> list[Any]:
+def entry_row(e: Entry) -> list[Any]:
+    """An entry as a msgpack-able row (the amount a decimal string): the one form entries are
+    saved and served in, here and by the anchoring driver (heard entries, epoch history)."""
     return [e.requester, e.worker, e.job, e.task, str(e.amount)]
 
 
-def _unentry(row: list[Any]) -> Entry:
+def entry_of_row(row: list[Any]) -> Entry:
     return Entry(bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]), int(row[4]))
 
 
@@ -33,10 +35,10 @@ def dump(m: Anchoring) -> dict[str, Any]:
         "epoch_ms": m.epoch_ms,
         "fee_bps": m.fee_bps,
         "state": m.state,
-        "latest": [[*_entry(e), sig] for e, sig in m.latest.values()],
+        "latest": [[*entry_row(e), sig] for e, sig in m.latest.values()],
         "base_lines": [[*line, str(a)] for line, a in m.base_lines.items()],
         "base_earnings": [[w, str(a)] for w, a in m.base_earnings.items()],
-        "pending": None if m.pending is None else [_entry(e) for e in m.pending.entries],
+        "pending": None if m.pending is None else [entry_row(e) for e in m.pending.entries],
         "index": m.index,
         "unfinal": m.unfinal,
         "window_end_ms": m.window_end_ms,
@@ -58,12 +60,12 @@ def load(doc: dict[str, Any]) -> Anchoring:
         raise Invalid("anchoring.state", f"version {doc.get('v')!r}, expected {VERSION}")
     m = Anchoring(epoch_ms=int(doc["epoch_ms"]), fee_bps=int(doc["fee_bps"]))
     for row in doc["latest"]:
-        entry = _unentry(row[:5])
+        entry = entry_of_row(row[:5])
         m.latest[entry.line] = (entry, bytes(row[5]))
     m.base_lines = {(bytes(j), bytes(t), bytes(w)): int(a) for j, t, w, a in doc["base_lines"]}
     m.base_earnings = {bytes(w): int(a) for w, a in doc["base_earnings"]}
     if doc["pending"] is not None:
-        entries = [_unentry(r) for r in doc["pending"]]
+        entries = [entry_of_row(r) for r in doc["pending"]]
         m.pending = assemble(entries, m.base_lines, m.base_earnings, m.fee_bps)
     m.state, m.index, m.unfinal = str(doc["state"]), int(doc["index"]), bool(doc["unfinal"])
     m.window_end_ms, m.last_post_ms = int(doc["window_end_ms"]), doc["last_post_ms"]

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from consensus.settlement.anchoring import Anchoring
+from consensus.settlement.anchoring_state import entry_of_row, entry_row
 from consensus.settlement.epoch import Entry, Epoch, Line
 from consensus.settlement.following import ChainAnchor, may_post, rebuild
 from consensus.settlement.messages import EpochEntries
@@ -135,8 +136,7 @@ class Follower:
     def dump(self) -> list[Any]:
         """The entries of the anchors the chain showed at our last look (not made-up roots)."""
         return [
-            [root, self.index_of[root],
-             [[e.requester, e.worker, e.job, e.task, str(e.amount)] for e in rows.values()]]
+            [root, self.index_of[root], [entry_row(e) for e in rows.values()]]
             for root, rows in self.heard.items() if root in self.on_chain
         ]  # fmt: skip
 
@@ -144,6 +144,5 @@ class Follower:
         for root, index, rows in doc:
             self.index_of[bytes(root)] = int(index)
             self.on_chain.add(bytes(root))
-            entries = (Entry(bytes(r), bytes(w), bytes(j), bytes(t), int(a))
-                       for r, w, j, t, a in rows)  # fmt: skip
+            entries = (entry_of_row(row) for row in rows)
             self.heard[bytes(root)] = {e.line: e for e in entries}

@@ -22,6 +22,7 @@ import trio
 
 from consensus.errors import Invalid
 from consensus.settlement.anchoring import Anchoring
+from consensus.settlement.anchoring_state import entry_of_row, entry_row
 from consensus.settlement.epoch import Entry, Epoch
 from consensus.settlement.following import ChainAnchor
 from consensus.settlement.merkle import ENTRY_TYPES, MerkleTree
@@ -45,8 +46,7 @@ Epochs = list[tuple[int, bytes, list[Entry]]]  # (index, entries root, entries)
 
 
 def pack(entries: tuple[Entry, ...] | list[Entry]) -> bytes:
-    rows = [[e.requester, e.worker, e.job, e.task, str(e.amount)] for e in entries]
-    return msgpack.packb(rows)  # type: ignore[no-any-return]
+    return msgpack.packb([entry_row(e) for e in entries])  # type: ignore[no-any-return]
 
 
 def unpack(blob: Any, what: str) -> list[Entry]:
@@ -70,7 +70,7 @@ def unpack(blob: Any, what: str) -> list[Entry]:
         )
         if not ok:
             raise Invalid(f"{what}[{i}]", "expected [requester, worker, job, task, amount]")
-        out.append(Entry(row[0], row[1], row[2], row[3], int(row[4])))
+        out.append(entry_of_row(row))
     return out
 
 
