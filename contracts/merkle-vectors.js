@@ -16,11 +16,11 @@ for (const n of [1, 2, 3, 5, 8, 13]) {
   for (let i = 0; i < n; i++) earnings.push([addr(i + 1), (10n ** 15n * BigInt(i * 7 + 1)).toString()]);
   const entries = [];
   for (let i = 0; i < n; i++) {
-    entries.push([addr(100 + (i % 2)), addr(i + 1), b32(i + 1), b32((i << 8) | 1), (12345n * BigInt(i + 1)).toString()]);
+    entries.push([addr(100 + (i % 2)), addr(i + 1), b32(i + 1), b32((i << 8) | 1), (12345n * BigInt(i + 1)).toString(), (1000n * BigInt(i)).toString()]);
   }
   for (const [kind, types, values] of [
     ["earnings", ["address", "uint256"], earnings],
-    ["entries", ["address", "address", "bytes32", "bytes32", "uint256"], entries],
+    ["entries", ["address", "address", "bytes32", "bytes32", "uint256", "uint256"], entries],
   ]) {
     const tree = StandardMerkleTree.of(values, types);
     const proofs = values.map((v) => tree.getProof(v));

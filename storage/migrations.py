@@ -488,6 +488,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             );
         """,
     ),
+    Migration(
+        version=18,
+        description="requester: a disputed entry's previous amount (part of its leaf)",
+        sql="""
+            -- the line's amount in the last final anchor, as the entry names it
+            ALTER TABLE settle_disputes ADD COLUMN previous_wei TEXT NOT NULL DEFAULT '0';
+        """,
+    ),
 )
 
 

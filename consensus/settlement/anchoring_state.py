@@ -15,17 +15,19 @@ from consensus.errors import Invalid
 from consensus.settlement.anchoring import Anchoring
 from consensus.settlement.epoch import Entry, Spend, assemble
 
-VERSION = 1
+VERSION = 2  # 2: entries carry ``previous``
+READS = (1, 2)  # a version 1 row has no ``previous``: 0, as every unanchored voucher's is
 
 
 def entry_row(e: Entry) -> list[Any]:
-    """An entry as a msgpack-able row (the amount a decimal string): the one form entries are
+    """An entry as a msgpack-able row (amounts as decimal strings): the one form entries are
     saved and served in, here and by the anchoring driver (heard entries, epoch history)."""
-    return [e.requester, e.worker, e.job, e.task, str(e.amount)]
+    return [e.requester, e.worker, e.job, e.task, str(e.amount), str(e.previous)]
 
 
 def entry_of_row(row: list[Any]) -> Entry:
-    return Entry(bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]), int(row[4]))
+    previous = int(row[5]) if len(row) > 5 else 0
+    return Entry(bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3]), int(row[4]), previous)
 
 
 def dump(m: Anchoring) -> dict[str, Any]:
@@ -56,12 +58,13 @@ def load(doc: dict[str, Any]) -> Anchoring:
     Raises:
         Invalid: a state from another version, or one that does not hold together.
     """
-    if doc.get("v") != VERSION:
-        raise Invalid("anchoring.state", f"version {doc.get('v')!r}, expected {VERSION}")
+    if doc.get("v") not in READS:
+        raise Invalid("anchoring.state", f"version {doc.get('v')!r}, expected one of {READS}")
+    width = 6 if doc["v"] >= 2 else 5  # a row of ``latest`` is an entry and its signature
     m = Anchoring(epoch_ms=int(doc["epoch_ms"]), fee_bps=int(doc["fee_bps"]))
     for row in doc["latest"]:
-        entry = entry_of_row(row[:5])
-        m.latest[entry.line] = (entry, bytes(row[5]))
+        entry = entry_of_row(row[:width])
+        m.latest[entry.line] = (entry, bytes(row[width]))
     m.base_lines = {(bytes(j), bytes(t), bytes(w)): int(a) for j, t, w, a in doc["base_lines"]}
     m.base_earnings = {bytes(w): int(a) for w, a in doc["base_earnings"]}
     if doc["pending"] is not None:

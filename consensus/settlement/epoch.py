@@ -2,18 +2,19 @@
 the per-requester debits that one anchor posts.
 
 Pure and deterministic: every sentry assembling the same verified vouchers gets the same roots.
-Entries carry cumulative voucher amounts; an epoch debits each requester the increase of its
-lines over the previous anchor (gross), and credits each worker's cumulative earnings leaf with
-its share of that, net of the protocol fee. The contract takes ``floor(total * fee_bps / 10000)``
-when the epoch becomes final, so the net credits are made to add up to exactly the rest: each
-worker gets ``floor(gross_w * net / total)`` and the few wei of rounding go one each to the
-workers first by address.
+Entries carry cumulative voucher amounts and ``previous``, the line's amount in the last final
+anchor (so the contract can check what an entry adds, see ``EpochAudits.sol``); an epoch debits
+each requester the increase of its lines over the previous anchor (gross), and credits each
+worker's cumulative earnings leaf with its share of that, net of the protocol fee. The contract
+takes ``floor(total * fee_bps / 10000)`` when the epoch becomes final, so the net credits are
+made to add up to exactly the rest: each worker gets ``floor(gross_w * net / total)`` and the
+few wei of rounding go one each to the workers first by address.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from consensus.errors import Invalid
 from consensus.settlement.eip712 import BPS
@@ -24,16 +25,23 @@ Line = tuple[bytes, bytes, bytes]  # (job, task, worker)
 
 @dataclass(frozen=True)
 class Entry:
-    """One voucher line as anchored: ``amount`` is the requester's cumulative voucher."""
+    """One voucher line as anchored: ``amount`` is the requester's cumulative voucher,
+    ``previous`` the line's amount in the last final anchor (set by :func:`assemble`)."""
 
     requester: bytes  # 20-byte address
     worker: bytes
     job: bytes  # bytes32
     task: bytes
     amount: int
+    previous: int = 0
 
     def row(self) -> list[object]:
-        return [self.requester, self.worker, self.job, self.task, self.amount]
+        return [self.requester, self.worker, self.job, self.task, self.amount, self.previous]
+
+    @property
+    def added(self) -> int:
+        """What this entry adds in its epoch."""
+        return self.amount - self.previous
 
     def leaf(self) -> bytes:
         return leaf_hash(ENTRY_TYPES, self.row())
@@ -112,7 +120,7 @@ def assemble(
         lines[e.line] = e.amount
         gross[e.worker] = gross.get(e.worker, 0) + e.amount - before
         debits[e.requester] = debits.get(e.requester, 0) + e.amount - before
-        kept.append(e)
+        kept.append(replace(e, previous=before))
     if not kept:
         raise Invalid("epoch.entries", "nothing new to anchor")
     earnings = dict(prev_earnings)

@@ -25,7 +25,8 @@ ENTRY_TYPES = (
     "bytes32",
     "bytes32",
     "uint256",
-)  # requester, worker, job, task, amount
+    "uint256",
+)  # requester, worker, job, task, amount, previous
 
 
 def leaf_hash(types: Sequence[str], values: Sequence[Any]) -> bytes:

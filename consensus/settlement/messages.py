@@ -151,6 +151,7 @@ class EntryRow:
     job: bytes = field(metadata=exact_size(HASH_LEN))
     task: bytes = field(metadata=exact_size(HASH_LEN))
     amount_wei: Wei
+    previous_wei: Wei  # the line's amount in the last final anchor
     signature: bytes
     proof: list[bytes]
 
@@ -165,7 +166,7 @@ class EpochEntries(Body):
     reads only its own and each envelope stays under 64 KiB.
     """
 
-    KIND: ClassVar[str] = "settlement.entries/1"
+    KIND: ClassVar[str] = "settlement.entries/2"
     index: int
     entries_root: bytes = field(metadata=exact_size(HASH_LEN))
     requester: bytes = field(metadata=exact_size(ADDRESS_LEN))
@@ -186,7 +187,8 @@ class EpochEntries(Body):
                 raise Invalid("entries.rows", f"row {i} does not prove to entries_root")
 
     def entry(self, row: EntryRow) -> Entry:
-        return Entry(self.requester, row.worker, row.job, row.task, int(row.amount_wei))
+        amount, previous = int(row.amount_wei), int(row.previous_wei)
+        return Entry(self.requester, row.worker, row.job, row.task, amount, previous)
 
     def entries(self) -> list[tuple[Entry, list[bytes], bytes]]:
         """(entry, proof, signature) per row."""
@@ -194,8 +196,8 @@ class EpochEntries(Body):
 
 
 def _check_row(i: int, row: EntryRow) -> None:
-    if row.amount_wei <= 0:
-        raise Invalid(f"entries.rows[{i}].amount_wei", "must be positive")
+    if row.amount_wei <= row.previous_wei:
+        raise Invalid(f"entries.rows[{i}].amount_wei", "must be above previous_wei")
     if len(row.signature) not in (0, SIGNATURE_LEN):
         raise Invalid(f"entries.rows[{i}].signature", f"0 or {SIGNATURE_LEN} bytes")
     if len(row.proof) > MAX_PROOF_LEN or any(len(h) != HASH_LEN for h in row.proof):
@@ -212,6 +214,7 @@ def entries_parts(
     for e in epoch.entries:
         mine.setdefault(e.requester, []).append(EntryRow(
             worker=e.worker, job=e.job, task=e.task, amount_wei=Wei(e.amount),
+            previous_wei=Wei(e.previous),
             signature=signatures.get(e.leaf(), b""), proof=epoch.entry_proof(e),
         ))  # fmt: skip
     out = []

@@ -56,6 +56,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
         bytes32 job;
         bytes32 task;
         uint256 amount;
+        uint256 previous; // the line's amount in the last final anchor (0: new line)
     }
 
     mapping(address => Pool) public pools;
@@ -63,6 +64,8 @@ abstract contract Epochs is ReentrancyGuardTransient {
     /// keccak256(epoch, entry leaf) => time by which the anchorer must answer (0: no dispute)
     mapping(bytes32 => uint64) public disputes;
     mapping(address => uint256) public earned; // cumulative claimed from anchors, per worker
+    /// epoch => its entries root, once final: what a later entry's `previous` is checked against
+    mapping(uint64 => bytes32) public finalEntries;
     uint64 public epochCount;
     bytes32 public claimRoot;
     // One slot for both, so a claim reads and writes one cold slot, not two (about 2k gas).
@@ -218,11 +221,12 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function _finalize(uint64 epoch, Anchor storage a) private {
         a.state = AnchorState.Final;
         claimRoot = a.earningsRoot;
+        finalEntries[epoch] = a.entriesRoot;
         anchoredFinal += uint128(a.total - _accrueFee(a.total));
         emit Finalized(epoch, a.earningsRoot);
     }
 
-    function _latest(uint64 epoch) private view returns (Anchor storage a) {
+    function _latest(uint64 epoch) internal view returns (Anchor storage a) {
         if (epoch + 1 != epochCount) revert NotLatest(epoch, epochCount == 0 ? 0 : epochCount - 1);
         a = pending;
     }
@@ -230,7 +234,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
     // ------------------------------------------------------------ disputes
 
     function entryLeaf(Entry calldata e) public pure returns (bytes32) {
-        return keccak256(bytes.concat(keccak256(abi.encode(e.requester, e.worker, e.job, e.task, e.amount))));
+        return keccak256(bytes.concat(keccak256(abi.encode(e))));
     }
 
     /// @notice The requester says it never signed `e`; the anchorer has `disputeWindow` to show
@@ -266,9 +270,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
         emit Answered(epoch, leaf);
     }
 
-    /// @notice An unanswered dispute voids the anchor: debits return to the pools (given again
-    /// here, checked against the anchor) and count no more against their spends, and the
-    /// anchorer's bond is slashed.
+    /// @notice An unanswered dispute voids the anchor (see `_void`).
     function voidAnchor(uint64 epoch, Entry calldata e, address[] calldata requesters,
         uint256[] calldata amounts) external nonReentrant {
         Anchor storage a = _latest(epoch);
@@ -277,6 +279,14 @@ abstract contract Epochs is ReentrancyGuardTransient {
         uint64 answerBy = disputes[keccak256(abi.encode(epoch, leaf))];
         if (answerBy == 0) revert NoDispute(leaf);
         if (block.timestamp < answerBy) revert AnswerTimeNotOver(answerBy);
+        _void(epoch, a, leaf, e.requester, requesters, amounts);
+    }
+
+    /// Void the pending anchor `a` for the fault `what`: its debits (given again, checked against
+    /// the anchor) go back to the pools and count no more against their spends; the anchorer's
+    /// bond is slashed, part of it to `catcher`.
+    function _void(uint64 epoch, Anchor storage a, bytes32 what, address catcher,
+        address[] calldata requesters, uint256[] calldata amounts) internal {
         if (keccak256(abi.encode(requesters, amounts)) != a.debitsHash) revert DebitsMismatch();
         a.state = AnchorState.Void;
         for (uint256 i = 0; i < requesters.length; i++) {
@@ -284,8 +294,8 @@ abstract contract Epochs is ReentrancyGuardTransient {
             uint128 amount = SafeCast.toUint128(amounts[i]); // debited once, so it fits
             (p.balance, p.debited) = (SafeCast.toUint128(uint256(p.balance) + amount), p.debited - amount);
         }
-        uint256 slashed = _slashBond(a.anchorer, e.requester);
-        emit Voided(epoch, leaf, a.anchorer, slashed);
+        uint256 slashed = _slashBond(a.anchorer, catcher);
+        emit Voided(epoch, what, a.anchorer, slashed);
     }
 
     // ------------------------------------------------------------ claims
@@ -342,7 +352,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
         anchoredClaimed = uint128(claimedTotal);
     }
 
-    function _earningsLeaf(address worker, uint256 cumulative) private pure returns (bytes32) {
+    function _earningsLeaf(address worker, uint256 cumulative) internal pure returns (bytes32) {
         return keccak256(bytes.concat(keccak256(abi.encode(worker, cumulative))));
     }
 }

@@ -24,6 +24,7 @@ from web3.exceptions import TimeExhausted, TransactionNotFound
 
 from consensus.settlement.eip712 import Domain
 from node.chain.artifacts import Artifact
+from node.chain.audit_calls import AuditCalls
 from node.chain.backend import Chain
 from node.chain.epoch_calls import EpochCalls
 from node.chain.errors import ChainReverted, ChainUnavailable
@@ -37,6 +38,7 @@ WRITES = (
     "deposit", "endJob", "withdraw", "claim", "stake", "requestUnstake", "withdrawStake",
     "withdrawFees", "slash", "fund", "leavePool", "withdrawPool", "postAnchor", "finalize",
     "dispute", "answer", "voidAnchor", "claimEarnings", "payout", "approve",
+    "disputeEarnings", "disputeDebit", "answerSum", "voidSum", "voidConflict",
 )  # fmt: skip
 TOKEN_WRITES = ("approve",)  # sent to the payment token, journaled with the settlement's rows
 # Writes that bring money in: their last argument is the amount. Journal rows written before
@@ -59,7 +61,7 @@ def is_transport(exc: BaseException) -> bool:
     return isinstance(exc, requests.RequestException | OSError | TimeExhausted)
 
 
-class Settlement(EpochCalls):
+class Settlement(EpochCalls, AuditCalls):
     """One wallet's view of one deployment of ``IdlegridSettlement``."""
 
     def __init__(

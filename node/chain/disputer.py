@@ -225,10 +225,11 @@ class Disputer:
         now = self.net.now_ms()
         added = await self.db.execute(
             "INSERT OR IGNORE INTO settle_disputes (epoch, leaf, worker, job, task, amount_wei, "
-            "proof, reason, detail, state, created_ms, updated_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "previous_wei, proof, reason, detail, state, created_ms, updated_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (epoch, leaf, "0x" + f.entry.worker.hex(), f.entry.job, f.entry.task,
-             str(f.entry.amount), proof, f.reason, f.detail, state, now, now),
+             str(f.entry.amount), str(f.entry.previous), proof, f.reason, f.detail, state, now,
+             now),
         )  # fmt: skip
         if added:
             log.warning("anchored entry to dispute", extra={
@@ -297,7 +298,8 @@ class Disputer:
 
     def _entry(self, row: sqlite3.Row) -> Entry:
         worker = bytes.fromhex(row["worker"][2:])
-        return Entry(self.me, worker, bytes(row["job"]), bytes(row["task"]), int(row["amount_wei"]))
+        return Entry(self.me, worker, bytes(row["job"]), bytes(row["task"]),
+                     int(row["amount_wei"]), int(row["previous_wei"]))  # fmt: skip
 
     # --- by hand (``idlegrid wallet dispute``) and status -------------------------------------
 

@@ -179,13 +179,14 @@ class EpochCalls:
         return int(self.contract.functions.disputeWindow().call())
 
 
-def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int]:
+def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int, int]:
     return (
         Web3.to_checksum_address(e.requester),
         Web3.to_checksum_address(e.worker),
         e.job,
         e.task,
         e.amount,
+        e.previous,
     )
 
 

@@ -53,7 +53,7 @@ def unpack(blob: Any, what: str) -> list[Entry]:
     """Entries from a peer's packed rows.
 
     Raises:
-        Invalid: not rows of four hashes of the right sizes and a decimal amount.
+        Invalid: not rows of four hashes of the right sizes and two decimal amounts.
     """
     if not isinstance(blob, bytes) or len(blob) > MAX_BYTES:
         raise Invalid(what, "expected packed rows")
@@ -63,15 +63,20 @@ def unpack(blob: Any, what: str) -> list[Entry]:
         raise Invalid(what, f"malformed rows: {exc}") from None
     out = []
     for i, row in enumerate(rows if isinstance(rows, list) else [None]):
-        ok = isinstance(row, list) and len(row) == 5 and isinstance(row[4], str)
-        ok = ok and AMOUNT.fullmatch(row[4]) is not None and int(row[4]) < 2**256
+        ok = isinstance(row, list) and len(row) == 6 and all(_amount(x) for x in row[4:])
         ok = ok and all(
             isinstance(x, bytes) and len(x) == n for x, n in zip(row[:4], SIZES, strict=True)
         )
         if not ok:
-            raise Invalid(f"{what}[{i}]", "expected [requester, worker, job, task, amount]")
+            raise Invalid(
+                f"{what}[{i}]", "expected [requester, worker, job, task, amount, previous]"
+            )
         out.append(entry_of_row(row))
     return out
+
+
+def _amount(x: Any) -> bool:
+    return isinstance(x, str) and AMOUNT.fullmatch(x) is not None and int(x) < 2**256
 
 
 class EpochHistory:

@@ -275,7 +275,8 @@ async def test_a_dispute_by_hand_of_a_correct_entry_is_answered(tmp_path: Path) 
         me = bytes.fromhex(net.addr("requester")[2:])
         fake = Entry(me, b"\x05" * 20, b"\x06" * 32, b"\x00" * 32, 5 * ETH)  # a tree of one
         row = EntryRow(worker=fake.worker, job=fake.job, task=fake.task,
-                       amount_wei=Wei(fake.amount), signature=b"", proof=[])  # fmt: skip
+                       amount_wei=Wei(fake.amount), previous_wei=Wei(0), signature=b"",
+                       proof=[])  # fmt: skip
         stranger = EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=0, part=0, parts=1,
                                 entries_root=fake.leaf(), requester=me, rows=[row])  # fmt: skip
         await disputer.step()  # reads the anchor: nothing heard yet

@@ -457,6 +457,7 @@ async def test_the_worker_resends_its_voucher_until_an_anchor_on_chain_shows_it(
         # An entries message proving our line to a root that is not the chain's shows nothing.
         line = entry_of(REF, mine.requester, mine.worker, ETH)
         row = EntryRow(worker=line.worker, job=line.job, task=line.task, amount_wei=Wei(ETH),
+                       previous_wei=Wei(0),
                        signature=b"", proof=[])  # fmt: skip
         forged = EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=0, part=0, parts=1,
                               entries_root=line.leaf(), requester=mine.requester,

@@ -132,8 +132,8 @@ def test_an_entry_that_does_not_prove_to_the_root_is_refused() -> None:
     (good,) = parts_of([entry(J1, W1, 10), entry(J1, W2, 20)])
     row = good.rows[0]
     inflated = EntryRow(worker=row.worker, job=row.job, task=row.task,
-                        amount_wei=Wei(row.amount_wei + 1), signature=row.signature,
-                        proof=row.proof)  # fmt: skip
+                        amount_wei=Wei(row.amount_wei + 1), previous_wei=Wei(0),
+                        signature=row.signature, proof=row.proof)  # fmt: skip
     fields = {"expires_ms": NOW, "nonce": new_nonce(), "index": 5, "part": 0, "parts": 1,
               "entries_root": good.entries_root, "requester": ME}  # fmt: skip
     with pytest.raises(Invalid, match="row 0 does not prove"):
@@ -148,7 +148,8 @@ def test_an_entry_that_does_not_prove_to_the_root_is_refused() -> None:
 
 def test_the_largest_entries_message_fits_the_gossip_envelope() -> None:
     root = b"\xaa" * 32
-    row = EntryRow(worker=W1, job=J1, task=T0, amount_wei=Wei(2**256 - 1), signature=b"\x01" * 65,
+    row = EntryRow(worker=W1, job=J1, task=T0, amount_wei=Wei(2**256 - 1),
+                   previous_wei=Wei(2**256 - 2), signature=b"\x01" * 65,
                    proof=[b"\xbb" * 32] * MAX_PROOF_LEN)  # fmt: skip
     # Built without validation (no real tree that deep): only the size is measured here.
     body = object.__new__(EpochEntries)

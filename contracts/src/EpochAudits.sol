@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.24;
+
+import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {Epochs} from "./Epochs.sol";
+
+/// @title Audits of a pending anchor against its own entries.
+/// @notice A requester's entry dispute (Epochs.sol) catches an entry it never signed. These catch
+/// an anchor whose sums do not follow from its entries, which no single entry shows:
+///
+///   what                        who may raise it   how it ends
+///   an earnings leaf too high   anyone             the anchorer shows entries adding up, or void
+///   a requester's debit         that requester     the anchorer shows entries adding up, or void
+///   a line counted twice        anyone             void at once, with the two entries as proof
+///
+/// Each entry carries `previous`, its line's amount in the last final anchor, so an entry adds
+/// `amount - previous` this epoch. A worker's leaf may grow over its leaf in the last final root
+/// (`claimRoot`, while this anchor is pending) by at most what its entries add, and a requester
+/// may be debited at most what its entries add: the anchorer answers with those entries, each
+/// in the entries root (one multiproof, leaves strictly ascending, so none is counted twice).
+/// A `previous` below the line's amount in an earlier final anchor, or two entries for one line
+/// in one anchor, would count the same voucher twice: either voids the anchor on sight.
+/// Together with the entry disputes no worker's leaf grows by more than vouchers its requesters
+/// signed, and no requester pays more than its vouchers add up to, as long as someone watches.
+abstract contract EpochAudits is Epochs {
+    enum Sum {
+        None,
+        Earnings, // party: a worker; amount: its cumulative leaf in the pending root
+        Debit // party: a requester; amount: what the pending anchor debits its pool
+    }
+
+    struct SumDispute {
+        uint64 answerBy;
+        address disputer;
+    }
+
+    /// A worker's leaf in the last final root, with its proof.
+    struct Base {
+        uint256 amount;
+        bytes32[] proof;
+    }
+
+    /// Entries of one party in the pending anchor: a multiproof of its entries root, the
+    /// entries in the proof's order (their leaves strictly ascending).
+    struct Shown {
+        Entry[] entries;
+        bytes32[] proof;
+        bool[] flags;
+    }
+
+    /// keccak256(epoch, kind, party, amount) => an open sum dispute (answerBy 0: none)
+    mapping(bytes32 => SumDispute) public sumDisputes;
+
+    event SumDisputed(uint64 indexed epoch, Sum kind, address indexed party, uint256 amount,
+        address disputer, uint64 answerBy);
+    event SumAnswered(uint64 indexed epoch, Sum kind, address indexed party);
+
+    error SumShort(uint256 shown, uint256 owed);
+    error NotOfParty(address party, address requester, address worker);
+    error EntriesUnordered(uint256 index);
+    error NoConflict();
+    error NotFinalEpoch(uint64 epoch);
+
+    /// @notice Say worker `worker`'s leaf in the pending anchor, `cumulative`, is more than its
+    /// entries add to its leaf in the last final root.
+    function disputeEarnings(uint64 epoch, address worker, uint256 cumulative, bytes32[] calldata proof)
+        external {
+        Anchor storage a = _windowOpen(epoch);
+        if (!MerkleProof.verifyCalldata(proof, a.earningsRoot, _earningsLeaf(worker, cumulative))) {
+            revert NotInTree();
+        }
+        _openSum(epoch, a, Sum.Earnings, worker, cumulative);
+    }
+
+    /// @notice The caller says the pending anchor (its debit list given again) debits its pool
+    /// more than its entries add: every debit naming it counts, however often it is named.
+    function disputeDebit(uint64 epoch, address[] calldata requesters, uint256[] calldata amounts)
+        external {
+        Anchor storage a = _windowOpen(epoch);
+        if (keccak256(abi.encode(requesters, amounts)) != a.debitsHash) revert DebitsMismatch();
+        uint256 debited = 0;
+        for (uint256 i = 0; i < requesters.length; i++) {
+            if (requesters[i] == msg.sender) debited += amounts[i];
+        }
+        if (debited == 0) revert NotYourEntry(address(0), msg.sender);
+        _openSum(epoch, a, Sum.Debit, msg.sender, debited);
+    }
+
+    /// @notice Answer a sum dispute with the party's entries in the pending anchor and, for a
+    /// worker's earnings, its leaf in the last final root (`base.amount` 0 and no proof: none).
+    function answerSum(uint64 epoch, Sum kind, address party, uint256 amount, Base calldata base,
+        Shown calldata shown) external {
+        Anchor storage a = _pendingAt(epoch);
+        bytes32 key = sumKey(epoch, kind, party, amount);
+        SumDispute storage d = sumDisputes[key];
+        if (d.answerBy == 0) revert NoDispute(key);
+        if (block.timestamp >= d.answerBy) revert AnswerTimeOver(d.answerBy);
+        uint256 owed = amount;
+        if (base.amount > 0) {
+            if (!MerkleProof.verifyCalldata(base.proof, claimRoot, _earningsLeaf(party, base.amount))) {
+                revert NotInTree();
+            }
+            owed = base.amount >= owed ? 0 : owed - base.amount;
+        }
+        uint256 added = _added(a.entriesRoot, kind, party, shown);
+        if (added < owed) revert SumShort(added, owed);
+        delete sumDisputes[key];
+        a.openDisputes -= 1;
+        emit SumAnswered(epoch, kind, party);
+    }
+
+    /// @notice Void the anchor once a sum dispute's answer time is over unanswered; the bond's
+    /// reward goes to whoever raised it.
+    function voidSum(uint64 epoch, Sum kind, address party, uint256 amount,
+        address[] calldata requesters, uint256[] calldata amounts) external nonReentrant {
+        Anchor storage a = _pendingAt(epoch);
+        bytes32 key = sumKey(epoch, kind, party, amount);
+        SumDispute storage d = sumDisputes[key];
+        if (d.answerBy == 0) revert NoDispute(key);
+        if (block.timestamp < d.answerBy) revert AnswerTimeNotOver(d.answerBy);
+        _void(epoch, a, key, d.disputer, requesters, amounts);
+    }
+
+    /// @notice Void the pending anchor for counting a voucher twice: entry `e` of it and entry
+    /// `o` of the same line, either in the same anchor (`other == epoch`) and different, or in
+    /// final anchor `other` with an amount above `e.previous`.
+    function voidConflict(uint64 epoch, Entry calldata e, bytes32[] calldata proof, uint64 other,
+        Entry calldata o, bytes32[] calldata otherProof, address[] calldata requesters,
+        uint256[] calldata amounts) external nonReentrant {
+        Anchor storage a = _pendingAt(epoch);
+        if (e.requester != o.requester || e.worker != o.worker || e.job != o.job || e.task != o.task) {
+            revert NoConflict();
+        }
+        bytes32 leaf = entryLeaf(e);
+        if (!MerkleProof.verifyCalldata(proof, a.entriesRoot, leaf)) revert NotInTree();
+        bytes32 root = other == epoch ? a.entriesRoot : finalEntries[other];
+        if (root == bytes32(0)) revert NotFinalEpoch(other);
+        if (!MerkleProof.verifyCalldata(otherProof, root, entryLeaf(o))) revert NotInTree();
+        if (other == epoch ? entryLeaf(o) == leaf : o.amount <= e.previous) revert NoConflict();
+        _void(epoch, a, leaf, msg.sender, requesters, amounts);
+    }
+
+    /// The amount is part of the key: a dispute of one leaf (a root may hold two for a worker)
+    /// cannot hold off another's.
+    function sumKey(uint64 epoch, Sum kind, address party, uint256 amount) public pure returns (bytes32) {
+        return keccak256(abi.encode(epoch, kind, party, amount));
+    }
+
+    function _openSum(uint64 epoch, Anchor storage a, Sum kind, address party, uint256 amount) private {
+        bytes32 key = sumKey(epoch, kind, party, amount);
+        if (sumDisputes[key].answerBy != 0) revert AlreadyDisputed(key);
+        uint64 answerBy = uint64(block.timestamp) + _disputeWindow();
+        sumDisputes[key] = SumDispute(answerBy, msg.sender);
+        a.openDisputes += 1;
+        emit SumDisputed(epoch, kind, party, amount, msg.sender, answerBy);
+    }
+
+    /// What `shown.entries` add this epoch, each checked to be `party`'s and in `root`, none twice.
+    function _added(bytes32 root, Sum kind, address party, Shown calldata shown)
+        private pure returns (uint256 added) {
+        uint256 n = shown.entries.length;
+        bytes32[] memory leaves = new bytes32[](n);
+        for (uint256 i = 0; i < n; i++) {
+            Entry calldata e = shown.entries[i];
+            if ((kind == Sum.Earnings ? e.worker : e.requester) != party) {
+                revert NotOfParty(party, e.requester, e.worker);
+            }
+            leaves[i] = entryLeaf(e);
+            if (i > 0 && leaves[i] <= leaves[i - 1]) revert EntriesUnordered(i);
+            added += e.amount - e.previous;
+        }
+        if (n > 0 && !MerkleProof.multiProofVerifyCalldata(shown.proof, shown.flags, root, leaves)) {
+            revert NotInTree();
+        }
+    }
+
+    function _windowOpen(uint64 epoch) private view returns (Anchor storage a) {
+        a = _pendingAt(epoch);
+        if (block.timestamp >= a.disputeDeadline) revert WindowClosed(epoch, a.disputeDeadline);
+    }
+
+    function _pendingAt(uint64 epoch) private view returns (Anchor storage a) {
+        a = _latest(epoch);
+        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+    }
+}
