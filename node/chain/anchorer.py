@@ -51,6 +51,7 @@ from consensus.settlement.messages import (
 )
 from node.chain.anchor_gossip import AnchorGossip
 from node.chain.anchoring import _events as anchor_events
+from node.chain.audit_answers import SumAnswers
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.follower import Follower
 from node.chain.history import EpochHistory
@@ -85,6 +86,7 @@ class Anchorer:
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
         self.follower = Follower(bytes.fromhex(chain.address[2:]))
         self.history = EpochHistory(db, net)
+        self.sums = SumAnswers(self.service)
         self.window_ms = 0  # the contract's dispute window (read at start)
         self.active = True  # our turn to anchor (consensus.settlement.following.may_post)
         self._short_told: set[bytes] = set()  # requesters whose short spend was logged
@@ -202,6 +204,7 @@ class Anchorer:
         await self._recheck_held()
         await self.gossip.entries(m)  # a pending epoch's, before it may become final below
         effects = await self._observe()
+        await self.sums.step(m)
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
         halted = self.follower.stuck is not None and not self.history.due()  # asked lately
         anchors = [] if halted else await self._anchors(now_ms)

@@ -40,6 +40,7 @@ from consensus.settlement.disputes import (
 from consensus.settlement.eip712 import ChainVoucher, chain_job_id, chain_task_id
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.messages import EpochEntries
+from node.chain.debit_watch import DebitWatch
 from node.chain.epoch_calls import entry_args
 from node.chain.errors import ChainError, ChainReverted, DisputeRefused, survive
 from node.chain.payee import ANCHOR_KINDS, ANCHORS
@@ -83,6 +84,7 @@ class Disputer:
         self._warned: set[bytes] = set()  # answerable findings already logged
         self._wake = trio.Event()
         self._lock = trio.Lock()  # one step at a time: the service's, or one asked by hand
+        self.debits = DebitWatch(chain, self.me)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         inbox = await self.net.subscribe(ANCHORS, ANCHOR_KINDS)
@@ -180,6 +182,7 @@ class Disputer:
                     self._warn_answerable(finding)
                 else:
                     await self._record(anchor["epoch"], finding, "found")
+        await self.debits.step(anchor, now, [h.entry for h in self.heard.values()])
         for row in await self.db.query(
             "SELECT * FROM settle_disputes WHERE state IN ('found', 'disputed') ORDER BY epoch"
         ):

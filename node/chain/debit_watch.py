@@ -1,0 +1,74 @@
+"""The requester's debit audit: dispute a pending anchor that debits our pool more than the
+entries it gossiped for us add (``EpochAudits.sol``, kind debit), and void it when its anchorer
+does not answer in time.
+
+The entries of a pending anchor come on gossip, a few times in its window; so the check waits
+until half the window has passed (an honest anchorer has sent them twice by then). An anchorer
+that withheld our entries must show them on chain to answer: withholding no longer hides a
+debit. Stateless on purpose: the chain says whether our dispute is open, so a restart (even a
+kill -9 between a send and anything else) picks up where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from consensus.settlement.audits import DEBIT
+from consensus.settlement.epoch import Entry
+from node.chain.errors import ChainError
+
+if TYPE_CHECKING:
+    from node.chain.node import ChainNode
+
+log = logging.getLogger(__name__)
+
+
+class DebitWatch:
+    def __init__(self, chain: ChainNode, me: bytes) -> None:
+        self.chain, self.me = chain, me
+        self.disputed: set[int] = set()  # epochs whose debit we disputed (this process)
+        self.voided = 0
+
+    async def step(self, anchor: dict[str, Any], now: int, heard: Iterable[Entry]) -> None:
+        """Looks at the latest anchor (``anchor``, as read) at chain time ``now``."""
+        if anchor["state"] != "pending":
+            return
+        index, service = int(anchor["epoch"]), self.chain.service
+        ours = [d for d in await service.call(lambda c: c.sum_disputes(index))
+                if d.kind == DEBIT and d.party == self.me]  # fmt: skip
+        for d in ours:
+            if now >= d.answer_by:
+                await self._void(d)
+        if ours or index in self.disputed:
+            return
+        window = int(await service.call(lambda c: c.dispute_window_s()))
+        deadline = int(anchor["dispute_deadline"])
+        if not deadline - window // 2 <= now < deadline:
+            return
+        me = "0x" + self.me.hex()
+        debits = await service.call(lambda c: c.anchor_debits(index))
+        debited = sum(a for r, a in debits if r.lower() == me)
+        added = sum(e.added for e in heard if e.requester == self.me)
+        if debited <= added:
+            return
+        self.disputed.add(index)
+        log.warning("anchor debits our pool more than its entries add: disputing",
+                    extra={"epoch": index, "debited_wei": str(debited),
+                           "entries_wei": str(added)})  # fmt: skip
+        try:
+            await service.call(lambda c: c.dispute_debit(index))
+        except ChainError as exc:
+            self.disputed.discard(index)
+            log.warning("debit dispute not sent: %s", exc)
+
+    async def _void(self, d: Any) -> None:
+        try:
+            await self.chain.service.call(lambda c: c.void_sum(d))
+        except ChainError as exc:
+            log.warning("void of an unanswered debit dispute failed: %s", exc)
+            return
+        self.voided += 1
+        log.warning("anchor voided: its anchorer did not show entries for our debit",
+                    extra={"epoch": d.index, "debited_wei": str(d.amount)})  # fmt: skip

@@ -1,0 +1,89 @@
+"""The audits driven by the node's services on a real EVM (embedded), one sqlite file per node:
+the anchoring sentry answers every sum dispute of its epoch (earnings over a base, and debits),
+so an honest anchor survives any dispute; a requester's service disputes a debit above the
+entries it heard and voids the anchor when its anchorer cannot show them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from consensus.envelope import new_nonce
+from consensus.settlement.epoch import assemble
+from consensus.settlement.messages import EpochEntries, entries_parts, entry_of
+from node.chain.backend import Chain
+from storage.db import Database
+from tests.chain.conftest import ETH, make_net
+from tests.chain.test_disputes import A, Hub, Requester
+from tests.chain.test_epochs import FEE
+from tests.chain.test_settlement_node import fresh_anchorer, voucher
+
+WINDOW = 3600  # the fixture's dispute (and answer) window
+
+
+async def test_the_anchorer_answers_every_sum_dispute_of_its_epochs(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    net.client("sentry1").stake(ETH)
+    other, req = net.client("other"), net.client("requester")
+    w = bytes.fromhex(net.addr("worker")[2:])
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        a = await fresh_anchorer(net, db, net.client("sentry1"))
+        for index, amount in enumerate((ETH, 3 * ETH)):  # epoch 1 grows the line over a base
+            assert await a.on_voucher(voucher(net, a.chain.domain, amount))
+            await a.step()
+            assert a.machine is not None and a.machine.pending is not None
+            epoch = a.machine.pending
+            assert other.anchor()["epoch"] == index
+            other.dispute_earnings(index, w, epoch.earnings[w], epoch.earnings_proof(w))
+            req.dispute_debit(index)
+            assert len(other.sum_disputes(index)) == 2
+            await a.step()
+            assert other.sum_disputes(index) == []
+            net.chain.advance(WINDOW + 1)
+            await a.step()
+            assert other.anchor()["state"] == "final"
+        assert a.sums.answered == 4
+        assert [e.previous for e in epoch.entries] == [ETH]
+        assert net.client("sentry1").stake_of()["bonded"] == ETH
+
+
+async def test_the_requester_voids_an_anchor_that_debits_above_its_entries(
+    tmp_path: Path,
+) -> None:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    cheat = net.client("sentry1")
+    cheat.stake(ETH)
+    r, w = (bytes.fromhex(net.addr(who)[2:]) for who in ("requester", "worker"))
+    honest = assemble([entry_of(A, r, w, ETH)], {}, {}, FEE)  # the line is as signed
+    padded = replace(honest, debits={r: 2 * ETH})  # its debit is not, though within the spend
+    cheat.post_anchor(padded, net.spends(3 * ETH))
+    async with await Database.open(tmp_path / "requester.db") as db:
+        requester = Requester(net, db, tmp_path / "journal.db")
+        await requester.vouched(A, "worker", ETH)
+        disputer = await requester.start(Hub())
+        await disputer.step()  # reads the anchor
+        for who, part, parts, rows in entries_parts(honest, {}):
+            msg = EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=0, part=part,
+                               parts=parts, entries_root=honest.entries_tree.root,
+                               requester=who, rows=rows)  # fmt: skip
+            assert await disputer.hear(msg) == 1
+        await disputer.step()
+        assert net.client("other").sum_disputes(0) == [], "disputed before half the window"
+        net.chain.advance(WINDOW // 2 + 1)
+        await disputer.step()
+        (d,) = net.client("other").sum_disputes(0)
+        assert d.amount == 2 * ETH
+        await disputer.step()  # nothing new: disputed once
+        assert len(net.client("other").sum_disputes(0)) == 1
+        net.chain.advance(WINDOW + 1)
+        before = requester.client.balance()
+        await disputer.step()
+        assert disputer.debits.voided == 1
+        assert await disputer.findings() == []  # the entry itself was right
+        assert net.client("other").anchor()["state"] == "void"
+        pool = net.client("requester").pool_of()
+        assert pool["balance"] == 10 * ETH and pool["debited"] == 0
+        gained = requester.client.balance() - before
+        assert ETH // 2 - gained < ETH // 100  # half the bond, less the void's gas
