@@ -1,10 +1,12 @@
 """What an anchoring sentry says on the ``anchors`` topic about its epochs.
 
-A pending epoch's entries go out for its requesters to check (and other anchorers to follow):
-once posted, then about ENTRIES_TIMES times in its window. The last final epoch's earnings
-leaves go out for workers to build their Merkle proofs: when it changes, and again every
-epoch (at most every LEAVES_EVERY_S) for workers that missed them (gossip is lossy) or joined
-since. Each round is every entry or leaf, so neither goes out on every poll.
+A pending epoch's entries go out for its requesters to check (and other anchorers to follow),
+with its earnings leaves (for other anchorers to audit; workers take leaves only once their
+root is the contract's claim root): once posted, then about ENTRIES_TIMES times in its window.
+The last final epoch's earnings leaves go out for workers to build their Merkle proofs: when it
+changes, and again every epoch (at most every LEAVES_EVERY_S) for workers that missed them
+(gossip is lossy) or joined since. Each round is every entry or leaf, so neither goes out on
+every poll.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from config.schema import ChainSettings
 from consensus.envelope import new_nonce
 from consensus.settlement.anchoring import Anchoring
 from consensus.settlement.leaves import FinalLeaves, leaves_parts
-from consensus.settlement.messages import EpochEntries, EpochLeaves, entries_parts
+from consensus.settlement.messages import MAX_LEAVES, EpochEntries, EpochLeaves, entries_parts
 from node.chain.payee import ANCHORS, TTL_MS
 
 if TYPE_CHECKING:
@@ -42,7 +44,9 @@ class AnchorGossip:
             return
         every = min(LEAVES_EVERY_S, max(self.settings.poll_s, self.settings.epoch_s))
         self._leaves_sent, self._leaves_due = final[0], now + every  # short epochs: sooner
-        index, earnings = final
+        await self._leaves(*final, per_message)
+
+    async def _leaves(self, index: int, earnings: dict[bytes, int], per_message: int) -> None:
         root = FinalLeaves(index, b"", earnings).tree().root
         expires = self.net.now_ms() + TTL_MS
         for part, parts, workers, amounts in leaves_parts(earnings, per_message):
@@ -51,8 +55,9 @@ class AnchorGossip:
                 part=part, parts=parts, workers=workers, amounts=amounts,
             ))  # fmt: skip
 
-    async def entries(self, m: Anchoring) -> None:
-        """The machine's pending epoch's entries, with their proofs and vouchers, when due."""
+    async def entries(self, m: Anchoring, per_message: int = MAX_LEAVES) -> None:
+        """The machine's pending epoch's entries, with their proofs and vouchers, and its
+        earnings leaves (for other anchorers to audit: :mod:`node.chain.auditor`), when due."""
         if m.state != "pending" or m.pending is None:
             return
         now = trio.current_time()
@@ -67,3 +72,4 @@ class AnchorGossip:
                 expires_ms=expires, nonce=new_nonce(), index=m.index, entries_root=root,
                 requester=requester, part=part, parts=parts, rows=rows,
             ))  # fmt: skip
+        await self._leaves(m.index, m.pending.earnings, per_message)

@@ -52,6 +52,7 @@ from consensus.settlement.messages import (
 from node.chain.anchor_gossip import AnchorGossip
 from node.chain.anchoring import _events as anchor_events
 from node.chain.audit_answers import SumAnswers
+from node.chain.auditor import Auditor
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.follower import Follower
 from node.chain.history import EpochHistory
@@ -87,6 +88,7 @@ class Anchorer:
         self.follower = Follower(bytes.fromhex(chain.address[2:]))
         self.history = EpochHistory(db, net)
         self.sums = SumAnswers(self.service)
+        self.auditor = Auditor(self.service, db, self.follower.me)
         self.window_ms = 0  # the contract's dispute window (read at start)
         self.active = True  # our turn to anchor (consensus.settlement.following.may_post)
         self._short_told: set[bytes] = set()  # requesters whose short spend was logged
@@ -123,6 +125,8 @@ class Anchorer:
                         self.follower.heard_from(message.origin, self.net.now_ms())
                     if isinstance(body, EpochEntries):
                         self.follower.hear(body, message.origin)
+                    else:
+                        self.auditor.hear_leaves(body, message.origin)
             except Exception as exc:  # e.g. the exclusion hook failed: the sender resends
                 log.warning("anchoring: %s not taken: %r", type(body).__name__, exc)
 
@@ -202,7 +206,7 @@ class Anchorer:
             if line in m.latest and await self.chain.excluded(ref):
                 m.forget(line)
         await self._recheck_held()
-        await self.gossip.entries(m)  # a pending epoch's, before it may become final below
+        await self.gossip.entries(m, self.leaves_per_message)  # before it may become final below
         effects = await self._observe()
         await self.sums.step(m)
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
@@ -211,6 +215,7 @@ class Anchorer:
         may_post = self.active = not halted and self.follower.may_post(
             m, anchors, now_ms, self.window_ms
         )
+        await self.auditor.step(m, anchors, self.follower.heard, now_ms, self.window_ms)
         debited = await self._debited(m.to_post(now_ms)) if may_post else {}
         was = (m.state, m.index, m.pending)
         ticked = m.on_tick(now_ms, debited, may_post=may_post)
@@ -226,7 +231,7 @@ class Anchorer:
         for effect in [*effects, *ticked]:
             await self._perform(effect)
         await self._save()
-        await self.gossip.entries(m)
+        await self.gossip.entries(m, self.leaves_per_message)
         await self._pay_out()  # before the leaves go out: workers then find nothing to claim
         if self.active:
             await self.gossip.leaves(self.final, self.leaves_per_message)

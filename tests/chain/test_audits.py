@@ -100,7 +100,8 @@ def test_honest_anchorer_answers_earnings_and_debit_disputes(net: Net) -> None:
     other = answer(second, first.earnings, EARNINGS, b(net, "worker2"))
     with refused("NotOfParty"):
         anchorer.answer_sum(d, (a.base, a.base_proof), other.entries, other.proof)
-    forged = (replace(a.entries[0], previous=0), *a.entries[1:])
+    # J1's entry claiming to add all 3 ETH: not the anchored entry
+    forged = sorted((replace(e, previous=0) for e in a.entries), key=lambda e: e.leaf())
     with reverts("NotInTree"):
         anchorer.answer_sum(d, (a.base, a.base_proof), forged, a.proof)
     send_answer(anchorer, d, second, first.earnings)

@@ -5,17 +5,29 @@ entries it heard and voids the anchor when its anchorer cannot show them."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from consensus.envelope import new_nonce
-from consensus.settlement.epoch import assemble
-from consensus.settlement.messages import EpochEntries, entries_parts, entry_of
+from consensus.settlement.audits import EARNINGS
+from consensus.settlement.epoch import Epoch, assemble
+from consensus.settlement.leaves import leaves_parts
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
+from consensus.settlement.messages import (
+    MAX_LEAVES,
+    EpochEntries,
+    EpochLeaves,
+    entries_parts,
+    entry_of,
+)
+from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
 from storage.db import Database
-from tests.chain.conftest import ETH, make_net
+from tests.chain.conftest import ETH, Net, make_net
 from tests.chain.test_disputes import A, Hub, Requester
-from tests.chain.test_epochs import FEE
+from tests.chain.test_epochs import FEE, J1, J2, J3, T0, entries
 from tests.chain.test_settlement_node import fresh_anchorer, voucher
 
 WINDOW = 3600  # the fixture's dispute (and answer) window
@@ -87,3 +99,79 @@ async def test_the_requester_voids_an_anchor_that_debits_above_its_entries(
         assert pool["balance"] == 10 * ETH and pool["debited"] == 0
         gained = requester.client.balance() - before
         assert ETH // 2 - gained < ETH // 100  # half the bond, less the void's gas
+
+
+def hand(to: Anchorer, index: int, epoch: Epoch) -> None:
+    """What the cheat's gossip would bring ``to``: the epoch's entries and leaves."""
+    for who, part, parts, rows in entries_parts(epoch, {}):
+        to.follower.hear(EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=index,
+                                      part=part, parts=parts, requester=who, rows=rows,
+                                      entries_root=epoch.entries_tree.root), "cheat")  # fmt: skip
+    for part, parts, workers, amounts in leaves_parts(epoch.earnings, MAX_LEAVES):
+        to.auditor.hear_leaves(EpochLeaves(expires_ms=2**40, nonce=new_nonce(), index=index,
+                                           earnings_root=epoch.earnings_tree.root, part=part,
+                                           parts=parts, workers=workers, amounts=amounts),
+                               "cheat")  # fmt: skip
+
+
+@asynccontextmanager
+async def followed_first_epoch(tmp: Path) -> AsyncIterator[tuple[Net, Anchorer, Epoch]]:
+    """A cheat (a bare client) anchors epoch 0 honestly; a real anchorer stands by, follows it
+    from the gossip, and records it in its history."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    for who in ("sentry1", "sentry2"):
+        net.client(who).stake(ETH)
+    async with await Database.open(tmp / "standby.db") as db:
+        standby = await fresh_anchorer(net, db, net.client("sentry2"))
+        first = assemble(entries(net, {(J1, T0, "worker"): ETH}), {}, {}, FEE)
+        net.client("sentry1").post_anchor(first, net.spends(ETH))
+        hand(standby, 0, first)
+        await standby.step()
+        assert standby.auditor.raised == 0  # an honest epoch: nothing to raise
+        net.chain.advance(WINDOW + 1)
+        await standby.step()
+        assert standby.machine is not None and standby.machine.index == 0
+        yield net, standby, first
+
+
+async def test_a_standing_by_anchorer_disputes_a_misdirected_leaf_and_voids_the_anchor(
+    tmp_path: Path,
+) -> None:
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        w, w2 = (bytes.fromhex(net.addr(who)[2:]) for who in ("worker", "worker2"))
+        lines = {(J1, T0, "worker"): ETH, (J2, T0, "worker"): 2 * ETH, (J3, T0, "worker2"): ETH}
+        honest = assemble(entries(net, lines), first.lines, first.earnings, FEE)
+        moved = {
+            w: first.earnings[w],
+            w2: honest.earnings[w2] + honest.earnings[w] - first.earnings[w],
+        }
+        tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(moved.items())])
+        bad = replace(honest, earnings=moved, earnings_tree=tree)
+        net.client("sentry1").post_anchor(bad, net.spends(4 * ETH))
+        hand(standby, 1, bad)
+        await standby.step()
+        (d,) = net.client("other").sum_disputes(1)
+        assert (d.kind, d.party, d.amount) == (EARNINGS, w2, moved[w2])
+        await standby.step()
+        assert standby.auditor.raised == 1  # raised once
+        net.chain.advance(WINDOW + 1)
+        before = net.balance(net.addr("sentry2"))
+        await standby.step()
+        assert net.client("other").anchor()["state"] == "void"
+        gained = net.balance(net.addr("sentry2")) - before
+        assert ETH // 2 - gained < ETH // 100  # half the cheat's bond, less gas
+        assert net.client("sentry1").stake_of()["bonded"] == 0
+
+
+async def test_a_standing_by_anchorer_voids_an_anchor_that_counts_a_line_twice(
+    tmp_path: Path,
+) -> None:
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        # J1 grows to 2 ETH, but the entry says it had nothing before: 1 ETH counted twice.
+        stale = assemble(entries(net, {(J1, T0, "worker"): 2 * ETH}), {}, first.earnings, FEE)
+        net.client("sentry1").post_anchor(stale, net.spends(3 * ETH))
+        hand(standby, 1, stale)
+        await standby.step()
+        assert net.client("other").anchor()["state"] == "void"
+        assert standby.auditor.raised == 1

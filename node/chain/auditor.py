@@ -1,0 +1,155 @@
+"""A standing-by anchoring sentry audits another anchorer's pending epoch (``EpochAudits.sol``).
+
+It already keeps that epoch's entries, heard on gossip, to follow it; the anchorer also
+gossips the epoch's earnings leaves while it is pending (:mod:`node.chain.anchor_gossip`).
+When our base is the anchor's (we followed every epoch before it) and its window is open:
+
+    check                                                    on chain
+    a sum dispute (anyone's) its anchorer did not answer     voidSum
+    a worker's leaf grew over our base by more than the      disputeEarnings (the anchorer
+    entries heard for it add (consensus.settlement.audits)   cannot answer unless it withheld
+                                                             entries: its answer shows them)
+    an entry's ``previous`` is below the line's amount in    voidConflict, with that entry
+    our base (the line counted twice)                        from our epoch history
+
+Each is raised once per anchor. An anchorer that withholds its leaves cannot be audited this
+way (no proof of the inflated leaf); its workers cannot claim from gossip either.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from consensus.errors import Invalid
+from consensus.settlement.audits import inflated
+from consensus.settlement.epoch import Entry, Line
+from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
+from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree, leaf_hash
+from node.chain.errors import ChainError
+from node.chain.history import unpack
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from consensus.settlement.anchoring import Anchoring
+    from consensus.settlement.following import ChainAnchor
+    from consensus.settlement.messages import EpochLeaves
+    from node.chain.client import Settlement
+    from node.chain.service import ChainService
+    from storage.db import Database
+
+log = logging.getLogger(__name__)
+MAX_ASSEMBLIES = 4  # leaf sets being put together at once (per sender and root)
+HISTORY_LOOK = 64  # final epochs searched for a line's last entry
+
+
+class Auditor:
+    def __init__(self, service: ChainService, db: Database, me: bytes) -> None:
+        self.service, self.db, self.me = service, db, me
+        self.leaves: dict[bytes, FinalLeaves] = {}  # earnings root -> a pending epoch's leaves
+        self._assembling: dict[tuple[str, bytes], LeavesAssembly] = {}
+        self._raised: set[tuple[int, bytes, int]] = set()  # (epoch, party or leaf, amount)
+        self.raised = 0
+
+    def hear_leaves(self, part: EpochLeaves, sender: str) -> None:
+        """Collects a pending epoch's leaves, per sender and root (a forged part never mixes
+        with an honest set); a whole set that hashes to its root is kept."""
+        key = (sender, part.earnings_root)
+        building = self._assembling.get(key)
+        if building is None or not building.matches(part):
+            building = self._assembling[key] = LeavesAssembly.first(part)
+            while len(self._assembling) > MAX_ASSEMBLIES:
+                del self._assembling[next(iter(self._assembling))]
+        try:
+            whole = building.add(part)
+        except Invalid:
+            del self._assembling[key]
+            return
+        if whole is not None:
+            self.leaves[whole.earnings_root] = whole
+            while len(self.leaves) > 2:
+                del self.leaves[next(iter(self.leaves))]
+
+    async def step(
+        self, m: Anchoring, anchors: list[ChainAnchor], heard: dict[bytes, dict[Line, Entry]],
+        now_ms: int, window_ms: int,
+    ) -> None:  # fmt: skip
+        """Audits the latest anchor if it is another's, pending, open, and built on our base."""
+        a = anchors[-1] if anchors else None
+        if a is None or a.anchorer == self.me or a.state != "pending":
+            return
+        await self._void_unanswered(a.index, now_ms // 1000)
+        if a.index != m.index + 1 or m.state != "idle" or now_ms >= a.posted_ms + window_ms:
+            return
+        entries = list(heard.get(a.entries_root, {}).values())
+        for e in entries:
+            if e.previous < m.base_lines.get(e.line, 0):
+                await self._conflict(a, e, entries)
+        leaves = self.leaves.get(a.earnings_root)
+        if leaves is None:
+            return
+        for worker in inflated(leaves.amounts, m.base_earnings, entries):
+            await self._dispute(a.index, worker, leaves)
+
+    async def _void_unanswered(self, index: int, now_s: int) -> None:
+        """Voids anchor ``index`` for a sum dispute (anyone's) its anchorer let run out: its
+        raiser gets the reward, whoever sends the void."""
+        for d in await self.service.call(lambda c: c.sum_disputes(index)):
+            if now_s >= d.answer_by:
+                log.warning("voiding an anchor: its anchorer did not answer a sum dispute",
+                            extra={"epoch": index, "party": "0x" + d.party.hex()})  # fmt: skip
+                await self._send(lambda c: c.void_sum(d))  # noqa: B023 - awaited at once
+                return
+
+    async def _dispute(self, index: int, worker: bytes, leaves: FinalLeaves) -> None:
+        amount = leaves.amounts[worker]
+        if not self._once((index, worker, amount)):
+            return
+        proof = leaves.tree().proof(leaf_hash(EARNINGS_TYPES, [worker, amount]))
+        log.warning("another anchorer's epoch credits a worker more than its entries add: "
+                    "disputing", extra={"epoch": index, "worker": "0x" + worker.hex(),
+                                        "leaf_wei": str(amount)})  # fmt: skip
+        await self._send(lambda c: c.dispute_earnings(index, worker, amount, proof))
+
+    async def _conflict(self, a: ChainAnchor, e: Entry, entries: list[Entry]) -> None:
+        """Voids anchor ``a`` for ``e``, once every entry of it was heard (to prove ``e``)."""
+        tree = MerkleTree.of(ENTRY_TYPES, [x.row() for x in entries])
+        if tree.root != a.entries_root or (a.index, e.leaf(), e.previous) in self._raised:
+            return
+        found = await self._last_entry(e.line)
+        if found is None or not self._once((a.index, e.leaf(), e.previous)):
+            return
+        at, prior, proof = found
+        log.warning("another anchorer's epoch counts a line twice: voiding", extra={
+            "epoch": a.index, "job": "0x" + e.job.hex(), "previous_wei": str(e.previous),
+            "anchored_wei": str(prior.amount), "in_epoch": at})  # fmt: skip
+        entry, index = (e, tree.proof(e.leaf())), a.index
+        await self._send(lambda c: c.void_conflict(index, entry, (at, prior, proof)))
+
+    async def _last_entry(self, line: Line) -> tuple[int, Entry, list[bytes]] | None:
+        """The line's entry in the latest final epoch of our history that holds it."""
+        rows = await self.db.query(
+            "SELECT idx, entries FROM settle_epochs ORDER BY idx DESC LIMIT ?", (HISTORY_LOOK,)
+        )
+        for row in rows:
+            entries = unpack(row["entries"], "settle_epochs.entries")
+            for x in entries:
+                if x.line == line:
+                    tree = MerkleTree.of(ENTRY_TYPES, [y.row() for y in entries])
+                    return int(row["idx"]), x, tree.proof(x.leaf())
+        return None
+
+    def _once(self, key: tuple[int, bytes, int]) -> bool:
+        if key in self._raised:
+            return False
+        self._raised.add(key)
+        return True
+
+    async def _send(self, call: Callable[[Settlement], object]) -> None:
+        try:
+            await self.service.call(call)
+        except ChainError as exc:
+            log.warning("audit not sent: %s", exc)
+            return
+        self.raised += 1
