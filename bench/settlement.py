@@ -10,7 +10,8 @@ sentry pays all ten with one `payout` per epoch (the headline `gas_per_job`, wha
 does by default), or each worker sends its own `claimEarnings` (`gas_per_job_claims`). Next to
 it, a plain coin transfer
 per job measured in the same run, and the direct path (deposit, one voucher claim, end,
-withdraw per job).
+withdraw per job). The audits (EpochAudits.sol): a sum dispute of a worker's leaf and of a
+requester's debit, each answered with AUDIT_LINES entries.
 
 With --token the contract pays in the test ERC-20 (every deposit, fund and stake then also
 needs an approve, counted apart as `approve`; every payout is a token transfer).
@@ -25,6 +26,7 @@ import random
 
 from eth_account import Account
 
+from consensus.settlement.audits import EARNINGS, answer
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, Spend, assemble
 from consensus.settlement.leaves import payout_batches
@@ -37,6 +39,7 @@ from node.chain.token import deploy_test_token, mint
 ETH = 10**18
 JOBS_PER_EPOCH, WORKERS, FEE_BPS = 1000, 10, 100
 TASK = chain_task_id(0, 0)
+AUDIT_LINES = 10  # entries in each answer of a sum dispute
 
 
 class Bench:
@@ -180,6 +183,25 @@ class Bench:
         self.chain.advance(3601)
         g["void"] = r.void_anchor(index, epoch.entries[1], epoch.debits).gas
 
+    def audits(self, index: int, after: Epoch) -> None:
+        """Sum disputes of an anchor over ``after`` (the last final epoch), each answered with
+        AUDIT_LINES entries: what an honest anchorer pays to answer a worker or a requester."""
+        r, anchorer, g = self.c[self.req[0]], self.c[self.sentries[0]], self.gas  # [2]: slashed
+        requester, worker = addr(self.req[0]), addr(self.work[0])
+        entries = [Entry(requester, worker, bytes([0xD0 + i]) * 32, TASK, ETH // 100)
+                   for i in range(AUDIT_LINES)]  # fmt: skip
+        epoch = assemble(entries, after.lines, after.earnings, FEE_BPS)
+        anchorer.post_anchor(epoch, self.spends(epoch))
+        cum = epoch.earnings[worker]
+        g["dispute_earnings"] = r.dispute_earnings(
+            index, worker, cum, epoch.earnings_proof(worker)
+        ).gas
+        g["dispute_debit"] = r.dispute_debit(index).gas
+        for d in anchorer.sum_disputes(index):
+            a = answer(epoch, after.earnings, d.kind, d.party)
+            name = "answer_earnings" if d.kind == EARNINGS else "answer_debit"
+            g[name] = anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof).gas
+
 
 def addr(key: bytes) -> bytes:
     return bytes.fromhex(Account.from_key(key).address[2:])
@@ -198,6 +220,7 @@ def main() -> None:
     b.stake_and_slash()
     last, depth, epoch = b.epochs(max(2, args.epochs), args.workers_in_tree, payout=False)
     b.disputes(max(2, args.epochs), epoch)
+    b.audits(max(2, args.epochs) + 1, epoch)
     b2 = Bench(args.requesters, args.token)
     b2.stake_and_slash()  # the same state as the first chain's before its epochs
     paid_out, _, _ = b2.epochs(max(2, args.epochs), args.workers_in_tree, payout=True)
@@ -223,7 +246,8 @@ def report(
           f"{per_job / g['transfer']:.3f}x of it; direct path = {g['direct_per_job']:,} gas "
           f"= {g['direct_per_job'] / g['transfer']:.2f}x")  # fmt: skip
     keys = ("anchor", "payout", "claim_earnings", "dispute", "slash", "deploy", "deposit", "stake",
-            "claim_voucher_first", "direct_per_job", "transfer")  # fmt: skip
+            "claim_voucher_first", "direct_per_job", "transfer", "dispute_earnings",
+            "answer_earnings")  # fmt: skip
     names = {"claim_earnings": "claim", "claim_voucher_first": "claim_voucher"}
     fields = " ".join(f"gas_{names.get(k, k)}={g[k]}" for k in keys)
     print(f"RESULT gas_per_job={per_job:.0f} gas_per_job_claims={per_job_claims:.0f} {fields}")

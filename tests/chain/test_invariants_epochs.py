@@ -1,7 +1,9 @@
 """Invariants of epoch settlement over random sequences on the embedded EVM (Hypothesis).
 
-Pools funded and left, anchors honest or forged (a forged one is disputed by its requester at
-once and, unanswered, voided with the anchorer's bond slashed), windows passing, epochs
+Pools funded and left, anchors honest or forged (an entry the requester never signed, disputed
+by it; an earnings leaf moved to the other worker, disputed by anyone; a debit padded within
+the requester's spend, disputed by it: each unanswerable, so voided with the anchorer's bond
+slashed), windows passing, epochs
 finalized, workers claiming at random moments or paid out all at once. Each requester signs,
 with every voucher, its spend: the sum of the largest voucher of each of its lines; a forged
 anchor that would debit beyond it is refused by the contract, one within it is disputed. After
@@ -14,14 +16,17 @@ largest spend it signed.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from consensus.settlement.audits import inflated
 from consensus.settlement.eip712 import chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import payout_batches
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
 from node.chain.backend import Chain
 from node.chain.errors import ChainReverted
 from tests.chain.conftest import ETH, Net, make_net
@@ -47,7 +52,7 @@ class Epochs(RuleBasedStateMachine):
         self.lines: dict[tuple[bytes, bytes, bytes], int] = {}  # final, per line
         self.earnings: dict[bytes, int] = {}  # final, per worker, net
         self.paid: dict[str, int] = defaultdict(int)
-        self.pending: tuple[Epoch, bool] | None = None  # (epoch, forged)
+        self.pending: tuple[Epoch, str] | None = None  # (epoch as posted, how it cheats)
         self.signed: dict[tuple[bytes, bytes, bytes], int] = {}  # largest voucher per line
         self.debited: dict[str, int] = defaultdict(int)  # all anchors not void, per requester
         self.final_debits: dict[str, int] = defaultdict(int)
@@ -68,10 +73,13 @@ class Epochs(RuleBasedStateMachine):
     @precondition(lambda self: self.pending is None)
     @rule(job=st.sampled_from(JOBS), worker=st.sampled_from(WORKERS),
           more=st.integers(1, 2 * ETH), forge=st.sampled_from([0, 0, 1, ETH]),
-          settle=st.booleans())  # fmt: skip
-    def anchor(self, job: bytes, worker: str, more: int, forge: int, settle: bool) -> None:
+          cheat=st.sampled_from(["", "", "leaf", "debit"]), settle=st.booleans())  # fmt: skip
+    def anchor(
+        self, job: bytes, worker: str, more: int, forge: int, cheat: str, settle: bool
+    ) -> None:
         """The requester signs ``more`` on a line (and its spend); the anchorer anchors the
-        line at that, or ``forge`` wei above it."""
+        line at that, or ``forge`` wei above it; or moves the line's earnings to the other
+        worker's leaf (``leaf``), or pads the debit within the spend (``debit``)."""
         if self.pending is not None:
             return
         owner = REQUESTERS[JOBS.index(job) % 2]
@@ -81,18 +89,19 @@ class Epochs(RuleBasedStateMachine):
         spend = self.net.spends(self.spend_of(owner), owner)
         e = Entry(self.b(owner), self.b(worker), job, TASK, amount + forge)
         epoch = assemble([e], self.lines, self.earnings, FEE)
+        cheat = "entry" if forge else cheat
+        epoch = self._cheat(epoch, owner, worker, cheat)
         within = self.debited[owner] + epoch.total <= self.spend_of(owner)
         ok = self.pool[owner] >= epoch.total and self.bond >= BOND and within
         if not self._try(ok, lambda: self.anchorer.post_anchor(epoch, spend)):
             return
-        forged = forge > 0
-        event("forged within the spend" if forged else "honest")
+        cheat = cheat if epoch.total != self.honest_total or cheat != "debit" else ""
+        event(f"forged: {cheat}" if cheat else "honest")
         self.index += 1
         self.pool[owner] -= epoch.total
         self.debited[owner] += epoch.total
-        self.pending = (epoch, forged)
-        if forged:  # the requester never signed this amount: it disputes at once
-            self.c[owner].dispute(self.index, e, epoch.entry_proof(e))
+        self.pending = (epoch, cheat)
+        self._dispute(epoch, owner, worker, cheat)
         if settle:
             self.settle()
 
@@ -101,11 +110,15 @@ class Epochs(RuleBasedStateMachine):
     def settle(self) -> None:
         if self.pending is None:
             return
-        epoch, forged = self.pending
+        epoch, cheat = self.pending
         self.net.chain.advance(2 * WINDOW + 1)
-        if forged:  # unanswered: void, the debits back, the bond slashed (half burned)
+        if cheat:  # unanswered: void, the debits back, the bond slashed (half burned)
             e = epoch.entries[0]
-            self.c["other"].void_anchor(self.index, e, epoch.debits)
+            if cheat == "entry":
+                self.c["other"].void_anchor(self.index, e, epoch.debits)
+            else:
+                (d,) = self.c["other"].sum_disputes(self.index)
+                self.c["other"].void_sum(d)
             owner = next(r for r in REQUESTERS if self.b(r) == e.requester)
             self.pool[owner] += epoch.total
             self.debited[owner] -= epoch.total
@@ -120,6 +133,35 @@ class Epochs(RuleBasedStateMachine):
                 self.final_debits[who] += epoch.debits.get(self.b(who), 0)
             self.lines, self.earnings, self.final = epoch.lines, epoch.earnings, epoch
         self.pending = None
+
+    def _cheat(self, epoch: Epoch, owner: str, worker: str, cheat: str) -> Epoch:
+        """``epoch`` as a cheating anchorer posts it (``honest_total``: what it should debit)."""
+        self.honest_total = epoch.total
+        if cheat == "leaf":  # the line's net earnings go to the other worker's leaf
+            me, to = self.b(worker), self.b(next(w for w in WORKERS if w != worker))
+            gained = epoch.earnings[me] - self.earnings.get(me, 0)
+            moved = {**epoch.earnings, me: self.earnings.get(me, 0)}
+            moved[to] = moved.get(to, 0) + gained
+            tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(moved.items())])
+            return replace(epoch, earnings=moved, earnings_tree=tree)
+        if cheat == "debit":  # whatever the spend leaves (lines signed, never anchored)
+            slack = self.spend_of(owner) - self.debited[owner] - epoch.total
+            return replace(epoch, debits={self.b(owner): epoch.total + min(slack, ETH)})
+        return epoch
+
+    def _dispute(self, epoch: Epoch, owner: str, worker: str, cheat: str) -> None:
+        """Whoever can, disputes a cheat at once (the requester its entry or debit; anyone a
+        leaf that grew more than its entries add)."""
+        if cheat == "entry":  # the requester never signed this amount
+            e = epoch.entries[0]
+            self.c[owner].dispute(self.index, e, epoch.entry_proof(e))
+        elif cheat == "debit":
+            self.c[owner].dispute_debit(self.index)
+        elif cheat == "leaf":
+            base = {w: a for w, a in self.earnings.items()}
+            (to,) = inflated(epoch.earnings, base, epoch.entries)
+            proof = epoch.earnings_proof(to)
+            self.c["other"].dispute_earnings(self.index, to, epoch.earnings[to], proof)
 
     @precondition(lambda self: self.final is not None)
     @rule(worker=st.sampled_from(WORKERS))
