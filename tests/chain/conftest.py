@@ -133,6 +133,27 @@ def make_net(chain: Chain, token: bool = False) -> Net:
     return Net(chain, Web3.to_checksum_address(address), keys, coin)
 
 
+class ChainOfMachine:
+    """A fresh chain per Hypothesis example of a state machine: the embedded EVM, or an anvil
+    child process (stopped by ``stop``; the example skips when anvil is not installed)."""
+
+    def __init__(self, kind: str) -> None:
+        self.node: Anvil | None = None
+        if kind == "embedded":
+            self.chain = Chain.embedded()
+            return
+        binary = anvil_binary()
+        if binary is None:
+            pytest.skip("anvil not installed: run `npm install` in contracts/ (@foundry-rs/anvil)")
+        self.node = Anvil(binary)
+        self.node.start()
+        self.chain = Chain.rpc(self.node.url, 31337)
+
+    def stop(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+
+
 @pytest.fixture(scope="session")
 def anvil_bin() -> str:
     binary = anvil_binary()

@@ -16,10 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id
-from node.chain.backend import Chain
 from node.chain.errors import ChainReverted
 from node.chain.signing import sign_slash, sign_voucher
-from tests.chain.conftest import ETH, Net, make_net
+from tests.chain.conftest import ETH, ChainOfMachine, Net, make_net
 
 FEE_BPS, GRACE, UNBOND, BURN_BPS = 100, 3600, 7 * 86400, 5000
 REQUESTERS = ("requester", "other")
@@ -31,10 +30,16 @@ amounts = st.integers(min_value=1, max_value=5 * ETH)
 
 class Settlement(RuleBasedStateMachine):
     TOKEN = False  # the deployment pays in native coin, or in a test ERC-20
+    CHAIN = "embedded"  # or "anvil"
+
+    def teardown(self) -> None:
+        if hasattr(self, "machine_chain"):
+            self.machine_chain.stop()
 
     @initialize()
     def setup(self) -> None:
-        self.net: Net = make_net(Chain.embedded(), token=self.TOKEN)
+        self.machine_chain = ChainOfMachine(self.CHAIN)
+        self.net: Net = make_net(self.machine_chain.chain, token=self.TOKEN)
         self.c = {name: self.net.client(name) for name in self.net.keys}
         for s in ("sentry1", "sentry2"):
             self.c[s].stake(ETH)
@@ -212,3 +217,13 @@ class TokenSettlement(Settlement):
 
 TokenSettlement.TestCase.settings = settings(Settlement.TestCase.settings, max_examples=3)
 TestTokenSettlementInvariants = TokenSettlement.TestCase
+
+
+class AnvilSettlement(Settlement):
+    """The same model on anvil (a JSON-RPC dev chain from npm), as the issue asks of CI."""
+
+    CHAIN = "anvil"
+
+
+AnvilSettlement.TestCase.settings = settings(Settlement.TestCase.settings, max_examples=4)
+TestAnvilSettlementInvariants = AnvilSettlement.TestCase

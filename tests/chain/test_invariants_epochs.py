@@ -27,9 +27,8 @@ from consensus.settlement.eip712 import chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import payout_batches
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
-from node.chain.backend import Chain
 from node.chain.errors import ChainReverted
-from tests.chain.conftest import ETH, Net, make_net
+from tests.chain.conftest import ETH, ChainOfMachine, Net, make_net
 
 FEE, WINDOW, BOND = 100, 3600, ETH
 REQUESTERS, WORKERS = ("requester", "other"), ("worker", "worker2")
@@ -39,10 +38,16 @@ TASK = chain_task_id(0, 0)
 
 class Epochs(RuleBasedStateMachine):
     TOKEN = False  # the deployment pays in native coin, or in a test ERC-20
+    CHAIN = "embedded"  # or "anvil"
+
+    def teardown(self) -> None:
+        if hasattr(self, "machine_chain"):
+            self.machine_chain.stop()
 
     @initialize()
     def setup(self) -> None:
-        self.net: Net = make_net(Chain.embedded(), token=self.TOKEN)
+        self.machine_chain = ChainOfMachine(self.CHAIN)
+        self.net: Net = make_net(self.machine_chain.chain, token=self.TOKEN)
         self.c = {name: self.net.client(name) for name in self.net.keys}
         self.anchorer = self.c["sentry1"]
         self.anchorer.stake(3 * BOND)
@@ -274,3 +279,13 @@ class TokenEpochs(Epochs):
 
 TokenEpochs.TestCase.settings = settings(Epochs.TestCase.settings, max_examples=2)
 TestTokenEpochInvariants = TokenEpochs.TestCase
+
+
+class AnvilEpochs(Epochs):
+    """The same model on anvil (a JSON-RPC dev chain from npm), as the issue asks of CI."""
+
+    CHAIN = "anvil"
+
+
+AnvilEpochs.TestCase.settings = settings(Epochs.TestCase.settings, max_examples=4)
+TestAnvilEpochsInvariants = AnvilEpochs.TestCase
