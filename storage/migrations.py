@@ -490,10 +490,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         version=18,
-        description="requester: a disputed entry's previous amount (part of its leaf)",
+        description="entries carry previous: a disputed entry's, and no epochs of the old form",
         sql="""
             -- the line's amount in the last final anchor, as the entry names it
             ALTER TABLE settle_disputes ADD COLUMN previous_wei TEXT NOT NULL DEFAULT '0';
+            -- epochs kept before entries carried `previous`: their leaves prove to no anchor
+            -- of a contract that audits (a new deployment), so they are neither served nor used
+            DELETE FROM settle_epochs;
         """,
     ),
 )

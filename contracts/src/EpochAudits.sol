@@ -9,9 +9,16 @@ import {Epochs} from "./Epochs.sol";
 /// an anchor whose sums do not follow from its entries, which no single entry shows:
 ///
 ///   what                        who may raise it   how it ends
-///   an earnings leaf too high   anyone             the anchorer shows entries adding up, or void
+///   an earnings leaf too high   anyone bonded      the anchorer shows entries adding up, or void
 ///   a requester's debit         that requester     the anchorer shows entries adding up, or void
 ///   a line counted twice        anyone             void at once, with the two entries as proof
+///   a debit below the entries   anyone             void at once, with the requester's entries
+///
+/// Sum disputes open in the anchor's window, each once (an answered one stays answered). An
+/// answer reveals entries (perhaps never gossiped, of a requester that was never debited), so
+/// it keeps the anchor open for another window (`graceEnd`): its requesters may dispute them and
+/// anyone may show a debit below them, before the anchor can become final. So an anchor is
+/// final at most about three windows after its post, however many disputes it gets.
 ///
 /// Each entry carries `previous`, its line's amount in the last final anchor, so an entry adds
 /// `amount - previous` this epoch. A worker's leaf may grow over its leaf in the last final root
@@ -61,11 +68,15 @@ abstract contract EpochAudits is Epochs {
     error NoConflict();
     error NotFinalEpoch(uint64 epoch);
 
+    uint64 private constant ANSWERED = type(uint64).max; // a sum dispute's answerBy once answered
+
     /// @notice Say worker `worker`'s leaf in the pending anchor, `cumulative`, is more than its
     /// entries add to its leaf in the last final root.
     function disputeEarnings(uint64 epoch, address worker, uint256 cumulative, bytes32[] calldata proof)
         external {
         Anchor storage a = _windowOpen(epoch);
+        uint256 bond = _bondOf(msg.sender); // a bonded watcher: anyone could delay every epoch
+        if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
         if (!MerkleProof.verifyCalldata(proof, a.earningsRoot, _earningsLeaf(worker, cumulative))) {
             revert NotInTree();
         }
@@ -77,11 +88,7 @@ abstract contract EpochAudits is Epochs {
     function disputeDebit(uint64 epoch, address[] calldata requesters, uint256[] calldata amounts)
         external {
         Anchor storage a = _windowOpen(epoch);
-        if (keccak256(abi.encode(requesters, amounts)) != a.debitsHash) revert DebitsMismatch();
-        uint256 debited = 0;
-        for (uint256 i = 0; i < requesters.length; i++) {
-            if (requesters[i] == msg.sender) debited += amounts[i];
-        }
+        uint256 debited = _debitOf(a, msg.sender, requesters, amounts);
         if (debited == 0) revert NotYourEntry(address(0), msg.sender);
         _openSum(epoch, a, Sum.Debit, msg.sender, debited);
     }
@@ -91,12 +98,12 @@ abstract contract EpochAudits is Epochs {
     function answerSum(uint64 epoch, Sum kind, address party, uint256 amount, Base calldata base,
         Shown calldata shown) external {
         Anchor storage a = _pendingAt(epoch);
-        bytes32 key = sumKey(epoch, kind, party, amount);
+        bytes32 key = _sumKey(epoch, kind, party, amount);
         SumDispute storage d = sumDisputes[key];
-        if (d.answerBy == 0) revert NoDispute(key);
+        if (d.answerBy == 0 || d.answerBy == ANSWERED) revert NoDispute(key);
         if (block.timestamp >= d.answerBy) revert AnswerTimeOver(d.answerBy);
         uint256 owed = amount;
-        if (base.amount > 0) {
+        if (kind == Sum.Earnings && base.amount > 0) { // a debit has no base
             if (!MerkleProof.verifyCalldata(base.proof, claimRoot, _earningsLeaf(party, base.amount))) {
                 revert NotInTree();
             }
@@ -104,8 +111,10 @@ abstract contract EpochAudits is Epochs {
         }
         uint256 added = _added(a.entriesRoot, kind, party, shown);
         if (added < owed) revert SumShort(added, owed);
-        delete sumDisputes[key];
+        d.answerBy = ANSWERED;
         a.openDisputes -= 1;
+        uint64 grace = uint64(block.timestamp) + _disputeWindow();
+        if (grace > a.graceEnd) a.graceEnd = grace;
         emit SumAnswered(epoch, kind, party);
     }
 
@@ -114,11 +123,23 @@ abstract contract EpochAudits is Epochs {
     function voidSum(uint64 epoch, Sum kind, address party, uint256 amount,
         address[] calldata requesters, uint256[] calldata amounts) external nonReentrant {
         Anchor storage a = _pendingAt(epoch);
-        bytes32 key = sumKey(epoch, kind, party, amount);
+        bytes32 key = _sumKey(epoch, kind, party, amount);
         SumDispute storage d = sumDisputes[key];
-        if (d.answerBy == 0) revert NoDispute(key);
+        if (d.answerBy == 0 || d.answerBy == ANSWERED) revert NoDispute(key);
         if (block.timestamp < d.answerBy) revert AnswerTimeNotOver(d.answerBy);
         _void(epoch, a, key, d.disputer, requesters, amounts);
+    }
+
+    /// @notice Void the pending anchor for debiting `requester` less than its entries among
+    /// `shown` add (the rest would be paid out of other requesters' money). `shown` may hold
+    /// others' entries too, so a sum answer's own entries can be shown again as they were.
+    function voidUnderDebit(uint64 epoch, address requester, address[] calldata requesters,
+        uint256[] calldata amounts, Shown calldata shown) external nonReentrant {
+        Anchor storage a = _fraudOpen(epoch);
+        uint256 debited = _debitOf(a, requester, requesters, amounts);
+        uint256 added = _added(a.entriesRoot, Sum.None, requester, shown);
+        if (added <= debited) revert SumShort(added, debited);
+        _void(epoch, a, _sumKey(epoch, Sum.Debit, requester, debited), msg.sender, requesters, amounts);
     }
 
     /// @notice Void the pending anchor for counting a voucher twice: entry `e` of it and entry
@@ -127,7 +148,7 @@ abstract contract EpochAudits is Epochs {
     function voidConflict(uint64 epoch, Entry calldata e, bytes32[] calldata proof, uint64 other,
         Entry calldata o, bytes32[] calldata otherProof, address[] calldata requesters,
         uint256[] calldata amounts) external nonReentrant {
-        Anchor storage a = _pendingAt(epoch);
+        Anchor storage a = _fraudOpen(epoch);
         if (e.requester != o.requester || e.worker != o.worker || e.job != o.job || e.task != o.task) {
             revert NoConflict();
         }
@@ -142,12 +163,12 @@ abstract contract EpochAudits is Epochs {
 
     /// The amount is part of the key: a dispute of one leaf (a root may hold two for a worker)
     /// cannot hold off another's.
-    function sumKey(uint64 epoch, Sum kind, address party, uint256 amount) public pure returns (bytes32) {
+    function _sumKey(uint64 epoch, Sum kind, address party, uint256 amount) private pure returns (bytes32) {
         return keccak256(abi.encode(epoch, kind, party, amount));
     }
 
     function _openSum(uint64 epoch, Anchor storage a, Sum kind, address party, uint256 amount) private {
-        bytes32 key = sumKey(epoch, kind, party, amount);
+        bytes32 key = _sumKey(epoch, kind, party, amount);
         if (sumDisputes[key].answerBy != 0) revert AlreadyDisputed(key);
         uint64 answerBy = uint64(block.timestamp) + _disputeWindow();
         sumDisputes[key] = SumDispute(answerBy, msg.sender);
@@ -155,28 +176,46 @@ abstract contract EpochAudits is Epochs {
         emit SumDisputed(epoch, kind, party, amount, msg.sender, answerBy);
     }
 
-    /// What `shown.entries` add this epoch, each checked to be `party`'s and in `root`, none twice.
+    /// What `shown.entries` add this epoch, each checked to be `party`'s (with kind None: any
+    /// entries, those of requester `party` counted) and in `root`, none twice.
     function _added(bytes32 root, Sum kind, address party, Shown calldata shown)
         private pure returns (uint256 added) {
         uint256 n = shown.entries.length;
         bytes32[] memory leaves = new bytes32[](n);
         for (uint256 i = 0; i < n; i++) {
             Entry calldata e = shown.entries[i];
-            if ((kind == Sum.Earnings ? e.worker : e.requester) != party) {
-                revert NotOfParty(party, e.requester, e.worker);
-            }
+            bool mine = (kind == Sum.Earnings ? e.worker : e.requester) == party;
+            if (!mine && kind != Sum.None) revert NotOfParty(party, e.requester, e.worker);
             leaves[i] = entryLeaf(e);
             if (i > 0 && leaves[i] <= leaves[i - 1]) revert EntriesUnordered(i);
-            added += e.amount - e.previous;
+            if (mine) added += e.amount - e.previous;
         }
         if (n > 0 && !MerkleProof.multiProofVerifyCalldata(shown.proof, shown.flags, root, leaves)) {
             revert NotInTree();
         }
     }
 
+    /// What anchor `a` (its debit list given again, checked) debits `requester`, however often
+    /// the list names it.
+    function _debitOf(Anchor storage a, address requester, address[] calldata requesters,
+        uint256[] calldata amounts) private view returns (uint256 debited) {
+        if (keccak256(abi.encode(requesters, amounts)) != a.debitsHash) revert DebitsMismatch();
+        for (uint256 i = 0; i < requesters.length; i++) {
+            if (requesters[i] == requester) debited += amounts[i];
+        }
+    }
+
     function _windowOpen(uint64 epoch) private view returns (Anchor storage a) {
         a = _pendingAt(epoch);
         if (block.timestamp >= a.disputeDeadline) revert WindowClosed(epoch, a.disputeDeadline);
+    }
+
+    /// Frauds can be shown while entries can be disputed: after that the anchor is final in all
+    /// but name, and nodes build on it.
+    function _fraudOpen(uint64 epoch) private view returns (Anchor storage a) {
+        a = _pendingAt(epoch);
+        uint64 until = _openUntil(a);
+        if (block.timestamp >= until) revert WindowClosed(epoch, until);
     }
 
     function _pendingAt(uint64 epoch) private view returns (Anchor storage a) {

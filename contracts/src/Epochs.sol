@@ -38,6 +38,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
         uint64 disputeDeadline;
         uint32 openDisputes;
         AnchorState state;
+        uint64 graceEnd; // a sum dispute's answer reveals entries: they can be checked until then
         uint256 total;
     }
 
@@ -179,7 +180,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
         uint256 total) private {
         uint64 deadline = uint64(block.timestamp) + _disputeWindow();
         pending = Anchor(earningsRoot, entriesRoot, debitsHash, msg.sender, deadline, 0,
-            AnchorState.Pending, total);
+            AnchorState.Pending, 0, total);
         epochCount = epoch + 1;
         emit Anchored(epoch, msg.sender, earningsRoot, entriesRoot, total);
     }
@@ -187,7 +188,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function _settlePrevious(uint64 epoch) private {
         Anchor storage a = pending;
         if (a.state == AnchorState.Pending) {
-            if (block.timestamp < a.disputeDeadline || a.openDisputes > 0) revert PreviousPending(epoch);
+            if (block.timestamp < _openUntil(a) || a.openDisputes > 0) revert PreviousPending(epoch);
             _finalize(epoch, a);
         }
     }
@@ -213,7 +214,8 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function finalize(uint64 epoch) external {
         Anchor storage a = _latest(epoch);
         if (a.state != AnchorState.Pending) revert NotPending(epoch);
-        if (block.timestamp < a.disputeDeadline) revert WindowOpen(epoch, a.disputeDeadline);
+        uint64 until = _openUntil(a);
+        if (block.timestamp < until) revert WindowOpen(epoch, until);
         if (a.openDisputes > 0) revert DisputesOpen(epoch, a.openDisputes);
         _finalize(epoch, a);
     }
@@ -226,6 +228,12 @@ abstract contract Epochs is ReentrancyGuardTransient {
         emit Finalized(epoch, a.earningsRoot);
     }
 
+    /// Until when an entry may be disputed and a fraud shown: the window, or longer once a sum
+    /// answer revealed entries (see EpochAudits.sol).
+    function _openUntil(Anchor storage a) internal view returns (uint64) {
+        return a.graceEnd > a.disputeDeadline ? a.graceEnd : a.disputeDeadline;
+    }
+
     function _latest(uint64 epoch) internal view returns (Anchor storage a) {
         if (epoch + 1 != epochCount) revert NotLatest(epoch, epochCount == 0 ? 0 : epochCount - 1);
         a = pending;
@@ -233,7 +241,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
 
     // ------------------------------------------------------------ disputes
 
-    function entryLeaf(Entry calldata e) public pure returns (bytes32) {
+    function entryLeaf(Entry calldata e) internal pure returns (bytes32) {
         return keccak256(bytes.concat(keccak256(abi.encode(e))));
     }
 
@@ -242,7 +250,8 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function dispute(uint64 epoch, Entry calldata e, bytes32[] calldata proof) external {
         Anchor storage a = _latest(epoch);
         if (a.state != AnchorState.Pending) revert NotPending(epoch);
-        if (block.timestamp >= a.disputeDeadline) revert WindowClosed(epoch, a.disputeDeadline);
+        uint64 until = _openUntil(a);
+        if (block.timestamp >= until) revert WindowClosed(epoch, until);
         if (e.requester != msg.sender) revert NotYourEntry(e.requester, msg.sender);
         bytes32 leaf = entryLeaf(e);
         if (!MerkleProof.verifyCalldata(proof, a.entriesRoot, leaf)) revert NotInTree();
@@ -289,13 +298,14 @@ abstract contract Epochs is ReentrancyGuardTransient {
         address[] calldata requesters, uint256[] calldata amounts) internal {
         if (keccak256(abi.encode(requesters, amounts)) != a.debitsHash) revert DebitsMismatch();
         a.state = AnchorState.Void;
+        address anchorer = a.anchorer; // read before any transfer: a catcher may call back
         for (uint256 i = 0; i < requesters.length; i++) {
             Pool storage p = pools[requesters[i]];
             uint128 amount = SafeCast.toUint128(amounts[i]); // debited once, so it fits
             (p.balance, p.debited) = (SafeCast.toUint128(uint256(p.balance) + amount), p.debited - amount);
         }
-        uint256 slashed = _slashBond(a.anchorer, catcher);
-        emit Voided(epoch, what, a.anchorer, slashed);
+        uint256 slashed = _slashBond(anchorer, catcher);
+        emit Voided(epoch, what, anchorer, slashed);
     }
 
     // ------------------------------------------------------------ claims

@@ -26,12 +26,12 @@ contract IdlegridSettlement is EIP712, EpochAudits {
     bytes32 public constant VOUCHER_TYPEHASH =
         keccak256("Voucher(bytes32 job,bytes32 task,address worker,uint256 cumulative)");
     /// The requester authorises epoch anchors to take at most `cumulative` from its pool, ever.
-    bytes32 public constant SPEND_TYPEHASH = keccak256("Spend(address requester,uint256 cumulative)");
-    bytes32 public constant SLASH_TYPEHASH =
+    bytes32 internal constant SPEND_TYPEHASH = keccak256("Spend(address requester,uint256 cumulative)");
+    bytes32 internal constant SLASH_TYPEHASH =
         keccak256("Slash(address worker,uint256 amount,bytes32 evidence)");
-    uint256 public constant BPS = 10_000;
-    address public constant BURN = address(0xdEaD);
-    uint256 public constant PAYOUT_GAS = 30_000; // per worker paid by `payout` on native coin
+    uint256 internal constant BPS = 10_000;
+    address internal constant BURN = address(0xdEaD);
+    uint256 internal constant PAYOUT_GAS = 30_000; // per worker paid by `payout` on native coin
 
     struct Job {
         address requester;
@@ -328,12 +328,13 @@ contract IdlegridSettlement is EIP712, EpochAudits {
         return stakes[who].bonded;
     }
 
-    /// Half of the bond to the requester who caught the bad anchor, the rest burned.
+    /// Half of the bond to whoever caught the bad anchor, the rest burned; all of it burned if
+    /// the catcher refuses the transfer (a contract, a blocked address): a void must not fail.
     function _slashBond(address anchorer, address disputer) internal override returns (uint256 taken) {
         taken = _take(stakes[anchorer], anchorBond);
         uint256 reward = taken / 2;
-        _send(disputer, reward);
-        _send(BURN, taken - reward);
+        bool paid = _trySendCoin(disputer, reward);
+        _send(BURN, paid ? taken - reward : taken);
     }
 
     function _accrueFee(uint256 total) internal override returns (uint256 fee) {

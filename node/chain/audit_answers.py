@@ -6,6 +6,12 @@ dispute goes unanswered is voided and its anchorer's bond slashed. So an anchore
 one, however frivolous, while the answer time runs: an honest epoch always has the entries to
 show (:func:`consensus.settlement.audits.answer`). One that it cannot answer is our bug (or a
 base that is not the chain's), logged once as an error.
+
+Each open sum dispute is held in the machine's ``open_disputes`` (by its contract key) until it
+is answered, so the epoch stays pending, and is answered, for as long as the chain says it is
+open; an answer keeps the anchor open another window (``open_until``), and the machine's
+window with it. The caller reads the chain time before this step: a dispute mined later than
+that read lands after the window it needs (the contract refuses it), so none is missed.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from consensus.settlement.audits import answer
-from node.chain.audit_calls import SUM_KINDS, SumDispute
+from node.chain.audit_calls import SUM_KINDS, SumDispute, sum_key
 from node.chain.errors import ChainError, ChainReverted
 
 if TYPE_CHECKING:
@@ -36,11 +42,18 @@ class SumAnswers:
         if m.state != "pending" or m.pending is None:
             return
         index = m.index
+        still = set()
         for d in await self.service.call(lambda c: c.sum_disputes(index)):
-            if d not in self._refused:
-                await self._answer(m, d)
+            key = sum_key(d.index, d.kind, d.party, d.amount)
+            if key not in m.open_disputes:
+                m.on_disputed(index, key)  # no entry has this leaf: held, nothing to answer
+            if d in self._refused or not await self._answer(m, d):
+                still.add(key)
+        entries = {e.leaf() for e in m.pending.entries}  # the rest held are sum disputes
+        for key in m.open_disputes - entries - still:  # answered (also before a restart)
+            m.on_answered(key)
 
-    async def _answer(self, m: Anchoring, d: SumDispute) -> None:
+    async def _answer(self, m: Anchoring, d: SumDispute) -> bool:
         assert m.pending is not None
         a = answer(m.pending, m.base_earnings, d.kind, d.party)
         what = {"epoch": d.index, "kind": SUM_KINDS.get(d.kind, str(d.kind)),
@@ -53,9 +66,12 @@ class SumAnswers:
             self._refused.add(d)
             why = "sum dispute cannot be answered: the anchor will be voided and our bond slashed"
             log.error(why, extra={**what, "error": str(exc)})  # noqa: TRY400 - no traceback
-            return
+            return False
         except ChainError as exc:  # an outage: asked again next step
             log.warning("sum dispute answer interrupted: %s", exc, extra=what)
-            return
+            return False
         self.answered += 1
         log.info("sum dispute answered", extra={**what, "entries": len(a.entries)})
+        until = await self.service.call(lambda c: c.anchor()["open_until"])
+        m.window_end_ms = max(m.window_end_ms, int(until) * 1000)  # entries may be disputed
+        return True

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from eth_abi.abi import encode
+from eth_hash.auto import keccak
 from web3 import Web3
 
 from consensus.settlement.epoch import Entry
@@ -22,6 +24,12 @@ if TYPE_CHECKING:
 
 EARNINGS, DEBIT = 1, 2  # the contract's ``Sum`` kinds
 SUM_KINDS = {EARNINGS: "earnings", DEBIT: "debit"}
+ANSWERED = 2**64 - 1  # a sum dispute's ``answerBy`` once answered
+
+
+def sum_key(index: int, kind: int, party: bytes, amount: int) -> bytes:
+    """The contract's ``sumDisputes`` key: ``keccak256(abi.encode(epoch, kind, party, amount))``."""
+    return keccak(encode(["uint64", "uint8", "address", "uint256"], [index, kind, party, amount]))
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class AuditCalls:
     """Needs ``send``, ``contract`` and ``anchor_debits`` from its host class."""
 
     contract: Any
+    w3: Any
 
     def send(self, op: str, args: list[Any], value: int = 0) -> TxResult:
         raise NotImplementedError
@@ -88,15 +97,13 @@ class AuditCalls:
         return self.send("voidConflict", [*args, *self._debit_lists(index)])
 
     def sum_answer_by(self, dispute: SumDispute) -> int:
-        """When the anchorer must answer ``dispute`` (0: answered, or never raised)."""
-        party = Web3.to_checksum_address(dispute.party)
-        key = self.contract.functions.sumKey(
-            dispute.index, dispute.kind, party, dispute.amount
-        ).call()
+        """When the anchorer must answer ``dispute`` (0: never raised; ANSWERED: answered)."""
+        key = sum_key(dispute.index, dispute.kind, dispute.party, dispute.amount)
         return int(self.contract.functions.sumDisputes(key).call()[0])
 
-    def sum_disputes(self, index: int) -> list[SumDispute]:
-        """The sum disputes of anchor ``index`` still open (raised and not answered)."""
+    def sum_disputes(self, index: int, answered: bool = False) -> list[SumDispute]:
+        """The sum disputes of anchor ``index`` still open (raised and not answered); with
+        ``answered``, every one raised."""
         logs = self.contract.events.SumDisputed().get_logs(
             from_block=0, argument_filters={"epoch": index}
         )
@@ -105,8 +112,39 @@ class AuditCalls:
             a = log["args"]
             d = SumDispute(index, int(a["kind"]), bytes.fromhex(a["party"][2:]), int(a["amount"]),
                            int(a["answerBy"]))  # fmt: skip
-            if self.sum_answer_by(d):
+            if answered or self.sum_answer_by(d) not in (0, ANSWERED):
                 out.append(d)
+        return out
+
+    def void_under_debit(
+        self, index: int, requester: bytes, entries: Sequence[Entry], proof: MultiProof
+    ) -> TxResult:
+        """Void anchor ``index`` for debiting ``requester`` less than its entries among
+        ``entries`` (in ``proof``'s order; others' may be among them) add."""
+        shown = [[entry_args(e) for e in entries], list(proof.proof), list(proof.flags)]
+        args = [index, Web3.to_checksum_address(requester), *self._debit_lists(index), shown]
+        return self.send("voidUnderDebit", args)
+
+    def sum_answers(self, index: int) -> list[tuple[int, bytes, list[Entry], MultiProof]]:
+        """The answers given to anchor ``index``'s sum disputes, read from their calls: kind,
+        party, and the entries shown with their multiproof (what they reveal may never have
+        been gossiped)."""
+        out = []
+        where = {"epoch": index}
+        for log in self.contract.events.SumAnswered().get_logs(
+            from_block=0, argument_filters=where
+        ):
+            tx = self.w3.eth.get_transaction(log["transactionHash"])
+            fn, args = self.contract.decode_function_input(tx["input"])
+            if fn.fn_name != "answerSum":
+                continue  # answered through another contract: not read here
+            shown = args["shown"]  # decoded as a dict by name (or a tuple, by web3 version)
+            rows, proof, flags = (shown[k] for k in ("entries", "proof", "flags")) if isinstance(
+                shown, dict) else shown  # fmt: skip
+            entries = [_entry(r) for r in rows]
+            multi = MultiProof(tuple(e.leaf() for e in entries), tuple(bytes(p) for p in proof),
+                               tuple(bool(f) for f in flags))  # fmt: skip
+            out.append((int(args["kind"]), bytes.fromhex(args["party"][2:]), entries, multi))
         return out
 
     def final_entries_root(self, index: int) -> bytes:
@@ -116,3 +154,11 @@ class AuditCalls:
     def _debit_lists(self, index: int) -> list[list[Any]]:
         debits = self.anchor_debits(index)
         return [[r for r, _ in debits], [a for _, a in debits]]
+
+
+def _entry(row: Any) -> Entry:
+    """An ``Entry`` struct as web3 decodes it: a dict by field name, or a tuple."""
+    fields = ("requester", "worker", "job", "task", "amount", "previous")
+    r, w, job, task, amount, previous = (row[k] for k in fields) if isinstance(row, dict) else row
+    return Entry(bytes.fromhex(r[2:]), bytes.fromhex(w[2:]), bytes(job), bytes(task), int(amount),
+                 int(previous))  # fmt: skip

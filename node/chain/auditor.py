@@ -26,6 +26,7 @@ from consensus.settlement.audits import inflated
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree, leaf_hash
+from node.chain.audit_calls import ANSWERED, SumDispute
 from node.chain.errors import ChainError
 from node.chain.history import unpack
 
@@ -50,17 +51,20 @@ class Auditor:
         self.leaves: dict[bytes, FinalLeaves] = {}  # earnings root -> a pending epoch's leaves
         self._assembling: dict[tuple[str, bytes], LeavesAssembly] = {}
         self._raised: set[tuple[int, bytes, int]] = set()  # (epoch, party or leaf, amount)
+        self.wanted: bytes | None = None  # the earnings root of the anchor being audited
         self.raised = 0
 
     def hear_leaves(self, part: EpochLeaves, sender: str) -> None:
         """Collects a pending epoch's leaves, per sender and root (a forged part never mixes
-        with an honest set); a whole set that hashes to its root is kept."""
+        with an honest set); a whole set that hashes to its root is kept. When too many are
+        kept, those of the anchor being audited go last: made-up roots cannot push them out."""
         key = (sender, part.earnings_root)
         building = self._assembling.get(key)
         if building is None or not building.matches(part):
             building = self._assembling[key] = LeavesAssembly.first(part)
             while len(self._assembling) > MAX_ASSEMBLIES:
-                del self._assembling[next(iter(self._assembling))]
+                spare = [k for k in self._assembling if k[1] != self.wanted] or [key]
+                del self._assembling[spare[0]]
         try:
             whole = building.add(part)
         except Invalid:
@@ -69,7 +73,8 @@ class Auditor:
         if whole is not None:
             self.leaves[whole.earnings_root] = whole
             while len(self.leaves) > 2:
-                del self.leaves[next(iter(self.leaves))]
+                kept = [r for r in self.leaves if r != self.wanted]
+                del self.leaves[kept[0]]
 
     async def step(
         self, m: Anchoring, anchors: list[ChainAnchor], heard: dict[bytes, dict[Line, Entry]],
@@ -79,28 +84,57 @@ class Auditor:
         a = anchors[-1] if anchors else None
         if a is None or a.anchorer == self.me or a.state != "pending":
             return
-        await self._void_unanswered(a.index, now_ms // 1000)
+        self.wanted = a.earnings_root
+        raised = await self.service.call(lambda c: c.sum_disputes(a.index, answered=True))
+        if raised:
+            await self._void_unanswered(a.index, raised, now_ms // 1000)
+            await self._check_answers(a.index)
         if a.index != m.index + 1 or m.state != "idle" or now_ms >= a.posted_ms + window_ms:
             return
         entries = list(heard.get(a.entries_root, {}).values())
+        tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in entries]) if entries else None
+        if tree is None or tree.root != a.entries_root:
+            return  # judged on every entry of it, or not at all (gossip still coming)
         for e in entries:
             if e.previous < m.base_lines.get(e.line, 0):
-                await self._conflict(a, e, entries)
+                await self._conflict(a, e, tree)
         leaves = self.leaves.get(a.earnings_root)
         if leaves is None:
             return
         for worker in inflated(leaves.amounts, m.base_earnings, entries):
             await self._dispute(a.index, worker, leaves)
 
-    async def _void_unanswered(self, index: int, now_s: int) -> None:
+    async def _void_unanswered(self, index: int, raised: list[SumDispute], now_s: int) -> None:
         """Voids anchor ``index`` for a sum dispute (anyone's) its anchorer let run out: its
         raiser gets the reward, whoever sends the void."""
-        for d in await self.service.call(lambda c: c.sum_disputes(index)):
-            if now_s >= d.answer_by:
+        for d in raised:
+            if d.answer_by != ANSWERED and now_s >= d.answer_by:
                 log.warning("voiding an anchor: its anchorer did not answer a sum dispute",
                             extra={"epoch": index, "party": "0x" + d.party.hex()})  # fmt: skip
                 await self._send(lambda c: c.void_sum(d))  # noqa: B023 - awaited at once
                 return
+
+    async def _check_answers(self, index: int) -> None:
+        """Voids anchor ``index`` when an answer to one of its sum disputes shows entries of a
+        requester that add more than the anchor debits it (one never debited at all: a made-up
+        requester, paying a worker out of the others' money)."""
+        debits: dict[bytes, int] = {}
+        for who, amount in await self.service.call(lambda c: c.anchor_debits(index)):
+            key = bytes.fromhex(who[2:])
+            debits[key] = debits.get(key, 0) + amount
+        answers = await self.service.call(lambda c: c.sum_answers(index))
+        for _kind, _party, entries, proof in answers:
+            for requester in sorted({e.requester for e in entries}):
+                added = sum(e.added for e in entries if e.requester == requester)
+                debited = debits.get(requester, 0)
+                if added > debited and self._once((index, requester, added)):
+                    log.warning("another anchorer's answer shows entries its anchor does not "
+                                "debit: voiding", extra={"epoch": index,
+                                "requester": "0x" + requester.hex(), "entries_wei": str(added),
+                                "debited_wei": str(debited)})  # fmt: skip
+                    shown = (index, requester, entries, proof)
+                    await self._send(lambda c: c.void_under_debit(*shown))  # noqa: B023
+                    return
 
     async def _dispute(self, index: int, worker: bytes, leaves: FinalLeaves) -> None:
         amount = leaves.amounts[worker]
@@ -112,10 +146,9 @@ class Auditor:
                                         "leaf_wei": str(amount)})  # fmt: skip
         await self._send(lambda c: c.dispute_earnings(index, worker, amount, proof))
 
-    async def _conflict(self, a: ChainAnchor, e: Entry, entries: list[Entry]) -> None:
-        """Voids anchor ``a`` for ``e``, once every entry of it was heard (to prove ``e``)."""
-        tree = MerkleTree.of(ENTRY_TYPES, [x.row() for x in entries])
-        if tree.root != a.entries_root or (a.index, e.leaf(), e.previous) in self._raised:
+    async def _conflict(self, a: ChainAnchor, e: Entry, tree: MerkleTree) -> None:
+        """Voids anchor ``a`` for ``e`` (``tree``: all of its entries, to prove ``e``)."""
+        if (a.index, e.leaf(), e.previous) in self._raised:
             return
         found = await self._last_entry(e.line)
         if found is None or not self._once((a.index, e.leaf(), e.previous)):
@@ -133,7 +166,10 @@ class Auditor:
             "SELECT idx, entries FROM settle_epochs ORDER BY idx DESC LIMIT ?", (HISTORY_LOOK,)
         )
         for row in rows:
-            entries = unpack(row["entries"], "settle_epochs.entries")
+            try:
+                entries = unpack(row["entries"], "settle_epochs.entries")
+            except Invalid:  # a row of another form (before entries carried previous)
+                continue
             for x in entries:
                 if x.line == line:
                     tree = MerkleTree.of(ENTRY_TYPES, [y.row() for y in entries])

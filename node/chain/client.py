@@ -38,7 +38,7 @@ WRITES = (
     "deposit", "endJob", "withdraw", "claim", "stake", "requestUnstake", "withdrawStake",
     "withdrawFees", "slash", "fund", "leavePool", "withdrawPool", "postAnchor", "finalize",
     "dispute", "answer", "voidAnchor", "claimEarnings", "payout", "approve",
-    "disputeEarnings", "disputeDebit", "answerSum", "voidSum", "voidConflict",
+    "disputeEarnings", "disputeDebit", "answerSum", "voidSum", "voidConflict", "voidUnderDebit",
 )  # fmt: skip
 TOKEN_WRITES = ("approve",)  # sent to the payment token, journaled with the settlement's rows
 # Writes that bring money in: their last argument is the amount. Journal rows written before

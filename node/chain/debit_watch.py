@@ -3,7 +3,8 @@ entries it gossiped for us add (``EpochAudits.sol``, kind debit), and void it wh
 does not answer in time.
 
 The entries of a pending anchor come on gossip, a few times in its window; so the check waits
-until half the window has passed (an honest anchorer has sent them twice by then). An anchorer
+until half the window has passed, and a quarter window since this process first looked at the
+anchor (an honest anchorer has sent them at least once in either). An anchorer
 that withheld our entries must show them on chain to answer: withholding no longer hides a
 debit. Stateless on purpose: the chain says whether our dispute is open, so a restart (even a
 kill -9 between a send and anything else) picks up where it was.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from consensus.settlement.audits import DEBIT
 from consensus.settlement.epoch import Entry
+from node.chain.audit_calls import ANSWERED
 from node.chain.errors import ChainError
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ class DebitWatch:
     def __init__(self, chain: ChainNode, me: bytes) -> None:
         self.chain, self.me = chain, me
         self.disputed: set[int] = set()  # epochs whose debit we disputed (this process)
+        self.seen: dict[int, int] = {}  # the latest epoch -> chain time we first looked at it
         self.voided = 0
 
     async def step(self, anchor: dict[str, Any], now: int, heard: Iterable[Entry]) -> None:
@@ -36,16 +39,18 @@ class DebitWatch:
         if anchor["state"] != "pending":
             return
         index, service = int(anchor["epoch"]), self.chain.service
-        ours = [d for d in await service.call(lambda c: c.sum_disputes(index))
-                if d.kind == DEBIT and d.party == self.me]  # fmt: skip
-        for d in ours:
-            if now >= d.answer_by:
+        raised = [d for d in await service.call(lambda c: c.sum_disputes(index, answered=True))
+                  if d.kind == DEBIT and d.party == self.me]  # fmt: skip
+        for d in raised:
+            if d.answer_by != ANSWERED and now >= d.answer_by:
                 await self._void(d)
-        if ours or index in self.disputed:
+        if raised or index in self.disputed:  # once per anchor, across restarts too
             return
         window = int(await service.call(lambda c: c.dispute_window_s()))
         deadline = int(anchor["dispute_deadline"])
-        if not deadline - window // 2 <= now < deadline:
+        self.seen = {index: self.seen.get(index, now)}  # entries heard since; a restart anew
+        seen = self.seen[index]
+        if not max(deadline - window // 2, seen + window // 4) <= now < deadline:
             return
         me = "0x" + self.me.hex()
         debits = await service.call(lambda c: c.anchor_debits(index))

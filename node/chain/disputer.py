@@ -176,7 +176,7 @@ class Disputer:
     async def _step(self) -> None:
         anchor = await self._read_anchor()
         now = await self.chain.service.call(lambda c: c.chain.now())
-        if anchor["state"] == "pending" and now < anchor["dispute_deadline"] and self.heard:
+        if anchor["state"] == "pending" and now < anchor["open_until"] and self.heard:
             for finding in await self.findings():
                 if finding.answerable:
                     self._warn_answerable(finding)
@@ -247,7 +247,7 @@ class Disputer:
         voided = (latest == epoch and anchor["state"] == "void") or (
             latest != epoch and await self.chain.service.call(lambda c: c.voided(epoch))
         )
-        view = ChainView(latest, str(anchor["state"]), int(anchor["dispute_deadline"]),
+        view = ChainView(latest, str(anchor["state"]), int(anchor["open_until"]),
                          answer_by, voided, now)  # fmt: skip
         state, action = next_step(row["state"], epoch, view)
         error = ""
@@ -335,9 +335,9 @@ class Disputer:
         if anchor["epoch"] != epoch or anchor["state"] != "pending":
             raise DisputeRefused(f"epoch {epoch} is not pending (the latest anchor is "
                                  f"{anchor['epoch']}, {anchor['state']})")  # fmt: skip
-        if now >= anchor["dispute_deadline"]:
+        if now >= anchor["open_until"]:
             raise DisputeRefused(f"epoch {epoch}: the dispute window closed at "
-                                 f"{anchor['dispute_deadline']} (chain time {now})")  # fmt: skip
+                                 f"{anchor['open_until']} (chain time {now})")  # fmt: skip
         chosen = [h.entry for h in self.heard.values() if h.entry.job == job
                   and h.entry.worker == worker and task in (None, h.entry.task)]  # fmt: skip
         if not chosen:

@@ -99,7 +99,8 @@ class EpochCalls:
         return {
             "epoch": self.epoch_count() - 1, "earnings_root": bytes(f[0]),
             "entries_root": bytes(f[1]), "anchorer": f[3], "dispute_deadline": f[4],
-            "open_disputes": f[5], "state": states[f[6]], "total": f[7],
+            "open_disputes": f[5], "state": states[f[6]], "total": f[8],
+            "open_until": max(f[4], f[7]),  # a sum answer keeps entries disputable longer
         }  # fmt: skip
 
     def answer_by(self, index: int, leaf: bytes) -> int:
@@ -149,7 +150,7 @@ class EpochCalls:
         if latest < 0:
             return []
         state = last["state"]
-        if state == "pending" and now_s >= last["dispute_deadline"] and not last["open_disputes"]:
+        if state == "pending" and now_s >= last["open_until"] and not last["open_disputes"]:
             state = "final"
         out = [ChainAnchor(
             index=latest, anchorer=bytes.fromhex(last["anchorer"][2:]),

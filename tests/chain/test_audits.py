@@ -10,11 +10,23 @@ import pytest
 
 from consensus.settlement.audits import DEBIT, EARNINGS, answer, inflated
 from consensus.settlement.epoch import Entry, Epoch, assemble
-from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree
+from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree, MultiProof
 from node.chain.audit_calls import SumDispute
 from node.chain.client import Settlement
 from tests.chain.conftest import ETH, Net
-from tests.chain.test_epochs import FEE, J1, J2, J3, T0, WINDOW, b, entries, refused, reverts
+from tests.chain.test_epochs import (
+    FEE,
+    J1,
+    J2,
+    J3,
+    T0,
+    WINDOW,
+    b,
+    entries,
+    refused,
+    reverts,
+    voucher_sig,
+)
 
 BURN = "0x000000000000000000000000000000000000dEaD"
 
@@ -37,6 +49,10 @@ def dispute_of(net: Net, kind: int, who: str, amount: int) -> SumDispute:
     return d
 
 
+def _proof_of(epoch: Epoch, shown: tuple[Entry, ...]) -> MultiProof:
+    return epoch.entries_tree.multi_proof([e.leaf() for e in shown])
+
+
 def send_answer(anchorer: Settlement, d: SumDispute, epoch: Epoch, base: dict[bytes, int]) -> None:
     a = answer(epoch, base, d.kind, d.party)
     anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
@@ -55,7 +71,10 @@ def test_misdirected_earnings_are_disputed_and_the_anchor_voided(net: Net) -> No
     anchorer.post_anchor(bad, net.spends(4 * ETH))
     # A watcher with the entries and the published leaves sees whose leaf grew too much.
     assert inflated(bad.earnings, first.earnings, honest.entries) == [w2]
-    watcher = net.client("worker")
+    with refused(f"NotAnchorer(caller={net.addr('worker').lower()}, bonded=0)"):  # unbonded
+        net.client("worker").dispute_earnings(1, w2, moved[w2], bad.earnings_proof(w2))
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
     with reverts("NotInTree"):
         watcher.dispute_earnings(1, w2, moved[w2] + 1, bad.earnings_proof(w2))
     watcher.dispute_earnings(1, w2, moved[w2], bad.earnings_proof(w2))
@@ -72,10 +91,11 @@ def test_misdirected_earnings_are_disputed_and_the_anchor_voided(net: Net) -> No
         anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
     with reverts("DisputesOpen"):
         anchorer.finalize(1)
-    before = net.balance(net.addr("worker"))
-    r = watcher.void_sum(d)
+    before = net.balance(net.addr("sentry2"))
+    r = net.client("other").void_sum(d)  # anyone voids; the reward goes to the disputer
     assert watcher.anchor()["state"] == "void"
-    assert net.balance(net.addr("worker")) - before + net.gas_cost(r.tx_hash) == ETH // 2
+    assert net.balance(net.addr("sentry2")) - before == ETH // 2
+    assert r.gas > 0
     assert anchorer.stake_of()["bonded"] == 0
     assert net.client("requester").pool_of()["debited"] == ETH  # epoch 1's debit went back
 
@@ -87,7 +107,9 @@ def test_honest_anchorer_answers_earnings_and_debit_disputes(net: Net) -> None:
     assert [e.previous for e in second.entries] == [ETH, 0, 0]
     anchorer.post_anchor(second, net.spends(6 * ETH))
     w = b(net, "worker")
-    net.client("worker2").dispute_earnings(1, w, second.earnings[w], second.earnings_proof(w))
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_earnings(1, w, second.earnings[w], second.earnings_proof(w))
     d = dispute_of(net, EARNINGS, "worker", second.earnings[w])
     a = answer(second, first.earnings, EARNINGS, w)
     assert a.base == first.earnings[w] and len(a.entries) == 2
@@ -108,6 +130,10 @@ def test_honest_anchorer_answers_earnings_and_debit_disputes(net: Net) -> None:
     assert net.client("other").sum_disputes(1) == []
     with reverts("NoDispute"):
         anchorer.void_sum(d)
+    with reverts("NoDispute"):  # answered once is answered
+        send_answer(anchorer, d, second, first.earnings)
+    with reverts("AlreadyDisputed"):  # and cannot be raised again
+        watcher.dispute_earnings(1, w, second.earnings[w], second.earnings_proof(w))
 
     req = net.client("requester")
     with reverts("DebitsMismatch"):
@@ -116,10 +142,22 @@ def test_honest_anchorer_answers_earnings_and_debit_disputes(net: Net) -> None:
         net.client("other").dispute_debit(1)
     req.dispute_debit(1)
     d = dispute_of(net, DEBIT, "requester", 4 * ETH)
+    a = answer(second, first.earnings, DEBIT, b(net, "requester"))
+    some = a.entries[:1]
+    with refused(f"SumShort(shown={some[0].added}, owed={4 * ETH})"):  # a debit has no base:
+        anchorer.answer_sum(d, (1, []), some, _proof_of(second, some))  # one given is ignored
+    net.chain.advance(60)  # answered a while after the post: its grace ends after the window
     send_answer(anchorer, d, second, first.earnings)
-    net.chain.advance(WINDOW)
-    with reverts("WindowClosed"):
+    deadline = req.anchor()["dispute_deadline"]
+    net.chain.advance(deadline - net.chain.now())
+    with reverts("WindowClosed"):  # sum disputes open in the window only
         req.dispute_debit(1)
+    with reverts("WindowOpen"):  # the answers revealed entries: they may be disputed a while
+        anchorer.finalize(1)
+    e = second.entries[0]
+    req.dispute(1, e, second.entry_proof(e))  # an entry dispute in that grace is taken
+    anchorer.answer(1, e, voucher_sig(net, e))
+    net.chain.advance(WINDOW)
     anchorer.finalize(1)
     with reverts("NotPending"):
         anchorer.answer_sum(d, (0, []), [], a.proof)
@@ -180,3 +218,33 @@ def test_two_entries_for_one_line_in_one_anchor_void_it(net: Net) -> None:
     proofs = [tree.proof(e.leaf()) for e in twice]
     catcher.void_conflict(1, (twice[0], proofs[0]), (1, twice[1], proofs[1]))
     assert catcher.anchor()["state"] == "void"
+
+
+def test_entries_of_a_requester_never_debited_void_the_anchor(net: Net) -> None:
+    """The anchorer makes up requester X (never debited, never disputing) and answers the
+    dispute of worker2's leaf with X's entry: the answer itself shows the fraud."""
+    anchorer, first = final_first_epoch(net)
+    x, w2 = b(net, "other"), b(net, "worker2")
+    made_up = Entry(x, w2, J3, T0, 2 * ETH)
+    real = entries(net, {(J2, T0, "worker"): ETH})[0]
+    epoch = assemble([real, made_up], first.lines, first.earnings, FEE)
+    only_real = replace(epoch, debits={b(net, "requester"): ETH})  # X is not debited
+    anchorer.post_anchor(only_real, net.spends(2 * ETH))
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_earnings(1, w2, epoch.earnings[w2], epoch.earnings_proof(w2))
+    d = dispute_of(net, EARNINGS, "worker2", epoch.earnings[w2])
+    net.chain.advance(60)  # answered a while after the post: its grace ends after the window
+    send_answer(anchorer, d, epoch, first.earnings)  # X's entry adds up: answered
+    (kind, party, shown, proof) = net.client("other").sum_answers(1)[0]
+    assert (kind, party, shown) == (EARNINGS, w2, [epoch.entries[1]])
+    requester = b(net, "requester")
+    with refused(f"SumShort(shown={ETH}, owed={ETH})"):  # the real requester is debited in full
+        catcher_shows = answer(epoch, first.earnings, DEBIT, requester)
+        net.client("worker").void_under_debit(1, requester, catcher_shows.entries,
+                                              catcher_shows.proof)  # fmt: skip
+    net.chain.advance(net.client("other").anchor()["dispute_deadline"] - net.chain.now())
+    before = net.balance(net.addr("worker"))
+    r = net.client("worker").void_under_debit(1, x, shown, proof)  # after the window: in grace
+    assert net.client("other").anchor()["state"] == "void"
+    assert net.balance(net.addr("worker")) - before + net.gas_cost(r.tx_hash) == ETH // 2

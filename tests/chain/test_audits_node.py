@@ -38,6 +38,7 @@ async def test_the_anchorer_answers_every_sum_dispute_of_its_epochs(tmp_path: Pa
     net.client("requester").fund(10 * ETH)
     net.client("sentry1").stake(ETH)
     other, req = net.client("other"), net.client("requester")
+    other.stake(ETH)  # a bonded watcher may dispute earnings
     w = bytes.fromhex(net.addr("worker")[2:])
     async with await Database.open(tmp_path / "sentry.db") as db:
         a = await fresh_anchorer(net, db, net.client("sentry1"))

@@ -51,7 +51,8 @@ class Epochs(RuleBasedStateMachine):
         self.c = {name: self.net.client(name) for name in self.net.keys}
         self.anchorer = self.c["sentry1"]
         self.anchorer.stake(3 * BOND)
-        self.held = 3 * BOND
+        self.c["sentry2"].stake(BOND)  # a bonded watcher: it may dispute earnings
+        self.held = 4 * BOND
         self.bond = 3 * BOND
         self.pool: dict[str, int] = defaultdict(int)
         self.lines: dict[tuple[bytes, bytes, bytes], int] = {}  # final, per line
@@ -166,7 +167,7 @@ class Epochs(RuleBasedStateMachine):
             base = {w: a for w, a in self.earnings.items()}
             (to,) = inflated(epoch.earnings, base, epoch.entries)
             proof = epoch.earnings_proof(to)
-            self.c["other"].dispute_earnings(self.index, to, epoch.earnings[to], proof)
+            self.c["sentry2"].dispute_earnings(self.index, to, epoch.earnings[to], proof)
 
     @precondition(lambda self: self.final is not None)
     @rule(worker=st.sampled_from(WORKERS))
