@@ -6,14 +6,20 @@ When our base is the anchor's (we followed every epoch before it) and its window
 
     check                                                    on chain
     a sum dispute (anyone's) its anchorer did not answer     voidSum
+    a sum answer shows a requester's entries adding more     voidUnderDebit
+    than the anchor debits it (one never debited at all)
     a worker's leaf grew over our base by more than the      disputeEarnings (the anchorer
     entries heard for it add (consensus.settlement.audits)   cannot answer unless it withheld
                                                              entries: its answer shows them)
     an entry's ``previous`` is below the line's amount in    voidConflict, with that entry
     our base (the line counted twice)                        from our epoch history
 
-Each is raised once per anchor. An anchorer that withholds its leaves cannot be audited this
-way (no proof of the inflated leaf); its workers cannot claim from gossip either.
+Leaves are judged on every entry heard, or, once half the window has passed without all of
+them (withheld: an honest anchorer has gossiped them twice by then), on those heard: an
+anchorer that withheld entries must then show them in its answer, where the answer check
+sees a requester it never debited. Each is raised once per anchor. An anchorer that withholds
+its leaves cannot be audited this way (no proof of the inflated leaf); its workers cannot
+claim from gossip either.
 """
 
 from __future__ import annotations
@@ -93,11 +99,12 @@ class Auditor:
             return
         entries = list(heard.get(a.entries_root, {}).values())
         tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in entries]) if entries else None
-        if tree is None or tree.root != a.entries_root:
-            return  # judged on every entry of it, or not at all (gossip still coming)
-        for e in entries:
-            if e.previous < m.base_lines.get(e.line, 0):
-                await self._conflict(a, e, tree)
+        if tree is not None and tree.root == a.entries_root:  # every entry of it heard
+            for e in entries:
+                if e.previous < m.base_lines.get(e.line, 0):
+                    await self._conflict(a, e, tree)
+        elif now_ms < a.posted_ms + window_ms // 2:
+            return  # gossip still coming; past half the window, entries missing are withheld
         leaves = self.leaves.get(a.earnings_root)
         if leaves is None:
             return

@@ -11,8 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from consensus.envelope import new_nonce
-from consensus.settlement.audits import EARNINGS
-from consensus.settlement.epoch import Epoch, assemble
+from consensus.settlement.audits import EARNINGS, answer
+from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import leaves_parts
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
 from consensus.settlement.messages import (
@@ -176,3 +176,36 @@ async def test_a_standing_by_anchorer_voids_an_anchor_that_counts_a_line_twice(
         await standby.step()
         assert net.client("other").anchor()["state"] == "void"
         assert standby.auditor.raised == 1
+
+
+async def test_a_standing_by_anchorer_voids_an_anchor_that_pays_from_a_made_up_requester(
+    tmp_path: Path,
+) -> None:
+    """The cheat credits worker2 with an entry of requester X (never debited), withholds X's
+    entries and gossips the rest and the leaves. Past half the window the standby disputes
+    worker2's leaf; the cheat's answer shows X's entry, which the standby then voids with."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        x, w2 = (bytes.fromhex(net.addr(who)[2:]) for who in ("other", "worker2"))
+        real = entries(net, {(J2, T0, "worker"): ETH})[0]
+        epoch = assemble([real, Entry(x, w2, J3, T0, 2 * ETH)], first.lines, first.earnings, FEE)
+        undebited = replace(epoch, debits={real.requester: ETH})
+        cheat = net.client("sentry1")
+        cheat.post_anchor(undebited, net.spends(2 * ETH))
+        withheld = replace(epoch, entries=(epoch.entries[0],))  # X's entry never gossiped
+        hand(standby, 1, withheld)
+        for part, parts, workers, amounts in leaves_parts(epoch.earnings, MAX_LEAVES):
+            standby.auditor.hear_leaves(EpochLeaves(expires_ms=2**40, nonce=new_nonce(), index=1,
+                                                    earnings_root=epoch.earnings_tree.root,
+                                                    part=part, parts=parts, workers=workers,
+                                                    amounts=amounts), "cheat")  # fmt: skip
+        await standby.step()
+        assert net.client("other").sum_disputes(1) == [], "disputed before half the window"
+        net.chain.advance(WINDOW // 2 + 1)
+        await standby.step()
+        (d,) = net.client("other").sum_disputes(1)
+        assert (d.kind, d.party) == (EARNINGS, w2)
+        a = answer(epoch, first.earnings, d.kind, d.party)
+        cheat.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
+        await standby.step()
+        assert net.client("other").anchor()["state"] == "void"
+        assert standby.auditor.raised == 2  # the dispute, then the void
