@@ -17,8 +17,11 @@ import {Epochs} from "./Epochs.sol";
 /// Sum disputes open in the anchor's window, each once (an answered one stays answered). An
 /// answer reveals entries (perhaps never gossiped, of a requester that was never debited), so
 /// it keeps the anchor open for another window (`graceEnd`): its requesters may dispute them and
-/// anyone may show a debit below them, before the anchor can become final. So an anchor is
-/// final at most about three windows after its post, however many disputes it gets.
+/// anyone may show a debit below them, before the anchor can become final. Only the anchorer
+/// answers (so none can be answered behind its back). An anchor is final at most about four
+/// windows after its post, however many disputes it gets: sum disputes open in the window,
+/// each once; the grace ends within two windows of the deadline; an entry dispute raised just
+/// before it has one more window to be answered.
 ///
 /// Each entry carries `previous`, its line's amount in the last final anchor, so an entry adds
 /// `amount - previous` this epoch. A worker's leaf may grow over its leaf in the last final root
@@ -68,8 +71,6 @@ abstract contract EpochAudits is Epochs {
     error NoConflict();
     error NotFinalEpoch(uint64 epoch);
 
-    uint64 private constant ANSWERED = type(uint64).max; // a sum dispute's answerBy once answered
-
     /// @notice Say worker `worker`'s leaf in the pending anchor, `cumulative`, is more than its
     /// entries add to its leaf in the last final root.
     function disputeEarnings(uint64 epoch, address worker, uint256 cumulative, bytes32[] calldata proof)
@@ -98,6 +99,7 @@ abstract contract EpochAudits is Epochs {
     function answerSum(uint64 epoch, Sum kind, address party, uint256 amount, Base calldata base,
         Shown calldata shown) external {
         Anchor storage a = _pendingAt(epoch);
+        if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0); // it holds the grace
         bytes32 key = _sumKey(epoch, kind, party, amount);
         SumDispute storage d = sumDisputes[key];
         if (d.answerBy == 0 || d.answerBy == ANSWERED) revert NoDispute(key);

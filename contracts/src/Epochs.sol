@@ -60,6 +60,8 @@ abstract contract Epochs is ReentrancyGuardTransient {
         uint256 previous; // the line's amount in the last final anchor (0: new line)
     }
 
+    uint64 internal constant ANSWERED = type(uint64).max; // a dispute's answerBy once answered
+
     mapping(address => Pool) public pools;
     Anchor public pending; // the latest anchor: epoch `epochCount - 1`
     /// keccak256(epoch, entry leaf) => time by which the anchorer must answer (0: no dispute)
@@ -270,11 +272,11 @@ abstract contract Epochs is ReentrancyGuardTransient {
         bytes32 leaf = entryLeaf(e);
         bytes32 key = keccak256(abi.encode(epoch, leaf));
         uint64 answerBy = disputes[key];
-        if (answerBy == 0) revert NoDispute(leaf);
+        if (answerBy == 0 || answerBy == ANSWERED) revert NoDispute(leaf);
         if (block.timestamp >= answerBy) revert AnswerTimeOver(answerBy);
         address signer = _voucherSigner(e, sig);
         if (signer != e.requester) revert NotYourEntry(e.requester, signer);
-        delete disputes[key];
+        disputes[key] = ANSWERED; // answered stays answered: it cannot be raised again
         a.openDisputes -= 1;
         emit Answered(epoch, leaf);
     }
@@ -286,7 +288,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
         if (a.state != AnchorState.Pending) revert NotPending(epoch);
         bytes32 leaf = entryLeaf(e);
         uint64 answerBy = disputes[keccak256(abi.encode(epoch, leaf))];
-        if (answerBy == 0) revert NoDispute(leaf);
+        if (answerBy == 0 || answerBy == ANSWERED) revert NoDispute(leaf);
         if (block.timestamp < answerBy) revert AnswerTimeNotOver(answerBy);
         _void(epoch, a, leaf, e.requester, requesters, amounts);
     }

@@ -207,9 +207,10 @@ class Anchorer:
                 m.forget(line)
         await self._recheck_held()
         await self.gossip.entries(m, self.leaves_per_message)  # before it may become final below
-        effects = await self._observe()
+        # the time first: a dispute mined after this read is one the chain let in before it
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
-        await self.sums.step(m)  # after the time is read: see node.chain.audit_answers
+        effects = await self._observe()
+        await self.sums.step(m)  # see node.chain.audit_answers
         halted = self.follower.stuck is not None and not self.history.due()  # asked lately
         anchors = [] if halted else await self._anchors(now_ms)
         may_post = self.active = not halted and self.follower.may_post(

@@ -52,6 +52,8 @@ class SumAnswers:
         entries = {e.leaf() for e in m.pending.entries}  # the rest held are sum disputes
         for key in m.open_disputes - entries - still:  # answered (also before a restart)
             m.on_answered(key)
+        until = await self.service.call(lambda c: c.anchor()["open_until"])
+        m.window_end_ms = max(m.window_end_ms, int(until) * 1000)  # entries may be disputed
 
     async def _answer(self, m: Anchoring, d: SumDispute) -> bool:
         assert m.pending is not None
@@ -72,6 +74,4 @@ class SumAnswers:
             return False
         self.answered += 1
         log.info("sum dispute answered", extra={**what, "entries": len(a.entries)})
-        until = await self.service.call(lambda c: c.anchor()["open_until"])
-        m.window_end_ms = max(m.window_end_ms, int(until) * 1000)  # entries may be disputed
         return True

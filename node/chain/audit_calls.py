@@ -8,7 +8,7 @@ A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.epoch_ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from eth_abi.abi import encode
@@ -111,8 +111,9 @@ class AuditCalls:
         for log in logs:
             a = log["args"]
             d = SumDispute(index, int(a["kind"]), bytes.fromhex(a["party"][2:]), int(a["amount"]),
-                           int(a["answerBy"]))  # fmt: skip
-            if answered or self.sum_answer_by(d) not in (0, ANSWERED):
+                           0)  # fmt: skip
+            d = replace(d, answer_by=self.sum_answer_by(d))  # now: ANSWERED once answered
+            if answered or d.answer_by not in (0, ANSWERED):
                 out.append(d)
         return out
 
@@ -135,9 +136,14 @@ class AuditCalls:
             from_block=0, argument_filters=where
         ):
             tx = self.w3.eth.get_transaction(log["transactionHash"])
-            fn, args = self.contract.decode_function_input(tx["input"])
+            if str(tx.get("to") or "").lower() != str(self.contract.address).lower():
+                continue  # answered through another contract: its input is not ours to read
+            try:
+                fn, args = self.contract.decode_function_input(tx["input"])
+            except ValueError:
+                continue
             if fn.fn_name != "answerSum":
-                continue  # answered through another contract: not read here
+                continue
             shown = args["shown"]  # decoded as a dict by name (or a tuple, by web3 version)
             rows, proof, flags = (shown[k] for k in ("entries", "proof", "flags")) if isinstance(
                 shown, dict) else shown  # fmt: skip

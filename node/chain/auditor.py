@@ -31,7 +31,13 @@ from consensus.errors import Invalid
 from consensus.settlement.audits import inflated
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
-from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree, leaf_hash
+from consensus.settlement.merkle import (
+    EARNINGS_TYPES,
+    ENTRY_TYPES,
+    MerkleTree,
+    MultiProof,
+    leaf_hash,
+)
 from node.chain.audit_calls import ANSWERED, SumDispute
 from node.chain.errors import ChainError
 from node.chain.history import unpack
@@ -103,6 +109,9 @@ class Auditor:
             for e in entries:
                 if e.previous < m.base_lines.get(e.line, 0):
                     await self._conflict(a, e, tree)
+            proof = tree.multi_proof([e.leaf() for e in entries])
+            by_leaf = {e.leaf(): e for e in entries}
+            await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof)
         elif now_ms < a.posted_ms + window_ms // 2:
             return  # gossip still coming; past half the window, entries missing are withheld
         leaves = self.leaves.get(a.earnings_root)
@@ -118,54 +127,62 @@ class Auditor:
             if d.answer_by != ANSWERED and now_s >= d.answer_by:
                 log.warning("voiding an anchor: its anchorer did not answer a sum dispute",
                             extra={"epoch": index, "party": "0x" + d.party.hex()})  # fmt: skip
-                await self._send(lambda c: c.void_sum(d))  # noqa: B023 - awaited at once
-                return
+                if await self._send(lambda c: c.void_sum(d)):  # noqa: B023 - awaited at once
+                    return
 
     async def _check_answers(self, index: int) -> None:
         """Voids anchor ``index`` when an answer to one of its sum disputes shows entries of a
         requester that add more than the anchor debits it (one never debited at all: a made-up
         requester, paying a worker out of the others' money)."""
+        for _kind, _party, entries, proof in await self.service.call(
+            lambda c: c.sum_answers(index)
+        ):
+            if await self._under_debits(index, entries, proof):
+                return
+
+    async def _under_debits(self, index: int, entries: list[Entry], proof: MultiProof) -> bool:
+        """Voids anchor ``index`` if ``entries`` (in ``proof``'s order) add more for one of
+        their requesters than the anchor debits it; whether it was voided."""
         debits: dict[bytes, int] = {}
         for who, amount in await self.service.call(lambda c: c.anchor_debits(index)):
-            key = bytes.fromhex(who[2:])
-            debits[key] = debits.get(key, 0) + amount
-        answers = await self.service.call(lambda c: c.sum_answers(index))
-        for _kind, _party, entries, proof in answers:
-            for requester in sorted({e.requester for e in entries}):
-                added = sum(e.added for e in entries if e.requester == requester)
-                debited = debits.get(requester, 0)
-                if added > debited and self._once((index, requester, added)):
-                    log.warning("another anchorer's answer shows entries its anchor does not "
-                                "debit: voiding", extra={"epoch": index,
-                                "requester": "0x" + requester.hex(), "entries_wei": str(added),
-                                "debited_wei": str(debited)})  # fmt: skip
-                    shown = (index, requester, entries, proof)
-                    await self._send(lambda c: c.void_under_debit(*shown))  # noqa: B023
-                    return
+            r = bytes.fromhex(who[2:])
+            debits[r] = debits.get(r, 0) + amount
+        for requester in sorted({e.requester for e in entries}):
+            added = sum(e.added for e in entries if e.requester == requester)
+            debited = debits.get(requester, 0)
+            if added <= debited or not self._once(key := (index, requester, added)):
+                continue
+            log.warning("another anchorer's epoch has entries its debits do not cover: voiding",
+                        extra={"epoch": index, "requester": "0x" + requester.hex(),
+                               "entries_wei": str(added), "debited_wei": str(debited)})  # fmt: skip
+            shown = (index, requester, entries, proof)
+            if await self._send(lambda c: c.void_under_debit(*shown), key):  # noqa: B023
+                return True
+        return False
 
     async def _dispute(self, index: int, worker: bytes, leaves: FinalLeaves) -> None:
         amount = leaves.amounts[worker]
-        if not self._once((index, worker, amount)):
+        if not self._once(key := (index, worker, amount)):
             return
         proof = leaves.tree().proof(leaf_hash(EARNINGS_TYPES, [worker, amount]))
         log.warning("another anchorer's epoch credits a worker more than its entries add: "
                     "disputing", extra={"epoch": index, "worker": "0x" + worker.hex(),
                                         "leaf_wei": str(amount)})  # fmt: skip
-        await self._send(lambda c: c.dispute_earnings(index, worker, amount, proof))
+        await self._send(lambda c: c.dispute_earnings(index, worker, amount, proof), key)
 
     async def _conflict(self, a: ChainAnchor, e: Entry, tree: MerkleTree) -> None:
         """Voids anchor ``a`` for ``e`` (``tree``: all of its entries, to prove ``e``)."""
         if (a.index, e.leaf(), e.previous) in self._raised:
             return
         found = await self._last_entry(e.line)
-        if found is None or not self._once((a.index, e.leaf(), e.previous)):
+        if found is None or not self._once(key := (a.index, e.leaf(), e.previous)):
             return
         at, prior, proof = found
         log.warning("another anchorer's epoch counts a line twice: voiding", extra={
             "epoch": a.index, "job": "0x" + e.job.hex(), "previous_wei": str(e.previous),
             "anchored_wei": str(prior.amount), "in_epoch": at})  # fmt: skip
         entry, index = (e, tree.proof(e.leaf())), a.index
-        await self._send(lambda c: c.void_conflict(index, entry, (at, prior, proof)))
+        await self._send(lambda c: c.void_conflict(index, entry, (at, prior, proof)), key)
 
     async def _last_entry(self, line: Line) -> tuple[int, Entry, list[bytes]] | None:
         """The line's entry in the latest final epoch of our history that holds it."""
@@ -189,10 +206,16 @@ class Auditor:
         self._raised.add(key)
         return True
 
-    async def _send(self, call: Callable[[Settlement], object]) -> None:
+    async def _send(
+        self, call: Callable[[Settlement], object], key: tuple[int, bytes, int] | None = None
+    ) -> bool:
+        """Sends ``call``; on failure forgets ``key`` (raised once), so a later step tries again."""
         try:
             await self.service.call(call)
         except ChainError as exc:
             log.warning("audit not sent: %s", exc)
-            return
+            if key is not None:
+                self._raised.discard(key)
+            return False
         self.raised += 1
+        return True

@@ -105,7 +105,8 @@ class EpochCalls:
 
     def answer_by(self, index: int, leaf: bytes) -> int:
         """When the anchorer must answer our dispute of ``leaf`` (0: none open, or answered)."""
-        return int(self.contract.functions.disputes(dispute_key(index, leaf)).call())
+        at = int(self.contract.functions.disputes(dispute_key(index, leaf)).call())
+        return 0 if at == 2**64 - 1 else at  # the contract marks an answered one so
 
     def voided(self, index: int) -> bool:
         where = {"epoch": index}

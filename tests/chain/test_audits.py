@@ -119,6 +119,8 @@ def test_honest_anchorer_answers_earnings_and_debit_disputes(net: Net) -> None:
         anchorer.answer_sum(d, (0, []), a.entries, a.proof)
     with reverts("EntriesUnordered"):
         anchorer.answer_sum(d, (a.base, a.base_proof), a.entries[::-1], a.proof)
+    with reverts("NotAnchorer"):  # only the anchorer answers (it holds the grace that follows)
+        watcher.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
     other = answer(second, first.earnings, EARNINGS, b(net, "worker2"))
     with refused("NotOfParty"):
         anchorer.answer_sum(d, (a.base, a.base_proof), other.entries, other.proof)

@@ -209,3 +209,20 @@ async def test_a_standing_by_anchorer_voids_an_anchor_that_pays_from_a_made_up_r
         await standby.step()
         assert net.client("other").anchor()["state"] == "void"
         assert standby.auditor.raised == 2  # the dispute, then the void
+
+
+async def test_a_standing_by_anchorer_voids_undebited_entries_it_heard_in_full(
+    tmp_path: Path,
+) -> None:
+    """The same made-up requester, its entries gossiped like the rest: the standby, with the
+    whole tree heard, sees entries its debits do not cover and voids at once."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        x, w2 = (bytes.fromhex(net.addr(who)[2:]) for who in ("other", "worker2"))
+        real = entries(net, {(J2, T0, "worker"): ETH})[0]
+        epoch = assemble([real, Entry(x, w2, J3, T0, 2 * ETH)], first.lines, first.earnings, FEE)
+        net.client("sentry1").post_anchor(replace(epoch, debits={real.requester: ETH}),
+                                          net.spends(2 * ETH))  # fmt: skip
+        hand(standby, 1, epoch)
+        await standby.step()
+        assert net.client("other").anchor()["state"] == "void"
+        assert standby.auditor.raised == 1

@@ -153,6 +153,10 @@ def test_an_answered_dispute_lets_the_epoch_pass(net: Net) -> None:
     anchorer.answer(0, e, voucher_sig(net, e))
     with reverts("NoDispute"):
         req.void_anchor(0, e, epoch.debits)
+    with reverts("AlreadyDisputed"):  # answered stays answered: it cannot be raised again
+        req.dispute(0, e, epoch.entry_proof(e))
+    with reverts("NoDispute"):
+        anchorer.answer(0, e, voucher_sig(net, e))
     net.chain.advance(WINDOW)
     with reverts("WindowClosed"):
         req.dispute(0, epoch.entries[1], epoch.entry_proof(epoch.entries[1]))
