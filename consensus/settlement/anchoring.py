@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from consensus.errors import Invalid
 from consensus.settlement.epoch import Entry, Epoch, Line, Spend, assemble
 
+MAX_PARTY_LINES = 1000  # lines per requester and per worker in one epoch: an answer fits a block
 TRANSITIONS = {
     ("idle", "tick"): {"idle", "posting"},
     ("posting", "posted"): {"pending"},
@@ -221,7 +222,20 @@ class Anchoring:
         return {e.requester for e, _ in self.latest.values() if e.amount > base.get(e.line, 0)}
 
     def _fresh(self) -> list[Entry]:
-        return [e for e, _ in self.latest.values() if e.amount > self.base_lines.get(e.line, 0)]
+        """The lines grown since the base, at most MAX_PARTY_LINES per requester and per worker
+        (the rest wait for a later epoch): a sum dispute's answer carries all of a party's
+        entries of the epoch, and must fit in a block."""
+        base = self.base_lines
+        grown = [e for e, _ in self.latest.values() if e.amount > base.get(e.line, 0)]
+        grown.sort(key=lambda e: e.line)
+        count: dict[bytes, int] = {}
+        out = []
+        for e in grown:
+            r, w = (b"r" + e.requester, b"w" + e.worker)
+            if count.get(r, 0) < MAX_PARTY_LINES and count.get(w, 0) < MAX_PARTY_LINES:
+                count[r], count[w] = count.get(r, 0) + 1, count.get(w, 0) + 1
+                out.append(e)
+        return out
 
     def _covered(self, fresh: list[Entry], debited: Mapping[bytes, int]) -> list[Entry]:
         """``fresh`` less the lines of requesters whose spend does not cover their debit."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consensus.errors import Invalid
-from consensus.settlement import anchoring_state
+from consensus.settlement import anchoring, anchoring_state
 from consensus.settlement.anchoring import Anchoring, Answer, Finalize, Post, claim_due
 from consensus.settlement.epoch import Entry, Spend
 
@@ -147,3 +147,16 @@ def test_a_requester_whose_spend_falls_short_waits_for_a_later_epoch() -> None:
     assert m.to_post(WINDOW_MS) == {R, r2}
     (effect,) = m.on_tick(WINDOW_MS)  # R: 100 anchored + 50 over the 100 signed; r2 covered
     assert isinstance(effect, Post) and effect.epoch.debits == {r2: 40} and m.short == {R: 150}
+
+
+def test_an_epoch_holds_at_most_max_party_lines_per_party(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sum dispute's answer carries all of a party's entries: the rest wait an epoch."""
+    monkeypatch.setattr(anchoring, "MAX_PARTY_LINES", 2)
+    m = Anchoring(epoch_ms=1000, fee_bps=0)
+    for i in range(3):
+        m.on_voucher(Entry(R, W1, bytes([i + 1]) * 32, T, 10), b"s")
+    m.on_voucher(Entry(R, W2, b"\x09" * 32, T, 10), b"s")
+    m.on_spend(Spend(R, 10**18, b"sig"))
+    (post,) = m.on_tick(0)
+    assert isinstance(post, Post)
+    assert len(post.epoch.entries) == 2  # the requester's two: its third line and W2's wait
