@@ -185,7 +185,8 @@ class Bench:
 
     def audits(self, index: int, after: Epoch) -> None:
         """Sum disputes of an anchor over ``after`` (the last final epoch), each answered with
-        AUDIT_LINES entries: what an honest anchorer pays to answer a worker or a requester."""
+        AUDIT_LINES entries: what an honest anchorer pays to answer a worker or a requester.
+        A bonded sentry disputes the worker's leaf, the requester its debit."""
         r, anchorer, g = self.c[self.req[0]], self.c[self.sentries[0]], self.gas  # [2]: slashed
         requester, worker = addr(self.req[0]), addr(self.work[0])
         entries = [Entry(requester, worker, bytes([0xD0 + i]) * 32, TASK, ETH // 100)
@@ -193,9 +194,11 @@ class Bench:
         epoch = assemble(entries, after.lines, after.earnings, FEE_BPS)
         anchorer.post_anchor(epoch, self.spends(epoch))
         cum = epoch.earnings[worker]
-        g["dispute_earnings"] = r.dispute_earnings(
-            index, worker, cum, epoch.earnings_proof(worker)
-        ).gas
+        g["dispute_earnings"] = (
+            self.c[self.sentries[1]]
+            .dispute_earnings(index, worker, cum, epoch.earnings_proof(worker))
+            .gas
+        )
         g["dispute_debit"] = r.dispute_debit(index).gas
         for d in anchorer.sum_disputes(index):
             a = answer(epoch, after.earnings, d.kind, d.party)
