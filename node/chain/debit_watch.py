@@ -4,7 +4,11 @@ does not answer in time.
 
 The entries of a pending anchor come on gossip, a few times in its window; so the check waits
 until half the window has passed, and a quarter window since this process first looked at the
-anchor (an honest anchorer has sent them at least once in either). An anchorer
+anchor (an honest anchorer has sent them at least once in either). Gossip is lossy and an
+anchorer may restart mid-window, so a debit the heard entries do not cover is disputed only
+when the pool's debits in all also exceed what we owe by our own records (each line's largest
+voucher, or the cap we put on it): a false dispute costs both sides gas, and an anchorer that
+cannot answer in time (a short window, a restart) loses its bond. An anchorer
 that withheld our entries must show them on chain to answer: withholding no longer hides a
 debit. Stateless on purpose: the chain says whether our dispute is open, so a restart (even a
 kill -9 between a send and anything else) picks up where it was.
@@ -13,7 +17,7 @@ kill -9 between a send and anything else) picks up where it was.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from consensus.settlement.audits import DEBIT
@@ -34,8 +38,12 @@ class DebitWatch:
         self.seen: dict[int, int] = {}  # the latest epoch -> chain time we first looked at it
         self.voided = 0
 
-    async def step(self, anchor: dict[str, Any], now: int, heard: Iterable[Entry]) -> None:
-        """Looks at the latest anchor (``anchor``, as read) at chain time ``now``."""
+    async def step(
+        self, anchor: dict[str, Any], now: int, heard: Iterable[Entry],
+        owed: Callable[[], Awaitable[int]],
+    ) -> None:  # fmt: skip
+        """Looks at the latest anchor (``anchor``, as read) at chain time ``now``; ``owed``
+        reads what we owe in all by our own records (each line's largest voucher, or its cap)."""
         if anchor["state"] != "pending":
             return
         index, service = int(anchor["epoch"]), self.chain.service
@@ -58,10 +66,14 @@ class DebitWatch:
         added = sum(e.added for e in heard if e.requester == self.me)
         if debited <= added:
             return
+        pool = await service.call(lambda c: c.pool_of(me))
+        if int(pool["debited"]) <= await owed():
+            return  # entries unheard (lost, or the anchorer restarted), but nothing overpaid
         self.disputed.add(index)
-        log.warning("anchor debits our pool more than its entries add: disputing",
-                    extra={"epoch": index, "debited_wei": str(debited),
-                           "entries_wei": str(added)})  # fmt: skip
+        what = {"epoch": index, "debited_wei": str(debited), "entries_wei": str(added),
+                "debited_in_all_wei": str(pool["debited"])}  # fmt: skip
+        log.warning("anchor debits our pool more than its entries add, and beyond what we "
+                    "owe: disputing", extra=what)  # fmt: skip
         try:
             await service.call(lambda c: c.dispute_debit(index))
         except ChainError as exc:

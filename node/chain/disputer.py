@@ -182,11 +182,21 @@ class Disputer:
                     self._warn_answerable(finding)
                 else:
                     await self._record(anchor["epoch"], finding, "found")
-        await self.debits.step(anchor, now, [h.entry for h in self.heard.values()])
+        await self.debits.step(anchor, now, [h.entry for h in self.heard.values()], self._owed)
         for row in await self.db.query(
             "SELECT * FROM settle_disputes WHERE state IN ('found', 'disputed') ORDER BY epoch"
         ):
             await self._move(row, anchor, now)
+
+    async def _owed(self) -> int:
+        """What we owe in all by our records: each attempt's largest voucher, or its cap."""
+        rows = await self.db.query("SELECT vouched_wei, payable_wei FROM attempts")
+        total = 0
+        for r in rows:
+            vouched = int(r["vouched_wei"] or 0)
+            cap = r["payable_wei"]
+            total += vouched if cap is None else min(vouched, int(cap))
+        return total
 
     async def findings(self) -> list[Finding]:
         """What to dispute among the heard entries, by what this node signed."""

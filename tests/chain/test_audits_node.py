@@ -226,3 +226,24 @@ async def test_a_standing_by_anchorer_voids_undebited_entries_it_heard_in_full(
         await standby.step()
         assert net.client("other").anchor()["state"] == "void"
         assert standby.auditor.raised == 1
+
+
+async def test_the_requester_does_not_dispute_an_honest_debit_it_heard_no_entries_of(
+    tmp_path: Path,
+) -> None:
+    """Gossip lost every copy (or the anchorer restarted as it posted): the debit is not
+    covered by entries heard, but not beyond what the requester owes either."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    net.client("sentry1").stake(ETH)
+    r, w = (bytes.fromhex(net.addr(who)[2:]) for who in ("requester", "worker"))
+    net.client("sentry1").post_anchor(assemble([entry_of(A, r, w, ETH)], {}, {}, FEE),
+                                      net.spends(ETH))  # fmt: skip
+    async with await Database.open(tmp_path / "requester.db") as db:
+        requester = Requester(net, db, tmp_path / "journal.db")
+        await requester.vouched(A, "worker", ETH)
+        disputer = await requester.start(Hub())
+        await disputer.step()
+        net.chain.advance(WINDOW // 2 + 1)
+        await disputer.step()
+        assert net.client("other").sum_disputes(0, answered=True) == []
