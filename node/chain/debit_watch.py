@@ -17,11 +17,11 @@ kill -9 between a send and anything else) picks up where it was.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from consensus.settlement.audits import DEBIT
-from consensus.settlement.epoch import Entry
+from consensus.settlement.epoch import Entry, Line
 from node.chain.audit_calls import ANSWERED
 from node.chain.errors import ChainError
 
@@ -36,17 +36,22 @@ class DebitWatch:
         self.chain, self.me = chain, me
         self.disputed: set[int] = set()  # epochs whose debit we disputed (this process)
         self.seen: dict[int, int] = {}  # the latest epoch -> chain time we first looked at it
+        self.twice: set[int] = set()  # epochs voided (or being) for a line counted twice
         self.voided = 0
 
     async def step(
-        self, anchor: dict[str, Any], now: int, heard: Iterable[Entry],
+        self, anchor: dict[str, Any], now: int, heard: list[tuple[Entry, list[bytes]]],
         owed: Callable[[], Awaitable[int]],
     ) -> None:  # fmt: skip
-        """Looks at the latest anchor (``anchor``, as read) at chain time ``now``; ``owed``
-        reads what we owe in all by our own records (each line's largest voucher, or its cap)."""
+        """Looks at the latest anchor (``anchor``, as read) at chain time ``now``: ``heard``
+        is our entries of it with their proofs; ``owed`` reads what we owe in all by our own
+        records (each line's largest voucher, or its cap)."""
         if anchor["state"] != "pending":
             return
         index, service = int(anchor["epoch"]), self.chain.service
+        if now < int(anchor["open_until"]):
+            await self._void_twice(index, heard)
+        entries = [e for e, _ in heard]
         raised = [d for d in await service.call(lambda c: c.sum_disputes(index, answered=True))
                   if d.kind == DEBIT and d.party == self.me]  # fmt: skip
         for d in raised:
@@ -63,7 +68,7 @@ class DebitWatch:
         me = "0x" + self.me.hex()
         debits = await service.call(lambda c: c.anchor_debits(index))
         debited = sum(a for r, a in debits if r.lower() == me)
-        added = sum(e.added for e in heard if e.requester == self.me)
+        added = sum(e.added for e in entries if e.requester == self.me)
         if debited <= added:
             return
         pool = await service.call(lambda c: c.pool_of(me))
@@ -79,6 +84,26 @@ class DebitWatch:
         except ChainError as exc:
             self.disputed.discard(index)
             log.warning("debit dispute not sent: %s", exc)
+
+    async def _void_twice(self, index: int, heard: list[tuple[Entry, list[bytes]]]) -> None:
+        """Voids anchor ``index`` at once if two entries heard name one line of ours: we
+        would pay that voucher twice (each entry adds its amount over ``previous``)."""
+        first: dict[Line, tuple[Entry, list[bytes]]] = {}
+        for e, proof in heard:
+            other = first.setdefault(e.line, (e, proof))
+            if other[0] == e or index in self.twice:
+                continue
+            self.twice.add(index)
+            log.warning("anchor has two entries for one line of ours: voiding",
+                        extra={"epoch": index, "job": "0x" + e.job.hex()})  # fmt: skip
+            try:
+                await self.chain.service.call(
+                    lambda c: c.void_conflict(index, (e, proof), (index, *other))  # noqa: B023
+                )
+            except ChainError as exc:
+                self.twice.discard(index)
+                log.warning("void of a line counted twice failed: %s", exc)
+            return
 
     async def _void(self, d: Any) -> None:
         try:

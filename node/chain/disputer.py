@@ -182,7 +182,8 @@ class Disputer:
                     self._warn_answerable(finding)
                 else:
                     await self._record(anchor["epoch"], finding, "found")
-        await self.debits.step(anchor, now, [h.entry for h in self.heard.values()], self._owed)
+        heard = [(h.entry, h.proof) for h in self.heard.values()]
+        await self.debits.step(anchor, now, heard, self._owed)
         for row in await self.db.query(
             "SELECT * FROM settle_disputes WHERE state IN ('found', 'disputed') ORDER BY epoch"
         ):

@@ -14,7 +14,7 @@ from consensus.envelope import new_nonce
 from consensus.settlement.audits import EARNINGS, answer
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import leaves_parts
-from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
+from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree
 from consensus.settlement.messages import (
     MAX_LEAVES,
     EpochEntries,
@@ -247,3 +247,32 @@ async def test_the_requester_does_not_dispute_an_honest_debit_it_heard_no_entrie
         net.chain.advance(WINDOW // 2 + 1)
         await disputer.step()
         assert net.client("other").sum_disputes(0, answered=True) == []
+
+
+async def test_the_requester_voids_an_anchor_with_two_entries_for_one_line(
+    tmp_path: Path,
+) -> None:
+    """Each entry adds its amount over ``previous``: two for one line pay the voucher twice."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    net.client("sentry1").stake(ETH)
+    r, w = (bytes.fromhex(net.addr(who)[2:]) for who in ("requester", "worker"))
+    line = entry_of(A, r, w, ETH)
+    twice = (line, replace(line, previous=1))
+    epoch = assemble([line], {}, {}, FEE)
+    tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in twice])
+    doubled = replace(epoch, entries=twice, entries_tree=tree, debits={r: 2 * ETH - 1})
+    net.client("sentry1").post_anchor(doubled, net.spends(2 * ETH))
+    async with await Database.open(tmp_path / "requester.db") as db:
+        requester = Requester(net, db, tmp_path / "journal.db")
+        await requester.vouched(A, "worker", ETH)
+        disputer = await requester.start(Hub())
+        await disputer.step()  # reads the anchor
+        for who, part, parts, rows in entries_parts(doubled, {}):
+            msg = EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=0, part=part,
+                               parts=parts, entries_root=tree.root, requester=who,
+                               rows=rows)  # fmt: skip
+            assert await disputer.hear(msg) == 2
+        await disputer.step()
+        assert net.client("other").anchor()["state"] == "void"
+        assert net.client("requester").pool_of()["debited"] == 0
