@@ -41,10 +41,6 @@ class SumAnswer:
     proof: MultiProof
 
 
-def added(entries: list[Entry] | tuple[Entry, ...]) -> int:
-    return sum(e.added for e in entries)
-
-
 def answer(epoch: Epoch, base: Mapping[bytes, int], kind: int, party: bytes) -> SumAnswer:
     """The answer to a sum dispute of ``party`` in ``epoch``, built over ``base`` (the
     earnings of the last final epoch, from which ``epoch`` was assembled).

@@ -15,6 +15,7 @@ from eth_abi.abi import encode
 from eth_hash.auto import keccak
 from web3 import Web3
 
+from consensus.settlement.audits import DEBIT, EARNINGS
 from consensus.settlement.epoch import Entry
 from consensus.settlement.merkle import MultiProof
 from node.chain.epoch_calls import entry_args
@@ -22,7 +23,6 @@ from node.chain.epoch_calls import entry_args
 if TYPE_CHECKING:
     from node.chain.client import TxResult
 
-EARNINGS, DEBIT = 1, 2  # the contract's ``Sum`` kinds
 SUM_KINDS = {EARNINGS: "earnings", DEBIT: "debit"}
 ANSWERED = 2**64 - 1  # a sum dispute's ``answerBy`` once answered
 
@@ -152,10 +152,6 @@ class AuditCalls:
                                tuple(bool(f) for f in flags))  # fmt: skip
             out.append((int(args["kind"]), bytes.fromhex(args["party"][2:]), entries, multi))
         return out
-
-    def final_entries_root(self, index: int) -> bytes:
-        """Anchor ``index``'s entries root if it became final, else 32 zero bytes."""
-        return bytes(self.contract.functions.finalEntries(index).call())
 
     def _debit_lists(self, index: int) -> list[list[Any]]:
         debits = self.anchor_debits(index)
