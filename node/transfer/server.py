@@ -31,6 +31,7 @@ from node.transfer.wire import (
     MANIFEST_PROTOCOL,
     MAX_CHUNK_FRAME,
     MAX_MANIFEST_FRAME,
+    chunk_reply_frame,
     pack_chunk,
 )
 from p2p import reqresp
@@ -58,7 +59,7 @@ ServeChannel = Callable[[ChunkChannel], Awaitable[None]]
 class _Reply:
     def __init__(self) -> None:
         self.ready = trio.Event()
-        self.value: dict[str, Any] = {}
+        self.frame = b""
 
 
 class TransferServer:
@@ -145,13 +146,13 @@ class TransferServer:
     ) -> None:
         async for reply in receive:
             await reply.ready.wait()
-            await channel.send(encode_frame(reply.value, MAX_CHUNK_FRAME))
+            await channel.send(reply.frame)
 
     async def _prepare(self, reply: _Reply, peer: str, body: bytes) -> None:
         try:
-            reply.value = await self._answer(peer, decode_body(body, DEFAULT_LIMITS))
+            reply.frame = await self._answer(peer, decode_body(body, DEFAULT_LIMITS))
         except (Invalid, RequestError) as exc:
-            reply.value = {"i": -1, "e": f"malformed: {exc}"[:100]}
+            reply.frame = _refusal(-1, f"malformed: {exc}"[:100])
         reply.ready.set()
 
     async def run_bulk(
@@ -226,21 +227,30 @@ class TransferServer:
                 del self._channels[peer]
             await channel.aclose()
 
-    async def _answer(self, peer: str, request: Any) -> dict[str, Any]:
+    async def _answer(self, peer: str, request: Any) -> bytes:
+        """The reply's frame: the chunk, or a refusal."""
         if not isinstance(request, dict) or not isinstance(request.get("i"), int):
             raise Invalid("chunk request", "expected {d: bytes, i: int}")
         index = request["i"]
         manifest = self._manifest_for(peer, request.get("d"))
         if manifest is None or not 0 <= index < len(manifest.chunks):
-            return {"i": index, "e": NOT_FOUND}
+            return _refusal(index, NOT_FOUND)
         try:
             data = await self.read_chunk(manifest.chunks[index].hash.hex())
         except (FileNotFoundError, CorruptBlob):
-            return {"i": index, "e": NOT_FOUND}
-        compressed, payload = await trio.to_thread.run_sync(pack_chunk, data)
+            return _refusal(index, NOT_FOUND)
+        frame = await trio.to_thread.run_sync(_chunk_frame, index, data)
         self.served[request["d"]] += 1
-        return {"i": index, "z": compressed, "b": payload}
+        return frame
 
     async def read_chunk(self, digest: str) -> bytes:
         """The chunk's bytes from the store, verified (a test overrides this to lie)."""
         return await trio.to_thread.run_sync(self.store.get, digest)
+
+
+def _chunk_frame(index: int, data: bytes) -> bytes:
+    return chunk_reply_frame(index, *pack_chunk(data))
+
+
+def _refusal(index: int, code: str) -> bytes:
+    return encode_frame({"i": index, "e": code}, MAX_CHUNK_FRAME)

@@ -13,12 +13,15 @@ nor the bytes need to be trusted.
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
+import msgpack
 import zstandard
 from blake3 import blake3
 
 from consensus.errors import Invalid
+from p2p.framing import HEADER, FrameTooLarge
 
 CHUNKS_PROTOCOL: Final = "/idlegrid/chunks/1"
 BULK_PROTOCOL: Final = "/idlegrid/bulk/1"  # a ticket for the bulk channel (node.transfer.channel)
@@ -28,6 +31,8 @@ MAX_MANIFEST_FRAME: Final = (64 << 20) + 4096
 ZSTD_LEVEL: Final = 1  # fast: the link, not the ratio, is what we save for
 SAMPLE_BYTES: Final = 64 << 10
 MIN_SAVING: Final = 8  # compress only if it saves >= 1/MIN_SAVING of the chunk
+_MAP3: Final = b"\x83"  # msgpack: a map of three pairs
+_BIN32: Final = struct.Struct(">BI")  # msgpack: bin 32 (0xc6) and its length
 
 
 def pack_chunk(data: bytes) -> tuple[bool, bytes]:
@@ -45,6 +50,25 @@ def pack_chunk(data: bytes) -> tuple[bool, bytes]:
     if _saves(packed, len(data)):
         return True, packed
     return False, data
+
+
+def chunk_reply_frame(index: int, compressed: bool, payload: bytes) -> bytes:
+    """The frame ``encode_frame({"i": index, "z": compressed, "b": payload})`` carries, with
+    the payload copied once.
+
+    The general encoder copied a chunk three times (into msgpack's buffer, out to bytes, behind
+    the frame header): a tenth of a holder's time at several hundred MB/s. The payload goes
+    last, under a 32-bit bin header; any msgpack decoder reads the same map.
+
+    Raises:
+        FrameTooLarge: the payload does not fit :data:`MAX_CHUNK_FRAME`.
+    """
+    fields = b"".join(msgpack.packb(x) for x in ("i", index, "z", compressed, "b"))
+    size = 1 + len(fields) + _BIN32.size + len(payload)
+    if size > MAX_CHUNK_FRAME:
+        raise FrameTooLarge(size, MAX_CHUNK_FRAME)
+    head = HEADER.pack(size) + _MAP3 + fields + _BIN32.pack(0xC6, len(payload))
+    return b"".join((head, payload))
 
 
 def _saves(packed: bytes, size: int) -> bool:
