@@ -125,6 +125,40 @@ class MultiProof:
             return (self.leaves or self.proof)[0]
         return hashes[-1]
 
+    def single_proofs(self) -> dict[bytes, list[bytes]]:
+        """Each shown leaf's own proof (for ``MerkleProof.verify``), read off this multiproof.
+
+        Every step of :meth:`root` hashes two siblings, so a leaf's proof is the sibling of
+        each node on its way up. A requester that finds its entry in an audit answer (shown in
+        a multiproof only) disputes that entry with a proof of its own.
+
+        Raises:
+            Invalid: the sizes do not add up.
+        """
+        self.root()
+        value = list(self.leaves)  # node id -> hash; leaves first, as the queue takes them
+        queue = deque(range(len(value)))
+        siblings = deque(self.proof)
+        up: dict[int, tuple[int, bytes]] = {}  # node id -> (its parent's id, its sibling)
+        for flag in self.flags:
+            a = queue.popleft()
+            b = queue.popleft() if flag else None
+            b_hash = value[b] if b is not None else siblings.popleft()
+            parent = len(value)
+            value.append(hash_pair(value[a], b_hash))
+            up[a] = (parent, b_hash)
+            if b is not None:
+                up[b] = (parent, value[a])
+            queue.append(parent)
+        proofs: dict[bytes, list[bytes]] = {}
+        for start, leaf in enumerate(self.leaves):
+            path, node = [], start
+            while node in up:
+                node, sibling = up[node]
+                path.append(sibling)
+            proofs[leaf] = path
+        return proofs
+
 
 def verify(root: bytes, leaf: bytes, proof: Sequence[bytes]) -> bool:
     node = leaf

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from consensus.settlement.audits import DEBIT
 from consensus.settlement.epoch import Entry, Line
-from node.chain.audit_calls import ANSWERED
+from node.chain.audit_calls import ANSWERED, SumDispute
 from node.chain.errors import ChainError
 
 if TYPE_CHECKING:
@@ -41,19 +41,19 @@ class DebitWatch:
 
     async def step(
         self, anchor: dict[str, Any], now: int, heard: list[tuple[Entry, list[bytes]]],
-        owed: Callable[[], Awaitable[int]],
+        owed: Callable[[], Awaitable[int]], sums: list[SumDispute],
     ) -> None:  # fmt: skip
         """Looks at the latest anchor (``anchor``, as read) at chain time ``now``: ``heard``
         is our entries of it with their proofs; ``owed`` reads what we owe in all by our own
-        records (each line's largest voucher, or its cap)."""
+        records (each line's largest voucher, or its cap); ``sums`` is every sum dispute
+        raised against it (answered or not)."""
         if anchor["state"] != "pending":
             return
         index, service = int(anchor["epoch"]), self.chain.service
         if now < int(anchor["open_until"]):
             await self._void_twice(index, heard)
         entries = [e for e, _ in heard]
-        raised = [d for d in await service.call(lambda c: c.sum_disputes(index, answered=True))
-                  if d.kind == DEBIT and d.party == self.me]  # fmt: skip
+        raised = [d for d in sums if d.kind == DEBIT and d.party == self.me]
         for d in raised:
             if d.answer_by != ANSWERED and now >= d.answer_by:
                 await self._void(d)

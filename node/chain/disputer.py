@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from consensus.errors import Invalid
 from consensus.settlement.disputes import (
     FINAL_STATES,
     ChainView,
@@ -39,7 +40,9 @@ from consensus.settlement.disputes import (
 )
 from consensus.settlement.eip712 import ChainVoucher, chain_job_id, chain_task_id
 from consensus.settlement.epoch import Entry, Line
+from consensus.settlement.merkle import verify
 from consensus.settlement.messages import EpochEntries
+from node.chain.audit_calls import ANSWERED, SumDispute
 from node.chain.debit_watch import DebitWatch
 from node.chain.epoch_calls import entry_args
 from node.chain.errors import ChainError, ChainReverted, DisputeRefused, survive
@@ -82,6 +85,7 @@ class Disputer:
         # Entries of an anchor the chain did not show yet when they came: (index, root) -> parts
         self.waiting: dict[tuple[int, bytes], dict[int, EpochEntries]] = {}
         self._warned: set[bytes] = set()  # answerable findings already logged
+        self._answers_read = 0  # sum disputes of self.latest whose answers were read
         self._wake = trio.Event()
         self._lock = trio.Lock()  # one step at a time: the service's, or one asked by hand
         self.debits = DebitWatch(chain, self.me)
@@ -158,7 +162,8 @@ class Disputer:
         latest = await self.chain.service.call(lambda c: c.anchor())
         key = (int(latest["epoch"]), bytes(latest["entries_root"]))
         if key != self._anchor_key():
-            self.heard, self._warned = {}, set()  # compared after the read: entries heard
+            self.heard, self._warned, self._answers_read = {}, set(), 0  # compared after the
+            # read: entries heard
             # meanwhile, for this very anchor, are kept
         self.latest = latest
         for msg in self.waiting.pop(key, {}).values():
@@ -176,6 +181,11 @@ class Disputer:
     async def _step(self) -> None:
         anchor = await self._read_anchor()
         now = await self.chain.service.call(lambda c: c.chain.now())
+        sums: list[SumDispute] = []
+        if anchor["state"] == "pending":
+            index = int(anchor["epoch"])
+            sums = await self.chain.service.call(lambda c: c.sum_disputes(index, answered=True))
+            await self._hear_answers(anchor, sums)
         if anchor["state"] == "pending" and now < anchor["open_until"] and self.heard:
             for finding in await self.findings():
                 if finding.answerable:
@@ -183,11 +193,42 @@ class Disputer:
                 else:
                     await self._record(anchor["epoch"], finding, "found")
         heard = [(h.entry, h.proof) for h in self.heard.values()]
-        await self.debits.step(anchor, now, heard, self._owed)
+        await self.debits.step(anchor, now, heard, self._owed, sums)
         for row in await self.db.query(
             "SELECT * FROM settle_disputes WHERE state IN ('found', 'disputed') ORDER BY epoch"
         ):
             await self._move(row, anchor, now)
+
+    async def _hear_answers(self, anchor: dict[str, Any], sums: list[SumDispute]) -> None:
+        """Takes our entries from the answers to the pending anchor's sum disputes.
+
+        An answer shows all of a worker's entries (earnings) or a requester's (debit), some
+        perhaps never gossiped. One naming us that we never signed is then disputed like any
+        heard one: otherwise an anchorer could answer our debit dispute with an entry it made
+        up for us, or pay a colluding worker from one shown only in that worker's answer.
+        Read again only when another dispute has been answered.
+        """
+        answered = sum(d.answer_by == ANSWERED for d in sums)
+        if answered <= self._answers_read:
+            return
+        index, root = int(anchor["epoch"]), bytes(anchor["entries_root"])
+        answers = await self.chain.service.call(lambda c: c.sum_answers(index))
+        new = 0
+        for _, _, entries, multi in answers:
+            try:
+                proofs = multi.single_proofs()
+            except Invalid:
+                continue  # the chain took it, so it adds up; never trust what we decoded
+            for e in entries:
+                leaf = e.leaf()
+                mine = e.requester == self.me and leaf not in self.heard
+                if mine and verify(root, leaf, proofs[leaf]):
+                    self.heard[leaf] = Heard(e, proofs[leaf], shown=False)
+                    new += 1
+        self._answers_read = answered
+        if new:
+            log.info("entries of ours shown in audit answers", extra={
+                "epoch": index, "new": new, "entries": len(self.heard)})  # fmt: skip
 
     async def _owed(self) -> int:
         """What we owe in all by our records: each attempt's largest voucher, or its cap."""

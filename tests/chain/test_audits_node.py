@@ -1,7 +1,8 @@
 """The audits driven by the node's services on a real EVM (embedded), one sqlite file per node:
 the anchoring sentry answers every sum dispute of its epoch (earnings over a base, and debits),
 so an honest anchor survives any dispute; a requester's service disputes a debit above the
-entries it heard and voids the anchor when its anchorer cannot show them."""
+entries it heard, voids the anchor when its anchorer cannot show them, and disputes an entry it
+never signed that an answer shows."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from consensus.envelope import new_nonce
-from consensus.settlement.audits import EARNINGS, answer
+from consensus.settlement.audits import DEBIT, EARNINGS, answer
+from consensus.settlement.eip712 import chain_job_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import leaves_parts
 from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree
@@ -26,7 +28,7 @@ from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
 from storage.db import Database
 from tests.chain.conftest import ETH, Net, make_net
-from tests.chain.test_disputes import A, Hub, Requester
+from tests.chain.test_disputes import A, B, Hub, Requester
 from tests.chain.test_epochs import FEE, J1, J2, J3, T0, entries
 from tests.chain.test_settlement_node import fresh_anchorer, voucher
 
@@ -271,4 +273,39 @@ async def test_the_requester_voids_an_anchor_with_two_entries_for_one_line(
             assert await disputer.hear(msg) == 2
         await disputer.step()
         assert net.client("other").anchor()["state"] == "void"
+        assert net.client("requester").pool_of()["debited"] == 0
+
+
+async def test_the_requester_disputes_a_made_up_entry_shown_only_in_an_audit_answer(
+    tmp_path: Path,
+) -> None:
+    """The anchorer debits us for an entry it made up and never gossiped, and answers our
+    debit dispute by showing it: the answer is read, the entry disputed (no voucher of ours
+    answers it) and the anchor voided."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    cheat = net.client("sentry1")
+    cheat.stake(ETH)
+    r, w = (bytes.fromhex(net.addr(who)[2:]) for who in ("requester", "worker"))
+    epoch = assemble([entry_of(A, r, w, ETH), entry_of(B, r, w, ETH)], {}, {}, FEE)
+    cheat.post_anchor(epoch, net.spends(3 * ETH))
+    async with await Database.open(tmp_path / "requester.db") as db:
+        requester = Requester(net, db, tmp_path / "journal.db")
+        await requester.vouched(A, "worker", ETH)  # B: never ours
+        disputer = await requester.start(Hub())
+        await disputer.step()
+        net.chain.advance(WINDOW // 2 + 1)
+        await disputer.step()
+        (d,) = cheat.sum_disputes(0)
+        assert (d.kind, d.party, d.amount) == (DEBIT, r, epoch.debits[r])
+        shown = answer(epoch, {}, DEBIT, r)
+        cheat.answer_sum(d, (shown.base, shown.base_proof), shown.entries, shown.proof)
+        await disputer.step()
+        rows = await db.query("SELECT state, job FROM settle_disputes")
+        made_up = chain_job_id(B.job_id)
+        assert [(x["state"], bytes(x["job"])) for x in rows] == [("disputed", made_up)]
+        assert len(disputer.heard) == 2
+        net.chain.advance(WINDOW + 1)
+        await disputer.step()
+        assert cheat.anchor()["state"] == "void"
         assert net.client("requester").pool_of()["debited"] == 0

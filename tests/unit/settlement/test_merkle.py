@@ -73,3 +73,21 @@ def test_bad_multiproofs_are_refused() -> None:
         tree.multi_proof([b"\0" * 32])
     with pytest.raises(Invalid, match="do not add up"):
         MultiProof((leaf,), (), (True,)).root()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13])
+def test_each_leaf_of_a_multiproof_gets_a_proof_of_its_own(size: int) -> None:
+    rows = [[i * 7 + 1] for i in range(size)]
+    tree = MerkleTree.of(["uint256"], rows)
+    leaves = [leaf_hash(["uint256"], r) for r in rows]
+    for shown in ({0}, {size - 1}, set(range(0, size, 2)), set(range(size))):
+        mp = tree.multi_proof([leaves[i] for i in sorted(shown)])
+        proofs = mp.single_proofs()
+        assert set(proofs) == set(mp.leaves)
+        for leaf, proof in proofs.items():
+            assert verify(tree.root, leaf, proof)
+            assert len(proof) == len(tree.proof(leaf))  # the same path, found another way
+    forged = MultiProof((b"\1" * 32, *mp.leaves[1:]), mp.proof, mp.flags)
+    assert not verify(tree.root, b"\1" * 32, forged.single_proofs()[b"\1" * 32])
+    with pytest.raises(Invalid, match="do not add up"):
+        MultiProof((leaves[0],), (), (True,)).single_proofs()
