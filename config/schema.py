@@ -387,6 +387,13 @@ class ChainSettings:
         0, "chain id the endpoint must report (backend = rpc)", int_range(0, 2**63 - 1)
     )
     contract: str = setting("", "settlement contract address (backend = rpc)", address_check)
+    from_block: int = setting(
+        0,
+        "the block chain.contract was deployed in (backend = rpc): its events are read from "
+        "there; 0 reads from the chain's first block, which providers may refuse or answer "
+        "slowly on a long chain such as Arbitrum One",
+        int_range(0, 2**63 - 1),
+    )
     token: str = setting(
         "",
         "payment asset: empty = native coin; an ERC-20 address (backend = rpc), which must be "

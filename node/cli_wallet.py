@@ -439,9 +439,8 @@ def epochs(home_dir: str | None, as_json: bool) -> None:
 
 
 def epoch_rows(c: Settlement) -> list[dict[str, Any]]:
-    ev = c.contract.events
     rows: dict[int, dict[str, Any]] = {}
-    for log in ev.Anchored().get_logs(from_block=0):
+    for log in c.events("Anchored"):
         a = log["args"]
         rows[a["epoch"]] = {
             "epoch": a["epoch"], "state": "pending", "anchorer": a["anchorer"],
@@ -451,9 +450,9 @@ def epoch_rows(c: Settlement) -> list[dict[str, Any]]:
             "disputes": 0, "dispute_deadline": None,
         }  # fmt: skip
     for name, state in (("Finalized", "final"), ("Voided", "void")):
-        for log in getattr(ev, name)().get_logs(from_block=0):
+        for log in c.events(name):
             rows[log["args"]["epoch"]]["state"] = state
-    for log in ev.Disputed().get_logs(from_block=0):
+    for log in c.events("Disputed"):
         rows[log["args"]["epoch"]]["disputes"] += 1
     latest = c.anchor()
     if latest["epoch"] in rows:

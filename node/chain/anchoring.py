@@ -75,16 +75,9 @@ async def _observe(
 
 
 def _events(c: Settlement, index: int) -> tuple[set[bytes], set[bytes], bool]:
-    ev, where = c.contract.events, {"epoch": index}
-    disputed = {
-        bytes(e["args"]["leaf"])
-        for e in ev.Disputed().get_logs(from_block=0, argument_filters=where)
-    }
-    answered = {
-        bytes(e["args"]["leaf"])
-        for e in ev.Answered().get_logs(from_block=0, argument_filters=where)
-    }
-    voided = bool(ev.Voided().get_logs(from_block=0, argument_filters=where))
+    disputed = {bytes(e["args"]["leaf"]) for e in c.events("Disputed", epoch=index)}
+    answered = {bytes(e["args"]["leaf"]) for e in c.events("Answered", epoch=index)}
+    voided = bool(c.events("Voided", epoch=index))
     return disputed, answered, voided
 
 

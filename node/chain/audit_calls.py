@@ -44,7 +44,7 @@ class SumDispute:
 
 
 class AuditCalls:
-    """Needs ``send``, ``contract`` and ``anchor_debits`` from its host class."""
+    """Needs ``send``, ``contract``, ``events`` and ``anchor_debits`` from its host class."""
 
     contract: Any
     w3: Any
@@ -53,6 +53,9 @@ class AuditCalls:
         raise NotImplementedError
 
     def anchor_debits(self, index: int) -> list[tuple[str, int]]:
+        raise NotImplementedError
+
+    def events(self, name: str, **where: Any) -> list[Any]:
         raise NotImplementedError
 
     def dispute_earnings(
@@ -104,9 +107,7 @@ class AuditCalls:
     def sum_disputes(self, index: int, answered: bool = False) -> list[SumDispute]:
         """The sum disputes of anchor ``index`` still open (raised and not answered); with
         ``answered``, every one raised."""
-        logs = self.contract.events.SumDisputed().get_logs(
-            from_block=0, argument_filters={"epoch": index}
-        )
+        logs = self.events("SumDisputed", epoch=index)
         out = []
         for log in logs:
             a = log["args"]
@@ -131,10 +132,7 @@ class AuditCalls:
         party, and the entries shown with their multiproof (what they reveal may never have
         been gossiped)."""
         out = []
-        where = {"epoch": index}
-        for log in self.contract.events.SumAnswered().get_logs(
-            from_block=0, argument_filters=where
-        ):
+        for log in self.events("SumAnswered", epoch=index):
             tx = self.w3.eth.get_transaction(log["transactionHash"])
             if str(tx.get("to") or "").lower() != str(self.contract.address).lower():
                 continue  # answered through another contract: its input is not ours to read

@@ -74,8 +74,10 @@ class Settlement(EpochCalls, AuditCalls):
         journal: Journal | None = None,
         dry_run: bool = False,
         receipt_timeout_s: float = 120.0,
+        from_block: int = 0,
     ) -> None:
         self.chain = chain
+        self.from_block = from_block  # events are read from here (the deployment's block)
         self.w3 = chain.w3
         self.artifact = artifact
         self.address = Web3.to_checksum_address(Account.from_key(key).address)

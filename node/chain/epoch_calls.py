@@ -27,6 +27,13 @@ class EpochCalls:
     contract: Any
     address: ChecksumAddress
     w3: Web3
+    from_block: int
+
+    def events(self, name: str, **where: Any) -> list[Any]:
+        """The contract's ``name`` events matching ``where`` (indexed arguments), read from
+        ``from_block`` (chain.from_block: the deployment's block) on."""
+        event = getattr(self.contract.events, name)()
+        return list(event.get_logs(from_block=self.from_block, argument_filters=where or None))
 
     def send(self, op: str, args: list[Any], value: int = 0) -> TxResult:
         raise NotImplementedError
@@ -109,8 +116,7 @@ class EpochCalls:
         return 0 if at == 2**64 - 1 else at  # the contract marks an answered one so
 
     def voided(self, index: int) -> bool:
-        where = {"epoch": index}
-        return bool(self.contract.events.Voided().get_logs(from_block=0, argument_filters=where))
+        return bool(self.events("Voided", epoch=index))
 
     def anchor_debits(self, index: int) -> list[tuple[str, int]]:
         """The (requester, amount) pairs anchor ``index`` debited, in posted order, read from
@@ -119,8 +125,7 @@ class EpochCalls:
         Raises:
             LookupError: no such anchor, or it was not posted by a direct call.
         """
-        where = {"epoch": index}
-        logs = self.contract.events.Anchored().get_logs(from_block=0, argument_filters=where)
+        logs = self.events("Anchored", epoch=index)
         if not logs:
             raise LookupError(f"no anchor {index} on chain")
         tx = self.w3.eth.get_transaction(logs[-1]["transactionHash"])
@@ -161,9 +166,8 @@ class EpochCalls:
         )]  # fmt: skip
         if latest <= index + 1:
             return out
-        events = self.contract.events
-        voided = {int(v["args"]["epoch"]) for v in events.Voided().get_logs(from_block=0)}
-        for log in events.Anchored().get_logs(from_block=0):
+        voided = {int(v["args"]["epoch"]) for v in self.events("Voided")}
+        for log in self.events("Anchored"):
             epoch = int(log["args"]["epoch"])
             if not index < epoch < latest:
                 continue

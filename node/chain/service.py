@@ -69,21 +69,29 @@ def open_settlement(
         log.info("embedded chain rebuilt: %d transactions replayed, %d failed", done, failed)
         return client
     chain = Chain.rpc(settings.rpc_url, settings.chain_id)
-    check_contract(chain, artifact, settings.contract, settings.token)
+    check_contract(chain, artifact, settings.contract, settings.token, settings.from_block)
     client = Settlement(
-        chain, artifact, settings.contract, key, journal=journal, dry_run=settings.dry_run
-    )
+        chain, artifact, settings.contract, key, journal=journal, dry_run=settings.dry_run,
+        from_block=settings.from_block,
+    )  # fmt: skip
     if not settings.dry_run:
         client.reconcile()
     return client
 
 
 def check_contract(
-    chain: Chain, artifact: artifacts.Artifact, address: str, token: str = ""
+    chain: Chain, artifact: artifacts.Artifact, address: str, token: str = "", from_block: int = 0
 ) -> None:
-    """Refuse an address that holds no settlement contract (typo, wrong network), or one that
-    pays in another asset than ``token`` (chain.token: empty for native coin)."""
+    """Refuse an address that holds no settlement contract (typo, wrong network), one that
+    pays in another asset than ``token`` (chain.token: empty for native coin), or a
+    ``from_block`` (chain.from_block) the chain has not reached."""
     where = Web3.to_checksum_address(address)
+    latest = int(chain.w3.eth.block_number)
+    if from_block > latest:
+        raise ChainMisconfigured(
+            f"chain.from_block {from_block} is past chain {chain.chain_id}'s latest block "
+            f"{latest}: set it to the block chain.contract was deployed in"
+        )
     if not chain.w3.eth.get_code(where):
         raise ChainMisconfigured(f"chain.contract {address}: no contract on chain {chain.chain_id}")
     contract = chain.w3.eth.contract(address=where, abi=artifact.abi)

@@ -159,6 +159,28 @@ def test_rpc_start_up_checks_chain_id_and_contract(anvil: Anvil) -> None:
         open_settlement(
             ChainSettings(**{**good.__dict__, "rpc_url": "http://127.0.0.1:9"}), key, None
         )
+    ahead = net.chain.w3.eth.block_number + 1000
+    with pytest.raises(ChainMisconfigured, match=rf"chain\.from_block {ahead} is past"):
+        open_settlement(ChainSettings(**{**good.__dict__, "from_block": ahead}), key, None)
+
+
+def test_events_are_read_from_chain_from_block(anvil: Anvil) -> None:
+    """Events before ``chain.from_block`` are not asked for (on a real chain: before the
+    contract was deployed, which is why a provider's long range is avoided)."""
+    net = make_net(Chain.rpc(anvil.url, 31337))
+    net.client("sentry1").stake(ETH)
+    r, w = (bytes.fromhex(net.addr(x)[2:]) for x in ("requester", "worker"))
+    net.client("requester").fund(2 * ETH)
+    epoch = assemble([Entry(r, w, JOB, JOB, ETH)], {}, {}, 100)
+    net.client("sentry1").post_anchor(epoch, net.spends(ETH))
+    key = net.keys["requester"]
+    settings = ChainSettings(backend="rpc", rpc_url=anvil.url, chain_id=31337,
+                             contract=net.address)  # fmt: skip
+    assert len(open_settlement(settings, key, None).events("Anchored")) == 1
+    after = net.chain.w3.eth.block_number + 1
+    net.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[attr-defined]
+    later = ChainSettings(**{**settings.__dict__, "from_block": after})
+    assert open_settlement(later, key, None).events("Anchored") == []
 
 
 def _rpc_client(anvil: Anvil, tmp_path: Path) -> tuple[Settlement, Journal]:

@@ -80,6 +80,7 @@ def test_reserved_env_is_not_a_key() -> None:
         ),
         ("", {"IDLEGRID_VERIFY_SLASH_WEI": "0.5 wei"}, "verify.slash_wei", "finer than one wei"),
         ('[chain]\ntoken = "usdc"\n', {}, "chain.token", "ERC-20 address"),
+        ("[chain]\nfrom_block = -5\n", {}, "chain.from_block", "an integer in 0.."),
         ("", {"IDLEGRID_CHAIN_TOKEN": "0x" + "11" * 20}, "chain.token", "needs backend = rpc"),
         (
             '[chain]\ntoken = "test"\nbackend = "rpc"\nrpc_url = "http://x"\nchain_id = 1\n'
