@@ -25,6 +25,7 @@ from consensus.errors import Invalid
 from consensus.kinds import Body, Registry
 from consensus.pool import Worker
 from node.network import Network, now_ms
+from node.peerbook import PeerBook
 from p2p.gossip import Message, topic_name
 from p2p.host import DialError
 from p2p.reqresp import RequestRejected, StreamFailed, request, serve
@@ -178,24 +179,34 @@ class LiveNet:
         self.network.gossip.penalise(peer, reason, what="peer at fault")
 
     async def ensure_connected(self, peer: str, addrs: Sequence[str]) -> None:
-        """Dials ``peer`` at one of ``addrs`` unless connected already.
+        """Dials ``peer`` at one of ``addrs``, then at those its announcements gave (the peer
+        book), unless connected already: a peer heard on gossip through others (an anchorer
+        asked for epoch history, say) is reachable without addresses of the caller's own.
 
         Raises:
             StreamFailed: none of them answered.
         """
         if peer in self.host.connected_peers():
             return
+        addrs = dial_candidates(peer, addrs, self.network.book)
         async with self._dial_lock:  # concurrent dials to one peer would race the library
             if peer in self.host.connected_peers():
                 return
-            for addr in (a for a in addrs if a.endswith(f"/p2p/{peer}")):
+            for addr in addrs:
                 try:
                     await self.host.connect(addr)
                 except (DialError, ValueError) as exc:
                     log.debug("dial failed", extra={"peer": peer, "addr": addr, "error": str(exc)})
                 else:
                     return
-        raise StreamFailed(f"cannot reach {peer} at {list(addrs)}")
+        raise StreamFailed(f"cannot reach {peer} at {addrs}")
+
+
+def dial_candidates(peer: str, addrs: Sequence[str], book: PeerBook) -> list[str]:
+    """``addrs`` of ``peer`` (those that name it), then the book's for it, each once."""
+    known = book.peers.get(peer)
+    mine = [a for a in [*addrs, *(known.addrs if known else [])] if a.endswith(f"/p2p/{peer}")]
+    return list(dict.fromkeys(mine))
 
 
 def jobs_topic(gpu_class: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from node.market.net import dial_candidates
 from node.peerbook import (
     BACKOFF_MAX_MS,
     BACKOFF_START_MS,
@@ -76,3 +77,15 @@ async def test_a_hello_rewrites_the_peer_row_only_when_it_changed_or_long_ago(
         assert restarted.peers[peer_id].addrs == [ADDR]
     finally:
         await db.close()
+
+
+def test_a_peer_is_dialled_at_the_given_addresses_then_at_those_it_announced() -> None:
+    book = PeerBook("me")
+    them = "12D3KooWthem"
+    ours, announced = f"/ip4/10.0.0.1/tcp/1/p2p/{them}", f"/ip4/10.0.0.2/tcp/2/p2p/{them}"
+    assert dial_candidates(them, [], book) == []  # unknown: nowhere to dial
+    book.heard(them, [announced, "/ip4/10.0.0.3/tcp/3/p2p/someone-else"], [], "v", 1)
+    assert dial_candidates(them, [], book) == [announced]  # heard on gossip, not connected
+    assert dial_candidates(them, [ours, announced, "/ip4/1.1.1.1/tcp/4"], book) == [
+        ours, announced,
+    ]  # fmt: skip
