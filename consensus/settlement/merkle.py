@@ -112,9 +112,13 @@ class MultiProof:
     flags: tuple[bool, ...]
 
     def root(self) -> bytes:
-        """The root these rebuild, as ``MerkleProof.processMultiProof`` computes it."""
-        if len(self.leaves) + len(self.proof) != len(self.flags) + 1:
-            raise Invalid("merkle", "multiproof sizes do not add up")
+        """The root these rebuild, as ``MerkleProof.processMultiProof`` computes it.
+
+        Raises:
+            Invalid: the sizes do not add up, or the flags ask for a hash or a sibling that
+                is not there (``processMultiProof`` reverts on either).
+        """
+        self._check_flags()
         hashes = deque(self.leaves)
         siblings = deque(self.proof)
         for flag in self.flags:
@@ -124,6 +128,19 @@ class MultiProof:
         if not self.flags:
             return (self.leaves or self.proof)[0]
         return hashes[-1]
+
+    def _check_flags(self) -> None:
+        """Every step of :meth:`root` finds what it takes: a flag takes two queued hashes, a
+        clear flag one queued hash and the next sibling (the queue grows by one per step)."""
+        if len(self.leaves) + len(self.proof) != len(self.flags) + 1:
+            raise Invalid("merkle", "multiproof sizes do not add up")
+        queued, taken = len(self.leaves), 0
+        for flag in self.flags:
+            need = 2 if flag else 1
+            if queued < need or (not flag and taken == len(self.proof)):
+                raise Invalid("merkle", "multiproof flags ask for a hash that is not there")
+            queued += 1 - need
+            taken += not flag
 
     def single_proofs(self) -> dict[bytes, list[bytes]]:
         """Each shown leaf's own proof (for ``MerkleProof.verify``), read off this multiproof.

@@ -91,3 +91,18 @@ def test_each_leaf_of_a_multiproof_gets_a_proof_of_its_own(size: int) -> None:
     assert not verify(tree.root, b"\1" * 32, forged.single_proofs()[b"\1" * 32])
     with pytest.raises(Invalid, match="do not add up"):
         MultiProof((leaves[0],), (), (True,)).single_proofs()
+
+
+@pytest.mark.parametrize(
+    ("leaves", "proof", "flags"),
+    [((), (b"x", b"y"), (False,)), ((b"x",), (b"y",), (True,)), ((b"x", b"y"), (), (False,))],
+)
+def test_multiproof_flags_that_ask_for_what_is_not_there_are_refused(
+    leaves: tuple[bytes, ...], proof: tuple[bytes, ...], flags: tuple[bool, ...]
+) -> None:
+    """Sizes that add up are not enough: the contract accepts an answer of no entries with any
+    proof, and what a node reads back from chain must fail as Invalid, not crash."""
+    mp = MultiProof(leaves, proof, flags)
+    for read in (mp.root, mp.single_proofs):
+        with pytest.raises(Invalid, match="not there"):
+            read()
