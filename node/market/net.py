@@ -114,7 +114,7 @@ class LiveNet:
     def __init__(self, network: Network, envelopes: DirectEnvelopes) -> None:
         self.network, self.host, self.envelopes = network, network.host, envelopes
         self.peer_id = network.host.peer_id
-        self._dial_lock = trio.Lock()
+        self._dialing: dict[str, trio.Lock] = {}  # peer -> its dial (one at a time per peer)
 
     def addrs(self) -> list[str]:
         return self.network.announced_addrs()
@@ -189,24 +189,34 @@ class LiveNet:
         if peer in self.host.connected_peers():
             return
         addrs = dial_candidates(peer, addrs, self.network.book)
-        async with self._dial_lock:  # concurrent dials to one peer would race the library
-            if peer in self.host.connected_peers():
-                return
-            for addr in addrs:
-                try:
-                    await self.host.connect(addr)
-                except (DialError, ValueError) as exc:
-                    log.debug("dial failed", extra={"peer": peer, "addr": addr, "error": str(exc)})
-                else:
+        lock = self._dialing.setdefault(peer, trio.Lock())
+        try:
+            async with lock:  # concurrent dials to one peer would race the library
+                if peer in self.host.connected_peers():
                     return
+                for addr in addrs:
+                    try:
+                        await self.host.connect(addr)
+                    except (DialError, ValueError) as exc:
+                        what = {"peer": peer, "addr": addr, "error": str(exc)}
+                        log.debug("dial failed", extra=what)
+                    else:
+                        return
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._dialing.pop(peer, None)
         raise StreamFailed(f"cannot reach {peer} at {addrs}")
 
 
+MAX_DIAL_ADDRS = 8  # a peer announcing many dead addresses delays only requests to itself
+
+
 def dial_candidates(peer: str, addrs: Sequence[str], book: PeerBook) -> list[str]:
-    """``addrs`` of ``peer`` (those that name it), then the book's for it, each once."""
+    """``addrs`` of ``peer`` (those that name it), then the book's for it, each once, at most
+    :data:`MAX_DIAL_ADDRS`."""
     known = book.peers.get(peer)
     mine = [a for a in [*addrs, *(known.addrs if known else [])] if a.endswith(f"/p2p/{peer}")]
-    return list(dict.fromkeys(mine))
+    return list(dict.fromkeys(mine))[:MAX_DIAL_ADDRS]
 
 
 def jobs_topic(gpu_class: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from node.market.net import dial_candidates
+from node.market.net import MAX_DIAL_ADDRS, dial_candidates
 from node.peerbook import (
     BACKOFF_MAX_MS,
     BACKOFF_START_MS,
@@ -89,3 +89,11 @@ def test_a_peer_is_dialled_at_the_given_addresses_then_at_those_it_announced() -
     assert dial_candidates(them, [ours, announced, "/ip4/1.1.1.1/tcp/4"], book) == [
         ours, announced,
     ]  # fmt: skip
+
+
+def test_at_most_a_few_addresses_of_one_peer_are_dialled() -> None:
+    book = PeerBook("me")
+    them = "12D3KooWthem"
+    many = [f"/ip4/10.0.0.{i}/tcp/1/p2p/{them}" for i in range(3 * MAX_DIAL_ADDRS)]
+    book.heard(them, many, [], "v", 1)
+    assert dial_candidates(them, [], book) == many[:MAX_DIAL_ADDRS]
