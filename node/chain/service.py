@@ -86,12 +86,7 @@ def check_contract(
     pays in another asset than ``token`` (chain.token: empty for native coin), or a
     ``from_block`` (chain.from_block) the chain has not reached."""
     where = Web3.to_checksum_address(address)
-    latest = int(chain.w3.eth.block_number)
-    if from_block > latest:
-        raise ChainMisconfigured(
-            f"chain.from_block {from_block} is past chain {chain.chain_id}'s latest block "
-            f"{latest}: set it to the block chain.contract was deployed in"
-        )
+    _check_from_block(chain, where, from_block)
     if not chain.w3.eth.get_code(where):
         raise ChainMisconfigured(f"chain.contract {address}: no contract on chain {chain.chain_id}")
     contract = chain.w3.eth.contract(address=where, abi=artifact.abi)
@@ -205,3 +200,28 @@ class ChainService:
 
 
 __all__ = ["ChainReverted", "ChainService", "ChainUnavailable", "open_settlement"]
+
+
+def _check_from_block(chain: Chain, contract: str, from_block: int) -> None:
+    """Refuse a ``from_block`` the chain has not reached, or one after the deployment (the
+    contract already had code a block before it: its first events would be missed). A
+    provider that keeps no old state cannot answer the second question; then it is skipped."""
+    latest = int(chain.w3.eth.block_number)
+    if from_block > latest:
+        raise ChainMisconfigured(
+            f"chain.from_block {from_block} is past chain {chain.chain_id}'s latest block "
+            f"{latest}: set it to the block chain.contract was deployed in"
+        )
+    if from_block == 0:
+        return
+    try:
+        before = chain.w3.eth.get_code(contract, block_identifier=from_block - 1)  # type: ignore[arg-type]
+    except Exception as exc:  # a pruned node refuses old state; that is all
+        log.info("chain.from_block not checked: %s", str(exc)[:200])
+        return
+    if before:
+        raise ChainMisconfigured(
+            f"chain.from_block {from_block} is after chain.contract's deployment (it had code "
+            f"at block {from_block - 1}): its earlier events would be missed; set the block "
+            "of the deployment transaction"
+        )

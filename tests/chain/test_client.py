@@ -179,8 +179,15 @@ def test_events_are_read_from_chain_from_block(anvil: Anvil) -> None:
     assert len(open_settlement(settings, key, None).events("Anchored")) == 1
     after = net.chain.w3.eth.block_number + 1
     net.chain.w3.provider.make_request("evm_mine", [])  # type: ignore[attr-defined]
-    later = ChainSettings(**{**settings.__dict__, "from_block": after})
-    assert open_settlement(later, key, None).events("Anchored") == []
+    later = Settlement(net.chain, artifacts.load(), net.address, key, from_block=after)
+    assert later.events("Anchored") == []
+    with pytest.raises(ChainMisconfigured, match=rf"from_block {after} is after .*deployment"):
+        open_settlement(ChainSettings(**{**settings.__dict__, "from_block": after}), key, None)
+    deployed = next(  # the deployment's block: the first with the contract's code
+        n for n in range(after) if net.chain.w3.eth.get_code(net.address, block_identifier=n)
+    )
+    at_deploy = ChainSettings(**{**settings.__dict__, "from_block": deployed})
+    assert len(open_settlement(at_deploy, key, None).events("Anchored")) == 1
 
 
 def _rpc_client(anvil: Anvil, tmp_path: Path) -> tuple[Settlement, Journal]:
