@@ -66,7 +66,9 @@ class SealedChannel:
 
     Bodies are read with ``recv_into`` straight into one buffer per channel and sealed into
     another: at several hundred MB/s the copies and fresh allocations of joining received
-    pieces took a third of a receiver's main thread.
+    pieces took a third of a receiver's main thread. So one task sends and one receives at a
+    time, and a send or receive that is cancelled midway leaves the channel unusable: close
+    it (every user does, on a timeout or an error).
     """
 
     def __init__(self, sock: trio.SocketStream, key: bytes, *, client: bool) -> None:
