@@ -23,8 +23,11 @@ sample size the config ships with.
 ``--cross-class``: the sentry replays train tasks in another determinism class (torch's
 kernels pinned to ``ATEN_CPU_CAPABILITY=default``, as on a CPU without AVX-512: not bitwise),
 asks for the end files and passes a segment whose distance is within ``verify.tolerance_ppm``;
-a miss is counted as caught (it escalates to a same-class sentry; an honest one that escalates
-is counted apart, it is a cost, not a false positive).
+a miss is bisected to one step as the node's sentry does (``bench/bisect_lab.py``: each probe
+answered the way that worker's cheat makes its states), and the step check decides: a failed
+step is caught, a failed honest worker a false positive. A miss that cannot be bisected is
+counted as caught (it escalates to a same-class sentry; an honest one that escalates is
+counted apart, it is a cost, not a false positive).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from math import ceil
@@ -42,12 +46,14 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from bisect_lab import Bisections, ProbeAnswer, StateMaker, bisect  # bench/, run as a script
 from blake3 import blake3
 
 from config.schema import VerifySettings
 from consensus.market.messages import TaskRef, Workload
 from consensus.verify import game as g
 from consensus.verify import tree
+from consensus.verify.bisection import bisectable
 from consensus.verify.messages import Attestation, ChallengeResponse, attestation_id
 from consensus.verify.qos import benchmark_problem
 from consensus.verify.sampling import detection_probability, sample
@@ -91,8 +97,10 @@ class Variant:
     files: list[bytes]
     faked: int
     refuses: bool = False
+    probe: ProbeAnswer | None = None  # its state inside a segment, as its cheat makes it
     caught: int = 0
-    escalated: int = 0  # of the caught: cross-class misses (a same-class sentry decides)
+    escalated: int = 0  # of the caught: cross-class misses left undecided (no bisection)
+    bisected: int = 0  # cross-class misses bisected to one step (caught if that step failed)
     trials: int = 0
     replays: int = 0
 
@@ -105,7 +113,25 @@ class Lab:
     busy: dict[tuple[str, int, bytes, bytes], trio.Event] = field(default_factory=dict)
     starts: list[float] = field(default_factory=list)  # replay wall minus segment compute
     distances: dict[str, list[int | None]] = field(default_factory=dict)  # per variant kind
+    bisections: Bisections = field(default_factory=Bisections)
+    tolerance_ppm: int = VerifySettings().tolerance_ppm  # cross-class; --tolerance-ppm
+    maker: StateMaker = field(init=False)  # states inside a segment, for bisections
     made: int = 0
+
+    def __post_init__(self) -> None:
+        self.maker = StateMaker(self.workdir, self.limiter)
+
+    def honest_probe(self, task: Task, files: list[bytes]) -> ProbeAnswer:
+        """An honest worker's answer: its own segment replayed in its own class."""
+
+        async def answer(index: int, step: int) -> bytes:
+            start = files[index - 1] if index else b""
+            state = await self.maker.state_after(
+                task, task.runtime, task.workload, index, start, step
+            )
+            return state or b""  # its own start does not run here: nothing to show
+
+        return answer
 
     def workdir(self, task: Task) -> Path:
         self.made += 1
@@ -209,9 +235,8 @@ async def judge(lab: Lab, variant: Variant, trial: int, size: int, deadline_ms: 
     seed = blake3(b"bench-seed" + att_id).digest()
     now = lambda: int(trio.current_time() * 1000)  # noqa: E731
     same = variant.task.sentry is None
-    tolerance = VerifySettings().tolerance_ppm
     sampled = sample(seed, att.segments, size)
-    game = g.Game(att, att_id, sampled, now() + deadline_ms, same, tolerance)
+    game = g.Game(att, att_id, sampled, now() + deadline_ms, same, lab.tolerance_ppm)
     hashes = [state_hash(variant.task, f) for f in variant.files]
     spent = [0.0]
 
@@ -228,6 +253,15 @@ async def judge(lab: Lab, variant: Variant, trial: int, size: int, deadline_ms: 
         return got.state, got.distance
 
     decision = await play(game, ask, replay, now)
+    task = variant.task
+    if isinstance(decision, g.Escalate) and task.sentry is not None and bisectable(task.workload):
+        answer = variant.probe or lab.honest_probe(task, variant.files)
+        verdict = await bisect(
+            lab.maker, task, variant.files, decision, answer, lab.bisections, lab.tolerance_ppm
+        )
+        if verdict is not None:  # else no verdict (our replay failed): it stays escalated
+            variant.bisected += 1
+            decision = verdict
     variant.trials += 1
     honest = variant.kind.startswith("honest")
     if honest and not (isinstance(decision, g.Decide) and decision.passed):
@@ -255,32 +289,55 @@ async def train_variants(lab: Lab, task: Task, honest: list[bytes]) -> list[Vari
         files, _ = await lab.run(task, cheat, honest[a - 1], a - 1)
         return files[:faked]
 
+    def probes(files: list[bytes], faking: Callable[[int, int, bytes], Awaitable[bytes]]) -> Any:
+        """Probe answers: in the faked segments as ``faking`` makes them (segment, step,
+        the segment's start file), elsewhere honest."""
+        honestly = lab.honest_probe(task, files)
+
+        async def answer(index: int, step: int) -> bytes:
+            if a <= index < b:
+                return await faking(index, step, files[index - 1])
+            return await honestly(index, step)
+
+        return answer
+
+    def running(workload: Workload) -> Callable[[int, int, bytes], Awaitable[bytes]]:
+        async def state(index: int, step: int, start: bytes) -> bytes:
+            got = await lab.maker.state_after(task, task.runtime, workload, index, start, step)
+            return got or b""
+
+        return state
+
+    async def repeated(index: int, step: int, start: bytes) -> bytes:
+        return start  # the steps never ran
+
     out: list[Variant] = []
     skipped = [honest[a - 1]] * faked  # the state is repeated, the steps never run
-    out.append(
-        Variant(
-            task,
-            "skip_steps",
-            honest[:a] + skipped + await continue_from(skipped[-1], b - 1),
-            faked,
-        )
-    )
+    files = honest[:a] + skipped + await continue_from(skipped[-1], b - 1)
+    out.append(Variant(task, "skip_steps", files, faked, probe=probes(files, repeated)))
     for kind, params in (
         ("lower_precision", {"precision": "bf16"}),
         ("smaller_batch", {"batch_size": "8"}),
     ):
         cheat = await region(**params)
-        out.append(
-            Variant(task, kind, honest[:a] + cheat + await continue_from(cheat[-1], b - 1), faked)
-        )
+        files = honest[:a] + cheat + await continue_from(cheat[-1], b - 1)
+        how = running(replace(task.workload, params={**task.workload.params, **params}))
+        out.append(Variant(task, kind, files, faked, probe=probes(files, how)))
     noise = [os.urandom(len(honest[i])) for i in range(a, b)]
-    out.append(Variant(task, "fake_checkpoints", honest[:a] + noise + honest[b:], faked))
+
+    async def garbage(index: int, step: int, start: bytes) -> bytes:
+        return os.urandom(len(start))
+
+    files = honest[:a] + noise + honest[b:]
+    out.append(Variant(task, "fake_checkpoints", files, faked, probe=probes(files, garbage)))
     r = max(b, a + 2)  # at least two to reorder
     out.append(
         Variant(task, "reorder_checkpoints", honest[:a] + honest[a:r][::-1] + honest[r:], r - a)
     )
     other = replace(task, workload=replace(task.workload, seed=task.workload.seed + 1))
-    out.append(Variant(task, "copy_result", (await lab.run(other))[0], n))
+    copied = (await lab.run(other))[0]
+    copy_probe = lambda i, step: running(other.workload)(i, step, copied[i - 1] if i else b"")  # noqa: E731
+    out.append(Variant(task, "copy_result", copied, n, probe=copy_probe))
     out.append(Variant(task, "refuse_challenges", list(honest), n, refuses=True))
     return out
 
@@ -368,6 +425,7 @@ async def main(args: argparse.Namespace) -> None:
     box = Sandbox.create(args.sandbox, Limits(), readonly=python_paths())
     with tempfile.TemporaryDirectory() as tmp:
         lab = Lab(Path(tmp), trio.CapacityLimiter(args.parallel))
+        lab.tolerance_ppm = args.tolerance_ppm
         found = tasks(args, box)
         honest: dict[str, Variant] = {}
         job_compute: dict[str, list[float]] = {}
@@ -412,7 +470,7 @@ def report(
     bench: tuple[int, int, int],
 ) -> None:
     if args.cross_class:
-        tolerance = VerifySettings().tolerance_ppm
+        tolerance = lab.tolerance_ppm
         print(
             f"\nsentry: sample_size {size} + the final segment; train replayed in another "
             f"class (ATEN_CPU_CAPABILITY=default), distance tolerance {tolerance} ppm"
@@ -422,7 +480,7 @@ def report(
         print(f"\nsentry: sample_size {size} + the final segment, same class (bitwise)")
     print(
         f"{'cheat':<22} {'runtime':<7} {'faked':>9} {'trials':>6} {'caught':>6} {'rate':>7} "
-        f"{'P(rule)':>8} {'replays':>7}"
+        f"{'P(rule)':>8} {'replays':>7} {'bisected':>8}"
     )
     rates = []
     for v in cheats:
@@ -433,7 +491,7 @@ def report(
             rates.append(rate)
         print(
             f"{v.kind:<22} {v.task.name:<7} {v.faked:>3}/{n:<5} {v.trials:>6} {v.caught:>6} "
-            f"{rate:>6.1f}% {float(p) * 100:>7.2f}% {v.replays:>7}"
+            f"{rate:>6.1f}% {float(p) * 100:>7.2f}% {v.replays:>7} {v.bisected:>8}"
         )
     caught_b, honest_b, trials_b = bench
     print(
@@ -442,7 +500,17 @@ def report(
     )
     rates.append(100 * caught_b / trials_b)
     escalated = sum(v.escalated for v in [*cheats, *honest.values()])
-    print(f"cross-class misses escalated (counted as caught for cheats): {escalated}")
+    print(f"cross-class misses left to a same-class sentry (caught, for cheats): {escalated}")
+    bis = lab.bisections
+    if bis.runs:
+        honest_bisected = sum(v.bisected for v in honest.values())
+        print(
+            f"bisections: {bis.runs} missed segments narrowed to one step with {bis.probes} "
+            f"probes ({honest_bisected} games of honest workers among them); the sentry's "
+            f"side took {bis.seconds:.0f} s wall, process start-up included"
+        )
+        for reason in sorted(set(bis.steps))[:8]:
+            print(f"  failed: {reason[:110]}")
     false_positives = sum(v.caught - v.escalated for v in honest.values()) + honest_b
     honest_trials = sum(v.trials for v in honest.values()) + trials_b
     print(f"honest workers failed: {false_positives} of {honest_trials} verdicts")
@@ -523,6 +591,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sandbox", default="bwrap", choices=("bwrap", "limits"))
     parser.add_argument(
         "--cross-class", action="store_true", help="sentry replays train in another class"
+    )
+    parser.add_argument(
+        "--tolerance-ppm",
+        type=int,
+        default=VerifySettings().tolerance_ppm,
+        help="cross-class tolerance (0: every honest cross-class segment misses and is bisected)",
     )
     return parser.parse_args()
 
