@@ -9,6 +9,7 @@ sentry restarted while another's epoch is pending still has the entries heard be
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 MAX_ROOTS = 4  # epochs whose entries are kept at once: pending ones are one or two
 MAX_LINES = 100_000  # entries kept per epoch (a thousand jobs per epoch is the design point)
 MAX_SOURCES = 8  # anchorers kept to ask for history
+CADENCE_ANCHORS = 5  # the latest anchors whose post times tell how often they come
 
 
 class Follower:
@@ -37,6 +39,7 @@ class Follower:
         self.on_chain: set[bytes] = set()  # entries roots of the anchors we still follow
         self.followed = -1  # the machine's latest epoch, as of our last look
         self.index_of: dict[bytes, int] = {}  # entries root -> the epoch its messages named
+        self.posted: dict[int, int] = {}  # anchor index -> its post's block time (ms), recent
 
     def heard_from(self, peer: str, now_ms: int) -> None:
         """``peer`` gossiped as an anchorer (entries or leaves): one to ask for history. When
@@ -88,12 +91,33 @@ class Follower:
     ) -> bool:
         """Whether the machine may post this step: every anchor on chain followed (ours is the
         latest, or we adopted it), nothing left we could not rebuild, and our turn."""
+        for a in anchors:
+            self._saw(a)
         if self.stuck is not None:
             return False
         if anchors and anchors[-1].index > m.index:
             return False
         latest = anchors[-1] if anchors else None
-        return may_post(latest, self.me, now_ms, m.epoch_ms, window_ms)
+        # Anchors come at most once a window (one pending at a time), so a gap G between them
+        # says the active anchorer's epoch is at least G - window: with it, our takeover falls
+        # after its next post while it is alive (see cadence_ms).
+        theirs = self.cadence_ms() - window_ms
+        return may_post(latest, self.me, now_ms, max(m.epoch_ms, theirs), window_ms)
+
+    def _saw(self, anchor: ChainAnchor) -> None:
+        self.posted[anchor.index] = anchor.posted_ms
+        while len(self.posted) > CADENCE_ANCHORS:
+            del self.posted[min(self.posted)]
+
+    def cadence_ms(self) -> int:
+        """How often the anchors on chain were posted: the shortest gap between consecutive
+        ones seen (an anchorer posts every epoch it has something new; longer gaps had
+        nothing), 0 before two were seen. An anchorer posts at the later of its epoch timer
+        and the end of its last anchor's window, so the gap is max(its epoch, the window): a
+        standing-by sentry configured with a shorter epoch than the active one's would
+        otherwise take over from a live anchorer and race it."""
+        pairs = itertools.pairwise(sorted(self.posted.items()))
+        return min((b[1] - a[1] for a, b in pairs if b[0] == a[0] + 1 and b[1] > a[1]), default=0)
 
     def catch_up(self, m: Anchoring, anchors: list[ChainAnchor]) -> list[tuple[int, Epoch]]:
         """Adopts, in order, every final or void anchor after the machine's latest epoch; stops

@@ -10,7 +10,7 @@ from consensus.settlement.anchoring import Anchoring, Post
 from consensus.settlement.epoch import Entry, Spend, assemble
 from consensus.settlement.following import TAKEOVER_EPOCHS, ChainAnchor, may_post, rebuild
 from consensus.settlement.messages import EpochEntries, entries_parts
-from node.chain.follower import MAX_ROOTS, Follower
+from node.chain.follower import CADENCE_ANCHORS, MAX_ROOTS, Follower
 
 R, W1, W2, ME, THEM = (bytes([i]) * 20 for i in range(1, 6))
 J1, J2, T = b"\x11" * 32, b"\x12" * 32, b"\x00" * 32
@@ -113,3 +113,25 @@ def test_made_up_roots_cannot_push_out_the_one_the_chain_shows() -> None:
     assert restored.heard == {real.entries_root: follower.heard[real.entries_root]}
     follower.followed = 0
     assert follower.hear(entries_message(7)) == 0, "an epoch we followed already"
+
+
+def test_a_standby_waits_on_the_active_anchorers_cadence_when_it_is_slower_than_ours() -> None:
+    """Our epoch is a minute, theirs three hours (the window is one): a takeover three of our
+    minutes after their window would race a live anchorer, so the wait follows the gaps seen
+    between their anchors, less the window (anchors come at most once a window anyway)."""
+    follower, m = Follower(ME), Anchoring(EPOCH_MS, fee_bps=FEE)
+    theirs = 3 * WINDOW_MS
+    m.index = 10  # followed up to the latest
+    seen = [ChainAnchor(i, THEM, b"", b"", "final", i * theirs) for i in range(8, 11)]
+    for a in seen:
+        assert not follower.may_post(m, [a], a.posted_ms, WINDOW_MS)
+    assert follower.cadence_ms() == theirs
+    last = seen[-1].posted_ms
+    quiet = last + TAKEOVER_EPOCHS * EPOCH_MS + WINDOW_MS
+    assert not follower.may_post(m, [seen[-1]], quiet, WINDOW_MS)  # our minutes: too soon
+    assert not follower.may_post(m, [seen[-1]], last + theirs, WINDOW_MS)  # its next is due
+    gone = last + TAKEOVER_EPOCHS * (theirs - WINDOW_MS) + WINDOW_MS
+    assert follower.may_post(m, [seen[-1]], gone, WINDOW_MS)
+    for i in range(11, 11 + 2 * CADENCE_ANCHORS):  # a gap in the indexes says nothing
+        follower.may_post(m, [ChainAnchor(i * 2, THEM, b"", b"", "final", i * theirs)], 0, 0)
+    assert len(follower.posted) == CADENCE_ANCHORS and follower.cadence_ms() == 0
