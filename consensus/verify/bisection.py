@@ -59,6 +59,7 @@ TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
 }
 TERMINAL: frozenset[State] = frozenset({"passed", "failed"})
 STEP_SHARE = 10  # a step's rounding may be up to 1/STEP_SHARE of how far the step moved
+UNMEASURABLE_PPM = 1_000_000  # the runtimes' distance for states that do not compare
 # One step's rounding across classes is measured in these only (tests/gpu/test_train_steps.py)
 BISECTED_PRECISIONS = frozenset({"fp32", "fp64"})
 
@@ -190,7 +191,7 @@ class Bisection:
 
     def _stepped(self, event: Stepped) -> list[Effect]:
         off, step = event.distance_ppm, self.hi
-        allowed = max(self.step_tolerance_ppm, event.moved_ppm // STEP_SHARE)
+        allowed = max(self.step_tolerance_ppm, _share_of_move(event.moved_ppm, self.tolerance_ppm))
         within = off <= allowed
         if within:
             reason = (
@@ -224,6 +225,16 @@ class Bisection:
         if to not in allowed:
             raise AssertionError(f"no transition {self.state} --{event}--> {to}")
         self.state = to
+
+
+def _share_of_move(moved_ppm: int, tolerance_ppm: int) -> int:
+    """The rounding one step may show beside the floor: a tenth of its move. A move that
+    could not be measured (:data:`UNMEASURABLE_PPM`: the first step of a run, from the task's
+    inputs or into an optimiser state that did not exist yet) grants no more than a whole
+    segment's cross-class tolerance: a tenth of "unmeasurable" let a faked first step pass."""
+    if moved_ppm >= UNMEASURABLE_PPM:
+        return tolerance_ppm
+    return moved_ppm // STEP_SHARE
 
 
 def same_generators(worker_class: str, replay_class: str) -> bool:

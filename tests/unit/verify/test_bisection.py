@@ -123,6 +123,19 @@ def test_a_steps_rounding_may_grow_with_the_step_but_not_reach_it() -> None:
         assert isinstance(decision, Decide) and decision.passed is passed, (off, moved)
 
 
+def test_a_first_step_whose_move_cannot_be_measured_gets_the_segments_tolerance_only() -> None:
+    """A run's first step has no state to measure its move from (the task's inputs, an
+    optimiser state not made yet): the runtime says FAR, and a tenth of that (100000 ppm)
+    let a faked first step pass. Now it gets a segment's tolerance at most."""
+    for off, passed in ((STEP_TOLERANCE, True), (TOLERANCE, True), (TOLERANCE + 1, False),
+                        (FAR // 10, False)):  # fmt: skip
+        bis = bisection(0, 1)
+        bis.start()
+        [decision] = bis.handle(b.Stepped(b"r" * 32, off, FAR))
+        assert isinstance(decision, Decide) and decision.passed is passed, off
+    assert b.UNMEASURABLE_PPM == FAR
+
+
 def test_only_classes_with_the_same_generators_are_bisected() -> None:
     cpu, torch = "cpu|py3.11.7|torch-2.13.0", "|numpy-2.3.0"
     assert b.same_generators(cpu + torch, cpu + "|numpy-2.4.0"), "numpy draws nothing here"
