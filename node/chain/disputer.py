@@ -164,9 +164,8 @@ class Disputer:
         latest = await self.chain.service.call(lambda c: c.anchor())
         key = (int(latest["epoch"]), bytes(latest["entries_root"]))
         if key != self._anchor_key():
-            self.heard, self._warned, self._answers_read = {}, set(), 0  # compared after the
-            # read: entries heard
-            # meanwhile, for this very anchor, are kept
+            # Compared after the read: entries heard meanwhile, for this very anchor, are kept.
+            self.heard, self._warned, self._answers_read = {}, set(), 0
         self.latest = latest
         for msg in self.waiting.pop(key, {}).values():
             self._take(msg)
