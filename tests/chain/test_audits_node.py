@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from consensus.envelope import new_nonce
+from consensus.market.messages import TaskRef
 from consensus.settlement.audits import DEBIT, EARNINGS, answer
 from consensus.settlement.eip712 import chain_job_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
@@ -281,17 +282,23 @@ async def test_the_requester_disputes_a_made_up_entry_shown_only_in_an_audit_ans
 ) -> None:
     """The anchorer debits us for an entry it made up and never gossiped, and answers our
     debit dispute by showing it: the answer is read, the entry disputed (no voucher of ours
-    answers it) and the anchor voided."""
+    answers it) and the anchor voided. A line shown above our cap but within what we signed
+    is not disputed: the anchorer may hold a voucher for it (none comes with an answer)."""
     net = make_net(Chain.embedded())
     net.client("requester").fund(10 * ETH)
     cheat = net.client("sentry1")
     cheat.stake(ETH)
     r, w = (bytes.fromhex(net.addr(who)[2:]) for who in ("requester", "worker"))
-    epoch = assemble([entry_of(A, r, w, ETH), entry_of(B, r, w, ETH)], {}, {}, FEE)
-    cheat.post_anchor(epoch, net.spends(3 * ETH))
+    capped = TaskRef(job_id=b"\x0c" * 16, task=2, attempt=0)
+    lines = [entry_of(A, r, w, ETH), entry_of(B, r, w, ETH), entry_of(capped, r, w, 2 * ETH)]
+    epoch = assemble(lines, {}, {}, FEE)
+    cheat.post_anchor(epoch, net.spends(5 * ETH))
     async with await Database.open(tmp_path / "requester.db") as db:
         requester = Requester(net, db, tmp_path / "journal.db")
         await requester.vouched(A, "worker", ETH)  # B: never ours
+        await requester.vouched(capped, "worker", 2 * ETH)
+        await db.execute("UPDATE attempts SET payable_wei = ? WHERE job_id = ?",
+                         (str(ETH), capped.job_id))  # fmt: skip
         disputer = await requester.start(Hub())
         await disputer.step()
         net.chain.advance(WINDOW // 2 + 1)
@@ -304,7 +311,9 @@ async def test_the_requester_disputes_a_made_up_entry_shown_only_in_an_audit_ans
         rows = await db.query("SELECT state, job FROM settle_disputes")
         made_up = chain_job_id(B.job_id)
         assert [(x["state"], bytes(x["job"])) for x in rows] == [("disputed", made_up)]
-        assert len(disputer.heard) == 2
+        assert len(disputer.heard) == 3
+        [warned] = [f for f in await disputer.findings() if f.answerable]
+        assert warned.entry.job == chain_job_id(capped.job_id)
         net.chain.advance(WINDOW + 1)
         await disputer.step()
         assert cheat.anchor()["state"] == "void"
