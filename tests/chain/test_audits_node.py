@@ -27,6 +27,7 @@ from consensus.settlement.messages import (
 )
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
+from node.chain.disputer import Disputer
 from storage.db import Database
 from tests.chain.conftest import ETH, Net, make_net
 from tests.chain.test_disputes import A, B, Hub, Requester
@@ -80,11 +81,7 @@ async def test_the_requester_voids_an_anchor_that_debits_above_its_entries(
         await requester.vouched(A, "worker", ETH)
         disputer = await requester.start(Hub())
         await disputer.step()  # reads the anchor
-        for who, part, parts, rows in entries_parts(honest, {}):
-            msg = EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=0, part=part,
-                               parts=parts, entries_root=honest.entries_tree.root,
-                               requester=who, rows=rows)  # fmt: skip
-            assert await disputer.hear(msg) == 1
+        assert await gossip_entries(disputer, honest) == [1]
         await disputer.step()
         assert net.client("other").sum_disputes(0) == [], "disputed before half the window"
         net.chain.advance(WINDOW // 2 + 1)
@@ -103,6 +100,17 @@ async def test_the_requester_voids_an_anchor_that_debits_above_its_entries(
         assert pool["balance"] == 10 * ETH and pool["debited"] == 0
         gained = requester.client.balance() - before
         assert ETH // 2 - gained < ETH // 100  # half the bond, less the void's gas
+
+
+async def gossip_entries(disputer: Disputer, epoch: Epoch, index: int = 0) -> list[int]:
+    """What the anchorer's gossip would bring the requester's service: each message's new
+    entries."""
+    heard = []
+    for who, part, parts, rows in entries_parts(epoch, {}):
+        heard.append(await disputer.hear(EpochEntries(
+            expires_ms=2**40, nonce=new_nonce(), index=index, part=part, parts=parts,
+            entries_root=epoch.entries_tree.root, requester=who, rows=rows)))  # fmt: skip
+    return heard
 
 
 def hand(to: Anchorer, index: int, epoch: Epoch) -> None:
@@ -267,11 +275,7 @@ async def test_the_requester_voids_an_anchor_with_two_entries_for_one_line(
         await requester.vouched(A, "worker", ETH)
         disputer = await requester.start(Hub())
         await disputer.step()  # reads the anchor
-        for who, part, parts, rows in entries_parts(doubled, {}):
-            msg = EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=0, part=part,
-                               parts=parts, entries_root=tree.root, requester=who,
-                               rows=rows)  # fmt: skip
-            assert await disputer.hear(msg) == 2
+        assert await gossip_entries(disputer, doubled) == [2]
         await disputer.step()
         assert net.client("other").anchor()["state"] == "void"
         assert net.client("requester").pool_of()["debited"] == 0
