@@ -1,6 +1,6 @@
 """QoS probes end to end, in one process on the in-memory network and the real clock (the
 probes time real matrix products): a sentry probes three workers at random times, a worker
-claiming three times its measured benchmark is flagged and loses the auction to an honest one
+claiming ten times its measured benchmark is flagged and loses the auction to an honest one
 at the same price, the honest one is not flagged, a silent one is counted unavailable.
 
 Real parts: the sentry's prober and the workers' responders, real fp32 products and their
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from random import Random
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -35,6 +37,24 @@ from tests.services.memnet import Hub
 from tests.services.sim import PARAMS, SimExecutor, SimNode, make_node
 
 PRICE, MEAN_MS = 100, 150
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Claims and probes multiply on one thread: on 2 cores a neighbour (the other test
+    worker) busy on one of them would halve a two-thread product between the claim's timing
+    and a probe's, right at the tolerance; on one thread it barely shows."""
+    try:
+        import torch  # noqa: PLC0415 - optional, heavy
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def saved_claim(home: Path, factor: int) -> int:
@@ -83,7 +103,8 @@ async def settled(view: QosView, honest: str, cheat: str, silent: str) -> None:
         await view.changed.wait()
 
 
-async def test_a_worker_that_triples_its_benchmark_is_flagged_and_ranked_down(
+@pytest.mark.usefixtures("one_thread")
+async def test_a_worker_claiming_ten_times_its_benchmark_is_flagged_and_ranked_down(
     tmp_path: Path,
 ) -> None:
     hub = Hub()
@@ -93,7 +114,9 @@ async def test_a_worker_that_triples_its_benchmark_is_flagged_and_ranked_down(
     honest, cheat, silent = [await make_node(hub, tmp_path / n, n)
                              for n in ("honest", "cheat", "silent")]  # fmt: skip
     true_claim = saved_claim(honest.root, 1)
-    cheat_claim = saved_claim(cheat.root, 3)
+    # Ten times: the claims were timed now and the probes run later, and on a busy 2-core machine
+    # the speed seen can change several times over between the two (three times was flaky).
+    cheat_claim = saved_claim(cheat.root, 10)
     hub.pool = [pool_entry(honest, true_claim), pool_entry(cheat, cheat_claim),
                 pool_entry(silent, true_claim)]  # fmt: skip
     ids = [n.net.peer_id for n in (honest, cheat, silent)]
@@ -105,16 +128,17 @@ async def test_a_worker_that_triples_its_benchmark_is_flagged_and_ranked_down(
         # the silent worker announces itself but serves no probes: unreachable for them
         await nursery.start(view.run)
         await nursery.start(prober.run)
-        with trio.fail_after(60):
+        with trio.move_on_after(60):
             await settled(view, *ids)
         h, c, s = view.view(ids[0]), view.view(ids[1]), view.view(ids[2])
-        assert h is not None and c is not None and s is not None
+        assert h is not None and c is not None and s is not None, (h, c, s)
+        assert c["flagged"] and h["answered"] >= 3 and s["probes"] >= 2, (true_claim, h, c, s)
         assert not h["flagged"], h
         assert f"claims score {cheat_claim}" in c["reason"] and c["measured"] < cheat_claim / 2
         assert not s["flagged"] and s["answered"] == 0 and s["busy"] == 0
         assert view.flag_of(ids[1]) == c["measured"] and view.flag_of(ids[0]) is None
 
-        # Unflagged, the cheat's bid (a third of the seconds) would win at the same price.
+        # Unflagged, the cheat's bid (a tenth of the seconds) would win at the same price.
         jobs = JobManager(requester.net, requester.store, requester.share,
                           tmp_path / "scratch", PARAMS)  # fmt: skip
         jobs.flagged_of = view.flag_of
@@ -132,11 +156,11 @@ async def test_a_worker_that_triples_its_benchmark_is_flagged_and_ranked_down(
 
 
 def test_unflagged_the_cheat_would_have_won() -> None:
-    """The control for the test above: at the same price, tripling the claim wins."""
+    """The control for the test above: at the same price, a claim ten times higher wins."""
     from tests.unit.market.factories import bid  # noqa: PLC0415
 
     honest = bid(price=PRICE, est_s=600 * 1000 // 10)
-    cheat = bid(price=PRICE, est_s=600 * 1000 // 30)
+    cheat = bid(price=PRICE, est_s=600 * 1000 // 100)
     assert weighted_cost(cheat, 0, 500) < weighted_cost(honest, 0, 500)
 
 
