@@ -394,6 +394,13 @@ class ChainSettings:
         "slowly on a long chain such as Arbitrum One",
         int_range(0, 2**63 - 1),
     )
+    log_span: int = setting(
+        10_000,
+        "the most blocks one eth_getLogs asks for (events are scanned once from chain.from_block "
+        "and kept); halved while the endpoint refuses a span, so lower it for a provider that "
+        "caps ranges to skip the refusals",
+        int_range(1, 10**9),
+    )
     token: str = setting(
         "",
         "payment asset: empty = native coin; an ERC-20 address (backend = rpc), which must be "

@@ -29,6 +29,7 @@ from node.chain.backend import Chain
 from node.chain.epoch_calls import EpochCalls
 from node.chain.errors import ChainReverted, ChainUnavailable
 from node.chain.journal import Journal, TxRow
+from node.chain.logs import DEFAULT_SPAN, ContractEvents
 from node.chain.reverts import decode_revert, is_revert, revert_data
 from node.chain.token import erc20_abi, token_of
 
@@ -75,9 +76,9 @@ class Settlement(EpochCalls, AuditCalls):
         dry_run: bool = False,
         receipt_timeout_s: float = 120.0,
         from_block: int = 0,
+        log_span: int = DEFAULT_SPAN,
     ) -> None:
         self.chain = chain
-        self.from_block = from_block  # events are read from here (the deployment's block)
         self.w3 = chain.w3
         self.artifact = artifact
         self.address = Web3.to_checksum_address(Account.from_key(key).address)
@@ -85,6 +86,7 @@ class Settlement(EpochCalls, AuditCalls):
             address=Web3.to_checksum_address(contract), abi=artifact.abi
         )
         self.contract_address = str(self.contract.address)
+        self.event_log = ContractEvents(self.w3, self.contract, from_block, log_span)
         self.token = token_of(self.contract)  # None: native coin
         self.token_contract = None
         if self.token is not None:

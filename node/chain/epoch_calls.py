@@ -19,6 +19,7 @@ from consensus.settlement.leaves import PayoutBatch
 
 if TYPE_CHECKING:
     from node.chain.client import TxResult
+    from node.chain.logs import ContractEvents
 
 
 class EpochCalls:
@@ -27,13 +28,13 @@ class EpochCalls:
     contract: Any
     address: ChecksumAddress
     w3: Web3
-    from_block: int
+    event_log: ContractEvents
 
     def events(self, name: str, **where: Any) -> list[Any]:
-        """The contract's ``name`` events matching ``where`` (indexed arguments), read from
-        ``from_block`` (chain.from_block: the deployment's block) on."""
-        event = getattr(self.contract.events, name)()
-        return list(event.get_logs(from_block=self.from_block, argument_filters=where or None))
+        """The contract's ``name`` events whose arguments equal ``where``'s, since
+        chain.from_block (the deployment's block): scanned once and kept
+        (:mod:`node.chain.logs`)."""
+        return self.event_log.of(name, **where)
 
     def send(self, op: str, args: list[Any], value: int = 0) -> TxResult:
         raise NotImplementedError

@@ -72,7 +72,7 @@ def open_settlement(
     check_contract(chain, artifact, settings.contract, settings.token, settings.from_block)
     client = Settlement(
         chain, artifact, settings.contract, key, journal=journal, dry_run=settings.dry_run,
-        from_block=settings.from_block,
+        from_block=settings.from_block, log_span=settings.log_span,
     )  # fmt: skip
     if not settings.dry_run:
         client.reconcile()

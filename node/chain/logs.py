@@ -1,0 +1,137 @@
+"""The contract's epoch events, scanned once and kept.
+
+Every look along the epoch path (anchors, disputes, audits, ``settlement epochs``) asks for a
+kind of event since the deployment (``chain.from_block``). Asked afresh each time, that is a
+scan of the whole chain since then on every look: on Arbitrum One (about four blocks a second)
+millions of blocks a month after deploying, which providers answer slowly or refuse outright
+(many cap one ``eth_getLogs`` at a few thousand blocks, or its results). So the kinds the node
+reads are scanned together, in spans of at most ``chain.log_span`` blocks (halved while the
+endpoint refuses a span), and kept in memory: a later look reads only the blocks since, and the
+last ``REORG_DEPTH`` before them again, so a log a reorganisation dropped or moved is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.exceptions import Web3RPCError
+
+log = logging.getLogger(__name__)
+
+# What the node reads; a contract's other events (one per deposit, stake, claim...) are many
+# and never looked up, so they are not fetched.
+EPOCH_EVENTS = (
+    "Anchored", "Finalized", "Disputed", "Answered", "Voided", "SumDisputed", "SumAnswered",
+)  # fmt: skip
+REORG_DEPTH = 64  # blocks read again on each look: 16 s on Arbitrum, 13 min on Ethereum
+DEFAULT_SPAN = 10_000  # blocks per eth_getLogs: what the common providers answer
+
+
+def range_refused(exc: BaseException) -> bool:
+    """Whether the endpoint answered a request with an error (so a smaller range may pass):
+    a JSON-RPC error, or an HTTP 400 or 413. A transport failure is not one: it would fail for
+    any range, and halving through it would only delay the error."""
+    if isinstance(exc, Web3RPCError):
+        return True
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return exc.response.status_code in (400, 413)
+    return False
+
+
+@dataclass
+class LogScan:
+    """Logs from block ``start`` on, kept in block order; :meth:`update` reads what is new.
+
+    Args:
+        fetch: the logs of blocks ``lo..hi`` (both included), in block order.
+        start: the first block to read (the deployment's).
+        span: the most blocks one fetch covers; halved while the endpoint refuses.
+        depth: blocks before the last read that each update reads again.
+        refused: whether a fetch's error means the range was too large for the endpoint.
+    """
+
+    fetch: Callable[[int, int], Sequence[Any]]
+    start: int
+    span: int = DEFAULT_SPAN
+    depth: int = REORG_DEPTH
+    refused: Callable[[BaseException], bool] = range_refused
+    logs: list[Any] = field(default_factory=list)
+    scanned: int = -1  # the last block read (-1: none yet)
+
+    def update(self, head: int) -> list[Any]:
+        """Read up to block ``head`` and return every log kept.
+
+        A failed fetch raises, and what was read before it is kept: the next update goes on
+        from there.
+        """
+        lo = self.start
+        if self.scanned >= 0:  # a head behind our last read (a reorg, a lagging node) reads back
+            lo = max(self.start, min(self.scanned, head) + 1 - self.depth)
+        self.logs = [entry for entry in self.logs if entry["blockNumber"] < lo]
+        self.scanned = lo - 1
+        while lo <= head:
+            hi = min(head, lo + self.span - 1)
+            try:
+                got = self.fetch(lo, hi)
+            except Exception as exc:
+                if self.span == 1 or not self.refused(exc):
+                    raise
+                self.span //= 2
+                log.info("eth_getLogs refused %d blocks; trying %d", hi - lo + 1, self.span,
+                         extra={"error": str(exc)[:200]})  # fmt: skip
+                continue
+            self.logs.extend(got)
+            self.scanned, lo = hi, hi + 1
+        return self.logs
+
+
+class ContractEvents:
+    """The contract's :data:`EPOCH_EVENTS`, decoded; safe to share between threads (one scan at
+    a time: a second caller waits for the first's read and uses it)."""
+
+    def __init__(self, w3: Web3, contract: Any, start: int, span: int = DEFAULT_SPAN) -> None:
+        self.w3 = w3
+        self.contract = contract
+        self._by_topic = {
+            HexBytes(getattr(contract.events, name).topic): getattr(contract.events, name)()
+            for name in EPOCH_EVENTS
+        }
+        self.scan = LogScan(self._fetch, start, span)
+        self._lock = threading.Lock()
+
+    def of(self, name: str, **where: Any) -> list[Any]:
+        """The ``name`` events (one of :data:`EPOCH_EVENTS`) whose arguments equal ``where``'s.
+
+        Raises:
+            ValueError: ``name`` is not a kind this reads (our bug).
+        """
+        if name not in EPOCH_EVENTS:
+            raise ValueError(f"event {name!r} is not one of {EPOCH_EVENTS}")
+        with self._lock:
+            logs = list(self.scan.update(self.w3.eth.block_number))
+        return [e for e in logs if e["event"] == name and _matches(e["args"], where)]
+
+    def _fetch(self, lo: int, hi: int) -> list[Any]:
+        raw = self.w3.eth.get_logs({
+            "address": self.contract.address, "fromBlock": lo, "toBlock": hi,
+            "topics": [[topic.to_0x_hex() for topic in self._by_topic]],
+        })  # fmt: skip
+        return [self._by_topic[HexBytes(entry["topics"][0])].process_log(entry) for entry in raw]
+
+
+def _matches(args: Any, where: dict[str, Any]) -> bool:
+    for key, want in where.items():
+        have = args[key]
+        if isinstance(want, str) and want.startswith("0x"):  # addresses: any checksum casing
+            if Web3.to_checksum_address(want) != Web3.to_checksum_address(have):
+                return False
+        elif have != want:
+            return False
+    return True

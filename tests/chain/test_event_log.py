@@ -1,0 +1,126 @@
+"""The contract's events scanned once and kept (node/chain/logs.py), on anvil: behind a proxy
+that refuses long eth_getLogs ranges the way providers do (a JSON-RPC error, or HTTP 400), and
+through a reorganisation (anvil's snapshot and revert)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from consensus.settlement.epoch import Entry, assemble
+from node.chain import artifacts
+from node.chain.backend import Chain
+from node.chain.client import Settlement
+from tests.chain.conftest import ETH, Anvil, Net, make_net
+
+JOB = b"\x42" * 32
+CAP = 8  # the most blocks the proxy's eth_getLogs answers
+
+
+class CappingProxy:
+    """An endpoint in front of anvil that refuses an eth_getLogs over ``CAP`` blocks as
+    ``mode`` says ("json": an error object, as Infura and QuickNode answer; "http": status 400,
+    as Alchemy does) and records the ranges it was asked."""
+
+    def __init__(self, upstream: str, mode: str) -> None:
+        self.upstream, self.mode = upstream, mode
+        self.ranges: list[tuple[int, int]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status, reply = proxy.answer(json.loads(body), body)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, request: dict[str, Any], body: bytes) -> tuple[int, bytes]:
+        if request["method"] == "eth_getLogs":
+            params = request["params"][0]
+            lo, hi = int(params["fromBlock"], 16), int(params["toBlock"], 16)
+            self.ranges.append((lo, hi))
+            if hi - lo + 1 > CAP:
+                error = {"code": -32005, "message": f"block range too large, max {CAP}"}
+                reply = {"jsonrpc": "2.0", "id": request["id"], "error": error}
+                return (200 if self.mode == "json" else 400), json.dumps(reply).encode()
+        upstream = requests.post(self.upstream, data=body, timeout=30,
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+        return upstream.status_code, upstream.content
+
+
+@pytest.fixture(params=["json", "http"])
+def proxy(request: pytest.FixtureRequest, anvil: Anvil) -> Iterator[CappingProxy]:
+    proxy = CappingProxy(anvil.url, request.param)
+    thread = threading.Thread(target=proxy.server.serve_forever, daemon=True)
+    thread.start()
+    yield proxy
+    proxy.server.shutdown()
+    thread.join(timeout=10)
+
+
+def post_anchor(net: Net) -> str:
+    r, w = (bytes.fromhex(net.addr(x)[2:]) for x in ("requester", "worker"))
+    epoch = assemble([Entry(r, w, JOB, JOB, ETH)], {}, {}, 100)
+    result = net.client("sentry1").post_anchor(epoch, net.spends(ETH))
+    assert result.tx_hash is not None
+    return result.tx_hash
+
+
+def rpc(net: Net, method: str, *params: Any) -> Any:
+    return net.chain.w3.provider.make_request(method, list(params))["result"]  # type: ignore[attr-defined]
+
+
+def funded(anvil: Anvil) -> Net:
+    net = make_net(Chain.rpc(anvil.url, 31337))
+    net.client("sentry1").stake(ETH)
+    net.client("requester").fund(2 * ETH)
+    return net
+
+
+def test_a_provider_refusing_long_ranges_is_read_in_spans_it_answers(
+    anvil: Anvil, proxy: CappingProxy
+) -> None:
+    net = funded(anvil)
+    tx = post_anchor(net)
+    rpc(net, "anvil_mine", hex(40))
+    capped = Settlement(Chain.rpc(proxy.url, 31337), artifacts.load(), net.address,
+                        net.keys["other"], log_span=1000)  # fmt: skip
+    [anchored] = capped.events("Anchored")
+    assert "0x" + bytes(anchored["transactionHash"]).hex() == tx
+    assert capped.event_log.scan.span <= CAP
+    refused = [r for r in proxy.ranges if r[1] - r[0] + 1 > CAP]
+    assert refused, "the proxy refused nothing: the test shows nothing"
+    assert capped.events("Voided", epoch=0) == []
+
+    head = net.chain.w3.eth.block_number
+    proxy.ranges.clear()
+    rpc(net, "anvil_mine", hex(3))
+    assert len(capped.events("Anchored", epoch=0)) == 1
+    assert proxy.ranges and min(lo for lo, _ in proxy.ranges) >= head + 1 - 64  # only the tail
+
+
+def test_an_anchor_dropped_by_a_reorganisation_is_forgotten(anvil: Anvil) -> None:
+    net = funded(anvil)
+    reader = net.client("other")
+    snapshot = rpc(net, "evm_snapshot")
+    first = post_anchor(net)
+    assert ["0x" + bytes(e["transactionHash"]).hex() for e in reader.events("Anchored")] == [first]
+    assert rpc(net, "evm_revert", snapshot)
+    assert reader.events("Anchored") == []
+    second = post_anchor(net)
+    assert ["0x" + bytes(e["transactionHash"]).hex() for e in reader.events("Anchored")] == [second]
