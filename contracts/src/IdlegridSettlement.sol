@@ -330,6 +330,9 @@ contract IdlegridSettlement is EIP712, EpochAudits {
 
     /// Half of the bond to whoever caught the bad anchor, the rest burned; all of it burned if
     /// the catcher refuses the transfer (a contract, a blocked address): a void must not fail.
+    /// The burn comes after the reward's transfer on purpose: a transfer short of gas leaves
+    /// the void under 1/64 of it (EIP-150), too little for the burn, so whoever sends the void
+    /// cannot pick a gas limit that starves the catcher (tests/chain/test_void_reward.py).
     function _slashBond(address anchorer, address disputer) internal override returns (uint256 taken) {
         taken = _take(stakes[anchorer], anchorBond);
         uint256 reward = taken / 2;
