@@ -499,6 +499,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             DELETE FROM settle_epochs;
         """,
     ),
+    Migration(
+        version=19,
+        description="the settlement contract's epoch events, scanned once (rpc chains)",
+        sql="""
+            -- How far this node scanned a contract's epoch events, from which block, and the
+            -- hash of the last block read: a restart (or a wallet command) reads only the
+            -- blocks since, and a chain that no longer has that block drops the scan.
+            CREATE TABLE chain_event_scans (
+                chain_id     INTEGER NOT NULL,
+                contract     TEXT NOT NULL,
+                start        INTEGER NOT NULL,
+                scanned      INTEGER NOT NULL,
+                scanned_hash BLOB NOT NULL,
+                PRIMARY KEY (chain_id, contract)
+            ) WITHOUT ROWID;
+            -- The logs read, as the endpoint gave them (JSON), decoded when loaded.
+            CREATE TABLE chain_events (
+                chain_id  INTEGER NOT NULL,
+                contract  TEXT NOT NULL,
+                block     INTEGER NOT NULL,
+                log_index INTEGER NOT NULL,
+                log       TEXT NOT NULL,
+                PRIMARY KEY (chain_id, contract, block, log_index)
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -28,6 +29,7 @@ from node.chain.audit_calls import AuditCalls
 from node.chain.backend import Chain
 from node.chain.epoch_calls import EpochCalls
 from node.chain.errors import ChainReverted, ChainUnavailable
+from node.chain.event_store import EventStore
 from node.chain.journal import Journal, TxRow
 from node.chain.logs import DEFAULT_SPAN, ContractEvents
 from node.chain.reverts import decode_revert, is_revert, revert_data
@@ -77,6 +79,7 @@ class Settlement(EpochCalls, AuditCalls):
         receipt_timeout_s: float = 120.0,
         from_block: int = 0,
         log_span: int = DEFAULT_SPAN,
+        events_db: Path | None = None,
     ) -> None:
         self.chain = chain
         self.w3 = chain.w3
@@ -86,7 +89,10 @@ class Settlement(EpochCalls, AuditCalls):
             address=Web3.to_checksum_address(contract), abi=artifact.abi
         )
         self.contract_address = str(self.contract.address)
-        self.event_log = ContractEvents(self.w3, self.contract, from_block, log_span)
+        store = None
+        if events_db is not None:
+            store = EventStore(events_db, chain.chain_id, self.contract_address)
+        self.event_log = ContractEvents(self.w3, self.contract, from_block, log_span, store)
         self.token = token_of(self.contract)  # None: native coin
         self.token_contract = None
         if self.token is not None:

@@ -21,7 +21,9 @@ from typing import Any
 import requests
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import Web3RPCError
+from web3.exceptions import BlockNotFound, Web3RPCError
+
+from node.chain.event_store import EventStore, Saved, to_json
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +67,20 @@ class LogScan:
     logs: list[Any] = field(default_factory=list)
     scanned: int = -1  # the last block read (-1: none yet)
 
+    def reading_from(self, head: int) -> int:
+        """The first block an update to ``head`` reads (and drops what was kept from)."""
+        if self.scanned < 0:
+            return self.start
+        # a head behind our last read (a reorg, a lagging node) reads back from there
+        return max(self.start, min(self.scanned, head) + 1 - self.depth)
+
     def update(self, head: int) -> list[Any]:
         """Read up to block ``head`` and return every log kept.
 
         A failed fetch raises, and what was read before it is kept: the next update goes on
         from there.
         """
-        lo = self.start
-        if self.scanned >= 0:  # a head behind our last read (a reorg, a lagging node) reads back
-            lo = max(self.start, min(self.scanned, head) + 1 - self.depth)
+        lo = self.reading_from(head)
         self.logs = [entry for entry in self.logs if entry["blockNumber"] < lo]
         self.scanned = lo - 1
         while lo <= head:
@@ -94,9 +101,15 @@ class LogScan:
 
 class ContractEvents:
     """The contract's :data:`EPOCH_EVENTS`, decoded; safe to share between threads (one scan at
-    a time: a second caller waits for the first's read and uses it)."""
+    a time: a second caller waits for the first's read and uses it).
 
-    def __init__(self, w3: Web3, contract: Any, start: int, span: int = DEFAULT_SPAN) -> None:
+    Args:
+        store: where the scan is kept between runs (an rpc chain's node database); None keeps
+            it in memory only.
+    """
+
+    def __init__(self, w3: Web3, contract: Any, start: int, span: int = DEFAULT_SPAN,
+                 store: EventStore | None = None) -> None:  # fmt: skip
         self.w3 = w3
         self.contract = contract
         self._by_topic = {
@@ -105,6 +118,10 @@ class ContractEvents:
         }
         self.scan = LogScan(self._fetch, start, span)
         self._lock = threading.Lock()
+        self._store = store
+        self._raw: dict[tuple[int, int], str] = {}  # each kept log as read, for the store
+        self._unsaved_from: int | None = None  # the store lacks what was read from here on
+        self._loaded = store is None
 
     def of(self, name: str, **where: Any) -> list[Any]:
         """The ``name`` events (one of :data:`EPOCH_EVENTS`) whose arguments equal ``where``'s.
@@ -115,15 +132,61 @@ class ContractEvents:
         if name not in EPOCH_EVENTS:
             raise ValueError(f"event {name!r} is not one of {EPOCH_EVENTS}")
         with self._lock:
-            logs = list(self.scan.update(self.w3.eth.block_number))
+            if not self._loaded:
+                self._load()
+            latest = self.w3.eth.get_block("latest")
+            head = int(latest["number"])
+            since = self.scan.reading_from(head)
+            if self._unsaved_from is None or since < self._unsaved_from:
+                self._unsaved_from = since
+            logs = list(self.scan.update(head))
+            self._save(bytes(latest["hash"]))
         return [e for e in logs if e["event"] == name and _matches(e["args"], where)]
+
+    def _load(self) -> None:
+        """Take up the stored scan if the chain still has its last block, else drop it."""
+        assert self._store is not None
+        saved = self._store.load()
+        self._loaded = True
+        if saved is None:
+            return
+        if saved.start != self.scan.start or not self._still_has(saved):
+            log.info("stored events dropped: chain.from_block changed, or the chain no longer "
+                     "has block %d as scanned", saved.scanned)  # fmt: skip
+            self._store.drop()
+            return
+        self.scan.logs = [self._decode(raw) for raw in saved.logs]
+        self.scan.scanned = saved.scanned
+
+    def _still_has(self, saved: Saved) -> bool:
+        try:
+            block = self.w3.eth.get_block(saved.scanned)
+        except BlockNotFound:
+            return False
+        return bytes(block["hash"]) == saved.scanned_hash
+
+    def _save(self, head_hash: bytes) -> None:
+        if self._store is None or self._unsaved_from is None:
+            return
+        since = self._unsaved_from
+        kept = {(e["blockNumber"], e["logIndex"]) for e in self.scan.logs}
+        self._raw = {key: raw for key, raw in self._raw.items() if key in kept}
+        fresh = [(block, index, raw) for (block, index), raw in sorted(self._raw.items())
+                 if block >= since]  # fmt: skip
+        self._store.save(self.scan.start, since, fresh, self.scan.scanned, head_hash)
+        self._unsaved_from = None
 
     def _fetch(self, lo: int, hi: int) -> list[Any]:
         raw = self.w3.eth.get_logs({
             "address": self.contract.address, "fromBlock": lo, "toBlock": hi,
             "topics": [[topic.to_0x_hex() for topic in self._by_topic]],
         })  # fmt: skip
-        return [self._by_topic[HexBytes(entry["topics"][0])].process_log(entry) for entry in raw]
+        return [self._decode(entry) for entry in raw]
+
+    def _decode(self, raw: Any) -> Any:
+        if self._store is not None:
+            self._raw[(int(raw["blockNumber"]), int(raw["logIndex"]))] = to_json(raw)
+        return self._by_topic[HexBytes(raw["topics"][0])].process_log(raw)
 
 
 def _matches(args: Any, where: dict[str, Any]) -> bool:

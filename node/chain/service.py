@@ -43,7 +43,8 @@ def open_settlement(
     Embedded: a fresh in-process EVM, the contract deployed at its fixed address (with
     ``chain.token = "test"`` the test token first, then a contract that pays in it), the wallet
     funded (coin, and test tokens), then this node's journal replayed. RPC: the chain id, the
-    contract and its payment token checked, then whatever the journal left open reconciled.
+    contract and its payment token checked, then whatever the journal left open reconciled; its
+    epoch events are kept in ``db_path`` between runs.
 
     Raises:
         ChainUnavailable: the endpoint does not answer.
@@ -73,6 +74,7 @@ def open_settlement(
     client = Settlement(
         chain, artifact, settings.contract, key, journal=journal, dry_run=settings.dry_run,
         from_block=settings.from_block, log_span=settings.log_span,
+        events_db=db_path,  # kept between runs: an rpc chain's blocks stay what they were
     )  # fmt: skip
     if not settings.dry_run:
         client.reconcile()

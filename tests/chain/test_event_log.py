@@ -1,13 +1,16 @@
 """The contract's events scanned once and kept (node/chain/logs.py), on anvil: behind a proxy
-that refuses long eth_getLogs ranges the way providers do (a JSON-RPC error, or HTTP 400), and
-through a reorganisation (anvil's snapshot and revert)."""
+that refuses long eth_getLogs ranges the way providers do (a JSON-RPC error, or HTTP 400),
+through a reorganisation (anvil's snapshot and revert), and kept in the node database across a
+restart (node/chain/event_store.py)."""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,14 +66,22 @@ class CappingProxy:
         return upstream.status_code, upstream.content
 
 
-@pytest.fixture(params=["json", "http"])
-def proxy(request: pytest.FixtureRequest, anvil: Anvil) -> Iterator[CappingProxy]:
-    proxy = CappingProxy(anvil.url, request.param)
+@contextmanager
+def capping(upstream: str, mode: str = "json") -> Iterator[CappingProxy]:
+    proxy = CappingProxy(upstream, mode)
     thread = threading.Thread(target=proxy.server.serve_forever, daemon=True)
     thread.start()
-    yield proxy
-    proxy.server.shutdown()
-    thread.join(timeout=10)
+    try:
+        yield proxy
+    finally:
+        proxy.server.shutdown()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(params=["json", "http"])
+def proxy(request: pytest.FixtureRequest, anvil: Anvil) -> Iterator[CappingProxy]:
+    with capping(anvil.url, request.param) as proxy:
+        yield proxy
 
 
 def post_anchor(net: Net) -> str:
@@ -124,3 +135,47 @@ def test_an_anchor_dropped_by_a_reorganisation_is_forgotten(anvil: Anvil) -> Non
     assert reader.events("Anchored") == []
     second = post_anchor(net)
     assert ["0x" + bytes(e["transactionHash"]).hex() for e in reader.events("Anchored")] == [second]
+
+
+def test_a_restart_reads_only_the_blocks_since_its_last_scan(anvil: Anvil, tmp_path: Path) -> None:
+    net = funded(anvil)
+    post_anchor(net)
+    rpc(net, "anvil_mine", hex(200))
+    with capping(anvil.url) as proxy:
+
+        def started(from_block: int = 0) -> Settlement:  # a node (or a wallet command)
+            chain = Chain.rpc(proxy.url, 31337)
+            return Settlement(chain, artifacts.load(), net.address, net.keys["other"],
+                              from_block=from_block, log_span=CAP,
+                              events_db=tmp_path / "node.db")  # fmt: skip
+
+        first = started().events("Anchored")
+        assert len(first) == 1 and min(lo for lo, _ in proxy.ranges) == 0
+        head = net.chain.w3.eth.block_number
+        rpc(net, "anvil_mine", hex(5))
+        proxy.ranges.clear()
+        assert started().events("Anchored") == first
+        assert min(lo for lo, _ in proxy.ranges) >= head + 1 - 64
+        proxy.ranges.clear()  # another chain.from_block: scanned afresh from there
+        assert started(from_block=1).events("Anchored") == first
+        assert min(lo for lo, _ in proxy.ranges) == 1
+
+
+def test_a_stored_scan_of_blocks_the_chain_no_longer_has_is_dropped(
+    anvil: Anvil, tmp_path: Path
+) -> None:
+    """Another chain under the same id (a restarted anvil), or a reorg deeper than the blocks
+    read again, would otherwise leave events that are not there."""
+    net = funded(anvil)
+    snapshot = rpc(net, "evm_snapshot")
+    post_anchor(net)
+    rpc(net, "anvil_mine", hex(100))
+
+    def started() -> Settlement:
+        return Settlement(net.chain, artifacts.load(), net.address, net.keys["other"],
+                          events_db=tmp_path / "node.db")  # fmt: skip
+
+    assert len(started().events("Anchored")) == 1
+    assert rpc(net, "evm_revert", snapshot)
+    rpc(net, "anvil_mine", hex(150))  # longer than before, without the anchor
+    assert started().events("Anchored") == []
