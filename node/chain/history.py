@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PROTOCOL = "/idlegrid/settle/epochs/1"
-MAX_BYTES = 2 << 20  # an answer; an epoch of more entries than fit (about 15000) is not served
+MAX_BYTES = 2 << 20  # an answer; an epoch larger than half of it is served in parts
 MAX_ROWS = 100_000
+PART_ROWS = 6000  # entries per part of a large epoch: about 800 KB packed
+MAX_PARTS = -(-MAX_ROWS // PART_ROWS)
 TIMEOUT_S = 10.0
 RETRY_S = 30.0  # how often a sentry that cannot rebuild an epoch asks again
 SIZES = (20, 20, 32, 32)  # requester, worker, job, task
@@ -136,14 +138,24 @@ class EpochHistory:
         self._told = follower.stuck
 
     async def _serve(self, peer: str, payload: Any) -> Any:
+        """Final epochs from ``from`` on, as many whole ones as fit in half an answer; or, when
+        asked with ``part`` and epoch ``from`` is larger than that, that part of its entries
+        (``parts`` tells how many there are). An asker that names no part is not given one: it
+        would take a part for the whole epoch."""
         first = payload.get("from") if isinstance(payload, dict) else None
+        part = payload.get("part", None) if isinstance(payload, dict) else None
         if type(first) is not int or not 0 <= first < 2**62:
             raise RequestRejected("malformed", "expected {from: epoch index}")
+        if part is not None and (type(part) is not int or not 0 <= part < MAX_PARTS):
+            raise RequestRejected("malformed", f"part: expected an int in 0..{MAX_PARTS - 1}")
         sizes = await self.db.query(
             "SELECT idx, length(entries) AS size FROM settle_epochs WHERE idx >= ? "
             "ORDER BY idx LIMIT 256",
             (first,),
         )
+        large = bool(sizes) and sizes[0]["idx"] == first and sizes[0]["size"] > MAX_BYTES // 2
+        if part is not None and (large or part > 0):
+            return await self._part(first, part)
         last, total = -1, 0
         for r in sizes:
             total += int(r["size"])
@@ -151,13 +163,27 @@ class EpochHistory:
                 break  # the rest next time: the asker goes on from where this ends
             last = r["idx"]
         if sizes and last < 0:
-            raise RequestRejected("too_large", f"epoch {sizes[0]['idx']} is too large to serve")
+            raise RequestRejected("too_large", f"epoch {sizes[0]['idx']} is too large to serve "
+                                  "whole: ask for it by part")  # fmt: skip
         rows = await self.db.query(
             "SELECT idx, entries_root, entries FROM settle_epochs WHERE idx >= ? AND idx <= ? "
             "ORDER BY idx",
             (first, last),
         )
         return {"epochs": [[r["idx"], r["entries_root"], r["entries"]] for r in rows]}
+
+    async def _part(self, index: int, part: int) -> Any:
+        rows = await self.db.query(
+            "SELECT entries_root, entries FROM settle_epochs WHERE idx = ?", (index,)
+        )
+        if not rows:
+            raise RequestRejected("not_found", f"epoch {index} is not kept here")
+        entries = msgpack.unpackb(rows[0]["entries"])
+        parts = max(1, -(-len(entries) // PART_ROWS))
+        if part >= parts:
+            raise RequestRejected("not_found", f"epoch {index} has {parts} part(s)")
+        piece = msgpack.packb(entries[part * PART_ROWS : (part + 1) * PART_ROWS])
+        return {"epochs": [[index, rows[0]["entries_root"], piece]], "part": part, "parts": parts}
 
     async def fetch(
         self, peers: list[str], missing: int, roots: dict[int, bytes]
@@ -168,10 +194,7 @@ class EpochHistory:
         one that fails, or does not have it, is passed over."""
         for peer in peers:
             try:
-                answer = await self.net.request(
-                    peer, [], PROTOCOL, {"from": missing}, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES
-                )
-                exact = _exact(_parse(answer, missing), roots)
+                exact = _exact(await self._epochs_of(peer, missing), roots)
             except (RequestError, trio.TooSlowError) as exc:
                 log.info("epoch history not fetched", extra={"peer": peer, "error": str(exc)})
                 continue
@@ -181,6 +204,37 @@ class EpochHistory:
             if any(index == missing for index, _ in exact):
                 return exact
         return []
+
+    async def _epochs_of(self, peer: str, missing: int) -> Epochs:
+        """What ``peer`` serves from epoch ``missing`` on; an epoch too large for one answer
+        comes in parts, asked one after another from the same peer and joined.
+
+        Raises:
+            Invalid: a malformed answer, or parts that do not follow one another.
+            RequestError: the peer failed to answer.
+        """
+        answer = await self._ask(peer, missing, 0)
+        epochs = _parse(answer, missing)
+        parts = answer.get("parts", 1)
+        if parts == 1:
+            return epochs
+        if type(parts) is not int or not 1 < parts <= MAX_PARTS or len(epochs) != 1:
+            raise Invalid("parts", f"expected one epoch in 2..{MAX_PARTS} parts")
+        index, root, entries = epochs[0]
+        for part in range(1, parts):
+            more = await self._ask(peer, missing, part)
+            got = _parse(more, missing)
+            if (more.get("part"), more.get("parts")) != (part, parts) or [
+                (i, r) for i, r, _ in got] != [(index, root)]:  # fmt: skip
+                raise Invalid(f"part {part}", f"not part {part} of {parts} of epoch {index}")
+            entries += got[0][2]
+        return [(index, root, entries)]
+
+    async def _ask(self, peer: str, first: int, part: int) -> Any:
+        payload = {"from": first, "part": part}
+        return await self.net.request(
+            peer, [], PROTOCOL, payload, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES
+        )
 
 
 def _exact(epochs: Epochs, roots: dict[int, bytes]) -> list[tuple[int, list[Entry]]]:

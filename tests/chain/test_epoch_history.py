@@ -14,9 +14,10 @@ import pytest
 
 from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
+from consensus.settlement.epoch import Entry, assemble
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
-from node.chain.history import PROTOCOL, EpochHistory, unpack
+from node.chain.history import MAX_BYTES, MAX_PARTS, PROTOCOL, EpochHistory, unpack
 from p2p.reqresp import RequestRejected
 from storage.db import Database
 from tests.chain.conftest import ETH, Net, make_net
@@ -155,4 +156,87 @@ async def test_a_history_request_must_name_an_epoch(tmp_path: Path) -> None:
         for bad in ({}, {"from": -1}, {"from": "0"}, [0]):
             with pytest.raises(RequestRejected, match="from"):
                 await history._serve("peer", bad)
+        for part in (-1, "1", True, MAX_PARTS):
+            with pytest.raises(RequestRejected, match="part"):
+                await history._serve("peer", {"from": 0, "part": part})
         assert await history._serve("peer", {"from": 0}) == {"epochs": []}
+
+
+class Served(StubNet):
+    """Requests go straight to ``history``'s handler; ``alter(answer)`` may change an answer."""
+
+    def __init__(self, history: EpochHistory, alter: Any = None) -> None:
+        super().__init__()
+        self.history, self.alter = history, alter
+        self.blamed: list[str] = []
+        self.sizes: list[int] = []
+
+    async def request(self, peer: str, addrs: Any, protocol: str, payload: Any,
+                      **_: Any) -> Any:  # fmt: skip
+        answer = await self.history._serve(peer, payload)
+        self.sizes.append(len(msgpack.packb(answer)))
+        return self.alter(answer) if self.alter else answer
+
+    def blame(self, peer: str, reason: str) -> None:
+        self.blamed.append(f"{peer}: {reason}")
+
+
+def big_epoch(n: int) -> Any:
+    """An epoch of ``n`` entries (more than fit in one answer when n is over about 7700)."""
+    entries = [Entry(bytes([i % 251]) * 20, (i // 251).to_bytes(20), i.to_bytes(32), bytes(32),
+                     10**15 + i, 0) for i in range(n)]  # fmt: skip
+    return assemble(entries, {}, {}, 100)
+
+
+async def test_an_epoch_too_large_for_one_answer_is_served_in_parts(tmp_path: Path) -> None:
+    epoch = big_epoch(16_000)  # 2.2 MB of rows: over MAX_BYTES, which once kept it unserved
+    root = epoch.entries_tree.root
+    async with await Database.open(tmp_path / "1.db") as db1, \
+            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
+        server = EpochHistory(db1, StubNet())  # type: ignore[arg-type]
+        await server.record(0, epoch)
+        await server.record(1, big_epoch(3))
+        with pytest.raises(RequestRejected, match="too large to serve whole"):
+            await server._serve("old", {"from": 0})  # an asker that knows no parts gets none
+        net = Served(server)
+        asker = EpochHistory(db2, net)  # type: ignore[arg-type]
+        assert await asker.fetch(["peer"], 0, {0: root}) == [(0, list(epoch.entries))]
+        assert len(net.sizes) == 3 and max(net.sizes) < MAX_BYTES  # 6000 + 6000 + 4000
+        with pytest.raises(RequestRejected, match="has 3 part"):
+            await server._serve("peer", {"from": 0, "part": 3})
+        assert [i for i, _, _ in (await asker._epochs_of("peer", 1))] == [1]  # small: whole
+
+
+def _tamper_part(answer: Any) -> Any:
+    if answer.get("part") == 2:
+        rows = msgpack.unpackb(answer["epochs"][0][2])
+        rows[-1][4] = str(int(rows[-1][4]) + 1)
+        answer["epochs"][0][2] = msgpack.packb(rows)
+    return answer
+
+
+def _renumber_part(answer: Any) -> Any:
+    if answer.get("part") == 1:
+        answer["part"] = 2
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("alter", "blame"),
+    [
+        (_tamper_part, "its entries do not give the chain's entries root"),
+        (_renumber_part, "not part 1 of 3 of epoch 0"),
+    ],
+)
+async def test_a_part_that_does_not_fit_its_epoch_is_blamed(
+    tmp_path: Path, alter: Any, blame: str
+) -> None:
+    epoch = big_epoch(12_001)
+    async with await Database.open(tmp_path / "1.db") as db1, \
+            await Database.open(tmp_path / "2.db") as db2:  # fmt: skip
+        server = EpochHistory(db1, StubNet())  # type: ignore[arg-type]
+        await server.record(0, epoch)
+        net = Served(server, alter)
+        asker = EpochHistory(db2, net)  # type: ignore[arg-type]
+        assert await asker.fetch(["peer"], 0, {0: epoch.entries_tree.root}) == []
+        assert len(net.blamed) == 1 and blame in net.blamed[0], net.blamed
