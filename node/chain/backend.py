@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import requests
 from eth_account import Account
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
+from web3.providers.rpc.utils import REQUEST_RETRY_ALLOWLIST, ExceptionRetryConfiguration
 from web3.types import Wei
 
 from node.chain.artifacts import Artifact
@@ -58,7 +60,15 @@ class Chain:
             ChainUnavailable: no answer from ``url``.
             ChainMisconfigured: it answered with another chain id.
         """
-        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout_s}))
+        # Not eth_getLogs: an endpoint refusing a range answers HTTP 400 or 413, which web3
+        # would retry five times with backoff before the scan could try a shorter one
+        # (node/chain/logs.py); a transport failure there fails the look, retried later.
+        retry = ExceptionRetryConfiguration(
+            errors=(ConnectionError, requests.HTTPError, requests.Timeout),  # web3's own
+            method_allowlist=[m for m in REQUEST_RETRY_ALLOWLIST if m != "eth_getLogs"],
+        )
+        w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": timeout_s},
+                               exception_retry_configuration=retry))  # fmt: skip
         try:
             actual = int(w3.eth.chain_id)
         except Exception as exc:

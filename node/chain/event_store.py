@@ -5,8 +5,8 @@ instead of the whole chain since the deployment (:mod:`node.chain.logs`).
 Only for an rpc chain: the embedded one is rebuilt on every start, its blocks new each time.
 Logs are kept as the endpoint gave them (JSON) and decoded when loaded. A scan is trusted only
 while the chain still has the last block it read, with the same hash: a chain that reorganised
-deeper than the re-read depth, or another chain under the same id (a restarted anvil), drops
-it, and the next look reads from the start again.
+deeper than the re-read depth, or another chain under the same id (a restarted anvil), is not
+used: the next look reads from the start again, and its save replaces it.
 """
 
 from __future__ import annotations
@@ -82,31 +82,33 @@ class EventStore:
 
     def save(self, start: int, since: int, logs: Sequence[tuple[int, int, str]], scanned: int,
              scanned_hash: bytes) -> None:  # fmt: skip
-        """Replace what was kept from block ``since`` on with ``logs`` ((block, index, raw
-        JSON) of the blocks ``since..scanned``), in one transaction."""
+        """Store the scan: ``logs`` ((block, index, raw JSON), every one kept) of which those
+        from block ``since`` on are new, read up to block ``scanned``; one transaction.
+
+        Only the new ones are written when the store holds the scan up to ``since`` from the
+        same start; otherwise (another process, say a wallet command, left another scan or
+        none) the whole of it is replaced.
+        """
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
+            held = self._conn.execute(
+                "SELECT start, scanned FROM chain_event_scans WHERE chain_id = ? AND contract = ?",
+                self._key,
+            ).fetchone()
+            if held is None or held["start"] != start or held["scanned"] < since - 1:
+                since = -1
             self._conn.execute(
                 "DELETE FROM chain_events WHERE chain_id = ? AND contract = ? AND block >= ?",
                 (*self._key, since),
             )
             self._conn.executemany(
-                "INSERT OR REPLACE INTO chain_events VALUES (?, ?, ?, ?, ?)",
-                [(*self._key, block, index, raw) for block, index, raw in logs],
+                "INSERT INTO chain_events VALUES (?, ?, ?, ?, ?)",
+                [(*self._key, block, index, raw) for block, index, raw in logs if block >= since],
             )
             self._conn.execute(
                 "INSERT OR REPLACE INTO chain_event_scans VALUES (?, ?, ?, ?, ?)",
                 (*self._key, start, scanned, scanned_hash),
             )
-
-    def drop(self) -> None:
-        with self._lock, self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            for table in ("chain_events", "chain_event_scans"):
-                self._conn.execute(
-                    f"DELETE FROM {table} WHERE chain_id = ? AND contract = ?",  # noqa: S608
-                    self._key,
-                )
 
     def close(self) -> None:
         with self._lock:

@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 EPOCH_EVENTS = (
     "Anchored", "Finalized", "Disputed", "Answered", "Voided", "SumDisputed", "SumAnswered",
 )  # fmt: skip
-REORG_DEPTH = 64  # blocks read again on each look: 16 s on Arbitrum, 13 min on Ethereum
+# Blocks read again on each look (about a minute on Arbitrum, 50 on Ethereum): a reorganised
+# block, or one a lagging node behind a load balancer had not yet served logs for, is read again.
+REORG_DEPTH = 256
+SAVE_EVERY = 10_000  # blocks: with no new event, the stored scan moves on this often
 DEFAULT_SPAN = 10_000  # blocks per eth_getLogs: what the common providers answer
 
 
@@ -54,7 +57,9 @@ class LogScan:
     Args:
         fetch: the logs of blocks ``lo..hi`` (both included), in block order.
         start: the first block to read (the deployment's).
-        span: the most blocks one fetch covers; halved while the endpoint refuses.
+        span: the most blocks one fetch covers; halved while the endpoint refuses, doubled
+            again (up to its first value) after each answer, since an error object can also
+            mean a passing fault (a rate limit, a lagging node).
         depth: blocks before the last read that each update reads again.
         refused: whether a fetch's error means the range was too large for the endpoint.
     """
@@ -66,6 +71,10 @@ class LogScan:
     refused: Callable[[BaseException], bool] = range_refused
     logs: list[Any] = field(default_factory=list)
     scanned: int = -1  # the last block read (-1: none yet)
+    max_span: int = 0  # the first span (0: set from ``span``)
+
+    def __post_init__(self) -> None:
+        self.max_span = self.max_span or self.span
 
     def reading_from(self, head: int) -> int:
         """The first block an update to ``head`` reads (and drops what was kept from)."""
@@ -96,6 +105,7 @@ class LogScan:
                 continue
             self.logs.extend(got)
             self.scanned, lo = hi, hi + 1
+            self.span = min(self.max_span, 2 * self.span)
         return self.logs
 
 
@@ -121,6 +131,8 @@ class ContractEvents:
         self._store = store
         self._raw: dict[tuple[int, int], str] = {}  # each kept log as read, for the store
         self._unsaved_from: int | None = None  # the store lacks what was read from here on
+        self._changed = False  # a log read differs from what the store has
+        self._saved_at = -1  # the last block the store says was scanned
         self._loaded = store is None
 
     def of(self, name: str, **where: Any) -> list[Any]:
@@ -144,19 +156,21 @@ class ContractEvents:
         return [e for e in logs if e["event"] == name and _matches(e["args"], where)]
 
     def _load(self) -> None:
-        """Take up the stored scan if the chain still has its last block, else drop it."""
+        """Take up the stored scan if the chain still has its last block with the same hash;
+        otherwise scan afresh (and the first save replaces what was stored)."""
         assert self._store is not None
         saved = self._store.load()
         self._loaded = True
         if saved is None:
             return
         if saved.start != self.scan.start or not self._still_has(saved):
-            log.info("stored events dropped: chain.from_block changed, or the chain no longer "
-                     "has block %d as scanned", saved.scanned)  # fmt: skip
-            self._store.drop()
+            log.info("stored events not used: chain.from_block changed, or the chain does not "
+                     "have block %d as scanned; scanning again", saved.scanned)  # fmt: skip
+            self._changed = True  # so the first scan replaces it
             return
         self.scan.logs = [self._decode(raw) for raw in saved.logs]
-        self.scan.scanned = saved.scanned
+        self.scan.scanned = self._saved_at = saved.scanned
+        self._changed = False
 
     def _still_has(self, saved: Saved) -> bool:
         try:
@@ -166,15 +180,19 @@ class ContractEvents:
         return bytes(block["hash"]) == saved.scanned_hash
 
     def _save(self, head_hash: bytes) -> None:
+        """Store what changed since the last save: only when a log did, or every
+        ``SAVE_EVERY`` blocks (each save is a synced write, and looks come every few seconds)."""
         if self._store is None or self._unsaved_from is None:
             return
-        since = self._unsaved_from
         kept = {(e["blockNumber"], e["logIndex"]) for e in self.scan.logs}
-        self._raw = {key: raw for key, raw in self._raw.items() if key in kept}
-        fresh = [(block, index, raw) for (block, index), raw in sorted(self._raw.items())
-                 if block >= since]  # fmt: skip
-        self._store.save(self.scan.start, since, fresh, self.scan.scanned, head_hash)
-        self._unsaved_from = None
+        if self._raw.keys() - kept:  # a reorganisation took some away
+            self._raw = {key: raw for key, raw in self._raw.items() if key in kept}
+            self._changed = True
+        if not self._changed and self.scan.scanned < self._saved_at + SAVE_EVERY:
+            return
+        rows = [(block, index, raw) for (block, index), raw in sorted(self._raw.items())]
+        self._store.save(self.scan.start, self._unsaved_from, rows, self.scan.scanned, head_hash)
+        self._unsaved_from, self._changed, self._saved_at = None, False, self.scan.scanned
 
     def _fetch(self, lo: int, hi: int) -> list[Any]:
         raw = self.w3.eth.get_logs({
@@ -185,14 +203,16 @@ class ContractEvents:
 
     def _decode(self, raw: Any) -> Any:
         if self._store is not None:
-            self._raw[(int(raw["blockNumber"]), int(raw["logIndex"]))] = to_json(raw)
+            key, text = (int(raw["blockNumber"]), int(raw["logIndex"])), to_json(raw)
+            self._changed = self._changed or self._raw.get(key) != text
+            self._raw[key] = text
         return self._by_topic[HexBytes(raw["topics"][0])].process_log(raw)
 
 
 def _matches(args: Any, where: dict[str, Any]) -> bool:
     for key, want in where.items():
         have = args[key]
-        if isinstance(want, str) and want.startswith("0x"):  # addresses: any checksum casing
+        if isinstance(want, str) and len(want) == 42 and want.startswith("0x"):  # an address
             if Web3.to_checksum_address(want) != Web3.to_checksum_address(have):
                 return False
         elif have != want:
