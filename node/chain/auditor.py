@@ -13,6 +13,7 @@ When our base is the anchor's (we followed every epoch before it) and its window
                                                              entries: its answer shows them)
     an entry's ``previous`` is below the line's amount in    voidConflict, with that entry
     our base (the line counted twice)                        from our epoch history
+    a sum answer shows two entries for one line              voidConflict, with both
 
 Leaves are judged on every entry heard, or, once half the window has passed without all of
 them (withheld: an honest anchorer has gossiped them twice by then), on those heard: an
@@ -133,12 +134,35 @@ class Auditor:
     async def _check_answers(self, index: int) -> None:
         """Voids anchor ``index`` when an answer to one of its sum disputes shows entries of a
         requester that add more than the anchor debits it (one never debited at all: a made-up
-        requester, paying a worker out of the others' money)."""
+        requester, paying a worker out of the others' money), or two entries for one line."""
         for _kind, _party, entries, proof in await self.service.call(
             lambda c: c.sum_answers(index)
         ):
-            if await self._under_debits(index, entries, proof):
+            if await self._under_debits(index, entries, proof) or await self._twice(
+                index, entries, proof
+            ):
                 return
+
+    async def _twice(self, index: int, entries: list[Entry], proof: MultiProof) -> bool:
+        """Voids anchor ``index`` if ``entries`` (an answer's, in ``proof``) hold two for one
+        line: each adds its amount, so the voucher is paid twice. Gossip cannot show them (the
+        follower keeps one entry per line), but the leaf they inflate is disputed, and the
+        anchorer's answer must show both."""
+        seen: dict[Line, Entry] = {}
+        for e in entries:
+            first = seen.setdefault(e.line, e)
+            if first.leaf() == e.leaf() or not self._once(key := (index, e.leaf(), -1)):
+                continue
+            try:
+                proofs = proof.single_proofs()
+            except Invalid:  # the contract took the answer, so its multiproof is sound
+                return False
+            log.warning("another anchorer's epoch has two entries for one line: voiding",
+                        extra={"epoch": index, "job": "0x" + e.job.hex()})  # fmt: skip
+            pair = (first, proofs[first.leaf()]), (index, e, proofs[e.leaf()])
+            if await self._send(lambda c: c.void_conflict(index, *pair), key):  # noqa: B023
+                return True
+        return False
 
     async def _under_debits(self, index: int, entries: list[Entry], proof: MultiProof) -> bool:
         """Voids anchor ``index`` if ``entries`` (in ``proof``'s order) add more for one of

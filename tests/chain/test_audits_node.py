@@ -235,6 +235,35 @@ async def test_a_standing_by_anchorer_voids_undebited_entries_it_heard_in_full(
         assert standby.auditor.raised == 1
 
 
+async def test_a_standing_by_anchorer_voids_two_entries_for_one_line_shown_in_an_answer(
+    tmp_path: Path,
+) -> None:
+    """The cheat counts one line twice in one epoch (the second entry with another
+    ``previous``) and gossips both; the standby keeps one entry per line, so the worker's leaf
+    looks inflated and is disputed past half the window, and the answer, which must show both
+    entries, is what the standby voids with. The requester is not watching."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        w = bytes.fromhex(net.addr("worker")[2:])
+        line, other = entries(net, {(J2, T0, "worker"): ETH, (J3, T0, "worker"): ETH - 1})
+        again = replace(line, previous=1)  # adds ETH - 1 more, like ``other``
+        tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in (line, again)])
+        fair = assemble([line, other], first.lines, first.earnings, FEE)
+        doubled = replace(fair, entries=(line, again), entries_tree=tree)
+        net.client("sentry1").post_anchor(doubled, net.spends(3 * ETH))
+        hand(standby, 1, doubled)
+        await standby.step()
+        net.chain.advance(WINDOW // 2 + 1)
+        await standby.step()
+        (d,) = net.client("other").sum_disputes(1)
+        assert (d.kind, d.party) == (EARNINGS, w)
+        a = answer(doubled, first.earnings, d.kind, d.party)
+        assert len(a.entries) == 2
+        net.client("sentry1").answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
+        await standby.step()
+        assert net.client("other").anchor()["state"] == "void"
+        assert standby.auditor.raised == 2  # the dispute, then the void
+
+
 async def test_the_requester_does_not_dispute_an_honest_debit_it_heard_no_entries_of(
     tmp_path: Path,
 ) -> None:
