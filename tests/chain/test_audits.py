@@ -58,10 +58,10 @@ def send_answer(anchorer: Settlement, d: SumDispute, epoch: Epoch, base: dict[by
     anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
 
 
-def test_misdirected_earnings_are_disputed_and_the_anchor_voided(net: Net) -> None:
-    anchorer, first = final_first_epoch(net)
-    # Epoch 1: worker earns 2 ETH more on J2, worker2 1 ETH on J3; the entries say so, but the
-    # leaves credit worker2 with worker's 2 ETH too (the debit and the spend are right).
+def post_misdirected(net: Net, anchorer: Settlement, first: Epoch) -> tuple[Epoch, Epoch]:
+    """Epoch 1: worker earns 2 ETH more on J2, worker2 1 ETH on J3; the entries say so, but the
+    leaves credit worker2 with worker's 2 ETH too (the debit and the spend are right). The
+    honest epoch and the one posted."""
     lines = {(J1, T0, "worker"): ETH, (J2, T0, "worker"): 2 * ETH, (J3, T0, "worker2"): ETH}
     honest = assemble(entries(net, lines), first.lines, first.earnings, FEE)
     w, w2 = b(net, "worker"), b(net, "worker2")
@@ -69,6 +69,13 @@ def test_misdirected_earnings_are_disputed_and_the_anchor_voided(net: Net) -> No
     tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(moved.items())])
     bad = replace(honest, earnings=moved, earnings_tree=tree)
     anchorer.post_anchor(bad, net.spends(4 * ETH))
+    return honest, bad
+
+
+def test_misdirected_earnings_are_disputed_and_the_anchor_voided(net: Net) -> None:
+    anchorer, first = final_first_epoch(net)
+    honest, bad = post_misdirected(net, anchorer, first)
+    w2, moved = b(net, "worker2"), bad.earnings
     # A watcher with the entries and the published leaves sees whose leaf grew too much.
     assert inflated(bad.earnings, first.earnings, honest.entries) == [w2]
     with refused(f"NotAnchorer(caller={net.addr('worker').lower()}, bonded=0)"):  # unbonded

@@ -12,19 +12,16 @@ passes up past the transfer's 30k: each void either fails whole or pays the rewa
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from eth_account import Account
 from web3 import Web3
 
 from consensus.settlement.audits import EARNINGS
-from consensus.settlement.epoch import assemble
-from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
 from node.chain.backend import Chain
 from tests.chain.conftest import ETH, Anvil, Net, make_net
-from tests.chain.test_audits import dispute_of, final_first_epoch
-from tests.chain.test_epochs import FEE, J1, J2, J3, T0, WINDOW, b, entries
+from tests.chain.test_audits import dispute_of, final_first_epoch, post_misdirected
+from tests.chain.test_epochs import WINDOW, b
 
 
 def disputer_code(target: str) -> bytes:
@@ -77,15 +74,9 @@ def test_a_void_at_any_gas_limit_pays_a_contract_disputer_or_fails_whole(anvil: 
     assert send(net, "sentry2", disputer, contract.encode_abi("stake", args=[ETH]),
                 value=ETH)["status"] == 1  # fmt: skip
 
-    # An anchor that credits worker2 with worker's earnings (as in test_audits.py).
     anchorer, first = final_first_epoch(net)
-    lines = {(J1, T0, "worker"): ETH, (J2, T0, "worker"): 2 * ETH, (J3, T0, "worker2"): ETH}
-    honest = assemble(entries(net, lines), first.lines, first.earnings, FEE)
-    w, w2 = b(net, "worker"), b(net, "worker2")
-    moved = {**honest.earnings, w: first.earnings[w], w2: honest.earnings[w2] + 2 * ETH * 99 // 100}
-    tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(moved.items())])
-    bad = replace(honest, earnings=moved, earnings_tree=tree)
-    anchorer.post_anchor(bad, net.spends(4 * ETH))
+    _, bad = post_misdirected(net, anchorer, first)  # credits worker2 with worker's earnings
+    w2, moved = b(net, "worker2"), bad.earnings
     args = [1, Web3.to_checksum_address(w2), moved[w2], bad.earnings_proof(w2)]
     assert send(net, "sentry2", disputer, contract.encode_abi("disputeEarnings", args=args))[
         "status"] == 1  # fmt: skip
