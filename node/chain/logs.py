@@ -6,8 +6,10 @@ scan of the whole chain since then on every look: on Arbitrum One (about four bl
 millions of blocks a month after deploying, which providers answer slowly or refuse outright
 (many cap one ``eth_getLogs`` at a few thousand blocks, or its results). So the kinds the node
 reads are scanned together, in spans of at most ``chain.log_span`` blocks (halved while the
-endpoint refuses a span), and kept in memory: a later look reads only the blocks since, and the
-last ``REORG_DEPTH`` before them again, so a log a reorganisation dropped or moved is replaced.
+endpoint refuses a span), and kept (on an rpc chain in the node database as well,
+:mod:`node.chain.event_store`, so a restart goes on from its last save): a later look reads
+only the blocks since, and the last ``REORG_DEPTH`` before them again, so a log a
+reorganisation dropped or moved is replaced.
 """
 
 from __future__ import annotations
