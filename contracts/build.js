@@ -9,7 +9,7 @@ const solc = require("solc");
 
 const HERE = __dirname;
 const SETTINGS = {
-  // Through the IR pipeline: the settlement contract is 19.5k instead of 24.4k of the 24 KiB
+  // Through the IR pipeline: the settlement contract was 19.5k instead of 24.4k of the 24 KiB
   // code limit (EIP-170), which leaves room to grow, at the same gas per settled job and a
   // fifth less to deploy (compiling takes about 9 s instead of 3).
   optimizer: { enabled: true, runs: 200 },

@@ -16,7 +16,9 @@ is bounded by the vouchers its requesters signed, fee included. An anchorer that
 epoch honestly can always answer (net shares never exceed the gross its entries add, see
 :func:`consensus.settlement.epoch.net_shares`); one that moved earnings from one worker to
 another beyond that, or debited a requester beyond its entries, cannot, and its anchor is
-voided when the answer time runs out.
+voided when the answer time runs out. From below, a leaf must grow by at least its worker's
+entries net of the fee at its most (:func:`net_floor`): one that grew less voids the anchor at
+once, with the worker's entries as proof (``voidLowLeaf``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from consensus.errors import Invalid
+from consensus.settlement.eip712 import BPS
 from consensus.settlement.epoch import Entry, Epoch
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof, leaf_hash
 
@@ -48,18 +51,53 @@ def answer(epoch: Epoch, base: Mapping[bytes, int], kind: int, party: bytes) -> 
     Raises:
         Invalid: an unknown kind.
     """
+    return show(epoch.entries, epoch.entries_tree, base, kind, party)
+
+
+def show(entries: Iterable[Entry], tree: MerkleTree, base: Mapping[bytes, int], kind: int,
+         party: bytes) -> SumAnswer:  # fmt: skip
+    """``party``'s entries among ``entries`` (all of those in ``tree``, an anchor's entries
+    tree) with their multiproof, and for a worker its leaf in ``base`` with its proof.
+
+    Raises:
+        Invalid: an unknown kind.
+    """
     if kind not in (EARNINGS, DEBIT):
         raise Invalid("audit.kind", f"must be {EARNINGS} (earnings) or {DEBIT} (debit), got {kind}")
-    mine = [e for e in epoch.entries if (e.worker if kind == EARNINGS else e.requester) == party]
+    mine = [e for e in entries if (e.worker if kind == EARNINGS else e.requester) == party]
     by_leaf = {e.leaf(): e for e in mine}
-    proof = epoch.entries_tree.multi_proof(list(by_leaf))
-    entries = tuple(by_leaf[leaf] for leaf in proof.leaves)
+    proof = tree.multi_proof(list(by_leaf))
+    shown = tuple(by_leaf[leaf] for leaf in proof.leaves)
     held = base.get(party, 0) if kind == EARNINGS else 0
     if held == 0:
-        return SumAnswer(0, (), entries, proof)
-    tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(base.items())])
-    return SumAnswer(held, tuple(tree.proof(leaf_hash(EARNINGS_TYPES, [party, held]))), entries,
-                     proof)  # fmt: skip
+        return SumAnswer(0, (), shown, proof)
+    base_tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(base.items())])
+    return SumAnswer(held, tuple(base_tree.proof(leaf_hash(EARNINGS_TYPES, [party, held]))),
+                     shown, proof)  # fmt: skip
+
+
+def net_floor(gross: int, fee_bps: int) -> int:
+    """The least a worker's leaf grows for entries adding ``gross`` (the contract's
+    ``_netFloor``): the epoch's fee, ``floor(total * fee_bps / BPS)``, is split in proportion to
+    each worker's gross (:func:`consensus.settlement.epoch.net_shares`), so no worker's share
+    is below its gross less its own fee rounded up."""
+    return gross - (gross * fee_bps + BPS - 1) // BPS
+
+
+def lowered(
+    leaves: Mapping[bytes, int], base: Mapping[bytes, int], entries: Iterable[Entry],
+    fee_bps: int,
+) -> list[bytes]:  # fmt: skip
+    """Workers with a leaf in an anchor (``leaves``) that grew over ``base`` by less than
+    ``entries`` (the anchor's, as heard) add for them, net of the fee at its most: paid less
+    than they earned, which voids the anchor at once."""
+    gross: dict[bytes, int] = {}
+    for e in entries:
+        gross[e.worker] = gross.get(e.worker, 0) + e.added
+    low = [
+        w for w, g in gross.items() if leaves.get(w, -1) - base.get(w, 0) < net_floor(g, fee_bps)
+    ]
+    return sorted(w for w in low if w in leaves)
 
 
 def inflated(

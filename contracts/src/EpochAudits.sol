@@ -13,6 +13,7 @@ import {Epochs} from "./Epochs.sol";
 ///   a requester's debit         that requester     the anchorer shows entries adding up, or void
 ///   a line counted twice        anyone             void at once, with the two entries as proof
 ///   a debit below the entries   anyone             void at once, with the requester's entries
+///   an earnings leaf too low    anyone             void at once, with the worker's entries
 ///
 /// Sum disputes open in the anchor's window, each once (an answered one stays answered). An
 /// answer reveals entries (perhaps never gossiped, of a requester that was never debited), so
@@ -70,6 +71,7 @@ abstract contract EpochAudits is Epochs {
     error EntriesUnordered(uint256 index);
     error NoConflict();
     error NotFinalEpoch(uint64 epoch);
+    error NotLow(uint256 leaf, uint256 floor);
 
     /// @notice Say worker `worker`'s leaf in the pending anchor, `cumulative`, is more than its
     /// entries add to its leaf in the last final root.
@@ -105,11 +107,9 @@ abstract contract EpochAudits is Epochs {
         if (d.answerBy == 0 || d.answerBy == ANSWERED) revert NoDispute(key);
         if (block.timestamp >= d.answerBy) revert AnswerTimeOver(d.answerBy);
         uint256 owed = amount;
-        if (kind == Sum.Earnings && base.amount > 0) { // a debit has no base
-            if (!MerkleProof.verifyCalldata(base.proof, claimRoot, _earningsLeaf(party, base.amount))) {
-                revert NotInTree();
-            }
-            owed = base.amount >= owed ? 0 : owed - base.amount;
+        if (kind == Sum.Earnings) { // a debit has no base
+            uint256 before = _baseOf(party, base);
+            owed = before >= owed ? 0 : owed - before;
         }
         uint256 added = _added(a.entriesRoot, kind, party, shown);
         if (added < owed) revert SumShort(added, owed);
@@ -130,6 +130,23 @@ abstract contract EpochAudits is Epochs {
         if (d.answerBy == 0 || d.answerBy == ANSWERED) revert NoDispute(key);
         if (block.timestamp < d.answerBy) revert AnswerTimeNotOver(d.answerBy);
         _void(epoch, a, key, d.disputer, requesters, amounts);
+    }
+
+    /// @notice Void the pending anchor for crediting `worker` less than it earned: its leaf
+    /// `cumulative` grew over its leaf in the last final root (`base`; amount 0 and no proof:
+    /// none, or not shown, which only lowers the bound) by less than its entries among `shown`
+    /// add, net of the fee. Nobody gains by it alone, but the worker would wait, and with a
+    /// leaf raised elsewhere it moves one worker's pay to another.
+    function voidLowLeaf(uint64 epoch, address worker, uint256 cumulative, bytes32[] calldata proof,
+        Base calldata base, Shown calldata shown, address[] calldata requesters,
+        uint256[] calldata amounts) external nonReentrant {
+        Anchor storage a = _fraudOpen(epoch);
+        if (!MerkleProof.verifyCalldata(proof, a.earningsRoot, _earningsLeaf(worker, cumulative))) {
+            revert NotInTree();
+        }
+        uint256 floor = _baseOf(worker, base) + _netFloor(_added(a.entriesRoot, Sum.Earnings, worker, shown));
+        if (cumulative >= floor) revert NotLow(cumulative, floor);
+        _void(epoch, a, _sumKey(epoch, Sum.None, worker, cumulative), msg.sender, requesters, amounts);
     }
 
     /// @notice Void the pending anchor for debiting `requester` less than its entries among
@@ -176,6 +193,15 @@ abstract contract EpochAudits is Epochs {
         sumDisputes[key] = SumDispute(answerBy, msg.sender);
         a.openDisputes += 1;
         emit SumDisputed(epoch, kind, party, amount, msg.sender, answerBy);
+    }
+
+    /// `worker`'s leaf in the last final root, as `base` shows it (0: none shown).
+    function _baseOf(address worker, Base calldata base) private view returns (uint256) {
+        if (base.amount > 0
+            && !MerkleProof.verifyCalldata(base.proof, claimRoot, _earningsLeaf(worker, base.amount))) {
+            revert NotInTree();
+        }
+        return base.amount;
     }
 
     /// What `shown.entries` add this epoch, each checked to be `party`'s (with kind None: any

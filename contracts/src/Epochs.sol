@@ -114,6 +114,8 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function _bondOf(address who) internal view virtual returns (uint256);
     function _slashBond(address anchorer, address disputer) internal virtual returns (uint256);
     function _accrueFee(uint256 total) internal virtual returns (uint256 fee);
+    /// The least a worker's leaf grows for entries adding `gross`: less the fee rounded up.
+    function _netFloor(uint256 gross) internal view virtual returns (uint256);
     function _voucherSigner(Entry calldata e, bytes calldata sig) internal view virtual returns (address);
     /// The address that signed `Spend(requester, cumulative)`; address(0) for a bad signature.
     function _spendSigner(address requester, uint256 cumulative, bytes calldata sig)

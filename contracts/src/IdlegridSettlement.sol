@@ -345,6 +345,12 @@ contract IdlegridSettlement is EIP712, EpochAudits {
         feesAccrued += fee;
     }
 
+    /// The epoch's fee is floor(total * feeBps / BPS), split in proportion to each worker's
+    /// gross, so a worker's share is never below its gross less its own fee rounded up.
+    function _netFloor(uint256 gross) internal view override returns (uint256) {
+        return gross - (gross * feeBps + BPS - 1) / BPS;
+    }
+
     function _voucherSigner(Entry calldata e, bytes calldata sig) internal view override returns (address) {
         return ECDSA.recover(voucherDigest(e.job, e.task, e.worker, e.amount), sig);
     }

@@ -1,6 +1,6 @@
 """The audit calls on a pending anchor (``EpochAudits.sol``): sum disputes of a worker's
-earnings leaf or a requester's debit, their answers and voids, and the void of an anchor that
-counts a line twice.
+earnings leaf or a requester's debit, their answers and voids, and the voids of an anchor that
+counts a line twice, debits a requester less than its entries add, or credits a worker less.
 
 A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.epoch_calls`.
 """
@@ -126,6 +126,24 @@ class AuditCalls:
         shown = [[entry_args(e) for e in entries], list(proof.proof), list(proof.flags)]
         args = [index, Web3.to_checksum_address(requester), *self._debit_lists(index), shown]
         return self.send("voidUnderDebit", args)
+
+    def void_low_leaf(
+        self,
+        index: int,
+        leaf: tuple[bytes, int, Sequence[bytes]],
+        base: tuple[int, Sequence[bytes]],
+        entries: Sequence[Entry],
+        proof: MultiProof,
+    ) -> TxResult:
+        """Void anchor ``index`` for crediting a worker less than it earned: ``leaf`` (worker,
+        cumulative, proof) grew over ``base`` (its leaf in the last final root and that proof;
+        ``(0, [])``: none shown) by less than its ``entries`` (in ``proof``'s order) add, net
+        of the fee."""
+        worker, cumulative, leaf_proof = leaf
+        shown = [[entry_args(e) for e in entries], list(proof.proof), list(proof.flags)]
+        args = [index, Web3.to_checksum_address(worker), cumulative, list(leaf_proof),
+                [base[0], list(base[1])], shown, *self._debit_lists(index)]  # fmt: skip
+        return self.send("voidLowLeaf", args)
 
     def sum_answers(self, index: int) -> list[tuple[int, bytes, list[Entry], MultiProof]]:
         """The answers given to anchor ``index``'s sum disputes, read from their calls: kind,

@@ -13,6 +13,8 @@ When our base is the anchor's (we followed every epoch before it) and its window
                                                              entries: its answer shows them)
     an entry's ``previous`` is below the line's amount in    voidConflict, with that entry
     our base (the line counted twice)                        from our epoch history
+    (every entry heard) a worker's leaf grew less than its   voidLowLeaf, with its entries
+    entries add, net of the fee at its most
     a sum answer shows two entries for one line              voidConflict, with both
 
 Leaves are judged on every entry heard, or, once half the window has passed without all of
@@ -29,7 +31,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from consensus.errors import Invalid
-from consensus.settlement.audits import inflated
+from consensus.settlement.audits import EARNINGS, inflated, lowered, show
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import (
@@ -112,7 +114,10 @@ class Auditor:
                     await self._conflict(a, e, tree)
             proof = tree.multi_proof([e.leaf() for e in entries])
             by_leaf = {e.leaf(): e for e in entries}
-            await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof)
+            if await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof):
+                return
+            if await self._low_leaves(a, m, entries, tree):
+                return  # voided: nothing left to dispute
         elif now_ms < a.posted_ms + window_ms // 2:
             return  # gossip still coming; past half the window, entries missing are withheld
         leaves = self.leaves.get(a.earnings_root)
@@ -181,6 +186,29 @@ class Auditor:
                                "entries_wei": str(added), "debited_wei": str(debited)})  # fmt: skip
             shown = (index, requester, entries, proof)
             if await self._send(lambda c: c.void_under_debit(*shown), key):  # noqa: B023
+                return True
+        return False
+
+    async def _low_leaves(
+        self, a: ChainAnchor, m: Anchoring, entries: list[Entry], tree: MerkleTree
+    ) -> bool:
+        """Voids anchor ``a`` if its gossiped leaves pay a worker less than its entries (all
+        heard: ``tree`` proves them) add, net of the fee at its most; whether it was voided."""
+        leaves = self.leaves.get(a.earnings_root)
+        if leaves is None:
+            return False
+        for worker in lowered(leaves.amounts, m.base_earnings, entries, m.fee_bps):
+            amount = leaves.amounts[worker]
+            if not self._once(key := (a.index, b"low" + worker, amount)):
+                continue
+            log.warning("another anchorer's epoch pays a worker less than its entries add: "
+                        "voiding", extra={"epoch": a.index, "worker": "0x" + worker.hex(),
+                                          "leaf_wei": str(amount)})  # fmt: skip
+            shown = show(entries, tree, m.base_earnings, EARNINGS, worker)
+            proof = leaves.tree().proof(leaf_hash(EARNINGS_TYPES, [worker, amount]))
+            args = (a.index, (worker, amount, proof), (shown.base, shown.base_proof),
+                    shown.entries, shown.proof)  # fmt: skip
+            if await self._send(lambda c: c.void_low_leaf(*args), key):  # noqa: B023
                 return True
         return False
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from consensus.settlement.audits import DEBIT, EARNINGS, answer, inflated
+from consensus.settlement.audits import DEBIT, EARNINGS, answer, inflated, net_floor
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree, MultiProof
 from node.chain.audit_calls import SumDispute
@@ -257,3 +257,37 @@ def test_entries_of_a_requester_never_debited_void_the_anchor(net: Net) -> None:
     r = net.client("worker").void_under_debit(1, x, shown, proof)  # after the window: in grace
     assert net.client("other").anchor()["state"] == "void"
     assert net.balance(net.addr("worker")) - before + net.gas_cost(r.tx_hash) == ETH // 2
+
+
+def test_a_leaf_below_its_workers_entries_voids_the_anchor_at_once(net: Net) -> None:
+    """Nobody gains by a lowered leaf alone, but its worker waits (and with a leaf raised
+    elsewhere, its pay goes to another): anyone voids it with the worker's entries."""
+    anchorer, first = final_first_epoch(net)
+    lines = {(J1, T0, "worker"): 3 * ETH, (J2, T0, "worker2"): ETH}  # worker: 2 ETH more
+    honest = assemble(entries(net, lines), first.lines, first.earnings, FEE)
+    w, w2 = b(net, "worker"), b(net, "worker2")
+    low = {**honest.earnings, w: honest.earnings[w] - ETH // 2}
+    tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(low.items())])
+    bad = replace(honest, earnings=low, earnings_tree=tree)
+    anchorer.post_anchor(bad, net.spends(4 * ETH))
+    catcher = net.client("other")
+    mine, theirs = (answer(bad, first.earnings, EARNINGS, x) for x in (w, w2))
+    leaf = (w, low[w], bad.earnings_proof(w))
+    floor2 = net_floor(ETH, FEE)  # worker2 is paid its share, at least this
+    with refused(f"NotLow(leaf={low[w2]}, floor={floor2})"):
+        catcher.void_low_leaf(1, (w2, low[w2], bad.earnings_proof(w2)), (0, []), theirs.entries,
+                              theirs.proof)  # fmt: skip
+    with reverts("NotInTree"):
+        catcher.void_low_leaf(1, (w, low[w] + 1, leaf[2]), (0, []), mine.entries, mine.proof)
+    with reverts("NotOfParty"):
+        catcher.void_low_leaf(1, leaf, (0, []), theirs.entries, theirs.proof)
+    floor = net_floor(2 * ETH, FEE)  # without its base leaf shown, the bound is lower
+    with refused(f"NotLow(leaf={low[w]}, floor={floor})"):
+        catcher.void_low_leaf(1, leaf, (0, []), mine.entries, mine.proof)
+    before = net.balance(net.addr("other"))
+    r = catcher.void_low_leaf(1, leaf, (mine.base, mine.base_proof), mine.entries, mine.proof)
+    assert catcher.anchor()["state"] == "void"
+    assert net.balance(net.addr("other")) - before == ETH // 2 - net.gas_cost(r.tx_hash)
+    assert net.client("requester").pool_of()["debited"] == ETH  # epoch 1's debit went back
+    with reverts("NotPending"):
+        catcher.void_low_leaf(1, leaf, (mine.base, mine.base_proof), mine.entries, mine.proof)
