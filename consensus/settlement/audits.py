@@ -11,14 +11,14 @@ debited at most what its entries add. So:
     debit      requester   it is debited more than its entries     its entries
                            added
 
-The contract checks gross amounts (it knows no worker's share of the fee), so a worker's leaf
-is bounded by the vouchers its requesters signed, fee included. An anchorer that assembled its
-epoch honestly can always answer (net shares never exceed the gross its entries add, see
-:func:`consensus.settlement.epoch.net_shares`); one that moved earnings from one worker to
-another beyond that, or debited a requester beyond its entries, cannot, and its anchor is
-voided when the answer time runs out. From below, a leaf must grow by at least its worker's
-entries net of the fee at its most (:func:`net_floor`): one that grew less voids the anchor at
-once, with the worker's entries as proof (``voidLowLeaf``).
+A worker's leaf may grow by at most what its entries add net of the fee (:func:`net_ceil`: its
+own fee rounded down, plus a wei of the epoch's remainder), so it is bounded by the vouchers its
+requesters signed less the fee. An anchorer that assembled its epoch honestly can always answer
+(net shares never exceed that, see :func:`consensus.settlement.epoch.net_shares`); one that
+moved earnings from one worker to another beyond that, or debited a requester beyond its
+entries, cannot, and its anchor is voided when the answer time runs out. From below, a leaf
+must grow by at least its worker's entries net of the fee at its most (:func:`net_floor`): one
+that grew less voids the anchor at once, with the worker's entries as proof (``voidLowLeaf``).
 """
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ def net_floor(gross: int, fee_bps: int) -> int:
     return gross - (gross * fee_bps + BPS - 1) // BPS
 
 
+def net_ceil(gross: int, fee_bps: int) -> int:
+    """The most a worker's leaf grows for entries adding ``gross`` (the contract's
+    ``_netCeil``): its gross less its own fee rounded down, plus a wei of the epoch's
+    remainder, and never above the gross."""
+    return min(gross, gross - gross * fee_bps // BPS + 1)
+
+
 def lowered(
     leaves: Mapping[bytes, int], base: Mapping[bytes, int], entries: Iterable[Entry],
     fee_bps: int,
@@ -101,13 +108,15 @@ def lowered(
 
 
 def inflated(
-    leaves: Mapping[bytes, int], base: Mapping[bytes, int], entries: Iterable[Entry]
-) -> list[bytes]:
+    leaves: Mapping[bytes, int], base: Mapping[bytes, int], entries: Iterable[Entry],
+    fee_bps: int,
+) -> list[bytes]:  # fmt: skip
     """Workers whose leaf in an anchor (``leaves``, as its anchorer published them) grew over
     ``base`` (the last final epoch's earnings) by more than ``entries`` (the anchor's, as heard)
-    add for them, gross: disputes its anchorer cannot answer unless it withheld entries (then
-    its answer shows them)."""
+    add for them, net of the fee (:func:`net_ceil`): disputes its anchorer cannot answer unless
+    it withheld entries (then its answer shows them)."""
     gross: dict[bytes, int] = {}
     for e in entries:
         gross[e.worker] = gross.get(e.worker, 0) + e.added
-    return sorted(w for w, a in leaves.items() if a - base.get(w, 0) > gross.get(w, 0))
+    return sorted(w for w, a in leaves.items()
+                  if a - base.get(w, 0) > net_ceil(gross.get(w, 0), fee_bps))  # fmt: skip

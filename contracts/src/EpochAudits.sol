@@ -26,7 +26,8 @@ import {Epochs} from "./Epochs.sol";
 ///
 /// Each entry carries `previous`, its line's amount in the last final anchor, so an entry adds
 /// `amount - previous` this epoch. A worker's leaf may grow over its leaf in the last final root
-/// (`claimRoot`, while this anchor is pending) by at most what its entries add, and a requester
+/// (`claimRoot`, while this anchor is pending) by at most what its entries add net of the fee
+/// (`_netCeil`), and by at least that less a few wei (`_netFloor`), and a requester
 /// may be debited at most what its entries add: the anchorer answers with those entries, each
 /// in the entries root (one multiproof, leaves strictly ascending, so none is counted twice).
 /// A `previous` below the line's amount in an earlier final anchor, or two entries for one line
@@ -112,6 +113,7 @@ abstract contract EpochAudits is Epochs {
             owed = before >= owed ? 0 : owed - before;
         }
         uint256 added = _added(a.entriesRoot, kind, party, shown);
+        if (kind == Sum.Earnings) added = _netCeil(added); // a worker gets its share, net of the fee
         if (added < owed) revert SumShort(added, owed);
         d.answerBy = ANSWERED;
         a.openDisputes -= 1;

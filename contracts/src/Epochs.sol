@@ -116,6 +116,9 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function _accrueFee(uint256 total) internal virtual returns (uint256 fee);
     /// The least a worker's leaf grows for entries adding `gross`: less the fee rounded up.
     function _netFloor(uint256 gross) internal view virtual returns (uint256);
+    /// The most a worker's leaf grows for entries adding `gross`: less the fee rounded down, and
+    /// a wei of the epoch's remainder.
+    function _netCeil(uint256 gross) internal view virtual returns (uint256);
     function _voucherSigner(Entry calldata e, bytes calldata sig) internal view virtual returns (address);
     /// The address that signed `Spend(requester, cumulative)`; address(0) for a bad signature.
     function _spendSigner(address requester, uint256 cumulative, bytes calldata sig)

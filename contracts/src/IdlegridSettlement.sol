@@ -346,9 +346,15 @@ contract IdlegridSettlement is EIP712, EpochAudits {
     }
 
     /// The epoch's fee is floor(total * feeBps / BPS), split in proportion to each worker's
-    /// gross, so a worker's share is never below its gross less its own fee rounded up.
+    /// gross, so a worker's share is never below its gross less its own fee rounded up, nor
+    /// above its gross less its own fee rounded down, plus one wei of the remainder.
     function _netFloor(uint256 gross) internal view override returns (uint256) {
         return gross - (gross * feeBps + BPS - 1) / BPS;
+    }
+
+    function _netCeil(uint256 gross) internal view override returns (uint256) {
+        uint256 most = gross - (gross * feeBps) / BPS + 1;
+        return gross < most ? gross : most;
     }
 
     function _voucherSigner(Entry calldata e, bytes calldata sig) internal view override returns (address) {

@@ -360,6 +360,7 @@ class Anchorer:
         doc = msgpack.unpackb(row["state"])
         machine = anchoring_state.load(doc["machine"])
         machine.epoch_ms = self.chain.settings.epoch_s * 1000  # the setting may have changed
+        machine.fee_bps = fee_bps  # the contract's: leaves net of another fee could be voided
         if doc.get("final") is not None:
             index, leaves = doc["final"]
             self.final = (int(index), {bytes(w): int(a) for w, a in leaves})

@@ -123,7 +123,7 @@ class Auditor:
         leaves = self.leaves.get(a.earnings_root)
         if leaves is None:
             return
-        for worker in inflated(leaves.amounts, m.base_earnings, entries):
+        for worker in inflated(leaves.amounts, m.base_earnings, entries, m.fee_bps):
             await self._dispute(a.index, worker, leaves)
 
     async def _void_unanswered(self, index: int, raised: list[SumDispute], now_s: int) -> None:
@@ -197,6 +197,9 @@ class Auditor:
         leaves = self.leaves.get(a.earnings_root)
         if leaves is None:
             return False
+        # An entry below its own ``previous`` would make the contract's sum revert; leaving it
+        # out only lowers the bound.
+        entries = [e for e in entries if e.amount >= e.previous]
         for worker in lowered(leaves.amounts, m.base_earnings, entries, m.fee_bps):
             amount = leaves.amounts[worker]
             if not self._once(key := (a.index, b"low" + worker, amount)):

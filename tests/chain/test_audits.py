@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from consensus.settlement.audits import DEBIT, EARNINGS, answer, inflated, net_floor
+from consensus.settlement.audits import DEBIT, EARNINGS, answer, inflated, net_ceil, net_floor
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.merkle import EARNINGS_TYPES, ENTRY_TYPES, MerkleTree, MultiProof
 from node.chain.audit_calls import SumDispute
@@ -77,7 +77,7 @@ def test_misdirected_earnings_are_disputed_and_the_anchor_voided(net: Net) -> No
     honest, bad = post_misdirected(net, anchorer, first)
     w2, moved = b(net, "worker2"), bad.earnings
     # A watcher with the entries and the published leaves sees whose leaf grew too much.
-    assert inflated(bad.earnings, first.earnings, honest.entries) == [w2]
+    assert inflated(bad.earnings, first.earnings, honest.entries, FEE) == [w2]
     with refused(f"NotAnchorer(caller={net.addr('worker').lower()}, bonded=0)"):  # unbonded
         net.client("worker").dispute_earnings(1, w2, moved[w2], bad.earnings_proof(w2))
     watcher = net.client("sentry2")
@@ -89,7 +89,7 @@ def test_misdirected_earnings_are_disputed_and_the_anchor_voided(net: Net) -> No
         watcher.dispute_earnings(1, w2, moved[w2], bad.earnings_proof(w2))
     d = dispute_of(net, EARNINGS, "worker2", moved[w2])
     a = answer(bad, first.earnings, EARNINGS, w2)
-    with refused(f"SumShort(shown={ETH}, owed={moved[w2]})"):
+    with refused(f"SumShort(shown={net_ceil(ETH, FEE)}, owed={moved[w2]})"):  # net of the fee
         anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
     with reverts("AnswerTimeNotOver"):
         watcher.void_sum(d)
@@ -107,6 +107,27 @@ def test_misdirected_earnings_are_disputed_and_the_anchor_voided(net: Net) -> No
     assert net.client("requester").pool_of()["debited"] == ETH  # epoch 1's debit went back
 
 
+def test_a_leaf_raised_by_its_fee_alone_cannot_be_answered(net: Net) -> None:
+    """A worker credited its gross (the fee not taken from it) takes the fee out of the pool
+    the others claim from: the answer counts its entries net of the fee."""
+    anchorer, first = final_first_epoch(net)
+    second = assemble(entries(net, {(J2, T0, "worker2"): 5 * ETH}), first.lines,
+                      first.earnings, FEE)  # fmt: skip
+    w2 = b(net, "worker2")
+    gross = {**second.earnings, w2: 5 * ETH}
+    tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(gross.items())])
+    bad = replace(second, earnings=gross, earnings_tree=tree)
+    anchorer.post_anchor(bad, net.spends(6 * ETH))
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    assert inflated(bad.earnings, first.earnings, bad.entries, FEE) == [w2]
+    watcher.dispute_earnings(1, w2, gross[w2], bad.earnings_proof(w2))
+    d = dispute_of(net, EARNINGS, "worker2", gross[w2])
+    a = answer(bad, first.earnings, EARNINGS, w2)
+    with refused(f"SumShort(shown={net_ceil(5 * ETH, FEE)}, owed={5 * ETH})"):
+        anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
+
+
 def test_honest_anchorer_answers_earnings_and_debit_disputes(net: Net) -> None:
     anchorer, first = final_first_epoch(net)
     lines = {(J1, T0, "worker"): 3 * ETH, (J2, T0, "worker"): ETH, (J3, T0, "worker2"): ETH}
@@ -122,7 +143,7 @@ def test_honest_anchorer_answers_earnings_and_debit_disputes(net: Net) -> None:
     assert a.base == first.earnings[w] and len(a.entries) == 2
     with reverts("NotInTree"):  # a base leaf the last final root does not hold
         anchorer.answer_sum(d, (a.base + 1, a.base_proof), a.entries, a.proof)
-    with refused(f"SumShort(shown={3 * ETH}, owed={second.earnings[w]})"):  # no base shown
+    with refused(f"SumShort(shown={net_ceil(3 * ETH, FEE)}, owed={second.earnings[w]})"):  # no base
         anchorer.answer_sum(d, (0, []), a.entries, a.proof)
     with reverts("EntriesUnordered"):
         anchorer.answer_sum(d, (a.base, a.base_proof), a.entries[::-1], a.proof)

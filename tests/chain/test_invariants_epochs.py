@@ -165,7 +165,7 @@ class Epochs(RuleBasedStateMachine):
             self.c[owner].dispute_debit(self.index)
         elif cheat == "leaf":
             base = {w: a for w, a in self.earnings.items()}
-            (to,) = inflated(epoch.earnings, base, epoch.entries)
+            (to,) = inflated(epoch.earnings, base, epoch.entries, FEE)
             proof = epoch.earnings_proof(to)
             self.c["sentry2"].dispute_earnings(self.index, to, epoch.earnings[to], proof)
 

@@ -1,13 +1,14 @@
-"""The lower bound on a worker's leaf (``net_floor``, the contract's ``_netFloor``): an honest
-epoch never falls below it, whatever the amounts and the fee, so ``voidLowLeaf`` cannot void
-one; a leaf a wei below it is found."""
+"""The bounds on a worker's leaf (``net_floor`` and ``net_ceil``, the contract's ``_netFloor``
+and ``_netCeil``): an honest epoch's shares lie between them, whatever the amounts and the fee,
+so ``voidLowLeaf`` cannot void one and its anchorer can answer any earnings dispute; a leaf a
+wei outside is found."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus.settlement.audits import lowered, net_floor
+from consensus.settlement.audits import inflated, lowered, net_ceil, net_floor
 from consensus.settlement.epoch import Entry, net_shares
 
 WORKERS = [bytes([i]) * 20 for i in range(1, 6)]
@@ -18,9 +19,9 @@ R = b"\x09" * 20
     gross=st.dictionaries(st.sampled_from(WORKERS), st.integers(1, 10**24), min_size=1),
     fee_bps=st.integers(0, 1000),
 )
-def test_no_honest_share_is_below_the_floor(gross: dict[bytes, int], fee_bps: int) -> None:
+def test_every_honest_share_is_within_the_bounds(gross: dict[bytes, int], fee_bps: int) -> None:
     shares = net_shares(gross, fee_bps)
-    assert all(shares[w] >= net_floor(g, fee_bps) for w, g in gross.items())
+    assert all(net_floor(g, fee_bps) <= shares[w] <= net_ceil(g, fee_bps) for w, g in gross.items())
 
 
 @given(
@@ -37,6 +38,9 @@ def test_an_honest_epoch_has_no_low_leaf_and_one_wei_less_is_found(
     base = {WORKERS[0]: 7}
     leaves = {w: base.get(w, 0) + share for w, share in net_shares(gross, fee_bps).items()}
     assert lowered(leaves, base, entries, fee_bps) == []
+    assert inflated(leaves, base, entries, fee_bps) == []
+    top = base[WORKERS[0]] + net_ceil(gross[WORKERS[0]], fee_bps)
+    assert inflated({**leaves, WORKERS[0]: top + 1}, base, entries, fee_bps) == [WORKERS[0]]
     w = WORKERS[0]
     floor = base[w] + net_floor(gross[w], fee_bps)
     assert lowered({**leaves, w: floor - 1}, base, entries, fee_bps) == [w]
