@@ -98,13 +98,9 @@ def lowered(
     """Workers with a leaf in an anchor (``leaves``) that grew over ``base`` by less than
     ``entries`` (the anchor's, as heard) add for them, net of the fee at its most: paid less
     than they earned, which voids the anchor at once."""
-    gross: dict[bytes, int] = {}
-    for e in entries:
-        gross[e.worker] = gross.get(e.worker, 0) + e.added
-    low = [
-        w for w, g in gross.items() if leaves.get(w, -1) - base.get(w, 0) < net_floor(g, fee_bps)
-    ]
-    return sorted(w for w in low if w in leaves)
+    gross = _gross_by_worker(entries)
+    return sorted(w for w in gross.keys() & leaves.keys()
+                  if leaves[w] - base.get(w, 0) < net_floor(gross[w], fee_bps))  # fmt: skip
 
 
 def inflated(
@@ -115,8 +111,14 @@ def inflated(
     ``base`` (the last final epoch's earnings) by more than ``entries`` (the anchor's, as heard)
     add for them, net of the fee (:func:`net_ceil`): disputes its anchorer cannot answer unless
     it withheld entries (then its answer shows them)."""
+    gross = _gross_by_worker(entries)
+    return sorted(w for w, a in leaves.items()
+                  if a - base.get(w, 0) > net_ceil(gross.get(w, 0), fee_bps))  # fmt: skip
+
+
+def _gross_by_worker(entries: Iterable[Entry]) -> dict[bytes, int]:
+    """What ``entries`` add this epoch for each worker, before the fee."""
     gross: dict[bytes, int] = {}
     for e in entries:
         gross[e.worker] = gross.get(e.worker, 0) + e.added
-    return sorted(w for w, a in leaves.items()
-                  if a - base.get(w, 0) > net_ceil(gross.get(w, 0), fee_bps))  # fmt: skip
+    return gross
