@@ -10,6 +10,7 @@ debited at most what its entries add. So:
                            entries added                           in the base
     debit      requester   it is debited more than its entries     its entries
                            added
+    leaves     anyone      the earnings leaves were not published  every leaf (:func:`all_leaves`)
 
 A worker's leaf may grow by at most what its entries add net of the fee (:func:`net_ceil`: its
 own fee rounded down, plus a wei of the epoch's remainder), so it is bounded by the vouchers its
@@ -31,7 +32,7 @@ from consensus.settlement.eip712 import BPS
 from consensus.settlement.epoch import Entry, Epoch
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof, leaf_hash
 
-EARNINGS, DEBIT = 1, 2  # the contract's ``Sum`` kinds
+EARNINGS, DEBIT, LEAVES = 1, 2, 3  # the contract's ``Sum`` kinds
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,26 @@ def show(entries: Iterable[Entry], tree: MerkleTree, base: Mapping[bytes, int], 
     base_tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(base.items())])
     return SumAnswer(held, tuple(base_tree.proof(leaf_hash(EARNINGS_TYPES, [party, held]))),
                      shown, proof)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LeavesAnswer:
+    """What ``answerLeaves`` takes: every earnings leaf, in the order of a multiproof of all of
+    them, and its flags (it needs no proof hashes)."""
+
+    workers: tuple[bytes, ...]
+    amounts: tuple[int, ...]
+    flags: tuple[bool, ...]
+
+
+def all_leaves(rows: Iterable[tuple[bytes, int]]) -> LeavesAnswer:
+    """The answer to a leaves dispute of an epoch whose earnings tree holds ``rows`` (worker,
+    cumulative), e.g. ``epoch.earnings.items()``."""
+    by_leaf = {leaf_hash(EARNINGS_TYPES, [w, a]): (w, a) for w, a in rows}
+    tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in by_leaf.values()])
+    proof = tree.multi_proof(list(by_leaf))
+    shown = [by_leaf[leaf] for leaf in proof.leaves]
+    return LeavesAnswer(tuple(w for w, _ in shown), tuple(a for _, a in shown), proof.flags)
 
 
 def net_floor(gross: int, fee_bps: int) -> int:

@@ -27,10 +27,23 @@ class FinalLeaves:
 
     index: int
     earnings_root: bytes
-    amounts: dict[bytes, int]  # worker -> cumulative net earnings
+    amounts: dict[bytes, int]  # worker -> cumulative net earnings (the largest, see rows)
+    # Every (worker, cumulative) leaf, when a worker has more than one: only a tree shown on
+    # chain can (gossip refuses it); the largest is the one a claim takes.
+    rows: tuple[tuple[bytes, int], ...] = ()
+
+    @classmethod
+    def of_rows(cls, index: int, earnings_root: bytes, rows: Sequence[tuple[bytes, int]]
+                ) -> FinalLeaves:  # fmt: skip
+        amounts: dict[bytes, int] = {}
+        for w, a in rows:
+            amounts[w] = max(a, amounts.get(w, 0))
+        many = len(amounts) < len(rows)
+        return cls(index, earnings_root, amounts, tuple(sorted(rows)) if many else ())
 
     def tree(self) -> MerkleTree:
-        return MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(self.amounts.items())])
+        rows = self.rows or tuple(sorted(self.amounts.items()))
+        return MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in rows])
 
 
 MAX_PAYOUT = 64  # workers per payout transaction: about 1M gas at most, well under a block

@@ -14,15 +14,17 @@ import {Epochs} from "./Epochs.sol";
 ///   a line counted twice        anyone             void at once, with the two entries as proof
 ///   a debit below the entries   anyone             void at once, with the requester's entries
 ///   an earnings leaf too low    anyone             void at once, with the worker's entries
+///   the leaves not published    anyone bonded      the anchorer shows every leaf, or void
 ///
 /// Sum disputes open in the anchor's window, each once (an answered one stays answered). An
 /// answer reveals entries (perhaps never gossiped, of a requester that was never debited), so
 /// it keeps the anchor open for another window (`graceEnd`): its requesters may dispute them and
 /// anyone may show a debit below them, before the anchor can become final. Only the anchorer
-/// answers (so none can be answered behind its back). An anchor is final at most about four
+/// answers (so none can be answered behind its back). An anchor is final at most about six
 /// windows after its post, however many disputes it gets: sum disputes open in the window,
-/// each once; the grace ends within two windows of the deadline; an entry dispute raised just
-/// before it has one more window to be answered.
+/// each once; a leaves answer moves the window's end at most two windows on; the grace ends
+/// within two windows of that end; an entry dispute raised just before it has one more window
+/// to be answered.
 ///
 /// Each entry carries `previous`, its line's amount in the last final anchor, so an entry adds
 /// `amount - previous` this epoch. A worker's leaf may grow over its leaf in the last final root
@@ -34,11 +36,20 @@ import {Epochs} from "./Epochs.sol";
 /// in one anchor, would count the same voucher twice: either voids the anchor on sight.
 /// Together with the entry disputes no worker's leaf grows by more than vouchers its requesters
 /// signed, and no requester pays more than its vouchers add up to, as long as someone watches.
+///
+/// Watching a worker's leaf needs the leaves, which only the anchorer has. One that withholds
+/// them could credit a colluder that earned nothing (the anchor's debits are real; the leaf
+/// takes from what the other workers would claim) and nobody could show the leaf. So a bonded
+/// watcher may demand them: the anchorer answers with every leaf of its earnings root (a
+/// multiproof with no proof hashes, which only the whole set passes), and the window opens
+/// again for a window from the answer, for the leaves to be disputed. The leaves are read off
+/// the answer's call data.
 abstract contract EpochAudits is Epochs {
     enum Sum {
         None,
         Earnings, // party: a worker; amount: its cumulative leaf in the pending root
-        Debit // party: a requester; amount: what the pending anchor debits its pool
+        Debit, // party: a requester; amount: what the pending anchor debits its pool
+        Leaves // party: address(0); amount: 0 (every leaf of the earnings root)
     }
 
     struct SumDispute {
@@ -97,16 +108,47 @@ abstract contract EpochAudits is Epochs {
         _openSum(epoch, a, Sum.Debit, msg.sender, debited);
     }
 
+    /// @notice Say the pending anchor's earnings leaves were not published: its anchorer must
+    /// show them all (`answerLeaves`).
+    function disputeLeaves(uint64 epoch) external {
+        Anchor storage a = _windowOpen(epoch);
+        uint256 bond = _bondOf(msg.sender); // as for earnings: anyone could delay every epoch
+        if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
+        _openSum(epoch, a, Sum.Leaves, address(0), 0);
+    }
+
+    /// @notice Answer a leaves dispute with every leaf of the pending anchor's earnings root, in
+    /// the order of a multiproof of all of them (`flags`; it needs no proof hashes). The window
+    /// for disputes of the anchor runs again from now, so the leaves can be checked.
+    function answerLeaves(uint64 epoch, address[] calldata workers, uint256[] calldata cumulatives,
+        bool[] calldata flags) external {
+        Anchor storage a = _pendingAt(epoch);
+        if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0);
+        SumDispute storage d = _toAnswer(_sumKey(epoch, Sum.Leaves, address(0), 0));
+        uint256 n = workers.length;
+        if (n == 0 || cumulatives.length != n) revert LengthMismatch();
+        bytes32[] memory leaves = new bytes32[](n);
+        for (uint256 i = 0; i < n; i++) leaves[i] = _earningsLeaf(workers[i], cumulatives[i]);
+        // With no proof hashes every node is hashed from the leaves, so they are all of them:
+        // a leaf hashes 32 bytes and a node 64, so neither can stand for the other.
+        if (!MerkleProof.multiProofVerify(new bytes32[](0), flags, a.earningsRoot, leaves)) {
+            revert NotInTree();
+        }
+        d.answerBy = ANSWERED;
+        a.openDisputes -= 1;
+        uint64 until = uint64(block.timestamp) + _disputeWindow();
+        if (until > a.disputeDeadline) a.disputeDeadline = until;
+        emit SumAnswered(epoch, Sum.Leaves, address(0));
+    }
+
     /// @notice Answer a sum dispute with the party's entries in the pending anchor and, for a
     /// worker's earnings, its leaf in the last final root (`base.amount` 0 and no proof: none).
     function answerSum(uint64 epoch, Sum kind, address party, uint256 amount, Base calldata base,
         Shown calldata shown) external {
         Anchor storage a = _pendingAt(epoch);
         if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0); // it holds the grace
-        bytes32 key = _sumKey(epoch, kind, party, amount);
-        SumDispute storage d = sumDisputes[key];
-        if (d.answerBy == 0 || d.answerBy == ANSWERED) revert NoDispute(key);
-        if (block.timestamp >= d.answerBy) revert AnswerTimeOver(d.answerBy);
+        if (kind == Sum.Leaves) revert NoDispute(bytes32(0)); // answered with answerLeaves
+        SumDispute storage d = _toAnswer(_sumKey(epoch, kind, party, amount));
         uint256 owed = amount;
         if (kind == Sum.Earnings) { // a debit has no base
             uint256 before = _baseOf(party, base);
@@ -186,6 +228,13 @@ abstract contract EpochAudits is Epochs {
     /// cannot hold off another's.
     function _sumKey(uint64 epoch, Sum kind, address party, uint256 amount) private pure returns (bytes32) {
         return keccak256(abi.encode(epoch, kind, party, amount));
+    }
+
+    /// The open sum dispute `key`, while it can still be answered.
+    function _toAnswer(bytes32 key) private view returns (SumDispute storage d) {
+        d = sumDisputes[key];
+        if (d.answerBy == 0 || d.answerBy == ANSWERED) revert NoDispute(key);
+        if (block.timestamp >= d.answerBy) revert AnswerTimeOver(d.answerBy);
     }
 
     function _openSum(uint64 epoch, Anchor storage a, Sum kind, address party, uint256 amount) private {

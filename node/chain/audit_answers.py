@@ -1,5 +1,5 @@
 """The anchoring sentry's side of the audits (``EpochAudits.sol``): answer every sum dispute of
-its pending anchor with the entries it posted.
+its pending anchor with the entries it posted, or, when its leaves are demanded, with them all.
 
 Anyone may dispute a worker's earnings leaf, and a requester its debit; an anchor whose
 dispute goes unanswered is voided and its anchorer's bond slashed. So an anchorer answers each
@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from consensus.settlement.audits import answer
+from consensus.settlement.audits import LEAVES, all_leaves, answer
 from node.chain.audit_calls import SUM_KINDS, SumDispute, sum_key
 from node.chain.errors import ChainError, ChainReverted
 
@@ -56,14 +56,21 @@ class SumAnswers:
         m.window_end_ms = max(m.window_end_ms, int(until) * 1000)  # entries may be disputed
 
     async def _answer(self, m: Anchoring, d: SumDispute) -> bool:
-        assert m.pending is not None
-        a = answer(m.pending, m.base_earnings, d.kind, d.party)
+        epoch = m.pending
+        assert epoch is not None
         what = {"epoch": d.index, "kind": SUM_KINDS.get(d.kind, str(d.kind)),
                 "party": "0x" + d.party.hex(), "amount_wei": str(d.amount)}  # fmt: skip
         try:
-            await self.service.call(
-                lambda c: c.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
-            )
+            if d.kind == LEAVES:
+                leaves = all_leaves(epoch.earnings.items())
+                await self.service.call(lambda c: c.answer_leaves(d.index, leaves))
+                shown = len(leaves.workers)
+            else:
+                a = answer(epoch, m.base_earnings, d.kind, d.party)
+                await self.service.call(
+                    lambda c: c.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
+                )
+                shown = len(a.entries)
         except ChainReverted as exc:
             self._refused.add(d)
             why = "sum dispute cannot be answered: the anchor will be voided and our bond slashed"
@@ -73,5 +80,5 @@ class SumAnswers:
             log.warning("sum dispute answer interrupted: %s", exc, extra=what)
             return False
         self.answered += 1
-        log.info("sum dispute answered", extra={**what, "entries": len(a.entries)})
+        log.info("sum dispute answered", extra={**what, "shown": shown})
         return True

@@ -1,6 +1,7 @@
 """The audit calls on a pending anchor (``EpochAudits.sol``): sum disputes of a worker's
-earnings leaf or a requester's debit, their answers and voids, and the voids of an anchor that
-counts a line twice, debits a requester less than its entries add, or credits a worker less.
+earnings leaf, a requester's debit or the unpublished leaves, their answers and voids, and the
+voids of an anchor that counts a line twice, debits a requester less than its entries add, or
+credits a worker less.
 
 A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.epoch_calls`.
 """
@@ -15,7 +16,7 @@ from eth_abi.abi import encode
 from eth_hash.auto import keccak
 from web3 import Web3
 
-from consensus.settlement.audits import DEBIT, EARNINGS
+from consensus.settlement.audits import DEBIT, EARNINGS, LEAVES, LeavesAnswer
 from consensus.settlement.epoch import Entry
 from consensus.settlement.merkle import MultiProof
 from node.chain.epoch_calls import entry_args
@@ -23,7 +24,7 @@ from node.chain.epoch_calls import entry_args
 if TYPE_CHECKING:
     from node.chain.client import TxResult
 
-SUM_KINDS = {EARNINGS: "earnings", DEBIT: "debit"}
+SUM_KINDS = {EARNINGS: "earnings", DEBIT: "debit", LEAVES: "leaves"}
 ANSWERED = 2**64 - 1  # a sum dispute's ``answerBy`` once answered
 
 
@@ -37,9 +38,9 @@ class SumDispute:
     """An open sum dispute of the latest anchor, as its ``SumDisputed`` event said."""
 
     index: int
-    kind: int  # EARNINGS | DEBIT
-    party: bytes  # 20-byte address: the worker or the requester
-    amount: int  # the disputed leaf, or the requester's whole debit
+    kind: int  # EARNINGS | DEBIT | LEAVES
+    party: bytes  # 20-byte address: the worker or the requester (LEAVES: zero)
+    amount: int  # the disputed leaf, or the requester's whole debit (LEAVES: 0)
     answer_by: int  # chain seconds
 
 
@@ -67,6 +68,29 @@ class AuditCalls:
     def dispute_debit(self, index: int) -> TxResult:
         """Dispute what anchor ``index`` debits our pool (its debit list read from its post)."""
         return self.send("disputeDebit", [index, *self._debit_lists(index)])
+
+    def dispute_leaves(self, index: int) -> TxResult:
+        """Demand every earnings leaf of anchor ``index`` from its anchorer."""
+        return self.send("disputeLeaves", [index])
+
+    def answer_leaves(self, index: int, leaves: LeavesAnswer) -> TxResult:
+        workers = [Web3.to_checksum_address(w) for w in leaves.workers]
+        return self.send("answerLeaves", [index, workers, list(leaves.amounts), list(leaves.flags)])
+
+    def answered_leaves(self, index: int) -> list[tuple[bytes, int]] | None:
+        """Anchor ``index``'s earnings leaves (worker, cumulative) as its anchorer showed them
+        in answer to a leaves dispute, read from that call (the contract checked that they are
+        every leaf of the root); None if it has not."""
+        for log in self.events("SumAnswered", epoch=index):
+            if int(log["args"]["kind"]) != LEAVES:
+                continue
+            call = self._call_of(log)
+            if call is None or call[0] != "answerLeaves":
+                continue
+            args = call[1]
+            return [(bytes.fromhex(w[2:]), int(a))
+                    for w, a in zip(args["workers"], args["cumulatives"], strict=True)]  # fmt: skip
+        return None
 
     def answer_sum(
         self,
@@ -151,15 +175,10 @@ class AuditCalls:
         been gossiped)."""
         out = []
         for log in self.events("SumAnswered", epoch=index):
-            tx = self.w3.eth.get_transaction(log["transactionHash"])
-            if str(tx.get("to") or "").lower() != str(self.contract.address).lower():
-                continue  # answered through another contract: its input is not ours to read
-            try:
-                fn, args = self.contract.decode_function_input(tx["input"])
-            except ValueError:
+            call = self._call_of(log)
+            if call is None or call[0] != "answerSum":
                 continue
-            if fn.fn_name != "answerSum":
-                continue
+            args = call[1]
             shown = args["shown"]  # decoded as a dict by name (or a tuple, by web3 version)
             rows, proof, flags = (shown[k] for k in ("entries", "proof", "flags")) if isinstance(
                 shown, dict) else shown  # fmt: skip
@@ -168,6 +187,18 @@ class AuditCalls:
                                tuple(bool(f) for f in flags))  # fmt: skip
             out.append((int(args["kind"]), bytes.fromhex(args["party"][2:]), entries, multi))
         return out
+
+    def _call_of(self, log: Any) -> tuple[str, Any] | None:
+        """The function name and arguments of the call that emitted ``log``; None if it came
+        through another contract (its input is not ours to read)."""
+        tx = self.w3.eth.get_transaction(log["transactionHash"])
+        if str(tx.get("to") or "").lower() != str(self.contract.address).lower():
+            return None
+        try:
+            fn, args = self.contract.decode_function_input(tx["input"])
+        except ValueError:
+            return None
+        return str(fn.fn_name), args
 
     def _debit_lists(self, index: int) -> list[list[Any]]:
         debits = self.anchor_debits(index)

@@ -16,13 +16,17 @@ When our base is the anchor's (we followed every epoch before it) and its window
     (every entry heard) a worker's leaf grew less than its   voidLowLeaf, with its entries
     entries add, net of the fee at its most
     a sum answer shows two entries for one line              voidConflict, with both
+    (past half the window) its leaves were not gossiped      disputeLeaves: the anchorer
+                                                             shows them all on chain
 
 Leaves are judged on every entry heard, or, once half the window has passed without all of
 them (withheld: an honest anchorer has gossiped them twice by then), on those heard: an
 anchorer that withheld entries must then show them in its answer, where the answer check
-sees a requester it never debited. Each is raised once per anchor. An anchorer that withholds
-its leaves cannot be audited this way (no proof of the inflated leaf); its workers cannot
-claim from gossip either.
+sees a requester it never debited. Each is raised once per anchor. Leaves not gossiped by
+half the window are demanded on chain; the answer (read from its call) is audited like
+gossiped leaves, in the window the answer opens again. Without it an anchorer could credit a
+colluder that has no entries at all, out of what the other workers would claim, and nobody
+could show the leaf.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class Auditor:
         if raised:
             await self._void_unanswered(a.index, raised, now_ms // 1000)
             await self._check_answers(a.index)
-        if a.index != m.index + 1 or m.state != "idle" or now_ms >= a.posted_ms + window_ms:
+        if a.index != m.index + 1 or m.state != "idle" or now_ms >= await self._deadline_ms(a):
             return
         entries = list(heard.get(a.entries_root, {}).values())
         tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in entries]) if entries else None
@@ -118,13 +122,37 @@ class Auditor:
                 return
             if await self._low_leaves(a, m, entries, tree):
                 return  # voided: nothing left to dispute
-        elif now_ms < a.posted_ms + window_ms // 2:
+        half = now_ms >= a.posted_ms + window_ms // 2
+        if not half and (tree is None or tree.root != a.entries_root):
             return  # gossip still coming; past half the window, entries missing are withheld
-        leaves = self.leaves.get(a.earnings_root)
+        leaves = await self._leaves(a, demand=half)  # like entries, past half the window
         if leaves is None:
             return
         for worker in inflated(leaves.amounts, m.base_earnings, entries, m.fee_bps):
             await self._dispute(a.index, worker, leaves)
+
+    async def _deadline_ms(self, a: ChainAnchor) -> int:
+        """When anchor ``a``'s window ends: a leaves answer moves it on (0: not the latest)."""
+        now = await self.service.call(lambda c: c.anchor())
+        return int(now["dispute_deadline"]) * 1000 if now["epoch"] == a.index else 0
+
+    async def _leaves(self, a: ChainAnchor, demand: bool) -> FinalLeaves | None:
+        """Anchor ``a``'s leaves: gossiped, or shown on chain in answer to a leaves dispute.
+        Neither, and ``demand``: the dispute is raised, once. (An answer moves the anchor's
+        window, and the post time the chain shows with it, so it is read whenever seen.)"""
+        leaves = self.leaves.get(a.earnings_root)
+        if leaves is not None:
+            return leaves
+        rows = await self.service.call(lambda c: c.answered_leaves(a.index))
+        if rows is not None:
+            leaves = FinalLeaves.of_rows(a.index, a.earnings_root, rows)
+            self.leaves[a.earnings_root] = leaves
+            return leaves
+        if demand and self._once(key := (a.index, b"leaves", 0)):
+            log.warning("another anchorer's epoch leaves were not gossiped: demanding them",
+                        extra={"epoch": a.index})  # fmt: skip
+            await self._send(lambda c: c.dispute_leaves(a.index), key)
+        return None
 
     async def _void_unanswered(self, index: int, raised: list[SumDispute], now_s: int) -> None:
         """Voids anchor ``index`` for a sum dispute (anyone's) its anchorer let run out: its

@@ -42,7 +42,7 @@ WRITES = (
     "withdrawFees", "slash", "fund", "leavePool", "withdrawPool", "postAnchor", "finalize",
     "dispute", "answer", "voidAnchor", "claimEarnings", "payout", "approve",
     "disputeEarnings", "disputeDebit", "answerSum", "voidSum", "voidConflict", "voidUnderDebit",
-    "voidLowLeaf",
+    "voidLowLeaf", "disputeLeaves", "answerLeaves",
 )  # fmt: skip
 TOKEN_WRITES = ("approve",)  # sent to the payment token, journaled with the settlement's rows
 # Writes that bring money in: their last argument is the amount. Journal rows written before

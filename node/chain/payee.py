@@ -47,6 +47,7 @@ from storage.db import Database
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from node.chain.client import Settlement
     from node.chain.node import ChainNode
     from node.market.net import MarketNet
 
@@ -269,7 +270,7 @@ class Payee:
     async def claim(self, threshold_wei: int = 1) -> dict[str, Any]:
         """Claims what the latest final epoch owes us, if at least ``threshold_wei``."""
         async with self._claiming:
-            leaves = self.leaves
+            leaves = await self._latest_leaves()
             if leaves is None or self.me not in leaves.amounts:
                 return {"claimed": False, "reason": "no final epoch names this worker yet"}
             cumulative = leaves.amounts[self.me]
@@ -290,6 +291,25 @@ class Payee:
                                "paid_wei": str(cumulative - earned)}  # fmt: skip
             log.info("earnings claimed", extra=self.last_claim)
             return self.last_claim
+
+    async def _latest_leaves(self) -> FinalLeaves | None:
+        """The gossiped leaves, unless the contract's claim root is another epoch's whose
+        anchorer showed its leaves on chain (answering a demand for them, see
+        :mod:`node.chain.auditor`): an anchorer that withholds them cannot hold back our pay."""
+
+        def shown(c: Settlement) -> FinalLeaves | None:
+            root = bytes(c.contract.functions.claimRoot().call())
+            if self.leaves is not None and self.leaves.earnings_root == root:
+                return self.leaves
+            for log in reversed(c.events("Finalized")):
+                if bytes(log["args"]["earningsRoot"]) == root:
+                    rows = c.answered_leaves(int(log["args"]["epoch"]))
+                    leaves = None if rows is None else FinalLeaves.of_rows(
+                        int(log["args"]["epoch"]), root, rows)  # fmt: skip
+                    return leaves if leaves and leaves.tree().root == root else None
+            return None
+
+        return await self.chain.service.call(shown) or self.leaves
 
     async def status(self) -> dict[str, Any]:
         rows = await self.db.query("SELECT amount_wei, ended_ms FROM settle_vouchers")

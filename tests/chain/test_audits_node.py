@@ -1,5 +1,6 @@
 """The audits driven by the node's services on a real EVM (embedded), one sqlite file per node:
-the anchoring sentry answers every sum dispute of its epoch (earnings over a base, and debits),
+the anchoring sentry answers every sum dispute of its epoch (earnings over a base, debits, and
+a demand for its leaves),
 so an honest anchor survives any dispute; a requester's service disputes a debit above the
 entries it heard, voids the anchor when its anchorer cannot show them, and disputes an entry it
 never signed that an answer shows."""
@@ -54,13 +55,15 @@ async def test_the_anchorer_answers_every_sum_dispute_of_its_epochs(tmp_path: Pa
             assert other.anchor()["epoch"] == index
             other.dispute_earnings(index, w, epoch.earnings[w], epoch.earnings_proof(w))
             req.dispute_debit(index)
-            assert len(other.sum_disputes(index)) == 2
+            other.dispute_leaves(index)
+            assert len(other.sum_disputes(index)) == 3
             await a.step()
             assert other.sum_disputes(index) == []
+            assert other.answered_leaves(index) == list(epoch.earnings.items())
             net.chain.advance(WINDOW + 1)
             await a.step()
             assert other.anchor()["state"] == "final"
-        assert a.sums.answered == 4
+        assert a.sums.answered == 6
         assert [e.previous for e in epoch.entries] == [ETH]
         assert net.client("sentry1").stake_of()["bonded"] == ETH
 
@@ -113,12 +116,15 @@ async def gossip_entries(disputer: Disputer, epoch: Epoch, index: int = 0) -> li
     return heard
 
 
-def hand(to: Anchorer, index: int, epoch: Epoch) -> None:
-    """What the cheat's gossip would bring ``to``: the epoch's entries and leaves."""
+def hand(to: Anchorer, index: int, epoch: Epoch, leaves: bool = True) -> None:
+    """What the cheat's gossip would bring ``to``: the epoch's entries and (unless withheld)
+    leaves."""
     for who, part, parts, rows in entries_parts(epoch, {}):
         to.follower.hear(EpochEntries(expires_ms=2**40, nonce=new_nonce(), index=index,
                                       part=part, parts=parts, requester=who, rows=rows,
                                       entries_root=epoch.entries_tree.root), "cheat")  # fmt: skip
+    if not leaves:
+        return
     for part, parts, workers, amounts in leaves_parts(epoch.earnings, MAX_LEAVES):
         to.auditor.hear_leaves(EpochLeaves(expires_ms=2**40, nonce=new_nonce(), index=index,
                                            earnings_root=epoch.earnings_tree.root, part=part,

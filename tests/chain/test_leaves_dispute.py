@@ -1,0 +1,225 @@
+"""Withheld earnings leaves, demanded on chain (``disputeLeaves``/``answerLeaves``) on a real EVM.
+
+An anchorer that never publishes its leaves could credit a colluder that has no entries at all:
+the debits are real, the leaf takes from what the other workers would claim, and nobody can
+show it. A bonded watcher demands the leaves; the anchorer shows every one (or its anchor is
+voided), and the window opens again so a leaf shown can be disputed like a gossiped one."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from consensus.settlement.audits import EARNINGS, LEAVES, LeavesAnswer, all_leaves, inflated
+from consensus.settlement.epoch import Epoch, assemble
+from consensus.settlement.leaves import FinalLeaves
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof, leaf_hash
+from node.chain.audit_calls import SumDispute
+from node.chain.backend import Chain
+from node.chain.client import Settlement
+from node.chain.payee import Payee
+from storage.db import Database
+from tests.chain.conftest import ETH, Net, make_net
+from tests.chain.test_audits import final_first_epoch
+from tests.chain.test_audits_node import WINDOW as NODE_WINDOW
+from tests.chain.test_audits_node import followed_first_epoch, hand
+from tests.chain.test_settlement_node import StubNet, node_of
+from tests.chain.test_epochs import FEE, J2, T0, WINDOW, b, entries, refused, reverts
+
+ZERO = bytes(20)
+NONE = MultiProof((), (), ())  # no entries shown
+
+
+def post_from_nowhere(net: Net, anchorer: Settlement, first: Epoch) -> Epoch:
+    """Epoch 1: worker earns 2 ETH more on J2, as its entry says; the leaves also credit
+    worker2 (the colluder) 1 ETH that no entry gives it. Debits and spends are right."""
+    honest = assemble(entries(net, {(J2, T0, "worker"): 2 * ETH}), first.lines,
+                      first.earnings, FEE)  # fmt: skip
+    credited = {**honest.earnings, b(net, "worker2"): ETH}
+    tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(credited.items())])
+    bad = replace(honest, earnings=credited, earnings_tree=tree)
+    anchorer.post_anchor(bad, net.spends(3 * ETH))
+    return bad
+
+
+def leaves_dispute(net: Net) -> SumDispute:
+    (d,) = net.client("other").sum_disputes(1)
+    assert (d.kind, d.party, d.amount) == (LEAVES, ZERO, 0)
+    return d
+
+
+def test_withheld_leaves_are_shown_on_demand_and_a_leaf_from_nowhere_voided(net: Net) -> None:
+    anchorer, first = final_first_epoch(net)
+    bad = post_from_nowhere(net, anchorer, first)
+    w2 = b(net, "worker2")
+    with refused(f"NotAnchorer(caller={net.addr('worker').lower()}, bonded=0)"):  # unbonded
+        net.client("worker").dispute_leaves(1)
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_leaves(1)
+    with reverts("AlreadyDisputed"):
+        watcher.dispute_leaves(1)
+    d = leaves_dispute(net)
+    shown = all_leaves(bad.earnings.items())
+    assert len(shown.workers) == 2
+    with reverts("NotAnchorer"):  # only the anchorer answers
+        watcher.answer_leaves(1, shown)
+    with reverts("NoDispute"):  # not through answerSum, which checks no leaf
+        anchorer.answer_sum(d, (0, []), [], NONE)
+    without = all_leaves((w, a) for w, a in bad.earnings.items() if w != w2)
+    with reverts("NotInTree"):  # every leaf but the colluder's: another root
+        anchorer.answer_leaves(1, without)
+    dropped = LeavesAnswer(shown.workers[:1], shown.amounts[:1], ())
+    with reverts("NotInTree"):  # one leaf standing for the root
+        anchorer.answer_leaves(1, dropped)
+    with reverts("LengthMismatch"):
+        anchorer.answer_leaves(1, replace(shown, amounts=shown.amounts[:1]))
+    deadline = anchorer.anchor()["dispute_deadline"]
+    net.chain.advance(WINDOW // 2)
+    anchorer.answer_leaves(1, shown)
+    assert net.client("other").sum_disputes(1) == []
+    assert anchorer.anchor()["dispute_deadline"] == net.chain.now() + WINDOW  # opened again
+    with reverts("NoDispute"):  # answered stays answered
+        anchorer.answer_leaves(1, shown)
+
+    # A watcher reads the leaves off the answer, and past the first window disputes the one
+    # no entry gives, which the anchorer cannot answer.
+    rows = watcher.answered_leaves(1)
+    assert rows is not None and sorted(rows) == sorted(bad.earnings.items())
+    leaves = FinalLeaves.of_rows(1, bad.earnings_tree.root, rows)
+    assert leaves.tree().root == bad.earnings_tree.root
+    assert inflated(leaves.amounts, first.earnings, bad.entries, FEE) == [w2]
+    net.chain.advance(deadline - net.chain.now() + 60)
+    watcher.dispute_earnings(1, w2, ETH, leaves.tree().proof(leaf_hash(EARNINGS_TYPES, [w2, ETH])))
+    (e,) = [x for x in net.client("other").sum_disputes(1) if x.kind == EARNINGS]
+    with refused(f"SumShort(shown=0, owed={ETH})"):
+        anchorer.answer_sum(e, (0, []), [], NONE)
+    net.chain.advance(WINDOW)
+    before = net.balance(net.addr("sentry2"))
+    net.client("other").void_sum(e)
+    assert anchorer.anchor()["state"] == "void"
+    assert net.balance(net.addr("sentry2")) - before == ETH // 2
+    assert net.client("requester").pool_of()["debited"] == ETH  # epoch 1's debit went back
+
+
+def test_an_unanswered_leaves_dispute_voids_the_anchor(net: Net) -> None:
+    anchorer, first = final_first_epoch(net)
+    bad = post_from_nowhere(net, anchorer, first)
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_leaves(1)
+    d = leaves_dispute(net)
+    with reverts("AnswerTimeNotOver"):
+        watcher.void_sum(d)
+    net.chain.advance(WINDOW)
+    with reverts("WindowClosed"):  # raised in the window only
+        net.client("sentry1").dispute_leaves(1)
+    with reverts("AnswerTimeOver"):
+        anchorer.answer_leaves(1, all_leaves(bad.earnings.items()))
+    with reverts("DisputesOpen"):
+        anchorer.finalize(1)
+    assert watcher.answered_leaves(1) is None
+    before = net.balance(net.addr("sentry2"))
+    net.client("other").void_sum(d)  # anyone voids; the reward goes to the disputer
+    assert anchorer.anchor()["state"] == "void"
+    assert net.balance(net.addr("sentry2")) - before == ETH // 2
+    assert anchorer.stake_of()["bonded"] == 0
+
+
+def test_two_leaves_of_one_worker_are_shown_and_the_larger_audited(net: Net) -> None:
+    """A root may hold two leaves for one worker (gossip cannot carry them; an answer can): the
+    watcher keeps both for proofs and audits the larger, the one a claim would take."""
+    anchorer, first = final_first_epoch(net)
+    honest = assemble(entries(net, {(J2, T0, "worker"): 2 * ETH}), first.lines,
+                      first.earnings, FEE)  # fmt: skip
+    w = b(net, "worker")
+    rows = [*honest.earnings.items(), (w, honest.earnings[w] + ETH)]
+    tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(rows)])
+    anchorer.post_anchor(replace(honest, earnings_tree=tree), net.spends(3 * ETH))
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_leaves(1)
+    answer = all_leaves(rows)
+    anchorer.answer_leaves(1, answer)
+    shown = watcher.answered_leaves(1)
+    assert shown is not None and sorted(shown) == sorted(rows)
+    leaves = FinalLeaves.of_rows(1, tree.root, shown)
+    assert leaves.tree().root == tree.root and leaves.amounts[w] == honest.earnings[w] + ETH
+    assert inflated(leaves.amounts, first.earnings, honest.entries, FEE) == [w]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 7, 64])
+def test_every_leaf_answers_for_trees_of_any_size(net: Net, workers: int) -> None:
+    """The multiproof of all leaves needs no proof hashes at any tree size (the contract
+    takes none), including a root that is itself the only leaf."""
+    net.client("requester").fund(10 * ETH)
+    anchorer = net.client("sentry1")
+    anchorer.stake(ETH)
+    first = assemble(entries(net, {(J2, T0, "worker"): ETH}), {}, {}, FEE)
+    earnings = {i.to_bytes(20, "big"): i * 1000 for i in range(1, workers)}
+    earnings.update(first.earnings)
+    tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(earnings.items())])
+    anchorer.post_anchor(replace(first, earnings=earnings, earnings_tree=tree), net.spends(ETH))
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_leaves(0)
+    anchorer.answer_leaves(0, all_leaves(earnings.items()))
+    assert sorted(watcher.answered_leaves(0) or []) == sorted(earnings.items())
+
+
+async def test_a_standing_by_anchorer_demands_withheld_leaves_and_voids_a_leaf_from_nowhere(
+    tmp_path: Path,
+) -> None:
+    """The cheat gossips its entries but not its leaves, one of which credits a colluder that
+    has no entry. Past half the window the standby demands the leaves; the cheat shows them
+    (or would be voided for not), the standby reads them off the answer and disputes the
+    colluder's leaf, which no entries answer, and voids the anchor when the answer time ends."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        cheat, watch = net.client("sentry1"), net.client("other")
+        bad = post_from_nowhere(net, cheat, first)
+        hand(standby, 1, bad, leaves=False)
+        await standby.step()
+        assert watch.sum_disputes(1) == [], "demanded before half the window"
+        net.chain.advance(NODE_WINDOW // 2 + 1)
+        await standby.step()
+        d = leaves_dispute(net)
+        await standby.step()  # demanded once
+        assert watch.sum_disputes(1) == [d]
+        cheat.answer_leaves(1, all_leaves(bad.earnings.items()))
+        await standby.step()
+        (e,) = watch.sum_disputes(1)
+        assert (e.kind, e.party, e.amount) == (EARNINGS, b(net, "worker2"), ETH)
+        net.chain.advance(NODE_WINDOW + 1)
+        await standby.step()
+        assert watch.anchor()["state"] == "void"
+        assert standby.auditor.raised == 3  # the demand, the dispute, the void
+        assert cheat.stake_of()["bonded"] == 0
+
+
+async def test_a_worker_claims_from_leaves_shown_on_chain_when_none_were_gossiped(
+    tmp_path: Path,
+) -> None:
+    """The anchorer gossips no leaves; a watcher demands them and the anchorer shows them. Once
+    final, the worker (its node heard no leaves) claims with the leaves read off the answer."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    anchorer, watcher, worker = (net.client(who) for who in ("sentry1", "sentry2", "worker"))
+    anchorer.stake(ETH)
+    watcher.stake(ETH)
+    epoch = assemble(entries(net, {(J2, T0, "worker"): ETH}), {}, {}, FEE)
+    anchorer.post_anchor(epoch, net.spends(ETH))
+    watcher.dispute_leaves(0)
+    anchorer.answer_leaves(0, all_leaves(epoch.earnings.items()))
+    chain = node_of(net, "worker", worker)
+    await chain.service.start()
+    async with await Database.open(tmp_path / "worker.db") as db:
+        payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
+        refused = await payee.claim()
+        assert refused["claimed"] is False, "nothing final yet"
+        net.chain.advance(NODE_WINDOW + 1)
+        anchorer.finalize(0)
+        done = await payee.claim()
+    assert done["claimed"] is True and done["epoch"] == 0
+    assert worker.earned_of() == ETH - ETH // 100
