@@ -1,7 +1,9 @@
 """Invariants of epoch settlement over random sequences on the embedded EVM (Hypothesis).
 
 Pools funded and left, anchors honest or forged (an entry the requester never signed, disputed
-by it; an earnings leaf moved to the other worker, disputed by anyone; a debit padded within
+by it; an earnings leaf moved to the other worker, disputed by anyone; the other worker
+credited as much again from nowhere with the leaves withheld, demanded by a watcher, shown by
+the anchorer and disputed; a debit padded within
 the requester's spend, disputed by it: each unanswerable, so voided with the anchorer's bond
 slashed), windows passing, epochs
 finalized, workers claiming at random moments or paid out all at once. Each requester signs,
@@ -22,7 +24,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from consensus.settlement.audits import inflated
+from consensus.settlement.audits import all_leaves, inflated
 from consensus.settlement.eip712 import chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import payout_batches
@@ -79,13 +81,17 @@ class Epochs(RuleBasedStateMachine):
     @precondition(lambda self: self.pending is None)
     @rule(job=st.sampled_from(JOBS), worker=st.sampled_from(WORKERS),
           more=st.integers(1, 2 * ETH), forge=st.sampled_from([0, 0, 1, ETH]),
-          cheat=st.sampled_from(["", "", "leaf", "debit"]), settle=st.booleans())  # fmt: skip
+          cheat=st.sampled_from(["", "", "leaf", "debit", "nowhere"]), settle=st.booleans(),
+          demand=st.booleans())  # fmt: skip
     def anchor(
-        self, job: bytes, worker: str, more: int, forge: int, cheat: str, settle: bool
-    ) -> None:
+        self, job: bytes, worker: str, more: int, forge: int, cheat: str, settle: bool,
+        demand: bool,
+    ) -> None:  # fmt: skip
         """The requester signs ``more`` on a line (and its spend); the anchorer anchors the
         line at that, or ``forge`` wei above it; or moves the line's earnings to the other
-        worker's leaf (``leaf``), or pads the debit within the spend (``debit``)."""
+        worker's leaf (``leaf``), or credits the other worker as much again from nowhere and
+        withholds its leaves (``nowhere``), or pads the debit within the spend (``debit``).
+        With ``demand`` a watcher demands the leaves of an honest anchor too."""
         if self.pending is not None:
             return
         owner = REQUESTERS[JOBS.index(job) % 2]
@@ -108,6 +114,9 @@ class Epochs(RuleBasedStateMachine):
         self.debited[owner] += epoch.total
         self.pending = (epoch, cheat)
         self._dispute(epoch, owner, worker, cheat)
+        if demand and not cheat:  # shown, and nothing to dispute in them
+            self.c["sentry2"].dispute_leaves(self.index)
+            self.anchorer.answer_leaves(self.index, all_leaves(epoch.earnings.items()))
         if settle:
             self.settle()
 
@@ -150,6 +159,12 @@ class Epochs(RuleBasedStateMachine):
             moved[to] = moved.get(to, 0) + gained
             tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(moved.items())])
             return replace(epoch, earnings=moved, earnings_tree=tree)
+        if cheat == "nowhere":  # the other worker gets the line's earnings too
+            me, to = self.b(worker), self.b(next(w for w in WORKERS if w != worker))
+            gained = epoch.earnings[me] - self.earnings.get(me, 0)
+            credited = {**epoch.earnings, to: epoch.earnings.get(to, 0) + gained}
+            tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(credited.items())])
+            return replace(epoch, earnings=credited, earnings_tree=tree)
         if cheat == "debit":  # whatever the spend leaves (lines signed, never anchored)
             slack = self.spend_of(owner) - self.debited[owner] - epoch.total
             return replace(epoch, debits={self.b(owner): epoch.total + min(slack, ETH)})
@@ -163,11 +178,15 @@ class Epochs(RuleBasedStateMachine):
             self.c[owner].dispute(self.index, e, epoch.entry_proof(e))
         elif cheat == "debit":
             self.c[owner].dispute_debit(self.index)
-        elif cheat == "leaf":
-            base = {w: a for w, a in self.earnings.items()}
-            (to,) = inflated(epoch.earnings, base, epoch.entries, FEE)
+        elif cheat in ("leaf", "nowhere"):
+            watcher, leaves = self.c["sentry2"], epoch.earnings
+            if cheat == "nowhere":  # withheld: demanded, shown, and read off the answer
+                watcher.dispute_leaves(self.index)
+                self.anchorer.answer_leaves(self.index, all_leaves(epoch.earnings.items()))
+                leaves = dict(watcher.answered_leaves(self.index) or [])
+            (to,) = inflated(leaves, self.earnings, epoch.entries, FEE)
             proof = epoch.earnings_proof(to)
-            self.c["sentry2"].dispute_earnings(self.index, to, epoch.earnings[to], proof)
+            watcher.dispute_earnings(self.index, to, leaves[to], proof)
 
     @precondition(lambda self: self.final is not None)
     @rule(worker=st.sampled_from(WORKERS))
