@@ -25,8 +25,8 @@ from tests.chain.conftest import ETH, Net, make_net
 from tests.chain.test_audits import final_first_epoch
 from tests.chain.test_audits_node import WINDOW as NODE_WINDOW
 from tests.chain.test_audits_node import followed_first_epoch, hand
-from tests.chain.test_settlement_node import StubNet, node_of
 from tests.chain.test_epochs import FEE, J2, T0, WINDOW, b, entries, refused, reverts
+from tests.chain.test_settlement_node import StubNet, node_of
 
 ZERO = bytes(20)
 NONE = MultiProof((), (), ())  # no entries shown
