@@ -26,7 +26,7 @@ import random
 
 from eth_account import Account
 
-from consensus.settlement.audits import EARNINGS, answer
+from consensus.settlement.audits import EARNINGS, all_leaves, answer
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, Spend, assemble
 from consensus.settlement.leaves import payout_batches
@@ -204,6 +204,9 @@ class Bench:
             a = answer(epoch, after.earnings, d.kind, d.party)
             name = "answer_earnings" if d.kind == EARNINGS else "answer_debit"
             g[name] = anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof).gas
+        # A demand for the leaves: the answer shows every one (the whole tree, idle workers too).
+        g["dispute_leaves"] = self.c[self.sentries[1]].dispute_leaves(index).gas
+        g["answer_leaves"] = anchorer.answer_leaves(index, all_leaves(epoch.earnings.items())).gas
 
 
 def addr(key: bytes) -> bytes:
@@ -250,7 +253,7 @@ def report(
           f"= {g['direct_per_job'] / g['transfer']:.2f}x")  # fmt: skip
     keys = ("anchor", "payout", "claim_earnings", "dispute", "slash", "deploy", "deposit", "stake",
             "claim_voucher_first", "direct_per_job", "transfer", "dispute_earnings",
-            "answer_earnings")  # fmt: skip
+            "answer_earnings", "answer_leaves")  # fmt: skip
     names = {"claim_earnings": "claim", "claim_voucher_first": "claim_voucher"}
     fields = " ".join(f"gas_{names.get(k, k)}={g[k]}" for k in keys)
     print(f"RESULT gas_per_job={per_job:.0f} gas_per_job_claims={per_job_claims:.0f} {fields}")

@@ -80,11 +80,10 @@ def show(entries: Iterable[Entry], tree: MerkleTree, base: Mapping[bytes, int], 
 @dataclass(frozen=True)
 class LeavesAnswer:
     """What ``answerLeaves`` takes: every earnings leaf, in the order of a multiproof of all of
-    them, and its flags (it needs no proof hashes)."""
+    them (which needs no proof hashes, and whose flags are all true)."""
 
     workers: tuple[bytes, ...]
     amounts: tuple[int, ...]
-    flags: tuple[bool, ...]
 
 
 def all_leaves(rows: Iterable[tuple[bytes, int]]) -> LeavesAnswer:
@@ -93,8 +92,9 @@ def all_leaves(rows: Iterable[tuple[bytes, int]]) -> LeavesAnswer:
     by_leaf = {leaf_hash(EARNINGS_TYPES, [w, a]): (w, a) for w, a in rows}
     tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in by_leaf.values()])
     proof = tree.multi_proof(list(by_leaf))
+    assert not proof.proof and all(proof.flags)  # every sibling is a leaf or a node shown
     shown = [by_leaf[leaf] for leaf in proof.leaves]
-    return LeavesAnswer(tuple(w for w, _ in shown), tuple(a for _, a in shown), proof.flags)
+    return LeavesAnswer(tuple(w for w, _ in shown), tuple(a for _, a in shown))
 
 
 def net_floor(gross: int, fee_bps: int) -> int:

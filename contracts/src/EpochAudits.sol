@@ -118,17 +118,20 @@ abstract contract EpochAudits is Epochs {
     }
 
     /// @notice Answer a leaves dispute with every leaf of the pending anchor's earnings root, in
-    /// the order of a multiproof of all of them (`flags`; it needs no proof hashes). The window
-    /// for disputes of the anchor runs again from now, so the leaves can be checked.
-    function answerLeaves(uint64 epoch, address[] calldata workers, uint256[] calldata cumulatives,
-        bool[] calldata flags) external {
+    /// the order of a multiproof of all of them (deepest first, as `getMultiProof` orders
+    /// them). The window for disputes of the anchor runs again from now, so the leaves can be
+    /// checked.
+    function answerLeaves(uint64 epoch, address[] calldata workers, uint256[] calldata cumulatives)
+        external {
         Anchor storage a = _pendingAt(epoch);
         if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0);
         SumDispute storage d = _toAnswer(_sumKey(epoch, Sum.Leaves, address(0), 0));
         uint256 n = workers.length;
         if (n == 0 || cumulatives.length != n) revert LengthMismatch();
         bytes32[] memory leaves = new bytes32[](n);
+        bool[] memory flags = new bool[](n - 1);
         for (uint256 i = 0; i < n; i++) leaves[i] = _earningsLeaf(workers[i], cumulatives[i]);
+        for (uint256 i = 0; i + 1 < n; i++) flags[i] = true; // every sibling is a shown node
         // With no proof hashes every node is hashed from the leaves, so they are all of them:
         // a leaf hashes 32 bytes and a node 64, so neither can stand for the other.
         if (!MerkleProof.multiProofVerify(new bytes32[](0), flags, a.earningsRoot, leaves)) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity ^0.8.24;
 
+import {Hashes} from "@openzeppelin/contracts/utils/cryptography/Hashes.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
@@ -369,7 +370,13 @@ abstract contract Epochs is ReentrancyGuardTransient {
         anchoredClaimed = uint128(claimedTotal);
     }
 
-    function _earningsLeaf(address worker, uint256 cumulative) internal pure returns (bytes32) {
-        return keccak256(bytes.concat(keccak256(abi.encode(worker, cumulative))));
+    /// keccak256(bytes.concat(keccak256(abi.encode(worker, cumulative)))), hashed in scratch
+    /// space: a leaves answer hashes a thousand, and each allocation would stay in memory.
+    function _earningsLeaf(address worker, uint256 cumulative) internal pure returns (bytes32 leaf) {
+        bytes32 inner = Hashes.efficientKeccak256(bytes32(uint256(uint160(worker))), bytes32(cumulative));
+        assembly ("memory-safe") {
+            mstore(0x00, inner)
+            leaf := keccak256(0x00, 0x20)
+        }
     }
 }

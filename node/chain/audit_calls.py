@@ -75,7 +75,7 @@ class AuditCalls:
 
     def answer_leaves(self, index: int, leaves: LeavesAnswer) -> TxResult:
         workers = [Web3.to_checksum_address(w) for w in leaves.workers]
-        return self.send("answerLeaves", [index, workers, list(leaves.amounts), list(leaves.flags)])
+        return self.send("answerLeaves", [index, workers, list(leaves.amounts)])
 
     def answered_leaves(self, index: int) -> list[tuple[bytes, int]] | None:
         """Anchor ``index``'s earnings leaves (worker, cumulative) as its anchorer showed them

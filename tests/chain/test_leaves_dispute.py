@@ -71,7 +71,7 @@ def test_withheld_leaves_are_shown_on_demand_and_a_leaf_from_nowhere_voided(net:
     without = all_leaves((w, a) for w, a in bad.earnings.items() if w != w2)
     with reverts("NotInTree"):  # every leaf but the colluder's: another root
         anchorer.answer_leaves(1, without)
-    dropped = LeavesAnswer(shown.workers[:1], shown.amounts[:1], ())
+    dropped = LeavesAnswer(shown.workers[:1], shown.amounts[:1])
     with reverts("NotInTree"):  # one leaf standing for the root
         anchorer.answer_leaves(1, dropped)
     with reverts("LengthMismatch"):
@@ -165,7 +165,17 @@ def test_every_leaf_answers_for_trees_of_any_size(net: Net, workers: int) -> Non
     watcher = net.client("sentry2")
     watcher.stake(ETH)
     watcher.dispute_leaves(0)
-    anchorer.answer_leaves(0, all_leaves(earnings.items()))
+    shown = all_leaves(earnings.items())
+    if workers > 2:  # in the multiproof's order: another pairs other leaves
+        swap = [2, 1, 0, *range(3, workers)]
+        with reverts("NotInTree"):
+            anchorer.answer_leaves(
+                0,
+                LeavesAnswer(
+                    tuple(shown.workers[i] for i in swap), tuple(shown.amounts[i] for i in swap)
+                ),
+            )
+    anchorer.answer_leaves(0, shown)
     assert sorted(watcher.answered_leaves(0) or []) == sorted(earnings.items())
 
 
