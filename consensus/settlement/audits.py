@@ -55,10 +55,11 @@ def answer(epoch: Epoch, base: Mapping[bytes, int], kind: int, party: bytes) -> 
     return show(epoch.entries, epoch.entries_tree, base, kind, party)
 
 
-def show(entries: Iterable[Entry], tree: MerkleTree, base: Mapping[bytes, int], kind: int,
+def show(entries: Iterable[Entry], tree: MerkleTree | None, base: Mapping[bytes, int], kind: int,
          party: bytes) -> SumAnswer:  # fmt: skip
     """``party``'s entries among ``entries`` (all of those in ``tree``, an anchor's entries
-    tree) with their multiproof, and for a worker its leaf in ``base`` with its proof.
+    tree; None: no entries) with their multiproof, and for a worker its leaf in ``base`` with
+    its proof.
 
     Raises:
         Invalid: an unknown kind.
@@ -67,7 +68,7 @@ def show(entries: Iterable[Entry], tree: MerkleTree, base: Mapping[bytes, int], 
         raise Invalid("audit.kind", f"must be {EARNINGS} (earnings) or {DEBIT} (debit), got {kind}")
     mine = [e for e in entries if (e.worker if kind == EARNINGS else e.requester) == party]
     by_leaf = {e.leaf(): e for e in mine}
-    proof = tree.multi_proof(list(by_leaf))
+    proof = MultiProof((), (), ()) if tree is None or not mine else tree.multi_proof(list(by_leaf))
     shown = tuple(by_leaf[leaf] for leaf in proof.leaves)
     held = base.get(party, 0) if kind == EARNINGS else 0
     if held == 0:
@@ -135,6 +136,21 @@ def inflated(
     gross = _gross_by_worker(entries)
     return sorted(w for w, a in leaves.items()
                   if a - base.get(w, 0) > net_ceil(gross.get(w, 0), fee_bps))  # fmt: skip
+
+
+def left_out(
+    leaves: Mapping[bytes, int], base: Mapping[bytes, int], entries: Iterable[Entry],
+    fee_bps: int,
+) -> list[bytes]:  # fmt: skip
+    """Workers an anchor's ``leaves`` do not name, though they held a leaf in ``base`` (the
+    last final epoch's earnings) or ``entries`` (the anchor's, as heard) pay them at least a
+    wei net of the fee: their pay would be lost, which voids the anchor (``voidMissingLeaf``)
+    once the leaves are shown on chain."""
+    gross = _gross_by_worker(entries)
+    owed = {w for w, a in base.items() if a > 0} | {
+        w for w, g in gross.items() if net_floor(g, fee_bps) > 0
+    }
+    return sorted(owed - leaves.keys())
 
 
 def _gross_by_worker(entries: Iterable[Entry]) -> dict[bytes, int]:

@@ -15,6 +15,8 @@ import {Epochs} from "./Epochs.sol";
 ///   a debit below the entries   anyone             void at once, with the requester's entries
 ///   an earnings leaf too low    anyone             void at once, with the worker's entries
 ///   the leaves not published    anyone bonded      the anchorer shows every leaf, or void
+///   a worker left out of them   anyone             void at once, with the leaves shown and
+///                                                  its entries or its last final leaf
 ///
 /// Sum disputes open in the anchor's window, each once (an answered one stays answered). An
 /// answer reveals entries (perhaps never gossiped, of a requester that was never debited), so
@@ -43,7 +45,8 @@ import {Epochs} from "./Epochs.sol";
 /// watcher may demand them: the anchorer answers with every leaf of its earnings root (a
 /// multiproof with no proof hashes, which only the whole set passes), and the window opens
 /// again for a window from the answer, for the leaves to be disputed. The leaves are read off
-/// the answer's call data.
+/// the answer's call data; their hash is kept, so a worker that earned (or held a leaf in the
+/// last final root) but has none among them can be shown left out.
 abstract contract EpochAudits is Epochs {
     enum Sum {
         None,
@@ -73,6 +76,8 @@ abstract contract EpochAudits is Epochs {
 
     /// keccak256(epoch, kind, party, amount) => an open sum dispute (answerBy 0: none)
     mapping(bytes32 => SumDispute) public sumDisputes;
+    /// epoch => keccak256(abi.encode(workers, cumulatives)) of its leaves answer
+    mapping(uint64 => bytes32) public shownLeaves;
 
     event SumDisputed(uint64 indexed epoch, Sum kind, address indexed party, uint256 amount,
         address disputer, uint64 answerBy);
@@ -84,6 +89,8 @@ abstract contract EpochAudits is Epochs {
     error NoConflict();
     error NotFinalEpoch(uint64 epoch);
     error NotLow(uint256 leaf, uint256 floor);
+    error LeavesNotShown(uint64 epoch);
+    error NotMissing(address worker);
 
     /// @notice Say worker `worker`'s leaf in the pending anchor, `cumulative`, is more than its
     /// entries add to its leaf in the last final root.
@@ -139,6 +146,7 @@ abstract contract EpochAudits is Epochs {
         }
         d.answerBy = ANSWERED;
         a.openDisputes -= 1;
+        shownLeaves[epoch] = keccak256(abi.encode(workers, cumulatives));
         uint64 until = uint64(block.timestamp) + _disputeWindow();
         if (until > a.disputeDeadline) a.disputeDeadline = until;
         emit SumAnswered(epoch, Sum.Leaves, address(0));
@@ -194,6 +202,23 @@ abstract contract EpochAudits is Epochs {
         uint256 floor = _baseOf(worker, base) + _netFloor(_added(a.entriesRoot, Sum.Earnings, worker, shown));
         if (cumulative >= floor) revert NotLow(cumulative, floor);
         _void(epoch, a, _sumKey(epoch, Sum.None, worker, cumulative), msg.sender, requesters, amounts);
+    }
+
+    /// @notice Void the pending anchor for leaving `worker` out: its leaves, as its anchorer
+    /// showed them (`workers`, `cumulatives`, given again), name it nowhere, yet it held a leaf
+    /// in the last final root (`base`) or earned this epoch (its entries among `shown`).
+    function voidMissingLeaf(uint64 epoch, address worker, Base calldata base, Shown calldata shown,
+        address[] calldata workers, uint256[] calldata cumulatives, address[] calldata requesters,
+        uint256[] calldata amounts) external nonReentrant {
+        Anchor storage a = _fraudOpen(epoch);
+        bytes32 leaves = shownLeaves[epoch];
+        if (leaves == bytes32(0) || keccak256(abi.encode(workers, cumulatives)) != leaves) {
+            revert LeavesNotShown(epoch);
+        }
+        for (uint256 i = 0; i < workers.length; i++) if (workers[i] == worker) revert NotMissing(worker);
+        uint256 owed = _baseOf(worker, base) + _netFloor(_added(a.entriesRoot, Sum.Earnings, worker, shown));
+        if (owed == 0) revert NotMissing(worker);
+        _void(epoch, a, _sumKey(epoch, Sum.Leaves, worker, owed), msg.sender, requesters, amounts);
     }
 
     /// @notice Void the pending anchor for debiting `requester` less than its entries among

@@ -169,6 +169,23 @@ class AuditCalls:
                 [base[0], list(base[1])], shown, *self._debit_lists(index)]  # fmt: skip
         return self.send("voidLowLeaf", args)
 
+    def void_missing_leaf(
+        self,
+        index: int,
+        worker: bytes,
+        owed: tuple[tuple[int, Sequence[bytes]], Sequence[Entry], MultiProof],
+        rows: Sequence[tuple[bytes, int]],
+    ) -> TxResult:
+        """Void anchor ``index`` for leaving ``worker`` out of its leaves as its anchorer showed
+        them (``rows``, in the answer's order), though ``owed`` shows its base leaf and proof
+        (``(0, [])``: none) and its entries (in the multiproof's order) pay it."""
+        (base, base_proof), entries, proof = owed
+        shown = [[entry_args(e) for e in entries], list(proof.proof), list(proof.flags)]
+        workers = [Web3.to_checksum_address(w) for w, _ in rows]
+        args = [index, Web3.to_checksum_address(worker), [base, list(base_proof)], shown,
+                workers, [a for _, a in rows], *self._debit_lists(index)]  # fmt: skip
+        return self.send("voidMissingLeaf", args)
+
     def sum_answers(self, index: int) -> list[tuple[int, bytes, list[Entry], MultiProof]]:
         """The answers given to anchor ``index``'s sum disputes, read from their calls: kind,
         party, and the entries shown with their multiproof (what they reveal may never have

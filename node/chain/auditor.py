@@ -18,6 +18,8 @@ When our base is the anchor's (we followed every epoch before it) and its window
     a sum answer shows two entries for one line              voidConflict, with both
     (past half the window) its leaves were not gossiped      disputeLeaves: the anchorer
                                                              shows them all on chain
+    its leaves leave out a worker with a base leaf, or       disputeLeaves if not shown on
+    (every entry heard) one its entries pay                  chain yet, then voidMissingLeaf
 
 Leaves are judged on every entry heard, or, once half the window has passed without all of
 them (withheld: an honest anchorer has gossiped them twice by then), on those heard: an
@@ -35,7 +37,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from consensus.errors import Invalid
-from consensus.settlement.audits import EARNINGS, inflated, lowered, show
+from consensus.settlement.audits import EARNINGS, inflated, left_out, lowered, show
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import (
@@ -110,26 +112,37 @@ class Auditor:
             await self._check_answers(a.index)
         if a.index != m.index + 1 or m.state != "idle" or now_ms >= await self._deadline_ms(a):
             return
-        entries = list(heard.get(a.entries_root, {}).values())
+        await self._audit(a, m, list(heard.get(a.entries_root, {}).values()),
+                          now_ms >= a.posted_ms + window_ms // 2)  # fmt: skip
+
+    async def _audit(self, a: ChainAnchor, m: Anchoring, entries: list[Entry], half: bool) -> None:
+        """Audits anchor ``a`` (open, on our base) against ``entries`` heard for it; ``half``:
+        half its window has passed, so entries and leaves not heard by now are withheld."""
         tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in entries]) if entries else None
-        if tree is not None and tree.root == a.entries_root:  # every entry of it heard
-            for e in entries:
-                if e.previous < m.base_lines.get(e.line, 0):
-                    await self._conflict(a, e, tree)
-            proof = tree.multi_proof([e.leaf() for e in entries])
-            by_leaf = {e.leaf(): e for e in entries}
-            if await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof):
-                return
-            if await self._low_leaves(a, m, entries, tree):
-                return  # voided: nothing left to dispute
-        half = now_ms >= a.posted_ms + window_ms // 2
-        if not half and (tree is None or tree.root != a.entries_root):
-            return  # gossip still coming; past half the window, entries missing are withheld
-        leaves = await self._leaves(a, demand=half)  # like entries, past half the window
-        if leaves is None:
+        if tree is not None and tree.root != a.entries_root:
+            tree = None  # not every entry of it heard: no proofs from what was
+        if tree is not None and await self._entries_wrong(a, m, entries, tree):
+            return  # voided: nothing left to dispute
+        if not half and tree is None:
+            return  # gossip still coming
+        leaves = await self._leaves(a, demand=half)
+        if leaves is None or await self._left_out(a, m, leaves, entries if tree else [], tree):
             return
         for worker in inflated(leaves.amounts, m.base_earnings, entries, m.fee_bps):
             await self._dispute(a.index, worker, leaves)
+
+    async def _entries_wrong(
+        self, a: ChainAnchor, m: Anchoring, entries: list[Entry], tree: MerkleTree
+    ) -> bool:
+        """The checks of every entry heard (``tree`` proves them); whether one voided."""
+        for e in entries:
+            if e.previous < m.base_lines.get(e.line, 0):
+                await self._conflict(a, e, tree)
+        proof = tree.multi_proof([e.leaf() for e in entries])
+        by_leaf = {e.leaf(): e for e in entries}
+        if await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof):
+            return True
+        return await self._low_leaves(a, m, entries, tree)
 
     async def _deadline_ms(self, a: ChainAnchor) -> int:
         """When anchor ``a``'s window ends: a leaves answer moves it on (0: not the latest)."""
@@ -148,11 +161,40 @@ class Auditor:
             leaves = FinalLeaves.of_rows(a.index, a.earnings_root, rows)
             self.leaves[a.earnings_root] = leaves
             return leaves
-        if demand and self._once(key := (a.index, b"leaves", 0)):
-            log.warning("another anchorer's epoch leaves were not gossiped: demanding them",
-                        extra={"epoch": a.index})  # fmt: skip
-            await self._send(lambda c: c.dispute_leaves(a.index), key)
+        if demand:
+            await self._demand(a, "another anchorer's epoch leaves were not gossiped")
         return None
+
+    async def _demand(self, a: ChainAnchor, why: str) -> None:
+        """Demands anchor ``a``'s leaves on chain (``disputeLeaves``), once."""
+        if self._once(key := (a.index, b"leaves", 0)):
+            log.warning("%s: demanding them", why, extra={"epoch": a.index})
+            await self._send(lambda c: c.dispute_leaves(a.index), key)
+
+    async def _left_out(
+        self, a: ChainAnchor, m: Anchoring, leaves: FinalLeaves, entries: list[Entry],
+        tree: MerkleTree | None,
+    ) -> bool:  # fmt: skip
+        """Voids anchor ``a`` if ``leaves`` leave out a worker that held a base leaf or that
+        ``entries`` (all of the anchor's, ``tree`` proving them; or none) pay: its pay would be
+        lost. The contract takes the leaves only as its anchorer showed them on chain, so
+        gossiped ones are demanded first. Whether it was voided."""
+        entries = [e for e in entries if e.amount >= e.previous]  # as in _low_leaves
+        out = left_out(leaves.amounts, m.base_earnings, entries, m.fee_bps)
+        if not out:
+            return False
+        rows = await self.service.call(lambda c: c.answered_leaves(a.index))
+        if rows is None:
+            await self._demand(a, "another anchorer's epoch leaves out a worker it owes")
+            return False
+        worker = out[0]
+        if not self._once(key := (a.index, b"out" + worker, 0)):
+            return False
+        log.warning("another anchorer's epoch leaves out a worker it owes: voiding",
+                    extra={"epoch": a.index, "worker": "0x" + worker.hex()})  # fmt: skip
+        s = show(entries, tree if entries else None, m.base_earnings, EARNINGS, worker)
+        owed = ((s.base, s.base_proof), s.entries, s.proof)
+        return await self._send(lambda c: c.void_missing_leaf(a.index, worker, owed, rows), key)
 
     async def _void_unanswered(self, index: int, raised: list[SumDispute], now_s: int) -> None:
         """Voids anchor ``index`` for a sum dispute (anyone's) its anchorer let run out: its

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from consensus.settlement.audits import EARNINGS, LEAVES, LeavesAnswer, all_leaves, inflated
+from consensus.settlement.audits import (
+    EARNINGS,
+    LEAVES,
+    LeavesAnswer,
+    all_leaves,
+    inflated,
+    left_out,
+    show,
+)
 from consensus.settlement.epoch import Epoch, assemble
 from consensus.settlement.leaves import FinalLeaves
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof, leaf_hash
@@ -25,7 +34,7 @@ from tests.chain.conftest import ETH, Net, make_net
 from tests.chain.test_audits import final_first_epoch
 from tests.chain.test_audits_node import WINDOW as NODE_WINDOW
 from tests.chain.test_audits_node import followed_first_epoch, hand
-from tests.chain.test_epochs import FEE, J2, T0, WINDOW, b, entries, refused, reverts
+from tests.chain.test_epochs import FEE, J2, J3, T0, WINDOW, b, entries, refused, reverts
 from tests.chain.test_settlement_node import StubNet, node_of
 
 ZERO = bytes(20)
@@ -233,3 +242,92 @@ async def test_a_worker_claims_from_leaves_shown_on_chain_when_none_were_gossipe
         done = await payee.claim()
     assert done["claimed"] is True and done["epoch"] == 0
     assert worker.earned_of() == ETH - ETH // 100
+
+
+def post_leaving_out(net: Net, anchorer: Settlement, first: Epoch, who: str) -> Epoch:
+    """Epoch 1: worker2 earns 1 ETH on J3, as its entry says, but the leaves leave ``who``
+    out: worker (holding a leaf in the last final root) or worker2 (paid by this epoch)."""
+    honest = assemble(entries(net, {(J3, T0, "worker2"): ETH}), first.lines, first.earnings,
+                      FEE)  # fmt: skip
+    kept = {w: a for w, a in honest.earnings.items() if w != b(net, who)}
+    tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(kept.items())])
+    bad = replace(honest, earnings=kept, earnings_tree=tree)
+    anchorer.post_anchor(bad, net.spends(2 * ETH))
+    return bad
+
+
+def owed_of(epoch: Epoch, base: dict[bytes, int], worker: bytes) -> tuple[Any, ...]:
+    s = show(epoch.entries, epoch.entries_tree, base, EARNINGS, worker)
+    return (s.base, s.base_proof), s.entries, s.proof
+
+
+def test_a_worker_its_entries_pay_left_out_of_the_leaves_voids_the_anchor(net: Net) -> None:
+    anchorer, first = final_first_epoch(net)
+    bad = post_leaving_out(net, anchorer, first, "worker2")
+    w, w2 = b(net, "worker"), b(net, "worker2")
+    catcher = net.client("other")  # anyone, bonded or not
+    rows = list(bad.earnings.items())
+    assert left_out(bad.earnings, first.earnings, bad.entries, FEE) == [w2]
+    with refused("LeavesNotShown(epoch=1)"):  # only leaves shown on chain count
+        catcher.void_missing_leaf(1, w2, owed_of(bad, first.earnings, w2), rows)
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_leaves(1)
+    anchorer.answer_leaves(1, all_leaves(rows))
+    shown = watcher.answered_leaves(1)
+    assert shown is not None
+    assert shown == [(w, bad.earnings[w])]
+    with refused("LeavesNotShown(epoch=1)"):  # not as shown
+        catcher.void_missing_leaf(1, w2, owed_of(bad, first.earnings, w2), [(w, 1)])
+    with refused(f"NotMissing(worker={net.addr('worker').lower()})"):
+        catcher.void_missing_leaf(1, w, owed_of(bad, first.earnings, w), shown)
+    nobody = b(net, "requester")  # no leaf, owed nothing
+    with refused(f"NotMissing(worker={net.addr('requester').lower()})"):
+        catcher.void_missing_leaf(1, nobody, ((0, []), [], NONE), shown)
+    with refused(f"NotMissing(worker={net.addr('worker2').lower()})"):  # its entries not shown
+        catcher.void_missing_leaf(1, w2, ((0, []), [], NONE), shown)
+    before = net.balance(net.addr("other"))
+    catcher.void_missing_leaf(1, w2, owed_of(bad, first.earnings, w2), shown)
+    assert anchorer.anchor()["state"] == "void"
+    assert ETH // 2 - (net.balance(net.addr("other")) - before) < ETH // 100  # less gas
+    assert net.client("requester").pool_of()["debited"] == ETH  # epoch 1's debit went back
+
+
+def test_a_worker_with_a_final_leaf_left_out_voids_the_anchor(net: Net) -> None:
+    anchorer, first = final_first_epoch(net)
+    bad = post_leaving_out(net, anchorer, first, "worker")
+    w = b(net, "worker")
+    assert left_out(bad.earnings, first.earnings, bad.entries, FEE) == [w]
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_leaves(1)
+    anchorer.answer_leaves(1, all_leaves(bad.earnings.items()))
+    shown = watcher.answered_leaves(1)
+    assert shown is not None
+    (base, proof), _, _ = owed_of(bad, first.earnings, w)
+    assert base == first.earnings[w]
+    with reverts("NotInTree"):  # a base leaf the last final root does not hold
+        watcher.void_missing_leaf(1, w, ((base + 1, proof), [], NONE), shown)
+    watcher.void_missing_leaf(1, w, ((base, proof), [], NONE), shown)
+    assert anchorer.anchor()["state"] == "void"
+
+
+async def test_a_standing_by_anchorer_voids_an_anchor_that_leaves_a_worker_out(
+    tmp_path: Path,
+) -> None:
+    """The cheat gossips its entries and its leaves, which leave out worker2 though its entry
+    pays it: the standby demands the leaves on chain (gossiped ones prove nothing there) and,
+    once shown, voids the anchor."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        cheat, watch = net.client("sentry1"), net.client("other")
+        bad = post_leaving_out(net, cheat, first, "worker2")
+        hand(standby, 1, bad)
+        await standby.step()
+        d = leaves_dispute(net)
+        await standby.step()  # demanded once
+        assert watch.anchor()["state"] == "pending"
+        cheat.answer_leaves(1, all_leaves(bad.earnings.items()))
+        await standby.step()
+        assert watch.anchor()["state"] == "void"
+        assert standby.auditor.raised == 2  # the demand, the void
+        assert d.answer_by > 0

@@ -1,15 +1,15 @@
 """The bounds on a worker's leaf (``net_floor`` and ``net_ceil``, the contract's ``_netFloor``
 and ``_netCeil``): an honest epoch's shares lie between them, whatever the amounts and the fee,
 so ``voidLowLeaf`` cannot void one and its anchorer can answer any earnings dispute; a leaf a
-wei outside is found."""
+wei outside is found. An honest epoch leaves no worker out (``voidMissingLeaf``)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consensus.settlement.audits import inflated, lowered, net_ceil, net_floor
-from consensus.settlement.epoch import Entry, net_shares
+from consensus.settlement.audits import inflated, left_out, lowered, net_ceil, net_floor
+from consensus.settlement.epoch import Entry, assemble, net_shares
 
 WORKERS = [bytes([i]) * 20 for i in range(1, 6)]
 R = b"\x09" * 20
@@ -45,3 +45,21 @@ def test_an_honest_epoch_has_no_low_leaf_and_one_wei_less_is_found(
     floor = base[w] + net_floor(gross[w], fee_bps)
     assert lowered({**leaves, w: floor - 1}, base, entries, fee_bps) == [w]
     assert lowered({**leaves, w: floor}, base, entries, fee_bps) == []
+
+
+@given(
+    amounts=st.lists(st.integers(1, 10**21), min_size=1, max_size=5),
+    base=st.dictionaries(st.sampled_from(WORKERS), st.integers(1, 10**21), max_size=3),
+    fee_bps=st.integers(0, 1000),
+    drop=st.sampled_from(WORKERS),
+)
+def test_an_honest_epoch_leaves_no_worker_out_and_one_dropped_is_found(
+    amounts: list[int], base: dict[bytes, int], fee_bps: int, drop: bytes
+) -> None:
+    entries = [Entry(R, WORKERS[i % 3], bytes([i]) * 32, bytes(32), a, 0)
+               for i, a in enumerate(amounts)]  # fmt: skip
+    epoch = assemble(entries, {}, base, fee_bps)
+    assert left_out(epoch.earnings, base, entries, fee_bps) == []
+    owed = drop in base or net_floor(sum(e.added for e in entries if e.worker == drop), fee_bps) > 0
+    without = {w: a for w, a in epoch.earnings.items() if w != drop}
+    assert left_out(without, base, entries, fee_bps) == ([drop] if owed else [])
