@@ -26,10 +26,11 @@ import random
 
 from eth_account import Account
 
-from consensus.settlement.audits import EARNINGS, all_leaves, answer
+from consensus.settlement.audits import EARNINGS, answer
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, Spend, assemble
 from consensus.settlement.leaves import payout_batches
+from consensus.settlement.shown import ShownLeaves
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
@@ -204,9 +205,12 @@ class Bench:
             a = answer(epoch, after.earnings, d.kind, d.party)
             name = "answer_earnings" if d.kind == EARNINGS else "answer_debit"
             g[name] = anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof).gas
-        # A demand for the leaves: the answer shows every one (the whole tree, idle workers too).
+        # A demand for the leaves: the answer shows every one (the whole tree, idle workers
+        # too), in parts of at most PART_LEAVES.
         g["dispute_leaves"] = self.c[self.sentries[1]].dispute_leaves(index).gas
-        g["answer_leaves"] = anchorer.answer_leaves(index, all_leaves(epoch.earnings.items())).gas
+        shown = ShownLeaves.of_rows(epoch.earnings.items())
+        g["answer_leaves"] = sum(anchorer.answer_leaves(index, shown, j).gas
+                                 for j in range(len(shown.nodes)))  # fmt: skip
 
 
 def addr(key: bytes) -> bytes:

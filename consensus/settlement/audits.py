@@ -10,7 +10,8 @@ debited at most what its entries add. So:
                            entries added                           in the base
     debit      requester   it is debited more than its entries     its entries
                            added
-    leaves     anyone      the earnings leaves were not published  every leaf (:func:`all_leaves`)
+    leaves     anyone      the earnings leaves were not published  every leaf, in parts
+                                                                   (consensus.settlement.shown)
 
 A worker's leaf may grow by at most what its entries add net of the fee (:func:`net_ceil`: its
 own fee rounded down, plus a wei of the epoch's remainder), so it is bounded by the vouchers its
@@ -76,26 +77,6 @@ def show(entries: Iterable[Entry], tree: MerkleTree | None, base: Mapping[bytes,
     base_tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(base.items())])
     return SumAnswer(held, tuple(base_tree.proof(leaf_hash(EARNINGS_TYPES, [party, held]))),
                      shown, proof)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LeavesAnswer:
-    """What ``answerLeaves`` takes: every earnings leaf, in the order of a multiproof of all of
-    them (which needs no proof hashes, and whose flags are all true)."""
-
-    workers: tuple[bytes, ...]
-    amounts: tuple[int, ...]
-
-
-def all_leaves(rows: Iterable[tuple[bytes, int]]) -> LeavesAnswer:
-    """The answer to a leaves dispute of an epoch whose earnings tree holds ``rows`` (worker,
-    cumulative), e.g. ``epoch.earnings.items()``."""
-    by_leaf = {leaf_hash(EARNINGS_TYPES, [w, a]): (w, a) for w, a in rows}
-    tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in by_leaf.values()])
-    proof = tree.multi_proof(list(by_leaf))
-    assert not proof.proof and all(proof.flags)  # every sibling is a leaf or a node shown
-    shown = [by_leaf[leaf] for leaf in proof.leaves]
-    return LeavesAnswer(tuple(w for w, _ in shown), tuple(a for _, a in shown))
 
 
 def net_floor(gross: int, fee_bps: int) -> int:

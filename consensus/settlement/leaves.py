@@ -19,31 +19,38 @@ from consensus.errors import Invalid
 from consensus.kinds import Wei
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, leaf_hash
 from consensus.settlement.messages import MAX_LEAVES, MAX_PARTS, EpochLeaves
+from consensus.settlement.shown import ShownLeaves
 
 
 @dataclass(frozen=True)
 class FinalLeaves:
-    """Every earnings leaf of final epoch ``index``, checked against ``earnings_root``."""
+    """Every earnings leaf of epoch ``index``, checked against ``earnings_root``: gossiped (the
+    canonical tree over ``amounts``), or ``shown`` on chain in parts (whatever tree the
+    anchorer posted, maybe with two leaves for a worker: ``amounts`` holds the larger)."""
 
     index: int
     earnings_root: bytes
-    amounts: dict[bytes, int]  # worker -> cumulative net earnings (the largest, see rows)
-    # Every (worker, cumulative) leaf, when a worker has more than one: only a tree shown on
-    # chain can (gossip refuses it); the largest is the one a claim takes.
-    rows: tuple[tuple[bytes, int], ...] = ()
+    amounts: dict[bytes, int]  # worker -> cumulative net earnings
+    shown: ShownLeaves | None = None
 
     @classmethod
-    def of_rows(cls, index: int, earnings_root: bytes, rows: Sequence[tuple[bytes, int]]
-                ) -> FinalLeaves:  # fmt: skip
-        amounts: dict[bytes, int] = {}
-        for w, a in rows:
-            amounts[w] = max(a, amounts.get(w, 0))
-        many = len(amounts) < len(rows)
-        return cls(index, earnings_root, amounts, tuple(sorted(rows)) if many else ())
+    def of_shown(cls, index: int, earnings_root: bytes, shown: ShownLeaves) -> FinalLeaves:
+        """Raises:
+        Invalid: the parts do not hash to ``earnings_root``."""
+        if shown.root() != earnings_root:
+            raise Invalid("leaves.earnings_root", "the leaves shown do not hash to it")
+        return cls(index, earnings_root, shown.amounts(), shown)
 
     def tree(self) -> MerkleTree:
-        rows = self.rows or tuple(sorted(self.amounts.items()))
-        return MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in rows])
+        """The canonical tree over ``amounts`` (a shown tree may be another: see proof_of)."""
+        return MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(self.amounts.items())])
+
+    def proof_of(self, worker: bytes) -> list[bytes]:
+        """The proof of ``worker``'s leaf in the tree that hashes to ``earnings_root``."""
+        amount = self.amounts[worker]
+        if self.shown is not None:
+            return self.shown.proof(worker, amount)
+        return self.tree().proof(leaf_hash(EARNINGS_TYPES, [worker, amount]))
 
 
 MAX_PAYOUT = 64  # workers per payout transaction: about 1M gas at most, well under a block

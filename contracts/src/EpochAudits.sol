@@ -14,9 +14,8 @@ import {Epochs} from "./Epochs.sol";
 ///   a line counted twice        anyone             void at once, with the two entries as proof
 ///   a debit below the entries   anyone             void at once, with the requester's entries
 ///   an earnings leaf too low    anyone             void at once, with the worker's entries
-///   the leaves not published    anyone bonded      the anchorer shows every leaf, or void
-///   a worker left out of them   anyone             void at once, with the leaves shown and
-///                                                  its entries or its last final leaf
+///   the leaves not published    anyone bonded      EpochLeaves.sol
+///   a worker left out of them   anyone             EpochLeaves.sol
 ///
 /// Sum disputes open in the anchor's window, each once (an answered one stays answered). An
 /// answer reveals entries (perhaps never gossiped, of a requester that was never debited), so
@@ -38,15 +37,6 @@ import {Epochs} from "./Epochs.sol";
 /// in one anchor, would count the same voucher twice: either voids the anchor on sight.
 /// Together with the entry disputes no worker's leaf grows by more than vouchers its requesters
 /// signed, and no requester pays more than its vouchers add up to, as long as someone watches.
-///
-/// Watching a worker's leaf needs the leaves, which only the anchorer has. One that withholds
-/// them could credit a colluder that earned nothing (the anchor's debits are real; the leaf
-/// takes from what the other workers would claim) and nobody could show the leaf. So a bonded
-/// watcher may demand them: the anchorer answers with every leaf of its earnings root (a
-/// multiproof with no proof hashes, which only the whole set passes), and the window opens
-/// again for a window from the answer, for the leaves to be disputed. The leaves are read off
-/// the answer's call data; their hash is kept, so a worker that earned (or held a leaf in the
-/// last final root) but has none among them can be shown left out.
 abstract contract EpochAudits is Epochs {
     enum Sum {
         None,
@@ -76,8 +66,6 @@ abstract contract EpochAudits is Epochs {
 
     /// keccak256(epoch, kind, party, amount) => an open sum dispute (answerBy 0: none)
     mapping(bytes32 => SumDispute) public sumDisputes;
-    /// epoch => keccak256(abi.encode(workers, cumulatives)) of its leaves answer
-    mapping(uint64 => bytes32) public shownLeaves;
 
     event SumDisputed(uint64 indexed epoch, Sum kind, address indexed party, uint256 amount,
         address disputer, uint64 answerBy);
@@ -89,8 +77,7 @@ abstract contract EpochAudits is Epochs {
     error NoConflict();
     error NotFinalEpoch(uint64 epoch);
     error NotLow(uint256 leaf, uint256 floor);
-    error LeavesNotShown(uint64 epoch);
-    error NotMissing(address worker);
+
 
     /// @notice Say worker `worker`'s leaf in the pending anchor, `cumulative`, is more than its
     /// entries add to its leaf in the last final root.
@@ -113,43 +100,6 @@ abstract contract EpochAudits is Epochs {
         uint256 debited = _debitOf(a, msg.sender, requesters, amounts);
         if (debited == 0) revert NotYourEntry(address(0), msg.sender);
         _openSum(epoch, a, Sum.Debit, msg.sender, debited);
-    }
-
-    /// @notice Say the pending anchor's earnings leaves were not published: its anchorer must
-    /// show them all (`answerLeaves`).
-    function disputeLeaves(uint64 epoch) external {
-        Anchor storage a = _windowOpen(epoch);
-        uint256 bond = _bondOf(msg.sender); // as for earnings: anyone could delay every epoch
-        if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
-        _openSum(epoch, a, Sum.Leaves, address(0), 0);
-    }
-
-    /// @notice Answer a leaves dispute with every leaf of the pending anchor's earnings root, in
-    /// the order of a multiproof of all of them (deepest first, as `getMultiProof` orders
-    /// them). The window for disputes of the anchor runs again from now, so the leaves can be
-    /// checked.
-    function answerLeaves(uint64 epoch, address[] calldata workers, uint256[] calldata cumulatives)
-        external {
-        Anchor storage a = _pendingAt(epoch);
-        if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0);
-        SumDispute storage d = _toAnswer(_sumKey(epoch, Sum.Leaves, address(0), 0));
-        uint256 n = workers.length;
-        if (n == 0 || cumulatives.length != n) revert LengthMismatch();
-        bytes32[] memory leaves = new bytes32[](n);
-        bool[] memory flags = new bool[](n - 1);
-        for (uint256 i = 0; i < n; i++) leaves[i] = _earningsLeaf(workers[i], cumulatives[i]);
-        for (uint256 i = 0; i + 1 < n; i++) flags[i] = true; // every sibling is a shown node
-        // With no proof hashes every node is hashed from the leaves, so they are all of them:
-        // a leaf hashes 32 bytes and a node 64, so neither can stand for the other.
-        if (!MerkleProof.multiProofVerify(new bytes32[](0), flags, a.earningsRoot, leaves)) {
-            revert NotInTree();
-        }
-        d.answerBy = ANSWERED;
-        a.openDisputes -= 1;
-        shownLeaves[epoch] = keccak256(abi.encode(workers, cumulatives));
-        uint64 until = uint64(block.timestamp) + _disputeWindow();
-        if (until > a.disputeDeadline) a.disputeDeadline = until;
-        emit SumAnswered(epoch, Sum.Leaves, address(0));
     }
 
     /// @notice Answer a sum dispute with the party's entries in the pending anchor and, for a
@@ -204,23 +154,6 @@ abstract contract EpochAudits is Epochs {
         _void(epoch, a, _sumKey(epoch, Sum.None, worker, cumulative), msg.sender, requesters, amounts);
     }
 
-    /// @notice Void the pending anchor for leaving `worker` out: its leaves, as its anchorer
-    /// showed them (`workers`, `cumulatives`, given again), name it nowhere, yet it held a leaf
-    /// in the last final root (`base`) or earned this epoch (its entries among `shown`).
-    function voidMissingLeaf(uint64 epoch, address worker, Base calldata base, Shown calldata shown,
-        address[] calldata workers, uint256[] calldata cumulatives, address[] calldata requesters,
-        uint256[] calldata amounts) external nonReentrant {
-        Anchor storage a = _fraudOpen(epoch);
-        bytes32 leaves = shownLeaves[epoch];
-        if (leaves == bytes32(0) || keccak256(abi.encode(workers, cumulatives)) != leaves) {
-            revert LeavesNotShown(epoch);
-        }
-        for (uint256 i = 0; i < workers.length; i++) if (workers[i] == worker) revert NotMissing(worker);
-        uint256 owed = _baseOf(worker, base) + _netFloor(_added(a.entriesRoot, Sum.Earnings, worker, shown));
-        if (owed == 0) revert NotMissing(worker);
-        _void(epoch, a, _sumKey(epoch, Sum.Leaves, worker, owed), msg.sender, requesters, amounts);
-    }
-
     /// @notice Void the pending anchor for debiting `requester` less than its entries among
     /// `shown` add (the rest would be paid out of other requesters' money). `shown` may hold
     /// others' entries too, so a sum answer's own entries can be shown again as they were.
@@ -254,18 +187,18 @@ abstract contract EpochAudits is Epochs {
 
     /// The amount is part of the key: a dispute of one leaf (a root may hold two for a worker)
     /// cannot hold off another's.
-    function _sumKey(uint64 epoch, Sum kind, address party, uint256 amount) private pure returns (bytes32) {
+    function _sumKey(uint64 epoch, Sum kind, address party, uint256 amount) internal pure returns (bytes32) {
         return keccak256(abi.encode(epoch, kind, party, amount));
     }
 
     /// The open sum dispute `key`, while it can still be answered.
-    function _toAnswer(bytes32 key) private view returns (SumDispute storage d) {
+    function _toAnswer(bytes32 key) internal view returns (SumDispute storage d) {
         d = sumDisputes[key];
         if (d.answerBy == 0 || d.answerBy == ANSWERED) revert NoDispute(key);
         if (block.timestamp >= d.answerBy) revert AnswerTimeOver(d.answerBy);
     }
 
-    function _openSum(uint64 epoch, Anchor storage a, Sum kind, address party, uint256 amount) private {
+    function _openSum(uint64 epoch, Anchor storage a, Sum kind, address party, uint256 amount) internal {
         bytes32 key = _sumKey(epoch, kind, party, amount);
         if (sumDisputes[key].answerBy != 0) revert AlreadyDisputed(key);
         uint64 answerBy = uint64(block.timestamp) + _disputeWindow();
@@ -275,7 +208,7 @@ abstract contract EpochAudits is Epochs {
     }
 
     /// `worker`'s leaf in the last final root, as `base` shows it (0: none shown).
-    function _baseOf(address worker, Base calldata base) private view returns (uint256) {
+    function _baseOf(address worker, Base calldata base) internal view returns (uint256) {
         if (base.amount > 0
             && !MerkleProof.verifyCalldata(base.proof, claimRoot, _earningsLeaf(worker, base.amount))) {
             revert NotInTree();
@@ -286,7 +219,7 @@ abstract contract EpochAudits is Epochs {
     /// What `shown.entries` add this epoch, each checked to be `party`'s (with kind None: any
     /// entries, those of requester `party` counted) and in `root`, none twice.
     function _added(bytes32 root, Sum kind, address party, Shown calldata shown)
-        private pure returns (uint256 added) {
+        internal pure returns (uint256 added) {
         uint256 n = shown.entries.length;
         bytes32[] memory leaves = new bytes32[](n);
         for (uint256 i = 0; i < n; i++) {
@@ -312,20 +245,20 @@ abstract contract EpochAudits is Epochs {
         }
     }
 
-    function _windowOpen(uint64 epoch) private view returns (Anchor storage a) {
+    function _windowOpen(uint64 epoch) internal view returns (Anchor storage a) {
         a = _pendingAt(epoch);
         if (block.timestamp >= a.disputeDeadline) revert WindowClosed(epoch, a.disputeDeadline);
     }
 
     /// Frauds can be shown while entries can be disputed: after that the anchor is final in all
     /// but name, and nodes build on it.
-    function _fraudOpen(uint64 epoch) private view returns (Anchor storage a) {
+    function _fraudOpen(uint64 epoch) internal view returns (Anchor storage a) {
         a = _pendingAt(epoch);
         uint64 until = _openUntil(a);
         if (block.timestamp >= until) revert WindowClosed(epoch, until);
     }
 
-    function _pendingAt(uint64 epoch) private view returns (Anchor storage a) {
+    function _pendingAt(uint64 epoch) internal view returns (Anchor storage a) {
         a = _latest(epoch);
         if (a.state != AnchorState.Pending) revert NotPending(epoch);
     }

@@ -5,7 +5,7 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {EpochAudits} from "./EpochAudits.sol";
+import {EpochLeaves} from "./EpochLeaves.sol";
 
 /// @title idlegrid settlement: per-job escrow, worker stake, EIP-712 voucher claims, slashing.
 /// @notice Money is one asset per deployment, fixed at construction: native coin in wei
@@ -20,7 +20,7 @@ import {EpochAudits} from "./EpochAudits.sol";
 /// a bonded anchorer posts one Merkle root of cumulative per-worker earnings per epoch with
 /// per-requester debits, requesters may dispute an entry during a window, and workers claim
 /// rarely with a Merkle proof.
-contract IdlegridSettlement is EIP712, EpochAudits {
+contract IdlegridSettlement is EIP712, EpochLeaves {
     using SafeERC20 for IERC20;
 
     bytes32 public constant VOUCHER_TYPEHASH =

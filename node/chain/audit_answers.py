@@ -17,9 +17,11 @@ that read lands after the window it needs (the contract refuses it), so none is 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from consensus.settlement.audits import LEAVES, all_leaves, answer
+from consensus.settlement.audits import LEAVES, answer
+from consensus.settlement.shown import Row, ShownLeaves
 from node.chain.audit_calls import SUM_KINDS, SumDispute, sum_key
 from node.chain.errors import ChainError, ChainReverted
 
@@ -62,9 +64,7 @@ class SumAnswers:
                 "party": "0x" + d.party.hex(), "amount_wei": str(d.amount)}  # fmt: skip
         try:
             if d.kind == LEAVES:
-                leaves = all_leaves(epoch.earnings.items())
-                await self.service.call(lambda c: c.answer_leaves(d.index, leaves))
-                shown = len(leaves.workers)
+                shown = await self._show_leaves(d.index, epoch.earnings.items())
             else:
                 a = answer(epoch, m.base_earnings, d.kind, d.party)
                 await self.service.call(
@@ -82,3 +82,13 @@ class SumAnswers:
         self.answered += 1
         log.info("sum dispute answered", extra={**what, "shown": shown})
         return True
+
+    async def _show_leaves(self, index: int, rows: Iterable[Row]) -> int:
+        """Shows every leaf of anchor ``index``, part after part; those shown before (a step
+        interrupted, a restart) are not sent again. How many leaves."""
+        leaves = ShownLeaves.of_rows(rows)
+        done = await self.service.call(lambda c: c.shown_parts(index, leaves.nodes))
+        for part in range(len(leaves.nodes)):
+            if part not in done:
+                await self.service.call(lambda c: c.answer_leaves(index, leaves, part))  # noqa: B023
+        return len(leaves.rows())

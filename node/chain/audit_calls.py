@@ -1,7 +1,7 @@
 """The audit calls on a pending anchor (``EpochAudits.sol``): sum disputes of a worker's
-earnings leaf, a requester's debit or the unpublished leaves, their answers and voids, and the
-voids of an anchor that counts a line twice, debits a requester less than its entries add, or
-credits a worker less.
+earnings leaf or a requester's debit, their answers and voids, and the voids of an anchor that
+counts a line twice, debits a requester less than its entries add, or credits a worker less.
+The leaves' own calls are in :mod:`node.chain.leaves_calls`.
 
 A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.epoch_calls`.
 """
@@ -16,7 +16,7 @@ from eth_abi.abi import encode
 from eth_hash.auto import keccak
 from web3 import Web3
 
-from consensus.settlement.audits import DEBIT, EARNINGS, LEAVES, LeavesAnswer
+from consensus.settlement.audits import DEBIT, EARNINGS, LEAVES
 from consensus.settlement.epoch import Entry
 from consensus.settlement.merkle import MultiProof
 from node.chain.epoch_calls import entry_args
@@ -68,29 +68,6 @@ class AuditCalls:
     def dispute_debit(self, index: int) -> TxResult:
         """Dispute what anchor ``index`` debits our pool (its debit list read from its post)."""
         return self.send("disputeDebit", [index, *self._debit_lists(index)])
-
-    def dispute_leaves(self, index: int) -> TxResult:
-        """Demand every earnings leaf of anchor ``index`` from its anchorer."""
-        return self.send("disputeLeaves", [index])
-
-    def answer_leaves(self, index: int, leaves: LeavesAnswer) -> TxResult:
-        workers = [Web3.to_checksum_address(w) for w in leaves.workers]
-        return self.send("answerLeaves", [index, workers, list(leaves.amounts)])
-
-    def answered_leaves(self, index: int) -> list[tuple[bytes, int]] | None:
-        """Anchor ``index``'s earnings leaves (worker, cumulative) as its anchorer showed them
-        in answer to a leaves dispute, read from that call (the contract checked that they are
-        every leaf of the root); None if it has not."""
-        for log in self.events("SumAnswered", epoch=index):
-            if int(log["args"]["kind"]) != LEAVES:
-                continue
-            call = self._call_of(log)
-            if call is None or call[0] != "answerLeaves":
-                continue
-            args = call[1]
-            return [(bytes.fromhex(w[2:]), int(a))
-                    for w, a in zip(args["workers"], args["cumulatives"], strict=True)]  # fmt: skip
-        return None
 
     def answer_sum(
         self,
@@ -168,23 +145,6 @@ class AuditCalls:
         args = [index, Web3.to_checksum_address(worker), cumulative, list(leaf_proof),
                 [base[0], list(base[1])], shown, *self._debit_lists(index)]  # fmt: skip
         return self.send("voidLowLeaf", args)
-
-    def void_missing_leaf(
-        self,
-        index: int,
-        worker: bytes,
-        owed: tuple[tuple[int, Sequence[bytes]], Sequence[Entry], MultiProof],
-        rows: Sequence[tuple[bytes, int]],
-    ) -> TxResult:
-        """Void anchor ``index`` for leaving ``worker`` out of its leaves as its anchorer showed
-        them (``rows``, in the answer's order), though ``owed`` shows its base leaf and proof
-        (``(0, [])``: none) and its entries (in the multiproof's order) pay it."""
-        (base, base_proof), entries, proof = owed
-        shown = [[entry_args(e) for e in entries], list(proof.proof), list(proof.flags)]
-        workers = [Web3.to_checksum_address(w) for w, _ in rows]
-        args = [index, Web3.to_checksum_address(worker), [base, list(base_proof)], shown,
-                workers, [a for _, a in rows], *self._debit_lists(index)]  # fmt: skip
-        return self.send("voidMissingLeaf", args)
 
     def sum_answers(self, index: int) -> list[tuple[int, bytes, list[Entry], MultiProof]]:
         """The answers given to anchor ``index``'s sum disputes, read from their calls: kind,

@@ -37,16 +37,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from consensus.errors import Invalid
-from consensus.settlement.audits import EARNINGS, inflated, left_out, lowered, show
+from consensus.settlement.audits import EARNINGS, LEAVES, inflated, left_out, lowered, show
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import (
-    EARNINGS_TYPES,
     ENTRY_TYPES,
     MerkleTree,
     MultiProof,
-    leaf_hash,
 )
+from consensus.settlement.shown import ShownLeaves
 from node.chain.audit_calls import ANSWERED, SumDispute
 from node.chain.errors import ChainError
 from node.chain.history import unpack
@@ -64,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_ASSEMBLIES = 4  # leaf sets being put together at once (per sender and root)
 HISTORY_LOOK = 64  # final epochs searched for a line's last entry
+MAX_VOID_LEAVES = 1800  # leaves a voidMissingLeaf sends at most: within a 128 KiB transaction
 
 
 class Auditor:
@@ -73,6 +73,7 @@ class Auditor:
         self._assembling: dict[tuple[str, bytes], LeavesAssembly] = {}
         self._raised: set[tuple[int, bytes, int]] = set()  # (epoch, party or leaf, amount)
         self.wanted: bytes | None = None  # the earnings root of the anchor being audited
+        self._since: dict[int, int] = {}  # the anchor audited -> when we first looked (ms)
         self.raised = 0
 
     def hear_leaves(self, part: EpochLeaves, sender: str) -> None:
@@ -112,12 +113,19 @@ class Auditor:
             await self._check_answers(a.index)
         if a.index != m.index + 1 or m.state != "idle" or now_ms >= await self._deadline_ms(a):
             return
-        await self._audit(a, m, list(heard.get(a.entries_root, {}).values()),
-                          now_ms >= a.posted_ms + window_ms // 2)  # fmt: skip
+        # Leaves are demanded only once we have listened for them a while (a quarter window):
+        # after a restart, gossip heard before it is gone, and a demand costs the anchorer.
+        self._since = {a.index: self._since.get(a.index, now_ms)}
+        half = now_ms >= a.posted_ms + window_ms // 2
+        demand = half and now_ms >= self._since[a.index] + window_ms // 4
+        await self._audit(a, m, list(heard.get(a.entries_root, {}).values()), half, demand)
 
-    async def _audit(self, a: ChainAnchor, m: Anchoring, entries: list[Entry], half: bool) -> None:
+    async def _audit(
+        self, a: ChainAnchor, m: Anchoring, entries: list[Entry], half: bool, demand: bool
+    ) -> None:
         """Audits anchor ``a`` (open, on our base) against ``entries`` heard for it; ``half``:
-        half its window has passed, so entries and leaves not heard by now are withheld."""
+        half its window has passed, so entries and leaves not heard by now are withheld;
+        ``demand``: and we listened long enough to demand the leaves."""
         tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in entries]) if entries else None
         if tree is not None and tree.root != a.entries_root:
             tree = None  # not every entry of it heard: no proofs from what was
@@ -125,7 +133,7 @@ class Auditor:
             return  # voided: nothing left to dispute
         if not half and tree is None:
             return  # gossip still coming
-        leaves = await self._leaves(a, demand=half)
+        leaves = await self._leaves(a, demand)
         if leaves is None or await self._left_out(a, m, leaves, entries if tree else [], tree):
             return
         for worker in inflated(leaves.amounts, m.base_earnings, entries, m.fee_bps):
@@ -156,20 +164,22 @@ class Auditor:
         leaves = self.leaves.get(a.earnings_root)
         if leaves is not None:
             return leaves
-        rows = await self.service.call(lambda c: c.answered_leaves(a.index))
-        if rows is not None:
-            leaves = FinalLeaves.of_rows(a.index, a.earnings_root, rows)
+        parts = await self.service.call(lambda c: c.leaves_shown(a.index))
+        if parts is not None:
+            try:
+                leaves = FinalLeaves.of_shown(a.index, a.earnings_root, parts)
+            except Invalid:  # the contract checked them: not ours to doubt, but not usable
+                return None
             self.leaves[a.earnings_root] = leaves
             return leaves
-        if demand:
-            await self._demand(a, "another anchorer's epoch leaves were not gossiped")
-        return None
-
-    async def _demand(self, a: ChainAnchor, why: str) -> None:
-        """Demands anchor ``a``'s leaves on chain (``disputeLeaves``), once."""
-        if self._once(key := (a.index, b"leaves", 0)):
-            log.warning("%s: demanding them", why, extra={"epoch": a.index})
+        if demand and self._once(key := (a.index, b"leaves", 0)):
+            raised = await self.service.call(lambda c: c.sum_disputes(a.index, answered=True))
+            if any(d.kind == LEAVES for d in raised):
+                return None  # another watcher demanded them: its answer comes to us too
+            log.warning("another anchorer's epoch leaves were not gossiped: demanding them",
+                        extra={"epoch": a.index})  # fmt: skip
             await self._send(lambda c: c.dispute_leaves(a.index), key)
+        return None
 
     async def _left_out(
         self, a: ChainAnchor, m: Anchoring, leaves: FinalLeaves, entries: list[Entry],
@@ -177,24 +187,22 @@ class Auditor:
     ) -> bool:  # fmt: skip
         """Voids anchor ``a`` if ``leaves`` leave out a worker that held a base leaf or that
         ``entries`` (all of the anchor's, ``tree`` proving them; or none) pay: its pay would be
-        lost. The contract takes the leaves only as its anchorer showed them on chain, so
-        gossiped ones are demanded first. Whether it was voided."""
+        lost. The void sends every leaf again (the contract hashes them to the root), so past
+        MAX_VOID_LEAVES it is not tried. Whether it was voided."""
         entries = [e for e in entries if e.amount >= e.previous]  # as in _low_leaves
         out = left_out(leaves.amounts, m.base_earnings, entries, m.fee_bps)
-        if not out:
+        if not out or not self._once(key := (a.index, b"out" + out[0], 0)):
             return False
-        rows = await self.service.call(lambda c: c.answered_leaves(a.index))
-        if rows is None:
-            await self._demand(a, "another anchorer's epoch leaves out a worker it owes")
+        worker, parts = out[0], leaves.shown or ShownLeaves.of_rows(leaves.amounts.items())
+        what = {"epoch": a.index, "worker": "0x" + worker.hex(), "leaves": len(parts.rows())}
+        if len(parts.rows()) > MAX_VOID_LEAVES:
+            log.error("another anchorer's epoch leaves out a worker it owes, but its leaves "
+                      "are too many to show in one transaction", extra=what)  # fmt: skip
             return False
-        worker = out[0]
-        if not self._once(key := (a.index, b"out" + worker, 0)):
-            return False
-        log.warning("another anchorer's epoch leaves out a worker it owes: voiding",
-                    extra={"epoch": a.index, "worker": "0x" + worker.hex()})  # fmt: skip
+        log.warning("another anchorer's epoch leaves out a worker it owes: voiding", extra=what)
         s = show(entries, tree if entries else None, m.base_earnings, EARNINGS, worker)
         owed = ((s.base, s.base_proof), s.entries, s.proof)
-        return await self._send(lambda c: c.void_missing_leaf(a.index, worker, owed, rows), key)
+        return await self._send(lambda c: c.void_missing_leaf(a.index, worker, owed, parts), key)
 
     async def _void_unanswered(self, index: int, raised: list[SumDispute], now_s: int) -> None:
         """Voids anchor ``index`` for a sum dispute (anyone's) its anchorer let run out: its
@@ -272,13 +280,14 @@ class Auditor:
         entries = [e for e in entries if e.amount >= e.previous]
         for worker in lowered(leaves.amounts, m.base_earnings, entries, m.fee_bps):
             amount = leaves.amounts[worker]
-            if not self._once(key := (a.index, b"low" + worker, amount)):
+            if (a.index, b"low" + worker, amount) in self._raised:
                 continue
+            proof = leaves.proof_of(worker)
+            self._raised.add(key := (a.index, b"low" + worker, amount))
             log.warning("another anchorer's epoch pays a worker less than its entries add: "
                         "voiding", extra={"epoch": a.index, "worker": "0x" + worker.hex(),
                                           "leaf_wei": str(amount)})  # fmt: skip
             shown = show(entries, tree, m.base_earnings, EARNINGS, worker)
-            proof = leaves.tree().proof(leaf_hash(EARNINGS_TYPES, [worker, amount]))
             args = (a.index, (worker, amount, proof), (shown.base, shown.base_proof),
                     shown.entries, shown.proof)  # fmt: skip
             if await self._send(lambda c: c.void_low_leaf(*args), key):  # noqa: B023
@@ -287,9 +296,10 @@ class Auditor:
 
     async def _dispute(self, index: int, worker: bytes, leaves: FinalLeaves) -> None:
         amount = leaves.amounts[worker]
-        if not self._once(key := (index, worker, amount)):
+        if (index, worker, amount) in self._raised:
             return
-        proof = leaves.tree().proof(leaf_hash(EARNINGS_TYPES, [worker, amount]))
+        proof = leaves.proof_of(worker)  # before it counts as raised: it cannot fail after
+        self._raised.add(key := (index, worker, amount))
         log.warning("another anchorer's epoch credits a worker more than its entries add: "
                     "disputing", extra={"epoch": index, "worker": "0x" + worker.hex(),
                                         "leaf_wei": str(amount)})  # fmt: skip

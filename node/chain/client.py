@@ -31,6 +31,7 @@ from node.chain.epoch_calls import EpochCalls
 from node.chain.errors import ChainReverted, ChainUnavailable
 from node.chain.event_store import EventStore
 from node.chain.journal import Journal, TxRow
+from node.chain.leaves_calls import LeavesCalls
 from node.chain.logs import DEFAULT_SPAN, ContractEvents
 from node.chain.reverts import decode_revert, is_revert, revert_data
 from node.chain.token import erc20_abi, token_of
@@ -66,7 +67,7 @@ def is_transport(exc: BaseException) -> bool:
     return isinstance(exc, requests.RequestException | OSError | TimeExhausted)
 
 
-class Settlement(EpochCalls, AuditCalls):
+class Settlement(EpochCalls, AuditCalls, LeavesCalls):
     """One wallet's view of one deployment of ``IdlegridSettlement``."""
 
     def __init__(

@@ -36,7 +36,6 @@ from consensus.market.messages import TaskRef, Voucher
 from consensus.settlement.eip712 import chain_job_id, chain_task_id
 from consensus.settlement.epoch import Spend
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
-from consensus.settlement.merkle import EARNINGS_TYPES, leaf_hash
 from consensus.settlement.messages import EpochEntries, EpochLeaves, SettledVoucher, VoucherCap
 from node.chain.arrears import ArrearsWatch, due_wei
 from node.chain.errors import ChainError
@@ -278,8 +277,7 @@ class Payee:
             if cumulative - earned < max(threshold_wei, 1):
                 return {"claimed": False, "reason": f"claimable {cumulative - earned} wei",
                         "claimable_wei": str(cumulative - earned)}  # fmt: skip
-            tree = leaves.tree()
-            proof = tree.proof(leaf_hash(EARNINGS_TYPES, [self.me, cumulative]))
+            proof = leaves.proof_of(self.me)
             try:
                 sent = await self.chain.service.submit("claimEarnings", [cumulative, proof])
             except ChainError as exc:
@@ -303,10 +301,12 @@ class Payee:
                 return self.leaves
             for log in reversed(c.events("Finalized")):
                 if bytes(log["args"]["earningsRoot"]) == root:
-                    rows = c.answered_leaves(int(log["args"]["epoch"]))
-                    leaves = None if rows is None else FinalLeaves.of_rows(
-                        int(log["args"]["epoch"]), root, rows)  # fmt: skip
-                    return leaves if leaves and leaves.tree().root == root else None
+                    index = int(log["args"]["epoch"])
+                    parts = c.leaves_shown(index)
+                    try:
+                        return None if parts is None else FinalLeaves.of_shown(index, root, parts)
+                    except Invalid:
+                        return None
             return None
 
         return await self.chain.service.call(shown) or self.leaves

@@ -24,11 +24,12 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from consensus.settlement.audits import all_leaves, inflated
+from consensus.settlement.audits import inflated
 from consensus.settlement.eip712 import chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import payout_batches
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
+from consensus.settlement.shown import ShownLeaves
 from node.chain.errors import ChainReverted
 from tests.chain.conftest import ETH, ChainOfMachine, Net, make_net
 
@@ -116,7 +117,7 @@ class Epochs(RuleBasedStateMachine):
         self._dispute(epoch, owner, worker, cheat)
         if demand and not cheat:  # shown, and nothing to dispute in them
             self.c["sentry2"].dispute_leaves(self.index)
-            self.anchorer.answer_leaves(self.index, all_leaves(epoch.earnings.items()))
+            self._show_leaves(epoch)
         if settle:
             self.settle()
 
@@ -182,11 +183,18 @@ class Epochs(RuleBasedStateMachine):
             watcher, leaves = self.c["sentry2"], epoch.earnings
             if cheat == "nowhere":  # withheld: demanded, shown, and read off the answer
                 watcher.dispute_leaves(self.index)
-                self.anchorer.answer_leaves(self.index, all_leaves(epoch.earnings.items()))
-                leaves = dict(watcher.answered_leaves(self.index) or [])
+                self._show_leaves(epoch)
+                shown = watcher.leaves_shown(self.index)
+                leaves = {} if shown is None else shown.amounts()
             (to,) = inflated(leaves, self.earnings, epoch.entries, FEE)
             proof = epoch.earnings_proof(to)
             watcher.dispute_earnings(self.index, to, leaves[to], proof)
+
+    def _show_leaves(self, epoch: Epoch) -> None:
+        """The anchorer shows every leaf, in parts of one leaf (so more than one part)."""
+        shown = ShownLeaves.of_rows(epoch.earnings.items(), per_part=1)
+        for j in range(len(shown.nodes)):
+            self.anchorer.answer_leaves(self.index, shown, j)
 
     @precondition(lambda self: self.final is not None)
     @rule(worker=st.sampled_from(WORKERS))

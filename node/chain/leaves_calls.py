@@ -1,0 +1,81 @@
+"""The calls on a pending anchor's earnings leaves (``EpochLeaves.sol``): demand them, show them
+in parts, read them off the ``LeavesShown`` events, and void an anchor that leaves a worker out.
+
+A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.audit_calls`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from web3 import Web3
+
+from consensus.settlement.epoch import Entry
+from consensus.settlement.merkle import MultiProof
+from consensus.settlement.shown import Row, ShownLeaves
+from node.chain.epoch_calls import entry_args
+
+if TYPE_CHECKING:
+    from node.chain.client import TxResult
+
+Owed = tuple[tuple[int, Sequence[bytes]], Sequence[Entry], MultiProof]  # base, entries, proof
+
+
+class LeavesCalls:
+    """Needs ``send``, ``events`` and ``_debit_lists`` from its host class."""
+
+    def send(self, op: str, args: list[Any], value: int = 0) -> TxResult:
+        raise NotImplementedError
+
+    def events(self, name: str, **where: Any) -> list[Any]:
+        raise NotImplementedError
+
+    def _debit_lists(self, index: int) -> list[list[Any]]:
+        raise NotImplementedError
+
+    def dispute_leaves(self, index: int) -> TxResult:
+        """Demand every earnings leaf of anchor ``index`` from its anchorer."""
+        return self.send("disputeLeaves", [index])
+
+    def answer_leaves(self, index: int, shown: ShownLeaves, part: int) -> TxResult:
+        """Show part ``part`` of anchor ``index``'s leaves; the last one answers the demand."""
+        return self.send("answerLeaves", [index, list(shown.nodes), part, _part(shown.parts[part])])
+
+    def leaves_shown(self, index: int) -> ShownLeaves | None:
+        """Anchor ``index``'s leaves as its anchorer showed them, every part under one set of
+        nodes (the contract checked each against the root); None until all of one set are."""
+        sets: dict[tuple[bytes, ...], dict[int, tuple[Row, ...]]] = {}
+        for log in self.events("LeavesShown", epoch=index):
+            a = log["args"]
+            nodes = tuple(bytes(n) for n in a["nodes"])
+            rows = tuple((bytes.fromhex(w[2:]), int(c))
+                         for w, c in zip(a["workers"], a["cumulatives"], strict=True))  # fmt: skip
+            parts = sets.setdefault(nodes, {})
+            parts[int(a["part"])] = rows
+            if len(parts) == len(nodes):
+                return ShownLeaves(nodes, tuple(parts[j] for j in range(len(nodes))))
+        return None
+
+    def shown_parts(self, index: int, nodes: Sequence[bytes]) -> set[int]:
+        """The parts of anchor ``index``'s leaves under ``nodes`` shown so far."""
+        want = [bytes(n) for n in nodes]
+        return {int(log["args"]["part"]) for log in self.events("LeavesShown", epoch=index)
+                if [bytes(n) for n in log["args"]["nodes"]] == want}  # fmt: skip
+
+    def void_missing_leaf(
+        self, index: int, worker: bytes, owed: Owed, leaves: ShownLeaves
+    ) -> TxResult:
+        """Void anchor ``index`` for leaving ``worker`` out of ``leaves`` (every one, shown or
+        gossiped, in parts), though ``owed`` shows its base leaf and proof (``(0, [])``: none)
+        and its entries (in the multiproof's order) pay it."""
+        (base, base_proof), entries, proof = owed
+        shown = [[entry_args(e) for e in entries], list(proof.proof), list(proof.flags)]
+        args = [index, Web3.to_checksum_address(worker), [base, list(base_proof)], shown,
+                list(leaves.nodes), [_part(p) for p in leaves.parts],
+                *self._debit_lists(index)]  # fmt: skip
+        return self.send("voidMissingLeaf", args)
+
+
+def _part(rows: Sequence[Row]) -> list[list[Any]]:
+    return [[Web3.to_checksum_address(w) for w, _ in rows], [a for _, a in rows]]

@@ -1,0 +1,46 @@
+"""Earnings leaves shown whole in parts (``consensus.settlement.shown``): any tree size and part
+size gives parts that hash to the tree's nodes at one depth and those to its root, every leaf
+proves against the root, and a part short of a leaf, or nodes of another count, are refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from consensus.errors import Invalid
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, leaf_hash, verify
+from consensus.settlement.shown import MAX_PARTS, ShownLeaves
+
+ROWS = st.dictionaries(st.binary(min_size=20, max_size=20), st.integers(1, 10**24), min_size=1,
+                       max_size=300)  # fmt: skip
+
+
+@given(rows=ROWS, per_part=st.integers(1, 400))
+def test_parts_rebuild_the_canonical_tree_and_prove_every_leaf(
+    rows: dict[bytes, int], per_part: int
+) -> None:
+    tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(rows.items())])
+    shown = ShownLeaves.of_rows(rows.items(), per_part)
+    assert shown.root() == tree.root
+    assert sorted(shown.rows()) == sorted(rows.items()) and shown.amounts() == rows
+    n, k = len(rows), len(shown.nodes)
+    assert k <= min(n, MAX_PARTS) and k & (k - 1) == 0
+    if max(len(p) for p in shown.parts) > per_part:  # only when the tree allows no deeper split
+        assert 2 * k > min(n, MAX_PARTS)
+    for w, a in list(rows.items())[:5]:
+        assert verify(tree.root, leaf_hash(EARNINGS_TYPES, [w, a]), shown.proof(w, a))
+
+
+def test_a_part_short_of_a_leaf_or_nodes_of_another_count_are_refused() -> None:
+    rows = {bytes([i]) * 20: i for i in range(1, 9)}
+    shown = ShownLeaves.of_rows(rows.items(), per_part=2)
+    assert len(shown.nodes) == 4
+    with pytest.raises(Invalid, match="part 1"):
+        shown.__class__(shown.nodes, (shown.parts[0], shown.parts[1][:1], *shown.parts[2:])).root()
+    with pytest.raises(Invalid, match="3 nodes"):
+        replace(shown, nodes=shown.nodes[:3]).root()
+    with pytest.raises(Invalid, match="no leaf"):
+        shown.proof(bytes([1]) * 20, 2)
