@@ -70,6 +70,9 @@ abstract contract EpochAudits is Epochs {
     event SumDisputed(uint64 indexed epoch, Sum kind, address indexed party, uint256 amount,
         address disputer, uint64 answerBy);
     event SumAnswered(uint64 indexed epoch, Sum kind, address indexed party);
+    /// What a sum answer showed (entries perhaps never gossiped), for its requesters and the
+    /// watchers to check: an event, so an answer sent through a contract is read all the same.
+    event EntriesShown(uint64 indexed epoch, Sum kind, address indexed party, Shown shown);
 
     error SumShort(uint256 shown, uint256 owed);
     error NotOfParty(address party, address requester, address worker);
@@ -123,6 +126,7 @@ abstract contract EpochAudits is Epochs {
         uint64 grace = uint64(block.timestamp) + _disputeWindow();
         if (grace > a.graceEnd) a.graceEnd = grace;
         emit SumAnswered(epoch, kind, party);
+        emit EntriesShown(epoch, kind, party, shown);
     }
 
     /// @notice Void the anchor once a sum dispute's answer time is over unanswered; the bond's

@@ -8,7 +8,7 @@ A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.epoch_ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,6 @@ class AuditCalls:
     """Needs ``send``, ``contract``, ``events`` and ``anchor_debits`` from its host class."""
 
     contract: Any
-    w3: Any
 
     def send(self, op: str, args: list[Any], value: int = 0) -> TxResult:
         raise NotImplementedError
@@ -147,35 +146,21 @@ class AuditCalls:
         return self.send("voidLowLeaf", args)
 
     def sum_answers(self, index: int) -> list[tuple[int, bytes, list[Entry], MultiProof]]:
-        """The answers given to anchor ``index``'s sum disputes, read from their calls: kind,
+        """The answers given to anchor ``index``'s sum disputes, read from their
+        ``EntriesShown`` events (an answer sent through a contract shows them too): kind,
         party, and the entries shown with their multiproof (what they reveal may never have
         been gossiped)."""
         out = []
-        for log in self.events("SumAnswered", epoch=index):
-            call = self._call_of(log)
-            if call is None or call[0] != "answerSum":
-                continue
-            args = call[1]
-            shown = args["shown"]  # decoded as a dict by name (or a tuple, by web3 version)
+        for log in self.events("EntriesShown", epoch=index):
+            args = log["args"]
+            shown = args["shown"]  # decoded as a mapping by name (or a tuple, by web3 version)
             rows, proof, flags = (shown[k] for k in ("entries", "proof", "flags")) if isinstance(
-                shown, dict) else shown  # fmt: skip
+                shown, Mapping) else shown  # fmt: skip
             entries = [_entry(r) for r in rows]
             multi = MultiProof(tuple(e.leaf() for e in entries), tuple(bytes(p) for p in proof),
                                tuple(bool(f) for f in flags))  # fmt: skip
             out.append((int(args["kind"]), bytes.fromhex(args["party"][2:]), entries, multi))
         return out
-
-    def _call_of(self, log: Any) -> tuple[str, Any] | None:
-        """The function name and arguments of the call that emitted ``log``; None if it came
-        through another contract (its input is not ours to read)."""
-        tx = self.w3.eth.get_transaction(log["transactionHash"])
-        if str(tx.get("to") or "").lower() != str(self.contract.address).lower():
-            return None
-        try:
-            fn, args = self.contract.decode_function_input(tx["input"])
-        except ValueError:
-            return None
-        return str(fn.fn_name), args
 
     def _debit_lists(self, index: int) -> list[list[Any]]:
         debits = self.anchor_debits(index)
@@ -183,8 +168,9 @@ class AuditCalls:
 
 
 def _entry(row: Any) -> Entry:
-    """An ``Entry`` struct as web3 decodes it: a dict by field name, or a tuple."""
+    """An ``Entry`` struct as web3 decodes it: a mapping by field name, or a tuple."""
     fields = ("requester", "worker", "job", "task", "amount", "previous")
-    r, w, job, task, amount, previous = (row[k] for k in fields) if isinstance(row, dict) else row
+    named = isinstance(row, Mapping)
+    r, w, job, task, amount, previous = (row[k] for k in fields) if named else row
     return Entry(bytes.fromhex(r[2:]), bytes.fromhex(w[2:]), bytes(job), bytes(task), int(amount),
                  int(previous))  # fmt: skip

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_ASSEMBLIES = 4  # leaf sets being put together at once (per sender and root)
 HISTORY_LOOK = 64  # final epochs searched for a line's last entry
-MAX_VOID_LEAVES = 1800  # leaves a voidMissingLeaf sends at most: within a 128 KiB transaction
+MAX_VOID_LEAVES = 1500  # leaves a voidMissingLeaf sends at most: 96 KB, within 128 KiB
 
 
 class Auditor:
