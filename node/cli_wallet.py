@@ -24,6 +24,7 @@ from consensus.settlement.eip712 import ChainVoucher
 from consensus.settlement.units import format_wei, parse_units
 from node import identity
 from node.chain.artifacts import StaleArtifact
+from node.chain.audit_calls import SUM_KINDS
 from node.chain.errors import ChainError
 from node.chain.journal import Journal
 from node.chain.signing import sign_voucher, voucher_signer
@@ -447,14 +448,19 @@ def epoch_rows(c: Settlement) -> list[dict[str, Any]]:
             "earnings_root": "0x" + bytes(a["earningsRoot"]).hex(),
             "entries_root": "0x" + bytes(a["entriesRoot"]).hex(), "total_wei": str(a["total"]),
             "tx": "0x" + bytes(log["transactionHash"]).hex(), "block": log["blockNumber"],
-            "disputes": 0, "dispute_deadline": None,
+            "disputes": 0, "sum_disputes": {}, "dispute_deadline": None,
         }  # fmt: skip
     for name, state in (("Finalized", "final"), ("Voided", "void")):
         for log in c.events(name):
             rows[log["args"]["epoch"]]["state"] = state
     for log in c.events("Disputed"):
         rows[log["args"]["epoch"]]["disputes"] += 1
+    for log in c.events("SumDisputed"):  # audits: a leaf, a debit, the leaves demanded
+        row = rows[log["args"]["epoch"]]
+        kind = SUM_KINDS.get(int(log["args"]["kind"]), "other")
+        row["disputes"] += 1
+        row["sum_disputes"][kind] = row["sum_disputes"].get(kind, 0) + 1
     latest = c.anchor()
-    if latest["epoch"] in rows:
-        rows[latest["epoch"]]["dispute_deadline"] = latest["dispute_deadline"]
+    if latest["epoch"] in rows:  # a leaves answer moves it, and a sum answer the grace after
+        rows[latest["epoch"]]["dispute_deadline"] = latest["open_until"]
     return [rows[k] for k in sorted(rows)]

@@ -29,6 +29,7 @@ from consensus.settlement.merkle import (
 from consensus.settlement.shown import ShownLeaves
 from node.chain.audit_calls import SumDispute
 from node.chain.client import Settlement
+from node.cli_wallet import epoch_rows
 from tests.chain.conftest import ETH, Net
 from tests.chain.test_audits import final_first_epoch
 from tests.chain.test_epochs import FEE, J2, J3, T0, WINDOW, b, entries, refused, reverts
@@ -108,6 +109,9 @@ def test_withheld_leaves_are_shown_on_demand_and_a_leaf_from_nowhere_voided(net:
     # no entry gives, which the anchorer cannot answer.
     parts = watcher.leaves_shown(1)
     assert parts == shown
+    (row,) = [r for r in epoch_rows(watcher) if r["epoch"] == 1]  # `settlement epochs`
+    assert (row["disputes"], row["sum_disputes"]) == (1, {"leaves": 1})
+    assert row["dispute_deadline"] == net.chain.now() + WINDOW
     leaves = FinalLeaves.of_shown(1, bad.earnings_tree.root, parts)
     assert inflated(leaves.amounts, first.earnings, bad.entries, FEE) == [w2]
     net.chain.advance(deadline - net.chain.now() + 60)
