@@ -99,11 +99,13 @@ def lowered(
     fee_bps: int,
 ) -> list[bytes]:  # fmt: skip
     """Workers with a leaf in an anchor (``leaves``) that grew over ``base`` by less than
-    ``entries`` (the anchor's, as heard) add for them, net of the fee at its most: paid less
-    than they earned, which voids the anchor at once."""
+    ``entries`` (the anchor's, every one heard) add for them, net of the fee at its most, or
+    that fell below ``base`` (with no entries at all: a leaf never shrinks): paid less than
+    they earned, which voids the anchor at once."""
     gross = _gross_by_worker(entries)
-    return sorted(w for w in gross.keys() & leaves.keys()
-                  if leaves[w] - base.get(w, 0) < net_floor(gross[w], fee_bps))  # fmt: skip
+    owed = gross.keys() | {w for w, a in base.items() if a > 0}
+    return sorted(w for w in owed & leaves.keys()
+                  if leaves[w] - base.get(w, 0) < net_floor(gross.get(w, 0), fee_bps))  # fmt: skip
 
 
 def inflated(

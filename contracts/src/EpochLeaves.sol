@@ -12,8 +12,8 @@ import {EpochAudits} from "./EpochAudits.sol";
 ///
 ///   what                        who may raise it   how it ends
 ///   the leaves not published    anyone bonded      the anchorer shows every leaf, or void
-///   a worker left out of them   anyone             void at once, with every leaf and its
-///                                                  entries or its last final leaf
+///   a worker left out of them   anyone             void once every part is shown without
+///                                                  it, with its entries or last final leaf
 ///
 /// A bonded watcher demands the leaves (`disputeLeaves`); the anchorer shows every one, in
 /// parts (`answerLeaves`): the earnings tree's `nodes` at one depth (2**d of them, d >= 0, the
@@ -21,8 +21,11 @@ import {EpochAudits} from "./EpochAudits.sol";
 /// to it with a multiproof of no proof hashes, all flags true. Such a multiproof passes only
 /// the whole set under the node (a leaf hashes 32 bytes and a node 64, so neither can stand
 /// for the other), so once every part is shown every leaf is. Parts keep each transaction
-/// within a block's gas and a node's size limit, however many workers the tree names (it names
-/// every worker ever paid). The leaves go out in `LeavesShown` events (so an anchorer answering
+/// within a block's gas and a node's size limit as the tree grows (it names every worker ever
+/// paid): up to 256 parts. A part's leaves must come in strictly ascending hash order, as an
+/// OpenZeppelin tree sorts them, so a tree of one part that is not the canonical one (leaves
+/// out of order, or one twice), which nobody else could rebuild, cannot be answered. A worker
+/// left out is shown the same way, a part at a time (`showAbsent`). The leaves go out in `LeavesShown` events (so an anchorer answering
 /// through a contract of its own cannot hide them). Once the last part is shown the window runs
 /// again from then, for the leaves to be disputed (`disputeEarnings`) and voided for.
 abstract contract EpochLeaves is EpochAudits {
@@ -30,6 +33,8 @@ abstract contract EpochLeaves is EpochAudits {
 
     /// keccak256(epoch, nodes) => the parts shown under those nodes, one bit each
     mapping(bytes32 => uint256) public partsShown;
+    /// keccak256(epoch, worker, nodes) => the parts shown not to name the worker, one bit each
+    mapping(bytes32 => uint256) public partsWithout;
 
     /// One part: the leaves under one node, in the order of a multiproof of all of them.
     struct Part {
@@ -42,6 +47,7 @@ abstract contract EpochLeaves is EpochAudits {
 
     error BadNodes(uint256 count);
     error NotMissing(address worker);
+    error PartsMissing(uint256 shown);
 
     /// @notice Say the pending anchor's earnings leaves were not published: its anchorer must
     /// show them all (`answerLeaves`).
@@ -60,12 +66,12 @@ abstract contract EpochLeaves is EpochAudits {
         if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0);
         SumDispute storage d = _toAnswer(_sumKey(epoch, Sum.Leaves, address(0), 0));
         _checkNodes(a, nodes);
-        if (part >= nodes.length || _partRoot(leaves) != nodes[part]) revert NotInTree();
+        _checkPart(nodes, part, leaves);
         bytes32 key = keccak256(abi.encode(epoch, nodes));
         uint256 shown = partsShown[key] | (1 << part);
         partsShown[key] = shown;
         emit LeavesShown(epoch, nodes, part, leaves.workers, leaves.cumulatives);
-        if (shown != type(uint256).max >> (MAX_PARTS - nodes.length)) return;
+        if (shown != _allParts(nodes)) return;
         d.answerBy = ANSWERED;
         a.openDisputes -= 1;
         uint64 until = uint64(block.timestamp) + _disputeWindow();
@@ -73,20 +79,29 @@ abstract contract EpochLeaves is EpochAudits {
         emit SumAnswered(epoch, Sum.Leaves, address(0));
     }
 
-    /// @notice Void the pending anchor for leaving `worker` out: `parts` (every leaf, under
-    /// `nodes`, shown or gossiped) name it nowhere, yet it held a leaf in the last final root
-    /// (`base`) or earned this epoch (its entries among `shown`).
-    function voidMissingLeaf(uint64 epoch, address worker, Base calldata base, Shown calldata shown,
-        bytes32[] calldata nodes, Part[] calldata parts, address[] calldata requesters,
-        uint256[] calldata amounts) external nonReentrant {
+    /// @notice Show that part `part` of the pending anchor's leaves (those under
+    /// `nodes[part]`, from gossip or from `LeavesShown`) does not name `worker`.
+    function showAbsent(uint64 epoch, address worker, bytes32[] calldata nodes, uint256 part,
+        Part calldata leaves) external {
         Anchor storage a = _fraudOpen(epoch);
         _checkNodes(a, nodes);
-        if (parts.length != nodes.length) revert BadNodes(parts.length);
-        for (uint256 j = 0; j < parts.length; j++) {
-            if (_partRoot(parts[j]) != nodes[j]) revert NotInTree();
-            address[] calldata workers = parts[j].workers;
-            for (uint256 i = 0; i < workers.length; i++) if (workers[i] == worker) revert NotMissing(worker);
+        _checkPart(nodes, part, leaves);
+        for (uint256 i = 0; i < leaves.workers.length; i++) {
+            if (leaves.workers[i] == worker) revert NotMissing(worker);
         }
+        partsWithout[keccak256(abi.encode(epoch, worker, nodes))] |= 1 << part;
+    }
+
+    /// @notice Void the pending anchor for leaving `worker` out: every part of its leaves under
+    /// `nodes` was shown not to name it (`showAbsent`), yet it held a leaf in the last final
+    /// root (`base`) or earned this epoch (its entries among `shown`).
+    function voidMissingLeaf(uint64 epoch, address worker, Base calldata base, Shown calldata shown,
+        bytes32[] calldata nodes, address[] calldata requesters, uint256[] calldata amounts)
+        external nonReentrant {
+        Anchor storage a = _fraudOpen(epoch);
+        _checkNodes(a, nodes);
+        uint256 without = partsWithout[keccak256(abi.encode(epoch, worker, nodes))];
+        if (without != _allParts(nodes)) revert PartsMissing(without);
         uint256 owed = _baseOf(worker, base) + _netFloor(_added(a.entriesRoot, Sum.Earnings, worker, shown));
         if (owed == 0) revert NotMissing(worker);
         _void(epoch, a, _sumKey(epoch, Sum.Leaves, worker, owed), msg.sender, requesters, amounts);
@@ -106,14 +121,24 @@ abstract contract EpochLeaves is EpochAudits {
         if (level[0] != a.earningsRoot) revert NotInTree();
     }
 
-    /// The root of `p`'s leaves, hashed as a multiproof of all of them (no proof hashes).
-    function _partRoot(Part calldata p) private pure returns (bytes32) {
-        uint256 n = p.workers.length;
-        if (n == 0 || p.cumulatives.length != n) revert LengthMismatch();
-        bytes32[] memory leaves = new bytes32[](n);
+    /// `leaves` must be every leaf under `nodes[part]`, in strictly ascending hash order: they
+    /// hash to it as a multiproof of all of them (no proof hashes, every flag true).
+    function _checkPart(bytes32[] calldata nodes, uint256 part, Part calldata leaves) private pure {
+        uint256 n = leaves.workers.length;
+        if (n == 0 || leaves.cumulatives.length != n) revert LengthMismatch();
+        bytes32[] memory hashes = new bytes32[](n);
         bool[] memory flags = new bool[](n - 1);
-        for (uint256 i = 0; i < n; i++) leaves[i] = _earningsLeaf(p.workers[i], p.cumulatives[i]);
+        for (uint256 i = 0; i < n; i++) {
+            hashes[i] = _earningsLeaf(leaves.workers[i], leaves.cumulatives[i]);
+            if (i > 0 && hashes[i] <= hashes[i - 1]) revert EntriesUnordered(i);
+        }
         for (uint256 i = 0; i + 1 < n; i++) flags[i] = true; // every sibling is a shown node
-        return MerkleProof.processMultiProof(new bytes32[](0), flags, leaves);
+        bytes32 root = MerkleProof.processMultiProof(new bytes32[](0), flags, hashes);
+        if (part >= nodes.length || root != nodes[part]) revert NotInTree();
+    }
+
+    /// The bits of every part under `nodes` (2**d of them, at most MAX_PARTS).
+    function _allParts(bytes32[] calldata nodes) private pure returns (uint256) {
+        return type(uint256).max >> (MAX_PARTS - nodes.length);
     }
 }

@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_ASSEMBLIES = 4  # leaf sets being put together at once (per sender and root)
 HISTORY_LOOK = 64  # final epochs searched for a line's last entry
-MAX_VOID_LEAVES = 1500  # leaves a voidMissingLeaf sends at most: 96 KB, within 128 KiB
 
 
 class Auditor:
@@ -187,22 +186,24 @@ class Auditor:
     ) -> bool:  # fmt: skip
         """Voids anchor ``a`` if ``leaves`` leave out a worker that held a base leaf or that
         ``entries`` (all of the anchor's, ``tree`` proving them; or none) pay: its pay would be
-        lost. The void sends every leaf again (the contract hashes them to the root), so past
-        MAX_VOID_LEAVES it is not tried. Whether it was voided."""
+        lost. Each part of the leaves is shown without it first (a transaction each, so any
+        tree can be shown). Whether it was voided."""
         entries = [e for e in entries if e.amount >= e.previous]  # as in _low_leaves
         out = left_out(leaves.amounts, m.base_earnings, entries, m.fee_bps)
         if not out or not self._once(key := (a.index, b"out" + out[0], 0)):
             return False
         worker, parts = out[0], leaves.shown or ShownLeaves.of_rows(leaves.amounts.items())
-        what = {"epoch": a.index, "worker": "0x" + worker.hex(), "leaves": len(parts.rows())}
-        if len(parts.rows()) > MAX_VOID_LEAVES:
-            log.error("another anchorer's epoch leaves out a worker it owes, but its leaves "
-                      "are too many to show in one transaction", extra=what)  # fmt: skip
-            return False
-        log.warning("another anchorer's epoch leaves out a worker it owes: voiding", extra=what)
+        log.warning("another anchorer's epoch leaves out a worker it owes: voiding",
+                    extra={"epoch": a.index, "worker": "0x" + worker.hex()})  # fmt: skip
+        done = await self.service.call(lambda c: c.absent_parts(a.index, worker, parts.nodes))
+        for j in set(range(len(parts.nodes))) - done:
+            if not await self._send(lambda c: c.show_absent(a.index, worker, parts, j), key):  # noqa: B023
+                return False
         s = show(entries, tree if entries else None, m.base_earnings, EARNINGS, worker)
         owed = ((s.base, s.base_proof), s.entries, s.proof)
-        return await self._send(lambda c: c.void_missing_leaf(a.index, worker, owed, parts), key)
+        return await self._send(
+            lambda c: c.void_missing_leaf(a.index, worker, owed, parts.nodes), key
+        )
 
     async def _void_unanswered(self, index: int, raised: list[SumDispute], now_s: int) -> None:
         """Voids anchor ``index`` for a sum dispute (anyone's) its anchorer let run out: its

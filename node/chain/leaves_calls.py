@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from eth_abi.abi import encode
+from eth_hash.auto import keccak
 from web3 import Web3
 
 from consensus.settlement.epoch import Entry
@@ -23,7 +25,9 @@ Owed = tuple[tuple[int, Sequence[bytes]], Sequence[Entry], MultiProof]  # base, 
 
 
 class LeavesCalls:
-    """Needs ``send``, ``events`` and ``_debit_lists`` from its host class."""
+    """Needs ``send``, ``contract``, ``events`` and ``_debit_lists`` from its host class."""
+
+    contract: Any
 
     def send(self, op: str, args: list[Any], value: int = 0) -> TxResult:
         raise NotImplementedError
@@ -63,17 +67,28 @@ class LeavesCalls:
         return {int(log["args"]["part"]) for log in self.events("LeavesShown", epoch=index)
                 if [bytes(n) for n in log["args"]["nodes"]] == want}  # fmt: skip
 
+    def show_absent(self, index: int, worker: bytes, leaves: ShownLeaves, part: int) -> TxResult:
+        """Show that part ``part`` of anchor ``index``'s ``leaves`` does not name ``worker``."""
+        args = [index, Web3.to_checksum_address(worker), list(leaves.nodes), part,
+                _part(leaves.parts[part])]  # fmt: skip
+        return self.send("showAbsent", args)
+
+    def absent_parts(self, index: int, worker: bytes, nodes: Sequence[bytes]) -> set[int]:
+        """The parts under ``nodes`` shown so far not to name ``worker``."""
+        key = keccak(encode(["uint64", "address", "bytes32[]"], [index, worker, list(nodes)]))
+        bits = int(self.contract.functions.partsWithout(key).call())
+        return {j for j in range(len(nodes)) if bits >> j & 1}
+
     def void_missing_leaf(
-        self, index: int, worker: bytes, owed: Owed, leaves: ShownLeaves
+        self, index: int, worker: bytes, owed: Owed, nodes: Sequence[bytes]
     ) -> TxResult:
-        """Void anchor ``index`` for leaving ``worker`` out of ``leaves`` (every one, shown or
-        gossiped, in parts), though ``owed`` shows its base leaf and proof (``(0, [])``: none)
-        and its entries (in the multiproof's order) pay it."""
+        """Void anchor ``index`` for leaving ``worker`` out of its leaves (every part under
+        ``nodes`` shown without it), though ``owed`` shows its base leaf and proof (``(0, [])``:
+        none) and its entries (in the multiproof's order) pay it."""
         (base, base_proof), entries, proof = owed
         shown = [[entry_args(e) for e in entries], list(proof.proof), list(proof.flags)]
         args = [index, Web3.to_checksum_address(worker), [base, list(base_proof)], shown,
-                list(leaves.nodes), [_part(p) for p in leaves.parts],
-                *self._debit_lists(index)]  # fmt: skip
+                list(nodes), *self._debit_lists(index)]  # fmt: skip
         return self.send("voidMissingLeaf", args)
 
 

@@ -154,7 +154,7 @@ def test_an_unanswered_leaves_dispute_voids_the_anchor(net: Net) -> None:
 def tree_in_order(rows: list[tuple[bytes, int]]) -> tuple[MerkleTree, dict[bytes, Any]]:
     """An earnings tree over ``rows`` in their order, not sorted by hash (OpenZeppelin's
     layout, which a multiproof of every leaf takes in any leaf order): what an anchorer could
-    post that gossip cannot carry (it rebuilds the sorted tree)."""
+    post that nobody else could rebuild."""
     leaves = [leaf_hash(EARNINGS_TYPES, [w, a]) for w, a in rows]
     size = 2 * len(leaves) - 1
     nodes = [b""] * size
@@ -166,31 +166,50 @@ def tree_in_order(rows: list[tuple[bytes, int]]) -> tuple[MerkleTree, dict[bytes
     return MerkleTree(tuple(nodes), index), dict(zip(leaves, rows, strict=True))
 
 
-def test_a_tree_of_any_shape_shown_in_parts_is_audited(net: Net) -> None:
-    """The cheat posts a tree not sorted by hash, with two leaves for worker (the second 1 ETH
-    above its entries); it shows it in parts (one leaf each). The watcher proves the larger
-    leaf off the parts as shown (a sorted rebuild would prove nothing) and disputes it."""
+def test_a_tree_out_of_order_cannot_be_shown_and_its_anchor_is_voided(net: Net) -> None:
+    """Leaves not sorted by hash: a tree nobody could rebuild from the entries. Its parts come
+    out of order, which the contract refuses, so the demand goes unanswered."""
     anchorer, first = final_first_epoch(net)
     honest = assemble(entries(net, {(J2, T0, "worker"): 2 * ETH}), first.lines,
                       first.earnings, FEE)  # fmt: skip
-    w = b(net, "worker")
-    extra = [(bytes([9]) * 20, 5), (bytes([8]) * 20, 6)]
-    rows = [*honest.earnings.items(), *extra, (w, honest.earnings[w] + ETH)]
-    rows.sort(key=lambda r: leaf_hash(EARNINGS_TYPES, [r[0], r[1]]))
-    rows = [*rows[1:], rows[0]]  # the first leaf last: other pairs
+    rows = [*honest.earnings.items(), *((bytes([i]) * 20, i) for i in range(3, 7))]
+    rows.sort(key=lambda r: leaf_hash(EARNINGS_TYPES, list(r)))
+    rows = [*rows[1:], rows[0]]  # the first leaf last
     tree, by_leaf = tree_in_order(rows)
     assert tree.root != MerkleTree.of(EARNINGS_TYPES, [list(r) for r in rows]).root
     anchorer.post_anchor(replace(honest, earnings_tree=tree), net.spends(3 * ETH))
     watcher = net.client("sentry2")
     watcher.stake(ETH)
     watcher.dispute_leaves(1)
-    shown = ShownLeaves.of_tree(tree, by_leaf, per_part=1)
-    assert len(shown.nodes) == 4 and shown.root() == tree.root
-    anchorer.answer_leaves(1, shown, 2)
-    anchorer.answer_leaves(1, shown, 2)  # again: still one part of four
+    shown = ShownLeaves.of_tree(tree, by_leaf)
+    assert shown.root() == tree.root and len(shown.nodes) == 1
+    with reverts("EntriesUnordered"):
+        anchorer.answer_leaves(1, shown, 0)
+    net.chain.advance(WINDOW)
+    watcher.void_sum(leaves_dispute(net))
+    assert anchorer.anchor()["state"] == "void"
+
+
+def test_two_leaves_of_one_worker_shown_in_parts_are_proved_off_the_parts(net: Net) -> None:
+    """A tree sorted by hash may still hold two leaves for worker (the second 1 ETH above its
+    entries); shown a leaf per part, the watcher proves the larger off the parts as shown and
+    disputes it."""
+    anchorer, first = final_first_epoch(net)
+    honest = assemble(entries(net, {(J2, T0, "worker"): 2 * ETH}), first.lines,
+                      first.earnings, FEE)  # fmt: skip
+    w = b(net, "worker")
+    rows = [*honest.earnings.items(), (bytes([9]) * 20, 5), (w, honest.earnings[w] + ETH)]
+    tree = MerkleTree.of(EARNINGS_TYPES, [list(r) for r in rows])
+    anchorer.post_anchor(replace(honest, earnings_tree=tree), net.spends(3 * ETH))
+    watcher = net.client("sentry2")
+    watcher.stake(ETH)
+    watcher.dispute_leaves(1)
+    shown = ShownLeaves.of_rows(rows, per_part=1)
+    assert len(shown.nodes) == 2 and shown.root() == tree.root
+    anchorer.answer_leaves(1, shown, 1)
+    anchorer.answer_leaves(1, shown, 1)  # again: still one part of two
     assert watcher.leaves_shown(1) is None and len(watcher.sum_disputes(1)) == 1
-    for j in (0, 1, 3):
-        anchorer.answer_leaves(1, shown, j)
+    anchorer.answer_leaves(1, shown, 0)
     parts = watcher.leaves_shown(1)
     assert parts is not None and sorted(parts.rows()) == sorted(rows)
     leaves = FinalLeaves.of_shown(1, tree.root, parts)
@@ -215,10 +234,10 @@ def test_every_leaf_shows_for_trees_of_any_size(net: Net, workers: int) -> None:
     watcher.stake(ETH)
     watcher.dispute_leaves(0)
     shown = ShownLeaves.of_rows(earnings.items(), per_part=5)
-    if workers > 2:  # in the multiproof's order: another pairs other leaves
+    if workers > 1:  # in the multiproof's order, ascending: another is refused
         part = shown.parts[0]
-        swapped = (part[2], part[1], part[0], *part[3:]) if len(part) > 2 else part[::-1]
-        with reverts("NotInTree"):
+        swapped = (part[1], part[0], *part[2:])
+        with reverts("EntriesUnordered"):
             anchorer.answer_leaves(0, replace(shown, parts=(swapped, *shown.parts[1:])), 0)
     show_all(anchorer, 0, shown)
     assert watcher.sum_disputes(0) == []
@@ -226,12 +245,17 @@ def test_every_leaf_shows_for_trees_of_any_size(net: Net, workers: int) -> None:
     assert parts is not None and sorted(parts.rows()) == sorted(earnings.items())
 
 
-def post_leaving_out(net: Net, anchorer: Settlement, first: Epoch, who: str) -> Epoch:
+def post_leaving_out(
+    net: Net, anchorer: Settlement, first: Epoch, who: str, at: int | None = None
+) -> Epoch:
     """Epoch 1: worker2 earns 1 ETH on J3, as its entry says, but the leaves leave ``who``
-    out: worker (holding a leaf in the last final root) or worker2 (paid by this epoch)."""
+    out: worker (holding a leaf in the last final root) or worker2 (paid by this epoch); or,
+    with ``at``, put its leaf at that."""
     honest = assemble(entries(net, {(J3, T0, "worker2"): ETH}), first.lines, first.earnings,
                       FEE)  # fmt: skip
     kept = {w: a for w, a in honest.earnings.items() if w != b(net, who)}
+    if at is not None:
+        kept[b(net, who)] = at
     tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(kept.items())])
     bad = replace(honest, earnings=kept, earnings_tree=tree)
     anchorer.post_anchor(bad, net.spends(2 * ETH))
@@ -243,44 +267,58 @@ def owed_of(epoch: Epoch, base: dict[bytes, int], worker: bytes) -> tuple[Any, .
     return (s.base, s.base_proof), s.entries, s.proof
 
 
+def show_absent(client: Settlement, worker: bytes, leaves: ShownLeaves) -> None:
+    for j in range(len(leaves.nodes)):
+        client.show_absent(1, worker, leaves, j)
+
+
 def test_a_worker_its_entries_pay_left_out_of_the_leaves_voids_the_anchor(net: Net) -> None:
-    """Shown with every leaf, from gossip: no demand needed (the contract hashes them)."""
+    """Shown absent part by part, from gossiped leaves: no demand needed (the contract hashes
+    them)."""
     anchorer, first = final_first_epoch(net)
     bad = post_leaving_out(net, anchorer, first, "worker2")
     w, w2 = b(net, "worker"), b(net, "worker2")
     catcher = net.client("other")  # anyone, bonded or not
     assert left_out(bad.earnings, first.earnings, bad.entries, FEE) == [w2]
     leaves = ShownLeaves.of_rows(bad.earnings.items())
-    other = ShownLeaves.of_rows([(w, 1)])
+    owed = owed_of(bad, first.earnings, w2)
     with reverts("NotInTree"):  # not its leaves
-        catcher.void_missing_leaf(1, w2, owed_of(bad, first.earnings, w2), other)
-    with refused("BadNodes(count=2)"):  # a part for each node
-        catcher.void_missing_leaf(1, w2, owed_of(bad, first.earnings, w2),
-                                  replace(leaves, parts=leaves.parts * 2))  # fmt: skip
+        catcher.show_absent(1, w2, ShownLeaves.of_rows([(w, 1)]), 0)
+    fake = tuple(sorted([leaves.parts[0][0], (w2, 1)], key=lambda r: leaf_hash(EARNINGS_TYPES,
+                                                                             list(r))))  # fmt: skip
+    with reverts("NotInTree"):  # its nodes, but not the leaves under them
+        catcher.show_absent(1, w2, replace(leaves, parts=(fake,)), 0)
     with refused(f"NotMissing(worker={net.addr('worker').lower()})"):
-        catcher.void_missing_leaf(1, w, owed_of(bad, first.earnings, w), leaves)
+        catcher.show_absent(1, w, leaves, 0)
+    with refused("PartsMissing(shown=0)"):  # nothing shown yet
+        catcher.void_missing_leaf(1, w2, owed, leaves.nodes)
     nobody = b(net, "requester")  # no leaf, owed nothing
+    show_absent(catcher, nobody, leaves)
     with refused(f"NotMissing(worker={net.addr('requester').lower()})"):
-        catcher.void_missing_leaf(1, nobody, ((0, []), [], NONE), leaves)
+        catcher.void_missing_leaf(1, nobody, ((0, []), [], NONE), leaves.nodes)
+    show_absent(catcher, w2, leaves)
     with refused(f"NotMissing(worker={net.addr('worker2').lower()})"):  # its entries not shown
-        catcher.void_missing_leaf(1, w2, ((0, []), [], NONE), leaves)
+        catcher.void_missing_leaf(1, w2, ((0, []), [], NONE), leaves.nodes)
     before = net.balance(net.addr("other"))
-    catcher.void_missing_leaf(1, w2, owed_of(bad, first.earnings, w2), leaves)
+    catcher.void_missing_leaf(1, w2, owed, leaves.nodes)
     assert anchorer.anchor()["state"] == "void"
     assert ETH // 2 - (net.balance(net.addr("other")) - before) < ETH // 100  # less gas
     assert net.client("requester").pool_of()["debited"] == ETH  # epoch 1's debit went back
 
 
-def test_a_worker_with_a_final_leaf_left_out_voids_the_anchor(net: Net) -> None:
+def test_a_worker_with_a_final_leaf_left_out_voids_the_anchor_in_parts(net: Net) -> None:
     anchorer, first = final_first_epoch(net)
     bad = post_leaving_out(net, anchorer, first, "worker")
     w = b(net, "worker")
     assert left_out(bad.earnings, first.earnings, bad.entries, FEE) == [w]
-    leaves = ShownLeaves.of_rows(bad.earnings.items())
+    extra = ShownLeaves.of_rows(bad.earnings.items())
+    assert len(extra.nodes) == 1
     (base, proof), _, _ = owed_of(bad, first.earnings, w)
     assert base == first.earnings[w]
     watcher = net.client("sentry2")
+    show_absent(watcher, w, extra)
+    assert watcher.absent_parts(1, w, extra.nodes) == {0}
     with reverts("NotInTree"):  # a base leaf the last final root does not hold
-        watcher.void_missing_leaf(1, w, ((base + 1, proof), [], NONE), leaves)
-    watcher.void_missing_leaf(1, w, ((base, proof), [], NONE), leaves)
+        watcher.void_missing_leaf(1, w, ((base + 1, proof), [], NONE), extra.nodes)
+    watcher.void_missing_leaf(1, w, ((base, proof), [], NONE), extra.nodes)
     assert anchorer.anchor()["state"] == "void"

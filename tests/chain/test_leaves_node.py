@@ -76,7 +76,8 @@ async def test_a_standing_by_anchorer_voids_an_anchor_that_leaves_a_worker_out(
     tmp_path: Path,
 ) -> None:
     """The cheat gossips its entries and its leaves, which leave out worker2 though its entry
-    pays it: the standby voids at once with every leaf (no demand: the contract hashes them)."""
+    pays it: the standby shows the leaves without it and voids at once (no demand: the
+    contract hashes the gossiped leaves itself)."""
     async with followed_first_epoch(tmp_path) as (net, standby, first):
         cheat, watch = net.client("sentry1"), net.client("other")
         post = post_leaving_out(net, cheat, first, "worker2")
@@ -84,7 +85,22 @@ async def test_a_standing_by_anchorer_voids_an_anchor_that_leaves_a_worker_out(
         await standby.step()
         assert watch.anchor()["state"] == "void"
         assert watch.sum_disputes(1) == []
-        assert standby.auditor.raised == 1
+        assert standby.auditor.raised == 2  # the one part shown without it, the void
+
+
+async def test_a_standby_does_not_demand_leaves_another_watcher_demanded(
+    tmp_path: Path,
+) -> None:
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        bad = post_from_nowhere(net, net.client("sentry1"), first)
+        hand(standby, 1, bad, leaves=False)
+        await standby.step()
+        net.chain.advance(WINDOW // 2 + 1)
+        net.client("other").stake(ETH)
+        net.client("other").dispute_leaves(1)
+        await standby.step()
+        assert standby.auditor.raised == 0
+        leaves_dispute(net)
 
 
 async def test_a_worker_claims_from_leaves_shown_on_chain_when_none_were_gossiped(
@@ -112,3 +128,14 @@ async def test_a_worker_claims_from_leaves_shown_on_chain_when_none_were_gossipe
         done = await payee.claim()
     assert done["claimed"] is True and done["epoch"] == 0
     assert worker.earned_of() == ETH - ETH // 100
+
+
+async def test_a_standby_voids_an_anchor_that_cuts_an_idle_workers_leaf(tmp_path: Path) -> None:
+    """worker earned nothing this epoch, so no entry speaks for it; its leaf cut to a wei is
+    still below its leaf in the last final root (a leaf never shrinks): voided at once."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        cheat = net.client("sentry1")
+        hand(standby, 1, post_leaving_out(net, cheat, first, "worker", at=1))
+        await standby.step()
+        assert net.client("other").anchor()["state"] == "void"
+        assert standby.auditor.raised == 1

@@ -63,3 +63,12 @@ def test_an_honest_epoch_leaves_no_worker_out_and_one_dropped_is_found(
     owed = drop in base or net_floor(sum(e.added for e in entries if e.worker == drop), fee_bps) > 0
     without = {w: a for w, a in epoch.earnings.items() if w != drop}
     assert left_out(without, base, entries, fee_bps) == ([drop] if owed else [])
+
+
+def test_a_leaf_cut_below_its_base_without_entries_is_found() -> None:
+    """An idle worker (no entries this epoch) keeps its leaf; one cut to a wei is lowered."""
+    idle, busy = WORKERS[3], WORKERS[0]
+    entries = [Entry(R, busy, b"\x01" * 32, bytes(32), 10**18, 0)]
+    base = {idle: 5 * 10**17}
+    assert lowered({idle: 5 * 10**17, busy: 10**18 - 10**16}, base, entries, 100) == []
+    assert lowered({idle: 1, busy: 10**18 - 10**16}, base, entries, 100) == [idle]
