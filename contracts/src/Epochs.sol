@@ -80,8 +80,10 @@ abstract contract Epochs is ReentrancyGuardTransient {
     event PoolFunded(address indexed requester, uint256 amount, uint256 balance);
     event PoolLeaving(address indexed requester, uint256 amount, uint64 leaveAt);
     event PoolWithdrawn(address indexed requester, uint256 amount);
+    /// The debits are in the event (the anchor keeps only their hash), so a void can give them
+    /// again even for an anchor posted through a contract, whose call data is not the post's.
     event Anchored(uint64 indexed epoch, address indexed anchorer, bytes32 earningsRoot,
-        bytes32 entriesRoot, uint256 total);
+        bytes32 entriesRoot, uint256 total, address[] requesters, uint256[] amounts);
     event Finalized(uint64 indexed epoch, bytes32 earningsRoot);
     event Disputed(uint64 indexed epoch, bytes32 indexed leaf, address requester, uint64 answerBy);
     event Answered(uint64 indexed epoch, bytes32 indexed leaf);
@@ -182,6 +184,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
             total += amounts[i];
         }
         _record(epoch, earningsRoot, entriesRoot, keccak256(abi.encode(requesters, amounts)), total);
+        emit Anchored(epoch, msg.sender, earningsRoot, entriesRoot, total, requesters, amounts);
     }
 
     function _record(uint64 epoch, bytes32 earningsRoot, bytes32 entriesRoot, bytes32 debitsHash,
@@ -190,7 +193,6 @@ abstract contract Epochs is ReentrancyGuardTransient {
         pending = Anchor(earningsRoot, entriesRoot, debitsHash, msg.sender, deadline, 0,
             AnchorState.Pending, 0, total);
         epochCount = epoch + 1;
-        emit Anchored(epoch, msg.sender, earningsRoot, entriesRoot, total);
     }
 
     function _settlePrevious(uint64 epoch) private {

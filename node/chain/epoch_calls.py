@@ -121,22 +121,16 @@ class EpochCalls:
 
     def anchor_debits(self, index: int) -> list[tuple[str, int]]:
         """The (requester, amount) pairs anchor ``index`` debited, in posted order, read from
-        its ``postAnchor`` call (the contract keeps only their hash, which a void must match).
+        its ``Anchored`` event (the contract keeps only their hash, which a void must match).
 
         Raises:
-            LookupError: no such anchor, or it was not posted by a direct call.
+            LookupError: no such anchor.
         """
         logs = self.events("Anchored", epoch=index)
         if not logs:
             raise LookupError(f"no anchor {index} on chain")
-        tx = self.w3.eth.get_transaction(logs[-1]["transactionHash"])
-        try:
-            fn, args = self.contract.decode_function_input(tx["input"])
-        except ValueError as exc:
-            raise LookupError(f"anchor {index}: not a direct postAnchor call ({exc})") from None
-        if fn.fn_name != "postAnchor":
-            raise LookupError(f"anchor {index}: posted by {fn.fn_name}, not postAnchor")
-        return [(str(r), int(a)) for r, a in zip(args["requesters"], args["amounts"], strict=True)]
+        a = logs[-1]["args"]
+        return [(str(r), int(x)) for r, x in zip(a["requesters"], a["amounts"], strict=True)]
 
     def earned_of(self, address: str | None = None) -> int:
         who = Web3.to_checksum_address(address or self.address)
