@@ -81,7 +81,6 @@ abstract contract EpochAudits is Epochs {
     error NotFinalEpoch(uint64 epoch);
     error NotLow(uint256 leaf, uint256 floor);
 
-
     /// @notice Say worker `worker`'s leaf in the pending anchor, `cumulative`, is more than its
     /// entries add to its leaf in the last final root.
     function disputeEarnings(uint64 epoch, address worker, uint256 cumulative, bytes32[] calldata proof)

@@ -25,9 +25,10 @@ import {EpochAudits} from "./EpochAudits.sol";
 /// paid): up to 256 parts. A part's leaves must come in strictly ascending hash order, as an
 /// OpenZeppelin tree sorts them, so a tree of one part that is not the canonical one (leaves
 /// out of order, or one twice), which nobody else could rebuild, cannot be answered. A worker
-/// left out is shown the same way, a part at a time (`showAbsent`). The leaves go out in `LeavesShown` events (so an anchorer answering
-/// through a contract of its own cannot hide them). Once the last part is shown the window runs
-/// again from then, for the leaves to be disputed (`disputeEarnings`) and voided for.
+/// left out is shown the same way, a part at a time (`showAbsent`). The leaves go out in
+/// `LeavesShown` events (so an anchorer answering through a contract of its own cannot hide
+/// them). Once the last part is shown the window runs again from then, for the leaves to be
+/// disputed (`disputeEarnings`) and voided for.
 abstract contract EpochLeaves is EpochAudits {
     uint256 internal constant MAX_PARTS = 256; // one bit each in partsShown
 

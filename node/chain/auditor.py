@@ -16,19 +16,19 @@ When our base is the anchor's (we followed every epoch before it) and its window
     (every entry heard) a worker's leaf grew less than its   voidLowLeaf, with its entries
     entries add, net of the fee at its most
     a sum answer shows two entries for one line              voidConflict, with both
-    (past half the window) its leaves were not gossiped      disputeLeaves: the anchorer
-                                                             shows them all on chain
-    its leaves leave out a worker with a base leaf, or       disputeLeaves if not shown on
-    (every entry heard) one its entries pay                  chain yet, then voidMissingLeaf
+    (past half the window, a quarter window listened) its    disputeLeaves: the anchorer
+    leaves were not gossiped                                 shows them all, in parts
+    its leaves leave out a worker with a base leaf, or       showAbsent for each part, then
+    (every entry heard) one its entries pay                  voidMissingLeaf
 
 Leaves are judged on every entry heard, or, once half the window has passed without all of
 them (withheld: an honest anchorer has gossiped them twice by then), on those heard: an
 anchorer that withheld entries must then show them in its answer, where the answer check
 sees a requester it never debited. Each is raised once per anchor. Leaves not gossiped by
-half the window are demanded on chain; the answer (read from its call) is audited like
-gossiped leaves, in the window the answer opens again. Without it an anchorer could credit a
-colluder that has no entries at all, out of what the other workers would claim, and nobody
-could show the leaf.
+half the window are demanded on chain; the answer (read from its ``LeavesShown`` events) is
+audited like gossiped leaves, with proofs read off its parts, in the window the answer opens
+again. Without it an anchorer could credit a colluder that has no entries at all, out of what
+the other workers would claim, and nobody could show the leaf.
 """
 
 from __future__ import annotations
