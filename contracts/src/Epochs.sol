@@ -40,6 +40,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
         uint32 openDisputes;
         AnchorState state;
         uint64 graceEnd; // a sum dispute's answer reveals entries: they can be checked until then
+        uint64 postedAt; // in the same slot as the two above: no extra storage written
         uint256 total;
     }
 
@@ -191,7 +192,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
         uint256 total) private {
         uint64 deadline = uint64(block.timestamp) + _disputeWindow();
         pending = Anchor(earningsRoot, entriesRoot, debitsHash, msg.sender, deadline, 0,
-            AnchorState.Pending, 0, total);
+            AnchorState.Pending, 0, uint64(block.timestamp), total);
         epochCount = epoch + 1;
     }
 

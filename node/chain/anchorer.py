@@ -240,10 +240,8 @@ class Anchorer:
     async def _anchors(self, now_ms: int) -> list[ChainAnchor]:
         """The chain's anchors after our latest epoch, and its latest (see ``anchors_after``)."""
         assert self.machine is not None
-        first, now_s, window_s = self.machine.index, now_ms // 1000, self.window_ms // 1000
-        found: list[ChainAnchor] = await self.service.call(
-            lambda c: c.anchors_after(first, now_s, window_s)
-        )
+        first, now_s = self.machine.index, now_ms // 1000
+        found: list[ChainAnchor] = await self.service.call(lambda c: c.anchors_after(first, now_s))
         return found
 
     async def _pay_out(self) -> None:

@@ -158,8 +158,8 @@ class Auditor:
 
     async def _leaves(self, a: ChainAnchor, demand: bool) -> FinalLeaves | None:
         """Anchor ``a``'s leaves: gossiped, or shown on chain in answer to a leaves dispute.
-        Neither, and ``demand``: the dispute is raised, once. (An answer moves the anchor's
-        window, and the post time the chain shows with it, so it is read whenever seen.)"""
+        Neither, and ``demand``: the dispute is raised, once. (Another watcher's demand may be
+        answered before our half window, so an answer is read whenever there is one.)"""
         leaves = self.leaves.get(a.earnings_root)
         if leaves is not None:
             return leaves

@@ -107,7 +107,7 @@ class EpochCalls:
         return {
             "epoch": self.epoch_count() - 1, "earnings_root": bytes(f[0]),
             "entries_root": bytes(f[1]), "anchorer": f[3], "dispute_deadline": f[4],
-            "open_disputes": f[5], "state": states[f[6]], "total": f[8],
+            "open_disputes": f[5], "state": states[f[6]], "total": f[9], "posted_at": f[8],
             "open_until": max(f[4], f[7]),  # a sum answer keeps entries disputable longer
         }  # fmt: skip
 
@@ -139,13 +139,12 @@ class EpochCalls:
     def epoch_count(self) -> int:
         return int(self.contract.functions.epochCount().call())
 
-    def anchors_after(self, index: int, now_s: int, window_s: int) -> list[ChainAnchor]:
+    def anchors_after(self, index: int, now_s: int) -> list[ChainAnchor]:
         """The latest anchor, and before it every one after epoch ``index``, oldest first, as
         the chain shows them now. One before the latest that was not voided is final (the next
         post finalized it); so is the latest once its window is over with no dispute open (the
         next post will finalize it, and nothing can void it any more). ``now_s``: the chain's
-        time; ``window_s``: the contract's dispute window. Events are read only when there is
-        an anchor between ``index`` and the latest."""
+        time. Events are read only when there is an anchor between ``index`` and the latest."""
         last = self.anchor()
         latest = int(last["epoch"])
         if latest < 0:
@@ -156,7 +155,8 @@ class EpochCalls:
         out = [ChainAnchor(
             index=latest, anchorer=bytes.fromhex(last["anchorer"][2:]),
             earnings_root=last["earnings_root"], entries_root=last["entries_root"], state=state,
-            posted_ms=(last["dispute_deadline"] - window_s) * 1000,
+            posted_ms=int(last["posted_at"]) * 1000,  # not the deadline less a window: a
+            # leaves answer moves the deadline on
             finalized=last["state"] != "pending",
         )]  # fmt: skip
         if latest <= index + 1:

@@ -102,6 +102,7 @@ def test_withheld_leaves_are_shown_on_demand_and_a_leaf_from_nowhere_voided(net:
     anchorer.answer_leaves(1, shown, 0)
     assert net.client("other").sum_disputes(1) == []
     assert anchorer.anchor()["dispute_deadline"] == net.chain.now() + WINDOW  # opened again
+    assert anchorer.anchor()["posted_at"] == deadline - WINDOW  # the post's time stays
     with reverts("NoDispute"):  # answered stays answered
         anchorer.answer_leaves(1, shown, 0)
 
