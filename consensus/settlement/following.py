@@ -48,6 +48,7 @@ class ChainAnchor:
     state: str  # pending, final or void (final: also once nothing can void it any more)
     posted_ms: int  # the block time of its post
     finalized: bool = True  # False: final in all but name, the chain still says pending
+    deadline_ms: int = 0  # when its window ends (a leaves answer moves it on); the latest only
 
     def __post_init__(self) -> None:
         if self.state not in STATES:

@@ -35,8 +35,11 @@ class FinalLeaves:
 
     @classmethod
     def of_shown(cls, index: int, earnings_root: bytes, shown: ShownLeaves) -> FinalLeaves:
-        """Raises:
-        Invalid: the parts do not hash to ``earnings_root``."""
+        """The leaves ``shown`` on chain for epoch ``index``.
+
+        Raises:
+            Invalid: the parts do not hash to ``earnings_root``.
+        """
         if shown.root() != earnings_root:
             raise Invalid("leaves.earnings_root", "the leaves shown do not hash to it")
         return cls(index, earnings_root, shown.amounts(), shown)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from consensus.errors import Invalid
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof, hash_pair, leaf_hash
 
-PART_LEAVES = 1000  # leaves per part: about 2.7M gas and 70 KB of call data
+PART_LEAVES = 1000  # leaves per part: about 3.1M gas and 64 KB of call data
 MAX_PARTS = 256  # the contract's: one bit each
 
 Row = tuple[bytes, int]  # (worker, cumulative)

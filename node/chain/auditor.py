@@ -110,7 +110,7 @@ class Auditor:
         if raised:
             await self._void_unanswered(a.index, raised, now_ms // 1000)
             await self._check_answers(a.index)
-        if a.index != m.index + 1 or m.state != "idle" or now_ms >= await self._deadline_ms(a):
+        if a.index != m.index + 1 or m.state != "idle" or now_ms >= a.deadline_ms:
             return
         # Leaves are demanded only once we have listened for them a while (a quarter window):
         # after a restart, gossip heard before it is gone, and a demand costs the anchorer.
@@ -150,11 +150,6 @@ class Auditor:
         if await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof):
             return True
         return await self._low_leaves(a, m, entries, tree)
-
-    async def _deadline_ms(self, a: ChainAnchor) -> int:
-        """When anchor ``a``'s window ends: a leaves answer moves it on (0: not the latest)."""
-        now = await self.service.call(lambda c: c.anchor())
-        return int(now["dispute_deadline"]) * 1000 if now["epoch"] == a.index else 0
 
     async def _leaves(self, a: ChainAnchor, demand: bool) -> FinalLeaves | None:
         """Anchor ``a``'s leaves: gossiped, or shown on chain in answer to a leaves dispute.

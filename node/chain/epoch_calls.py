@@ -158,6 +158,7 @@ class EpochCalls:
             posted_ms=int(last["posted_at"]) * 1000,  # not the deadline less a window: a
             # leaves answer moves the deadline on
             finalized=last["state"] != "pending",
+            deadline_ms=int(last["dispute_deadline"]) * 1000,
         )]  # fmt: skip
         if latest <= index + 1:
             return out
