@@ -26,7 +26,7 @@ import random
 
 from eth_account import Account
 
-from consensus.settlement.audits import EARNINGS, answer
+from consensus.settlement.audits import EARNINGS, PREVIOUS, answer
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, Spend, assemble
 from consensus.settlement.leaves import payout_batches
@@ -184,14 +184,17 @@ class Bench:
         self.chain.advance(3601)
         g["void"] = r.void_anchor(index, epoch.entries[1], epoch.debits).gas
 
-    def audits(self, index: int, after: Epoch) -> None:
-        """Sum disputes of an anchor over ``after`` (the last final epoch), each answered with
-        AUDIT_LINES entries: what an honest anchorer pays to answer a worker or a requester.
-        A bonded sentry disputes the worker's leaf, the requester its debit."""
+    def audits(self, index: int, after: Epoch, after_index: int) -> None:
+        """Sum disputes of an anchor over ``after`` (the last final epoch, ``after_index``),
+        each answered with AUDIT_LINES entries: what an honest anchorer pays to answer a worker
+        or a requester. A bonded sentry disputes the worker's leaf, the requester its debit, and
+        the ``previous`` of a line grown from ``after`` (another requester's and worker's)."""
         r, anchorer, g = self.c[self.req[0]], self.c[self.sentries[0]], self.gas  # [2]: slashed
         requester, worker = addr(self.req[0]), addr(self.work[0])
         entries = [Entry(requester, worker, bytes([0xD0 + i]) * 32, TASK, ETH // 100)
                    for i in range(AUDIT_LINES)]  # fmt: skip
+        old = after.entries[1]  # requester 1, worker 1
+        entries.append(Entry(old.requester, old.worker, old.job, old.task, old.amount + 1))
         epoch = assemble(entries, after.lines, after.earnings, FEE_BPS)
         anchorer.post_anchor(epoch, self.spends(epoch))
         cum = epoch.earnings[worker]
@@ -205,6 +208,12 @@ class Bench:
             a = answer(epoch, after.earnings, d.kind, d.party)
             name = "answer_earnings" if d.kind == EARNINGS else "answer_debit"
             g[name] = anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof).gas
+        grown = next(e for e in epoch.entries if e.previous)
+        watcher = self.c[self.sentries[1]]
+        g["dispute_previous"] = watcher.dispute_previous(index, grown, epoch.entry_proof(grown)).gas
+        (d,) = (x for x in anchorer.sum_disputes(index) if x.kind == PREVIOUS)
+        final = (after_index, old, after.entry_proof(old))
+        g["answer_previous"] = anchorer.answer_previous(d, grown, final).gas
         # A demand for the leaves: the answer shows every one (the whole tree, idle workers
         # too), in parts of at most PART_LEAVES.
         g["dispute_leaves"] = self.c[self.sentries[1]].dispute_leaves(index).gas
@@ -230,7 +239,7 @@ def main() -> None:
     b.stake_and_slash()
     last, depth, epoch = b.epochs(max(2, args.epochs), args.workers_in_tree, payout=False)
     b.disputes(max(2, args.epochs), epoch)
-    b.audits(max(2, args.epochs) + 1, epoch)
+    b.audits(max(2, args.epochs) + 1, epoch, max(2, args.epochs) - 1)
     b2 = Bench(args.requesters, args.token)
     b2.stake_and_slash()  # the same state as the first chain's before its epochs
     paid_out, _, _ = b2.epochs(max(2, args.epochs), args.workers_in_tree, payout=True)
@@ -257,7 +266,7 @@ def report(
           f"= {g['direct_per_job'] / g['transfer']:.2f}x")  # fmt: skip
     keys = ("anchor", "payout", "claim_earnings", "dispute", "slash", "deploy", "deposit", "stake",
             "claim_voucher_first", "direct_per_job", "transfer", "dispute_earnings",
-            "answer_earnings", "answer_leaves")  # fmt: skip
+            "answer_earnings", "answer_leaves", "dispute_previous", "answer_previous")  # fmt: skip
     names = {"claim_earnings": "claim", "claim_voucher_first": "claim_voucher"}
     fields = " ".join(f"gas_{names.get(k, k)}={g[k]}" for k in keys)
     print(f"RESULT gas_per_job={per_job:.0f} gas_per_job_claims={per_job_claims:.0f} {fields}")

@@ -455,7 +455,7 @@ def epoch_rows(c: Settlement) -> list[dict[str, Any]]:
             rows[log["args"]["epoch"]]["state"] = state
     for log in c.events("Disputed"):
         rows[log["args"]["epoch"]]["disputes"] += 1
-    for log in c.events("SumDisputed"):  # audits: a leaf, a debit, the leaves demanded
+    for log in c.events("SumDisputed"):  # audits: a leaf, a debit, the leaves, a previous
         row = rows[log["args"]["epoch"]]
         kind = SUM_KINDS.get(int(log["args"]["kind"]), "other")
         row["disputes"] += 1

@@ -12,6 +12,8 @@ debited at most what its entries add. So:
                            added
     leaves     anyone      the earnings leaves were not published  every leaf, in parts
                                                                    (consensus.settlement.shown)
+    previous   anyone      an entry's ``previous`` is above its    the line's entry in a final
+                           line's amount in the last final anchor  anchor, with that amount
 
 A worker's leaf may grow by at most what its entries add net of the fee (:func:`net_ceil`: its
 own fee rounded down, plus a wei of the epoch's remainder), so it is bounded by the vouchers its
@@ -33,7 +35,7 @@ from consensus.settlement.eip712 import BPS
 from consensus.settlement.epoch import Entry, Epoch
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof, leaf_hash
 
-EARNINGS, DEBIT, LEAVES = 1, 2, 3  # the contract's ``Sum`` kinds
+EARNINGS, DEBIT, LEAVES, PREVIOUS = 1, 2, 3, 4  # the contract's ``Sum`` kinds
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,20 @@ import {Epochs} from "./Epochs.sol";
 ///   a line counted twice        anyone             void at once, with the two entries as proof
 ///   a debit below the entries   anyone             void at once, with the requester's entries
 ///   an earnings leaf too low    anyone             void at once, with the worker's entries
+///   a `previous` too high       anyone bonded      the anchorer shows the line's final entry, or void
 ///   the leaves not published    anyone bonded      EpochLeaves.sol
 ///   a worker left out of them   anyone             EpochLeaves.sol
 ///
-/// Sum disputes open in the anchor's window, each once (an answered one stays answered). An
+/// Sum disputes open in the anchor's window (a `previous` one until the grace ends, like an
+/// entry dispute, as an answer may show its entry), each once (an answered one stays answered). An
 /// answer reveals entries (perhaps never gossiped, of a requester that was never debited), so
 /// it keeps the anchor open for another window (`graceEnd`): its requesters may dispute them and
 /// anyone may show a debit below them, before the anchor can become final. Only the anchorer
 /// answers (so none can be answered behind its back). An anchor is final at most about six
 /// windows after its post, however many disputes it gets: sum disputes open in the window,
 /// each once; a leaves answer moves the window's end at most two windows on; the grace ends
-/// within two windows of that end; an entry dispute raised just before it has one more window
-/// to be answered.
+/// within two windows of that end; an entry or `previous` dispute raised just before it has one
+/// more window to be answered.
 ///
 /// Each entry carries `previous`, its line's amount in the last final anchor, so an entry adds
 /// `amount - previous` this epoch. A worker's leaf may grow over its leaf in the last final root
@@ -34,7 +36,11 @@ import {Epochs} from "./Epochs.sol";
 /// may be debited at most what its entries add: the anchorer answers with those entries, each
 /// in the entries root (one multiproof, leaves strictly ascending, so none is counted twice).
 /// A `previous` below the line's amount in an earlier final anchor, or two entries for one line
-/// in one anchor, would count the same voucher twice: either voids the anchor on sight.
+/// in one anchor, would count the same voucher twice: either voids the anchor on sight. A
+/// `previous` above it lowers what the line pays this epoch, and its requester's debit with it,
+/// though the worker holds the voucher: disputed, the anchorer must show the line's entry in a
+/// final anchor with exactly that amount (no final entry is above the last one's: an entry below
+/// an earlier one's amount voids as above).
 /// Together with the entry disputes no worker's leaf grows by more than vouchers its requesters
 /// signed, and no requester pays more than its vouchers add up to, as long as someone watches.
 abstract contract EpochAudits is Epochs {
@@ -42,7 +48,8 @@ abstract contract EpochAudits is Epochs {
         None,
         Earnings, // party: a worker; amount: its cumulative leaf in the pending root
         Debit, // party: a requester; amount: what the pending anchor debits its pool
-        Leaves // party: address(0); amount: 0 (every leaf of the earnings root)
+        Leaves, // party: address(0); amount: 0 (every leaf of the earnings root)
+        Previous // party: address(0); amount: an entry's leaf (its `previous` shown final)
     }
 
     struct SumDispute {
@@ -85,9 +92,7 @@ abstract contract EpochAudits is Epochs {
     /// entries add to its leaf in the last final root.
     function disputeEarnings(uint64 epoch, address worker, uint256 cumulative, bytes32[] calldata proof)
         external {
-        Anchor storage a = _windowOpen(epoch);
-        uint256 bond = _bondOf(msg.sender); // a bonded watcher: anyone could delay every epoch
-        if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
+        Anchor storage a = _bondedWindow(epoch);
         if (!MerkleProof.verifyCalldata(proof, a.earningsRoot, _earningsLeaf(worker, cumulative))) {
             revert NotInTree();
         }
@@ -108,9 +113,8 @@ abstract contract EpochAudits is Epochs {
     /// worker's earnings, its leaf in the last final root (`base.amount` 0 and no proof: none).
     function answerSum(uint64 epoch, Sum kind, address party, uint256 amount, Base calldata base,
         Shown calldata shown) external {
-        Anchor storage a = _pendingAt(epoch);
-        if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0); // it holds the grace
-        if (kind == Sum.Leaves) revert NoDispute(bytes32(0)); // answered with answerLeaves
+        Anchor storage a = _byAnchorer(epoch); // it holds the grace
+        if (kind >= Sum.Leaves) revert NoDispute(bytes32(0)); // answered by their own calls
         SumDispute storage d = _toAnswer(_sumKey(epoch, kind, party, amount));
         uint256 owed = amount;
         if (kind == Sum.Earnings) { // a debit has no base
@@ -120,12 +124,36 @@ abstract contract EpochAudits is Epochs {
         uint256 added = _added(a.entriesRoot, kind, party, shown);
         if (kind == Sum.Earnings) added = _netCeil(added); // a worker gets its share, net of the fee
         if (added < owed) revert SumShort(added, owed);
-        d.answerBy = ANSWERED;
-        a.openDisputes -= 1;
+        _answered(epoch, a, d, kind, party);
         uint64 grace = uint64(block.timestamp) + _disputeWindow();
         if (grace > a.graceEnd) a.graceEnd = grace;
-        emit SumAnswered(epoch, kind, party);
         emit EntriesShown(epoch, kind, party, shown);
+    }
+
+    /// @notice Say entry `e` of the pending anchor names a `previous` (not 0: a new line) that
+    /// is not its line's amount in the last final anchor. Open as long as entries can be
+    /// disputed (`_fraudOpen`), like a requester's entry dispute: a sum answer may show the
+    /// entry first. Its answer opens no grace, so the anchor's end stays bounded.
+    function disputePrevious(uint64 epoch, Entry calldata e, bytes32[] calldata proof) external {
+        Anchor storage a = _fraudOpen(epoch);
+        _bonded();
+        if (e.previous == 0) revert NoConflict();
+        bytes32 leaf = entryLeaf(e);
+        if (!MerkleProof.verifyCalldata(proof, a.entriesRoot, leaf)) revert NotInTree();
+        _openSum(epoch, a, Sum.Previous, address(0), uint256(leaf));
+    }
+
+    /// @notice Answer a dispute of entry `e`'s `previous` with its line's entry `o` in final
+    /// anchor `other` (and `o`'s proof there), whose amount is exactly `e.previous`. Never the
+    /// pending anchor: `e` itself would answer a `previous` equal to its amount.
+    function answerPrevious(uint64 epoch, Entry calldata e, uint64 other, Entry calldata o,
+        bytes32[] calldata otherProof) external {
+        if (other >= epoch) revert NotFinalEpoch(other);
+        Anchor storage a = _byAnchorer(epoch);
+        SumDispute storage d = _toAnswer(_sumKey(epoch, Sum.Previous, address(0), uint256(entryLeaf(e))));
+        _sameLineIn(a, epoch, e, other, o, otherProof);
+        if (o.amount != e.previous) revert SumShort(o.amount, e.previous);
+        _answered(epoch, a, d, Sum.Previous, address(0));
     }
 
     /// @notice Void the anchor once a sum dispute's answer time is over unanswered; the bond's
@@ -176,16 +204,23 @@ abstract contract EpochAudits is Epochs {
         Entry calldata o, bytes32[] calldata otherProof, address[] calldata requesters,
         uint256[] calldata amounts) external nonReentrant {
         Anchor storage a = _fraudOpen(epoch);
+        bytes32 leaf = entryLeaf(e);
+        if (!MerkleProof.verifyCalldata(proof, a.entriesRoot, leaf)) revert NotInTree();
+        _sameLineIn(a, epoch, e, other, o, otherProof);
+        if (other == epoch ? entryLeaf(o) == leaf : o.amount <= e.previous) revert NoConflict();
+        _void(epoch, a, leaf, msg.sender, requesters, amounts);
+    }
+
+    /// Checks that `o` is an entry of `e`'s line in anchor `other`: the pending one (`epoch`),
+    /// or a final one, with `otherProof` its proof there.
+    function _sameLineIn(Anchor storage a, uint64 epoch, Entry calldata e, uint64 other,
+        Entry calldata o, bytes32[] calldata otherProof) private view {
         if (e.requester != o.requester || e.worker != o.worker || e.job != o.job || e.task != o.task) {
             revert NoConflict();
         }
-        bytes32 leaf = entryLeaf(e);
-        if (!MerkleProof.verifyCalldata(proof, a.entriesRoot, leaf)) revert NotInTree();
         bytes32 root = other == epoch ? a.entriesRoot : finalEntries[other];
         if (root == bytes32(0)) revert NotFinalEpoch(other);
         if (!MerkleProof.verifyCalldata(otherProof, root, entryLeaf(o))) revert NotInTree();
-        if (other == epoch ? entryLeaf(o) == leaf : o.amount <= e.previous) revert NoConflict();
-        _void(epoch, a, leaf, msg.sender, requesters, amounts);
     }
 
     /// The amount is part of the key: a dispute of one leaf (a root may hold two for a worker)
@@ -248,21 +283,28 @@ abstract contract EpochAudits is Epochs {
         }
     }
 
+    function _answered(uint64 epoch, Anchor storage a, SumDispute storage d, Sum kind, address party)
+        internal {
+        d.answerBy = ANSWERED; // answered stays answered: it cannot be raised again
+        a.openDisputes -= 1;
+        emit SumAnswered(epoch, kind, party);
+    }
+
+    /// The pending anchor, its window open, for a bonded watcher to dispute.
+    function _bondedWindow(uint64 epoch) internal view returns (Anchor storage a) {
+        a = _windowOpen(epoch);
+        _bonded();
+    }
+
+    /// The pending anchor, answered by its anchorer only.
+    function _byAnchorer(uint64 epoch) internal view returns (Anchor storage a) {
+        a = _pendingAt(epoch);
+        if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0);
+    }
+
     function _windowOpen(uint64 epoch) internal view returns (Anchor storage a) {
         a = _pendingAt(epoch);
         if (block.timestamp >= a.disputeDeadline) revert WindowClosed(epoch, a.disputeDeadline);
     }
 
-    /// Frauds can be shown while entries can be disputed: after that the anchor is final in all
-    /// but name, and nodes build on it.
-    function _fraudOpen(uint64 epoch) internal view returns (Anchor storage a) {
-        a = _pendingAt(epoch);
-        uint64 until = _openUntil(a);
-        if (block.timestamp >= until) revert WindowClosed(epoch, until);
-    }
-
-    function _pendingAt(uint64 epoch) internal view returns (Anchor storage a) {
-        a = _latest(epoch);
-        if (a.state != AnchorState.Pending) revert NotPending(epoch);
-    }
 }

@@ -53,9 +53,7 @@ abstract contract EpochLeaves is EpochAudits {
     /// @notice Say the pending anchor's earnings leaves were not published: its anchorer must
     /// show them all (`answerLeaves`).
     function disputeLeaves(uint64 epoch) external {
-        Anchor storage a = _windowOpen(epoch);
-        uint256 bond = _bondOf(msg.sender); // as for earnings: anyone could delay every epoch
-        if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
+        Anchor storage a = _bondedWindow(epoch);
         _openSum(epoch, a, Sum.Leaves, address(0), 0);
     }
 
@@ -63,8 +61,7 @@ abstract contract EpochLeaves is EpochAudits {
     /// The last part shown answers the demand.
     function answerLeaves(uint64 epoch, bytes32[] calldata nodes, uint256 part,
         Part calldata leaves) external {
-        Anchor storage a = _pendingAt(epoch);
-        if (msg.sender != a.anchorer) revert NotAnchorer(msg.sender, 0);
+        Anchor storage a = _byAnchorer(epoch);
         SumDispute storage d = _toAnswer(_sumKey(epoch, Sum.Leaves, address(0), 0));
         _checkNodes(a, nodes);
         _checkPart(nodes, part, leaves);
@@ -73,11 +70,9 @@ abstract contract EpochLeaves is EpochAudits {
         partsShown[key] = shown;
         emit LeavesShown(epoch, nodes, part, leaves.workers, leaves.cumulatives);
         if (shown != _allParts(nodes)) return;
-        d.answerBy = ANSWERED;
-        a.openDisputes -= 1;
+        _answered(epoch, a, d, Sum.Leaves, address(0));
         uint64 until = uint64(block.timestamp) + _disputeWindow();
         if (until > a.disputeDeadline) a.disputeDeadline = until;
-        emit SumAnswered(epoch, Sum.Leaves, address(0));
     }
 
     /// @notice Show that part `part` of the pending anchor's leaves (those under

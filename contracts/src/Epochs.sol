@@ -173,8 +173,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
     function postAnchor(bytes32 earningsRoot, bytes32 entriesRoot, address[] calldata requesters,
         uint256[] calldata amounts, uint256[] calldata spends, bytes[] calldata spendSigs)
         external returns (uint64 epoch) {
-        uint256 bond = _bondOf(msg.sender);
-        if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
+        _bonded();
         if (requesters.length != amounts.length || requesters.length != spends.length
             || requesters.length != spendSigs.length) revert LengthMismatch();
         epoch = epochCount;
@@ -223,8 +222,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
 
     /// @notice Make a pending anchor final once its window is over with no open dispute.
     function finalize(uint64 epoch) external {
-        Anchor storage a = _latest(epoch);
-        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+        Anchor storage a = _pendingAt(epoch);
         uint64 until = _openUntil(a);
         if (block.timestamp < until) revert WindowOpen(epoch, until);
         if (a.openDisputes > 0) revert DisputesOpen(epoch, a.openDisputes);
@@ -245,6 +243,26 @@ abstract contract Epochs is ReentrancyGuardTransient {
         return a.graceEnd > a.disputeDeadline ? a.graceEnd : a.disputeDeadline;
     }
 
+    function _pendingAt(uint64 epoch) internal view returns (Anchor storage a) {
+        a = _latest(epoch);
+        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+    }
+
+    /// The pending anchor while entries can be disputed and frauds shown: after that it is
+    /// final in all but name, and nodes build on it.
+    function _fraudOpen(uint64 epoch) internal view returns (Anchor storage a) {
+        a = _pendingAt(epoch);
+        uint64 until = _openUntil(a);
+        if (block.timestamp >= until) revert WindowClosed(epoch, until);
+    }
+
+    /// The caller must have an anchorer's bond staked: to anchor, or to raise what holds an
+    /// anchor open (anyone could otherwise delay every epoch).
+    function _bonded() internal view {
+        uint256 bond = _bondOf(msg.sender);
+        if (bond < _anchorBond()) revert NotAnchorer(msg.sender, bond);
+    }
+
     function _latest(uint64 epoch) internal view returns (Anchor storage a) {
         if (epoch + 1 != epochCount) revert NotLatest(epoch, epochCount == 0 ? 0 : epochCount - 1);
         a = pending;
@@ -259,10 +277,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
     /// @notice The requester says it never signed `e`; the anchorer has `disputeWindow` to show
     /// the voucher.
     function dispute(uint64 epoch, Entry calldata e, bytes32[] calldata proof) external {
-        Anchor storage a = _latest(epoch);
-        if (a.state != AnchorState.Pending) revert NotPending(epoch);
-        uint64 until = _openUntil(a);
-        if (block.timestamp >= until) revert WindowClosed(epoch, until);
+        Anchor storage a = _fraudOpen(epoch);
         if (e.requester != msg.sender) revert NotYourEntry(e.requester, msg.sender);
         bytes32 leaf = entryLeaf(e);
         if (!MerkleProof.verifyCalldata(proof, a.entriesRoot, leaf)) revert NotInTree();
@@ -276,8 +291,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
 
     /// @notice Show the requester's voucher for exactly the disputed amount.
     function answer(uint64 epoch, Entry calldata e, bytes calldata sig) external {
-        Anchor storage a = _latest(epoch);
-        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+        Anchor storage a = _pendingAt(epoch);
         bytes32 leaf = entryLeaf(e);
         bytes32 key = keccak256(abi.encode(epoch, leaf));
         uint64 answerBy = disputes[key];
@@ -293,8 +307,7 @@ abstract contract Epochs is ReentrancyGuardTransient {
     /// @notice An unanswered dispute voids the anchor (see `_void`).
     function voidAnchor(uint64 epoch, Entry calldata e, address[] calldata requesters,
         uint256[] calldata amounts) external nonReentrant {
-        Anchor storage a = _latest(epoch);
-        if (a.state != AnchorState.Pending) revert NotPending(epoch);
+        Anchor storage a = _pendingAt(epoch);
         bytes32 leaf = entryLeaf(e);
         uint64 answerBy = disputes[keccak256(abi.encode(epoch, leaf))];
         if (answerBy == 0 || answerBy == ANSWERED) revert NoDispute(leaf);

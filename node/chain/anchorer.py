@@ -87,7 +87,7 @@ class Anchorer:
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
         self.follower = Follower(bytes.fromhex(chain.address[2:]))
         self.history = EpochHistory(db, net)
-        self.sums = SumAnswers(self.service)
+        self.sums = SumAnswers(self.service, db)
         self.auditor = Auditor(self.service, db, self.follower.me)
         self.window_ms = 0  # the contract's dispute window (read at start)
         self.active = True  # our turn to anchor (consensus.settlement.following.may_post)

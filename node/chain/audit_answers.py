@@ -1,11 +1,13 @@
 """The anchoring sentry's side of the audits (``EpochAudits.sol``): answer every sum dispute of
 its pending anchor with the entries it posted, or, when its leaves are demanded, with them all.
 
-Anyone may dispute a worker's earnings leaf, and a requester its debit; an anchor whose
+Anyone may dispute a worker's earnings leaf or an entry's ``previous``, and a requester its
+debit; an anchor whose
 dispute goes unanswered is voided and its anchorer's bond slashed. So an anchorer answers each
 one, however frivolous, while the answer time runs: an honest epoch always has the entries to
-show (:func:`consensus.settlement.audits.answer`). One that it cannot answer is our bug (or a
-base that is not the chain's), logged once as an error.
+show (:func:`consensus.settlement.audits.answer`), and every line's entry in the last final
+epoch that holds it (:func:`node.chain.history.last_entry`). One that it cannot answer is our
+bug (or a base that is not the chain's), logged once as an error.
 
 Each open sum dispute is held in the machine's ``open_disputes`` (by its contract key) until it
 is answered, so the epoch stays pending, and is answered, for as long as the chain says it is
@@ -20,14 +22,17 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from consensus.settlement.audits import LEAVES, answer
+from consensus.errors import Invalid
+from consensus.settlement.audits import LEAVES, PREVIOUS, answer
 from consensus.settlement.shown import Row, ShownLeaves
 from node.chain.audit_calls import SUM_KINDS, SumDispute, sum_key
 from node.chain.errors import ChainError, ChainReverted
+from node.chain.history import last_entry
 
 if TYPE_CHECKING:
     from consensus.settlement.anchoring import Anchoring
     from node.chain.service import ChainService
+    from storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +40,8 @@ log = logging.getLogger(__name__)
 class SumAnswers:
     """Answers the open sum disputes of the machine's pending anchor, once per step."""
 
-    def __init__(self, service: ChainService) -> None:
-        self.service = service
+    def __init__(self, service: ChainService, db: Database) -> None:
+        self.service, self.db = service, db
         self.answered = 0
         self._refused: set[SumDispute] = set()
 
@@ -65,13 +70,15 @@ class SumAnswers:
         try:
             if d.kind == LEAVES:
                 shown = await self._show_leaves(d.index, epoch.earnings.items())
+            elif d.kind == PREVIOUS:
+                shown = await self._show_previous(m, d)
             else:
                 a = answer(epoch, m.base_earnings, d.kind, d.party)
                 await self.service.call(
                     lambda c: c.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
                 )
                 shown = len(a.entries)
-        except ChainReverted as exc:
+        except (ChainReverted, Invalid) as exc:
             self._refused.add(d)
             why = "sum dispute cannot be answered: the anchor will be voided and our bond slashed"
             log.error(why, extra={**what, "error": str(exc)})  # noqa: TRY400 - no traceback
@@ -92,3 +99,21 @@ class SumAnswers:
             if part not in done:
                 await self.service.call(lambda c: c.answer_leaves(index, leaves, part))  # noqa: B023
         return len(leaves.rows())
+
+    async def _show_previous(self, m: Anchoring, d: SumDispute) -> int:
+        """Shows the final entry whose amount the disputed entry names as its ``previous``: its
+        line's entry in the last final epoch that holds it, from our history (every epoch we
+        built on, whoever posted it).
+
+        Raises:
+            Invalid: no entry of ours has the disputed leaf, or our history lacks its line.
+        """
+        assert m.pending is not None
+        mine = [e for e in m.pending.entries if int.from_bytes(e.leaf(), "big") == d.amount]
+        if not mine:
+            raise Invalid("dispute.amount", "no entry of the pending epoch has this leaf")
+        found = await last_entry(self.db, mine[0])
+        if found is None:
+            raise Invalid("dispute.entry", "its line is in no final epoch of our history")
+        await self.service.call(lambda c: c.answer_previous(d, mine[0], found))
+        return 1

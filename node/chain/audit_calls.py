@@ -16,7 +16,7 @@ from eth_abi.abi import encode
 from eth_hash.auto import keccak
 from web3 import Web3
 
-from consensus.settlement.audits import DEBIT, EARNINGS, LEAVES
+from consensus.settlement.audits import DEBIT, EARNINGS, LEAVES, PREVIOUS
 from consensus.settlement.epoch import Entry
 from consensus.settlement.merkle import MultiProof
 from node.chain.epoch_calls import entry_args
@@ -24,7 +24,7 @@ from node.chain.epoch_calls import entry_args
 if TYPE_CHECKING:
     from node.chain.client import TxResult
 
-SUM_KINDS = {EARNINGS: "earnings", DEBIT: "debit", LEAVES: "leaves"}
+SUM_KINDS = {EARNINGS: "earnings", DEBIT: "debit", LEAVES: "leaves", PREVIOUS: "previous"}
 ANSWERED = 2**64 - 1  # a sum dispute's ``answerBy`` once answered
 
 
@@ -38,9 +38,10 @@ class SumDispute:
     """An open sum dispute of the latest anchor, as its ``SumDisputed`` event said."""
 
     index: int
-    kind: int  # EARNINGS | DEBIT | LEAVES
-    party: bytes  # 20-byte address: the worker or the requester (LEAVES: zero)
-    amount: int  # the disputed leaf, or the requester's whole debit (LEAVES: 0)
+    kind: int  # EARNINGS | DEBIT | LEAVES | PREVIOUS
+    party: bytes  # 20-byte address: the worker or the requester (LEAVES, PREVIOUS: zero)
+    amount: int  # the disputed leaf, or the requester's whole debit (LEAVES: 0; PREVIOUS:
+    # the disputed entry's leaf, as a number)
     answer_by: int  # chain seconds
 
 
@@ -67,6 +68,20 @@ class AuditCalls:
     def dispute_debit(self, index: int) -> TxResult:
         """Dispute what anchor ``index`` debits our pool (its debit list read from its post)."""
         return self.send("disputeDebit", [index, *self._debit_lists(index)])
+
+    def dispute_previous(self, index: int, entry: Entry, proof: Sequence[bytes]) -> TxResult:
+        """Say ``entry`` (with its proof) of anchor ``index`` names a ``previous`` above its
+        line's amount in the last final anchor."""
+        return self.send("disputePrevious", [index, entry_args(entry), list(proof)])
+
+    def answer_previous(
+        self, dispute: SumDispute, entry: Entry, other: tuple[int, Entry, Sequence[bytes]]
+    ) -> TxResult:
+        """Answer ``dispute`` of ``entry``'s ``previous`` with its line's entry ``other``
+        (the final epoch holding it, itself, its proof there)."""
+        at, o, proof = other
+        args = [dispute.index, entry_args(entry), at, entry_args(o), list(proof)]
+        return self.send("answerPrevious", args)
 
     def answer_sum(
         self,

@@ -13,6 +13,9 @@ When our base is the anchor's (we followed every epoch before it) and its window
                                                              entries: its answer shows them)
     an entry's ``previous`` is below the line's amount in    voidConflict, with that entry
     our base (the line counted twice)                        from our epoch history
+    an entry's ``previous`` is above it (the line pays less  disputePrevious (the anchorer
+    than the voucher its worker holds); these two also for   cannot answer: no final entry
+    the entries a sum answer shows, until the grace ends     has that amount)
     (every entry heard) a worker's leaf grew less than its   voidLowLeaf, with its entries
     entries add, net of the fee at its most
     a sum answer shows two entries for one line              voidConflict, with both
@@ -37,7 +40,15 @@ import logging
 from typing import TYPE_CHECKING
 
 from consensus.errors import Invalid
-from consensus.settlement.audits import EARNINGS, LEAVES, inflated, left_out, lowered, show
+from consensus.settlement.audits import (
+    EARNINGS,
+    LEAVES,
+    PREVIOUS,
+    inflated,
+    left_out,
+    lowered,
+    show,
+)
 from consensus.settlement.epoch import Entry, Line
 from consensus.settlement.leaves import FinalLeaves, LeavesAssembly
 from consensus.settlement.merkle import (
@@ -48,7 +59,7 @@ from consensus.settlement.merkle import (
 from consensus.settlement.shown import ShownLeaves
 from node.chain.audit_calls import ANSWERED, SumDispute
 from node.chain.errors import ChainError
-from node.chain.history import unpack
+from node.chain.history import last_entry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -106,11 +117,12 @@ class Auditor:
         if a is None or a.anchorer == self.me or a.state != "pending":
             return
         self.wanted = a.earnings_root
+        on_base = a.index == m.index + 1 and m.state == "idle"
         raised = await self.service.call(lambda c: c.sum_disputes(a.index, answered=True))
         if raised:
             await self._void_unanswered(a.index, raised, now_ms // 1000)
-            await self._check_answers(a.index)
-        if a.index != m.index + 1 or m.state != "idle" or now_ms >= a.deadline_ms:
+            await self._check_answers(a.index, m if on_base else None)
+        if not on_base or now_ms >= a.deadline_ms:
             return
         # Leaves are demanded only once we have listened for them a while (a quarter window):
         # after a restart, gossip heard before it is gone, and a demand costs the anchorer.
@@ -143,8 +155,8 @@ class Auditor:
     ) -> bool:
         """The checks of every entry heard (``tree`` proves them); whether one voided."""
         for e in entries:
-            if e.previous < m.base_lines.get(e.line, 0):
-                await self._conflict(a, e, tree)
+            if e.previous != m.base_lines.get(e.line, 0):
+                await self._wrong_previous(a.index, m, e, tree.proof(e.leaf()))
         proof = tree.multi_proof([e.leaf() for e in entries])
         by_leaf = {e.leaf(): e for e in entries}
         if await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof):
@@ -210,10 +222,12 @@ class Auditor:
                 if await self._send(lambda c: c.void_sum(d)):  # noqa: B023 - awaited at once
                     return
 
-    async def _check_answers(self, index: int) -> None:
+    async def _check_answers(self, index: int, m: Anchoring | None) -> None:
         """Voids anchor ``index`` when an answer to one of its sum disputes shows entries of a
         requester that add more than the anchor debits it (one never debited at all: a made-up
-        requester, paying a worker out of the others' money), or two entries for one line."""
+        requester, paying a worker out of the others' money), or two entries for one line; and
+        with ``m`` (our base is the anchor's) checks each entry's ``previous``, as for those
+        heard: entries withheld from gossip are first seen here."""
         for _kind, _party, entries, proof in await self.service.call(
             lambda c: c.sum_answers(index)
         ):
@@ -221,6 +235,15 @@ class Auditor:
                 index, entries, proof
             ):
                 return
+            wrong = [e for e in entries if m and e.previous != m.base_lines.get(e.line, 0)]
+            if m is None or not wrong:
+                continue
+            try:
+                proofs = proof.single_proofs()
+            except Invalid:  # the contract took the answer, so its multiproof is sound
+                return
+            for e in wrong:
+                await self._wrong_previous(index, m, e, proofs[e.leaf()])
 
     async def _twice(self, index: int, entries: list[Entry], proof: MultiProof) -> bool:
         """Voids anchor ``index`` if ``entries`` (an answer's, in ``proof``) hold two for one
@@ -301,35 +324,44 @@ class Auditor:
                                         "leaf_wei": str(amount)})  # fmt: skip
         await self._send(lambda c: c.dispute_earnings(index, worker, amount, proof), key)
 
-    async def _conflict(self, a: ChainAnchor, e: Entry, tree: MerkleTree) -> None:
-        """Voids anchor ``a`` for ``e`` (``tree``: all of its entries, to prove ``e``)."""
-        if (a.index, e.leaf(), e.previous) in self._raised:
-            return
-        found = await self._last_entry(e.line)
-        if found is None or not self._once(key := (a.index, e.leaf(), e.previous)):
-            return
-        at, prior, proof = found
-        log.warning("another anchorer's epoch counts a line twice: voiding", extra={
-            "epoch": a.index, "job": "0x" + e.job.hex(), "previous_wei": str(e.previous),
-            "anchored_wei": str(prior.amount), "in_epoch": at})  # fmt: skip
-        entry, index = (e, tree.proof(e.leaf())), a.index
-        await self._send(lambda c: c.void_conflict(index, entry, (at, prior, proof)), key)
+    async def _wrong_previous(self, index: int, m: Anchoring, e: Entry, proof: list[bytes]) -> None:
+        """``e`` (with its ``proof`` in anchor ``index``) names a ``previous`` other than its
+        line's amount in our base: below it, the line is counted twice; above it, underpaid."""
+        if e.previous < m.base_lines.get(e.line, 0):
+            await self._conflict(index, e, proof)
+        else:
+            await self._dispute_previous(index, e, proof)
 
-    async def _last_entry(self, line: Line) -> tuple[int, Entry, list[bytes]] | None:
-        """The line's entry in the latest final epoch of our history that holds it."""
-        rows = await self.db.query(
-            "SELECT idx, entries FROM settle_epochs ORDER BY idx DESC LIMIT ?", (HISTORY_LOOK,)
-        )
-        for row in rows:
-            try:
-                entries = unpack(row["entries"], "settle_epochs.entries")
-            except Invalid:  # a row of another form (before entries carried previous)
-                continue
-            for x in entries:
-                if x.line == line:
-                    tree = MerkleTree.of(ENTRY_TYPES, [y.row() for y in entries])
-                    return int(row["idx"]), x, tree.proof(x.leaf())
-        return None
+    async def _dispute_previous(self, index: int, e: Entry, proof: list[bytes]) -> None:
+        """Disputes ``e``'s ``previous``, above its line's amount in our base: the line would
+        pay the worker less than the voucher it holds, and debit its requester less (the two
+        with the anchorer could underpay the worker so). No final entry of the line has that
+        amount, so the anchorer cannot answer, and the anchor is voided when its time runs
+        out (:meth:`_void_unanswered`)."""
+        if not self._once(key := (index, e.leaf(), -2)):
+            return
+        leaf = int.from_bytes(e.leaf(), "big")
+        raised = await self.service.call(lambda c: c.sum_disputes(index, answered=True))
+        if any(d.kind == PREVIOUS and d.amount == leaf for d in raised):
+            return  # another watcher's (or ours, before a restart)
+        log.warning("another anchorer's epoch pays a line from a previous amount it never "
+                    "anchored: disputing", extra={"epoch": index, "job": "0x" + e.job.hex(),
+                                                  "previous_wei": str(e.previous)})  # fmt: skip
+        await self._send(lambda c: c.dispute_previous(index, e, proof), key)
+
+    async def _conflict(self, index: int, e: Entry, proof: list[bytes]) -> None:
+        """Voids anchor ``index`` for ``e`` (with its ``proof`` there)."""
+        if (index, e.leaf(), e.previous) in self._raised:
+            return
+        found = await last_entry(self.db, e, HISTORY_LOOK)
+        if found is None or not self._once(key := (index, e.leaf(), e.previous)):
+            return
+        at, prior, prior_proof = found
+        log.warning("another anchorer's epoch counts a line twice: voiding", extra={
+            "epoch": index, "job": "0x" + e.job.hex(), "previous_wei": str(e.previous),
+            "anchored_wei": str(prior.amount), "in_epoch": at})  # fmt: skip
+        entry = (e, proof)
+        await self._send(lambda c: c.void_conflict(index, entry, (at, prior, prior_proof)), key)
 
     def _once(self, key: tuple[int, bytes, int]) -> bool:
         if key in self._raised:

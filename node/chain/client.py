@@ -44,7 +44,7 @@ WRITES = (
     "dispute", "answer", "voidAnchor", "claimEarnings", "payout", "approve",
     "disputeEarnings", "disputeDebit", "answerSum", "voidSum", "voidConflict", "voidUnderDebit",
     "voidLowLeaf", "disputeLeaves", "answerLeaves",
-    "voidMissingLeaf", "showAbsent",
+    "voidMissingLeaf", "showAbsent", "disputePrevious", "answerPrevious",
 )  # fmt: skip
 TOKEN_WRITES = ("approve",)  # sent to the payment token, journaled with the settlement's rows
 # Writes that bring money in: their last argument is the amount. Journal rows written before

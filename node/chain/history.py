@@ -39,6 +39,7 @@ MAX_BYTES = 2 << 20  # an answer; an epoch larger than half of it is served in p
 MAX_ROWS = 100_000
 PART_ROWS = 6000  # entries per part of a large epoch: about 800 KB packed
 MAX_PARTS = -(-MAX_ROWS // PART_ROWS)
+LOOK_PAGE = 64  # final epochs read at once when searching for a line's last entry
 TIMEOUT_S = 10.0
 RETRY_S = 30.0  # how often a sentry that cannot rebuild an epoch asks again
 SIZES = (20, 20, 32, 32)  # requester, worker, job, task
@@ -75,6 +76,35 @@ def unpack(blob: Any, what: str) -> list[Entry]:
             )
         out.append(entry_of_row(row))
     return out
+
+
+async def last_entry(
+    db: Database, of: Entry, look: int | None = None
+) -> tuple[int, Entry, list[bytes]] | None:
+    """The entry of ``of``'s line (and requester, as the contract's line has it) in the latest
+    final epoch of ``settle_epochs`` that holds it, with that epoch's index and the entry's
+    proof there; searching the latest ``look`` epochs (None: all, a page at a time: each row
+    holds a whole epoch)."""
+    seen = 0
+    while look is None or seen < look:
+        page = LOOK_PAGE if look is None else min(LOOK_PAGE, look - seen)
+        rows = await db.query(
+            "SELECT idx, entries FROM settle_epochs ORDER BY idx DESC LIMIT ? OFFSET ?",
+            (page, seen),
+        )
+        for row in rows:
+            try:
+                entries = unpack(row["entries"], "settle_epochs.entries")
+            except Invalid:  # a row of another form (before entries carried previous)
+                continue
+            for x in entries:
+                if x.line == of.line and x.requester == of.requester:
+                    tree = MerkleTree.of(ENTRY_TYPES, [y.row() for y in entries])
+                    return int(row["idx"]), x, tree.proof(x.leaf())
+        if len(rows) < page:
+            return None
+        seen += page
+    return None
 
 
 def _amount(x: Any) -> bool:

@@ -4,8 +4,9 @@ Pools funded and left, anchors honest or forged (an entry the requester never si
 by it; an earnings leaf moved to the other worker, disputed by anyone; the other worker
 credited as much again from nowhere with the leaves withheld, demanded by a watcher, shown by
 the anchorer and disputed; a debit padded within
-the requester's spend, disputed by it: each unanswerable, so voided with the anchorer's bond
-slashed), windows passing, epochs
+the requester's spend, disputed by it; a line grown from a ``previous`` above its final amount,
+underpaying the worker, disputed by a watcher: each unanswerable, so voided with the anchorer's
+bond slashed; an honest ``previous`` disputed too, and answered), windows passing, epochs
 finalized, workers claiming at random moments or paid out all at once. Each requester signs,
 with every voucher, its spend: the sum of the largest voucher of each of its lines; a forged
 anchor that would debit beyond it is refused by the contract, one within it is disputed. After
@@ -24,7 +25,7 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from consensus.settlement.audits import inflated
+from consensus.settlement.audits import PREVIOUS, inflated
 from consensus.settlement.eip712 import chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import payout_batches
@@ -66,6 +67,7 @@ class Epochs(RuleBasedStateMachine):
         self.debited: dict[str, int] = defaultdict(int)  # all anchors not void, per requester
         self.final_debits: dict[str, int] = defaultdict(int)
         self.final: Epoch | None = None
+        self.line_at: dict[tuple[bytes, bytes, bytes], tuple[int, Entry, list[bytes]]] = {}
         self.index = -1
         for who in REQUESTERS:
             self.fund(who, 4 * ETH)
@@ -82,7 +84,8 @@ class Epochs(RuleBasedStateMachine):
     @precondition(lambda self: self.pending is None)
     @rule(job=st.sampled_from(JOBS), worker=st.sampled_from(WORKERS),
           more=st.integers(1, 2 * ETH), forge=st.sampled_from([0, 0, 1, ETH]),
-          cheat=st.sampled_from(["", "", "leaf", "debit", "nowhere"]), settle=st.booleans(),
+          cheat=st.sampled_from(["", "", "leaf", "debit", "nowhere", "previous"]),
+          settle=st.booleans(),
           demand=st.booleans())  # fmt: skip
     def anchor(
         self, job: bytes, worker: str, more: int, forge: int, cheat: str, settle: bool,
@@ -91,8 +94,10 @@ class Epochs(RuleBasedStateMachine):
         """The requester signs ``more`` on a line (and its spend); the anchorer anchors the
         line at that, or ``forge`` wei above it; or moves the line's earnings to the other
         worker's leaf (``leaf``), or credits the other worker as much again from nowhere and
-        withholds its leaves (``nowhere``), or pads the debit within the spend (``debit``).
-        With ``demand`` a watcher demands the leaves of an honest anchor too."""
+        withholds its leaves (``nowhere``), or pads the debit within the spend (``debit``), or
+        names a ``previous`` a wei above the line's final amount (``previous``, on a line with
+        one). With ``demand`` a watcher demands the leaves of an honest anchor too, and
+        disputes its ``previous``."""
         if self.pending is not None:
             return
         owner = REQUESTERS[JOBS.index(job) % 2]
@@ -108,7 +113,8 @@ class Epochs(RuleBasedStateMachine):
         ok = self.pool[owner] >= epoch.total and self.bond >= BOND and within
         if not self._try(ok, lambda: self.anchorer.post_anchor(epoch, spend)):
             return
-        cheat = cheat if epoch.total != self.honest_total or cheat != "debit" else ""
+        if cheat in ("debit", "previous") and epoch.total == self.honest_total:
+            cheat = ""  # no slack in the spend, or a new line: posted honest
         event(f"forged: {cheat}" if cheat else "honest")
         self.index += 1
         self.pool[owner] -= epoch.total
@@ -118,6 +124,7 @@ class Epochs(RuleBasedStateMachine):
         if demand and not cheat:  # shown, and nothing to dispute in them
             self.c["sentry2"].dispute_leaves(self.index)
             self._show_leaves(epoch)
+            self._answer_previous(epoch)
         if settle:
             self.settle()
 
@@ -148,6 +155,8 @@ class Epochs(RuleBasedStateMachine):
             for who in REQUESTERS:
                 self.final_debits[who] += epoch.debits.get(self.b(who), 0)
             self.lines, self.earnings, self.final = epoch.lines, epoch.earnings, epoch
+            for e in epoch.entries:
+                self.line_at[e.line] = (self.index, e, epoch.entry_proof(e))
         self.pending = None
 
     def _cheat(self, epoch: Epoch, owner: str, worker: str, cheat: str) -> Epoch:
@@ -166,6 +175,10 @@ class Epochs(RuleBasedStateMachine):
             credited = {**epoch.earnings, to: epoch.earnings.get(to, 0) + gained}
             tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(credited.items())])
             return replace(epoch, earnings=credited, earnings_tree=tree)
+        if cheat == "previous" and epoch.entries[0].line in self.lines:  # a wei underpaid
+            e = epoch.entries[0]
+            raised = {**self.lines, e.line: self.lines[e.line] + 1}
+            return assemble([e], raised, self.earnings, FEE)
         if cheat == "debit":  # whatever the spend leaves (lines signed, never anchored)
             slack = self.spend_of(owner) - self.debited[owner] - epoch.total
             return replace(epoch, debits={self.b(owner): epoch.total + min(slack, ETH)})
@@ -179,6 +192,9 @@ class Epochs(RuleBasedStateMachine):
             self.c[owner].dispute(self.index, e, epoch.entry_proof(e))
         elif cheat == "debit":
             self.c[owner].dispute_debit(self.index)
+        elif cheat == "previous":
+            e = epoch.entries[0]
+            self.c["sentry2"].dispute_previous(self.index, e, epoch.entry_proof(e))
         elif cheat in ("leaf", "nowhere"):
             watcher, leaves = self.c["sentry2"], epoch.earnings
             if cheat == "nowhere":  # withheld: demanded, shown, and read off the answer
@@ -189,6 +205,15 @@ class Epochs(RuleBasedStateMachine):
             (to,) = inflated(leaves, self.earnings, epoch.entries, FEE)
             proof = epoch.earnings_proof(to)
             watcher.dispute_earnings(self.index, to, leaves[to], proof)
+
+    def _answer_previous(self, epoch: Epoch) -> None:
+        """A watcher disputes an honest ``previous``; the anchorer shows the line's final entry."""
+        e = epoch.entries[0]
+        if e.previous == 0:
+            return
+        self.c["sentry2"].dispute_previous(self.index, e, epoch.entry_proof(e))
+        (d,) = (x for x in self.c["other"].sum_disputes(self.index) if x.kind == PREVIOUS)
+        self.anchorer.answer_previous(d, e, self.line_at[e.line])
 
     def _show_leaves(self, epoch: Epoch) -> None:
         """The anchorer shows every leaf, in parts of one leaf (so more than one part)."""

@@ -1,0 +1,123 @@
+"""An entry's ``previous`` through the node's services on a real EVM (embedded), one sqlite file
+per node: a standing-by anchorer disputes a ``previous`` above the line's amount in its base,
+heard on gossip or first shown by a sum answer, and voids the anchor when nothing answers, but
+raises nothing on an honest one; the anchoring sentry answers a dispute of an honest one with
+the line's final entry from its epoch history, even after a restart."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from consensus.settlement.audits import EARNINGS, PREVIOUS, answer
+from consensus.settlement.epoch import assemble
+from node.chain.anchorer import Anchorer
+from node.chain.backend import Chain
+from storage.db import Database
+from tests.chain.conftest import ETH, make_net
+from tests.chain.test_audits_node import WINDOW, followed_first_epoch, hand
+from tests.chain.test_epochs import FEE, J1, J2, T0, entries
+from tests.chain.test_settlement_node import fresh_anchorer, voucher
+
+
+async def test_a_standing_by_anchorer_voids_an_anchor_that_underpays_a_line(
+    tmp_path: Path,
+) -> None:
+    """J1 (1 ETH final) grows to 3 ETH, but its entry says it had 2 ETH: worker is paid 1 ETH
+    for a voucher that adds 2, and the requester debited 1 ETH less. Entries and leaves agree
+    with each other, so only the line's history shows it."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        line = (J1, T0, bytes.fromhex(net.addr("worker")[2:]))
+        grown = {(J1, T0, "worker"): 3 * ETH, (J2, T0, "worker2"): ETH}
+        bad = assemble(entries(net, grown), {line: 2 * ETH}, first.earnings, FEE)
+        net.client("sentry1").post_anchor(bad, net.spends(4 * ETH))
+        hand(standby, 1, bad)
+        await standby.step()
+        (d,) = net.client("other").sum_disputes(1)
+        assert d.kind == PREVIOUS
+        await standby.step()  # raised once
+        assert standby.auditor.raised == 1
+        before = net.balance(net.addr("sentry2"))
+        net.chain.advance(WINDOW + 2)
+        await standby.step()  # nothing answered it
+        assert net.client("other").anchor()["state"] == "void"
+        assert standby.auditor.raised == 2
+        gained = net.balance(net.addr("sentry2")) - before
+        assert ETH // 2 - gained < ETH // 100  # half the cheat's bond, less gas
+        assert net.client("requester").pool_of()["debited"] == ETH  # epoch 0's alone
+
+
+async def test_a_standing_by_anchorer_raises_nothing_on_an_honest_grown_line(
+    tmp_path: Path,
+) -> None:
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        grown = {(J1, T0, "worker"): 3 * ETH, (J2, T0, "worker2"): ETH}
+        honest = assemble(entries(net, grown), first.lines, first.earnings, FEE)
+        assert sorted(e.previous for e in honest.entries) == [0, ETH]
+        net.client("sentry1").post_anchor(honest, net.spends(4 * ETH))
+        hand(standby, 1, honest)
+        await standby.step()
+        net.chain.advance(WINDOW // 2 + 1)
+        await standby.step()
+        assert net.client("other").sum_disputes(1, answered=True) == []
+        assert standby.auditor.raised == 0
+
+
+async def test_a_standing_by_anchorer_disputes_a_previous_first_shown_in_an_answer(
+    tmp_path: Path,
+) -> None:
+    """The same underpaid line, its entry withheld from gossip: past half the window worker's
+    leaf looks grown with no entries, so it is disputed; the cheat's answer shows the entry,
+    whose ``previous`` is then disputed, and nothing answers that."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        line = (J1, T0, bytes.fromhex(net.addr("worker")[2:]))
+        grown = {(J1, T0, "worker"): 3 * ETH, (J2, T0, "worker2"): ETH}
+        bad = assemble(entries(net, grown), {line: 2 * ETH}, first.earnings, FEE)
+        cheat = net.client("sentry1")
+        cheat.post_anchor(bad, net.spends(4 * ETH))
+        hand(standby, 1, replace(bad, entries=tuple(e for e in bad.entries if e.job == J2)))
+        await standby.step()
+        net.chain.advance(WINDOW // 2 + 1)
+        await standby.step()
+        (d,) = cheat.sum_disputes(1)
+        assert (d.kind, d.party) == (EARNINGS, line[2])
+        a = answer(bad, first.earnings, d.kind, d.party)
+        cheat.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
+        await standby.step()
+        (p,) = cheat.sum_disputes(1)
+        assert p.kind == PREVIOUS
+        net.chain.advance(WINDOW + 2)
+        await standby.step()
+        assert cheat.anchor()["state"] == "void"
+        assert standby.auditor.raised == 3  # the leaf, the previous, the void
+
+
+async def test_the_anchorer_answers_a_dispute_of_an_honest_previous(tmp_path: Path) -> None:
+    """Epoch 0 anchors J1 at 1 ETH, epoch 1 grows it to 3 ETH (``previous`` 1 ETH). A bonded
+    watcher disputes that ``previous`` anyway; the anchorer, restarted from its sqlite file,
+    shows epoch 0's entry, and the anchor becomes final."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    net.client("sentry1").stake(ETH)
+    other = net.client("other")
+    other.stake(ETH)
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        a = await fresh_anchorer(net, db, net.client("sentry1"))
+        for amount in (ETH, 3 * ETH):
+            assert await a.on_voucher(voucher(net, a.chain.domain, amount))
+            await a.step()
+            net.chain.advance(WINDOW // 2 + 2)
+            await a.step()  # the first epoch becomes final as the second is posted
+        assert a.machine is not None and a.machine.pending is not None
+        (e,) = a.machine.pending.entries
+        assert (other.anchor()["epoch"], e.previous) == (1, ETH)
+        other.dispute_previous(1, e, a.machine.pending.entry_proof(e))
+        restarted = Anchorer(a.chain, db, a.net)
+        await restarted.resume()
+        await restarted.step()
+        assert other.sum_disputes(1) == []
+        assert restarted.sums.answered == 1
+        net.chain.advance(WINDOW + 1)
+        await restarted.step()
+        assert other.anchor()["state"] == "final"
+        assert net.client("sentry1").stake_of()["bonded"] == ETH
