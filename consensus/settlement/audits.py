@@ -34,6 +34,7 @@ from consensus.errors import Invalid
 from consensus.settlement.eip712 import BPS
 from consensus.settlement.epoch import Entry, Epoch
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof, leaf_hash
+from consensus.settlement.shown import ShownLeaves
 
 EARNINGS, DEBIT, LEAVES, PREVIOUS = 1, 2, 3, 4  # the contract's ``Sum`` kinds
 
@@ -48,24 +49,29 @@ class SumAnswer:
     proof: MultiProof
 
 
-def answer(epoch: Epoch, base: Mapping[bytes, int], kind: int, party: bytes) -> SumAnswer:
+def answer(
+    epoch: Epoch, base: Mapping[bytes, int], kind: int, party: bytes, *,
+    base_shown: ShownLeaves | None = None,
+) -> SumAnswer:  # fmt: skip
     """The answer to a sum dispute of ``party`` in ``epoch``, built over ``base`` (the
-    earnings of the last final epoch, from which ``epoch`` was assembled).
+    earnings of the last final epoch, from which ``epoch`` was assembled; ``base_shown``: its
+    tree as shown on chain, when that is not the sorted one).
 
     Raises:
         Invalid: an unknown kind.
     """
-    return show(epoch.entries, epoch.entries_tree, base, kind, party)
+    return show(epoch.entries, epoch.entries_tree, base, kind, party, base_shown=base_shown)
 
 
 def show(entries: Iterable[Entry], tree: MerkleTree | None, base: Mapping[bytes, int], kind: int,
-         party: bytes) -> SumAnswer:  # fmt: skip
+         party: bytes, *, base_shown: ShownLeaves | None = None) -> SumAnswer:  # fmt: skip
     """``party``'s entries among ``entries`` (all of those in ``tree``, an anchor's entries
     tree; None: no entries) with their multiproof, and for a worker its leaf in ``base`` with
-    its proof.
+    its proof: in the sorted tree over ``base``, or in ``base_shown`` (the last final root's
+    leaves as shown on chain, a tree that need not be the sorted one).
 
     Raises:
-        Invalid: an unknown kind.
+        Invalid: an unknown kind, or a base leaf ``base_shown`` does not hold.
     """
     if kind not in (EARNINGS, DEBIT):
         raise Invalid("audit.kind", f"must be {EARNINGS} (earnings) or {DEBIT} (debit), got {kind}")
@@ -76,6 +82,8 @@ def show(entries: Iterable[Entry], tree: MerkleTree | None, base: Mapping[bytes,
     held = base.get(party, 0) if kind == EARNINGS else 0
     if held == 0:
         return SumAnswer(0, (), shown, proof)
+    if base_shown is not None:
+        return SumAnswer(held, tuple(base_shown.proof(party, held)), shown, proof)
     base_tree = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(base.items())])
     return SumAnswer(held, tuple(base_tree.proof(leaf_hash(EARNINGS_TYPES, [party, held]))),
                      shown, proof)  # fmt: skip

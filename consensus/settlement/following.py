@@ -5,7 +5,11 @@ grow each (job, task, worker) line from what earlier epochs anchored. So an anch
 build each epoch on the one before it on chain, whoever posted that one. It *follows* the
 epochs others post: it rebuilds each from the entries gossiped while it was pending
 (``EpochEntries``) over its own base (:func:`rebuild`), and once that epoch is final takes it
-as its base, but only when both rebuilt roots equal the chain's. An epoch it cannot rebuild
+as its base, but only when both rebuilt roots equal the chain's, or the entries root does and
+the earnings leaves its anchorer showed on chain (``EpochLeaves.sol``) hash to the earnings
+root and give every worker exactly the rebuilt earnings: the leaves are right, only the tree
+is not the sorted one (its parts swapped or a lower duplicate leaf added, which the contract
+cannot refuse), and claims and proofs are read off the parts as shown. An epoch it cannot rebuild
 (its entries were missed, or our base was never the chain's) halts its anchoring until it
 can (the driver then asks other anchorers for their history): it must post nothing rather
 than leaves that would fall below what workers already claimed, or anchor again lines the
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 
 from consensus.errors import Invalid
 from consensus.settlement.epoch import Entry, Epoch, Line, assemble
+from consensus.settlement.shown import ShownLeaves
 
 TAKEOVER_EPOCHS = 3
 STATES = frozenset({"pending", "final", "void"})
@@ -61,19 +66,32 @@ def rebuild(
     base_lines: Mapping[Line, int],
     base_earnings: Mapping[bytes, int],
     fee_bps: int,
+    *,
+    shown: ShownLeaves | None = None,
 ) -> Epoch | None:
     """The epoch ``anchor`` posted, rebuilt over our base from the ``entries`` heard for it;
-    None while they do not give both of its roots (some not heard yet, or another base)."""
+    None while they do not give both of its roots (some not heard yet, or another base),
+    unless the leaves ``shown`` on chain for it stand for the earnings root (see above)."""
     try:
         epoch = assemble(entries, base_lines, base_earnings, fee_bps)
     except (Invalid, ValueError, OverflowError):  # nothing heard, two entries for one line,
         return None  # an amount no tree holds: not the chain's epoch
-    if (epoch.entries_tree.root, epoch.earnings_tree.root) != (
-        anchor.entries_root,
-        anchor.earnings_root,
-    ):
+    if epoch.entries_tree.root != anchor.entries_root:
         return None
-    return epoch
+    if epoch.earnings_tree.root == anchor.earnings_root or _shown_as(shown, anchor, epoch):
+        return epoch
+    return None
+
+
+def _shown_as(shown: ShownLeaves | None, anchor: ChainAnchor, epoch: Epoch) -> bool:
+    """Whether ``shown`` hashes to ``anchor``'s earnings root and gives each worker exactly
+    ``epoch``'s earnings (its largest leaf, the one a claim takes)."""
+    if shown is None:
+        return False
+    try:
+        return shown.root() == anchor.earnings_root and shown.amounts() == epoch.earnings
+    except Invalid:
+        return False
 
 
 def may_post(

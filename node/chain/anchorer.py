@@ -211,7 +211,8 @@ class Anchorer:
         now_ms = await self.service.call(lambda c: c.chain.now() * 1000)
         effects = await self._observe()
         await self.sums.step(m)  # see node.chain.audit_answers
-        halted = self.follower.stuck is not None and not self.history.due()  # asked lately
+        shown = await self._shown_for_stuck()  # see Follower.shown
+        halted = self.follower.stuck is not None and not self.history.due() and not shown
         anchors = [] if halted else await self._anchors(now_ms)
         may_post = self.active = not halted and self.follower.may_post(
             m, anchors, now_ms, self.window_ms
@@ -236,6 +237,18 @@ class Anchorer:
         await self._pay_out()  # before the leaves go out: workers then find nothing to claim
         if self.active:
             await self.gossip.leaves(self.final, self.leaves_per_message)
+
+    async def _shown_for_stuck(self) -> bool:
+        """Reads the leaves shown on chain for the epoch we cannot rebuild, once: an epoch
+        whose tree is not the sorted one is followed from them. Whether they were new."""
+        stuck = self.follower.stuck
+        if stuck is None or stuck in self.follower.shown:
+            return False
+        parts = await self.service.call(lambda c: c.leaves_shown(stuck))
+        if parts is None:
+            return False
+        self.follower.shown[stuck] = parts
+        return True
 
     async def _anchors(self, now_ms: int) -> list[ChainAnchor]:
         """The chain's anchors after our latest epoch, and its latest (see ``anchors_after``)."""

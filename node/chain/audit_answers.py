@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from consensus.errors import Invalid
-from consensus.settlement.audits import LEAVES, PREVIOUS, answer
+from consensus.settlement.audits import EARNINGS, LEAVES, PREVIOUS, answer
 from consensus.settlement.shown import Row, ShownLeaves
 from node.chain.audit_calls import SUM_KINDS, SumDispute, sum_key
 from node.chain.errors import ChainError, ChainReverted
@@ -73,7 +73,10 @@ class SumAnswers:
             elif d.kind == PREVIOUS:
                 shown = await self._show_previous(m, d)
             else:
-                a = answer(epoch, m.base_earnings, d.kind, d.party)
+                base = m.base_earnings
+                held = d.kind == EARNINGS and base.get(d.party, 0) > 0
+                on = await self.service.call(lambda c: c.base_shown(base)) if held else None
+                a = answer(epoch, base, d.kind, d.party, base_shown=on)
                 await self.service.call(
                     lambda c: c.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
                 )

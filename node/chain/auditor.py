@@ -206,7 +206,9 @@ class Auditor:
         for j in set(range(len(parts.nodes))) - done:
             if not await self._send(lambda c: c.show_absent(a.index, worker, parts, j), key):  # noqa: B023
                 return False
-        s = show(entries, tree if entries else None, m.base_earnings, EARNINGS, worker)
+        on = await self._base_shown(m, worker)
+        s = show(entries, tree if entries else None, m.base_earnings, EARNINGS, worker,
+                 base_shown=on)  # fmt: skip
         owed = ((s.base, s.base_proof), s.entries, s.proof)
         return await self._send(
             lambda c: c.void_missing_leaf(a.index, worker, owed, parts.nodes), key
@@ -306,7 +308,8 @@ class Auditor:
             log.warning("another anchorer's epoch pays a worker less than its entries add: "
                         "voiding", extra={"epoch": a.index, "worker": "0x" + worker.hex(),
                                           "leaf_wei": str(amount)})  # fmt: skip
-            shown = show(entries, tree, m.base_earnings, EARNINGS, worker)
+            on = await self._base_shown(m, worker)
+            shown = show(entries, tree, m.base_earnings, EARNINGS, worker, base_shown=on)
             args = (a.index, (worker, amount, proof), (shown.base, shown.base_proof),
                     shown.entries, shown.proof)  # fmt: skip
             if await self._send(lambda c: c.void_low_leaf(*args), key):  # noqa: B023
@@ -362,6 +365,13 @@ class Auditor:
             "anchored_wei": str(prior.amount), "in_epoch": at})  # fmt: skip
         entry = (e, proof)
         await self._send(lambda c: c.void_conflict(index, entry, (at, prior, prior_proof)), key)
+
+    async def _base_shown(self, m: Anchoring, worker: bytes) -> ShownLeaves | None:
+        """The last final root's leaves as shown, when ``worker``'s base leaf must be proved
+        off them (a tree followed from shown leaves, not the sorted one)."""
+        if m.base_earnings.get(worker, 0) == 0:
+            return None
+        return await self.service.call(lambda c: c.base_shown(m.base_earnings))
 
     def _once(self, key: tuple[int, bytes, int]) -> bool:
         if key in self._raised:

@@ -18,6 +18,7 @@ from consensus.settlement.anchoring_state import entry_of_row, entry_row
 from consensus.settlement.epoch import Entry, Epoch, Line
 from consensus.settlement.following import ChainAnchor, may_post, rebuild
 from consensus.settlement.messages import EpochEntries
+from consensus.settlement.shown import ShownLeaves
 
 log = logging.getLogger(__name__)
 MAX_ROOTS = 4  # epochs whose entries are kept at once: pending ones are one or two
@@ -40,6 +41,9 @@ class Follower:
         self.followed = -1  # the machine's latest epoch, as of our last look
         self.index_of: dict[bytes, int] = {}  # entries root -> the epoch its messages named
         self.posted: dict[int, int] = {}  # anchor index -> its post's block time (ms), recent
+        # anchor index -> its leaves as shown on chain, read for an epoch we were stuck on:
+        # a tree that is not the sorted one is followed from them (see ``rebuild``)
+        self.shown: dict[int, ShownLeaves] = {}
 
     def heard_from(self, peer: str, now_ms: int) -> None:
         """``peer`` gossiped as an anchorer (entries or leaves): one to ask for history. When
@@ -136,7 +140,8 @@ class Follower:
                 m.adopt(a.index, None, finalized=True)
                 continue
             heard = self.heard.get(a.entries_root, {})
-            epoch = rebuild(a, heard.values(), m.base_lines, m.base_earnings, m.fee_bps)
+            epoch = rebuild(a, heard.values(), m.base_lines, m.base_earnings, m.fee_bps,
+                            shown=self.shown.get(a.index))  # fmt: skip
             if epoch is None:
                 self.stuck = a.index
                 break
@@ -147,6 +152,7 @@ class Follower:
             log.info("followed another anchorer's epoch", extra={"epoch": a.index,
                      "anchorer": "0x" + a.anchorer.hex(), "entries": len(heard)})  # fmt: skip
         self.followed = m.index
+        self.shown = {i: s for i, s in self.shown.items() if i > m.index}
         self.on_chain = {a.entries_root for a in anchors if a.index > m.index}
         for root in [r for r in self.heard if self.index_of.get(r, -1) <= m.index]:
             self._drop(root)  # followed already, voided, or ours

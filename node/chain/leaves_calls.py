@@ -6,15 +6,16 @@ A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.audit_ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eth_abi.abi import encode
 from eth_hash.auto import keccak
 from web3 import Web3
 
+from consensus.errors import Invalid
 from consensus.settlement.epoch import Entry
-from consensus.settlement.merkle import MultiProof
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof
 from consensus.settlement.shown import Row, ShownLeaves
 from node.chain.epoch_calls import entry_args
 
@@ -49,17 +50,44 @@ class LeavesCalls:
     def leaves_shown(self, index: int) -> ShownLeaves | None:
         """Anchor ``index``'s leaves as its anchorer showed them, every part under one set of
         nodes (the contract checked each against the root); None until all of one set are."""
-        sets: dict[tuple[bytes, ...], dict[int, tuple[Row, ...]]] = {}
-        for log in self.events("LeavesShown", epoch=index):
+        return next(self._shown_sets(epoch=index), None)
+
+    def leaves_with_root(self, root: bytes) -> ShownLeaves | None:
+        """Leaves shown for any anchor, every part, that hash to ``root``; None if none do."""
+        for shown in self._shown_sets():
+            try:
+                if shown.root() == root:
+                    return shown
+            except Invalid:  # the contract checked the parts: cannot happen, but not ours
+                continue
+        return None
+
+    def base_shown(self, base: Mapping[bytes, int]) -> ShownLeaves | None:
+        """The last final root's leaves as shown on chain when ``base`` (the earnings it
+        holds) does not hash to it as the sorted tree: proofs of base leaves are then read off
+        the parts as shown (the tree was followed from them, see
+        :func:`consensus.settlement.following.rebuild`). None: the sorted tree is the root."""
+        if not base:
+            return None
+        root = bytes(self.contract.functions.claimRoot().call())
+        if MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(base.items())]).root == root:
+            return None
+        return self.leaves_with_root(root)
+
+    def _shown_sets(self, **where: Any) -> Iterator[ShownLeaves]:
+        """Each set of parts shown in full (every part under one set of nodes of one anchor),
+        in the order its last part was shown."""
+        sets: dict[tuple[int, tuple[bytes, ...]], dict[int, tuple[Row, ...]]] = {}
+        for log in self.events("LeavesShown", **where):
             a = log["args"]
             nodes = tuple(bytes(n) for n in a["nodes"])
             rows = tuple((bytes.fromhex(w[2:]), int(c))
                          for w, c in zip(a["workers"], a["cumulatives"], strict=True))  # fmt: skip
-            parts = sets.setdefault(nodes, {})
+            parts = sets.setdefault((int(a["epoch"]), nodes), {})
             parts[int(a["part"])] = rows
             if len(parts) == len(nodes):
-                return ShownLeaves(nodes, tuple(parts[j] for j in range(len(nodes))))
-        return None
+                yield ShownLeaves(nodes, tuple(parts[j] for j in range(len(nodes))))
+                parts.clear()  # yielded once: a part shown again starts no second copy
 
     def shown_parts(self, index: int, nodes: Sequence[bytes]) -> set[int]:
         """The parts of anchor ``index``'s leaves under ``nodes`` shown so far."""

@@ -22,7 +22,6 @@ from consensus.settlement.merkle import (
     EARNINGS_TYPES,
     MerkleTree,
     MultiProof,
-    hash_pair,
     leaf_hash,
     verify,
 )
@@ -33,6 +32,7 @@ from node.cli_wallet import epoch_rows
 from tests.chain.conftest import ETH, Net
 from tests.chain.test_audits import final_first_epoch
 from tests.chain.test_epochs import FEE, J2, J3, T0, WINDOW, b, entries, refused, reverts
+from tests.unit.settlement.test_shown_leaves import tree_in_order
 
 ZERO = bytes(20)
 NONE = MultiProof((), (), ())  # no entries shown
@@ -150,21 +150,6 @@ def test_an_unanswered_leaves_dispute_voids_the_anchor(net: Net) -> None:
     assert anchorer.anchor()["state"] == "void"
     assert net.balance(net.addr("sentry2")) - before == ETH // 2
     assert anchorer.stake_of()["bonded"] == 0
-
-
-def tree_in_order(rows: list[tuple[bytes, int]]) -> tuple[MerkleTree, dict[bytes, Any]]:
-    """An earnings tree over ``rows`` in their order, not sorted by hash (OpenZeppelin's
-    layout, which a multiproof of every leaf takes in any leaf order): what an anchorer could
-    post that nobody else could rebuild."""
-    leaves = [leaf_hash(EARNINGS_TYPES, [w, a]) for w, a in rows]
-    size = 2 * len(leaves) - 1
-    nodes = [b""] * size
-    for i, leaf in enumerate(leaves):
-        nodes[size - 1 - i] = leaf
-    for i in range(size - 1 - len(leaves), -1, -1):
-        nodes[i] = hash_pair(nodes[2 * i + 1], nodes[2 * i + 2])
-    index = {leaf: size - 1 - i for i, leaf in enumerate(leaves)}
-    return MerkleTree(tuple(nodes), index), dict(zip(leaves, rows, strict=True))
 
 
 def test_a_tree_out_of_order_cannot_be_shown_and_its_anchor_is_voided(net: Net) -> None:

@@ -10,7 +10,9 @@ from consensus.settlement.anchoring import Anchoring, Post
 from consensus.settlement.epoch import Entry, Spend, assemble
 from consensus.settlement.following import TAKEOVER_EPOCHS, ChainAnchor, may_post, rebuild
 from consensus.settlement.messages import EpochEntries, entries_parts
+from consensus.settlement.shown import ShownLeaves
 from node.chain.follower import CADENCE_ANCHORS, MAX_ROOTS, Follower
+from tests.unit.settlement.test_shown_leaves import paired_otherwise
 
 R, W1, W2, ME, THEM = (bytes([i]) * 20 for i in range(1, 6))
 J1, J2, T = b"\x11" * 32, b"\x12" * 32, b"\x00" * 32
@@ -33,6 +35,25 @@ def test_an_epoch_is_rebuilt_only_from_all_of_its_entries_over_the_same_base() -
     assert rebuild(anchor, [], {}, {}, FEE) is None
     assert rebuild(anchor, entries, {(J1, T, W1): 50}, {}, FEE) is None  # another base
     assert rebuild(anchor, entries, {}, {}, fee_bps=0) is None  # leaves net of another fee
+
+
+def test_an_epoch_whose_tree_is_not_the_sorted_one_is_rebuilt_from_its_shown_leaves() -> None:
+    """Its leaves right but paired otherwise: followed only from the leaves shown on chain,
+    and only while they give every worker exactly the rebuilt earnings."""
+    entries = [Entry(R, w, J1, T, 100 * (i + 1)) for i, w in enumerate((W1, W2, ME, THEM))]
+    honest = assemble(entries, {}, {}, FEE)
+    _, shown = paired_otherwise(honest.earnings)
+    anchor = ChainAnchor(0, THEM, shown.root(), honest.entries_tree.root, "final", 0)
+    assert rebuild(anchor, entries, {}, {}, FEE) is None  # nobody could follow it before
+    epoch = rebuild(anchor, entries, {}, {}, FEE, shown=shown)
+    assert epoch is not None and epoch.earnings == honest.earnings
+    raised = {**honest.earnings, W1: honest.earnings[W1] + 1}
+    assert rebuild(anchor, entries, {}, {}, FEE, shown=paired_otherwise(raised)[1]) is None
+    assert rebuild(anchor, entries[1:], {}, {}, FEE, shown=shown) is None  # entries short
+    other = ShownLeaves.of_rows(honest.earnings.items())  # the sorted tree: not this root
+    assert rebuild(anchor, entries, {}, {}, FEE, shown=other) is None
+    lower = ShownLeaves(shown.nodes, (shown.parts[1], shown.parts[0][::-1]))
+    assert rebuild(anchor, entries, {}, {}, FEE, shown=lower) is None  # does not hash to it
 
 
 @pytest.mark.parametrize(

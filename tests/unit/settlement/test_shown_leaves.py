@@ -11,8 +11,34 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consensus.errors import Invalid
-from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, leaf_hash, verify
-from consensus.settlement.shown import MAX_PARTS, ShownLeaves
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, hash_pair, leaf_hash, verify
+from consensus.settlement.shown import MAX_PARTS, Row, ShownLeaves
+
+
+def tree_in_order(rows: list[Row]) -> tuple[MerkleTree, dict[bytes, Row]]:
+    """An earnings tree over ``rows`` in their order, not sorted by hash (OpenZeppelin's
+    layout, which a multiproof of every leaf takes in any leaf order): what an anchorer could
+    post that nobody else could rebuild; with each leaf's row."""
+    leaves = [leaf_hash(EARNINGS_TYPES, [w, a]) for w, a in rows]
+    size = 2 * len(leaves) - 1
+    nodes = [b""] * size
+    for i, leaf in enumerate(leaves):
+        nodes[size - 1 - i] = leaf
+    for i in range(size - 1 - len(leaves), -1, -1):
+        nodes[i] = hash_pair(nodes[2 * i + 1], nodes[2 * i + 2])
+    index = {leaf: size - 1 - i for i, leaf in enumerate(leaves)}
+    return MerkleTree(tuple(nodes), index), dict(zip(leaves, rows, strict=True))
+
+
+def paired_otherwise(rows: dict[bytes, int]) -> tuple[MerkleTree, ShownLeaves]:
+    """Four leaves (or more, a multiple of four), sorted by hash but paired 0-2 and 1-3 in
+    each four, and the tree in parts of two: every part ascending, so the contract takes
+    them, and the root not the sorted tree's."""
+    ranked = sorted(rows.items(), key=lambda r: leaf_hash(EARNINGS_TYPES, list(r)))
+    order = [ranked[i + j] for i in range(0, len(ranked), 4) for j in (0, 2, 1, 3)]
+    tree, by_leaf = tree_in_order(order)
+    return tree, ShownLeaves.of_tree(tree, by_leaf, per_part=2)
+
 
 ROWS = st.dictionaries(st.binary(min_size=20, max_size=20), st.integers(1, 10**24), min_size=1,
                        max_size=300)  # fmt: skip
@@ -44,3 +70,17 @@ def test_a_part_short_of_a_leaf_or_nodes_of_another_count_are_refused() -> None:
         replace(shown, nodes=shown.nodes[:3]).root()
     with pytest.raises(Invalid, match="no leaf"):
         shown.proof(bytes([1]) * 20, 2)
+
+
+def test_leaves_paired_otherwise_show_in_ascending_parts_under_another_root() -> None:
+    rows = {bytes([i]) * 20: i * 1000 for i in range(1, 5)}
+    tree, shown = paired_otherwise(rows)
+    assert shown.root() == tree.root
+    canonical = MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(rows.items())])
+    assert shown.root() != canonical.root and shown.amounts() == rows
+    assert len(shown.parts) == 2
+    for part in shown.parts:  # as the contract checks them
+        hashes = [leaf_hash(EARNINGS_TYPES, list(r)) for r in part]
+        assert hashes == sorted(hashes)
+    for w, a in rows.items():
+        assert verify(shown.root(), leaf_hash(EARNINGS_TYPES, [w, a]), shown.proof(w, a))
