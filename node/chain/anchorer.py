@@ -239,16 +239,15 @@ class Anchorer:
             await self.gossip.leaves(self.final, self.leaves_per_message)
 
     async def _shown_for_stuck(self) -> bool:
-        """Reads the leaves shown on chain for the epoch we cannot rebuild, once: an epoch
-        whose tree is not the sorted one is followed from them. Whether they were new."""
+        """Reads the leaves shown on chain for the epoch we cannot rebuild, once (a final
+        epoch's leaves can be shown no more): an epoch whose tree is not the sorted one is
+        followed from them. Whether there were any."""
         stuck = self.follower.stuck
         if stuck is None or stuck in self.follower.shown:
             return False
         parts = await self.service.call(lambda c: c.leaves_shown(stuck))
-        if parts is None:
-            return False
         self.follower.shown[stuck] = parts
-        return True
+        return parts is not None
 
     async def _anchors(self, now_ms: int) -> list[ChainAnchor]:
         """The chain's anchors after our latest epoch, and its latest (see ``anchors_after``)."""

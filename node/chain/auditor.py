@@ -197,19 +197,20 @@ class Auditor:
         tree can be shown). Whether it was voided."""
         entries = [e for e in entries if e.amount >= e.previous]  # as in _low_leaves
         out = left_out(leaves.amounts, m.base_earnings, entries, m.fee_bps)
-        if not out or not self._once(key := (a.index, b"out" + out[0], 0)):
+        if not out or (key := (a.index, b"out" + out[0], 0)) in self._raised:
             return False
         worker, parts = out[0], leaves.shown or ShownLeaves.of_rows(leaves.amounts.items())
-        log.warning("another anchorer's epoch leaves out a worker it owes: voiding",
-                    extra={"epoch": a.index, "worker": "0x" + worker.hex()})  # fmt: skip
-        done = await self.service.call(lambda c: c.absent_parts(a.index, worker, parts.nodes))
-        for j in set(range(len(parts.nodes))) - done:
-            if not await self._send(lambda c: c.show_absent(a.index, worker, parts, j), key):  # noqa: B023
-                return False
-        on = await self._base_shown(m, worker)
+        on = await self._base_shown(m, worker)  # these first: they may fail, nothing sent
         s = show(entries, tree if entries else None, m.base_earnings, EARNINGS, worker,
                  base_shown=on)  # fmt: skip
         owed = ((s.base, s.base_proof), s.entries, s.proof)
+        done = await self.service.call(lambda c: c.absent_parts(a.index, worker, parts.nodes))
+        self._raised.add(key)
+        log.warning("another anchorer's epoch leaves out a worker it owes: voiding",
+                    extra={"epoch": a.index, "worker": "0x" + worker.hex()})  # fmt: skip
+        for j in set(range(len(parts.nodes))) - done:
+            if not await self._send(lambda c: c.show_absent(a.index, worker, parts, j), key):  # noqa: B023
+                return False
         return await self._send(
             lambda c: c.void_missing_leaf(a.index, worker, owed, parts.nodes), key
         )
@@ -303,13 +304,13 @@ class Auditor:
             amount = leaves.amounts[worker]
             if (a.index, b"low" + worker, amount) in self._raised:
                 continue
-            proof = leaves.proof_of(worker)
+            proof = leaves.proof_of(worker)  # these first: they may fail, the void not sent
+            on = await self._base_shown(m, worker)
+            shown = show(entries, tree, m.base_earnings, EARNINGS, worker, base_shown=on)
             self._raised.add(key := (a.index, b"low" + worker, amount))
             log.warning("another anchorer's epoch pays a worker less than its entries add: "
                         "voiding", extra={"epoch": a.index, "worker": "0x" + worker.hex(),
                                           "leaf_wei": str(amount)})  # fmt: skip
-            on = await self._base_shown(m, worker)
-            shown = show(entries, tree, m.base_earnings, EARNINGS, worker, base_shown=on)
             args = (a.index, (worker, amount, proof), (shown.base, shown.base_proof),
                     shown.entries, shown.proof)  # fmt: skip
             if await self._send(lambda c: c.void_low_leaf(*args), key):  # noqa: B023

@@ -41,9 +41,10 @@ class Follower:
         self.followed = -1  # the machine's latest epoch, as of our last look
         self.index_of: dict[bytes, int] = {}  # entries root -> the epoch its messages named
         self.posted: dict[int, int] = {}  # anchor index -> its post's block time (ms), recent
-        # anchor index -> its leaves as shown on chain, read for an epoch we were stuck on:
-        # a tree that is not the sorted one is followed from them (see ``rebuild``)
-        self.shown: dict[int, ShownLeaves] = {}
+        # anchor index -> its leaves as shown on chain, read for an epoch we were stuck on
+        # (None: none were; none can be once it is final): a tree that is not the sorted one
+        # is followed from them (see ``rebuild``)
+        self.shown: dict[int, ShownLeaves | None] = {}
 
     def heard_from(self, peer: str, now_ms: int) -> None:
         """``peer`` gossiped as an anchorer (entries or leaves): one to ask for history. When

@@ -53,10 +53,14 @@ class LeavesCalls:
         return next(self._shown_sets(epoch=index), None)
 
     def leaves_with_root(self, root: bytes) -> ShownLeaves | None:
-        """Leaves shown for any anchor, every part, that hash to ``root``; None if none do."""
-        for shown in self._shown_sets():
+        """The leaves shown for the latest final anchor whose earnings root is ``root``; None
+        if none were shown."""
+        for log in reversed(self.events("Finalized")):  # two epochs may share a root
+            if bytes(log["args"]["earningsRoot"]) != root:
+                continue
+            shown = self.leaves_shown(int(log["args"]["epoch"]))
             try:
-                if shown.root() == root:
+                if shown is not None and shown.root() == root:
                     return shown
             except Invalid:  # the contract checked the parts: cannot happen, but not ours
                 continue

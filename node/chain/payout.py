@@ -19,6 +19,7 @@ from node.chain.epoch_calls import payout_args
 from node.chain.errors import ChainReverted
 
 if TYPE_CHECKING:
+    from node.chain.client import Settlement
     from node.chain.service import ChainService
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Payer:
         self.service, self.min_wei = service, min_wei
         self.done: FinalLeaves | None = None  # the last epoch paid out
         self.paid = 0  # workers in the batches this process sent
+        self._told = -1  # the epoch last logged as not payable
 
     async def pay(self, final: FinalLeaves) -> None:
         """Pays whoever ``final`` makes due; a no-op for an epoch already paid out."""
@@ -40,8 +42,18 @@ class Payer:
         grew = [w for w, a in final.amounts.items() if a > before.get(w, 0)]
         earned = await self.service.call(lambda c: c.earned_by(grew))
         due = payout_due(final.amounts, earned, self.min_wei)
-        if due:
-            tree = final.tree()
+        tree = final.tree() if due else None
+        if tree is not None and tree.root != await self.service.call(_claim_root):
+            # Not final on chain yet, a newer epoch final (paid out next), or a tree that is
+            # not the sorted one (followed from the leaves shown, see
+            # consensus.settlement.following), whose workers claim from those: asked again
+            # next step, told once.
+            if self._told != final.index:
+                log.info("epoch not paid out (yet): its sorted tree is not the claim root",
+                         extra={"epoch": final.index})  # fmt: skip
+                self._told = final.index
+            return
+        if tree is not None:
             for batch in payout_batches(tree, final.amounts, due):
                 try:
                     await self.service.submit("payout", payout_args(batch))
@@ -51,3 +63,7 @@ class Payer:
                     return
             log.info("earnings paid out", extra={"epoch": final.index, "workers": len(due)})
         self.done = final
+
+
+def _claim_root(c: Settlement) -> bytes:
+    return bytes(c.contract.functions.claimRoot().call())

@@ -47,13 +47,31 @@ def test_an_epoch_whose_tree_is_not_the_sorted_one_is_rebuilt_from_its_shown_lea
     assert rebuild(anchor, entries, {}, {}, FEE) is None  # nobody could follow it before
     epoch = rebuild(anchor, entries, {}, {}, FEE, shown=shown)
     assert epoch is not None and epoch.earnings == honest.earnings
-    raised = {**honest.earnings, W1: honest.earnings[W1] + 1}
-    assert rebuild(anchor, entries, {}, {}, FEE, shown=paired_otherwise(raised)[1]) is None
     assert rebuild(anchor, entries[1:], {}, {}, FEE, shown=shown) is None  # entries short
     other = ShownLeaves.of_rows(honest.earnings.items())  # the sorted tree: not this root
     assert rebuild(anchor, entries, {}, {}, FEE, shown=other) is None
-    lower = ShownLeaves(shown.nodes, (shown.parts[1], shown.parts[0][::-1]))
-    assert rebuild(anchor, entries, {}, {}, FEE, shown=lower) is None  # does not hash to it
+    swapped = ShownLeaves(shown.nodes, (shown.parts[1], shown.parts[0][::-1]))
+    assert rebuild(anchor, entries, {}, {}, FEE, shown=swapped) is None  # not its root
+
+
+def test_shown_leaves_are_followed_only_when_they_give_the_earnings_the_entries_make() -> None:
+    entries = [Entry(R, w, J1, T, 100 * (i + 1)) for i, w in enumerate((W1, W2, ME, THEM))]
+    honest = assemble(entries, {}, {}, FEE)
+    raised = {**honest.earnings, W1: honest.earnings[W1] + 1}  # one wei more for W1
+    _, shown = paired_otherwise(raised)
+    anchor = ChainAnchor(0, THEM, shown.root(), honest.entries_tree.root, "final", 0)
+    assert rebuild(anchor, entries, {}, {}, FEE, shown=shown) is None
+    # A lower second leaf for W1 claims nothing (a claim takes the larger): followed.
+    twice = ShownLeaves.of_rows([*honest.earnings.items(), (W1, 1)], per_part=2)
+    anchor = ChainAnchor(0, THEM, twice.root(), honest.entries_tree.root, "final", 0)
+    epoch = rebuild(anchor, entries, {}, {}, FEE, shown=twice)
+    assert epoch is not None and epoch.earnings == honest.earnings
+    higher = ShownLeaves.of_rows([*honest.earnings.items(), (W1, 10**6)], per_part=2)
+    anchor = ChainAnchor(0, THEM, higher.root(), honest.entries_tree.root, "final", 0)
+    assert rebuild(anchor, entries, {}, {}, FEE, shown=higher) is None  # a leaf raised
+    extra = ShownLeaves.of_rows([*honest.earnings.items(), (J1[:20], 1)], per_part=2)
+    anchor = ChainAnchor(0, THEM, extra.root(), honest.entries_tree.root, "final", 0)
+    assert rebuild(anchor, entries, {}, {}, FEE, shown=extra) is None  # a worker made up
 
 
 @pytest.mark.parametrize(
