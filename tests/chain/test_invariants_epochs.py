@@ -100,6 +100,9 @@ class Epochs(RuleBasedStateMachine):
         disputes its ``previous``."""
         if self.pending is not None:
             return
+        if cheat == "previous" and self.lines:  # a line with a final amount, to underpay
+            job, _, paid = min(self.lines)
+            worker = next(w for w in WORKERS if self.b(w) == paid)
         owner = REQUESTERS[JOBS.index(job) % 2]
         line = (job, TASK, self.b(worker))
         amount = self.lines.get(line, 0) + more  # what the requester signed for this line
