@@ -32,7 +32,7 @@ from node.chain.disputer import Disputer
 from storage.db import Database
 from tests.chain.conftest import ETH, Net, make_net
 from tests.chain.test_disputes import A, B, Hub, Requester
-from tests.chain.test_epochs import FEE, J1, J2, J3, T0, entries
+from tests.chain.test_epochs import FEE, J1, J2, J3, T0, entries, with_earnings
 from tests.chain.test_settlement_node import fresh_anchorer, voucher
 
 WINDOW = 3600  # the fixture's dispute (and answer) window
@@ -279,9 +279,7 @@ async def test_a_standing_by_anchorer_voids_an_anchor_that_pays_a_worker_less(
         w = bytes.fromhex(net.addr("worker")[2:])
         lines = {(J1, T0, "worker"): 3 * ETH, (J2, T0, "worker2"): ETH}
         honest = assemble(entries(net, lines), first.lines, first.earnings, FEE)
-        low = {**honest.earnings, w: honest.earnings[w] - ETH // 2}
-        tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(low.items())])
-        bad = replace(honest, earnings=low, earnings_tree=tree)
+        bad = with_earnings(honest, {**honest.earnings, w: honest.earnings[w] - ETH // 2})
         net.client("sentry1").post_anchor(bad, net.spends(4 * ETH))
         hand(standby, 1, bad)
         await standby.step()

@@ -12,6 +12,7 @@ import pytest
 
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id, split_fee
 from consensus.settlement.epoch import Entry, Epoch, assemble
+from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
 from node.chain.client import Settlement
 from node.chain.errors import ChainReverted
 from node.chain.signing import sign_voucher
@@ -36,6 +37,12 @@ def refused(text: str) -> Any:
 
 def b(net: Net, who: str) -> bytes:
     return bytes.fromhex(net.addr(who)[2:])
+
+
+def with_earnings(epoch: Epoch, earnings: dict[bytes, int]) -> Epoch:
+    """``epoch`` with other earnings leaves (the sorted tree over them): what a cheat posts."""
+    tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(earnings.items())])
+    return replace(epoch, earnings=earnings, earnings_tree=tree)
 
 
 def entries(net: Net, amounts: dict[tuple[bytes, bytes, str], int]) -> list[Entry]:

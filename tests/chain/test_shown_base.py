@@ -17,11 +17,10 @@ from pathlib import Path
 
 from consensus.settlement.audits import EARNINGS, LEAVES
 from consensus.settlement.epoch import Epoch, assemble
-from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
 from node.chain.anchorer import Anchorer
 from tests.chain.conftest import ETH, Net
 from tests.chain.test_audits_node import WINDOW, followed_first_epoch, hand
-from tests.chain.test_epochs import FEE, J2, J3, T0, b, entries
+from tests.chain.test_epochs import FEE, J2, J3, T0, b, entries, with_earnings
 from tests.chain.test_settlement_node import voucher
 from tests.unit.settlement.test_shown_leaves import paired_otherwise
 
@@ -71,9 +70,7 @@ async def test_a_standby_voids_a_cut_leaf_proving_the_base_off_the_parts_shown(
         w = b(net, "worker")
         second = assemble(entries(net, {(J2, T0, "worker2"): 2 * ETH}), honest.lines,
                           honest.earnings, FEE)  # fmt: skip
-        cut = {**second.earnings, w: 1}
-        tree = MerkleTree.of(EARNINGS_TYPES, [[k, v] for k, v in sorted(cut.items())])
-        bad = replace(second, earnings=cut, earnings_tree=tree)
+        bad = with_earnings(second, {**second.earnings, w: 1})
         net.client("sentry1").post_anchor(bad, net.spends(5 * ETH))
         hand(standby, 2, bad)
         await standby.step()
