@@ -525,6 +525,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=20,
+        description="sentry: the final epoch that last anchored each line",
+        sql="""
+            -- Kept as settle_epochs rows are written: the anchoring sentry answers a dispute
+            -- of an entry's `previous` with the line's entry in that epoch at once, however
+            -- long ago the line was anchored, instead of reading back through every epoch
+            -- (a bonded watcher could dispute many old lines). Epochs kept before this have
+            -- no rows here and are still searched.
+            CREATE TABLE settle_lines (
+                job       BLOB NOT NULL,
+                task      BLOB NOT NULL,
+                worker    BLOB NOT NULL,
+                requester BLOB NOT NULL,
+                idx       INTEGER NOT NULL,
+                PRIMARY KEY (job, task, worker, requester)
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

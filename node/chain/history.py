@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -83,8 +84,35 @@ async def last_entry(
 ) -> tuple[int, Entry, list[bytes]] | None:
     """The entry of ``of``'s line (and requester, as the contract's line has it) in the latest
     final epoch of ``settle_epochs`` that holds it, with that epoch's index and the entry's
-    proof there; searching the latest ``look`` epochs (None: all, a page at a time: each row
-    holds a whole epoch)."""
+    proof there: the epoch ``settle_lines`` names, or for a line not named there (anchored
+    before it was kept), searching the latest ``look`` epochs (None: all, a page at a time:
+    each row holds a whole epoch)."""
+    row = await db.query_one(
+        "SELECT e.idx, e.entries FROM settle_lines l JOIN settle_epochs e ON e.idx = l.idx "
+        "WHERE l.job = ? AND l.task = ? AND l.worker = ? AND l.requester = ?",
+        (of.job, of.task, of.worker, of.requester),
+    )
+    if row is not None and (found := _entry_in(row, of)) is not None:
+        return found
+    return await _search(db, of, look)
+
+
+def _entry_in(row: sqlite3.Row, of: Entry) -> tuple[int, Entry, list[bytes]] | None:
+    """``of``'s line's entry in the epoch ``row`` holds, with its proof there."""
+    try:
+        entries = unpack(row["entries"], "settle_epochs.entries")
+    except Invalid:  # a row of another form (before entries carried previous)
+        return None
+    for x in entries:
+        if x.line == of.line and x.requester == of.requester:
+            tree = MerkleTree.of(ENTRY_TYPES, [y.row() for y in entries])
+            return int(row["idx"]), x, tree.proof(x.leaf())
+    return None
+
+
+async def _search(
+    db: Database, of: Entry, look: int | None
+) -> tuple[int, Entry, list[bytes]] | None:
     seen = 0
     while look is None or seen < look:
         page = LOOK_PAGE if look is None else min(LOOK_PAGE, look - seen)
@@ -93,14 +121,8 @@ async def last_entry(
             (page, seen),
         )
         for row in rows:
-            try:
-                entries = unpack(row["entries"], "settle_epochs.entries")
-            except Invalid:  # a row of another form (before entries carried previous)
-                continue
-            for x in entries:
-                if x.line == of.line and x.requester == of.requester:
-                    tree = MerkleTree.of(ENTRY_TYPES, [y.row() for y in entries])
-                    return int(row["idx"]), x, tree.proof(x.leaf())
+            if (found := _entry_in(row, of)) is not None:
+                return found
         if len(rows) < page:
             return None
         seen += page
@@ -123,10 +145,23 @@ class EpochHistory:
         self.net.serve(PROTOCOL, self._serve, max_bytes=MAX_BYTES)
 
     async def record(self, index: int, epoch: Epoch) -> None:
-        await self.db.execute(
-            "INSERT OR IGNORE INTO settle_epochs (idx, entries_root, entries) VALUES (?, ?, ?)",
-            (index, epoch.entries_tree.root, pack(epoch.entries)),
-        )
+        """Keeps final epoch ``index``'s entries, and for each of its lines that this is the
+        last epoch that anchored it (see :func:`last_entry`)."""
+        rows = [(e.job, e.task, e.worker, e.requester, index) for e in epoch.entries]
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT OR IGNORE INTO settle_epochs (idx, entries_root, entries) VALUES (?, ?, ?)",
+                (index, epoch.entries_tree.root, pack(epoch.entries)),
+            )
+            c.executemany(
+                "INSERT INTO settle_lines (job, task, worker, requester, idx) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, task, worker, requester) "
+                "DO UPDATE SET idx = max(idx, excluded.idx)",
+                rows,
+            )
+
+        await self.db.transaction(write)
 
     def due(self) -> bool:
         """Whether a sentry that cannot rebuild an epoch asks again now (every ``RETRY_S``)."""

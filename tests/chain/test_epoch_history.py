@@ -6,6 +6,7 @@ anchorer's handler."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ import pytest
 from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
 from consensus.settlement.epoch import Entry, assemble
+from consensus.settlement.merkle import verify
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
-from node.chain.history import MAX_BYTES, MAX_PARTS, PROTOCOL, EpochHistory, unpack
+from node.chain.history import MAX_BYTES, MAX_PARTS, PROTOCOL, EpochHistory, last_entry, unpack
 from p2p.reqresp import RequestRejected
 from storage.db import Database
 from tests.chain.conftest import ETH, Net, make_net
@@ -240,3 +242,31 @@ async def test_a_part_that_does_not_fit_its_epoch_is_blamed(
         asker = EpochHistory(db2, net)  # type: ignore[arg-type]
         assert await asker.fetch(["peer"], 0, {0: epoch.entries_tree.root}) == []
         assert len(net.blamed) == 1 and blame in net.blamed[0], net.blamed
+
+
+async def test_a_lines_last_entry_comes_from_the_epoch_that_last_anchored_it(
+    tmp_path: Path,
+) -> None:
+    """What an anchorer answers a dispute of an entry's ``previous`` with: the line's entry
+    in its latest final epoch, named by ``settle_lines``, or found by reading back through
+    the epochs for a line anchored before that table was kept."""
+    r, w, w2, job, task = b"\x01" * 20, b"\x02" * 20, b"\x03" * 20, b"\x04" * 32, b"\x05" * 32
+    line = Entry(r, w, job, task, 10)
+    other = Entry(r, w2, job, task, 7)
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        history = EpochHistory(db, StubNet())  # type: ignore[arg-type]
+        first = assemble([line, other], {}, {}, 100)
+        second = assemble([Entry(r, w, job, task, 30)], first.lines, first.earnings, 100)
+        third = assemble([Entry(r, w2, job, task, 9)], second.lines, second.earnings, 100)
+        for index, epoch in ((0, first), (1, second), (2, third)):
+            await history.record(index, epoch)
+        found = await last_entry(db, Entry(r, w, job, task, 50, previous=30))
+        assert found is not None and (found[0], found[1].amount) == (1, 30)
+        assert verify(second.entries_tree.root, found[1].leaf(), found[2])
+        assert await last_entry(db, replace(line, requester=w2)) is None  # not its line
+        await db.execute("DELETE FROM settle_lines")  # as if kept before the table was
+        found = await last_entry(db, other)
+        assert found is not None and (found[0], found[1].amount) == (2, 9)
+        assert await last_entry(db, other, look=1) is not None
+        assert await last_entry(db, line, look=1) is None  # epoch 1 is two epochs back
+        assert await last_entry(db, line, look=2) is not None
