@@ -92,7 +92,7 @@ async def last_entry(
         "WHERE l.job = ? AND l.task = ? AND l.worker = ? AND l.requester = ?",
         (of.job, of.task, of.worker, of.requester),
     )
-    if row is not None and (found := _entry_in(row, of)) is not None:
+    if row is not None and (found := await trio.to_thread.run_sync(_entry_in, row, of)):
         return found
     return await _search(db, of, look)
 
@@ -120,8 +120,8 @@ async def _search(
             "SELECT idx, entries FROM settle_epochs ORDER BY idx DESC LIMIT ? OFFSET ?",
             (page, seen),
         )
-        for row in rows:
-            if (found := _entry_in(row, of)) is not None:
+        for row in rows:  # an epoch may hold 100 000 entries: read off the event loop
+            if (found := await trio.to_thread.run_sync(_entry_in, row, of)) is not None:
                 return found
         if len(rows) < page:
             return None
