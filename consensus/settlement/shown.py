@@ -71,6 +71,30 @@ class ShownLeaves:
                 raise Invalid("leaves.parts", f"part {j} does not hash to its node")
         return _levels(self.nodes)[-1][0]
 
+    def tree(self) -> MerkleTree | None:
+        """The whole tree in OpenZeppelin's array layout, for multiproofs of many leaves (a
+        payout), when the parts fill it as that layout places leaves under the nodes (as
+        :meth:`of_tree` splits one); None when they do not (another shape, also valid for
+        single proofs, see :meth:`proof`).
+
+        Raises:
+            Invalid: not 2**d nodes, or a part that does not hash to its node.
+        """
+        root, k = self.root(), len(self.nodes)
+        n, first = sum(len(p) for p in self.parts), k - 1
+        nodes = [b""] * (2 * n - 1)
+        for j, part in enumerate(self.parts):
+            at = _leaves_under(first + j, n)
+            if len(at) != len(part):
+                return None
+            for i, (w, a) in zip(at, part, strict=True):
+                nodes[i] = leaf_hash(EARNINGS_TYPES, [w, a])
+        for i in range(n - 2, -1, -1):
+            nodes[i] = hash_pair(nodes[2 * i + 1], nodes[2 * i + 2])
+        if nodes[0] != root:
+            return None
+        return MerkleTree(tuple(nodes), {nodes[i]: i for i in range(n - 1, 2 * n - 1)})
+
     def rows(self) -> list[Row]:
         return [row for part in self.parts for row in part]
 

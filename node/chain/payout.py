@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from consensus.settlement.leaves import FinalLeaves, payout_batches, payout_due
+from consensus.settlement.merkle import MerkleTree
 from node.chain.epoch_calls import payout_args
 from node.chain.errors import ChainReverted
 
@@ -42,14 +43,12 @@ class Payer:
         grew = [w for w, a in final.amounts.items() if a > before.get(w, 0)]
         earned = await self.service.call(lambda c: c.earned_by(grew))
         due = payout_due(final.amounts, earned, self.min_wei)
-        tree = final.tree() if due else None
-        if tree is not None and tree.root != await self.service.call(_claim_root):
-            # Not final on chain yet, a newer epoch final (paid out next), or a tree that is
-            # not the sorted one (followed from the leaves shown, see
-            # consensus.settlement.following), whose workers claim from those: asked again
-            # next step, told once.
+        tree = await self._tree(final) if due else None
+        if due and tree is None:
+            # Not final on chain yet, or a newer epoch is (paid out next): asked again next
+            # step, told once.
             if self._told != final.index:
-                log.info("epoch not paid out (yet): its sorted tree is not the claim root",
+                log.info("epoch not paid out (yet): its tree is not the claim root",
                          extra={"epoch": final.index})  # fmt: skip
                 self._told = final.index
             return
@@ -63,6 +62,19 @@ class Payer:
                     return
             log.info("earnings paid out", extra={"epoch": final.index, "workers": len(due)})
         self.done = final
+
+    async def _tree(self, final: FinalLeaves) -> MerkleTree | None:
+        """The tree of ``final`` that is the contract's claim root: the sorted one, or one
+        followed from the leaves shown on chain (``consensus.settlement.following``; the
+        contract checks their order only within each part); None: neither is."""
+        tree = final.tree()
+        root = await self.service.call(_claim_root)
+        if tree.root == root:
+            return tree
+        shown = await self.service.call(lambda c: c.leaves_with_root(root))
+        if shown is None or shown.amounts() != final.amounts:
+            return None
+        return shown.tree()
 
 
 def _claim_root(c: Settlement) -> bytes:

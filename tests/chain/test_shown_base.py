@@ -81,9 +81,9 @@ async def test_a_standby_voids_a_cut_leaf_proving_the_base_off_the_parts_shown(
 async def test_the_standby_anchors_on_it_and_answers_with_base_leaves_off_the_parts(
     tmp_path: Path,
 ) -> None:
-    """The cheat goes quiet; the standby takes over, anchors worker's new voucher over the
-    tree paired otherwise, and answers a dispute of worker's leaf with its base leaf proved
-    off the parts shown."""
+    """The cheat goes quiet; the standby takes over, pays out the epoch it followed (its
+    multiproofs built off the parts shown), anchors worker's new voucher over that tree, and
+    answers a dispute of worker's leaf with its base leaf proved off the parts."""
     async with followed_paired_otherwise(tmp_path) as (net, standby, honest):
         w = b(net, "worker")
         assert await standby.on_voucher(voucher(net, standby.chain.domain, ETH))
@@ -98,3 +98,6 @@ async def test_the_standby_anchors_on_it_and_answers_with_base_leaves_off_the_pa
         assert cheat.sum_disputes(2) == [] and standby.sums.answered == 1
         (kind, party, shown, _proof), *_ = cheat.sum_answers(2)
         assert (kind, party, len(shown)) == (EARNINGS, w, 1)
+        # Its turn, so it paid out the epoch it followed, with multiproofs off the parts.
+        assert cheat.earned_by(list(honest.earnings)) == honest.earnings
+        assert standby.payer.paid == len(honest.earnings)
