@@ -17,6 +17,7 @@ from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.merkle import ENTRY_TYPES, MerkleTree, MultiProof
 from node.chain.audit_calls import ANSWERED, SumDispute
 from node.chain.client import Settlement
+from node.cli_wallet import epoch_rows
 from tests.chain.conftest import ETH, Net
 from tests.chain.test_audits import final_first_epoch
 from tests.chain.test_epochs import FEE, J1, J2, T0, WINDOW, b, entries, refused, reverts
@@ -104,6 +105,8 @@ def test_an_honest_previous_is_answered_with_the_lines_final_entry(net: Net) -> 
     (o,) = first.entries
     anchorer.answer_previous(d, grown, (0, o, first.entry_proof(o)))
     assert w.sum_answer_by(d) == ANSWERED
+    (row,) = [r for r in epoch_rows(w) if r["epoch"] == 1]  # `settlement epochs`
+    assert (row["disputes"], row["sum_disputes"]) == (1, {"previous": 1})
     assert w.sum_disputes(1) == []  # none open
     with reverts("NoDispute"):  # answered stays answered
         anchorer.answer_previous(d, grown, (0, o, first.entry_proof(o)))
