@@ -6,7 +6,7 @@ A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.audit_ca
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from eth_abi.abi import encode
@@ -50,18 +50,29 @@ class LeavesCalls:
     def leaves_shown(self, index: int) -> ShownLeaves | None:
         """Anchor ``index``'s leaves as its anchorer showed them, every part under one set of
         nodes (the contract checked each against the root); None until all of one set are."""
-        return next(self._shown_sets(epoch=index), None)
+        sets: dict[tuple[bytes, ...], dict[int, tuple[Row, ...]]] = {}
+        for log in self.events("LeavesShown", epoch=index):
+            a = log["args"]
+            nodes = tuple(bytes(n) for n in a["nodes"])
+            rows = tuple((bytes.fromhex(w[2:]), int(c))
+                         for w, c in zip(a["workers"], a["cumulatives"], strict=True))  # fmt: skip
+            parts = sets.setdefault(nodes, {})
+            parts[int(a["part"])] = rows
+            if len(parts) == len(nodes):
+                return ShownLeaves(nodes, tuple(parts[j] for j in range(len(nodes))))
+        return None
 
-    def leaves_with_root(self, root: bytes) -> ShownLeaves | None:
-        """The leaves shown for the latest final anchor whose earnings root is ``root``; None
-        if none were shown."""
+    def leaves_with_root(self, root: bytes) -> tuple[int, ShownLeaves] | None:
+        """The latest final anchor whose earnings root is ``root`` and whose leaves were shown
+        on chain, with them; None if there is none."""
         for log in reversed(self.events("Finalized")):  # two epochs may share a root
             if bytes(log["args"]["earningsRoot"]) != root:
                 continue
-            shown = self.leaves_shown(int(log["args"]["epoch"]))
+            index = int(log["args"]["epoch"])
+            shown = self.leaves_shown(index)
             try:
                 if shown is not None and shown.root() == root:
-                    return shown
+                    return index, shown
             except Invalid:  # the contract checked the parts: cannot happen, but not ours
                 continue
         return None
@@ -76,22 +87,8 @@ class LeavesCalls:
         root = bytes(self.contract.functions.claimRoot().call())
         if MerkleTree.of(EARNINGS_TYPES, [[w, a] for w, a in sorted(base.items())]).root == root:
             return None
-        return self.leaves_with_root(root)
-
-    def _shown_sets(self, **where: Any) -> Iterator[ShownLeaves]:
-        """Each set of parts shown in full (every part under one set of nodes of one anchor),
-        in the order its last part was shown."""
-        sets: dict[tuple[int, tuple[bytes, ...]], dict[int, tuple[Row, ...]]] = {}
-        for log in self.events("LeavesShown", **where):
-            a = log["args"]
-            nodes = tuple(bytes(n) for n in a["nodes"])
-            rows = tuple((bytes.fromhex(w[2:]), int(c))
-                         for w, c in zip(a["workers"], a["cumulatives"], strict=True))  # fmt: skip
-            parts = sets.setdefault((int(a["epoch"]), nodes), {})
-            parts[int(a["part"])] = rows
-            if len(parts) == len(nodes):
-                yield ShownLeaves(nodes, tuple(parts[j] for j in range(len(nodes))))
-                parts.clear()  # yielded once: a part shown again starts no second copy
+        found = self.leaves_with_root(root)
+        return None if found is None else found[1]
 
     def shown_parts(self, index: int, nodes: Sequence[bytes]) -> set[int]:
         """The parts of anchor ``index``'s leaves under ``nodes`` shown so far."""

@@ -299,17 +299,8 @@ class Payee:
             root = bytes(c.contract.functions.claimRoot().call())
             if self.leaves is not None and self.leaves.earnings_root == root:
                 return self.leaves
-            for log in reversed(c.events("Finalized")):  # two epochs may share a root
-                index = int(log["args"]["epoch"])
-                if bytes(log["args"]["earningsRoot"]) != root:
-                    continue
-                parts = c.leaves_shown(index)
-                try:
-                    if parts is not None:
-                        return FinalLeaves.of_shown(index, root, parts)
-                except Invalid:
-                    continue
-            return None
+            found = c.leaves_with_root(root)
+            return None if found is None else FinalLeaves.of_shown(found[0], root, found[1])
 
         return await self.chain.service.call(shown) or self.leaves
 

@@ -71,10 +71,10 @@ class Payer:
         root = await self.service.call(_claim_root)
         if tree.root == root:
             return tree
-        shown = await self.service.call(lambda c: c.leaves_with_root(root))
-        if shown is None or shown.amounts() != final.amounts:
+        found = await self.service.call(lambda c: c.leaves_with_root(root))
+        if found is None or found[1].amounts() != final.amounts:
             return None
-        return shown.tree()
+        return found[1].tree()
 
 
 def _claim_root(c: Settlement) -> bytes:
