@@ -40,6 +40,10 @@ MAX_BYTES = 2 << 20  # an answer; an epoch larger than half of it is served in p
 MAX_ROWS = 100_000
 PART_ROWS = 6000  # entries per part of a large epoch: about 800 KB packed
 MAX_PARTS = -(-MAX_ROWS // PART_ROWS)
+NAME_LINE = (  # a line's last final epoch: only a later one replaces it
+    "INSERT INTO settle_lines (job, task, worker, requester, idx) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (job, task, worker, requester) DO UPDATE SET idx = max(idx, excluded.idx)"
+)
 LOOK_PAGE = 64  # final epochs read at once when searching for a line's last entry
 TIMEOUT_S = 10.0
 RETRY_S = 30.0  # how often a sentry that cannot rebuild an epoch asks again
@@ -94,7 +98,10 @@ async def last_entry(
     )
     if row is not None and (found := await trio.to_thread.run_sync(_entry_in, row, of)):
         return found
-    return await _search(db, of, look)
+    found = await _search(db, of, look)
+    if found is not None:  # the newest epoch holding it (newer ones were read): named now
+        await db.execute(NAME_LINE, (of.job, of.task, of.worker, of.requester, found[0]))
+    return found
 
 
 def _entry_in(row: sqlite3.Row, of: Entry) -> tuple[int, Entry, list[bytes]] | None:
@@ -154,12 +161,7 @@ class EpochHistory:
                 "INSERT OR IGNORE INTO settle_epochs (idx, entries_root, entries) VALUES (?, ?, ?)",
                 (index, epoch.entries_tree.root, pack(epoch.entries)),
             )
-            c.executemany(
-                "INSERT INTO settle_lines (job, task, worker, requester, idx) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, task, worker, requester) "
-                "DO UPDATE SET idx = max(idx, excluded.idx)",
-                rows,
-            )
+            c.executemany(NAME_LINE, rows)
 
         await self.db.transaction(write)
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import trio
+
 from consensus.settlement.leaves import FinalLeaves, payout_batches, payout_due
 from consensus.settlement.merkle import MerkleTree
+from consensus.settlement.shown import ShownLeaves
 from node.chain.epoch_calls import payout_args
 from node.chain.errors import ChainReverted
 
@@ -34,6 +37,8 @@ class Payer:
         self.done: FinalLeaves | None = None  # the last epoch paid out
         self.paid = 0  # workers in the batches this process sent
         self._told = -1  # the epoch last logged as not payable
+        # a claim root, and the tree (and leaves) shown for it on chain, or None: read once
+        self._shown: tuple[bytes, tuple[MerkleTree, dict[bytes, int]] | None] | None = None
 
     async def pay(self, final: FinalLeaves) -> None:
         """Pays whoever ``final`` makes due; a no-op for an epoch already paid out."""
@@ -48,8 +53,9 @@ class Payer:
             # Not final on chain yet, or a newer epoch is (paid out next): asked again next
             # step, told once.
             if self._told != final.index:
-                log.info("epoch not paid out (yet): its tree is not the claim root",
-                         extra={"epoch": final.index})  # fmt: skip
+                log.info("epoch not paid out (yet): its tree is not the claim root, or its "
+                         "leaves were shown in parts that give no multiproofs (its workers "
+                         "claim by themselves)", extra={"epoch": final.index})  # fmt: skip
                 self._told = final.index
             return
         if tree is not None:
@@ -71,10 +77,20 @@ class Payer:
         root = await self.service.call(_claim_root)
         if tree.root == root:
             return tree
-        found = await self.service.call(lambda c: c.leaves_with_root(root))
-        if found is None or found[1].amounts() != final.amounts:
+        if self._shown is None or self._shown[0] != root:  # once per root: up to 256k leaves
+            found = await self.service.call(lambda c: c.leaves_with_root(root))
+            rebuilt = None if found is None else await trio.to_thread.run_sync(_rebuilt, found[1])
+            self._shown = (root, rebuilt)
+        rebuilt = self._shown[1]
+        if rebuilt is None or rebuilt[1] != final.amounts:
             return None
-        return found[1].tree()
+        return rebuilt[0]
+
+
+def _rebuilt(shown: ShownLeaves) -> tuple[MerkleTree, dict[bytes, int]] | None:
+    """The whole tree of ``shown`` with each worker's (largest) leaf; None: no whole tree."""
+    tree = shown.tree()
+    return None if tree is None else (tree, shown.amounts())
 
 
 def _claim_root(c: Settlement) -> bytes:

@@ -267,6 +267,8 @@ async def test_a_lines_last_entry_comes_from_the_epoch_that_last_anchored_it(
         await db.execute("DELETE FROM settle_lines")  # as if kept before the table was
         found = await last_entry(db, other)
         assert found is not None and (found[0], found[1].amount) == (2, 9)
+        named = await db.query("SELECT worker, idx FROM settle_lines")
+        assert [(bytes(x["worker"]), x["idx"]) for x in named] == [(w2, 2)]  # found: named
         assert await last_entry(db, other, look=1) is not None
         assert await last_entry(db, line, look=1) is None  # epoch 1 is two epochs back
         assert await last_entry(db, line, look=2) is not None
