@@ -238,8 +238,10 @@ class Auditor:
                 index, entries, proof
             ):
                 return
-            wrong = [e for e in entries if m and e.previous != m.base_lines.get(e.line, 0)]
-            if m is None or not wrong:
+            if m is None:
+                continue
+            wrong = [e for e in entries if e.previous != m.base_lines.get(e.line, 0)]
+            if not wrong:
                 continue
             try:
                 proofs = proof.single_proofs()
