@@ -54,7 +54,8 @@ class ExecRuntime:
     ) -> RunResult:
         workload, started = spec.workload, trio.current_time()
         jail = self.sandbox.prepare(workload.command, spec.workdir, workload_env(spec, gpus),
-                                    network=workload.network, gpus=gpus)  # fmt: skip
+                                    network=workload.network, gpus=gpus,
+                                    shared=tuple(workload.datasets))  # fmt: skip
         try:
             code = await run_logged(
                 jail.argv, jail.cwd, jail.env, on_log, freezer=spec.freezer, **jail.popen

@@ -164,11 +164,18 @@ class Sandbox:
         *,
         network: bool = False,
         gpus: tuple[int, ...] = (),
+        shared: tuple[str, ...] = (),
     ) -> Jail:
-        """The jail for ``command`` over ``workdir`` (given to the workload's uid)."""
+        """The jail for ``command`` over ``workdir`` (given to the workload's uid).
+
+        ``shared`` names the folders of ``workdir`` that hold hard links to files other tasks
+        share (the node's read-only copy of each dataset, :mod:`storage.dataset_trees`). They
+        stay the node's, so the workload's uid cannot make them writable; bwrap also binds
+        them read-only, so the workload cannot even chmod them.
+        """
         root = os.geteuid() == 0
         if root:
-            _give_tree(workdir, NOBODY)
+            _give_tree(workdir, NOBODY, frozenset(shared))
         inner = [self.prlimit, *self.limits.prlimit_args(), "--", *command]
         if self.mode == "limits":
             popen = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if root else {}
@@ -177,6 +184,9 @@ class Sandbox:
             inner = [self.setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
                      "--", *inner]  # fmt: skip
         args = self._bwrap_args(workdir, network, gpus, root)
+        for name in shared:
+            if (workdir / name).is_dir():
+                args += ["--ro-bind", str(workdir / name), f"{TASK_DIR}/{name}"]
         return Jail([self.bwrap, *args, "--", *inner], {**env, "HOME": TASK_DIR}, workdir)
 
     def _bwrap_args(
@@ -238,12 +248,15 @@ def shared_task_root(private: Path, base: Path = SHARED_BASE) -> Path:
     return root
 
 
-def _give_tree(root: Path, uid: int) -> None:
+def _give_tree(root: Path, uid: int, shared: frozenset[str] = frozenset()) -> None:
     """Makes the task directory the workload's own (its inputs were unpacked by the node),
-    and only its own: other local users may pass its parent (see :func:`shared_task_root`)."""
+    and only its own: other local users may pass its parent (see :func:`shared_task_root`).
+    The folders named in ``shared`` stay as they are: their files are other tasks' too."""
     os.chown(root, uid, uid)
     root.chmod(0o700)
     for base, dirs, files in os.walk(root):
+        if base == str(root):
+            dirs[:] = [d for d in dirs if d not in shared]
         for name in dirs + files:
             os.chown(os.path.join(base, name), uid, uid, follow_symlinks=False)
 

@@ -189,7 +189,7 @@ class SegmentedRuntime:
         env = {**workload_env(spec, gpus), "PYTHONHASHSEED": "0", **self.child_env(spec)}
         command = [self.python, "-I", str(self.child), json.dumps(args)]
         jail = self.sandbox.prepare(command, spec.workdir, env, network=spec.workload.network,
-                                    gpus=gpus)  # fmt: skip
+                                    gpus=gpus, shared=tuple(spec.workload.datasets))  # fmt: skip
         jail.popen["pass_fds"] = (write_fd,)
         return jail
 

@@ -229,12 +229,12 @@ class BlobStore:
             pending, self._unsynced = self._unsynced, set()
         if not pending:
             return
-        if _syncfs(self.root):
+        if syncfs(self.root):
             return
         for path in pending:  # no syncfs here: one fsync per blob and per directory
             _fsync_path(path)
         for directory in {p.parent for p in pending} | {self.root}:
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
     def _install(self, tmp: Path, digest: str, sync: bool = True) -> None:
         final = self.path(digest)
@@ -246,7 +246,7 @@ class BlobStore:
         # The rename lives in the shard directory; until that is synced a power cut can
         # forget it even though put() already returned the digest.
         if sync:
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         else:
             with self._lock:
                 self._unsynced.add(final)
@@ -257,7 +257,7 @@ class BlobStore:
         except FileExistsError:
             return
         if sync:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     def _quarantine_corrupt(self, digest: str, path: Path) -> CorruptBlob:
         target = self._quarantine / f"{digest}.{uuid.uuid4().hex}"
@@ -320,7 +320,7 @@ class BlobReader:
         self._verified = True
 
 
-def _syncfs(root: Path) -> bool:
+def syncfs(root: Path) -> bool:
     """Flushes the whole filesystem holding ``root`` in one call (Linux); False elsewhere."""
     if not sys.platform.startswith("linux"):
         return False
@@ -351,7 +351,7 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -38,8 +38,8 @@ class NoRoom(OSError):
 
 
 def room_needed(manifest: Manifest, held: Callable[[str], bool]) -> int:
-    """Bytes placing ``manifest`` takes here: its files in the task's folder, and the
-    chunks the store does not hold yet."""
+    """Bytes placing ``manifest`` takes here: its files, written out once for every task
+    (:mod:`storage.dataset_trees`), and the chunks the store does not hold yet."""
     return manifest.files_bytes + sum(c.size for c in manifest.chunks if not held(c.hash.hex()))
 
 
@@ -52,13 +52,19 @@ class Datasets(Protocol):
         """The bytes of ``dataset_id``'s files if it is held whole here, else 0."""
         ...
 
+    def placed(self, dataset_id: bytes) -> bool:
+        """Whether ``dataset_id`` is written out here for tasks, which then link to its
+        files (no disk taken)."""
+        ...
+
     async def grant(self, peer: str, dataset_id: bytes) -> None:
         """Lets ``peer`` fetch ``dataset_id`` from this node, across restarts."""
         ...
 
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
-        """Fetches ``dataset_id`` (what is not held here yet) from ``holders`` into ``out``,
-        making room first; one fetched here joins the cache of datasets fetched for tasks.
+        """Puts ``dataset_id`` in ``out``, read-only, fetching what is not held here yet from
+        ``holders`` (making room first); one fetched here joins the cache of datasets fetched
+        for tasks.
 
         Raises:
             FetchFailed: no holder served it whole.
@@ -117,15 +123,19 @@ async def disk_room(datasets: Datasets | None, demand: Demand, disk: Disk) -> tu
     deleting idle cached datasets would free (they go only if the task comes: placing it
     makes the room); (0, 0) for a task that brings no data.
 
-    Inputs take two copies (the fetched blob and its unpacked files), a dataset one in the
-    task's folder and one more in the chunk store unless it is held here already. What
-    running tasks are still fetching is not counted: their bytes are not on disk yet.
+    Inputs take two copies (the fetched blob and its unpacked files). A dataset takes none
+    once written out here for tasks (theirs are links to that copy); else that copy, and
+    one more in the chunk store unless it is held here already. What running tasks are still
+    fetching is not counted: their bytes are not on disk yet.
     """
     if demand.data_bytes() == 0:
         return 0, 0
     need = 2 * demand.inputs_bytes
     for hex_id, size in sorted(demand.datasets.items()):
-        held = datasets is not None and await datasets.size(bytes.fromhex(hex_id)) > 0
+        dataset_id = bytes.fromhex(hex_id)
+        if datasets is not None and datasets.placed(dataset_id):
+            continue
+        held = datasets is not None and await datasets.size(dataset_id) > 0
         need += size if held else 2 * size
     free = await trio.to_thread.run_sync(free_bytes, disk.where) - disk.reserve_bytes
     if datasets is not None and need > free:

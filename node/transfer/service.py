@@ -14,9 +14,9 @@ import logging
 import tarfile
 from collections.abc import Awaitable, Iterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -37,8 +37,9 @@ from storage import dataset_cache as cache
 from storage import transfer_access as access
 from storage import transfer_journal as journal
 from storage.blobs import BlobStore
+from storage.dataset_trees import Trees
 from storage.errors import CorruptBlob
-from storage.transfer_files import UnsafeTarget, materialize
+from storage.transfer_files import UnsafeTarget, link_into, materialize
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # a dataset id no DHT peer took yet is provided again this soon
 MAX_ASKED = 32  # connected peers probed for a dataset nobody named
+T = TypeVar("T")
 FETCH_ERRORS = (FetchFailed, DialError, Invalid, UnsafeTarget, CorruptBlob, ValueError)
 
 
@@ -73,6 +75,8 @@ class DataService:
     store: BlobStore
     server: TransferServer
     nursery: trio.Nursery
+    trees: Trees  # each dataset tasks use, written out once (read-only)
+    tree_bytes: dict[bytes, int] = field(default_factory=dict)  # of the trees here
     jobs: dict[bytes, Job] = field(default_factory=dict)
     _to_provide: trio.MemorySendChannel[bytes] | None = None
     _placing: dict[bytes, trio.Lock] = field(default_factory=dict)  # one fetch per dataset
@@ -110,8 +114,8 @@ class DataService:
     async def size(self, dataset_id: bytes) -> int:
         """The bytes of ``dataset_id``'s files if it is held whole here, else 0.
 
-        Its files, not its chunks: a task's folder holds each file in full, and the chunk
-        store never holds more than that.
+        Its files, not its chunks: a worker writes each file out in full (once, for all its
+        tasks), and the chunk store never holds more than that.
         """
         manifest = await self._complete(dataset_id)
         return 0 if manifest is None else manifest.files_bytes
@@ -130,8 +134,10 @@ class DataService:
         self.server.grant(peer, dataset_id)
 
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
-        """Fetches what is missing of ``dataset_id`` from ``holders`` and writes it to ``out``;
-        afterwards this node serves it to whom it grants it (a sentry checking the task).
+        """Puts ``dataset_id`` in ``out`` as hard links to its one read-only copy here
+        (:mod:`storage.dataset_trees`), first fetching what is missing from ``holders`` and
+        writing that copy out; afterwards this node serves it to whom it grants it (a sentry
+        checking the task).
 
         Raises:
             node.market.blobshare.FetchFailed: not fetched whole, or sealed.
@@ -139,18 +145,29 @@ class DataService:
         """
         lock = self._placing.setdefault(dataset_id, trio.Lock())
         async with lock:  # two tasks on one dataset: the second finds it all here
-            held = await self._complete(dataset_id) is not None
-            try:
-                manifest = await _flat_errors(self._place(dataset_id, out, holders))
-            except FETCH_ERRORS as exc:
-                raise TaskFetchFailed(str(exc)) from exc
-            finally:
-                if not held:  # fetched for a task, whole or not: the cache's, to go in time
-                    with trio.CancelScope(shield=True):
-                        await self._cached_now(dataset_id)
-            await self.offer(dataset_id, manifest)
+            if not self.trees.has(dataset_id):  # a tree is renamed into place only when whole
+                await self._write_tree(dataset_id, holders)
+            # under the lock: `data rm` and evictions take it before they delete the tree
+            await trio.to_thread.run_sync(link_into, self.trees.path(dataset_id), out)
 
-    async def _place(self, dataset_id: bytes, out: Path, holders: list[str]) -> Manifest:
+    async def _write_tree(self, dataset_id: bytes, holders: list[str]) -> None:
+        held = await self._complete(dataset_id) is not None
+        try:
+            manifest = await _flat_errors(self._place(dataset_id, holders))
+        except FETCH_ERRORS as exc:
+            raise TaskFetchFailed(str(exc)) from exc
+        finally:
+            if not held:  # fetched for a task, whole or not: the cache's, to go in time
+                with trio.CancelScope(shield=True):
+                    await self._cached_now(dataset_id)
+        self.tree_bytes[dataset_id] = manifest.files_bytes
+        await self.offer(dataset_id, manifest)
+
+    def placed(self, dataset_id: bytes) -> bool:
+        """Whether ``dataset_id``'s read-only copy is here (a task then takes no disk for it)."""
+        return self.trees.has(dataset_id)
+
+    async def _place(self, dataset_id: bytes, holders: list[str]) -> Manifest:
         connected = set(self.net.host.connected_peers())
         elsewhere = [h for h in holders if h not in connected]
         peers = [h for h in holders if h in connected]
@@ -165,7 +182,7 @@ class DataService:
             log.info("dataset placed", extra={"dataset": dataset_id.hex()[:16],
                                               "chunks_moved": result.chunks_moved,
                                               "bytes_moved": result.bytes_moved})  # fmt: skip
-            await trio.to_thread.run_sync(materialize, result.manifest, self.store, out)
+            await trio.to_thread.run_sync(self.trees.build, dataset_id, result.manifest, self.store)
         return result.manifest
 
     async def _cached_now(self, dataset_id: bytes) -> None:
@@ -209,13 +226,19 @@ class DataService:
             raise busy from None
         try:
             self.server.withdraw(dataset_id)
-            removed = await trio.to_thread.run_sync(
-                local.remove, self.net.ctx.home.db, self.store, dataset_id
-            )
+            removed = await trio.to_thread.run_sync(self._remove_here, dataset_id)
         finally:
             lock.release()
         log.info("dataset removed", extra={"dataset": dataset_id.hex()[:16], **vars(removed)})
         return removed
+
+    def _remove_here(self, dataset_id: bytes) -> local.Removed:
+        """The journal first, then the chunks, then the tree: a crash in between leaves a
+        tree the next start sweeps (:meth:`Trees.sweep`), never one of a dataset not held."""
+        removed = local.remove(self.net.ctx.home.db, self.store, dataset_id)
+        self.tree_bytes.pop(dataset_id, None)
+        freed = self.trees.remove(dataset_id)
+        return replace(removed, bytes_freed=removed.bytes_freed + freed)
 
     def start_get(
         self, dataset_id: bytes, out: Path, sources: list[str], opts: dict[str, Any]
@@ -314,13 +337,18 @@ async def run_data(
     send, receive = trio.open_memory_channel[bytes](1024)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run_bulk)
-        service = DataService(ctx.network, store, server, nursery, _to_provide=send)
+        trees = Trees(ctx.home.root / "trees")
+        service = DataService(ctx.network, store, server, nursery, trees, _to_provide=send)
         service.cache = TaskCache(
             ctx.db, store, service.remove, service._fetching,
             reserve_bytes=ctx.settings.worker.disk_reserve_mb << 20,
-            keep_ms=task_data_keep_ms(ctx.settings),
+            keep_ms=task_data_keep_ms(ctx.settings), tree_bytes=service.tree_bytes,
         )  # fmt: skip
         held = await trio.to_thread.run_sync(local.complete_datasets, ctx.home.db, store)
+        swept = await trio.to_thread.run_sync(trees.sweep, held)
+        if swept:
+            log.info("dataset trees swept", extra={"trees": len(swept)})
+        service.tree_bytes.update({d: m.files_bytes for d, m in held.items() if trees.has(d)})
         for dataset_id, manifest in held.items():
             await service.offer(dataset_id, manifest)
         nursery.start_soon(service.provide_loop, receive)
@@ -331,7 +359,7 @@ async def run_data(
         task_status.started(service)
 
 
-async def _flat_errors(work: Awaitable[Manifest]) -> Manifest:
+async def _flat_errors(work: Awaitable[T]) -> T:
     """``work``'s result; an error from deep in a fetch's nurseries comes out of its
     exception groups: alone, or as the first of several disk errors (a full disk fails every
     chunk being written at once), so callers can catch it by type."""

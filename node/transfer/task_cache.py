@@ -43,6 +43,7 @@ class TaskCache:
     fetching: Callable[[bytes], bool]  # a fetch of it is writing now
     reserve_bytes: int = 0  # disk no dataset may take (worker.disk_reserve_mb)
     keep_ms: int = 0  # a dataset a task used stays this long (task_data_keep_ms)
+    tree_bytes: dict[bytes, int] = field(default_factory=dict)  # DataService's: trees here
     _pins: Counter[bytes] = field(default_factory=Counter)
     _room: trio.Lock = field(default_factory=trio.Lock)
     _reserved: int = 0
@@ -125,7 +126,11 @@ class TaskCache:
         """The datasets fetched for tasks (but those a fetch is writing now)."""
         used, rows = await self.db.transaction(lambda c: (cache.cached(c), journal.transfers(c)))
         return [
-            Cached(r.dataset_id, used[r.dataset_id], r.bytes_total)
+            Cached(
+                r.dataset_id,
+                used[r.dataset_id],
+                r.bytes_total + self.tree_bytes.get(r.dataset_id, 0),
+            )
             for r in rows
             if r.dataset_id in used and (include_fetching or not self.fetching(r.dataset_id))
         ]

@@ -86,7 +86,7 @@ class Bisector:
                             "replay_class": mine})  # fmt: skip
             return None
         passes: list[g.Decide] = []
-        files = ReplayFiles(self.share, att, work / "base", [att.worker])
+        files = ReplayFiles(self.share, att, work, [att.worker])
         try:
             for miss in up.misses:
                 decision = await self._segment(att_id, runtime, miss.index, files)
@@ -102,7 +102,7 @@ class Bisector:
     async def _segment(
         self, att_id: bytes, runtime: Any, index: int, files: ReplayFiles
     ) -> g.Decide | None:
-        att, work = files.att, files.base.parent
+        att, work = files.att, files.work
         assert att.workload is not None
         answer = await self.ask(att, att_id, index)
         if answer is None or (problem := g.check_answer(att, answer)):

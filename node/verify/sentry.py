@@ -246,7 +246,7 @@ class Sentry:
         assert att.workload is not None
         # One fetch of the task's datasets for the whole game; then they expire in time.
         datasets = None if self.share is None else self.share.datasets
-        files = ReplayFiles(self.share, att, work / "base", [att.worker])
+        files = ReplayFiles(self.share, att, work, [att.worker])
         try:
             async with using_all(datasets, att.workload):
                 return await play(
@@ -364,7 +364,7 @@ class Sentry:
         *,
         end: bytes,
     ) -> tuple[bytes, int | None]:
-        workdir = files.base.parent / f"seg-{index}"
+        workdir = files.work / f"seg-{index}"
         try:
             return await self._replay_in(runtime, files, workdir, index, start, end=end)
         finally:  # one segment's tree at a time, not one per sample

@@ -9,7 +9,6 @@ files from its work dir.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from consensus.verify.messages import Attestation
 from node.market.blobshare import FetchFailed
 from node.market.datasets import place_all
 from node.market.packing import unpack
-from storage.transfer_files import discard_tree, link_into
+from storage.transfer_files import discard_tree
 
 if TYPE_CHECKING:
     from node.market.blobshare import BlobShare
@@ -30,64 +29,22 @@ MIN_FILE_RATE = 1_000_000  # bytes/s a worker must at least serve a state file a
 
 
 class ReplayFiles:
-    """The task's files for each replay of one check, its datasets written out once.
+    """The task's files for each replay of one check (a sampled segment, a bisection probe).
 
-    A replay needs the work dir as the worker had it: inputs unpacked, datasets written out
-    over them. Writing a dataset of gigabytes again for each sampled segment and each
-    bisection probe was most of a check's I/O; now the first replay writes the datasets into
-    a base folder and each replay gets hard links to those files (copies where links are
-    refused), merged over its inputs, which are unpacked afresh each time. A workload may
-    write into a dataset file in place (a memmap opened ``r+``) or chmod it, through its link:
-    so every file in the base is stamped (inode, size, mtime, mode) when written, and a base
-    whose stamps changed is written out again before the next replay, which starts from the
-    dataset the worker's run started from.
+    A replay needs the work dir as the worker had it: the inputs unpacked afresh each time
+    (a replay may have changed them), and the datasets as hard links to this node's one
+    read-only copy of each (:mod:`storage.dataset_trees`), which the first replay fetches and
+    writes out and every later one, of this check or another, links to. Writing a dataset of
+    gigabytes out again for each replay was once most of a check's I/O.
     """
 
-    def __init__(self, share: BlobShare, att: Attestation, base: Path, holders: list[str]) -> None:
-        self.share, self.att, self.base, self.holders = share, att, base, holders
-        self.placed = 0  # times the datasets were fetched and written out (for tests)
-        self._stamps: dict[str, tuple[int, ...]] | None = None  # None: not written out
+    def __init__(self, share: BlobShare, att: Attestation, work: Path, holders: list[str]) -> None:
+        self.share, self.att, self.work, self.holders = share, att, work, holders
 
     async def put(self, workdir: Path) -> bool:
         """Fills ``workdir`` (emptied first) with the task's files; False (logged) when they
         could not be fetched (asked again at the next replay)."""
-        assert self.att.workload is not None
-        if not await _inputs(self.share, self.att, workdir):
-            return False
-        if not self.att.workload.datasets:
-            return True
-        if not await self._base_ready():
-            return False
-        for name in self.att.workload.datasets:
-            await trio.to_thread.run_sync(link_into, self.base / name, workdir / name)
-        return True
-
-    async def _base_ready(self) -> bool:
-        """Whether the base holds the datasets as written out (writing them out if not)."""
-        if self._stamps is not None:
-            if await trio.to_thread.run_sync(_stamps, self.base) == self._stamps:
-                return True
-            log.info("a replay changed the task's dataset files: written out again",
-                     extra={"task": self.att.ref.text()})  # fmt: skip
-            self._stamps = None
-        self.placed += 1
-        await discard_tree(self.base)
-        self.base.mkdir(parents=True, mode=0o700)  # a requester's data: ours alone
-        if not await _datasets(self.share, self.att, self.base, self.holders):
-            return False
-        self._stamps = await trio.to_thread.run_sync(_stamps, self.base)
-        return True
-
-
-def _stamps(root: Path) -> dict[str, tuple[int, ...]]:
-    """Each file under ``root``: what a write or chmod through a hard link would change."""
-    found: dict[str, tuple[int, ...]] = {}
-    for folder, _dirs, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            st = os.lstat(path)
-            found[path] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
-    return found
+        return await prepare(self.share, self.att, workdir, self.holders)
 
 
 async def prepare(share: BlobShare, att: Attestation, workdir: Path, holders: list[str]) -> bool:

@@ -32,6 +32,9 @@ from gpu.sandbox import (
 from node.cli import cli
 from node.market.packing import PackError, pack_outputs
 from node.market.service import worker_sandbox
+from storage.blobs import BlobStore
+from storage.dataset_trees import Trees
+from storage.transfer_files import build, link_into, remove_tree
 from tests.gpu.conftest import SECRET, is_root, needs_bwrap, python_paths, sandbox
 
 PY = "python3"
@@ -341,3 +344,75 @@ def test_limits_as_root_names_a_directory_its_workloads_cannot_enter() -> None:
         assert limited.unreadable() == (base / "private" if is_root() else None)
         (base / "private").chmod(0o755)
         assert _hidden_from_others((env,)) is None
+
+
+TOUCH_DATASET = """
+import os
+path = 'corpus/sub/data.bin'
+print('read', open(path, 'rb').read())
+for what, act in [('write', lambda: open(path, 'r+b')), ('chmod', lambda: os.chmod(path, 0o666)),
+                  ('unlink', lambda: os.unlink(path)), ('add', lambda: open('corpus/new', 'w'))]:
+    try:
+        act()
+        print(what, 'done')
+    except OSError as exc:
+        print(what, 'refused')
+open('out.txt', 'w').write('mine')
+"""
+
+
+def _shared_dataset(base: Path, workdir: Path) -> Path:
+    """A dataset's read-only copy under ``base`` (as the node writes it), and the task's
+    folder ``corpus`` of links to it; returns the copy's file."""
+    built_src = base / "src"
+    (built_src / "sub").mkdir(parents=True)
+    (built_src / "sub" / "data.bin").write_bytes(b"shared")
+    store = BlobStore(base / "store")
+    built = build(built_src, store)
+    tree = Trees(base / "trees").build(built.dataset_id, built.manifest, store)
+    link_into(tree, workdir / "corpus")
+    return tree / "sub" / "data.bin"
+
+
+async def _touch_dataset(box: Sandbox, workdir: Path, shared: Path) -> list[str]:
+    workload = Workload(kind="exec", command=[PY, "-c", TOUCH_DATASET], outputs=["out.txt"],
+                        datasets={"corpus": b"\x01" * 32})  # fmt: skip
+    logs: list[str] = []
+    with trio.fail_after(60):
+        result = await ExecRuntime(box).run(RunSpec("t", workload, workdir), _ignore, logs.append)
+    assert result.ok, "\n".join(logs)
+    assert (workdir / "out.txt").read_text() == "mine"  # its own folder is its own
+    assert shared.read_bytes() == b"shared" and stat.S_IMODE(shared.stat().st_mode) == 0o444
+    assert shared.stat().st_uid == os.geteuid(), "the shared copy stays the node's"
+    return logs
+
+
+@needs_bwrap
+async def test_a_workload_reads_a_shared_dataset_and_cannot_change_it(
+    node_home: Path, workdir: Path
+) -> None:
+    """Tasks link to one copy of each dataset (storage.dataset_trees): one that changed its
+    files would change every later task's data. bwrap binds the folder read-only."""
+    shared = _shared_dataset(node_home, workdir)
+    logs = await _touch_dataset(sandbox(), workdir, shared)
+    assert logs == ["read b'shared'", "write refused", "chmod refused", "unlink refused",
+                    "add refused"]  # fmt: skip
+
+
+async def test_limits_as_root_keeps_a_shared_dataset_from_its_workloads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without bwrap, a root node's workloads run as nobody: the shared copy is not given to
+    them with their folder, so they can read it and not change it."""
+    if not is_root():
+        pytest.skip("as another user, limits mode runs workloads as our own uid")
+    with tempfile.TemporaryDirectory() as tmp:  # reachable by nobody, unlike pytest's
+        base = Path(tmp)
+        base.chmod(0o755)
+        workdir = base / "task"
+        workdir.mkdir()
+        shared = _shared_dataset(base, workdir)
+        logs = await _touch_dataset(sandbox("limits"), workdir, shared)
+        assert logs == ["read b'shared'", "write refused", "chmod refused", "unlink refused",
+                        "add refused"]  # fmt: skip
+        remove_tree(workdir)

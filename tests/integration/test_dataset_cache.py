@@ -2,11 +2,11 @@
 deleting the first (fetched for the earlier task, no longer used), and runs.
 
 Two daemons on 127.0.0.1 (requester, worker). The worker's reserve is set from the disk's
-free space so that about 100 MB are left to tasks: a 40 MB dataset takes 80 MB while its
-task runs (chunk store and task folder) and 40 MB after, so the second one fits only once
-the first is gone. Synchronised on what the daemons log and on CLI exits, never on sleeps.
-Another program writing hundreds of MB to the same disk meanwhile (a pip install beside the
-test run) leaves the worker no room, and the test waits for it.
+free space so that about 100 MB are left to tasks: a 40 MB dataset takes 80 MB (its chunks,
+and the copy written out once that its tasks link to) until it is deleted, so the second one
+fits only once the first is gone. Synchronised on what the daemons log and on CLI exits,
+never on sleeps. Another program writing hundreds of MB to the same disk meanwhile (a pip
+install beside the test run) leaves the worker no room, and the test waits for it.
 """
 
 from __future__ import annotations

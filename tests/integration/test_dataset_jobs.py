@@ -1,7 +1,8 @@
 """A job that names a dataset, on real daemons: the requester adds a folder once, the worker
-fetches it through the transfer layer into the task's folder, a sentry that replays the task
-gets it from the worker (and deletes its copy once unused for its short expiry), and a
-second job on the same data moves no chunk again.
+fetches it through the transfer layer and writes it out once, read-only, for the task's folder
+to link to; a sentry that replays the task gets it from the worker (and deletes its copy once
+unused for its short expiry), and a second job on the same data neither moves a chunk nor
+writes a file of it again.
 
 Three daemons on 127.0.0.1 (requester, sentry, worker). Synchronised on what the daemons log
 and on CLI exits, never on sleeps.
@@ -50,6 +51,11 @@ for path in sorted(pathlib.Path("corpus").rglob("*")):
         digest.update(path.relative_to("corpus").as_posix().encode() + path.read_bytes())
 pathlib.Path("out").mkdir(exist_ok=True)
 pathlib.Path("out/digest.txt").write_text(digest.hexdigest() + "\\n")
+try:
+    open(next(p for p in sorted(pathlib.Path("corpus").rglob("*")) if p.is_file()), "r+b")
+    pathlib.Path("out/dataset.txt").write_text("writable")
+except OSError:
+    pathlib.Path("out/dataset.txt").write_text("read-only")
 """
 
 
@@ -59,6 +65,10 @@ def digest_of(root: Path) -> str:
         if path.is_file():
             digest.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
     return digest.hexdigest() + "\n"
+
+
+def corpus_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
 @pytest.fixture
@@ -127,15 +137,20 @@ def test_a_job_runs_and_is_verified_on_a_dataset_fetched_once(
     got = idlegrid(requester.home, "job", "fetch", job_id, "--out", str(fetched), env=ENV)
     assert got.returncode == 0, got.stderr
     assert (fetched / "out" / "digest.txt").read_text() == digest_of(corpus)
+    assert (fetched / "out" / "dataset.txt").read_text() == "read-only"
+    tree = worker.home / "trees" / dataset
+    assert digest_of(tree) == digest_of(corpus)
+    assert not any((sentry.home / "trees").iterdir()), "the sentry's copy expired with it"
 
     code, out, err = submit(requester, spec_dir, dataset)  # the same data again
     assert code == 0, err
-    again = worker.wait_for("dataset placed", timeout=90)
-    assert int(field(again, "chunks_moved")) == 0, "the worker holds every chunk already"
     wait_all(requester, [("task moved", "job_state=verified")], timeout=90)
+    assert worker.output().count("dataset placed") == 1, "linked to the copy written before"
     gone = idlegrid(worker.home, "data", "rm", dataset, "--json", env=ENV)  # the operator's disk
     assert gone.returncode == 0, gone.stderr
-    assert json.loads(gone.stdout)["chunks_deleted"] > 0
+    removed = json.loads(gone.stdout)
+    assert removed["chunks_deleted"] > 0 and removed["bytes_freed"] > corpus_bytes(corpus)
     assert field(worker.wait_for("dataset removed"), "dataset") == dataset[:16]
+    assert not tree.exists()
     for daemon in network.values():
         assert "Traceback" not in daemon.output()

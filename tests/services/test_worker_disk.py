@@ -52,6 +52,9 @@ class Shelf:
     async def evictable(self) -> int:
         return 0  # nothing cached
 
+    def placed(self, dataset_id: bytes) -> bool:
+        return False  # never written out for tasks: each takes its room
+
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
         if self.full:
             raise OSError(errno.ENOSPC, "No space left on device")

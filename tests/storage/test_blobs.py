@@ -242,7 +242,7 @@ def test_unsynced_puts_are_readable_and_made_durable_by_one_sync(
 def test_sync_without_syncfs_fsyncs_each_pending_blob_and_directory(
     store: BlobStore, fsyncs: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("storage.blobs._syncfs", lambda root: False)
+    monkeypatch.setattr("storage.blobs.syncfs", lambda root: False)
     digests = {store.put(os.urandom(100), sync=False) for _ in range(5)}
     store.put(os.urandom(100))  # a synced put is not pending
     before = len(fsyncs)
