@@ -251,14 +251,26 @@ def shared_task_root(private: Path, base: Path = SHARED_BASE) -> Path:
 def _give_tree(root: Path, uid: int, shared: frozenset[str] = frozenset()) -> None:
     """Makes the task directory the workload's own (its inputs were unpacked by the node),
     and only its own: other local users may pass its parent (see :func:`shared_task_root`).
-    The folders named in ``shared`` stay as they are: their files are other tasks' too."""
-    os.chown(root, uid, uid)
-    root.chmod(0o700)
-    for base, dirs, files in os.walk(root):
+
+    The folders named in ``shared`` stay the node's: their files are other tasks' too. All
+    workloads of a root node in ``limits`` mode run as one uid, so another task's workload
+    could rename or swap what is below ``root`` while this walks it, to have the node hand it
+    a shared file. So ``root`` is the node's alone (0700) until the walk is done, the walk
+    never follows a link, and no file with another name elsewhere (a hard link: the shared
+    copy's) is handed over, wherever it turns up.
+    """
+    os.chown(root, os.geteuid(), os.getegid(), follow_symlinks=False)
+    root.chmod(0o700)  # no way in for a workload until the end
+    for base, dirs, files in os.walk(root, followlinks=False):
         if base == str(root):
             dirs[:] = [d for d in dirs if d not in shared]
         for name in dirs + files:
-            os.chown(os.path.join(base, name), uid, uid, follow_symlinks=False)
+            path = os.path.join(base, name)
+            found = os.lstat(path)
+            if stat.S_ISREG(found.st_mode) and found.st_nlink > 1:
+                continue
+            os.chown(path, uid, uid, follow_symlinks=False)
+    os.chown(root, uid, uid, follow_symlinks=False)
 
 
 def _hidden_from_others(paths: tuple[Path, ...]) -> Path | None:

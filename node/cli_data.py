@@ -332,15 +332,17 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
 @home_option
 @json_option
 def remove(dataset: str, home_dir: str | None, as_json: bool) -> None:
-    """Delete DATASET here (added, fetched, or placed for a job): its record, grants and the
-    chunks no other dataset here uses. A running daemon stops serving it first."""
+    """Delete DATASET here (added, fetched, or placed for a job): its record, grants, the
+    chunks no other dataset here uses, and its copy written out for tasks. A running daemon
+    stops serving it first."""
     home = _home(home_dir)
     dataset_id = _dataset_id(dataset, home)
     try:
         result = ApiClient(home).post("/v1/data/remove", {"dataset_id": dataset_id.hex()})
     except NotRunning:
         try:
-            removed = local.remove(home.db, local.chunk_store(home.root), dataset_id)
+            store, trees = local.chunk_store(home.root), local.trees(home.root)
+            removed = local.remove(home.db, store, trees, dataset_id)
         except KeyError:
             raise BadInput(f"no dataset {dataset_id.hex()[:16]} here") from None
         result = {"dataset_id": dataset_id.hex(), **vars(removed)}

@@ -28,7 +28,7 @@ from consensus.transfer.manifest import Manifest
 from storage.blobs import BlobStore, fsync_dir, syncfs
 from storage.transfer_files import materialize, remove_tree
 
-_PARTIAL = ".partial-"
+_PARTIAL, _DOOMED = ".partial-", ".removing-"
 FILE_MODE, DIR_MODE = 0o444, 0o555  # read-only for all; the tree sits in the 0700 data dir
 
 
@@ -77,8 +77,19 @@ class Trees:
         if not tree.is_dir():
             return 0
         freed = sum(st.st_size for st in _file_stats(tree) if st.st_nlink == 1)
-        remove_tree(tree)
+        doomed = self.root / f"{_DOOMED}{dataset_id.hex()}"
+        remove_tree(doomed)
+        os.rename(tree, doomed)  # first: a deletion cut short must not leave a tree in use
+        remove_tree(doomed)
         return freed
+
+    def linkable(self, where: Path) -> bool:
+        """Whether a folder at ``where`` (or under its nearest existing parent) is on the
+        trees' filesystem, so links to them work there (elsewhere they are copied)."""
+        here = self.root if self.root.exists() else self.root.parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        return os.stat(here).st_dev == os.stat(where).st_dev
 
     def sweep(self, whole: Iterable[bytes]) -> list[str]:
         """Deletes what a crash left: half-written trees, and the trees of datasets no longer
@@ -93,17 +104,24 @@ class Trees:
 
 
 def _freeze(root: Path) -> None:
-    """Makes the tree read-only: files ``0444`` (execute bits kept), folders ``0555``
-    (deepest first, so each is still writable while its children change)."""
-    for folder, dirs, files in os.walk(root, topdown=False):
+    """Makes the tree read-only: files ``0444`` (execute bits kept), folders ``0555``.
+
+    A folder is made ``0555`` before the walk enters it, so one the dataset gave no read
+    permission (``0300``) is read all the same; a chmod needs no write permission.
+    """
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    os.chmod(root, DIR_MODE)
+    for folder, dirs, files in os.walk(root, onerror=fail):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), DIR_MODE)
         for name in files:
             path = os.path.join(folder, name)
             mode = os.lstat(path).st_mode
             if stat.S_ISREG(mode):
                 os.chmod(path, FILE_MODE | (mode & 0o111))
-        for name in dirs:
-            os.chmod(os.path.join(folder, name), DIR_MODE)
-    os.chmod(root, DIR_MODE)
 
 
 def _file_stats(root: Path) -> list[os.stat_result]:

@@ -52,9 +52,9 @@ class Datasets(Protocol):
         """The bytes of ``dataset_id``'s files if it is held whole here, else 0."""
         ...
 
-    def placed(self, dataset_id: bytes) -> bool:
-        """Whether ``dataset_id`` is written out here for tasks, which then link to its
-        files (no disk taken)."""
+    def placed(self, dataset_id: bytes, where: Path) -> bool:
+        """Whether ``dataset_id`` is written out here for tasks, on the filesystem of
+        ``where`` (the task folders), which then link to its files (no disk taken)."""
         ...
 
     async def grant(self, peer: str, dataset_id: bytes) -> None:
@@ -133,7 +133,7 @@ async def disk_room(datasets: Datasets | None, demand: Demand, disk: Disk) -> tu
     need = 2 * demand.inputs_bytes
     for hex_id, size in sorted(demand.datasets.items()):
         dataset_id = bytes.fromhex(hex_id)
-        if datasets is not None and datasets.placed(dataset_id):
+        if datasets is not None and datasets.placed(dataset_id, disk.where):
             continue
         held = datasets is not None and await datasets.size(dataset_id) > 0
         need += size if held else 2 * size

@@ -13,8 +13,14 @@ from consensus.transfer.plan import DEFAULT_CHUNK_BYTES
 from storage import dataset_cache
 from storage import transfer_journal as journal
 from storage.blobs import BlobStore
+from storage.dataset_trees import Trees
 from storage.db import open_sync, run_transaction
 from storage.transfer_files import build
+
+
+def trees(root: Path) -> Trees:
+    """The datasets written out for tasks on the node whose data dir is ``root``."""
+    return Trees(root / "trees")
 
 
 def chunk_store(root: Path) -> BlobStore:
@@ -81,10 +87,11 @@ class Removed:
     chunks_kept: int  # shared with another dataset held here
 
 
-def remove(db_path: Path, store: BlobStore, dataset_id: bytes) -> Removed:
-    """Forgets ``dataset_id`` and deletes its manifest and the chunks no other dataset here
-    uses. The journal goes first: a crash in between leaves unused chunks (space), never a
-    dataset recorded whole whose chunks are gone.
+def remove(db_path: Path, store: BlobStore, trees: Trees, dataset_id: bytes) -> Removed:
+    """Forgets ``dataset_id`` and deletes its manifest, the chunks no other dataset here
+    uses, and its tree. The journal goes first: a crash in between leaves unused chunks
+    (space) or a tree the next start sweeps, never a dataset recorded whole whose chunks are
+    gone.
 
     Raises:
         KeyError: nothing is recorded of ``dataset_id`` here.
@@ -104,6 +111,7 @@ def remove(db_path: Path, store: BlobStore, dataset_id: bytes) -> Removed:
         if store.delete(digest):
             freed, deleted = freed + size, deleted + 1
     store.delete(dataset_id.hex())
+    freed += trees.remove(dataset_id)
     return Removed(deleted, freed, len(mine & shared))
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import tarfile
-from collections.abc import Awaitable, Iterator
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -77,6 +77,7 @@ class DataService:
     nursery: trio.Nursery
     trees: Trees  # each dataset tasks use, written out once (read-only)
     tree_bytes: dict[bytes, int] = field(default_factory=dict)  # of the trees here
+    _copied: set[bytes] = field(default_factory=set)  # warned of: copied, not linked
     jobs: dict[bytes, Job] = field(default_factory=dict)
     _to_provide: trio.MemorySendChannel[bytes] | None = None
     _placing: dict[bytes, trio.Lock] = field(default_factory=dict)  # one fetch per dataset
@@ -147,6 +148,11 @@ class DataService:
         async with lock:  # two tasks on one dataset: the second finds it all here
             if not self.trees.has(dataset_id):  # a tree is renamed into place only when whole
                 await self._write_tree(dataset_id, holders)
+            if not self.trees.linkable(out) and dataset_id not in self._copied:
+                self._copied.add(dataset_id)
+                log.warning("dataset copied into each task's folder, not linked: the task "
+                            "folders are on another filesystem than the node's data dir",
+                            extra={"dataset": dataset_id.hex()[:16]})  # fmt: skip
             # under the lock: `data rm` and evictions take it before they delete the tree
             await trio.to_thread.run_sync(link_into, self.trees.path(dataset_id), out)
 
@@ -163,9 +169,10 @@ class DataService:
         self.tree_bytes[dataset_id] = manifest.files_bytes
         await self.offer(dataset_id, manifest)
 
-    def placed(self, dataset_id: bytes) -> bool:
-        """Whether ``dataset_id``'s read-only copy is here (a task then takes no disk for it)."""
-        return self.trees.has(dataset_id)
+    def placed(self, dataset_id: bytes, where: Path) -> bool:
+        """Whether ``dataset_id``'s read-only copy is here, on the filesystem of ``where``
+        (the task folders): a task then links to it and takes no disk for it."""
+        return self.trees.has(dataset_id) and self.trees.linkable(where)
 
     async def _place(self, dataset_id: bytes, holders: list[str]) -> Manifest:
         connected = set(self.net.host.connected_peers())
@@ -193,9 +200,31 @@ class DataService:
         assert self.cache is not None, "run_data sets the cache"
         return self.cache
 
-    def using(self, ids: list[bytes]) -> AbstractAsyncContextManager[None]:
-        """Keeps ``ids`` while a task or a replay reads them (node.market.datasets)."""
-        return self._cache().using(ids)
+    @asynccontextmanager
+    async def using(self, ids: list[bytes]) -> AsyncIterator[None]:
+        """Keeps ``ids`` while a task or a replay reads them (node.market.datasets).
+
+        The tree of a dataset the operator holds (added, or fetched with ``data get``) goes
+        when no task uses it any more: its chunks are kept for good, and a tree kept too would
+        double what it takes. One fetched for tasks keeps its tree until the cache deletes it.
+        """
+        try:
+            async with self._cache().using(ids):
+                yield
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._drop_idle_trees(ids)
+
+    async def _drop_idle_trees(self, ids: list[bytes]) -> None:
+        cached = await self.net.ctx.db.transaction(cache.cached)
+        pinned = self._cache().pinned()
+        for dataset_id in ids:
+            if dataset_id in cached or dataset_id in pinned or not self.trees.has(dataset_id):
+                continue
+            async with self._placing.setdefault(dataset_id, trio.Lock()):
+                if dataset_id not in self._cache().pinned():  # none began while we waited
+                    self.tree_bytes.pop(dataset_id, None)
+                    await trio.to_thread.run_sync(self.trees.remove, dataset_id)
 
     async def evictable(self) -> int:
         return await self._cache().evictable()
@@ -233,12 +262,8 @@ class DataService:
         return removed
 
     def _remove_here(self, dataset_id: bytes) -> local.Removed:
-        """The journal first, then the chunks, then the tree: a crash in between leaves a
-        tree the next start sweeps (:meth:`Trees.sweep`), never one of a dataset not held."""
-        removed = local.remove(self.net.ctx.home.db, self.store, dataset_id)
         self.tree_bytes.pop(dataset_id, None)
-        freed = self.trees.remove(dataset_id)
-        return replace(removed, bytes_freed=removed.bytes_freed + freed)
+        return local.remove(self.net.ctx.home.db, self.store, self.trees, dataset_id)
 
     def start_get(
         self, dataset_id: bytes, out: Path, sources: list[str], opts: dict[str, Any]
@@ -337,7 +362,7 @@ async def run_data(
     send, receive = trio.open_memory_channel[bytes](1024)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run_bulk)
-        trees = Trees(ctx.home.root / "trees")
+        trees = local.trees(ctx.home.root)
         service = DataService(ctx.network, store, server, nursery, trees, _to_provide=send)
         service.cache = TaskCache(
             ctx.db, store, service.remove, service._fetching,

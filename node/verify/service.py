@@ -110,6 +110,7 @@ async def sentry_verify(
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
     scratch = sandbox.task_root(ctx.home.work) / "verify"
     scratch.mkdir(parents=True, exist_ok=True)
+    scratch.chmod(0o711)  # a workload reaches its own replay's folder, and lists no other
     sentry = Sentry(
         market.net,
         VerifyStore(ctx.db),

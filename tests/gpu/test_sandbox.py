@@ -23,9 +23,11 @@ from consensus.market.messages import Workload
 from gpu.exec_runtime import ExecRuntime
 from gpu.runtime import RunResult, RunSpec, SegmentDone, run_logged
 from gpu.sandbox import (
+    NOBODY,
     Limits,
     Sandbox,
     SandboxUnavailable,
+    _give_tree,
     _hidden_from_others,
     shared_task_root,
 )
@@ -416,3 +418,20 @@ async def test_limits_as_root_keeps_a_shared_dataset_from_its_workloads(
         assert logs == ["read b'shared'", "write refused", "chmod refused", "unlink refused",
                         "add refused"]  # fmt: skip
         remove_tree(workdir)
+
+
+def test_a_root_node_never_hands_a_shared_file_to_the_workload(tmp_path: Path) -> None:
+    """Another task's workload (the same uid in limits mode) may rename a task's dataset
+    folder before the node gives the task folder over: the shared copy's files, being hard
+    links, are still not given, and the folder is the node's alone until the end."""
+    if not is_root():
+        pytest.skip("only a root node gives task folders to another uid")
+    workdir = tmp_path / "task"
+    workdir.mkdir()
+    shared = _shared_dataset(tmp_path, workdir)
+    (workdir / "corpus").rename(workdir / "renamed")  # as a racing workload would
+    (workdir / "mine.txt").write_text("an input")
+    _give_tree(workdir, NOBODY, frozenset({"corpus"}))
+    assert shared.stat().st_uid == 0 and (workdir / "renamed" / "sub" / "data.bin").exists()
+    assert (workdir / "mine.txt").stat().st_uid == NOBODY
+    assert workdir.stat().st_uid == NOBODY and stat.S_IMODE(workdir.stat().st_mode) == 0o700

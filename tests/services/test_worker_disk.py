@@ -52,7 +52,7 @@ class Shelf:
     async def evictable(self) -> int:
         return 0  # nothing cached
 
-    def placed(self, dataset_id: bytes) -> bool:
+    def placed(self, dataset_id: bytes, where: Path) -> bool:
         return False  # never written out for tasks: each takes its room
 
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:

@@ -94,3 +94,35 @@ def test_remove_frees_what_no_task_folder_still_links(tmp_path: Path) -> None:
     assert trees.remove(built.dataset_id) == 0
     remove_tree(task)
     assert not task.exists()  # read-only folders in a task's folder go with it
+
+
+def test_a_removal_cut_short_leaves_no_tree_to_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built, store = added(tmp_path)
+    trees = Trees(tmp_path / "trees")
+    tree = trees.build(built.dataset_id, built.manifest, store)
+    calls: list[Path] = []
+
+    def cut_short(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 2:  # the deletion itself: the node dies halfway
+            (path / "big.bin").chmod(0o644)
+            os.unlink(path / "big.bin")
+            raise OSError("killed")
+
+    monkeypatch.setattr("storage.dataset_trees.remove_tree", cut_short)
+    with pytest.raises(OSError, match="killed"):
+        trees.remove(built.dataset_id)
+    monkeypatch.undo()
+    assert not trees.has(built.dataset_id) and not tree.exists()
+    assert trees.sweep([built.dataset_id]) == [f".removing-{built.dataset_id.hex()}"]
+
+
+def test_linkable_says_whether_task_folders_share_the_trees_filesystem(tmp_path: Path) -> None:
+    trees = Trees(tmp_path / "trees")
+    assert trees.linkable(tmp_path / "work" / "not-made-yet")
+    other = Path("/dev/shm")
+    if not other.is_dir() or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second filesystem here")
+    assert not trees.linkable(other / "task")  # tasks there get copies, counted as such

@@ -1,0 +1,60 @@
+"""The dataset service's trees: one the operator's own dataset gets for a task goes when no
+task uses it any more (its chunks stay); one fetched for tasks stays with the cache.
+
+Real sqlite, blob store and trees; the service's network is a stand-in, as nothing here
+moves a chunk (the dataset job test runs it all on daemons).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import trio
+
+from node.transfer import local
+from node.transfer.service import DataService
+from node.transfer.task_cache import TaskCache
+from storage import dataset_cache
+from storage.db import Database
+from tests.storage.test_transfer_files import make_tree
+
+
+async def service(root: Path, db: Database, nursery: trio.Nursery) -> tuple[DataService, bytes]:
+    """A service whose node added one dataset and wrote its tree out for a task."""
+    src = root / "src"
+    src.mkdir()
+    make_tree(src)
+    store, trees = local.chunk_store(root), local.trees(root)
+    dataset_id, manifest = local.add(root / "node.sqlite", store, src)
+    trees.build(dataset_id, manifest, store)
+    net: Any = SimpleNamespace(ctx=SimpleNamespace(db=db, home=SimpleNamespace(db=db.path)))
+    server: Any = SimpleNamespace(withdraw=lambda _dataset_id: None)
+    data = DataService(net, store, server, nursery, trees)
+    data.cache = TaskCache(db, store, data.remove, data._fetching)
+    return data, dataset_id
+
+
+async def test_the_operators_dataset_loses_its_tree_when_its_last_task_ends(
+    tmp_path: Path,
+) -> None:
+    async with await Database.open(tmp_path / "node.sqlite") as db, trio.open_nursery() as n:
+        data, dataset_id = await service(tmp_path, db, n)
+        async with data.using([dataset_id]):
+            async with data.using([dataset_id]):  # a sentry's replay beside the task
+                pass
+            assert data.trees.has(dataset_id), "a task still reads it"
+        assert not data.trees.has(dataset_id)
+        assert data.store.has(dataset_id.hex()), "the operator's chunks stay"
+
+
+async def test_a_dataset_fetched_for_tasks_keeps_its_tree_for_the_next(tmp_path: Path) -> None:
+    async with await Database.open(tmp_path / "node.sqlite") as db, trio.open_nursery() as n:
+        data, dataset_id = await service(tmp_path, db, n)
+        await db.transaction(lambda c: dataset_cache.use(c, dataset_id, 1))
+        async with data.using([dataset_id]):
+            pass
+        assert data.trees.has(dataset_id)
+        removed = await data.remove(dataset_id)
+        assert not data.trees.has(dataset_id) and removed.bytes_freed > 0
