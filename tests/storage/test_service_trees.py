@@ -1,18 +1,22 @@
-"""The dataset service's trees: one the operator's own dataset gets for a task goes when no
+"""The dataset service's trees: a placement short of room writes nothing, one with room
+links the task's folder to the tree; the tree of the operator's own dataset goes when no
 task uses it any more (its chunks stay); one fetched for tasks stays with the cache.
 
-Real sqlite, blob store and trees; the service's network is a stand-in, as nothing here
-moves a chunk (the dataset job test runs it all on daemons).
+Real sqlite, blob store, trees and dataset cache; the service's network and server are
+stand-ins, as every chunk is here already (the dataset job test runs it all on daemons).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import trio
 
+from node.market.datasets import NoRoom
 from node.transfer import local
 from node.transfer.service import DataService
 from node.transfer.task_cache import TaskCache
@@ -30,7 +34,7 @@ async def service(root: Path, db: Database, nursery: trio.Nursery) -> tuple[Data
     dataset_id, manifest = local.add(root / "node.sqlite", store, src)
     trees.build(dataset_id, manifest, store)
     net: Any = SimpleNamespace(ctx=SimpleNamespace(db=db, home=SimpleNamespace(db=db.path)))
-    server: Any = SimpleNamespace(withdraw=lambda _dataset_id: None)
+    server: Any = SimpleNamespace(withdraw=lambda *_: None, offer=lambda *_: None)
     data = DataService(net, store, server, nursery, trees)
     data.cache = TaskCache(db, store, data.remove, data._fetching)
     return data, dataset_id
@@ -58,3 +62,23 @@ async def test_a_dataset_fetched_for_tasks_keeps_its_tree_for_the_next(tmp_path:
         assert data.trees.has(dataset_id)
         removed = await data.remove(dataset_id)
         assert not data.trees.has(dataset_id) and removed.bytes_freed > 0
+
+
+async def test_a_placement_without_room_fails_and_one_with_room_links_the_tree(
+    tmp_path: Path,
+) -> None:
+    async with await Database.open(tmp_path / "node.sqlite") as db, trio.open_nursery() as n:
+        data, dataset_id = await service(tmp_path, db, n)
+        await trio.to_thread.run_sync(data.trees.remove, dataset_id)  # as before any task
+        data.net.host = SimpleNamespace(connected_peers=lambda: [])  # the chunks are all here
+        assert data.cache is not None
+        data.cache.reserve_bytes = shutil.disk_usage(tmp_path).free + (1 << 30)
+        out = tmp_path / "task" / "corpus"
+        with pytest.raises(NoRoom, match="no room for dataset"):
+            await data.place(dataset_id, out, [])
+        assert not data.trees.has(dataset_id) and not out.exists()
+        data.cache.reserve_bytes = 0
+        await data.place(dataset_id, out, [])
+        tree = data.trees.path(dataset_id)
+        assert (out / "big.bin").stat().st_ino == (tree / "big.bin").stat().st_ino
+        assert (out / "big.bin").stat().st_mode & 0o777 == 0o444
