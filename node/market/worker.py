@@ -54,6 +54,7 @@ from node.market.params import MarketParams
 from node.market.requester import BID
 from node.market.store import MarketStore
 from node.market.supervision import METER
+from node.market.task_folders import sweep_task_folders, task_folder
 from node.market.task_runner import CANCEL, CONFIRM
 from p2p.reqresp import RemoteError, RequestError, RequestRejected
 from storage.transfer_files import discard_tree
@@ -275,7 +276,7 @@ class WorkerService:
 
     async def _run_work(self, work: Work) -> None:
         ref = work.order.ref
-        workdir = self.work_root / f"{ref.job_id.hex()}-{ref.task}-{ref.attempt}"
+        workdir = task_folder(self.work_root, ref)
         # Its datasets stay while it runs, then (marked used) for the sentries that check it.
         async with using_all(self.share.datasets, work.order.workload):
             try:
@@ -474,6 +475,9 @@ class WorkerService:
     # --- restart and helpers -------------------------------------------------------------
 
     async def _after_restart(self) -> None:
+        swept = await trio.to_thread.run_sync(sweep_task_folders, self.work_root)
+        if swept:
+            log.info("stale task folders deleted", extra={"folders": swept})
         now = self.net.now_ms()
         for row in await self.store.works(["fetching", "running"]):
             ref = TaskRef(job_id=row["job_id"], task=row["idx"], attempt=row["attempt"])

@@ -5,6 +5,7 @@ role's ``qos`` view of sentries' reports."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -12,6 +13,7 @@ import trio
 from consensus.market.bidder import Bidder
 from node.identity import wallet_binding
 from node.market.service import market_of, python_runtimes
+from node.market.task_folders import empty_folder
 from node.verify.announcer import AttestationAnnouncer
 from node.verify.devices import ReplayDevices
 from node.verify.probe_worker import ProbeAnswerer
@@ -87,6 +89,17 @@ async def worker_verify(
     await announcer.run(task_status=task_status)
 
 
+async def _scratch(path: Path) -> Path:
+    """``path``, made and emptied of what replays before a restart left (nothing resumes
+    them), listed by no workload (each reaches its own replay's folder by name)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o711)
+    left = await trio.to_thread.run_sync(empty_folder, path)
+    if left:
+        log.info("stale replay folders deleted", extra={"folder": path.name, "entries": left})
+    return path
+
+
 async def probe_answerer(ctx: NodeContext) -> ProbeAnswerer:
     """The worker's answerer of bisection probes: replays on this machine, sandboxed, in the
     determinism class it attests."""
@@ -94,8 +107,7 @@ async def probe_answerer(ctx: NodeContext) -> ProbeAnswerer:
     profile, sandbox = await market.machine(ctx.settings.worker, ctx.home.work)
     devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
-    scratch = sandbox.task_root(ctx.home.work) / "probes"
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = await _scratch(sandbox.task_root(ctx.home.work) / "probes")
     return ProbeAnswerer(market.net, VerifyStore(ctx.db), market.share, runtimes, devices.gpus,
                          scratch, lambda peer: peer in known_sentries(ctx))  # fmt: skip
 
@@ -108,9 +120,7 @@ async def sentry_verify(
     devices = ReplayDevices.of(profile, ctx.settings.verify.det_class)
     log.info("sentry replays", extra={"classes": sorted(devices.classes)})
     runtimes: dict[str, Any] = {k: r for r in python_runtimes(sandbox) for k in r.kinds}
-    scratch = sandbox.task_root(ctx.home.work) / "verify"
-    scratch.mkdir(parents=True, exist_ok=True)
-    scratch.chmod(0o711)  # a workload reaches its own replay's folder, and lists no other
+    scratch = await _scratch(sandbox.task_root(ctx.home.work) / "verify")
     sentry = Sentry(
         market.net,
         VerifyStore(ctx.db),

@@ -128,8 +128,20 @@ def test_cheapest_worker_wins_and_a_killed_worker_fails_over(
     assert (out / "out" / "answer.txt").read_text() == "42\n"
     check_views(market, ids, job_id)
     check_no_bids_then_cancel(requester, spec_dir)
+    check_stale_folder_deleted(market, job_id)
     for daemon in market.values():
         assert "Traceback" not in daemon.output()
+
+
+def check_stale_folder_deleted(market: dict[str, Daemon], job_id: str) -> None:
+    """The killed worker's task folder outlived it; its next start deletes it."""
+    killed = market["w-cheap"]
+    mine = lambda: [p for p in (killed.home / "work").iterdir() if p.name.startswith(job_id)]  # noqa: E731
+    assert mine(), "the kill left the task's folder"
+    market["w-cheap"] = again = Daemon(killed.home, killed.args, killed.env)
+    assert int(field(again.wait_for("stale task folders deleted"), "folders")) >= 1
+    again.wait_started()
+    assert mine() == []
 
 
 def cli_json(daemon: Daemon, *args: str) -> dict:
