@@ -282,9 +282,11 @@ def _get_standalone(
 def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
     """Transfers recorded here: state, progress, bytes moved, sources, and each route's
     probe (round trip, rate, requests in flight chosen for it). ORIGIN "for tasks": fetched
-    by this worker for a task, deleted when another task needs the room."""
+    by this worker for a task, deleted when another task needs the room. COPY "yes": written
+    out once for tasks to link to (its files' size again on disk)."""
     home = _home(home_dir)
     wanted = _dataset_id(dataset, home) if dataset else None
+    trees = local.trees(home.root)
     conn = open_sync(home.db)
     try:
         for_tasks = cache.cached(conn)
@@ -292,6 +294,7 @@ def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
             {**vars(r), "dataset_id": r.dataset_id.hex(),
              "chunk_kib": r.bytes_total // max(r.chunks_total, 1) >> 10,
              "for_tasks_used_ms": for_tasks.get(r.dataset_id),
+             "written_out": trees.has(r.dataset_id),
              "sources": {p: vars(s) for p, s in journal.sources(conn, r.dataset_id).items()},
              "routes": [vars(x) for x in access.probes(conn, r.dataset_id)]}
             for r in journal.transfers(conn, wanted)
@@ -306,7 +309,7 @@ def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
 def _status_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no transfers"
-    lines = [("DATASET", "ORIGIN", "STATE", "PROGRESS", "MOVED", "CHUNK", "SOURCES")]
+    lines = [("DATASET", "ORIGIN", "STATE", "PROGRESS", "MOVED", "CHUNK", "SOURCES", "COPY")]
     for r in rows:
         pct = 100 * r["bytes_have"] // max(r["bytes_total"], 1)
         bar = "#" * (pct // 10) + "." * (10 - pct // 10)
@@ -314,7 +317,7 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         lines.append((
             r["dataset_id"][:16], origin, r["state"],
             f"[{bar}] {pct}% of {r['bytes_total']} B", f"{r['bytes_moved']} B",
-            f"~{r['chunk_kib']} KiB", str(len(r["sources"])),
+            f"~{r['chunk_kib']} KiB", str(len(r["sources"])), "yes" if r["written_out"] else "-",
         ))  # fmt: skip
     routes = [("  ROUTE OF", "PEER", "STATE", "RTT", "RATE", "WINDOW", "VIA")]
     for r in rows:

@@ -127,3 +127,21 @@ def test_rm_frees_what_no_other_dataset_uses(tmp_path: Path) -> None:
     assert (tmp_path / "a-again" / "shared.bin").read_bytes() == shared
     code, out = run("rm", ids["b"], "--home", str(home))
     assert code == 2 and "no dataset" in out
+
+
+def test_status_shows_the_copy_written_for_tasks_and_rm_deletes_it(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.txt").write_text("hello\n" * 100)
+    home = tmp_path / "home"
+    code, out = run("add", str(tmp_path / "d"), "--home", str(home), "--json")
+    dataset_id = bytes.fromhex(json.loads(out)["dataset_id"])
+    store, trees = local.chunk_store(home), local.trees(home)
+    manifest = local.complete_datasets(home / "node.db", store)[dataset_id]
+    trees.build(dataset_id, manifest, store)  # as a task on it would
+    (row,) = json.loads(run("status", "--home", str(home), "--json")[1])
+    assert row["written_out"] is True
+    assert run("status", "--home", str(home))[1].splitlines()[1].rstrip().endswith("yes")
+    code, out = run("rm", dataset_id.hex(), "--home", str(home), "--json")  # no daemon
+    assert code == 0, out
+    assert json.loads(out)["bytes_freed"] > 600  # its chunk, and its copy of 600 B
+    assert not trees.has(dataset_id)
