@@ -27,6 +27,7 @@ from consensus.market.spec import DATASET_NAME, MAX_DATASETS, Requirements
 
 JOB_ID_LEN = 16
 HASH_LEN = 32
+MAX_DATA_HOLDERS = 4  # workers an order names as serving its datasets besides the requester
 ANY_CLASS = "any"  # the shard of demands that accept any GPU class
 DATASET_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -175,6 +176,11 @@ class TaskOrder(Body):
     voucher_grace_ms: int = 10_000
     requester_address: str = ""  # the chain account signing vouchers ("": no chain settlement)
     verification: str = "standard"  # the job's level; "none": the worker need not attest
+    data_holders: list[str] = field(default_factory=list)  # serve its datasets too (peer ids)
+
+    def __post_init__(self) -> None:
+        if len(self.data_holders) > MAX_DATA_HOLDERS:
+            raise Invalid("order.data_holders", f"at most {MAX_DATA_HOLDERS}")
 
 
 @dataclass(frozen=True, kw_only=True)

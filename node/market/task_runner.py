@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -49,6 +49,7 @@ from consensus.market.meter import payable_after_failover
 from consensus.market.spec import JobSpec
 from consensus.pool import Worker
 from node.market.blobshare import FetchFailed
+from node.market.data_sharing import ask_holders
 from node.market.datasets import grant_all
 from node.market.net import AWARDS, jobs_topic
 from node.market.store import BidRecord, TaskRow
@@ -197,6 +198,11 @@ class TaskRunner:
         self, task: TaskRow, send: au.SendOrder, live: LiveAuction
     ) -> au.OrderAnswered:
         order = self._task_order(task, send)
+        ids = sorted(set(order.workload.datasets.values()))
+        if ids:  # the job's other workers serve its datasets too
+            tasks = await self.store.tasks(task.job_id)
+            holders = await ask_holders(self.net, tasks, send.bidder, ids, self._addrs_of)
+            order = replace(order, data_holders=holders)
         if order.inputs is not None:
             self.mgr.share.grant(send.bidder, order.inputs.hash)
         if order.resume is not None and order.resume.blob is not None:

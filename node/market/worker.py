@@ -46,6 +46,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard, Pause, Resume, Stop
 from node.market.blobshare import BlobShare, FetchFailed
+from node.market.data_sharing import SHARE_DATA, grant_shared, share_request
 from node.market.datasets import Disk, NoRoom, disk_room, disk_status, place_all, using_all
 from node.market.executor import GENESIS, SWEEP_MS, Executor, Freezer, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
@@ -144,6 +145,7 @@ class WorkerService:
         self.net.serve(CONFIRM, self._on_order)
         self.net.serve(METER, self._on_meter)
         self.net.serve(CANCEL, self._on_cancel)
+        self.net.serve(SHARE_DATA, self._on_share_data)
         kinds = frozenset({Demand.KIND})
         classes = {self.bidder.caps.gpu_class, ANY_CLASS}
         inboxes = [await self.net.subscribe(jobs_topic(c), kinds) for c in sorted(classes)]
@@ -300,7 +302,8 @@ class WorkerService:
         if order.inputs is not None:
             archive = await self.share.fetch(order.inputs, self._addrs_of)
             await trio.to_thread.run_sync(unpack, archive, workdir)
-        await place_all(self.share.datasets, order.workload, workdir, [work.requester])
+        holders = [work.requester, *order.data_holders]  # the first is dialled if need be
+        await place_all(self.share.datasets, order.workload, workdir, holders)
         if order.resume is not None and order.resume.blob is not None:
             resume_path = await self.share.fetch(order.resume.blob, self._addrs_of)
         await self._set_state(work, "running")
@@ -434,6 +437,20 @@ class WorkerService:
         if work.state not in ENDED:
             self._stop(work, "cancelled by the requester", state="cancelled")
         return {"ok": True}
+
+    async def _on_share_data(self, peer: str, payload: Any) -> Any:
+        """A requester asks us to serve its job's datasets to another of its workers
+        (:mod:`node.market.data_sharing`); only those its tasks here named, once placed."""
+        ids, to = share_request(payload)
+        named = [
+            dataset_id
+            for work in self.works.values()
+            if work.requester == peer and work.state != "fetching"
+            for dataset_id in work.order.workload.datasets.values()
+        ]
+        reply = await grant_shared(self.share.datasets, named, ids, to)
+        log.info("task data shared", extra={"requester": peer, "to": to, "datasets": len(ids)})
+        return reply
 
     def _follow(self, work: Work, effect: Stop | Pause | Resume | None) -> None:
         """Does what the task's meter guard decided."""

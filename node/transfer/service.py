@@ -175,11 +175,12 @@ class DataService:
         return self.trees.has(dataset_id) and self.trees.linkable(where)
 
     async def _place(self, dataset_id: bytes, holders: list[str]) -> Manifest:
+        # The first holder (whose data it is) is dialled if need be; the others (the job's
+        # other workers) only help, so they are used when connected and never wait a dial.
         connected = set(self.net.host.connected_peers())
-        elsewhere = [h for h in holders if h not in connected]
         peers = [h for h in holders if h in connected]
-        if elsewhere:
-            peers += await self._candidates(dataset_id, elsewhere)
+        if holders and holders[0] not in connected:
+            peers += await self._candidates(dataset_id, holders[:1])
         net, cache_ = self.net, self._cache()
         manifest = await fetch_manifest(net.host, self.store, dataset_id, peers, DEFAULT_LIMITS)
         async with cache_.room_for(dataset_id, manifest):
