@@ -217,6 +217,9 @@ class WorkerSettings:
         JOB_KINDS, "job kinds this worker takes: train, render, exec", kinds_check
     )
     allow_network: bool = setting(False, "take jobs that ask for network access")
+    share_task_data: bool = setting(
+        True, "serve a job's datasets to the job's other workers when its requester asks"
+    )
     idle_only: bool = setting(False, "take work only while the machine's owner is not using it")
     sandbox: str = setting(
         "bwrap",

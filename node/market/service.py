@@ -143,6 +143,7 @@ async def worker_market(
         disk=Disk(tasks, worker.disk_reserve_mb << 20),  # where task folders are
     )  # fmt: skip
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
+    market.worker.share_data = worker.share_task_data
     if market.worker.payee is not None:
         market.worker.payee.arrears.on_change = market.worker.block_requesters
     assert ctx.network is not None

@@ -129,6 +129,7 @@ class WorkerService:
         self.net, self.store, self.share, self.bidder = net, store, share, bidder
         self.executor, self.work_root, self.params = executor, work_root, params or MarketParams()
         self.disk = disk or Disk(work_root)
+        self.share_data = True  # worker.share_task_data: serve a job's data to its workers
         self.works: dict[TaskRef, Work] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._addrs: dict[str, list[str]] = {}
@@ -442,6 +443,8 @@ class WorkerService:
         """A requester asks us to serve its job's datasets to another of its workers
         (:mod:`node.market.data_sharing`); only those its tasks here named, once placed."""
         ids, to = share_request(payload)
+        if not self.share_data:
+            raise RequestRejected("refused", "this worker does not share task data")
         named = [
             dataset_id
             for work in self.works.values()
