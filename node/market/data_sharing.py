@@ -2,56 +2,51 @@
 
 A requester names a dataset once in a job; without this, each worker of the job fetched it
 from the requester, so a job spread over 50 workers sent it out 50 times over one uplink.
-Now, when a task is ordered, the requester asks the workers already running (or done with)
-the job's other tasks to serve its datasets to the new worker (:data:`SHARE_DATA`); each
-that agrees is named in the order (``TaskOrder.data_holders``), and the new worker's fetch
-probes them beside the requester and takes chunks from the fastest few at once
+Now, when a task is ordered, the requester shows the order to the workers running (or done
+with) the job's other tasks (:data:`SHARE_DATA`) and asks them to serve its datasets to the
+new worker; each that agrees is named in the order (``TaskOrder.data_holders``), and the new
+worker's fetch probes them beside the requester and takes chunks from the fastest few at once
 (:mod:`node.transfer.fetcher`). Every chunk is still checked against the manifest's hashes,
 so a holder can slow a fetch down but not change a byte.
 
-A worker grants such a request only to the requester of one of its own tasks that named the
-dataset: the data is that requester's to share. Grants last as the node's other grants do.
+A worker agrees only to what is the requester's to share and only for a real order:
+- the order is signed by the asking requester, names another worker, and is of a job one of
+  whose tasks runs (or ran) here on the same datasets;
+- the requester itself serves each dataset to us (a probe): a dataset id is public (demands
+  carry it), and a requester that merely names another's private dataset holds none of it;
+- the grant is lent, in memory only (gone at a restart), and a requester has at most
+  :data:`MAX_LENT` of them here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import trio
 
-from consensus.errors import Invalid
-from consensus.market.messages import MAX_DATA_HOLDERS
-from consensus.market.spec import MAX_DATASETS
-from consensus.peer_id import public_key_from_peer_id
+from consensus.market.messages import TaskOrder
 from node.market.datasets import Datasets
 from node.market.net import MarketNet
-from node.market.store import TaskRow
 from p2p.host import DialError
 from p2p.reqresp import RequestError, RequestRejected
 
 SHARE_DATA = "/idlegrid/market/share-data/1"
-ASK_S = 3.0  # each holder's answer is awaited this long, all asked at once
-HOLDING: frozenset[str] = frozenset({"running", "attested", "verified", "settled"})
+ASK_S = 3.0  # all holders are asked at once; those that agreed by then are named
+HOLDING = ("running", "attested", "verified", "settled")  # a task whose data is in place
+MAX_LENT = 1024  # grants one requester may have lent on a worker, until it restarts
 
 
 async def ask_holders(
-    net: MarketNet,
-    tasks: Sequence[TaskRow],
-    worker: str,
-    ids: Sequence[bytes],
-    addrs_of: Callable[[str], list[str]],
+    net: MarketNet, peers: Sequence[str], sealed_order: bytes, addrs_of: Callable[[str], list[str]]
 ) -> list[str]:
-    """The workers of ``tasks`` (a job's) that hold its datasets ``ids`` and agree to serve
-    them to ``worker``: at most :data:`MAX_DATA_HOLDERS`, asked at once; one that does not
-    answer within :data:`ASK_S` is left out."""
-    if not ids:
-        return []
-    peers = [t.worker for t in tasks if t.state in HOLDING and t.worker and t.worker != worker]
+    """Those of ``peers`` (workers of the order's job, best first) that agree within
+    :data:`ASK_S` in all to serve the order's datasets to its worker. Only peers we are
+    connected to are asked: a dial would hold the order up."""
     agreed: list[str] = []
 
     async def ask(peer: str) -> None:
-        payload = {"d": list(ids), "p": worker}
+        payload = {"order": sealed_order}
         try:
             reply = await net.request(peer, addrs_of(peer), SHARE_DATA, payload, timeout_s=ASK_S)
         except (RequestError, DialError, trio.TooSlowError):
@@ -59,46 +54,43 @@ async def ask_holders(
         if isinstance(reply, dict) and reply.get("ok") is True:
             agreed.append(peer)
 
-    async with trio.open_nursery() as nursery:
-        for peer in list(dict.fromkeys(peers))[:MAX_DATA_HOLDERS]:
-            nursery.start_soon(ask, peer)
+    with trio.move_on_after(ASK_S):
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                if net.connected(peer):
+                    nursery.start_soon(ask, peer)
     return sorted(agreed)
 
 
-def share_request(payload: Any) -> tuple[list[bytes], str]:
-    """The datasets and the peer of a :data:`SHARE_DATA` request.
+@dataclass(frozen=True)
+class Held:
+    """A task this worker runs or ran: whose, of which job, on which datasets, how far."""
+
+    requester: str
+    job_id: bytes
+    datasets: frozenset[bytes]
+    state: str
+
+
+async def lend_to(
+    datasets: Datasets | None, held: Sequence[Held], requester: str, order: TaskOrder
+) -> list[bytes]:
+    """Lends ``order``'s worker the order's datasets if ``requester`` may share them here
+    (see the module); returns them.
 
     Raises:
-        RequestRejected: malformed (named in the reason).
+        RequestRejected: why not.
     """
-    ids = payload.get("d") if isinstance(payload, dict) else None
-    peer = payload.get("p") if isinstance(payload, dict) else None
-    if not isinstance(ids, list) or not 0 < len(ids) <= MAX_DATASETS:
-        raise RequestRejected("malformed", f"d: a list of 1 to {MAX_DATASETS} dataset ids")
-    if not all(isinstance(d, bytes) and len(d) == 32 for d in ids):
-        raise RequestRejected("malformed", "d: each a 32-byte dataset id")
-    try:
-        public_key_from_peer_id(peer if isinstance(peer, str) else "")
-    except (Invalid, ValueError) as exc:
-        raise RequestRejected("malformed", f"p: not a peer id ({exc})") from None
-    assert isinstance(peer, str)
-    return ids, peer
-
-
-async def grant_shared(
-    datasets: Datasets | None, named: Iterable[bytes], ids: list[bytes], peer: str
-) -> dict[str, bool]:
-    """Lets ``peer`` fetch ``ids`` from us, if the asking requester's tasks here ``named``
-    them all.
-
-    Raises:
-        RequestRejected: one is not the requester's to share here, or we serve no datasets.
-    """
-    if datasets is None:
-        raise RequestRejected("not_found", "this node serves no datasets")
-    missing = set(ids) - set(named)
-    if missing:
-        raise RequestRejected("not_found", f"no task of yours here named {min(missing).hex()[:16]}")
-    for dataset_id in ids:
-        await datasets.grant(peer, dataset_id)
-    return {"ok": True}
+    ids = frozenset(order.workload.datasets.values())
+    if datasets is None or not ids:
+        raise RequestRejected("not_found", "no datasets to share here")
+    placed = ("running", "done")  # its data in place here (a worker's states)
+    mine = [h for h in held if (h.requester, h.job_id) == (requester, order.ref.job_id)]
+    if not any(ids <= h.datasets and h.state in placed for h in mine):
+        raise RequestRejected("not_found", "no task of this job of yours here names them")
+    for dataset_id in sorted(ids):
+        if not await datasets.served_by(requester, dataset_id):
+            raise RequestRejected("not_found", f"you do not serve {dataset_id.hex()[:16]} to us")
+    for dataset_id in sorted(ids):
+        await datasets.lend(order.worker, dataset_id)
+    return sorted(ids)

@@ -61,6 +61,14 @@ class Datasets(Protocol):
         """Lets ``peer`` fetch ``dataset_id`` from this node, across restarts."""
         ...
 
+    async def lend(self, peer: str, dataset_id: bytes) -> None:
+        """Lets ``peer`` fetch ``dataset_id`` from this node until it stops (not kept)."""
+        ...
+
+    async def served_by(self, peer: str, dataset_id: bytes) -> bool:
+        """Whether ``peer`` serves ``dataset_id`` to this node now (it holds it whole)."""
+        ...
+
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
         """Puts ``dataset_id`` in ``out``, read-only, fetching what is not held here yet from
         ``holders`` (making room first); one fetched here joins the cache of datasets fetched

@@ -84,6 +84,10 @@ class MarketNet(Protocol):
 
     def rtt_ms(self, peer: str) -> int | None: ...
 
+    def connected(self, peer: str) -> bool:
+        """Whether we hold a connection to ``peer`` now (asking it needs no dial)."""
+        ...
+
     def blame(self, peer: str, reason: str) -> None:
         """Costs ``peer`` score for a provable fault outside gossip (served corrupt bytes)."""
         ...
@@ -170,6 +174,9 @@ class LiveNet:
     def workers(self) -> list[Worker]:
         gate = self.host.gate  # a blocked worker is out of the market, whatever it announced
         return [w for w in self.network.pool.workers() if not gate.blocked(w.peer_id)]
+
+    def connected(self, peer: str) -> bool:
+        return peer in self.host.connected_peers()
 
     def rtt_ms(self, peer: str) -> int | None:
         known = self.network.book.peers.get(peer)

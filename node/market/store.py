@@ -117,6 +117,21 @@ class MarketStore:
         rows = await self.db.query("SELECT * FROM tasks WHERE job_id = ? ORDER BY idx", (job_id,))
         return [_task_row(r) for r in rows]
 
+    async def workers_in(
+        self, job_id: bytes, states: Sequence[str], limit: int
+    ) -> list[tuple[str, str]]:
+        """(worker, state) of up to ``limit`` of the job's tasks in ``states``, one row per
+        worker, in the order of ``states`` (the first state first)."""
+        marks = ",".join("?" * len(states))
+        rank = " ".join(f"WHEN ? THEN {i}" for i in range(len(states)))
+        rows = await self.db.query(
+            f"SELECT worker, MIN(CASE state {rank} END) AS r FROM tasks"  # noqa: S608
+            f" WHERE job_id = ? AND worker != '' AND state IN ({marks})"
+            " GROUP BY worker ORDER BY r, worker LIMIT ?",
+            (*states, job_id, *states, limit),
+        )
+        return [(r["worker"], states[r["r"]]) for r in rows]
+
     async def task(self, job_id: bytes, idx: int) -> TaskRow:
         row = await self.db.query_one(
             "SELECT * FROM tasks WHERE job_id = ? AND idx = ?", (job_id, idx)

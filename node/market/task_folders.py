@@ -16,7 +16,7 @@ from pathlib import Path
 from consensus.market.messages import JOB_ID_LEN, TaskRef
 from storage.transfer_files import remove_tree
 
-_TASK_FOLDER = re.compile(rf"[0-9a-f]{{{2 * JOB_ID_LEN}}}-\d+-\d+(\.checkpoints)?")
+_TASK_FOLDER = re.compile(rf"[0-9a-f]{{{2 * JOB_ID_LEN}}}-\d+-\d+(\.checkpoints|\.out\.tar)?")
 
 
 def task_folder(root: Path, ref: TaskRef) -> Path:
@@ -25,13 +25,17 @@ def task_folder(root: Path, ref: TaskRef) -> Path:
 
 
 def sweep_task_folders(root: Path) -> int:
-    """Deletes every task folder under ``root`` (only those: a sentry's scratch lives there
-    too); returns how many. Call before any task starts."""
+    """Deletes every task folder under ``root``, with its checkpoints and output archive
+    (only those: a sentry's scratch lives there too); returns how many. Call before any task
+    starts."""
     if not root.is_dir():
         return 0
     stale = [p for p in root.iterdir() if _TASK_FOLDER.fullmatch(p.name)]
     for path in stale:
-        remove_tree(path)
+        if path.is_dir() and not path.is_symlink():
+            remove_tree(path)
+        else:
+            path.unlink()
     return len(stale)
 
 

@@ -38,6 +38,7 @@ from consensus.market.lifecycle import TERMINAL, TaskEvent, advance
 from consensus.market.matching import candidates, explain, offers_for
 from consensus.market.messages import (
     ANY_CLASS,
+    MAX_DATA_HOLDERS,
     Award,
     BlobRef,
     Checkpoint,
@@ -49,7 +50,7 @@ from consensus.market.meter import payable_after_failover
 from consensus.market.spec import JobSpec
 from consensus.pool import Worker
 from node.market.blobshare import FetchFailed
-from node.market.data_sharing import ask_holders
+from node.market.data_sharing import HOLDING, ask_holders
 from node.market.datasets import grant_all
 from node.market.net import AWARDS, jobs_topic
 from node.market.store import BidRecord, TaskRow
@@ -198,10 +199,10 @@ class TaskRunner:
         self, task: TaskRow, send: au.SendOrder, live: LiveAuction
     ) -> au.OrderAnswered:
         order = self._task_order(task, send)
-        ids = sorted(set(order.workload.datasets.values()))
-        if ids:  # the job's other workers serve its datasets too
-            tasks = await self.store.tasks(task.job_id)
-            holders = await ask_holders(self.net, tasks, send.bidder, ids, self._addrs_of)
+        if order.workload.datasets:  # the job's other workers serve its datasets too
+            found = await self.store.workers_in(task.job_id, HOLDING, MAX_DATA_HOLDERS + 1)
+            peers = [w for w, _state in found if w != send.bidder][:MAX_DATA_HOLDERS]
+            holders = await ask_holders(self.net, peers, self.net.seal(order), self._addrs_of)
             order = replace(order, data_holders=holders)
         if order.inputs is not None:
             self.mgr.share.grant(send.bidder, order.inputs.hash)

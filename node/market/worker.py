@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +46,7 @@ from consensus.market.messages import (
 )
 from consensus.market.meter import MeterGuard, Pause, Resume, Stop
 from node.market.blobshare import BlobShare, FetchFailed
-from node.market.data_sharing import SHARE_DATA, grant_shared, share_request
+from node.market.data_sharing import MAX_LENT, SHARE_DATA, Held, lend_to
 from node.market.datasets import Disk, NoRoom, disk_room, disk_status, place_all, using_all
 from node.market.executor import GENESIS, SWEEP_MS, Executor, Freezer, RunSpec, SegmentDone
 from node.market.net import AWARDS, MarketNet, jobs_topic
@@ -130,6 +130,7 @@ class WorkerService:
         self.executor, self.work_root, self.params = executor, work_root, params or MarketParams()
         self.disk = disk or Disk(work_root)
         self.share_data = True  # worker.share_task_data: serve a job's data to its workers
+        self._lent: Counter[str] = Counter()  # grants lent per requester (data_sharing)
         self.works: dict[TaskRef, Work] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._addrs: dict[str, list[str]] = {}
@@ -440,20 +441,23 @@ class WorkerService:
         return {"ok": True}
 
     async def _on_share_data(self, peer: str, payload: Any) -> Any:
-        """A requester asks us to serve its job's datasets to another of its workers
-        (:mod:`node.market.data_sharing`); only those its tasks here named, once placed."""
-        ids, to = share_request(payload)
+        """A requester shows us its order for another worker and asks us to serve that
+        worker the job's datasets (:mod:`node.market.data_sharing` says when we agree)."""
         if not self.share_data:
             raise RequestRejected("refused", "this worker does not share task data")
-        named = [
-            dataset_id
-            for work in self.works.values()
-            if work.requester == peer and work.state != "fetching"
-            for dataset_id in work.order.workload.datasets.values()
-        ]
-        reply = await grant_shared(self.share.datasets, named, ids, to)
-        log.info("task data shared", extra={"requester": peer, "to": to, "datasets": len(ids)})
-        return reply
+        order = self._open(payload, "order", peer, TaskOrder)
+        if self._lent[peer] >= MAX_LENT:
+            raise RequestRejected("limit", f"{MAX_LENT} grants lent for you here already")
+        held = [
+            Held(w.requester, w.order.ref.job_id, frozenset(w.order.workload.datasets.values()),
+                 w.state)
+            for w in self.works.values()
+        ]  # fmt: skip
+        ids = await lend_to(self.share.datasets, held, peer, order)
+        self._lent[peer] += len(ids)
+        log.info("task data shared", extra={"requester": peer, "to": order.worker,
+                                            "datasets": len(ids)})  # fmt: skip
+        return {"ok": True}
 
     def _follow(self, work: Work, effect: Stop | Pause | Resume | None) -> None:
         """Does what the task's meter guard decided."""

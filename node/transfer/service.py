@@ -28,6 +28,7 @@ from node.market.datasets import task_data_keep_ms
 from node.market.sealing import SealError
 from node.transfer import local
 from node.transfer.fetcher import FetchFailed, fetch, fetch_manifest
+from node.transfer.probe import probe
 from node.transfer.run import now_ms
 from node.transfer.sealed import is_sealed, open_tree
 from node.transfer.server import TransferServer
@@ -134,6 +135,14 @@ class DataService:
         await self.net.ctx.db.transaction(lambda c: access.grant(c, dataset_id, [peer], now))
         self.server.grant(peer, dataset_id)
 
+    async def lend(self, peer: str, dataset_id: bytes) -> None:
+        """Lets ``peer`` fetch ``dataset_id`` from us until this node stops (not in sqlite)."""
+        self.server.grant(peer, dataset_id)
+
+    async def served_by(self, peer: str, dataset_id: bytes) -> bool:
+        """Whether ``peer`` serves ``dataset_id`` to us now (one probe)."""
+        return (await probe(self.net.host, peer, dataset_id)).has
+
     async def place(self, dataset_id: bytes, out: Path, holders: list[str]) -> None:
         """Puts ``dataset_id`` in ``out`` as hard links to its one read-only copy here
         (:mod:`storage.dataset_trees`), first fetching what is missing from ``holders`` and
@@ -180,7 +189,11 @@ class DataService:
         connected = set(self.net.host.connected_peers())
         peers = [h for h in holders if h in connected]
         if holders and holders[0] not in connected:
-            peers += await self._candidates(dataset_id, holders[:1])
+            try:
+                peers += await self._candidates(dataset_id, holders[:1])
+            except DialError:
+                if not peers:  # a connected holder of the job may still serve it whole
+                    raise
         net, cache_ = self.net, self._cache()
         manifest = await fetch_manifest(net.host, self.store, dataset_id, peers, DEFAULT_LIMITS)
         async with cache_.room_for(dataset_id, manifest):

@@ -137,5 +137,8 @@ class MemNet:
     def rtt_ms(self, peer: str) -> int | None:
         return int(2 * LATENCY_S * 1000)
 
+    def connected(self, peer: str) -> bool:
+        return peer not in self.hub.dead
+
     def blame(self, peer: str, reason: str) -> None:
         self.hub.blamed.append((self.peer_id, peer, reason))

@@ -17,9 +17,10 @@ def test_a_start_deletes_left_task_folders_and_nothing_else(tmp_path: Path) -> N
     os.chmod(left / "corpus", 0o555)  # a dataset's links sit in read-only folders
     checkpoints = tmp_path / f"{left.name}.checkpoints"
     checkpoints.mkdir()
+    (tmp_path / f"{left.name}.out.tar").write_bytes(b"outputs being packed")
     for other in ("verify", "probes", "keys", f"{left.name}-not-a-task"):
         (tmp_path / other).mkdir()
-    assert sweep_task_folders(tmp_path) == 2
+    assert sweep_task_folders(tmp_path) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["verify", "probes", "keys", f"{left.name}-not-a-task"]
     )
