@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from consensus.errors import Invalid
+from consensus.peer_id import short
 from consensus.transfer.manifest import DEFAULT_LIMITS, Manifest, decode_manifest
 from node.discovery import LOOKUP_TIMEOUT_S, REPROVIDE_S, locate
 from node.market.blobshare import FetchFailed as TaskFetchFailed
@@ -155,6 +156,8 @@ class DataService:
         """
         lock = self._placing.setdefault(dataset_id, trio.Lock())
         async with lock:  # two tasks on one dataset: the second finds it all here
+            if holders:
+                await self._served_by_first(dataset_id, holders[0])
             if not self.trees.has(dataset_id):  # a tree is renamed into place only when whole
                 await self._write_tree(dataset_id, holders)
             if not self.trees.linkable(out) and dataset_id not in self._copied:
@@ -178,6 +181,27 @@ class DataService:
         self.tree_bytes[dataset_id] = manifest.files_bytes
         await self.offer(dataset_id, manifest)
 
+    async def _served_by_first(self, dataset_id: bytes, owner: str) -> None:
+        """Places a task's data only for a peer that serves it to us (its requester; for a
+        sentry, the worker): a dataset held here already, from another requester's job,
+        would otherwise go to any requester that names its id, and ids are public (demands
+        carry them).
+
+        Raises:
+            node.market.blobshare.FetchFailed: ``owner`` does not serve it to us, or cannot
+                be reached.
+        """
+        try:
+            if owner not in self.net.host.connected_peers():
+                await self._candidates(dataset_id, [owner])  # dials it
+            serves = await self.served_by(owner, dataset_id)
+        except FETCH_ERRORS as exc:
+            raise TaskFetchFailed(str(exc)) from exc
+        if not serves:
+            raise TaskFetchFailed(
+                f"{short(owner)} does not serve dataset {dataset_id.hex()[:16]} to us"
+            )
+
     def placed(self, dataset_id: bytes, where: Path) -> bool:
         """Whether ``dataset_id``'s read-only copy is here, on the filesystem of ``where``
         (the task folders): a task then links to it and takes no disk for it."""
@@ -189,11 +213,7 @@ class DataService:
         connected = set(self.net.host.connected_peers())
         peers = [h for h in holders if h in connected]
         if holders and holders[0] not in connected:
-            try:
-                peers += await self._candidates(dataset_id, holders[:1])
-            except DialError:
-                if not peers:  # a connected holder of the job may still serve it whole
-                    raise
+            peers += await self._candidates(dataset_id, holders[:1])
         net, cache_ = self.net, self._cache()
         manifest = await fetch_manifest(net.host, self.store, dataset_id, peers, DEFAULT_LIMITS)
         async with cache_.room_for(dataset_id, manifest):

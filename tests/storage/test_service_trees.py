@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from node.market.blobshare import FetchFailed
 from node.market.datasets import NoRoom
 from node.transfer import local
 from node.transfer.service import DataService
@@ -82,3 +83,25 @@ async def test_a_placement_without_room_fails_and_one_with_room_links_the_tree(
         tree = data.trees.path(dataset_id)
         assert (out / "big.bin").stat().st_ino == (tree / "big.bin").stat().st_ino
         assert (out / "big.bin").stat().st_mode & 0o777 == 0o444
+
+
+async def test_a_held_dataset_is_placed_only_for_a_peer_that_serves_it_to_us(
+    tmp_path: Path,
+) -> None:
+    """Held here from another requester's job, a private dataset would otherwise go to any
+    requester that names its id (ids are public: demands carry them)."""
+    async with await Database.open(tmp_path / "node.sqlite") as db, trio.open_nursery() as n:
+        data, dataset_id = await service(tmp_path, db, n)
+        data.net.host = SimpleNamespace(connected_peers=lambda: ["mallory", "owner"])
+        serving = {"owner"}
+
+        async def served_by(peer: str, _dataset_id: bytes) -> bool:
+            return peer in serving
+
+        data.served_by = served_by  # type: ignore[method-assign]
+        out = tmp_path / "task" / "corpus"
+        with pytest.raises(FetchFailed, match="does not serve dataset"):
+            await data.place(dataset_id, out, ["mallory", "owner"])
+        assert not out.exists()
+        await data.place(dataset_id, out, ["owner", "mallory"])
+        assert (out / "big.bin").exists()
