@@ -13,7 +13,7 @@ from consensus.settlement.audits import DEBIT, answer
 from consensus.settlement.epoch import assemble
 from consensus.settlement.shown import ShownLeaves
 from node.chain import artifacts
-from node.chain.client import Settlement
+from node.chain.client import GAS_MARGIN_PCT, Settlement
 from tests.chain.conftest import ETH, Net
 from tests.chain.test_epochs import FEE, J2, T0, WINDOW, b, entries
 
@@ -32,9 +32,12 @@ def through_a_contract(net: Net, who: str) -> Settlement:
     def send(op: str, args: list[Any], value: int = 0) -> Any:
         data = client.contract.encode_abi(op, args=args)
         call = forwarder.functions.forward(client.contract.address, data)
-        tx = call.build_transaction(
-            {"from": owner, "value": value, "nonce": net.chain.w3.eth.get_transaction_count(owner)}
-        )
+        # With the node's margin: a call that moves a deadline to now + window writes one
+        # more slot when mined a second after its estimate (answerLeaves did, and reverted).
+        gas = call.estimate_gas({"from": owner, "value": value})
+        nonce = net.chain.w3.eth.get_transaction_count(owner)
+        tx = call.build_transaction({"from": owner, "value": value, "nonce": nonce,
+                                     "gas": gas * (100 + GAS_MARGIN_PCT) // 100})  # fmt: skip
         signed = Account.sign_transaction(tx, key)
         receipt = net.chain.w3.eth.wait_for_transaction_receipt(
             net.chain.w3.eth.send_raw_transaction(signed.raw_transaction)
