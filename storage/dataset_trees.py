@@ -26,7 +26,7 @@ from pathlib import Path
 
 from consensus.transfer.manifest import Manifest
 from storage.blobs import BlobStore, fsync_dir, syncfs
-from storage.transfer_files import materialize, remove_tree
+from storage.transfer_files import materialize, nearest_existing, remove_tree
 
 _PARTIAL, _DOOMED = ".partial-", ".removing-"
 FILE_MODE, DIR_MODE = 0o444, 0o555  # read-only for all; the tree sits in the 0700 data dir
@@ -86,10 +86,8 @@ class Trees:
     def linkable(self, where: Path) -> bool:
         """Whether a folder at ``where`` (or under its nearest existing parent) is on the
         trees' filesystem, so links to them work there (elsewhere they are copied)."""
-        here = self.root if self.root.exists() else self.root.parent
-        while not where.exists() and where != where.parent:
-            where = where.parent
-        return os.stat(here).st_dev == os.stat(where).st_dev
+        here, there = nearest_existing(self.root), nearest_existing(where)
+        return os.stat(here).st_dev == os.stat(there).st_dev
 
     def sweep(self, whole: Iterable[bytes]) -> list[str]:
         """Deletes what a crash left: half-written trees, and the trees of datasets no longer

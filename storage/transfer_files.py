@@ -213,6 +213,13 @@ def _write_file(
         raise UnsafeTarget(f"{file.path}: a directory is in the way") from exc
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest parent that exists (a folder made only when work comes)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def link_into(source: Path, target: Path) -> None:
     """Puts the tree at ``source`` into ``target`` (created if missing) as hard links to its
     files, replacing files of the same name, as :func:`materialize` writes over what is

@@ -30,6 +30,7 @@ from consensus.market.messages import Demand, Workload
 from consensus.market.spec import JobSpec, SpecError
 from consensus.transfer.manifest import Manifest
 from node.market.blobshare import FetchFailed
+from storage.transfer_files import nearest_existing
 
 
 class NoRoom(OSError):
@@ -174,9 +175,7 @@ def task_data_keep_ms(settings: Settings) -> int:
 
 
 def free_bytes(where: Path) -> int:
-    while not where.exists() and where != where.parent:  # the work folder comes with work
-        where = where.parent
-    return shutil.disk_usage(where).free
+    return shutil.disk_usage(nearest_existing(where)).free  # the work folder comes with work
 
 
 async def grant_all(datasets: Datasets | None, workload: Workload, peer: str) -> None:

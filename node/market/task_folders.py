@@ -11,6 +11,7 @@ and the sentry and the probe answerer empty their scratch folders the same way.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from consensus.market.messages import JOB_ID_LEN, TaskRef
@@ -28,20 +29,17 @@ def sweep_task_folders(root: Path) -> int:
     """Deletes every task folder under ``root``, with its checkpoints and output archive
     (only those: a sentry's scratch lives there too); returns how many. Call before any task
     starts."""
-    if not root.is_dir():
-        return 0
-    stale = [p for p in root.iterdir() if _TASK_FOLDER.fullmatch(p.name)]
-    for path in stale:
-        if path.is_dir() and not path.is_symlink():
-            remove_tree(path)
-        else:
-            path.unlink()
-    return len(stale)
+    return _delete_in(root, lambda name: _TASK_FOLDER.fullmatch(name) is not None)
 
 
 def empty_folder(root: Path) -> int:
     """Deletes everything in ``root`` (a scratch folder nobody uses yet); returns how much."""
-    entries = list(root.iterdir()) if root.is_dir() else []
+    return _delete_in(root, lambda _name: True)
+
+
+def _delete_in(root: Path, wanted: Callable[[str], bool]) -> int:
+    """Deletes the entries of ``root`` whose name is ``wanted`` (a link, not what it names)."""
+    entries = [p for p in root.iterdir() if wanted(p.name)] if root.is_dir() else []
     for path in entries:
         if path.is_dir() and not path.is_symlink():
             remove_tree(path)

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 5.0  # a dataset id no DHT peer took yet is provided again this soon
 MAX_ASKED = 32  # connected peers probed for a dataset nobody named
-T = TypeVar("T")
 FETCH_ERRORS = (FetchFailed, DialError, Invalid, UnsafeTarget, CorruptBlob, ValueError)
 
 
@@ -208,12 +207,10 @@ class DataService:
         return self.trees.has(dataset_id) and self.trees.linkable(where)
 
     async def _place(self, dataset_id: bytes, holders: list[str]) -> Manifest:
-        # The first holder (whose data it is) is dialled if need be; the others (the job's
+        # The first holder (whose data it is) was dialled by place(); the others (the job's
         # other workers) only help, so they are used when connected and never wait a dial.
         connected = set(self.net.host.connected_peers())
         peers = [h for h in holders if h in connected]
-        if holders and holders[0] not in connected:
-            peers += await self._candidates(dataset_id, holders[:1])
         net, cache_ = self.net, self._cache()
         manifest = await fetch_manifest(net.host, self.store, dataset_id, peers, DEFAULT_LIMITS)
         async with cache_.room_for(dataset_id, manifest):
@@ -418,7 +415,7 @@ async def run_data(
         task_status.started(service)
 
 
-async def _flat_errors(work: Awaitable[T]) -> T:
+async def _flat_errors(work: Awaitable[Manifest]) -> Manifest:
     """``work``'s result; an error from deep in a fetch's nurseries comes out of its
     exception groups: alone, or as the first of several disk errors (a full disk fails every
     chunk being written at once), so callers can catch it by type."""
