@@ -544,6 +544,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=21,
+        description="sentry: the final amount of each line the anchoring machine let go",
+        sql="""
+            -- The anchoring machine keeps only open lines in memory. A line anchored in full
+            -- is written here before it is dropped, and comes back as the line's base when a
+            -- voucher or another anchorer's entry names it again (a resent voucher must not
+            -- be paid twice). Decimal wei: amounts go beyond 64 bits.
+            CREATE TABLE settle_bases (
+                job       BLOB NOT NULL,
+                task      BLOB NOT NULL,
+                worker    BLOB NOT NULL,
+                requester BLOB NOT NULL,
+                amount    TEXT NOT NULL,
+                PRIMARY KEY (job, task, worker)
+            ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 

@@ -19,6 +19,13 @@ an epoch holds every line whose amount grew since the base (the last epoch that 
 In any state a requester's cap (its worker was lost; see ``VoucherCap``) lowers a line to the
 cap and keeps it there, but never below what an epoch already anchored.
 
+Memory: only open lines stay in the machine. The lines anchored in full by a final epoch
+(:meth:`Anchoring.settled`) are kept by the driver in sqlite, then dropped
+(:meth:`Anchoring.settle`); a later voucher for such a line (a resend, or a larger one), or
+another anchorer's entry for it, first brings the line's final amount back as its base
+(:meth:`Anchoring.restore`). Without this the machine held, and its driver saved at every
+step, every line the network ever anchored.
+
 Spends: each requester's largest signed ``Spend`` (it travels with every voucher) bounds what
 anchors may debit its pool in all; the contract refuses more. An epoch takes a requester's
 lines only if its spend covers what its pool was debited before (the chain's ``debited``, given
@@ -28,7 +35,7 @@ whose spend falls short waits for a later epoch (``short`` says who and how much
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from consensus.errors import Invalid
@@ -88,6 +95,7 @@ class Anchoring:
     caps: dict[Line, int] = field(default_factory=dict)  # lines the requester closed
     spends: dict[bytes, Spend] = field(default_factory=dict)  # the largest per requester
     short: dict[bytes, int] = field(default_factory=dict)  # left out: the spend they need
+    anchored: dict[bytes, int] = field(default_factory=dict)  # debited in all by final epochs
 
     def on_spend(self, spend: Spend) -> None:
         """A requester's spend (its signature checked by the caller); only a larger replaces."""
@@ -146,6 +154,7 @@ class Anchoring:
             self._go("tick", "idle")
             assert self.pending is not None
             self.base_lines, self.base_earnings = self.pending.lines, self.pending.earnings
+            self._count(self.pending)
             self.pending, self.unfinal = None, True
         if not may_post:
             return []
@@ -203,6 +212,11 @@ class Anchoring:
         self._go("adopt", "idle")
         if epoch is not None:
             self.base_lines, self.base_earnings = dict(epoch.lines), dict(epoch.earnings)
+            self._count(epoch)
+            for e in epoch.entries:  # their requesters, so the lines can be kept and let go
+                known = self.latest.get(e.line)
+                if known is None or known[0].amount < e.amount:
+                    self.latest[e.line] = (replace(e, previous=0), b"")
         self.index, self.unfinal = index, not finalized
 
     def to_post(self, now_ms: int) -> set[bytes]:
@@ -253,9 +267,50 @@ class Anchoring:
         return [e for e in fresh if e.requester not in self.short]
 
     def _anchored(self, requester: bytes) -> int:
-        """What the epochs this machine made final debited ``requester`` in all."""
-        return sum(self.base_lines.get(line, 0) for line, (e, _) in self.latest.items()
-                   if e.requester == requester)  # fmt: skip
+        """What the epochs this machine made final (or adopted) debited ``requester`` in all."""
+        return self.anchored.get(requester, 0)
+
+    def _count(self, epoch: Epoch) -> None:
+        for r, amount in epoch.debits.items():
+            self.anchored[r] = self.anchored.get(r, 0) + amount
+
+    def settled(self) -> list[Entry]:
+        """The lines anchored in full by the final epochs, each at its final amount: what
+        :meth:`settle` may drop once the driver has kept them (for :meth:`restore`)."""
+        if self.state != "idle":
+            return []  # a pending epoch of ours builds on the base: settled once it is final
+        base = self.base_lines
+        return [
+            replace(e, amount=base[line], previous=0)
+            for line, (e, _) in self.latest.items()
+            if line in base and e.amount <= base[line]
+        ]
+
+    def settle(self, kept: Iterable[Line]) -> int:
+        """Drops the lines of ``kept`` (from :meth:`settled`, now kept by the driver) that are
+        still anchored in full; returns how many went. A line that grew meanwhile stays."""
+        if self.state != "idle":
+            return 0
+        gone = 0
+        for line in kept:
+            known = self.latest.get(line)
+            if known is not None and known[0].amount <= self.base_lines.get(line, -1):
+                del self.latest[line], self.base_lines[line]
+                gone += 1
+        return gone
+
+    def restore(self, entry: Entry) -> None:
+        """``entry``: a line's entry in the last final epoch that anchored it, kept by the
+        driver after :meth:`settle` dropped the line. Its amount becomes the line's base again
+        (and its latest, if none is known), so a resent voucher is not anchored twice and a
+        larger one adds only the difference. Known lines are left alone: memory is newer."""
+        line = entry.line
+        if line in self.base_lines or line in self.latest:
+            return
+        self.base_lines[line] = entry.amount
+        if self.pending is not None:  # its lines become the base when it is final
+            self.pending.lines.setdefault(line, entry.amount)
+        self.latest[line] = (replace(entry, previous=0), b"")
 
     def _go(self, event: str, to: str) -> None:
         allowed = TRANSITIONS.get((self.state, event))

@@ -15,8 +15,8 @@ from consensus.errors import Invalid
 from consensus.settlement.anchoring import Anchoring
 from consensus.settlement.epoch import Entry, Spend, assemble
 
-VERSION = 2  # 2: entries carry ``previous``
-READS = (1, 2)  # a version 1 row has no ``previous``: 0, as every unanchored voucher's is
+VERSION = 3  # 2: entries carry ``previous``; 3: what final epochs debited each requester
+READS = (1, 2, 3)  # a version 1 row has no ``previous``: 0, as every unanchored voucher's is
 
 
 def entry_row(e: Entry) -> list[Any]:
@@ -49,6 +49,7 @@ def dump(m: Anchoring) -> dict[str, Any]:
         "signatures": [[leaf, sig] for leaf, sig in m.signatures.items()],
         "caps": [[*line, str(a)] for line, a in m.caps.items()],
         "spends": [[s.requester, str(s.cumulative), s.signature] for s in m.spends.values()],
+        "anchored": [[r, str(a)] for r, a in m.anchored.items()],
     }
 
 
@@ -77,6 +78,13 @@ def load(doc: dict[str, Any]) -> Anchoring:
     m.caps = {(bytes(j), bytes(t), bytes(w)): int(a) for j, t, w, a in doc.get("caps", [])}
     for r, cumulative, sig in doc.get("spends", []):  # absent before spends: workers resend
         m.spends[bytes(r)] = Spend(bytes(r), int(cumulative), bytes(sig))
+    if doc["v"] >= 3:
+        m.anchored = {bytes(r): int(a) for r, a in doc["anchored"]}
+    else:  # every line was in memory then: their final amounts are what was debited
+        for line, amount in m.base_lines.items():
+            if (known := m.latest.get(line)) is not None:
+                r = known[0].requester
+                m.anchored[r] = m.anchored.get(r, 0) + amount
     if m.state in ("posting", "pending") and m.pending is None:
         raise Invalid("anchoring.state", f"state {m.state} without a pending epoch")
     return m

@@ -28,6 +28,7 @@ chain whether the latest anchor is this epoch: if so it is pending, else it is p
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,7 @@ from node.chain.auditor import Auditor
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.follower import Follower
 from node.chain.history import EpochHistory
+from node.chain.line_bases import LineBases
 from node.chain.payee import ANCHOR_KINDS, ANCHORS
 from node.chain.payout import Payer
 from node.chain.signing import check_cap, spend_signer, voucher_signer
@@ -89,6 +91,9 @@ class Anchorer:
         self.history = EpochHistory(db, net)
         self.sums = SumAnswers(self.service, db)
         self.auditor = Auditor(self.service, db, self.follower.me)
+        self.bases = LineBases(db)  # the lines the machine let go (see Anchoring.settle)
+        self._settle_due = True  # at start too: a state saved before this settled
+        self.auditor.restore = self.bases.restore
         self.window_ms = 0  # the contract's dispute window (read at start)
         self.active = True  # our turn to anchor (consensus.settlement.following.may_post)
         self._short_told: set[bytes] = set()  # requesters whose short spend was logged
@@ -135,6 +140,7 @@ class Anchorer:
         its requester's spend if genuine and larger than held (even with an old voucher)."""
         assert self.machine is not None
         entry = v.entry()
+        await self.bases.restore(self.machine, [entry])  # a line let go: its base is back
         known, spend = self.machine.latest.get(entry.line), self.machine.spends.get(v.requester)
         newer = known is None or known[0].amount < entry.amount
         richer = spend is None or spend.cumulative < v.spend_wei
@@ -181,6 +187,7 @@ class Anchorer:
         requester's; the line is anchored at the cap, however much its worker was vouched."""
         assert self.machine is not None
         entry = c.entry()
+        await self.bases.restore(self.machine, [entry])
         spend, held = c.spend(), self.machine.spends.get(c.requester)
         richer = spend is not None and (held is None or held.cumulative < spend.cumulative)
         if self.machine.caps.get(entry.line) == entry.amount and not richer:
@@ -225,10 +232,18 @@ class Anchorer:
         if was[0] == "pending" and was[2] is not None and m.pending is not was[2]:
             self.final = (was[1], dict(m.base_earnings))
             await self.history.record(was[1], was[2])
-        for index, epoch in (
-            [] if halted else await self.history.catch_up(self.follower, m, anchors)
+            self._settle_due = True
+        restore = functools.partial(self.bases.restore, m)
+        await restore([e for heard in self.follower.heard.values() for e in heard.values()])
+        for index, epoch in (  # catch_up rebuilds at once: nothing heard in between
+            [] if halted else await self.history.catch_up(self.follower, m, anchors, restore)
         ):
             self.final = (index, dict(epoch.earnings))  # paid out and sent once it is our turn
+            self._settle_due = True
+        if self._settle_due:  # the base moved: let go of the lines it anchored in full
+            await self.bases.settle(m)
+            self._settle_due = False
+            self.refs = {line: ref for line, ref in self.refs.items() if line in m.latest}
         await self._save()
         for effect in [*effects, *ticked]:
             await self._perform(effect)

@@ -62,7 +62,7 @@ from node.chain.errors import ChainError
 from node.chain.history import last_entry
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from consensus.settlement.anchoring import Anchoring
     from consensus.settlement.following import ChainAnchor
@@ -85,6 +85,10 @@ class Auditor:
         self.wanted: bytes | None = None  # the earnings root of the anchor being audited
         self._since: dict[int, int] = {}  # the anchor audited -> when we first looked (ms)
         self.raised = 0
+        # Gives the machine back the bases of lines it let go that entries read from the
+        # chain name (node.chain.line_bases; set by the anchorer): their `previous` is
+        # checked against them.
+        self.restore: Callable[[Anchoring, list[Entry]], Awaitable[None]] | None = None
 
     def hear_leaves(self, part: EpochLeaves, sender: str) -> None:
         """Collects a pending epoch's leaves, per sender and root (a forged part never mixes
@@ -154,6 +158,8 @@ class Auditor:
         self, a: ChainAnchor, m: Anchoring, entries: list[Entry], tree: MerkleTree
     ) -> bool:
         """The checks of every entry heard (``tree`` proves them); whether one voided."""
+        if self.restore is not None:
+            await self.restore(m, entries)
         for e in entries:
             if e.previous != m.base_lines.get(e.line, 0):
                 await self._wrong_previous(a.index, m, e, tree.proof(e.leaf()))
@@ -240,6 +246,8 @@ class Auditor:
                 return
             if m is None:
                 continue
+            if self.restore is not None:
+                await self.restore(m, entries)
             wrong = [e for e in entries if e.previous != m.base_lines.get(e.line, 0)]
             if not wrong:
                 continue

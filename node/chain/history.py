@@ -31,6 +31,8 @@ from p2p.reqresp import RequestError, RequestRejected
 from storage.db import Database
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from node.chain.follower import Follower
     from node.market.net import MarketNet
 
@@ -170,11 +172,17 @@ class EpochHistory:
         return trio.current_time() >= self._asked_at + RETRY_S
 
     async def catch_up(
-        self, follower: Follower, m: Anchoring, anchors: list[ChainAnchor]
+        self,
+        follower: Follower,
+        m: Anchoring,
+        anchors: list[ChainAnchor],
+        restore: Callable[[list[Entry]], Awaitable[None]] | None = None,
     ) -> list[tuple[int, Epoch]]:
         """:meth:`Follower.catch_up`, and when an epoch cannot be rebuilt from the entries
         heard, the entries asked for from the anchorers heard (every ``RETRY_S`` while none
-        has them). Every epoch adopted is recorded, to serve in turn."""
+        has them). Every epoch adopted is recorded, to serve in turn. ``restore``: gives the
+        machine back the bases of lines it let go (:mod:`node.chain.line_bases`) that the
+        entries asked for name."""
         adopted = follower.catch_up(m, anchors)
         roots = {a.index: a.entries_root for a in anchors}
         try:
@@ -182,6 +190,8 @@ class EpochHistory:
                 missing = follower.stuck
                 for index, entries in await self.fetch(follower.by_recency(), missing, roots):
                     follower.hear_epoch(index, roots[index], entries)
+                    if restore is not None:
+                        await restore(entries)
                 more = follower.catch_up(m, anchors)
                 adopted += more
                 if not more:

@@ -71,7 +71,9 @@ async def test_a_second_anchorer_follows_the_first_and_takes_over_when_it_goes_s
         await second.step()  # the first's epoch is final in all but name: adopted
         assert second.machine is not None and first.machine is not None
         assert first.machine.pending is not None and second.machine.index == 0
-        assert second.machine.base_lines == first.machine.pending.lines != {}
+        assert second.machine.base_lines == {}, "a line anchored in full is let go..."
+        kept = await second.bases.read(list(first.machine.pending.lines))
+        assert {e.line: e.amount for e in kept} == first.machine.pending.lines != {}  # ...kept
         assert second.machine.base_earnings == first.machine.pending.earnings
         # The first goes silent. A line grows (1 -> 3 ETH) and a new one comes (1 ETH).
         assert await second.on_voucher(voucher(net, second.chain.domain, 3 * ETH))

@@ -92,6 +92,29 @@ async def test_a_standing_by_anchorer_disputes_a_previous_first_shown_in_an_answ
         assert standby.auditor.raised == 3  # the leaf, the previous, the void
 
 
+async def test_an_honest_previous_first_shown_in_an_answer_is_not_disputed(
+    tmp_path: Path,
+) -> None:
+    """The honest grown line, its entry withheld: the standby let the line go when epoch 0
+    was final, so the answer's entry is checked against the line's base brought back from
+    sqlite (node/chain/line_bases.py), not against nothing."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        assert standby.machine is not None and standby.machine.latest == {}, "not let go"
+        grown = {(J1, T0, "worker"): 3 * ETH, (J2, T0, "worker2"): ETH}
+        honest = assemble(entries(net, grown), first.lines, first.earnings, FEE)
+        anchorer = net.client("sentry1")
+        anchorer.post_anchor(honest, net.spends(4 * ETH))
+        hand(standby, 1, replace(honest, entries=tuple(e for e in honest.entries if e.job == J2)))
+        await standby.step()
+        net.chain.advance(WINDOW // 2 + 1)
+        await standby.step()
+        (d,) = anchorer.sum_disputes(1)
+        a = answer(honest, first.earnings, d.kind, d.party)
+        anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
+        await standby.step()
+        assert anchorer.sum_disputes(1) == [] and standby.auditor.raised == 1  # the leaf alone
+
+
 async def test_the_anchorer_answers_a_dispute_of_an_honest_previous(tmp_path: Path) -> None:
     """Epoch 0 anchors J1 at 1 ETH, epoch 1 grows it to 3 ETH (``previous`` 1 ETH). A bonded
     watcher disputes that ``previous`` anyway; the anchorer, restarted from its sqlite file,

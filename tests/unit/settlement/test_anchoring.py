@@ -160,3 +160,82 @@ def test_an_epoch_holds_at_most_max_party_lines_per_party(monkeypatch: pytest.Mo
     (post,) = m.on_tick(0)
     assert isinstance(post, Post)
     assert len(post.epoch.entries) == 2  # the requester's two: its third line and W2's wait
+
+
+def final_epoch(m: Anchoring, now: int, index: int) -> Post:
+    """Posts what is due at ``now`` as epoch ``index`` and lets its window pass."""
+    effect = post(m, now)
+    m.on_posted(index, window_end_ms=now + WINDOW_MS)
+    m.on_tick(now + WINDOW_MS, may_post=False)  # final in our eyes: the base
+    return effect
+
+
+def test_lines_anchored_in_full_are_let_go_and_come_back_as_their_base() -> None:
+    """Memory holds open lines only; a line let go and restored is never paid twice."""
+    m = machine(EPOCH_MS, fee_bps=0)
+    m.on_voucher(entry(J1, W1, 100), b"s1")
+    final_epoch(m, 0, 0)
+    m.on_voucher(entry(J2, W2, 40), b"s2")  # open: not anchored yet
+    settled = m.settled()
+    assert settled == [entry(J1, W1, 100)]
+    assert m.settle(e.line for e in settled) == 1
+    assert set(m.latest) == {entry(J2, W2, 40).line} and m.base_lines == {}
+    assert m._anchored(R) == 100  # what was debited is not forgotten with the lines
+    m.restore(entry(J1, W1, 100))  # the driver found it kept: a voucher names it again
+    m.on_voucher(entry(J1, W1, 100), b"s1")  # a resend: nothing new
+    m.on_voucher(entry(J1, W1, 300), b"s3")
+    epoch = final_epoch(m, WINDOW_MS + EPOCH_MS, 1).epoch
+    assert epoch.debits == {R: 240}  # 200 more on the line, and the new one's 40
+    assert {e.line: e.previous for e in epoch.entries}[entry(J1, W1, 0).line] == 100
+
+
+def test_a_line_that_grew_while_it_was_kept_stays() -> None:
+    m = machine(EPOCH_MS, fee_bps=0)
+    m.on_voucher(entry(J1, W1, 100), b"s1")
+    final_epoch(m, 0, 0)
+    settled = m.settled()
+    m.on_voucher(entry(J1, W1, 150), b"s2")  # arrives while the driver writes the bases
+    assert m.settle(e.line for e in settled) == 0
+    assert m.base_lines == {entry(J1, W1, 0).line: 100}  # the next entry's previous
+
+
+def test_nothing_is_let_go_while_an_epoch_of_ours_is_pending() -> None:
+    m = machine(EPOCH_MS, fee_bps=0)
+    m.on_voucher(entry(J1, W1, 100), b"s1")
+    final_epoch(m, 0, 0)
+    m.on_voucher(entry(J2, W2, 40), b"s2")
+    post(m, WINDOW_MS + EPOCH_MS)
+    assert m.settled() == [] and m.settle([entry(J1, W1, 0).line]) == 0
+    m.on_posted(1, window_end_ms=3 * WINDOW_MS)
+    # A let-go line restored while an epoch is pending is in the base that epoch becomes.
+    m.restore(entry(J2, W1, 70))
+    m.on_voucher(entry(J2, W1, 90), b"s3")
+    m.on_tick(3 * WINDOW_MS, may_post=False)
+    assert m.base_lines[entry(J2, W1, 0).line] == 70
+    (effect,) = m.on_tick(3 * WINDOW_MS)
+    assert isinstance(effect, Post) and effect.epoch.debits == {R: 20}
+
+
+def test_an_adopted_epochs_lines_can_be_let_go() -> None:
+    """A standing-by anchorer that never heard a line's voucher knows its requester from the
+    epoch it adopts, so the line is kept and let go like its own."""
+    other = machine(EPOCH_MS, fee_bps=0)
+    other.on_voucher(entry(J1, W1, 100), b"s1")
+    epoch = post(other, 0).epoch
+    m = machine(EPOCH_MS, fee_bps=0)
+    m.adopt(0, epoch)
+    assert m.settled() == [entry(J1, W1, 100)] and m._anchored(R) == 100
+
+
+def test_a_saved_machine_keeps_what_was_anchored_and_reads_the_older_form() -> None:
+    m = machine(EPOCH_MS, fee_bps=0)
+    m.on_voucher(entry(J1, W1, 100), b"s1")
+    final_epoch(m, 0, 0)
+    m.settle(e.line for e in m.settled())
+    doc = anchoring_state.dump(m)
+    assert anchoring_state.load(doc).anchored == {R: 100}
+    m.on_voucher(entry(J2, W2, 40), b"s2")
+    m.base_lines[entry(J2, W2, 0).line] = 30  # as a version 2 machine held every line
+    older = {**anchoring_state.dump(m), "v": 2}
+    del older["anchored"]
+    assert anchoring_state.load(older).anchored == {R: 30}
