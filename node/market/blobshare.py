@@ -66,6 +66,7 @@ PIECE_TIMEOUT_S = 30.0
 BULK_FRAME_TIMEOUT_S = 120.0  # a 4 MiB frame at 35 KB/s; slower links take pieces
 NO_BULK_RETRY_S = 600.0  # a holder whose bulk channel failed is asked in pieces this long
 LEFTOVER_KEEP_S = 86_400  # a part nobody resumed for a day (and a temp file kill -9 left) goes
+GRANTS_SWEPT_FROM = 1024  # granted blobs before the grants of deleted ones are looked for
 
 
 class FetchFailed(Exception):
@@ -98,7 +99,8 @@ class BlobShare:
     ) -> None:
         self.net, self.store, self.scratch, self._node_key = net, store, scratch, key
         self.keyring = keyring_of(scratch)
-        self._grants: set[tuple[str, str]] = set()
+        self._grants: dict[str, set[str]] = {}  # blob (hex) -> the peers it is granted to
+        self._sweep_grants_at = GRANTS_SWEPT_FROM
         self._fetching: dict[str, trio.Lock] = {}
         # The node's dataset service, for the datasets a job names (set by the daemon).
         self.datasets: Datasets | None = None
@@ -127,7 +129,27 @@ class BlobShare:
         return gone
 
     def grant(self, peer: str, digest: bytes) -> None:
-        self._grants.add((peer, digest.hex()))
+        self._grants.setdefault(digest.hex(), set()).add(peer)
+        if len(self._grants) >= self._sweep_grants_at:
+            self._drop_deleted_grants()
+
+    def _drop_deleted_grants(self) -> None:
+        """Drops the grants of blobs no longer held (file expiry deleted them): nothing can
+        be served under them. Looked for again once the granted blobs double, so each grant
+        costs a stat or two, amortised."""
+        self._grants = {d: peers for d, peers in self._grants.items() if self._held(d)}
+        self._sweep_grants_at = max(GRANTS_SWEPT_FROM, 2 * len(self._grants))
+
+    def _held(self, digest: str) -> bool:
+        """Whether a grant of ``digest`` can still serve something: its ciphertext or its key
+        (a peer that has the ciphertext asks for the key last)."""
+        try:
+            return self.store.has(digest) or self.keyring.used_ms(digest) is not None
+        except ValueError:  # not a blob's name: nothing could be served under it
+            return False
+
+    def _is_granted(self, peer: str, digest: bytes) -> bool:
+        return peer in self._grants.get(digest.hex(), ())
 
     def local_path(self, ref: BlobRef) -> Path | None:
         """Where the plaintext of ``ref`` is, if we hold it."""
@@ -382,7 +404,7 @@ class BlobShare:
         Raises:
             RequestRejected: not_found, for either reason: a stranger learns nothing.
         """
-        if (peer, digest.hex()) not in self._grants or not self.store.has(digest.hex()):
+        if not self._is_granted(peer, digest) or not self.store.has(digest.hex()):
             raise RequestRejected("not_found", "no such blob for you")
         return self.store.path(digest.hex())
 
@@ -390,7 +412,7 @@ class BlobShare:
         if not isinstance(digest, bytes):
             raise RequestRejected("malformed", "key wants a blob hash")
         entry = self.keyring.get(digest.hex())
-        if (peer, digest.hex()) not in self._grants or entry is None:
+        if not self._is_granted(peer, digest) or entry is None:
             raise RequestRejected("not_found", "no such blob for you")
         self.keyring.touch(digest.hex())
         try:

@@ -70,6 +70,11 @@ log = logging.getLogger(__name__)
 MAX_LOG_LINES = 2000  # kept per task for the requester to read; older lines are dropped
 DECISIONS_KEPT = 50
 ENDED = ("done", "failed", "stopped", "cancelled", "lost")
+# An ended task's report (last logs, checkpoints) stays in memory this long, then sqlite's
+# answers. The requester reads it at its next poll (every voucher interval, 60 s at most) or,
+# cut off, keeps asking for lost_after_ms (10 min at most); a restarted requester is waited
+# for voucher_hold_ms, so that is kept when longer.
+ENDED_KEEP_MS = 15 * 60_000
 
 
 @dataclass
@@ -89,6 +94,7 @@ class Work:
     result: BlobRef | None = None
     result_hash: bytes | None = None
     error: str = ""
+    ended_ms: int | None = None  # when its end was in sqlite: kept ENDED_KEEP_MS from then
 
     def paused(self) -> bool:
         return self.freezer.frozen and self.state not in ENDED
@@ -131,7 +137,10 @@ class WorkerService:
         self.disk = disk or Disk(work_root)
         self.share_data = True  # worker.share_task_data: serve a job's data to its workers
         self._lent: Counter[str] = Counter()  # grants lent per requester (data_sharing)
-        self.works: dict[TaskRef, Work] = {}
+        self.works: dict[TaskRef, Work] = {}  # running, and ended within ENDED_KEEP_MS
+        # Done tasks' datasets forgotten with their works, still shared (data_sharing) until
+        # their job's deadline: past it the requester orders no more of the job's tasks.
+        self._done_data: dict[Held, int] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._addrs: dict[str, list[str]] = {}
         self._changed = trio.Event()
@@ -360,6 +369,7 @@ class WorkerService:
             error=work.error,
         )
         work.persisted = work.state
+        work.ended_ms = self.net.now_ms()
         if self.payee is not None and work.order.requester_address:
             await self.payee.ended(ref)  # hands the latest chain voucher to the anchorers
         self.bidder.handle(bd.TaskEnded(ref), self.net.now_ms())
@@ -434,6 +444,8 @@ class WorkerService:
         except Invalid as exc:
             raise RequestRejected("malformed", str(exc)) from None
         work = self.works.get(ref)
+        if work is None and await self._ended_in_db(ref, peer):
+            return {"ok": True}  # as while it was in memory: it ended, nothing to cancel
         if work is None or work.requester != peer:
             raise RequestRejected("not_found", "no such task of yours")
         if work.state not in ENDED:
@@ -448,11 +460,7 @@ class WorkerService:
         order = self._open(payload, "order", peer, TaskOrder)
         if self._lent[peer] >= MAX_LENT:
             raise RequestRejected("limit", f"{MAX_LENT} grants lent for you here already")
-        held = [
-            Held(w.requester, w.order.ref.job_id, frozenset(w.order.workload.datasets.values()),
-                 w.state)
-            for w in self.works.values()
-        ]  # fmt: skip
+        held = [_held(w) for w in self.works.values()] + list(self._done_data)  # pruned by tick
         ids = await lend_to(self.share.datasets, held, peer, order)
         self._lent[peer] += len(ids)
         log.info("task data shared", extra={"requester": peer, "to": order.worker,
@@ -480,7 +488,8 @@ class WorkerService:
         while True:
             now = self.net.now_ms()
             self.bidder.on_tick(now)
-            deadlines = [d for d in [self.bidder.next_deadline()] if d is not None]
+            next_prune = self._prune(now)
+            deadlines = [d for d in [self.bidder.next_deadline(), next_prune] if d is not None]
             for work in self.works.values():
                 if work.state in ENDED:
                     continue
@@ -495,6 +504,25 @@ class WorkerService:
             with trio.move_on_after(max(0.0, wait)):
                 await self._changed.wait()
             self._changed = trio.Event()
+
+    def _prune(self, now: int) -> int | None:
+        """Forgets ended works past their retention (a later poll gets sqlite's report) and
+        done jobs' data past the job's deadline; returns when the next one goes."""
+        keep = max(ENDED_KEEP_MS, self.params.voucher_hold_ms)
+        for ref, work in list(self.works.items()):
+            if work.ended_ms is not None and now >= work.ended_ms + keep:
+                del self.works[ref]
+                self._keep_shared(work)
+        self._done_data = {h: until for h, until in self._done_data.items() if until > now}
+        ends = [w.ended_ms + keep for w in self.works.values() if w.ended_ms is not None]
+        return min([*ends, *self._done_data.values()], default=None)
+
+    def _keep_shared(self, work: Work) -> None:
+        """Keeps what data sharing needs of a done task that memory forgets: one entry per
+        job and datasets, however many of its tasks ran here."""
+        if work.state == "done" and work.order.workload.datasets:
+            held = _held(work)
+            self._done_data[held] = max(work.order.deadline_ms, self._done_data.get(held, 0))
 
     # --- restart and helpers -------------------------------------------------------------
 
@@ -531,6 +559,12 @@ class WorkerService:
             error=row["error"],
         )
 
+    async def _ended_in_db(self, ref: TaskRef, peer: str) -> bool:
+        """Whether ``peer``'s task ``ref`` is in sqlite only: ended (forgotten from memory
+        after its retention, or run by an earlier process)."""
+        row = await self.store.work(ref)
+        return row is not None and row["requester"] == peer and row["state"] in ENDED
+
     def _open(self, payload: Any, key: str, peer: str, kind: type[Any]) -> Any:
         raw = payload.get(key) if isinstance(payload, dict) else None
         try:
@@ -549,6 +583,12 @@ class WorkerService:
         if (now := self.presence()) != self._last_presence:
             self._last_presence = now
             self.presence_changed()
+
+
+def _held(work: Work) -> Held:
+    """What data sharing is told of a task here."""
+    datasets = frozenset(work.order.workload.datasets.values())
+    return Held(work.requester, work.order.ref.job_id, datasets, work.state)
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
