@@ -40,7 +40,7 @@ class Caps:
         self, chain: ChainNode, db: Database, net: MarketNet, spending: SpendBook | None = None
     ) -> None:
         self.chain, self.db, self.net, self.spending = chain, db, net, spending
-        self.sent_ms: dict[TaskRef, int] = {}
+        self.sent_ms: dict[TaskRef, int] = {}  # the latest sent last
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -54,11 +54,13 @@ class Caps:
     async def send_due(self) -> int:
         """Gossips every recent cap not sent within half an epoch; how many went out."""
         now, epoch_ms = self.net.now_ms(), self.chain.settings.epoch_s * 1000
+        horizon = now - RESEND_EPOCHS * epoch_ms
+        self._forget_before(horizon)
         rows = await self.db.query(
             "SELECT a.job_id, a.idx, a.attempt, a.vouched_wei, a.payable_wei, p.address "
             "FROM attempts a JOIN settle_peers p ON p.peer_id = a.worker "
             "WHERE a.payable_wei IS NOT NULL AND a.ended_ms >= ?",
-            (now - RESEND_EPOCHS * epoch_ms,),
+            (horizon,),
         )
         sent = 0
         for row in rows:
@@ -67,9 +69,16 @@ class Caps:
             if payable >= int(row["vouched_wei"]) or now < self.sent_ms.get(ref, 0) + epoch_ms // 2:
                 continue  # paid as vouched (no failover), or sent a moment ago
             await self.net.publish(ANCHORS, await self._cap(ref, row["address"], payable))
+            self.sent_ms.pop(ref, None)
             self.sent_ms[ref] = now
             sent += 1
         return sent
+
+    def _forget_before(self, horizon: int) -> None:
+        """Forgets caps sent before ``horizon``: their attempts ended before that, so the
+        query above never returns them again."""
+        while self.sent_ms and next(iter(self.sent_ms.values())) < horizon:
+            del self.sent_ms[next(iter(self.sent_ms))]
 
     async def _cap(self, ref: TaskRef, worker: str, payable: int) -> VoucherCap:
         cap_sig, voucher_sig = self.chain.hook.cap(ref, worker, payable)

@@ -15,6 +15,7 @@ amount and pays the rest to the signers: sentries earn from catching cheats.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from consensus.errors import Invalid
 from consensus.settlement.eip712 import slash_digest
 from consensus.verify.messages import Verdict
 from node.chain.errors import ChainError, ChainReverted
+from node.chain.services import SLASH_CASES_KEPT_MS
 from node.chain.signing import recover
 
 if TYPE_CHECKING:
@@ -51,8 +53,12 @@ class Slasher:
         themselves are only in memory)."""
         self.chain, self.net, self.topic, self.stored = chain, net, topic, stored
         self.quorum = self.min_stake = 0  # the contract's, read at start
-        self.cases: dict[Case, dict[str, bytes]] = {}  # signer -> signature
-        self.sent: set[Case] = set()
+        # Kept for as long as a restarted slasher reads its verdicts back (the oldest first):
+        # an open case -> signer -> signature, and when it opened; a case sent (or found used
+        # by another's slash) -> when, so its late verdicts cost no chain call.
+        self.cases: dict[Case, dict[str, bytes]] = {}
+        self.opened_ms: dict[Case, int] = {}
+        self.sent: dict[Case, int] = {}
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         params = await self.chain.service.call(lambda c: c.params())
@@ -83,16 +89,32 @@ class Slasher:
     async def on_failing(self, v: Verdict) -> bool:
         """Adds ``v``'s signature to its case; sends the slash when it is this node's turn."""
         case = (v.worker_address, int(v.slash_wei), v.attestation)
-        if not await self._collect(case, v):
+        self._forget_old(self.net.now_ms())
+        if case in self.sent or not await self._collect(case, v):
             return False
         signers = self.cases[case]
         chosen = sorted(signers)[: self.quorum]
-        if case in self.sent or len(chosen) < self.quorum:
+        if len(chosen) < self.quorum:
             return False
         if chosen[0] != self.chain.address.lower():
             return False  # the lowest signer sends it
-        self.sent.add(case)
-        return await self._send(case, [signers[s] for s in chosen], v.ref.text())
+        opened = self.opened_ms.pop(case)
+        del self.cases[case]
+        self.sent[case] = self.net.now_ms()  # before the send: verdicts heard meanwhile wait
+        try:
+            return await self._send(case, [signers[s] for s in chosen], v.ref.text())
+        except ChainError:  # not sent: the case stays open for the next verdict to retry
+            del self.sent[case]
+            self.cases[case], self.opened_ms[case] = signers, opened
+            raise
+
+    def _forget_old(self, now: int) -> None:
+        """Drops cases opened or sent longer ago than a restart would read them back."""
+        horizon = now - SLASH_CASES_KEPT_MS
+        for case in _older(self.opened_ms, horizon):
+            del self.cases[case], self.opened_ms[case]
+        for case in _older(self.sent, horizon):
+            del self.sent[case]
 
     async def _collect(self, case: Case, v: Verdict) -> bool:
         """Keeps the verdict's signature if it is a staked sentry's over exactly ``case``."""
@@ -101,11 +123,12 @@ class Slasher:
         except Invalid as exc:
             log.info("slashing: signature refused", extra={"task": v.ref.text(), "error": str(exc)})
             return False
-        signers = self.cases.setdefault(case, {})
-        if signer not in signers and not await self._staked(signer):
+        if signer not in self.cases.get(case, {}) and not await self._staked(signer):
             log.info("slashing: signer is no staked sentry", extra={"signer": signer})
             return False  # or a stranger's signature could take a quorum seat and spoil it
-        signers[signer] = v.slash_sig
+        if case not in self.cases:  # opened by a staked signer only: strangers open none
+            self.opened_ms[case] = self.net.now_ms()
+        self.cases.setdefault(case, {})[signer] = v.slash_sig
         return True
 
     async def _send(self, case: Case, sigs: list[bytes], task: str) -> bool:
@@ -124,3 +147,8 @@ class Slasher:
             "worker": worker, "wei": str(case[1]), "task": task, "signers": len(sigs),
         })  # fmt: skip
         return True
+
+
+def _older(kept: dict[Case, int], horizon: int) -> list[Case]:
+    """The first entries of ``kept`` (the oldest first) from before ``horizon``."""
+    return list(itertools.takewhile(lambda case: kept[case] < horizon, kept))

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from node.verify.store import VerifyStore
 
 log = logging.getLogger(__name__)
+# Any peer may say it is a sentry, so a worker's reports are capped (an honest network has
+# far fewer sentries): past it, the one heard longest ago goes, a peer's not known as a
+# sentry first.
+REPORTS_PER_WORKER = 256
+SWEEP_MS = 60_000  # how often expired reports are dropped: one pass a minute of clock
 
 
 class QosView:
@@ -41,8 +46,10 @@ class QosView:
         quorum: int = 1,
     ) -> None:
         self.net, self.store, self.sentries, self.quorum = net, store, sentries, quorum
-        self.reports: dict[str, dict[str, QosReport]] = {}  # worker -> sentry -> latest
+        # worker -> sentry -> latest, the latest heard last; expired ones go in _sweep
+        self.reports: dict[str, dict[str, QosReport]] = {}
         self.changed = trio.Event()
+        self.swept_ms = 0  # the clock at the last _sweep
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         inbox = await self.net.subscribe(QOS, frozenset({QosReport.KIND}))
@@ -77,8 +84,26 @@ class QosView:
         known = held.get(sentry)
         if known is not None and known.expires_ms > report.expires_ms:
             return False  # gossip delivered an older one late
+        held.pop(sentry, None)
         held[sentry] = report
+        if len(held) > REPORTS_PER_WORKER:  # strangers' reports go first, the oldest first
+            sentries = set(self.sentries())
+            order = [s for s in held if s not in sentries] + [s for s in held if s in sentries]
+            for gone in order[: len(held) - REPORTS_PER_WORKER]:
+                del held[gone]
+        now = self.net.now_ms()
+        if now >= self.swept_ms + SWEEP_MS:
+            self._sweep(now)
         return True
+
+    def _sweep(self, now: int) -> None:
+        """Drops expired reports (live() no longer counts them), and workers left with none."""
+        self.swept_ms = now
+        for worker, held in list(self.reports.items()):
+            for sentry in [s for s, r in held.items() if r.expires_ms <= now]:
+                del held[sentry]
+            if not held:
+                del self.reports[worker]
 
     def live(self, worker: str) -> dict[str, QosReport]:
         """Unexpired reports on ``worker`` from sentries we know now."""

@@ -34,6 +34,7 @@ from consensus.verify.messages import (
     check_resume,
 )
 from consensus.verify.verdicts import REP_START
+from node.market.store import MarketStore
 from node.verify.sentry import task_key
 from node.verify.topics import ATTESTS, ESCALATIONS, VERDICTS
 
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 # accepted: paid unverified because a sentry's cross-class miss found no same-class sentry
 Outcome = Literal["verified", "rejected", "unverified", "accepted"]
 ATTESTATIONS_KEPT = 4096  # the latest heard, any task's: ours are judged within minutes
+# How long past its job's deadline a task's failed workers stay excluded: an auction opened
+# just before the deadline still takes bids for its own short timers, far less than this.
+EXCLUDED_PAST_DEADLINE_MS = 3_600_000
 
 
 @dataclass
@@ -57,7 +61,9 @@ class Verdicts:
     sentries_known: Callable[[], bool]
     is_sentry: Callable[[str], bool] = lambda _peer: True
     changed: trio.Event = field(default_factory=trio.Event)
-    failed_on: dict[tuple[bytes, int], set[str]] = field(default_factory=dict)  # task -> workers
+    # our job's task -> workers that failed it, until the job can auction it no more (below)
+    failed_on: dict[tuple[bytes, int], set[str]] = field(default_factory=dict)
+    excluded_until: dict[tuple[bytes, int], int] = field(default_factory=dict)
     scores: dict[str, int] = field(default_factory=dict)  # reputation, ppm
     # task key -> (id, attestation) of the latest attestation heard for that task attempt
     attested: OrderedDict[bytes, tuple[bytes, Attestation]] = field(default_factory=OrderedDict)
@@ -91,8 +97,7 @@ class Verdicts:
             verdict.attestation, sentry, verdict, raw, evidence=None, now_ms=self.net.now_ms()
         )
         if not verdict.passed:
-            key = (verdict.ref.job_id, verdict.ref.task)
-            self.failed_on.setdefault(key, set()).add(verdict.worker)
+            await self._exclude(verdict.ref, verdict.worker, ours=False)
         self.scores[verdict.worker] = await self.store.reputation(verdict.worker)
         self._wake()
 
@@ -128,6 +133,22 @@ class Verdicts:
                 self.bisecting.add(task_key(esc.ref))
             self._wake()
 
+    async def _exclude(self, ref: TaskRef, worker: str, *, ours: bool) -> None:
+        """Keeps ``worker`` from bidding on ``ref``'s task again for as long as its job can
+        auction it: only our jobs do (excluded() answers for our auctions alone), and only
+        until their deadline. ``ours``: the caller knows the job is ours even without a row
+        (no running node lacks one: job rows are never deleted)."""
+        now, key = self.net.now_ms(), (ref.job_id, ref.task)
+        for old in [k for k, until in self.excluded_until.items() if until <= now]:
+            del self.excluded_until[old], self.failed_on[old]
+        job = await MarketStore(self.store.db).job(ref.job_id)
+        if job is None and not ours:
+            return  # another requester's task: we never auction it
+        ends_ms = now if job is None else int(job["deadline_ms"])
+        self.failed_on.setdefault(key, set()).add(worker)
+        self.excluded_until[key] = max(self.excluded_until.get(key, 0),
+                                       ends_ms + EXCLUDED_PAST_DEADLINE_MS)  # fmt: skip
+
     def _wake(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
@@ -143,12 +164,14 @@ class Verdicts:
             rows = await self.store.verdicts(ref)
             fails = [r for r in rows if not r["passed"]]
             if fails:  # on any attestation of this attempt
+                for row in fails:  # a task we wait on is ours, whether or not it has a row
+                    await self._exclude(ref, row["worker"], ours=True)
                 return "rejected", f"failed verification: {fails[0]['reason']}"
             heard = self.attested.get(task_key(ref))
             if heard is not None:  # passes count on the attestation we checked, only
                 problem = await self._resume_problem(ref, heard[1])
                 if problem:  # the task is not offered to that worker again
-                    self.failed_on.setdefault((ref.job_id, ref.task), set()).add(heard[1].worker)
+                    await self._exclude(ref, heard[1].worker, ours=True)
                     return "rejected", problem
                 rows = [r for r in rows if r["attestation"] == heard[0]]
             if len(rows) >= self.quorum:

@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import trio
 
@@ -70,6 +70,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 VERDICT_TTL_MS = 30 * 60_000
+# How often the attestations' records are swept of what nothing needs any more: a minute of
+# clock, so a sweep costs one pass per minute however many attestations the network makes.
+SWEEP_MS = 60_000
+# An envelope taken just before it expired may still wait in the inbox when it expires.
+INBOX_GRACE_MS = 60_000
 
 
 class SlashFields(Protocol):
@@ -84,6 +89,14 @@ def task_key(ref: TaskRef) -> bytes:
     return ref.job_id + ref.task.to_bytes(4, "big") + ref.attempt.to_bytes(4, "big")
 
 
+class Awaited(NamedTuple):
+    """A task attempt attested and not yet judged, as settlement asks about it."""
+
+    ref: TaskRef
+    seen_ms: int  # when its first attestation arrived: the hold counts from there
+    expires_ms: int  # the latest its attestations expire: until then one can arrive again
+
+
 @dataclass
 class Sentry:
     net: MarketNet
@@ -95,10 +108,13 @@ class Sentry:
     devices: ReplayDevices  # the classes it replays in, and on which GPUs
     scratch: Path
     rounds: dict[bytes, sd.SeedRound] = field(default_factory=dict)
-    judged: set[bytes] = field(default_factory=set)  # attestation ids taken up, once each
-    # task key -> when its attestation arrived, until a verdict on it does: settlement holds
-    # such a task's payment (see holds()).
-    awaiting: dict[bytes, int] = field(default_factory=dict)
+    # attestation ids taken up, once each -> when the attestation expires (gossip refuses it
+    # after that, so it cannot come to be taken up again)
+    judged: dict[bytes, int] = field(default_factory=dict)
+    # task key -> its attestation, until a verdict on it arrives: settlement holds such a
+    # task's payment (see holds()); then kept until nothing could hold it any more (_sweep)
+    awaiting: dict[bytes, Awaited] = field(default_factory=dict)
+    swept_ms: int = field(default=0, init=False)  # the clock at the last _sweep
     changed: trio.Event = field(default_factory=trio.Event)
     # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
     slash_signer: SlashFields | None = None
@@ -129,12 +145,47 @@ class Sentry:
                 async for msg in atts:
                     body = msg.opened.body
                     if isinstance(body, Attestation) and body.worker == msg.origin:
-                        self.awaiting.setdefault(task_key(body.ref), self.net.now_ms())
+                        self.heard(body)
                         nursery.start_soon(self._judge_safely, body)
                         await self.desk.heard_attestation(body, nursery)
 
             nursery.start_soon(follow)
             task_status.started()
+
+    def heard(self, att: Attestation) -> None:
+        """Notes an attestation as awaiting its verdict (its first arrival counts), and sweeps
+        the records now and then."""
+        now, key = self.net.now_ms(), task_key(att.ref)
+        known = self.awaiting.get(key)
+        if known is None:
+            self.awaiting[key] = Awaited(att.ref, now, att.expires_ms)
+        elif att.expires_ms > known.expires_ms:
+            self.awaiting[key] = known._replace(expires_ms=att.expires_ms)
+        if now >= self.swept_ms + SWEEP_MS:
+            self._sweep(now)
+
+    def _sweep(self, now: int) -> None:
+        """Forgets attestations nothing can need: taken-up ids once gossip refuses them, and
+        awaited attempts once settlement no longer holds them (:meth:`holds`) and no
+        attestation of them can still arrive (one would otherwise start a new hold)."""
+        self.swept_ms = now
+        gone = [i for i, expires in self.judged.items() if expires + INBOX_GRACE_MS <= now]
+        for att_id in gone:
+            del self.judged[att_id]
+        for key in [k for k, a in self.awaiting.items() if self._kept_until(a) <= now]:
+            del self.awaiting[key]
+
+    def _kept_until(self, awaited: Awaited) -> int:
+        """Until when ``awaited`` matters: past its hold, also past the longest bisection
+        hold an escalation heard later could still give it (counted from when it was
+        heard), and past its attestation's expiry."""
+        s = self.settings
+        longest = awaited.seen_ms + s.verdict_timeout_ms + s.bisect_timeout_ms
+        return max(self._hold_until(awaited), longest, awaited.expires_ms + INBOX_GRACE_MS)
+
+    def _hold_until(self, awaited: Awaited) -> int:
+        verdict_ms = self.settings.verdict_timeout_ms
+        return max(awaited.seen_ms + verdict_ms, self.desk.bisect_until.get(awaited.ref, 0))
 
     async def holds(self, ref: TaskRef) -> bool:
         """Whether settlement must not pay this task attempt (yet): a sentry failed it, or it
@@ -143,11 +194,8 @@ class Sentry:
         timeout after it when an escalation of it will be bisected."""
         if await self.store.failed(ref):
             return True
-        seen = self.awaiting.get(task_key(ref))
-        if seen is None:
-            return False
-        until = max(seen + self.settings.verdict_timeout_ms, self.desk.bisect_until.get(ref, 0))
-        return self.net.now_ms() < until
+        awaited = self.awaiting.get(task_key(ref))
+        return awaited is not None and self.net.now_ms() < self._hold_until(awaited)
 
     async def _follow_seeds(self, inbox: Any) -> None:
         async for msg in inbox:
@@ -185,7 +233,7 @@ class Sentry:
         att_id = attestation_id(att)
         if att_id in self.judged:
             return
-        self.judged.add(att_id)
+        self.judged[att_id] = att.expires_ms
         try:
             await self.judge(att)
         except NoRoom as exc:  # ours, not the worker's: no verdict rather than a wrong one
