@@ -30,7 +30,15 @@ from consensus.verify.messages import VERIFY_KINDS
 from node import __version__, rtt
 from node.blocks import restore_blocks
 from node.discovery import run_discovery
-from node.peerbook import Peer, PeerBook, forget, load_remembered, remember, unsaved
+from node.peerbook import (
+    FORGET_AFTER_MS,
+    Peer,
+    PeerBook,
+    forget,
+    load_remembered,
+    remember,
+    unsaved,
+)
 from node.senders import DeclaredRoles
 from p2p.channel_pool import ChannelPool
 from p2p.dht import Dht
@@ -356,11 +364,11 @@ async def run_network(
         validator = EnvelopeValidator(REGISTRY, TOPICS, policy=DeclaredRoles())
         async with open_gossip(host, validator, scores, network=p2p.network) as gossip:
             offline_ms = p2p.offline_after_s * 1000
-            book = PeerBook(host.peer_id)
+            # a silent peer is forgotten after the longer of an hour and 10 offline periods
+            forget_ms = max(FORGET_AFTER_MS, 10 * offline_ms)
+            book = PeerBook(host.peer_id, p2p.bootstrap, forget_after_ms=forget_ms)
             pool = Pool(offline_ms, 10 * offline_ms)
             net = Network(ctx, host, gossip, scores, book, pool, validator)
-            for addr in p2p.bootstrap:
-                book.add_addr(addr)
             remembered = await load_remembered(ctx.db, book)
             nodes_inbox = await gossip.subscribe(NODES)
             presence_inbox = await gossip.subscribe(PRESENCE)

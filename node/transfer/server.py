@@ -73,7 +73,8 @@ class TransferServer:
         self._tickets: dict[bytes, tuple[str, bytes, ServeChannel, float]] = {}
         self._channels: Counter[str] = Counter()  # bulk channels open, per peer
         self.bulk_port: int | None = None
-        self.served: Counter[bytes] = Counter()  # chunks sent per dataset, for status and tests
+        # Chunks sent per dataset offered now, for status and tests (withdraw clears it).
+        self.served: Counter[bytes] = Counter()
 
     def register(self) -> None:
         reqresp.serve(self.host, MANIFEST_PROTOCOL, self._manifest, max_bytes=MAX_MANIFEST_FRAME)
@@ -93,6 +94,7 @@ class TransferServer:
         """Serve ``dataset_id`` no more, to anyone (it is being removed here)."""
         self._offered.pop(dataset_id, None)
         self._grants = {g for g in self._grants if g[1] != dataset_id}
+        self.served.pop(dataset_id, None)
 
     def offers(self, dataset_id: bytes) -> bool:
         return dataset_id in self._offered
@@ -240,7 +242,8 @@ class TransferServer:
         except (FileNotFoundError, CorruptBlob):
             return _refusal(index, NOT_FOUND)
         frame = await trio.to_thread.run_sync(_chunk_frame, index, data)
-        self.served[request["d"]] += 1
+        if request["d"] in self._offered:  # not withdrawn while it was read
+            self.served[request["d"]] += 1
         return frame
 
     async def read_chunk(self, digest: str) -> bytes:

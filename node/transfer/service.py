@@ -81,7 +81,8 @@ class DataService:
     _copied: set[bytes] = field(default_factory=set)  # warned of: copied, not linked
     jobs: dict[bytes, Job] = field(default_factory=dict)
     _to_provide: trio.MemorySendChannel[bytes] | None = None
-    _placing: dict[bytes, trio.Lock] = field(default_factory=dict)  # one fetch per dataset
+    # One fetch per dataset; a lock is dropped once no task holds or waits on it.
+    _placing: dict[bytes, trio.Lock] = field(default_factory=dict)
     cache: TaskCache | None = None  # datasets fetched for tasks (set by run_data)
 
     async def offer(self, dataset_id: bytes, manifest: Manifest | None = None) -> int:
@@ -153,8 +154,7 @@ class DataService:
             node.market.blobshare.FetchFailed: not fetched whole, or sealed.
             NoRoom: no room for it here (ours: the task is not at fault).
         """
-        lock = self._placing.setdefault(dataset_id, trio.Lock())
-        async with lock:  # two tasks on one dataset: the second finds it all here
+        async with self._placing_lock(dataset_id):  # two tasks on one: the second finds it here
             if holders:
                 await self._served_by_first(dataset_id, holders[0])
             if not self.trees.has(dataset_id):  # a tree is renamed into place only when whole
@@ -252,7 +252,7 @@ class DataService:
         for dataset_id in ids:
             if dataset_id in cached or dataset_id in pinned or not self.trees.has(dataset_id):
                 continue
-            async with self._placing.setdefault(dataset_id, trio.Lock()):
+            async with self._placing_lock(dataset_id):
                 if dataset_id not in self._cache().pinned():  # none began while we waited
                     self.tree_bytes.pop(dataset_id, None)
                     await trio.to_thread.run_sync(self.trees.remove, dataset_id)
@@ -262,6 +262,24 @@ class DataService:
 
     async def cache_size(self) -> tuple[int, int]:
         return await self._cache().size()
+
+    @asynccontextmanager
+    async def _placing_lock(self, dataset_id: bytes) -> AsyncIterator[None]:
+        """Holds ``dataset_id``'s lock: placements, tree drops and removals of one dataset
+        take turns."""
+        lock = self._placing.setdefault(dataset_id, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            self._drop_idle_lock(dataset_id, lock)
+
+    def _drop_idle_lock(self, dataset_id: bytes, lock: trio.Lock) -> None:
+        """Forgets ``lock`` unless a task holds or waits on it: the next to need one makes a
+        fresh one, and one lock per dataset ever placed would stay for good otherwise."""
+        held = lock.statistics()
+        if not held.locked and not held.tasks_waiting and self._placing.get(dataset_id) is lock:
+            del self._placing[dataset_id]
 
     def _fetching(self, dataset_id: bytes) -> bool:
         """Whether a task is placing ``dataset_id`` or ``data get`` is fetching it."""
@@ -275,25 +293,27 @@ class DataService:
             KeyError: nothing is recorded of it here.
             RuntimeError: a fetch of it is running (a task placing it, or ``data get``).
         """
-        lock = self._placing.setdefault(dataset_id, trio.Lock())
         busy = RuntimeError(f"dataset {dataset_id.hex()[:16]} is being fetched: try later")
         job = self.jobs.get(dataset_id)
         if job is not None and job.state == "fetching":
             raise busy
+        lock = self._placing.setdefault(dataset_id, trio.Lock())
         try:
             lock.acquire_nowait()  # no placement starts on it while it goes
         except trio.WouldBlock:
             raise busy from None
         try:
-            self.server.withdraw(dataset_id)
+            self.server.withdraw(dataset_id)  # the provide loop drops what is not offered
             removed = await trio.to_thread.run_sync(self._remove_here, dataset_id)
         finally:
             lock.release()
+            self._drop_idle_lock(dataset_id, lock)
         log.info("dataset removed", extra={"dataset": dataset_id.hex()[:16], **vars(removed)})
         return removed
 
     def _remove_here(self, dataset_id: bytes) -> local.Removed:
         self.tree_bytes.pop(dataset_id, None)
+        self._copied.discard(dataset_id)
         return local.remove(self.net.ctx.home.db, self.store, self.trees, dataset_id)
 
     def start_get(
@@ -356,7 +376,8 @@ class DataService:
 
     async def provide_loop(self, receive: trio.MemoryReceiveChannel[bytes]) -> None:
         """Provides each offered dataset's id in the DHT (again every ``REPROVIDE_S``); one
-        that no peer took yet (a fresh node's routing table is empty) is retried sooner."""
+        that no peer took yet (a fresh node's routing table is empty) is retried sooner. One
+        no longer offered (removed, evicted) is dropped: we would announce data we lack."""
         pending: set[bytes] = set()
         provided_at: dict[bytes, float] = {}
         while True:
@@ -368,6 +389,10 @@ class DataService:
             now = trio.current_time()
             due = pending | {d for d, at in provided_at.items() if now - at >= REPROVIDE_S}
             for dataset_id in due:
+                if not self.server.offers(dataset_id):  # removed or evicted since
+                    pending.discard(dataset_id)
+                    provided_at.pop(dataset_id, None)
+                    continue
                 ok = False
                 with trio.move_on_after(LOOKUP_TIMEOUT_S):
                     ok = await self.net.dht.provide(dataset_key(dataset_id))
