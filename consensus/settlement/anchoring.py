@@ -156,6 +156,7 @@ class Anchoring:
             self.base_lines, self.base_earnings = self.pending.lines, self.pending.earnings
             self._count(self.pending)
             self.pending, self.unfinal = None, True
+            self.signatures = {}  # they answer disputes of a pending epoch only
         if not may_post:
             return []
         due = self.last_post_ms is None or now_ms >= self.last_post_ms + self.epoch_ms
