@@ -276,29 +276,33 @@ class Anchoring:
             self.anchored[r] = self.anchored.get(r, 0) + amount
 
     def settled(self) -> list[Entry]:
-        """The lines anchored in full by the final epochs, each at its final amount: what
-        :meth:`settle` may drop once the driver has kept them (for :meth:`restore`)."""
-        if self.state != "idle":
-            return []  # a pending epoch of ours builds on the base: settled once it is final
+        """The lines the last final epoch anchored in full, each at its final amount: what
+        :meth:`settle` may drop once the driver has kept them (for :meth:`restore`). A line
+        in an epoch of ours still pending is not one, whatever its voucher says now."""
         base = self.base_lines
         return [
             replace(e, amount=base[line], previous=0)
             for line, (e, _) in self.latest.items()
-            if line in base and e.amount <= base[line]
+            if line in base and e.amount <= base[line] and self._outside_pending(line)
         ]
 
     def settle(self, kept: Iterable[Line]) -> int:
         """Drops the lines of ``kept`` (from :meth:`settled`, now kept by the driver) that are
         still anchored in full; returns how many went. A line that grew meanwhile stays."""
-        if self.state != "idle":
-            return 0
         gone = 0
         for line in kept:
             known = self.latest.get(line)
-            if known is not None and known[0].amount <= self.base_lines.get(line, -1):
+            base = self.base_lines.get(line, -1)
+            if known is not None and known[0].amount <= base and self._outside_pending(line):
                 del self.latest[line], self.base_lines[line]
+                if self.pending is not None:  # its lines become the base when it is final
+                    del self.pending.lines[line]
                 gone += 1
         return gone
+
+    def _outside_pending(self, line: Line) -> bool:
+        """Whether ``line`` has no entry in our pending epoch (there it has grown)."""
+        return self.pending is None or self.pending.lines.get(line) == self.base_lines[line]
 
     def restore(self, entry: Entry) -> None:
         """``entry``: a line's entry in the last final epoch that anchored it, kept by the

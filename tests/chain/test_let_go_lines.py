@@ -117,3 +117,24 @@ async def test_an_epoch_fetched_from_history_is_rebuilt_over_lines_let_go(tmp_pa
         await anchor_final(net, first)  # epoch 1, never gossiped to the second
         await second.step()
         assert second.follower.stuck is None and second.machine.index == 1
+
+
+async def test_a_busy_anchorer_lets_lines_go_as_it_posts_the_next_epoch(tmp_path: Path) -> None:
+    """With something new every epoch, the step that makes an epoch final also posts the
+    next: the machine is never idle, and lines must go all the same."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    sentry = net.client("sentry1")
+    sentry.stake(ETH)
+    async with await Database.open(tmp_path / "node.db") as db:
+        anchorer = await fresh_anchorer(net, db, sentry)
+        assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH // 10, ref=ref(0)))
+        await anchorer.step()
+        for i in range(1, 4):
+            assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH // 10, ref=ref(i)))
+            net.chain.advance(WINDOW_S + 1)
+            await anchorer.step()  # epoch i - 1 final, epoch i posted
+            m = anchorer.machine
+            assert m is not None and m.state == "pending" and m.index == i
+            assert len(m.latest) == 1, "the final epoch's line was not let go"
+    assert net.client("other").pool_of(net.addr("requester"))["debited"] == 4 * ETH // 10

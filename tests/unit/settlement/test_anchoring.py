@@ -199,19 +199,27 @@ def test_a_line_that_grew_while_it_was_kept_stays() -> None:
     assert m.base_lines == {entry(J1, W1, 0).line: 100}  # the next entry's previous
 
 
-def test_nothing_is_let_go_while_an_epoch_of_ours_is_pending() -> None:
+def test_while_an_epoch_of_ours_is_pending_only_lines_outside_it_are_let_go() -> None:
+    """A busy anchorer posts again as soon as an epoch is final: it is seldom idle, so lines
+    go while an epoch is pending too, but never one that epoch grows, even if its voucher
+    fell back (a failed verification: forget) while the epoch waited."""
     m = machine(EPOCH_MS, fee_bps=0)
     m.on_voucher(entry(J1, W1, 100), b"s1")
+    m.on_voucher(entry(J1, W2, 100), b"s2")
     final_epoch(m, 0, 0)
-    m.on_voucher(entry(J2, W2, 40), b"s2")
+    m.on_voucher(entry(J1, W2, 130), b"s3")
     post(m, WINDOW_MS + EPOCH_MS)
-    assert m.settled() == [] and m.settle([entry(J1, W1, 0).line]) == 0
+    m.forget(entry(J1, W2, 0).line)  # back to its base while the epoch that grows it waits
+    assert m.settled() == [entry(J1, W1, 100)]
+    assert m.settle([entry(J1, W1, 0).line, entry(J1, W2, 0).line]) == 1
+    assert m.pending is not None and entry(J1, W1, 0).line not in m.pending.lines
     m.on_posted(1, window_end_ms=3 * WINDOW_MS)
     # A let-go line restored while an epoch is pending is in the base that epoch becomes.
     m.restore(entry(J2, W1, 70))
-    m.on_voucher(entry(J2, W1, 90), b"s3")
+    m.on_voucher(entry(J2, W1, 90), b"s4")
     m.on_tick(3 * WINDOW_MS, may_post=False)
-    assert m.base_lines[entry(J2, W1, 0).line] == 70
+    assert m.base_lines == {entry(J1, W2, 0).line: 130, entry(J2, W1, 0).line: 70}
+    assert m.settled() == [entry(J1, W2, 130)], "final now: let go at what the chain holds"
     (effect,) = m.on_tick(3 * WINDOW_MS)
     assert isinstance(effect, Post) and effect.epoch.debits == {R: 20}
 
