@@ -138,6 +138,10 @@ class Anchorer:
     async def on_voucher(self, v: SettledVoucher) -> bool:
         """Takes a worker's voucher if it is genuine, not excluded and larger than known, and
         its requester's spend if genuine and larger than held (even with an old voucher)."""
+        async with self.bases.lock:  # its line is not let go between its restore and update
+            return await self._take_voucher(v)
+
+    async def _take_voucher(self, v: SettledVoucher) -> bool:
         assert self.machine is not None
         entry = v.entry()
         await self.bases.restore(self.machine, [entry])  # a line let go: its base is back
@@ -185,6 +189,10 @@ class Anchorer:
     async def on_cap(self, c: VoucherCap) -> bool:
         """Takes a requester's cap on a lost attempt if both its signatures are the
         requester's; the line is anchored at the cap, however much its worker was vouched."""
+        async with self.bases.lock:
+            return await self._take_cap(c)
+
+    async def _take_cap(self, c: VoucherCap) -> bool:
         assert self.machine is not None
         entry = c.entry()
         await self.bases.restore(self.machine, [entry])
@@ -234,7 +242,9 @@ class Anchorer:
             await self.history.record(was[1], was[2])
             self._settle_due = True
         restore = functools.partial(self.bases.restore, m)
-        await restore([e for heard in self.follower.heard.values() for e in heard.values()])
+        roots = [a.entries_root for a in anchors]  # the chain's: a made-up root restores none
+        while await restore([e for r in roots for e in self.follower.heard.get(r, {}).values()]):
+            pass  # entries heard during the read may name more lines
         for index, epoch in (  # catch_up rebuilds at once: nothing heard in between
             [] if halted else await self.history.catch_up(self.follower, m, anchors, restore)
         ):

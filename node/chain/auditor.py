@@ -88,7 +88,7 @@ class Auditor:
         # Gives the machine back the bases of lines it let go that entries read from the
         # chain name (node.chain.line_bases; set by the anchorer): their `previous` is
         # checked against them.
-        self.restore: Callable[[Anchoring, list[Entry]], Awaitable[None]] | None = None
+        self.restore: Callable[[Anchoring, list[Entry]], Awaitable[object]] | None = None
 
     def hear_leaves(self, part: EpochLeaves, sender: str) -> None:
         """Collects a pending epoch's leaves, per sender and root (a forged part never mixes

@@ -176,7 +176,7 @@ class EpochHistory:
         follower: Follower,
         m: Anchoring,
         anchors: list[ChainAnchor],
-        restore: Callable[[list[Entry]], Awaitable[None]] | None = None,
+        restore: Callable[[list[Entry]], Awaitable[object]] | None = None,
     ) -> list[tuple[int, Epoch]]:
         """:meth:`Follower.catch_up`, and when an epoch cannot be rebuilt from the entries
         heard, the entries asked for from the anchorers heard (every ``RETRY_S`` while none

@@ -5,9 +5,16 @@ sqlite file."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import trio
+import trio.testing
+
+from consensus.envelope import new_nonce
 from consensus.market.messages import TaskRef
+from consensus.settlement.epoch import assemble
+from consensus.settlement.messages import EpochEntries, entries_parts
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
 from storage.db import Database
@@ -138,3 +145,69 @@ async def test_a_busy_anchorer_lets_lines_go_as_it_posts_the_next_epoch(tmp_path
             assert m is not None and m.state == "pending" and m.index == i
             assert len(m.latest) == 1, "the final epoch's line was not let go"
     assert net.client("other").pool_of(net.addr("requester"))["debited"] == 4 * ETH // 10
+
+
+async def test_a_voucher_taken_while_its_line_is_let_go_adds_only_what_grew(
+    tmp_path: Path,
+) -> None:
+    """The voucher's line is restored, then its exclusion is asked (a sqlite read): a step
+    making the line's epoch final and letting lines go waits for it, or the line would be
+    updated from no base and paid again from 0."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    sentry = net.client("sentry1")
+    sentry.stake(ETH)
+    async with await Database.open(tmp_path / "node.db") as db:
+        a = await fresh_anchorer(net, db, sentry)
+        assert await a.on_voucher(voucher(net, sentry.domain, ETH))
+        net.chain.advance(2)
+        await a.step()  # epoch 0 pending: 1 ETH
+        asked, answer = trio.Event(), trio.Event()
+        real_excluded = a.chain.excluded
+
+        async def slow_excluded(ref: TaskRef) -> bool:
+            if not asked.is_set():  # the voucher's ask; the step's own asks are answered
+                asked.set()
+                await answer.wait()
+            return await real_excluded(ref)
+
+        a.chain.excluded = slow_excluded  # type: ignore[method-assign]
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.on_voucher, voucher(net, sentry.domain, 3 * ETH))
+                await asked.wait()
+                net.chain.advance(WINDOW_S + 1)
+                nursery.start_soon(a.step)  # epoch 0 final: its line would be let go now
+                while a.bases.lock.statistics().tasks_waiting == 0:
+                    await trio.testing.wait_all_tasks_blocked()
+                answer.set()
+        a.chain.excluded = real_excluded  # type: ignore[method-assign]
+        await anchor_final(net, a)
+    assert net.client("other").pool_of(net.addr("requester"))["debited"] == 3 * ETH
+
+
+async def test_entries_under_a_made_up_root_bring_no_line_back(tmp_path: Path) -> None:
+    """Any peer may gossip entries of a root no anchor has: they name lines let go, which
+    must stay in sqlite (back in memory they would be saved at every step)."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    sentry = net.client("sentry1")
+    sentry.stake(ETH)
+    async with await Database.open(tmp_path / "node.db") as db:
+        a = await fresh_anchorer(net, db, sentry)
+        lines = []
+        for i in range(12):
+            v = voucher(net, sentry.domain, ETH // 1000, ref=ref(i))
+            assert await a.on_voucher(v)
+            lines.append(v.entry())
+        await anchor_final(net, a)
+        grown = [replace(e, amount=e.amount + 1) for e in lines]
+        fake = assemble(grown, {}, {}, 0)
+        for requester, part, parts, rows in entries_parts(fake, {}):
+            a.follower.hear(EpochEntries(
+                expires_ms=2**40, nonce=new_nonce(), index=10**9, requester=requester,
+                entries_root=fake.entries_tree.root, part=part, parts=parts, rows=rows,
+            ), "anyone")  # fmt: skip
+        net.chain.advance(2)
+        await a.step()
+        assert a.machine is not None and a.machine.latest == {}
