@@ -16,9 +16,8 @@ from consensus.market.messages import TaskRef
 from consensus.settlement.epoch import assemble
 from consensus.settlement.messages import EpochEntries, entries_parts
 from node.chain.anchorer import Anchorer
-from node.chain.backend import Chain
 from storage.db import Database
-from tests.chain.conftest import ETH, Net, make_net
+from tests.chain.conftest import ETH, Net
 from tests.chain.test_epoch_history import funded, late
 from tests.chain.test_following import first_epoch, gossip, two_anchorers
 from tests.chain.test_settlement_node import REF, fresh_anchorer, voucher
@@ -51,10 +50,8 @@ async def saved_bytes(db: Database) -> int:
 
 
 async def test_a_line_let_go_is_paid_once_and_then_only_what_grew(tmp_path: Path) -> None:
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
+    net = funded()
     sentry = net.client("sentry1")
-    sentry.stake(ETH)
     async with await Database.open(tmp_path / "node.db") as db:
         first = await fresh_anchorer(net, db, sentry)
         assert await first.on_voucher(voucher(net, sentry.domain, ETH, ref=ref(0)))
@@ -69,10 +66,8 @@ async def test_a_line_let_go_is_paid_once_and_then_only_what_grew(tmp_path: Path
 
 
 async def test_the_saved_state_does_not_grow_with_the_lines_anchored(tmp_path: Path) -> None:
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
+    net = funded()
     sentry = net.client("sentry1")
-    sentry.stake(ETH)
     sizes = []
     async with await Database.open(tmp_path / "node.db") as db:
         anchorer = await fresh_anchorer(net, db, sentry)
@@ -129,10 +124,8 @@ async def test_an_epoch_fetched_from_history_is_rebuilt_over_lines_let_go(tmp_pa
 async def test_a_busy_anchorer_lets_lines_go_as_it_posts_the_next_epoch(tmp_path: Path) -> None:
     """With something new every epoch, the step that makes an epoch final also posts the
     next: the machine is never idle, and lines must go all the same."""
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
+    net = funded()
     sentry = net.client("sentry1")
-    sentry.stake(ETH)
     async with await Database.open(tmp_path / "node.db") as db:
         anchorer = await fresh_anchorer(net, db, sentry)
         assert await anchorer.on_voucher(voucher(net, sentry.domain, ETH // 10, ref=ref(0)))
@@ -153,10 +146,8 @@ async def test_a_voucher_taken_while_its_line_is_let_go_adds_only_what_grew(
     """The voucher's line is restored, then its exclusion is asked (a sqlite read): a step
     making the line's epoch final and letting lines go waits for it, or the line would be
     updated from no base and paid again from 0."""
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
+    net = funded()
     sentry = net.client("sentry1")
-    sentry.stake(ETH)
     async with await Database.open(tmp_path / "node.db") as db:
         a = await fresh_anchorer(net, db, sentry)
         assert await a.on_voucher(voucher(net, sentry.domain, ETH))
@@ -189,10 +180,8 @@ async def test_a_voucher_taken_while_its_line_is_let_go_adds_only_what_grew(
 async def test_entries_under_a_made_up_root_bring_no_line_back(tmp_path: Path) -> None:
     """Any peer may gossip entries of a root no anchor has: they name lines let go, which
     must stay in sqlite (back in memory they would be saved at every step)."""
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
+    net = funded()
     sentry = net.client("sentry1")
-    sentry.stake(ETH)
     async with await Database.open(tmp_path / "node.db") as db:
         a = await fresh_anchorer(net, db, sentry)
         lines = []
