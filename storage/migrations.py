@@ -562,6 +562,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        version=22,
+        description="requester: workers kept from a task they failed, until its job is over",
+        sql="""
+            -- A worker that failed verification of one of our tasks must not win that task's
+            -- re-auction. This was kept in memory only, so a restarted requester could hand
+            -- the task straight back to the cheat. Rows go once until_ms has passed. Failing
+            -- verdicts heard before this migration are carried over.
+            CREATE TABLE verify_excluded (
+                job_id   BLOB NOT NULL,
+                idx      INTEGER NOT NULL,
+                worker   TEXT NOT NULL,
+                until_ms INTEGER NOT NULL,
+                PRIMARY KEY (job_id, idx, worker)
+            ) WITHOUT ROWID;
+            INSERT OR IGNORE INTO verify_excluded
+                SELECT v.job_id, v.idx, v.worker, j.deadline_ms + 3600000
+                FROM verify_verdicts v JOIN jobs j ON j.job_id = v.job_id
+                WHERE v.passed = 0;
+        """,
+    ),
 )
 
 

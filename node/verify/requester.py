@@ -61,7 +61,8 @@ class Verdicts:
     sentries_known: Callable[[], bool]
     is_sentry: Callable[[str], bool] = lambda _peer: True
     changed: trio.Event = field(default_factory=trio.Event)
-    # our job's task -> workers that failed it, until the job can auction it no more (below)
+    # our job's task -> workers that failed it, until the job can auction it no more (below);
+    # kept in sqlite too, and taken back at start
     failed_on: dict[tuple[bytes, int], set[str]] = field(default_factory=dict)
     excluded_until: dict[tuple[bytes, int], int] = field(default_factory=dict)
     scores: dict[str, int] = field(default_factory=dict)  # reputation, ppm
@@ -83,6 +84,7 @@ class Verdicts:
         atts = await self.net.subscribe(ATTESTS, frozenset({Attestation.KIND}))
         escalations = await self.net.subscribe(ESCALATIONS, frozenset({Escalation.KIND}))
         self.scores = await self.store.reputations()
+        await self._load_exclusions()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_attestations, atts)
             nursery.start_soon(self._follow_escalations, escalations)
@@ -100,6 +102,14 @@ class Verdicts:
             await self._exclude(verdict.ref, verdict.worker, ours=False)
         self.scores[verdict.worker] = await self.store.reputation(verdict.worker)
         self._wake()
+
+    async def _load_exclusions(self) -> None:
+        """Takes back the exclusions still in force: a restart must not hand a task back to
+        the worker that failed it."""
+        for job_id, task, worker, until_ms in await self.store.exclusions(self.net.now_ms()):
+            key = (job_id, task)
+            self.failed_on.setdefault(key, set()).add(worker)
+            self.excluded_until[key] = max(self.excluded_until.get(key, 0), until_ms)
 
     async def _follow_attestations(self, inbox: Any) -> None:
         async for msg in inbox:
@@ -144,10 +154,10 @@ class Verdicts:
         job = await MarketStore(self.store.db).job(ref.job_id)
         if job is None and not ours:
             return  # another requester's task: we never auction it
-        ends_ms = now if job is None else int(job["deadline_ms"])
+        until_ms = (now if job is None else int(job["deadline_ms"])) + EXCLUDED_PAST_DEADLINE_MS
+        await self.store.exclude(ref, worker, until_ms)
         self.failed_on.setdefault(key, set()).add(worker)
-        self.excluded_until[key] = max(self.excluded_until.get(key, 0),
-                                       ends_ms + EXCLUDED_PAST_DEADLINE_MS)  # fmt: skip
+        self.excluded_until[key] = max(self.excluded_until.get(key, 0), until_ms)
 
     def _wake(self) -> None:
         self.changed.set()

@@ -1,6 +1,7 @@
 """Proof-of-compute tables (migration 6): kept attestations, verdicts seen, reputation;
 sentries' QoS reports on workers (migration 11); escalations of cross-class misses
-(migration 12, never counted as fails).
+(migration 12, never counted as fails); the workers a requester keeps from a task they failed
+(migration 22).
 
 :meth:`VerifyStore.failed` answers "did this task attempt fail verification?" for settlement
 (a failed attempt is never paid).
@@ -159,6 +160,26 @@ class VerifyStore:
             (ref.job_id, ref.task, ref.attempt),
         )
         return row is not None
+
+    # --- workers kept from a task (requester) -------------------------------------------
+
+    async def exclude(self, ref: TaskRef, worker: str, until_ms: int) -> None:
+        """Keeps ``worker`` from ``ref``'s task until ``until_ms`` (the later one wins)."""
+        await self.db.execute(
+            "INSERT INTO verify_excluded VALUES (?, ?, ?, ?) ON CONFLICT (job_id, idx, worker) "
+            "DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
+            (ref.job_id, ref.task, worker, until_ms),
+        )
+
+    async def exclusions(self, now_ms: int) -> list[tuple[bytes, int, str, int]]:
+        """Every (job, task, worker, until_ms) still in force; drops those that are not."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[bytes, int, str, int]]:
+            conn.execute("DELETE FROM verify_excluded WHERE until_ms <= ?", (now_ms,))
+            rows = conn.execute("SELECT job_id, idx, worker, until_ms FROM verify_excluded")
+            return [(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
+
+        return await self.db.transaction(read)
 
     # --- reputation ----------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from node.verify import qos_view
 from node.verify.qos_view import SWEEP_MS, QosView
 from node.verify.requester import EXCLUDED_PAST_DEADLINE_MS, Verdicts
 from node.verify.store import VerifyStore
-from storage.db import Database
+from storage.db import Database, open_sync
+from storage.migrations import MIGRATIONS
 from tests.storage.test_qos_view import NOW, report
 
 OURS = TaskRef(job_id=b"o" * 16, task=0, attempt=0)
@@ -62,6 +63,43 @@ async def test_failed_workers_are_excluded_from_our_tasks_until_the_job_ends(
         clock.now = DEADLINE + EXCLUDED_PAST_DEADLINE_MS
         await verdicts._heard(failing(THEIRS, "third"), "sentry", b"raw")
         assert verdicts.failed_on == {} and verdicts.excluded_until == {}, "the job is over"
+
+
+async def test_a_restarted_requester_still_keeps_the_cheat_from_its_task(tmp_path: Path) -> None:
+    clock = Clock()
+    async with await Database.open(tmp_path / "node.sqlite") as db:
+        await our_job(db, OURS)
+        before = Verdicts(clock, VerifyStore(db), 1, lambda: True)  # type: ignore[arg-type]
+        await before._heard(failing(OURS, "cheat"), "sentry", b"raw")
+    async with await Database.open(tmp_path / "node.sqlite") as db:
+        after = Verdicts(clock, VerifyStore(db), 1, lambda: True)  # type: ignore[arg-type]
+        await after._load_exclusions()
+        assert after.excluded(replace(OURS, attempt=1), "cheat"), "kept across the restart"
+        assert not after.excluded(replace(OURS, attempt=1), "honest")
+        clock.now = DEADLINE + EXCLUDED_PAST_DEADLINE_MS
+        late = Verdicts(clock, VerifyStore(db), 1, lambda: True)  # type: ignore[arg-type]
+        await late._load_exclusions()
+        assert late.failed_on == {}, "the job is over"
+        assert await db.query("SELECT * FROM verify_excluded") == [], "and its rows are gone"
+
+
+def test_the_migration_carries_over_failing_verdicts_of_our_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "node.sqlite"
+    conn = open_sync(path, MIGRATIONS[:21])
+    conn.execute("INSERT INTO jobs (job_id, name, spec, state, revision, inputs_size, "
+                 "created_ms, deadline_ms, updated_ms) VALUES (?, 'j', '{}', 'running', 1, 0, "
+                 "0, ?, 0)", (OURS.job_id, DEADLINE))  # fmt: skip
+    for job, worker, passed in [(OURS, "cheat", 0), (OURS, "honest", 1), (THEIRS, "x", 0)]:
+        conn.execute("INSERT INTO verify_verdicts VALUES (?, 's', ?, 0, 0, ?, ?, '', NULL, "
+                     "x'00', 0)", (worker.encode(), job.job_id, worker, passed))  # fmt: skip
+    conn.commit()
+    conn.close()
+    conn = open_sync(path)
+    rows = conn.execute("SELECT job_id, idx, worker, until_ms FROM verify_excluded").fetchall()
+    assert [tuple(r) for r in rows] == [
+        (OURS.job_id, 0, "cheat", DEADLINE + EXCLUDED_PAST_DEADLINE_MS)
+    ]
+    conn.close()
 
 
 async def test_a_task_we_wait_on_is_excluded_even_without_a_job_row(tmp_path: Path) -> None:
