@@ -83,7 +83,7 @@ class Anchorer:
         self.final: tuple[int, dict[bytes, int]] | None = None  # last final epoch's leaves
         self.refs: dict[Line, TaskRef] = {}
         self.held: dict[Line, tuple[SettledVoucher, int]] = {}  # excluded for now, and since
-        self.seen_disputes: set[bytes] = set()
+        self.seen_disputes: dict[int, set[bytes]] = {}  # the pending epoch's disputed leaves
         self.posted = 0  # anchors this process posted (tests count them)
         self.gossip = AnchorGossip(net, chain.settings)
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
@@ -336,8 +336,14 @@ class Anchorer:
             m.on_voided(index)
             return []
         effects: list[Effect] = []
-        for leaf in disputed - self.seen_disputes:
-            self.seen_disputes.add(leaf)
+        # Only this epoch's: events are read for the pending epoch alone, and the next one
+        # pending has a larger index (posts take later ones), so an older epoch's leaves are
+        # never read again. Per epoch, as a leaf names none: an epoch voided has its entries
+        # anchored again with the same leaves, whose disputes there must be answered again.
+        seen = self.seen_disputes.get(index, set())
+        self.seen_disputes = {index: seen}
+        for leaf in disputed - seen:
+            seen.add(leaf)
             effects += m.on_disputed(index, leaf)
         for leaf in answered & m.open_disputes:
             m.on_answered(leaf)

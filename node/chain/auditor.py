@@ -118,6 +118,8 @@ class Auditor:
     ) -> None:  # fmt: skip
         """Audits the latest anchor if it is another's, pending, open, and built on our base."""
         a = anchors[-1] if anchors else None
+        if a is not None:
+            self._forget_before(a.index)
         if a is None or a.anchorer == self.me or a.state != "pending":
             return
         self.wanted = a.earnings_root
@@ -383,6 +385,17 @@ class Auditor:
         if m.base_earnings.get(worker, 0) == 0:
             return None
         return await self.service.call(lambda c: c.base_shown(m.base_earnings))
+
+    def _forget_before(self, index: int) -> None:
+        """Forgets what we raised against anchors before ``index``, the chain's latest.
+
+        Only the latest anchor is audited, and it was posted only once every anchor before it
+        was final or voided (a post finalizes the one before: ``anchors_after``): nothing can
+        be raised against those any more, so their keys are never read again. Those of the
+        latest stay until the next is posted, past its whole window and any answer's.
+        """
+        if any(key[0] < index for key in self._raised):
+            self._raised = {key for key in self._raised if key[0] >= index}
 
     def _once(self, key: tuple[int, bytes, int]) -> bool:
         if key in self._raised:

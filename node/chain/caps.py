@@ -21,6 +21,7 @@ from consensus.envelope import new_nonce
 from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.messages import VoucherCap
+from node.chain.horizon import drop_before
 from node.chain.payee import ANCHORS, TTL_MS
 from node.chain.spending import SpendBook
 from storage.db import Database
@@ -55,7 +56,9 @@ class Caps:
         """Gossips every recent cap not sent within half an epoch; how many went out."""
         now, epoch_ms = self.net.now_ms(), self.chain.settings.epoch_s * 1000
         horizon = now - RESEND_EPOCHS * epoch_ms
-        self._forget_before(horizon)
+        # Sent before the horizon: their attempts ended before it, so the query never returns
+        # them again.
+        drop_before(self.sent_ms, horizon)
         rows = await self.db.query(
             "SELECT a.job_id, a.idx, a.attempt, a.vouched_wei, a.payable_wei, p.address "
             "FROM attempts a JOIN settle_peers p ON p.peer_id = a.worker "
@@ -73,12 +76,6 @@ class Caps:
             self.sent_ms[ref] = now
             sent += 1
         return sent
-
-    def _forget_before(self, horizon: int) -> None:
-        """Forgets caps sent before ``horizon``: their attempts ended before that, so the
-        query above never returns them again."""
-        while self.sent_ms and next(iter(self.sent_ms.values())) < horizon:
-            del self.sent_ms[next(iter(self.sent_ms))]
 
     async def _cap(self, ref: TaskRef, worker: str, payable: int) -> VoucherCap:
         cap_sig, voucher_sig = self.chain.hook.cap(ref, worker, payable)

@@ -15,6 +15,7 @@ anchors stays in the pool (not lost: ``idlegrid wallet fund --leave`` takes it b
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -34,12 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ENDED = ("done", "attested", "verified", "settled", "failed", "cancelled")
+PEERS_CACHED = 4096  # far more than the workers a requester pays at once
 
 
 class Escrow:
     def __init__(self, chain: ChainNode, db: Database, poll_s: float) -> None:
         self.chain, self.db, self.poll_s = chain, db, poll_s
-        self._workers: dict[str, str] = {}  # peer id -> chain address (from bids)
+        # peer id -> chain address (from bids), the latest used last; all are in settle_peers:
+        # any bidder adds one, so only those bidding or paid lately are kept here.
+        self._workers: OrderedDict[str, str] = OrderedDict()
         self.spending = SpendBook(chain, db)
         self._wake = trio.Event()
 
@@ -54,25 +58,47 @@ class Escrow:
         self._wake.set()
 
     async def remember_worker(self, peer: str, address: str) -> None:
-        if not address or self._workers.get(peer) == address:
+        if not address:
             return
-        self._workers[peer] = address
+        if self._workers.get(peer) == address:
+            self._workers.move_to_end(peer)
+            return
         await self.db.execute(
             "INSERT INTO settle_peers (peer_id, address) VALUES (?, ?) "
             "ON CONFLICT(peer_id) DO UPDATE SET address = excluded.address",
             (peer, address),
         )
+        self._cache(peer, address)  # after the row: whatever is evicted is still in sqlite
 
     async def sign(
         self, ref: TaskRef, worker_peer: str, amount_wei: int
     ) -> tuple[bytes, Spend] | None:
         """The EIP-712 twin of a voucher to ``worker_peer`` and the spend that goes with it
         (recorded first: see :mod:`node.chain.spending`); None if it gave no address."""
-        address = self._workers.get(worker_peer)
+        address = await self._address(worker_peer)
         if address is None:
             return None
         spend = await self.spending.sign(ref, address, amount_wei)
         return self.chain.hook.sign(ref, address, amount_wei), spend
+
+    async def _address(self, peer: str) -> str | None:
+        """``peer``'s chain address: cached, else read from sqlite (it bid before a restart, or
+        before many others bid); none is cached as "", so it is not read at every voucher."""
+        address = self._workers.get(peer)
+        if address is None:
+            row = await self.db.query_one(
+                "SELECT address FROM settle_peers WHERE peer_id = ?", (peer,)
+            )
+            # a bid remembered during the read is newer than the row read
+            address = self._workers.get(peer, "" if row is None else str(row["address"]))
+        self._cache(peer, address)
+        return address or None
+
+    def _cache(self, peer: str, address: str) -> None:
+        self._workers[peer] = address
+        self._workers.move_to_end(peer)
+        while len(self._workers) > PEERS_CACHED:
+            self._workers.popitem(last=False)
 
     def job_changed(self) -> None:
         self._wake.set()
@@ -80,8 +106,6 @@ class Escrow:
     # --- the service ----------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        for row in await self.db.query("SELECT peer_id, address FROM settle_peers"):
-            self._workers[row["peer_id"]] = row["address"]
         task_status.started()
         while True:
             await survive(self.step, "escrow", log)

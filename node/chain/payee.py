@@ -55,6 +55,7 @@ ANCHORS = topic_name("anchors")
 RESUBMIT_MAX_MS = 24 * 3600 * 1000  # a voucher no anchor has shown is resent this long
 TTL_MS = 10 * 60 * 1000
 MAX_SENDERS = 8  # of epoch leaves being collected at once
+ROOTS_KEPT = 4  # the latest entries roots found on chain (one per anchor)
 # Every service on ``anchors`` subscribes with all of them: the last subscription sets what
 # the topic's validator accepts, and a kind missing there would be refused from honest peers.
 ANCHOR_KINDS = frozenset(
@@ -77,7 +78,7 @@ class Payee:
         self.last_claim: dict[str, Any] | None = None
         self._unsendable: set[TaskRef] = set()  # rows without a spend, warned about once
         self._claiming = trio.Lock()
-        self._roots_on_chain: set[bytes] = set()
+        self._roots_on_chain: dict[bytes, None] = {}  # the latest found last
         self.arrears = ArrearsWatch(chain, db, net.now_ms, verify_hold_ms)
 
     # --- the market's hooks ---------------------------------------------------------------
@@ -180,7 +181,11 @@ class Payee:
             anchor = await self.chain.service.call(lambda c: c.anchor())
             if anchor["entries_root"] != entries.entries_root:
                 return  # not the anchor on chain (stale, or not an anchorer's): no proof
-            self._roots_on_chain.add(entries.entries_root)
+            # Anchorers gossip an epoch's entries only while it is the chain's latest (pending),
+            # so older roots are heard no more but from replays; one would be asked about again.
+            self._roots_on_chain[entries.entries_root] = None
+            while len(self._roots_on_chain) > ROOTS_KEPT:
+                del self._roots_on_chain[next(iter(self._roots_on_chain))]
         shown = {(job, task): amount for job, task, amount in mine}
         requester = "0x" + entries.requester.hex()
         rows = await self.db.query(

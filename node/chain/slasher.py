@@ -15,7 +15,6 @@ amount and pays the rest to the signers: sentries earn from catching cheats.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ from consensus.errors import Invalid
 from consensus.settlement.eip712 import slash_digest
 from consensus.verify.messages import Verdict
 from node.chain.errors import ChainError, ChainReverted
+from node.chain.horizon import drop_before
 from node.chain.services import SLASH_CASES_KEPT_MS
 from node.chain.signing import recover
 
@@ -111,10 +111,9 @@ class Slasher:
     def _forget_old(self, now: int) -> None:
         """Drops cases opened or sent longer ago than a restart would read them back."""
         horizon = now - SLASH_CASES_KEPT_MS
-        for case in _older(self.opened_ms, horizon):
-            del self.cases[case], self.opened_ms[case]
-        for case in _older(self.sent, horizon):
-            del self.sent[case]
+        for case in drop_before(self.opened_ms, horizon):
+            del self.cases[case]
+        drop_before(self.sent, horizon)
 
     async def _collect(self, case: Case, v: Verdict) -> bool:
         """Keeps the verdict's signature if it is a staked sentry's over exactly ``case``."""
@@ -147,8 +146,3 @@ class Slasher:
             "worker": worker, "wei": str(case[1]), "task": task, "signers": len(sigs),
         })  # fmt: skip
         return True
-
-
-def _older(kept: dict[Case, int], horizon: int) -> list[Case]:
-    """The first entries of ``kept`` (the oldest first) from before ``horizon``."""
-    return list(itertools.takewhile(lambda case: kept[case] < horizon, kept))
