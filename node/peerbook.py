@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from node.sweep import Throttle
 from storage.db import Database
 
 BACKOFF_START_MS = 1_000
@@ -78,7 +79,7 @@ class PeerBook:
         self.pinned: set[str] = set()
         self._connected: set[str] = set()  # as the dial loop last saw it (lasting)
         self._now_ms = 0  # the latest clock reading given to the book
-        self._next_sweep_ms = 0
+        self._sweeps = Throttle(SWEEP_MS)
         for addr in bootstrap:
             if (peer := self.add_addr(addr)) is not None:
                 self.pinned.add(peer.peer_id)
@@ -163,8 +164,7 @@ class PeerBook:
             peer.since_ms = now_ms
             if now_ms - peer.connected_ms >= FLAP_MS:
                 peer.backoff_ms, peer.next_dial_ms = BACKOFF_START_MS, 0
-        if now_ms >= self._next_sweep_ms:
-            self._next_sweep_ms = now_ms + SWEEP_MS
+        if self._sweeps.due(now_ms):
             self._forget_silent(now_ms)
 
     def _forget_silent(self, now_ms: int) -> None:

@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 PROBE_TIMEOUT_S: Final = 5.0
 RENEW_AFTER: Final = 2 / 3  # of a reservation's life
 MIN_RENEW_WAIT_S: Final = 1.0  # a relay that does not extend a reservation is not asked in a loop
+# Peers known not to relay, the first found first to go: one forgotten is asked again (one
+# stream) only if connected when relays are next looked for.
+NOT_RELAYS_KEPT: Final = 4096
 CIRCUIT: Final = "/p2p-circuit"
 _BENIGN: Final = (
     "Error reading from hop stream",
@@ -80,7 +83,7 @@ class Relay:
         self, host: Host, transport: CircuitV2Transport, discovery: RelayDiscovery | None
     ) -> None:
         self._host, self._transport, self._discovery = host, transport, discovery
-        self._not_relays: set[str] = set()
+        self._not_relays: dict[str, None] = {}  # in the order found (an ordered set)
         # relay -> (unix s we first saw its reservation's expiry, that expiry)
         self._reservations: dict[ID, tuple[float, float]] = {}
 
@@ -120,7 +123,9 @@ class Relay:
             if await self._serves_hop(peer):
                 cache[peer] = {HOP_PROTOCOL}
             else:
-                self._not_relays.add(peer_id)
+                self._not_relays[peer_id] = None
+                if len(self._not_relays) > NOT_RELAYS_KEPT:
+                    del self._not_relays[next(iter(self._not_relays))]
         await self._discovery.discover_relays()
         return self.circuit_addrs()
 

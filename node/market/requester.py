@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import tempfile
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BID = "/idlegrid/market/bid/1"
+# Workers whose addresses are kept, the longest unheard first to go: well above the workers
+# one requester deals with at a time; a forgotten one is dialed at the addresses its
+# announcements gave (the peer book), if not connected.
+ADDRS_KEPT = 4096
 
 
 class JobManager:
@@ -56,7 +60,7 @@ class JobManager:
         self.net, self.store, self.share, self.scratch = net, store, share, scratch
         self.params = params or MarketParams()
         self.auctions: dict[TaskRef, LiveAuction] = {}
-        self._peer_addrs: dict[str, list[str]] = {}
+        self._peer_addrs: OrderedDict[str, list[str]] = OrderedDict()
         self._runners: dict[tuple[bytes, int], trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
@@ -71,7 +75,8 @@ class JobManager:
         # Sentries' QoS flags (node.verify.qos_view): the measured score of a flagged worker.
         self.flagged_of: Callable[[str], int | None] = lambda _peer: None
         # Workers that served a corrupt result of a task, kept from bidding on it again (in
-        # memory: after a restart such a worker may win once more and be caught once more).
+        # memory: after a restart such a worker may win once more and be caught once more),
+        # while the task's runner runs: only it opens an auction for the task.
         self._refused: dict[tuple[bytes, int], set[str]] = {}
 
     def refuse(self, ref: TaskRef, worker: str) -> None:
@@ -183,6 +188,9 @@ class JobManager:
     def remember_addrs(self, peer: str, addrs: list[str]) -> None:
         if addrs:
             self._peer_addrs[peer] = list(addrs)
+            self._peer_addrs.move_to_end(peer)
+            while len(self._peer_addrs) > ADDRS_KEPT:
+                self._peer_addrs.popitem(last=False)
 
     async def job_by_prefix(self, prefix: str) -> bytes:
         """The job whose hex id starts with ``prefix``; KeyError if none or ambiguous."""
@@ -212,9 +220,13 @@ class JobManager:
         self._nursery.start_soon(self._run_runner, TaskRunner(self, job, idx), scope)
 
     async def _run_runner(self, runner: TaskRunner, scope: trio.CancelScope) -> None:
+        """Runs ``runner`` until its task ends (or the requester cancels it), then forgets
+        the task here: no auction of it opens again but after a restart."""
+        key = (runner.job.job_id, runner.idx)
         with scope:
             await runner.run()
-        self._runners.pop((runner.job.job_id, runner.idx), None)
+        self._runners.pop(key, None)
+        self._refused.pop(key, None)
 
     async def _pack_inputs(self, spec: JobSpec, base_dir: Path) -> BlobRef:
         self.scratch.mkdir(parents=True, exist_ok=True)

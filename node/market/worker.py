@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +75,10 @@ ENDED = ("done", "failed", "stopped", "cancelled", "lost")
 # cut off, keeps asking for lost_after_ms (10 min at most); a restarted requester is waited
 # for voucher_hold_ms, so that is kept when longer.
 ENDED_KEEP_MS = 15 * 60_000
+# Requesters whose demands' reply addresses are kept, the longest unheard first to go (any
+# peer may publish demands). The order a fetch follows comes over a connection to the
+# requester, and a holder forgotten is dialed at the addresses it announced (the peer book).
+ADDRS_KEPT = 4096
 
 
 @dataclass
@@ -142,7 +146,7 @@ class WorkerService:
         # their job's deadline: past it the requester orders no more of the job's tasks.
         self._done_data: dict[Held, int] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
-        self._addrs: dict[str, list[str]] = {}
+        self._addrs: OrderedDict[str, list[str]] = OrderedDict()
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._last_presence = self.presence()
@@ -195,7 +199,7 @@ class WorkerService:
             demand = msg.opened.body
             if not isinstance(demand, Demand) or msg.origin == self.net.peer_id:
                 continue
-            self._addrs[msg.origin] = list(demand.reply_to)
+            self._remember_addrs(msg.origin, demand.reply_to)
             room = await disk_room(self.share.datasets, demand, self.disk)
             seen = bd.DemandSeen(demand, msg.origin, *room)
             for effect in self.bidder.handle(seen, self.net.now_ms()):
@@ -577,6 +581,12 @@ class WorkerService:
 
     def _addrs_of(self, peer: str) -> list[str]:
         return self._addrs.get(peer, [])
+
+    def _remember_addrs(self, peer: str, addrs: list[str]) -> None:
+        self._addrs[peer] = list(addrs)
+        self._addrs.move_to_end(peer)
+        while len(self._addrs) > ADDRS_KEPT:
+            self._addrs.popitem(last=False)
 
     def _wake(self) -> None:
         self._changed.set()

@@ -27,6 +27,7 @@ from consensus.verify import game as g
 from consensus.verify.bisection import will_bisect
 from consensus.verify.messages import Attestation, Escalation, attestation_id
 from node.market.datasets import NoRoom
+from node.sweep import Throttle
 from node.verify.devices import ReplayDevices
 from node.verify.topics import ESCALATIONS
 
@@ -41,6 +42,9 @@ EVERY_MS = 5_000
 HEARD_KEPT = 4096  # attestations remembered (escalations come within minutes of them)
 EARLY_KEPT = 256  # attestations with escalations waiting for them
 EARLY_PER_ATTESTATION = 8  # escalations kept waiting for one attestation
+# An envelope taken just before it expired may still wait in the inbox when it expires.
+INBOX_GRACE_MS = 60_000
+SWEEP_MS = 60_000  # how often answered ids are looked over: one pass a minute of clock
 
 
 @dataclass
@@ -53,7 +57,8 @@ class EscalationDesk:
     answer: Callable[[Attestation, Escalation], Awaitable[None]]  # replays and publishes
     assigned: Callable[[Attestation], bool]  # this sentry judges it itself (bitwise if it can)
     every_ms: int = EVERY_MS
-    answered: set[bytes] = field(default_factory=set)  # attestation ids we answered
+    # attestation ids we answered -> until when that can matter (see _answered)
+    answered: dict[bytes, int] = field(default_factory=dict)
     # attestation id -> (attestation, when heard): what an escalation is checked against
     heard: OrderedDict[bytes, tuple[Attestation, int]] = field(default_factory=OrderedDict)
     # attestation id -> escalations (origin, message, envelope) that came before it
@@ -63,6 +68,7 @@ class EscalationDesk:
     # task attempt -> until when settlement holds it for a bisection (ours or another's)
     bisect_until: dict[TaskRef, int] = field(default_factory=dict)
     ours: dict[bytes, tuple[Escalation, int]] = field(default_factory=dict)  # -> said until
+    sweeps: Throttle = field(default_factory=lambda: Throttle(SWEEP_MS), init=False)
 
     async def heard_attestation(self, att: Attestation, nursery: trio.Nursery) -> None:
         att_id = attestation_id(att)
@@ -134,8 +140,20 @@ class EscalationDesk:
         if why:
             log.info("escalation not answered", extra={"task": up.ref.text(), "why": why})
             return
-        self.answered.add(up.attestation)
+        self._answered(up.attestation, heard[0])
         nursery.start_soon(self._answer_safely, heard[0], up)
+
+    def _answered(self, att_id: bytes, att: Attestation) -> None:
+        """Notes ``att_id`` answered, and forgets those answered that nothing can ask again.
+
+        An answer is refused anyway once the verdict timeout has passed since the attestation
+        was heard, and it cannot be heard anew once gossip refuses it (its id covers its
+        expiry): past both, an escalation of it is refused as too late, answered or not.
+        """
+        now, wait = self.net.now_ms(), self.settings.verdict_timeout_ms
+        self.answered[att_id] = att.expires_ms + INBOX_GRACE_MS + wait
+        if self.sweeps.due(now):
+            self.answered = {i: until for i, until in self.answered.items() if until > now}
 
     def _bisected(self, att: Attestation, up: Escalation, heard_ms: int) -> None:
         """Holds the attempt's payment past the verdict timeout while its escalating sentry

@@ -7,14 +7,15 @@ with the state file (as a blob granted to that sentry) under a signed :class:`Pr
 
 Answering costs a replay of up to one segment, so: only a known sentry is answered, one
 probe replays at a time (the others wait their turn), and one sentry gets at most as many
-answers per segment as a bisection of it needs (log2 of its steps, and one more).
+answers per segment as a bisection of it needs (log2 of its steps, and one more). Those
+counts are kept for the :data:`ANSWERED_KEPT` segments probed last.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
     from node.verify.store import VerifyStore
 
 log = logging.getLogger(__name__)
+# (attestation, sentry, segment) answer counts kept, the first probed first to go. Bisections
+# are rare and short (one key each per missed segment); a sentry whose count went could get
+# a second bisection's answers, but only after making us replay this many other segments.
+ANSWERED_KEPT = 4096
 
 
 @dataclass
@@ -53,7 +58,7 @@ class ProbeAnswerer:
     scratch: Path
     is_sentry: Callable[[str], bool]
     lock: trio.Lock = field(default_factory=trio.Lock)
-    answered: Counter[tuple[bytes, str, int]] = field(default_factory=Counter)
+    answered: OrderedDict[tuple[bytes, str, int], int] = field(default_factory=OrderedDict)
 
     def register(self) -> None:
         self.net.serve(PROBE, self._on_probe, max_bytes=1 << 16, timeout_s=PROBE_TIMEOUT_S)
@@ -68,9 +73,12 @@ class ProbeAnswerer:
             raise RequestRejected("unauthorized", "probes are answered to known sentries")
         att, start, runtime, needed = await self._attested(req)
         key = (req.attestation, peer, req.index)
-        if self.answered[key] > needed:
+        count = self.answered.get(key, 0)
+        if count > needed:
             raise RequestRejected("limit", f"{needed + 1} probes of this segment answered")
-        self.answered[key] += 1
+        self.answered[key] = count + 1
+        while len(self.answered) > ANSWERED_KEPT:
+            self.answered.popitem(last=False)
         kept = self.scratch / f"probe-{os.urandom(8).hex()}.ckpt"  # two sentries, one step
         try:
             async with self.lock:

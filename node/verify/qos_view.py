@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.verify.qos import QosReport
+from node.sweep import Throttle
 from node.verify.topics import QOS
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class QosView:
         # worker -> sentry -> latest, the latest heard last; expired ones go in _sweep
         self.reports: dict[str, dict[str, QosReport]] = {}
         self.changed = trio.Event()
-        self.swept_ms = 0  # the clock at the last _sweep
+        self.sweeps = Throttle(SWEEP_MS)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         inbox = await self.net.subscribe(QOS, frozenset({QosReport.KIND}))
@@ -92,13 +93,12 @@ class QosView:
             for gone in order[: len(held) - REPORTS_PER_WORKER]:
                 del held[gone]
         now = self.net.now_ms()
-        if now >= self.swept_ms + SWEEP_MS:
+        if self.sweeps.due(now):
             self._sweep(now)
         return True
 
     def _sweep(self, now: int) -> None:
         """Drops expired reports (live() no longer counts them), and workers left with none."""
-        self.swept_ms = now
         for worker, held in list(self.reports.items()):
             for sentry in [s for s, r in held.items() if r.expires_ms <= now]:
                 del held[sentry]

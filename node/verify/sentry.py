@@ -45,9 +45,10 @@ from consensus.verify.messages import (
 from consensus.verify.sampling import sample
 from gpu.runtime import RunSpec
 from node.market.datasets import NoRoom, using_all
+from node.sweep import Throttle
 from node.verify.bisector import Bisector
 from node.verify.devices import ReplayDevices
-from node.verify.escalations import EscalationDesk
+from node.verify.escalations import INBOX_GRACE_MS, EscalationDesk
 from node.verify.play import NO_STATE, play, replay_segment
 from node.verify.task_files import ReplayFiles, from_worker
 from node.verify.topics import (
@@ -73,8 +74,6 @@ VERDICT_TTL_MS = 30 * 60_000
 # How often the attestations' records are swept of what nothing needs any more: a minute of
 # clock, so a sweep costs one pass per minute however many attestations the network makes.
 SWEEP_MS = 60_000
-# An envelope taken just before it expired may still wait in the inbox when it expires.
-INBOX_GRACE_MS = 60_000
 
 
 class SlashFields(Protocol):
@@ -114,7 +113,7 @@ class Sentry:
     # task key -> its attestation, until a verdict on it arrives: settlement holds such a
     # task's payment (see holds()); then kept until nothing could hold it any more (_sweep)
     awaiting: dict[bytes, Awaited] = field(default_factory=dict)
-    swept_ms: int = field(default=0, init=False)  # the clock at the last _sweep
+    sweeps: Throttle = field(default_factory=lambda: Throttle(SWEEP_MS), init=False)
     changed: trio.Event = field(default_factory=trio.Event)
     # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
     slash_signer: SlashFields | None = None
@@ -161,14 +160,13 @@ class Sentry:
             self.awaiting[key] = Awaited(att.ref, now, att.expires_ms)
         elif att.expires_ms > known.expires_ms:
             self.awaiting[key] = known._replace(expires_ms=att.expires_ms)
-        if now >= self.swept_ms + SWEEP_MS:
+        if self.sweeps.due(now):
             self._sweep(now)
 
     def _sweep(self, now: int) -> None:
         """Forgets attestations nothing can need: taken-up ids once gossip refuses them, and
         awaited attempts once settlement no longer holds them (:meth:`holds`) and no
         attestation of them can still arrive (one would otherwise start a new hold)."""
-        self.swept_ms = now
         gone = [i for i, expires in self.judged.items() if expires + INBOX_GRACE_MS <= now]
         for att_id in gone:
             del self.judged[att_id]
