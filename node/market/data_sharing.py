@@ -15,7 +15,8 @@ A worker agrees only to what is the requester's to share and only for a real ord
 - the requester itself serves each dataset to us (a probe): a dataset id is public (demands
   carry it), and a requester that merely names another's private dataset holds none of it;
 - the grant is lent, in memory only (gone at a restart), and a requester has at most
-  :data:`MAX_LENT` of them here.
+  :data:`MAX_LENT` distinct ones (worker and dataset) here, counted while a task of its is
+  held here.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from p2p.reqresp import RequestError, RequestRejected
 SHARE_DATA = "/idlegrid/market/share-data/1"
 ASK_S = 3.0  # all holders are asked at once; those that agreed by then are named
 HOLDING = ("running", "attested", "verified", "settled")  # a task whose data is in place
-MAX_LENT = 1024  # grants one requester may have lent on a worker, until it restarts
+MAX_LENT = 1024  # distinct grants one requester may have lent on a worker at once
 
 
 async def ask_holders(

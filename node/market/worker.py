@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +140,10 @@ class WorkerService:
         self.executor, self.work_root, self.params = executor, work_root, params or MarketParams()
         self.disk = disk or Disk(work_root)
         self.share_data = True  # worker.share_task_data: serve a job's data to its workers
-        self._lent: Counter[str] = Counter()  # grants lent per requester (data_sharing)
+        # requester -> the (worker, dataset) grants lent for it (data_sharing), while any task
+        # of its is held here: a count of every ask, as before, shut sharing off for good
+        # once a long job's orders had asked MAX_LENT times
+        self._lent: dict[str, set[tuple[str, bytes]]] = {}
         self.works: dict[TaskRef, Work] = {}  # running, and ended within ENDED_KEEP_MS
         # Done tasks' datasets forgotten with their works, still shared (data_sharing) until
         # their job's deadline: past it the requester orders no more of the job's tasks.
@@ -462,11 +465,13 @@ class WorkerService:
         if not self.share_data:
             raise RequestRejected("refused", "this worker does not share task data")
         order = self._open(payload, "order", peer, TaskOrder)
-        if self._lent[peer] >= MAX_LENT:
+        lent = self._lent.setdefault(peer, set())
+        asked = {(order.worker, d) for d in order.workload.datasets.values()}
+        if len(lent | asked) > MAX_LENT:
             raise RequestRejected("limit", f"{MAX_LENT} grants lent for you here already")
         held = [_held(w) for w in self.works.values()] + list(self._done_data)  # pruned by tick
         ids = await lend_to(self.share.datasets, held, peer, order)
-        self._lent[peer] += len(ids)
+        lent.update((order.worker, d) for d in ids)
         log.info("task data shared", extra={"requester": peer, "to": order.worker,
                                             "datasets": len(ids)})  # fmt: skip
         return {"ok": True}
@@ -518,6 +523,9 @@ class WorkerService:
                 del self.works[ref]
                 self._keep_shared(work)
         self._done_data = {h: until for h, until in self._done_data.items() if until > now}
+        holding = {w.requester for w in self.works.values()}
+        holding.update(h.requester for h in self._done_data)
+        self._lent = {r: lent for r, lent in self._lent.items() if r in holding}
         ends = [w.ended_ms + keep for w in self.works.values() if w.ended_ms is not None]
         return min([*ends, *self._done_data.values()], default=None)
 

@@ -21,7 +21,7 @@ import trio.testing
 from consensus.envelope import new_nonce
 from consensus.kinds import Wei, from_wire
 from consensus.market.messages import TaskOrder, TaskRef, TaskReport, Voucher, Workload
-from node.market import blobshare
+from node.market import blobshare, worker
 from node.market.supervision import METER
 from node.market.task_runner import CANCEL, CONFIRM
 from node.market.worker import ENDED_KEEP_MS, WorkerService
@@ -154,6 +154,35 @@ async def test_a_done_tasks_datasets_stay_shared_after_its_retention_until_the_d
         with pytest.raises(RequestRejected, match="no task of this job"):
             await share()
         assert service._done_data == {}, "gone with the job's deadline"
+        nursery.cancel_scope.cancel()
+    for n in (requester, node):
+        await n.db.close()
+
+
+async def test_a_long_jobs_asks_never_use_up_the_grants_and_they_go_with_the_job(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inline_threads(monkeypatch)
+    monkeypatch.setattr(worker, "MAX_LENT", 3)
+    requester, node, service = await market(tmp_path)
+    node.share.datasets = shelf = DataShelf({D1})  # type: ignore[assignment]
+
+    async def share(to: str) -> None:
+        expires = requester.net.now_ms() + 60_000  # each shown once: no replay
+        shown = replace(order_for(to, {"a": D1}, JOB), expires_ms=expires, nonce=new_nonce())
+        await service._on_share_data(requester.net.peer_id, {"order": requester.net.seal(shown)})
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.run)
+        ref = await run_task(requester, service, 0, {"a": D1})
+        for to in ["w1", "w2", "w3"] * 4:  # a job's orders ask again and again
+            await share(to)
+        assert len(shelf.lent) == 12, "the same three grants, asked for twelve times"
+        with pytest.raises(RequestRejected, match="3 grants lent"):
+            await share("w4")
+        deadline = service.works[ref].order.deadline_ms
+        await sleep_past(service, max(deadline, service.works[ref].ended_ms + ENDED_KEEP_MS))  # type: ignore[operator]
+        assert service._lent == {}, "nothing of the requester's is held: its grants go"
         nursery.cancel_scope.cancel()
     for n in (requester, node):
         await n.db.close()
