@@ -344,7 +344,8 @@ class Anchorer:
         self.seen_disputes = {index: seen}
         for leaf in disputed - seen:
             seen.add(leaf)
-            effects += m.on_disputed(index, leaf)
+            if leaf not in answered:  # answered before a restart: a second answer reverts
+                effects += m.on_disputed(index, leaf)
         for leaf in answered & m.open_disputes:
             m.on_answered(leaf)
         return effects

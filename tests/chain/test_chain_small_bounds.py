@@ -117,6 +117,17 @@ async def test_the_anchorer_keeps_its_pending_epochs_disputes_only() -> None:
     assert a.seen_disputes == {8: {leaf}}, "epoch 7's leaves are gone"
 
 
+async def test_a_restarted_anchorer_does_not_answer_a_dispute_answered_before() -> None:
+    chain = Chain()
+    a = epoch_anchorer(chain)
+    assert a.machine is not None
+    leaf = post(a.machine, 7, 0)
+    chain.events_of[("Disputed", 7)] = [leaf]
+    chain.events_of[("Answered", 7)] = [leaf]
+    assert await a._observe() == [], "the chain says answered: no second answer to revert"
+    assert a.machine.open_disputes == set()
+
+
 class Rows:
     """The worker's vouchers: none, so only the check of the root is seen."""
 
