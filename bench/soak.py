@@ -8,7 +8,8 @@ running then are cancelled and counted as unfinished, not as failed.
 
 It reports the jobs completed, the failures grouped by the job's final state and reason, p50
 and p99 job latency (submit to final state, as the client sees it), the resident memory
-(VmRSS) of every localnet process right after the net is ready and at the end, and what each
+(VmRSS) of every localnet process right after the net is ready, halfway and at the end (growth
+in the second half, past the warm-up, is what a leak shows as), and what each
 worker has vouched and earned on chain so far. Baseline, measured in the same run: the same
 script run directly as a local subprocess (no network, no sandbox); the latency is printed as
 a ratio to it (``overhead_x``).
@@ -85,6 +86,7 @@ class Tally:
     latencies_s: list[float] = field(default_factory=list)  # the verified jobs
     failures: Counter[str] = field(default_factory=Counter)  # "state: reason" -> count
     unfinished: int = 0  # still in flight when the drain ended; cancelled by the soak
+    half_rss: dict[str, float | None] = field(default_factory=dict)  # halfway through
 
 
 def write_job(job_dir: Path, job_s: float) -> dict[str, str]:
@@ -124,12 +126,15 @@ def rss_all(state: State) -> dict[str, float | None]:
     return {name: rss_mb(proc.pid) if proc.alive() else None for name, proc in state.procs()}
 
 
-def stream(api: ApiClient, body: dict[str, str], args: argparse.Namespace) -> Tally:
-    """Keeps ``args.concurrency`` jobs in flight for the duration, then drains them."""
+def stream(state: State, api: ApiClient, body: dict[str, str], args: argparse.Namespace) -> Tally:
+    """Keeps ``args.concurrency`` jobs in flight for the duration, then drains them; takes
+    every process's memory halfway through."""
     tally, in_flight = Tally(), dict[str, float]()  # job id -> when it was submitted
     t0 = time.monotonic()
     stop_at, drain_until = t0 + args.duration_s, t0 + args.duration_s + args.drain_s
     while time.monotonic() < stop_at or (in_flight and time.monotonic() < drain_until):
+        if not tally.half_rss and time.monotonic() >= t0 + args.duration_s / 2:
+            tally.half_rss = rss_all(state)
         while time.monotonic() < stop_at and len(in_flight) < args.concurrency:
             submitted = time.monotonic()
             in_flight[api.post("/v1/jobs", body)["job_id"]] = submitted
@@ -172,8 +177,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def report(
     tally: Tally, before: dict[str, float | None], after: dict[str, float | None], local_s: float
-) -> float:
-    """Prints the figures; returns the largest RSS growth of any process in MiB."""
+) -> tuple[float, float]:
+    """Prints the figures; returns the largest RSS growth of any process in MiB, over the
+    whole soak and over its second half (past the warm-up: caches filling, lazy imports)."""
     done, failed = len(tally.latencies_s), sum(tally.failures.values())
     print(f"jobs: {done} verified, {failed} failed, {tally.unfinished} unfinished at the end")
     for reason, count in tally.failures.most_common():
@@ -181,16 +187,17 @@ def report(
     p50, p99 = percentile(tally.latencies_s, 0.5), percentile(tally.latencies_s, 0.99)
     print(f"latency submit -> verified: p50 {p50:.2f} s, p99 {p99:.2f} s")
     print(f"baseline: the script as a local subprocess {local_s:.2f} s (p50 {p50 / local_s:.1f}x)")
-    print("memory (VmRSS MiB, net ready -> end):")
-    growth = 0.0
+    print("memory (VmRSS MiB, net ready -> halfway -> end):")
+    growth, late = 0.0, 0.0
     for name, start in before.items():
-        end = after.get(name)
-        if start is None or end is None:
-            print(f"  {name}: {start} -> {end} (process gone)")
+        half, end = tally.half_rss.get(name), after.get(name)
+        if start is None or half is None or end is None:
+            print(f"  {name}: {start} -> {half} -> {end} (process gone)")
             continue
-        growth = max(growth, end - start)
-        print(f"  {name}: {start:.1f} -> {end:.1f} ({end - start:+.1f})")
-    return growth
+        growth, late = max(growth, end - start), max(late, end - half)
+        print(f"  {name}: {start:.1f} -> {half:.1f} -> {end:.1f} ({end - start:+.1f}, "
+              f"second half {end - half:+.1f})")  # fmt: skip
+    return growth, late
 
 
 @contextlib.contextmanager
@@ -217,7 +224,7 @@ def soak(root: Path, args: argparse.Namespace) -> int:
         print(f"soak: {exc}", file=sys.stderr)
         return 1
     try:
-        tally, growth = measure(state, body, args, local_s)
+        tally, (growth, late) = measure(state, body, args, local_s)
     except HomeError as exc:  # the requester's API stopped answering: that is a finding too
         print(f"soak: {exc}", file=sys.stderr)
         return 1
@@ -227,19 +234,19 @@ def soak(root: Path, args: argparse.Namespace) -> int:
     p50 = percentile(tally.latencies_s, 0.5)
     print(f"RESULT jobs={len(tally.latencies_s)} failed={failed} p50_s={p50:.2f} "
           f"p99_s={percentile(tally.latencies_s, 0.99):.2f} max_rss_growth_mb={growth:.1f} "
-          f"overhead_x={p50 / local_s:.2f}")  # fmt: skip
+          f"overhead_x={p50 / local_s:.2f} late_rss_growth_mb={late:.1f}")  # fmt: skip
     return 1 if failed else 0
 
 
 def measure(
     state: State, body: dict[str, str], args: argparse.Namespace, local_s: float
-) -> tuple[Tally, float]:
+) -> tuple[Tally, tuple[float, float]]:
     """Streams the jobs on a ready localnet and prints the figures; returns the tally and the
-    largest RSS growth."""
+    largest RSS growths (whole soak, second half)."""
     before = rss_all(state)
     print(f"localnet ready in {state.dir}; soaking for {args.duration_s:g} s", flush=True)
     api = ApiClient(Home(Path(state.node("requester-1").home)), timeout_s=10.0)
-    tally = stream(api, body, args)
+    tally = stream(state, api, body, args)
     growth = report(tally, before, rss_all(state), local_s)
     print("settlement so far:", *settlement(state), sep="\n")
     return tally, growth
