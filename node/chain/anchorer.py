@@ -342,10 +342,11 @@ class Anchorer:
         # anchored again with the same leaves, whose disputes there must be answered again.
         seen = self.seen_disputes.get(index, set())
         self.seen_disputes = {index: seen}
-        for leaf in disputed - seen:
+        # One answered (before a restart too) is not answered again: that would revert. Not
+        # kept as seen either, so a reorg that drops its answer has it answered again.
+        for leaf in disputed - answered - seen:
             seen.add(leaf)
-            if leaf not in answered:  # answered before a restart: a second answer reverts
-                effects += m.on_disputed(index, leaf)
+            effects += m.on_disputed(index, leaf)
         for leaf in answered & m.open_disputes:
             m.on_answered(leaf)
         return effects
@@ -372,6 +373,10 @@ class Anchorer:
                 self.final = (effect.index, dict(m.base_earnings))
         except ChainError as exc:
             log.warning("anchoring: %s failed: %s", type(effect).__name__, exc)
+            if isinstance(effect, Answer) and not isinstance(exc, ChainReverted):
+                # not sent, or not known to be mined: seen again at the next step, answered
+                # again unless the chain shows it answered by then (a revert would repeat)
+                self.seen_disputes.get(effect.index, set()).discard(effect.entry.leaf())
 
     async def _resolve_post(self) -> None:
         """After a post (or a crash during one): is one of the chain's anchors after our last

@@ -24,6 +24,7 @@ from consensus.settlement.leaves import FinalLeaves
 from node.chain import escrow as escrow_module
 from node.chain.anchorer import Anchorer
 from node.chain.auditor import Auditor
+from node.chain.errors import ChainError, ChainReverted
 from node.chain.escrow import Escrow
 from node.chain.hook import SettlementHook
 from node.chain.payee import ROOTS_KEPT, Payee
@@ -126,6 +127,30 @@ async def test_a_restarted_anchorer_does_not_answer_a_dispute_answered_before() 
     chain.events_of[("Answered", 7)] = [leaf]
     assert await a._observe() == [], "the chain says answered: no second answer to revert"
     assert a.machine.open_disputes == set()
+    del chain.events_of[("Answered", 7)]  # a reorg took the answer away
+    assert [type(e) for e in await a._observe()] == [Answer], "so it is answered again"
+
+
+@pytest.mark.parametrize(
+    ("error", "again"),
+    [(ChainError("the rpc node is down"), True), (ChainReverted("answer", "NoDispute"), False)],
+)
+async def test_an_answer_the_chain_did_not_take_is_sent_again_unless_it_reverted(
+    error: ChainError, again: bool
+) -> None:
+    chain = Chain()
+    a = epoch_anchorer(chain)
+    assert a.machine is not None
+    leaf = post(a.machine, 7, 0)
+    chain.events_of[("Disputed", 7)] = [leaf]
+
+    def answer(*_args: Any) -> None:
+        raise error
+
+    chain.answer = answer  # type: ignore[method-assign]
+    (effect,) = await a._observe()
+    await a._perform(effect)
+    assert [type(e) for e in await a._observe()] == ([Answer] if again else [])
 
 
 class Rows:
