@@ -63,7 +63,12 @@ class Datasets(Protocol):
         ...
 
     async def lend(self, peer: str, dataset_id: bytes) -> None:
-        """Lets ``peer`` fetch ``dataset_id`` from this node until it stops (not kept)."""
+        """Lets ``peer`` fetch ``dataset_id`` from this node until it stops or the lend is
+        taken back (not kept)."""
+        ...
+
+    async def unlend(self, peer: str, dataset_id: bytes) -> None:
+        """Takes back one :meth:`lend`."""
         ...
 
     async def served_by(self, peer: str, dataset_id: bytes) -> bool:

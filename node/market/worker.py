@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,10 +140,11 @@ class WorkerService:
         self.executor, self.work_root, self.params = executor, work_root, params or MarketParams()
         self.disk = disk or Disk(work_root)
         self.share_data = True  # worker.share_task_data: serve a job's data to its workers
-        # requester -> the (worker, dataset) grants lent for it (data_sharing), while any task
-        # of its is held here: a count of every ask, as before, shut sharing off for good
-        # once a long job's orders had asked MAX_LENT times
-        self._lent: dict[str, set[tuple[str, bytes]]] = {}
+        # requester -> (worker, dataset) -> times lent for it (data_sharing), while any task
+        # of its is held here; then they are taken back. The limit is on distinct pairs: a
+        # count of every ask shut sharing off for good once a long job had asked MAX_LENT times
+        self._lent: dict[str, Counter[tuple[str, bytes]]] = {}
+        self._released: list[Counter[tuple[str, bytes]]] = []  # to take back (tick loop)
         self.works: dict[TaskRef, Work] = {}  # running, and ended within ENDED_KEEP_MS
         # Done tasks' datasets forgotten with their works, still shared (data_sharing) until
         # their job's deadline: past it the requester orders no more of the job's tasks.
@@ -465,13 +466,13 @@ class WorkerService:
         if not self.share_data:
             raise RequestRejected("refused", "this worker does not share task data")
         order = self._open(payload, "order", peer, TaskOrder)
-        lent = self._lent.setdefault(peer, set())
+        lent = self._lent.get(peer, Counter())
         asked = {(order.worker, d) for d in order.workload.datasets.values()}
-        if len(lent | asked) > MAX_LENT:
+        if len(lent.keys() | asked) > MAX_LENT:
             raise RequestRejected("limit", f"{MAX_LENT} grants lent for you here already")
         held = [_held(w) for w in self.works.values()] + list(self._done_data)  # pruned by tick
         ids = await lend_to(self.share.datasets, held, peer, order)
-        lent.update((order.worker, d) for d in ids)
+        self._lent.setdefault(peer, lent).update((order.worker, d) for d in ids)
         log.info("task data shared", extra={"requester": peer, "to": order.worker,
                                             "datasets": len(ids)})  # fmt: skip
         return {"ok": True}
@@ -498,6 +499,7 @@ class WorkerService:
             now = self.net.now_ms()
             self.bidder.on_tick(now)
             next_prune = self._prune(now)
+            await self._take_back()
             deadlines = [d for d in [self.bidder.next_deadline(), next_prune] if d is not None]
             for work in self.works.values():
                 if work.state in ENDED:
@@ -525,9 +527,17 @@ class WorkerService:
         self._done_data = {h: until for h, until in self._done_data.items() if until > now}
         holding = {w.requester for w in self.works.values()}
         holding.update(h.requester for h in self._done_data)
-        self._lent = {r: lent for r, lent in self._lent.items() if r in holding}
+        for requester in [r for r in self._lent if r not in holding]:
+            self._released.append(self._lent.pop(requester))
         ends = [w.ended_ms + keep for w in self.works.values() if w.ended_ms is not None]
         return min([*ends, *self._done_data.values()], default=None)
+
+    async def _take_back(self) -> None:
+        """Takes back what was lent for requesters none of whose tasks is held here now."""
+        while self._released and self.share.datasets is not None:
+            for (worker, dataset_id), times in self._released.pop().items():
+                for _ in range(times):
+                    await self.share.datasets.unlend(worker, dataset_id)
 
     def _keep_shared(self, work: Work) -> None:
         """Keeps what data sharing needs of a done task that memory forgets: one entry per

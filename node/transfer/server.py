@@ -69,6 +69,9 @@ class TransferServer:
         self.host, self.store, self.public = host, store, public
         self._offered: dict[bytes, Manifest] = {}
         self._grants: set[tuple[str, bytes]] = set()
+        # (peer, dataset) -> how many requesters lent it: a job's data shared with its other
+        # workers, taken back when that requester's tasks here are forgotten
+        self._lent: Counter[tuple[str, bytes]] = Counter()
         # token -> (peer, key, what serves the channel, expiry)
         self._tickets: dict[bytes, tuple[str, bytes, ServeChannel, float]] = {}
         self._channels: Counter[str] = Counter()  # bulk channels open, per peer
@@ -90,10 +93,23 @@ class TransferServer:
         """Serve ``dataset_id`` to ``peer`` (``ANYONE``: to every peer)."""
         self._grants.add((peer, dataset_id))
 
+    def lend(self, peer: str, dataset_id: bytes) -> None:
+        """Serve ``dataset_id`` to ``peer`` until as many :meth:`unlend` calls."""
+        self._lent[(peer, dataset_id)] += 1
+
+    def unlend(self, peer: str, dataset_id: bytes) -> None:
+        """Takes back one :meth:`lend`; a grant (:meth:`grant`) is not touched."""
+        key = (peer, dataset_id)
+        if self._lent[key] <= 1:
+            self._lent.pop(key, None)
+        else:
+            self._lent[key] -= 1
+
     def withdraw(self, dataset_id: bytes) -> None:
         """Serve ``dataset_id`` no more, to anyone (it is being removed here)."""
         self._offered.pop(dataset_id, None)
         self._grants = {g for g in self._grants if g[1] != dataset_id}
+        self._lent = Counter({g: n for g, n in self._lent.items() if g[1] != dataset_id})
         self.served.pop(dataset_id, None)
 
     def offers(self, dataset_id: bytes) -> bool:
@@ -103,6 +119,7 @@ class TransferServer:
         if not isinstance(dataset_id, bytes):
             return None
         granted = (peer, dataset_id) in self._grants or (ANYONE, dataset_id) in self._grants
+        granted = granted or (peer, dataset_id) in self._lent
         if not self.public and not granted:
             return None
         return self._offered.get(dataset_id)

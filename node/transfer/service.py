@@ -137,8 +137,12 @@ class DataService:
         self.server.grant(peer, dataset_id)
 
     async def lend(self, peer: str, dataset_id: bytes) -> None:
-        """Lets ``peer`` fetch ``dataset_id`` from us until this node stops (not in sqlite)."""
-        self.server.grant(peer, dataset_id)
+        """Lets ``peer`` fetch ``dataset_id`` from us until :meth:`unlend` or this node stops
+        (not in sqlite)."""
+        self.server.lend(peer, dataset_id)
+
+    async def unlend(self, peer: str, dataset_id: bytes) -> None:
+        self.server.unlend(peer, dataset_id)
 
     async def served_by(self, peer: str, dataset_id: bytes) -> bool:
         """Whether ``peer`` serves ``dataset_id`` to us now (one probe)."""

@@ -182,7 +182,8 @@ async def test_a_long_jobs_asks_never_use_up_the_grants_and_they_go_with_the_job
             await share("w4")
         deadline = service.works[ref].order.deadline_ms
         await sleep_past(service, max(deadline, service.works[ref].ended_ms + ENDED_KEEP_MS))  # type: ignore[operator]
-        assert service._lent == {}, "nothing of the requester's is held: its grants go"
+        assert service._lent == {}, "nothing of the requester's is held"
+        assert shelf.lent == [], "so every grant lent for it is taken back"
         nursery.cancel_scope.cancel()
     for n in (requester, node):
         await n.db.close()

@@ -63,6 +63,9 @@ class Shelf:
     async def lend(self, peer: str, dataset_id: bytes) -> None:
         self.lent.append((peer, dataset_id))
 
+    async def unlend(self, peer: str, dataset_id: bytes) -> None:
+        self.lent.remove((peer, dataset_id))
+
 
 def order_for(worker: str, datasets: dict[str, bytes], job: bytes = JOB) -> Any:
     ref = TaskRef(job_id=job, task=1, attempt=0)
