@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from consensus.market.spec import SpecError, parse_spec
-from consensus.settlement.units import format_rate
+from consensus.settlement.units import format_rate, format_wei
 from node.cli_base import (
     BadInput,
     Failure,
@@ -174,11 +174,30 @@ def _human_job(view: dict[str, Any]) -> str:
             f"\n  task {r['task']}#{r['attempt']} resumed: {r['guarantee']}"
             for r in checked.get("resumed", [])
         )
+        + "".join(
+            f"\n  task {u['task']}#{u['attempt']} NOT CHECKED: {u['reason'][:90]}"
+            for u in checked.get("unchecked", [])
+        )
     )
     return (
-        f"{head}\n{table(rows)}\ncost so far: {view['cost_wei']} wei\n"
-        f"verification: {checked.get('guarantee', '-')}{verdicts}"
+        f"{head}\n{table(rows)}\ncost so far: {_cost(view)}\n"
+        f"verification: {checked.get('guarantee', '-')}{_not_held(checked)}{verdicts}"
     )
+
+
+def _cost(view: dict[str, Any]) -> str:
+    """ETH as the wallet and the demo show amounts, with gwei beside it as ``market`` and
+    ``bids`` price a GPU-second; a token's base units unscaled (``--json`` keeps the wei)."""
+    wei = int(view["cost_wei"])
+    if view.get("token"):
+        return f"{wei} base units"
+    return f"{format_wei(wei)} ({format_wei(wei, 'gwei')})" if wei else "0 ETH"
+
+
+def _not_held(checked: dict[str, Any]) -> str:
+    """Says when the stated guarantee is not what happened: attempts paid unchecked."""
+    n = len(checked.get("unchecked", []))
+    return f" (not held for {n} task{'s' * (n != 1)}: no sentry's verdict)" if n else ""
 
 
 @job.command("list")

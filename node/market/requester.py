@@ -69,6 +69,10 @@ class JobManager:
         self.messages: Counter[str] = Counter()
         # Proof-of-compute (node.verify.service sets these): verdicts awaited in _collect.
         self.verdicts: Any = None
+        # Set by the requester's verify service once it judges (its exclusions loaded): a task
+        # runner waits for it, so no auction or result is handled before (node.market.service
+        # creates it; None where no verify service runs, as in some tests).
+        self.verify_ready: trio.Event | None = None
         self.verdict_timeout_ms = 120_000
         self.reputation_of: Callable[[str], int] = lambda _peer: au.NEUTRAL_REPUTATION
         self.excluded: Callable[[TaskRef, str], bool] = lambda _ref, _peer: False
@@ -224,6 +228,8 @@ class JobManager:
         the task here: no auction of it opens again but after a restart."""
         key = (runner.job.job_id, runner.idx)
         with scope:
+            if self.verify_ready is not None:
+                await self.verify_ready.wait()
             await runner.run()
         self._runners.pop(key, None)
         self._refused.pop(key, None)

@@ -107,6 +107,7 @@ async def requester_market(
     scratch = ctx.home.work / "scratch"
     market.jobs = JobManager(market.net, market.store, market.share, scratch, market.params)
     market.jobs.escrow = None if ctx.chain is None else ctx.chain.escrow
+    market.jobs.verify_ready = trio.Event()  # the role's verify service starts next
     await market.jobs.run(task_status=task_status)
 
 

@@ -288,21 +288,33 @@ class TaskRunner:
                 await self._move(task, "fail", reason=f"result never fetched: {exc}")
             await self._sleep_ms(self.params.voucher_interval_ms)
             return
-        outcome, why = "unverified", "the job asked for none"
-        if self.job.spec.verification != "none" and self.mgr.verdicts is not None:
-            outcome, why = await self.mgr.verdicts.outcome(task.ref, self.mgr.verdict_timeout_ms)
+        outcome, why = await self._judged(task)
         log.info("verification", extra={"task": task.ref.text(), "outcome": outcome, "reason": why})
         if outcome == "rejected":  # not paid; the task runs again elsewhere
             await self.store.close_attempt(task.ref, 0, why[:300], self.net.now_ms())
             await self._move(task, "reject", reason=why[:300], resume=None)  # its checkpoints too
             return
         vouched = int(attempt["vouched_wei"]) if attempt else 0
-        if outcome == "accepted":  # a cross-class miss no same-class sentry answered: paid
-            await self.store.close_attempt(task.ref, vouched, why[:300], self.net.now_ms())
-            await self._move(task, "verify", reason=why[:300])
+        asked = self.job.spec.verification != "none"
+        if outcome == "accepted" or (outcome == "unverified" and asked):
+            # paid, though no sentry's verdict checked it (accepted: a cross-class miss that
+            # no same-class sentry answered): the job's guarantee did not hold, so it says so
+            note = (why if outcome == "accepted" else f"unverified: {why}")[:300]
+            await self.store.close_attempt(task.ref, vouched, note, self.net.now_ms())
+            await self._move(task, "verify", reason=note)
             return
         await self.store.close_attempt(task.ref, vouched, "done", self.net.now_ms())
         await self._move(task, "verify")
+
+    async def _judged(self, task: TaskRow) -> tuple[str, str]:
+        """The sentries' outcome for the attempt (:meth:`Verdicts.outcome`), or unverified
+        and why when none is asked for."""
+        if self.job.spec.verification == "none":
+            return "unverified", "the job asked for none"
+        if self.mgr.verdicts is None:
+            return "unverified", "this node runs no verify service"
+        outcome, why = await self.mgr.verdicts.outcome(task.ref, self.mgr.verdict_timeout_ms)
+        return str(outcome), str(why)
 
     async def _result_gone(self, task: TaskRow, error: str) -> bool:
         """The worker says it holds no result it attested (its disk, or it deleted it): once

@@ -70,6 +70,7 @@ class Verdicts:
     attested: OrderedDict[bytes, tuple[bytes, Attestation]] = field(default_factory=OrderedDict)
     bisect_timeout_ms: int = 0  # verify.bisect_timeout_ms
     bisecting: set[bytes] = field(default_factory=set)  # task keys a sentry will bisect
+    ready: trio.Event | None = None  # set once exclusions are loaded (JobManager waits on it)
 
     def excluded(self, ref: TaskRef, worker: str) -> bool:
         """Whether ``worker`` failed verification of an earlier attempt at this task."""
@@ -88,6 +89,8 @@ class Verdicts:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._follow_attestations, atts)
             nursery.start_soon(self._follow_escalations, escalations)
+            if self.ready is not None:
+                self.ready.set()
             task_status.started()
             async for msg in inbox:
                 verdict = msg.opened.body
@@ -155,7 +158,7 @@ class Verdicts:
         if job is None and not ours:
             return  # another requester's task: we never auction it
         until_ms = (now if job is None else int(job["deadline_ms"])) + EXCLUDED_PAST_DEADLINE_MS
-        await self.store.exclude(ref, worker, until_ms)
+        await self.store.exclude(ref, worker, until_ms, now)
         self.failed_on.setdefault(key, set()).add(worker)
         self.excluded_until[key] = max(self.excluded_until.get(key, 0), until_ms)
 

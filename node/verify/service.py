@@ -160,6 +160,7 @@ async def requester_verify(
         lambda peer: peer in known_sentries(ctx),
     )
     verdicts.bisect_timeout_ms = ctx.settings.verify.bisect_timeout_ms
+    verdicts.ready = market.jobs.verify_ready
     market.jobs.verdicts = verdicts
     market.jobs.verdict_timeout_ms = ctx.settings.verify.verdict_timeout_ms
     market.jobs.reputation_of, market.jobs.excluded = verdicts.reputation_of, verdicts.excluded

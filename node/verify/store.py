@@ -163,13 +163,19 @@ class VerifyStore:
 
     # --- workers kept from a task (requester) -------------------------------------------
 
-    async def exclude(self, ref: TaskRef, worker: str, until_ms: int) -> None:
-        """Keeps ``worker`` from ``ref``'s task until ``until_ms`` (the later one wins)."""
-        await self.db.execute(
-            "INSERT INTO verify_excluded VALUES (?, ?, ?, ?) ON CONFLICT (job_id, idx, worker) "
-            "DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
-            (ref.job_id, ref.task, worker, until_ms),
-        )
+    async def exclude(self, ref: TaskRef, worker: str, until_ms: int, now_ms: int) -> None:
+        """Keeps ``worker`` from ``ref``'s task until ``until_ms`` (the later one wins), and
+        drops the exclusions over by ``now_ms``."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM verify_excluded WHERE until_ms <= ?", (now_ms,))
+            conn.execute(
+                "INSERT INTO verify_excluded VALUES (?, ?, ?, ?) ON CONFLICT (job_id, idx, "
+                "worker) DO UPDATE SET until_ms = MAX(until_ms, excluded.until_ms)",
+                (ref.job_id, ref.task, worker, until_ms),
+            )
+
+        await self.db.transaction(write)
 
     async def exclusions(self, now_ms: int) -> list[tuple[bytes, int, str, int]]:
         """Every (job, task, worker, until_ms) still in force; drops those that are not."""

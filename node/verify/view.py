@@ -14,15 +14,19 @@ async def verification_view(db: Database, job_id: bytes, spec: dict[str, Any],
                             tasks: list[dict[str, Any]], attempts: list[Any],
                             *, sample_size: int) -> dict[str, Any]:  # fmt: skip
     """The job's stated guarantee (per its largest task), each attempt's verdicts and
-    escalations (cross-class misses), what a resumed attempt's guarantee covers, and the
+    escalations (cross-class misses), what a resumed attempt's guarantee covers, the
+    attempts accepted with no sentry's verdict (the guarantee did not hold for those), and the
     reputation of the workers involved."""
     store = VerifyStore(db)
     level = spec.get("verification", "standard")
     segments = segments_per_task(spec, tasks)
-    verdicts, workers, resumed, escalated = [], set(), [], []
+    verdicts, workers, resumed, escalated, unchecked = [], set(), [], [], []
     for a in attempts:
         ref = TaskRef(job_id=job_id, task=a["idx"], attempt=a["attempt"])
         workers.add(a["worker"])
+        if (a["outcome"] or "").startswith("unverified: "):  # paid, but no sentry judged it
+            unchecked.append({"task": a["idx"], "attempt": a["attempt"],
+                              "reason": a["outcome"].removeprefix("unverified: ")})  # fmt: skip
         first = await store.first_segment(ref)
         if level != "none" and first is not None and 0 < first < segments:
             text = guarantee(spec.get("kind", "?"), segments, sample_size, first=first)
@@ -44,6 +48,7 @@ async def verification_view(db: Database, job_id: bytes, spec: dict[str, Any],
         "verdicts": verdicts,
         "escalations": escalated,
         "resumed": resumed,
+        "unchecked": unchecked,
         "reputation": {w: await store.reputation(w) for w in sorted(workers) if w},
     }
 

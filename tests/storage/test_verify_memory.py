@@ -83,6 +83,15 @@ async def test_a_restarted_requester_still_keeps_the_cheat_from_its_task(tmp_pat
         assert await db.query("SELECT * FROM verify_excluded") == [], "and its rows are gone"
 
 
+async def test_an_exclusion_written_drops_those_over(tmp_path: Path) -> None:
+    async with await Database.open(tmp_path / "node.sqlite") as db:
+        store = VerifyStore(db)
+        await store.exclude(OURS, "old", until_ms=NOW, now_ms=NOW - 1)
+        await store.exclude(replace(OURS, task=1), "new", until_ms=NOW + 10, now_ms=NOW)
+        rows = await db.query("SELECT worker FROM verify_excluded")
+        assert [r["worker"] for r in rows] == ["new"], "a running node never restarts to sweep"
+
+
 def test_the_migration_carries_over_failing_verdicts_of_our_jobs(tmp_path: Path) -> None:
     path = tmp_path / "node.sqlite"
     conn = open_sync(path, MIGRATIONS[:21])
