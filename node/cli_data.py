@@ -24,6 +24,7 @@ import trio
 from consensus.errors import Invalid
 from consensus.market.messages import DATASET_HEX
 from consensus.peer_id import public_key_from_peer_id, short
+from node import identity
 from node.cli_base import BadInput, Failure, emit, failure, home_option, json_option, table
 from node.client import ApiClient, NotRunning
 from node.home import Home, HomeError, resolve_home
@@ -81,7 +82,9 @@ def data() -> None:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--chunk-kib", type=click.IntRange(64, 8192), default=1024, show_default=True)
 @click.option("--public", is_flag=True, help="serve it to any peer that asks")
-@click.option("--grant", "grants", multiple=True, help="peer id to serve it to (repeat)")
+@click.option(
+    "--grant", "grants", multiple=True, help="peer id to serve it to, or * for anyone (repeat)"
+)
 @click.option("--for", "for_peer", help="seal it end to end to this peer id (and grant it)")
 @home_option
 @json_option
@@ -97,8 +100,8 @@ def add(
 ) -> None:
     """Chunk PATH (a file or folder) into the data dir; prints the dataset id."""
     home = _home(home_dir, create=True)
-    peers = [_peer(p) for p in (*grants, *([for_peer] if for_peer else []))]
-    peers += [ANYONE] if public else []
+    peers = [_grantee(p) for p in grants] + ([_peer(for_peer)] if for_peer else [])
+    peers += [ANYONE] if public and ANYONE not in peers else []
     staging = Path(tempfile.mkdtemp(dir=home.root, prefix="sealing-")) if for_peer else None
     try:
         if for_peer and staging:
@@ -144,13 +147,18 @@ def _unserved_note(home: Home) -> str:
 @json_option
 def grant(dataset: str, peer: str, home_dir: str | None, as_json: bool) -> None:
     """Let PEER (a peer id, or * for anyone) fetch DATASET from this node."""
-    home, grantee = _home(home_dir), peer if peer == ANYONE else _peer(peer)
+    home, grantee = _home(home_dir), _grantee(peer)
     dataset_id = _dataset_id(dataset, home)
     if not local.is_complete(home.db, dataset_id):
         raise BadInput(f"DATASET: {dataset_id.hex()[:16]} is not held whole here")
     served = _grant_and_offer(home, dataset_id, [grantee])
     emit(as_json, {"dataset_id": dataset_id.hex(), "peer": peer, "served_by_daemon": served},
          lambda i: f"granted {i['dataset_id'][:16]} to {i['peer']}")  # fmt: skip
+
+
+def _grantee(text: str) -> str:
+    """A peer to grant a dataset to: a peer id, or ``*`` for anyone (as ``--public``)."""
+    return text if text == ANYONE else _peer(text)
 
 
 def _peer(text: str) -> str:
@@ -235,7 +243,8 @@ def _follow(home: Home, dataset_id: bytes) -> dict[str, Any]:
         except HomeError as exc:
             raise Failure(f"lost the daemon: {exc}") from None
         if state["state"] == "failed":
-            raise Failure(state["error"])
+            peer_id = identity.read_identity(home)["peer_id"]
+            raise Failure(state["error"] + _grant_hint(state["error"], dataset_id, peer_id))
         if state["state"] == "complete":
             return dict(state["result"])
         if sys.stderr.isatty():
@@ -248,6 +257,23 @@ def _follow(home: Home, dataset_id: bytes) -> dict[str, Any]:
                 r = rows[0]
                 print(f"\r{r.bytes_have >> 20}/{r.bytes_total >> 20} MiB", end="", file=sys.stderr)
         time.sleep(POLL_S)  # a person watching, not synchronisation
+
+
+def _grant_hint(error: str, dataset_id: bytes, peer_id: str | None) -> str:
+    """The next step when a holder answered but refused: it has not granted us the dataset.
+
+    ``peer_id`` is None for a get with a throwaway key (no daemon), which no grant can name.
+    """
+    if "does not serve it to us" not in error:
+        return ""
+    if peer_id is None:
+        return (
+            "; with no daemon running here this get used a throwaway key: the holder can serve "
+            f"it to anyone (`idlegrid data grant {dataset_id.hex()} '*'`), or start this node "
+            "and get it through the daemon once the holder grants it to the node's peer id"
+        )
+    grant = f"idlegrid data grant {dataset_id.hex()} {peer_id}"
+    return f"; the holder can grant it to this node: `{grant}`"
 
 
 def _get_standalone(
@@ -268,7 +294,7 @@ def _get_standalone(
     except ValueError as exc:  # a --from that is not a multiaddr with /p2p/
         raise BadInput(str(exc)) from None
     except (FetchFailed, DialError) as exc:
-        raise Failure(str(exc)) from None
+        raise Failure(str(exc) + _grant_hint(str(exc), dataset_id, None)) from None
     except UnsafeTarget as exc:
         raise Failure(f"refused: {exc}") from None
     except CorruptBlob as exc:

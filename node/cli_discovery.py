@@ -1,4 +1,5 @@
-"""``idlegrid dht ...``: ask the running node's Kademlia DHT for a peer or for providers."""
+"""``idlegrid dht ...``: ask the running node's Kademlia DHT for a peer or for providers; and the
+table of ``idlegrid market``: the workers this node has discovered."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import click
 
 from config.schema import ROLES
+from consensus.settlement.units import format_rate
 from node.cli_base import BadInput, emit, home_option, json_option, table
 from node.client import ApiClient
 from node.home import Home, resolve_home
@@ -58,3 +60,43 @@ def _human_providers(p: dict[str, Any]) -> str:
     rows = [("PEER", "ADDRESS")]
     rows += [(x["peer_id"], x["addrs"][0] if x["addrs"] else "-") for x in p["providers"]]
     return table(rows) + f"\n{len(p['providers'])} providers of {p['role']}"
+
+
+def human_market(p: dict[str, Any]) -> str:
+    """The order book as ``idlegrid market`` prints it, one row per offer."""
+    rows = [("WORKER", "NAME", "STATUS", "GPU CLASS", "COUNT", "VRAM", "PRICE PER GPU",
+             "REGION", "RTT", "SCORE", "QOS")]  # fmt: skip
+    flags = []
+    for w in p["workers"]:
+        qos = w.get("qos")
+        if qos and qos["flagged"]:
+            flags.append(f"  {w['peer_id']}: flagged: {qos['reason']}")
+        rtt = "-" if w.get("rtt_ms") is None else f"{w['rtt_ms']} ms"
+        for o in w["offers"]:
+            vram = f"{o['vram_mb'] // 1024} GB" if o["vram_mb"] else "-"
+            rows.append((w["peer_id"], _said(w.get("name")), w["status"], o["gpu_class"],
+                         str(o["count"]), vram,
+                         format_rate(int(o["price_wei_per_s"]), p.get("token")),
+                         _said(w["region"]), rtt, str(w.get("score") or "-"),
+                         _qos_cell(qos)))  # fmt: skip
+    count = len(p["workers"])
+    return "\n".join([table(rows), *flags, f"{count} worker{'' if count == 1 else 's'}"])
+
+
+def _said(text: str | None, limit: int = 24) -> str:
+    """What a worker says of itself (name, region), unchecked by anyone: printable characters
+    only, and short, so no peer can move the cursor or stretch the table."""
+    clean = "".join(c if c.isprintable() and not c.isspace() else " " for c in text or "")
+    clean = " ".join(clean.split())
+    return (clean[: limit - 1] + "~" if len(clean) > limit else clean) or "-"
+
+
+def _qos_cell(qos: dict[str, Any] | None) -> str:
+    """Sentries' word on a worker: measured score, or why it is flagged, or no answer."""
+    if not qos:
+        return "-"
+    if qos["flagged"]:
+        return f"FLAGGED (measured {qos['measured']})"
+    if not qos["answered"]:
+        return f"no answer ({qos['probes']} probes)" if not qos["busy"] else "busy"
+    return f"ok (measured {qos['measured']}, {qos['latency_ms']} ms)"

@@ -9,6 +9,7 @@ every wallet funded and workers and sentries staked. See :mod:`node.localnet`.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import click
 
 from consensus.settlement.units import format_wei
 from node.cli_base import BadInput, Failure, emit, json_option, short_peer, table
+from node.client import ApiClient
+from node.home import Home, HomeError
 from node.localnet import net
 from node.localnet.procs import POLL_S
 from node.localnet.state import State
@@ -76,8 +79,10 @@ def start(  # noqa: PLR0917 - one parameter per click option
 @dir_option
 @json_option
 def status(root: str, as_json: bool) -> None:
-    """Each node (role, pid, API port, peers, balance) and the chain; exit 1 unless all run."""
-    payload = net.status(_state(root))
+    """Each node (role, pid, API port, peers, price, balance) and the chain; exit 1 unless all
+    run. A running worker's price is the one the network hears now (after an edit of its
+    idlegrid.toml and a restart), else the one it was started with."""
+    payload = live_prices(net.status(_state(root)))
     emit(as_json, payload, _human_status)
     if not payload["running"]:
         raise SystemExit(1)
@@ -122,6 +127,35 @@ def logs(node: str, root: str, follow: bool) -> None:
             else:
                 time.sleep(POLL_S)  # a file has nothing to wait on; tail -f polls too
         click.echo(f.read(), nl=False)
+
+
+def _market_of(home: str) -> Any:
+    return ApiClient(Home(Path(home)), timeout_s=3.0).get("/v1/market")
+
+
+def live_prices(
+    payload: dict[str, Any], market_of: Callable[[str], Any] = _market_of
+) -> dict[str, Any]:
+    """Replaces each running worker's price from localnet.json (written at ``start``) by the
+    price its presence announces now, as a running node's market shows it. Requesters are
+    asked first: theirs is the market that awards."""
+    nodes = payload["nodes"]
+    wanted = {n["peer_id"] for n in nodes if n["role"] == "worker" and n["alive"]}
+    heard: dict[str, str] = {}
+    for n in sorted((n for n in nodes if n["alive"]), key=lambda n: n["role"] != "requester"):
+        if wanted <= heard.keys():
+            break
+        try:
+            workers = market_of(n["home"])["workers"]
+        except HomeError:
+            continue
+        for w in workers:  # the first answer stands: requesters' markets are asked first
+            if w["offers"]:
+                heard.setdefault(w["peer_id"], w["offers"][0]["price_wei_per_s"])
+    for n in nodes:
+        if n["peer_id"] in wanted and n["peer_id"] in heard:
+            n["price_wei_per_s"] = heard[n["peer_id"]]
+    return payload
 
 
 def _human_status(p: dict[str, Any]) -> str:

@@ -85,20 +85,27 @@ def amount_arg(c: Settlement, text: str, what: str) -> int:
     return int(run(lambda: parse_units(text, what, token=c.token is not None)))
 
 
-def show_tx(as_json: bool, r: TxResult) -> None:
+def show_tx(as_json: bool, r: TxResult, note: str = "") -> None:
+    """The transaction (or what a dry run would send); ``note`` ends the text output."""
     payload: dict[str, Any] = {
         "op": r.op, "tx": r.tx_hash, "gas": r.gas, "block": r.block, "dry_run": r.dry_run,
     }  # fmt: skip
     if r.dry_run:
         payload["would_send"] = r.would_send
         emit(as_json, payload, lambda p: "dry run, nothing sent; would send:\n" + table(
-            [(k, str(v)) for k, v in (p["would_send"] or {}).items()]))  # fmt: skip
+            [(k, str(v)) for k, v in (p["would_send"] or {}).items()]) + note)  # fmt: skip
     else:
         emit(
             as_json,
             payload,
-            lambda p: f"{p['op']}: mined in block {p['block']}, gas {p['gas']}, tx {p['tx']}",
+            lambda p: f"{p['op']}: mined in block {p['block']}, gas {p['gas']}, tx {p['tx']}{note}",
         )
+
+
+def _test_money(backend: str) -> str:
+    """Said once by ``balance``, ``stake`` and ``deposit``, the commands a newcomer runs
+    first, so the faucet's 10000 ETH is not taken for real money."""
+    return "embedded test chain: not real money" if backend == "embedded" else ""
 
 
 @click.command("balance")
@@ -117,17 +124,24 @@ def balance(home_dir: str | None, as_json: bool) -> None:
         "unbond_at": stake["unbond_at"], "pool_wei": str(pool["balance"]),
         "pool_leaving_wei": str(pool["leaving"]),
     }  # fmt: skip
-    emit(as_json, payload, lambda p: table([
-        ("address", p["address"]), ("chain", f"{p['chain_id']} ({p['backend']})"),
+    emit(as_json, payload, _balance_text)
+
+
+def _balance_text(p: dict[str, Any]) -> str:
+    unbonding = int(p["stake_unbonding_wei"])
+    return table([
+        ("address", p["address"]),
+        ("chain", f"{p['chain_id']} ({_test_money(p['backend']) or p['backend']})"),
+        ("contract", p["contract"]),
         ("balance", _amount(int(p["balance_wei"]), p["token"])),
         *([("token", p["token"]), ("gas coin", format_wei(int(p["gas_balance_wei"])))]
           if p["token"] else []),
         ("staked", _amount(int(p["stake_bonded_wei"]), p["token"])),
-        ("unbonding", f"{_amount(int(p['stake_unbonding_wei']), p['token'])} "
-                      f"until {p['unbond_at']}"),
+        ("unbonding", f"{_amount(unbonding, p['token'])} until {_utc(p['unbond_at'])}"
+                      if unbonding else "-"),
         ("pool", f"{_amount(int(p['pool_wei']), p['token'])}, "
                  f"leaving {_amount(int(p['pool_leaving_wei']), p['token'])}"),
-    ]))  # fmt: skip
+    ])  # fmt: skip
 
 
 def _amount(units: int, token: str | None) -> str:
@@ -150,7 +164,8 @@ def deposit(job: str, amount: str, cap: str | None, deadline_s: int, dry_run: bo
     job_id, c = job_arg(job), connect(home_dir, dry_run)
     value = amount_arg(c, amount, "AMOUNT")
     cap_wei = amount_arg(c, cap, "--cap") if cap else value
-    show_tx(as_json, run(lambda: c.deposit(job_id, value, cap_wei, c.chain.now() + deadline_s)))
+    result = run(lambda: c.deposit(job_id, value, cap_wei, c.chain.now() + deadline_s))
+    show_tx(as_json, result, _note_line(c))
 
 
 @click.command("end")
@@ -186,7 +201,12 @@ def stake(amount: str, dry_run: bool, home_dir: str | None, as_json: bool) -> No
     """Bond AMOUNT as stake (workers and sentries)."""
     c = connect(home_dir, dry_run)
     value = amount_arg(c, amount, "AMOUNT")
-    show_tx(as_json, run(lambda: c.stake(value)))
+    show_tx(as_json, run(lambda: c.stake(value)), _note_line(c))
+
+
+def _note_line(c: Settlement) -> str:
+    note = _test_money(c.chain.kind)
+    return f"\n({note})" if note else ""
 
 
 @click.command("unstake")
@@ -398,8 +418,12 @@ def _leaving(amount: str, at: Any) -> str:
     """``, leaving X on DATE`` while something is on its way out, else nothing."""
     if not at or int(at) == 0:
         return ""
-    when = datetime.fromtimestamp(int(at), UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f", {amount} leaving on {when}"
+    return f", {amount} leaving on {_utc(at)}"
+
+
+def _utc(at: Any) -> str:
+    """A contract time (unix seconds) as people read it."""
+    return datetime.fromtimestamp(int(at), UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @settlement.command("txs")
@@ -431,12 +455,28 @@ def epochs(home_dir: str | None, as_json: bool) -> None:
     """Anchored epochs, from the contract's events: roots, tx, total, dispute window state."""
     c = connect(home_dir)
     rows = run(lambda: epoch_rows(c))
+    now = run(c.chain.now) if rows and not as_json else 0
+    emit(as_json, rows, lambda rs: _epochs_text(rs, now))
+
+
+def _epochs_text(rows: list[dict[str, Any]], now: int) -> str:
+    """One line per epoch; ``now`` (contract time) says whether a dispute window has ended."""
+    if not rows:
+        return "no epochs anchored yet"
     header = ("EPOCH", "STATE", "TOTAL", "DISPUTES", "WINDOW ENDS", "EARNINGS ROOT", "TX")
-    emit(as_json, rows, lambda rs: table([header] + [
+    return table([header] + [
         (str(r["epoch"]), r["state"], format_wei(int(r["total_wei"])), str(r["disputes"]),
-         str(r["dispute_deadline"]), r["earnings_root"][:18] + "...", r["tx"][:18] + "...")
-        for r in rs
-    ]) if rs else "no epochs anchored yet")  # fmt: skip
+         _window(r["dispute_deadline"], now), r["earnings_root"][:18] + "...",
+         r["tx"][:18] + "...")
+        for r in rows
+    ])  # fmt: skip
+
+
+def _window(deadline: int | None, now: int) -> str:
+    """Only the latest epoch has a window the contract reports; the others show ``-``."""
+    if deadline is None:
+        return "-"
+    return _utc(deadline) + (" (ended)" if deadline <= now else "")
 
 
 def epoch_rows(c: Settlement) -> list[dict[str, Any]]:

@@ -11,7 +11,16 @@ from node.home import Home, HomeError, read_api_info, running_pid
 
 class NotRunning(HomeError):
     def __init__(self, home: Home) -> None:
-        super().__init__(f"no idlegrid daemon is running in {home.root}")
+        super().__init__(f"no idlegrid daemon is running in {home.root}: {start_hint(home)}")
+
+
+def start_hint(home: Home) -> str:
+    """The next step for a data dir whose daemon is not running (``init`` first if it is not
+    a node's data dir yet)."""
+    start = f"`idlegrid node start --home {home.root}`"
+    if home.is_initialised():
+        return f"start it with {start}"
+    return f"create a node there with `idlegrid init --home {home.root}`, then {start}"
 
 
 class ApiRefused(HomeError):

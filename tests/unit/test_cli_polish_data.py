@@ -1,0 +1,106 @@
+"""``idlegrid data``: ``add --grant '*'`` grants anyone as ``data grant ID '*'`` does, and a get
+that a holder refused names the grant that would let it through."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from node import cli_data
+from node.cli import cli
+from node.transfer import commands
+from node.transfer.fetcher import FetchFailed
+from storage import transfer_access as access
+from storage.db import open_sync
+
+DATASET = "ab" * 32
+PEER = "12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq"
+REFUSED = f"{DATASET[:12]}: no source serves it to us (12D3Ko..NASuq: does not serve it to us)"
+
+
+def run(*args: str) -> Any:
+    return CliRunner().invoke(cli, ["data", *args])
+
+
+def grants_of(home: Path, dataset_id: str) -> list[str]:
+    conn = open_sync(home / "node.db")
+    try:
+        return access.grants(conn, bytes.fromhex(dataset_id))
+    finally:
+        conn.close()
+
+
+def test_add_grant_star_grants_anyone(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (tmp_path / "f.txt").write_text("hello\n")
+    result = run("add", str(tmp_path / "f.txt"), "--grant", "*", "--public", "--home", str(home),
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["grants"] == ["*"], "--public beside --grant '*' grants anyone once"
+    assert grants_of(home, info["dataset_id"]) == ["*"]
+    sealed = run("add", str(tmp_path / "f.txt"), "--for", "*", "--home", str(home))
+    assert sealed.exit_code == 2 and "not a node's peer id" in sealed.output, "* has no key"
+
+
+class RefusingDaemon:
+    """A daemon whose fetch ends as the holders' answers made it end."""
+
+    error = REFUSED
+
+    def __init__(self, home: Any, timeout_s: float = 10.0) -> None:
+        pass
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return {}
+
+    def get(self, path: str) -> Any:
+        return {"state": "failed", "error": self.error}
+
+
+def daemon_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "identity.json").write_text(json.dumps({"peer_id": PEER}))
+    return home
+
+
+def test_a_refused_get_names_the_grant_the_holder_can_give(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = daemon_home(tmp_path)
+    monkeypatch.setattr(cli_data, "ApiClient", RefusingDaemon)
+    result = run("get", DATASET, "--out", str(tmp_path / "o"), "--home", str(home))
+    assert result.exit_code == 1
+    assert REFUSED in result.output
+    assert f"`idlegrid data grant {DATASET} {PEER}`" in result.output
+
+
+def test_a_get_that_failed_otherwise_gets_no_grant_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = daemon_home(tmp_path)
+    monkeypatch.setattr(RefusingDaemon, "error", f"{DATASET[:12]}: no source serves it to us "
+                        "(12D3Ko..NASuq: no answer)")  # fmt: skip
+    monkeypatch.setattr(cli_data, "ApiClient", RefusingDaemon)
+    result = run("get", DATASET, "--out", str(tmp_path / "o"), "--home", str(home))
+    assert result.exit_code == 1 and "no answer" in result.output
+    assert "data grant" not in result.output
+
+
+def test_a_refused_get_without_a_daemon_says_its_key_cannot_be_granted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refused(*_: Any, **__: Any) -> Any:
+        raise FetchFailed(REFUSED)
+
+    monkeypatch.setattr(commands, "get_dataset", refused)
+    result = run("get", DATASET, "--out", str(tmp_path / "o"), "--from", PEER,
+                 "--home", str(tmp_path / "plain"))  # fmt: skip
+    assert result.exit_code == 1 and REFUSED in result.output
+    assert "throwaway key" in result.output
+    assert f"`idlegrid data grant {DATASET} '*'`" in result.output
