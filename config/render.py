@@ -23,6 +23,18 @@ def show_rows(loaded: Loaded) -> list[tuple[str, str, str]]:
     return [(k, toml_value(v), loaded.sources[k]) for k, v in flat(loaded.settings).items()]
 
 
+def from_env(loaded: Loaded) -> list[tuple[str, str, str]]:
+    """(key, value as TOML, variable) for each key an ``IDLEGRID_*`` variable moved off its
+    default: the ones :func:`commented_toml` writes uncommented, so that ``idlegrid init`` can
+    say that a variable exported for one shell now stays with the data dir."""
+    defaults, current = flat(Settings()), flat(loaded.settings)
+    return [
+        (key, toml_value(current[key]), source.removeprefix("env "))
+        for key, source in loaded.sources.items()
+        if source.startswith("env ") and current[key] != defaults[key]
+    ]
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

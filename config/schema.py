@@ -104,23 +104,71 @@ class ApiSettings:
     )
 
 
+IP_FAMILIES = ("ip4", "ip6")
+QUIC_LISTEN = ("udp", "quic-v1")
+
+
+def parse_multiaddr(text: str) -> list[str] | str:
+    """The protocol names of multiaddr ``text``, or why it is not one (in the parser's words).
+
+    Parsed here, not only where the host binds, so a typo (``/tcpp/``, a bad IP, port or peer
+    id) stops at config load with the key named instead of deep in the daemon's start.
+    """
+    import multiaddr  # noqa: PLC0415 - only needed when an address is set
+
+    try:
+        return [proto.name for proto in multiaddr.Multiaddr(text).protocols()]
+    except Exception as exc:  # the library raises several kinds, all meaning "not a multiaddr"
+        return str(getattr(exc, "message", exc))
+
+
+def _bad_addrs(value: Any, fits: Callable[[list[str]], bool], shape: str) -> list[str]:
+    """Each address in ``value`` that does not parse or is not of ``shape``, with why."""
+    bad = []
+    for text in value:
+        names = parse_multiaddr(text)
+        if isinstance(names, str):
+            bad.append(f"{text}: {names}")
+        elif not fits(names):
+            bad.append(f"{text}: not {shape}")
+    return bad
+
+
+def _on_ip(names: list[str]) -> bool:
+    return bool(names) and names[0] in IP_FAMILIES
+
+
+def is_quic_listen(names: list[str]) -> bool:
+    """``/ip4|ip6/<ip>/udp/<port>/quic-v1``, the only QUIC form the host listens on."""
+    return len(names) == 3 and _on_ip(names) and tuple(names[1:]) == QUIC_LISTEN
+
+
+def _listenable(names: list[str]) -> bool:
+    # The shapes the host binds (p2p.host); a QUIC one also needs p2p.quic (a cross-check).
+    return (len(names) == 2 and _on_ip(names) and names[1] == "tcp") or is_quic_listen(names)
+
+
 def multiaddrs_check(value: Any) -> str | None:
-    bad = [v for v in value if not (v.startswith("/ip4/") or v.startswith("/ip6/"))]
-    return f"multiaddrs like /ip4/1.2.3.4/tcp/4001 (bad: {', '.join(bad)})" if bad else None
+    shape = "/ip4|ip6/<ip>/tcp/<port> or /ip4|ip6/<ip>/udp/<port>/quic-v1"
+    bad = _bad_addrs(value, _listenable, shape)
+    return f"multiaddrs like /ip4/1.2.3.4/tcp/4001 (bad: {'; '.join(bad)})" if bad else None
 
 
 def announce_check(value: Any) -> str | None:
-    bad = [v for v in value if multiaddrs_check([v]) or "/tcp/" not in v or "/p2p/" in v]
+    # Peers get these with /p2p/<our id> appended, so none may carry a peer id already.
+    shape = "/ip4|ip6/<ip>/tcp/<port> without /p2p/"
+    bad = _bad_addrs(value, lambda n: _on_ip(n) and "tcp" in n and "p2p" not in n, shape)
     if bad:
         return (
-            f"TCP multiaddrs without /p2p/, like /ip4/203.0.113.7/tcp/4001 (bad: {', '.join(bad)})"
+            f"TCP multiaddrs without /p2p/, like /ip4/203.0.113.7/tcp/4001 (bad: {'; '.join(bad)})"
         )
     return None
 
 
 def peer_multiaddrs_check(value: Any) -> str | None:
-    bad = [v for v in value if multiaddrs_check([v]) or "/p2p/" not in v]
-    return f"multiaddrs ending in /p2p/<peer id> (bad: {', '.join(bad)})" if bad else None
+    shape = "/ip4|ip6/<ip>/tcp/<port>/p2p/<peer id>"
+    bad = _bad_addrs(value, lambda n: _on_ip(n) and n[-1] == "p2p", shape)
+    return f"multiaddrs ending in /p2p/<peer id> (bad: {'; '.join(bad)})" if bad else None
 
 
 def interface_check(value: Any) -> str | None:
@@ -500,12 +548,22 @@ def _mdns_needs_interface(settings: Settings) -> str | None:
     return None
 
 
+def _quic_listen_needs_quic(settings: Settings) -> str | None:
+    p2p = settings.p2p
+    # Each address passed multiaddrs_check, so it is either TCP or ends in /quic-v1.
+    quic = [a for a in p2p.listen if a.endswith("/quic-v1")]
+    if quic and not p2p.quic:
+        return f"TCP addresses only, as p2p.quic is off (set p2p.quic = true for {quic[0]})"
+    return None
+
+
 # Rules that relate several keys: (key blamed, check over the whole settings).
 CROSS_CHECKS: tuple[tuple[str, Callable[[Settings], str | None]], ...] = (
     ("p2p.offline_after_s", _offline_after_heartbeats),
     ("chain.backend", _rpc_complete),
     ("chain.token", _token_fits_backend),
     ("p2p.mdns_interface", _mdns_needs_interface),
+    ("p2p.listen", _quic_listen_needs_quic),
     (
         "verify.quorum",
         lambda s: (

@@ -7,8 +7,10 @@ bad input (unknown flag, bad config). Read commands print for people by default 
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
+import re
 import signal
 import sys
 import time
@@ -17,9 +19,8 @@ from typing import Any
 
 import click
 
-from config import Loaded, load
-from config.render import commented_toml, flat, show_rows
-from consensus.settlement.units import format_rate
+from config import Loaded, env_name, load
+from config.render import commented_toml, flat, from_env, show_rows
 from node import __version__, identity
 from node.cli_base import (
     Cli,
@@ -29,17 +30,17 @@ from node.cli_base import (
     home_option,
     json_option,
     role_option,
-    table,
 )
 from node.cli_data import data
 from node.cli_discovery import dht
+from node.cli_discovery import human_market as _human_market
 from node.cli_dispute import dispute
 from node.cli_gpu import check_sandbox, gpu
 from node.cli_job import bids, job, worker
 from node.cli_localnet import localnet
 from node.cli_peers import peers
 from node.cli_wallet import WALLET_COMMANDS, settlement
-from node.client import ApiClient, NotRunning
+from node.client import ApiClient, NotRunning, start_hint
 from node.home import Home, resolve_home, running_pid
 
 
@@ -85,12 +86,16 @@ def init(home_dir: str | None, roles: tuple[str, ...], api_port: int | None, enc
     keys = identity.NodeKeys.generate()
     identity.save(home, keys, passphrase)
     home.ensure_token()
+    kept = []
     if not home.config.exists():
         home.config.write_text(commented_toml(loaded.settings), encoding="utf-8")
+        kept = from_env(loaded)
     click.echo(f"initialised {home.root}")
     click.echo(f"  peer id  {keys.peer_id}")
     click.echo(f"  address  {keys.address}")
     click.echo(f"  roles    {', '.join(loaded.settings.node.roles)}")
+    for key, value, variable in kept:  # outlives the shell it was exported in: say so
+        click.echo(f"  {key} = {value} (from {variable}, saved in {home.config.name})")
     click.echo("back up keys/ now: a lost wallet key cannot be recovered")
 
 
@@ -128,6 +133,7 @@ def node_start(  # noqa: PLR0917 - one parameter per click option
 ) -> None:
     """Run the daemon in the foreground until SIGINT or SIGTERM."""
     from node import daemon, logs  # noqa: PLC0415 - other commands need not load trio and services
+    from p2p.host import ListenError  # noqa: PLC0415 - nor libp2p
 
     home = Home(resolve_home(home_dir))
     home.require_initialised()
@@ -138,13 +144,54 @@ def node_start(  # noqa: PLR0917 - one parameter per click option
         "p2p.listen": (listen or None, "--listen"),
         "p2p.bootstrap": (bootstrap or None, "--bootstrap"),
     }
-    settings = load_settings(home, flags).settings
+    loaded = load_settings(home, flags)
+    settings = loaded.settings
     if "worker" in settings.node.roles:
         check_sandbox(settings.worker, home)  # a worker that cannot jail workloads does not start
     keys = identity.load(home, passphrase_source)
     home.read_token()  # refuse a world-readable token before the API is up
     logs.setup(home.logs, settings.node.log_level)
-    daemon.start(home, settings, keys)
+    try:
+        daemon.start(home, settings, keys)
+    except ListenError as exc:
+        raise Failure(_listen_fix(exc, loaded, home)) from None
+
+
+# What a refused listen address most likely means, after the OS's (or the host's) reason.
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: " (another node?)",
+    errno.EADDRNOTAVAIL: " (not an address of this machine?)",
+}
+
+
+def _listen_fix(exc: OSError, loaded: Loaded, home: Home) -> str:
+    """One line for a ``p2p.listen`` address the OS refused: which, why, where to change it."""
+    source = loaded.sources["p2p.listen"]
+    if source.startswith("env "):
+        where = f"change {source.removeprefix('env ')}"
+    elif source.startswith("flag "):
+        where = f"pass another {source.removeprefix('flag ')}"
+    else:
+        where = f"set p2p.listen in {home.config} or {env_name('p2p.listen')}"
+    words = set(re.split(r"[\s,:]+", str(exc)))  # the host names the address it refused
+    refused = next((a for a in loaded.settings.p2p.listen if a in words), None)
+    example = _listen_example(exc.errno, refused)
+    hint = _LISTEN_HINTS.get(exc.errno or 0, "")
+    return f"p2p.listen: {exc.strerror or exc}{hint}: {where}" + (
+        f", e.g. {example}" if example else ""
+    )
+
+
+def _listen_example(code: int | None, refused: str | None) -> str | None:
+    """An address to try instead of ``refused``: the next port, or every interface."""
+    head, _, port = (refused or "").rpartition("/tcp/")
+    if not head or not port.isdigit():
+        return None
+    if code == errno.EADDRINUSE:
+        return f"{head}/tcp/{int(port) + 1 if int(port) < 65535 else 0}"
+    if code == errno.EADDRNOTAVAIL:
+        return f"{'/ip6/::' if head.startswith('/ip6/') else '/ip4/0.0.0.0'}/tcp/{port}"
+    return None
 
 
 @node.command("stop")
@@ -178,7 +225,7 @@ def status(home_dir: str | None, as_json: bool) -> None:
         payload = {"running": False, "home": str(home.root)}
         if home.is_initialised():
             payload["peer_id"] = identity.read_identity(home)["peer_id"]
-        emit(as_json, payload, lambda p: f"not running ({p['home']})")
+        emit(as_json, payload, lambda p: f"not running ({p['home']}): {start_hint(home)}")
         sys.exit(1)
     emit(as_json, payload, _human_status)
 
@@ -208,35 +255,6 @@ def market(home_dir: str | None, as_json: bool) -> None:
     """The order book: workers, their GPUs, prices per second and status."""
     payload = ApiClient(Home(resolve_home(home_dir))).get("/v1/market")
     emit(as_json, payload, _human_market)
-
-
-def _human_market(p: dict[str, Any]) -> str:
-    rows = [("WORKER", "STATUS", "GPU CLASS", "COUNT", "VRAM", "PRICE PER GPU", "REGION",
-             "SCORE", "QOS")]  # fmt: skip
-    flags = []
-    for w in p["workers"]:
-        qos = w.get("qos")
-        if qos and qos["flagged"]:
-            flags.append(f"  {w['peer_id']}: flagged: {qos['reason']}")
-        for o in w["offers"]:
-            vram = f"{o['vram_mb'] // 1024} GB" if o["vram_mb"] else "-"
-            rows.append((w["peer_id"], w["status"], o["gpu_class"], str(o["count"]), vram,
-                         format_rate(int(o["price_wei_per_s"]), p.get("token")),
-                         w["region"] or "-", str(w.get("score") or "-"),
-                         _qos_cell(qos)))  # fmt: skip
-    count = len(p["workers"])
-    return "\n".join([table(rows), *flags, f"{count} worker{'' if count == 1 else 's'}"])
-
-
-def _qos_cell(qos: dict[str, Any] | None) -> str:
-    """Sentries' word on a worker: measured score, or why it is flagged, or no answer."""
-    if not qos:
-        return "-"
-    if qos["flagged"]:
-        return f"FLAGGED (measured {qos['measured']})"
-    if not qos["answered"]:
-        return f"no answer ({qos['probes']} probes)" if not qos["busy"] else "busy"
-    return f"ok (measured {qos['measured']}, {qos['latency_ms']} ms)"
 
 
 @cli.command()

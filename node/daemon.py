@@ -46,6 +46,7 @@ from node.network import Network, run_network
 from node.roles import run_role, services_of
 from node.transfer.api import data_routes
 from node.transfer.service import run_data
+from p2p.host import ListenError
 from storage.blobs import BlobStore
 from storage.db import Database
 
@@ -144,6 +145,7 @@ async def run_node(
     happened to be under way. Objects made later are collected as before.
     """
     db = await Database.open(home.db)
+    started = False
     try:
         ctx = NodeContext(home, settings, keys, db, BlobStore(home.blobs))
         await _record_start(ctx)
@@ -170,12 +172,14 @@ async def run_node(
                 gc.collect()  # what is garbage now is not frozen with the rest
                 gc.freeze()
             task_status.started(ctx)
+            started = True
     finally:
         with trio.CancelScope(shield=True):
             with contextlib.suppress(FileNotFoundError):
                 home.api.unlink()
             await db.close()
-            log.info("node stopped")
+            if started:  # a refused start says why in one line; "stopped" would be noise
+                log.info("node stopped")
 
 
 async def _cancel_on_signal(
@@ -208,13 +212,37 @@ def _write_api_info(ctx: NodeContext) -> None:
 
 
 def start(home: Home, settings: Settings, keys: NodeKeys) -> None:
-    """Blocks running the daemon in this process (``idlegrid node start``)."""
+    """Blocks running the daemon in this process (``idlegrid node start``).
+
+    Raises:
+        ListenError: a ``p2p.listen`` address could not be bound. Raised bare, not inside the
+            ExceptionGroup the node's nursery wraps it in, so that the command can name the
+            setting to change instead of printing a traceback: it is the operator's to fix
+            (another node on the port, an address of another machine), not a crash.
+    """
     lock = NodeLock(home)
     lock.acquire()
     try:
         trio.run(functools.partial(run_node, home, settings, keys, freeze_gc=True))
+    except ExceptionGroup as group:
+        refused = _sole_listen_error(group)
+        if refused is None:
+            log.exception("daemon crashed")  # into node.log too, not only the terminal
+            raise
+        raise refused from None
     except Exception:
-        log.exception("daemon crashed")  # into node.log too, not only the terminal
+        log.exception("daemon crashed")
         raise
     finally:
         lock.release()
+
+
+def _sole_listen_error(group: ExceptionGroup[Exception]) -> ListenError | None:
+    """The ListenError that ended the node, if that and nothing else did."""
+    refused, rest = group.split(ListenError)
+    if refused is None or rest is not None:
+        return None
+    leaf: BaseException = refused
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]  # nurseries inside nurseries
+    return leaf if isinstance(leaf, ListenError) else None
