@@ -35,19 +35,15 @@ from tests.services.sim import inline_threads, make_node, worker_service
 from tests.unit.market.factories import demand
 from tests.unit.verify.factories import REF
 from tests.unit.verify.test_escalation import ATT, message
+from tests.unit.verify.test_sentry_memory import Clock as SentryClock
 
 T0 = 10**12
 VERDICT_MS = 120_000
 
 
-class Clock:
-    peer_id = "me"
-
+class Clock(SentryClock):
     def __init__(self) -> None:
         self.now = T0
-
-    def now_ms(self) -> int:
-        return self.now
 
     def blame(self, _peer: str, _why: str) -> None:
         raise AssertionError("nothing here is blamed")
