@@ -31,6 +31,7 @@ from node.api import ApiError, Request, Routes
 from node.verify.view import verification_view
 
 if TYPE_CHECKING:
+    from config.schema import Settings
     from node.daemon import NodeContext
     from node.market.requester import JobManager
 
@@ -77,7 +78,7 @@ def market_routes(ctx: NodeContext) -> Routes:
         return {"jobs": [_job_summary(row) for row in await jobs().store.jobs()]}
 
     async def job_view(request: Request) -> Any:
-        return await _job_detail(jobs(), await job_id(request), ctx.settings.verify.sample_size)
+        return await _job_detail(jobs(), await job_id(request), ctx.settings)
 
     async def cancel(request: Request) -> Any:
         return {"cancelled": await jobs().cancel(await job_id(request))}
@@ -156,7 +157,7 @@ def _job_summary(row: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def _job_detail(manager: JobManager, job_id: bytes, sample_size: int) -> dict[str, Any]:
+async def _job_detail(manager: JobManager, job_id: bytes, settings: Settings) -> dict[str, Any]:
     store = manager.store
     row = await store.job(job_id)
     assert row is not None
@@ -175,13 +176,14 @@ async def _job_detail(manager: JobManager, job_id: bytes, sample_size: int) -> d
         "task_states": tasks,
         "attempts": [_attempt_view(a) for a in attempts],
         "cost_wei": str(spent),
+        "token": settings.chain.token or None,  # what cost_wei counts: None, the native coin
         "verification": await verification_view(
             manager.store.db,
             job_id,
             json.loads(row["spec"]),
             tasks,
             attempts,
-            sample_size=sample_size,
+            sample_size=settings.verify.sample_size,
         ),
     }
 
