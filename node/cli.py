@@ -30,6 +30,7 @@ from node.cli_base import (
     home_option,
     json_option,
     role_option,
+    table,
 )
 from node.cli_data import data
 from node.cli_discovery import dht
@@ -211,6 +212,26 @@ def node_stop(home_dir: str | None, timeout: float) -> None:
             raise Failure(f"daemon pid {pid} did not stop within {timeout:g} s (kill -9 {pid})")
         time.sleep(0.05)  # polling a process we do not own; there is nothing to wait on
     click.echo(f"stopped pid {pid}")
+
+
+@node.command("memory")
+@home_option
+@json_option
+def node_memory(home_dir: str | None, as_json: bool) -> None:
+    """What the running daemon holds: resident size, objects by type, top allocation lines."""
+    payload = ApiClient(Home(resolve_home(home_dir))).get("/v1/debug/memory")
+    emit(as_json, payload, _human_memory)
+
+
+def _human_memory(p: dict[str, Any]) -> str:
+    rows = [("COUNT", "TYPE"), *((str(t["count"]), t["type"]) for t in p["types"])]
+    lines = [f"resident {p['rss_kib'] / 1024:.1f} MiB, {p['objects']} Python objects", table(rows)]
+    if p["sites"]:
+        sites = [(str(s["kib"]), str(s["count"]), s["site"]) for s in p["sites"]]
+        lines.append(table([("KIB", "COUNT", "LINE"), *sites]))
+    else:
+        lines.append("allocation lines: start the node with PYTHONTRACEMALLOC=5 to see them")
+    return "\n".join(lines)
 
 
 @cli.command()

@@ -37,6 +37,7 @@ from node import __version__
 from node.api import Handler, Request, Routes, serve
 from node.blocks import block_routes, block_view
 from node.chain.api import chain_routes
+from node.debug_memory import memory_routes
 from node.discovery import discovery_routes
 from node.home import Home, NodeLock, write_private
 from node.identity import NodeKeys
@@ -124,6 +125,7 @@ def routes(ctx: NodeContext) -> Routes:
     table.update(discovery_routes(ctx))
     table.update(data_routes(ctx))
     table.update(block_routes(ctx))
+    table.update(memory_routes())
     return table
 
 
