@@ -54,6 +54,7 @@ from node.chain.anchor_gossip import AnchorGossip
 from node.chain.anchoring import _events as anchor_events
 from node.chain.audit_answers import SumAnswers
 from node.chain.auditor import Auditor
+from node.chain.cap_echo import CapEcho
 from node.chain.errors import ChainError, ChainReverted, survive
 from node.chain.follower import Follower
 from node.chain.history import EpochHistory
@@ -86,6 +87,7 @@ class Anchorer:
         self.seen_disputes: dict[int, set[bytes]] = {}  # the pending epoch's disputed leaves
         self.posted = 0  # anchors this process posted (tests count them)
         self.gossip = AnchorGossip(net, chain.settings)
+        self.cap_echo = CapEcho(net, chain.settings.epoch_s * 1000)
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
         self.follower = Follower(bytes.fromhex(chain.address[2:]))
         self.history = EpochHistory(db, net)
@@ -163,7 +165,10 @@ class Anchorer:
         try:
             self.machine.on_voucher(entry, v.signature)
         except Invalid as exc:
-            log.info("anchoring: voucher refused", extra={"task": v.ref.text(), "error": str(exc)})
+            capped = entry.line in self.machine.caps  # the only refusal a worker resends into
+            if not capped or await self.cap_echo.refused(entry.line):
+                log.info("anchoring: voucher refused",
+                         extra={"task": v.ref.text(), "error": str(exc)})  # fmt: skip
             return False
         self.refs[entry.line] = v.ref
         await self._save()
@@ -209,6 +214,7 @@ class Anchorer:
             log.info("anchoring: cap refused", extra={"task": c.ref.text(), "error": str(exc)})
             return False
         self.refs[entry.line] = c.ref
+        self.cap_echo.took(entry.line, c)
         await self._save()
         log.info("line capped", extra={"task": c.ref.text(), "wei": str(c.amount_wei)})
         return True

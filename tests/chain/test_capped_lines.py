@@ -7,6 +7,7 @@ or another worker's changes nothing."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from consensus.envelope import new_nonce
 from consensus.kinds import Wei
@@ -95,3 +96,37 @@ async def test_a_line_capped_at_zero_does_not_put_its_requester_in_arrears(
         assert list(await payee.arrears.step()) == [ours], "uncapped: in arrears"
         assert await payee.on_cap(cap_of(net, REF, 0))  # the requester failed the task over
         assert await payee.arrears.step() == {}, "due nothing: no arrears"
+
+
+async def test_an_anchorer_refusing_a_voucher_over_its_cap_sends_the_cap_to_the_worker(
+    tmp_path: Path,
+) -> None:
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    sentry, worker = net.client("sentry1"), net.client("worker")
+    sentry.stake(ETH)
+    chain = node_of(net, "worker", worker)
+    await chain.service.start()
+    async with (
+        await Database.open(tmp_path / "worker.db") as db,
+        await Database.open(tmp_path / "sentry.db") as sentry_db,
+    ):
+        anchorer = await fresh_anchorer(net, sentry_db, sentry)
+        cap = cap_of(net, REF, 0)
+        assert await anchorer.on_cap(cap)  # heard while the worker was away
+        sent: list[Any] = anchorer.net.sent  # type: ignore[attr-defined]
+        sent.clear()
+        mine = voucher(net, worker.domain, ETH)
+        assert not await anchorer.on_voucher(mine), "over the cap"
+        assert not await anchorer.on_voucher(voucher(net, worker.domain, ETH)), "resent"
+        echoed = [b for b in sent if isinstance(b, VoucherCap)]
+        assert len(echoed) == 1, "the cap again, once an epoch however often it is resent"
+        assert (echoed[0].ref, echoed[0].cap_sig) == (cap.ref, cap.cap_sig)
+        assert echoed[0].nonce != cap.nonce, "a fresh envelope: gossip drops a repeat"
+        payee = Payee(chain, db, StubNet())  # type: ignore[arg-type]
+        await payee.keep(REF, net.addr("requester"), ETH, mine.signature, mine.spend())
+        await payee.ended(REF)
+        assert await payee.on_cap(echoed[0]), "the worker takes it from the anchorer"
+        payee.net.sent.clear()  # type: ignore[attr-defined]
+        await payee._submit(0, None, unanchored=True)
+        assert payee.net.sent == [], "and resends no more"  # type: ignore[attr-defined]
