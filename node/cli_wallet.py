@@ -20,12 +20,13 @@ import click
 
 from config import load
 from consensus.errors import Invalid
+from consensus.settlement.disputes import FINAL_STATES
 from consensus.settlement.eip712 import ChainVoucher
 from consensus.settlement.units import format_wei, parse_units
 from node import identity
 from node.chain.artifacts import StaleArtifact
 from node.chain.audit_calls import SUM_KINDS
-from node.chain.errors import ChainError
+from node.chain.errors import ChainError, ChainReverted
 from node.chain.journal import Journal
 from node.chain.signing import sign_voucher, voucher_signer
 from node.cli_base import (
@@ -226,27 +227,46 @@ def unstake(amount: str | None, take: bool, dry_run: bool, home_dir: str | None,
 
 
 @click.command("fund")
-@click.argument("amount")
+@click.argument("amount", required=False)
 @click.option("--leave", is_flag=True, help="ask AMOUNT back instead (after the unbonding delay)")
-@click.option("--withdraw", "take", is_flag=True, help="take back what has finished leaving")
+@click.option("--withdraw", "take", is_flag=True,
+              help="take back all that has finished leaving (no AMOUNT)")  # fmt: skip
 @dry_run_option
 @home_option
 @json_option
-def fund(amount: str, leave: bool, take: bool, dry_run: bool, home_dir: str | None,  # noqa: PLR0917
-         as_json: bool) -> None:  # fmt: skip
+def fund(amount: str | None, leave: bool, take: bool, dry_run: bool,  # noqa: PLR0917
+         home_dir: str | None, as_json: bool) -> None:  # fmt: skip
     """Add AMOUNT to this requester's pool for epoch settlement (or --leave / --withdraw it)."""
     if leave and take:
         raise BadInput("--leave and --withdraw exclude each other")
+    if amount is None and not take:
+        raise BadInput("give AMOUNT (to fund the pool, or with --leave to ask it back)")
     c = connect(home_dir, dry_run)
-    value = amount_arg(c, amount, "AMOUNT")
-    act = (
-        c.withdraw_pool
-        if take
-        else (lambda: c.leave_pool(value))
-        if leave
-        else (lambda: c.fund(value))
-    )
-    show_tx(as_json, run(act))
+    # withdrawPool takes no amount: all that has left comes out. A 0 is taken for the scripts
+    # written when AMOUNT was required; another amount would promise a part it cannot take.
+    value = amount_arg(c, amount, "AMOUNT") if amount is not None else 0
+    if take:
+        if value:
+            raise BadInput("--withdraw takes back all that has finished leaving: give no AMOUNT")
+        show_tx(as_json, _withdraw_pool(c))
+        return
+    show_tx(as_json, run(lambda: c.leave_pool(value) if leave else c.fund(value)))
+
+
+def _withdraw_pool(c: Settlement) -> TxResult:
+    """``withdrawPool``, its refusals said as what to do (the contract names only an error)."""
+    try:
+        return c.withdraw_pool()
+    except ChainReverted as exc:
+        if exc.error == "WindowOpen":
+            deadline = _utc(exc.args_["deadline"], seconds=True)
+            raise Failure(f"the pool is still leaving: withdraw after {deadline}") from None
+        if exc.error == "NotLeaving":
+            raise Failure("nothing is leaving the pool: ask some back first with "
+                          "`idlegrid wallet fund AMOUNT --leave`") from None  # fmt: skip
+        raise Failure(str(exc)) from None
+    except ChainError as exc:
+        raise Failure(str(exc)) from None
 
 
 @click.command("voucher")
@@ -288,10 +308,7 @@ def claim(voucher_json: str | None, dry_run: bool, home_dir: str | None, as_json
     """
     if voucher_json is None:
         done = ApiClient(Home(resolve_home(home_dir)), timeout_s=120).post("/v1/chain/claim")
-        emit(as_json, done, lambda d: (
-            f"claimed {format_wei(int(d['paid_wei']))} (epoch {d['epoch']})" if d["claimed"]
-            else f"nothing claimed: {d['reason']}"
-        ))  # fmt: skip
+        emit(as_json, done, _claim_text)
         return
     doc = _read_voucher(voucher_json)
     c = connect(home_dir, dry_run)
@@ -302,6 +319,17 @@ def claim(voucher_json: str | None, dry_run: bool, home_dir: str | None, as_json
         raise Failure(f"voucher: signed by {signer}, but job 0x{v.job.hex()} is {requester}'s")
     worker = "0x" + v.worker.hex()
     show_tx(as_json, run(lambda: c.claim(v.job, v.task, worker, v.cumulative, doc["signature"])))
+
+
+def _claim_text(d: dict[str, Any]) -> str:
+    """What ``/v1/chain/claim`` did. Nothing claimable once a final epoch names this worker
+    means the chain has paid it all already (``claimable_wei`` is final earnings less paid)."""
+    if d["claimed"]:
+        return f"claimed {format_wei(int(d['paid_wei']))} (epoch {d['epoch']})"
+    if "claimable_wei" in d and int(d["claimable_wei"]) <= 0:
+        return ("nothing to claim: already paid out (by an anchoring sentry's payout or an "
+                "earlier claim)")  # fmt: skip
+    return f"nothing claimed: {d['reason']}"
 
 
 def _read_voucher(arg: str) -> dict[str, Any]:
@@ -331,14 +359,30 @@ def _read_voucher(arg: str) -> dict[str, Any]:
 @home_option
 @json_option
 def job_escrow(job: str, home_dir: str | None, as_json: bool) -> None:
-    """The escrow of JOB on chain: requester, cap, deposited, balance, deadlines."""
+    """The escrow of JOB on chain: requester, cap, deposited, balance, deadlines.
+
+    Only jobs escrowed with `idlegrid wallet deposit` have one; exits 2 for any other.
+    """
     job_id = job_arg(job)
     c = connect(home_dir)
     j = run(lambda: c.job(job_id))
     payload = {
         k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in j.items()
     }
+    if int(j["requester"], 16) == 0:  # the contract's empty record: never deposited
+        _no_escrow(as_json, payload, job)
     emit(as_json, payload, lambda p: table([(k, str(v)) for k, v in p.items()]))
+
+
+def _no_escrow(as_json: bool, payload: dict[str, Any], job: str) -> None:
+    """Exits 2: the zeros of an empty record read as a job with nothing in it. ``--json`` keeps
+    the record's fields and adds ``error``."""
+    error = (f"no per-job escrow on chain for {job}: daemon jobs are paid from the "
+             "requester's pool (see idlegrid settlement status)")  # fmt: skip
+    if as_json:
+        emit(True, payload | {"error": error}, str)
+        sys.exit(BadInput.exit_code)
+    raise BadInput(error)
 
 
 WALLET_COMMANDS = (
@@ -376,28 +420,61 @@ def _settlement_text(v: dict[str, Any]) -> str:
         ("account", v["address"]),
         ("balance", money(v["balance_wei"]) + _coin_note(v)),
         ("pool", f"{money(pool.get('balance'))}, debited {money(pool.get('debited'))}"
-                 + _leaving(money(pool.get("leaving")), pool.get("leave_at"))),
+                 + _leaving(money, pool.get("leaving"), pool.get("leave_at"))),
         ("stake", f"{money(stake.get('bonded'))}"
-                  + _leaving(money(stake.get("unbonding")), stake.get("unbond_at"))),
+                  + _leaving(money, stake.get("unbonding"), stake.get("unbond_at"))),
         ("earned", f"{money(v.get('earned_wei'))} over {v.get('epochs', 0)} epoch(s)"),
         ("pending", f"{v.get('pending_txs', 0)} transaction(s)"
                     + (" (dry run: nothing is sent)" if v.get("dry_run") else "")),
     ]  # fmt: skip
     if payee is not None:
-        last = payee.get("last_claim") or {}
-        claimed = (f"{money(last.get('paid_wei'))} at epoch {last.get('epoch')}"
-                   if last.get("claimed") else "none since the node started")  # fmt: skip
         rows.append(("as worker", f"{payee.get('tasks', 0)} task(s), vouched "
-                     f"{money(payee.get('vouched_wei'))}, last claim {claimed}"))  # fmt: skip
+                     f"{money(payee.get('vouched_wei'))}, last claim "
+                     f"{_last_claim(payee, v.get('earned_wei'), money)}"))  # fmt: skip
         for owed in payee.get("arrears") or []:  # their work is declined until they pay
             unpaid = f"{money(owed['waiting_wei'])} unpaid over {owed['anchors']} anchors"
             rows.append(("in arrears", f"requester {owed['requester']} owes {unpaid}"))
-    jobs = (v.get("escrow") or {}).get("jobs") or {}
-    disputes = (v.get("disputes") or {}).get("disputes") or {}
-    rows.append(("as requester", f"{len(jobs)} job(s) in escrow, {len(disputes)} dispute(s)"))
+    if "escrow" in v or "disputes" in v:  # the requester role's parts: absent on other nodes
+        rows.append(("as requester", _requesting(v)))
     if anchorer := v.get("anchorer"):
         rows.append(("as anchorer", _anchoring(anchorer)))
     return table(rows)
+
+
+def _last_claim(payee: dict[str, Any], earned_wei: Any, money: Callable[[Any], str]) -> str:
+    """The claim this node made since it started; else whether the chain paid it anyway
+    (``earned_wei``: all the contract paid this account, by sentries' payouts or claims)."""
+    last = payee.get("last_claim") or {}
+    if last.get("claimed"):
+        return f"{money(last.get('paid_wei'))} at epoch {last.get('epoch')}"
+    if int(earned_wei or 0) > 0:
+        return (f"none by this node since it started; {money(earned_wei)} paid out on chain "
+                "(by anchoring sentries' payouts or earlier claims)")  # fmt: skip
+    return "none since the node started"
+
+
+# settle_escrow states (node/chain/escrow.py) whose money is in the pool: funded, or asked back
+# and not yet withdrawn. 'new' is not funded yet; 'returned' came back.
+ESCROW_HELD = ("funded", "leaving")
+
+
+def _requesting(v: dict[str, Any]) -> str:
+    """Jobs counted by where their money is (the API groups them by escrow state), and
+    disputes by whether they are still open."""
+    jobs = (v.get("escrow") or {}).get("jobs") or {}
+    count = {state: int(seen.get("count", 0)) for state, seen in jobs.items()}
+    held = sum(count.get(s, 0) for s in ESCROW_HELD)
+    said = {"leaving": "leaving", "returned": "returned", "new": "not funded yet"}
+    parts = [f"{count[s]} {words}" for s, words in said.items() if count.get(s)]
+    line = _plural(held, "job") + " in escrow" + (f" ({', '.join(parts)})" if parts else "")
+    disputes = (v.get("disputes") or {}).get("disputes") or {}
+    line += ", " + _plural(sum(disputes.values()), "dispute")
+    still_open = sum(n for state, n in disputes.items() if state not in FINAL_STATES)
+    return line + (f" ({still_open} open)" if still_open else "")
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _anchoring(a: dict[str, Any]) -> str:
@@ -414,16 +491,18 @@ def _coin_note(v: dict[str, Any]) -> str:
     return " (test coin)" if v["backend"] == "embedded" else ""
 
 
-def _leaving(amount: str, at: Any) -> str:
-    """``, leaving X on DATE`` while something is on its way out, else nothing."""
-    if not at or int(at) == 0:
+def _leaving(money: Callable[[Any], str], units: Any, at: Any) -> str:
+    """``, X leaving on DATE`` while something is on its way out, else nothing (the contract
+    keeps the last date after the withdrawal, with nothing leaving)."""
+    if not int(units or 0) or not int(at or 0):
         return ""
-    return f", {amount} leaving on {_utc(at)}"
+    return f", {money(units)} leaving on {_utc(at)}"
 
 
-def _utc(at: Any) -> str:
-    """A contract time (unix seconds) as people read it."""
-    return datetime.fromtimestamp(int(at), UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _utc(at: Any, seconds: bool = False) -> str:
+    """A contract time (unix seconds) as people read it; ``seconds`` where one is waited for."""
+    shown = "%Y-%m-%d %H:%M:%S UTC" if seconds else "%Y-%m-%d %H:%M UTC"
+    return datetime.fromtimestamp(int(at), UTC).strftime(shown)
 
 
 @settlement.command("txs")

@@ -32,7 +32,7 @@ def test_amounts_dates_and_roles_read_as_sentences() -> None:
     assert "earned        0.00000000025 ETH over 3 epoch(s)" in text
     assert "last claim 0.00000000025 ETH at epoch 2" in text
     assert f"requester 0x{'ee' * 20} owes 0.000000000000005 ETH unpaid over 3 anchors" in text
-    assert "as requester  1 job(s) in escrow, 0 dispute(s)" in text
+    assert "as requester  0 jobs in escrow, 0 disputes" in text
     assert "{" not in text, "no raw JSON"
 
 
