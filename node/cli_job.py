@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from consensus.market.spec import SpecError, parse_spec
+from consensus.market.spec import JobSpec, SpecError, parse_spec
+from consensus.market.spec_warnings import spec_warnings
 from consensus.settlement.units import format_rate, format_wei
 from node.cli_base import (
     BadInput,
@@ -29,6 +30,7 @@ from node.market.packing import PackError, unpack
 
 FINISHED = ("verified", "settled", "failed", "cancelled")
 POLL_S = 0.5  # how often --wait and --follow ask the daemon
+OUTCOME_CHARS = 160  # of an earlier attempt's outcome, on its own line
 
 
 def _client(home_dir: str | None) -> ApiClient:
@@ -62,11 +64,13 @@ def job_validate(file: str, as_json: bool) -> None:
     missing = [p for p in spec.inputs if not (Path(file).parent / p).exists()]
     if missing:
         raise BadInput(f"{file}: io.inputs: {', '.join(missing)} not found next to the spec")
+    warnings = _warn(spec_warnings(spec))
     payload = {"valid": True, "kind": spec.kind, "tasks": spec.tasks,
                "max_total_wei": str(spec.max_total_wei),
-               "max_price_wei_per_s": str(spec.max_price_wei_per_s)}  # fmt: skip
+               "max_price_wei_per_s": str(spec.max_price_wei_per_s),
+               "warnings": warnings}  # fmt: skip
     emit(as_json, payload, lambda p: f"ok: {_a(p['kind'])} job of {p['tasks']} task(s), "
-                                     f"at most {p['max_total_wei']} wei")  # fmt: skip
+                                     f"at most {_money(spec.max_total_wei, None)}")  # fmt: skip
 
 
 @job.command("submit")
@@ -76,8 +80,9 @@ def job_validate(file: str, as_json: bool) -> None:
 @json_option
 def job_submit(file: str, wait: bool, home_dir: str | None, as_json: bool) -> None:
     """Submit a job spec; its inputs are read relative to the spec's folder."""
-    text, _ = _read_spec(file)
+    text, spec = _read_spec(file)
     client = _client(home_dir)
+    _warn(spec_warnings(spec) + _market_warnings(spec, client))
     base = str(Path(file).resolve().parent)
     try:
         job_id = client.post("/v1/jobs", {"spec": text, "base_dir": base})["job_id"]
@@ -93,9 +98,37 @@ def job_submit(file: str, wait: bool, home_dir: str | None, as_json: bool) -> No
         sys.exit(1)
 
 
+def _warn(warnings: list[str]) -> list[str]:
+    """Says each on stderr, where ``--json`` output stays parseable."""
+    for line in warnings:
+        click.echo(f"warning: {line}", err=True)
+    return warnings
+
+
+def _market_warnings(spec: JobSpec, client: ApiClient) -> list[str]:
+    """A price cap below every worker this node knows of (of the class asked for): no bid would
+    come (a worker above the cap does not even say why). Best effort: no market, no warning."""
+    try:
+        workers = client.get("/v1/market")["workers"]
+    except HomeError:
+        return []
+    wanted = spec.requirements.gpu_class
+    prices = [int(o["price_wei_per_s"]) for w in workers for o in w["offers"]
+              if wanted in ("", o["gpu_class"])]  # fmt: skip
+    if not prices or min(prices) <= spec.max_price_wei_per_s:
+        return []
+    return [
+        f"budget.max_price_per_s {format_rate(spec.max_price_wei_per_s, None)} is below every "
+        f"worker's price in the market ({len(prices)} offer(s), the lowest "
+        f"{format_rate(min(prices), None)}): no worker will bid"
+    ]
+
+
 def _follow(client: ApiClient, job_id: str, quiet: bool) -> dict[str, Any]:
-    """Prints each task's moves and the job's log lines until the job finishes."""
+    """Prints each task's moves, why an attempt ended before the next, and the job's log lines
+    until the job finishes."""
     seen: dict[int, str] = {}
+    said: set[tuple[int, int]] = set()  # earlier attempts whose end was printed
     hinted = False
     cursor = 0
     while True:
@@ -105,6 +138,10 @@ def _follow(client: ApiClient, job_id: str, quiet: bool) -> dict[str, Any]:
         if not quiet:
             for line in logs["lines"]:
                 click.echo(f"  [task {line['task']}] {line['line']}")
+            for a in _earlier_attempts(view):
+                if a["outcome"] and (a["task"], a["attempt"]) not in said:
+                    said.add((a["task"], a["attempt"]))
+                    click.echo(_attempt_line(a, view.get("token")))
             for task in view["task_states"]:
                 shown = f"{task['state']} {short_peer(task['worker'])} {task['reason']}".strip()
                 if seen.get(task["task"]) != shown:
@@ -157,6 +194,9 @@ def _human_job(view: dict[str, Any]) -> str:
     for t in view["task_states"]:
         rows.append((str(t["task"]), t["state"], str(t["attempt"]), short_peer(t["worker"]),
                      str(t["checkpoints"]), t["reason"][:110]))  # fmt: skip
+    earlier = "".join(f"\n  {_attempt_line(a, view.get('token'))}" for a in _earlier_attempts(view))
+    if earlier:
+        earlier = "\nearlier attempts:" + earlier
     checked = view.get("verification", {})
     verdicts = (
         "".join(
@@ -180,16 +220,53 @@ def _human_job(view: dict[str, Any]) -> str:
         )
     )
     return (
-        f"{head}\n{table(rows)}\ncost so far: {_cost(view)}\n"
-        f"verification: {checked.get('guarantee', '-')}{_not_held(checked)}{verdicts}"
+        f"{head}\n{table(rows)}{earlier}\ncost so far: {_cost(view)}\n"
+        f"verification: {_guarantee(view, checked)}{_not_held(checked)}{verdicts}"
     )
+
+
+def _earlier_attempts(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """Attempts before each task's current one that did not end ``done``: why the task moved
+    to another worker (absent from a daemon too old to list attempts)."""
+    attempts = view.get("attempts") or []
+    current = {t["task"]: t["attempt"] for t in view["task_states"]} if attempts else {}
+    return [a for a in attempts
+            if a["attempt"] < current.get(a["task"], 0) and a["outcome"] != "done"]  # fmt: skip
+
+
+def _attempt_line(a: dict[str, Any], token: str | None) -> str:
+    """``task 0#0 on KooWc2zg: unreachable ...; paid 0 ETH of 0.0000006 ETH (600 gwei)
+    vouched``: the amounts as the cost line shows them."""
+    why = " ".join("".join(c if c.isprintable() else " " for c in a["outcome"] or "").split())
+    if len(why) > OUTCOME_CHARS:  # a worker's error text can be long: one line each
+        why = why[: OUTCOME_CHARS - 3] + "..."
+    vouched = _money(int(a["vouched_wei"] or 0), token)
+    paid = "" if a["payable_wei"] is None else f"paid {_money(int(a['payable_wei']), token)} of "
+    return (
+        f"task {a['task']}#{a['attempt']} on {short_peer(a['worker'])}: {why or 'ended'}; "
+        f"{paid}{vouched} vouched"
+    )
+
+
+def _guarantee(view: dict[str, Any], checked: dict[str, Any]) -> str:
+    """The stated guarantee holds for each task alone (sampling is per task): said so when
+    there are several, or ``4 of 4 segments`` reads as the whole job's."""
+    text = str(checked.get("guarantee", "-"))
+    tasks = (view.get("spec") or {}).get("tasks") or len(view["task_states"])
+    if int(tasks) > 1 and checked.get("level") != "none" and ": " in text:
+        return text.replace(": ", ", per task: ", 1)
+    return text
 
 
 def _cost(view: dict[str, Any]) -> str:
     """ETH as the wallet and the demo show amounts, with gwei beside it as ``market`` and
     ``bids`` price a GPU-second; a token's base units unscaled (``--json`` keeps the wei)."""
-    wei = int(view["cost_wei"])
-    if view.get("token"):
+    return _money(int(view["cost_wei"]), view.get("token"))
+
+
+def _money(wei: int, token: str | None) -> str:
+    """An amount as :func:`_cost` shows it."""
+    if token:
         return f"{wei} base units"
     return f"{format_wei(wei)} ({format_wei(wei, 'gwei')})" if wei else "0 ETH"
 
@@ -219,7 +296,13 @@ def job_list(home_dir: str | None, as_json: bool) -> None:
 def job_cancel(job_id: str, home_dir: str | None, as_json: bool) -> None:
     """Cancel a job's unfinished tasks (their workers are paid for the seconds vouched)."""
     payload = _client(home_dir).post(f"/v1/job/cancel?id={job_id}")
-    emit(as_json, payload, lambda p: f"cancelled {p['cancelled']} task(s)")
+    emit(as_json, payload, _cancelled)
+
+
+def _cancelled(payload: dict[str, Any]) -> str:
+    """A repeated cancel finds nothing left: "cancelled 0 task(s)" read as a failure."""
+    n = payload["cancelled"]
+    return f"cancelled {n} task(s)" if n else "nothing to cancel: every task has ended"
 
 
 @job.command("logs")

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 from consensus.market.messages import Award, Demand, TaskOrder, TaskRef
 from consensus.market.spec import REFERENCE_SCORE, Requirements, estimated_seconds
+from consensus.settlement.units import format_rate, format_wei
 
 MB = 1 << 20  # disk sizes in reasons (MiB, as df -m and the sandbox's _mb settings): a need
 # rounds up, what is free down
@@ -258,7 +259,8 @@ class Bidder:
         """
         demand, requester = seen.demand, seen.requester
         price, gpus = self.policy.price_wei_per_s, demand.requirements.gpu_count
-        cost, free = price * gpus * self.estimate_s(demand), self.free_gpus()
+        est_s, free = self.estimate_s(demand), self.free_gpus()
+        cost = price * gpus * est_s
         unmet = unmet_requirement(demand.requirements, self.caps)
         rows = (
             (now_ms >= demand.bid_until_ms, "bid window closed", False),
@@ -270,9 +272,11 @@ class Bidder:
              "owner is using the machine (idle-only)", True),
             (unmet is not None, unmet or "", False),
             (price > demand.max_price_wei_per_s,
-             f"our price {price} wei/s above max {demand.max_price_wei_per_s}", False),
+             f"our price {format_rate(price, None)} above max "
+             f"{format_rate(demand.max_price_wei_per_s, None)}", False),
             (cost > demand.budget_wei,
-             f"estimated cost {cost} wei above the task budget {demand.budget_wei}", True),
+             f"estimated cost {format_wei(cost, 'gwei')} for {est_s} s above "
+             f"the task budget {format_wei(demand.budget_wei, 'gwei')}", True),
             (seen.need_bytes > seen.free_bytes,
              f"no room for its data: needs {-(-seen.need_bytes // MB)} MB, "
              f"{max(0, seen.free_bytes) // MB} MB free", True),

@@ -32,6 +32,7 @@ from tests.unit.market.factories import NOW, REF, demand, order
 
 CAPS = Capabilities(gpu_class="cpu", gpus=2, vram_mb=8000, score=2000, cpu_cores=8,
                     ram_mb=16000, region="eu")  # fmt: skip
+GWEI = 10**9  # reasons name amounts in gwei, as a spec's author writes them
 POLICY = Policy(price_wei_per_s=50, kinds=frozenset({"exec", "train"}), hold_ms=1000)
 
 
@@ -62,8 +63,16 @@ def test_a_fitting_demand_gets_a_bid_at_our_price_scaled_by_our_score() -> None:
         ({"requirements": Requirements(min_score=5000)}, {}, "needs score >= 5000"),
         ({"requirements": Requirements(region="us")}, {}, "needs region us, in eu"),
         ({"requirements": Requirements(ram_mb=10**6)}, {}, "needs ram_mb"),
-        ({"max_price": 49}, {}, "our price 50 wei/s above max 49"),
-        ({"budget": 50 * 29}, {}, "estimated cost 1500 wei above the task budget 1450"),
+        (
+            {"max_price": 49 * GWEI},
+            {"price_wei_per_s": 50 * GWEI},
+            "our price 50 gwei/s above max 49 gwei/s",
+        ),
+        (
+            {"max_price": 50 * GWEI, "budget": 50 * 29 * GWEI},
+            {"price_wei_per_s": 50 * GWEI},
+            "estimated cost 1500 gwei for 30 s above the task budget 1450 gwei",
+        ),
         ({"window_ms": 0}, {}, "bid window closed"),
     ],
 )
