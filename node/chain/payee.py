@@ -130,6 +130,7 @@ class Payee:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._resubmit_loop)
             nursery.start_soon(self.arrears.run)
+            nursery.start_soon(self.warn_if_unstaked)
             task_status.started()
             async for message in inbox:
                 body = message.opened.body if message.opened else None
@@ -143,6 +144,19 @@ class Payee:
                         await self.on_cap(body)
                 except Exception as exc:  # an outage: the anchorer sends them again
                     log.warning("anchor message not checked: %r", exc)
+
+    async def warn_if_unstaked(self) -> bool:
+        """Says so at start when this worker has no stake: it is still paid, but sentries can
+        slash nothing, so requesters have its reputation alone to trust. True if it warned."""
+        try:
+            bonded = (await self.chain.service.call(lambda c: c.stake_of()))["bonded"]
+        except ChainError:  # an outage: the next start says it
+            return False
+        if bonded:
+            return False
+        log.warning("worker without stake: sentries could slash nothing if it cheated; "
+                    "stake with `idlegrid wallet stake 1eth`")  # fmt: skip
+        return True
 
     async def _resubmit_loop(self) -> None:
         """Gossip is lossy and anchorers can be cut off for a while: every half epoch, resend
