@@ -17,6 +17,7 @@ from node import cli_job
 from node.cli import cli
 from node.cli_base import short_peer
 from node.home import HomeError
+from tests.unit.test_cli_job import Scripted
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEAD, ALIVE = "12D3KooWc2zgDeadWorker", "12D3KooWHsSiLiveWorker"
@@ -73,18 +74,6 @@ def test_an_earlier_attempts_outcome_is_one_tame_line() -> None:
     assert cli_job._attempt_line(attempt(0, DEAD, "gone", "7", "3"), "0xtoken").endswith(
         "gone; paid 3 base units of 7 base units vouched"
     )
-
-
-class Scripted:
-    """The daemon's answers, one job view per poll."""
-
-    def __init__(self, views: list[dict[str, Any]]) -> None:
-        self.views = views
-
-    def get(self, path: str) -> dict[str, Any]:
-        if path.startswith("/v1/job/logs"):
-            return {"cursor": 0, "lines": []}
-        return self.views.pop(0) if len(self.views) > 1 else self.views[0]
 
 
 def test_wait_says_once_why_an_attempt_ended_before_the_next_one(
