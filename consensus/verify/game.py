@@ -26,7 +26,14 @@ class-independent grounds or a same-class replay ever back a slash.
 Checks on an answer for segment ``i``: both leaves under the attested root at their index,
 ``chained_i == H(chained_{i-1} || hash_i)`` (one history, in order), the checkpoint file hashes to
 ``hash_{i-1}``, the end file (sent when a cross-class sentry asks for it) hashes to ``hash_i``,
-and for the final segment ``hash_i`` equals the attested result hash.
+for the final segment ``hash_i`` equals the attested result hash, and with points the inner
+point hashes sent match the leaf's digest of them.
+
+**Points.** A same-class game is given the point each sampled segment stops at
+(:func:`consensus.verify.sampling.stops`): a replay stopped at an inner point ``j`` is compared
+to the worker's point hash ``j``, one at the last point to ``hash_i`` as before. A cross-class
+game replays every segment whole (a distance needs the worker's state file, and only segment
+ends are kept as files).
 
 A cross-class sentry asks for segment ``i``'s end file too: its runtime measures the distance
 between its replay's state and that file (:class:`Replayed`'s ``distance_ppm``). A worker that
@@ -95,12 +102,15 @@ class Challenge:
 class Replay:
     """Re-run segment ``index`` from ``checkpoint`` (empty: from the task's inputs); ``end``
     is the worker's checkpoint file of ``index`` (hashing to ``expected``) to measure a
-    cross-class replay's distance against, or empty (same class, or not sent)."""
+    cross-class replay's distance against, or empty (same class, or not sent). ``stop``: the
+    inner point of the attestation's ``points`` to stop at (``expected`` is then that
+    point's hash), or 0 for the whole segment."""
 
     index: int
     checkpoint: bytes
     expected: bytes
     end: bytes = b""
+    stop: int = 0
 
 
 Grounds = Literal["replays", "answer", "silence", "replay", "step", "unprobed"]
@@ -155,6 +165,8 @@ class Game:
     Attributes:
         same_class: the sentry replays in the worker's determinism class (bitwise compare).
         tolerance_ppm: the calibrated cross-class distance below which a segment passes.
+        stops: the point each sampled segment's replay stops at (same class, an attestation
+            with points); a segment not in it, or at the last point, replays whole.
     """
 
     att: Attestation
@@ -163,9 +175,12 @@ class Game:
     deadline_ms: int
     same_class: bool
     tolerance_ppm: int
+    stops: dict[int, int] = field(default_factory=dict)
     state: State = "challenging"
     pending: set[int] = field(default_factory=set)  # challenged, not yet answered
-    replaying: dict[int, ChallengeResponse] = field(default_factory=dict)
+    # answered, being replayed: the answer, the point it stops at (0: the end), and the hash
+    # the replay must give
+    replaying: dict[int, tuple[ChallengeResponse, int, bytes]] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
     missed: dict[int, tuple[Missed, bytes]] = field(default_factory=dict)  # with its record
 
@@ -205,18 +220,23 @@ class Game:
         if problem:
             return self._fail("answered", f"segment {index}: {problem}", _record(answer), "answer")
         self.pending.discard(index)
-        self.replaying[index] = answer
         self._move("answered", "challenging")
+        stop = self.stops.get(index, 0) if self.same_class else 0
+        if not 0 < stop < self.att.points:
+            stop = 0  # the end: a whole segment
+        expected = answer.points[stop - 1] if stop else answer.after.hash
+        self.replaying[index] = (answer, stop, expected)
         end = b"" if self.same_class else answer.end_checkpoint
-        return [Replay(index, answer.checkpoint, answer.after.hash, end)]
+        return [Replay(index, answer.checkpoint, expected, end, stop)]
 
     def _replayed(self, event: Replayed) -> list[Effect]:
-        answer = self.replaying.pop(event.index, None)
+        answer, stop, expected = self.replaying.pop(event.index, (None, 0, b""))
         if answer is None:
             return []
-        equal = event.hash == answer.after.hash
+        equal = event.hash == expected
         if not equal and self.same_class:
-            reason = f"segment {event.index}: replay gives 0x{event.hash.hex()[:16]}..."
+            at = f" at point {stop} of {self.att.points}" if stop else ""
+            reason = f"segment {event.index}{at}: replay gives 0x{event.hash.hex()[:16]}..."
             return self._fail("replayed", reason, _record(answer, event.hash), "replay")
         if not equal and (event.distance_ppm is None or event.distance_ppm > self.tolerance_ppm):
             miss = Missed(event.index, event.distance_ppm, event.hash, answer.after.hash)
@@ -270,7 +290,18 @@ def check_answer(att: Attestation, answer: ChallengeResponse) -> str:
         return problem
     if tree.chain(previous, after.hash) != after.chained:
         return "checkpoints out of order (the chain breaks)"
-    return _end_problem(att, answer)
+    return _end_problem(att, answer) or _points_problem(att, answer)
+
+
+def _points_problem(att: Attestation, answer: ChallengeResponse) -> str:
+    """Why the inner point hashes sent are not the ones the leaf committed to, or ``""``."""
+    if att.points == 1:
+        return "" if not answer.after.points else "a leaf with points in an attestation without"
+    if len(answer.points) != att.points - 1:
+        return f"{len(answer.points)} inner point hashes, not {att.points - 1}"
+    if tree.points_digest(answer.points) != answer.after.points:
+        return "the inner point hashes do not match the attested leaf"
+    return ""
 
 
 def _end_problem(att: Attestation, answer: ChallengeResponse) -> str:
@@ -312,4 +343,9 @@ def _record(answer: ChallengeResponse, replayed: bytes = b"") -> bytes:
         wire["end_checkpoint"] = blake3(answer.end_checkpoint).digest()
     else:
         del wire["end_checkpoint"]  # as before the field existed: the same record, same hash
+    if not answer.points:  # likewise
+        del wire["points"]
+        for leaf in ("before", "after"):
+            if wire.get(leaf) is not None and not wire[leaf]["points"]:
+                del wire[leaf]["points"]
     return encode({"answer": wire, "replayed": replayed})

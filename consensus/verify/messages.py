@@ -35,15 +35,26 @@ from consensus.verify.qos import QosReport
 
 MAX_SEGMENTS = 1 << 20
 MAX_CHECKPOINT_BYTES = 256 << 20  # a challenge answer carries one checkpoint file inline
+MAX_POINTS = 64  # state hashes a segment may commit to (the last one is its end)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Leaf:
-    """One segment's leaf: its state hash and the chained hash up to it."""
+    """One segment's leaf: its state hash and the chained hash up to it.
+
+    ``points``: for an attestation with points (:attr:`Attestation.points` > 1), the digest of
+    the segment's inner point hashes (:func:`consensus.verify.tree.points_digest`), so that the
+    root commits to the states inside each segment too; empty otherwise.
+    """
 
     index: int
     hash: bytes = field(metadata=exact_size(HASH_LEN))
     chained: bytes = field(metadata=exact_size(HASH_LEN))
+    points: bytes = b""
+
+    def __post_init__(self) -> None:
+        if len(self.points) not in (0, HASH_LEN):
+            raise Invalid("leaf.points", f"{len(self.points)} bytes: empty or {HASH_LEN}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +79,10 @@ class Attestation(Body):
         chain_address, binding_sig: the worker's chain account and its wallet's signature of
             the identity binding (``node.identity.wallet_binding``), so sentries that fail
             the task know whose stake to slash; empty where the worker does not settle.
+        points: the states each segment commits to, evenly spaced in its steps, the last
+            being its end (:func:`consensus.verify.sampling.point_step`): above 1, every leaf
+            carries the digest of the ``points - 1`` inner ones, and a sentry may replay a
+            segment only up to one of them (:func:`consensus.verify.sampling.stops`).
     """
 
     KIND: ClassVar[str] = "verify.attestation/1"
@@ -86,10 +101,13 @@ class Attestation(Body):
     start: Leaf | None = None
     chain_address: bytes = b""
     binding_sig: bytes = b""
+    points: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.segments <= MAX_SEGMENTS:
             raise ValueError(f"segments must be in 1..{MAX_SEGMENTS}")
+        if not 1 <= self.points <= MAX_POINTS:
+            raise Invalid("attestation.points", f"{self.points}: must be in 1..{MAX_POINTS}")
         if self.seconds < 0:
             raise ValueError("seconds must not be negative")
         _check_range(self)
@@ -140,14 +158,19 @@ def attestation_id(att: Attestation) -> bytes:
     """What seeds, verdicts and evidence name: BLAKE3 of the attestation's canonical body.
 
     An unresumed attestation is hashed without ``first`` and ``start``, one without a chain
-    account without ``chain_address`` and ``binding_sig``, so its id is the same as before
-    those fields existed (nodes of either version agree on it).
+    account without ``chain_address`` and ``binding_sig``, one without points without
+    ``points`` (nor its start leaf's), so its id is the same as before those fields existed
+    (nodes of either version agree on it).
     """
     wire = to_wire(att)
     if att.first == 0:
         del wire["first"], wire["start"]
+    elif att.start is not None and not att.start.points:
+        del wire["start"]["points"]
     if not att.chain_address:
         del wire["chain_address"], wire["binding_sig"]
+    if att.points == 1:
+        del wire["points"]
     return blake3(b"idlegrid.verify.att/1" + encode(wire)).digest()
 
 
@@ -299,6 +322,9 @@ class ChallengeResponse:
     ``end_checkpoint``: segment ``index``'s own file (its BLAKE3 is ``after.hash``), only when
     the request asked ``with_end``; empty otherwise, and from workers that predate it.
 
+    ``points``: for an attestation with points, segment ``index``'s inner point hashes (their
+    digest is ``after.points``); a sentry compares a replay stopped at one of them to it.
+
     A file too big to travel in the answer goes by reference instead (``checkpoint_blob``,
     ``end_blob``; its bytes field empty): the worker grants the sentry that blob, which it
     fetches in pieces and puts in place of the reference before judging."""
@@ -313,6 +339,11 @@ class ChallengeResponse:
     end_checkpoint: bytes = b""  # the file whose BLAKE3 is after.hash, when asked
     checkpoint_blob: BlobRef | None = None
     end_blob: BlobRef | None = None
+    points: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.points) >= MAX_POINTS or any(len(p) != HASH_LEN for p in self.points):
+            raise Invalid("response.points", f"under {MAX_POINTS} hashes of {HASH_LEN} bytes")
 
 
 @dataclass(frozen=True, kw_only=True)

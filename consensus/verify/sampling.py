@@ -12,6 +12,20 @@ guarantee is stated over those ``N - first`` segments.
 If a cheater faked ``k`` of the ``N - 1`` non-final segments, the chance that none of the ``s``
 sampled ones is faked is hypergeometric: ``C(N-1-k, s) / C(N-1, s)``. Exact integer arithmetic
 (``fractions``), so the stated guarantee is a lower bound, not a float approximation.
+
+**Points.** Where each segment also commits to ``m`` evenly spaced states (its end the last;
+:attr:`~consensus.verify.messages.Attestation.points`), the seed draws for each sampled
+non-final segment a point ``j`` uniform in ``1..m`` (:func:`stops`), and the sentry replays
+only up to it: ``(m + 1) / 2m`` of a segment on average, 56 % for ``m = 8``. A replay to ``j``
+catches any faked part among the segment's first ``j`` parts (the state at ``j`` is computed
+from the checked start, so a faked earlier part changes it), so a segment with ``k`` faked
+parts is caught with probability at least ``k / m``, and a job with a fraction ``f`` of its
+non-final parts faked, in whatever arrangement, is caught by each sample with probability at
+least ``f`` on average. Sampling segments without replacement does no worse than with it
+(Hoeffding, 1963), so ``P(miss) <= (1 - f)^s``, stated exactly. It is a little weaker than the
+hypergeometric bound for whole segments (which a cheater faking whole segments still meets):
+16 samples give 99 % at 25 % faked either way from 256 to 1024 segments, at 56 % of the cost.
+The final segment is always replayed whole.
 """
 
 from __future__ import annotations
@@ -53,6 +67,41 @@ def sample(seed: bytes, segments: int, size: int, first: int = 0) -> list[int]:
     return [*sorted(chosen), segments - 1]
 
 
+POINTS: dict[str, int] = {"train": 8}  # the points a runtime's segments commit to (else 1)
+_STOPS = b"idlegrid.verify.stops/1"
+
+
+def stops(seed: bytes, sampled: list[int], segments: int, points: int) -> list[int]:
+    """For each of ``sampled`` (as :func:`sample` gives them), the point the replay stops at:
+    uniform in ``1..points`` from the seed, ``points`` (the end) for the final segment.
+
+    Raises:
+        Invalid: ``points`` < 1.
+    """
+    if points < 1:
+        raise Invalid("stops.points", f"{points}: at least 1")
+    stream = blake3(_STOPS + seed + segments.to_bytes(8, "big"))
+    bound = (1 << 64) - (1 << 64) % points
+    out, offset = [], 0
+    for index in sampled:
+        if index == segments - 1:
+            out.append(points)
+            continue
+        while True:
+            value = int.from_bytes(stream.digest(length=8, seek=offset), "big")
+            offset += 8
+            if value < bound:  # rejection: every point equally likely
+                out.append(1 + value % points)
+                break
+    return out
+
+
+def point_step(begin: int, end: int, point: int, points: int) -> int:
+    """The global step after which point ``point`` of ``points`` of a segment running steps
+    ``begin..end`` falls (point ``points`` is ``end``); the runtime's child repeats this rule."""
+    return begin + point * (end - begin) // points
+
+
 def miss_probability(segments: int, faked: int, size: int) -> Fraction:
     """P(no faked segment is sampled) when ``faked`` of the ``segments - 1`` drawn-from
     segments are faked and the final one is honest (a faked final one is always caught)."""
@@ -65,17 +114,26 @@ def miss_probability(segments: int, faked: int, size: int) -> Fraction:
     return Fraction(comb(pool - faked, take), comb(pool, take))
 
 
-def detection_probability(segments: int, fraction: Fraction, size: int) -> Fraction:
+def detection_probability(
+    segments: int, fraction: Fraction, size: int, points: int = 1
+) -> Fraction:
     """P(detect) when at least ``fraction`` of the segments are faked (worst case: the final
-    one is honest, the faked ones as few as the fraction allows)."""
-    faked = ceil(fraction * segments)
-    return 1 - miss_probability(segments, faked, size)
+    one is honest, the faked ones as few as the fraction allows); with ``points`` > 1, when
+    the sentry replays to a drawn point (the bound in the module's docstring)."""
+    if points == 1:
+        return 1 - miss_probability(segments, ceil(fraction * segments), size)
+    parts, faked = (segments - 1) * points, ceil(fraction * segments * points)
+    if faked <= 0:
+        return Fraction(0)
+    if faked > parts:
+        return Fraction(1)
+    return 1 - (1 - Fraction(faked, parts)) ** min(size, segments - 1)
 
 
-def size_for(segments: int, fraction: Fraction, target: Fraction) -> int:
+def size_for(segments: int, fraction: Fraction, target: Fraction, points: int = 1) -> int:
     """The least sample size that detects ``fraction`` faked with probability >= ``target``."""
     for size in range(0, segments):
-        if detection_probability(segments, fraction, size) >= target:
+        if detection_probability(segments, fraction, size, points) >= target:
             return size
     return max(0, segments - 1)
 
@@ -84,17 +142,24 @@ def guarantee(
     kind: str, segments: int, size: int, fraction: Fraction = Fraction(1, 4), first: int = 0
 ) -> str:
     """The sentence ``job status`` shows, e.g.
-    ``train: 17 of 512 segments re-executed, P(detect 25 % faked) >= 99 %``; for an attempt
-    resumed at ``first`` it names the attested range and what it leaves out."""
-    attested = segments - first
+    ``exec: 1 of 1 segments re-executed, P(detect 25 % faked) >= 100 %``, or for a kind with
+    points ``train: 17 of 512 segments re-executed, 16 up to a random one of their 8 points,
+    P(detect 25 % faked) >= 99 %``; for an attempt resumed at ``first`` it names the attested
+    range and what it leaves out."""
+    attested, points = segments - first, POINTS.get(kind, 1)
     checked = min(size, attested - 1) + 1
-    p = detection_probability(attested, fraction, size)
+    p = detection_probability(attested, fraction, size, points)
     percent = int(p * 100)  # floor: the figure is a guarantee, never rounded up
-    if first == 0:
-        what = f"{checked} of {segments} segments re-executed"
-    else:
-        what = (
-            f"{checked} of segments {first}..{segments - 1} re-executed (resumed at {first}: "
-            f"0..{first - 1} ran on an earlier worker and are not re-checked)"
+    what = (
+        f"{checked} of {segments} segments"
+        if first == 0
+        else (f"{checked} of segments {first}..{segments - 1}")
+    )
+    what += " re-executed"
+    if points > 1 and checked > 1:
+        what += f", {checked - 1} up to a random one of their {points} points"
+    if first:
+        what += (
+            f" (resumed at {first}: 0..{first - 1} ran on an earlier worker and are not re-checked)"
         )
     return f"{kind}: {what}, P(detect {int(fraction * 100)} % faked) >= {percent} %"

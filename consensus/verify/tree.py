@@ -12,6 +12,10 @@ checkpoint ``first - 1``): its leaves keep their segment indices, sit at positio
 The chained hash in every leaf lets a sentry check that two adjacent leaves belong to one
 history: ``chained_i == H(chained_{i-1} || hash_i)`` (the runtime's
 :func:`gpu.runtime.chain`, repeated here so ``consensus`` stays pure).
+
+A leaf of an attestation with points also holds the digest of the segment's inner point
+hashes, appended to what its leaf hash covers: so the root commits to those states as well,
+before any seed exists. A leaf without points hashes as it always did.
 """
 
 from __future__ import annotations
@@ -27,7 +31,13 @@ GENESIS = bytes(32)
 
 
 def leaf_hash(leaf: Leaf) -> bytes:
-    return blake3(b"\x00" + leaf.index.to_bytes(8, "big") + leaf.hash + leaf.chained).digest()
+    head = b"\x00" + leaf.index.to_bytes(8, "big") + leaf.hash + leaf.chained
+    return blake3(head + leaf.points).digest()
+
+
+def points_digest(points: Sequence[bytes]) -> bytes:
+    """What a leaf holds of its segment's inner point hashes (in step order)."""
+    return blake3(b"idlegrid.verify.points/1" + b"".join(points)).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
@@ -94,11 +104,18 @@ def verify(root_hash: bytes, leaf: Leaf, count: int, path: Sequence[bytes], firs
     return used == len(path) and node == root_hash
 
 
-def chain_leaves(hashes: Sequence[bytes], start: bytes = GENESIS, first: int = 0) -> list[Leaf]:
+def chain_leaves(
+    hashes: Sequence[bytes],
+    start: bytes = GENESIS,
+    first: int = 0,
+    points: Sequence[Sequence[bytes]] | None = None,
+) -> list[Leaf]:
     """The leaves of a run whose segments ``first``.. have the state hashes ``hashes``, the
-    chain continuing from ``start`` (the chained hash of segment ``first - 1``)."""
+    chain continuing from ``start`` (the chained hash of segment ``first - 1``); with
+    ``points``, each segment's inner point hashes (one list per segment) go in as digests."""
     leaves, chained = [], start
-    for index, state in enumerate(hashes, start=first):
+    for position, state in enumerate(hashes):
         chained = chain(chained, state)
-        leaves.append(Leaf(index=index, hash=state, chained=chained))
+        digest = points_digest(points[position]) if points is not None else b""
+        leaves.append(Leaf(index=first + position, hash=state, chained=chained, points=digest))
     return leaves

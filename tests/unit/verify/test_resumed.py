@@ -127,8 +127,11 @@ def test_the_guarantee_names_the_attested_range_and_what_it_leaves_out() -> None
     text = guarantee("train", 512, 16, first=256)
     assert text.startswith("train: 17 of segments 256..511 re-executed")
     assert "0..255 ran on an earlier worker and are not re-checked" in text
-    # Over the 10 attested: 3 faked of the 9 drawn from, missed with C(6,4)/C(9,4) = 15/126.
-    assert guarantee("train", 20, 4, first=10).endswith("P(detect 25 % faked) >= 88 %")
+    # Over the 10 attested, whole segments (exec's rule): 3 faked of the 9 drawn from,
+    # missed with C(6,4)/C(9,4) = 15/126.
+    assert guarantee("exec", 20, 4, first=10).endswith("P(detect 25 % faked) >= 88 %")
+    # train's points: 20 of the 9 x 8 parts faked, missed with (1 - 20/72)^4 = 0.272.
+    assert guarantee("train", 20, 4, first=10).endswith("P(detect 25 % faked) >= 72 %")
     assert guarantee("train", 512, 16) == guarantee("train", 512, 16, first=0)
 
 
@@ -157,6 +160,7 @@ def test_an_old_attestation_parses_and_keeps_its_id() -> None:
     att = honest(4).attestation()
     wire = to_wire(att)
     del wire["first"], wire["start"], wire["chain_address"], wire["binding_sig"]
+    del wire["points"]
     assert from_wire(Attestation, wire) == att
     assert attestation_id(att) == blake3(b"idlegrid.verify.att/1" + encode(wire)).digest()
     run = honest(4)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from itertools import combinations, product
+from math import comb
 
 import pytest
 from hypothesis import given
@@ -13,8 +15,10 @@ from consensus.verify.sampling import (
     detection_probability,
     guarantee,
     miss_probability,
+    point_step,
     sample,
     size_for,
+    stops,
 )
 
 
@@ -65,5 +69,91 @@ def test_miss_probability_edges() -> None:
 
 def test_guarantee_string() -> None:
     text = guarantee("train", 512, 16)
-    assert text == "train: 17 of 512 segments re-executed, P(detect 25 % faked) >= 99 %"
-    assert guarantee("exec", 1, 16).startswith("exec: 1 of 1 segments re-executed")
+    assert text == (
+        "train: 17 of 512 segments re-executed, 16 up to a random one of their 8 points, "
+        "P(detect 25 % faked) >= 99 %"
+    )
+    assert guarantee("train", 256, 16).endswith(">= 99 %")
+    assert (
+        guarantee("exec", 1, 16)
+        == "exec: 1 of 1 segments re-executed, P(detect 25 % faked) >= 100 %"
+    )
+    assert guarantee("render", 4, 16).startswith("render: 4 of 4 segments re-executed, P(")
+
+
+# --- points: replays that stop inside a segment ----------------------------------------------
+
+
+@given(
+    st.binary(min_size=32, max_size=32), st.integers(2, 600), st.integers(1, 20), st.integers(1, 16)
+)
+def test_stops_are_public_in_range_and_the_final_segment_runs_whole(
+    seed: bytes, n: int, s: int, m: int
+) -> None:
+    sampled = sample(seed, n, s)
+    got = stops(seed, sampled, n, m)
+    assert len(got) == len(sampled) and got[-1] == m
+    assert all(1 <= j <= m for j in got)
+    assert got == stops(seed, sampled, n, m)
+
+
+def test_every_stop_is_drawn_about_equally() -> None:
+    counts = [0] * 8
+    for i in range(1600):
+        for j in stops(i.to_bytes(32, "big"), [0, 1], 3, 8)[:-1]:
+            counts[j - 1] += 1
+    assert min(counts) > 150 and max(counts) < 250  # 200 expected each
+    with pytest.raises(Invalid, match=r"stops\.points"):
+        stops(bytes(32), [0], 2, 0)
+
+
+def test_point_steps_split_a_segment_evenly_and_end_at_its_end() -> None:
+    assert [point_step(100, 200, j, 8) for j in range(1, 9)] == [
+        112,
+        125,
+        137,
+        150,
+        162,
+        175,
+        187,
+        200,
+    ]
+    assert point_step(0, 3, 8, 8) == 3 and point_step(0, 3, 1, 8) == 0  # short: points repeat
+
+
+def exact_miss(faked: list[set[int]], s: int, m: int) -> Fraction:
+    """P(no sample catches a fake): every s-subset of the non-final segments equally likely,
+    each with a uniform stop; a stop at j catches a segment with a faked part <= j."""
+    caught = [Fraction(m - min(parts) + 1, m) if parts else Fraction(0) for parts in faked]
+    total = Fraction(0)
+    for chosen in combinations(range(len(faked)), s):
+        miss = Fraction(1)
+        for i in chosen:
+            miss *= 1 - caught[i]
+        total += miss
+    return total / comb(len(faked), s)
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_the_bound_holds_for_every_way_to_fake_a_quarter(m: int) -> None:
+    """Every arrangement of 25 % faked parts over 4 non-final segments (and an honest final
+    one) is caught at least as often as the guarantee says: whole segments, segment ends,
+    spread thin."""
+    n, s, parts = 5, 2, 4 * m
+    need = -(-n * m // 4)  # ceil(25 % of all n * m parts)
+    bound = 1 - detection_probability(n, Fraction(1, 4), s, m)
+    worst = Fraction(0)
+    for mask in product([0, 1], repeat=parts):
+        if sum(mask) != need:
+            continue
+        faked = [{j + 1 for j in range(m) if mask[i * m + j]} for i in range(4)]
+        worst = max(worst, exact_miss(faked, s, m))
+    assert worst <= bound
+    assert bound - worst < Fraction(1, 10)  # and the bound is not far off the worst case
+
+
+def test_points_cost_a_little_detection_and_half_the_replays() -> None:
+    for n in (256, 512, 1024):
+        whole = detection_probability(n, Fraction(1, 4), 16)
+        pointed = detection_probability(n, Fraction(1, 4), 16, 8)
+        assert Fraction(99, 100) <= pointed < whole
