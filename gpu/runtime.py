@@ -54,6 +54,7 @@ class SegmentDone:
     chained: bytes  # BLAKE3(previous chained || hash): commits to the whole history
     seconds: int  # work seconds of this run so far
     checkpoint: Path  # the state, to keep for challenges and failover
+    points: tuple[bytes, ...] = ()  # state hashes at the segment's inner points, if it has any
 
 
 @dataclass(frozen=True)

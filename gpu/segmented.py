@@ -55,10 +55,16 @@ def file_hash(path: Path) -> bytes:
 
 
 class SegmentedRuntime:
-    """The common driver; a subclass names its child program and the arguments it takes."""
+    """The common driver; a subclass names its child program and the arguments it takes.
+
+    ``points``: the states each segment of a run commits to (the last is its end; see
+    :mod:`consensus.verify.sampling`); the child writes the inner ones, which this side hashes
+    like checkpoints. Replays write none.
+    """
 
     kinds: frozenset[str] = frozenset()
     child: Path
+    points: int = 1
 
     def check(self, spec: RunSpec) -> str:
         """Why ``spec`` cannot run, or ``""``."""
@@ -172,7 +178,9 @@ class SegmentedRuntime:
         pipe = _Pipe()
         try:
             jail = self._jail(spec, gpus, stop_after, pipe.write_fd, stop_step)
-            return await self._drive(jail, pipe, _Progress(spec, private), on_segment, on_log)
+            points = self.points if stop_after is None else 1
+            progress = _Progress(spec, private, points)
+            return await self._drive(jail, pipe, progress, on_segment, on_log)
         finally:
             pipe.close()
             shutil.rmtree(private, ignore_errors=True)
@@ -183,6 +191,7 @@ class SegmentedRuntime:
             **self.child_args(spec), "ckpt_dir": CONTROL_DIR,
             "resume": f"{CONTROL_DIR}/resume.ckpt" if spec.resume is not None else None,
             "resume_index": spec.resume_index, "stop_after": stop_after, "control_fd": write_fd,
+            "points": self.points if stop_after is None else 1,
         }  # fmt: skip
         if stop_step is not None:
             args["stop_step"] = stop_step
@@ -201,7 +210,9 @@ class SegmentedRuntime:
             async def follow() -> None:
                 try:
                     async for report in _lines(pipe.read_fd):
-                        await on_segment(await progress.collect(report))
+                        done = await progress.collect(report)
+                        if done is not None:
+                            await on_segment(done)
                 except BadSegment as exc:
                     errors.append(str(exc))
                     nursery.cancel_scope.cancel()
@@ -225,31 +236,54 @@ class _Progress:
 
     spec: RunSpec
     private: Path
+    points: int = 1  # states per segment the child reports (its inner ones, then its end)
     started: float = field(default_factory=trio.current_time)
     chained: bytes = b""
     next: int = 0
     last_hash: bytes = b""
+    inner: list[bytes] = field(default_factory=list)  # this segment's point hashes so far
 
     def __post_init__(self) -> None:
         self.chained, self.next = self.spec.resume_chained, self.spec.resume_index + 1
 
-    async def collect(self, report: dict[str, Any]) -> SegmentDone:
+    async def collect(self, report: dict[str, Any]) -> SegmentDone | None:
+        """The segment a report closes, or None for one of its inner points (kept here)."""
         index = report.get("segment")
+        if "point" in report:
+            await self._point(report)
+            return None
         if index != self.next or report.get("file") != f"{CONTROL_DIR}/seg-{index}.ckpt":
             raise BadSegment(f"the child reported {report!r}, expected segment {self.next}")
+        if len(self.inner) != self.points - 1:
+            raise BadSegment(f"segment {index} ended after {len(self.inner)} inner points")
         kept = self.private / f"seg-{index}.ckpt"
-        try:  # a link would make us read (and publish) whatever it points to, as ourselves
-            regular_file(self.spec.workdir, report["file"]).replace(kept)  # out of reach first
-            regular_file(self.private, kept.name)
-        except OSError as exc:
-            raise BadSegment(f"checkpoint of segment {index} missing: {exc.strerror}") from None
-        except UnsafeOutput as exc:
-            raise BadSegment(f"checkpoint of segment {index} refused: {exc}") from None
-        digest = await trio.to_thread.run_sync(file_hash, kept)
+        digest = await self._take(report["file"], kept, f"checkpoint of segment {index}")
         self.chained = chain(self.chained, digest)
         self.next, self.last_hash = index + 1, digest
         seconds = int(trio.current_time() - self.started)
-        return SegmentDone(index, digest, self.chained, seconds, kept)
+        points, self.inner = tuple(self.inner), []
+        return SegmentDone(index, digest, self.chained, seconds, kept, points)
+
+    async def _point(self, report: dict[str, Any]) -> None:
+        index, point = self.next, len(self.inner) + 1
+        if (report.get("segment"), report.get("point")) != (index, point) or point >= self.points:
+            raise BadSegment(f"the child reported {report!r}, expected point {point} of {index}")
+        if report.get("file") != f"{CONTROL_DIR}/pt-{index}-{point}.ckpt":
+            raise BadSegment(f"the child reported {report!r} for point {point} of {index}")
+        kept = self.private / "point.ckpt"
+        self.inner.append(await self._take(report["file"], kept, f"point {point} of {index}"))
+        kept.unlink()
+
+    async def _take(self, reported: str, kept: Path, what: str) -> bytes:
+        """Moves a state file the child reported out of the jail to ``kept``; its hash."""
+        try:  # a link would make us read (and publish) whatever it points to, as ourselves
+            regular_file(self.spec.workdir, reported).replace(kept)  # out of reach first
+            regular_file(self.private, kept.name)
+        except OSError as exc:
+            raise BadSegment(f"{what} missing: {exc.strerror}") from None
+        except UnsafeOutput as exc:
+            raise BadSegment(f"{what} refused: {exc}") from None
+        return await trio.to_thread.run_sync(file_hash, kept)
 
 
 async def _lines(fd: int) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 from consensus.market.messages import Workload
 from consensus.verify.bisection import bisectable
+from consensus.verify.sampling import POINTS
 from gpu.runtime import RunSpec
 from gpu.segmented import BadSegment, SegmentedRuntime, _Progress, file_hash
 
@@ -23,6 +24,7 @@ __all__ = ["BadSegment", "TrainRuntime", "_Progress", "file_hash", "segment_step
 class TrainRuntime(SegmentedRuntime):
     kinds = frozenset({"train"})
     child = Path(__file__).resolve().parent / "train_child.py"
+    points = POINTS["train"]
 
     def check(self, spec: RunSpec) -> str:
         workload = spec.workload

@@ -14,6 +14,10 @@ deterministic algorithms, thread count, precision, batch order (a permutation pe
 the job's seed) and the segment boundaries. After each segment it writes the canonical state
 (:func:`encode_state`) to ``<ckpt_dir>/seg-<i>.ckpt`` and reports it on the control pipe; the
 parent moves the file out of the jail and hashes it, so the workload cannot rewrite history.
+With ``"points": m`` above 1 (a worker's run, not a replay) it also writes the state at each of
+the segment's ``m - 1`` inner points to ``<ckpt_dir>/pt-<i>-<j>.ckpt``, reported before the
+segment, so a sentry can replay only up to one of them; the time they take is logged apart
+(``points <s> s``): it is verification's cost, not the job's.
 
 With ``"mode": "distance"`` it loads no job: it measures how far a replayed state is from the
 worker's claimed one (:func:`distance_ppm`) and prints ``distance_ppm <n>``. Checkpoints are
@@ -282,6 +286,34 @@ def prepare(args: dict[str, Any]) -> tuple[Any, ...]:
     return job, ctx, data, model, optimizer, cursor, step
 
 
+def point_steps(begin: int, end: int, points: int) -> list[int]:
+    """The global steps after which a segment's inner points fall: the parent's
+    ``consensus.verify.sampling.point_step`` rule, repeated (no idlegrid module here)."""
+    return [begin + j * (end - begin) // points for j in range(1, points)]
+
+
+@dataclass
+class Points:
+    """Writes a segment's inner point states as the steps reach them, and times it."""
+
+    control: Any
+    ckpt_dir: str
+    index: int
+    due: list[int]  # the steps still to write, in order (repeats where a segment is short)
+    seconds: float = 0.0
+    written: list[int] = field(default_factory=list)
+
+    def write_due(self, model: Any, optimizer: Any, cursor: Cursor, step: int) -> None:
+        while self.due and self.due[0] == step:
+            started, point = time.monotonic(), len(self.written) + 1
+            path = Path(self.ckpt_dir) / f"pt-{self.index}-{point}.ckpt"
+            path.write_bytes(encode_state(model, optimizer, cursor, step))
+            report = {"segment": self.index, "point": point, "file": str(path), "step": step}
+            self.control.write(json.dumps(report) + "\n")
+            self.written.append(self.due.pop(0))
+            self.seconds += time.monotonic() - started
+
+
 def main(args: dict[str, Any]) -> int:
     if args.get("mode") == "distance":
         return report_distance(args)
@@ -289,26 +321,31 @@ def main(args: dict[str, Any]) -> int:
     segments = args["segments"]
     last = segments - 1 if args.get("stop_after") is None else args["stop_after"]
     stop_step = args.get("stop_step")  # a bisection's probe: the state after that global step
+    points = int(args.get("points", 1)) if stop_step is None else 1
     with os.fdopen(args["control_fd"], "w", buffering=1) as control:
         for index in range(args["resume_index"] + 1, last + 1):
             started = time.monotonic()
-            end = (index + 1) * args["steps"] // segments
+            begin, end = index * args["steps"] // segments, (index + 1) * args["steps"] // segments
             if stop_step is not None:
                 if not step <= stop_step <= end:
                     raise ValueError(f"stop_step {stop_step} outside steps {step}..{end}")
                 end = stop_step
+            inner = Points(control, args["ckpt_dir"], index, point_steps(begin, end, points))
             loss, done = None, end - step
             batch = int(ctx.params.get("batch_size", 32))
+            inner.write_due(model, optimizer, cursor, step)
             while step < end:
                 ctx.step = step
                 loss = job.step(ctx, model, optimizer, next_batch(data, cursor, batch, ctx.seed))
                 step += 1
+                inner.write_due(model, optimizer, cursor, step)
             blob = encode_state(model, optimizer, cursor, step)
             path = Path(args["ckpt_dir"]) / f"seg-{index}.ckpt"
             path.write_bytes(blob)
-            rate = done / max(time.monotonic() - started, 1e-9)
+            rate = done / max(time.monotonic() - started - inner.seconds, 1e-9)
+            extra = f", points {inner.seconds:.4f} s" if points > 1 else ""
             print(f"segment {index + 1}/{segments}: step {step}, "
-                  f"loss {float(loss or 0):.6f}, {rate:.1f} steps/s")  # fmt: skip
+                  f"loss {float(loss or 0):.6f}, {rate:.1f} steps/s{extra}")  # fmt: skip
             control.write(json.dumps({"segment": index, "file": str(path), "step": step}) + "\n")
             if index == segments - 1 and stop_step is None:
                 Path(FINAL).write_bytes(blob)  # the trained state, for the job's outputs

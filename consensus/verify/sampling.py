@@ -16,13 +16,16 @@ sampled ones is faked is hypergeometric: ``C(N-1-k, s) / C(N-1, s)``. Exact inte
 **Points.** Where each segment also commits to ``m`` evenly spaced states (its end the last;
 :attr:`~consensus.verify.messages.Attestation.points`), the seed draws for each sampled
 non-final segment a point ``j`` uniform in ``1..m`` (:func:`stops`), and the sentry replays
-only up to it: ``(m + 1) / 2m`` of a segment on average, 56 % for ``m = 8``. A replay to ``j``
-catches any faked part among the segment's first ``j`` parts (the state at ``j`` is computed
-from the checked start, so a faked earlier part changes it), so a segment with ``k`` faked
-parts is caught with probability at least ``k / m``, and a job with a fraction ``f`` of its
-non-final parts faked, in whatever arrangement, is caught by each sample with probability at
-least ``f`` on average. Sampling segments without replacement does no worse than with it
-(Hoeffding, 1963), so ``P(miss) <= (1 - f)^s``, stated exactly. It is a little weaker than the
+only up to it: about ``(m + 1) / 2m`` of a segment on average, 56 % for ``m = 8``. The point
+is drawn through a step ``u`` uniform in the segment's steps (the first point at or after
+it), and a replay to it catches any faked step up to ``u`` (the state there is computed from
+the checked start, so a faked earlier step changes it): a segment with ``k`` of its ``L``
+steps faked, wherever they lie, is caught with probability at least ``k / L``. A job with a
+fraction ``f`` of its compute faked, the final segment honest, has ``f N / (N - 1)`` of its
+non-final steps faked (segments are equal to within one step), so each sample catches it
+with probability at least that on average. Sampling segments without replacement does no
+worse than with it (Hoeffding, 1963), so ``P(miss) <= (1 - f N / (N - 1))^s``, stated
+exactly. It is a little weaker than the
 hypergeometric bound for whole segments (which a cheater faking whole segments still meets):
 16 samples give 99 % at 25 % faked either way from 256 to 1024 segments, at 56 % of the cost.
 The final segment is always replayed whole.
@@ -71,27 +74,34 @@ POINTS: dict[str, int] = {"train": 8}  # the points a runtime's segments commit 
 _STOPS = b"idlegrid.verify.stops/1"
 
 
-def stops(seed: bytes, sampled: list[int], segments: int, points: int) -> list[int]:
-    """For each of ``sampled`` (as :func:`sample` gives them), the point the replay stops at:
-    uniform in ``1..points`` from the seed, ``points`` (the end) for the final segment.
+def stops(seed: bytes, sampled: list[int], segments: int, points: int, steps: int) -> list[int]:
+    """For each of ``sampled`` (as :func:`sample` gives them) of a run of ``steps`` steps, the
+    point its replay stops at: the first point at or after a step drawn uniformly from the
+    segment's steps (so a point is drawn as often as its share of the steps), ``points`` (the
+    end) for the final segment. Drawing by steps keeps the bound exact where a segment's steps
+    do not split evenly into its points, or are fewer.
 
     Raises:
-        Invalid: ``points`` < 1.
+        Invalid: ``points`` < 1, or fewer ``steps`` than ``segments``.
     """
     if points < 1:
         raise Invalid("stops.points", f"{points}: at least 1")
-    stream = blake3(_STOPS + seed + segments.to_bytes(8, "big"))
-    bound = (1 << 64) - (1 << 64) % points
+    if steps < segments:
+        raise Invalid("stops.steps", f"{steps}: fewer than the {segments} segments")
+    stream = blake3(_STOPS + seed + segments.to_bytes(8, "big") + steps.to_bytes(8, "big"))
     out, offset = [], 0
     for index in sampled:
         if index == segments - 1:
             out.append(points)
             continue
+        length = (index + 1) * steps // segments - index * steps // segments
+        bound = (1 << 64) - (1 << 64) % length
         while True:
             value = int.from_bytes(stream.digest(length=8, seek=offset), "big")
             offset += 8
-            if value < bound:  # rejection: every point equally likely
-                out.append(1 + value % points)
+            if value < bound:  # rejection: every step equally likely
+                drawn = 1 + value % length
+                out.append(-(-drawn * points // length))  # the first point at or after it
                 break
     return out
 
@@ -122,12 +132,12 @@ def detection_probability(
     the sentry replays to a drawn point (the bound in the module's docstring)."""
     if points == 1:
         return 1 - miss_probability(segments, ceil(fraction * segments), size)
-    parts, faked = (segments - 1) * points, ceil(fraction * segments * points)
-    if faked <= 0:
+    if fraction <= 0:
         return Fraction(0)
-    if faked > parts:
-        return Fraction(1)
-    return 1 - (1 - Fraction(faked, parts)) ** min(size, segments - 1)
+    share = fraction * segments / (segments - 1) if segments > 1 else Fraction(1)
+    if share >= 1:
+        return Fraction(1)  # more than the non-final segments: the final one is faked
+    return 1 - (1 - share) ** min(size, segments - 1)
 
 
 def size_for(segments: int, fraction: Fraction, target: Fraction, points: int = 1) -> int:

@@ -16,9 +16,10 @@ import pytest
 import trio
 
 from consensus.market.messages import Workload
+from consensus.verify.sampling import POINTS, point_step
 from gpu.freezer import Freezer, descendants
 from gpu.runtime import GENESIS, RunResult, RunSpec, SegmentDone, chain
-from gpu.train import BadSegment, TrainRuntime, _Progress, file_hash
+from gpu.train import BadSegment, TrainRuntime, _Progress, file_hash, segment_steps
 from tests.gpu.conftest import needs_bwrap, sandbox
 
 pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
@@ -178,3 +179,24 @@ async def test_a_checkpoint_replaced_by_a_link_is_refused(tmp_path: Path) -> Non
     progress = _Progress(RunSpec("t", WORKLOAD, run.dir), run.kept)
     with pytest.raises(BadSegment, match=r"refused: \.idlegrid/seg-0\.ckpt: .* is a symbolic link"):
         await progress.collect({"segment": 0, "file": ".idlegrid/seg-0.ckpt"})
+
+
+async def test_a_run_hashes_its_inner_points_and_a_replay_stopped_there_matches(
+    tmp_path: Path, baseline: Run
+) -> None:
+    """Each segment of a run commits to its 7 inner points (3 steps a segment here, so they
+    repeat); a sentry's replay stopped at a point's step reproduces that point's hash."""
+    assert [len(s.points) for s in baseline.segments] == [POINTS["train"] - 1] * 4
+    assert all(" s" in line and "points " in line for line in baseline.logs
+               if line.startswith("segment "))  # fmt: skip
+    begin, end = segment_steps(WORKLOAD.steps, WORKLOAD.segments, 1)
+    verifier = Run(tmp_path, "verifier")
+    spec = RunSpec("t", WORKLOAD, verifier.dir, baseline.checkpoint(0), 0)
+    for point in (3, 6):
+        stop = point_step(begin, end, point, POINTS["train"])
+        assert begin < stop < end
+        with trio.fail_after(60):
+            got = await TrainRuntime(sandbox()).replay(spec, verifier.logs.append, stop_step=stop)
+        assert got == baseline.segments[1].points[point - 1]
+    assert baseline.segments[1].points[0] == baseline.segments[0].hash  # 0 steps in: the start
+    assert len(set(baseline.segments[1].points)) == 3  # steps 3, 4, 5 (6 is the end)

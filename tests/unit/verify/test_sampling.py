@@ -91,20 +91,28 @@ def test_stops_are_public_in_range_and_the_final_segment_runs_whole(
     seed: bytes, n: int, s: int, m: int
 ) -> None:
     sampled = sample(seed, n, s)
-    got = stops(seed, sampled, n, m)
+    got = stops(seed, sampled, n, m, 3 * n + 1)
     assert len(got) == len(sampled) and got[-1] == m
     assert all(1 <= j <= m for j in got)
-    assert got == stops(seed, sampled, n, m)
+    assert got == stops(seed, sampled, n, m, 3 * n + 1)
 
 
-def test_every_stop_is_drawn_about_equally() -> None:
+def test_every_stop_is_drawn_as_often_as_its_share_of_the_steps() -> None:
     counts = [0] * 8
-    for i in range(1600):
-        for j in stops(i.to_bytes(32, "big"), [0, 1], 3, 8)[:-1]:
+    for i in range(1600):  # 16 steps a segment: 2 per point
+        for j in stops(i.to_bytes(32, "big"), [0, 1, 2], 3, 8, 48)[:-1]:
             counts[j - 1] += 1
-    assert min(counts) > 150 and max(counts) < 250  # 200 expected each
+    assert min(counts) > 320 and max(counts) < 480  # 400 expected each
+    short = [0] * 8
+    for i in range(900):  # 3 steps a segment: points 3, 6 and 8 close a step each
+        for j in stops(i.to_bytes(32, "big"), [0, 1, 2], 3, 8, 9)[:-1]:
+            short[j - 1] += 1
+    assert [c for j, c in enumerate(short) if j + 1 not in (3, 6, 8)] == [0] * 5
+    assert all(500 < short[j - 1] < 700 for j in (3, 6, 8))  # 600 expected each
     with pytest.raises(Invalid, match=r"stops\.points"):
-        stops(bytes(32), [0], 2, 0)
+        stops(bytes(32), [0], 2, 0, 4)
+    with pytest.raises(Invalid, match=r"stops\.steps"):
+        stops(bytes(32), [0], 2, 8, 1)
 
 
 def test_point_steps_split_a_segment_evenly_and_end_at_its_end() -> None:
@@ -139,8 +147,8 @@ def test_the_bound_holds_for_every_way_to_fake_a_quarter(m: int) -> None:
     """Every arrangement of 25 % faked parts over 4 non-final segments (and an honest final
     one) is caught at least as often as the guarantee says: whole segments, segment ends,
     spread thin."""
-    n, s, parts = 5, 2, 4 * m
-    need = -(-n * m // 4)  # ceil(25 % of all n * m parts)
+    n, s, parts = 5, 2, 4 * m  # m steps a segment, one per point
+    need = -(-n * m // 4)  # ceil(25 % of all n * m steps)
     bound = 1 - detection_probability(n, Fraction(1, 4), s, m)
     worst = Fraction(0)
     for mask in product([0, 1], repeat=parts):
