@@ -93,6 +93,8 @@ class Work:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     freezer: Freezer = field(default_factory=Freezer)  # paused while no voucher comes
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    # each segment's inner point hashes (a runtime with points), for the attestation
+    points: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
     logs: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_LOG_LINES))
     logs_dropped: int = 0
     result: BlobRef | None = None
@@ -340,6 +342,7 @@ class WorkerService:
         async def on_segment(done: SegmentDone) -> None:
             blob = await self.share.put(done.checkpoint)
             self.share.grant(work.requester, blob.hash)
+            work.points[done.index] = done.points
             work.checkpoints.append(
                 Checkpoint(
                     index=done.index,

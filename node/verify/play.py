@@ -25,14 +25,16 @@ from blake3 import blake3
 from consensus.verify import game as g
 from consensus.verify import tree
 from consensus.verify.messages import Attestation, ChallengeResponse, Leaf
+from consensus.verify.sampling import point_step, stops
 from gpu.runtime import RunSpec
 from gpu.segmented import BadSegment
 
 Ask = Callable[[int], Awaitable[ChallengeResponse | None]]  # None: refused or silent
 # Fetches the files an answer sent by reference; None: the worker did not serve them
 Complete = Callable[[ChallengeResponse], Awaitable[ChallengeResponse | None]]
-# (segment, start checkpoint, the worker's end file or b"") -> (state hash, distance in ppm)
-ReplayFn = Callable[[int, bytes, bytes], Awaitable[tuple[bytes, int | None]]]
+# (segment, start checkpoint, the worker's end file or b"", the inner point to stop at or 0)
+# -> (state hash, distance in ppm)
+ReplayFn = Callable[[int, bytes, bytes, int], Awaitable[tuple[bytes, int | None]]]
 Clock = Callable[[], int]
 
 NO_STATE = bytes(32)  # what a replay that cannot even start "produces": never a real hash
@@ -86,10 +88,33 @@ async def _judge(
         effects = game.handle(g.Answered(got[0]), got[1])
     for effect in list(effects):
         if isinstance(effect, g.Replay):
-            state, distance = await replay(effect.index, effect.checkpoint, effect.end)
+            state, distance = await replay(effect.index, effect.checkpoint, effect.end, effect.stop)
             effects += game.handle(g.Replayed(effect.index, state, distance), now_ms())
     decided = [e for e in effects if isinstance(e, g.Decide | g.Escalate)]
     return decided[0] if decided else None
+
+
+def stops_of(att: Attestation, seed: bytes, sampled: list[int]) -> dict[int, int]:
+    """The point each sampled segment's replay stops at (:func:`~consensus.verify.sampling.
+    stops`); empty (whole segments) for an attestation without points, or one whose workload
+    does not say how its steps split."""
+    workload = att.workload
+    if att.points == 1 or workload is None or workload.segments != att.segments:
+        return {}
+    if workload.steps < workload.segments:
+        return {}
+    return dict(zip(sampled, stops(seed, sampled, att.segments, att.points, workload.steps),
+                    strict=True))  # fmt: skip
+
+
+def stop_step(att: Attestation, index: int, stop: int) -> int | None:
+    """The global step a replay of segment ``index`` stops after for inner point ``stop``;
+    None for the whole segment (``stop`` 0)."""
+    if not stop or att.workload is None:
+        return None
+    steps, segments = att.workload.steps, att.workload.segments
+    begin, end = index * steps // segments, (index + 1) * steps // segments
+    return point_step(begin, end, stop, att.points)
 
 
 def answer_from_files(
@@ -107,13 +132,16 @@ def answer_from(
     index: int,
     *,
     with_end: bool = False,
+    points: list[list[bytes]] | None = None,
 ) -> ChallengeResponse:
     """The answer for segment ``index`` from the attested segments' state ``hashes``
     (``att.first`` onwards) and ``read``, which gives segment ``i``'s checkpoint file (for a
     resumed attestation, ``att.first - 1`` is the resume checkpoint the worker fetched);
-    ``with_end``: with segment ``index``'s own file, for a cross-class sentry."""
+    ``with_end``: with segment ``index``'s own file, for a cross-class sentry; ``points``:
+    each attested segment's inner point hashes, for an attestation with points."""
     first, start = att.first, att.start
-    leaves = tree.chain_leaves(hashes, tree.GENESIS if start is None else start.chained, first)
+    chained = tree.GENESIS if start is None else start.chained
+    leaves = tree.chain_leaves(hashes, chained, first, points if att.points > 1 else None)
     levels = tree.levels(leaves, first)
     before: Leaf | None = None
     before_proof: list[bytes] = []
@@ -131,6 +159,7 @@ def answer_from(
         after_proof=tree.proof(levels, index, first),
         checkpoint=read(index - 1) if index else b"",
         end_checkpoint=read(index) if with_end else b"",
+        points=list(points[index - first]) if points is not None and att.points > 1 else [],
     )
 
 
@@ -143,10 +172,12 @@ async def replay_segment(
     *,
     gpus: tuple[int, ...] = (),
     end: bytes = b"",
+    stop_step: int | None = None,
 ) -> tuple[bytes, int | None]:
     """Replays ``index`` with ``runtime`` (a SegmentedRuntime or ExecRuntime) in ``spec.workdir``:
     the state hash, and its distance to ``end`` (the worker's end file) when one was given, the
-    hashes differ and the runtime measures distances (else None).
+    hashes differ and the runtime measures distances (else None). ``stop_step``: stop after
+    that global step, at one of the segment's inner points (a same-class replay).
 
     A segment runtime resumes from ``start`` (written next to the work dir); an exec task is one
     segment, re-run whole. A replay that fails (a checkpoint that does not load) yields
@@ -158,7 +189,9 @@ async def replay_segment(
     name = spec.workdir.name  # the files go next to the work dir, out of the jail's reach
     kept = spec.workdir.with_name(f"{name}.end.ckpt")
     measure = bool(end) and hasattr(runtime, "distance")
-    keep = {"keep_as": kept} if measure else {}  # runtimes without distances need no file
+    keep: dict[str, Any] = {"keep_as": kept} if measure else {}  # none without distances
+    if stop_step is not None:
+        keep["stop_step"] = stop_step
     try:
         with _resumed(spec, index, start) as from_start:
             got: bytes = await replay(from_start, on_log, gpus, **keep)

@@ -49,7 +49,7 @@ from node.sweep import Throttle
 from node.verify.bisector import Bisector
 from node.verify.devices import ReplayDevices
 from node.verify.escalations import INBOX_GRACE_MS, EscalationDesk
-from node.verify.play import NO_STATE, play, replay_segment
+from node.verify.play import NO_STATE, play, replay_segment, stop_step, stops_of
 from node.verify.task_files import ReplayFiles, from_worker
 from node.verify.topics import (
     ATTESTS,
@@ -254,9 +254,13 @@ class Sentry:
         sampled = sample(seed, att.segments, self.settings.sample_size, att.first)
         deadline = self.net.now_ms() + self.settings.challenge_deadline_ms
         same_class = self.devices.same_class(att.det_class)
-        game = g.Game(att, att_id, sampled, deadline, same_class, self.settings.tolerance_ppm)
+        stops = stops_of(att, seed, sampled) if same_class else {}
+        game = g.Game(att, att_id, sampled, deadline, same_class, self.settings.tolerance_ppm,
+                      stops=stops)  # fmt: skip
         log.info("judging", extra={"task": att.ref.text(), "worker": att.worker, "first": att.first,
-                                   "sampled": ",".join(map(str, sampled))})  # fmt: skip
+                                   "sampled": ",".join(map(str, sampled)), "points": att.points,
+                                   "stops": ",".join(str(stops.get(i, att.points))
+                                                     for i in sampled)})  # fmt: skip
         decision = await self._play(att, att_id, runtime, game, att_id.hex()[:16])
         if isinstance(decision, g.Escalate):
             await self.desk.escalate(att, att_id, sampled, seed, decision)
@@ -298,7 +302,9 @@ class Sentry:
                 return await play(
                     game,
                     lambda i: self._ask(att, att_id, i, with_end=with_end),
-                    lambda i, start, end: self._replay(att, runtime, files, i, start, end=end),
+                    lambda i, start, end, stop: self._replay(
+                        att, runtime, files, i, start, end=end, stop=stop
+                    ),
                     self.net.now_ms,
                     lambda answer: self._complete(att, answer),
                 )
@@ -409,10 +415,11 @@ class Sentry:
         start: bytes,
         *,
         end: bytes,
+        stop: int = 0,
     ) -> tuple[bytes, int | None]:
         workdir = files.work / f"seg-{index}"
         try:
-            return await self._replay_in(runtime, files, workdir, index, start, end=end)
+            return await self._replay_in(runtime, files, workdir, index, start, end=end, stop=stop)
         finally:  # one segment's tree at a time, not one per sample
             await discard_tree(workdir)
 
@@ -425,6 +432,7 @@ class Sentry:
         start: bytes,
         *,
         end: bytes,
+        stop: int = 0,
     ) -> tuple[bytes, int | None]:
         att = files.att
         assert att.workload is not None
@@ -433,7 +441,7 @@ class Sentry:
         spec = RunSpec(f"verify {att.ref.text()}", att.workload, workdir)
         gpus = self.devices.gpus(att.det_class)
         return await replay_segment(runtime, spec, index, start, lambda _line: None, gpus=gpus,
-                                    end=end)  # fmt: skip
+                                    end=end, stop_step=stop_step(att, index, stop))  # fmt: skip
 
     def _slash_fields(self, att: Attestation, att_id: bytes, decision: g.Decide) -> dict[str, Any]:
         if decision.passed or self.slash_signer is None:

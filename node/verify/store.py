@@ -31,15 +31,30 @@ class VerifyStore:
     # --- worker --------------------------------------------------------------------------
 
     async def keep_attestation(
-        self, ref: TaskRef, sealed: bytes, segments: list[tuple[bytes, bytes]], now_ms: int
+        self,
+        ref: TaskRef,
+        sealed: bytes,
+        segments: list[tuple[bytes, bytes]],
+        now_ms: int,
+        points: list[list[bytes]] | None = None,
     ) -> None:
+        """Keeps our attestation of a task and, per kept segment, its state hash, checkpoint
+        blob and the inner point hashes ``points`` gives for the attested ones (the last
+        ``len(points)`` of ``segments``; a resumed run's first is the resume checkpoint)."""
+        inner = [b""] * len(segments)
+        for position, hashes in enumerate(points or [], start=len(segments) - len(points or [])):
+            inner[position] = b"".join(hashes)
+        rows = [(h, b, i) for (h, b), i in zip(segments, inner, strict=True)]
         await self.db.execute(
             "INSERT OR REPLACE INTO verify_attested VALUES (?, ?, ?, ?, ?, ?)",
-            (ref.job_id, ref.task, ref.attempt, sealed, msgpack.packb(segments), now_ms),
+            (ref.job_id, ref.task, ref.attempt, sealed, msgpack.packb(rows), now_ms),
         )
 
-    async def attested(self, ref: TaskRef) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
-        """The sealed attestation and [(state hash, checkpoint blob hash)] of a task we ran."""
+    async def attested(
+        self, ref: TaskRef
+    ) -> tuple[bytes, list[tuple[bytes, bytes]], list[list[bytes]]] | None:
+        """The sealed attestation of a task we ran, [(state hash, checkpoint blob hash)] per
+        kept segment, and each kept segment's inner point hashes (empty lists without)."""
         row = await self.db.query_one(
             "SELECT attestation, segments FROM verify_attested "
             "WHERE job_id = ? AND idx = ? AND attempt = ?",
@@ -47,7 +62,9 @@ class VerifyStore:
         )
         if row is None:
             return None
-        return row["attestation"], [(h, b) for h, b in msgpack.unpackb(row["segments"])]
+        rows = msgpack.unpackb(row["segments"])  # [hash, blob] before points existed
+        points = [_split(r[2]) if len(r) > 2 else [] for r in rows]
+        return row["attestation"], [(r[0], r[1]) for r in rows], points
 
     # --- verdicts ------------------------------------------------------------------------
 
@@ -247,3 +264,7 @@ class VerifyStore:
             "SELECT sentry, report FROM verify_qos WHERE expires_ms > ?", (now_ms,)
         )
         return [(r["sentry"], from_wire(QosReport, msgpack.unpackb(r["report"]))) for r in rows]
+
+
+def _split(joined: bytes) -> list[bytes]:
+    return [joined[i : i + 32] for i in range(0, len(joined), 32)]

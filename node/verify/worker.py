@@ -88,9 +88,10 @@ class VerifyWorker:
         if kept is None or work.result_hash is None:
             log.info("not attested: checkpoints missing", extra={"task": order.ref.text()})
             return
-        att = self._attestation(order, points, work.result_hash)
+        inner = _inner(work)
+        att = self._attestation(order, points, work.result_hash, inner)
         await self.store.keep_attestation(
-            order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms()
+            order.ref, msgpack.packb(to_wire(att)), kept, self.net.now_ms(), inner
         )
         # Sentries fetch these from us until the verdicts are in: the retention rule
         # (consensus.market.retention) keeps them from now, however long the task ran.
@@ -104,9 +105,14 @@ class VerifyWorker:
         )
 
     def _attestation(
-        self, order: TaskOrder, points: list[Checkpoint], result_hash: bytes
+        self,
+        order: TaskOrder,
+        points: list[Checkpoint],
+        result_hash: bytes,
+        inner: list[list[bytes]] | None,
     ) -> Attestation:
-        """The claim over segments ``first..`` (0, or the one after the resume checkpoint)."""
+        """The claim over segments ``first..`` (0, or the one after the resume checkpoint),
+        with each segment's ``inner`` point hashes where the run gave them."""
         resume = order.resume
         start = None
         if resume is not None:
@@ -124,7 +130,7 @@ class VerifyWorker:
             nonce=new_nonce(),
             ref=order.ref,
             worker=self.net.peer_id,
-            root=tree.root(tree.chain_leaves(hashes, chained, first), first),
+            root=tree.root(tree.chain_leaves(hashes, chained, first, inner), first),
             segments=first + len(hashes),
             result_hash=result_hash,
             seconds=points[-1].seconds,
@@ -137,6 +143,7 @@ class VerifyWorker:
             start=start,
             chain_address=self.binding[0] if self.binding else b"",
             binding_sig=self.binding[1] if self.binding else b"",
+            points=len(inner[0]) + 1 if inner else 1,
         )
 
     async def _on_challenge(self, peer: str, payload: Any) -> Any:
@@ -176,14 +183,26 @@ class VerifyWorker:
             "challenge answered",
             extra={"task": req.ref.text(), "segment": req.index, "sentry": peer},
         )
-        hashes = [h for h, _ in segments[1 if att.first else 0 :]]
+        attested = slice(1 if att.first else 0, None)
+        hashes = [h for h, _ in segments[attested]]
         # An exec task's kept "checkpoint" is its state hash, not a file that hashes to it:
         # no end file (no runtime measures an exec distance), or the sentry would refuse it.
         with_end = req.with_end and att.runtime != "exec"
-        answer = answer_from(att, hashes, read, req.index, with_end=with_end)
+        inner = kept[2][attested]
+        answer = answer_from(att, hashes, read, req.index, with_end=with_end, points=inner)
         end = by_reference.get(req.index) if with_end else None
         answer = replace(answer, checkpoint_blob=by_reference.get(req.index - 1), end_blob=end)
         return to_wire(answer)
+
+
+def _inner(work: Work) -> list[list[bytes]] | None:
+    """Each run segment's inner point hashes, in order; None where the runtime gave none, or
+    not as many for every segment (a run resumed in this process after a restart lost them),
+    so the attestation has no points and sentries replay whole segments."""
+    got = [list(work.points.get(c.index, ())) for c in work.checkpoints]
+    if not got or not got[0] or any(len(g) != len(got[0]) for g in got):
+        return None
+    return got
 
 
 def _kept(order: TaskOrder, points: list[Checkpoint]) -> list[tuple[bytes, bytes]] | None:

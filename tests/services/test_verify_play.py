@@ -38,7 +38,9 @@ class Replayer:
     def __init__(self, run: Run, delay_s: float = 60.0, wrong: frozenset[int] = frozenset()):
         self.run, self.delay_s, self.wrong, self.done = run, delay_s, wrong, []
 
-    async def replay(self, index: int, start: bytes, end: bytes) -> tuple[bytes, int | None]:
+    async def replay(
+        self, index: int, start: bytes, end: bytes, stop: int = 0
+    ) -> tuple[bytes, int | None]:
         await trio.sleep(self.delay_s)  # slower than the deadline: the sentry's own cost
         self.done.append(index)
         return (b"x" * 32 if index in self.wrong else self.run.hashes[index]), None

@@ -42,8 +42,12 @@ async def test_attestations_are_kept_for_challenges(tmp_path: Path) -> None:
         store = VerifyStore(db)
         segments = [(b"h" * 32, b"b" * 32), (b"i" * 32, b"c" * 32)]
         await store.keep_attestation(REF, b"att", segments, 5)
-        assert await store.attested(REF) == (b"att", segments)
+        assert await store.attested(REF) == (b"att", segments, [[], []])
         assert await store.attested(replace(REF, task=3)) is None
+        # A resumed run keeps its resume checkpoint first, with no points of its own.
+        points = [[b"p" * 32, b"q" * 32]]
+        await store.keep_attestation(replace(REF, task=4), b"att", segments, 5, points)
+        assert await store.attested(replace(REF, task=4)) == (b"att", segments, [[], points[0]])
 
 
 async def test_concurrent_verdicts_move_reputation_once_each(tmp_path: Path) -> None:
