@@ -53,7 +53,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from p2p import multiselect, yamux_window
+from p2p import multiselect, yamux_events, yamux_window
 from p2p.gate import Block, PeerGate, install_gate
 from p2p.quic import is_quic, quic_transport, quic_twins
 from p2p.transport import TrackedTCP
@@ -372,6 +372,7 @@ def _build_host(
     if max_connections < 1:
         raise ValueError(f"max_connections must be at least 1, got {max_connections}")
     yamux_window.install()
+    yamux_events.install()
     config = ConnectionConfig(
         max_connections=max_connections,
         # The library validates min <= low <= high <= max; its defaults assume 300.

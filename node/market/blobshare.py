@@ -133,6 +133,15 @@ class BlobShare:
         if len(self._grants) >= self._sweep_grants_at:
             self._drop_deleted_grants()
 
+    def revoke(self, peer: str, digest: bytes) -> None:
+        """Takes back ``peer``'s grant of ``digest``: whoever granted it knows that the peer
+        can no longer need it (the requester, once the job whose blob it is has ended)."""
+        peers = self._grants.get(digest.hex())
+        if peers is not None:
+            peers.discard(peer)
+            if not peers:
+                del self._grants[digest.hex()]
+
     def _drop_deleted_grants(self) -> None:
         """Drops the grants of blobs no longer held (file expiry deleted them): nothing can
         be served under them. Looked for again once the granted blobs double, so each grant

@@ -205,9 +205,9 @@ class TaskRunner:
             holders = await ask_holders(self.net, peers, self.net.seal(order), self._addrs_of)
             order = replace(order, data_holders=holders)
         if order.inputs is not None:
-            self.mgr.share.grant(send.bidder, order.inputs.hash)
+            self.mgr.grant(task.job_id, send.bidder, order.inputs.hash)
         if order.resume is not None and order.resume.blob is not None:
-            self.mgr.share.grant(send.bidder, order.resume.blob.hash)
+            self.mgr.grant(task.job_id, send.bidder, order.resume.blob.hash)
         await grant_all(self.mgr.share.datasets, order.workload, send.bidder)
         self.mgr.messages["order"] += 1
         try:
