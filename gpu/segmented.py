@@ -44,6 +44,7 @@ CONTROL_DIR = ".idlegrid"  # in the task dir: where the child writes checkpoints
 MAX_CONTROL_LINE = 4096
 FAR = 1_000_000  # ppm: a distance that could not be measured (as the children's FAR)
 _DISTANCE = re.compile(r"distance_ppm (\d{1,7})")
+_HEX_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class BadSegment(Exception):
@@ -57,14 +58,16 @@ def file_hash(path: Path) -> bytes:
 class SegmentedRuntime:
     """The common driver; a subclass names its child program and the arguments it takes.
 
-    ``points``: the states each segment of a run commits to (the last is its end; see
-    :mod:`consensus.verify.sampling`); the child writes the inner ones, which this side hashes
-    like checkpoints. Replays write none.
+    ``points``: the most states each segment of a run commits to (the last is its end; see
+    :mod:`consensus.verify.sampling`); the child reports the inner ones' hashes (of the state
+    file it does not write), and lowers the count once it has measured their cost against
+    the steps (``sample``, the sentries' sample size, says what they save). Replays report
+    none.
     """
 
     kinds: frozenset[str] = frozenset()
     child: Path
-    points: int = 1
+    points: int = 1  # the most a segment commits to; the child may lower it as it measures
 
     def check(self, spec: RunSpec) -> str:
         """Why ``spec`` cannot run, or ``""``."""
@@ -87,8 +90,9 @@ class SegmentedRuntime:
         """The global steps segment ``index`` runs from and to (a runtime that bisects)."""
         raise NotImplementedError
 
-    def __init__(self, sandbox: Sandbox, python: str = sys.executable) -> None:
+    def __init__(self, sandbox: Sandbox, python: str = sys.executable, sample: int = 16) -> None:
         self.sandbox, self.python = sandbox, python
+        self.sample = sample  # the sentries' sample size: what points save is weighed with it
 
     async def run(
         self, spec: RunSpec, on_segment: OnSegment, on_log: OnLog, gpus: tuple[int, ...] = ()
@@ -191,7 +195,7 @@ class SegmentedRuntime:
             **self.child_args(spec), "ckpt_dir": CONTROL_DIR,
             "resume": f"{CONTROL_DIR}/resume.ckpt" if spec.resume is not None else None,
             "resume_index": spec.resume_index, "stop_after": stop_after, "control_fd": write_fd,
-            "points": self.points if stop_after is None else 1,
+            "points": self.points if stop_after is None else 1, "sample": self.sample,
         }  # fmt: skip
         if stop_step is not None:
             args["stop_step"] = stop_step
@@ -254,7 +258,10 @@ class _Progress:
             return None
         if index != self.next or report.get("file") != f"{CONTROL_DIR}/seg-{index}.ckpt":
             raise BadSegment(f"the child reported {report!r}, expected segment {self.next}")
-        if len(self.inner) != self.points - 1:
+        count = report.get("points", 1)
+        if not isinstance(count, int) or count < 1 or self.points % count:
+            raise BadSegment(f"segment {index}: {count!r} points, not a divisor of {self.points}")
+        if len(self.inner) != count - 1:
             raise BadSegment(f"segment {index} ended after {len(self.inner)} inner points")
         kept = self.private / f"seg-{index}.ckpt"
         digest = await self._take(report["file"], kept, f"checkpoint of segment {index}")
@@ -265,14 +272,15 @@ class _Progress:
         return SegmentDone(index, digest, self.chained, seconds, kept, points)
 
     async def _point(self, report: dict[str, Any]) -> None:
+        """An inner point's hash, as the child computed it (no file: writing one per point
+        cost the worker more than the replays it saves; see ``train_child``)."""
         index, point = self.next, len(self.inner) + 1
         if (report.get("segment"), report.get("point")) != (index, point) or point >= self.points:
             raise BadSegment(f"the child reported {report!r}, expected point {point} of {index}")
-        if report.get("file") != f"{CONTROL_DIR}/pt-{index}-{point}.ckpt":
+        digest = report.get("hash")
+        if not isinstance(digest, str) or not _HEX_HASH.fullmatch(digest):
             raise BadSegment(f"the child reported {report!r} for point {point} of {index}")
-        kept = self.private / "point.ckpt"
-        self.inner.append(await self._take(report["file"], kept, f"point {point} of {index}"))
-        kept.unlink()
+        self.inner.append(bytes.fromhex(digest))
 
     async def _take(self, reported: str, kept: Path, what: str) -> bytes:
         """Moves a state file the child reported out of the jail to ``kept``; its hash."""

@@ -14,10 +14,13 @@ deterministic algorithms, thread count, precision, batch order (a permutation pe
 the job's seed) and the segment boundaries. After each segment it writes the canonical state
 (:func:`encode_state`) to ``<ckpt_dir>/seg-<i>.ckpt`` and reports it on the control pipe; the
 parent moves the file out of the jail and hashes it, so the workload cannot rewrite history.
-With ``"points": m`` above 1 (a worker's run, not a replay) it also writes the state at each of
-the segment's ``m - 1`` inner points to ``<ckpt_dir>/pt-<i>-<j>.ckpt``, reported before the
-segment, so a sentry can replay only up to one of them; the time they take is logged apart
-(``points <s> s``): it is verification's cost, not the job's.
+With ``"points": m`` above 1 (a worker's run, not a replay) it also reports, before each
+segment, the BLAKE3 of the canonical state at each of the segment's inner points: the hash its
+file would have, without writing it (a sentry's replay stopped there writes the file and
+hashes it), so a sentry can replay only up to one of them. It starts with ``m`` points a
+segment and lowers the count (``m / 2``, ...) once it has measured what hashing a state costs
+against the steps (:class:`PointPlan`); each segment's report says its count. The time points
+take is logged apart (``points <s> s``): it is verification's cost, not the job's.
 
 With ``"mode": "distance"`` it loads no job: it measures how far a replayed state is from the
 worker's claimed one (:func:`distance_ppm`) and prints ``distance_ppm <n>``. Checkpoints are
@@ -40,6 +43,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import msgpack
+from blake3 import blake3
 
 # torch.cuda imports pynvml, which warns that it is deprecated: noise in every job's log
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.cuda")
@@ -73,6 +77,8 @@ def _canon(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _canon(value[k]) for k in sorted(value, key=lambda k: (str(type(k)), k))}
     if isinstance(value, list | tuple):
+        if all(type(v) is int for v in value):  # the Python RNG's 625 words: no walk needed
+            return list(value)
         return [_canon(v) for v in value]
     return value
 
@@ -293,11 +299,50 @@ def point_steps(begin: int, end: int, points: int) -> list[int]:
 
 
 @dataclass
+class PointPlan:
+    """How many points the next segment commits to: ``most`` at first, then, from what the
+    points measured so far cost against the steps, the count that spends least on
+    verification (``consensus.verify.sampling.choose_points``, repeated here); never more
+    than before, so every segment's points include the final count's."""
+
+    most: int
+    segments: int
+    sample: int
+    count: int = 0
+    point_s: float = 0.0  # time hashing points so far
+    points: int = 0  # points hashed so far
+    step_s: float = 0.0  # time running the steps of the segments that had points
+    measured: int = 0  # those segments
+
+    def __post_init__(self) -> None:
+        self.count = self.most if self.sample < self.segments - 1 else 1
+
+    def after(self, step_s: float, point_s: float, points: int) -> None:
+        if not points:
+            return
+        self.point_s, self.points = self.point_s + point_s, self.points + points
+        self.step_s, self.measured = self.step_s + step_s, self.measured + 1
+        cost = (self.point_s / self.points) / max(self.step_s / self.measured, 1e-9)
+        self.count = min(self.count, choose_points(cost, self.segments, self.sample, self.most))
+
+
+def choose_points(cost: float, segments: int, size: int, most: int) -> int:
+    if size >= segments - 1:
+        return 1
+    counts = [most >> k for k in range(most.bit_length()) if (most >> k) << k == most]
+
+    def spent(m: int) -> float:
+        return (m - 1) * cost * segments + size * (m + 1) / (2 * m) + 1
+
+    return min(counts, key=lambda m: (spent(m), -m))
+
+
+@dataclass
 class Points:
-    """Writes a segment's inner point states as the steps reach them, and times it."""
+    """Reports the hashes of a segment's inner point states as the steps reach them, and
+    times it."""
 
     control: Any
-    ckpt_dir: str
     index: int
     due: list[int]  # the steps still to write, in order (repeats where a segment is short)
     seconds: float = 0.0
@@ -306,47 +351,59 @@ class Points:
     def write_due(self, model: Any, optimizer: Any, cursor: Cursor, step: int) -> None:
         while self.due and self.due[0] == step:
             started, point = time.monotonic(), len(self.written) + 1
-            path = Path(self.ckpt_dir) / f"pt-{self.index}-{point}.ckpt"
-            path.write_bytes(encode_state(model, optimizer, cursor, step))
-            report = {"segment": self.index, "point": point, "file": str(path), "step": step}
+            digest = blake3(encode_state(model, optimizer, cursor, step)).hexdigest()
+            report = {"segment": self.index, "point": point, "hash": digest, "step": step}
             self.control.write(json.dumps(report) + "\n")
             self.written.append(self.due.pop(0))
             self.seconds += time.monotonic() - started
 
 
+def run_segment(state: list[Any], end: int, inner: Points) -> Any:
+    """Runs the steps up to ``end`` (hashing the inner points on the way), moving ``state``'s
+    step on; the last loss."""
+    job, ctx, data, model, optimizer, cursor, step = state
+    loss, batch = None, int(ctx.params.get("batch_size", 32))
+    inner.write_due(model, optimizer, cursor, step)
+    while step < end:
+        ctx.step = step
+        loss = job.step(ctx, model, optimizer, next_batch(data, cursor, batch, ctx.seed))
+        step += 1
+        inner.write_due(model, optimizer, cursor, step)
+    state[6] = step
+    return loss
+
+
 def main(args: dict[str, Any]) -> int:
     if args.get("mode") == "distance":
         return report_distance(args)
-    job, ctx, data, model, optimizer, cursor, step = prepare(args)
+    state = list(prepare(args))  # job, ctx, data, model, optimizer, cursor, step
     segments = args["segments"]
     last = segments - 1 if args.get("stop_after") is None else args["stop_after"]
     stop_step = args.get("stop_step")  # a bisection's probe: the state after that global step
-    points = int(args.get("points", 1)) if stop_step is None else 1
+    most = int(args.get("points", 1)) if stop_step is None else 1
+    plan = PointPlan(most, segments, int(args.get("sample", 16)))
     with os.fdopen(args["control_fd"], "w", buffering=1) as control:
         for index in range(args["resume_index"] + 1, last + 1):
-            started = time.monotonic()
+            started, step = time.monotonic(), state[6]
             begin, end = index * args["steps"] // segments, (index + 1) * args["steps"] // segments
             if stop_step is not None:
                 if not step <= stop_step <= end:
                     raise ValueError(f"stop_step {stop_step} outside steps {step}..{end}")
                 end = stop_step
-            inner = Points(control, args["ckpt_dir"], index, point_steps(begin, end, points))
-            loss, done = None, end - step
-            batch = int(ctx.params.get("batch_size", 32))
-            inner.write_due(model, optimizer, cursor, step)
-            while step < end:
-                ctx.step = step
-                loss = job.step(ctx, model, optimizer, next_batch(data, cursor, batch, ctx.seed))
-                step += 1
-                inner.write_due(model, optimizer, cursor, step)
-            blob = encode_state(model, optimizer, cursor, step)
+            count = plan.count
+            inner = Points(control, index, point_steps(begin, end, count))
+            loss = run_segment(state, end, inner)
+            _, _, _, model, optimizer, cursor, step_now = state
+            blob = encode_state(model, optimizer, cursor, step_now)
             path = Path(args["ckpt_dir"]) / f"seg-{index}.ckpt"
             path.write_bytes(blob)
-            rate = done / max(time.monotonic() - started - inner.seconds, 1e-9)
-            extra = f", points {inner.seconds:.4f} s" if points > 1 else ""
-            print(f"segment {index + 1}/{segments}: step {step}, "
-                  f"loss {float(loss or 0):.6f}, {rate:.1f} steps/s{extra}")  # fmt: skip
-            control.write(json.dumps({"segment": index, "file": str(path), "step": step}) + "\n")
+            steps_s = time.monotonic() - started - inner.seconds
+            plan.after(steps_s, inner.seconds, len(inner.written))
+            extra = f", points {inner.seconds:.4f} s" if most > 1 else ""
+            print(f"segment {index + 1}/{segments}: step {step_now}, loss {float(loss or 0):.6f}, "
+                  f"{(end - step) / max(steps_s, 1e-9):.1f} steps/s{extra}")  # fmt: skip
+            report = {"segment": index, "file": str(path), "step": step_now, "points": count}
+            control.write(json.dumps(report) + "\n")
             if index == segments - 1 and stop_step is None:
                 Path(FINAL).write_bytes(blob)  # the trained state, for the job's outputs
     return 0

@@ -28,7 +28,8 @@ worse than with it (Hoeffding, 1963), so ``P(miss) <= (1 - f N / (N - 1))^s``, s
 exactly. It is a little weaker than the
 hypergeometric bound for whole segments (which a cheater faking whole segments still meets):
 16 samples give 99 % at 25 % faked either way from 256 to 1024 segments, at 56 % of the cost.
-The final segment is always replayed whole.
+The final segment is always replayed whole, and so is every segment of a job short enough
+that all its segments are sampled (:func:`uses_points`): points would only weaken its check.
 """
 
 from __future__ import annotations
@@ -106,6 +107,54 @@ def stops(seed: bytes, sampled: list[int], segments: int, points: int, steps: in
     return out
 
 
+def uses_points(attested: int, size: int) -> bool:
+    """Whether replays stop at points: not where every attested non-final segment is sampled
+    (a short job), which whole replays check completely."""
+    return size < attested - 1
+
+
+def choose_points(cost: float, segments: int, size: int, most: int) -> int:
+    """How many points a worker's segments should commit to: the count among ``most``,
+    ``most / 2``, ... 1 that minimises the work spent on verification, in segments: the
+    worker hashing ``m - 1`` inner states per segment (each ``cost`` of a segment's compute,
+    as it measured) and one sentry replaying ``size`` segments to a stop (``(m + 1) / 2m`` of
+    each on average) and the final one whole. 1 for a job whose every segment is sampled.
+
+    Any count keeps the stated guarantee (:func:`detection_probability` holds for all); this
+    only trades the worker's hashing against the sentry's replays. ``most`` is a power of two,
+    so every smaller count's points are among its own (:func:`common_points`).
+    """
+    if not uses_points(segments, size):
+        return 1
+    counts = [most >> k for k in range(most.bit_length()) if (most >> k) << k == most]
+
+    def spent(m: int) -> float:
+        return (m - 1) * cost * segments + size * (m + 1) / (2 * m) + 1
+
+    return min(counts, key=lambda m: (spent(m), -m))
+
+
+def common_points(per_segment: list[list[bytes]]) -> tuple[int, list[list[bytes]]]:
+    """The point count every segment of a run has in common, and each segment's inner point
+    hashes at that count (a subset of its own: the child may lower its count after measuring
+    the first segments, ``most``, ``most / 2``, ...). ``(1, [])`` without points.
+
+    Raises:
+        Invalid: a segment's count is not a multiple of the common one.
+    """
+    counts = [len(inner) + 1 for inner in per_segment]
+    if not counts or min(counts) == 1:
+        return 1, []
+    common = min(counts)
+    out = []
+    for index, (inner, count) in enumerate(zip(per_segment, counts, strict=True)):
+        if count % common:
+            raise Invalid(f"points[{index}]", f"{count} points: not a multiple of {common}")
+        every = count // common
+        out.append([inner[j * every - 1] for j in range(1, common)])
+    return common, out
+
+
 def point_step(begin: int, end: int, point: int, points: int) -> int:
     """The global step after which point ``point`` of ``points`` of a segment running steps
     ``begin..end`` falls (point ``points`` is ``end``); the runtime's child repeats this rule."""
@@ -156,7 +205,8 @@ def guarantee(
     points ``train: 17 of 512 segments re-executed, 16 up to a random one of their 8 points,
     P(detect 25 % faked) >= 99 %``; for an attempt resumed at ``first`` it names the attested
     range and what it leaves out."""
-    attested, points = segments - first, POINTS.get(kind, 1)
+    attested = segments - first
+    points = POINTS.get(kind, 1) if uses_points(attested, size) else 1
     checked = min(size, attested - 1) + 1
     p = detection_probability(attested, fraction, size, points)
     percent = int(p * 100)  # floor: the figure is a guarantee, never rounded up

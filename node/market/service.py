@@ -119,7 +119,8 @@ async def worker_market(
     profile, sandbox = await market.machine(worker, ctx.home.work)
     tasks = sandbox.task_root(ctx.home.work)
     log.info("worker sandbox", extra={"sandbox": sandbox.describe(), "task_folders": str(tasks)})
-    executor: Any = Runtimes(python_runtimes(sandbox), [g.index for g in profile.offered_gpus()])
+    runtimes = python_runtimes(sandbox, ctx.settings.verify.sample_size)
+    executor: Any = Runtimes(runtimes, [g.index for g in profile.offered_gpus()])
     if worker.executor_wrapper:  # tests: e.g. a worker that fakes its work on purpose
         executor = importlib.import_module(worker.executor_wrapper).wrap(executor)
         log.warning("executor wrapped", extra={"wrapper": worker.executor_wrapper})
@@ -182,9 +183,11 @@ async def watch_owner(service: WorkerService, indices: list[int]) -> None:
         await trio.sleep(OWNER_POLL_S)  # polling NVML: it has no change notification
 
 
-def python_runtimes(sandbox: Sandbox) -> list[Any]:
+def python_runtimes(sandbox: Sandbox, sample_size: int = 16) -> list[Any]:
     """The runtimes this worker can offer: exec always; train and render where their library
-    is installed and the sandbox lets workloads start this environment's Python."""
+    is installed and the sandbox lets workloads start this environment's Python.
+    ``sample_size``: the network's ``verify.sample_size``, which a train run weighs its
+    points against (:func:`consensus.verify.sampling.choose_points`)."""
     runtimes: list[Any] = [ExecRuntime(sandbox)]
     hidden = sandbox.unreadable()
     if hidden is not None:
@@ -194,7 +197,7 @@ def python_runtimes(sandbox: Sandbox) -> list[Any]:
         )
         return runtimes
     if importlib.util.find_spec("torch") is not None:
-        runtimes.append(TrainRuntime(sandbox))
+        runtimes.append(TrainRuntime(sandbox, sample=sample_size))
     else:
         log.warning("no train runtime: torch is not installed (pip install 'idlegrid[torch]')")
     if importlib.util.find_spec("bpy") is not None:

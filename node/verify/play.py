@@ -25,7 +25,7 @@ from blake3 import blake3
 from consensus.verify import game as g
 from consensus.verify import tree
 from consensus.verify.messages import Attestation, ChallengeResponse, Leaf
-from consensus.verify.sampling import point_step, stops
+from consensus.verify.sampling import point_step, stops, uses_points
 from gpu.runtime import RunSpec
 from gpu.segmented import BadSegment
 
@@ -96,11 +96,13 @@ async def _judge(
 
 def stops_of(att: Attestation, seed: bytes, sampled: list[int]) -> dict[int, int]:
     """The point each sampled segment's replay stops at (:func:`~consensus.verify.sampling.
-    stops`); empty (whole segments) for an attestation without points, or one whose workload
-    does not say how its steps split."""
+    stops`); empty (whole segments) for an attestation without points, one whose workload
+    does not say how its steps split, or one short enough that every segment is sampled."""
     workload = att.workload
     if att.points == 1 or workload is None or workload.segments != att.segments:
         return {}
+    if not uses_points(att.segments - att.first, len(sampled) - 1):
+        return {}  # every segment is sampled: replayed whole
     if workload.steps < workload.segments:
         return {}
     return dict(zip(sampled, stops(seed, sampled, att.segments, att.points, workload.steps),

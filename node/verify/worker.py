@@ -26,6 +26,7 @@ from consensus.kinds import from_wire, to_wire
 from consensus.market.messages import BlobRef, Checkpoint, TaskOrder
 from consensus.verify import tree
 from consensus.verify.messages import Attestation, ChallengeRequest, Leaf, attestation_id
+from consensus.verify.sampling import common_points
 from node.market.datasets import grant_all
 from node.verify.play import answer_from
 from node.verify.topics import (
@@ -196,13 +197,17 @@ class VerifyWorker:
 
 
 def _inner(work: Work) -> list[list[bytes]] | None:
-    """Each run segment's inner point hashes, in order; None where the runtime gave none, or
-    not as many for every segment (a run resumed in this process after a restart lost them),
-    so the attestation has no points and sentries replay whole segments."""
+    """Each run segment's inner point hashes at the count they all have (the child may have
+    lowered it after the first segments); None without points, or where a segment lacks them
+    (a run resumed in this process after a restart lost them): the attestation then has no
+    points and sentries replay whole segments."""
     got = [list(work.points.get(c.index, ())) for c in work.checkpoints]
-    if not got or not got[0] or any(len(g) != len(got[0]) for g in got):
+    try:
+        count, inner = common_points(got)
+    except Invalid as exc:
+        log.warning("points dropped", extra={"task": work.order.ref.text(), "error": str(exc)})
         return None
-    return got
+    return inner if count > 1 else None
 
 
 def _kept(order: TaskOrder, points: list[Checkpoint]) -> list[tuple[bytes, bytes]] | None:

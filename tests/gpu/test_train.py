@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from consensus.market.messages import Workload
-from consensus.verify.sampling import POINTS, point_step
+from consensus.verify.sampling import POINTS, choose_points, point_step
+from gpu import train_child
 from gpu.freezer import Freezer, descendants
 from gpu.runtime import GENESIS, RunResult, RunSpec, SegmentDone, chain
 from gpu.train import BadSegment, TrainRuntime, _Progress, file_hash, segment_steps
@@ -184,19 +185,36 @@ async def test_a_checkpoint_replaced_by_a_link_is_refused(tmp_path: Path) -> Non
 async def test_a_run_hashes_its_inner_points_and_a_replay_stopped_there_matches(
     tmp_path: Path, baseline: Run
 ) -> None:
-    """Each segment of a run commits to its 7 inner points (3 steps a segment here, so they
-    repeat); a sentry's replay stopped at a point's step reproduces that point's hash."""
-    assert [len(s.points) for s in baseline.segments] == [POINTS["train"] - 1] * 4
-    assert all(" s" in line and "points " in line for line in baseline.logs
-               if line.startswith("segment "))  # fmt: skip
-    begin, end = segment_steps(WORKLOAD.steps, WORKLOAD.segments, 1)
+    """A run whose segments are not all sampled commits to 8 points in its first segment (3
+    steps a segment here, so they repeat) and then as many as the measured cost says; a
+    sentry's replay stopped at a point's step reproduces that point's hash."""
+    assert [s.points for s in baseline.segments] == [()] * 4  # all 4 sampled: none
+    run = Run(tmp_path, "pointed")
+    spec = RunSpec("t", WORKLOAD, run.dir)
+    with trio.fail_after(120):
+        result = await TrainRuntime(sandbox(), sample=1).run(spec, run.on_segment, run.logs.append)
+    assert result.ok, result.error
+    counts = [len(s.points) + 1 for s in run.segments]
+    assert counts[0] == POINTS["train"] and counts == sorted(counts, reverse=True), counts
+    assert all(POINTS["train"] % c == 0 for c in counts), counts
+    assert [s.hash for s in run.segments] == [s.hash for s in baseline.segments]
+    assert all("points " in line for line in run.logs if line.startswith("segment "))
+    begin, end = segment_steps(WORKLOAD.steps, WORKLOAD.segments, 0)
     verifier = Run(tmp_path, "verifier")
-    spec = RunSpec("t", WORKLOAD, verifier.dir, baseline.checkpoint(0), 0)
+    replay = RunSpec("t", WORKLOAD, verifier.dir)
     for point in (3, 6):
         stop = point_step(begin, end, point, POINTS["train"])
         assert begin < stop < end
         with trio.fail_after(60):
-            got = await TrainRuntime(sandbox()).replay(spec, verifier.logs.append, stop_step=stop)
-        assert got == baseline.segments[1].points[point - 1]
-    assert baseline.segments[1].points[0] == baseline.segments[0].hash  # 0 steps in: the start
-    assert len(set(baseline.segments[1].points)) == 3  # steps 3, 4, 5 (6 is the end)
+            got = await TrainRuntime(sandbox()).replay(replay, verifier.logs.append, stop_step=stop)
+        assert got == run.segments[0].points[point - 1]
+    assert len(set(run.segments[0].points)) == 3  # steps 0, 1, 2 (3 is the end)
+
+
+def test_the_child_weighs_points_as_the_rule_does() -> None:
+    """The child repeats consensus.verify.sampling.choose_points (it imports no idlegrid)."""
+    for cost in (0.0, 0.0005, 0.002, 0.007, 0.05):
+        for segments in (2, 17, 18, 64, 256, 1024):
+            for size in (1, 16):
+                want = choose_points(cost, segments, size, 8)
+                assert train_child.choose_points(cost, segments, size, 8) == want

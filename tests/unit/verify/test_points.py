@@ -13,9 +13,12 @@ from typing import Any
 
 from blake3 import blake3
 
+from consensus.market.messages import Workload
 from consensus.verify import game as g
 from consensus.verify import tree
 from consensus.verify.messages import Attestation, ChallengeResponse, attestation_id
+from consensus.verify.sampling import sample, stops
+from node.verify.play import stop_step, stops_of
 from tests.unit.verify.factories import REF
 
 M = 4
@@ -120,3 +123,22 @@ def test_a_cross_class_game_replays_whole_segments() -> None:
     (effect,) = game.handle(g.Answered(run.answer(1)), 0)
     assert isinstance(effect, g.Replay) and effect.stop == 0
     assert effect.expected == run.leaves()[1].hash
+
+
+# --- the sentry's side: which stops, which step -------------------------------------------
+
+
+def test_stops_apply_only_where_they_save_and_map_to_the_runtimes_steps() -> None:
+    workload = Workload(kind="train", entry="train.py", steps=400, segments=40)
+    att = replace(PointedRun(40).attestation(), workload=workload, points=8)
+    seed, sampled = bytes(32), sample(bytes(32), 40, 16)
+    got = stops_of(att, seed, sampled)
+    assert list(got) == sampled and got[39] == 8  # the final one whole
+    assert got == dict(zip(sampled, stops(seed, sampled, 40, 8, 400), strict=True))
+    assert stop_step(att, 3, 4) == 35 and stop_step(att, 3, 8) == 40  # steps 30..40
+    assert stop_step(att, 3, 0) is None
+    assert stops_of(replace(att, points=1), seed, sampled) == {}
+    every = sample(seed, 40, 39)  # a short job: every segment sampled, replayed whole
+    assert stops_of(att, seed, every) == {}
+    other = replace(workload, segments=20)  # a workload that does not match: whole
+    assert stops_of(replace(att, workload=other), seed, sampled) == {}

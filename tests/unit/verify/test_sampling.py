@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from consensus.errors import Invalid
 from consensus.verify.sampling import (
+    choose_points,
+    common_points,
     detection_probability,
     guarantee,
     miss_probability,
@@ -165,3 +167,22 @@ def test_points_cost_a_little_detection_and_half_the_replays() -> None:
         whole = detection_probability(n, Fraction(1, 4), 16)
         pointed = detection_probability(n, Fraction(1, 4), 16, 8)
         assert Fraction(99, 100) <= pointed < whole
+
+
+def test_points_are_chosen_where_they_save_more_than_they_cost() -> None:
+    assert choose_points(0.0, 17, 16, 8) == 1  # every segment sampled: whole replays
+    assert choose_points(0.0, 256, 16, 8) == 8  # free points: as many as allowed
+    assert choose_points(0.001, 256, 16, 8) == 4  # 0.1 % of a segment a point
+    assert choose_points(0.007, 256, 16, 8) == 2
+    assert choose_points(0.05, 256, 16, 8) == 1  # dearer than the replays they save
+    assert choose_points(0.001, 4096, 16, 8) == 1  # hashing every segment outweighs 16 replays
+
+
+def test_common_points_keep_the_subset_every_segment_has() -> None:
+    h = [bytes([i]) * 32 for i in range(8)]
+    assert common_points([h[1:8], h[1:4], h[1:2]]) == (2, [[h[4]], [h[2]], [h[1]]])
+    assert common_points([h[1:8], h[1:8]]) == (8, [h[1:8], h[1:8]])
+    assert common_points([h[1:8], []]) == (1, [])
+    assert common_points([]) == (1, [])
+    with pytest.raises(Invalid, match=r"points\[0\]: 8 points: not a multiple of 3"):
+        common_points([h[1:8], h[1:3]])
