@@ -202,7 +202,7 @@ def guarantee(
 ) -> str:
     """The sentence ``job status`` shows, e.g.
     ``exec: 1 of 1 segments re-executed, P(detect 25 % faked) >= 100 %``, or for a kind with
-    points ``train: 17 of 512 segments re-executed, 16 up to a random one of their 8 points,
+    points ``train: 17 of 512 segments re-executed, 16 of them up to a drawn point,
     P(detect 25 % faked) >= 99 %``; for an attempt resumed at ``first`` it names the attested
     range and what it leaves out."""
     attested = segments - first
@@ -217,7 +217,7 @@ def guarantee(
     )
     what += " re-executed"
     if points > 1 and checked > 1:
-        what += f", {checked - 1} up to a random one of their {points} points"
+        what += f", {checked - 1} of them up to a drawn point"
     if first:
         what += (
             f" (resumed at {first}: 0..{first - 1} ran on an earlier worker and are not re-checked)"

@@ -72,7 +72,7 @@ def test_miss_probability_edges() -> None:
 def test_guarantee_string() -> None:
     text = guarantee("train", 512, 16)
     assert text == (
-        "train: 17 of 512 segments re-executed, 16 up to a random one of their 8 points, "
+        "train: 17 of 512 segments re-executed, 16 of them up to a drawn point, "
         "P(detect 25 % faked) >= 99 %"
     )
     assert guarantee("train", 256, 16).endswith(">= 99 %")
