@@ -108,6 +108,10 @@ class BlobShare:
         self.bulk: BulkCarrier | None = None
         self.served: Counter[str] = Counter()  # pieces sent, bulk tickets given ("pieces", "bulk")
         self._no_bulk: dict[str, float] = {}  # holder -> until when we take pieces from it
+        # Told of each key served and to whom: a fetch asks for the key last, so a grantor
+        # learns here that the peer now holds the blob (a worker, that its requester took a
+        # result: set by the worker service).
+        self.key_served: Callable[[str, bytes], None] = _no_one_told
 
     def register(self) -> None:
         self.net.serve(PROTOCOL, self._serve)
@@ -425,9 +429,15 @@ class BlobShare:
             raise RequestRejected("not_found", "no such blob for you")
         self.keyring.touch(digest.hex())
         try:
-            return {"box": seal_key(entry[0], peer)}
+            box = seal_key(entry[0], peer)
         except Invalid:
             raise RequestRejected("malformed", "peer id has no X25519 twin") from None
+        self.key_served(peer, digest)
+        return {"box": box}
+
+
+def _no_one_told(_peer: str, _digest: bytes) -> None:
+    pass
 
 
 def _resume(part: Path, hasher: Any, size: int) -> int:

@@ -79,6 +79,15 @@ ENDED_KEEP_MS = 15 * 60_000
 # peer may publish demands). The order a fetch follows comes over a connection to the
 # requester, and a holder forgotten is dialed at the addresses it announced (the peer book).
 ADDRS_KEPT = 4096
+# A task's files (checkpoints, result) stay granted to its requester this long after it can
+# last have learnt of them or taken the result: a requester fetches the checkpoints a report
+# listed for up to lost_after_ms (10 min at most) after reading it, and asks again every
+# voucher interval (60 s at most) for a result key whose answer it lost.
+GRANTS_KEEP_MS = ENDED_KEEP_MS
+# Done tasks whose requester has not taken the result yet (it fetches it until it has it,
+# after its job's deadline too); past this many, the oldest's grants go (a requester that
+# never collects, or results from before a restart that were collected long ago).
+UNCOLLECTED_KEPT = 4096
 
 
 @dataclass
@@ -153,6 +162,11 @@ class WorkerService:
         self._done_data: dict[Held, int] = {}
         self.decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self._addrs: OrderedDict[str, list[str]] = OrderedDict()
+        # Grants to requesters still needed: result hash -> (requester, the task's files) of
+        # done tasks until the requester takes the result; then, as for any other ended task,
+        # (when, requester, files) to take back in time order.
+        self._uncollected: OrderedDict[bytes, tuple[str, list[bytes]]] = OrderedDict()
+        self._revoking: deque[tuple[int, str, list[bytes]]] = deque()
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._last_presence = self.presence()
@@ -162,6 +176,7 @@ class WorkerService:
         self.on_done: Callable[[Work], Awaitable[None]] | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.share.key_served = self._key_served
         await self._after_restart()
         self.net.serve(CONFIRM, self._on_order)
         self.net.serve(METER, self._on_meter)
@@ -362,6 +377,7 @@ class WorkerService:
         work.result = await self.share.put(archive)
         archive.unlink(missing_ok=True)
         self.share.grant(work.requester, work.result.hash)
+        self._await_collection(work.requester, work.result.hash, _granted(work))
         work.result_hash = result.result_hash
         if self.on_done is not None:
             await self.on_done(work)
@@ -527,13 +543,51 @@ class WorkerService:
             if work.ended_ms is not None and now >= work.ended_ms + keep:
                 del self.works[ref]
                 self._keep_shared(work)
+                self._release_grants(work, now)
+        while self._revoking and self._revoking[0][0] <= now:
+            _, requester, digests = self._revoking.popleft()
+            for digest in digests:
+                self.share.revoke(requester, digest)
         self._done_data = {h: until for h, until in self._done_data.items() if until > now}
         holding = {w.requester for w in self.works.values()}
         holding.update(h.requester for h in self._done_data)
         for requester in [r for r in self._lent if r not in holding]:
             self._released.append(self._lent.pop(requester))
         ends = [w.ended_ms + keep for w in self.works.values() if w.ended_ms is not None]
+        ends += [self._revoking[0][0]] if self._revoking else []
         return min([*ends, *self._done_data.values()], default=None)
+
+    def _release_grants(self, work: Work, now: int) -> None:
+        """Schedules taking back what a forgotten task granted its requester: a done task's
+        files once the requester has taken the result (it fetched every checkpoint it
+        wanted before it asked for the result), any other's now (no later report lists its
+        checkpoints)."""
+        if work.state == "done" and work.result is not None:
+            return  # taken back once the result is taken (_key_served), or already scheduled
+        if work.result is not None:  # granted, yet the task did not end done: never asked
+            self._uncollected.pop(work.result.hash, None)
+        self._revoke_later(now, work.requester, _granted(work))
+
+    def _await_collection(self, requester: str, result: bytes, digests: list[bytes]) -> None:
+        """Keeps a done task's files granted until its requester takes the result."""
+        self._uncollected[result] = (requester, digests)
+        while len(self._uncollected) > UNCOLLECTED_KEPT:
+            _, (peer, oldest) = self._uncollected.popitem(last=False)
+            for digest in oldest:
+                self.share.revoke(peer, digest)
+
+    def _key_served(self, peer: str, digest: bytes) -> None:
+        """The requester took a result's key, the last step of its fetch: it holds the
+        result, and asks for none of the task's files again but for a key reply it lost."""
+        waiting = self._uncollected.get(digest)
+        if waiting is None or waiting[0] != peer:
+            return
+        del self._uncollected[digest]
+        self._revoke_later(self.net.now_ms(), *waiting)
+        self._wake()
+
+    def _revoke_later(self, now: int, requester: str, digests: list[bytes]) -> None:
+        self._revoking.append((now + GRANTS_KEEP_MS, requester, digests))
 
     async def _take_back(self) -> None:
         """Takes back what was lent for requesters none of whose tasks is held here now."""
@@ -567,6 +621,7 @@ class WorkerService:
             if row["result"] is not None:
                 result = from_wire(BlobRef, msgpack.unpackb(row["result"]))
                 self.share.grant(row["requester"], result.hash)
+                self._await_collection(row["requester"], result.hash, [result.hash])
 
     async def _report_from_db(self, ref: TaskRef, peer: str) -> TaskReport:
         row = await self.store.work(ref)
@@ -614,6 +669,12 @@ class WorkerService:
         if (now := self.presence()) != self._last_presence:
             self._last_presence = now
             self.presence_changed()
+
+
+def _granted(work: Work) -> list[bytes]:
+    """The files of a task granted to its requester: checkpoints, then the result."""
+    files = [c.blob.hash for c in work.checkpoints if c.blob is not None]
+    return files + ([work.result.hash] if work.result is not None else [])
 
 
 def _held(work: Work) -> Held:
