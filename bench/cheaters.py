@@ -546,10 +546,11 @@ async def main(args: argparse.Namespace) -> None:
         redo = await lab.run(found["train"])  # redundancy: everything twice
         redo_compute = redo.seconds
         assert redo.files == honest["train"].files, "two honest runs differ: not deterministic"
-        cheats = await train_variants(lab, found["train"], ran["train"])
-        if "render" in found:
+        cheats = [] if args.honest_only else await train_variants(lab, found["train"], ran["train"])
+        if "render" in found and not args.honest_only:
             cheats.append(render_garbage(found["render"], honest["render"].files))
-        cheats.append(Variant(found["exec"], "garbage_exec_output", [os.urandom(32)], 1))
+        if not args.honest_only:
+            cheats.append(Variant(found["exec"], "garbage_exec_output", [os.urandom(32)], 1))
         spent: dict[str, list[tuple[float, int]]] = {}
         async with trio.open_nursery() as nursery:
 
@@ -560,7 +561,7 @@ async def main(args: argparse.Namespace) -> None:
                 nursery.start_soon(go, v, args.trials)
             for v in honest.values():
                 nursery.start_soon(go, v, args.honest_trials)
-        bench = await benchmark_trials(args.bench_trials)
+        bench = (0, 0, 0) if args.honest_only else await benchmark_trials(args.bench_trials)
     hashed = sum(len(inner) for inner in ran["train"].points)
     count = common_points(ran["train"].points)[0]
     report(args, size, cheats, honest, job_compute, redo_compute, spent, lab, bench,
@@ -605,11 +606,12 @@ def report(
             f"{rate:>6.1f}% {float(p) * 100:>7.2f}% {v.replays:>7} {v.bisected:>8}"
         )
     caught_b, honest_b, trials_b = bench
-    print(
-        f"{'misstated_benchmark':<22} {'bench':<7} {'3x':>9} {trials_b:>6} {caught_b:>6} "
-        f"{100 * caught_b / trials_b:>6.1f}%"
-    )
-    rates.append(100 * caught_b / trials_b)
+    if trials_b:
+        print(
+            f"{'misstated_benchmark':<22} {'bench':<7} {'3x':>9} {trials_b:>6} {caught_b:>6} "
+            f"{100 * caught_b / trials_b:>6.1f}%"
+        )
+        rates.append(100 * caught_b / trials_b)
     escalated = sum(v.escalated for v in [*cheats, *honest.values()])
     print(f"cross-class misses left to a same-class sentry (caught, for cheats): {escalated}")
     bis = lab.bisections
@@ -688,9 +690,9 @@ def overhead(
         f"settled on {m} a segment (first {POINTS['train']}), {100 * points_s / per_job:.2f} % "
         f"of the job; a drawn stop replays {stop_share(per, m) * 100:.1f} % of a segment"
     )
+    measured = 100 * (replay_s + points_s) / per_job
     print(
-        f"verification of a {len(train)}-segment train job: "
-        f"{100 * (replay_s + points_s) / per_job:.1f} % of its compute; "
+        f"verification of a {len(train)}-segment train job: {measured:.1f} % of its compute; "
         f"redundancy (run twice, measured): {redundancy:.1f} %"
     )
     modelled = {}
@@ -709,10 +711,12 @@ def overhead(
             cost = 100 * sum(t[0] for t in spent[f"honest_{name}"]) / len(spent[f"honest_{name}"])
             print(f"{name}: verification {cost / sum(job[name]):.0f} % of a "
                   f"{len(job[name])}-segment job")  # fmt: skip
+    detect = f"detect_min_pct={min(rates):.1f} " if rates else ""  # none: --honest-only
     print(
-        f"RESULT detect_min_pct={min(rates):.1f} false_positives={false_positives} "
+        f"RESULT {detect}false_positives={false_positives} "
         f"overhead_pct={modelled[args.model_segments]:.2f} "
-        f"redundancy_overhead_pct={redundancy:.1f}"
+        f"redundancy_overhead_pct={redundancy:.1f} "
+        f"measured_overhead_pct={measured:.2f} measured_segments={len(train)}"
     )
 
 
@@ -737,6 +741,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--sandbox", default="bwrap", choices=("bwrap", "limits"))
     parser.add_argument(
         "--cross-class", action="store_true", help="sentry replays train in another class"
+    )
+    parser.add_argument(
+        "--honest-only",
+        action="store_true",
+        help="no cheats: the honest runs, their checks and the overhead (e.g. --segments 256)",
     )
     parser.add_argument(
         "--tolerance-ppm",
