@@ -129,10 +129,9 @@ def test_a_resumed_attempt_is_attested_challenged_and_judged(
     assert field(judging, "first") == str(start)
     sampled = [int(i) for i in field(judging, "sampled").split(",")]
     assert sampled[-1] == 2 and all(start <= i for i in sampled), judging
-    if honest:  # the trainer's run commits to 8 points a segment; the cheat's to none
-        assert field(judging, "points") == "8", judging
-        stops = field(judging, "stops").split(",")
-        assert len(stops) == len(sampled) and stops[-1] == "8", judging
+    # Every segment of a 3-segment job is sampled: the run hashes no points, the sentry replays
+    # whole segments (points are judged in tests/gpu/test_points_judged.py).
+    assert field(judging, "points") == "1" and set(field(judging, "stops").split(",")) == {"1"}
     assert honest or sampled == list(range(start, 3)), "every segment it faked is sampled"
     verdict = sentry.wait_for("verdict", timeout=90)
     assert f"worker={ids['w-resumed']}" in verdict and f"passed={honest}" in verdict, verdict
