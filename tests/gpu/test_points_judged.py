@@ -5,9 +5,9 @@ hashes: ``node.verify.play.answer_from``) and the sentry's (the seed's stops, a 
 at one with the real runtime: ``stops_of``, ``stop_step``, ``replay_segment``), with no network
 between them (tests/integration covers that with whole segments). A 20-segment job of 200
 steps a segment, long enough against its state for the run to keep points; the sentry samples
-3 segments plus the final one. An honest run passes; the same run with one sampled segment's
-inner point hashes forged after its stop passes too (the price of points), and with them
-forged up to its stop fails that segment "at point".
+2 segments plus the final one. An honest run passes; the same run with the point hash a
+sampled segment's stop compares against forged fails that segment "at point" (that a forgery
+after the stop is missed is the game's, tests/unit/verify/test_points.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ pytestmark = needs_bwrap
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train-tiny" / "train.py"
 PARAMS = {"lr": "0.01", "hidden": "16", "batch_size": "32", "precision": "fp32"}
 WORKLOAD = Workload(kind="train", entry="train.py", steps=4000, segments=20, seed=7, params=PARAMS)
-SIZE = 3
+SIZE = 2
 
 
 class Judged:
@@ -113,10 +113,6 @@ async def test_a_real_runs_points_pass_and_a_forged_one_fails_at_its_point(
         assert decision.passed, decision.reason
         first = min(stops)
         stop = stops[first]
-        if stop < count - 1:  # forged after the stop: this sample cannot see it
-            later = [list(p) for p in inner]
-            later[first][stop:] = [bytes(32)] * (count - 1 - stop)  # points stop + 1 ..
-            assert (await run.judge(later, count))[0].passed
         forged = [list(p) for p in inner]  # forged from the stop's point on
         forged[first][stop - 1] = bytes(32)
         decision, _ = await run.judge(forged, count)
