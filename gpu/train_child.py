@@ -344,24 +344,25 @@ class Points:
 
     control: Any
     index: int
-    due: list[int]  # the steps still to write, in order (repeats where a segment is short)
+    due: list[int]  # the steps still to hash, in order (repeats where a segment is short)
     seconds: float = 0.0
-    written: list[int] = field(default_factory=list)
+    written: int = 0
 
     def write_due(self, model: Any, optimizer: Any, cursor: Cursor, step: int) -> None:
         while self.due and self.due[0] == step:
-            started, point = time.monotonic(), len(self.written) + 1
+            started, point = time.monotonic(), self.written + 1
             digest = blake3(encode_state(model, optimizer, cursor, step)).hexdigest()
             report = {"segment": self.index, "point": point, "hash": digest, "step": step}
             self.control.write(json.dumps(report) + "\n")
-            self.written.append(self.due.pop(0))
+            self.due.pop(0)
+            self.written = point
             self.seconds += time.monotonic() - started
 
 
-def run_segment(state: list[Any], end: int, inner: Points) -> Any:
-    """Runs the steps up to ``end`` (hashing the inner points on the way), moving ``state``'s
-    step on; the last loss."""
-    job, ctx, data, model, optimizer, cursor, step = state
+def run_segment(prepared: tuple[Any, ...], step: int, end: int, inner: Points) -> Any:
+    """Runs the steps from ``step`` up to ``end`` on ``prepared`` (job, context, data, model,
+    optimiser, cursor), hashing the inner points on the way; the last loss."""
+    job, ctx, data, model, optimizer, cursor = prepared
     loss, batch = None, int(ctx.params.get("batch_size", 32))
     inner.write_due(model, optimizer, cursor, step)
     while step < end:
@@ -369,14 +370,13 @@ def run_segment(state: list[Any], end: int, inner: Points) -> Any:
         loss = job.step(ctx, model, optimizer, next_batch(data, cursor, batch, ctx.seed))
         step += 1
         inner.write_due(model, optimizer, cursor, step)
-    state[6] = step
     return loss
 
 
 def main(args: dict[str, Any]) -> int:
     if args.get("mode") == "distance":
         return report_distance(args)
-    state = list(prepare(args))  # job, ctx, data, model, optimizer, cursor, step
+    *prepared, step = prepare(args)  # job, ctx, data, model, optimizer, cursor; step
     segments = args["segments"]
     last = segments - 1 if args.get("stop_after") is None else args["stop_after"]
     stop_step = args.get("stop_step")  # a bisection's probe: the state after that global step
@@ -384,7 +384,7 @@ def main(args: dict[str, Any]) -> int:
     plan = PointPlan(most, segments, int(args.get("sample", 16)))
     with os.fdopen(args["control_fd"], "w", buffering=1) as control:
         for index in range(args["resume_index"] + 1, last + 1):
-            started, step = time.monotonic(), state[6]
+            started, first = time.monotonic(), step
             begin, end = index * args["steps"] // segments, (index + 1) * args["steps"] // segments
             if stop_step is not None:
                 if not step <= stop_step <= end:
@@ -392,17 +392,18 @@ def main(args: dict[str, Any]) -> int:
                 end = stop_step
             count = plan.count
             inner = Points(control, index, point_steps(begin, end, count))
-            loss = run_segment(state, end, inner)
-            _, _, _, model, optimizer, cursor, step_now = state
-            blob = encode_state(model, optimizer, cursor, step_now)
+            loss = run_segment(tuple(prepared), step, end, inner)
+            step = end  # the steps ran up to it
+            model, optimizer, cursor = prepared[3:]
+            blob = encode_state(model, optimizer, cursor, step)
             path = Path(args["ckpt_dir"]) / f"seg-{index}.ckpt"
             path.write_bytes(blob)
             steps_s = time.monotonic() - started - inner.seconds
-            plan.after(steps_s, inner.seconds, len(inner.written))
+            plan.after(steps_s, inner.seconds, inner.written)
             extra = f", points {inner.seconds:.4f} s" if most > 1 else ""
-            print(f"segment {index + 1}/{segments}: step {step_now}, loss {float(loss or 0):.6f}, "
-                  f"{(end - step) / max(steps_s, 1e-9):.1f} steps/s{extra}")  # fmt: skip
-            report = {"segment": index, "file": str(path), "step": step_now, "points": count}
+            print(f"segment {index + 1}/{segments}: step {step}, loss {float(loss or 0):.6f}, "
+                  f"{(end - first) / max(steps_s, 1e-9):.1f} steps/s{extra}")  # fmt: skip
+            report = {"segment": index, "file": str(path), "step": step, "points": count}
             control.write(json.dumps(report) + "\n")
             if index == segments - 1 and stop_step is None:
                 Path(FINAL).write_bytes(blob)  # the trained state, for the job's outputs
