@@ -476,6 +476,12 @@ class ChainSettings:
     poll_s: int = setting(
         5, "seconds between looks at the chain (anchors, claims, escrow)", int_range(1, 3600)
     )
+    min_worker_stake_wei: int = setting(
+        10**17,
+        "requesters: refuse a bid unless the worker's bonded stake on chain is at least this, "
+        "in wei (the default is verify.slash_wei's: one slash); 0 asks for none",
+        int_range(0, 2**255),
+    )
     claim_threshold_wei: int = setting(
         10**15,
         "workers: claim anchored earnings once this much is claimable, in wei",

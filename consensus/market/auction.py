@@ -4,7 +4,8 @@ Transitions::
 
     from         event                                        to           effects
     -----------  -------------------------------------------  -----------  ------------------
-    open         bid that fails a check                       open         RefuseBid(reason)
+    open         bid that fails a check (incl. too little     open         RefuseBid(reason)
+                 stake, when the requester asks for stake)
     open         bid that passes                              open         (kept)
     open         a worker passes (says why it will not bid)   open         (reason kept)
     open         every expected bidder has bid or passed,     confirming   SendOrder(best)
@@ -36,6 +37,11 @@ and ended without its result (``earlier``: it stopped, its disk filled, its fetc
 died) ranks after every worker that did not, flagged or not: what stopped it is likely to
 stop it again, and the cheapest worker would otherwise win every re-auction until the task
 runs out of attempts. It too is still chosen when it is the only bidder.
+
+A requester that settles on chain asks each bidder for ``min_stake_wei`` of bonded stake (read
+from the contract by the node, which passes it in as ``stake_wei``): a worker that could cheat
+with nothing to slash is refused, whatever its price; an unknown stake (the chain has not
+answered yet) counts as none.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class BidArrived:
     rtt_ms: int | None = None
     reputation: int = NEUTRAL_REPUTATION
     flagged: int | None = None  # flagged by sentries: the score they measured (0: none)
+    stake_wei: int | None = None  # bonded on chain, when the requester asks; None: unknown
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,7 @@ class Auction:
         confirm_timeout_ms: how long the asked bidder has to accept the order.
         earlier: the workers of this task's earlier attempts (none of which ended in a result).
         prospects: for expected bidders whose presence we hold, the best each could bid.
+        min_stake_wei: the bonded stake a bidder must hold on chain; 0 asks for none.
     """
 
     demand: Demand
@@ -183,6 +191,7 @@ class Auction:
     confirm_timeout_ms: int = 3_000
     earlier: frozenset[str] = frozenset()
     prospects: Mapping[str, Prospect] = field(default_factory=dict)
+    min_stake_wei: int = 0
     state: State = "open"
     _ranked: list[Ranked] = field(default_factory=list)
     _bidders: set[str] = field(default_factory=set)
@@ -275,7 +284,16 @@ class Auction:
             (cost > demand.budget_wei, "estimated cost above the task budget"),
             (bool(latency_limit), f"latency {event.rtt_ms} ms above {req.max_latency_ms}"),
         )
-        return next((why for failed, why in checks if failed), None)
+        return next((why for failed, why in checks if failed), None) or self._stake_refusal(event)
+
+    def _stake_refusal(self, event: BidArrived) -> str | None:
+        if self.min_stake_wei <= 0:
+            return None
+        if event.stake_wei is None:
+            return f"stake unknown (the chain did not answer); {self.min_stake_wei} wei asked"
+        if event.stake_wei < self.min_stake_wei:
+            return f"stake {event.stake_wei} wei below the {self.min_stake_wei} wei asked"
+        return None
 
     def _close_bidding(self, now_ms: int) -> list[Effect]:
         if not self._ranked:

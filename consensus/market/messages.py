@@ -106,10 +106,15 @@ class Bid(Body):
     region: str = ""
     listen: list[str] = field(default_factory=list)  # where the requester reaches us later
     chain_address: str = ""  # where the worker is paid on chain ("" when it does not settle)
+    # the wallet's signature binding chain_address to the bidder's peer id
+    # (node.identity.wallet_binding): a requester that asks for stake checks whose stake it is
+    binding_sig: bytes = b""
 
     def __post_init__(self) -> None:
         if self.gpus < 1 or self.est_seconds < 1:
             raise ValueError("gpus and est_seconds must be at least 1")
+        if len(self.binding_sig) not in (0, 65):
+            raise ValueError("binding_sig must be a 65-byte signature or empty")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -75,13 +75,13 @@ class Escrow:
     ) -> tuple[bytes, Spend] | None:
         """The EIP-712 twin of a voucher to ``worker_peer`` and the spend that goes with it
         (recorded first: see :mod:`node.chain.spending`); None if it gave no address."""
-        address = await self._address(worker_peer)
+        address = await self.address_of(worker_peer)
         if address is None:
             return None
         spend = await self.spending.sign(ref, address, amount_wei)
         return self.chain.hook.sign(ref, address, amount_wei), spend
 
-    async def _address(self, peer: str) -> str | None:
+    async def address_of(self, peer: str) -> str | None:
         """``peer``'s chain address: cached, else read from sqlite (it bid before a restart, or
         before many others bid); none is cached as "", so it is not read at every voucher."""
         address = self._workers.get(peer)

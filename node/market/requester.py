@@ -37,6 +37,7 @@ from p2p.reqresp import RequestRejected
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
+    from node.chain.bidder_stakes import BidderStakes
     from node.chain.escrow import Escrow
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class JobManager:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self.escrow: Escrow | None = None  # with chain.settle: escrow per job, signed vouchers
+        self.stakes: BidderStakes | None = None  # with chain.settle: bidders' stake, if asked
         # Market messages by kind, sent and received: what an auction costs the network.
         self.messages: Counter[str] = Counter()
         # Proof-of-compute (node.verify.service sets these): verdicts awaited in _collect.
@@ -284,12 +286,10 @@ class JobManager:
             raise RequestRejected("refused", "failed verification of this task before")
         if peer in self._refused.get((bid.ref.job_id, bid.ref.task), ()):
             raise RequestRejected("refused", "served a corrupt result of this task before")
-        effects = live.machine.handle(
-            au.BidArrived(
-                bid, peer, self.net.rtt_ms(peer), self.reputation_of(peer), self.flagged_of(peer)
-            ),
-            self.net.now_ms(),
-        )
+        stake = await self._stake_of(peer, bid)
+        arrived = au.BidArrived(bid, peer, self.net.rtt_ms(peer), self.reputation_of(peer),
+                                self.flagged_of(peer), stake)  # fmt: skip
+        effects = live.machine.handle(arrived, self.net.now_ms())
         refused = next(
             (e for e in effects if isinstance(e, au.RefuseBid) and e.bidder == peer), None
         )
@@ -305,6 +305,19 @@ class JobManager:
         if self.escrow is not None:
             await self.escrow.remember_worker(peer, bid.chain_address)
         return {"ok": True}
+
+    async def _stake_of(self, peer: str, bid: Bid) -> int | None:
+        """The bidder's bonded stake, when this requester asks for stake (else None)."""
+        if self.stakes is None or self.stakes.min_wei <= 0:
+            return None
+        from node.chain.bidder_stakes import UnboundAddress  # noqa: PLC0415 (web3, if settling)
+
+        if not bid.chain_address:  # a worker that does not settle on chain
+            raise RequestRejected("refused", "the bid names no chain account: stake is asked")
+        try:
+            return await self.stakes.stake_of(peer, bid.chain_address, bid.binding_sig)
+        except UnboundAddress as exc:
+            raise RequestRejected("invalid", str(exc)) from None
 
     def _on_pass(self, peer: str, payload: dict[str, Any]) -> Any:
         try:

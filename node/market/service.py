@@ -29,6 +29,7 @@ from gpu.render import RenderRuntime
 from gpu.runtimes import Runtimes, python_paths
 from gpu.sandbox import Limits, Sandbox, SandboxUnavailable
 from gpu.train import TrainRuntime
+from node.identity import wallet_binding
 from node.market.blob_bulk import TransferBulk
 from node.market.blobshare import BlobShare
 from node.market.datasets import Disk
@@ -107,6 +108,7 @@ async def requester_market(
     scratch = ctx.home.work / "scratch"
     market.jobs = JobManager(market.net, market.store, market.share, scratch, market.params)
     market.jobs.escrow = None if ctx.chain is None else ctx.chain.escrow
+    market.jobs.stakes = None if ctx.chain is None else ctx.chain.stakes
     market.jobs.verify_ready = trio.Event()  # the role's verify service starts next
     await market.jobs.run(task_status=task_status)
 
@@ -145,6 +147,9 @@ async def worker_market(
         disk=Disk(tasks, worker.disk_reserve_mb << 20),  # where task folders are
     )  # fmt: skip
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
+    if ctx.chain is not None:  # the binding proves whose stake a requester asking for some reads
+        market.worker.chain_address = ctx.chain.address
+        market.worker.binding_sig = wallet_binding(ctx.keys)
     market.worker.share_data = worker.share_task_data
     if market.worker.payee is not None:
         market.worker.payee.arrears.on_change = market.worker.block_requesters

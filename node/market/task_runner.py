@@ -139,9 +139,10 @@ class TaskRunner:
         expected = [w for w in pool if w.status == "available"]
         attempts = await self.store.attempts(task.job_id)
         earlier = frozenset(a["worker"] for a in attempts if a["idx"] == task.idx)
+        stakes = self.mgr.stakes
         auction = au.Auction(
             demand, frozenset(w.peer_id for w in expected), self.params.confirm_timeout_ms,
-            earlier, self._prospects(demand, expected),
+            earlier, self._prospects(demand, expected), 0 if stakes is None else stakes.min_wei,
         )  # fmt: skip
         live = LiveAuction(auction)
         self.mgr.auctions[task.ref] = live

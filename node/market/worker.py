@@ -172,6 +172,9 @@ class WorkerService:
         self._last_presence = self.presence()
         self.presence_changed: Callable[[], None] = lambda: None
         self.payee: Payee | None = None  # with chain.settle: checks and keeps chain vouchers
+        # with chain.settle: where we are paid, and our wallet's binding of it to our peer id
+        self.chain_address, self.binding_sig = "", b""
+        self._stake_refusals: set[str] = set()  # requesters that refused us for stake
         # Proof-of-compute attests a finished task here (node.verify.service wires it).
         self.on_done: Callable[[Work], Awaitable[None]] | None = None
 
@@ -250,7 +253,8 @@ class WorkerService:
             score=caps.score,
             region=caps.region,
             listen=self.net.addrs(),
-            chain_address="" if self.payee is None else self.payee.chain.address,
+            chain_address=self.chain_address,
+            binding_sig=self.binding_sig,
         )
         try:
             await self.net.request(
@@ -262,12 +266,23 @@ class WorkerService:
                 keep=True,  # the auction may close on this bid: skip the stream's setup
             )
         except RemoteError as exc:
-            log.debug("bid refused", extra={"task": send.ref.text(), "reason": exc.message})
+            self._log_refusal(send, exc.message)
             self.bidder.handle(bd.BidRefused(send.ref), self.net.now_ms())
         except RequestError as exc:
             log.info("bid not delivered", extra={"task": send.ref.text(), "error": str(exc)})
             self.bidder.handle(bd.BidRefused(send.ref), self.net.now_ms())
         self._wake()
+
+    def _log_refusal(self, send: bd.SendBid, reason: str) -> None:
+        """A refusal for stake is the operator's to mend, so it is said once per requester
+        above debug; any other refusal is one auction's business."""
+        if not reason.startswith("stake ") or send.requester in self._stake_refusals:
+            log.debug("bid refused", extra={"task": send.ref.text(), "reason": reason})
+            return
+        if len(self._stake_refusals) < 4096:
+            self._stake_refusals.add(send.requester)
+        log.warning("bid refused for stake: stake with `idlegrid wallet stake`",
+                    extra={"requester": send.requester, "reason": reason})  # fmt: skip
 
     async def _send_pass(self, requester: str, demand: Demand, reason: str) -> None:
         """Tells the requester we will not bid, so its auction need not wait for us."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +34,7 @@ from consensus.verify.messages import (
     check_resume,
 )
 from consensus.verify.verdicts import REP_START
+from node.identity import wallet_binding_ok
 from node.market.store import MarketStore
 from node.verify.sentry import task_key
 from node.verify.topics import ATTESTS, ESCALATIONS, VERDICTS
@@ -71,6 +72,10 @@ class Verdicts:
     bisect_timeout_ms: int = 0  # verify.bisect_timeout_ms
     bisecting: set[bytes] = field(default_factory=set)  # task keys a sentry will bisect
     ready: trio.Event | None = None  # set once exclusions are loaded (JobManager waits on it)
+    # with stake asked of bidders (node.chain.bidder_stakes): the chain account a worker bid
+    # with, whose stake was checked; its attestation must name the same, or a slash of the
+    # attested account would take someone else's stake, or none
+    staked_account: Callable[[str], Awaitable[str | None]] | None = None
 
     def excluded(self, ref: TaskRef, worker: str) -> bool:
         """Whether ``worker`` failed verification of an earlier attempt at this task."""
@@ -182,7 +187,9 @@ class Verdicts:
                 return "rejected", f"failed verification: {fails[0]['reason']}"
             heard = self.attested.get(task_key(ref))
             if heard is not None:  # passes count on the attestation we checked, only
-                problem = await self._resume_problem(ref, heard[1])
+                problem = await self._resume_problem(ref, heard[1]) or await self._account_problem(
+                    heard[1]
+                )
                 if problem:  # the task is not offered to that worker again
                     await self._exclude(ref, heard[1].worker, ours=True)
                     return "rejected", problem
@@ -211,6 +218,21 @@ class Verdicts:
         if heard is not None:
             rows = [r for r in rows if r["attestation"] == heard[0]]
         return on_timeout([(r["sentry"], r["reason"]) for r in rows], timeout_ms)
+
+    async def _account_problem(self, att: Attestation) -> str:
+        """Why an attestation names another chain account than the staked one its worker bid
+        with, or ``""``."""
+        if self.staked_account is None:
+            return ""
+        bid_with = await self.staked_account(att.worker)
+        if bid_with is None:
+            return ""
+        if bytes.fromhex(bid_with.removeprefix("0x")) != att.chain_address:
+            attested = "0x" + att.chain_address.hex() if att.chain_address else "no chain account"
+            return f"attested with {attested}, not the staked {bid_with} it bid with"
+        if not wallet_binding_ok(att.worker, att.chain_address, att.binding_sig):
+            return f"attested with {bid_with} but no valid binding: sentries could not slash it"
+        return ""
 
     async def _resume_problem(self, ref: TaskRef, att: Attestation) -> str:
         """Why a resumed attestation does not continue what we handed over, or ``""``."""

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.market.bidder import Bidder
-from node.identity import wallet_binding
 from node.market.service import market_of, python_runtimes
 from node.market.task_folders import empty_folder
 from node.verify.announcer import AttestationAnnouncer
@@ -77,7 +76,7 @@ async def worker_verify(
     )  # fmt: skip
     verifier = VerifyWorker(market.net, VerifyStore(ctx.db), market.share, det, announcer)
     if ctx.chain is not None:
-        verifier.binding = (bytes.fromhex(ctx.keys.address[2:]), wallet_binding(ctx.keys))
+        verifier.binding = (bytes.fromhex(ctx.keys.address[2:]), market.worker.binding_sig)
     verifier.register()
     bidder = market.worker.bidder
     responder = ProbeResponder(
@@ -160,6 +159,9 @@ async def requester_verify(
         lambda peer: peer in known_sentries(ctx),
     )
     verdicts.bisect_timeout_ms = ctx.settings.verify.bisect_timeout_ms
+    escrow = None if ctx.chain is None else ctx.chain.escrow
+    if escrow is not None and ctx.settings.chain.min_worker_stake_wei > 0:
+        verdicts.staked_account = escrow.address_of  # the account whose stake the bid showed
     verdicts.ready = market.jobs.verify_ready
     market.jobs.verdicts = verdicts
     market.jobs.verdict_timeout_ms = ctx.settings.verify.verdict_timeout_ms

@@ -124,8 +124,9 @@ def test_a_job_is_paid_through_an_anchored_epoch(
         address[role] = json.loads((home / "identity.json").read_text())["address"]
         c.fund(address[role], 10 * ETH)
     before = {role: c.balance(a) for role, a in address.items()}
-    staked = idlegrid(homes["sentry"], "wallet", "stake", "1eth", env=env)  # the anchor bond
-    assert staked.returncode == 0, staked.stderr
+    for role in ("sentry", "worker"):  # the anchor bond; the stake the requester asks for
+        staked = idlegrid(homes[role], "wallet", "stake", "1eth", env=env)
+        assert staked.returncode == 0, staked.stderr
     daemons: dict[str, Daemon] = {}
     listen = {role: f"/ip4/127.0.0.1/tcp/{free_port()}" for role in homes}
     at = {role: f"{listen[role]}/p2p/{peer_id(homes[role])}" for role in homes}
@@ -197,14 +198,15 @@ def check_balances(
     pool = reader.pool_of(address["requester"])
     assert (pool["balance"], pool["leaving"]) == (0, 0), "all spent or given back"
     gas = {role: gas_paid(home, c) for role, home in homes.items()}
-    assert c.balance(address["worker"]) == before["worker"] + gross - fee - gas["worker"]
+    staked = ETH  # each of the worker and the sentry
+    assert c.balance(address["worker"]) == before["worker"] + gross - fee - gas["worker"] - staked
     assert c.balance(address["requester"]) == before["requester"] - gross - gas["requester"]
     with sqlite3.connect(homes["requester"] / "node.db") as db:
         ops = {r[0] for r in db.execute("SELECT op FROM chain_txs")}
     assert not ops & {"dispute", "voidAnchor"}, "a correct epoch is not disputed"
-    assert c.balance(address["sentry"]) == before["sentry"] - ETH - gas["sentry"]
+    assert c.balance(address["sentry"]) == before["sentry"] - staked - gas["sentry"]
     assert reader.fees_accrued() == fee
-    assert c.balance(contract) == fee + ETH  # the protocol fee and the sentry's stake remain
+    assert c.balance(contract) == fee + 2 * staked  # the protocol fee and the stakes remain
     roots = [
         e["args"]["entriesRoot"] for e in reader.contract.events.Anchored().get_logs(from_block=0)
     ]

@@ -155,6 +155,21 @@ def test_bids_that_break_the_demand_are_refused_with_reasons() -> None:
     assert isinstance(late, RefuseBid) and "after the window" in late.reason
 
 
+def test_a_bidder_without_the_stake_asked_is_refused_whatever_its_price() -> None:
+    a = Auction(demand(), min_stake_wei=100)
+    cases = [
+        (BidArrived(bid(price=1), "poor", stake_wei=99), "stake 99 wei below the 100 wei asked"),
+        (BidArrived(bid(price=1), "unread"), "stake unknown (the chain did not answer); 100"),
+    ]
+    for event, reason in cases:
+        [effect] = a.handle(event, NOW)
+        assert isinstance(effect, RefuseBid) and effect.reason.startswith(reason), effect
+    assert a.handle(BidArrived(bid(price=90), "staked", stake_wei=100), NOW) == []
+    assert a.on_tick(NOW + 2000) == [SendOrder("staked", bid(price=90))]
+    free = Auction(demand())  # 0 asks for none: an unread stake is no refusal
+    assert free.handle(BidArrived(bid(price=1), "unread"), NOW) == []
+
+
 def test_latency_and_reputation_weigh_but_only_as_integers() -> None:
     b = bid(price=10**18, est_s=3600)
     neutral = weighted_cost(b, 0, 500)

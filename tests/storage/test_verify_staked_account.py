@@ -1,0 +1,60 @@
+"""A requester that asked its bidders for stake accepts a verdict only on an attestation that
+names the staked account the worker bid with, with a binding sentries can slash: otherwise a
+worker could bid on its stake and attest (and be slashed) as an empty account. Real sqlite."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+from consensus.verify.messages import Attestation, Verdict, attestation_id
+from node.identity import NodeKeys, wallet_binding
+from node.verify.requester import Verdicts
+from node.verify.sentry import task_key
+from node.verify.store import VerifyStore
+from storage.db import Database
+from tests.unit.verify.factories import REF, honest
+
+WORKER, OTHER = NodeKeys.generate(), NodeKeys.generate()
+
+
+def attested(keys: NodeKeys, binding_of: NodeKeys | None = None) -> Attestation:
+    """WORKER's attestation naming ``keys``'s account, bound by ``binding_of``'s wallet."""
+    binder = NodeKeys(WORKER.signing_key, (binding_of or keys).wallet_key)
+    return honest(3).attestation(worker=WORKER.peer_id, chain_address=bytes.fromhex(
+        keys.address[2:]), binding_sig=wallet_binding(binder))  # fmt: skip
+
+
+async def judged(db: Database, att: Attestation, staked: str | None) -> tuple[str, str]:
+    store = VerifyStore(db)
+    verdict = Verdict(expires_ms=10**13, nonce=b"n" * 16, ref=REF, worker=WORKER.peer_id,
+                      attestation=attestation_id(att), passed=True, sampled=[1],
+                      seed=b"s" * 32, evidence=b"e" * 32)  # fmt: skip
+    await store.add_verdict(attestation_id(att), "sentry", verdict, b"raw", evidence=None, now_ms=1)
+    verdicts = Verdicts(SimpleNamespace(now_ms=lambda: 0), store, 1, lambda: True)  # type: ignore[arg-type]
+
+    async def bid_with(peer: str) -> str | None:
+        return staked if peer == WORKER.peer_id else None
+
+    verdicts.staked_account = bid_with
+    verdicts.attested[task_key(REF)] = (attestation_id(att), att)
+    return await verdicts.outcome(REF, timeout_ms=0)
+
+
+async def test_only_the_staked_account_bound_to_the_worker_is_verified(tmp_path: Path) -> None:
+    staked = WORKER.address
+    cases = [
+        (attested(WORKER), staked, ("verified", "verified by 1 sentries")),
+        (attested(WORKER), None, ("verified", "verified by 1 sentries")),  # bid no account
+        (attested(OTHER, binding_of=WORKER), staked,
+         ("rejected",
+          f"attested with {OTHER.address.lower()}, not the staked {staked} it bid with")),
+        (replace(attested(WORKER), chain_address=b"", binding_sig=b""), staked,
+         ("rejected", f"attested with no chain account, not the staked {staked} it bid with")),
+        (attested(WORKER, binding_of=OTHER), staked,
+         ("rejected", f"attested with {staked} but no valid binding: sentries could not slash it")),
+    ]  # fmt: skip
+    for i, (att, bid_with, expected) in enumerate(cases):
+        async with await Database.open(tmp_path / f"node{i}.sqlite") as db:
+            assert await judged(db, att, bid_with) == expected, i
