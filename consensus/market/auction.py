@@ -5,7 +5,7 @@ Transitions::
     from         event                                        to           effects
     -----------  -------------------------------------------  -----------  ------------------
     open         bid that fails a check (incl. too little     open         RefuseBid(reason)
-                 stake, when the requester asks for stake)
+                 stake, when the requester asks for stake)    (counts as its bidder's pass)
     open         bid that passes                              open         (kept)
     open         a worker passes (says why it will not bid)   open         (reason kept)
     open         every expected bidder has bid or passed,     confirming   SendOrder(best)
@@ -234,7 +234,12 @@ class Auction:
             return [RefuseBid(event.bidder, f"auction is {self.state}")]
         why = self._refusal(event, now_ms)
         if why is not None:
-            return [RefuseBid(event.bidder, why)]
+            if event.bidder in self._bidders or event.bidder in self._passes:
+                return [RefuseBid(event.bidder, why)]
+            # a refused bidder bids no more for this task: as good as a pass, so an auction
+            # that only waited on it (an unstaked worker's, say) closes now
+            self._passes[event.bidder] = f"bid refused: {why}"
+            return [RefuseBid(event.bidder, why), *self._close_if_done_waiting(now_ms)]
         self._bidders.add(event.bidder)
         cost = weighted_cost(event.bid, event.rtt_ms, event.reputation, event.flagged)
         flagged, earlier = event.flagged is not None, event.bidder in self.earlier

@@ -170,6 +170,18 @@ def test_a_bidder_without_the_stake_asked_is_refused_whatever_its_price() -> Non
     assert free.handle(BidArrived(bid(price=1), "unread"), NOW) == []
 
 
+def test_a_refused_bid_counts_as_its_bidders_pass_for_the_early_close() -> None:
+    a = Auction(demand(), expected=frozenset({"poor", "staked"}), min_stake_wei=100)
+    assert a.handle(BidArrived(bid(price=90), "staked", stake_wei=100), NOW) == []
+    refused, order = a.handle(BidArrived(bid(price=1), "poor", stake_wei=0), NOW + 1)
+    assert isinstance(refused, RefuseBid) and order == SendOrder("staked", bid(price=90))
+    alone = Auction(demand(), expected=frozenset({"poor"}), min_stake_wei=100)
+    _, closed = alone.handle(BidArrived(bid(price=1), "poor", stake_wei=0), NOW)
+    assert closed == NoBids(("poor: bid refused: stake 0 wei below the 100 wei asked",))
+    [again] = alone.handle(BidArrived(bid(price=1), "poor", stake_wei=100), NOW)
+    assert isinstance(again, RefuseBid) and "auction is closed" in again.reason
+
+
 def test_latency_and_reputation_weigh_but_only_as_integers() -> None:
     b = bid(price=10**18, est_s=3600)
     neutral = weighted_cost(b, 0, 500)
