@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 PYTEST_JOBS ?= 2
 
 unit: $(STAMP) contracts sandbox
-	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist worksteal -m "not alone" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_JOBS) --dist worksteal -m "not alone" --durations=25 $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -m alone $(PYTEST_ARGS) || test $$? -eq 5
 
 ## make contracts: the pinned solc-js and anvil from npm (package-lock.json), when npm exists;

@@ -10,7 +10,10 @@
                                                       stepping
     probing   Unanswered                              failed    Decide(fail, unprobed)
     stepping  Stepped, within the step's tolerance    passed    Decide(pass): drift, no cheat
-    stepping  Stepped, over it                        failed    Decide(fail, step)
+    stepping  Stepped, over it (first time)           stepping  CheckStep(lo, hi) again
+    stepping  Stepped again, the same replayed hash   failed    Decide(fail, step)
+    stepping  Stepped again, another replayed hash    passed    Decide(pass, unsteady):
+                                                                "unverifiable: ..."
     stepping  Unanswered                              failed    Decide(fail, unprobed)
     passed | failed  anything                         unchanged none (late answers)
 
@@ -37,6 +40,13 @@ can re-run the one step to check it; only that is slashable
 (:func:`consensus.verify.escalation.slashable`). A worker that does not
 answer a probe is failed (its task re-runs) but not slashed: answering costs it a replay,
 and slowness there proves no cheat.
+
+A step over its tolerance is run once more before it fails, as a same-class game replays a
+miss twice (:mod:`consensus.verify.game`): a job script that is not deterministic (it reads
+the clock or ``/dev/urandom``) moves the state differently on every run, and would otherwise
+get its honest worker slashed at the step check. If the sentry's two runs of the one step
+give different states, the job is unsteady and the bisection ends in a pass whose reason
+starts ``unverifiable`` (never slashable); if they agree, the step fails as before.
 """
 
 from __future__ import annotations
@@ -46,7 +56,7 @@ from typing import Literal
 
 from consensus.codec import encode
 from consensus.market.messages import Workload
-from consensus.verify.game import Decide
+from consensus.verify.game import UNVERIFIABLE, Decide
 from consensus.verify.messages import Attestation
 
 State = Literal["probing", "stepping", "passed", "failed"]
@@ -54,7 +64,7 @@ TRANSITIONS: dict[tuple[State, str], frozenset[State]] = {
     ("probing", "start"): frozenset({"probing", "stepping"}),
     ("probing", "probed"): frozenset({"probing", "stepping"}),
     ("probing", "unanswered"): frozenset({"failed"}),
-    ("stepping", "stepped"): frozenset({"passed", "failed"}),
+    ("stepping", "stepped"): frozenset({"stepping", "passed", "failed"}),
     ("stepping", "unanswered"): frozenset({"failed"}),
 }
 TERMINAL: frozenset[State] = frozenset({"passed", "failed"})
@@ -108,6 +118,7 @@ class CheckStep:
 
     lo: int
     hi: int
+    again: bool = False  # the confirming run of a step that was over its tolerance
 
 
 Effect = Probe | CheckStep | Decide
@@ -140,6 +151,7 @@ class Bisection:
     signed: dict[int, bytes] = field(default_factory=dict)  # step -> its sealed ProbeState
     probes: list[tuple[int, bytes, int]] = field(default_factory=list)  # (step, hash, ppm)
     asked: int | None = None  # the step of the probe in flight
+    first_run: Stepped | None = None  # the step check's first run, when it was over
 
     def __post_init__(self) -> None:
         if self.last <= self.first:
@@ -193,6 +205,12 @@ class Bisection:
         off, step = event.distance_ppm, self.hi
         allowed = max(self.step_tolerance_ppm, _share_of_move(event.moved_ppm, self.tolerance_ppm))
         within = off <= allowed
+        if not within and self.first_run is None:  # confirm it before blaming anyone
+            self.first_run = event
+            self._move("stepped", "stepping")
+            return [CheckStep(self.lo, self.hi, again=True)]
+        if self.first_run is not None and self.first_run.replayed != event.replayed:
+            return self._unsteady(event)
         if within:
             reason = (
                 f"segment {self.segment}: drift, not a cheat: bisected to step {step}, one step "
@@ -209,6 +227,15 @@ class Bisection:
         signed = [self.signed.get(self.lo, b""), self.signed.get(self.hi, b"")]
         evidence = self._evidence(reason, {"check": list(check), "signed": signed})
         return [Decide(within, reason, evidence, "replays" if within else "step")]
+
+    def _unsteady(self, event: Stepped) -> list[Effect]:
+        assert self.first_run is not None
+        reason = (f"{UNVERIFIABLE}the job is not deterministic (two runs of step {self.hi} of "
+                  f"segment {self.segment} from the worker's state differ)")  # fmt: skip
+        self._move("stepped", "passed")
+        runs = [self.first_run.replayed, event.replayed]
+        evidence = self._evidence(reason, {"runs": runs, "lo": self.lo, "hi": self.hi})
+        return [Decide(True, reason, evidence, "unsteady")]
 
     def _unanswered(self, event: Unanswered) -> list[Effect]:
         self._move("unanswered", "failed")

@@ -147,7 +147,7 @@ def second_game(
 def answer_reason(esc: Escalation, decision: g.Decide) -> str:
     """The answering verdict's reason: that it is a second opinion, and on what."""
     missed = sorted(m.index for m in esc.misses)
-    said = "equal" if decision.passed else decision.reason
+    said = decision.reason or "equal"  # a pass on an unsteady job says so
     return f"same-class replay of escalated segments {missed}: {said}"
 
 

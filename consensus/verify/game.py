@@ -7,8 +7,13 @@
     challenging  Answered, a check fails    failed                    Decide(fail, evidence)
     challenging  Refused / deadline passed  failed                    Decide(fail): silence fails
     challenging  Replayed, equal            challenging | passed      Decide(pass) after the last
-    challenging  Replayed, differs (same    failed                    Decide(fail, evidence)
-                 determinism class)
+    challenging  Replayed, differs (same    challenging               Replay(segment) again, to
+                 determinism class)                                   confirm the sentry's own
+    challenging  the confirming replay      failed                    Decide(fail, evidence)
+                 gives the first one's hash
+    challenging  the confirming replay      challenging | passed      (as equal, the segment noted
+                 differs from the first                                unsteady): Decide(pass,
+                                                                       "unverifiable: ...") last
     challenging  Replayed, cross-class,     challenging | passed      (as equal)
                  distance <= tolerance
     challenging  Replayed, cross-class,     challenging | escalated   the miss is noted; the other
@@ -22,6 +27,18 @@ caught by the checks that hold in every class), and if nothing fails, the game e
 with every missed segment, for a sentry of the worker's class to replay bitwise
 (:mod:`consensus.verify.escalation`). Each :class:`Decide` names its grounds, so that only
 class-independent grounds or a same-class replay ever back a slash.
+
+**A same-class miss is replayed twice.** A job script that is not deterministic (it reads the
+clock, ``/dev/urandom``, an unseeded generator) gives a different state on every run, so an
+honest worker's segment would miss a replay and be slashed: a requester could so have honest
+workers slashed at the cost of a job. The sentry therefore replays a missed segment once more
+before failing it. Only when both of its replays agree, and differ from the worker's hash, is
+the worker wrong; replays that disagree with each other show the job itself unsteady. Such a
+segment cannot be judged, and the game ends in a pass whose reason starts ``unverifiable``
+(``grounds="unsteady"``), which the requester takes as accepted, not verified: the worker is
+paid for work nobody can check, and the requester learns its job cannot be verified. A
+cheat cannot reach that pass on a deterministic job: it controls neither of the sentry's
+replays.
 
 Checks on an answer for segment ``i``: both leaves under the attested root at their index,
 ``chained_i == H(chained_{i-1} || hash_i)`` (one history, in order), the checkpoint file hashes to
@@ -111,9 +128,10 @@ class Replay:
     expected: bytes
     end: bytes = b""
     stop: int = 0
+    again: bool = False  # the confirming replay of a same-class miss
 
 
-Grounds = Literal["replays", "answer", "silence", "replay", "step", "unprobed"]
+Grounds = Literal["replays", "answer", "silence", "replay", "step", "unprobed", "unsteady"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +143,8 @@ class Decide:
             attestation), ``silence`` (refused or late) or ``replay`` (a replay differs; only a
             same-class game fails on it); from a bisection (:mod:`consensus.verify.bisection`),
             ``step`` (one step from the worker's own state differs) or ``unprobed`` (it did not
-            give a state a probe asked for).
+            give a state a probe asked for); on a pass, ``unsteady`` (two replays of one
+            segment disagreed: the job is not deterministic, so nothing was judged there).
     """
 
     passed: bool
@@ -152,6 +171,15 @@ class Escalate:
 
 
 Effect = Challenge | Replay | Decide | Escalate
+
+
+UNVERIFIABLE = "unverifiable: "  # starts the reason of a pass on an unsteady job
+
+
+def unverifiable(passed: bool, reason: str) -> bool:
+    """Whether a verdict passed only because its job proved not deterministic (an escalation's
+    answer quotes the game's reason after its own words, so it is looked for anywhere)."""
+    return passed and UNVERIFIABLE in reason
 
 
 def evidence_hash(evidence: bytes) -> bytes:
@@ -183,6 +211,9 @@ class Game:
     replaying: dict[int, tuple[ChallengeResponse, int, bytes]] = field(default_factory=dict)
     done: set[int] = field(default_factory=set)
     missed: dict[int, tuple[Missed, bytes]] = field(default_factory=dict)  # with its record
+    # same-class misses being replayed again: the first replay's hash
+    confirming: dict[int, bytes] = field(default_factory=dict)
+    unsteady: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # the two replays
 
     def start(self) -> list[Effect]:
         self.pending = set(self.sampled)
@@ -234,10 +265,19 @@ class Game:
         if answer is None:
             return []
         equal = event.hash == expected
-        if not equal and self.same_class:
+        first = self.confirming.pop(event.index, None)
+        if first is not None and event.hash == first:  # the sentry's replays agree: a fail
             at = f" at point {stop} of {self.att.points}" if stop else ""
             reason = f"segment {event.index}{at}: replay gives 0x{event.hash.hex()[:16]}..."
             return self._fail("replayed", reason, _record(answer, event.hash), "replay")
+        if first is not None:  # they disagree: the job is not deterministic
+            self.unsteady[event.index] = (first, event.hash)
+            equal = True  # nothing to judge there: the other segments decide
+        elif not equal and self.same_class:
+            self.replaying[event.index] = (answer, stop, expected)
+            self.confirming[event.index] = event.hash
+            self._move("replayed", "challenging")
+            return [Replay(event.index, answer.checkpoint, expected, b"", stop, again=True)]
         if not equal and (event.distance_ppm is None or event.distance_ppm > self.tolerance_ppm):
             miss = Missed(event.index, event.distance_ppm, event.hash, answer.after.hash)
             self.missed[event.index] = (miss, _record(answer, event.hash))
@@ -249,7 +289,18 @@ class Game:
             self._move("replayed", "escalated")
             return [self._escalate()]
         self._move("replayed", "passed")
-        return [Decide(True, "", encode({"att": self.att_id, "sampled": self.sampled}))]
+        return [self._pass()]
+
+    def _pass(self) -> Decide:
+        evidence: dict[str, object] = {"att": self.att_id, "sampled": self.sampled}
+        if not self.unsteady:
+            return Decide(True, "", encode(evidence))
+        shown = sorted(self.unsteady)
+        more = f", and of {len(shown) - 1} more" if len(shown) > 1 else ""
+        reason = (f"{UNVERIFIABLE}the job is not deterministic (two replays of segment "
+                  f"{shown[0]} differ{more})")  # fmt: skip
+        evidence["unsteady"] = [[i, *self.unsteady[i]] for i in shown]
+        return Decide(True, reason, encode(evidence), "unsteady")
 
     def _escalate(self) -> Escalate:
         misses = tuple(self.missed[i][0] for i in sorted(self.missed))

@@ -95,9 +95,10 @@ class Bisector:
                 passes.append(decision)
         finally:
             await discard_tree(work)
-        reason = "; ".join(d.reason for d in passes)
+        reason = "; ".join(d.reason for d in passes)  # "unverifiable: ..." for an unsteady job
         evidence = encode({"att": att_id, "bisections": [d.evidence for d in passes]})
-        return g.Decide(True, reason, evidence)
+        unsteady = any(d.grounds == "unsteady" for d in passes)
+        return g.Decide(True, reason, evidence, "unsteady" if unsteady else "replays")
 
     async def _segment(
         self, att_id: bytes, runtime: Any, index: int, files: ReplayFiles

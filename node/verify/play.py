@@ -86,11 +86,14 @@ async def _judge(
         effects = game.handle(g.Refused(index, "no answer"), got[1])
     else:
         effects = game.handle(g.Answered(got[0]), got[1])
-    for effect in list(effects):
+    decided: list[g.Decide | g.Escalate] = []
+    while effects:  # a replay's outcome may ask for another (a miss is replayed twice)
+        effect = effects.pop(0)
         if isinstance(effect, g.Replay):
             state, distance = await replay(effect.index, effect.checkpoint, effect.end, effect.stop)
             effects += game.handle(g.Replayed(effect.index, state, distance), now_ms())
-    decided = [e for e in effects if isinstance(e, g.Decide | g.Escalate)]
+        elif isinstance(effect, g.Decide | g.Escalate):
+            decided.append(effect)
     return decided[0] if decided else None
 
 

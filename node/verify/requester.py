@@ -24,8 +24,10 @@ import trio
 
 from consensus.errors import Invalid
 from consensus.market.messages import TaskRef
+from consensus.peer_id import short
 from consensus.verify.bisection import will_bisect
 from consensus.verify.escalation import check_escalation, on_timeout
+from consensus.verify.game import unverifiable
 from consensus.verify.messages import (
     Attestation,
     Escalation,
@@ -195,7 +197,7 @@ class Verdicts:
                     return "rejected", problem
                 rows = [r for r in rows if r["attestation"] == heard[0]]
             if len(rows) >= self.quorum:
-                return "verified", f"verified by {len(rows)} sentries"
+                return _verified(rows)
             left = deadline - self.net.now_ms()
             bisecting = self.bisect_timeout_ms > 0 and task_key(ref) in self.bisecting
             if left <= 0 and waited_ms == timeout_ms and bisecting:
@@ -246,3 +248,12 @@ class Verdicts:
         except Invalid as exc:
             return f"resumed from another checkpoint than ours: {exc}"
         return ""
+
+
+def _verified(rows: list[Any]) -> tuple[Outcome, str]:
+    """Enough passes: verified, unless a sentry found the job itself not deterministic; the
+    work is then paid unchecked (accepted), and the requester told why."""
+    unsteady = [r for r in rows if unverifiable(bool(r["passed"]), str(r["reason"]))]
+    if unsteady:
+        return "accepted", f"{unsteady[0]['reason']} ({short(unsteady[0]['sentry'])})"
+    return "verified", f"verified by {len(rows)} sentries"

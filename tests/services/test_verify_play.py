@@ -77,4 +77,5 @@ async def test_a_cheat_stops_the_replays_early(autojump_clock: object) -> None:
     replayer = Replayer(run, wrong=frozenset(range(20)))
     decision = await play(new_game(run, sampled), Worker(run).ask, replayer.replay, now)
     assert isinstance(decision, g.Decide) and not decision.passed
-    assert len(replayer.done) == 1, "the first failing replay decides"
+    assert len(replayer.done) == 2, "the first failing replay, confirmed, decides"
+    assert len(set(replayer.done)) == 1, "both replays of the one segment"

@@ -112,6 +112,30 @@ def test_a_one_step_segment_goes_straight_to_the_step_check() -> None:
         bisection(8, 8)
 
 
+def checked(bis: b.Bisection, stepped: b.Stepped) -> Decide:
+    """The step check's decision, the sentry's runs of the step agreeing (``stepped`` twice
+    when the first is over)."""
+    [effect] = bis.handle(stepped)
+    if isinstance(effect, b.CheckStep):
+        assert effect == b.CheckStep(bis.lo, bis.hi, again=True)
+        [effect] = bis.handle(stepped)
+    assert isinstance(effect, Decide)
+    return effect
+
+
+def test_a_step_whose_two_runs_differ_is_unverifiable_not_a_fail() -> None:
+    bis = bisection(7, 8)
+    bis.start()
+    assert bis.handle(b.Stepped(b"r" * 32, 50_000, 100_000)) == [b.CheckStep(7, 8, again=True)]
+    [decision] = bis.handle(b.Stepped(b"s" * 32, 50_000, 100_000))
+    assert isinstance(decision, Decide) and decision.passed and decision.grounds == "unsteady"
+    assert decision.reason == (
+        "unverifiable: the job is not deterministic (two runs of step 8 of segment 3 from the "
+        "worker's state differ)"
+    )
+    assert bis.state == "passed" and bis.handle(b.Stepped(b"r" * 32, 0, 0)) == []
+
+
 def test_a_steps_rounding_may_grow_with_the_step_but_not_reach_it() -> None:
     """Within the floor, or a tenth of how far the step moved the state: honest; a step
     skipped is off by all of its move."""
@@ -119,8 +143,8 @@ def test_a_steps_rounding_may_grow_with_the_step_but_not_reach_it() -> None:
                                (11_000, 100_000, False), (100_000, 100_000, False)):  # fmt: skip
         bis = bisection(7, 8)
         bis.start()
-        [decision] = bis.handle(b.Stepped(b"r" * 32, off, moved))
-        assert isinstance(decision, Decide) and decision.passed is passed, (off, moved)
+        decision = checked(bis, b.Stepped(b"r" * 32, off, moved))
+        assert decision.passed is passed, (off, moved)
 
 
 def test_a_first_step_whose_move_cannot_be_measured_gets_the_segments_tolerance_only() -> None:
@@ -131,8 +155,8 @@ def test_a_first_step_whose_move_cannot_be_measured_gets_the_segments_tolerance_
                         (FAR // 10, False)):  # fmt: skip
         bis = bisection(0, 1)
         bis.start()
-        [decision] = bis.handle(b.Stepped(b"r" * 32, off, FAR))
-        assert isinstance(decision, Decide) and decision.passed is passed, off
+        decision = checked(bis, b.Stepped(b"r" * 32, off, FAR))
+        assert decision.passed is passed, off
     assert b.UNMEASURABLE_PPM == FAR
 
 

@@ -135,7 +135,9 @@ def test_the_answer_replays_the_missed_segments_bitwise() -> None:
     assert game.sampled == [5, 7] and game.same_class
     game.start()
     game.handle(g.Answered(RUN.answer(5)), 1)
-    [fail] = game.handle(g.Replayed(5, b"x" * 32), 2)
+    [again] = game.handle(g.Replayed(5, b"x" * 32), 2)
+    assert isinstance(again, g.Replay) and again.again
+    [fail] = game.handle(g.Replayed(5, b"x" * 32), 3)
     assert isinstance(fail, g.Decide) and not fail.passed and fail.grounds == "replay"
     reason = esc.answer_reason(up, fail)
     assert reason.startswith("same-class replay of escalated segments [5, 7]: segment 5")

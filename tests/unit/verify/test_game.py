@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from consensus.kinds import from_wire, to_wire
+from consensus.verify import escalation as esc
 from consensus.verify import game as g
 from consensus.verify import tree
 from consensus.verify.messages import ChallengeRequest, ChallengeResponse, Leaf
@@ -27,11 +28,13 @@ def play(game: g.Game, run: Run, replay_hashes: dict[int, bytes] | None = None) 
     out: list[g.Effect] = []
     for effect in game.start():
         assert isinstance(effect, g.Challenge) and effect.deadline_ms == DEADLINE
-        for e in game.handle(g.Answered(run.answer(effect.index)), 10):
+        todo = game.handle(g.Answered(run.answer(effect.index)), 10)
+        while todo:  # a missed replay asks for a second one: the sentry's replays agree
+            e = todo.pop(0)
             out.append(e)
             if isinstance(e, g.Replay):
                 got = (replay_hashes or {}).get(e.index, e.expected)
-                out += game.handle(g.Replayed(e.index, got), 20)
+                todo += game.handle(g.Replayed(e.index, got), 20)
     return out
 
 
@@ -64,6 +67,39 @@ def test_a_skipped_segment_fails_on_replay_in_the_same_class() -> None:
     d = decision(play(game, run, {3: b"x" * 32}))
     assert not d.passed and "segment 3: replay gives" in d.reason
     assert game.state == "failed"
+
+
+def test_a_job_whose_replays_disagree_is_unverifiable_not_a_fail() -> None:
+    run = honest(8)
+    game = new_game(run, [3, 5, 7])
+    game.start()
+    [first] = game.handle(g.Answered(run.answer(3)), 5)
+    [again] = game.handle(g.Replayed(3, b"x" * 32), 6)  # a miss: replayed once more
+    assert again == replace(first, again=True) and game.state == "challenging"
+    assert game.handle(g.Replayed(3, b"y" * 32), 7) == [], "replays disagree: the others decide"
+    game.handle(g.Answered(run.answer(5)), 8)
+    [_again] = game.handle(g.Replayed(5, b"z" * 32), 9)
+    assert game.handle(g.Replayed(5, run.hashes[5]), 10) == [], "the first replay was the odd one"
+    [_replay] = game.handle(g.Answered(run.answer(7)), 11)
+    [d] = game.handle(g.Replayed(7, run.hashes[7]), 12)
+    assert isinstance(d, g.Decide) and d.passed and d.grounds == "unsteady"
+    assert d.reason == (
+        "unverifiable: the job is not deterministic (two replays of segment 3 differ, "
+        "and of 1 more)"
+    )
+    assert g.unverifiable(d.passed, d.reason) and not g.unverifiable(False, d.reason)
+    assert not esc.slashable(d, same_class=True)
+
+
+def test_an_unsteady_job_still_fails_a_cheat_the_answers_show() -> None:
+    run = honest(8)
+    game = new_game(run, [3, 5])
+    game.start()
+    game.handle(g.Answered(run.answer(3)), 5)
+    game.handle(g.Replayed(3, b"x" * 32), 6)
+    game.handle(g.Replayed(3, b"y" * 32), 7)  # unsteady
+    [d] = game.handle(g.Answered(replace(run.answer(5), checkpoint=b"not the file")), 8)
+    assert isinstance(d, g.Decide) and not d.passed and d.grounds == "answer"
 
 
 def test_a_cross_class_miss_escalates_rather_than_fails() -> None:
@@ -168,7 +204,10 @@ def test_reordered_checkpoints_break_the_chain() -> None:
     game.start()
     [_replay] = game.handle(g.Answered(reordered.answer(3)), 5)
     real = blake3(files[3]).digest()  # not what segment 3 from files[2] gives honestly
-    [d] = game.handle(g.Replayed(3, run.hashes[3] if real != run.hashes[3] else b"q" * 32), 6)
+    replayed = g.Replayed(3, run.hashes[3] if real != run.hashes[3] else b"q" * 32)
+    [again] = game.handle(replayed, 6)
+    assert isinstance(again, g.Replay) and again.again, "a miss is replayed once more"
+    [d] = game.handle(replayed, 7)
     assert isinstance(d, g.Decide) and not d.passed
 
 

@@ -1,6 +1,9 @@
-"""A requester that asked its bidders for stake accepts a verdict only on an attestation that
+"""The requester's checks on verdicts it is given, on a real sqlite file.
+
+A requester that asked its bidders for stake accepts a verdict only on an attestation that
 names the staked account the worker bid with, with a binding sentries can slash: otherwise a
-worker could bid on its stake and attest (and be slashed) as an empty account. Real sqlite."""
+worker could bid on its stake and attest (and be slashed) as an empty account. And a pass on
+a job the sentry found not deterministic is accepted (paid, unchecked), never "verified"."""
 
 from __future__ import annotations
 
@@ -26,11 +29,13 @@ def attested(keys: NodeKeys, binding_of: NodeKeys | None = None) -> Attestation:
         keys.address[2:]), binding_sig=wallet_binding(binder))  # fmt: skip
 
 
-async def judged(db: Database, att: Attestation, staked: str | None) -> tuple[str, str]:
+async def judged(
+    db: Database, att: Attestation, staked: str | None, reason: str = ""
+) -> tuple[str, str]:
     store = VerifyStore(db)
     verdict = Verdict(expires_ms=10**13, nonce=b"n" * 16, ref=REF, worker=WORKER.peer_id,
                       attestation=attestation_id(att), passed=True, sampled=[1],
-                      seed=b"s" * 32, evidence=b"e" * 32)  # fmt: skip
+                      seed=b"s" * 32, evidence=b"e" * 32, reason=reason)  # fmt: skip
     await store.add_verdict(attestation_id(att), "sentry", verdict, b"raw", evidence=None, now_ms=1)
     verdicts = Verdicts(SimpleNamespace(now_ms=lambda: 0), store, 1, lambda: True)  # type: ignore[arg-type]
 
@@ -58,3 +63,15 @@ async def test_only_the_staked_account_bound_to_the_worker_is_verified(tmp_path:
     for i, (att, bid_with, expected) in enumerate(cases):
         async with await Database.open(tmp_path / f"node{i}.sqlite") as db:
             assert await judged(db, att, bid_with) == expected, i
+
+
+async def test_a_pass_on_a_job_that_is_not_deterministic_is_accepted_not_verified(
+    tmp_path: Path,
+) -> None:
+    why = "unverifiable: the job is not deterministic (two replays of segment 1 differ)"
+    async with await Database.open(tmp_path / "node.sqlite") as db:
+        assert await judged(db, attested(WORKER), None, why) == ("accepted", f"{why} (sentry)")
+    answered = f"same-class replay of escalated segments [1]: {why}"  # an escalation's answer
+    async with await Database.open(tmp_path / "node2.sqlite") as db:
+        outcome, said = await judged(db, attested(WORKER), None, answered)
+        assert (outcome, said) == ("accepted", f"{answered} (sentry)")
