@@ -482,6 +482,11 @@ class ChainSettings:
         "in wei (the default is verify.slash_wei's: one slash); 0 asks for none",
         int_range(0, 2**255),
     )
+    take_unsettled: bool = setting(
+        False,
+        "workers: also take tasks from requesters that do not settle on chain (their vouchers "
+        "pay nothing on chain)",
+    )
     claim_threshold_wei: int = setting(
         10**15,
         "workers: claim anchored earnings once this much is claimable, in wei",

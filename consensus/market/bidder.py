@@ -9,6 +9,9 @@ reason, so an operator can see why a worker sat idle)::
     we already bid on, or run, this task attempt      no bid: "already bid"
     the requester is in arrears to us (its lines      no bid: "requester 0x.. in arrears:
       wait unanchored, consensus/settlement/arrears)           ..." (also: Decline an order)
+    we settle on chain and the requester does not     no bid: "the requester does not settle
+      (policy.settled_only; its vouchers would pay             on chain" (also: Decline an
+      nothing on chain)                                        order naming no chain account)
     kind not in policy.kinds                          no bid: "kind exec not allowed"
     job wants network, policy forbids it              no bid: "network not allowed"
     idle-only mode and the owner uses the GPU         no bid: "owner is using the machine"
@@ -53,6 +56,7 @@ from consensus.market.messages import Award, Demand, TaskOrder, TaskRef
 from consensus.market.spec import REFERENCE_SCORE, Requirements, estimated_seconds
 from consensus.settlement.units import format_rate, format_wei
 
+UNSETTLED = "the requester does not settle on chain"
 MB = 1 << 20  # disk sizes in reasons (MiB, as df -m and the sandbox's _mb settings): a need
 # rounds up, what is free down
 
@@ -80,6 +84,7 @@ class Policy:
     idle_only: bool = False
     hold_ms: int = 5_000  # how long after a bid window closes a reservation waits for an order
     overbook: int = 4  # open bids allowed per free GPU
+    settled_only: bool = False  # take only tasks whose requester settles on chain
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,7 @@ class Bidder:
             (now_ms >= demand.bid_until_ms, "bid window closed", False),
             (demand.ref in self._holds, "already bid", False),
             (requester in self.blocked, self.blocked.get(requester, ""), True),
+            (self.policy.settled_only and not demand.settles, UNSETTLED, True),
             (demand.kind not in self.policy.kinds, f"kind {demand.kind} not allowed", True),
             (demand.network and not self.policy.allow_network, "network not allowed", True),
             (self.policy.idle_only and self.owner_busy,
@@ -306,6 +312,8 @@ class Bidder:
         blocked = self._blocked(order, requester)
         if blocked:
             return blocked
+        if self.policy.settled_only and not order.requester_address:
+            return UNSETTLED
         if bid is not None and order.price_wei_per_s < bid.price_wei_per_s:
             return "price below our bid"
         if bid is None and order.price_wei_per_s < self.policy.price_wei_per_s:

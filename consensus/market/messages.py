@@ -61,6 +61,8 @@ class Demand(Body):
         datasets: the datasets the task names, by hex id, and the bytes of each: a worker
             bids only if they fit on its disk (one already held takes less).
         inputs_bytes: the size of the task's inputs (packed).
+        settles: the requester settles on chain (escrow, vouchers a contract pays); a
+            worker that settles takes only such tasks, unless told otherwise.
     """
 
     KIND: ClassVar[str] = "market.demand/1"
@@ -77,6 +79,7 @@ class Demand(Body):
     reply_to: list[str] = field(default_factory=list)
     datasets: dict[str, int] = field(default_factory=dict)
     inputs_bytes: int = 0
+    settles: bool = False
 
     def __post_init__(self) -> None:
         if len(self.datasets) > MAX_DATASETS:

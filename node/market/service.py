@@ -132,6 +132,7 @@ async def worker_market(
         kinds=kinds,
         allow_network=worker.allow_network,
         idle_only=worker.idle_only,
+        settled_only=ctx.chain is not None and not ctx.settings.chain.take_unsettled,
     )
     gpu_class, count, vram_mb = profile.offer()
     measured = saved_score(ctx.home.root / BENCH_FILE)  # idlegrid gpu bench

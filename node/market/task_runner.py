@@ -405,6 +405,7 @@ class TaskRunner:
             reply_to=self.net.addrs(),
             datasets=self.job.dataset_bytes,
             inputs_bytes=0 if self.job.inputs is None else self.job.inputs.size,
+            settles=self.mgr.escrow is not None,
         )
 
     def _task_order(self, task: TaskRow, send: au.SendOrder) -> TaskOrder:

@@ -183,6 +183,21 @@ def test_orders_below_our_price_or_beyond_capacity_are_declined() -> None:
     assert isinstance(effect, Decline) and "busy" in effect.reason
 
 
+def test_a_worker_that_settles_takes_only_tasks_a_contract_pays() -> None:
+    b = bidder(settled_only=True)
+    unsettled = "the requester does not settle on chain"
+    assert b.handle(DemandSeen(demand(), "req"), NOW) == [NoBid(REF, unsettled, tell=True)]
+    other = TaskRef(job_id=bytes(16), task=7, attempt=0)
+    [bid] = b.handle(DemandSeen(replace(demand(other), settles=True), "req"), NOW)
+    assert isinstance(bid, SendBid)
+    # the order decides: its chain account is what the vouchers are checked against
+    assert b.handle(OrderReceived(order(other), "req"), NOW)[0] == Decline(other, unsettled)
+    settled = replace(order(other), requester_address="0x" + "ab" * 20)
+    assert isinstance(b.handle(OrderReceived(settled, "req"), NOW)[0], Accept)
+    [anyone] = bidder().handle(DemandSeen(demand(), "req"), NOW)  # take_unsettled
+    assert isinstance(anyone, SendBid)
+
+
 def test_a_requester_in_arrears_gets_no_bid_and_its_orders_are_declined() -> None:
     b = bidder()
     b.handle(DemandSeen(demand(), "req"), NOW)  # bid before the requester fell behind
