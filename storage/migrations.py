@@ -583,6 +583,25 @@ MIGRATIONS: tuple[Migration, ...] = (
                 WHERE v.passed = 0;
         """,
     ),
+    Migration(
+        version=23,
+        description="anchoring sentry: the caps it took, to send again after a restart",
+        sql="""
+            -- A worker away while its requester gossiped a cap resends its voucher for a day;
+            -- the anchorer that took the cap sends it back on refusing one. The signed caps
+            -- were kept in memory only, so after the anchorer's restart none was sent and the
+            -- worker went on resending. The newest 4096 are kept (node/chain/cap_echo.py).
+            CREATE TABLE settle_caps_taken (
+                job      BLOB NOT NULL,
+                task     BLOB NOT NULL,
+                worker   BLOB NOT NULL,
+                cap      BLOB NOT NULL,     -- the requester's VoucherCap body (msgpack)
+                taken_ms INTEGER NOT NULL,
+                PRIMARY KEY (job, task, worker)
+            ) WITHOUT ROWID;
+            CREATE INDEX settle_caps_taken_by_age ON settle_caps_taken (taken_ms);
+        """,
+    ),
 )
 
 

@@ -87,7 +87,7 @@ class Anchorer:
         self.seen_disputes: dict[int, set[bytes]] = {}  # the pending epoch's disputed leaves
         self.posted = 0  # anchors this process posted (tests count them)
         self.gossip = AnchorGossip(net, chain.settings)
-        self.cap_echo = CapEcho(net, chain.settings.epoch_s * 1000)
+        self.cap_echo = CapEcho(net, db, chain.settings.epoch_s * 1000)
         self.payer = Payer(self.service, chain.settings.payout_min_wei)
         self.follower = Follower(bytes.fromhex(chain.address[2:]))
         self.history = EpochHistory(db, net)
@@ -105,6 +105,7 @@ class Anchorer:
         fee_bps = int(await self.service.call(lambda c: c.params()["fee_bps"]))
         self.window_ms = 1000 * await self.service.call(lambda c: c.dispute_window_s())
         self.machine = await self._load(fee_bps)
+        await self.cap_echo.load()
         if self.machine.state == "posting":
             await self._resolve_post()
 
@@ -214,7 +215,7 @@ class Anchorer:
             log.info("anchoring: cap refused", extra={"task": c.ref.text(), "error": str(exc)})
             return False
         self.refs[entry.line] = c.ref
-        self.cap_echo.took(entry.line, c)
+        await self.cap_echo.took(entry.line, c)
         await self._save()
         log.info("line capped", extra={"task": c.ref.text(), "wei": str(c.amount_wei)})
         return True

@@ -7,12 +7,16 @@ or another worker's changes nothing."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from consensus.envelope import new_nonce
 from consensus.kinds import Wei
 from consensus.market.messages import TaskRef
 from consensus.settlement.messages import VoucherCap
+from node.chain import cap_echo
 from node.chain.backend import Chain
 from node.chain.hook import SettlementHook
 from node.chain.payee import Payee
@@ -130,3 +134,25 @@ async def test_an_anchorer_refusing_a_voucher_over_its_cap_sends_the_cap_to_the_
         payee.net.sent.clear()  # type: ignore[attr-defined]
         await payee._submit(0, None, unanchored=True)
         assert payee.net.sent == [], "and resends no more"  # type: ignore[attr-defined]
+        restarted = await fresh_anchorer(net, sentry_db, sentry)  # the caps come from sqlite
+        assert not await restarted.on_voucher(voucher(net, worker.domain, ETH)), "over the cap"
+        [again] = [b for b in restarted.net.sent if isinstance(b, VoucherCap)]  # type: ignore[attr-defined]
+        assert (again.ref, again.cap_sig, again.voucher_sig) == (cap.ref, cap.cap_sig, b"")
+
+
+async def test_the_newest_caps_taken_are_kept_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = make_net(Chain.embedded())
+    monkeypatch.setattr(cap_echo, "KEPT", 2)
+    clock = SimpleNamespace(now_ms=iter(range(1, 100)).__next__)
+    refs = [TaskRef(job_id=bytes([i]) * 16, task=0, attempt=0) for i in range(3)]
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        echo = cap_echo.CapEcho(clock, db, 1000)  # type: ignore[arg-type]
+        for ref in refs:
+            cap = cap_of(net, ref, 0)
+            await echo.took(cap.entry().line, cap)
+        again = cap_echo.CapEcho(clock, db, 1000)  # type: ignore[arg-type]
+        await again.load()
+        kept = [cap.ref for cap, _ in again.kept.values()]
+        assert kept == refs[1:], "the oldest went, in sqlite as in memory"
