@@ -206,6 +206,10 @@ class Verdict(Body):
         worker_address, slash_wei, slash_sig: on a fail, when the worker's attestation bound
             its chain account: the sentry's EIP-712 ``Slash(worker_address, slash_wei,
             attestation)`` signature, for the settlement contract (``node/chain/slasher.py``).
+        sentry_address, sentry_binding: the sentry's own chain account and its wallet's
+            binding of it to the sentry's peer id, when it settles on chain: a requester that
+            settles counts only verdicts of sentries staked there, or anyone could run a
+            "sentry" that passes its own cheats.
     """
 
     KIND: ClassVar[str] = "verify.verdict/1"
@@ -220,8 +224,12 @@ class Verdict(Body):
     worker_address: bytes = b""
     slash_wei: int = 0
     slash_sig: bytes = b""
+    sentry_address: bytes = b""
+    sentry_binding: bytes = b""
 
     def __post_init__(self) -> None:
+        if (len(self.sentry_address), len(self.sentry_binding)) not in ((0, 0), (20, 65)):
+            raise Invalid("verdict.sentry_address", "a 20-byte address with its 65-byte binding")
         if not self.slash_sig:
             return
         if self.passed or len(self.slash_sig) != 65 or len(self.worker_address) != 20:

@@ -27,10 +27,10 @@ if TYPE_CHECKING:
 
     from config.schema import ChainSettings
     from node.chain.anchorer import Anchorer
-    from node.chain.bidder_stakes import BidderStakes
     from node.chain.disputer import Disputer
     from node.chain.escrow import Escrow
     from node.chain.payee import Payee
+    from node.chain.stakes import Stakes
     from node.daemon import NodeContext
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class ChainNode:
     hook: SettlementHook
     escrow: Escrow | None = None  # requester role
     disputer: Disputer | None = None  # requester role
-    stakes: BidderStakes | None = None  # requester role
+    stakes: Stakes | None = None  # requester role
     payee: Payee | None = None  # worker role
     anchorer: Anchorer | None = None  # sentry role
     # Sentries ask this before anchoring a task's voucher: True drops it (failed verification).

@@ -30,17 +30,17 @@ async def requester_settlement(
     if ctx.chain is None:
         task_status.started()
         return
-    from node.chain.bidder_stakes import BidderStakes  # noqa: PLC0415
     from node.chain.caps import Caps  # noqa: PLC0415
     from node.chain.disputer import Disputer  # noqa: PLC0415
     from node.chain.escrow import Escrow  # noqa: PLC0415
+    from node.chain.stakes import Stakes  # noqa: PLC0415
     from node.market.service import market_of  # noqa: PLC0415
 
     net = market_of(ctx).net
     ctx.chain.escrow = Escrow(ctx.chain, ctx.db, ctx.settings.chain.poll_s)
     ctx.chain.disputer = Disputer(ctx.chain, ctx.db, net)
     min_stake = ctx.settings.chain.min_worker_stake_wei
-    ctx.chain.stakes = BidderStakes(ctx.chain, min_stake, net.now_ms)
+    ctx.chain.stakes = Stakes(ctx.chain, min_stake, net.now_ms)
     async with trio.open_nursery() as nursery:
         await nursery.start(ctx.chain.escrow.run)
         await nursery.start(Caps(ctx.chain, ctx.db, net, ctx.chain.escrow.spending).run)

@@ -37,8 +37,8 @@ from p2p.reqresp import RequestRejected
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 
-    from node.chain.bidder_stakes import BidderStakes
     from node.chain.escrow import Escrow
+    from node.chain.stakes import Stakes
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class JobManager:
         self._nursery: trio.Nursery | None = None
         self._changed = trio.Event()
         self.escrow: Escrow | None = None  # with chain.settle: escrow per job, signed vouchers
-        self.stakes: BidderStakes | None = None  # with chain.settle: bidders' stake, if asked
+        self.stakes: Stakes | None = None  # with chain.settle: bidders' stake, if asked
         # Market messages by kind, sent and received: what an auction costs the network.
         self.messages: Counter[str] = Counter()
         # Proof-of-compute (node.verify.service sets these): verdicts awaited in _collect.
@@ -310,7 +310,7 @@ class JobManager:
         """The bidder's bonded stake, when this requester asks for stake (else None)."""
         if self.stakes is None or self.stakes.min_wei <= 0:
             return None
-        from node.chain.bidder_stakes import UnboundAddress  # noqa: PLC0415 (web3, if settling)
+        from node.chain.stakes import UnboundAddress  # noqa: PLC0415 (web3, if settling)
 
         if not bid.chain_address:  # a worker that does not settle on chain
             raise RequestRejected("refused", "the bid names no chain account: stake is asked")

@@ -74,10 +74,13 @@ class Verdicts:
     bisect_timeout_ms: int = 0  # verify.bisect_timeout_ms
     bisecting: set[bytes] = field(default_factory=set)  # task keys a sentry will bisect
     ready: trio.Event | None = None  # set once exclusions are loaded (JobManager waits on it)
-    # with stake asked of bidders (node.chain.bidder_stakes): the chain account a worker bid
+    # with stake asked of bidders (node.chain.stakes): the chain account a worker bid
     # with, whose stake was checked; its attestation must name the same, or a slash of the
     # attested account would take someone else's stake, or none
     staked_account: Callable[[str], Awaitable[str | None]] | None = None
+    # with chain settlement: why a verdict's sentry counts for nothing (node.chain.stakes.
+    # sentry_check: not staked as a sentry), "" if it counts; None: any known sentry counts
+    sentry_check: Callable[[str, Verdict], Awaitable[str]] | None = None
 
     def excluded(self, ref: TaskRef, worker: str) -> bool:
         """Whether ``worker`` failed verification of an earlier attempt at this task."""
@@ -105,13 +108,26 @@ class Verdicts:
                     await self._heard(verdict, msg.origin, msg.opened.raw)
 
     async def _heard(self, verdict: Verdict, sentry: str, raw: bytes) -> None:
+        why = await self._not_counted(verdict, sentry)
+        if why:
+            log.info("verdict not counted", extra={"task": verdict.ref.text(), "sentry": sentry,
+                                                   "why": why})  # fmt: skip
+            return
         await self.store.add_verdict(
             verdict.attestation, sentry, verdict, raw, evidence=None, now_ms=self.net.now_ms()
         )
-        if not verdict.passed:
+        if not verdict.passed and self.is_sentry(sentry):  # else outcome() does, if it counts
             await self._exclude(verdict.ref, verdict.worker, ours=False)
         self.scores[verdict.worker] = await self.store.reputation(verdict.worker)
         self._wake()
+
+    async def _not_counted(self, verdict: Verdict, sentry: str) -> str:
+        """Why a verdict is dropped unheard: a worker judging itself, or (with chain
+        settlement) a sentry not staked as one; ``""`` if it is kept. Whether its sentry is
+        one we know is asked when it is counted (:meth:`outcome`): its role may come later."""
+        if sentry == verdict.worker:
+            return "by the worker it judges"
+        return "" if self.sentry_check is None else await self.sentry_check(sentry, verdict)
 
     async def _load_exclusions(self) -> None:
         """Takes back the exclusions still in force: a restart must not hand a task back to
@@ -180,8 +196,8 @@ class Verdicts:
         if not self.sentries_known():
             return "unverified", "no sentry in the network"
         deadline, waited_ms = self.net.now_ms() + timeout_ms, timeout_ms
-        while True:
-            rows = await self.store.verdicts(ref)
+        while True:  # only known sentries' verdicts count: anyone can gossip one
+            rows = [r for r in await self.store.verdicts(ref) if self.is_sentry(r["sentry"])]
             fails = [r for r in rows if not r["passed"]]
             if fails:  # on any attestation of this attempt
                 for row in fails:  # a task we wait on is ours, whether or not it has a row

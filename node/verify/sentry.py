@@ -117,6 +117,8 @@ class Sentry:
     changed: trio.Event = field(default_factory=trio.Event)
     # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
     slash_signer: SlashFields | None = None
+    # with chain settlement: our chain account and its binding to us, named in each verdict
+    binding: tuple[bytes, bytes] | None = None
     desk: EscalationDesk = field(init=False)
     bisector: Bisector = field(init=False)
 
@@ -464,6 +466,8 @@ class Sentry:
             evidence=g.evidence_hash(decision.evidence),
             reason=decision.reason[:200],
             **self._slash_fields(att, att_id, decision),
+            sentry_address=self.binding[0] if self.binding else b"",
+            sentry_binding=self.binding[1] if self.binding else b"",
         )
         await self.store.add_verdict(
             att_id,

@@ -16,7 +16,7 @@ import trio.testing
 from blake3 import blake3
 
 from node.chain.backend import Chain
-from node.chain.bidder_stakes import STAKE_FRESH_MS, BidderStakes
+from node.chain.stakes import STAKE_FRESH_MS, Stakes
 from node.identity import NodeKeys, wallet_binding
 from node.market.requester import JobManager
 from node.market.worker import WorkerService
@@ -66,7 +66,7 @@ async def test_only_a_bidder_with_its_own_stake_wins(
     bind(ws[1], "worker-1", chain.keys["other"], chain.addr("worker2"))  # type: ignore[arg-type]
     requester = node_of(chain, "requester", chain.client("requester"))
     await requester.service.start()
-    jobs.stakes = BidderStakes(requester, MIN_STAKE, market.requester.net.now_ms)
+    jobs.stakes = Stakes(requester, MIN_STAKE, market.requester.net.now_ms)
     async with trio.open_nursery() as nursery:
         for node in market.workers:
             nursery.start_soon(node.worker.run)  # type: ignore[union-attr]

@@ -2,8 +2,10 @@
 
 A requester that asked its bidders for stake accepts a verdict only on an attestation that
 names the staked account the worker bid with, with a binding sentries can slash: otherwise a
-worker could bid on its stake and attest (and be slashed) as an empty account. And a pass on
-a job the sentry found not deterministic is accepted (paid, unchecked), never "verified"."""
+worker could bid on its stake and attest (and be slashed) as an empty account. A pass on a
+job the sentry found not deterministic is accepted (paid, unchecked), never "verified". And
+only known sentries' verdicts count, never the worker's own, and with chain settlement only
+staked sentries' (anyone can gossip a verdict)."""
 
 from __future__ import annotations
 
@@ -75,3 +77,31 @@ async def test_a_pass_on_a_job_that_is_not_deterministic_is_accepted_not_verifie
     async with await Database.open(tmp_path / "node2.sqlite") as db:
         outcome, said = await judged(db, attested(WORKER), None, answered)
         assert (outcome, said) == ("accepted", f"{answered} (sentry)")
+
+
+def gossiped(passed: bool) -> Verdict:
+    att = attested(WORKER)
+    return Verdict(expires_ms=10**13, nonce=b"n" * 16, ref=REF, worker=WORKER.peer_id,
+                   attestation=attestation_id(att), passed=passed, sampled=[1],
+                   seed=b"s" * 32, evidence=b"e" * 32)  # fmt: skip
+
+
+async def test_only_known_staked_sentries_verdicts_count(tmp_path: Path) -> None:
+    known = {"sentry", WORKER.peer_id}  # a worker may claim the sentry role too
+    async with await Database.open(tmp_path / "node.sqlite") as db:
+        verdicts = Verdicts(SimpleNamespace(now_ms=lambda: 0), VerifyStore(db), 1,  # type: ignore[arg-type]
+                            lambda: True, lambda peer: peer in known)  # fmt: skip
+
+        async def staked(sentry: str, verdict: Verdict) -> str:
+            return "its sentry's stake 0 wei is below the 1 wei a sentry needs" * (
+                sentry == "unstaked"
+            )
+
+        verdicts.sentry_check = staked
+        for sentry, passed in ((WORKER.peer_id, True), ("unstaked", True), ("stranger", False)):
+            await verdicts._heard(gossiped(passed), sentry, b"raw")
+        assert await verdicts.outcome(REF, timeout_ms=0) == ("unverified", "no verdict within 0 ms")
+        assert not verdicts.excluded(REF, WORKER.peer_id), "nobody who counts failed it"
+        known.add("stranger")  # its role heard later: its verdicts count from then on
+        outcome, _ = await verdicts.outcome(REF, timeout_ms=0)
+        assert outcome == "rejected", "a known sentry's fail"

@@ -1,4 +1,5 @@
-"""The requester's look at its bidders' stake: whose it is, and how much is bonded.
+"""The requester's look at stake on chain, its bidders' and its sentries': whose it is, and
+how much is bonded.
 
 A worker with nothing staked can cheat with nothing to lose: sentries would catch it, but
 their slash would take nothing. A requester that settles on chain therefore asks each bidder
@@ -10,6 +11,10 @@ bid must also carry that account's wallet signature binding it to the bidder's p
 account must then sign the worker's attestation, which is what sentries slash
 (:mod:`node.verify.requester` checks that).
 
+Sentries likewise: a requester that settles counts a verdict only from a sentry whose
+verdict names its own bound chain account with the contract's sentry minimum bonded there
+(:func:`sentry_check`), or anyone could run a "sentry" that passes its own cheats.
+
 Stake is read from the contract at most once a minute per account: bids come many per job,
 and stake moves rarely. A chain outage leaves the last reading in use; an account never read
 counts as unknown, which the auction treats as no stake.
@@ -19,10 +24,11 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from consensus.verify.messages import Verdict
 from node.identity import wallet_binding_ok
 
 if TYPE_CHECKING:
@@ -40,18 +46,20 @@ class UnboundAddress(ValueError):
 
 
 @dataclass
-class BidderStakes:
-    """Checks a bidder's binding to its chain account, and reads that account's stake.
+class Stakes:
+    """Checks a peer's binding to its chain account, and reads that account's stake.
 
     Args:
         chain: the node's chain.
-        min_wei: the bonded stake the auction asks of a bidder (``chain.min_worker_stake_wei``).
+        min_wei: the bonded stake the auction asks of a bidder (``chain.min_worker_stake_wei``);
+            a sentry's minimum is the contract's (:func:`sentry_check`).
         now_ms: the node's clock.
     """
 
     chain: ChainNode
     min_wei: int
     now_ms: Callable[[], int]
+    whom: str = "bidder"  # in the reason an unbound account is refused with
     _bound: OrderedDict[tuple[str, str, bytes], None] = field(default_factory=OrderedDict)
     _read: OrderedDict[str, tuple[int, int]] = field(default_factory=OrderedDict)  # at, wei
 
@@ -84,7 +92,7 @@ class BidderStakes:
         except ValueError:
             raw = b""
         if len(raw) != 20 or not wallet_binding_ok(peer, raw, binding_sig):
-            raise UnboundAddress(f"chain account {address} is not bound to the bidder")
+            raise UnboundAddress(f"chain account {address} is not bound to the {self.whom}")
         _keep(self._bound, key, None)
 
 
@@ -93,3 +101,23 @@ def _keep(cache: OrderedDict[K, V], key: K, value: V) -> None:
     cache.move_to_end(key)
     while len(cache) > ACCOUNTS_KEPT:
         cache.popitem(last=False)
+
+
+def sentry_check(stakes: Stakes, min_wei: int) -> Callable[[str, Verdict], Awaitable[str]]:
+    """Why a verdict from ``sentry`` counts for nothing (``""``: it counts): it names no chain
+    account bound to the sentry, or one with less than ``min_wei`` (the contract's
+    ``sentryMinStake``, what signing a slash needs too) bonded."""
+
+    async def why_not(sentry: str, verdict: Verdict) -> str:
+        if not verdict.sentry_address:
+            return "it names no chain account of its sentry"
+        address = "0x" + verdict.sentry_address.hex()
+        try:
+            bonded = await stakes.stake_of(sentry, address, verdict.sentry_binding)
+        except UnboundAddress as exc:
+            return str(exc)
+        if bonded is None or bonded < min_wei:
+            return f"its sentry's stake {bonded} wei is below the {min_wei} wei a sentry needs"
+        return ""
+
+    return why_not

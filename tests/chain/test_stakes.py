@@ -1,0 +1,87 @@
+"""The requester's reading of stake on the embedded EVM: a bidder's bonded stake only, read
+again once a minute old, the last reading kept through a chain outage, none before the first;
+a verdict counts only from a sentry bound to a chain account with the contract's sentry
+minimum bonded."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from consensus.market.messages import TaskRef
+from consensus.verify.messages import Verdict
+from node.chain.backend import Chain
+from node.chain.client import Settlement
+from node.chain.stakes import STAKE_FRESH_MS, Stakes, UnboundAddress, sentry_check
+from node.identity import NodeKeys, wallet_binding
+from tests.chain.conftest import ETH, make_net
+from tests.chain.test_settlement_node import node_of
+
+REF = TaskRef(job_id=b"j" * 16, task=0, attempt=0)
+VERDICT = Verdict(expires_ms=10**13, nonce=b"n" * 16, ref=REF,
+                  worker="w", attestation=b"a" * 32, passed=True, sampled=[0], seed=b"s" * 32,
+                  evidence=b"e" * 32)  # fmt: skip
+
+
+async def test_stake_is_read_bonded_refreshed_and_kept_through_an_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = make_net(Chain.embedded())
+    requester = node_of(net, "requester", net.client("requester"))
+    await requester.service.start()
+    now = [0]
+    stakes = Stakes(requester, ETH // 10, lambda: now[0])
+    keys = {who: NodeKeys(NodeKeys.generate().signing_key, net.keys[who])
+            for who in ("worker", "worker2")}  # fmt: skip
+    bidders = {who: (k.peer_id, k.address, wallet_binding(k)) for who, k in keys.items()}
+
+    worker = net.client("worker")
+    worker.stake(2 * ETH)
+    worker.request_unstake(ETH)  # unbonding: it may leave before a task ends, so not counted
+    assert await stakes.stake_of(*bidders["worker"]) == ETH
+    worker.request_unstake(ETH)
+    assert await stakes.stake_of(*bidders["worker"]) == ETH, "a fresh reading is not asked again"
+    now[0] += STAKE_FRESH_MS
+    assert await stakes.stake_of(*bidders["worker"]) == 0, "a minute old: read again"
+
+    def outage(self: Settlement, address: str | None = None) -> dict[str, int]:
+        raise ConnectionError("chain unreachable")
+
+    monkeypatch.setattr(Settlement, "stake_of", outage)
+    now[0] += STAKE_FRESH_MS
+    assert await stakes.stake_of(*bidders["worker"]) == 0, "the last reading stands"
+    assert await stakes.stake_of(*bidders["worker2"]) is None, "never read: unknown"
+
+    peer, address, _ = bidders["worker"]
+    with pytest.raises(UnboundAddress, match="is not bound to the bidder"):
+        await stakes.stake_of(peer, address, bidders["worker2"][2])  # another's binding
+    with pytest.raises(UnboundAddress, match="0x12 is not bound"):
+        await stakes.stake_of(peer, "0x12", bidders["worker"][2])  # not an address
+
+
+async def test_a_verdict_counts_only_from_a_sentry_staked_as_one() -> None:
+    net = make_net(Chain.embedded())
+    requester = node_of(net, "requester", net.client("requester"))
+    await requester.service.start()
+    minimum = int(net.client("requester").params()["sentry_min_stake_wei"])
+    check = sentry_check(Stakes(requester, 0, lambda: 0, whom="sentry"), minimum)
+    keys = {who: NodeKeys(NodeKeys.generate().signing_key, net.keys[who])
+            for who in ("sentry1", "sentry2")}  # fmt: skip
+    net.client("sentry1").stake(minimum)
+    net.client("sentry2").stake(minimum - 1)
+
+    def verdict(named: NodeKeys, bound_by: NodeKeys | None = None) -> Verdict:
+        binding = wallet_binding(NodeKeys(named.signing_key, (bound_by or named).wallet_key))
+        return replace(VERDICT, sentry_address=bytes.fromhex(named.address[2:]),
+                       sentry_binding=binding)  # fmt: skip
+
+    one, two = keys["sentry1"], keys["sentry2"]
+    assert await check(one.peer_id, verdict(one)) == ""
+    assert await check(two.peer_id, verdict(two)) == (
+        f"its sentry's stake {minimum - 1} wei is below the {minimum} wei a sentry needs"
+    )
+    assert await check(two.peer_id, verdict(one)) == (  # another's account and binding
+        f"chain account {one.address.lower()} is not bound to the sentry"
+    )
+    assert await check(one.peer_id, VERDICT) == "it names no chain account of its sentry"
