@@ -141,6 +141,7 @@ async def sentry_verify(
             ctx.keys.wallet_key, ctx.chain.domain, ctx.settings.verify.slash_wei
         )
         sentry.binding = (bytes.fromhex(ctx.keys.address[2:]), wallet_binding(ctx.keys))
+        sentry.verdict_check = await staked_sentries(ctx.chain, market.net.now_ms)
     interval_s = ctx.settings.verify.qos_interval_s
     async with trio.open_nursery() as nursery:
         await nursery.start(sentry.run)
