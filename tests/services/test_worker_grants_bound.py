@@ -23,7 +23,7 @@ from node.market.worker import ENDED_KEEP_MS, GRANTS_KEEP_MS, WorkerService
 from tests.services.memnet import Hub
 from tests.services.sim import SimNode, inline_threads, small_market
 from tests.services.test_requester_memory_bound import ended, spec
-from tests.services.test_worker_memory import JOB, market, run_task, sleep_past
+from tests.services.test_worker_memory import JOB, run_task, running, sleep_past
 
 JOBS = 4
 
@@ -74,10 +74,7 @@ async def test_a_collected_tasks_grants_go_and_jobs_after_it_leave_none(
 async def test_an_uncollected_result_stays_granted_until_taken_however_late(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_threads(monkeypatch)
-    requester, node, service = await market(tmp_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
+    async with running(tmp_path, monkeypatch) as (requester, node, service):
         ref = await run_task(requester, service, 0)
         work = service.works[ref]
         files, result = files_of(service, ref), work.result
@@ -92,18 +89,12 @@ async def test_an_uncollected_result_stays_granted_until_taken_however_late(
         assert granted(node, requester.net.peer_id) == files, "a lost key reply is asked again"
         await sleep_past(service, service.net.now_ms() + 1000)
         assert granted(node, requester.net.peer_id) == set()
-        nursery.cancel_scope.cancel()
-    for n in (requester, node):
-        await n.db.close()
 
 
 async def test_a_cancelled_tasks_checkpoints_go_after_its_report_and_the_fetch_window(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_threads(monkeypatch)
-    requester, node, service = await market(tmp_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
+    async with running(tmp_path, monkeypatch) as (requester, node, service):
         first = trio.Event()
         grant = node.share.grant
 
@@ -118,8 +109,9 @@ async def test_a_cancelled_tasks_checkpoints_go_after_its_report_and_the_fetch_w
             payload = {"ref": {"job_id": JOB, "task": 0, "attempt": 0}}
             await requester.net.request(node.net.peer_id, [], CANCEL, payload, timeout_s=5)
 
-        nursery.start_soon(cancel_after_a_segment)
-        ref = await run_task(requester, service, 0)
+        async with trio.open_nursery() as nursery:  # the cancel lands while the task runs
+            nursery.start_soon(cancel_after_a_segment)
+            ref = await run_task(requester, service, 0)
         work = service.works[ref]
         assert work.state == "cancelled" and work.ended_ms is not None
         files = {c.blob.hash for c in work.checkpoints if c.blob is not None}
@@ -129,6 +121,3 @@ async def test_a_cancelled_tasks_checkpoints_go_after_its_report_and_the_fetch_w
         assert granted(node, requester.net.peer_id) == files, "a fetch may follow the report"
         await sleep_past(service, work.ended_ms + ENDED_KEEP_MS + GRANTS_KEEP_MS)
         assert granted(node, requester.net.peer_id) == set()
-        nursery.cancel_scope.cancel()
-    for n in (requester, node):
-        await n.db.close()

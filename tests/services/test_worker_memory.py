@@ -59,6 +59,24 @@ async def market(tmp_path: Path) -> tuple[SimNode, SimNode, WorkerService]:
     return requester, node, node.worker
 
 
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[SimNode, SimNode, WorkerService]]:
+    """A requester and a running worker service (in-memory network, threads inline); the
+    service stops and both databases close on the way out."""
+    inline_threads(monkeypatch)
+    requester, node, service = await market(tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            yield requester, node, service
+            nursery.cancel_scope.cancel()
+    finally:
+        for n in (requester, node):
+            await n.db.close()
+
+
 async def run_task(
     requester: SimNode, service: WorkerService, idx: int, datasets: dict[str, bytes] | None = None
 ) -> TaskRef:
@@ -100,10 +118,7 @@ async def sleep_past(service: WorkerService, at_ms: int) -> None:
 async def test_ended_works_go_after_their_retention_and_later_polls_read_sqlite(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_threads(monkeypatch)
-    requester, node, service = await market(tmp_path)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
+    async with running(tmp_path, monkeypatch) as (requester, node, service):
         refs = [await run_task(requester, service, i) for i in range(TASKS)]
         assert len(service.works) == TASKS, "all still within their retention"
         first, last = service.works[refs[0]], service.works[refs[-1]]
@@ -123,27 +138,21 @@ async def test_ended_works_go_after_their_retention_and_later_polls_read_sqlite(
         cancel = {"ref": {"job_id": JOB, "task": TASKS - 1, "attempt": 0}}
         answer = await requester.net.request(node.net.peer_id, [], CANCEL, cancel, timeout_s=5)
         assert answer == {"ok": True}, "a forgotten ended task answers a cancel as before"
-        nursery.cancel_scope.cancel()
-    for n in (requester, node):
-        await n.db.close()
 
 
 async def test_a_done_tasks_datasets_stay_shared_after_its_retention_until_the_deadline(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_threads(monkeypatch)
-    requester, node, service = await market(tmp_path)
-    node.share.datasets = shelf = DataShelf({D1})  # type: ignore[assignment]
-    other = "12D3KooWOther"
+    async with running(tmp_path, monkeypatch) as (requester, node, service):
+        node.share.datasets = shelf = DataShelf({D1})  # type: ignore[assignment]
+        other = "12D3KooWOther"
 
-    async def share() -> None:
-        expires = requester.net.now_ms() + 60_000  # each shown once: no replay
-        shown = replace(order_for(other, {"a": D1}, JOB), expires_ms=expires, nonce=new_nonce())
-        sealed = requester.net.seal(shown)
-        await service._on_share_data(requester.net.peer_id, {"order": sealed})
+        async def share() -> None:
+            expires = requester.net.now_ms() + 60_000  # each shown once: no replay
+            shown = replace(order_for(other, {"a": D1}, JOB), expires_ms=expires, nonce=new_nonce())
+            sealed = requester.net.seal(shown)
+            await service._on_share_data(requester.net.peer_id, {"order": sealed})
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
         ref = await run_task(requester, service, 0, {"a": D1})
         deadline = service.works[ref].order.deadline_ms
         await sleep_past(service, service.works[ref].ended_ms + ENDED_KEEP_MS)  # type: ignore[operator]
@@ -154,26 +163,22 @@ async def test_a_done_tasks_datasets_stay_shared_after_its_retention_until_the_d
         with pytest.raises(RequestRejected, match="no task of this job"):
             await share()
         assert service._done_data == {}, "gone with the job's deadline"
-        nursery.cancel_scope.cancel()
-    for n in (requester, node):
-        await n.db.close()
 
 
 async def test_a_long_jobs_asks_never_use_up_the_grants_and_they_go_with_the_job(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    inline_threads(monkeypatch)
     monkeypatch.setattr(worker, "MAX_LENT", 3)
-    requester, node, service = await market(tmp_path)
-    node.share.datasets = shelf = DataShelf({D1})  # type: ignore[assignment]
+    async with running(tmp_path, monkeypatch) as (requester, node, service):
+        node.share.datasets = shelf = DataShelf({D1})  # type: ignore[assignment]
 
-    async def share(to: str) -> None:
-        expires = requester.net.now_ms() + 60_000  # each shown once: no replay
-        shown = replace(order_for(to, {"a": D1}, JOB), expires_ms=expires, nonce=new_nonce())
-        await service._on_share_data(requester.net.peer_id, {"order": requester.net.seal(shown)})
+        async def share(to: str) -> None:
+            expires = requester.net.now_ms() + 60_000  # each shown once: no replay
+            shown = replace(order_for(to, {"a": D1}, JOB), expires_ms=expires, nonce=new_nonce())
+            await service._on_share_data(
+                requester.net.peer_id, {"order": requester.net.seal(shown)}
+            )
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(service.run)
         ref = await run_task(requester, service, 0, {"a": D1})
         for to in ["w1", "w2", "w3"] * 4:  # a job's orders ask again and again
             await share(to)
@@ -184,9 +189,6 @@ async def test_a_long_jobs_asks_never_use_up_the_grants_and_they_go_with_the_job
         await sleep_past(service, max(deadline, service.works[ref].ended_ms + ENDED_KEEP_MS))  # type: ignore[operator]
         assert service._lent == {}, "nothing of the requester's is held"
         assert shelf.lent == [], "so every grant lent for it is taken back"
-        nursery.cancel_scope.cancel()
-    for n in (requester, node):
-        await n.db.close()
 
 
 async def test_grants_of_deleted_blobs_go_and_those_of_held_ones_still_serve(
