@@ -36,6 +36,11 @@ MODES = ("bwrap", "auto", "limits")  # as config.schema.SANDBOX_MODES
 NOBODY = 65534
 TASK_DIR = "/task"
 SYSTEM_DIRS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32")
+# Files that name the machine, emptied in the jail (with the host name set to JAIL_HOSTNAME):
+# a job script keyed on them would run one way on its worker and another on a sentry's, and
+# a bitwise miss is slashable.
+MACHINE_NAMES = ("/etc/hostname", "/etc/machine-id")  # under a bound SYSTEM_DIRS entry
+JAIL_HOSTNAME = "idlegrid"
 _UNSHARE = ["--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try"]
 NVIDIA_SHARED = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
 SHARED_BASE = Path("/var/tmp")  # noqa: S108 - see shared_task_root: ours, checked, 0711
@@ -207,6 +212,7 @@ class Sandbox:
         # The private /tmp first: a Python environment under /tmp (a checkout there) is bound
         # over it below rather than hidden by it.
         args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]  # noqa: S108
+        args += _same_machine_names(workdir.parent / ".jail-empty")
         made: set[Path] = {Path("/tmp")}  # noqa: S108
         for path in self.readonly:
             if any(path.is_relative_to(d) for d in SYSTEM_DIRS):
@@ -297,3 +303,17 @@ def _probe(bwrap: str) -> str | None:
     if done.returncode != 0:
         return f"bwrap cannot build a jail here ({done.stderr.decode(errors='replace').strip()})"
     return None
+
+
+def _same_machine_names(empty: Path) -> list[str]:
+    """bwrap arguments that give every jail the same host name (the UTS namespace is unshared
+    in both modes, so it is the jail's own) and empty files for those that name the machine:
+    bound from ``empty``, a file of ours beside the task folders (``/dev/null`` would be a
+    device node on a mount without devices, which the workload may not open)."""
+    if not empty.is_file():
+        empty.touch(mode=0o444)
+    args = ["--hostname", JAIL_HOSTNAME]
+    for path in MACHINE_NAMES:
+        if os.path.isfile(path) and not os.path.islink(path):
+            args += ["--ro-bind", str(empty), path]
+    return args

@@ -144,6 +144,16 @@ async def test_environment_is_clean(workdir: Path, monkeypatch: pytest.MonkeyPat
     assert "IDLEGRID_PASSPHRASE" not in logs[0] and "CUDA_VISIBLE_DEVICES" in logs[0]
 
 
+async def test_every_jail_has_the_same_machine_names(workdir: Path) -> None:
+    """A job keyed on the machine's name would run one way on its worker and another on a
+    sentry's, and get its honest worker slashed: the jail names no machine."""
+    code = ("import socket; print(socket.gethostname(), repr(open('/etc/hostname').read()),"
+            " repr(open('/etc/machine-id').read()))")  # fmt: skip
+    result, logs, _ = await run(sandbox(), workdir, code)
+    assert result.ok, logs
+    assert logs[0] == "idlegrid '' ''", logs
+
+
 def _bin_without_bwrap(tmp_path: Path) -> str:
     only = tmp_path / "bin"
     only.mkdir()
