@@ -40,7 +40,9 @@ Reservations (one per task attempt we bid on)::
                   GPUs free
     reserved    order below our price, or GPUs taken,  (none)     Decline(reason)
                   or its requester now in arrears
-    reserved    award to another worker                (none)     Released("lost the award")
+    reserved    award to another worker, gossiped by   (none)     Released("lost the award")
+                  the requester we bid to (anyone
+                  else's is ignored)
     reserved    the requester refused our bid          (none)     Released("bid refused")
     reserved    tick past hold_until                   (none)     Released("no award in time")
     (none)      order (e.g. after our restart)         running    Accept if price and capacity
@@ -110,6 +112,7 @@ class OrderReceived:
 @dataclass(frozen=True)
 class AwardSeen:
     award: Award
+    sender: str = ""  # who gossiped it: only the requester we bid to speaks for its auction
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class _Hold:
     price_wei_per_s: int
     until_ms: int  # for a reservation; ignored once running
     running: bool = False
+    requester: str = ""  # whose demand we bid on ("": an order we took without a bid)
 
 
 @dataclass
@@ -202,7 +206,7 @@ class Bidder:
         if isinstance(event, OrderReceived):
             return [self._on_order(event.order, event.requester, now_ms)]
         if isinstance(event, AwardSeen):
-            return self._on_award(event.award)
+            return self._on_award(event.award, event.sender)
         if isinstance(event, BidRefused):
             hold = self._holds.get(event.ref)
             return [] if hold is None or hold.running else self._release(event.ref, "bid refused")
@@ -251,7 +255,8 @@ class Bidder:
             return refused
         gpus = demand.requirements.gpu_count
         until = demand.bid_until_ms + self.policy.hold_ms
-        self._holds[demand.ref] = _Hold(gpus, self.policy.price_wei_per_s, until)
+        self._holds[demand.ref] = _Hold(gpus, self.policy.price_wei_per_s, until,
+                                        requester=requester)  # fmt: skip
         return SendBid(requester, tuple(demand.reply_to), demand.ref,
                        self.policy.price_wei_per_s, gpus, self.estimate_s(demand))  # fmt: skip
 
@@ -325,9 +330,11 @@ class Bidder:
     def _blocked(self, order: TaskOrder, requester: str) -> str:
         return self.blocked.get(requester) or self.blocked.get(order.requester_address.lower(), "")
 
-    def _on_award(self, award: Award) -> list[Effect]:
+    def _on_award(self, award: Award, sender: str) -> list[Effect]:
         hold = self._holds.get(award.ref)
         if hold is None or hold.running:  # running: the award is ours (orders come first)
+            return []
+        if sender != hold.requester:  # anyone can gossip one: it would drop our bid
             return []
         return self._release(award.ref, "lost the award")
 

@@ -293,7 +293,7 @@ class WorkerService:
     async def _follow_awards(self, inbox: Any) -> None:
         async for msg in inbox:
             if isinstance(msg.opened.body, Award):
-                self.bidder.handle(bd.AwardSeen(msg.opened.body), self.net.now_ms())
+                self.bidder.handle(bd.AwardSeen(msg.opened.body, msg.origin), self.net.now_ms())
                 self._wake()
 
     # --- orders and runs -----------------------------------------------------------------

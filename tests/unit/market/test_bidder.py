@@ -106,7 +106,8 @@ def test_open_bids_are_capped_by_overbooking_and_released_by_awards_and_time() -
     assert [type(e) for e in effects] == [SendBid, SendBid, NoBid]
     assert "enough open bids: 2 GPUs" in effects[2].reason  # type: ignore[union-attr]
     assert b.status() == "available"  # bids hold no GPU
-    assert b.handle(AwardSeen(award(refs[0])), NOW) == [Released(refs[0], "lost the award")]
+    assert b.handle(AwardSeen(award(refs[0]), "stranger"), NOW) == [], "not its requester's"
+    assert b.handle(AwardSeen(award(refs[0]), "req"), NOW) == [Released(refs[0], "lost the award")]
     assert b.open_bid_gpus() == 1
     assert b.on_tick(NOW + 2999) == []
     assert b.on_tick(NOW + 3000) == [Released(refs[1], "no award in time")]
@@ -240,7 +241,7 @@ def test_capacity_is_never_overcommitted_and_every_hold_is_released(script: list
         elif what == "order":
             effects = b.handle(OrderReceived(order(ref), "req"), now)
         elif what == "award":
-            effects = b.handle(AwardSeen(award(ref)), now)
+            effects = b.handle(AwardSeen(award(ref), "req"), now)
         else:
             effects = b.handle(TaskEnded(ref), now)
         for e in effects:
