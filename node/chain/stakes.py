@@ -1,4 +1,4 @@
-"""The requester's look at stake on chain, its bidders' and its sentries': whose it is, and
+"""A look at stake on chain, a requester's at its bidders' and at sentries': whose it is, and
 how much is bonded.
 
 A worker with nothing staked can cheat with nothing to lose: sentries would catch it, but
