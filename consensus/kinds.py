@@ -43,6 +43,7 @@ WEI_MAX = 2**256 - 1
 _WEI_TEXT = re.compile(r"0|[1-9][0-9]{0,77}")  # ASCII only: int() takes "1_0", " 1", Arabic digits
 _KIND_TEXT = re.compile(r"[a-z][a-z0-9_.-]{0,100}/[0-9]{1,6}")  # ASCII: fits the 1-byte prefix
 _SIZE = "idlegrid.size"
+_OMIT_EMPTY = "idlegrid.omit_empty"
 
 B = TypeVar("B", bound="Body")
 T = TypeVar("T")
@@ -51,6 +52,13 @@ T = TypeVar("T")
 def exact_size(size: int) -> dict[str, int]:
     """Field metadata requiring a ``bytes`` field to be exactly ``size`` bytes long."""
     return {_SIZE: size}
+
+
+def omit_empty() -> dict[str, bool]:
+    """Field metadata: left off the wire while empty (its default), so that a field added to
+    a kind leaves the messages that do not use it byte for byte as they were, and a node
+    that predates it still reads them."""
+    return {_OMIT_EMPTY: True}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,12 +78,23 @@ class Body:
 
 @dataclass(frozen=True, kw_only=True)
 class Hello(Body):
-    """A node introducing itself to a peer: what it does and where it listens."""
+    """A node introducing itself to a peer: what it does and where it listens.
+
+    ``chain_address`` and ``binding``: with chain settlement, the node's chain account and its
+    wallet's signature binding it to the node's peer id; a sentry counts as one only where
+    that account is staked as a sentry (``node.chain.sentry_set``).
+    """
 
     KIND: ClassVar[str] = "node.hello/1"
     roles: list[str]
     version: str
     listen: list[str]
+    chain_address: bytes = field(default=b"", metadata=omit_empty())
+    binding: bytes = field(default=b"", metadata=omit_empty())
+
+    def __post_init__(self) -> None:
+        if (len(self.chain_address), len(self.binding)) not in ((0, 0), (20, 65)):
+            raise ValueError("chain_address must be 20 bytes with a 65-byte binding, or none")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +206,7 @@ class _Field:
     name: str
     required: bool
     type: _Type
+    omit_empty: bool = False
 
 
 @dataclass(frozen=True)
@@ -217,6 +237,7 @@ class _Schema:
         return {
             spec.name: spec.type.dump(getattr(value, spec.name), f"{path}.{spec.name}")
             for spec in self.fields
+            if not (spec.omit_empty and not getattr(value, spec.name))
         }
 
 
@@ -243,7 +264,10 @@ def _compile_schema(cls: type[Any]) -> _Schema:
             spec.default_factory is dataclasses.MISSING
         )
         compiled = _compile(hints[spec.name], spec.metadata.get(_SIZE))
-        specs.append(_Field(spec.name, required, compiled))
+        omit = bool(spec.metadata.get(_OMIT_EMPTY))
+        if omit and required:
+            raise TypeError(f"{cls.__name__}.{spec.name}: an omitted field needs a default")
+        specs.append(_Field(spec.name, required, compiled, omit))
     return _Schema(cls, tuple(specs))
 
 

@@ -30,6 +30,7 @@ from consensus.verify.messages import VERIFY_KINDS
 from node import __version__, rtt
 from node.blocks import restore_blocks
 from node.discovery import run_discovery
+from node.identity import wallet_binding
 from node.peerbook import (
     FORGET_AFTER_MS,
     Peer,
@@ -91,8 +92,13 @@ class Network:
     target_connections: int = TARGET_CONNECTIONS
     # Request streams kept open per peer and protocol (LiveNet's ``keep``): run_network runs it.
     channels: ChannelPool = field(init=False)
-    discovered: trio.Event = field(default_factory=trio.Event)  # set, then replaced, per new peer
+    # set, then replaced, per new peer, or one whose roles or chain account changed
+    discovered: trio.Event = field(default_factory=trio.Event)
     rtt_measured: trio.Event = field(default_factory=trio.Event)  # the same, per ping round
+    # With chain settlement, the peers (and us) staked as sentries (node.chain.sentry_set);
+    # None: not checked, every peer that says it is a sentry counts.
+    staked_sentries: set[str] | None = None
+    _binding: bytes | None = None  # our wallet's binding, once computed
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
 
@@ -178,13 +184,22 @@ class Network:
         expires = now_ms() + 3 * self.p2p.announce_interval_s * 1000
         roles = list(self.ctx.settings.node.roles)
         hello = Hello(expires_ms=expires, nonce=new_nonce(), roles=roles, version=__version__,
-                      listen=self.announced_addrs())  # fmt: skip
+                      listen=self.announced_addrs(), **self._chain_fields())  # fmt: skip
         await self.gossip.publish(NODES, seal_body(self.ctx.keys.signing_key, hello))
         if "worker" in roles:
             self.seq += 1
             await self.gossip.publish(
                 PRESENCE, seal_body(self.ctx.keys.signing_key, self._presence(expires))
             )
+
+    def _chain_fields(self) -> dict[str, bytes]:
+        """Our chain account and its binding, once the node settles on chain (computed once:
+        an ECDSA signature)."""
+        if self.ctx.chain is None:
+            return {}
+        if self._binding is None:
+            self._binding = wallet_binding(self.ctx.keys)
+        return {"chain_address": bytes.fromhex(self.ctx.keys.address[2:]), "binding": self._binding}
 
     def _presence(self, expires_ms: int) -> Presence:
         worker = self.ctx.settings.worker
@@ -226,13 +241,18 @@ class Network:
             body = msg.opened.body
             if msg.origin == self.host.peer_id or not isinstance(body, Hello):
                 continue
-            known = msg.origin in self.book.peers and self.book.peers[msg.origin].last_seen_ms > 0
-            peer = self.book.heard(msg.origin, body.listen, body.roles, body.version, now_ms())
+            before = self.book.peers.get(msg.origin)
+            known = before is not None and before.last_seen_ms > 0
+            said = None if before is None else (before.roles, before.chain)
+            chain = (body.chain_address, body.binding) if body.chain_address else None
+            peer = self.book.heard(msg.origin, body.listen, body.roles, body.version, now_ms(),
+                                   chain=chain)  # fmt: skip
             if unsaved(peer):
                 await remember(self.ctx.db, peer)
             if not known:
                 log.info("peer discovered", extra={"peer": msg.origin, "roles": body.roles})
                 self._wake_dialer()
+            if not known or said != (peer.roles, peer.chain):  # e.g. its chain came up
                 self.discovered.set()
                 self.discovered = trio.Event()
 

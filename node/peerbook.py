@@ -56,6 +56,7 @@ class Peer:
     # forgetting starts here (None: learned before the book read a clock).
     since_ms: int | None = None
     saved: tuple[tuple[str, ...], tuple[str, ...], int] | None = None  # addrs, roles, when
+    chain: tuple[bytes, bytes] | None = None  # its hello's chain account and binding (unchecked)
 
 
 def peer_id_of(addr: str) -> str:
@@ -95,14 +96,16 @@ class PeerBook:
         return peer
 
     def heard(
-        self, peer_id: str, addrs: list[str], roles: list[str], version: str, now_ms: int
-    ) -> Peer:
+        self, peer_id: str, addrs: list[str], roles: list[str], version: str, now_ms: int,
+        *, chain: tuple[bytes, bytes] | None = None,
+    ) -> Peer:  # fmt: skip
         """Records an announcement (a verified ``node.hello``) from ``peer_id``."""
         self._now_ms = max(self._now_ms, now_ms)
         peer = self._entry(peer_id)
         mine = [a for a in addrs if a.endswith(f"/p2p/{peer_id}")]  # a peer speaks for itself only
         peer.addrs = mine or peer.addrs
         peer.roles, peer.version, peer.last_seen_ms = roles, version, now_ms
+        peer.chain = chain
         return peer
 
     def _entry(self, peer_id: str) -> Peer:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from node.chain.sentry_set import sentry_set
 from node.chain.services import (
     anchoring_service,
     requester_settlement,
@@ -37,18 +38,21 @@ Service = Callable[..., Awaitable[None]]
 # role -> the services it runs, in start order; proof-of-compute and settlement add theirs.
 SERVICES: dict[str, list[tuple[str, Service]]] = {
     "requester": [
+        ("sentries", sentry_set),  # with chain settlement: who counts as a sentry
         ("settlement", requester_settlement),
         ("market", requester_market),
         ("qos", qos_view),
         ("verify", requester_verify),
     ],
     "worker": [
+        ("sentries", sentry_set),
         ("settlement", worker_settlement),
         ("market", worker_market),
         ("qos", qos_view),
         ("verify", worker_verify),
     ],
     "sentry": [
+        ("sentries", sentry_set),
         ("qos", qos_view),
         ("verify", sentry_verify),
         ("anchoring", anchoring_service),

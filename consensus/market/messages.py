@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from consensus.errors import Invalid
-from consensus.kinds import Body, Registry, Wei, exact_size
+from consensus.kinds import Body, Registry, Wei, exact_size, omit_empty
 from consensus.market.spec import DATASET_NAME, MAX_DATASETS, Requirements
 
 JOB_ID_LEN = 16
@@ -79,7 +79,7 @@ class Demand(Body):
     reply_to: list[str] = field(default_factory=list)
     datasets: dict[str, int] = field(default_factory=dict)
     inputs_bytes: int = 0
-    settles: bool = False
+    settles: bool = field(default=False, metadata=omit_empty())
 
     def __post_init__(self) -> None:
         if len(self.datasets) > MAX_DATASETS:
@@ -111,7 +111,7 @@ class Bid(Body):
     chain_address: str = ""  # where the worker is paid on chain ("" when it does not settle)
     # the wallet's signature binding chain_address to the bidder's peer id
     # (node.identity.wallet_binding): a requester that asks for stake checks whose stake it is
-    binding_sig: bytes = b""
+    binding_sig: bytes = field(default=b"", metadata=omit_empty())
 
     def __post_init__(self) -> None:
         if self.gpus < 1 or self.est_seconds < 1:

@@ -29,7 +29,7 @@ from blake3 import blake3
 
 from consensus.codec import encode
 from consensus.errors import Invalid
-from consensus.kinds import Body, Registry, exact_size, to_wire
+from consensus.kinds import Body, Registry, exact_size, omit_empty, to_wire
 from consensus.market.messages import HASH_LEN, BlobRef, Checkpoint, TaskRef, Workload
 from consensus.verify.qos import QosReport
 
@@ -224,8 +224,8 @@ class Verdict(Body):
     worker_address: bytes = b""
     slash_wei: int = 0
     slash_sig: bytes = b""
-    sentry_address: bytes = b""
-    sentry_binding: bytes = b""
+    sentry_address: bytes = field(default=b"", metadata=omit_empty())
+    sentry_binding: bytes = field(default=b"", metadata=omit_empty())
 
     def __post_init__(self) -> None:
         if (len(self.sentry_address), len(self.sentry_binding)) not in ((0, 0), (20, 65)):

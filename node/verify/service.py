@@ -40,11 +40,14 @@ log = logging.getLogger(__name__)
 
 
 def known_sentries(ctx: NodeContext) -> list[str]:
+    """The peers that say they are sentries (and we, if we are one); with chain settlement
+    only those staked as sentries (:mod:`node.chain.sentry_set`)."""
     assert ctx.network is not None
-    found = [p.peer_id for p in ctx.network.book.peers.values() if "sentry" in p.roles]
+    found = {p.peer_id for p in ctx.network.book.peers.values() if "sentry" in p.roles}
     if "sentry" in ctx.settings.node.roles:
-        found.append(ctx.keys.peer_id)
-    return sorted(set(found))
+        found.add(ctx.keys.peer_id)
+    staked = ctx.network.staked_sentries
+    return sorted(found if staked is None else found & staked)
 
 
 async def qos_view(

@@ -1,11 +1,12 @@
 """The requester's reading of stake on the embedded EVM: a bidder's bonded stake only, read
 again once a minute old, the last reading kept through a chain outage, none before the first;
 a verdict counts only from a sentry bound to a chain account with the contract's sentry
-minimum bonded."""
+minimum bonded, and only such a peer is a known sentry."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,8 +14,11 @@ from consensus.market.messages import TaskRef
 from consensus.verify.messages import Verdict
 from node.chain.backend import Chain
 from node.chain.client import Settlement
+from node.chain.sentry_set import refresh
 from node.chain.stakes import STAKE_FRESH_MS, Stakes, UnboundAddress, sentry_check
 from node.identity import NodeKeys, wallet_binding
+from node.peerbook import PeerBook
+from node.verify.service import known_sentries
 from tests.chain.conftest import ETH, make_net
 from tests.chain.test_settlement_node import node_of
 
@@ -85,3 +89,40 @@ async def test_a_verdict_counts_only_from_a_sentry_staked_as_one() -> None:
         f"chain account {one.address.lower()} is not bound to the sentry"
     )
     assert await check(one.peer_id, VERDICT) == "it names no chain account of its sentry"
+
+
+async def test_only_sentries_staked_as_sentries_are_known_with_chain_settlement() -> None:
+    net = make_net(Chain.embedded())
+    node = node_of(net, "requester", net.client("requester"))
+    await node.service.start()
+    minimum = int(net.client("requester").params()["sentry_min_stake_wei"])
+    keys = {who: NodeKeys(NodeKeys.generate().signing_key, net.keys[who])
+            for who in ("sentry1", "sentry2", "sentry3", "worker")}  # fmt: skip
+    net.client("sentry1").stake(minimum)
+    net.client("sentry2").stake(minimum - 1)
+    net.client("sentry3").stake(minimum)
+    book = PeerBook("me")
+
+    def hello(who: str, roles: list[str], chain: tuple[bytes, bytes] | None) -> None:
+        book.heard(keys[who].peer_id, [], roles, "v", 1, chain=chain)
+
+    def bound(who: str, by: str | None = None) -> tuple[bytes, bytes]:
+        signer = NodeKeys(keys[who].signing_key, keys[by or who].wallet_key)
+        return bytes.fromhex(keys[who].address[2:]), wallet_binding(signer)
+
+    hello("sentry1", ["sentry"], bound("sentry1"))  # staked: counts
+    hello("sentry2", ["sentry"], bound("sentry2"))  # a wei short
+    hello("sentry3", ["sentry"], bound("sentry3", by="sentry1"))  # a binding it did not sign
+    hello("worker", ["sentry"], None)  # says it is a sentry, names no account
+    me = NodeKeys.generate()  # a requester: not itself a sentry
+    roles = SimpleNamespace(node=SimpleNamespace(roles=("requester",)))
+    ctx = SimpleNamespace(network=SimpleNamespace(book=book, staked_sentries=None), keys=me,
+                          settings=roles)  # fmt: skip
+    everyone = sorted(keys[w].peer_id for w in keys)
+    assert known_sentries(ctx) == everyone, "not checked yet: whoever says so"  # type: ignore[arg-type]
+    await refresh(ctx, Stakes(node, 0, lambda: 0, whom="sentry"), minimum)  # type: ignore[arg-type]
+    assert known_sentries(ctx) == [keys["sentry1"].peer_id]  # type: ignore[arg-type]
+    ctx.keys = NodeKeys(NodeKeys.generate().signing_key, net.keys["sentry3"])  # staked
+    ctx.settings = SimpleNamespace(node=SimpleNamespace(roles=("sentry",)))
+    await refresh(ctx, Stakes(node, 0, lambda: 0, whom="sentry"), minimum)  # type: ignore[arg-type]
+    assert known_sentries(ctx) == sorted([keys["sentry1"].peer_id, ctx.keys.peer_id])  # type: ignore[arg-type]

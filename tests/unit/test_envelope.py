@@ -7,6 +7,7 @@ in ``open_envelope`` can be reached on its own; the rejection, mutation and repl
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import blake3
@@ -30,7 +31,7 @@ from consensus.envelope import (
     signed_bytes,
 )
 from consensus.errors import Invalid
-from consensus.kinds import DEFAULT_REGISTRY, Hello, Ping
+from consensus.kinds import DEFAULT_REGISTRY, Hello, Ping, to_wire
 
 KEY = SigningKey(bytes(range(32)))
 OTHER_KEY = SigningKey(bytes(range(1, 33)))
@@ -215,3 +216,14 @@ def test_seal_then_open_round_trips(body: Ping | Hello, seed: bytes) -> None:
 def test_body_limits_are_the_callers() -> None:
     raw = signed(encode(ping_wire(extra=1)))
     assert refusal(raw, limits=Limits(max_map_len=3)) == ("body", "4 exceeds max_map_len(3)")
+
+
+def test_a_field_omitted_when_empty_leaves_the_old_wire_and_round_trips_when_set() -> None:
+    old = Hello(expires_ms=NOW + 60_000, nonce=NONCE, roles=["sentry"], version="0.1.0",
+                listen=[])  # fmt: skip
+    assert set(to_wire(old)) == {"expires_ms", "nonce", "roles", "version", "listen"}
+    bound = replace(old, chain_address=b"\x01" * 20, binding=b"\x02" * 65)
+    assert to_wire(bound)["chain_address"] == b"\x01" * 20
+    assert open_at(seal_body(KEY, bound)).body == bound
+    with pytest.raises(ValueError, match="chain_address must be 20 bytes"):
+        replace(old, chain_address=b"\x01" * 20)
