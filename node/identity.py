@@ -12,6 +12,7 @@ An optional passphrase encrypts them at rest (Argon2id + XSalsa20-Poly1305 from 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,12 @@ class NodeKeys:
     @property
     def address(self) -> str:
         return str(Account.from_key(self.wallet_key).address)
+
+    @functools.cached_property
+    def chain_binding(self) -> tuple[bytes, bytes]:
+        """Our chain account (20 bytes) and the wallet's binding of it to our peer id, which
+        bids, hellos, attestations and verdicts carry: signed once (ECDSA), not per use."""
+        return bytes.fromhex(self.address[2:]), wallet_binding(self)
 
     @classmethod
     def generate(cls) -> NodeKeys:

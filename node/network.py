@@ -30,7 +30,6 @@ from consensus.verify.messages import VERIFY_KINDS
 from node import __version__, rtt
 from node.blocks import restore_blocks
 from node.discovery import run_discovery
-from node.identity import wallet_binding
 from node.peerbook import (
     FORGET_AFTER_MS,
     Peer,
@@ -98,7 +97,6 @@ class Network:
     # With chain settlement, the peers (and us) staked as sentries (node.chain.sentry_set);
     # None: not checked, every peer that says it is a sentry counts.
     staked_sentries: set[str] | None = None
-    _binding: bytes | None = None  # our wallet's binding, once computed
     _dial_now: trio.Event = field(default_factory=trio.Event)
     _connected: trio.Event = field(default_factory=trio.Event)
 
@@ -193,13 +191,11 @@ class Network:
             )
 
     def _chain_fields(self) -> dict[str, bytes]:
-        """Our chain account and its binding, once the node settles on chain (computed once:
-        an ECDSA signature)."""
+        """Our chain account and its binding, once the node settles on chain."""
         if self.ctx.chain is None:
             return {}
-        if self._binding is None:
-            self._binding = wallet_binding(self.ctx.keys)
-        return {"chain_address": bytes.fromhex(self.ctx.keys.address[2:]), "binding": self._binding}
+        address, binding = self.ctx.keys.chain_binding
+        return {"chain_address": address, "binding": binding}
 
     def _presence(self, expires_ms: int) -> Presence:
         worker = self.ctx.settings.worker

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import trio
 
 from node.chain.stakes import Stakes, UnboundAddress
-from node.identity import wallet_binding
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
@@ -58,8 +57,7 @@ async def refresh(ctx: NodeContext, stakes: Stakes, minimum: int) -> None:
     assert net is not None
     claims = {p.peer_id: p.chain for p in net.book.peers.values() if "sentry" in p.roles}
     if "sentry" in ctx.settings.node.roles:
-        me = bytes.fromhex(ctx.keys.address[2:])
-        claims[ctx.keys.peer_id] = (me, wallet_binding(ctx.keys))
+        claims[ctx.keys.peer_id] = ctx.keys.chain_binding
     staked = set()
     for peer, chain in claims.items():
         if chain is None:

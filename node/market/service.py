@@ -29,7 +29,6 @@ from gpu.render import RenderRuntime
 from gpu.runtimes import Runtimes, python_paths
 from gpu.sandbox import Limits, Sandbox, SandboxUnavailable
 from gpu.train import TrainRuntime
-from node.identity import wallet_binding
 from node.market.blob_bulk import TransferBulk
 from node.market.blobshare import BlobShare
 from node.market.datasets import Disk
@@ -150,7 +149,7 @@ async def worker_market(
     market.worker.payee = None if ctx.chain is None else ctx.chain.payee
     if ctx.chain is not None:  # the binding proves whose stake a requester asking for some reads
         market.worker.chain_address = ctx.chain.address
-        market.worker.binding_sig = wallet_binding(ctx.keys)
+        market.worker.binding_sig = ctx.keys.chain_binding[1]
     market.worker.share_data = worker.share_task_data
     if market.worker.payee is not None:
         market.worker.payee.arrears.on_change = market.worker.block_requesters

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from consensus.market.bidder import Bidder
-from node.identity import wallet_binding
 from node.market.service import market_of, python_runtimes
 from node.market.task_folders import empty_folder
 from node.verify.announcer import AttestationAnnouncer
@@ -84,7 +83,7 @@ async def worker_verify(
     )  # fmt: skip
     verifier = VerifyWorker(market.net, VerifyStore(ctx.db), market.share, det, announcer)
     if ctx.chain is not None:
-        verifier.binding = (bytes.fromhex(ctx.keys.address[2:]), market.worker.binding_sig)
+        verifier.binding = ctx.keys.chain_binding
     verifier.register()
     bidder = market.worker.bidder
     responder = ProbeResponder(
@@ -143,7 +142,7 @@ async def sentry_verify(
         sentry.slash_signer = SlashSigner(
             ctx.keys.wallet_key, ctx.chain.domain, ctx.settings.verify.slash_wei
         )
-        sentry.binding = (bytes.fromhex(ctx.keys.address[2:]), wallet_binding(ctx.keys))
+        sentry.binding = ctx.keys.chain_binding
         sentry.verdict_check = await staked_sentries(ctx.chain, market.net.now_ms)
     interval_s = ctx.settings.verify.qos_interval_s
     async with trio.open_nursery() as nursery:
