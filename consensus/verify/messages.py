@@ -29,7 +29,7 @@ from blake3 import blake3
 
 from consensus.codec import encode
 from consensus.errors import Invalid
-from consensus.kinds import Body, Registry, exact_size, omit_empty, to_wire
+from consensus.kinds import Body, Registry, exact_size, to_wire
 from consensus.market.messages import HASH_LEN, BlobRef, Checkpoint, TaskRef, Workload
 from consensus.verify.qos import QosReport
 
@@ -206,10 +206,6 @@ class Verdict(Body):
         worker_address, slash_wei, slash_sig: on a fail, when the worker's attestation bound
             its chain account: the sentry's EIP-712 ``Slash(worker_address, slash_wei,
             attestation)`` signature, for the settlement contract (``node/chain/slasher.py``).
-        sentry_address, sentry_binding: the sentry's own chain account and its wallet's
-            binding of it to the sentry's peer id, when it settles on chain: a requester that
-            settles counts only verdicts of sentries staked there, or anyone could run a
-            "sentry" that passes its own cheats.
     """
 
     KIND: ClassVar[str] = "verify.verdict/1"
@@ -224,12 +220,8 @@ class Verdict(Body):
     worker_address: bytes = b""
     slash_wei: int = 0
     slash_sig: bytes = b""
-    sentry_address: bytes = field(default=b"", metadata=omit_empty())
-    sentry_binding: bytes = field(default=b"", metadata=omit_empty())
 
     def __post_init__(self) -> None:
-        if (len(self.sentry_address), len(self.sentry_binding)) not in ((0, 0), (20, 65)):
-            raise Invalid("verdict.sentry_address", "a 20-byte address with its 65-byte binding")
         if not self.slash_sig:
             return
         if self.passed or len(self.slash_sig) != 65 or len(self.worker_address) != 20:

@@ -1,5 +1,5 @@
-"""A look at stake on chain, a requester's at its bidders' and at sentries': whose it is, and
-how much is bonded.
+"""A look at stake on chain, a requester's at its bidders' and every node's at the peers that
+say they are sentries (:mod:`node.chain.sentry_set`): whose it is, and how much is bonded.
 
 A worker with nothing staked can cheat with nothing to lose: sentries would catch it, but
 their slash would take nothing. A requester that settles on chain therefore asks each bidder
@@ -11,9 +11,10 @@ bid must also carry that account's wallet signature binding it to the bidder's p
 account must then sign the worker's attestation, which is what sentries slash
 (:mod:`node.verify.requester` checks that).
 
-Sentries likewise: a requester that settles counts a verdict only from a sentry whose
-verdict names its own bound chain account with the contract's sentry minimum bonded there
-(:func:`sentry_check`), or anyone could run a "sentry" that passes its own cheats.
+Sentries likewise: a node that settles knows as sentries only peers whose hello binds a
+chain account with the contract's sentry minimum bonded there (:mod:`node.chain.sentry_set`),
+and only known sentries' verdicts count, or anyone could run a "sentry" that passes its own
+cheats.
 
 Stake is read from the contract at most once a minute per account: bids come many per job,
 and stake moves rarely. A chain outage leaves the last reading in use; an account never read
@@ -24,11 +25,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from consensus.verify.messages import Verdict
 from node.identity import wallet_binding_ok
 
 if TYPE_CHECKING:
@@ -52,7 +52,8 @@ class Stakes:
     Args:
         chain: the node's chain.
         min_wei: the bonded stake the auction asks of a bidder (``chain.min_worker_stake_wei``);
-            a sentry's minimum is the contract's (:func:`sentry_check`).
+            0 for sentries, whose minimum is the contract's (:mod:`node.chain.sentry_set`
+            compares it).
         now_ms: the node's clock.
     """
 
@@ -101,23 +102,3 @@ def _keep(cache: OrderedDict[K, V], key: K, value: V) -> None:
     cache.move_to_end(key)
     while len(cache) > ACCOUNTS_KEPT:
         cache.popitem(last=False)
-
-
-def sentry_check(stakes: Stakes, min_wei: int) -> Callable[[str, Verdict], Awaitable[str]]:
-    """Why a verdict from ``sentry`` counts for nothing (``""``: it counts): it names no chain
-    account bound to the sentry, or one with less than ``min_wei`` (the contract's
-    ``sentryMinStake``, what signing a slash needs too) bonded."""
-
-    async def why_not(sentry: str, verdict: Verdict) -> str:
-        if not verdict.sentry_address:
-            return "it names no chain account of its sentry"
-        address = "0x" + verdict.sentry_address.hex()
-        try:
-            bonded = await stakes.stake_of(sentry, address, verdict.sentry_binding)
-        except UnboundAddress as exc:
-            return str(exc)
-        if bonded is None or bonded < min_wei:
-            return f"its sentry's stake {bonded} wei is below the {min_wei} wei a sentry needs"
-        return ""
-
-    return why_not

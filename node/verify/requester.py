@@ -78,9 +78,6 @@ class Verdicts:
     # with, whose stake was checked; its attestation must name the same, or a slash of the
     # attested account would take someone else's stake, or none
     staked_account: Callable[[str], Awaitable[str | None]] | None = None
-    # with chain settlement: why a verdict's sentry counts for nothing (node.chain.stakes.
-    # sentry_check: not staked as a sentry), "" if it counts; None: any known sentry counts
-    sentry_check: Callable[[str, Verdict], Awaitable[str]] | None = None
 
     def excluded(self, ref: TaskRef, worker: str) -> bool:
         """Whether ``worker`` failed verification of an earlier attempt at this task."""
@@ -108,10 +105,12 @@ class Verdicts:
                     await self._heard(verdict, msg.origin, msg.opened.raw)
 
     async def _heard(self, verdict: Verdict, sentry: str, raw: bytes) -> None:
-        why = await self._not_counted(verdict, sentry)
-        if why:
+        """Keeps a verdict unless the worker it judges gossiped it. Whether its sentry is one
+        we know (with chain settlement, one staked as a sentry) is asked when it is counted
+        (:meth:`outcome`): its role may come later."""
+        if sentry == verdict.worker:
             log.info("verdict not counted", extra={"task": verdict.ref.text(), "sentry": sentry,
-                                                   "why": why})  # fmt: skip
+                                                   "why": "by the worker it judges"})  # fmt: skip
             return
         await self.store.add_verdict(
             verdict.attestation, sentry, verdict, raw, evidence=None, now_ms=self.net.now_ms()
@@ -120,14 +119,6 @@ class Verdicts:
             await self._exclude(verdict.ref, verdict.worker, ours=False)
         self.scores[verdict.worker] = await self.store.reputation(verdict.worker)
         self._wake()
-
-    async def _not_counted(self, verdict: Verdict, sentry: str) -> str:
-        """Why a verdict is dropped unheard: a worker judging itself, or (with chain
-        settlement) a sentry not staked as one; ``""`` if it is kept. Whether its sentry is
-        one we know is asked when it is counted (:meth:`outcome`): its role may come later."""
-        if sentry == verdict.worker:
-            return "by the worker it judges"
-        return "" if self.sentry_check is None else await self.sentry_check(sentry, verdict)
 
     async def _load_exclusions(self) -> None:
         """Takes back the exclusions still in force: a restart must not hand a task back to

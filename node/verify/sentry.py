@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -117,11 +117,6 @@ class Sentry:
     changed: trio.Event = field(default_factory=trio.Event)
     # With chain settlement: a failing verdict's slash fields (node/verify/slashing.py).
     slash_signer: SlashFields | None = None
-    # with chain settlement: our chain account and its binding to us, named in each verdict
-    binding: tuple[bytes, bytes] | None = None
-    # with chain settlement: why another sentry's verdict counts for nothing (not staked as a
-    # sentry: node.chain.stakes.sentry_check), "" if it counts
-    verdict_check: Callable[[str, Verdict], Awaitable[str]] | None = None
     desk: EscalationDesk = field(init=False)
     bisector: Bisector = field(init=False)
 
@@ -218,7 +213,7 @@ class Sentry:
     async def _follow_verdicts(self, inbox: Any) -> None:
         async for msg in inbox:
             verdict = msg.opened.body
-            if isinstance(verdict, Verdict) and not await self._ignored(verdict, msg.origin):
+            if isinstance(verdict, Verdict) and not self._ignored(verdict, msg.origin):
                 self.awaiting.pop(task_key(verdict.ref), None)
                 self.desk.verdict_heard(verdict.attestation)
                 await self.store.add_verdict(
@@ -230,19 +225,17 @@ class Sentry:
                     now_ms=self.net.now_ms(),
                 )
 
-    async def _ignored(self, verdict: Verdict, sentry: str) -> str:
-        """Why another's verdict is dropped (``""``: kept): anyone can gossip one, and a pass
-        ends settlement's hold on a task while a fail holds its pay for good. Only a known
-        sentry's counts, never the judged worker's, and with chain settlement only a staked
-        sentry's."""
-        if sentry == verdict.worker or sentry not in self.sentries():
-            why = "not by a known sentry other than the worker"
-        else:
-            why = "" if self.verdict_check is None else await self.verdict_check(sentry, verdict)
-        if why:
-            log.info("verdict not counted", extra={"task": verdict.ref.text(), "sentry": sentry,
-                                                   "why": why})  # fmt: skip
-        return why
+    def _ignored(self, verdict: Verdict, sentry: str) -> bool:
+        """Whether another's verdict is dropped: anyone can gossip one, and a pass ends
+        settlement's hold on a task while a fail holds its pay for good. Only a known
+        sentry's counts (with chain settlement, one staked as a sentry: ``sentries``), never
+        the judged worker's."""
+        if sentry != verdict.worker and sentry in self.sentries():
+            return False
+        why = "not by a known sentry other than the worker"
+        log.info("verdict not counted", extra={"task": verdict.ref.text(), "sentry": sentry,
+                                               "why": why})  # fmt: skip
+        return True
 
     async def _judge_safely(self, att: Attestation) -> None:
         """One judgement; its failure (a runtime that breaks, a bug) is logged, and the other
@@ -483,8 +476,6 @@ class Sentry:
             evidence=g.evidence_hash(decision.evidence),
             reason=decision.reason[:200],
             **self._slash_fields(att, att_id, decision),
-            sentry_address=self.binding[0] if self.binding else b"",
-            sentry_binding=self.binding[1] if self.binding else b"",
         )
         await self.store.add_verdict(
             att_id,

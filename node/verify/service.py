@@ -26,12 +26,8 @@ from node.verify.store import VerifyStore
 from node.verify.worker import VerifyWorker, determinism_class
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from trio_typing import TaskStatus
 
-    from consensus.verify.messages import Verdict
-    from node.chain.node import ChainNode
     from node.daemon import NodeContext
 
 
@@ -142,8 +138,6 @@ async def sentry_verify(
         sentry.slash_signer = SlashSigner(
             ctx.keys.wallet_key, ctx.chain.domain, ctx.settings.verify.slash_wei
         )
-        sentry.binding = ctx.keys.chain_binding
-        sentry.verdict_check = await staked_sentries(ctx.chain, market.net.now_ms)
     interval_s = ctx.settings.verify.qos_interval_s
     async with trio.open_nursery() as nursery:
         await nursery.start(sentry.run)
@@ -153,17 +147,6 @@ async def sentry_verify(
             prober = QosProber(market.net, interval_s * 1000, lambda r: view.record(r, me))
             await nursery.start(prober.run)
         task_status.started()
-
-
-async def staked_sentries(
-    chain: ChainNode, now_ms: Callable[[], int]
-) -> Callable[[str, Verdict], Awaitable[str]]:
-    """The requester's check of a verdict's sentry: staked on chain as the contract asks of a
-    sentry (read once at start: it is a deployment parameter)."""
-    from node.chain.stakes import Stakes, sentry_check  # noqa: PLC0415 (web3, if settling)
-
-    minimum = int(await chain.service.call(lambda c: c.params()["sentry_min_stake_wei"]))
-    return sentry_check(Stakes(chain, 0, now_ms, whom="sentry"), minimum)
 
 
 async def requester_verify(
@@ -182,8 +165,6 @@ async def requester_verify(
     escrow = None if ctx.chain is None else ctx.chain.escrow
     if escrow is not None and ctx.settings.chain.min_worker_stake_wei > 0:
         verdicts.staked_account = escrow.address_of  # the account whose stake the bid showed
-    if ctx.chain is not None:  # only staked sentries' verdicts count
-        verdicts.sentry_check = await staked_sentries(ctx.chain, market.net.now_ms)
     verdicts.ready = market.jobs.verify_ready
     market.jobs.verdicts = verdicts
     market.jobs.verdict_timeout_ms = ctx.settings.verify.verdict_timeout_ms

@@ -1,11 +1,11 @@
 """The requester's reading of stake on the embedded EVM: a bidder's bonded stake only, read
 again once a minute old, the last reading kept through a chain outage, none before the first;
-a verdict counts only from a sentry bound to a chain account with the contract's sentry
-minimum bonded, and only such a peer is a known sentry."""
+only a peer bound to a chain account with the contract's sentry minimum bonded is a known
+sentry, and a verdict counts only while its sentry is one."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,10 +15,13 @@ from consensus.verify.messages import Verdict
 from node.chain.backend import Chain
 from node.chain.client import Settlement
 from node.chain.sentry_set import refresh
-from node.chain.stakes import STAKE_FRESH_MS, Stakes, UnboundAddress, sentry_check
+from node.chain.stakes import STAKE_FRESH_MS, Stakes, UnboundAddress
 from node.identity import NodeKeys, wallet_binding
 from node.peerbook import PeerBook
+from node.verify.requester import Verdicts
 from node.verify.service import known_sentries
+from node.verify.store import VerifyStore
+from storage.db import Database
 from tests.chain.conftest import ETH, make_net
 from tests.chain.test_settlement_node import node_of
 
@@ -64,31 +67,39 @@ async def test_stake_is_read_bonded_refreshed_and_kept_through_an_outage(
         await stakes.stake_of(peer, "0x12", bidders["worker"][2])  # not an address
 
 
-async def test_a_verdict_counts_only_from_a_sentry_staked_as_one() -> None:
+async def test_a_verdict_counts_only_while_its_sentry_is_staked_as_one(tmp_path: Path) -> None:
     net = make_net(Chain.embedded())
-    requester = node_of(net, "requester", net.client("requester"))
-    await requester.service.start()
+    node = node_of(net, "requester", net.client("requester"))
+    await node.service.start()
     minimum = int(net.client("requester").params()["sentry_min_stake_wei"])
-    check = sentry_check(Stakes(requester, 0, lambda: 0, whom="sentry"), minimum)
     keys = {who: NodeKeys(NodeKeys.generate().signing_key, net.keys[who])
             for who in ("sentry1", "sentry2")}  # fmt: skip
     net.client("sentry1").stake(minimum)
     net.client("sentry2").stake(minimum - 1)
-
-    def verdict(named: NodeKeys, bound_by: NodeKeys | None = None) -> Verdict:
-        binding = wallet_binding(NodeKeys(named.signing_key, (bound_by or named).wallet_key))
-        return replace(VERDICT, sentry_address=bytes.fromhex(named.address[2:]),
-                       sentry_binding=binding)  # fmt: skip
-
-    one, two = keys["sentry1"], keys["sentry2"]
-    assert await check(one.peer_id, verdict(one)) == ""
-    assert await check(two.peer_id, verdict(two)) == (
-        f"its sentry's stake {minimum - 1} wei is below the {minimum} wei a sentry needs"
-    )
-    assert await check(two.peer_id, verdict(one)) == (  # another's account and binding
-        f"chain account {one.address.lower()} is not bound to the sentry"
-    )
-    assert await check(one.peer_id, VERDICT) == "it names no chain account of its sentry"
+    book = PeerBook("me")
+    for k in keys.values():  # both say they are sentries, each with its own bound account
+        book.heard(k.peer_id, [], ["sentry"], "v", 1,
+                   chain=(bytes.fromhex(k.address[2:]), wallet_binding(k)))  # fmt: skip
+    roles = SimpleNamespace(node=SimpleNamespace(roles=("requester",)))
+    ctx = SimpleNamespace(network=SimpleNamespace(book=book, staked_sentries=None),
+                          keys=NodeKeys.generate(), settings=roles)  # fmt: skip
+    now = [0]
+    stakes = Stakes(node, 0, lambda: now[0], whom="sentry")
+    await refresh(ctx, stakes, minimum)  # type: ignore[arg-type]
+    async with await Database.open(tmp_path / "node.sqlite") as db:
+        verdicts = Verdicts(SimpleNamespace(now_ms=lambda: 0), VerifyStore(db), 1, lambda: True,
+                            lambda peer: peer in known_sentries(ctx))  # type: ignore[arg-type]  # fmt: skip
+        await verdicts._heard(VERDICT, keys["sentry2"].peer_id, b"raw")  # a wei short
+        assert await verdicts.outcome(REF, timeout_ms=0) == ("unverified", "no verdict within 0 ms")
+        await verdicts._heard(VERDICT, keys["sentry1"].peer_id, b"raw")
+        assert await verdicts.outcome(REF, timeout_ms=0) == ("verified", "verified by 1 sentries")
+        net.client("sentry1").request_unstake(1)  # unbonding: below the sentry minimum
+        now[0] += STAKE_FRESH_MS
+        await refresh(ctx, stakes, minimum)  # type: ignore[arg-type]
+        assert await verdicts.outcome(REF, timeout_ms=0) == (
+            "unverified",
+            "no verdict within 0 ms",
+        ), "asked when counted: its sentry is one no more"
 
 
 async def test_only_sentries_staked_as_sentries_are_known_with_chain_settlement() -> None:

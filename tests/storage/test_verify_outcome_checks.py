@@ -4,8 +4,9 @@ A requester that asked its bidders for stake accepts a verdict only on an attest
 names the staked account the worker bid with, with a binding sentries can slash: otherwise a
 worker could bid on its stake and attest (and be slashed) as an empty account. A pass on a
 job the sentry found not deterministic is accepted (paid, unchecked), never "verified". And
-only known sentries' verdicts count, never the worker's own, and with chain settlement only
-staked sentries' (anyone can gossip a verdict)."""
+only known sentries' verdicts count (with chain settlement, peers that say they are sentries
+and are in the staked set), asked when counted, never the worker's own (anyone can gossip a
+verdict)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from types import SimpleNamespace
 
 from consensus.verify.messages import Attestation, Verdict, attestation_id
 from node.identity import NodeKeys, wallet_binding
+from node.peerbook import PeerBook
 from node.verify.requester import Verdicts
 from node.verify.sentry import task_key
+from node.verify.service import known_sentries
 from node.verify.store import VerifyStore
 from storage.db import Database
 from tests.unit.verify.factories import REF, honest
@@ -87,21 +90,22 @@ def gossiped(passed: bool) -> Verdict:
 
 
 async def test_only_known_staked_sentries_verdicts_count(tmp_path: Path) -> None:
-    known = {"sentry", WORKER.peer_id}  # a worker may claim the sentry role too
+    book = PeerBook("me")
+    for peer in ("unstaked", WORKER.peer_id):  # a worker may claim the sentry role too
+        book.heard(peer, [], ["sentry"], "v", 1)
+    staked = {WORKER.peer_id, "stranger"}  # what node.chain.sentry_set found staked
+    roles = SimpleNamespace(node=SimpleNamespace(roles=("requester",)))
+    ctx = SimpleNamespace(network=SimpleNamespace(book=book, staked_sentries=staked),
+                          keys=SimpleNamespace(peer_id="me"), settings=roles)  # fmt: skip
     async with await Database.open(tmp_path / "node.sqlite") as db:
-        verdicts = Verdicts(SimpleNamespace(now_ms=lambda: 0), VerifyStore(db), 1,  # type: ignore[arg-type]
-                            lambda: True, lambda peer: peer in known)  # fmt: skip
-
-        async def staked(sentry: str, verdict: Verdict) -> str:
-            return "its sentry's stake 0 wei is below the 1 wei a sentry needs" * (
-                sentry == "unstaked"
-            )
-
-        verdicts.sentry_check = staked
+        verdicts = Verdicts(SimpleNamespace(now_ms=lambda: 0), VerifyStore(db), 1, lambda: True,
+                            lambda peer: peer in known_sentries(ctx))  # type: ignore[arg-type]  # fmt: skip
         for sentry, passed in ((WORKER.peer_id, True), ("unstaked", True), ("stranger", False)):
             await verdicts._heard(gossiped(passed), sentry, b"raw")
         assert await verdicts.outcome(REF, timeout_ms=0) == ("unverified", "no verdict within 0 ms")
         assert not verdicts.excluded(REF, WORKER.peer_id), "nobody who counts failed it"
-        known.add("stranger")  # its role heard later: its verdicts count from then on
+        staked.add("unstaked")  # its stake read later: its pass counts from then on
+        assert await verdicts.outcome(REF, timeout_ms=0) == ("verified", "verified by 1 sentries")
+        book.heard("stranger", [], ["sentry"], "v", 2)  # its role heard later: its fail counts
         outcome, _ = await verdicts.outcome(REF, timeout_ms=0)
         assert outcome == "rejected", "a known sentry's fail"
