@@ -30,7 +30,7 @@ from consensus.settlement.audits import EARNINGS, PREVIOUS, answer
 from consensus.settlement.eip712 import ChainVoucher, chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, Spend, assemble
 from consensus.settlement.leaves import payout_batches
-from consensus.settlement.shown import ShownLeaves
+from consensus.settlement.shown import ShownEntries, ShownLeaves
 from node.chain import artifacts
 from node.chain.backend import Chain, DeployParams
 from node.chain.client import Settlement
@@ -220,6 +220,12 @@ class Bench:
         shown = ShownLeaves.of_rows(epoch.earnings.items())
         g["answer_leaves"] = sum(anchorer.answer_leaves(index, shown, j).gas
                                  for j in range(len(shown.nodes)))  # fmt: skip
+        # A demand for the entries: every one of the epoch, in parts of at most PART_ENTRIES.
+        g["dispute_entries"] = self.c[self.sentries[1]].dispute_entries(index).gas
+        rows = ShownEntries.of_rows(epoch.entries)
+        g["answer_entries"] = sum(anchorer.answer_entries(index, rows, j).gas
+                                  for j in range(len(rows.nodes)))  # fmt: skip
+        g["answer_entries_each"] = g["answer_entries"] // len(epoch.entries)
 
 
 def addr(key: bytes) -> bytes:
@@ -266,7 +272,8 @@ def report(
           f"= {g['direct_per_job'] / g['transfer']:.2f}x")  # fmt: skip
     keys = ("anchor", "payout", "claim_earnings", "dispute", "slash", "deploy", "deposit", "stake",
             "claim_voucher_first", "direct_per_job", "transfer", "dispute_earnings",
-            "answer_earnings", "answer_leaves", "dispute_previous", "answer_previous")  # fmt: skip
+            "answer_earnings", "answer_leaves", "dispute_previous", "answer_previous",
+            "dispute_entries", "answer_entries_each")  # fmt: skip
     names = {"claim_earnings": "claim", "claim_voucher_first": "claim_voucher"}
     fields = " ".join(f"gas_{names.get(k, k)}={g[k]}" for k in keys)
     print(f"RESULT gas_per_job={per_job:.0f} gas_per_job_claims={per_job_claims:.0f} {fields}")

@@ -14,6 +14,8 @@ debited at most what its entries add. So:
                                                                    (consensus.settlement.shown)
     previous   anyone      an entry's ``previous`` is above its    the line's entry in a final
                            line's amount in the last final anchor  anchor, with that amount
+    entries    anyone      the entries were not published          every entry, in parts
+                                                                   (consensus.settlement.shown)
 
 A worker's leaf may grow by at most what its entries add net of the fee (:func:`net_ceil`: its
 own fee rounded down, plus a wei of the epoch's remainder), so it is bounded by the vouchers its
@@ -36,7 +38,7 @@ from consensus.settlement.epoch import Entry, Epoch
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof, leaf_hash
 from consensus.settlement.shown import ShownLeaves
 
-EARNINGS, DEBIT, LEAVES, PREVIOUS = 1, 2, 3, 4  # the contract's ``Sum`` kinds
+EARNINGS, DEBIT, LEAVES, PREVIOUS, ENTRIES = 1, 2, 3, 4, 5  # the contract's ``Sum`` kinds
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import {Epochs} from "./Epochs.sol";
 ///   an earnings leaf too low    anyone             void at once, with the worker's entries
 ///   a `previous` too high       anyone bonded      the anchorer shows the line's final entry, or void
 ///   the leaves not published    anyone bonded      EpochLeaves.sol
+///   the entries not published   anyone bonded      EpochLeaves.sol
 ///   a worker left out of them   anyone             EpochLeaves.sol
 ///
 /// Sum disputes open in the anchor's window (a `previous` one until the grace ends, like an
@@ -49,7 +50,8 @@ abstract contract EpochAudits is Epochs {
         Earnings, // party: a worker; amount: its cumulative leaf in the pending root
         Debit, // party: a requester; amount: what the pending anchor debits its pool
         Leaves, // party: address(0); amount: 0 (every leaf of the earnings root)
-        Previous // party: address(0); amount: an entry's leaf (its `previous` shown final)
+        Previous, // party: address(0); amount: an entry's leaf (its `previous` shown final)
+        Entries // party: address(0); amount: 0 (every entry of the entries root)
     }
 
     struct SumDispute {

@@ -1,5 +1,6 @@
 """The anchoring sentry's side of the audits (``EpochAudits.sol``): answer every sum dispute of
-its pending anchor with the entries it posted, or, when its leaves are demanded, with them all.
+its pending anchor with the entries it posted, or, when its leaves or its entries are
+demanded, with them all, in parts.
 
 Anyone may dispute a worker's earnings leaf or an entry's ``previous``, and a requester its
 debit; an anchor whose
@@ -19,12 +20,11 @@ that read lands after the window it needs (the contract refuses it), so none is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from consensus.errors import Invalid
-from consensus.settlement.audits import EARNINGS, LEAVES, PREVIOUS, answer
-from consensus.settlement.shown import Row, ShownLeaves
+from consensus.settlement.audits import EARNINGS, ENTRIES, LEAVES, PREVIOUS, answer
+from consensus.settlement.shown import ShownEntries, ShownLeaves
 from node.chain.audit_calls import SUM_KINDS, SumDispute, sum_key
 from node.chain.errors import ChainError, ChainReverted
 from node.chain.history import last_entry
@@ -69,7 +69,9 @@ class SumAnswers:
                 "party": "0x" + d.party.hex(), "amount_wei": str(d.amount)}  # fmt: skip
         try:
             if d.kind == LEAVES:
-                shown = await self._show_leaves(d.index, epoch.earnings.items())
+                shown = await self._show_parts(d.index, ShownLeaves.of_rows(epoch.earnings.items()))
+            elif d.kind == ENTRIES:
+                shown = await self._show_parts(d.index, ShownEntries.of_rows(epoch.entries))
             elif d.kind == PREVIOUS:
                 shown = await self._show_previous(m, d)
             else:
@@ -93,15 +95,19 @@ class SumAnswers:
         log.info("sum dispute answered", extra={**what, "shown": shown})
         return True
 
-    async def _show_leaves(self, index: int, rows: Iterable[Row]) -> int:
-        """Shows every leaf of anchor ``index``, part after part; those shown before (a step
-        interrupted, a restart) are not sent again. How many leaves."""
-        leaves = ShownLeaves.of_rows(rows)
-        done = await self.service.call(lambda c: c.shown_parts(index, leaves.nodes))
-        for part in range(len(leaves.nodes)):
-            if part not in done:
-                await self.service.call(lambda c: c.answer_leaves(index, leaves, part))  # noqa: B023
-        return len(leaves.rows())
+    async def _show_parts(self, index: int, tree: ShownLeaves | ShownEntries) -> int:
+        """Shows every leaf (or entry) of anchor ``index``, part after part; those shown before
+        (a step interrupted, a restart) are not sent again. How many."""
+        event = "LeavesShown" if isinstance(tree, ShownLeaves) else "EntriesPartShown"
+        done = await self.service.call(lambda c: c.shown_parts(index, tree.nodes, event))
+        for part in range(len(tree.nodes)):
+            if part in done:
+                continue
+            if isinstance(tree, ShownLeaves):
+                await self.service.call(lambda c: c.answer_leaves(index, tree, part))  # noqa: B023
+            else:
+                await self.service.call(lambda c: c.answer_entries(index, tree, part))  # noqa: B023
+        return len(tree.rows())
 
     async def _show_previous(self, m: Anchoring, d: SumDispute) -> int:
         """Shows the final entry whose amount the disputed entry names as its ``previous``: its

@@ -16,15 +16,17 @@ from eth_abi.abi import encode
 from eth_hash.auto import keccak
 from web3 import Web3
 
-from consensus.settlement.audits import DEBIT, EARNINGS, LEAVES, PREVIOUS
+from consensus.settlement.audits import DEBIT, EARNINGS, ENTRIES, LEAVES, PREVIOUS
 from consensus.settlement.epoch import Entry
 from consensus.settlement.merkle import MultiProof
-from node.chain.epoch_calls import entry_args
+from consensus.settlement.shown import part_proof
+from node.chain.epoch_calls import entry_args, entry_of
 
 if TYPE_CHECKING:
     from node.chain.client import TxResult
 
-SUM_KINDS = {EARNINGS: "earnings", DEBIT: "debit", LEAVES: "leaves", PREVIOUS: "previous"}
+SUM_KINDS = {EARNINGS: "earnings", DEBIT: "debit", LEAVES: "leaves", PREVIOUS: "previous",
+             ENTRIES: "entries"}  # fmt: skip
 ANSWERED = 2**64 - 1  # a sum dispute's ``answerBy`` once answered
 
 
@@ -38,9 +40,9 @@ class SumDispute:
     """An open sum dispute of the latest anchor, as its ``SumDisputed`` event said."""
 
     index: int
-    kind: int  # EARNINGS | DEBIT | LEAVES | PREVIOUS
-    party: bytes  # 20-byte address: the worker or the requester (LEAVES, PREVIOUS: zero)
-    amount: int  # the disputed leaf, or the requester's whole debit (LEAVES: 0; PREVIOUS:
+    kind: int  # EARNINGS | DEBIT | LEAVES | PREVIOUS | ENTRIES
+    party: bytes  # 20-byte address: the worker or the requester (others: zero)
+    amount: int  # the disputed leaf, or the requester's whole debit (LEAVES, ENTRIES: 0; PREVIOUS:
     # the disputed entry's leaf, as a number)
     answer_by: int  # chain seconds
 
@@ -161,31 +163,30 @@ class AuditCalls:
         return self.send("voidLowLeaf", args)
 
     def sum_answers(self, index: int) -> list[tuple[int, bytes, list[Entry], MultiProof]]:
-        """The answers given to anchor ``index``'s sum disputes, read from their
-        ``EntriesShown`` events (an answer sent through a contract shows them too): kind,
-        party, and the entries shown with their multiproof (what they reveal may never have
-        been gossiped)."""
+        """The entries shown for anchor ``index``'s sum disputes (what they reveal may never
+        have been gossiped): kind, party, and the entries shown with a multiproof of them in
+        its entries root. Read from the events, so an answer sent through a contract shows
+        them too: each answer's ``EntriesShown``, and each part of the entries shown on demand
+        (``EntriesPartShown``, kind ENTRIES, zero party; a part the contract took, whether or
+        not every part is shown yet)."""
         out = []
         for log in self.events("EntriesShown", epoch=index):
             args = log["args"]
             shown = args["shown"]  # decoded as a mapping by name (or a tuple, by web3 version)
             rows, proof, flags = (shown[k] for k in ("entries", "proof", "flags")) if isinstance(
                 shown, Mapping) else shown  # fmt: skip
-            entries = [_entry(r) for r in rows]
+            entries = [entry_of(r) for r in rows]
             multi = MultiProof(tuple(e.leaf() for e in entries), tuple(bytes(p) for p in proof),
                                tuple(bool(f) for f in flags))  # fmt: skip
             out.append((int(args["kind"]), bytes.fromhex(args["party"][2:]), entries, multi))
+        for log in self.events("EntriesPartShown", epoch=index):
+            args = log["args"]
+            entries = [entry_of(r) for r in args["entries"]]
+            nodes = tuple(bytes(n) for n in args["nodes"])
+            multi = part_proof(nodes, int(args["part"]), [e.leaf() for e in entries])
+            out.append((ENTRIES, bytes(20), entries, multi))
         return out
 
     def _debit_lists(self, index: int) -> list[list[Any]]:
         debits = self.anchor_debits(index)
         return [[r for r, _ in debits], [a for _, a in debits]]
-
-
-def _entry(row: Any) -> Entry:
-    """An ``Entry`` struct as web3 decodes it: a mapping by field name, or a tuple."""
-    fields = ("requester", "worker", "job", "task", "amount", "previous")
-    named = isinstance(row, Mapping)
-    r, w, job, task, amount, previous = (row[k] for k in fields) if named else row
-    return Entry(bytes.fromhex(r[2:]), bytes.fromhex(w[2:]), bytes(job), bytes(task), int(amount),
-                 int(previous))  # fmt: skip

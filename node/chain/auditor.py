@@ -21,6 +21,8 @@ When our base is the anchor's (we followed every epoch before it) and its window
     a sum answer shows two entries for one line              voidConflict, with both
     (past half the window, a quarter window listened) its    disputeLeaves: the anchorer
     leaves were not gossiped                                 shows them all, in parts
+    (the same) not every one of its entries was gossiped     disputeEntries: the anchorer
+                                                             shows them all, in parts
     its leaves leave out a worker with a base leaf, or       showAbsent for each part, then
     (every entry heard) one its entries pay                  voidMissingLeaf
 
@@ -31,7 +33,13 @@ sees a requester it never debited. Each is raised once per anchor. Leaves not go
 half the window are demanded on chain; the answer (read from its ``LeavesShown`` events) is
 audited like gossiped leaves, with proofs read off its parts, in the window the answer opens
 again. Without it an anchorer could credit a colluder that has no entries at all, out of what
-the other workers would claim, and nobody could show the leaf.
+the other workers would claim, and nobody could show the leaf. Entries are demanded the same
+way: each part shown is checked like a sum answer's entries (a ``previous`` above the line's
+amount in our base disputed, one below it voided, a debit below them voided), and once every
+part is, they stand for the entries heard. Without it an anchorer and a requester could
+withhold an entry whose ``previous`` is raised to its amount: it adds nothing, so no leaf
+looks wrong and no sum dispute brings it out, yet the line's final amount jumps, and the worker
+is never paid the voucher it holds for the difference.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from typing import TYPE_CHECKING
 from consensus.errors import Invalid
 from consensus.settlement.audits import (
     EARNINGS,
+    ENTRIES,
     LEAVES,
     PREVIOUS,
     inflated,
@@ -146,6 +155,8 @@ class Auditor:
         tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in entries]) if entries else None
         if tree is not None and tree.root != a.entries_root:
             tree = None  # not every entry of it heard: no proofs from what was
+        if tree is None and half:
+            entries, tree = await self._entries(a, demand, entries)
         if tree is not None and await self._entries_wrong(a, m, entries, tree):
             return  # voided: nothing left to dispute
         if not half and tree is None:
@@ -170,6 +181,29 @@ class Auditor:
         if await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof):
             return True
         return await self._low_leaves(a, m, entries, tree)
+
+    async def _entries(
+        self, a: ChainAnchor, demand: bool, heard: list[Entry]
+    ) -> tuple[list[Entry], MerkleTree | None]:
+        """Anchor ``a``'s entries, not all heard on gossip: shown on chain in answer to an
+        entries dispute (with the tree, when shown in OpenZeppelin's layout; otherwise each
+        part is checked as an answer is, :meth:`_check_answers`). Not shown, and ``demand``:
+        the dispute is raised, once. Otherwise those ``heard``, and no tree."""
+        shown = await self.service.call(lambda c: c.entries_shown(a.index))
+        if shown is not None:
+            try:
+                tree = shown.tree()
+            except Invalid:  # the contract checked them: not ours to doubt, but not usable
+                tree = None
+            if tree is not None:
+                return shown.rows(), tree
+        if demand and shown is None and self._once(key := (a.index, b"entries", 0)):
+            raised = await self.service.call(lambda c: c.sum_disputes(a.index, answered=True))
+            if not any(d.kind == ENTRIES for d in raised):  # else another watcher's: ours too
+                log.warning("another anchorer's epoch entries were not all gossiped: "
+                            "demanding them", extra={"epoch": a.index})  # fmt: skip
+                await self._send(lambda c: c.dispute_entries(a.index), key)
+        return heard, None
 
     async def _leaves(self, a: ChainAnchor, demand: bool) -> FinalLeaves | None:
         """Anchor ``a``'s leaves: gossiped, or shown on chain in answer to a leaves dispute.

@@ -43,7 +43,7 @@ WRITES = (
     "withdrawFees", "slash", "fund", "leavePool", "withdrawPool", "postAnchor", "finalize",
     "dispute", "answer", "voidAnchor", "claimEarnings", "payout", "approve",
     "disputeEarnings", "disputeDebit", "answerSum", "voidSum", "voidConflict", "voidUnderDebit",
-    "voidLowLeaf", "disputeLeaves", "answerLeaves",
+    "voidLowLeaf", "disputeLeaves", "answerLeaves", "disputeEntries", "answerEntries",
     "voidMissingLeaf", "showAbsent", "disputePrevious", "answerPrevious",
 )  # fmt: skip
 TOKEN_WRITES = ("approve",)  # sent to the payment token, journaled with the settlement's rows

@@ -192,6 +192,15 @@ def entry_args(e: Entry) -> tuple[str, str, bytes, bytes, int, int]:
     )
 
 
+def entry_of(row: Any) -> Entry:
+    """An ``Entry`` struct as web3 decodes it: a mapping by field name, or a tuple."""
+    fields = ("requester", "worker", "job", "task", "amount", "previous")
+    named = isinstance(row, Mapping)
+    r, w, job, task, amount, previous = (row[k] for k in fields) if named else row
+    return Entry(bytes.fromhex(r[2:]), bytes.fromhex(w[2:]), bytes(job), bytes(task), int(amount),
+                 int(previous))  # fmt: skip
+
+
 def payout_args(batch: PayoutBatch) -> list[Any]:
     workers = [Web3.to_checksum_address(w) for w in batch.workers]
     return [workers, list(batch.cumulatives), list(batch.proof), list(batch.flags)]

@@ -1,5 +1,7 @@
-"""The calls on a pending anchor's earnings leaves (``EpochLeaves.sol``): demand them, show them
-in parts, read them off the ``LeavesShown`` events, and void an anchor that leaves a worker out.
+"""The calls on a pending anchor's trees shown in parts (``EpochLeaves.sol``): demand its
+earnings leaves or its entries, show them in parts, read the leaves off the ``LeavesShown``
+events, and void an anchor that leaves a worker out. (Entries shown are read with the sum
+answers' entries: :meth:`node.chain.audit_calls.AuditCalls.sum_answers`.)
 
 A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.audit_calls`.
 """
@@ -16,8 +18,8 @@ from web3 import Web3
 from consensus.errors import Invalid
 from consensus.settlement.epoch import Entry
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree, MultiProof
-from consensus.settlement.shown import Row, ShownLeaves
-from node.chain.epoch_calls import entry_args
+from consensus.settlement.shown import Row, ShownEntries, ShownLeaves
+from node.chain.epoch_calls import entry_args, entry_of
 
 if TYPE_CHECKING:
     from node.chain.client import TxResult
@@ -47,6 +49,15 @@ class LeavesCalls:
         """Show part ``part`` of anchor ``index``'s leaves; the last one answers the demand."""
         return self.send("answerLeaves", [index, list(shown.nodes), part, _part(shown.parts[part])])
 
+    def dispute_entries(self, index: int) -> TxResult:
+        """Demand every entry of anchor ``index`` from its anchorer."""
+        return self.send("disputeEntries", [index])
+
+    def answer_entries(self, index: int, shown: ShownEntries, part: int) -> TxResult:
+        """Show part ``part`` of anchor ``index``'s entries; the last one answers the demand."""
+        rows = [entry_args(e) for e in shown.parts[part]]
+        return self.send("answerEntries", [index, list(shown.nodes), part, rows])
+
     def leaves_shown(self, index: int) -> ShownLeaves | None:
         """Anchor ``index``'s leaves as its anchorer showed them, every part under one set of
         nodes (the contract checked each against the root); None until all of one set are."""
@@ -60,6 +71,19 @@ class LeavesCalls:
             parts[int(a["part"])] = rows
             if len(parts) == len(nodes):
                 return ShownLeaves(nodes, tuple(parts[j] for j in range(len(nodes))))
+        return None
+
+    def entries_shown(self, index: int) -> ShownEntries | None:
+        """Anchor ``index``'s entries as its anchorer showed them, every part under one set of
+        nodes; None until all of one set are."""
+        sets: dict[tuple[bytes, ...], dict[int, tuple[Entry, ...]]] = {}
+        for log in self.events("EntriesPartShown", epoch=index):
+            a = log["args"]
+            nodes = tuple(bytes(n) for n in a["nodes"])
+            parts = sets.setdefault(nodes, {})
+            parts[int(a["part"])] = tuple(entry_of(r) for r in a["entries"])
+            if len(parts) == len(nodes):
+                return ShownEntries(nodes, tuple(parts[j] for j in range(len(nodes))))
         return None
 
     def leaves_with_root(self, root: bytes) -> tuple[int, ShownLeaves] | None:
@@ -90,10 +114,12 @@ class LeavesCalls:
         found = self.leaves_with_root(root)
         return None if found is None else found[1]
 
-    def shown_parts(self, index: int, nodes: Sequence[bytes]) -> set[int]:
-        """The parts of anchor ``index``'s leaves under ``nodes`` shown so far."""
+    def shown_parts(self, index: int, nodes: Sequence[bytes], event: str = "LeavesShown"
+                    ) -> set[int]:  # fmt: skip
+        """The parts of anchor ``index``'s leaves (or, with ``event`` "EntriesPartShown", its
+        entries) under ``nodes`` shown so far."""
         want = [bytes(n) for n in nodes]
-        return {int(log["args"]["part"]) for log in self.events("LeavesShown", epoch=index)
+        return {int(log["args"]["part"]) for log in self.events(event, epoch=index)
                 if [bytes(n) for n in log["args"]["nodes"]] == want}  # fmt: skip
 
     def show_absent(self, index: int, worker: bytes, leaves: ShownLeaves, part: int) -> TxResult:

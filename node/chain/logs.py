@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # and never looked up, so they are not fetched.
 EPOCH_EVENTS = (
     "Anchored", "Finalized", "Disputed", "Answered", "Voided", "SumDisputed", "SumAnswered",
-    "LeavesShown", "EntriesShown",
+    "LeavesShown", "EntriesShown", "EntriesPartShown",
 )  # fmt: skip
 # Blocks read again on each look (about a minute on Arbitrum, 50 on Ethereum): a reorganised
 # block, or one a lagging node behind a load balancer had not yet served logs for, is read again.

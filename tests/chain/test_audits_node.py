@@ -14,7 +14,7 @@ from pathlib import Path
 
 from consensus.envelope import new_nonce
 from consensus.market.messages import TaskRef
-from consensus.settlement.audits import DEBIT, EARNINGS, answer
+from consensus.settlement.audits import DEBIT, EARNINGS, ENTRIES, answer
 from consensus.settlement.eip712 import chain_job_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import leaves_parts
@@ -27,6 +27,7 @@ from consensus.settlement.messages import (
     entry_of,
 )
 from node.chain.anchorer import Anchorer
+from node.chain.audit_calls import SumDispute
 from node.chain.backend import Chain
 from node.chain.disputer import Disputer
 from storage.db import Database
@@ -133,6 +134,14 @@ def hand(to: Anchorer, index: int, epoch: Epoch, leaves: bool = True) -> None:
                                "cheat")  # fmt: skip
 
 
+def earnings_dispute(net: Net, worker: bytes) -> SumDispute:
+    """The standby's dispute of ``worker``'s leaf, raised past half the window with its demand
+    for the entries (not all were gossiped, or the follower kept one of two for a line)."""
+    disputes = net.client("other").sum_disputes(1)
+    assert sorted((d.kind, d.party) for d in disputes) == [(EARNINGS, worker), (ENTRIES, bytes(20))]
+    return next(d for d in disputes if d.kind == EARNINGS)
+
+
 @asynccontextmanager
 async def followed_first_epoch(tmp: Path) -> AsyncIterator[tuple[Net, Anchorer, Epoch]]:
     """A cheat (a bare client) anchors epoch 0 honestly; a real anchorer stands by, follows it
@@ -220,13 +229,12 @@ async def test_a_standing_by_anchorer_voids_an_anchor_that_pays_from_a_made_up_r
         assert net.client("other").sum_disputes(1) == [], "disputed before half the window"
         net.chain.advance(WINDOW // 2 + 1)
         await standby.step()
-        (d,) = net.client("other").sum_disputes(1)
-        assert (d.kind, d.party) == (EARNINGS, w2)
+        d = earnings_dispute(net, w2)
         a = answer(epoch, first.earnings, d.kind, d.party)
         cheat.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
         await standby.step()
         assert net.client("other").anchor()["state"] == "void"
-        assert standby.auditor.raised == 2  # the dispute, then the void
+        assert standby.auditor.raised == 3  # the dispute and the demand, then the void
 
 
 async def test_a_standing_by_anchorer_voids_undebited_entries_it_heard_in_full(
@@ -260,14 +268,13 @@ async def test_a_standing_by_anchorer_voids_two_entries_for_one_line_shown_in_an
         await standby.step()
         net.chain.advance(WINDOW // 2 + 1)
         await standby.step()
-        (d,) = net.client("other").sum_disputes(1)
-        assert (d.kind, d.party) == (EARNINGS, w)
+        d = earnings_dispute(net, w)
         a = answer(doubled, first.earnings, d.kind, d.party)
         assert len(a.entries) == 2
         net.client("sentry1").answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
         await standby.step()
         assert net.client("other").anchor()["state"] == "void"
-        assert standby.auditor.raised == 2  # the dispute, then the void
+        assert standby.auditor.raised == 3  # the dispute and the demand, then the void
 
 
 async def test_a_standing_by_anchorer_voids_an_anchor_that_pays_a_worker_less(

@@ -5,8 +5,10 @@ by it; an earnings leaf moved to the other worker, disputed by anyone; the other
 credited as much again from nowhere with the leaves withheld, demanded by a watcher, shown by
 the anchorer and disputed; a debit padded within
 the requester's spend, disputed by it; a line grown from a ``previous`` above its final amount,
-underpaying the worker, disputed by a watcher: each unanswerable, so voided with the anchorer's
-bond slashed; an honest ``previous`` disputed too, and answered), windows passing, epochs
+underpaying the worker, the entries withheld, demanded by a watcher, shown by the anchorer and
+the ``previous`` disputed: each unanswerable, so voided with the anchorer's
+bond slashed; an honest anchor's leaves and entries demanded and shown, and its ``previous``
+disputed too, and answered), windows passing, epochs
 finalized, workers claiming at random moments or paid out all at once. Each requester signs,
 with every voucher, its spend: the sum of the largest voucher of each of its lines; a forged
 anchor that would debit beyond it is refused by the contract, one within it is disputed. After
@@ -30,7 +32,7 @@ from consensus.settlement.eip712 import chain_task_id
 from consensus.settlement.epoch import Entry, Epoch, assemble
 from consensus.settlement.leaves import payout_batches
 from consensus.settlement.merkle import EARNINGS_TYPES, MerkleTree
-from consensus.settlement.shown import ShownLeaves
+from consensus.settlement.shown import ShownEntries, ShownLeaves
 from node.chain.errors import ChainReverted
 from tests.chain.conftest import ETH, ChainOfMachine, Net, make_net
 
@@ -127,6 +129,8 @@ class Epochs(RuleBasedStateMachine):
         if demand and not cheat:  # shown, and nothing to dispute in them
             self.c["sentry2"].dispute_leaves(self.index)
             self._show_leaves(epoch)
+            self.c["sentry2"].dispute_entries(self.index)
+            self._show_entries(epoch)
             self._answer_previous(epoch)
         if settle:
             self.settle()
@@ -195,9 +199,14 @@ class Epochs(RuleBasedStateMachine):
             self.c[owner].dispute(self.index, e, epoch.entry_proof(e))
         elif cheat == "debit":
             self.c[owner].dispute_debit(self.index)
-        elif cheat == "previous":
-            e = epoch.entries[0]
-            self.c["sentry2"].dispute_previous(self.index, e, epoch.entry_proof(e))
+        elif cheat == "previous":  # withheld: the entries demanded, shown, read off the answer
+            watcher = self.c["sentry2"]
+            watcher.dispute_entries(self.index)
+            self._show_entries(epoch)
+            shown = watcher.entries_shown(self.index)
+            assert shown is not None
+            (e,) = shown.rows()
+            watcher.dispute_previous(self.index, e, shown.proof_of(e))
         elif cheat in ("leaf", "nowhere"):
             watcher, leaves = self.c["sentry2"], epoch.earnings
             if cheat == "nowhere":  # withheld: demanded, shown, and read off the answer
@@ -223,6 +232,12 @@ class Epochs(RuleBasedStateMachine):
         shown = ShownLeaves.of_rows(epoch.earnings.items(), per_part=1)
         for j in range(len(shown.nodes)):
             self.anchorer.answer_leaves(self.index, shown, j)
+
+    def _show_entries(self, epoch: Epoch) -> None:
+        """The anchorer shows every entry (one: one part)."""
+        shown = ShownEntries.of_rows(epoch.entries)
+        for j in range(len(shown.nodes)):
+            self.anchorer.answer_entries(self.index, shown, j)
 
     @precondition(lambda self: self.final is not None)
     @rule(worker=st.sampled_from(WORKERS))

@@ -1,21 +1,24 @@
 """An entry's ``previous`` through the node's services on a real EVM (embedded), one sqlite file
 per node: a standing-by anchorer disputes a ``previous`` above the line's amount in its base,
-heard on gossip or first shown by a sum answer, and voids the anchor when nothing answers, but
-raises nothing on an honest one; the anchoring sentry answers a dispute of an honest one with
-the line's final entry from its epoch history, even after a restart."""
+heard on gossip, first shown by a sum answer, or withheld and shown on its demand for the
+entries, and voids the anchor when nothing answers, but raises nothing on an honest one; the
+anchoring sentry answers a dispute of an honest one with the line's final entry from its
+epoch history, and a demand for its entries with them all, even after a restart."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
-from consensus.settlement.audits import EARNINGS, PREVIOUS, answer
+from consensus.settlement.audits import ENTRIES, PREVIOUS, answer
 from consensus.settlement.epoch import assemble
+from consensus.settlement.merkle import ENTRY_TYPES, MerkleTree
+from consensus.settlement.shown import ShownEntries
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
 from storage.db import Database
 from tests.chain.conftest import ETH, make_net
-from tests.chain.test_audits_node import WINDOW, followed_first_epoch, hand
+from tests.chain.test_audits_node import WINDOW, earnings_dispute, followed_first_epoch, hand
 from tests.chain.test_epochs import FEE, J1, J2, T0, entries
 from tests.chain.test_settlement_node import fresh_anchorer, voucher
 
@@ -79,17 +82,15 @@ async def test_a_standing_by_anchorer_disputes_a_previous_first_shown_in_an_answ
         await standby.step()
         net.chain.advance(WINDOW // 2 + 1)
         await standby.step()
-        (d,) = cheat.sum_disputes(1)
-        assert (d.kind, d.party) == (EARNINGS, line[2])
+        d = earnings_dispute(net, line[2])
         a = answer(bad, first.earnings, d.kind, d.party)
         cheat.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
         await standby.step()
-        (p,) = cheat.sum_disputes(1)
-        assert p.kind == PREVIOUS
+        assert {p.kind for p in cheat.sum_disputes(1)} == {ENTRIES, PREVIOUS}
         net.chain.advance(WINDOW + 2)
         await standby.step()
         assert cheat.anchor()["state"] == "void"
-        assert standby.auditor.raised == 3  # the leaf, the previous, the void
+        assert standby.auditor.raised == 4  # the leaf, the entries, the previous, the void
 
 
 async def test_an_honest_previous_first_shown_in_an_answer_is_not_disputed(
@@ -108,11 +109,15 @@ async def test_an_honest_previous_first_shown_in_an_answer_is_not_disputed(
         await standby.step()
         net.chain.advance(WINDOW // 2 + 1)
         await standby.step()
-        (d,) = anchorer.sum_disputes(1)
+        d = earnings_dispute(net, bytes.fromhex(net.addr("worker")[2:]))
         a = answer(honest, first.earnings, d.kind, d.party)
         anchorer.answer_sum(d, (a.base, a.base_proof), a.entries, a.proof)
+        anchorer.answer_entries(1, ShownEntries.of_rows(honest.entries), 0)
         await standby.step()
-        assert anchorer.sum_disputes(1) == [] and standby.auditor.raised == 1  # the leaf alone
+        assert anchorer.sum_disputes(1) == [] and standby.auditor.raised == 2  # the leaf, entries
+        net.chain.advance(WINDOW + 2)
+        await standby.step()
+        assert anchorer.sum_disputes(1) == [] and standby.auditor.raised == 2
 
 
 async def test_the_anchorer_answers_a_dispute_of_an_honest_previous(tmp_path: Path) -> None:
@@ -144,3 +149,63 @@ async def test_the_anchorer_answers_a_dispute_of_an_honest_previous(tmp_path: Pa
         await restarted.step()
         assert other.anchor()["state"] == "final"
         assert net.client("sentry1").stake_of()["bonded"] == ETH
+
+
+async def test_a_standing_by_anchorer_demands_withheld_entries_and_voids_a_raised_previous(
+    tmp_path: Path,
+) -> None:
+    """J1 (1 ETH final) has a 3 ETH voucher, and its entry names 3 ETH as its ``previous``: it
+    adds nothing, so every leaf agrees with the entries gossiped (J2's alone) and no sum
+    dispute brings the withheld one out, yet J1's final amount would jump to 3 ETH and worker
+    never be paid 2 ETH of its voucher. Past half the window the standby demands the
+    entries; the cheat must show them, and the raised ``previous`` is disputed and voided."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        line = (J1, T0, bytes.fromhex(net.addr("worker")[2:]))
+        grown = entries(net, {(J1, T0, "worker"): 3 * ETH, (J2, T0, "worker2"): ETH})
+        honest = assemble(grown, {line: 3 * ETH}, first.earnings, FEE)  # J1 left out
+        kept = (*honest.entries, replace(grown[0], previous=3 * ETH))
+        bad = replace(honest, entries=kept,
+                      entries_tree=MerkleTree.of(ENTRY_TYPES, [e.row() for e in kept]))  # fmt: skip
+        cheat = net.client("sentry1")
+        cheat.post_anchor(bad, net.spends(4 * ETH))
+        hand(standby, 1, replace(bad, entries=honest.entries))  # the J1 entry withheld
+        await standby.step()
+        assert cheat.sum_disputes(1) == []  # gossip may still come
+        net.chain.advance(WINDOW // 2 + 1)
+        await standby.step()
+        (d,) = cheat.sum_disputes(1)
+        assert (d.kind, standby.auditor.raised) == (ENTRIES, 1)  # no leaf looks wrong
+        cheat.answer_entries(1, ShownEntries.of_rows(bad.entries), 0)
+        await standby.step()
+        (p,) = cheat.sum_disputes(1)
+        assert p.kind == PREVIOUS and p.amount == int.from_bytes(kept[-1].leaf())
+        net.chain.advance(WINDOW + 2)
+        await standby.step()
+        assert cheat.anchor()["state"] == "void"
+        assert standby.auditor.raised == 3  # the entries, the previous, the void
+        assert net.client("requester").pool_of()["debited"] == ETH  # epoch 0's alone
+
+
+async def test_the_anchorer_shows_its_entries_on_demand(tmp_path: Path) -> None:
+    """A bonded watcher demands an honest epoch's entries; the anchoring sentry, restarted
+    from its sqlite file, shows every one, and the anchor becomes final."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    net.client("sentry1").stake(ETH)
+    other = net.client("other")
+    other.stake(ETH)
+    async with await Database.open(tmp_path / "sentry.db") as db:
+        a = await fresh_anchorer(net, db, net.client("sentry1"))
+        assert await a.on_voucher(voucher(net, a.chain.domain, ETH))
+        await a.step()
+        assert a.machine is not None and a.machine.pending is not None
+        pending = a.machine.pending
+        other.dispute_entries(0)
+        restarted = Anchorer(a.chain, db, a.net)
+        await restarted.resume()
+        await restarted.step()
+        assert other.sum_disputes(0) == [] and restarted.sums.answered == 1
+        assert other.entries_shown(0) == ShownEntries.of_rows(pending.entries)
+        net.chain.advance(WINDOW + 1)
+        await restarted.step()
+        assert other.anchor()["state"] == "final"
