@@ -7,6 +7,8 @@ epoch history, and a demand for its entries with them all, even after a restart.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,8 +18,9 @@ from consensus.settlement.merkle import ENTRY_TYPES, MerkleTree
 from consensus.settlement.shown import ShownEntries
 from node.chain.anchorer import Anchorer
 from node.chain.backend import Chain
+from node.chain.client import Settlement
 from storage.db import Database
-from tests.chain.conftest import ETH, make_net
+from tests.chain.conftest import ETH, Net, make_net
 from tests.chain.test_audits_node import WINDOW, earnings_dispute, followed_first_epoch, hand
 from tests.chain.test_epochs import FEE, J1, J2, T0, entries
 from tests.chain.test_settlement_node import fresh_anchorer, voucher
@@ -120,17 +123,24 @@ async def test_an_honest_previous_first_shown_in_an_answer_is_not_disputed(
         assert anchorer.sum_disputes(1) == [] and standby.auditor.raised == 2
 
 
-async def test_the_anchorer_answers_a_dispute_of_an_honest_previous(tmp_path: Path) -> None:
-    """Epoch 0 anchors J1 at 1 ETH, epoch 1 grows it to 3 ETH (``previous`` 1 ETH). A bonded
-    watcher disputes that ``previous`` anyway; the anchorer, restarted from its sqlite file,
-    shows epoch 0's entry, and the anchor becomes final."""
+@asynccontextmanager
+async def anchoring(tmp: Path) -> AsyncIterator[tuple[Net, Settlement, Database, Anchorer]]:
+    """A funded requester, the anchoring sentry (sentry1) on its sqlite file, and a bonded
+    watcher ("other")."""
     net = make_net(Chain.embedded())
     net.client("requester").fund(10 * ETH)
     net.client("sentry1").stake(ETH)
     other = net.client("other")
     other.stake(ETH)
-    async with await Database.open(tmp_path / "sentry.db") as db:
-        a = await fresh_anchorer(net, db, net.client("sentry1"))
+    async with await Database.open(tmp / "sentry.db") as db:
+        yield net, other, db, await fresh_anchorer(net, db, net.client("sentry1"))
+
+
+async def test_the_anchorer_answers_a_dispute_of_an_honest_previous(tmp_path: Path) -> None:
+    """Epoch 0 anchors J1 at 1 ETH, epoch 1 grows it to 3 ETH (``previous`` 1 ETH). A bonded
+    watcher disputes that ``previous`` anyway; the anchorer, restarted from its sqlite file,
+    shows epoch 0's entry, and the anchor becomes final."""
+    async with anchoring(tmp_path) as (net, other, db, a):
         for amount in (ETH, 3 * ETH):
             assert await a.on_voucher(voucher(net, a.chain.domain, amount))
             await a.step()
@@ -189,13 +199,7 @@ async def test_a_standing_by_anchorer_demands_withheld_entries_and_voids_a_raise
 async def test_the_anchorer_shows_its_entries_on_demand(tmp_path: Path) -> None:
     """A bonded watcher demands an honest epoch's entries; the anchoring sentry, restarted
     from its sqlite file, shows every one, and the anchor becomes final."""
-    net = make_net(Chain.embedded())
-    net.client("requester").fund(10 * ETH)
-    net.client("sentry1").stake(ETH)
-    other = net.client("other")
-    other.stake(ETH)
-    async with await Database.open(tmp_path / "sentry.db") as db:
-        a = await fresh_anchorer(net, db, net.client("sentry1"))
+    async with anchoring(tmp_path) as (net, other, db, a):
         assert await a.on_voucher(voucher(net, a.chain.domain, ETH))
         await a.step()
         assert a.machine is not None and a.machine.pending is not None
