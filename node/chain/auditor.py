@@ -89,6 +89,7 @@ class Auditor:
     def __init__(self, service: ChainService, db: Database, me: bytes) -> None:
         self.service, self.db, self.me = service, db, me
         self.leaves: dict[bytes, FinalLeaves] = {}  # earnings root -> a pending epoch's leaves
+        self._shown: tuple[bytes, list[Entry], MerkleTree] | None = None  # entries root, shown
         self._assembling: dict[tuple[str, bytes], LeavesAssembly] = {}
         self._raised: set[tuple[int, bytes, int]] = set()  # (epoch, party or leaf, amount)
         self.wanted: bytes | None = None  # the earnings root of the anchor being audited
@@ -189,6 +190,8 @@ class Auditor:
         entries dispute (with the tree, when shown in OpenZeppelin's layout; otherwise each
         part is checked as an answer is, :meth:`_check_answers`). Not shown, and ``demand``:
         the dispute is raised, once. Otherwise those ``heard``, and no tree."""
+        if self._shown is not None and self._shown[0] == a.entries_root:
+            return self._shown[1], self._shown[2]
         shown = await self.service.call(lambda c: c.entries_shown(a.index))
         if shown is not None:
             try:
@@ -196,6 +199,7 @@ class Auditor:
             except Invalid:  # the contract checked them: not ours to doubt, but not usable
                 tree = None
             if tree is not None:
+                self._shown = (a.entries_root, shown.rows(), tree)
                 return shown.rows(), tree
         if demand and shown is None and self._once(key := (a.index, b"entries", 0)):
             raised = await self.service.call(lambda c: c.sum_disputes(a.index, answered=True))
