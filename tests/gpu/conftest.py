@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,12 @@ from gpu.sandbox import Limits, Sandbox
 
 needs_bwrap = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap is not installed (apt-get install bubblewrap)"
+)
+# Looked up, never imported here: bpy brings Blender's own top-level "gpu" module, which would
+# stand in for ours in this process (render jobs run it in child processes).
+needs_bpy = pytest.mark.skipif(
+    importlib.util.find_spec("bpy") is None,
+    reason="Blender's bpy is not installed (pip install '.[render]')",
 )
 SECRET = b"node-key-secret-bytes-0123456789"
 

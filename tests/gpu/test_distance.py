@@ -7,7 +7,6 @@ produce; a cheat is a state from other work (no steps, fewer samples) or a tampe
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +20,7 @@ from gpu.render import RenderRuntime
 from gpu.runtime import RunSpec, SegmentDone
 from gpu.segmented import FAR, SegmentedRuntime
 from node.verify.play import replay_segment
-from tests.gpu.conftest import needs_bwrap, sandbox
+from tests.gpu.conftest import needs_bpy, needs_bwrap, sandbox
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install '.[torch]')")
 from gpu import train_child as tc  # noqa: E402 - needs torch
@@ -134,11 +133,10 @@ RENDER = Workload(kind="render", entry="scene.py", frames="1", seed=1,
                   params={"samples": "4", "tiles": "2x1", "threads": "1"})  # fmt: skip
 
 
+@needs_bpy
 async def test_render_tiles_with_fewer_samples_or_garbage_are_over_tolerance(
     tmp_path: Path,
 ) -> None:
-    if importlib.util.find_spec("bpy") is None:  # not imported here: its own "gpu" module
-        pytest.skip("bpy is not installed (pip install '.[render]')")
     runtime = RenderRuntime(sandbox())
     tiles = await run(
         runtime, RENDER, task_dir(tmp_path, "worker", EXAMPLES / "render-scene" / "scene.py")

@@ -23,7 +23,7 @@ from gpu.runtimes import Runtimes
 from gpu.train import TrainRuntime
 from node.market.requester import JobManager
 from node.market.worker import WorkerService
-from tests.gpu.conftest import SECRET, needs_bwrap, sandbox
+from tests.gpu.conftest import SECRET, needs_bpy, needs_bwrap, sandbox
 from tests.services.memnet import Hub
 from tests.services.sim import PARAMS, SimNode, make_node, pool_entry
 
@@ -112,8 +112,8 @@ async def test_train_job_through_the_market_returns_a_chain_of_checkpoints(
     await requester.db.close()
 
 
+@needs_bpy
 async def test_render_job_through_the_market_returns_its_tiles(tmp_path: Path) -> None:
-    pytest.importorskip("bpy", reason="Blender's bpy is not installed (pip install '.[render]')")
     shutil.copy(EXAMPLE.parents[1] / "render-scene" / "scene.py", tmp_path / "scene.py")
     doc = {"kind": "render", "io": {"inputs": ["scene.py"], "outputs": ["out/"]},
            "runtime": {"entry": "scene.py", "frames": "2", "seed": 1, "estimate_s": 5,

@@ -18,10 +18,9 @@ from consensus.market.messages import Workload
 from gpu.render import RenderRuntime
 from gpu.runtime import GENESIS, RunResult, RunSpec, SegmentDone, chain
 from gpu.train import file_hash
-from tests.gpu.conftest import needs_bwrap, sandbox
+from tests.gpu.conftest import needs_bpy, needs_bwrap, sandbox
 
-pytest.importorskip("bpy", reason="Blender's bpy is not installed (pip install '.[render]')")
-pytestmark = needs_bwrap
+pytestmark = [needs_bpy, needs_bwrap]
 
 SCENE = Path(__file__).resolve().parents[2] / "examples" / "render-scene" / "scene.py"
 WORKLOAD = Workload(kind="render", entry="scene.py", frames="1-2", seed=1,
