@@ -13,10 +13,11 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import trio
 from eth_account import Account
+from eth_utils.abi import function_abi_to_4byte_selector
 from web3 import Web3
 
 from config.schema import TEST_TOKEN, ChainSettings
@@ -26,6 +27,9 @@ from node.chain.client import Settlement, TxResult
 from node.chain.errors import ChainMisconfigured, ChainReverted, ChainUnavailable
 from node.chain.journal import Journal
 from node.chain.token import deploy_test_token, mint, token_of
+
+if TYPE_CHECKING:
+    from eth_typing import ABIFunction
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,6 +105,13 @@ def check_contract(
     )
     if typehash != bytes(expected):
         raise ChainMisconfigured(f"chain.contract {address}: another version of the contract")
+    missing = missing_functions(bytes(chain.w3.eth.get_code(where)), artifact.abi)
+    if missing:
+        raise ChainMisconfigured(
+            f"chain.contract {address}: another version of the contract, without "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}: deploy this "
+            "version's contract and set chain.contract to it"
+        )
     try:
         actual = token_of(contract)
     except Exception as exc:  # deployed before payment tokens: native coin only
@@ -112,6 +123,22 @@ def check_contract(
             f"chain.token is {token or 'empty (native coin)'} but chain.contract {address} "
             f"pays in {actual or 'native coin'}"
         )
+
+
+def missing_functions(code: bytes, abi: list[dict[str, Any]]) -> list[str]:
+    """The functions of ``abi`` whose selectors ``code`` never pushes: a contract deployed from
+    other sources (an older version would revert this node's newer calls, say a watcher's
+    ``disputeEntries``, only when first sent). Solidity's dispatcher compares the call's
+    selector with each function's, pushed as a constant: PUSH4, or shorter when the selector
+    starts with zero bytes."""
+    out = []
+    for f in abi:
+        if f.get("type") != "function":
+            continue
+        selector = bytes(function_abi_to_4byte_selector(cast("ABIFunction", f))).lstrip(b"\0")
+        if bytes([0x5F + len(selector)]) + selector not in code:
+            out.append(str(f["name"]))
+    return out
 
 
 class ChainService:

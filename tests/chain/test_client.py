@@ -4,10 +4,12 @@ embedded chain, and an outage of a real JSON-RPC chain (anvil) that loses nothin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 from eth_account import Account
+from eth_utils.abi import function_abi_to_4byte_selector
 from web3 import Web3
 
 from config.schema import ChainSettings
@@ -17,7 +19,13 @@ from node.chain.backend import Chain
 from node.chain.client import Settlement
 from node.chain.errors import ChainMisconfigured, ChainReverted, ChainUnavailable
 from node.chain.journal import Journal
-from node.chain.service import FAUCET_WEI, ChainService, open_settlement
+from node.chain.service import (
+    FAUCET_WEI,
+    ChainService,
+    check_contract,
+    missing_functions,
+    open_settlement,
+)
 from node.chain.signing import sign_spend
 from tests.chain.conftest import ETH, Anvil, make_net
 
@@ -159,6 +167,11 @@ def test_rpc_start_up_checks_chain_id_and_contract(anvil: Anvil) -> None:
         open_settlement(
             ChainSettings(**{**good.__dict__, "rpc_url": "http://127.0.0.1:9"}), key, None
         )
+    newer = artifacts.load()  # as if this node were newer than the contract deployed
+    newer.abi.append({"type": "function", "name": "notDeployedYet", "inputs": [], "outputs": [],
+                      "stateMutability": "nonpayable"})  # fmt: skip
+    with pytest.raises(ChainMisconfigured, match=r"another version .* without notDeployedYet"):
+        check_contract(net.chain, newer, net.address)
     ahead = net.chain.w3.eth.block_number + 1000
     with pytest.raises(ChainMisconfigured, match=rf"chain\.from_block {ahead} is past"):
         open_settlement(ChainSettings(**{**good.__dict__, "from_block": ahead}), key, None)
@@ -242,3 +255,19 @@ async def test_an_outage_delays_settlement_and_loses_nothing(
         assert c.job(JOB)["balance"] == ETH  # sent exactly once
     finally:
         node.stop()
+
+
+def test_a_function_is_found_by_its_selector_pushed_as_short_as_it_goes() -> None:
+    """Solidity pushes a selector that starts with a zero byte with PUSH3, not PUSH4."""
+    name = next(f"f{i}" for i in range(100_000)
+                if function_abi_to_4byte_selector(_fn(f"f{i}"))[0] == 0)  # fmt: skip
+    short = bytes(function_abi_to_4byte_selector(_fn(name)))[1:]
+    assert missing_functions(b"\x00\x62" + short + b"\x14", [_fn(name)]) == []
+    assert missing_functions(b"\x00\x63\x00" + short + b"\x14", [_fn(name)]) == [name]
+    assert missing_functions(b"\x00" * 64, [_fn("other"), {"type": "event", "name": "E"}]) == [
+        "other"
+    ]
+
+
+def _fn(name: str) -> dict[str, Any]:
+    return {"type": "function", "name": name, "inputs": [], "outputs": []}
