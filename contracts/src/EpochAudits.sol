@@ -24,11 +24,13 @@ import {Epochs} from "./Epochs.sol";
 /// answer reveals entries (perhaps never gossiped, of a requester that was never debited), so
 /// it keeps the anchor open for another window (`graceEnd`): its requesters may dispute them and
 /// anyone may show a debit below them, before the anchor can become final. Only the anchorer
-/// answers (so none can be answered behind its back). An anchor is final at most about six
+/// answers (so none can be answered behind its back). An anchor is final at most about eight
 /// windows after its post, however many disputes it gets: sum disputes open in the window,
-/// each once; a leaves answer moves the window's end at most two windows on; the grace ends
-/// within two windows of that end; an entry or `previous` dispute raised just before it has one
-/// more window to be answered.
+/// each once; a leaves or entries answer moves the window's end at most two windows on, and
+/// the other demand, raised just before that end, two more; the grace ends within two windows
+/// of the last end; an entry or `previous` dispute raised just before it has one more window
+/// to be answered. (Six without an entries demand: the code size limit left no room to keep
+/// both demands to the first window.)
 ///
 /// Each entry carries `previous`, its line's amount in the last final anchor, so an entry adds
 /// `amount - previous` this epoch. A worker's leaf may grow over its leaf in the last final root
