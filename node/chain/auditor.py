@@ -89,7 +89,9 @@ class Auditor:
     def __init__(self, service: ChainService, db: Database, me: bytes) -> None:
         self.service, self.db, self.me = service, db, me
         self.leaves: dict[bytes, FinalLeaves] = {}  # earnings root -> a pending epoch's leaves
-        self._shown: tuple[bytes, list[Entry], MerkleTree] | None = None  # entries root, shown
+        # The entries shown on chain for an entries root, with their tree (None: not shown in
+        # OpenZeppelin's layout, so only their parts are checked, as answers)
+        self._shown: tuple[bytes, list[Entry], MerkleTree | None] | None = None
         self._assembling: dict[tuple[str, bytes], LeavesAssembly] = {}
         self._raised: set[tuple[int, bytes, int]] = set()  # (epoch, party or leaf, amount)
         self.wanted: bytes | None = None  # the earnings root of the anchor being audited
@@ -181,6 +183,8 @@ class Auditor:
         by_leaf = {e.leaf(): e for e in entries}
         if await self._under_debits(a.index, [by_leaf[x] for x in proof.leaves], proof):
             return True
+        if await self._twice(a.index, entries, proof):  # shown on demand: gossip keeps one
+            return True
         return await self._low_leaves(a, m, entries, tree)
 
     async def _entries(
@@ -190,18 +194,18 @@ class Auditor:
         entries dispute (with the tree, when shown in OpenZeppelin's layout; otherwise each
         part is checked as an answer is, :meth:`_check_answers`). Not shown, and ``demand``:
         the dispute is raised, once. Otherwise those ``heard``, and no tree."""
-        if self._shown is not None and self._shown[0] == a.entries_root:
-            return self._shown[1], self._shown[2]
-        shown = await self.service.call(lambda c: c.entries_shown(a.index))
-        if shown is not None:
-            try:
-                tree = shown.tree()
-            except Invalid:  # the contract checked them: not ours to doubt, but not usable
-                tree = None
-            if tree is not None:
+        if self._shown is None or self._shown[0] != a.entries_root:
+            shown = await self.service.call(lambda c: c.entries_shown(a.index))
+            if shown is not None:
+                try:
+                    tree = shown.tree()
+                except Invalid:  # the contract checked them: not ours to doubt, not usable
+                    tree = None
                 self._shown = (a.entries_root, shown.rows(), tree)
-                return shown.rows(), tree
-        if demand and shown is None and self._once(key := (a.index, b"entries", 0)):
+        if self._shown is not None and self._shown[0] == a.entries_root:
+            _, rows, tree = self._shown
+            return (rows, tree) if tree is not None else (heard, None)
+        if demand and self._once(key := (a.index, b"entries", 0)):
             raised = await self.service.call(lambda c: c.sum_disputes(a.index, answered=True))
             if not any(d.kind == ENTRIES for d in raised):  # else another watcher's: ours too
                 log.warning("another anchorer's epoch entries were not all gossiped: "

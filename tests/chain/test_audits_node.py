@@ -26,6 +26,7 @@ from consensus.settlement.messages import (
     entries_parts,
     entry_of,
 )
+from consensus.settlement.shown import ShownEntries
 from node.chain.anchorer import Anchorer
 from node.chain.audit_calls import SumDispute
 from node.chain.backend import Chain
@@ -381,3 +382,30 @@ async def test_the_requester_disputes_a_made_up_entry_shown_only_in_an_audit_ans
         await disputer.step()
         assert cheat.anchor()["state"] == "void"
         assert net.client("requester").pool_of()["debited"] == 0
+
+
+async def test_a_standing_by_anchorer_voids_two_entries_for_one_line_in_two_shown_parts(
+    tmp_path: Path,
+) -> None:
+    """The same line counted twice, gossiped (the standby keeps one entry per line, so the
+    entries do not add up to their root) and demanded: the cheat shows them a part each, so
+    no one part holds both, and the standby voids with the whole set shown, at once."""
+    async with followed_first_epoch(tmp_path) as (net, standby, first):
+        line, other = entries(net, {(J2, T0, "worker"): ETH, (J3, T0, "worker"): ETH - 1})
+        again = replace(line, previous=1)
+        tree = MerkleTree.of(ENTRY_TYPES, [e.row() for e in (line, again)])
+        fair = assemble([line, other], first.lines, first.earnings, FEE)
+        doubled = replace(fair, entries=(line, again), entries_tree=tree)
+        cheat = net.client("sentry1")
+        cheat.post_anchor(doubled, net.spends(3 * ETH))
+        hand(standby, 1, doubled)
+        await standby.step()
+        net.chain.advance(WINDOW // 2 + 1)
+        await standby.step()
+        assert ENTRIES in {d.kind for d in cheat.sum_disputes(1)}
+        shown = ShownEntries.of_rows(doubled.entries, per_part=1)
+        assert [len(p) for p in shown.parts] == [1, 1]
+        for j in range(2):
+            cheat.answer_entries(1, shown, j)
+        await standby.step()
+        assert cheat.anchor()["state"] == "void"  # no answer time waited out
