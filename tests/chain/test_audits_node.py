@@ -409,3 +409,34 @@ async def test_a_standing_by_anchorer_voids_two_entries_for_one_line_in_two_show
             cheat.answer_entries(1, shown, j)
         await standby.step()
         assert cheat.anchor()["state"] == "void"  # no answer time waited out
+
+
+async def test_the_requester_disputes_a_made_up_entry_shown_on_an_entries_demand(
+    tmp_path: Path,
+) -> None:
+    """The anchorer debits us for an entry it made up and gossips none; a bonded watcher
+    demands the entries, and the anchorer shows them, a part each: the requester reads the
+    parts as it reads answers, and disputes the made-up one within the first half window."""
+    net = make_net(Chain.embedded())
+    net.client("requester").fund(10 * ETH)
+    cheat, watcher = net.client("sentry1"), net.client("sentry2")
+    for bonded in (cheat, watcher):
+        bonded.stake(ETH)
+    r, w = (bytes.fromhex(net.addr(who)[2:]) for who in ("requester", "worker"))
+    epoch = assemble([entry_of(A, r, w, ETH), entry_of(B, r, w, ETH)], {}, {}, FEE)
+    cheat.post_anchor(epoch, net.spends(2 * ETH))
+    async with await Database.open(tmp_path / "requester.db") as db:
+        requester = Requester(net, db, tmp_path / "journal.db")
+        await requester.vouched(A, "worker", ETH)  # B: never ours
+        disputer = await requester.start(Hub())
+        await disputer.step()
+        watcher.dispute_entries(0)
+        shown = ShownEntries.of_rows(epoch.entries, per_part=1)
+        for j in range(len(shown.nodes)):
+            cheat.answer_entries(0, shown, j)
+        await disputer.step()
+        rows = await db.query("SELECT state, job FROM settle_disputes")
+        assert [(x["state"], bytes(x["job"])) for x in rows] == [
+            ("disputed", chain_job_id(B.job_id))
+        ]
+        assert {d.kind for d in cheat.sum_disputes(0, answered=True)} == {ENTRIES}  # no debit one
