@@ -131,8 +131,8 @@ class ShownTree(Generic[R]):
         """
         for j, part in enumerate(self.parts):
             if row in part:
-                path = self._part_proof(part).single_proofs()[self.leaf(row)]
-                return path + _above(self.nodes, j)
+                leaves = [self.leaf(r) for r in part]
+                return part_proof(self.nodes, j, leaves).single_proofs()[self.leaf(row)]
         raise Invalid("shown.proof", f"no leaf 0x{self.leaf(row).hex()} shown")
 
     def part_proofs(self) -> list[tuple[tuple[R, ...], MultiProof]]:

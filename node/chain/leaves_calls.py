@@ -8,8 +8,8 @@ A mixin of :class:`node.chain.client.Settlement`, like :mod:`node.chain.audit_ca
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from eth_abi.abi import encode
 from eth_hash.auto import keccak
@@ -24,6 +24,7 @@ from node.chain.epoch_calls import entry_args, entry_of
 if TYPE_CHECKING:
     from node.chain.client import TxResult
 
+R = TypeVar("R")
 Owed = tuple[tuple[int, Sequence[bytes]], Sequence[Entry], MultiProof]  # base, entries, proof
 
 
@@ -61,29 +62,27 @@ class LeavesCalls:
     def leaves_shown(self, index: int) -> ShownLeaves | None:
         """Anchor ``index``'s leaves as its anchorer showed them, every part under one set of
         nodes (the contract checked each against the root); None until all of one set are."""
-        sets: dict[tuple[bytes, ...], dict[int, tuple[Row, ...]]] = {}
-        for log in self.events("LeavesShown", epoch=index):
-            a = log["args"]
-            nodes = tuple(bytes(n) for n in a["nodes"])
-            rows = tuple((bytes.fromhex(w[2:]), int(c))
-                         for w, c in zip(a["workers"], a["cumulatives"], strict=True))  # fmt: skip
-            parts = sets.setdefault(nodes, {})
-            parts[int(a["part"])] = rows
-            if len(parts) == len(nodes):
-                return ShownLeaves(nodes, tuple(parts[j] for j in range(len(nodes))))
-        return None
+        whole = self._whole("LeavesShown", index, _leaf_rows)
+        return None if whole is None else ShownLeaves(*whole)
 
     def entries_shown(self, index: int) -> ShownEntries | None:
-        """Anchor ``index``'s entries as its anchorer showed them, every part under one set of
-        nodes; None until all of one set are."""
-        sets: dict[tuple[bytes, ...], dict[int, tuple[Entry, ...]]] = {}
-        for log in self.events("EntriesPartShown", epoch=index):
+        """Anchor ``index``'s entries as its anchorer showed them, as :meth:`leaves_shown`."""
+        whole = self._whole("EntriesPartShown", index, lambda a: tuple(map(entry_of, a["entries"])))
+        return None if whole is None else ShownEntries(*whole)
+
+    def _whole(
+        self, event: str, index: int, rows_of: Callable[[Any], tuple[R, ...]]
+    ) -> tuple[tuple[bytes, ...], tuple[tuple[R, ...], ...]] | None:
+        """The nodes and parts of the first set of ``event`` parts of anchor ``index`` shown
+        whole (each part's rows read off its event's arguments by ``rows_of``)."""
+        sets: dict[tuple[bytes, ...], dict[int, tuple[R, ...]]] = {}
+        for log in self.events(event, epoch=index):
             a = log["args"]
             nodes = tuple(bytes(n) for n in a["nodes"])
             parts = sets.setdefault(nodes, {})
-            parts[int(a["part"])] = tuple(entry_of(r) for r in a["entries"])
+            parts[int(a["part"])] = rows_of(a)
             if len(parts) == len(nodes):
-                return ShownEntries(nodes, tuple(parts[j] for j in range(len(nodes))))
+                return nodes, tuple(parts[j] for j in range(len(nodes)))
         return None
 
     def leaves_with_root(self, root: bytes) -> tuple[int, ShownLeaves] | None:
@@ -145,6 +144,11 @@ class LeavesCalls:
         args = [index, Web3.to_checksum_address(worker), [base, list(base_proof)], shown,
                 list(nodes), *self._debit_lists(index)]  # fmt: skip
         return self.send("voidMissingLeaf", args)
+
+
+def _leaf_rows(args: Any) -> tuple[Row, ...]:
+    return tuple((bytes.fromhex(w[2:]), int(c))
+                 for w, c in zip(args["workers"], args["cumulatives"], strict=True))  # fmt: skip
 
 
 def _part(rows: Sequence[Row]) -> list[list[Any]]:
