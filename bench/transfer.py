@@ -6,14 +6,18 @@ On 127.0.0.1, with every sender in its own child process and the receiver in thi
 
 * ``tcp``: the same bytes over one plain trio TCP connection (the baseline);
 * ``stream``: the same bytes written on one bare py-libp2p stream (TCP + Noise + Yamux);
-* ``transfer``: ``idlegrid data serve`` in a child, the dataset fetched by
-  :func:`node.transfer.fetcher.fetch` (hash-checked, journalled, stored), once with chunks on
-  the libp2p stream and once on the sealed bulk channel (the RESULT figure);
-* ``multi``: the bulk transfer from ``--sources`` holders at once.
+* ``transfer``: ``idlegrid data serve`` in a child, a dataset fetched by
+  :func:`node.transfer.fetcher.fetch` (hash-checked, journalled, stored):
+  * the folder as it is (``data add PATH``), on the libp2p stream, then on the bulk channel,
+    which seals every frame with AES-GCM since the chunks are plaintext;
+  * the folder sealed to the receiver (``data add PATH --for PEER``, as a task's inputs are),
+    on the bulk channel, which moves that ciphertext as it is: the RESULT figure;
+* ``multi``: the sealed dataset from ``--sources`` holders at once.
 
-The dataset is a folder of random bytes (incompressible: zstd declines every chunk), 90 % in
-four big files and 10 % in small ones; the multi-source copy is written out and compared.
-Ends with ``RESULT mb_per_s=... ratio_tcp=... ratio_libp2p_stream=... multi_source_mb_per_s=...``.
+The folder is random bytes (incompressible: zstd declines every chunk), 90 % in four big
+files and 10 % in small ones; the multi-source copy is opened, written out and compared.
+Ends with ``RESULT mb_per_s=... ratio_tcp=... ratio_libp2p_stream=... multi_source_mb_per_s=...
+open_mb_per_s=...`` (the last: the plaintext folder on the sealed channel).
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ import time
 from pathlib import Path
 
 import trio
+from nacl.signing import SigningKey
 
+from consensus.peer_id import peer_id_from_public_key
 from consensus.transfer.manifest import Manifest
 from node.transfer.fetcher import fetch
+from node.transfer.sealed import open_tree, seal_tree
 from p2p.host import open_host
 from storage.blobs import BlobStore
 from storage.db import Database
@@ -125,9 +132,9 @@ async def measure_stream(size: int) -> float:
 
 
 async def measure_transfer(
-    work: Path, dataset_id: bytes, addrs: list[str], tag: str, *, bulk: bool
+    work: Path, dataset_id: bytes, addrs: list[str], tag: str, *, bulk: bool, seed: bytes
 ) -> tuple[float, Manifest, BlobStore]:
-    async with open_host(os.urandom(32)) as host, await Database.open(work / f"{tag}.db") as db:
+    async with open_host(seed) as host, await Database.open(work / f"{tag}.db") as db:
         peers = [await host.connect(a) for a in addrs]
         store = BlobStore(work / f"{tag}-chunks")
         # The receiver syncs its store's filesystem as chunks land: without this, its first
@@ -147,9 +154,31 @@ def identical(a: Path, b: Path) -> bool:
     return files == theirs and all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
 
 
-def prepare(work: Path, size: int, holders: int) -> tuple[bytes, list[subprocess.Popen[str]]]:
+def prepare(
+    work: Path, size: int, holders: int, receiver: str
+) -> tuple[bytes, bytes, list[subprocess.Popen[str]]]:
+    """The open and the sealed dataset's ids, and the holders serving them: the first both,
+    the others the sealed one (sealed once, so that every holder has the same ciphertext)."""
+    data = make_folder(work / "dataset", size)
+    sealed = seal_tree(data, receiver, work / "sealed")
+    open_id, sealed_id, servers = add(data, work / "holder0"), b"", []
+    for i in range(holders):
+        home = work / f"holder{i}"
+        sealed_id = add(sealed, home)
+        servers.append(cli("data", "serve", "--public", "--home", str(home)))
+    return open_id, sealed_id, servers
+
+
+def add(path: Path, home: Path) -> bytes:
+    out = subprocess.run(
+        [sys.executable, "-m", "node", "data", "add", str(path), "--home", str(home)],
+        cwd=REPO, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return bytes.fromhex(out.stdout.strip())
+
+
+def make_folder(data: Path, size: int) -> Path:
     """A folder of ``size`` bytes: 90 % in four big files, the rest in 4 KiB-60 KiB files."""
-    data = work / "dataset"
     (data / "small").mkdir(parents=True)
     for i in range(4):
         with (data / f"big{i}.bin").open("wb") as f:
@@ -160,17 +189,7 @@ def prepare(work: Path, size: int, holders: int) -> tuple[bytes, list[subprocess
         n = min(left, 4096 + (i * 7919) % (56 << 10))
         (data / "small" / f"{i:05}.dat").write_bytes(os.urandom(n))
         left, i = left - n, i + 1
-    dataset_id = b""
-    servers = []
-    for i in range(holders):
-        home = work / f"holder{i}"
-        out = subprocess.run(
-            [sys.executable, "-m", "node", "data", "add", str(data), "--home", str(home)],
-            cwd=REPO, check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        dataset_id = bytes.fromhex(out.stdout.strip())
-        servers.append(cli("data", "serve", "--public", "--home", str(home)))
-    return dataset_id, servers
+    return data
 
 
 async def main(size: int, sources: int) -> None:
@@ -178,17 +197,27 @@ async def main(size: int, sources: int) -> None:
     load_before = os.getloadavg()[0]
     tcp = await measure_tcp(size)
     bare = await measure_stream(size)
+    seed = os.urandom(32)
+    receiver = peer_id_from_public_key(bytes(SigningKey(seed).verify_key))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        dataset_id, servers = prepare(work, size, max(sources, 1))
+        open_id, sealed_id, servers = prepare(work, size, max(sources, 1), receiver)
         try:
             addrs = [first_line(s).split()[-1] for s in servers]
-            p2p, _, _ = await measure_transfer(work, dataset_id, addrs[:1], "libp2p", bulk=False)
-            one, _, _ = await measure_transfer(work, dataset_id, addrs[:1], "bulk", bulk=True)
-            multi, manifest, store = await measure_transfer(
-                work, dataset_id, addrs, "multi", bulk=True
+            one, _, _ = await measure_transfer(
+                work, sealed_id, addrs[:1], "sealed", bulk=True, seed=seed
             )
-            materialize(manifest, store, work / "out")
+            opened, manifest, _ = await measure_transfer(
+                work, open_id, addrs[:1], "open", bulk=True, seed=seed
+            )
+            p2p, _, _ = await measure_transfer(
+                work, open_id, addrs[:1], "libp2p", bulk=False, seed=seed
+            )
+            multi, sealed, store = await measure_transfer(
+                work, sealed_id, addrs, "multi", bulk=True, seed=seed
+            )
+            materialize(sealed, store, work / "out")
+            open_tree(work / "out", SigningKey(seed))
             same = identical(work / "dataset", work / "out")
             files = len(manifest.files)
         finally:
@@ -204,12 +233,14 @@ async def main(size: int, sources: int) -> None:
     print(f"  arrived byte-identical: {same}")
     print(f"  plain TCP                   {tcp:8.1f} MB/s   1.00")
     print(f"  bare libp2p stream          {bare:8.1f} MB/s   {bare / tcp:.3f}")
-    print(f"  transfer over libp2p stream {p2p:8.1f} MB/s   {p2p / tcp:.3f}")
-    print(f"  transfer, bulk, 1 source    {one:8.1f} MB/s   {one / tcp:.3f}")
-    print(f"  transfer, bulk, {sources} sources   {multi:8.1f} MB/s   {multi / tcp:.3f}")
+    print(f"  open dataset, libp2p stream {p2p:8.1f} MB/s   {p2p / tcp:.3f}")
+    print(f"  open dataset, bulk, sealed  {opened:8.1f} MB/s   {opened / tcp:.3f}")
+    print(f"  sealed dataset, bulk, plain {one:8.1f} MB/s   {one / tcp:.3f}   (RESULT)")
+    print(f"  sealed, bulk, {sources} sources     {multi:8.1f} MB/s   {multi / tcp:.3f}")
     print(
         f"RESULT mb_per_s={one:.1f} ratio_tcp={one / tcp:.3f} "
-        f"ratio_libp2p_stream={one / bare:.3f} multi_source_mb_per_s={multi:.1f} load={load:.1f}"
+        f"ratio_libp2p_stream={one / bare:.3f} multi_source_mb_per_s={multi:.1f} "
+        f"open_mb_per_s={opened:.1f} open_ratio_tcp={opened / tcp:.3f} load={load:.1f}"
     )
 
 

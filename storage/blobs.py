@@ -92,7 +92,7 @@ class BlobStore:
         """
         return self.put_stream((data,), sync=sync)
 
-    def put_hashed(self, data: bytes, digest: str, *, sync: bool = True) -> None:
+    def put_hashed(self, data: bytes | memoryview, digest: str, *, sync: bool = True) -> None:
         """Store ``data`` under ``digest``, which the caller has just computed from it.
 
         For the chunk fetcher, which hashes every chunk to check it against its manifest:
@@ -116,7 +116,11 @@ class BlobStore:
         return self._write(chunks, blake3(), sync, "")
 
     def _write(
-        self, chunks: Iterable[bytes], hasher: blake3 | None, sync: bool, digest: str
+        self,
+        chunks: Iterable[bytes | memoryview],
+        hasher: blake3 | None,
+        sync: bool,
+        digest: str,
     ) -> str:
         """Writes ``chunks`` to a temporary file and installs it under what ``hasher`` made of
         them, or (without one) under ``digest``."""

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Take = Callable[[bytes], Awaitable[None]]
+Take = Callable[[bytes | memoryview], Awaitable[None]]
 
 PROTOCOL = "/idlegrid/blob/1"
 PIECE_BYTES = 1 << 20
@@ -288,11 +288,12 @@ class BlobShare:
         try:
             with part.open("ab") as out:
 
-                def write(data: bytes) -> None:
+                def write(data: bytes | memoryview) -> None:
                     hasher.update(data)
                     out.write(data)
 
-                async def take(data: bytes) -> None:  # off the event loop: disks are slow
+                async def take(data: bytes | memoryview) -> None:
+                    # off the event loop: disks are slow
                     await trio.to_thread.run_sync(write, data)
 
                 await self._fill(holder, addrs, ref, offset, take)
@@ -355,6 +356,7 @@ class BlobShare:
                     raise HolderLied(f"a bulk frame of {len(data)} bytes at {offset}")
                 await take(data)
                 offset += len(data)
+                channel.release(data)
         except (RequestError, trio.TooSlowError) as exc:
             log.info("bulk channel for a blob broke, taking the rest in pieces",
                      extra={"holder": short(holder), "error": repr(exc)})  # fmt: skip

@@ -8,6 +8,7 @@ standby one, and comes back only if the others cannot serve what is left.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sqlite3
@@ -29,12 +30,20 @@ from node.transfer.channel import (
     KEY_BYTES,
     TOKEN_BYTES,
     ChunkChannel,
+    PlainChannel,
     SealedChannel,
     StreamChannel,
     ticket_frame,
 )
 from node.transfer.probe import probe_all
-from node.transfer.wire import BULK_PROTOCOL, CHUNKS_PROTOCOL, MAX_CHUNK_FRAME, unpack_chunk
+from node.transfer.sealed import is_sealed
+from node.transfer.wire import (
+    BULK_PROTOCOL,
+    CHUNKS_PROTOCOL,
+    MAX_CHUNK_FRAME,
+    split_chunk_reply,
+    unpack_chunk,
+)
 from p2p.framing import RequestError, StreamFailed, decode_body, encode_frame, frame_limits
 from p2p.host import DialError, Host
 from storage import transfer_access as access
@@ -62,16 +71,24 @@ def now_ms() -> int:
 
 
 async def open_bulk(
-    host: Host, peer: str, request: dict[str, Any], protocol: str = BULK_PROTOCOL
+    host: Host,
+    peer: str,
+    request: dict[str, Any],
+    protocol: str = BULK_PROTOCOL,
+    *,
+    ciphertext: bool = False,
 ) -> ChunkChannel:
-    """A sealed bulk channel to ``peer``, from a ticket asked for over libp2p.
+    """A bulk channel to ``peer``, from a ticket asked for over libp2p.
 
     ``request`` goes to ``protocol``, a request/response protocol whose handler answers with
     :meth:`~node.transfer.server.TransferServer.issue_ticket` (by default the one for a
-    dataset's chunks: ``{"d": dataset id}``).
+    dataset's chunks: ``{"d": dataset id}``). A ticket without a key is for a plain channel,
+    taken only for ``ciphertext`` (what will move is sealed end to end already): a holder
+    that offers one for anything else would send our data in the clear, and is refused.
 
     Raises:
-        RequestError: no ticket (refused, or the holder has no bulk channel).
+        RequestError: no ticket (refused, or the holder has no bulk channel), or a plain one
+            for data that is not ``ciphertext``.
         DialError: no libp2p stream to ask on.
         OSError: the TCP connection failed.
     """
@@ -80,7 +97,7 @@ async def open_bulk(
     try:
         with trio.fail_after(CHUNK_TIMEOUT_S):
             await channel.send(ticket_frame(request))
-            reply = decode_body(await channel.receive(4096), frame_limits(4096))
+            reply = decode_body(bytes(await channel.receive(4096)), frame_limits(4096))
         remote = stream.get_remote_address()
     except trio.TooSlowError:
         raise RequestError("no bulk ticket in time") from None
@@ -90,14 +107,16 @@ async def open_bulk(
     if not isinstance(ticket, dict) or remote is None:
         raise RequestError(f"no bulk ticket: {reply!r:.100}")
     port, token, key = ticket.get("port"), ticket.get("token"), ticket.get("key")
-    if not (isinstance(port, int) and isinstance(token, bytes) and isinstance(key, bytes)):
+    if not (isinstance(port, int) and isinstance(token, bytes) and len(token) == TOKEN_BYTES):
         raise RequestError("malformed bulk ticket")
-    if len(token) != TOKEN_BYTES or len(key) != KEY_BYTES:
+    if key is None and not ciphertext:
+        raise RequestError("a plain bulk ticket, for data that is not sealed end to end")
+    if key is not None and not (isinstance(key, bytes) and len(key) == KEY_BYTES):
         raise RequestError("malformed bulk ticket")
     return await _connect_bulk(remote[0], port, token, key)
 
 
-async def _connect_bulk(ip: str, port: int, token: bytes, key: bytes) -> ChunkChannel:
+async def _connect_bulk(ip: str, port: int, token: bytes, key: bytes | None) -> ChunkChannel:
     """Connects to a holder's bulk port and presents the ticket's token.
 
     A port behind NAT is usually not forwarded, and a firewall that drops the connection
@@ -116,7 +135,7 @@ async def _connect_bulk(ip: str, port: int, token: bytes, key: bytes) -> ChunkCh
             if isinstance(exc, trio.BrokenResourceError):
                 raise StreamFailed(f"bulk connection broke: {exc!r}") from exc
             raise
-        return SealedChannel(sock, key, client=True)
+        return PlainChannel(sock) if key is None else SealedChannel(sock, key, client=True)
     raise StreamFailed(f"bulk port {port} did not answer in {BULK_CONNECT_TIMEOUT_S:.0f} s")
 
 
@@ -155,13 +174,13 @@ class Refused(Invalid):
     peer_fault = False
 
 
-def _payload_of(reply: Any, index: int) -> tuple[bool, bytes]:
+def _payload_of(reply: Any, index: int) -> tuple[bool, bytes | memoryview]:
     if not isinstance(reply, dict) or reply.get("i") != index:
         raise Invalid("chunk reply", "not the chunk asked for")
     if "e" in reply:
         raise Refused("chunk reply", f"refused: {reply['e']!r:.40}")
     payload, compressed = reply.get("b"), reply.get("z")
-    if not isinstance(payload, bytes) or not isinstance(compressed, bool):
+    if not isinstance(payload, bytes | memoryview) or not isinstance(compressed, bool):
         raise Invalid("chunk reply", "expected {i, z: bool, b: bytes}")
     return compressed, payload
 
@@ -233,7 +252,9 @@ class Run:
     async def _open(self, peer: str) -> ChunkChannel:
         if self.bulk:
             try:
-                return await open_bulk(self.host, peer, {"d": self.dataset_id})
+                request = {"d": self.dataset_id}
+                sealed = is_sealed(self.manifest)
+                return await open_bulk(self.host, peer, request, ciphertext=sealed)
             except (RequestError, DialError, OSError) as exc:
                 log.info("no bulk channel from %s (%r): using the libp2p stream", short(peer), exc)
         return StreamChannel(await self.host.new_stream(peer, CHUNKS_PROTOCOL))
@@ -306,21 +327,34 @@ class Run:
             async for index, sent_at in receive:
                 timeout = links.chunk_timeout(link.rate_bps(trio.current_time()), self.chunk_bytes)
                 with trio.fail_after(timeout):
-                    reply = decode_body(await channel.receive(MAX_CHUNK_FRAME), self.limits)
+                    body = await channel.receive(MAX_CHUNK_FRAME)
+                reply = self._reply_of(channel, body)
                 link.inflight = max(link.inflight - 1, 0)
                 link.room.set()
                 if stats.banned or stats.slow:
                     break
                 await checkers.acquire()
-                nursery.start_soon(self._check, checkers, peer, index, reply, sent_at)
+                done = functools.partial(_done, checkers, channel, body, reply)
+                nursery.start_soon(self._check, done, peer, index, reply, sent_at)
+
+    def _reply_of(self, channel: ChunkChannel, body: bytes | memoryview) -> Any:
+        """The reply in ``body``: a chunk's payload a view into it (``body`` is handed back
+        once the chunk is stored), anything else decoded (``body`` handed back at once)."""
+        reply = split_chunk_reply(body)
+        if reply is None:
+            try:
+                reply = decode_body(bytes(body), self.limits)
+            finally:
+                channel.release(body)
+        return reply
 
     async def _check(
-        self, checkers: trio.Semaphore, peer: str, index: int, reply: Any, sent_at: float
+        self, done: Callable[[], None], peer: str, index: int, reply: Any, sent_at: float
     ) -> None:
         try:
             await self._accept(peer, index, reply, sent_at)
         finally:
-            checkers.release()
+            done()
 
     async def _accept(self, peer: str, index: int, reply: Any, sent_at: float) -> bool:
         chunk = self.manifest.chunks[index]
@@ -365,7 +399,7 @@ class Run:
                 x.room.set()
                 self._signal()
 
-    def _verify_and_store(self, compressed: bool, payload: bytes, chunk: Any) -> None:
+    def _verify_and_store(self, compressed: bool, payload: bytes | memoryview, chunk: Any) -> None:
         data = unpack_chunk(compressed, payload, chunk.size, chunk.hash)
         # Made durable by flush(), before the journal says so.
         self.store.put_hashed(data, chunk.hash.hex(), sync=False)
@@ -404,6 +438,16 @@ class Run:
     ) -> None:
         journal.mark_have(conn, self.dataset_id, batch, moved, now_ms())
         access.record_probes(conn, self.dataset_id, rows)
+
+
+def _done(
+    checkers: trio.Semaphore, channel: ChunkChannel, body: bytes | memoryview, reply: Any
+) -> None:
+    """A reply is verified and stored, or refused: make room for the next one, and hand its
+    body back to the channel if the payload was a view into it."""
+    checkers.release()
+    if isinstance(reply, dict) and isinstance(reply.get("b"), memoryview):
+        channel.release(body)
 
 
 def _state_of(p: Probe) -> str:

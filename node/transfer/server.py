@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -23,16 +25,28 @@ from libp2p.network.stream.exceptions import StreamError
 from consensus.codec import DEFAULT_LIMITS
 from consensus.errors import Invalid
 from consensus.transfer.manifest import Manifest
-from node.transfer.channel import KEY_BYTES, TOKEN_BYTES, ChunkChannel, SealedChannel, StreamChannel
+from node.transfer.channel import (
+    KEY_BYTES,
+    TOKEN_BYTES,
+    Body,
+    ChunkChannel,
+    PlainChannel,
+    SealedChannel,
+    StreamChannel,
+)
 from node.transfer.probe import PROBE_BYTES, PROBE_PROTOCOL, probe_reply
+from node.transfer.sealed import is_sealed
 from node.transfer.wire import (
     BULK_PROTOCOL,
     CHUNKS_PROTOCOL,
     MANIFEST_PROTOCOL,
     MAX_CHUNK_FRAME,
     MAX_MANIFEST_FRAME,
+    SAMPLE_BYTES,
     chunk_reply_frame,
+    chunk_reply_head,
     pack_chunk,
+    sample_compresses,
 )
 from p2p import reqresp
 from p2p.framing import RequestError, decode_body, encode_frame
@@ -57,9 +71,13 @@ ServeChannel = Callable[[ChunkChannel], Awaitable[None]]
 
 
 class _Reply:
+    """A reply being prepared: a whole frame, or the head of one whose payload is a file."""
+
     def __init__(self) -> None:
         self.ready = trio.Event()
         self.frame = b""
+        self.index = -1
+        self.file: tuple[Path, int] | None = None  # a verified blob and its size, after frame
 
 
 class TransferServer:
@@ -72,8 +90,8 @@ class TransferServer:
         # (peer, dataset) -> how many requesters lent it: a job's data shared with its other
         # workers, taken back when that requester's tasks here are forgotten
         self._lent: Counter[tuple[str, bytes]] = Counter()
-        # token -> (peer, key, what serves the channel, expiry)
-        self._tickets: dict[bytes, tuple[str, bytes, ServeChannel, float]] = {}
+        # token -> (peer, key (None: a plain channel), what serves the channel, expiry)
+        self._tickets: dict[bytes, tuple[str, bytes | None, ServeChannel, float]] = {}
         self._channels: Counter[str] = Counter()  # bulk channels open, per peer
         self.bulk_port: int | None = None
         # Chunks sent per dataset offered now, for status and tests (withdraw clears it).
@@ -155,7 +173,11 @@ class TransferServer:
                             break  # idle: finish what was asked, then close
                         reply = _Reply()
                         await send.send(reply)
-                        nursery.start_soon(self._prepare, reply, peer, body)
+                        nursery.start_soon(
+                            functools.partial(
+                                self._prepare, reply, peer, body, files=channel.zero_copy
+                            )
+                        )
         except* (RequestError, StreamError, EOFError) as group:
             log.debug("chunk channel from %s ended: %r", peer, group.exceptions[0])
         await channel.aclose()
@@ -165,11 +187,23 @@ class TransferServer:
     ) -> None:
         async for reply in receive:
             await reply.ready.wait()
-            await channel.send(reply.frame)
+            if reply.file is None:
+                await channel.send(reply.frame)
+                continue
+            path, size = reply.file
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:  # removed since it was verified
+                await channel.send(_refusal(reply.index, NOT_FOUND))
+                continue
+            try:
+                await channel.send_file(reply.frame, fd, 0, size)
+            finally:
+                os.close(fd)
 
-    async def _prepare(self, reply: _Reply, peer: str, body: bytes) -> None:
+    async def _prepare(self, reply: _Reply, peer: str, body: Body, *, files: bool) -> None:
         try:
-            reply.frame = await self._answer(peer, decode_body(body, DEFAULT_LIMITS))
+            await self._answer(reply, peer, decode_body(bytes(body), DEFAULT_LIMITS), files=files)
         except (Invalid, RequestError) as exc:
             reply.frame = _refusal(-1, f"malformed: {exc}"[:100])
         reply.ready.set()
@@ -195,15 +229,21 @@ class TransferServer:
 
     async def _ticket(self, peer: str, payload: Any) -> Any:
         dataset_id = payload.get("d") if isinstance(payload, dict) else None
-        if self._manifest_for(peer, dataset_id) is None:
+        manifest = self._manifest_for(peer, dataset_id)
+        if manifest is None:
             raise RequestRejected(NOT_FOUND, "no such dataset for you")
-        return self.issue_ticket(peer, functools.partial(self._serve_channel, peer))
+        serve = functools.partial(self._serve_channel, peer)
+        return self.issue_ticket(peer, serve, sealed=not is_sealed(manifest))
 
-    def issue_ticket(self, peer: str, serve: ServeChannel) -> dict[str, Any]:
+    def issue_ticket(
+        self, peer: str, serve: ServeChannel, *, sealed: bool = True
+    ) -> dict[str, Any]:
         """A one-time ticket for ``peer`` to open a bulk channel, which ``serve`` then serves.
 
         Other request/response protocols hand these out too (the market's task files): the
-        channel is ours, what travels on it is theirs.
+        channel is ours, what travels on it is theirs. With ``sealed`` the ticket carries a
+        key and every frame is sealed under it; without, for what is sealed end to end already,
+        frames go as they are (:class:`~node.transfer.channel.PlainChannel`).
 
         Raises:
             RequestRejected: ``no_bulk``, when this node has no bulk listener (say, one
@@ -218,9 +258,11 @@ class TransferServer:
         held = sum(v[0] == peer for v in self._tickets.values()) + self._channels[peer]
         if held >= MAX_BULK_PER_PEER:  # each holds a socket and a task (and a file) here
             raise RequestRejected("busy", f"{held} bulk channels open or promised to you")
-        token, key = secrets.token_bytes(TOKEN_BYTES), secrets.token_bytes(KEY_BYTES)
+        token = secrets.token_bytes(TOKEN_BYTES)
+        key = secrets.token_bytes(KEY_BYTES) if sealed else None
         self._tickets[token] = (peer, key, serve, now + TICKET_TTL_S)
-        return {"port": self.bulk_port, "token": token, "key": key}
+        ticket = {"port": self.bulk_port, "token": token}
+        return ticket if key is None else ticket | {"key": key}
 
     async def _bulk_connection(self, sock: trio.SocketStream) -> None:
         token = b""
@@ -234,7 +276,7 @@ class TransferServer:
             await sock.aclose()
             return
         peer, key, serve, _ = ticket
-        channel = SealedChannel(sock, key, client=False)
+        channel = PlainChannel(sock) if key is None else SealedChannel(sock, key, client=False)
         self._channels[peer] += 1
         try:
             await serve(channel)
@@ -246,26 +288,55 @@ class TransferServer:
                 del self._channels[peer]
             await channel.aclose()
 
-    async def _answer(self, peer: str, request: Any) -> bytes:
-        """The reply's frame: the chunk, or a refusal."""
+    async def _answer(self, reply: _Reply, peer: str, request: Any, *, files: bool) -> None:
+        """Prepares ``reply``: the chunk, or a refusal. With ``files`` (a channel that sends
+        files itself) a chunk that would not compress goes as its verified file."""
         if not isinstance(request, dict) or not isinstance(request.get("i"), int):
             raise Invalid("chunk request", "expected {d: bytes, i: int}")
-        index = request["i"]
+        reply.index = index = request["i"]
         manifest = self._manifest_for(peer, request.get("d"))
         if manifest is None or not 0 <= index < len(manifest.chunks):
-            return _refusal(index, NOT_FOUND)
+            reply.frame = _refusal(index, NOT_FOUND)
+            return
+        digest = manifest.chunks[index].hash.hex()
         try:
-            data = await self.read_chunk(manifest.chunks[index].hash.hex())
+            reply.file = await self.chunk_file(digest) if files else None
+            if reply.file is None:
+                data = await self.read_chunk(digest)
+                reply.frame = await trio.to_thread.run_sync(_chunk_frame, index, data)
+            else:
+                reply.frame = chunk_reply_head(index, False, reply.file[1])
         except (FileNotFoundError, CorruptBlob):
-            return _refusal(index, NOT_FOUND)
-        frame = await trio.to_thread.run_sync(_chunk_frame, index, data)
+            reply.frame, reply.file = _refusal(index, NOT_FOUND), None
+            return
         if request["d"] in self._offered:  # not withdrawn while it was read
             self.served[request["d"]] += 1
-        return frame
 
     async def read_chunk(self, digest: str) -> bytes:
         """The chunk's bytes from the store, verified (a test overrides this to lie)."""
         return await trio.to_thread.run_sync(self.store.get, digest)
+
+    async def chunk_file(self, digest: str) -> tuple[Path, int] | None:
+        """The chunk's file and size, verified, to be sent as it is; None for a chunk worth
+        compressing, read and sent as a frame instead (a test overrides this to lie).
+
+        Raises:
+            FileNotFoundError, CorruptBlob: not here (a corrupt blob is quarantined).
+        """
+        return await trio.to_thread.run_sync(_incompressible_file, self.store, digest)
+
+
+def _incompressible_file(store: BlobStore, digest: str) -> tuple[Path, int] | None:
+    path = store.path(digest)
+    size = path.stat().st_size
+    if size <= SAMPLE_BYTES:
+        return None  # small: read and packed as a frame, compressed if that pays
+    with path.open("rb") as f:
+        if sample_compresses(f.read(SAMPLE_BYTES)):
+            return None
+    if not store.verify(digest):
+        raise CorruptBlob(digest, path)
+    return path, size
 
 
 def _chunk_frame(index: int, data: bytes) -> bytes:

@@ -9,6 +9,7 @@ included) is a stand-in, and the DHT's hour between provides runs on a mock cloc
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,7 @@ import trio.testing
 
 from node.discovery import REPROVIDE_S
 from node.transfer import local
-from node.transfer.server import ANYONE, TransferServer
+from node.transfer.server import ANYONE, TransferServer, _Reply
 from node.transfer.service import DataService, dataset_key
 from node.transfer.task_cache import TaskCache
 from storage.db import Database
@@ -151,7 +152,7 @@ async def test_a_withdrawn_dataset_leaves_no_served_count(tmp_path: Path) -> Non
     server.grant(ANYONE, dataset_id)
     ask = {"d": dataset_id, "i": 0}
     HeldServer.go.set()
-    await server._answer("peer", ask)
+    await server._answer(_Reply(), "peer", ask, files=False)
     assert server.served[dataset_id] == 1
     server.withdraw(dataset_id)
     assert dataset_id not in server.served
@@ -159,7 +160,7 @@ async def test_a_withdrawn_dataset_leaves_no_served_count(tmp_path: Path) -> Non
     server.grant(ANYONE, dataset_id)
     HeldServer.go = trio.Event()
     async with trio.open_nursery() as n:
-        n.start_soon(server._answer, "peer", ask)
+        n.start_soon(functools.partial(server._answer, _Reply(), "peer", ask, files=False))
         await trio.testing.wait_all_tasks_blocked()  # the chunk is being read
         server.withdraw(dataset_id)
         HeldServer.go.set()
