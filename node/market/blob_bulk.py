@@ -19,6 +19,7 @@ midway, from where it broke.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -79,6 +80,16 @@ class TransferBulk:
         return await open_bulk(self.host, peer, request, protocol, ciphertext=True)
 
 
+def _load(fd: int, offset: int, count: int) -> None:
+    """Brings a range of the file into the page cache, so that sending it from there (a
+    ``sendfile`` on the event loop) never waits on the disk: a checkpoint of gigabytes may
+    not have been read in a long time."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+    with mmap.mmap(fd, offset + count - start, flags=flags, prot=mmap.PROT_READ, offset=start):
+        pass
+
+
 async def send_blob(path: Path, offset: int, channel: ChunkChannel) -> None:
     """The holder's side: ``path``'s bytes from ``offset`` to its end, then nothing more.
 
@@ -91,6 +102,7 @@ async def send_blob(path: Path, offset: int, channel: ChunkChannel) -> None:
         size = os.fstat(f.fileno()).st_size
         while offset < size:
             count = min(BULK_PIECE_BYTES, size - offset)
+            await trio.to_thread.run_sync(_load, f.fileno(), offset, count)
             with trio.move_on_after(SEND_TIMEOUT_S):
                 await channel.send_file(HEADER.pack(count), f.fileno(), offset, count)
                 offset += count

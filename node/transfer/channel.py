@@ -51,9 +51,13 @@ Body = bytes | memoryview  # a frame's body as received (a view: see PlainChanne
 
 
 class ChunkChannel(Protocol):
-    """Frames both ways. A sender of chunks may check ``zero_copy`` and hand over files."""
+    """Frames both ways.
 
-    zero_copy: bool
+    ``plain``: frames cross the wire as they are, so only ciphertext may be sent on it, and
+    files may be handed over whole (:meth:`send_file` without a copy of ours).
+    """
+
+    plain: bool
 
     async def send(self, frame: bytes) -> None: ...
 
@@ -74,7 +78,7 @@ class ChunkChannel(Protocol):
 class _Framed:
     """What the channels that take frames whole share: files read into a frame, no reuse."""
 
-    zero_copy = False
+    plain = False
 
     async def send(self, frame: bytes) -> None:
         raise NotImplementedError
@@ -232,7 +236,7 @@ class PlainChannel(TcpChannel):
     receiver's time). :meth:`send_file` hands the kernel the file itself.
     """
 
-    zero_copy = True
+    plain = True
 
     def __init__(self, sock: trio.SocketStream) -> None:
         super().__init__(sock)

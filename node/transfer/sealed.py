@@ -46,9 +46,10 @@ def seal_tree(source: Path, peer_id: str, staging: Path) -> Path:
 
 
 def is_sealed(manifest: Manifest) -> bool:
-    """A dataset made by :func:`seal_tree` (holding these two files is what marks it)."""
+    """A dataset made by :func:`seal_tree`: these two files and nothing else (a folder that
+    merely holds a sealed one among open files is open, and must not cross the wire plain)."""
     names = {f.path for f in manifest.files}
-    return {f"{SEALED_DIR}/{KEY_FILE}", f"{SEALED_DIR}/{DATA_FILE}"} <= names
+    return names == {f"{SEALED_DIR}/{KEY_FILE}", f"{SEALED_DIR}/{DATA_FILE}"}
 
 
 def open_tree(out: Path, signing_key: nacl.signing.SigningKey) -> None:

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 60.0
 NOT_FOUND = "not_found"
+NOT_SEALED = "not_sealed"  # an open dataset's chunk asked for on a plain channel
 TICKET_TTL_S = 30.0
 MAX_BULK_PER_PEER = 8  # bulk channels open or promised to one peer at once
 SERVE_AHEAD = 4  # replies prepared at once per channel
@@ -174,9 +175,7 @@ class TransferServer:
                         reply = _Reply()
                         await send.send(reply)
                         nursery.start_soon(
-                            functools.partial(
-                                self._prepare, reply, peer, body, files=channel.zero_copy
-                            )
+                            functools.partial(self._prepare, reply, peer, body, plain=channel.plain)
                         )
         except* (RequestError, StreamError, EOFError) as group:
             log.debug("chunk channel from %s ended: %r", peer, group.exceptions[0])
@@ -201,11 +200,11 @@ class TransferServer:
             finally:
                 os.close(fd)
 
-    async def _prepare(self, reply: _Reply, peer: str, body: Body, *, files: bool) -> None:
+    async def _prepare(self, reply: _Reply, peer: str, body: Body, *, plain: bool) -> None:
         try:
-            await self._answer(reply, peer, decode_body(bytes(body), DEFAULT_LIMITS), files=files)
+            await self._answer(reply, peer, decode_body(bytes(body), DEFAULT_LIMITS), plain=plain)
         except (Invalid, RequestError) as exc:
-            reply.frame = _refusal(-1, f"malformed: {exc}"[:100])
+            reply.frame, reply.file = _refusal(-1, f"malformed: {exc}"[:100]), None
         reply.ready.set()
 
     async def run_bulk(
@@ -288,9 +287,13 @@ class TransferServer:
                 del self._channels[peer]
             await channel.aclose()
 
-    async def _answer(self, reply: _Reply, peer: str, request: Any, *, files: bool) -> None:
-        """Prepares ``reply``: the chunk, or a refusal. With ``files`` (a channel that sends
-        files itself) a chunk that would not compress goes as its verified file."""
+    async def _answer(self, reply: _Reply, peer: str, request: Any, *, plain: bool) -> None:
+        """Prepares ``reply``: the chunk, or a refusal.
+
+        On a ``plain`` channel only a sealed dataset's chunks are served (an open one's would
+        cross the wire in the clear: a request injected on the path could ask for one), and
+        one that would not compress goes as its verified file.
+        """
         if not isinstance(request, dict) or not isinstance(request.get("i"), int):
             raise Invalid("chunk request", "expected {d: bytes, i: int}")
         reply.index = index = request["i"]
@@ -298,14 +301,17 @@ class TransferServer:
         if manifest is None or not 0 <= index < len(manifest.chunks):
             reply.frame = _refusal(index, NOT_FOUND)
             return
+        if plain and not is_sealed(manifest):
+            reply.frame = _refusal(index, NOT_SEALED)
+            return
         digest = manifest.chunks[index].hash.hex()
         try:
-            reply.file = await self.chunk_file(digest) if files else None
-            if reply.file is None:
+            found = await self.chunk_file(digest) if plain else None
+            if found is None:
                 data = await self.read_chunk(digest)
                 reply.frame = await trio.to_thread.run_sync(_chunk_frame, index, data)
             else:
-                reply.frame = chunk_reply_head(index, False, reply.file[1])
+                reply.frame, reply.file = chunk_reply_head(index, False, found[1]), found
         except (FileNotFoundError, CorruptBlob):
             reply.frame, reply.file = _refusal(index, NOT_FOUND), None
             return

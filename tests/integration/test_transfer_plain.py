@@ -1,6 +1,7 @@
 """The plain bulk channel for datasets sealed end to end: their chunks go out straight from the
-holder's files, a holder lying that way is still caught, and a plain ticket for a dataset that
-is not sealed is refused (the fetch takes the libp2p stream instead)."""
+holder's files, a holder lying that way is still caught, a plain ticket for a dataset that is
+not sealed is refused (the fetch takes the libp2p stream instead), and a plain channel serves
+no open dataset's chunk."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import nacl.signing
 import pytest
 import trio
 
-from node.transfer.channel import PlainChannel
+from node.transfer.channel import PlainChannel, SealedChannel
 from node.transfer.fetcher import fetch, open_bulk
-from node.transfer.sealed import open_tree, seal_tree
+from node.transfer.sealed import is_sealed, open_tree, seal_tree
 from node.transfer.server import ServeChannel, TransferServer
-from p2p.framing import RequestError
+from node.transfer.wire import split_chunk_reply
+from p2p.framing import RequestError, decode_body, encode_frame, frame_limits
 from p2p.host import open_host
 from storage.blobs import BlobStore
 from storage.db import Database
@@ -113,4 +115,56 @@ async def test_a_plain_ticket_is_taken_for_sealed_data_only(tmp_path: Path) -> N
         assert len(holder.server._tickets) == 2
         materialize(result.manifest, store, tmp_path / "out")
         assert tree(tmp_path / "out") == tree(tmp_path / "open")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_plain_channel_serves_no_open_dataset(tmp_path: Path) -> None:
+    """A request injected on the path of a plain channel, for an open dataset the same peer
+    may fetch, is refused: its chunks would cross the wire in the clear."""
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "f").write_bytes(os.urandom(300_000))
+    make_tree(tmp_path / "src", big_files=1, small_files=2)
+    async with (
+        open_host(os.urandom(32)) as me,
+        open_host(os.urandom(32)) as h,
+        trio.open_nursery() as nursery,
+    ):
+        holder = Holder(h, tmp_path / "holder")
+        await nursery.start(holder.server.run_bulk)
+        await me.connect(h.addrs[0])
+        sealed = seal_tree(tmp_path / "src", me.peer_id, tmp_path / "s")
+        sealed_id, _ = holder.add(sealed, me.peer_id)
+        open_id, _ = holder.add(tmp_path / "open", me.peer_id)
+        with trio.fail_after(TIMEOUT_S):
+            channel = await open_bulk(me, h.peer_id, {"d": sealed_id}, ciphertext=True)
+            assert isinstance(channel, PlainChannel)
+            for dataset_id in (open_id, sealed_id):
+                await channel.send(encode_frame({"d": dataset_id, "i": 0}, 4096))
+            refused = decode_body(bytes(await channel.receive(1 << 20)), frame_limits(1 << 20))
+            assert refused == {"i": 0, "e": "not_sealed"}
+            served = split_chunk_reply(await channel.receive(1 << 20))
+            assert served is not None and served["i"] == 0 and len(served["b"]) > 0
+            await channel.aclose()
+        assert holder.server.served[open_id] == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_folder_holding_a_sealed_one_among_open_files_is_open(tmp_path: Path) -> None:
+    make_tree(tmp_path / "src", big_files=1, small_files=2)
+    async with (
+        open_host(os.urandom(32)) as me,
+        open_host(os.urandom(32)) as h,
+        trio.open_nursery() as nursery,
+    ):
+        mixed = seal_tree(tmp_path / "src", me.peer_id, tmp_path / "mixed")
+        (mixed / "notes.txt").write_text("an open file beside the sealed ones")
+        holder = Holder(h, tmp_path / "holder")
+        await nursery.start(holder.server.run_bulk)
+        await me.connect(h.addrs[0])
+        dataset_id, manifest = holder.add(mixed, me.peer_id)
+        assert not is_sealed(manifest)
+        with trio.fail_after(TIMEOUT_S):
+            channel = await open_bulk(me, h.peer_id, {"d": dataset_id}, ciphertext=True)
+            assert isinstance(channel, SealedChannel), "its ticket carries a key"
+            await channel.aclose()
         nursery.cancel_scope.cancel()

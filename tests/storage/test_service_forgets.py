@@ -152,7 +152,7 @@ async def test_a_withdrawn_dataset_leaves_no_served_count(tmp_path: Path) -> Non
     server.grant(ANYONE, dataset_id)
     ask = {"d": dataset_id, "i": 0}
     HeldServer.go.set()
-    await server._answer(_Reply(), "peer", ask, files=False)
+    await server._answer(_Reply(), "peer", ask, plain=False)
     assert server.served[dataset_id] == 1
     server.withdraw(dataset_id)
     assert dataset_id not in server.served
@@ -160,7 +160,7 @@ async def test_a_withdrawn_dataset_leaves_no_served_count(tmp_path: Path) -> Non
     server.grant(ANYONE, dataset_id)
     HeldServer.go = trio.Event()
     async with trio.open_nursery() as n:
-        n.start_soon(functools.partial(server._answer, _Reply(), "peer", ask, files=False))
+        n.start_soon(functools.partial(server._answer, _Reply(), "peer", ask, plain=False))
         await trio.testing.wait_all_tasks_blocked()  # the chunk is being read
         server.withdraw(dataset_id)
         HeldServer.go.set()
