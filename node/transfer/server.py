@@ -188,17 +188,8 @@ class TransferServer:
             await reply.ready.wait()
             if reply.file is None:
                 await channel.send(reply.frame)
-                continue
-            path, size = reply.file
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:  # removed since it was verified
-                await channel.send(_refusal(reply.index, NOT_FOUND))
-                continue
-            try:
-                await channel.send_file(reply.frame, fd, 0, size)
-            finally:
-                os.close(fd)
+            else:
+                await _send_file(channel, reply.index, reply.frame, *reply.file)
 
     async def _prepare(self, reply: _Reply, peer: str, body: Body, *, plain: bool) -> None:
         try:
@@ -330,6 +321,18 @@ class TransferServer:
             FileNotFoundError, CorruptBlob: not here (a corrupt blob is quarantined).
         """
         return await trio.to_thread.run_sync(_incompressible_file, self.store, digest)
+
+
+async def _send_file(channel: ChunkChannel, index: int, head: bytes, path: Path, size: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # removed since it was verified
+        await channel.send(_refusal(index, NOT_FOUND))
+        return
+    try:
+        await channel.send_file(head, fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def _incompressible_file(store: BlobStore, digest: str) -> tuple[Path, int] | None:
