@@ -48,6 +48,7 @@ from node.market.sealing import (
     open_key,
     seal_key,
 )
+from node.transfer.channel import Body
 from p2p.host import DialError
 from p2p.reqresp import RemoteError, RequestError, RequestRejected
 from storage.blobs import BlobStore, check_digest
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Take = Callable[[bytes | memoryview], Awaitable[None]]
+Take = Callable[[Body], Awaitable[None]]
 
 PROTOCOL = "/idlegrid/blob/1"
 PIECE_BYTES = 1 << 20
@@ -288,11 +289,11 @@ class BlobShare:
         try:
             with part.open("ab") as out:
 
-                def write(data: bytes | memoryview) -> None:
+                def write(data: Body) -> None:
                     hasher.update(data)
                     out.write(data)
 
-                async def take(data: bytes | memoryview) -> None:
+                async def take(data: Body) -> None:
                     # off the event loop: disks are slow
                     await trio.to_thread.run_sync(write, data)
 

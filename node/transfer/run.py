@@ -29,6 +29,7 @@ from consensus.transfer.schedule import MAX_FAILURES, Schedule
 from node.transfer.channel import (
     KEY_BYTES,
     TOKEN_BYTES,
+    Body,
     ChunkChannel,
     PlainChannel,
     SealedChannel,
@@ -174,7 +175,7 @@ class Refused(Invalid):
     peer_fault = False
 
 
-def _payload_of(reply: Any, index: int) -> tuple[bool, bytes | memoryview]:
+def _payload_of(reply: Any, index: int) -> tuple[bool, Body]:
     if not isinstance(reply, dict) or reply.get("i") != index:
         raise Invalid("chunk reply", "not the chunk asked for")
     if "e" in reply:
@@ -337,7 +338,7 @@ class Run:
                 done = functools.partial(_done, checkers, channel, body, reply)
                 nursery.start_soon(self._check, done, peer, index, reply, sent_at)
 
-    def _reply_of(self, channel: ChunkChannel, body: bytes | memoryview) -> Any:
+    def _reply_of(self, channel: ChunkChannel, body: Body) -> Any:
         """The reply in ``body``: a chunk's payload a view into it (``body`` is handed back
         once the chunk is stored), anything else decoded (``body`` handed back at once)."""
         reply = split_chunk_reply(body)
@@ -399,7 +400,7 @@ class Run:
                 x.room.set()
                 self._signal()
 
-    def _verify_and_store(self, compressed: bool, payload: bytes | memoryview, chunk: Any) -> None:
+    def _verify_and_store(self, compressed: bool, payload: Body, chunk: Any) -> None:
         data = unpack_chunk(compressed, payload, chunk.size, chunk.hash)
         # Made durable by flush(), before the journal says so.
         self.store.put_hashed(data, chunk.hash.hex(), sync=False)
@@ -440,9 +441,7 @@ class Run:
         access.record_probes(conn, self.dataset_id, rows)
 
 
-def _done(
-    checkers: trio.Semaphore, channel: ChunkChannel, body: bytes | memoryview, reply: Any
-) -> None:
+def _done(checkers: trio.Semaphore, channel: ChunkChannel, body: Body, reply: Any) -> None:
     """A reply is verified and stored, or refused: make room for the next one, and hand its
     body back to the channel if the payload was a view into it."""
     checkers.release()
