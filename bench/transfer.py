@@ -13,8 +13,9 @@ On 127.0.0.1, with every sender in its own child process and the receiver in thi
   :func:`node.transfer.fetcher.fetch` (hash-checked, journalled, stored):
   * the folder as it is (``data add PATH``), on the libp2p stream, then on the bulk channel,
     which seals every frame with AES-GCM since the chunks are plaintext;
-  * the folder sealed to the receiver (``data add PATH --for PEER``, as a task's inputs are),
-    on the bulk channel, which moves that ciphertext as it is: the RESULT figure;
+  * the folder sealed to the receiver (``data add PATH --for PEER``, as a task's inputs are,
+    in that command's 4 MiB chunks, ``--sealed-chunk-kib`` to change), on the bulk channel,
+    which moves that ciphertext as it is: the RESULT figure;
 * ``multi``: the sealed dataset from ``--sources`` holders at once.
 
 The folder is random bytes (incompressible: zstd declines every chunk), 90 % in four big
@@ -43,7 +44,7 @@ from nacl.signing import SigningKey
 from consensus.peer_id import peer_id_from_public_key
 from consensus.transfer.manifest import decode_manifest
 from node.transfer.fetcher import fetch
-from node.transfer.sealed import open_tree, seal_tree
+from node.transfer.sealed import SEALED_CHUNK_BYTES, open_tree, seal_tree
 from p2p.host import open_host
 from storage.blobs import BlobStore
 from storage.db import Database
@@ -53,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = "/idlegrid/bench/bulk/1"
 BLOCK = 256 << 10
 WINDOW: list[int | None] = [None]  # None: each link's window adapts (consensus.transfer.links)
+SEALED_CHUNK_KIB = [SEALED_CHUNK_BYTES >> 10]  # what `data add --for` chooses
 
 
 def child(*args: str) -> subprocess.Popen[str]:
@@ -198,14 +200,14 @@ def prepare(
     open_id, sealed_id, servers = add(data, work / "holder0"), b"", []
     for i in range(holders):
         home = work / f"holder{i}"
-        sealed_id = add(sealed, home)
+        sealed_id = add(sealed, home, "--chunk-kib", str(SEALED_CHUNK_KIB[0]))
         servers.append(cli("data", "serve", "--public", "--home", str(home)))
     return open_id, sealed_id, servers
 
 
-def add(path: Path, home: Path) -> bytes:
+def add(path: Path, home: Path, *extra: str) -> bytes:
     out = subprocess.run(
-        [sys.executable, "-m", "node", "data", "add", str(path), "--home", str(home)],
+        [sys.executable, "-m", "node", "data", "add", str(path), "--home", str(home), *extra],
         cwd=REPO, check=True, capture_output=True, text=True,
     )  # fmt: skip
     return bytes.fromhex(out.stdout.strip())
@@ -269,7 +271,7 @@ async def main(size: int, sources: int) -> None:
     print(f"{size >> 20} MiB on 127.0.0.1, senders in child processes")
     print(
         f"  load average (1 min) {load:.1f} on {os.cpu_count()} CPUs;"
-        f" window {WINDOW[0] or 'adaptive'}"
+        f" window {WINDOW[0] or 'adaptive'}; sealed chunks {SEALED_CHUNK_KIB[0]} KiB"
     )
     print(f"  arrived byte-identical: {bool(got['same'])}")
     print(f"  plain TCP, the dataset's files {tcp:8.1f} MB/s   1.00   (the baseline)")
@@ -294,6 +296,12 @@ if __name__ == "__main__":
     parser.add_argument(
         "--window", type=int, default=0, help="requests in flight per source (0: adapt)"
     )
+    parser.add_argument(
+        "--sealed-chunk-kib",
+        type=int,
+        default=SEALED_CHUNK_KIB[0],
+        help=f"the sealed dataset's chunk size (default {SEALED_CHUNK_KIB[0]}, as data add --for)",
+    )
     parser.add_argument("--tcp-sender", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--files-sender", help=argparse.SUPPRESS)
     parser.add_argument("--stream-sender", type=int, help=argparse.SUPPRESS)
@@ -306,4 +314,5 @@ if __name__ == "__main__":
         trio.run(stream_sender, args.stream_sender)
     else:
         WINDOW[0] = args.window or None
+        SEALED_CHUNK_KIB[0] = args.sealed_chunk_kib
         trio.run(main, args.mib << 20, args.sources)

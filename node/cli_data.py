@@ -24,12 +24,13 @@ import trio
 from consensus.errors import Invalid
 from consensus.market.messages import DATASET_HEX
 from consensus.peer_id import public_key_from_peer_id, short
+from consensus.transfer.plan import DEFAULT_CHUNK_BYTES
 from node import identity
 from node.cli_base import BadInput, Failure, emit, failure, home_option, json_option, table
 from node.client import ApiClient, NotRunning
 from node.home import Home, HomeError, resolve_home
 from node.transfer import local
-from node.transfer.sealed import seal_tree
+from node.transfer.sealed import SEALED_CHUNK_BYTES, seal_tree
 from storage import dataset_cache as cache
 from storage import transfer_access as access
 from storage import transfer_journal as journal
@@ -80,7 +81,11 @@ def data() -> None:
 
 @data.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--chunk-kib", type=click.IntRange(64, 8192), default=1024, show_default=True)
+@click.option(
+    "--chunk-kib",
+    type=click.IntRange(64, 8192),
+    help=f"[default: {DEFAULT_CHUNK_BYTES >> 10}, {SEALED_CHUNK_BYTES >> 10} with --for]",
+)
 @click.option("--public", is_flag=True, help="serve it to any peer that asks")
 @click.option(
     "--grant", "grants", multiple=True, help="peer id to serve it to, or * for anyone (repeat)"
@@ -91,7 +96,7 @@ def data() -> None:
 def add(
     *,
     path: Path,
-    chunk_kib: int,
+    chunk_kib: int | None,
     public: bool,
     grants: tuple[str, ...],
     for_peer: str | None,
@@ -103,12 +108,11 @@ def add(
     peers = [_grantee(p) for p in grants] + ([_peer(for_peer)] if for_peer else [])
     peers += [ANYONE] if public and ANYONE not in peers else []
     staging = Path(tempfile.mkdtemp(dir=home.root, prefix="sealing-")) if for_peer else None
+    chunk_bytes = chunk_kib << 10 if chunk_kib else _default_chunk_bytes(sealed=bool(for_peer))
     try:
         if for_peer and staging:
             path = seal_tree(path, for_peer, staging)
-        dataset_id, manifest = local.add(
-            home.db, local.chunk_store(home.root), path, chunk_kib << 10
-        )
+        dataset_id, manifest = local.add(home.db, local.chunk_store(home.root), path, chunk_bytes)
     except UnsupportedEntry as exc:
         raise BadInput(f"PATH: {exc}") from None
     except Invalid as exc:
@@ -128,6 +132,12 @@ def add(
     if not info["served_by_daemon"] and not as_json:  # on stderr: stdout stays the bare id
         click.echo(_unserved_note(home), err=True)
     emit(as_json, info, lambda i: i["dataset_id"])
+
+
+def _default_chunk_bytes(*, sealed: bool) -> int:
+    """Bigger for a sealed dataset: it shares no chunk with any other (see
+    :data:`node.transfer.sealed.SEALED_CHUNK_BYTES`)."""
+    return SEALED_CHUNK_BYTES if sealed else DEFAULT_CHUNK_BYTES
 
 
 def _unserved_note(home: Home) -> str:

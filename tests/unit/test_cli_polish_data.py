@@ -4,6 +4,7 @@ that a holder refused names the grant that would let it through."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,21 @@ def test_add_grant_star_grants_anyone(tmp_path: Path) -> None:
     assert grants_of(home, info["dataset_id"]) == ["*"]
     sealed = run("add", str(tmp_path / "f.txt"), "--for", "*", "--home", str(home))
     assert sealed.exit_code == 2 and "not a node's peer id" in sealed.output, "* has no key"
+
+
+def test_a_sealed_dataset_takes_4_mib_chunks_unless_told(tmp_path: Path) -> None:
+    home, big = tmp_path / "home", tmp_path / "big.bin"
+    big.write_bytes(os.urandom(9 << 20))
+
+    def chunks(*args: str) -> int:
+        result = run("add", str(big), "--home", str(home), "--json", *args)
+        assert result.exit_code == 0, result.output
+        return int(json.loads(result.stdout)["chunks"])
+
+    assert chunks() == 9, "an open file: 1 MiB chunks"
+    # The sealed tar is a little over 9 MiB; the key box goes in a pack chunk of its own.
+    assert chunks("--for", PEER) == 3 + 1, "sealed: 4 MiB chunks (it shares none anyway)"
+    assert chunks("--for", PEER, "--chunk-kib", "1024") == 10 + 1
 
 
 class RefusingDaemon:
