@@ -54,8 +54,8 @@ class Holder:
         self.server = server_cls(host, self.store)
         self.server.register()
 
-    def add(self, path: Path, peer: str) -> tuple[bytes, Manifest]:
-        dataset_id, manifest = add(self.root / "node.db", self.store, path, CHUNK)
+    def add(self, path: Path, peer: str, chunk_bytes: int = CHUNK) -> tuple[bytes, Manifest]:
+        dataset_id, manifest = add(self.root / "node.db", self.store, path, chunk_bytes)
         self.server.offer(dataset_id, manifest)
         self.server.grant(peer, dataset_id)
         return dataset_id, manifest

@@ -15,7 +15,7 @@ import trio
 
 from node.transfer.channel import PlainChannel, SealedChannel
 from node.transfer.fetcher import fetch, open_bulk
-from node.transfer.sealed import is_sealed, open_tree, seal_tree
+from node.transfer.sealed import SEALED_CHUNK_BYTES, is_sealed, open_tree, seal_tree
 from node.transfer.server import ServeChannel, TransferServer
 from node.transfer.wire import split_chunk_reply
 from p2p.framing import RequestError, decode_body, encode_frame, frame_limits
@@ -82,6 +82,35 @@ async def test_a_sealed_dataset_moves_from_files_past_a_lying_holder(tmp_path: P
         assert result.sources[h1.peer_id].banned and result.sources[h1.peer_id].chunks == 0
         assert result.sources[h2.peer_id].chunks == len(manifest.chunks)
         assert FileCounter.files >= len(manifest.chunks) - 2  # the tail chunks may be small
+        materialize(result.manifest, store, tmp_path / "out")
+        open_tree(tmp_path / "out", nacl.signing.SigningKey(seed))
+        assert tree(tmp_path / "out") == tree(tmp_path / "src")
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk", "stream"])
+async def test_a_sealed_dataset_in_its_default_chunks_moves_either_way(
+    tmp_path: Path, bulk: bool
+) -> None:
+    seed = os.urandom(32)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "weights.bin").write_bytes(os.urandom(9 << 20))
+    async with (
+        open_host(seed) as me,
+        await Database.open(tmp_path / "r.db") as db,
+        open_host(os.urandom(32)) as h,
+        trio.open_nursery() as nursery,
+    ):
+        sealed = seal_tree(tmp_path / "src", me.peer_id, tmp_path / "sealed")
+        holder = Holder(h, tmp_path / "holder")
+        await nursery.start(holder.server.run_bulk)
+        await me.connect(h.addrs[0])
+        dataset_id, manifest = holder.add(sealed, me.peer_id, SEALED_CHUNK_BYTES)
+        assert max(c.size for c in manifest.chunks) == SEALED_CHUNK_BYTES
+        store = BlobStore(tmp_path / "r-chunks")
+        with trio.fail_after(TIMEOUT_S):
+            result = await fetch(me, db, store, dataset_id, [h.peer_id], bulk=bulk)
+        assert result.chunks_moved == len(manifest.chunks)
         materialize(result.manifest, store, tmp_path / "out")
         open_tree(tmp_path / "out", nacl.signing.SigningKey(seed))
         assert tree(tmp_path / "out") == tree(tmp_path / "src")
