@@ -39,6 +39,7 @@ from storage.errors import CorruptBlob
 from storage.transfer_files import UnsafeTarget, UnsupportedEntry
 
 ANYONE = "*"  # node.transfer.server.ANYONE, not imported: it pulls in libp2p
+LIVE_ROUTE_MS = 10_000  # route records newer than this are a running fetch's
 POLL_S = 0.25  # how often a get run by the daemon is looked at
 
 
@@ -316,8 +317,9 @@ def _get_standalone(
 @home_option
 @json_option
 def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
-    """Transfers recorded here: state, progress, bytes moved, sources, and each route's
-    probe (round trip, rate, requests in flight chosen for it). ORIGIN "for tasks": fetched
+    """Transfers recorded here: state, progress, rate and time left (while a fetch runs),
+    bytes moved, sources, and each route's probe (round trip, rate, requests in flight
+    chosen for it). ORIGIN "for tasks": fetched
     by this worker for a task, deleted when another task needs the room. COPY "yes": written
     out once for tasks to link to (its files' size again on disk)."""
     home = _home(home_dir)
@@ -337,22 +339,43 @@ def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
         ]  # fmt: skip
     finally:
         conn.close()
+    now = int(time.time() * 1000)
+    for row in rows:
+        row["rate_bps"], row["eta_s"] = _rate_and_eta(row, now)
     if wanted is not None and not rows:
         raise BadInput(f"no dataset {wanted.hex()[:16]} here")
     emit(as_json, rows, _status_table)
 
 
+def _rate_and_eta(row: dict[str, Any], now_ms: int) -> tuple[int | None, float | None]:
+    """The fetch's rate (its used routes' together) and the seconds left at that rate; None
+    for a transfer that no fetch drives now (a running one records its routes every second,
+    so older records are from a run that ended or was killed)."""
+    live = [
+        x for x in row["routes"]
+        if x["state"] == "used" and now_ms - x["updated_ms"] <= LIVE_ROUTE_MS
+    ]  # fmt: skip
+    if row["state"] != journal.FETCHING or not live:
+        return None, None
+    rate = sum(int(x["rate_bps"]) for x in live)
+    left = row["bytes_total"] - row["bytes_have"]
+    return rate, (round(left / rate, 1) if rate else None)
+
+
 def _status_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no transfers"
-    lines = [("DATASET", "ORIGIN", "STATE", "PROGRESS", "MOVED", "CHUNK", "SOURCES", "COPY")]
+    lines = [("DATASET", "ORIGIN", "STATE", "PROGRESS", "RATE", "ETA", "MOVED", "CHUNK",
+              "SOURCES", "COPY")]  # fmt: skip
     for r in rows:
         pct = 100 * r["bytes_have"] // max(r["bytes_total"], 1)
         bar = "#" * (pct // 10) + "." * (10 - pct // 10)
         origin = r["origin"] if r["for_tasks_used_ms"] is None else "for tasks"
         lines.append((
             r["dataset_id"][:16], origin, r["state"],
-            f"[{bar}] {pct}% of {r['bytes_total']} B", f"{r['bytes_moved']} B",
+            f"[{bar}] {pct}% of {r['bytes_total']} B",
+            "-" if r["rate_bps"] is None else f"{r['rate_bps'] / 1e6:.1f} MB/s",
+            "-" if r["eta_s"] is None else f"{r['eta_s']:.0f} s", f"{r['bytes_moved']} B",
             f"~{r['chunk_kib']} KiB", str(len(r["sources"])), "yes" if r["written_out"] else "-",
         ))  # fmt: skip
     routes = [("  ROUTE OF", "PEER", "STATE", "RTT", "RATE", "WINDOW", "VIA")]

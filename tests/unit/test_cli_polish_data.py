@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from click.testing import CliRunner
 
 from node import cli_data
 from node.cli import cli
-from node.transfer import commands
+from node.transfer import commands, local
 from node.transfer.fetcher import FetchFailed
 from storage import transfer_access as access
+from storage import transfer_journal as journal
 from storage.db import open_sync
 
 DATASET = "ab" * 32
@@ -61,6 +63,40 @@ def test_a_sealed_dataset_takes_4_mib_chunks_unless_told(tmp_path: Path) -> None
     # The sealed tar is a little over 9 MiB; the key box goes in a pack chunk of its own.
     assert chunks("--for", PEER) == 3 + 1, "sealed: 4 MiB chunks (it shares none anyway)"
     assert chunks("--for", PEER, "--chunk-kib", "1024") == 10 + 1
+
+
+def test_status_shows_a_running_fetchs_rate_and_time_left(tmp_path: Path) -> None:
+    home, src = tmp_path / "home", tmp_path / "f.bin"
+    src.write_bytes(os.urandom(3 << 20))
+    _, manifest = local.add(home / "node.db", local.chunk_store(home), src)
+    fetching, ended = b"\x01" * 32, b"\x02" * 32
+    now = int(time.time() * 1000)
+    conn = open_sync(home / "node.db")
+    try:
+        for dataset_id, at in ((fetching, now), (ended, now - 60_000)):
+            journal.open_transfer(conn, dataset_id, manifest, journal.FETCHED, now)
+            journal.mark_have(conn, dataset_id, [0], 1 << 20, now)
+            routes = [
+                access.ProbeRow(p, "/ip4/127.0.0.1", "used", 900, 1_000_000, 8, at)
+                for p in ("peer-a", "peer-b")
+            ] + [access.ProbeRow("peer-c", "/ip4/127.0.0.1", "standby", 900, 5, 8, at)]
+            access.record_probes(conn, dataset_id, routes)
+        conn.commit()
+    finally:
+        conn.close()
+
+    def status(dataset_id: bytes) -> Any:
+        result = run("status", dataset_id.hex(), "--home", str(home), "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)[0]
+
+    running = status(fetching)
+    assert running["rate_bps"] == 2_000_000, "the used routes' rates together"
+    assert running["eta_s"] == round((2 << 20) / 2_000_000, 1), "2 MiB left at 2 MB/s"
+    assert status(ended)["rate_bps"] is None, "routes recorded a minute ago: no fetch runs"
+    table = run("status", fetching.hex(), "--home", str(home)).output
+    assert "2.0 MB/s" in table and " 1 s " in table, table
+    assert run("status", "--home", str(home)).exit_code == 0
 
 
 class RefusingDaemon:
