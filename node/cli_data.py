@@ -24,13 +24,13 @@ import trio
 from consensus.errors import Invalid
 from consensus.market.messages import DATASET_HEX
 from consensus.peer_id import public_key_from_peer_id, short
-from consensus.transfer.plan import DEFAULT_CHUNK_BYTES
+from consensus.transfer.plan import DEFAULT_CHUNK_BYTES, DEFAULT_PACK_BELOW
 from node import identity
 from node.cli_base import BadInput, Failure, emit, failure, home_option, json_option, table
 from node.client import ApiClient, NotRunning
 from node.home import Home, HomeError, resolve_home
 from node.transfer import local
-from node.transfer.sealed import SEALED_CHUNK_BYTES, seal_tree
+from node.transfer.sealed import SEALED_CHUNK_BYTES, SEALED_DIR, seal_tree
 from storage import dataset_cache as cache
 from storage import transfer_access as access
 from storage import transfer_journal as journal
@@ -39,7 +39,7 @@ from storage.errors import CorruptBlob
 from storage.transfer_files import UnsafeTarget, UnsupportedEntry
 
 ANYONE = "*"  # node.transfer.server.ANYONE, not imported: it pulls in libp2p
-LIVE_ROUTE_MS = 10_000  # route records newer than this are a running fetch's
+LIVE_MS = 10_000  # a transfer or route recorded more recently is a running fetch's
 POLL_S = 0.25  # how often a get run by the daemon is looked at
 
 
@@ -84,7 +84,7 @@ def data() -> None:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--chunk-kib",
-    type=click.IntRange(64, 8192),
+    type=click.IntRange(DEFAULT_PACK_BELOW >> 10, 8192),  # small files pack into one chunk
     help=f"[default: {DEFAULT_CHUNK_BYTES >> 10}, {SEALED_CHUNK_BYTES >> 10} with --for]",
 )
 @click.option("--public", is_flag=True, help="serve it to any peer that asks")
@@ -242,7 +242,17 @@ def get(
         raise failure(exc) from None
     else:
         result = _follow(home, dataset_id)
+    if result.get("sealed") and not result.get("opened"):  # on stderr: stdout is the result
+        click.echo(_unopened_note(out), err=True)
     emit(as_json, result, lambda r: f"{r['dataset_id']} -> {r['out']}")
+
+
+def _unopened_note(out: Path) -> str:
+    return (
+        f"note: the dataset is sealed to one node's key, and with no daemon running here this "
+        f"get has none: {out / SEALED_DIR} holds its ciphertext. Start the node it is sealed "
+        "to and get it through that node's daemon, which opens it"
+    )
 
 
 def _follow(home: Home, dataset_id: bytes) -> dict[str, Any]:
@@ -330,7 +340,7 @@ def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
         for_tasks = cache.cached(conn)
         rows = [
             {**vars(r), "dataset_id": r.dataset_id.hex(),
-             "chunk_kib": r.bytes_total // max(r.chunks_total, 1) >> 10,
+             "chunk_kib": -(-r.chunk_bytes // 1024),  # the size it was cut in, rounded up
              "for_tasks_used_ms": for_tasks.get(r.dataset_id),
              "written_out": trees.has(r.dataset_id),
              "sources": {p: vars(s) for p, s in journal.sources(conn, r.dataset_id).items()},
@@ -341,21 +351,29 @@ def status(dataset: str | None, home_dir: str | None, as_json: bool) -> None:
         conn.close()
     now = int(time.time() * 1000)
     for row in rows:
+        row["running"] = _running(row, now)
         row["rate_bps"], row["eta_s"] = _rate_and_eta(row, now)
     if wanted is not None and not rows:
         raise BadInput(f"no dataset {wanted.hex()[:16]} here")
     emit(as_json, rows, _status_table)
 
 
+def _running(row: dict[str, Any], now_ms: int) -> bool:
+    """Whether a fetch drives this transfer now. A running one records the transfer when it
+    opens and its routes every second, so nothing recorded for :data:`LIVE_MS` means a fetch
+    that ended or was killed (a later ``get`` resumes it)."""
+    latest: int = max([row["updated_ms"], *(x["updated_ms"] for x in row["routes"])])
+    return bool(row["state"] == journal.FETCHING) and now_ms - latest <= LIVE_MS
+
+
 def _rate_and_eta(row: dict[str, Any], now_ms: int) -> tuple[int | None, float | None]:
-    """The fetch's rate (its used routes' together) and the seconds left at that rate; None
-    for a transfer that no fetch drives now (a running one records its routes every second,
-    so older records are from a run that ended or was killed)."""
+    """A running fetch's rate (its used routes' together) and the seconds left at that rate;
+    None for a transfer that no fetch drives now."""
     live = [
         x for x in row["routes"]
-        if x["state"] == "used" and now_ms - x["updated_ms"] <= LIVE_ROUTE_MS
+        if x["state"] == "used" and now_ms - x["updated_ms"] <= LIVE_MS
     ]  # fmt: skip
-    if row["state"] != journal.FETCHING or not live:
+    if not row["running"] or not live:
         return None, None
     rate = sum(int(x["rate_bps"]) for x in live)
     left = row["bytes_total"] - row["bytes_have"]
@@ -371,12 +389,13 @@ def _status_table(rows: list[dict[str, Any]]) -> str:
         pct = 100 * r["bytes_have"] // max(r["bytes_total"], 1)
         bar = "#" * (pct // 10) + "." * (10 - pct // 10)
         origin = r["origin"] if r["for_tasks_used_ms"] is None else "for tasks"
+        state = "stopped" if r["state"] == journal.FETCHING and not r["running"] else r["state"]
         lines.append((
-            r["dataset_id"][:16], origin, r["state"],
+            r["dataset_id"][:16], origin, state,
             f"[{bar}] {pct}% of {r['bytes_total']} B",
             "-" if r["rate_bps"] is None else f"{r['rate_bps'] / 1e6:.1f} MB/s",
             "-" if r["eta_s"] is None else f"{r['eta_s']:.0f} s", f"{r['bytes_moved']} B",
-            f"~{r['chunk_kib']} KiB", str(len(r["sources"])), "yes" if r["written_out"] else "-",
+            f"{r['chunk_kib']} KiB", str(len(r["sources"])), "yes" if r["written_out"] else "-",
         ))  # fmt: skip
     routes = [("  ROUTE OF", "PEER", "STATE", "RTT", "RATE", "WINDOW", "VIA")]
     for r in rows:
@@ -423,10 +442,21 @@ def remove(dataset: str, home_dir: str | None, as_json: bool) -> None:
 @home_option
 def serve(listen: str, public: bool, home_dir: str | None) -> None:
     """Serve the complete datasets here (to the peers granted each, or with --public to any
-    peer) until interrupted, with a throwaway key; prints the address. A running daemon
-    serves them itself, with the node's key."""
-    from node.transfer.commands import serve_datasets  # noqa: PLC0415 (libp2p: only when used)
+    peer) until interrupted, with a throwaway key; prints the address. Grants are read once,
+    at start. A running daemon serves them itself, with the node's key."""
+    # libp2p only when used: it costs every other command a second of start-up.
+    from node.transfer.commands import serve_datasets  # noqa: PLC0415
+    from p2p.host import ListenError, check_listen  # noqa: PLC0415
 
     home = _home(home_dir, create=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(serve_datasets, home, listen, public)
+    try:
+        check_listen([listen])
+    except ValueError as exc:
+        raise BadInput(f"--listen: {exc}") from None
+    except ListenError as exc:
+        raise Failure(f"--listen: {exc.strerror}") from None
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(serve_datasets, home, listen, public)
+    except ListenError as exc:  # a port taken since the check
+        raise Failure(f"--listen: {exc.strerror}") from None

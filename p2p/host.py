@@ -317,6 +317,17 @@ async def _close_connection(conn: INetConn) -> None:
         logger.warning("error closing a libp2p connection", exc_info=True)
 
 
+def check_listen(listen: Sequence[str]) -> None:
+    """Raises what :func:`open_host` would for these TCP listen addresses, before any host
+    starts, so a command can name the flag at fault.
+
+    Raises:
+        ValueError: an address is malformed or not /ip4|ip6/<ip>/tcp/<port>.
+        ListenError: a fixed port is already bound.
+    """
+    _parse_listen(listen)
+
+
 def _parse_listen(listen: Sequence[str], quic: bool = False) -> list[multiaddr.Multiaddr]:
     if isinstance(listen, str):
         raise TypeError("listen is a sequence of multiaddrs, not one string")

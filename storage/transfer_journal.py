@@ -32,6 +32,7 @@ class TransferRow:
     chunks_moved: int
     error: str | None
     updated_ms: int
+    chunk_bytes: int  # the largest chunk: the size the dataset was cut in
 
 
 def open_transfer(
@@ -130,7 +131,7 @@ def transfers(conn: sqlite3.Connection, dataset_id: bytes | None = None) -> list
     rows = conn.execute(
         "SELECT t.dataset_id, t.origin, t.state, t.chunks_total,"
         " COALESCE(SUM(c.have), 0), t.bytes_total, COALESCE(SUM(c.have * c.size), 0),"
-        " t.bytes_moved, t.chunks_moved, t.error, t.updated_ms"
+        " t.bytes_moved, t.chunks_moved, t.error, t.updated_ms, COALESCE(MAX(c.size), 0)"
         " FROM transfers t LEFT JOIN transfer_chunks c ON c.dataset_id = t.dataset_id"
         " WHERE ? IS NULL OR t.dataset_id = ?"
         " GROUP BY t.dataset_id ORDER BY t.updated_ms DESC",

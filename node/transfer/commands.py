@@ -13,6 +13,7 @@ import trio
 from node.home import Home
 from node.transfer import local
 from node.transfer.fetcher import Progress, fetch
+from node.transfer.sealed import is_sealed
 from node.transfer.server import TransferServer
 from p2p.host import DialError, Host, open_host
 from storage import dataset_cache as cache
@@ -43,6 +44,8 @@ async def get_dataset(
         "out": str(out),
         "chunks_moved": result.chunks_moved,
         "bytes_moved": result.bytes_moved,
+        "sealed": is_sealed(result.manifest),
+        "opened": False,  # only the daemon holds the node key a sealed dataset opens with
         "sources": {p: vars(s) for p, s in result.sources.items()},
     }
 

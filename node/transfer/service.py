@@ -348,7 +348,7 @@ class DataService:
         job.result = {
             "dataset_id": dataset_id.hex(), "out": str(out),
             "chunks_moved": result.chunks_moved, "bytes_moved": result.bytes_moved,
-            "sealed": sealed,
+            "sealed": sealed, "opened": sealed,
             "sources": {p: vars(s) for p, s in result.sources.items()},
         }  # fmt: skip
         job.state = "complete"

@@ -127,5 +127,16 @@ def test_a_dataset_sealed_for_a_peer_is_ciphertext_on_the_holder(
     got = idlegrid(b.home, "data", "get", info["dataset_id"], "--out", str(out), *by_id, "--json",
                    env=ENV)  # fmt: skip
     assert got.returncode == 0, got.stderr
-    assert json.loads(got.stdout)["sealed"] is True
+    assert json.loads(got.stdout)["sealed"] is json.loads(got.stdout)["opened"] is True
     assert tree(out) == tree(src)  # opened with b's node key; the sealed files are gone
+
+    # Anyone may fetch the ciphertext once it is granted '*'; a get with no daemon (a throwaway
+    # key) says that it could not open it, rather than leave a folder that looks empty.
+    assert idlegrid(a.home, "data", "grant", info["dataset_id"], "*", env=ENV).returncode == 0
+    other, copy = tmp_path / "other", tmp_path / "copy"
+    got = idlegrid(other, "data", "get", info["dataset_id"], "--out", str(copy), "--from", addr(a),
+                   "--json", env=ENV)  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["sealed"] is True and json.loads(got.stdout)["opened"] is False
+    assert "sealed to one node's key" in got.stderr and ".idlegrid-sealed" in got.stderr
+    assert sorted(p.name for p in copy.iterdir()) == [".idlegrid-sealed"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,9 @@ def test_a_sealed_dataset_takes_4_mib_chunks_unless_told(tmp_path: Path) -> None
     assert chunks("--for", PEER, "--chunk-kib", "1024") == 10 + 1
 
 
-def test_status_shows_a_running_fetchs_rate_and_time_left(tmp_path: Path) -> None:
+def test_status_shows_a_running_fetchs_rate_and_time_left_and_a_stopped_one(
+    tmp_path: Path,
+) -> None:
     home, src = tmp_path / "home", tmp_path / "f.bin"
     src.write_bytes(os.urandom(3 << 20))
     _, manifest = local.add(home / "node.db", local.chunk_store(home), src)
@@ -74,8 +77,8 @@ def test_status_shows_a_running_fetchs_rate_and_time_left(tmp_path: Path) -> Non
     conn = open_sync(home / "node.db")
     try:
         for dataset_id, at in ((fetching, now), (ended, now - 60_000)):
-            journal.open_transfer(conn, dataset_id, manifest, journal.FETCHED, now)
-            journal.mark_have(conn, dataset_id, [0], 1 << 20, now)
+            journal.open_transfer(conn, dataset_id, manifest, journal.FETCHED, at)
+            journal.mark_have(conn, dataset_id, [0], 1 << 20, at)
             routes = [
                 access.ProbeRow(p, "/ip4/127.0.0.1", "used", 900, 1_000_000, 8, at)
                 for p in ("peer-a", "peer-b")
@@ -90,13 +93,35 @@ def test_status_shows_a_running_fetchs_rate_and_time_left(tmp_path: Path) -> Non
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)[0]
 
-    running = status(fetching)
+    running, stopped = status(fetching), status(ended)
+    assert running["running"] and running["chunk_kib"] == 1024
     assert running["rate_bps"] == 2_000_000, "the used routes' rates together"
     assert running["eta_s"] == round((2 << 20) / 2_000_000, 1), "2 MiB left at 2 MB/s"
-    assert status(ended)["rate_bps"] is None, "routes recorded a minute ago: no fetch runs"
+    assert not stopped["running"], "recorded a minute ago: no fetch drives it"
+    assert stopped["rate_bps"] is None and stopped["state"] == journal.FETCHING
     table = run("status", fetching.hex(), "--home", str(home)).output
-    assert "2.0 MB/s" in table and " 1 s " in table, table
+    assert "2.0 MB/s" in table and " 1 s " in table and "1024 KiB" in table, table
+    assert " stopped " in run("status", ended.hex(), "--home", str(home)).output
     assert run("status", "--home", str(home)).exit_code == 0
+
+
+def test_serve_names_a_bad_or_taken_listen_address(tmp_path: Path) -> None:
+    home = str(tmp_path / "home")
+    bad = run("serve", "--home", home, "--listen", "/ip4/1.2.3/tcp/x")
+    assert bad.exit_code == 2 and "--listen: bad listen multiaddr" in bad.output, bad.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = run("serve", "--home", home, "--listen", f"/ip4/127.0.0.1/tcp/{port}")
+    assert busy.exit_code == 1 and "is already in use" in busy.output, busy.output
+    assert busy.exception is None or isinstance(busy.exception, SystemExit)
+
+
+def test_a_chunk_smaller_than_a_pack_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_text("hello\n")
+    small = run("add", str(tmp_path / "f.txt"), "--home", str(tmp_path / "h"), "--chunk-kib", "64")
+    assert small.exit_code == 2 and "--chunk-kib" in small.output, small.output
 
 
 class RefusingDaemon:
