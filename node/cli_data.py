@@ -307,6 +307,12 @@ def _get_standalone(
 
     if not sources:
         raise BadInput("--from: needed when no daemon runs here (a daemon finds holders itself)")
+    for source in sources:
+        if "/p2p/" not in source:
+            raise BadInput(
+                f"--from: {source!r}: with no daemon running here, give a multiaddr ending in "
+                "/p2p/<peer id> (only a daemon locates a bare peer id)"
+            )
     run = functools.partial(get_dataset, home, dataset_id, out, sources, window=window, bulk=bulk)
     try:
         return dict(trio.run(run))

@@ -124,6 +124,20 @@ def test_a_chunk_smaller_than_a_pack_is_refused(tmp_path: Path) -> None:
     assert small.exit_code == 2 and "--chunk-kib" in small.output, small.output
 
 
+def test_a_get_with_no_daemon_names_a_bare_peer_id_and_an_unreachable_holder(
+    tmp_path: Path,
+) -> None:
+    home, out = str(tmp_path / "home"), str(tmp_path / "out")
+    bare = run("get", DATASET, "--out", out, "--from", PEER, "--home", home)
+    assert bare.exit_code == 2 and "multiaddr ending in /p2p/" in bare.output, bare.output
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: the dial is refused
+        gone = run("get", DATASET, "--out", out, "--home", home,
+                   "--from", f"/ip4/127.0.0.1/tcp/{port}/p2p/{PEER}")  # fmt: skip
+    assert gone.exit_code == 1 and "no holder reachable" in gone.output, gone.output
+
+
 class RefusingDaemon:
     """A daemon whose fetch ends as the holders' answers made it end."""
 
@@ -176,8 +190,8 @@ def test_a_refused_get_without_a_daemon_says_its_key_cannot_be_granted(
         raise FetchFailed(REFUSED)
 
     monkeypatch.setattr(commands, "get_dataset", refused)
-    result = run("get", DATASET, "--out", str(tmp_path / "o"), "--from", PEER,
-                 "--home", str(tmp_path / "plain"))  # fmt: skip
+    result = run("get", DATASET, "--out", str(tmp_path / "o"), "--home", str(tmp_path / "plain"),
+                 "--from", f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER}")  # fmt: skip
     assert result.exit_code == 1 and REFUSED in result.output
     assert "throwaway key" in result.output
     assert f"`idlegrid data grant {DATASET} '*'`" in result.output
