@@ -23,6 +23,7 @@ from config import Loaded, env_name, load
 from config.render import commented_toml, flat, from_env, show_rows
 from node import __version__, identity
 from node.cli_base import (
+    BadInput,
     Cli,
     Failure,
     api_port_option,
@@ -81,7 +82,10 @@ def init(home_dir: str | None, roles: tuple[str, ...], api_port: int | None, enc
     loaded = load_settings(home, flags)
     passphrase = None
     if encrypt:
-        passphrase = os.environ.get("IDLEGRID_PASSPHRASE") or click.prompt(
+        passphrase = os.environ.get("IDLEGRID_PASSPHRASE")
+        if not passphrase and not sys.stdin.isatty():
+            raise BadInput("--encrypt: no terminal to ask a passphrase on: set IDLEGRID_PASSPHRASE")
+        passphrase = passphrase or click.prompt(
             "new key passphrase", hide_input=True, confirmation_prompt=True
         )
     keys = identity.NodeKeys.generate()
@@ -259,6 +263,7 @@ def _human_status(p: dict[str, Any]) -> str:
             f"peer id   {p['peer_id']}",
             f"address   {p['address']}",
             f"roles     {', '.join(p['roles'])}",
+            *(f"  {role:<8}{', '.join(names)}" for role, names in p.get("services", {}).items()),
             f"home      {p['home']}",
             f"api       {p['api']}",
             f"network   {p2p.get('network', '-')}",

@@ -74,13 +74,16 @@ def human_market(p: dict[str, Any]) -> str:
         rtt = "-" if w.get("rtt_ms") is None else f"{w['rtt_ms']} ms"
         for o in w["offers"]:
             vram = f"{o['vram_mb'] // 1024} GB" if o["vram_mb"] else "-"
-            rows.append((w["peer_id"], _said(w.get("name")), w["status"], o["gpu_class"],
+            status = "blocked" if w.get("blocked") else w["status"]
+            rows.append((w["peer_id"], _said(w.get("name")), status, o["gpu_class"],
                          str(o["count"]), vram,
                          format_rate(int(o["price_wei_per_s"]), p.get("token")),
                          _said(w["region"]), rtt, str(w.get("score") or "-"),
                          _qos_cell(qos)))  # fmt: skip
-    count = len(p["workers"])
-    return "\n".join([table(rows), *flags, f"{count} worker{'' if count == 1 else 's'}"])
+    blocked = sum(1 for w in p["workers"] if w.get("blocked"))
+    count = len(p["workers"]) - blocked  # a blocked one is out of every auction
+    footer = f"{count} worker{'' if count == 1 else 's'}"
+    return "\n".join([table(rows), *flags, footer + (f" ({blocked} blocked)" if blocked else "")])
 
 
 def _said(text: str | None, limit: int = 24) -> str:

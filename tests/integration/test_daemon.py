@@ -179,6 +179,9 @@ def test_uninitialised_home_is_a_clear_failure(tmp_path: Path) -> None:
 
 def test_encrypted_keys(tmp_path: Path, start_daemon: StartDaemon) -> None:
     home = tmp_path / "enc"
+    asked = idlegrid(home, "init", "--encrypt")  # no terminal to ask on, and no passphrase
+    assert asked.returncode == 2 and "set IDLEGRID_PASSPHRASE" in asked.stderr, asked.stderr
+    assert not home.exists()
     env = cli_env(IDLEGRID_PASSPHRASE="correct horse")
     assert idlegrid(home, "init", "--encrypt", env=env).returncode == 0
     secret = json.loads((home / "keys" / "node.key").read_text())

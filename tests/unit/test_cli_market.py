@@ -40,3 +40,11 @@ def test_the_table_says_who_is_flagged_and_why() -> None:
 def test_a_token_deployment_shows_base_units_unscaled() -> None:
     text = _human_market({"workers": [worker("w", qos())], "token": "0x" + "ab" * 20})
     assert "150000000000 units/s" in text.splitlines()[1]
+
+
+def test_a_blocked_worker_is_shown_as_such_and_not_counted() -> None:
+    text = _human_market({"workers": [worker("open", qos()), worker("shut", qos()) | {
+        "blocked": True}]})  # fmt: skip
+    row = {line.split()[0]: line for line in text.splitlines()[1:3]}
+    assert " blocked " in row["shut"] and " available " in row["open"]
+    assert text.splitlines()[-1] == "1 worker (1 blocked)"
