@@ -20,15 +20,16 @@ from typing import Any
 
 import requests
 from eth_account import Account
+from eth_utils.exceptions import ValidationError
 from web3 import Web3
-from web3.exceptions import TimeExhausted, TransactionNotFound
+from web3.exceptions import TimeExhausted, TransactionNotFound, Web3RPCError
 
 from consensus.settlement.eip712 import Domain
 from node.chain.artifacts import Artifact
 from node.chain.audit_calls import AuditCalls
 from node.chain.backend import Chain
 from node.chain.epoch_calls import EpochCalls
-from node.chain.errors import ChainReverted, ChainUnavailable
+from node.chain.errors import ChainRefused, ChainReverted, ChainUnavailable
 from node.chain.event_store import EventStore
 from node.chain.journal import Journal, TxRow
 from node.chain.leaves_calls import LeavesCalls
@@ -37,6 +38,9 @@ from node.chain.reverts import decode_revert, is_revert, revert_data
 from node.chain.token import erc20_abi, token_of
 
 log = logging.getLogger(__name__)
+# What a node answers for a transaction the account cannot make (short of coin): eth-tester
+# raises the first, a JSON-RPC node (anvil, geth) the second.
+REFUSALS = (ValidationError, Web3RPCError)
 GAS_MARGIN_PCT = 25  # over the estimate: a claim's transfer may cost more than estimated
 WRITES = (
     "deposit", "endJob", "withdraw", "claim", "stake", "requestUnstake", "withdrawStake",
@@ -114,6 +118,8 @@ class Settlement(EpochCalls, AuditCalls, LeavesCalls):
 
         Raises:
             ChainReverted: the contract refuses it (found before anything is sent).
+            ChainRefused: the chain's node refuses it (the account cannot pay for it);
+                nothing is sent, and the journal row is marked failed.
             ChainUnavailable: the endpoint did not answer; the journal row stays ``pending``
                 (or ``sent``) and :meth:`reconcile` finishes it later.
         """
@@ -153,6 +159,9 @@ class Settlement(EpochCalls, AuditCalls, LeavesCalls):
         except Exception as exc:
             if is_transport(exc):
                 raise ChainUnavailable(f"{op}: chain unreachable ({exc})", row) from None
+            # Nothing is signed yet: a row left pending would be sent by the next replay,
+            # long after the user saw this command fail.
+            self._mark(row, "failed", error=str(exc))
             raise
         signed = Account.sign_transaction(tx, self._key)
         tx_hash = "0x" + bytes(signed.hash).hex()
@@ -188,10 +197,12 @@ class Settlement(EpochCalls, AuditCalls, LeavesCalls):
         try:
             return int(fn.estimate_gas({"from": self.address, "value": value}))
         except Exception as exc:
-            if not is_revert(exc):
-                raise
-            name, fields = decode_revert(self._errors, revert_data(exc))
-            raise ChainReverted(op, name, fields) from None
+            if is_revert(exc):
+                name, fields = decode_revert(self._errors, revert_data(exc))
+                raise ChainReverted(op, name, fields) from None
+            if isinstance(exc, REFUSALS) and not is_transport(exc):
+                raise ChainRefused(f"{op}: the chain refused it, nothing was sent: {exc}") from None
+            raise
 
     def _target(self, op: str) -> Any:
         if op not in TOKEN_WRITES:
@@ -323,8 +334,8 @@ class Settlement(EpochCalls, AuditCalls, LeavesCalls):
                     self._finish_sent(row)
                 else:
                     self._execute(row.op, _args(row), row.value_wei, row.id)
-            except ChainReverted as exc:
-                log.warning("journal row %d (%s) reverted: %s", row.id, row.op, exc)
+            except (ChainReverted, ChainRefused) as exc:  # the row is marked: not retried
+                log.warning("journal row %d (%s) ended: %s", row.id, row.op, exc)
         return self._rows("sent", "pending")
 
     def _finish_sent(self, row: TxRow) -> None:

@@ -21,6 +21,12 @@ class ChainReverted(ChainError):
         super().__init__(f"{op} reverted: {error}({shown})")
 
 
+class ChainRefused(ChainError):
+    """The chain's node refused the transaction before anything was sent, for a reason of
+    the account's (most often: it cannot pay the value and the gas). Nothing was sent, and the
+    journal row, if any, is marked failed: no later replay sends it."""
+
+
 class ChainUnavailable(ChainError):
     """The endpoint did not answer (retryable: nothing was lost, the journal keeps the intent).
 

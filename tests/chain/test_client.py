@@ -17,7 +17,7 @@ from consensus.settlement.epoch import Entry, assemble
 from node.chain import artifacts
 from node.chain.backend import Chain
 from node.chain.client import Settlement
-from node.chain.errors import ChainMisconfigured, ChainReverted, ChainUnavailable
+from node.chain.errors import ChainMisconfigured, ChainRefused, ChainReverted, ChainUnavailable
 from node.chain.journal import Journal
 from node.chain.service import (
     FAUCET_WEI,
@@ -48,6 +48,27 @@ def test_every_write_is_journaled_with_its_receipt(tmp_path: Path) -> None:
     assert mined.args == [JOB, 2 * ETH, mined.args[2], ETH] and mined.value_wei == ETH
     assert reverted.state == "reverted" and "OverCap(" in reverted.error
     assert reverted.tx_hash is None
+
+
+def _cannot_pay(c: Settlement, journal: Journal) -> None:
+    """A fund the wallet cannot pay is refused in one error, and never sent: not by this
+    call, nor by a later reconcile (which once sent such a row, left pending)."""
+    nonce, too_much = c.w3.eth.get_transaction_count(c.address), c.balance() + ETH
+    with pytest.raises(ChainRefused, match="fund: the chain refused it, nothing was sent"):
+        c.fund(too_much)
+    assert [r.state for r in journal.rows()] == ["failed"]
+    assert c.reconcile() == [] and [r.state for r in journal.rows()] == ["failed"]
+    assert c.w3.eth.get_transaction_count(c.address) == nonce and c.pool_of()["balance"] == 0
+    c.dry_run = True
+    with pytest.raises(ChainRefused):
+        c.fund(too_much)
+
+
+def test_a_transaction_the_wallet_cannot_pay_is_refused_and_never_sent(tmp_path: Path) -> None:
+    net = make_net(Chain.embedded())
+    journal = Journal(tmp_path / "node.db")
+    c = Settlement(net.chain, artifacts.load(), net.address, net.keys["requester"], journal=journal)
+    _cannot_pay(c, journal)
 
 
 def test_dry_run_estimates_and_sends_nothing(tmp_path: Path) -> None:
@@ -208,6 +229,11 @@ def _rpc_client(anvil: Anvil, tmp_path: Path) -> tuple[Settlement, Journal]:
     journal = Journal(tmp_path / "node.db")
     c = Settlement(net.chain, artifacts.load(), net.address, net.keys["requester"], journal=journal)
     return c, journal
+
+
+def test_a_json_rpc_chain_refusing_a_payment_sends_nothing(anvil: Anvil, tmp_path: Path) -> None:
+    c, journal = _rpc_client(anvil, tmp_path)
+    _cannot_pay(c, journal)
 
 
 def test_a_signed_but_unsent_transaction_is_rebroadcast(anvil: Anvil, tmp_path: Path) -> None:
