@@ -53,6 +53,10 @@ class Request:
             raise ApiError(400, f"request body is not JSON: {exc}") from None
 
 
+class ApiListenError(OSError):
+    """The API's address could not be bound: the operator's to fix, not a crash."""
+
+
 Handler = Callable[[Request], Awaitable[Any]]
 Routes = Mapping[tuple[str, str], Handler]
 
@@ -65,8 +69,15 @@ async def serve(
     *,
     task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serves until cancelled; reports the bound port through ``task_status``."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    """Serves until cancelled; reports the bound port through ``task_status``.
+
+    Raises:
+        ApiListenError: ``host``:``port`` could not be bound (another node on it).
+    """
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ApiListenError(exc.errno, f"{host}:{port}: {exc.strerror}") from None
     bound = listeners[0].socket.getsockname()[1]
     log.info("api listening", extra={"host": host, "port": bound})
 

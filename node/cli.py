@@ -138,6 +138,8 @@ def node_start(  # noqa: PLR0917 - one parameter per click option
 ) -> None:
     """Run the daemon in the foreground until SIGINT or SIGTERM."""
     from node import daemon, logs  # noqa: PLC0415 - other commands need not load trio and services
+    from node.api import ApiListenError  # noqa: PLC0415
+    from node.chain.errors import ChainError  # noqa: PLC0415
     from p2p.host import ListenError  # noqa: PLC0415 - nor libp2p
 
     home = Home(resolve_home(home_dir))
@@ -160,6 +162,11 @@ def node_start(  # noqa: PLR0917 - one parameter per click option
         daemon.start(home, settings, keys)
     except ListenError as exc:
         raise Failure(_listen_fix(exc, loaded, home)) from None
+    except ApiListenError as exc:
+        where = loaded.sources["api.port"]
+        raise Failure(f"api.port ({where}): {exc.strerror} (another node?)") from None
+    except ChainError as exc:  # its message names the chain.* key
+        raise Failure(str(exc)) from None
 
 
 # What a refused listen address most likely means, after the OS's (or the host's) reason.

@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 
 from config import Settings
 from node import __version__
-from node.api import Handler, Request, Routes, serve
+from node.api import ApiListenError, Handler, Request, Routes, serve
 from node.blocks import block_routes, block_view
 from node.chain.api import chain_routes
+from node.chain.errors import ChainMisconfigured, ChainUnavailable
 from node.debug_memory import memory_routes
 from node.discovery import discovery_routes
 from node.home import Home, NodeLock, write_private
@@ -217,17 +218,21 @@ def start(home: Home, settings: Settings, keys: NodeKeys) -> None:
     """Blocks running the daemon in this process (``idlegrid node start``).
 
     Raises:
-        ListenError: a ``p2p.listen`` address could not be bound. Raised bare, not inside the
-            ExceptionGroup the node's nursery wraps it in, so that the command can name the
-            setting to change instead of printing a traceback: it is the operator's to fix
-            (another node on the port, an address of another machine), not a crash.
+        ListenError: a ``p2p.listen`` address could not be bound.
+        ApiListenError: the API's port could not be bound.
+        ChainMisconfigured, ChainUnavailable: with ``chain.settle``, the chain named by
+            ``chain.*`` is not there, or not what the settings say.
+
+        Each is raised bare, not inside the ExceptionGroup the node's nursery wraps it in, so
+        that the command can name the setting to change instead of printing a traceback: it
+        is the operator's to fix (another node on the port, a wrong chain id), not a crash.
     """
     lock = NodeLock(home)
     lock.acquire()
     try:
         trio.run(functools.partial(run_node, home, settings, keys, freeze_gc=True))
     except ExceptionGroup as group:
-        refused = _sole_listen_error(group)
+        refused = _sole_operator_error(group)
         if refused is None:
             log.exception("daemon crashed")  # into node.log too, not only the terminal
             raise
@@ -239,12 +244,17 @@ def start(home: Home, settings: Settings, keys: NodeKeys) -> None:
         lock.release()
 
 
-def _sole_listen_error(group: ExceptionGroup[Exception]) -> ListenError | None:
-    """The ListenError that ended the node, if that and nothing else did."""
-    refused, rest = group.split(ListenError)
+# What can end a node at start that its operator fixes in the settings.
+OPERATOR_ERRORS = (ListenError, ApiListenError, ChainMisconfigured, ChainUnavailable)
+
+
+def _sole_operator_error(group: ExceptionGroup[Exception]) -> Exception | None:
+    """The operator's error (:data:`OPERATOR_ERRORS`) that ended the node, if that and nothing
+    else did."""
+    refused, rest = group.split(OPERATOR_ERRORS)
     if refused is None or rest is not None:
         return None
     leaf: BaseException = refused
     while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
         leaf = leaf.exceptions[0]  # nurseries inside nurseries
-    return leaf if isinstance(leaf, ListenError) else None
+    return leaf if isinstance(leaf, OPERATOR_ERRORS) else None

@@ -52,3 +52,31 @@ def test_an_address_of_another_machine_says_so_in_one_line(tmp_path: Path) -> No
         "address (not an address of this machine?): pass another --listen, "
         "e.g. /ip4/0.0.0.0/tcp/4001\n",
     )
+
+
+def test_a_taken_api_port_says_so_in_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert idlegrid(home, "init").returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = idlegrid(home, "node", "start", "--api-port", str(port))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: api.port (flag --api-port): 127.0.0.1:{port}: Address already in use "
+        "(another node?)"
+    )
+
+
+def test_a_chain_that_does_not_answer_says_so_in_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert idlegrid(home, "init").returncode == 0
+    env = cli_env(
+        IDLEGRID_CHAIN_SETTLE="true", IDLEGRID_CHAIN_BACKEND="rpc", IDLEGRID_CHAIN_CHAIN_ID="31337",
+        IDLEGRID_CHAIN_RPC_URL=f"http://127.0.0.1:{free_port()}",
+        IDLEGRID_CHAIN_CONTRACT="0x" + "ab" * 20,
+    )  # fmt: skip
+    result = idlegrid(home, "node", "start", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("Error: chain.rpc_url http://127.0.0.1:")
