@@ -133,6 +133,17 @@ def check_private(path: Path) -> None:
         )
 
 
+def check_private_dir(path: Path) -> None:
+    """Refuses a folder of secrets that others could enter or write: one could list them, the
+    other swap the wallet key for theirs, and be paid in our stead."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise HomeError(
+            f"{path} has mode {stat.S_IMODE(mode):04o}; it holds the node's keys and must be "
+            f"open to its owner only: run `chmod 700 {path}`"
+        )
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Writes a 0600 file atomically: it is never visible half-written or with wider permissions."""
     write_atomic(path, data, mode=0o600)

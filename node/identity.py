@@ -29,7 +29,7 @@ from eth_account.messages import encode_defunct
 from eth_utils.address import to_checksum_address
 
 from consensus.peer_id import peer_id_from_public_key, public_key_from_peer_id
-from node.home import Home, HomeError, check_private, write_atomic, write_private
+from node.home import Home, HomeError, check_private, check_private_dir, write_atomic, write_private
 
 BINDING_TAG = b"idlegrid/binding/v1\x00"
 KEY_FILE_VERSION = 1
@@ -185,6 +185,7 @@ def _open(path: Path, key_type: str, passphrase: PassphraseSource) -> bytes:
         raise KeyFileError(
             f"{path} is missing; restore it from your backup (it cannot be recreated)"
         )
+    check_private_dir(path.parent)
     check_private(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

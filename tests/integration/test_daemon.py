@@ -130,13 +130,16 @@ def test_daemons_side_by_side(tmp_path: Path, start_daemon: StartDaemon) -> None
     assert len(ports) == 2
 
 
-def test_world_readable_key_is_refused(home: Path, start_daemon: StartDaemon) -> None:
-    key = home / "keys" / "node.key"
-    key.chmod(0o644)
+@pytest.mark.parametrize(("where", "mode", "fix"), [("node.key", 0o644, "600"), ("", 0o755, "700")])
+def test_a_key_or_key_folder_others_can_open_is_refused(
+    home: Path, start_daemon: StartDaemon, where: str, mode: int, fix: str
+) -> None:
+    path = home / "keys" / where if where else home / "keys"
+    path.chmod(mode)
     before = snapshot(home)
     daemon = start_daemon(home)
     assert daemon.proc.wait(timeout=30) == 1
-    assert f"chmod 600 {key}" in daemon.output()
+    assert f"chmod {fix} {path}" in daemon.output()
     assert snapshot(home) == before
     assert not (home / "node.lock").exists()
 
