@@ -80,17 +80,23 @@ def table(rows: Sequence[tuple[str, ...]]) -> str:
 
 
 def job_arg(text: str) -> bytes:
-    """A market job id in hex, as the contract's bytes32."""
+    """A market job id in hex (16 bytes), or a whole bytes32, as the contract's bytes32.
+
+    Anything shorter is a prefix typed by mistake: padded, it would name another job, and
+    money escrowed under it would wait there for nobody.
+    """
     try:
         data = bytes.fromhex(text.removeprefix("0x"))
     except ValueError:
         raise BadInput(
             f"JOB: {text!r} is not hex (a job id as `idlegrid job list` shows)"
         ) from None
-    try:
-        return chain_job_id(data)
-    except Invalid as exc:
-        raise BadInput(str(exc)) from None
+    if len(data) not in (16, 32):
+        raise BadInput(
+            f"JOB: {text!r} is {len(data)} bytes: give the whole id, 32 hex digits as "
+            "`idlegrid job list --json` shows (a prefix would name another job on chain)"
+        )
+    return chain_job_id(data)
 
 
 def task_arg(text: str) -> bytes:

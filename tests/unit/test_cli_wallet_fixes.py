@@ -15,6 +15,7 @@ from node import cli_wallet
 from node.chain.client import TxResult
 from node.chain.errors import ChainReverted
 from node.cli import cli
+from node.cli_base import BadInput, job_arg
 from node.cli_wallet import _claim_text, _settlement_text
 
 ETH = 10**18
@@ -184,3 +185,11 @@ def test_fund_takes_amount_except_to_withdraw(chain: FakeSettlement) -> None:
     assert chain.sent == [
         ("withdrawPool", 0), ("withdrawPool", 0), ("fund", ETH), ("leavePool", 2 * ETH),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("short", ["0x1234", JOB[:12]])
+def test_a_job_id_prefix_is_refused_not_padded_into_another_job(short: str) -> None:
+    with pytest.raises(BadInput, match="give the whole id, 32 hex digits"):
+        job_arg(short)
+    assert job_arg(JOB) == bytes.fromhex(JOB).ljust(32, b"\0")
+    assert job_arg("0x" + "ab" * 32) == b"\xab" * 32
