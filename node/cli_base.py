@@ -79,8 +79,9 @@ def table(rows: Sequence[tuple[str, ...]]) -> str:
     )
 
 
-def job_arg(text: str) -> bytes:
-    """A market job id in hex (16 bytes), or a whole bytes32, as the contract's bytes32.
+def job_arg(text: str, name: str = "JOB") -> bytes:
+    """A market job id in hex (16 bytes), or a whole bytes32, as the contract's bytes32;
+    ``name``: the argument's.
 
     Anything shorter is a prefix typed by mistake: padded, it would name another job, and
     money escrowed under it would wait there for nobody.
@@ -89,21 +90,21 @@ def job_arg(text: str) -> bytes:
         data = bytes.fromhex(text.removeprefix("0x"))
     except ValueError:
         raise BadInput(
-            f"JOB: {text!r} is not hex (a job id as `idlegrid job list` shows)"
+            f"{name}: {text!r} is not hex (a job id as `idlegrid job list` shows)"
         ) from None
     if len(data) not in (16, 32):
         raise BadInput(
-            f"JOB: {text!r} is {len(data)} bytes: give the whole id, 32 hex digits as "
+            f"{name}: {text!r} is {len(data)} bytes: give the whole id, 32 hex digits as "
             "`idlegrid job list --json` shows (a prefix would name another job on chain)"
         )
     return chain_job_id(data)
 
 
-def task_arg(text: str) -> bytes:
-    """``N`` or ``N#ATTEMPT`` as the contract's bytes32 task id."""
+def task_arg(text: str, name: str = "TASK") -> bytes:
+    """``N`` or ``N#ATTEMPT`` as the contract's bytes32 task id; ``name``: the argument's."""
     task, _, attempt = text.partition("#")
     if not task.isdigit() or (attempt and not attempt.isdigit()):
-        raise BadInput(f"TASK: {text!r} is not TASK or TASK#ATTEMPT, e.g. 0#1")
+        raise BadInput(f"{name}: {text!r} is not TASK or TASK#ATTEMPT, e.g. 0#1")
     try:
         return chain_task_id(int(task), int(attempt or 0))
     except Invalid as exc:

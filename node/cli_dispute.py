@@ -42,8 +42,8 @@ def dispute(epoch: int, job: str, worker: str, task: str | None, dry_run: bool, 
     except ValueError:
         raise BadInput(f"--worker: {worker!r} is not a 0x address") from None
     body = {
-        "epoch": epoch, "job": "0x" + job_arg(job).hex(), "worker": worker,
-        "task": None if task is None else "0x" + task_arg(task).hex(), "dry_run": dry_run,
+        "epoch": epoch, "job": "0x" + job_arg(job, "--job").hex(), "worker": worker,
+        "task": None if task is None else "0x" + task_arg(task, "--task").hex(), "dry_run": dry_run,
     }  # fmt: skip
     done = ApiClient(Home(resolve_home(home_dir)), timeout_s=120).post("/v1/chain/dispute", body)
     emit(as_json, done, _human)

@@ -53,9 +53,9 @@ def test_asks_the_daemon_and_shows_what_was_disputed(
 @pytest.mark.parametrize(
     ("args", "names"),
     [
-        (("4", "--job", "zz", "--worker", WORKER), "JOB"),
+        (("4", "--job", "zz", "--worker", WORKER), "--job: "),
         (("4", "--job", "2a" * 16, "--worker", "0x12"), "--worker"),
-        (("4", "--job", "2a" * 16, "--worker", WORKER, "--task", "x#1"), "TASK"),
+        (("4", "--job", "2a" * 16, "--worker", WORKER, "--task", "x#1"), "--task: "),
         (("-1", "--job", "2a" * 16, "--worker", WORKER), "EPOCH"),
     ],
 )
