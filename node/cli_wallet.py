@@ -86,6 +86,14 @@ def amount_arg(c: Settlement, text: str, what: str) -> int:
     return int(run(lambda: parse_units(text, what, token=c.token is not None)))
 
 
+def moved_arg(c: Settlement, text: str, what: str) -> int:
+    """An amount to move (escrow, stake, pool): a 0 would pay gas to move nothing."""
+    value = amount_arg(c, text, what)
+    if value == 0:
+        raise BadInput(f"{what}: {text!r} moves nothing: give more than 0")
+    return value
+
+
 def show_tx(as_json: bool, r: TxResult, note: str = "") -> None:
     """The transaction (or what a dry run would send); ``note`` ends the text output."""
     payload: dict[str, Any] = {
@@ -163,7 +171,7 @@ def deposit(job: str, amount: str, cap: str | None, deadline_s: int, dry_run: bo
             home_dir: str | None, as_json: bool) -> None:  # fmt: skip
     """Escrow AMOUNT for JOB (creates it, or tops it up to its cap)."""
     job_id, c = job_arg(job), connect(home_dir, dry_run)
-    value = amount_arg(c, amount, "AMOUNT")
+    value = moved_arg(c, amount, "AMOUNT")
     cap_wei = amount_arg(c, cap, "--cap") if cap else value
     result = run(lambda: c.deposit(job_id, value, cap_wei, c.chain.now() + deadline_s))
     show_tx(as_json, result, _note_line(c))
@@ -201,7 +209,7 @@ def withdraw(job: str, dry_run: bool, home_dir: str | None, as_json: bool) -> No
 def stake(amount: str, dry_run: bool, home_dir: str | None, as_json: bool) -> None:
     """Bond AMOUNT as stake (workers and sentries)."""
     c = connect(home_dir, dry_run)
-    value = amount_arg(c, amount, "AMOUNT")
+    value = moved_arg(c, amount, "AMOUNT")
     show_tx(as_json, run(lambda: c.stake(value)), _note_line(c))
 
 
@@ -222,7 +230,7 @@ def unstake(amount: str | None, take: bool, dry_run: bool, home_dir: str | None,
     if bool(amount) == take:
         raise BadInput("give either AMOUNT (start unbonding) or --withdraw, not both or neither")
     c = connect(home_dir, dry_run)
-    value = amount_arg(c, amount, "AMOUNT") if amount else 0
+    value = moved_arg(c, amount, "AMOUNT") if amount else 0
     show_tx(as_json, run(c.withdraw_stake if take else lambda: c.request_unstake(value)))
 
 
@@ -250,6 +258,8 @@ def fund(amount: str | None, leave: bool, take: bool, dry_run: bool,  # noqa: PL
             raise BadInput("--withdraw takes back all that has finished leaving: give no AMOUNT")
         show_tx(as_json, _withdraw_pool(c))
         return
+    if value == 0:
+        raise BadInput(f"AMOUNT: {amount!r} moves nothing: give more than 0")
     show_tx(as_json, run(lambda: c.leave_pool(value) if leave else c.fund(value)))
 
 

@@ -73,6 +73,19 @@ def test_writes_on_the_embedded_chain_say_it_once(
     assert "not real money" not in CliRunner().invoke(cli, ["wallet", *args]).output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [("stake", "0"), ("deposit", "00" * 15 + "2a", "0eth"), ("fund", "0"), ("unstake", "0")],
+)
+def test_an_amount_of_nothing_is_refused_before_any_gas_is_paid(
+    monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    monkeypatch.setattr(cli_wallet, "connect", lambda *_: FakeSettlement("embedded"))
+    result = CliRunner().invoke(cli, ["wallet", *args])
+    assert result.exit_code == 2 and "AMOUNT:" in result.output, result.output
+    assert "moves nothing" in result.output
+
+
 def epoch(n: int, state: str, deadline: int | None) -> dict[str, Any]:
     return {"epoch": n, "state": state, "anchorer": "0x" + "ee" * 20,
             "earnings_root": "0x" + "aa" * 32, "entries_root": "0x" + "bb" * 32,
