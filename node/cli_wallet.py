@@ -387,8 +387,9 @@ def job_escrow(job: str, home_dir: str | None, as_json: bool) -> None:
 def _no_escrow(as_json: bool, payload: dict[str, Any], job: str) -> None:
     """Exits 2: the zeros of an empty record read as a job with nothing in it. ``--json`` keeps
     the record's fields and adds ``error``."""
-    error = (f"no per-job escrow on chain for {job}: daemon jobs are paid from the "
-             "requester's pool (see idlegrid settlement status)")  # fmt: skip
+    error = (f"no per-job escrow on chain for {job}: nothing was deposited under this id "
+             "with `idlegrid wallet deposit` (a daemon's jobs are paid from the requester's "
+             "pool instead: see idlegrid settlement status)")  # fmt: skip
     if as_json:
         emit(True, payload | {"error": error}, str)
         sys.exit(BadInput.exit_code)

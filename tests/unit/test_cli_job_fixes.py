@@ -252,3 +252,9 @@ def test_the_guarantee_of_a_job_of_several_tasks_says_it_is_per_task() -> None:
         two["task_states"], [], verification={"level": "none", "guarantee": "none requested"}
     )
     assert "\nverification: none requested" in cli_job._human_job(none)
+
+
+@pytest.mark.parametrize("command", ["job status", "job logs", "job cancel", "bids"])
+def test_an_empty_job_id_is_named_before_any_daemon_is_asked(command: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [*command.split(), " ", "--home", str(tmp_path)])
+    assert result.exit_code == 2 and "JOB_ID: empty" in result.output, result.output

@@ -145,8 +145,9 @@ def chain(monkeypatch: pytest.MonkeyPatch) -> FakeSettlement:
 
 
 def test_a_job_without_per_job_escrow_is_bad_input(chain: FakeSettlement) -> None:
-    said = (f"no per-job escrow on chain for {JOB}: daemon jobs are paid from the "
-            "requester's pool (see idlegrid settlement status)")  # fmt: skip
+    said = (f"no per-job escrow on chain for {JOB}: nothing was deposited under this id "
+            "with `idlegrid wallet deposit` (a daemon's jobs are paid from the requester's "
+            "pool instead: see idlegrid settlement status)")  # fmt: skip
     text = CliRunner().invoke(cli, ["wallet", "job", JOB])
     assert text.exit_code == 2 and said in text.stderr and "cap" not in text.output
     shown = CliRunner().invoke(cli, ["wallet", "job", JOB, "--json"])
