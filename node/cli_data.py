@@ -456,13 +456,11 @@ def serve(listen: str, public: bool, home_dir: str | None) -> None:
 
     home = _home(home_dir, create=True)
     try:
-        check_listen([listen])
-    except ValueError as exc:
-        raise BadInput(f"--listen: {exc}") from None
-    except ListenError as exc:
-        raise Failure(f"--listen: {exc.strerror}") from None
-    try:
+        try:
+            check_listen([listen])
+        except ValueError as exc:  # its own only: serve_datasets parses the address again
+            raise BadInput(f"--listen: {exc}") from None
         with contextlib.suppress(KeyboardInterrupt):
             trio.run(serve_datasets, home, listen, public)
-    except ListenError as exc:  # a port taken since the check
+    except ListenError as exc:  # taken now, or since the check
         raise Failure(f"--listen: {exc.strerror}") from None

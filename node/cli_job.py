@@ -168,7 +168,7 @@ def _retry_hint(view: dict[str, Any], job_id: str) -> str:
     )
 
 
-def _job_id(text: str | None) -> str | None:
+def _job_id(_ctx: click.Context, _param: click.Parameter, text: str | None) -> str | None:
     """A job id as given; an empty one is named here, not by the API ("missing ?id=")."""
     if text is not None and not text.strip():
         raise BadInput("JOB_ID: empty: give a job id, or a unique prefix of one, as "
@@ -177,7 +177,7 @@ def _job_id(text: str | None) -> str | None:
 
 
 @job.command("status")
-@click.argument("job_id", required=False, callback=lambda _c, _p, v: _job_id(v))
+@click.argument("job_id", required=False, callback=_job_id)
 @home_option
 @json_option
 def job_status(job_id: str | None, home_dir: str | None, as_json: bool) -> None:
@@ -298,7 +298,7 @@ def job_list(home_dir: str | None, as_json: bool) -> None:
 
 
 @job.command("cancel")
-@click.argument("job_id", callback=lambda _c, _p, v: _job_id(v))
+@click.argument("job_id", callback=_job_id)
 @home_option
 @json_option
 def job_cancel(job_id: str, home_dir: str | None, as_json: bool) -> None:
@@ -314,7 +314,7 @@ def _cancelled(payload: dict[str, Any]) -> str:
 
 
 @job.command("logs")
-@click.argument("job_id", callback=lambda _c, _p, v: _job_id(v))
+@click.argument("job_id", callback=_job_id)
 @click.option("--follow", "-f", is_flag=True, help="keep printing until the job finishes")
 @home_option
 @json_option
@@ -337,7 +337,7 @@ def _finished(client: ApiClient, job_id: str) -> bool:
 
 
 @job.command("fetch")
-@click.argument("job_id", callback=lambda _c, _p, v: _job_id(v))
+@click.argument("job_id", callback=_job_id)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @home_option
 @json_option
@@ -365,7 +365,7 @@ def job_fetch(job_id: str, out_dir: str, home_dir: str | None, as_json: bool) ->
 
 
 @click.command()
-@click.argument("job_id", callback=lambda _c, _p, v: _job_id(v))
+@click.argument("job_id", callback=_job_id)
 @home_option
 @json_option
 def bids(job_id: str, home_dir: str | None, as_json: bool) -> None:

@@ -88,7 +88,10 @@ def amount_arg(c: Settlement, text: str, what: str) -> int:
 
 def moved_arg(c: Settlement, text: str, what: str) -> int:
     """An amount to move (escrow, stake, pool): a 0 would pay gas to move nothing."""
-    value = amount_arg(c, text, what)
+    return _something(amount_arg(c, text, what), text, what)
+
+
+def _something(value: int, text: str, what: str) -> int:
     if value == 0:
         raise BadInput(f"{what}: {text!r} moves nothing: give more than 0")
     return value
@@ -258,8 +261,7 @@ def fund(amount: str | None, leave: bool, take: bool, dry_run: bool,  # noqa: PL
             raise BadInput("--withdraw takes back all that has finished leaving: give no AMOUNT")
         show_tx(as_json, _withdraw_pool(c))
         return
-    if value == 0:
-        raise BadInput(f"AMOUNT: {amount!r} moves nothing: give more than 0")
+    value = _something(value, str(amount), "AMOUNT")
     show_tx(as_json, run(lambda: c.leave_pool(value) if leave else c.fund(value)))
 
 
